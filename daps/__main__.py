@@ -1,0 +1,5 @@
+import sys
+
+from daps.cli import main
+
+sys.exit(main())

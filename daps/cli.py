@@ -1,0 +1,99 @@
+"""The ``daps`` command: ``train``, ``eval`` and ``presets``.
+
+Thin on purpose: parse -> Config -> call a library function. User errors print one line on stderr and
+exit with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from daps.config import PRESETS, get_preset, parse_overrides
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="daps", description="Discrete VAEs trained by policy search (DAPS).")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a model and write a run folder")
+    p.add_argument("--preset", default="mnist", help=f"one of: {', '.join(sorted(PRESETS))} (default mnist)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.steps=1000")
+    p.add_argument("--resume", action="store_true", help="continue the run in train.out_dir from its latest checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="delete an existing train.out_dir first")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+
+    p = sub.add_parser("eval", help="evaluate a trained run on a data split")
+    p.add_argument("run_dir", help="run folder or checkpoint folder")
+    p.add_argument("--split", default="test", choices=["train", "test"])
+    p.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
+    p.add_argument("--data-dir", default=None, help="folder with the data files (default: as trained)")
+    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--max-images", type=int, default=0, help="evaluate only the first N images (0 = all)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the stochastic encoding")
+    p.add_argument("--device", default=None)
+
+    p = sub.add_parser("presets", help="list presets, or print one preset's full config as JSON")
+    p.add_argument("name", nargs="?")
+    return parser
+
+
+def _train(args: argparse.Namespace) -> int:
+    from daps.train import summarize, train
+
+    cfg = parse_overrides(get_preset(args.preset), args.overrides)
+    run_dir = train(cfg, resume=args.resume, overwrite=args.overwrite, device=args.device)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    print(summarize(summary))
+    print(f"run folder: {run_dir}  (reconstructions.png, curves.png, metrics.jsonl, checkpoints/)")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    import torch
+
+    from daps.checkpoint import load_model
+    from daps.data import load_dataset
+    from daps.metrics import evaluate
+    from daps.train import summarize
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model = load_model(args.run_dir, device)
+    cfg = model.config
+    data = load_dataset(cfg.data.name, args.split, args.data_dir or cfg.data.data_dir or None, cfg.data.download)
+    images = data.images[: args.max_images or None].to(device)
+    metrics = evaluate(model, images, args.batch_size, torch.Generator(device).manual_seed(args.seed))
+    metrics.update(dataset=data.name, split=args.split, run=str(args.run_dir))
+    if args.json:
+        print(json.dumps(metrics))
+    else:
+        print(summarize(metrics))
+    return 0
+
+
+def _presets(args: argparse.Namespace) -> int:
+    from daps.config import config_to_dict
+
+    if args.name is None:
+        for name, fn in sorted(PRESETS.items()):
+            print(f"{name:<12} {(fn.__doc__ or '').strip().splitlines()[0]}")
+        return 0
+    print(json.dumps(config_to_dict(get_preset(args.name)), indent=2))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    commands = {"train": _train, "eval": _eval, "presets": _presets}
+    try:
+        return commands[args.command](args)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"daps {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

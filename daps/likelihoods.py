@@ -1,0 +1,28 @@
+"""Log-likelihoods log p(x | decoder output), summed over all data dimensions, in nats."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from daps.functional import FLOAT32_EPS
+
+# Probabilities are clamped to [eps, 1 - eps] before taking logs (SPEC 4.1): logits to +-15.94.
+_MAX_LOGIT = math.log((1.0 - FLOAT32_EPS) / FLOAT32_EPS)
+
+
+def bernoulli_log_prob(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``log p(x | logits)`` of independent Bernoulli pixels: ``(N, ...) -> (N,)`` float32.
+
+    ``x`` must broadcast to ``logits``; values in {0, 1}.
+    """
+    logits = logits.float().clamp(-_MAX_LOGIT, _MAX_LOGIT)
+    x = x.float().expand_as(logits)
+    return -F.binary_cross_entropy_with_logits(logits, x, reduction="none").flatten(1).sum(1)
+
+
+def bernoulli_mean(logits: torch.Tensor) -> torch.Tensor:
+    """Pixel probabilities (the decoder mean) from logits."""
+    return torch.sigmoid(logits.float().clamp(-_MAX_LOGIT, _MAX_LOGIT))

@@ -1,0 +1,383 @@
+"""Autoregressive encoder q_theta(z | x): an encoder-decoder transformer over image patches (SPEC 5.1-5.3).
+
+The encoder stack reads the patches of x; the decoder stack generates T discrete tokens, each attending
+to the earlier tokens (causal self-attention) and to the encoded patches (cross-attention). Pre-LN blocks,
+LayerNorm eps 1e-6, four bias-free attention projections, no dropout.
+
+Two things make sampling K codes per input cheap:
+- the patch encoder and each layer's cross-attention keys/values run once per input, and the K samples of
+  an input attend to them as K extra query rows (no copy of the memory per sample);
+- self-attention keys/values live in a preallocated cache written by position, so each new token costs one
+  query against the keys so far.
+
+Sample layout: tensors of codes are ``(K, B, T)`` at the interface. Internally the K samples of input b are
+rows ``b*K ... b*K + K - 1`` of a flat ``(B*K, ...)`` batch, which is what lets cross-attention group them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from daps.functional import categorical_entropy, categorical_log_probs, categorical_sample
+
+LN_EPS = 1e-6
+
+
+# --------------------------------------------------------------------------------------------------
+# Initializers (the original uses Flax defaults; see SPEC 5 "General layer conventions")
+
+
+def lecun_normal_(weight: torch.Tensor) -> torch.Tensor:
+    """Truncated normal with variance 1 / fan_in (fan_in = all dims but the first)."""
+    fan_in = weight[0].numel()
+    std = math.sqrt(1.0 / fan_in) / 0.87962566103423978  # undo the variance lost to truncation at 2 std
+    return nn.init.trunc_normal_(weight, std=std, a=-2 * std, b=2 * std)
+
+
+def dense(in_features: int, out_features: int, bias: bool = True, init: str = "xavier") -> nn.Linear:
+    """A Linear layer with the original's initializers: xavier (transformer) or lecun (heads, MLPs)."""
+    layer = nn.Linear(in_features, out_features, bias=bias)
+    if init == "xavier":
+        nn.init.xavier_uniform_(layer.weight)
+        if bias:
+            nn.init.normal_(layer.bias, std=1e-6)
+    elif init == "lecun":
+        lecun_normal_(layer.weight)
+        if bias:
+            nn.init.zeros_(layer.bias)
+    else:
+        raise ValueError(f"unknown init {init!r}")
+    return layer
+
+
+# --------------------------------------------------------------------------------------------------
+# Positions and patches
+
+
+def sinusoidal_table(length: int, width: int) -> torch.Tensor:
+    """Fixed positional table ``(length, width)``: sin half then cos half (SPEC 5.2 step 2).
+
+    Frequencies ``exp(-i ln(10000) / (width/2 - 1))`` for ``i = 0 .. width/2 - 1``.
+    """
+    half = width // 2
+    div = torch.exp(-torch.arange(half, dtype=torch.float64) * math.log(10000.0) / max(half - 1, 1))
+    angles = torch.arange(length, dtype=torch.float64)[:, None] * div[None, :]  # (length, half)
+    return torch.cat([angles.sin(), angles.cos()], dim=1).float()  # (length, width)
+
+
+def patch_grid(num_patches: int) -> tuple[int, int]:
+    """Rows x cols of the patch grid: rows = the divisor of ``num_patches`` closest to floor(sqrt)."""
+    target = math.isqrt(num_patches)
+    divisors = [d for d in range(1, num_patches + 1) if num_patches % d == 0]
+    rows = min(divisors, key=lambda d: (abs(d - target), d))
+    return rows, num_patches // rows
+
+
+def patch_shape(image_shape: tuple[int, int, int], num_patches: int) -> tuple[int, int]:
+    """Patch height and width: ceil(H / rows) and ceil(W / cols), each rounded up to an even number."""
+    _, height, width = image_shape
+    rows, cols = patch_grid(num_patches)
+    ph, pw = -(-height // rows), -(-width // cols)
+    return ph + ph % 2, pw + pw % 2
+
+
+def patchify(x: torch.Tensor, num_patches: int) -> torch.Tensor:
+    """Cut images into a row-major grid of flattened patches, zero-padding the image centrally.
+
+    ``(B, C, H, W) -> (B, num_patches, ph * pw * C)``; features in (h, w, c) order.
+    """
+    b, c, h, w = x.shape
+    rows, cols = patch_grid(num_patches)
+    ph, pw = patch_shape((c, h, w), num_patches)
+    pad_h, pad_w = rows * ph - h, cols * pw - w
+    x = F.pad(x, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2))  # (B, C, rows*ph, cols*pw)
+    x = x.reshape(b, c, rows, ph, cols, pw).permute(0, 2, 4, 3, 5, 1)  # (B, rows, cols, ph, pw, C)
+    return x.reshape(b, rows * cols, ph * pw * c)
+
+
+# --------------------------------------------------------------------------------------------------
+# Building blocks
+
+
+def _masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Attention where masked scores are *replaced* by the most negative float (the original's rule):
+    a query with every key masked attends uniformly to all keys."""
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # (..., Lq, Lk)
+    scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+    return scores.softmax(-1) @ v
+
+
+class Attention(nn.Module):
+    """Multi-head attention with four bias-free Xavier-initialized projections."""
+
+    def __init__(self, width: int, num_heads: int):
+        super().__init__()
+        if width % num_heads:
+            raise ValueError(f"width {width} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.q, self.k, self.v, self.o = (dense(width, width, bias=False) for _ in range(4))
+
+    def split(self, x: torch.Tensor) -> torch.Tensor:
+        n, length, width = x.shape
+        return x.view(n, length, self.num_heads, width // self.num_heads).transpose(1, 2)  # (N, h, L, d)
+
+    def merge(self, x: torch.Tensor) -> torch.Tensor:
+        n, heads, length, d = x.shape
+        return self.o(x.transpose(1, 2).reshape(n, length, heads * d))  # (N, L, E)
+
+    def keys_values(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(N, L, E) -> k, v`` each ``(N, h, L, d)``."""
+        return self.split(self.k(x)), self.split(self.v(x))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, causal: bool = False) -> torch.Tensor:
+        """Self-attention over ``x (N, L, E)``; ``mask (N, 1, L, L)`` bool, True = may attend."""
+        q, (k, v) = self.split(self.q(x)), self.keys_values(x)
+        if mask is not None:
+            return self.merge(_masked_attention(q, k, v, mask))
+        return self.merge(F.scaled_dot_product_attention(q, k, v, is_causal=causal))
+
+    def attend_grouped(
+        self,
+        x: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        num_samples: int,
+        mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Cross-attention of ``x (B*K, L, E)`` to per-input memory ``k, v (B, h, P, d)``.
+
+        The K samples of one input share its memory, so their queries are stacked as ``K*L`` rows.
+        ``mask`` (optional): ``(B, 1, K*L, P)`` bool.
+        """
+        n, length, width = x.shape
+        b, heads, d = n // num_samples, self.num_heads, width // self.num_heads
+        q = self.q(x).view(b, num_samples * length, heads, d).transpose(1, 2)  # (B, h, K*L, d)
+        if mask is not None:
+            out = _masked_attention(q, k, v, mask)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v)  # (B, h, K*L, d)
+        out = out.transpose(1, 2).reshape(n, length, width)  # (B*K, L, E)
+        return self.o(out)
+
+
+class MLP(nn.Sequential):
+    def __init__(self, width: int, mlp_ratio: int):
+        super().__init__(dense(width, mlp_ratio * width), nn.ReLU(), dense(mlp_ratio * width, width))
+
+
+class EncoderBlock(nn.Module):
+    """Pre-LN bidirectional block: ``x += MHA(LN x); x += MLP(LN x)``."""
+
+    def __init__(self, width: int, num_heads: int, mlp_ratio: int):
+        super().__init__()
+        self.ln1, self.ln2 = nn.LayerNorm(width, eps=LN_EPS), nn.LayerNorm(width, eps=LN_EPS)
+        self.attn = Attention(width, num_heads)
+        self.mlp = MLP(width, mlp_ratio)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln1(x))
+        return x + self.mlp(self.ln2(x))
+
+
+@dataclass
+class KVCache:
+    """Preallocated self-attention keys and values of one decoder layer, each ``(N, h, T, d)``."""
+
+    k: torch.Tensor
+    v: torch.Tensor
+
+
+class DecoderBlock(nn.Module):
+    """Pre-LN block: causal self-attention, cross-attention to the encoded patches, MLP."""
+
+    def __init__(self, width: int, num_heads: int, mlp_ratio: int):
+        super().__init__()
+        self.ln1, self.ln2, self.ln3 = (nn.LayerNorm(width, eps=LN_EPS) for _ in range(3))
+        self.self_attn = Attention(width, num_heads)
+        self.cross_attn = Attention(width, num_heads)
+        self.mlp = MLP(width, mlp_ratio)
+
+    def forward(
+        self,
+        y: torch.Tensor,
+        memory_kv: tuple[torch.Tensor, torch.Tensor],
+        num_samples: int,
+        self_mask: torch.Tensor | None = None,
+        cross_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Teacher-forced pass over whole sequences ``y (B*K, T, E)``."""
+        y = y + self.self_attn(self.ln1(y), mask=self_mask, causal=self_mask is None)
+        y = y + self.cross_attn.attend_grouped(self.ln2(y), *memory_kv, num_samples, mask=cross_mask)
+        return y + self.mlp(self.ln3(y))
+
+    def step(
+        self,
+        y: torch.Tensor,
+        memory_kv: tuple[torch.Tensor, torch.Tensor],
+        num_samples: int,
+        cache: KVCache,
+        pos: int,
+    ) -> torch.Tensor:
+        """One new token ``y (B*K, 1, E)`` at position ``pos``, reading and extending ``cache``."""
+        attn = self.self_attn
+        a = self.ln1(y)
+        k, v = attn.keys_values(a)  # (N, h, 1, d)
+        cache.k[:, :, pos : pos + 1] = k
+        cache.v[:, :, pos : pos + 1] = v
+        q = attn.split(attn.q(a))  # (N, h, 1, d)
+        y = y + attn.merge(F.scaled_dot_product_attention(q, cache.k[:, :, : pos + 1], cache.v[:, :, : pos + 1]))
+        y = y + self.cross_attn.attend_grouped(self.ln2(y), *memory_kv, num_samples)
+        return y + self.mlp(self.ln3(y))
+
+
+# --------------------------------------------------------------------------------------------------
+# The autoregressive encoder
+
+
+@dataclass
+class Samples:
+    """K codes per input drawn from q_theta, with per-token statistics of the sampling pass."""
+
+    indices: torch.Tensor  # (K, B, T) int64
+    token_log_q: torch.Tensor  # (K, B, T) log q(z_t | z_<t, x), float32
+    token_entropy: torch.Tensor  # (K, B, T) entropy of q(. | z_<t, x) in nats, float32
+
+    @property
+    def log_q(self) -> torch.Tensor:
+        return self.token_log_q.sum(-1)  # (K, B)
+
+
+class ARTransformerEncoder(nn.Module):
+    """q_theta(z | x) over ``num_tokens`` codes of ``vocab_size`` (SPEC 5.2).
+
+    Args:
+        image_shape: ``(C, H, W)`` of the inputs.
+        num_tokens: T, the number of latent tokens (also the number of image patches).
+        vocab_size: V.
+        width: E.
+        num_layers: blocks in each of the encoder and decoder stacks.
+        num_heads: attention heads.
+        mlp_ratio: MLP hidden width / E.
+        mask_token0: reproduce the original code's teacher-forcing masks, which treat code 0 as padding
+            (SPEC 5.3). Off by default: then teacher-forced log q equals the sampling log-probabilities.
+    """
+
+    def __init__(
+        self,
+        image_shape: tuple[int, int, int],
+        num_tokens: int,
+        vocab_size: int,
+        width: int,
+        num_layers: int,
+        num_heads: int,
+        mlp_ratio: int,
+        mask_token0: bool = False,
+    ):
+        super().__init__()
+        self.num_tokens, self.vocab_size, self.mask_token0 = num_tokens, vocab_size, mask_token0
+        ph, pw = patch_shape(image_shape, num_tokens)
+        self.patch_embed = dense(ph * pw * image_shape[0], width, init="lecun")
+        self.register_buffer("pos", sinusoidal_table(num_tokens, width), persistent=False)  # (T, E)
+        self.encoder_blocks = nn.ModuleList(EncoderBlock(width, num_heads, mlp_ratio) for _ in range(num_layers))
+        self.encoder_ln = nn.LayerNorm(width, eps=LN_EPS)
+        self.token_embed = nn.Embedding(vocab_size, width)
+        nn.init.normal_(self.token_embed.weight, std=1.0)
+        self.decoder_blocks = nn.ModuleList(DecoderBlock(width, num_heads, mlp_ratio) for _ in range(num_layers))
+        self.decoder_ln = nn.LayerNorm(width, eps=LN_EPS)
+        self.head = dense(width, vocab_size)
+
+    def memory(self, x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Encode ``x (B, C, H, W)`` and return each decoder layer's cross-attention ``(k, v)``, ``(B, h, P, d)``."""
+        h = self.patch_embed(patchify(x, self.num_tokens)) + self.pos  # (B, P, E)
+        for block in self.encoder_blocks:
+            h = block(h)
+        h = self.encoder_ln(h)
+        return [block.cross_attn.keys_values(h) for block in self.decoder_blocks]
+
+    def _teacher_forced_logits(
+        self, memory_kv: list, indices: torch.Tensor, num_samples: int, mask_token0: bool = False
+    ) -> torch.Tensor:
+        """Logits for flat b-major codes ``indices (B*K, T)`` -> ``(B*K, T, V)``."""
+        n, t = indices.shape
+        inputs = F.pad(indices[:, :-1], (1, 0))  # (B*K, T): start token 0, then z_<T
+        y = self.token_embed(inputs) + self.pos[:t]  # (B*K, T, E)
+        self_mask = cross_mask = None
+        if mask_token0:
+            valid = indices > 0  # (B*K, T), computed on the *unshifted* targets, as in the original
+            causal = torch.ones(t, t, dtype=torch.bool, device=indices.device).tril()
+            self_mask = (causal & valid[:, :, None] & valid[:, None, :])[:, None]  # (B*K, 1, T, T)
+            b = n // num_samples
+            p = memory_kv[0][0].shape[2]
+            cross_mask = valid.reshape(b, 1, num_samples * t, 1).expand(b, 1, num_samples * t, p)
+        for block, kv in zip(self.decoder_blocks, memory_kv):
+            y = block(y, kv, num_samples, self_mask, cross_mask)
+        return self.head(self.decoder_ln(y))
+
+    def log_prob(self, x: torch.Tensor, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Teacher-forced ``log q(z | x)`` for given codes, with gradients.
+
+        Args:
+            x: ``(B, C, H, W)``.
+            indices: ``(K, B, T)`` int64 codes.
+        Returns:
+            ``token_log_q (K, B, T)`` (with gradient) and ``token_entropy (K, B, T)`` (without), float32.
+        """
+        k, b, t = indices.shape
+        flat = indices.transpose(0, 1).reshape(b * k, t)  # (B*K, T) b-major
+        logits = self._teacher_forced_logits(self.memory(x), flat, k, self.mask_token0)  # (B*K, T, V)
+        log_probs = categorical_log_probs(logits)  # (B*K, T, V)
+        token_log_q = log_probs.gather(-1, flat[..., None]).squeeze(-1)  # (B*K, T)
+        with torch.no_grad():
+            entropy = categorical_entropy(log_probs)  # (B*K, T), for logging only
+        return token_log_q.view(b, k, t).transpose(0, 1), entropy.view(b, k, t).transpose(0, 1)
+
+    @torch.no_grad()
+    def sample(
+        self,
+        x: torch.Tensor,
+        num_samples: int = 1,
+        generator: torch.Generator | None = None,
+        use_cache: bool = True,
+    ) -> Samples:
+        """Draw ``num_samples`` codes per input by ancestral sampling at temperature 1.
+
+        With ``use_cache=False`` every step recomputes the whole prefix (a slow reference path that
+        must give identical codes under the same generator).
+        """
+        b, k, t = x.shape[0], num_samples, self.num_tokens
+        n = b * k
+        memory_kv = self.memory(x)
+        indices = torch.zeros(n, t, dtype=torch.long, device=x.device)  # (B*K, T)
+        token_log_q = torch.zeros(n, t, device=x.device)
+        token_entropy = torch.zeros(n, t, device=x.device)
+        if use_cache:
+            k_mem = memory_kv[0][0]
+            cache_shape = (n, k_mem.shape[1], t, k_mem.shape[3])  # (B*K, h, T, d)
+            caches = [
+                KVCache(k_mem.new_empty(cache_shape), k_mem.new_empty(cache_shape)) for _ in self.decoder_blocks
+            ]
+            token = torch.zeros(n, dtype=torch.long, device=x.device)  # start token
+        for pos in range(t):
+            if use_cache:
+                y = self.token_embed(token)[:, None] + self.pos[pos]  # (B*K, 1, E)
+                for block, kv, cache in zip(self.decoder_blocks, memory_kv, caches):
+                    y = block.step(y, kv, k, cache, pos)
+                logits = self.head(self.decoder_ln(y[:, 0]))  # (B*K, V)
+            else:
+                prefix = indices[:, : pos + 1]  # the last entry is a placeholder, shifted out
+                logits = self._teacher_forced_logits(memory_kv, prefix, k)[:, pos]  # (B*K, V)
+            log_probs = categorical_log_probs(logits)  # (B*K, V)
+            token = categorical_sample(log_probs, generator)  # (B*K,)
+            indices[:, pos] = token
+            token_log_q[:, pos] = log_probs.gather(-1, token[:, None]).squeeze(-1)
+            token_entropy[:, pos] = categorical_entropy(log_probs)
+
+        def unflatten(a: torch.Tensor) -> torch.Tensor:
+            return a.view(b, k, t).transpose(0, 1)  # (K, B, T)
+
+        return Samples(unflatten(indices), unflatten(token_log_q), unflatten(token_entropy))

@@ -1,0 +1,251 @@
+"""``train(cfg)``: the training loop, top to bottom.
+
+setup -> run folder -> data -> model -> optimizers -> resume -> for each step: batch -> ``out = model(x, step)``
+-> backward -> clip / skip non-finite -> step -> log -> evaluate every N -> checkpoint every N.
+
+Every random draw comes from an explicit generator whose state is saved in the checkpoint, so a run that
+is stopped and resumed ends with exactly the weights of an uninterrupted run (on the same device).
+Batches are drawn uniformly with replacement, as in the original (no epochs).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from daps import dist
+from daps.checkpoint import (
+    CKPT_DIR,
+    load_training_state,
+    load_weights,
+    read_config,
+    resolve_checkpoint,
+    save_checkpoint,
+    write_config,
+)
+from daps.config import Config, config_to_dict
+from daps.data import load_dataset
+from daps.methods import build_method
+from daps.metrics import evaluate
+from daps.optim import Optimizers
+from daps.plots import save_reconstruction_grid, save_training_curves
+
+log = logging.getLogger("daps")
+
+# Settings that may change when a run is resumed; anything else must match the saved config.
+RESUMABLE_CHANGES = {
+    "train.steps",
+    "train.progress",
+    "train.log_every",
+    "train.eval_every",
+    "train.eval_examples",
+    "train.eval_batch_size",
+    "train.ckpt_every",
+    "train.keep_checkpoints",
+    "data.data_dir",
+    "data.download",
+}
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+def prepare_run_dir(cfg: Config, resume: bool, overwrite: bool) -> Path | None:
+    """Check the run folder before anything is written. Returns the checkpoint to resume from, if any.
+
+    An existing, non-empty folder is refused unless ``resume`` (continue from its latest checkpoint) or
+    ``overwrite`` (delete it) is given.
+    """
+    run_dir = Path(cfg.train.out_dir)
+    if resume and overwrite:
+        raise ValueError("--resume and --overwrite cannot be combined")
+    exists = run_dir.exists() and any(run_dir.iterdir())
+    if not exists:
+        return None
+    if overwrite:
+        if dist.is_main():
+            shutil.rmtree(run_dir)
+        dist.barrier()
+        return None
+    if not resume:
+        raise ValueError(f"run folder {run_dir} already exists; pass --resume to continue it or --overwrite to replace it")
+    if not (run_dir / CKPT_DIR / "latest").is_file():
+        raise ValueError(f"cannot resume: {run_dir} has no checkpoint ({CKPT_DIR}/latest is missing)")
+    ckpt = resolve_checkpoint(run_dir)
+    saved = _flatten(config_to_dict(read_config(ckpt / "config.json")))
+    given = _flatten(config_to_dict(cfg))
+    changed = sorted(k for k in given if k not in RESUMABLE_CHANGES and saved.get(k) != given[k])
+    if changed:
+        diffs = ", ".join(f"{k}: {saved.get(k)!r} -> {given[k]!r}" for k in changed)
+        raise ValueError(f"cannot resume {run_dir} with a different config ({diffs})")
+    return ckpt
+
+
+def _rng_states(generators: dict[str, torch.Generator]) -> dict[str, torch.Tensor]:
+    return {name: g.get_state() for name, g in generators.items()}
+
+
+def train(cfg: Config, resume: bool = False, overwrite: bool = False, device: str | None = None) -> Path:
+    """Train ``cfg.method`` on ``cfg.data`` for ``cfg.train.steps`` optimizer steps; returns the run folder.
+
+    Writes ``config.json``, ``metrics.jsonl`` (one JSON object per train log / validation),
+    ``checkpoints/``, ``reconstructions.png``, ``curves.png`` and ``summary.json`` into the run folder.
+    """
+    rank, world = dist.setup()
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    tc = cfg.train
+    run_dir = Path(tc.out_dir)
+    resume_from = prepare_run_dir(cfg, resume, overwrite)
+
+    # Data: in memory, drawn by index.
+    train_set = load_dataset(cfg.data.name, "train", cfg.data.data_dir or None, cfg.data.download)
+    val_set = load_dataset(cfg.data.name, "test", cfg.data.data_dir or None, cfg.data.download)
+    train_x = train_set.images.to(device)
+    val_x = val_set.images[: tc.eval_examples or None].to(device)
+    if tuple(train_x.shape[1:]) != tuple(cfg.data.image_shape):
+        raise ValueError(f"data.image_shape is {cfg.data.image_shape} but {cfg.data.name} has {tuple(train_x.shape[1:])}")
+
+    # Model and optimizers. Initialization is seeded without touching the global RNG.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(tc.seed)
+        model = build_method(cfg, tuple(cfg.data.image_shape)).to(device)
+    optimizers = Optimizers(model, model.optimizer_specs(cfg.optim.lr, cfg.optim.grad_clip), cfg.optim.weight_decay)
+    step_model = model
+    if world > 1:
+        step_model = torch.nn.parallel.DistributedDataParallel(model)
+    generators = {
+        "data": torch.Generator(device).manual_seed(tc.seed * 1000 + 2 * rank + 1),
+        "sample": torch.Generator(device).manual_seed(tc.seed * 1000 + 2 * rank + 2),
+    }
+
+    start_step = 0
+    if resume_from is not None:
+        load_weights(model, resume_from)
+        state = load_training_state(resume_from)
+        optimizers.load_state_dict(state["optimizers"])
+        for name, g in generators.items():
+            g.set_state(state["rng"][name])
+        start_step = state["step"]
+        log.info("resumed %s at step %d", run_dir, start_step)
+
+    if dist.is_main():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_config(run_dir / "config.json", cfg)
+        num_params = sum(p.numel() for p in model.parameters())
+        log.info(
+            "training %s on %s (%d train / %d val images) for %d steps, %d parameters, device %s -> %s",
+            cfg.method, train_set.name, train_x.shape[0], val_x.shape[0], tc.steps, num_params, device, run_dir,
+        )
+    metrics_file = open(run_dir / "metrics.jsonl", "a") if dist.is_main() else None
+
+    def write_row(row: dict) -> None:
+        if metrics_file is not None:
+            metrics_file.write(json.dumps(row) + "\n")
+            metrics_file.flush()
+
+    def run_eval(step: int) -> dict[str, float]:
+        eval_gen = torch.Generator(device).manual_seed(tc.seed + 12345)  # same codes' noise at every eval
+        metrics = evaluate(model, val_x, tc.eval_batch_size, eval_gen)
+        write_row({"split": "val", "step": step, **metrics})
+        return metrics
+
+    def checkpoint(step: int) -> None:
+        if dist.is_main():
+            state = {"step": step, "optimizers": optimizers.state_dict(), "rng": _rng_states(generators)}
+            save_checkpoint(run_dir, step, model, cfg, state, keep=tc.keep_checkpoints)
+        dist.barrier()
+
+    bar = tqdm(
+        total=tc.steps, initial=start_step, disable=not (tc.progress and dist.is_main()),
+        dynamic_ncols=True, mininterval=1.0, unit="step",
+    )
+    sums: dict[str, torch.Tensor] = {}
+    count, t_last, t_start = 0, time.perf_counter(), time.perf_counter()
+    model.train()
+    for step in range(start_step, tc.steps):
+        idx = torch.randint(train_x.shape[0], (tc.batch_size,), generator=generators["data"], device=device)
+        x = train_x[idx]  # (B, C, H, W)
+        out = step_model(x, step, generator=generators["sample"])
+        optimizers.zero_grad()
+        out.loss.backward()
+        grad_norms = optimizers.step()
+
+        for key, value in out.logs.items():
+            sums[key] = sums[key] + value if key in sums else value.clone()
+        count += 1
+        done = step + 1
+        if done % tc.log_every == 0 or done == tc.steps:
+            now = time.perf_counter()
+            row = {key: float(value) / count for key, value in sums.items()}
+            row.update({f"grad_norm_{k}": v for k, v in grad_norms.items()})
+            row.update({f"skipped_{k}": v for k, v in optimizers.skipped.items()})
+            row.update(split="train", step=done, steps_per_s=count / (now - t_last), time=now - t_start)
+            write_row(row)
+            bar.set_postfix(log_p=f"{row['log_p']:.1f}", ess=f"{row['ess']:.2f}", eta=f"{row['eta']:.3g}", refresh=False)
+            sums, count, t_last = {}, 0, now
+            if not all(math.isfinite(v) for v in row.values() if isinstance(v, float)):
+                log.warning("non-finite training metrics at step %d: %s", done, row)
+        if dist.is_main() and done % tc.eval_every == 0 and done != tc.steps:
+            metrics = run_eval(done)
+            log.info("step %d: val log p %.2f  L2 %.3f  ELBO %.2f", done, metrics["log_p"], metrics["l2"], metrics["elbo"])
+        if done % tc.ckpt_every == 0 and done != tc.steps:
+            checkpoint(done)
+        bar.update(1)
+    bar.close()
+
+    checkpoint(tc.steps)
+    if dist.is_main():
+        metrics = run_eval(tc.steps)
+        (run_dir / "summary.json").write_text(json.dumps({"step": tc.steps, **metrics}, indent=2) + "\n")
+        model.eval()
+        with torch.no_grad():
+            rec = model.reconstruct(val_x[:16], torch.Generator(device).manual_seed(tc.seed))
+        save_reconstruction_grid(
+            val_x[:16], rec.x_hat, run_dir / "reconstructions.png",
+            title=f"{cfg.method} on {train_set.name} after {tc.steps} steps (validation images)",
+        )
+        save_training_curves(run_dir / "metrics.jsonl", run_dir / "curves.png", title=f"{cfg.method} / {train_set.name}")
+        metrics_file.close()
+    skipped = {k: v for k, v in optimizers.skipped.items() if v}
+    if skipped:
+        log.warning("skipped updates with non-finite gradients: %s", skipped)
+    dist.teardown()
+    return run_dir
+
+
+def summarize(metrics: dict[str, float]) -> str:
+    """A short human-readable table of validation metrics."""
+    rows = [
+        ("ELBO", "elbo", "nats"),
+        ("beta-ELBO", "beta_elbo", "nats"),
+        ("log p(x|z)", "log_p", "nats"),
+        ("KL(q || uniform)", "kl", "nats"),
+        ("L2", "l2", ""),
+        ("MSE", "mse", ""),
+        ("PSNR", "psnr", "dB"),
+        ("codebook utilization", "codebook_utilization", ""),
+        ("code perplexity", "code_perplexity", ""),
+        ("token entropy", "token_entropy", "nats"),
+    ]
+    lines = [f"validation on {int(metrics.get('num_images', 0))} images:"]
+    for label, key, unit in rows:
+        if key in metrics:
+            lines.append(f"  {label:<22} {metrics[key]:>10.4f} {unit}")
+    return "\n".join(lines)
+
+
+__all__ = ["prepare_run_dir", "summarize", "train"]
