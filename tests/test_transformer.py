@@ -1,0 +1,120 @@
+"""The autoregressive encoder: cached vs recomputed sampling, teacher forcing, masks, patches."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from daps.nets.transformer import ARTransformerEncoder, patch_grid, patch_shape, patchify, sinusoidal_table
+
+
+def tiny_encoder(vocab_size: int = 4, num_tokens: int = 8, num_layers: int = 2, mask_token0: bool = False):
+    torch.manual_seed(0)
+    return ARTransformerEncoder(
+        (1, 28, 28), num_tokens=num_tokens, vocab_size=vocab_size, width=32, num_layers=num_layers,
+        num_heads=4, mlp_ratio=2, mask_token0=mask_token0,
+    ).eval()
+
+
+def images(b: int = 6, seed: int = 0) -> torch.Tensor:
+    return (torch.rand(b, 1, 28, 28, generator=torch.Generator().manual_seed(seed)) > 0.8).float()
+
+
+@pytest.mark.parametrize("num_layers", [1, 2])
+def test_cached_sampling_equals_full_recomputation(num_layers):
+    enc, x = tiny_encoder(vocab_size=16, num_layers=num_layers), images()
+    a = enc.sample(x, 5, torch.Generator().manual_seed(7), use_cache=True)
+    b = enc.sample(x, 5, torch.Generator().manual_seed(7), use_cache=False)
+    assert a.indices.shape == (5, 6, 8)
+    assert torch.equal(a.indices, b.indices)
+    torch.testing.assert_close(a.token_log_q, b.token_log_q, atol=1e-5, rtol=0)
+    torch.testing.assert_close(a.token_entropy, b.token_entropy, atol=1e-5, rtol=0)
+    # Different seeds give different codes (the generator is really used).
+    c = enc.sample(x, 5, torch.Generator().manual_seed(8))
+    assert not torch.equal(a.indices, c.indices)
+
+
+def test_teacher_forced_log_q_equals_sampling_log_probs_including_code_zero():
+    enc, x = tiny_encoder(vocab_size=4), images()  # V=4: most sequences contain a 0
+    s = enc.sample(x, 8, torch.Generator().manual_seed(0))
+    assert (s.indices == 0).any(-1).float().mean() > 0.5
+    token_log_q, token_entropy = enc.log_prob(x, s.indices)
+    torch.testing.assert_close(token_log_q, s.token_log_q, atol=1e-5, rtol=0)
+    torch.testing.assert_close(token_entropy, s.token_entropy, atol=1e-5, rtol=0)
+
+
+def test_mask_token0_reproduces_original_mismatch():
+    """The original's masks change log q from the first code 0 on, and only for sequences with a 0."""
+    enc, x = tiny_encoder(vocab_size=4, mask_token0=True), images()
+    s = enc.sample(x, 8, torch.Generator().manual_seed(0))
+    token_log_q, _ = enc.log_prob(x, s.indices)
+    diff = (token_log_q - s.token_log_q).abs()  # (K, B, T)
+    has_zero = (s.indices == 0).any(-1)
+    assert has_zero.any() and (~has_zero).any()
+    assert diff[~has_zero].max() < 1e-5
+    assert diff[has_zero].max() > 1e-3
+    # Before the first 0 of a sequence nothing changes.
+    first_zero = torch.where(s.indices == 0, torch.arange(8), 8).min(-1).values  # (K, B)
+    before = torch.arange(8) < first_zero[..., None]
+    assert diff[before].max() < 1e-5
+
+
+def test_teacher_forcing_is_causal():
+    enc, x = tiny_encoder(vocab_size=16), images(b=3)
+    z = torch.randint(16, (2, 3, 8), generator=torch.Generator().manual_seed(0))
+    z2 = z.clone()
+    z2[..., 5] = (z2[..., 5] + 1) % 16
+    a, _ = enc.log_prob(x, z)
+    b, _ = enc.log_prob(x, z2)
+    torch.testing.assert_close(a[..., :5], b[..., :5])  # positions up to 4 do not see z_5
+    assert not torch.allclose(a[..., 5:], b[..., 5:])
+
+
+def test_samples_of_one_input_do_not_see_other_inputs():
+    """Grouped cross-attention: each sample must attend only to its own input's memory."""
+    enc = tiny_encoder(vocab_size=16)
+    x = images(b=4)
+    z = torch.randint(16, (3, 4, 8), generator=torch.Generator().manual_seed(1))
+    full, _ = enc.log_prob(x, z)
+    alone, _ = enc.log_prob(x[2:3], z[:, 2:3])
+    torch.testing.assert_close(full[:, 2:3], alone, atol=1e-5, rtol=0)
+
+
+def test_log_prob_gradients_reach_every_encoder_parameter():
+    enc = tiny_encoder(vocab_size=16).train()
+    x = images(b=3)
+    z = enc.sample(x, 2, torch.Generator().manual_seed(0)).indices
+    token_log_q, _ = enc.log_prob(x, z)
+    token_log_q.sum().backward()
+    missing = [n for n, p in enc.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
+    assert missing == []
+
+
+def test_patch_grid_and_shapes_of_the_original():
+    assert patch_grid(8) == (2, 4)  # MNIST: 2 x 4 patches of 14 x 8 (28 x 28 padded to 28 x 32)
+    assert patch_shape((1, 28, 28), 8) == (14, 8)
+    assert patch_grid(64) == (8, 8) and patch_shape((3, 32, 32), 64) == (4, 4)  # CIFAR
+    assert patch_grid(1024) == (32, 32) and patch_shape((3, 256, 256), 1024) == (8, 8)  # ImageNet
+    assert patchify(torch.zeros(2, 1, 28, 28), 8).shape == (2, 8, 112)
+    assert patchify(torch.zeros(2, 3, 32, 32), 64).shape == (2, 64, 48)
+
+
+def test_patchify_content_and_padding():
+    x = torch.arange(28 * 28, dtype=torch.float32).view(1, 1, 28, 28) + 1
+    p = patchify(x, 8)  # (1, 8, 112): rows 2 x cols 4 of 14 x 8, two zero columns on each side
+    first = p[0, 0].view(14, 8)
+    assert (first[:, :2] == 0).all()
+    torch.testing.assert_close(first[:, 2:], x[0, 0, :14, :6])
+    last = p[0, 7].view(14, 8)
+    assert (last[:, 6:] == 0).all()
+    torch.testing.assert_close(last[:, :6], x[0, 0, 14:, 22:])
+    assert p.sum() == x.sum()  # nothing lost, nothing duplicated
+
+
+def test_sinusoidal_table():
+    t = sinusoidal_table(10, 8)
+    assert t.shape == (10, 8)
+    torch.testing.assert_close(t[0], torch.tensor([0, 0, 0, 0, 1, 1, 1, 1.0]))
+    # First frequency is 1 (i = 0); the last is 1/10000 (i = d/2 - 1).
+    torch.testing.assert_close(t[3, 0], torch.tensor(3.0).sin())
+    torch.testing.assert_close(t[3, 3], torch.tensor(3e-4).sin())
