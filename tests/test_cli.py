@@ -283,24 +283,11 @@ def test_eval_with_missing_data(trained_run, tmp_path, capsys):
     assert "mnist_5k.csv.gz" in line and "not found" in line
 
 
-@pytest.mark.xfail(
-    raises=ZeroDivisionError,
-    strict=True,
-    reason="BUG daps/config.py validate(): encoder.num_heads=0 raises ZeroDivisionError, which daps.cli.main "
-    "does not catch (traceback instead of exit 2)",
-)
 def test_zero_heads_is_a_user_error(tmp_path, capsys):
     assert main(["train", "encoder.num_heads=0", f"train.out_dir={tmp_path / 'run'}"]) == 2
     assert "encoder.num_heads" in error_line(capsys, "train")
 
 
-@pytest.mark.xfail(
-    raises=SystemExit,
-    strict=True,
-    reason="BUG daps/cli.py main(): parse_args (not parse_intermixed_args) cannot take key=value overrides "
-    "after a flag, e.g. `daps train train.steps=10 --resume train.out_dir=x` exits with argparse's "
-    "'unrecognized arguments: train.out_dir=x'",
-)
 def test_flags_between_overrides(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["train", "train.steps=abc", "--overwrite", f"train.out_dir={out}"]) == 2

@@ -208,22 +208,11 @@ def test_validate_runs_without_overrides():
         validate(cfg)
 
 
-@pytest.mark.xfail(
-    raises=ZeroDivisionError,
-    strict=True,
-    reason="BUG daps/config.py validate(): `cfg.encoder.width % cfg.encoder.num_heads` raises ZeroDivisionError "
-    "for encoder.num_heads=0 instead of a ValueError naming the key",
-)
 def test_zero_heads_rejected_with_value_error():
     with pytest.raises(ValueError, match="encoder.num_heads"):
         parse_overrides(get_preset("mnist"), ["encoder.num_heads=0"])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG daps/config.py validate(): these invalid values are accepted (negative heads divide the width; "
-    "NaN passes the `value <= 0` positivity test; negative eval_examples / keep_checkpoints are not checked)",
-)
 @pytest.mark.parametrize(
     "item",
     ["encoder.num_heads=-2", "optim.lr=nan", "daps.init_eta=nan", "train.eval_examples=-5", "train.keep_checkpoints=-1"],
