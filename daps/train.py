@@ -220,10 +220,11 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False, device: st
         metrics = run_eval(end_step)
         (run_dir / "summary.json").write_text(json.dumps({"step": end_step, **metrics}, indent=2) + "\n")
         model.eval()
+        shown = val_x[torch.linspace(0, val_x.shape[0] - 1, 16).long().unique()]  # spread over the (often sorted) split
         with torch.no_grad():
-            rec = model.reconstruct(val_x[:16], torch.Generator(device).manual_seed(tc.seed))
+            rec = model.reconstruct(shown, torch.Generator(device).manual_seed(tc.seed))
         save_reconstruction_grid(
-            val_x[:16], rec.x_hat, run_dir / "reconstructions.png",
+            shown, rec.x_hat, run_dir / "reconstructions.png",
             title=f"{cfg.method} on {train_set.name} after {end_step} steps (validation images)",
         )
         save_training_curves(run_dir / "metrics.jsonl", run_dir / "curves.png", title=f"{cfg.method} / {train_set.name}")
