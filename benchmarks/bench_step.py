@@ -103,6 +103,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     parts = {
         "sampling": timed(lambda: enc.sample(x, k, gen), reps),
+        "sampling_no_cache": timed(lambda: enc.sample(x, k, gen, use_cache=False), reps),
         "teacher_forced": timed(teacher_forced, reps),
         "decoder": timed(decoder, reps),
         "optimizer": timed(optimizer, reps),
@@ -127,6 +128,10 @@ def main(argv: list[str] | None = None) -> dict:
     print(
         f"| {args.preset} | {b} | {k} | {steps_per_s:.2f} | {result['step_ms']:.0f} | {br['sampling']:.0f} | "
         f"{br['teacher_forced']:.0f} | {br['decoder']:.0f} | {br['optimizer']:.0f} |"
+    )
+    print(
+        f"sampling with KV cache: {br['sampling']:.0f} ms; recomputing the prefix each token: "
+        f"{br['sampling_no_cache']:.0f} ms (x{br['sampling_no_cache'] / br['sampling']:.2f})"
     )
     print(f"machine: {result['machine']}, {result['threads']} threads, torch {result['torch']}")
     if args.json:

@@ -18,6 +18,7 @@ __all__ = [
     "adaptive_grad_clip",
     "categorical_log_probs",
     "categorical_sample",
+    "clamp_log_prob",
     "categorical_entropy",
     "constant_schedule",
     "cosine_schedule",
@@ -40,6 +41,11 @@ FLOAT32_EPS = float(torch.finfo(torch.float32).eps)  # ~1.19e-7, the clamp used 
 # Categorical helpers
 
 
+def clamp_log_prob(log_p: torch.Tensor) -> torch.Tensor:
+    """Clamp log-probabilities to ``[log eps, log(1 - eps)]`` (probabilities to ``[eps, 1 - eps]``)."""
+    return log_p.clamp(math.log(FLOAT32_EPS), math.log1p(-FLOAT32_EPS))
+
+
 def categorical_log_probs(logits: torch.Tensor) -> torch.Tensor:
     """Normalized log-probabilities with probabilities clamped to ``[eps, 1 - eps]`` (float32).
 
@@ -51,8 +57,7 @@ def categorical_log_probs(logits: torch.Tensor) -> torch.Tensor:
     Returns:
         ``(..., V)`` float32 log-probabilities.
     """
-    log_p = F.log_softmax(logits.float(), dim=-1)
-    return log_p.clamp(math.log(FLOAT32_EPS), math.log1p(-FLOAT32_EPS))
+    return clamp_log_prob(F.log_softmax(logits.float(), dim=-1))
 
 
 def categorical_entropy(log_probs: torch.Tensor) -> torch.Tensor:

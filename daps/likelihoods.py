@@ -14,13 +14,14 @@ _MAX_LOGIT = math.log((1.0 - FLOAT32_EPS) / FLOAT32_EPS)
 
 
 def bernoulli_log_prob(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """``log p(x | logits)`` of independent Bernoulli pixels: ``(N, ...) -> (N,)`` float32.
+    """``log p(x | logits)`` of independent Bernoulli pixels, summed over the data dims.
 
-    ``x`` must broadcast to ``logits``; values in {0, 1}.
+    ``x (N, *data)`` with values in {0, 1}; ``logits (*extra, N, *data)``, e.g. ``(K, B, C, H, W)`` for K
+    decodings of each of B images (x is broadcast, not copied). Returns ``(*extra, N)`` float32.
     """
     logits = logits.float().clamp(-_MAX_LOGIT, _MAX_LOGIT)
-    x = x.float().expand_as(logits)
-    return -F.binary_cross_entropy_with_logits(logits, x, reduction="none").flatten(1).sum(1)
+    nll = F.binary_cross_entropy_with_logits(logits, x.float().expand_as(logits), reduction="none")
+    return -nll.flatten(-(x.dim() - 1)).sum(-1)
 
 
 def bernoulli_mean(logits: torch.Tensor) -> torch.Tensor:

@@ -75,7 +75,7 @@ class DAPS(nn.Module):
         log_q = token_log_q.sum(-1)  # (K, B)
 
         logits = self.decoder(indices.flatten(0, 1))  # (K*B, C, H, W)
-        log_p = bernoulli_log_prob(logits, x.repeat(num_samples, 1, 1, 1)).view(num_samples, -1)  # (K, B)
+        log_p = bernoulli_log_prob(logits.view(num_samples, *x.shape), x).view(num_samples, -1)  # (K, B)
 
         rewards, log_q_const = log_p.detach(), log_q.detach()
         eta = self.log_eta.exp()

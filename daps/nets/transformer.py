@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from daps.functional import categorical_entropy, categorical_log_probs, categorical_sample
+from daps.functional import categorical_entropy, categorical_log_probs, categorical_sample, clamp_log_prob
 
 LN_EPS = 1e-6
 
@@ -230,7 +230,10 @@ class DecoderBlock(nn.Module):
         cache.k[:, :, pos : pos + 1] = k
         cache.v[:, :, pos : pos + 1] = v
         q = attn.split(attn.q(a))  # (N, h, 1, d)
-        y = y + attn.merge(F.scaled_dot_product_attention(q, cache.k[:, :, : pos + 1], cache.v[:, :, : pos + 1]))
+        keys, values = cache.k[:, :, : pos + 1], cache.v[:, :, : pos + 1]  # (N, h, pos+1, d)
+        # One query over a few keys: plain matmuls beat the fused kernel's overhead here (CPU, ~2x).
+        scores = (q @ keys.transpose(-2, -1)) * (q.shape[-1] ** -0.5)  # (N, h, 1, pos+1)
+        y = y + attn.merge(scores.softmax(-1) @ values)
         y = y + self.cross_attn.attend_grouped(self.ln2(y), *memory_kv, num_samples)
         return y + self.mlp(self.ln3(y))
 
@@ -330,10 +333,12 @@ class ARTransformerEncoder(nn.Module):
         k, b, t = indices.shape
         flat = indices.transpose(0, 1).reshape(b * k, t)  # (B*K, T) b-major
         logits = self._teacher_forced_logits(self.memory(x), flat, k, self.mask_token0)  # (B*K, T, V)
-        log_probs = categorical_log_probs(logits)  # (B*K, T, V)
-        token_log_q = log_probs.gather(-1, flat[..., None]).squeeze(-1)  # (B*K, T)
+        # Clamp only the gathered entries: the same values as gathering from categorical_log_probs, without
+        # an elementwise clamp (and its backward) over all V logits.
+        log_probs = F.log_softmax(logits.float(), dim=-1)  # (B*K, T, V)
+        token_log_q = clamp_log_prob(log_probs.gather(-1, flat[..., None]).squeeze(-1))  # (B*K, T)
         with torch.no_grad():
-            entropy = categorical_entropy(log_probs)  # (B*K, T), for logging only
+            entropy = categorical_entropy(clamp_log_prob(log_probs))  # (B*K, T), for logging only
         return token_log_q.view(b, k, t).transpose(0, 1), entropy.view(b, k, t).transpose(0, 1)
 
     @torch.no_grad()
