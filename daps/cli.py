@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 
 from daps.config import PRESETS, get_preset, parse_overrides
@@ -45,6 +46,8 @@ def _train(args: argparse.Namespace) -> int:
 
     cfg = parse_overrides(get_preset(args.preset), args.overrides)
     run_dir = train(cfg, resume=args.resume, overwrite=args.overwrite, device=args.device)
+    if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 evaluates and reports
+        return 0
     summary = json.loads((run_dir / "summary.json").read_text())
     print(summarize(summary))
     print(f"run folder: {run_dir}  (reconstructions.png, curves.png, metrics.jsonl, checkpoints/)")
