@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import shutil
 import time
 from pathlib import Path
@@ -29,6 +30,7 @@ from daps.checkpoint import (
     resolve_checkpoint,
     save_checkpoint,
     write_config,
+    write_text_atomic,
 )
 from daps.config import Config, config_to_dict
 from daps.data import load_dataset
@@ -102,6 +104,16 @@ def prepare_run_dir(cfg: Config, resume: bool, overwrite: bool) -> Path | None:
     return ckpt
 
 
+def truncate_metrics(path: Path, last_step: int) -> None:
+    """Drop rows of ``metrics.jsonl`` logged after ``last_step`` (atomically)."""
+    if not path.exists():
+        return
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    kept = [line for line in lines if json.loads(line).get("step", 0) <= last_step]
+    if len(kept) != len(lines):
+        write_text_atomic(path, "".join(line + "\n" for line in kept))
+
+
 def _rng_states(generators: dict[str, torch.Generator]) -> dict[str, torch.Tensor]:
     return {name: g.get_state() for name, g in generators.items()}
 
@@ -114,6 +126,9 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False, device: st
     """
     rank, world = dist.setup()
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
     tc = cfg.train
     run_dir = Path(tc.out_dir)
     resume_from = prepare_run_dir(cfg, resume, overwrite)
@@ -152,6 +167,8 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False, device: st
     if dist.is_main():
         run_dir.mkdir(parents=True, exist_ok=True)
         write_config(run_dir / "config.json", cfg)
+        if resume_from is not None:  # rows logged after the checkpoint will be logged again
+            truncate_metrics(run_dir / "metrics.jsonl", start_step)
         num_params = sum(p.numel() for p in model.parameters())
         log.info(
             "training %s on %s (%d train / %d val images) for %d steps, %d parameters, device %s -> %s",

@@ -237,6 +237,10 @@ def test_resume_after_a_crash_is_exact(tmp_path, tiny_overrides, trained_run, no
     summary = json.loads((run / "summary.json").read_text())
     assert summary == json.loads((trained_run / "summary.json").read_text())
     assert_same(dict(daps.load_model(run).state_dict()), weights(trained_run, 6))
+    # Rows logged after the step-3 checkpoint were dropped and logged again: no step appears twice.
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    keys = [(r["split"], r["step"]) for r in rows]
+    assert len(keys) == len(set(keys)) and ("train", 6) in keys and ("val", 6) in keys
 
     # resuming a finished run trains nothing and changes nothing
     train(tiny_overrides, run, "--resume")
