@@ -1,4 +1,4 @@
-"""daps: discrete variational autoencoders trained by policy search (DAPS, ICLR 2026) and baselines."""
+"""daps: discrete variational autoencoders trained by policy search (DAPS, ICLR 2026)."""
 
 from daps.checkpoint import load_model
 from daps.config import PRESETS, Config, get_preset, parse_overrides

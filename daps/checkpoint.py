@@ -38,6 +38,15 @@ def write_text_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def _fsync(path: Path) -> None:
+    """Flush a file's (or a folder's entries') data to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def write_config(path: Path, cfg: Config) -> None:
     write_text_atomic(path, json.dumps(config_to_dict(cfg), indent=2) + "\n")
 
@@ -58,10 +67,15 @@ def save_checkpoint(run_dir: Path, step: int, model: nn.Module, cfg: Config, sta
     save_file(tensors, str(tmp / "model.safetensors"), metadata={"step": str(step)})
     write_config(tmp / "config.json", cfg)
     torch.save(state, tmp / "state.pt")
-    if final.exists():
-        shutil.rmtree(final)
+    for path in (tmp / "model.safetensors", tmp / "state.pt"):
+        _fsync(path)
+    aside = root / f".{name}.old-{os.getpid()}"
+    if final.exists():  # rewriting a step: move the old copy aside, never leave `latest` dangling
+        os.replace(final, aside)
     os.replace(tmp, final)
+    _fsync(root)
     write_text_atomic(root / "latest", name + "\n")
+    shutil.rmtree(aside, ignore_errors=True)
     checkpoints = sorted(p for p in root.glob("step_*") if p.is_dir())
     for old in checkpoints[: max(len(checkpoints) - keep, 0)]:
         if old != final:
@@ -85,7 +99,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
 
 
 def load_training_state(ckpt: Path) -> dict[str, Any]:
-    return torch.load(Path(ckpt) / "state.pt", weights_only=True)
+    return torch.load(Path(ckpt) / "state.pt", map_location="cpu", weights_only=True)
 
 
 def load_weights(model: nn.Module, ckpt: Path) -> None:

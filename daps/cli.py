@@ -15,9 +15,16 @@ import sys
 from daps.config import PRESETS, get_preset, parse_overrides
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad command line in one line (no usage block) with exit code 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog.split()[0]} --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="daps", description="Discrete VAEs trained by policy search (DAPS).")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="daps", description="Discrete VAEs trained by policy search (DAPS).")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("train", help="train a model and write a run folder")
     p.add_argument("--preset", default="mnist", help=f"one of: {', '.join(sorted(PRESETS))} (default mnist)")
@@ -41,11 +48,28 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _device(name: str | None):
+    """``--device`` -> torch.device, or a ValueError naming what is wrong."""
+    import torch
+
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device {name!r} is not a device (try cpu, cuda or cuda:1)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: CUDA is not available on this machine")
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device {name}: only cpu and cuda are supported")
+    return device
+
+
 def _train(args: argparse.Namespace) -> int:
     from daps.train import summarize, train
 
     cfg = parse_overrides(get_preset(args.preset), args.overrides)
-    run_dir = train(cfg, resume=args.resume, overwrite=args.overwrite, device=args.device)
+    run_dir = train(cfg, resume=args.resume, overwrite=args.overwrite, device=_device(args.device))
     if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 evaluates and reports
         return 0
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -62,7 +86,9 @@ def _eval(args: argparse.Namespace) -> int:
     from daps.metrics import evaluate
     from daps.train import summarize
 
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if args.batch_size <= 0 or args.max_images < 0:
+        raise ValueError("--batch-size must be positive and --max-images >= 0")
+    device = _device(args.device)
     model = load_model(args.run_dir, device)
     cfg = model.config
     data = load_dataset(cfg.data.name, args.split, args.data_dir or cfg.data.data_dir or None, cfg.data.download)
@@ -100,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     commands = {"train": _train, "eval": _eval, "presets": _presets}
     try:
         return commands[args.command](args)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, OSError) as err:  # user input: bad values, missing or unreadable files
         print(f"daps {args.command}: error: {err}", file=sys.stderr)
         return 2
 

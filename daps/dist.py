@@ -29,6 +29,15 @@ def is_main() -> bool:
     return rank() == 0
 
 
+def gather_objects(obj: object) -> list:
+    """``obj`` of every rank, as a list indexed by rank (on every rank); ``[obj]`` in a single process."""
+    if not dist.is_initialized():
+        return [obj]
+    out: list = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()

@@ -79,11 +79,12 @@ def categorical_sample(log_probs: torch.Tensor, generator: torch.Generator | Non
     """Exact categorical sample by inverting the CDF: ``(..., V) -> (...)`` int64.
 
     One uniform draw per sample (Gumbel-max needs V), which makes it several times faster on CPU; the
-    probabilities need not be normalized. Returns the first index whose cumulative mass reaches u.
+    probabilities need not be normalized. Returns the first index whose cumulative mass exceeds u, so a
+    zero-probability entry is never drawn, even for u = 0.
     """
     cdf = log_probs.float().exp().cumsum(-1)  # (..., V)
     u = torch.rand((*cdf.shape[:-1], 1), generator=generator, device=cdf.device) * cdf[..., -1:]  # (..., 1)
-    return torch.searchsorted(cdf, u).squeeze(-1).clamp_max(cdf.shape[-1] - 1)
+    return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_max(cdf.shape[-1] - 1)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import math
 import os
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -68,23 +69,31 @@ def _flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def prepare_run_dir(cfg: Config, resume: bool, overwrite: bool) -> Path | None:
-    """Check the run folder before anything is written. Returns the checkpoint to resume from, if any.
+@dataclass
+class RunPlan:
+    """What :func:`prepare_run_dir` decided: start fresh (deleting an old run first?) or resume."""
+
+    resume_from: Path | None = None
+    delete_first: bool = False
+
+
+def prepare_run_dir(cfg: Config, resume: bool, overwrite: bool) -> RunPlan:
+    """Check the run folder before anything is written or deleted.
 
     An existing, non-empty folder is refused unless ``resume`` (continue from its latest checkpoint) or
-    ``overwrite`` (delete it) is given.
+    ``overwrite`` (delete it, which :func:`train` does only once data and model are ready) is given.
     """
     run_dir = Path(cfg.train.out_dir)
     if resume and overwrite:
         raise ValueError("--resume and --overwrite cannot be combined")
-    exists = run_dir.exists() and any(run_dir.iterdir())
-    if not exists:
-        return None
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ValueError(f"train.out_dir {run_dir} exists and is not a folder")
+    if not (run_dir.exists() and any(run_dir.iterdir())):
+        if resume:
+            log.warning("--resume: %s does not exist yet, starting a new run", run_dir)
+        return RunPlan()
     if overwrite:
-        if dist.is_main():
-            shutil.rmtree(run_dir)
-        dist.barrier()
-        return None
+        return RunPlan(delete_first=True)
     if not resume:
         raise ValueError(f"run folder {run_dir} already exists; pass --resume to continue it or --overwrite to replace it")
     if not (run_dir / CKPT_DIR / "latest").is_file():
@@ -101,24 +110,32 @@ def prepare_run_dir(cfg: Config, resume: bool, overwrite: bool) -> Path | None:
             "train.steps changed on resume (%s -> %s): schedules that follow the run length (beta) are re-timed",
             saved["train.steps"], given["train.steps"],
         )
-    return ckpt
+    return RunPlan(resume_from=ckpt)
 
 
 def truncate_metrics(path: Path, last_step: int) -> None:
-    """Drop rows of ``metrics.jsonl`` logged after ``last_step`` (atomically)."""
+    """Drop rows of ``metrics.jsonl`` logged after ``last_step``, and a line cut off by a crash (atomically)."""
     if not path.exists():
         return
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
-    kept = [line for line in lines if json.loads(line).get("step", 0) <= last_step]
-    if len(kept) != len(lines):
-        write_text_atomic(path, "".join(line + "\n" for line in kept))
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if row.get("step", 0) <= last_step:
+            kept.append(line)
+    write_text_atomic(path, "".join(line + "\n" for line in kept))
 
 
-def _rng_states(generators: dict[str, torch.Generator]) -> dict[str, torch.Tensor]:
-    return {name: g.get_state() for name, g in generators.items()}
+def _rng_states(generators: dict[str, torch.Generator]) -> list[dict[str, torch.Tensor]]:
+    """Every rank's generator states, gathered to a list indexed by rank (each rank draws its own data)."""
+    return dist.gather_objects({name: g.get_state() for name, g in generators.items()})
 
 
-def train(cfg: Config, resume: bool = False, overwrite: bool = False, device: str | None = None) -> Path:
+def train(
+    cfg: Config, resume: bool = False, overwrite: bool = False, device: str | torch.device | None = None
+) -> Path:
     """Train ``cfg.method`` on ``cfg.data`` for ``cfg.train.steps`` optimizer steps; returns the run folder.
 
     Writes ``config.json``, ``metrics.jsonl`` (one JSON object per train log / validation),
@@ -131,13 +148,19 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False, device: st
         torch.cuda.set_device(device)
     tc = cfg.train
     run_dir = Path(tc.out_dir)
-    resume_from = prepare_run_dir(cfg, resume, overwrite)
+    end_step = min(tc.steps, tc.stop_after) if tc.stop_after else tc.steps
+    plan = prepare_run_dir(cfg, resume, overwrite)
+    dist.barrier()  # every rank has inspected the folder before rank 0 may delete it
 
-    # Data: in memory, drawn by index.
+    # Data: in memory, drawn by index. Validation: a fixed random subset (splits may be sorted by class).
     train_set = load_dataset(cfg.data.name, "train", cfg.data.data_dir or None, cfg.data.download)
     val_set = load_dataset(cfg.data.name, "test", cfg.data.data_dir or None, cfg.data.download)
     train_x = train_set.images.to(device)
-    val_x = val_set.images[: tc.eval_examples or None].to(device)
+    val_x = val_set.images
+    if 0 < tc.eval_examples < val_x.shape[0]:
+        subset = torch.randperm(val_x.shape[0], generator=torch.Generator().manual_seed(0))[: tc.eval_examples]
+        val_x = val_x[subset.sort().values]
+    val_x = val_x.to(device)
     if tuple(train_x.shape[1:]) != tuple(cfg.data.image_shape):
         raise ValueError(f"data.image_shape is {cfg.data.image_shape} but {cfg.data.name} has {tuple(train_x.shape[1:])}")
 
@@ -155,19 +178,31 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False, device: st
     }
 
     start_step = 0
-    if resume_from is not None:
-        load_weights(model, resume_from)
-        state = load_training_state(resume_from)
-        optimizers.load_state_dict(state["optimizers"])
-        for name, g in generators.items():
-            g.set_state(state["rng"][name])
+    if plan.resume_from is not None:
+        state = load_training_state(plan.resume_from)
         start_step = state["step"]
+        if start_step > end_step:
+            raise ValueError(f"cannot resume {run_dir} at step {start_step}: the run is set to stop at step {end_step}")
+        if start_step == end_step and (run_dir / "summary.json").exists():
+            log.info("%s already finished step %d; nothing to do", run_dir, end_step)
+            return run_dir
+        if len(state["rng"]) != world:
+            raise ValueError(f"{run_dir} was trained by {len(state['rng'])} processes; resume it with as many")
+        load_weights(model, plan.resume_from)
+        optimizers.load_state_dict(state["optimizers"])
+        try:
+            for name, g in generators.items():
+                g.set_state(state["rng"][rank][name])
+        except RuntimeError:
+            raise ValueError(f"{run_dir} was trained on another kind of device than {device}; resume it there") from None
         log.info("resumed %s at step %d", run_dir, start_step)
 
     if dist.is_main():
+        if plan.delete_first:
+            shutil.rmtree(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         write_config(run_dir / "config.json", cfg)
-        if resume_from is not None:  # rows logged after the checkpoint will be logged again
+        if plan.resume_from is not None:  # rows logged after the checkpoint will be logged again
             truncate_metrics(run_dir / "metrics.jsonl", start_step)
         num_params = sum(p.numel() for p in model.parameters())
         log.info(
@@ -188,12 +223,12 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False, device: st
         return metrics
 
     def checkpoint(step: int) -> None:
+        rng = _rng_states(generators)  # a collective: every rank takes part
         if dist.is_main():
-            state = {"step": step, "optimizers": optimizers.state_dict(), "rng": _rng_states(generators)}
+            state = {"step": step, "optimizers": optimizers.state_dict(), "rng": rng}
             save_checkpoint(run_dir, step, model, cfg, state, keep=tc.keep_checkpoints)
         dist.barrier()
 
-    end_step = min(tc.steps, tc.stop_after) if tc.stop_after else tc.steps
     bar = tqdm(
         total=end_step, initial=start_step, disable=not (tc.progress and dist.is_main()),
         dynamic_ncols=True, mininterval=1.0, unit="step",

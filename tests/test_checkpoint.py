@@ -91,8 +91,9 @@ def test_checkpoint_files_load_without_pickle(trained_run, tiny_overrides, step)
         for s in opt["state"].values():
             assert float(s["step"]) == step
     assert state["optimizers"]["skipped"] == {"vae": 0, "eta": 0}
-    assert set(state["rng"]) == {"data", "sample"}
-    assert all(isinstance(g, torch.Tensor) and g.dtype == torch.uint8 for g in state["rng"].values())
+    assert len(state["rng"]) == 1  # one entry per process
+    assert set(state["rng"][0]) == {"data", "sample"}
+    assert all(isinstance(g, torch.Tensor) and g.dtype == torch.uint8 for g in state["rng"][0].values())
 
 
 def test_config_json_round_trips(trained_run, tiny_overrides):
@@ -274,7 +275,31 @@ def test_stop_after_then_resume_is_exact(tmp_path, tiny_overrides, trained_run, 
 
 
 def test_resume_a_moved_run_folder(copy_run, trained_run, tiny_overrides, capsys, no_plots):
+    """A copied run folder resumes (out_dir may differ) and, run to 8 steps, records its new place."""
     run = copy_run("moved")
     assert main(["train", "--resume", *tiny_overrides, f"train.out_dir={run}"]) == 0, capsys.readouterr().err
-    assert json.loads((run / "config.json").read_text())["train"]["out_dir"] == str(run)
     assert_same(weights(run, 6), weights(trained_run, 6))  # a finished run: nothing more to train
+    assert main(["train", "--resume", *tiny_overrides, "train.steps=8", f"train.out_dir={run}"]) == 0
+    assert json.loads((run / "config.json").read_text())["train"]["out_dir"] == str(run)
+    assert json.loads((run / "summary.json").read_text())["step"] == 8
+
+
+def test_resume_past_the_end_is_refused(copy_run, tiny_overrides, capsys):
+    run = copy_run("past")
+    before = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert main(["train", "--resume", *tiny_overrides, "train.steps=4", f"train.out_dir={run}"]) == 2
+    assert "step 6" in capsys.readouterr().err
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == before
+
+
+def test_resume_skips_a_line_cut_off_by_a_crash(copy_run, tiny_overrides, trained_run, no_plots):
+    run = copy_run("cut")
+    shutil.rmtree(ckpt_dir(run, 6))
+    (run / "checkpoints" / "latest").write_text("step_00000003\n")
+    (run / "summary.json").unlink()
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"split": "train", "step": 7, "log_p": -1')  # no closing brace, no newline
+    assert main(["train", "--resume", *tiny_overrides, f"train.out_dir={run}"]) == 0
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if r["split"] == "train"] == [2, 4, 6]
+    assert_same(weights(run, 6), weights(trained_run, 6))

@@ -264,6 +264,17 @@ def test_overwrite_replaces_the_run(copy_run, trained_run, capsys, tiny_override
     assert new != old  # a different seed: really retrained
 
 
+def test_overwrite_with_missing_data_keeps_the_old_run(copy_run, tmp_path, capsys, tiny_overrides):
+    run = copy_run()
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    (tmp_path / "empty").mkdir()
+    argv = ["train", *tiny_overrides, f"data.data_dir={tmp_path / 'empty'}", "data.name=mnist",
+            "data.download=false", f"train.out_dir={run}", "--overwrite"]
+    assert main(argv) == 2
+    assert "not found" in error_line(capsys, "train")
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+
+
 def test_eval_without_a_checkpoint(tmp_path, capsys):
     run = tmp_path / "run"
     run.mkdir()

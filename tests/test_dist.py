@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 
@@ -13,7 +12,6 @@ from safetensors.torch import load_file
 
 
 
-@pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not on PATH")
 def test_two_process_cpu_training(tmp_path, tiny_overrides):
     out = tmp_path / "run"
     env = {k: v for k, v in os.environ.items() if k != "DAPS_DATA_DIR"}

@@ -42,7 +42,7 @@ def test_output_contract():
     assert out.x_hat.shape == (8, 1, 28, 28) and 0 <= out.x_hat.min() and out.x_hat.max() <= 1
     assert out.indices.shape == (8, 4) and out.indices.dtype == torch.long
     assert all(v.shape == () and not v.requires_grad for v in out.logs.values())
-    assert 1 / 4 <= out.logs["ess"] <= 1.0
+    assert out.logs["ess"] > 0.99  # eta = 100 at the start: nearly uniform weights (SPEC 1.6)
     assert out.logs["eta"].item() == pytest.approx(100.0, rel=1e-5)
     assert out.logs["beta"].item() == pytest.approx(0.5)
 

@@ -20,6 +20,9 @@ METHODS: dict[str, Callable[[Config, tuple[int, int, int]], nn.Module]] = {"daps
 class Method(Protocol):
     """The contract every method follows."""
 
+    final_beta: float  # the beta of the beta-ELBO (the schedule's end value)
+    vocab_size: int  # V, codes per token
+
     def forward(self, x: torch.Tensor, step: int, generator: torch.Generator | None = None) -> Output: ...
 
     def encode(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor: ...

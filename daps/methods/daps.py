@@ -3,12 +3,12 @@
 One step, for a batch x of B inputs:
 
 1. Sample K codes per input from the current encoder, z_k ~ q_theta(z | x) (no gradient).
-2. Rewards R_k = log p_phi(x | z_k); advantages A_k = R_k - log sum_j exp R_j           (paper Eq. 4)
+2. Rewards R_k = log p_phi(x | z_k); advantages A_k = R_k - log sum_j exp R_j           (paper Sec. 3.1)
 3. Weights w_k = softmax_k((A_k - beta log q_theta(z_k|x)) / (eta + beta))              (Eq. 5-6)
    i.e. self-normalized q*(z_k) / q_theta(z_k) for q* ∝ q_theta exp((A - beta log q_theta)/(eta + beta)).
-4. Encoder loss  L_theta = -mean_b sum_k sg(w_k) log q_theta(z_k | x)  (weighted maximum likelihood, Eq. 7)
+4. Encoder loss  L_theta = -mean_b sum_k sg(w_k) log q_theta(z_k | x)  (weighted maximum likelihood, Eq. 6)
    eta loss      L_eta   = (mean_b ESS_b - K * ess_target)^2, ESS_b = 1 / sum_k w_k^2 (Eq. 8)
-   decoder loss  L_phi   = -mean_{k,b} log p_phi(x | z_k)
+   decoder loss  L_phi   = -mean_{k,b} log p_phi(x | z_k)                                  (Eq. 7)
    The three touch disjoint parameters, so one backward of their sum gives each its own gradient.
 
 NOTE(paper): the original code's teacher-forced log q treats code 0 as padding (SPEC 5.3); here that is the
@@ -50,6 +50,10 @@ class DAPS(nn.Module):
     def beta(self, step: int) -> float:
         b = self.cfg.beta
         return DF.schedule_value(b.kind, step, b.init, b.end, self.num_steps, b.end_pct)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.encoder.vocab_size
 
     @property
     def final_beta(self) -> float:

@@ -15,9 +15,10 @@ def evaluate(
     images: torch.Tensor,
     batch_size: int = 500,
     generator: torch.Generator | None = None,
-    vocab_size: int | None = None,
 ) -> dict[str, float]:
     """Reconstruct ``images (N, C, H, W)`` with ``model.reconstruct`` and average the metrics.
+
+    ``model`` follows :class:`daps.methods.Method` (``reconstruct``, ``final_beta``, ``vocab_size``).
 
     Returns (nats for log-likelihood terms, summed over data dims / tokens, averaged over images):
     ``elbo``, ``beta_elbo`` (final beta), ``log_p``, ``kl`` (to the uniform prior), ``log_q``, ``l2``,
@@ -49,7 +50,7 @@ def evaluate(
     n = images.shape[0]
     out = {key: value / n for key, value in sums.items()}
     indices = torch.cat(all_indices)  # (N, T)
-    v = vocab_size or int(model.encoder.vocab_size)
+    v = model.vocab_size
     out["codebook_utilization"] = codebook_utilization(indices, v)
     out["code_perplexity"] = code_perplexity(indices, v)
     out["position_code_entropy"] = position_code_entropy(indices, v)
