@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> dict:
     samples = enc.sample(x, k, gen)
 
     def teacher_forced() -> None:
-        token_log_q, _ = enc.log_prob(x, samples.indices)
+        token_log_q = enc.log_prob(x, samples.indices)
         token_log_q.sum().backward()
 
     def decoder() -> None:

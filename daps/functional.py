@@ -28,6 +28,7 @@ __all__ = [
     "gumbel_max_sample",
     "kl_to_uniform",
     "schedule_final_value",
+    "sample_probs",
     "schedule_value",
     "importance_weights",
     "log_importance_weights",
@@ -76,13 +77,17 @@ def gumbel_max_sample(log_probs: torch.Tensor, generator: torch.Generator | None
 
 
 def categorical_sample(log_probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Exact categorical sample by inverting the CDF: ``(..., V) -> (...)`` int64.
+    """Exact categorical sample by inverting the CDF: ``(..., V) -> (...)`` int64. See :func:`sample_probs`."""
+    return sample_probs(log_probs.float().exp(), generator)
 
-    One uniform draw per sample (Gumbel-max needs V), which makes it several times faster on CPU; the
-    probabilities need not be normalized. Returns the first index whose cumulative mass exceeds u, so a
-    zero-probability entry is never drawn, even for u = 0.
+
+def sample_probs(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Exact categorical sample from (possibly unnormalized) probabilities ``(..., V) -> (...)`` int64.
+
+    Inverts the CDF with one uniform draw per sample (Gumbel-max needs V), several times faster on CPU.
+    Returns the first index whose cumulative mass exceeds u, so a zero-probability entry is never drawn.
     """
-    cdf = log_probs.float().exp().cumsum(-1)  # (..., V)
+    cdf = probs.float().cumsum(-1)  # (..., V)
     u = torch.rand((*cdf.shape[:-1], 1), generator=generator, device=cdf.device) * cdf[..., -1:]  # (..., 1)
     return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_max(cdf.shape[-1] - 1)
 

@@ -55,7 +55,7 @@ def test_each_loss_reaches_only_its_own_parameters():
     total = grads(model, model(x, 5, generator=torch.Generator().manual_seed(1)).loss)
 
     samples = model.encoder.sample(x, k, torch.Generator().manual_seed(1))
-    token_log_q, _ = model.encoder.log_prob(x, samples.indices)
+    token_log_q = model.encoder.log_prob(x, samples.indices)
     log_q = token_log_q.sum(-1)
     log_p = bernoulli_log_prob(model.decoder(samples.indices.flatten(0, 1)), x.repeat(k, 1, 1, 1)).view(k, -1)
     beta = model.beta(5)

@@ -38,16 +38,19 @@ def test_teacher_forced_log_q_equals_sampling_log_probs_including_code_zero():
     enc, x = tiny_encoder(vocab_size=4), images()  # V=4: most sequences contain a 0
     s = enc.sample(x, 8, torch.Generator().manual_seed(0))
     assert (s.indices == 0).any(-1).float().mean() > 0.5
-    token_log_q, token_entropy = enc.log_prob(x, s.indices)
+    token_log_q = enc.log_prob(x, s.indices)
     torch.testing.assert_close(token_log_q, s.token_log_q, atol=1e-5, rtol=0)
-    torch.testing.assert_close(token_entropy, s.token_entropy, atol=1e-5, rtol=0)
+    log_probs = enc.log_probs(x, s.indices)  # (K, B, T, V): the whole conditional distributions agree too
+    torch.testing.assert_close(log_probs.gather(-1, s.indices[..., None])[..., 0], s.token_log_q, atol=1e-5, rtol=0)
+    entropy = -(log_probs.exp() * log_probs).sum(-1)
+    torch.testing.assert_close(entropy, s.token_entropy, atol=1e-5, rtol=0)
 
 
 def test_mask_token0_reproduces_original_mismatch():
     """The original's masks change log q from the first code 0 on, and only for sequences with a 0."""
     enc, x = tiny_encoder(vocab_size=4, mask_token0=True), images()
     s = enc.sample(x, 8, torch.Generator().manual_seed(0))
-    token_log_q, _ = enc.log_prob(x, s.indices)
+    token_log_q = enc.log_prob(x, s.indices)
     diff = (token_log_q - s.token_log_q).abs()  # (K, B, T)
     has_zero = (s.indices == 0).any(-1)
     assert has_zero.any() and (~has_zero).any()
@@ -64,13 +67,13 @@ def test_teacher_forcing_is_causal():
     z = torch.randint(16, (2, 3, 8), generator=torch.Generator().manual_seed(0))
     z2 = z.clone()
     z2[..., 5] = (z2[..., 5] + 1) % 16
-    a, ent_a = enc.log_prob(x, z)
-    b, ent_b = enc.log_prob(x, z2)
+    a, b = enc.log_prob(x, z), enc.log_prob(x, z2)
+    full_a, full_b = enc.log_probs(x, z), enc.log_probs(x, z2)  # (K, B, T, V)
     torch.testing.assert_close(a[..., :5], b[..., :5])  # positions up to 4 do not see z_5
     # The distribution at position 5 is conditioned on z_<5 only (inputs are shifted right) ...
-    torch.testing.assert_close(ent_a[..., 5], ent_b[..., 5])
+    torch.testing.assert_close(full_a[..., 5, :], full_b[..., 5, :])
     # ... and position 6 sees z_5.
-    assert not torch.allclose(ent_a[..., 6], ent_b[..., 6])
+    assert not torch.allclose(full_a[..., 6, :], full_b[..., 6, :])
 
 
 def test_samples_of_one_input_do_not_see_other_inputs():
@@ -78,8 +81,8 @@ def test_samples_of_one_input_do_not_see_other_inputs():
     enc = tiny_encoder(vocab_size=16)
     x = images(b=4)
     z = torch.randint(16, (3, 4, 8), generator=torch.Generator().manual_seed(1))
-    full, _ = enc.log_prob(x, z)
-    alone, _ = enc.log_prob(x[2:3], z[:, 2:3])
+    full = enc.log_prob(x, z)
+    alone = enc.log_prob(x[2:3], z[:, 2:3])
     torch.testing.assert_close(full[:, 2:3], alone, atol=1e-5, rtol=0)
 
 
@@ -87,7 +90,7 @@ def test_log_prob_gradients_reach_every_encoder_parameter():
     enc = tiny_encoder(vocab_size=16).train()
     x = images(b=3)
     z = enc.sample(x, 2, torch.Generator().manual_seed(0)).indices
-    token_log_q, _ = enc.log_prob(x, z)
+    token_log_q = enc.log_prob(x, z)
     token_log_q.sum().backward()
     missing = [n for n, p in enc.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
     assert missing == []

@@ -75,8 +75,7 @@ class DAPS(nn.Module):
         beta = self.beta(step)
         samples = self.encoder.sample(x, num_samples, generator)  # indices (K, B, T), no grad
         indices = samples.indices
-        token_log_q, token_entropy = self.encoder.log_prob(x, indices)  # (K, B, T) each, with grad
-        log_q = token_log_q.sum(-1)  # (K, B)
+        log_q = self.encoder.log_prob(x, indices).sum(-1)  # (K, B), with gradient
 
         logits = self.decoder(indices.flatten(0, 1))  # (K*B, C, H, W)
         log_p = bernoulli_log_prob(logits.view(num_samples, *x.shape), x).view(num_samples, -1)  # (K, B)
@@ -93,7 +92,8 @@ class DAPS(nn.Module):
         decoder_loss = -log_p.mean()
         loss = encoder_loss + eta_loss + decoder_loss
         with torch.no_grad():
-            kl = DF.kl_to_uniform(token_entropy, self.encoder.vocab_size)  # (K, B)
+            # KL from the sampling pass's conditionals (the same as teacher-forced unless mask_token0).
+            kl = DF.kl_to_uniform(samples.token_entropy, self.encoder.vocab_size)  # (K, B)
             logs = {
                 "loss": loss,
                 "log_p": log_p.mean(),

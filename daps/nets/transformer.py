@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from daps.functional import categorical_entropy, categorical_log_probs, categorical_sample, clamp_log_prob
+from daps.functional import categorical_log_probs, clamp_log_prob, sample_probs
 
 LN_EPS = 1e-6
 
@@ -321,25 +321,30 @@ class ARTransformerEncoder(nn.Module):
             y = block(y, kv, num_samples, self_mask, cross_mask)
         return self.head(self.decoder_ln(y))
 
-    def log_prob(self, x: torch.Tensor, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Teacher-forced ``log q(z | x)`` for given codes, with gradients.
+    def log_probs(self, x: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced, clamped log-probabilities of every code at every position.
 
-        Args:
-            x: ``(B, C, H, W)``.
-            indices: ``(K, B, T)`` int64 codes.
-        Returns:
-            ``token_log_q (K, B, T)`` (with gradient) and ``token_entropy (K, B, T)`` (without), float32.
+        ``x (B, C, H, W)``, ``indices (K, B, T)`` -> ``(K, B, T, V)`` float32, with gradients.
         """
         k, b, t = indices.shape
         flat = indices.transpose(0, 1).reshape(b * k, t)  # (B*K, T) b-major
         logits = self._teacher_forced_logits(self.memory(x), flat, k, self.mask_token0)  # (B*K, T, V)
-        # Clamp only the gathered entries: the same values as gathering from categorical_log_probs, without
-        # an elementwise clamp (and its backward) over all V logits.
+        return categorical_log_probs(logits).view(b, k, t, -1).transpose(0, 1)  # (K, B, T, V)
+
+    def log_prob(self, x: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced ``log q(z_t | z_<t, x)`` of given codes, with gradients (what DAPS trains on).
+
+        ``x (B, C, H, W)``, ``indices (K, B, T)`` int64 -> ``token_log_q (K, B, T)`` float32; sum over T for
+        ``log q(z | x)``.
+        """
+        k, b, t = indices.shape
+        flat = indices.transpose(0, 1).reshape(b * k, t)  # (B*K, T) b-major
+        logits = self._teacher_forced_logits(self.memory(x), flat, k, self.mask_token0)  # (B*K, T, V)
+        # Clamp only the gathered entries: the values of categorical_log_probs, without an elementwise
+        # clamp (and its backward) over all V logits.
         log_probs = F.log_softmax(logits.float(), dim=-1)  # (B*K, T, V)
         token_log_q = clamp_log_prob(log_probs.gather(-1, flat[..., None]).squeeze(-1))  # (B*K, T)
-        with torch.no_grad():
-            entropy = categorical_entropy(clamp_log_prob(log_probs))  # (B*K, T), for logging only
-        return token_log_q.view(b, k, t).transpose(0, 1), entropy.view(b, k, t).transpose(0, 1)
+        return token_log_q.view(b, k, t).transpose(0, 1)
 
     @torch.no_grad()
     def sample(
@@ -377,10 +382,11 @@ class ARTransformerEncoder(nn.Module):
                 prefix = indices[:, : pos + 1]  # the last entry is a placeholder, shifted out
                 logits = self._teacher_forced_logits(memory_kv, prefix, k)[:, pos]  # (B*K, V)
             log_probs = categorical_log_probs(logits)  # (B*K, V)
-            token = categorical_sample(log_probs, generator)  # (B*K,)
+            probs = log_probs.exp()
+            token = sample_probs(probs, generator)  # (B*K,)
             indices[:, pos] = token
             token_log_q[:, pos] = log_probs.gather(-1, token[:, None]).squeeze(-1)
-            token_entropy[:, pos] = categorical_entropy(log_probs)
+            token_entropy[:, pos] = -(probs * log_probs).sum(-1)
 
         def unflatten(a: torch.Tensor) -> torch.Tensor:
             return a.view(b, k, t).transpose(0, 1)  # (K, B, T)
