@@ -109,7 +109,8 @@ def load_weights(model: nn.Module, ckpt: Path) -> None:
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
     """Load a trained method from a run folder or checkpoint, ready for ``encode`` / ``decode``.
 
-    The model is built from the checkpoint's ``config.json`` and put in eval mode; no pickle is read.
+    The model is built from the checkpoint's ``config.json`` and put in eval mode; no pickle is read. The
+    resolved :class:`~daps.config.Config` is attached as ``model.config``.
     """
     from daps.methods import build_method
 

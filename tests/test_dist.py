@@ -1,4 +1,4 @@
-"""The training loop under torchrun: two CPU processes (gloo), rank-aware logging, one checkpoint."""
+"""The training loop under torchrun: two CPU processes (gloo), rank-aware logging, exact resume."""
 
 from __future__ import annotations
 
@@ -6,25 +6,41 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
-import pytest
+import torch
 from safetensors.torch import load_file
 
 
-
-def test_two_process_cpu_training(tmp_path, tiny_overrides):
-    out = tmp_path / "run"
+def torchrun_train(overrides: list[str], out: Path, *extra: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "DAPS_DATA_DIR"}
     env.update(OMP_NUM_THREADS="1")
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "daps", "train",
-        *tiny_overrides, f"train.out_dir={out}",
+        *overrides, f"train.out_dir={out}", *extra,
     ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    train_steps = [r["step"] for r in rows if r["split"] == "train"]
-    assert train_steps == [2, 4, 6]  # written once (rank 0), not once per process
+    return proc
+
+
+def weights(run: Path, step: int) -> dict[str, torch.Tensor]:
+    return load_file(str(run / "checkpoints" / f"step_{step:08d}" / "model.safetensors"))
+
+
+def test_two_process_training_and_exact_resume(tmp_path, tiny_overrides):
+    full = tmp_path / "full"
+    proc = torchrun_train(tiny_overrides, full)
+    rows = [json.loads(line) for line in (full / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if r["split"] == "train"] == [2, 4, 6]  # written once (rank 0)
     assert proc.stdout.count("validation on") == 1
-    weights = load_file(str(out / "checkpoints" / "step_00000006" / "model.safetensors"))
-    assert all(t.isfinite().all() for t in weights.values())
+    state = torch.load(full / "checkpoints" / "step_00000006" / "state.pt", weights_only=True)
+    assert len(state["rng"]) == 2  # each rank's random state is kept ...
+    assert not torch.equal(state["rng"][0]["data"], state["rng"][1]["data"])  # ... and they differ
+
+    # Stop after 3 steps, resume with two processes: the same weights as the uninterrupted run.
+    split = tmp_path / "split"
+    torchrun_train(tiny_overrides, split, "train.stop_after=3")
+    torchrun_train(tiny_overrides, split, "--resume")
+    a, b = weights(full, 6), weights(split, 6)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
