@@ -122,8 +122,8 @@ def main(argv: list[str] | None = None) -> dict:
         "torch": torch.__version__,
         "command": "python " + " ".join(sys.argv),
     }
-    print(f"| preset | B | K | steps/s | step ms | sampling | teacher-forced | decoder | optimizer |")
-    print(f"|---|---|---|---|---|---|---|---|---|")
+    print("| preset | B | K | steps/s | step ms | sampling | teacher-forced | decoder | optimizer |")
+    print("|---|---|---|---|---|---|---|---|---|")
     br = result["breakdown_ms"]
     print(
         f"| {args.preset} | {b} | {k} | {steps_per_s:.2f} | {result['step_ms']:.0f} | {br['sampling']:.0f} | "
