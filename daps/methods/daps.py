@@ -78,14 +78,15 @@ class DAPS(nn.Module):
         log_q = self.encoder.log_prob(x, indices).sum(-1)  # (K, B), with gradient
 
         logits = self.decoder(indices.flatten(0, 1))  # (K*B, C, H, W)
-        log_p = bernoulli_log_prob(logits.view(num_samples, *x.shape), x).view(num_samples, -1)  # (K, B)
+        log_p = bernoulli_log_prob(logits.view(num_samples, *x.shape), x)  # (K, B)
 
         rewards, log_q_const = log_p.detach(), log_q.detach()
         eta = self.log_eta.exp()
-        weights = DF.importance_weights(log_q_const, rewards, eta.detach(), beta, self.cfg.baseline)  # (K, B)
-        ess = DF.effective_sample_size(  # (B,), gradient only into log_eta
-            DF.importance_weights(log_q_const, rewards, eta, beta, self.cfg.baseline)
-        )
+        # One set of weights: its gradient (only into log_eta) drives the ESS loss; detached, it weights
+        # the encoder's maximum likelihood.
+        eta_weights = DF.importance_weights(log_q_const, rewards, eta, beta, self.cfg.baseline)  # (K, B)
+        weights = eta_weights.detach()
+        ess = DF.effective_sample_size(eta_weights)  # (B,)
 
         encoder_loss = -(weights * log_q).sum(0).mean()
         eta_loss = DF.eta_loss(ess, num_samples, self.cfg.ess_target)

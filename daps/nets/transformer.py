@@ -321,14 +321,19 @@ class ARTransformerEncoder(nn.Module):
             y = block(y, kv, num_samples, self_mask, cross_mask)
         return self.head(self.decoder_ln(y))
 
+    def _teacher_forced(self, x: torch.Tensor, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``indices (K, B, T)`` -> flat b-major codes ``(B*K, T)`` and their logits ``(B*K, T, V)``."""
+        k, b, t = indices.shape
+        flat = indices.transpose(0, 1).reshape(b * k, t)  # (B*K, T) b-major
+        return flat, self._teacher_forced_logits(self.memory(x), flat, k, self.mask_token0)
+
     def log_probs(self, x: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
         """Teacher-forced, clamped log-probabilities of every code at every position.
 
         ``x (B, C, H, W)``, ``indices (K, B, T)`` -> ``(K, B, T, V)`` float32, with gradients.
         """
         k, b, t = indices.shape
-        flat = indices.transpose(0, 1).reshape(b * k, t)  # (B*K, T) b-major
-        logits = self._teacher_forced_logits(self.memory(x), flat, k, self.mask_token0)  # (B*K, T, V)
+        _, logits = self._teacher_forced(x, indices)  # (B*K, T, V)
         return categorical_log_probs(logits).view(b, k, t, -1).transpose(0, 1)  # (K, B, T, V)
 
     def log_prob(self, x: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
@@ -338,8 +343,7 @@ class ARTransformerEncoder(nn.Module):
         ``log q(z | x)``.
         """
         k, b, t = indices.shape
-        flat = indices.transpose(0, 1).reshape(b * k, t)  # (B*K, T) b-major
-        logits = self._teacher_forced_logits(self.memory(x), flat, k, self.mask_token0)  # (B*K, T, V)
+        flat, logits = self._teacher_forced(x, indices)  # (B*K, T), (B*K, T, V)
         # Clamp only the gathered entries: the values of categorical_log_probs, without an elementwise
         # clamp (and its backward) over all V logits.
         log_probs = F.log_softmax(logits.float(), dim=-1)  # (B*K, T, V)
