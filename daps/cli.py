@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 
-from daps.config import PRESETS, get_preset, parse_overrides
+from daps.config import ALL_METHODS, PRESETS, get_preset, parse_overrides
 
 
 class _Parser(argparse.ArgumentParser):
@@ -28,6 +28,7 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a model and write a run folder")
     p.add_argument("--preset", default="mnist", help=f"one of: {', '.join(sorted(PRESETS))} (default mnist)")
+    p.add_argument("--method", default="daps", help=f"one of: {', '.join(ALL_METHODS)} (default daps)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.steps=1000")
     p.add_argument("--resume", action="store_true", help="continue the run in train.out_dir from its latest checkpoint")
     p.add_argument("--overwrite", action="store_true", help="delete an existing train.out_dir first")
@@ -45,6 +46,7 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("presets", help="list presets, or print one preset's full config as JSON")
     p.add_argument("name", nargs="?")
+    p.add_argument("--method", default="daps", help="the method whose defaults to show (default daps)")
     return parser
 
 
@@ -68,7 +70,7 @@ def _device(name: str | None):
 def _train(args: argparse.Namespace) -> int:
     from daps.train import summarize, train
 
-    cfg = parse_overrides(get_preset(args.preset), args.overrides)
+    cfg = parse_overrides(get_preset(args.preset, args.method), args.overrides)
     run_dir = train(cfg, resume=args.resume, overwrite=args.overwrite, device=_device(args.device))
     if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 evaluates and reports
         return 0
@@ -109,7 +111,7 @@ def _presets(args: argparse.Namespace) -> int:
         for name, fn in sorted(PRESETS.items()):
             print(f"{name:<12} {(fn.__doc__ or '').strip().splitlines()[0]}")
         return 0
-    print(json.dumps(config_to_dict(get_preset(args.name)), indent=2))
+    print(json.dumps(config_to_dict(get_preset(args.name, args.method)), indent=2))
     return 0
 
 

@@ -1,4 +1,8 @@
-"""Log-likelihoods log p(x | decoder output), summed over all data dimensions, in nats."""
+"""Log-likelihoods log p(x | decoder output), summed over all data dimensions, in nats.
+
+A likelihood object tells a method how many output channels the decoder needs (``param_shape``), how to
+score data (``log_prob``) and what the reconstruction is (``mean``); methods never look inside.
+"""
 
 from __future__ import annotations
 
@@ -27,3 +31,19 @@ def bernoulli_log_prob(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 def bernoulli_mean(logits: torch.Tensor) -> torch.Tensor:
     """Pixel probabilities (the decoder mean) from logits."""
     return torch.sigmoid(logits.float().clamp(-_MAX_LOGIT, _MAX_LOGIT))
+
+
+class Bernoulli:
+    """Independent Bernoulli pixels; the decoder outputs one logit per pixel (binarized MNIST, SPEC 4.1)."""
+
+    name = "bernoulli"
+
+    def param_shape(self, image_shape: tuple[int, ...]) -> tuple[int, ...]:
+        return tuple(image_shape)
+
+    def log_prob(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``params (*extra, N, C, H, W)``, ``x (N, C, H, W)`` -> ``(*extra, N)``."""
+        return bernoulli_log_prob(params, x)
+
+    def mean(self, params: torch.Tensor) -> torch.Tensor:
+        return bernoulli_mean(params)

@@ -13,12 +13,16 @@ from daps.functional import adaptive_grad_clip
 
 @dataclass
 class OptimizerSpec:
-    """One optimizer a method asks for: its parameters, learning rate and clipping factor (0 = none)."""
+    """One optimizer a method asks for: its parameters, learning rate and clipping (0 = none).
+
+    ``clip`` is ``"adaptive"`` (unit-wise, SPEC 6.3) or ``"global_norm"`` (the whole group's norm).
+    """
 
     name: str
     params: list[nn.Parameter]
     lr: float
     grad_clip: float
+    clip: str = "adaptive"
 
 
 def unit_dims(model: nn.Module) -> dict[nn.Parameter, tuple[int, ...] | None]:
@@ -77,7 +81,9 @@ class Optimizers:
             if not torch.isfinite(norm):
                 self.skipped[spec.name] += 1
                 continue
-            if spec.grad_clip > 0:
+            if spec.grad_clip > 0 and spec.clip == "global_norm":
+                torch.nn.utils.clip_grad_norm_(params, spec.grad_clip)
+            elif spec.grad_clip > 0:
                 with torch.no_grad():
                     for p in params:
                         p.grad = adaptive_grad_clip(p.grad, p, self.unit_dims.get(p), spec.grad_clip)

@@ -255,13 +255,14 @@ def train(
             row.update({f"skipped_{k}": v for k, v in optimizers.skipped.items()})
             row.update(split="train", step=done, steps_per_s=count / (now - t_last), time=now - t_start)
             write_row(row)
-            bar.set_postfix(log_p=f"{row['log_p']:.1f}", ess=f"{row['ess']:.2f}", eta=f"{row['eta']:.3g}", refresh=False)
+            shown = {k: f"{row[k]:.3g}" for k in ("log_p", "kl", "ess", "eta", "temperature", "perplexity") if k in row}
+            bar.set_postfix(shown, refresh=False)
             sums, count, t_last = {}, 0, now
             if not all(math.isfinite(v) for v in row.values() if isinstance(v, float)):
                 log.warning("non-finite training metrics at step %d: %s", done, row)
         if dist.is_main() and done % tc.eval_every == 0 and done != end_step:
             metrics = run_eval(done)
-            log.info("step %d: val log p %.2f  L2 %.3f  ELBO %.2f", done, metrics["log_p"], metrics["l2"], metrics["elbo"])
+            log.info("step %d: val log p %.2f  L2 %.3f", done, metrics["log_p"], metrics["l2"])
         if done % tc.ckpt_every == 0 and done != end_step:
             checkpoint(done)
         bar.update(1)

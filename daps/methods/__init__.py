@@ -11,17 +11,21 @@ import torch
 import torch.nn as nn
 
 from daps.config import Config
-from daps.methods.daps import DAPS, build_daps
+from daps.methods.daps import DAPS, build_daps, build_dapsna
 from daps.methods.types import Output, Reconstruction
+from daps.optim import OptimizerSpec
 
-METHODS: dict[str, Callable[[Config, tuple[int, int, int]], nn.Module]] = {"daps": build_daps}
+METHODS: dict[str, Callable[[Config, tuple[int, int, int]], nn.Module]] = {
+    "daps": build_daps,
+    "dapsna": build_dapsna,
+}
 
 
 class Method(Protocol):
     """The contract every method follows."""
 
-    final_beta: float  # the beta of the beta-ELBO (the schedule's end value)
-    vocab_size: int  # V, codes per token
+    final_beta: float | None  # the beta of the beta-ELBO (the schedule's end value); None without a KL
+    vocab_size: int | None  # codes per token (FSQ: the implicit codebook size); None for a continuous latent
 
     def forward(self, x: torch.Tensor, step: int, generator: torch.Generator | None = None) -> Output: ...
 
@@ -30,6 +34,8 @@ class Method(Protocol):
     def decode(self, indices: torch.Tensor) -> torch.Tensor: ...
 
     def reconstruct(self, x: torch.Tensor, generator: torch.Generator | None = None) -> Reconstruction: ...
+
+    def optimizer_specs(self, lr: float, grad_clip: float) -> list[OptimizerSpec]: ...
 
 
 def build_method(cfg: Config, image_shape: tuple[int, int, int]) -> nn.Module:

@@ -11,6 +11,8 @@ One step, for a batch x of B inputs:
    decoder loss  L_phi   = -mean_{k,b} log p_phi(x | z_k)                                  (Eq. 7)
    The three touch disjoint parameters, so one backward of their sum gives each its own gradient.
 
+DAPS-NA (SPEC 1.10) is the same objective with the bidirectional encoder, whose tokens are independent given x.
+
 NOTE(paper): the original code's teacher-forced log q treats code 0 as padding (SPEC 5.3); here that is the
 ``encoder.mask_token0`` option, off by default, so log q is exactly the probability the codes were sampled with.
 """
@@ -24,9 +26,17 @@ import torch.nn as nn
 
 import daps.functional as DF
 from daps.config import Config, DAPSConfig
-from daps.likelihoods import bernoulli_log_prob, bernoulli_mean
+from daps.methods.common import (
+    Likelihood,
+    build_ar_encoder,
+    build_decoder,
+    build_likelihood,
+    build_na_categorical_encoder,
+    schedule_final,
+    schedule_value,
+)
 from daps.methods.types import Output, Reconstruction
-from daps.nets import ARTransformerEncoder, MLPDecoder
+from daps.nets import ARTransformerEncoder, NACategoricalEncoder
 from daps.optim import OptimizerSpec
 
 
@@ -34,22 +44,30 @@ class DAPS(nn.Module):
     """Autoregressive categorical encoder trained by policy search; decoder by maximum likelihood.
 
     Args:
-        encoder: an :class:`ARTransformerEncoder` (``sample`` and ``log_prob``).
-        decoder: maps codes ``(N, T)`` to Bernoulli logits ``(N, C, H, W)``.
+        encoder: an :class:`ARTransformerEncoder` or :class:`NACategoricalEncoder` (``sample``, ``log_prob``).
+        decoder: maps codes ``(N, T)`` to the likelihood's parameters ``(N, ...)``.
+        likelihood: scores x under the decoder's output.
         cfg: estimator settings (K, ESS target, eta, beta schedule).
         num_steps: length of the run, for the beta schedule.
     """
 
-    def __init__(self, encoder: ARTransformerEncoder, decoder: nn.Module, cfg: DAPSConfig, num_steps: int):
+    def __init__(
+        self,
+        encoder: ARTransformerEncoder | NACategoricalEncoder,
+        decoder: nn.Module,
+        likelihood: Likelihood,
+        cfg: DAPSConfig,
+        num_steps: int,
+    ):
         super().__init__()
-        self.encoder, self.decoder, self.cfg, self.num_steps = encoder, decoder, cfg, num_steps
+        self.encoder, self.decoder, self.likelihood = encoder, decoder, likelihood
+        self.cfg, self.num_steps = cfg, num_steps
         self.log_eta = nn.Parameter(torch.tensor(math.log(cfg.init_eta)))
 
     # -- schedules ---------------------------------------------------------------------------------
 
     def beta(self, step: int) -> float:
-        b = self.cfg.beta
-        return DF.schedule_value(b.kind, step, b.init, b.end, self.num_steps, b.end_pct)
+        return schedule_value(self.cfg.beta, step, self.num_steps)
 
     @property
     def vocab_size(self) -> int:
@@ -57,7 +75,7 @@ class DAPS(nn.Module):
 
     @property
     def final_beta(self) -> float:
-        return DF.schedule_final_value(self.cfg.beta.kind, self.cfg.beta.init, self.cfg.beta.end)
+        return schedule_final(self.cfg.beta)
 
     def optimizer_specs(self, lr: float, grad_clip: float) -> list[OptimizerSpec]:
         """Encoder + decoder share one AdamW with adaptive clipping; log eta has its own (SPEC 1.3, 1.8)."""
@@ -77,8 +95,8 @@ class DAPS(nn.Module):
         indices = samples.indices
         log_q = self.encoder.log_prob(x, indices).sum(-1)  # (K, B), with gradient
 
-        logits = self.decoder(indices.flatten(0, 1))  # (K*B, C, H, W)
-        log_p = bernoulli_log_prob(logits.view(num_samples, *x.shape), x)  # (K, B)
+        params = self.decoder(indices.flatten(0, 1))  # (K*B, ...)
+        log_p = self.likelihood.log_prob(params.view(num_samples, x.shape[0], *params.shape[1:]), x)  # (K, B)
 
         rewards, log_q_const = log_p.detach(), log_q.detach()
         eta = self.log_eta.exp()
@@ -109,7 +127,7 @@ class DAPS(nn.Module):
             }
         return Output(
             loss=loss,
-            x_hat=bernoulli_mean(logits[: x.shape[0]]).detach(),
+            x_hat=self.likelihood.mean(params[: x.shape[0]]).detach(),
             indices=indices[0],
             logs={k: v.detach() for k, v in logs.items()},
         )
@@ -121,19 +139,19 @@ class DAPS(nn.Module):
         return self.encoder.sample(x, 1, generator).indices[0]
 
     def decode(self, indices: torch.Tensor) -> torch.Tensor:
-        """Decoder mean (pixel probabilities): ``(B, T) -> (B, C, H, W)``."""
-        return bernoulli_mean(self.decoder(indices))
+        """Decoder mean: ``(B, T) -> (B, C, H, W)``."""
+        return self.likelihood.mean(self.decoder(indices))
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor, generator: torch.Generator | None = None) -> Reconstruction:
         """Encode with one stochastic sample and decode, with the ELBO terms (SPEC 1.11, 8.1)."""
         samples = self.encoder.sample(x, 1, generator)
         indices = samples.indices[0]  # (B, T)
-        logits = self.decoder(indices)
+        params = self.decoder(indices)
         return Reconstruction(
             indices=indices,
-            x_hat=bernoulli_mean(logits),
-            log_p=bernoulli_log_prob(logits, x),
+            x_hat=self.likelihood.mean(params),
+            log_p=self.likelihood.log_prob(params, x),
             kl=DF.kl_to_uniform(samples.token_entropy[0], self.encoder.vocab_size),
             log_q=samples.log_q[0],
             token_entropy=samples.token_entropy[0],
@@ -141,17 +159,16 @@ class DAPS(nn.Module):
 
 
 def build_daps(cfg: Config, image_shape: tuple[int, int, int]) -> DAPS:
-    """DAPS with the autoregressive transformer encoder and the MLP decoder of ``cfg``."""
-    e, d = cfg.encoder, cfg.decoder
-    encoder = ARTransformerEncoder(
-        image_shape,
-        num_tokens=e.num_tokens,
-        vocab_size=e.vocab_size,
-        width=e.width,
-        num_layers=e.num_layers,
-        num_heads=e.num_heads,
-        mlp_ratio=e.mlp_ratio,
-        mask_token0=e.mask_token0,
-    )
-    decoder = MLPDecoder(e.num_tokens, e.vocab_size, d.embed_dim, d.hidden, image_shape)
-    return DAPS(encoder, decoder, cfg.daps, num_steps=cfg.train.steps)
+    """DAPS with the autoregressive transformer encoder."""
+    likelihood = build_likelihood(cfg)
+    encoder = build_ar_encoder(cfg, image_shape)  # built first: the seeded initialization follows this order
+    decoder = build_decoder(cfg, image_shape, likelihood, vocab_size=cfg.encoder.vocab_size)
+    return DAPS(encoder, decoder, likelihood, cfg.daps, num_steps=cfg.train.steps)
+
+
+def build_dapsna(cfg: Config, image_shape: tuple[int, int, int]) -> DAPS:
+    """DAPS-NA: DAPS with the bidirectional encoder and independent tokens (SPEC 1.10)."""
+    likelihood = build_likelihood(cfg)
+    encoder = build_na_categorical_encoder(cfg, image_shape)
+    decoder = build_decoder(cfg, image_shape, likelihood, vocab_size=cfg.encoder.vocab_size)
+    return DAPS(encoder, decoder, likelihood, cfg.daps, num_steps=cfg.train.steps)

@@ -1,6 +1,6 @@
 """Method-agnostic networks."""
 
 from daps.nets.mlp import MLPDecoder
-from daps.nets.transformer import ARTransformerEncoder, Samples
+from daps.nets.transformer import ARTransformerEncoder, NACategoricalEncoder, NATransformerEncoder, Samples
 
-__all__ = ["ARTransformerEncoder", "MLPDecoder", "Samples"]
+__all__ = ["ARTransformerEncoder", "MLPDecoder", "NACategoricalEncoder", "NATransformerEncoder", "Samples"]

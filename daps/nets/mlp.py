@@ -1,4 +1,4 @@
-"""The MNIST generative network p_phi(x | z): token embedding -> MLP -> Bernoulli logits (SPEC 5.8)."""
+"""The MNIST generative network p_phi(x | z): per-token latents -> MLP -> Bernoulli logits (SPEC 5.8)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,11 @@ from daps.nets.transformer import dense
 
 
 class MLPDecoder(nn.Module):
-    """Codes ``(N, T)`` (or relaxed one-hots ``(N, T, V)``) -> logits ``(N, *out_shape)``.
+    """T per-token latents of width ``token_dim``, concatenated -> MLP -> logits ``(N, *out_shape)``.
+
+    With ``vocab_size`` the decoder owns a code embedding ``(V, token_dim)`` and ``forward`` takes integer
+    codes ``(N, T)`` or (relaxed) one-hots ``(N, T, V)``. Without it (VQ-VAE, FSQ, Gaussian VAE) only
+    :meth:`decode_latents` applies, to continuous latents ``(N, T, token_dim)``.
 
     NOTE(paper): the paper calls this a "512-unit MLP"; 512 is the flattened embedding (T=8 x 64) and the
     hidden widths of the original code are 64 and 256.
@@ -20,25 +24,35 @@ class MLPDecoder(nn.Module):
     def __init__(
         self,
         num_tokens: int,
-        vocab_size: int,
-        embed_dim: int,
+        token_dim: int,
         hidden: tuple[int, ...],
         out_shape: tuple[int, ...],
+        vocab_size: int | None = None,
     ):
         super().__init__()
         self.out_shape = tuple(out_shape)
-        self.embed = nn.Embedding(vocab_size, embed_dim)
-        nn.init.normal_(self.embed.weight, std=1.0 / math.sqrt(embed_dim))
-        widths = [num_tokens * embed_dim, *hidden]
+        self.embed = None
+        if vocab_size is not None:
+            self.embed = nn.Embedding(vocab_size, token_dim)
+            nn.init.normal_(self.embed.weight, std=1.0 / math.sqrt(token_dim))
+        widths = [num_tokens * token_dim, *hidden]
         layers: list[nn.Module] = []
         for a, b in zip(widths[:-1], widths[1:]):
             layers += [dense(a, b, init="lecun"), nn.ReLU()]
         layers.append(dense(widths[-1], math.prod(self.out_shape), init="lecun"))
         self.mlp = nn.Sequential(*layers)
 
-    def forward(self, codes: torch.Tensor) -> torch.Tensor:
+    def embed_codes(self, codes: torch.Tensor) -> torch.Tensor:
+        """Integer codes ``(N, T)`` or one-hots ``(N, T, V)`` -> embeddings ``(N, T, token_dim)``."""
+        if self.embed is None:
+            raise TypeError("this decoder has no code embedding (built without vocab_size)")
         if codes.is_floating_point():
-            h = codes @ self.embed.weight  # (N, T, E): one-hot or relaxed codes
-        else:
-            h = self.embed(codes)  # (N, T, E)
-        return self.mlp(h.flatten(1)).view(-1, *self.out_shape)  # (N, *out_shape)
+            return codes @ self.embed.weight  # (N, T, E): gradients reach the relaxed one-hots
+        return self.embed(codes)
+
+    def decode_latents(self, h: torch.Tensor) -> torch.Tensor:
+        """``(N, T, token_dim) -> (N, *out_shape)`` logits."""
+        return self.mlp(h.flatten(1)).view(-1, *self.out_shape)
+
+    def forward(self, codes: torch.Tensor) -> torch.Tensor:
+        return self.decode_latents(self.embed_codes(codes))

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -186,10 +187,31 @@ class EncoderBlock(nn.Module):
 
 @dataclass
 class KVCache:
-    """Preallocated self-attention keys and values of one decoder layer, each ``(N, h, T, d)``."""
+    """Preallocated self-attention keys and values of one decoder layer, each ``(N, h, T, d)``, written in
+    place by position (no gradient)."""
 
     k: torch.Tensor
     v: torch.Tensor
+
+    def update(self, k: torch.Tensor, v: torch.Tensor, pos: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store position ``pos``'s ``k, v (N, h, 1, d)``; return the keys and values so far ``(N, h, pos+1, d)``."""
+        self.k[:, :, pos : pos + 1] = k
+        self.v[:, :, pos : pos + 1] = v
+        return self.k[:, :, : pos + 1], self.v[:, :, : pos + 1]
+
+
+@dataclass
+class GrowingKVCache:
+    """Self-attention keys and values kept by concatenation, so gradients flow through them (used when
+    backpropagating through the sampling chain, e.g. Gumbel-Softmax)."""
+
+    k: torch.Tensor | None = None
+    v: torch.Tensor | None = None
+
+    def update(self, k: torch.Tensor, v: torch.Tensor, pos: int) -> tuple[torch.Tensor, torch.Tensor]:
+        self.k = k if self.k is None else torch.cat([self.k, k], dim=2)  # (N, h, pos+1, d)
+        self.v = v if self.v is None else torch.cat([self.v, v], dim=2)
+        return self.k, self.v
 
 
 class DecoderBlock(nn.Module):
@@ -220,17 +242,15 @@ class DecoderBlock(nn.Module):
         y: torch.Tensor,
         memory_kv: tuple[torch.Tensor, torch.Tensor],
         num_samples: int,
-        cache: KVCache,
+        cache: KVCache | GrowingKVCache,
         pos: int,
     ) -> torch.Tensor:
         """One new token ``y (B*K, 1, E)`` at position ``pos``, reading and extending ``cache``."""
         attn = self.self_attn
         a = self.ln1(y)
         k, v = attn.keys_values(a)  # (N, h, 1, d)
-        cache.k[:, :, pos : pos + 1] = k
-        cache.v[:, :, pos : pos + 1] = v
+        keys, values = cache.update(k, v, pos)  # (N, h, pos+1, d)
         q = attn.split(attn.q(a))  # (N, h, 1, d)
-        keys, values = cache.k[:, :, : pos + 1], cache.v[:, :, : pos + 1]  # (N, h, pos+1, d)
         # One query over a few keys: plain matmuls beat the fused kernel's overhead here (CPU, ~2x).
         scores = (q @ keys.transpose(-2, -1)) * (q.shape[-1] ** -0.5)  # (N, h, 1, pos+1)
         y = y + attn.merge(scores.softmax(-1) @ values)
@@ -396,3 +416,123 @@ class ARTransformerEncoder(nn.Module):
             return a.view(b, k, t).transpose(0, 1)  # (K, B, T)
 
         return Samples(unflatten(indices), unflatten(token_log_q), unflatten(token_entropy))
+
+    def sample_relaxed(
+        self, x: torch.Tensor, relax: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One code per input, differentiable through the whole sampling chain (backprop through time).
+
+        At each position ``relax(log_probs (B, V))`` returns the sampled ``index (B,)`` and a
+        straight-through one-hot ``(B, V)``; the one-hot's embedding (``onehot @ table``) is the next input,
+        so gradients reach every earlier position (SPEC 3.1). Returns ``indices (B, T)``, the one-hots
+        ``(B, T, V)`` and the clamped log-probabilities ``(B, T, V)`` of each step, all with gradients.
+        """
+        b, t = x.shape[0], self.num_tokens
+        memory_kv = self.memory(x)
+        caches = [GrowingKVCache() for _ in self.decoder_blocks]
+        table = self.token_embed.weight  # (V, E)
+        y = table[0].expand(b, 1, -1) + self.pos[0]  # (B, 1, E): start token 0
+        indices, onehots, log_probs_all = [], [], []
+        for pos in range(t):
+            for block, kv, cache in zip(self.decoder_blocks, memory_kv, caches):
+                y = block.step(y, kv, 1, cache, pos)
+            log_probs = categorical_log_probs(self.head(self.decoder_ln(y[:, 0])))  # (B, V)
+            index, onehot = relax(log_probs)
+            indices.append(index)
+            onehots.append(onehot)
+            log_probs_all.append(log_probs)
+            if pos + 1 < t:
+                y = (onehot @ table)[:, None] + self.pos[pos + 1]  # (B, 1, E)
+        return torch.stack(indices, 1), torch.stack(onehots, 1), torch.stack(log_probs_all, 1)
+
+
+class NATransformerEncoder(nn.Module):
+    """Bidirectional transformer over image patches with one output vector per token (SPEC 5.4).
+
+    patches -> Dense(E) + positions -> ``num_layers`` pre-LN blocks -> LayerNorm -> Dense(E) -> head.
+    The head is ``Dense(out_dim)`` (logits for the *na methods, FSQ's latent dims) or absent
+    (``out_dim=None``: the VQ-VAE's ``z_e``).
+    """
+
+    def __init__(
+        self,
+        image_shape: tuple[int, int, int],
+        num_tokens: int,
+        width: int,
+        num_layers: int,
+        num_heads: int,
+        mlp_ratio: int,
+        out_dim: int | None,
+    ):
+        super().__init__()
+        self.num_tokens = num_tokens
+        ph, pw = patch_shape(image_shape, num_tokens)
+        self.patch_embed = dense(ph * pw * image_shape[0], width, init="lecun")
+        self.register_buffer("pos", sinusoidal_table(num_tokens, width), persistent=False)  # (T, E)
+        self.blocks = nn.ModuleList(EncoderBlock(width, num_heads, mlp_ratio) for _ in range(num_layers))
+        self.ln = nn.LayerNorm(width, eps=LN_EPS)
+        self.proj = dense(width, width)
+        self.head = dense(width, out_dim, init="lecun") if out_dim else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, C, H, W) -> (B, T, out_dim or E)``."""
+        h = self.patch_embed(patchify(x, self.num_tokens)) + self.pos  # (B, T, E)
+        for block in self.blocks:
+            h = block(h)
+        return self.head(self.proj(self.ln(h)))
+
+
+class NACategoricalEncoder(nn.Module):
+    """q_theta(z | x) = prod_t Cat(z_t; logits_t(x)): the bidirectional transformer with a V-way head
+    (SPEC 1.10, 3.3). Same sampling interface as :class:`ARTransformerEncoder`; the network runs once per
+    input and the K samples are independent draws from its per-token distributions."""
+
+    def __init__(
+        self,
+        image_shape: tuple[int, int, int],
+        num_tokens: int,
+        vocab_size: int,
+        width: int,
+        num_layers: int,
+        num_heads: int,
+        mlp_ratio: int,
+    ):
+        super().__init__()
+        self.num_tokens, self.vocab_size = num_tokens, vocab_size
+        self.net = NATransformerEncoder(image_shape, num_tokens, width, num_layers, num_heads, mlp_ratio, vocab_size)
+
+    def token_log_probs(self, x: torch.Tensor) -> torch.Tensor:
+        """Clamped per-token log-probabilities ``(B, T, V)``."""
+        return categorical_log_probs(self.net(x))
+
+    def log_probs(self, x: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        """``(K, B, T, V)``, the same for every sample (the codes do not condition anything)."""
+        return self.token_log_probs(x).expand(indices.shape[0], -1, -1, -1)
+
+    def log_prob(self, x: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        """``indices (K, B, T)`` -> ``token_log_q (K, B, T)`` with gradients."""
+        log_probs = self.log_probs(x, indices)  # (K, B, T, V)
+        return log_probs.gather(-1, indices[..., None]).squeeze(-1)
+
+    @torch.no_grad()
+    def sample(
+        self, x: torch.Tensor, num_samples: int = 1, generator: torch.Generator | None = None, use_cache: bool = True
+    ) -> Samples:
+        """``num_samples`` independent codes per input (``use_cache`` is accepted for interface parity)."""
+        log_probs = self.token_log_probs(x)  # (B, T, V)
+        probs = log_probs.exp()
+        b, t, v = probs.shape
+        flat = probs[None].expand(num_samples, b, t, v).reshape(-1, v)  # (K*B*T, V)
+        indices = sample_probs(flat, generator).view(num_samples, b, t)  # (K, B, T)
+        token_log_q = log_probs[None].expand(num_samples, -1, -1, -1).gather(-1, indices[..., None]).squeeze(-1)
+        entropy = -(probs * log_probs).sum(-1)  # (B, T)
+        return Samples(indices, token_log_q, entropy[None].expand(num_samples, -1, -1).contiguous())
+
+    def sample_relaxed(
+        self, x: torch.Tensor, relax: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One relaxed code per input, every token at once: ``indices (B, T)``, one-hots ``(B, T, V)``,
+        log-probabilities ``(B, T, V)``."""
+        log_probs = self.token_log_probs(x)  # (B, T, V)
+        indices, onehots = relax(log_probs)
+        return indices, onehots, log_probs
