@@ -1,4 +1,4 @@
-"""The ``daps`` command: ``train``, ``eval`` and ``presets``.
+"""The ``daps`` command: ``train``, ``eval``, ``compare``, ``gradlab`` and ``presets``.
 
 Thin on purpose: parse -> Config -> call a library function. User errors print one line on stderr and
 exit with code 2.
@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import sys
+from pathlib import Path
 
 from daps.config import ALL_METHODS, PRESETS, get_preset, parse_overrides
 
@@ -43,6 +44,29 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-images", type=int, default=0, help="evaluate only the first N images (0 = all)")
     p.add_argument("--seed", type=int, default=0, help="seed of the stochastic encoding")
     p.add_argument("--device", default=None)
+
+    p = sub.add_parser("compare", help="train several methods under one budget and write a comparison table")
+    p.add_argument("--preset", default="mnist", help=f"one of: {', '.join(sorted(PRESETS))} (default mnist)")
+    p.add_argument(
+        "--methods", default="daps,gumbel,grmck,fsq,vqvae,ppo,reinforce",
+        help=f"comma-separated, from: {', '.join(ALL_METHODS)} (default %(default)s)",
+    )
+    p.add_argument("--steps", type=int, required=True, help="optimizer steps per run (the same for every method)")
+    p.add_argument("--seeds", type=int, default=1, help="seeds 0 .. N-1 per method (default 1)")
+    p.add_argument("--out", default=None, help="output folder (default runs/compare-<preset>)")
+    p.add_argument("--device", default=None)
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides applied to every method")
+
+    p = sub.add_parser("gradlab", help="compare encoder-gradient estimators with the exact gradient on a tiny model")
+    p.add_argument("--draws", type=int, default=2000, help="gradient draws per estimator (default 2000)")
+    p.add_argument("--beta", type=float, default=0.5, help="entropy weight of the beta-ELBO (default 0.5)")
+    p.add_argument("--temperature", type=float, default=1.0, help="Gumbel temperature (default 1)")
+    p.add_argument("--num-samples", type=int, default=8, help="K for REINFORCE-LOO and DAPS (default 8)")
+    p.add_argument("--eta", type=float, default=1.0, help="DAPS eta (also shown at 10x; default 1)")
+    p.add_argument("--rao-samples", type=int, default=10, help="GR-MCK conditional draws k (default 10)")
+    p.add_argument("--pretrain-steps", type=int, default=200, help="DAPS steps before measuring (default 200)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="runs/gradlab", help="output folder (default runs/gradlab)")
 
     p = sub.add_parser("presets", help="list presets, or print one preset's full config as JSON")
     p.add_argument("name", nargs="?")
@@ -104,6 +128,36 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compare(args: argparse.Namespace, argv: list[str]) -> int:
+    from daps.compare import compare
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if args.seeds <= 0:
+        raise ValueError(f"--seeds must be at least 1, got {args.seeds}")
+    out = args.out or f"runs/compare-{args.preset}"
+    table = compare(
+        args.preset, methods, args.steps, list(range(args.seeds)), out, args.overrides, _device(args.device), argv
+    )
+    print(Path(out, "results.md").read_text())
+    return 0 if table else 1
+
+
+def _gradlab(args: argparse.Namespace, argv: list[str]) -> int:
+    from daps.gradlab import default_estimators, run_gradlab, write_report
+
+    if args.draws < 2 or args.num_samples < 2 or args.rao_samples < 1 or args.pretrain_steps < 0:
+        raise ValueError("--draws and --num-samples must be >= 2, --rao-samples >= 1, --pretrain-steps >= 0")
+    if not (args.temperature > 0 and args.eta > 0 and args.beta >= 0):
+        raise ValueError("--temperature and --eta must be positive and --beta >= 0")
+    estimators = default_estimators(args.num_samples, args.eta, args.temperature, args.rao_samples)
+    result = run_gradlab(
+        estimators, args.draws, args.beta, args.temperature, pretrain_steps=args.pretrain_steps, seed=args.seed
+    )
+    write_report(result, Path(args.out), command=" ".join(["daps", "gradlab", *argv]))
+    print(Path(args.out, "gradlab.md").read_text())
+    return 0
+
+
 def _presets(args: argparse.Namespace) -> int:
     from daps.config import config_to_dict
 
@@ -119,14 +173,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     # Overrides may sit between flags (``train a=1 --resume b=2``): collect the leftovers ourselves.
     args, extra = parser.parse_known_args(argv)
-    unknown = [e for e in extra if e.startswith("-") or args.command != "train"]
+    takes_overrides = args.command in ("train", "compare")
+    unknown = [e for e in extra if e.startswith("-") or not takes_overrides]
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
-    if args.command == "train":
+    if takes_overrides:
         args.overrides = [*args.overrides, *extra]
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     commands = {"train": _train, "eval": _eval, "presets": _presets}
     try:
+        rest = list(argv if argv is not None else sys.argv[1:])[1:]
+        if args.command == "compare":
+            return _compare(args, rest)
+        if args.command == "gradlab":
+            return _gradlab(args, rest)
         return commands[args.command](args)
     except (ValueError, OSError) as err:  # user input: bad values, missing or unreadable files
         print(f"daps {args.command}: error: {err}", file=sys.stderr)

@@ -72,13 +72,21 @@ def save_training_curves(metrics_path: Path, path: Path, title: str = "") -> Non
     ax.plot(*series(val, "l2"), "o-", color="C3")
     ax.set_title("validation L2 [lower is better]")
     ax = axes[1, 0]
-    ax.plot(*series(train, "ess"), color="C2")
-    ax.set_title("ESS / K")
+    if any("ess" in r for r in train):
+        ax.plot(*series(train, "ess"), color="C2")
+        ax.set_title("ESS / K")
+    else:
+        ax.plot(*series(train, "kl"), color="C2")
+        ax.plot(*series(val, "kl"), "o-", color="C4")
+        ax.set_title("KL(q || prior) [nats]")
     ax = axes[1, 1]
-    ax.semilogy(*series(train, "eta"), label="eta")
-    ax.semilogy(*series(train, "beta"), label="beta")
-    ax.set_title("trust-region eta and entropy weight beta")
-    ax.legend()
+    for key in ("eta", "beta", "temperature", "kl_coeff"):
+        xs, ys = series(train, key)
+        if xs and min(ys) > 0:
+            ax.semilogy(xs, ys, label=key)
+    ax.set_title("schedules and multipliers")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend()
     for ax in axes.flat:
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
@@ -86,4 +94,54 @@ def save_training_curves(metrics_path: Path, path: Path, title: str = "") -> Non
         fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def save_comparison_curves(curves: dict[str, list[list[tuple[int, float]]]], path: Path, title: str = "") -> None:
+    """Validation log p against steps, one line per method (mean over seeds, band = min..max over seeds).
+
+    ``curves[method]`` holds one list of ``(step, log_p)`` per seed.
+    """
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for i, (method, runs) in enumerate(curves.items()):
+        steps = sorted(set.intersection(*(set(s for s, _ in run) for run in runs))) if runs else []
+        if not steps:
+            continue
+        per_seed = [dict(run) for run in runs]
+        values = torch.tensor([[d[s] for s in steps] for d in per_seed])  # (seeds, points)
+        ax.plot(steps, values.mean(0).tolist(), "o-", ms=3, label=method, color=f"C{i % 10}")
+        if values.shape[0] > 1:
+            ax.fill_between(steps, values.min(0).values.tolist(), values.max(0).values.tolist(), alpha=0.2, color=f"C{i % 10}")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("validation log p(x|z) [nats, higher is better]")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def save_comparison_reconstructions(x: torch.Tensor, recons: dict[str, torch.Tensor], path: Path, title: str = "") -> None:
+    """The originals in the first row, then one row per method: ``x (N, C, H, W)``, ``recons[m] (N, C, H, W)``."""
+    plt = _pyplot()
+    n, rows = x.shape[0], 1 + len(recons)
+    fig, axes = plt.subplots(rows, n, figsize=(n * 0.8 + 1.2, rows * 0.85), squeeze=False)
+    for r, (label, imgs) in enumerate([("data", x), *recons.items()]):
+        for i in range(n):
+            img = imgs[i].detach().float().clamp(0, 1).cpu()
+            ax = axes[r, i]
+            if img.shape[0] == 1:
+                ax.imshow(img[0].numpy(), cmap="gray", vmin=0, vmax=1)
+            else:
+                ax.imshow(img.permute(1, 2, 0).numpy())
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[r, 0].set_ylabel(label, fontsize=8, rotation=0, ha="right", va="center")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
     plt.close(fig)

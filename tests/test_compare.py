@@ -1,0 +1,87 @@
+"""``daps compare``: one budget for every method, a results table, figures, commands, and reuse/resume."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from daps.cli import main
+from daps.compare import compare, latent_bits, plan_runs
+from daps.config import get_preset, parse_overrides
+from daps.train import train
+
+pytestmark = pytest.mark.usefixtures("offline", "no_plots")
+
+
+@pytest.fixture
+def overrides(tiny_overrides) -> list[str]:
+    return [o for o in tiny_overrides if not o.startswith("train.steps=")]
+
+
+def test_latent_bits_match_the_paper_bottlenecks():
+    assert latent_bits(get_preset("mnist", "daps")) == 64
+    assert latent_bits(get_preset("mnist", "fsq")) == pytest.approx(8 * 7.9069, abs=1e-3)  # 240 codes per token
+    assert latent_bits(get_preset("mnist", "vae")) == 64  # two floats at 32 bits (the paper's count)
+
+
+def test_plan_rejects_unknown_and_repeated_methods(tmp_path):
+    with pytest.raises(ValueError, match="nope"):
+        plan_runs("mnist", ["daps", "nope"], 10, [0], tmp_path, [])
+    with pytest.raises(ValueError, match="twice"):
+        plan_runs("mnist", ["daps", "daps"], 10, [0], tmp_path, [])
+    with pytest.raises(ValueError, match="--steps"):
+        plan_runs("mnist", ["daps"], 10, [0], tmp_path, ["train.steps=5"])
+
+
+def test_every_method_gets_the_same_budget_and_the_overrides(tmp_path):
+    runs = plan_runs("mnist", ["daps", "gumbel", "fsq"], 40, [0, 1], tmp_path, ["train.batch_size=32"])
+    assert [(r.method, r.seed) for r in runs] == [(m, s) for m in ("daps", "gumbel", "fsq") for s in (0, 1)]
+    for r in runs:
+        assert r.cfg.train.steps == 40 and r.cfg.train.batch_size == 32 and r.cfg.train.seed == r.seed
+        assert r.cfg.method == r.method and r.out_dir == tmp_path / r.method / f"seed{r.seed}"
+    assert runs[0].cfg.encoder.num_layers == 1 and runs[4].cfg.encoder.num_layers == 2  # per-method presets
+
+
+def test_compare_writes_table_figures_commands_and_reuses_finished_runs(tmp_path, overrides):
+    out = tmp_path / "cmp"
+    # An interrupted run: dapsna seed 0 stopped after 2 of its 4 steps.
+    interrupted = parse_overrides(
+        get_preset("mnist", "dapsna"),
+        [*overrides, "train.steps=4", "train.seed=0", f"train.out_dir={out / 'dapsna' / 'seed0'}",
+         "train.eval_every=1", "train.ckpt_every=1", "train.log_every=1", "train.stop_after=2"],
+    )
+    train(interrupted)
+    assert json.loads((out / "dapsna" / "seed0" / "summary.json").read_text())["step"] == 2
+
+    table = compare("mnist", ["daps", "dapsna"], 4, [0, 1], out, overrides)
+    assert [row["method"] for row in table] == ["daps", "dapsna"]
+    for row in table:
+        assert row["seeds"] == 2 and row["bits"] == 16  # 4 tokens x log2(16)
+        assert row["log_p"] < 0 and row["log_p_se"] >= 0 and row["l2"] > 0
+    for name in ("results.md", "results.csv", "curves.png", "reconstructions.png", "commands.sh"):
+        assert (out / name).stat().st_size > 0, name
+    md = (out / "results.md").read_text()
+    assert "| daps | 16 |" in md and "| dapsna | 16 |" in md and " ± " in md
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert [r["method"] for r in rows] == ["daps", "dapsna"]
+    assert float(rows[0]["log_p"]) == pytest.approx(table[0]["log_p"])
+    commands = [ln for ln in (out / "commands.sh").read_text().splitlines() if ln.startswith("daps train")]
+    assert len(commands) == 4 and all("train.steps=4" in c for c in commands)
+
+    # The interrupted run was resumed, not restarted: its metrics start at step 1 and reach step 4 once.
+    steps = [json.loads(ln)["step"] for ln in open(out / "dapsna" / "seed0" / "metrics.jsonl")]
+    assert steps.count(4) == 2 and steps.count(1) == 2  # one train row and one validation row each
+
+    # A second call reuses every finished run.
+    before = {p: p.stat().st_mtime_ns for p in out.glob("*/seed*/metrics.jsonl")}
+    compare("mnist", ["daps", "dapsna"], 4, [0, 1], out, overrides)
+    assert {p: p.stat().st_mtime_ns for p in out.glob("*/seed*/metrics.jsonl")} == before
+
+
+def test_cli_compare_rejects_unknown_method_in_one_line(tmp_path, capsys):
+    rc = main(["compare", "--methods", "daps,bogus", "--steps", "3", "--out", str(tmp_path / "c")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "bogus" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "c").exists()
