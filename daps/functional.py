@@ -14,12 +14,22 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
+    "adaptive_kl_coefficient",
+    "categorical_kl",
+    "gaussian_kl_standard_normal",
+    "leave_one_out_baseline",
+    "ppo_clipped_loss",
     "FLOAT32_EPS",
     "adaptive_grad_clip",
     "categorical_log_probs",
     "categorical_sample",
     "clamp_log_prob",
     "categorical_entropy",
+    "conditional_gumbel",
+    "gumbel_rao_st",
+    "gumbel_rao_surrogate",
+    "gumbel_softmax",
+    "gumbel_softmax_st",
     "constant_schedule",
     "cosine_schedule",
     "effective_sample_size",
@@ -33,6 +43,12 @@ __all__ = [
     "importance_weights",
     "log_importance_weights",
     "unitwise_norm",
+    "empirical_perplexity",
+    "fsq_bound",
+    "fsq_codes_to_indices",
+    "fsq_indices_to_codes",
+    "fsq_quantize",
+    "vq_nearest",
 ]
 
 FLOAT32_EPS = float(torch.finfo(torch.float32).eps)  # ~1.19e-7, the clamp used on every probability
@@ -246,3 +262,342 @@ def kl_to_uniform(token_entropy: torch.Tensor, vocab_size: int) -> torch.Tensor:
     For an autoregressive q with one sampled prefix this is the single-sample estimate of the sequence KL.
     """
     return (math.log(vocab_size) - token_entropy).sum(-1).clamp_min(0.0)
+
+
+# --------------------------------------------------------------------------------------------------
+# Relaxed categorical samples with straight-through gradients (SPEC 3.1-3.3).
+# Gumbel-Softmax: Jang, Gu & Poole 2017, "Categorical Reparameterization with Gumbel-Softmax",
+# https://arxiv.org/abs/1611.01144. Gumbel-Rao (GR-MCK): Paulus, Maddison & Krause 2021,
+# "Rao-Blackwellizing the Straight-Through Gumbel-Softmax Gradient Estimator", https://arxiv.org/abs/2010.04838.
+
+
+def _straight_through(index: torch.Tensor, soft: torch.Tensor) -> torch.Tensor:
+    """Forward: exactly ``onehot(index)``; backward: the gradient of ``soft``. ``(...), (..., V) -> (..., V)``.
+
+    ``hard + (soft - sg(soft))`` rather than ``hard + soft - sg(soft)``: the bracket is exactly 0, so the
+    forward value is an exact one-hot (the other order can round 1 + s - s away from 1).
+    """
+    hard = F.one_hot(index, soft.shape[-1]).to(soft.dtype)  # (..., V)
+    return hard + (soft - soft.detach())
+
+
+def _check_relaxation(temperature: float, num_samples: int = 1) -> None:
+    if not temperature > 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+
+
+def gumbel_softmax(log_probs: torch.Tensor, temperature: float, generator: torch.Generator | None) -> torch.Tensor:
+    """Relaxed one-hot sample ``softmax((log_probs + g) / tau)``, ``g ~ Gumbel(0, 1)`` (Jang et al. 2017, Eq. 1).
+
+    Args:
+        log_probs: ``(..., V)`` normalized log-probabilities (any float dtype; the noise takes the same dtype).
+        temperature: tau > 0.
+        generator: source of the V uniforms per token (``None``: torch's default generator).
+    Returns:
+        ``(..., V)`` soft sample on the simplex, differentiable in ``log_probs``.
+    """
+    _check_relaxation(temperature)
+    u = torch.rand(log_probs.shape, generator=generator, device=log_probs.device, dtype=log_probs.dtype)
+    gumbel = -torch.log(-torch.log(u.clamp_(FLOAT32_EPS, 1.0 - FLOAT32_EPS)))  # (..., V)
+    return torch.softmax((log_probs + gumbel) / temperature, dim=-1)
+
+
+def gumbel_softmax_st(
+    log_probs: torch.Tensor, temperature: float, generator: torch.Generator | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Straight-through Gumbel-Softmax (SPEC 3.1): ``index = argmax y_soft``, token ``y_hard + y_soft - sg(y_soft)``.
+
+    The index is an exact sample of ``Cat(exp(log_probs))`` (Gumbel-max); the token is its one-hot in the
+    forward pass and carries the gradient of :func:`gumbel_softmax` (same draws) in the backward pass.
+
+    Args: see :func:`gumbel_softmax`.
+    Returns:
+        ``index (...)`` int64 and ``onehot (..., V)`` in ``log_probs``' dtype.
+    """
+    soft = gumbel_softmax(log_probs, temperature, generator)  # (..., V)
+    index = soft.argmax(-1)  # (...)
+    return index, _straight_through(index, soft)
+
+
+def conditional_gumbel(log_probs: torch.Tensor, index: torch.Tensor, exp_noise: torch.Tensor) -> torch.Tensor:
+    """Perturbed logits ``G = log_probs + Gumbel noise`` conditioned on ``argmax G = index`` (SPEC 3.2).
+
+    With ``E ~ Exp(1)`` and ``Z = sum_v exp(l_v)`` (Paulus et al. 2021, Appendix; eps = float32 eps):
+    ``G_I = -log(E_I + eps) + log(Z + eps)`` (the max is ``log Z + Gumbel``) and, for ``j != I``,
+    ``G_j = -log(E_j exp(-l_j) + E_I / Z + eps)`` (a Gumbel truncated at ``G_I``).
+
+    Args:
+        log_probs: ``(..., V)`` log-probabilities ``l``.
+        index: ``(...)`` int64, the category ``I`` that won the Gumbel-max.
+        exp_noise: ``(k, ..., V)`` independent Exp(1) draws ``E``, one set per conditional sample.
+    Returns:
+        ``(k, ..., V)`` conditional perturbed logits, differentiable in ``log_probs`` (through ``Z`` and
+        ``exp(-l_j)``).
+    """
+    z = log_probs.exp().sum(-1, keepdim=True)  # (..., 1)
+    exp_index = exp_noise.gather(-1, index[..., None].expand(*exp_noise.shape[:-1], 1))  # (k, ..., 1)
+    top = -torch.log(exp_index + FLOAT32_EPS) + torch.log(z + FLOAT32_EPS)  # (k, ..., 1)
+    rest = -torch.log(exp_noise * torch.exp(-log_probs) + exp_index / z + FLOAT32_EPS)  # (k, ..., V)
+    is_index = F.one_hot(index, log_probs.shape[-1]).bool()  # (..., V)
+    return torch.where(is_index, top, rest)  # (k, ..., V)
+
+
+def gumbel_rao_surrogate(
+    log_probs: torch.Tensor,
+    index: torch.Tensor,
+    exp_noise: torch.Tensor,
+    temperature: float,
+    stop_gradient: bool = False,
+) -> torch.Tensor:
+    """The Rao-Blackwellized soft sample ``s = mean_k softmax(G_k / tau)``, ``G_k`` from
+    :func:`conditional_gumbel` (Paulus et al. 2021, Eq. 9): a Monte Carlo estimate of ``E[y_soft | index]``.
+
+    Args:
+        log_probs, index, exp_noise: as in :func:`conditional_gumbel` (``exp_noise`` is ``(k, ..., V)``).
+        temperature: tau > 0.
+        stop_gradient: ``False``: differentiate ``G``'s whole dependence on ``log_probs`` (the original DAPS
+            code). ``True``: ``G = l + sg(G - l)``, so only the explicit ``l`` carries gradient, as in Paulus
+            et al.'s reference code; then ``E_k[grad]`` equals the straight-through Gumbel-Softmax's.
+    Returns:
+        ``(..., V)``, same forward value either way.
+    """
+    _check_relaxation(temperature, exp_noise.shape[0])
+    if stop_gradient:
+        with torch.no_grad():
+            noise = conditional_gumbel(log_probs, index, exp_noise) - log_probs  # (k, ..., V)
+        perturbed = log_probs + noise  # (k, ..., V)
+    else:
+        perturbed = conditional_gumbel(log_probs, index, exp_noise)  # (k, ..., V)
+    return torch.softmax(perturbed / temperature, dim=-1).mean(0)  # (..., V)
+
+
+def gumbel_rao_st(
+    log_probs: torch.Tensor,
+    temperature: float,
+    num_samples: int,
+    generator: torch.Generator | None,
+    stop_gradient: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gumbel-Rao straight-through estimator, GR-MCK (SPEC 3.2; Paulus et al. 2021).
+
+    Draws the hard index ``I`` by Gumbel-max, then ``num_samples`` (k) conditional Gumbel perturbations
+    given ``I``; the token is ``onehot(I) + s - sg(s)`` with ``s`` from :func:`gumbel_rao_surrogate`.
+    Random draws from ``generator``, in this order: the index (:func:`gumbel_max_sample`), then ``E`` of shape
+    ``(k, ..., V)`` by ``Tensor.exponential_`` in ``log_probs``' dtype. Memory: k x ``log_probs``.
+
+    Args:
+        log_probs: ``(..., V)`` normalized log-probabilities.
+        temperature: tau > 0.
+        num_samples: k >= 1, conditional draws averaged per token.
+        generator: source of randomness (``None``: torch's default generator).
+        stop_gradient: see :func:`gumbel_rao_surrogate`.
+    Returns:
+        ``index (...)`` int64 and ``onehot (..., V)``: exactly ``onehot(index)`` forward, the surrogate's
+        gradient backward.
+    """
+    _check_relaxation(temperature, num_samples)
+    index = gumbel_max_sample(log_probs.detach(), generator)  # (...)
+    exp_noise = torch.empty((num_samples, *log_probs.shape), dtype=log_probs.dtype, device=log_probs.device)
+    exp_noise.exponential_(generator=generator)  # (k, ..., V)
+    soft = gumbel_rao_surrogate(log_probs, index, exp_noise, temperature, stop_gradient)  # (..., V)
+    return index, _straight_through(index, soft)
+
+
+# --------------------------------------------------------------------------------------------------
+# Policy-gradient and Gaussian baselines (SPEC 3.6-3.7). REINFORCE with a leave-one-out baseline:
+# Williams 1992, "Simple Statistical Gradient-Following Algorithms for Connectionist Reinforcement
+# Learning"; Kool, van Hoof & Welling 2019, "Buy 4 REINFORCE Samples, Get a Baseline for Free!",
+# https://openreview.net/forum?id=r1lgTGL5DE. PPO: Schulman et al. 2017, "Proximal Policy Optimization
+# Algorithms", https://arxiv.org/abs/1707.06347. Gaussian KL: Kingma & Welling 2014, "Auto-Encoding
+# Variational Bayes", https://arxiv.org/abs/1312.6114, Appendix B.
+
+
+def leave_one_out_baseline(rewards: torch.Tensor) -> torch.Tensor:
+    """Each sample's baseline is the mean reward of the *other* K - 1 samples of its input (Kool et al. 2019).
+
+    ``b_k`` does not depend on ``z_k``, so ``(1/K) sum_k (r_k - b_k) grad log q(z_k)`` stays an unbiased
+    gradient estimate; the advantages ``r_k - b_k = K / (K - 1) (r_k - mean_j r_j)`` sum to zero over K.
+
+    Args:
+        rewards: ``(K, B)`` with K >= 2 (any leading sample axis 0).
+    Returns:
+        ``(K, B)`` baselines, computed around the mean to keep float32 cancellation small for large rewards.
+    """
+    k = rewards.shape[0]
+    if k < 2:
+        raise ValueError(f"a leave-one-out baseline needs at least 2 samples, got K={k}")
+    mean = rewards.mean(0, keepdim=True)  # (1, B)
+    return mean + (mean - rewards) / (k - 1)
+
+
+def categorical_kl(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    """``KL(p || q) = sum_v p_v (log p_v - log q_v)`` over the last dim, in nats, clipped below at 0.
+
+    Args:
+        log_p, log_q: ``(..., V)`` normalized (e.g. clamped, :func:`categorical_log_probs`) log-probabilities.
+    Returns:
+        ``(...)``, one KL per token; differentiable in both arguments.
+    """
+    return (log_p.exp() * (log_p - log_q)).sum(-1).clamp_min(0.0)
+
+
+def ppo_clipped_loss(log_ratio: torch.Tensor, advantages: torch.Tensor, clip: float) -> torch.Tensor:
+    """PPO's clipped surrogate, negated to a loss: ``-min(r A, clip(r, 1 - eps, 1 + eps) A)``, ``r = exp(log_ratio)``
+    (Schulman et al. 2017, Eq. 7), elementwise.
+
+    The gradient vanishes wherever clipping is active in the direction the advantage pushes (``r > 1 + eps``
+    with ``A > 0``, ``r < 1 - eps`` with ``A < 0``) and is ``-A grad r`` elsewhere.
+
+    Args:
+        log_ratio: ``log q_new(z|x) - log q_old(z|x)``, any shape, differentiable.
+        advantages: same shape (treated as constants by the caller: pass them detached).
+        clip: eps > 0.
+    Returns:
+        The per-element loss, same shape.
+    """
+    if not clip > 0:
+        raise ValueError(f"clip must be positive, got {clip}")
+    ratio = log_ratio.exp()
+    return -torch.minimum(ratio * advantages, ratio.clamp(1.0 - clip, 1.0 + clip) * advantages)
+
+
+def adaptive_kl_coefficient(
+    coeff: torch.Tensor | float,
+    kl: torch.Tensor | float,
+    target: float,
+    scale: float,
+    gain: float,
+    min_coeff: float,
+    max_coeff: float,
+) -> torch.Tensor:
+    """PPO's adaptive KL penalty weight (Schulman et al. 2017, Sec. 4; SPEC 3.6), without a host sync.
+
+    ``coeff / gain`` if ``kl < target / scale``, ``coeff * gain`` if ``kl > target * scale``, else unchanged;
+    then clipped to ``[min_coeff, max_coeff]``.
+
+    Args:
+        coeff: the current weight (scalar).
+        kl: the measured ``KL(q_old || q_new)``, batch mean (scalar).
+    Returns:
+        The next weight, a float32 scalar tensor.
+    """
+    coeff = torch.as_tensor(coeff, dtype=torch.float32)
+    kl = torch.as_tensor(kl, dtype=torch.float32, device=coeff.device)
+    new = torch.where(kl < target / scale, coeff / gain, torch.where(kl > target * scale, coeff * gain, coeff))
+    return new.clamp(min_coeff, max_coeff)
+
+
+def gaussian_kl_standard_normal(mean: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
+    """Closed-form ``KL(N(mean, diag exp(log_var)) || N(0, I))`` summed over the last dim (Kingma & Welling
+    2014, Appendix B): ``0.5 sum_d (exp(log_var) - 1 - log_var + mean^2)``, in nats, clipped below at 0.
+
+    ``expm1`` keeps ``exp(v) - 1 - v`` accurate (non-negative) for a posterior close to the prior.
+
+    Args:
+        mean, log_var: ``(..., D)``.
+    Returns:
+        ``(...)``.
+    """
+    return 0.5 * (torch.expm1(log_var) - log_var + mean.square()).sum(-1).clamp_min(0.0)
+
+
+# --------------------------------------------------------------------------------------------------
+# Quantizers (SPEC 3.4-3.5). FSQ: Mentzer, Minnen, Agustsson & Tschannen 2024, "Finite Scalar Quantization:
+# VQ-VAE Made Simple", https://arxiv.org/abs/2309.15505. VQ: van den Oord, Vinyals & Kavukcuoglu 2017,
+# "Neural Discrete Representation Learning", https://arxiv.org/abs/1711.00937.
+
+
+def _fsq_levels(
+    levels: tuple[int, ...], x: torch.Tensor, dtype: torch.dtype | None = None, per_dim: bool = True
+) -> torch.Tensor:
+    """``levels`` as a ``(d,)`` tensor on ``x``'s device, after checking them and (``per_dim``) that ``x``'s last
+    dim has one entry per level."""
+    if len(levels) == 0 or any(int(level) != level or level < 2 for level in levels):
+        raise ValueError(f"FSQ levels must be one or more integers >= 2, got {tuple(levels)}")
+    if per_dim and (x.dim() == 0 or x.shape[-1] != len(levels)):
+        raise ValueError(f"the input's last dim must be len(levels) = {len(levels)}, got shape {tuple(x.shape)}")
+    return torch.tensor([int(level) for level in levels], dtype=dtype or x.dtype, device=x.device)
+
+
+def _fsq_basis(levels: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """Big-endian mixed-radix place values ``(d,)`` int64: ``basis_i = prod_{j > i} L_j``."""
+    return torch.tensor([math.prod(levels[i + 1 :]) for i in range(len(levels))], dtype=torch.long, device=device)
+
+
+def fsq_bound(z: torch.Tensor, levels: tuple[int, ...], eps: float = 1e-3) -> torch.Tensor:
+    """Squash each latent dim into the range of its L levels (FSQ paper, App. A.1): ``(..., d) -> (..., d)``.
+
+    ``bound(z) = tanh(z + shift) * half_l - offset`` with ``half_l = (L - 1)(1 + eps) / 2``, ``offset = 1/2``
+    for even L (0 for odd) and ``shift = atanh(offset / half_l)``, so ``bound(0) = 0`` and ``round(bound(z))``
+    takes exactly the L integers ``-(L // 2) ... L - 1 - L // 2`` (L=8: -4..3; L=5: -2..2).
+
+    NOTE(paper): the original DAPS code (and the FSQ paper's first listing) uses ``tan`` for the shift and
+    ``half_l = (L - 1)(1 - eps) / 2``. ``atanh`` is the inverse the listing meant (confirmed by the FSQ author,
+    lucidrains/vector-quantize-pytorch#94; tan and atanh differ by ~1e-5 for L >= 5), and ``1 + eps`` keeps
+    ``offset / half_l < 1`` so that atanh is defined for L = 2. The bounded range differs by 0.2 %; the set
+    of codes does not.
+    """
+    z = z.to(torch.promote_types(z.dtype, torch.float32))  # never round in half precision
+    lv = _fsq_levels(levels, z)  # (d,)
+    half_l = (lv - 1) * (1 + eps) / 2
+    offset = (lv % 2 == 0).to(z.dtype) * 0.5
+    shift = torch.atanh(offset / half_l)
+    return torch.tanh(z + shift) * half_l - offset
+
+
+def fsq_quantize(z: torch.Tensor, levels: tuple[int, ...], eps: float = 1e-3) -> torch.Tensor:
+    """FSQ codes of unbounded latents ``z (..., d)``: ``round(bound(z)) / (L // 2)``, values in [-1, 1], float32
+    (float64 for float64 input).
+
+    The rounding is straight-through (its gradient is the identity). The forward value is exactly the rounded
+    grid point divided by ``L // 2``, the same float :func:`fsq_indices_to_codes` returns.
+    """
+    bounded = fsq_bound(z, levels, eps)  # (..., d), float32 or float64
+    half_width = _fsq_levels(levels, bounded) // 2  # (d,)
+    # round(b) + (b - sg(b)): forward exactly round(b) (b - b = 0), backward the identity.
+    return (bounded.round() + (bounded - bounded.detach())) / half_width
+
+
+def fsq_codes_to_indices(codes: torch.Tensor, levels: tuple[int, ...]) -> torch.Tensor:
+    """Mixed-radix index of each code (SPEC 3.4, big-endian): ``(..., d) -> (...)`` int64 in ``[0, prod L)``.
+
+    ``index = sum_i (code_i * (L_i // 2) + L_i // 2) * prod_{j > i} L_j``.
+    """
+    half_width = _fsq_levels(levels, codes, torch.long) // 2  # (d,)
+    digits = (codes.detach() * half_width + half_width).round().long()  # (..., d) in [0, L)
+    return (digits * _fsq_basis(levels, codes.device)).sum(-1)
+
+
+def fsq_indices_to_codes(
+    indices: torch.Tensor, levels: tuple[int, ...], dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """Inverse of :func:`fsq_codes_to_indices`: ``(...) -> (..., d)`` codes in [-1, 1] of ``dtype``."""
+    lv = _fsq_levels(levels, indices, torch.long, per_dim=False)  # (d,)
+    half_width = lv // 2
+    digits = indices[..., None] // _fsq_basis(levels, indices.device) % lv  # (..., d)
+    return (digits - half_width).to(dtype) / half_width.to(dtype)
+
+
+def vq_nearest(z_e: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+    """Index of the nearest codebook row in squared Euclidean distance: ``(..., E), (V, E) -> (...)`` int64.
+
+    ``||z - e_v||^2 = ||z||^2 + ||e_v||^2 - 2 z.e_v`` (SPEC 3.5) as one matmul; ``||z||^2`` is the same for
+    every v and left out of the argmin. No gradient (an index).
+    """
+    if codebook.dim() != 2 or z_e.shape[-1] != codebook.shape[1]:
+        raise ValueError(f"z_e (..., E) and codebook (V, E) disagree: {tuple(z_e.shape)} and {tuple(codebook.shape)}")
+    dtype = torch.promote_types(z_e.dtype, torch.float32)
+    z = z_e.detach().reshape(-1, z_e.shape[-1]).to(dtype)  # (N, E)
+    e = codebook.detach().to(dtype)  # (V, E)
+    distances = e.square().sum(-1) - 2 * z @ e.T  # (N, V), minus ||z||^2
+    return distances.argmin(-1).view(z_e.shape[:-1])
+
+
+def empirical_perplexity(indices: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """``exp(entropy)`` of the codes' empirical distribution, pooled over all positions: a float32 scalar in
+    ``[1, min(indices.numel(), vocab_size)]`` (SPEC 8.6; a tensor, so logging it does not synchronize)."""
+    counts = torch.bincount(indices.flatten(), minlength=vocab_size).float()  # (V,)
+    p = counts / counts.sum()
+    return torch.exp(-torch.special.xlogy(p, p).sum())

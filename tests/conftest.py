@@ -72,6 +72,15 @@ def offline(monkeypatch, tmp_path):
 
 
 @pytest.fixture
+def single_thread():
+    """One intra-op thread for tiny, latency-bound models (see :func:`offline`)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def no_plots(monkeypatch):
     """Skip the two matplotlib figures of ``train`` (most of a tiny run's time) in tests that do not look at
     them; the PNGs themselves are checked on :func:`trained_run`."""

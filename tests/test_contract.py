@@ -22,6 +22,8 @@ TINY = [
 ]
 IMAGE_SHAPE = (1, 28, 28)
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 
 def tiny(method: str, *extra: str, seed: int = 0):
     cfg = parse_overrides(get_preset("mnist", method), [*TINY, *extra])

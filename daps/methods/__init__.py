@@ -12,12 +12,29 @@ import torch.nn as nn
 
 from daps.config import Config
 from daps.methods.daps import DAPS, build_daps, build_dapsna
+from daps.methods.fsq import build_fsq
+from daps.methods.gumbel import build_grmck, build_grmckna, build_gumbel, build_gumbelna
+from daps.methods.ppo import build_ppo
+from daps.methods.reinforce import build_reinforce
 from daps.methods.types import Output, Reconstruction
+from daps.methods.vae import build_vae
+from daps.methods.vqvae import build_vqvae
+from daps.methods.vqvae_ema import build_vqvae_ema
 from daps.optim import OptimizerSpec
 
 METHODS: dict[str, Callable[[Config, tuple[int, int, int]], nn.Module]] = {
     "daps": build_daps,
     "dapsna": build_dapsna,
+    "gumbel": build_gumbel,
+    "gumbelna": build_gumbelna,
+    "grmck": build_grmck,
+    "grmckna": build_grmckna,
+    "ppo": build_ppo,
+    "reinforce": build_reinforce,
+    "vae": build_vae,
+    "fsq": build_fsq,
+    "vqvae": build_vqvae,
+    "vqvae-ema": build_vqvae_ema,
 }
 
 

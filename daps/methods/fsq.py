@@ -1,0 +1,137 @@
+"""FSQ: "Finite Scalar Quantization: VQ-VAE Made Simple" (Mentzer, Minnen, Agustsson & Tschannen, ICLR 2024,
+https://arxiv.org/abs/2309.15505), the deterministic-quantizer baseline of SPEC 3.4.
+
+One step, for a batch x of B inputs with D_x data dimensions:
+
+1. z = encoder(x), ``(B, T, d)`` with d = len(levels): the bidirectional transformer with a Dense(d) head.
+2. Each dim i is bounded and rounded to L_i levels, straight-through (paper Sec. 3, App. A.1):
+   z_hat_i = round(bound(z_i)) / (L_i // 2) in [-1, 1]. A token's code is the mixed-radix index of its d
+   digits, one of prod(L) codes of an implicit codebook (used by ``encode`` / ``decode`` and downstream).
+3. Decoder: per token Dense(decoder.embed_dim) -> Dense(decoder.fsq_token_dim), no activation between
+   (SPEC 3.4, 5.8), then the MLP on the T token vectors concatenated.
+4. Loss L = -mean_b log p(x_b | z_hat_b) / D_x: reconstruction only, no commitment or codebook term.
+
+NOTE(paper): ``bound`` uses atanh for the even-L shift and half_l = (L - 1)(1 + 1e-3) / 2; the original DAPS
+code uses tan and (L - 1)(1 - 1e-3) / 2 (see :func:`daps.functional.fsq_bound`: the same set of codes, bounded
+values within 0.2 %).
+NOTE(paper): the loss is a per-dimension mean as in the original (DAPS and Gumbel use full sums, SPEC 11.12);
+the logged ``log_p`` is the full sum in nats, comparable across methods.
+NOTE(paper): the original configs carry ``commitment_coeff`` 0.25, which its FSQ loss never uses; not kept.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+
+import daps.functional as DF
+from daps.config import Config
+from daps.methods.common import Likelihood, build_decoder, build_likelihood, build_na_encoder
+from daps.methods.types import Output, Reconstruction
+from daps.nets import NATransformerEncoder
+from daps.nets.transformer import dense
+from daps.optim import OptimizerSpec
+
+
+class FSQ(nn.Module):
+    """Bidirectional encoder -> finite scalar quantization -> MLP decoder, trained by reconstruction.
+
+    Args:
+        encoder: maps ``x (B, C, H, W)`` to ``z (B, T, d)``, d = len(levels).
+        embed_latent: per-token layers ``(..., d) -> (..., token_dim)`` in front of the decoder.
+        decoder: ``decode_latents((N, T, token_dim)) -> (N, *param_shape)``.
+        likelihood: scores x under the decoder's output.
+        levels: L_i, quantization levels of each latent dim.
+    """
+
+    final_beta = None  # no KL term
+
+    def __init__(
+        self,
+        encoder: NATransformerEncoder,
+        embed_latent: nn.Module,
+        decoder: nn.Module,
+        likelihood: Likelihood,
+        levels: tuple[int, ...],
+    ):
+        super().__init__()
+        self.encoder, self.embed_latent, self.decoder, self.likelihood = encoder, embed_latent, decoder, likelihood
+        self.levels = tuple(int(level) for level in levels)
+
+    @property
+    def vocab_size(self) -> int:
+        """Size of the implicit codebook, prod(L)."""
+        return math.prod(self.levels)
+
+    def optimizer_specs(self, lr: float, grad_clip: float) -> list[OptimizerSpec]:
+        """One AdamW with adaptive clipping over every parameter (SPEC 6.8)."""
+        return [OptimizerSpec("vae", list(self.parameters()), lr=lr, grad_clip=grad_clip)]
+
+    def quantize(self, x: torch.Tensor) -> torch.Tensor:
+        """``x (B, C, H, W) -> z_hat (B, T, d)``, codes in [-1, 1] with a straight-through gradient."""
+        return DF.fsq_quantize(self.encoder(x), self.levels)
+
+    def decoder_params(self, z_hat: torch.Tensor) -> torch.Tensor:
+        """Codes ``(N, T, d)`` -> the likelihood's parameters ``(N, *param_shape)``."""
+        return self.decoder.decode_latents(self.embed_latent(z_hat))  # (N, T, token_dim) -> (N, ...)
+
+    # -- training ----------------------------------------------------------------------------------
+
+    def forward(self, x: torch.Tensor, step: int, generator: torch.Generator | None = None) -> Output:
+        """The reconstruction loss on ``x (B, C, H, W)`` (deterministic: ``step`` and ``generator`` are unused)."""
+        z_hat = self.quantize(x)  # (B, T, d)
+        params = self.decoder_params(z_hat)  # (B, C, H, W)
+        log_p = self.likelihood.log_prob(params, x)  # (B,) nats, summed over data dims
+        loss = -(log_p / x[0].numel()).mean()
+        with torch.no_grad():
+            indices = DF.fsq_codes_to_indices(z_hat, self.levels)  # (B, T)
+            logs = {
+                "loss": loss,
+                "log_p": log_p.mean(),
+                "recon_loss": loss,
+                "perplexity": DF.empirical_perplexity(indices, self.vocab_size),
+            }
+        return Output(
+            loss=loss,
+            x_hat=self.likelihood.mean(params).detach(),
+            indices=indices,
+            logs={k: v.detach() for k, v in logs.items()},
+        )
+
+    # -- inference ---------------------------------------------------------------------------------
+
+    def encode(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Implicit-codebook indices: ``(B, C, H, W) -> (B, T)`` (deterministic)."""
+        return DF.fsq_codes_to_indices(self.quantize(x), self.levels)
+
+    def decode(self, indices: torch.Tensor) -> torch.Tensor:
+        """Decoder mean: ``(B, T) -> (B, C, H, W)``."""
+        z_hat = DF.fsq_indices_to_codes(indices, self.levels)  # (B, T, d)
+        return self.likelihood.mean(self.decoder_params(z_hat))
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor, generator: torch.Generator | None = None) -> Reconstruction:
+        """Quantize and decode; ``log_p (B,)`` summed over data dims. No q, so no KL terms."""
+        z_hat = self.quantize(x)  # (B, T, d)
+        params = self.decoder_params(z_hat)
+        return Reconstruction(
+            indices=DF.fsq_codes_to_indices(z_hat, self.levels),
+            x_hat=self.likelihood.mean(params),
+            log_p=self.likelihood.log_prob(params, x),
+        )
+
+
+def build_fsq(cfg: Config, image_shape: tuple[int, int, int]) -> FSQ:
+    """FSQ with the bidirectional encoder and the MNIST MLP decoder (SPEC 3.4, 5.8)."""
+    likelihood = build_likelihood(cfg)
+    levels = tuple(cfg.fsq.levels)
+    encoder = build_na_encoder(cfg, image_shape, out_dim=len(levels))  # built first: seeded init follows this order
+    d = cfg.decoder
+    embed_latent = nn.Sequential(  # no activation between (SPEC 3.4)
+        dense(len(levels), d.embed_dim, init="lecun"),  # (..., d) -> (..., embed_dim)
+        dense(d.embed_dim, d.fsq_token_dim, init="lecun"),  # -> (..., fsq_token_dim)
+    )
+    decoder = build_decoder(cfg, image_shape, likelihood, token_dim=d.fsq_token_dim)
+    return FSQ(encoder, embed_latent, decoder, likelihood, levels)

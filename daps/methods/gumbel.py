@@ -1,0 +1,190 @@
+"""Straight-through relaxed categorical VAEs: Gumbel-Softmax and Gumbel-Rao (GR-MCK) (SPEC 3.1-3.3).
+
+Papers: Jang, Gu & Poole, "Categorical Reparameterization with Gumbel-Softmax" (ICLR 2017,
+https://arxiv.org/abs/1611.01144); Paulus, Maddison & Krause, "Rao-Blackwellizing the Straight-Through
+Gumbel-Softmax Gradient Estimator" (ICLR 2021, https://arxiv.org/abs/2010.04838).
+
+One step, for a batch x of B inputs, with temperature tau and KL weight beta from their schedules:
+
+1. One code per input, z ~ q_theta(z | x), drawn token by token; each token is a straight-through one-hot
+   y_t = onehot(z_t) + s_t - sg(s_t) (forward: hard; backward: the gradient of the soft sample s_t):
+     gumbel:  s_t = softmax((l_t + g) / tau), g ~ Gumbel(0, 1), z_t = argmax s_t          (Jang et al. Eq. 1)
+     rao:     z_t ~ Cat(l_t) by Gumbel-max, s_t = (1/k) sum_k softmax(G_k / tau), G_k ~ (l_t + g | argmax = z_t)
+                                                                                   (Paulus et al. Eq. 9)
+   The autoregressive encoder feeds y_t back as its next input (y_t @ embedding table), so gradients flow
+   through the whole chain; the non-autoregressive encoder samples all tokens at once (SPEC 3.3).
+2. The decoder reads the one-hots: log p_phi(x | z) = log p(x | decoder(y)).
+3. KL(q || U) = sum_t (log V - H(q(. | z_<t, x))) from the sampling pass's log-probabilities (SPEC 2).
+4. L = -mean_b [log p_phi(x | z) - beta KL]; one backward trains encoder and decoder together.
+
+NOTE(paper): GR-MCK differentiates the conditional Gumbel noise's dependence on l (the original DAPS code,
+SPEC 3.2); ``relaxed.rao_stop_gradient=true`` detaches it as Paulus et al.'s reference code does.
+NOTE(paper): evaluation draws exact categorical samples by inverting the CDF (one uniform per token), not by
+Gumbel-max: the same distribution, a different random stream.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn as nn
+
+import daps.functional as DF
+from daps.config import Config, RelaxedConfig
+from daps.methods.common import (
+    Likelihood,
+    build_ar_encoder,
+    build_decoder,
+    build_likelihood,
+    build_na_categorical_encoder,
+    schedule_final,
+    schedule_value,
+)
+from daps.methods.types import Output, Reconstruction
+from daps.nets import ARTransformerEncoder, NACategoricalEncoder
+from daps.optim import OptimizerSpec
+
+ESTIMATORS = ("gumbel", "rao")
+
+
+class GumbelSoftmax(nn.Module):
+    """Categorical VAE trained through straight-through relaxed samples (one per input).
+
+    Args:
+        encoder: an :class:`ARTransformerEncoder` or :class:`NACategoricalEncoder` (``sample_relaxed``, ``sample``).
+        decoder: maps integer codes ``(N, T)`` or one-hots ``(N, T, V)`` to the likelihood's parameters.
+        likelihood: scores x under the decoder's output.
+        cfg: schedules of beta and tau, k and the stop-gradient switch of GR-MCK.
+        num_steps: length of the run, for the schedules.
+        estimator: ``"gumbel"`` (straight-through Gumbel-Softmax) or ``"rao"`` (GR-MCK).
+    """
+
+    def __init__(
+        self,
+        encoder: ARTransformerEncoder | NACategoricalEncoder,
+        decoder: nn.Module,
+        likelihood: Likelihood,
+        cfg: RelaxedConfig,
+        num_steps: int,
+        estimator: str = "gumbel",
+    ):
+        super().__init__()
+        if estimator not in ESTIMATORS:
+            raise ValueError(f"unknown estimator {estimator!r}; choose one of: {', '.join(ESTIMATORS)}")
+        self.encoder, self.decoder, self.likelihood = encoder, decoder, likelihood
+        self.cfg, self.num_steps, self.estimator = cfg, num_steps, estimator
+
+    # -- schedules ---------------------------------------------------------------------------------
+
+    def beta(self, step: int) -> float:
+        return schedule_value(self.cfg.beta, step, self.num_steps)
+
+    def temperature(self, step: int) -> float:
+        return schedule_value(self.cfg.temperature, step, self.num_steps)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.encoder.vocab_size
+
+    @property
+    def final_beta(self) -> float:
+        return schedule_final(self.cfg.beta)
+
+    def optimizer_specs(self, lr: float, grad_clip: float) -> list[OptimizerSpec]:
+        """Encoder and decoder share one AdamW with adaptive clipping (SPEC 6.7)."""
+        return [OptimizerSpec("vae", list(self.parameters()), lr=lr, grad_clip=grad_clip)]
+
+    # -- training ----------------------------------------------------------------------------------
+
+    def relaxation(
+        self, temperature: float, generator: torch.Generator | None
+    ) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+        """The per-token sampler ``log_probs (..., V) -> index (...), straight-through one-hot (..., V)``."""
+        if self.estimator == "gumbel":
+            return lambda log_probs: DF.gumbel_softmax_st(log_probs, temperature, generator)
+        k, stop_gradient = self.cfg.num_rao_samples, self.cfg.rao_stop_gradient
+        return lambda log_probs: DF.gumbel_rao_st(log_probs, temperature, k, generator, stop_gradient)
+
+    def forward(self, x: torch.Tensor, step: int, generator: torch.Generator | None = None) -> Output:
+        """One relaxed-ELBO evaluation on ``x (B, C, H, W)`` at optimizer step ``step``."""
+        beta, temperature = self.beta(step), self.temperature(step)
+        relax = self.relaxation(temperature, generator)
+        # indices (B, T); onehots and log_probs (B, T, V), all differentiable through the sampling chain.
+        indices, onehots, log_probs = self.encoder.sample_relaxed(x, relax)
+        params = self.decoder(onehots)  # (B, C, H, W)
+        log_p = self.likelihood.log_prob(params, x)  # (B,)
+        kl = DF.kl_to_uniform(DF.categorical_entropy(log_probs), self.vocab_size)  # (B,), with gradient
+        loss = -(log_p - beta * kl).mean()
+        with torch.no_grad():
+            logs = {
+                "loss": loss,
+                "log_p": log_p.mean(),
+                "kl": kl.mean(),
+                "elbo": (log_p - kl).mean(),
+                "beta_elbo": (log_p - self.final_beta * kl).mean(),
+                "beta": torch.tensor(beta),
+                "temperature": torch.tensor(temperature),
+            }
+        return Output(
+            loss=loss,
+            x_hat=self.likelihood.mean(params).detach(),
+            indices=indices,
+            logs={k: v.detach() for k, v in logs.items()},
+        )
+
+    # -- inference ---------------------------------------------------------------------------------
+
+    def encode(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """One exact categorical code per input: ``(B, C, H, W) -> (B, T)``."""
+        return self.encoder.sample(x, 1, generator).indices[0]
+
+    def decode(self, indices: torch.Tensor) -> torch.Tensor:
+        """Decoder mean: ``(B, T) -> (B, C, H, W)``."""
+        return self.likelihood.mean(self.decoder(indices))
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor, generator: torch.Generator | None = None) -> Reconstruction:
+        """Encode with one exact categorical sample (no relaxation) and decode, with the ELBO terms."""
+        samples = self.encoder.sample(x, 1, generator)
+        indices = samples.indices[0]  # (B, T)
+        params = self.decoder(indices)
+        return Reconstruction(
+            indices=indices,
+            x_hat=self.likelihood.mean(params),
+            log_p=self.likelihood.log_prob(params, x),
+            kl=DF.kl_to_uniform(samples.token_entropy[0], self.vocab_size),
+            log_q=samples.log_q[0],
+            token_entropy=samples.token_entropy[0],
+        )
+
+
+def _build(cfg: Config, image_shape: tuple[int, int, int], autoregressive: bool, estimator: str) -> GumbelSoftmax:
+    likelihood = build_likelihood(cfg)
+    # The encoder is built first: the seeded initialization follows this order.
+    if autoregressive:
+        encoder = build_ar_encoder(cfg, image_shape)
+    else:
+        encoder = build_na_categorical_encoder(cfg, image_shape)
+    decoder = build_decoder(cfg, image_shape, likelihood, vocab_size=cfg.encoder.vocab_size)
+    return GumbelSoftmax(encoder, decoder, likelihood, cfg.relaxed, num_steps=cfg.train.steps, estimator=estimator)
+
+
+def build_gumbel(cfg: Config, image_shape: tuple[int, int, int]) -> GumbelSoftmax:
+    """Straight-through Gumbel-Softmax with the autoregressive encoder (SPEC 3.1)."""
+    return _build(cfg, image_shape, autoregressive=True, estimator="gumbel")
+
+
+def build_gumbelna(cfg: Config, image_shape: tuple[int, int, int]) -> GumbelSoftmax:
+    """Straight-through Gumbel-Softmax with the bidirectional encoder, tokens independent given x (SPEC 3.3)."""
+    return _build(cfg, image_shape, autoregressive=False, estimator="gumbel")
+
+
+def build_grmck(cfg: Config, image_shape: tuple[int, int, int]) -> GumbelSoftmax:
+    """GR-MCK (Gumbel-Rao) with the autoregressive encoder (SPEC 3.2)."""
+    return _build(cfg, image_shape, autoregressive=True, estimator="rao")
+
+
+def build_grmckna(cfg: Config, image_shape: tuple[int, int, int]) -> GumbelSoftmax:
+    """GR-MCK (Gumbel-Rao) with the bidirectional encoder (SPEC 3.3)."""
+    return _build(cfg, image_shape, autoregressive=False, estimator="rao")

@@ -1,0 +1,211 @@
+"""PPO-style autoencoding baseline: Schulman et al. 2017, "Proximal Policy Optimization Algorithms"
+(https://arxiv.org/abs/1707.06347), clipped surrogate (Eq. 7) plus the adaptive KL penalty (Sec. 4),
+with the encoder q_theta(z | x) as the policy and log p_phi(x | z) as the reward (SPEC 3.6).
+
+One step, for a batch x of B inputs, with theta_old the encoder parameters of the previous step:
+
+1. Sample one code per input from the *old* encoder, z ~ q_theta_old(z | x) (no gradient).
+2. Teacher-forced per-token log-probabilities of z under theta and theta_old; R = sg(log p_phi(x | z)),
+   a learned baseline b(x), advantage A = R - sg(b(x)), ratio r = q_theta(z|x) / q_theta_old(z|x).
+3. Policy loss     mean_b [ -min(r A, clip(r, 1 - eps, 1 + eps) A) + c KL(q_old || q_theta) + beta KL(q_theta || U) ]
+   value loss      mean_b ((R - b(x)) / D_x)^2
+   decoder loss    -mean_b log p_phi(x | z)
+   KLs are analytic per-token sums on the teacher-forced distributions; the three losses touch disjoint
+   parameters, so one backward of their sum trains all three.
+4. Afterwards theta_old <- theta (the parameters this loss was evaluated at, i.e. before the optimizer
+   step) and c <- c / gain or c * gain when the batch-mean KL(old || new) leaves [target / scale, target * scale].
+
+Step 4 happens inside ``forward`` (after everything that reads theta_old), so the training loop needs no
+hook: theta_old lives in ``old_encoder``, a copy of the encoder whose parameters are persistent buffers
+(saved in checkpoints, not trained), and c in the ``kl_coeff`` buffer. Both change only in training mode.
+
+NOTE(paper): beta-ELBO with a constant beta schedule uses beta_final = that constant; the original raises
+(NotImplementedError) and so PPO on CIFAR / ImageNet crashes as shipped (SPEC 3.6).
+NOTE(paper): the original's teacher-forced log q treats code 0 as padding (SPEC 5.3); that is the
+``encoder.mask_token0`` option here, off by default.
+NOTE(paper): under torchrun each rank adapts c from its own batch's KL; DDP's buffer broadcast then makes
+rank 0's value (and theta_old) everyone's at the next step.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn as nn
+
+import daps.functional as DF
+from daps.config import Config, PPOConfig
+from daps.methods.common import (
+    Likelihood,
+    build_ar_encoder,
+    build_decoder,
+    build_likelihood,
+    schedule_final,
+    schedule_value,
+)
+from daps.methods.types import Output, Reconstruction
+from daps.nets import ARTransformerEncoder
+from daps.nets.feedforward import PatchValueNet
+from daps.optim import OptimizerSpec
+
+
+def frozen_copy(module: nn.Module) -> nn.Module:
+    """A deep copy of ``module`` whose parameters are plain persistent buffers (own storage, no gradient)."""
+    clone = copy.deepcopy(module)
+    for sub in clone.modules():
+        for name, p in list(sub.named_parameters(recurse=False)):
+            delattr(sub, name)
+            sub.register_buffer(name, p.detach().clone())
+    return clone.requires_grad_(False)
+
+
+class PPO(nn.Module):
+    """Autoregressive categorical encoder trained with PPO's clipped surrogate; decoder by maximum likelihood.
+
+    Args:
+        encoder: an :class:`ARTransformerEncoder` (``sample``, ``log_probs``).
+        decoder: maps codes ``(N, T)`` to the likelihood's parameters ``(N, ...)``.
+        likelihood: scores x under the decoder's output.
+        value: the baseline ``b(x)``: ``(B, C, H, W) -> (B,)`` in nats, with ``scale`` = D_x.
+        cfg: clip, KL-penalty adaptation, beta schedule, value optimizer.
+        num_steps: length of the run, for the beta schedule.
+    """
+
+    def __init__(
+        self,
+        encoder: ARTransformerEncoder,
+        decoder: nn.Module,
+        likelihood: Likelihood,
+        value: PatchValueNet,
+        cfg: PPOConfig,
+        num_steps: int,
+    ):
+        super().__init__()
+        self.encoder, self.decoder, self.likelihood, self.value = encoder, decoder, likelihood, value
+        self.cfg, self.num_steps = cfg, num_steps
+        self.old_encoder = frozen_copy(encoder)  # theta_old, starts equal to theta
+        self.register_buffer("kl_coeff", torch.tensor(float(cfg.init_kl_coeff)))
+
+    def beta(self, step: int) -> float:
+        return schedule_value(self.cfg.beta, step, self.num_steps)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.encoder.vocab_size
+
+    @property
+    def final_beta(self) -> float:
+        return schedule_final(self.cfg.beta)
+
+    def optimizer_specs(self, lr: float, grad_clip: float) -> list[OptimizerSpec]:
+        """Encoder + decoder: AdamW with adaptive clipping; value net: AdamW at ``value_lr`` with global-norm
+        clipping (SPEC 3.6)."""
+        vae = [*self.encoder.parameters(), *self.decoder.parameters()]
+        return [
+            OptimizerSpec("vae", vae, lr=lr, grad_clip=grad_clip),
+            OptimizerSpec(
+                "value", list(self.value.parameters()), lr=self.cfg.value_lr, grad_clip=self.cfg.value_grad_clip,
+                clip="global_norm",
+            ),
+        ]
+
+    @torch.no_grad()
+    def sync_old_encoder(self) -> None:
+        """theta_old <- theta."""
+        for name, p in self.encoder.named_parameters():
+            self.old_encoder.get_buffer(name).copy_(p)
+
+    # -- training ----------------------------------------------------------------------------------
+
+    def forward(self, x: torch.Tensor, step: int, generator: torch.Generator | None = None) -> Output:
+        """One PPO objective evaluation on ``x (B, C, H, W)`` at optimizer step ``step``; in training mode
+        it then sets theta_old <- theta and adapts the KL weight for the next step."""
+        beta, clip = self.beta(step), self.cfg.clip
+        kl_coeff = self.kl_coeff.clone()  # the weight of this step (the buffer is updated below)
+        with torch.no_grad():
+            indices = self.old_encoder.sample(x, 1, generator).indices  # (1, B, T)
+            old_log_probs = self.old_encoder.log_probs(x, indices)[0]  # (B, T, V)
+        log_probs = self.encoder.log_probs(x, indices)[0]  # (B, T, V), with gradient
+        codes = indices[0]  # (B, T)
+        log_q = log_probs.gather(-1, codes[..., None]).squeeze(-1).sum(-1)  # (B,)
+        old_log_q = old_log_probs.gather(-1, codes[..., None]).squeeze(-1).sum(-1)  # (B,)
+
+        params = self.decoder(codes)  # (B, ...)
+        log_p = self.likelihood.log_prob(params, x)  # (B,)
+        rewards = log_p.detach()
+        baseline = self.value(x)  # (B,)
+        value_loss = ((rewards - baseline) / self.value.scale).square().mean()
+        advantages = rewards - baseline.detach()  # (B,)
+
+        log_ratio = log_q - old_log_q  # (B,)
+        kl_old_new = DF.categorical_kl(old_log_probs, log_probs).sum(-1)  # (B,)
+        kl = DF.kl_to_uniform(DF.categorical_entropy(log_probs), self.encoder.vocab_size)  # (B,)
+        policy_loss = (DF.ppo_clipped_loss(log_ratio, advantages, clip) + kl_coeff * kl_old_new + beta * kl).mean()
+        decoder_loss = -log_p.mean()
+        loss = policy_loss + value_loss + decoder_loss
+
+        if self.training:
+            self.sync_old_encoder()  # old = the parameters this loss is evaluated at
+            c = self.cfg
+            self.kl_coeff.copy_(DF.adaptive_kl_coefficient(
+                kl_coeff, kl_old_new.detach().mean(), c.kl_target, c.kl_scale, c.kl_gain, c.min_kl_coeff,
+                c.max_kl_coeff,
+            ))
+        with torch.no_grad():
+            ratio = log_ratio.exp()
+            logs = {
+                "loss": loss,
+                "log_p": log_p.mean(),
+                "log_q": log_q.mean(),
+                "kl": kl.mean(),
+                "elbo": (log_p - kl).mean(),
+                "beta_elbo": (log_p - self.final_beta * kl).mean(),
+                "beta": torch.tensor(beta),
+                "kl_old_new": kl_old_new.mean(),
+                "kl_coeff": kl_coeff,
+                "ratio": ratio.mean(),
+                "clip_frac": ((ratio - 1.0).abs() > clip).float().mean(),
+                "value_loss": value_loss,
+            }
+        return Output(
+            loss=loss,
+            x_hat=self.likelihood.mean(params).detach(),
+            indices=codes,
+            logs={k: v.detach() for k, v in logs.items()},
+        )
+
+    # -- inference (the current parameters) -----------------------------------------------------------
+
+    def encode(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """One stochastic code per input: ``(B, C, H, W) -> (B, T)``."""
+        return self.encoder.sample(x, 1, generator).indices[0]
+
+    def decode(self, indices: torch.Tensor) -> torch.Tensor:
+        """Decoder mean: ``(B, T) -> (B, C, H, W)``."""
+        return self.likelihood.mean(self.decoder(indices))
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor, generator: torch.Generator | None = None) -> Reconstruction:
+        """Encode with one stochastic sample and decode, with the ELBO terms (SPEC 8.1)."""
+        samples = self.encoder.sample(x, 1, generator)
+        indices = samples.indices[0]  # (B, T)
+        params = self.decoder(indices)
+        return Reconstruction(
+            indices=indices,
+            x_hat=self.likelihood.mean(params),
+            log_p=self.likelihood.log_prob(params, x),
+            kl=DF.kl_to_uniform(samples.token_entropy[0], self.encoder.vocab_size),
+            log_q=samples.log_q[0],
+            token_entropy=samples.token_entropy[0],
+        )
+
+
+def build_ppo(cfg: Config, image_shape: tuple[int, int, int]) -> PPO:
+    """PPO with the autoregressive transformer encoder, the MLP decoder and the patch value net (SPEC 3.6)."""
+    likelihood = build_likelihood(cfg)
+    encoder = build_ar_encoder(cfg, image_shape)  # built first: the seeded initialization follows this order
+    decoder = build_decoder(cfg, image_shape, likelihood, vocab_size=cfg.encoder.vocab_size)
+    # NOTE(paper): MNIST's value net (16 patches, width 64); no config keys for it yet.
+    value = PatchValueNet(image_shape, num_patches=16, width=64)
+    return PPO(encoder, decoder, likelihood, value, cfg.ppo, num_steps=cfg.train.steps)

@@ -1,0 +1,152 @@
+"""REINFORCE with a leave-one-out baseline: the score-function estimator of Williams 1992 ("Simple
+Statistical Gradient-Following Algorithms for Connectionist Reinforcement Learning") with the baseline of
+Kool, van Hoof & Welling 2019 ("Buy 4 REINFORCE Samples, Get a Baseline for Free!",
+https://openreview.net/forum?id=r1lgTGL5DE), on the same autoregressive encoder and decoder as DAPS.
+
+One step, for a batch x of B inputs:
+
+1. Sample K codes per input from the current encoder, z_k ~ q_theta(z | x) (no gradient).
+2. Rewards r_k = log p_phi(x | z_k) - beta log q_theta(z_k | x)                      (detached)
+3. Baselines b_k = (1 / (K - 1)) sum_{j != k} r_j                                      (Kool et al., Eq. 8)
+4. Encoder loss  L_theta = -mean_b (1/K) sum_k (r_k - b_k) log q_theta(z_k | x)   (log q teacher-forced)
+   decoder loss  L_phi   = -mean_{k,b} log p_phi(x | z_k)
+
+-grad L_theta is an unbiased estimate of the gradient of the beta-ELBO
+E_q[log p(x|z) - beta (log q(z|x) - log U(z))]: the score-function identity gives
+E_q[(log p - beta log q) grad log q] (the term -beta E_q[grad log q] is zero), and b_k does not depend
+on z_k. The encoder and decoder losses touch disjoint parameters, so one backward of their sum suffices.
+
+NOTE(paper): not a baseline of the DAPS paper or its code; added for comparison with DAPS's K samples.
+NOTE(paper): the reward's log q is the teacher-forced one (the same as the sampling log q unless
+``encoder.mask_token0`` reproduces the original's code-0 masking, SPEC 5.3).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+import daps.functional as DF
+from daps.config import Config, ReinforceConfig
+from daps.methods.common import (
+    Likelihood,
+    build_ar_encoder,
+    build_decoder,
+    build_likelihood,
+    schedule_final,
+    schedule_value,
+)
+from daps.methods.types import Output, Reconstruction
+from daps.nets import ARTransformerEncoder
+from daps.optim import OptimizerSpec
+
+
+class Reinforce(nn.Module):
+    """Autoregressive categorical encoder trained by REINFORCE with a leave-one-out baseline.
+
+    Args:
+        encoder: an :class:`ARTransformerEncoder` (``sample``, ``log_prob``).
+        decoder: maps codes ``(N, T)`` to the likelihood's parameters ``(N, ...)``.
+        likelihood: scores x under the decoder's output.
+        cfg: K and the beta schedule.
+        num_steps: length of the run, for the beta schedule.
+    """
+
+    def __init__(
+        self,
+        encoder: ARTransformerEncoder,
+        decoder: nn.Module,
+        likelihood: Likelihood,
+        cfg: ReinforceConfig,
+        num_steps: int,
+    ):
+        super().__init__()
+        if cfg.num_samples < 2:
+            raise ValueError(f"reinforce.num_samples must be >= 2, got {cfg.num_samples}")
+        self.encoder, self.decoder, self.likelihood = encoder, decoder, likelihood
+        self.cfg, self.num_steps = cfg, num_steps
+
+    def beta(self, step: int) -> float:
+        return schedule_value(self.cfg.beta, step, self.num_steps)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.encoder.vocab_size
+
+    @property
+    def final_beta(self) -> float:
+        return schedule_final(self.cfg.beta)
+
+    def optimizer_specs(self, lr: float, grad_clip: float) -> list[OptimizerSpec]:
+        """Encoder and decoder share one AdamW with adaptive clipping, as DAPS's ``vae`` group."""
+        return [OptimizerSpec("vae", list(self.parameters()), lr=lr, grad_clip=grad_clip)]
+
+    # -- training ----------------------------------------------------------------------------------
+
+    def forward(self, x: torch.Tensor, step: int, generator: torch.Generator | None = None) -> Output:
+        """One REINFORCE-LOO objective evaluation on ``x (B, C, H, W)`` at optimizer step ``step``."""
+        num_samples, batch_size = self.cfg.num_samples, x.shape[0]
+        beta = self.beta(step)
+        samples = self.encoder.sample(x, num_samples, generator)  # indices (K, B, T), no grad
+        indices = samples.indices
+        log_q = self.encoder.log_prob(x, indices).sum(-1)  # (K, B), with gradient
+
+        params = self.decoder(indices.flatten(0, 1))  # (K*B, ...)
+        log_p = self.likelihood.log_prob(params.view(num_samples, batch_size, *params.shape[1:]), x)  # (K, B)
+
+        rewards = (log_p - beta * log_q).detach()  # (K, B)
+        advantages = rewards - DF.leave_one_out_baseline(rewards)  # (K, B)
+        encoder_loss = -(advantages * log_q).mean(0).mean()
+        decoder_loss = -log_p.mean()
+        loss = encoder_loss + decoder_loss
+        with torch.no_grad():
+            kl = DF.kl_to_uniform(samples.token_entropy, self.encoder.vocab_size)  # (K, B)
+            logs = {
+                "loss": loss,
+                "log_p": log_p.mean(),
+                "log_q": log_q.mean(),
+                "kl": kl.mean(),
+                "elbo": (log_p - kl).mean(),
+                "beta_elbo": (log_p - self.final_beta * kl).mean(),
+                "beta": torch.tensor(beta),
+                "reward_std": rewards.std(0).mean(),  # spread over the K samples, averaged over inputs
+            }
+        return Output(
+            loss=loss,
+            x_hat=self.likelihood.mean(params[:batch_size]).detach(),
+            indices=indices[0],
+            logs={k: v.detach() for k, v in logs.items()},
+        )
+
+    # -- inference ---------------------------------------------------------------------------------
+
+    def encode(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """One stochastic code per input: ``(B, C, H, W) -> (B, T)``."""
+        return self.encoder.sample(x, 1, generator).indices[0]
+
+    def decode(self, indices: torch.Tensor) -> torch.Tensor:
+        """Decoder mean: ``(B, T) -> (B, C, H, W)``."""
+        return self.likelihood.mean(self.decoder(indices))
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor, generator: torch.Generator | None = None) -> Reconstruction:
+        """Encode with one stochastic sample and decode, with the ELBO terms (SPEC 8.1)."""
+        samples = self.encoder.sample(x, 1, generator)
+        indices = samples.indices[0]  # (B, T)
+        params = self.decoder(indices)
+        return Reconstruction(
+            indices=indices,
+            x_hat=self.likelihood.mean(params),
+            log_p=self.likelihood.log_prob(params, x),
+            kl=DF.kl_to_uniform(samples.token_entropy[0], self.encoder.vocab_size),
+            log_q=samples.log_q[0],
+            token_entropy=samples.token_entropy[0],
+        )
+
+
+def build_reinforce(cfg: Config, image_shape: tuple[int, int, int]) -> Reinforce:
+    """REINFORCE-LOO with the autoregressive transformer encoder and the MLP decoder."""
+    likelihood = build_likelihood(cfg)
+    encoder = build_ar_encoder(cfg, image_shape)  # built first: the seeded initialization follows this order
+    decoder = build_decoder(cfg, image_shape, likelihood, vocab_size=cfg.encoder.vocab_size)
+    return Reinforce(encoder, decoder, likelihood, cfg.reinforce, num_steps=cfg.train.steps)

@@ -1,0 +1,128 @@
+"""Gaussian VAE: Kingma & Welling 2014, "Auto-Encoding Variational Bayes" (https://arxiv.org/abs/1312.6114),
+the continuous-latent reference of the DAPS paper on MNIST (SPEC 3.7).
+
+q(z | x) = N(mean(x), diag exp(log_var(x))) from an MLP encoder, prior N(0, I), z = mean + exp(log_var / 2) eps
+(reparameterization, eps ~ N(0, I) from the step's generator), decoder = the MNIST MLP fed z as one token.
+
+    loss = -mean_b [ log p(x | z) - beta KL(q(z|x) || N(0, I)) ]      (closed-form KL, Kingma & Welling App. B)
+
+Evaluation (``reconstruct``, ``encode``) uses the posterior mean as z, so it is deterministic.
+
+NOTE(paper): z has ``vae.latent_dim`` = 2 dimensions, "the same capacity" as 64 bits counting a float32 as
+32 bits (the original's choice).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+
+import daps.functional as DF
+from daps.config import Config, GaussianVAEConfig
+from daps.methods.common import Likelihood, build_decoder, build_likelihood, schedule_final, schedule_value
+from daps.methods.types import Output, Reconstruction
+from daps.nets.feedforward import GaussianMLPEncoder
+from daps.optim import OptimizerSpec
+
+
+class GaussianVAE(nn.Module):
+    """MLP Gaussian encoder, reparameterized single sample, MLP decoder.
+
+    Args:
+        encoder: ``x (B, C, H, W) -> mean, log_var`` each ``(B, D)`` (:class:`GaussianMLPEncoder`).
+        decoder: an MLP decoder built without a vocabulary: ``decode_latents((N, 1, D)) -> (N, ...)``.
+        likelihood: scores x under the decoder's output.
+        cfg: the beta schedule.
+        num_steps: length of the run, for the beta schedule.
+    """
+
+    vocab_size: int | None = None  # a continuous latent: no codes
+
+    def __init__(
+        self,
+        encoder: GaussianMLPEncoder,
+        decoder: nn.Module,
+        likelihood: Likelihood,
+        cfg: GaussianVAEConfig,
+        num_steps: int,
+    ):
+        super().__init__()
+        self.encoder, self.decoder, self.likelihood = encoder, decoder, likelihood
+        self.cfg, self.num_steps = cfg, num_steps
+
+    def beta(self, step: int) -> float:
+        return schedule_value(self.cfg.beta, step, self.num_steps)
+
+    @property
+    def final_beta(self) -> float:
+        return schedule_final(self.cfg.beta)
+
+    def optimizer_specs(self, lr: float, grad_clip: float) -> list[OptimizerSpec]:
+        """One AdamW with adaptive clipping over encoder and decoder (SPEC 3.7)."""
+        return [OptimizerSpec("vae", list(self.parameters()), lr=lr, grad_clip=grad_clip)]
+
+    def decode_params(self, z: torch.Tensor) -> torch.Tensor:
+        """The likelihood's parameters for latents ``z (N, D)``: ``(N, ...)``."""
+        return self.decoder.decode_latents(z[:, None, :])  # z as one token (N, 1, D)
+
+    # -- training ----------------------------------------------------------------------------------
+
+    def forward(self, x: torch.Tensor, step: int, generator: torch.Generator | None = None) -> Output:
+        """One negative beta-ELBO on ``x (B, C, H, W)`` at optimizer step ``step``."""
+        beta = self.beta(step)
+        mean, log_var = self.encoder(x, generator)  # (B, D) each
+        eps = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)  # (B, D)
+        z = mean + (0.5 * log_var).exp() * eps  # (B, D)
+        params = self.decode_params(z)  # (B, ...)
+        log_p = self.likelihood.log_prob(params, x)  # (B,)
+        kl = DF.gaussian_kl_standard_normal(mean, log_var)  # (B,)
+        loss = -(log_p - beta * kl).mean()
+        with torch.no_grad():
+            logs = {
+                "loss": loss,
+                "log_p": log_p.mean(),
+                "kl": kl.mean(),
+                "elbo": (log_p - kl).mean(),
+                "beta_elbo": (log_p - self.final_beta * kl).mean(),
+                "beta": torch.tensor(beta),
+                "posterior_std": (0.5 * log_var).exp().mean(),
+            }
+        return Output(
+            loss=loss,
+            x_hat=self.likelihood.mean(params).detach(),
+            indices=None,
+            logs={k: v.detach() for k, v in logs.items()},
+        )
+
+    # -- inference: the posterior mean ---------------------------------------------------------------
+
+    def encode(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Posterior mean: ``(B, C, H, W) -> (B, D)`` (``generator`` only drives dropout in training mode)."""
+        return self.encoder(x, generator)[0]
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Decoder mean: ``(B, D) -> (B, C, H, W)``."""
+        return self.likelihood.mean(self.decode_params(z))
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor, generator: torch.Generator | None = None) -> Reconstruction:
+        """Decode the posterior mean; ``kl`` is the closed-form Gaussian KL, there are no codes (SPEC 3.7)."""
+        mean, log_var = self.encoder(x, generator)
+        params = self.decode_params(mean)
+        return Reconstruction(
+            indices=None,
+            x_hat=self.likelihood.mean(params),
+            log_p=self.likelihood.log_prob(params, x),
+            kl=DF.gaussian_kl_standard_normal(mean, log_var),
+        )
+
+
+def build_vae(cfg: Config, image_shape: tuple[int, int, int]) -> GaussianVAE:
+    """The MNIST Gaussian VAE: MLP encoder (784 -> 512 -> 2 x latent_dim) and the MLP decoder (SPEC 3.7)."""
+    likelihood = build_likelihood(cfg)
+    v = cfg.vae
+    encoder = GaussianMLPEncoder(math.prod(image_shape), v.hidden, v.latent_dim, v.dropout)
+    decoder = build_decoder(cfg, image_shape, likelihood, token_dim=v.latent_dim, num_tokens=1)
+    return GaussianVAE(encoder, decoder, likelihood, v, num_steps=cfg.train.steps)
