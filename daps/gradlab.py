@@ -243,8 +243,10 @@ def write_report(result: dict, out: Path, command: str | None = None) -> None:
         "",
         "An unbiased estimator has cos(mean, exact) -> 1, |mean|/|exact| -> 1, |bias z| of a few at most and chi "
         "about 1. DAPS's step is a weighted maximum-likelihood direction, about 1/(eta + beta) times the gradient "
-        "for large eta: compare its direction, not its scale. PPO's per-token KL penalty is differentiated "
-        "analytically along the sampled path, which is biased for an autoregressive q unless beta = 0.",
+        "for large eta: compare its direction, not its scale. Gumbel-ST and GR-MCK are biased by the relaxation (GR-MCK "
+        "without the stop-gradient also by its gradient path). PPO differentiates its per-token KL penalty analytically "
+        "along the sampled path, which omits the score-function term of later tokens' KL (a bias for an autoregressive "
+        "q when beta > 0); with its untrained value baseline the noise of one sample per input hides that bias here.",
     ]
     (out / "gradlab.md").write_text("\n".join(lines) + "\n")
     (out / "gradlab.json").write_text(json.dumps(result, indent=2) + "\n")

@@ -32,8 +32,13 @@ from daps.methods.common import (
     build_decoder,
     build_likelihood,
     build_na_categorical_encoder,
+    categorical_reconstruction,
+    decode_code,
+    elbo_logs,
+    sample_code,
     schedule_final,
     schedule_value,
+    training_output,
 )
 from daps.methods.types import Output, Reconstruction
 from daps.nets import ARTransformerEncoder, NACategoricalEncoder
@@ -41,7 +46,8 @@ from daps.optim import OptimizerSpec
 
 
 class DAPS(nn.Module):
-    """Autoregressive categorical encoder trained by policy search; decoder by maximum likelihood.
+    """Categorical encoder (autoregressive, or independent tokens for DAPS-NA) trained by policy search;
+    decoder by maximum likelihood.
 
     Args:
         encoder: an :class:`ARTransformerEncoder` or :class:`NACategoricalEncoder` (``sample``, ``log_prob``).
@@ -117,45 +123,28 @@ class DAPS(nn.Module):
                 "loss": loss,
                 "log_p": log_p.mean(),
                 "log_q": log_q.mean(),
-                "kl": kl.mean(),
-                "elbo": (log_p - kl).mean(),
-                "beta_elbo": (log_p - self.final_beta * kl).mean(),
+                **elbo_logs(log_p, kl, self.final_beta),
                 "ess": ess.mean() / num_samples,
                 "eta": eta,
                 "beta": torch.tensor(beta),
                 "eta_loss": eta_loss,
             }
-        return Output(
-            loss=loss,
-            x_hat=self.likelihood.mean(params[: x.shape[0]]).detach(),
-            indices=indices[0],
-            logs={k: v.detach() for k, v in logs.items()},
-        )
+        return training_output(loss, self.likelihood.mean(params[: x.shape[0]]), indices[0], logs)
 
     # -- inference ---------------------------------------------------------------------------------
 
     def encode(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """One stochastic code per input: ``(B, C, H, W) -> (B, T)``."""
-        return self.encoder.sample(x, 1, generator).indices[0]
+        return sample_code(self.encoder, x, generator)
 
     def decode(self, indices: torch.Tensor) -> torch.Tensor:
         """Decoder mean: ``(B, T) -> (B, C, H, W)``."""
-        return self.likelihood.mean(self.decoder(indices))
+        return decode_code(self.decoder, self.likelihood, indices)
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor, generator: torch.Generator | None = None) -> Reconstruction:
         """Encode with one stochastic sample and decode, with the ELBO terms (SPEC 1.11, 8.1)."""
-        samples = self.encoder.sample(x, 1, generator)
-        indices = samples.indices[0]  # (B, T)
-        params = self.decoder(indices)
-        return Reconstruction(
-            indices=indices,
-            x_hat=self.likelihood.mean(params),
-            log_p=self.likelihood.log_prob(params, x),
-            kl=DF.kl_to_uniform(samples.token_entropy[0], self.encoder.vocab_size),
-            log_q=samples.log_q[0],
-            token_entropy=samples.token_entropy[0],
-        )
+        return categorical_reconstruction(self.encoder, self.decoder, self.likelihood, x, generator)
 
 
 def build_daps(cfg: Config, image_shape: tuple[int, int, int]) -> DAPS:

@@ -28,7 +28,15 @@ import torch.nn as nn
 
 import daps.functional as DF
 from daps.config import Config
-from daps.methods.common import Likelihood, build_decoder, build_likelihood, build_na_encoder
+from daps.methods.common import (
+    Likelihood,
+    build_decoder,
+    build_likelihood,
+    build_na_encoder,
+    per_dim_reconstruction_loss,
+    quantized_reconstruction,
+    training_output,
+)
 from daps.methods.types import Output, Reconstruction
 from daps.nets import NATransformerEncoder
 from daps.nets.transformer import dense
@@ -84,7 +92,7 @@ class FSQ(nn.Module):
         z_hat = self.quantize(x)  # (B, T, d)
         params = self.decoder_params(z_hat)  # (B, C, H, W)
         log_p = self.likelihood.log_prob(params, x)  # (B,) nats, summed over data dims
-        loss = -(log_p / x[0].numel()).mean()
+        loss = per_dim_reconstruction_loss(log_p, x)
         with torch.no_grad():
             indices = DF.fsq_codes_to_indices(z_hat, self.levels)  # (B, T)
             logs = {
@@ -93,12 +101,7 @@ class FSQ(nn.Module):
                 "recon_loss": loss,
                 "perplexity": DF.empirical_perplexity(indices, self.vocab_size),
             }
-        return Output(
-            loss=loss,
-            x_hat=self.likelihood.mean(params).detach(),
-            indices=indices,
-            logs={k: v.detach() for k, v in logs.items()},
-        )
+        return training_output(loss, self.likelihood.mean(params), indices, logs)
 
     # -- inference ---------------------------------------------------------------------------------
 
@@ -115,11 +118,8 @@ class FSQ(nn.Module):
     def reconstruct(self, x: torch.Tensor, generator: torch.Generator | None = None) -> Reconstruction:
         """Quantize and decode; ``log_p (B,)`` summed over data dims. No q, so no KL terms."""
         z_hat = self.quantize(x)  # (B, T, d)
-        params = self.decoder_params(z_hat)
-        return Reconstruction(
-            indices=DF.fsq_codes_to_indices(z_hat, self.levels),
-            x_hat=self.likelihood.mean(params),
-            log_p=self.likelihood.log_prob(params, x),
+        return quantized_reconstruction(
+            self.likelihood, self.decoder_params(z_hat), x, DF.fsq_codes_to_indices(z_hat, self.levels)
         )
 
 

@@ -33,8 +33,13 @@ from daps.methods.common import (
     build_ar_encoder,
     build_decoder,
     build_likelihood,
+    categorical_reconstruction,
+    decode_code,
+    elbo_logs,
+    sample_code,
     schedule_final,
     schedule_value,
+    training_output,
 )
 from daps.methods.types import Output, Reconstruction
 from daps.nets import ARTransformerEncoder
@@ -105,43 +110,26 @@ class Reinforce(nn.Module):
                 "loss": loss,
                 "log_p": log_p.mean(),
                 "log_q": log_q.mean(),
-                "kl": kl.mean(),
-                "elbo": (log_p - kl).mean(),
-                "beta_elbo": (log_p - self.final_beta * kl).mean(),
+                **elbo_logs(log_p, kl, self.final_beta),
                 "beta": torch.tensor(beta),
                 "reward_std": rewards.std(0).mean(),  # spread over the K samples, averaged over inputs
             }
-        return Output(
-            loss=loss,
-            x_hat=self.likelihood.mean(params[:batch_size]).detach(),
-            indices=indices[0],
-            logs={k: v.detach() for k, v in logs.items()},
-        )
+        return training_output(loss, self.likelihood.mean(params[:batch_size]), indices[0], logs)
 
     # -- inference ---------------------------------------------------------------------------------
 
     def encode(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """One stochastic code per input: ``(B, C, H, W) -> (B, T)``."""
-        return self.encoder.sample(x, 1, generator).indices[0]
+        return sample_code(self.encoder, x, generator)
 
     def decode(self, indices: torch.Tensor) -> torch.Tensor:
         """Decoder mean: ``(B, T) -> (B, C, H, W)``."""
-        return self.likelihood.mean(self.decoder(indices))
+        return decode_code(self.decoder, self.likelihood, indices)
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor, generator: torch.Generator | None = None) -> Reconstruction:
         """Encode with one stochastic sample and decode, with the ELBO terms (SPEC 8.1)."""
-        samples = self.encoder.sample(x, 1, generator)
-        indices = samples.indices[0]  # (B, T)
-        params = self.decoder(indices)
-        return Reconstruction(
-            indices=indices,
-            x_hat=self.likelihood.mean(params),
-            log_p=self.likelihood.log_prob(params, x),
-            kl=DF.kl_to_uniform(samples.token_entropy[0], self.encoder.vocab_size),
-            log_q=samples.log_q[0],
-            token_entropy=samples.token_entropy[0],
-        )
+        return categorical_reconstruction(self.encoder, self.decoder, self.likelihood, x, generator)
 
 
 def build_reinforce(cfg: Config, image_shape: tuple[int, int, int]) -> Reinforce:

@@ -6,7 +6,8 @@ q(z | x) = N(mean(x), diag exp(log_var(x))) from an MLP encoder, prior N(0, I), 
 
     loss = -mean_b [ log p(x | z) - beta KL(q(z|x) || N(0, I)) ]      (closed-form KL, Kingma & Welling App. B)
 
-Evaluation (``reconstruct``, ``encode``) uses the posterior mean as z, so it is deterministic.
+Evaluation (``reconstruct``, ``encode``) uses the posterior mean as z, so it is deterministic in eval mode
+(in train mode BatchNorm uses batch statistics and dropout is on).
 
 NOTE(paper): z has ``vae.latent_dim`` = 2 dimensions, "the same capacity" as 64 bits counting a float32 as
 32 bits (the original's choice).
@@ -21,7 +22,15 @@ import torch.nn as nn
 
 import daps.functional as DF
 from daps.config import Config, GaussianVAEConfig
-from daps.methods.common import Likelihood, build_decoder, build_likelihood, schedule_final, schedule_value
+from daps.methods.common import (
+    Likelihood,
+    build_decoder,
+    build_likelihood,
+    elbo_logs,
+    schedule_final,
+    schedule_value,
+    training_output,
+)
 from daps.methods.types import Output, Reconstruction
 from daps.nets.feedforward import GaussianMLPEncoder
 from daps.optim import OptimizerSpec
@@ -83,18 +92,11 @@ class GaussianVAE(nn.Module):
             logs = {
                 "loss": loss,
                 "log_p": log_p.mean(),
-                "kl": kl.mean(),
-                "elbo": (log_p - kl).mean(),
-                "beta_elbo": (log_p - self.final_beta * kl).mean(),
+                **elbo_logs(log_p, kl, self.final_beta),
                 "beta": torch.tensor(beta),
                 "posterior_std": (0.5 * log_var).exp().mean(),
             }
-        return Output(
-            loss=loss,
-            x_hat=self.likelihood.mean(params).detach(),
-            indices=None,
-            logs={k: v.detach() for k, v in logs.items()},
-        )
+        return training_output(loss, self.likelihood.mean(params), None, logs)
 
     # -- inference: the posterior mean ---------------------------------------------------------------
 

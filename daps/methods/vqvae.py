@@ -29,7 +29,17 @@ import torch.nn.functional as F
 
 import daps.functional as DF
 from daps.config import Config
-from daps.methods.common import Likelihood, build_decoder, build_likelihood, build_na_encoder
+from daps.methods.common import (
+    Likelihood,
+    build_decoder,
+    build_likelihood,
+    build_na_encoder,
+    per_dim_reconstruction_loss,
+    quantized_reconstruction,
+    training_output,
+    vq_decode,
+    vq_lookup,
+)
 from daps.methods.types import Output, Reconstruction
 from daps.nets import NATransformerEncoder
 from daps.optim import OptimizerSpec
@@ -73,8 +83,7 @@ class VQVAE(nn.Module):
 
     def quantize(self, z_e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``z_e (B, T, E) -> indices (B, T), z_q (B, T, E)``; z_q carries gradient to the looked-up rows."""
-        indices = DF.vq_nearest(z_e, self.codebook)  # (B, T)
-        return indices, F.embedding(indices, self.codebook)  # (B, T, E)
+        return vq_lookup(z_e, self.codebook)
 
     # -- training ----------------------------------------------------------------------------------
 
@@ -88,7 +97,7 @@ class VQVAE(nn.Module):
         z = z_q.detach() + (z_e - z_e.detach())  # (B, T, E)
         params = self.decoder.decode_latents(z)  # (B, C, H, W)
         log_p = self.likelihood.log_prob(params, x)  # (B,)
-        recon_loss = -(log_p / x[0].numel()).mean()
+        recon_loss = per_dim_reconstruction_loss(log_p, x)
         loss = codebook_loss + self.commitment * commitment_loss + recon_loss
         with torch.no_grad():
             logs = {
@@ -99,12 +108,7 @@ class VQVAE(nn.Module):
                 "commitment_loss": commitment_loss,
                 "perplexity": DF.empirical_perplexity(indices, self.vocab_size),
             }
-        return Output(
-            loss=loss,
-            x_hat=self.likelihood.mean(params).detach(),
-            indices=indices,
-            logs={k: v.detach() for k, v in logs.items()},
-        )
+        return training_output(loss, self.likelihood.mean(params), indices, logs)
 
     # -- inference ---------------------------------------------------------------------------------
 
@@ -114,16 +118,13 @@ class VQVAE(nn.Module):
 
     def decode(self, indices: torch.Tensor) -> torch.Tensor:
         """Decoder mean: ``(B, T) -> (B, C, H, W)``."""
-        return self.likelihood.mean(self.decoder.decode_latents(F.embedding(indices, self.codebook)))
+        return vq_decode(self.decoder, self.likelihood, self.codebook, indices)
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor, generator: torch.Generator | None = None) -> Reconstruction:
         """Quantize and decode; ``log_p (B,)`` summed over data dims. No q, so no KL terms."""
-        indices, z_q = self.quantize(self.encoder(x))
-        params = self.decoder.decode_latents(z_q)
-        return Reconstruction(
-            indices=indices, x_hat=self.likelihood.mean(params), log_p=self.likelihood.log_prob(params, x)
-        )
+        indices, z_q = self.quantize(self.encoder(x))  # (B, T), (B, T, E)
+        return quantized_reconstruction(self.likelihood, self.decoder.decode_latents(z_q), x, indices)
 
 
 def build_vqvae(cfg: Config, image_shape: tuple[int, int, int]) -> VQVAE:
