@@ -5,46 +5,26 @@
 Times whole optimizer steps on random binary images of the preset's shape (data loading is not part of
 a step: the data sit in memory), reports the median over windows after warm-up, then times each part of
 the step separately: sampling K codes, the teacher-forced pass (forward + backward), the decoder
-(forward + backward) and the optimizer (clipping + AdamW). Prints a markdown table and, with --json,
-writes the numbers to a file.
+(forward + backward) and the optimizer (clipping + AdamW), and compares sampling with the KV cache against
+recomputing the prefix at every token. Prints a markdown table and, with --json, writes the numbers to a file.
+
+The DAPS method only; the suite over every method and preset is ``benchmarks/run.py``, whose helpers this
+script uses.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
-import time
 
 import torch
 
+# The suite's helpers (benchmarks/run.py; this script's folder is on sys.path when it runs).
+from run import categorical_parts, cpu_name, setup, step_once, time_call, time_windows
+
 from daps.config import get_preset, parse_overrides
-from daps.likelihoods import bernoulli_log_prob
-from daps.methods import build_method
-from daps.optim import Optimizers
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def timed(fn, repeats: int) -> float:
-    """Median seconds of ``fn()`` over ``repeats`` calls."""
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -60,54 +40,25 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(args.threads)
 
     cfg = parse_overrides(get_preset(args.preset), args.overrides)
-    torch.manual_seed(0)
-    shape = tuple(cfg.data.image_shape)
-    model = build_method(cfg, shape)
-    optimizers = Optimizers(model, model.optimizer_specs(cfg.optim.lr, cfg.optim.grad_clip), cfg.optim.weight_decay)
-    gen = torch.Generator().manual_seed(0)
+    device = torch.device("cpu")
+    model, optimizers, x, gen = setup(cfg, device)
     b, k = cfg.train.batch_size, cfg.daps.num_samples
-    x = (torch.rand(b, *shape, generator=gen) > 0.87).float()
-
-    def step() -> None:
-        out = model(x, 0, generator=gen)
-        optimizers.zero_grad()
-        out.loss.backward()
-        optimizers.step()
-
     for _ in range(args.warmup):
-        step()
+        step_once(model, optimizers, x, 0, gen)
     window = 5
-    rates = []
-    for _ in range(max(args.steps // window, 1)):
-        t0 = time.perf_counter()
-        for _ in range(window):
-            step()
-        rates.append(window / (time.perf_counter() - t0))
+    rates = time_windows(lambda: step_once(model, optimizers, x, 0, gen), max(args.steps // window, 1), window, device)
     steps_per_s = statistics.median(rates)
 
-    # Breakdown: each part timed on its own, with the inputs it sees inside a step.
-    enc, dec = model.encoder, model.decoder
+    # Breakdown: each part timed on its own, with the inputs it sees inside a step (median of 5).
     reps = 5
-    samples = enc.sample(x, k, gen)
-
-    def teacher_forced() -> None:
-        token_log_q = enc.log_prob(x, samples.indices)
-        token_log_q.sum().backward()
-
-    def decoder() -> None:
-        logits = dec(samples.indices.flatten(0, 1))
-        bernoulli_log_prob(logits, x.repeat(k, 1, 1, 1)).mean().backward()
-
-    def optimizer() -> None:
-        optimizers.step()
-
+    enc = model.encoder
     parts = {
-        "sampling": timed(lambda: enc.sample(x, k, gen), reps),
-        "sampling_no_cache": timed(lambda: enc.sample(x, k, gen, use_cache=False), reps),
-        "teacher_forced": timed(teacher_forced, reps),
-        "decoder": timed(decoder, reps),
-        "optimizer": timed(optimizer, reps),
+        name: time_call(fn, reps, device, optimizers.zero_grad)
+        for name, fn in categorical_parts(model, x, k, gen).items()
     }
+    parts["sampling_no_cache"] = time_call(lambda: enc.sample(x, k, gen, use_cache=False), reps, device)
+    step_once(model, optimizers, x, 0, gen)  # leaves every gradient for the optimizer to step on
+    parts["optimizer"] = time_call(optimizers.step, reps, device)
     result = {
         "preset": args.preset,
         "overrides": args.overrides,

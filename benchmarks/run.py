@@ -1,0 +1,542 @@
+"""The benchmark suite: training-step speed of every method at every preset, with a time breakdown.
+
+    python benchmarks/run.py [--presets mnist] [--methods daps,vqvae,...] [--steps-per-window 5] [--windows 5]
+        [--warmup 3] [--out benchmarks/results] [--name NAME] [--overwrite] [--device cpu|cuda] [--threads N]
+        [--in-process] [key=value ...]
+
+Each (preset, method) model is built exactly as ``daps train`` builds it (preset -> overrides -> method ->
+optimizers) and trained on random binary inputs of the preset's image shape and batch size (no dataset: the
+inputs sit in memory, so data loading is not part of a step). Each benchmark runs in a fresh Python process
+(one after the other), so that no benchmark inherits another's memory or allocator state; ``--in-process``
+runs them all in this one (quicker to start, but CPU peak memory is then unreliable). For each it records
+
+- steps/s of the full step (forward, backward, clipping + optimizer): ``--windows`` windows of
+  ``--steps-per-window`` steps after ``--warmup`` steps; median, min and max over the windows;
+- forward / backward / optimizer: the three phases of ``--windows`` further real steps, timed one by one
+  (median per phase; they add up to about one step);
+- for the categorical methods (an encoder with ``sample`` and ``log_prob``): sampling K codes per input,
+  the teacher-forced pass (``log_prob`` forward + backward) and the decoder on the K*B codes (forward +
+  backward), each timed on its own with the inputs it sees inside a step (median of ``--windows``), and the
+  optimizer phase above. K is the number of codes the method decodes per input (``num_samples`` of its config
+  section, else 1). For gumbel / grmck the step itself samples differently (relaxed, through the chain);
+  their parts time the same networks on one exact code;
+- peak memory: CUDA ``torch.cuda.max_memory_allocated``; CPU the peak resident set size
+  (``resource.getrusage().ru_maxrss``, its high-water mark first reset through ``/proc/self/clear_refs`` where
+  Linux allows it) minus the resident size before the model was built. One untimed step of a B=2 copy of the
+  model runs first, so that torch's one-time lazy initialization (about 100 MiB of RSS) is not counted;
+- per preset, DAPS step time / VQ-VAE step time (the ``daps`` and ``vqvae`` methods of the preset).
+
+It prints a markdown table and writes ``OUT/NAME.json`` (everything, incl. the machine, torch version, thread
+count, exact command and every resolved config) and ``OUT/NAME.md`` (the table). NAME defaults to
+``<device>-<UTC time>``; an existing result file is never replaced unless ``--overwrite`` is given.
+Errors in what was typed (unknown preset or method, a bad override, an unavailable device, an existing result
+file) print one line and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import gc
+import json
+import os
+import platform
+import resource
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+import daps
+from daps.config import Config, config_to_dict, get_preset, parse_overrides
+from daps.methods import METHODS, build_method
+from daps.optim import Optimizers
+
+REPO = Path(__file__).resolve().parent.parent
+MiB = 2**20
+
+
+# -- the machine -------------------------------------------------------------------------------------
+
+
+def cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo (Linux), else what ``platform`` knows."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def git_revision() -> str:
+    """``<commit>`` of the checkout, with ``+dirty`` when it has uncommitted changes; ``unknown`` outside git."""
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True, check=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True, text=True, check=True, timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return commit + ("+dirty" if dirty else "")
+
+
+def machine_info(device: torch.device) -> dict:
+    info = {
+        "cpu": cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "omp_num_threads_env": os.environ.get("OMP_NUM_THREADS"),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "device": str(device),
+        "gpu": None,
+    }
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        info["gpu"] = props.name
+        info["gpu_memory_gib"] = round(props.total_memory / 2**30, 1)
+        info["cuda"] = torch.version.cuda
+    return info
+
+
+# -- timing ------------------------------------------------------------------------------------------
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_call(
+    fn: Callable[[], object], repeats: int, device: torch.device, setup: Callable[[], object] | None = None
+) -> float:
+    """Median seconds of ``fn()`` over ``repeats`` calls; ``setup()`` runs untimed before each."""
+    times = []
+    for _ in range(repeats):
+        if setup is not None:
+            setup()
+        synchronize(device)
+        t0 = time.perf_counter()
+        fn()
+        synchronize(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def num_codes_per_input(model: torch.nn.Module) -> int:
+    """K: the codes a method samples and decodes per input (``num_samples`` of its config section, else 1)."""
+    return int(getattr(getattr(model, "cfg", None), "num_samples", 1))
+
+
+def is_categorical(model: torch.nn.Module) -> bool:
+    """Whether the method's encoder is a categorical q(z|x) that can ``sample`` codes and score them."""
+    encoder = getattr(model, "encoder", None)
+    return hasattr(encoder, "sample") and hasattr(encoder, "log_prob")
+
+
+def categorical_parts(
+    model: torch.nn.Module, x: torch.Tensor, k: int, generator: torch.Generator
+) -> dict[str, Callable[[], object]]:
+    """The parts of a sample-then-score step (DAPS's), each with the inputs it sees inside a step.
+
+    ``sampling``: K codes per input (no gradient); ``teacher_forced``: ``log q`` of those codes, forward +
+    backward; ``decoder``: ``log p(x | z)`` of the K*B codes, forward + backward. Gradients accumulate across
+    calls; call ``optimizers.zero_grad()`` before each (untimed) for the cost of a step's first backward.
+    """
+    encoder, decoder, likelihood = model.encoder, model.decoder, model.likelihood
+    indices = encoder.sample(x, k, generator).indices  # (K, B, T)
+    b = x.shape[0]
+
+    def teacher_forced() -> None:
+        encoder.log_prob(x, indices).sum().backward()  # (K, B, T) -> scalar
+
+    def decode() -> None:
+        params = decoder(indices.flatten(0, 1))  # (K*B, *param_shape)
+        likelihood.log_prob(params.view(k, b, *params.shape[1:]), x).mean().backward()  # (K, B) -> scalar
+
+    return {
+        "sampling": lambda: encoder.sample(x, k, generator),
+        "teacher_forced": teacher_forced,
+        "decoder": decode,
+    }
+
+
+# -- memory ------------------------------------------------------------------------------------------
+
+
+class PeakMemory:
+    """Peak memory of one benchmark: CUDA allocations, or the growth of the CPU resident set size."""
+
+    def __init__(self, device: torch.device, isolated: bool):
+        self.device, self.isolated = device, isolated
+
+    def start(self) -> None:
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.baseline = torch.cuda.memory_allocated(self.device)
+            self.kind = "cuda: torch.cuda.max_memory_allocated minus what was allocated before the model was built"
+            return
+        self.kind = "cpu: peak RSS (getrusage ru_maxrss) minus RSS before the model was built"
+        try:  # reset the kernel's high-water mark, and so ru_maxrss, to the current RSS (Linux >= 4.0)
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+        except OSError:
+            self.kind += " (high-water mark not resettable: growth over the process's earlier peak, an underestimate)"
+        if self.isolated:
+            self.kind += "; one fresh process per benchmark"
+        else:
+            self.kind += "; all benchmarks in one process (memory freed by an earlier one and reused does not show)"
+        self.baseline = self._ru_maxrss()
+
+    @staticmethod
+    def _ru_maxrss() -> int:
+        scale = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB on Linux
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+
+    def stop(self) -> dict:
+        peak = torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else self._ru_maxrss()
+        return {"bytes": max(peak - self.baseline, 0), "peak_bytes": peak, "kind": self.kind}
+
+
+# -- one benchmark -----------------------------------------------------------------------------------
+
+
+def setup(
+    cfg: Config, device: torch.device
+) -> tuple[torch.nn.Module, Optimizers, torch.Tensor, torch.Generator]:
+    """Model and optimizers as ``train()`` builds them, random binary inputs ``x (B, C, H, W)``, a generator."""
+    shape = tuple(cfg.data.image_shape)
+    with torch.random.fork_rng(devices=[]):  # seeded like train(), without touching the global RNG
+        torch.manual_seed(cfg.train.seed)
+        model = build_method(cfg, shape).to(device)
+    model.train()
+    optimizers = Optimizers(model, model.optimizer_specs(cfg.optim.lr, cfg.optim.grad_clip), cfg.optim.weight_decay)
+    generator = torch.Generator(device).manual_seed(cfg.train.seed + 1)
+    inputs = torch.rand(cfg.train.batch_size, *shape, generator=torch.Generator().manual_seed(0))
+    x = (inputs > 0.87).float().to(device)  # (B, C, H, W), about MNIST's density of on-pixels (13 %)
+    return model, optimizers, x, generator
+
+
+def step_once(
+    model: torch.nn.Module, optimizers: Optimizers, x: torch.Tensor, step: int, generator: torch.Generator
+) -> None:
+    """One training step, as in ``train()``."""
+    out = model(x, step, generator=generator)
+    optimizers.zero_grad()
+    out.loss.backward()
+    optimizers.step()
+
+
+def time_windows(step: Callable[[], None], windows: int, steps_per_window: int, device: torch.device) -> list[float]:
+    """Steps/s of each of ``windows`` windows of ``steps_per_window`` calls of ``step()``."""
+    rates = []
+    for _ in range(windows):
+        synchronize(device)
+        t0 = time.perf_counter()
+        for _ in range(steps_per_window):
+            step()
+        synchronize(device)
+        rates.append(steps_per_window / (time.perf_counter() - t0))
+    return rates
+
+
+def time_phases(
+    model: torch.nn.Module, optimizers: Optimizers, x: torch.Tensor, generator: torch.Generator, step: int,
+    repeats: int, device: torch.device,
+) -> dict[str, float]:
+    """Median ms of the forward, backward and optimizer phases of ``repeats`` real training steps."""
+    times: dict[str, list[float]] = {"forward": [], "backward": [], "optimizer": []}
+    for i in range(repeats):
+        optimizers.zero_grad()
+        synchronize(device)
+        t0 = time.perf_counter()
+        out = model(x, step + i, generator=generator)
+        synchronize(device)
+        t1 = time.perf_counter()
+        out.loss.backward()
+        synchronize(device)
+        t2 = time.perf_counter()
+        optimizers.step()
+        synchronize(device)
+        t3 = time.perf_counter()
+        for name, seconds in zip(times, (t1 - t0, t2 - t1, t3 - t2)):
+            times[name].append(seconds)
+    return {name: 1000 * statistics.median(v) for name, v in times.items()}
+
+
+def bench_method(
+    cfg: Config, device: torch.device, steps_per_window: int, windows: int, warmup: int, isolated: bool
+) -> dict:
+    """Time ``cfg``'s training step on random binary inputs; returns one result row (JSON-ready)."""
+    # One step of a B=2 copy first: torch's one-time lazy initialization (about 100 MiB of CPU RSS) is then
+    # not counted as this method's memory, and the small tensors it frees leave little for reuse.
+    small = copy.deepcopy(cfg)
+    small.train.batch_size = 2
+    model, optimizers, x, generator = setup(small, device)
+    step_once(model, optimizers, x, 0, generator)
+    del model, optimizers, x, generator
+
+    memory = PeakMemory(device, isolated)
+    memory.start()
+    model, optimizers, x, generator = setup(cfg, device)
+    steps = iter(range(10**9))  # the step index the schedules see
+    for _ in range(warmup):
+        step_once(model, optimizers, x, next(steps), generator)
+    rates = time_windows(
+        lambda: step_once(model, optimizers, x, next(steps), generator), windows, steps_per_window, device
+    )
+    phases = time_phases(model, optimizers, x, generator, next(steps), windows, device)
+    k = num_codes_per_input(model)
+    breakdown = None
+    if is_categorical(model):
+        parts = categorical_parts(model, x, k, generator)
+        breakdown = {name: 1000 * time_call(fn, windows, device, optimizers.zero_grad) for name, fn in parts.items()}
+        breakdown["optimizer"] = phases["optimizer"]  # it needs every gradient: a real step's
+    optimizers.zero_grad()
+    peak_memory = memory.stop()
+
+    step_ms = [1000 / r for r in rates]
+    return {
+        "preset": cfg.preset,
+        "method": cfg.method,
+        "batch_size": cfg.train.batch_size,
+        "num_samples": k,
+        "num_tokens": cfg.encoder.num_tokens,
+        "vocab_size": getattr(model, "vocab_size", None),
+        "image_shape": list(cfg.data.image_shape),
+        "num_params": sum(p.numel() for p in model.parameters()),
+        "torch_threads": torch.get_num_threads(),
+        "steps_per_s": {"median": statistics.median(rates), "min": min(rates), "max": max(rates), "windows": rates},
+        "step_ms": {"median": statistics.median(step_ms), "min": min(step_ms), "max": max(step_ms)},
+        "phases_ms": phases,
+        "breakdown_ms": breakdown,
+        "peak_memory": peak_memory,
+        "config": config_to_dict(cfg),
+    }
+
+
+# -- output ------------------------------------------------------------------------------------------
+
+
+def step_time_ratios(results: list[dict], presets: list[str]) -> dict[str, dict]:
+    """Per preset, DAPS step time / VQ-VAE step time (median step times of the same run)."""
+    ratios = {}
+    for preset in presets:
+        rows = {r["method"]: r for r in results if r["preset"] == preset}
+        missing = [m for m in ("daps", "vqvae") if m not in rows]
+        if missing:
+            ratios[preset] = {"daps_over_vqvae": None, "note": f"{' and '.join(missing)} not in this run"}
+        else:
+            daps_ms, vq_ms = rows["daps"]["step_ms"]["median"], rows["vqvae"]["step_ms"]["median"]
+            ratios[preset] = {"daps_over_vqvae": daps_ms / vq_ms, "daps_step_ms": daps_ms, "vqvae_step_ms": vq_ms}
+    return ratios
+
+
+def _ms(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.3g}" if value < 10 else f"{value:.0f}"
+
+
+def markdown_table(report: dict) -> str:
+    """The results as markdown: one row per (preset, method), then the ratios and the machine."""
+    lines = [
+        (
+            "| preset | method | B | K | steps/s (median) | min - max | step ms | forward | backward | optimizer "
+            "| sampling | teacher-forced | decoder | peak mem MiB |"
+        ),
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in report["results"]:
+        sps, ph, br = r["steps_per_s"], r["phases_ms"], r["breakdown_ms"] or {}
+        lines.append(
+            f"| {r['preset']} | {r['method']} | {r['batch_size']} | {r['num_samples']} | {sps['median']:.3g} "
+            f"| {sps['min']:.3g} - {sps['max']:.3g} | {_ms(r['step_ms']['median'])} | {_ms(ph['forward'])} "
+            f"| {_ms(ph['backward'])} | {_ms(ph['optimizer'])} | {_ms(br.get('sampling'))} "
+            f"| {_ms(br.get('teacher_forced'))} | {_ms(br.get('decoder'))} "
+            f"| {r['peak_memory']['bytes'] / MiB:.1f} |"
+        )
+    lines.append("")
+    for preset, ratio in report["ratios"].items():
+        if ratio["daps_over_vqvae"] is None:
+            lines.append(f"- {preset}: DAPS step time / VQ-VAE step time: n/a ({ratio['note']})")
+        else:
+            lines.append(
+                f"- {preset}: DAPS step time / VQ-VAE step time = {ratio['daps_over_vqvae']:.2f} "
+                f"({_ms(ratio['daps_step_ms'])} ms / {_ms(ratio['vqvae_step_ms'])} ms)"
+            )
+    m, s = report["machine"], report["settings"]
+    where = m["gpu"] or m["cpu"]
+    threads = "/".join(str(t) for t in sorted({r["torch_threads"] for r in report["results"]})) or "-"
+    memory_kind = report["results"][0]["peak_memory"]["kind"] if report["results"] else "-"
+    lines += [
+        "",
+        (
+            f"Machine: {where}, {m['cpus_usable']} usable of {m['cpu_count']} CPUs, {threads} torch threads, "
+            f"torch {m['torch']}, Python {m['python']}, device {m['device']}; code {report['code']}; "
+            f"{report['created_utc']}."
+        ),
+        (
+            f"Steps/s: {s['windows']} windows of {s['steps_per_window']} steps after {s['warmup']} warm-up steps. "
+            "Times in ms (median); forward / backward / optimizer are the phases of real steps; sampling / "
+            "teacher-forced / decoder (forward + backward) are timed on their own (categorical methods only). "
+            f"Peak memory: {memory_kind}."
+        ),
+        f"Command: `{report['command']}`",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+# -- the command -------------------------------------------------------------------------------------
+
+
+def _csv(text: str) -> list[str]:
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="benchmarks/run.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--presets", default="mnist", help="comma-separated presets (default: mnist)")
+    parser.add_argument("--methods", default="", help="comma-separated methods (default: every method in METHODS)")
+    parser.add_argument("--steps-per-window", type=int, default=5)
+    parser.add_argument("--windows", type=int, default=5, help="timing windows; also the repeats of each part")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    parser.add_argument("--out", default="benchmarks/results", help="folder for NAME.json and NAME.md")
+    parser.add_argument("--name", default="", help="file name stem (default: <device>-<UTC time>)")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing result files of the same name")
+    parser.add_argument("--device", default="", help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
+    parser.add_argument(
+        "--in-process", action="store_true",
+        help="run every benchmark in this process (faster to start; CPU peak memory then unreliable)",
+    )
+    parser.add_argument("--worker", default="", help=argparse.SUPPRESS)
+    parser.add_argument("overrides", nargs="*", help="key=value config overrides, applied to every method")
+    return parser
+
+
+def _resolve(args: argparse.Namespace) -> tuple[torch.device, list[str], list[str], list[Config]]:
+    """Check everything that was typed before any timing; raises ValueError with one line."""
+    for name in ("steps_per_window", "windows"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
+    if args.warmup < 0:
+        raise ValueError("--warmup must be >= 0")
+    if args.device not in ("", "cpu", "cuda") and not args.device.startswith("cuda:"):
+        raise ValueError(f"--device must be cpu or cuda, got {args.device!r}")
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is available")
+    presets = _csv(args.presets)
+    methods = _csv(args.methods) or list(METHODS)
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"unknown method {unknown[0]!r}; choose from: {', '.join(METHODS)}")
+    if not presets:
+        raise ValueError("--presets is empty")
+    configs = [parse_overrides(get_preset(p, m), args.overrides) for p in presets for m in methods]
+    return device, presets, methods, configs
+
+
+def run_benchmark(spec: dict) -> dict:
+    """One benchmark from a JSON-ready ``spec`` (preset, method, overrides, device, counts, threads)."""
+    if spec["threads"]:
+        torch.set_num_threads(spec["threads"])
+    cfg = parse_overrides(get_preset(spec["preset"], spec["method"]), spec["overrides"])
+    return bench_method(
+        cfg, torch.device(spec["device"]), spec["steps_per_window"], spec["windows"], spec["warmup"], spec["isolated"]
+    )
+
+
+def run_isolated(spec: dict, folder: Path) -> dict:
+    """:func:`run_benchmark` in a fresh Python process, so that memory and allocator state start clean."""
+    spec_path = folder / f"{spec['preset']}-{spec['method']}.json"
+    spec_path.write_text(json.dumps(spec))
+    env = dict(os.environ)  # the worker imports the same daps as this process
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(daps.__file__).parent.parent), env.get("PYTHONPATH")]))
+    command = [sys.executable, str(Path(__file__).resolve()), "--worker", str(spec_path)]
+    proc = subprocess.run(command, env=env, check=False)  # its output goes straight to ours
+    if proc.returncode != 0:
+        raise RuntimeError(f"the benchmark of {spec['preset']} / {spec['method']} failed (exit code {proc.returncode})")
+    return json.loads(spec_path.with_suffix(".result.json").read_text())
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.worker:  # internal: one benchmark, spec and result as JSON files
+        spec_path = Path(args.worker)
+        result = run_benchmark(json.loads(spec_path.read_text()))
+        spec_path.with_suffix(".result.json").write_text(json.dumps(result))
+        return 0
+    command = shlex.join(["python", *(sys.argv if argv is None else ["benchmarks/run.py", *argv])])
+    try:
+        device, presets, methods, configs = _resolve(args)
+        name = args.name or f"{device.type}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
+        out = Path(args.out)
+        paths = {ext: out / f"{name}.{ext}" for ext in ("json", "md")}
+        existing = [str(p) for p in paths.values() if p.exists()]
+        if existing and not args.overwrite:
+            raise ValueError(f"{existing[0]} exists; pass --overwrite to replace it or choose another --name")
+        out.mkdir(parents=True, exist_ok=True)
+    except (ValueError, OSError) as err:
+        print(f"benchmarks/run.py: error: {err}", file=sys.stderr)
+        return 2
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    results = []
+    with tempfile.TemporaryDirectory(prefix="daps-bench-") as tmp:
+        for cfg in configs:
+            print(f"benchmarking {cfg.preset} / {cfg.method} ...", file=sys.stderr, flush=True)
+            spec = {
+                "preset": cfg.preset, "method": cfg.method, "overrides": args.overrides, "device": str(device),
+                "steps_per_window": args.steps_per_window, "windows": args.windows, "warmup": args.warmup,
+                "threads": args.threads, "isolated": not args.in_process,
+            }
+            try:
+                results.append(run_benchmark(spec) if args.in_process else run_isolated(spec, Path(tmp)))
+            except RuntimeError as err:
+                print(f"benchmarks/run.py: error: {err}", file=sys.stderr)
+                return 1
+    report = {
+        "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": command,
+        "code": git_revision(),
+        "machine": machine_info(device),
+        "settings": {
+            "presets": presets, "methods": methods, "overrides": args.overrides, "device": str(device),
+            "steps_per_window": args.steps_per_window, "windows": args.windows, "warmup": args.warmup,
+            "threads": args.threads, "isolated": not args.in_process,
+        },
+        "results": results,
+        "ratios": step_time_ratios(results, presets),
+    }
+    table = markdown_table(report)
+    print(table, end="")
+    paths["json"].write_text(json.dumps(report, indent=2) + "\n")
+    paths["md"].write_text(table)
+    print(f"wrote {paths['json']} and {paths['md']}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

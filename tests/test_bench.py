@@ -1,0 +1,114 @@
+"""The benchmark suite ``benchmarks/run.py``, run in-process on a tiny configuration: the structure of what it
+writes, that every number is usable, and its refusals. No timing thresholds (this machine is shared)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "run.py"
+_spec = importlib.util.spec_from_file_location("benchmarks_run", SCRIPT)
+bench = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(bench)
+
+TINY = [
+    "encoder.width=16", "encoder.num_heads=2", "encoder.vocab_size=16", "encoder.num_tokens=4",
+    "decoder.embed_dim=8", "decoder.hidden=16,16", "daps.num_samples=4", "train.batch_size=8",
+    "relaxed.num_rao_samples=3", "fsq.levels=4,3", "vae.hidden=32",
+]
+QUICK = ["--steps-per-window", "1", "--windows", "1", "--warmup", "1", "--threads", "1"]
+
+
+def strict_json(text: str):
+    """json.loads that rejects NaN / Infinity (not valid JSON)."""
+
+    def bad(const):
+        raise ValueError(f"non-standard JSON constant {const}")
+
+    return json.loads(text, parse_constant=bad)
+
+
+def positive(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
+def error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1, f"expected one line on stderr, got: {err!r}"
+    assert lines[0].startswith("benchmarks/run.py: error: "), lines[0]
+    return lines[0]
+
+
+def test_suite_writes_json_and_markdown(tmp_path, capsys):
+    out = tmp_path / "results"
+    argv = ["--methods", "daps,vqvae,fsq", *QUICK, "--out", str(out), "--name", "tiny", *TINY]
+    assert bench.main(argv) == 0
+    table = capsys.readouterr().out
+    report = strict_json((out / "tiny.json").read_text())
+    markdown = (out / "tiny.md").read_text()
+
+    assert set(report) >= {"created_utc", "command", "code", "machine", "settings", "results", "ratios"}
+    assert report["command"].startswith("python benchmarks/run.py --methods daps,vqvae,fsq")
+    machine = report["machine"]
+    assert machine["cpu"] and machine["torch"] and machine["device"] == "cpu" and machine["cpu_count"] >= 1
+    assert report["settings"]["overrides"] == TINY and report["settings"]["isolated"] is True
+
+    results = {r["method"]: r for r in report["results"]}
+    assert [r["method"] for r in report["results"]] == ["daps", "vqvae", "fsq"]
+    for method, r in results.items():
+        assert r["preset"] == "mnist" and r["batch_size"] == 8 and r["torch_threads"] == 1
+        assert r["config"]["encoder"]["width"] == 16 and r["config"]["method"] == method  # overrides reached it
+        assert all(positive(r["steps_per_s"][key]) for key in ("median", "min", "max")), r["steps_per_s"]
+        assert r["steps_per_s"]["min"] <= r["steps_per_s"]["median"] <= r["steps_per_s"]["max"]
+        assert positive(r["step_ms"]["median"])
+        assert math.isclose(r["step_ms"]["median"] * r["steps_per_s"]["median"], 1000, rel_tol=1e-6)
+        assert set(r["phases_ms"]) == {"forward", "backward", "optimizer"}
+        assert all(positive(v) for v in r["phases_ms"].values()), r["phases_ms"]
+        memory = r["peak_memory"]
+        assert isinstance(memory["bytes"], int) and memory["bytes"] >= 0 and memory["kind"].startswith("cpu")
+        assert f"| mnist | {method} | 8 |" in markdown and f"| mnist | {method} | 8 |" in table
+    # The categorical method gets the sampler breakdown with its K; the quantizers do not.
+    assert results["daps"]["num_samples"] == 4
+    assert set(results["daps"]["breakdown_ms"]) == {"sampling", "teacher_forced", "decoder", "optimizer"}
+    assert all(positive(v) for v in results["daps"]["breakdown_ms"].values())
+    assert results["vqvae"]["breakdown_ms"] is None and results["fsq"]["breakdown_ms"] is None
+
+    ratio = report["ratios"]["mnist"]["daps_over_vqvae"]
+    assert positive(ratio)
+    assert math.isclose(ratio, results["daps"]["step_ms"]["median"] / results["vqvae"]["step_ms"]["median"])
+    assert "DAPS step time / VQ-VAE step time" in markdown and "DAPS step time / VQ-VAE step time" in table
+
+    # An existing result is never replaced without --overwrite, and the refusal comes before any timing.
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert bench.main(argv) == 2
+    assert "--overwrite" in error_line(capsys)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_ratio_says_what_is_missing():
+    rows = [{"preset": "mnist", "method": "daps", "step_ms": {"median": 100.0}}]
+    ratios = bench.step_time_ratios(rows, ["mnist", "other"])
+    assert ratios["mnist"]["daps_over_vqvae"] is None and ratios["mnist"]["note"] == "vqvae not in this run"
+    assert ratios["other"]["note"] == "daps and vqvae not in this run"
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--presets", "nope"], "unknown preset 'nope'"),
+        (["--methods", "daps,nope"], "unknown method 'nope'"),
+        (["encoder.width=wide"], "encoder.width"),
+        (["no.such.key=1"], "unknown config key"),
+        (["--device", "tpu"], "--device"),
+        (["--windows", "0"], "--windows"),
+    ],
+)
+def test_user_errors_print_one_line_and_exit_2(tmp_path, capsys, args, words):
+    assert bench.main([*args, "--out", str(tmp_path / "results")]) == 2
+    assert words in error_line(capsys)
+    assert not (tmp_path / "results").exists()
