@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Reproduces every run of this comparison; then re-run the compare command.
+set -e
+# daps compare --preset mnist --methods daps,dapsna,gumbel,grmck,fsq,vqvae,vqvae-ema,vae,ppo,reinforce --steps 400 --seeds 1 --out runs/compare-mnist-400 daps.init_eta=1.0 optim.lr=1e-3 train.eval_examples=1000 train.progress=false
+daps train --preset mnist --method daps train.steps=400 train.seed=0 train.out_dir=runs/compare-mnist-400/daps/seed0 train.eval_every=40 train.ckpt_every=100 train.log_every=8 daps.init_eta=1.0 optim.lr=1e-3 train.eval_examples=1000 train.progress=false
+daps train --preset mnist --method dapsna train.steps=400 train.seed=0 train.out_dir=runs/compare-mnist-400/dapsna/seed0 train.eval_every=40 train.ckpt_every=100 train.log_every=8 daps.init_eta=1.0 optim.lr=1e-3 train.eval_examples=1000 train.progress=false
+daps train --preset mnist --method gumbel train.steps=400 train.seed=0 train.out_dir=runs/compare-mnist-400/gumbel/seed0 train.eval_every=40 train.ckpt_every=100 train.log_every=8 daps.init_eta=1.0 optim.lr=1e-3 train.eval_examples=1000 train.progress=false
+daps train --preset mnist --method grmck train.steps=400 train.seed=0 train.out_dir=runs/compare-mnist-400/grmck/seed0 train.eval_every=40 train.ckpt_every=100 train.log_every=8 daps.init_eta=1.0 optim.lr=1e-3 train.eval_examples=1000 train.progress=false
+daps train --preset mnist --method fsq train.steps=400 train.seed=0 train.out_dir=runs/compare-mnist-400/fsq/seed0 train.eval_every=40 train.ckpt_every=100 train.log_every=8 daps.init_eta=1.0 optim.lr=1e-3 train.eval_examples=1000 train.progress=false
+daps train --preset mnist --method vqvae train.steps=400 train.seed=0 train.out_dir=runs/compare-mnist-400/vqvae/seed0 train.eval_every=40 train.ckpt_every=100 train.log_every=8 daps.init_eta=1.0 optim.lr=1e-3 train.eval_examples=1000 train.progress=false
+daps train --preset mnist --method vqvae-ema train.steps=400 train.seed=0 train.out_dir=runs/compare-mnist-400/vqvae-ema/seed0 train.eval_every=40 train.ckpt_every=100 train.log_every=8 daps.init_eta=1.0 optim.lr=1e-3 train.eval_examples=1000 train.progress=false
+daps train --preset mnist --method vae train.steps=400 train.seed=0 train.out_dir=runs/compare-mnist-400/vae/seed0 train.eval_every=40 train.ckpt_every=100 train.log_every=8 daps.init_eta=1.0 optim.lr=1e-3 train.eval_examples=1000 train.progress=false
+daps train --preset mnist --method ppo train.steps=400 train.seed=0 train.out_dir=runs/compare-mnist-400/ppo/seed0 train.eval_every=40 train.ckpt_every=100 train.log_every=8 daps.init_eta=1.0 optim.lr=1e-3 train.eval_examples=1000 train.progress=false
+daps train --preset mnist --method reinforce train.steps=400 train.seed=0 train.out_dir=runs/compare-mnist-400/reinforce/seed0 train.eval_every=40 train.ckpt_every=100 train.log_every=8 daps.init_eta=1.0 optim.lr=1e-3 train.eval_examples=1000 train.progress=false
