@@ -218,6 +218,9 @@ class TrainConfig:
     """How many periodic checkpoints to keep (the final one is always kept)."""
     progress: bool = True
     """Show a progress bar (rank 0 only)."""
+    precision: str = "float32"
+    """``float32``, or ``bfloat16``: matmuls of the training step under bf16 autocast, while logits -> sampling,
+    log q, the importance weights, the ESS and the likelihoods stay in float32. Evaluation is always float32."""
     stop_after: int = 0
     """Stop (with a checkpoint) once this many steps are done, e.g. to split a run into jobs on a time-limited
     cluster; continue with ``--resume``. Schedules still follow ``steps``. 0 = run to ``steps``."""
@@ -477,6 +480,8 @@ def validate(cfg: Config) -> None:
         raise ValueError(f"fsq.levels must be one or more integers >= 2, got {cfg.fsq.levels}")
     if not 0.0 <= cfg.vae.dropout < 1.0:
         raise ValueError(f"vae.dropout must be in [0, 1), got {cfg.vae.dropout}")
+    if cfg.train.precision not in ("float32", "bfloat16"):
+        raise ValueError(f"train.precision must be float32 or bfloat16, got {cfg.train.precision!r}")
     if not 0.0 < cfg.vq.ema_decay < 1.0:
         raise ValueError(f"vq.ema_decay must be in (0, 1), got {cfg.vq.ema_decay}")
     if not (cfg.ppo.kl_scale >= 1.0 and cfg.ppo.kl_gain >= 1.0 and cfg.ppo.max_kl_coeff >= cfg.ppo.min_kl_coeff):

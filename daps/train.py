@@ -239,7 +239,8 @@ def train(
     for step in range(start_step, end_step):
         idx = torch.randint(train_x.shape[0], (tc.batch_size,), generator=generators["data"], device=device)
         x = train_x[idx]  # (B, C, H, W)
-        out = step_model(x, step, generator=generators["sample"])
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.precision == "bfloat16"):
+            out = step_model(x, step, generator=generators["sample"])
         optimizers.zero_grad()
         out.loss.backward()
         grad_norms = optimizers.step()
