@@ -258,6 +258,30 @@ class DecoderBlock(nn.Module):
         return y + self.mlp(self.ln3(y))
 
 
+    def step_static(
+        self,
+        y: torch.Tensor,
+        memory_kv: tuple[torch.Tensor, torch.Tensor],
+        num_samples: int,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+        pos: torch.Tensor,
+    ) -> torch.Tensor:
+        """:meth:`step` with static shapes, for ``torch.compile``: the caches ``(N, h, T, d)`` are written at the
+        0-d tensor ``pos`` and attended over their full length with later positions masked."""
+        attn = self.self_attn
+        a = self.ln1(y)
+        k, v = attn.keys_values(a)  # (N, h, 1, d)
+        k_cache.index_copy_(2, pos.view(1), k)
+        v_cache.index_copy_(2, pos.view(1), v)
+        q = attn.split(attn.q(a))  # (N, h, 1, d)
+        scores = (q @ k_cache.transpose(-2, -1)) * (q.shape[-1] ** -0.5)  # (N, h, 1, T)
+        later = torch.arange(k_cache.shape[2], device=pos.device) > pos  # (T,)
+        y = y + attn.merge(scores.masked_fill(later, float("-inf")).softmax(-1) @ v_cache)
+        y = y + self.cross_attn.attend_grouped(self.ln2(y), *memory_kv, num_samples)
+        return y + self.mlp(self.ln3(y))
+
+
 # --------------------------------------------------------------------------------------------------
 # The autoregressive encoder
 
@@ -313,6 +337,29 @@ class ARTransformerEncoder(nn.Module):
         self.decoder_blocks = nn.ModuleList(DecoderBlock(width, num_heads, mlp_ratio) for _ in range(num_layers))
         self.decoder_ln = nn.LayerNorm(width, eps=LN_EPS)
         self.head = dense(width, vocab_size)
+        self._static_step_fn: Callable | None = None  # set by compile_sampler
+
+    def compile_sampler(self, compile: bool = True, **compile_kwargs) -> None:
+        """Sample through the static-shape one-token step :meth:`static_step`, compiled with
+        ``torch.compile(**compile_kwargs)`` (one graph for every position: the position is a tensor and the
+        cache has its full length), or eager with ``compile=False``. Samples equal the default path's under
+        the same generator, up to float rounding in the compiled kernels."""
+        self._static_step_fn = torch.compile(self.static_step, **compile_kwargs) if compile else self.static_step
+
+    def static_step(
+        self,
+        token: torch.Tensor,
+        pos: torch.Tensor,
+        memory_kv: list[tuple[torch.Tensor, torch.Tensor]],
+        k_caches: list[torch.Tensor],
+        v_caches: list[torch.Tensor],
+        num_samples: int,
+    ) -> torch.Tensor:
+        """Logits ``(B*K, V)`` of the token after ``token (B*K,)`` at the 0-d position ``pos``."""
+        y = self.token_embed(token)[:, None] + self.pos.index_select(0, pos.view(1))  # (B*K, 1, E)
+        for block, kv, kc, vc in zip(self.decoder_blocks, memory_kv, k_caches, v_caches):
+            y = block.step_static(y, kv, num_samples, kc, vc, pos)
+        return self.head(self.decoder_ln(y[:, 0]))  # (B*K, V)
 
     def memory(self, x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Encode ``x (B, C, H, W)`` and return each decoder layer's cross-attention ``(k, v)``, ``(B, h, P, d)``."""
@@ -396,8 +443,14 @@ class ARTransformerEncoder(nn.Module):
                 KVCache(k_mem.new_empty(cache_shape), k_mem.new_empty(cache_shape)) for _ in self.decoder_blocks
             ]
             token = torch.zeros(n, dtype=torch.long, device=x.device)  # start token
+        static = use_cache and self._static_step_fn is not None
+        if static:
+            k_caches, v_caches = [c.k.zero_() for c in caches], [c.v.zero_() for c in caches]
+            positions = torch.arange(t, device=x.device)
         for pos in range(t):
-            if use_cache:
+            if static:
+                logits = self._static_step_fn(token, positions[pos], memory_kv, k_caches, v_caches, k)  # (B*K, V)
+            elif use_cache:
                 y = self.token_embed(token)[:, None] + self.pos[pos]  # (B*K, 1, E)
                 for block, kv, cache in zip(self.decoder_blocks, memory_kv, caches):
                     y = block.step(y, kv, k, cache, pos)
