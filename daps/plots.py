@@ -17,6 +17,17 @@ def _pyplot():
     return plt
 
 
+def _show(ax, img: torch.Tensor) -> None:
+    """Draw one ``(C, H, W)`` image in [0, 1] without ticks (gray for one channel)."""
+    img = img.detach().float().clamp(0, 1).cpu()
+    if img.shape[0] == 1:
+        ax.imshow(img[0].numpy(), cmap="gray", vmin=0, vmax=1)
+    else:
+        ax.imshow(img.permute(1, 2, 0).numpy())
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
 def save_reconstruction_grid(x: torch.Tensor, x_hat: torch.Tensor, path: Path, title: str = "") -> None:
     """Originals (top row of each pair) above reconstructions: ``x, x_hat (N, C, H, W)`` in [0, 1]."""
     plt = _pyplot()
@@ -25,14 +36,7 @@ def save_reconstruction_grid(x: torch.Tensor, x_hat: torch.Tensor, path: Path, t
     axes = axes.reshape(2, n)
     for i in range(n):
         for row, img in enumerate((x[i], x_hat[i])):
-            img = img.detach().float().clamp(0, 1).cpu()
-            ax = axes[row, i]
-            if img.shape[0] == 1:
-                ax.imshow(img[0].numpy(), cmap="gray", vmin=0, vmax=1)
-            else:
-                ax.imshow(img.permute(1, 2, 0).numpy())
-            ax.set_xticks([])
-            ax.set_yticks([])
+            _show(axes[row, i], img)
     axes[0, 0].set_ylabel("data", fontsize=8)
     axes[1, 0].set_ylabel("recon", fontsize=8)
     if title:
@@ -131,14 +135,7 @@ def save_comparison_reconstructions(x: torch.Tensor, recons: dict[str, torch.Ten
     fig, axes = plt.subplots(rows, n, figsize=(n * 0.8 + 1.2, rows * 0.85), squeeze=False)
     for r, (label, imgs) in enumerate([("data", x), *recons.items()]):
         for i in range(n):
-            img = imgs[i].detach().float().clamp(0, 1).cpu()
-            ax = axes[r, i]
-            if img.shape[0] == 1:
-                ax.imshow(img[0].numpy(), cmap="gray", vmin=0, vmax=1)
-            else:
-                ax.imshow(img.permute(1, 2, 0).numpy())
-            ax.set_xticks([])
-            ax.set_yticks([])
+            _show(axes[r, i], imgs[i])
         axes[r, 0].set_ylabel(label, fontsize=8, rotation=0, ha="right", va="center")
     if title:
         fig.suptitle(title, fontsize=9)
