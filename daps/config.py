@@ -222,8 +222,8 @@ class TrainConfig:
     """``float32``, or ``bfloat16``: matmuls of the training step under bf16 autocast, while logits -> sampling,
     log q, the importance weights, the ESS and the likelihoods stay in float32. Evaluation is always float32."""
     compile: bool = False
-    """Sample codes through a ``torch.compile``'d one-token decode step with static shapes (autoregressive
-    encoders; the same codes as eager up to float rounding). It pays off on GPUs; on CPUs it is about even."""
+    """``torch.compile`` the one-token decode step of sampling (static shapes; the same codes as eager up to float
+    rounding) and, for DAPS, the differentiable part of the training step. Meant for GPUs."""
     stop_after: int = 0
     """Stop (with a checkpoint) once this many steps are done, e.g. to split a run into jobs on a time-limited
     cluster; continue with ``--resume``. Schedules still follow ``steps``. 0 = run to ``steps``."""

@@ -168,8 +168,11 @@ def train(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(tc.seed)
         model = build_method(cfg, tuple(cfg.data.image_shape)).to(device)
-    if tc.compile and hasattr(getattr(model, "encoder", None), "compile_sampler"):
-        model.encoder.compile_sampler(mode="reduce-overhead" if device.type == "cuda" else None)
+    if tc.compile:  # after the weights exist, before DDP wraps the model
+        if hasattr(getattr(model, "encoder", None), "compile_sampler"):
+            model.encoder.compile_sampler(mode="reduce-overhead" if device.type == "cuda" else None)
+        if hasattr(model, "compile_step"):
+            model.compile_step()
     optimizers = Optimizers(model, model.optimizer_specs(cfg.optim.lr, cfg.optim.grad_clip), cfg.optim.weight_decay)
     step_model = model
     if world > 1:

@@ -48,3 +48,32 @@ def test_train_compile_gives_the_validation_of_an_eager_run(tmp_path, tiny_overr
         run = train(cfg)
         summaries.append(json.loads((run / "summary.json").read_text()))
     assert summaries[0]["log_p"] == pytest.approx(summaries[1]["log_p"], abs=1e-3)
+
+
+def test_compiled_daps_step_matches_eager(single_thread):
+    from daps.methods import build_method
+
+    cfg = parse_overrides(
+        get_preset("mnist"),
+        ["encoder.width=16", "encoder.num_heads=2", "encoder.vocab_size=16", "encoder.num_tokens=4",
+         "decoder.embed_dim=8", "decoder.hidden=16,16", "daps.num_samples=4", "daps.init_eta=1.0"],
+    )
+    x = (torch.rand(6, 1, 28, 28, generator=torch.Generator().manual_seed(0)) > 0.7).float()
+    results = []
+    for compiled in (False, True):
+        torch.manual_seed(0)
+        model = build_method(cfg, (1, 28, 28))
+        if compiled:
+            model.compile_step()
+        outs = []
+        for step in (0, 50):  # two beta values: the graph must be reused, not wrong
+            out = model(x, step, generator=torch.Generator().manual_seed(step))
+            model.zero_grad(set_to_none=True)
+            out.loss.backward()
+            outs.append((out.loss.detach(), out.logs["ess"], {n: p.grad.clone() for n, p in model.named_parameters()}))
+        results.append(outs)
+    for (loss_e, ess_e, grads_e), (loss_c, ess_c, grads_c) in zip(*results):
+        torch.testing.assert_close(loss_c, loss_e, atol=1e-4, rtol=1e-5)
+        torch.testing.assert_close(ess_c, ess_e, atol=1e-5, rtol=1e-5)
+        for name, g in grads_e.items():
+            torch.testing.assert_close(grads_c[name], g, atol=1e-5, rtol=1e-3, msg=name)

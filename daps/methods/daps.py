@@ -93,14 +93,15 @@ class DAPS(nn.Module):
 
     # -- training ----------------------------------------------------------------------------------
 
-    def forward(self, x: torch.Tensor, step: int, generator: torch.Generator | None = None) -> Output:
-        """One DAPS objective evaluation on ``x (B, C, H, W)`` at optimizer step ``step``."""
-        num_samples = self.cfg.num_samples
-        beta = self.beta(step)
-        samples = self.encoder.sample(x, num_samples, generator)  # indices (K, B, T), no grad
-        indices = samples.indices
-        log_q = self.encoder.log_prob(x, indices).sum(-1)  # (K, B), with gradient
+    def compile_step(self, **compile_kwargs) -> None:
+        """Run the differentiable part of the step (teacher-forced pass, decoder, weights, ESS, losses) through
+        ``torch.compile``; beta enters as a tensor, so the graph is reused at every step."""
+        self._objective_fn = torch.compile(self._objective, **compile_kwargs)
 
+    def _objective(self, x: torch.Tensor, indices: torch.Tensor, beta: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The three losses for sampled codes ``indices (K, B, T)``; returns the loss and what is logged."""
+        num_samples = indices.shape[0]
+        log_q = self.encoder.log_prob(x, indices).sum(-1)  # (K, B), with gradient
         params = self.decoder(indices.flatten(0, 1))  # (K*B, ...)
         log_p = self.likelihood.log_prob(params.view(num_samples, x.shape[0], *params.shape[1:]), x)  # (K, B)
 
@@ -116,6 +117,16 @@ class DAPS(nn.Module):
         eta_loss = DF.eta_loss(ess, num_samples, self.cfg.ess_target)
         decoder_loss = -log_p.mean()
         loss = encoder_loss + eta_loss + decoder_loss
+        return loss, params, log_p, log_q, ess, eta, eta_loss
+
+    def forward(self, x: torch.Tensor, step: int, generator: torch.Generator | None = None) -> Output:
+        """One DAPS objective evaluation on ``x (B, C, H, W)`` at optimizer step ``step``."""
+        num_samples = self.cfg.num_samples
+        beta = self.beta(step)
+        samples = self.encoder.sample(x, num_samples, generator)  # indices (K, B, T), no grad
+        indices = samples.indices
+        objective = getattr(self, "_objective_fn", None) or self._objective
+        loss, params, log_p, log_q, ess, eta, eta_loss = objective(x, indices, torch.tensor(beta, device=x.device))
         with torch.no_grad():
             # KL from the sampling pass's conditionals (the same as teacher-forced unless mask_token0).
             kl = DF.kl_to_uniform(samples.token_entropy, self.encoder.vocab_size)  # (K, B)
