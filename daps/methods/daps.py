@@ -69,6 +69,7 @@ class DAPS(nn.Module):
         self.encoder, self.decoder, self.likelihood = encoder, decoder, likelihood
         self.cfg, self.num_steps = cfg, num_steps
         self.log_eta = nn.Parameter(torch.tensor(math.log(cfg.init_eta)))
+        self._objective_fn = self._objective  # compile_step replaces it with a compiled version
 
     # -- schedules ---------------------------------------------------------------------------------
 
@@ -125,8 +126,8 @@ class DAPS(nn.Module):
         beta = self.beta(step)
         samples = self.encoder.sample(x, num_samples, generator)  # indices (K, B, T), no grad
         indices = samples.indices
-        objective = getattr(self, "_objective_fn", None) or self._objective
-        loss, params, log_p, log_q, ess, eta, eta_loss = objective(x, indices, torch.tensor(beta, device=x.device))
+        beta_t = torch.tensor(beta, device=x.device)  # a tensor, so a compiled objective is not rebuilt per step
+        loss, params, log_p, log_q, ess, eta, eta_loss = self._objective_fn(x, indices, beta_t)
         with torch.no_grad():
             # KL from the sampling pass's conditionals (the same as teacher-forced unless mask_token0).
             kl = DF.kl_to_uniform(samples.token_entropy, self.encoder.vocab_size)  # (K, B)

@@ -193,11 +193,30 @@ class KVCache:
     k: torch.Tensor
     v: torch.Tensor
 
-    def update(self, k: torch.Tensor, v: torch.Tensor, pos: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store position ``pos``'s ``k, v (N, h, 1, d)``; return the keys and values so far ``(N, h, pos+1, d)``."""
+    def update(self, k: torch.Tensor, v: torch.Tensor, pos: int) -> tuple[torch.Tensor, torch.Tensor, None]:
+        """Store position ``pos``'s ``k, v (N, h, 1, d)``; return the keys and values so far ``(N, h, pos+1, d)``
+        (and no mask: every returned key may be attended)."""
         self.k[:, :, pos : pos + 1] = k
         self.v[:, :, pos : pos + 1] = v
-        return self.k[:, :, : pos + 1], self.v[:, :, : pos + 1]
+        return self.k[:, :, : pos + 1], self.v[:, :, : pos + 1], None
+
+
+@dataclass
+class StaticKVCache:
+    """Like :class:`KVCache`, but with static shapes for ``torch.compile``: written at a 0-d tensor position and
+    returned at full length ``T``, with a mask of the positions not written yet. The caches must start zeroed:
+    a masked key gets weight 0, and 0 times uninitialized memory (possibly NaN) would still be NaN."""
+
+    k: torch.Tensor
+    v: torch.Tensor
+
+    def update(
+        self, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        self.k.index_copy_(2, pos.view(1), k)
+        self.v.index_copy_(2, pos.view(1), v)
+        later = torch.arange(self.k.shape[2], device=pos.device) > pos  # (T,) True = not to be attended
+        return self.k, self.v, later
 
 
 @dataclass
@@ -208,10 +227,10 @@ class GrowingKVCache:
     k: torch.Tensor | None = None
     v: torch.Tensor | None = None
 
-    def update(self, k: torch.Tensor, v: torch.Tensor, pos: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def update(self, k: torch.Tensor, v: torch.Tensor, pos: int) -> tuple[torch.Tensor, torch.Tensor, None]:
         self.k = k if self.k is None else torch.cat([self.k, k], dim=2)  # (N, h, pos+1, d)
         self.v = v if self.v is None else torch.cat([self.v, v], dim=2)
-        return self.k, self.v
+        return self.k, self.v, None
 
 
 class DecoderBlock(nn.Module):
@@ -242,42 +261,20 @@ class DecoderBlock(nn.Module):
         y: torch.Tensor,
         memory_kv: tuple[torch.Tensor, torch.Tensor],
         num_samples: int,
-        cache: KVCache | GrowingKVCache,
-        pos: int,
+        cache: KVCache | GrowingKVCache | StaticKVCache,
+        pos: int | torch.Tensor,
     ) -> torch.Tensor:
         """One new token ``y (B*K, 1, E)`` at position ``pos``, reading and extending ``cache``."""
         attn = self.self_attn
         a = self.ln1(y)
         k, v = attn.keys_values(a)  # (N, h, 1, d)
-        keys, values = cache.update(k, v, pos)  # (N, h, pos+1, d)
+        keys, values, masked = cache.update(k, v, pos)  # (N, h, L, d): L = pos+1, or T for a static cache
         q = attn.split(attn.q(a))  # (N, h, 1, d)
         # One query over a few keys: plain matmuls beat the fused kernel's overhead here (CPU, ~2x).
-        scores = (q @ keys.transpose(-2, -1)) * (q.shape[-1] ** -0.5)  # (N, h, 1, pos+1)
+        scores = (q @ keys.transpose(-2, -1)) * (q.shape[-1] ** -0.5)  # (N, h, 1, L)
+        if masked is not None:
+            scores = scores.masked_fill(masked, float("-inf"))
         y = y + attn.merge(scores.softmax(-1) @ values)
-        y = y + self.cross_attn.attend_grouped(self.ln2(y), *memory_kv, num_samples)
-        return y + self.mlp(self.ln3(y))
-
-
-    def step_static(
-        self,
-        y: torch.Tensor,
-        memory_kv: tuple[torch.Tensor, torch.Tensor],
-        num_samples: int,
-        k_cache: torch.Tensor,
-        v_cache: torch.Tensor,
-        pos: torch.Tensor,
-    ) -> torch.Tensor:
-        """:meth:`step` with static shapes, for ``torch.compile``: the caches ``(N, h, T, d)`` are written at the
-        0-d tensor ``pos`` and attended over their full length with later positions masked."""
-        attn = self.self_attn
-        a = self.ln1(y)
-        k, v = attn.keys_values(a)  # (N, h, 1, d)
-        k_cache.index_copy_(2, pos.view(1), k)
-        v_cache.index_copy_(2, pos.view(1), v)
-        q = attn.split(attn.q(a))  # (N, h, 1, d)
-        scores = (q @ k_cache.transpose(-2, -1)) * (q.shape[-1] ** -0.5)  # (N, h, 1, T)
-        later = torch.arange(k_cache.shape[2], device=pos.device) > pos  # (T,)
-        y = y + attn.merge(scores.masked_fill(later, float("-inf")).softmax(-1) @ v_cache)
         y = y + self.cross_attn.attend_grouped(self.ln2(y), *memory_kv, num_samples)
         return y + self.mlp(self.ln3(y))
 
@@ -358,7 +355,7 @@ class ARTransformerEncoder(nn.Module):
         """Logits ``(B*K, V)`` of the token after ``token (B*K,)`` at the 0-d position ``pos``."""
         y = self.token_embed(token)[:, None] + self.pos.index_select(0, pos.view(1))  # (B*K, 1, E)
         for block, kv, kc, vc in zip(self.decoder_blocks, memory_kv, k_caches, v_caches):
-            y = block.step_static(y, kv, num_samples, kc, vc, pos)
+            y = block.step(y, kv, num_samples, StaticKVCache(kc, vc), pos)
         return self.head(self.decoder_ln(y[:, 0]))  # (B*K, V)
 
     def memory(self, x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -444,7 +441,7 @@ class ARTransformerEncoder(nn.Module):
             ]
             token = torch.zeros(n, dtype=torch.long, device=x.device)  # start token
         static = use_cache and self._static_step_fn is not None
-        if static:
+        if static:  # zeroed: see StaticKVCache
             k_caches, v_caches = [c.k.zero_() for c in caches], [c.v.zero_() for c in caches]
             positions = torch.arange(t, device=x.device)
         for pos in range(t):
