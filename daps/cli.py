@@ -1,4 +1,4 @@
-"""The ``daps`` command: ``train``, ``eval``, ``compare``, ``gradlab`` and ``presets``.
+"""The ``daps`` command: ``train``, ``eval``, ``fid-stats``, ``compare``, ``gradlab`` and ``presets``.
 
 Thin on purpose: parse -> Config -> call a library function. User errors print one line on stderr and
 exit with code 2.
@@ -43,6 +43,25 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=500)
     p.add_argument("--max-images", type=int, default=0, help="evaluate only the first N images (0 = all)")
     p.add_argument("--seed", type=int, default=0, help="seed of the stochastic encoding")
+    p.add_argument(
+        "--fid", default="none", choices=["none", "val-pairs", "reference"],
+        help="also report FID: val-pairs (reconstructions vs the same originals) or reference (vs --fid-ref)",
+    )
+    p.add_argument("--fid-ref", default=None, help="statistics .npz for --fid reference (daps fid-stats, or ADM's)")
+    p.add_argument("--fid-weights", default=None, help="FID Inception weights: file or folder of shards")
+    p.add_argument("--device", default=None)
+
+    p = sub.add_parser("fid-stats", help="compute FID reference statistics (Inception mu, sigma) of a dataset split")
+    p.add_argument("dataset", help="a dataset name: cifar10, cifar10-jpeg, imagenet256, imagenet256-sample, imagefolder")
+    p.add_argument("--split", default="test", choices=["train", "test"], help="test = the validation split")
+    p.add_argument("--out", required=True, help="output .npz (mu, sigma, num_images, meta)")
+    p.add_argument("--data-dir", default=None, help="folder with the data (default: $DAPS_DATA_DIR, then the cache)")
+    p.add_argument("--image-size", type=int, default=None, help="folder datasets: crop size (default: the preset's)")
+    p.add_argument("--max-images", type=int, default=0, help="use N images (0 = all; a fixed random subset)")
+    p.add_argument("--batch-size", type=int, default=50)
+    p.add_argument("--workers", type=int, default=2, help="loader workers for folder datasets")
+    p.add_argument("--fid-weights", default=None, help="FID Inception weights: file or folder of shards")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.add_argument("--device", default=None)
 
     p = sub.add_parser("compare", help="train several methods under one budget and write a comparison table")
@@ -108,23 +127,56 @@ def _eval(args: argparse.Namespace) -> int:
     import torch
 
     from daps.checkpoint import load_model
-    from daps.data import load_dataset
+    from daps.data import dataset_spec, val_batches
     from daps.metrics import evaluate
+    from daps.metrics.evaluate import fid_setup
     from daps.train import summarize
 
     if args.batch_size <= 0 or args.max_images < 0:
         raise ValueError("--batch-size must be positive and --max-images >= 0")
+    if args.fid == "reference" and not args.fid_ref:
+        raise ValueError("--fid reference needs --fid-ref STATS.npz (see daps fid-stats)")
     device = _device(args.device)
     model = load_model(args.run_dir, device)
-    cfg = model.config
-    data = load_dataset(cfg.data.name, args.split, args.data_dir or cfg.data.data_dir or None, cfg.data.download)
-    images = data.images[: args.max_images or None].to(device)
-    metrics = evaluate(model, images, args.batch_size, torch.Generator(device).manual_seed(args.seed))
-    metrics.update(dataset=data.name, split=args.split, run=str(args.run_dir))
+    data = model.config.data
+    if args.data_dir:
+        data.data_dir = args.data_dir
+    spec = dataset_spec(data.name)
+    batches, _ = val_batches(data, args.split, args.max_images, args.batch_size, device)
+    fid = fid_setup(args.fid, args.fid_weights, args.fid_ref)
+    if fid is not None:
+        fid.net.to(device)
+    metrics = evaluate(
+        model, batches, args.batch_size, torch.Generator(device).manual_seed(args.seed), spec.standardize, fid
+    )
+    metrics.update(dataset=spec.name, split=args.split, run=str(args.run_dir))
     if args.json:
         print(json.dumps(metrics))
     else:
         print(summarize(metrics))
+    return 0
+
+
+def _fid_stats(args: argparse.Namespace, argv: list[str]) -> int:
+    from daps.config import DataConfig
+    from daps.data import dataset_spec
+    from daps.metrics.evaluate import dataset_fid_stats
+
+    spec = dataset_spec(args.dataset)
+    if args.batch_size <= 0 or args.max_images < 0 or args.workers < 0:
+        raise ValueError("--batch-size must be positive, --max-images and --workers >= 0")
+    size = args.image_size or 256
+    shape = spec.image_shape or (3, size, size)
+    if args.image_size and spec.image_shape and spec.image_shape[1] != args.image_size:
+        raise ValueError(f"--image-size: {spec.name} images are {spec.image_shape[1]} pixels")
+    data = DataConfig(
+        name=spec.name, data_dir=args.data_dir or "", image_shape=tuple(shape), num_workers=args.workers
+    )
+    meta = dataset_fid_stats(
+        data, args.split, args.out, args.fid_weights, args.max_images, args.batch_size, _device(args.device),
+        overwrite=args.overwrite, command=" ".join(["daps", "fid-stats", *argv]),
+    )
+    print(f"wrote {args.out}: Inception statistics of {meta['num_images']} {spec.name} {args.split} images")
     return 0
 
 
@@ -185,6 +237,8 @@ def main(argv: list[str] | None = None) -> int:
             return _compare(args, rest)
         if args.command == "gradlab":
             return _gradlab(args, rest)
+        if args.command == "fid-stats":
+            return _fid_stats(args, rest)
         return commands[args.command](args)
     except (ValueError, OSError) as err:  # user input: bad values, missing or unreadable files
         print(f"daps {args.command}: error: {err}", file=sys.stderr)

@@ -24,7 +24,7 @@ import torch
 
 from daps.checkpoint import load_model
 from daps.config import ALL_METHODS, Config, get_preset, parse_overrides
-from daps.data import load_dataset
+from daps.data import dataset_spec, val_batches
 from daps.plots import read_metrics, save_comparison_curves, save_comparison_reconstructions
 
 log = logging.getLogger("daps")
@@ -36,6 +36,8 @@ COLUMNS = [
     ("log p(x\\|z)", "log_p", ".2f"),
     ("L2", "l2", ".3f"),
     ("PSNR (dB)", "psnr", ".2f"),
+    ("SSIM", "ssim", ".3f"),
+    ("FID", "fid", ".2f"),
     ("codebook use", "codebook_utilization", ".3f"),
     ("perplexity", "code_perplexity", ".1f"),
 ]
@@ -228,15 +230,19 @@ def compare(
         ]
     save_comparison_curves(curves, out / "curves.png", title=f"{preset}: validation log p(x|z), {steps} steps")
 
-    test = load_dataset(cfg0.data.name, "test", cfg0.data.data_dir or None, cfg0.data.download).images
-    shown = test[torch.linspace(0, test.shape[0] - 1, 10).long()]
+    standardize = dataset_spec(cfg0.data.name).standardize
+    batches, _ = val_batches(cfg0.data, "test", 0, 500, torch.device("cpu"))
+    test = next(iter(batches()))  # the first validation batch
+    shown = standardize(test[torch.linspace(0, test.shape[0] - 1, 10).long()])
     recons = {}
     for method in methods:
         first = next(r for r in runs if r.method == method)
         model = load_model(first.out_dir, "cpu")
         with torch.no_grad():
-            recons[method] = model.reconstruct(shown, torch.Generator().manual_seed(0)).x_hat
-    save_comparison_reconstructions(shown, recons, out / "reconstructions.png", title=f"{preset}, {steps} steps")
+            recons[method] = standardize.to_unit(model.reconstruct(shown, torch.Generator().manual_seed(0)).x_hat)
+    save_comparison_reconstructions(
+        standardize.to_unit(shown), recons, out / "reconstructions.png", title=f"{preset}, {steps} steps"
+    )
     log.info("comparison written to %s (results.md, results.csv, curves.png, reconstructions.png, commands.sh)", out)
     return table
 

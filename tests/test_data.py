@@ -407,11 +407,15 @@ def test_mnist5k_zeros_file_is_valid(tmp_path):
 
 
 def test_registry():
-    assert DATASETS == {"mnist": load_mnist, "mnist5k": load_mnist5k}
+    assert DATASETS["mnist"].load is load_mnist and DATASETS["mnist5k"].load is load_mnist5k
+    for name, spec in DATASETS.items():
+        assert spec.name == name and spec.likelihood in ("bernoulli", "gaussian")
+        assert (spec.load is None) != (spec.root is None), name  # in memory, or streamed from a folder
+    assert "not the original" in DATASETS["cifar10-jpeg"].note
 
 
 def test_unknown_dataset():
-    with pytest.raises(ValueError, match="unknown dataset 'x'; choose one of: mnist, mnist5k"):
+    with pytest.raises(ValueError, match="unknown dataset 'x'; choose one of: mnist, mnist5k, cifar10"):
         load_dataset("x", "train")
 
 
@@ -420,7 +424,23 @@ def test_unknown_split(name):
     with pytest.raises(ValueError, match="choose one of: train, test"):
         load_dataset(name, "valid", download=False)
     with pytest.raises(ValueError, match="train, test"):
-        DATASETS[name]("val")
+        DATASETS[name].load("val")
+
+
+def test_folder_dataset_is_not_loaded_into_memory():
+    with pytest.raises(ValueError, match="streamed from a folder"):
+        load_dataset("imagenet256", "train")
+
+
+def test_standardize_round_trip():
+    from daps.data import Standardize
+
+    s = Standardize((125.0, 120.0, 110.0), (60.0, 62.0, 66.0))
+    raw = torch.randint(0, 256, (4, 3, 5, 5), dtype=torch.uint8)
+    x = s(raw)
+    assert torch.allclose(x[:, 0], (raw[:, 0].float() - 125.0) / 60.0)
+    assert torch.allclose(s.to_unit(x) * 255, raw.float(), atol=1e-4)
+    assert torch.equal(Standardize()(raw.float()), raw.float())  # binarized MNIST: identity
 
 
 # --------------------------------------------------------------------------- real data

@@ -1,41 +1,273 @@
-"""Datasets for daps: statically binarized 28x28 images.
+"""Datasets: ``DATASETS`` names each one, its likelihood, its standardization and how it is read.
 
-``load_dataset(name, split)`` returns an :class:`ImageSet` with float32 images
-``(N, 1, 28, 28)`` in {0, 1} and int64 labels ``(N,)``.
+In-memory datasets (MNIST, CIFAR-10) load a whole split as a tensor; batches are drawn from it on the device,
+uniformly with replacement as in the original. Folder datasets (ImageNet and any class-folder tree) are
+streamed from disk by a multi-worker DataLoader with the SPEC 7.3 crops. Either way the training loop sees
+raw batches (binary floats, or uint8 pixels) and :class:`Standardize` maps them to the model's scale.
 """
 
 from __future__ import annotations
 
+import logging
 import os
-from typing import Callable, Union
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Union
 
-from daps.data.mnist import SPLITS, ImageSet, load_mnist, load_mnist5k
+import torch
 
-__all__ = ["DATASETS", "ImageSet", "load_dataset", "load_mnist", "load_mnist5k"]
+from daps.data.cifar import CIFAR10_MEAN, CIFAR10_STD, load_cifar10, load_cifar10_jpeg
+from daps.data.imagefolder import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ImageFolderDataset,
+    ImageStream,
+    eval_batches,
+    find_imagenet_root,
+    unpack_imagenet_sample,
+)
+from daps.data.mnist import ENV_VAR, SPLITS, ImageSet, load_mnist, load_mnist5k
 
-DATASETS: dict[str, Callable[..., ImageSet]] = {
-    "mnist": load_mnist,
-    "mnist5k": load_mnist5k,
+__all__ = [
+    "DATASETS",
+    "DatasetSpec",
+    "ImageSet",
+    "Standardize",
+    "TrainBatches",
+    "dataset_spec",
+    "folder_dataset",
+    "load_dataset",
+    "load_mnist",
+    "load_mnist5k",
+    "train_batches",
+    "val_batches",
+]
+
+log = logging.getLogger(__name__)
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+@dataclass(frozen=True)
+class Standardize:
+    """Raw pixels -> the model's scale, and back to [0, 1] for PSNR / SSIM / FID (SPEC 7.2, 7.3, 8.3).
+
+    With per-channel ``mean`` and ``std`` on the 0-255 scale: ``x = (pixels - mean) / std``. Without them
+    (binarized MNIST) the data are already the model's input and their own [0, 1] version.
+    """
+
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+
+    def _stats(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        shape = (-1, 1, 1)
+        return (
+            torch.tensor(self.mean, device=like.device).view(shape),
+            torch.tensor(self.std, device=like.device).view(shape),
+        )
+
+    def __call__(self, raw: torch.Tensor) -> torch.Tensor:
+        """``(N, C, H, W)`` uint8 pixels (or binary floats) -> float32 model inputs."""
+        if self.mean is None:
+            return raw.float()
+        mean, std = self._stats(raw)
+        return (raw.float() - mean) / std
+
+    def to_unit(self, x: torch.Tensor) -> torch.Tensor:
+        """Model-scale ``(N, C, H, W)`` (data or decoder means) -> [0, 1], clipped."""
+        if self.mean is None:
+            return x.float().clamp(0, 1)
+        mean, std = self._stats(x)
+        return ((x.float() * std + mean) / 255.0).clamp(0, 1)
+
+
+def _sample_root(data_dir: PathLike | None, download: bool) -> Path:
+    """The 1,000-image ImageNet sample, unpacked (once) into a class-folder tree in the cache."""
+    from daps.data.mnist import _user_roots, cache_dir
+
+    name = "imagenet_1k_sample_256_q90.tar"
+    candidates = []
+    for root in _user_roots(data_dir):
+        candidates += [root / name, root / "imagenet_sample_256" / name]
+    tar = next((p for p in candidates if p.is_file()), None)
+    if tar is None:
+        looked = ", ".join(str(p.parent) for p in candidates) or f"(no data_dir and ${ENV_VAR} unset)"
+        raise FileNotFoundError(f"imagenet256-sample: {name} not found in {looked}")
+    return unpack_imagenet_sample(tar, cache_dir().parent / "imagenet_sample_256" / tar.stem)
+
+
+def _folder_root(data_dir: PathLike | None, download: bool) -> Path:
+    root = find_imagenet_root(data_dir or None)
+    if root is None:
+        raise FileNotFoundError(
+            "imagenet256: no folder with train/<class>/*.JPEG and val/<class>/*.JPEG found in data.data_dir, "
+            f"data_dir/imagenet, ${ENV_VAR}/imagenet or the cache (extract ILSVRC2012 into class folders there)"
+        )
+    return root
+
+
+def _given_root(data_dir: PathLike | None, download: bool) -> Path:
+    if not data_dir:
+        raise FileNotFoundError("imagefolder: set data.data_dir to a folder with train/<class>/ and val/<class>/ images")
+    root = Path(data_dir).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(f"imagefolder: data.data_dir {root} is not a folder")
+    return root
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """What the library needs to know about a dataset.
+
+    ``load`` (in-memory datasets) returns a whole split; ``root`` (folder datasets) returns the folder holding
+    ``train/`` and ``val/`` class folders, or, with ``same_splits``, one class-folder tree used for both.
+    """
+
+    name: str
+    likelihood: str  # "bernoulli" or "gaussian"
+    standardize: Standardize = field(default_factory=Standardize)
+    image_shape: tuple[int, int, int] | None = None  # fixed by the files; None: any size (folder datasets)
+    load: Callable[..., ImageSet] | None = None
+    root: Callable[[PathLike | None, bool], Path] | None = None
+    same_splits: bool = False
+    note: str = ""  # said in the log and the run summary, e.g. that the data are a lossy copy
+
+    @property
+    def in_memory(self) -> bool:
+        return self.load is not None
+
+
+_IMAGENET = Standardize(IMAGENET_MEAN, IMAGENET_STD)
+
+DATASETS: dict[str, DatasetSpec] = {
+    "mnist": DatasetSpec("mnist", "bernoulli", image_shape=(1, 28, 28), load=load_mnist),
+    "mnist5k": DatasetSpec("mnist5k", "bernoulli", image_shape=(1, 28, 28), load=load_mnist5k),
+    "cifar10": DatasetSpec(
+        "cifar10", "gaussian", Standardize(CIFAR10_MEAN, CIFAR10_STD), (3, 32, 32), load=load_cifar10
+    ),
+    "cifar10-jpeg": DatasetSpec(
+        "cifar10-jpeg", "gaussian", Standardize(CIFAR10_MEAN, CIFAR10_STD), (3, 32, 32), load=load_cifar10_jpeg,
+        note="cifar10-jpeg is a JPEG quality-75 re-encoding of CIFAR-10, not the original pixels: "
+        "numbers are not comparable with published CIFAR-10 results",
+    ),
+    "imagenet256": DatasetSpec("imagenet256", "gaussian", _IMAGENET, root=_folder_root),
+    "imagenet256-sample": DatasetSpec(
+        "imagenet256-sample", "gaussian", _IMAGENET, root=_sample_root, same_splits=True,
+        note="imagenet256-sample is 1,000 ImageNet images (one per class); train and test are the same images",
+    ),
+    "imagefolder": DatasetSpec("imagefolder", "gaussian", _IMAGENET, root=_given_root),
 }
+
+
+def dataset_spec(name: str) -> DatasetSpec:
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
+    return DATASETS[name]
 
 
 def load_dataset(
     name: str,
     split: str,
-    data_dir: Union[str, "os.PathLike[str]", None] = None,
+    data_dir: PathLike | None = None,
     download: bool = True,
 ) -> ImageSet:
-    """Load split ``"train"`` or ``"test"`` of dataset ``name`` (a key of :data:`DATASETS`).
+    """Load split ``"train"`` or ``"test"`` of an in-memory dataset ``name`` (a key of :data:`DATASETS`).
 
     Returns:
-        ImageSet: images float32 ``(N, 1, 28, 28)`` in {0, 1}, labels int64 ``(N,)``.
+        ImageSet: images ``(N, C, H, W)``: float32 in {0, 1} (MNIST) or uint8 pixels (CIFAR-10); int64 labels.
 
     Raises:
-        ValueError: unknown dataset name or split.
+        ValueError: unknown dataset name or split, or a folder dataset (use :func:`folder_dataset`).
         FileNotFoundError: the data files could not be found (or downloaded).
     """
-    if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
+    spec = dataset_spec(name)
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; choose one of: {', '.join(SPLITS)}")
-    return DATASETS[name](split, data_dir=data_dir, download=download)
+    if not spec.in_memory:
+        raise ValueError(f"{name} is streamed from a folder; use folder_dataset()")
+    return spec.load(split, data_dir=data_dir, download=download)
+
+
+def folder_dataset(
+    name: str, split: str, image_shape: tuple[int, ...], data_dir: PathLike | None, train: bool, seed: int = 0
+) -> ImageFolderDataset:
+    """Split ``train`` (``train/``) or ``test`` (``val/``) of a folder dataset, cropped to ``image_shape``:
+    random resized crops and flips when ``train``, resize + center crop otherwise (SPEC 7.3)."""
+    spec = dataset_spec(name)
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; choose one of: {', '.join(SPLITS)}")
+    channels, height, width = image_shape
+    if channels != 3 or height != width:
+        raise ValueError(f"{name}: data.image_shape must be (3, R, R) for a folder dataset, got {tuple(image_shape)}")
+    root = spec.root(data_dir or None, True)
+    if not spec.same_splits:
+        root = root / ("train" if split == "train" else "val")
+        if not root.is_dir():
+            raise FileNotFoundError(f"{name}: {root} is missing (need train/ and val/ class folders)")
+    return ImageFolderDataset(root, height, train=train, seed=seed)
+
+
+class TrainBatches:
+    """An endless stream of raw training batches ``(B, C, H, W)`` on ``device``.
+
+    In-memory data: B indices drawn uniformly with replacement from ``generator`` (its state is checkpointed,
+    so a resumed run draws the same batches). Folder data: an epoch-shuffled DataLoader seeded by ``seed``
+    that starts at batch ``start`` (a resumed run sees the batches an uninterrupted one would).
+    """
+
+    def __init__(self, images: torch.Tensor | None, stream: ImageStream | None, batch_size: int,
+                 generator: torch.Generator | None, device: torch.device):
+        self.images, self.stream, self.batch_size = images, stream, batch_size
+        self.generator, self.device = generator, device
+
+    def __len__(self) -> int:
+        return len(self.images) if self.images is not None else len(self.stream.dataset)
+
+    @property
+    def num_skipped(self) -> int:
+        """Unreadable files skipped so far (folder data)."""
+        return self.stream.num_skipped if self.stream is not None else 0
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        return self
+
+    def __next__(self) -> torch.Tensor:
+        if self.images is not None:
+            idx = torch.randint(len(self.images), (self.batch_size,), generator=self.generator, device=self.device)
+            return self.images[idx]  # (B, C, H, W)
+        return next(self.stream).to(self.device, non_blocking=True)
+
+
+def train_batches(
+    data, batch_size: int, seed: int, start_step: int, generator: torch.Generator, device: torch.device
+) -> TrainBatches:
+    """Training batches of ``data`` (a :class:`daps.config.DataConfig`)."""
+    spec = dataset_spec(data.name)
+    if spec.in_memory:
+        images = load_dataset(data.name, "train", data.data_dir or None, data.download).images.to(device)
+        return TrainBatches(images, None, batch_size, generator, device)
+    dataset = folder_dataset(data.name, "train", data.image_shape, data.data_dir or None, train=True, seed=seed)
+    stream = ImageStream(dataset, batch_size, num_workers=data.num_workers, seed=seed, start_batch=start_step)
+    return TrainBatches(None, stream, batch_size, None, device)
+
+
+def val_batches(data, split: str, max_images: int, batch_size: int, device: torch.device):
+    """A function that returns a fresh iterator over the same validation batches each time it is called, and
+    the number of images. In-memory data: a fixed random subset of ``max_images`` (0 = all); folder data: the
+    first ``max_images`` files in sorted order (0 = all)."""
+    spec = dataset_spec(data.name)
+    if spec.in_memory:
+        images = load_dataset(data.name, split, data.data_dir or None, data.download).images
+        if 0 < max_images < images.shape[0]:  # the splits may be sorted by class
+            subset = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(0))[:max_images]
+            images = images[subset.sort().values]
+        images = images.to(device)
+        return (lambda: iter(images.split(batch_size))), images.shape[0]
+    dataset = folder_dataset(data.name, split, data.image_shape, data.data_dir or None, train=False)
+    count = min(max_images, len(dataset)) if max_images > 0 else len(dataset)
+
+    def batches() -> Iterator[torch.Tensor]:
+        for batch in eval_batches(dataset, batch_size, data.num_workers, max_images=count):
+            yield batch.to(device, non_blocking=True)
+
+    return batches, count

@@ -10,19 +10,25 @@ import torch.nn.functional as F
 
 import daps.functional as DF
 from daps.config import Config, ScheduleConfig
-from daps.likelihoods import Bernoulli
+from daps.data import dataset_spec
+from daps.functional import FLOAT32_EPS
+from daps.likelihoods import Bernoulli, Gaussian
 from daps.methods.types import Output, Reconstruction
-from daps.nets import ARTransformerEncoder, MLPDecoder, NACategoricalEncoder, NATransformerEncoder
+from daps.nets import ARTransformerEncoder, MLPDecoder, NACategoricalEncoder, NATransformerEncoder, ResNetDecoder
 
-Likelihood = Bernoulli
+Likelihood = Bernoulli | Gaussian
 CategoricalEncoder = ARTransformerEncoder | NACategoricalEncoder  # q(z | x) with ``sample``
 
 
 def build_likelihood(cfg: Config) -> Likelihood:
-    """The data likelihood of ``cfg.data.name``: Bernoulli for binarized MNIST."""
-    if cfg.data.name in ("mnist", "mnist5k"):
+    """The data likelihood of ``cfg.data.name``: Bernoulli for binarized MNIST; a diagonal Gaussian with a
+    learned, clipped variance for natural images (SPEC 4.1, 4.2)."""
+    if dataset_spec(cfg.data.name).likelihood == "bernoulli":
         return Bernoulli()
-    raise ValueError(f"no likelihood for dataset {cfg.data.name!r}")
+    d = cfg.decoder
+    if d.variance_clip == "none":
+        return Gaussian(FLOAT32_EPS, float("inf"))
+    return Gaussian(d.min_variance, d.max_variance)
 
 
 def build_ar_encoder(cfg: Config, image_shape: tuple[int, int, int]) -> ARTransformerEncoder:
@@ -63,10 +69,13 @@ def build_decoder(
     """The generative network: codes (with ``vocab_size``) or per-token latents of ``token_dim`` (default
     ``decoder.embed_dim``) -> the likelihood's parameters ``(N, *param_shape)``."""
     d = cfg.decoder
-    return MLPDecoder(
-        num_tokens or cfg.encoder.num_tokens, token_dim or d.embed_dim, d.hidden,
-        likelihood.param_shape(image_shape), vocab_size=vocab_size,
-    )
+    out_shape = likelihood.param_shape(image_shape)
+    if d.kind == "resnet":
+        return ResNetDecoder(
+            num_tokens or cfg.encoder.num_tokens, token_dim or d.embed_dim, image_shape, out_shape[0],
+            width=d.resnet_width, num_blocks=d.resnet_blocks, vocab_size=vocab_size,
+        )
+    return MLPDecoder(num_tokens or cfg.encoder.num_tokens, token_dim or d.embed_dim, d.hidden, out_shape, vocab_size)
 
 
 def schedule_value(sched: ScheduleConfig, step: int, num_steps: int) -> float:

@@ -103,8 +103,8 @@ class DAPS(nn.Module):
         """The three losses for sampled codes ``indices (K, B, T)``; returns the loss and what is logged."""
         num_samples = indices.shape[0]
         log_q = self.encoder.log_prob(x, indices).sum(-1)  # (K, B), with gradient
-        params = self.decoder(indices.flatten(0, 1))  # (K*B, ...)
-        log_p = self.likelihood.log_prob(params.view(num_samples, x.shape[0], *params.shape[1:]), x)  # (K, B)
+        params = self.decoder(indices)  # (K, B, ...): BatchNorm, if any, normalizes each of the K slices alone
+        log_p = self.likelihood.log_prob(params, x)  # (K, B)
 
         rewards, log_q_const = log_p.detach(), log_q.detach()
         eta = self.log_eta.exp()
@@ -141,7 +141,7 @@ class DAPS(nn.Module):
                 "beta": torch.tensor(beta),
                 "eta_loss": eta_loss,
             }
-        return training_output(loss, self.likelihood.mean(params[: x.shape[0]]), indices[0], logs)
+        return training_output(loss, self.likelihood.mean(params[0]), indices[0], logs)
 
     # -- inference ---------------------------------------------------------------------------------
 

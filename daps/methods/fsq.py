@@ -124,14 +124,17 @@ class FSQ(nn.Module):
 
 
 def build_fsq(cfg: Config, image_shape: tuple[int, int, int]) -> FSQ:
-    """FSQ with the bidirectional encoder and the MNIST MLP decoder (SPEC 3.4, 5.8)."""
+    """FSQ with the bidirectional encoder and the MLP (MNIST) or ResNet decoder (SPEC 3.4, 5.6, 5.8)."""
     likelihood = build_likelihood(cfg)
     levels = tuple(cfg.fsq.levels)
     encoder = build_na_encoder(cfg, image_shape, out_dim=len(levels))  # built first: seeded init follows this order
     d = cfg.decoder
-    embed_latent = nn.Sequential(  # no activation between (SPEC 3.4)
-        dense(len(levels), d.embed_dim, init="lecun"),  # (..., d) -> (..., embed_dim)
-        dense(d.embed_dim, d.fsq_token_dim, init="lecun"),  # -> (..., fsq_token_dim)
-    )
-    decoder = build_decoder(cfg, image_shape, likelihood, token_dim=d.fsq_token_dim)
+    if d.kind == "resnet":  # Dense(E) -> Dense(E * ratio) -> Dense(E), no activations (SPEC 5.6)
+        token_dim = d.embed_dim
+        widths = (len(levels), d.embed_dim, d.embed_dim * d.fsq_ratio, d.embed_dim)
+    else:  # Dense(E) -> Dense(fsq_token_dim) (SPEC 5.8)
+        token_dim = d.fsq_token_dim
+        widths = (len(levels), d.embed_dim, d.fsq_token_dim)
+    embed_latent = nn.Sequential(*(dense(a, b, init="lecun") for a, b in zip(widths[:-1], widths[1:])))
+    decoder = build_decoder(cfg, image_shape, likelihood, token_dim=token_dim)
     return FSQ(encoder, embed_latent, decoder, likelihood, levels)

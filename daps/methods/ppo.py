@@ -52,6 +52,7 @@ from daps.methods.common import (
 from daps.methods.types import Output, Reconstruction
 from daps.nets import ARTransformerEncoder
 from daps.nets.feedforward import PatchValueNet
+from daps.nets.resnet import ResNetValueNet
 from daps.optim import OptimizerSpec
 
 
@@ -82,7 +83,7 @@ class PPO(nn.Module):
         encoder: ARTransformerEncoder,
         decoder: nn.Module,
         likelihood: Likelihood,
-        value: PatchValueNet,
+        value: PatchValueNet | ResNetValueNet,
         cfg: PPOConfig,
         num_steps: int,
     ):
@@ -190,10 +191,14 @@ class PPO(nn.Module):
 
 
 def build_ppo(cfg: Config, image_shape: tuple[int, int, int]) -> PPO:
-    """PPO with the autoregressive transformer encoder, the MLP decoder and the patch value net (SPEC 3.6)."""
+    """PPO with the autoregressive transformer encoder, the configured decoder and the value net of SPEC 3.6:
+    patches -> Dense with the MLP decoder (MNIST), a ResNet encoder with the ResNet decoder (natural images)."""
     likelihood = build_likelihood(cfg)
     encoder = build_ar_encoder(cfg, image_shape)  # built first: the seeded initialization follows this order
     decoder = build_decoder(cfg, image_shape, likelihood, vocab_size=cfg.encoder.vocab_size)
-    # NOTE(paper): MNIST's value net (16 patches, width 64); no config keys for it yet.
-    value = PatchValueNet(image_shape, num_patches=16, width=64)
+    # NOTE(paper): the original's value nets (16 patches or a 4x4 grid, width 64); no config keys for them.
+    if cfg.decoder.kind == "resnet":
+        value = ResNetValueNet(image_shape, grid=4, width=64)
+    else:
+        value = PatchValueNet(image_shape, num_patches=16, width=64)
     return PPO(encoder, decoder, likelihood, value, cfg.ppo, num_steps=cfg.train.steps)

@@ -90,14 +90,14 @@ class Reinforce(nn.Module):
 
     def forward(self, x: torch.Tensor, step: int, generator: torch.Generator | None = None) -> Output:
         """One REINFORCE-LOO objective evaluation on ``x (B, C, H, W)`` at optimizer step ``step``."""
-        num_samples, batch_size = self.cfg.num_samples, x.shape[0]
+        num_samples = self.cfg.num_samples
         beta = self.beta(step)
         samples = self.encoder.sample(x, num_samples, generator)  # indices (K, B, T), no grad
         indices = samples.indices
         log_q = self.encoder.log_prob(x, indices).sum(-1)  # (K, B), with gradient
 
-        params = self.decoder(indices.flatten(0, 1))  # (K*B, ...)
-        log_p = self.likelihood.log_prob(params.view(num_samples, batch_size, *params.shape[1:]), x)  # (K, B)
+        params = self.decoder(indices)  # (K, B, ...): BatchNorm, if any, normalizes each of the K slices alone
+        log_p = self.likelihood.log_prob(params, x)  # (K, B)
 
         rewards = (log_p - beta * log_q).detach()  # (K, B)
         advantages = rewards - DF.leave_one_out_baseline(rewards)  # (K, B)
@@ -114,7 +114,7 @@ class Reinforce(nn.Module):
                 "beta": torch.tensor(beta),
                 "reward_std": rewards.std(0).mean(),  # spread over the K samples, averaged over inputs
             }
-        return training_output(loss, self.likelihood.mean(params[:batch_size]), indices[0], logs)
+        return training_output(loss, self.likelihood.mean(params[0]), indices[0], logs)
 
     # -- inference ---------------------------------------------------------------------------------
 

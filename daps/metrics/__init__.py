@@ -2,7 +2,7 @@
 
 from daps.metrics.codes import code_perplexity, codebook_utilization, position_code_entropy
 from daps.metrics.evaluate import evaluate
-from daps.metrics.image import l2_distance, mse_per_image, psnr_per_image
+from daps.metrics.image import l2_distance, mse_per_image, psnr_per_image, ssim_per_image
 
 __all__ = [
     "code_perplexity",
@@ -12,4 +12,5 @@ __all__ = [
     "mse_per_image",
     "position_code_entropy",
     "psnr_per_image",
+    "ssim_per_image",
 ]

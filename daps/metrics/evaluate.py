@@ -2,43 +2,119 @@
 
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
 import torch
 import torch.nn as nn
 
+from daps.data import Standardize
 from daps.metrics.codes import code_perplexity, codebook_utilization, position_code_entropy
-from daps.metrics.image import l2_distance, mse_per_image, psnr_per_image
+from daps.metrics.image import l2_distance, mse_per_image, psnr_per_image, ssim_per_image
+
+log = logging.getLogger(__name__)
+
+FID_PROTOCOLS = ("val-pairs", "reference")
+
+
+@dataclass
+class FIDSetup:
+    """How FID is measured during an evaluation (SPEC 8.4).
+
+    ``val-pairs``: the reconstructions against the very validation images they reconstruct (both through the
+    same network, same count). ``reference``: the reconstructions against fixed statistics ``reference``
+    (mu, sigma) from ``daps fid-stats`` or an ADM reference batch, named by ``reference_name``.
+    """
+
+    net: nn.Module
+    protocol: str
+    reference: tuple[np.ndarray, np.ndarray] | None = None
+    reference_name: str = ""
+    batch_size: int = 50
+
+
+def fid_setup(protocol: str, weights: str | Path | None = None, reference: str | Path | None = None) -> FIDSetup | None:
+    """Load the FID network (and reference statistics) for ``protocol``; None, with a logged reason, when the
+    Inception weights are not available (FID is then skipped, nothing is downloaded)."""
+    from daps.metrics.fid import load_fid_stats
+    from daps.nets.inception import load_fid_inception
+
+    if protocol == "none":
+        return None
+    if protocol not in FID_PROTOCOLS:
+        raise ValueError(f"unknown FID protocol {protocol!r}; choose one of: {', '.join(FID_PROTOCOLS)}")
+    ref = None
+    if protocol == "reference":
+        if not reference:
+            raise ValueError("FID protocol 'reference' needs a statistics file (daps fid-stats ... --out stats.npz)")
+        mu, sigma, _, _ = load_fid_stats(reference)
+        ref = (mu, sigma)
+    try:
+        net = load_fid_inception(weights or None)
+    except FileNotFoundError as err:
+        log.warning("FID skipped: %s", err)
+        return None
+    return FIDSetup(net, protocol, ref, str(reference or ""))
+
+
+def _batches(images: torch.Tensor | Callable[[], Iterable[torch.Tensor]], batch_size: int) -> Iterable[torch.Tensor]:
+    if isinstance(images, torch.Tensor):
+        return images.split(batch_size)
+    return images()
 
 
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
-    images: torch.Tensor,
+    images: torch.Tensor | Callable[[], Iterable[torch.Tensor]],
     batch_size: int = 500,
     generator: torch.Generator | None = None,
-) -> dict[str, float]:
-    """Reconstruct ``images (N, C, H, W)`` with ``model.reconstruct`` and average the metrics.
+    standardize: Standardize | None = None,
+    fid: FIDSetup | None = None,
+) -> dict[str, float | str]:
+    """Reconstruct every image with ``model.reconstruct`` and average the metrics over images.
 
-    ``model`` follows :class:`daps.methods.Method` (``reconstruct``, ``final_beta``, ``vocab_size``).
+    Args:
+        model: follows :class:`daps.methods.Method` (``reconstruct``, ``final_beta``, ``vocab_size``).
+        images: raw images ``(N, C, H, W)`` (split into ``batch_size`` chunks), or a function returning an
+            iterator over raw batches (streamed data).
+        standardize: raw -> model scale and back to [0, 1]; default: the identity (binarized MNIST).
+        fid: also measure FID (SPEC 8.4) under ``fid.protocol``.
 
-    Returns (nats for log-likelihood terms, summed over data dims / tokens, averaged over images):
-    ``log_p``, ``l2``, ``mse``, ``psnr`` (dB, mean of per-image values) and ``num_images``; for methods
-    with a distribution q also ``elbo``, ``beta_elbo`` (final beta), ``kl`` (to the prior), ``log_q`` and
-    ``token_entropy`` (mean per-position entropy of q, categorical q only); for discrete codes also
-    ``codebook_utilization``, ``code_perplexity`` and ``position_code_entropy``.
+    Returns (log-likelihood terms in nats, summed over data dims / tokens, averaged over images):
+    ``log_p``, ``l2`` (model scale), ``mse``, ``psnr`` (dB), ``ssim`` (all on [0, 1], means of per-image
+    values) and ``num_images``; for methods with a distribution q also ``elbo``, ``beta_elbo`` (final beta),
+    ``kl`` (to the prior), ``log_q`` and ``token_entropy`` (categorical q only); for discrete codes also
+    ``codebook_utilization``, ``code_perplexity`` and ``position_code_entropy``; with ``fid``: ``fid``,
+    ``fid_protocol`` and ``fid_num_images``.
     """
+    from daps.metrics.fid import FeatureStats, frechet_distance
+
+    standardize = standardize or Standardize()
     was_training = model.training
     model.eval()
     sums: dict[str, float] = {}
     all_indices = []
-    for start in range(0, images.shape[0], batch_size):
-        x = images[start : start + batch_size]
+    n = 0
+    fake_stats = FeatureStats() if fid is not None else None
+    real_stats = FeatureStats() if fid is not None and fid.protocol == "val-pairs" else None
+    for raw in _batches(images, batch_size):
+        x = standardize(raw)  # (B, C, H, W) model scale
+        if fid is not None and x.shape[1] != 3:
+            raise ValueError(f"FID needs RGB images; these have {x.shape[1]} channel(s)")
         rec = model.reconstruct(x, generator)
+        x_unit, x_hat_unit = standardize.to_unit(x), standardize.to_unit(rec.x_hat)
         terms = {
             "log_p": rec.log_p,
             "l2": l2_distance(rec.x_hat, x),
-            "mse": mse_per_image(rec.x_hat, x),
-            "psnr": psnr_per_image(rec.x_hat, x),
+            "mse": mse_per_image(x_hat_unit, x_unit),
+            "psnr": psnr_per_image(x_hat_unit, x_unit),
         }
+        if min(x.shape[-2:]) >= 11:  # SSIM's 11x11 window
+            terms["ssim"] = ssim_per_image(x_hat_unit, x_unit)
         if rec.kl is not None:
             terms.update(elbo=rec.log_p - rec.kl, beta_elbo=rec.log_p - model.final_beta * rec.kl, kl=rec.kl)
         if rec.log_q is not None:
@@ -48,10 +124,16 @@ def evaluate(
         for key, value in terms.items():
             sums[key] = sums.get(key, 0.0) + float(value.double().sum())
         if rec.indices is not None:
-            all_indices.append(rec.indices)
+            all_indices.append(rec.indices.cpu())
+        if fake_stats is not None:
+            _add_features(fid, fake_stats, x_hat_unit)
+            if real_stats is not None:
+                _add_features(fid, real_stats, x_unit)
+        n += x.shape[0]
     model.train(was_training)
-    n = images.shape[0]
-    out = {key: value / n for key, value in sums.items()}
+    if n == 0:
+        raise ValueError("evaluate: no images to evaluate")
+    out: dict[str, float | str] = {key: value / n for key, value in sums.items()}
     if all_indices:
         indices = torch.cat(all_indices)  # (N, T)
         v = model.vocab_size
@@ -59,4 +141,62 @@ def evaluate(
         out["code_perplexity"] = code_perplexity(indices, v)
         out["position_code_entropy"] = position_code_entropy(indices, v)
     out["num_images"] = n
+    if fid is not None:
+        if n < 2:
+            raise ValueError("FID needs at least 2 images")
+        mu_ref, sigma_ref = fid.reference if real_stats is None else (real_stats.mu, real_stats.sigma)
+        out["fid"] = frechet_distance(fake_stats.mu, fake_stats.sigma, mu_ref, sigma_ref)
+        out["fid_protocol"] = fid.protocol if real_stats is not None else f"reference:{Path(fid.reference_name).name}"
+        out["fid_num_images"] = n
     return out
+
+
+def _add_features(fid: FIDSetup, stats, images_unit: torch.Tensor) -> None:
+    """Inception pool3 features of ``images_unit (B, 3, H, W)`` in [0, 1], added to ``stats``."""
+    from daps.metrics.fid import fid_preprocess
+
+    device = next(fid.net.parameters()).device
+    for chunk in images_unit.split(fid.batch_size):
+        stats.update(fid.net(fid_preprocess(chunk.to(device))).double().cpu())
+
+
+@torch.no_grad()
+def dataset_fid_stats(
+    data,
+    split: str,
+    out: str | Path,
+    weights: str | Path | None = None,
+    max_images: int = 0,
+    batch_size: int = 50,
+    device: torch.device | str = "cpu",
+    overwrite: bool = False,
+    command: str = "",
+) -> dict:
+    """Inception statistics (mu, sigma) of the real images of ``data`` (a :class:`daps.config.DataConfig`),
+    split ``split``, as seen by :func:`evaluate` (same subset, same crops), written to ``out`` (npz).
+
+    Returns the metadata written with the statistics.
+    """
+    from daps.data import dataset_spec, val_batches
+    from daps.metrics.fid import FeatureStats, save_fid_stats
+    from daps.nets.inception import load_fid_inception
+
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise ValueError(f"{out} exists; pass --overwrite to replace it")
+    if tuple(data.image_shape)[0] != 3:
+        raise ValueError(f"FID needs RGB images; {data.name} has {data.image_shape[0]} channel(s)")
+    spec = dataset_spec(data.name)
+    net = load_fid_inception(weights or None).to(device)
+    batches, count = val_batches(data, split, max_images, batch_size, torch.device(device))
+    stats = FeatureStats()
+    fid = FIDSetup(net, "reference", batch_size=batch_size)
+    for raw in batches():
+        _add_features(fid, stats, spec.standardize.to_unit(spec.standardize(raw)))
+    meta = {
+        "dataset": spec.name, "split": split, "num_images": stats.num, "image_shape": list(data.image_shape),
+        "weights": str(weights or "default search"), "command": command, "note": spec.note,
+        "preprocessing": "SPEC 8.4: [0,1] -> uint8 (truncation) -> [-1,1] -> bilinear 299x299 without antialiasing",
+    }
+    save_fid_stats(out, stats, stats.num, meta, overwrite=overwrite)
+    return meta

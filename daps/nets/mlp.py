@@ -43,7 +43,7 @@ class MLPDecoder(nn.Module):
         self.mlp = nn.Sequential(*layers)
 
     def embed_codes(self, codes: torch.Tensor) -> torch.Tensor:
-        """Integer codes ``(N, T)`` or one-hots ``(N, T, V)`` -> embeddings ``(N, T, token_dim)``."""
+        """Integer codes ``(..., T)`` or one-hots ``(..., T, V)`` -> embeddings ``(..., T, token_dim)``."""
         if self.embed is None:
             raise TypeError("this decoder has no code embedding (built without vocab_size)")
         if codes.is_floating_point():
@@ -51,8 +51,8 @@ class MLPDecoder(nn.Module):
         return self.embed(codes)
 
     def decode_latents(self, h: torch.Tensor) -> torch.Tensor:
-        """``(N, T, token_dim) -> (N, *out_shape)`` logits."""
-        return self.mlp(h.flatten(1)).view(-1, *self.out_shape)
+        """``(..., T, token_dim) -> (..., *out_shape)`` logits, e.g. ``(K, B, T, E) -> (K, B, C, H, W)``."""
+        return self.mlp(h.flatten(-2)).view(*h.shape[:-2], *self.out_shape)
 
     def forward(self, codes: torch.Tensor) -> torch.Tensor:
         return self.decode_latents(self.embed_codes(codes))

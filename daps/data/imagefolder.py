@@ -1,0 +1,645 @@
+"""Class-folder image datasets (ImageNet-style) with the SPEC 7.3 crops, and the streams that feed them.
+
+A dataset is a tree ``root/<class>/<image files>``; classes are the sorted folder names (label = rank), files
+are sorted, so the order is deterministic. Training items get a random resized crop (scale (0.08, 1),
+ratio (3/4, 4/3), bilinear) and a horizontal flip with p = 0.5; evaluation items get a resize of the shorter
+side plus a center crop. Items are uint8 ``(3, R, R)`` tensors; standardize with :data:`IMAGENET_MEAN` /
+:data:`IMAGENET_STD` (0-255 scale).
+
+Randomness. No global RNG is used anywhere. A training item's augmentation comes from a fresh
+``torch.Generator`` seeded with a hash of ``(seed, epoch, index)``; :class:`ImageStream` hands the epoch to the
+dataset together with the index (its sampler yields ``(index, epoch)`` keys), so the same image of the same
+epoch is cropped the same way whichever worker process decodes it, with or without workers, and after a
+resume. The epoch order is a permutation drawn from a generator seeded with a hash of ``(seed, epoch)``, so
+a stream resumed at batch ``k`` computes the permutation of its epoch directly, decoding nothing it skips.
+
+Unreadable files. Opening an image that PIL cannot read (corrupt bytes, a text file named ``.JPEG``,
+truncation) is not an error: the dataset substitutes the next index (up to ``max_attempts`` files) and returns
+the paths it skipped as the third element of the item, ``(image, label, skipped_paths)``.
+:func:`collate_images` gathers them per batch, and :class:`ImageStream` / :func:`eval_batches` keep the count
+and the set of skipped paths in the main process and log a warning once per path. The dataset remembers the
+unreadable paths of its process, so each is tried only once per process.
+
+ILSVRC2012 itself: the official tar files are not handled here; give an extracted class-folder tree
+(``train/<wnid>/*.JPEG`` and ``val/<wnid>/*.JPEG`` -- val must already be sorted into class folders).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+import re
+import shutil
+import struct
+import tarfile
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler, get_worker_info
+
+from daps.data import mnist as _mnist
+from daps.data.mnist import ENV_VAR, PathLike, _dedupe, _env_root
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "IMAGE_EXTENSIONS",
+    "EvalBatches",
+    "ImageFolderDataset",
+    "ImageStream",
+    "collate_images",
+    "epoch_permutation",
+    "eval_batches",
+    "find_imagenet_root",
+    "find_images",
+    "imagenet_search_folders",
+    "pil_to_uint8",
+    "random_horizontal_flip",
+    "random_resized_crop",
+    "require_imagenet_root",
+    "resize_center_crop",
+    "sample_crop_box",
+    "unpack_imagenet_sample",
+]
+
+log = logging.getLogger(__name__)
+
+# Per-channel statistics of the ImageNet training set on the 0-255 scale (SPEC 7.3).
+IMAGENET_MEAN = (123.095, 115.324, 102.224)
+IMAGENET_STD = (68.819, 66.551, 69.687)
+
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".ppm", ".pgm", ".pbm", ".tif", ".tiff", ".webp"}
+)
+
+# What PIL raises on unreadable files: UnidentifiedImageError and truncation are OSErrors; some broken
+# PNG / GIF headers raise SyntaxError, struct.error, EOFError or ValueError; oversized images DecompressionBombError.
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, Image.DecompressionBombError)
+
+
+# --------------------------------------------------------------------------- finding files
+
+
+def find_images(root: PathLike) -> tuple[list[Path], list[int], list[str]]:
+    """All images of a class-folder tree ``root/<class>/**/<file>`` (extensions: :data:`IMAGE_EXTENSIONS`,
+    any case; hidden files and folders ignored).
+
+    Returns:
+        ``(paths, labels, classes)``: classes are the sorted folder names, label = index in ``classes``,
+        paths sorted by class, then by path. Class folders without images keep their label.
+
+    Raises:
+        FileNotFoundError: ``root`` is not a folder.
+        ValueError: no class folders, or no image files in them.
+    """
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: not a folder (expected {root}/<class>/<image files>)")
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not classes:
+        raise ValueError(f"{root}: no class folders (expected {root}/<class>/<image files>)")
+    paths: list[Path] = []
+    labels: list[int] = []
+    for label, name in enumerate(classes):
+        found: list[str] = []
+        for dirpath, dirnames, filenames in os.walk(root / name, followlinks=True):
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+            found += [
+                os.path.join(dirpath, f)
+                for f in filenames
+                if not f.startswith(".") and os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS
+            ]
+        found.sort()
+        paths += [Path(p) for p in found]
+        labels += [label] * len(found)
+    if not paths:
+        exts = ", ".join(sorted(IMAGE_EXTENSIONS))
+        raise ValueError(f"{root}: {len(classes)} class folders but no image files in them (extensions: {exts})")
+    return paths, labels, classes
+
+
+# --------------------------------------------------------------------------- transforms
+
+
+def _uniform(generator: torch.Generator, low: float, high: float) -> float:
+    return low + (high - low) * float(torch.rand((), generator=generator))
+
+
+def _randint(generator: torch.Generator, low: int, high: int) -> int:
+    """Uniform integer in ``[low, high]`` (inclusive)."""
+    return int(torch.randint(low, high + 1, (), generator=generator))
+
+
+def _check_range(name: str, pair: Sequence[float]) -> tuple[float, float]:
+    lo, hi = float(pair[0]), float(pair[1])
+    if not (0 < lo <= hi) or not math.isfinite(hi):
+        raise ValueError(f"{name} must be (low, high) with 0 < low <= high, got {tuple(pair)}")
+    return lo, hi
+
+
+def sample_crop_box(
+    width: int,
+    height: int,
+    generator: torch.Generator,
+    scale: Sequence[float] = (0.08, 1.0),
+    ratio: Sequence[float] = (3 / 4, 4 / 3),
+    tries: int = 10,
+) -> tuple[int, int, int, int]:
+    """The box ``(left, top, w, h)`` of a random resized crop of a ``width x height`` image.
+
+    Up to ``tries`` times: area fraction uniform in ``scale``, aspect ratio w/h log-uniform in ``ratio``;
+    the first box that fits is placed uniformly. If none fits: the largest centered box whose aspect ratio
+    is the image's, clamped to ``ratio``.
+    """
+    s_lo, s_hi = _check_range("scale", scale)
+    r_lo, r_hi = _check_range("ratio", ratio)
+    if width < 1 or height < 1:
+        raise ValueError(f"image size must be positive, got {width}x{height}")
+    area = width * height
+    log_lo, log_hi = math.log(r_lo), math.log(r_hi)
+    for _ in range(tries):
+        target = area * _uniform(generator, s_lo, s_hi)
+        aspect = math.exp(_uniform(generator, log_lo, log_hi))
+        w = int(round(math.sqrt(target * aspect)))
+        h = int(round(math.sqrt(target / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            top = _randint(generator, 0, height - h)
+            left = _randint(generator, 0, width - w)
+            return left, top, w, h
+    aspect = width / height
+    if aspect < r_lo:
+        w, h = width, max(1, min(height, int(round(width / r_lo))))
+    elif aspect > r_hi:
+        w, h = max(1, min(width, int(round(height * r_hi)))), height
+    else:
+        w, h = width, height
+    return (width - w) // 2, (height - h) // 2, w, h
+
+
+def random_resized_crop(
+    img: Image.Image,
+    size: int,
+    generator: torch.Generator,
+    scale: Sequence[float] = (0.08, 1.0),
+    ratio: Sequence[float] = (3 / 4, 4 / 3),
+    tries: int = 10,
+) -> Image.Image:
+    """A box from :func:`sample_crop_box`, resized (bilinear) to ``size x size``."""
+    left, top, w, h = sample_crop_box(img.width, img.height, generator, scale, ratio, tries)
+    # resize(box=...) crops and resizes in one pass (no intermediate crop image).
+    return img.resize((size, size), Image.BILINEAR, box=(left, top, left + w, top + h))
+
+
+def random_horizontal_flip(img: Image.Image, generator: torch.Generator, p: float = 0.5) -> Image.Image:
+    """Mirror left-right with probability ``p``."""
+    if float(torch.rand((), generator=generator)) < p:
+        return img.transpose(Image.FLIP_LEFT_RIGHT)
+    return img
+
+
+def resize_center_crop(img: Image.Image, size: int) -> Image.Image:
+    """Resize so the shorter side is ``size`` (bilinear), then crop the central ``size x size``."""
+    w, h = img.size
+    if min(w, h) != size:
+        factor = size / min(w, h)
+        w, h = (size, max(size, int(round(h * factor)))) if w <= h else (max(size, int(round(w * factor))), size)
+        img = img.resize((w, h), Image.BILINEAR)
+    left, top = (w - size) // 2, (h - size) // 2
+    return img.crop((left, top, left + size, top + size))
+
+
+def pil_to_uint8(img: Image.Image) -> torch.Tensor:
+    """PIL image -> uint8 tensor ``(3, H, W)`` (converted to RGB first if needed)."""
+    if img.mode != "RGB":
+        img = img.convert("RGB")
+    return torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1).contiguous()
+
+
+# --------------------------------------------------------------------------- dataset
+
+
+def _hash_seed(tag: bytes, *values: int) -> int:
+    """A well-mixed 63-bit seed from non-negative ints (so nearby seeds / indices give unrelated streams)."""
+    packed = struct.pack(f"<{len(values)}Q", *(v % 2**64 for v in values))
+    digest = hashlib.blake2b(packed, digest_size=8, person=tag).digest()
+    return int.from_bytes(digest, "little") & (2**63 - 1)
+
+
+def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The visiting order of epoch ``epoch``: int64 ``(n,)``, a function of ``(seed, epoch)`` only."""
+    g = torch.Generator().manual_seed(_hash_seed(b"daps-epoch", seed, epoch))
+    return torch.randperm(n, generator=g)
+
+
+def _check_nonneg_int(name: str, value: int) -> int:
+    if isinstance(value, bool) or int(value) != value or value < 0:
+        raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+    return int(value)
+
+
+class ImageFolderDataset(Dataset):
+    """A class-folder tree (see :func:`find_images`) as uint8 ``(3, R, R)`` images.
+
+    ``dataset[key]`` with ``key`` an index or an ``(index, epoch)`` pair returns
+    ``(image uint8 (3, R, R), label int, skipped_paths tuple[str, ...])``. Training (``train=True``): random
+    resized crop + flip drawn from a generator seeded by ``(seed, epoch, index)`` (a plain index means
+    epoch 0), so an item is reproducible in any process. Evaluation: resize + center crop, no randomness.
+    An unreadable file is replaced by the next index (wrapping; at most ``max_attempts`` files) and its path
+    reported in ``skipped_paths``; OSError if all attempts fail.
+    """
+
+    def __init__(self, root: PathLike, resolution: int, train: bool, seed: int = 0, max_attempts: int = 16):
+        if isinstance(resolution, bool) or int(resolution) != resolution or resolution < 1:
+            raise ValueError(f"resolution must be a positive integer, got {resolution!r}")
+        if int(max_attempts) < 1:
+            raise ValueError(f"max_attempts must be >= 1, got {max_attempts!r}")
+        self.root = Path(root).expanduser()
+        self.resolution = int(resolution)
+        self.train = bool(train)
+        self.seed = _check_nonneg_int("seed", seed)
+        self.max_attempts = int(max_attempts)
+        paths, labels, self.classes = find_images(self.root)
+        # Relative paths in one numpy bytes array and labels in one int array, not lists of Python objects:
+        # forked DataLoader workers would otherwise copy the pages of millions of refcounted objects.
+        self._rel = np.array([os.fsencode(p.relative_to(self.root)) for p in paths])
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.unreadable: dict[str, str] = {}  # path -> error, of this process
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def path(self, index: int) -> Path:
+        """Absolute path of file ``index``."""
+        return self.root / os.fsdecode(self._rel[index])
+
+    def _open(self, path: Path) -> Image.Image | None:
+        """The image as RGB, or None when PIL cannot read it (remembered, warned about once)."""
+        key = str(path)
+        if key in self.unreadable:
+            return None
+        try:
+            with Image.open(path) as im:
+                # convert handles L / P / RGBA / CMYK / I;16; RGB images are just loaded (no copy).
+                if im.mode != "RGB":
+                    return im.convert("RGB")
+                im.load()
+                return im
+        except _DECODE_ERRORS as e:
+            self.unreadable[key] = f"{type(e).__name__}: {e}"
+            if get_worker_info() is None:
+                log.warning("skipping unreadable image file %s (%s)", key, self.unreadable[key])
+            else:  # the main process logs it when the batch arrives (worker logging may not be set up)
+                log.debug("skipping unreadable image file %s (%s)", key, self.unreadable[key])
+            return None
+
+    def _transform(self, img: Image.Image, generator: torch.Generator | None) -> torch.Tensor:
+        r = self.resolution
+        if generator is not None:
+            img = random_horizontal_flip(random_resized_crop(img, r, generator), generator)
+        else:
+            img = resize_center_crop(img, r)
+        return pil_to_uint8(img)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int, tuple[str, ...]]:
+        index, epoch = (key if isinstance(key, tuple) else (key, 0))
+        n = len(self)
+        index = int(index)
+        if not -n <= index < n:
+            raise IndexError(f"index {index} out of range for {n} images")
+        index %= n
+        generator = None
+        if self.train:
+            generator = torch.Generator().manual_seed(_hash_seed(b"daps-augment", self.seed, int(epoch), index))
+        skipped: list[str] = []
+        for attempt in range(min(self.max_attempts, n)):
+            j = (index + attempt) % n
+            path = self.path(j)
+            img = self._open(path)
+            if img is None:
+                skipped.append(str(path))
+                continue
+            return self._transform(img, generator), int(self.labels[j]), tuple(skipped)
+        raise OSError(
+            f"{len(skipped)} consecutive unreadable image files starting at {self.path(index)} "
+            f"(last: {self.unreadable.get(skipped[-1], '?')}); check the data folder {self.root}"
+        )
+
+
+def collate_images(
+    batch: Sequence[tuple[torch.Tensor, int, tuple[str, ...]]],
+) -> dict[str, torch.Tensor | list[str]]:
+    """Items of :class:`ImageFolderDataset` -> ``{"image": uint8 (B, 3, R, R), "label": int64 (B,),
+    "skipped": list[str]}`` (skipped: the unreadable paths replaced while making this batch)."""
+    images = torch.stack([item[0] for item in batch])
+    labels = torch.tensor([item[1] for item in batch], dtype=torch.int64)
+    skipped = [path for item in batch for path in item[2]]
+    return {"image": images, "label": labels, "skipped": skipped}
+
+
+class _SkipTracker:
+    """Main-process count of skipped files; warns once per path not already warned about here."""
+
+    def __init__(self, dataset: ImageFolderDataset):
+        self.dataset = dataset
+        self.num_skipped = 0
+        self.skipped_paths: set[str] = set()
+
+    def update(self, paths: list[str]) -> None:
+        self.num_skipped += len(paths)
+        for path in paths:
+            if path not in self.skipped_paths:
+                self.skipped_paths.add(path)
+                # With num_workers=0 the dataset (same process) has warned already, with the error.
+                if path not in self.dataset.unreadable:
+                    log.warning("skipping unreadable image file %s (found by a DataLoader worker)", path)
+
+
+# --------------------------------------------------------------------------- streams
+
+
+class _EpochBatchSampler(Sampler):
+    """Endless batches of ``(index, epoch)`` keys: epoch by epoch, each a fresh permutation (no replacement
+    within an epoch; the last partial batch dropped), starting at global batch ``start_batch``."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, start_batch: int):
+        self.n, self.batch_size, self.seed, self.start_batch = n, batch_size, seed, start_batch
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        per_epoch = self.n // self.batch_size
+        epoch, offset = divmod(self.start_batch, per_epoch)
+        while True:
+            order = epoch_permutation(self.n, self.seed, epoch).tolist()
+            for b in range(offset, per_epoch):
+                yield [(i, epoch) for i in order[b * self.batch_size : (b + 1) * self.batch_size]]
+            epoch, offset = epoch + 1, 0
+
+
+class ImageStream:
+    """Endless training batches, uint8 ``(B, 3, R, R)``, from a :class:`ImageFolderDataset`.
+
+    Epochs are seeded permutations (:func:`epoch_permutation`), each split into ``len(dataset) // B`` batches
+    (last partial batch dropped). Batch ``k`` of the stream is the same for any ``num_workers`` and for any
+    ``start_batch <= k``: a resumed run passes ``start_batch`` = batches already consumed, and the stream
+    begins there without decoding the skipped images. Batches are pinned when CUDA is available; workers
+    persist across epochs. ``num_skipped`` counts replaced unreadable files (each occurrence),
+    ``skipped_paths`` holds the distinct paths.
+    """
+
+    def __init__(
+        self,
+        dataset: ImageFolderDataset,
+        batch_size: int,
+        num_workers: int = 0,
+        seed: int = 0,
+        start_batch: int = 0,
+    ):
+        if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        self.num_workers = _check_nonneg_int("num_workers", num_workers)
+        self.seed = _check_nonneg_int("seed", seed)
+        self.start_batch = _check_nonneg_int("start_batch", start_batch)
+        if len(dataset) < batch_size:
+            raise ValueError(f"batch_size {batch_size} exceeds the {len(dataset)} images of {dataset.root}")
+        self.dataset = dataset
+        self.batch_size = int(batch_size)
+        self.batches_per_epoch = len(dataset) // self.batch_size
+        self.batch_index = self.start_batch  # global index of the next batch
+        self._skips = _SkipTracker(dataset)
+        self._iter: Iterator[dict] | None = None
+
+    @property
+    def epoch(self) -> int:
+        """Epoch of the next batch."""
+        return self.batch_index // self.batches_per_epoch
+
+    @property
+    def num_skipped(self) -> int:
+        return self._skips.num_skipped
+
+    @property
+    def skipped_paths(self) -> set[str]:
+        return self._skips.skipped_paths
+
+    def _start(self) -> Iterator[dict]:
+        sampler = _EpochBatchSampler(len(self.dataset), self.batch_size, self.seed, self.batch_index)
+        loader = DataLoader(
+            self.dataset,
+            batch_sampler=sampler,
+            num_workers=self.num_workers,
+            collate_fn=collate_images,
+            pin_memory=torch.cuda.is_available(),
+            persistent_workers=self.num_workers > 0,
+        )
+        return iter(loader)
+
+    def __iter__(self) -> ImageStream:
+        return self
+
+    def __next__(self) -> torch.Tensor:
+        if self._iter is None:  # started lazily: constructing a stream forks no workers
+            self._iter = self._start()
+        batch = next(self._iter)
+        self.batch_index += 1
+        self._skips.update(batch["skipped"])
+        return batch["image"]
+
+    def close(self) -> None:
+        """Stop the worker processes (a later ``next`` restarts them at the current batch)."""
+        self._iter = None
+
+
+class EvalBatches:
+    """One pass over the first ``count`` images in file order, uint8 ``(B, 3, R, R)`` batches (the last may
+    be smaller); unreadable files are replaced by the next image and counted in ``num_skipped``."""
+
+    def __init__(self, dataset: ImageFolderDataset, batch_size: int, num_workers: int, count: int):
+        self.dataset = dataset
+        sampler = BatchSampler(range(count), batch_size, drop_last=False)
+        self._loader = DataLoader(
+            dataset,
+            batch_sampler=sampler,
+            num_workers=num_workers,
+            collate_fn=collate_images,
+            pin_memory=torch.cuda.is_available(),
+        )
+        self._skips = _SkipTracker(dataset)
+        self._iter: Iterator[dict] | None = None
+        self.count = count
+
+    @property
+    def num_skipped(self) -> int:
+        return self._skips.num_skipped
+
+    @property
+    def skipped_paths(self) -> set[str]:
+        return self._skips.skipped_paths
+
+    def __iter__(self) -> EvalBatches:
+        return self
+
+    def __next__(self) -> torch.Tensor:
+        if self._iter is None:
+            self._iter = iter(self._loader)
+        batch = next(self._iter)
+        self._skips.update(batch["skipped"])
+        return batch["image"]
+
+
+def eval_batches(
+    dataset: ImageFolderDataset, batch_size: int, num_workers: int = 0, max_images: int = 0
+) -> EvalBatches:
+    """Validation batches: the first ``max_images`` images (0 = all) in fixed file order, uint8
+    ``(B, 3, R, R)``; see :class:`EvalBatches` for the skip count."""
+    if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    _check_nonneg_int("num_workers", num_workers)
+    _check_nonneg_int("max_images", max_images)
+    count = min(max_images, len(dataset)) if max_images > 0 else len(dataset)
+    return EvalBatches(dataset, int(batch_size), int(num_workers), count)
+
+
+# --------------------------------------------------------------------------- ImageNet folders
+
+
+SAMPLE_TOP = "imagenet_1k_sample_256"
+_SAMPLE_IMAGE = re.compile(r"^(\d+)_(n\d{8})_[^/\\]+\.(?:jpe?g)$", re.IGNORECASE)
+_UNPACKED_MARKER = ".daps_unpacked"
+
+
+def _sample_member(tar_path: Path, member: tarfile.TarInfo) -> str | None:
+    """The file name of a safe member ``imagenet_1k_sample_256/<name>``, None for its folder entry."""
+    parts = PurePosixPath(member.name).parts
+    if member.name.startswith("/") or ".." in parts or "\\" in member.name or not parts or parts[0] != SAMPLE_TOP:
+        raise ValueError(f"{tar_path}: refusing unexpected archive member {member.name!r}")
+    if member.isdir() and len(parts) == 1:
+        return None
+    if not member.isfile() or len(parts) != 2 or parts[1].startswith("."):
+        raise ValueError(f"{tar_path}: refusing unexpected archive member {member.name!r}")
+    return parts[1]
+
+
+def _parse_labels_tsv(tar_path: Path, text: str) -> dict[int, str]:
+    table: dict[int, str] = {}
+    for line in text.splitlines():
+        if line.strip():
+            fields = line.split("\t")
+            if len(fields) < 2 or not fields[0].isdigit():
+                raise ValueError(f"{tar_path}: malformed labels.tsv line {line!r}")
+            table[int(fields[0])] = fields[1]
+    return table
+
+
+def unpack_imagenet_sample(tar_path: PathLike, dest: PathLike) -> Path:
+    """Unpack the ImageNet sample tar (``imagenet_1k_sample_256/NNN_<wnid>_<name>.jpg`` + ``labels.tsv``)
+    into a class-folder tree ``dest/<wnid>/NNN_<wnid>_<name>.jpg`` (plus ``dest/labels.tsv``).
+
+    Safe: only regular files with the expected names are written, at paths built from those names. Atomic:
+    written into a temp folder beside ``dest``, then renamed. Idempotent: returns at once if ``dest`` is a
+    finished unpack. Sorted wnids give the standard class indices NNN (checked against labels.tsv).
+
+    Raises:
+        FileNotFoundError: no such tar. FileExistsError: ``dest`` exists but is not a finished unpack.
+        ValueError: an unexpected, unsafe or inconsistent archive.
+    """
+    tar_path, dest = Path(tar_path).expanduser(), Path(dest).expanduser()
+    if (dest / _UNPACKED_MARKER).is_file():
+        return dest
+    if dest.exists():
+        raise FileExistsError(f"{dest} exists but is not a finished unpack of {tar_path.name}; remove it first")
+    if not tar_path.is_file():
+        raise FileNotFoundError(f"ImageNet sample tar {tar_path} not found")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        wnids: dict[int, str] = {}
+        labels_text = None
+        try:
+            with tarfile.open(tar_path, "r:*") as tar:
+                for member in tar:
+                    name = _sample_member(tar_path, member)
+                    if name is None:
+                        continue
+                    src = tar.extractfile(member)
+                    assert src is not None  # regular file
+                    with src:
+                        if name == "labels.tsv":
+                            labels_text = src.read().decode("utf-8")
+                            continue
+                        match = _SAMPLE_IMAGE.match(name)
+                        if match is None:
+                            raise ValueError(f"{tar_path}: unexpected file {member.name!r}")
+                        index, wnid = int(match[1]), match[2]
+                        if index in wnids:
+                            raise ValueError(f"{tar_path}: class index {index} appears twice")
+                        wnids[index] = wnid
+                        (tmp / wnid).mkdir(exist_ok=True)
+                        with open(tmp / wnid / name, "wb") as out:
+                            shutil.copyfileobj(src, out)
+        except (tarfile.TarError, EOFError) as e:
+            raise ValueError(f"{tar_path}: corrupt tar ({e})") from e
+        if labels_text is None:
+            raise ValueError(f"{tar_path}: no {SAMPLE_TOP}/labels.tsv")
+        if _parse_labels_tsv(tar_path, labels_text) != wnids:
+            raise ValueError(f"{tar_path}: labels.tsv does not match the image file names")
+        if [wnids[i] for i in sorted(wnids)] != sorted(wnids.values()):
+            raise ValueError(f"{tar_path}: class indices are not the ranks of the sorted wnids")
+        (tmp / "labels.tsv").write_text(labels_text, encoding="utf-8")
+        (tmp / _UNPACKED_MARKER).write_text(f"{tar_path.name}\t{len(wnids)} images\n")
+        try:
+            os.rename(tmp, dest)
+        except OSError:
+            if not (dest / _UNPACKED_MARKER).is_file():  # not a concurrent unpack that finished first
+                raise
+        log.info("unpacked %d images of %s into %s", len(wnids), tar_path, dest)
+        return dest
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def imagenet_search_folders(data_dir: PathLike | None = None) -> list[Path]:
+    """Where :func:`find_imagenet_root` looks: ``data_dir``, ``data_dir/imagenet``, ``$DAPS_DATA_DIR/imagenet``,
+    ``~/.cache/daps/imagenet``."""
+    folders: list[Path] = []
+    if data_dir is not None and str(data_dir) != "":
+        folders += [Path(data_dir).expanduser(), Path(data_dir).expanduser() / "imagenet"]
+    env = _env_root()
+    if env is not None:
+        folders.append(env / "imagenet")
+    folders.append(_mnist.cache_dir().parent / "imagenet")
+    return _dedupe(folders)
+
+
+def _has_class_folders(folder: Path) -> bool:
+    try:
+        return folder.is_dir() and any(d.is_dir() and not d.name.startswith(".") for d in folder.iterdir())
+    except OSError:
+        return False
+
+
+def find_imagenet_root(data_dir: PathLike | None = None) -> Path | None:
+    """The first of :func:`imagenet_search_folders` holding ``train/<class>/`` and/or ``val/<class>/`` folders,
+    else None. The official ILSVRC2012 tars are not unpacked here: extract them yourself into class folders
+    (``train/<wnid>/*.JPEG``, and ``val/<wnid>/*.JPEG`` -- the validation images sorted into class folders)."""
+    for folder in imagenet_search_folders(data_dir):
+        if _has_class_folders(folder / "train") or _has_class_folders(folder / "val"):
+            return folder
+    return None
+
+
+def require_imagenet_root(data_dir: PathLike | None = None) -> Path:
+    """:func:`find_imagenet_root`, or FileNotFoundError saying where it looked and what to put there."""
+    root = find_imagenet_root(data_dir)
+    if root is None:
+        looked = ", ".join(str(f) for f in imagenet_search_folders(data_dir))
+        raise FileNotFoundError(
+            f"ImageNet not found: no folder with train/<wnid>/*.JPEG or val/<wnid>/*.JPEG in {looked}. Fix: extract "
+            f"ILSVRC2012 into class folders there (val too must be sorted into val/<wnid>/ folders; the official "
+            f"tars are not unpacked automatically), or pass data_dir / set {ENV_VAR}."
+        )
+    return root

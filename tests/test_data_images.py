@@ -1,0 +1,550 @@
+"""Image loaders: CIFAR-10 (pickle release and the lossy JPEG copy), class-folder trees with the SPEC 7.3
+crops, the training / evaluation streams and the ImageNet sample unpacker.
+
+Synthetic data made in tmp_path everywhere; the real shipped files are used through ``$DAPS_DATA_DIR``
+(those tests skip when it is unset). Every test runs offline with a private cache folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import pickle
+import tarfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import daps.data.cifar as cifar
+import daps.data.mnist as mnist_mod
+from daps.data.cifar import load_cifar10, load_cifar10_jpeg
+from daps.data.imagefolder import (
+    ImageFolderDataset,
+    ImageStream,
+    _EpochBatchSampler,
+    collate_images,
+    eval_batches,
+    find_imagenet_root,
+    find_images,
+    pil_to_uint8,
+    random_horizontal_flip,
+    random_resized_crop,
+    require_imagenet_root,
+    resize_center_crop,
+    sample_crop_box,
+    unpack_imagenet_sample,
+)
+
+REAL_DATA = os.environ.get("DAPS_DATA_DIR", "").strip()
+needs_real_data = pytest.mark.skipif(not REAL_DATA, reason="DAPS_DATA_DIR is not set")
+
+
+def _no_network(url, timeout):
+    raise OSError(f"network disabled in tests ({url})")
+
+
+@pytest.fixture
+def isolated(monkeypatch, tmp_path) -> Path:
+    """No $DAPS_DATA_DIR, a private cache folder, no network. Returns the cache base ($XDG_CACHE_HOME)."""
+    cache = tmp_path / "xdg_cache"
+    monkeypatch.delenv("DAPS_DATA_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
+    monkeypatch.setattr(mnist_mod, "_urlopen", _no_network)
+    return cache
+
+
+# --------------------------------------------------------------------------- CIFAR-10 pickle release
+
+TRAIN_PER_BATCH, TEST_N = 4, 3
+
+
+def _pattern(n: int, first: int) -> np.ndarray:
+    """uint8 (n, 3, 32, 32): red = 8 * row, green = 8 * column, blue = global image number."""
+    x = np.empty((n, 3, 32, 32), dtype=np.uint8)
+    x[:, 0] = (np.arange(32)[:, None] * 8) % 256
+    x[:, 1] = (np.arange(32)[None, :] * 8) % 256
+    x[:, 2] = (first + np.arange(n))[:, None, None]
+    return x
+
+
+def _write_release(folder: Path) -> Path:
+    """A tiny ``cifar-10-batches-py/`` in the official format (5 train batches of 4, a test batch of 3)."""
+    batches = folder / cifar.BATCH_DIR
+    batches.mkdir(parents=True)
+    files = [(f"data_batch_{i}", (i - 1) * TRAIN_PER_BATCH, TRAIN_PER_BATCH) for i in range(1, 6)]
+    files.append(("test_batch", 100, TEST_N))
+    for name, first, n in files:
+        obj = {
+            b"batch_label": name.encode(),
+            b"labels": [(first + k) % 10 for k in range(n)],
+            b"data": _pattern(n, first).reshape(n, 3072),
+            b"filenames": [f"img{first + k}.png".encode() for k in range(n)],
+        }
+        with open(batches / name, "wb") as f:
+            pickle.dump(obj, f, protocol=2)
+    return batches
+
+
+def _write_archive(folder: Path, extra_member: str | None = None) -> Path:
+    src = folder / "src"
+    _write_release(src)
+    folder.mkdir(parents=True, exist_ok=True)
+    tgz = folder / cifar.TGZ_NAME
+    with tarfile.open(tgz, "w:gz") as tar:
+        tar.add(src / cifar.BATCH_DIR, arcname=cifar.BATCH_DIR)
+        if extra_member is not None:
+            data = b"evil"
+            info = tarfile.TarInfo(extra_member)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return tgz
+
+
+def _md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def _check_fake(images: torch.Tensor, labels: torch.Tensor, first: int, n: int) -> None:
+    assert images.shape == (n, 3, 32, 32) and images.dtype == torch.uint8
+    assert labels.shape == (n,) and labels.dtype == torch.int64
+    assert labels.tolist() == [(first + k) % 10 for k in range(n)]  # original order
+    assert torch.equal(images, torch.from_numpy(_pattern(n, first)))
+    # CHW planes: red varies down the rows, green across the columns.
+    assert images[0, 0, 5, 9] == 40 and images[0, 1, 5, 9] == 72 and images[1, 2, 0, 0] == first + 1
+
+
+def test_cifar10_extracted_folder(isolated, tmp_path):
+    _write_release(tmp_path / "data" / "cifar10")  # the cifar10/ subfolder of data_dir is searched
+    train = load_cifar10("train", data_dir=tmp_path / "data")
+    assert train.name == "cifar10"
+    _check_fake(train.images, train.labels, 0, 5 * TRAIN_PER_BATCH)
+    test = load_cifar10("test", data_dir=tmp_path / "data")
+    _check_fake(test.images, test.labels, 100, TEST_N)
+    with pytest.raises(ValueError, match="split"):
+        load_cifar10("valid", data_dir=tmp_path / "data")
+
+
+def test_cifar10_archive_via_env(isolated, tmp_path, monkeypatch):
+    tgz = _write_archive(tmp_path / "env")
+    monkeypatch.setattr(cifar, "TGZ_MD5", _md5(tgz))
+    monkeypatch.setenv("DAPS_DATA_DIR", str(tmp_path / "env"))
+    test = load_cifar10("test", download=False)
+    _check_fake(test.images, test.labels, 100, TEST_N)
+    assert (isolated / "daps" / "cifar10" / cifar.BATCH_DIR / "test_batch").is_file()  # extracted to the cache
+    tgz.unlink()  # the extracted copy in the cache is found on its own
+    _check_fake(*(lambda s: (s.images, s.labels))(load_cifar10("train", download=False)), 0, 20)
+
+
+def test_cifar10_archive_md5_mismatch(isolated, tmp_path):
+    _write_archive(tmp_path / "data")  # not the official archive: its md5 differs
+    with pytest.raises(ValueError, match="md5 .* does not match"):
+        load_cifar10("train", data_dir=tmp_path / "data")
+
+
+def test_cifar10_archive_unsafe_member(isolated, tmp_path, monkeypatch):
+    tgz = _write_archive(tmp_path / "data", extra_member="../escape.txt")
+    monkeypatch.setattr(cifar, "TGZ_MD5", _md5(tgz))
+    with pytest.raises(ValueError, match="unsafe"):
+        load_cifar10("train", data_dir=tmp_path / "data")
+    assert not (isolated / "daps" / "escape.txt").exists()
+    assert not (isolated / "daps" / "cifar10" / cifar.BATCH_DIR).exists()
+
+
+def test_cifar10_download(isolated, tmp_path, monkeypatch):
+    archive = _write_archive(tmp_path / "server").read_bytes()
+    monkeypatch.setattr(cifar, "TGZ_MD5", hashlib.md5(archive).hexdigest())
+    urls = []
+    monkeypatch.setattr(mnist_mod, "_urlopen", lambda url, timeout: urls.append(url) or io.BytesIO(archive))
+    test = load_cifar10("test", data_dir=tmp_path / "empty")
+    _check_fake(test.images, test.labels, 100, TEST_N)
+    assert urls == [cifar.TGZ_URL]
+    assert (isolated / "daps" / "cifar10" / cifar.TGZ_NAME).is_file()
+
+
+def test_cifar10_offline_not_found(isolated, tmp_path):
+    with pytest.raises(FileNotFoundError) as err:
+        load_cifar10("train", data_dir=tmp_path / "nothing")
+    message = str(err.value)
+    assert "cifar-10-python.tar.gz" in message and str(tmp_path / "nothing") in message
+    assert "network disabled" in message and "\n" not in message
+    with pytest.raises(FileNotFoundError, match="download disabled"):
+        load_cifar10("test", data_dir=tmp_path / "nothing", download=False)
+
+
+def test_cifar10_malformed_batch(isolated, tmp_path):
+    batches = _write_release(tmp_path / "data")
+    with open(batches / "test_batch", "wb") as f:
+        pickle.dump({b"data": np.zeros((2, 100), np.uint8), b"labels": [0, 1]}, f)
+    with pytest.raises(ValueError, match="3072"):
+        load_cifar10("test", data_dir=tmp_path / "data")
+
+
+# --------------------------------------------------------------------------- CIFAR-10 JPEG copy
+
+
+def _write_jpeg_npz(folder: Path, split: str, colors: list[tuple[int, int, int]]) -> Path:
+    blobs = []
+    for c in colors:
+        buf = io.BytesIO()
+        Image.new("RGB", (32, 32), c).save(buf, format="JPEG", quality=95)
+        blobs.append(np.frombuffer(buf.getvalue(), np.uint8))
+    offsets = np.concatenate([[0], np.cumsum([len(b) for b in blobs])]).astype(np.int64)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"cifar10_jpeg_q75_{split}.npz"
+    np.savez(path, jpeg_bytes=np.concatenate(blobs), offsets=offsets, y=np.arange(len(colors), dtype=np.uint8))
+    return path
+
+
+def test_cifar10_jpeg_synthetic(isolated, tmp_path, caplog):
+    colors = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (200, 100, 50)]
+    _write_jpeg_npz(tmp_path / "data" / "cifar10_jpeg_fallback", "test", colors)
+    with caplog.at_level(logging.WARNING, logger="daps.data.cifar"):
+        s = load_cifar10_jpeg("test", data_dir=tmp_path / "data")
+    assert "not the original pixels" in caplog.text.lower() and "not comparable" in caplog.text
+    assert s.name == "cifar10-jpeg" and s.images.shape == (4, 3, 32, 32) and s.images.dtype == torch.uint8
+    assert s.labels.tolist() == [0, 1, 2, 3] and s.labels.dtype == torch.int64
+    means = s.images.float().mean((2, 3))
+    assert torch.allclose(means, torch.tensor(colors, dtype=torch.float32), atol=4)
+    cached = list((isolated / "daps" / "cifar10_jpeg").glob("cifar10_jpeg_q75_test.*.npy"))
+    assert len(cached) == 1
+    assert torch.equal(load_cifar10_jpeg("test", data_dir=tmp_path / "data").images, s.images)
+
+
+def test_cifar10_jpeg_errors(isolated, tmp_path):
+    with pytest.raises(FileNotFoundError, match="cifar10_jpeg_q75_train.npz"):
+        load_cifar10_jpeg("train", data_dir=tmp_path)
+    path = _write_jpeg_npz(tmp_path, "test", [(1, 2, 3), (4, 5, 6)])
+    with np.load(path) as z:
+        np.savez(path, jpeg_bytes=z["jpeg_bytes"], offsets=z["offsets"][::-1].copy(), y=z["y"])
+    with pytest.raises(ValueError, match="offsets"):
+        load_cifar10_jpeg("test", data_dir=tmp_path)
+
+
+@needs_real_data
+def test_cifar10_jpeg_real_test_split(isolated, caplog):
+    t0 = time.perf_counter()
+    first = load_cifar10_jpeg("test", data_dir=REAL_DATA)  # $DAPS_DATA_DIR/cifar10_jpeg_fallback
+    t_first = time.perf_counter() - t0
+    assert first.images.shape == (10000, 3, 32, 32) and first.images.dtype == torch.uint8
+    mean = first.images.float().mean((0, 2, 3)) / 255
+    assert torch.allclose(mean, torch.tensor([0.4941, 0.4851, 0.4504]), atol=2e-3)
+    assert torch.bincount(first.labels, minlength=10).tolist() == [1000] * 10
+    t0 = time.perf_counter()
+    second = load_cifar10_jpeg("test", data_dir=REAL_DATA)
+    t_second = time.perf_counter() - t0
+    assert torch.equal(first.images, second.images) and torch.equal(first.labels, second.labels)
+    assert t_second < t_first / 3, (t_first, t_second)
+
+
+# --------------------------------------------------------------------------- class-folder trees
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory) -> Path:
+    """bird/ (2 images), cat/ (L, RGBA, RGB, a .txt), dog/ (RGB, a corrupt .jpg, a text .JPEG, palette),
+    and a hidden folder; images of different sizes."""
+    root = tmp_path_factory.mktemp("tree")
+    rng = np.random.default_rng(0)
+
+    def save(rel: str, mode: str, size: tuple[int, int], fmt: str) -> None:
+        shape = (size[1], size[0]) + ((len(mode),) if mode in ("RGB", "RGBA") else ())
+        img = Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), "L" if mode in ("L", "P") else mode)
+        if mode == "P":
+            img = img.convert("P")
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        img.save(root / rel, format=fmt)
+
+    save("bird/b1.jpg", "RGB", (40, 30), "JPEG")
+    save("bird/b2.png", "L", (33, 57), "PNG")
+    save("cat/c1.PNG", "RGBA", (64, 64), "PNG")
+    save("cat/c2.jpeg", "L", (50, 70), "JPEG")
+    save("cat/c3.png", "RGB", (90, 45), "PNG")
+    (root / "cat" / "notes.txt").write_text("not an image, wrong extension: ignored")
+    save("dog/d1.jpg", "RGB", (48, 64), "JPEG")
+    (root / "dog" / "d2_corrupt.jpg").write_bytes(rng.integers(0, 256, 500, dtype=np.uint8).tobytes())
+    (root / "dog" / "d3_text.JPEG").write_text("hello, I am a text file")
+    save("dog/d4.png", "P", (20, 25), "PNG")
+    save(".hidden/h.png", "RGB", (10, 10), "PNG")
+    return root
+
+
+CORRUPT = ("d2_corrupt.jpg", "d3_text.JPEG")
+
+
+def test_find_images(tree, tmp_path):
+    paths, labels, classes = find_images(tree)
+    assert classes == ["bird", "cat", "dog"]
+    assert [p.name for p in paths] == [
+        "b1.jpg", "b2.png", "c1.PNG", "c2.jpeg", "c3.png", "d1.jpg", "d2_corrupt.jpg", "d3_text.JPEG", "d4.png"
+    ]
+    assert labels == [0, 0, 1, 1, 1, 2, 2, 2, 2]
+    with pytest.raises(ValueError, match="no class folders"):
+        find_images(tmp_path)
+    (tmp_path / "empty_class").mkdir()
+    with pytest.raises(ValueError, match="no image files"):
+        find_images(tmp_path)
+    with pytest.raises(FileNotFoundError):
+        find_images(tmp_path / "missing")
+
+
+def test_dataset_eval_items_and_skips(tree, caplog):
+    ds = ImageFolderDataset(tree, 24, train=False)
+    assert len(ds) == 9
+    with caplog.at_level(logging.WARNING, logger="daps.data.imagefolder"):
+        items = [ds[i] for i in range(len(ds))] + [ds[6]]
+    for image, label, _ in items:
+        assert image.shape == (3, 24, 24) and image.dtype == torch.uint8 and isinstance(label, int)
+    assert [it[1] for it in items[:6]] == [0, 0, 1, 1, 1, 2]
+    # The corrupt file and the text file are replaced by the next readable image, d4.png.
+    d2, d3 = (str(tree / "dog" / name) for name in CORRUPT)
+    assert items[6][2] == (d2, d3) and items[7][2] == (d3,) and items[8][2] == ()
+    assert torch.equal(items[6][0], items[8][0]) and items[6][1] == 2
+    for path in (d2, d3):  # named in the log, once each
+        assert sum(path in r.getMessage() for r in caplog.records) == 1
+    # L images become gray RGB.
+    b2 = items[1][0]
+    assert torch.equal(b2[0], b2[1]) and torch.equal(b2[1], b2[2])
+
+
+def test_dataset_train_determinism(tree):
+    a = ImageFolderDataset(tree, 16, train=True, seed=3)
+    b = ImageFolderDataset(tree, 16, train=True, seed=3)
+    c = ImageFolderDataset(tree, 16, train=True, seed=4)
+    for key in [0, 4, (4, 1), (5, 7)]:
+        assert torch.equal(a[key][0], b[key][0])
+    assert torch.equal(a[2][0], a[(2, 0)][0])
+    assert any(not torch.equal(a[(i, 0)][0], a[(i, 1)][0]) for i in range(3))  # new crops each epoch
+    assert any(not torch.equal(a[i][0], c[i][0]) for i in range(3))  # and for another seed
+    with pytest.raises(IndexError):
+        a[9]
+    with pytest.raises(ValueError):
+        ImageFolderDataset(tree, 0, train=True)
+
+
+def test_all_unreadable_raises(tmp_path):
+    (tmp_path / "x").mkdir()
+    for i in range(3):
+        (tmp_path / "x" / f"{i}.jpg").write_bytes(b"junk")
+    ds = ImageFolderDataset(tmp_path, 8, train=False)
+    with pytest.raises(OSError, match="3 consecutive unreadable"):
+        ds[0]
+
+
+# --------------------------------------------------------------------------- transforms
+
+
+def test_sample_crop_box_bounds():
+    g = torch.Generator().manual_seed(0)
+    W, H = 200, 120
+    fractions = []
+    for _ in range(500):
+        left, top, w, h = sample_crop_box(W, H, g)
+        assert 0 <= left and 0 <= top and 0 < w and 0 < h and left + w <= W and top + h <= H
+        fractions.append(w * h / (W * H))
+        assert 3 / 4 - 0.05 <= w / h <= 4 / 3 + 0.05
+    assert 0.08 * 0.9 <= min(fractions) and max(fractions) <= 1.0
+    assert np.quantile(fractions, 0.1) < 0.2 and max(fractions) > 0.7  # up to the largest 4:3 box (0.8)
+    # When every first try fits (square image and crops), area fractions are uniform over scale.
+    boxes = [sample_crop_box(100, 100, g, scale=(0.1, 0.3), ratio=(1, 1)) for _ in range(500)]
+    square = np.array([w * h / 1e4 for _, _, w, h in boxes])
+    assert all(w == h for _, _, w, h in boxes) and 0.095 <= square.min() and square.max() <= 0.305
+    assert square.mean() == pytest.approx(0.2, abs=0.01)
+    # Fallback: no sampled box fits a 1000x10 strip -> the centered box with the ratio clamped to 4/3.
+    assert sample_crop_box(1000, 10, g) == ((1000 - 13) // 2, 0, 13, 10)
+    assert sample_crop_box(60, 60, g, tries=0) == (0, 0, 60, 60)
+    with pytest.raises(ValueError, match="scale"):
+        sample_crop_box(10, 10, g, scale=(0.5, 0.1))
+
+
+def test_random_resized_crop_takes_the_sampled_box():
+    # Pixel values encode coordinates: red = x, green = y.
+    coords = np.zeros((256, 256, 3), np.uint8)
+    coords[..., 0] = np.arange(256)[None, :]
+    coords[..., 1] = np.arange(256)[:, None]
+    img = Image.fromarray(coords, "RGB")
+    for seed in range(20):
+        left, top, w, h = sample_crop_box(256, 256, torch.Generator().manual_seed(seed))
+        out = pil_to_uint8(random_resized_crop(img, 32, torch.Generator().manual_seed(seed))).float()
+        assert out.shape == (3, 32, 32)
+        red, green = out[0], out[1]
+        assert left - 1 <= red.min() and red.max() <= left + w
+        assert top - 1 <= green.min() and green.max() <= top + h
+        assert red.mean() == pytest.approx(left + (w - 1) / 2, abs=1.5)
+        assert green.mean() == pytest.approx(top + (h - 1) / 2, abs=1.5)
+        assert torch.all(red[:, 1:] >= red[:, :-1]) and torch.all(green[1:] >= green[:-1])  # not flipped
+
+
+def test_flip_probability():
+    img = Image.fromarray(np.array([[[0, 0, 0], [255, 255, 255]]], np.uint8), "RGB")
+    g = torch.Generator().manual_seed(1)
+    flips = [random_horizontal_flip(img, g).getpixel((0, 0)) == (255, 255, 255) for _ in range(2000)]
+    assert 0.45 < np.mean(flips) < 0.55
+
+
+def test_resize_center_crop_exact():
+    rng = np.random.default_rng(0)
+    wide = rng.integers(0, 256, (256, 512, 3), dtype=np.uint8)  # 512 wide, 256 high
+    out = pil_to_uint8(resize_center_crop(Image.fromarray(wide), 256))
+    assert torch.equal(out, torch.from_numpy(wide[:, 128:384]).permute(2, 0, 1))
+    tall = Image.fromarray(rng.integers(0, 256, (300, 100, 3), dtype=np.uint8))
+    assert resize_center_crop(tall, 50).size == (50, 50)
+    # Constant images stay constant through resizing.
+    flat = resize_center_crop(Image.new("RGB", (640, 480), (10, 20, 30)), 64)
+    assert torch.all(pil_to_uint8(flat) == torch.tensor([10, 20, 30], dtype=torch.uint8).view(3, 1, 1))
+
+
+def test_pil_to_uint8_modes():
+    rgba = Image.new("RGBA", (5, 4), (1, 2, 3, 4))
+    assert torch.equal(pil_to_uint8(rgba), torch.tensor([1, 2, 3], dtype=torch.uint8).view(3, 1, 1).expand(3, 4, 5))
+    gray = pil_to_uint8(Image.new("L", (3, 2), 7))
+    assert gray.shape == (3, 2, 3) and gray.dtype == torch.uint8 and torch.all(gray == 7)
+
+
+# --------------------------------------------------------------------------- streams
+
+
+def test_collate_images(tree):
+    ds = ImageFolderDataset(tree, 8, train=False)
+    batch = collate_images([ds[5], ds[6]])
+    assert batch["image"].shape == (2, 3, 8, 8) and batch["image"].dtype == torch.uint8
+    assert batch["label"].dtype == torch.int64 and batch["label"].tolist() == [2, 2]
+    assert batch["skipped"] == [str(tree / "dog" / n) for n in CORRUPT]
+
+
+def test_epoch_sampler_no_replacement():
+    batches = iter(_EpochBatchSampler(10, 3, seed=0, start_batch=0))
+    first = [next(batches) for _ in range(3)]  # one epoch: 3 batches of 3, one index dropped
+    indices = [i for b in first for i, _ in b]
+    assert len(set(indices)) == 9 and all(e == 0 for b in first for _, e in b)
+    second = [next(batches) for _ in range(3)]
+    assert all(e == 1 for b in second for _, e in b) and [i for b in second for i, _ in b] != indices
+
+
+def _take(stream: ImageStream, n: int) -> list[torch.Tensor]:
+    return [next(stream) for _ in range(n)]
+
+
+def test_image_stream_workers_and_resume(tree, caplog):
+    ds = ImageFolderDataset(tree, 16, train=True, seed=7)
+    with caplog.at_level(logging.WARNING, logger="daps.data.imagefolder"):
+        s0 = ImageStream(ds, batch_size=4, num_workers=0, seed=5)
+        ref = _take(s0, 7)  # 2 batches per epoch: 3.5 epochs
+    assert all(b.shape == (4, 3, 16, 16) and b.dtype == torch.uint8 for b in ref)
+    assert s0.batches_per_epoch == 2 and s0.epoch == 3
+    assert s0.skipped_paths == {str(tree / "dog" / n) for n in CORRUPT} and s0.num_skipped >= 2
+    for name in CORRUPT:
+        assert sum(name in r.getMessage() for r in caplog.records) == 1
+
+    s2 = ImageStream(ImageFolderDataset(tree, 16, train=True, seed=7), batch_size=4, num_workers=2, seed=5)
+    try:
+        got = _take(s2, 7)
+    finally:
+        s2.close()
+    assert all(torch.equal(a, b) for a, b in zip(ref, got))
+    assert s2.num_skipped == s0.num_skipped and s2.skipped_paths == s0.skipped_paths
+
+    resumed = ImageStream(ImageFolderDataset(tree, 16, train=True, seed=7), batch_size=4, seed=5, start_batch=3)
+    assert all(torch.equal(a, b) for a, b in zip(ref[3:], _take(resumed, 4)))
+    other = _take(ImageStream(ds, batch_size=4, seed=6), 2)
+    assert not all(torch.equal(a, b) for a, b in zip(ref, other))
+    with pytest.raises(ValueError, match="batch_size"):
+        ImageStream(ds, batch_size=10)
+
+
+def test_eval_batches(tree):
+    ds = ImageFolderDataset(tree, 12, train=False)
+    it = eval_batches(ds, batch_size=4)
+    batches = list(it)
+    assert [b.shape[0] for b in batches] == [4, 4, 1]
+    assert torch.equal(batches[1][0], ds[4][0])  # fixed file order
+    assert it.num_skipped == 3 and len(it.skipped_paths) == 2  # d2 twice (items 6, 7's start d3), d3
+    assert [b.shape[0] for b in eval_batches(ds, 4, num_workers=0, max_images=5)] == [4, 1]
+    with pytest.raises(ValueError):
+        eval_batches(ds, 0)
+
+
+# --------------------------------------------------------------------------- ImageNet folders
+
+
+def _sample_tar(path: Path, names: list[str], labels: str, extra: str | None = None) -> Path:
+    with tarfile.open(path, "w") as tar:
+        members = [(f"imagenet_1k_sample_256/{n}", None) for n in names]
+        members.append(("imagenet_1k_sample_256/labels.tsv", labels.encode()))
+        if extra:
+            members.append((extra, b"x"))
+        for name, data in members:
+            if data is None:
+                buf = io.BytesIO()
+                Image.new("RGB", (20, 20), (len(name), 0, 0)).save(buf, format="JPEG")
+                data = buf.getvalue()
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+SAMPLE_NAMES = ["000_n01000001_aa.jpg", "001_n01000002_bb.jpg", "002_n02000000_c_c.jpg"]
+SAMPLE_LABELS = "0\tn01000001\taa\n1\tn01000002\tbb\n2\tn02000000\tc_c\n"
+
+
+def test_unpack_synthetic_sample(tmp_path):
+    tar = _sample_tar(tmp_path / "s.tar", SAMPLE_NAMES, SAMPLE_LABELS)
+    dest = unpack_imagenet_sample(tar, tmp_path / "out" / "sample")
+    paths, labels, classes = find_images(dest)
+    assert classes == ["n01000001", "n01000002", "n02000000"] and labels == [0, 1, 2]
+    assert [p.relative_to(dest).as_posix() for p in paths] == [
+        f"{n.split('_')[1]}/{n}" for n in SAMPLE_NAMES
+    ]
+    assert sorted(os.listdir(tmp_path / "out")) == ["sample"]  # no temp folder left
+    assert unpack_imagenet_sample(tar, dest) == dest  # idempotent
+
+    bad = _sample_tar(tmp_path / "bad.tar", SAMPLE_NAMES, SAMPLE_LABELS, extra="imagenet_1k_sample_256/../evil.jpg")
+    with pytest.raises(ValueError, match="refusing"):
+        unpack_imagenet_sample(bad, tmp_path / "out2" / "sample")
+    assert not (tmp_path / "out2" / "sample").exists() and not (tmp_path / "out2" / "evil.jpg").exists()
+    mismatch = _sample_tar(tmp_path / "m.tar", SAMPLE_NAMES, SAMPLE_LABELS.replace("n01000002", "n01000009"))
+    with pytest.raises(ValueError, match="labels.tsv"):
+        unpack_imagenet_sample(mismatch, tmp_path / "out3" / "sample")
+    (tmp_path / "half").mkdir()
+    with pytest.raises(FileExistsError):
+        unpack_imagenet_sample(tar, tmp_path / "half")
+
+
+def test_find_imagenet_root(isolated, tmp_path, monkeypatch):
+    data = tmp_path / "data"
+    assert find_imagenet_root(data) is None
+    with pytest.raises(FileNotFoundError, match="val"):
+        require_imagenet_root(data)
+    (data / "imagenet" / "val" / "n01440764").mkdir(parents=True)
+    assert find_imagenet_root(data) == data / "imagenet"
+    monkeypatch.setenv("DAPS_DATA_DIR", str(data))
+    assert find_imagenet_root() == data / "imagenet"
+    (data / "train" / "n01440764").mkdir(parents=True)
+    assert require_imagenet_root(data) == data  # data_dir itself comes first
+
+
+@needs_real_data
+def test_unpack_real_imagenet_sample(tmp_path):
+    tar = Path(REAL_DATA) / "imagenet_sample_256" / "imagenet_1k_sample_256_q90.tar"
+    dest = unpack_imagenet_sample(tar, tmp_path / "imagenet_sample")
+    paths, labels, classes = find_images(dest)
+    assert len(paths) == 1000 and len(classes) == 1000 and len(set(labels)) == 1000
+    assert all(int(p.name[:3]) == label for p, label in zip(paths, labels))  # standard class indices
+    assert paths[0].name == "000_n01440764_tench.jpg"
+    t0 = time.perf_counter()
+    assert unpack_imagenet_sample(tar, dest) == dest
+    assert time.perf_counter() - t0 < 0.5
+    for resolution, train in ((256, False), (64, True)):
+        ds = ImageFolderDataset(dest, resolution, train=train)
+        for i in (0, 500, 999):
+            image, label, skipped = ds[i]
+            assert image.shape == (3, resolution, resolution) and image.dtype == torch.uint8
+            assert label == i and skipped == ()
+    batch = next(ImageStream(ImageFolderDataset(dest, 64, train=True), batch_size=8, seed=0))
+    assert batch.shape == (8, 3, 64, 64)
