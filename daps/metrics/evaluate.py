@@ -37,8 +37,9 @@ class FIDSetup:
 
 
 def fid_setup(protocol: str, weights: str | Path | None = None, reference: str | Path | None = None) -> FIDSetup | None:
-    """Load the FID network (and reference statistics) for ``protocol``; None, with a logged reason, when the
-    Inception weights are not available (FID is then skipped, nothing is downloaded)."""
+    """Load the FID network (and reference statistics) for ``protocol``; None, with a logged reason, when no
+    ``weights`` path is given and none are found in the default places (FID is then skipped; nothing is
+    downloaded). A given ``weights`` path that does not exist raises FileNotFoundError."""
     from daps.metrics.fid import load_fid_stats
     from daps.nets.inception import load_fid_inception
 
@@ -55,6 +56,8 @@ def fid_setup(protocol: str, weights: str | Path | None = None, reference: str |
     try:
         net = load_fid_inception(weights or None)
     except FileNotFoundError as err:
+        if weights:  # asked for by path: a mistake to report, not to skip
+            raise
         log.warning("FID skipped: %s", err)
         return None
     return FIDSetup(net, protocol, ref, str(reference or ""))
