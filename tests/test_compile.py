@@ -8,17 +8,29 @@ import pytest
 import torch
 
 from daps.config import get_preset, parse_overrides
-from daps.nets.transformer import ARTransformerEncoder
+from daps.nets.transformer import ARTransformerEncoder, cache_buckets
 from daps.train import train
 
 
-def _encoder() -> ARTransformerEncoder:
+def _encoder(num_tokens: int = 6) -> ARTransformerEncoder:
     torch.manual_seed(0)
-    return ARTransformerEncoder((1, 28, 28), num_tokens=6, vocab_size=16, width=16, num_layers=2, num_heads=2, mlp_ratio=2)
+    return ARTransformerEncoder(
+        (1, 28, 28), num_tokens=num_tokens, vocab_size=16, width=16, num_layers=2, num_heads=2, mlp_ratio=2
+    )
 
 
-def test_static_step_equals_the_cached_sampler_exactly(single_thread):
-    enc = _encoder()
+def test_cache_buckets():
+    assert cache_buckets(6) == [6]
+    assert cache_buckets(16) == [16]
+    assert cache_buckets(49) == [16, 32, 49]
+    assert cache_buckets(1024) == [16, 32, 64, 128, 256, 512, 1024]
+    assert cache_buckets(64, smallest=64) == [64]
+    assert cache_buckets(8192) == [128, 256, 512, 1024, 2048, 4096, 8192]  # never more than 7 graphs
+
+
+@pytest.mark.parametrize("num_tokens", [6, 49])  # one bucket; three buckets (16, 32, 49)
+def test_static_step_equals_the_cached_sampler_exactly(single_thread, num_tokens):
+    enc = _encoder(num_tokens)
     x = (torch.rand(5, 1, 28, 28, generator=torch.Generator().manual_seed(1)) > 0.5).float()
     reference = enc.sample(x, 4, torch.Generator().manual_seed(2))
     enc.compile_sampler(compile=False)
@@ -29,15 +41,16 @@ def test_static_step_equals_the_cached_sampler_exactly(single_thread):
 
 
 def test_compiled_sampler_gives_the_same_codes(single_thread):
-    enc = _encoder()
+    enc = _encoder(49)  # cache buckets 16, 32, 49: one graph each
     x = (torch.rand(5, 1, 28, 28, generator=torch.Generator().manual_seed(1)) > 0.5).float()
     reference = enc.sample(x, 4, torch.Generator().manual_seed(2))
     enc.compile_sampler()
     compiled = enc.sample(x, 4, torch.Generator().manual_seed(2))
     assert torch.equal(compiled.indices, reference.indices)
     torch.testing.assert_close(compiled.token_log_q, reference.token_log_q, atol=1e-5, rtol=0)
-    again = enc.sample(x, 4, torch.Generator().manual_seed(3))  # a second call reuses the graph
-    assert again.indices.shape == (4, 5, 6)
+    with torch._dynamo.config.patch(error_on_recompile=True):  # a second call reuses the three graphs
+        again = enc.sample(x, 4, torch.Generator().manual_seed(3))
+    assert again.indices.shape == (4, 5, 49)
 
 
 @pytest.mark.usefixtures("offline", "no_plots")

@@ -201,11 +201,24 @@ class KVCache:
         return self.k[:, :, : pos + 1], self.v[:, :, : pos + 1], None
 
 
+def cache_buckets(length: int, smallest: int = 16) -> list[int]:
+    """The static cache lengths of the compiled sampler: powers of two from ``smallest``, capped at ``length``
+    (which is always the last). Position p reads the smallest bucket > p, so early tokens do not attend over all
+    T keys, at the price of one compiled graph per bucket (7 for T = 1024). ``smallest`` grows with T so there
+    are never more than 7 buckets (torch.compile's default recompile limit is 8)."""
+    buckets, size = [], max(smallest, length >> 6)
+    while size < length:
+        buckets.append(size)
+        size *= 2
+    return [*buckets, length]
+
+
 @dataclass
 class StaticKVCache:
     """Like :class:`KVCache`, but with static shapes for ``torch.compile``: written at a 0-d tensor position and
-    returned at full length ``T``, with a mask of the positions not written yet. The caches must start zeroed:
-    a masked key gets weight 0, and 0 times uninitialized memory (possibly NaN) would still be NaN."""
+    returned whole (a bucket of :func:`cache_buckets`, a view of the full cache), with a mask of the positions
+    not written yet. The caches must start zeroed: a masked key gets weight 0, and 0 times uninitialized memory
+    (possibly NaN) would still be NaN."""
 
     k: torch.Tensor
     v: torch.Tensor
@@ -268,7 +281,7 @@ class DecoderBlock(nn.Module):
         attn = self.self_attn
         a = self.ln1(y)
         k, v = attn.keys_values(a)  # (N, h, 1, d)
-        keys, values, masked = cache.update(k, v, pos)  # (N, h, L, d): L = pos+1, or T for a static cache
+        keys, values, masked = cache.update(k, v, pos)  # (N, h, L, d): L = pos+1, or the bucket length for a static cache
         q = attn.split(attn.q(a))  # (N, h, 1, d)
         # One query over a few keys: plain matmuls beat the fused kernel's overhead here (CPU, ~2x).
         scores = (q @ keys.transpose(-2, -1)) * (q.shape[-1] ** -0.5)  # (N, h, 1, L)
@@ -338,10 +351,15 @@ class ARTransformerEncoder(nn.Module):
 
     def compile_sampler(self, compile: bool = True, **compile_kwargs) -> None:
         """Sample through the static-shape one-token step :meth:`static_step`, compiled with
-        ``torch.compile(**compile_kwargs)`` (one graph for every position: the position is a tensor and the
-        cache has its full length), or eager with ``compile=False``. Samples equal the default path's under
+        ``torch.compile(**compile_kwargs)`` (one graph per cache length of :func:`cache_buckets`, shared by all
+        positions of that bucket: the position is a tensor), or eager with ``compile=False``. Samples equal the default path's under
         the same generator, up to float rounding in the compiled kernels."""
-        self._static_step_fn = torch.compile(self.static_step, **compile_kwargs) if compile else self.static_step
+        if compile:
+            # One specialized graph per cache bucket (dynamic=False): static shapes are what CUDA graphs need.
+            compile_kwargs.setdefault("dynamic", False)
+            self._static_step_fn = torch.compile(self.static_step, **compile_kwargs)
+        else:
+            self._static_step_fn = self.static_step
 
     def static_step(
         self,
@@ -442,10 +460,17 @@ class ARTransformerEncoder(nn.Module):
             token = torch.zeros(n, dtype=torch.long, device=x.device)  # start token
         static = use_cache and self._static_step_fn is not None
         if static:  # zeroed: see StaticKVCache
-            k_caches, v_caches = [c.k.zero_() for c in caches], [c.v.zero_() for c in caches]
+            for c in caches:
+                c.k.zero_(), c.v.zero_()
             positions = torch.arange(t, device=x.device)
+            bucket_views = {  # length -> per-layer views (B*K, h, length, d) of the full caches
+                size: ([c.k[:, :, :size] for c in caches], [c.v[:, :, :size] for c in caches])
+                for size in cache_buckets(t)
+            }
+            bucket_of = [min(size for size in bucket_views if size > pos) for pos in range(t)]
         for pos in range(t):
             if static:
+                k_caches, v_caches = bucket_views[bucket_of[pos]]
                 logits = self._static_step_fn(token, positions[pos], memory_kv, k_caches, v_caches, k)  # (B*K, V)
             elif use_cache:
                 y = self.token_embed(token)[:, None] + self.pos[pos]  # (B*K, 1, E)
