@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dataset", default="imagenet256-sample")
     parser.add_argument("--size", type=int, default=256, help="crop size (folder datasets)")
     parser.add_argument("--radii", default="1,2,4", help="Gaussian blur standard deviations in pixels")
-    parser.add_argument("--max-images", type=int, default=0, help="first N images (0 = all)")
+    parser.add_argument("--max-images", type=int, default=0, help="a fixed random subset of N images (0 = all)")
     parser.add_argument("--fid-weights", default=None)
     parser.add_argument("--out", default="benchmarks/results/fid_sanity.json")
     parser.add_argument("--overwrite", action="store_true")

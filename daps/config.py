@@ -618,6 +618,8 @@ def validate(cfg: Config) -> None:
         raise ValueError(f"data.image_shape must be three positive sizes C,H,W, got {cfg.data.image_shape}")
     if cfg.train.fid not in ("none", "val-pairs", "reference"):
         raise ValueError(f"train.fid must be none, val-pairs or reference, got {cfg.train.fid!r}")
+    if cfg.train.fid != "none" and cfg.data.image_shape[0] != 3:
+        raise ValueError(f"train.fid={cfg.train.fid} needs RGB images; {cfg.data.name} has {cfg.data.image_shape[0]} channel(s)")
     if cfg.train.fid == "reference" and not cfg.train.fid_reference:
         raise ValueError("train.fid=reference needs train.fid_reference (a statistics .npz from daps fid-stats)")
     if cfg.train.precision not in ("float32", "bfloat16"):

@@ -5,7 +5,8 @@ setup -> run folder -> data -> model -> optimizers -> resume -> for each step: b
 
 Every random draw comes from an explicit generator whose state is saved in the checkpoint, so a run that
 is stopped and resumed ends with exactly the weights of an uninterrupted run (on the same device).
-Batches are drawn uniformly with replacement, as in the original (no epochs).
+In-memory datasets draw batches uniformly with replacement, as the original (no epochs); folder datasets
+stream shuffled epochs (see :mod:`daps.data`).
 """
 
 from __future__ import annotations
@@ -190,6 +191,13 @@ def train(
     if batches.generator is not None:  # in-memory data: its draws resume exactly from the checkpoint
         generators["data"] = batches.generator
 
+    # FID's network and reference statistics are loaded now, so a wrong path fails before training, not after it.
+    fid = None
+    if dist.is_main() and tc.fid != "none":
+        fid = fid_setup(tc.fid, tc.fid_weights or None, tc.fid_reference or None)
+        if fid is not None:
+            fid.net.to(device)
+
     start_step = 0
     if state is not None:
         start_step = state["step"]
@@ -286,9 +294,6 @@ def train(
 
     checkpoint(end_step)
     if dist.is_main():
-        fid = fid_setup(tc.fid, tc.fid_weights or None, tc.fid_reference or None) if tc.fid != "none" else None
-        if fid is not None:
-            fid.net.to(device)
         metrics = run_eval(end_step, fid)
         summary = {"step": end_step, "dataset": spec.name, **metrics}
         if spec.note:

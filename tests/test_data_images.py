@@ -469,6 +469,28 @@ def test_eval_batches(tree):
     assert torch.equal(batches[1][0], ds[4][0])  # fixed file order
     assert it.num_skipped == 3 and len(it.skipped_paths) == 2  # d2 twice (items 6, 7's start d3), d3
     assert [b.shape[0] for b in eval_batches(ds, 4, num_workers=0, max_images=5)] == [4, 1]
+
+
+def test_validation_passes_report_their_skipped_files(tree):
+    from daps.data import FolderValBatches
+
+    batches = FolderValBatches(ImageFolderDataset(tree, 12, train=False), 4, 0, 9, torch.device("cpu"))
+    assert sum(b.shape[0] for b in batches()) == 9
+    assert batches.num_skipped == 3  # as in test_eval_batches: d2 twice, d3 once
+
+
+def test_eval_subset_is_a_fixed_random_subset_in_file_order(tmp_path):
+    """Class folders are sorted: a validation subset must not be the first few classes only."""
+    for c in range(6):
+        (tmp_path / f"class{c}").mkdir()
+        for i in range(4):
+            Image.new("RGB", (8, 8), (40 * c, 10 * i, 0)).save(tmp_path / f"class{c}" / f"{i}.png")
+    ds = ImageFolderDataset(tmp_path, 8, train=False)
+    first = torch.cat(list(eval_batches(ds, 5, max_images=8)))
+    again = torch.cat(list(eval_batches(ds, 3, max_images=8)))
+    assert first.shape[0] == 8 and torch.equal(first, again)
+    reds = first[:, 0, 0, 0].tolist()  # the class of each image, in order
+    assert reds == sorted(reds) and len(set(reds)) >= 3  # file order, spread over the classes
     with pytest.raises(ValueError):
         eval_batches(ds, 0)
 

@@ -219,6 +219,34 @@ def test_load_adm_reference_batch_format(tmp_path):
         load_fid_stats(bad)
 
 
+def test_unreadable_statistics_files_are_value_errors(tmp_path):
+    """Corrupt, truncated or wrong files give a ValueError naming the file (the CLI prints it as one line)."""
+    rng = np.random.default_rng(3)
+    good = tmp_path / "good.npz"
+    np.savez(good, mu=rng.normal(size=4), sigma=np.eye(4))
+    truncated = tmp_path / "truncated.npz"
+    truncated.write_bytes(good.read_bytes()[:100])
+    text = tmp_path / "text.npz"
+    text.write_text("not an npz\n")
+    single = tmp_path / "single.npy"
+    np.save(single, np.zeros(3))
+    for path in (truncated, text, single):
+        with pytest.raises(ValueError, match=path.name):
+            load_fid_stats(path)
+
+
+def test_unreadable_weight_files_are_value_errors(tmp_path):
+    text = tmp_path / "weights.pth"
+    text.write_text("not weights\n")
+    buffer = io.BytesIO()
+    torch.save({"w": torch.zeros(100)}, buffer)
+    truncated = tmp_path / "truncated.pth"
+    truncated.write_bytes(buffer.getvalue()[:200])
+    for path in (text, truncated):
+        with pytest.raises(ValueError, match=path.name):
+            load_fid_inception(path)
+
+
 # --------------------------------------------------------------------------------------------- weight lookup
 
 

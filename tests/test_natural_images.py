@@ -99,6 +99,18 @@ def test_fid_stats_refuses_grayscale_data(tmp_path, capsys):
     assert "RGB" in capsys.readouterr().err
 
 
+def test_fid_settings_are_checked_before_training(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = run_cli(
+        "train", "--preset", "cifar10", "data.name=cifar10-jpeg", *TINY, "train.steps=2", "train.fid=reference",
+        f"train.fid_reference={tmp_path / 'missing.npz'}", f"train.out_dir={out}",
+    )
+    assert code == 2 and "missing.npz" in capsys.readouterr().err
+    assert not out.exists()  # nothing trained, nothing written
+    assert run_cli("train", "--preset", "mnist", "train.fid=val-pairs", f"train.out_dir={out}") == 2
+    assert "RGB" in capsys.readouterr().err
+
+
 def _train_sample(out: Path, *extra: str) -> None:
     cfg = parse_overrides(
         get_preset("imagenet256"),

@@ -58,3 +58,22 @@ def test_a_bf16_training_run_completes(tmp_path, tiny_overrides):
     train_rows = [r for r in rows if r["split"] == "train"]
     assert train_rows and all(r["loss"] == r["loss"] and abs(r["loss"]) < 1e6 for r in train_rows)
     assert json.loads((run / "summary.json").read_text())["log_p"] < 0
+
+
+@pytest.mark.parametrize("method", ["daps", "ppo", "vqvae", "fsq", "gumbel"])
+def test_bf16_autocast_on_the_resnet_decoder(method, single_thread):
+    """Natural-image presets under autocast: BatchNorm keeps float32 statistics, the step stays finite."""
+    from test_contract import batch, tiny  # tests/ is on sys.path (pytest rootdir-less "prepend" imports)
+
+    case = f"{method}@cifar10"
+    model, _ = tiny(case)
+    x = batch(case)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x, step=3, generator=torch.Generator().manual_seed(0))
+    out.loss.backward()
+    assert torch.isfinite(out.loss) and torch.isfinite(out.x_hat).all()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+    for name, buf in model.named_buffers():
+        if name.endswith(("running_mean", "running_var")):
+            assert buf.dtype == torch.float32 and torch.isfinite(buf).all(), name

@@ -29,6 +29,7 @@ from daps.data.imagefolder import (
 from daps.data.mnist import ENV_VAR, SPLITS, ImageSet, load_mnist, load_mnist5k
 
 __all__ = [
+    "FolderValBatches",
     "DATASETS",
     "DatasetSpec",
     "ImageSet",
@@ -253,8 +254,8 @@ def train_batches(
 
 def val_batches(data, split: str, max_images: int, batch_size: int, device: torch.device):
     """A function that returns a fresh iterator over the same validation batches each time it is called, and
-    the number of images. In-memory data: a fixed random subset of ``max_images`` (0 = all); folder data: the
-    first ``max_images`` files in sorted order (0 = all)."""
+    the number of images: all of them (``max_images=0``) or a fixed random subset of ``max_images`` (seed 0, kept
+    in the split's order; the same subset in every run)."""
     spec = dataset_spec(data.name)
     if spec.in_memory:
         images = load_dataset(data.name, split, data.data_dir or None, data.download).images
@@ -265,9 +266,20 @@ def val_batches(data, split: str, max_images: int, batch_size: int, device: torc
         return (lambda: iter(images.split(batch_size))), images.shape[0]
     dataset = folder_dataset(data.name, split, data.image_shape, data.data_dir or None, train=False)
     count = min(max_images, len(dataset)) if max_images > 0 else len(dataset)
+    return FolderValBatches(dataset, batch_size, data.num_workers, count, device), count
 
-    def batches() -> Iterator[torch.Tensor]:
-        for batch in eval_batches(dataset, batch_size, data.num_workers, max_images=count):
-            yield batch.to(device, non_blocking=True)
 
-    return batches, count
+class FolderValBatches:
+    """Calling it starts a fresh pass over a folder dataset's validation subset (uint8 batches on ``device``);
+    after a pass, ``num_skipped`` says how many unreadable files were replaced by other images in it."""
+
+    def __init__(self, dataset: ImageFolderDataset, batch_size: int, num_workers: int, count: int, device):
+        self.dataset, self.batch_size, self.num_workers, self.count = dataset, batch_size, num_workers, count
+        self.device = device
+        self.num_skipped = 0
+
+    def __call__(self) -> Iterator[torch.Tensor]:
+        batches = eval_batches(self.dataset, self.batch_size, self.num_workers, max_images=self.count)
+        for batch in batches:
+            yield batch.to(self.device, non_blocking=True)
+        self.num_skipped = batches.num_skipped

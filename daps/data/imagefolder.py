@@ -463,12 +463,12 @@ class ImageStream:
 
 
 class EvalBatches:
-    """One pass over the first ``count`` images in file order, uint8 ``(B, 3, R, R)`` batches (the last may
-    be smaller); unreadable files are replaced by the next image and counted in ``num_skipped``."""
+    """One pass over the images ``indices`` in that order, uint8 ``(B, 3, R, R)`` batches (the last may be
+    smaller); unreadable files are replaced by the next image and counted in ``num_skipped``."""
 
-    def __init__(self, dataset: ImageFolderDataset, batch_size: int, num_workers: int, count: int):
+    def __init__(self, dataset: ImageFolderDataset, batch_size: int, num_workers: int, indices: Sequence[int]):
         self.dataset = dataset
-        sampler = BatchSampler(range(count), batch_size, drop_last=False)
+        sampler = BatchSampler(indices, batch_size, drop_last=False)
         self._loader = DataLoader(
             dataset,
             batch_sampler=sampler,
@@ -478,7 +478,7 @@ class EvalBatches:
         )
         self._skips = _SkipTracker(dataset)
         self._iter: Iterator[dict] | None = None
-        self.count = count
+        self.count = len(indices)
 
     @property
     def num_skipped(self) -> int:
@@ -502,14 +502,18 @@ class EvalBatches:
 def eval_batches(
     dataset: ImageFolderDataset, batch_size: int, num_workers: int = 0, max_images: int = 0
 ) -> EvalBatches:
-    """Validation batches: the first ``max_images`` images (0 = all) in fixed file order, uint8
-    ``(B, 3, R, R)``; see :class:`EvalBatches` for the skip count."""
+    """Validation batches, uint8 ``(B, 3, R, R)``: all images in file order, or, with ``0 < max_images <
+    len(dataset)``, a fixed random subset of ``max_images`` (seed 0, in file order; class folders are sorted,
+    so the first files would all be of a few classes). See :class:`EvalBatches` for the skip count."""
     if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     _check_nonneg_int("num_workers", num_workers)
     _check_nonneg_int("max_images", max_images)
-    count = min(max_images, len(dataset)) if max_images > 0 else len(dataset)
-    return EvalBatches(dataset, int(batch_size), int(num_workers), count)
+    n = len(dataset)
+    indices: Sequence[int] = range(n)
+    if 0 < max_images < n:
+        indices = torch.randperm(n, generator=torch.Generator().manual_seed(0))[:max_images].sort().values.tolist()
+    return EvalBatches(dataset, int(batch_size), int(num_workers), indices)
 
 
 # --------------------------------------------------------------------------- ImageNet folders

@@ -92,7 +92,8 @@ def evaluate(
     values) and ``num_images``; for methods with a distribution q also ``elbo``, ``beta_elbo`` (final beta),
     ``kl`` (to the prior), ``log_q`` and ``token_entropy`` (categorical q only); for discrete codes also
     ``codebook_utilization``, ``code_perplexity`` and ``position_code_entropy``; with ``fid``: ``fid``,
-    ``fid_protocol`` and ``fid_num_images``.
+    ``fid_protocol`` and ``fid_num_images``; ``skipped_files`` when unreadable files of a folder dataset were
+    replaced by other images.
     """
     from daps.metrics.fid import FeatureStats, frechet_distance
 
@@ -130,8 +131,8 @@ def evaluate(
             all_indices.append(rec.indices.cpu())
         if fake_stats is not None:
             _add_features(fid, fake_stats, x_hat_unit)
-            if real_stats is not None:
-                _add_features(fid, real_stats, x_unit)
+            if real_stats is not None:  # the stored pixels themselves, not a float round trip of them
+                _add_features(fid, real_stats, raw if raw.dtype == torch.uint8 else x_unit)
         n += x.shape[0]
     model.train(was_training)
     if n == 0:
@@ -144,6 +145,10 @@ def evaluate(
         out["code_perplexity"] = code_perplexity(indices, v)
         out["position_code_entropy"] = position_code_entropy(indices, v)
     out["num_images"] = n
+    skipped = getattr(images, "num_skipped", 0)  # folder data: unreadable files replaced by other images
+    if skipped:
+        out["skipped_files"] = skipped
+        log.warning("evaluation: %d unreadable file(s) were replaced by other images of the split", skipped)
     if fid is not None:
         if n < 2:
             raise ValueError("FID needs at least 2 images")
@@ -154,12 +159,12 @@ def evaluate(
     return out
 
 
-def _add_features(fid: FIDSetup, stats, images_unit: torch.Tensor) -> None:
-    """Inception pool3 features of ``images_unit (B, 3, H, W)`` in [0, 1], added to ``stats``."""
+def _add_features(fid: FIDSetup, stats, images: torch.Tensor) -> None:
+    """Inception pool3 features of ``images (B, 3, H, W)`` (uint8, or float in [0, 1]), added to ``stats``."""
     from daps.metrics.fid import fid_preprocess
 
     device = next(fid.net.parameters()).device
-    for chunk in images_unit.split(fid.batch_size):
+    for chunk in images.split(fid.batch_size):
         stats.update(fid.net(fid_preprocess(chunk.to(device))).double().cpu())
 
 
@@ -194,10 +199,11 @@ def dataset_fid_stats(
     batches, count = val_batches(data, split, max_images, batch_size, torch.device(device))
     stats = FeatureStats()
     fid = FIDSetup(net, "reference", batch_size=batch_size)
-    for raw in batches():
-        _add_features(fid, stats, spec.standardize.to_unit(spec.standardize(raw)))
+    for raw in batches():  # uint8 pixels as stored (in-memory sets) or as cropped (folders)
+        _add_features(fid, stats, raw if raw.dtype == torch.uint8 else spec.standardize.to_unit(spec.standardize(raw)))
     meta = {
         "dataset": spec.name, "split": split, "num_images": stats.num, "image_shape": list(data.image_shape),
+        "skipped_files": getattr(batches, "num_skipped", 0),
         "weights": str(weights or "default search"), "command": command, "note": spec.note,
         "preprocessing": "SPEC 8.4: [0,1] -> uint8 (truncation) -> [-1,1] -> bilinear 299x299 without antialiasing",
     }

@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import tempfile
+import zipfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -246,13 +247,23 @@ def load_fid_stats(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, int
     """``(mu (D,), sigma (D, D), num_images or None, meta)`` from our ``.npz`` or an ADM / guided-diffusion
     reference batch (``mu``, ``sigma`` plus ignored arrays such as ``arr_0``, ``mu_s``, ``sigma_s``)."""
     path = Path(path)
-    with np.load(path, allow_pickle=False) as f:  # lazy: only the arrays read below are decompressed
-        keys = list(f.files)
-        if "mu" not in keys or "sigma" not in keys:
-            raise ValueError(f"{path}: FID statistics need arrays 'mu' and 'sigma'; found {keys}")
-        mu = np.asarray(f["mu"], dtype=np.float64)
-        sigma = np.asarray(f["sigma"], dtype=np.float64)
-        num_images = int(f["num_images"]) if "num_images" in keys else None
-        meta = json.loads(str(f["meta"])) if "meta" in keys else {}
+    try:
+        f = np.load(path, allow_pickle=False)  # lazy for .npz: only the arrays read below are decompressed
+        if not isinstance(f, np.lib.npyio.NpzFile):
+            raise ValueError("a single array, not an .npz archive")
+        with f:
+            keys = list(f.files)
+            arrays = {k: f[k] for k in ("mu", "sigma", "num_images", "meta") if k in keys}
+    except (zipfile.BadZipFile, EOFError, KeyError, ValueError) as err:  # truncated, corrupt or not an npz
+        raise ValueError(f"{path}: not a readable .npz of FID statistics ({err})") from None
+    if "mu" not in arrays or "sigma" not in arrays:
+        raise ValueError(f"{path}: FID statistics need arrays 'mu' and 'sigma'; found {keys}")
+    mu = np.asarray(arrays["mu"], dtype=np.float64)
+    sigma = np.asarray(arrays["sigma"], dtype=np.float64)
+    num_images = int(arrays["num_images"]) if "num_images" in arrays else None
+    try:
+        meta = json.loads(str(arrays["meta"])) if "meta" in arrays else {}
+    except json.JSONDecodeError:
+        meta = {}  # statistics from elsewhere with a free-form 'meta': the arrays are what matters
     _check_mu_sigma(mu, sigma, str(path))
     return mu, sigma, num_images, meta

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 from pathlib import Path
 
 import torch
@@ -234,7 +235,10 @@ def find_fid_weights(weights: str | os.PathLike | None = None) -> list[Path] | N
 def _load_state_dict(files: list[Path]) -> dict[str, torch.Tensor]:
     state: dict[str, torch.Tensor] = {}
     for f in files:
-        part = torch.load(f, map_location="cpu", weights_only=True)
+        try:
+            part = torch.load(f, map_location="cpu", weights_only=True)
+        except (RuntimeError, KeyError, EOFError, pickle.UnpicklingError) as err:  # truncated or not a torch file
+            raise ValueError(f"{f}: not a readable PyTorch state dict ({type(err).__name__}: {err})") from None
         if not isinstance(part, dict):
             # A wrong file is bad user input, reported like the key mismatches below.
             raise ValueError(f"{f}: expected a state dict, got {type(part).__name__}")  # noqa: TRY004

@@ -64,10 +64,12 @@ class SlicedBatchNorm2d(nn.Module):
 
     def forward(self, x: torch.Tensor, num_slices: int = 1) -> torch.Tensor:
         """``x (num_slices * B, C, H, W)`` -> same shape."""
-        shape = (1, -1, 1, 1)
+        # Statistics and normalization in float32 (under bf16 autocast the convolutions' outputs are bf16).
+        shape, dtype, x = (1, -1, 1, 1), x.dtype, x.float()
         if not self.training:
             mean, var = self.running_mean.view(shape), self.running_var.view(shape)
-            return (x - mean) * torch.rsqrt(var + self.eps) * self.weight.view(shape) + self.bias.view(shape)
+            y = (x - mean) * torch.rsqrt(var + self.eps) * self.weight.view(shape) + self.bias.view(shape)
+            return y.to(dtype)
         n, c, h, w = x.shape
         xs = x.view(num_slices, n // num_slices, c, h, w)
         var, mean = torch.var_mean(xs, dim=(1, 3, 4), correction=0, keepdim=True)  # (S, 1, C, 1, 1) each
@@ -77,7 +79,7 @@ class SlicedBatchNorm2d(nn.Module):
             self.running_mean.lerp_(mean.mean(0).flatten(), self.momentum)
             self.running_var.lerp_(var.mean(0).flatten(), self.momentum)
             self.num_batches_tracked += 1
-        return y
+        return y.to(dtype)
 
 
 class ResidualBlock(nn.Module):
