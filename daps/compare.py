@@ -176,7 +176,8 @@ def write_tables(table: list[dict], out: Path, header: str) -> None:
         "",
         "Mean ± standard error over seeds (no ± with one seed); validation images encoded with one stochastic "
         "code each (deterministic for fsq/vqvae), nats summed over pixels. '—': the method has no such quantity "
-        "(no q for the quantizers, no discrete code for the Gaussian VAE).",
+        "(no q for the quantizers, no discrete code for the Gaussian VAE) or it was not measured (FID without "
+        "train.fid or without the Inception weights; SSIM on images smaller than 11x11).",
     ]
     (out / "results.md").write_text("\n".join(lines) + "\n")
     keys = ["method", "seeds", "bits", *(k for _, key, _ in COLUMNS for k in (key, key + "_se")), "steps_per_s"]

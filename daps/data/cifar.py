@@ -296,11 +296,14 @@ def _read_npz(path: Path) -> tuple[np.lib.npyio.NpzFile, np.ndarray, np.ndarray]
         if isinstance(npz, np.lib.npyio.NpzFile):
             npz.close()
         raise ValueError(f"{path}: not a CIFAR-10 JPEG npz with keys jpeg_bytes, offsets, y ({e})") from e
+    problem = ""
     if offsets.ndim != 1 or offsets.shape[0] < 1 or offsets[0] != 0 or np.any(np.diff(offsets) <= 0):
-        raise ValueError(f"{path}: 'offsets' must be increasing int64 (N+1,) starting at 0")
-    n = offsets.shape[0] - 1
-    if y.shape != (n,) or (n and (y.min() < 0 or y.max() > 9)):
-        raise ValueError(f"{path}: 'y' must be (N,) labels in 0..9 with N = len(offsets) - 1 = {n}")
+        problem = "'offsets' must be increasing int64 (N+1,) starting at 0"
+    elif y.shape != (offsets.shape[0] - 1,) or (y.size and (y.min() < 0 or y.max() > 9)):
+        problem = f"'y' must be (N,) labels in 0..9 with N = len(offsets) - 1 = {offsets.shape[0] - 1}"
+    if problem:
+        npz.close()
+        raise ValueError(f"{path}: {problem}")
     return npz, offsets, y.astype(np.int64)
 
 

@@ -51,8 +51,11 @@ def fid_setup(protocol: str, weights: str | Path | None = None, reference: str |
     if protocol == "reference":
         if not reference:
             raise ValueError("FID protocol 'reference' needs a statistics file (daps fid-stats ... --out stats.npz)")
-        mu, sigma, _, _ = load_fid_stats(reference)
+        mu, sigma, num, meta = load_fid_stats(reference)
         ref = (mu, sigma)
+        described = ", ".join(f"{k} {meta[k]}" for k in ("dataset", "split", "image_shape") if k in meta)
+        log.info("FID reference %s: %s images%s", reference, num if num is not None else "an unknown number of",
+                 f" ({described})" if described else "")
     try:
         net = load_fid_inception(weights or None)
     except FileNotFoundError as err:
