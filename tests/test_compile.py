@@ -28,12 +28,12 @@ def test_cache_buckets():
     assert cache_buckets(8192) == [128, 256, 512, 1024, 2048, 4096, 8192]  # never more than 7 graphs
 
 
-@pytest.mark.parametrize("num_tokens", [6, 49])  # one bucket; three buckets (16, 32, 49)
-def test_static_step_equals_the_cached_sampler_exactly(single_thread, num_tokens):
+@pytest.mark.parametrize("num_tokens, smallest", [(6, 16), (49, 16), (49, 49)])  # buckets: 6; 16, 32, 49; 49
+def test_static_step_equals_the_cached_sampler_exactly(single_thread, num_tokens, smallest):
     enc = _encoder(num_tokens)
     x = (torch.rand(5, 1, 28, 28, generator=torch.Generator().manual_seed(1)) > 0.5).float()
     reference = enc.sample(x, 4, torch.Generator().manual_seed(2))
-    enc.compile_sampler(compile=False)
+    enc.compile_sampler(compile=False, smallest_bucket=smallest)
     static = enc.sample(x, 4, torch.Generator().manual_seed(2))
     assert torch.equal(static.indices, reference.indices)
     torch.testing.assert_close(static.token_log_q, reference.token_log_q, atol=1e-6, rtol=0)

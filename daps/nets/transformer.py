@@ -348,12 +348,15 @@ class ARTransformerEncoder(nn.Module):
         self.decoder_ln = nn.LayerNorm(width, eps=LN_EPS)
         self.head = dense(width, vocab_size)
         self._static_step_fn: Callable | None = None  # set by compile_sampler
+        self._smallest_bucket = 16
 
-    def compile_sampler(self, compile: bool = True, **compile_kwargs) -> None:
+    def compile_sampler(self, compile: bool = True, smallest_bucket: int = 16, **compile_kwargs) -> None:
         """Sample through the static-shape one-token step :meth:`static_step`, compiled with
         ``torch.compile(**compile_kwargs)`` (one graph per cache length of :func:`cache_buckets`, shared by all
-        positions of that bucket: the position is a tensor), or eager with ``compile=False``. Samples equal the default path's under
+        positions of that bucket: the position is a tensor), or eager with ``compile=False``.
+        ``smallest_bucket >= T`` reads the whole cache at every position (one graph). Samples equal the default path's under
         the same generator, up to float rounding in the compiled kernels."""
+        self._smallest_bucket = int(smallest_bucket)
         if compile:
             # One specialized graph per cache bucket (dynamic=False): static shapes are what CUDA graphs need.
             compile_kwargs.setdefault("dynamic", False)
@@ -465,7 +468,7 @@ class ARTransformerEncoder(nn.Module):
             positions = torch.arange(t, device=x.device)
             bucket_views = {  # length -> per-layer views (B*K, h, length, d) of the full caches
                 size: ([c.k[:, :, :size] for c in caches], [c.v[:, :, :size] for c in caches])
-                for size in cache_buckets(t)
+                for size in cache_buckets(t, self._smallest_bucket)
             }
             bucket_of = [min(size for size in bucket_views if size > pos) for pos in range(t)]
         for pos in range(t):
