@@ -1,7 +1,7 @@
 """Tokens/s of the autoregressive sampler, its variants side by side in one process.
 
     python benchmarks/sampler.py [--preset mnist] [--batch B] [--samples K] [--repeats 5] [--compile]
-        [--threads N] [--out benchmarks/results/sampler-<preset>.json] [--overwrite] [key=value ...]
+        [--device cpu|cuda] [--threads N] [--out benchmarks/results/sampler-<preset>.json] [--overwrite] [key=value ...]
 
 Draws K codes for B random inputs of the preset's shape with the preset's encoder, through each way the
 library can sample, interleaved round-robin so that the machine's load hits every variant alike:
@@ -44,34 +44,36 @@ def _sampler(enc, x, k, variant: str):
     t = enc.num_tokens
 
     def run() -> None:
+        gen = torch.Generator(x.device).manual_seed(0)
         if variant == "kv-cache":
             enc._static_step_fn = None
-            enc.sample(x, k, torch.Generator().manual_seed(0))
+            enc.sample(x, k, gen)
         elif variant == "no-cache":
             enc._static_step_fn = None
-            enc.sample(x, k, torch.Generator().manual_seed(0), use_cache=False)
+            enc.sample(x, k, gen, use_cache=False)
         else:
             enc._static_step_fn, enc._smallest_bucket = fns[variant]
-            enc.sample(x, k, torch.Generator().manual_seed(0))
+            enc.sample(x, k, gen)
 
     fns = {}
     if variant.startswith("static") or variant.startswith("compiled"):
         compiled = variant.startswith("compiled")
         smallest = t if variant.endswith("full") else 16
-        enc.compile_sampler(compile=compiled, smallest_bucket=smallest)
+        mode = "reduce-overhead" if compiled and x.device.type == "cuda" else None
+        enc.compile_sampler(compile=compiled, smallest_bucket=smallest, **({"mode": mode} if mode else {}))
         fns[variant] = (enc._static_step_fn, enc._smallest_bucket)
     return run
 
 
 def _draws(probs: torch.Tensor, t: int, how: str):
-    gen = torch.Generator().manual_seed(0)
+    gen = torch.Generator(probs.device).manual_seed(0)
 
     def run() -> None:
         for _ in range(t):
             if how == "inverse-cdf":
                 sample_probs(probs, gen)
             elif how == "gumbel-max":
-                u = torch.rand(probs.shape, generator=gen).clamp_min_(1e-20)
+                u = torch.rand(probs.shape, generator=gen, device=probs.device).clamp_min_(1e-20)
                 (probs.log() - (-u.log()).log()).argmax(-1)
             else:
                 torch.multinomial(probs, 1, generator=gen)
@@ -86,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--samples", type=int, default=0, help="codes per input K (default: the preset's)")
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds (median reported)")
     parser.add_argument("--compile", action="store_true", help="also time the torch.compile'd static steps")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
     parser.add_argument("--out", default="", help="JSON output (default: benchmarks/results/sampler-<preset>.json)")
     parser.add_argument("--overwrite", action="store_true")
@@ -104,8 +107,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     command = shlex.join(["python", "benchmarks/sampler.py", *(sys.argv[1:] if argv is None else argv)])
 
+    try:
+        device = torch.device(args.device)
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError) as err:
+        print(f"sampler.py: error: device {args.device!r} is not usable here ({err})", file=sys.stderr)
+        return 2
     torch.manual_seed(0)
-    model = build_method(cfg, tuple(cfg.data.image_shape)).eval()
+    model = build_method(cfg, tuple(cfg.data.image_shape)).to(device).eval()
     enc = model.encoder
     if not hasattr(enc, "compile_sampler"):
         print(f"sampler.py: error: method {cfg.method} has no autoregressive sampler", file=sys.stderr)
@@ -113,26 +122,29 @@ def main(argv: list[str] | None = None) -> int:
     b = args.batch or cfg.train.batch_size
     k = args.samples or cfg.daps.num_samples
     t, v = enc.num_tokens, enc.vocab_size
-    x = torch.randn(b, *cfg.data.image_shape, generator=torch.Generator().manual_seed(1))
+    x = torch.randn(b, *cfg.data.image_shape, generator=torch.Generator().manual_seed(1)).to(device)
 
     variants = ["kv-cache", *(["no-cache"] if t <= 64 else []), "static-full", "static-bucketed"]
     if args.compile:
         variants += ["compiled-full", "compiled-bucketed"]
     runs = {name: _sampler(enc, x, k, name) for name in variants}
-    probs = torch.softmax(torch.randn(b * k, v, generator=torch.Generator().manual_seed(2)), -1)
-    draws = {name: _draws(probs, t, name) for name in ("inverse-cdf", "gumbel-max", "multinomial")}
+    probs = torch.softmax(torch.randn(b * k, v, generator=torch.Generator().manual_seed(2)), -1).to(device)
 
-    warmup = {}
-    for name, fn in {**runs, **draws}.items():  # compiles the compiled variants
+    def timed(fn) -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
         start = time.perf_counter()
         fn()
-        warmup[name] = time.perf_counter() - start
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - start
+    draws = {name: _draws(probs, t, name) for name in ("inverse-cdf", "gumbel-max", "multinomial")}
+
+    warmup = {name: timed(fn) for name, fn in {**runs, **draws}.items()}  # compiles the compiled variants
     times: dict[str, list[float]] = {name: [] for name in [*runs, *draws]}
     for _ in range(args.repeats):
         for name, fn in {**runs, **draws}.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
+            times[name].append(timed(fn))
 
     tokens = b * k * t
     rows = []
@@ -148,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
             })
     report = {
         "command": command, "preset": args.preset, "B": b, "K": k, "T": t, "V": v, "repeats": args.repeats,
-        "rows": rows, "machine": machine_info(torch.device("cpu")),
+        "rows": rows, "machine": machine_info(device),
         "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     lines = [
