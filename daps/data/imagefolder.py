@@ -368,6 +368,20 @@ class _SkipTracker:
                     log.warning("skipping unreadable image file %s (found by a DataLoader worker)", path)
 
 
+class _ReportsSkips:
+    """``num_skipped`` / ``skipped_paths`` of a batch iterator that keeps a :class:`_SkipTracker` in ``_skips``."""
+
+    _skips: _SkipTracker
+
+    @property
+    def num_skipped(self) -> int:
+        return self._skips.num_skipped
+
+    @property
+    def skipped_paths(self) -> set[str]:
+        return self._skips.skipped_paths
+
+
 # --------------------------------------------------------------------------- streams
 
 
@@ -388,7 +402,7 @@ class _EpochBatchSampler(Sampler):
             epoch, offset = epoch + 1, 0
 
 
-class ImageStream:
+class ImageStream(_ReportsSkips):
     """Endless training batches, uint8 ``(B, 3, R, R)``, from a :class:`ImageFolderDataset`.
 
     Epochs are seeded permutations (:func:`epoch_permutation`), each split into ``len(dataset) // B`` batches
@@ -426,14 +440,6 @@ class ImageStream:
         """Epoch of the next batch."""
         return self.batch_index // self.batches_per_epoch
 
-    @property
-    def num_skipped(self) -> int:
-        return self._skips.num_skipped
-
-    @property
-    def skipped_paths(self) -> set[str]:
-        return self._skips.skipped_paths
-
     def _start(self) -> Iterator[dict]:
         sampler = _EpochBatchSampler(len(self.dataset), self.batch_size, self.seed, self.batch_index)
         loader = DataLoader(
@@ -462,7 +468,7 @@ class ImageStream:
         self._iter = None
 
 
-class EvalBatches:
+class EvalBatches(_ReportsSkips):
     """One pass over the images ``indices`` in that order, uint8 ``(B, 3, R, R)`` batches (the last may be
     smaller); unreadable files are replaced by the next image and counted in ``num_skipped``."""
 
@@ -479,14 +485,6 @@ class EvalBatches:
         self._skips = _SkipTracker(dataset)
         self._iter: Iterator[dict] | None = None
         self.count = len(indices)
-
-    @property
-    def num_skipped(self) -> int:
-        return self._skips.num_skipped
-
-    @property
-    def skipped_paths(self) -> set[str]:
-        return self._skips.skipped_paths
 
     def __iter__(self) -> EvalBatches:
         return self
