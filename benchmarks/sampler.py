@@ -41,27 +41,18 @@ from daps.methods import build_method
 
 def _sampler(enc, x, k, variant: str):
     """A function drawing ``k`` codes per input of ``x`` with ``variant`` (the sampler's mode set on ``enc``)."""
-    t = enc.num_tokens
-
-    def run() -> None:
-        gen = torch.Generator(x.device).manual_seed(0)
-        if variant == "kv-cache":
-            enc._static_step_fn = None
-            enc.sample(x, k, gen)
-        elif variant == "no-cache":
-            enc._static_step_fn = None
-            enc.sample(x, k, gen, use_cache=False)
-        else:
-            enc._static_step_fn, enc._smallest_bucket = fns[variant]
-            enc.sample(x, k, gen)
-
-    fns = {}
-    if variant.startswith("static") or variant.startswith("compiled"):
+    static = None  # (step function, smallest bucket) of the static variants, restored before each call
+    if variant.startswith(("static", "compiled")):
         compiled = variant.startswith("compiled")
-        smallest = t if variant.endswith("full") else 16
+        smallest = enc.num_tokens if variant.endswith("full") else 16
         mode = "reduce-overhead" if compiled and x.device.type == "cuda" else None
         enc.compile_sampler(compile=compiled, smallest_bucket=smallest, **({"mode": mode} if mode else {}))
-        fns[variant] = (enc._static_step_fn, enc._smallest_bucket)
+        static = (enc._static_step_fn, enc._smallest_bucket)
+
+    def run() -> None:
+        enc._static_step_fn, enc._smallest_bucket = static or (None, 16)
+        enc.sample(x, k, torch.Generator(x.device).manual_seed(0), use_cache=variant != "no-cache")
+
     return run
 
 

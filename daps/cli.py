@@ -143,9 +143,7 @@ def _eval(args: argparse.Namespace) -> int:
         data.data_dir = args.data_dir
     spec = dataset_spec(data.name)
     batches, _ = val_batches(data, args.split, args.max_images, args.batch_size, device)
-    fid = fid_setup(args.fid, args.fid_weights, args.fid_ref)
-    if fid is not None:
-        fid.net.to(device)
+    fid = fid_setup(args.fid, args.fid_weights, args.fid_ref, device)
     metrics = evaluate(
         model, batches, args.batch_size, torch.Generator(device).manual_seed(args.seed), spec.standardize, fid
     )

@@ -194,9 +194,7 @@ def train(
     # FID's network and reference statistics are loaded now, so a wrong path fails before training, not after it.
     fid = None
     if dist.is_main() and tc.fid != "none":
-        fid = fid_setup(tc.fid, tc.fid_weights or None, tc.fid_reference or None)
-        if fid is not None:
-            fid.net.to(device)
+        fid = fid_setup(tc.fid, tc.fid_weights or None, tc.fid_reference or None, device)
 
     start_step = 0
     if state is not None:

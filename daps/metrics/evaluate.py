@@ -36,8 +36,13 @@ class FIDSetup:
     batch_size: int = 50
 
 
-def fid_setup(protocol: str, weights: str | Path | None = None, reference: str | Path | None = None) -> FIDSetup | None:
-    """Load the FID network (and reference statistics) for ``protocol``; None, with a logged reason, when no
+def fid_setup(
+    protocol: str,
+    weights: str | Path | None = None,
+    reference: str | Path | None = None,
+    device: torch.device | str | None = None,
+) -> FIDSetup | None:
+    """Load the FID network (on ``device``) and reference statistics for ``protocol``; None, with a logged reason, when no
     ``weights`` path is given and none are found in the default places (FID is then skipped; nothing is
     downloaded). A given ``weights`` path that does not exist raises FileNotFoundError."""
     from daps.metrics.fid import load_fid_stats
@@ -57,7 +62,7 @@ def fid_setup(protocol: str, weights: str | Path | None = None, reference: str |
         log.info("FID reference %s: %s images%s", reference, num if num is not None else "an unknown number of",
                  f" ({described})" if described else "")
     try:
-        net = load_fid_inception(weights or None)
+        net = load_fid_inception(weights or None, device)
     except FileNotFoundError as err:
         if weights:  # asked for by path: a mistake to report, not to skip
             raise
@@ -134,8 +139,8 @@ def evaluate(
             all_indices.append(rec.indices.cpu())
         if fake_stats is not None:
             _add_features(fid, fake_stats, x_hat_unit)
-            if real_stats is not None:  # the stored pixels themselves, not a float round trip of them
-                _add_features(fid, real_stats, raw if raw.dtype == torch.uint8 else x_unit)
+            if real_stats is not None:
+                _add_features(fid, real_stats, _real_images(raw, standardize))
         n += x.shape[0]
     model.train(was_training)
     if n == 0:
@@ -160,6 +165,12 @@ def evaluate(
         out["fid_protocol"] = fid.protocol if real_stats is not None else f"reference:{Path(fid.reference_name).name}"
         out["fid_num_images"] = n
     return out
+
+
+def _real_images(raw: torch.Tensor, standardize: Standardize) -> torch.Tensor:
+    """What FID sees of real images: stored uint8 pixels as they are (not a float round trip of them, which
+    would truncate some levels by one), anything else mapped through the model's scale to [0, 1]."""
+    return raw if raw.dtype == torch.uint8 else standardize.to_unit(standardize(raw))
 
 
 def _add_features(fid: FIDSetup, stats, images: torch.Tensor) -> None:
@@ -198,12 +209,12 @@ def dataset_fid_stats(
     if tuple(data.image_shape)[0] != 3:
         raise ValueError(f"FID needs RGB images; {data.name} has {data.image_shape[0]} channel(s)")
     spec = dataset_spec(data.name)
-    net = load_fid_inception(weights or None).to(device)
-    batches, count = val_batches(data, split, max_images, batch_size, torch.device(device))
+    net = load_fid_inception(weights or None, device)
+    batches, _ = val_batches(data, split, max_images, batch_size, torch.device(device))
     stats = FeatureStats()
     fid = FIDSetup(net, "reference", batch_size=batch_size)
     for raw in batches():  # uint8 pixels as stored (in-memory sets) or as cropped (folders)
-        _add_features(fid, stats, raw if raw.dtype == torch.uint8 else spec.standardize.to_unit(spec.standardize(raw)))
+        _add_features(fid, stats, _real_images(raw, spec.standardize))
     meta = {
         "dataset": spec.name, "split": split, "num_images": stats.num, "image_shape": list(data.image_shape),
         "skipped_files": getattr(batches, "num_skipped", 0),
