@@ -258,6 +258,9 @@ class TrainConfig:
     """``fid=reference``: statistics file (``daps fid-stats`` output, or an ADM reference batch with mu/sigma)."""
     fid_weights: str = ""
     """FID Inception weights (file or folder of shards); empty: ``$DAPS_DATA_DIR/fid_inception``, then the cache."""
+    max_skipped_steps: int = 50
+    """Stop the run (exit code 3) after this many consecutive steps whose update was skipped for a non-finite
+    gradient: the run has diverged. Its last checkpoint stays intact. 0 = never stop."""
     stop_after: int = 0
     """Stop (with a checkpoint) once this many steps are done, e.g. to split a run into jobs on a time-limited
     cluster; continue with ``--resume``. Schedules still follow ``steps``. 0 = run to ``steps``."""
@@ -573,6 +576,7 @@ def validate(cfg: Config) -> None:
     non_negative = {
         "train.eval_examples": cfg.train.eval_examples,
         "train.stop_after": cfg.train.stop_after,
+        "train.max_skipped_steps": cfg.train.max_skipped_steps,
         "data.num_workers": cfg.data.num_workers,
         "decoder.resnet_blocks": cfg.decoder.resnet_blocks,
         "optim.weight_decay": cfg.optim.weight_decay,

@@ -1,0 +1,271 @@
+"""Output folders that are safe to write: atomic files, a marker that says "daps made this", a lock.
+
+Every file daps writes goes through a temporary file and ``os.replace``, so a reader (or a resumed run) sees
+the old or the new content, never half of it. A folder that daps creates for its outputs (a training run, a
+``compare`` or ``gradlab`` folder, a prior) gets a small marker file ``.daps`` naming its kind; ``--overwrite``
+only ever replaces a folder that carries the marker of the same kind (or, for training runs made before the
+marker existed, a ``config.json`` of a daps run), and never the current folder, one of its parents, the home
+folder or a filesystem root. A run folder is locked while a process writes it (``.lock``, an advisory
+``flock``; the kernel releases it when the process dies, so a lock left by a killed process is simply taken over).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Iterator
+
+log = logging.getLogger("daps")
+
+MARKER = ".daps"
+"""Marker file of a folder daps made: JSON ``{"kind": ..., "format": 1}``."""
+LOCK = ".lock"
+"""Lock file of a folder being written; holds the writer's pid while it runs."""
+TEMP_PATTERNS = (".*.tmp-*", ".*.old-*")
+"""Names of temporary files and folders (see :func:`atomic_path`) that a killed process may leave behind."""
+
+
+class OutputFolderError(ValueError):
+    """An output folder that may not be written or replaced (a user error: the CLI prints it, exit code 2)."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Atomic files
+
+
+def fsync_path(path: Path) -> None:
+    """Flush a file's data (or a folder's entries) to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success it replaces ``path`` atomically, on error it is removed.
+
+    Use it for writers that want a file name (``savefig``, ``np.savez``, ``torch.save``)::
+
+        with atomic_path(run / "curves.png") as tmp:
+            fig.savefig(tmp, format="png")
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
+    try:
+        yield tmp
+        fsync_path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and ``os.replace``: readers see old or new, never half."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_json_atomic(path: str | Path, obj: object) -> None:
+    write_text_atomic(path, json.dumps(obj, indent=2) + "\n")
+
+
+def remove_temporaries(folder: Path) -> list[Path]:
+    """Delete temporary files and folders left by a killed writer in ``folder`` (not recursive); returns them."""
+    removed = []
+    for pattern in TEMP_PATTERNS:
+        for path in Path(folder).glob(pattern):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+# --------------------------------------------------------------------------------------------------
+# What may be replaced
+
+
+def refuse_precious(path: str | Path, what: str) -> Path:
+    """``path`` resolved, or :class:`OutputFolderError` if it is empty, the current folder, one of its parents,
+    the home folder or a filesystem root: folders no output of daps may ever replace."""
+    if not str(path).strip():
+        raise OutputFolderError(f"{what} is empty: name an output folder")
+    resolved = Path(path).expanduser().resolve()
+    cwd = Path.cwd().resolve()
+    home = Path.home().resolve()
+    if resolved == cwd or resolved in cwd.parents:
+        raise OutputFolderError(f"{what} {path!s} is the current folder or one of its parents; name a run folder")
+    if resolved == home or resolved.parent == resolved or resolved == Path(resolved.anchor):
+        raise OutputFolderError(f"{what} {path!s} is the home folder or a filesystem root; name a run folder")
+    return resolved
+
+
+def read_marker(folder: Path) -> str | None:
+    """The kind named by ``folder``'s marker, or None (no marker, or an unreadable one)."""
+    try:
+        data = json.loads((Path(folder) / MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+    return data.get("kind") if isinstance(data, dict) else None
+
+
+def write_marker(folder: Path, kind: str) -> None:
+    if read_marker(folder) != kind:
+        write_json_atomic(Path(folder) / MARKER, {"kind": kind, "format": 1})
+
+
+def _is_legacy_run(folder: Path) -> bool:
+    """A training run written before the marker existed: its ``config.json`` is a daps config."""
+    try:
+        data = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and {"method", "train", "data"} <= data.keys()
+
+
+def is_output_folder(folder: str | Path, kind: str) -> bool:
+    """Whether ``folder`` is recognisably a daps output folder of ``kind`` (``train``, ``compare``, ...)."""
+    folder = Path(folder)
+    if not folder.is_dir() or folder.is_symlink():
+        return False
+    marker = read_marker(folder)
+    if marker is not None:
+        return marker == kind
+    return kind == "train" and _is_legacy_run(folder)
+
+
+def has_content(folder: str | Path) -> bool:
+    """Whether ``folder`` holds anything besides daps's own marker, lock and temporary files."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return False
+    own = {MARKER, LOCK}
+    return any(
+        p.name not in own and not any(p.match(pattern) for pattern in TEMP_PATTERNS) for p in folder.iterdir()
+    )
+
+
+def check_replaceable(folder: str | Path, kind: str, what: str) -> Path:
+    """Raise :class:`OutputFolderError` unless ``folder`` may be replaced by ``--overwrite``: it must be a daps
+    output folder of ``kind`` and not a precious folder (see :func:`refuse_precious`). Returns it resolved."""
+    resolved = refuse_precious(folder, what)
+    if Path(folder).is_symlink():
+        raise OutputFolderError(f"{what} {folder!s} is a symbolic link; --overwrite replaces only real run folders")
+    if resolved.exists() and not resolved.is_dir():
+        raise OutputFolderError(f"{what} {folder!s} exists and is not a folder")
+    if has_content(resolved) and not is_output_folder(resolved, kind):
+        raise OutputFolderError(
+            f"{what} {folder!s} exists and is not a daps {kind} folder (no {MARKER} marker"
+            f"{' or run config.json' if kind == 'train' else ''}); refusing to delete it: choose another folder"
+        )
+    return resolved
+
+
+def clear_folder(folder: Path, kind: str, what: str) -> None:
+    """Delete everything in a replaceable output folder except its lock (the caller holds it)."""
+    folder = check_replaceable(folder, kind, what)
+    if not folder.exists():
+        return
+    for path in folder.iterdir():
+        if path.name == LOCK:
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+
+
+def prepare_output_folder(folder: str | Path, kind: str, overwrite: bool, what: str = "--out") -> Path:
+    """The one rule for every writer of an output folder: a new or empty folder is created; an existing one
+    is refused unless ``overwrite`` and it is a daps folder of ``kind``, which is then emptied. Marks it."""
+    folder = Path(folder)
+    refuse_precious(folder, what)
+    if folder.exists() and not folder.is_dir():
+        raise OutputFolderError(f"{what} {folder!s} exists and is not a folder")
+    if has_content(folder):
+        if not overwrite:
+            raise OutputFolderError(f"{what} {folder!s} already exists; pass --overwrite to replace it")
+        clear_folder(folder, kind, what)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_marker(folder, kind)
+    return folder
+
+
+# --------------------------------------------------------------------------------------------------
+# Locks
+
+
+class FolderLock:
+    """An exclusive lock on an output folder for the life of one process (or until :meth:`release`).
+
+    A second process that tries to take it gets :class:`OutputFolderError` naming the holder's pid. The lock
+    is an ``flock`` on ``folder/.lock``: the kernel drops it when its process dies, so a lock left by a killed
+    process is taken over (and reported). Without ``fcntl`` (Windows) the folder is not locked.
+    """
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        self.fd: int | None = None
+
+    def acquire(self) -> "FolderLock":
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows
+            log.warning("cannot lock %s on this platform; do not run two processes on it", self.folder)
+            return self
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self.folder / LOCK
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise OutputFolderError(
+                f"{self.folder} is in use by another daps process (pid {holder}); wait for it or stop it"
+            ) from None
+        previous = os.read(fd, 64).decode(errors="replace").strip()
+        if previous and previous != str(os.getpid()):
+            log.warning("%s: took over the lock left by process %s, which is no longer running", self.folder, previous)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self.fd = fd
+        return self
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        os.ftruncate(self.fd, 0)  # an empty lock file means "released cleanly"
+        os.close(self.fd)  # closing drops the flock
+        self.fd = None
+
+    def __enter__(self) -> "FolderLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+__all__ = [
+    "FolderLock",
+    "OutputFolderError",
+    "atomic_path",
+    "check_replaceable",
+    "clear_folder",
+    "has_content",
+    "is_output_folder",
+    "prepare_output_folder",
+    "refuse_precious",
+    "remove_temporaries",
+    "write_json_atomic",
+    "write_marker",
+    "write_text_atomic",
+]
