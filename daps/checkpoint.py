@@ -8,12 +8,18 @@ Layout of a run folder::
         config.json                       resolved config (no pickle)
         state.pt                          optimizers, step, RNG states (tensors and numbers only;
                                           loaded with ``weights_only=True``)
+        checksums.json                    SHA-256 and size of the three files above, checked on load
     run/checkpoints/latest                name of the newest complete checkpoint (replaced atomically)
+
+A checkpoint whose files do not match their checksums (or cannot be read) raises :class:`CheckpointError`
+naming the file; :func:`find_resumable` then falls back to the newest intact checkpoint. Nothing is deleted.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -21,42 +27,55 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from daps.config import Config, config_from_dict, config_to_dict
+from daps.runfolder import fsync_path, write_json_atomic, write_text_atomic
+
+log = logging.getLogger("daps")
 
 CKPT_DIR = "checkpoints"
+CHECKSUMS = "checksums.json"
+FILES = ("model.safetensors", "config.json", "state.pt")
+"""The files of a checkpoint, each covered by ``checksums.json``."""
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temp file and ``os.replace``: readers see old or new, never half."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _fsync(path: Path) -> None:
-    """Flush a file's (or a folder's entries') data to disk."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+class CheckpointError(ValueError):
+    """A checkpoint (or run config) that is missing, damaged or unreadable; the message names the file."""
 
 
 def write_config(path: Path, cfg: Config) -> None:
-    write_text_atomic(path, json.dumps(config_to_dict(cfg), indent=2) + "\n")
+    write_json_atomic(path, config_to_dict(cfg))
 
 
-def read_config(path: Path) -> Config:
-    return config_from_dict(json.loads(Path(path).read_text()))
+def read_config(path: str | Path) -> Config:
+    """The :class:`Config` in a ``config.json``; a damaged or foreign file raises :class:`CheckpointError`."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} is missing") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{path} is not a readable JSON config ({err})") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} is not a daps config (expected a JSON object)")
+    try:
+        return config_from_dict(data)
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{path} is not a valid daps config: {err}") from None
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def save_checkpoint(run_dir: Path, step: int, model: nn.Module, cfg: Config, state: dict[str, Any], keep: int) -> Path:
-    """Write checkpoint ``step`` atomically, point ``latest`` at it and prune to the newest ``keep``."""
+    """Write checkpoint ``step`` atomically with its checksums, point ``latest`` at it, prune to the newest ``keep``."""
     root = Path(run_dir) / CKPT_DIR
     root.mkdir(parents=True, exist_ok=True)
     name = f"step_{step:08d}"
@@ -67,50 +86,152 @@ def save_checkpoint(run_dir: Path, step: int, model: nn.Module, cfg: Config, sta
     save_file(tensors, str(tmp / "model.safetensors"), metadata={"step": str(step)})
     write_config(tmp / "config.json", cfg)
     torch.save(state, tmp / "state.pt")
-    for path in (tmp / "model.safetensors", tmp / "state.pt"):
-        _fsync(path)
+    sums = {}
+    for file in FILES:
+        fsync_path(tmp / file)
+        sums[file] = {"sha256": _sha256(tmp / file), "bytes": (tmp / file).stat().st_size}
+    write_json_atomic(tmp / CHECKSUMS, {"step": step, "files": sums})
     aside = root / f".{name}.old-{os.getpid()}"
     if final.exists():  # rewriting a step: move the old copy aside, never leave `latest` dangling
         os.replace(final, aside)
     os.replace(tmp, final)
-    _fsync(root)
+    fsync_path(root)
     write_text_atomic(root / "latest", name + "\n")
     shutil.rmtree(aside, ignore_errors=True)
-    checkpoints = sorted(p for p in root.glob("step_*") if p.is_dir())
-    for old in checkpoints[: max(len(checkpoints) - keep, 0)]:
+    checkpoints = list_checkpoints(run_dir)
+    for old in checkpoints[keep:]:
         if old != final:
             shutil.rmtree(old)
     return final
 
 
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A run folder, a checkpoint folder or a ``model.safetensors`` file -> the checkpoint folder."""
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    """The run's checkpoint folders, newest step first."""
+    root = Path(run_dir) / CKPT_DIR
+    return sorted((p for p in root.glob("step_*") if p.is_dir()), reverse=True) if root.is_dir() else []
+
+
+def verify_checkpoint(ckpt: str | Path) -> None:
+    """Check that a checkpoint's files are all there and match ``checksums.json``.
+
+    Raises :class:`CheckpointError` naming the first missing or damaged file. A checkpoint written before
+    checksums existed is checked by reading its files instead.
+    """
+    ckpt = Path(ckpt)
+    for file in FILES:
+        path = ckpt / file
+        if not path.is_file():
+            raise CheckpointError(f"{path} is missing")
+        if path.stat().st_size == 0:
+            raise CheckpointError(f"{path} is empty (damaged checkpoint)")
+    sums_path = ckpt / CHECKSUMS
+    if not sums_path.exists():  # an older checkpoint: reading is the only check there is
+        load_training_state(ckpt)
+        _read_tensors(ckpt / "model.safetensors")
+        read_config(ckpt / "config.json")
+        return
+    try:
+        sums = json.loads(sums_path.read_text())["files"]
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as err:
+        raise CheckpointError(f"{sums_path} is damaged ({err})") from None
+    for file in FILES:
+        path, expected = ckpt / file, sums.get(file) if isinstance(sums, dict) else None
+        if not isinstance(expected, dict):
+            raise CheckpointError(f"{sums_path} has no checksum for {file}")
+        size = path.stat().st_size
+        if size != expected.get("bytes"):
+            raise CheckpointError(f"{path} is damaged: {size} bytes, {expected.get('bytes')} expected")
+        if _sha256(path) != expected.get("sha256"):
+            raise CheckpointError(f"{path} is damaged: its SHA-256 does not match {CHECKSUMS}")
+
+
+def resolve_checkpoint(path: str | Path, verify: bool = True) -> Path:
+    """A run folder, a checkpoint folder or a ``model.safetensors`` file -> the (verified) checkpoint folder."""
     path = Path(path)
     if path.is_file() and path.name == "model.safetensors":
-        return path.parent
-    if (path / "model.safetensors").is_file():
-        return path
-    latest = path / CKPT_DIR / "latest"
-    if latest.is_file():
-        ckpt = path / CKPT_DIR / latest.read_text().strip()
-        if (ckpt / "model.safetensors").is_file():
-            return ckpt
-    raise FileNotFoundError(f"no checkpoint found at {path} (expected a run folder with {CKPT_DIR}/latest)")
+        ckpt = path.parent
+    elif (path / "model.safetensors").exists() or (path / CHECKSUMS).exists():
+        ckpt = path
+    else:
+        latest = path / CKPT_DIR / "latest"
+        try:
+            name = latest.read_text().strip()
+        except FileNotFoundError:
+            raise CheckpointError(f"no checkpoint found at {path} (expected a run folder with {CKPT_DIR}/latest)") from None
+        except (OSError, UnicodeDecodeError) as err:
+            raise CheckpointError(f"{latest} is unreadable ({err})") from None
+        ckpt = path / CKPT_DIR / name
+        if not name.startswith("step_") or "/" in name or not ckpt.is_dir():
+            raise CheckpointError(f"{latest} names {name!r}, which is not a checkpoint folder of {path}")
+    if verify:
+        verify_checkpoint(ckpt)
+    return ckpt
+
+
+def find_resumable(run_dir: str | Path) -> Path | None:
+    """The newest intact checkpoint of a run (``latest`` first), or None if it has none at all.
+
+    A damaged checkpoint is reported (the file and what is wrong) and skipped, never deleted. If checkpoints
+    exist but none is intact, :class:`CheckpointError` lists them.
+    """
+    run_dir = Path(run_dir)
+    candidates = list_checkpoints(run_dir)
+    try:
+        named = resolve_checkpoint(run_dir, verify=False)
+        candidates = [named, *(c for c in candidates if c != named)]
+    except CheckpointError as err:
+        if (run_dir / CKPT_DIR / "latest").exists():
+            log.warning("%s", err)
+    problems = []
+    for ckpt in candidates:
+        try:
+            verify_checkpoint(ckpt)
+        except CheckpointError as err:
+            problems.append(str(err))
+            log.warning("cannot resume from %s: %s", ckpt.name, err)
+            continue
+        if problems:
+            log.warning("resuming from the newest intact checkpoint instead: %s", ckpt)
+        return ckpt
+    if problems:
+        raise CheckpointError(f"no intact checkpoint in {run_dir / CKPT_DIR}: {'; '.join(problems)}")
+    return None
 
 
 def load_training_state(ckpt: Path) -> dict[str, Any]:
-    return torch.load(Path(ckpt) / "state.pt", map_location="cpu", weights_only=True)
+    path = Path(ckpt) / "state.pt"
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} is missing") from None
+    except Exception as err:  # torch raises many kinds for a truncated or foreign file
+        raise CheckpointError(f"{path} is damaged or not a daps training state ({type(err).__name__})") from None
+
+
+def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path))
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} is missing") from None
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        raise CheckpointError(f"{path} is damaged or not a safetensors file ({err})") from None
 
 
 def load_weights(model: nn.Module, ckpt: Path) -> None:
-    model.load_state_dict(load_file(str(Path(ckpt) / "model.safetensors")))
+    path = Path(ckpt) / "model.safetensors"
+    try:
+        model.load_state_dict(_read_tensors(path))
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[0]
+        raise CheckpointError(f"{path} does not fit the model of its config.json ({first})") from None
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
     """Load a trained method from a run folder or checkpoint, ready for ``encode`` / ``decode``.
 
     The model is built from the checkpoint's ``config.json`` and put in eval mode; no pickle is read. The
-    resolved :class:`~daps.config.Config` is attached as ``model.config``.
+    checkpoint's files are verified against their checksums first. The resolved :class:`~daps.config.Config`
+    is attached as ``model.config``.
     """
     from daps.methods import build_method
 

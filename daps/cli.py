@@ -32,7 +32,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default="daps", help=f"one of: {', '.join(ALL_METHODS)} (default daps)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.steps=1000")
     p.add_argument("--resume", action="store_true", help="continue the run in train.out_dir from its latest checkpoint")
-    p.add_argument("--overwrite", action="store_true", help="delete an existing train.out_dir first")
+    p.add_argument(
+        "--overwrite", action="store_true",
+        help="replace an existing run folder (only a daps run folder; never the current, home or root folder)",
+    )
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
 
     p = sub.add_parser("eval", help="evaluate a trained run on a data split")
@@ -241,6 +244,13 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as err:  # user input: bad values, missing or unreadable files
         print(f"daps {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except RuntimeError as err:
+        from daps.train import TrainingDiverged
+
+        if not isinstance(err, TrainingDiverged):
+            raise
+        print(f"daps {args.command}: error: {err}", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

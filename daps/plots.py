@@ -7,6 +7,8 @@ from pathlib import Path
 
 import torch
 
+from daps.runfolder import atomic_path
+
 
 def _pyplot():
     import matplotlib
@@ -42,16 +44,20 @@ def save_reconstruction_grid(x: torch.Tensor, x_hat: torch.Tensor, path: Path, t
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120)
     plt.close(fig)
 
 
 def read_metrics(path: Path) -> list[dict]:
+    """The rows of a ``metrics.jsonl``; a last line cut off by a killed process is skipped."""
     rows = []
     with open(path) as f:
         for line in f:
-            if line.strip():
+            try:
                 rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
     return rows
 
 
@@ -102,7 +108,8 @@ def save_training_curves(metrics_path: Path, path: Path, title: str = "", qualit
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
 
 
@@ -129,7 +136,8 @@ def save_comparison_curves(curves: dict[str, list[list[tuple[int, float]]]], pat
     if title:
         ax.set_title(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120)
     plt.close(fig)
 
 
@@ -145,5 +153,6 @@ def save_comparison_reconstructions(x: torch.Tensor, recons: dict[str, torch.Ten
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120)
     plt.close(fig)

@@ -15,7 +15,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,13 +25,12 @@ from tqdm.auto import tqdm
 from daps import dist
 from daps.checkpoint import (
     CKPT_DIR,
+    find_resumable,
     load_training_state,
     load_weights,
     read_config,
-    resolve_checkpoint,
     save_checkpoint,
     write_config,
-    write_text_atomic,
 )
 from daps.config import Config, config_to_dict
 from daps.data import dataset_spec, train_batches, val_batches
@@ -41,7 +39,20 @@ from daps.methods import build_method
 from daps.metrics import evaluate
 from daps.metrics.evaluate import FIDSetup, fid_setup
 from daps.optim import Optimizers
-from daps.plots import save_reconstruction_grid, save_training_curves
+from daps.plots import read_metrics, save_reconstruction_grid, save_training_curves
+from daps.runfolder import (
+    FolderLock,
+    OutputFolderError,
+    check_replaceable,
+    clear_folder,
+    has_content,
+    is_output_folder,
+    refuse_precious,
+    remove_temporaries,
+    write_json_atomic,
+    write_marker,
+    write_text_atomic,
+)
 
 log = logging.getLogger("daps")
 
@@ -56,6 +67,7 @@ RESUMABLE_CHANGES = {
     "train.ckpt_every",
     "train.keep_checkpoints",
     "train.stop_after",
+    "train.max_skipped_steps",
     "train.out_dir",
     "data.data_dir",
     "data.download",
@@ -64,6 +76,13 @@ RESUMABLE_CHANGES = {
     "train.fid_reference",
     "train.fid_weights",
 }
+
+RUN_ARTIFACTS = ("summary.json", "reconstructions.png", "curves.png")
+"""Files written at the end of a run; a resumed finished run recreates whichever is missing or damaged."""
+
+
+class TrainingDiverged(RuntimeError):
+    """Training stopped because its updates or parameters became non-finite (the CLI exits with code 3)."""
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
@@ -78,35 +97,14 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 
 @dataclass
 class RunPlan:
-    """What :func:`prepare_run_dir` decided: start fresh (deleting an old run first?) or resume."""
+    """What :func:`prepare_run_dir` decided: start fresh (emptying the folder first?) or resume."""
 
     resume_from: Path | None = None
-    delete_first: bool = False
+    clear_first: bool = False
 
 
-def prepare_run_dir(cfg: Config, resume: bool, overwrite: bool) -> RunPlan:
-    """Check the run folder before anything is written or deleted.
-
-    An existing, non-empty folder is refused unless ``resume`` (continue from its latest checkpoint) or
-    ``overwrite`` (delete it, which :func:`train` does only once data and model are ready) is given.
-    """
-    run_dir = Path(cfg.train.out_dir)
-    if resume and overwrite:
-        raise ValueError("--resume and --overwrite cannot be combined")
-    if run_dir.exists() and not run_dir.is_dir():
-        raise ValueError(f"train.out_dir {run_dir} exists and is not a folder")
-    if not (run_dir.exists() and any(run_dir.iterdir())):
-        if resume:
-            log.warning("--resume: %s does not exist yet, starting a new run", run_dir)
-        return RunPlan()
-    if overwrite:
-        return RunPlan(delete_first=True)
-    if not resume:
-        raise ValueError(f"run folder {run_dir} already exists; pass --resume to continue it or --overwrite to replace it")
-    if not (run_dir / CKPT_DIR / "latest").is_file():
-        raise ValueError(f"cannot resume: {run_dir} has no checkpoint ({CKPT_DIR}/latest is missing)")
-    ckpt = resolve_checkpoint(run_dir)
-    saved = _flatten(config_to_dict(read_config(ckpt / "config.json")))
+def _check_same_config(run_dir: Path, saved_cfg: Config, cfg: Config) -> None:
+    saved = _flatten(config_to_dict(saved_cfg))
     given = _flatten(config_to_dict(cfg))
     changed = sorted(k for k in given if k not in RESUMABLE_CHANGES and saved.get(k) != given[k])
     if changed:
@@ -117,6 +115,44 @@ def prepare_run_dir(cfg: Config, resume: bool, overwrite: bool) -> RunPlan:
             "train.steps changed on resume (%s -> %s): schedules that follow the run length (beta) are re-timed",
             saved["train.steps"], given["train.steps"],
         )
+
+
+def prepare_run_dir(cfg: Config, resume: bool, overwrite: bool) -> RunPlan:
+    """Check the run folder before anything is written or deleted.
+
+    An existing run folder is refused unless ``resume`` (continue from its newest intact checkpoint, or start
+    again in place if it was stopped before its first one) or ``overwrite`` (empty it, which :func:`train`
+    does only once data and model are ready). Only a recognisable daps run folder is ever emptied.
+    """
+    run_dir = Path(cfg.train.out_dir)
+    if resume and overwrite:
+        raise ValueError("--resume and --overwrite cannot be combined")
+    refuse_precious(cfg.train.out_dir, "train.out_dir")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise OutputFolderError(f"train.out_dir {run_dir} exists and is not a folder")
+    if not has_content(run_dir):
+        if resume:
+            log.warning("--resume: %s holds no run yet, starting a new run", run_dir)
+        return RunPlan()
+    if overwrite:
+        check_replaceable(run_dir, "train", "train.out_dir")
+        return RunPlan(clear_first=True)
+    if not is_output_folder(run_dir, "train"):
+        raise OutputFolderError(
+            f"train.out_dir {run_dir} exists and is not a daps run folder; choose another folder"
+        )
+    if not resume:
+        raise OutputFolderError(
+            f"run folder {run_dir} already exists; pass --resume to continue it or --overwrite to replace it"
+        )
+    ckpt = find_resumable(run_dir)
+    if ckpt is None:
+        saved = run_dir / "config.json"
+        if saved.exists():
+            _check_same_config(run_dir, read_config(saved), cfg)
+        log.warning("%s was stopped before its first checkpoint: starting it again in place", run_dir)
+        return RunPlan(clear_first=True)
+    _check_same_config(run_dir, read_config(ckpt / "config.json"), cfg)
     return RunPlan(resume_from=ckpt)
 
 
@@ -140,6 +176,35 @@ def _rng_states(generators: dict[str, torch.Generator]) -> list[dict[str, torch.
     return dist.gather_objects({name: g.get_state() for name, g in generators.items()})
 
 
+def _finished(run_dir: Path, end_step: int) -> bool:
+    """Whether a run's end-of-run files are all there and its summary is readable and of ``end_step``."""
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return summary.get("step") == end_step and all((run_dir / name).is_file() for name in RUN_ARTIFACTS)
+
+
+def _final_val_row(metrics_path: Path, end_step: int) -> dict | None:
+    """The validation row logged at ``end_step`` by a run killed after its final checkpoint, if any."""
+    if not metrics_path.exists():
+        return None
+    rows = [r for r in read_metrics(metrics_path) if r.get("split") == "val" and r.get("step") == end_step]
+    return rows[-1] if rows else None
+
+
+def _all_finite(model: torch.nn.Module) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
+
+
+def _diverged(run_dir: Path, step: int, why: str) -> TrainingDiverged:
+    ckpts = sorted((run_dir / CKPT_DIR).glob("step_*"))
+    last = f"its last checkpoint, {ckpts[-1]}, is intact" if ckpts else "it has no checkpoint"
+    return TrainingDiverged(
+        f"training diverged at step {step}: {why}; {last}. Lower optim.lr (or check the data) and start again"
+    )
+
+
 def train(
     cfg: Config, resume: bool = False, overwrite: bool = False, device: str | torch.device | None = None
 ) -> Path:
@@ -147,17 +212,40 @@ def train(
 
     Writes ``config.json``, ``metrics.jsonl`` (one JSON object per train log / validation),
     ``checkpoints/``, ``reconstructions.png``, ``curves.png`` and ``summary.json`` into the run folder.
+    The folder is locked while the run writes it. Raises :class:`TrainingDiverged` when updates stay
+    non-finite for ``train.max_skipped_steps`` steps or the final model is non-finite.
     """
     rank, world = dist.setup()
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and world > 1:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
+    run_dir = Path(cfg.train.out_dir)
+    prepare_run_dir(cfg, resume, overwrite)  # refuse what cannot work before touching anything (checked again below)
+    created = not run_dir.exists()
+    lock = FolderLock(run_dir).acquire() if dist.is_main() else None
+    try:
+        dist.barrier()  # rank 0 holds the lock before any rank decides what to do with the folder
+        return _train(cfg, resume, overwrite, device, rank, world)
+    finally:
+        if lock is not None:
+            lock.release()
+            if created and not has_content(run_dir):  # failed before writing anything: leave no folder behind
+                for name in (".daps", ".lock"):
+                    (run_dir / name).unlink(missing_ok=True)
+                try:
+                    run_dir.rmdir()
+                except OSError:
+                    pass
+        dist.teardown()
+
+
+def _train(cfg: Config, resume: bool, overwrite: bool, device: torch.device, rank: int, world: int) -> Path:
     tc = cfg.train
     run_dir = Path(tc.out_dir)
     end_step = min(tc.steps, tc.stop_after) if tc.stop_after else tc.steps
-    plan = prepare_run_dir(cfg, resume, overwrite)
-    dist.barrier()  # every rank has inspected the folder before rank 0 may delete it
+    plan = prepare_run_dir(cfg, resume, overwrite)  # again, now that no other process can change the folder
+    dist.barrier()  # every rank has inspected the folder before rank 0 may empty it
 
     # Data: raw batches (binary floats or uint8 pixels) on the device; `standardize` maps them to the model's
     # scale. Validation: a fixed subset, the same images at every evaluation.
@@ -201,7 +289,7 @@ def train(
         start_step = state["step"]
         if start_step > end_step:
             raise ValueError(f"cannot resume {run_dir} at step {start_step}: the run is set to stop at step {end_step}")
-        if start_step == end_step and (run_dir / "summary.json").exists():
+        if start_step == end_step and _finished(run_dir, end_step):
             log.info("%s already finished step %d; nothing to do", run_dir, end_step)
             return run_dir
         if len(state["rng"]) != world:
@@ -215,108 +303,141 @@ def train(
             raise ValueError(f"{run_dir} was trained on another kind of device than {device}; resume it there") from None
         log.info("resumed %s at step %d", run_dir, start_step)
 
+    metrics_path = run_dir / "metrics.jsonl"
     if dist.is_main():
-        if plan.delete_first:
-            shutil.rmtree(run_dir)
+        if plan.clear_first:
+            clear_folder(run_dir, "train", "train.out_dir")
+        for folder in (run_dir, run_dir / CKPT_DIR):  # files a killed writer left half-written
+            for path in remove_temporaries(folder):
+                log.info("removed %s, left by an interrupted run", path)
         run_dir.mkdir(parents=True, exist_ok=True)
+        write_marker(run_dir, "train")
         write_config(run_dir / "config.json", cfg)
-        if plan.resume_from is not None:  # rows logged after the checkpoint will be logged again
-            truncate_metrics(run_dir / "metrics.jsonl", start_step)
+        truncate_metrics(metrics_path, start_step)  # rows logged after the checkpoint will be logged again
         num_params = sum(p.numel() for p in model.parameters())
         log.info(
             "training %s on %s (%d train / %d val images) for %d steps, %d parameters, device %s -> %s",
             cfg.method, spec.name, len(batches), num_val, tc.steps, num_params, device, run_dir,
         )
-    metrics_file = open(run_dir / "metrics.jsonl", "a") if dist.is_main() else None
+    metrics_file = open(metrics_path, "a") if dist.is_main() else None
+    try:
 
-    def write_row(row: dict) -> None:
-        if metrics_file is not None:
-            metrics_file.write(json.dumps(row) + "\n")
-            metrics_file.flush()
+        def write_row(row: dict) -> None:
+            if metrics_file is not None:
+                metrics_file.write(json.dumps(row) + "\n")
+                metrics_file.flush()
 
-    def run_eval(step: int, fid: FIDSetup | None = None) -> dict[str, float]:
-        eval_gen = torch.Generator(device).manual_seed(tc.seed + 12345)  # same codes' noise at every eval
-        metrics = evaluate(model, val_images, tc.eval_batch_size, eval_gen, standardize, fid)
-        write_row({"split": "val", "step": step, **metrics})
-        return metrics
+        def run_eval(step: int, fid: FIDSetup | None = None) -> dict[str, float]:
+            eval_gen = torch.Generator(device).manual_seed(tc.seed + 12345)  # same codes' noise at every eval
+            metrics = evaluate(model, val_images, tc.eval_batch_size, eval_gen, standardize, fid)
+            write_row({"split": "val", "step": step, **metrics})
+            return metrics
 
-    def checkpoint(step: int) -> None:
-        rng = _rng_states(generators)  # a collective: every rank takes part
+        def checkpoint(step: int) -> None:
+            if not _all_finite(model):
+                raise _diverged(run_dir, step, "the parameters are no longer finite")
+            rng = _rng_states(generators)  # a collective: every rank takes part
+            if dist.is_main():
+                state = {"step": step, "optimizers": optimizers.state_dict(), "rng": rng}
+                save_checkpoint(run_dir, step, model, cfg, state, keep=tc.keep_checkpoints)
+            dist.barrier()
+
+        bar = tqdm(
+            total=end_step, initial=start_step, disable=not (tc.progress and dist.is_main()),
+            dynamic_ncols=True, mininterval=1.0, unit="step",
+        )
+        sums: dict[str, torch.Tensor] = {}
+        count, t_last, t_start = 0, time.perf_counter(), time.perf_counter()
+        skipped_streak = 0  # consecutive steps with a skipped (non-finite) update
+        model.train()
+        for step in range(start_step, end_step):
+            x = standardize(next(batches))  # (B, C, H, W)
+            if cfg.optim.lr_schedule == "cosine":
+                optimizers.scale_lr(cosine_schedule(step, 1.0, cfg.optim.lr_final, tc.steps))
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.precision == "bfloat16"):
+                out = step_model(x, step, generator=generators["sample"])
+            optimizers.zero_grad()
+            out.loss.backward()
+            skipped_before = sum(optimizers.skipped.values())
+            grad_norms = optimizers.step()
+            skipped_streak = skipped_streak + 1 if sum(optimizers.skipped.values()) > skipped_before else 0
+
+            for key, value in out.logs.items():
+                sums[key] = sums[key] + value if key in sums else value.clone()
+            count += 1
+            done = step + 1
+            if done % tc.log_every == 0 or done == end_step:
+                now = time.perf_counter()
+                row = {key: float(value) / count for key, value in sums.items()}
+                row.update({f"grad_norm_{k}": v for k, v in grad_norms.items()})
+                row.update({f"skipped_{k}": v for k, v in optimizers.skipped.items()})
+                if batches.num_skipped:
+                    row["skipped_files"] = batches.num_skipped
+                # num_steps: how many steps this row averages (fewer than log_every right after a resume)
+                row.update(split="train", step=done, num_steps=count, steps_per_s=count / (now - t_last), time=now - t_start)
+                write_row(row)
+                shown = {k: f"{row[k]:.3g}" for k in ("log_p", "kl", "ess", "eta", "temperature", "perplexity") if k in row}
+                bar.set_postfix(shown, refresh=False)
+                sums, count, t_last = {}, 0, now
+                if not all(math.isfinite(v) for v in row.values() if isinstance(v, float)):
+                    log.warning("non-finite training metrics at step %d: %s", done, row)
+            if tc.max_skipped_steps and skipped_streak >= tc.max_skipped_steps:
+                raise _diverged(run_dir, done, f"{skipped_streak} consecutive updates had non-finite gradients")
+            if dist.is_main() and done % tc.eval_every == 0 and done != end_step:
+                metrics = run_eval(done)
+                log.info("step %d: val log p %.2f  L2 %.3f  PSNR %.2f", done, metrics["log_p"], metrics["l2"], metrics["psnr"])
+            if done % tc.ckpt_every == 0 and done != end_step:
+                checkpoint(done)
+            bar.update(1)
+        bar.close()
+
+        # End of run: final validation first (a non-finite model never replaces the last good checkpoint), then
+        # the final checkpoint, then summary and plots. A run killed anywhere in here resumes to the same files.
         if dist.is_main():
-            state = {"step": step, "optimizers": optimizers.state_dict(), "rng": rng}
-            save_checkpoint(run_dir, step, model, cfg, state, keep=tc.keep_checkpoints)
-        dist.barrier()
+            metrics = _final_val_row(metrics_path, end_step) if start_step == end_step else None
+            metrics = metrics or run_eval(end_step, fid)
+            finite = math.isfinite(float(metrics["log_p"]))
+        else:
+            metrics, finite = None, True
+        if not all(dist.gather_objects(finite)):
+            raise _diverged(run_dir, end_step, "the final validation log-likelihood is not finite")
+        if start_step != end_step:
+            checkpoint(end_step)
+        if dist.is_main():
+            _write_artifacts(cfg, run_dir, end_step, metrics, model, val_images, standardize, spec, device)
+        skipped = {k: v for k, v in optimizers.skipped.items() if v}
+        if skipped:
+            log.warning("skipped updates with non-finite gradients: %s", skipped)
+        return run_dir
+    finally:
+        if metrics_file is not None:
+            metrics_file.close()
+        close = getattr(batches, "close", None)
+        if callable(close):
+            close()
 
-    bar = tqdm(
-        total=end_step, initial=start_step, disable=not (tc.progress and dist.is_main()),
-        dynamic_ncols=True, mininterval=1.0, unit="step",
+
+def _write_artifacts(cfg, run_dir, end_step, metrics, model, val_images, standardize, spec, device) -> None:
+    """summary.json, reconstructions.png and curves.png, each written atomically."""
+    summary = {key: value for key, value in metrics.items() if key not in ("split", "step")}
+    summary = {"step": end_step, "dataset": spec.name, **summary}
+    if spec.note:
+        summary["note"] = spec.note
+    model.eval()
+    val_x = torch.cat([b for b, _ in zip(val_images(), range(8))])  # the first few validation batches
+    shown = val_x[torch.linspace(0, val_x.shape[0] - 1, 16).long().unique()]  # spread over the (often sorted) split
+    with torch.no_grad():
+        x_shown = standardize(shown)
+        rec = model.reconstruct(x_shown, torch.Generator(device).manual_seed(cfg.train.seed))
+    save_reconstruction_grid(
+        standardize.to_unit(x_shown), standardize.to_unit(rec.x_hat), run_dir / "reconstructions.png",
+        title=f"{cfg.method} on {spec.name} after {end_step} steps (validation images)",
     )
-    sums: dict[str, torch.Tensor] = {}
-    count, t_last, t_start = 0, time.perf_counter(), time.perf_counter()
-    model.train()
-    for step in range(start_step, end_step):
-        x = standardize(next(batches))  # (B, C, H, W)
-        if cfg.optim.lr_schedule == "cosine":
-            optimizers.scale_lr(cosine_schedule(step, 1.0, cfg.optim.lr_final, tc.steps))
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.precision == "bfloat16"):
-            out = step_model(x, step, generator=generators["sample"])
-        optimizers.zero_grad()
-        out.loss.backward()
-        grad_norms = optimizers.step()
-
-        for key, value in out.logs.items():
-            sums[key] = sums[key] + value if key in sums else value.clone()
-        count += 1
-        done = step + 1
-        if done % tc.log_every == 0 or done == end_step:
-            now = time.perf_counter()
-            row = {key: float(value) / count for key, value in sums.items()}
-            row.update({f"grad_norm_{k}": v for k, v in grad_norms.items()})
-            row.update({f"skipped_{k}": v for k, v in optimizers.skipped.items()})
-            if batches.num_skipped:
-                row["skipped_files"] = batches.num_skipped
-            row.update(split="train", step=done, steps_per_s=count / (now - t_last), time=now - t_start)
-            write_row(row)
-            shown = {k: f"{row[k]:.3g}" for k in ("log_p", "kl", "ess", "eta", "temperature", "perplexity") if k in row}
-            bar.set_postfix(shown, refresh=False)
-            sums, count, t_last = {}, 0, now
-            if not all(math.isfinite(v) for v in row.values() if isinstance(v, float)):
-                log.warning("non-finite training metrics at step %d: %s", done, row)
-        if dist.is_main() and done % tc.eval_every == 0 and done != end_step:
-            metrics = run_eval(done)
-            log.info("step %d: val log p %.2f  L2 %.3f  PSNR %.2f", done, metrics["log_p"], metrics["l2"], metrics["psnr"])
-        if done % tc.ckpt_every == 0 and done != end_step:
-            checkpoint(done)
-        bar.update(1)
-    bar.close()
-
-    checkpoint(end_step)
-    if dist.is_main():
-        metrics = run_eval(end_step, fid)
-        summary = {"step": end_step, "dataset": spec.name, **metrics}
-        if spec.note:
-            summary["note"] = spec.note
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        model.eval()
-        val_x = torch.cat([b for b, _ in zip(val_images(), range(8))])  # the first few validation batches
-        shown = val_x[torch.linspace(0, val_x.shape[0] - 1, 16).long().unique()]  # spread over the (often sorted) split
-        with torch.no_grad():
-            x_shown = standardize(shown)
-            rec = model.reconstruct(x_shown, torch.Generator(device).manual_seed(tc.seed))
-        save_reconstruction_grid(
-            standardize.to_unit(x_shown), standardize.to_unit(rec.x_hat), run_dir / "reconstructions.png",
-            title=f"{cfg.method} on {spec.name} after {end_step} steps (validation images)",
-        )
-        save_training_curves(
-            run_dir / "metrics.jsonl", run_dir / "curves.png", title=f"{cfg.method} / {spec.name}",
-            quality="psnr" if spec.likelihood == "gaussian" else "l2",
-        )
-        metrics_file.close()
-    skipped = {k: v for k, v in optimizers.skipped.items() if v}
-    if skipped:
-        log.warning("skipped updates with non-finite gradients: %s", skipped)
-    dist.teardown()
-    return run_dir
+    save_training_curves(
+        run_dir / "metrics.jsonl", run_dir / "curves.png", title=f"{cfg.method} / {spec.name}",
+        quality="psnr" if spec.likelihood == "gaussian" else "l2",
+    )
+    write_json_atomic(run_dir / "summary.json", summary)  # last: its presence means the run is complete
 
 
 def summarize(metrics: dict[str, float]) -> str:
@@ -348,4 +469,4 @@ def summarize(metrics: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["prepare_run_dir", "summarize", "train"]
+__all__ = ["TrainingDiverged", "prepare_run_dir", "summarize", "train"]

@@ -111,7 +111,7 @@ def test_latest_points_to_a_complete_checkpoint(trained_run):
     name = (root / "latest").read_text().strip()
     steps = sorted(p.name for p in root.glob("step_*"))
     assert name == steps[-1] == "step_00000006"
-    assert {p.name for p in (root / name).iterdir()} == {"model.safetensors", "config.json", "state.pt"}
+    assert {p.name for p in (root / name).iterdir()} == {"model.safetensors", "config.json", "state.pt", "checksums.json"}
     assert resolve_checkpoint(trained_run) == root / name
     assert not list(root.glob(".*")), "no temp files or folders are left behind"
 
@@ -149,7 +149,7 @@ def test_load_model_accepts_run_checkpoint_and_file(trained_run):
 
 
 def test_load_model_without_checkpoint(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+    with pytest.raises(ValueError, match="no checkpoint"):  # CheckpointError, a ValueError: the CLI's exit 2
         daps.load_model(tmp_path)
 
 

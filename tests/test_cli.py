@@ -238,12 +238,12 @@ def test_resume_with_a_different_architecture_is_refused(trained_run, capsys, ti
     assert snapshot(trained_run) == before
 
 
-def test_resume_without_a_checkpoint_is_refused(tmp_path, capsys, tiny_overrides):
+def test_resume_of_a_folder_that_is_not_a_run_is_refused(tmp_path, capsys, tiny_overrides):
     run = tmp_path / "run"
     run.mkdir()
     (run / "notes.txt").write_text("not a run\n")
     assert main(["train", *tiny_overrides, f"train.out_dir={run}", "--resume"]) == 2
-    assert "checkpoint" in error_line(capsys, "train")
+    assert "not a daps run folder" in error_line(capsys, "train")
     assert sorted(os.listdir(run)) == ["notes.txt"]
 
 
