@@ -44,9 +44,9 @@ def main(argv: list[str] | None = None) -> dict:
     model, optimizers, x, gen = setup(cfg, device)
     b, k = cfg.train.batch_size, cfg.daps.num_samples
     for _ in range(args.warmup):
-        step_once(model, optimizers, x, 0, gen)
+        step_once(model, optimizers, x, 0, gen, cfg.train.precision)
     window = 5
-    rates = time_windows(lambda: step_once(model, optimizers, x, 0, gen), max(args.steps // window, 1), window, device)
+    rates = time_windows(lambda: step_once(model, optimizers, x, 0, gen, cfg.train.precision), max(args.steps // window, 1), window, device)
     steps_per_s = statistics.median(rates)
 
     # Breakdown: each part timed on its own, with the inputs it sees inside a step (median of 5).
@@ -54,10 +54,10 @@ def main(argv: list[str] | None = None) -> dict:
     enc = model.encoder
     parts = {
         name: time_call(fn, reps, device, optimizers.zero_grad)
-        for name, fn in categorical_parts(model, x, k, gen).items()
+        for name, fn in categorical_parts(model, x, k, gen, cfg.train.precision).items()
     }
     parts["sampling_no_cache"] = time_call(lambda: enc.sample(x, k, gen, use_cache=False), reps, device)
-    step_once(model, optimizers, x, 0, gen)  # leaves every gradient for the optimizer to step on
+    step_once(model, optimizers, x, 0, gen, cfg.train.precision)  # leaves every gradient for the optimizer to step on
     parts["optimizer"] = time_call(optimizers.step, reps, device)
     result = {
         "preset": args.preset,

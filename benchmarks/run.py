@@ -28,6 +28,10 @@ runs them all in this one (quicker to start, but CPU peak memory is then unrelia
   model runs first, so that torch's one-time lazy initialization (about 100 MiB of RSS) is not counted;
 - per preset, DAPS step time / VQ-VAE step time (the ``daps`` and ``vqvae`` methods of the preset).
 
+``train.precision=bfloat16`` and ``train.compile=true`` are honoured as ``daps train`` honours them: the forward
+runs under bf16 autocast (also in the timed parts), and the sampler's static-shape step and the DAPS objective
+go through ``torch.compile`` (compiled during the warm-up steps, whose seconds are recorded in ``warmup_s``).
+
 It prints a markdown table and writes ``OUT/NAME.json`` (everything, incl. the machine, torch version, thread
 count, exact command and every resolved config) and ``OUT/NAME.md`` (the table). NAME defaults to
 ``<device>-<UTC time>``; an existing result file is never replaced unless ``--overwrite`` is given.
@@ -153,27 +157,37 @@ def is_categorical(model: torch.nn.Module) -> bool:
 
 
 def categorical_parts(
-    model: torch.nn.Module, x: torch.Tensor, k: int, generator: torch.Generator
+    model: torch.nn.Module, x: torch.Tensor, k: int, generator: torch.Generator, precision: str = "float32"
 ) -> dict[str, Callable[[], object]]:
     """The parts of a sample-then-score step (DAPS's), each with the inputs it sees inside a step.
 
     ``sampling``: K codes per input (no gradient); ``teacher_forced``: ``log q`` of those codes, forward +
     backward; ``decoder``: ``log p(x | z)`` of the K*B codes, forward + backward. Gradients accumulate across
     calls; call ``optimizers.zero_grad()`` before each (untimed) for the cost of a step's first backward.
+    Each forward runs under the step's autocast (``precision``).
     """
     encoder, decoder, likelihood = model.encoder, model.decoder, model.likelihood
-    indices = encoder.sample(x, k, generator).indices  # (K, B, T)
+    with autocast(x.device, precision):
+        indices = encoder.sample(x, k, generator).indices  # (K, B, T)
     b = x.shape[0]
 
+    def sample() -> None:
+        with autocast(x.device, precision):
+            encoder.sample(x, k, generator)
+
     def teacher_forced() -> None:
-        encoder.log_prob(x, indices).sum().backward()  # (K, B, T) -> scalar
+        with autocast(x.device, precision):
+            log_q = encoder.log_prob(x, indices).sum()  # (K, B, T) -> scalar
+        log_q.backward()
 
     def decode() -> None:
-        params = decoder(indices.flatten(0, 1))  # (K*B, *param_shape)
-        likelihood.log_prob(params.view(k, b, *params.shape[1:]), x).mean().backward()  # (K, B) -> scalar
+        with autocast(x.device, precision):
+            params = decoder(indices.flatten(0, 1))  # (K*B, *param_shape)
+            log_p = likelihood.log_prob(params.view(k, b, *params.shape[1:]), x).mean()  # (K, B) -> scalar
+        log_p.backward()
 
     return {
-        "sampling": lambda: encoder.sample(x, k, generator),
+        "sampling": sample,
         "teacher_forced": teacher_forced,
         "decoder": decode,
     }
@@ -221,15 +235,32 @@ class PeakMemory:
 # -- one benchmark -----------------------------------------------------------------------------------
 
 
+def apply_compile(model: torch.nn.Module, device: torch.device) -> None:
+    """What ``train.compile=true`` does in ``daps.train.train()`` (kept in step with it): the encoder's static-shape
+    sampler step and, for DAPS, the differentiable part of the step go through ``torch.compile``. Compilation
+    itself happens in the first calls (the warm-up steps)."""
+    if hasattr(getattr(model, "encoder", None), "compile_sampler"):
+        model.encoder.compile_sampler(mode="reduce-overhead" if device.type == "cuda" else None)
+    if hasattr(model, "compile_step"):
+        model.compile_step()
+
+
+def autocast(device: torch.device, precision: str) -> torch.autocast:
+    """The forward pass's autocast context of ``train()``: bf16 when ``train.precision=bfloat16``, else disabled."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bfloat16")
+
+
 def setup(
     cfg: Config, device: torch.device
 ) -> tuple[torch.nn.Module, Optimizers, torch.Tensor, torch.Generator]:
-    """Model and optimizers as ``train()`` builds them, random inputs ``x (B, C, H, W)`` (binary for MNIST,
+    """Model and optimizers as ``train()`` builds them (compiled when ``train.compile``), random inputs ``x (B, C, H, W)`` (binary for MNIST,
     standard normal for standardized natural images), a generator."""
     shape = tuple(cfg.data.image_shape)
     with torch.random.fork_rng(devices=[]):  # seeded like train(), without touching the global RNG
         torch.manual_seed(cfg.train.seed)
         model = build_method(cfg, shape).to(device)
+    if cfg.train.compile:
+        apply_compile(model, device)
     model.train()
     optimizers = Optimizers(model, model.optimizer_specs(cfg.optim.lr, cfg.optim.grad_clip), cfg.optim.weight_decay)
     generator = torch.Generator(device).manual_seed(cfg.train.seed + 1)
@@ -243,10 +274,12 @@ def setup(
 
 
 def step_once(
-    model: torch.nn.Module, optimizers: Optimizers, x: torch.Tensor, step: int, generator: torch.Generator
+    model: torch.nn.Module, optimizers: Optimizers, x: torch.Tensor, step: int, generator: torch.Generator,
+    precision: str = "float32",
 ) -> None:
-    """One training step, as in ``train()``."""
-    out = model(x, step, generator=generator)
+    """One training step, as in ``train()`` (the forward under bf16 autocast when ``precision`` is bfloat16)."""
+    with autocast(x.device, precision):
+        out = model(x, step, generator=generator)
     optimizers.zero_grad()
     out.loss.backward()
     optimizers.step()
@@ -267,7 +300,7 @@ def time_windows(step: Callable[[], None], windows: int, steps_per_window: int, 
 
 def time_phases(
     model: torch.nn.Module, optimizers: Optimizers, x: torch.Tensor, generator: torch.Generator, step: int,
-    repeats: int, device: torch.device,
+    repeats: int, device: torch.device, precision: str = "float32",
 ) -> dict[str, float]:
     """Median ms of the forward, backward and optimizer phases of ``repeats`` real training steps."""
     times: dict[str, list[float]] = {"forward": [], "backward": [], "optimizer": []}
@@ -275,7 +308,8 @@ def time_phases(
         optimizers.zero_grad()
         synchronize(device)
         t0 = time.perf_counter()
-        out = model(x, step + i, generator=generator)
+        with autocast(device, precision):
+            out = model(x, step + i, generator=generator)
         synchronize(device)
         t1 = time.perf_counter()
         out.loss.backward()
@@ -297,24 +331,27 @@ def bench_method(
     # not counted as this method's memory, and the small tensors it frees leave little for reuse.
     small = copy.deepcopy(cfg)
     small.train.batch_size = 2
+    small.train.compile = False  # only for torch's lazy initialization: nothing to compile here
     model, optimizers, x, generator = setup(small, device)
-    step_once(model, optimizers, x, 0, generator)
+    step_once(model, optimizers, x, 0, generator, cfg.train.precision)
     del model, optimizers, x, generator
 
     memory = PeakMemory(device, isolated)
     memory.start()
     model, optimizers, x, generator = setup(cfg, device)
+    precision = cfg.train.precision
     steps = iter(range(10**9))  # the step index the schedules see
+    warmup_s = []  # each warm-up step's seconds (the first includes compilation when train.compile)
     for _ in range(warmup):
-        step_once(model, optimizers, x, next(steps), generator)
+        warmup_s.append(time_call(lambda: step_once(model, optimizers, x, next(steps), generator, precision), 1, device))
     rates = time_windows(
-        lambda: step_once(model, optimizers, x, next(steps), generator), windows, steps_per_window, device
+        lambda: step_once(model, optimizers, x, next(steps), generator, precision), windows, steps_per_window, device
     )
-    phases = time_phases(model, optimizers, x, generator, next(steps), windows, device)
+    phases = time_phases(model, optimizers, x, generator, next(steps), windows, device, precision)
     k = num_codes_per_input(model)
     breakdown = None
     if is_categorical(model):
-        parts = categorical_parts(model, x, k, generator)
+        parts = categorical_parts(model, x, k, generator, precision)
         breakdown = {name: 1000 * time_call(fn, windows, device, optimizers.zero_grad) for name, fn in parts.items()}
         breakdown["optimizer"] = phases["optimizer"]  # it needs every gradient: a real step's
     optimizers.zero_grad()
@@ -331,6 +368,9 @@ def bench_method(
         "image_shape": list(cfg.data.image_shape),
         "num_params": sum(p.numel() for p in model.parameters()),
         "torch_threads": torch.get_num_threads(),
+        "precision": precision,
+        "compile": cfg.train.compile,
+        "warmup_s": warmup_s,
         "steps_per_s": {"median": statistics.median(rates), "min": min(rates), "max": max(rates), "windows": rates},
         "step_ms": {"median": statistics.median(step_ms), "min": min(step_ms), "max": max(step_ms)},
         "phases_ms": phases,
@@ -394,6 +434,8 @@ def markdown_table(report: dict) -> str:
     where = m["gpu"] or m["cpu"]
     threads = "/".join(str(t) for t in sorted({r["torch_threads"] for r in report["results"]})) or "-"
     memory_kind = report["results"][0]["peak_memory"]["kind"] if report["results"] else "-"
+    precisions = "/".join(sorted({r["precision"] for r in report["results"]})) or "-"
+    compiled = "/".join(sorted({str(r["compile"]).lower() for r in report["results"]})) or "-"
     lines += [
         "",
         (
@@ -406,6 +448,10 @@ def markdown_table(report: dict) -> str:
             "Times in ms (median); forward / backward / optimizer are the phases of real steps; sampling / "
             "teacher-forced / decoder (forward + backward) are timed on their own (categorical methods only). "
             f"Peak memory: {memory_kind}."
+        ),
+        (
+            f"train.precision={precisions}, train.compile={compiled} (honoured as `daps train` does: bf16 autocast "
+            "of the forward; torch.compile of the sampler step and the DAPS objective, compiled during warm-up)."
         ),
         f"Command: `{report['command']}`",
     ]

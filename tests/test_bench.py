@@ -112,3 +112,36 @@ def test_user_errors_print_one_line_and_exit_2(tmp_path, capsys, args, words):
     assert bench.main([*args, "--out", str(tmp_path / "results")]) == 2
     assert words in error_line(capsys)
     assert not (tmp_path / "results").exists()
+
+
+def test_precision_and_compile_overrides_are_honoured(tmp_path, monkeypatch):
+    """``train.precision`` and ``train.compile`` change what is timed, as in ``daps train`` (they were ignored)."""
+    cfg = bench.parse_overrides(bench.get_preset("mnist"), [*TINY, "train.precision=bfloat16"])
+    model, optimizers, x, generator = bench.setup(cfg, bench.torch.device("cpu"))
+    dtypes = []
+    model.decoder.register_forward_hook(lambda mod, inp, out: dtypes.append(out.dtype))
+    bench.step_once(model, optimizers, x, 0, generator, cfg.train.precision)
+    assert dtypes and all(d == bench.torch.bfloat16 for d in dtypes), dtypes  # the forward ran under bf16 autocast
+    dtypes.clear()
+    bench.step_once(model, optimizers, x, 1, generator)
+    assert dtypes and all(d == bench.torch.float32 for d in dtypes), dtypes
+
+    # train.compile: the sampler's static step and the DAPS objective are wrapped by torch.compile, as train() does.
+    compiled = object()  # what the stand-in torch.compile returns
+    monkeypatch.setattr(bench.torch, "compile", lambda fn, **kw: compiled)
+    for compile_flag in (False, True):
+        cfg = bench.parse_overrides(bench.get_preset("mnist"), [*TINY, f"train.compile={str(compile_flag).lower()}"])
+        model, *_ = bench.setup(cfg, bench.torch.device("cpu"))
+        assert (model.encoder._static_step_fn is compiled) == compile_flag
+        assert (model._objective_fn is compiled) == compile_flag
+
+    # The suite's rows say which were used, and the markdown names them (compile stands in as the identity:
+    # real compilation takes minutes here; tests/test_compile.py covers it).
+    monkeypatch.setattr(bench.torch, "compile", lambda fn, **kw: fn)
+    out = tmp_path / "results"
+    argv = ["--methods", "daps", *QUICK, "--in-process", "--out", str(out), "--name", "bf16", *TINY,
+            "train.precision=bfloat16", "train.compile=true"]
+    assert bench.main(argv) == 0
+    (row,) = strict_json((out / "bf16.json").read_text())["results"]
+    assert row["precision"] == "bfloat16" and row["compile"] is True and len(row["warmup_s"]) == 1
+    assert "train.precision=bfloat16, train.compile=true" in (out / "bf16.md").read_text()
