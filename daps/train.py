@@ -245,6 +245,10 @@ def _train(cfg: Config, resume: bool, overwrite: bool, device: torch.device, ran
     run_dir = Path(tc.out_dir)
     end_step = min(tc.steps, tc.stop_after) if tc.stop_after else tc.steps
     plan = prepare_run_dir(cfg, resume, overwrite)  # again, now that no other process can change the folder
+    if dist.is_main():
+        for folder in (run_dir, run_dir / CKPT_DIR):  # files a killed writer left half-written
+            for path in remove_temporaries(folder):
+                log.info("removed %s, left by an interrupted run", path)
     dist.barrier()  # every rank has inspected the folder before rank 0 may empty it
 
     # Data: raw batches (binary floats or uint8 pixels) on the device; `standardize` maps them to the model's
@@ -307,9 +311,6 @@ def _train(cfg: Config, resume: bool, overwrite: bool, device: torch.device, ran
     if dist.is_main():
         if plan.clear_first:
             clear_folder(run_dir, "train", "train.out_dir")
-        for folder in (run_dir, run_dir / CKPT_DIR):  # files a killed writer left half-written
-            for path in remove_temporaries(folder):
-                log.info("removed %s, left by an interrupted run", path)
         run_dir.mkdir(parents=True, exist_ok=True)
         write_marker(run_dir, "train")
         write_config(run_dir / "config.json", cfg)
@@ -387,7 +388,10 @@ def _train(cfg: Config, resume: bool, overwrite: bool, device: torch.device, ran
                 metrics = run_eval(done)
                 log.info("step %d: val log p %.2f  L2 %.3f  PSNR %.2f", done, metrics["log_p"], metrics["l2"], metrics["psnr"])
             if done % tc.ckpt_every == 0 and done != end_step:
-                checkpoint(done)
+                if skipped_streak:  # never replace a good checkpoint by one right after a non-finite update
+                    log.warning("step %d: no checkpoint, the last update had a non-finite gradient", done)
+                else:
+                    checkpoint(done)
             bar.update(1)
         bar.close()
 
@@ -396,11 +400,11 @@ def _train(cfg: Config, resume: bool, overwrite: bool, device: torch.device, ran
         if dist.is_main():
             metrics = _final_val_row(metrics_path, end_step) if start_step == end_step else None
             metrics = metrics or run_eval(end_step, fid)
-            finite = math.isfinite(float(metrics["log_p"]))
+            finite = all(math.isfinite(v) for v in metrics.values() if isinstance(v, float))
         else:
             metrics, finite = None, True
         if not all(dist.gather_objects(finite)):
-            raise _diverged(run_dir, end_step, "the final validation log-likelihood is not finite")
+            raise _diverged(run_dir, end_step, "the final validation metrics are not finite")
         if start_step != end_step:
             checkpoint(end_step)
         if dist.is_main():

@@ -1,0 +1,377 @@
+"""Nothing lost: what ``daps train`` may replace, the run-folder lock, resuming from every kill point, damaged
+checkpoints and divergence. Each test reproduces a way a user could lose files or be left with a run that
+cannot be finished, on the tiny config of ``conftest.py``."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import daps
+from daps.checkpoint import CKPT_DIR, find_resumable, list_checkpoints, verify_checkpoint
+from daps.cli import main
+from daps.runfolder import LOCK, MARKER, FolderLock, OutputFolderError, atomic_path, prepare_output_folder
+
+pytestmark = pytest.mark.usefixtures("offline")
+
+
+def snapshot(folder: Path, skip: tuple[str, ...] = ()) -> dict[str, tuple[int, bytes]]:
+    """relative path -> (mtime_ns, bytes) of everything under ``folder``."""
+    out = {}
+    for p in sorted(folder.rglob("*")):
+        rel = str(p.relative_to(folder))
+        if p.name in skip:
+            continue
+        out[rel] = (p.stat().st_mtime_ns, p.read_bytes() if p.is_file() else b"<dir>")
+    return out
+
+
+def error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err, "no error printed"
+    return err[-1]
+
+
+def final_weights(run: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(run / CKPT_DIR / (run / CKPT_DIR / "latest").read_text().strip() / "model.safetensors"))
+
+
+def same_weights(a: Path, b: Path) -> bool:
+    wa, wb = final_weights(a), final_weights(b)
+    return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def train_rows(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+# --------------------------------------------------------------------------------------------------
+# --overwrite replaces only a daps run folder
+
+
+@pytest.mark.parametrize("out_dir", ["", ".", "..", "./", "sub/.."])
+def test_overwrite_never_deletes_the_current_folder_or_a_parent(tmp_path, monkeypatch, capsys, tiny_overrides, out_dir):
+    work = tmp_path / "home_of_user" / "project"
+    (work / "sub").mkdir(parents=True)
+    (work / "thesis.tex").write_text("years of work\n")
+    (work.parent / "notes.txt").write_text("more work\n")
+    monkeypatch.chdir(work)
+    before = snapshot(tmp_path)
+    assert main(["train", *tiny_overrides, f"train.out_dir={out_dir}", "--overwrite"]) == 2
+    assert "train.out_dir" in error_line(capsys)
+    assert snapshot(tmp_path) == before
+
+
+def test_overwrite_never_deletes_home_or_a_root(tmp_path, capsys, tiny_overrides):
+    home = Path(os.environ["HOME"])  # the `offline` fixture points HOME into tmp_path
+    home.mkdir(parents=True, exist_ok=True)
+    (home / ".bashrc").write_text("alias x=y\n")
+    before = snapshot(home)
+    for out_dir in (str(home), "~", "/"):
+        assert main(["train", *tiny_overrides, f"train.out_dir={out_dir}", "--overwrite"]) == 2
+        line = error_line(capsys)  # "/" is also a parent of the current folder
+        assert "home folder or a filesystem root" in line or (out_dir == "/" and "its parents" in line)
+    assert snapshot(home) == before
+
+
+def test_overwrite_refuses_a_folder_that_is_not_a_run(tmp_path, capsys, tiny_overrides):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "cat.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    (folder / "config.json").write_text('{"camera": "x"}\n')  # a config.json that is not a daps config
+    before = snapshot(folder)
+    assert main(["train", *tiny_overrides, f"train.out_dir={folder}", "--overwrite"]) == 2
+    assert "not a daps train folder" in error_line(capsys)
+    assert snapshot(folder) == before
+
+
+def test_overwrite_refuses_a_symlink_to_a_run(copy_run, tmp_path, capsys, tiny_overrides):
+    run = copy_run()
+    link = tmp_path / "link"
+    link.symlink_to(run)
+    before = snapshot(run)
+    assert main(["train", *tiny_overrides, f"train.out_dir={link}", "--overwrite"]) == 2
+    assert "symbolic link" in error_line(capsys)
+    assert snapshot(run) == before
+
+
+def test_overwrite_replaces_a_run_made_before_the_marker_existed(copy_run, trained_run, tiny_overrides, no_plots):
+    run = copy_run()
+    (run / MARKER).unlink()  # runs of earlier versions: recognised by their daps config.json
+    assert main(["train", *tiny_overrides, f"train.out_dir={run}", "--overwrite"]) == 0
+    assert (run / MARKER).is_file() and same_weights(run, trained_run)
+
+
+def test_other_writers_share_the_rule(tmp_path):
+    out = tmp_path / "report"
+    out.mkdir()
+    (out / "mine.txt").write_text("x")
+    with pytest.raises(OutputFolderError, match="--overwrite"):
+        prepare_output_folder(out, "gradlab", overwrite=False)
+    with pytest.raises(OutputFolderError, match="not a daps gradlab folder"):
+        prepare_output_folder(out, "gradlab", overwrite=True)
+    assert (out / "mine.txt").read_text() == "x"
+    fresh = prepare_output_folder(tmp_path / "new", "gradlab", overwrite=False)
+    (fresh / "gradlab.md").write_text("old report")
+    with pytest.raises(OutputFolderError, match="not a daps compare folder"):  # another kind is not replaced
+        prepare_output_folder(fresh, "compare", overwrite=True)
+    prepare_output_folder(fresh, "gradlab", overwrite=True)
+    assert not (fresh / "gradlab.md").exists()
+
+
+def test_atomic_path_leaves_the_old_file_on_error(tmp_path):
+    target = tmp_path / "summary.json"
+    target.write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("killed")
+    assert target.read_text() == "old" and sorted(os.listdir(tmp_path)) == ["summary.json"]
+
+
+# --------------------------------------------------------------------------------------------------
+# One process per run folder
+
+HOLD_LOCK = textwrap.dedent(
+    """
+    import fcntl, os, sys, time
+    fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    os.ftruncate(fd, 0); os.write(fd, f"{os.getpid()}\\n".encode())
+    print("locked", flush=True)
+    time.sleep(120)
+    """
+)
+
+
+def test_a_second_process_is_refused_and_a_stale_lock_is_taken_over(copy_run, trained_run, capsys, tiny_overrides, caplog):
+    run = copy_run()
+    for p in (run / "summary.json", run / "reconstructions.png", run / "curves.png"):
+        p.unlink()  # a finished run that still has work to do on --resume
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(run / LOCK)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        before = snapshot(run)
+        assert main(["train", *tiny_overrides, f"train.out_dir={run}", "--resume"]) == 2
+        line = error_line(capsys)
+        assert "in use by another daps process" in line and f"pid {holder.pid}" in line
+        assert snapshot(run) == before
+    finally:
+        holder.kill()
+        holder.wait()
+    # The holder was killed: its pid is still in the lock file, but the kernel dropped its lock.
+    assert (run / LOCK).read_text().strip() == str(holder.pid)
+    with caplog.at_level("WARNING", logger="daps"):
+        assert main(["train", *tiny_overrides, f"train.out_dir={run}", "--resume"]) == 0
+    assert f"lock left by process {holder.pid}" in caplog.text
+    assert (run / LOCK).read_text() == ""  # released cleanly
+    assert json.loads((run / "summary.json").read_text()) == json.loads((trained_run / "summary.json").read_text())
+
+
+def test_folder_lock_in_process(tmp_path):
+    with FolderLock(tmp_path / "run"):
+        with pytest.raises(OutputFolderError, match=f"pid {os.getpid()}"):
+            FolderLock(tmp_path / "run").acquire()
+    FolderLock(tmp_path / "run").acquire().release()  # free again
+
+
+# --------------------------------------------------------------------------------------------------
+# --resume gets a run to its end from any kill point
+
+
+def test_killed_before_the_first_checkpoint_resumes_in_place(copy_run, trained_run, tiny_overrides, no_plots):
+    run = copy_run()
+    for p in (run / "summary.json", run / "reconstructions.png", run / "curves.png"):
+        p.unlink()
+    import shutil
+
+    shutil.rmtree(run / CKPT_DIR)
+    rows = (run / "metrics.jsonl").read_text().splitlines()
+    (run / "metrics.jsonl").write_text(rows[0] + "\n" + rows[1][:20])  # a row cut off by the kill
+    assert main(["train", *tiny_overrides, f"train.out_dir={run}"]) == 2  # not without being asked
+    assert main(["train", *tiny_overrides, f"train.out_dir={run}", "--resume"]) == 0
+    assert same_weights(run, trained_run)
+    assert [r["step"] for r in train_rows(run)] == [r["step"] for r in train_rows(trained_run)]
+
+
+def test_killed_before_the_first_checkpoint_with_another_config_is_refused(copy_run, capsys, tiny_overrides):
+    run = copy_run()
+    import shutil
+
+    shutil.rmtree(run / CKPT_DIR)
+    before = snapshot(run)
+    assert main(["train", *tiny_overrides, "encoder.width=32", f"train.out_dir={run}", "--resume"]) == 2
+    assert "encoder.width" in error_line(capsys)
+    assert snapshot(run) == before
+
+
+@pytest.mark.parametrize("damage", ["empty", "missing", "truncated"])
+def test_finished_run_with_a_damaged_summary_or_missing_plots_is_completed(copy_run, trained_run, tiny_overrides, damage):
+    run = copy_run()
+    summary = run / "summary.json"
+    if damage == "empty":
+        summary.write_bytes(b"")  # what a kill during a non-atomic write used to leave
+    elif damage == "missing":
+        summary.unlink()
+    else:
+        summary.write_text(summary.read_text()[:30])
+    (run / "curves.png").unlink()
+    checkpoints = snapshot(run / CKPT_DIR)
+    assert main(["train", *tiny_overrides, f"train.out_dir={run}", "--resume"]) == 0
+    assert json.loads(summary.read_text()) == json.loads((trained_run / "summary.json").read_text())
+    assert (run / "curves.png").stat().st_size > 1000 and (run / "reconstructions.png").is_file()
+    assert snapshot(run / CKPT_DIR) == checkpoints  # the final checkpoint is not rewritten
+    assert train_rows(run) == train_rows(trained_run)  # the final validation row is not logged twice
+
+
+def test_finished_run_is_left_alone(copy_run, tiny_overrides):
+    run = copy_run()
+    before = snapshot(run, skip=(LOCK,))
+    assert main(["train", *tiny_overrides, f"train.out_dir={run}", "--resume"]) == 0
+    assert snapshot(run, skip=(LOCK,)) == before
+
+
+def test_temporaries_of_a_killed_run_are_removed_on_the_next_start(copy_run, tiny_overrides, caplog):
+    run = copy_run()
+    leftovers = [
+        run / ".summary.tmp-99999.json",
+        run / ".curves.tmp-99999.png",
+        run / CKPT_DIR / ".latest.tmp-99999",
+    ]
+    for p in leftovers:
+        p.write_bytes(b"half")
+    half_ckpt = run / CKPT_DIR / ".step_00000009.tmp-99999"
+    half_ckpt.mkdir()
+    (half_ckpt / "model.safetensors").write_bytes(b"")
+    with caplog.at_level("INFO", logger="daps"):
+        assert main(["train", *tiny_overrides, f"train.out_dir={run}", "--resume"]) == 0
+    assert not any(p.exists() for p in [*leftovers, half_ckpt])
+    assert "left by an interrupted run" in caplog.text
+
+
+def test_rows_after_a_resume_say_how_many_steps_they_average(copy_run, tiny_overrides, no_plots, trained_run):
+    run = copy_run()
+    latest = run / CKPT_DIR / "latest"
+    latest.write_text("step_00000003\n")  # as if killed between the checkpoints at steps 3 and 6
+    import shutil
+
+    shutil.rmtree(run / CKPT_DIR / "step_00000006")
+    assert main(["train", *tiny_overrides, f"train.out_dir={run}", "--resume"]) == 0
+    rows = {(r["split"], r["step"]): r for r in train_rows(run)}
+    assert rows["train", 2]["num_steps"] == 2  # log_every=2, before the kill
+    assert rows["train", 4]["num_steps"] == 1  # step 4 only: the run restarted at step 3
+    assert rows["train", 6]["num_steps"] == 2
+    assert same_weights(run, trained_run)
+
+
+# --------------------------------------------------------------------------------------------------
+# Damaged checkpoints
+
+
+def _damage(path: Path, how: str) -> None:
+    data = path.read_bytes()
+    if how == "empty":
+        path.write_bytes(b"")
+    elif how == "truncated":
+        path.write_bytes(data[: len(data) // 2])
+    elif how == "flipped":  # one byte in the middle of the tensor data: the file still parses
+        i = len(data) - 64
+        path.write_bytes(data[:i] + bytes([data[i] ^ 0x01]) + data[i + 1 :])
+
+
+DAMAGES = [(f, h) for f in ("model.safetensors", "state.pt", "config.json") for h in ("empty", "truncated", "flipped")]
+
+
+@pytest.mark.parametrize("file,how", DAMAGES)
+def test_damaged_latest_checkpoint_is_named_and_resume_falls_back(copy_run, trained_run, capsys, tiny_overrides, file, how, caplog, no_plots):
+    run = copy_run()
+    latest = run / CKPT_DIR / "step_00000006"
+    _damage(latest / file, how)
+    damaged = (latest / file).read_bytes()
+    # Loading names the file, in one line, exit code 2.
+    with pytest.raises(ValueError, match=str(latest / file).replace(".", r"\.")):
+        daps.load_model(run)
+    assert main(["eval", str(run), "--max-images", "20"]) == 2
+    assert str(latest / file) in error_line(capsys)
+    # --resume says so and falls back to the newest intact checkpoint, deleting nothing on the way.
+    assert find_resumable(run) == run / CKPT_DIR / "step_00000003"
+    (run / "summary.json").unlink()
+    with caplog.at_level("WARNING", logger="daps"):
+        assert main(["train", *tiny_overrides, f"train.out_dir={run}", "--resume"]) == 0
+    assert str(latest / file) in caplog.text and "newest intact checkpoint" in caplog.text
+    assert same_weights(run, trained_run)  # retrained steps 4-6 exactly
+    verify_checkpoint(latest)
+    assert damaged != (latest / file).read_bytes() or how == "empty"
+
+
+def test_no_intact_checkpoint_is_refused_naming_each(copy_run, capsys, tiny_overrides):
+    run = copy_run()
+    for ckpt in list_checkpoints(run):
+        _damage(ckpt / "state.pt", "truncated")
+    before = snapshot(run)
+    assert main(["train", *tiny_overrides, f"train.out_dir={run}", "--resume"]) == 2
+    line = error_line(capsys)
+    assert "no intact checkpoint" in line and "step_00000003" in line and "step_00000006" in line
+    assert snapshot(run) == before
+
+
+def test_checkpoint_without_checksums_is_still_checked_by_reading_it(copy_run):
+    run = copy_run()
+    ckpt = run / CKPT_DIR / "step_00000006"
+    (ckpt / "checksums.json").unlink()  # a checkpoint of an earlier version
+    daps.load_model(run)
+    _damage(ckpt / "model.safetensors", "truncated")
+    with pytest.raises(ValueError, match="model.safetensors"):
+        daps.load_model(run)
+
+
+def test_latest_naming_something_else_is_one_line(copy_run, capsys):
+    run = copy_run()
+    (run / CKPT_DIR / "latest").write_text("../../etc\n")
+    assert main(["eval", str(run)]) == 2
+    assert "latest" in error_line(capsys)
+
+
+# --------------------------------------------------------------------------------------------------
+# Divergence
+
+
+def test_huge_learning_rate_stops_with_exit_3_and_writes_no_checkpoint(tmp_path, capsys, tiny_overrides, no_plots):
+    run = tmp_path / "run"
+    argv = ["train", *tiny_overrides, "optim.lr=1e9", "train.steps=12", f"train.out_dir={run}"]
+    assert main(argv) == 3
+    assert "diverged" in error_line(capsys)
+    assert not (run / "summary.json").exists() and not list_checkpoints(run)
+
+
+def test_skipped_updates_stop_the_run_and_keep_the_last_good_checkpoint(tmp_path, capsys, monkeypatch, tiny_overrides, no_plots):
+    from daps.optim import Optimizers
+
+    real_step, calls = Optimizers.step, []
+
+    def poisoned_step(self):
+        calls.append(1)
+        if len(calls) > 4:  # from step 5 on every gradient is NaN
+            for spec in self.specs:
+                for p in spec.params:
+                    if p.grad is not None:
+                        p.grad.fill_(float("nan"))
+        return real_step(self)
+
+    monkeypatch.setattr(Optimizers, "step", poisoned_step)
+    run = tmp_path / "run"
+    argv = ["train", *tiny_overrides, "train.steps=12", "train.max_skipped_steps=4", f"train.out_dir={run}"]
+    assert main(argv) == 3
+    line = error_line(capsys)
+    assert "diverged at step 8" in line and "4 consecutive updates" in line and "step_00000003" in line
+    assert [c.name for c in list_checkpoints(run)] == ["step_00000003"]  # step 6 came after a skipped update
+    verify_checkpoint(run / CKPT_DIR / "step_00000003")
+    assert len(calls) == 8
