@@ -7,6 +7,7 @@ folder and checkpoint, and :func:`config_from_dict` reads it back.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -24,7 +25,8 @@ class DataConfig:
     folders ``train/`` and ``val/``), ``imagenet256-sample`` (the 1,000-image sample; both splits are the same
     images) or ``imagefolder`` (any ``train/`` + ``val/`` class-folder tree in ``data_dir``, at ``image_shape``)."""
     data_dir: str = ""
-    """Folder with the data files; empty: ``$DAPS_DATA_DIR``, then the cache folder."""
+    """Folder with the data files; it must exist, and it replaces ``$DAPS_DATA_DIR`` (then the download cache is
+    searched). Empty: ``$DAPS_DATA_DIR``, then the cache folder."""
     download: bool = True
     """Download missing files from the standard sources when online."""
     image_shape: tuple[int, ...] = (1, 28, 28)
@@ -531,10 +533,51 @@ def _check_schedule(key: str, sched: ScheduleConfig) -> None:
         raise ValueError(f"{key}.end_pct must be in (0, 1], got {sched.end_pct}")
     if sched.kind == "exp_decay" and not sched.init > 0:
         raise ValueError(f"{key}.init must be positive for an exp_decay schedule")
+    if sched.kind == "exp_decay" and sched.end > sched.init:
+        # exp_decay clips end to init (SPEC 6.1), so a larger end would silently keep the start value
+        raise ValueError(
+            f"{key}: an exp_decay schedule only decreases, but end ({sched.end}) > init ({sched.init}); "
+            "use kind=cosine to increase"
+        )
+
+
+def _check_type(key: str, value: Any, annotation: Any) -> Any:
+    """``value`` as a value of ``annotation`` (a list becomes a tuple, an int a float), or ``ValueError`` naming
+    ``key``. Strict: no parsing of strings and no bools for numbers (JSON and Python values, not CLI text)."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(annotation)
+        if value is None and type(None) in args:
+            return None
+        return _check_type(key, value, next(a for a in args if a is not type(None)))
+    if origin in (tuple, list):
+        if not isinstance(value, (tuple, list)):
+            raise ValueError(f"{key}: expected a list, got {type(value).__name__} {value!r}")
+        (item_type, *_) = typing.get_args(annotation) or (Any,)
+        return tuple(_check_type(f"{key}[{i}]", item, item_type) for i, item in enumerate(value))
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{key}: expected float, got {type(value).__name__} {value!r}")
+        return float(value)
+    if annotation in (int, str, bool):
+        if not isinstance(value, annotation) or (annotation is int and isinstance(value, bool)):
+            raise ValueError(f"{key}: expected {annotation.__name__}, got {type(value).__name__} {value!r}")
+        return value
+    return value
+
+
+def _check_types_and_finite(cfg: Config) -> None:
+    """Every leaf has its annotated type and every number is finite (``inf`` and ``nan`` are never a setting)."""
+    for key, (owner, f) in _leaf_fields(cfg).items():
+        value = _check_type(key, getattr(owner, f.name), _field_type(owner, f.name))
+        for item in value if isinstance(value, tuple) else (value,):
+            if isinstance(item, float) and not math.isfinite(item):
+                raise ValueError(f"{key} must be a finite number, got {getattr(owner, f.name)}")
 
 
 def validate(cfg: Config) -> None:
     """Reject values that cannot work, with a message naming the key."""
+    _check_types_and_finite(cfg)
     if cfg.method not in ALL_METHODS:
         raise ValueError(f"unknown method {cfg.method!r}; choose one of: {', '.join(ALL_METHODS)}")
     positive = {
@@ -632,6 +675,10 @@ def validate(cfg: Config) -> None:
         raise ValueError(f"vq.ema_decay must be in (0, 1), got {cfg.vq.ema_decay}")
     if not (cfg.ppo.kl_scale >= 1.0 and cfg.ppo.kl_gain >= 1.0 and cfg.ppo.max_kl_coeff >= cfg.ppo.min_kl_coeff):
         raise ValueError("ppo.kl_scale and ppo.kl_gain must be >= 1 and ppo.max_kl_coeff >= ppo.min_kl_coeff")
+    if not cfg.optim.lr_final <= 1.0:
+        raise ValueError(f"optim.lr_final is a fraction of the initial rate in (0, 1], got {cfg.optim.lr_final}")
+    if not cfg.ppo.clip < 1.0:
+        raise ValueError(f"ppo.clip must be in (0, 1): the ratio is clipped to [1 - clip, 1 + clip]; got {cfg.ppo.clip}")
 
 
 def config_to_dict(cfg: Config) -> dict[str, Any]:
@@ -639,20 +686,33 @@ def config_to_dict(cfg: Config) -> dict[str, Any]:
 
 
 def config_from_dict(data: dict[str, Any]) -> Config:
-    """Rebuild a :class:`Config` from :func:`config_to_dict` output (e.g. a run's ``config.json``)."""
+    """Rebuild a :class:`Config` from :func:`config_to_dict` output (e.g. a run's ``config.json``) and validate it.
 
-    def build(cls: type, values: dict[str, Any]) -> Any:
+    Missing keys keep their defaults; an unknown key or a value of the wrong type raises ``ValueError`` naming
+    the key (``train.steps: expected int, got str '10'``). Lists become tuples; ints are accepted as floats.
+    """
+
+    def build(cls: type, values: Any, prefix: str) -> Any:
+        if not isinstance(values, dict):
+            where = f"{prefix[:-1]}: " if prefix else ""
+            raise ValueError(f"{where}expected an object of settings, got {type(values).__name__} {values!r}")
         hints = typing.get_type_hints(cls)
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ValueError(
+                f"unknown config key {prefix + str(unknown[0])!r}; valid keys here: "
+                f"{', '.join(prefix + n for n in sorted(names))}"
+            )
         kwargs = {}
-        for f in dataclasses.fields(cls):
-            if f.name not in values:
-                continue
-            value, annotation = values[f.name], hints[f.name]
+        for name, value in values.items():
+            annotation = hints[name]
             if dataclasses.is_dataclass(annotation):
-                value = build(annotation, value)
-            elif typing.get_origin(annotation) is tuple:
-                value = tuple(value)
-            kwargs[f.name] = value
+                kwargs[name] = build(annotation, value, f"{prefix}{name}.")
+            else:
+                kwargs[name] = _check_type(prefix + name, value, annotation)
         return cls(**kwargs)
 
-    return build(Config, data)
+    cfg = build(Config, data, "")
+    validate(cfg)
+    return cfg

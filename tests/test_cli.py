@@ -207,8 +207,9 @@ def test_missing_data(tmp_path, capsys, monkeypatch, env, tiny_overrides):
     line = error_line(capsys, "train")
     assert "not found" in line and "MNIST" in line
     assert str(empty) in line and "download disabled" in line
+    assert "data.data_dir=" in line  # the key train takes (train has no --data-dir flag)
     if env == "empty_dir":
-        assert str(tmp_path / "env_empty") in line
+        assert str(tmp_path / "env_empty") not in line  # the explicit folder replaces $DAPS_DATA_DIR
     assert not out.exists()  # nothing written before the data check
 
 

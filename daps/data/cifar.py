@@ -29,7 +29,7 @@ import torch
 from PIL import Image
 
 from daps.data import mnist as _mnist
-from daps.data.mnist import ENV_VAR, ImageSet, PathLike, _check_split, _dedupe, _md5, _user_roots
+from daps.data.mnist import DATA_DIR_FIX, ImageSet, PathLike, _check_split, _dedupe, _md5, _user_roots
 
 __all__ = [
     "CIFAR10_MEAN",
@@ -248,7 +248,7 @@ def load_cifar10(split: str, data_dir: PathLike | None = None, download: bool = 
             raise FileNotFoundError(
                 f"CIFAR-10 {split} split not found: need {TGZ_NAME} (or its extracted folder {BATCH_DIR}/) in one "
                 f"of: {', '.join(str(f) for f in folders)}; {reason}. Fix: put {TGZ_NAME} in one of those folders, "
-                f"or pass data_dir (--data-dir) or set {ENV_VAR} to the folder holding it."
+                f"or {DATA_DIR_FIX} to the folder holding it."
             )
     parts = [_read_batch(batches / name) for name in BATCH_FILES[split]]
     images = np.concatenate([p[0] for p in parts])
@@ -380,7 +380,7 @@ def load_cifar10_jpeg(split: str, data_dir: PathLike | None = None, download: bo
     if path is None:
         raise FileNotFoundError(
             f"cifar10-jpeg {split} split not found: need {_jpeg_name(split)} in one of: "
-            f"{', '.join(str(p.parent) for p in candidates)}. Fix: pass data_dir (--data-dir) or set {ENV_VAR} "
+            f"{', '.join(str(p.parent) for p in candidates)}. Fix: {DATA_DIR_FIX} "
             f"to the folder holding {JPEG_DIR}/{_jpeg_name(split)}."
         )
     log.warning(LOSSY_WARNING)

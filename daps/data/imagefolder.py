@@ -44,7 +44,7 @@ from PIL import Image
 from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler, get_worker_info
 
 from daps.data import mnist as _mnist
-from daps.data.mnist import ENV_VAR, PathLike, _dedupe, _env_root
+from daps.data.mnist import DATA_DIR_FIX, PathLike, _dedupe, _env_root, explicit_root
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -613,13 +613,13 @@ def unpack_imagenet_sample(tar_path: PathLike, dest: PathLike) -> Path:
 
 
 def imagenet_search_folders(data_dir: PathLike | None = None) -> list[Path]:
-    """Where :func:`find_imagenet_root` looks: ``data_dir``, ``data_dir/imagenet``, ``$DAPS_DATA_DIR/imagenet``,
-    ``~/.cache/daps/imagenet``."""
+    """Where :func:`find_imagenet_root` looks: ``data_dir`` and ``data_dir/imagenet`` (an explicit ``data_dir``
+    must exist), else ``$DAPS_DATA_DIR/imagenet``; then ``~/.cache/daps/imagenet``."""
     folders: list[Path] = []
-    if data_dir is not None and str(data_dir) != "":
-        folders += [Path(data_dir).expanduser(), Path(data_dir).expanduser() / "imagenet"]
-    env = _env_root()
-    if env is not None:
+    root = explicit_root(data_dir)
+    if root is not None:
+        folders += [root, root / "imagenet"]
+    elif (env := _env_root()) is not None:
         folders.append(env / "imagenet")
     folders.append(_mnist.cache_dir().parent / "imagenet")
     return _dedupe(folders)
@@ -650,6 +650,6 @@ def require_imagenet_root(data_dir: PathLike | None = None) -> Path:
         raise FileNotFoundError(
             f"ImageNet not found: no folder with train/<wnid>/*.JPEG or val/<wnid>/*.JPEG in {looked}. Fix: extract "
             f"ILSVRC2012 into class folders there (val too must be sorted into val/<wnid>/ folders; the official "
-            f"tars are not unpacked automatically), or pass data_dir / set {ENV_VAR}."
+            f"tars are not unpacked automatically), or {DATA_DIR_FIX}."
         )
     return root

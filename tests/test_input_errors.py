@@ -1,0 +1,223 @@
+"""Bad inputs give one clear ``ValueError`` / ``FileNotFoundError`` naming what is wrong (issue 11, items 5-8):
+non-finite and out-of-range settings, config.json files with wrong types or unknown keys, explicit data folders
+that do not exist, and bad tensors passed to the Python API of every method."""
+
+from __future__ import annotations
+
+import json
+import math
+import typing
+
+import pytest
+import torch
+
+from daps.cli import main
+from daps.config import (
+    ALL_METHODS,
+    PRESETS,
+    config_from_dict,
+    config_to_dict,
+    get_preset,
+    parse_overrides,
+    validate,
+)
+from daps.data import DATASETS, dataset_spec
+
+pytestmark = pytest.mark.usefixtures("offline")
+
+
+def float_keys() -> list[str]:
+    """Dotted keys of every float setting (scalars and tuples of floats), found from the annotations."""
+    keys = []
+
+    def walk(cls: type, prefix: str) -> None:
+        for name, annotation in typing.get_type_hints(cls).items():
+            if isinstance(annotation, type) and hasattr(annotation, "__dataclass_fields__"):
+                walk(annotation, f"{prefix}{name}.")
+            elif annotation is float or float in typing.get_args(annotation):
+                keys.append(prefix + name)
+
+    walk(type(get_preset("mnist")), "")
+    return keys
+
+
+# --------------------------------------------------------------------------------------------------
+# Settings: finite and in range (item 5)
+
+
+def test_the_walk_finds_the_float_settings():
+    keys = float_keys()
+    assert {"optim.lr", "daps.init_eta", "daps.beta.end", "decoder.max_variance", "ppo.max_kl_coeff"} <= set(keys)
+    assert len(keys) >= 25
+
+
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan"])
+@pytest.mark.parametrize("key", float_keys())
+def test_every_float_setting_must_be_finite(key, value):
+    with pytest.raises(ValueError, match=rf"^{key.replace('.', r'.')}\b.*finite"):
+        parse_overrides(get_preset("mnist"), [f"{key}={value}"])
+
+
+@pytest.mark.parametrize("item", ["optim.lr=inf", "daps.init_eta=inf", "daps.beta.end=inf", "optim.lr=1e400"])
+def test_the_reported_infinities_are_refused(item):
+    with pytest.raises(ValueError, match=item.partition("=")[0]):
+        parse_overrides(get_preset("mnist"), [item])
+
+
+@pytest.mark.parametrize(
+    "item, key",
+    [
+        ("daps.beta.end=2", "daps.beta"),  # exp_decay clips end to init: beta would silently stay at 0.5
+        ("relaxed.temperature.kind=exp_decay", None),  # 1 -> 1 is allowed (the original's "constant" decay)
+        ("optim.lr_final=2", "optim.lr_final"),
+        ("ppo.clip=1", "ppo.clip"),
+        ("ppo.clip=0", "ppo.clip"),
+        ("decoder.max_variance=0.001", "decoder.max_variance"),
+        ("vq.ema_decay=1", "vq.ema_decay"),
+        ("daps.beta.end_pct=0", "daps.beta.end_pct"),
+    ],
+)
+def test_float_ranges(item, key):
+    if key is None:
+        parse_overrides(get_preset("mnist"), [item])
+        return
+    with pytest.raises(ValueError, match=key):
+        parse_overrides(get_preset("mnist"), [item])
+
+
+def test_validate_checks_types_set_through_python():
+    cfg = get_preset("mnist")
+    cfg.train.steps = "10"
+    with pytest.raises(ValueError, match=r"train\.steps: expected int, got str '10'"):
+        validate(cfg)
+    cfg = get_preset("mnist")
+    cfg.optim.lr = 1  # an int is a fine float
+    cfg.decoder.hidden = [32, 32]  # and a list a fine tuple
+    validate(cfg)
+    cfg.daps.beta.end = math.inf
+    with pytest.raises(ValueError, match=r"daps\.beta\.end must be a finite number"):
+        validate(cfg)
+
+
+# --------------------------------------------------------------------------------------------------
+# config.json: wrong types and unknown keys (item 4/5)
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ({"train": {"steps": "10"}}, r"^train\.steps: expected int, got str '10'$"),
+        ({"train": {"steps": 10.0}}, r"^train\.steps: expected int, got float 10\.0$"),
+        ({"train": {"steps": True}}, r"^train\.steps: expected int, got bool True$"),
+        ({"optim": {"lr": "3e-4"}}, r"^optim\.lr: expected float, got str '3e-4'$"),
+        ({"optim": {"lr": False}}, r"^optim\.lr: expected float, got bool False$"),
+        ({"data": {"download": "yes"}}, r"^data\.download: expected bool, got str 'yes'$"),
+        ({"data": {"download": 1}}, r"^data\.download: expected bool, got int 1$"),
+        ({"data": {"name": 5}}, r"^data\.name: expected str, got int 5$"),
+        ({"data": {"image_shape": "1,28,28"}}, r"^data\.image_shape: expected a list, got str"),
+        ({"data": {"image_shape": [1, 28, "28"]}}, r"^data\.image_shape\[2\]: expected int, got str '28'$"),
+        ({"daps": {"beta": {"init": None}}}, r"^daps\.beta\.init: expected float, got NoneType None$"),
+        ({"daps": {"beta": 0.5}}, r"^daps\.beta: expected an object of settings, got float 0\.5$"),
+        ({"train": {"stepz": 10}}, r"^unknown config key 'train\.stepz'; valid keys here: .*train\.steps"),
+        ({"trian": {}}, r"^unknown config key 'trian'"),
+        ({"daps": {"beta": {"start": 1.0}}}, r"^unknown config key 'daps\.beta\.start'"),
+        ({"optim": {"lr": float("inf")}}, r"^optim\.lr must be a finite number"),
+        ({"train": {"steps": -3}}, r"^train\.steps must be positive"),
+    ],
+)
+def test_config_from_dict_names_the_bad_key(data, message):
+    with pytest.raises(ValueError, match=message):
+        config_from_dict(data)
+
+
+def test_config_json_with_infinity_is_refused():
+    text = json.dumps(config_to_dict(get_preset("mnist"))).replace('"init_eta": 100.0', '"init_eta": Infinity')
+    assert "Infinity" in text
+    with pytest.raises(ValueError, match=r"daps\.init_eta must be a finite number"):
+        config_from_dict(json.loads(text))
+
+
+def test_config_from_dict_accepts_ints_for_floats_and_lists_for_tuples():
+    cfg = config_from_dict({"optim": {"lr": 1}, "decoder": {"hidden": [8, 8]}})
+    assert cfg.optim.lr == 1.0 and type(cfg.optim.lr) is float
+    assert cfg.decoder.hidden == (8, 8)
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+@pytest.mark.parametrize("method", ALL_METHODS)
+def test_every_preset_survives_the_json_round_trip(preset, method):
+    try:
+        cfg = get_preset(preset, method)
+    except ValueError:
+        assert method == "vae"  # MNIST only
+        return
+    back = config_from_dict(json.loads(json.dumps(config_to_dict(cfg))))
+    assert back == cfg
+    assert config_to_dict(back) == config_to_dict(cfg)
+
+
+# --------------------------------------------------------------------------------------------------
+# An explicit data folder wins or fails (item 6)
+
+
+@pytest.fixture
+def env_with_data(monkeypatch, data_dir):
+    """``$DAPS_DATA_DIR`` pointing at a folder that holds (synthetic) mnist5k data."""
+    monkeypatch.setenv("DAPS_DATA_DIR", str(data_dir))
+    return data_dir
+
+
+@pytest.mark.parametrize("name", sorted(DATASETS))
+def test_a_missing_explicit_data_dir_is_an_error_naming_it(name, tmp_path, env_with_data):
+    missing = tmp_path / "typo"
+    spec = dataset_spec(name)
+    with pytest.raises(FileNotFoundError) as err:
+        if spec.in_memory:
+            spec.load("test", data_dir=missing, download=False)
+        else:
+            spec.root(missing, True)
+    assert str(missing) in str(err.value) and "does not exist" in str(err.value)
+
+
+def test_a_missing_explicit_data_dir_never_falls_back_to_the_env_var(tmp_path, env_with_data):
+    from daps.data import load_dataset
+
+    assert len(load_dataset("mnist5k", "test").images) == 500  # the env var's data are there
+    with pytest.raises(FileNotFoundError, match="typo"):
+        load_dataset("mnist5k", "test", data_dir=tmp_path / "typo")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"mnist_5k\.csv\.gz not found; searched: [^;]*empty"):
+        load_dataset("mnist5k", "test", data_dir=tmp_path / "empty")  # nor does an existing one without the files
+
+
+def test_a_file_as_data_dir_is_named(tmp_path):
+    from daps.data import load_dataset
+
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(FileNotFoundError, match="file .*is not a folder"):
+        load_dataset("mnist", "test", data_dir=tmp_path / "file", download=False)
+
+
+def test_train_with_a_missing_data_dir_names_it_and_writes_nothing(tmp_path, capsys, env_with_data, tiny_overrides):
+    overrides = [o for o in tiny_overrides if not o.startswith("data.data_dir")]
+    out = tmp_path / "run"
+    assert main(["train", *overrides, f"data.data_dir={tmp_path / 'typo'}", f"train.out_dir={out}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(tmp_path / "typo") in err[0] and "does not exist" in err[0]
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("command", ["train", "eval"])
+def test_the_missing_data_message_names_the_setting_of_each_command(command, tmp_path, capsys, tiny_overrides,
+                                                                    trained_run):
+    (tmp_path / "empty").mkdir()
+    if command == "train":
+        overrides = [o for o in tiny_overrides if not o.startswith("data.data_dir")]
+        argv = ["train", *overrides, f"data.data_dir={tmp_path / 'empty'}", f"train.out_dir={tmp_path / 'run'}"]
+    else:
+        argv = ["eval", str(trained_run), "--json", "--data-dir", str(tmp_path / "empty")]
+    assert main(argv) == 2
+    line = capsys.readouterr().err.strip()
+    assert "\n" not in line and "mnist_5k.csv.gz not found" in line
+    # train takes data.data_dir=DIR (it rejects --data-dir); eval and fid-stats take --data-dir
+    assert ("data.data_dir=DIR for train" in line) and ("--data-dir DIR for eval" in line)
