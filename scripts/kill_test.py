@@ -1,0 +1,171 @@
+"""Kill ``daps train`` at random moments with SIGKILL, resume it each time, and check that it still ends exactly
+where an uninterrupted run ends: the same final weights (bit for bit), the same summary, the same metrics rows
+and every end-of-run file present. Slow (minutes), so it is a script rather than a test; its report is kept in
+``docs/reliability/``.
+
+    python scripts/kill_test.py --kills 40 --out docs/reliability
+
+Each attempt starts ``python -m daps train ... --resume`` in a fresh process and kills it after a random delay
+drawn over the duration of a whole run (process start included), so kills land everywhere: during start-up,
+training steps, checkpoint writes, the final validation, the plots and the summary. After the kills the run
+is resumed once more without a kill and compared with the reference. The data is a synthetic MNIST-like file
+made here (no download), the model the tiny test configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import io
+import json
+import os
+import platform
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+CONFIG = [
+    "data.name=mnist5k",
+    "encoder.width=16",
+    "encoder.num_heads=2",
+    "encoder.vocab_size=16",
+    "encoder.num_tokens=4",
+    "decoder.embed_dim=8",
+    "decoder.hidden=16,16",
+    "daps.num_samples=4",
+    "train.batch_size=16",
+    "train.steps=60",
+    "train.log_every=5",
+    "train.eval_every=20",
+    "train.ckpt_every=10",
+    "train.eval_examples=40",
+    "train.eval_batch_size=20",
+    "train.progress=false",
+]
+VOLATILE = {"time", "steps_per_s"}
+"""Row keys that measure wall-clock time and so differ between any two runs."""
+
+
+def write_data(folder: Path) -> None:
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(10), 500)
+    pixels = rng.integers(0, 256, (5000, 784)) * (rng.random((5000, 784)) < 0.2)
+    buf = io.StringIO()
+    np.savetxt(buf, np.column_stack([pixels, labels]), fmt="%d", delimiter=",")
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "mnist_5k.csv.gz").write_bytes(gzip.compress(buf.getvalue().encode(), compresslevel=1))
+
+
+def command(run: Path, data: Path, resume: bool) -> list[str]:
+    cmd = [sys.executable, "-m", "daps", "train", *CONFIG, f"data.data_dir={data}", f"train.out_dir={run}"]
+    return [*cmd, "--resume"] if resume else cmd
+
+
+def env() -> dict[str, str]:
+    e = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", MPLBACKEND="Agg")
+    e.pop("DAPS_DATA_DIR", None)
+    return e
+
+
+def state_of(run: Path) -> str:
+    """Where a run stands: which of its files exist (what the kill interrupted, roughly)."""
+    ckpts = sorted(p.name for p in (run / "checkpoints").glob("step_*")) if (run / "checkpoints").is_dir() else []
+    ends = [n for n in ("summary.json", "reconstructions.png", "curves.png") if (run / n).exists()]
+    temps = [p.name for p in [*run.glob(".*.tmp-*"), *run.glob("checkpoints/.*.tmp-*")]] if run.is_dir() else []
+    return f"checkpoints={ckpts[-1] if ckpts else None} end_files={len(ends)} temporaries={len(temps)}"
+
+
+def final(run: Path) -> tuple[dict, dict, list[dict]]:
+    latest = (run / "checkpoints" / "latest").read_text().strip()
+    weights = load_file(str(run / "checkpoints" / latest / "model.safetensors"))
+    summary = json.loads((run / "summary.json").read_text())
+    rows = [
+        {k: v for k, v in json.loads(line).items() if k not in VOLATILE}
+        for line in (run / "metrics.jsonl").read_text().splitlines()
+    ]
+    return weights, summary, rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--kills", type=int, default=40)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="docs/reliability")
+    args = parser.parse_args()
+    rnd = random.Random(args.seed)
+    root = Path(tempfile.mkdtemp(prefix="daps-kill-"))
+    data = root / "data"
+    write_data(data)
+
+    t0 = time.perf_counter()
+    ref = root / "reference"
+    subprocess.run(command(ref, data, resume=False), env=env(), check=True, capture_output=True)
+    full = time.perf_counter() - t0
+    print(f"reference run: {full:.1f} s")
+
+    run = root / "victim"
+    attempts = []
+    for i in range(args.kills):
+        delay = rnd.uniform(0.0, full * 1.1)
+        proc = subprocess.Popen(command(run, data, resume=True), env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            proc.wait(timeout=delay)
+            outcome = f"finished (exit {proc.returncode}) before the kill"
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            outcome = "killed"
+        err = proc.stderr.read().decode(errors="replace").strip().splitlines()
+        attempts.append({"attempt": i, "delay_s": round(delay, 2), "outcome": outcome, "after": state_of(run)})
+        if proc.returncode not in (0, -signal.SIGKILL):
+            attempts[-1]["error"] = err[-1] if err else ""
+        print(f"{i:3d} {delay:6.2f} s  {outcome:<40} {state_of(run)}", flush=True)
+        if outcome.startswith("finished") and proc.returncode == 0:  # start again from a killed state
+            for name in ("summary.json", "curves.png"):
+                (run / name).unlink(missing_ok=True)
+
+    done = subprocess.run(command(run, data, resume=True), env=env(), capture_output=True, text=True)
+    w_ref, s_ref, r_ref = final(ref)
+    ok_exit = done.returncode == 0
+    w_run, s_run, r_run = final(run) if ok_exit else ({}, {}, [])
+    checks = {
+        "final_resume_exit_code": done.returncode,
+        "same_weights": ok_exit and w_ref.keys() == w_run.keys() and all(torch.equal(w_ref[k], w_run[k]) for k in w_ref),
+        "same_summary": s_ref == s_run,
+        "same_metrics_rows": r_ref == r_run,
+        "end_files_present": all((run / n).is_file() for n in ("summary.json", "reconstructions.png", "curves.png")),
+        "no_temporaries_left": not any(run.glob(".*.tmp-*")) and not any(run.glob("checkpoints/.*.tmp-*")),
+        "unexpected_errors": [a for a in attempts if "error" in a],
+    }
+    passed = all(v for k, v in checks.items() if k not in ("final_resume_exit_code", "unexpected_errors"))
+    passed = passed and ok_exit and not checks["unexpected_errors"]
+    report = {
+        "passed": passed,
+        "kills": sum(a["outcome"] == "killed" for a in attempts),
+        "attempts": attempts,
+        "checks": checks,
+        "reference_run_s": round(full, 1),
+        "command": " ".join(["python", "scripts/kill_test.py", *sys.argv[1:]]),
+        "config": CONFIG,
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {platform.system()}",
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip(),
+    }
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "kill_test.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps({k: v for k, v in report.items() if k != "attempts"}, indent=2))
+    return 0 if passed else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
