@@ -1,0 +1,170 @@
+"""A training step's speed under ``train.precision`` and ``train.compile``, the variants side by side in one process.
+
+    python benchmarks/step_variants.py [--preset mnist] [--method daps] [--variants eager,bf16,compiled]
+        [--rounds 3] [--steps-per-window 4] [--warmup 2] [--threads N] [--out docs/benchmarks/step-variants.json]
+        [--overwrite] [key=value ...]
+
+Builds one model per variant exactly as ``benchmarks/run.py`` (and so ``daps train``) builds it, with the same
+seed, inputs and overrides:
+
+- ``eager``: float32, not compiled (the default);
+- ``bf16``: ``train.precision=bfloat16`` (the forward under bf16 autocast);
+- ``compiled``: ``train.compile=true`` (the sampler's static-shape step and the DAPS objective through
+  ``torch.compile``; compiled in the warm-up, whose time is reported).
+
+After ``--warmup`` steps each, the variants are timed round-robin: in each of ``--rounds`` rounds every variant
+runs one window of ``--steps-per-window`` steps, so that the machine's load hits all alike. Reports each
+variant's median steps/s over the rounds and its speed relative to ``eager`` as the median over rounds of
+(variant steps/s / eager steps/s in the same round). For compiled variants it also reports torch.dynamo's graph
+and recompilation counters. Prints markdown, writes JSON (machine, torch, threads, commit, command) and the same
+markdown next to it (``.md``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import statistics
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+# The suite's helpers (benchmarks/run.py; this script's folder is on sys.path when it runs).
+from run import git_revision, machine_info, setup, step_once, synchronize, time_windows
+
+from daps.config import get_preset, parse_overrides
+
+VARIANTS = {
+    "eager": [],
+    "bf16": ["train.precision=bfloat16"],
+    "compiled": ["train.compile=true"],
+    "compiled-bf16": ["train.compile=true", "train.precision=bfloat16"],
+}
+
+
+def dynamo_counters() -> dict:
+    """torch.dynamo's counters of frames captured, unique graphs and recompilations so far (empty if absent)."""
+    try:
+        from torch._dynamo.utils import counters
+    except ImportError:
+        return {}
+    return {group: dict(counters[group]) for group in ("stats", "recompiles") if counters[group]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="mnist")
+    parser.add_argument("--method", default="daps")
+    parser.add_argument("--variants", default="eager,bf16,compiled", help=f"comma-separated, of {', '.join(VARIANTS)}")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--steps-per-window", type=int, default=4)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+    parser.add_argument("--out", default="", help="JSON output (default: benchmarks/results/step-variants-<preset>.json)")
+    parser.add_argument("--overwrite", action="store_true")
+    parser.add_argument("overrides", nargs="*", help="config key=value overrides, applied to every variant")
+    args = parser.parse_args(argv)
+    names = [v.strip() for v in args.variants.split(",") if v.strip()]
+    out = Path(args.out or f"benchmarks/results/step-variants-{args.preset}.json")
+    try:
+        unknown = [v for v in names if v not in VARIANTS]
+        if unknown or "eager" not in names:
+            raise ValueError(f"--variants must include eager and name only {', '.join(VARIANTS)}")
+        if min(args.rounds, args.steps_per_window) < 1 or args.warmup < 1:
+            raise ValueError("--rounds and --steps-per-window must be >= 1, --warmup >= 1")
+        if out.exists() and not args.overwrite:
+            raise ValueError(f"{out} exists; pass --overwrite to replace it")
+        configs = {v: parse_overrides(get_preset(args.preset, args.method), [*args.overrides, *VARIANTS[v]]) for v in names}
+    except ValueError as err:
+        print(f"benchmarks/step_variants.py: error: {err}", file=sys.stderr)
+        return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device("cpu")
+    command = shlex.join(["python", *(sys.argv if argv is None else ["benchmarks/step_variants.py", *argv])])
+    code = git_revision()
+
+    runs, warmup_s, counters = {}, {}, {}
+    for v, cfg in configs.items():
+        model, optimizers, x, generator = setup(cfg, device)
+        steps = iter(range(10**9))
+        runs[v] = (lambda m=model, o=optimizers, x=x, g=generator, s=steps, p=cfg.train.precision:
+                   step_once(m, o, x, next(s), g, p))
+        warmup_s[v] = []
+        for _ in range(args.warmup):
+            synchronize(device)
+            t0 = time.perf_counter()
+            runs[v]()
+            warmup_s[v].append(time.perf_counter() - t0)
+        counters[v] = dynamo_counters()  # cumulative: compare with the variant before
+        print(f"{v}: warm-up steps {', '.join(f'{t:.1f}' for t in warmup_s[v])} s", file=sys.stderr, flush=True)
+
+    rates: dict[str, list[float]] = {v: [] for v in names}
+    for r in range(args.rounds):
+        for v in names:
+            rates[v] += time_windows(runs[v], 1, args.steps_per_window, device)
+        print(f"round {r + 1}: " + ", ".join(f"{v} {rates[v][-1]:.3g}" for v in names), file=sys.stderr, flush=True)
+
+    cfg = configs["eager"]
+    results = {
+        v: {
+            "overrides": VARIANTS[v],
+            "steps_per_s": {"median": statistics.median(rates[v]), "rounds": rates[v]},
+            "relative_to_eager": statistics.median(a / b for a, b in zip(rates[v], rates["eager"])),
+            "warmup_s": warmup_s[v],
+            "dynamo_counters_after_warmup": counters[v],
+        }
+        for v in names
+    }
+    report = {
+        "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": command,
+        "code": code,
+        "machine": machine_info(device),
+        "preset": args.preset,
+        "method": args.method,
+        "batch_size": cfg.train.batch_size,
+        "num_samples": int(getattr(getattr(cfg, args.method, None), "num_samples", 1)),
+        "settings": {"rounds": args.rounds, "steps_per_window": args.steps_per_window, "warmup": args.warmup,
+                     "overrides": args.overrides},
+        "dynamo_counters_end": dynamo_counters(),
+        "results": results,
+    }
+    m = report["machine"]
+    lines = [
+        f"{args.method} step at `{args.preset}` (B={report['batch_size']}, K={report['num_samples']}), "
+        f"{args.rounds} interleaved rounds of {args.steps_per_window} steps after {args.warmup} warm-up steps each",
+        "",
+        "| variant | overrides | steps/s (median) | per round | × eager (median of per-round ratios) | warm-up s |",
+        "|---|---|---|---|---|---|",
+    ]
+    for v, res in results.items():
+        lines.append(
+            f"| {v} | {' '.join(res['overrides']) or '-'} | {res['steps_per_s']['median']:.3g} | "
+            f"{', '.join(f'{x:.3g}' for x in res['steps_per_s']['rounds'])} | {res['relative_to_eager']:.2f} | "
+            f"{', '.join(f'{t:.1f}' for t in res['warmup_s'])} |"
+        )
+    lines += [
+        "",
+        f"torch.dynamo counters at the end: {json.dumps(report['dynamo_counters_end'])}",
+        (
+            f"Machine: {m['cpu']}, {m['cpus_usable']} usable of {m['cpu_count']} CPUs, {m['torch_threads']} torch "
+            f"threads, torch {m['torch']}, Python {m['python']}; code {code}; {report['created_utc']}."
+        ),
+        f"Command: `{command}`",
+    ]
+    table = "\n".join(lines) + "\n"
+    print(table, end="")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    out.with_suffix(".md").write_text(table)
+    print(f"wrote {out} and {out.with_suffix('.md')}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
