@@ -22,7 +22,7 @@ import sys
 import torch
 
 # The suite's helpers (benchmarks/run.py; this script's folder is on sys.path when it runs).
-from run import categorical_parts, cpu_name, setup, step_once, time_call, time_windows
+from run import categorical_parts, git_revision, machine_info, setup, step_once, time_call, time_windows
 
 from daps.config import get_preset, parse_overrides
 
@@ -46,7 +46,9 @@ def main(argv: list[str] | None = None) -> dict:
     for _ in range(args.warmup):
         step_once(model, optimizers, x, 0, gen, cfg.train.precision)
     window = 5
-    rates = time_windows(lambda: step_once(model, optimizers, x, 0, gen, cfg.train.precision), max(args.steps // window, 1), window, device)
+    rates = time_windows(
+        lambda: step_once(model, optimizers, x, 0, gen, cfg.train.precision), max(args.steps // window, 1), window, device
+    )
     steps_per_s = statistics.median(rates)
 
     # Breakdown: each part timed on its own, with the inputs it sees inside a step (median of 5).
@@ -68,9 +70,11 @@ def main(argv: list[str] | None = None) -> dict:
         "steps_per_s": steps_per_s,
         "step_ms": 1000 / steps_per_s,
         "breakdown_ms": {name: 1000 * t for name, t in parts.items()},
-        "machine": cpu_name(),
+        "machine": machine_info(device)["cpu"],
+        "machine_info": machine_info(device),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
+        "code": git_revision(),
         "command": "python " + " ".join(sys.argv),
     }
     print("| preset | B | K | steps/s | step ms | sampling | teacher-forced | decoder | optimizer |")
@@ -84,7 +88,7 @@ def main(argv: list[str] | None = None) -> dict:
         f"sampling with KV cache: {br['sampling']:.0f} ms; recomputing the prefix each token: "
         f"{br['sampling_no_cache']:.0f} ms (x{br['sampling_no_cache'] / br['sampling']:.2f})"
     )
-    print(f"machine: {result['machine']}, {result['threads']} threads, torch {result['torch']}")
+    print(f"machine: {result['machine']}, {result['threads']} threads, torch {result['torch']}, code {result['code']}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)

@@ -29,7 +29,7 @@ from daps.metrics.fid import FeatureStats, fid_preprocess, frechet_distance
 from daps.nets.inception import load_fid_inception
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import machine_info  # noqa: E402  (the suite's machine description)
+from run import git_revision, machine_info  # noqa: E402  (the suite's machine description)
 
 
 def blur(images: torch.Tensor, radius: float) -> torch.Tensor:
@@ -92,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
             "fid": frechet_distance(ref.mu, ref.sigma, blurred.mu, blurred.sigma), "n": n,
         })
     report = {
-        "command": command, "dataset": args.dataset, "size": args.size, "num_images": n, "rows": rows,
+        "command": command, "code": git_revision(), "dataset": args.dataset, "size": args.size, "num_images": n,
+        "rows": rows,
         "inception_images_per_s": n / seconds, "total_s": time.perf_counter() - t0, "machine": machine_info(torch.device("cpu")),
     }
     lines = ["| comparison | FID | images per set |", "|---|---|---|"]

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from run import machine_info  # the suite's machine description (this script's folder is on sys.path)
+from run import git_revision, machine_info  # the suite's machine description (this script's folder is on sys.path)
 
 from daps.config import get_preset, parse_overrides
 from daps.functional import sample_probs
@@ -150,8 +150,8 @@ def main(argv: list[str] | None = None) -> int:
                 "first_call_s": warmup[name],
             })
     report = {
-        "command": command, "preset": args.preset, "B": b, "K": k, "T": t, "V": v, "repeats": args.repeats,
-        "rows": rows, "machine": machine_info(device),
+        "command": command, "code": git_revision(), "preset": args.preset, "B": b, "K": k, "T": t, "V": v,
+        "repeats": args.repeats, "rows": rows, "machine": machine_info(device),
         "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     lines = [
@@ -168,9 +168,15 @@ def main(argv: list[str] | None = None) -> int:
         )
     lines += ["", "Baselines: kv-cache for the samplers, inverse-cdf for the categorical draws (T draws of B*K "
               "tokens, without the network).", f"Command: `{command}`"]
+    m = report["machine"]
+    lines.append(
+        f"Machine: {m['cpu']}, {m['torch_threads']} torch threads, torch {m['torch']}; code {report['code']}; "
+        f"{report['created_utc']}."
+    )
     print("\n".join(lines))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     return 0
 
 
