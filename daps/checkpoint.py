@@ -168,12 +168,13 @@ def resolve_checkpoint(path: str | Path, verify: bool = True) -> Path:
     return ckpt
 
 
-def find_resumable(run_dir: str | Path) -> Path | None:
+def find_resumable(run_dir: str | Path, report: bool = True) -> Path | None:
     """The newest intact checkpoint of a run (``latest`` first), or None if it has none at all.
 
     A damaged checkpoint is reported (the file and what is wrong) and skipped, never deleted. If checkpoints
-    exist but none is intact, :class:`CheckpointError` lists them.
+    exist but none is intact, :class:`CheckpointError` lists them. ``report=False`` logs nothing.
     """
+    warn = log.warning if report else (lambda *args: None)
     run_dir = Path(run_dir)
     candidates = list_checkpoints(run_dir)
     try:
@@ -181,17 +182,17 @@ def find_resumable(run_dir: str | Path) -> Path | None:
         candidates = [named, *(c for c in candidates if c != named)]
     except CheckpointError as err:
         if (run_dir / CKPT_DIR / "latest").exists():
-            log.warning("%s", err)
+            warn("%s", err)
     problems = []
     for ckpt in candidates:
         try:
             verify_checkpoint(ckpt)
         except CheckpointError as err:
             problems.append(str(err))
-            log.warning("cannot resume from %s: %s", ckpt.name, err)
+            warn("cannot resume from %s: %s", ckpt.name, err)
             continue
         if problems:
-            log.warning("resuming from the newest intact checkpoint instead: %s", ckpt)
+            warn("resuming from the newest intact checkpoint instead: %s", ckpt)
         return ckpt
     if problems:
         raise CheckpointError(f"no intact checkpoint in {run_dir / CKPT_DIR}: {'; '.join(problems)}")

@@ -103,27 +103,29 @@ class RunPlan:
     clear_first: bool = False
 
 
-def _check_same_config(run_dir: Path, saved_cfg: Config, cfg: Config) -> None:
+def _check_same_config(run_dir: Path, saved_cfg: Config, cfg: Config, report: bool = True) -> None:
     saved = _flatten(config_to_dict(saved_cfg))
     given = _flatten(config_to_dict(cfg))
     changed = sorted(k for k in given if k not in RESUMABLE_CHANGES and saved.get(k) != given[k])
     if changed:
         diffs = ", ".join(f"{k}: {saved.get(k)!r} -> {given[k]!r}" for k in changed)
         raise ValueError(f"cannot resume {run_dir} with a different config ({diffs})")
-    if saved["train.steps"] != given["train.steps"]:
+    if saved["train.steps"] != given["train.steps"] and report:
         log.warning(
             "train.steps changed on resume (%s -> %s): schedules that follow the run length (beta) are re-timed",
             saved["train.steps"], given["train.steps"],
         )
 
 
-def prepare_run_dir(cfg: Config, resume: bool, overwrite: bool) -> RunPlan:
+def prepare_run_dir(cfg: Config, resume: bool, overwrite: bool, report: bool = True) -> RunPlan:
     """Check the run folder before anything is written or deleted.
 
     An existing run folder is refused unless ``resume`` (continue from its newest intact checkpoint, or start
     again in place if it was stopped before its first one) or ``overwrite`` (empty it, which :func:`train`
     does only once data and model are ready). Only a recognisable daps run folder is ever emptied.
+    ``report=False``: decide without logging (a dry run before the folder is locked).
     """
+    warn = log.warning if report else (lambda *args: None)
     run_dir = Path(cfg.train.out_dir)
     if resume and overwrite:
         raise ValueError("--resume and --overwrite cannot be combined")
@@ -132,7 +134,7 @@ def prepare_run_dir(cfg: Config, resume: bool, overwrite: bool) -> RunPlan:
         raise OutputFolderError(f"train.out_dir {run_dir} exists and is not a folder")
     if not has_content(run_dir):
         if resume:
-            log.warning("--resume: %s holds no run yet, starting a new run", run_dir)
+            warn("--resume: %s holds no run yet, starting a new run", run_dir)
         return RunPlan()
     if overwrite:
         check_replaceable(run_dir, "train", "train.out_dir")
@@ -145,14 +147,14 @@ def prepare_run_dir(cfg: Config, resume: bool, overwrite: bool) -> RunPlan:
         raise OutputFolderError(
             f"run folder {run_dir} already exists; pass --resume to continue it or --overwrite to replace it"
         )
-    ckpt = find_resumable(run_dir)
+    ckpt = find_resumable(run_dir, report)
     if ckpt is None:
         saved = run_dir / "config.json"
         if saved.exists():
-            _check_same_config(run_dir, read_config(saved), cfg)
-        log.warning("%s was stopped before its first checkpoint: starting it again in place", run_dir)
+            _check_same_config(run_dir, read_config(saved), cfg, report)
+        warn("%s was stopped before its first checkpoint: starting it again in place", run_dir)
         return RunPlan(clear_first=True)
-    _check_same_config(run_dir, read_config(ckpt / "config.json"), cfg)
+    _check_same_config(run_dir, read_config(ckpt / "config.json"), cfg, report)
     return RunPlan(resume_from=ckpt)
 
 
@@ -221,7 +223,7 @@ def train(
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
     run_dir = Path(cfg.train.out_dir)
-    prepare_run_dir(cfg, resume, overwrite)  # refuse what cannot work before touching anything (checked again below)
+    prepare_run_dir(cfg, resume, overwrite, report=False)  # refuse what cannot work before touching anything
     created = not run_dir.exists()
     lock = FolderLock(run_dir).acquire() if dist.is_main() else None
     try:
