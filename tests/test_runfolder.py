@@ -375,3 +375,15 @@ def test_skipped_updates_stop_the_run_and_keep_the_last_good_checkpoint(tmp_path
     assert [c.name for c in list_checkpoints(run)] == ["step_00000003"]  # step 6 came after a skipped update
     verify_checkpoint(run / CKPT_DIR / "step_00000003")
     assert len(calls) == 8
+
+
+def test_config_with_wrong_types_is_one_line_naming_file_and_key(copy_run, capsys):
+    run = copy_run()
+    ckpt = run / CKPT_DIR / "step_00000006"
+    (ckpt / "checksums.json").unlink()  # as if hand-edited in a checkpoint of an earlier version
+    cfg = json.loads((ckpt / "config.json").read_text())
+    cfg["train"]["steps"] = "ten"
+    (ckpt / "config.json").write_text(json.dumps(cfg))
+    assert main(["eval", str(run)]) == 2
+    line = error_line(capsys)
+    assert str(ckpt / "config.json") in line and "train.steps" in line
