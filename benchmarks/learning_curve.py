@@ -1,10 +1,10 @@
 """The DAPS learning curve on real MNIST that BENCHMARKS.md shows, as one reproducible command.
 
     DAPS_DATA_DIR=../shared/data python benchmarks/learning_curve.py [--steps 8000] [--eval-every 500]
-        [--run-dir runs/mnist-8k] [--out docs/mnist-8k] [--threads 1] [--report-only] [--overwrite]
+        [--run-dir runs/mnist-8k] [--out docs/mnist-8k] [--threads 1] [--report-only] [--overwrite] [key=value ...]
 
 Runs ``daps train --preset mnist`` (the paper's MNIST DAPS config on the 60k/10k MNIST files) for ``--steps``
-steps with ``--threads`` torch threads (OMP_NUM_THREADS / MKL_NUM_THREADS are set for the child), validating
+steps (plus any ``key=value`` overrides) with ``--threads`` torch threads (OMP_NUM_THREADS / MKL_NUM_THREADS are set for the child), validating
 on all 10,000 test images every ``--eval-every`` steps, then writes into ``--out``:
 
 - ``table.md``: one row per validation (step, wall minutes, val log p, L2, KL, ELBO, codebook use, and the
@@ -42,6 +42,7 @@ def train_command(args: argparse.Namespace) -> list[str]:
         sys.executable, "-m", "daps", "train", "--preset", "mnist", "--device", "cpu",
         f"train.steps={args.steps}", f"train.eval_every={args.eval_every}",
         f"train.ckpt_every={args.ckpt_every}", "train.progress=false", f"train.out_dir={args.run_dir}",
+        *args.overrides,
     ]
 
 
@@ -93,7 +94,7 @@ def report(args: argparse.Namespace, machine: dict, wall_s: float | None) -> dic
         "final": summary,
     }
     lines = [
-        f"# DAPS on MNIST, {cfg['train']['steps']} steps (`--preset mnist`)",
+        f"# DAPS on MNIST, {cfg['train']['steps']} steps (`--preset mnist` {' '.join(args.overrides)})",
         "",
         "| step | wall (min) | val log p(x\\|z) | val L2 | val KL (nats) | val ELBO | codebook use | train ESS/K | η | β |",
         "|---|---|---|---|---|---|---|---|---|---|",
@@ -150,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--report-only", action="store_true")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out folder's files")
+    parser.add_argument("overrides", nargs="*", help="further key=value config overrides for daps train")
     args = parser.parse_args(argv)
     if Path(args.out).exists() and any(Path(args.out).iterdir()) and not args.overwrite:
         print(f"learning_curve.py: error: {args.out} exists; pass --overwrite to replace its files", file=sys.stderr)
