@@ -1,8 +1,9 @@
 """Shared fixtures for the CLI / checkpoint / config tests: a synthetic offline dataset, a tiny config and
 one tiny trained run (built once per session).
 
-Nothing here is autouse, so other test modules are unaffected; the modules that want the offline
-environment say ``pytestmark = pytest.mark.usefixtures("offline")``.
+Only :func:`temporary_cache` is autouse: the whole session writes its data cache (unpacked CIFAR-10 /
+ImageNet samples, ~200 MB with ``$DAPS_DATA_DIR``) into a temporary folder, never into ``~/.cache``. The
+modules that want the offline environment say ``pytestmark = pytest.mark.usefixtures("offline")``.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import gzip
 import io
 import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +47,15 @@ TINY_OVERRIDES = [
     "train.eval_batch_size=20",
     "train.progress=false",
 ]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def temporary_cache():
+    """``$XDG_CACHE_HOME`` (where daps keeps downloads and unpacked data) points at a temporary folder for the
+    whole session, subprocesses included, and the folder is deleted at the end."""
+    with tempfile.TemporaryDirectory(prefix="daps-test-cache-") as folder, pytest.MonkeyPatch.context() as mp:
+        mp.setenv("XDG_CACHE_HOME", folder)
+        yield Path(folder)
 
 
 def _no_network(url, timeout):
