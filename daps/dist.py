@@ -38,6 +38,15 @@ def gather_objects(obj: object) -> list:
     return out
 
 
+def mean_over_ranks(values: torch.Tensor) -> torch.Tensor:
+    """The element-wise mean of ``values`` over every rank (all-reduced); ``values`` itself in a single process."""
+    if not dist.is_initialized():
+        return values
+    values = values.clone()
+    dist.all_reduce(values, op=dist.ReduceOp.SUM)
+    return values / dist.get_world_size()
+
+
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()

@@ -242,24 +242,32 @@ def train(
         dist.teardown()
 
 
-def _train(cfg: Config, resume: bool, overwrite: bool, device: torch.device, rank: int, world: int) -> Path:
-    tc = cfg.train
-    run_dir = Path(tc.out_dir)
-    end_step = min(tc.steps, tc.stop_after) if tc.stop_after else tc.steps
-    plan = prepare_run_dir(cfg, resume, overwrite)  # again, now that no other process can change the folder
-    if dist.is_main():
-        for folder in (run_dir, run_dir / CKPT_DIR):  # files a killed writer left half-written
-            for path in remove_temporaries(folder):
-                log.info("removed %s, left by an interrupted run", path)
-    dist.barrier()  # every rank has inspected the folder before rank 0 may empty it
+@dataclass
+class Setup:
+    """Everything a run is built from: what :func:`_setup` makes and the loop, evaluation and checkpoints use."""
 
+    cfg: Config
+    run_dir: Path
+    device: torch.device
+    spec: object  # daps.data.DatasetSpec
+    batches: object  # iterator of raw training batches, with .generator, .num_skipped (and .close)
+    val_images: object  # the fixed validation subset (tensor batches or a callable streaming them)
+    num_val: int
+    model: torch.nn.Module
+    step_model: torch.nn.Module  # the model, or its DDP wrapper
+    optimizers: Optimizers
+    generators: dict[str, torch.Generator]
+    fid: FIDSetup | None
+
+
+def _setup(cfg: Config, state: dict | None, device: torch.device, rank: int, world: int) -> Setup:
+    """Data, model, optimizers, generators and FID, all seeded; nothing written yet."""
+    tc = cfg.train
     # Data: raw batches (binary floats or uint8 pixels) on the device; `standardize` maps them to the model's
     # scale. Validation: a fixed subset, the same images at every evaluation.
     spec = dataset_spec(cfg.data.name)
     if spec.image_shape is not None and tuple(cfg.data.image_shape) != spec.image_shape:
         raise ValueError(f"data.image_shape is {cfg.data.image_shape} but {spec.name} has {spec.image_shape}")
-    standardize = spec.standardize
-    state = load_training_state(plan.resume_from) if plan.resume_from is not None else None
     batches = train_batches(
         cfg.data, tc.batch_size, tc.seed * 1000 + rank, state["step"] if state else 0,
         torch.Generator(device).manual_seed(tc.seed * 1000 + 2 * rank + 1), device,
@@ -278,9 +286,7 @@ def _train(cfg: Config, resume: bool, overwrite: bool, device: torch.device, ran
         if hasattr(model, "compile_step"):
             model.compile_step()
     optimizers = Optimizers(model, model.optimizer_specs(cfg.optim.lr, cfg.optim.grad_clip), cfg.optim.weight_decay)
-    step_model = model
-    if world > 1:
-        step_model = torch.nn.parallel.DistributedDataParallel(model)
+    step_model = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     generators = {"sample": torch.Generator(device).manual_seed(tc.seed * 1000 + 2 * rank + 2)}
     if batches.generator is not None:  # in-memory data: its draws resume exactly from the checkpoint
         generators["data"] = batches.generator
@@ -289,61 +295,101 @@ def _train(cfg: Config, resume: bool, overwrite: bool, device: torch.device, ran
     fid = None
     if dist.is_main() and tc.fid != "none":
         fid = fid_setup(tc.fid, tc.fid_weights or None, tc.fid_reference or None, device)
+    return Setup(
+        cfg, Path(tc.out_dir), device, spec, batches, val_images, num_val, model, step_model, optimizers, generators, fid
+    )
 
-    start_step = 0
-    if state is not None:
-        start_step = state["step"]
-        if start_step > end_step:
-            raise ValueError(f"cannot resume {run_dir} at step {start_step}: the run is set to stop at step {end_step}")
-        if start_step == end_step and _finished(run_dir, end_step):
-            log.info("%s already finished step %d; nothing to do", run_dir, end_step)
-            return run_dir
-        if len(state["rng"]) != world:
-            raise ValueError(f"{run_dir} was trained by {len(state['rng'])} processes; resume it with as many")
-        load_weights(model, plan.resume_from)
-        optimizers.load_state_dict(state["optimizers"])
-        try:
-            for name, g in generators.items():
-                g.set_state(state["rng"][rank][name])  # folder data instead restart their stream at start_step
-        except RuntimeError:
-            raise ValueError(f"{run_dir} was trained on another kind of device than {device}; resume it there") from None
-        log.info("resumed %s at step %d", run_dir, start_step)
 
-    metrics_path = run_dir / "metrics.jsonl"
-    if dist.is_main():
-        if plan.clear_first:
-            clear_folder(run_dir, "train", "train.out_dir")
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_marker(run_dir, "train")
-        write_config(run_dir / "config.json", cfg)
-        truncate_metrics(metrics_path, start_step)  # rows logged after the checkpoint will be logged again
-        num_params = sum(p.numel() for p in model.parameters())
-        log.info(
-            "training %s on %s (%d train / %d val images) for %d steps, %d parameters, device %s -> %s",
-            cfg.method, spec.name, len(batches), num_val, tc.steps, num_params, device, run_dir,
-        )
-    metrics_file = open(metrics_path, "a") if dist.is_main() else None
+def _restore(s: Setup, ckpt: Path, state: dict, rank: int, world: int) -> None:
+    """Load weights, optimizer states and every generator's state from checkpoint ``ckpt``."""
+    if len(state["rng"]) != world:
+        raise ValueError(f"{s.run_dir} was trained by {len(state['rng'])} processes; resume it with as many")
+    load_weights(s.model, ckpt)
+    s.optimizers.load_state_dict(state["optimizers"])
     try:
+        for name, g in s.generators.items():
+            g.set_state(state["rng"][rank][name])  # folder data instead restart their stream at the checkpoint's step
+    except RuntimeError:
+        raise ValueError(f"{s.run_dir} was trained on another kind of device than {s.device}; resume it there") from None
+    log.info("resumed %s at step %d", s.run_dir, state["step"])
+
+
+def _open_run_folder(s: Setup, plan: RunPlan, start_step: int) -> None:
+    """Rank 0: empty the folder if asked, mark it, write the config, drop metrics rows after ``start_step``."""
+    if plan.clear_first:
+        clear_folder(s.run_dir, "train", "train.out_dir")
+    s.run_dir.mkdir(parents=True, exist_ok=True)
+    write_marker(s.run_dir, "train")
+    write_config(s.run_dir / "config.json", s.cfg)
+    truncate_metrics(s.run_dir / "metrics.jsonl", start_step)  # rows logged after the checkpoint are logged again
+    log.info(
+        "training %s on %s (%d train / %d val images) for %d steps, %d parameters, device %s -> %s",
+        s.cfg.method, s.spec.name, len(s.batches), s.num_val, s.cfg.train.steps,
+        sum(p.numel() for p in s.model.parameters()), s.device, s.run_dir,
+    )
+
+
+def _evaluate(s: Setup, fid: FIDSetup | None = None) -> dict:
+    eval_gen = torch.Generator(s.device).manual_seed(s.cfg.train.seed + 12345)  # the same noise at every evaluation
+    return evaluate(s.model, s.val_images, s.cfg.train.eval_batch_size, eval_gen, s.spec.standardize, fid)
+
+
+def _checkpoint(s: Setup, step: int) -> None:
+    """Save checkpoint ``step`` (a collective: every rank takes part), refusing a non-finite model."""
+    if not _all_finite(s.model):
+        raise _diverged(s.run_dir, step, "the parameters are no longer finite")
+    rng = _rng_states(s.generators)
+    if dist.is_main():
+        state = {"step": step, "optimizers": s.optimizers.state_dict(), "rng": rng}
+        save_checkpoint(s.run_dir, step, s.model, s.cfg, state, keep=s.cfg.train.keep_checkpoints)
+    dist.barrier()
+
+
+def _train_row(sums: dict[str, torch.Tensor], count: int, s: Setup, grad_norms: dict[str, float]) -> dict:
+    """One ``split: train`` row: the logs averaged over the last ``count`` steps and over every rank."""
+    keys = sorted(sums)
+    # float64, as float(sum) / count was: the same numbers in metrics.jsonl as before
+    means = torch.stack([sums[k].double() for k in keys]) / count if keys else torch.zeros(0, dtype=torch.float64)
+    means = dist.mean_over_ranks(means)
+    row = {k: float(v) for k, v in zip(keys, means.tolist())}
+    row.update({f"grad_norm_{k}": v for k, v in grad_norms.items()})
+    row.update({f"skipped_{k}": v for k, v in s.optimizers.skipped.items()})
+    if s.batches.num_skipped:
+        row["skipped_files"] = s.batches.num_skipped
+    return row
+
+
+def _train(cfg: Config, resume: bool, overwrite: bool, device: torch.device, rank: int, world: int) -> Path:
+    tc = cfg.train
+    run_dir = Path(tc.out_dir)
+    end_step = min(tc.steps, tc.stop_after) if tc.stop_after else tc.steps
+    plan = prepare_run_dir(cfg, resume, overwrite)  # again, now that no other process can change the folder
+    if dist.is_main():
+        for folder in (run_dir, run_dir / CKPT_DIR):  # files a killed writer left half-written
+            for path in remove_temporaries(folder):
+                log.info("removed %s, left by an interrupted run", path)
+    dist.barrier()  # every rank has inspected the folder before rank 0 may empty it
+
+    state = load_training_state(plan.resume_from) if plan.resume_from is not None else None
+    start_step = state["step"] if state is not None else 0
+    if start_step > end_step:
+        raise ValueError(f"cannot resume {run_dir} at step {start_step}: the run is set to stop at step {end_step}")
+    if state is not None and start_step == end_step and _finished(run_dir, end_step):
+        log.info("%s already finished step %d; nothing to do", run_dir, end_step)
+        return run_dir
+    s = _setup(cfg, state, device, rank, world)
+    metrics_file = None
+    try:
+        if state is not None:
+            _restore(s, plan.resume_from, state, rank, world)
+        if dist.is_main():
+            _open_run_folder(s, plan, start_step)
+            metrics_file = open(run_dir / "metrics.jsonl", "a")
 
         def write_row(row: dict) -> None:
             if metrics_file is not None:
                 metrics_file.write(json.dumps(row) + "\n")
                 metrics_file.flush()
-
-        def run_eval(step: int, fid: FIDSetup | None = None) -> dict[str, float]:
-            eval_gen = torch.Generator(device).manual_seed(tc.seed + 12345)  # same codes' noise at every eval
-            metrics = evaluate(model, val_images, tc.eval_batch_size, eval_gen, standardize, fid)
-            write_row({"split": "val", "step": step, **metrics})
-            return metrics
-
-        def checkpoint(step: int) -> None:
-            if not _all_finite(model):
-                raise _diverged(run_dir, step, "the parameters are no longer finite")
-            rng = _rng_states(generators)  # a collective: every rank takes part
-            if dist.is_main():
-                state = {"step": step, "optimizers": optimizers.state_dict(), "rng": rng}
-                save_checkpoint(run_dir, step, model, cfg, state, keep=tc.keep_checkpoints)
-            dist.barrier()
 
         bar = tqdm(
             total=end_step, initial=start_step, disable=not (tc.progress and dist.is_main()),
@@ -352,18 +398,18 @@ def _train(cfg: Config, resume: bool, overwrite: bool, device: torch.device, ran
         sums: dict[str, torch.Tensor] = {}
         count, t_last, t_start = 0, time.perf_counter(), time.perf_counter()
         skipped_streak = 0  # consecutive steps with a skipped (non-finite) update
-        model.train()
+        s.model.train()
         for step in range(start_step, end_step):
-            x = standardize(next(batches))  # (B, C, H, W)
+            x = s.spec.standardize(next(s.batches))  # (B, C, H, W)
             if cfg.optim.lr_schedule == "cosine":
-                optimizers.scale_lr(cosine_schedule(step, 1.0, cfg.optim.lr_final, tc.steps))
+                s.optimizers.scale_lr(cosine_schedule(step, 1.0, cfg.optim.lr_final, tc.steps))
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.precision == "bfloat16"):
-                out = step_model(x, step, generator=generators["sample"])
-            optimizers.zero_grad()
+                out = s.step_model(x, step, generator=s.generators["sample"])
+            s.optimizers.zero_grad()
             out.loss.backward()
-            skipped_before = sum(optimizers.skipped.values())
-            grad_norms = optimizers.step()
-            skipped_streak = skipped_streak + 1 if sum(optimizers.skipped.values()) > skipped_before else 0
+            skipped_before = sum(s.optimizers.skipped.values())
+            grad_norms = s.optimizers.step()
+            skipped_streak = skipped_streak + 1 if sum(s.optimizers.skipped.values()) > skipped_before else 0
 
             for key, value in out.logs.items():
                 sums[key] = sums[key] + value if key in sums else value.clone()
@@ -371,11 +417,7 @@ def _train(cfg: Config, resume: bool, overwrite: bool, device: torch.device, ran
             done = step + 1
             if done % tc.log_every == 0 or done == end_step:
                 now = time.perf_counter()
-                row = {key: float(value) / count for key, value in sums.items()}
-                row.update({f"grad_norm_{k}": v for k, v in grad_norms.items()})
-                row.update({f"skipped_{k}": v for k, v in optimizers.skipped.items()})
-                if batches.num_skipped:
-                    row["skipped_files"] = batches.num_skipped
+                row = _train_row(sums, count, s, grad_norms)
                 # num_steps: how many steps this row averages (fewer than log_every right after a resume)
                 row.update(split="train", step=done, num_steps=count, steps_per_s=count / (now - t_last), time=now - t_start)
                 write_row(row)
@@ -387,54 +429,61 @@ def _train(cfg: Config, resume: bool, overwrite: bool, device: torch.device, ran
             if tc.max_skipped_steps and skipped_streak >= tc.max_skipped_steps:
                 raise _diverged(run_dir, done, f"{skipped_streak} consecutive updates had non-finite gradients")
             if dist.is_main() and done % tc.eval_every == 0 and done != end_step:
-                metrics = run_eval(done)
+                metrics = _evaluate(s)
+                write_row({"split": "val", "step": done, **metrics})
                 log.info("step %d: val log p %.2f  L2 %.3f  PSNR %.2f", done, metrics["log_p"], metrics["l2"], metrics["psnr"])
             if done % tc.ckpt_every == 0 and done != end_step:
                 if skipped_streak:  # never replace a good checkpoint by one right after a non-finite update
                     log.warning("step %d: no checkpoint, the last update had a non-finite gradient", done)
                 else:
-                    checkpoint(done)
+                    _checkpoint(s, done)
             bar.update(1)
         bar.close()
-
-        # End of run: final validation first (a non-finite model never replaces the last good checkpoint), then
-        # the final checkpoint, then summary and plots. A run killed anywhere in here resumes to the same files.
-        if dist.is_main():
-            metrics = _final_val_row(metrics_path, end_step) if start_step == end_step else None
-            metrics = metrics or run_eval(end_step, fid)
-            finite = all(math.isfinite(v) for v in metrics.values() if isinstance(v, float))
-        else:
-            metrics, finite = None, True
-        if not all(dist.gather_objects(finite)):
-            raise _diverged(run_dir, end_step, "the final validation metrics are not finite")
-        if start_step != end_step:
-            checkpoint(end_step)
-        if dist.is_main():
-            _write_artifacts(cfg, run_dir, end_step, metrics, model, val_images, standardize, spec, device)
-        skipped = {k: v for k, v in optimizers.skipped.items() if v}
-        if skipped:
-            log.warning("skipped updates with non-finite gradients: %s", skipped)
+        _finish(s, start_step, end_step, write_row)
         return run_dir
     finally:
         if metrics_file is not None:
             metrics_file.close()
-        close = getattr(batches, "close", None)
+        close = getattr(s.batches, "close", None)  # folder data: stop the loader workers
         if callable(close):
             close()
 
 
-def _write_artifacts(cfg, run_dir, end_step, metrics, model, val_images, standardize, spec, device) -> None:
-    """summary.json, reconstructions.png and curves.png, each written atomically."""
+def _finish(s: Setup, start_step: int, end_step: int, write_row) -> None:
+    """End of run: final validation first (a non-finite model never replaces the last good checkpoint), then the
+    final checkpoint, then summary and plots. A run killed anywhere in here resumes to the same files."""
+    metrics, finite = None, True
+    if dist.is_main():
+        if start_step == end_step:  # resumed after the final checkpoint: its validation row is already logged
+            metrics = _final_val_row(s.run_dir / "metrics.jsonl", end_step)
+        if metrics is None:
+            metrics = _evaluate(s, s.fid)
+            write_row({"split": "val", "step": end_step, **metrics})
+        finite = all(math.isfinite(v) for v in metrics.values() if isinstance(v, float))
+    if not all(dist.gather_objects(finite)):
+        raise _diverged(s.run_dir, end_step, "the final validation metrics are not finite")
+    if start_step != end_step:
+        _checkpoint(s, end_step)
+    if dist.is_main():
+        _write_artifacts(s, end_step, metrics)
+    skipped = {k: v for k, v in s.optimizers.skipped.items() if v}
+    if skipped:
+        log.warning("skipped updates with non-finite gradients: %s", skipped)
+
+
+def _write_artifacts(s: Setup, end_step: int, metrics: dict) -> None:
+    """reconstructions.png, curves.png and, last, summary.json (its presence means the run is complete)."""
+    cfg, spec, run_dir, standardize = s.cfg, s.spec, s.run_dir, s.spec.standardize
     summary = {key: value for key, value in metrics.items() if key not in ("split", "step")}
     summary = {"step": end_step, "dataset": spec.name, **summary}
     if spec.note:
         summary["note"] = spec.note
-    model.eval()
-    val_x = torch.cat([b for b, _ in zip(val_images(), range(8))])  # the first few validation batches
+    s.model.eval()
+    val_x = torch.cat([b for b, _ in zip(s.val_images(), range(8))])  # the first few validation batches
     shown = val_x[torch.linspace(0, val_x.shape[0] - 1, 16).long().unique()]  # spread over the (often sorted) split
     with torch.no_grad():
         x_shown = standardize(shown)
-        rec = model.reconstruct(x_shown, torch.Generator(device).manual_seed(cfg.train.seed))
+        rec = s.model.reconstruct(x_shown, torch.Generator(s.device).manual_seed(cfg.train.seed))
     save_reconstruction_grid(
         standardize.to_unit(x_shown), standardize.to_unit(rec.x_hat), run_dir / "reconstructions.png",
         title=f"{cfg.method} on {spec.name} after {end_step} steps (validation images)",
@@ -443,7 +492,7 @@ def _write_artifacts(cfg, run_dir, end_step, metrics, model, val_images, standar
         run_dir / "metrics.jsonl", run_dir / "curves.png", title=f"{cfg.method} / {spec.name}",
         quality="psnr" if spec.likelihood == "gaussian" else "l2",
     )
-    write_json_atomic(run_dir / "summary.json", summary)  # last: its presence means the run is complete
+    write_json_atomic(run_dir / "summary.json", summary)
 
 
 def summarize(metrics: dict[str, float]) -> str:
