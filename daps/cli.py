@@ -44,7 +44,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
     p.add_argument("--data-dir", default=None, help="folder with the data files (default: as trained)")
     p.add_argument("--batch-size", type=int, default=500)
-    p.add_argument("--max-images", type=int, default=0, help="evaluate only the first N images (0 = all)")
+    p.add_argument(
+        "--max-images", type=int, default=0,
+        help="evaluate N images (0 = all): a fixed random subset (the same for every run), not the first N",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the stochastic encoding")
     p.add_argument(
         "--fid", default="none", choices=["none", "val-pairs", "reference"],
@@ -75,7 +78,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--steps", type=int, required=True, help="optimizer steps per run (the same for every method)")
     p.add_argument("--seeds", type=int, default=1, help="seeds 0 .. N-1 per method (default 1)")
-    p.add_argument("--out", default=None, help="output folder (default runs/compare-<preset>)")
+    p.add_argument(
+        "--out", default=None,
+        help="output folder (default runs/compare-<preset>); an existing comparison is continued: finished runs "
+        "with the same config are reused, interrupted ones resumed",
+    )
+    p.add_argument(
+        "--overwrite", action="store_true",
+        help="retrain run folders whose config differs from this comparison's (without it they are refused)",
+    )
     p.add_argument("--device", default=None)
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides applied to every method")
 
@@ -89,6 +100,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--pretrain-steps", type=int, default=200, help="DAPS steps before measuring (default 200)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/gradlab", help="output folder (default runs/gradlab)")
+    p.add_argument("--overwrite", action="store_true", help="replace the report in an existing gradlab --out folder")
 
     p = sub.add_parser("presets", help="list presets, or print one preset's full config as JSON")
     p.add_argument("name", nargs="?")
@@ -188,23 +200,27 @@ def _compare(args: argparse.Namespace, argv: list[str]) -> int:
     if args.seeds <= 0:
         raise ValueError(f"--seeds must be at least 1, got {args.seeds}")
     out = args.out or f"runs/compare-{args.preset}"
-    compare(args.preset, methods, args.steps, list(range(args.seeds)), out, args.overrides, _device(args.device), argv)
+    compare(
+        args.preset, methods, args.steps, list(range(args.seeds)), out, args.overrides, _device(args.device), argv,
+        overwrite=args.overwrite,
+    )
     print(Path(out, "results.md").read_text())
     return 0
 
 
 def _gradlab(args: argparse.Namespace, argv: list[str]) -> int:
-    from daps.gradlab import default_estimators, run_gradlab, write_report
+    from daps.gradlab import check_out, default_estimators, run_gradlab, write_report
 
     if args.draws < 2 or args.num_samples < 2 or args.rao_samples < 1 or args.pretrain_steps < 0:
         raise ValueError("--draws and --num-samples must be >= 2, --rao-samples >= 1, --pretrain-steps >= 0")
     if not (args.temperature > 0 and args.eta > 0 and args.beta >= 0):
         raise ValueError("--temperature and --eta must be positive and --beta >= 0")
+    check_out(Path(args.out), args.overwrite)  # before the minutes of draws
     estimators = default_estimators(args.num_samples, args.eta, args.temperature, args.rao_samples)
     result = run_gradlab(
         estimators, args.draws, args.beta, args.temperature, pretrain_steps=args.pretrain_steps, seed=args.seed
     )
-    write_report(result, Path(args.out), command=" ".join(["daps", "gradlab", *argv]))
+    write_report(result, Path(args.out), command=" ".join(["daps", "gradlab", *argv]), overwrite=args.overwrite)
     print(Path(args.out, "gradlab.md").read_text())
     return 0
 

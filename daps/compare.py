@@ -3,7 +3,10 @@
 Every method gets the same data, encoder size, bottleneck, batch, optimizer-step budget and seeds; only
 each method's own preset defaults differ (its schedules, encoder kind, learning rate). The run folders
 ``<out>/<method>/seed<s>`` are ordinary training runs: a finished one is reused, an interrupted one
-resumed, so the comparison can be stopped and started again.
+resumed, so the comparison can be stopped and started again. A run folder is reused or resumed only when its
+config is the one this comparison would train (up to :data:`NOT_COMPARED`); otherwise ``compare`` refuses
+before training anything, naming the run and the differing keys, and ``overwrite`` retrains such runs.
+``<out>`` carries the ``compare`` marker of :mod:`daps.runfolder` and is locked while ``compare`` writes it.
 
 Outputs in ``<out>``: ``results.md`` and ``results.csv`` (mean and standard error over seeds),
 ``curves.png`` (validation log p against steps), ``reconstructions.png`` (the same test images through
@@ -13,6 +16,7 @@ every method) and ``commands.sh`` (the exact commands that reproduce every run).
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import math
@@ -22,10 +26,23 @@ from pathlib import Path
 
 import torch
 
-from daps.checkpoint import load_model
-from daps.config import ALL_METHODS, Config, get_preset, parse_overrides
+from daps.checkpoint import load_model, read_config
+from daps.config import ALL_METHODS, Config, config_differences, get_preset, parse_overrides
 from daps.data import dataset_spec, val_batches
 from daps.plots import read_metrics, save_comparison_curves, save_comparison_reconstructions
+from daps.runfolder import (
+    LOCK,
+    TEMP_PATTERNS,
+    FolderLock,
+    OutputFolderError,
+    has_content,
+    is_output_folder,
+    prepare_output_folder,
+    read_marker,
+    refuse_precious,
+    write_marker,
+    write_text_atomic,
+)
 
 log = logging.getLogger("daps")
 
@@ -43,11 +60,24 @@ COLUMNS = [
 ]
 
 
+OUTPUTS = ("results.md", "results.csv", "curves.png", "reconstructions.png", "commands.sh")
+"""The files ``compare`` writes into its folder (besides the run folders ``<method>/seed<s>``)."""
+
+NOT_COMPARED = frozenset({
+    "train.out_dir", "train.progress", "train.stop_after", "train.ckpt_every", "train.keep_checkpoints",
+    "train.max_skipped_steps", "data.download",
+})
+"""Settings that change nothing compare reads (resume is exact, so checkpoints do not matter): a run folder that
+differs from the planned run only in these is reused or resumed."""
+
+
 @dataclass
 class Run:
     method: str
     seed: int
     cfg: Config
+    action: str = "train"
+    """What :func:`check_runs` decided: ``train`` (new folder), ``reuse``, ``resume`` or ``retrain``."""
 
     @property
     def out_dir(self) -> Path:
@@ -107,21 +137,65 @@ def command_for(run: Run, preset: str, overrides: list[str]) -> str:
     return shlex.join(args)
 
 
+def _finished(run: Run) -> bool:
+    try:
+        summary = json.loads((run.out_dir / "summary.json").read_text())
+    except (OSError, ValueError):  # missing, or damaged by a kill: resuming recreates it
+        return False
+    return isinstance(summary, dict) and summary.get("step") == run.cfg.train.steps
+
+
+def check_runs(runs: list[Run], overwrite: bool = False) -> None:
+    """Decide each run's ``action`` before anything is trained, so that a refusal costs nothing.
+
+    A run folder is reused (finished) or resumed only if its ``config.json`` is the config this comparison
+    would train, up to :data:`NOT_COMPARED`: otherwise its numbers (or the ones it would be extended to) are not
+    what ``commands.sh`` reproduces. Such a folder is refused with the differing keys, or retrained from scratch
+    when ``overwrite``. A folder that is not a daps run is always refused.
+    """
+    for run in runs:
+        folder = run.out_dir
+        what = f"compare run {folder}"
+        refuse_precious(folder, what)
+        if not has_content(folder):
+            run.action = "train"
+            continue
+        if not is_output_folder(folder, "train"):
+            raise OutputFolderError(f"{what} exists and is not a daps run folder; choose another --out")
+        if not (folder / "config.json").exists():  # stopped before it wrote anything: train starts it in place
+            run.action = "resume"
+            continue
+        try:
+            diffs = config_differences(read_config(folder / "config.json"), run.cfg, NOT_COMPARED)
+            problem = ", ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in diffs.items())
+        except ValueError as err:  # a damaged or foreign config.json (the message names the file)
+            diffs, problem = {"config.json": None}, str(err)
+        if not diffs:
+            run.action = "reuse" if _finished(run) else "resume"
+        elif overwrite:
+            run.action = "retrain"
+            log.warning("%s was trained with another config (%s): --overwrite retrains it", folder, problem)
+        else:
+            raise OutputFolderError(
+                f"{what} was trained with another config ({problem}); its results would not be the ones "
+                "commands.sh reproduces: pass --overwrite to retrain it, or choose another --out"
+            )
+
+
 def run_all(runs: list[Run], device: torch.device | None = None) -> None:
-    """Train every run that has not finished; a run with checkpoints is resumed."""
+    """Carry out each run's ``action`` (see :func:`check_runs`): train, resume or retrain it, or reuse it."""
     from daps.train import train
 
     for i, run in enumerate(runs, 1):
-        summary = run.out_dir / "summary.json"
-        if summary.exists() and json.loads(summary.read_text()).get("step") == run.cfg.train.steps:
+        if run.action == "reuse":
             log.info("[%d/%d] %s seed %d: finished, reusing %s", i, len(runs), run.method, run.seed, run.out_dir)
             continue
-        resume = (run.out_dir / "checkpoints" / "latest").is_file()
         log.info(
             "[%d/%d] %s seed %d: %s %d steps -> %s", i, len(runs), run.method, run.seed,
-            "resuming" if resume else "training", run.cfg.train.steps, run.out_dir,
+            {"train": "training", "resume": "resuming", "retrain": "retraining"}[run.action], run.cfg.train.steps,
+            run.out_dir,
         )
-        train(run.cfg, resume=resume, overwrite=not resume and run.out_dir.exists(), device=device)
+        train(run.cfg, resume=run.action == "resume", overwrite=run.action == "retrain", device=device)
 
 
 def _mean_se(values: list[float]) -> tuple[float, float]:
@@ -179,12 +253,39 @@ def write_tables(table: list[dict], out: Path, header: str) -> None:
         "(no q for the quantizers, no discrete code for the Gaussian VAE) or it was not measured (FID without "
         "train.fid or without the Inception weights; SSIM on images smaller than 11x11).",
     ]
-    (out / "results.md").write_text("\n".join(lines) + "\n")
+    write_text_atomic(out / "results.md", "\n".join(lines) + "\n")
     keys = ["method", "seeds", "bits", *(k for _, key, _ in COLUMNS for k in (key, key + "_se")), "steps_per_s"]
-    with open(out / "results.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(table)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=keys, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(table)
+    write_text_atomic(out / "results.csv", text.getvalue())
+
+
+def _is_legacy_compare(out: Path) -> bool:
+    """A compare folder written before the marker existed: nothing but compare's outputs and method folders."""
+    return all(
+        (p.name in (*OUTPUTS, LOCK) and p.is_file()) or (p.name in ALL_METHODS and p.is_dir())
+        or any(p.match(pattern) for pattern in TEMP_PATTERNS)
+        for p in out.iterdir()
+    )
+
+
+def prepare_compare_folder(out: Path) -> Path:
+    """The compare folder, created and marked ``compare``; an existing compare folder is re-entered (its runs
+    are checked one by one by :func:`check_runs`), any other existing folder is refused."""
+    if not has_content(out):
+        return prepare_output_folder(out, "compare", overwrite=False)
+    refuse_precious(out, "--out")
+    if out.is_symlink() or not out.is_dir():
+        raise OutputFolderError(f"--out {out} exists and is not a folder")
+    if read_marker(out) != "compare":
+        if read_marker(out) is not None or not _is_legacy_compare(out):
+            raise OutputFolderError(
+                f"--out {out} exists and is not a daps compare folder (no .daps marker); choose another folder"
+            )
+        write_marker(out, "compare")
+    return out
 
 
 def compare(
@@ -196,19 +297,26 @@ def compare(
     overrides: list[str] = (),
     device: torch.device | None = None,
     argv: list[str] | None = None,
+    overwrite: bool = False,
 ) -> list[dict]:
     """Train (or reuse) every run, then write the tables, figures and commands into ``out``; returns the
-    table rows."""
+    table rows. ``overwrite``: retrain run folders whose config differs from this comparison's (else refused)."""
     out = Path(out)
     overrides = list(overrides)
     runs = plan_runs(preset, methods, steps, seeds, out, overrides)  # validates everything before training
-    out.mkdir(parents=True, exist_ok=True)
+    prepare_compare_folder(out)
+    with FolderLock(out):
+        check_runs(runs, overwrite)
+        return _compare(runs, preset, methods, steps, seeds, out, overrides, device, argv)
+
+
+def _compare(runs, preset, methods, steps, seeds, out, overrides, device, argv) -> list[dict]:
     invocation = shlex.join(["daps", "compare", *argv]) if argv is not None else None
     commands = ["#!/usr/bin/env bash", "# Reproduces every run of this comparison; then re-run the compare command.", "set -e"]
     if invocation:
         commands.append(f"# {invocation}")
     commands += [command_for(r, preset, overrides) for r in runs]
-    (out / "commands.sh").write_text("\n".join(commands) + "\n")
+    write_text_atomic(out / "commands.sh", "\n".join(commands) + "\n")
 
     run_all(runs, device)
 
@@ -248,4 +356,4 @@ def compare(
     return table
 
 
-__all__ = ["compare", "latent_bits", "plan_runs"]
+__all__ = ["check_runs", "compare", "latent_bits", "plan_runs", "prepare_compare_folder"]

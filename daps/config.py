@@ -678,11 +678,19 @@ def validate(cfg: Config) -> None:
     if not cfg.optim.lr_final <= 1.0:
         raise ValueError(f"optim.lr_final is a fraction of the initial rate in (0, 1], got {cfg.optim.lr_final}")
     if not cfg.ppo.clip < 1.0:
-        raise ValueError(f"ppo.clip must be in (0, 1): the ratio is clipped to [1 - clip, 1 + clip]; got {cfg.ppo.clip}")
+        raise ValueError(f"ppo.clip must be in (0, 1) (the ratio is clipped to 1 +- clip), got {cfg.ppo.clip}")
 
 
 def config_to_dict(cfg: Config) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
+
+
+def config_differences(a: Config, b: Config, ignore: set[str] | frozenset[str] = frozenset()) -> dict[str, tuple]:
+    """Dotted key -> (value in ``a``, value in ``b``) for every setting that differs, except the keys in ``ignore``."""
+    values_a = {key: getattr(owner, f.name) for key, (owner, f) in _leaf_fields(a).items()}
+    values_b = {key: getattr(owner, f.name) for key, (owner, f) in _leaf_fields(b).items()}
+    keys = [key for key in values_a if key not in ignore and values_a[key] != values_b[key]]
+    return {key: (values_a[key], values_b[key]) for key in keys}
 
 
 def config_from_dict(data: dict[str, Any]) -> Config:

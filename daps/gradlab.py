@@ -23,7 +23,6 @@ Each method minimizes a loss, so estimators are compared with the gradient of ``
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import math
 from dataclasses import dataclass
@@ -34,6 +33,17 @@ import torch
 from daps.config import get_preset, parse_overrides
 from daps.methods import METHODS, build_method
 from daps.optim import Optimizers
+from daps.runfolder import (
+    OutputFolderError,
+    atomic_path,
+    check_replaceable,
+    has_content,
+    prepare_output_folder,
+    read_marker,
+    write_json_atomic,
+    write_marker,
+    write_text_atomic,
+)
 
 log = logging.getLogger("daps")
 
@@ -214,9 +224,29 @@ def _run(
     return {"setup": setup, "rows": rows}
 
 
-def write_report(result: dict, out: Path, command: str | None = None) -> None:
-    """``gradlab.md`` (table), ``gradlab.json`` (everything) and ``gradlab.png`` (bias and noise per estimator)."""
-    out.mkdir(parents=True, exist_ok=True)
+REPORT_FILES = ("gradlab.md", "gradlab.json", "gradlab.png")
+
+
+def check_out(out: Path, overwrite: bool) -> None:
+    """Refuse ``out`` before the draws if the report could not be written there: an existing folder needs
+    ``overwrite`` and must be a gradlab folder (the rule of :func:`daps.runfolder.prepare_output_folder`)."""
+    if not has_content(out):
+        check_replaceable(out, "gradlab", "--out")  # the current folder, a root, a file ...
+        return
+    if not overwrite:
+        raise OutputFolderError(f"--out {out} already exists; pass --overwrite to replace it")
+    if out.is_dir() and not out.is_symlink() and read_marker(out) is None:
+        if {p.name for p in out.iterdir()} <= set(REPORT_FILES):  # a report written before the marker existed
+            write_marker(out, "gradlab")
+    check_replaceable(out, "gradlab", "--out")
+
+
+def write_report(result: dict, out: Path, command: str | None = None, overwrite: bool = False) -> None:
+    """``gradlab.md`` (table), ``gradlab.json`` (everything) and ``gradlab.png`` (bias and noise per estimator),
+    each written atomically into ``out``; an existing ``out`` is replaced only with ``overwrite`` (and only a
+    gradlab folder, see :func:`check_out`)."""
+    check_out(out, overwrite)
+    prepare_output_folder(out, "gradlab", overwrite)
     s, rows = result["setup"], result["rows"]
     lines = [
         "# Estimator lab: encoder gradients against the exact gradient",
@@ -248,8 +278,8 @@ def write_report(result: dict, out: Path, command: str | None = None) -> None:
         "along the sampled path, which omits the score-function term of later tokens' KL (a bias for an autoregressive "
         "q when beta > 0); with its untrained value baseline the noise of one sample per input hides that bias here.",
     ]
-    (out / "gradlab.md").write_text("\n".join(lines) + "\n")
-    (out / "gradlab.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_text_atomic(out / "gradlab.md", "\n".join(lines) + "\n")
+    write_json_atomic(out / "gradlab.json", result)
 
     from daps.plots import _pyplot
 
@@ -272,8 +302,11 @@ def write_report(result: dict, out: Path, command: str | None = None) -> None:
         ax.grid(alpha=0.3, axis="x")
     fig.suptitle(f"Encoder-gradient estimators, T=2, V=4, beta={s['beta']}, {s['num_draws']} draws", fontsize=10)
     fig.tight_layout()
-    fig.savefig(out / "gradlab.png", dpi=120)
+    with atomic_path(out / "gradlab.png") as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
 
 
-__all__ = ["Estimator", "default_estimators", "exact_gradient", "run_gradlab", "summarize_draws", "write_report"]
+__all__ = [
+    "Estimator", "check_out", "default_estimators", "exact_gradient", "run_gradlab", "summarize_draws", "write_report",
+]

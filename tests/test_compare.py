@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 
 import pytest
 
@@ -46,6 +47,8 @@ def test_every_method_gets_the_same_budget_and_the_overrides(tmp_path):
 
 def test_compare_writes_table_figures_commands_and_reuses_finished_runs(tmp_path, overrides):
     out = tmp_path / "cmp"
+    # compare's own log / eval / checkpoint intervals (every step for 4 steps), so that the run below has its config
+    overrides = [o for o in overrides if not o.startswith(("train.log_every", "train.eval_every", "train.ckpt_every"))]
     # An interrupted run: dapsna seed 0 stopped after 2 of its 4 steps.
     interrupted = parse_overrides(
         get_preset("mnist", "dapsna"),
@@ -85,3 +88,98 @@ def test_cli_compare_rejects_unknown_method_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "bogus" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "c").exists()
+
+
+# --------------------------------------------------------------------------------------------------
+# Reuse only what this comparison would train (issue 11, item 7)
+
+
+def _files(folder):
+    return {p: p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file() and p.name != ".lock"}
+
+
+def test_a_finished_run_with_another_config_is_refused_not_extended(tmp_path, overrides):
+    out = tmp_path / "cmp"
+    compare("mnist", ["daps"], 4, [0], out, overrides)
+    before = _files(out)
+    with pytest.raises(ValueError) as err:
+        compare("mnist", ["daps"], 6, [0], out, overrides)  # another --steps: would extend the 4-step run
+    message = str(err.value)
+    assert str(out / "daps" / "seed0") in message and "train.steps: 4 -> 6" in message and "--overwrite" in message
+    assert "\n" not in message
+    with pytest.raises(ValueError, match=r"daps\.num_samples: 4 -> 2"):
+        compare("mnist", ["daps"], 4, [0], out, [*overrides, "daps.num_samples=2"])
+    assert _files(out) == before  # nothing trained, nothing rewritten
+
+
+def test_overwrite_retrains_only_the_runs_whose_config_differs(tmp_path, overrides):
+    out = tmp_path / "cmp"
+    compare("mnist", ["daps", "fsq"], 4, [0], out, overrides)
+    fsq_before = _files(out / "fsq")
+    run = out / "daps" / "seed0"
+    other = parse_overrides(
+        get_preset("mnist", "daps"), [*overrides, "train.steps=4", "train.eval_every=1", f"train.out_dir={run}"]
+    )
+    train(other, overwrite=True)  # the daps run folder now holds another config's run
+    with pytest.raises(ValueError, match=r"daps/seed0 was trained with another config \(train\.eval_every: 1 -> 3\)"):
+        compare("mnist", ["daps", "fsq"], 4, [0], out, overrides)
+    table = compare("mnist", ["daps", "fsq"], 4, [0], out, overrides, overwrite=True)
+    assert _files(out / "fsq") == fsq_before  # the same config: reused, untouched
+    assert json.loads((run / "config.json").read_text())["train"]["eval_every"] == 3
+    rows = [json.loads(line) for line in open(run / "metrics.jsonl")]
+    assert [r["step"] for r in rows if r["split"] == "val"] == [3, 4]  # retrained from scratch, not appended to
+    assert [r["method"] for r in table] == ["daps", "fsq"]
+
+
+def test_compare_never_replaces_a_folder_that_is_not_a_daps_run(tmp_path, overrides):
+    out = tmp_path / "cmp"
+    (out / "daps" / "seed0").mkdir(parents=True)
+    (out / "daps" / "seed0" / "notes.txt").write_text("mine")
+    for overwrite in (False, True):
+        with pytest.raises(ValueError, match=r"daps/seed0 exists and is not a daps run folder"):
+            compare("mnist", ["daps"], 4, [0], out, overrides, overwrite=overwrite)
+    assert (out / "daps" / "seed0" / "notes.txt").read_text() == "mine"
+    assert not (out / "commands.sh").exists()
+
+
+def test_the_compare_folder_is_marked_and_a_foreign_one_refused(tmp_path, overrides, capsys):
+    from daps.runfolder import read_marker
+
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "results.md").write_text("my own results")
+    (foreign / "data.csv").write_text("1,2")
+    rc = main(["compare", "--methods", "daps", "--steps", "4", "--out", str(foreign), "--overwrite", *overrides])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "not a daps compare folder" in err and str(foreign) in err
+    assert (foreign / "results.md").read_text() == "my own results" and not (foreign / ".daps").exists()
+
+    out = tmp_path / "cmp"
+    assert main(["compare", "--methods", "daps", "--steps", "4", "--out", str(out), *overrides]) == 0
+    assert read_marker(out) == "compare" and read_marker(out / "daps" / "seed0") == "train"
+    # re-entered to continue: a second call is fine and reuses the run
+    metrics = (out / "daps" / "seed0" / "metrics.jsonl").stat().st_mtime_ns
+    assert main(["compare", "--methods", "daps", "--steps", "4", "--out", str(out), *overrides]) == 0
+    assert (out / "daps" / "seed0" / "metrics.jsonl").stat().st_mtime_ns == metrics
+
+    legacy = tmp_path / "legacy"  # a comparison written before the marker existed is recognised
+    shutil.copytree(out, legacy)
+    (legacy / ".daps").unlink()
+    (legacy / "daps" / "seed0" / ".daps").unlink()
+    compare("mnist", ["daps"], 4, [0], legacy, overrides)
+    assert read_marker(legacy) == "compare"
+
+
+def test_tables_are_replaced_atomically(tmp_path, overrides, monkeypatch):
+    out = tmp_path / "cmp"
+    compare("mnist", ["daps"], 4, [0], out, overrides)
+    before = (out / "results.csv").read_text()
+
+    def fail(self, rows):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(csv.DictWriter, "writerows", fail)
+    with pytest.raises(OSError, match="disk full"):
+        compare("mnist", ["daps"], 4, [0], out, overrides)
+    assert (out / "results.csv").read_text() == before  # never a half-written table
+    assert not list(out.glob(".*tmp*"))

@@ -68,3 +68,65 @@ def test_reinforce_loo_is_unbiased_and_the_biased_estimators_are_reported():
     assert abs(rows["daps"]["bias_z"]) > 4 and rows["daps"]["cos_mean_exact"] > 0.8
     for row in rows.values():
         assert all(v == v for v in row.values() if isinstance(v, float)), row  # no NaN anywhere
+
+
+# --------------------------------------------------------------------------------------------------
+# The report folder: the exists / --overwrite rule of every writer (issue 11, item 7)
+
+
+@pytest.fixture(scope="module")
+def small_result():
+    from daps.gradlab import Estimator
+
+    estimators = [Estimator("reinforce-loo", "reinforce", ("reinforce.num_samples=4",))]
+    return run_gradlab(estimators, num_draws=4, pretrain_steps=0, seed=0)
+
+
+def test_report_is_not_silently_replaced(tmp_path, small_result):
+    from daps.gradlab import write_report
+    from daps.runfolder import OutputFolderError, read_marker
+
+    out = tmp_path / "lab"
+    write_report(small_result, out, command="first")
+    assert read_marker(out) == "gradlab" and {p.name for p in out.iterdir()} == {
+        ".daps", "gradlab.md", "gradlab.json", "gradlab.png"
+    }
+    with pytest.raises(OutputFolderError, match="already exists; pass --overwrite"):
+        write_report(small_result, out, command="second")
+    assert "first" in (out / "gradlab.md").read_text()
+    write_report(small_result, out, command="second", overwrite=True)
+    assert "second" in (out / "gradlab.md").read_text() and not list(out.glob(".*tmp*"))
+
+
+def test_overwrite_never_replaces_a_foreign_folder(tmp_path, small_result):
+    from daps.gradlab import write_report
+    from daps.runfolder import OutputFolderError
+
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "gradlab.md").write_text("my notes")
+    (out / "thesis.tex").write_text("precious")
+    with pytest.raises(OutputFolderError, match="not a daps gradlab folder"):
+        write_report(small_result, out, overwrite=True)
+    assert (out / "thesis.tex").read_text() == "precious" and (out / "gradlab.md").read_text() == "my notes"
+    legacy = tmp_path / "legacy"  # a report written before the marker existed: only gradlab's own files
+    legacy.mkdir()
+    (legacy / "gradlab.md").write_text("old report")
+    write_report(small_result, legacy, overwrite=True)
+    assert "Estimator lab" in (legacy / "gradlab.md").read_text()
+
+
+def test_cli_refuses_an_existing_out_before_drawing(tmp_path, capsys, monkeypatch):
+    import daps.gradlab
+    from daps.cli import main
+
+    out = tmp_path / "lab"
+    out.mkdir()
+    (out / "gradlab.md").write_text("old report")
+    monkeypatch.setattr(daps.gradlab, "run_gradlab", lambda *a, **k: pytest.fail("drew before checking --out"))
+    assert main(["gradlab", "--out", str(out), "--draws", "4", "--pretrain-steps", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(out) in err and "--overwrite" in err
+    assert (out / "gradlab.md").read_text() == "old report"
+    assert main(["gradlab", "--out", str(tmp_path), "--overwrite", "--draws", "4"]) == 2  # not a gradlab folder
+    assert "not a daps gradlab folder" in capsys.readouterr().err
