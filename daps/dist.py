@@ -4,17 +4,41 @@ device; then the process group is initialized from the environment torchrun sets
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 
 
+_wait_group = None
+"""A gloo group with a long timeout, for ranks waiting while rank 0 alone evaluates or writes (see wait_for_main)."""
+
+WAIT_TIMEOUT = timedelta(days=7)
+
+
 def setup() -> tuple[int, int]:
-    """Initialize the process group when launched by torchrun; return ``(rank, world_size)``."""
+    """Initialize the process group when launched by torchrun; return ``(rank, world_size)``.
+
+    The collectives of the training step use the backend's default timeout (or ``$DAPS_DIST_TIMEOUT_S``
+    seconds); the waits for rank 0's evaluation and checkpoint writing use a separate group that does not time
+    out in practice, so a long validation (50,000 images, FID) cannot trip the step's timeout.
+    """
+    global _wait_group
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        timeout = os.environ.get("DAPS_DIST_TIMEOUT_S")
+        dist.init_process_group(
+            "nccl" if torch.cuda.is_available() else "gloo",
+            timeout=timedelta(seconds=float(timeout)) if timeout else None,
+        )
+        _wait_group = dist.new_group(backend="gloo", timeout=WAIT_TIMEOUT)
     return rank(), world
+
+
+def wait_for_main() -> None:
+    """Every rank waits here until rank 0 arrives (after work only rank 0 does), without a timeout in practice."""
+    if dist.is_initialized():
+        dist.barrier(group=_wait_group)
 
 
 def rank() -> int:
@@ -53,5 +77,7 @@ def barrier() -> None:
 
 
 def teardown() -> None:
+    global _wait_group
     if dist.is_initialized():
         dist.destroy_process_group()
+    _wait_group = None

@@ -342,7 +342,7 @@ def _checkpoint(s: Setup, step: int) -> None:
     if dist.is_main():
         state = {"step": step, "optimizers": s.optimizers.state_dict(), "rng": rng}
         save_checkpoint(s.run_dir, step, s.model, s.cfg, state, keep=s.cfg.train.keep_checkpoints)
-    dist.barrier()
+    dist.wait_for_main()
 
 
 def _train_row(sums: dict[str, torch.Tensor], count: int, s: Setup, grad_norms: dict[str, float]) -> dict:
@@ -428,10 +428,12 @@ def _train(cfg: Config, resume: bool, overwrite: bool, device: torch.device, ran
                     log.warning("non-finite training metrics at step %d: %s", done, row)
             if tc.max_skipped_steps and skipped_streak >= tc.max_skipped_steps:
                 raise _diverged(run_dir, done, f"{skipped_streak} consecutive updates had non-finite gradients")
-            if dist.is_main() and done % tc.eval_every == 0 and done != end_step:
-                metrics = _evaluate(s)
-                write_row({"split": "val", "step": done, **metrics})
-                log.info("step %d: val log p %.2f  L2 %.3f  PSNR %.2f", done, metrics["log_p"], metrics["l2"], metrics["psnr"])
+            if done % tc.eval_every == 0 and done != end_step:
+                if dist.is_main():  # rank 0 alone evaluates; the others wait without a timeout
+                    metrics = _evaluate(s)
+                    write_row({"split": "val", "step": done, **metrics})
+                    log.info("step %d: val log p %.2f  L2 %.3f  PSNR %.2f", done, metrics["log_p"], metrics["l2"], metrics["psnr"])
+                dist.wait_for_main()
             if done % tc.ckpt_every == 0 and done != end_step:
                 if skipped_streak:  # never replace a good checkpoint by one right after a non-finite update
                     log.warning("step %d: no checkpoint, the last update had a non-finite gradient", done)
@@ -460,6 +462,7 @@ def _finish(s: Setup, start_step: int, end_step: int, write_row) -> None:
             metrics = _evaluate(s, s.fid)
             write_row({"split": "val", "step": end_step, **metrics})
         finite = all(math.isfinite(v) for v in metrics.values() if isinstance(v, float))
+    dist.wait_for_main()
     if not all(dist.gather_objects(finite)):
         raise _diverged(s.run_dir, end_step, "the final validation metrics are not finite")
     if start_step != end_step:
