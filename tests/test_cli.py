@@ -131,8 +131,15 @@ def test_eval_json(trained_run, capsys, max_images):
     assert 0 < metrics["codebook_utilization"] <= 1
     assert 1 <= metrics["code_perplexity"] <= 16  # V = 16
     assert 0 <= metrics["token_entropy"] <= math.log(16) + 1e-6
-    assert 0 <= metrics["mse"] <= 1 and metrics["l2"] >= 0 and metrics["kl"] >= 0
+    # PSNR is the mean of per-image -10 log10(mse_i) on the [0, 1] scale: by Jensen at least -10 log10(mean mse),
+    # and within a few dB of it (a 0..255 peak would add 48 dB).
+    psnr_of_mean = -10 * math.log10(metrics["mse"])
+    assert psnr_of_mean - 1e-3 <= metrics["psnr"] < psnr_of_mean + 10
     assert metrics["elbo"] == pytest.approx(metrics["log_p"] - metrics["kl"], rel=1e-6)  # float32 per image
+    # beta-ELBO uses the schedule's final beta (0.01 in the mnist preset); the AR code's KL to uniform is
+    # sum_t (log V - H_t) = T (log V - mean token entropy) with T = 4, V = 16.
+    assert metrics["beta_elbo"] == pytest.approx(metrics["log_p"] - 0.01 * metrics["kl"], rel=1e-6)
+    assert metrics["kl"] == pytest.approx(4 * (math.log(16) - metrics["token_entropy"]), rel=1e-4, abs=1e-4)
 
 
 def test_eval_is_deterministic_and_accepts_a_checkpoint_folder(trained_run, capsys):
