@@ -221,3 +221,104 @@ def test_the_missing_data_message_names_the_setting_of_each_command(command, tmp
     assert "\n" not in line and "mnist_5k.csv.gz not found" in line
     # train takes data.data_dir=DIR (it rejects --data-dir); eval and fid-stats take --data-dir
     assert ("data.data_dir=DIR for train" in line) and ("--data-dir DIR for eval" in line)
+
+
+# --------------------------------------------------------------------------------------------------
+# The Python API of every method: clear errors for bad inputs, no graphs at inference (item 8)
+
+TINY = ["encoder.width=16", "encoder.num_heads=2", "encoder.vocab_size=16", "encoder.num_tokens=4",
+        "decoder.embed_dim=8", "decoder.hidden=16,16", "vae.hidden=16"]
+
+
+@pytest.fixture(scope="module", params=ALL_METHODS)
+def model(request):
+    from daps.methods import build_method
+
+    cfg = parse_overrides(get_preset("mnist", request.param), TINY)
+    torch.manual_seed(0)
+    model = build_method(cfg, (1, 28, 28))
+    model.eval()
+    return model
+
+
+def images(b=3, shape=(1, 28, 28)):
+    return (torch.rand(b, *shape, generator=torch.Generator().manual_seed(0)) > 0.5).float()
+
+
+def codes(model, b=3):
+    if model.vocab_size is None:  # the Gaussian VAE: a continuous z
+        return torch.zeros(b, model.input_spec.latent_dim)
+    return model.encode(images(b), torch.Generator().manual_seed(0))
+
+
+def test_inference_builds_no_graph(model):
+    """eval-mode encode / decode / reconstruct return plain tensors (no autograd graph kept alive)."""
+    x = images()
+    z = model.encode(x, torch.Generator().manual_seed(0))
+    x_hat = model.decode(z)
+    rec = model.reconstruct(x, torch.Generator().manual_seed(0))
+    for t in (z, x_hat, rec.x_hat, rec.log_p):
+        assert not t.requires_grad and t.grad_fn is None
+    assert x_hat.shape == (3, 1, 28, 28)
+
+
+def test_training_still_has_gradients(model):
+    model.train()
+    try:
+        out = model(images(4), step=0, generator=torch.Generator().manual_seed(0))
+        out.loss.backward()
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+    finally:
+        model.zero_grad(set_to_none=True)
+        model.eval()
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (lambda: images(1)[0], r"one image \(1, 28, 28\); pass a batch"),
+        (lambda: images(3, (1, 32, 32)), r"\(1, 32, 32\), but this model takes \(1, 28, 28\)"),
+        (lambda: images(3, (3, 28, 28)), r"\(3, 28, 28\), but this model takes"),
+        (lambda: images(3).view(3, 784), r"batch of images \(B, C, H, W\), got shape \(3, 784\)"),
+        (lambda: images(0), r"non-empty batch"),
+        (lambda: (images(3) * 255).to(torch.uint8), r"must be floating point .* got torch\.uint8"),
+        (lambda: images(3).double(), r"torch\.float64 but the model's parameters are torch\.float32"),
+        (lambda: images(3).tolist(), r"must be a torch\.Tensor"),
+    ],
+)
+@pytest.mark.parametrize("call", ["encode", "reconstruct"])
+def test_bad_images_are_value_errors(model, call, bad, message):
+    with pytest.raises(ValueError, match=message):
+        getattr(model, call)(bad(), torch.Generator().manual_seed(0))
+
+
+def test_bad_codes_are_value_errors(model):
+    z = codes(model)
+    if model.vocab_size is None:
+        with pytest.raises(ValueError, match=r"z has 3 dimensions, but this model's latent has D=2"):
+            model.decode(torch.zeros(4, 3))
+        with pytest.raises(ValueError, match=r"batch of latents \(B, D\)"):
+            model.decode(z[0])
+        with pytest.raises(ValueError, match=r"z is torch\.float64"):
+            model.decode(z.double())
+        return
+    v, t = model.vocab_size, model.input_spec.num_tokens
+    cases = [
+        (torch.full_like(z, v), rf"codes must be in \[0, {v}\) \(V={v}\), got values from {v} to {v}"),
+        (z - z - 1, r"got values from -1 to -1"),
+        (z[0], r"batch of codes \(B, T\), got shape \(4,\); pass a batch"),
+        (z[:, :2], rf"2 tokens per input, but this model's codes have T={t}"),
+        (z.float(), r"integer tensor \(torch\.long\) of codes, got torch\.float32"),
+        (z.bool(), r"got torch\.bool"),
+    ]
+    for bad, message in cases:
+        with pytest.raises(ValueError, match=message):
+            model.decode(bad)
+    torch.testing.assert_close(model.decode(z.int()), model.decode(z))  # any integer dtype works
+
+
+def test_eval_help_describes_the_subset(capsys):
+    with pytest.raises(SystemExit):
+        main(["eval", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "only the first N" not in text and "a fixed random subset" in text

@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 
 from daps.config import Config
+from daps.methods.common import InputSpec
 from daps.methods.daps import DAPS, build_daps, build_dapsna
 from daps.methods.fsq import build_fsq
 from daps.methods.gumbel import build_grmck, build_grmckna, build_gumbel, build_gumbelna
@@ -44,8 +45,11 @@ class Method(Protocol):
     final_beta: float | None  # the beta of the beta-ELBO (the schedule's end value); None without a KL
     vocab_size: int | None  # codes per token (FSQ: the implicit codebook size); None for a continuous latent
 
+    input_spec: InputSpec  # what encode / decode / reconstruct accept (set by build_method)
+
     def forward(self, x: torch.Tensor, step: int, generator: torch.Generator | None = None) -> Output: ...
 
+    # Inference (no gradients; training goes through forward). Bad inputs raise ValueError.
     def encode(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor: ...
 
     def decode(self, indices: torch.Tensor) -> torch.Tensor: ...
@@ -58,7 +62,13 @@ class Method(Protocol):
 def build_method(cfg: Config, image_shape: tuple[int, int, int]) -> nn.Module:
     if cfg.method not in METHODS:
         raise ValueError(f"unknown method {cfg.method!r}; choose one of: {', '.join(sorted(METHODS))}")
-    return METHODS[cfg.method](cfg, image_shape)
+    model = METHODS[cfg.method](cfg, image_shape)
+    continuous = model.vocab_size is None
+    model.input_spec = InputSpec(
+        image_shape=tuple(image_shape), num_tokens=None if continuous else cfg.encoder.num_tokens,
+        vocab_size=model.vocab_size, latent_dim=cfg.vae.latent_dim if continuous else None,
+    )
+    return model
 
 
 __all__ = ["DAPS", "METHODS", "Method", "Output", "Reconstruction", "build_method"]

@@ -4,6 +4,8 @@ Kept free of any method's objective."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -172,3 +174,78 @@ def vq_decode(
     """Decoder mean of codebook indices: ``indices (B, T) -> x_hat (B, C, H, W)``."""
     z_q = F.embedding(indices, codebook)  # (B, T, E)
     return likelihood.mean(decoder.decode_latents(z_q))
+
+
+# -- input checks of the public API (encode / decode / reconstruct) --------------------------------------
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What a built method accepts: images of ``image_shape`` and codes ``(B, num_tokens)`` in ``[0, vocab_size)``
+    (or, for a continuous latent, ``(B, latent_dim)`` floats). Set by :func:`daps.methods.build_method`."""
+
+    image_shape: tuple[int, int, int]
+    num_tokens: int | None  # None for a continuous latent
+    vocab_size: int | None
+    latent_dim: int | None = None  # the Gaussian VAE's z
+
+
+def _spec_and_dtype(model: nn.Module) -> tuple[InputSpec | None, torch.dtype | None]:
+    param = next(model.parameters(), None)
+    return getattr(model, "input_spec", None), (param.dtype if param is not None else None)
+
+
+def check_images(model: nn.Module, x: torch.Tensor) -> None:
+    """``ValueError`` unless ``x`` is a batch ``(B, C, H, W)`` of the model's images, in its parameters' dtype."""
+    spec, dtype = _spec_and_dtype(model)
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"x must be a torch.Tensor of images (B, C, H, W), got {type(x).__name__}")
+    shape = tuple(x.shape)
+    if spec is not None and shape == spec.image_shape:
+        raise ValueError(f"x is one image {shape}; pass a batch (B, C, H, W), e.g. x[None] or x.unsqueeze(0)")
+    if x.dim() != 4 or x.shape[0] == 0:
+        raise ValueError(f"x must be a non-empty batch of images (B, C, H, W), got shape {shape}")
+    if spec is not None and shape[1:] != spec.image_shape:
+        raise ValueError(f"x has images of shape (C, H, W) = {shape[1:]}, but this model takes {spec.image_shape}")
+    if not x.is_floating_point():
+        raise ValueError(
+            f"x must be floating point (the model's scale, e.g. binarized or standardized images), got {x.dtype}"
+        )
+    if dtype is not None and x.dtype != dtype:
+        raise ValueError(f"x is {x.dtype} but the model's parameters are {dtype}: convert it with x.to({dtype})")
+
+
+def check_codes(model: nn.Module, indices: torch.Tensor) -> torch.Tensor:
+    """``indices`` as ``torch.long`` after checking it is an integer ``(B, T)`` tensor with codes in ``[0, V)``,
+    else ``ValueError``."""
+    spec = getattr(model, "input_spec", None)
+    if not isinstance(indices, torch.Tensor):
+        raise ValueError(f"indices must be a torch.Tensor of codes (B, T), got {type(indices).__name__}")
+    if indices.is_floating_point() or indices.is_complex() or indices.dtype == torch.bool:
+        raise ValueError(f"indices must be an integer tensor (torch.long) of codes, got {indices.dtype}")
+    shape = tuple(indices.shape)
+    if indices.dim() != 2 or indices.shape[0] == 0:
+        hint = "; pass a batch, e.g. indices[None]" if indices.dim() == 1 else ""
+        raise ValueError(f"indices must be a non-empty batch of codes (B, T), got shape {shape}{hint}")
+    if spec is not None and spec.num_tokens is not None and shape[1] != spec.num_tokens:
+        raise ValueError(f"indices has {shape[1]} tokens per input, but this model's codes have T={spec.num_tokens}")
+    if spec is not None and spec.vocab_size is not None:
+        low, high = int(indices.min()), int(indices.max())
+        if low < 0 or high >= spec.vocab_size:
+            raise ValueError(
+                f"codes must be in [0, {spec.vocab_size}) (V={spec.vocab_size}), got values from {low} to {high}"
+            )
+    return indices.long()
+
+
+def check_latents(model: nn.Module, z: torch.Tensor) -> None:
+    """``ValueError`` unless ``z`` is a batch ``(B, D)`` of continuous latents in the parameters' dtype."""
+    spec, dtype = _spec_and_dtype(model)
+    if not isinstance(z, torch.Tensor):
+        raise ValueError(f"z must be a torch.Tensor of latents (B, D), got {type(z).__name__}")
+    if z.dim() != 2 or z.shape[0] == 0:
+        raise ValueError(f"z must be a non-empty batch of latents (B, D), got shape {tuple(z.shape)}")
+    if spec is not None and spec.latent_dim is not None and z.shape[1] != spec.latent_dim:
+        raise ValueError(f"z has {z.shape[1]} dimensions, but this model's latent has D={spec.latent_dim}")
+    if dtype is not None and z.dtype != dtype:
+        raise ValueError(f"z is {z.dtype} but the model's parameters are {dtype}: convert it with z.to({dtype})")

@@ -33,6 +33,8 @@ from daps.methods.common import (
     build_likelihood,
     build_na_categorical_encoder,
     categorical_reconstruction,
+    check_codes,
+    check_images,
     decode_code,
     elbo_logs,
     sample_code,
@@ -145,17 +147,22 @@ class DAPS(nn.Module):
 
     # -- inference ---------------------------------------------------------------------------------
 
+    @torch.no_grad()
     def encode(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """One stochastic code per input: ``(B, C, H, W) -> (B, T)``."""
+        check_images(self, x)
         return sample_code(self.encoder, x, generator)
 
+    @torch.no_grad()
     def decode(self, indices: torch.Tensor) -> torch.Tensor:
         """Decoder mean: ``(B, T) -> (B, C, H, W)``."""
+        indices = check_codes(self, indices)
         return decode_code(self.decoder, self.likelihood, indices)
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor, generator: torch.Generator | None = None) -> Reconstruction:
         """Encode with one stochastic sample and decode, with the ELBO terms (SPEC 1.11, 8.1)."""
+        check_images(self, x)
         return categorical_reconstruction(self.encoder, self.decoder, self.likelihood, x, generator)
 
 

@@ -33,6 +33,8 @@ from daps.methods.common import (
     build_decoder,
     build_likelihood,
     build_na_encoder,
+    check_codes,
+    check_images,
     per_dim_reconstruction_loss,
     quantized_reconstruction,
     training_output,
@@ -105,18 +107,23 @@ class FSQ(nn.Module):
 
     # -- inference ---------------------------------------------------------------------------------
 
+    @torch.no_grad()
     def encode(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Implicit-codebook indices: ``(B, C, H, W) -> (B, T)`` (deterministic)."""
+        check_images(self, x)
         return DF.fsq_codes_to_indices(self.quantize(x), self.levels)
 
+    @torch.no_grad()
     def decode(self, indices: torch.Tensor) -> torch.Tensor:
         """Decoder mean: ``(B, T) -> (B, C, H, W)``."""
+        indices = check_codes(self, indices)
         z_hat = DF.fsq_indices_to_codes(indices, self.levels)  # (B, T, d)
         return self.likelihood.mean(self.decoder_params(z_hat))
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor, generator: torch.Generator | None = None) -> Reconstruction:
         """Quantize and decode; ``log_p (B,)`` summed over data dims. No q, so no KL terms."""
+        check_images(self, x)
         z_hat = self.quantize(x)  # (B, T, d)
         return quantized_reconstruction(
             self.likelihood, self.decoder_params(z_hat), x, DF.fsq_codes_to_indices(z_hat, self.levels)

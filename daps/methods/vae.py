@@ -26,6 +26,8 @@ from daps.methods.common import (
     Likelihood,
     build_decoder,
     build_likelihood,
+    check_images,
+    check_latents,
     elbo_logs,
     schedule_final,
     schedule_value,
@@ -100,17 +102,22 @@ class GaussianVAE(nn.Module):
 
     # -- inference: the posterior mean ---------------------------------------------------------------
 
+    @torch.no_grad()
     def encode(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Posterior mean: ``(B, C, H, W) -> (B, D)`` (``generator`` only drives dropout in training mode)."""
+        check_images(self, x)
         return self.encoder(x, generator)[0]
 
+    @torch.no_grad()
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Decoder mean: ``(B, D) -> (B, C, H, W)``."""
+        check_latents(self, z)
         return self.likelihood.mean(self.decode_params(z))
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor, generator: torch.Generator | None = None) -> Reconstruction:
         """Decode the posterior mean; ``kl`` is the closed-form Gaussian KL, there are no codes (SPEC 3.7)."""
+        check_images(self, x)
         mean, log_var = self.encoder(x, generator)
         params = self.decode_params(mean)
         return Reconstruction(

@@ -52,6 +52,8 @@ from daps.methods.common import (
     build_decoder,
     build_likelihood,
     build_na_encoder,
+    check_codes,
+    check_images,
     per_dim_reconstruction_loss,
     quantized_reconstruction,
     training_output,
@@ -154,17 +156,22 @@ class VQVAEEMA(nn.Module):
 
     # -- inference ---------------------------------------------------------------------------------
 
+    @torch.no_grad()
     def encode(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Nearest-code indices: ``(B, C, H, W) -> (B, T)`` (deterministic, read-only)."""
+        check_images(self, x)
         return DF.vq_nearest(self.encoder(x), self.codebook)
 
+    @torch.no_grad()
     def decode(self, indices: torch.Tensor) -> torch.Tensor:
         """Decoder mean: ``(B, T) -> (B, C, H, W)``."""
+        indices = check_codes(self, indices)
         return vq_decode(self.decoder, self.likelihood, self.codebook, indices)
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor, generator: torch.Generator | None = None) -> Reconstruction:
         """Quantize (read-only) and decode; ``log_p (B,)`` summed over data dims. No q, so no KL terms."""
+        check_images(self, x)
         indices, z_q = self.quantize(self.encoder(x))  # (B, T), (B, T, E)
         return quantized_reconstruction(self.likelihood, self.decoder.decode_latents(z_q), x, indices)
 
