@@ -388,7 +388,8 @@ def _reference_inputs(real_images: torch.Tensor) -> torch.Tensor:
 def test_pool3_features_match_the_torchscript_reference(net, reference_net, real_images):
     """Same inputs into both networks: our module definition with the converted weights must give the
     reference's pool3 features to float32 rounding (observed max abs difference ~5e-6 on features up to ~8;
-    a wrong layer, padding, pooling, BN eps or weight mapping gives differences of order 0.1-1)."""
+    checked to fail: BN eps 1e-5 instead of 1e-3 in one branch moves features by 3.5e-3, and feeding x/127.5 - 1
+    instead of the reference's (x - 128)/128 by 1.8e-2)."""
     x = _reference_inputs(real_images)
     with torch.no_grad():
         ours, ref = net(x), reference_net(x).float()
