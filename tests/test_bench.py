@@ -20,6 +20,7 @@ TINY = [
     "decoder.embed_dim=8", "decoder.hidden=16,16", "daps.num_samples=4", "train.batch_size=8",
     "relaxed.num_rao_samples=3", "fsq.levels=4,3", "vae.hidden=32",
 ]
+TINY_DAPS = [o for o in TINY if o.split(".")[0] not in ("relaxed", "fsq", "vae")]  # DAPS's own and shared keys
 QUICK = ["--steps-per-window", "1", "--windows", "1", "--warmup", "1", "--threads", "1"]
 
 
@@ -116,7 +117,7 @@ def test_user_errors_print_one_line_and_exit_2(tmp_path, capsys, args, words):
 
 def test_precision_and_compile_overrides_are_honoured(tmp_path, monkeypatch):
     """``train.precision`` and ``train.compile`` change what is timed, as in ``daps train`` (they were ignored)."""
-    cfg = bench.parse_overrides(bench.get_preset("mnist"), [*TINY, "train.precision=bfloat16"])
+    cfg = bench.parse_overrides(bench.get_preset("mnist"), [*TINY_DAPS, "train.precision=bfloat16"])
     model, optimizers, x, generator = bench.setup(cfg, bench.torch.device("cpu"))
     dtypes = []
     model.decoder.register_forward_hook(lambda mod, inp, out: dtypes.append(out.dtype))
@@ -130,7 +131,8 @@ def test_precision_and_compile_overrides_are_honoured(tmp_path, monkeypatch):
     compiled = object()  # what the stand-in torch.compile returns
     monkeypatch.setattr(bench.torch, "compile", lambda fn, **kw: compiled)
     for compile_flag in (False, True):
-        cfg = bench.parse_overrides(bench.get_preset("mnist"), [*TINY, f"train.compile={str(compile_flag).lower()}"])
+        overrides = [*TINY_DAPS, f"train.compile={str(compile_flag).lower()}"]
+        cfg = bench.parse_overrides(bench.get_preset("mnist"), overrides)
         model, *_ = bench.setup(cfg, bench.torch.device("cpu"))
         assert (model.encoder._static_step_fn is compiled) == compile_flag
         assert (model._objective_fn is compiled) == compile_flag
@@ -139,7 +141,7 @@ def test_precision_and_compile_overrides_are_honoured(tmp_path, monkeypatch):
     # real compilation takes minutes here; tests/test_compile.py covers it).
     monkeypatch.setattr(bench.torch, "compile", lambda fn, **kw: fn)
     out = tmp_path / "results"
-    argv = ["--methods", "daps", *QUICK, "--in-process", "--out", str(out), "--name", "bf16", *TINY,
+    argv = ["--methods", "daps", *QUICK, "--in-process", "--out", str(out), "--name", "bf16", *TINY_DAPS,
             "train.precision=bfloat16", "train.compile=true"]
     assert bench.main(argv) == 0
     (row,) = strict_json((out / "bf16.json").read_text())["results"]
