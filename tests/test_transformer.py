@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from daps.nets.transformer import ARTransformerEncoder, patch_grid, patch_shape, patchify, sinusoidal_table
+from daps.functional import categorical_log_probs, sample_probs
+from daps.nets.ar_encoder import ARTransformerEncoder
+from daps.nets.layers import sinusoidal_table
+from daps.nets.patches import patch_grid, patch_shape, patchify
+from daps.nets.sampling import sample_autoregressive
 
 
 def tiny_encoder(vocab_size: int = 4, num_tokens: int = 8, num_layers: int = 2, mask_token0: bool = False):
@@ -32,6 +37,64 @@ def test_cached_sampling_equals_full_recomputation(num_layers):
     # Different seeds give different codes (the generator is really used).
     c = enc.sample(x, 5, torch.Generator().manual_seed(8))
     assert not torch.equal(a.indices, c.indices)
+
+
+def test_sampling_loop_feeds_each_step_the_codes_drawn_so_far():
+    """The one loop: step ``pos`` sees exactly the codes drawn before ``pos``; rows are b-major."""
+    b, k, t, v = 3, 4, 6, 5
+    seen = []
+
+    def step(indices: torch.Tensor, pos: int) -> torch.Tensor:
+        seen.append(indices[:, :pos].clone())
+        previous = indices[:, pos - 1] if pos else torch.arange(indices.shape[0]) % v  # a start code per row
+        return 40.0 * F.one_hot((previous + 1) % v, v).float()  # (N, V): the next code is previous + 1 (p ~ 1 - 4e-7)
+
+    s = sample_autoregressive(step, b, k, t, torch.device("cpu"), torch.Generator().manual_seed(0))
+    rows = torch.arange(b * k).view(b, k).T  # (K, B): the flat row of sample k of input b
+    assert torch.equal(s.indices, (rows[..., None] + 1 + torch.arange(t)) % v)  # (K, B, T)
+    flat = s.indices.transpose(0, 1).reshape(b * k, t)  # (B*K, T)
+    assert len(seen) == t and all(torch.equal(prefix, flat[:, :pos]) for pos, prefix in enumerate(seen))
+    torch.testing.assert_close(s.log_q, torch.zeros(k, b), atol=1e-5, rtol=0)
+
+
+def test_sampling_loop_statistics_and_random_stream():
+    """Codes are one ``sample_probs`` draw of all rows per position (the stream every step function shares);
+    log q and entropy are those of the step's clamped distribution."""
+    b, k, t, v = 2, 3, 4, 7
+    table = torch.randn(t, v, generator=torch.Generator().manual_seed(0))  # (T, V) logits by position only
+    s = sample_autoregressive(
+        lambda indices, pos: table[pos].expand(b * k, v), b, k, t, torch.device("cpu"),
+        torch.Generator().manual_seed(1),
+    )
+    log_probs = categorical_log_probs(table)  # (T, V)
+    gen = torch.Generator().manual_seed(1)
+    expected = torch.stack([sample_probs(log_probs[pos].exp().expand(b * k, v), gen) for pos in range(t)], 1)
+    assert torch.equal(s.indices, expected.view(b, k, t).transpose(0, 1))
+    torch.testing.assert_close(s.token_log_q, log_probs[torch.arange(t), s.indices])  # (K, B, T)
+    entropy = -(log_probs.exp() * log_probs).sum(-1)  # (T,)
+    torch.testing.assert_close(s.token_entropy, entropy.expand(k, b, t))
+
+
+def test_step_functions_agree_with_teacher_forcing_and_ignore_placeholders():
+    """Each step function's logits at ``pos`` are the teacher-forced ones, whatever sits at positions >= pos."""
+    enc, x = tiny_encoder(vocab_size=16), images(b=3)
+    k, t = 2, enc.num_tokens
+    gen = torch.Generator().manual_seed(0)
+    codes = torch.randint(16, (3 * k, t), generator=gen)  # (B*K, T) b-major
+    with torch.no_grad():
+        memory_kv = enc.memory(x)
+        reference = enc._teacher_forced_logits(memory_kv, codes, k)  # (B*K, T, V)
+        enc.compile_sampler(compile=False, smallest_bucket=4)  # buckets 4, 8
+        steps = {
+            "recompute": enc._recomputing_step(memory_kv, k),
+            "cached": enc._cached_step(memory_kv, k),
+            "static": enc._static_cache_step(memory_kv, k),
+        }
+        for pos in range(t):
+            for name, step in steps.items():
+                indices = codes.clone()
+                indices[:, pos:] = torch.randint(16, (3 * k, t - pos), generator=gen)  # placeholders
+                torch.testing.assert_close(step(indices, pos), reference[:, pos], atol=1e-5, rtol=0, msg=name)
 
 
 def test_teacher_forced_log_q_equals_sampling_log_probs_including_code_zero():

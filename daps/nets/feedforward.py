@@ -9,7 +9,8 @@ import torch
 import torch.nn as nn
 
 from daps.functional import FLOAT32_EPS
-from daps.nets.transformer import dense, patch_shape, patchify
+from daps.nets.layers import dense
+from daps.nets.patches import patch_shape, patchify
 
 LOG_VAR_MIN = math.log(FLOAT32_EPS)  # the Gaussian encoder's variance never drops below float32 eps
 

@@ -7,7 +7,7 @@ import math
 import torch
 import torch.nn as nn
 
-from daps.nets.transformer import dense
+from daps.nets.layers import dense
 
 
 class MLPDecoder(nn.Module):

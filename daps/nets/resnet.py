@@ -19,7 +19,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from daps.nets.transformer import dense, patch_grid
+from daps.nets.layers import dense
+from daps.nets.patches import patch_grid
 
 
 def _lecun_conv_(weight: torch.Tensor, fan_in: int) -> torch.Tensor:

@@ -1,0 +1,291 @@
+"""Autoregressive encoder q_theta(z | x): an encoder-decoder transformer over image patches.
+
+Paper Figure 1 and Appendix F ("Vision model architecture"); the original's ``jadex/networks/transformer.py`` and
+``recognition_models/transformer_rec.py``. The encoder stack reads the patches of x; the decoder stack generates
+T discrete tokens, each attending to the earlier tokens (causal self-attention) and to the encoded patches
+(cross-attention). The decoder's first input is the start token 0, which shares its embedding with code 0.
+
+Two things make sampling K codes per input cheap:
+- the patch encoder and each layer's cross-attention keys/values run once per input, and the K samples of
+  an input attend to them as K extra query rows (no copy of the memory per sample);
+- self-attention keys/values live in a preallocated cache written by position, so each new token costs one
+  query against the keys so far.
+
+Sample layout: tensors of codes are ``(K, B, T)`` at the interface. Internally the K samples of input b are
+rows ``b*K ... b*K + K - 1`` of a flat ``(B*K, ...)`` batch, which is what lets cross-attention group them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from daps.functional import categorical_log_probs, clamp_log_prob
+from daps.nets.kv_cache import GrowingKVCache, KVCache, SelfAttentionCache, StaticKVCache, cache_buckets
+from daps.nets.layers import LN_EPS, DecoderBlock, EncoderBlock, dense, sinusoidal_table
+from daps.nets.patches import patch_shape, patchify
+from daps.nets.sampling import Samples, SamplingStep, sample_autoregressive
+
+MemoryKV = list[tuple[torch.Tensor, torch.Tensor]]  # per decoder layer, cross-attention k, v each (B, h, P, d)
+
+
+def _previous_tokens(indices: torch.Tensor, pos: int) -> torch.Tensor:
+    """The decoder input at ``pos``: the codes drawn at ``pos - 1``, or the start token 0. ``(N, T) -> (N,)``."""
+    if pos == 0:
+        return indices.new_zeros(indices.shape[0])  # (N,)
+    return indices[:, pos - 1].contiguous()  # (N,)
+
+
+class ARTransformerEncoder(nn.Module):
+    """q_theta(z | x) over ``num_tokens`` codes of ``vocab_size``.
+
+    Args:
+        image_shape: ``(C, H, W)`` of the inputs.
+        num_tokens: T, the number of latent tokens (also the number of image patches).
+        vocab_size: V.
+        width: E.
+        num_layers: blocks in each of the encoder and decoder stacks.
+        num_heads: attention heads.
+        mlp_ratio: MLP hidden width / E.
+        mask_token0: reproduce the original code's teacher-forcing masks (``Transformer.decode`` in its
+            ``transformer.py``, inherited from Flax's WMT example), which treat code 0 as padding. Off by default:
+            then teacher-forced log q equals the sampling log-probabilities.
+    """
+
+    pos: torch.Tensor  # (T, E) sinusoidal table, a buffer
+
+    def __init__(
+        self,
+        image_shape: tuple[int, int, int],
+        num_tokens: int,
+        vocab_size: int,
+        width: int,
+        num_layers: int,
+        num_heads: int,
+        mlp_ratio: int,
+        mask_token0: bool = False,
+    ):
+        super().__init__()
+        self.num_tokens, self.vocab_size, self.mask_token0 = num_tokens, vocab_size, mask_token0
+        ph, pw = patch_shape(image_shape, num_tokens)
+        self.patch_embed = dense(ph * pw * image_shape[0], width, init="lecun")
+        self.register_buffer("pos", sinusoidal_table(num_tokens, width), persistent=False)  # (T, E)
+        self.encoder_blocks = nn.ModuleList(EncoderBlock(width, num_heads, mlp_ratio) for _ in range(num_layers))
+        self.encoder_ln = nn.LayerNorm(width, eps=LN_EPS)
+        self.token_embed = nn.Embedding(vocab_size, width)
+        nn.init.normal_(self.token_embed.weight, std=1.0)
+        self.decoder_blocks = nn.ModuleList(DecoderBlock(width, num_heads, mlp_ratio) for _ in range(num_layers))
+        self.decoder_ln = nn.LayerNorm(width, eps=LN_EPS)
+        self.head = dense(width, vocab_size)
+        self._static_step_fn: Callable | None = None  # set by compile_sampler
+        self._smallest_bucket = 16
+
+    # ----------------------------------------------------------------------------------------------
+    # Encoding and teacher forcing
+
+    def memory(self, x: torch.Tensor) -> MemoryKV:
+        """Encode ``x (B, C, H, W)`` and return each decoder layer's cross-attention ``(k, v)``, ``(B, h, P, d)``."""
+        h = self.patch_embed(patchify(x, self.num_tokens)) + self.pos  # (B, P, E)
+        for block in self.encoder_blocks:
+            h = block(h)
+        h = self.encoder_ln(h)
+        return [block.cross_attn.keys_values(h) for block in self.decoder_blocks]
+
+    def _teacher_forced_logits(
+        self, memory_kv: MemoryKV, indices: torch.Tensor, num_samples: int, mask_token0: bool = False
+    ) -> torch.Tensor:
+        """Logits for flat b-major codes ``indices (B*K, T)`` -> ``(B*K, T, V)``."""
+        n, t = indices.shape
+        inputs = F.pad(indices[:, :-1], (1, 0))  # (B*K, T): start token 0, then z_<T
+        y = self.token_embed(inputs) + self.pos[:t]  # (B*K, T, E)
+        self_mask = cross_mask = None
+        if mask_token0:
+            valid = indices > 0  # (B*K, T), computed on the *unshifted* targets, as in the original
+            causal = torch.ones(t, t, dtype=torch.bool, device=indices.device).tril()  # (T, T)
+            self_mask = (causal & valid[:, :, None] & valid[:, None, :])[:, None]  # (B*K, 1, T, T)
+            b = n // num_samples
+            p = memory_kv[0][0].shape[2]
+            cross_mask = valid.reshape(b, 1, num_samples * t, 1).expand(b, 1, num_samples * t, p)  # (B, 1, K*T, P)
+        for block, kv in zip(self.decoder_blocks, memory_kv):
+            y = block(y, kv, num_samples, self_mask, cross_mask)
+        return self.head(self.decoder_ln(y))  # (B*K, T, V)
+
+    def _teacher_forced(self, x: torch.Tensor, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``indices (K, B, T)`` -> flat b-major codes ``(B*K, T)`` and their logits ``(B*K, T, V)``."""
+        k, b, t = indices.shape
+        flat = indices.transpose(0, 1).reshape(b * k, t)  # (B*K, T) b-major
+        return flat, self._teacher_forced_logits(self.memory(x), flat, k, self.mask_token0)
+
+    def log_probs(self, x: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced, clamped log-probabilities of every code at every position.
+
+        ``x (B, C, H, W)``, ``indices (K, B, T)`` -> ``(K, B, T, V)`` float32, with gradients.
+        """
+        k, b, t = indices.shape
+        _, logits = self._teacher_forced(x, indices)  # (B*K, T, V)
+        return categorical_log_probs(logits).view(b, k, t, -1).transpose(0, 1)  # (K, B, T, V)
+
+    def log_prob(self, x: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced ``log q(z_t | z_<t, x)`` of given codes, with gradients (what DAPS trains on).
+
+        ``x (B, C, H, W)``, ``indices (K, B, T)`` int64 -> ``token_log_q (K, B, T)`` float32; sum over T for
+        ``log q(z | x)``.
+        """
+        k, b, t = indices.shape
+        flat, logits = self._teacher_forced(x, indices)  # (B*K, T), (B*K, T, V)
+        # Clamp only the gathered entries: the values of categorical_log_probs, without an elementwise
+        # clamp (and its backward) over all V logits.
+        log_probs = F.log_softmax(logits.float(), dim=-1)  # (B*K, T, V)
+        token_log_q = clamp_log_prob(log_probs.gather(-1, flat[..., None]).squeeze(-1))  # (B*K, T)
+        return token_log_q.view(b, k, t).transpose(0, 1)  # (K, B, T)
+
+    # ----------------------------------------------------------------------------------------------
+    # Sampling: one loop (daps.nets.sampling), three step functions
+
+    @torch.no_grad()
+    def sample(
+        self,
+        x: torch.Tensor,
+        num_samples: int = 1,
+        generator: torch.Generator | None = None,
+        use_cache: bool = True,
+    ) -> Samples:
+        """Draw ``num_samples`` codes per input by ancestral sampling at temperature 1: ``(K, B, T)`` codes.
+
+        The step function is the cached one, the static-cache one once :meth:`compile_sampler` has run, or with
+        ``use_cache=False`` one that recomputes the whole prefix (a slow reference that gives identical codes under
+        the same generator).
+        """
+        memory_kv = self.memory(x)
+        if not use_cache:
+            step = self._recomputing_step(memory_kv, num_samples)
+        elif self._static_step_fn is not None:
+            step = self._static_cache_step(memory_kv, num_samples)
+        else:
+            step = self._cached_step(memory_kv, num_samples)
+        return sample_autoregressive(step, x.shape[0], num_samples, self.num_tokens, x.device, generator)
+
+    def _recomputing_step(self, memory_kv: MemoryKV, num_samples: int) -> SamplingStep:
+        """Teacher-force the whole prefix at every position (no cache)."""
+
+        def step(indices: torch.Tensor, pos: int) -> torch.Tensor:
+            prefix = indices[:, : pos + 1]  # (B*K, pos+1): the last entry is a placeholder, shifted out
+            return self._teacher_forced_logits(memory_kv, prefix, num_samples)[:, pos]  # (B*K, V)
+
+        return step
+
+    def _cached_step(self, memory_kv: MemoryKV, num_samples: int) -> SamplingStep:
+        """One query per position against a :class:`KVCache` of the keys so far."""
+        caches = [KVCache(k, v) for k, v in self._cache_tensors(memory_kv, num_samples, zeroed=False)]
+
+        def step(indices: torch.Tensor, pos: int) -> torch.Tensor:
+            y = self.token_embed(_previous_tokens(indices, pos))[:, None] + self.pos[pos]  # (B*K, 1, E)
+            return self._decode_one(y, memory_kv, num_samples, caches, pos)  # (B*K, V)
+
+        return step
+
+    def _static_cache_step(self, memory_kv: MemoryKV, num_samples: int) -> SamplingStep:
+        """:meth:`static_step` (compiled by :meth:`compile_sampler`) over the cache bucket each position reads."""
+        caches = self._cache_tensors(memory_kv, num_samples, zeroed=True)  # zeroed: see StaticKVCache
+        t = self.num_tokens
+        positions = torch.arange(t, device=self.pos.device)  # (T,)
+        bucket_views = {  # length -> per-layer views (B*K, h, length, d) of the full caches
+            size: ([k[:, :, :size] for k, _ in caches], [v[:, :, :size] for _, v in caches])
+            for size in cache_buckets(t, self._smallest_bucket)
+        }
+        bucket_of = [min(size for size in bucket_views if size > pos) for pos in range(t)]
+        static_step = self._static_step_fn
+        assert static_step is not None
+
+        def step(indices: torch.Tensor, pos: int) -> torch.Tensor:
+            k_caches, v_caches = bucket_views[bucket_of[pos]]
+            token = _previous_tokens(indices, pos)  # (B*K,)
+            return static_step(token, positions[pos], memory_kv, k_caches, v_caches, num_samples)  # (B*K, V)
+
+        return step
+
+    def _cache_tensors(
+        self, memory_kv: MemoryKV, num_samples: int, zeroed: bool
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per decoder layer, self-attention key and value buffers ``(B*K, h, T, d)``."""
+        mem_k = memory_kv[0][0]  # (B, h, P, d)
+        b, heads, _, d = mem_k.shape
+        shape = (b * num_samples, heads, self.num_tokens, d)  # (B*K, h, T, d)
+        new = mem_k.new_zeros if zeroed else mem_k.new_empty
+        return [(new(shape), new(shape)) for _ in self.decoder_blocks]
+
+    def _decode_one(
+        self,
+        y: torch.Tensor,
+        memory_kv: MemoryKV,
+        num_samples: int,
+        caches: Sequence[SelfAttentionCache],
+        pos: int | torch.Tensor,
+    ) -> torch.Tensor:
+        """Logits ``(N, V)`` of the next token from the decoder input ``y (N, 1, E)`` at ``pos``, extending
+        ``caches``."""
+        for block, kv, cache in zip(self.decoder_blocks, memory_kv, caches):
+            y = block.step(y, kv, num_samples, cache, pos)  # (N, 1, E)
+        return self.head(self.decoder_ln(y[:, 0]))  # (N, V)
+
+    def compile_sampler(self, compile: bool = True, smallest_bucket: int = 16, **compile_kwargs) -> None:
+        """Sample through the static-shape one-token step :meth:`static_step`, compiled with
+        ``torch.compile(**compile_kwargs)`` (one graph per cache length of :func:`cache_buckets`, shared by all
+        positions of that bucket: the position is a tensor), or eager with ``compile=False``.
+        ``smallest_bucket >= T`` reads the whole cache at every position (one graph). Samples equal the default
+        path's under the same generator, up to float rounding in the compiled kernels."""
+        self._smallest_bucket = int(smallest_bucket)
+        if compile:
+            # One specialized graph per cache bucket (dynamic=False): static shapes are what CUDA graphs need.
+            compile_kwargs.setdefault("dynamic", False)
+            self._static_step_fn = torch.compile(self.static_step, **compile_kwargs)
+        else:
+            self._static_step_fn = self.static_step
+
+    def static_step(
+        self,
+        token: torch.Tensor,
+        pos: torch.Tensor,
+        memory_kv: MemoryKV,
+        k_caches: list[torch.Tensor],
+        v_caches: list[torch.Tensor],
+        num_samples: int,
+    ) -> torch.Tensor:
+        """Logits ``(B*K, V)`` of the token after ``token (B*K,)`` at the 0-d position ``pos``; ``k_caches`` and
+        ``v_caches`` hold one zero-initialized bucket ``(B*K, h, L, d)`` per decoder layer."""
+        y = self.token_embed(token)[:, None] + self.pos.index_select(0, pos.view(1))  # (B*K, 1, E)
+        caches = [StaticKVCache(kc, vc) for kc, vc in zip(k_caches, v_caches)]
+        return self._decode_one(y, memory_kv, num_samples, caches, pos)  # (B*K, V)
+
+    # ----------------------------------------------------------------------------------------------
+    # Relaxed sampling (Gumbel-Softmax, GR-MCK)
+
+    def sample_relaxed(
+        self, x: torch.Tensor, relax: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One code per input, differentiable through the whole sampling chain (backprop through time).
+
+        At each position ``relax(log_probs (B, V))`` returns the sampled ``index (B,)`` and a
+        straight-through one-hot ``(B, V)``; the one-hot's embedding (``onehot @ table``) is the next input,
+        so gradients reach every earlier position (the original's ``algorithms/vae/models/gumbel.py``; the
+        Gumbel-Softmax straight-through estimator of paper Section 2). Returns ``indices (B, T)``, the one-hots
+        ``(B, T, V)`` and the clamped log-probabilities ``(B, T, V)`` of each step, all with gradients.
+        """
+        b, t = x.shape[0], self.num_tokens
+        memory_kv = self.memory(x)
+        caches = [GrowingKVCache() for _ in self.decoder_blocks]
+        table = self.token_embed.weight  # (V, E)
+        y = table[0].expand(b, 1, -1) + self.pos[0]  # (B, 1, E): start token 0
+        indices, onehots, log_probs_all = [], [], []
+        for pos in range(t):
+            log_probs = categorical_log_probs(self._decode_one(y, memory_kv, 1, caches, pos))  # (B, V)
+            index, onehot = relax(log_probs)  # (B,), (B, V)
+            indices.append(index)
+            onehots.append(onehot)
+            log_probs_all.append(log_probs)
+            if pos + 1 < t:
+                y = (onehot @ table)[:, None] + self.pos[pos + 1]  # (B, 1, E)
+        return torch.stack(indices, 1), torch.stack(onehots, 1), torch.stack(log_probs_all, 1)  # (B, T), (B, T, V) x2

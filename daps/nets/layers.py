@@ -1,0 +1,198 @@
+"""Transformer layers shared by the encoders: initializers, positions, attention, MLP, encoder and decoder blocks.
+
+The layers follow the original's Flax conventions (``jadex/networks/transformer.py``, ``jadex/networks/nn_utils.py``;
+paper Appendix F, "Vision model architecture"): pre-LN blocks, LayerNorm eps 1e-6, four bias-free attention
+projections, Xavier-uniform kernels with Normal(0, 1e-6) biases in the transformer, LeCun-normal kernels with
+zero biases in heads and MLPs, no dropout.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from daps.nets.kv_cache import SelfAttentionCache
+
+LN_EPS = 1e-6  # Flax's default (PyTorch's is 1e-5)
+
+
+# --------------------------------------------------------------------------------------------------
+# Initializers (Flax defaults, as in the original's nn_utils.py)
+
+
+def lecun_normal_(weight: torch.Tensor) -> torch.Tensor:
+    """Truncated normal with variance 1 / fan_in (fan_in = all dims but the first)."""
+    fan_in = weight[0].numel()
+    std = math.sqrt(1.0 / fan_in) / 0.87962566103423978  # undo the variance lost to truncation at 2 std
+    return nn.init.trunc_normal_(weight, std=std, a=-2 * std, b=2 * std)
+
+
+def dense(in_features: int, out_features: int, bias: bool = True, init: str = "xavier") -> nn.Linear:
+    """A Linear layer with the original's initializers: xavier (transformer) or lecun (heads, MLPs)."""
+    layer = nn.Linear(in_features, out_features, bias=bias)
+    if init == "xavier":
+        nn.init.xavier_uniform_(layer.weight)
+        if bias:
+            nn.init.normal_(layer.bias, std=1e-6)
+    elif init == "lecun":
+        lecun_normal_(layer.weight)
+        if bias:
+            nn.init.zeros_(layer.bias)
+    else:
+        raise ValueError(f"unknown init {init!r}")
+    return layer
+
+
+def sinusoidal_table(length: int, width: int) -> torch.Tensor:
+    """Fixed positional table ``(length, width)``: sin half then cos half, concatenated (not interleaved), as
+    the original's ``transformer.py`` (not learned).
+
+    Frequencies ``exp(-i ln(10000) / (width/2 - 1))`` for ``i = 0 .. width/2 - 1`` (note the ``- 1``).
+    """
+    half = width // 2
+    div = torch.exp(-torch.arange(half, dtype=torch.float64) * math.log(10000.0) / max(half - 1, 1))  # (half,)
+    angles = torch.arange(length, dtype=torch.float64)[:, None] * div[None, :]  # (length, half)
+    return torch.cat([angles.sin(), angles.cos()], dim=1).float()  # (length, width)
+
+
+# --------------------------------------------------------------------------------------------------
+# Attention and MLP
+
+
+def _masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Attention where masked scores are *replaced* by the most negative float (the original's rule):
+    a query with every key masked attends uniformly to all keys. ``q (..., Lq, d)``, ``k, v (..., Lk, d)``,
+    ``mask`` broadcastable to ``(..., Lq, Lk)`` -> ``(..., Lq, d)``."""
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # (..., Lq, Lk)
+    scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+    return scores.softmax(-1) @ v  # (..., Lq, d)
+
+
+class Attention(nn.Module):
+    """Multi-head attention with four bias-free Xavier-initialized projections (h heads of d = E / h)."""
+
+    def __init__(self, width: int, num_heads: int):
+        super().__init__()
+        if width % num_heads:
+            raise ValueError(f"width {width} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.q, self.k, self.v, self.o = (dense(width, width, bias=False) for _ in range(4))
+
+    def split(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, L, E) -> (N, h, L, d)``."""
+        n, length, width = x.shape
+        return x.view(n, length, self.num_heads, width // self.num_heads).transpose(1, 2)  # (N, h, L, d)
+
+    def merge(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, h, L, d) -> (N, L, E)``, through the output projection."""
+        n, heads, length, d = x.shape
+        return self.o(x.transpose(1, 2).reshape(n, length, heads * d))  # (N, L, E)
+
+    def keys_values(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(N, L, E) -> k, v`` each ``(N, h, L, d)``."""
+        return self.split(self.k(x)), self.split(self.v(x))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, causal: bool = False) -> torch.Tensor:
+        """Self-attention over ``x (N, L, E)`` -> ``(N, L, E)``; ``mask (N, 1, L, L)`` bool, True = may attend."""
+        q, (k, v) = self.split(self.q(x)), self.keys_values(x)  # each (N, h, L, d)
+        if mask is not None:
+            return self.merge(_masked_attention(q, k, v, mask))
+        return self.merge(F.scaled_dot_product_attention(q, k, v, is_causal=causal))
+
+    def attend_grouped(
+        self,
+        x: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        num_samples: int,
+        mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Cross-attention of ``x (B*K, L, E)`` to per-input memory ``k, v (B, h, P, d)`` -> ``(B*K, L, E)``.
+
+        The K samples of one input share its memory, so their queries are stacked as ``K*L`` rows.
+        ``mask`` (optional): ``(B, 1, K*L, P)`` bool.
+        """
+        n, length, width = x.shape
+        b, heads, d = n // num_samples, self.num_heads, width // self.num_heads
+        q = self.q(x).view(b, num_samples * length, heads, d).transpose(1, 2)  # (B, h, K*L, d)
+        if mask is not None:
+            out = _masked_attention(q, k, v, mask)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v)  # (B, h, K*L, d)
+        out = out.transpose(1, 2).reshape(n, length, width)  # (B*K, L, E)
+        return self.o(out)
+
+
+class MLP(nn.Sequential):
+    """``Dense(mlp_ratio * E) -> ReLU -> Dense(E)``."""
+
+    def __init__(self, width: int, mlp_ratio: int):
+        super().__init__(dense(width, mlp_ratio * width), nn.ReLU(), dense(mlp_ratio * width, width))
+
+
+# --------------------------------------------------------------------------------------------------
+# Blocks
+
+
+class EncoderBlock(nn.Module):
+    """Pre-LN bidirectional block: ``x += MHA(LN x); x += MLP(LN x)``; ``(N, L, E) -> (N, L, E)``."""
+
+    def __init__(self, width: int, num_heads: int, mlp_ratio: int):
+        super().__init__()
+        self.ln1, self.ln2 = nn.LayerNorm(width, eps=LN_EPS), nn.LayerNorm(width, eps=LN_EPS)
+        self.attn = Attention(width, num_heads)
+        self.mlp = MLP(width, mlp_ratio)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln1(x))
+        return x + self.mlp(self.ln2(x))
+
+
+class DecoderBlock(nn.Module):
+    """Pre-LN block: causal self-attention, cross-attention to the encoded patches, MLP."""
+
+    def __init__(self, width: int, num_heads: int, mlp_ratio: int):
+        super().__init__()
+        self.ln1, self.ln2, self.ln3 = (nn.LayerNorm(width, eps=LN_EPS) for _ in range(3))
+        self.self_attn = Attention(width, num_heads)
+        self.cross_attn = Attention(width, num_heads)
+        self.mlp = MLP(width, mlp_ratio)
+
+    def forward(
+        self,
+        y: torch.Tensor,
+        memory_kv: tuple[torch.Tensor, torch.Tensor],
+        num_samples: int,
+        self_mask: torch.Tensor | None = None,
+        cross_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Teacher-forced pass over whole sequences ``y (B*K, T, E)`` -> ``(B*K, T, E)``; ``memory_kv`` each
+        ``(B, h, P, d)``."""
+        y = y + self.self_attn(self.ln1(y), mask=self_mask, causal=self_mask is None)
+        y = y + self.cross_attn.attend_grouped(self.ln2(y), *memory_kv, num_samples, mask=cross_mask)
+        return y + self.mlp(self.ln3(y))
+
+    def step(
+        self,
+        y: torch.Tensor,
+        memory_kv: tuple[torch.Tensor, torch.Tensor],
+        num_samples: int,
+        cache: SelfAttentionCache,
+        pos: int | torch.Tensor,
+    ) -> torch.Tensor:
+        """One new token ``y (B*K, 1, E)`` at position ``pos`` -> ``(B*K, 1, E)``, reading and extending ``cache``."""
+        attn = self.self_attn
+        a = self.ln1(y)
+        k, v = attn.keys_values(a)  # (N, h, 1, d)
+        keys, values, masked = cache.update(k, v, pos)  # (N, h, L, d): L = pos+1, or a static cache's length
+        q = attn.split(attn.q(a))  # (N, h, 1, d)
+        # One query over a few keys: plain matmuls beat the fused kernel's overhead here (CPU, ~2x).
+        scores = (q @ keys.transpose(-2, -1)) * (q.shape[-1] ** -0.5)  # (N, h, 1, L)
+        if masked is not None:
+            scores = scores.masked_fill(masked, float("-inf"))
+        y = y + attn.merge(scores.softmax(-1) @ values)  # (N, 1, E)
+        y = y + self.cross_attn.attend_grouped(self.ln2(y), *memory_kv, num_samples)
+        return y + self.mlp(self.ln3(y))

@@ -1,0 +1,65 @@
+"""Ancestral sampling of K codes per input: the one loop behind every autoregressive sampler.
+
+A sampler is a *step function*: given the codes drawn so far it returns the logits of the next token. The
+autoregressive encoder has three (recompute the whole prefix, a growing in-place KV cache, a static-shape KV
+cache for ``torch.compile``); :func:`sample_autoregressive` runs any of them, so they draw the same codes from the
+same generator.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from daps.functional import categorical_log_probs, sample_probs
+
+SamplingStep = Callable[[torch.Tensor, int], torch.Tensor]
+"""``step(indices, pos) -> logits (B*K, V)`` of q(z_pos | z_<pos, x). ``indices (B*K, T)`` holds the codes drawn at
+positions < pos; the entries from ``pos`` on are placeholders that must not change the logits."""
+
+
+@dataclass
+class Samples:
+    """K codes per input drawn from q_theta, with per-token statistics of the sampling pass."""
+
+    indices: torch.Tensor  # (K, B, T) int64
+    token_log_q: torch.Tensor  # (K, B, T) log q(z_t | z_<t, x), float32
+    token_entropy: torch.Tensor  # (K, B, T) entropy of q(. | z_<t, x) in nats, float32
+
+    @property
+    def log_q(self) -> torch.Tensor:
+        """``log q(z | x)``, ``(K, B)``."""
+        return self.token_log_q.sum(-1)  # (K, B)
+
+
+def sample_autoregressive(
+    step: SamplingStep,
+    batch_size: int,
+    num_samples: int,
+    num_tokens: int,
+    device: torch.device,
+    generator: torch.Generator | None = None,
+) -> Samples:
+    """Draw ``num_samples`` codes of ``num_tokens`` per input at temperature 1, one token at a time.
+
+    The rows of the flat batch are b-major: the K samples of input b are rows ``b*K ... b*K + K - 1``.
+    Returns codes, log-probabilities and entropies ``(K, B, T)``.
+    """
+    b, k, t = batch_size, num_samples, num_tokens
+    indices = torch.zeros(b * k, t, dtype=torch.long, device=device)  # (B*K, T)
+    token_log_q = torch.zeros(b * k, t, device=device)  # (B*K, T)
+    token_entropy = torch.zeros(b * k, t, device=device)  # (B*K, T)
+    for pos in range(t):
+        log_probs = categorical_log_probs(step(indices, pos))  # (B*K, V)
+        probs = log_probs.exp()
+        token = sample_probs(probs, generator)  # (B*K,)
+        indices[:, pos] = token
+        token_log_q[:, pos] = log_probs.gather(-1, token[:, None]).squeeze(-1)
+        token_entropy[:, pos] = -(probs * log_probs).sum(-1)
+
+    def unflatten(a: torch.Tensor) -> torch.Tensor:
+        return a.view(b, k, t).transpose(0, 1)  # (K, B, T)
+
+    return Samples(unflatten(indices), unflatten(token_log_q), unflatten(token_entropy))
