@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from daps.config import get_preset, parse_overrides
-from daps.nets.transformer import ARTransformerEncoder, cache_buckets
+from daps.nets.ar_encoder import ARTransformerEncoder
+from daps.nets.kv_cache import cache_buckets
 from daps.train import train
 
 
