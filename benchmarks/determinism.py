@@ -34,7 +34,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
-
 from run import REPO, git_revision, machine_info
 
 VARIANTS = {
@@ -68,12 +67,15 @@ def train_once(name: str, steps: int, folder: Path) -> dict:
     if proc.returncode != 0:
         raise RuntimeError(f"{name}: training exited with {proc.returncode}:\n{proc.stderr[-2000:]}")
     summary = json.loads((out_dir / "summary.json").read_text())
-    train_rows = [r for r in map(json.loads, (out_dir / "metrics.jsonl").read_text().splitlines()) if r.get("split") == "train"]
+    rows = map(json.loads, (out_dir / "metrics.jsonl").read_text().splitlines())
+    train_rows = [r for r in rows if r.get("split") == "train"]
     probe = (
         "import torch, json; print(json.dumps({'threads': torch.get_num_threads(), "
         "'cpu_capability': torch.backends.cpu.get_cpu_capability()}))"
     )
-    seen = json.loads(subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True).stdout)
+    seen = json.loads(
+        subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True).stdout
+    )
     return {
         "env": {k: env[k] for k in KNOBS if k in env},
         "torch_threads": seen["threads"],
@@ -123,11 +125,15 @@ def main(argv: list[str] | None = None) -> int:
         "runs": runs,
     }
     lines = [
-        f"`daps train --preset mnist5k-demo train.steps={args.steps}` (final validation on the demo's 500 test "
-        "digits), one fresh process per row; compared bit for bit with the first row.",
+        (
+            f"`daps train --preset mnist5k-demo train.steps={args.steps}` (final validation on the demo's 500 test "
+            "digits), one fresh process per row; compared bit for bit with the first row."
+        ),
         "",
-        "| variant | environment | torch threads | ATen CPU capability | val log p | val L2 | last train loss "
-        f"| identical to {names[0]} | max abs diff |",
+        (
+            "| variant | environment | torch threads | ATen CPU capability | val log p | val L2 | last train loss "
+            f"| identical to {names[0]} | max abs diff |"
+        ),
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in runs.items():

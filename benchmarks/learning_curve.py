@@ -4,8 +4,8 @@
         [--run-dir runs/mnist-8k] [--out docs/mnist-8k] [--threads 1] [--report-only] [--overwrite] [key=value ...]
 
 Runs ``daps train --preset mnist`` (the paper's MNIST DAPS config on the 60k/10k MNIST files) for ``--steps``
-steps (plus any ``key=value`` overrides) with ``--threads`` torch threads (OMP_NUM_THREADS / MKL_NUM_THREADS are set for the child), validating
-on all 10,000 test images every ``--eval-every`` steps, then writes into ``--out``:
+steps (plus any ``key=value`` overrides) with ``--threads`` torch threads (OMP_NUM_THREADS / MKL_NUM_THREADS are
+set for the child), validating on all 10,000 test images every ``--eval-every`` steps, then writes into ``--out``:
 
 - ``table.md``: one row per validation (step, wall minutes, val log p, L2, KL, ELBO, codebook use, and the
   training ESS/K, eta and beta logged at that step), the final validation, and the machine, torch version,
@@ -96,7 +96,10 @@ def report(args: argparse.Namespace, machine: dict, wall_s: float | None) -> dic
     lines = [
         f"# DAPS on MNIST, {cfg['train']['steps']} steps (`--preset mnist` {' '.join(args.overrides)})",
         "",
-        "| step | wall (min) | val log p(x\\|z) | val L2 | val KL (nats) | val ELBO | codebook use | train ESS/K | η | β |",
+        (
+            "| step | wall (min) | val log p(x\\|z) | val L2 | val KL (nats) | val ELBO | codebook use | train ESS/K "
+            "| η | β |"
+        ),
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
