@@ -24,7 +24,7 @@ import torch
 # The suite's helpers (benchmarks/run.py; this script's folder is on sys.path when it runs).
 from run import categorical_parts, git_revision, machine_info, setup, step_once, time_call, time_windows
 
-from daps.config import get_preset, parse_overrides
+from daps import get_preset, parse_overrides
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -61,10 +61,11 @@ from pathlib import Path
 import torch
 
 import daps
-from daps.config import Config, config_to_dict, get_preset, parse_overrides
+from daps.config import Config, applicable_overrides, check_overrides_used, config_to_dict, parse_overrides
 from daps.data import dataset_spec
 from daps.methods import METHODS, build_method
 from daps.optim import Optimizers
+from daps.presets import get_preset
 
 REPO = Path(__file__).resolve().parent.parent
 MiB = 2**20
@@ -239,10 +240,7 @@ def apply_compile(model: torch.nn.Module, device: torch.device) -> None:
     """What ``train.compile=true`` does in ``daps.train.train()`` (kept in step with it): the encoder's static-shape
     sampler step and, for DAPS, the differentiable part of the step go through ``torch.compile``. Compilation
     itself happens in the first calls (the warm-up steps)."""
-    if hasattr(getattr(model, "encoder", None), "compile_sampler"):
-        model.encoder.compile_sampler(mode="reduce-overhead" if device.type == "cuda" else None)
-    if hasattr(model, "compile_step"):
-        model.compile_step()
+    model.compile_step(mode="reduce-overhead" if device.type == "cuda" else None)
 
 
 def autocast(device: torch.device, precision: str) -> torch.autocast:
@@ -510,9 +508,12 @@ def _resolve(args: argparse.Namespace) -> tuple[torch.device, list[str], list[st
     configs = []
     for p in presets:
         for m in methods:
-            if m == "vae" and p not in ("mnist", "mnist5k-demo") and not _csv(args.methods):
-                continue  # the Gaussian VAE is MNIST-only; skipped unless asked for by name (then: an error)
-            configs.append(parse_overrides(get_preset(p, m), args.overrides))
+            only = METHODS[m].only_presets
+            if only is not None and p not in only and not _csv(args.methods):
+                continue  # e.g. the MNIST-only Gaussian VAE; skipped unless asked for by name (then: an error)
+            cfg = get_preset(p, m)
+            configs.append(parse_overrides(cfg, applicable_overrides(cfg, args.overrides)))
+    check_overrides_used(configs, args.overrides)
     return device, presets, methods, configs
 
 
@@ -520,7 +521,8 @@ def run_benchmark(spec: dict) -> dict:
     """One benchmark from a JSON-ready ``spec`` (preset, method, overrides, device, counts, threads)."""
     if spec["threads"]:
         torch.set_num_threads(spec["threads"])
-    cfg = parse_overrides(get_preset(spec["preset"], spec["method"]), spec["overrides"])
+    cfg = get_preset(spec["preset"], spec["method"])
+    cfg = parse_overrides(cfg, applicable_overrides(cfg, spec["overrides"]))
     return bench_method(
         cfg, torch.device(spec["device"]), spec["steps_per_window"], spec["windows"], spec["warmup"], spec["isolated"]
     )

@@ -31,10 +31,9 @@ import time
 from pathlib import Path
 
 import torch
-
 from run import git_revision, machine_info  # the suite's machine description (this script's folder is on sys.path)
 
-from daps.config import get_preset, parse_overrides
+from daps import get_preset, parse_overrides
 from daps.functional import sample_probs
 from daps.methods import build_method
 

@@ -36,7 +36,7 @@ import torch
 # The suite's helpers (benchmarks/run.py; this script's folder is on sys.path when it runs).
 from run import git_revision, machine_info, setup, step_once, synchronize, time_windows
 
-from daps.config import get_preset, parse_overrides
+from daps import get_preset, parse_overrides
 
 VARIANTS = {
     "eager": [],

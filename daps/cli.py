@@ -13,7 +13,9 @@ import os
 import sys
 from pathlib import Path
 
-from daps.config import ALL_METHODS, PRESETS, get_preset, parse_overrides
+from daps.config import parse_overrides
+from daps.methods import METHODS
+from daps.presets import PRESETS, get_preset
 
 
 class _Parser(argparse.ArgumentParser):
@@ -29,7 +31,7 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a model and write a run folder")
     p.add_argument("--preset", default="mnist", help=f"one of: {', '.join(sorted(PRESETS))} (default mnist)")
-    p.add_argument("--method", default="daps", help=f"one of: {', '.join(ALL_METHODS)} (default daps)")
+    p.add_argument("--method", default="daps", help=f"one of: {', '.join(METHODS)} (default daps)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.steps=1000")
     p.add_argument("--resume", action="store_true", help="continue the run in train.out_dir from its latest checkpoint")
     p.add_argument(
@@ -74,7 +76,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="mnist", help=f"one of: {', '.join(sorted(PRESETS))} (default mnist)")
     p.add_argument(
         "--methods", default="daps,gumbel,grmck,fsq,vqvae,ppo,reinforce",
-        help=f"comma-separated, from: {', '.join(ALL_METHODS)} (default %(default)s)",
+        help=f"comma-separated, from: {', '.join(METHODS)} (default %(default)s)",
     )
     p.add_argument("--steps", type=int, required=True, help="optimizer steps per run (the same for every method)")
     p.add_argument("--seeds", type=int, default=1, help="seeds 0 .. N-1 per method (default 1)")

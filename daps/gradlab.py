@@ -30,7 +30,8 @@ from pathlib import Path
 
 import torch
 
-from daps.config import get_preset, parse_overrides
+from daps import get_preset, parse_overrides
+from daps.config import applicable_overrides
 from daps.methods import METHODS, build_method
 from daps.optim import Optimizers
 from daps.runfolder import (
@@ -88,7 +89,8 @@ def _constant_schedules(beta: float, temperature: float) -> list[str]:
 
 
 def _build(method: str, overrides: list[str], seed: int) -> torch.nn.Module:
-    cfg = parse_overrides(get_preset("mnist", method), [*TINY, *overrides])
+    cfg = get_preset("mnist", method)
+    cfg = parse_overrides(cfg, applicable_overrides(cfg, [*TINY, *overrides]))
     torch.manual_seed(seed)
     return build_method(cfg, IMAGE_SHAPE)
 

@@ -35,7 +35,7 @@ from daps.checkpoint import (
 from daps.config import Config, config_to_dict
 from daps.data import dataset_spec, train_batches, val_batches
 from daps.functional import cosine_schedule
-from daps.methods import build_method
+from daps.methods import build_method, method_spec
 from daps.metrics import evaluate
 from daps.metrics.evaluate import FIDSetup, fid_setup
 from daps.optim import Optimizers
@@ -281,10 +281,7 @@ def _setup(cfg: Config, state: dict | None, device: torch.device, rank: int, wor
         torch.manual_seed(tc.seed)
         model = build_method(cfg, tuple(cfg.data.image_shape)).to(device)
     if tc.compile:  # after the weights exist, before DDP wraps the model
-        if hasattr(getattr(model, "encoder", None), "compile_sampler"):
-            model.encoder.compile_sampler(mode="reduce-overhead" if device.type == "cuda" else None)
-        if hasattr(model, "compile_step"):
-            model.compile_step()
+        model.compile_step(mode="reduce-overhead" if device.type == "cuda" else None)
     optimizers = Optimizers(model, model.optimizer_specs(cfg.optim.lr, cfg.optim.grad_clip), cfg.optim.weight_decay)
     step_model = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     generators = {"sample": torch.Generator(device).manual_seed(tc.seed * 1000 + 2 * rank + 2)}
@@ -421,7 +418,7 @@ def _train(cfg: Config, resume: bool, overwrite: bool, device: torch.device, ran
                 # num_steps: how many steps this row averages (fewer than log_every right after a resume)
                 row.update(split="train", step=done, num_steps=count, steps_per_s=count / (now - t_last), time=now - t_start)
                 write_row(row)
-                shown = {k: f"{row[k]:.3g}" for k in ("log_p", "kl", "ess", "eta", "temperature", "perplexity") if k in row}
+                shown = {k: f"{row[k]:.3g}" for k in method_spec(cfg.method).progress if k in row}
                 bar.set_postfix(shown, refresh=False)
                 sums, count, t_last = {}, 0, now
                 if not all(math.isfinite(v) for v in row.values() if isinstance(v, float)):

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from daps.cli import main
-from daps.config import PRESETS, config_from_dict, config_to_dict, get_preset
+from daps.config import config_from_dict, config_to_dict
+from daps.presets import PRESETS, get_preset
 
 pytestmark = pytest.mark.usefixtures("offline")
 

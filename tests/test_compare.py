@@ -10,7 +10,7 @@ import pytest
 
 from daps.cli import main
 from daps.compare import compare, latent_bits, plan_runs
-from daps.config import get_preset, parse_overrides
+from daps import get_preset, parse_overrides
 from daps.train import train
 
 pytestmark = pytest.mark.usefixtures("offline", "no_plots")

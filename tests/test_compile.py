@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from daps.config import get_preset, parse_overrides
+from daps import get_preset, parse_overrides
 from daps.nets.ar_encoder import ARTransformerEncoder
 from daps.nets.kv_cache import cache_buckets
 from daps.train import train

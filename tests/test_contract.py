@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from daps.checkpoint import load_model, save_checkpoint
-from daps.config import get_preset, parse_overrides
+from daps.presets import configured
 from daps.methods import METHODS, build_method
 from daps.optim import Optimizers
 from toy_patterns import MARGIN_NATS, code_ignoring_bound, identified_patterns, toy_patterns
@@ -40,7 +40,7 @@ def _split(case: str) -> tuple[str, str]:
 def tiny(case: str, *extra: str, seed: int = 0):
     method, preset = _split(case)
     overrides = [*TINY, *(NATURAL if preset != "mnist" else []), *extra]
-    cfg = parse_overrides(get_preset(preset, method), overrides)
+    cfg = configured(preset, method, overrides)
     torch.manual_seed(seed)
     return build_method(cfg, IMAGE_SHAPES[preset]), cfg
 

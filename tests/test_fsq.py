@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import daps.functional as DF
-from daps.config import get_preset, parse_overrides
+from daps import get_preset, parse_overrides
 from daps.methods import build_method
 
 LEVEL_LISTS = [(8, 6, 5), (8, 8, 8), (8, 5, 5, 5), (10, 10, 10), (4, 3), (2, 2, 2), (7,), (3, 9, 2, 4)]

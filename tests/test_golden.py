@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from daps.config import get_preset, parse_overrides
+from daps.presets import configured
 from daps.methods import build_method
 from daps.optim import Optimizers
 
@@ -48,7 +48,7 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 def run_pinned(method: str) -> list[dict[str, float]]:
     """``NUM_STEPS`` optimizer steps of the pinned tiny ``method`` on 16 fixed binary images; the logged values
     of each step (before its update)."""
-    cfg = parse_overrides(get_preset("mnist", method), TINY)
+    cfg = configured("mnist", method, TINY)
     torch.manual_seed(0)
     model = build_method(cfg, (1, 28, 28))
     x = (torch.rand(16, 1, 28, 28, generator=torch.Generator().manual_seed(1)) > 0.7).float()

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import daps.functional as DF
-from daps.config import get_preset, parse_overrides
+from daps.presets import configured
 from daps.methods import build_method
 
 EULER_GAMMA = 0.5772156649015329
@@ -227,7 +227,7 @@ TINY = [
 
 
 def tiny(method: str, *extra: str):
-    cfg = parse_overrides(get_preset("mnist", method), [*TINY, *extra])
+    cfg = configured("mnist", method, [*TINY, *extra])
     torch.manual_seed(0)
     return build_method(cfg, (1, 28, 28)), cfg
 

@@ -65,7 +65,7 @@ def test_code_statistics():
 
 
 def test_evaluate_equals_a_manual_loop_over_reconstruct():
-    from daps.config import get_preset, parse_overrides
+    from daps import get_preset, parse_overrides
     from daps.methods import build_method
 
     cfg = parse_overrides(get_preset("mnist"), ["encoder.width=16", "encoder.num_heads=2", "encoder.vocab_size=16"])

@@ -14,7 +14,7 @@ import torch
 
 from daps.checkpoint import load_model
 from daps.cli import main
-from daps.config import get_preset, parse_overrides
+from daps import get_preset, parse_overrides
 
 DATA = os.environ.get("DAPS_DATA_DIR", "")
 pytestmark = [

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from daps.config import get_preset, parse_overrides
+from daps import get_preset, parse_overrides
 from daps.methods import build_method
 from daps.optim import OptimizerSpec, Optimizers, unit_dims
 

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 import daps.functional as DF
-from daps.config import get_preset, parse_overrides
+from daps import get_preset
+from daps.presets import configured
 from daps.methods import build_method
 from daps.methods.ppo import PPO
 from daps.methods.reinforce import Reinforce
@@ -26,7 +27,7 @@ pytestmark = pytest.mark.usefixtures("single_thread")  # tiny, latency-bound mod
 
 
 def tiny(method: str, *extra: str, seed: int = 0, image_shape: tuple[int, int, int] = IMAGE_SHAPE):
-    cfg = parse_overrides(get_preset("mnist", method), [*TINY, *extra])
+    cfg = configured("mnist", method, [*TINY, *extra])
     torch.manual_seed(seed)
     return build_method(cfg, image_shape), cfg
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import daps.functional as DF
-from daps.config import get_preset, parse_overrides
+from daps import get_preset, parse_overrides
 from daps.methods import build_method
 from daps.train import train
 

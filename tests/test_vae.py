@@ -9,7 +9,8 @@ import pytest
 import torch
 
 import daps.functional as DF
-from daps.config import get_preset, parse_overrides
+from daps import get_preset
+from daps.presets import configured
 from daps.methods import build_method
 from daps.methods.vae import GaussianVAE
 from daps.nets.feedforward import LOG_VAR_MIN
@@ -21,7 +22,7 @@ pytestmark = pytest.mark.usefixtures("single_thread")  # tiny, latency-bound mod
 
 
 def tiny(*extra: str, seed: int = 0) -> tuple[GaussianVAE, object]:
-    cfg = parse_overrides(get_preset("mnist", "vae"), [*TINY, *extra])
+    cfg = configured("mnist", "vae", [*TINY, *extra])
     torch.manual_seed(seed)
     return build_method(cfg, IMAGE_SHAPE), cfg
 

@@ -12,7 +12,8 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 import daps.functional as DF
-from daps.config import get_preset, parse_overrides
+from daps import get_preset
+from daps.presets import configured
 from daps.methods import build_method
 from daps.metrics.codes import code_perplexity
 
@@ -23,7 +24,7 @@ TINY = [
 
 
 def tiny(method: str, *extra: str, seed: int = 0):
-    cfg = parse_overrides(get_preset("mnist", method), [*TINY, *extra])
+    cfg = configured("mnist", method, [*TINY, *extra])
     torch.manual_seed(seed)
     return build_method(cfg, (1, 28, 28))
 

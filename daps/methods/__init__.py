@@ -1,42 +1,63 @@
 """Training objectives. Each method is an ``nn.Module`` built from an encoder and a decoder.
 
-``METHODS`` is the only registry: ``name -> build(cfg, image_shape) -> module``.
+Each method's file defines its module, its settings dataclass and its :class:`~daps.methods.spec.MethodSpec`;
+``METHODS`` lists the specs and is the only registry.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Protocol
+from typing import Protocol
 
 import torch
 import torch.nn as nn
 
 from daps.config import Config
 from daps.methods.common import InputSpec
-from daps.methods.daps import DAPS, build_daps, build_dapsna
-from daps.methods.fsq import build_fsq
-from daps.methods.gumbel import build_grmck, build_grmckna, build_gumbel, build_gumbelna
-from daps.methods.ppo import build_ppo
-from daps.methods.reinforce import build_reinforce
+from daps.methods.daps import DAPS, DAPS_SPEC, DAPSNA_SPEC
+from daps.methods.fsq import FSQ_SPEC
+from daps.methods.gumbel import GRMCK_SPEC, GRMCKNA_SPEC, GUMBEL_SPEC, GUMBELNA_SPEC
+from daps.methods.ppo import PPO_SPEC
+from daps.methods.reinforce import REINFORCE_SPEC
+from daps.methods.spec import MethodSpec
 from daps.methods.types import Output, Reconstruction
-from daps.methods.vae import build_vae
-from daps.methods.vqvae import build_vqvae
-from daps.methods.vqvae_ema import build_vqvae_ema
+from daps.methods.vae import VAE_SPEC
+from daps.methods.vqvae import VQVAE_SPEC
+from daps.methods.vqvae_ema import VQVAE_EMA_SPEC
 from daps.optim import OptimizerSpec
 
-METHODS: dict[str, Callable[[Config, tuple[int, int, int]], nn.Module]] = {
-    "daps": build_daps,
-    "dapsna": build_dapsna,
-    "gumbel": build_gumbel,
-    "gumbelna": build_gumbelna,
-    "grmck": build_grmck,
-    "grmckna": build_grmckna,
-    "ppo": build_ppo,
-    "reinforce": build_reinforce,
-    "vae": build_vae,
-    "fsq": build_fsq,
-    "vqvae": build_vqvae,
-    "vqvae-ema": build_vqvae_ema,
+METHODS: dict[str, MethodSpec] = {
+    spec.name: spec
+    for spec in (
+        DAPS_SPEC,
+        DAPSNA_SPEC,
+        GUMBEL_SPEC,
+        GUMBELNA_SPEC,
+        GRMCK_SPEC,
+        GRMCKNA_SPEC,
+        PPO_SPEC,
+        REINFORCE_SPEC,
+        VAE_SPEC,
+        FSQ_SPEC,
+        VQVAE_SPEC,
+        VQVAE_EMA_SPEC,
+    )
 }
+"""Every method, by ``--method`` name. The only registry: the CLI, presets, config loading, ``compare`` and the
+benchmarks read it."""
+
+
+def register(spec: MethodSpec) -> None:
+    """Add a method (e.g. one defined outside this package) to :data:`METHODS`."""
+    if spec.name in METHODS and METHODS[spec.name] is not spec:
+        raise ValueError(f"a method named {spec.name!r} is already registered")
+    METHODS[spec.name] = spec
+
+
+def method_spec(name: str) -> MethodSpec:
+    """The registered :class:`MethodSpec` of ``name``, or a ``ValueError`` listing the methods."""
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; choose one of: {', '.join(METHODS)}")
+    return METHODS[name]
 
 
 class Method(Protocol):
@@ -44,6 +65,7 @@ class Method(Protocol):
 
     final_beta: float | None  # the beta of the beta-ELBO (the schedule's end value); None without a KL
     vocab_size: int | None  # codes per token (FSQ: the implicit codebook size); None for a continuous latent
+    # a continuous latent (vocab_size None) also has latent_dim: int, the size of z
 
     input_spec: InputSpec  # what encode / decode / reconstruct accept (set by build_method)
 
@@ -58,17 +80,19 @@ class Method(Protocol):
 
     def optimizer_specs(self, lr: float, grad_clip: float) -> list[OptimizerSpec]: ...
 
+    # train.compile: compile what pays in the training step (``mode``: torch.compile's; a no-op where nothing does)
+    def compile_step(self, mode: str | None = None) -> None: ...
+
 
 def build_method(cfg: Config, image_shape: tuple[int, int, int]) -> nn.Module:
-    if cfg.method not in METHODS:
-        raise ValueError(f"unknown method {cfg.method!r}; choose one of: {', '.join(sorted(METHODS))}")
-    model = METHODS[cfg.method](cfg, image_shape)
+    """The module of ``cfg.method`` for inputs of ``image_shape`` (C, H, W)."""
+    model = method_spec(cfg.method).build(cfg, image_shape)
     continuous = model.vocab_size is None
     model.input_spec = InputSpec(
         image_shape=tuple(image_shape), num_tokens=None if continuous else cfg.encoder.num_tokens,
-        vocab_size=model.vocab_size, latent_dim=cfg.vae.latent_dim if continuous else None,
+        vocab_size=model.vocab_size, latent_dim=model.latent_dim if continuous else None,
     )
     return model
 
 
-__all__ = ["DAPS", "METHODS", "Method", "Output", "Reconstruction", "build_method"]
+__all__ = ["DAPS", "METHODS", "Method", "MethodSpec", "Output", "Reconstruction", "build_method", "method_spec", "register"]

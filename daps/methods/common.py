@@ -80,6 +80,13 @@ def build_decoder(
     return MLPDecoder(num_tokens or cfg.encoder.num_tokens, token_dim or d.embed_dim, d.hidden, out_shape, vocab_size)
 
 
+def compile_sampler(encoder: nn.Module, mode: str | None) -> None:
+    """``train.compile``: sample through the autoregressive encoder's compiled one-token step (other encoders have
+    no sampling loop to compile)."""
+    if isinstance(encoder, ARTransformerEncoder):
+        encoder.compile_sampler(mode=mode)
+
+
 def schedule_value(sched: ScheduleConfig, step: int, num_steps: int) -> float:
     """The value of a schedule at optimizer step ``step`` of a ``num_steps`` run."""
     return DF.schedule_value(sched.kind, step, sched.init, sched.end, num_steps, sched.end_pct)

@@ -20,13 +20,16 @@ NOTE(paper): the original code's teacher-forced log q treats code 0 as padding (
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 import torch.nn as nn
 
 import daps.functional as DF
-from daps.config import Config, DAPSConfig
+from daps.config import Config, ScheduleConfig, check_positive, check_schedule, schedule
 from daps.methods.common import (
+    compile_sampler,
     Likelihood,
     build_ar_encoder,
     build_decoder,
@@ -42,9 +45,39 @@ from daps.methods.common import (
     schedule_value,
     training_output,
 )
+from daps.methods.spec import MethodSpec
 from daps.methods.types import Output, Reconstruction
 from daps.nets import ARTransformerEncoder, NACategoricalEncoder
 from daps.optim import OptimizerSpec
+
+
+@dataclass
+class DAPSConfig:
+    """DAPS estimator settings (paper Sec. 3-4, SPEC 1)."""
+
+    section: ClassVar[str] = "daps"
+    """The name of these settings in overrides and config.json."""
+
+    num_samples: int = 8
+    """K, codes sampled per input."""
+    ess_target: float = 0.33
+    """Target effective sample size as a fraction of K (paper Eq. 8)."""
+    init_eta: float = 100.0
+    """Initial trust-region multiplier eta."""
+    eta_lr: float = 1e-3
+    """AdamW learning rate of log(eta)."""
+    baseline: str = "logsumexp"
+    """Reward baseline over the K samples: ``logsumexp`` or ``mean`` (weights are the same either way)."""
+    beta: ScheduleConfig = field(default_factory=ScheduleConfig)
+    """Schedule of beta, the weight of the entropy / KL-to-prior term (paper Eq. 3-5): larger beta, fewer bits."""
+
+    def validate(self) -> None:
+        check_positive("daps", self, ("num_samples", "init_eta", "eta_lr"))
+        if not 0.0 < self.ess_target <= 1.0:
+            raise ValueError(f"daps.ess_target is a fraction of K in (0, 1], got {self.ess_target}")
+        if self.baseline not in ("logsumexp", "mean"):
+            raise ValueError(f"daps.baseline must be logsumexp or mean, got {self.baseline!r}")
+        check_schedule("daps.beta", self.beta)
 
 
 class DAPS(nn.Module):
@@ -96,10 +129,12 @@ class DAPS(nn.Module):
 
     # -- training ----------------------------------------------------------------------------------
 
-    def compile_step(self, **compile_kwargs) -> None:
-        """Run the differentiable part of the step (teacher-forced pass, decoder, weights, ESS, losses) through
+    def compile_step(self, mode: str | None = None) -> None:
+        """``train.compile``: sample through the compiled one-token step (``mode``: ``torch.compile``'s), and run
+        the differentiable part of the step (teacher-forced pass, decoder, weights, ESS, losses) through
         ``torch.compile``; beta enters as a tensor, so the graph is reused at every step."""
-        self._objective_fn = torch.compile(self._objective, **compile_kwargs)
+        compile_sampler(self.encoder, mode)
+        self._objective_fn = torch.compile(self._objective)
 
     def _objective(self, x: torch.Tensor, indices: torch.Tensor, beta: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """The three losses for sampled codes ``indices (K, B, T)``; returns the loss and what is logged."""
@@ -180,3 +215,34 @@ def build_dapsna(cfg: Config, image_shape: tuple[int, int, int]) -> DAPS:
     encoder = build_na_categorical_encoder(cfg, image_shape)
     decoder = build_decoder(cfg, image_shape, likelihood, vocab_size=cfg.encoder.vocab_size)
     return DAPS(encoder, decoder, likelihood, cfg.daps, num_steps=cfg.train.steps)
+
+
+def _presets(independent: bool) -> dict:
+    """DAPS's values per preset (the original's configs); ``independent``: DAPS-NA."""
+
+    def mnist(cfg: Config) -> None:
+        if independent:
+            cfg.daps.ess_target = 0.5
+
+    def mnist5k_demo(cfg: Config) -> None:
+        cfg.daps.init_eta = 1.0  # see daps.presets.mnist5k_demo
+
+    def cifar10(cfg: Config) -> None:
+        cfg.daps.ess_target, cfg.daps.beta = 0.33, schedule(6.0, 1.0 if independent else 0.01)
+
+    def imagenet256(cfg: Config) -> None:
+        cfg.daps.ess_target, cfg.daps.beta = 0.25, schedule(50.0, 1.0)
+
+    return {"mnist": mnist, "mnist5k-demo": mnist5k_demo, "cifar10": cifar10, "imagenet256": imagenet256}
+
+
+DAPS_SPEC = MethodSpec(
+    name="daps", summary="DAPS: weighted max-likelihood toward the KL-regularized target, autoregressive encoder",
+    build=build_daps, config_type=DAPSConfig, encoder="autoregressive", presets=_presets(independent=False),
+    progress=("log_p", "kl", "ess", "eta"),
+)
+DAPSNA_SPEC = MethodSpec(
+    name="dapsna", summary="DAPS with independent tokens (bidirectional encoder)",
+    build=build_dapsna, config_type=DAPSConfig, encoder="bidirectional", presets=_presets(independent=True),
+    progress=("log_p", "kl", "ess", "eta"),
+)

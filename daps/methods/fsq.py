@@ -22,6 +22,8 @@ NOTE(paper): the original configs carry ``commitment_coeff`` 0.25, which its FSQ
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn as nn
@@ -39,10 +41,26 @@ from daps.methods.common import (
     quantized_reconstruction,
     training_output,
 )
+from daps.methods.spec import MethodSpec
 from daps.methods.types import Output, Reconstruction
 from daps.nets import NATransformerEncoder
-from daps.nets.transformer import dense
+from daps.nets.layers import dense
 from daps.optim import OptimizerSpec
+
+
+@dataclass
+class FSQConfig:
+    """Finite scalar quantization (Mentzer et al. 2024, SPEC 3.4)."""
+
+    section: ClassVar[str] = "fsq"
+    """The name of these settings in overrides and config.json."""
+
+    levels: tuple[int, ...] = (8, 6, 5)
+    """Quantization levels per latent dimension; the implicit codebook has prod(levels) codes per token."""
+
+    def validate(self) -> None:
+        if not self.levels or any(level < 2 for level in self.levels):
+            raise ValueError(f"fsq.levels must be one or more integers >= 2, got {self.levels}")
 
 
 class FSQ(nn.Module):
@@ -86,6 +104,9 @@ class FSQ(nn.Module):
     def decoder_params(self, z_hat: torch.Tensor) -> torch.Tensor:
         """Codes ``(N, T, d)`` -> the likelihood's parameters ``(N, *param_shape)``."""
         return self.decoder.decode_latents(self.embed_latent(z_hat))  # (N, T, token_dim) -> (N, ...)
+
+    def compile_step(self, mode: str | None = None) -> None:
+        """``train.compile``: nothing here is worth compiling (no sampling loop); a no-op."""
 
     # -- training ----------------------------------------------------------------------------------
 
@@ -145,3 +166,21 @@ def build_fsq(cfg: Config, image_shape: tuple[int, int, int]) -> FSQ:
     embed_latent = nn.Sequential(*(dense(a, b, init="lecun") for a, b in zip(widths[:-1], widths[1:])))
     decoder = build_decoder(cfg, image_shape, likelihood, token_dim=token_dim)
     return FSQ(encoder, embed_latent, decoder, likelihood, levels)
+
+
+def _bits(cfg: Config) -> float:
+    return cfg.encoder.num_tokens * math.log2(math.prod(cfg.fsq.levels))
+
+
+def _levels(levels: tuple[int, ...]):
+    def apply(cfg: Config) -> None:
+        cfg.fsq.levels = levels
+
+    return apply
+
+
+FSQ_SPEC = MethodSpec(
+    name="fsq", summary="finite scalar quantization", build=build_fsq, config_type=FSQConfig, encoder="quantizer",
+    presets={"cifar10": _levels((8, 8, 8)), "imagenet256": _levels((8, 5, 5, 5))}, bits=_bits,
+    progress=("log_p", "perplexity"),
+)

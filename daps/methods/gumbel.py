@@ -25,14 +25,16 @@ Gumbel-max: the same distribution, a different random stream.
 
 from __future__ import annotations
 
-from typing import Callable
+from dataclasses import dataclass, field, replace
+from typing import Callable, ClassVar
 
 import torch
 import torch.nn as nn
 
 import daps.functional as DF
-from daps.config import Config, RelaxedConfig
+from daps.config import Config, ScheduleConfig, check_positive, check_schedule, schedule
 from daps.methods.common import (
+    compile_sampler,
     Likelihood,
     build_ar_encoder,
     build_decoder,
@@ -48,11 +50,37 @@ from daps.methods.common import (
     schedule_value,
     training_output,
 )
+from daps.methods.spec import MethodSpec
 from daps.methods.types import Output, Reconstruction
 from daps.nets import ARTransformerEncoder, NACategoricalEncoder
 from daps.optim import OptimizerSpec
 
 ESTIMATORS = ("gumbel", "rao")
+
+
+@dataclass
+class RelaxedConfig:
+    """Gumbel-Softmax and Gumbel-Rao (GR-MCK) straight-through estimators (SPEC 3.1-3.3)."""
+
+    section: ClassVar[str] = "relaxed"
+    """The name of these settings in overrides and config.json."""
+
+    beta: ScheduleConfig = field(default_factory=lambda: ScheduleConfig(kind="exp_decay", init=0.5, end=0.01))
+    """Schedule of beta, the weight of KL(q || uniform) in the loss -(log p - beta KL)."""
+    temperature: ScheduleConfig = field(default_factory=lambda: ScheduleConfig(kind="constant", init=1.0, end=1.0))
+    """Schedule of tau, the softmax temperature of the relaxed sample."""
+    num_rao_samples: int = 100
+    """GR-MCK: k, conditional Gumbel draws averaged per token (Paulus et al. 2021)."""
+    rao_stop_gradient: bool = False
+    """GR-MCK: stop the gradient through the conditional Gumbel noise (as in Paulus et al.'s reference code).
+    Off by default, which is the original DAPS code's gradient path (SPEC 3.2)."""
+
+    def validate(self) -> None:
+        check_positive("relaxed", self, ("num_rao_samples",))
+        check_schedule("relaxed.beta", self.beta)
+        check_schedule("relaxed.temperature", self.temperature)
+        if not min(self.temperature.init, self.temperature.end) > 0:
+            raise ValueError("relaxed.temperature must stay positive")
 
 
 class GumbelSoftmax(nn.Module):
@@ -101,6 +129,10 @@ class GumbelSoftmax(nn.Module):
     def optimizer_specs(self, lr: float, grad_clip: float) -> list[OptimizerSpec]:
         """Encoder and decoder share one AdamW with adaptive clipping (SPEC 6.7)."""
         return [OptimizerSpec("vae", list(self.parameters()), lr=lr, grad_clip=grad_clip)]
+
+    def compile_step(self, mode: str | None = None) -> None:
+        """``train.compile``: sample through the compiled one-token step (``mode``: ``torch.compile``'s)."""
+        compile_sampler(self.encoder, mode)
 
     # -- training ----------------------------------------------------------------------------------
 
@@ -183,3 +215,53 @@ def build_grmck(cfg: Config, image_shape: tuple[int, int, int]) -> GumbelSoftmax
 def build_grmckna(cfg: Config, image_shape: tuple[int, int, int]) -> GumbelSoftmax:
     """GR-MCK (Gumbel-Rao) with the bidirectional encoder (SPEC 3.3)."""
     return _build(cfg, image_shape, autoregressive=False, estimator="rao")
+
+
+# beta, temperature, learning rate, learning-rate schedule, GR-MCK k per preset (the original's configs).
+# NOTE(paper): on MNIST several are the original's active "beta = 1" variants.
+_RELAXED = {
+    "mnist": {
+        "gumbel": (schedule(0.5, 0.01), schedule(1.0), None, None, None),
+        "gumbelna": (schedule(1.0), schedule(1.0, 0.1), None, None, None),
+        "grmck": (schedule(1.0), schedule(1.0, 0.75), None, None, None),
+        "grmckna": (schedule(1.0), schedule(1.0, 0.75), None, None, None),
+    },
+    "cifar10": {
+        "gumbel": (schedule(6.0, 0.01), schedule(1.0), 1e-4, "cosine", 100),
+        "gumbelna": (schedule(6.0, 0.01), schedule(1.0, 0.1), 3e-4, "constant", 100),
+        "grmck": (schedule(3.0, 0.01), schedule(1.0, 0.75), 3e-4, "constant", 100),
+        "grmckna": (schedule(3.0, 0.01), schedule(1.0, 0.1), 3e-4, "constant", 100),
+    },
+    "imagenet256": {  # NOTE(paper): GR-MCK's original runs B=32 with 2 accumulated gradients; here one step on B=64
+        "gumbel": (schedule(50.0, 1.0), schedule(1.0, 0.75), 1e-4, "constant", 100),
+        "gumbelna": (schedule(50.0, 1.0), schedule(1.0, 0.1), 3e-4, "constant", 100),
+        "grmck": (schedule(10.0, 1.0), schedule(1.0, 0.75), 1e-4, "constant", 10),
+        "grmckna": (schedule(10.0, 1.0), schedule(1.0, 0.1), 3e-4, "constant", 10),
+    },
+}
+
+
+def _presets(method: str) -> dict:
+    def adjust(preset: str):
+        def apply(cfg: Config) -> None:
+            beta, temperature, lr, lr_schedule, rao_samples = _RELAXED[preset][method]
+            cfg.relaxed.beta, cfg.relaxed.temperature = replace(beta), replace(temperature)  # copies: cfg owns them
+            if lr is not None:
+                cfg.optim.lr, cfg.optim.lr_schedule, cfg.relaxed.num_rao_samples = lr, lr_schedule, rao_samples
+
+        return apply
+
+    return {preset: adjust(preset) for preset in _RELAXED}
+
+
+def _spec(name: str, summary: str, build, encoder: str) -> MethodSpec:
+    return MethodSpec(
+        name=name, summary=summary, build=build, config_type=RelaxedConfig, encoder=encoder,
+        presets=_presets(name), progress=("log_p", "kl", "temperature"),
+    )
+
+
+GUMBEL_SPEC = _spec("gumbel", "Gumbel-Softmax straight-through, autoregressive encoder", build_gumbel, "autoregressive")
+GUMBELNA_SPEC = _spec("gumbelna", "Gumbel-Softmax straight-through, bidirectional encoder", build_gumbelna, "bidirectional")
+GRMCK_SPEC = _spec("grmck", "Gumbel-Rao (GR-MCK), autoregressive encoder", build_grmck, "autoregressive")
+GRMCKNA_SPEC = _spec("grmckna", "Gumbel-Rao (GR-MCK), bidirectional encoder", build_grmckna, "bidirectional")

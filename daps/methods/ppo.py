@@ -30,13 +30,16 @@ rank 0's value (and theta_old) everyone's at the next step.
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 import torch.nn as nn
 
 import daps.functional as DF
-from daps.config import Config, PPOConfig
+from daps.config import Config, ScheduleConfig, check_positive, check_schedule, schedule
 from daps.methods.common import (
+    compile_sampler,
     Likelihood,
     build_ar_encoder,
     build_decoder,
@@ -51,11 +54,50 @@ from daps.methods.common import (
     schedule_value,
     training_output,
 )
+from daps.methods.spec import MethodSpec
 from daps.methods.types import Output, Reconstruction
 from daps.nets import ARTransformerEncoder
 from daps.nets.feedforward import PatchValueNet
 from daps.nets.resnet import ResNetValueNet
 from daps.optim import OptimizerSpec
+
+
+@dataclass
+class PPOConfig:
+    """PPO-style policy-gradient autoencoder (SPEC 3.6)."""
+
+    section: ClassVar[str] = "ppo"
+    """The name of these settings in overrides and config.json."""
+
+    beta: ScheduleConfig = field(default_factory=lambda: ScheduleConfig(kind="exp_decay", init=1.0, end=0.01))
+    """Schedule of beta, the weight of KL(q || uniform)."""
+    clip: float = 0.2
+    """epsilon of the clipped probability ratio."""
+    init_kl_coeff: float = 10.0
+    """Initial weight of KL(q_old || q_new)."""
+    kl_target: float = 0.05
+    """The adaptive KL weight is halved below target / scale and doubled above target * scale."""
+    kl_scale: float = 1.5
+    """Tolerance band of the KL target (a factor)."""
+    kl_gain: float = 2.0
+    """Factor by which the KL weight changes."""
+    min_kl_coeff: float = 1e-3
+    """Lower bound of the KL weight."""
+    max_kl_coeff: float = 1e3
+    """Upper bound of the KL weight."""
+    value_lr: float = 1e-4
+    """AdamW learning rate of the value baseline b(x)."""
+    value_grad_clip: float = 1.0
+    """Global-norm gradient clipping of the value baseline (not adaptive, SPEC 3.6)."""
+
+    def validate(self) -> None:
+        check_positive("ppo", self, ("clip", "init_kl_coeff", "kl_target", "min_kl_coeff", "value_lr"))
+        check_positive("ppo", self, ("value_grad_clip",), strict=False)
+        check_schedule("ppo.beta", self.beta)
+        if not (self.kl_scale >= 1.0 and self.kl_gain >= 1.0 and self.max_kl_coeff >= self.min_kl_coeff):
+            raise ValueError("ppo.kl_scale and ppo.kl_gain must be >= 1 and ppo.max_kl_coeff >= ppo.min_kl_coeff")
+        if not self.clip < 1.0:
+            raise ValueError(f"ppo.clip must be in (0, 1) (the ratio is clipped to 1 +- clip), got {self.clip}")
 
 
 def frozen_copy(module: nn.Module) -> nn.Module:
@@ -123,6 +165,10 @@ class PPO(nn.Module):
         """theta_old <- theta."""
         for name, p in self.encoder.named_parameters():
             self.old_encoder.get_buffer(name).copy_(p)
+
+    def compile_step(self, mode: str | None = None) -> None:
+        """``train.compile``: sample through the compiled one-token step (``mode``: ``torch.compile``'s)."""
+        compile_sampler(self.encoder, mode)
 
     # -- training ----------------------------------------------------------------------------------
 
@@ -209,3 +255,15 @@ def build_ppo(cfg: Config, image_shape: tuple[int, int, int]) -> PPO:
     else:
         value = PatchValueNet(image_shape, num_patches=16, width=64)
     return PPO(encoder, decoder, likelihood, value, cfg.ppo, num_steps=cfg.train.steps)
+
+
+def _natural_images(cfg: Config) -> None:
+    cfg.ppo.kl_target, cfg.ppo.beta = 0.025, schedule(0.01)
+    cfg.optim.lr = 1e-4
+
+
+PPO_SPEC = MethodSpec(
+    name="ppo", summary="PPO-style policy gradient with a value baseline", build=build_ppo, config_type=PPOConfig,
+    encoder="autoregressive", presets={"cifar10": _natural_images, "imagenet256": _natural_images},
+    progress=("log_p", "kl"),
+)

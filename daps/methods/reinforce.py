@@ -23,12 +23,16 @@ NOTE(paper): the reward's log q is the teacher-forced one (the same as the sampl
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field, replace
+from typing import ClassVar
+
 import torch
 import torch.nn as nn
 
 import daps.functional as DF
-from daps.config import Config, ReinforceConfig
+from daps.config import Config, ScheduleConfig, check_schedule, schedule
 from daps.methods.common import (
+    compile_sampler,
     Likelihood,
     build_ar_encoder,
     build_decoder,
@@ -43,9 +47,28 @@ from daps.methods.common import (
     schedule_value,
     training_output,
 )
+from daps.methods.spec import MethodSpec
 from daps.methods.types import Output, Reconstruction
 from daps.nets import ARTransformerEncoder
 from daps.optim import OptimizerSpec
+
+
+@dataclass
+class ReinforceConfig:
+    """REINFORCE with a leave-one-out baseline over K samples (Kool et al. 2019)."""
+
+    section: ClassVar[str] = "reinforce"
+    """The name of these settings in overrides and config.json."""
+
+    num_samples: int = 8
+    """K, codes sampled per input."""
+    beta: ScheduleConfig = field(default_factory=ScheduleConfig)
+    """Schedule of beta in the reward log p(x|z) - beta log q(z|x)."""
+
+    def validate(self) -> None:
+        if not self.num_samples >= 2:
+            raise ValueError(f"reinforce.num_samples must be >= 2 for a leave-one-out baseline, got {self.num_samples}")
+        check_schedule("reinforce.beta", self.beta)
 
 
 class Reinforce(nn.Module):
@@ -87,6 +110,10 @@ class Reinforce(nn.Module):
     def optimizer_specs(self, lr: float, grad_clip: float) -> list[OptimizerSpec]:
         """Encoder and decoder share one AdamW with adaptive clipping, as DAPS's ``vae`` group."""
         return [OptimizerSpec("vae", list(self.parameters()), lr=lr, grad_clip=grad_clip)]
+
+    def compile_step(self, mode: str | None = None) -> None:
+        """``train.compile``: sample through the compiled one-token step (``mode``: ``torch.compile``'s)."""
+        compile_sampler(self.encoder, mode)
 
     # -- training ----------------------------------------------------------------------------------
 
@@ -145,3 +172,18 @@ def build_reinforce(cfg: Config, image_shape: tuple[int, int, int]) -> Reinforce
     encoder = build_ar_encoder(cfg, image_shape)  # built first: the seeded initialization follows this order
     decoder = build_decoder(cfg, image_shape, likelihood, vocab_size=cfg.encoder.vocab_size)
     return Reinforce(encoder, decoder, likelihood, cfg.reinforce, num_steps=cfg.train.steps)
+
+
+def _beta(beta: ScheduleConfig):
+    def apply(cfg: Config) -> None:
+        cfg.reinforce.beta = replace(beta)  # as DAPS; a copy, which cfg owns
+
+    return apply
+
+
+REINFORCE_SPEC = MethodSpec(
+    name="reinforce", summary="REINFORCE with a leave-one-out baseline over K samples", build=build_reinforce,
+    config_type=ReinforceConfig, encoder="autoregressive",
+    presets={"cifar10": _beta(schedule(6.0, 0.01)), "imagenet256": _beta(schedule(50.0, 1.0))},
+    progress=("log_p", "kl"),
+)

@@ -16,12 +16,14 @@ NOTE(paper): z has ``vae.latent_dim`` = 2 dimensions, "the same capacity" as 64 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 import torch.nn as nn
 
 import daps.functional as DF
-from daps.config import Config, GaussianVAEConfig
+from daps.config import Config, ScheduleConfig, check_positive, check_schedule
 from daps.methods.common import (
     Likelihood,
     build_decoder,
@@ -33,9 +35,33 @@ from daps.methods.common import (
     schedule_value,
     training_output,
 )
+from daps.methods.spec import MethodSpec
 from daps.methods.types import Output, Reconstruction
 from daps.nets.feedforward import GaussianMLPEncoder
 from daps.optim import OptimizerSpec
+
+
+@dataclass
+class GaussianVAEConfig:
+    """Gaussian VAE with an MLP encoder, the same decoder capacity as DAPS on MNIST (SPEC 3.7)."""
+
+    section: ClassVar[str] = "vae"
+    """The name of these settings in overrides and config.json."""
+
+    latent_dim: int = 2
+    """Dimensions of z (64 bits / 32 bits per float in the paper's count)."""
+    hidden: int = 512
+    """Width of the encoder's hidden layer."""
+    dropout: float = 0.1
+    """Dropout after the encoder's hidden layer."""
+    beta: ScheduleConfig = field(default_factory=lambda: ScheduleConfig(kind="exp_decay", init=1.0, end=0.01))
+    """Schedule of beta, the weight of KL(q || N(0, I))."""
+
+    def validate(self) -> None:
+        check_positive("vae", self, ("latent_dim", "hidden"))
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"vae.dropout must be in [0, 1), got {self.dropout}")
+        check_schedule("vae.beta", self.beta)
 
 
 class GaussianVAE(nn.Module):
@@ -62,6 +88,7 @@ class GaussianVAE(nn.Module):
         super().__init__()
         self.encoder, self.decoder, self.likelihood = encoder, decoder, likelihood
         self.cfg, self.num_steps = cfg, num_steps
+        self.latent_dim = cfg.latent_dim  # D, the size of z (what decode accepts)
 
     def beta(self, step: int) -> float:
         return schedule_value(self.cfg.beta, step, self.num_steps)
@@ -77,6 +104,9 @@ class GaussianVAE(nn.Module):
     def decode_params(self, z: torch.Tensor) -> torch.Tensor:
         """The likelihood's parameters for latents ``z (N, D)``: ``(N, ...)``."""
         return self.decoder.decode_latents(z[:, None, :])  # z as one token (N, 1, D)
+
+    def compile_step(self, mode: str | None = None) -> None:
+        """``train.compile``: nothing here is worth compiling (no sampling loop); a no-op."""
 
     # -- training ----------------------------------------------------------------------------------
 
@@ -135,3 +165,10 @@ def build_vae(cfg: Config, image_shape: tuple[int, int, int]) -> GaussianVAE:
     encoder = GaussianMLPEncoder(math.prod(image_shape), v.hidden, v.latent_dim, v.dropout)
     decoder = build_decoder(cfg, image_shape, likelihood, token_dim=v.latent_dim, num_tokens=1)
     return GaussianVAE(encoder, decoder, likelihood, v, num_steps=cfg.train.steps)
+
+
+VAE_SPEC = MethodSpec(
+    name="vae", summary="Gaussian VAE, 2-d latent (MNIST)", build=build_vae, config_type=GaussianVAEConfig,
+    encoder="mlp", bits=lambda cfg: 32.0 * cfg.vae.latent_dim, progress=("log_p", "kl"),
+    only_presets=("mnist", "mnist5k-demo"),
+)

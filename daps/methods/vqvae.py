@@ -22,13 +22,15 @@ is the full sum in nats.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 import daps.functional as DF
-from daps.config import Config
+from daps.config import Config, check_positive
 from daps.methods.common import (
     Likelihood,
     build_decoder,
@@ -42,9 +44,32 @@ from daps.methods.common import (
     vq_decode,
     vq_lookup,
 )
+from daps.methods.spec import MethodSpec
 from daps.methods.types import Output, Reconstruction
 from daps.nets import NATransformerEncoder
 from daps.optim import OptimizerSpec
+
+
+@dataclass
+class VQConfig:
+    """VQ-VAE (van den Oord et al. 2017, SPEC 3.5); the codebook is encoder.vocab_size x encoder.width."""
+
+    section: ClassVar[str] = "vq"
+    """The name of these settings in overrides and config.json."""
+
+    commitment: float = 0.25
+    """Weight of the commitment loss ||z_e - sg(z_q)||^2."""
+    ema_decay: float = 0.99
+    """vqvae-ema only: decay of the codebook's exponential moving averages."""
+    kmeans_init: bool = True
+    """vqvae-ema only: initialize the codebook by k-means on the first batch."""
+    dead_code_threshold: float = 2.0
+    """vqvae-ema only: codes used fewer times than this per batch (EMA count) are restarted from the batch."""
+
+    def validate(self) -> None:
+        check_positive("vq", self, ("commitment", "dead_code_threshold"), strict=False)
+        if not 0.0 < self.ema_decay < 1.0:
+            raise ValueError(f"vq.ema_decay must be in (0, 1), got {self.ema_decay}")
 
 
 class VQVAE(nn.Module):
@@ -86,6 +111,9 @@ class VQVAE(nn.Module):
     def quantize(self, z_e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``z_e (B, T, E) -> indices (B, T), z_q (B, T, E)``; z_q carries gradient to the looked-up rows."""
         return vq_lookup(z_e, self.codebook)
+
+    def compile_step(self, mode: str | None = None) -> None:
+        """``train.compile``: nothing here is worth compiling (no sampling loop); a no-op."""
 
     # -- training ----------------------------------------------------------------------------------
 
@@ -140,3 +168,9 @@ def build_vqvae(cfg: Config, image_shape: tuple[int, int, int]) -> VQVAE:
     encoder = build_na_encoder(cfg, image_shape, out_dim=None)  # built first: seeded init follows this order
     decoder = build_decoder(cfg, image_shape, likelihood, token_dim=cfg.encoder.width)
     return VQVAE(encoder, decoder, likelihood, cfg.encoder.vocab_size, cfg.encoder.width, cfg.vq.commitment)
+
+
+VQVAE_SPEC = MethodSpec(
+    name="vqvae", summary="VQ-VAE as in the original code (gradient-trained codebook)", build=build_vqvae,
+    config_type=VQConfig, encoder="quantizer", progress=("log_p", "perplexity"),
+)

@@ -60,7 +60,9 @@ from daps.methods.common import (
     vq_decode,
     vq_lookup,
 )
+from daps.methods.spec import MethodSpec
 from daps.methods.types import Output, Reconstruction
+from daps.methods.vqvae import VQConfig
 from daps.nets import NATransformerEncoder
 from daps.optim import OptimizerSpec
 
@@ -123,6 +125,9 @@ class VQVAEEMA(nn.Module):
     def quantize(self, z_e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Read-only lookup: ``z_e (B, T, E) -> indices (B, T), z_q (B, T, E)``."""
         return vq_lookup(z_e, self.codebook)
+
+    def compile_step(self, mode: str | None = None) -> None:
+        """``train.compile``: nothing here is worth compiling (no sampling loop); a no-op."""
 
     # -- training ----------------------------------------------------------------------------------
 
@@ -195,3 +200,9 @@ def build_vqvae_ema(cfg: Config, image_shape: tuple[int, int, int]) -> VQVAEEMA:
         use_cosine_sim=False,
     )
     return VQVAEEMA(encoder, decoder, likelihood, quantizer, vq.commitment)
+
+
+VQVAE_EMA_SPEC = MethodSpec(
+    name="vqvae-ema", summary="VQ-VAE with EMA codebook, k-means init and dead-code restarts",
+    build=build_vqvae_ema, config_type=VQConfig, encoder="quantizer", progress=("log_p", "perplexity"),
+)

@@ -1,0 +1,61 @@
+"""What the rest of the library knows about a method: one :class:`MethodSpec`, defined in the method's own file.
+
+``daps/methods/__init__.py`` lists the specs in ``METHODS``; nothing else names a method. Adding a method is one
+file (its module, its settings dataclass, its spec) and one line in that list (see the README's "How to add a
+method").
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable, Literal, Mapping
+
+if TYPE_CHECKING:
+    import torch.nn as nn
+
+    from daps.config import Config
+
+EncoderFamily = Literal["autoregressive", "bidirectional", "quantizer", "mlp"]
+"""Which encoder a method trains: the autoregressive transformer q(z|x), the bidirectional transformer with a
+categorical head per token, the bidirectional transformer feeding a deterministic quantizer, or an MLP (the
+Gaussian VAE). Presets size the transformer by family (the original's per-family MNIST and CIFAR configs)."""
+
+
+def categorical_bits(cfg: Config) -> float:
+    """Bits of a code of T tokens over V symbols: T log2 V."""
+    return cfg.encoder.num_tokens * math.log2(cfg.encoder.vocab_size)
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """Everything about one method that is not inside its ``nn.Module``.
+
+    Attributes:
+        name: the ``--method`` name.
+        summary: one line for ``--help`` and listings.
+        build: ``build(cfg, image_shape) -> nn.Module`` following :class:`daps.methods.Method`.
+        config_type: the dataclass of the method's own settings. It has a ``section: ClassVar[str]`` (its name in
+            overrides and ``config.json``: ``daps.beta.end=0.1``) and a ``validate()`` that raises ``ValueError``
+            naming the key. Several methods may share one (``gumbel`` and ``grmck`` both use ``relaxed``).
+        encoder: the encoder family (see :data:`EncoderFamily`).
+        presets: preset name -> a function that adjusts that preset's config for this method (its schedules,
+            learning rates, ...). ``mnist5k-demo`` starts from ``mnist``, so both apply to it. A preset missing here
+            keeps the preset's shared values and the settings' defaults.
+        bits: bits of the bottleneck for a config (for tables that compare methods at equal rate).
+        progress: the keys of ``Output.logs`` the progress bar shows (the few numbers a person watches).
+        only_presets: presets the method is defined for (None: all); others are refused with a message.
+    """
+
+    name: str
+    summary: str
+    build: Callable[[Config, tuple[int, int, int]], nn.Module]
+    config_type: type
+    encoder: EncoderFamily
+    presets: Mapping[str, Callable[[Config], None]] = field(default_factory=dict)
+    bits: Callable[[Config], float] = categorical_bits
+    progress: tuple[str, ...] = ("log_p",)
+    only_presets: tuple[str, ...] | None = None
+
+
+__all__ = ["EncoderFamily", "MethodSpec", "categorical_bits"]

@@ -1,0 +1,196 @@
+"""The method registry: every method is one MethodSpec; a method defined here, outside the package, trains
+through the CLI; configs of the earlier layout load through the migration unchanged."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import daps
+from daps.cli import main
+from daps.config import CONFIG_VERSION, Config, check_positive, config_from_dict, config_to_dict, migrate_config
+from daps.methods import METHODS, MethodSpec, build_method
+from daps.methods.common import (
+    build_decoder,
+    build_likelihood,
+    build_na_encoder,
+    check_codes,
+    check_images,
+    per_dim_reconstruction_loss,
+    quantized_reconstruction,
+    training_output,
+)
+from daps.optim import OptimizerSpec
+from daps.presets import PRESETS, get_preset
+
+V1_PRESETS = Path(__file__).parent / "data" / "config_v1_presets.json.gz"
+
+
+# --------------------------------------------------------------------------------------------------
+# A method written outside the package: nearest of V fixed random prototypes, straight-through.
+
+
+@dataclass
+class ToyConfig:
+    """Settings of the toy method."""
+
+    section: ClassVar[str] = "toy"
+    commitment: float = 0.25
+    """Weight of ||z_e - sg(z_q)||^2."""
+
+    def validate(self) -> None:
+        check_positive("toy", self, ("commitment",), strict=False)
+
+
+class NearestPrototype(nn.Module):
+    final_beta = None
+
+    def __init__(self, encoder, decoder, likelihood, vocab_size: int, width: int, commitment: float):
+        super().__init__()
+        self.encoder, self.decoder, self.likelihood, self.commitment = encoder, decoder, likelihood, commitment
+        self.register_buffer("prototypes", torch.randn(vocab_size, width))  # (V, E), never trained
+        self.vocab_size = vocab_size
+
+    def optimizer_specs(self, lr: float, grad_clip: float) -> list[OptimizerSpec]:
+        return [OptimizerSpec("vae", list(self.parameters()), lr=lr, grad_clip=grad_clip)]
+
+    def _quantize(self, x):
+        z_e = self.encoder(x)  # (B, T, E)
+        indices = torch.cdist(z_e, self.prototypes[None]).argmin(-1)  # (B, T)
+        return z_e, indices, self.prototypes[indices]
+
+    def forward(self, x, step, generator=None):
+        z_e, indices, z_q = self._quantize(x)
+        params = self.decoder.decode_latents(z_q + (z_e - z_e.detach()))  # straight-through
+        log_p = self.likelihood.log_prob(params, x)
+        loss = per_dim_reconstruction_loss(log_p, x) + self.commitment * F.mse_loss(z_e, z_q)
+        logs = {"loss": loss.detach(), "log_p": log_p.mean().detach()}
+        return training_output(loss, self.likelihood.mean(params), indices, logs)
+
+    @torch.no_grad()
+    def encode(self, x, generator=None):
+        check_images(self, x)
+        return self._quantize(x)[1]
+
+    @torch.no_grad()
+    def decode(self, indices):
+        indices = check_codes(self, indices)
+        return self.likelihood.mean(self.decoder.decode_latents(self.prototypes[indices]))
+
+    @torch.no_grad()
+    def reconstruct(self, x, generator=None):
+        check_images(self, x)
+        _, indices, z_q = self._quantize(x)
+        return quantized_reconstruction(self.likelihood, self.decoder.decode_latents(z_q), x, indices)
+
+
+def build_toy(cfg: Config, image_shape):
+    likelihood = build_likelihood(cfg)
+    encoder = build_na_encoder(cfg, image_shape, out_dim=None)
+    decoder = build_decoder(cfg, image_shape, likelihood, token_dim=cfg.encoder.width)
+    return NearestPrototype(encoder, decoder, likelihood, cfg.encoder.vocab_size, cfg.encoder.width, cfg.toy.commitment)
+
+
+def _toy_mnist(cfg: Config) -> None:
+    cfg.toy.commitment = 0.5
+
+
+TOY = MethodSpec(
+    name="toy", summary="nearest fixed prototype (a test)", build=build_toy, config_type=ToyConfig,
+    encoder="quantizer", presets={"mnist": _toy_mnist}, progress=("log_p",),
+)
+
+
+@pytest.fixture
+def toy_registered(monkeypatch):
+    monkeypatch.setitem(METHODS, "toy", TOY)  # what `register(TOY)` does, undone after the test
+    return TOY
+
+
+@pytest.mark.usefixtures("offline")
+def test_a_method_defined_outside_the_package_trains_through_the_cli(toy_registered, tmp_path, tiny_overrides, capsys):
+    cfg = get_preset("mnist", "toy")
+    assert cfg.toy.commitment == 0.5 and (cfg.encoder.num_layers, cfg.encoder.mlp_ratio) == (2, 7)  # its presets
+    run = tmp_path / "run"
+    overrides = [o for o in tiny_overrides if not o.startswith("daps.")]  # the tiny config also sets DAPS's K
+    assert main(["train", "--method", "toy", *overrides, "toy.commitment=0.3", f"train.out_dir={run}"]) == 0
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["method"] == "toy" and saved["toy"] == {"commitment": 0.3}
+    assert {"daps", "relaxed", "vq"}.isdisjoint(saved)  # only the chosen method's settings are stored
+    model = daps.load_model(run)
+    assert isinstance(model, NearestPrototype) and model.config.toy.commitment == 0.3
+    x = (torch.rand(2, 1, 28, 28) > 0.5).float()
+    assert model.decode(model.encode(x)).shape == (2, 1, 28, 28)
+    assert main(["eval", str(run), "--json"]) == 0
+    assert "log_p" in json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def test_registering_a_name_twice_is_refused(toy_registered):
+    with pytest.raises(ValueError, match="already registered"):
+        daps.register(MethodSpec(name="toy", summary="", build=build_toy, config_type=ToyConfig, encoder="quantizer"))
+
+
+def test_every_spec_is_consistent():
+    for name, spec in METHODS.items():
+        cfg = get_preset("mnist", name)
+        assert spec.name == name and type(cfg.options) is spec.config_type
+        assert getattr(cfg, spec.config_type.section) is cfg.options
+        assert spec.bits(cfg) > 0
+        model = build_method(cfg, (1, 28, 28))
+        out = model(torch.zeros(2, 1, 28, 28), 0, torch.Generator().manual_seed(0))
+        assert set(spec.progress) <= set(out.logs), name  # the progress bar shows keys the method logs
+
+
+def test_settings_of_another_method_are_unknown_keys():
+    with pytest.raises(ValueError, match="unknown config key 'fsq.levels'.*own settings are daps"):
+        daps.parse_overrides(get_preset("mnist", "daps"), ["fsq.levels=8,8"])
+
+
+# --------------------------------------------------------------------------------------------------
+# Migration of earlier config.json layouts
+
+
+def test_every_v1_preset_config_loads_to_the_same_config():
+    """config.json files written before the registry (layout 1: every method's section) for every preset x
+    method, saved by the code of commit bda318e, load through the migration to exactly today's presets."""
+    old = json.loads(gzip.decompress(V1_PRESETS.read_bytes()))
+    assert len(old) == len(PRESETS) * 12
+    for key, data in old.items():
+        preset, method = key.split("/")
+        if isinstance(data, str):  # that preset refused the method then (vae on natural images): still refused
+            with pytest.raises(ValueError):
+                get_preset(preset, method)
+            continue
+        assert "version" not in data and {"daps", "relaxed", "fsq", "vq", "ppo", "reinforce", "vae"} <= data.keys()
+        loaded = config_from_dict(data)
+        assert loaded == get_preset(preset, method), key
+        assert json.loads(json.dumps(config_to_dict(loaded))) == migrate_config(data)
+
+
+def test_migration_keeps_only_the_method_section_and_current_layouts_pass_through():
+    old = json.loads(gzip.decompress(V1_PRESETS.read_bytes()))["mnist/gumbel"]
+    new = migrate_config(old)
+    assert new["version"] == CONFIG_VERSION and new["relaxed"] == old["relaxed"]
+    assert not {"daps", "fsq", "vq", "ppo", "reinforce", "vae"} & new.keys()
+    assert migrate_config(new) == new
+    with pytest.raises(ValueError, match="version"):
+        migrate_config({**new, "version": 99})
+
+
+def test_unknown_keys_in_a_saved_config_are_errors_naming_them():
+    data = json.loads(json.dumps(config_to_dict(get_preset("mnist", "daps"))))
+    data["daps"]["ess_targt"] = 0.3
+    with pytest.raises(ValueError, match="daps.ess_targt"):
+        config_from_dict(data)
+    data = json.loads(json.dumps(config_to_dict(get_preset("mnist", "daps"))))
+    data["relaxed"] = {"num_rao_samples": 3}  # another method's section in a current-layout file
+    with pytest.raises(ValueError, match="relaxed"):
+        config_from_dict(data)
