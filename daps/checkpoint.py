@@ -31,6 +31,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from daps.config import Config, config_from_dict, config_to_dict
+from daps.errors import UserError
 from daps.runfolder import fsync_path, write_json_atomic, write_text_atomic
 
 log = logging.getLogger("daps")
@@ -41,7 +42,7 @@ FILES = ("model.safetensors", "config.json", "state.pt")
 """The files of a checkpoint, each covered by ``checksums.json``."""
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A checkpoint (or run config) that is missing, damaged or unreadable; the message names the file."""
 
 

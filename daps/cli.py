@@ -1,7 +1,8 @@
 """The ``daps`` command: ``train``, ``eval``, ``fid-stats``, ``compare``, ``gradlab`` and ``presets``.
 
-Thin on purpose: parse -> Config -> call a library function. User errors print one line on stderr and
-exit with code 2.
+Thin on purpose: parse -> Config -> call a library function. User errors (:class:`daps.errors.UserError`, and
+``OSError`` from the files the user named) print one line on stderr and exit with code 2; divergence exits with
+3; any other exception is a bug and shows its traceback.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import sys
 from pathlib import Path
 
 from daps.config import parse_overrides
+from daps.errors import UserError
 from daps.methods import METHODS
 from daps.presets import PRESETS, get_preset
 
@@ -119,11 +121,11 @@ def _device(name: str | None):
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise ValueError(f"--device {name!r} is not a device (try cpu, cuda or cuda:1)") from None
+        raise UserError(f"--device {name!r} is not a device (try cpu, cuda or cuda:1)") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: CUDA is not available on this machine")
+        raise UserError(f"--device {name}: CUDA is not available on this machine")
     if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"--device {name}: only cpu and cuda are supported")
+        raise UserError(f"--device {name}: only cpu and cuda are supported")
     return device
 
 
@@ -150,9 +152,9 @@ def _eval(args: argparse.Namespace) -> int:
     from daps.train import summarize
 
     if args.batch_size <= 0 or args.max_images < 0:
-        raise ValueError("--batch-size must be positive and --max-images >= 0")
+        raise UserError("--batch-size must be positive and --max-images >= 0")
     if args.fid == "reference" and not args.fid_ref:
-        raise ValueError("--fid reference needs --fid-ref STATS.npz (see daps fid-stats)")
+        raise UserError("--fid reference needs --fid-ref STATS.npz (see daps fid-stats)")
     device = _device(args.device)
     model = load_model(args.run_dir, device)
     data = model.config.data
@@ -179,11 +181,11 @@ def _fid_stats(args: argparse.Namespace, argv: list[str]) -> int:
 
     spec = dataset_spec(args.dataset)
     if args.batch_size <= 0 or args.max_images < 0 or args.workers < 0:
-        raise ValueError("--batch-size must be positive, --max-images and --workers >= 0")
+        raise UserError("--batch-size must be positive, --max-images and --workers >= 0")
     size = args.image_size or 256
     shape = spec.image_shape or (3, size, size)
     if args.image_size and spec.image_shape and spec.image_shape[1] != args.image_size:
-        raise ValueError(f"--image-size: {spec.name} images are {spec.image_shape[1]} pixels")
+        raise UserError(f"--image-size: {spec.name} images are {spec.image_shape[1]} pixels")
     data = DataConfig(
         name=spec.name, data_dir=args.data_dir or "", image_shape=tuple(shape), num_workers=args.workers
     )
@@ -200,7 +202,7 @@ def _compare(args: argparse.Namespace, argv: list[str]) -> int:
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if args.seeds <= 0:
-        raise ValueError(f"--seeds must be at least 1, got {args.seeds}")
+        raise UserError(f"--seeds must be at least 1, got {args.seeds}")
     out = args.out or f"runs/compare-{args.preset}"
     compare(
         args.preset, methods, args.steps, list(range(args.seeds)), out, args.overrides, _device(args.device), argv,
@@ -214,9 +216,9 @@ def _gradlab(args: argparse.Namespace, argv: list[str]) -> int:
     from daps.gradlab import check_out, default_estimators, run_gradlab, write_report
 
     if args.draws < 2 or args.num_samples < 2 or args.rao_samples < 1 or args.pretrain_steps < 0:
-        raise ValueError("--draws and --num-samples must be >= 2, --rao-samples >= 1, --pretrain-steps >= 0")
+        raise UserError("--draws and --num-samples must be >= 2, --rao-samples >= 1, --pretrain-steps >= 0")
     if not (args.temperature > 0 and args.eta > 0 and args.beta >= 0):
-        raise ValueError("--temperature and --eta must be positive and --beta >= 0")
+        raise UserError("--temperature and --eta must be positive and --beta >= 0")
     check_out(Path(args.out), args.overwrite)  # before the minutes of draws
     estimators = default_estimators(args.num_samples, args.eta, args.temperature, args.rao_samples)
     result = run_gradlab(
@@ -259,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "fid-stats":
             return _fid_stats(args, rest)
         return commands[args.command](args)
-    except (ValueError, OSError) as err:  # user input: bad values, missing or unreadable files
+    except (UserError, OSError) as err:  # what the user gave: settings, paths, files (anything else is a bug)
         print(f"daps {args.command}: error: {err}", file=sys.stderr)
         return 2
     except RuntimeError as err:

@@ -29,6 +29,7 @@ import torch
 from daps.checkpoint import load_model, read_config
 from daps.config import Config, applicable_overrides, check_overrides_used, config_differences, parse_overrides
 from daps.data import dataset_spec, val_batches
+from daps.errors import UserError
 from daps.methods import METHODS, method_spec
 from daps.plots import read_metrics, save_comparison_curves, save_comparison_reconstructions
 from daps.presets import get_preset
@@ -98,16 +99,16 @@ def plan_runs(
     """One config per (method, seed); ``overrides`` apply to every method, after the budget settings."""
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
-        raise ValueError(f"unknown method(s) {', '.join(unknown)}; choose from: {', '.join(METHODS)}")
+        raise UserError(f"unknown method(s) {', '.join(unknown)}; choose from: {', '.join(METHODS)}")
     if len(set(methods)) != len(methods):
-        raise ValueError(f"--methods lists a method twice: {','.join(methods)}")
+        raise UserError(f"--methods lists a method twice: {','.join(methods)}")
     if steps <= 0 or not seeds:
-        raise ValueError("--steps must be positive and --seeds at least 1")
+        raise UserError("--steps must be positive and --seeds at least 1")
     owned = {"train.steps": "--steps", "train.seed": "--seeds", "train.out_dir": "--out"}
     for item in overrides:
         key = item.partition("=")[0].strip()
         if key in owned:
-            raise ValueError(f"compare sets {key} for every run; use {owned[key]} instead of {item!r}")
+            raise UserError(f"compare sets {key} for every run; use {owned[key]} instead of {item!r}")
     runs = []
     for method in methods:
         for seed in seeds:

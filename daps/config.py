@@ -16,6 +16,8 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
+from daps.errors import UserError
+
 CONFIG_VERSION = 2
 """Layout of ``config.json``: 1 (no ``version`` key) carried every method's section; 2 only the chosen one's."""
 
@@ -247,17 +249,17 @@ def _cast(text: str, annotation: Any, key: str) -> Any:
             return True
         if lowered in ("0", "false", "no", "off"):
             return False
-        raise ValueError(f"{key}: expected a boolean (true/false), got {text!r}")
+        raise UserError(f"{key}: expected a boolean (true/false), got {text!r}")
     if annotation is int:
         try:
             return int(text.replace("_", ""))
         except ValueError:
-            raise ValueError(f"{key}: expected an integer, got {text!r}") from None
+            raise UserError(f"{key}: expected an integer, got {text!r}") from None
     if annotation is float:
         try:
             return float(text)
         except ValueError:
-            raise ValueError(f"{key}: expected a number, got {text!r}") from None
+            raise UserError(f"{key}: expected a number, got {text!r}") from None
     return text
 
 
@@ -289,7 +291,7 @@ def check_overrides_used(cfgs: list[Config], overrides: list[str]) -> None:
     for item in overrides:
         key = item.partition("=")[0].strip()
         if key.split(".")[0] not in sections:
-            raise ValueError(f"unknown config key {key!r}; sections: {', '.join(sorted(sections))}")
+            raise UserError(f"unknown config key {key!r}; sections: {', '.join(sorted(sections))}")
 
 
 def parse_overrides(cfg: Config, overrides: list[str]) -> Config:
@@ -302,11 +304,11 @@ def parse_overrides(cfg: Config, overrides: list[str]) -> Config:
         key, sep, text = item.partition("=")
         key = key.strip()
         if not sep or not key:
-            raise ValueError(f"override {item!r} is not of the form key=value")
+            raise UserError(f"override {item!r} is not of the form key=value")
         if key not in fields:
-            raise ValueError(_unknown_key_message(key, fields, cfg))
+            raise UserError(_unknown_key_message(key, fields, cfg))
         if key in ("method", "preset") and text.strip() != getattr(cfg, key):
-            raise ValueError(
+            raise UserError(
                 f"{key}={text.strip()}: choose the {key} with --{key} (get_preset(name, method)) so that its "
                 "defaults apply"
             )
@@ -327,16 +329,16 @@ def _check_type(key: str, value: Any, annotation: Any) -> Any:
         return _check_type(key, value, next(a for a in args if a is not type(None)))
     if origin in (tuple, list):
         if not isinstance(value, (tuple, list)):
-            raise ValueError(f"{key}: expected a list, got {type(value).__name__} {value!r}")
+            raise UserError(f"{key}: expected a list, got {type(value).__name__} {value!r}")
         (item_type, *_) = typing.get_args(annotation) or (Any,)
         return tuple(_check_type(f"{key}[{i}]", item, item_type) for i, item in enumerate(value))
     if annotation is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"{key}: expected float, got {type(value).__name__} {value!r}")
+            raise UserError(f"{key}: expected float, got {type(value).__name__} {value!r}")
         return float(value)
     if annotation in (int, str, bool):
         if not isinstance(value, annotation) or (annotation is int and isinstance(value, bool)):
-            raise ValueError(f"{key}: expected {annotation.__name__}, got {type(value).__name__} {value!r}")
+            raise UserError(f"{key}: expected {annotation.__name__}, got {type(value).__name__} {value!r}")
         return value
     return value
 
@@ -347,21 +349,21 @@ def _check_types_and_finite(cfg: Config) -> None:
         value = _check_type(key, getattr(owner, f.name), _field_type(owner, f.name))
         for item in value if isinstance(value, tuple) else (value,):
             if isinstance(item, float) and not math.isfinite(item):
-                raise ValueError(f"{key} must be a finite number, got {getattr(owner, f.name)}")
+                raise UserError(f"{key} must be a finite number, got {getattr(owner, f.name)}")
 
 
 def check_schedule(key: str, sched: ScheduleConfig) -> None:
     if sched.kind not in ("exp_decay", "cosine", "constant"):
-        raise ValueError(f"{key}.kind must be exp_decay, cosine or constant, got {sched.kind!r}")
+        raise UserError(f"{key}.kind must be exp_decay, cosine or constant, got {sched.kind!r}")
     if not (sched.init >= 0 and sched.end >= 0):
-        raise ValueError(f"{key}.init and {key}.end must be >= 0, got {sched.init} and {sched.end}")
+        raise UserError(f"{key}.init and {key}.end must be >= 0, got {sched.init} and {sched.end}")
     if not 0.0 < sched.end_pct <= 1.0:
-        raise ValueError(f"{key}.end_pct must be in (0, 1], got {sched.end_pct}")
+        raise UserError(f"{key}.end_pct must be in (0, 1], got {sched.end_pct}")
     if sched.kind == "exp_decay" and not sched.init > 0:
-        raise ValueError(f"{key}.init must be positive for an exp_decay schedule")
+        raise UserError(f"{key}.init must be positive for an exp_decay schedule")
     if sched.kind == "exp_decay" and sched.end > sched.init:
         # exp_decay clips end to init (SPEC 6.1), so a larger end would silently keep the start value
-        raise ValueError(
+        raise UserError(
             f"{key}: an exp_decay schedule only decreases, but end ({sched.end}) > init ({sched.init}); "
             "use kind=cosine to increase"
         )
@@ -373,7 +375,7 @@ def check_positive(section: str, obj: Any, names: tuple[str, ...], strict: bool 
     for name in names:
         value = getattr(obj, name)
         if not (value > 0 if strict else value >= 0):
-            raise ValueError(f"{section}.{name} must be {'positive' if strict else '>= 0'}, got {value}")
+            raise UserError(f"{section}.{name} must be {'positive' if strict else '>= 0'}, got {value}")
 
 
 def validate(cfg: Config) -> None:
@@ -381,12 +383,12 @@ def validate(cfg: Config) -> None:
     from daps.methods import METHODS
 
     if cfg.method not in METHODS:
-        raise ValueError(f"unknown method {cfg.method!r}; choose one of: {', '.join(METHODS)}")
+        raise UserError(f"unknown method {cfg.method!r}; choose one of: {', '.join(METHODS)}")
     expected = METHODS[cfg.method].config_type
     if type(cfg.options) is not expected:
-        raise ValueError(f"method {cfg.method} takes {expected.__name__} settings, got {type(cfg.options).__name__}")
+        raise UserError(f"method {cfg.method} takes {expected.__name__} settings, got {type(cfg.options).__name__}")
     if cfg.version != CONFIG_VERSION:
-        raise ValueError(f"version must be {CONFIG_VERSION} (use config_from_dict to read older configs)")
+        raise UserError(f"version must be {CONFIG_VERSION} (use config_from_dict to read older configs)")
     _check_types_and_finite(cfg)
     t, e, d, o = cfg.train, cfg.encoder, cfg.decoder, cfg.optim
     check_positive("train", t, ("steps", "batch_size", "eval_batch_size", "log_every", "eval_every", "ckpt_every",
@@ -399,29 +401,29 @@ def validate(cfg: Config) -> None:
     check_positive("optim", o, ("weight_decay", "grad_clip"), strict=False)
     check_positive("data", cfg.data, ("num_workers",), strict=False)
     if any(not h > 0 for h in d.hidden):
-        raise ValueError(f"decoder.hidden must be positive widths, got {d.hidden}")
+        raise UserError(f"decoder.hidden must be positive widths, got {d.hidden}")
     if e.width % e.num_heads:
-        raise ValueError(f"encoder.width ({e.width}) must be divisible by encoder.num_heads")
+        raise UserError(f"encoder.width ({e.width}) must be divisible by encoder.num_heads")
     if d.kind not in ("mlp", "resnet"):
-        raise ValueError(f"decoder.kind must be mlp or resnet, got {d.kind!r}")
+        raise UserError(f"decoder.kind must be mlp or resnet, got {d.kind!r}")
     if d.variance_clip not in ("paper", "none"):
-        raise ValueError(f"decoder.variance_clip must be paper or none, got {d.variance_clip!r}")
+        raise UserError(f"decoder.variance_clip must be paper or none, got {d.variance_clip!r}")
     if not d.max_variance >= d.min_variance:
-        raise ValueError("decoder.max_variance must be >= decoder.min_variance")
+        raise UserError("decoder.max_variance must be >= decoder.min_variance")
     if o.lr_schedule not in ("constant", "cosine"):
-        raise ValueError(f"optim.lr_schedule must be constant or cosine, got {o.lr_schedule!r}")
+        raise UserError(f"optim.lr_schedule must be constant or cosine, got {o.lr_schedule!r}")
     if not o.lr_final <= 1.0:
-        raise ValueError(f"optim.lr_final is a fraction of the initial rate in (0, 1], got {o.lr_final}")
+        raise UserError(f"optim.lr_final is a fraction of the initial rate in (0, 1], got {o.lr_final}")
     if len(cfg.data.image_shape) != 3 or any(not n > 0 for n in cfg.data.image_shape):
-        raise ValueError(f"data.image_shape must be three positive sizes C,H,W, got {cfg.data.image_shape}")
+        raise UserError(f"data.image_shape must be three positive sizes C,H,W, got {cfg.data.image_shape}")
     if t.fid not in ("none", "val-pairs", "reference"):
-        raise ValueError(f"train.fid must be none, val-pairs or reference, got {t.fid!r}")
+        raise UserError(f"train.fid must be none, val-pairs or reference, got {t.fid!r}")
     if t.fid != "none" and cfg.data.image_shape[0] != 3:
-        raise ValueError(f"train.fid={t.fid} needs RGB images; {cfg.data.name} has {cfg.data.image_shape[0]} channel(s)")
+        raise UserError(f"train.fid={t.fid} needs RGB images; {cfg.data.name} has {cfg.data.image_shape[0]} channel(s)")
     if t.fid == "reference" and not t.fid_reference:
-        raise ValueError("train.fid=reference needs train.fid_reference (a statistics .npz from daps fid-stats)")
+        raise UserError("train.fid=reference needs train.fid_reference (a statistics .npz from daps fid-stats)")
     if t.precision not in ("float32", "bfloat16"):
-        raise ValueError(f"train.precision must be float32 or bfloat16, got {t.precision!r}")
+        raise UserError(f"train.precision must be float32 or bfloat16, got {t.precision!r}")
     cfg.options.validate()
 
 
@@ -452,12 +454,12 @@ def migrate_config(data: dict[str, Any]) -> dict[str, Any]:
     others were defaults that no method read).
     """
     if not isinstance(data, dict):
-        raise ValueError(f"expected an object of settings, got {type(data).__name__}")
+        raise UserError(f"expected an object of settings, got {type(data).__name__}")
     version = data.get("version", 1)
     if version == CONFIG_VERSION:
         return dict(data)
     if version != 1:
-        raise ValueError(f"version: this daps reads config layouts 1 to {CONFIG_VERSION}, got {version!r}")
+        raise UserError(f"version: this daps reads config layouts 1 to {CONFIG_VERSION}, got {version!r}")
     from daps.methods import method_spec
 
     out = {k: v for k, v in data.items() if k not in V1_METHOD_SECTIONS}
@@ -480,12 +482,12 @@ def config_from_dict(data: dict[str, Any]) -> Config:
     def build(cls: type, values: Any, prefix: str) -> Any:
         if not isinstance(values, dict):
             where = f"{prefix[:-1]}: " if prefix else ""
-            raise ValueError(f"{where}expected an object of settings, got {type(values).__name__} {values!r}")
+            raise UserError(f"{where}expected an object of settings, got {type(values).__name__} {values!r}")
         hints = typing.get_type_hints(cls)
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - names)
         if unknown:
-            raise ValueError(
+            raise UserError(
                 f"unknown config key {prefix + str(unknown[0])!r}; valid keys here: "
                 f"{', '.join(prefix + n for n in sorted(names))}"
             )
@@ -501,13 +503,13 @@ def config_from_dict(data: dict[str, Any]) -> Config:
     data = migrate_config(data)
     method = data.get("method", "daps")
     if not isinstance(method, str):
-        raise ValueError(f"method: expected str, got {type(method).__name__} {method!r}")
+        raise UserError(f"method: expected str, got {type(method).__name__} {method!r}")
     try:
         options_type = method_spec(method).config_type
     except ValueError as err:
-        raise ValueError(f"method: {err}") from None
+        raise UserError(f"method: {err}") from None
     if "options" in data:
-        raise ValueError(f"unknown config key 'options' (the method's settings are under {options_type.section!r})")
+        raise UserError(f"unknown config key 'options' (the method's settings are under {options_type.section!r})")
     shared = {k: v for k, v in data.items() if k != options_type.section}
     cfg = build(Config, {**shared, "options": None}, "")
     cfg.options = build(options_type, data.get(options_type.section, {}), options_type.section + ".")

@@ -9,7 +9,6 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-
 _wait_group = None
 """A gloo group with a long timeout, for ranks waiting while rank 0 alone evaluates or writes (see wait_for_main)."""
 

@@ -32,6 +32,7 @@ import torch
 
 from daps import get_preset, parse_overrides
 from daps.config import applicable_overrides
+from daps.errors import UserError
 from daps.methods import METHODS, build_method
 from daps.optim import Optimizers
 from daps.runfolder import (
@@ -181,7 +182,7 @@ def run_gradlab(
     estimators = estimators or default_estimators(num_samples, eta, temperature, rao_samples)
     missing = sorted({e.method for e in estimators} - set(METHODS))
     if missing:
-        raise ValueError(f"gradlab: method(s) not available: {', '.join(missing)}")
+        raise UserError(f"gradlab: method(s) not available: {', '.join(missing)}")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny tensors: more threads only add synchronization
     try:
@@ -208,7 +209,7 @@ def _run(
         model = _build(est.method, [*common, *est.overrides], seed)
         missing_keys = set(shared) - set(model.state_dict())
         if missing_keys:
-            raise ValueError(f"gradlab: {est.name} has a different encoder/decoder ({sorted(missing_keys)[:3]} ...)")
+            raise UserError(f"gradlab: {est.name} has a different encoder/decoder ({sorted(missing_keys)[:3]} ...)")
         model.load_state_dict(shared, strict=False)
         draws = estimator_draws(model, x, num_draws, seed + 100 * (i + 1))
         stats = summarize_draws(draws, exact)

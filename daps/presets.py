@@ -18,6 +18,7 @@ from daps.config import (
     applicable_overrides,
     parse_overrides,
 )
+from daps.errors import UserError
 from daps.methods import METHODS, method_spec
 
 # Transformer depth and MLP ratio per encoder family (the original's per-family configs): (num_layers, mlp_ratio).
@@ -94,10 +95,10 @@ BASE_PRESET = {"mnist5k-demo": "mnist"}
 def get_preset(name: str, method: str = "daps") -> Config:
     """The preset ``name`` with the per-method defaults of ``method`` (architecture, schedules, rates)."""
     if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose one of: {', '.join(sorted(PRESETS))}")
+        raise UserError(f"unknown preset {name!r}; choose one of: {', '.join(sorted(PRESETS))}")
     spec = method_spec(method)
     if spec.only_presets is not None and name not in spec.only_presets:
-        raise ValueError(
+        raise UserError(
             f"method {method} is defined for the presets {', '.join(spec.only_presets)} only (see the README's "
             "methods table)"
         )

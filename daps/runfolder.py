@@ -19,6 +19,8 @@ import shutil
 from pathlib import Path
 from typing import Iterator
 
+from daps.errors import UserError
+
 log = logging.getLogger("daps")
 
 MARKER = ".daps"
@@ -29,7 +31,7 @@ TEMP_PATTERNS = (".*.tmp-*", ".*.old-*")
 """Names of temporary files and folders (see :func:`atomic_path`) that a killed process may leave behind."""
 
 
-class OutputFolderError(ValueError):
+class OutputFolderError(UserError):
     """An output folder that may not be written or replaced (a user error: the CLI prints it, exit code 2)."""
 
 

@@ -34,6 +34,7 @@ from daps.checkpoint import (
 )
 from daps.config import Config, config_to_dict
 from daps.data import dataset_spec, train_batches, val_batches
+from daps.errors import UserError
 from daps.functional import cosine_schedule
 from daps.methods import build_method, method_spec
 from daps.metrics import evaluate
@@ -109,7 +110,7 @@ def _check_same_config(run_dir: Path, saved_cfg: Config, cfg: Config, report: bo
     changed = sorted(k for k in given if k not in RESUMABLE_CHANGES and saved.get(k) != given[k])
     if changed:
         diffs = ", ".join(f"{k}: {saved.get(k)!r} -> {given[k]!r}" for k in changed)
-        raise ValueError(f"cannot resume {run_dir} with a different config ({diffs})")
+        raise UserError(f"cannot resume {run_dir} with a different config ({diffs})")
     if saved["train.steps"] != given["train.steps"] and report:
         log.warning(
             "train.steps changed on resume (%s -> %s): schedules that follow the run length (beta) are re-timed",
@@ -128,7 +129,7 @@ def prepare_run_dir(cfg: Config, resume: bool, overwrite: bool, report: bool = T
     warn = log.warning if report else (lambda *args: None)
     run_dir = Path(cfg.train.out_dir)
     if resume and overwrite:
-        raise ValueError("--resume and --overwrite cannot be combined")
+        raise UserError("--resume and --overwrite cannot be combined")
     refuse_precious(cfg.train.out_dir, "train.out_dir")
     if run_dir.exists() and not run_dir.is_dir():
         raise OutputFolderError(f"train.out_dir {run_dir} exists and is not a folder")
@@ -267,7 +268,7 @@ def _setup(cfg: Config, state: dict | None, device: torch.device, rank: int, wor
     # scale. Validation: a fixed subset, the same images at every evaluation.
     spec = dataset_spec(cfg.data.name)
     if spec.image_shape is not None and tuple(cfg.data.image_shape) != spec.image_shape:
-        raise ValueError(f"data.image_shape is {cfg.data.image_shape} but {spec.name} has {spec.image_shape}")
+        raise UserError(f"data.image_shape is {cfg.data.image_shape} but {spec.name} has {spec.image_shape}")
     batches = train_batches(
         cfg.data, tc.batch_size, tc.seed * 1000 + rank, state["step"] if state else 0,
         torch.Generator(device).manual_seed(tc.seed * 1000 + 2 * rank + 1), device,
@@ -300,14 +301,14 @@ def _setup(cfg: Config, state: dict | None, device: torch.device, rank: int, wor
 def _restore(s: Setup, ckpt: Path, state: dict, rank: int, world: int) -> None:
     """Load weights, optimizer states and every generator's state from checkpoint ``ckpt``."""
     if len(state["rng"]) != world:
-        raise ValueError(f"{s.run_dir} was trained by {len(state['rng'])} processes; resume it with as many")
+        raise UserError(f"{s.run_dir} was trained by {len(state['rng'])} processes; resume it with as many")
     load_weights(s.model, ckpt)
     s.optimizers.load_state_dict(state["optimizers"])
     try:
         for name, g in s.generators.items():
             g.set_state(state["rng"][rank][name])  # folder data instead restart their stream at the checkpoint's step
     except RuntimeError:
-        raise ValueError(f"{s.run_dir} was trained on another kind of device than {s.device}; resume it there") from None
+        raise UserError(f"{s.run_dir} was trained on another kind of device than {s.device}; resume it there") from None
     log.info("resumed %s at step %d", s.run_dir, state["step"])
 
 
@@ -370,7 +371,7 @@ def _train(cfg: Config, resume: bool, overwrite: bool, device: torch.device, ran
     state = load_training_state(plan.resume_from) if plan.resume_from is not None else None
     start_step = state["step"] if state is not None else 0
     if start_step > end_step:
-        raise ValueError(f"cannot resume {run_dir} at step {start_step}: the run is set to stop at step {end_step}")
+        raise UserError(f"cannot resume {run_dir} at step {start_step}: the run is set to stop at step {end_step}")
     if state is not None and start_step == end_step and _finished(run_dir, end_step):
         log.info("%s already finished step %d; nothing to do", run_dir, end_step)
         return run_dir

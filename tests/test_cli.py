@@ -336,3 +336,15 @@ def test_presets_name_prints_the_full_config(capsys):
     assert config_from_dict(printed) == get_preset("mnist")
     assert main(["presets", "nope"]) == 2
     assert "unknown preset 'nope'" in error_line(capsys, "presets")
+
+
+def test_a_bug_keeps_its_traceback(monkeypatch, tiny_overrides, tmp_path):
+    """Only user errors become one line: an internal ValueError (a bug) propagates with its traceback."""
+    import daps.train
+
+    def broken(*args, **kwargs):
+        raise ValueError("internal invariant broken")
+
+    monkeypatch.setattr(daps.train, "train", broken)
+    with pytest.raises(ValueError, match="internal invariant broken"):
+        main(["train", *tiny_overrides, f"train.out_dir={tmp_path / 'run'}"])

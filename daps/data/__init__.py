@@ -27,6 +27,7 @@ from daps.data.imagefolder import (
     unpack_imagenet_sample,
 )
 from daps.data.mnist import DATA_DIR_FIX, ENV_VAR, SPLITS, ImageSet, explicit_root, load_mnist, load_mnist5k
+from daps.errors import UserError
 
 __all__ = [
     "FolderValBatches",
@@ -164,7 +165,7 @@ DATASETS: dict[str, DatasetSpec] = {
 
 def dataset_spec(name: str) -> DatasetSpec:
     if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
+        raise UserError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
     return DATASETS[name]
 
 
@@ -185,9 +186,9 @@ def load_dataset(
     """
     spec = dataset_spec(name)
     if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; choose one of: {', '.join(SPLITS)}")
+        raise UserError(f"unknown split {split!r}; choose one of: {', '.join(SPLITS)}")
     if not spec.in_memory:
-        raise ValueError(f"{name} is streamed from a folder; use folder_dataset()")
+        raise UserError(f"{name} is streamed from a folder; use folder_dataset()")
     return spec.load(split, data_dir=data_dir, download=download)
 
 
@@ -198,10 +199,10 @@ def folder_dataset(
     random resized crops and flips when ``train``, resize + center crop otherwise (SPEC 7.3)."""
     spec = dataset_spec(name)
     if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; choose one of: {', '.join(SPLITS)}")
+        raise UserError(f"unknown split {split!r}; choose one of: {', '.join(SPLITS)}")
     channels, height, width = image_shape
     if channels != 3 or height != width:
-        raise ValueError(f"{name}: data.image_shape must be (3, R, R) for a folder dataset, got {tuple(image_shape)}")
+        raise UserError(f"{name}: data.image_shape must be (3, R, R) for a folder dataset, got {tuple(image_shape)}")
     root = spec.root(data_dir or None, True)
     if not spec.same_splits:
         root = root / ("train" if split == "train" else "val")

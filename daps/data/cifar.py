@@ -30,6 +30,7 @@ from PIL import Image
 
 from daps.data import mnist as _mnist
 from daps.data.mnist import DATA_DIR_FIX, ImageSet, PathLike, _check_split, _dedupe, _md5, _user_roots
+from daps.errors import UserError
 
 __all__ = [
     "CIFAR10_MEAN",
@@ -110,7 +111,7 @@ def _extract(tgz: Path, dest_parent: Path) -> Path:
     (into a temp folder, then renamed). Only regular files and folders with safe names are written."""
     digest = _md5(tgz)
     if digest != TGZ_MD5:
-        raise ValueError(
+        raise UserError(
             f"{tgz}: md5 {digest} does not match the official CIFAR-10 release ({TGZ_MD5}); "
             "the file is corrupt, truncated or not cifar-10-python.tar.gz -- delete it and download it again"
         )
@@ -120,11 +121,11 @@ def _extract(tgz: Path, dest_parent: Path) -> Path:
         with tarfile.open(tgz, "r:gz") as tar:
             for member in tar:
                 if not _safe_member_name(member.name):
-                    raise ValueError(f"{tgz}: refusing unsafe archive member {member.name!r}")
+                    raise UserError(f"{tgz}: refusing unsafe archive member {member.name!r}")
                 if member.isdir():
                     continue
                 if not member.isfile():  # links, devices, fifos: never part of the release
-                    raise ValueError(f"{tgz}: refusing non-regular archive member {member.name!r}")
+                    raise UserError(f"{tgz}: refusing non-regular archive member {member.name!r}")
                 target = tmp.joinpath(*PurePosixPath(member.name).parts)
                 target.parent.mkdir(parents=True, exist_ok=True)
                 src = tar.extractfile(member)
@@ -134,7 +135,7 @@ def _extract(tgz: Path, dest_parent: Path) -> Path:
         extracted = tmp / BATCH_DIR
         missing = [n for names in BATCH_FILES.values() for n in names if not (extracted / n).is_file()]
         if missing:
-            raise ValueError(f"{tgz}: archive lacks {BATCH_DIR}/{missing[0]}")
+            raise UserError(f"{tgz}: archive lacks {BATCH_DIR}/{missing[0]}")
         final = dest_parent / BATCH_DIR
         try:
             os.rename(extracted, final)
@@ -144,7 +145,7 @@ def _extract(tgz: Path, dest_parent: Path) -> Path:
         log.info("extracted %s to %s", tgz, final)
         return final
     except (tarfile.TarError, EOFError) as e:
-        raise ValueError(f"{tgz}: corrupt archive ({e})") from e
+        raise UserError(f"{tgz}: corrupt archive ({e})") from e
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -201,17 +202,17 @@ def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
         with open(path, "rb") as f:
             obj = pickle.load(f, encoding="bytes")
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as e:
-        raise ValueError(f"{path}: not a CIFAR-10 python batch ({type(e).__name__}: {e})") from e
+        raise UserError(f"{path}: not a CIFAR-10 python batch ({type(e).__name__}: {e})") from e
     if not isinstance(obj, dict) or b"data" not in obj or b"labels" not in obj:
-        raise ValueError(f"{path}: not a CIFAR-10 python batch (expected a dict with b'data' and b'labels')")
+        raise UserError(f"{path}: not a CIFAR-10 python batch (expected a dict with b'data' and b'labels')")
     data = np.asarray(obj[b"data"])
     labels = np.asarray(obj[b"labels"], dtype=np.int64).reshape(-1)
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
-        raise ValueError(f"{path}: b'data' is {data.dtype} {data.shape}, expected uint8 (n, 3072)")
+        raise UserError(f"{path}: b'data' is {data.dtype} {data.shape}, expected uint8 (n, 3072)")
     if labels.shape[0] != data.shape[0]:
-        raise ValueError(f"{path}: {data.shape[0]} images but {labels.shape[0]} labels")
+        raise UserError(f"{path}: {data.shape[0]} images but {labels.shape[0]} labels")
     if labels.size and (labels.min() < 0 or labels.max() > 9):
-        raise ValueError(f"{path}: labels outside 0..9")
+        raise UserError(f"{path}: labels outside 0..9")
     # Each row is the red plane, then green, then blue, each 32x32 row-major: CHW order already.
     return data.reshape(-1, *IMAGE_SHAPE), labels
 
@@ -295,7 +296,7 @@ def _read_npz(path: Path) -> tuple[np.lib.npyio.NpzFile, np.ndarray, np.ndarray]
     except (OSError, ValueError, KeyError, IndexError, zipfile.BadZipFile) as e:
         if isinstance(npz, np.lib.npyio.NpzFile):
             npz.close()
-        raise ValueError(f"{path}: not a CIFAR-10 JPEG npz with keys jpeg_bytes, offsets, y ({e})") from e
+        raise UserError(f"{path}: not a CIFAR-10 JPEG npz with keys jpeg_bytes, offsets, y ({e})") from e
     problem = ""
     if offsets.ndim != 1 or offsets.shape[0] < 1 or offsets[0] != 0 or np.any(np.diff(offsets) <= 0):
         problem = "'offsets' must be increasing int64 (N+1,) starting at 0"
@@ -303,14 +304,14 @@ def _read_npz(path: Path) -> tuple[np.lib.npyio.NpzFile, np.ndarray, np.ndarray]
         problem = f"'y' must be (N,) labels in 0..9 with N = len(offsets) - 1 = {offsets.shape[0] - 1}"
     if problem:
         npz.close()
-        raise ValueError(f"{path}: {problem}")
+        raise UserError(f"{path}: {problem}")
     return npz, offsets, y.astype(np.int64)
 
 
 def _decode_all(path: Path, jpeg: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     """Every JPEG -> uint8 ``(N, 3, 32, 32)``."""
     if jpeg.dtype != np.uint8 or jpeg.ndim != 1 or jpeg.shape[0] != offsets[-1]:
-        raise ValueError(f"{path}: 'jpeg_bytes' must be uint8 1-D of length offsets[-1] = {offsets[-1]}")
+        raise UserError(f"{path}: 'jpeg_bytes' must be uint8 1-D of length offsets[-1] = {offsets[-1]}")
     n = offsets.shape[0] - 1
     out = np.empty((n, 32, 32, 3), dtype=np.uint8)
     for i in range(n):
@@ -318,9 +319,9 @@ def _decode_all(path: Path, jpeg: np.ndarray, offsets: np.ndarray) -> np.ndarray
             with Image.open(io.BytesIO(jpeg[offsets[i] : offsets[i + 1]].tobytes())) as im:
                 rgb = np.asarray(im.convert("RGB"))
         except (OSError, SyntaxError, ValueError) as e:
-            raise ValueError(f"{path}: image {i} is not a decodable JPEG ({e})") from e
+            raise UserError(f"{path}: image {i} is not a decodable JPEG ({e})") from e
         if rgb.shape != (32, 32, 3):
-            raise ValueError(f"{path}: image {i} decodes to {rgb.shape}, expected (32, 32, 3)")
+            raise UserError(f"{path}: image {i} decodes to {rgb.shape}, expected (32, 32, 3)")
         out[i] = rgb
     return np.ascontiguousarray(out.transpose(0, 3, 1, 2))
 

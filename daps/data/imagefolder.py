@@ -45,6 +45,7 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler, get_wor
 
 from daps.data import mnist as _mnist
 from daps.data.mnist import DATA_DIR_FIX, PathLike, _dedupe, _env_root, explicit_root
+from daps.errors import UserError
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -103,7 +104,7 @@ def find_images(root: PathLike) -> tuple[list[Path], list[int], list[str]]:
         raise FileNotFoundError(f"{root}: not a folder (expected {root}/<class>/<image files>)")
     classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not classes:
-        raise ValueError(f"{root}: no class folders (expected {root}/<class>/<image files>)")
+        raise UserError(f"{root}: no class folders (expected {root}/<class>/<image files>)")
     paths: list[Path] = []
     labels: list[int] = []
     for label, name in enumerate(classes):
@@ -120,7 +121,7 @@ def find_images(root: PathLike) -> tuple[list[Path], list[int], list[str]]:
         labels += [label] * len(found)
     if not paths:
         exts = ", ".join(sorted(IMAGE_EXTENSIONS))
-        raise ValueError(f"{root}: {len(classes)} class folders but no image files in them (extensions: {exts})")
+        raise UserError(f"{root}: {len(classes)} class folders but no image files in them (extensions: {exts})")
     return paths, labels, classes
 
 
@@ -139,7 +140,7 @@ def _randint(generator: torch.Generator, low: int, high: int) -> int:
 def _check_range(name: str, pair: Sequence[float]) -> tuple[float, float]:
     lo, hi = float(pair[0]), float(pair[1])
     if not (0 < lo <= hi) or not math.isfinite(hi):
-        raise ValueError(f"{name} must be (low, high) with 0 < low <= high, got {tuple(pair)}")
+        raise UserError(f"{name} must be (low, high) with 0 < low <= high, got {tuple(pair)}")
     return lo, hi
 
 
@@ -160,7 +161,7 @@ def sample_crop_box(
     s_lo, s_hi = _check_range("scale", scale)
     r_lo, r_hi = _check_range("ratio", ratio)
     if width < 1 or height < 1:
-        raise ValueError(f"image size must be positive, got {width}x{height}")
+        raise UserError(f"image size must be positive, got {width}x{height}")
     area = width * height
     log_lo, log_hi = math.log(r_lo), math.log(r_hi)
     for _ in range(tries):
@@ -242,7 +243,7 @@ def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
 
 def _check_nonneg_int(name: str, value: int) -> int:
     if isinstance(value, bool) or int(value) != value or value < 0:
-        raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+        raise UserError(f"{name} must be a non-negative integer, got {value!r}")
     return int(value)
 
 
@@ -259,9 +260,9 @@ class ImageFolderDataset(Dataset):
 
     def __init__(self, root: PathLike, resolution: int, train: bool, seed: int = 0, max_attempts: int = 16):
         if isinstance(resolution, bool) or int(resolution) != resolution or resolution < 1:
-            raise ValueError(f"resolution must be a positive integer, got {resolution!r}")
+            raise UserError(f"resolution must be a positive integer, got {resolution!r}")
         if int(max_attempts) < 1:
-            raise ValueError(f"max_attempts must be >= 1, got {max_attempts!r}")
+            raise UserError(f"max_attempts must be >= 1, got {max_attempts!r}")
         self.root = Path(root).expanduser()
         self.resolution = int(resolution)
         self.train = bool(train)
@@ -422,12 +423,12 @@ class ImageStream(_ReportsSkips):
         start_batch: int = 0,
     ):
         if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+            raise UserError(f"batch_size must be a positive integer, got {batch_size!r}")
         self.num_workers = _check_nonneg_int("num_workers", num_workers)
         self.seed = _check_nonneg_int("seed", seed)
         self.start_batch = _check_nonneg_int("start_batch", start_batch)
         if len(dataset) < batch_size:
-            raise ValueError(f"batch_size {batch_size} exceeds the {len(dataset)} images of {dataset.root}")
+            raise UserError(f"batch_size {batch_size} exceeds the {len(dataset)} images of {dataset.root}")
         self.dataset = dataset
         self.batch_size = int(batch_size)
         self.batches_per_epoch = len(dataset) // self.batch_size
@@ -504,7 +505,7 @@ def eval_batches(
     len(dataset)``, a fixed random subset of ``max_images`` (seed 0, in file order; class folders are sorted,
     so the first files would all be of a few classes). See :class:`EvalBatches` for the skip count."""
     if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        raise UserError(f"batch_size must be a positive integer, got {batch_size!r}")
     _check_nonneg_int("num_workers", num_workers)
     _check_nonneg_int("max_images", max_images)
     n = len(dataset)
@@ -526,11 +527,11 @@ def _sample_member(tar_path: Path, member: tarfile.TarInfo) -> str | None:
     """The file name of a safe member ``imagenet_1k_sample_256/<name>``, None for its folder entry."""
     parts = PurePosixPath(member.name).parts
     if member.name.startswith("/") or ".." in parts or "\\" in member.name or not parts or parts[0] != SAMPLE_TOP:
-        raise ValueError(f"{tar_path}: refusing unexpected archive member {member.name!r}")
+        raise UserError(f"{tar_path}: refusing unexpected archive member {member.name!r}")
     if member.isdir() and len(parts) == 1:
         return None
     if not member.isfile() or len(parts) != 2 or parts[1].startswith("."):
-        raise ValueError(f"{tar_path}: refusing unexpected archive member {member.name!r}")
+        raise UserError(f"{tar_path}: refusing unexpected archive member {member.name!r}")
     return parts[1]
 
 
@@ -540,7 +541,7 @@ def _parse_labels_tsv(tar_path: Path, text: str) -> dict[int, str]:
         if line.strip():
             fields = line.split("\t")
             if len(fields) < 2 or not fields[0].isdigit():
-                raise ValueError(f"{tar_path}: malformed labels.tsv line {line!r}")
+                raise UserError(f"{tar_path}: malformed labels.tsv line {line!r}")
             table[int(fields[0])] = fields[1]
     return table
 
@@ -583,22 +584,22 @@ def unpack_imagenet_sample(tar_path: PathLike, dest: PathLike) -> Path:
                             continue
                         match = _SAMPLE_IMAGE.match(name)
                         if match is None:
-                            raise ValueError(f"{tar_path}: unexpected file {member.name!r}")
+                            raise UserError(f"{tar_path}: unexpected file {member.name!r}")
                         index, wnid = int(match[1]), match[2]
                         if index in wnids:
-                            raise ValueError(f"{tar_path}: class index {index} appears twice")
+                            raise UserError(f"{tar_path}: class index {index} appears twice")
                         wnids[index] = wnid
                         (tmp / wnid).mkdir(exist_ok=True)
                         with open(tmp / wnid / name, "wb") as out:
                             shutil.copyfileobj(src, out)
         except (tarfile.TarError, EOFError) as e:
-            raise ValueError(f"{tar_path}: corrupt tar ({e})") from e
+            raise UserError(f"{tar_path}: corrupt tar ({e})") from e
         if labels_text is None:
-            raise ValueError(f"{tar_path}: no {SAMPLE_TOP}/labels.tsv")
+            raise UserError(f"{tar_path}: no {SAMPLE_TOP}/labels.tsv")
         if _parse_labels_tsv(tar_path, labels_text) != wnids:
-            raise ValueError(f"{tar_path}: labels.tsv does not match the image file names")
+            raise UserError(f"{tar_path}: labels.tsv does not match the image file names")
         if [wnids[i] for i in sorted(wnids)] != sorted(wnids.values()):
-            raise ValueError(f"{tar_path}: class indices are not the ranks of the sorted wnids")
+            raise UserError(f"{tar_path}: class indices are not the ranks of the sorted wnids")
         (tmp / "labels.tsv").write_text(labels_text, encoding="utf-8")
         (tmp / _UNPACKED_MARKER).write_text(f"{tar_path.name}\t{len(wnids)} images\n")
         try:

@@ -23,6 +23,8 @@ from typing import Union
 import numpy as np
 import torch
 
+from daps.errors import UserError
+
 __all__ = ["ImageSet", "load_mnist", "load_mnist5k", "SPLITS", "ENV_VAR"]
 
 log = logging.getLogger(__name__)
@@ -84,7 +86,7 @@ class ImageSet:
 
 def _check_split(split: str) -> None:
     if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; choose one of: {', '.join(SPLITS)}")
+        raise UserError(f"unknown split {split!r}; choose one of: {', '.join(SPLITS)}")
 
 
 def _binarize(pixels: np.ndarray) -> torch.Tensor:
@@ -188,7 +190,7 @@ def _read_bytes(path: Path) -> bytes:
             with gzip.open(path, "rb") as f:
                 return f.read()
         except (OSError, EOFError, zlib.error) as e:
-            raise ValueError(f"{path}: corrupt or truncated gzip stream ({e})") from e
+            raise UserError(f"{path}: corrupt or truncated gzip stream ({e})") from e
     return path.read_bytes()
 
 
@@ -197,14 +199,14 @@ def _parse_idx(path: Path, magic: int) -> np.ndarray:
     data = _read_bytes(path)
     header_len = 16 if magic == IMAGE_MAGIC else 8
     if len(data) < header_len:
-        raise ValueError(f"{path}: truncated IDX header ({len(data)} bytes, need {header_len})")
+        raise UserError(f"{path}: truncated IDX header ({len(data)} bytes, need {header_len})")
     got_magic, count = struct.unpack(">II", data[:8])
     if got_magic != magic:
-        raise ValueError(f"{path}: bad IDX magic number {got_magic} (expected {magic})")
+        raise UserError(f"{path}: bad IDX magic number {got_magic} (expected {magic})")
     if magic == IMAGE_MAGIC:
         rows, cols = struct.unpack(">II", data[8:16])
         if (rows, cols) != (ROWS, COLS):
-            raise ValueError(f"{path}: image size {rows}x{cols}, expected {ROWS}x{COLS}")
+            raise UserError(f"{path}: image size {rows}x{cols}, expected {ROWS}x{COLS}")
         item = ROWS * COLS
     else:
         item = 1
@@ -212,7 +214,7 @@ def _parse_idx(path: Path, magic: int) -> np.ndarray:
     payload = len(data) - header_len
     if payload != expected:
         what = "truncated" if payload < expected else "trailing bytes"
-        raise ValueError(
+        raise UserError(
             f"{path}: {what}: header says {count} items ({expected} payload bytes) "
             f"but the file has {payload} payload bytes"
         )
@@ -220,7 +222,7 @@ def _parse_idx(path: Path, magic: int) -> np.ndarray:
     if magic == IMAGE_MAGIC:
         return arr.reshape(count, ROWS, COLS)
     if count and int(arr.max()) > 9:
-        raise ValueError(f"{path}: label value {int(arr.max())} out of range 0..9")
+        raise UserError(f"{path}: label value {int(arr.max())} out of range 0..9")
     return arr
 
 
@@ -249,7 +251,7 @@ def _download_file(name: str, dest_dir: Path) -> Path:
                 shutil.copyfileobj(resp, out)
             digest = _md5(Path(tmp))
             if digest != MD5[name]:
-                raise ValueError(f"md5 {digest} != expected {MD5[name]}")
+                raise UserError(f"md5 {digest} != expected {MD5[name]}")
             os.replace(tmp, dest)
             log.info("downloaded %s to %s", url, dest)
             return dest
@@ -303,7 +305,7 @@ def load_mnist(split: str, data_dir: PathLike | None = None, download: bool = Tr
     images = _parse_idx(img_path, IMAGE_MAGIC)
     labels = _parse_idx(lab_path, LABEL_MAGIC)
     if images.shape[0] != labels.shape[0]:
-        raise ValueError(
+        raise UserError(
             f"{img_path} has {images.shape[0]} images but {lab_path} has {labels.shape[0]} labels"
         )
     log.debug("loaded MNIST %s: %d images from %s", split, images.shape[0], img_path.parent)
@@ -356,17 +358,17 @@ def _parse_mnist5k(path: Path) -> tuple[np.ndarray, np.ndarray]:
         with gzip.open(path, "rt") as f:
             data = np.loadtxt(f, delimiter=",", dtype=np.int64, ndmin=2)
     except (OSError, EOFError, zlib.error, ValueError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: cannot parse as gzipped csv of ints ({e})") from e
+        raise UserError(f"{path}: cannot parse as gzipped csv of ints ({e})") from e
     if data.shape != (MNIST5K_ROWS, ROWS * COLS + 1):
-        raise ValueError(f"{path}: shape {data.shape}, expected ({MNIST5K_ROWS}, {ROWS * COLS + 1})")
+        raise UserError(f"{path}: shape {data.shape}, expected ({MNIST5K_ROWS}, {ROWS * COLS + 1})")
     pixels, labels = data[:, :-1], data[:, -1]
     if pixels.min() < 0 or pixels.max() > 255:
-        raise ValueError(f"{path}: pixel values outside 0..255")
+        raise UserError(f"{path}: pixel values outside 0..255")
     if labels.min() < 0 or labels.max() > 9:
-        raise ValueError(f"{path}: labels outside 0..9")
+        raise UserError(f"{path}: labels outside 0..9")
     counts = np.bincount(labels, minlength=10)
     if not np.all(counts == MNIST5K_PER_CLASS):
-        raise ValueError(f"{path}: expected {MNIST5K_PER_CLASS} rows per class, got {counts.tolist()}")
+        raise UserError(f"{path}: expected {MNIST5K_PER_CLASS} rows per class, got {counts.tolist()}")
     return pixels.astype(np.uint8), labels
 
 

@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 
 from daps.config import Config
+from daps.errors import UserError
 from daps.methods.common import InputSpec
 from daps.methods.daps import DAPS, DAPS_SPEC, DAPSNA_SPEC
 from daps.methods.fsq import FSQ_SPEC
@@ -49,14 +50,14 @@ benchmarks read it."""
 def register(spec: MethodSpec) -> None:
     """Add a method (e.g. one defined outside this package) to :data:`METHODS`."""
     if spec.name in METHODS and METHODS[spec.name] is not spec:
-        raise ValueError(f"a method named {spec.name!r} is already registered")
+        raise UserError(f"a method named {spec.name!r} is already registered")
     METHODS[spec.name] = spec
 
 
 def method_spec(name: str) -> MethodSpec:
     """The registered :class:`MethodSpec` of ``name``, or a ``ValueError`` listing the methods."""
     if name not in METHODS:
-        raise ValueError(f"unknown method {name!r}; choose one of: {', '.join(METHODS)}")
+        raise UserError(f"unknown method {name!r}; choose one of: {', '.join(METHODS)}")
     return METHODS[name]
 
 

@@ -28,8 +28,8 @@ import torch.nn as nn
 
 import daps.functional as DF
 from daps.config import Config, ScheduleConfig, check_positive, check_schedule, schedule
+from daps.errors import UserError
 from daps.methods.common import (
-    compile_sampler,
     Likelihood,
     build_ar_encoder,
     build_decoder,
@@ -38,6 +38,7 @@ from daps.methods.common import (
     categorical_reconstruction,
     check_codes,
     check_images,
+    compile_sampler,
     decode_code,
     elbo_logs,
     sample_code,
@@ -74,9 +75,9 @@ class DAPSConfig:
     def validate(self) -> None:
         check_positive("daps", self, ("num_samples", "init_eta", "eta_lr"))
         if not 0.0 < self.ess_target <= 1.0:
-            raise ValueError(f"daps.ess_target is a fraction of K in (0, 1], got {self.ess_target}")
+            raise UserError(f"daps.ess_target is a fraction of K in (0, 1], got {self.ess_target}")
         if self.baseline not in ("logsumexp", "mean"):
-            raise ValueError(f"daps.baseline must be logsumexp or mean, got {self.baseline!r}")
+            raise UserError(f"daps.baseline must be logsumexp or mean, got {self.baseline!r}")
         check_schedule("daps.beta", self.beta)
 
 

@@ -30,6 +30,7 @@ import torch.nn as nn
 
 import daps.functional as DF
 from daps.config import Config
+from daps.errors import UserError
 from daps.methods.common import (
     Likelihood,
     build_decoder,
@@ -60,7 +61,7 @@ class FSQConfig:
 
     def validate(self) -> None:
         if not self.levels or any(level < 2 for level in self.levels):
-            raise ValueError(f"fsq.levels must be one or more integers >= 2, got {self.levels}")
+            raise UserError(f"fsq.levels must be one or more integers >= 2, got {self.levels}")
 
 
 class FSQ(nn.Module):

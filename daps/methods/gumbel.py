@@ -33,8 +33,8 @@ import torch.nn as nn
 
 import daps.functional as DF
 from daps.config import Config, ScheduleConfig, check_positive, check_schedule, schedule
+from daps.errors import UserError
 from daps.methods.common import (
-    compile_sampler,
     Likelihood,
     build_ar_encoder,
     build_decoder,
@@ -43,6 +43,7 @@ from daps.methods.common import (
     categorical_reconstruction,
     check_codes,
     check_images,
+    compile_sampler,
     decode_code,
     elbo_logs,
     sample_code,
@@ -80,7 +81,7 @@ class RelaxedConfig:
         check_schedule("relaxed.beta", self.beta)
         check_schedule("relaxed.temperature", self.temperature)
         if not min(self.temperature.init, self.temperature.end) > 0:
-            raise ValueError("relaxed.temperature must stay positive")
+            raise UserError("relaxed.temperature must stay positive")
 
 
 class GumbelSoftmax(nn.Module):
@@ -106,7 +107,7 @@ class GumbelSoftmax(nn.Module):
     ):
         super().__init__()
         if estimator not in ESTIMATORS:
-            raise ValueError(f"unknown estimator {estimator!r}; choose one of: {', '.join(ESTIMATORS)}")
+            raise UserError(f"unknown estimator {estimator!r}; choose one of: {', '.join(ESTIMATORS)}")
         self.encoder, self.decoder, self.likelihood = encoder, decoder, likelihood
         self.cfg, self.num_steps, self.estimator = cfg, num_steps, estimator
 

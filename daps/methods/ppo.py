@@ -38,8 +38,8 @@ import torch.nn as nn
 
 import daps.functional as DF
 from daps.config import Config, ScheduleConfig, check_positive, check_schedule, schedule
+from daps.errors import UserError
 from daps.methods.common import (
-    compile_sampler,
     Likelihood,
     build_ar_encoder,
     build_decoder,
@@ -47,6 +47,7 @@ from daps.methods.common import (
     categorical_reconstruction,
     check_codes,
     check_images,
+    compile_sampler,
     decode_code,
     elbo_logs,
     sample_code,
@@ -95,9 +96,9 @@ class PPOConfig:
         check_positive("ppo", self, ("value_grad_clip",), strict=False)
         check_schedule("ppo.beta", self.beta)
         if not (self.kl_scale >= 1.0 and self.kl_gain >= 1.0 and self.max_kl_coeff >= self.min_kl_coeff):
-            raise ValueError("ppo.kl_scale and ppo.kl_gain must be >= 1 and ppo.max_kl_coeff >= ppo.min_kl_coeff")
+            raise UserError("ppo.kl_scale and ppo.kl_gain must be >= 1 and ppo.max_kl_coeff >= ppo.min_kl_coeff")
         if not self.clip < 1.0:
-            raise ValueError(f"ppo.clip must be in (0, 1) (the ratio is clipped to 1 +- clip), got {self.clip}")
+            raise UserError(f"ppo.clip must be in (0, 1) (the ratio is clipped to 1 +- clip), got {self.clip}")
 
 
 def frozen_copy(module: nn.Module) -> nn.Module:

@@ -31,8 +31,8 @@ import torch.nn as nn
 
 import daps.functional as DF
 from daps.config import Config, ScheduleConfig, check_schedule, schedule
+from daps.errors import UserError
 from daps.methods.common import (
-    compile_sampler,
     Likelihood,
     build_ar_encoder,
     build_decoder,
@@ -40,6 +40,7 @@ from daps.methods.common import (
     categorical_reconstruction,
     check_codes,
     check_images,
+    compile_sampler,
     decode_code,
     elbo_logs,
     sample_code,
@@ -67,7 +68,7 @@ class ReinforceConfig:
 
     def validate(self) -> None:
         if not self.num_samples >= 2:
-            raise ValueError(f"reinforce.num_samples must be >= 2 for a leave-one-out baseline, got {self.num_samples}")
+            raise UserError(f"reinforce.num_samples must be >= 2 for a leave-one-out baseline, got {self.num_samples}")
         check_schedule("reinforce.beta", self.beta)
 
 
@@ -92,7 +93,7 @@ class Reinforce(nn.Module):
     ):
         super().__init__()
         if cfg.num_samples < 2:
-            raise ValueError(f"reinforce.num_samples must be >= 2, got {cfg.num_samples}")
+            raise UserError(f"reinforce.num_samples must be >= 2, got {cfg.num_samples}")
         self.encoder, self.decoder, self.likelihood = encoder, decoder, likelihood
         self.cfg, self.num_steps = cfg, num_steps
 

@@ -24,6 +24,7 @@ import torch.nn as nn
 
 import daps.functional as DF
 from daps.config import Config, ScheduleConfig, check_positive, check_schedule
+from daps.errors import UserError
 from daps.methods.common import (
     Likelihood,
     build_decoder,
@@ -60,7 +61,7 @@ class GaussianVAEConfig:
     def validate(self) -> None:
         check_positive("vae", self, ("latent_dim", "hidden"))
         if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"vae.dropout must be in [0, 1), got {self.dropout}")
+            raise UserError(f"vae.dropout must be in [0, 1), got {self.dropout}")
         check_schedule("vae.beta", self.beta)
 
 

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 import daps.functional as DF
 from daps.config import Config, check_positive
+from daps.errors import UserError
 from daps.methods.common import (
     Likelihood,
     build_decoder,
@@ -69,7 +70,7 @@ class VQConfig:
     def validate(self) -> None:
         check_positive("vq", self, ("commitment", "dead_code_threshold"), strict=False)
         if not 0.0 < self.ema_decay < 1.0:
-            raise ValueError(f"vq.ema_decay must be in (0, 1), got {self.ema_decay}")
+            raise UserError(f"vq.ema_decay must be in (0, 1), got {self.ema_decay}")
 
 
 class VQVAE(nn.Module):

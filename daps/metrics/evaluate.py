@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 
 from daps.data import Standardize
+from daps.errors import UserError
 from daps.metrics.codes import code_perplexity, codebook_utilization, position_code_entropy
 from daps.metrics.image import l2_distance, mse_per_image, psnr_per_image, ssim_per_image
 
@@ -51,11 +52,11 @@ def fid_setup(
     if protocol == "none":
         return None
     if protocol not in FID_PROTOCOLS:
-        raise ValueError(f"unknown FID protocol {protocol!r}; choose one of: {', '.join(FID_PROTOCOLS)}")
+        raise UserError(f"unknown FID protocol {protocol!r}; choose one of: {', '.join(FID_PROTOCOLS)}")
     ref = None
     if protocol == "reference":
         if not reference:
-            raise ValueError("FID protocol 'reference' needs a statistics file (daps fid-stats ... --out stats.npz)")
+            raise UserError("FID protocol 'reference' needs a statistics file (daps fid-stats ... --out stats.npz)")
         mu, sigma, num, meta = load_fid_stats(reference)
         ref = (mu, sigma)
         described = ", ".join(f"{k} {meta[k]}" for k in ("dataset", "split", "image_shape") if k in meta)
@@ -116,7 +117,7 @@ def evaluate(
     for raw in _batches(images, batch_size):
         x = standardize(raw)  # (B, C, H, W) model scale
         if fid is not None and x.shape[1] != 3:
-            raise ValueError(f"FID needs RGB images; these have {x.shape[1]} channel(s)")
+            raise UserError(f"FID needs RGB images; these have {x.shape[1]} channel(s)")
         rec = model.reconstruct(x, generator)
         x_unit, x_hat_unit = standardize.to_unit(x), standardize.to_unit(rec.x_hat)
         terms = {
@@ -144,7 +145,7 @@ def evaluate(
         n += x.shape[0]
     model.train(was_training)
     if n == 0:
-        raise ValueError("evaluate: no images to evaluate")
+        raise UserError("evaluate: no images to evaluate")
     out: dict[str, float | str] = {key: value / n for key, value in sums.items()}
     if all_indices:
         indices = torch.cat(all_indices)  # (N, T)
@@ -159,7 +160,7 @@ def evaluate(
         log.warning("evaluation: %d unreadable file(s) were replaced by other images of the split", skipped)
     if fid is not None:
         if n < 2:
-            raise ValueError("FID needs at least 2 images")
+            raise UserError("FID needs at least 2 images")
         mu_ref, sigma_ref = fid.reference if real_stats is None else (real_stats.mu, real_stats.sigma)
         out["fid"] = frechet_distance(fake_stats.mu, fake_stats.sigma, mu_ref, sigma_ref)
         out["fid_protocol"] = fid.protocol if real_stats is not None else f"reference:{Path(fid.reference_name).name}"
@@ -205,9 +206,9 @@ def dataset_fid_stats(
 
     out = Path(out)
     if out.exists() and not overwrite:
-        raise ValueError(f"{out} exists; pass --overwrite to replace it")
+        raise UserError(f"{out} exists; pass --overwrite to replace it")
     if tuple(data.image_shape)[0] != 3:
-        raise ValueError(f"FID needs RGB images; {data.name} has {data.image_shape[0]} channel(s)")
+        raise UserError(f"FID needs RGB images; {data.name} has {data.image_shape[0]} channel(s)")
     spec = dataset_spec(data.name)
     net = load_fid_inception(weights or None, device)
     batches, _ = val_batches(data, split, max_images, batch_size, torch.device(device))

@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from daps.errors import UserError
+
 logger = logging.getLogger(__name__)
 
 FID_SIZE = 299
@@ -37,7 +39,7 @@ def fid_preprocess(images: torch.Tensor) -> torch.Tensor:
     to uint8) so generated samples and real images go through the same path. ``(N, 1, H, W)`` grayscale is
     repeated to 3 channels."""
     if images.dim() != 4 or images.shape[1] not in (1, 3):
-        raise ValueError(f"expected images (N, 3, H, W) or (N, 1, H, W), got shape {tuple(images.shape)}")
+        raise UserError(f"expected images (N, 3, H, W) or (N, 1, H, W), got shape {tuple(images.shape)}")
     if images.dtype == torch.uint8:
         u8 = images
     elif images.is_floating_point():
@@ -45,7 +47,7 @@ def fid_preprocess(images: torch.Tensor) -> torch.Tensor:
         x = images if images.dtype == torch.float64 else images.float()
         u8 = (x * 255).clamp(0, 255).to(torch.uint8)  # cast truncates toward zero
     else:
-        raise ValueError(f"images must be uint8 or floating point, got {images.dtype}")
+        raise UserError(f"images must be uint8 or floating point, got {images.dtype}")
     if u8.shape[1] == 1:
         u8 = u8.expand(-1, 3, -1, -1)
     x = u8.to(torch.float32) / 255 * 2 - 1
@@ -72,15 +74,15 @@ class FeatureStats:
         """Add a batch of features ``(n, D)``; returns self."""
         x = torch.as_tensor(features).detach().to("cpu", torch.float64)
         if x.dim() != 2:
-            raise ValueError(f"features must be (n, D), got shape {tuple(x.shape)}")
+            raise UserError(f"features must be (n, D), got shape {tuple(x.shape)}")
         if self.dim is None:
             self.dim = x.shape[1]
         if x.shape[1] != self.dim:
-            raise ValueError(f"features have dimension {x.shape[1]}, expected {self.dim}")
+            raise UserError(f"features have dimension {x.shape[1]}, expected {self.dim}")
         if x.shape[0] == 0:
             return self
         if not torch.isfinite(x).all():
-            raise ValueError("features contain NaN or inf")
+            raise UserError("features contain NaN or inf")
         if self._shift is None:
             self._shift = x.mean(0)
             self._sum = torch.zeros(self.dim, dtype=torch.float64)
@@ -100,14 +102,14 @@ class FeatureStats:
     def mu(self) -> np.ndarray:
         """Mean ``(D,)`` float64."""
         if self._num == 0:
-            raise ValueError("FeatureStats is empty: call update() first")
+            raise UserError("FeatureStats is empty: call update() first")
         return (self._shift + self._sum / self._num).numpy()
 
     @property
     def sigma(self) -> np.ndarray:
         """Unbiased covariance ``(D, D)`` float64 (divides by N - 1)."""
         if self._num < 2:
-            raise ValueError(f"the covariance needs at least 2 feature vectors, got {self._num}")
+            raise UserError(f"the covariance needs at least 2 feature vectors, got {self._num}")
         m = self._sum / self._num
         cov = (self._outer - self._num * torch.outer(m, m)) / (self._num - 1)
         return ((cov + cov.T) / 2).numpy()
@@ -128,7 +130,7 @@ def inception_features(net: nn.Module, images: torch.Tensor, batch_size: int = 5
     """Pool3 features ``(N, 2048)`` float32 on CPU of images ``(N, 3, H, W)`` (uint8 or [0, 1] floats),
     run ``batch_size`` at a time on the net's device."""
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise UserError(f"batch_size must be >= 1, got {batch_size}")
     device = _net_device(net)
     out = [net(fid_preprocess(b.to(device))).float().cpu() for b in _batches_of(images, batch_size)]
     if not out:
@@ -151,7 +153,7 @@ def stats_of_images(net: nn.Module, batches: Iterable[torch.Tensor | tuple | lis
         if num_images is not None and stats.num >= num_images:
             break
     if num_images is not None and stats.num < num_images:
-        raise ValueError(f"asked for {num_images} images but the batches held only {stats.num}")
+        raise UserError(f"asked for {num_images} images but the batches held only {stats.num}")
     logger.debug("FID stats over %d images", stats.num)
     return stats
 
@@ -161,13 +163,13 @@ def _as_float64(a: Any, name: str) -> np.ndarray:
         a = a.detach().cpu().numpy()
     a = np.asarray(a, dtype=np.float64)
     if not np.isfinite(a).all():
-        raise ValueError(f"{name} contains NaN or inf")
+        raise UserError(f"{name} contains NaN or inf")
     return a
 
 
 def _check_mu_sigma(mu: np.ndarray, sigma: np.ndarray, name: str) -> None:
     if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
-        raise ValueError(f"{name}: mu must be (D,) and sigma (D, D); got {mu.shape} and {sigma.shape}")
+        raise UserError(f"{name}: mu must be (D,) and sigma (D, D); got {mu.shape} and {sigma.shape}")
 
 
 def _psd_factor(a: np.ndarray) -> np.ndarray:
@@ -195,9 +197,9 @@ def frechet_distance(mu1: ArrayLike, sigma1: ArrayLike, mu2: ArrayLike, sigma2: 
     _check_mu_sigma(m1, s1, "first statistics")
     _check_mu_sigma(m2, s2, "second statistics")
     if m1.shape != m2.shape:
-        raise ValueError(f"feature dimensions differ: {m1.shape[0]} vs {m2.shape[0]}")
+        raise UserError(f"feature dimensions differ: {m1.shape[0]} vs {m2.shape[0]}")
     if eps < 0:
-        raise ValueError(f"eps must be >= 0, got {eps}")
+        raise UserError(f"eps must be >= 0, got {eps}")
     eye = np.eye(m1.shape[0])
     a = (s1 + s1.T) / 2 + eps * eye
     b = (s2 + s2.T) / 2 + eps * eye
@@ -220,13 +222,13 @@ def save_fid_stats(path: str | os.PathLike, stats_or_mu_sigma: FeatureStats | tu
     if isinstance(stats_or_mu_sigma, FeatureStats):
         stats = stats_or_mu_sigma
         if num_images is not None and num_images != stats.num:
-            raise ValueError(f"num_images={num_images} but the stats hold {stats.num} images")
+            raise UserError(f"num_images={num_images} but the stats hold {stats.num} images")
         mu, sigma, num_images = stats.mu, stats.sigma, stats.num
     else:
         mu, sigma = (_as_float64(a, name) for a, name in zip(stats_or_mu_sigma, ("mu", "sigma")))
     _check_mu_sigma(mu, sigma, str(path))
     if num_images is None or num_images < 2:
-        raise ValueError(f"num_images must be an int >= 2, got {num_images}")
+        raise UserError(f"num_images must be an int >= 2, got {num_images}")
     meta_json = json.dumps(meta or {}, sort_keys=True)  # raises TypeError on non-JSON values, before writing
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
@@ -250,14 +252,14 @@ def load_fid_stats(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, int
     try:
         f = np.load(path, allow_pickle=False)  # lazy for .npz: only the arrays read below are decompressed
         if not isinstance(f, np.lib.npyio.NpzFile):
-            raise ValueError("a single array, not an .npz archive")
+            raise UserError("a single array, not an .npz archive")
         with f:
             keys = list(f.files)
             arrays = {k: f[k] for k in ("mu", "sigma", "num_images", "meta") if k in keys}
     except (zipfile.BadZipFile, EOFError, KeyError, ValueError) as err:  # truncated, corrupt or not an npz
-        raise ValueError(f"{path}: not a readable .npz of FID statistics ({err})") from None
+        raise UserError(f"{path}: not a readable .npz of FID statistics ({err})") from None
     if "mu" not in arrays or "sigma" not in arrays:
-        raise ValueError(f"{path}: FID statistics need arrays 'mu' and 'sigma'; found {keys}")
+        raise UserError(f"{path}: FID statistics need arrays 'mu' and 'sigma'; found {keys}")
     mu = np.asarray(arrays["mu"], dtype=np.float64)
     sigma = np.asarray(arrays["sigma"], dtype=np.float64)
     num_images = int(arrays["num_images"]) if "num_images" in arrays else None

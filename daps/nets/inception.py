@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from daps.errors import UserError
+
 logger = logging.getLogger(__name__)
 
 FEATURE_DIM = 2048
@@ -136,7 +138,7 @@ class InceptionE(nn.Module):
     def __init__(self, in_ch: int, pool: str) -> None:
         super().__init__()
         if pool not in ("avg", "max"):
-            raise ValueError(f"pool must be 'avg' or 'max', got {pool!r}")
+            raise UserError(f"pool must be 'avg' or 'max', got {pool!r}")
         self.pool = pool
         self.branch1x1 = BasicConv2d(in_ch, 320, 1)
         self.branch3x3_1 = BasicConv2d(in_ch, 384, 1)
@@ -183,7 +185,7 @@ class FIDInceptionV3(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != 3:
-            raise ValueError(f"expected images (N, 3, H, W), got shape {tuple(x.shape)}")
+            raise UserError(f"expected images (N, 3, H, W), got shape {tuple(x.shape)}")
         x = self.Conv2d_2b_3x3(self.Conv2d_2a_3x3(self.Conv2d_1a_3x3(x)))
         x = F.max_pool2d(x, 3, stride=2)
         x = self.Conv2d_4a_3x3(self.Conv2d_3b_1x1(x))
@@ -238,10 +240,10 @@ def _load_state_dict(files: list[Path]) -> dict[str, torch.Tensor]:
         try:
             part = torch.load(f, map_location="cpu", weights_only=True)
         except (RuntimeError, KeyError, EOFError, pickle.UnpicklingError) as err:  # truncated or not a torch file
-            raise ValueError(f"{f}: not a readable PyTorch state dict ({type(err).__name__}: {err})") from None
+            raise UserError(f"{f}: not a readable PyTorch state dict ({type(err).__name__}: {err})") from None
         if not isinstance(part, dict):
             # A wrong file is bad user input, reported like the key mismatches below.
-            raise ValueError(f"{f}: expected a state dict, got {type(part).__name__}")  # noqa: TRY004
+            raise UserError(f"{f}: expected a state dict, got {type(part).__name__}")  # noqa: TRY004
         state.update(part)
     # The logits layer is not part of the feature extractor.
     return {k: v for k, v in state.items() if not k.startswith("fc.")}
@@ -268,13 +270,13 @@ def load_fid_inception(weights: str | os.PathLike | None = None, device: torch.d
     missing = sorted(expected - set(state))
     unexpected = sorted(set(state) - expected)
     if missing or unexpected:
-        raise ValueError(
+        raise UserError(
             f"FID Inception weights {[str(f) for f in files]} do not match the network: "
             f"{len(missing)} missing (e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]})")
     ref = net.state_dict()
     bad_shape = [f"{k}: {tuple(v.shape)} != {tuple(ref[k].shape)}" for k, v in state.items() if v.shape != ref[k].shape]
     if bad_shape:
-        raise ValueError(f"FID Inception weights have wrong shapes, e.g. {bad_shape[:3]}")
+        raise UserError(f"FID Inception weights have wrong shapes, e.g. {bad_shape[:3]}")
     net.load_state_dict(state, strict=True)
     logger.info("loaded FID Inception weights from %s", ", ".join(str(f) for f in files))
     net.requires_grad_(False)
