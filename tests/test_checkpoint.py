@@ -13,9 +13,9 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 import daps
+from daps import get_preset, parse_overrides
 from daps.checkpoint import CKPT_DIR, resolve_checkpoint, save_checkpoint
 from daps.cli import main
-from daps import get_preset, parse_overrides
 from daps.config import config_from_dict, config_to_dict
 from daps.data import load_dataset
 from daps.methods import build_method

@@ -8,9 +8,9 @@ import shutil
 
 import pytest
 
+from daps import get_preset, parse_overrides
 from daps.cli import main
 from daps.compare import compare, latent_bits, plan_runs
-from daps import get_preset, parse_overrides
 from daps.train import train
 
 pytestmark = pytest.mark.usefixtures("offline", "no_plots")

@@ -12,12 +12,12 @@ import math
 
 import pytest
 import torch
+from toy_patterns import MARGIN_NATS, code_ignoring_bound, identified_patterns, toy_patterns
 
 from daps.checkpoint import load_model, save_checkpoint
-from daps.presets import configured
 from daps.methods import METHODS, build_method
 from daps.optim import Optimizers
-from toy_patterns import MARGIN_NATS, code_ignoring_bound, identified_patterns, toy_patterns
+from daps.presets import configured
 
 TINY = [
     "encoder.width=16", "encoder.num_heads=2", "encoder.vocab_size=16", "encoder.num_tokens=4",

@@ -22,9 +22,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from daps.presets import configured
 from daps.methods import build_method
 from daps.optim import Optimizers
+from daps.presets import configured
 
 GOLDEN = Path(__file__).with_name("golden_losses.json")
 RTOL, ATOL = 1e-4, 1e-4

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import daps.functional as DF
-from daps.presets import configured
 from daps.methods import build_method
+from daps.presets import configured
 
 EULER_GAMMA = 0.5772156649015329
 CHI2_DF5_999 = 20.515  # 99.9 % quantile of chi-square with 5 degrees of freedom

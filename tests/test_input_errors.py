@@ -18,11 +18,11 @@ from daps.config import (
     parse_overrides,
     validate,
 )
+from daps.data import DATASETS, dataset_spec
 from daps.methods import METHODS
 from daps.presets import PRESETS, get_preset
 
 ALL_METHODS = tuple(METHODS)
-from daps.data import DATASETS, dataset_spec
 
 pytestmark = pytest.mark.usefixtures("offline")
 

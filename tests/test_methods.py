@@ -7,13 +7,13 @@ import math
 
 import pytest
 import torch
+from toy_patterns import MARGIN_NATS, code_ignoring_bound, identified_patterns, toy_patterns
 
 import daps.functional as DF
 from daps import get_preset, parse_overrides
 from daps.likelihoods import bernoulli_log_prob, bernoulli_mean
 from daps.methods import build_method
 from daps.optim import Optimizers
-from toy_patterns import MARGIN_NATS, code_ignoring_bound, identified_patterns, toy_patterns
 
 TINY = [
     "encoder.width=16", "encoder.num_heads=2", "encoder.vocab_size=16", "encoder.num_tokens=4",

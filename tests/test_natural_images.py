@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
+from daps import get_preset, parse_overrides
 from daps.checkpoint import load_model
 from daps.cli import main
-from daps import get_preset, parse_overrides
 
 DATA = os.environ.get("DAPS_DATA_DIR", "")
 pytestmark = [

@@ -7,7 +7,7 @@ import torch.nn as nn
 
 from daps import get_preset, parse_overrides
 from daps.methods import build_method
-from daps.optim import OptimizerSpec, Optimizers, unit_dims
+from daps.optim import Optimizers, OptimizerSpec, unit_dims
 
 
 def test_unit_dims_per_layer_type():

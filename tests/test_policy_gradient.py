@@ -11,11 +11,11 @@ import torch
 
 import daps.functional as DF
 from daps import get_preset
-from daps.presets import configured
 from daps.methods import build_method
 from daps.methods.ppo import PPO
 from daps.methods.reinforce import Reinforce
 from daps.optim import Optimizers
+from daps.presets import configured
 
 TINY = [
     "encoder.width=16", "encoder.num_heads=2", "encoder.vocab_size=16", "encoder.num_tokens=4",

@@ -33,7 +33,7 @@ def test_bf16_autocast_keeps_weights_and_ess(method, single_thread):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         mixed = _terms(model, x, indices, eta=1.0, beta=0.5)
         samples = model.encoder.sample(x, 8, torch.Generator().manual_seed(1))
-    for name, a, b in zip(("log_q", "log_p", "weights", "ess"), reference, mixed):
+    for name, _, b in zip(("log_q", "log_p", "weights", "ess"), reference, mixed):
         assert b.dtype == torch.float32, name
     log_q, log_p, weights, ess = mixed
     torch.testing.assert_close(log_q, reference[0], atol=0.2, rtol=0)  # sums of 8 tokens of ~-5.5 nats

@@ -10,10 +10,10 @@ import torch
 
 import daps.functional as DF
 from daps import get_preset
-from daps.presets import configured
 from daps.methods import build_method
 from daps.methods.vae import GaussianVAE
 from daps.nets.feedforward import LOG_VAR_MIN
+from daps.presets import configured
 
 TINY = ["vae.hidden=32", "decoder.hidden=32,32", "train.steps=100"]
 IMAGE_SHAPE = (1, 28, 28)

@@ -13,9 +13,9 @@ from safetensors.torch import save as save_safetensors
 
 import daps.functional as DF
 from daps import get_preset
-from daps.presets import configured
 from daps.methods import build_method
 from daps.metrics.codes import code_perplexity
+from daps.presets import configured
 
 TINY = [
     "encoder.width=16", "encoder.num_heads=2", "encoder.vocab_size=16", "encoder.num_tokens=4",
