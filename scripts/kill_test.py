@@ -5,11 +5,12 @@ and every end-of-run file present. Slow (minutes), so it is a script rather than
 
     python scripts/kill_test.py --kills 40 --out docs/reliability
 
-Each attempt starts ``python -m daps train ... --resume`` in a fresh process and kills it after a random delay
-drawn over the duration of a whole run (process start included), so kills land everywhere: during start-up,
-training steps, checkpoint writes, the final validation, the plots and the summary. After the kills the run
-is resumed once more without a kill and compared with the reference. The data is a synthetic MNIST-like file
-made here (no download), the model the tiny test configuration.
+A cycle starts a fresh run folder and resumes it (``python -m daps train ... --resume``, a fresh process each
+time) until one attempt finishes; every attempt but the last is killed after a random delay drawn over the
+duration of a whole run (process start included), so kills land during start-up, training steps, checkpoint
+writes, the final validation, the plots and the summary. Each finished cycle is compared with the reference run;
+then the next cycle starts from an empty folder, until ``--kills`` kills have been made. The data is a synthetic
+MNIST-like file made here (no download), the model the tiny test configuration.
 """
 
 from __future__ import annotations
@@ -42,10 +43,10 @@ CONFIG = [
     "decoder.hidden=16,16",
     "daps.num_samples=4",
     "train.batch_size=16",
-    "train.steps=60",
-    "train.log_every=5",
-    "train.eval_every=20",
-    "train.ckpt_every=10",
+    "train.steps=600",
+    "train.log_every=25",
+    "train.eval_every=200",
+    "train.ckpt_every=100",
     "train.eval_examples=40",
     "train.eval_batch_size=20",
     "train.progress=false",
@@ -76,11 +77,31 @@ def env() -> dict[str, str]:
 
 
 def state_of(run: Path) -> str:
-    """Where a run stands: which of its files exist (what the kill interrupted, roughly)."""
+    """Where a run stands: its last logged step and which of its files exist (what the kill interrupted, roughly)."""
+    if not run.is_dir():
+        return "no folder yet"
     ckpts = sorted(p.name for p in (run / "checkpoints").glob("step_*")) if (run / "checkpoints").is_dir() else []
     ends = [n for n in ("summary.json", "reconstructions.png", "curves.png") if (run / n).exists()]
-    temps = [p.name for p in [*run.glob(".*.tmp-*"), *run.glob("checkpoints/.*.tmp-*")]] if run.is_dir() else []
-    return f"checkpoints={ckpts[-1] if ckpts else None} end_files={len(ends)} temporaries={len(temps)}"
+    temps = [p.name for p in [*run.glob(".*.tmp-*"), *run.glob("checkpoints/.*.tmp-*")]]
+    steps = [json.loads(line).get("step", 0) for line in _lines(run / "metrics.jsonl")]
+    return (
+        f"last_logged_step={max(steps, default=0)} checkpoint={ckpts[-1] if ckpts else None} "
+        f"end_files={len(ends)} temporaries={len(temps)}"
+    )
+
+
+def _lines(path: Path) -> list[str]:
+    """Complete lines of a file that may end in a line cut off by a kill."""
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        out.append(line)
+    return out
 
 
 def final(run: Path) -> tuple[dict, dict, list[dict]]:
@@ -92,6 +113,19 @@ def final(run: Path) -> tuple[dict, dict, list[dict]]:
         for line in (run / "metrics.jsonl").read_text().splitlines()
     ]
     return weights, summary, rows
+
+
+def compare_with(ref: Path, run: Path) -> dict:
+    """How a finished run compares with the reference (every entry True when they agree)."""
+    w_ref, s_ref, r_ref = final(ref)
+    w_run, s_run, r_run = final(run)
+    return {
+        "same_weights": w_ref.keys() == w_run.keys() and all(torch.equal(w_ref[k], w_run[k]) for k in w_ref),
+        "same_summary": s_ref == s_run,
+        "same_metrics_rows": r_ref == r_run,
+        "end_files_present": all((run / n).is_file() for n in ("summary.json", "reconstructions.png", "curves.png")),
+        "no_temporaries_left": not any(run.glob(".*.tmp-*")) and not any(run.glob("checkpoints/.*.tmp-*")),
+    }
 
 
 def main() -> int:
@@ -111,59 +145,67 @@ def main() -> int:
     full = time.perf_counter() - t0
     print(f"reference run: {full:.1f} s")
 
-    run = root / "victim"
-    attempts = []
-    for i in range(args.kills):
-        delay = rnd.uniform(0.0, full * 1.1)
-        proc = subprocess.Popen(command(run, data, resume=True), env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    attempts, cycles, kills, cycle = [], [], 0, 0
+    run = root / f"victim{cycle}"
+    while True:
+        last = kills >= args.kills  # after the last kill: resume to the end without killing
+        delay = None if last else rnd.uniform(0.0, full * 1.1)
+        proc = subprocess.Popen(
+            command(run, data, resume=True), env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
         try:
             proc.wait(timeout=delay)
-            outcome = f"finished (exit {proc.returncode}) before the kill"
+            outcome = f"finished (exit {proc.returncode})"
         except subprocess.TimeoutExpired:
             proc.send_signal(signal.SIGKILL)
             proc.wait()
-            outcome = "killed"
+            outcome, kills = "killed", kills + 1
         err = proc.stderr.read().decode(errors="replace").strip().splitlines()
-        attempts.append({"attempt": i, "delay_s": round(delay, 2), "outcome": outcome, "after": state_of(run)})
+        attempt = {"cycle": cycle, "delay_s": None if delay is None else round(delay, 2), "outcome": outcome,
+                   "after": state_of(run)}
         if proc.returncode not in (0, -signal.SIGKILL):
-            attempts[-1]["error"] = err[-1] if err else ""
-        print(f"{i:3d} {delay:6.2f} s  {outcome:<40} {state_of(run)}", flush=True)
-        if outcome.startswith("finished") and proc.returncode == 0:  # start again from a killed state
-            for name in ("summary.json", "curves.png"):
-                (run / name).unlink(missing_ok=True)
+            attempt["error"] = err[-1] if err else ""
+        attempts.append(attempt)
+        line = f"{len(attempts) - 1:3d} cycle {cycle:2d} {delay or 0:6.2f} s  {outcome:<18} {attempt['after']}"
+        print(line, flush=True)
+        if proc.returncode == 0:  # the cycle ended: check it, then start the next from an empty folder
+            num_kills = sum(a["outcome"] == "killed" for a in attempts if a["cycle"] == cycle)
+            cycles.append({"cycle": cycle, "kills": num_kills, **compare_with(ref, run)})
+            print(f"    cycle {cycle}: {cycles[-1]}", flush=True)
+            if last:
+                break
+            cycle += 1
+            run = root / f"victim{cycle}"
+        elif "error" in attempt:
+            break
 
-    done = subprocess.run(command(run, data, resume=True), env=env(), capture_output=True, text=True)
-    w_ref, s_ref, r_ref = final(ref)
-    ok_exit = done.returncode == 0
-    w_run, s_run, r_run = final(run) if ok_exit else ({}, {}, [])
     checks = {
-        "final_resume_exit_code": done.returncode,
-        "same_weights": ok_exit and w_ref.keys() == w_run.keys() and all(torch.equal(w_ref[k], w_run[k]) for k in w_ref),
-        "same_summary": s_ref == s_run,
-        "same_metrics_rows": r_ref == r_run,
-        "end_files_present": all((run / n).is_file() for n in ("summary.json", "reconstructions.png", "curves.png")),
-        "no_temporaries_left": not any(run.glob(".*.tmp-*")) and not any(run.glob("checkpoints/.*.tmp-*")),
+        "every_cycle_identical_to_the_reference": bool(cycles) and all(
+            all(v for k, v in c.items() if k not in ("cycle", "kills")) for c in cycles
+        ),
         "unexpected_errors": [a for a in attempts if "error" in a],
     }
-    passed = all(v for k, v in checks.items() if k not in ("final_resume_exit_code", "unexpected_errors"))
-    passed = passed and ok_exit and not checks["unexpected_errors"]
+    passed = checks["every_cycle_identical_to_the_reference"] and not checks["unexpected_errors"]
     report = {
         "passed": passed,
-        "kills": sum(a["outcome"] == "killed" for a in attempts),
-        "attempts": attempts,
+        "kills": kills,
+        "cycles": cycles,
         "checks": checks,
+        "attempts": attempts,
         "reference_run_s": round(full, 1),
         "command": " ".join(["python", "scripts/kill_test.py", *sys.argv[1:]]),
         "config": CONFIG,
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {platform.system()}",
         "python": platform.python_version(),
         "torch": torch.__version__,
-        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip(),
+        "commit": subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+        ).stdout.strip(),
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "kill_test.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps({k: v for k, v in report.items() if k != "attempts"}, indent=2))
+    print(json.dumps({k: v for k, v in report.items() if k not in ("attempts", "cycles", "config")}, indent=2))
     return 0 if passed else 1
 
 
