@@ -47,7 +47,10 @@ def main(argv: list[str] | None = None) -> dict:
         step_once(model, optimizers, x, 0, gen, cfg.train.precision)
     window = 5
     rates = time_windows(
-        lambda: step_once(model, optimizers, x, 0, gen, cfg.train.precision), max(args.steps // window, 1), window, device
+        lambda: step_once(model, optimizers, x, 0, gen, cfg.train.precision),
+        max(args.steps // window, 1),
+        window,
+        device,
     )
     steps_per_s = statistics.median(rates)
 

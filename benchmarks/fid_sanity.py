@@ -73,18 +73,31 @@ def main(argv: list[str] | None = None) -> int:
     images = torch.cat(list(eval_batches(dataset, 50, 0, args.max_images)))  # (N, 3, S, S) uint8
     n = images.shape[0]
     net = load_fid_inception(args.fid_weights)
-    print(f"{n} images of {args.dataset} at {args.size} px; Inception on {torch.get_num_threads()} threads", file=sys.stderr)
+    print(
+        f"{n} images of {args.dataset} at {args.size} px; Inception on {torch.get_num_threads()} threads",
+        file=sys.stderr,
+    )
     t1 = time.perf_counter()
     base = features(net, images)
     seconds = time.perf_counter() - t1
     again = features(net, images)  # a second, independent pass over the same images
     ref = stats(base)
     rows = [
-        {"comparison": "the set against itself (two passes)", "fid": frechet_distance(ref.mu, ref.sigma, *_ms(again)), "n": n},
+        {
+            "comparison": "the set against itself (two passes)",
+            "fid": frechet_distance(ref.mu, ref.sigma, *_ms(again)),
+            "n": n,
+        },
     ]
     half = n // 2
     a, b = stats(base[:half]), stats(base[half : 2 * half])
-    rows.append({"comparison": f"first {half} against the other {half} images", "fid": frechet_distance(a.mu, a.sigma, b.mu, b.sigma), "n": half})
+    rows.append(
+        {
+            "comparison": f"first {half} against the other {half} images",
+            "fid": frechet_distance(a.mu, a.sigma, b.mu, b.sigma),
+            "n": half,
+        }
+    )
     for radius in radii:
         blurred = stats(features(net, blur(images, radius)))
         rows.append({
@@ -94,11 +107,15 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "command": command, "code": git_revision(), "dataset": args.dataset, "size": args.size, "num_images": n,
         "rows": rows,
-        "inception_images_per_s": n / seconds, "total_s": time.perf_counter() - t0, "machine": machine_info(torch.device("cpu")),
+        "inception_images_per_s": n / seconds,
+        "total_s": time.perf_counter() - t0,
+        "machine": machine_info(torch.device("cpu")),
     }
     lines = ["| comparison | FID | images per set |", "|---|---|---|"]
     lines += [f"| {r['comparison']} | {r['fid']:.3f} | {r['n']} |" for r in rows]
-    lines.append(f"\nInception: {report['inception_images_per_s']:.1f} images/s; total {report['total_s']:.0f} s. `{command}`")
+    lines.append(
+        f"\nInception: {report['inception_images_per_s']:.1f} images/s; total {report['total_s']:.0f} s. `{command}`"
+    )
     print("\n".join(lines))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")

@@ -251,8 +251,8 @@ def autocast(device: torch.device, precision: str) -> torch.autocast:
 def setup(
     cfg: Config, device: torch.device
 ) -> tuple[torch.nn.Module, Optimizers, torch.Tensor, torch.Generator]:
-    """Model and optimizers as ``train()`` builds them (compiled when ``train.compile``), random inputs ``x (B, C, H, W)`` (binary for MNIST,
-    standard normal for standardized natural images), a generator."""
+    """Model and optimizers as ``train()`` builds them (compiled when ``train.compile``), random inputs
+    ``x (B, C, H, W)`` (binary for MNIST, standard normal for standardized natural images), a generator."""
     shape = tuple(cfg.data.image_shape)
     with torch.random.fork_rng(devices=[]):  # seeded like train(), without touching the global RNG
         torch.manual_seed(cfg.train.seed)
@@ -341,7 +341,9 @@ def bench_method(
     steps = iter(range(10**9))  # the step index the schedules see
     warmup_s = []  # each warm-up step's seconds (the first includes compilation when train.compile)
     for _ in range(warmup):
-        warmup_s.append(time_call(lambda: step_once(model, optimizers, x, next(steps), generator, precision), 1, device))
+        warmup_s.append(
+            time_call(lambda: step_once(model, optimizers, x, next(steps), generator, precision), 1, device)
+        )
     rates = time_windows(
         lambda: step_once(model, optimizers, x, next(steps), generator, precision), windows, steps_per_window, device
     )

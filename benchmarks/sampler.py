@@ -162,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     for row in rows:
         ratio = row.get("speed_vs_kv-cache", row.get("speed_vs_inverse-cdf"))
         lines.append(
-            f"| {row['variant']} | {1000 * row['median_s']:.1f} | {1000 * row['min_s']:.1f} - {1000 * row['max_s']:.1f} "
+            f"| {row['variant']} | {1000 * row['median_s']:.1f} "
+            f"| {1000 * row['min_s']:.1f} - {1000 * row['max_s']:.1f} "
             f"| {row['tokens_per_s']:,.0f} | {ratio:.2f}x | {row['first_call_s']:.2f} |"
         )
     lines += ["", "Baselines: kv-cache for the samplers, inverse-cdf for the categorical draws (T draws of B*K "

@@ -64,7 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps-per-window", type=int, default=4)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
-    parser.add_argument("--out", default="", help="JSON output (default: benchmarks/results/step-variants-<preset>.json)")
+    parser.add_argument(
+        "--out", default="", help="JSON output (default: benchmarks/results/step-variants-<preset>.json)"
+    )
     parser.add_argument("--overwrite", action="store_true")
     parser.add_argument("overrides", nargs="*", help="config key=value overrides, applied to every variant")
     args = parser.parse_args(argv)
@@ -78,7 +80,9 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError("--rounds and --steps-per-window must be >= 1, --warmup >= 1")
         if out.exists() and not args.overwrite:
             raise ValueError(f"{out} exists; pass --overwrite to replace it")
-        configs = {v: parse_overrides(get_preset(args.preset, args.method), [*args.overrides, *VARIANTS[v]]) for v in names}
+        configs = {
+            v: parse_overrides(get_preset(args.preset, args.method), [*args.overrides, *VARIANTS[v]]) for v in names
+        }
     except ValueError as err:
         print(f"benchmarks/step_variants.py: error: {err}", file=sys.stderr)
         return 2

@@ -158,7 +158,9 @@ def resolve_checkpoint(path: str | Path, verify: bool = True) -> Path:
         try:
             name = latest.read_text().strip()
         except FileNotFoundError:
-            raise CheckpointError(f"no checkpoint found at {path} (expected a run folder with {CKPT_DIR}/latest)") from None
+            raise CheckpointError(
+                f"no checkpoint found at {path} (expected a run folder with {CKPT_DIR}/latest)"
+            ) from None
         except (OSError, UnicodeDecodeError) as err:
             raise CheckpointError(f"{latest} is unreadable ({err})") from None
         ckpt = path / CKPT_DIR / name

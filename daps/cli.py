@@ -62,7 +62,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None)
 
     p = sub.add_parser("fid-stats", help="compute FID reference statistics (Inception mu, sigma) of a dataset split")
-    p.add_argument("dataset", help="a dataset name: cifar10, cifar10-jpeg, imagenet256, imagenet256-sample, imagefolder")
+    p.add_argument(
+        "dataset", help="a dataset name: cifar10, cifar10-jpeg, imagenet256, imagenet256-sample, imagefolder"
+    )
     p.add_argument("--split", default="test", choices=["train", "test"], help="test = the validation split")
     p.add_argument("--out", required=True, help="output .npz (mu, sigma, num_images, meta)")
     p.add_argument("--data-dir", default=None, help="folder with the data (default: $DAPS_DATA_DIR, then the cache)")

@@ -313,7 +313,11 @@ def compare(
 
 def _compare(runs, preset, methods, steps, seeds, out, overrides, device, argv) -> list[dict]:
     invocation = shlex.join(["daps", "compare", *argv]) if argv is not None else None
-    commands = ["#!/usr/bin/env bash", "# Reproduces every run of this comparison; then re-run the compare command.", "set -e"]
+    commands = [
+        "#!/usr/bin/env bash",
+        "# Reproduces every run of this comparison; then re-run the compare command.",
+        "set -e",
+    ]
     if invocation:
         commands.append(f"# {invocation}")
     commands += [command_for(r, preset, overrides) for r in runs]

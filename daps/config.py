@@ -83,7 +83,8 @@ class DecoderConfig:
     resnet_blocks: int = 2
     """``resnet``: number of residual blocks."""
     fsq_ratio: int = 2
-    """FSQ with ``resnet``: the embedding passes ``Dense(E * fsq_ratio) -> Dense(E)`` (SPEC 5.6; 2 CIFAR, 4 ImageNet)."""
+    """FSQ with ``resnet``: the embedding passes ``Dense(E * fsq_ratio) -> Dense(E)``
+    (SPEC 5.6; 2 CIFAR, 4 ImageNet)."""
     variance_clip: str = "paper"
     """Gaussian likelihood (natural images): ``paper`` clips the variance to [min_variance, max_variance], as the
     paper states; ``none`` reproduces the original CIFAR-10 setting (float32 eps to infinity, SPEC 4.2)."""
@@ -202,7 +203,9 @@ class Config:
         options = self.__dict__.get("options")
         if options is not None and name == getattr(options, "section", None):
             return options
-        raise AttributeError(f"{type(self).__name__!s} has no attribute {name!r} (method {self.__dict__.get('method')!r})")
+        raise AttributeError(
+            f"{type(self).__name__!s} has no attribute {name!r} (method {self.__dict__.get('method')!r})"
+        )
 
 
 def schedule(init: float, end: float | None = None) -> ScheduleConfig:

@@ -71,13 +71,23 @@ def default_estimators(num_samples: int, eta: float, temperature: float, rao_sam
     return [
         Estimator(f"reinforce-loo (K={num_samples})", "reinforce", (f"reinforce.num_samples={num_samples}",)),
         Estimator(f"gumbel-st (tau={temperature})", "gumbel", (t,)),
-        Estimator(f"grmck (tau={temperature}, k={rao_samples})", "grmck", (t, f"relaxed.num_rao_samples={rao_samples}")),
+        Estimator(
+            f"grmck (tau={temperature}, k={rao_samples})", "grmck", (t, f"relaxed.num_rao_samples={rao_samples}")
+        ),
         Estimator(
             f"grmck stop-grad (tau={temperature}, k={rao_samples})", "grmck",
             (t, f"relaxed.num_rao_samples={rao_samples}", "relaxed.rao_stop_gradient=true"),
         ),
-        Estimator(f"daps (K={num_samples}, eta={eta:g})", "daps", (f"daps.num_samples={num_samples}", f"daps.init_eta={eta}")),
-        Estimator(f"daps (K={num_samples}, eta={10 * eta:g})", "daps", (f"daps.num_samples={num_samples}", f"daps.init_eta={10 * eta}")),
+        Estimator(
+            f"daps (K={num_samples}, eta={eta:g})",
+            "daps",
+            (f"daps.num_samples={num_samples}", f"daps.init_eta={eta}"),
+        ),
+        Estimator(
+            f"daps (K={num_samples}, eta={10 * eta:g})",
+            "daps",
+            (f"daps.num_samples={num_samples}", f"daps.init_eta={10 * eta}"),
+        ),
         Estimator("ppo (first step, old = new)", "ppo", ()),
     ]
 
@@ -269,15 +279,17 @@ def write_report(result: dict, out: Path, command: str | None = None, overwrite:
     ]
     for r in rows:
         lines.append(
-            f"| {r['estimator']} | {r['cos_mean_exact']:+.3f} | {r['norm_ratio']:.3f} | {r['mean_cos_draw_exact']:+.3f} "
+            f"| {r['estimator']} | {r['cos_mean_exact']:+.3f} | {r['norm_ratio']:.3f} "
+            f"| {r['mean_cos_draw_exact']:+.3f} "
             f"| {r['snr']:.3g} | {r['bias_z']:+.1f} | {r['chi']:.2f} |"
         )
     lines += [
         "",
         "An unbiased estimator has cos(mean, exact) -> 1, |mean|/|exact| -> 1, |bias z| of a few at most and chi "
         "about 1. DAPS's step is a weighted maximum-likelihood direction, about 1/(eta + beta) times the gradient "
-        "for large eta: compare its direction, not its scale. Gumbel-ST and GR-MCK are biased by the relaxation (GR-MCK "
-        "without the stop-gradient also by its gradient path). PPO differentiates its per-token KL penalty analytically "
+        "for large eta: compare its direction, not its scale. Gumbel-ST and GR-MCK are biased by the relaxation "
+        "(GR-MCK without the stop-gradient also by its gradient path). PPO differentiates its per-token KL penalty "
+        "analytically "
         "along the sampled path, which omits the score-function term of later tokens' KL (a bias for an autoregressive "
         "q when beta > 0); with its untrained value baseline the noise of one sample per input hides that bias here.",
     ]

@@ -128,7 +128,9 @@ def save_comparison_curves(curves: dict[str, list[list[tuple[int, float]]]], pat
         values = torch.tensor([[d[s] for s in steps] for d in per_seed])  # (seeds, points)
         ax.plot(steps, values.mean(0).tolist(), "o-", ms=3, label=method, color=f"C{i % 10}")
         if values.shape[0] > 1:
-            ax.fill_between(steps, values.min(0).values.tolist(), values.max(0).values.tolist(), alpha=0.2, color=f"C{i % 10}")
+            ax.fill_between(
+                steps, values.min(0).values.tolist(), values.max(0).values.tolist(), alpha=0.2, color=f"C{i % 10}"
+            )
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("validation log p(x|z) [nats, higher is better]")
     ax.grid(alpha=0.3)
@@ -141,7 +143,9 @@ def save_comparison_curves(curves: dict[str, list[list[tuple[int, float]]]], pat
     plt.close(fig)
 
 
-def save_comparison_reconstructions(x: torch.Tensor, recons: dict[str, torch.Tensor], path: Path, title: str = "") -> None:
+def save_comparison_reconstructions(
+    x: torch.Tensor, recons: dict[str, torch.Tensor], path: Path, title: str = ""
+) -> None:
     """The originals in the first row, then one row per method: ``x (N, C, H, W)``, ``recons[m] (N, C, H, W)``."""
     plt = _pyplot()
     n, rows = x.shape[0], 1 + len(recons)

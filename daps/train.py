@@ -294,7 +294,18 @@ def _setup(cfg: Config, state: dict | None, device: torch.device, rank: int, wor
     if dist.is_main() and tc.fid != "none":
         fid = fid_setup(tc.fid, tc.fid_weights or None, tc.fid_reference or None, device)
     return Setup(
-        cfg, Path(tc.out_dir), device, spec, batches, val_images, num_val, model, step_model, optimizers, generators, fid
+        cfg,
+        Path(tc.out_dir),
+        device,
+        spec,
+        batches,
+        val_images,
+        num_val,
+        model,
+        step_model,
+        optimizers,
+        generators,
+        fid,
     )
 
 
@@ -417,7 +428,9 @@ def _train(cfg: Config, resume: bool, overwrite: bool, device: torch.device, ran
                 now = time.perf_counter()
                 row = _train_row(sums, count, s, grad_norms)
                 # num_steps: how many steps this row averages (fewer than log_every right after a resume)
-                row.update(split="train", step=done, num_steps=count, steps_per_s=count / (now - t_last), time=now - t_start)
+                row.update(
+                    split="train", step=done, num_steps=count, steps_per_s=count / (now - t_last), time=now - t_start
+                )
                 write_row(row)
                 shown = {k: f"{row[k]:.3g}" for k in method_spec(cfg.method).progress if k in row}
                 bar.set_postfix(shown, refresh=False)
@@ -430,7 +443,13 @@ def _train(cfg: Config, resume: bool, overwrite: bool, device: torch.device, ran
                 if dist.is_main():  # rank 0 alone evaluates; the others wait without a timeout
                     metrics = _evaluate(s)
                     write_row({"split": "val", "step": done, **metrics})
-                    log.info("step %d: val log p %.2f  L2 %.3f  PSNR %.2f", done, metrics["log_p"], metrics["l2"], metrics["psnr"])
+                    log.info(
+                        "step %d: val log p %.2f  L2 %.3f  PSNR %.2f",
+                        done,
+                        metrics["log_p"],
+                        metrics["l2"],
+                        metrics["psnr"],
+                    )
                 dist.wait_for_main()
             if done % tc.ckpt_every == 0 and done != end_step:
                 if skipped_streak:  # never replace a good checkpoint by one right after a non-finite update

@@ -112,7 +112,12 @@ def test_latest_points_to_a_complete_checkpoint(trained_run):
     name = (root / "latest").read_text().strip()
     steps = sorted(p.name for p in root.glob("step_*"))
     assert name == steps[-1] == "step_00000006"
-    assert {p.name for p in (root / name).iterdir()} == {"model.safetensors", "config.json", "state.pt", "checksums.json"}
+    assert {p.name for p in (root / name).iterdir()} == {
+        "model.safetensors",
+        "config.json",
+        "state.pt",
+        "checksums.json",
+    }
     assert resolve_checkpoint(trained_run) == root / name
     assert not list(root.glob(".*")), "no temp files or folders are left behind"
 

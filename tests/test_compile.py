@@ -58,7 +58,10 @@ def test_compiled_sampler_gives_the_same_codes(single_thread):
 def test_train_compile_gives_the_validation_of_an_eager_run(tmp_path, tiny_overrides):
     summaries = []
     for flag in ("false", "true"):
-        cfg = parse_overrides(get_preset("mnist"), [*tiny_overrides, "train.steps=3", f"train.compile={flag}", f"train.out_dir={tmp_path / flag}"])
+        cfg = parse_overrides(
+            get_preset("mnist"),
+            [*tiny_overrides, "train.steps=3", f"train.compile={flag}", f"train.out_dir={tmp_path / flag}"],
+        )
         run = train(cfg)
         summaries.append(json.loads((run / "summary.json").read_text()))
     assert summaries[0]["log_p"] == pytest.approx(summaries[1]["log_p"], abs=1e-3)

@@ -221,7 +221,13 @@ def test_zero_heads_rejected_with_value_error():
 
 @pytest.mark.parametrize(
     "item",
-    ["encoder.num_heads=-2", "optim.lr=nan", "daps.init_eta=nan", "train.eval_examples=-5", "train.keep_checkpoints=-1"],
+    [
+        "encoder.num_heads=-2",
+        "optim.lr=nan",
+        "daps.init_eta=nan",
+        "train.eval_examples=-5",
+        "train.keep_checkpoints=-1",
+    ],
 )
 def test_more_invalid_values_rejected(item):
     with pytest.raises(ValueError):
@@ -337,13 +343,23 @@ def test_natural_image_presets_exist_for_every_method_but_the_mnist_only_vae(nam
 
 def test_cifar10_and_imagenet256_presets_have_the_spec_values():
     c = get_preset("cifar10")
-    assert (c.data.name, tuple(c.data.image_shape), c.train.batch_size, c.train.steps) == ("cifar10", (3, 32, 32), 256, 250_000)
+    assert (c.data.name, tuple(c.data.image_shape), c.train.batch_size, c.train.steps) == (
+        "cifar10",
+        (3, 32, 32),
+        256,
+        250_000,
+    )
     assert (c.encoder.num_tokens, c.encoder.vocab_size, c.decoder.embed_dim) == (64, 512, 128)
     assert (c.daps.ess_target, c.daps.beta.init, c.daps.beta.end, c.daps.init_eta) == (0.33, 6.0, 0.01, 100.0)
     assert (c.decoder.variance_clip, c.decoder.min_variance, c.decoder.max_variance) == ("paper", 0.01, 1.0)
     assert get_preset("cifar10", "dapsna").daps.beta.end == 1.0
     g = get_preset("cifar10", "gumbel")
-    assert (g.optim.lr, g.optim.lr_schedule, g.relaxed.beta.init, g.relaxed.temperature.kind) == (1e-4, "cosine", 6.0, "constant")
+    assert (g.optim.lr, g.optim.lr_schedule, g.relaxed.beta.init, g.relaxed.temperature.kind) == (
+        1e-4,
+        "cosine",
+        6.0,
+        "constant",
+    )
     r = get_preset("cifar10", "grmck")
     assert (r.relaxed.beta.init, r.relaxed.temperature.end, r.relaxed.num_rao_samples) == (3.0, 0.75, 100)
     assert get_preset("cifar10", "fsq").fsq.levels == (8, 8, 8) and get_preset("cifar10", "fsq").decoder.fsq_ratio == 2
@@ -351,7 +367,12 @@ def test_cifar10_and_imagenet256_presets_have_the_spec_values():
     assert (p.optim.lr, p.ppo.kl_target, p.ppo.beta.kind, p.ppo.beta.init) == (1e-4, 0.025, "constant", 0.01)
 
     i = get_preset("imagenet256")
-    assert (i.data.name, tuple(i.data.image_shape), i.train.batch_size, i.train.steps) == ("imagenet256", (3, 256, 256), 64, 300_000)
+    assert (i.data.name, tuple(i.data.image_shape), i.train.batch_size, i.train.steps) == (
+        "imagenet256",
+        (3, 256, 256),
+        64,
+        300_000,
+    )
     assert (i.encoder.num_tokens, i.encoder.vocab_size, i.data.num_workers) == (1024, 1024, 8)
     assert (i.daps.ess_target, i.daps.beta.init, i.daps.beta.end) == (0.25, 50.0, 1.0)
     assert get_preset("imagenet256", "grmck").relaxed.num_rao_samples == 10

@@ -46,7 +46,11 @@ def test_summary_statistics_on_synthetic_draws():
     exact = torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64)
     g = torch.Generator().manual_seed(0)
     unbiased = exact + torch.randn(4000, 3, generator=g, dtype=torch.float64)
-    biased = 0.5 * exact + torch.tensor([0.0, 0.5, 0.0], dtype=torch.float64) + 0.1 * torch.randn(4000, 3, generator=g, dtype=torch.float64)
+    biased = (
+        0.5 * exact
+        + torch.tensor([0.0, 0.5, 0.0], dtype=torch.float64)
+        + 0.1 * torch.randn(4000, 3, generator=g, dtype=torch.float64)
+    )
     s = summarize_draws(unbiased, exact)
     assert abs(s["bias_z"]) < 4 and 0.2 < s["chi"] < 4 and s["cos_mean_exact"] > 0.99
     b = summarize_draws(biased, exact)

@@ -59,7 +59,8 @@ def test_gradients_match_the_paper_update():
     written out from paper Eq. 5-6, ``w = softmax_k((log p - beta log q) / (eta + beta))`` in float64, and
     ``log q``, ``log p`` from ``torch.distributions``; the decoder gets ``-grad mean log p``; ``log eta``
     gets the derivative of the ESS loss ``(mean_b ESS_b - K ess_target)^2`` with ``ESS = 1 / sum_k w_k^2``,
-    written out in float64 and differentiated by central finite differences. Each group also receives nothing from the other two terms."""
+    written out in float64 and differentiated by central finite differences. Each group also receives nothing
+    from the other two terms."""
     model, cfg = tiny_daps("daps.init_eta=1.0")  # eta + beta ~ 1.5: far from uniform weights
     x, k, step = batch(), cfg.daps.num_samples, 5
     total = grads(model, model(x, step, generator=torch.Generator().manual_seed(1)).loss)

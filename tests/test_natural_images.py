@@ -18,7 +18,9 @@ from daps.cli import main
 
 DATA = os.environ.get("DAPS_DATA_DIR", "")
 pytestmark = [
-    pytest.mark.skipif(not DATA, reason="needs DAPS_DATA_DIR (cifar10_jpeg_fallback, imagenet_sample_256, fid_inception)"),
+    pytest.mark.skipif(
+        not DATA, reason="needs DAPS_DATA_DIR (cifar10_jpeg_fallback, imagenet_sample_256, fid_inception)"
+    ),
     pytest.mark.usefixtures("single_thread"),
 ]
 
@@ -61,7 +63,9 @@ def test_eval_reports_fid_under_the_protocol_asked_for(cifar_run, capsys, tmp_pa
     plain = json.loads(capsys.readouterr().out)
     assert "fid" not in plain and plain["num_images"] == 8 and plain["dataset"] == "cifar10-jpeg"
 
-    assert run_cli("eval", str(cifar_run), "--json", "--max-images", "8", "--batch-size", "4", "--fid", "val-pairs") == 0
+    assert (
+        run_cli("eval", str(cifar_run), "--json", "--max-images", "8", "--batch-size", "4", "--fid", "val-pairs") == 0
+    )
     paired = json.loads(capsys.readouterr().out)
     assert paired["fid_protocol"] == "val-pairs" and paired["fid_num_images"] == 8
     assert paired["log_p"] == pytest.approx(plain["log_p"])  # the same images and codes
@@ -76,7 +80,10 @@ def test_eval_reports_fid_under_the_protocol_asked_for(cifar_run, capsys, tmp_pa
     assert run_cli("fid-stats", "cifar10-jpeg", "--max-images", "12", "--out", str(stats)) == 2  # no silent overwrite
     assert "exists" in capsys.readouterr().err
 
-    assert run_cli("eval", str(cifar_run), "--json", "--max-images", "8", "--fid", "reference", "--fid-ref", str(stats)) == 0
+    assert (
+        run_cli("eval", str(cifar_run), "--json", "--max-images", "8", "--fid", "reference", "--fid-ref", str(stats))
+        == 0
+    )
     ref = json.loads(capsys.readouterr().out)
     assert ref["fid_protocol"] == "reference:ref.npz" and ref["fid"] > 0
 
@@ -90,7 +97,9 @@ def test_fid_is_skipped_with_a_message_when_no_weights_are_found(cifar_run, caps
     captured = capsys.readouterr()
     assert "fid" not in json.loads(captured.out)
     assert "FID skipped" in caplog.text and "fid_inception" in caplog.text
-    code = run_cli("eval", str(cifar_run), "--max-images", "4", "--fid", "val-pairs", "--fid-weights", str(tmp_path / "none"))
+    code = run_cli(
+        "eval", str(cifar_run), "--max-images", "4", "--fid", "val-pairs", "--fid-weights", str(tmp_path / "none")
+    )
     assert code == 2  # a path that was given but does not exist is an error
 
 

@@ -52,7 +52,9 @@ def test_precision_is_validated():
 
 @pytest.mark.usefixtures("offline", "no_plots")
 def test_a_bf16_training_run_completes(tmp_path, tiny_overrides):
-    cfg = parse_overrides(get_preset("mnist"), [*tiny_overrides, "train.precision=bfloat16", f"train.out_dir={tmp_path / 'r'}"])
+    cfg = parse_overrides(
+        get_preset("mnist"), [*tiny_overrides, "train.precision=bfloat16", f"train.out_dir={tmp_path / 'r'}"]
+    )
     run = train(cfg)
     rows = [json.loads(line) for line in open(run / "metrics.jsonl")]
     train_rows = [r for r in rows if r["split"] == "train"]

@@ -152,7 +152,9 @@ HOLD_LOCK = textwrap.dedent(
 )
 
 
-def test_a_second_process_is_refused_and_a_stale_lock_is_taken_over(copy_run, trained_run, capsys, tiny_overrides, caplog):
+def test_a_second_process_is_refused_and_a_stale_lock_is_taken_over(
+    copy_run, trained_run, capsys, tiny_overrides, caplog
+):
     run = copy_run()
     for p in (run / "summary.json", run / "reconstructions.png", run / "curves.png"):
         p.unlink()  # a finished run that still has work to do on --resume
@@ -214,7 +216,9 @@ def test_killed_before_the_first_checkpoint_with_another_config_is_refused(copy_
 
 
 @pytest.mark.parametrize("damage", ["empty", "missing", "truncated"])
-def test_finished_run_with_a_damaged_summary_or_missing_plots_is_completed(copy_run, trained_run, tiny_overrides, damage):
+def test_finished_run_with_a_damaged_summary_or_missing_plots_is_completed(
+    copy_run, trained_run, tiny_overrides, damage
+):
     run = copy_run()
     summary = run / "summary.json"
     if damage == "empty":
@@ -291,7 +295,9 @@ DAMAGES = [(f, h) for f in ("model.safetensors", "state.pt", "config.json") for 
 
 
 @pytest.mark.parametrize("file,how", DAMAGES)
-def test_damaged_latest_checkpoint_is_named_and_resume_falls_back(copy_run, trained_run, capsys, tiny_overrides, file, how, caplog, no_plots):
+def test_damaged_latest_checkpoint_is_named_and_resume_falls_back(
+    copy_run, trained_run, capsys, tiny_overrides, file, how, caplog, no_plots
+):
     run = copy_run()
     latest = run / CKPT_DIR / "step_00000006"
     _damage(latest / file, how)
@@ -352,7 +358,9 @@ def test_huge_learning_rate_stops_with_exit_3_and_writes_no_checkpoint(tmp_path,
     assert not (run / "summary.json").exists() and not list_checkpoints(run)
 
 
-def test_skipped_updates_stop_the_run_and_keep_the_last_good_checkpoint(tmp_path, capsys, monkeypatch, tiny_overrides, no_plots):
+def test_skipped_updates_stop_the_run_and_keep_the_last_good_checkpoint(
+    tmp_path, capsys, monkeypatch, tiny_overrides, no_plots
+):
     from daps.optim import Optimizers
 
     real_step, calls = Optimizers.step, []

@@ -96,4 +96,14 @@ def build_method(cfg: Config, image_shape: tuple[int, int, int]) -> nn.Module:
     return model
 
 
-__all__ = ["DAPS", "METHODS", "Method", "MethodSpec", "Output", "Reconstruction", "build_method", "method_spec", "register"]
+__all__ = [
+    "DAPS",
+    "METHODS",
+    "Method",
+    "MethodSpec",
+    "Output",
+    "Reconstruction",
+    "build_method",
+    "method_spec",
+    "register",
+]

@@ -263,6 +263,8 @@ def _spec(name: str, summary: str, build, encoder: str) -> MethodSpec:
 
 
 GUMBEL_SPEC = _spec("gumbel", "Gumbel-Softmax straight-through, autoregressive encoder", build_gumbel, "autoregressive")
-GUMBELNA_SPEC = _spec("gumbelna", "Gumbel-Softmax straight-through, bidirectional encoder", build_gumbelna, "bidirectional")
+GUMBELNA_SPEC = _spec(
+    "gumbelna", "Gumbel-Softmax straight-through, bidirectional encoder", build_gumbelna, "bidirectional"
+)
 GRMCK_SPEC = _spec("grmck", "Gumbel-Rao (GR-MCK), autoregressive encoder", build_grmck, "autoregressive")
 GRMCKNA_SPEC = _spec("grmckna", "Gumbel-Rao (GR-MCK), bidirectional encoder", build_grmckna, "bidirectional")

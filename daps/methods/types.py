@@ -28,6 +28,7 @@ class Reconstruction:
     indices: torch.Tensor | None  # (B, T) codes (FSQ: mixed-radix indices into the implicit codebook)
     x_hat: torch.Tensor  # (B, C, H, W) decoder mean
     log_p: torch.Tensor  # (B,) log p(x | z) in nats, summed over data dims
-    kl: torch.Tensor | None = None  # (B,) KL(q(z|x) || prior) in nats (AR: single-sample estimate; NA and Gaussian: exact)
+    # (B,) KL(q(z|x) || prior) in nats (AR: single-sample estimate; NA and Gaussian: exact)
+    kl: torch.Tensor | None = None
     log_q: torch.Tensor | None = None  # (B,) log q(z | x) of the sampled code
     token_entropy: torch.Tensor | None = None  # (B, T) entropy of q(z_t | z_<t, x)

@@ -43,8 +43,8 @@ def fid_setup(
     reference: str | Path | None = None,
     device: torch.device | str | None = None,
 ) -> FIDSetup | None:
-    """Load the FID network (on ``device``) and reference statistics for ``protocol``; None, with a logged reason, when no
-    ``weights`` path is given and none are found in the default places (FID is then skipped; nothing is
+    """Load the FID network (on ``device``) and reference statistics for ``protocol``; None, with a logged reason,
+    when no ``weights`` path is given and none are found in the default places (FID is then skipped; nothing is
     downloaded). A given ``weights`` path that does not exist raises FileNotFoundError."""
     from daps.metrics.fid import load_fid_stats
     from daps.nets.inception import load_fid_inception
