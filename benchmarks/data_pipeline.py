@@ -1,4 +1,4 @@
-"""Images/s of the image data pipeline (class-folder trees, SPEC 7.3 crops).
+"""Images/s of the image data pipeline (class-folder trees, ImageNet crops as the original's data/utils/transforms.py).
 
     python benchmarks/data_pipeline.py [--data-dir DIR] [--root FOLDER] [--batch-size 64] [--batches 10]
         [--repeats 3] [--workers 0,1,2] [--resolution 256] [--out benchmarks/results/data_pipeline.json]

@@ -45,8 +45,9 @@ class DataConfig:
 
 @dataclass
 class EncoderConfig:
-    """The encoder: the autoregressive transformer q_theta(z | x) (SPEC 5.2) for daps, gumbel, grmck, ppo
-    and reinforce; the bidirectional transformer (SPEC 5.4) for the *na methods, fsq and the vqvaes."""
+    """The encoder: the autoregressive transformer q_theta(z | x) (paper Sec. 3, App. F) for daps, gumbel, grmck, ppo
+    and reinforce; the bidirectional transformer (original: networks/transformer.py) for the *na methods, fsq and the
+    vqvaes."""
 
     num_tokens: int = 8
     """T, latent tokens per input (= image patches)."""
@@ -61,13 +62,14 @@ class EncoderConfig:
     mlp_ratio: int = 4
     """MLP hidden width as a multiple of the width."""
     mask_token0: bool = False
-    """Reproduce the original code's teacher-forcing masks that treat code 0 as padding (SPEC 5.3)."""
+    """Reproduce the original code's teacher-forcing masks that treat code 0 as padding (original:
+    networks/transformer.py)."""
 
 
 @dataclass
 class DecoderConfig:
-    """The generative network p_phi(x | z): an MLP on MNIST (SPEC 5.8), a ResNet on natural images (SPEC 5.6),
-    and the variance range of the Gaussian likelihood (SPEC 4.2)."""
+    """The generative network p_phi(x | z): an MLP on MNIST, a ResNet on natural images (paper Sec. 4, App. F),
+    and the variance range of the Gaussian likelihood (original: distributions/diagonal_gaussian.py)."""
 
     kind: str = "mlp"
     """``mlp`` (the T embeddings concatenated -> MLP) or ``resnet`` (embeddings on the patch grid -> conv,
@@ -77,17 +79,18 @@ class DecoderConfig:
     hidden: tuple[int, ...] = (64, 256)
     """``mlp``: hidden layer widths (ReLU between layers)."""
     fsq_token_dim: int = 85
-    """FSQ with ``mlp``: each token's embedding passes one more linear layer to this width (SPEC 3.4, 5.8)."""
+    """FSQ with ``mlp``: each token's embedding passes one more linear layer to this width (original: models/fsq.py)."""
     resnet_width: int = 64
     """``resnet``: channels of the stem conv and the residual blocks."""
     resnet_blocks: int = 2
     """``resnet``: number of residual blocks."""
     fsq_ratio: int = 2
     """FSQ with ``resnet``: the embedding passes ``Dense(E * fsq_ratio) -> Dense(E)``
-    (SPEC 5.6; 2 CIFAR, 4 ImageNet)."""
+    (original: generative_models/resnet_gen.py; 2 CIFAR, 4 ImageNet)."""
     variance_clip: str = "paper"
     """Gaussian likelihood (natural images): ``paper`` clips the variance to [min_variance, max_variance], as the
-    paper states; ``none`` reproduces the original CIFAR-10 setting (float32 eps to infinity, SPEC 4.2)."""
+    paper states; ``none`` reproduces the original CIFAR-10 setting (float32 eps to infinity, original:
+    distributions/diagonal_gaussian.py)."""
     min_variance: float = 0.01
     """Smallest pixel variance (standardized scale) with ``variance_clip=paper``."""
     max_variance: float = 1.0
@@ -96,10 +99,11 @@ class DecoderConfig:
 
 @dataclass
 class ScheduleConfig:
-    """A value that follows the optimizer step: ``exp_decay`` (SPEC 6.1), ``cosine`` or ``constant``."""
+    """A value that follows the optimizer step: ``exp_decay`` (original: utils/scheduler.py), ``cosine`` or
+    ``constant``."""
 
     kind: str = "exp_decay"
-    """``exp_decay`` (geometric, SPEC 6.1), ``cosine`` or ``constant`` (stays at ``init``)."""
+    """``exp_decay`` (geometric, original: utils/scheduler.py), ``cosine`` or ``constant`` (stays at ``init``)."""
     init: float = 0.5
     """Value at step 0."""
     end: float = 0.01
@@ -110,14 +114,14 @@ class ScheduleConfig:
 
 @dataclass
 class OptimConfig:
-    """AdamW (betas 0.9 / 0.999, eps 1e-8) for the encoder and decoder (SPEC 6.2)."""
+    """AdamW (betas 0.9 / 0.999, eps 1e-8) for the encoder and decoder (original: jadex/base/base_state.py)."""
 
     lr: float = 3e-4
     """AdamW learning rate of encoder and decoder."""
     weight_decay: float = 1e-4
     """Decoupled weight decay on every parameter (incl. log eta), as in the original."""
     grad_clip: float = 1.0
-    """Adaptive unit-wise gradient clipping factor (SPEC 6.3); 0 disables."""
+    """Adaptive unit-wise gradient clipping factor (original: optax ``adaptive_grad_clip``); 0 disables."""
     lr_schedule: str = "constant"
     """``constant``, or ``cosine``: every optimizer's rate follows a cosine from its value to ``lr_final`` times
     it over the run (the original's CIFAR and LAFAN Gumbel configs)."""
@@ -158,7 +162,8 @@ class TrainConfig:
     """``torch.compile`` the one-token decode step of sampling (static shapes; the same codes as eager up to float
     rounding) and, for DAPS, the differentiable part of the training step. Meant for GPUs."""
     fid: str = "none"
-    """FID at the end of the run (SPEC 8.4): ``none``, ``val-pairs`` (reconstructions against the same validation
+    """FID at the end of the run (original: utils/fidjax.py): ``none``, ``val-pairs`` (reconstructions against the same
+    validation
     originals) or ``reference`` (reconstructions against ``fid_reference``). Needs the FID Inception weights."""
     fid_reference: str = ""
     """``fid=reference``: statistics file (``daps fid-stats`` output, or an ADM reference batch with mu/sigma)."""
@@ -365,7 +370,8 @@ def check_schedule(key: str, sched: ScheduleConfig) -> None:
     if sched.kind == "exp_decay" and not sched.init > 0:
         raise UserError(f"{key}.init must be positive for an exp_decay schedule")
     if sched.kind == "exp_decay" and sched.end > sched.init:
-        # exp_decay clips end to init (SPEC 6.1), so a larger end would silently keep the start value
+        # exp_decay clips end to init (original: utils/scheduler.py), so a larger end would silently keep the start
+        # value
         raise UserError(
             f"{key}: an exp_decay schedule only decreases, but end ({sched.end}) > init ({sched.init}); "
             "use kind=cosine to increase"

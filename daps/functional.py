@@ -67,7 +67,7 @@ def categorical_log_probs(logits: torch.Tensor) -> torch.Tensor:
     """Normalized log-probabilities with probabilities clamped to ``[eps, 1 - eps]`` (float32).
 
     Clamping bounds every per-token log-probability below by ``log(eps) ~ -15.94`` so that one
-    near-impossible token cannot produce an infinite ``log q`` (SPEC 4.3).
+    near-impossible token cannot produce an infinite ``log q`` (original: distributions/categorical.py).
 
     Args:
         logits: ``(..., V)`` unnormalized logits, any float dtype.
@@ -184,7 +184,7 @@ def eta_loss(ess: torch.Tensor, num_samples: int, ess_target: float) -> torch.Te
 
 def exp_decay_schedule(step: int, init: float, end: float, num_steps: int, end_pct: float = 1.0) -> float:
     """Per-step exponential decay from ``init`` to ``end`` over ``floor(num_steps * end_pct)`` steps,
-    then held at ``end`` (SPEC 6.1, ``auto_exp_decay``).
+    then held at ``end`` (original: utils/scheduler.py, ``auto_exp_decay``).
 
     ``end`` is clipped into ``[eps, init - eps]`` as in the original, so a "constant" 1 -> 1 schedule
     decays microscopically.
@@ -209,8 +209,8 @@ def constant_schedule(step: int, value: float) -> float:
 
 
 # --------------------------------------------------------------------------------------------------
-# Adaptive (unit-wise) gradient clipping, SPEC 6.3 (Brock et al. 2021, "High-Performance Large-Scale
-# Image Recognition Without Normalization", https://arxiv.org/abs/2102.06171).
+# Adaptive (unit-wise) gradient clipping, as optax's adaptive_grad_clip in the original (Brock et al. 2021,
+# "High-Performance Large-Scale Image Recognition Without Normalization", https://arxiv.org/abs/2102.06171).
 
 
 def unitwise_norm(t: torch.Tensor, dims: tuple[int, ...] | None) -> torch.Tensor:
@@ -250,7 +250,7 @@ def schedule_value(kind: str, step: int, init: float, end: float, num_steps: int
 
 
 def schedule_final_value(kind: str, init: float, end: float) -> float:
-    """The value a schedule settles at (used for the beta-ELBO, SPEC 2)."""
+    """The value a schedule settles at (used for the beta-ELBO, original: models/base_vae.py)."""
     if kind == "exp_decay":
         return min(max(end, FLOAT32_EPS), init - FLOAT32_EPS)
     return init if kind == "constant" else end
@@ -265,7 +265,7 @@ def kl_to_uniform(token_entropy: torch.Tensor, vocab_size: int) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------------------------------
-# Relaxed categorical samples with straight-through gradients (SPEC 3.1-3.3).
+# Relaxed categorical samples with straight-through gradients (original: models/gumbel.py).
 # Gumbel-Softmax: Jang, Gu & Poole 2017, "Categorical Reparameterization with Gumbel-Softmax",
 # https://arxiv.org/abs/1611.01144. Gumbel-Rao (GR-MCK): Paulus, Maddison & Krause 2021,
 # "Rao-Blackwellizing the Straight-Through Gumbel-Softmax Gradient Estimator", https://arxiv.org/abs/2010.04838.
@@ -307,7 +307,8 @@ def gumbel_softmax(log_probs: torch.Tensor, temperature: float, generator: torch
 def gumbel_softmax_st(
     log_probs: torch.Tensor, temperature: float, generator: torch.Generator | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Straight-through Gumbel-Softmax (SPEC 3.1): ``index = argmax y_soft``, token ``y_hard + y_soft - sg(y_soft)``.
+    """Straight-through Gumbel-Softmax (original: models/gumbel.py): ``index = argmax y_soft``,
+    token ``y_hard + y_soft - sg(y_soft)``.
 
     The index is an exact sample of ``Cat(exp(log_probs))`` (Gumbel-max); the token is its one-hot in the
     forward pass and carries the gradient of :func:`gumbel_softmax` (same draws) in the backward pass.
@@ -322,7 +323,8 @@ def gumbel_softmax_st(
 
 
 def conditional_gumbel(log_probs: torch.Tensor, index: torch.Tensor, exp_noise: torch.Tensor) -> torch.Tensor:
-    """Perturbed logits ``G = log_probs + Gumbel noise`` conditioned on ``argmax G = index`` (SPEC 3.2).
+    """Perturbed logits ``G = log_probs + Gumbel noise`` conditioned on ``argmax G = index`` (original:
+    distributions/categorical.py).
 
     With ``E ~ Exp(1)`` and ``Z = sum_v exp(l_v)`` (Paulus et al. 2021, Appendix; eps = float32 eps):
     ``G_I = -log(E_I + eps) + log(Z + eps)`` (the max is ``log Z + Gumbel``) and, for ``j != I``,
@@ -380,7 +382,7 @@ def gumbel_rao_st(
     generator: torch.Generator | None,
     stop_gradient: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gumbel-Rao straight-through estimator, GR-MCK (SPEC 3.2; Paulus et al. 2021).
+    """Gumbel-Rao straight-through estimator, GR-MCK (Paulus et al. 2021; original: distributions/categorical.py).
 
     Draws the hard index ``I`` by Gumbel-max, then ``num_samples`` (k) conditional Gumbel perturbations
     given ``I``; the token is ``onehot(I) + s - sg(s)`` with ``s`` from :func:`gumbel_rao_surrogate`.
@@ -406,8 +408,8 @@ def gumbel_rao_st(
 
 
 # --------------------------------------------------------------------------------------------------
-# Policy-gradient and Gaussian baselines (SPEC 3.6-3.7). REINFORCE with a leave-one-out baseline:
-# Williams 1992, "Simple Statistical Gradient-Following Algorithms for Connectionist Reinforcement
+# Policy-gradient and Gaussian baselines (original: models/ppo.py, models/vae.py). REINFORCE with a leave-one-out
+# baseline: Williams 1992, "Simple Statistical Gradient-Following Algorithms for Connectionist Reinforcement
 # Learning"; Kool, van Hoof & Welling 2019, "Buy 4 REINFORCE Samples, Get a Baseline for Free!",
 # https://openreview.net/forum?id=r1lgTGL5DE. PPO: Schulman et al. 2017, "Proximal Policy Optimization
 # Algorithms", https://arxiv.org/abs/1707.06347. Gaussian KL: Kingma & Welling 2014, "Auto-Encoding
@@ -472,7 +474,7 @@ def adaptive_kl_coefficient(
     min_coeff: float,
     max_coeff: float,
 ) -> torch.Tensor:
-    """PPO's adaptive KL penalty weight (Schulman et al. 2017, Sec. 4; SPEC 3.6), without a host sync.
+    """PPO's adaptive KL penalty weight (Schulman et al. 2017, Sec. 4; original: models/ppo.py), without a host sync.
 
     ``coeff / gain`` if ``kl < target / scale``, ``coeff * gain`` if ``kl > target * scale``, else unchanged;
     then clipped to ``[min_coeff, max_coeff]``.
@@ -504,9 +506,9 @@ def gaussian_kl_standard_normal(mean: torch.Tensor, log_var: torch.Tensor) -> to
 
 
 # --------------------------------------------------------------------------------------------------
-# Quantizers (SPEC 3.4-3.5). FSQ: Mentzer, Minnen, Agustsson & Tschannen 2024, "Finite Scalar Quantization:
-# VQ-VAE Made Simple", https://arxiv.org/abs/2309.15505. VQ: van den Oord, Vinyals & Kavukcuoglu 2017,
-# "Neural Discrete Representation Learning", https://arxiv.org/abs/1711.00937.
+# Quantizers (original: models/fsq.py, models/vqvae.py). FSQ: Mentzer, Minnen, Agustsson & Tschannen 2024,
+# "Finite Scalar Quantization: VQ-VAE Made Simple", https://arxiv.org/abs/2309.15505. VQ: van den Oord, Vinyals &
+# Kavukcuoglu 2017, "Neural Discrete Representation Learning", https://arxiv.org/abs/1711.00937.
 
 
 def _fsq_levels(
@@ -561,7 +563,8 @@ def fsq_quantize(z: torch.Tensor, levels: tuple[int, ...], eps: float = 1e-3) ->
 
 
 def fsq_codes_to_indices(codes: torch.Tensor, levels: tuple[int, ...]) -> torch.Tensor:
-    """Mixed-radix index of each code (SPEC 3.4, big-endian): ``(..., d) -> (...)`` int64 in ``[0, prod L)``.
+    """Mixed-radix index of each code (big-endian, as the original's models/fsq.py): ``(..., d) -> (...)`` int64 in
+    ``[0, prod L)``.
 
     ``index = sum_i (code_i * (L_i // 2) + L_i // 2) * prod_{j > i} L_j``.
     """
@@ -583,8 +586,8 @@ def fsq_indices_to_codes(
 def vq_nearest(z_e: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     """Index of the nearest codebook row in squared Euclidean distance: ``(..., E), (V, E) -> (...)`` int64.
 
-    ``||z - e_v||^2 = ||z||^2 + ||e_v||^2 - 2 z.e_v`` (SPEC 3.5) as one matmul; ``||z||^2`` is the same for
-    every v and left out of the argmin. No gradient (an index).
+    ``||z - e_v||^2 = ||z||^2 + ||e_v||^2 - 2 z.e_v`` (original: models/vqvae.py) as one matmul; ``||z||^2`` is the same
+    for every v and left out of the argmin. No gradient (an index).
     """
     if codebook.dim() != 2 or z_e.shape[-1] != codebook.shape[1]:
         raise ValueError(f"z_e (..., E) and codebook (V, E) disagree: {tuple(z_e.shape)} and {tuple(codebook.shape)}")
@@ -597,7 +600,7 @@ def vq_nearest(z_e: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
 
 def empirical_perplexity(indices: torch.Tensor, vocab_size: int) -> torch.Tensor:
     """``exp(entropy)`` of the codes' empirical distribution, pooled over all positions: a float32 scalar in
-    ``[1, min(indices.numel(), vocab_size)]`` (SPEC 8.6; a tensor, so logging it does not synchronize)."""
+    ``[1, min(indices.numel(), vocab_size)]`` (a tensor, so logging it does not synchronize)."""
     counts = torch.bincount(indices.flatten(), minlength=vocab_size).float()  # (V,)
     p = counts / counts.sum()
     return torch.exp(-torch.special.xlogy(p, p).sum())

@@ -13,7 +13,8 @@ import torch.nn.functional as F
 
 from daps.functional import FLOAT32_EPS
 
-# Probabilities are clamped to [eps, 1 - eps] before taking logs (SPEC 4.1): logits to +-15.94.
+# Probabilities are clamped to [eps, 1 - eps] before taking logs (original: distributions/bernoulli.py): logits to
+# +-15.94.
 _MAX_LOGIT = math.log((1.0 - FLOAT32_EPS) / FLOAT32_EPS)
 
 
@@ -34,7 +35,8 @@ def bernoulli_mean(logits: torch.Tensor) -> torch.Tensor:
 
 
 class Bernoulli:
-    """Independent Bernoulli pixels; the decoder outputs one logit per pixel (binarized MNIST, SPEC 4.1)."""
+    """Independent Bernoulli pixels; the decoder outputs one logit per pixel (binarized MNIST, original:
+    distributions/bernoulli.py)."""
 
     name = "bernoulli"
 
@@ -50,7 +52,7 @@ class Bernoulli:
 
 
 def gaussian_log_prob(mean: torch.Tensor, log_var: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """``log N(x; mean, diag exp(log_var))`` summed over the data dims (SPEC 4.2).
+    """``log N(x; mean, diag exp(log_var))`` summed over the data dims (original: distributions/diagonal_gaussian.py).
 
     ``x (N, *data)``; ``mean`` and ``log_var`` ``(*extra, N, *data)`` (x is broadcast). Returns ``(*extra, N)``.
     """
@@ -61,7 +63,7 @@ def gaussian_log_prob(mean: torch.Tensor, log_var: torch.Tensor, x: torch.Tensor
 
 class Gaussian:
     """Diagonal Gaussian pixels with a learned variance: the decoder outputs ``2C`` channels, the mean and
-    the log-variance, which is hard-clipped to ``[log min_var, log max_var]`` (zero gradient outside; SPEC 4.2).
+    the log-variance, which is hard-clipped to ``[log min_var, log max_var]`` (zero gradient outside; paper Sec. 4).
 
     NOTE(paper): the paper states a variance range of [0.01, 1]; the original code applies it on ImageNet
     only and leaves CIFAR-10 unclipped (``min_var`` = float32 eps, ``max_var`` = inf), the ``variance_clip=none``

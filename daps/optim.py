@@ -1,5 +1,5 @@
 """Optimizers as in the original: AdamW per parameter group, adaptive unit-wise clipping, and updates
-with a non-finite gradient skipped (SPEC 6.2-6.4)."""
+with a non-finite gradient skipped (original: jadex/base/base_state.py)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ from daps.functional import adaptive_grad_clip
 class OptimizerSpec:
     """One optimizer a method asks for: its parameters, learning rate and clipping (0 = none).
 
-    ``clip`` is ``"adaptive"`` (unit-wise, SPEC 6.3) or ``"global_norm"`` (the whole group's norm).
+    ``clip`` is ``"adaptive"`` (unit-wise, as the original's optax ``adaptive_grad_clip``) or ``"global_norm"`` (the
+    whole group's norm).
     """
 
     name: str

@@ -338,7 +338,7 @@ def test_natural_image_presets_exist_for_every_method_but_the_mnist_only_vae(nam
     assert config_from_dict(json.loads(json.dumps(config_to_dict(cfg)))) == cfg
     ar = method in AR_METHODS
     layers = {"cifar10": (2, 4) if ar else (4, 6), "imagenet256": (2, 4) if ar else (6, 4)}[name]
-    assert (cfg.encoder.num_layers, cfg.encoder.mlp_ratio) == layers  # SPEC 5.11
+    assert (cfg.encoder.num_layers, cfg.encoder.mlp_ratio) == layers  # original: configs/nn/*_networks.yaml
 
 
 def test_cifar10_and_imagenet256_presets_have_the_spec_values():
@@ -384,4 +384,4 @@ def test_cifar10_and_imagenet256_presets_have_the_spec_values():
 def test_natural_image_decoder_parameter_counts_match_the_original(name, decoder_params):
     cfg = get_preset(name)
     model = build_method(cfg, tuple(cfg.data.image_shape))
-    assert sum(p.numel() for p in model.decoder.parameters()) == decoder_params  # SPEC 5.6 [verified]
+    assert sum(p.numel() for p in model.decoder.parameters()) == decoder_params  # as the original's

@@ -1,4 +1,4 @@
-"""Image loaders: CIFAR-10 (pickle release and the lossy JPEG copy), class-folder trees with the SPEC 7.3
+"""Image loaders: CIFAR-10 (pickle release and the lossy JPEG copy), class-folder trees with the original's
 crops, the training / evaluation streams and the ImageNet sample unpacker.
 
 Synthetic data made in tmp_path everywhere; the real shipped files are used through ``$DAPS_DATA_DIR``

@@ -1,5 +1,5 @@
-"""FSQ (SPEC 3.4): the bound / quantize / index functions against their definitions and against
-vector-quantize-pytorch's FSQ, and the method's parameter counts against the original's (SPEC 13)."""
+"""FSQ (original: models/fsq.py): the bound / quantize / index functions against their definitions and against
+vector-quantize-pytorch's FSQ, and the method's parameter counts against the original's."""
 
 from __future__ import annotations
 
@@ -143,7 +143,7 @@ def count(module: torch.nn.Module) -> int:
 
 
 def test_mnist_parameter_counts_match_the_original():
-    """SPEC 13: fsq MNIST rec 160,707 / gen 267,493 (levels [8, 6, 5], encoder 2 layers, mlp ratio 7)."""
+    """The original's counts: fsq MNIST rec 160,707 / gen 267,493 (levels [8, 6, 5], encoder 2 layers, mlp ratio 7)."""
     torch.manual_seed(0)
     model = build_method(get_preset("mnist", "fsq"), (1, 28, 28))
     assert count(model.encoder) == 160_707

@@ -1,4 +1,4 @@
-"""Likelihoods against torch.distributions (SPEC 4.1, 4.2)."""
+"""Likelihoods against torch.distributions (original: distributions/bernoulli.py, diagonal_gaussian.py)."""
 
 import math
 

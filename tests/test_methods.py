@@ -48,7 +48,7 @@ def test_output_contract():
         expected = torch.distributions.Bernoulli(logits=model.decoder(out.indices)).mean
     torch.testing.assert_close(out.x_hat, expected)
     assert all(v.shape == () and not v.requires_grad for v in out.logs.values())
-    assert out.logs["ess"] > 0.99  # eta = 100 at the start: nearly uniform weights (SPEC 1.6)
+    assert out.logs["ess"] > 0.99  # eta = 100 at the start: nearly uniform weights
     assert out.logs["eta"].item() == pytest.approx(100.0, rel=1e-5)
     assert out.logs["beta"].item() == pytest.approx(0.5)
 

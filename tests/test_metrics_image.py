@@ -1,4 +1,4 @@
-"""Per-image reconstruction metrics (SPEC 8.3) against scikit-image: MSE, PSNR and SSIM.
+"""Per-image reconstruction metrics (original: utils/dm_pix_metrics.py) against scikit-image: MSE, PSNR and SSIM.
 
 Correspondence used for SSIM: ``skimage.metrics.structural_similarity(..., gaussian_weights=True, sigma=s,
 use_sample_covariance=False)`` filters with a Gaussian truncated at ``3.5 * s`` (radius ``int(3.5 s + 0.5)``,

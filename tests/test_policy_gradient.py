@@ -251,7 +251,7 @@ def test_ppo_eval_mode_forward_changes_no_state():
 
 
 def test_ppo_constant_beta_works():
-    """SPEC 3.6: the original crashes on a constant beta schedule; here beta_final is that constant."""
+    """The original (models/ppo.py) crashes on a constant beta schedule; here beta_final is that constant."""
     model, _ = tiny("ppo", "ppo.beta.kind=constant", "ppo.beta.init=0.01")
     assert isinstance(model, PPO) and model.final_beta == pytest.approx(0.01)
     out = model(batch(), step=40, generator=gen(0))

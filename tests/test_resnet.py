@@ -1,4 +1,5 @@
-"""The ResNet decoder / encoder of the natural-image datasets (SPEC 5.6, 5.7, 10.2)."""
+"""The ResNet decoder / encoder of the natural-image datasets (original: generative_models/resnet_gen.py,
+networks/resnet.py)."""
 
 import pytest
 import torch
@@ -13,7 +14,7 @@ def num_params(module: torch.nn.Module) -> int:
 
 @pytest.mark.parametrize(
     "num_tokens, vocab, size, expected",
-    [(64, 512, 32, 257_958), (1024, 1024, 256, 330_198)],  # CIFAR-10, ImageNet-256 (SPEC 5.6, verified counts)
+    [(64, 512, 32, 257_958), (1024, 1024, 256, 330_198)],  # CIFAR-10, ImageNet-256 (the original's counts)
 )
 def test_decoder_parameter_counts_match_the_original(num_tokens, vocab, size, expected):
     decoder = ResNetDecoder(num_tokens, 128, (3, size, size), out_channels=6, vocab_size=vocab)
@@ -32,7 +33,8 @@ def test_decoder_shapes_and_upsampling_layout():
 
 
 def test_tokens_are_laid_out_row_major_on_the_patch_grid():
-    """Token t sits at grid cell (t // cols, t % cols), as the encoder cut the image (SPEC 5.1, 5.6)."""
+    """Token t sits at grid cell (t // cols, t % cols), as the encoder cut the image (original:
+    data/utils/image_patcher.py)."""
     decoder = ResNetDecoder(8, 4, (3, 8, 16), out_channels=6, width=4, vocab_size=8)
     assert (decoder.rows, decoder.cols) == (2, 4)  # T=8 -> 2 x 4 grid
     seen = {}
@@ -89,7 +91,7 @@ def test_decoder_with_a_sample_axis_equals_decoding_each_sample_alone():
 
 def test_encoder_and_value_net_shapes():
     encoder = ResNetEncoder((3, 32, 32), grid=4)
-    assert [d.out_channels for d in encoder.downs] == [8, 16, 32]  # SPEC 5.7: CIFAR value net
+    assert [d.out_channels for d in encoder.downs] == [8, 16, 32]  # CIFAR value net, as the original's
     assert encoder(torch.randn(2, 3, 32, 32)).shape == (2, 64, 4, 4)
     value = ResNetValueNet((3, 32, 32))
     assert value(torch.randn(2, 3, 32, 32)).shape == (2,)

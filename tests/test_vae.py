@@ -1,4 +1,4 @@
-"""The Gaussian VAE baseline (SPEC 3.7): closed-form KL against torch.distributions, the original's
+"""The Gaussian VAE baseline (original: models/vae.py): closed-form KL against torch.distributions, the original's
 parameter counts, the reparameterized loss, and a deterministic (posterior-mean) evaluation."""
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def test_gaussian_kl_is_zero_at_the_prior_and_never_negative_near_it():
 
 
 def test_parameter_counts_mnist():
-    """SPEC 13: recognition 404,996 and generative 218,320 parameters (BatchNorm's running statistics are
+    """The original's counts: recognition 404,996 and generative 218,320 parameters (BatchNorm's running statistics are
     buffers, as Flax's batch_stats)."""
     model = build_method(get_preset("mnist", "vae"), IMAGE_SHAPE)
     assert sum(p.numel() for p in model.encoder.parameters()) == 404_996

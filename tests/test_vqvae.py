@@ -1,5 +1,5 @@
-"""VQ-VAE (SPEC 3.5) and the EMA variant: nearest-neighbour lookup against brute force, where the gradients
-go, the EMA update, k-means initialization and dead-code restarts, determinism and parameter counts."""
+"""VQ-VAE (original: models/vqvae.py) and the EMA variant: nearest-neighbour lookup against brute force, where the
+gradients go, the EMA update, k-means initialization and dead-code restarts, determinism and parameter counts."""
 
 from __future__ import annotations
 
@@ -69,7 +69,7 @@ def test_empirical_perplexity():
 
 
 def test_mnist_parameter_counts_match_the_original():
-    """SPEC 13: vqvae MNIST rec 160,512 / gen 250,960 (+ codebook 16,384); the EMA variant has the same
+    """The original's counts: vqvae MNIST rec 160,512 / gen 250,960 (+ codebook 16,384); the EMA variant has the same
     networks and its codebook is a buffer."""
     for method in ("vqvae", "vqvae-ema"):
         torch.manual_seed(0)

@@ -2,7 +2,8 @@
 
 In-memory datasets (MNIST, CIFAR-10) load a whole split as a tensor; batches are drawn from it on the device,
 uniformly with replacement as in the original. Folder datasets (ImageNet and any class-folder tree) are
-streamed from disk by a multi-worker DataLoader with the SPEC 7.3 crops. Either way the training loop sees
+streamed from disk by a multi-worker DataLoader with the original's ImageNet crops (data/utils/transforms.py). Either
+way the training loop sees
 raw batches (binary floats, or uint8 pixels) and :class:`Standardize` maps them to the model's scale.
 """
 
@@ -52,7 +53,8 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 @dataclass(frozen=True)
 class Standardize:
-    """Raw pixels -> the model's scale, and back to [0, 1] for PSNR / SSIM / FID (SPEC 7.2, 7.3, 8.3).
+    """Raw pixels -> the model's scale, and back to [0, 1] for PSNR / SSIM / FID (original: data/datasets/cifar.py,
+    imagenet.py).
 
     With per-channel ``mean`` and ``std`` on the 0-255 scale: ``x = (pixels - mean) / std``. Without them
     (binarized MNIST) the data are already the model's input and their own [0, 1] version.
@@ -196,7 +198,8 @@ def folder_dataset(
     name: str, split: str, image_shape: tuple[int, ...], data_dir: PathLike | None, train: bool, seed: int = 0
 ) -> ImageFolderDataset:
     """Split ``train`` (``train/``) or ``test`` (``val/``) of a folder dataset, cropped to ``image_shape``:
-    random resized crops and flips when ``train``, resize + center crop otherwise (SPEC 7.3)."""
+    random resized crops and flips when ``train``, resize + center crop otherwise (paper App. J; original:
+    data/utils/transforms.py)."""
     spec = dataset_spec(name)
     if split not in SPLITS:
         raise UserError(f"unknown split {split!r}; choose one of: {', '.join(SPLITS)}")

@@ -7,7 +7,8 @@ quality-75 re-encoding of CIFAR-10. That copy is LOSSY -- its pixels are not the
 published CIFAR-10 results; use it for smoke tests and self-consistent comparisons only.
 
 Both return an :class:`~daps.data.mnist.ImageSet` with uint8 pixels ``(N, 3, 32, 32)`` (CHW, RGB) and int64
-labels ``(N,)``; standardize with :data:`CIFAR10_MEAN` / :data:`CIFAR10_STD` (0-255 scale, SPEC 7.2).
+labels ``(N,)``; standardize with :data:`CIFAR10_MEAN` / :data:`CIFAR10_STD` (0-255 scale, original:
+data/datasets/cifar.py).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-# Per-channel statistics of the CIFAR-10 training set on the 0-255 scale (SPEC 7.2).
+# Per-channel statistics of the CIFAR-10 training set on the 0-255 scale (original: data/datasets/cifar.py).
 CIFAR10_MEAN = (125.307, 122.950, 113.865)
 CIFAR10_STD = (62.993, 62.089, 66.705)
 CIFAR10_CLASSES = (

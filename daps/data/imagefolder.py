@@ -1,4 +1,5 @@
-"""Class-folder image datasets (ImageNet-style) with the SPEC 7.3 crops, and the streams that feed them.
+"""Class-folder image datasets (ImageNet-style) with the original's crops (data/utils/transforms.py), and the streams
+that feed them.
 
 A dataset is a tree ``root/<class>/<image files>``; classes are the sorted folder names (label = rank), files
 are sorted, so the order is deterministic. Training items get a random resized crop (scale (0.08, 1),
@@ -71,7 +72,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-# Per-channel statistics of the ImageNet training set on the 0-255 scale (SPEC 7.3).
+# Per-channel statistics of the ImageNet training set on the 0-255 scale (original: data/datasets/imagenet.py).
 IMAGENET_MEAN = (123.095, 115.324, 102.224)
 IMAGENET_STD = (68.819, 66.551, 69.687)
 

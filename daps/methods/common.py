@@ -24,7 +24,7 @@ CategoricalEncoder = ARTransformerEncoder | NACategoricalEncoder  # q(z | x) wit
 
 def build_likelihood(cfg: Config) -> Likelihood:
     """The data likelihood of ``cfg.data.name``: Bernoulli for binarized MNIST; a diagonal Gaussian with a
-    learned, clipped variance for natural images (SPEC 4.1, 4.2)."""
+    learned, clipped variance for natural images (paper Sec. 4; original: distributions/)."""
     if dataset_spec(cfg.data.name).likelihood == "bernoulli":
         return Bernoulli()
     d = cfg.decoder
@@ -34,7 +34,8 @@ def build_likelihood(cfg: Config) -> Likelihood:
 
 
 def build_ar_encoder(cfg: Config, image_shape: tuple[int, int, int]) -> ARTransformerEncoder:
-    """The autoregressive cross-attention encoder of ``cfg.encoder`` (SPEC 5.2)."""
+    """The autoregressive cross-attention encoder of ``cfg.encoder`` (paper App. F; original:
+    recognition_models/transformer_rec.py)."""
     e = cfg.encoder
     return ARTransformerEncoder(
         image_shape, num_tokens=e.num_tokens, vocab_size=e.vocab_size, width=e.width, num_layers=e.num_layers,
@@ -43,7 +44,7 @@ def build_ar_encoder(cfg: Config, image_shape: tuple[int, int, int]) -> ARTransf
 
 
 def build_na_categorical_encoder(cfg: Config, image_shape: tuple[int, int, int]) -> NACategoricalEncoder:
-    """The bidirectional encoder with a per-token categorical head (SPEC 1.10, 3.3)."""
+    """The bidirectional encoder with a per-token categorical head (original: models/daps.py, models/gumbel.py)."""
     e = cfg.encoder
     return NACategoricalEncoder(
         image_shape, num_tokens=e.num_tokens, vocab_size=e.vocab_size, width=e.width, num_layers=e.num_layers,
@@ -52,7 +53,8 @@ def build_na_categorical_encoder(cfg: Config, image_shape: tuple[int, int, int])
 
 
 def build_na_encoder(cfg: Config, image_shape: tuple[int, int, int], out_dim: int | None) -> NATransformerEncoder:
-    """The bidirectional encoder with a ``Dense(out_dim)`` head, or none (``z_e`` of width E) (SPEC 5.4)."""
+    """The bidirectional encoder with a ``Dense(out_dim)`` head, or none (``z_e`` of width E) (original:
+    networks/transformer.py)."""
     e = cfg.encoder
     return NATransformerEncoder(
         image_shape, num_tokens=e.num_tokens, width=e.width, num_layers=e.num_layers, num_heads=e.num_heads,
@@ -93,7 +95,7 @@ def schedule_value(sched: ScheduleConfig, step: int, num_steps: int) -> float:
 
 
 def schedule_final(sched: ScheduleConfig) -> float:
-    """The schedule's end value: the beta of the reported beta-ELBO (SPEC 2)."""
+    """The schedule's end value: the beta of the reported beta-ELBO (original: models/base_vae.py)."""
     return DF.schedule_final_value(sched.kind, sched.init, sched.end)
 
 
@@ -106,7 +108,7 @@ def training_output(
 
 def elbo_logs(log_p: torch.Tensor, kl: torch.Tensor, final_beta: float) -> dict[str, torch.Tensor]:
     """The logged ``kl``, ``elbo`` and ``beta_elbo`` (with the schedule's end value, not the current beta)
-    from ``log_p`` and ``kl`` of the same shape, ``(B,)`` or ``(K, B)`` (SPEC 2)."""
+    from ``log_p`` and ``kl`` of the same shape, ``(B,)`` or ``(K, B)`` (paper Eq. 1; original: models/base_vae.py)."""
     return {
         "kl": kl.mean(),
         "elbo": (log_p - kl).mean(),
@@ -136,7 +138,7 @@ def categorical_reconstruction(
     generator: torch.Generator | None,
 ) -> Reconstruction:
     """Encode ``x (B, C, H, W)`` with one stochastic sample (not greedy) and decode it, with the ELBO terms
-    from the sampling pass's conditionals (SPEC 1.11, 2, 8.1). Draws from ``generator`` exactly as
+    from the sampling pass's conditionals (original: models/base_vae.py). Draws from ``generator`` exactly as
     :func:`sample_code`."""
     samples = encoder.sample(x, 1, generator)  # (1, B, T) each
     indices, token_entropy = samples.indices[0], samples.token_entropy[0]  # (B, T) each
@@ -156,7 +158,7 @@ def categorical_reconstruction(
 
 def per_dim_reconstruction_loss(log_p: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """``-mean_b log p(x_b | z_b) / D_x`` from ``log_p (B,)``: the quantizers' per-data-dimension
-    reconstruction loss (SPEC 3.4, 3.5, 11.12)."""
+    reconstruction loss (original: models/fsq.py, models/vqvae.py)."""
     return -(log_p / x[0].numel()).mean()
 
 

@@ -11,10 +11,12 @@ One step, for a batch x of B inputs:
    decoder loss  L_phi   = -mean_{k,b} log p_phi(x | z_k)                                  (Eq. 7)
    The three touch disjoint parameters, so one backward of their sum gives each its own gradient.
 
-DAPS-NA (SPEC 1.10) is the same objective with the bidirectional encoder, whose tokens are independent given x.
+DAPS-NA (original: models/daps.py) is the same objective with the bidirectional encoder, whose tokens are independent
+given x.
 
-NOTE(paper): the original code's teacher-forced log q treats code 0 as padding (SPEC 5.3); here that is the
-``encoder.mask_token0`` option, off by default, so log q is exactly the probability the codes were sampled with.
+NOTE(paper): the original code's teacher-forced log q treats code 0 as padding (original: networks/transformer.py); here
+that is the ``encoder.mask_token0`` option, off by default, so log q is exactly the probability the codes were
+sampled with.
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ from daps.optim import OptimizerSpec
 
 @dataclass
 class DAPSConfig:
-    """DAPS estimator settings (paper Sec. 3-4, SPEC 1)."""
+    """DAPS estimator settings (paper Sec. 3-4, Alg. 1; original: models/daps.py)."""
 
     section: ClassVar[str] = "daps"
     """The name of these settings in overrides and config.json."""
@@ -121,7 +123,7 @@ class DAPS(nn.Module):
         return schedule_final(self.cfg.beta)
 
     def optimizer_specs(self, lr: float, grad_clip: float) -> list[OptimizerSpec]:
-        """Encoder + decoder share one AdamW with adaptive clipping; log eta has its own (SPEC 1.3, 1.8)."""
+        """Encoder + decoder share one AdamW with adaptive clipping; log eta has its own (original: models/daps.py)."""
         vae = [p for name, p in self.named_parameters() if name != "log_eta"]
         return [
             OptimizerSpec("vae", vae, lr=lr, grad_clip=grad_clip),
@@ -197,7 +199,7 @@ class DAPS(nn.Module):
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor, generator: torch.Generator | None = None) -> Reconstruction:
-        """Encode with one stochastic sample and decode, with the ELBO terms (SPEC 1.11, 8.1)."""
+        """Encode with one stochastic sample and decode, with the ELBO terms (original: models/daps.py)."""
         check_images(self, x)
         return categorical_reconstruction(self.encoder, self.decoder, self.likelihood, x, generator)
 
@@ -211,7 +213,7 @@ def build_daps(cfg: Config, image_shape: tuple[int, int, int]) -> DAPS:
 
 
 def build_dapsna(cfg: Config, image_shape: tuple[int, int, int]) -> DAPS:
-    """DAPS-NA: DAPS with the bidirectional encoder and independent tokens (SPEC 1.10)."""
+    """DAPS-NA: DAPS with the bidirectional encoder and independent tokens (original: models/daps.py)."""
     likelihood = build_likelihood(cfg)
     encoder = build_na_categorical_encoder(cfg, image_shape)
     decoder = build_decoder(cfg, image_shape, likelihood, vocab_size=cfg.encoder.vocab_size)

@@ -1,5 +1,5 @@
 """FSQ: "Finite Scalar Quantization: VQ-VAE Made Simple" (Mentzer, Minnen, Agustsson & Tschannen, ICLR 2024,
-https://arxiv.org/abs/2309.15505), the deterministic-quantizer baseline of SPEC 3.4.
+https://arxiv.org/abs/2309.15505), the deterministic-quantizer baseline of the paper (original: models/fsq.py).
 
 One step, for a batch x of B inputs with D_x data dimensions:
 
@@ -8,14 +8,14 @@ One step, for a batch x of B inputs with D_x data dimensions:
    z_hat_i = round(bound(z_i)) / (L_i // 2) in [-1, 1]. A token's code is the mixed-radix index of its d
    digits, one of prod(L) codes of an implicit codebook (used by ``encode`` / ``decode`` and downstream).
 3. Decoder: per token Dense(decoder.embed_dim) -> Dense(decoder.fsq_token_dim), no activation between
-   (SPEC 3.4, 5.8), then the MLP on the T token vectors concatenated.
+   (original: models/fsq.py), then the MLP on the T token vectors concatenated.
 4. Loss L = -mean_b log p(x_b | z_hat_b) / D_x: reconstruction only, no commitment or codebook term.
 
 NOTE(paper): ``bound`` uses atanh for the even-L shift and half_l = (L - 1)(1 + 1e-3) / 2; the original DAPS
 code uses tan and (L - 1)(1 - 1e-3) / 2 (see :func:`daps.functional.fsq_bound`: the same set of codes, bounded
 values within 0.2 %).
-NOTE(paper): the loss is a per-dimension mean as in the original (DAPS and Gumbel use full sums, SPEC 11.12);
-the logged ``log_p`` is the full sum in nats, comparable across methods.
+NOTE(paper): the loss is a per-dimension mean as in the original (DAPS and Gumbel use full sums; original:
+models/fsq.py); the logged ``log_p`` is the full sum in nats, comparable across methods.
 NOTE(paper): the original configs carry ``commitment_coeff`` 0.25, which its FSQ loss never uses; not kept.
 """
 
@@ -51,7 +51,7 @@ from daps.optim import OptimizerSpec
 
 @dataclass
 class FSQConfig:
-    """Finite scalar quantization (Mentzer et al. 2024, SPEC 3.4)."""
+    """Finite scalar quantization (Mentzer et al. 2024; original: models/fsq.py)."""
 
     section: ClassVar[str] = "fsq"
     """The name of these settings in overrides and config.json."""
@@ -95,7 +95,7 @@ class FSQ(nn.Module):
         return math.prod(self.levels)
 
     def optimizer_specs(self, lr: float, grad_clip: float) -> list[OptimizerSpec]:
-        """One AdamW with adaptive clipping over every parameter (SPEC 6.8)."""
+        """One AdamW with adaptive clipping over every parameter (original: configs/model_dataset/fsq_*.yaml)."""
         return [OptimizerSpec("vae", list(self.parameters()), lr=lr, grad_clip=grad_clip)]
 
     def quantize(self, x: torch.Tensor) -> torch.Tensor:
@@ -153,15 +153,15 @@ class FSQ(nn.Module):
 
 
 def build_fsq(cfg: Config, image_shape: tuple[int, int, int]) -> FSQ:
-    """FSQ with the bidirectional encoder and the MLP (MNIST) or ResNet decoder (SPEC 3.4, 5.6, 5.8)."""
+    """FSQ with the bidirectional encoder and the MLP (MNIST) or ResNet decoder (original: models/fsq.py)."""
     likelihood = build_likelihood(cfg)
     levels = tuple(cfg.fsq.levels)
     encoder = build_na_encoder(cfg, image_shape, out_dim=len(levels))  # built first: seeded init follows this order
     d = cfg.decoder
-    if d.kind == "resnet":  # Dense(E) -> Dense(E * ratio) -> Dense(E), no activations (SPEC 5.6)
+    if d.kind == "resnet":  # Dense(E) -> Dense(E * ratio) -> Dense(E), no activations (original: models/fsq.py)
         token_dim = d.embed_dim
         widths = (len(levels), d.embed_dim, d.embed_dim * d.fsq_ratio, d.embed_dim)
-    else:  # Dense(E) -> Dense(fsq_token_dim) (SPEC 5.8)
+    else:  # Dense(E) -> Dense(fsq_token_dim) (original: models/fsq.py)
         token_dim = d.fsq_token_dim
         widths = (len(levels), d.embed_dim, d.fsq_token_dim)
     embed_latent = nn.Sequential(*(dense(a, b, init="lecun") for a, b in zip(widths[:-1], widths[1:])))

@@ -1,4 +1,4 @@
-"""Straight-through relaxed categorical VAEs: Gumbel-Softmax and Gumbel-Rao (GR-MCK) (SPEC 3.1-3.3).
+"""Straight-through relaxed categorical VAEs: Gumbel-Softmax and Gumbel-Rao (GR-MCK) (original: models/gumbel.py).
 
 Papers: Jang, Gu & Poole, "Categorical Reparameterization with Gumbel-Softmax" (ICLR 2017,
 https://arxiv.org/abs/1611.01144); Paulus, Maddison & Krause, "Rao-Blackwellizing the Straight-Through
@@ -12,13 +12,15 @@ One step, for a batch x of B inputs, with temperature tau and KL weight beta fro
      rao:     z_t ~ Cat(l_t) by Gumbel-max, s_t = (1/k) sum_k softmax(G_k / tau), G_k ~ (l_t + g | argmax = z_t)
                                                                                    (Paulus et al. Eq. 9)
    The autoregressive encoder feeds y_t back as its next input (y_t @ embedding table), so gradients flow
-   through the whole chain; the non-autoregressive encoder samples all tokens at once (SPEC 3.3).
+   through the whole chain; the non-autoregressive encoder samples all tokens at once (original: models/gumbel.py).
 2. The decoder reads the one-hots: log p_phi(x | z) = log p(x | decoder(y)).
-3. KL(q || U) = sum_t (log V - H(q(. | z_<t, x))) from the sampling pass's log-probabilities (SPEC 2).
+3. KL(q || U) = sum_t (log V - H(q(. | z_<t, x))) from the sampling pass's log-probabilities (original:
+   models/base_vae.py).
 4. L = -mean_b [log p_phi(x | z) - beta KL]; one backward trains encoder and decoder together.
 
 NOTE(paper): GR-MCK differentiates the conditional Gumbel noise's dependence on l (the original DAPS code,
-SPEC 3.2); ``relaxed.rao_stop_gradient=true`` detaches it as Paulus et al.'s reference code does.
+original: distributions/categorical.py); ``relaxed.rao_stop_gradient=true`` detaches it as Paulus et al.'s reference
+code does.
 NOTE(paper): evaluation draws exact categorical samples by inverting the CDF (one uniform per token), not by
 Gumbel-max: the same distribution, a different random stream.
 """
@@ -61,7 +63,7 @@ ESTIMATORS = ("gumbel", "rao")
 
 @dataclass
 class RelaxedConfig:
-    """Gumbel-Softmax and Gumbel-Rao (GR-MCK) straight-through estimators (SPEC 3.1-3.3)."""
+    """Gumbel-Softmax and Gumbel-Rao (GR-MCK) straight-through estimators (original: models/gumbel.py)."""
 
     section: ClassVar[str] = "relaxed"
     """The name of these settings in overrides and config.json."""
@@ -74,7 +76,7 @@ class RelaxedConfig:
     """GR-MCK: k, conditional Gumbel draws averaged per token (Paulus et al. 2021)."""
     rao_stop_gradient: bool = False
     """GR-MCK: stop the gradient through the conditional Gumbel noise (as in Paulus et al.'s reference code).
-    Off by default, which is the original DAPS code's gradient path (SPEC 3.2)."""
+    Off by default, which is the original DAPS code's gradient path (distributions/categorical.py)."""
 
     def validate(self) -> None:
         check_positive("relaxed", self, ("num_rao_samples",))
@@ -128,7 +130,7 @@ class GumbelSoftmax(nn.Module):
         return schedule_final(self.cfg.beta)
 
     def optimizer_specs(self, lr: float, grad_clip: float) -> list[OptimizerSpec]:
-        """Encoder and decoder share one AdamW with adaptive clipping (SPEC 6.7)."""
+        """Encoder and decoder share one AdamW with adaptive clipping (original: configs/model_dataset/)."""
         return [OptimizerSpec("vae", list(self.parameters()), lr=lr, grad_clip=grad_clip)]
 
     def compile_step(self, mode: str | None = None) -> None:
@@ -199,22 +201,23 @@ def _build(cfg: Config, image_shape: tuple[int, int, int], autoregressive: bool,
 
 
 def build_gumbel(cfg: Config, image_shape: tuple[int, int, int]) -> GumbelSoftmax:
-    """Straight-through Gumbel-Softmax with the autoregressive encoder (SPEC 3.1)."""
+    """Straight-through Gumbel-Softmax with the autoregressive encoder (original: models/gumbel.py)."""
     return _build(cfg, image_shape, autoregressive=True, estimator="gumbel")
 
 
 def build_gumbelna(cfg: Config, image_shape: tuple[int, int, int]) -> GumbelSoftmax:
-    """Straight-through Gumbel-Softmax with the bidirectional encoder, tokens independent given x (SPEC 3.3)."""
+    """Straight-through Gumbel-Softmax with the bidirectional encoder, tokens independent given x (original:
+    models/gumbel.py)."""
     return _build(cfg, image_shape, autoregressive=False, estimator="gumbel")
 
 
 def build_grmck(cfg: Config, image_shape: tuple[int, int, int]) -> GumbelSoftmax:
-    """GR-MCK (Gumbel-Rao) with the autoregressive encoder (SPEC 3.2)."""
+    """GR-MCK (Gumbel-Rao) with the autoregressive encoder (original: models/gumbel.py)."""
     return _build(cfg, image_shape, autoregressive=True, estimator="rao")
 
 
 def build_grmckna(cfg: Config, image_shape: tuple[int, int, int]) -> GumbelSoftmax:
-    """GR-MCK (Gumbel-Rao) with the bidirectional encoder (SPEC 3.3)."""
+    """GR-MCK (Gumbel-Rao) with the bidirectional encoder (original: models/gumbel.py)."""
     return _build(cfg, image_shape, autoregressive=False, estimator="rao")
 
 

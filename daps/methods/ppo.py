@@ -1,6 +1,6 @@
 """PPO-style autoencoding baseline: Schulman et al. 2017, "Proximal Policy Optimization Algorithms"
 (https://arxiv.org/abs/1707.06347), clipped surrogate (Eq. 7) plus the adaptive KL penalty (Sec. 4),
-with the encoder q_theta(z | x) as the policy and log p_phi(x | z) as the reward (SPEC 3.6).
+with the encoder q_theta(z | x) as the policy and log p_phi(x | z) as the reward (original: models/ppo.py).
 
 One step, for a batch x of B inputs, with theta_old the encoder parameters of the previous step:
 
@@ -20,9 +20,9 @@ hook: theta_old lives in ``old_encoder``, a copy of the encoder whose parameters
 (saved in checkpoints, not trained), and c in the ``kl_coeff`` buffer. Both change only in training mode.
 
 NOTE(paper): beta-ELBO with a constant beta schedule uses beta_final = that constant; the original raises
-(NotImplementedError) and so PPO on CIFAR / ImageNet crashes as shipped (SPEC 3.6).
-NOTE(paper): the original's teacher-forced log q treats code 0 as padding (SPEC 5.3); that is the
-``encoder.mask_token0`` option here, off by default.
+(NotImplementedError) and so PPO on CIFAR / ImageNet crashes as shipped (original: models/ppo.py).
+NOTE(paper): the original's teacher-forced log q treats code 0 as padding (original: networks/transformer.py); that is
+the ``encoder.mask_token0`` option here, off by default.
 NOTE(paper): under torchrun each rank adapts c from its own batch's KL; DDP's buffer broadcast then makes
 rank 0's value (and theta_old) everyone's at the next step.
 """
@@ -65,7 +65,7 @@ from daps.optim import OptimizerSpec
 
 @dataclass
 class PPOConfig:
-    """PPO-style policy-gradient autoencoder (SPEC 3.6)."""
+    """PPO-style policy-gradient autoencoder (original: models/ppo.py)."""
 
     section: ClassVar[str] = "ppo"
     """The name of these settings in overrides and config.json."""
@@ -89,7 +89,7 @@ class PPOConfig:
     value_lr: float = 1e-4
     """AdamW learning rate of the value baseline b(x)."""
     value_grad_clip: float = 1.0
-    """Global-norm gradient clipping of the value baseline (not adaptive, SPEC 3.6)."""
+    """Global-norm gradient clipping of the value baseline (not adaptive, as the original's models/ppo.py)."""
 
     def validate(self) -> None:
         check_positive("ppo", self, ("clip", "init_kl_coeff", "kl_target", "min_kl_coeff", "value_lr"))
@@ -151,7 +151,7 @@ class PPO(nn.Module):
 
     def optimizer_specs(self, lr: float, grad_clip: float) -> list[OptimizerSpec]:
         """Encoder + decoder: AdamW with adaptive clipping; value net: AdamW at ``value_lr`` with global-norm
-        clipping (SPEC 3.6)."""
+        clipping (original: models/ppo.py)."""
         vae = [*self.encoder.parameters(), *self.decoder.parameters()]
         return [
             OptimizerSpec("vae", vae, lr=lr, grad_clip=grad_clip),
@@ -239,13 +239,14 @@ class PPO(nn.Module):
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor, generator: torch.Generator | None = None) -> Reconstruction:
-        """Encode with one stochastic sample and decode, with the ELBO terms (SPEC 8.1)."""
+        """Encode with one stochastic sample and decode, with the ELBO terms (original: models/base_vae.py)."""
         check_images(self, x)
         return categorical_reconstruction(self.encoder, self.decoder, self.likelihood, x, generator)
 
 
 def build_ppo(cfg: Config, image_shape: tuple[int, int, int]) -> PPO:
-    """PPO with the autoregressive transformer encoder, the configured decoder and the value net of SPEC 3.6:
+    """PPO with the autoregressive transformer encoder, the configured decoder and the original's value net
+    (baseline_models/):
     patches -> Dense with the MLP decoder (MNIST), a ResNet encoder with the ResNet decoder (natural images)."""
     likelihood = build_likelihood(cfg)
     encoder = build_ar_encoder(cfg, image_shape)  # built first: the seeded initialization follows this order

@@ -18,7 +18,7 @@ on z_k. The encoder and decoder losses touch disjoint parameters, so one backwar
 
 NOTE(paper): not a baseline of the DAPS paper or its code; added for comparison with DAPS's K samples.
 NOTE(paper): the reward's log q is the teacher-forced one (the same as the sampling log q unless
-``encoder.mask_token0`` reproduces the original's code-0 masking, SPEC 5.3).
+``encoder.mask_token0`` reproduces the original's code-0 masking, original: networks/transformer.py).
 """
 
 from __future__ import annotations
@@ -162,7 +162,7 @@ class Reinforce(nn.Module):
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor, generator: torch.Generator | None = None) -> Reconstruction:
-        """Encode with one stochastic sample and decode, with the ELBO terms (SPEC 8.1)."""
+        """Encode with one stochastic sample and decode, with the ELBO terms (original: models/base_vae.py)."""
         check_images(self, x)
         return categorical_reconstruction(self.encoder, self.decoder, self.likelihood, x, generator)
 

@@ -19,7 +19,7 @@ class Output:
 
 @dataclass
 class Reconstruction:
-    """One encode -> decode of a batch, with the per-input terms of the ELBO (SPEC 8.1).
+    """One encode -> decode of a batch, with the per-input terms of the ELBO (paper Eq. 1).
 
     Deterministic quantizers (FSQ, VQ-VAE) have no q and leave ``kl``, ``log_q`` and ``token_entropy`` as
     None; the Gaussian VAE has no discrete code and leaves ``indices`` as None.

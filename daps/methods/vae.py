@@ -1,5 +1,5 @@
 """Gaussian VAE: Kingma & Welling 2014, "Auto-Encoding Variational Bayes" (https://arxiv.org/abs/1312.6114),
-the continuous-latent reference of the DAPS paper on MNIST (SPEC 3.7).
+the continuous-latent reference of the DAPS paper on MNIST (original: models/vae.py).
 
 q(z | x) = N(mean(x), diag exp(log_var(x))) from an MLP encoder, prior N(0, I), z = mean + exp(log_var / 2) eps
 (reparameterization, eps ~ N(0, I) from the step's generator), decoder = the MNIST MLP fed z as one token.
@@ -44,7 +44,7 @@ from daps.optim import OptimizerSpec
 
 @dataclass
 class GaussianVAEConfig:
-    """Gaussian VAE with an MLP encoder, the same decoder capacity as DAPS on MNIST (SPEC 3.7)."""
+    """Gaussian VAE with an MLP encoder, the same decoder capacity as DAPS on MNIST (original: models/vae.py)."""
 
     section: ClassVar[str] = "vae"
     """The name of these settings in overrides and config.json."""
@@ -99,7 +99,7 @@ class GaussianVAE(nn.Module):
         return schedule_final(self.cfg.beta)
 
     def optimizer_specs(self, lr: float, grad_clip: float) -> list[OptimizerSpec]:
-        """One AdamW with adaptive clipping over encoder and decoder (SPEC 3.7)."""
+        """One AdamW with adaptive clipping over encoder and decoder (original: models/vae.py)."""
         return [OptimizerSpec("vae", list(self.parameters()), lr=lr, grad_clip=grad_clip)]
 
     def decode_params(self, z: torch.Tensor) -> torch.Tensor:
@@ -147,7 +147,8 @@ class GaussianVAE(nn.Module):
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor, generator: torch.Generator | None = None) -> Reconstruction:
-        """Decode the posterior mean; ``kl`` is the closed-form Gaussian KL, there are no codes (SPEC 3.7)."""
+        """Decode the posterior mean; ``kl`` is the closed-form Gaussian KL, there are no codes (original:
+        models/vae.py)."""
         check_images(self, x)
         mean, log_var = self.encoder(x, generator)
         params = self.decode_params(mean)
@@ -160,7 +161,8 @@ class GaussianVAE(nn.Module):
 
 
 def build_vae(cfg: Config, image_shape: tuple[int, int, int]) -> GaussianVAE:
-    """The MNIST Gaussian VAE: MLP encoder (784 -> 512 -> 2 x latent_dim) and the MLP decoder (SPEC 3.7)."""
+    """The MNIST Gaussian VAE: MLP encoder (784 -> 512 -> 2 x latent_dim) and the MLP decoder (original:
+    models/vae.py)."""
     likelihood = build_likelihood(cfg)
     v = cfg.vae
     encoder = GaussianMLPEncoder(math.prod(image_shape), v.hidden, v.latent_dim, v.dropout)

@@ -1,5 +1,5 @@
 """VQ-VAE: "Neural Discrete Representation Learning" (van den Oord, Vinyals & Kavukcuoglu, NeurIPS 2017,
-https://arxiv.org/abs/1711.00937), as the original DAPS code trains it (SPEC 3.5).
+https://arxiv.org/abs/1711.00937), as the original DAPS code trains it (original: models/vqvae.py).
 
 One step, for a batch x of B inputs with D_x data dimensions:
 
@@ -15,8 +15,8 @@ One step, for a batch x of B inputs with D_x data dimensions:
 NOTE(paper): the codebook is trained by gradient with the framework-default embedding init N(0, 1/E), no EMA,
 no data-dependent init and no dead-code restarts, as in the original (``vqvae-ema`` has all three).
 NOTE(paper): the reconstruction term is a per-dimension mean (the paper writes log p summed over data dims),
-which with commitment 0.25 weights the codebook terms relatively higher (SPEC 11.12); the logged ``log_p``
-is the full sum in nats.
+which with commitment 0.25 weights the codebook terms relatively higher (original: models/vqvae.py); the logged
+``log_p`` is the full sum in nats.
 """
 
 from __future__ import annotations
@@ -53,7 +53,8 @@ from daps.optim import OptimizerSpec
 
 @dataclass
 class VQConfig:
-    """VQ-VAE (van den Oord et al. 2017, SPEC 3.5); the codebook is encoder.vocab_size x encoder.width."""
+    """VQ-VAE (van den Oord et al. 2017; original: models/vqvae.py); the codebook is encoder.vocab_size x
+    encoder.width."""
 
     section: ClassVar[str] = "vq"
     """The name of these settings in overrides and config.json."""
@@ -106,7 +107,7 @@ class VQVAE(nn.Module):
         return self.codebook.shape[0]
 
     def optimizer_specs(self, lr: float, grad_clip: float) -> list[OptimizerSpec]:
-        """Codebook, encoder and decoder share one AdamW with adaptive clipping (SPEC 3.5)."""
+        """Codebook, encoder and decoder share one AdamW with adaptive clipping (original: models/vqvae.py)."""
         return [OptimizerSpec("vae", list(self.parameters()), lr=lr, grad_clip=grad_clip)]
 
     def quantize(self, z_e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -164,7 +165,7 @@ class VQVAE(nn.Module):
 
 
 def build_vqvae(cfg: Config, image_shape: tuple[int, int, int]) -> VQVAE:
-    """VQ-VAE with a V x E codebook, V = encoder.vocab_size, E = encoder.width (SPEC 3.5)."""
+    """VQ-VAE with a V x E codebook, V = encoder.vocab_size, E = encoder.width (original: models/vqvae.py)."""
     likelihood = build_likelihood(cfg)
     encoder = build_na_encoder(cfg, image_shape, out_dim=None)  # built first: seeded init follows this order
     decoder = build_decoder(cfg, image_shape, likelihood, token_dim=cfg.encoder.width)

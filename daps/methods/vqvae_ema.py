@@ -1,8 +1,8 @@
 """VQ-VAE with the codebook tricks used in practice (``vqvae-ema``), on ``vector_quantize_pytorch.VectorQuantize``.
 
 Same encoder, decoder, nearest-neighbour lookup, straight-through estimator and commitment loss as ``vqvae``
-(van den Oord et al. 2017, https://arxiv.org/abs/1711.00937; SPEC 3.5), but the codebook is not trained by
-gradient:
+(van den Oord et al. 2017, https://arxiv.org/abs/1711.00937; original: models/vqvae.py), but the codebook is not trained
+by gradient:
 
 - EMA codebook (van den Oord et al. 2017, App. A.1; Razavi et al. 2019, "Generating Diverse High-Fidelity
   Images with VQ-VAE-2", https://arxiv.org/abs/1906.00446): per code v, with decay gamma = vq.ema_decay,

@@ -1,4 +1,4 @@
-"""Statistics of the discrete codes used over a dataset (SPEC 8.6). ``indices (N, T)`` int64."""
+"""Statistics of the discrete codes used over a dataset. ``indices (N, T)`` int64."""
 
 from __future__ import annotations
 

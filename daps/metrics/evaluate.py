@@ -1,4 +1,5 @@
-"""``evaluate``: one stochastic code per image over a split, then every validation metric (SPEC 8)."""
+"""``evaluate``: one stochastic code per image over a split, then every validation metric (original:
+jadex/base/base_trainer.py)."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ FID_PROTOCOLS = ("val-pairs", "reference")
 
 @dataclass
 class FIDSetup:
-    """How FID is measured during an evaluation (SPEC 8.4).
+    """How FID is measured during an evaluation (original: utils/fidjax.py).
 
     ``val-pairs``: the reconstructions against the very validation images they reconstruct (both through the
     same network, same count). ``reference``: the reconstructions against fixed statistics ``reference``
@@ -94,7 +95,7 @@ def evaluate(
         images: raw images ``(N, C, H, W)`` (split into ``batch_size`` chunks), or a function returning an
             iterator over raw batches (streamed data).
         standardize: raw -> model scale and back to [0, 1]; default: the identity (binarized MNIST).
-        fid: also measure FID (SPEC 8.4) under ``fid.protocol``.
+        fid: also measure FID (original: utils/fidjax.py) under ``fid.protocol``.
 
     Returns (log-likelihood terms in nats, summed over data dims / tokens, averaged over images):
     ``log_p``, ``l2`` (model scale), ``mse``, ``psnr`` (dB), ``ssim`` (all on [0, 1], means of per-image
@@ -220,7 +221,8 @@ def dataset_fid_stats(
         "dataset": spec.name, "split": split, "num_images": stats.num, "image_shape": list(data.image_shape),
         "skipped_files": getattr(batches, "num_skipped", 0),
         "weights": str(weights or "default search"), "command": command, "note": spec.note,
-        "preprocessing": "SPEC 8.4: [0,1] -> uint8 (truncation) -> [-1,1] -> bilinear 299x299 without antialiasing",
+        "preprocessing": "as the original's fidjax: [0,1] -> uint8 (truncation) -> [-1,1] -> bilinear 299x299"
+        " without antialiasing",
     }
     save_fid_stats(out, stats, stats.num, meta, overwrite=overwrite)
     return meta

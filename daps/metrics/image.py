@@ -1,4 +1,5 @@
-"""Reconstruction metrics per image (SPEC 8.3, 8.5). Inputs ``(N, ...)``; outputs ``(N,)`` float32."""
+"""Reconstruction metrics per image (original: utils/dm_pix_metrics.py, data/datasets/base_dataset.py). Inputs ``(N,
+...)``; outputs ``(N,)`` float32."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import torch
 
 
 def l2_distance(x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """Euclidean distance over all data dims, ``sqrt(sum (x_hat - x)^2)`` (the paper's "L2", SPEC 8.5)."""
+    """Euclidean distance over all data dims, ``sqrt(sum (x_hat - x)^2)`` (the paper's "L2", Table 1)."""
     return (x_hat.float() - x.float()).flatten(1).square().sum(1).sqrt()
 
 
@@ -37,7 +38,8 @@ def ssim_per_image(
     k1: float = 0.01,
     k2: float = 0.03,
 ) -> torch.Tensor:
-    """Structural similarity per image (SPEC 8.3, the dm_pix formulation), ``(N, C, H, W) -> (N,)`` float32.
+    """Structural similarity per image (the dm_pix formulation, as the original's utils/dm_pix_metrics.py), ``(N, C, H,
+    W) -> (N,)`` float32.
 
     Both inputs are clipped to ``[0, max_val]``. Local statistics use a separable Gaussian window
     (``window`` taps, std ``sigma``) with "valid" filtering (no padding), per channel; variances are clamped

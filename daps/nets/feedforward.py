@@ -1,5 +1,6 @@
-"""Small feed-forward networks of two MNIST baselines: the PPO value baseline b(x) (SPEC 3.6) and the
-Gaussian VAE's MLP encoder (SPEC 3.7). Dense layers use the original's LeCun-normal kernels and zero biases."""
+"""Small feed-forward networks of two MNIST baselines: the PPO value baseline b(x) (original: models/ppo.py) and the
+Gaussian VAE's MLP encoder (original: models/vae.py). Dense layers use the original's LeCun-normal kernels and zero
+biases."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ class PatchValueNet(nn.Module):
     """The value baseline ``b(x)``: image -> ``num_patches`` flattened patches -> ``Dense(width)`` per patch ->
     concatenated -> ``Dense(1)`` -> times ``D_x`` (the number of data dims), in nats of ``log p(x|z)``.
 
-    MNIST (16 patches of 8x8 after padding 28 -> 32, width 64): 5,185 parameters (SPEC 3.6).
+    MNIST (16 patches of 8x8 after padding 28 -> 32, width 64): 5,185 parameters, as the original's.
 
     NOTE(paper): there is no activation between the two layers, so ``b`` is affine in x; that is the
     original's ``VisionFeedForwardBaselineModel``, kept as is.
@@ -41,7 +42,8 @@ class PatchValueNet(nn.Module):
 
 class GaussianMLPEncoder(nn.Module):
     """q(z | x) = N(mean(x), diag exp(log_var(x))): flatten -> ``Dense(hidden)`` -> BatchNorm -> ReLU ->
-    Dropout -> two ``Dense(latent_dim)`` heads; log-variance clipped below at ``log(float32 eps)`` (SPEC 3.7).
+    Dropout -> two ``Dense(latent_dim)`` heads; log-variance clipped below at ``log(float32 eps)`` (original:
+    models/vae.py).
 
     BatchNorm as in Flax (momentum 0.99 = PyTorch ``momentum=0.01``, eps 1e-5). Dropout draws its mask
     from the ``generator`` passed to :meth:`forward`, not torch's global RNG, so runs resume exactly.

@@ -1,4 +1,5 @@
-"""The MNIST generative network p_phi(x | z): per-token latents -> MLP -> Bernoulli logits (SPEC 5.8)."""
+"""The MNIST generative network p_phi(x | z): per-token latents -> MLP -> Bernoulli logits (original:
+generative_models/feedforward_gen.py)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Convolutional networks of the natural-image datasets (SPEC 5.6, 5.7).
+"""Convolutional networks of the natural-image datasets (original: generative_models/resnet_gen.py, networks/resnet.py).
 
 ``ResNetDecoder``: the generative network p_phi(x | z) of CIFAR-10 and ImageNet-256. The T token embeddings
 are laid out on the patch grid (row-major, as the encoder cut the image), then Conv3x3 -> residual blocks ->
@@ -8,7 +8,7 @@ transposed-conv upsampling to the image size, with 2C output channels (Gaussian 
 natural images reads it.
 
 Convolutions use LeCun-normal kernels and zero biases; BatchNorm uses momentum 0.99 in Flax terms (PyTorch
-0.01), eps 1e-5 and the biased batch variance for the running statistics, as the original (SPEC 5).
+0.01), eps 1e-5 and the biased batch variance for the running statistics, as the original (networks/resnet.py).
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def upconv(in_ch: int, out_ch: int) -> nn.ConvTranspose2d:
 
 class SlicedBatchNorm2d(nn.Module):
     """BatchNorm2d whose batch statistics are taken separately over each of ``num_slices`` equal slices of
-    the batch, e.g. the K decodings of the same B images (SPEC 10.2: the original vmaps the decoder over K).
+    the batch, e.g. the K decodings of the same B images (the original vmaps the decoder over K).
 
     In training, each slice ``(B, C, H, W)`` is normalized with its own mean and biased variance, and the
     running statistics move toward their average over the slices. With one slice this is Flax's BatchNorm.
@@ -84,7 +84,7 @@ class SlicedBatchNorm2d(nn.Module):
 
 
 class ResidualBlock(nn.Module):
-    """``x + BN(Conv1x1(ReLU(BN(Conv3x3(ReLU(x))))))`` (SPEC 5.6 step 4)."""
+    """``x + BN(Conv1x1(ReLU(BN(Conv3x3(ReLU(x))))))`` (original: networks/resnet.py)."""
 
     def __init__(self, width: int):
         super().__init__()
@@ -111,11 +111,11 @@ class ResNetDecoder(nn.Module):
     token embeddings ``(N, T, E)`` -> grid ``(N, E, m, n)`` -> Conv3x3(width) -> ``num_blocks`` residual
     blocks -> ReLU -> log2(H / m) transposed convs halving the channels (BN + ReLU after all but the last,
     which outputs ``out_channels``). CIFAR (T=64, V=512, E=128): 257,958 parameters; ImageNet-256 (T=1024,
-    V=1024): 330,198 (SPEC 5.6).
+    V=1024): 330,198, as the original's.
 
     With ``vocab_size`` the decoder owns a code embedding ``(V, E)`` (Normal, std 1/sqrt(E)) and ``forward``
     takes integer codes or one-hots. Inputs may carry a leading sample axis, ``(K, B, T)``: BatchNorm then
-    normalizes each of the K slices on its own (SPEC 10.2) and the output is ``(K, B, ...)``.
+    normalizes each of the K slices on its own, as the original's vmap over K and the output is ``(K, B, ...)``.
     """
 
     def __init__(
@@ -181,7 +181,7 @@ class ResNetDecoder(nn.Module):
 
 
 class ResNetEncoder(nn.Module):
-    """Images ``(B, C, H, W)`` -> features ``(B, out_dim, g, g)`` on a ``g x g`` grid (SPEC 5.7).
+    """Images ``(B, C, H, W)`` -> features ``(B, out_dim, g, g)`` on a ``g x g`` grid (original: networks/resnet.py).
 
     log2(H / g) strided 4x4 convs (channels ``max(width // 2^(n - i), C)``, each + BN + ReLU) -> Conv3x3(width)
     -> residual blocks -> ReLU -> Conv1x1(out_dim). CIFAR, g=4: 32 -> 16 -> 8 -> 4 with 8, 16, 32 channels.
@@ -218,7 +218,7 @@ class ResNetEncoder(nn.Module):
 
 class ResNetValueNet(nn.Module):
     """PPO's value baseline on natural images: ResNet encoder to a 4x4 x 64 grid -> flatten -> ``Dense(1)`` ->
-    times ``D_x``, in nats of ``log p(x|z)`` (SPEC 3.6, ``VisionResNetBaselineModel``)."""
+    times ``D_x``, in nats of ``log p(x|z)`` (original: ``VisionResNetBaselineModel`` in baseline_models/)."""
 
     def __init__(self, image_shape: tuple[int, int, int], grid: int = 4, width: int = 64):
         super().__init__()
