@@ -41,7 +41,7 @@ from PIL import Image
 from run import git_revision, machine_info
 
 from daps.data.imagefolder import ImageFolderDataset, ImageStream, eval_batches, unpack_imagenet_sample
-from daps.data.mnist import ENV_VAR, cache_dir
+from daps.data.paths import ENV_VAR, cache_root
 
 SAMPLE_TAR = "imagenet_1k_sample_256_q90.tar"
 
@@ -55,7 +55,7 @@ def sample_root(data_dir: str) -> Path:
     tar = next((p for p in candidates if p.is_file()), None)
     if tar is None:
         raise ValueError(f"{SAMPLE_TAR} not found in {base} or {base / 'imagenet_sample_256'}")
-    return unpack_imagenet_sample(tar, cache_dir().parent / "imagenet_sample_256" / tar.stem)
+    return unpack_imagenet_sample(tar, cache_root() / "imagenet_sample_256" / tar.stem)
 
 
 def _rates(times: list[float], images: int) -> dict:

