@@ -40,7 +40,8 @@ from PIL import Image
 # The suite's machine description (benchmarks/run.py; this script's folder is on sys.path when it runs).
 from run import git_revision, machine_info
 
-from daps.data.imagefolder import ImageFolderDataset, ImageStream, eval_batches, unpack_imagenet_sample
+from daps.data.imagefolder import ImageFolderDataset, ImageStream, eval_batches
+from daps.data.imagenet import unpack_imagenet_sample
 from daps.data.paths import ENV_VAR, cache_root
 
 SAMPLE_TAR = "imagenet_1k_sample_256_q90.tar"

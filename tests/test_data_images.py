@@ -30,15 +30,15 @@ from daps.data.imagefolder import (
     _EpochBatchSampler,
     collate_images,
     eval_batches,
-    find_imagenet_root,
     find_images,
+)
+from daps.data.imagenet import find_imagenet_root, require_imagenet_root, unpack_imagenet_sample
+from daps.data.transforms import (
     pil_to_uint8,
     random_horizontal_flip,
     random_resized_crop,
-    require_imagenet_root,
     resize_center_crop,
     sample_crop_box,
-    unpack_imagenet_sample,
 )
 
 REAL_DATA = os.environ.get("DAPS_DATA_DIR", "").strip()

@@ -17,15 +17,8 @@ from typing import Callable, Iterator
 import torch
 
 from daps.data.cifar import CIFAR10_MEAN, CIFAR10_STD, load_cifar10, load_cifar10_jpeg
-from daps.data.imagefolder import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    ImageFolderDataset,
-    ImageStream,
-    eval_batches,
-    find_imagenet_root,
-    unpack_imagenet_sample,
-)
+from daps.data.imagefolder import IMAGENET_MEAN, IMAGENET_STD, ImageFolderDataset, ImageStream, eval_batches
+from daps.data.imagenet import find_imagenet_root, unpack_imagenet_sample
 from daps.data.mnist import load_mnist, load_mnist5k
 from daps.data.paths import DATA_DIR_FIX, ENV_VAR, SPLITS, ImageSet, PathLike, cache_root, explicit_root, user_roots
 from daps.errors import UserError

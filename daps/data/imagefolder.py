@@ -1,5 +1,5 @@
-"""Class-folder image datasets (ImageNet-style) with the original's crops (data/utils/transforms.py), and the streams
-that feed them.
+"""Class-folder image datasets (ImageNet-style) and the streams that feed them; the crops are in
+:mod:`daps.data.transforms`, the ImageNet files in :mod:`daps.data.imagenet`.
 
 A dataset is a tree ``root/<class>/<image files>``; classes are the sorted folder names (label = rank), files
 are sorted, so the order is deterministic. Training items get a random resized crop (scale (0.08, 1),
@@ -27,25 +27,26 @@ ILSVRC2012 itself: the official tar files are not handled here; give an extracte
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import math
 import os
-import re
-import shutil
 import struct
-import tarfile
-import tempfile
 from collections.abc import Iterator, Sequence
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler, get_worker_info
 
-from daps.data import paths
-from daps.data.paths import DATA_DIR_FIX, PathLike, dedupe, env_root, explicit_root
+from daps.data.paths import PathLike
+from daps.data.transforms import (
+    epoch_permutation,
+    hash_seed,
+    pil_to_uint8,
+    random_horizontal_flip,
+    random_resized_crop,
+    resize_center_crop,
+)
 from daps.errors import UserError
 
 __all__ = [
@@ -56,18 +57,8 @@ __all__ = [
     "ImageFolderDataset",
     "ImageStream",
     "collate_images",
-    "epoch_permutation",
     "eval_batches",
-    "find_imagenet_root",
     "find_images",
-    "imagenet_search_folders",
-    "pil_to_uint8",
-    "random_horizontal_flip",
-    "random_resized_crop",
-    "require_imagenet_root",
-    "resize_center_crop",
-    "sample_crop_box",
-    "unpack_imagenet_sample",
 ]
 
 log = logging.getLogger(__name__)
@@ -128,118 +119,6 @@ def find_images(root: PathLike) -> tuple[list[Path], list[int], list[str]]:
 
 # --------------------------------------------------------------------------- transforms
 
-
-def _uniform(generator: torch.Generator, low: float, high: float) -> float:
-    return low + (high - low) * float(torch.rand((), generator=generator))
-
-
-def _randint(generator: torch.Generator, low: int, high: int) -> int:
-    """Uniform integer in ``[low, high]`` (inclusive)."""
-    return int(torch.randint(low, high + 1, (), generator=generator))
-
-
-def _check_range(name: str, pair: Sequence[float]) -> tuple[float, float]:
-    lo, hi = float(pair[0]), float(pair[1])
-    if not (0 < lo <= hi) or not math.isfinite(hi):
-        raise UserError(f"{name} must be (low, high) with 0 < low <= high, got {tuple(pair)}")
-    return lo, hi
-
-
-def sample_crop_box(
-    width: int,
-    height: int,
-    generator: torch.Generator,
-    scale: Sequence[float] = (0.08, 1.0),
-    ratio: Sequence[float] = (3 / 4, 4 / 3),
-    tries: int = 10,
-) -> tuple[int, int, int, int]:
-    """The box ``(left, top, w, h)`` of a random resized crop of a ``width x height`` image.
-
-    Up to ``tries`` times: area fraction uniform in ``scale``, aspect ratio w/h log-uniform in ``ratio``;
-    the first box that fits is placed uniformly. If none fits: the largest centered box whose aspect ratio
-    is the image's, clamped to ``ratio``.
-    """
-    s_lo, s_hi = _check_range("scale", scale)
-    r_lo, r_hi = _check_range("ratio", ratio)
-    if width < 1 or height < 1:
-        raise UserError(f"image size must be positive, got {width}x{height}")
-    area = width * height
-    log_lo, log_hi = math.log(r_lo), math.log(r_hi)
-    for _ in range(tries):
-        target = area * _uniform(generator, s_lo, s_hi)
-        aspect = math.exp(_uniform(generator, log_lo, log_hi))
-        w = int(round(math.sqrt(target * aspect)))
-        h = int(round(math.sqrt(target / aspect)))
-        if 0 < w <= width and 0 < h <= height:
-            top = _randint(generator, 0, height - h)
-            left = _randint(generator, 0, width - w)
-            return left, top, w, h
-    aspect = width / height
-    if aspect < r_lo:
-        w, h = width, max(1, min(height, int(round(width / r_lo))))
-    elif aspect > r_hi:
-        w, h = max(1, min(width, int(round(height * r_hi)))), height
-    else:
-        w, h = width, height
-    return (width - w) // 2, (height - h) // 2, w, h
-
-
-def random_resized_crop(
-    img: Image.Image,
-    size: int,
-    generator: torch.Generator,
-    scale: Sequence[float] = (0.08, 1.0),
-    ratio: Sequence[float] = (3 / 4, 4 / 3),
-    tries: int = 10,
-) -> Image.Image:
-    """A box from :func:`sample_crop_box`, resized (bilinear) to ``size x size``."""
-    left, top, w, h = sample_crop_box(img.width, img.height, generator, scale, ratio, tries)
-    # resize(box=...) crops and resizes in one pass (no intermediate crop image).
-    return img.resize((size, size), Image.Resampling.BILINEAR, box=(left, top, left + w, top + h))
-
-
-def random_horizontal_flip(img: Image.Image, generator: torch.Generator, p: float = 0.5) -> Image.Image:
-    """Mirror left-right with probability ``p``."""
-    if float(torch.rand((), generator=generator)) < p:
-        return img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    return img
-
-
-def resize_center_crop(img: Image.Image, size: int) -> Image.Image:
-    """Resize so the shorter side is ``size`` (bilinear), then crop the central ``size x size``."""
-    w, h = img.size
-    if min(w, h) != size:
-        factor = size / min(w, h)
-        w, h = (size, max(size, int(round(h * factor)))) if w <= h else (max(size, int(round(w * factor))), size)
-        img = img.resize((w, h), Image.Resampling.BILINEAR)
-    left, top = (w - size) // 2, (h - size) // 2
-    return img.crop((left, top, left + size, top + size))
-
-
-def pil_to_uint8(img: Image.Image) -> torch.Tensor:
-    """PIL image -> uint8 tensor ``(3, H, W)`` (converted to RGB first if needed)."""
-    if img.mode != "RGB":
-        img = img.convert("RGB")
-    # The HWC -> CHW copy is done by numpy, single-threaded: with num_workers=0 items are made in the main
-    # process, whose torch intra-op pool would split each 200 KB copy across threads (10x slower on a busy
-    # 2-core machine).
-    return torch.from_numpy(np.ascontiguousarray(np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)))
-
-
-# --------------------------------------------------------------------------- dataset
-
-
-def _hash_seed(tag: bytes, *values: int) -> int:
-    """A well-mixed 63-bit seed from non-negative ints (so nearby seeds / indices give unrelated streams)."""
-    packed = struct.pack(f"<{len(values)}Q", *(v % 2**64 for v in values))
-    digest = hashlib.blake2b(packed, digest_size=8, person=tag).digest()
-    return int.from_bytes(digest, "little") & (2**63 - 1)
-
-
-def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
-    """The visiting order of epoch ``epoch``: int64 ``(n,)``, a function of ``(seed, epoch)`` only."""
-    g = torch.Generator().manual_seed(_hash_seed(b"daps-epoch", seed, epoch))
-    return torch.randperm(n, generator=g)
 
 
 def _check_nonneg_int(name: str, value: int) -> int:
@@ -320,7 +199,7 @@ class ImageFolderDataset(Dataset):
         index %= n
         generator = None
         if self.train:
-            generator = torch.Generator().manual_seed(_hash_seed(b"daps-augment", self.seed, int(epoch), index))
+            generator = torch.Generator().manual_seed(hash_seed(b"daps-augment", self.seed, int(epoch), index))
         skipped: list[str] = []
         for attempt in range(min(self.max_attempts, n)):
             j = (index + attempt) % n
@@ -370,20 +249,6 @@ class _SkipTracker:
                     log.warning("skipping unreadable image file %s (found by a DataLoader worker)", path)
 
 
-class _ReportsSkips:
-    """``num_skipped`` / ``skipped_paths`` of a batch iterator that keeps a :class:`_SkipTracker` in ``_skips``."""
-
-    _skips: _SkipTracker
-
-    @property
-    def num_skipped(self) -> int:
-        return self._skips.num_skipped
-
-    @property
-    def skipped_paths(self) -> set[str]:
-        return self._skips.skipped_paths
-
-
 # --------------------------------------------------------------------------- streams
 
 
@@ -404,7 +269,7 @@ class _EpochBatchSampler(Sampler):
             epoch, offset = epoch + 1, 0
 
 
-class ImageStream(_ReportsSkips):
+class ImageStream:
     """Endless training batches, uint8 ``(B, 3, R, R)``, from a :class:`ImageFolderDataset`.
 
     Epochs are seeded permutations (:func:`epoch_permutation`), each split into ``len(dataset) // B`` batches
@@ -454,6 +319,16 @@ class ImageStream(_ReportsSkips):
         )
         return iter(loader)
 
+    @property
+    def num_skipped(self) -> int:
+        """Unreadable files replaced so far (each occurrence)."""
+        return self._skips.num_skipped
+
+    @property
+    def skipped_paths(self) -> set[str]:
+        """The distinct unreadable paths met so far."""
+        return self._skips.skipped_paths
+
     def __iter__(self) -> ImageStream:
         return self
 
@@ -470,7 +345,7 @@ class ImageStream(_ReportsSkips):
         self._iter = None
 
 
-class EvalBatches(_ReportsSkips):
+class EvalBatches:
     """One pass over the images ``indices`` in that order, uint8 ``(B, 3, R, R)`` batches (the last may be
     smaller); unreadable files are replaced by the next image and counted in ``num_skipped``."""
 
@@ -487,6 +362,16 @@ class EvalBatches(_ReportsSkips):
         self._skips = _SkipTracker(dataset)
         self._iter: Iterator[dict] | None = None
         self.count = len(indices)
+
+    @property
+    def num_skipped(self) -> int:
+        """Unreadable files replaced so far (each occurrence)."""
+        return self._skips.num_skipped
+
+    @property
+    def skipped_paths(self) -> set[str]:
+        """The distinct unreadable paths met so far."""
+        return self._skips.skipped_paths
 
     def __iter__(self) -> EvalBatches:
         return self
@@ -514,144 +399,3 @@ def eval_batches(
     if 0 < max_images < n:
         indices = torch.randperm(n, generator=torch.Generator().manual_seed(0))[:max_images].sort().values.tolist()
     return EvalBatches(dataset, int(batch_size), int(num_workers), indices)
-
-
-# --------------------------------------------------------------------------- ImageNet folders
-
-
-SAMPLE_TOP = "imagenet_1k_sample_256"
-_SAMPLE_IMAGE = re.compile(r"^(\d+)_(n\d{8})_[^/\\]+\.(?:jpe?g)$", re.IGNORECASE)
-_UNPACKED_MARKER = ".daps_unpacked"
-
-
-def _sample_member(tar_path: Path, member: tarfile.TarInfo) -> str | None:
-    """The file name of a safe member ``imagenet_1k_sample_256/<name>``, None for its folder entry."""
-    parts = PurePosixPath(member.name).parts
-    if member.name.startswith("/") or ".." in parts or "\\" in member.name or not parts or parts[0] != SAMPLE_TOP:
-        raise UserError(f"{tar_path}: refusing unexpected archive member {member.name!r}")
-    if member.isdir() and len(parts) == 1:
-        return None
-    if not member.isfile() or len(parts) != 2 or parts[1].startswith("."):
-        raise UserError(f"{tar_path}: refusing unexpected archive member {member.name!r}")
-    return parts[1]
-
-
-def _parse_labels_tsv(tar_path: Path, text: str) -> dict[int, str]:
-    table: dict[int, str] = {}
-    for line in text.splitlines():
-        if line.strip():
-            fields = line.split("\t")
-            if len(fields) < 2 or not fields[0].isdigit():
-                raise UserError(f"{tar_path}: malformed labels.tsv line {line!r}")
-            table[int(fields[0])] = fields[1]
-    return table
-
-
-def unpack_imagenet_sample(tar_path: PathLike, dest: PathLike) -> Path:
-    """Unpack the ImageNet sample tar (``imagenet_1k_sample_256/NNN_<wnid>_<name>.jpg`` + ``labels.tsv``)
-    into a class-folder tree ``dest/<wnid>/NNN_<wnid>_<name>.jpg`` (plus ``dest/labels.tsv``).
-
-    Safe: only regular files with the expected names are written, at paths built from those names. Atomic:
-    written into a temp folder beside ``dest``, then renamed. Idempotent: returns at once if ``dest`` is a
-    finished unpack. Sorted wnids give the standard class indices NNN (checked against labels.tsv).
-
-    Raises:
-        FileNotFoundError: no such tar. FileExistsError: ``dest`` exists but is not a finished unpack.
-        ValueError: an unexpected, unsafe or inconsistent archive.
-    """
-    tar_path, dest = Path(tar_path).expanduser(), Path(dest).expanduser()
-    if (dest / _UNPACKED_MARKER).is_file():
-        return dest
-    if dest.exists():
-        raise FileExistsError(f"{dest} exists but is not a finished unpack of {tar_path.name}; remove it first")
-    if not tar_path.is_file():
-        raise FileNotFoundError(f"ImageNet sample tar {tar_path} not found")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
-    try:
-        wnids: dict[int, str] = {}
-        labels_text = None
-        try:
-            with tarfile.open(tar_path, "r:*") as tar:
-                for member in tar:
-                    name = _sample_member(tar_path, member)
-                    if name is None:
-                        continue
-                    src = tar.extractfile(member)
-                    assert src is not None  # regular file
-                    with src:
-                        if name == "labels.tsv":
-                            labels_text = src.read().decode("utf-8")
-                            continue
-                        match = _SAMPLE_IMAGE.match(name)
-                        if match is None:
-                            raise UserError(f"{tar_path}: unexpected file {member.name!r}")
-                        index, wnid = int(match[1]), match[2]
-                        if index in wnids:
-                            raise UserError(f"{tar_path}: class index {index} appears twice")
-                        wnids[index] = wnid
-                        (tmp / wnid).mkdir(exist_ok=True)
-                        with open(tmp / wnid / name, "wb") as out:
-                            shutil.copyfileobj(src, out)
-        except (tarfile.TarError, EOFError) as e:
-            raise UserError(f"{tar_path}: corrupt tar ({e})") from e
-        if labels_text is None:
-            raise UserError(f"{tar_path}: no {SAMPLE_TOP}/labels.tsv")
-        if _parse_labels_tsv(tar_path, labels_text) != wnids:
-            raise UserError(f"{tar_path}: labels.tsv does not match the image file names")
-        if [wnids[i] for i in sorted(wnids)] != sorted(wnids.values()):
-            raise UserError(f"{tar_path}: class indices are not the ranks of the sorted wnids")
-        (tmp / "labels.tsv").write_text(labels_text, encoding="utf-8")
-        (tmp / _UNPACKED_MARKER).write_text(f"{tar_path.name}\t{len(wnids)} images\n")
-        try:
-            os.rename(tmp, dest)
-        except OSError:
-            if not (dest / _UNPACKED_MARKER).is_file():  # not a concurrent unpack that finished first
-                raise
-        log.info("unpacked %d images of %s into %s", len(wnids), tar_path, dest)
-        return dest
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def imagenet_search_folders(data_dir: PathLike | None = None) -> list[Path]:
-    """Where :func:`find_imagenet_root` looks: ``data_dir`` and ``data_dir/imagenet`` (an explicit ``data_dir``
-    must exist), else ``$DAPS_DATA_DIR/imagenet``; then ``~/.cache/daps/imagenet``."""
-    folders: list[Path] = []
-    root = explicit_root(data_dir)
-    if root is not None:
-        folders += [root, root / "imagenet"]
-    elif (env := env_root()) is not None:
-        folders.append(env / "imagenet")
-    folders.append(paths.cache_root() / "imagenet")
-    return dedupe(folders)
-
-
-def _has_class_folders(folder: Path) -> bool:
-    try:
-        return folder.is_dir() and any(d.is_dir() and not d.name.startswith(".") for d in folder.iterdir())
-    except OSError:
-        return False
-
-
-def find_imagenet_root(data_dir: PathLike | None = None) -> Path | None:
-    """The first of :func:`imagenet_search_folders` holding ``train/<class>/`` and/or ``val/<class>/`` folders,
-    else None. The official ILSVRC2012 tars are not unpacked here: extract them yourself into class folders
-    (``train/<wnid>/*.JPEG``, and ``val/<wnid>/*.JPEG`` -- the validation images sorted into class folders)."""
-    for folder in imagenet_search_folders(data_dir):
-        if _has_class_folders(folder / "train") or _has_class_folders(folder / "val"):
-            return folder
-    return None
-
-
-def require_imagenet_root(data_dir: PathLike | None = None) -> Path:
-    """:func:`find_imagenet_root`, or FileNotFoundError saying where it looked and what to put there."""
-    root = find_imagenet_root(data_dir)
-    if root is None:
-        looked = ", ".join(str(f) for f in imagenet_search_folders(data_dir))
-        raise FileNotFoundError(
-            f"ImageNet not found: no folder with train/<wnid>/*.JPEG or val/<wnid>/*.JPEG in {looked}. Fix: extract "
-            f"ILSVRC2012 into class folders there (val too must be sorted into val/<wnid>/ folders; the official "
-            f"tars are not unpacked automatically), or {DATA_DIR_FIX}."
-        )
-    return root
