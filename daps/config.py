@@ -445,11 +445,12 @@ def config_to_dict(cfg: Config) -> dict[str, Any]:
 
 
 def config_differences(a: Config, b: Config, ignore: set[str] | frozenset[str] = frozenset()) -> dict[str, tuple]:
-    """Dotted key -> (value in ``a``, value in ``b``) for every setting that differs, except the keys in ``ignore``."""
+    """Dotted key -> (value in ``a``, value in ``b``) for every setting that differs, except the keys in ``ignore``.
+    A key only one of them has (configs of different methods) pairs its value with None."""
     values_a = {key: getattr(owner, f.name) for key, (owner, f) in _leaf_fields(a).items()}
     values_b = {key: getattr(owner, f.name) for key, (owner, f) in _leaf_fields(b).items()}
-    keys = [key for key in values_a if key not in ignore and values_a[key] != values_b[key]]
-    return {key: (values_a[key], values_b[key]) for key in keys}
+    keys = [key for key in {**values_a, **values_b} if key not in ignore and values_a.get(key) != values_b.get(key)]
+    return {key: (values_a.get(key), values_b.get(key)) for key in keys}
 
 
 V1_METHOD_SECTIONS = ("daps", "relaxed", "fsq", "vq", "ppo", "reinforce", "vae")

@@ -26,13 +26,14 @@ from daps import dist
 from daps.checkpoint import (
     CKPT_DIR,
     find_resumable,
+    list_checkpoints,
     load_training_state,
     load_weights,
     read_config,
     save_checkpoint,
     write_config,
 )
-from daps.config import Config, config_to_dict
+from daps.config import Config, config_differences
 from daps.data import dataset_spec, train_batches, val_batches
 from daps.errors import UserError
 from daps.functional import cosine_schedule
@@ -42,6 +43,8 @@ from daps.metrics.evaluate import FIDSetup, fid_setup
 from daps.optim import Optimizers
 from daps.plots import read_metrics, save_reconstruction_grid, save_training_curves
 from daps.runfolder import (
+    LOCK,
+    MARKER,
     FolderLock,
     OutputFolderError,
     check_replaceable,
@@ -86,16 +89,6 @@ class TrainingDiverged(RuntimeError):
     """Training stopped because its updates or parameters became non-finite (the CLI exits with code 3)."""
 
 
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[prefix + k] = v
-    return out
-
-
 @dataclass
 class RunPlan:
     """What :func:`prepare_run_dir` decided: start fresh (emptying the folder first?) or resume."""
@@ -105,16 +98,14 @@ class RunPlan:
 
 
 def _check_same_config(run_dir: Path, saved_cfg: Config, cfg: Config, report: bool = True) -> None:
-    saved = _flatten(config_to_dict(saved_cfg))
-    given = _flatten(config_to_dict(cfg))
-    changed = sorted(k for k in given if k not in RESUMABLE_CHANGES and saved.get(k) != given[k])
+    changed = config_differences(saved_cfg, cfg, ignore=RESUMABLE_CHANGES)
     if changed:
-        diffs = ", ".join(f"{k}: {saved.get(k)!r} -> {given[k]!r}" for k in changed)
+        diffs = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in sorted(changed.items()))
         raise UserError(f"cannot resume {run_dir} with a different config ({diffs})")
-    if saved["train.steps"] != given["train.steps"] and report:
+    if saved_cfg.train.steps != cfg.train.steps and report:
         log.warning(
             "train.steps changed on resume (%s -> %s): schedules that follow the run length (beta) are re-timed",
-            saved["train.steps"], given["train.steps"],
+            saved_cfg.train.steps, cfg.train.steps,
         )
 
 
@@ -201,8 +192,8 @@ def _all_finite(model: torch.nn.Module) -> bool:
 
 
 def _diverged(run_dir: Path, step: int, why: str) -> TrainingDiverged:
-    ckpts = sorted((run_dir / CKPT_DIR).glob("step_*"))
-    last = f"its last checkpoint, {ckpts[-1]}, is intact" if ckpts else "it has no checkpoint"
+    ckpts = list_checkpoints(run_dir)  # newest first
+    last = f"its last checkpoint, {ckpts[0]}, is intact" if ckpts else "it has no checkpoint"
     return TrainingDiverged(
         f"training diverged at step {step}: {why}; {last}. Lower optim.lr (or check the data) and start again"
     )
@@ -234,7 +225,7 @@ def train(
         if lock is not None:
             lock.release()
             if created and not has_content(run_dir):  # failed before writing anything: leave no folder behind
-                for name in (".daps", ".lock"):
+                for name in (MARKER, LOCK):
                     (run_dir / name).unlink(missing_ok=True)
                 try:
                     run_dir.rmdir()
