@@ -17,7 +17,6 @@ naming the file; :func:`find_resumable` then falls back to the newest intact che
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -32,7 +31,7 @@ from safetensors.torch import load_file, save_file
 
 from daps.config import Config, config_from_dict, config_to_dict
 from daps.errors import UserError
-from daps.runfolder import fsync_path, write_json_atomic, write_text_atomic
+from daps.runfolder import file_digest, fsync_path, write_json_atomic, write_text_atomic
 
 log = logging.getLogger("daps")
 
@@ -67,14 +66,6 @@ def read_config(path: str | Path) -> Config:
         raise CheckpointError(f"{path} is not a valid daps config: {err}") from None
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def save_checkpoint(run_dir: Path, step: int, model: nn.Module, cfg: Config, state: dict[str, Any], keep: int) -> Path:
     """Write checkpoint ``step`` atomically with its checksums, point ``latest`` at it, prune to the newest ``keep``."""
     root = Path(run_dir) / CKPT_DIR
@@ -90,7 +81,7 @@ def save_checkpoint(run_dir: Path, step: int, model: nn.Module, cfg: Config, sta
     sums = {}
     for file in FILES:
         fsync_path(tmp / file)
-        sums[file] = {"sha256": _sha256(tmp / file), "bytes": (tmp / file).stat().st_size}
+        sums[file] = {"sha256": file_digest(tmp / file, "sha256"), "bytes": (tmp / file).stat().st_size}
     write_json_atomic(tmp / CHECKSUMS, {"step": step, "files": sums})
     aside = root / f".{name}.old-{os.getpid()}"
     if final.exists():  # rewriting a step: move the old copy aside, never leave `latest` dangling
@@ -142,7 +133,7 @@ def verify_checkpoint(ckpt: str | Path) -> None:
         size = path.stat().st_size
         if size != expected.get("bytes"):
             raise CheckpointError(f"{path} is damaged: {size} bytes, {expected.get('bytes')} expected")
-        if _sha256(path) != expected.get("sha256"):
+        if file_digest(path, "sha256") != expected.get("sha256"):
             raise CheckpointError(f"{path} is damaged: its SHA-256 does not match {CHECKSUMS}")
 
 

@@ -12,6 +12,7 @@ folder or a filesystem root. A run folder is locked while a process writes it (`
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -37,6 +38,15 @@ class OutputFolderError(UserError):
 
 # --------------------------------------------------------------------------------------------------
 # Atomic files
+
+
+def file_digest(path: Path, algorithm: str) -> str:
+    """The hex digest of a file's bytes under ``hashlib`` ``algorithm`` (``sha256``, ``md5``), read in 1 MiB blocks."""
+    digest = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def fsync_path(path: Path) -> None:
@@ -262,6 +272,7 @@ __all__ = [
     "atomic_path",
     "check_replaceable",
     "clear_folder",
+    "file_digest",
     "has_content",
     "is_output_folder",
     "prepare_output_folder",

@@ -7,7 +7,6 @@ never falls back), else ``$DAPS_DATA_DIR``; then the download cache ``$XDG_CACHE
 
 from __future__ import annotations
 
-import hashlib
 import os
 import urllib.request
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from typing import Union
 import torch
 
 from daps.errors import UserError
+from daps.runfolder import file_digest
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -98,11 +98,7 @@ def dedupe(paths: list[Path]) -> list[Path]:
 
 def md5(path: Path) -> str:
     """The md5 hex digest of a file (the checksum the standard dataset releases publish)."""
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return file_digest(path, "md5")
 
 
 def urlopen(url: str, timeout: float):

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 import zipfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -26,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from daps.errors import UserError
+from daps.runfolder import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -215,7 +215,7 @@ def frechet_distance(mu1: ArrayLike, sigma1: ArrayLike, mu2: ArrayLike, sigma2: 
 def save_fid_stats(path: str | os.PathLike, stats_or_mu_sigma: FeatureStats | tuple[ArrayLike, ArrayLike],
                    num_images: int | None = None, meta: dict | None = None, overwrite: bool = False) -> Path:
     """Write ``mu`` (D,), ``sigma`` (D, D) float64, ``num_images`` and ``meta`` (JSON string: dataset, split,
-    weights, protocol, ...) to an ``.npz``, atomically (temp file in the same folder, then ``os.replace``).
+    weights, protocol, ...) to an ``.npz``, atomically (:func:`daps.runfolder.atomic_path`).
     ``num_images`` defaults to ``stats.num`` for a :class:`FeatureStats`. Raises FileExistsError unless
     ``overwrite``."""
     path = Path(path)
@@ -233,14 +233,8 @@ def save_fid_stats(path: str | os.PathLike, stats_or_mu_sigma: FeatureStats | tu
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, mu=mu, sigma=sigma, num_images=np.int64(num_images), meta=np.array(meta_json))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, mu=mu, sigma=sigma, num_images=np.int64(num_images), meta=np.array(meta_json))
     logger.info("saved FID statistics (%d images, D=%d) to %s", num_images, mu.shape[0], path)
     return path
 
