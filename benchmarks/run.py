@@ -61,7 +61,8 @@ from pathlib import Path
 import torch
 
 import daps
-from daps.config import Config, applicable_overrides, check_overrides_used, config_to_dict, parse_overrides
+from daps.config import Config
+from daps.config_io import applicable_overrides, check_overrides_used, config_to_dict, parse_overrides
 from daps.data import dataset_spec
 from daps.methods import METHODS, build_method
 from daps.optim import Optimizers

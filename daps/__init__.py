@@ -1,7 +1,8 @@
 """daps: discrete variational autoencoders trained by policy search (DAPS, ICLR 2026)."""
 
 from daps.checkpoint import load_model
-from daps.config import Config, parse_overrides
+from daps.config import Config
+from daps.config_io import parse_overrides
 from daps.methods import DAPS, METHODS, MethodSpec, Output, Reconstruction, build_method, register
 from daps.presets import PRESETS, get_preset
 

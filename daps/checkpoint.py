@@ -29,7 +29,8 @@ import torch.nn as nn
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from daps.config import Config, config_from_dict, config_to_dict
+from daps.config import Config
+from daps.config_io import config_from_dict, config_to_dict
 from daps.errors import UserError
 from daps.runfolder import file_digest, fsync_path, write_json_atomic, write_text_atomic
 

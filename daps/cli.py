@@ -14,7 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-from daps.config import parse_overrides
+from daps.config_io import parse_overrides
 from daps.errors import UserError
 from daps.methods import METHODS
 from daps.presets import PRESETS, get_preset
@@ -232,7 +232,7 @@ def _gradlab(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def _presets(args: argparse.Namespace) -> int:
-    from daps.config import config_to_dict
+    from daps.config_io import config_to_dict
 
     if args.name is None:
         for name, fn in sorted(PRESETS.items()):

@@ -27,7 +27,8 @@ from pathlib import Path
 import torch
 
 from daps.checkpoint import load_model, read_config
-from daps.config import Config, applicable_overrides, check_overrides_used, config_differences, parse_overrides
+from daps.config import Config
+from daps.config_io import applicable_overrides, check_overrides_used, config_differences, parse_overrides
 from daps.data import dataset_spec, val_batches
 from daps.errors import UserError
 from daps.methods import METHODS, method_spec

@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from daps import get_preset, parse_overrides
-from daps.config import applicable_overrides
+from daps.config_io import applicable_overrides
 from daps.errors import UserError
 from daps.methods import METHODS, build_method
 from daps.optim import Optimizers

@@ -9,15 +9,8 @@ from __future__ import annotations
 
 from typing import Callable
 
-from daps.config import (
-    Config,
-    DataConfig,
-    DecoderConfig,
-    EncoderConfig,
-    TrainConfig,
-    applicable_overrides,
-    parse_overrides,
-)
+from daps.config import Config, DataConfig, DecoderConfig, EncoderConfig, TrainConfig
+from daps.config_io import applicable_overrides, parse_overrides
 from daps.errors import UserError
 from daps.methods import METHODS, method_spec
 
@@ -118,7 +111,7 @@ def get_preset(name: str, method: str = "daps") -> Config:
 
 def configured(name: str, method: str, overrides: list[str]) -> Config:
     """``get_preset(name, method)`` with the ``overrides`` that concern ``method`` (shared keys and its own
-    section's; see :func:`daps.config.applicable_overrides`): one override list for several methods."""
+    section's; see :func:`daps.config_io.applicable_overrides`): one override list for several methods."""
     cfg = get_preset(name, method)
     return parse_overrides(cfg, applicable_overrides(cfg, overrides))
 

@@ -33,7 +33,8 @@ from daps.checkpoint import (
     save_checkpoint,
     write_config,
 )
-from daps.config import Config, config_differences
+from daps.config import Config
+from daps.config_io import config_differences
 from daps.data import dataset_spec, train_batches, val_batches
 from daps.errors import UserError
 from daps.functional import cosine_schedule

@@ -16,7 +16,7 @@ import daps
 from daps import get_preset, parse_overrides
 from daps.checkpoint import CKPT_DIR, resolve_checkpoint, save_checkpoint
 from daps.cli import main
-from daps.config import config_from_dict, config_to_dict
+from daps.config_io import config_from_dict, config_to_dict
 from daps.data import load_dataset
 from daps.methods import build_method
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from daps.cli import main
-from daps.config import config_from_dict, config_to_dict
+from daps.config_io import config_from_dict, config_to_dict
 from daps.presets import PRESETS, get_preset
 
 pytestmark = pytest.mark.usefixtures("offline")

@@ -8,14 +8,8 @@ import json
 import pytest
 import torch
 
-from daps.config import (
-    Config,
-    ScheduleConfig,
-    config_from_dict,
-    config_to_dict,
-    parse_overrides,
-    validate,
-)
+from daps.config import Config, ScheduleConfig, validate
+from daps.config_io import config_from_dict, config_to_dict, parse_overrides
 from daps.methods import METHODS, build_method
 from daps.methods.daps import DAPSConfig
 from daps.presets import PRESETS, get_preset

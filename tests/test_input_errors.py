@@ -12,12 +12,8 @@ import pytest
 import torch
 
 from daps.cli import main
-from daps.config import (
-    config_from_dict,
-    config_to_dict,
-    parse_overrides,
-    validate,
-)
+from daps.config import validate
+from daps.config_io import config_from_dict, config_to_dict, parse_overrides
 from daps.data import DATASETS, dataset_spec
 from daps.methods import METHODS
 from daps.presets import PRESETS, get_preset

@@ -16,7 +16,8 @@ import torch.nn.functional as F
 
 import daps
 from daps.cli import main
-from daps.config import CONFIG_VERSION, Config, check_positive, config_from_dict, config_to_dict, migrate_config
+from daps.config import CONFIG_VERSION, Config, check_positive
+from daps.config_io import config_from_dict, config_to_dict, migrate_config
 from daps.methods import METHODS, MethodSpec, build_method
 from daps.methods.common import (
     build_decoder,

@@ -1,0 +1,244 @@
+"""Configs as text: ``key=value`` overrides, the JSON layout of ``config.json`` and its migration.
+
+:func:`parse_overrides` applies command-line settings to a :class:`~daps.config.Config`; :func:`config_to_dict` and
+:func:`config_from_dict` are the JSON round trip written into every run folder and checkpoint; files of earlier
+layouts load through :func:`migrate_config`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from typing import Any
+
+from daps.config import CONFIG_VERSION, Config, validate
+from daps.errors import UserError
+
+
+def _leaf_fields(cfg: Any, prefix: str = "") -> dict[str, tuple[Any, dataclasses.Field]]:
+    """Dotted path -> (owning dataclass instance, field) for every non-dataclass field. The method's section is
+    listed under its own name (``daps.beta.end``), not as ``options``."""
+    out: dict[str, tuple[Any, dataclasses.Field]] = {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        name = value.section if isinstance(cfg, Config) and f.name == "options" else f.name
+        if dataclasses.is_dataclass(value):
+            out.update(_leaf_fields(value, f"{prefix}{name}."))
+        elif not (isinstance(cfg, Config) and f.name == "version"):
+            out[prefix + name] = (cfg, f)
+    return out
+
+
+def _field_type(owner: Any, name: str) -> Any:
+    return typing.get_type_hints(type(owner))[name]
+
+
+def _cast(text: str, annotation: Any, key: str) -> Any:
+    origin = typing.get_origin(annotation)
+    if origin in (tuple, list):
+        (item_type, *_) = typing.get_args(annotation) or (str,)
+        parts = [p for p in text.strip("()[] ").split(",") if p.strip()]
+        return tuple(_cast(p.strip(), item_type, key) for p in parts)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return _cast(text, args[0], key)
+    if annotation is bool:
+        lowered = text.lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise UserError(f"{key}: expected a boolean (true/false), got {text!r}")
+    if annotation is int:
+        try:
+            return int(text.replace("_", ""))
+        except ValueError:
+            raise UserError(f"{key}: expected an integer, got {text!r}") from None
+    if annotation is float:
+        try:
+            return float(text)
+        except ValueError:
+            raise UserError(f"{key}: expected a number, got {text!r}") from None
+    return text
+
+
+def _unknown_key_message(key: str, fields: dict, cfg: Config) -> str:
+    return (
+        f"unknown config key {key!r} (method {cfg.method}'s own settings are {cfg.options.section}.*); "
+        f"valid keys: {', '.join(sorted(fields))}"
+    )
+
+
+SHARED_SECTIONS = ("data", "encoder", "decoder", "optim", "train")
+"""The sections every method's config has."""
+
+
+def applicable_overrides(cfg: Config, overrides: list[str]) -> list[str]:
+    """The overrides that concern ``cfg``'s method: every shared key, and keys of its own settings section
+    (``daps.num_samples=4`` applies to daps and dapsna, not to fsq). For commands that configure several methods
+    at once (``compare``, ``gradlab``)."""
+    section = cfg.options.section
+    return [o for o in overrides if o.partition("=")[0].strip().split(".")[0] in (*SHARED_SECTIONS, section)]
+
+
+def check_overrides_used(cfgs: list[Config], overrides: list[str]) -> None:
+    """``ValueError`` for an override that names no section of any method (a typo): :func:`applicable_overrides`
+    would silently give it to none of ``cfgs``. Settings of a registered method that is not among ``cfgs`` pass."""
+    from daps.methods import METHODS
+
+    sections = {*SHARED_SECTIONS, "method", "preset", *(s.config_type.section for s in METHODS.values())}
+    for item in overrides:
+        key = item.partition("=")[0].strip()
+        if key.split(".")[0] not in sections:
+            raise UserError(f"unknown config key {key!r}; sections: {', '.join(sorted(sections))}")
+
+
+def parse_overrides(cfg: Config, overrides: list[str]) -> Config:
+    """Apply ``key=value`` strings with dotted keys (``train.steps=1000``) in place; returns ``cfg``.
+
+    Values are cast to the field's annotated type. Unknown keys and bad values raise ``ValueError``.
+    """
+    fields = _leaf_fields(cfg)
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise UserError(f"override {item!r} is not of the form key=value")
+        if key not in fields:
+            raise UserError(_unknown_key_message(key, fields, cfg))
+        if key in ("method", "preset") and text.strip() != getattr(cfg, key):
+            raise UserError(
+                f"{key}={text.strip()}: choose the {key} with --{key} (get_preset(name, method)) so that its "
+                "defaults apply"
+            )
+        owner, f = fields[key]
+        setattr(owner, f.name, _cast(text.strip(), _field_type(owner, f.name), key))
+    validate(cfg)
+    return cfg
+
+
+def _check_type(key: str, value: Any, annotation: Any) -> Any:
+    """``value`` as a value of ``annotation`` (a list becomes a tuple, an int a float), or ``ValueError`` naming
+    ``key``. Strict: no parsing of strings and no bools for numbers (JSON and Python values, not CLI text)."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(annotation)
+        if value is None and type(None) in args:
+            return None
+        return _check_type(key, value, next(a for a in args if a is not type(None)))
+    if origin in (tuple, list):
+        if not isinstance(value, (tuple, list)):
+            raise UserError(f"{key}: expected a list, got {type(value).__name__} {value!r}")
+        (item_type, *_) = typing.get_args(annotation) or (Any,)
+        return tuple(_check_type(f"{key}[{i}]", item, item_type) for i, item in enumerate(value))
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UserError(f"{key}: expected float, got {type(value).__name__} {value!r}")
+        return float(value)
+    if annotation in (int, str, bool):
+        if not isinstance(value, annotation) or (annotation is int and isinstance(value, bool)):
+            raise UserError(f"{key}: expected {annotation.__name__}, got {type(value).__name__} {value!r}")
+        return value
+    return value
+
+
+def check_types_and_finite(cfg: Config) -> None:
+    """Every leaf has its annotated type and every number is finite (``inf`` and ``nan`` are never a setting)."""
+    for key, (owner, f) in _leaf_fields(cfg).items():
+        value = _check_type(key, getattr(owner, f.name), _field_type(owner, f.name))
+        for item in value if isinstance(value, tuple) else (value,):
+            if isinstance(item, float) and not math.isfinite(item):
+                raise UserError(f"{key} must be a finite number, got {getattr(owner, f.name)}")
+
+
+def config_to_dict(cfg: Config) -> dict[str, Any]:
+    """The JSON layout: the shared sections and the method's section under its own name."""
+    out = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name != "options"}
+    out = {k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for k, v in out.items()}
+    out[cfg.options.section] = dataclasses.asdict(cfg.options)
+    return out
+
+
+def config_differences(a: Config, b: Config, ignore: set[str] | frozenset[str] = frozenset()) -> dict[str, tuple]:
+    """Dotted key -> (value in ``a``, value in ``b``) for every setting that differs, except the keys in ``ignore``.
+    A key only one of them has (configs of different methods) pairs its value with None."""
+    values_a = {key: getattr(owner, f.name) for key, (owner, f) in _leaf_fields(a).items()}
+    values_b = {key: getattr(owner, f.name) for key, (owner, f) in _leaf_fields(b).items()}
+    keys = [key for key in {**values_a, **values_b} if key not in ignore and values_a.get(key) != values_b.get(key)]
+    return {key: (values_a.get(key), values_b.get(key)) for key in keys}
+
+
+V1_METHOD_SECTIONS = ("daps", "relaxed", "fsq", "vq", "ppo", "reinforce", "vae")
+"""The per-method sections every version-1 ``config.json`` carried, whatever its method."""
+
+
+def migrate_config(data: dict[str, Any]) -> dict[str, Any]:
+    """A ``config.json`` of an earlier layout in the current one (a new dict; the current layout unchanged).
+
+    Version 1 (no ``version`` key) carried the sections of all methods; only the chosen method's is kept (the
+    others were defaults that no method read).
+    """
+    if not isinstance(data, dict):
+        raise UserError(f"expected an object of settings, got {type(data).__name__}")
+    version = data.get("version", 1)
+    if version == CONFIG_VERSION:
+        return dict(data)
+    if version != 1:
+        raise UserError(f"version: this daps reads config layouts 1 to {CONFIG_VERSION}, got {version!r}")
+    from daps.methods import method_spec
+
+    out = {k: v for k, v in data.items() if k not in V1_METHOD_SECTIONS}
+    section = method_spec(data.get("method", "daps")).config_type.section
+    if section in data:
+        out[section] = data[section]
+    out["version"] = CONFIG_VERSION
+    return out
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    """Rebuild a :class:`Config` from :func:`config_to_dict` output (e.g. a run's ``config.json``, of any layout
+    version: see :func:`migrate_config`) and validate it.
+
+    Missing keys keep their defaults; an unknown key or a value of the wrong type raises ``ValueError`` naming
+    the key (``train.steps: expected int, got str '10'``). Lists become tuples; ints are accepted as floats.
+    """
+    from daps.methods import method_spec
+
+    def build(cls: type, values: Any, prefix: str) -> Any:
+        if not isinstance(values, dict):
+            where = f"{prefix[:-1]}: " if prefix else ""
+            raise UserError(f"{where}expected an object of settings, got {type(values).__name__} {values!r}")
+        hints = typing.get_type_hints(cls)
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise UserError(
+                f"unknown config key {prefix + str(unknown[0])!r}; valid keys here: "
+                f"{', '.join(prefix + n for n in sorted(names))}"
+            )
+        kwargs = {}
+        for name, value in values.items():
+            annotation = hints[name]
+            if dataclasses.is_dataclass(annotation):
+                kwargs[name] = build(annotation, value, f"{prefix}{name}.")
+            else:
+                kwargs[name] = _check_type(prefix + name, value, annotation)
+        return cls(**kwargs)
+
+    data = migrate_config(data)
+    method = data.get("method", "daps")
+    if not isinstance(method, str):
+        raise UserError(f"method: expected str, got {type(method).__name__} {method!r}")
+    try:
+        options_type = method_spec(method).config_type
+    except ValueError as err:
+        raise UserError(f"method: {err}") from None
+    if "options" in data:
+        raise UserError(f"unknown config key 'options' (the method's settings are under {options_type.section!r})")
+    shared = {k: v for k, v in data.items() if k != options_type.section}
+    cfg = build(Config, {**shared, "options": None}, "")
+    cfg.options = build(options_type, data.get(options_type.section, {}), options_type.section + ".")
+    validate(cfg)
+    return cfg
