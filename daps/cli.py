@@ -148,7 +148,7 @@ def _eval(args: argparse.Namespace) -> int:
     import torch
 
     from daps.checkpoint import load_model
-    from daps.data import dataset_spec, val_batches
+    from daps.data import dataset_spec, eval_set
     from daps.metrics import evaluate
     from daps.metrics.evaluate import fid_setup
     from daps.train import summarize
@@ -163,11 +163,9 @@ def _eval(args: argparse.Namespace) -> int:
     if args.data_dir:
         data.data_dir = args.data_dir
     spec = dataset_spec(data.name)
-    batches, _ = val_batches(data, args.split, args.max_images, args.batch_size, device)
+    images = eval_set(data, args.split, args.max_images, args.batch_size, device)
     fid = fid_setup(args.fid, args.fid_weights, args.fid_ref, device)
-    metrics = evaluate(
-        model, batches, args.batch_size, torch.Generator(device).manual_seed(args.seed), spec.standardize, fid
-    )
+    metrics = evaluate(model, images, torch.Generator(device).manual_seed(args.seed), spec.standardize, fid)
     metrics.update(dataset=spec.name, split=args.split, run=str(args.run_dir))
     if args.json:
         print(json.dumps(metrics))

@@ -29,7 +29,7 @@ import torch
 from daps.checkpoint import load_model, read_config
 from daps.config import Config
 from daps.config_io import applicable_overrides, check_overrides_used, config_differences, parse_overrides
-from daps.data import dataset_spec, val_batches
+from daps.data import dataset_spec, eval_set
 from daps.errors import UserError
 from daps.methods import METHODS, method_spec
 from daps.plots import read_metrics, save_comparison_curves, save_comparison_reconstructions
@@ -346,8 +346,7 @@ def _compare(runs, preset, methods, steps, seeds, out, overrides, device, argv) 
     save_comparison_curves(curves, out / "curves.png", title=f"{preset}: validation log p(x|z), {steps} steps")
 
     standardize = dataset_spec(cfg0.data.name).standardize
-    batches, _ = val_batches(cfg0.data, "test", 0, 500, torch.device("cpu"))
-    test = next(iter(batches()))  # the first validation batch
+    test = next(eval_set(cfg0.data, "test", 0, 500, torch.device("cpu")).batches())  # the first validation batch
     shown = standardize(test[torch.linspace(0, test.shape[0] - 1, 10).long()])
     recons = {}
     for method in methods:

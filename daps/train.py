@@ -35,7 +35,7 @@ from daps.checkpoint import (
 )
 from daps.config import Config
 from daps.config_io import config_differences
-from daps.data import dataset_spec, train_batches, val_batches
+from daps.data import EvalSet, dataset_spec, eval_set, train_batches
 from daps.errors import UserError
 from daps.functional import cosine_schedule
 from daps.methods import build_method, method_spec
@@ -244,8 +244,7 @@ class Setup:
     device: torch.device
     spec: object  # daps.data.DatasetSpec
     batches: object  # iterator of raw training batches, with .generator, .num_skipped (and .close)
-    val_images: object  # the fixed validation subset (tensor batches or a callable streaming them)
-    num_val: int
+    val_images: EvalSet  # the fixed validation subset
     model: torch.nn.Module
     step_model: torch.nn.Module  # the model, or its DDP wrapper
     optimizers: Optimizers
@@ -265,7 +264,7 @@ def _setup(cfg: Config, state: dict | None, device: torch.device, rank: int, wor
         cfg.data, tc.batch_size, tc.seed * 1000 + rank, state["step"] if state else 0,
         torch.Generator(device).manual_seed(tc.seed * 1000 + 2 * rank + 1), device,
     )
-    val_images, num_val = val_batches(cfg.data, "test", tc.eval_examples, tc.eval_batch_size, device)
+    val_images = eval_set(cfg.data, "test", tc.eval_examples, tc.eval_batch_size, device)
     if spec.note and not spec.in_memory:  # in-memory loaders say it themselves
         log.warning("note: %s", spec.note)
 
@@ -292,7 +291,6 @@ def _setup(cfg: Config, state: dict | None, device: torch.device, rank: int, wor
         spec,
         batches,
         val_images,
-        num_val,
         model,
         step_model,
         optimizers,
@@ -325,14 +323,14 @@ def _open_run_folder(s: Setup, plan: RunPlan, start_step: int) -> None:
     truncate_metrics(s.run_dir / "metrics.jsonl", start_step)  # rows logged after the checkpoint are logged again
     log.info(
         "training %s on %s (%d train / %d val images) for %d steps, %d parameters, device %s -> %s",
-        s.cfg.method, s.spec.name, len(s.batches), s.num_val, s.cfg.train.steps,
+        s.cfg.method, s.spec.name, len(s.batches), s.val_images.num_images, s.cfg.train.steps,
         sum(p.numel() for p in s.model.parameters()), s.device, s.run_dir,
     )
 
 
 def _evaluate(s: Setup, fid: FIDSetup | None = None) -> dict:
     eval_gen = torch.Generator(s.device).manual_seed(s.cfg.train.seed + 12345)  # the same noise at every evaluation
-    return evaluate(s.model, s.val_images, s.cfg.train.eval_batch_size, eval_gen, s.spec.standardize, fid)
+    return evaluate(s.model, s.val_images, eval_gen, s.spec.standardize, fid)
 
 
 def _checkpoint(s: Setup, step: int) -> None:
@@ -491,7 +489,7 @@ def _write_artifacts(s: Setup, end_step: int, metrics: dict) -> None:
     if spec.note:
         summary["note"] = spec.note
     s.model.eval()
-    val_x = torch.cat([b for b, _ in zip(s.val_images(), range(8))])  # the first few validation batches
+    val_x = torch.cat([b for b, _ in zip(s.val_images.batches(), range(8))])  # the first few validation batches
     shown = val_x[torch.linspace(0, val_x.shape[0] - 1, 16).long().unique()]  # spread over the (often sorted) split
     with torch.no_grad():
         x_shown = standardize(shown)

@@ -474,11 +474,12 @@ def test_eval_batches(tree):
 
 
 def test_validation_passes_report_their_skipped_files(tree):
-    from daps.data import FolderValBatches
+    from daps.data import FolderEvalSet
 
-    batches = FolderValBatches(ImageFolderDataset(tree, 12, train=False), 4, 0, 9, torch.device("cpu"))
-    assert sum(b.shape[0] for b in batches()) == 9
-    assert batches.num_skipped == 3  # as in test_eval_batches: d2 twice, d3 once
+    images = FolderEvalSet(ImageFolderDataset(tree, 12, train=False), 4, 0, 9, torch.device("cpu"))
+    assert images.num_images == 9 and images.num_skipped == 0
+    assert sum(b.shape[0] for b in images.batches()) == 9
+    assert images.num_skipped == 3  # as in test_eval_batches: d2 twice, d3 once
 
 
 def test_eval_subset_is_a_fixed_random_subset_in_file_order(tmp_path):

@@ -9,6 +9,7 @@ import pytest
 import torch
 from skimage.metrics import mean_squared_error, peak_signal_noise_ratio
 
+from daps.data import TensorEvalSet
 from daps.metrics import (
     code_perplexity,
     codebook_utilization,
@@ -72,7 +73,7 @@ def test_evaluate_equals_a_manual_loop_over_reconstruct():
     torch.manual_seed(0)
     model = build_method(cfg, (1, 28, 28))
     _, x = pairs(n=10)
-    got = evaluate(model, x, batch_size=4, generator=torch.Generator().manual_seed(0))  # batches of 4, 4, 2
+    got = evaluate(model, TensorEvalSet(x, 4), generator=torch.Generator().manual_seed(0))  # batches of 4, 4, 2
 
     model.eval()
     g = torch.Generator().manual_seed(0)
@@ -94,4 +95,4 @@ def test_evaluate_equals_a_manual_loop_over_reconstruct():
     for key, value in expected.items():
         assert got[key] == pytest.approx(value.item(), rel=1e-5, abs=1e-5), key
     assert got["codebook_utilization"] == pytest.approx(indices.unique().numel() / 16)
-    assert evaluate(model, x, batch_size=4, generator=torch.Generator().manual_seed(0)) == got  # reproducible
+    assert evaluate(model, TensorEvalSet(x, 4), generator=torch.Generator().manual_seed(0)) == got  # reproducible

@@ -17,14 +17,14 @@ from typing import Callable, Iterator
 import torch
 
 from daps.data.cifar import CIFAR10_MEAN, CIFAR10_STD, load_cifar10, load_cifar10_jpeg
-from daps.data.imagefolder import IMAGENET_MEAN, IMAGENET_STD, ImageFolderDataset, ImageStream, eval_batches
+from daps.data.evalset import EvalSet, FolderEvalSet, TensorEvalSet
+from daps.data.imagefolder import IMAGENET_MEAN, IMAGENET_STD, ImageFolderDataset, ImageStream
 from daps.data.imagenet import find_imagenet_root, unpack_imagenet_sample
 from daps.data.mnist import load_mnist, load_mnist5k
 from daps.data.paths import DATA_DIR_FIX, ENV_VAR, SPLITS, ImageSet, PathLike, cache_root, explicit_root, user_roots
 from daps.errors import UserError
 
 __all__ = [
-    "FolderValBatches",
     "DATASETS",
     "DatasetSpec",
     "ImageSet",
@@ -36,7 +36,10 @@ __all__ = [
     "load_mnist",
     "load_mnist5k",
     "train_batches",
-    "val_batches",
+    "eval_set",
+    "EvalSet",
+    "FolderEvalSet",
+    "TensorEvalSet",
 ]
 
 log = logging.getLogger(__name__)
@@ -248,34 +251,17 @@ def train_batches(
     return TrainBatches(None, stream, batch_size, None, device)
 
 
-def val_batches(data, split: str, max_images: int, batch_size: int, device: torch.device):
-    """A function that returns a fresh iterator over the same validation batches each time it is called, and
-    the number of images: all of them (``max_images=0``) or a fixed random subset of ``max_images`` (seed 0, kept
-    in the split's order; the same subset in every run)."""
+def eval_set(data, split: str, max_images: int, batch_size: int, device: torch.device) -> EvalSet:
+    """The validation set of ``data`` (a :class:`daps.config.DataConfig`): all images of ``split``
+    (``max_images=0``) or a fixed random subset of ``max_images`` (seed 0, kept in the split's order; the same
+    subset in every run), in batches of ``batch_size`` on ``device``."""
     spec = dataset_spec(data.name)
     if spec.in_memory:
         images = load_dataset(data.name, split, data.data_dir or None, data.download).images
         if 0 < max_images < images.shape[0]:  # the splits may be sorted by class
             subset = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(0))[:max_images]
             images = images[subset.sort().values]
-        images = images.to(device)
-        return (lambda: iter(images.split(batch_size))), images.shape[0]
+        return TensorEvalSet(images.to(device), batch_size)
     dataset = folder_dataset(data.name, split, data.image_shape, data.data_dir or None, train=False)
     count = min(max_images, len(dataset)) if max_images > 0 else len(dataset)
-    return FolderValBatches(dataset, batch_size, data.num_workers, count, device), count
-
-
-class FolderValBatches:
-    """Calling it starts a fresh pass over a folder dataset's validation subset (uint8 batches on ``device``);
-    after a pass, ``num_skipped`` says how many unreadable files were replaced by other images in it."""
-
-    def __init__(self, dataset: ImageFolderDataset, batch_size: int, num_workers: int, count: int, device):
-        self.dataset, self.batch_size, self.num_workers, self.count = dataset, batch_size, num_workers, count
-        self.device = device
-        self.num_skipped = 0
-
-    def __call__(self) -> Iterator[torch.Tensor]:
-        batches = eval_batches(self.dataset, self.batch_size, self.num_workers, max_images=self.count)
-        for batch in batches:
-            yield batch.to(self.device, non_blocking=True)
-        self.num_skipped = batches.num_skipped
+    return FolderEvalSet(dataset, batch_size, data.num_workers, count, device)

@@ -6,13 +6,12 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
 
 import numpy as np
 import torch
 import torch.nn as nn
 
-from daps.data import Standardize
+from daps.data import EvalSet, Standardize
 from daps.errors import UserError
 from daps.metrics.codes import code_perplexity, codebook_utilization, position_code_entropy
 from daps.metrics.image import l2_distance, mse_per_image, psnr_per_image, ssim_per_image
@@ -73,17 +72,10 @@ def fid_setup(
     return FIDSetup(net, protocol, ref, str(reference or ""))
 
 
-def _batches(images: torch.Tensor | Callable[[], Iterable[torch.Tensor]], batch_size: int) -> Iterable[torch.Tensor]:
-    if isinstance(images, torch.Tensor):
-        return images.split(batch_size)
-    return images()
-
-
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
-    images: torch.Tensor | Callable[[], Iterable[torch.Tensor]],
-    batch_size: int = 500,
+    images: EvalSet,
     generator: torch.Generator | None = None,
     standardize: Standardize | None = None,
     fid: FIDSetup | None = None,
@@ -92,8 +84,8 @@ def evaluate(
 
     Args:
         model: follows :class:`daps.methods.Method` (``reconstruct``, ``final_beta``, ``vocab_size``).
-        images: raw images ``(N, C, H, W)`` (split into ``batch_size`` chunks), or a function returning an
-            iterator over raw batches (streamed data).
+        images: the validation set: raw batches ``(B, C, H, W)``, e.g. ``TensorEvalSet(images, batch_size)``
+            or :func:`daps.data.eval_set`.
         standardize: raw -> model scale and back to [0, 1]; default: the identity (binarized MNIST).
         fid: also measure FID (original: utils/fidjax.py) under ``fid.protocol``.
 
@@ -115,7 +107,7 @@ def evaluate(
     n = 0
     fake_stats = FeatureStats() if fid is not None else None
     real_stats = FeatureStats() if fid is not None and fid.protocol == "val-pairs" else None
-    for raw in _batches(images, batch_size):
+    for raw in images.batches():
         x = standardize(raw)  # (B, C, H, W) model scale
         if fid is not None and x.shape[1] != 3:
             raise UserError(f"FID needs RGB images; these have {x.shape[1]} channel(s)")
@@ -155,7 +147,7 @@ def evaluate(
         out["code_perplexity"] = code_perplexity(indices, v)
         out["position_code_entropy"] = position_code_entropy(indices, v)
     out["num_images"] = n
-    skipped = getattr(images, "num_skipped", 0)  # folder data: unreadable files replaced by other images
+    skipped = images.num_skipped  # folder data: unreadable files replaced by other images
     if skipped:
         out["skipped_files"] = skipped
         log.warning("evaluation: %d unreadable file(s) were replaced by other images of the split", skipped)
@@ -201,7 +193,7 @@ def dataset_fid_stats(
 
     Returns the metadata written with the statistics.
     """
-    from daps.data import dataset_spec, val_batches
+    from daps.data import dataset_spec, eval_set
     from daps.metrics.fid import FeatureStats, save_fid_stats
     from daps.nets.inception import load_fid_inception
 
@@ -212,14 +204,14 @@ def dataset_fid_stats(
         raise UserError(f"FID needs RGB images; {data.name} has {data.image_shape[0]} channel(s)")
     spec = dataset_spec(data.name)
     net = load_fid_inception(weights or None, device)
-    batches, _ = val_batches(data, split, max_images, batch_size, torch.device(device))
+    images = eval_set(data, split, max_images, batch_size, torch.device(device))
     stats = FeatureStats()
     fid = FIDSetup(net, "reference", batch_size=batch_size)
-    for raw in batches():  # uint8 pixels as stored (in-memory sets) or as cropped (folders)
+    for raw in images.batches():  # uint8 pixels as stored (in-memory sets) or as cropped (folders)
         _add_features(fid, stats, _real_images(raw, spec.standardize))
     meta = {
         "dataset": spec.name, "split": split, "num_images": stats.num, "image_shape": list(data.image_shape),
-        "skipped_files": getattr(batches, "num_skipped", 0),
+        "skipped_files": images.num_skipped,
         "weights": str(weights or "default search"), "command": command, "note": spec.note,
         "preprocessing": "as the original's fidjax: [0,1] -> uint8 (truncation) -> [-1,1] -> bilinear 299x299"
         " without antialiasing",
