@@ -516,7 +516,7 @@ def _resolve(args: argparse.Namespace) -> tuple[torch.device, list[str], list[st
                 continue  # e.g. the MNIST-only Gaussian VAE; skipped unless asked for by name (then: an error)
             cfg = get_preset(p, m)
             configs.append(parse_overrides(cfg, applicable_overrides(cfg, args.overrides)))
-    check_overrides_used(configs, args.overrides)
+    check_overrides_used(args.overrides)
     return device, presets, methods, configs
 
 

@@ -22,7 +22,7 @@ import logging
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn as nn
@@ -33,6 +33,9 @@ from daps.config import Config
 from daps.config_io import config_from_dict, config_to_dict
 from daps.errors import UserError
 from daps.runfolder import file_digest, fsync_path, write_json_atomic, write_text_atomic
+
+if TYPE_CHECKING:
+    from daps.methods.types import Method
 
 log = logging.getLogger("daps")
 
@@ -222,7 +225,7 @@ def load_weights(model: nn.Module, ckpt: Path) -> None:
         raise CheckpointError(f"{path} does not fit the model of its config.json ({first})") from None
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> Method:
     """Load a trained method from a run folder or checkpoint, ready for ``encode`` / ``decode``.
 
     The model is built from the checkpoint's ``config.json`` and put in eval mode; no pickle is read. The

@@ -21,6 +21,7 @@ import json
 import logging
 import math
 import shlex
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -124,7 +125,7 @@ def plan_runs(
             cfg = get_preset(preset, method)
             cfg = parse_overrides(cfg, [*budget, *applicable_overrides(cfg, overrides)])
             runs.append(Run(method, seed, cfg))
-    check_overrides_used([run.cfg for run in runs], overrides)
+    check_overrides_used(overrides)
     return runs
 
 
@@ -171,7 +172,7 @@ def check_runs(runs: list[Run], overwrite: bool = False) -> None:
             diffs = config_differences(read_config(folder / "config.json"), run.cfg, NOT_COMPARED)
             problem = ", ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in diffs.items())
         except ValueError as err:  # a damaged or foreign config.json (the message names the file)
-            diffs, problem = {"config.json": None}, str(err)
+            diffs, problem = {"config.json": (None, None)}, str(err)
         if not diffs:
             run.action = "reuse" if _finished(run) else "resume"
         elif overwrite:
@@ -296,7 +297,7 @@ def compare(
     steps: int,
     seeds: list[int],
     out: str | Path,
-    overrides: list[str] = (),
+    overrides: Sequence[str] = (),
     device: torch.device | None = None,
     argv: list[str] | None = None,
     overwrite: bool = False,

@@ -11,7 +11,7 @@ migration of earlier layouts are in :mod:`daps.config_io`).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar, Protocol
 
 from daps.errors import UserError
 
@@ -174,6 +174,19 @@ class TrainConfig:
     cluster; continue with ``--resume``. Schedules still follow ``steps``. 0 = run to ``steps``."""
 
 
+class MethodSettings(Protocol):
+    """A method's own settings: the dataclass its file defines (e.g. ``DAPSConfig``), with its section name and
+    checks."""
+
+    section: ClassVar[str]
+    """Its name in overrides and ``config.json`` (``daps.beta.end=0.1``)."""
+    __dataclass_fields__: ClassVar[dict[str, Any]]
+
+    def validate(self) -> None:
+        """Raise a :class:`~daps.errors.UserError` naming the key of a value that cannot work."""
+        ...
+
+
 @dataclass
 class Config:
     """A whole run's settings. ``options`` is the chosen method's own section (see :mod:`daps.methods`)."""
@@ -190,7 +203,7 @@ class Config:
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    options: Any = None
+    options: MethodSettings = None  # type: ignore[assignment]  # None until __post_init__ fills in the defaults
     """The method's settings, a dataclass with a ``section`` name (``daps``, ``relaxed``, ``fsq``, ...); None: the
     method's defaults. In overrides and JSON it appears under that name: ``daps.beta.end=0.1``."""
 

@@ -83,9 +83,10 @@ def applicable_overrides(cfg: Config, overrides: list[str]) -> list[str]:
     return [o for o in overrides if o.partition("=")[0].strip().split(".")[0] in (*SHARED_SECTIONS, section)]
 
 
-def check_overrides_used(cfgs: list[Config], overrides: list[str]) -> None:
-    """``ValueError`` for an override that names no section of any method (a typo): :func:`applicable_overrides`
-    would silently give it to none of ``cfgs``. Settings of a registered method that is not among ``cfgs`` pass."""
+def check_overrides_used(overrides: list[str]) -> None:
+    """A :class:`~daps.errors.UserError` for an override that names no section of any registered method (a typo),
+    which :func:`applicable_overrides` would silently give to no config. For commands that configure several
+    methods at once; settings of a registered method that is not among them pass."""
     from daps.methods import METHODS
 
     sections = {*SHARED_SECTIONS, "method", "preset", *(s.config_type.section for s in METHODS.values())}
@@ -156,7 +157,8 @@ def check_types_and_finite(cfg: Config) -> None:
 def config_to_dict(cfg: Config) -> dict[str, Any]:
     """The JSON layout: the shared sections and the method's section under its own name."""
     out = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name != "options"}
-    out = {k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for k, v in out.items()}
+    out = {k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) and not isinstance(v, type) else v
+           for k, v in out.items()}
     out[cfg.options.section] = dataclasses.asdict(cfg.options)
     return out
 
@@ -206,7 +208,7 @@ def config_from_dict(data: dict[str, Any]) -> Config:
     """
     from daps.methods import method_spec
 
-    def build(cls: type, values: Any, prefix: str) -> Any:
+    def build(cls: Any, values: Any, prefix: str) -> Any:
         if not isinstance(values, dict):
             where = f"{prefix[:-1]}: " if prefix else ""
             raise UserError(f"{where}expected an object of settings, got {type(values).__name__} {values!r}")

@@ -27,6 +27,7 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -99,20 +100,26 @@ def _constant_schedules(beta: float, temperature: float) -> list[str]:
     return out + ["relaxed.temperature.kind=constant", f"relaxed.temperature.init={temperature}"]
 
 
-def _build(method: str, overrides: list[str], seed: int) -> torch.nn.Module:
+CategoricalMethod = Any
+"""A method with a categorical encoder (``log_prob``, ``num_tokens``, ``vocab_size``), a ``decoder`` and a
+``likelihood`` (DAPS, the policy gradients, the relaxations); their attributes are not part of the typed
+:class:`daps.methods.Method` contract."""
+
+
+def _build(method: str, overrides: list[str], seed: int) -> CategoricalMethod:
     cfg = get_preset("mnist", method)
     cfg = parse_overrides(cfg, applicable_overrides(cfg, [*TINY, *overrides]))
     torch.manual_seed(seed)
     return build_method(cfg, IMAGE_SHAPE)
 
 
-def _encoder_grad(model: torch.nn.Module) -> torch.Tensor:
+def _encoder_grad(model: CategoricalMethod) -> torch.Tensor:
     return torch.cat([
         (p.grad if p.grad is not None else torch.zeros_like(p)).flatten().double() for p in model.encoder.parameters()
     ])
 
 
-def exact_gradient(model: torch.nn.Module, x: torch.Tensor, beta: float) -> tuple[torch.Tensor, float]:
+def exact_gradient(model: CategoricalMethod, x: torch.Tensor, beta: float) -> tuple[torch.Tensor, float]:
     """``grad(-J)`` with respect to the encoder parameters by enumerating all ``V^T`` codes, and ``J``."""
     t, v = model.encoder.num_tokens, model.encoder.vocab_size
     codes = torch.tensor(list(itertools.product(range(v), repeat=t)))  # (V^T, T)
@@ -128,7 +135,7 @@ def exact_gradient(model: torch.nn.Module, x: torch.Tensor, beta: float) -> tupl
     return _encoder_grad(model), float(objective.detach())
 
 
-def pretrain(model: torch.nn.Module, x: torch.Tensor, steps: int, seed: int) -> None:
+def pretrain(model: CategoricalMethod, x: torch.Tensor, steps: int, seed: int) -> None:
     """A few DAPS steps at a high learning rate so the encoder and decoder are not at their random start."""
     optimizers = Optimizers(model, model.optimizer_specs(3e-3, 1.0), 1e-4)
     g = torch.Generator().manual_seed(seed)
@@ -140,7 +147,7 @@ def pretrain(model: torch.nn.Module, x: torch.Tensor, steps: int, seed: int) -> 
 
 
 def estimator_draws(
-    model: torch.nn.Module, x: torch.Tensor, num_draws: int, seed: int
+    model: CategoricalMethod, x: torch.Tensor, num_draws: int, seed: int
 ) -> torch.Tensor:
     """``num_draws`` encoder gradients ``(num_draws, P)`` of ``model``'s loss at fixed weights."""
     g = torch.Generator().manual_seed(seed)

@@ -81,9 +81,10 @@ class Optimizers:
         norms: dict[str, float] = {}
         for spec in self.specs:
             params = [p for p in spec.params if p.grad is not None]
+            grads = [p.grad for p in spec.params if p.grad is not None]
             if not params:
                 continue
-            norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm([p.grad for p in params])))
+            norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
             norms[spec.name] = float(norm)  # the one host sync per optimizer and step
             if not torch.isfinite(norm):
                 self.skipped[spec.name] += 1
@@ -92,8 +93,8 @@ class Optimizers:
                 torch.nn.utils.clip_grad_norm_(params, spec.grad_clip)
             elif spec.grad_clip > 0:
                 with torch.no_grad():
-                    for p in params:
-                        p.grad = adaptive_grad_clip(p.grad, p, self.unit_dims.get(p), spec.grad_clip)
+                    for p, grad in zip(params, grads):
+                        p.grad = adaptive_grad_clip(grad, p, self.unit_dims.get(p), spec.grad_clip)
             self.optimizers[spec.name].step()
         return norms
 

@@ -35,10 +35,10 @@ from daps.checkpoint import (
 )
 from daps.config import Config
 from daps.config_io import config_differences
-from daps.data import EvalSet, dataset_spec, eval_set, train_batches
+from daps.data import DatasetSpec, EvalSet, TrainBatches, dataset_spec, eval_set, train_batches
 from daps.errors import UserError
 from daps.functional import cosine_schedule
-from daps.methods import build_method, method_spec
+from daps.methods import Method, build_method, method_spec
 from daps.metrics import evaluate
 from daps.metrics.evaluate import FIDSetup, fid_setup
 from daps.optim import Optimizers
@@ -242,10 +242,10 @@ class Setup:
     cfg: Config
     run_dir: Path
     device: torch.device
-    spec: object  # daps.data.DatasetSpec
-    batches: object  # iterator of raw training batches, with .generator, .num_skipped (and .close)
+    spec: DatasetSpec
+    batches: TrainBatches  # raw training batches
     val_images: EvalSet  # the fixed validation subset
-    model: torch.nn.Module
+    model: Method
     step_model: torch.nn.Module  # the model, or its DDP wrapper
     optimizers: Optimizers
     generators: dict[str, torch.Generator]
@@ -379,7 +379,7 @@ def _train(cfg: Config, resume: bool, overwrite: bool, device: torch.device, ran
     s = _setup(cfg, state, device, rank, world)
     metrics_file = None
     try:
-        if state is not None:
+        if state is not None and plan.resume_from is not None:
             _restore(s, plan.resume_from, state, rank, world)
         if dist.is_main():
             _open_run_folder(s, plan, start_step)
@@ -453,9 +453,7 @@ def _train(cfg: Config, resume: bool, overwrite: bool, device: torch.device, ran
     finally:
         if metrics_file is not None:
             metrics_file.close()
-        close = getattr(s.batches, "close", None)  # folder data: stop the loader workers
-        if callable(close):
-            close()
+        s.batches.close()  # folder data: stop the loader workers
 
 
 def _finish(s: Setup, start_step: int, end_step: int, write_row) -> None:
@@ -474,7 +472,7 @@ def _finish(s: Setup, start_step: int, end_step: int, write_row) -> None:
         raise _diverged(s.run_dir, end_step, "the final validation metrics are not finite")
     if start_step != end_step:
         _checkpoint(s, end_step)
-    if dist.is_main():
+    if dist.is_main() and metrics is not None:
         _write_artifacts(s, end_step, metrics)
     skipped = {k: v for k, v in s.optimizers.skipped.items() if v}
     if skipped:
@@ -505,7 +503,7 @@ def _write_artifacts(s: Setup, end_step: int, metrics: dict) -> None:
     write_json_atomic(run_dir / "summary.json", summary)
 
 
-def summarize(metrics: dict[str, float]) -> str:
+def summarize(metrics: dict[str, float | str]) -> str:
     """A short human-readable table of validation metrics."""
     rows = [
         ("ELBO", "elbo", "nats"),

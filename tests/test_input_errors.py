@@ -180,9 +180,9 @@ def test_a_missing_explicit_data_dir_is_an_error_naming_it(name, tmp_path, env_w
     spec = dataset_spec(name)
     with pytest.raises(FileNotFoundError) as err:
         if spec.in_memory:
-            spec.load("test", data_dir=missing, download=False)
+            spec.load("test", missing, False)
         else:
-            spec.root(missing, True)
+            spec.root(missing)
     assert str(missing) in str(err.value) and "does not exist" in str(err.value)
 
 

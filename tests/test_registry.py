@@ -11,14 +11,13 @@ from typing import ClassVar
 
 import pytest
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 import daps
 from daps.cli import main
 from daps.config import CONFIG_VERSION, Config, check_positive
 from daps.config_io import config_from_dict, config_to_dict, migrate_config
-from daps.methods import METHODS, MethodSpec, build_method
+from daps.methods import METHODS, Method, MethodSpec, build_method
 from daps.methods.common import (
     build_decoder,
     build_likelihood,
@@ -51,14 +50,17 @@ class ToyConfig:
         check_positive("toy", self, ("commitment",), strict=False)
 
 
-class NearestPrototype(nn.Module):
+class NearestPrototype(Method):
     final_beta = None
 
     def __init__(self, encoder, decoder, likelihood, vocab_size: int, width: int, commitment: float):
         super().__init__()
         self.encoder, self.decoder, self.likelihood, self.commitment = encoder, decoder, likelihood, commitment
         self.register_buffer("prototypes", torch.randn(vocab_size, width))  # (V, E), never trained
-        self.vocab_size = vocab_size
+
+    @property
+    def vocab_size(self) -> int:
+        return self.prototypes.shape[0]
 
     def optimizer_specs(self, lr: float, grad_clip: float) -> list[OptimizerSpec]:
         return [OptimizerSpec("vae", list(self.parameters()), lr=lr, grad_clip=grad_clip)]

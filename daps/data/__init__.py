@@ -80,7 +80,7 @@ class Standardize:
         return ((x.float() * std + mean) / 255.0).clamp(0, 1)
 
 
-def _sample_root(data_dir: PathLike | None, download: bool) -> Path:
+def _sample_root(data_dir: PathLike | None) -> Path:
     """The 1,000-image ImageNet sample, unpacked (once) into a class-folder tree in the cache."""
     name = "imagenet_1k_sample_256_q90.tar"
     candidates = []
@@ -93,7 +93,7 @@ def _sample_root(data_dir: PathLike | None, download: bool) -> Path:
     return unpack_imagenet_sample(tar, cache_root() / "imagenet_sample_256" / tar.stem)
 
 
-def _folder_root(data_dir: PathLike | None, download: bool) -> Path:
+def _folder_root(data_dir: PathLike | None) -> Path:
     root = find_imagenet_root(data_dir or None)
     if root is None:
         raise FileNotFoundError(
@@ -104,7 +104,7 @@ def _folder_root(data_dir: PathLike | None, download: bool) -> Path:
     return root
 
 
-def _given_root(data_dir: PathLike | None, download: bool) -> Path:
+def _given_root(data_dir: PathLike | None) -> Path:
     root = explicit_root(data_dir)
     if root is None:
         raise FileNotFoundError(
@@ -126,8 +126,8 @@ class DatasetSpec:
     likelihood: str  # "bernoulli" or "gaussian"
     standardize: Standardize = field(default_factory=Standardize)
     image_shape: tuple[int, int, int] | None = None  # fixed by the files; None: any size (folder datasets)
-    load: Callable[..., ImageSet] | None = None
-    root: Callable[[PathLike | None, bool], Path] | None = None
+    load: Callable[[str, PathLike | None, bool], ImageSet] | None = None  # (split, data_dir, download)
+    root: Callable[[PathLike | None], Path] | None = None  # (data_dir)
     same_splits: bool = False
     note: str = ""  # said in the log and the run summary, e.g. that the data are a lossy copy
 
@@ -138,14 +138,20 @@ class DatasetSpec:
 
 _IMAGENET = Standardize(IMAGENET_MEAN, IMAGENET_STD)
 
+def _offline(load: Callable[[str, PathLike | None], ImageSet]) -> Callable[[str, PathLike | None, bool], ImageSet]:
+    """The loader of a dataset without a download source, for :attr:`DatasetSpec.load`."""
+    return lambda split, data_dir, download: load(split, data_dir)
+
+
 DATASETS: dict[str, DatasetSpec] = {
     "mnist": DatasetSpec("mnist", "bernoulli", image_shape=(1, 28, 28), load=load_mnist),
-    "mnist5k": DatasetSpec("mnist5k", "bernoulli", image_shape=(1, 28, 28), load=load_mnist5k),
+    "mnist5k": DatasetSpec("mnist5k", "bernoulli", image_shape=(1, 28, 28), load=_offline(load_mnist5k)),
     "cifar10": DatasetSpec(
         "cifar10", "gaussian", Standardize(CIFAR10_MEAN, CIFAR10_STD), (3, 32, 32), load=load_cifar10
     ),
     "cifar10-jpeg": DatasetSpec(
-        "cifar10-jpeg", "gaussian", Standardize(CIFAR10_MEAN, CIFAR10_STD), (3, 32, 32), load=load_cifar10_jpeg,
+        "cifar10-jpeg", "gaussian", Standardize(CIFAR10_MEAN, CIFAR10_STD), (3, 32, 32),
+        load=_offline(load_cifar10_jpeg),
         note="cifar10-jpeg is a JPEG quality-75 re-encoding of CIFAR-10, not the original pixels: "
         "numbers are not comparable with published CIFAR-10 results",
     ),
@@ -182,9 +188,9 @@ def load_dataset(
     spec = dataset_spec(name)
     if split not in SPLITS:
         raise UserError(f"unknown split {split!r}; choose one of: {', '.join(SPLITS)}")
-    if not spec.in_memory:
+    if spec.load is None:
         raise UserError(f"{name} is streamed from a folder; use folder_dataset()")
-    return spec.load(split, data_dir=data_dir, download=download)
+    return spec.load(split, data_dir, download)
 
 
 def folder_dataset(
@@ -199,7 +205,9 @@ def folder_dataset(
     channels, height, width = image_shape
     if channels != 3 or height != width:
         raise UserError(f"{name}: data.image_shape must be (3, R, R) for a folder dataset, got {tuple(image_shape)}")
-    root = spec.root(data_dir or None, True)
+    if spec.root is None:
+        raise UserError(f"{name} is held in memory; use load_dataset()")
+    root = spec.root(data_dir or None)
     if not spec.same_splits:
         root = root / ("train" if split == "train" else "val")
         if not root.is_dir():
@@ -210,32 +218,38 @@ def folder_dataset(
 class TrainBatches:
     """An endless stream of raw training batches ``(B, C, H, W)`` on ``device``.
 
-    In-memory data: B indices drawn uniformly with replacement from ``generator`` (its state is checkpointed,
-    so a resumed run draws the same batches). Folder data: an epoch-shuffled DataLoader seeded by ``seed``
-    that starts at batch ``start`` (a resumed run sees the batches an uninterrupted one would).
+    In-memory data (``source`` a tensor of the whole split): B indices drawn uniformly with replacement from
+    ``generator`` (its state is checkpointed, so a resumed run draws the same batches). Folder data (``source`` an
+    :class:`ImageStream`): an epoch-shuffled DataLoader seeded by ``seed`` that starts at batch ``start`` (a
+    resumed run sees the batches an uninterrupted one would).
     """
 
-    def __init__(self, images: torch.Tensor | None, stream: ImageStream | None, batch_size: int,
-                 generator: torch.Generator | None, device: torch.device):
-        self.images, self.stream, self.batch_size = images, stream, batch_size
+    def __init__(self, source: torch.Tensor | ImageStream, batch_size: int, generator: torch.Generator | None,
+                 device: torch.device):
+        self.source, self.batch_size = source, batch_size
         self.generator, self.device = generator, device
 
     def __len__(self) -> int:
-        return len(self.images) if self.images is not None else len(self.stream.dataset)
+        return len(self.source) if isinstance(self.source, torch.Tensor) else len(self.source.dataset)
 
     @property
     def num_skipped(self) -> int:
         """Unreadable files skipped so far (folder data)."""
-        return self.stream.num_skipped if self.stream is not None else 0
+        return self.source.num_skipped if isinstance(self.source, ImageStream) else 0
+
+    def close(self) -> None:
+        """Stop the loader workers (folder data)."""
+        if isinstance(self.source, ImageStream):
+            self.source.close()
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         return self
 
     def __next__(self) -> torch.Tensor:
-        if self.images is not None:
-            idx = torch.randint(len(self.images), (self.batch_size,), generator=self.generator, device=self.device)
-            return self.images[idx]  # (B, C, H, W)
-        return next(self.stream).to(self.device, non_blocking=True)
+        if isinstance(self.source, torch.Tensor):
+            idx = torch.randint(len(self.source), (self.batch_size,), generator=self.generator, device=self.device)
+            return self.source[idx]  # (B, C, H, W)
+        return next(self.source).to(self.device, non_blocking=True)
 
 
 def train_batches(
@@ -245,10 +259,10 @@ def train_batches(
     spec = dataset_spec(data.name)
     if spec.in_memory:
         images = load_dataset(data.name, "train", data.data_dir or None, data.download).images.to(device)
-        return TrainBatches(images, None, batch_size, generator, device)
+        return TrainBatches(images, batch_size, generator, device)
     dataset = folder_dataset(data.name, "train", data.image_shape, data.data_dir or None, train=True, seed=seed)
     stream = ImageStream(dataset, batch_size, num_workers=data.num_workers, seed=seed, start_batch=start_step)
-    return TrainBatches(None, stream, batch_size, None, device)
+    return TrainBatches(stream, batch_size, None, device)
 
 
 def eval_set(data, split: str, max_images: int, batch_size: int, device: torch.device) -> EvalSet:

@@ -358,15 +358,15 @@ def _save_cached(cache: Path, images: np.ndarray) -> None:
         log.warning("could not cache the decoded images at %s (%s)", cache, e)
 
 
-def load_cifar10_jpeg(split: str, data_dir: PathLike | None = None, download: bool = False) -> ImageSet:
+def load_cifar10_jpeg(split: str, data_dir: PathLike | None = None) -> ImageSet:
     """Load the LOSSY JPEG quality-75 copy of CIFAR-10 (``cifar10_jpeg_q75_{train,test}.npz``).
 
     Not the original pixels: results are not comparable with published CIFAR-10 numbers. Images are sorted by
     class, then file number (not the original batch order). The npz is searched for in ``data_dir``,
     ``data_dir/cifar10_jpeg_fallback``, ``$DAPS_DATA_DIR``, ``$DAPS_DATA_DIR/cifar10_jpeg_fallback`` and
     ``~/.cache/daps/cifar10_jpeg``. The first load decodes every JPEG with Pillow and caches the result as
-    ``~/.cache/daps/cifar10_jpeg/<npz stem>.<content key>.npy``; later loads read that array. ``download``
-    is accepted for interface compatibility and ignored (the copy has no download source).
+    ``~/.cache/daps/cifar10_jpeg/<npz stem>.<content key>.npy``; later loads read that array. The copy has
+    no download source.
 
     Returns:
         ImageSet with images uint8 ``(N, 3, 32, 32)`` and labels int64 ``(N,)``, name "cifar10-jpeg".
@@ -375,7 +375,6 @@ def load_cifar10_jpeg(split: str, data_dir: PathLike | None = None, download: bo
         ValueError: bad split or a malformed npz.
         FileNotFoundError: the npz was not found.
     """
-    del download
     check_split(split)
     candidates = _jpeg_candidates(split, data_dir)
     path = next((p for p in candidates if p.is_file()), None)

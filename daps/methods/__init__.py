@@ -6,11 +6,6 @@ Each method's file defines its module, its settings dataclass and its :class:`~d
 
 from __future__ import annotations
 
-from typing import Protocol
-
-import torch
-import torch.nn as nn
-
 from daps.config import Config
 from daps.errors import UserError
 from daps.methods.common import InputSpec
@@ -20,11 +15,10 @@ from daps.methods.gumbel import GRMCK_SPEC, GRMCKNA_SPEC, GUMBEL_SPEC, GUMBELNA_
 from daps.methods.ppo import PPO_SPEC
 from daps.methods.reinforce import REINFORCE_SPEC
 from daps.methods.spec import MethodSpec
-from daps.methods.types import Output, Reconstruction
+from daps.methods.types import Method, Output, Reconstruction
 from daps.methods.vae import VAE_SPEC
 from daps.methods.vqvae import VQVAE_SPEC
 from daps.methods.vqvae_ema import VQVAE_EMA_SPEC
-from daps.optim import OptimizerSpec
 
 METHODS: dict[str, MethodSpec] = {
     spec.name: spec
@@ -61,36 +55,13 @@ def method_spec(name: str) -> MethodSpec:
     return METHODS[name]
 
 
-class Method(Protocol):
-    """The contract every method follows."""
-
-    final_beta: float | None  # the beta of the beta-ELBO (the schedule's end value); None without a KL
-    vocab_size: int | None  # codes per token (FSQ: the implicit codebook size); None for a continuous latent
-    # a continuous latent (vocab_size None) also has latent_dim: int, the size of z
-
-    input_spec: InputSpec  # what encode / decode / reconstruct accept (set by build_method)
-
-    def forward(self, x: torch.Tensor, step: int, generator: torch.Generator | None = None) -> Output: ...
-
-    # Inference (no gradients; training goes through forward). Bad inputs raise ValueError.
-    def encode(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor: ...
-
-    def decode(self, indices: torch.Tensor) -> torch.Tensor: ...
-
-    def reconstruct(self, x: torch.Tensor, generator: torch.Generator | None = None) -> Reconstruction: ...
-
-    def optimizer_specs(self, lr: float, grad_clip: float) -> list[OptimizerSpec]: ...
-
-    # train.compile: compile what pays in the training step (``mode``: torch.compile's; a no-op where nothing does)
-    def compile_step(self, mode: str | None = None) -> None: ...
-
-
-def build_method(cfg: Config, image_shape: tuple[int, int, int]) -> nn.Module:
+def build_method(cfg: Config, image_shape: tuple[int, ...]) -> Method:
     """The module of ``cfg.method`` for inputs of ``image_shape`` (C, H, W)."""
-    model = method_spec(cfg.method).build(cfg, image_shape)
+    c, h, w = image_shape
+    model = method_spec(cfg.method).build(cfg, (c, h, w))
     continuous = model.vocab_size is None
     model.input_spec = InputSpec(
-        image_shape=tuple(image_shape), num_tokens=None if continuous else cfg.encoder.num_tokens,
+        image_shape=(c, h, w), num_tokens=None if continuous else cfg.encoder.num_tokens,
         vocab_size=model.vocab_size, latent_dim=model.latent_dim if continuous else None,
     )
     return model

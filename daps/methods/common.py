@@ -16,7 +16,14 @@ from daps.data import dataset_spec
 from daps.functional import FLOAT32_EPS
 from daps.likelihoods import Bernoulli, Gaussian
 from daps.methods.types import Output, Reconstruction
-from daps.nets import ARTransformerEncoder, MLPDecoder, NACategoricalEncoder, NATransformerEncoder, ResNetDecoder
+from daps.nets import (
+    ARTransformerEncoder,
+    Decoder,
+    MLPDecoder,
+    NACategoricalEncoder,
+    NATransformerEncoder,
+    ResNetDecoder,
+)
 
 Likelihood = Bernoulli | Gaussian
 CategoricalEncoder = ARTransformerEncoder | NACategoricalEncoder  # q(z | x) with ``sample``
@@ -69,7 +76,7 @@ def build_decoder(
     vocab_size: int | None = None,
     token_dim: int | None = None,
     num_tokens: int | None = None,
-) -> nn.Module:
+) -> Decoder:
     """The generative network: codes (with ``vocab_size``) or per-token latents of ``token_dim`` (default
     ``decoder.embed_dim``) -> the likelihood's parameters ``(N, *param_shape)``."""
     d = cfg.decoder
@@ -124,7 +131,7 @@ def sample_code(encoder: CategoricalEncoder, x: torch.Tensor, generator: torch.G
     return encoder.sample(x, 1, generator).indices[0]  # (1, B, T) -> (B, T)
 
 
-def decode_code(decoder: nn.Module, likelihood: Likelihood, indices: torch.Tensor) -> torch.Tensor:
+def decode_code(decoder: Decoder, likelihood: Likelihood, indices: torch.Tensor) -> torch.Tensor:
     """Decoder mean of integer codes: ``indices (B, T) -> x_hat (B, C, H, W)``."""
     return likelihood.mean(decoder(indices))
 
@@ -132,7 +139,7 @@ def decode_code(decoder: nn.Module, likelihood: Likelihood, indices: torch.Tenso
 @torch.no_grad()
 def categorical_reconstruction(
     encoder: CategoricalEncoder,
-    decoder: nn.Module,
+    decoder: Decoder,
     likelihood: Likelihood,
     x: torch.Tensor,
     generator: torch.Generator | None,
@@ -178,7 +185,7 @@ def vq_lookup(z_e: torch.Tensor, codebook: torch.Tensor) -> tuple[torch.Tensor, 
 
 
 def vq_decode(
-    decoder: nn.Module, likelihood: Likelihood, codebook: torch.Tensor, indices: torch.Tensor
+    decoder: Decoder, likelihood: Likelihood, codebook: torch.Tensor, indices: torch.Tensor
 ) -> torch.Tensor:
     """Decoder mean of codebook indices: ``indices (B, T) -> x_hat (B, C, H, W)``."""
     z_q = F.embedding(indices, codebook)  # (B, T, E)

@@ -49,8 +49,8 @@ from daps.methods.common import (
     training_output,
 )
 from daps.methods.spec import MethodSpec
-from daps.methods.types import Output, Reconstruction
-from daps.nets import ARTransformerEncoder, NACategoricalEncoder
+from daps.methods.types import Method, Output, Reconstruction
+from daps.nets import ARTransformerEncoder, Decoder, NACategoricalEncoder
 from daps.optim import OptimizerSpec
 
 
@@ -83,7 +83,7 @@ class DAPSConfig:
         check_schedule("daps.beta", self.beta)
 
 
-class DAPS(nn.Module):
+class DAPS(Method):
     """Categorical encoder (autoregressive, or independent tokens for DAPS-NA) trained by policy search;
     decoder by maximum likelihood.
 
@@ -98,7 +98,7 @@ class DAPS(nn.Module):
     def __init__(
         self,
         encoder: ARTransformerEncoder | NACategoricalEncoder,
-        decoder: nn.Module,
+        decoder: Decoder,
         likelihood: Likelihood,
         cfg: DAPSConfig,
         num_steps: int,

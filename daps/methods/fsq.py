@@ -43,8 +43,8 @@ from daps.methods.common import (
     training_output,
 )
 from daps.methods.spec import MethodSpec
-from daps.methods.types import Output, Reconstruction
-from daps.nets import NATransformerEncoder
+from daps.methods.types import Method, Output, Reconstruction
+from daps.nets import Decoder, NATransformerEncoder
 from daps.nets.layers import dense
 from daps.optim import OptimizerSpec
 
@@ -64,7 +64,7 @@ class FSQConfig:
             raise UserError(f"fsq.levels must be one or more integers >= 2, got {self.levels}")
 
 
-class FSQ(nn.Module):
+class FSQ(Method):
     """Bidirectional encoder -> finite scalar quantization -> MLP decoder, trained by reconstruction.
 
     Args:
@@ -81,7 +81,7 @@ class FSQ(nn.Module):
         self,
         encoder: NATransformerEncoder,
         embed_latent: nn.Module,
-        decoder: nn.Module,
+        decoder: Decoder,
         likelihood: Likelihood,
         levels: tuple[int, ...],
     ):
@@ -158,6 +158,7 @@ def build_fsq(cfg: Config, image_shape: tuple[int, int, int]) -> FSQ:
     levels = tuple(cfg.fsq.levels)
     encoder = build_na_encoder(cfg, image_shape, out_dim=len(levels))  # built first: seeded init follows this order
     d = cfg.decoder
+    widths: tuple[int, ...]
     if d.kind == "resnet":  # Dense(E) -> Dense(E * ratio) -> Dense(E), no activations (original: models/fsq.py)
         token_dim = d.embed_dim
         widths = (len(levels), d.embed_dim, d.embed_dim * d.fsq_ratio, d.embed_dim)

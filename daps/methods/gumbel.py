@@ -31,7 +31,6 @@ from dataclasses import dataclass, field, replace
 from typing import Callable, ClassVar
 
 import torch
-import torch.nn as nn
 
 import daps.functional as DF
 from daps.config import Config, ScheduleConfig, check_positive, check_schedule, schedule
@@ -53,9 +52,9 @@ from daps.methods.common import (
     schedule_value,
     training_output,
 )
-from daps.methods.spec import MethodSpec
-from daps.methods.types import Output, Reconstruction
-from daps.nets import ARTransformerEncoder, NACategoricalEncoder
+from daps.methods.spec import EncoderFamily, MethodSpec
+from daps.methods.types import Method, Output, Reconstruction
+from daps.nets import ARTransformerEncoder, Decoder, NACategoricalEncoder
 from daps.optim import OptimizerSpec
 
 ESTIMATORS = ("gumbel", "rao")
@@ -86,7 +85,7 @@ class RelaxedConfig:
             raise UserError("relaxed.temperature must stay positive")
 
 
-class GumbelSoftmax(nn.Module):
+class GumbelSoftmax(Method):
     """Categorical VAE trained through straight-through relaxed samples (one per input).
 
     Args:
@@ -101,7 +100,7 @@ class GumbelSoftmax(nn.Module):
     def __init__(
         self,
         encoder: ARTransformerEncoder | NACategoricalEncoder,
-        decoder: nn.Module,
+        decoder: Decoder,
         likelihood: Likelihood,
         cfg: RelaxedConfig,
         num_steps: int,
@@ -192,6 +191,7 @@ class GumbelSoftmax(nn.Module):
 def _build(cfg: Config, image_shape: tuple[int, int, int], autoregressive: bool, estimator: str) -> GumbelSoftmax:
     likelihood = build_likelihood(cfg)
     # The encoder is built first: the seeded initialization follows this order.
+    encoder: ARTransformerEncoder | NACategoricalEncoder
     if autoregressive:
         encoder = build_ar_encoder(cfg, image_shape)
     else:
@@ -221,26 +221,27 @@ def build_grmckna(cfg: Config, image_shape: tuple[int, int, int]) -> GumbelSoftm
     return _build(cfg, image_shape, autoregressive=False, estimator="rao")
 
 
-# beta, temperature, learning rate, learning-rate schedule, GR-MCK k per preset (the original's configs).
+# beta, temperature, and (learning rate, learning-rate schedule, GR-MCK k) or None for the preset's, per preset
+# (the original's configs).
 # NOTE(paper): on MNIST several are the original's active "beta = 1" variants.
-_RELAXED = {
+_RELAXED: dict[str, dict[str, tuple[ScheduleConfig, ScheduleConfig, tuple[float, str, int] | None]]] = {
     "mnist": {
-        "gumbel": (schedule(0.5, 0.01), schedule(1.0), None, None, None),
-        "gumbelna": (schedule(1.0), schedule(1.0, 0.1), None, None, None),
-        "grmck": (schedule(1.0), schedule(1.0, 0.75), None, None, None),
-        "grmckna": (schedule(1.0), schedule(1.0, 0.75), None, None, None),
+        "gumbel": (schedule(0.5, 0.01), schedule(1.0), None),
+        "gumbelna": (schedule(1.0), schedule(1.0, 0.1), None),
+        "grmck": (schedule(1.0), schedule(1.0, 0.75), None),
+        "grmckna": (schedule(1.0), schedule(1.0, 0.75), None),
     },
     "cifar10": {
-        "gumbel": (schedule(6.0, 0.01), schedule(1.0), 1e-4, "cosine", 100),
-        "gumbelna": (schedule(6.0, 0.01), schedule(1.0, 0.1), 3e-4, "constant", 100),
-        "grmck": (schedule(3.0, 0.01), schedule(1.0, 0.75), 3e-4, "constant", 100),
-        "grmckna": (schedule(3.0, 0.01), schedule(1.0, 0.1), 3e-4, "constant", 100),
+        "gumbel": (schedule(6.0, 0.01), schedule(1.0), (1e-4, "cosine", 100)),
+        "gumbelna": (schedule(6.0, 0.01), schedule(1.0, 0.1), (3e-4, "constant", 100)),
+        "grmck": (schedule(3.0, 0.01), schedule(1.0, 0.75), (3e-4, "constant", 100)),
+        "grmckna": (schedule(3.0, 0.01), schedule(1.0, 0.1), (3e-4, "constant", 100)),
     },
     "imagenet256": {  # NOTE(paper): GR-MCK's original runs B=32 with 2 accumulated gradients; here one step on B=64
-        "gumbel": (schedule(50.0, 1.0), schedule(1.0, 0.75), 1e-4, "constant", 100),
-        "gumbelna": (schedule(50.0, 1.0), schedule(1.0, 0.1), 3e-4, "constant", 100),
-        "grmck": (schedule(10.0, 1.0), schedule(1.0, 0.75), 1e-4, "constant", 10),
-        "grmckna": (schedule(10.0, 1.0), schedule(1.0, 0.1), 3e-4, "constant", 10),
+        "gumbel": (schedule(50.0, 1.0), schedule(1.0, 0.75), (1e-4, "constant", 100)),
+        "gumbelna": (schedule(50.0, 1.0), schedule(1.0, 0.1), (3e-4, "constant", 100)),
+        "grmck": (schedule(10.0, 1.0), schedule(1.0, 0.75), (1e-4, "constant", 10)),
+        "grmckna": (schedule(10.0, 1.0), schedule(1.0, 0.1), (3e-4, "constant", 10)),
     },
 }
 
@@ -248,17 +249,17 @@ _RELAXED = {
 def _presets(method: str) -> dict:
     def adjust(preset: str):
         def apply(cfg: Config) -> None:
-            beta, temperature, lr, lr_schedule, rao_samples = _RELAXED[preset][method]
+            beta, temperature, optim = _RELAXED[preset][method]
             cfg.relaxed.beta, cfg.relaxed.temperature = replace(beta), replace(temperature)  # copies: cfg owns them
-            if lr is not None:
-                cfg.optim.lr, cfg.optim.lr_schedule, cfg.relaxed.num_rao_samples = lr, lr_schedule, rao_samples
+            if optim is not None:
+                cfg.optim.lr, cfg.optim.lr_schedule, cfg.relaxed.num_rao_samples = optim
 
         return apply
 
     return {preset: adjust(preset) for preset in _RELAXED}
 
 
-def _spec(name: str, summary: str, build, encoder: str) -> MethodSpec:
+def _spec(name: str, summary: str, build, encoder: EncoderFamily) -> MethodSpec:
     return MethodSpec(
         name=name, summary=summary, build=build, config_type=RelaxedConfig, encoder=encoder,
         presets=_presets(name), progress=("log_p", "kl", "temperature"),

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import ClassVar, TypeVar
 
 import torch
 import torch.nn as nn
@@ -56,8 +56,8 @@ from daps.methods.common import (
     training_output,
 )
 from daps.methods.spec import MethodSpec
-from daps.methods.types import Output, Reconstruction
-from daps.nets import ARTransformerEncoder
+from daps.methods.types import Method, Output, Reconstruction
+from daps.nets import ARTransformerEncoder, Decoder
 from daps.nets.feedforward import PatchValueNet
 from daps.nets.resnet import ResNetValueNet
 from daps.optim import OptimizerSpec
@@ -101,7 +101,10 @@ class PPOConfig:
             raise UserError(f"ppo.clip must be in (0, 1) (the ratio is clipped to 1 +- clip), got {self.clip}")
 
 
-def frozen_copy(module: nn.Module) -> nn.Module:
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
+
+
+def frozen_copy(module: ModuleT) -> ModuleT:
     """A deep copy of ``module`` whose parameters are plain persistent buffers (own storage, no gradient)."""
     clone = copy.deepcopy(module)
     for sub in clone.modules():
@@ -111,7 +114,7 @@ def frozen_copy(module: nn.Module) -> nn.Module:
     return clone.requires_grad_(False)
 
 
-class PPO(nn.Module):
+class PPO(Method):
     """Autoregressive categorical encoder trained with PPO's clipped surrogate; decoder by maximum likelihood.
 
     Args:
@@ -123,10 +126,12 @@ class PPO(nn.Module):
         num_steps: length of the run, for the beta schedule.
     """
 
+    kl_coeff: torch.Tensor  # a buffer: the adaptive KL weight
+
     def __init__(
         self,
         encoder: ARTransformerEncoder,
-        decoder: nn.Module,
+        decoder: Decoder,
         likelihood: Likelihood,
         value: PatchValueNet | ResNetValueNet,
         cfg: PPOConfig,
@@ -252,6 +257,7 @@ def build_ppo(cfg: Config, image_shape: tuple[int, int, int]) -> PPO:
     encoder = build_ar_encoder(cfg, image_shape)  # built first: the seeded initialization follows this order
     decoder = build_decoder(cfg, image_shape, likelihood, vocab_size=cfg.encoder.vocab_size)
     # NOTE(paper): the original's value nets (16 patches or a 4x4 grid, width 64); no config keys for them.
+    value: ResNetValueNet | PatchValueNet
     if cfg.decoder.kind == "resnet":
         value = ResNetValueNet(image_shape, grid=4, width=64)
     else:

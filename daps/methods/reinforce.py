@@ -27,7 +27,6 @@ from dataclasses import dataclass, field, replace
 from typing import ClassVar
 
 import torch
-import torch.nn as nn
 
 import daps.functional as DF
 from daps.config import Config, ScheduleConfig, check_schedule, schedule
@@ -49,8 +48,8 @@ from daps.methods.common import (
     training_output,
 )
 from daps.methods.spec import MethodSpec
-from daps.methods.types import Output, Reconstruction
-from daps.nets import ARTransformerEncoder
+from daps.methods.types import Method, Output, Reconstruction
+from daps.nets import ARTransformerEncoder, Decoder
 from daps.optim import OptimizerSpec
 
 
@@ -72,7 +71,7 @@ class ReinforceConfig:
         check_schedule("reinforce.beta", self.beta)
 
 
-class Reinforce(nn.Module):
+class Reinforce(Method):
     """Autoregressive categorical encoder trained by REINFORCE with a leave-one-out baseline.
 
     Args:
@@ -86,7 +85,7 @@ class Reinforce(nn.Module):
     def __init__(
         self,
         encoder: ARTransformerEncoder,
-        decoder: nn.Module,
+        decoder: Decoder,
         likelihood: Likelihood,
         cfg: ReinforceConfig,
         num_steps: int,

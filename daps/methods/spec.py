@@ -12,9 +12,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Literal, Mapping
 
 if TYPE_CHECKING:
-    import torch.nn as nn
-
-    from daps.config import Config
+    from daps.config import Config, MethodSettings
+    from daps.methods.types import Method
 
 EncoderFamily = Literal["autoregressive", "bidirectional", "quantizer", "mlp"]
 """Which encoder a method trains: the autoregressive transformer q(z|x), the bidirectional transformer with a
@@ -34,7 +33,7 @@ class MethodSpec:
     Attributes:
         name: the ``--method`` name.
         summary: one line for ``--help`` and listings.
-        build: ``build(cfg, image_shape) -> nn.Module`` following :class:`daps.methods.Method`.
+        build: ``build(cfg, image_shape)``: the method's module, a :class:`daps.methods.Method`.
         config_type: the dataclass of the method's own settings. It has a ``section: ClassVar[str]`` (its name in
             overrides and ``config.json``: ``daps.beta.end=0.1``) and a ``validate()`` that raises ``ValueError``
             naming the key. Several methods may share one (``gumbel`` and ``grmck`` both use ``relaxed``).
@@ -49,8 +48,8 @@ class MethodSpec:
 
     name: str
     summary: str
-    build: Callable[[Config, tuple[int, int, int]], nn.Module]
-    config_type: type
+    build: Callable[[Config, tuple[int, int, int]], Method]
+    config_type: type[MethodSettings]
     encoder: EncoderFamily
     presets: Mapping[str, Callable[[Config], None]] = field(default_factory=dict)
     bits: Callable[[Config], float] = categorical_bits

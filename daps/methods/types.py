@@ -1,10 +1,17 @@
-"""The shared return types of every method."""
+"""The contract every method follows (:class:`Method`) and its return types."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
+import torch.nn as nn
+
+if TYPE_CHECKING:
+    from daps.config import Config
+    from daps.methods.common import InputSpec
+    from daps.optim import OptimizerSpec
 
 
 @dataclass
@@ -32,3 +39,49 @@ class Reconstruction:
     kl: torch.Tensor | None = None
     log_q: torch.Tensor | None = None  # (B,) log q(z | x) of the sampled code
     token_entropy: torch.Tensor | None = None  # (B, T) entropy of q(z_t | z_<t, x)
+
+
+class Method(nn.Module):
+    """The contract every method follows: an interface (each method implements all of it), so that the
+    training loop, evaluation and checkpoints are typed against one class.
+
+    ``method(x, step, generator)`` runs one training step's forward pass and returns an :class:`Output`.
+    Inference (``encode``, ``decode``, ``reconstruct``) builds no graph; bad inputs raise ``ValueError``.
+    """
+
+    @property
+    def final_beta(self) -> float | None:
+        """The beta of the beta-ELBO (the schedule's end value); None without a KL term."""
+        raise NotImplementedError
+
+    @property
+    def vocab_size(self) -> int | None:
+        """Codes per token (FSQ: the implicit codebook size); None for a continuous latent."""
+        raise NotImplementedError
+
+    latent_dim: int | None = None
+    """The size of a continuous latent z (the Gaussian VAE); None for discrete codes."""
+    input_spec: InputSpec
+    """What encode / decode / reconstruct accept (set by :func:`daps.methods.build_method`)."""
+    config: Config
+    """The resolved config of a loaded model (set by :func:`daps.checkpoint.load_model`)."""
+
+    def forward(self, x: torch.Tensor, step: int, generator: torch.Generator | None = None) -> Output:
+        raise NotImplementedError
+
+    def encode(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def decode(self, indices: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def reconstruct(self, x: torch.Tensor, generator: torch.Generator | None = None) -> Reconstruction:
+        raise NotImplementedError
+
+    def optimizer_specs(self, lr: float, grad_clip: float) -> list[OptimizerSpec]:
+        raise NotImplementedError
+
+    def compile_step(self, mode: str | None = None) -> None:
+        """``train.compile``: compile what pays in the training step (``mode``: torch.compile's); a no-op where
+        nothing does."""
+        raise NotImplementedError

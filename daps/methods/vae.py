@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
-import torch.nn as nn
 
 import daps.functional as DF
 from daps.config import Config, ScheduleConfig, check_positive, check_schedule
@@ -37,7 +36,8 @@ from daps.methods.common import (
     training_output,
 )
 from daps.methods.spec import MethodSpec
-from daps.methods.types import Output, Reconstruction
+from daps.methods.types import Method, Output, Reconstruction
+from daps.nets import Decoder
 from daps.nets.feedforward import GaussianMLPEncoder
 from daps.optim import OptimizerSpec
 
@@ -65,7 +65,7 @@ class GaussianVAEConfig:
         check_schedule("vae.beta", self.beta)
 
 
-class GaussianVAE(nn.Module):
+class GaussianVAE(Method):
     """MLP Gaussian encoder, reparameterized single sample, MLP decoder.
 
     Args:
@@ -81,7 +81,7 @@ class GaussianVAE(nn.Module):
     def __init__(
         self,
         encoder: GaussianMLPEncoder,
-        decoder: nn.Module,
+        decoder: Decoder,
         likelihood: Likelihood,
         cfg: GaussianVAEConfig,
         num_steps: int,

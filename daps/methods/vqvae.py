@@ -46,8 +46,8 @@ from daps.methods.common import (
     vq_lookup,
 )
 from daps.methods.spec import MethodSpec
-from daps.methods.types import Output, Reconstruction
-from daps.nets import NATransformerEncoder
+from daps.methods.types import Method, Output, Reconstruction
+from daps.nets import Decoder, NATransformerEncoder
 from daps.optim import OptimizerSpec
 
 
@@ -74,7 +74,7 @@ class VQConfig:
             raise UserError(f"vq.ema_decay must be in (0, 1), got {self.ema_decay}")
 
 
-class VQVAE(nn.Module):
+class VQVAE(Method):
     """Bidirectional encoder -> nearest of V learned codes -> MLP decoder.
 
     Args:
@@ -91,7 +91,7 @@ class VQVAE(nn.Module):
     def __init__(
         self,
         encoder: NATransformerEncoder,
-        decoder: nn.Module,
+        decoder: Decoder,
         likelihood: Likelihood,
         vocab_size: int,
         width: int,

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -61,9 +62,9 @@ from daps.methods.common import (
     vq_lookup,
 )
 from daps.methods.spec import MethodSpec
-from daps.methods.types import Output, Reconstruction
+from daps.methods.types import Method, Output, Reconstruction
 from daps.methods.vqvae import VQConfig
-from daps.nets import NATransformerEncoder
+from daps.nets import Decoder, NATransformerEncoder
 from daps.optim import OptimizerSpec
 
 
@@ -83,7 +84,7 @@ def global_rng_from(generator: torch.Generator | None, device: torch.device) -> 
         yield
 
 
-class VQVAEEMA(nn.Module):
+class VQVAEEMA(Method):
     """Bidirectional encoder -> EMA-trained codebook (k-means init, dead-code restarts) -> MLP decoder.
 
     Args:
@@ -96,11 +97,12 @@ class VQVAEEMA(nn.Module):
     """
 
     final_beta = None  # no KL term
+    quantizer: Any  # vector_quantize_pytorch.VectorQuantize (untyped)
 
     def __init__(
         self,
         encoder: NATransformerEncoder,
-        decoder: nn.Module,
+        decoder: Decoder,
         likelihood: Likelihood,
         quantizer: nn.Module,
         commitment: float,

@@ -13,6 +13,7 @@ import torch.nn as nn
 
 from daps.data import EvalSet, Standardize
 from daps.errors import UserError
+from daps.methods.types import Method
 from daps.metrics.codes import code_perplexity, codebook_utilization, position_code_entropy
 from daps.metrics.image import l2_distance, mse_per_image, psnr_per_image, ssim_per_image
 
@@ -74,7 +75,7 @@ def fid_setup(
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module,
+    model: Method,
     images: EvalSet,
     generator: torch.Generator | None = None,
     standardize: Standardize | None = None,
@@ -83,7 +84,7 @@ def evaluate(
     """Reconstruct every image with ``model.reconstruct`` and average the metrics over images.
 
     Args:
-        model: follows :class:`daps.methods.Method` (``reconstruct``, ``final_beta``, ``vocab_size``).
+        model: a trained method (``reconstruct``, ``final_beta``, ``vocab_size``).
         images: the validation set: raw batches ``(B, C, H, W)``, e.g. ``TensorEvalSet(images, batch_size)``
             or :func:`daps.data.eval_set`.
         standardize: raw -> model scale and back to [0, 1]; default: the identity (binarized MNIST).
@@ -122,7 +123,9 @@ def evaluate(
         if min(x.shape[-2:]) >= 11:  # SSIM's 11x11 window
             terms["ssim"] = ssim_per_image(x_hat_unit, x_unit)
         if rec.kl is not None:
-            terms.update(elbo=rec.log_p - rec.kl, beta_elbo=rec.log_p - model.final_beta * rec.kl, kl=rec.kl)
+            terms.update(elbo=rec.log_p - rec.kl, kl=rec.kl)
+            if model.final_beta is not None:
+                terms["beta_elbo"] = rec.log_p - model.final_beta * rec.kl
         if rec.log_q is not None:
             terms["log_q"] = rec.log_q
         if rec.token_entropy is not None:
@@ -131,7 +134,7 @@ def evaluate(
             sums[key] = sums.get(key, 0.0) + float(value.double().sum())
         if rec.indices is not None:
             all_indices.append(rec.indices.cpu())
-        if fake_stats is not None:
+        if fid is not None and fake_stats is not None:
             _add_features(fid, fake_stats, x_hat_unit)
             if real_stats is not None:
                 _add_features(fid, real_stats, _real_images(raw, standardize))
@@ -140,9 +143,9 @@ def evaluate(
     if n == 0:
         raise UserError("evaluate: no images to evaluate")
     out: dict[str, float | str] = {key: value / n for key, value in sums.items()}
-    if all_indices:
+    v = model.vocab_size
+    if all_indices and v is not None:
         indices = torch.cat(all_indices)  # (N, T)
-        v = model.vocab_size
         out["codebook_utilization"] = codebook_utilization(indices, v)
         out["code_perplexity"] = code_perplexity(indices, v)
         out["position_code_entropy"] = position_code_entropy(indices, v)
@@ -151,10 +154,15 @@ def evaluate(
     if skipped:
         out["skipped_files"] = skipped
         log.warning("evaluation: %d unreadable file(s) were replaced by other images of the split", skipped)
-    if fid is not None:
+    if fid is not None and fake_stats is not None:
         if n < 2:
             raise UserError("FID needs at least 2 images")
-        mu_ref, sigma_ref = fid.reference if real_stats is None else (real_stats.mu, real_stats.sigma)
+        if real_stats is not None:
+            mu_ref, sigma_ref = real_stats.mu, real_stats.sigma
+        elif fid.reference is not None:
+            mu_ref, sigma_ref = fid.reference
+        else:
+            raise ValueError("FIDSetup: the reference protocol needs reference statistics")
         out["fid"] = frechet_distance(fake_stats.mu, fake_stats.sigma, mu_ref, sigma_ref)
         out["fid_protocol"] = fid.protocol if real_stats is not None else f"reference:{Path(fid.reference_name).name}"
         out["fid_num_images"] = n

@@ -66,9 +66,8 @@ class FeatureStats:
     def __init__(self, dim: int | None = None) -> None:
         self.dim = dim
         self._num = 0
-        self._shift: torch.Tensor | None = None
-        self._sum: torch.Tensor | None = None
-        self._outer: torch.Tensor | None = None
+        # (shift, sum of x - shift, sum of outer products of x - shift), from the first update on
+        self._moments: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     def update(self, features: ArrayLike) -> FeatureStats:
         """Add a batch of features ``(n, D)``; returns self."""
@@ -83,13 +82,13 @@ class FeatureStats:
             return self
         if not torch.isfinite(x).all():
             raise UserError("features contain NaN or inf")
-        if self._shift is None:
-            self._shift = x.mean(0)
-            self._sum = torch.zeros(self.dim, dtype=torch.float64)
-            self._outer = torch.zeros(self.dim, self.dim, dtype=torch.float64)
-        xc = x - self._shift
-        self._sum += xc.sum(0)
-        self._outer += xc.T @ xc
+        if self._moments is None:
+            d = x.shape[1]
+            self._moments = (x.mean(0), torch.zeros(d, dtype=torch.float64), torch.zeros(d, d, dtype=torch.float64))
+        shift, total, outer = self._moments
+        xc = x - shift
+        total += xc.sum(0)
+        outer += xc.T @ xc
         self._num += x.shape[0]
         return self
 
@@ -101,17 +100,19 @@ class FeatureStats:
     @property
     def mu(self) -> np.ndarray:
         """Mean ``(D,)`` float64."""
-        if self._num == 0:
+        if self._moments is None or self._num == 0:
             raise UserError("FeatureStats is empty: call update() first")
-        return (self._shift + self._sum / self._num).numpy()
+        shift, total, _ = self._moments
+        return (shift + total / self._num).numpy()
 
     @property
     def sigma(self) -> np.ndarray:
         """Unbiased covariance ``(D, D)`` float64 (divides by N - 1)."""
-        if self._num < 2:
+        if self._moments is None or self._num < 2:
             raise UserError(f"the covariance needs at least 2 feature vectors, got {self._num}")
-        m = self._sum / self._num
-        cov = (self._outer - self._num * torch.outer(m, m)) / (self._num - 1)
+        _, total, outer = self._moments
+        m = total / self._num
+        cov = (outer - self._num * torch.outer(m, m)) / (self._num - 1)
         return ((cov + cov.T) / 2).numpy()
 
 

@@ -6,7 +6,10 @@ from daps.nets.mlp import MLPDecoder
 from daps.nets.resnet import ResNetDecoder, ResNetValueNet
 from daps.nets.sampling import Samples
 
+Decoder = MLPDecoder | ResNetDecoder
+"""A generative network: codes or per-token latents -> the likelihood's parameters (``decode_latents``)."""
+
 __all__ = [
-    "ARTransformerEncoder", "MLPDecoder", "NACategoricalEncoder", "NATransformerEncoder", "ResNetDecoder",
+    "ARTransformerEncoder", "Decoder", "MLPDecoder", "NACategoricalEncoder", "NATransformerEncoder", "ResNetDecoder",
     "ResNetValueNet", "Samples",
 ]

@@ -18,6 +18,7 @@ rows ``b*K ... b*K + K - 1`` of a flat ``(B*K, ...)`` batch, which is what lets 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -77,7 +78,9 @@ class ARTransformerEncoder(nn.Module):
         self.encoder_ln = nn.LayerNorm(width, eps=LN_EPS)
         self.token_embed = nn.Embedding(vocab_size, width)
         nn.init.normal_(self.token_embed.weight, std=1.0)
-        self.decoder_blocks = nn.ModuleList(DecoderBlock(width, num_heads, mlp_ratio) for _ in range(num_layers))
+        self.decoder_blocks = cast(  # a ModuleList, typed by its items
+            Sequence[DecoderBlock], nn.ModuleList(DecoderBlock(width, num_heads, mlp_ratio) for _ in range(num_layers))
+        )
         self.decoder_ln = nn.LayerNorm(width, eps=LN_EPS)
         self.head = dense(width, vocab_size)
         self._static_step_fn: Callable | None = None  # set by compile_sampler

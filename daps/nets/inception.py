@@ -26,7 +26,6 @@ from daps.errors import UserError
 
 logger = logging.getLogger(__name__)
 
-FEATURE_DIM = 2048
 PYTORCH_FID_FILE = "pt_inception-2015-12-05-6726825d.pth"
 _PYTORCH_FID_GLOB = "pt_inception-2015-12-05*.pth"
 
@@ -281,5 +280,8 @@ def load_fid_inception(weights: str | os.PathLike | None = None, device: torch.d
     logger.info("loaded FID Inception weights from %s", ", ".join(str(f) for f in files))
     net.requires_grad_(False)
     # channels_last weights make oneDNN convolutions ~1.6x faster on CPU (values equal to float rounding).
-    net = net.to(device=device if device is not None else "cpu", memory_format=torch.channels_last)
+    # (torch's type hints of Module.to omit memory_format)
+    net = net.to(  # type: ignore[call-overload]
+        device=device if device is not None else "cpu", memory_format=torch.channels_last
+    )
     return net.eval()

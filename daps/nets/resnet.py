@@ -33,7 +33,8 @@ def conv(in_ch: int, out_ch: int, kernel: int, stride: int = 1) -> nn.Conv2d:
     """A "SAME"-padded convolution (kernel 1, 3, or 4 with stride 2) with the original's initializers."""
     layer = nn.Conv2d(in_ch, out_ch, kernel, stride=stride, padding=(kernel - stride + 1) // 2)
     _lecun_conv_(layer.weight, in_ch * kernel * kernel)
-    nn.init.zeros_(layer.bias)
+    if layer.bias is not None:  # always: built with a bias
+        nn.init.zeros_(layer.bias)
     return layer
 
 
@@ -41,7 +42,8 @@ def upconv(in_ch: int, out_ch: int) -> nn.ConvTranspose2d:
     """Transposed convolution, kernel 4, stride 2: doubles H and W ("SAME" in Flax = padding 1 here)."""
     layer = nn.ConvTranspose2d(in_ch, out_ch, 4, stride=2, padding=1)
     _lecun_conv_(layer.weight, in_ch * 16)  # Flax's fan-in of a (4, 4, in, out) kernel
-    nn.init.zeros_(layer.bias)
+    if layer.bias is not None:  # always: built with a bias
+        nn.init.zeros_(layer.bias)
     return layer
 
 
@@ -53,6 +55,10 @@ class SlicedBatchNorm2d(nn.Module):
     running statistics move toward their average over the slices. With one slice this is Flax's BatchNorm.
     The parameter and buffer names are those of ``nn.BatchNorm2d``.
     """
+
+    running_mean: torch.Tensor  # buffers
+    running_var: torch.Tensor
+    num_batches_tracked: torch.Tensor
 
     def __init__(self, channels: int, momentum: float = 0.01, eps: float = 1e-5):
         super().__init__()
