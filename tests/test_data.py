@@ -409,7 +409,7 @@ def test_mnist5k_zeros_file_is_valid(tmp_path):
 
 
 def test_registry():
-    assert DATASETS["mnist"].load is load_mnist and DATASETS["mnist5k"].load is load_mnist5k
+    assert DATASETS["mnist"].load is load_mnist
     for name, spec in DATASETS.items():
         assert spec.name == name and spec.likelihood in ("bernoulli", "gaussian")
         assert (spec.load is None) != (spec.root is None), name  # in memory, or streamed from a folder
@@ -426,7 +426,7 @@ def test_unknown_split(name):
     with pytest.raises(ValueError, match="choose one of: train, test"):
         load_dataset(name, "valid", download=False)
     with pytest.raises(ValueError, match="train, test"):
-        DATASETS[name].load("val")
+        DATASETS[name].load("val", None, False)
 
 
 def test_folder_dataset_is_not_loaded_into_memory():
