@@ -165,7 +165,10 @@ def _eval(args: argparse.Namespace) -> int:
     spec = dataset_spec(data.name)
     images = eval_set(data, args.split, args.max_images, args.batch_size, device)
     fid = fid_setup(args.fid, args.fid_weights, args.fid_ref, device)
-    metrics = evaluate(model, images, torch.Generator(device).manual_seed(args.seed), spec.standardize, fid)
+    example_metrics = spec.example_metrics(data) if spec.example_metrics is not None else None
+    metrics = evaluate(
+        model, images, torch.Generator(device).manual_seed(args.seed), spec.standardize, fid, example_metrics
+    )
     metrics.update(dataset=spec.name, split=args.split, run=str(args.run_dir))
     if args.json:
         print(json.dumps(metrics))

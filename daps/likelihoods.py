@@ -92,3 +92,25 @@ class Gaussian:
 
     def mean(self, params: torch.Tensor) -> torch.Tensor:
         return params.chunk(2, dim=-3)[0].float()
+
+
+class FixedGaussian:
+    """Diagonal Gaussian with one fixed variance for every dimension: the decoder outputs only the mean (paper
+    App. F: motion features, variance 0.25). ``log p`` sums over all dimensions, as for images."""
+
+    name = "gaussian-fixed"
+
+    def __init__(self, variance: float = 0.25):
+        if not variance > 0:
+            raise ValueError(f"variance must be positive, got {variance}")
+        self.log_var = math.log(variance)
+
+    def param_shape(self, image_shape: tuple[int, ...]) -> tuple[int, ...]:
+        return tuple(image_shape)
+
+    def log_prob(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``params (*extra, N, *data)`` (the mean), ``x (N, *data)`` -> ``(*extra, N)``."""
+        return gaussian_log_prob(params, torch.full_like(params, self.log_var, dtype=torch.float32), x)
+
+    def mean(self, params: torch.Tensor) -> torch.Tensor:
+        return params.float()

@@ -20,6 +20,7 @@ ENCODER_SHAPES: dict[str, dict[str, tuple[int, int]]] = {
     "mnist": {"bidirectional": (2, 6), "quantizer": (2, 7)},
     "cifar10": {"autoregressive": (2, 4), "bidirectional": (4, 6), "quantizer": (4, 6)},
     "imagenet256": {"autoregressive": (2, 4), "bidirectional": (6, 4), "quantizer": (6, 4)},
+    "lafan1-h1": {"autoregressive": (2, 4), "bidirectional": (6, 4), "quantizer": (6, 4)},
 }
 
 
@@ -74,11 +75,28 @@ def imagenet256(cfg: Config) -> None:
     )
 
 
+def lafan1_h1(cfg: Config) -> None:
+    """LAFAN1 motion on the Unitree H1 (docs/motion.md): windows of 32 frames x 86 features, T=64 tokens of
+    V=1024 codes (640 bits), E=128; the encoders embed the window with a transposed convolution over time, the
+    decoder is a 2-layer transformer with a strided convolution back to the frames; Gaussian likelihood with the
+    fixed variance 0.25 (paper App. F); B=256, 250k steps, validation on 10,000 windows of the original's four
+    validation clips."""
+    from daps.motion.features import NUM_FEATURES  # no mujoco needed for the count
+
+    cfg.data = DataConfig(name="lafan1-h1", image_shape=(1, 32, NUM_FEATURES))
+    cfg.encoder = EncoderConfig(num_tokens=64, vocab_size=1024, width=128, embed="time")
+    cfg.decoder = DecoderConfig(kind="transformer", embed_dim=128, fsq_ratio=2)
+    cfg.train = TrainConfig(
+        steps=250_000, batch_size=256, eval_examples=10_000, eval_batch_size=200, out_dir=f"runs/lafan1-h1-{cfg.method}"
+    )
+
+
 PRESETS: dict[str, Callable[[Config], None]] = {
     "mnist": mnist,
     "mnist5k-demo": mnist5k_demo,
     "cifar10": cifar10,
     "imagenet256": imagenet256,
+    "lafan1-h1": lafan1_h1,
 }
 """Preset name -> a function that sets the shared sections of a fresh config for that dataset."""
 

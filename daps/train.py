@@ -35,7 +35,7 @@ from daps.checkpoint import (
 )
 from daps.config import Config
 from daps.config_io import config_differences
-from daps.data import DatasetSpec, EvalSet, TrainBatches, dataset_spec, eval_set, train_batches
+from daps.data import DatasetSpec, EvalSet, ExampleMetrics, TrainBatches, dataset_spec, eval_set, train_batches
 from daps.errors import UserError
 from daps.functional import cosine_schedule
 from daps.methods import Method, build_method, method_spec
@@ -245,6 +245,7 @@ class Setup:
     spec: DatasetSpec
     batches: TrainBatches  # raw training batches
     val_images: EvalSet  # the fixed validation subset
+    example_metrics: ExampleMetrics | None  # the dataset's own quality metrics (motion), else the image metrics
     model: Method
     step_model: torch.nn.Module  # the model, or its DDP wrapper
     optimizers: Optimizers
@@ -265,6 +266,7 @@ def _setup(cfg: Config, state: dict | None, device: torch.device, rank: int, wor
         torch.Generator(device).manual_seed(tc.seed * 1000 + 2 * rank + 1), device,
     )
     val_images = eval_set(cfg.data, "test", tc.eval_examples, tc.eval_batch_size, device)
+    example_metrics = spec.example_metrics(cfg.data) if spec.example_metrics is not None else None
     if spec.note and not spec.in_memory:  # in-memory loaders say it themselves
         log.warning("note: %s", spec.note)
 
@@ -291,6 +293,7 @@ def _setup(cfg: Config, state: dict | None, device: torch.device, rank: int, wor
         spec,
         batches,
         val_images,
+        example_metrics,
         model,
         step_model,
         optimizers,
@@ -320,17 +323,19 @@ def _open_run_folder(s: Setup, plan: RunPlan, start_step: int) -> None:
     s.run_dir.mkdir(parents=True, exist_ok=True)
     write_marker(s.run_dir, "train")
     write_config(s.run_dir / "config.json", s.cfg)
+    for name, content in (s.spec.run_files(s.cfg.data) if s.spec.run_files is not None else {}).items():
+        write_json_atomic(s.run_dir / name, content)
     truncate_metrics(s.run_dir / "metrics.jsonl", start_step)  # rows logged after the checkpoint are logged again
     log.info(
-        "training %s on %s (%d train / %d val images) for %d steps, %d parameters, device %s -> %s",
-        s.cfg.method, s.spec.name, len(s.batches), s.val_images.num_images, s.cfg.train.steps,
+        "training %s on %s (%d train / %d val %s) for %d steps, %d parameters, device %s -> %s",
+        s.cfg.method, s.spec.name, len(s.batches), s.val_images.num_images, s.spec.examples, s.cfg.train.steps,
         sum(p.numel() for p in s.model.parameters()), s.device, s.run_dir,
     )
 
 
 def _evaluate(s: Setup, fid: FIDSetup | None = None) -> dict:
     eval_gen = torch.Generator(s.device).manual_seed(s.cfg.train.seed + 12345)  # the same noise at every evaluation
-    return evaluate(s.model, s.val_images, eval_gen, s.spec.standardize, fid)
+    return evaluate(s.model, s.val_images, eval_gen, s.spec.standardize, fid, s.example_metrics)
 
 
 def _checkpoint(s: Setup, step: int) -> None:
@@ -433,12 +438,10 @@ def _train(cfg: Config, resume: bool, overwrite: bool, device: torch.device, ran
                 if dist.is_main():  # rank 0 alone evaluates; the others wait without a timeout
                     metrics = _evaluate(s)
                     write_row({"split": "val", "step": done, **metrics})
+                    quality = "psnr" if "psnr" in metrics else "mpjpe_mm" if "mpjpe_mm" in metrics else "l2"
                     log.info(
-                        "step %d: val log p %.2f  L2 %.3f  PSNR %.2f",
-                        done,
-                        metrics["log_p"],
-                        metrics["l2"],
-                        metrics["psnr"],
+                        "step %d: val log p %.2f  L2 %.3f  %s %.2f",
+                        done, metrics["log_p"], metrics["l2"], quality, metrics[quality],
                     )
                 dist.wait_for_main()
             if done % tc.ckpt_every == 0 and done != end_step:
@@ -492,10 +495,13 @@ def _write_artifacts(s: Setup, end_step: int, metrics: dict) -> None:
     with torch.no_grad():
         x_shown = standardize(shown)
         rec = s.model.reconstruct(x_shown, torch.Generator(s.device).manual_seed(cfg.train.seed))
-    save_reconstruction_grid(
-        standardize.to_unit(x_shown), standardize.to_unit(rec.x_hat), run_dir / "reconstructions.png",
-        title=f"{cfg.method} on {spec.name} after {end_step} steps (validation images)",
-    )
+    title = f"{cfg.method} on {spec.name} after {end_step} steps (validation {spec.examples})"
+    if spec.plot_reconstructions is not None:
+        spec.plot_reconstructions(cfg.data, x_shown, rec.x_hat, run_dir / "reconstructions.png", title)
+    else:
+        save_reconstruction_grid(
+            standardize.to_unit(x_shown), standardize.to_unit(rec.x_hat), run_dir / "reconstructions.png", title=title
+        )
     save_training_curves(
         run_dir / "metrics.jsonl", run_dir / "curves.png", title=f"{cfg.method} / {spec.name}",
         quality="psnr" if spec.likelihood == "gaussian" else "l2",
@@ -514,11 +520,20 @@ def summarize(metrics: dict[str, float | str]) -> str:
         ("MSE", "mse", ""),
         ("PSNR", "psnr", "dB"),
         ("SSIM", "ssim", ""),
+        ("MPJPE (root-relative)", "mpjpe_mm", "mm"),
+        ("MPJPE (global)", "mpjpe_global_mm", "mm"),
+        ("joint angle error", "joint_error_deg", "deg"),
+        ("root velocity error", "root_velocity_error_m_s", "m/s"),
+        ("foot skating", "foot_skating_m_s", "m/s"),
+        ("  ground truth", "gt_foot_skating_m_s", "m/s"),
+        ("ground penetration", "ground_penetration_mm", "mm"),
+        ("  ground truth", "gt_ground_penetration_mm", "mm"),
         ("codebook utilization", "codebook_utilization", ""),
         ("code perplexity", "code_perplexity", ""),
         ("token entropy", "token_entropy", "nats"),
     ]
-    lines = [f"validation on {int(metrics.get('num_images', 0))} images:"]
+    examples = "windows" if "mpjpe_mm" in metrics else "images"
+    lines = [f"validation on {int(metrics.get('num_images', 0))} {examples}:"]
     for label, key, unit in rows:
         if key in metrics:
             lines.append(f"  {label:<22} {metrics[key]:>10.4f} {unit}")

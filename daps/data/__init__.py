@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol
 
 import torch
 
@@ -21,6 +21,13 @@ from daps.data.evalset import EvalSet, FolderEvalSet, TensorEvalSet
 from daps.data.imagefolder import IMAGENET_MEAN, IMAGENET_STD, ImageFolderDataset, ImageStream
 from daps.data.imagenet import find_imagenet_root, unpack_imagenet_sample
 from daps.data.mnist import load_mnist, load_mnist5k
+from daps.data.motion import (
+    MotionMetrics,
+    WindowImages,
+    lafan_run_files,
+    lafan_windows,
+    plot_motion_reconstructions,
+)
 from daps.data.paths import DATA_DIR_FIX, ENV_VAR, SPLITS, ImageSet, PathLike, cache_root, explicit_root, user_roots
 from daps.errors import UserError
 
@@ -38,11 +45,21 @@ __all__ = [
     "train_batches",
     "eval_set",
     "EvalSet",
+    "ExampleMetrics",
     "FolderEvalSet",
     "TensorEvalSet",
 ]
 
+if TYPE_CHECKING:
+    from daps.config import DataConfig
+
 log = logging.getLogger(__name__)
+
+
+class ExampleMetrics(Protocol):
+    """Per-example quality metrics of reconstructions: ``(x, x_hat)`` at the model's scale -> name -> ``(B,)``."""
+
+    def __call__(self, x: torch.Tensor, x_hat: torch.Tensor) -> dict[str, torch.Tensor]: ...
 
 
 
@@ -118,22 +135,30 @@ def _given_root(data_dir: PathLike | None) -> Path:
 class DatasetSpec:
     """What the library needs to know about a dataset.
 
-    ``load`` (in-memory datasets) returns a whole split; ``root`` (folder datasets) returns the folder holding
-    ``train/`` and ``val/`` class folders, or, with ``same_splits``, one class-folder tree used for both.
+    ``load`` (in-memory datasets) returns a whole split; ``windows`` (motion) an indexable split of windows
+    gathered on demand; ``root`` (folder datasets) returns the folder holding ``train/`` and ``val/`` class
+    folders, or, with ``same_splits``, one class-folder tree used for both. ``example_metrics`` builds the
+    per-example quality metrics of evaluation (default: the image metrics MSE, PSNR, SSIM); ``run_files`` what a
+    run saves beside its checkpoints (file name -> JSON).
     """
 
     name: str
-    likelihood: str  # "bernoulli" or "gaussian"
+    likelihood: str  # "bernoulli", "gaussian" (learned variance) or "gaussian-fixed" (decoder.fixed_variance)
     standardize: Standardize = field(default_factory=Standardize)
     image_shape: tuple[int, int, int] | None = None  # fixed by the files; None: any size (folder datasets)
     load: Callable[[str, PathLike | None, bool], ImageSet] | None = None  # (split, data_dir, download)
     root: Callable[[PathLike | None], Path] | None = None  # (data_dir)
+    windows: Callable[[str, DataConfig], WindowImages] | None = None  # (split, data)
     same_splits: bool = False
     note: str = ""  # said in the log and the run summary, e.g. that the data are a lossy copy
+    example_metrics: Callable[[DataConfig], ExampleMetrics] | None = None
+    run_files: Callable[[DataConfig], dict[str, Any]] | None = None
+    plot_reconstructions: Callable[[DataConfig, torch.Tensor, torch.Tensor, Path, str], None] | None = None
+    examples: str = "images"  # what one example is called in logs and titles
 
     @property
     def in_memory(self) -> bool:
-        return self.load is not None
+        return self.load is not None or self.windows is not None
 
 
 _IMAGENET = Standardize(IMAGENET_MEAN, IMAGENET_STD)
@@ -161,6 +186,10 @@ DATASETS: dict[str, DatasetSpec] = {
         note="imagenet256-sample is 1,000 ImageNet images (one per class); train and test are the same images",
     ),
     "imagefolder": DatasetSpec("imagefolder", "gaussian", _IMAGENET, root=_given_root),
+    "lafan1-h1": DatasetSpec(
+        "lafan1-h1", "gaussian-fixed", windows=lafan_windows, example_metrics=MotionMetrics,
+        run_files=lafan_run_files, plot_reconstructions=plot_motion_reconstructions, examples="windows",
+    ),
 }
 
 
@@ -224,13 +253,18 @@ class TrainBatches:
     resumed run sees the batches an uninterrupted one would).
     """
 
-    def __init__(self, source: torch.Tensor | ImageStream, batch_size: int, generator: torch.Generator | None,
-                 device: torch.device):
+    def __init__(
+        self,
+        source: torch.Tensor | WindowImages | ImageStream,
+        batch_size: int,
+        generator: torch.Generator | None,
+        device: torch.device,
+    ):
         self.source, self.batch_size = source, batch_size
         self.generator, self.device = generator, device
 
     def __len__(self) -> int:
-        return len(self.source) if isinstance(self.source, torch.Tensor) else len(self.source.dataset)
+        return len(self.source.dataset) if isinstance(self.source, ImageStream) else len(self.source)
 
     @property
     def num_skipped(self) -> int:
@@ -246,10 +280,17 @@ class TrainBatches:
         return self
 
     def __next__(self) -> torch.Tensor:
-        if isinstance(self.source, torch.Tensor):
-            idx = torch.randint(len(self.source), (self.batch_size,), generator=self.generator, device=self.device)
-            return self.source[idx]  # (B, C, H, W)
-        return next(self.source).to(self.device, non_blocking=True)
+        if isinstance(self.source, ImageStream):
+            return next(self.source).to(self.device, non_blocking=True)
+        idx = torch.randint(len(self.source), (self.batch_size,), generator=self.generator, device=self.device)
+        return self.source[idx]  # (B, C, H, W)
+
+
+def _examples(spec: DatasetSpec, data: DataConfig, split: str) -> torch.Tensor | WindowImages:
+    """A whole split of an in-memory dataset: a tensor ``(N, C, H, W)``, or motion windows gathered on demand."""
+    if spec.windows is not None:
+        return spec.windows(split, data)
+    return load_dataset(data.name, split, data.data_dir or None, data.download).images
 
 
 def train_batches(
@@ -258,8 +299,7 @@ def train_batches(
     """Training batches of ``data`` (a :class:`daps.config.DataConfig`)."""
     spec = dataset_spec(data.name)
     if spec.in_memory:
-        images = load_dataset(data.name, "train", data.data_dir or None, data.download).images.to(device)
-        return TrainBatches(images, batch_size, generator, device)
+        return TrainBatches(_examples(spec, data, "train").to(device), batch_size, generator, device)
     dataset = folder_dataset(data.name, "train", data.image_shape, data.data_dir or None, train=True, seed=seed)
     stream = ImageStream(dataset, batch_size, num_workers=data.num_workers, seed=seed, start_batch=start_step)
     return TrainBatches(stream, batch_size, None, device)
@@ -271,11 +311,12 @@ def eval_set(data, split: str, max_images: int, batch_size: int, device: torch.d
     subset in every run), in batches of ``batch_size`` on ``device``."""
     spec = dataset_spec(data.name)
     if spec.in_memory:
-        images = load_dataset(data.name, split, data.data_dir or None, data.download).images
-        if 0 < max_images < images.shape[0]:  # the splits may be sorted by class
-            subset = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(0))[:max_images]
-            images = images[subset.sort().values]
-        return TensorEvalSet(images.to(device), batch_size)
+        examples = _examples(spec, data, split)
+        n = len(examples)
+        subset = torch.arange(n)
+        if 0 < max_images < n:  # the splits may be sorted by class
+            subset = torch.randperm(n, generator=torch.Generator().manual_seed(0))[:max_images].sort().values
+        return TensorEvalSet(examples[subset].to(device), batch_size)
     dataset = folder_dataset(data.name, split, data.image_shape, data.data_dir or None, train=False)
     count = min(max_images, len(dataset)) if max_images > 0 else len(dataset)
     return FolderEvalSet(dataset, batch_size, data.num_workers, count, device)

@@ -14,7 +14,7 @@ import daps.functional as DF
 from daps.config import Config, ScheduleConfig
 from daps.data import dataset_spec
 from daps.functional import FLOAT32_EPS
-from daps.likelihoods import Bernoulli, Gaussian
+from daps.likelihoods import Bernoulli, FixedGaussian, Gaussian
 from daps.methods.types import Output, Reconstruction
 from daps.nets import (
     ARTransformerEncoder,
@@ -23,17 +23,22 @@ from daps.nets import (
     NACategoricalEncoder,
     NATransformerEncoder,
     ResNetDecoder,
+    TrajectoryDecoder,
 )
 
-Likelihood = Bernoulli | Gaussian
+Likelihood = Bernoulli | Gaussian | FixedGaussian
 CategoricalEncoder = ARTransformerEncoder | NACategoricalEncoder  # q(z | x) with ``sample``
 
 
 def build_likelihood(cfg: Config) -> Likelihood:
     """The data likelihood of ``cfg.data.name``: Bernoulli for binarized MNIST; a diagonal Gaussian with a
-    learned, clipped variance for natural images (paper Sec. 4; original: distributions/)."""
-    if dataset_spec(cfg.data.name).likelihood == "bernoulli":
+    learned, clipped variance for natural images (paper Sec. 4; original: distributions/); a Gaussian with the
+    fixed variance ``decoder.fixed_variance`` for motion."""
+    kind = dataset_spec(cfg.data.name).likelihood
+    if kind == "bernoulli":
         return Bernoulli()
+    if kind == "gaussian-fixed":
+        return FixedGaussian(cfg.decoder.fixed_variance)
     d = cfg.decoder
     if d.variance_clip == "none":
         return Gaussian(FLOAT32_EPS, float("inf"))
@@ -46,7 +51,7 @@ def build_ar_encoder(cfg: Config, image_shape: tuple[int, int, int]) -> ARTransf
     e = cfg.encoder
     return ARTransformerEncoder(
         image_shape, num_tokens=e.num_tokens, vocab_size=e.vocab_size, width=e.width, num_layers=e.num_layers,
-        num_heads=e.num_heads, mlp_ratio=e.mlp_ratio, mask_token0=e.mask_token0,
+        num_heads=e.num_heads, mlp_ratio=e.mlp_ratio, mask_token0=e.mask_token0, embed=e.embed,
     )
 
 
@@ -55,7 +60,7 @@ def build_na_categorical_encoder(cfg: Config, image_shape: tuple[int, int, int])
     e = cfg.encoder
     return NACategoricalEncoder(
         image_shape, num_tokens=e.num_tokens, vocab_size=e.vocab_size, width=e.width, num_layers=e.num_layers,
-        num_heads=e.num_heads, mlp_ratio=e.mlp_ratio,
+        num_heads=e.num_heads, mlp_ratio=e.mlp_ratio, embed=e.embed,
     )
 
 
@@ -65,7 +70,7 @@ def build_na_encoder(cfg: Config, image_shape: tuple[int, int, int], out_dim: in
     e = cfg.encoder
     return NATransformerEncoder(
         image_shape, num_tokens=e.num_tokens, width=e.width, num_layers=e.num_layers, num_heads=e.num_heads,
-        mlp_ratio=e.mlp_ratio, out_dim=out_dim,
+        mlp_ratio=e.mlp_ratio, out_dim=out_dim, embed=e.embed,
     )
 
 
@@ -81,6 +86,11 @@ def build_decoder(
     ``decoder.embed_dim``) -> the likelihood's parameters ``(N, *param_shape)``."""
     d = cfg.decoder
     out_shape = likelihood.param_shape(image_shape)
+    if d.kind == "transformer":
+        return TrajectoryDecoder(
+            num_tokens or cfg.encoder.num_tokens, token_dim or d.embed_dim, out_shape, width=d.embed_dim,
+            num_layers=d.transformer_layers, num_heads=d.transformer_heads, mlp_ratio=4, vocab_size=vocab_size,
+        )
     if d.kind == "resnet":
         return ResNetDecoder(
             num_tokens or cfg.encoder.num_tokens, token_dim or d.embed_dim, image_shape, out_shape[0],

@@ -236,7 +236,13 @@ def _presets(independent: bool) -> dict:
     def imagenet256(cfg: Config) -> None:
         cfg.daps.ess_target, cfg.daps.beta = 0.25, schedule(50.0, 1.0)
 
-    return {"mnist": mnist, "mnist5k-demo": mnist5k_demo, "cifar10": cifar10, "imagenet256": imagenet256}
+    def lafan1_h1(cfg: Config) -> None:
+        cfg.daps.ess_target, cfg.daps.beta = 0.33, schedule(1.0 if independent else 3.0, 0.01)
+
+    return {
+        "mnist": mnist, "mnist5k-demo": mnist5k_demo, "cifar10": cifar10, "imagenet256": imagenet256,
+        "lafan1-h1": lafan1_h1,
+    }
 
 
 DAPS_SPEC = MethodSpec(

@@ -159,7 +159,8 @@ def build_fsq(cfg: Config, image_shape: tuple[int, int, int]) -> FSQ:
     encoder = build_na_encoder(cfg, image_shape, out_dim=len(levels))  # built first: seeded init follows this order
     d = cfg.decoder
     widths: tuple[int, ...]
-    if d.kind == "resnet":  # Dense(E) -> Dense(E * ratio) -> Dense(E), no activations (original: models/fsq.py)
+    if d.kind in ("resnet", "transformer"):  # Dense(E) -> Dense(E * ratio) -> Dense(E), no activations
+        # (original: models/fsq.py)
         token_dim = d.embed_dim
         widths = (len(levels), d.embed_dim, d.embed_dim * d.fsq_ratio, d.embed_dim)
     else:  # Dense(E) -> Dense(fsq_token_dim) (original: models/fsq.py)
@@ -183,6 +184,7 @@ def _levels(levels: tuple[int, ...]):
 
 FSQ_SPEC = MethodSpec(
     name="fsq", summary="finite scalar quantization", build=build_fsq, config_type=FSQConfig, encoder="quantizer",
-    presets={"cifar10": _levels((8, 8, 8)), "imagenet256": _levels((8, 5, 5, 5))}, bits=_bits,
+    presets={"cifar10": _levels((8, 8, 8)), "imagenet256": _levels((8, 5, 5, 5)), "lafan1-h1": _levels((10, 10, 10))},
+    bits=_bits,
     progress=("log_p", "perplexity"),
 )

@@ -243,6 +243,12 @@ _RELAXED: dict[str, dict[str, tuple[ScheduleConfig, ScheduleConfig, tuple[float,
         "grmck": (schedule(10.0, 1.0), schedule(1.0, 0.75), (1e-4, "constant", 10)),
         "grmckna": (schedule(10.0, 1.0), schedule(1.0, 0.1), (3e-4, "constant", 10)),
     },
+    "lafan1-h1": {  # NOTE(paper): the original's grmckna-lafan leaves the temperature's end to the command line; 0.1
+        "gumbel": (schedule(2.0, 0.01), schedule(1.0), (1e-4, "cosine", 10)),
+        "gumbelna": (schedule(3.0, 0.01), schedule(1.0, 0.75), (3e-4, "constant", 10)),
+        "grmck": (schedule(2.0, 0.01), schedule(1.0), (1e-4, "cosine", 10)),
+        "grmckna": (schedule(1.0, 0.01), schedule(1.0, 0.1), (3e-4, "constant", 10)),
+    },
 }
 
 

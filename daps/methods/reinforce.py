@@ -184,6 +184,9 @@ def _beta(beta: ScheduleConfig):
 REINFORCE_SPEC = MethodSpec(
     name="reinforce", summary="REINFORCE with a leave-one-out baseline over K samples", build=build_reinforce,
     config_type=ReinforceConfig, encoder="autoregressive",
-    presets={"cifar10": _beta(schedule(6.0, 0.01)), "imagenet256": _beta(schedule(50.0, 1.0))},
+    presets={
+        "cifar10": _beta(schedule(6.0, 0.01)), "imagenet256": _beta(schedule(50.0, 1.0)),
+        "lafan1-h1": _beta(schedule(3.0, 0.01)),
+    },
     progress=("log_p", "kl"),
 )

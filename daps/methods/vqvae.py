@@ -172,7 +172,12 @@ def build_vqvae(cfg: Config, image_shape: tuple[int, int, int]) -> VQVAE:
     return VQVAE(encoder, decoder, likelihood, cfg.encoder.vocab_size, cfg.encoder.width, cfg.vq.commitment)
 
 
+def _lafan_commitment(cfg: Config) -> None:
+    cfg.vq.commitment = 0.5  # the original's LAFAN setting
+
+
 VQVAE_SPEC = MethodSpec(
     name="vqvae", summary="VQ-VAE as in the original code (gradient-trained codebook)", build=build_vqvae,
     config_type=VQConfig, encoder="quantizer", progress=("log_p", "perplexity"),
+    presets={"lafan1-h1": _lafan_commitment},
 )

@@ -204,7 +204,12 @@ def build_vqvae_ema(cfg: Config, image_shape: tuple[int, int, int]) -> VQVAEEMA:
     return VQVAEEMA(encoder, decoder, likelihood, quantizer, vq.commitment)
 
 
+def _lafan_commitment(cfg: Config) -> None:
+    cfg.vq.commitment = 0.5  # the original's LAFAN setting
+
+
 VQVAE_EMA_SPEC = MethodSpec(
     name="vqvae-ema", summary="VQ-VAE with EMA codebook, k-means init and dead-code restarts",
     build=build_vqvae_ema, config_type=VQConfig, encoder="quantizer", progress=("log_p", "perplexity"),
+    presets={"lafan1-h1": _lafan_commitment},
 )

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from daps.data import EvalSet, Standardize
+from daps.data import EvalSet, ExampleMetrics, Standardize
 from daps.errors import UserError
 from daps.methods.types import Method
 from daps.metrics.codes import code_perplexity, codebook_utilization, position_code_entropy
@@ -80,6 +80,7 @@ def evaluate(
     generator: torch.Generator | None = None,
     standardize: Standardize | None = None,
     fid: FIDSetup | None = None,
+    example_metrics: ExampleMetrics | None = None,
 ) -> dict[str, float | str]:
     """Reconstruct every image with ``model.reconstruct`` and average the metrics over images.
 
@@ -89,6 +90,8 @@ def evaluate(
             or :func:`daps.data.eval_set`.
         standardize: raw -> model scale and back to [0, 1]; default: the identity (binarized MNIST).
         fid: also measure FID (original: utils/fidjax.py) under ``fid.protocol``.
+        example_metrics: the per-example quality metrics in place of the image ones (``mse``, ``psnr``, ``ssim``),
+            e.g. :class:`daps.data.motion.MotionMetrics` for motion windows.
 
     Returns (log-likelihood terms in nats, summed over data dims / tokens, averaged over images):
     ``log_p``, ``l2`` (model scale), ``mse``, ``psnr`` (dB), ``ssim`` (all on [0, 1], means of per-image
@@ -114,14 +117,13 @@ def evaluate(
             raise UserError(f"FID needs RGB images; these have {x.shape[1]} channel(s)")
         rec = model.reconstruct(x, generator)
         x_unit, x_hat_unit = standardize.to_unit(x), standardize.to_unit(rec.x_hat)
-        terms = {
-            "log_p": rec.log_p,
-            "l2": l2_distance(rec.x_hat, x),
-            "mse": mse_per_image(x_hat_unit, x_unit),
-            "psnr": psnr_per_image(x_hat_unit, x_unit),
-        }
-        if min(x.shape[-2:]) >= 11:  # SSIM's 11x11 window
-            terms["ssim"] = ssim_per_image(x_hat_unit, x_unit)
+        terms = {"log_p": rec.log_p, "l2": l2_distance(rec.x_hat, x)}
+        if example_metrics is not None:
+            terms.update(example_metrics(x, rec.x_hat.float()))
+        else:
+            terms.update(mse=mse_per_image(x_hat_unit, x_unit), psnr=psnr_per_image(x_hat_unit, x_unit))
+            if min(x.shape[-2:]) >= 11:  # SSIM's 11x11 window
+                terms["ssim"] = ssim_per_image(x_hat_unit, x_unit)
         if rec.kl is not None:
             terms.update(elbo=rec.log_p - rec.kl, kl=rec.kl)
             if model.final_beta is not None:

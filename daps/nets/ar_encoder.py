@@ -25,9 +25,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from daps.functional import categorical_log_probs, clamp_log_prob
+from daps.nets.embed import token_embed
 from daps.nets.kv_cache import GrowingKVCache, KVCache, SelfAttentionCache, StaticKVCache, cache_buckets
 from daps.nets.layers import LN_EPS, DecoderBlock, EncoderBlock, dense, sinusoidal_table
-from daps.nets.patches import patch_shape, patchify
 from daps.nets.sampling import Samples, SamplingStep, sample_autoregressive
 
 MemoryKV = list[tuple[torch.Tensor, torch.Tensor]]  # per decoder layer, cross-attention k, v each (B, h, P, d)
@@ -54,6 +54,7 @@ class ARTransformerEncoder(nn.Module):
         mask_token0: reproduce the original code's teacher-forcing masks (``Transformer.decode`` in its
             ``transformer.py``, inherited from Flax's WMT example), which treat code 0 as padding. Off by default:
             then teacher-forced log q equals the sampling log-probabilities.
+        embed: the token embedding, ``patches`` (images) or ``time`` (motion windows); see :mod:`daps.nets.embed`.
     """
 
     pos: torch.Tensor  # (T, E) sinusoidal table, a buffer
@@ -68,11 +69,11 @@ class ARTransformerEncoder(nn.Module):
         num_heads: int,
         mlp_ratio: int,
         mask_token0: bool = False,
+        embed: str = "patches",
     ):
         super().__init__()
         self.num_tokens, self.vocab_size, self.mask_token0 = num_tokens, vocab_size, mask_token0
-        ph, pw = patch_shape(image_shape, num_tokens)
-        self.patch_embed = dense(ph * pw * image_shape[0], width, init="lecun")
+        self.patch_embed = token_embed(embed, image_shape, num_tokens, width)
         self.register_buffer("pos", sinusoidal_table(num_tokens, width), persistent=False)  # (T, E)
         self.encoder_blocks = nn.ModuleList(EncoderBlock(width, num_heads, mlp_ratio) for _ in range(num_layers))
         self.encoder_ln = nn.LayerNorm(width, eps=LN_EPS)
@@ -91,7 +92,7 @@ class ARTransformerEncoder(nn.Module):
 
     def memory(self, x: torch.Tensor) -> MemoryKV:
         """Encode ``x (B, C, H, W)`` and return each decoder layer's cross-attention ``(k, v)``, ``(B, h, P, d)``."""
-        h = self.patch_embed(patchify(x, self.num_tokens)) + self.pos  # (B, P, E)
+        h = self.patch_embed(x) + self.pos  # (B, P, E)
         for block in self.encoder_blocks:
             h = block(h)
         h = self.encoder_ln(h)

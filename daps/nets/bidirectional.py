@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 from daps.functional import categorical_log_probs, sample_probs
+from daps.nets.embed import token_embed
 from daps.nets.layers import LN_EPS, EncoderBlock, dense, sinusoidal_table
-from daps.nets.patches import patch_shape, patchify
 from daps.nets.sampling import Samples
 
 
@@ -38,11 +38,11 @@ class NATransformerEncoder(nn.Module):
         num_heads: int,
         mlp_ratio: int,
         out_dim: int | None,
+        embed: str = "patches",
     ):
         super().__init__()
         self.num_tokens = num_tokens
-        ph, pw = patch_shape(image_shape, num_tokens)
-        self.patch_embed = dense(ph * pw * image_shape[0], width, init="lecun")
+        self.patch_embed = token_embed(embed, image_shape, num_tokens, width)
         self.register_buffer("pos", sinusoidal_table(num_tokens, width), persistent=False)  # (T, E)
         self.blocks = nn.ModuleList(EncoderBlock(width, num_heads, mlp_ratio) for _ in range(num_layers))
         self.ln = nn.LayerNorm(width, eps=LN_EPS)
@@ -51,7 +51,7 @@ class NATransformerEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, C, H, W) -> (B, T, out_dim or E)``."""
-        h = self.patch_embed(patchify(x, self.num_tokens)) + self.pos  # (B, T, E)
+        h = self.patch_embed(x) + self.pos  # (B, T, E)
         for block in self.blocks:
             h = block(h)
         return self.head(self.proj(self.ln(h)))  # (B, T, out_dim or E)
@@ -71,10 +71,13 @@ class NACategoricalEncoder(nn.Module):
         num_layers: int,
         num_heads: int,
         mlp_ratio: int,
+        embed: str = "patches",
     ):
         super().__init__()
         self.num_tokens, self.vocab_size = num_tokens, vocab_size
-        self.net = NATransformerEncoder(image_shape, num_tokens, width, num_layers, num_heads, mlp_ratio, vocab_size)
+        self.net = NATransformerEncoder(
+            image_shape, num_tokens, width, num_layers, num_heads, mlp_ratio, vocab_size, embed=embed
+        )
 
     def token_log_probs(self, x: torch.Tensor) -> torch.Tensor:
         """Clamped per-token log-probabilities ``(B, T, V)``."""

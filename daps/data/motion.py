@@ -1,0 +1,133 @@
+"""The ``lafan1-h1`` dataset in the library's terms: motion windows as one-channel "images" ``(1, frames, F)``.
+
+:mod:`daps.motion` reads LAFAN1 on the Unitree H1, computes the per-frame features and their standardization
+(from the training clips only). Here those windows become what training and evaluation consume: an indexable
+:class:`WindowImages` (gathered on demand from the shared frames, never materialized for all windows), per-window
+motion metrics for :func:`daps.metrics.evaluate` (:class:`MotionMetrics`), and the statistics a run saves.
+
+``data.image_shape = (1, T, F)`` sets the window length T; ``data.window_stride`` the frames between the starts of
+consecutive training and validation windows. Training draws windows uniformly with replacement, like the original.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from daps.errors import UserError
+
+if TYPE_CHECKING:
+    from daps.config import DataConfig
+    from daps.motion.dataset import MotionData, MotionWindows
+
+MOTION_TYPES = ("dance", "fallAndGetUp", "fight", "fightAndSports", "jumps", "run", "sprint", "walk")
+"""The kinds of motion in LAFAN1, from the clip names (``walk2_subject4`` is a walk)."""
+
+
+def motion_type(clip: str) -> int:
+    """Index in :data:`MOTION_TYPES` of a clip's kind of motion."""
+    match = re.match(r"[A-Za-z]+", clip)
+    name = match.group(0) if match else ""
+    if name not in MOTION_TYPES:
+        raise UserError(f"clip {clip!r}: unknown kind of motion {name!r}; known: {', '.join(MOTION_TYPES)}")
+    return MOTION_TYPES.index(name)
+
+
+@functools.lru_cache(maxsize=2)
+def _cached(data_dir: str, window: int, stride: int) -> MotionData:
+    from daps.motion.dataset import load_motion_data
+
+    return load_motion_data(data_dir or None, window=window, stride=stride)
+
+
+def motion_data(data: DataConfig) -> MotionData:
+    """The :class:`~daps.motion.dataset.MotionData` of a data config (loaded once per process)."""
+    from daps.motion.features import NUM_FEATURES
+
+    channels, window, features = data.image_shape
+    if channels != 1 or features != NUM_FEATURES:
+        raise UserError(f"data.image_shape must be (1, T, {NUM_FEATURES}) for {data.name}, got {data.image_shape}")
+    return _cached(data.data_dir, window, data.window_stride)
+
+
+class WindowImages:
+    """Windows of one split as ``(B, 1, T, F)`` float32 batches on ``device``: ``images[idx]`` for a tensor of
+    window indices; ``len(images)`` windows; ``labels`` the kind of motion of each window."""
+
+    def __init__(self, windows: MotionWindows, device: torch.device | str = "cpu") -> None:
+        self.windows = windows
+        self.frames = windows.frames.to(device)  # (total, F)
+        self.starts = windows.starts.to(device)  # (N,)
+        self.offsets = torch.arange(windows.window, device=self.frames.device)  # (T,)
+        kinds = torch.tensor([motion_type(c) for c in windows.clips], dtype=torch.long)
+        self.labels = kinds[windows.clip_ids] if len(windows.clips) else torch.zeros(0, dtype=torch.long)
+
+    def __len__(self) -> int:
+        return int(self.starts.shape[0])
+
+    def __getitem__(self, index: torch.Tensor) -> torch.Tensor:
+        rows = self.starts[index.to(self.starts.device)]  # (B,)
+        return self.frames[rows[:, None] + self.offsets][:, None]  # (B, 1, T, F)
+
+    def to(self, device: torch.device | str) -> WindowImages:
+        return WindowImages(self.windows, device)
+
+
+def lafan_windows(split: str, data: DataConfig) -> WindowImages:
+    """Split ``train`` or ``test`` (the original's four validation clips) of ``lafan1-h1`` as windows."""
+    motion = motion_data(data)
+    return WindowImages(motion.train if split == "train" else motion.val)
+
+
+class MotionMetrics:
+    """Per-window motion metrics of reconstructions for :func:`daps.metrics.evaluate`: standardized windows
+    ``x, x_hat (B, 1, T, F)`` -> features -> poses (both anchored at the origin, facing +x: the anchor does not
+    change any of these errors) -> MuJoCo forward kinematics -> the metrics of :func:`daps.motion.metrics.
+    motion_metrics` (docs/motion.md): ``mpjpe_mm``, ``mpjpe_global_mm``, ``joint_error_deg``,
+    ``root_velocity_error_m_s``, ``foot_skating_m_s``, ``ground_penetration_mm`` and the ground truth's own
+    ``gt_foot_skating_m_s`` and ``gt_ground_penetration_mm``. Each is a batch mean, returned for every window of
+    the batch (so the evaluation's mean over windows weights batches by their size)."""
+
+    def __init__(self, data: DataConfig) -> None:
+        from daps.motion.h1 import load_h1
+
+        self.motion = motion_data(data)
+        self.h1 = load_h1(data.data_dir or None)
+
+    def poses(self, x: torch.Tensor) -> np.ndarray:
+        """Standardized windows ``(B, 1, T, F)`` -> poses ``(B, T, 26)`` starting at the origin."""
+        from daps.motion.features import features_to_poses
+
+        raw = self.motion.stats.denormalize(x[:, 0].detach().double().cpu().numpy())  # (B, T, F)
+        b = raw.shape[0]
+        return features_to_poses(raw, np.zeros((b, 2)), np.zeros(b), self.motion.fps)
+
+    def __call__(self, x: torch.Tensor, x_hat: torch.Tensor) -> dict[str, torch.Tensor]:
+        from daps.motion.metrics import motion_metrics
+
+        values = motion_metrics(self.h1, self.poses(x_hat), self.poses(x), self.motion.fps)
+        return {k: torch.full((x.shape[0],), float(v), dtype=torch.float64) for k, v in values.items()}
+
+
+def plot_motion_reconstructions(
+    data: DataConfig, x: torch.Tensor, x_hat: torch.Tensor, path: Path, title: str
+) -> None:
+    """A few raw features over time, ground truth against reconstruction, for the first window of ``x`` and
+    ``x_hat`` ``(B, 1, T, F)`` (standardized), written atomically to ``path`` (png)."""
+    from daps.motion.render import plot_feature_trajectories
+
+    stats = motion_data(data).stats
+    target = stats.denormalize(x[0, 0].detach().double().cpu().numpy())
+    pred = stats.denormalize(x_hat[0, 0].detach().double().cpu().numpy())
+    plot_feature_trajectories(target, pred, path, fps=motion_data(data).fps, title=title)
+
+
+def lafan_run_files(data: DataConfig) -> dict[str, Any]:
+    """What a ``lafan1-h1`` run saves beside its checkpoints: the standardization statistics of the training
+    clips (``motion_stats.json``), so a reconstruction can be turned back into raw features and poses."""
+    return {"motion_stats.json": motion_data(data).stats.to_dict()}

@@ -1,0 +1,191 @@
+"""Motion metrics on H1 poses, and two trivial baselines to read them against.
+
+All functions take poses ``(..., T, 26)`` (:mod:`daps.motion.h1`; any leading batch axes, T frames) and return
+a float averaged over everything. Units are in the names: ``_mm`` millimetres, ``_deg`` degrees, ``_m_s`` metres per
+second. Positions come from MuJoCo forward kinematics of the H1 at :data:`METRIC_POINTS`: the origins (joint
+centres) of the robot's bodies except the pelvis and ``torso_link`` (whose origin is the pelvis origin), plus the
+toes and hands (:data:`~daps.motion.h1.END_POINTS`).
+
+The retargeted ground truth itself slides and sinks its feet (a few millimetres into the floor, feet sliding in
+part of the walking frames), so report :func:`foot_skating_m_s` and :func:`ground_penetration_mm` of a
+reconstruction next to the same numbers of its ground truth (:func:`motion_metrics` returns both).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from daps.motion.features import CONTACT_HEIGHT, foot_heights_and_speeds
+from daps.motion.h1 import (
+    BODY_NAMES,
+    END_POINTS,
+    H1,
+    JOINTS,
+    POSE_DIM,
+    ROOT_POS,
+    ROOT_QUAT,
+    Point,
+    forward_kinematics,
+    points_world,
+)
+from daps.motion.rotations import quat_nlerp
+
+__all__ = [
+    "METRIC_POINTS",
+    "foot_skating_m_s",
+    "ground_penetration_mm",
+    "hold_first_pose",
+    "interpolate_keyframes",
+    "joint_error_deg",
+    "motion_metrics",
+    "mpjpe_global_mm",
+    "mpjpe_mm",
+    "root_velocity_error_m_s",
+]
+
+METRIC_POINTS: tuple[Point, ...] = tuple(Point(b, b) for b in BODY_NAMES if b not in ("pelvis", "torso_link")) + (
+    END_POINTS
+)
+"""The 22 points of the position errors: 18 body origins and the 2 toes and 2 hands."""
+
+
+def _check(poses: np.ndarray) -> np.ndarray:
+    p = np.asarray(poses, dtype=np.float64)
+    if p.ndim < 2 or p.shape[-1] != POSE_DIM:
+        raise ValueError(f"poses must be (..., T, {POSE_DIM}), got {p.shape}")
+    return p
+
+
+class _Kin:
+    """Forward kinematics of a pose array, computed once and shared by the metrics."""
+
+    def __init__(self, h1: H1, poses: np.ndarray) -> None:
+        self.poses = _check(poses)
+        self.pos, self.rot = forward_kinematics(h1, self.poses)  # (..., T, 20, 3), (..., T, 20, 3, 3)
+        self.points = points_world(self.pos, self.rot, METRIC_POINTS)  # (..., T, P, 3)
+        self.root = self.poses[..., ROOT_POS]  # (..., T, 3)
+
+
+def _pair(h1: H1, pred: np.ndarray, target: np.ndarray) -> tuple[_Kin, _Kin]:
+    p, t = _check(pred), _check(target)
+    if p.shape != t.shape:
+        raise ValueError(f"pred and target shapes differ: {p.shape} vs {t.shape}")
+    return _Kin(h1, p), _Kin(h1, t)
+
+
+def _mpjpe(a: _Kin, b: _Kin) -> float:
+    da = a.points - a.root[..., None, :]  # (..., T, P, 3)
+    db = b.points - b.root[..., None, :]
+    return float(np.linalg.norm(da - db, axis=-1).mean() * 1000)
+
+
+def _mpjpe_global(a: _Kin, b: _Kin) -> float:
+    pa = np.concatenate([a.root[..., None, :], a.points], axis=-2)  # (..., T, 1 + P, 3)
+    pb = np.concatenate([b.root[..., None, :], b.points], axis=-2)
+    return float(np.linalg.norm(pa - pb, axis=-1).mean() * 1000)
+
+
+def _feet(k: _Kin, fps: float) -> tuple[np.ndarray, np.ndarray]:
+    """Foot heights and sole-centre speeds ``(..., T, 2)``."""
+    if k.poses.shape[-2] < 2:
+        raise ValueError("foot metrics need at least 2 frames")
+    return foot_heights_and_speeds(k.pos, k.rot, fps)
+
+
+def _skating(k: _Kin, fps: float) -> float:
+    heights, speeds = _feet(k, fps)
+    touch = heights < CONTACT_HEIGHT  # (..., T, 2)
+    both = touch[..., 1:, :] & touch[..., :-1, :]  # the speed at t uses frames t-1 and t
+    return float(speeds[..., 1:, :][both].mean()) if both.any() else 0.0
+
+
+def _penetration(k: _Kin) -> float:
+    heights, _ = _feet(k, 1.0)
+    return float(np.maximum(0.0, -heights).mean() * 1000)
+
+
+def mpjpe_mm(h1: H1, pred: np.ndarray, target: np.ndarray) -> float:
+    """Mean per-point position error (mm) with each pose's root position subtracted (the root's orientation is not
+    removed, so a wrong heading or tilt counts): ``mean ||(p_i - r) - (p*_i - r*)||`` over points and frames."""
+    return _mpjpe(*_pair(h1, pred, target))
+
+
+def mpjpe_global_mm(h1: H1, pred: np.ndarray, target: np.ndarray) -> float:
+    """Mean per-point position error (mm) in the world frame, over the pelvis origin and :data:`METRIC_POINTS`."""
+    return _mpjpe_global(*_pair(h1, pred, target))
+
+
+def joint_error_deg(pred: np.ndarray, target: np.ndarray) -> float:
+    """Mean absolute joint angle error (degrees) over the 19 hinges and all frames."""
+    p, t = _check(pred), _check(target)
+    if p.shape != t.shape:
+        raise ValueError(f"pred and target shapes differ: {p.shape} vs {t.shape}")
+    return float(np.degrees(np.abs(p[..., JOINTS] - t[..., JOINTS]).mean()))
+
+
+def root_velocity_error_m_s(pred: np.ndarray, target: np.ndarray, fps: float) -> float:
+    """Mean norm of the difference of root (pelvis origin) 3-d velocities (m/s; frame differences times ``fps``)."""
+    p, t = _check(pred), _check(target)
+    if p.shape != t.shape or p.shape[-2] < 2:
+        raise ValueError(f"root velocity needs equal shapes with at least 2 frames, got {p.shape} and {t.shape}")
+    dv = np.diff(p[..., ROOT_POS], axis=-2) - np.diff(t[..., ROOT_POS], axis=-2)  # (..., T-1, 3)
+    return float(np.linalg.norm(dv, axis=-1).mean() * fps)
+
+
+def foot_skating_m_s(h1: H1, poses: np.ndarray, fps: float) -> float:
+    """Mean horizontal speed (m/s) of a foot's sole centre over the frames where the foot touches the floor: its lowest
+    sole corner is below :data:`~daps.motion.features.CONTACT_HEIGHT` in this frame and the previous one. 0 when no
+    foot ever touches."""
+    return _skating(_Kin(h1, poses), fps)
+
+
+def ground_penetration_mm(h1: H1, poses: np.ndarray) -> float:
+    """Mean depth (mm) of the feet below the floor: ``max(0, -lowest sole corner height)``, averaged over both feet
+    and all frames (frames above the floor count as 0)."""
+    return _penetration(_Kin(h1, poses))
+
+
+def motion_metrics(h1: H1, pred: np.ndarray, target: np.ndarray, fps: float) -> dict[str, float]:
+    """Every metric of this module for a reconstruction ``pred`` of ``target`` (both ``(..., T, 26)``), plus the
+    ground truth's own foot skating and penetration under ``gt_*`` keys. Runs forward kinematics once per input."""
+    a, b = _pair(h1, pred, target)
+    return {
+        "mpjpe_mm": _mpjpe(a, b),
+        "mpjpe_global_mm": _mpjpe_global(a, b),
+        "joint_error_deg": joint_error_deg(a.poses, b.poses),
+        "root_velocity_error_m_s": root_velocity_error_m_s(a.poses, b.poses, fps),
+        "foot_skating_m_s": _skating(a, fps),
+        "ground_penetration_mm": _penetration(a),
+        "gt_foot_skating_m_s": _skating(b, fps),
+        "gt_ground_penetration_mm": _penetration(b),
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# Baselines
+
+
+def hold_first_pose(poses: np.ndarray) -> np.ndarray:
+    """Baseline: every frame of each window ``(..., T, 26)`` is the window's first pose."""
+    p = _check(poses)
+    return np.broadcast_to(p[..., :1, :], p.shape).copy()
+
+
+def interpolate_keyframes(poses: np.ndarray, every: int = 8) -> np.ndarray:
+    """Baseline: keep frames ``0, every, 2 every, ...`` and the last frame of each window ``(..., T, 26)``, and
+    interpolate linearly in between (root position and joint angles; root quaternion by normalized lerp)."""
+    p = _check(poses)
+    if every < 1:
+        raise ValueError(f"every must be >= 1, got {every}")
+    num = p.shape[-2]
+    if num < 2:
+        return p.copy()
+    keys = np.unique(np.r_[np.arange(0, num, every), num - 1])  # (K,)
+    frame = np.arange(num)
+    right = np.clip(np.searchsorted(keys, frame, side="right"), 1, len(keys) - 1)  # (T,) next key's slot
+    k0, k1 = keys[right - 1], keys[right]
+    w = np.where(k1 > k0, (frame - k0) / np.maximum(k1 - k0, 1), 0.0)  # (T,)
+    a, b = p[..., k0, :], p[..., k1, :]  # (..., T, 26)
+    out = (1 - w)[:, None] * a + w[:, None] * b
+    out[..., ROOT_QUAT] = quat_nlerp(a[..., ROOT_QUAT], b[..., ROOT_QUAT], np.broadcast_to(w, out.shape[:-1]))
+    return out

@@ -1,0 +1,181 @@
+"""Pictures of motions: an mp4 of ground truth and reconstruction side by side on the H1, and feature plots.
+
+Rendering is offscreen with MuJoCo's own OpenGL renderer, so it needs an OpenGL backend but no screen: on a
+headless Linux machine ``MUJOCO_GL=egl`` (Mesa's EGL, the default set by :func:`daps.motion.h1.import_mujoco`) or
+``MUJOCO_GL=osmesa`` (``apt-get install libosmesa6``). ``MUJOCO_GL`` must be set before anything imports mujoco.
+Videos are written with imageio's ffmpeg plugin (``pip install imageio imageio-ffmpeg``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from daps.errors import UserError
+from daps.motion.features import FEATURE_LAYOUT, feature_names
+from daps.motion.h1 import H1, POSE_DIM, SCENE_FILE, import_mujoco
+from daps.runfolder import atomic_path
+
+__all__ = ["DEFAULT_PLOT_FEATURES", "plot_feature_trajectories", "render_side_by_side"]
+
+TARGET_RGBA = (0.75, 0.75, 0.75, 1.0)
+PRED_RGBA = (0.95, 0.55, 0.2, 1.0)
+DEFAULT_PLOT_FEATURES = (
+    "root_height/z",
+    "root_velocity/forward",
+    "yaw_rate/z",
+    "joint_angles/left_knee_joint",
+    "joint_angles/right_hip_pitch_joint",
+    "key_points/left_hand.z",
+)
+
+
+def _renderer(model: Any, width: int, height: int) -> Any:
+    """A MuJoCo offscreen renderer, or UserError naming what to install / set when no OpenGL backend works.
+
+    Shadows, reflections and multisampling are off: on a CPU (Mesa llvmpipe) they cost ~5x the frame time.
+    """
+    mujoco = import_mujoco()
+    backend = os.environ.get("MUJOCO_GL", "default")
+    model.vis.quality.offsamples = 0
+    try:
+        renderer = mujoco.Renderer(model, height=height, width=width)
+    except Exception as e:  # each backend fails its own way (ImportError, AttributeError, mujoco.FatalError, ...)
+        raise UserError(
+            f"no OpenGL backend for offscreen rendering (MUJOCO_GL={backend}: {type(e).__name__}); install Mesa's "
+            "libegl1 or libosmesa6 (apt-get install libosmesa6) and set MUJOCO_GL=egl or MUJOCO_GL=osmesa before "
+            "starting Python"
+        ) from e
+    renderer.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = False
+    renderer.scene.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = False
+    return renderer
+
+
+def _scene_model(h1: H1) -> Any:
+    """A fresh copy of the H1 with a floor and a light (``scene.xml`` next to ``h1.xml``, else the bare model); the
+    renderer changes its settings and colours."""
+    mujoco = import_mujoco()
+    scene = h1.path.parent / SCENE_FILE
+    return mujoco.MjModel.from_xml_path(str(scene if scene.is_file() else h1.path))
+
+
+def _paint(model: Any, rgba: tuple[float, float, float, float]) -> None:
+    """Colour the robot (its meshes use material ``black``, nearly invisible on the dark floor)."""
+    mujoco = import_mujoco()
+    mat = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_MATERIAL, "black")
+    if mat >= 0:
+        model.mat_rgba[mat] = rgba
+
+
+def _frames(renderer: Any, model: Any, poses: np.ndarray, look_at: np.ndarray, distance: float) -> list[np.ndarray]:
+    """RGB frames ``(H, W, 3)`` uint8 of ``poses (T, 26)``, the camera following ``look_at (T, 3)``."""
+    mujoco = import_mujoco()
+    data = mujoco.MjData(model)
+    cam = mujoco.MjvCamera()
+    cam.type = mujoco.mjtCamera.mjCAMERA_FREE
+    cam.distance, cam.azimuth, cam.elevation = distance, 120.0, -15.0
+    frames = []
+    for q, target in zip(poses, look_at):
+        data.qpos[:POSE_DIM] = q
+        mujoco.mj_kinematics(model, data)
+        cam.lookat[:] = target
+        renderer.update_scene(data, camera=cam)
+        frames.append(renderer.render().copy())
+    return frames
+
+
+def render_side_by_side(
+    h1: H1,
+    target: np.ndarray,
+    pred: np.ndarray,
+    path: str | Path,
+    fps: float = 30.0,
+    width: int = 320,
+    height: int = 320,
+    distance: float = 3.0,
+) -> Path:
+    """Write an mp4 of ground truth ``target`` (left, grey) and reconstruction ``pred`` (right, orange), poses
+    ``(T, 26)`` each, ``width`` x ``height`` pixels per view (multiples of 16 keep the encoder from resizing).
+
+    Both views use the same camera, which follows the ground truth's pelvis (at a height of 0.9 m), so a drifting
+    root shows as the right robot leaving the centre. Written atomically; returns ``path``.
+
+    Raises:
+        UserError: no OpenGL backend works (the message names the package to install and the setting).
+    """
+    t, p = np.asarray(target, dtype=np.float64), np.asarray(pred, dtype=np.float64)
+    if t.ndim != 2 or t.shape[1] != POSE_DIM or t.shape != p.shape:
+        raise ValueError(f"target and pred must be (T, {POSE_DIM}) of one shape, got {t.shape} and {p.shape}")
+    model = _scene_model(h1)
+    renderer = _renderer(model, width, height)
+    look_at = np.concatenate([t[:, :2], np.full((len(t), 1), 0.9)], axis=1)  # (T, 3)
+    try:
+        _paint(model, TARGET_RGBA)
+        left = _frames(renderer, model, t, look_at, distance)
+        _paint(model, PRED_RGBA)
+        right = _frames(renderer, model, p, look_at, distance)
+    finally:
+        renderer.close()
+    return _write_mp4([np.concatenate([a, b], axis=1) for a, b in zip(left, right)], Path(path), fps)
+
+
+def _write_mp4(frames: Sequence[np.ndarray], path: Path, fps: float) -> Path:
+    try:
+        import imageio.v2 as imageio
+    except ImportError as e:
+        raise UserError(f"writing mp4 needs imageio: pip install imageio imageio-ffmpeg ({e})") from e
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        try:
+            writer = imageio.get_writer(tmp, format="FFMPEG", fps=fps, codec="libx264", macro_block_size=16)
+        except (ImportError, RuntimeError, ValueError) as e:
+            raise UserError(f"writing mp4 needs imageio's ffmpeg plugin: pip install imageio-ffmpeg ({e})") from e
+        with writer:
+            for frame in frames:
+                writer.append_data(frame)
+    return path
+
+
+def plot_feature_trajectories(
+    target: np.ndarray,
+    pred: np.ndarray,
+    path: str | Path,
+    names: Sequence[str] = DEFAULT_PLOT_FEATURES,
+    fps: float = 30.0,
+    title: str = "",
+) -> Path:
+    """Plot a few raw (not standardized) features ``(T, F)`` over time, ground truth against reconstruction, to a
+    png written atomically. ``names`` are :func:`~daps.motion.features.feature_names` entries."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    all_names = feature_names()
+    unknown = [n for n in names if n not in all_names]
+    if unknown:
+        blocks = ", ".join(FEATURE_LAYOUT)
+        raise UserError(f"unknown feature {unknown[0]!r}; names look like <block>/<axis> with blocks {blocks}")
+    t, p = np.asarray(target), np.asarray(pred)
+    seconds = np.arange(len(t)) / fps
+    fig, axes = plt.subplots(len(names), 1, figsize=(6, 1.4 * len(names)), sharex=True, squeeze=False)
+    for ax, name in zip(axes[:, 0], names):
+        col = all_names.index(name)
+        ax.plot(seconds, t[:, col], color="black", lw=1.2, label="ground truth")
+        ax.plot(seconds, p[:, col], color="tab:red", lw=1.0, ls="--", label="reconstruction")
+        ax.set_ylabel(name.replace("/", "\n"), fontsize=7)
+        ax.tick_params(labelsize=7)
+    axes[0, 0].legend(fontsize=7, loc="upper right")
+    axes[-1, 0].set_xlabel("time (s)", fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    return out
