@@ -1,4 +1,4 @@
-"""The ``daps`` command: ``train``, ``eval``, ``fid-stats``, ``compare``, ``gradlab`` and ``presets``.
+"""The ``daps`` command: ``train``, ``eval``, ``fid-stats``, ``compare``, ``gradlab``, ``render`` and ``presets``.
 
 Thin on purpose: parse -> Config -> call a library function. User errors (:class:`daps.errors.UserError`, and
 ``OSError`` from the files the user named) print one line on stderr and exit with code 2; divergence exits with
@@ -107,6 +107,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/gradlab", help="output folder (default runs/gradlab)")
     p.add_argument("--overwrite", action="store_true", help="replace the report in an existing gradlab --out folder")
+
+    p = sub.add_parser("render", help="video of a motion run: ground truth and reconstruction side by side on the H1")
+    p.add_argument("run_dir", help="run folder or checkpoint folder of a lafan1-h1 run")
+    p.add_argument("--clip", default="walk2_subject4", help="LAFAN1 clip (default walk2_subject4, a validation clip)")
+    p.add_argument("--start", type=float, default=0.0, help="start time in the clip, seconds (default 0)")
+    p.add_argument("--seconds", type=float, default=10.0, help="length, seconds (default 10; whole windows)")
+    p.add_argument("--out", required=True, help="the mp4 to write")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    p.add_argument("--size", type=int, default=320, help="pixels of each square view (default 320)")
+    p.add_argument("--data-dir", default=None, help="folder with the data files (default: as trained)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the stochastic encoding")
+    p.add_argument("--device", default="cpu", help="device of the model (default cpu)")
 
     p = sub.add_parser("presets", help="list presets, or print one preset's full config as JSON")
     p.add_argument("name", nargs="?")
@@ -232,6 +244,42 @@ def _gradlab(args: argparse.Namespace, argv: list[str]) -> int:
     return 0
 
 
+def _render(args: argparse.Namespace) -> int:
+    import torch
+
+    from daps.checkpoint import load_model, resolve_checkpoint
+    from daps.data import dataset_spec
+    from daps.data.motion import check_run_stats, motion_data, reconstruct_clip
+    from daps.motion.h1 import load_h1
+    from daps.motion.render import render_side_by_side
+
+    out = Path(args.out)
+    if out.suffix.lower() != ".mp4":
+        raise UserError(f"--out must name an .mp4 file, got {out}")
+    if out.exists() and not args.overwrite:
+        raise UserError(f"{out} exists; pass --overwrite to replace it")
+    if args.seconds <= 0 or args.start < 0 or args.size < 16:
+        raise UserError("--seconds must be positive, --start >= 0 and --size >= 16")
+    device = _device(args.device)
+    model = load_model(args.run_dir, device)
+    data = model.config.data
+    if dataset_spec(data.name).windows is None:
+        raise UserError(f"{args.run_dir} was trained on {data.name}; render shows motion runs (lafan1-h1)")
+    if args.data_dir:
+        data.data_dir = args.data_dir
+    check_run_stats(resolve_checkpoint(args.run_dir).parent.parent, data)
+    target, pred = reconstruct_clip(
+        model, data, args.clip, args.start, args.seconds, torch.Generator(device).manual_seed(args.seed)
+    )
+    size = args.size - args.size % 16
+    render_side_by_side(load_h1(data.data_dir or None), target, pred, out, motion_data(data).fps, size, size)
+    logging.getLogger("daps").info(
+        "wrote %s: %s, %.1f s, ground truth (grey, left) and reconstruction (orange, right)",
+        out, args.clip, len(target) / motion_data(data).fps,
+    )
+    return 0
+
+
 def _presets(args: argparse.Namespace) -> int:
     from daps.config_io import config_to_dict
 
@@ -254,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     if takes_overrides:
         args.overrides = [*args.overrides, *extra]
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    commands = {"train": _train, "eval": _eval, "presets": _presets}
+    commands = {"train": _train, "eval": _eval, "presets": _presets, "render": _render}
     try:
         rest = list(argv if argv is not None else sys.argv[1:])[1:]
         if args.command == "compare":

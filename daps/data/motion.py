@@ -131,3 +131,57 @@ def lafan_run_files(data: DataConfig) -> dict[str, Any]:
     """What a ``lafan1-h1`` run saves beside its checkpoints: the standardization statistics of the training
     clips (``motion_stats.json``), so a reconstruction can be turned back into raw features and poses."""
     return {"motion_stats.json": motion_data(data).stats.to_dict()}
+
+
+def check_run_stats(run_dir: Path, data: DataConfig) -> None:
+    """UserError when the statistics a run saved (``motion_stats.json``) differ from the data's: the features or
+    clips changed since training, so reconstructions would be read on the wrong scale."""
+    import json
+
+    from daps.motion.dataset import Standardizer
+
+    path = Path(run_dir) / "motion_stats.json"
+    if not path.is_file():
+        return  # a checkpoint folder copied without it: the data's own statistics are used
+    try:
+        saved = Standardizer.from_dict(json.loads(path.read_text()))
+    except (ValueError, KeyError) as err:
+        raise UserError(f"{path}: not readable motion statistics ({err})") from None
+    current = motion_data(data).stats
+    if not (np.allclose(saved.mean, current.mean) and np.allclose(saved.scale, current.scale)):
+        raise UserError(
+            f"{path}: the run was trained on data with other feature statistics than {data.name} has now "
+            "(different clips or feature code)"
+        )
+
+
+@torch.no_grad()
+def reconstruct_clip(
+    model: Any, data: DataConfig, clip: str, start_s: float, seconds: float, generator: torch.Generator | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Ground-truth poses and the model's reconstruction ``(N, 26)`` of ``seconds`` of ``clip`` from ``start_s``:
+    consecutive windows of the run's length, each encoded and decoded on its own and anchored at the ground
+    truth's position and heading at the window's first frame (the features carry no absolute position)."""
+    from daps.motion.features import features_to_poses, root_anchor
+
+    motion = motion_data(data)
+    if clip not in motion.poses:
+        raise UserError(f"unknown motion clip {clip!r}; valid clips: {', '.join(sorted(motion.poses))}")
+    poses, feats = motion.poses[clip], motion.features[clip]
+    t = motion.window
+    first = int(round(start_s * motion.fps))
+    count = (min(len(poses) - first, int(round(seconds * motion.fps))) // t) * t
+    if first < 0 or count < t:
+        raise UserError(
+            f"{clip} has {len(poses) / motion.fps:.1f} s; from {start_s} s there is not one {t}-frame window "
+            f"({t / motion.fps:.2f} s)"
+        )
+    target = poses[first : first + count]  # (N, 26)
+    x = motion.stats.normalize(feats[first : first + count].astype(np.float64)).reshape(-1, 1, t, feats.shape[1])
+    device = next(model.parameters()).device
+    model.eval()
+    x_hat = model.reconstruct(torch.as_tensor(x, dtype=torch.float32, device=device), generator).x_hat
+    raw = motion.stats.denormalize(x_hat[:, 0].double().cpu().numpy())  # (W, T, F)
+    xy, heading = root_anchor(target.reshape(-1, t, target.shape[-1]))
+    pred = features_to_poses(raw, xy, heading, motion.fps).reshape(count, -1)
+    return target, pred
