@@ -1,0 +1,180 @@
+"""The lafan1-h1 preset end to end: the trajectory networks, the fixed-variance likelihood, every method on the
+preset, and a tiny train / eval / resume / render through the CLI on the real clips.
+
+The real-data tests read ``$DAPS_DATA_DIR`` (``lafan1_h1_unitree/``, ``unitree_h1_mjcf/``) and skip without it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from daps.cli import main
+from daps.likelihoods import FixedGaussian
+from daps.methods import METHODS, build_method
+from daps.nets.trajectory import ResampleTime, TrajectoryDecoder
+from daps.presets import get_preset
+
+REAL_DIR = os.environ.get("DAPS_DATA_DIR")
+needs_data = pytest.mark.skipif(not REAL_DIR, reason="DAPS_DATA_DIR not set (reads the real LAFAN1 H1 clips)")
+
+TINY = [
+    "encoder.width=32", "encoder.num_heads=2", "encoder.vocab_size=16", "encoder.num_layers=1",
+    "decoder.embed_dim=32", "decoder.transformer_heads=2", "decoder.transformer_layers=1", "daps.num_samples=2",
+    "train.batch_size=8", "train.steps=4", "train.log_every=2", "train.eval_every=2", "train.ckpt_every=2",
+    "train.eval_examples=16", "train.eval_batch_size=8", "train.progress=false",
+]
+MOTION_KEYS = (
+    "mpjpe_mm", "mpjpe_global_mm", "joint_error_deg", "root_velocity_error_m_s", "foot_skating_m_s",
+    "gt_foot_skating_m_s", "ground_penetration_mm", "gt_ground_penetration_mm",
+)
+
+
+@pytest.mark.parametrize(("frames", "tokens"), [(32, 64), (32, 32), (32, 16), (8, 32)])
+def test_resample_time_maps_lengths_and_widths(frames, tokens):
+    torch.manual_seed(0)
+    net = ResampleTime(5, 7, frames, tokens)
+    x = torch.randn(3, frames, 5)
+    assert net(x).shape == (3, tokens, 7)
+    # each output step depends on nearby input steps only: a change at the end leaves the start alone
+    y = x.clone()
+    y[:, -1] += 1.0
+    if frames != tokens:
+        assert torch.equal(net(x)[:, 0], net(y)[:, 0]) and not torch.equal(net(x)[:, -1], net(y)[:, -1])
+    with pytest.raises(ValueError, match="time steps"):
+        net(torch.randn(3, frames + 1, 5))
+    with pytest.raises(ValueError, match="power of two"):
+        ResampleTime(5, 7, 32, 48)
+
+
+def test_trajectory_decoder_codes_and_latents_agree():
+    torch.manual_seed(0)
+    dec = TrajectoryDecoder(64, 16, (1, 32, 9), width=16, num_layers=1, num_heads=2, mlp_ratio=4, vocab_size=10)
+    codes = torch.randint(0, 10, (3, 64))
+    out = dec(codes)
+    assert out.shape == (3, 1, 32, 9)
+    assert torch.allclose(dec.decode_latents(dec.embed_codes(codes)), out)
+    onehots = torch.nn.functional.one_hot(codes, 10).float()  # relaxed codes take the same path
+    assert torch.allclose(dec(onehots), out, atol=1e-5)
+    batched = dec(codes[None].expand(2, -1, -1))  # (K, B, T) -> (K, B, 1, 32, 9)
+    assert batched.shape == (2, 3, 1, 32, 9) and torch.allclose(batched[1], out, atol=1e-5)
+
+
+def test_fixed_gaussian_matches_torch_distributions():
+    torch.manual_seed(0)
+    mean, x = torch.randn(2, 4, 1, 3, 5), torch.randn(4, 1, 3, 5)
+    lik = FixedGaussian(0.25)
+    want = torch.distributions.Normal(mean, math.sqrt(0.25)).log_prob(x).flatten(2).sum(-1)
+    assert torch.allclose(lik.log_prob(mean, x), want, atol=1e-4)
+    assert lik.param_shape((1, 3, 5)) == (1, 3, 5) and torch.equal(lik.mean(mean), mean)
+    # the paper's consistency check: log p = -D/2 log(2 pi 0.25) - 2 * squared error
+    d = 15
+    assert lik.log_prob(x, x).mean().item() == pytest.approx(-d / 2 * math.log(2 * math.pi * 0.25), rel=1e-5)
+
+
+@pytest.mark.parametrize("method", [m for m in METHODS if m != "vae"])
+def test_every_method_runs_on_the_motion_preset(method, single_thread):
+    cfg = get_preset("lafan1-h1", method)
+    assert cfg.data.image_shape[1] == 32 and cfg.encoder.num_tokens == 64 and cfg.encoder.embed == "time"
+    assert METHODS[method].bits(cfg) == pytest.approx(640, abs=3)  # 64 tokens of 1024 codes (FSQ 10^3 levels)
+    torch.manual_seed(0)
+    model = build_method(cfg, tuple(cfg.data.image_shape))
+    x = torch.randn(2, *cfg.data.image_shape)
+    out = model(x, 0)
+    out.loss.backward()
+    assert torch.isfinite(out.loss) and out.x_hat.shape == x.shape
+    grads = [p.grad for p in model.encoder.parameters() if p.grad is not None]
+    assert grads and any(g.abs().sum() > 0 for g in grads)  # the time embedding and encoder are trained
+    rec = model.reconstruct(x)
+    assert rec.x_hat.shape == x.shape and rec.log_p.shape == (2,)
+
+
+def test_the_gaussian_vae_is_not_offered_for_motion():
+    with pytest.raises(ValueError, match="defined for the presets"):
+        get_preset("lafan1-h1", "vae")
+
+
+def _train(run: Path, *extra: str) -> int:
+    return main(["train", "--preset", "lafan1-h1", *TINY, f"data.data_dir={REAL_DIR}", f"train.out_dir={run}", *extra])
+
+
+@needs_data
+def test_tiny_motion_run_trains_evaluates_resumes_and_renders(tmp_path, capsys, single_thread):
+    run = tmp_path / "run"
+    assert _train(run, "train.stop_after=2") == 0
+    assert _train(run, "--resume") == 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["step"] == 4 and summary["num_images"] == 16
+    for key in MOTION_KEYS:
+        assert math.isfinite(summary[key]), key
+    assert "psnr" not in summary and "ssim" not in summary  # image metrics do not apply to motion
+    # the ground truth's own foot figures do not depend on the model: the same windows, the same numbers
+    stats = json.loads((run / "motion_stats.json").read_text())
+    assert len(stats["mean"]) == 86 and stats["feature_version"] == 1
+    assert (run / "reconstructions.png").stat().st_size > 0
+
+    capsys.readouterr()
+    assert main(["eval", str(run), "--json", "--max-images", "16", "--batch-size", "8"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["dataset"] == "lafan1-h1" and metrics["num_images"] == 16
+    assert metrics["gt_ground_penetration_mm"] == pytest.approx(summary["gt_ground_penetration_mm"])
+    assert metrics["l2"] > 0 and metrics["mpjpe_mm"] > 0
+
+    video = tmp_path / "walk.mp4"
+    code = main(["render", str(run), "--clip", "walk2_subject4", "--seconds", "1.1", "--size", "64",
+                 "--out", str(video)])
+    err = capsys.readouterr().err
+    if code == 2 and "OpenGL" in err:
+        pytest.skip(f"no offscreen OpenGL here: {err.strip()}")
+    assert code == 0, err
+    import imageio.v2 as imageio
+
+    reader = imageio.get_reader(video)
+    assert reader.count_frames() == 32  # one 32-frame window of 30 fps fits in 1.1 s
+    frame = reader.get_data(0)
+    assert frame.shape == (64, 128, 3) and frame.std() > 1  # two views, not a blank image
+
+
+@needs_data
+def test_render_refuses_bad_requests_in_one_line(tmp_path, capsys, trained_run, single_thread):
+    run = tmp_path / "run"
+    assert _train(run, "train.steps=2", "train.eval_every=2", "train.ckpt_every=2") == 0
+    capsys.readouterr()
+    cases = [
+        (["render", str(run), "--clip", "moonwalk1_subject9", "--out", str(tmp_path / "a.mp4")], "unknown motion clip"),
+        (["render", str(run), "--start", "1000", "--out", str(tmp_path / "a.mp4")], "not one 32-frame window"),
+        (["render", str(run), "--out", str(tmp_path / "a.gif")], "must name an .mp4"),
+        (["render", str(trained_run), "--out", str(tmp_path / "a.mp4")], "render shows motion runs"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+    assert not list(tmp_path.glob("a.*"))  # nothing written
+
+
+@needs_data
+def test_changed_statistics_are_refused(tmp_path, capsys, single_thread):
+    run = tmp_path / "run"
+    assert _train(run, "train.steps=2", "train.eval_every=2", "train.ckpt_every=2") == 0
+    stats = json.loads((run / "motion_stats.json").read_text())
+    stats["mean"] = list(np.asarray(stats["mean"]) + 1.0)
+    (run / "motion_stats.json").write_text(json.dumps(stats))
+    capsys.readouterr()
+    assert main(["render", str(run), "--out", str(tmp_path / "a.mp4")]) == 2
+    assert "other feature statistics" in capsys.readouterr().err
+
+
+def test_missing_motion_data_is_one_line(tmp_path, capsys):
+    (tmp_path / "lafan1_h1_unitree").mkdir()
+    (tmp_path / "lafan1_h1_unitree" / "lafan1_h1_csv.tar.xz").write_bytes(b"\xfd7zXZ\x00\x00truncated")
+    code = main(["train", "--preset", "lafan1-h1", *TINY, f"data.data_dir={tmp_path}",
+                 f"train.out_dir={tmp_path / 'run'}"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
