@@ -1,6 +1,6 @@
 """Train the motion classifier that ships with daps (``daps/motion/classifier.safetensors``).
 
-    DAPS_DATA_DIR=../shared/data python scripts/train_motion_classifier.py [--steps 3000] [--batch-size 256]
+    DAPS_DATA_DIR=../shared/data python scripts/train_motion_classifier.py [--steps 1500] [--batch-size 256]
         [--seed 0] [--threads 2] [--out daps/motion/classifier.safetensors]
 
 Reads LAFAN1 on the H1 (windows of 32 frames, the ``lafan1-h1`` preset's features and standardization), trains
@@ -30,7 +30,7 @@ from daps.runfolder import write_json_atomic
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--steps", type=int, default=1500)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)

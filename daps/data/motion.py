@@ -25,17 +25,24 @@ if TYPE_CHECKING:
     from daps.config import DataConfig
     from daps.motion.dataset import MotionData, MotionWindows
 
-MOTION_TYPES = ("dance", "fallAndGetUp", "fight", "fightAndSports", "jumps", "run", "sprint", "walk")
+MOTION_TYPES = ("dance", "fall", "fight", "jump", "run", "walk")
 """The kinds of motion in LAFAN1, from the clip names (``walk2_subject4`` is a walk)."""
+
+CLIP_KINDS = {
+    "dance": "dance", "fallAndGetUp": "fall", "fight": "fight", "fightAndSports": "fight", "jumps": "jump",
+    "run": "run", "sprint": "run", "walk": "walk",
+}
+"""Clip name prefix -> kind of motion: sprints count as runs and "fight and sports" as fights (the same movements
+at another intensity)."""
 
 
 def motion_type(clip: str) -> int:
     """Index in :data:`MOTION_TYPES` of a clip's kind of motion."""
     match = re.match(r"[A-Za-z]+", clip)
     name = match.group(0) if match else ""
-    if name not in MOTION_TYPES:
-        raise UserError(f"clip {clip!r}: unknown kind of motion {name!r}; known: {', '.join(MOTION_TYPES)}")
-    return MOTION_TYPES.index(name)
+    if name not in CLIP_KINDS:
+        raise UserError(f"clip {clip!r}: unknown kind of motion {name!r}; known: {', '.join(CLIP_KINDS)}")
+    return MOTION_TYPES.index(CLIP_KINDS[name])
 
 
 @functools.lru_cache(maxsize=2)

@@ -1,9 +1,9 @@
 """Which kind of motion a window shows: a small classifier over standardized feature windows, for judging motion.
 
 :class:`MotionClassifier` maps windows ``(B, 1, T, F)`` (the ``lafan1-h1`` dataset's standardized features) to
-logits over :data:`daps.data.motion.MOTION_TYPES` (dance, fallAndGetUp, fight, fightAndSports, jumps, run, sprint,
-walk); :meth:`~MotionClassifier.embed` gives its 128-d penultimate features (for distribution distances between
-real and generated motion). It is trained on the training clips only (:func:`train_classifier`, run by
+logits over :data:`daps.data.motion.MOTION_TYPES` (dance, fall, fight, jump, run, walk);
+:meth:`~MotionClassifier.embed` gives its 128-d penultimate features (for distribution distances between real and
+generated motion). It is trained on the training clips only (:func:`train_classifier`, run by
 ``scripts/train_motion_classifier.py``), with every kind of motion drawn equally often, and checked on the
 original's four validation clips (dance, fight, run, walk). Weights are saved as safetensors with a JSON report
 next to them; :func:`load_classifier` refuses weights of another feature version.
@@ -33,16 +33,16 @@ SHIPPED_CLASSIFIER = Path(__file__).parent / "classifier.safetensors"
 
 
 class MotionClassifier(nn.Module):
-    """1-d convolutions over time (kernel 5, then two stride-2 layers), mean over time, a linear head."""
+    """1-d convolutions over time (kernel 5, then two stride-2 layers), mean over time, dropout, a linear head."""
 
-    def __init__(self, num_features: int = NUM_FEATURES, num_classes: int = 8, width: int = 128):
+    def __init__(self, num_features: int = NUM_FEATURES, num_classes: int = 6, width: int = 128, dropout: float = 0.3):
         super().__init__()
         self.convs = nn.Sequential(
             nn.Conv1d(num_features, width // 2, 5, padding=2), nn.GELU(),
             nn.Conv1d(width // 2, width, 5, stride=2, padding=2), nn.GELU(),
             nn.Conv1d(width, width, 3, stride=2, padding=1), nn.GELU(),
         )
-        self.head = nn.Linear(width, num_classes)
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(width, num_classes))
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Windows ``(B, 1, T, F)`` or ``(B, T, F)`` -> features ``(B, width)``."""
@@ -62,6 +62,7 @@ class ClassifierReport:
     val_accuracy: float
     val_recall: dict[str, float]
     val_windows: dict[str, int]
+    val_confusion: dict[str, dict[str, int]]
     train_accuracy: float
     steps: int
     batch_size: int
@@ -70,7 +71,8 @@ class ClassifierReport:
     def to_dict(self) -> dict[str, Any]:
         return {
             "version": CLASSIFIER_VERSION, "feature_version": FEATURE_VERSION, "val_accuracy": self.val_accuracy,
-            "val_recall": self.val_recall, "val_windows": self.val_windows, "train_accuracy": self.train_accuracy,
+            "val_recall": self.val_recall, "val_windows": self.val_windows, "val_confusion": self.val_confusion,
+            "train_accuracy": self.train_accuracy,
             "steps": self.steps, "batch_size": self.batch_size, "seed": self.seed,
         }
 
@@ -78,25 +80,32 @@ class ClassifierReport:
 @torch.no_grad()
 def accuracy_by_kind(model: MotionClassifier, images: Any, batch_size: int = 1024) -> tuple[float, dict, dict]:
     """Accuracy, per-kind recall and per-kind window counts of ``model`` on :class:`~daps.data.motion.WindowImages`."""
+    accuracy, recall, counts, _ = confusion_by_kind(model, images, batch_size)
+    return accuracy, recall, counts
+
+
+@torch.no_grad()
+def confusion_by_kind(model: MotionClassifier, images: Any, batch_size: int = 1024) -> tuple[float, dict, dict, dict]:
+    """:func:`accuracy_by_kind` and the confusion counts: true kind -> predicted kind -> windows."""
     from daps.data.motion import MOTION_TYPES
 
+    n = len(MOTION_TYPES)
     model.eval()
-    correct = torch.zeros(len(MOTION_TYPES))
-    total = torch.zeros(len(MOTION_TYPES))
+    conf = torch.zeros(n, n, dtype=torch.long)
     for start in range(0, len(images), batch_size):
         idx = torch.arange(start, min(start + batch_size, len(images)))
         pred = model(images[idx]).argmax(-1).cpu()
-        labels = images.labels[idx]
-        total += torch.bincount(labels, minlength=len(MOTION_TYPES)).float()
-        correct += torch.bincount(labels[pred == labels], minlength=len(MOTION_TYPES)).float()
-    present = total > 0
-    recall = {MOTION_TYPES[i]: float(correct[i] / total[i]) for i in range(len(MOTION_TYPES)) if present[i]}
-    counts = {MOTION_TYPES[i]: int(total[i]) for i in range(len(MOTION_TYPES)) if present[i]}
-    return float(correct.sum() / total.sum()), recall, counts
+        conf += torch.bincount(images.labels[idx] * n + pred, minlength=n * n).view(n, n)
+    total, correct = conf.sum(1), conf.diagonal()
+    present = [i for i in range(n) if total[i] > 0]
+    recall = {MOTION_TYPES[i]: float(correct[i] / total[i]) for i in present}
+    counts = {MOTION_TYPES[i]: int(total[i]) for i in present}
+    confusion = {MOTION_TYPES[i]: {MOTION_TYPES[j]: int(conf[i, j]) for j in range(n)} for i in present}
+    return float(correct.sum() / total.sum()), recall, counts, confusion
 
 
 def train_classifier(
-    train: Any, val: Any, steps: int = 3000, batch_size: int = 256, lr: float = 1e-3, seed: int = 0
+    train: Any, val: Any, steps: int = 1500, batch_size: int = 256, lr: float = 1e-3, seed: int = 0
 ) -> tuple[MotionClassifier, ClassifierReport]:
     """Train on :class:`~daps.data.motion.WindowImages` ``train`` with every kind of motion equally likely per
     draw (the clips are mostly walking), AdamW with a cosine learning rate; evaluate on ``val``."""
@@ -112,7 +121,8 @@ def train_classifier(
     model.train()
     for step in range(steps):
         idx = torch.multinomial(weights, batch_size, replacement=True, generator=g)
-        x = train[idx] + 0.05 * torch.randn(batch_size, *train[idx[:1]].shape[1:], generator=g)  # slight noise
+        x = train[idx]
+        x = x + 0.2 * torch.randn(x.shape, generator=g)  # noise on the standardized features against overfitting
         loss = F.cross_entropy(model(x), train.labels[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -122,8 +132,8 @@ def train_classifier(
             log.info("classifier step %d: loss %.4f", step, float(loss.detach()))
     subset = torch.randperm(len(train), generator=g)[:20_000].sort().values
     train_acc, _, _ = accuracy_by_kind(model, _Subset(train, subset))
-    val_acc, recall, windows = accuracy_by_kind(model, val)
-    return model, ClassifierReport(val_acc, recall, windows, train_acc, steps, batch_size, seed)
+    val_acc, recall, windows, confusion = confusion_by_kind(model, val)
+    return model, ClassifierReport(val_acc, recall, windows, confusion, train_acc, steps, batch_size, seed)
 
 
 class _Subset:
