@@ -240,3 +240,15 @@ def test_motion_run_resumes_exactly(tmp_path, single_thread):
     rows2 = [json.loads(line) for line in (twice / "metrics.jsonl").read_text().splitlines()]
     val = [r["log_p"] for r in rows if r["split"] == "val"]
     assert val == [r["log_p"] for r in rows2 if r["split"] == "val"]
+
+
+@needs_data
+def test_compare_runs_on_the_motion_preset(tmp_path, single_thread):
+    out = tmp_path / "cmp"
+    overrides = [o for o in TINY if not o.startswith(("train.steps", "train.eval_every", "train.ckpt_every"))]
+    code = main(["compare", "--preset", "lafan1-h1", "--methods", "vqvae,fsq", "--steps", "2", "--out", str(out),
+                 *overrides, f"data.data_dir={REAL_DIR}"])
+    assert code == 0
+    table = (out / "results.md").read_text()
+    assert "vqvae" in table and "fsq" in table
+    assert (out / "reconstructions.png").stat().st_size > 0
