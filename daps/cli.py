@@ -302,6 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     if takes_overrides:
         args.overrides = [*args.overrides, *extra]
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    logging.getLogger("OpenGL").setLevel(logging.WARNING)  # PyOpenGL (under mujoco) reports its optional C module
     commands = {"train": _train, "eval": _eval, "presets": _presets, "render": _render}
     try:
         rest = list(argv if argv is not None else sys.argv[1:])[1:]
