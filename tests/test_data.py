@@ -411,8 +411,9 @@ def test_mnist5k_zeros_file_is_valid(tmp_path):
 def test_registry():
     assert DATASETS["mnist"].load is load_mnist
     for name, spec in DATASETS.items():
-        assert spec.name == name and spec.likelihood in ("bernoulli", "gaussian")
-        assert (spec.load is None) != (spec.root is None), name  # in memory, or streamed from a folder
+        assert spec.name == name and spec.likelihood in ("bernoulli", "gaussian", "gaussian-fixed")
+        # in memory, motion windows gathered on demand, or streamed from a folder
+        assert [spec.load, spec.windows, spec.root].count(None) == 2, name
     assert "not the original" in DATASETS["cifar10-jpeg"].note
 
 

@@ -179,8 +179,12 @@ def test_a_missing_explicit_data_dir_is_an_error_naming_it(name, tmp_path, env_w
     missing = tmp_path / "typo"
     spec = dataset_spec(name)
     with pytest.raises(FileNotFoundError) as err:
-        if spec.in_memory:
+        if spec.load is not None:
             spec.load("test", missing, False)
+        elif spec.windows is not None:
+            from daps.config import DataConfig
+
+            spec.windows("test", DataConfig(name=name, data_dir=str(missing), image_shape=(1, 32, 86)))
         else:
             spec.root(missing)
     assert str(missing) in str(err.value) and "does not exist" in str(err.value)

@@ -6,7 +6,8 @@ logits over :data:`daps.data.motion.MOTION_TYPES` (dance, fall, fight, jump, run
 generated motion). It is trained on the training clips only (:func:`train_classifier`, run by
 ``scripts/train_motion_classifier.py``), with every kind of motion drawn equally often, and checked on the
 original's four validation clips (dance, fight, run, walk). Weights are saved as safetensors with a JSON report
-next to them; :func:`load_classifier` refuses weights of another feature version.
+next to them, in the cache folder (LAFAN1's license, CC BY-NC-ND 4.0, forbids redistributing derivatives, so no
+weights ship with daps); :func:`load_classifier` refuses weights of another feature version.
 """
 
 from __future__ import annotations
@@ -28,8 +29,14 @@ from daps.runfolder import atomic_path, write_json_atomic
 log = logging.getLogger(__name__)
 
 CLASSIFIER_VERSION = 1
-SHIPPED_CLASSIFIER = Path(__file__).parent / "classifier.safetensors"
-"""The classifier that ships with daps (trained by ``scripts/train_motion_classifier.py``)."""
+
+
+def default_classifier_path() -> Path:
+    """Where ``scripts/train_motion_classifier.py`` puts the classifier and :func:`load_classifier` looks for it:
+    the cache folder (weights trained on LAFAN1, whose license forbids redistributing derivatives, are not shipped)."""
+    from daps.data.paths import cache_root
+
+    return cache_root() / "lafan1_h1" / "classifier.safetensors"
 
 
 class MotionClassifier(nn.Module):
@@ -162,13 +169,13 @@ def save_classifier(model: MotionClassifier, report: ClassifierReport, path: str
     return path
 
 
-def load_classifier(path: str | Path = SHIPPED_CLASSIFIER) -> MotionClassifier:
-    """A trained classifier (default: the one shipped with daps, trained by ``scripts/train_motion_classifier.py``),
-    in eval mode; UserError for a missing file or weights of another feature version."""
+def load_classifier(path: str | Path | None = None) -> MotionClassifier:
+    """A trained classifier (default: :func:`default_classifier_path`, where ``scripts/train_motion_classifier.py``
+    writes it), in eval mode; UserError for a missing file or weights of another feature version."""
     from safetensors import safe_open
     from safetensors.torch import load_file
 
-    path = Path(path)
+    path = Path(path) if path is not None else default_classifier_path()
     if not path.is_file():
         raise UserError(f"no motion classifier at {path} (train one: python scripts/train_motion_classifier.py)")
     with safe_open(str(path), "pt") as f:
