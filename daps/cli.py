@@ -58,6 +58,11 @@ def _parser() -> argparse.ArgumentParser:
         help="also report FID: val-pairs (reconstructions vs the same originals) or reference (vs --fid-ref)",
     )
     p.add_argument("--fid-ref", default=None, help="statistics .npz for --fid reference (daps fid-stats, or ADM's)")
+    p.add_argument(
+        "--plot", default=None,
+        help="also write a PNG of reconstructions of the first validation batch (images: a grid; motion: feature "
+        "trajectories, ground truth against reconstruction)",
+    )
     p.add_argument("--fid-weights", default=None, help="FID Inception weights: file or folder of shards")
     p.add_argument("--device", default=None)
 
@@ -169,6 +174,10 @@ def _eval(args: argparse.Namespace) -> int:
         raise UserError("--batch-size must be positive and --max-images >= 0")
     if args.fid == "reference" and not args.fid_ref:
         raise UserError("--fid reference needs --fid-ref STATS.npz (see daps fid-stats)")
+    if args.plot and Path(args.plot).suffix.lower() != ".png":
+        raise UserError(f"--plot must name a .png file, got {args.plot}")
+    if args.plot and Path(args.plot).exists():
+        raise UserError(f"{args.plot} exists; choose another --plot path (eval never replaces files)")
     device = _device(args.device)
     model = load_model(args.run_dir, device)
     data = model.config.data
@@ -182,11 +191,29 @@ def _eval(args: argparse.Namespace) -> int:
         model, images, torch.Generator(device).manual_seed(args.seed), spec.standardize, fid, example_metrics
     )
     metrics.update(dataset=spec.name, split=args.split, run=str(args.run_dir))
+    if args.plot:
+        _plot_reconstructions(model, spec, data, images, Path(args.plot), args.seed, device)
     if args.json:
         print(json.dumps(metrics))
     else:
         print(summarize(metrics))
     return 0
+
+
+def _plot_reconstructions(model, spec, data, images, path: Path, seed: int, device) -> None:
+    """Reconstructions of (up to 16 of) the first evaluation batch, in the dataset's own kind of figure."""
+    import torch
+
+    from daps.plots import save_reconstruction_grid
+
+    x = spec.standardize(next(images.batches())[:16])
+    with torch.no_grad():
+        x_hat = model.reconstruct(x, torch.Generator(device).manual_seed(seed)).x_hat
+    title = f"{model.config.method} on {spec.name}: {spec.examples} of the evaluation split"
+    if spec.plot_reconstructions is not None:
+        spec.plot_reconstructions(data, x, x_hat, path, title)
+    else:
+        save_reconstruction_grid(spec.standardize.to_unit(x), spec.standardize.to_unit(x_hat), path, title=title)
 
 
 def _fid_stats(args: argparse.Namespace, argv: list[str]) -> int:

@@ -120,8 +120,11 @@ def test_tiny_motion_run_trains_evaluates_resumes_and_renders(tmp_path, capsys, 
     assert (run / "reconstructions.png").stat().st_size > 0
 
     capsys.readouterr()
-    assert main(["eval", str(run), "--json", "--max-images", "16", "--batch-size", "8"]) == 0
+    plot = tmp_path / "eval.png"
+    assert main(["eval", str(run), "--json", "--max-images", "16", "--batch-size", "8", "--plot", str(plot)]) == 0
     metrics = json.loads(capsys.readouterr().out)
+    assert plot.stat().st_size > 0
+    assert main(["eval", str(run), "--json", "--max-images", "16", "--plot", str(plot)]) == 2  # never replaced
     assert metrics["dataset"] == "lafan1-h1" and metrics["num_images"] == 16
     assert metrics["gt_ground_penetration_mm"] == pytest.approx(summary["gt_ground_penetration_mm"])
     assert metrics["l2"] > 0 and metrics["mpjpe_mm"] > 0
@@ -266,3 +269,11 @@ def test_compare_runs_on_the_motion_preset(tmp_path, single_thread):
     table = (out / "results.md").read_text()
     assert "vqvae" in table and "fsq" in table
     assert (out / "reconstructions.png").stat().st_size > 0
+
+
+def test_eval_plot_of_an_image_run(trained_run, tmp_path, capsys):
+    plot = tmp_path / "grid.png"
+    assert main(["eval", str(trained_run), "--max-images", "20", "--plot", str(plot)]) == 0
+    assert plot.stat().st_size > 0
+    assert main(["eval", str(trained_run), "--plot", str(tmp_path / "grid.jpg")]) == 2
+    assert "must name a .png" in capsys.readouterr().err
