@@ -196,3 +196,18 @@ class DecoderBlock(nn.Module):
         y = y + attn.merge(scores.softmax(-1) @ values)  # (N, 1, E)
         y = y + self.cross_attn.attend_grouped(self.ln2(y), *memory_kv, num_samples)
         return y + self.mlp(self.ln3(y))
+
+
+class CodeEmbedding(nn.Embedding):
+    """The decoders' code embedding ``(V, E)``, initialized N(0, 1/E): integer codes ``(..., T)`` are looked up,
+    (relaxed) one-hots ``(..., T, V)`` multiply the table, so gradients reach the relaxations."""
+
+    def __init__(self, vocab_size: int, dim: int):
+        super().__init__(vocab_size, dim)
+        nn.init.normal_(self.weight, std=1.0 / math.sqrt(dim))
+
+    def forward(self, codes: torch.Tensor) -> torch.Tensor:
+        if codes.is_floating_point():
+            return codes @ self.weight
+        return super().forward(codes)
+

@@ -8,7 +8,7 @@ import math
 import torch
 import torch.nn as nn
 
-from daps.nets.layers import dense
+from daps.nets.layers import CodeEmbedding, dense
 
 
 class MLPDecoder(nn.Module):
@@ -32,10 +32,7 @@ class MLPDecoder(nn.Module):
     ):
         super().__init__()
         self.out_shape = tuple(out_shape)
-        self.embed = None
-        if vocab_size is not None:
-            self.embed = nn.Embedding(vocab_size, token_dim)
-            nn.init.normal_(self.embed.weight, std=1.0 / math.sqrt(token_dim))
+        self.embed = CodeEmbedding(vocab_size, token_dim) if vocab_size is not None else None
         widths = [num_tokens * token_dim, *hidden]
         layers: list[nn.Module] = []
         for a, b in zip(widths[:-1], widths[1:]):
@@ -47,8 +44,6 @@ class MLPDecoder(nn.Module):
         """Integer codes ``(..., T)`` or one-hots ``(..., T, V)`` -> embeddings ``(..., T, token_dim)``."""
         if self.embed is None:
             raise TypeError("this decoder has no code embedding (built without vocab_size)")
-        if codes.is_floating_point():
-            return codes @ self.embed.weight  # (N, T, E): gradients reach the relaxed one-hots
         return self.embed(codes)
 
     def decode_latents(self, h: torch.Tensor) -> torch.Tensor:

@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from daps.nets.layers import dense
+from daps.nets.layers import CodeEmbedding, dense
 from daps.nets.patches import patch_grid
 
 
@@ -140,10 +140,7 @@ class ResNetDecoder(nn.Module):
         num_up = _num_doublings(self.rows, height, "decoder height")
         if _num_doublings(self.cols, wide, "decoder width") != num_up:
             raise ValueError(f"the {self.rows}x{self.cols} token grid cannot be upsampled evenly to {height}x{wide}")
-        self.embed = None
-        if vocab_size is not None:
-            self.embed = nn.Embedding(vocab_size, token_dim)
-            nn.init.normal_(self.embed.weight, std=1.0 / math.sqrt(token_dim))
+        self.embed = CodeEmbedding(vocab_size, token_dim) if vocab_size is not None else None
         self.stem = conv(token_dim, width, 3)
         self.blocks = nn.ModuleList(ResidualBlock(width) for _ in range(num_blocks))
         self.ups = nn.ModuleList()
@@ -163,8 +160,6 @@ class ResNetDecoder(nn.Module):
         """Integer codes ``(..., T)`` or one-hots ``(..., T, V)`` -> embeddings ``(..., T, E)``."""
         if self.embed is None:
             raise TypeError("this decoder has no code embedding (built without vocab_size)")
-        if codes.is_floating_point():
-            return codes @ self.embed.weight  # gradients reach the relaxed one-hots
         return self.embed(codes)
 
     def decode_latents(self, h: torch.Tensor) -> torch.Tensor:

@@ -15,7 +15,7 @@ import math
 import torch
 import torch.nn as nn
 
-from daps.nets.layers import LN_EPS, EncoderBlock, dense, lecun_normal_, sinusoidal_table
+from daps.nets.layers import LN_EPS, CodeEmbedding, EncoderBlock, dense, lecun_normal_, sinusoidal_table
 
 
 def _power_of_two_ratio(a: int, b: int) -> int:
@@ -106,10 +106,7 @@ class TrajectoryDecoder(nn.Module):
         if channels != 1:
             raise ValueError(f"trajectory decoder outputs (1, frames, features), got {out_shape}")
         self.out_shape = tuple(out_shape)
-        self.embed = None
-        if vocab_size is not None:
-            self.embed = nn.Embedding(vocab_size, token_dim)
-            nn.init.normal_(self.embed.weight, std=1.0 / math.sqrt(token_dim))
+        self.embed = CodeEmbedding(vocab_size, token_dim) if vocab_size is not None else None
         self.proj_in = dense(token_dim, width, init="lecun") if token_dim != width else nn.Identity()
         self.register_buffer("pos", sinusoidal_table(num_tokens, width), persistent=False)
         self.blocks = nn.ModuleList(EncoderBlock(width, num_heads, mlp_ratio) for _ in range(num_layers))
@@ -122,8 +119,6 @@ class TrajectoryDecoder(nn.Module):
         """Integer codes ``(..., T)`` or one-hots ``(..., T, V)`` -> embeddings ``(..., T, token_dim)``."""
         if self.embed is None:
             raise TypeError("this decoder has no code embedding (built without vocab_size)")
-        if codes.is_floating_point():
-            return codes @ self.embed.weight
         return self.embed(codes)
 
     def decode_latents(self, h: torch.Tensor) -> torch.Tensor:
