@@ -204,16 +204,11 @@ def _plot_reconstructions(model, spec, data, images, path: Path, seed: int, devi
     """Reconstructions of (up to 16 of) the first evaluation batch, in the dataset's own kind of figure."""
     import torch
 
-    from daps.plots import save_reconstruction_grid
-
     x = spec.standardize(next(images.batches())[:16])
     with torch.no_grad():
         x_hat = model.reconstruct(x, torch.Generator(device).manual_seed(seed)).x_hat
     title = f"{model.config.method} on {spec.name}: {spec.examples} of the evaluation split"
-    if spec.plot_reconstructions is not None:
-        spec.plot_reconstructions(data, x, x_hat, path, title)
-    else:
-        save_reconstruction_grid(spec.standardize.to_unit(x), spec.standardize.to_unit(x_hat), path, title=title)
+    spec.save_reconstructions(data, x, x_hat, path, title)
 
 
 def _fid_stats(args: argparse.Namespace, argv: list[str]) -> int:

@@ -42,7 +42,7 @@ from daps.methods import Method, build_method, method_spec
 from daps.metrics import evaluate
 from daps.metrics.evaluate import FIDSetup, fid_setup
 from daps.optim import Optimizers
-from daps.plots import read_metrics, save_reconstruction_grid, save_training_curves
+from daps.plots import read_metrics, save_training_curves
 from daps.runfolder import (
     LOCK,
     MARKER,
@@ -496,12 +496,7 @@ def _write_artifacts(s: Setup, end_step: int, metrics: dict) -> None:
         x_shown = standardize(shown)
         rec = s.model.reconstruct(x_shown, torch.Generator(s.device).manual_seed(cfg.train.seed))
     title = f"{cfg.method} on {spec.name} after {end_step} steps (validation {spec.examples})"
-    if spec.plot_reconstructions is not None:
-        spec.plot_reconstructions(cfg.data, x_shown, rec.x_hat, run_dir / "reconstructions.png", title)
-    else:
-        save_reconstruction_grid(
-            standardize.to_unit(x_shown), standardize.to_unit(rec.x_hat), run_dir / "reconstructions.png", title=title
-        )
+    spec.save_reconstructions(cfg.data, x_shown, rec.x_hat, run_dir / "reconstructions.png", title)
     save_training_curves(
         run_dir / "metrics.jsonl", run_dir / "curves.png", title=f"{cfg.method} / {spec.name}",
         quality="psnr" if spec.likelihood == "gaussian" else "l2",

@@ -96,9 +96,10 @@ def single_thread():
 def no_plots(monkeypatch):
     """Skip the two matplotlib figures of ``train`` (most of a tiny run's time) in tests that do not look at
     them; the PNGs themselves are checked on :func:`trained_run`."""
+    import daps.plots
     import daps.train
 
-    monkeypatch.setattr(daps.train, "save_reconstruction_grid", lambda *args, **kwargs: None)
+    monkeypatch.setattr(daps.plots, "save_reconstruction_grid", lambda *args, **kwargs: None)
     monkeypatch.setattr(daps.train, "save_training_curves", lambda *args, **kwargs: None)
 
 

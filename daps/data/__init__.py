@@ -160,6 +160,18 @@ class DatasetSpec:
     def in_memory(self) -> bool:
         return self.load is not None or self.windows is not None
 
+    def save_reconstructions(
+        self, data: DataConfig, x: torch.Tensor, x_hat: torch.Tensor, path: Path, title: str
+    ) -> None:
+        """A figure of inputs ``x`` and their reconstructions ``x_hat`` (model scale) written atomically to ``path``:
+        the dataset's own (``plot_reconstructions``), else an image grid."""
+        if self.plot_reconstructions is not None:
+            self.plot_reconstructions(data, x, x_hat, path, title)
+            return
+        from daps.plots import save_reconstruction_grid
+
+        save_reconstruction_grid(self.standardize.to_unit(x), self.standardize.to_unit(x_hat), path, title=title)
+
 
 _IMAGENET = Standardize(IMAGENET_MEAN, IMAGENET_STD)
 
