@@ -67,19 +67,15 @@ class WindowImages:
     window indices; ``len(images)`` windows; ``labels`` the kind of motion of each window."""
 
     def __init__(self, windows: MotionWindows, device: torch.device | str = "cpu") -> None:
-        self.windows = windows
-        self.frames = windows.frames.to(device)  # (total, F)
-        self.starts = windows.starts.to(device)  # (N,)
-        self.offsets = torch.arange(windows.window, device=self.frames.device)  # (T,)
+        self.windows = windows.to(device)
         kinds = torch.tensor([motion_type(c) for c in windows.clips], dtype=torch.long)
         self.labels = kinds[windows.clip_ids] if len(windows.clips) else torch.zeros(0, dtype=torch.long)
 
     def __len__(self) -> int:
-        return int(self.starts.shape[0])
+        return len(self.windows)
 
     def __getitem__(self, index: torch.Tensor) -> torch.Tensor:
-        rows = self.starts[index.to(self.starts.device)]  # (B,)
-        return self.frames[rows[:, None] + self.offsets][:, None]  # (B, 1, T, F)
+        return self.windows[index][:, None]  # (B, 1, T, F)
 
     def to(self, device: torch.device | str) -> WindowImages:
         return WindowImages(self.windows, device)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence, TypeVar, Union
 
@@ -242,8 +242,12 @@ class MotionWindows:
     def __getitem__(self, index: Index) -> torch.Tensor:
         if isinstance(index, (int, np.integer)):
             return self[[int(index)]][0]
-        rows = self.starts[_as_index(index, len(self))]  # (B,)
-        return self.frames[rows[:, None] + torch.arange(self.window)]  # (B, T, F)
+        rows = self.starts[_as_index(index, len(self)).to(self.starts.device)]  # (B,)
+        return self.frames[rows[:, None] + torch.arange(self.window, device=self.frames.device)]  # (B, T, F)
+
+    def to(self, device: torch.device | str) -> MotionWindows:
+        """The same windows with their frames and starts on ``device`` (batches are gathered there)."""
+        return replace(self, frames=self.frames.to(device), starts=self.starts.to(device))
 
     def all(self) -> torch.Tensor:
         """All windows ``(N, T, F)`` (a copy: N * T * F * 4 bytes)."""
