@@ -19,7 +19,7 @@ import torch
 from daps.data.cifar import CIFAR10_MEAN, CIFAR10_STD, load_cifar10, load_cifar10_jpeg
 from daps.data.evalset import EvalSet, FolderEvalSet, TensorEvalSet
 from daps.data.imagefolder import IMAGENET_MEAN, IMAGENET_STD, ImageFolderDataset, ImageStream
-from daps.data.imagenet import find_imagenet_root, unpack_imagenet_sample
+from daps.data.imagenet import require_imagenet_root, unpack_imagenet_sample
 from daps.data.mnist import load_mnist, load_mnist5k
 from daps.data.motion import (
     MotionMetrics,
@@ -110,17 +110,6 @@ def _sample_root(data_dir: PathLike | None) -> Path:
     return unpack_imagenet_sample(tar, cache_root() / "imagenet_sample_256" / tar.stem)
 
 
-def _folder_root(data_dir: PathLike | None) -> Path:
-    root = find_imagenet_root(data_dir or None)
-    if root is None:
-        raise FileNotFoundError(
-            "imagenet256: no folder with train/<class>/*.JPEG and val/<class>/*.JPEG found in the data folder, "
-            f"its imagenet/ subfolder, ${ENV_VAR}/imagenet or the cache (extract ILSVRC2012 into class folders "
-            f"there); {DATA_DIR_FIX}"
-        )
-    return root
-
-
 def _given_root(data_dir: PathLike | None) -> Path:
     root = explicit_root(data_dir)
     if root is None:
@@ -192,7 +181,7 @@ DATASETS: dict[str, DatasetSpec] = {
         note="cifar10-jpeg is a JPEG quality-75 re-encoding of CIFAR-10, not the original pixels: "
         "numbers are not comparable with published CIFAR-10 results",
     ),
-    "imagenet256": DatasetSpec("imagenet256", "gaussian", _IMAGENET, root=_folder_root),
+    "imagenet256": DatasetSpec("imagenet256", "gaussian", _IMAGENET, root=require_imagenet_root),
     "imagenet256-sample": DatasetSpec(
         "imagenet256-sample", "gaussian", _IMAGENET, root=_sample_root, same_splits=True,
         note="imagenet256-sample is 1,000 ImageNet images (one per class); train and test are the same images",
