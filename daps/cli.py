@@ -289,7 +289,7 @@ def _render(args: argparse.Namespace) -> int:
         raise UserError(f"{args.run_dir} was trained on {data.name}; render shows motion runs (lafan1-h1)")
     if args.data_dir:
         data.data_dir = args.data_dir
-    check_run_stats(resolve_checkpoint(args.run_dir).parent.parent, data)
+    check_run_stats(resolve_checkpoint(args.run_dir, verify=False).parent.parent, data)  # load_model verified it
     target, pred = reconstruct_clip(
         model, data, args.clip, args.start, args.seconds, torch.Generator(device).manual_seed(args.seed)
     )

@@ -124,10 +124,10 @@ def plot_motion_reconstructions(
     ``x_hat`` ``(B, 1, T, F)`` (standardized), written atomically to ``path`` (png)."""
     from daps.motion.render import plot_feature_trajectories
 
-    stats = motion_data(data).stats
-    target = stats.denormalize(x[0, 0].detach().double().cpu().numpy())
-    pred = stats.denormalize(x_hat[0, 0].detach().double().cpu().numpy())
-    plot_feature_trajectories(target, pred, path, fps=motion_data(data).fps, title=title)
+    motion = motion_data(data)
+    target = motion.stats.denormalize(x[0, 0].detach().double().cpu().numpy())
+    pred = motion.stats.denormalize(x_hat[0, 0].detach().double().cpu().numpy())
+    plot_feature_trajectories(target, pred, path, fps=motion.fps, title=title)
 
 
 def lafan_run_files(data: DataConfig) -> dict[str, Any]:
