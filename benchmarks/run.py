@@ -88,7 +88,8 @@ def cpu_name() -> str:
 
 
 def git_revision() -> str:
-    """``<commit>`` of the checkout, with ``+dirty`` when it has uncommitted changes; ``unknown`` outside git."""
+    """``<commit>`` of the checkout, with ``+dirty`` when it has uncommitted changes; outside git
+    ``$DAPS_GIT_REVISION``, else ``unknown``."""
     try:
         commit = subprocess.run(
             ["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True, check=True, timeout=10
@@ -97,8 +98,8 @@ def git_revision() -> str:
             ["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
             capture_output=True, text=True, check=True, timeout=10,
         ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
+    except (OSError, subprocess.SubprocessError):  # no git here (e.g. a copied tree): what the caller says, if any
+        return os.environ.get("DAPS_GIT_REVISION", "unknown")
     return commit + ("+dirty" if dirty else "")
 
 

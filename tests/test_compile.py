@@ -94,3 +94,25 @@ def test_compiled_daps_step_matches_eager(single_thread):
         torch.testing.assert_close(ess_c, ess_e, atol=1e-5, rtol=1e-5)
         for name, g in grads_e.items():
             torch.testing.assert_close(grads_c[name], g, atol=1e-5, rtol=1e-3, msg=name)
+
+
+def test_static_caches_are_reused_and_zeroed_between_calls(single_thread):
+    # CUDA graphs need the compiled step's mutated caches at one address across calls; a reused cache must be
+    # zeroed again, or stale keys leak into masked attention (a NaN left in it would poison every logit).
+    enc = _encoder(49)
+    x = (torch.rand(5, 1, 28, 28, generator=torch.Generator().manual_seed(1)) > 0.5).float()
+    reference = enc.sample(x, 4, torch.Generator().manual_seed(2))
+    enc.compile_sampler(compile=False)
+    enc.sample(x, 4, torch.Generator().manual_seed(5))
+    (caches, *_), = enc._static_pool.values()
+    pointers = [k.data_ptr() for k, _ in caches]
+    for k, v in caches:
+        k.fill_(float("nan"))
+        v.fill_(float("nan"))
+    again = enc.sample(x, 4, torch.Generator().manual_seed(2))
+    assert torch.equal(again.indices, reference.indices)
+    (caches_again, *_), = enc._static_pool.values()
+    assert [k.data_ptr() for k, _ in caches_again] == pointers
+    enc.sample(x[:3], 4)  # another batch size: a second entry; a third shape evicts the oldest
+    enc.sample(x[:2], 4)
+    assert len(enc._static_pool) == 2

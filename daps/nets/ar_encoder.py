@@ -86,6 +86,7 @@ class ARTransformerEncoder(nn.Module):
         self.head = dense(width, vocab_size)
         self._static_step_fn: Callable | None = None  # set by compile_sampler
         self._smallest_bucket = 16
+        self._static_pool: dict[tuple, tuple] = {}  # the static sampler's caches, see _static_caches
 
     # ----------------------------------------------------------------------------------------------
     # Encoding and teacher forcing
@@ -193,23 +194,52 @@ class ARTransformerEncoder(nn.Module):
 
     def _static_cache_step(self, memory_kv: MemoryKV, num_samples: int) -> SamplingStep:
         """:meth:`static_step` (compiled by :meth:`compile_sampler`) over the cache bucket each position reads."""
-        caches = self._cache_tensors(memory_kv, num_samples, zeroed=True)  # zeroed: see StaticKVCache
+        k_views, v_views, bucket_of = self._static_caches(memory_kv, num_samples)
         t = self.num_tokens
         positions = torch.arange(t, device=self.pos.device)  # (T,)
-        bucket_views = {  # length -> per-layer views (B*K, h, length, d) of the full caches
-            size: ([k[:, :, :size] for k, _ in caches], [v[:, :, :size] for _, v in caches])
-            for size in cache_buckets(t, self._smallest_bucket)
-        }
-        bucket_of = [min(size for size in bucket_views if size > pos) for pos in range(t)]
         static_step = self._static_step_fn
         assert static_step is not None
 
         def step(indices: torch.Tensor, pos: int) -> torch.Tensor:
-            k_caches, v_caches = bucket_views[bucket_of[pos]]
+            bucket = bucket_of[pos]
             token = _previous_tokens(indices, pos)  # (B*K,)
-            return static_step(token, positions[pos], memory_kv, k_caches, v_caches, num_samples)  # (B*K, V)
+            return static_step(token, positions[pos], memory_kv, k_views[bucket], v_views[bucket], num_samples)
 
         return step
+
+    def _static_caches(
+        self, memory_kv: MemoryKV, num_samples: int
+    ) -> tuple[dict[int, list[torch.Tensor]], dict[int, list[torch.Tensor]], list[int]]:
+        """The static sampler's caches, owned by the encoder and reused (zeroed) by every call with the same
+        shapes: per cache bucket, per-layer views ``(B*K, h, L, d)`` of key and value buffers ``(B*K, h, T, d)``,
+        and each position's bucket.
+
+        The compiled step writes into them in place; CUDA graphs (``mode="reduce-overhead"``) accept that only of
+        inputs whose address never changes, so the same tensors are passed at every call and marked as static
+        addresses. The two most recent shapes are kept (training and validation batches)."""
+        mem_k = memory_kv[0][0]  # (B, h, P, d)
+        b, heads, _, d = mem_k.shape
+        t = self.num_tokens
+        key = (b * num_samples, heads, t, d, mem_k.dtype, mem_k.device, self._smallest_bucket)
+        entry = self._static_pool.pop(key, None)
+        if entry is None:
+            caches = self._cache_tensors(memory_kv, num_samples, zeroed=True)
+            sizes = cache_buckets(t, self._smallest_bucket)
+            k_views = {size: [k[:, :, :size] for k, _ in caches] for size in sizes}
+            v_views = {size: [v[:, :, :size] for _, v in caches] for size in sizes}
+            for view in [*k_views.values(), *v_views.values()]:
+                for tensor in view:
+                    torch._dynamo.mark_static_address(tensor)
+            bucket_of = [min(size for size in sizes if size > pos) for pos in range(t)]
+            entry = (caches, k_views, v_views, bucket_of)
+        else:  # zeroed again: a masked key gets weight 0, and 0 times a stale NaN would still be NaN
+            for k, v in entry[0]:
+                k.zero_()
+                v.zero_()
+        self._static_pool[key] = entry  # most recent last
+        while len(self._static_pool) > 2:
+            self._static_pool.pop(next(iter(self._static_pool)))
+        return entry[1], entry[2], entry[3]
 
     def _cache_tensors(
         self, memory_kv: MemoryKV, num_samples: int, zeroed: bool
