@@ -353,7 +353,9 @@ def _train_row(sums: dict[str, torch.Tensor], count: int, s: Setup, grad_norms: 
     """One ``split: train`` row: the logs averaged over the last ``count`` steps and over every rank."""
     keys = sorted(sums)
     # float64, as float(sum) / count was: the same numbers in metrics.jsonl as before
-    means = torch.stack([sums[k].double() for k in keys]) / count if keys else torch.zeros(0, dtype=torch.float64)
+    # on the training device (a method may log a CPU scalar such as beta next to CUDA tensors; NCCL needs CUDA)
+    values = [sums[k].to(device=s.device, dtype=torch.float64) for k in keys]
+    means = torch.stack(values) / count if keys else torch.zeros(0, dtype=torch.float64, device=s.device)
     means = dist.mean_over_ranks(means)
     row = {k: float(v) for k, v in zip(keys, means.tolist())}
     row.update({f"grad_norm_{k}": v for k, v in grad_norms.items()})
