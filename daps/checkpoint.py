@@ -70,8 +70,11 @@ def read_config(path: str | Path) -> Config:
         raise CheckpointError(f"{path} is not a valid daps config: {err}") from None
 
 
-def save_checkpoint(run_dir: Path, step: int, model: nn.Module, cfg: Config, state: dict[str, Any], keep: int) -> Path:
-    """Write checkpoint ``step`` atomically with its checksums, point ``latest`` at it, prune to the newest ``keep``."""
+def save_checkpoint(
+    run_dir: Path, step: int, model: nn.Module, cfg: Config | dict[str, Any], state: dict[str, Any], keep: int
+) -> Path:
+    """Write checkpoint ``step`` atomically with its checksums, point ``latest`` at it, prune to the newest ``keep``.
+    ``cfg``: a training run's :class:`Config`, or another run's config as a JSON-ready dict (a prior's)."""
     root = Path(run_dir) / CKPT_DIR
     root.mkdir(parents=True, exist_ok=True)
     name = f"step_{step:08d}"
@@ -80,7 +83,10 @@ def save_checkpoint(run_dir: Path, step: int, model: nn.Module, cfg: Config, sta
     tmp.mkdir()
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(tensors, str(tmp / "model.safetensors"), metadata={"step": str(step)})
-    write_config(tmp / "config.json", cfg)
+    if isinstance(cfg, dict):
+        write_json_atomic(tmp / "config.json", cfg)
+    else:
+        write_config(tmp / "config.json", cfg)
     torch.save(state, tmp / "state.pt")
     sums = {}
     for file in FILES:

@@ -125,6 +125,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the stochastic encoding")
     p.add_argument("--device", default="cpu", help="device of the model (default cpu)")
 
+    from daps.prior.cli import add_parsers
+
+    add_parsers(sub)
+
     p = sub.add_parser("presets", help="list presets, or print one preset's full config as JSON")
     p.add_argument("name", nargs="?")
     p.add_argument("--method", default="daps", help="the method whose defaults to show (default daps)")
@@ -317,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     # Overrides may sit between flags (``train a=1 --resume b=2``): collect the leftovers ourselves.
     args, extra = parser.parse_known_args(argv)
-    takes_overrides = args.command in ("train", "compare")
+    takes_overrides = args.command in ("train", "compare") or getattr(args, "prior_command", None) == "train"
     unknown = [e for e in extra if e.startswith("-") or not takes_overrides]
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
@@ -325,7 +329,12 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = [*args.overrides, *extra]
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     logging.getLogger("OpenGL").setLevel(logging.WARNING)  # PyOpenGL (under mujoco) reports its optional C module
-    commands = {"train": _train, "eval": _eval, "presets": _presets, "render": _render}
+    from daps.prior.cli import decode_random_command, export_codes_command, prior_command
+
+    commands = {
+        "train": _train, "eval": _eval, "presets": _presets, "render": _render, "export-codes": export_codes_command,
+        "prior": prior_command, "decode-random": decode_random_command,
+    }
     try:
         rest = list(argv if argv is not None else sys.argv[1:])[1:]
         if args.command == "compare":
@@ -336,14 +345,16 @@ def main(argv: list[str] | None = None) -> int:
             return _fid_stats(args, rest)
         return commands[args.command](args)
     except (UserError, OSError) as err:  # what the user gave: settings, paths, files (anything else is a bug)
-        print(f"daps {args.command}: error: {err}", file=sys.stderr)
+        command = " ".join(filter(None, (args.command, getattr(args, "prior_command", None))))
+        print(f"daps {command}: error: {err}", file=sys.stderr)
         return 2
     except RuntimeError as err:
         from daps.train import TrainingDiverged
 
         if not isinstance(err, TrainingDiverged):
             raise
-        print(f"daps {args.command}: error: {err}", file=sys.stderr)
+        command = " ".join(filter(None, (args.command, getattr(args, "prior_command", None))))
+        print(f"daps {command}: error: {err}", file=sys.stderr)
         return 3
 
 

@@ -49,6 +49,25 @@ def save_reconstruction_grid(x: torch.Tensor, x_hat: torch.Tensor, path: Path, t
     plt.close(fig)
 
 
+def save_image_grid(images: torch.Tensor, path: Path, columns: int = 10, scale: int = 2) -> None:
+    """``images (N, C, H, W)`` in [0, 1] as one PNG grid of ``columns`` per row (1-pixel gaps, each pixel
+    ``scale`` x ``scale``), written atomically."""
+    from PIL import Image
+
+    n, c, h, w = images.shape
+    rows = max(1, -(-n // columns))
+    grid = torch.ones(c, rows * (h + 1) + 1, min(n, columns) * (w + 1) + 1)
+    for i in range(n):
+        r, col = divmod(i, columns)
+        grid[:, 1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + col * (w + 1) : 1 + col * (w + 1) + w] = images[i]
+    pixels = (grid.clamp(0, 1) * 255).round().to(torch.uint8)
+    array = pixels[0].numpy() if c == 1 else pixels.permute(1, 2, 0).numpy()
+    img = Image.fromarray(array)
+    img = img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST)
+    with atomic_path(path) as tmp:
+        img.save(tmp, format="PNG")
+
+
 def read_metrics(path: Path) -> list[dict]:
     """The rows of a ``metrics.jsonl``; a last line cut off by a killed process is skipped."""
     rows = []

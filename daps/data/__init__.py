@@ -16,12 +16,13 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol
 
 import torch
 
-from daps.data.cifar import CIFAR10_MEAN, CIFAR10_STD, load_cifar10, load_cifar10_jpeg
+from daps.data.cifar import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD, load_cifar10, load_cifar10_jpeg
 from daps.data.evalset import EvalSet, FolderEvalSet, TensorEvalSet
 from daps.data.imagefolder import IMAGENET_MEAN, IMAGENET_STD, ImageFolderDataset, ImageStream
 from daps.data.imagenet import require_imagenet_root, unpack_imagenet_sample
 from daps.data.mnist import load_mnist, load_mnist5k
 from daps.data.motion import (
+    MOTION_TYPES,
     MotionMetrics,
     WindowImages,
     lafan_run_files,
@@ -304,6 +305,32 @@ def train_batches(
     dataset = folder_dataset(data.name, "train", data.image_shape, data.data_dir or None, train=True, seed=seed)
     stream = ImageStream(dataset, batch_size, num_workers=data.num_workers, seed=seed, start_batch=start_step)
     return TrainBatches(stream, batch_size, None, device)
+
+
+@dataclass(frozen=True)
+class LabelledSplit:
+    """A whole split of an in-memory dataset with its labels (what ``daps export-codes`` encodes)."""
+
+    examples: torch.Tensor | WindowImages  # raw examples, indexed by a LongTensor of positions
+    labels: torch.Tensor  # (N,) int64 class index of each example
+    class_names: tuple[str, ...]
+
+
+def labelled_split(data, split: str) -> LabelledSplit:
+    """Split ``split`` of ``data`` (a :class:`daps.config.DataConfig`) with labels: the digit (MNIST), the CIFAR-10
+    class, or the kind of motion of each window (LAFAN1, :data:`daps.data.motion.MOTION_TYPES`)."""
+    spec = dataset_spec(data.name)
+    if not spec.in_memory:
+        raise UserError(
+            f"{data.name} is streamed from a folder; codes can be exported from in-memory datasets only "
+            "(mnist, mnist5k, cifar10, cifar10-jpeg, lafan1-h1)"
+        )
+    if spec.windows is not None:
+        windows = spec.windows(split, data)
+        return LabelledSplit(windows, windows.labels.long(), tuple(MOTION_TYPES))
+    loaded = load_dataset(data.name, split, data.data_dir or None, data.download)
+    names = tuple(CIFAR10_CLASSES) if data.name.startswith("cifar10") else tuple(str(d) for d in range(10))
+    return LabelledSplit(loaded.images, loaded.labels.long(), names)
 
 
 def eval_set(data, split: str, max_images: int, batch_size: int, device: torch.device) -> EvalSet:

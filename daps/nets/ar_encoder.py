@@ -55,6 +55,8 @@ class ARTransformerEncoder(nn.Module):
             ``transformer.py``, inherited from Flax's WMT example), which treat code 0 as padding. Off by default:
             then teacher-forced log q equals the sampling log-probabilities.
         embed: the token embedding, ``patches`` (images) or ``time`` (motion windows); see :mod:`daps.nets.embed`.
+        input_embed: a module used instead of ``embed`` that maps the conditioning input to ``(B, P, E)`` with
+            ``P`` = T or 1 (e.g. a class label for a prior over codes, :class:`daps.prior.nets.ARPrior`).
     """
 
     pos: torch.Tensor  # (T, E) sinusoidal table, a buffer
@@ -70,10 +72,13 @@ class ARTransformerEncoder(nn.Module):
         mlp_ratio: int,
         mask_token0: bool = False,
         embed: str = "patches",
+        input_embed: nn.Module | None = None,
     ):
         super().__init__()
         self.num_tokens, self.vocab_size, self.mask_token0 = num_tokens, vocab_size, mask_token0
-        self.patch_embed = token_embed(embed, image_shape, num_tokens, width)
+        if input_embed is None:
+            input_embed = token_embed(embed, image_shape, num_tokens, width)
+        self.patch_embed = input_embed
         self.register_buffer("pos", sinusoidal_table(num_tokens, width), persistent=False)  # (T, E)
         self.encoder_blocks = nn.ModuleList(EncoderBlock(width, num_heads, mlp_ratio) for _ in range(num_layers))
         self.encoder_ln = nn.LayerNorm(width, eps=LN_EPS)
@@ -93,7 +98,7 @@ class ARTransformerEncoder(nn.Module):
 
     def memory(self, x: torch.Tensor) -> MemoryKV:
         """Encode ``x (B, C, H, W)`` and return each decoder layer's cross-attention ``(k, v)``, ``(B, h, P, d)``."""
-        h = self.patch_embed(x) + self.pos  # (B, P, E)
+        h = self.patch_embed(x) + self.pos  # (B, P, E); an input_embed's (B, 1, E) broadcasts to P = T
         for block in self.encoder_blocks:
             h = block(h)
         h = self.encoder_ln(h)

@@ -1,0 +1,225 @@
+"""Codes of a trained tokenizer, exported with their labels for a second model (a prior) to learn.
+
+A codes file is one safetensors file (readable without daps: ``safetensors.numpy.load_file`` in NumPy, or any
+safetensors reader) holding two tensors:
+
+- ``codes``: int64 ``(N, K, T)``, K codes of T tokens for each of the N inputs of a split. Categorical encoders
+  (DAPS and the other autoregressive / bidirectional ones) draw K independent codes from q(z | x); the quantizers
+  (VQ-VAE, FSQ: FSQ's per-token level tuples flattened to one index) are deterministic, so K is 1. Every entry is
+  in ``[0, vocab_size)``.
+- ``labels``: int64 ``(N,)``, the class of each input (``class_names`` in the header).
+
+and a JSON header in the file's metadata under the key ``daps_codes`` (``safe_open(path, "np").metadata()``):
+``format`` (1), ``method``, ``dataset``, ``split``, ``vocab_size``, ``num_tokens``, ``samples_per_input``,
+``stochastic``, ``class_names``, ``seed``, and the provenance: ``run`` (the run folder), ``checkpoint``,
+``step``, ``model_sha256`` (of the checkpoint's weights) and ``config_sha256`` (of its resolved config).
+
+``daps export-codes RUN --split train --out codes.safetensors`` writes one; :func:`export_codes`,
+:func:`save_codes` and :func:`load_codes` are the Python equivalent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from daps.errors import UserError
+from daps.runfolder import atomic_path, refuse_precious
+
+log = logging.getLogger("daps")
+
+FORMAT = 1
+HEADER_KEY = "daps_codes"
+
+
+@dataclass
+class CodeSet:
+    """Exported codes: ``codes (N, K, T)`` int64, ``labels (N,)`` int64 and the header (see the module doc)."""
+
+    codes: torch.Tensor
+    labels: torch.Tensor
+    meta: dict[str, Any]
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.meta["vocab_size"])
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.meta["num_tokens"])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.meta["class_names"])
+
+    def flat(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every code as one training example: ``codes (N*K, T)`` and the label of each ``(N*K,)``."""
+        n, k, t = self.codes.shape
+        return self.codes.reshape(n * k, t), self.labels.repeat_interleave(k)
+
+
+def config_sha256(config: dict) -> str:
+    """SHA-256 of a config's canonical JSON (sorted keys): the same config gives the same hash."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
+
+
+@torch.no_grad()
+def export_codes(
+    run: str | Path,
+    split: str = "train",
+    samples_per_input: int = 1,
+    seed: int = 0,
+    max_inputs: int = 0,
+    batch_size: int = 500,
+    data_dir: str | None = None,
+    device: str | torch.device = "cpu",
+) -> CodeSet:
+    """Encode split ``split`` of the dataset a run was trained on with the run's checkpoint.
+
+    ``samples_per_input`` codes per input (categorical encoders only; a deterministic quantizer allows 1),
+    drawn from a generator seeded with ``seed``; ``max_inputs`` > 0 keeps a fixed random subset of that many
+    inputs (seed 0, the dataset's order kept).
+    """
+    from daps.checkpoint import load_model, load_training_state, resolve_checkpoint
+    from daps.config_io import config_to_dict
+    from daps.data import dataset_spec, labelled_split
+    from daps.methods import method_spec
+
+    if samples_per_input < 1:
+        raise UserError(f"--samples-per-input must be at least 1, got {samples_per_input}")
+    ckpt = resolve_checkpoint(run)
+    model = load_model(ckpt, device)
+    cfg = model.config
+    vocab = model.vocab_size
+    if vocab is None:
+        raise UserError(f"{run} is a {cfg.method} run: its latent is continuous, there are no codes to export")
+    stochastic = method_spec(cfg.method).encoder != "quantizer"
+    if samples_per_input > 1 and not stochastic:
+        raise UserError(
+            f"{cfg.method} encodes deterministically: --samples-per-input {samples_per_input} would repeat the "
+            "same code; use 1"
+        )
+    if data_dir:
+        cfg.data.data_dir = data_dir
+    spec = dataset_spec(cfg.data.name)
+    data = labelled_split(cfg.data, split)
+    n = len(data.labels)
+    subset = torch.arange(n)
+    if 0 < max_inputs < n:
+        subset = torch.randperm(n, generator=torch.Generator().manual_seed(0))[:max_inputs].sort().values
+    generator = torch.Generator(device).manual_seed(seed)
+    chunks = []
+    for start in range(0, len(subset), batch_size):
+        idx = subset[start : start + batch_size]
+        x = spec.standardize(data.examples[idx.to(_device_of(data.examples))].to(device))
+        draws = [model.encode(x, generator) for _ in range(samples_per_input)]  # K x (B, T)
+        chunks.append(torch.stack(draws, 1).cpu())  # (B, K, T)
+    codes = torch.cat(chunks).long()
+    step = int(load_training_state(ckpt)["step"])
+    weights_sha = json.loads((ckpt / "checksums.json").read_text())["files"]["model.safetensors"]["sha256"] \
+        if (ckpt / "checksums.json").exists() else ""
+    meta = {
+        "format": FORMAT,
+        "method": cfg.method,
+        "dataset": cfg.data.name,
+        "split": split,
+        "vocab_size": int(vocab),
+        "num_tokens": int(codes.shape[-1]),
+        "samples_per_input": samples_per_input,
+        "stochastic": stochastic,
+        "class_names": list(data.class_names),
+        "seed": seed,
+        "max_inputs": max_inputs,
+        "run": str(Path(run).resolve()),
+        "checkpoint": str(ckpt.resolve()),
+        "step": step,
+        "model_sha256": weights_sha,
+        "config_sha256": config_sha256(config_to_dict(cfg)),
+    }
+    result = CodeSet(codes, data.labels[subset].clone(), meta)
+    check_codes(result, "the exported codes")
+    return result
+
+
+def _device_of(examples: Any) -> torch.device:
+    device = getattr(examples, "device", None)
+    return device if isinstance(device, torch.device) else torch.device("cpu")
+
+
+def check_codes(codes: CodeSet, where: str) -> None:
+    """Raise :class:`UserError` naming ``where`` if the codes and header disagree (shapes, ranges, labels)."""
+    c, y, meta = codes.codes, codes.labels, codes.meta
+    if c.dim() != 3 or y.dim() != 1 or c.shape[0] != y.shape[0]:
+        raise UserError(f"{where}: codes must be (N, K, T) and labels (N,), got {tuple(c.shape)} and {tuple(y.shape)}")
+    for key in ("vocab_size", "num_tokens", "class_names"):
+        if key not in meta:
+            raise UserError(f"{where}: the header has no {key!r}")
+    if c.shape[2] != codes.num_tokens:
+        raise UserError(f"{where}: codes have {c.shape[2]} tokens, the header says {codes.num_tokens}")
+    if c.numel() and (int(c.min()) < 0 or int(c.max()) >= codes.vocab_size):
+        raise UserError(f"{where}: codes outside [0, {codes.vocab_size}) (vocab_size of the header)")
+    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= codes.num_classes):
+        raise UserError(f"{where}: labels outside [0, {codes.num_classes}) (class_names of the header)")
+
+
+def save_codes(codes: CodeSet, path: str | Path, overwrite: bool = False) -> Path:
+    """Write ``codes`` to ``path`` (a ``.safetensors`` file) atomically; an existing file is kept unless
+    ``overwrite`` and it is a daps codes file."""
+    path = Path(path)
+    refuse_precious(path, "--out")
+    if path.suffix != ".safetensors":
+        raise UserError(f"--out {path}: a codes file must end in .safetensors")
+    if path.exists():
+        if not overwrite:
+            raise UserError(f"--out {path} already exists; pass --overwrite to replace it")
+        if path.is_dir() or _header(path) is None:
+            raise UserError(f"--out {path} exists and is not a daps codes file; refusing to replace it")
+    check_codes(codes, "the codes to save")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        save_file(
+            {"codes": codes.codes.long().contiguous(), "labels": codes.labels.long().contiguous()},
+            str(tmp), metadata={HEADER_KEY: json.dumps(codes.meta)},
+        )
+    return path
+
+
+def _header(path: Path) -> dict | None:
+    try:
+        with safe_open(str(path), "pt") as f:
+            raw = (f.metadata() or {}).get(HEADER_KEY)
+    except (SafetensorError, OSError, ValueError):
+        return None
+    try:
+        meta = json.loads(raw) if raw else None
+    except ValueError:
+        return None
+    return meta if isinstance(meta, dict) else None
+
+
+def load_codes(path: str | Path) -> CodeSet:
+    """Read a codes file written by :func:`save_codes`; a missing, foreign or inconsistent file raises
+    :class:`UserError` naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path} is not a codes file (no such file)")
+    meta = _header(path)
+    if meta is None:
+        raise UserError(f"{path} is not a daps codes file (no readable {HEADER_KEY!r} header)")
+    if meta.get("format") != FORMAT:
+        raise UserError(f"{path}: codes format {meta.get('format')!r}, this daps reads format {FORMAT}")
+    with safe_open(str(path), "pt") as f:
+        names = set(f.keys())
+        if not {"codes", "labels"} <= names:
+            raise UserError(f"{path} lacks the tensors 'codes' and 'labels' (has: {', '.join(sorted(names))})")
+        codes = CodeSet(f.get_tensor("codes").long(), f.get_tensor("labels").long(), meta)
+    check_codes(codes, str(path))
+    return codes

@@ -1,0 +1,250 @@
+"""The command-line side of codes and priors: ``daps export-codes``, ``daps prior train|sample|eval`` and
+``daps decode-random`` (parsers and handlers; :mod:`daps.cli` wires them in)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+from pathlib import Path
+
+import torch
+
+from daps.errors import UserError
+
+log = logging.getLogger("daps")
+
+
+def add_parsers(sub) -> None:
+    p = sub.add_parser("export-codes", help="encode a dataset split with a trained tokenizer and save codes + labels")
+    p.add_argument("run_dir", help="run folder or checkpoint of a tokenizer (any method with discrete codes)")
+    p.add_argument("--split", default="train", choices=["train", "test"])
+    p.add_argument("--samples-per-input", type=int, default=1,
+                   help="codes drawn per input (categorical encoders; quantizers: 1) (default 1)")
+    p.add_argument("--out", required=True, help="the .safetensors file to write")
+    p.add_argument("--max-inputs", type=int, default=0, help="a fixed random subset of N inputs (0 = all)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the stochastic encoding")
+    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--data-dir", default=None, help="folder with the data files (default: as trained)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing codes file")
+    p.add_argument("--device", default=None)
+
+    prior = sub.add_parser("prior", help="train, sample and score a label-conditioned prior over exported codes")
+    psub = prior.add_subparsers(dest="prior_command", required=True, parser_class=type(prior))
+    p = psub.add_parser("train", help="train a prior (a run folder) on a codes file")
+    p.add_argument("codes", help="codes file from daps export-codes (the training split)")
+    p.add_argument("--kind", default="ar", choices=["ar", "dfm"], help="autoregressive or discrete flow matching")
+    p.add_argument("--out", required=True, help="the prior's run folder")
+    p.add_argument("--val-codes", default="", help="held-out codes of the same tokenizer (default: 5%% of the inputs)")
+    p.add_argument("--label-dropout", type=float, default=None, help="share of null labels in training (default 0.1)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing prior folder")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: 1 on CPU, small models)")
+    p.add_argument("--device", default=None)
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="prior settings, e.g. steps=5000 width=128")
+
+    p = psub.add_parser("sample", help="sample codes from a prior and decode them into a grid")
+    p.add_argument("prior_dir", help="the prior's run folder")
+    p.add_argument("--label", default=None, help="class index or name (default: one row per class)")
+    p.add_argument("--n", type=int, default=10, help="samples (per class when --label is not given) (default 10)")
+    p.add_argument("--cfg", type=float, default=1.0, help="classifier-free guidance scale (0 = unconditional)")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--euler-steps", type=int, default=None, help="dfm: Euler steps (default: the run's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="PNG grid of the decoded samples")
+    p.add_argument("--codes-out", default=None, help="also save the sampled codes (.safetensors)")
+    p.add_argument("--tokenizer", default=None, help="tokenizer run to decode with (default: the codes' run)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.add_argument("--device", default=None)
+
+    p = psub.add_parser("eval", help="held-out likelihood, sample uniqueness and copies, sampling speed")
+    p.add_argument("prior_dir", help="the prior's run folder")
+    p.add_argument("--n", type=int, default=1000, help="samples for the sample statistics (default 1000)")
+    p.add_argument("--cfg", type=float, default=1.0, help="guidance scale of the samples (default 1)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
+    p.add_argument("--device", default=None)
+
+    p = sub.add_parser("decode-random", help="decode uniform-random codes of a tokenizer into a grid")
+    p.add_argument("run_dir", help="tokenizer run folder or checkpoint")
+    p.add_argument("--n", type=int, default=100, help="codes (default 100)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="PNG grid")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    p.add_argument("--device", default=None)
+
+
+def _device(name: str | None) -> torch.device:
+    from daps.cli import _device as pick
+
+    return torch.device(pick(name))
+
+
+def _check_out(path: str, suffix: str, overwrite: bool) -> Path:
+    out = Path(path)
+    if out.suffix.lower() != suffix:
+        raise UserError(f"{path} must name a {suffix} file")
+    if out.is_dir():
+        raise UserError(f"{path} is a folder; name a {suffix} file")
+    if out.exists() and not overwrite:
+        raise UserError(f"{path} exists; pass --overwrite to replace it")
+    return out
+
+
+def export_codes_command(args: argparse.Namespace) -> int:
+    from daps.codes import export_codes, save_codes
+
+    out = _check_out(args.out, ".safetensors", args.overwrite)
+    codes = export_codes(
+        args.run_dir, args.split, args.samples_per_input, args.seed, args.max_inputs, args.batch_size,
+        args.data_dir, _device(args.device),
+    )
+    save_codes(codes, out, overwrite=args.overwrite)
+    n, k, t = codes.codes.shape
+    log.info("wrote %s: %d inputs x %d codes of %d tokens (V=%d, %s, step %d), %d classes",
+             out, n, k, t, codes.vocab_size, codes.meta["method"], codes.meta["step"], codes.num_classes)
+    return 0
+
+
+def prior_command(args: argparse.Namespace) -> int:
+    return {"train": _train, "sample": _sample, "eval": _eval}[args.prior_command](args)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from daps.prior.run import PriorConfig, apply_overrides, train_prior
+
+    device = _device(args.device)
+    if device.type == "cpu":
+        torch.set_num_threads(args.threads or 1)
+    cfg = apply_overrides(PriorConfig(kind=args.kind, codes=args.codes, val_codes=args.val_codes,
+                                      out_dir=args.out), args.overrides)
+    if args.label_dropout is not None:
+        cfg.label_dropout = args.label_dropout
+    run = train_prior(cfg, resume=args.resume, overwrite=args.overwrite, device=device)
+    summary = json.loads((run / "summary.json").read_text())
+    shown = {k: round(v, 4) for k, v in summary.items() if isinstance(v, float)}
+    log.info("prior folder: %s  %s", run, shown)
+    return 0
+
+
+def parse_label(label: str, class_names: list[str]) -> int:
+    """A class index or name -> its index; anything else raises :class:`UserError` listing the classes."""
+    if label in class_names:
+        return class_names.index(label)
+    try:
+        index = int(label)
+    except ValueError:
+        index = -1
+    if not 0 <= index < len(class_names):
+        raise UserError(f"--label {label!r} is not a class of these codes: 0..{len(class_names) - 1} or "
+                        f"{', '.join(class_names)}")
+    return index
+
+
+def _tokenizer(args: argparse.Namespace, meta: dict, device: torch.device):
+    from daps.checkpoint import load_model
+
+    source = args.tokenizer or meta.get("checkpoint") or meta.get("run")
+    if not source:
+        raise UserError("the codes name no tokenizer run; pass --tokenizer RUN")
+    model = load_model(source, device)
+    if model.vocab_size != meta["vocab_size"] or model.config.encoder.num_tokens != meta["num_tokens"]:
+        raise UserError(f"tokenizer {source} has V={model.vocab_size}, T={model.config.encoder.num_tokens}; the "
+                        f"prior's codes have V={meta['vocab_size']}, T={meta['num_tokens']}")
+    return model
+
+
+def decoded_images(model, codes: torch.Tensor) -> torch.Tensor:
+    """Decoder means of ``codes (N, T)`` on the unit scale ``(N, C, H, W)`` in [0, 1]."""
+    from daps.data import dataset_spec
+
+    spec = dataset_spec(model.config.data.name)
+    return spec.standardize.to_unit(model.decode(codes)).clamp(0, 1).cpu()
+
+
+def _sample(args: argparse.Namespace) -> int:
+    from daps.codes import CodeSet, save_codes
+    from daps.plots import save_image_grid
+    from daps.prior.run import generate, load_prior
+
+    out = _check_out(args.out, ".png", args.overwrite)
+    if args.codes_out:
+        _check_out(args.codes_out, ".safetensors", args.overwrite)
+    if args.n < 1 or args.temperature <= 0:
+        raise UserError("--n must be at least 1 and --temperature positive")
+    device = _device(args.device)
+    model, cfg, meta = load_prior(args.prior_dir, device)
+    names = list(meta["class_names"])
+    if args.label is None:
+        labels = torch.arange(len(names)).repeat_interleave(args.n)
+        columns = args.n
+    else:
+        labels = torch.full((args.n,), parse_label(args.label, names))
+        columns = min(args.n, 10)
+    tokenizer = _tokenizer(args, meta, device)
+    g = torch.Generator(device).manual_seed(args.seed)
+    codes = generate(model, labels.to(device), args.cfg, args.temperature, g, args.euler_steps or cfg.euler_steps)
+    save_image_grid(decoded_images(tokenizer, codes), out, columns=columns)
+    if args.codes_out:
+        sample_meta = {**meta, "split": "prior-samples", "samples_per_input": 1, "prior": str(args.prior_dir),
+                       "guidance": args.cfg, "temperature": args.temperature, "seed": args.seed}
+        save_codes(CodeSet(codes[:, None].cpu(), labels, sample_meta), args.codes_out, overwrite=args.overwrite)
+    what = names[int(labels[0])] if args.label is not None else "one row per class"
+    log.info("wrote %s: %d samples (%s), guidance %.2f, temperature %.2f", out, len(labels), what, args.cfg,
+             args.temperature)
+    return 0
+
+
+def sample_statistics(samples: torch.Tensor, train_codes: torch.Tensor) -> dict[str, float]:
+    """Share of distinct code sequences among ``samples (N, T)``, and share of samples that occur in
+    ``train_codes (M, T)`` verbatim (copies)."""
+    seen = {tuple(row) for row in train_codes.tolist()}
+    rows = [tuple(row) for row in samples.tolist()]
+    return {"unique_fraction": len(set(rows)) / len(rows), "copied_fraction": sum(r in seen for r in rows) / len(rows)}
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from daps.codes import load_codes
+    from daps.prior.run import PriorConfig, evaluate_prior, generate, load_prior, sampling_speed, split_codes
+
+    device = _device(args.device)
+    model, cfg, meta = load_prior(args.prior_dir, device)
+    codes_file = meta.get("file") or cfg.codes
+    train_set, val_set = split_codes(PriorConfig(**{**cfg.__dict__, "codes": codes_file}), load_codes(codes_file))
+    x_val, y_val = (t.to(device) for t in val_set.flat())
+    result: dict = {"prior": str(args.prior_dir), "kind": cfg.kind, "guidance": args.cfg}
+    result.update(evaluate_prior(model, x_val, y_val))
+    labels = (torch.arange(args.n) % len(meta["class_names"])).to(device)
+    samples = generate(model, labels, args.cfg, 1.0, torch.Generator(device).manual_seed(args.seed), cfg.euler_steps)
+    result.update(sample_statistics(samples.cpu(), train_set.flat()[0]))
+    result.update(sampling_speed(model, cfg, device, guidance=args.cfg))
+    result["protocol"] = (
+        f"held-out: {'val_codes' if cfg.val_codes else f'{cfg.val_fraction:.0%} of the inputs of the codes file'}; "
+        f"{args.n} samples, classes in turn, guidance {args.cfg}, seed {args.seed}"
+    )
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for key, value in result.items():
+            shown = f"{value:.4f}" if isinstance(value, float) and math.isfinite(value) else value
+            print(f"  {key:<24} {shown}")
+    return 0
+
+
+def decode_random_command(args: argparse.Namespace) -> int:
+    from daps.checkpoint import load_model
+    from daps.plots import save_image_grid
+
+    out = _check_out(args.out, ".png", args.overwrite)
+    if args.n < 1:
+        raise UserError("--n must be at least 1")
+    device = _device(args.device)
+    model = load_model(args.run_dir, device)
+    if model.vocab_size is None:
+        raise UserError(f"{args.run_dir} is a {model.config.method} run: its latent is continuous, no codes")
+    g = torch.Generator(device).manual_seed(args.seed)
+    codes = torch.randint(model.vocab_size, (args.n, model.config.encoder.num_tokens), generator=g, device=device)
+    save_image_grid(decoded_images(model, codes), out, columns=10)
+    log.info("wrote %s: %d uniform-random codes decoded by %s", out, args.n, args.run_dir)
+    return 0

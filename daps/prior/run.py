@@ -1,0 +1,378 @@
+"""Training, loading, sampling and scoring a prior over exported codes; a prior is a run folder like any other.
+
+Run folder (marker kind ``prior``)::
+
+    config.json             {"prior": PriorConfig, "codes": the codes file's header}
+    metrics.jsonl           train rows (loss, steps/s) and val rows (bits per token for ar, held-out loss)
+    checkpoints/step_N/     model.safetensors, config.json, state.pt (optimizer, step, generator), checksums
+    curves.png              train and held-out loss against steps
+    summary.json            the last validation and the sampling speed
+
+Batches are drawn with a generator whose state is checkpointed, so ``--resume`` continues exactly as an
+uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from daps.checkpoint import (
+    CheckpointError,
+    find_resumable,
+    load_training_state,
+    load_weights,
+    resolve_checkpoint,
+    save_checkpoint,
+)
+from daps.codes import CodeSet, load_codes
+from daps.errors import UserError
+from daps.prior.nets import ARPrior, DFMPrior, corrupt, drop_labels
+from daps.runfolder import (
+    FolderLock,
+    OutputFolderError,
+    check_replaceable,
+    clear_folder,
+    has_content,
+    is_output_folder,
+    refuse_precious,
+    write_json_atomic,
+    write_marker,
+)
+
+log = logging.getLogger("daps")
+
+KIND = "prior"
+
+
+@dataclass
+class PriorConfig:
+    """A prior's settings (``daps prior train ... key=value`` overrides any of them)."""
+
+    kind: str = "ar"
+    """``ar`` (autoregressive transformer) or ``dfm`` (discrete flow matching)."""
+    source: str = "uniform"
+    """``dfm``: the source distribution, ``uniform`` over V (as the original) or ``mask``."""
+    codes: str = ""
+    """The training codes file (``daps export-codes``)."""
+    val_codes: str = ""
+    """Held-out codes of the same tokenizer (e.g. its test split); empty: ``val_fraction`` of the training inputs."""
+    val_fraction: float = 0.05
+    width: int = 128
+    num_layers: int = 2
+    """``ar``: blocks in each of its two stacks; ``dfm``: blocks."""
+    num_heads: int = 4
+    mlp_ratio: int = 4
+    steps: int = 5000
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    label_dropout: float = 0.1
+    """Share of training labels replaced by the null label (what classifier-free guidance needs)."""
+    euler_steps: int = 32
+    """``dfm``: Euler steps of sampling."""
+    seed: int = 0
+    log_every: int = 50
+    eval_every: int = 1000
+    ckpt_every: int = 1000
+    keep_checkpoints: int = 2
+    progress: bool = True
+    out_dir: str = "runs/prior"
+
+    def validate(self) -> None:
+        if self.kind not in ("ar", "dfm"):
+            raise UserError(f"prior kind must be ar or dfm, got {self.kind!r}")
+        if self.source not in ("uniform", "mask"):
+            raise UserError(f"source must be uniform or mask, got {self.source!r}")
+        for name in ("width", "num_layers", "num_heads", "mlp_ratio", "steps", "batch_size", "euler_steps",
+                     "log_every", "eval_every", "ckpt_every", "keep_checkpoints"):
+            if getattr(self, name) < 1:
+                raise UserError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.width % self.num_heads:
+            raise UserError(f"width {self.width} is not a multiple of num_heads {self.num_heads}")
+        if not 0 <= self.label_dropout < 1:
+            raise UserError(f"label_dropout must be in [0, 1), got {self.label_dropout}")
+        if not 0 < self.val_fraction < 1:
+            raise UserError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        if self.lr <= 0:
+            raise UserError(f"lr must be positive, got {self.lr}")
+
+
+def apply_overrides(cfg: PriorConfig, overrides: list[str]) -> PriorConfig:
+    """``key=value`` strings applied to a copy of ``cfg`` (values parsed by the field's type)."""
+    fields = {f.name: f for f in dataclasses.fields(PriorConfig)}
+    changes: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or key not in fields:
+            raise UserError(f"unknown prior setting {key!r} (in {item!r}); known: {', '.join(fields)}")
+        kind = type(getattr(cfg, key))
+        try:
+            if kind is bool:
+                if value.lower() not in ("true", "false", "1", "0"):
+                    raise ValueError(value)
+                changes[key] = value.lower() in ("true", "1")
+            else:
+                changes[key] = kind(value)
+        except ValueError:
+            raise UserError(f"{key}={value!r} is not a valid {kind.__name__}") from None
+    return dataclasses.replace(cfg, **changes)
+
+
+def build_prior(cfg: PriorConfig, meta: dict[str, Any]) -> ARPrior | DFMPrior:
+    """The network of ``cfg`` for codes described by the header ``meta``."""
+    args = (int(meta["num_tokens"]), int(meta["vocab_size"]), len(meta["class_names"]),
+            cfg.width, cfg.num_layers, cfg.num_heads, cfg.mlp_ratio)
+    torch.manual_seed(cfg.seed)
+    if cfg.kind == "ar":
+        return ARPrior(*args)
+    return DFMPrior(*args, source=cfg.source)
+
+
+Prior = ARPrior | DFMPrior
+
+
+def prior_loss(model: Prior, codes: torch.Tensor, labels: torch.Tensor, generator: torch.Generator | None):
+    if isinstance(model, DFMPrior):
+        return model.loss(codes, labels, generator)
+    return model.loss(codes, labels)
+
+
+def split_codes(cfg: PriorConfig, codes: CodeSet) -> tuple[CodeSet, CodeSet]:
+    """Training and held-out codes: ``val_codes`` if given (checked to come from the same tokenizer), else a
+    fixed ``val_fraction`` of the inputs (all K codes of an input on the same side)."""
+    if cfg.val_codes:
+        val = load_codes(cfg.val_codes)
+        same = ("vocab_size", "num_tokens", "class_names", "model_sha256")
+        for key in same:
+            if val.meta.get(key) != codes.meta.get(key):
+                raise UserError(
+                    f"val_codes {cfg.val_codes} do not come from the tokenizer of {cfg.codes} ({key} differs)"
+                )
+        return codes, val
+    n = codes.codes.shape[0]
+    n_val = max(1, int(round(n * cfg.val_fraction)))
+    if n_val >= n:
+        raise UserError(f"{cfg.codes} has {n} inputs: too few to hold out {cfg.val_fraction:.0%} of them")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(0))
+    train_idx, val_idx = perm[n_val:].sort().values, perm[:n_val].sort().values
+    return (CodeSet(codes.codes[train_idx], codes.labels[train_idx], codes.meta),
+            CodeSet(codes.codes[val_idx], codes.labels[val_idx], codes.meta))
+
+
+@torch.no_grad()
+def evaluate_prior(model: Prior, codes: torch.Tensor, labels: torch.Tensor, batch_size: int = 500) -> dict:
+    """Held-out numbers: for ``ar`` exact bits per token given the label and without it (null label); for
+    ``dfm`` its training loss (cross-entropy of p(x_1 | x_t), nats per token) averaged over 8 fixed times."""
+    model.eval()
+    out: dict[str, float] = {"num_codes": float(codes.shape[0])}
+    if isinstance(model, ARPrior):
+        null = torch.full_like(labels, model.num_classes)
+        sums = {"cond": 0.0, "uncond": 0.0}
+        for start in range(0, codes.shape[0], batch_size):
+            c, y = codes[start : start + batch_size], labels[start : start + batch_size]
+            sums["cond"] += float(model.token_log_probs(c, y).double().sum())
+            sums["uncond"] += float(model.token_log_probs(c, null[: len(c)]).double().sum())
+        tokens = codes.numel()
+        out["bits_per_token"] = -sums["cond"] / tokens / math.log(2)
+        out["bits_per_token_uncond"] = -sums["uncond"] / tokens / math.log(2)
+    else:
+        assert isinstance(model, DFMPrior)
+        g = torch.Generator(codes.device).manual_seed(1234)
+        total, count = 0.0, 0
+        for t_value in (torch.arange(8, dtype=torch.float32) + 0.5) / 8:
+            for start in range(0, codes.shape[0], batch_size):
+                c, y = codes[start : start + batch_size], labels[start : start + batch_size]
+                t = torch.full((c.shape[0],), float(t_value), device=c.device)
+                logits = model(corrupt(c, t, model.vocab_size, model.source, g), t, y)
+                total += float(torch.nn.functional.cross_entropy(
+                    logits.float().reshape(-1, model.vocab_size), c.reshape(-1), reduction="sum"))
+                count += c.numel()
+        out["dfm_loss"] = total / count
+    model.train()
+    return out
+
+
+def generate(model: Prior, labels: torch.Tensor, guidance: float, temperature: float,
+             generator: torch.Generator | None, euler_steps: int) -> torch.Tensor:
+    """One code ``(B, T)`` per label."""
+    if isinstance(model, DFMPrior):
+        return model.generate(labels, guidance, temperature, generator, num_steps=euler_steps)
+    assert isinstance(model, ARPrior)
+    return model.generate(labels, guidance, temperature, generator)
+
+
+# --------------------------------------------------------------------------------------------------
+# The run folder
+
+
+def _prepare(cfg: PriorConfig, resume: bool, overwrite: bool) -> Path | None:
+    """Check the output folder; returns the checkpoint to resume from (or None). Nothing is deleted here."""
+    run_dir = Path(cfg.out_dir)
+    if resume and overwrite:
+        raise UserError("--resume and --overwrite cannot be combined")
+    refuse_precious(run_dir, "--out")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise OutputFolderError(f"--out {run_dir} exists and is not a folder")
+    if not has_content(run_dir):
+        return None
+    if overwrite:
+        check_replaceable(run_dir, KIND, "--out")
+        return None
+    if not is_output_folder(run_dir, KIND):
+        raise OutputFolderError(f"--out {run_dir} exists and is not a daps prior folder; choose another folder")
+    if not resume:
+        raise OutputFolderError(f"prior folder {run_dir} already exists; pass --resume or --overwrite")
+    saved = json.loads((run_dir / "config.json").read_text()).get("prior", {})
+    differs = [k for k, v in asdict(cfg).items() if k not in ("progress", "steps") and saved.get(k) != v]
+    if differs:
+        raise UserError(f"--resume: the settings differ from the run's config.json ({', '.join(differs)})")
+    return find_resumable(run_dir)
+
+
+def train_prior(cfg: PriorConfig, resume: bool = False, overwrite: bool = False,
+                device: str | torch.device = "cpu") -> Path:
+    """Train a prior on ``cfg.codes``; returns the run folder."""
+    from tqdm import tqdm
+
+    from daps.train import truncate_metrics
+
+    cfg.validate()
+    if not cfg.codes:
+        raise UserError("name the codes file to train on (daps export-codes writes one)")
+    device = torch.device(device)
+    codes = load_codes(cfg.codes)
+    train_set, val_set = split_codes(cfg, codes)
+    run_dir = Path(cfg.out_dir)
+    ckpt = _prepare(cfg, resume, overwrite)
+    lock = FolderLock(run_dir).acquire()
+    try:
+        if overwrite and has_content(run_dir):
+            clear_folder(run_dir, KIND, "--out")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_marker(run_dir, KIND)
+        config = {"prior": asdict(cfg), "codes": {**codes.meta, "file": str(Path(cfg.codes).resolve())}}
+        write_json_atomic(run_dir / "config.json", config)
+        model = build_prior(cfg, codes.meta).to(device)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        generator = torch.Generator(device).manual_seed(cfg.seed)
+        start = 0
+        if ckpt is not None:
+            load_weights(model, ckpt)
+            state = load_training_state(ckpt)
+            optimizer.load_state_dict(state["optimizer"])
+            generator.set_state(state["generator"])
+            start = int(state["step"])
+            log.info("resuming %s from step %d", run_dir, start)
+        truncate_metrics(run_dir / "metrics.jsonl", start)
+        x_train, y_train = (t.to(device) for t in train_set.flat())
+        x_val, y_val = (t.to(device) for t in val_set.flat())
+        null = model.num_classes
+        model.train()
+        bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not cfg.progress,
+                   desc=f"prior {cfg.kind}", unit="step", dynamic_ncols=True, mininterval=1.0)
+        loss_sum, count, t_last = 0.0, 0, time.perf_counter()
+        with open(run_dir / "metrics.jsonl", "a") as metrics:
+            def write_row(row: dict) -> None:
+                metrics.write(json.dumps(row) + "\n")
+                metrics.flush()
+
+            for step in bar:
+                idx = torch.randint(x_train.shape[0], (cfg.batch_size,), generator=generator, device=device)
+                labels = drop_labels(y_train[idx], cfg.label_dropout, null, generator)
+                loss = prior_loss(model, x_train[idx], labels, generator)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                optimizer.step()
+                loss_sum += float(loss.detach())
+                count += 1
+                done = step + 1
+                if done % cfg.log_every == 0 or done == cfg.steps:
+                    now = time.perf_counter()
+                    write_row({"split": "train", "step": done, "loss": loss_sum / count,
+                               "steps_per_s": count / (now - t_last)})
+                    bar.set_postfix(loss=f"{loss_sum / count:.3f}", refresh=False)
+                    loss_sum, count, t_last = 0.0, 0, now
+                if done % cfg.eval_every == 0 or done == cfg.steps:
+                    write_row({"split": "val", "step": done, **evaluate_prior(model, x_val, y_val)})
+                if done % cfg.ckpt_every == 0 or done == cfg.steps:
+                    state = {"step": done, "optimizer": optimizer.state_dict(), "generator": generator.get_state()}
+                    save_checkpoint(run_dir, done, model, config, state, keep=cfg.keep_checkpoints)
+        bar.close()
+        _finish(run_dir, model, cfg, x_val, y_val, device)
+    finally:
+        lock.release()
+    return run_dir
+
+
+def _finish(run_dir: Path, model: Prior, cfg: PriorConfig, x_val: torch.Tensor, y_val: torch.Tensor,
+            device: torch.device) -> None:
+    """summary.json (last validation, sampling speed) and curves.png."""
+    from daps.plots import read_metrics
+
+    rows = read_metrics(run_dir / "metrics.jsonl")
+    val = [r for r in rows if r.get("split") == "val"]
+    summary: dict[str, Any] = {"step": cfg.steps, "kind": cfg.kind, **(val[-1] if val else {})}
+    summary.update(sampling_speed(model, cfg, device))
+    write_json_atomic(run_dir / "summary.json", summary)
+    save_prior_curves(rows, run_dir / "curves.png", f"{cfg.kind} prior")
+
+
+def sampling_speed(model: Prior, cfg: PriorConfig, device: torch.device, n: int = 200,
+                   guidance: float = 1.0) -> dict[str, float]:
+    """Samples/s of one batch of ``n`` codes and the network evaluations each needs."""
+    labels = torch.arange(n, device=device) % model.num_classes
+    g = torch.Generator(device).manual_seed(0)
+    start = time.perf_counter()
+    generate(model, labels, guidance, 1.0, g, cfg.euler_steps)
+    seconds = time.perf_counter() - start
+    nfe = (model.network_evaluations(guidance, cfg.euler_steps) if isinstance(model, DFMPrior)
+           else model.network_evaluations(guidance))
+    return {"samples_per_s": n / seconds, "network_evaluations": float(nfe)}
+
+
+def save_prior_curves(rows: list[dict], path: Path, title: str) -> None:
+    from daps.plots import _pyplot
+    from daps.runfolder import atomic_path
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    train = [(r["step"], r["loss"]) for r in rows if r.get("split") == "train"]
+    if train:
+        ax.plot(*zip(*train), label="train loss (nats/token)")
+    for key, label in (("bits_per_token", "held-out bits/token"), ("dfm_loss", "held-out loss (nats/token)")):
+        pts = [(r["step"], r[key]) for r in rows if r.get("split") == "val" and key in r]
+        if pts:
+            ax.plot(*zip(*pts), "o-", label=label)
+    ax.set_xlabel("step")
+    ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+
+
+def load_prior(path: str | Path, device: str | torch.device = "cpu") -> tuple[Prior, PriorConfig, dict]:
+    """A trained prior from its run folder (or checkpoint): the network (eval mode), its settings and the codes
+    header it was trained on."""
+    ckpt = resolve_checkpoint(path)
+    try:
+        config = json.loads((ckpt / "config.json").read_text())
+        cfg = PriorConfig(**config["prior"])
+        meta = config["codes"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise CheckpointError(f"{ckpt / 'config.json'} is not a daps prior config ({err})") from None
+    model = build_prior(cfg, meta)
+    load_weights(model, ckpt)
+    return model.to(device).eval(), cfg, meta
