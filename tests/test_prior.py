@@ -1,0 +1,301 @@
+"""Codes export and the priors over codes: file round trip, the discrete-flow-matching path and Euler step against
+hand-computed cases, an AR prior that recovers a known code distribution (by KL, with an untrained negative
+control), classifier-free guidance at 0 and 1, exact resume, and bad inputs (one line, exit code 2)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.numpy import load_file as load_numpy
+
+from daps.checkpoint import load_model
+from daps.cli import main
+from daps.codes import CodeSet, export_codes, load_codes, save_codes
+from daps.data import dataset_spec, labelled_split
+from daps.prior.nets import ARPrior, DFMPrior, corrupt, euler_jump_probability, euler_step, guide
+from daps.prior.run import PriorConfig, train_prior
+
+pytestmark = pytest.mark.usefixtures("offline")
+
+
+@pytest.fixture(scope="module")
+def vq_run(tmp_path_factory, tiny_overrides):
+    """A tiny VQ-VAE run (deterministic codes), trained once for this module."""
+    out = tmp_path_factory.mktemp("vq") / "run"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("DAPS_DATA_DIR", raising=False)
+        overrides = [o for o in tiny_overrides if not o.startswith("daps.")]
+        assert main(["train", "--method", "vqvae", *overrides, "encoder.vocab_size=8", f"train.out_dir={out}"]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def exported(trained_run, tmp_path_factory):
+    """Train and test codes of the tiny DAPS run (2 codes per input)."""
+    folder = tmp_path_factory.mktemp("codes")
+    paths = {}
+    for split in ("train", "test"):
+        paths[split] = folder / f"{split}.safetensors"
+        save_codes(export_codes(trained_run, split, samples_per_input=2, seed=3), paths[split])
+    return paths
+
+
+# -- export ---------------------------------------------------------------------------------------------
+
+
+def test_daps_codes_round_trip_and_are_the_encoders_draws(trained_run, exported):
+    codes = load_codes(exported["test"])
+    model = load_model(trained_run)
+    data = labelled_split(model.config.data, "test")
+    assert codes.codes.shape == (len(data.labels), 2, model.config.encoder.num_tokens)
+    assert torch.equal(codes.labels, data.labels)
+    # the same draws, in the same order, as encoding the split batch by batch with the same generator
+    x = dataset_spec(model.config.data.name).standardize(data.examples[:500])
+    g = torch.Generator().manual_seed(3)
+    first, second = model.encode(x, g), model.encode(x, g)
+    assert torch.equal(codes.codes[:, 0], first) and torch.equal(codes.codes[:, 1], second)
+    meta = codes.meta
+    assert meta["method"] == "daps" and meta["stochastic"] and meta["step"] == 6 and len(meta["model_sha256"]) == 64
+    # readable without daps: NumPy tensors and the JSON header
+    arrays = load_numpy(str(exported["test"]))
+    assert arrays["codes"].shape == tuple(codes.codes.shape) and arrays["labels"].dtype.kind == "i"
+    with safe_open(str(exported["test"]), "np") as f:
+        assert json.loads(f.metadata()["daps_codes"])["vocab_size"] == 16
+
+
+def test_quantizer_codes_decode_to_the_reconstructions(vq_run, tmp_path):
+    path = tmp_path / "vq.safetensors"
+    save_codes(export_codes(vq_run, "test", max_inputs=64), path)
+    codes = load_codes(path)
+    assert codes.codes.shape[:2] == (64, 1) and not codes.meta["stochastic"]
+    model = load_model(vq_run)
+    data = labelled_split(model.config.data, "test")
+    subset = torch.randperm(len(data.labels), generator=torch.Generator().manual_seed(0))[:64].sort().values
+    x = dataset_spec(model.config.data.name).standardize(data.examples[subset])
+    torch.testing.assert_close(model.decode(codes.codes[:, 0]), model.reconstruct(x).x_hat)
+    assert torch.equal(codes.labels, data.labels[subset])
+
+
+# -- discrete flow matching: the path and the Euler step --------------------------------------------------
+
+
+def test_mixture_path_marginals():
+    n, v = 200_000, 5
+    x1 = torch.full((n, 1), 2)
+    g = torch.Generator().manual_seed(0)
+    for t_value in (0.0, 0.3, 0.75):
+        t = torch.full((n,), t_value)
+        kept = (corrupt(x1, t, v, "uniform", g) == 2).float().mean().item()
+        expected = t_value + (1 - t_value) / v  # kept, or a uniform draw that hits x1
+        assert kept == pytest.approx(expected, abs=4 * math.sqrt(expected * (1 - expected) / n))
+        masked = (corrupt(x1, t, v, "mask", g) == v).float().mean().item()
+        assert masked == pytest.approx(1 - t_value, abs=4 * math.sqrt(t_value * (1 - t_value) / n) + 1e-9)
+
+
+def test_euler_jump_probabilities_reproduce_the_path_schedule():
+    assert [euler_jump_probability(i, 4) for i in range(4)] == [1 / 4, 1 / 3, 1 / 2, 1.0]
+    for n in (1, 3, 8, 32):
+        never_jumped = 1.0
+        for i in range(n):  # the share of tokens still from the source at t_i must be 1 - kappa(t_i) = 1 - i/n
+            assert never_jumped == pytest.approx(1 - i / n)
+            never_jumped *= 1 - euler_jump_probability(i, n)
+        assert never_jumped == 0.0
+
+
+def test_euler_step_transition_law():
+    n, v = 100_000, 3
+    probs = torch.tensor([0.5, 0.3, 0.2]).expand(n, 1, v)
+    xt = torch.full((n, 1), 2)
+    nxt = euler_step(xt, probs, 0.25, "uniform", v, torch.Generator().manual_seed(1))
+    freq = torch.bincount(nxt[:, 0], minlength=v).double() / n
+    expected = torch.tensor([0.25 * 0.5, 0.25 * 0.3, 0.75 + 0.25 * 0.2], dtype=torch.double)
+    torch.testing.assert_close(freq, expected, atol=0.006, rtol=0)
+    # mask source: unmasked tokens never move, masked ones jump with the given probability
+    xt = torch.tensor([[0, 3], [1, 3]]).repeat(n // 2, 1)  # column 1 masked (mask id = V = 3)
+    nxt = euler_step(xt, probs.expand(n, 2, v), 0.4, "mask", v, torch.Generator().manual_seed(2))
+    assert torch.equal(nxt[:, 0], xt[:, 0])
+    assert (nxt[:, 1] != 3).float().mean().item() == pytest.approx(0.4, abs=0.01)
+
+
+def test_euler_sampler_with_the_exact_posterior_recovers_the_data_law(monkeypatch):
+    # One token, data law pi, uniform source: the exact p(x_1 | x_t) is pi(a) (t [a = x_t] + (1 - t) / V),
+    # normalized. With it, the Euler sampler on the grid must end at pi (exactly, for one token).
+    v, pi = 3, torch.tensor([0.6, 0.3, 0.1])
+    model = DFMPrior(1, v, 1, width=8, num_layers=1, num_heads=1)
+
+    def oracle(xt, t, labels):
+        onehot = torch.nn.functional.one_hot(xt, v).float()  # (B, 1, V)
+        post = pi * (t[:, None, None] * onehot + (1 - t[:, None, None]) / v)
+        return post.log()
+
+    monkeypatch.setattr(model, "forward", oracle)
+    n = 60_000
+    for steps in (1, 4):
+        out = model.generate(torch.zeros(n, dtype=torch.long), 1.0, 1.0, torch.Generator().manual_seed(steps), steps)
+        freq = torch.bincount(out[:, 0], minlength=v).float() / n
+        torch.testing.assert_close(freq, pi, atol=0.008, rtol=0)
+    # negative control: a wrong jump schedule (1/N until a half-jump at the end) misses pi, so the check can fail
+    import daps.prior.nets as nets
+
+    monkeypatch.setattr(nets, "euler_jump_probability", lambda i, steps: 1 / steps if i < steps - 1 else 0.5)
+    out = model.generate(torch.zeros(n, dtype=torch.long), 1.0, 1.0, torch.Generator().manual_seed(4), 4)
+    assert (torch.bincount(out[:, 0], minlength=v).float() / n - pi).abs().max() > 0.03
+
+
+# -- the AR prior learns a known distribution ---------------------------------------------------------------
+
+
+def _exact_log_probs(model: ARPrior, v: int, t: int, label: int) -> torch.Tensor:
+    seqs = torch.tensor(list(itertools.product(range(v), repeat=t)))  # (V^T, T)
+    with torch.no_grad():
+        return model.token_log_probs(seqs, torch.full((len(seqs),), label)).sum(-1)  # (V^T,)
+
+
+def test_ar_prior_recovers_a_synthetic_code_distribution(tmp_path, single_thread):
+    v, t, classes = 3, 3, 2
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    truth = torch.distributions.Dirichlet(torch.full((v**t,), 0.3)).sample((classes,))  # (2, 27)
+    seqs = torch.tensor(list(itertools.product(range(v), repeat=t)))
+    n = 4000
+    labels = torch.arange(n) % classes
+    draws = torch.stack([torch.multinomial(truth[y], 1, generator=g)[0] for y in labels.tolist()])
+    codes = CodeSet(seqs[draws][:, None], labels, {"format": 1, "vocab_size": v, "num_tokens": t,
+                                                   "class_names": ["a", "b"], "model_sha256": "x"})
+    path = tmp_path / "synthetic.safetensors"
+    save_codes(codes, path)
+    cfg = PriorConfig(kind="ar", codes=str(path), steps=1000, batch_size=128, width=32, num_heads=2, num_layers=1,
+                      lr=3e-3, label_dropout=0.1, eval_every=1000, ckpt_every=1000, progress=False,
+                      out_dir=str(tmp_path / "prior"))
+
+    def kl(model: ARPrior) -> float:
+        total = 0.0
+        for y in range(classes):
+            p = truth[y]
+            log_q = _exact_log_probs(model, v, t, y)
+            assert torch.allclose(log_q.exp().sum(), torch.tensor(1.0), atol=1e-4)  # a normalized distribution
+            total += float((p * (p.clamp_min(1e-12).log() - log_q)).sum())
+        return total / classes
+
+    from daps.prior.run import build_prior, load_prior
+
+    untrained = build_prior(cfg, codes.meta)
+    run = train_prior(cfg)
+    model, _, _ = load_prior(run)
+    empirical = torch.stack([torch.bincount(draws[labels == y], minlength=v**t).float() for y in range(classes)])
+    empirical = empirical / empirical.sum(-1, keepdim=True)
+    floor = float((truth * (truth.clamp_min(1e-12).log() - empirical.clamp_min(1e-12).log())).sum(-1).mean())
+    assert kl(model) < 0.05, (kl(model), floor)  # the training sample alone is ~0.01 away (floor)
+    assert kl(untrained) > 0.5  # negative control: the test fails without learning
+    # the KV-cached sampler draws from the distribution the teacher-forced pass scores
+    samples = model.generate(torch.zeros(20_000, dtype=torch.long), 1.0, 1.0, torch.Generator().manual_seed(1))
+    index = (samples * torch.tensor([v * v, v, 1])).sum(-1)
+    freq = torch.bincount(index, minlength=v**t).float() / len(index)
+    assert (freq - _exact_log_probs(model, v, t, 0).exp()).abs().sum() < 0.05  # total variation * 2
+
+
+# -- guidance ----------------------------------------------------------------------------------------------------
+
+
+def test_guide_algebra():
+    c, u = torch.randn(4, 6), torch.randn(4, 6)
+    assert torch.equal(guide(c, u, 1.0), c) and torch.equal(guide(c, u, 0.0), u)
+    torch.testing.assert_close(guide(c, u, 2.5), u + 2.5 * (c - u))
+
+
+@pytest.mark.parametrize("kind", ["ar", "dfm"])
+def test_guidance_zero_is_the_unconditional_model(kind, single_thread):
+    torch.manual_seed(0)
+    args = (4, 7, 3, 16, 1, 2)
+    model = (ARPrior(*args) if kind == "ar" else DFMPrior(*args)).eval()
+    for p in model.parameters():  # a label-sensitive model: the conditional and unconditional laws differ
+        torch.nn.init.normal_(p, std=0.2)
+    table = model.patch_embed.table if kind == "ar" else model.label_embed
+    torch.nn.init.normal_(table.weight, std=5.0)  # labels that matter
+    labels = torch.arange(16) % 3
+    null = torch.full_like(labels, 3)
+    kw = {} if kind == "ar" else {"num_steps": 5}
+    zero = model.generate(labels, 0.0, 1.0, torch.Generator().manual_seed(4), **kw)
+    uncond = model.generate(null, 1.0, 1.0, torch.Generator().manual_seed(4), **kw)
+    cond = model.generate(labels, 1.0, 1.0, torch.Generator().manual_seed(4), **kw)
+    assert torch.equal(zero, uncond)
+    assert not torch.equal(cond, uncond)  # the check can fail: labels do change the samples
+    mixed = model.generate(labels, 1.5, 1.0, torch.Generator().manual_seed(4), **kw)
+    assert mixed.shape == (16, 4) and int(mixed.max()) < 7
+
+
+# -- prior runs: exact resume, and the commands ---------------------------------------------------------------
+
+
+def test_prior_resume_is_exact(exported, tmp_path, single_thread):
+    base = dict(kind="dfm", codes=str(exported["train"]), width=16, num_heads=2, num_layers=1, batch_size=32,
+                eval_every=10, ckpt_every=5, progress=False)
+    straight = train_prior(PriorConfig(**base, steps=10, out_dir=str(tmp_path / "a")))
+    train_prior(PriorConfig(**base, steps=5, out_dir=str(tmp_path / "b")))
+    resumed = train_prior(PriorConfig(**base, steps=10, out_dir=str(tmp_path / "b")), resume=True)
+    from safetensors.torch import load_file
+
+    a = load_file(str(straight / "checkpoints/step_00000010/model.safetensors"))
+    b = load_file(str(resumed / "checkpoints/step_00000010/model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_prior_commands_end_to_end(trained_run, exported, tmp_path, capsys):
+    prior = tmp_path / "prior"
+    assert main(["prior", "train", str(exported["train"]), "--kind", "ar", "--out", str(prior),
+                 "--val-codes", str(exported["test"]), "steps=20", "width=16", "num_heads=2", "eval_every=10",
+                 "progress=false"]) == 0
+    for name in ("config.json", "metrics.jsonl", "summary.json", "curves.png"):
+        assert (prior / name).is_file(), name
+    assert main(["prior", "sample", str(prior), "--n", "3", "--cfg", "2", "--out", str(tmp_path / "s.png"),
+                 "--codes-out", str(tmp_path / "s.safetensors")]) == 0
+    sampled = load_codes(tmp_path / "s.safetensors")
+    assert sampled.codes.shape == (30, 1, 4) and sampled.labels.tolist() == [y for y in range(10) for _ in range(3)]
+    assert main(["prior", "sample", str(prior), "--label", "7", "--n", "4", "--out", str(tmp_path / "7.png")]) == 0
+    capsys.readouterr()
+    assert main(["prior", "eval", str(prior), "--n", "50", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["bits_per_token"] > 0 and 0 <= report["copied_fraction"] <= 1 and report["num_codes"] == 1000
+    assert main(["decode-random", str(trained_run), "--n", "12", "--out", str(tmp_path / "r.png")]) == 0
+    from PIL import Image
+
+    assert Image.open(tmp_path / "r.png").size[0] > 28
+
+
+def _error(capsys, argv) -> str:
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    return err
+
+
+def test_bad_inputs_give_one_line_and_exit_2(trained_run, vq_run, exported, tmp_path, capsys):
+    vq_codes = tmp_path / "vq.safetensors"
+    save_codes(export_codes(vq_run, "test", max_inputs=20), vq_codes)
+    prior = tmp_path / "prior"
+    assert main(["prior", "train", str(exported["train"]), "--out", str(prior), "steps=2", "width=16",
+                 "num_heads=2", "progress=false"]) == 0
+    # held-out codes of another tokenizer
+    assert "do not come from the tokenizer" in _error(
+        capsys, ["prior", "train", str(exported["train"]), "--out", str(tmp_path / "p2"), "--val-codes",
+                 str(vq_codes), "steps=2"])
+    assert "is not a class" in _error(capsys, ["prior", "sample", str(prior), "--label", "10", "--out",
+                                               str(tmp_path / "x.png")])
+    assert "is not a class" in _error(capsys, ["prior", "sample", str(prior), "--label", "cat", "--out",
+                                               str(tmp_path / "x.png")])
+    # decoding with a tokenizer whose vocabulary differs from the codes'
+    assert "tokenizer" in _error(capsys, ["prior", "sample", str(prior), "--tokenizer", str(vq_run), "--out",
+                                          str(tmp_path / "x.png")])
+    assert "deterministically" in _error(capsys, ["export-codes", str(vq_run), "--samples-per-input", "3",
+                                                  "--out", str(tmp_path / "v.safetensors")])
+    not_codes = tmp_path / "notes.safetensors"
+    not_codes.write_text("hello")
+    assert "not a daps codes file" in _error(capsys, ["prior", "train", str(not_codes), "--out", str(tmp_path / "p3")])
+    assert "exists; pass --overwrite" in _error(capsys, ["export-codes", str(trained_run), "--out", str(exported["train"])])
+    assert not (tmp_path / "x.png").exists()
