@@ -297,5 +297,6 @@ def test_bad_inputs_give_one_line_and_exit_2(trained_run, vq_run, exported, tmp_
     not_codes = tmp_path / "notes.safetensors"
     not_codes.write_text("hello")
     assert "not a daps codes file" in _error(capsys, ["prior", "train", str(not_codes), "--out", str(tmp_path / "p3")])
-    assert "exists; pass --overwrite" in _error(capsys, ["export-codes", str(trained_run), "--out", str(exported["train"])])
+    existing = str(exported["train"])
+    assert "exists; pass --overwrite" in _error(capsys, ["export-codes", str(trained_run), "--out", existing])
     assert not (tmp_path / "x.png").exists()
