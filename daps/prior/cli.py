@@ -64,6 +64,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--cfg", type=float, default=1.0, help="guidance scale of the samples (default 1)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
+    p.add_argument("--tokenizer", default=None, help="tokenizer run to decode with (default: the codes' run)")
+    p.add_argument("--no-classifier", action="store_true", help="skip the classifier scores (no tokenizer needed)")
     p.add_argument("--device", default=None)
 
     p = sub.add_parser("decode-random", help="decode uniform-random codes of a tokenizer into a grid")
@@ -196,18 +198,14 @@ def _sample(args: argparse.Namespace) -> int:
     return 0
 
 
-def sample_statistics(samples: torch.Tensor, train_codes: torch.Tensor) -> dict[str, float]:
-    """Share of distinct code sequences among ``samples (N, T)``, and share of samples that occur in
-    ``train_codes (M, T)`` verbatim (copies)."""
-    seen = {tuple(row) for row in train_codes.tolist()}
-    rows = [tuple(row) for row in samples.tolist()]
-    return {"unique_fraction": len(set(rows)) / len(rows), "copied_fraction": sum(r in seen for r in rows) / len(rows)}
-
-
 def _eval(args: argparse.Namespace) -> int:
     from daps.codes import load_codes
-    from daps.prior.run import PriorConfig, evaluate_prior, generate, load_prior, sampling_speed, split_codes
+    from daps.metrics.classifier import classifier_for
+    from daps.prior.run import PriorConfig, evaluate_prior, load_prior, sampling_speed, split_codes
+    from daps.prior.scores import Judge, score_prior
 
+    if args.n < 2:
+        raise UserError("--n must be at least 2")
     device = _device(args.device)
     model, cfg, meta = load_prior(args.prior_dir, device)
     codes_file = meta.get("file") or cfg.codes
@@ -215,13 +213,19 @@ def _eval(args: argparse.Namespace) -> int:
     x_val, y_val = (t.to(device) for t in val_set.flat())
     result: dict = {"prior": str(args.prior_dir), "kind": cfg.kind, "guidance": args.cfg}
     result.update(evaluate_prior(model, x_val, y_val))
-    labels = (torch.arange(args.n) % len(meta["class_names"])).to(device)
-    samples = generate(model, labels, args.cfg, 1.0, torch.Generator(device).manual_seed(args.seed), cfg.euler_steps)
-    result.update(sample_statistics(samples.cpu(), train_set.flat()[0]))
+    judge = None
+    if not args.no_classifier:
+        tokenizer = _tokenizer(args, meta, device)
+        classifier = classifier_for(tokenizer.config.data.name)
+        judge = Judge(tokenizer, classifier, device) if classifier is not None else None
+    result.update(score_prior(model, cfg.euler_steps, train_set.flat()[0], args.n, args.cfg, args.seed, judge, device))
+    if judge is not None:
+        result.update(judge.references(args.n, args.seed))
     result.update(sampling_speed(model, cfg, device, guidance=args.cfg))
     result["protocol"] = (
-        f"held-out: {'val_codes' if cfg.val_codes else f'{cfg.val_fraction:.0%} of the inputs of the codes file'}; "
-        f"{args.n} samples, classes in turn, guidance {args.cfg}, seed {args.seed}"
+        f"held-out codes: {'val_codes' if cfg.val_codes else f'{cfg.val_fraction:.0%} of the inputs of the codes file'}"
+        f"; {args.n} samples, classes in turn, guidance {args.cfg}, seed {args.seed}"
+        + (f"; {judge.protocol(args.n)}" if judge is not None else "; no classifier scores")
     )
     if args.json:
         print(json.dumps(result))
@@ -247,4 +251,15 @@ def decode_random_command(args: argparse.Namespace) -> int:
     codes = torch.randint(model.vocab_size, (args.n, model.config.encoder.num_tokens), generator=g, device=device)
     save_image_grid(decoded_images(model, codes), out, columns=10)
     log.info("wrote %s: %d uniform-random codes decoded by %s", out, args.n, args.run_dir)
+    from daps.metrics.classifier import classifier_for
+    from daps.prior.scores import Judge
+
+    classifier = classifier_for(model.config.data.name)
+    if classifier is not None and args.n >= 2:
+        judge = Judge(model, classifier, device)
+        scores = judge.references(args.n, args.seed)
+        log.info("classifier scores at n = %d: random codes Frechet %.2f (top class %.0f%%); real training examples "
+                 "%.2f; reconstructions %.2f (accuracy %.3f)", args.n, scores["random_frechet"],
+                 100 * scores["random_top_class"], scores["real_frechet"], scores["recon_frechet"],
+                 scores["recon_accuracy"])
     return 0

@@ -1,0 +1,139 @@
+"""Scores of generated examples by the dataset's classifier (:func:`daps.metrics.classifier.classifier_for`).
+
+- ``accuracy``: the share of decoded samples the classifier assigns to the label they were generated for.
+- ``frechet``: the Frechet distance between Gaussians fitted to the classifier's penultimate features of the
+  samples and of the whole real test split ("classifier FD"; a small-network analogue of FID, not comparable
+  with Inception FIDs).
+
+Every number comes with its reference points at the same sample count n, so a reader can place it:
+
+- ``real_frechet``: n real *training* examples (the same number of each class) against the test split: the floor a
+  perfect generator would reach at n samples.
+- ``recon_frechet`` / ``recon_accuracy``: the tokenizer's reconstructions of those n training examples: what a
+  prior that generated the training codes exactly would reach (the tokenizer's ceiling).
+- ``random_frechet``: n uniform-random codes decoded by the tokenizer (the paper's "decode random codes" figure);
+  ``random_top_class``: the share of them the classifier puts in its most frequent class.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from daps.methods.types import Method
+from daps.metrics.classifier import Classifier
+from daps.metrics.fid import frechet_distance
+from daps.prior.nets import ARPrior, DFMPrior
+
+Prior = ARPrior | DFMPrior
+
+Stats = tuple[np.ndarray, np.ndarray]
+
+
+@torch.no_grad()
+def features(classifier: Classifier, images: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
+    classifier.eval()
+    out = [classifier.embed(images[s : s + batch_size].float()).double() for s in range(0, len(images), batch_size)]
+    return torch.cat(out)
+
+
+def stats(feats: torch.Tensor) -> Stats:
+    f = feats.cpu().numpy()
+    return f.mean(0), np.cov(f, rowvar=False)
+
+
+@torch.no_grad()
+def predictions(classifier: Classifier, images: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
+    classifier.eval()
+    return torch.cat([classifier(images[s : s + batch_size].float()).argmax(-1) for s in range(0, len(images),
+                                                                                                   batch_size)])
+
+
+class Judge:
+    """The classifier of a tokenizer's dataset and the statistics of the real test split, computed once."""
+
+    def __init__(self, tokenizer: Method, classifier: Classifier, device: torch.device | str = "cpu"):
+        from daps.data import dataset_spec, labelled_split
+
+        self.tokenizer, self.classifier, self.device = tokenizer, classifier.to(device), device
+        data = tokenizer.config.data
+        self.spec = dataset_spec(data.name)
+        self.test = labelled_split(data, "test")
+        self.train = labelled_split(data, "train")
+        self.real = stats(features(self.classifier, self._examples(self.test, torch.arange(len(self.test.labels)))))
+        self.num_test = len(self.test.labels)
+
+    def _examples(self, split, idx: torch.Tensor) -> torch.Tensor:
+        device = getattr(split.examples, "device", torch.device("cpu"))
+        return self.spec.standardize(split.examples[idx.to(device)]).to(self.device)
+
+    def score(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, float]:
+        """``frechet`` of model-scale ``images`` against the test split, and ``accuracy`` against ``labels``."""
+        out = {"frechet": frechet_distance(*stats(features(self.classifier, images)), *self.real)}
+        if labels is not None:
+            out["accuracy"] = float((predictions(self.classifier, images).cpu() == labels.cpu()).float().mean())
+        return out
+
+    def balanced_train_subset(self, n: int, seed: int) -> torch.Tensor:
+        """n training indices, classes in turn (as the samples are generated), drawn at random within a class."""
+        g = torch.Generator().manual_seed(seed)
+        labels = self.train.labels
+        classes = int(labels.max()) + 1
+        pools = [torch.nonzero(labels == c)[:, 0] for c in range(classes)]
+        pools = [p[torch.randperm(len(p), generator=g)] for p in pools]
+        return torch.stack([pools[i % classes][i // classes] for i in range(n)])
+
+    @torch.no_grad()
+    def references(self, n: int, seed: int = 0) -> dict[str, float]:
+        """The floor, ceiling and random-code points at n examples (see the module doc)."""
+        idx = self.balanced_train_subset(n, seed)
+        real = self._examples(self.train, idx)
+        labels = self.train.labels[idx]
+        g = torch.Generator(self.device).manual_seed(seed)
+        recon = torch.cat([self.tokenizer.reconstruct(real[s : s + 500], g).x_hat
+                           for s in range(0, n, 500)])
+        vocab = self.tokenizer.vocab_size
+        assert vocab is not None, "a tokenizer with discrete codes"
+        t = self.tokenizer.config.encoder.num_tokens
+        random_codes = torch.randint(int(vocab), (n, t), generator=g, device=self.device)
+        random = torch.cat([self.tokenizer.decode(random_codes[s : s + 500])
+                            for s in range(0, n, 500)])
+        out = {"real_frechet": self.score(real)["frechet"]}
+        r = self.score(recon, labels)
+        out.update(recon_frechet=r["frechet"], recon_accuracy=r["accuracy"])
+        out["random_frechet"] = self.score(random)["frechet"]
+        counts = torch.bincount(predictions(self.classifier, random).cpu())
+        out["random_top_class"] = float(counts.max() / n)
+        return out
+
+    def protocol(self, n: int) -> str:
+        return (f"classifier features; Frechet against all {self.num_test} test examples; n = {n} generated "
+                "(classes in turn); reference points at the same n: real training examples (real_frechet), the "
+                "tokenizer's reconstructions of them (recon_*), uniform-random codes decoded (random_*); decoder "
+                "means")
+
+
+def sample_statistics(samples: torch.Tensor, train_codes: torch.Tensor) -> dict[str, float]:
+    """Share of distinct code sequences among ``samples (N, T)``, and share of samples that occur verbatim among
+    ``train_codes (M, T)`` (copies of training codes)."""
+    seen = {tuple(row) for row in train_codes.tolist()}
+    rows = [tuple(row) for row in samples.tolist()]
+    return {"unique_fraction": len(set(rows)) / len(rows), "copied_fraction": sum(r in seen for r in rows) / len(rows)}
+
+
+@torch.no_grad()
+def score_prior(model: Prior, euler_steps: int, train_codes: torch.Tensor, n: int, guidance: float, seed: int,
+                judge: Judge | None = None, device: torch.device | str = "cpu") -> dict[str, float]:
+    """Generate n codes (classes in turn) at guidance ``guidance``; their uniqueness and copies of the training
+    codes, and, with a :class:`Judge`, the classifier accuracy and Frechet distance of their decodings."""
+    from daps.prior.run import generate
+
+    classes = model.num_classes
+    labels = (torch.arange(n) % classes).to(device)
+    codes = generate(model, labels, guidance, 1.0, torch.Generator(device).manual_seed(seed), euler_steps)
+    out = sample_statistics(codes.cpu(), train_codes.cpu())
+    if judge is not None:
+        images = torch.cat([judge.tokenizer.decode(codes[s : s + 500])
+                            for s in range(0, n, 500)])
+        out.update(judge.score(images, labels))
+    return out
