@@ -300,3 +300,48 @@ def test_bad_inputs_give_one_line_and_exit_2(trained_run, vq_run, exported, tmp_
     existing = str(exported["train"])
     assert "exists; pass --overwrite" in _error(capsys, ["export-codes", str(trained_run), "--out", existing])
     assert not (tmp_path / "x.png").exists()
+
+
+# -- classifier scores ------------------------------------------------------------------------------------------
+
+
+def test_image_classifier_learns_and_round_trips(tmp_path, single_thread):
+    from daps.errors import UserError
+    from daps.metrics.classifier import (
+        accuracy,
+        load_image_classifier,
+        save_image_classifier,
+        train_image_classifier,
+    )
+
+    g = torch.Generator().manual_seed(0)
+    labels = torch.randint(10, (1200,), generator=g)
+    images = (torch.rand(1200, 1, 28, 28, generator=g) < 0.05).float()
+    for c in range(10):  # class c: a bright bar in row band c
+        images[labels == c, :, 2 * c + 4 : 2 * c + 6, 4:24] = 1.0
+    model = train_image_classifier(images[:1000], labels[:1000], steps=150, batch_size=64)
+    assert accuracy(model, images[1000:], labels[1000:]) > 0.9
+    shuffled = labels[1000:][torch.randperm(200, generator=g)]
+    assert accuracy(model, images[1000:], shuffled) < 0.3  # negative control: wrong labels score at chance
+    path = save_image_classifier(model, "mnist", {"test_accuracy": 1.0}, tmp_path / "c.safetensors")
+    again = load_image_classifier("mnist", path)
+    torch.testing.assert_close(again(images[:5]), model(images[:5]))
+    with pytest.raises(UserError, match="not a version-1 cifar10 classifier"):
+        load_image_classifier("cifar10", path)
+    with pytest.raises(UserError, match="scripts/train_classifier.py"):
+        load_image_classifier("mnist", tmp_path / "missing.safetensors")
+
+
+def test_judge_known_answers(trained_run, single_thread):
+    from daps.metrics.classifier import ImageClassifier
+    from daps.prior.scores import Judge, sample_statistics
+
+    torch.manual_seed(0)
+    judge = Judge(load_model(trained_run), ImageClassifier((1, 28, 28)))
+    test = judge._examples(judge.test, torch.arange(judge.num_test))
+    assert judge.score(test)["frechet"] == pytest.approx(0.0, abs=1e-4)  # the reference against itself
+    refs = judge.references(200)
+    assert refs["real_frechet"] < refs["random_frechet"]  # real examples sit nearer the test split than noise
+    assert set(refs) == {"real_frechet", "recon_frechet", "recon_accuracy", "random_frechet", "random_top_class"}
+    stats = sample_statistics(torch.tensor([[1, 2], [1, 2], [3, 4], [5, 6]]), torch.tensor([[1, 2], [9, 9]]))
+    assert stats == {"unique_fraction": 0.75, "copied_fraction": 0.5}
