@@ -184,6 +184,9 @@ class TrainConfig:
     max_skipped_steps: int = 50
     """Stop the run (exit code 3) after this many consecutive steps whose update was skipped for a non-finite
     gradient: the run has diverged. Its last checkpoint stays intact. 0 = never stop."""
+    logger: str = "auto"
+    """Where metrics go besides ``metrics.jsonl``: ``auto`` (TensorBoard if installed), ``tensorboard``, ``wandb`` or
+    ``none`` (see :mod:`daps.loggers`)."""
     stop_after: int = 0
     """Stop (with a checkpoint) once this many steps are done, e.g. to split a run into jobs on a time-limited
     cluster; continue with ``--resume``. Schedules still follow ``steps``. 0 = run to ``steps``."""
@@ -326,4 +329,6 @@ def validate(cfg: Config) -> None:
         raise UserError("train.fid=reference needs train.fid_reference (a statistics .npz from daps fid-stats)")
     if t.precision not in ("float32", "bfloat16"):
         raise UserError(f"train.precision must be float32 or bfloat16, got {t.precision!r}")
+    if t.logger not in ("auto", "none", "tensorboard", "wandb"):
+        raise UserError(f"train.logger must be auto, none, tensorboard or wandb, got {t.logger!r}")
     cfg.options.validate()

@@ -15,12 +15,14 @@ import json
 import logging
 import math
 import os
+import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from daps import dist
 from daps.checkpoint import (
@@ -34,10 +36,11 @@ from daps.checkpoint import (
     write_config,
 )
 from daps.config import Config
-from daps.config_io import config_differences
+from daps.config_io import config_differences, config_to_dict
 from daps.data import DatasetSpec, EvalSet, ExampleMetrics, TrainBatches, dataset_spec, eval_set, train_batches
 from daps.errors import UserError
 from daps.functional import cosine_schedule
+from daps.loggers import RunLogger, make_logger
 from daps.methods import Method, build_method, method_spec
 from daps.metrics import evaluate
 from daps.metrics.evaluate import FIDSetup, fid_setup
@@ -65,6 +68,7 @@ log = logging.getLogger("daps")
 RESUMABLE_CHANGES = {
     "train.steps",
     "train.progress",
+    "train.logger",
     "train.log_every",
     "train.eval_every",
     "train.eval_examples",
@@ -251,6 +255,8 @@ class Setup:
     optimizers: Optimizers
     generators: dict[str, torch.Generator]
     fid: FIDSetup | None
+    logger: RunLogger = field(default_factory=RunLogger)  # TensorBoard / W&B (rank 0), see daps.loggers
+    on_close: list = field(default_factory=list)  # undone when the loop ends, however it ends
 
 
 def _setup(cfg: Config, state: dict | None, device: torch.device, rank: int, world: int) -> Setup:
@@ -391,16 +397,25 @@ def _train(cfg: Config, resume: bool, overwrite: bool, device: torch.device, ran
         if dist.is_main():
             _open_run_folder(s, plan, start_step)
             metrics_file = open(run_dir / "metrics.jsonl", "a")
+            s.logger = make_logger(tc.logger, run_dir, config_to_dict(cfg))
 
         def write_row(row: dict) -> None:
             if metrics_file is not None:
                 metrics_file.write(json.dumps(row) + "\n")
                 metrics_file.flush()
+                s.logger.row(row)
 
+        # A bar on a terminal (log lines printed above it, not glued to it); plain lines in a file or CI log.
+        show = tc.progress and dist.is_main()
+        interactive = show and sys.stderr.isatty()
         bar = tqdm(
-            total=end_step, initial=start_step, disable=not (tc.progress and dist.is_main()),
-            dynamic_ncols=True, mininterval=1.0, unit="step",
+            total=end_step, initial=start_step, disable=not interactive, dynamic_ncols=True, mininterval=1.0,
+            unit="step",
         )
+        if interactive:
+            redirect = logging_redirect_tqdm(loggers=[log])
+            redirect.__enter__()
+            s.on_close.append(lambda: redirect.__exit__(None, None, None))
         sums: dict[str, torch.Tensor] = {}
         count, t_last, t_start = 0, time.perf_counter(), time.perf_counter()
         skipped_streak = 0  # consecutive steps with a skipped (non-finite) update
@@ -431,6 +446,9 @@ def _train(cfg: Config, resume: bool, overwrite: bool, device: torch.device, ran
                 write_row(row)
                 shown = {k: f"{row[k]:.3g}" for k in method_spec(cfg.method).progress if k in row}
                 bar.set_postfix(shown, refresh=False)
+                if show and not interactive:
+                    values = "  ".join(f"{k} {v}" for k, v in shown.items())
+                    log.info("step %d/%d  %s  %.2f steps/s", done, end_step, values, row["steps_per_s"])
                 sums, count, t_last = {}, 0, now
                 if not all(math.isfinite(v) for v in row.values() if isinstance(v, float)):
                     log.warning("non-finite training metrics at step %d: %s", done, row)
@@ -440,6 +458,7 @@ def _train(cfg: Config, resume: bool, overwrite: bool, device: torch.device, ran
                 if dist.is_main():  # rank 0 alone evaluates; the others wait without a timeout
                     metrics = _evaluate(s)
                     write_row({"split": "val", "step": done, **metrics})
+                    _log_codes(s, done)
                     quality = "psnr" if "psnr" in metrics else "mpjpe_mm" if "mpjpe_mm" in metrics else "l2"
                     log.info(
                         "step %d: val log p %.2f  L2 %.3f  %s %.2f",
@@ -458,6 +477,9 @@ def _train(cfg: Config, resume: bool, overwrite: bool, device: torch.device, ran
     finally:
         if metrics_file is not None:
             metrics_file.close()
+        s.logger.close()
+        for close in s.on_close:
+            close()
         s.batches.close()  # folder data: stop the loader workers
 
 
@@ -471,6 +493,7 @@ def _finish(s: Setup, start_step: int, end_step: int, write_row) -> None:
         if metrics is None:
             metrics = _evaluate(s, s.fid)
             write_row({"split": "val", "step": end_step, **metrics})
+            _log_codes(s, end_step)
         finite = all(math.isfinite(v) for v in metrics.values() if isinstance(v, float))
     dist.wait_for_main()
     if not all(dist.gather_objects(finite)):
@@ -503,7 +526,20 @@ def _write_artifacts(s: Setup, end_step: int, metrics: dict) -> None:
         run_dir / "metrics.jsonl", run_dir / "curves.png", title=f"{cfg.method} / {spec.name}",
         quality="psnr" if spec.likelihood == "gaussian" else "l2",
     )
+    s.logger.image("reconstructions", run_dir / "reconstructions.png", end_step)
     write_json_atomic(run_dir / "summary.json", summary)
+
+
+def _log_codes(s: Setup, step: int) -> None:
+    """The codes of the first validation batch, for the logger's per-position histograms (discrete codes only)."""
+    if s.logger.kind == "none" or s.model.vocab_size is None:
+        return
+    s.model.eval()
+    with torch.no_grad():
+        batch = next(iter(s.val_images.batches()))
+        indices = s.model.encode(s.spec.standardize(batch), torch.Generator(s.device).manual_seed(s.cfg.train.seed))
+    s.model.train()
+    s.logger.codes(step, indices)
 
 
 def summarize(metrics: dict[str, float | str]) -> str:

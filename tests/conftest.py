@@ -47,6 +47,7 @@ TINY_OVERRIDES = [
     "train.eval_examples=40",
     "train.eval_batch_size=20",
     "train.progress=false",
+    "train.logger=none",  # TensorBoard / W&B are tested on their own (tests/test_loggers.py)
 ]
 
 

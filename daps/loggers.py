@@ -1,0 +1,176 @@
+"""Where a run's numbers go besides ``metrics.jsonl`` (which stays the source of truth): TensorBoard or Weights &
+Biases, chosen by ``train.logger``.
+
+- ``auto`` (default): TensorBoard when the ``tensorboard`` package is installed, else nothing.
+- ``tensorboard``: event files in ``RUN/tensorboard/`` (``tensorboard --logdir RUN``): every metrics row as scalars
+  (``train/<key>``, ``val/<key>``), the resolved config as text, histograms of the validation codes per position,
+  and the reconstruction figure as an image. Extra: ``pip install 'daps[tensorboard]'``.
+- ``wandb``: the same to a W&B run (``RUN/wandb/``); ``WANDB_MODE=offline`` keeps it local. Extra:
+  ``pip install 'daps[wandb]'``.
+- ``none``.
+
+The packages are imported only when chosen; a missing one is a :class:`~daps.errors.UserError` naming the extra.
+A logger never stops a run: the first error it raises is logged as a warning and the logger switches itself off.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from daps.errors import UserError
+
+log = logging.getLogger("daps")
+
+LOGGERS = ("auto", "none", "tensorboard", "wandb")
+MAX_HISTOGRAM_POSITIONS = 16
+
+
+def resolve_logger(kind: str) -> str:
+    """``auto`` -> ``tensorboard`` if installed, else ``none``; the others as given (checked)."""
+    if kind not in LOGGERS:
+        raise UserError(f"train.logger must be one of {', '.join(LOGGERS)}, got {kind!r}")
+    if kind == "auto":
+        return "tensorboard" if importlib.util.find_spec("tensorboard") is not None else "none"
+    return kind
+
+
+class RunLogger:
+    """Logs nothing (``none``); the base of the real loggers, which catch their own errors."""
+
+    kind = "none"
+
+    def __init__(self) -> None:
+        self.broken = False
+
+    def _guard(self, what: str, fn, *args) -> None:
+        if self.broken:
+            return
+        try:
+            fn(*args)
+        except Exception as err:  # noqa: BLE001 - a logger must never stop a run
+            self.broken = True
+            log.warning("%s logger switched off after an error in %s: %s", self.kind, what, err)
+
+    def row(self, row: dict[str, Any]) -> None:
+        """One ``metrics.jsonl`` row (``split`` and ``step`` in it)."""
+        self._guard("row", self._row, row)
+
+    def codes(self, step: int, indices: torch.Tensor) -> None:
+        """Validation codes ``(N, T)``: one histogram per position (the first 16)."""
+        self._guard("codes", self._codes, step, indices)
+
+    def image(self, tag: str, path: Path, step: int) -> None:
+        """A PNG figure of the run (if it was written)."""
+        if path.is_file():
+            self._guard("image", self._image, tag, path, step)
+
+    def close(self) -> None:
+        self._guard("close", self._close)
+
+    def _row(self, row: dict[str, Any]) -> None: ...
+
+    def _codes(self, step: int, indices: torch.Tensor) -> None: ...
+
+    def _image(self, tag: str, path: Path, step: int) -> None: ...
+
+    def _close(self) -> None: ...
+
+
+def _scalars(row: dict[str, Any]) -> dict[str, float]:
+    split = row.get("split", "train")
+    return {f"{split}/{k}": float(v) for k, v in row.items()
+            if k not in ("split", "step") and isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def _png(path: Path):
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(path) as img:
+        return np.asarray(img.convert("RGB"))  # (H, W, 3) uint8
+
+
+class TensorBoardLogger(RunLogger):
+    kind = "tensorboard"
+
+    def __init__(self, run_dir: Path, config: dict[str, Any]):
+        super().__init__()
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise UserError(
+                "train.logger=tensorboard needs the tensorboard package: pip install 'daps[tensorboard]'"
+            ) from None
+        self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+        self._guard("config", self.writer.add_text, "config", "```\n" + json.dumps(config, indent=2) + "\n```", 0)
+
+    def _row(self, row: dict[str, Any]) -> None:
+        for tag, value in _scalars(row).items():
+            self.writer.add_scalar(tag, value, row["step"])
+        self.writer.flush()
+
+    def _codes(self, step: int, indices: torch.Tensor) -> None:
+        for t in range(min(indices.shape[1], MAX_HISTOGRAM_POSITIONS)):
+            self.writer.add_histogram(f"codes/position_{t:02d}", indices[:, t].cpu().numpy(), step)
+
+    def _image(self, tag: str, path: Path, step: int) -> None:
+        self.writer.add_image(tag, _png(path), step, dataformats="HWC")
+        self.writer.flush()
+
+    def _close(self) -> None:
+        self.writer.close()
+
+
+class WandbLogger(RunLogger):
+    kind = "wandb"
+
+    def __init__(self, run_dir: Path, config: dict[str, Any]):
+        super().__init__()
+        try:
+            import wandb
+        except ImportError:
+            raise UserError("train.logger=wandb needs the wandb package: pip install 'daps[wandb]'") from None
+        self.wandb = wandb
+        self.run = None
+
+        def start() -> None:
+            # The run folder names the W&B run, so a resumed daps run continues the same W&B run.
+            run_id = "daps-" + "".join(c if c.isalnum() else "-" for c in run_dir.resolve().name)[-50:]
+            self.run = wandb.init(project="daps", name=run_dir.name, id=run_id, resume="allow", dir=str(run_dir),
+                                  config=config)
+
+        self._guard("init", start)
+
+    def _row(self, row: dict[str, Any]) -> None:
+        if self.run is not None:
+            self.run.log(_scalars(row), step=row["step"])
+
+    def _codes(self, step: int, indices: torch.Tensor) -> None:
+        if self.run is not None:
+            histograms = {f"codes/position_{t:02d}": self.wandb.Histogram(indices[:, t].cpu().numpy())
+                          for t in range(min(indices.shape[1], MAX_HISTOGRAM_POSITIONS))}
+            self.run.log(histograms, step=step)
+
+    def _image(self, tag: str, path: Path, step: int) -> None:
+        if self.run is not None:
+            self.run.log({tag: self.wandb.Image(str(path))}, step=step)
+
+    def _close(self) -> None:
+        if self.run is not None:
+            self.run.finish()
+
+
+def make_logger(kind: str, run_dir: Path, config: dict[str, Any]) -> RunLogger:
+    """The logger ``train.logger`` names (see the module doc)."""
+    kind = resolve_logger(kind)
+    if kind == "tensorboard":
+        return TensorBoardLogger(run_dir, config)
+    if kind == "wandb":
+        return WandbLogger(run_dir, config)
+    return RunLogger()

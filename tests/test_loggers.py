@@ -1,0 +1,110 @@
+"""TensorBoard / W&B logging of a run (``train.logger``) and readable progress output in files and CI logs."""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+
+import pytest
+
+from daps.cli import main
+
+pytestmark = pytest.mark.usefixtures("offline")
+
+
+def _rows(run, split):
+    return [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r["split"] == split]
+
+
+def _overrides(tiny_overrides, out, logger):
+    return [o for o in tiny_overrides if not o.startswith("train.logger")] + [f"train.logger={logger}",
+                                                                                f"train.out_dir={out}"]
+
+
+def test_tensorboard_events_hold_the_metrics(tmp_path, tiny_overrides):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = tmp_path / "run"
+    assert main(["train", *_overrides(tiny_overrides, run, "tensorboard")]) == 0
+    events = EventAccumulator(str(run / "tensorboard"), size_guidance={"scalars": 0, "images": 0, "histograms": 0})
+    events.Reload()
+    tags = events.Tags()
+    for split in ("train", "val"):
+        rows = _rows(run, split)
+        for key in ("log_p", "l2") if split == "val" else ("log_p", "ess", "loss"):
+            logged = [(e.step, e.value) for e in events.Scalars(f"{split}/{key}")]
+            assert logged == [(r["step"], pytest.approx(r[key], rel=1e-6, abs=1e-6)) for r in rows], (split, key)
+    assert "reconstructions" in tags["images"]
+    assert {"codes/position_00", "codes/position_03"} <= set(tags["histograms"])
+    assert len(events.Histograms("codes/position_00")) == len(_rows(run, "val"))
+    assert any("config" in tag for tag in tags["tensors"])  # the resolved config, as text
+
+
+class _FakeWandb(types.ModuleType):
+    """Records what daps sends to W&B (the real package is not needed to test our side of the calls)."""
+
+    def __init__(self, fail_on_log: bool = False):
+        super().__init__("wandb")
+        self.calls: list = []
+        self.fail_on_log = fail_on_log
+        self.Histogram = lambda values: ("histogram", len(values))
+        self.Image = lambda path: ("image", path)
+
+    def init(self, **kwargs):
+        self.calls.append(("init", kwargs))
+        fake = self
+
+        class Run:
+            def log(self, data, step):
+                if fake.fail_on_log:
+                    raise ConnectionError("W&B is unreachable")
+                fake.calls.append(("log", step, data))
+
+            def finish(self):
+                fake.calls.append(("finish",))
+
+        return Run()
+
+
+@pytest.mark.usefixtures("no_plots")
+def test_wandb_gets_the_same_numbers(tmp_path, tiny_overrides, monkeypatch):
+    fake = _FakeWandb()
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    run = tmp_path / "run"
+    assert main(["train", *_overrides(tiny_overrides, run, "wandb")]) == 0
+    init = fake.calls[0]
+    assert init[0] == "init" and init[1]["config"]["method"] == "daps" and init[1]["resume"] == "allow"
+    logged = [c for c in fake.calls if c[0] == "log" and "train/log_p" in c[2]]
+    assert [(c[1], c[2]["train/log_p"]) for c in logged] == [(r["step"], r["log_p"]) for r in _rows(run, "train")]
+    assert any(c[0] == "log" and "codes/position_00" in c[2] for c in fake.calls)
+    assert fake.calls[-1] == ("finish",)
+
+
+@pytest.mark.usefixtures("no_plots")
+def test_an_unreachable_logger_never_stops_a_run(tmp_path, tiny_overrides, monkeypatch, caplog):
+    monkeypatch.setitem(sys.modules, "wandb", _FakeWandb(fail_on_log=True))
+    run = tmp_path / "run"
+    assert main(["train", *_overrides(tiny_overrides, run, "wandb")]) == 0
+    assert (run / "summary.json").is_file()
+    assert "wandb logger switched off" in caplog.text
+
+
+def test_a_missing_logger_package_is_one_line(tmp_path, tiny_overrides, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "wandb", None)  # import fails
+    assert main(["train", *_overrides(tiny_overrides, tmp_path / "run", "wandb")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "pip install 'daps[wandb]'" in err
+    assert main(["train", *_overrides(tiny_overrides, tmp_path / "run2", "mlflow")]) == 2
+
+
+@pytest.mark.usefixtures("no_plots")
+def test_progress_is_plain_lines_in_a_log_file(tmp_path, tiny_overrides, capsys, caplog):
+    # stderr is not a terminal here (as in a file or CI log): no bar, one plain log line per metrics row
+    overrides = [o for o in _overrides(tiny_overrides, tmp_path / "run", "none") if o != "train.progress=false"]
+    with caplog.at_level("INFO", logger="daps"):
+        assert main(["train", *overrides, "train.progress=true"]) == 0
+    assert "\r" not in capsys.readouterr().err  # no progress bar redrawn in place
+    lines = [m for m in caplog.messages if m.startswith("step ") and "steps/s" in m]
+    assert [line.split()[1] for line in lines] == ["2/6", "4/6", "6/6"]
