@@ -3,6 +3,8 @@
 from daps.checkpoint import load_model
 from daps.config import Config
 from daps.config_io import parse_overrides
+from daps.hub import from_pretrained
+from daps.inputs import load_images, save_images
 from daps.methods import DAPS, METHODS, MethodSpec, Output, Reconstruction, build_method, register
 from daps.presets import PRESETS, get_preset
 
@@ -15,10 +17,13 @@ __all__ = [
     "Output",
     "Reconstruction",
     "build_method",
+    "from_pretrained",
     "get_preset",
+    "load_images",
     "load_model",
     "parse_overrides",
     "register",
+    "save_images",
 ]
 
 __version__ = "0.1.0"

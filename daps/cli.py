@@ -129,6 +129,13 @@ def _parser() -> argparse.ArgumentParser:
 
     add_parsers(sub)
 
+    p = sub.add_parser("export", help="a run as a shareable pretrained folder (weights, config, model card)")
+    p.add_argument("run_dir", help="run folder or checkpoint")
+    p.add_argument("--out", required=True, help="the pretrained folder to write")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing pretrained folder")
+    p.add_argument("--push-to-hub", default=None, metavar="USER/NAME", help="also upload it (extra daps[hub])")
+    p.add_argument("--private", action="store_true", help="with --push-to-hub: create the repo private")
+
     p = sub.add_parser("presets", help="list presets, or print one preset's full config as JSON")
     p.add_argument("name", nargs="?")
     p.add_argument("--method", default="daps", help="the method whose defaults to show (default daps)")
@@ -306,6 +313,17 @@ def _render(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from daps.hub import export_run, push_folder
+
+    folder = export_run(args.run_dir, args.out, args.overwrite)
+    logging.getLogger("daps").info("wrote %s (model.safetensors, config.json, README.md)", folder)
+    if args.push_to_hub:
+        url = push_folder(folder, args.push_to_hub, private=args.private)
+        logging.getLogger("daps").info("uploaded to %s", url)
+    return 0
+
+
 def _presets(args: argparse.Namespace) -> int:
     from daps.config_io import config_to_dict
 
@@ -333,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
 
     commands = {
         "train": _train, "eval": _eval, "presets": _presets, "render": _render, "export-codes": export_codes_command,
-        "prior": prior_command, "decode-random": decode_random_command,
+        "prior": prior_command, "decode-random": decode_random_command, "export": _export,
     }
     try:
         rest = list(argv if argv is not None else sys.argv[1:])[1:]

@@ -58,6 +58,15 @@ def fsync_path(path: Path) -> None:
         os.close(fd)
 
 
+def _read_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success it replaces ``path`` atomically, on error it is removed.
@@ -71,6 +80,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
     try:
         yield tmp
+        os.chmod(tmp, 0o666 & ~_UMASK)  # as a plain open() would create it (some writers, e.g. safetensors, use 0600)
         fsync_path(tmp)
         os.replace(tmp, path)
     finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
@@ -80,6 +81,18 @@ class Method(nn.Module):
 
     def optimizer_specs(self, lr: float, grad_clip: float) -> list[OptimizerSpec]:
         raise NotImplementedError
+
+    def save_pretrained(self, folder: str | Path, overwrite: bool = False) -> Path:
+        """Write this model as a pretrained folder (weights, config, model card): :func:`daps.hub.save_pretrained`."""
+        from daps.hub import save_pretrained
+
+        return save_pretrained(self, folder, overwrite)
+
+    def push_to_hub(self, repo_id: str, private: bool = False, token: str | None = None) -> str:
+        """Upload this model to the Hugging Face Hub (extra ``daps[hub]``): :func:`daps.hub.push_to_hub`."""
+        from daps.hub import push_to_hub
+
+        return push_to_hub(self, repo_id, private, token)
 
     def compile_step(self, mode: str | None = None) -> None:
         """``train.compile``: compile what pays in the training step (``mode``: torch.compile's); a no-op where

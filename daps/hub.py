@@ -1,0 +1,220 @@
+"""Trained tokenizers as shareable folders, locally or on the Hugging Face Hub.
+
+A pretrained folder holds ``model.safetensors`` (the weights), ``config.json`` (the resolved config, as written in
+run folders) and ``README.md`` (a model card: method, dataset, bottleneck, validation metrics with their protocol,
+the command that trained it), plus a marker file. Loading reads JSON and safetensors only: no pickle, no code from
+the folder is ever executed.
+
+    daps export runs/mnist-daps --out exported/mnist-daps        # a run folder -> a pretrained folder
+    model = daps.from_pretrained("exported/mnist-daps")           # or "user/repo" on the Hub (extra: daps[hub])
+    model.save_pretrained("folder");  model.push_to_hub("user/repo")
+
+The Hub functions need the optional ``huggingface_hub`` package (``pip install 'daps[hub]'``); local folders need
+nothing beyond daps.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from daps.errors import UserError
+from daps.runfolder import FolderLock, atomic_path, prepare_output_folder, write_json_atomic, write_text_atomic
+
+if TYPE_CHECKING:
+    from daps.methods.types import Method
+
+log = logging.getLogger("daps")
+
+KIND = "pretrained"
+FILES = ("model.safetensors", "config.json", "README.md")
+REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def _hub():
+    try:
+        import huggingface_hub
+    except ImportError:
+        raise UserError("the Hugging Face Hub needs the huggingface_hub package: pip install 'daps[hub]'") from None
+    return huggingface_hub
+
+
+def training_command(cfg) -> str:
+    """The ``daps train`` command that builds ``cfg`` from its preset (keys that differ from it as overrides)."""
+    from daps.config_io import config_differences
+    from daps.presets import get_preset
+
+    base = get_preset(cfg.preset, cfg.method)
+    diffs = config_differences(base, cfg, ignore={"train.out_dir", "train.progress"})
+
+    def shown(value: Any) -> str:
+        if isinstance(value, (list, tuple)):
+            return ",".join(str(v) for v in value)
+        return str(value).lower() if isinstance(value, bool) else str(value)
+
+    overrides = " ".join(f"{key}={shown(new)}" for key, (_, new) in sorted(diffs.items()))
+    return f"daps train --preset {cfg.preset} --method {cfg.method}" + (f" {overrides}" if overrides else "")
+
+
+def model_card(model: Method, metrics: dict[str, Any] | None = None, step: int | None = None) -> str:
+    """README.md of a pretrained folder: YAML front matter for the Hub, then what the model is and how it scores."""
+    from daps.methods import method_spec
+
+    cfg = model.config
+    spec = method_spec(cfg.method)
+    bits = spec.bits(cfg)
+    codes = (f"T = {model.input_spec.num_tokens} tokens of V = {model.vocab_size} codes ({bits:g} bits)"
+             if model.vocab_size is not None else f"a continuous latent ({bits:g} bits at float32)")
+    lines = [
+        "---", "library_name: daps", "tags:",
+        *[f"- {tag}" for tag in dict.fromkeys(("daps", "discrete-vae", "tokenizer", cfg.method, cfg.data.name))],
+        "---", "",
+        f"# {cfg.method} tokenizer for {cfg.data.name}", "",
+        f"A discrete autoencoder trained with the daps library ({spec.summary}). Input: "
+        f"{tuple(model.input_spec.image_shape)} arrays of the `{cfg.data.name}` dataset's model scale; code: {codes}.",
+        "", "```python", "import daps", "model = daps.from_pretrained(\"<this folder or repo>\")",
+        "codes = model.encode(x)          # (B, T) int64", "x_hat = model.decode(codes)      # decoder means",
+        "```", "", "## Training", "",
+        f"{step if step is not None else '?'} optimizer steps at batch size {cfg.train.batch_size}, seed "
+        f"{cfg.train.seed}:", "", "```bash", training_command(cfg), "```",
+    ]
+    if metrics:
+        shown = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        count = int(shown.pop("num_images", 0)) or None
+        shown.pop("step", None)
+        lines += ["", "## Validation", "",
+                  f"On {count or 'the'} validation examples of `{cfg.data.name}`, each encoded with one stochastic "
+                  "code (ancestral sampling at temperature 1) and decoded (`daps eval` protocol); log p and the "
+                  "ELBO in nats per example.", "", "| metric | value |", "|---|---|"]
+        lines += [f"| {k} | {v:.6g} |" for k, v in shown.items()]
+    return "\n".join(lines) + "\n"
+
+
+def save_pretrained(model: Method, folder: str | Path, overwrite: bool = False,
+                    metrics: dict[str, Any] | None = None, step: int | None = None) -> Path:
+    """Write ``model`` (a loaded or trained method with its ``config``) as a pretrained folder. An existing folder is
+    replaced only with ``overwrite`` and only if it is a daps pretrained folder."""
+    from safetensors.torch import save_file
+
+    from daps.config_io import config_to_dict
+
+    if getattr(model, "config", None) is None:
+        raise UserError("save_pretrained needs the model's config: use a model from daps.load_model or train()")
+    folder = Path(folder)
+    check_output_folder(folder, overwrite)
+    lock = FolderLock(folder).acquire()
+    try:
+        prepare_output_folder(folder, KIND, overwrite)
+        tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        with atomic_path(folder / "model.safetensors") as tmp:
+            save_file(tensors, str(tmp), metadata={"format": "pt", "library": "daps"})
+        write_json_atomic(folder / "config.json", config_to_dict(model.config))
+        write_text_atomic(folder / "README.md", model_card(model, metrics, step))
+    finally:
+        lock.release()
+    return folder
+
+
+def check_output_folder(folder: Path, overwrite: bool) -> None:
+    """Refuse, before anything is created, a folder that save_pretrained may not write into."""
+    from daps.runfolder import check_replaceable, has_content, refuse_precious
+
+    refuse_precious(folder, "--out")
+    if has_content(folder):
+        if not overwrite:
+            raise UserError(f"--out {folder} already exists; pass --overwrite to replace it")
+        check_replaceable(folder, KIND, "--out")
+
+
+def export_run(run_dir: str | Path, out: str | Path, overwrite: bool = False) -> Path:
+    """``daps export``: a run folder's newest checkpoint (verified) as a pretrained folder, with its final
+    validation metrics in the model card."""
+    from daps.checkpoint import load_model, load_training_state, resolve_checkpoint
+
+    ckpt = resolve_checkpoint(run_dir)
+    model = load_model(ckpt)
+    summary_path = ckpt.parent.parent / "summary.json"
+    metrics = json.loads(summary_path.read_text()) if summary_path.is_file() else None
+    step = int(load_training_state(ckpt)["step"])
+    if metrics is not None and metrics.get("step") != step:
+        metrics = None  # the summary belongs to another checkpoint (e.g. a run resumed past it)
+    return save_pretrained(model, out, overwrite, metrics, step)
+
+
+def _load_folder(folder: Path, device: str | torch.device) -> Method:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from daps.config_io import config_from_dict
+    from daps.methods import build_method
+
+    for name in ("model.safetensors", "config.json"):
+        if not (folder / name).is_file():
+            raise UserError(f"{folder} is not a daps pretrained folder (no {name})")
+    try:
+        cfg = config_from_dict(json.loads((folder / "config.json").read_text()))
+    except (ValueError, TypeError, KeyError) as err:
+        raise UserError(f"{folder / 'config.json'} is not a daps config ({err})") from None
+    model = build_method(cfg, tuple(cfg.data.image_shape))
+    try:
+        model.load_state_dict(load_file(str(folder / "model.safetensors")))
+    except (SafetensorError, OSError, RuntimeError) as err:
+        first = str(err).strip().splitlines()[0]
+        raise UserError(f"{folder / 'model.safetensors'} does not fit its config.json ({first})") from None
+    model.config = cfg
+    return model.to(device).eval()
+
+
+def from_pretrained(source: str | Path, revision: str | None = None, device: str | torch.device = "cpu",
+                    cache_dir: str | Path | None = None) -> Method:
+    """A trained tokenizer from a pretrained folder, a run folder or checkpoint, or a Hub repo ``user/name``
+    (downloaded once into the Hub cache; only the weights, config and card are fetched)."""
+    path = Path(source)
+    if path.is_dir():
+        if (path / "checkpoints").is_dir() or (path / "checksums.json").is_file():
+            from daps.checkpoint import load_model
+
+            return load_model(path, device)
+        return _load_folder(path, device)
+    if not REPO_ID.match(str(source)):
+        raise UserError(f"{source} is neither a folder nor a Hub repo id (user/name)")
+    hub = _hub()
+    try:
+        local = hub.snapshot_download(repo_id=str(source), revision=revision, allow_patterns=list(FILES),
+                                      cache_dir=str(cache_dir) if cache_dir else None)
+    except Exception as err:  # noqa: BLE001 - offline, unknown repo, no permission: one line for the user
+        raise UserError(f"could not fetch {source} from the Hugging Face Hub ({type(err).__name__}: "
+                        f"{str(err).splitlines()[0] if str(err) else ''})") from None
+    return _load_folder(Path(local), device)
+
+
+def push_to_hub(model: Method, repo_id: str, private: bool = False, token: str | None = None,
+                metrics: dict[str, Any] | None = None, commit_message: str = "daps tokenizer") -> str:
+    """Upload ``model`` as a pretrained folder to the Hub repo ``repo_id`` (created if needed); returns its URL."""
+    with tempfile.TemporaryDirectory(prefix="daps-push-") as tmp:
+        folder = save_pretrained(model, Path(tmp) / "model", metrics=metrics)
+        return push_folder(folder, repo_id, private, token, commit_message)
+
+
+def push_folder(folder: str | Path, repo_id: str, private: bool = False, token: str | None = None,
+                commit_message: str = "daps tokenizer") -> str:
+    """Upload a pretrained folder (its weights, config and card only) to ``repo_id``; returns the repo's URL."""
+    if not REPO_ID.match(repo_id):
+        raise UserError(f"{repo_id!r} is not a Hub repo id (user/name)")
+    _load_folder(Path(folder), "cpu")  # only a folder that loads is uploaded
+    hub = _hub()
+    api = hub.HfApi(token=token)
+    try:
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message=commit_message,
+                          allow_patterns=list(FILES))
+    except Exception as err:  # noqa: BLE001 - offline, no token, no permission: one line for the user
+        raise UserError(f"could not upload to {repo_id} ({type(err).__name__}: "
+                        f"{str(err).splitlines()[0] if str(err) else ''})") from None
+    return f"https://huggingface.co/{repo_id}"

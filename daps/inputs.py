@@ -1,0 +1,89 @@
+"""Image files as a tokenizer's inputs, and its outputs as images: what ``encode`` and ``decode`` need around them.
+
+    x = daps.load_images("photos/", model)      # (N, C, H, W) on the model's scale
+    codes = model.encode(x)
+    daps.save_images(model.decode(codes), model, "decoded/")
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterable
+
+import torch
+
+from daps.errors import UserError
+
+if TYPE_CHECKING:
+    from daps.methods.types import Method
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
+
+
+def image_files(source: str | Path | Iterable[str | Path]) -> list[Path]:
+    """The image files of a folder (sorted by name, not recursive) or the given paths."""
+    if isinstance(source, (str, Path)):
+        folder = Path(source)
+        if folder.is_file():
+            return [folder]
+        if not folder.is_dir():
+            raise UserError(f"{folder} is neither an image file nor a folder")
+        files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise UserError(f"{folder} holds no image files ({', '.join(IMAGE_SUFFIXES)})")
+        return files
+    return [Path(p) for p in source]
+
+
+def load_images(source: str | Path | Iterable[str | Path], model: Method) -> torch.Tensor:
+    """Image files as the model's inputs ``(N, C, H, W)``: converted to its channels (grayscale or RGB), resized
+    (shorter side) and center-cropped to its size, then brought to its dataset's scale: binarized by
+    ``pixel > 127`` for binary (Bernoulli) models such as MNIST's, standardized as in training otherwise."""
+    from PIL import Image, UnidentifiedImageError
+
+    from daps.data import dataset_spec
+    from daps.data.transforms import pil_to_uint8, resize_center_crop
+
+    channels, height, width = model.input_spec.image_shape
+    spec = dataset_spec(model.config.data.name)
+    if spec.windows is not None or channels not in (1, 3) or height != width:
+        raise UserError(f"a {model.config.data.name} model does not take images")
+    pixels = []
+    for path in image_files(source):
+        try:
+            with Image.open(path) as img:
+                img = resize_center_crop(img.convert("RGB"), height)
+                px = pil_to_uint8(img)  # (3, H, W)
+        except (OSError, UnidentifiedImageError) as err:
+            raise UserError(f"{path} is not a readable image ({err})") from None
+        if channels == 1:  # ITU-R 601 luma (what PIL's "L" mode computes)
+            luma = (torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1) * px.float()).sum(0, keepdim=True)
+            px = luma.round().clamp(0, 255).to(torch.uint8)
+        pixels.append(px)
+    raw = torch.stack(pixels)  # (N, C, H, W) uint8
+    if spec.likelihood == "bernoulli":
+        return (raw > 127).float()
+    return spec.standardize(raw)
+
+
+def save_images(x: torch.Tensor, model: Method, folder: str | Path, prefix: str = "image") -> list[Path]:
+    """Model-scale ``x (N, C, H, W)`` (data or decoder means) as PNG files ``folder/<prefix>_0000.png``, ...
+    (existing files of those names are refused)."""
+    from PIL import Image
+
+    from daps.data import dataset_spec
+    from daps.runfolder import atomic_path
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    unit = dataset_spec(model.config.data.name).standardize.to_unit(x.detach().cpu())
+    pixels = (unit * 255).round().to(torch.uint8)
+    paths = [folder / f"{prefix}_{i:04d}.png" for i in range(len(pixels))]
+    existing = [p for p in paths if p.exists()]
+    if existing:
+        raise UserError(f"{existing[0]} exists; choose another folder or prefix")
+    for path, px in zip(paths, pixels):
+        array = px[0].numpy() if px.shape[0] == 1 else px.permute(1, 2, 0).numpy()
+        with atomic_path(path) as tmp:
+            Image.fromarray(array).save(tmp, format="PNG")
+    return paths

@@ -1,0 +1,121 @@
+"""Shareable tokenizers: ``daps export`` / ``save_pretrained`` folders reload with ``from_pretrained`` to the same
+codes and reconstructions, offline; the model card's command rebuilds the config; the Hub side with the network
+blocked and with a stand-in client."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import socket
+import sys
+import types
+
+import pytest
+import torch
+
+import daps
+from daps.cli import main
+from daps.errors import UserError
+
+pytestmark = pytest.mark.usefixtures("offline")
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise OSError("network blocked in this test")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+def test_export_reloads_to_the_same_codes_and_reconstructions(trained_run, tmp_path, no_network):
+    out = tmp_path / "exported"
+    assert main(["export", str(trained_run), "--out", str(out)]) == 0
+    assert {"model.safetensors", "config.json", "README.md"} <= {p.name for p in out.iterdir()}
+    original, loaded = daps.load_model(trained_run), daps.from_pretrained(out)
+    x = (torch.rand(8, 1, 28, 28, generator=torch.Generator().manual_seed(0)) > 0.5).float()
+    codes = original.encode(x, torch.Generator().manual_seed(1))
+    assert torch.equal(loaded.encode(x, torch.Generator().manual_seed(1)), codes)
+    torch.testing.assert_close(loaded.decode(codes), original.decode(codes), rtol=0, atol=0)
+    a = original.reconstruct(x, torch.Generator().manual_seed(2))
+    b = loaded.reconstruct(x, torch.Generator().manual_seed(2))
+    torch.testing.assert_close(b.log_p, a.log_p, rtol=0, atol=0)
+    assert (out / "model.safetensors").stat().st_mode & 0o044  # readable by others: a file to share
+
+
+def test_model_card_names_what_it_is_and_rebuilds_the_config(trained_run, tmp_path):
+    from daps.config_io import config_differences
+
+    folder = daps.hub.export_run(trained_run, tmp_path / "exported")
+    card = (folder / "README.md").read_text()
+    summary = json.loads((trained_run / "summary.json").read_text())
+    assert "library_name: daps" in card and "# daps tokenizer for mnist5k" in card
+    assert "T = 4 tokens of V = 16 codes (16 bits)" in card
+    assert f"| log_p | {summary['log_p']:.6g} |" in card and "one stochastic code" in card
+    command = card.split("```bash\n")[1].split("\n```")[0]
+    words = shlex.split(command)
+    assert words[:2] == ["daps", "train"]
+    preset, method = words[words.index("--preset") + 1], words[words.index("--method") + 1]
+    overrides = [w for w in words[2:] if "=" in w]
+    rebuilt = daps.parse_overrides(daps.get_preset(preset, method), overrides)
+    trained = daps.load_model(trained_run).config
+    assert config_differences(rebuilt, trained, ignore={"train.out_dir", "train.progress"}) == {}
+
+
+def test_folders_are_never_replaced_unless_daps_wrote_them(trained_run, tmp_path, capsys):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    assert main(["export", str(trained_run), "--out", str(mine), "--overwrite"]) == 2
+    assert "not a daps pretrained folder" in capsys.readouterr().err
+    assert (mine / "notes.txt").read_text() == "keep me" and len(list(mine.iterdir())) == 1
+    out = tmp_path / "exported"
+    assert main(["export", str(trained_run), "--out", str(out)]) == 0
+    assert main(["export", str(trained_run), "--out", str(out)]) == 2  # exists: needs --overwrite
+    assert main(["export", str(trained_run), "--out", str(out), "--overwrite"]) == 0
+    model = daps.from_pretrained(out)
+    again = model.save_pretrained(tmp_path / "again")
+    assert daps.from_pretrained(again).encode(torch.zeros(1, 1, 28, 28), torch.Generator()).shape == (1, 4)
+
+
+def test_foreign_folders_and_repos_are_one_clear_error(tmp_path, no_network):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "config.json").write_text("{\"hello\": 1}")
+    (bad / "model.safetensors").write_bytes(b"not safetensors")
+    (bad / "model.py").write_text("raise SystemExit('executed!')")  # never imported
+    with pytest.raises(UserError, match="not a daps config"):
+        daps.from_pretrained(bad)
+    with pytest.raises(UserError, match="neither a folder nor a Hub repo id"):
+        daps.from_pretrained(tmp_path / "missing")
+    pytest.importorskip("huggingface_hub")
+    with pytest.raises(UserError, match="could not fetch someone/model"):
+        daps.from_pretrained("someone/model")
+
+
+def test_push_to_hub_sends_the_folder(trained_run, monkeypatch):
+    calls = []
+
+    class FakeApi:
+        def __init__(self, token=None):
+            calls.append(("api", token))
+
+        def create_repo(self, repo_id, private, exist_ok):
+            calls.append(("create", repo_id, private, exist_ok))
+
+        def upload_folder(self, repo_id, folder_path, commit_message, allow_patterns):
+            from pathlib import Path
+
+            names = sorted(p.name for p in Path(folder_path).iterdir() if not p.name.startswith("."))
+            calls.append(("upload", repo_id, names, sorted(allow_patterns)))
+
+    monkeypatch.setitem(sys.modules, "huggingface_hub", types.SimpleNamespace(HfApi=FakeApi))
+    url = daps.load_model(trained_run).push_to_hub("someone/tiny-daps", private=True, token="t")
+    assert url == "https://huggingface.co/someone/tiny-daps"
+    files = ["README.md", "config.json", "model.safetensors"]
+    assert calls == [("api", "t"), ("create", "someone/tiny-daps", True, True),
+                     ("upload", "someone/tiny-daps", files, files)]
+    monkeypatch.setitem(sys.modules, "huggingface_hub", None)
+    with pytest.raises(UserError, match=r"pip install 'daps\[hub\]'"):
+        daps.from_pretrained("someone/tiny-daps")
