@@ -110,6 +110,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--rao-samples", type=int, default=10, help="GR-MCK conditional draws k (default 10)")
     p.add_argument("--pretrain-steps", type=int, default=200, help="DAPS steps before measuring (default 200)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--resample", default="",
+        help="also DAPS with resampled weighted ML for these m (e.g. 1,2,4), each scheme, against full-K DAPS",
+    )
     p.add_argument("--out", default="runs/gradlab", help="output folder (default runs/gradlab)")
     p.add_argument("--overwrite", action="store_true", help="replace the report in an existing gradlab --out folder")
 
@@ -261,7 +265,7 @@ def _compare(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def _gradlab(args: argparse.Namespace, argv: list[str]) -> int:
-    from daps.gradlab import check_out, default_estimators, run_gradlab, write_report
+    from daps.gradlab import check_out, default_estimators, resampled_estimators, run_gradlab, write_report
 
     if args.draws < 2 or args.num_samples < 2 or args.rao_samples < 1 or args.pretrain_steps < 0:
         raise UserError("--draws and --num-samples must be >= 2, --rao-samples >= 1, --pretrain-steps >= 0")
@@ -269,6 +273,14 @@ def _gradlab(args: argparse.Namespace, argv: list[str]) -> int:
         raise UserError("--temperature and --eta must be positive and --beta >= 0")
     check_out(Path(args.out), args.overwrite)  # before the minutes of draws
     estimators = default_estimators(args.num_samples, args.eta, args.temperature, args.rao_samples)
+    if args.resample:
+        try:
+            sizes = tuple(int(m) for m in args.resample.split(","))
+        except ValueError:
+            raise UserError(f"--resample takes sizes like 1,2,4, got {args.resample!r}") from None
+        if not all(1 <= m <= args.num_samples for m in sizes):
+            raise UserError(f"--resample sizes must be in [1, --num-samples={args.num_samples}]")
+        estimators += resampled_estimators(args.num_samples, args.eta, sizes)
     result = run_gradlab(
         estimators, args.draws, args.beta, args.temperature, pretrain_steps=args.pretrain_steps, seed=args.seed
     )

@@ -164,6 +164,28 @@ def importance_weights(
     return torch.softmax(log_importance_weights(log_q, rewards, eta, beta, baseline), dim=0)
 
 
+def resample_indices(weights: torch.Tensor, uniforms: torch.Tensor, scheme: str, m: int) -> torch.Tensor:
+    """Draw m of K samples per input with probabilities ``weights (K, B)`` (self-normalized over K): ``(m, B)``
+    indices in ``[0, K)``.
+
+    ``multinomial``: ``uniforms (m, B)``, m independent inverse-CDF draws. ``systematic``: ``uniforms (1, B)``, one
+    uniform u per input and the m points (u + j) / m, j < m; every sample k is then drawn floor(m w_k) or
+    ceil(m w_k) times, and m w_k times in expectation, as with multinomial draws but with less spread. Either way
+    ``E[(1/m) sum_j f(z_{i_j})] = sum_k w_k f(z_k)``: resampled weighted maximum likelihood is unbiased.
+    """
+    if scheme == "systematic":
+        offsets = torch.arange(m, device=weights.device, dtype=uniforms.dtype)[:, None]  # (m, 1)
+        positions = (uniforms[:1] + offsets) / m  # (m, B)
+    elif scheme == "multinomial":
+        positions = uniforms  # (m, B)
+    else:
+        raise ValueError(f"unknown resampling scheme {scheme!r}")
+    cdf = weights.float().cumsum(0).transpose(0, 1).contiguous()  # (B, K)
+    cdf = cdf / cdf[:, -1:]  # exactly 1 at the end
+    chosen = torch.searchsorted(cdf, positions.float().transpose(0, 1).contiguous(), right=True)  # (B, m)
+    return chosen.clamp_max(weights.shape[0] - 1).transpose(0, 1)  # (m, B)
+
+
 def effective_sample_size(weights: torch.Tensor) -> torch.Tensor:
     """Per-datapoint effective sample size ``(sum_k w)^2 / sum_k w^2`` (paper Eq. 8): ``(K, B) -> (B,)``.
 

@@ -65,6 +65,9 @@ class Estimator:
     name: str
     method: str
     overrides: tuple[str, ...] = ()
+    compare_to: str | None = None
+    """Another estimator's name: also report this one's bias and variance against that one's draws (resampled
+    DAPS against the full-K DAPS update it estimates)."""
 
 
 def default_estimators(num_samples: int, eta: float, temperature: float, rao_samples: int) -> list[Estimator]:
@@ -91,6 +94,35 @@ def default_estimators(num_samples: int, eta: float, temperature: float, rao_sam
         ),
         Estimator("ppo (first step, old = new)", "ppo", ()),
     ]
+
+
+def resampled_estimators(num_samples: int, eta: float, sizes: tuple[int, ...]) -> list[Estimator]:
+    """DAPS with resampled weighted maximum likelihood (``daps.resample=m``), each compared with the full-K DAPS
+    estimator of the same K and eta (the first DAPS row of :func:`default_estimators`)."""
+    full = f"daps (K={num_samples}, eta={eta:g})"
+    base = (f"daps.num_samples={num_samples}", f"daps.init_eta={eta}")
+    return [
+        Estimator(f"daps resampled m={m} {scheme} (K={num_samples}, eta={eta:g})", "daps",
+                  (*base, f"daps.resample={m}", f"daps.resample_scheme={scheme}"), compare_to=full)
+        for m in sizes for scheme in ("systematic", "multinomial")
+    ]
+
+
+def compare_draws(draws: torch.Tensor, reference: torch.Tensor) -> dict[str, float]:
+    """Two estimators of one expectation: the z-score of the difference of their means along the reference mean
+    (two-sample, so 0 +- 1 for the same expectation), the relative distance of the means, and the ratio of their
+    total variances."""
+    mean, ref_mean = draws.mean(0), reference.mean(0)
+    unit = ref_mean / ref_mean.norm()
+    a, b = draws @ unit, reference @ unit
+    se = math.sqrt(float(a.var()) / len(a) + float(b.var()) / len(b))
+    var = float(((draws - mean) ** 2).sum(1).mean())
+    ref_var = float(((reference - ref_mean) ** 2).sum(1).mean())
+    return {
+        "bias_z_vs": float((mean - ref_mean) @ unit) / se if se > 0 else float("nan"),
+        "rel_diff_vs": float((mean - ref_mean).norm() / ref_mean.norm()),
+        "var_ratio_vs": var / ref_var if ref_var > 0 else float("nan"),
+    }
 
 
 def _constant_schedules(beta: float, temperature: float) -> list[str]:
@@ -221,7 +253,8 @@ def _run(
     exact, objective = exact_gradient(reference, x, beta)
     log.info("gradlab: J = %.4f nats, |grad| = %.4g over %d encoder parameters", objective, exact.norm(), exact.numel())
 
-    rows = []
+    rows, kept = [], {}
+    wanted = {e.compare_to for e in estimators if e.compare_to}
     for i, est in enumerate(estimators):
         model = _build(est.method, [*common, *est.overrides], seed)
         missing_keys = set(shared) - set(model.state_dict())
@@ -229,7 +262,13 @@ def _run(
             raise UserError(f"gradlab: {est.name} has a different encoder/decoder ({sorted(missing_keys)[:3]} ...)")
         model.load_state_dict(shared, strict=False)
         draws = estimator_draws(model, x, num_draws, seed + 100 * (i + 1))
-        stats = summarize_draws(draws, exact)
+        stats: dict[str, float | str] = {**summarize_draws(draws, exact)}
+        if est.name in wanted:
+            kept[est.name] = draws
+        if est.compare_to:
+            if est.compare_to not in kept:
+                raise UserError(f"gradlab: {est.name} compares with {est.compare_to!r}, which must come before it")
+            stats = {**stats, **compare_draws(draws, kept[est.compare_to]), "compared_to": est.compare_to}
         rows.append({"estimator": est.name, "method": est.method, **stats})
         log.info(
             "gradlab: %-40s cos(mean, exact) %+.3f  E cos %+.3f  SNR %.3g  bias z %+.1f",
@@ -290,6 +329,17 @@ def write_report(result: dict, out: Path, command: str | None = None, overwrite:
             f"| {r['mean_cos_draw_exact']:+.3f} "
             f"| {r['snr']:.3g} | {r['bias_z']:+.1f} | {r['chi']:.2f} |"
         )
+    compared = [r for r in rows if "bias_z_vs" in r]
+    if compared:
+        lines += [
+            "", "Resampled weighted maximum likelihood against the full-K update it estimates (same K, eta; "
+            "independent draws of both): the two-sample z-score of their means along the full-K mean, the distance "
+            "of the means relative to the full-K mean, and the ratio of total variances (per draw).", "",
+            "| estimator | compared to | bias z | relative distance of means | variance ratio |",
+            "|---|---|---|---|---|",
+        ]
+        lines += [f"| {r['estimator']} | {r['compared_to']} | {r['bias_z_vs']:+.2f} | {r['rel_diff_vs']:.3f} "
+                  f"| {r['var_ratio_vs']:.2f} |" for r in compared]
     lines += [
         "",
         "An unbiased estimator has cos(mean, exact) -> 1, |mean|/|exact| -> 1, |bias z| of a few at most and chi "
@@ -330,5 +380,6 @@ def write_report(result: dict, out: Path, command: str | None = None, overwrite:
 
 
 __all__ = [
-    "Estimator", "check_out", "default_estimators", "exact_gradient", "run_gradlab", "summarize_draws", "write_report",
+    "Estimator", "check_out", "compare_draws", "default_estimators", "exact_gradient", "resampled_estimators",
+    "run_gradlab", "summarize_draws", "write_report",
 ]

@@ -253,3 +253,37 @@ def test_unitwise_norm_shapes():
     assert DF.unitwise_norm(t, (1, 2)).shape == (3, 1, 1)
     assert DF.unitwise_norm(t, None).shape == (1, 1, 1)
 
+
+
+# -- resampled weighted maximum likelihood -------------------------------------------------------------------
+
+
+def _counts(chosen: torch.Tensor, k: int) -> torch.Tensor:
+    """How often each of K samples was drawn, ``(K, B)``, from indices ``(m, B)``."""
+    return torch.nn.functional.one_hot(chosen, k).sum(0).T.double()
+
+
+def test_resampled_counts_are_m_times_the_weights_in_expectation():
+    from daps.functional import resample_indices
+
+    torch.manual_seed(0)
+    k, b, m = 6, 3, 4
+    weights = torch.softmax(torch.randn(k, b) * 2, 0)  # (K, B)
+    expected = m * weights.double()
+    # systematic: one uniform per input; integrate over it on a grid (exact up to the grid spacing), and check
+    # that at every u each sample is drawn floor(m w) or ceil(m w) times
+    total = torch.zeros(k, b, dtype=torch.float64)
+    grid = ((torch.arange(4000, dtype=torch.float64) + 0.5) / 4000).tolist()
+    for value in grid:
+        c = _counts(resample_indices(weights, torch.full((1, b), value), "systematic", m), k)
+        assert ((c >= expected.floor() - 1e-9) & (c <= expected.ceil() + 1e-9)).all()
+        total += c
+    torch.testing.assert_close(total / len(grid), expected, atol=2e-3, rtol=0)
+    # multinomial: m independent draws per input, each from w
+    n = 50_000
+    u = torch.rand(m, n * b, generator=torch.Generator().manual_seed(1))
+    chosen = resample_indices(weights.repeat(1, n), u, "multinomial", m)  # (m, n*B), column j is input j % B
+    freq = _counts(chosen, k).view(k, n, b).mean(1) / m  # (K, B)
+    torch.testing.assert_close(freq, weights.double(), atol=5e-3, rtol=0)
+    # a negative control: uniform weights would be far from these
+    assert (freq - 1 / k).abs().max() > 0.05

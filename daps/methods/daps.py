@@ -73,9 +73,20 @@ class DAPSConfig:
     """Reward baseline over the K samples: ``logsumexp`` or ``mean`` (weights are the same either way)."""
     beta: ScheduleConfig = field(default_factory=ScheduleConfig)
     """Schedule of beta, the weight of the entropy / KL-to-prior term (paper Eq. 3-5): larger beta, fewer bits."""
+    resample: int = 0
+    """Resampled weighted maximum likelihood (not in the paper): fit the encoder on ``resample`` = m of the K codes
+    per input, drawn with probabilities w (the importance weights), instead of on all K weighted by w. The same
+    update in expectation (``daps gradlab``), at m/K of the teacher-forced pass. 0 = off (all K, the paper's)."""
+    resample_scheme: str = "systematic"
+    """How the m codes are drawn: ``systematic`` (one uniform per input, m evenly spaced points) or
+    ``multinomial`` (m independent draws)."""
 
     def validate(self) -> None:
         check_positive("daps", self, ("num_samples", "init_eta", "eta_lr"))
+        if not 0 <= self.resample <= self.num_samples:
+            raise UserError(f"daps.resample must be in [0, num_samples={self.num_samples}], got {self.resample}")
+        if self.resample_scheme not in ("systematic", "multinomial"):
+            raise UserError(f"daps.resample_scheme must be systematic or multinomial, got {self.resample_scheme!r}")
         if not 0.0 < self.ess_target <= 1.0:
             raise UserError(f"daps.ess_target is a fraction of K in (0, 1], got {self.ess_target}")
         if self.baseline not in ("logsumexp", "mean"):
@@ -139,14 +150,25 @@ class DAPS(Method):
         compile_sampler(self.encoder, mode)
         self._objective_fn = torch.compile(self._objective)
 
-    def _objective(self, x: torch.Tensor, indices: torch.Tensor, beta: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """The three losses for sampled codes ``indices (K, B, T)``; returns the loss and what is logged."""
+    def _objective(
+        self, x: torch.Tensor, indices: torch.Tensor, beta: torch.Tensor, sample_log_q: torch.Tensor,
+        uniforms: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, ...]:
+        """The three losses for sampled codes ``indices (K, B, T)``; returns the loss and what is logged.
+
+        Without resampling (``uniforms`` None) the encoder's teacher-forced log q of all K codes carries the
+        gradient and its detached value enters the weights. With it, the weights use the sampling pass's
+        ``sample_log_q (K, B)`` (the same numbers), ``uniforms`` pick m codes per input with probabilities w
+        (:func:`daps.functional.resample_indices`) and only those are teacher-forced."""
         num_samples = indices.shape[0]
-        log_q = self.encoder.log_prob(x, indices).sum(-1)  # (K, B), with gradient
         params = self.decoder(indices)  # (K, B, ...): BatchNorm, if any, normalizes each of the K slices alone
         log_p = self.likelihood.log_prob(params, x)  # (K, B)
-
-        rewards, log_q_const = log_p.detach(), log_q.detach()
+        rewards = log_p.detach()
+        if uniforms is None:
+            log_q = self.encoder.log_prob(x, indices).sum(-1)  # (K, B), with gradient
+            log_q_const = log_q.detach()
+        else:
+            log_q_const = sample_log_q
         eta = self.log_eta.exp()
         # One set of weights: its gradient (only into log_eta) drives the ESS loss; detached, it weights
         # the encoder's maximum likelihood.
@@ -154,11 +176,17 @@ class DAPS(Method):
         weights = eta_weights.detach()
         ess = DF.effective_sample_size(eta_weights)  # (B,)
 
-        encoder_loss = -(weights * log_q).sum(0).mean()
+        if uniforms is None:
+            encoder_loss = -(weights * log_q).sum(0).mean()
+        else:
+            chosen = DF.resample_indices(weights, uniforms, self.cfg.resample_scheme, self.cfg.resample)  # (m, B)
+            picked = indices.gather(0, chosen[..., None].expand(-1, -1, indices.shape[-1]))  # (m, B, T)
+            log_q = self.encoder.log_prob(x, picked).sum(-1)  # (m, B), with gradient
+            encoder_loss = -log_q.mean(0).mean()  # E over the draws = sum_k w_k log q_k
         eta_loss = DF.eta_loss(ess, num_samples, self.cfg.ess_target)
         decoder_loss = -log_p.mean()
         loss = encoder_loss + eta_loss + decoder_loss
-        return loss, params, log_p, log_q, ess, eta, eta_loss
+        return loss, params, log_p, log_q_const, ess, eta, eta_loss
 
     def forward(self, x: torch.Tensor, step: int, generator: torch.Generator | None = None) -> Output:
         """One DAPS objective evaluation on ``x (B, C, H, W)`` at optimizer step ``step``."""
@@ -167,7 +195,13 @@ class DAPS(Method):
         samples = self.encoder.sample(x, num_samples, generator)  # indices (K, B, T), no grad
         indices = samples.indices
         beta_t = torch.tensor(beta, device=x.device)  # a tensor, so a compiled objective is not rebuilt per step
-        loss, params, log_p, log_q, ess, eta, eta_loss = self._objective_fn(x, indices, beta_t)
+        uniforms = None
+        if self.cfg.resample:  # drawn here, from the run's generator (the objective may be compiled)
+            m = self.cfg.resample if self.cfg.resample_scheme == "multinomial" else 1
+            uniforms = torch.rand((m, x.shape[0]), generator=generator, device=x.device)  # (m or 1, B)
+        loss, params, log_p, log_q, ess, eta, eta_loss = self._objective_fn(
+            x, indices, beta_t, samples.log_q, uniforms
+        )
         with torch.no_grad():
             # KL from the sampling pass's conditionals (the same as teacher-forced unless mask_token0).
             kl = DF.kl_to_uniform(samples.token_entropy, self.encoder.vocab_size)  # (K, B)
