@@ -138,7 +138,8 @@ def table(results: dict, args) -> str:
         f"Tokenizers: {args.tokenizer_steps} steps each ({args.preset} preset, overrides: "
         f"{' '.join(args.overrides) or 'none'}); priors: {args.prior_steps} steps each on one code per training input; "
         f"n = {args.n} samples per row, classes in turn.", "",
-        "| tokenizer | prior | guidance | accuracy | classifier FD | unique | copied | held-out bits/token | samples/s |",
+        "| tokenizer | prior | guidance | accuracy | classifier FD | unique | copied | held-out bits/token "
+        "| samples/s |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results["rows"]:
@@ -148,8 +149,8 @@ def table(results: dict, args) -> str:
             f"{r['unique_fraction']:.3f} | {r['copied_fraction']:.3f} | {bits} | {r['samples_per_s']:.0f} |"
         )
     lines += ["", "Reference points at the same n (per tokenizer):", "",
-              "| tokenizer | val log p(x\\|z) | real training examples FD | reconstructions FD | reconstruction accuracy "
-              "| random codes FD | random codes top class |", "|---|---|---|---|---|---|---|"]
+              "| tokenizer | val log p(x\\|z) | real training examples FD | reconstructions FD "
+              "| reconstruction accuracy | random codes FD | random codes top class |", "|---|---|---|---|---|---|---|"]
     for method, r in results["references"].items():
         log_p = f"{r['tokenizer_log_p']:.2f}" if r.get("tokenizer_log_p") is not None else "-"
         lines.append(f"| {method} | {log_p} | {r['real_frechet']:.2f} | {r['recon_frechet']:.2f} | "

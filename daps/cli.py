@@ -41,6 +41,10 @@ def _parser() -> argparse.ArgumentParser:
         help="replace an existing run folder (only a daps run folder; never the current, home or root folder)",
     )
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument(
+        "--threads", type=int, default=0,
+        help="torch CPU threads (default 0: torch's choice, one per core; see BENCHMARKS.md, CPU threads)",
+    )
 
     p = sub.add_parser("eval", help="evaluate a trained run on a data split")
     p.add_argument("run_dir", help="run folder or checkpoint folder")
@@ -167,6 +171,12 @@ def _train(args: argparse.Namespace) -> int:
     from daps.train import summarize, train
 
     cfg = parse_overrides(get_preset(args.preset, args.method), args.overrides)
+    if args.threads < 0:
+        raise UserError(f"--threads must be >= 0, got {args.threads}")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     run_dir = train(cfg, resume=args.resume, overwrite=args.overwrite, device=_device(args.device))
     if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 evaluates and reports
         return 0
