@@ -7,6 +7,8 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -21,6 +23,7 @@ from daps.prior.nets import ARPrior, DFMPrior, corrupt, euler_jump_probability, 
 from daps.prior.run import PriorConfig, train_prior
 
 pytestmark = pytest.mark.usefixtures("offline")
+SHARED_DATA = os.environ.get("DAPS_DATA_DIR")  # read before the offline fixture hides it
 
 
 @pytest.fixture(scope="module")
@@ -345,3 +348,20 @@ def test_judge_known_answers(trained_run, single_thread):
     assert set(refs) == {"real_frechet", "recon_frechet", "recon_accuracy", "random_frechet", "random_top_class"}
     stats = sample_statistics(torch.tensor([[1, 2], [1, 2], [3, 4], [5, 6]]), torch.tensor([[1, 2], [9, 9]]))
     assert stats == {"unique_fraction": 0.75, "copied_fraction": 0.5}
+
+
+def test_inception_fid_known_answer(trained_run, monkeypatch, single_thread):
+    from daps.metrics.classifier import ImageClassifier
+    from daps.prior.scores import Judge, inception_fid
+
+    shared = SHARED_DATA
+    if not shared or not (Path(shared) / "fid_inception").exists():
+        pytest.skip("needs the FID Inception weights under $DAPS_DATA_DIR/fid_inception")
+    weights = str(Path(shared) / "fid_inception")
+    judge = Judge(load_model(trained_run), ImageClassifier((1, 28, 28)))
+    n = 12
+    real = judge._examples(judge.train, judge.balanced_train_subset(n, 0))
+    same = inception_fid(judge, real, n, weights=weights)
+    assert same["inception_fid"] == pytest.approx(same["inception_fid_real"], rel=1e-9)  # the floor set itself
+    noise = inception_fid(judge, torch.rand(n, 1, 28, 28).round(), n, weights=weights)
+    assert noise["inception_fid"] > same["inception_fid_real"]

@@ -66,6 +66,9 @@ def add_parsers(sub) -> None:
     p.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
     p.add_argument("--tokenizer", default=None, help="tokenizer run to decode with (default: the codes' run)")
     p.add_argument("--no-classifier", action="store_true", help="skip the classifier scores (no tokenizer needed)")
+    p.add_argument("--inception-fid", type=int, default=0, metavar="N",
+                   help="RGB datasets: also Inception FID of N samples vs N test images (needs the FID weights)")
+    p.add_argument("--fid-weights", default=None, help="FID Inception weights (default: $DAPS_DATA_DIR/fid_inception)")
     p.add_argument("--device", default=None)
 
     p = sub.add_parser("decode-random", help="decode uniform-random codes of a tokenizer into a grid")
@@ -221,6 +224,21 @@ def _eval(args: argparse.Namespace) -> int:
     result.update(score_prior(model, cfg.euler_steps, train_set.flat()[0], args.n, args.cfg, args.seed, judge, device))
     if judge is not None:
         result.update(judge.references(args.n, args.seed))
+    if args.inception_fid:
+        from daps.prior.run import generate
+        from daps.prior.scores import inception_fid
+
+        tokenizer = judge.tokenizer if judge is not None else _tokenizer(args, meta, device)
+        if tokenizer.input_spec.image_shape[0] != 3:
+            raise UserError("--inception-fid is for RGB image datasets (cifar10, imagenet256)")
+        if judge is None:
+            raise UserError("--inception-fid needs the dataset's classifier setup (drop --no-classifier)")
+        n = args.inception_fid
+        labels = (torch.arange(n) % model.num_classes).to(device)
+        codes = generate(model, labels, args.cfg, 1.0, torch.Generator(device).manual_seed(args.seed + 1),
+                         cfg.euler_steps)
+        images = torch.cat([tokenizer.decode(codes[s : s + 250]) for s in range(0, n, 250)])
+        result.update(inception_fid(judge, images, n, args.seed, args.fid_weights))
     result.update(sampling_speed(model, cfg, device, guidance=args.cfg))
     result["protocol"] = (
         f"held-out codes: {'val_codes' if cfg.val_codes else f'{cfg.val_fraction:.0%} of the inputs of the codes file'}"

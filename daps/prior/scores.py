@@ -137,3 +137,26 @@ def score_prior(model: Prior, euler_steps: int, train_codes: torch.Tensor, n: in
                             for s in range(0, n, 500)])
         out.update(judge.score(images, labels))
     return out
+
+
+@torch.no_grad()
+def inception_fid(judge: Judge, images: torch.Tensor, n: int, seed: int = 0,
+                  weights: str | None = None) -> dict[str, float | str]:
+    """Inception FID (the standard pool3 network, :mod:`daps.metrics.fid`) of model-scale ``images`` against n
+    test images (a fixed random subset), with the real-vs-real floor (n training examples against the same test
+    images) at the same n. Small n inflates FID; the two numbers are comparable with each other, not with
+    50k-sample FIDs in papers."""
+    from daps.metrics.fid import inception_features
+    from daps.nets.inception import load_fid_inception
+
+    net = load_fid_inception(weights or None, judge.device)
+    to_unit = judge.spec.standardize.to_unit
+    test_idx = torch.randperm(judge.num_test, generator=torch.Generator().manual_seed(seed))[:n]
+    reference = stats(inception_features(net, to_unit(judge._examples(judge.test, test_idx))).double())
+    train = to_unit(judge._examples(judge.train, judge.balanced_train_subset(n, seed)))
+    return {
+        "inception_fid": frechet_distance(*stats(inception_features(net, to_unit(images[:n])).double()), *reference),
+        "inception_fid_real": frechet_distance(*stats(inception_features(net, train).double()), *reference),
+        "inception_fid_protocol": f"Inception pool3 FID, {min(n, len(images))} samples vs {n} test images "
+                                  f"(fixed subset, seed {seed}); real floor: {n} training images vs the same",
+    }
