@@ -17,7 +17,8 @@ cut short still leaves a report. The sections:
 4. ``compile-<preset>``: the same for DAPS and VQ-VAE with ``train.compile=true`` (CUDA graphs through
    ``mode="reduce-overhead"``), under ``TORCH_LOGS=perf_hints``: every "skipping cudagraphs" line is reported.
 5. ``sampler-<preset>``: ``benchmarks/sampler.py --compile``: eager vs compiled sampler tokens/s.
-6. ``bf16``: DAPS and VQ-VAE at every preset with ``train.precision=bfloat16``.
+6. ``bf16``: DAPS and VQ-VAE at every preset with ``train.precision=bfloat16``; ``resample-m2``, ``resample-m1``:
+   DAPS with resampled weighted maximum likelihood (``daps.resample``) at mnist and cifar10.
 7. ``mnist-daps``: the paper's MNIST DAPS configuration (250k steps at B=256) on the MNIST files under
    ``--data`` (``$DAPS_DATA_DIR`` layout), run until the budget is spent, checkpointed every 1,000 steps into
    ``DIR/mnist-daps-run`` and resumed from there when the folder already holds a run (the next call carries it
@@ -225,6 +226,8 @@ def main(argv: list[str] | None = None) -> int:
         check.write()
     suite("bf16", ",".join(p for p in presets if p != "imagenet256"), 60,
           ["--methods", "daps,vqvae", *steps, "train.precision=bfloat16"])
+    for m in (2, 1):  # resampled weighted maximum likelihood (daps.resample=m), against the full-K rows above
+        suite(f"resample-m{m}", ",".join(presets[:2]), 60, ["--methods", "daps", *steps, f"daps.resample={m}"])
     rest = "dapsna,gumbel,gumbelna,grmck,grmckna,ppo,reinforce,fsq,vqvae-ema"
     suite(f"suite-{big}-rest", big, 120, ["--methods", rest, *short])
 
