@@ -10,7 +10,9 @@ seed, inputs and overrides:
 - ``eager``: float32, not compiled (the default);
 - ``bf16``: ``train.precision=bfloat16`` (the forward under bf16 autocast);
 - ``compiled``: ``train.compile=true`` (the sampler's static-shape step and the DAPS objective through
-  ``torch.compile``; compiled in the warm-up, whose time is reported).
+  ``torch.compile``; compiled in the warm-up, whose time is reported);
+- ``resample-4``, ``resample-2``, ``resample-1`` (``daps.resample=m``, systematic), ``resample-2-multinomial``;
+- ``vqvae``: the VQ-VAE method at the same preset (the denominator of the DAPS / VQ-VAE ratio).
 
 After ``--warmup`` steps each, the variants are timed round-robin: in each of ``--rounds`` rounds every variant
 runs one window of ``--steps-per-window`` steps, so that the machine's load hits all alike. Reports each
@@ -43,6 +45,11 @@ VARIANTS = {
     "bf16": ["train.precision=bfloat16"],
     "compiled": ["train.compile=true"],
     "compiled-bf16": ["train.compile=true", "train.precision=bfloat16"],
+    "resample-4": ["daps.resample=4"],
+    "resample-2": ["daps.resample=2"],
+    "resample-1": ["daps.resample=1"],
+    "resample-2-multinomial": ["daps.resample=2", "daps.resample_scheme=multinomial"],
+    "vqvae": [],  # the vqvae method at the same preset: the denominator of "DAPS / VQ-VAE"
 }
 
 
@@ -80,8 +87,11 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError("--rounds and --steps-per-window must be >= 1, --warmup >= 1")
         if out.exists() and not args.overwrite:
             raise ValueError(f"{out} exists; pass --overwrite to replace it")
+        shared = [o for o in args.overrides if not o.startswith("daps.")]
         configs = {
-            v: parse_overrides(get_preset(args.preset, args.method), [*args.overrides, *VARIANTS[v]]) for v in names
+            v: parse_overrides(get_preset(args.preset, "vqvae"), shared) if v == "vqvae"
+            else parse_overrides(get_preset(args.preset, args.method), [*args.overrides, *VARIANTS[v]])
+            for v in names
         }
     except ValueError as err:
         print(f"benchmarks/step_variants.py: error: {err}", file=sys.stderr)
