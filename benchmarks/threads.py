@@ -37,6 +37,7 @@ def main() -> int:
     p.add_argument("--windows", type=int, default=3)
     p.add_argument("--steps-per-window", type=int, default=2)
     p.add_argument("--out", default="docs/benchmarks/threads")
+    p.add_argument("--prior-codes", default="", help="time `daps prior train` on this codes file instead (ar and dfm)")
     p.add_argument("overrides", nargs="*")
     args = p.parse_args()
     counts = [int(t) for t in args.threads.split(",")]
@@ -44,6 +45,18 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.rounds):
             for t in counts:
+                if args.prior_codes:
+                    for kind in ("ar", "dfm"):
+                        out = Path(tmp) / f"prior-{kind}-r{r}-t{t}"
+                        cmd = [sys.executable, "-m", "daps", "prior", "train", args.prior_codes, "--kind", kind,
+                               "--out", str(out), "--threads", str(t), "steps=150", "log_every=50",
+                               "eval_every=1000", "progress=false"]
+                        subprocess.run(cmd, check=True, stderr=subprocess.DEVNULL)
+                        rates = [json.loads(line)["steps_per_s"] for line in (out / "metrics.jsonl").read_text()
+                                 .splitlines() if '"train"' in line]
+                        speeds.setdefault(("prior", kind, t), []).append(statistics.median(rates[1:]))
+                    print(f"round {r + 1}, {t} thread(s): done", flush=True)
+                    continue
                 name = f"r{r}-t{t}"
                 cmd = [sys.executable, str(HERE / "run.py"), "--device", "cpu", "--threads", str(t), "--presets",
                        args.presets, "--methods", args.methods, "--windows", str(args.windows), "--steps-per-window",
