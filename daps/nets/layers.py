@@ -211,3 +211,22 @@ class CodeEmbedding(nn.Embedding):
             return codes @ self.weight
         return super().forward(codes)
 
+
+
+class CodeDecoder(nn.Module):
+    """What every decoder of codes shares: an optional :class:`CodeEmbedding` ``embed`` (``None`` when built without
+    ``vocab_size``: VQ-VAE, FSQ and the Gaussian VAE feed continuous latents) in front of :meth:`decode_latents`."""
+
+    embed: CodeEmbedding | None
+
+    def embed_codes(self, codes: torch.Tensor) -> torch.Tensor:
+        """Integer codes ``(..., T)`` or one-hots ``(..., T, V)`` -> embeddings ``(..., T, token_dim)``."""
+        if self.embed is None:
+            raise TypeError("this decoder has no code embedding (built without vocab_size)")
+        return self.embed(codes)
+
+    def decode_latents(self, h: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, codes: torch.Tensor) -> torch.Tensor:
+        return self.decode_latents(self.embed_codes(codes))

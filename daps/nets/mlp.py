@@ -8,10 +8,10 @@ import math
 import torch
 import torch.nn as nn
 
-from daps.nets.layers import CodeEmbedding, dense
+from daps.nets.layers import CodeDecoder, CodeEmbedding, dense
 
 
-class MLPDecoder(nn.Module):
+class MLPDecoder(CodeDecoder):
     """T per-token latents of width ``token_dim``, concatenated -> MLP -> logits ``(N, *out_shape)``.
 
     With ``vocab_size`` the decoder owns a code embedding ``(V, token_dim)`` and ``forward`` takes integer
@@ -40,15 +40,7 @@ class MLPDecoder(nn.Module):
         layers.append(dense(widths[-1], math.prod(self.out_shape), init="lecun"))
         self.mlp = nn.Sequential(*layers)
 
-    def embed_codes(self, codes: torch.Tensor) -> torch.Tensor:
-        """Integer codes ``(..., T)`` or one-hots ``(..., T, V)`` -> embeddings ``(..., T, token_dim)``."""
-        if self.embed is None:
-            raise TypeError("this decoder has no code embedding (built without vocab_size)")
-        return self.embed(codes)
-
     def decode_latents(self, h: torch.Tensor) -> torch.Tensor:
         """``(..., T, token_dim) -> (..., *out_shape)`` logits, e.g. ``(K, B, T, E) -> (K, B, C, H, W)``."""
         return self.mlp(h.flatten(-2)).view(*h.shape[:-2], *self.out_shape)
 
-    def forward(self, codes: torch.Tensor) -> torch.Tensor:
-        return self.decode_latents(self.embed_codes(codes))

@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from daps.nets.layers import CodeEmbedding, dense
+from daps.nets.layers import CodeDecoder, CodeEmbedding, dense
 from daps.nets.patches import patch_grid
 
 
@@ -111,7 +111,7 @@ def _num_doublings(grid: int, size: int, what: str) -> int:
     return ratio.bit_length() - 1
 
 
-class ResNetDecoder(nn.Module):
+class ResNetDecoder(CodeDecoder):
     """Codes or per-token latents on the patch grid -> the likelihood's parameters ``(N, out_channels, H, W)``.
 
     token embeddings ``(N, T, E)`` -> grid ``(N, E, m, n)`` -> Conv3x3(width) -> ``num_blocks`` residual
@@ -156,12 +156,6 @@ class ResNetDecoder(nn.Module):
         if num_up == 0:  # the grid already has the image's size: a 1x1 conv gives the output channels
             self.ups.append(conv(channels, out_channels, 1))
 
-    def embed_codes(self, codes: torch.Tensor) -> torch.Tensor:
-        """Integer codes ``(..., T)`` or one-hots ``(..., T, V)`` -> embeddings ``(..., T, E)``."""
-        if self.embed is None:
-            raise TypeError("this decoder has no code embedding (built without vocab_size)")
-        return self.embed(codes)
-
     def decode_latents(self, h: torch.Tensor) -> torch.Tensor:
         """``(N, T, E)`` or ``(K, B, T, E)`` -> ``(N, out_channels, H, W)`` or ``(K, B, ...)``."""
         lead = h.shape[:-2]
@@ -177,8 +171,6 @@ class ResNetDecoder(nn.Module):
                 h = F.relu(self.up_norms[i](h, num_slices))
         return h.view(*lead, *h.shape[1:])
 
-    def forward(self, codes: torch.Tensor) -> torch.Tensor:
-        return self.decode_latents(self.embed_codes(codes))
 
 
 class ResNetEncoder(nn.Module):

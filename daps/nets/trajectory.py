@@ -15,7 +15,7 @@ import math
 import torch
 import torch.nn as nn
 
-from daps.nets.layers import LN_EPS, CodeEmbedding, EncoderBlock, dense, lecun_normal_, sinusoidal_table
+from daps.nets.layers import LN_EPS, CodeDecoder, CodeEmbedding, EncoderBlock, dense, lecun_normal_, sinusoidal_table
 
 
 def _power_of_two_ratio(a: int, b: int) -> int:
@@ -80,7 +80,7 @@ class TimeEmbed(nn.Module):
         return self.resample(x[:, 0])
 
 
-class TrajectoryDecoder(nn.Module):
+class TrajectoryDecoder(CodeDecoder):
     """Codes ``(N, T)`` (or latents ``(N, T, token_dim)``) -> window means ``(N, 1, frames, features)``.
 
     Embed(V, E) -> + positions -> ``num_layers`` bidirectional pre-LN blocks -> LayerNorm -> Dense(E) ->
@@ -115,12 +115,6 @@ class TrajectoryDecoder(nn.Module):
         self.resample = ResampleTime(width, width, num_tokens, frames)
         self.head = dense(width, features, init="lecun")
 
-    def embed_codes(self, codes: torch.Tensor) -> torch.Tensor:
-        """Integer codes ``(..., T)`` or one-hots ``(..., T, V)`` -> embeddings ``(..., T, token_dim)``."""
-        if self.embed is None:
-            raise TypeError("this decoder has no code embedding (built without vocab_size)")
-        return self.embed(codes)
-
     def decode_latents(self, h: torch.Tensor) -> torch.Tensor:
         """``(..., T, token_dim) -> (..., 1, frames, features)``, e.g. ``(K, B, T, E) -> (K, B, 1, 32, F)``."""
         lead = h.shape[:-2]
@@ -130,5 +124,3 @@ class TrajectoryDecoder(nn.Module):
         h = self.resample(self.proj(self.ln(h)))  # (N, frames, E)
         return self.head(h).view(*lead, *self.out_shape)
 
-    def forward(self, codes: torch.Tensor) -> torch.Tensor:
-        return self.decode_latents(self.embed_codes(codes))
