@@ -36,8 +36,8 @@ from daps.checkpoint import load_model
 from daps.codes import export_codes, load_codes, save_codes
 from daps.metrics.classifier import classifier_for
 from daps.plots import save_image_grid
-from daps.prior.run import PriorConfig, evaluate_prior, load_prior, sampling_speed, train_prior
-from daps.prior.scores import Judge, score_prior
+from daps.prior.run import PriorConfig, generate, load_prior, train_prior
+from daps.prior.scores import Judge, decoded_images, score_prior, uniform_codes
 from daps.runfolder import write_json_atomic, write_text_atomic
 from daps.train import train
 
@@ -105,25 +105,24 @@ def main() -> int:
         tok_summary = json.loads((run / "summary.json").read_text())
         results["references"][method] = {**refs, "tokenizer_log_p": tok_summary.get("log_p"),
                                          "tokenizer_wall_s": round(time.time() - t0, 1)}
-        g = torch.Generator().manual_seed(0)
-        random_codes = torch.randint(int(model.vocab_size or 0), (100, model.config.encoder.num_tokens), generator=g)
-        save_image_grid(model.decode(random_codes).clamp(0, 1), out / f"{method}-random.png")
+        random_codes = uniform_codes(model, 100, torch.Generator().manual_seed(0))
+        save_image_grid(decoded_images(model, random_codes), out / f"{method}-random.png")
         train_codes, test_codes = codes_of(run, method, "train", work), codes_of(run, method, "test", work)
+        train_flat = load_codes(train_codes).flat()[0]
         for kind in args.kinds.split(","):
             t1 = time.time()
             prior_run = prior(method, kind, train_codes, test_codes, args)
             net, cfg, _ = load_prior(prior_run)
-            held = load_codes(test_codes).flat()
+            # the run's summary: its last validation on the held-out (test) codes and its sampling speed
+            summary = json.loads((prior_run / "summary.json").read_text())
             row_base = {"method": method, "kind": kind, "prior_train_s": round(time.time() - t1, 1),
-                        **evaluate_prior(net, *held), **sampling_speed(net, cfg, torch.device("cpu"))}
+                        **{k: v for k, v in summary.items() if k not in ("step", "kind", "split")}}
             for w in guidance:
-                scores = score_prior(net, cfg.euler_steps, load_codes(train_codes).flat()[0], args.n, w, 0, judge)
+                scores = score_prior(net, cfg.euler_steps, train_flat, args.n, w, 0, judge)
                 results["rows"].append({**row_base, "guidance": w, **scores})
                 labels = torch.arange(100) % net.num_classes
-                from daps.prior.run import generate
-
                 codes = generate(net, labels, w, 1.0, torch.Generator().manual_seed(1), cfg.euler_steps)
-                save_image_grid(model.decode(codes).clamp(0, 1), out / f"{method}-{kind}-cfg{w:g}.png", columns=10)
+                save_image_grid(decoded_images(model, codes), out / f"{method}-{kind}-cfg{w:g}.png", columns=10)
             print(f"{method} {kind}: done ({time.time() - start:.0f} s so far)", flush=True)
     results["wall_s"] = round(time.time() - start, 1)
     results["protocol"] = judge.protocol(args.n)

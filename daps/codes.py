@@ -91,6 +91,7 @@ def export_codes(
     from daps.checkpoint import load_model, load_training_state, resolve_checkpoint
     from daps.config_io import config_to_dict
     from daps.data import dataset_spec, labelled_split
+    from daps.data.transforms import fixed_subset
     from daps.methods import method_spec
 
     if samples_per_input < 1:
@@ -111,15 +112,12 @@ def export_codes(
         cfg.data.data_dir = data_dir
     spec = dataset_spec(cfg.data.name)
     data = labelled_split(cfg.data, split)
-    n = len(data.labels)
-    subset = torch.arange(n)
-    if 0 < max_inputs < n:
-        subset = torch.randperm(n, generator=torch.Generator().manual_seed(0))[:max_inputs].sort().values
+    subset = fixed_subset(len(data.labels), max_inputs)
     generator = torch.Generator(device).manual_seed(seed)
     chunks = []
     for start in range(0, len(subset), batch_size):
         idx = subset[start : start + batch_size]
-        x = spec.standardize(data.examples[idx.to(_device_of(data.examples))].to(device))
+        x = spec.standardize(data.raw(idx).to(device))
         draws = [model.encode(x, generator) for _ in range(samples_per_input)]  # K x (B, T)
         chunks.append(torch.stack(draws, 1).cpu())  # (B, K, T)
     codes = torch.cat(chunks).long()
@@ -147,11 +145,6 @@ def export_codes(
     result = CodeSet(codes, data.labels[subset].clone(), meta)
     check_codes(result, "the exported codes")
     return result
-
-
-def _device_of(examples: Any) -> torch.device:
-    device = getattr(examples, "device", None)
-    return device if isinstance(device, torch.device) else torch.device("cpu")
 
 
 def check_codes(codes: CodeSet, where: str) -> None:

@@ -148,9 +148,7 @@ def export_run(run_dir: str | Path, out: str | Path, overwrite: bool = False) ->
 
 
 def _load_folder(folder: Path, device: str | torch.device) -> Method:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
+    from daps.checkpoint import load_weights
     from daps.config_io import config_from_dict
     from daps.methods import build_method
 
@@ -162,11 +160,7 @@ def _load_folder(folder: Path, device: str | torch.device) -> Method:
     except (ValueError, TypeError, KeyError) as err:
         raise UserError(f"{folder / 'config.json'} is not a daps config ({err})") from None
     model = build_method(cfg, tuple(cfg.data.image_shape))
-    try:
-        model.load_state_dict(load_file(str(folder / "model.safetensors")))
-    except (SafetensorError, OSError, RuntimeError) as err:
-        first = str(err).strip().splitlines()[0]
-        raise UserError(f"{folder / 'model.safetensors'} does not fit its config.json ({first})") from None
+    load_weights(model, folder)  # a damaged or misfitting model.safetensors: one CheckpointError naming it
     model.config = cfg
     return model.to(device).eval()
 

@@ -30,6 +30,7 @@ from daps.data.motion import (
     plot_motion_reconstructions,
 )
 from daps.data.paths import DATA_DIR_FIX, ENV_VAR, SPLITS, ImageSet, PathLike, cache_root, explicit_root, user_roots
+from daps.data.transforms import fixed_subset
 from daps.errors import UserError
 
 __all__ = [
@@ -315,6 +316,11 @@ class LabelledSplit:
     labels: torch.Tensor  # (N,) int64 class index of each example
     class_names: tuple[str, ...]
 
+    def raw(self, idx: torch.Tensor) -> torch.Tensor:
+        """The raw examples at positions ``idx`` (gathered where the examples are: CPU, or motion windows' device)."""
+        device = getattr(self.examples, "device", None)
+        return self.examples[idx.to(device if isinstance(device, torch.device) else "cpu")]
+
 
 def labelled_split(data, split: str) -> LabelledSplit:
     """Split ``split`` of ``data`` (a :class:`daps.config.DataConfig`) with labels: the digit (MNIST), the CIFAR-10
@@ -340,11 +346,7 @@ def eval_set(data, split: str, max_images: int, batch_size: int, device: torch.d
     spec = dataset_spec(data.name)
     if spec.in_memory:
         examples = _examples(spec, data, split)
-        n = len(examples)
-        subset = torch.arange(n)
-        if 0 < max_images < n:  # the splits may be sorted by class
-            subset = torch.randperm(n, generator=torch.Generator().manual_seed(0))[:max_images].sort().values
-        return TensorEvalSet(examples[subset].to(device), batch_size)
+        return TensorEvalSet(examples[fixed_subset(len(examples), max_images)].to(device), batch_size)
     dataset = folder_dataset(data.name, split, data.image_shape, data.data_dir or None, train=False)
     count = min(max_images, len(dataset)) if max_images > 0 else len(dataset)
     return FolderEvalSet(dataset, batch_size, data.num_workers, count, device)

@@ -41,6 +41,7 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler, get_wor
 from daps.data.paths import PathLike
 from daps.data.transforms import (
     epoch_permutation,
+    fixed_subset,
     hash_seed,
     pil_to_uint8,
     random_horizontal_flip,
@@ -394,8 +395,5 @@ def eval_batches(
         raise UserError(f"batch_size must be a positive integer, got {batch_size!r}")
     _check_nonneg_int("num_workers", num_workers)
     _check_nonneg_int("max_images", max_images)
-    n = len(dataset)
-    indices: Sequence[int] = range(n)
-    if 0 < max_images < n:
-        indices = torch.randperm(n, generator=torch.Generator().manual_seed(0))[:max_images].sort().values.tolist()
+    indices = fixed_subset(len(dataset), max_images).tolist()
     return EvalBatches(dataset, int(batch_size), int(num_workers), indices)

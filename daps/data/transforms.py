@@ -136,6 +136,15 @@ def hash_seed(tag: bytes, *values: int) -> int:
     return int.from_bytes(digest, "little") & (2**63 - 1)
 
 
+def fixed_subset(n: int, count: int) -> torch.Tensor:
+    """Indices of a fixed random subset of ``count`` of ``n`` items (seed 0, the same in every run), kept in the
+    items' order; all ``n`` when ``count`` is 0 or at least ``n``. The splits may be sorted by class, so the first
+    ``count`` would not do."""
+    if 0 < count < n:
+        return torch.randperm(n, generator=torch.Generator().manual_seed(0))[:count].sort().values
+    return torch.arange(n)
+
+
 def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
     """The visiting order of epoch ``epoch``: int64 ``(n,)``, a function of ``(seed, epoch)`` only."""
     g = torch.Generator().manual_seed(hash_seed(b"daps-epoch", seed, epoch))

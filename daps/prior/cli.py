@@ -157,24 +157,17 @@ def _tokenizer(args: argparse.Namespace, meta: dict, device: torch.device):
     if not source:
         raise UserError("the codes name no tokenizer run; pass --tokenizer RUN")
     model = load_model(source, device)
-    if model.vocab_size != meta["vocab_size"] or model.config.encoder.num_tokens != meta["num_tokens"]:
-        raise UserError(f"tokenizer {source} has V={model.vocab_size}, T={model.config.encoder.num_tokens}; the "
+    if model.vocab_size != meta["vocab_size"] or model.input_spec.num_tokens != meta["num_tokens"]:
+        raise UserError(f"tokenizer {source} has V={model.vocab_size}, T={model.input_spec.num_tokens}; the "
                         f"prior's codes have V={meta['vocab_size']}, T={meta['num_tokens']}")
     return model
-
-
-def decoded_images(model, codes: torch.Tensor) -> torch.Tensor:
-    """Decoder means of ``codes (N, T)`` on the unit scale ``(N, C, H, W)`` in [0, 1]."""
-    from daps.data import dataset_spec
-
-    spec = dataset_spec(model.config.data.name)
-    return spec.standardize.to_unit(model.decode(codes)).clamp(0, 1).cpu()
 
 
 def _sample(args: argparse.Namespace) -> int:
     from daps.codes import CodeSet, save_codes
     from daps.plots import save_image_grid
     from daps.prior.run import generate, load_prior
+    from daps.prior.scores import decoded_images
 
     out = _check_out(args.out, ".png", args.overwrite)
     if args.codes_out:
@@ -229,7 +222,7 @@ def _eval(args: argparse.Namespace) -> int:
         result.update(judge.references(args.n, args.seed))
     if args.inception_fid:
         from daps.prior.run import generate
-        from daps.prior.scores import inception_fid
+        from daps.prior.scores import batched, inception_fid
 
         tokenizer = judge.tokenizer if judge is not None else _tokenizer(args, meta, device)
         if tokenizer.input_spec.image_shape[0] != 3:
@@ -240,7 +233,7 @@ def _eval(args: argparse.Namespace) -> int:
         labels = (torch.arange(n) % model.num_classes).to(device)
         codes = generate(model, labels, args.cfg, 1.0, torch.Generator(device).manual_seed(args.seed + 1),
                          cfg.euler_steps)
-        images = torch.cat([tokenizer.decode(codes[s : s + 250]) for s in range(0, n, 250)])
+        images = batched(tokenizer.decode, codes, 250)
         result.update(inception_fid(judge, images, n, args.seed, args.fid_weights))
     result.update(sampling_speed(model, cfg, device, guidance=args.cfg))
     result["protocol"] = (
@@ -260,6 +253,7 @@ def _eval(args: argparse.Namespace) -> int:
 def decode_random_command(args: argparse.Namespace) -> int:
     from daps.checkpoint import load_model
     from daps.plots import save_image_grid
+    from daps.prior.scores import decoded_images, uniform_codes
 
     out = _check_out(args.out, ".png", args.overwrite)
     if args.n < 1:
@@ -269,8 +263,7 @@ def decode_random_command(args: argparse.Namespace) -> int:
     if model.vocab_size is None:
         raise UserError(f"{args.run_dir} is a {model.config.method} run: its latent is continuous, no codes")
     g = torch.Generator(device).manual_seed(args.seed)
-    codes = torch.randint(model.vocab_size, (args.n, model.config.encoder.num_tokens), generator=g, device=device)
-    save_image_grid(decoded_images(model, codes), out, columns=10)
+    save_image_grid(decoded_images(model, uniform_codes(model, args.n, g)), out, columns=10)
     log.info("wrote %s: %d uniform-random codes decoded by %s", out, args.n, args.run_dir)
     from daps.metrics.classifier import classifier_for
     from daps.prior.scores import Judge

@@ -30,11 +30,30 @@ Prior = ARPrior | DFMPrior
 Stats = tuple[np.ndarray, np.ndarray]
 
 
+def batched(fn, x: torch.Tensor, size: int = 500) -> torch.Tensor:
+    """``fn`` applied to ``x`` in chunks of ``size`` along the first dimension, the results concatenated."""
+    return torch.cat([fn(x[s : s + size]) for s in range(0, len(x), size)])
+
+
+def uniform_codes(model: Method, n: int, generator: torch.Generator) -> torch.Tensor:
+    """n codes ``(n, T)`` with every token uniform over the tokenizer's V codes (on the generator's device)."""
+    assert model.vocab_size is not None, "a tokenizer with discrete codes"
+    t = model.input_spec.num_tokens
+    return torch.randint(int(model.vocab_size), (n, int(t or 0)), generator=generator, device=generator.device)
+
+
+def decoded_images(model: Method, codes: torch.Tensor) -> torch.Tensor:
+    """Decoder means of ``codes (N, T)`` on the unit scale ``(N, C, H, W)`` in [0, 1], on the CPU (for figures)."""
+    from daps.data import dataset_spec
+
+    spec = dataset_spec(model.config.data.name)
+    return spec.standardize.to_unit(model.decode(codes)).clamp(0, 1).cpu()
+
+
 @torch.no_grad()
 def features(classifier: Classifier, images: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
     classifier.eval()
-    out = [classifier.embed(images[s : s + batch_size].float()).double() for s in range(0, len(images), batch_size)]
-    return torch.cat(out)
+    return batched(lambda b: classifier.embed(b.float()).double(), images, batch_size)
 
 
 def stats(feats: torch.Tensor) -> Stats:
@@ -45,8 +64,7 @@ def stats(feats: torch.Tensor) -> Stats:
 @torch.no_grad()
 def predictions(classifier: Classifier, images: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
     classifier.eval()
-    return torch.cat([classifier(images[s : s + batch_size].float()).argmax(-1) for s in range(0, len(images),
-                                                                                                   batch_size)])
+    return batched(lambda b: classifier(b.float()).argmax(-1), images, batch_size)
 
 
 class Judge:
@@ -64,8 +82,7 @@ class Judge:
         self.num_test = len(self.test.labels)
 
     def _examples(self, split, idx: torch.Tensor) -> torch.Tensor:
-        device = getattr(split.examples, "device", torch.device("cpu"))
-        return self.spec.standardize(split.examples[idx.to(device)]).to(self.device)
+        return self.spec.standardize(split.raw(idx)).to(self.device)
 
     def score(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, float]:
         """``frechet`` of model-scale ``images`` against the test split, and ``accuracy`` against ``labels``."""
@@ -90,14 +107,8 @@ class Judge:
         real = self._examples(self.train, idx)
         labels = self.train.labels[idx]
         g = torch.Generator(self.device).manual_seed(seed)
-        recon = torch.cat([self.tokenizer.reconstruct(real[s : s + 500], g).x_hat
-                           for s in range(0, n, 500)])
-        vocab = self.tokenizer.vocab_size
-        assert vocab is not None, "a tokenizer with discrete codes"
-        t = self.tokenizer.config.encoder.num_tokens
-        random_codes = torch.randint(int(vocab), (n, t), generator=g, device=self.device)
-        random = torch.cat([self.tokenizer.decode(random_codes[s : s + 500])
-                            for s in range(0, n, 500)])
+        recon = batched(lambda b: self.tokenizer.reconstruct(b, g).x_hat, real)
+        random = batched(self.tokenizer.decode, uniform_codes(self.tokenizer, n, g))
         out = {"real_frechet": self.score(real)["frechet"]}
         r = self.score(recon, labels)
         out.update(recon_frechet=r["frechet"], recon_accuracy=r["accuracy"])
@@ -133,8 +144,7 @@ def score_prior(model: Prior, euler_steps: int, train_codes: torch.Tensor, n: in
     codes = generate(model, labels, guidance, 1.0, torch.Generator(device).manual_seed(seed), euler_steps)
     out = sample_statistics(codes.cpu(), train_codes.cpu())
     if judge is not None:
-        images = torch.cat([judge.tokenizer.decode(codes[s : s + 500])
-                            for s in range(0, n, 500)])
+        images = batched(judge.tokenizer.decode, codes)
         out.update(judge.score(images, labels))
     return out
 
