@@ -134,8 +134,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="device of the model (default cpu)")
 
     from daps.prior.cli import add_parsers
+    from daps.robot.cli import add_parsers as add_robot_parsers
 
     add_parsers(sub)
+    add_robot_parsers(sub)
 
     p = sub.add_parser("export", help="a run as a shareable pretrained folder (weights, config, model card)")
     p.add_argument("run_dir", help="run folder or checkpoint")
@@ -357,11 +359,18 @@ def _presets(args: argparse.Namespace) -> int:
     return 0
 
 
+def _command_name(args: argparse.Namespace) -> str:
+    """``train``, ``prior sample``, ``robot plan``, ...: the command as the user typed it, for error lines."""
+    sub = getattr(args, "prior_command", None) or getattr(args, "robot_command", None)
+    return " ".join(filter(None, (args.command, sub)))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     # Overrides may sit between flags (``train a=1 --resume b=2``): collect the leftovers ourselves.
     args, extra = parser.parse_known_args(argv)
-    takes_overrides = args.command in ("train", "compare") or getattr(args, "prior_command", None) == "train"
+    takes_overrides = args.command in ("train", "compare") or "train" in (
+        getattr(args, "prior_command", None), getattr(args, "robot_command", None))
     unknown = [e for e in extra if e.startswith("-") or not takes_overrides]
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
@@ -370,10 +379,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     logging.getLogger("OpenGL").setLevel(logging.WARNING)  # PyOpenGL (under mujoco) reports its optional C module
     from daps.prior.cli import decode_random_command, export_codes_command, prior_command
+    from daps.robot.cli import robot_command
 
     commands = {
         "train": _train, "eval": _eval, "presets": _presets, "render": _render, "export-codes": export_codes_command,
-        "prior": prior_command, "decode-random": decode_random_command, "export": _export,
+        "prior": prior_command, "decode-random": decode_random_command, "export": _export, "robot": robot_command,
     }
     try:
         rest = list(argv if argv is not None else sys.argv[1:])[1:]
@@ -385,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
             return _fid_stats(args, rest)
         return commands[args.command](args)
     except (UserError, OSError) as err:  # what the user gave: settings, paths, files (anything else is a bug)
-        command = " ".join(filter(None, (args.command, getattr(args, "prior_command", None))))
+        command = _command_name(args)
         print(f"daps {command}: error: {err}", file=sys.stderr)
         return 2
     except RuntimeError as err:
@@ -393,7 +403,7 @@ def main(argv: list[str] | None = None) -> int:
 
         if not isinstance(err, TrainingDiverged):
             raise
-        command = " ".join(filter(None, (args.command, getattr(args, "prior_command", None))))
+        command = _command_name(args)
         print(f"daps {command}: error: {err}", file=sys.stderr)
         return 3
 

@@ -107,14 +107,15 @@ class PriorConfig:
             raise UserError(f"lr must be positive, got {self.lr}")
 
 
-def apply_overrides(cfg: PriorConfig, overrides: list[str]) -> PriorConfig:
-    """``key=value`` strings applied to a copy of ``cfg`` (values parsed by the field's type)."""
-    fields = {f.name: f for f in dataclasses.fields(PriorConfig)}
+def apply_overrides(cfg: Any, overrides: list[str]) -> Any:
+    """``key=value`` strings applied to a copy of the flat settings dataclass ``cfg`` (values parsed by the
+    field's type)."""
+    fields = {f.name: f for f in dataclasses.fields(cfg)}
     changes: dict[str, Any] = {}
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep or key not in fields:
-            raise UserError(f"unknown prior setting {key!r} (in {item!r}); known: {', '.join(fields)}")
+            raise UserError(f"unknown setting {key!r} (in {item!r}); known: {', '.join(fields)}")
         kind = type(getattr(cfg, key))
         try:
             if kind is bool:
@@ -215,8 +216,9 @@ def generate(model: Prior, labels: torch.Tensor, guidance: float, temperature: f
 # The run folder
 
 
-def _prepare(cfg: PriorConfig, resume: bool, overwrite: bool) -> Path | None:
-    """Check the output folder; returns the checkpoint to resume from (or None). Nothing is deleted here."""
+def prepare_folder(cfg: Any, resume: bool, overwrite: bool, kind: str = KIND) -> Path | None:
+    """Check the output folder ``cfg.out_dir`` of a run of marker ``kind`` whose config.json stores ``cfg`` under
+    the key ``kind``; returns the checkpoint to resume from (or None). Nothing is deleted here."""
     run_dir = Path(cfg.out_dir)
     if resume and overwrite:
         raise UserError("--resume and --overwrite cannot be combined")
@@ -226,13 +228,13 @@ def _prepare(cfg: PriorConfig, resume: bool, overwrite: bool) -> Path | None:
     if not has_content(run_dir):
         return None
     if overwrite:
-        check_replaceable(run_dir, KIND, "--out")
+        check_replaceable(run_dir, kind, "--out")
         return None
-    if not is_output_folder(run_dir, KIND):
-        raise OutputFolderError(f"--out {run_dir} exists and is not a daps prior folder; choose another folder")
+    if not is_output_folder(run_dir, kind):
+        raise OutputFolderError(f"--out {run_dir} exists and is not a daps {kind} folder; choose another folder")
     if not resume:
-        raise OutputFolderError(f"prior folder {run_dir} already exists; pass --resume or --overwrite")
-    saved = json.loads((run_dir / "config.json").read_text()).get("prior", {})
+        raise OutputFolderError(f"{kind} folder {run_dir} already exists; pass --resume or --overwrite")
+    saved = json.loads((run_dir / "config.json").read_text()).get(kind, {})
     differs = [k for k, v in asdict(cfg).items() if k not in ("progress", "steps") and saved.get(k) != v]
     if differs:
         raise UserError(f"--resume: the settings differ from the run's config.json ({', '.join(differs)})")
@@ -253,7 +255,7 @@ def train_prior(cfg: PriorConfig, resume: bool = False, overwrite: bool = False,
     codes = load_codes(cfg.codes)
     train_set, val_set = split_codes(cfg, codes)
     run_dir = Path(cfg.out_dir)
-    ckpt = _prepare(cfg, resume, overwrite)
+    ckpt = prepare_folder(cfg, resume, overwrite)
     lock = FolderLock(run_dir).acquire()
     try:
         if overwrite and has_content(run_dir):

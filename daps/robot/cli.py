@@ -1,0 +1,171 @@
+"""``daps robot train|plan|eval``: the high-level policy over motion codes (parsers and handlers; :mod:`daps.cli`
+wires them in). See ``docs/robot.md``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from daps.errors import UserError
+
+log = logging.getLogger("daps")
+
+
+def add_parsers(sub) -> None:
+    robot = sub.add_parser("robot", help="a command space for the H1: a policy over motion codes, planned and "
+                                         "checked in physics")
+    rsub = robot.add_subparsers(dest="robot_command", required=True, parser_class=type(robot))
+    p = rsub.add_parser("train", help="train the high-level policy on a motion tokenizer's codes of LAFAN1")
+    p.add_argument("tokenizer", help="run folder or checkpoint of a motion tokenizer (lafan1-h1, discrete codes)")
+    p.add_argument("--out", required=True, help="the policy's run folder")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing policy folder")
+    p.add_argument("--data-dir", default="", help="folder with the LAFAN1 H1 data (default: as trained)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default 0: torch's choice)")
+    p.add_argument("--device", default=None)
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="policy settings, e.g. steps=4000 stride=4")
+
+    p = rsub.add_parser("plan", help="roll the policy out and render the H1 (optionally tracked in physics)")
+    p.add_argument("policy_dir", help="the policy's run folder")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--motion", help="kind of motion: dance, fall, fight, jump, run or walk")
+    what.add_argument("--prompt", help="a text prompt naming one kind of motion (keywords: docs/robot.md)")
+    p.add_argument("--velocity", default="0,0,0", help="forward[,left,yaw] in m/s, m/s, rad/s (default 0,0,0)")
+    p.add_argument("--velocity-schedule", default=None,
+                   help="text file of rows 'time_s forward left yaw' (overrides --velocity)")
+    p.add_argument("--seconds", type=float, default=10.0, help="length, rounded up to whole windows (default 10)")
+    p.add_argument("--out", required=True, help="the .mp4 to write (the physics video goes next to it)")
+    p.add_argument("--physics", action="store_true",
+                   help="also track the motion in MuJoCo and write OUT_physics.mp4 and the support figures")
+    p.add_argument("--json", default=None, help="also write the plan's figures to this .json file")
+    p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance on the kind (default 1)")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", type=int, default=320, help="pixels per view (default 320)")
+    p.add_argument("--tokenizer", default=None, help="tokenizer run to decode with (default: the policy's)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.add_argument("--device", default=None)
+
+    p = rsub.add_parser("eval", help="velocity tracking, motion kind, smoothness, skating, physics, novelty")
+    p.add_argument("policy_dir", help="the policy's run folder")
+    p.add_argument("--motions", default="walk,run", help="kinds to evaluate (default walk,run)")
+    p.add_argument("--rollouts", type=int, default=8, help="rollouts per request (default 8)")
+    p.add_argument("--windows", type=int, default=6, help="windows per rollout (default 6)")
+    p.add_argument("--physics-rollouts", type=int, default=2, help="rollouts per request tracked in physics")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--guidance", type=float, default=1.0)
+    p.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
+    p.add_argument("--out", default=None, help="also write the results (JSON) and a table (.md) with this stem")
+    p.add_argument("--no-classifier", action="store_true", help="skip the motion classifier's accuracy")
+    p.add_argument("--data-dir", default=None, help="folder with the LAFAN1 H1 data (ground-truth figures)")
+    p.add_argument("--tokenizer", default=None, help="tokenizer run to decode with (default: the policy's)")
+    p.add_argument("--device", default=None)
+
+
+def _device(name: str | None) -> torch.device:
+    from daps.cli import _device as pick
+
+    return torch.device(pick(name))
+
+
+def robot_command(args: argparse.Namespace) -> int:
+    return {"train": _train, "plan": _plan, "eval": _eval}[args.robot_command](args)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from daps.prior.run import apply_overrides
+    from daps.robot.run import RobotConfig, train_policy
+
+    if args.threads < 0:
+        raise UserError(f"--threads must be >= 0, got {args.threads}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = apply_overrides(RobotConfig(tokenizer=args.tokenizer, out_dir=args.out, data_dir=args.data_dir),
+                          args.overrides)
+    run = train_policy(cfg, resume=args.resume, overwrite=args.overwrite, device=_device(args.device))
+    summary = json.loads((run / "summary.json").read_text())
+    log.info("policy folder: %s  %s", run, {k: round(v, 4) for k, v in summary.items() if isinstance(v, float)})
+    return 0
+
+
+def _output(path: str, suffix: str, overwrite: bool) -> Path:
+    out = Path(path)
+    if out.suffix.lower() != suffix:
+        raise UserError(f"{path} must name a {suffix} file")
+    if out.is_dir():
+        raise UserError(f"{path} is a folder; name a {suffix} file")
+    if out.exists() and not overwrite:
+        raise UserError(f"{path} exists; pass --overwrite to replace it")
+    return out
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from daps.motion.h1 import load_h1
+    from daps.motion.render import render_side_by_side
+    from daps.robot.commands import motion_from_prompt, parse_velocity, read_velocity_schedule
+    from daps.robot.plan import Planner, describe, plan_motion
+    from daps.runfolder import write_json_atomic
+
+    out = _output(args.out, ".mp4", args.overwrite)
+    physics_out = out.with_name(out.stem + "_physics.mp4")
+    if args.physics:
+        _output(str(physics_out), ".mp4", args.overwrite)
+    json_out = _output(args.json, ".json", args.overwrite) if args.json else None
+    if args.size < 16:
+        raise UserError("--size must be at least 16")
+    motion = args.motion if args.motion else motion_from_prompt(args.prompt)
+    planner = Planner(args.policy_dir, _device(args.device), args.tokenizer)
+    if args.seconds <= 0:
+        raise UserError(f"--seconds must be positive, got {args.seconds}")
+    windows = max(1, int(np.ceil(args.seconds / planner.window_seconds - 1e-9)))
+    velocity = (read_velocity_schedule(args.velocity_schedule, windows, planner.window_seconds)
+                if args.velocity_schedule else parse_velocity(args.velocity))
+    rollout = plan_motion(planner, motion, velocity, args.seconds, args.guidance, args.temperature, args.seed)
+    poses = rollout.poses[0]
+    h1 = load_h1(planner.data_dir)
+    size = args.size - args.size % 16
+    report = {"motion": motion, "seconds": len(poses) / planner.fps, **describe(rollout, planner.fps,
+                                                                              planner.window)}
+    if args.physics:
+        from daps.robot.physics import balance_check, track
+
+        result = track(h1, poses, planner.fps)
+        report["physics"] = {**result.summary(), **balance_check(h1, poses, planner.fps)}
+        render_side_by_side(h1, poses, result.poses, physics_out, planner.fps, size, size)
+        log.info("wrote %s: kinematic plan (grey, left) and the physics tracking (orange, right); support %s",
+                 physics_out, {k: round(v, 3) for k, v in report["physics"].items()})
+    render_side_by_side(h1, poses, poses, out, planner.fps, size, size)
+    if json_out is not None:
+        write_json_atomic(json_out, report)
+    log.info("wrote %s: %s, %.1f s (%d windows)", out, motion, report["seconds"], rollout.codes.shape[1])
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from daps.robot.evaluate import evaluate, write_report
+
+    if args.rollouts < 1 or args.windows < 2 or args.physics_rollouts < 0:
+        raise UserError("--rollouts must be >= 1, --windows >= 2 and --physics-rollouts >= 0")
+    motions = [m.strip() for m in args.motions.split(",") if m.strip()]
+    result = evaluate(
+        args.policy_dir, motions, rollouts=args.rollouts, windows=args.windows,
+        physics_rollouts=args.physics_rollouts, seed=args.seed, guidance=args.guidance,
+        classifier=not args.no_classifier, data_dir=args.data_dir, tokenizer=args.tokenizer,
+        device=_device(args.device),
+    )
+    if args.out:
+        write_report(result, Path(args.out))
+    if args.json:
+        json.dump(result, sys.stdout)
+        sys.stdout.write("\n")
+    else:
+        from daps.robot.evaluate import table
+
+        print(table(result))
+    return 0

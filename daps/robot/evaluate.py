@@ -1,0 +1,229 @@
+"""``daps robot eval``: how well the policy follows requests, and how plausible the planned motion is.
+
+For each kind of motion asked for (default walk and run) and each requested forward speed of a sweep (the 25th,
+50th and 75th percentiles of that kind's training windows, sideways speed and yaw rate 0), ``rollouts`` plans of
+``windows`` windows each are made, and measured next to ground truth of the same kind (training clips cut into
+segments of the same length):
+
+- **velocity**: mean absolute error per window between requested and achieved forward / sideways speed and yaw
+  rate (:func:`daps.robot.commands.window_velocity` of the stitched poses);
+- **kind**: accuracy of the motion classifier (:mod:`daps.motion.classifier`) on the planned windows against the
+  requested kind, next to its accuracy on real windows of that kind (validation clips where the kind has one;
+  window-level labels are noisy and the classifier is coarse, see docs/motion.md);
+- **smoothness**: mean |joint acceleration| at window borders and within windows (:func:`daps.robot.plan.
+  transition_jumps`), and the same for the ground-truth segments cut at the same borders;
+- **foot skating** (m/s, :func:`daps.motion.metrics.foot_skating_m_s`), planned and ground truth;
+- **physics** (``physics_rollouts`` plans per request and as many ground-truth segments): support force / body
+  weight and support torque of the PD tracker (:func:`daps.robot.physics.track`), and the inverse-dynamics
+  balanced fraction (:func:`daps.robot.physics.balance_check`);
+- **novelty**: share of distinct window codes among the planned windows, and the share of planned window codes
+  found verbatim among the training windows' codes (copies).
+
+Also reported once: how closely the root's window velocity follows the centre of mass's on the training windows.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from daps.errors import UserError
+from daps.robot.commands import VELOCITY_NAMES, com_window_velocity, motion_index, window_velocity
+from daps.robot.plan import Planner, transition_jumps
+
+
+def ground_truth_segments(motion: Any, kind: int, frames: int, count: int, seed: int) -> np.ndarray:
+    """``count`` random segments ``(count, frames, 26)`` of training clips of motion kind ``kind``."""
+    from daps.data.motion import motion_type
+    from daps.motion.lafan import split_clips
+
+    train, _ = split_clips(sorted(motion.poses))
+    clips = [c for c in train if motion_type(c) == kind and len(motion.poses[c]) > frames]
+    if not clips:
+        raise UserError(f"no training clip of this kind is longer than {frames} frames")
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(count):
+        clip = clips[rng.integers(len(clips))]
+        start = rng.integers(len(motion.poses[clip]) - frames)
+        out.append(motion.poses[clip][start : start + frames])
+    return np.stack(out)
+
+
+def com_agreement(h1: Any, motion: Any, window: int, count: int = 2000, seed: int = 0) -> dict[str, float]:
+    """Root vs centre-of-mass window velocities on ``count`` random training windows: mean absolute difference
+    per component and the correlation of the forward speeds."""
+    windows = motion.train
+    idx = np.random.default_rng(seed).choice(len(windows), size=min(count, len(windows)), replace=False)
+    poses = motion.window_poses("train", np.sort(idx))
+    root = window_velocity(poses, motion.fps)
+    com = com_window_velocity(h1, poses, motion.fps)
+    out = {f"root_vs_com_abs_{n}": float(np.abs(root[:, k] - com[:, k]).mean())
+           for k, n in enumerate(VELOCITY_NAMES[:2])}
+    out["root_vs_com_forward_correlation"] = float(np.corrcoef(root[:, 0], com[:, 0])[0, 1])
+    out["windows"] = float(len(idx))
+    return out
+
+
+def _classify(classifier: Any, windows: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return classifier(torch.as_tensor(windows, dtype=torch.float32)).argmax(-1).numpy()
+
+
+def evaluate(policy_run: str | Path, motions: list[str], rollouts: int = 8, windows: int = 6,
+             physics_rollouts: int = 2, seed: int = 0, guidance: float = 1.0, classifier: bool = True,
+             data_dir: str | None = None, tokenizer: str | None = None,
+             device: str | torch.device = "cpu") -> dict[str, Any]:
+    """The evaluation described in the module docstring, as a JSON-ready dict."""
+    from daps.motion.dataset import load_motion_data
+    from daps.motion.h1 import load_h1
+    from daps.motion.metrics import foot_skating_m_s
+    from daps.robot.data import load_commands
+    from daps.robot.physics import balance_check, track
+    from daps.robot.run import COMMANDS_FILE
+
+    planner = Planner(policy_run, device, tokenizer)
+    data_dir = data_dir or planner.data_dir
+    for m in motions:
+        motion_index(m, planner.class_names)
+    h1 = load_h1(data_dir)
+    motion = load_motion_data(data_dir, window=planner.window, stride=planner.window)
+    judge = None
+    if classifier:
+        from daps.motion.classifier import load_classifier
+
+        judge = load_classifier()
+    run_dir = Path(policy_run)
+    sets, _ = load_commands(run_dir / COMMANDS_FILE)
+    train_codes = {tuple(c) for c in sets["train"].codes.tolist()}
+    frames = planner.window * windows
+    started = time.perf_counter()
+    rows = []
+    for m in motions:
+        kind = motion_index(m, planner.class_names)
+        quartiles = np.array(planner.meta["velocity_ranges"][m]["quartiles"])  # (3 percentiles, 3)
+        truth = ground_truth_segments(motion, kind, frames, rollouts, seed)  # (R, frames, 26)
+        truth_phys = [{**track(h1, p, planner.fps).summary(), **balance_check(h1, p, planner.fps)}
+                      for p in truth[:physics_rollouts]]
+        gt_jumps = transition_jumps(truth, planner.window, planner.fps)
+        gt_skate = foot_skating_m_s(h1, truth, planner.fps)
+        real_acc = None
+        if judge is not None:
+            val = motion.val if any(planner.class_names[k] == m for k in _kinds(motion.val)) else motion.train
+            labels = _labels(val)
+            pick = np.nonzero(labels == kind)[0]
+            real_acc = float((_classify(judge, val[torch.as_tensor(pick[:2000])].numpy()) == kind).mean())
+        for q, speed in zip((25, 50, 75), quartiles[:, 0]):
+            request = np.array([speed, 0.0, 0.0])
+            label, v = planner.request(m, np.broadcast_to(request, (windows, 3)))
+            g = torch.Generator(planner.device).manual_seed(seed)
+            t0 = time.perf_counter()
+            r = planner.rollout(torch.full((rollouts,), label), np.broadcast_to(v, (rollouts, windows, 3)).copy(),
+                                guidance, 1.0, g)
+            plan_s = time.perf_counter() - t0
+            achieved = window_velocity(r.poses.reshape(rollouts, windows, planner.window, -1), planner.fps)
+            err = np.abs(achieved - r.velocity).reshape(-1, 3).mean(0)
+            jumps = transition_jumps(r.poses, planner.window, planner.fps)
+            codes = [tuple(c) for c in r.codes.reshape(-1, r.codes.shape[-1]).tolist()]
+            row: dict[str, Any] = {
+                "motion": m, "percentile": q, "requested_forward_m_s": float(v[0, 0]),
+                "achieved_forward_m_s": float(achieved[..., 0].mean()),
+                **{f"abs_error_{n}": float(e) for n, e in zip(VELOCITY_NAMES, err)},
+                **jumps, **{f"gt_{k}": val_ for k, val_ in gt_jumps.items()},
+                "foot_skating_m_s": foot_skating_m_s(h1, r.poses, planner.fps), "gt_foot_skating_m_s": gt_skate,
+                "unique_fraction": len(set(codes)) / len(codes),
+                "copy_fraction": float(np.mean([c in train_codes for c in codes])),
+                "windows_per_s": rollouts * windows / plan_s,
+            }
+            if judge is not None:
+                pred = _classify(judge, r.windows.reshape(-1, *r.windows.shape[2:]))
+                row["kind_accuracy"] = float((pred == label).mean())
+                row["gt_kind_accuracy"] = real_acc
+            if physics_rollouts:
+                phys = [{**track(h1, p, planner.fps).summary(), **balance_check(h1, p, planner.fps)}
+                        for p in r.poses[:physics_rollouts]]
+                for key in phys[0]:
+                    row[key] = float(np.mean([p[key] for p in phys]))
+                    row[f"gt_{key}"] = float(np.mean([p[key] for p in truth_phys]))
+            rows.append(row)
+    return {
+        "policy": str(Path(policy_run).resolve()),
+        "tokenizer": planner.meta.get("tokenizer"),
+        "method": planner.meta.get("method"),
+        "settings": {"rollouts": rollouts, "windows": windows, "physics_rollouts": physics_rollouts, "seed": seed,
+                     "guidance": guidance, "window_seconds": planner.window_seconds},
+        "com_agreement": com_agreement(h1, motion, planner.window),
+        "rows": rows,
+        "seconds": time.perf_counter() - started,
+        "machine": platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+    }
+
+
+def _kinds(windows: Any) -> set[int]:
+    from daps.data.motion import motion_type
+
+    return {motion_type(c) for c in windows.clips}
+
+
+def _labels(windows: Any) -> np.ndarray:
+    from daps.data.motion import motion_type
+
+    kinds = np.array([motion_type(c) for c in windows.clips])
+    return kinds[windows.clip_ids.numpy()]
+
+
+COLUMNS = (
+    ("motion", "motion", "{}"), ("requested_forward_m_s", "req. fwd m/s", "{:.2f}"),
+    ("achieved_forward_m_s", "ach. fwd m/s", "{:.2f}"), ("abs_error_forward_m_s", "|err| fwd", "{:.2f}"),
+    ("abs_error_left_m_s", "|err| left", "{:.2f}"), ("abs_error_yaw_rad_s", "|err| yaw", "{:.2f}"),
+    ("kind_accuracy", "kind acc (real)", "{:.2f}"), ("border_joint_accel", "border acc (within; data)", "{:.0f}"),
+    ("foot_skating_m_s", "skating m/s (data)", "{:.2f}"), ("support_force_bw", "support F/mg (data)", "{:.2f}"),
+    ("support_torque_nm", "support Nm (data)", "{:.0f}"), ("balanced_fraction", "balanced (data)", "{:.2f}"),
+    ("unique_fraction", "unique", "{:.2f}"), ("copy_fraction", "copies", "{:.2f}"),
+)
+
+
+def table(result: dict[str, Any]) -> str:
+    """The rows as a markdown table; ground-truth figures in parentheses."""
+    cols = [c for c in COLUMNS if any(c[0] in r for r in result["rows"])]
+    lines = ["| " + " | ".join(c[1] for c in cols) + " |", "|" + "---|" * len(cols)]
+    for r in result["rows"]:
+        cells = []
+        for key, _, fmt in cols:
+            if key not in r or r[key] is None:
+                cells.append("–")
+                continue
+            cell = fmt.format(r[key])
+            if key == "border_joint_accel":
+                cell += f" ({r['within_joint_accel']:.0f}; {r['gt_border_joint_accel']:.0f})"
+            elif key == "kind_accuracy" and r.get("gt_kind_accuracy") is not None:
+                cell += f" ({r['gt_kind_accuracy']:.2f})"
+            elif f"gt_{key}" in r:
+                cell += f" ({fmt.format(r[f'gt_{key}'])})"
+            cells.append(cell)
+        lines.append("| " + " | ".join(cells) + " |")
+    com = result.get("com_agreement", {})
+    if com:
+        lines.append("")
+        lines.append(
+            f"Root vs centre-of-mass window velocity on {int(com['windows'])} training windows: mean |difference| "
+            f"forward {com['root_vs_com_abs_forward_m_s']:.3f} m/s, sideways {com['root_vs_com_abs_left_m_s']:.3f} "
+            f"m/s; forward correlation {com['root_vs_com_forward_correlation']:.3f}."
+        )
+    return "\n".join(lines)
+
+
+def write_report(result: dict[str, Any], stem: Path) -> None:
+    """``stem.json`` (everything) and ``stem.md`` (the table), atomically."""
+    from daps.runfolder import atomic_path, write_json_atomic
+
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(stem.with_suffix(".json"), result)
+    with atomic_path(stem.with_suffix(".md")) as tmp:
+        Path(tmp).write_text(table(result) + "\n")

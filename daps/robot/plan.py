@@ -1,0 +1,172 @@
+"""Rolling the policy out: window by window codes -> the tokenizer's decoder -> features -> stitched robot poses.
+
+Window ``w`` is sampled from the policy given the requested kind, the requested velocity of window ``w`` and the
+codes of window ``w - 1`` (the start symbol for the first); the tokenizer decodes it to standardized features,
+which the tokenizer run's statistics (``motion_stats.json``) turn back into raw features. Features carry no
+absolute position, so the windows are chained (:func:`stitch_windows`): the first starts at the origin facing +x,
+and each later one starts one frame after the previous window's last frame, moved by its own first frame's
+velocity and yaw rate, exactly as the frames inside a window are integrated. The root position and heading are
+therefore continuous across borders; the joint angles are whatever the decoder gives, and
+:func:`transition_jumps` measures how much they jump there.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from daps.errors import UserError
+from daps.motion.features import FEATURE_LAYOUT, features_to_poses
+from daps.motion.h1 import JOINTS, ROOT_QUAT
+from daps.motion.rotations import heading, rotate_z, wrap_angle
+from daps.robot.commands import clamp_velocity, motion_index
+
+log = logging.getLogger("daps")
+
+
+def stitch_windows(features: np.ndarray, fps: float) -> np.ndarray:
+    """Raw features ``(B, W, T, F)`` of consecutive windows -> poses ``(B, W*T, 26)`` (see the module docstring)."""
+    x = np.asarray(features, dtype=np.float64)
+    b, w, t, _ = x.shape
+    lay = FEATURE_LAYOUT
+    out = np.empty((b, w, t, JOINTS.stop))
+    xy, psi = np.zeros((b, 2)), np.zeros(b)
+    for k in range(w):
+        if k > 0:
+            last = out[:, k - 1, -1]  # (B, 26)
+            psi = heading(last[:, ROOT_QUAT]) + wrap_angle(x[:, k, 0, lay["yaw_rate"]][:, 0] / fps)
+            xy = last[:, :2] + rotate_z(x[:, k, 0, lay["root_velocity"]], psi) / fps
+        out[:, k] = features_to_poses(x[:, k], xy, psi, fps)
+    return out.reshape(b, w * t, -1)
+
+
+def transition_jumps(poses: np.ndarray, window: int, fps: float) -> dict[str, float]:
+    """Mean absolute joint acceleration (rad/s^2) at the frames where a new window begins, and within windows,
+    for poses ``(B, N, 26)`` cut into windows of ``window`` frames (second differences of the joint angles)."""
+    joints = np.asarray(poses, dtype=np.float64)[..., JOINTS]  # (B, N, 19)
+    acc = np.abs(np.diff(joints, n=2, axis=1)) * fps * fps  # (B, N-2, 19): acc[i] is centred on frame i+1
+    centre = np.arange(1, joints.shape[1] - 1)
+    border = (centre % window == 0) | (centre % window == window - 1)  # the two frames either side of a border
+    return {
+        "border_joint_accel": float(acc[:, border].mean()) if border.any() else 0.0,
+        "within_joint_accel": float(acc[:, ~border].mean()),
+    }
+
+
+@dataclass
+class Rollout:
+    """Planned motion: ``codes (B, W, T)``, raw ``features (B, W, frames, F)``, standardized ``windows (B, W,
+    frames, F)``, stitched ``poses (B, W*frames, 26)``, the requested ``velocity (B, W, 3)`` and ``labels (B,)``."""
+
+    codes: torch.Tensor
+    features: np.ndarray
+    windows: np.ndarray
+    poses: np.ndarray
+    velocity: np.ndarray
+    labels: torch.Tensor
+
+
+class Planner:
+    """A trained policy with the tokenizer that decodes its codes.
+
+    Args:
+        policy_run: the policy's run folder (``daps robot train``).
+        tokenizer: the tokenizer run to decode with (default: the one the policy was trained on).
+    """
+
+    def __init__(self, policy_run: str | Path, device: str | torch.device = "cpu",
+                 tokenizer: str | Path | None = None) -> None:
+        from daps.checkpoint import load_model, resolve_checkpoint
+        from daps.motion.dataset import Standardizer
+        from daps.robot.run import load_policy
+
+        self.device = torch.device(device)
+        self.policy, self.cfg, self.meta = load_policy(policy_run, self.device)
+        source = tokenizer or self.meta.get("checkpoint") or self.meta.get("tokenizer")
+        if not source:
+            raise UserError(f"{policy_run} names no tokenizer run; pass --tokenizer RUN")
+        ckpt = resolve_checkpoint(source)
+        self.tokenizer = load_model(ckpt, self.device)
+        if self.tokenizer.vocab_size != self.meta["vocab_size"] or self.tokenizer.input_spec.num_tokens != \
+                self.meta["num_tokens"]:
+            raise UserError(f"{source}: its codes (V={self.tokenizer.vocab_size}) are not the policy's "
+                            f"(V={self.meta['vocab_size']}, T={self.meta['num_tokens']})")
+        stats_file = ckpt.parent.parent / "motion_stats.json"
+        if not stats_file.is_file():
+            raise UserError(f"{stats_file} is missing: the tokenizer run's feature statistics are needed to decode")
+        self.stats = Standardizer.from_dict(json.loads(stats_file.read_text()))
+        self.class_names: list[str] = list(self.meta["class_names"])
+        self.fps = float(self.meta["fps"])
+        self.window = int(self.meta["window"])
+
+    @property
+    def data_dir(self) -> str | None:
+        """The data folder of the policy, else of its tokenizer (None: search as usual)."""
+        return self.cfg.data_dir or self.tokenizer.config.data.data_dir or None
+
+    @property
+    def window_seconds(self) -> float:
+        return self.window / self.fps
+
+    def velocity_range(self, motion: str) -> tuple[np.ndarray, np.ndarray]:
+        """The 1st and 99th percentiles of the training windows' velocities of kind ``motion``."""
+        r = self.meta["velocity_ranges"].get(motion) or self.meta["velocity_ranges"]["all"]
+        return np.array(r["low"]), np.array(r["high"])
+
+    def request(self, motion: str, velocity: np.ndarray) -> tuple[int, np.ndarray]:
+        """Check a request: the kind's label and the velocities ``(W, 3)`` clamped into the kind's range in the
+        data (each clamped component is logged as a warning)."""
+        label = motion_index(motion, self.class_names)
+        low, high = self.velocity_range(motion)
+        clamped, notes = clamp_velocity(np.asarray(velocity, dtype=np.float64), low, high)
+        for note in notes:
+            log.warning("%s for %s; clamped", note, motion)
+        return label, clamped
+
+    @torch.no_grad()
+    def rollout(self, labels: torch.Tensor, velocity: np.ndarray, guidance: float = 1.0, temperature: float = 1.0,
+                generator: torch.Generator | None = None) -> Rollout:
+        """Plan ``W`` windows for each of ``labels (B,)`` with velocities ``(B, W, 3)`` (already checked)."""
+        labels = labels.to(self.device)
+        b, w = velocity.shape[:2]
+        prev = torch.full((b, self.policy.num_tokens), self.policy.start_symbol, device=self.device)
+        codes, windows = [], []
+        for k in range(w):
+            v = torch.as_tensor(velocity[:, k], dtype=torch.float32, device=self.device)
+            z = self.policy.generate(labels, v, prev, guidance, temperature, generator)  # (B, T)
+            codes.append(z)
+            windows.append(self.tokenizer.decode(z)[:, 0].double().cpu().numpy())  # (B, frames, F)
+            prev = z
+        std = np.stack(windows, axis=1)  # (B, W, frames, F)
+        raw = self.stats.denormalize(std)
+        return Rollout(torch.stack(codes, 1).cpu(), raw, std, stitch_windows(raw, self.fps),
+                       np.asarray(velocity, dtype=np.float64), labels.cpu())
+
+
+def plan_motion(planner: Planner, motion: str, velocity: np.ndarray, seconds: float, guidance: float = 1.0,
+                temperature: float = 1.0, seed: int = 0) -> Rollout:
+    """One rollout of ``seconds`` (rounded up to whole windows) of kind ``motion`` with velocity ``(3,)`` or a
+    schedule ``(W, 3)``."""
+    if seconds <= 0:
+        raise UserError(f"--seconds must be positive, got {seconds}")
+    windows = max(1, int(np.ceil(seconds / planner.window_seconds - 1e-9)))
+    v = np.asarray(velocity, dtype=np.float64)
+    v = np.broadcast_to(v, (windows, 3)) if v.ndim == 1 else v[:windows]
+    label, v = planner.request(motion, v)
+    g = torch.Generator(planner.device).manual_seed(seed)
+    return planner.rollout(torch.tensor([label]), v[None], guidance, temperature, g)
+
+
+def describe(rollout: Rollout, fps: float, window: int) -> dict[str, Any]:
+    """Requested and achieved velocity per window of the first rollout (a JSON-ready dict)."""
+    from daps.robot.commands import window_velocity
+
+    poses = rollout.poses[0].reshape(-1, window, rollout.poses.shape[-1])
+    achieved = window_velocity(poses, fps)
+    return {"requested": rollout.velocity[0].round(3).tolist(), "achieved": achieved.round(3).tolist()}

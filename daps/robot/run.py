@@ -1,0 +1,302 @@
+"""Training and loading the high-level policy; a policy is a run folder like any other.
+
+Run folder (marker kind ``robot``)::
+
+    config.json             {"robot": RobotConfig, "commands": the examples' header (tokenizer, V, T, ranges)}
+    commands.safetensors    the encoded examples of both splits (reused by --resume and by evaluation)
+    metrics.jsonl           train rows (loss, steps/s) and val rows (held-out bits per token, see below)
+    checkpoints/step_N/     model.safetensors, config.json, state.pt (optimizer, step, generator), checksums
+    curves.png, summary.json
+
+Held-out rows report the exact bits per token of the validation clips' codes under the policy, and the same with
+one input taken away: the null label, the velocities shuffled across examples, no previous window. The gaps say
+how much each input tells the policy.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from daps.checkpoint import (
+    CheckpointError,
+    load_training_state,
+    load_weights,
+    resolve_checkpoint,
+    save_checkpoint,
+)
+from daps.errors import UserError
+from daps.prior.nets import drop_labels
+from daps.prior.run import prepare_folder, save_prior_curves
+from daps.robot.data import CommandSet, encode_split, load_commands, save_commands, velocity_ranges
+from daps.robot.policy import CommandPolicy
+from daps.runfolder import FolderLock, clear_folder, has_content, write_json_atomic, write_marker
+
+log = logging.getLogger("daps")
+
+KIND = "robot"
+COMMANDS_FILE = "commands.safetensors"
+VAL_EXAMPLES = 4000
+
+
+@dataclass
+class RobotConfig:
+    """The policy's settings (``daps robot train TOKENIZER ... key=value`` overrides any of them)."""
+
+    tokenizer: str = ""
+    """The motion tokenizer's run folder or checkpoint (any method with discrete codes, trained on lafan1-h1)."""
+    data_dir: str = ""
+    """Folder with the LAFAN1 H1 data (default: as the tokenizer was trained, then $DAPS_DATA_DIR)."""
+    stride: int = 4
+    """Frames between the starts of consecutive encoded windows (must divide the window length)."""
+    samples: int = 1
+    """Codes drawn per window from a stochastic encoder (1 for a quantizer)."""
+    width: int = 128
+    num_layers: int = 2
+    num_heads: int = 4
+    mlp_ratio: int = 4
+    steps: int = 4000
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    label_dropout: float = 0.1
+    """Share of training labels replaced by the null label (what classifier-free guidance needs)."""
+    prev_dropout: float = 0.1
+    """Share of training examples whose previous codes are replaced by the start symbol (rollouts start there)."""
+    seed: int = 0
+    log_every: int = 50
+    eval_every: int = 500
+    ckpt_every: int = 500
+    keep_checkpoints: int = 2
+    progress: bool = True
+    out_dir: str = "runs/robot-policy"
+
+    def validate(self) -> None:
+        for name in ("stride", "samples", "width", "num_layers", "num_heads", "mlp_ratio", "steps", "batch_size",
+                     "log_every", "eval_every", "ckpt_every", "keep_checkpoints"):
+            if getattr(self, name) < 1:
+                raise UserError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.width % self.num_heads:
+            raise UserError(f"width {self.width} is not a multiple of num_heads {self.num_heads}")
+        for name in ("label_dropout", "prev_dropout"):
+            if not 0 <= getattr(self, name) < 1:
+                raise UserError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise UserError(f"lr must be positive, got {self.lr}")
+
+
+def build_policy(cfg: RobotConfig, meta: dict[str, Any]) -> CommandPolicy:
+    torch.manual_seed(cfg.seed)
+    return CommandPolicy(
+        int(meta["num_tokens"]), int(meta["vocab_size"]), len(meta["class_names"]), cfg.width, cfg.num_layers,
+        cfg.num_heads, cfg.mlp_ratio, velocity_scale=torch.tensor(meta["velocity_std"]),
+    )
+
+
+def encode_commands(cfg: RobotConfig, device: torch.device) -> tuple[dict[str, CommandSet], dict[str, Any]]:
+    """Encode the training and validation windows with the tokenizer of ``cfg`` (see :mod:`daps.robot.data`)."""
+    from daps.checkpoint import load_model
+    from daps.codes import config_sha256
+    from daps.config_io import config_to_dict
+    from daps.data import dataset_spec
+    from daps.data.motion import MOTION_TYPES, check_run_stats
+    from daps.methods import method_spec
+    from daps.motion.dataset import load_motion_data
+
+    if not cfg.tokenizer:
+        raise UserError("name the motion tokenizer run to take codes from")
+    ckpt = resolve_checkpoint(cfg.tokenizer)
+    model = load_model(ckpt, device)
+    tcfg = model.config
+    if model.vocab_size is None:
+        raise UserError(f"{cfg.tokenizer} is a {tcfg.method} run: its latent is continuous, it has no codes")
+    if dataset_spec(tcfg.data.name).windows is None:
+        raise UserError(f"{cfg.tokenizer} was trained on {tcfg.data.name}; the policy needs a motion tokenizer "
+                        "(lafan1-h1)")
+    if cfg.data_dir:
+        tcfg.data.data_dir = cfg.data_dir
+    check_run_stats(ckpt.parent.parent, tcfg.data)
+    window = int(tcfg.data.image_shape[1])
+    motion = load_motion_data(tcfg.data.data_dir or None, window=window, stride=cfg.stride)
+    samples = cfg.samples if method_spec(tcfg.method).encoder != "quantizer" else 1
+    generator = torch.Generator(device).manual_seed(cfg.seed)
+    log.info("encoding %d training and %d validation windows (every %d frames) with %s",
+             len(motion.train), len(motion.val), cfg.stride, cfg.tokenizer)
+    sets = {s: encode_split(model, motion, s, cfg.stride, samples, generator) for s in ("train", "val")}
+    ranges = velocity_ranges(sets["train"], list(MOTION_TYPES))
+    weights = ckpt / "checksums.json"
+    meta = {
+        "tokenizer": str(Path(cfg.tokenizer).resolve()),
+        "checkpoint": str(ckpt.resolve()),
+        "model_sha256": json.loads(weights.read_text())["files"]["model.safetensors"]["sha256"]
+        if weights.exists() else "",
+        "config_sha256": config_sha256(config_to_dict(tcfg)),
+        "method": tcfg.method,
+        "vocab_size": int(model.vocab_size),
+        "num_tokens": int(sets["train"].codes.shape[1]),
+        "window": window,
+        "fps": motion.fps,
+        "class_names": list(MOTION_TYPES),
+        "stride": cfg.stride,
+        "samples": samples,
+        "velocity_std": sets["train"].velocity.double().std(0).clamp(min=1e-3).tolist(),
+        "velocity_ranges": ranges,
+    }
+    return sets, meta
+
+
+def _val_subset(val: CommandSet) -> CommandSet:
+    n = len(val)
+    if n <= VAL_EXAMPLES:
+        return val
+    idx = torch.randperm(n, generator=torch.Generator().manual_seed(0))[:VAL_EXAMPLES].sort().values
+    return val.subset(idx)
+
+
+@torch.no_grad()
+def evaluate_policy(model: CommandPolicy, val: CommandSet, batch_size: int = 500) -> dict[str, float]:
+    """Held-out bits per token with every input, and with the null label, shuffled velocities or no previous
+    window instead (see the module docstring)."""
+    model.eval()
+    g = torch.Generator().manual_seed(0)
+    shuffled = val.velocity[torch.randperm(len(val), generator=g).to(val.velocity.device)]
+    variants = {
+        "bits_per_token": lambda s, e: (val.labels[s:e], val.velocity[s:e], val.prev[s:e]),
+        "bits_per_token_null_label": lambda s, e: (torch.full_like(val.labels[s:e], model.num_classes),
+                                                   val.velocity[s:e], val.prev[s:e]),
+        "bits_per_token_shuffled_velocity": lambda s, e: (val.labels[s:e], shuffled[s:e], val.prev[s:e]),
+        "bits_per_token_no_prev": lambda s, e: (val.labels[s:e], val.velocity[s:e],
+                                                torch.full_like(val.prev[s:e], model.start_symbol)),
+    }
+    out: dict[str, float] = {"num_examples": float(len(val))}
+    for key, inputs in variants.items():
+        total = 0.0
+        for s in range(0, len(val), batch_size):
+            e = min(s + batch_size, len(val))
+            total += float(model.token_log_probs(val.codes[s:e], *inputs(s, e)).double().sum())
+        out[key] = -total / val.codes.numel() / math.log(2)
+    model.train()
+    return out
+
+
+def train_policy(cfg: RobotConfig, resume: bool = False, overwrite: bool = False, device: str | torch.device = "cpu",
+                 commands: tuple[dict[str, CommandSet], dict] | None = None) -> Path:
+    """Train the policy of ``cfg`` into ``cfg.out_dir``; returns the run folder. ``commands`` gives the examples
+    and their header directly (tests with synthetic codes) instead of encoding them with ``cfg.tokenizer``."""
+    from tqdm import tqdm
+
+    from daps.train import truncate_metrics
+
+    cfg.validate()
+    device = torch.device(device)
+    run_dir = Path(cfg.out_dir)
+    ckpt = prepare_folder(cfg, resume, overwrite, kind=KIND)
+    saved = ckpt is not None and (run_dir / COMMANDS_FILE).is_file()
+    if not saved:  # encoded before the folder is touched, so a refused tokenizer leaves nothing behind
+        sets, meta = commands if commands is not None else encode_commands(cfg, device)
+    lock = FolderLock(run_dir).acquire()
+    try:
+        if overwrite and has_content(run_dir):
+            clear_folder(run_dir, KIND, "--out")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_marker(run_dir, KIND)
+        if saved:
+            sets, meta = load_commands(run_dir / COMMANDS_FILE)
+        else:
+            save_commands(run_dir / COMMANDS_FILE, sets, meta)
+        config = {KIND: asdict(cfg), "commands": meta}
+        write_json_atomic(run_dir / "config.json", config)
+        model = build_policy(cfg, meta).to(device)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        generator = torch.Generator(device).manual_seed(cfg.seed)
+        start = 0
+        if ckpt is not None:
+            load_weights(model, ckpt)
+            state = load_training_state(ckpt)
+            optimizer.load_state_dict(state["optimizer"])
+            generator.set_state(state["generator"])
+            start = int(state["step"])
+            log.info("resuming %s from step %d", run_dir, start)
+        truncate_metrics(run_dir / "metrics.jsonl", start)
+        train, val = sets["train"].to(device), _val_subset(sets["val"]).to(device)
+        log.info("policy: %d training examples, %d held out, %d parameters", len(train), len(val),
+                 sum(p.numel() for p in model.parameters()))
+        model.train()
+        bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not cfg.progress,
+                   desc="robot policy", unit="step", dynamic_ncols=True, mininterval=1.0)
+        loss_sum, count, t_last = 0.0, 0, time.perf_counter()
+        with open(run_dir / "metrics.jsonl", "a") as metrics:
+            def write_row(row: dict) -> None:
+                metrics.write(json.dumps(row) + "\n")
+                metrics.flush()
+
+            for step in bar:
+                idx = torch.randint(len(train), (cfg.batch_size,), generator=generator, device=device)
+                labels = drop_labels(train.labels[idx], cfg.label_dropout, model.num_classes, generator)
+                drop = torch.rand(idx.shape, generator=generator, device=device) < cfg.prev_dropout
+                prev = torch.where(drop[:, None], torch.full_like(train.prev[idx], model.start_symbol),
+                                   train.prev[idx])
+                loss = model.loss(train.codes[idx], labels, train.velocity[idx], prev)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                optimizer.step()
+                loss_sum += float(loss.detach())
+                count += 1
+                done = step + 1
+                if done % cfg.log_every == 0 or done == cfg.steps:
+                    now = time.perf_counter()
+                    write_row({"split": "train", "step": done, "loss": loss_sum / count,
+                               "steps_per_s": count / (now - t_last)})
+                    bar.set_postfix(loss=f"{loss_sum / count:.3f}", refresh=False)
+                    loss_sum, count, t_last = 0.0, 0, now
+                if done % cfg.eval_every == 0 or done == cfg.steps:
+                    write_row({"split": "val", "step": done, **evaluate_policy(model, val)})
+                if done % cfg.ckpt_every == 0 or done == cfg.steps:
+                    state = {"step": done, "optimizer": optimizer.state_dict(), "generator": generator.get_state()}
+                    save_checkpoint(run_dir, done, model, config, state, keep=cfg.keep_checkpoints)
+        bar.close()
+        _finish(run_dir, model, cfg, meta, device)
+    finally:
+        lock.release()
+    return run_dir
+
+
+def _finish(run_dir: Path, model: CommandPolicy, cfg: RobotConfig, meta: dict, device: torch.device) -> None:
+    from daps.plots import read_metrics
+
+    rows = read_metrics(run_dir / "metrics.jsonl")
+    val = [r for r in rows if r.get("split") == "val"]
+    summary: dict[str, Any] = {"step": cfg.steps, **(val[-1] if val else {})}
+    n = 256
+    g = torch.Generator(device).manual_seed(0)
+    labels = torch.arange(n, device=device) % model.num_classes
+    prev = torch.full((n, model.num_tokens), model.start_symbol, device=device)
+    begin = time.perf_counter()
+    model.generate(labels, torch.zeros(n, 3, device=device), prev, generator=g)
+    summary["windows_per_s"] = n / (time.perf_counter() - begin)
+    write_json_atomic(run_dir / "summary.json", summary)
+    save_prior_curves(rows, run_dir / "curves.png", f"robot policy over {meta.get('method', '?')} codes")
+
+
+def load_policy(path: str | Path, device: str | torch.device = "cpu") -> tuple[CommandPolicy, RobotConfig, dict]:
+    """A trained policy from its run folder (or checkpoint): the network (eval mode), its settings and the header
+    of its examples (tokenizer, V, T, velocity ranges)."""
+    ckpt = resolve_checkpoint(path)
+    try:
+        config = json.loads((ckpt / "config.json").read_text())
+        cfg = RobotConfig(**config[KIND])
+        meta = config["commands"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise CheckpointError(f"{ckpt / 'config.json'} is not a daps robot policy config ({err})") from None
+    model = build_policy(cfg, meta)
+    load_weights(model, ckpt)
+    return model.to(device).eval(), cfg, meta

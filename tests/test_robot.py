@@ -1,0 +1,331 @@
+"""The H1 command space (``daps.robot``): requests, the conditional policy, stitching, physics checks, the CLI.
+
+The real-data tests read ``$DAPS_DATA_DIR`` (``lafan1_h1_unitree/``, ``unitree_h1_mjcf/``) and skip without it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from daps.cli import main
+from daps.errors import UserError
+from daps.robot.commands import (
+    clamp_velocity,
+    motion_from_prompt,
+    parse_velocity,
+    read_velocity_schedule,
+    window_velocity,
+)
+from daps.robot.data import CommandSet
+from daps.robot.physics import _hull, distance_outside
+from daps.robot.run import RobotConfig, load_policy, train_policy
+
+REAL_DIR = os.environ.get("DAPS_DATA_DIR")
+needs_data = pytest.mark.skipif(not REAL_DIR, reason="DAPS_DATA_DIR not set (reads the real LAFAN1 H1 clips)")
+
+
+# --------------------------------------------------------------------------------------------------
+# Requests
+
+
+def test_prompts_map_to_one_kind_by_keywords():
+    assert motion_from_prompt("A person jogging along the beach") == "run"
+    assert motion_from_prompt("walks slowly") == "walk"
+    assert motion_from_prompt("Dance!") == "dance"
+    assert motion_from_prompt("hops over a puddle") == "jump"
+    with pytest.raises(UserError, match="names no kind"):
+        motion_from_prompt("sings a song")
+    with pytest.raises(UserError, match="several kinds"):
+        motion_from_prompt("walk, then run")
+
+
+def test_velocity_parsing_schedule_and_clamping(tmp_path):
+    assert parse_velocity("1.5").tolist() == [1.5, 0.0, 0.0]
+    assert parse_velocity("1,0.2,-0.3").tolist() == [1.0, 0.2, -0.3]
+    for bad in ("fast", "1,2", "nan"):
+        with pytest.raises(UserError, match="--velocity"):
+            parse_velocity(bad)
+    f = tmp_path / "v.txt"
+    f.write_text("# t vx vy yaw\n0 1.0 0 0\n2.0, 0.5, 0, 0.3\n")
+    got = read_velocity_schedule(str(f), 4, 1.0667)  # windows start at 0, 1.07, 2.13, 3.2 s
+    assert got.tolist() == [[1.0, 0, 0], [1.0, 0, 0], [0.5, 0, 0.3], [0.5, 0, 0.3]]
+    f.write_text("1 1 0 0\n")
+    with pytest.raises(UserError, match="start at time 0"):
+        read_velocity_schedule(str(f), 2, 1.0)
+    f.write_text("0 1 0\n")
+    with pytest.raises(UserError, match="line 1"):
+        read_velocity_schedule(str(f), 2, 1.0)
+    v, notes = clamp_velocity(np.array([[5.0, 0.0, 0.0]]), np.array([0, -1, -1.0]), np.array([2, 1, 1.0]))
+    assert v.tolist() == [[2.0, 0.0, 0.0]] and len(notes) == 1 and "forward_m_s 5" in notes[0]
+
+
+def test_window_velocity_known_answers():
+    fps, t = 30.0, 31
+    time = np.arange(t) / fps
+    poses = np.zeros((t, 26))
+    poses[:, 3] = 1.0
+    # heading +90 deg (facing +y) while moving along +y at 1.2 m/s: forward 1.2, left 0
+    psi = np.pi / 2
+    poses[:, 3:7] = [np.cos(psi / 2), 0, 0, np.sin(psi / 2)]
+    poses[:, 1] = 1.2 * time
+    assert window_velocity(poses, fps) == pytest.approx([1.2, 0.0, 0.0], abs=1e-9)
+    # turning at 0.5 rad/s on the spot across the +-pi seam
+    psi = np.pi - 0.2 + 0.5 * time
+    poses[:, 1] = 0
+    poses[:, 3:7] = np.stack([np.cos(psi / 2), 0 * psi, 0 * psi, np.sin(psi / 2)], 1)
+    assert window_velocity(poses, fps) == pytest.approx([0.0, 0.0, 0.5], abs=1e-9)
+
+
+def test_support_hull_and_distance():
+    square = _hull(np.array([[0, 0], [1, 0], [1, 1], [0, 1], [0.5, 0.5]], dtype=float))
+    assert len(square) == 4
+    assert distance_outside(np.array([0.5, 0.5]), square) == 0.0
+    assert distance_outside(np.array([1.5, 0.5]), square) == pytest.approx(0.5)
+    assert distance_outside(np.array([2.0, 2.0]), square) == pytest.approx(np.sqrt(2))
+
+
+# --------------------------------------------------------------------------------------------------
+# The policy on a synthetic code distribution
+
+
+def _synthetic(n: int, seed: int, shuffle_context: bool = False) -> tuple[dict[str, CommandSet], dict]:
+    """Codes of 3 tokens over V=6 decided by the context: token 0 = 2 * label + (forward > 0), token 1 copies the
+    previous window's token 0 (5 at the start), token 2 is noise. ``shuffle_context`` trains on the same codes
+    with labels and velocities permuted across examples (the negative control)."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(3, (n,), generator=g)
+    forward = torch.where(torch.rand(n, generator=g) < 0.5, -1.0, 1.0) * (0.5 + torch.rand(n, generator=g))
+    velocity = torch.stack([forward, 0.1 * torch.randn(n, generator=g), 0.1 * torch.randn(n, generator=g)], 1)
+    start = torch.rand(n, generator=g) < 0.2
+    prev = torch.randint(6, (n, 3), generator=g)
+    prev[start] = 6
+    codes = torch.stack([2 * labels + (forward > 0).long(), torch.where(start, 5, prev[:, 0]),
+                         torch.randint(6, (n,), generator=g)], 1)
+    if shuffle_context:
+        perm = torch.randperm(n, generator=g)
+        labels, velocity = labels[perm], velocity[perm]
+    s = CommandSet(codes, prev, labels, velocity, torch.arange(n))
+    meta = {"num_tokens": 3, "vocab_size": 6, "class_names": ["a", "b", "c"], "method": "synthetic",
+            "velocity_std": velocity.std(0).tolist(), "velocity_ranges": {}, "fps": 30.0, "window": 32}
+    return {"train": s, "val": s.subset(torch.arange(500))}, meta
+
+
+def _tiny_policy(tmp_path: Path, name: str, commands) -> Path:
+    cfg = RobotConfig(width=32, num_layers=1, num_heads=2, steps=300, batch_size=64, lr=3e-3, eval_every=300,
+                      ckpt_every=300, log_every=100, progress=False, out_dir=str(tmp_path / name))
+    return train_policy(cfg, commands=commands)
+
+
+def test_policy_reproduces_how_label_velocity_and_previous_codes_decide_the_codes(tmp_path, single_thread):
+    """The trained policy's samples follow the rule (token 0 from label and velocity sign, token 1 from the
+    previous codes); trained on the same codes with the context shuffled (negative control), it cannot."""
+    commands = _synthetic(4000, 0)
+    run = _tiny_policy(tmp_path, "policy", commands)
+    control = _tiny_policy(tmp_path, "control", _synthetic(4000, 0, shuffle_context=True))
+    test_sets, _ = _synthetic(600, 1)
+    t = test_sets["train"]
+
+    def accuracy(path: Path) -> tuple[float, float]:
+        model, _, _ = load_policy(path)
+        z = model.generate(t.labels, t.velocity, t.prev, generator=torch.Generator().manual_seed(0))
+        return float((z[:, 0] == t.codes[:, 0]).float().mean()), float((z[:, 1] == t.codes[:, 1]).float().mean())
+
+    first, second = accuracy(run)
+    assert first > 0.9 and second > 0.9, (first, second)
+    shuffled_first, _ = accuracy(control)
+    assert shuffled_first < 0.4, shuffled_first  # chance is 1/6 .. 1/2 (the velocity sign is still in the codes)
+    summary = json.loads((run / "summary.json").read_text())
+    # held out: every input carries information, so taking one away costs bits
+    assert summary["bits_per_token_null_label"] > summary["bits_per_token"] + 0.1
+    assert summary["bits_per_token_shuffled_velocity"] > summary["bits_per_token"] + 0.1
+    assert summary["bits_per_token_no_prev"] > summary["bits_per_token"] + 0.1
+
+
+def test_policy_training_resumes_exactly(tmp_path, single_thread):
+    commands = _synthetic(1000, 0)
+    base = dict(width=32, num_layers=1, num_heads=2, steps=20, batch_size=32, eval_every=10, ckpt_every=10,
+                log_every=5, progress=False)
+    full = train_policy(RobotConfig(**base, out_dir=str(tmp_path / "full")), commands=commands)
+    part = RobotConfig(**{**base, "steps": 10}, out_dir=str(tmp_path / "part"))
+    train_policy(part, commands=commands)
+    resumed = train_policy(RobotConfig(**base, out_dir=str(tmp_path / "part")), resume=True)
+    a, _, _ = load_policy(full)
+    b, _, _ = load_policy(resumed)
+    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(x, y), name
+
+
+# --------------------------------------------------------------------------------------------------
+# Stitching and physics on real clips
+
+
+@pytest.fixture(scope="module")
+def clips():
+    if not REAL_DIR:
+        pytest.skip("DAPS_DATA_DIR not set (reads the real LAFAN1 H1 clips)")
+    from daps.motion.dataset import load_clip_features
+    from daps.motion.h1 import load_h1
+
+    return load_clip_features(REAL_DIR), load_h1(REAL_DIR)
+
+
+def test_stitched_ground_truth_windows_are_the_clip(clips):
+    """Cut a real clip's features into windows and stitch them: the result is the whole clip integrated at once
+    (root position and heading carried across every border), i.e. the clip itself moved to the origin."""
+    from daps.motion.features import features_to_poses
+    from daps.robot.plan import stitch_windows, transition_jumps
+
+    arrays, _ = clips
+    feats = arrays.features["walk1_subject1"][100 : 100 + 4 * 32].astype(np.float64)
+    stitched = stitch_windows(feats.reshape(1, 4, 32, -1), 30.0)[0]
+    whole = features_to_poses(feats, np.zeros(2), np.zeros(()), 30.0)
+    assert np.abs(stitched - whole).max() < 1e-9
+    # the clip's own joint accelerations are no larger at the borders than within windows
+    jumps = transition_jumps(stitched[None], 32, 30.0)
+    assert jumps["border_joint_accel"] < 2 * jumps["within_joint_accel"]
+    # windows from different places of the clip: the root stays continuous, the joints jump at the borders
+    mixed = np.stack([arrays.features["walk1_subject1"][s : s + 32] for s in (100, 900, 2000, 3100)])
+    poses = stitch_windows(mixed[None].astype(np.float64), 30.0)[0]
+    steps = np.linalg.norm(np.diff(poses[:, :2], axis=0), axis=1)
+    assert steps.max() < 4.0 / 30  # no root step faster than 4 m/s anywhere, borders included
+    assert transition_jumps(poses[None], 32, 30.0)["border_joint_accel"] > 3 * jumps["border_joint_accel"]
+
+
+def test_physics_support_is_small_for_ground_truth_and_large_for_floating_motion(clips):
+    """The PD tracker keeps a real walking clip up with a support force below half the body weight on average
+    (measured 0.40 over 10 s) and the inverse dynamics finds most frames balanced; the same clip lifted 20 cm
+    (negative control: the feet never touch) needs the whole weight and has no balanced frame. Without support
+    the tracker falls within 2 s (why the support is the measured quantity)."""
+    from daps.robot.physics import balance_check, fall_time, track
+
+    arrays, h1 = clips
+    walk = arrays.poses["walk1_subject1"][300:450]  # 5 s
+    support = track(h1, walk, 30.0).summary()
+    balance = balance_check(h1, walk, 30.0)
+    assert support["support_force_bw"] < 0.5, support
+    assert balance["balanced_fraction"] > 0.8 and balance["pulling_fraction"] < 0.02, balance
+    floating = walk.copy()
+    floating[:, 2] += 0.2
+    assert track(h1, floating, 30.0).summary()["support_force_bw"] > 0.9
+    assert balance_check(h1, floating, 30.0)["balanced_fraction"] < 0.05
+    assert fall_time(h1, walk, 30.0) < 2.0
+
+
+def test_balance_of_a_standing_pose(clips):
+    """Known answer: standing still in the model's default pose with the soles on the floor needs exactly the
+    body weight from the ground, with the centre of pressure between the feet; the same pose 0.5 m up (no foot
+    near the floor) is not balanced."""
+    from daps.robot.physics import balance_check
+
+    _, h1 = clips
+    pose = np.zeros(26)
+    pose[2], pose[3] = 1.044, 1.0
+    still = np.repeat(pose[None], 10, axis=0)
+    got = balance_check(h1, still, 30.0)
+    assert got["root_force_bw"] == pytest.approx(1.0, abs=1e-3)
+    assert got["balanced_fraction"] == 1.0 and got["cop_outside_m"] == 0.0
+    still[:, 2] += 0.5
+    assert balance_check(h1, still, 30.0)["balanced_fraction"] == 0.0
+
+
+# --------------------------------------------------------------------------------------------------
+# The CLI on a tiny tokenizer
+
+
+TINY_TOKENIZER = [
+    "encoder.width=32", "encoder.num_heads=2", "encoder.vocab_size=16", "encoder.num_layers=1",
+    "encoder.num_tokens=16", "decoder.embed_dim=32", "decoder.transformer_heads=2", "decoder.transformer_layers=1",
+    "daps.num_samples=2", "train.batch_size=8", "train.steps=2", "train.log_every=1", "train.eval_every=2",
+    "train.ckpt_every=2", "train.eval_examples=16", "train.eval_batch_size=8", "train.progress=false",
+    "train.logger=none",
+]
+TINY_POLICY = ["width=32", "num_layers=1", "num_heads=2", "steps=4", "batch_size=16", "eval_every=2",
+               "ckpt_every=2", "log_every=2", "stride=16", "progress=false"]
+
+
+@pytest.fixture(scope="module")
+def tiny_policy(tmp_path_factory):
+    if not REAL_DIR:
+        pytest.skip("DAPS_DATA_DIR not set (reads the real LAFAN1 H1 clips)")
+    root = tmp_path_factory.mktemp("robot")
+    torch.set_num_threads(1)
+    tok = root / "tokenizer"
+    assert main(["train", "--preset", "lafan1-h1", *TINY_TOKENIZER, f"data.data_dir={REAL_DIR}",
+                 f"train.out_dir={tok}"]) == 0
+    policy = root / "policy"
+    assert main(["robot", "train", str(tok), "--out", str(policy), *TINY_POLICY]) == 0
+    return tok, policy
+
+
+@needs_data
+def test_robot_train_plan_and_eval_end_to_end(tiny_policy, tmp_path, capsys):
+    tok, policy = tiny_policy
+    config = json.loads((policy / "config.json").read_text())
+    meta = config["commands"]
+    assert meta["num_tokens"] == 16 and meta["vocab_size"] == 16 and meta["window"] == 32
+    ranges = meta["velocity_ranges"]["walk"]
+    assert 0.3 < ranges["quartiles"][1][0] < 2.0  # median forward speed of walking windows, m/s
+    out = tmp_path / "walk.mp4"
+    capsys.readouterr()
+    code = main(["robot", "plan", str(policy), "--prompt", "a slow walk", "--velocity", "1.0", "--seconds", "2",
+                 "--size", "32", "--out", str(out), "--physics", "--json", str(tmp_path / "walk.json")])
+    err = capsys.readouterr().err
+    if code == 2 and "OpenGL" in err:
+        pytest.skip(f"no offscreen OpenGL here: {err.strip()}")
+    assert code == 0, err
+    assert out.stat().st_size > 0 and (tmp_path / "walk_physics.mp4").stat().st_size > 0
+    report = json.loads((tmp_path / "walk.json").read_text())
+    assert report["motion"] == "walk" and len(report["requested"]) == 2  # 2 s = 2 windows of 1.07 s
+    assert report["physics"]["support_force_bw"] > 0
+    assert main(["robot", "eval", str(policy), "--rollouts", "2", "--windows", "2", "--physics-rollouts", "1",
+                 "--no-classifier", "--json", "--motions", "walk"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert [r["percentile"] for r in result["rows"]] == [25, 50, 75]
+    row = result["rows"][0]
+    for key in ("abs_error_forward_m_s", "border_joint_accel", "gt_border_joint_accel", "foot_skating_m_s",
+                "support_force_bw", "gt_support_force_bw", "balanced_fraction", "unique_fraction",
+                "copy_fraction"):
+        assert np.isfinite(row[key]), key
+    assert 0.5 < result["com_agreement"]["root_vs_com_forward_correlation"] <= 1.0
+
+
+@needs_data
+def test_robot_bad_requests_are_one_line(tiny_policy, tmp_path, capsys, trained_run):
+    tok, policy = tiny_policy
+    out = str(tmp_path / "a.mp4")
+    cases = [
+        (["robot", "plan", str(policy), "--motion", "swim", "--out", out], "unknown motion 'swim'"),
+        (["robot", "plan", str(policy), "--prompt", "sing a song", "--out", out], "names no kind"),
+        (["robot", "plan", str(policy), "--motion", "walk", "--velocity", "fast", "--out", out], "--velocity"),
+        (["robot", "plan", str(policy), "--motion", "walk", "--out", str(tmp_path / "a.gif")], "must name a .mp4"),
+        (["robot", "plan", str(tok), "--motion", "walk", "--out", out], "not a daps robot policy"),
+        (["robot", "train", str(trained_run), "--out", str(tmp_path / "p")], "needs a motion tokenizer"),
+        (["robot", "train", str(tok), "--out", str(policy)], "already exists"),
+        (["robot", "train", str(tok), "--out", str(tmp_path / "p"), "stride=5"], "must divide"),
+        (["robot", "train", str(tok), "--out", str(tmp_path / "p"), "colour=blue"], "unknown setting"),
+    ]
+    capsys.readouterr()
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, (argv, err)
+    assert not (tmp_path / "a.mp4").exists() and not (tmp_path / "p").exists()
+
+
+@needs_data
+def test_out_of_range_velocity_is_clamped_with_a_warning(tiny_policy, tmp_path, caplog):
+    _, policy = tiny_policy
+    from daps.robot.plan import Planner, plan_motion
+
+    planner = Planner(policy)
+    high = planner.velocity_range("walk")[1]
+    with caplog.at_level("WARNING", logger="daps"):
+        rollout = plan_motion(planner, "walk", np.array([20.0, 0.0, 0.0]), 1.0)
+    assert rollout.velocity[0, 0, 0] == pytest.approx(high[0])
+    assert any("forward_m_s 20 is outside the data's range" in r.message for r in caplog.records)
