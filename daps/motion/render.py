@@ -19,7 +19,7 @@ from daps.motion.features import FEATURE_LAYOUT, feature_names
 from daps.motion.h1 import H1, POSE_DIM, SCENE_FILE, import_mujoco
 from daps.runfolder import atomic_path
 
-__all__ = ["DEFAULT_PLOT_FEATURES", "plot_feature_trajectories", "render_side_by_side"]
+__all__ = ["DEFAULT_PLOT_FEATURES", "plot_feature_trajectories", "render_motion", "render_side_by_side", "scene_model"]
 
 TARGET_RGBA = (0.75, 0.75, 0.75, 1.0)
 PRED_RGBA = (0.95, 0.55, 0.2, 1.0)
@@ -54,7 +54,7 @@ def _renderer(model: Any, width: int, height: int) -> Any:
     return renderer
 
 
-def _scene_model(h1: H1) -> Any:
+def scene_model(h1: H1) -> Any:
     """A fresh copy of the H1 with a floor and a light (``scene.xml`` next to ``h1.xml``, else the bare model); the
     renderer changes its settings and colours."""
     mujoco = import_mujoco()
@@ -109,7 +109,7 @@ def render_side_by_side(
     t, p = np.asarray(target, dtype=np.float64), np.asarray(pred, dtype=np.float64)
     if t.ndim != 2 or t.shape[1] != POSE_DIM or t.shape != p.shape:
         raise ValueError(f"target and pred must be (T, {POSE_DIM}) of one shape, got {t.shape} and {p.shape}")
-    model = _scene_model(h1)
+    model = scene_model(h1)
     renderer = _renderer(model, width, height)
     look_at = np.concatenate([t[:, :2], np.full((len(t), 1), 0.9)], axis=1)  # (T, 3)
     try:
@@ -120,6 +120,25 @@ def render_side_by_side(
     finally:
         renderer.close()
     return _write_mp4([np.concatenate([a, b], axis=1) for a, b in zip(left, right)], Path(path), fps)
+
+
+def render_motion(
+    h1: H1, poses: np.ndarray, path: str | Path, fps: float = 30.0, width: int = 320, height: int = 320,
+    distance: float = 3.0,
+) -> Path:
+    """Write an mp4 of one motion ``poses (T, 26)`` (orange), the camera following its pelvis; atomically."""
+    p = np.asarray(poses, dtype=np.float64)
+    if p.ndim != 2 or p.shape[1] != POSE_DIM:
+        raise ValueError(f"poses must be (T, {POSE_DIM}), got {p.shape}")
+    model = scene_model(h1)
+    renderer = _renderer(model, width, height)
+    look_at = np.concatenate([p[:, :2], np.full((len(p), 1), 0.9)], axis=1)  # (T, 3)
+    try:
+        _paint(model, PRED_RGBA)
+        frames = _frames(renderer, model, p, look_at, distance)
+    finally:
+        renderer.close()
+    return _write_mp4(frames, Path(path), fps)
 
 
 def _write_mp4(frames: Sequence[np.ndarray], path: Path, fps: float) -> Path:

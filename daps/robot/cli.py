@@ -107,7 +107,7 @@ def _output(path: str, suffix: str, overwrite: bool) -> Path:
 
 def _plan(args: argparse.Namespace) -> int:
     from daps.motion.h1 import load_h1
-    from daps.motion.render import render_side_by_side
+    from daps.motion.render import render_motion, render_side_by_side
     from daps.robot.commands import motion_from_prompt, parse_velocity, read_velocity_schedule
     from daps.robot.plan import Planner, describe, plan_motion
     from daps.runfolder import write_json_atomic
@@ -140,7 +140,7 @@ def _plan(args: argparse.Namespace) -> int:
         render_side_by_side(h1, poses, result.poses, physics_out, planner.fps, size, size)
         log.info("wrote %s: kinematic plan (grey, left) and the physics tracking (orange, right); support %s",
                  physics_out, {k: round(v, 3) for k, v in report["physics"].items()})
-    render_side_by_side(h1, poses, poses, out, planner.fps, size, size)
+    render_motion(h1, poses, out, planner.fps, size, size)
     if json_out is not None:
         write_json_atomic(json_out, report)
     log.info("wrote %s: %s, %.1f s (%d windows)", out, motion, report["seconds"], rollout.codes.shape[1])

@@ -1,9 +1,10 @@
 """Is a motion physically plausible for the H1? Two checks in MuJoCo, both relative to the data's own figures.
 
-1. **Tracking with a support wrench** (:func:`track`). The robot's free-floating base is simulated at the model's
-   time step (2 ms) with the floor. A PD controller (gains :data:`JOINT_GAINS`, torques clipped to the motors'
-   ranges) drives the 19 hinges toward the reference, and a spring-damper *support* wrench on the pelvis
-   (:data:`SUPPORT_GAINS`) pulls it toward the reference position and orientation. On our CPUs a PD tracker alone
+1. **Tracking with a support wrench** (:func:`track`). The robot's free-floating base is simulated with the floor
+   at the model's time step (2 ms) rounded to a whole number of steps per frame (17 at 30 fps: 1.96 ms). A PD
+   controller (gains :data:`JOINT_GAINS`, torques clipped to the motors' ranges) drives the 19 hinges toward the
+   reference, and a spring-damper *support* wrench on the pelvis (:data:`SUPPORT_GAINS`) pulls it toward the
+   reference position and orientation. On our CPUs a PD tracker alone
    falls within about a second even on ground truth (a learned tracking policy needs GPU training:
    ``docs/robot.md``), so the support is what we measure: the force as a fraction of body weight and the torque
    it needs to keep the pelvis on the reference. A motion the feet and joints can carry needs little of it;
@@ -32,12 +33,12 @@ from daps.motion.h1 import (
     H1,
     JOINT_NAMES,
     POSE_DIM,
-    SCENE_FILE,
     forward_kinematics,
     import_mujoco,
     points_world,
     sole_points,
 )
+from daps.motion.render import scene_model
 from daps.motion.rotations import quat_conj, quat_mul, quat_nlerp, quat_to_mat
 
 GRAVITY = 9.81
@@ -62,13 +63,6 @@ def _joint_gains() -> tuple[np.ndarray, np.ndarray]:
         key = next(k for k in JOINT_GAINS if k in name)
         kp[i], kd[i] = JOINT_GAINS[key]
     return kp, kd
-
-
-def _scene(h1: H1) -> Any:
-    """The H1 with the floor (``scene.xml`` next to ``h1.xml``)."""
-    mujoco = import_mujoco()
-    scene = h1.path.parent / SCENE_FILE
-    return mujoco.MjModel.from_xml_path(str(scene if scene.is_file() else h1.path))
 
 
 def _qpos(poses: np.ndarray) -> np.ndarray:
@@ -108,12 +102,14 @@ class TrackResult:
         support_force: ``(N, 3)`` N, world frame; support_torque: ``(N, 3)`` Nm (averaged over each frame's
             physics steps).
         weight: the robot's weight (N).
+        physics_steps: how many simulation steps were taken.
     """
 
     poses: np.ndarray
     support_force: np.ndarray
     support_torque: np.ndarray
     weight: float
+    physics_steps: int
 
     def summary(self) -> dict[str, float]:
         """Support figures: mean and 95th percentile of |force| / weight, mean |torque| (Nm), and the tracking
@@ -135,7 +131,7 @@ def track(h1: H1, poses: np.ndarray, fps: float, support: bool = True, substeps:
     poses = np.asarray(poses, dtype=np.float64)
     if poses.ndim != 2 or poses.shape[1] != POSE_DIM or len(poses) < 2:
         raise ValueError(f"poses must be (N >= 2, {POSE_DIM}), got {poses.shape}")
-    model = _scene(h1)
+    model = scene_model(h1)  # the H1 with the floor
     data = mujoco.MjData(model)
     dt = float(model.opt.timestep)
     steps_per_frame = substeps or max(1, int(round(1.0 / (fps * dt))))
@@ -180,7 +176,7 @@ def track(h1: H1, poses: np.ndarray, fps: float, support: bool = True, substeps:
             mujoco.mj_step(model, data)
         out_q[t + 1] = data.qpos[:POSE_DIM]
     forces[0], torques[0] = forces[1], torques[1]
-    return TrackResult(out_q, forces, torques, weight)
+    return TrackResult(out_q, forces, torques, weight, (len(poses) - 1) * steps_per_frame)
 
 
 def fall_time(h1: H1, poses: np.ndarray, fps: float, drop: float = 0.25) -> float:
