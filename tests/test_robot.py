@@ -288,7 +288,7 @@ def test_robot_train_plan_and_eval_end_to_end(tiny_policy, tmp_path, capsys):
     result = json.loads(capsys.readouterr().out)
     assert [r["percentile"] for r in result["rows"]] == [25, 50, 75]
     row = result["rows"][0]
-    for key in ("abs_error_forward_m_s", "border_joint_accel", "gt_border_joint_accel", "foot_skating_m_s",
+    for key in ("abs_error_forward_m_s", "recon_abs_error_forward_m_s", "border_joint_accel", "gt_border_joint_accel", "foot_skating_m_s",
                 "support_force_bw", "gt_support_force_bw", "balanced_fraction", "unique_fraction",
                 "copy_fraction"):
         assert np.isfinite(row[key]), key
@@ -307,6 +307,7 @@ def test_robot_bad_requests_are_one_line(tiny_policy, tmp_path, capsys, trained_
         (["robot", "plan", str(tok), "--motion", "walk", "--out", out], "not a daps robot policy"),
         (["robot", "train", str(trained_run), "--out", str(tmp_path / "p")], "needs a motion tokenizer"),
         (["robot", "train", str(tok), "--out", str(policy)], "already exists"),
+        (["robot", "train", str(tok), "--out", str(tok), "--overwrite"], "is not a daps robot folder"),
         (["robot", "train", str(tok), "--out", str(tmp_path / "p"), "stride=5"], "must divide"),
         (["robot", "train", str(tok), "--out", str(tmp_path / "p"), "colour=blue"], "unknown setting"),
     ]
@@ -316,6 +317,7 @@ def test_robot_bad_requests_are_one_line(tiny_policy, tmp_path, capsys, trained_
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1, (argv, err)
     assert not (tmp_path / "a.mp4").exists() and not (tmp_path / "p").exists()
+    assert (tok / "config.json").is_file() and (tok / "checkpoints").is_dir()  # the tokenizer run was not touched
 
 
 @needs_data

@@ -6,7 +6,8 @@ For each kind of motion asked for (default walk and run) and each requested forw
 segments of the same length):
 
 - **velocity**: mean absolute error per window between requested and achieved forward / sideways speed and yaw
-  rate (:func:`daps.robot.commands.window_velocity` of the stitched poses);
+  rate (:func:`daps.robot.commands.window_velocity` of the stitched poses), next to the tokenizer's own ceiling:
+  the same error between ground-truth segments and their reconstructions (``recon_abs_error_*``);
 - **kind**: accuracy of the motion classifier (:mod:`daps.motion.classifier`) on the planned windows against the
   requested kind, next to its accuracy on real windows of that kind (validation clips where the kind has one;
   window-level labels are noisy and the classifier is coarse, see docs/motion.md);
@@ -34,11 +35,12 @@ import torch
 
 from daps.errors import UserError
 from daps.robot.commands import VELOCITY_NAMES, com_window_velocity, motion_index, window_velocity
-from daps.robot.plan import Planner, transition_jumps
+from daps.robot.plan import Planner, stitch_windows, transition_jumps
 
 
-def ground_truth_segments(motion: Any, kind: int, frames: int, count: int, seed: int) -> np.ndarray:
-    """``count`` random segments ``(count, frames, 26)`` of training clips of motion kind ``kind``."""
+def ground_truth_segments(motion: Any, kind: int, frames: int, count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``count`` random segments of training clips of motion kind ``kind``: poses ``(count, frames, 26)`` and raw
+    features ``(count, frames, F)``."""
     from daps.data.motion import motion_type
     from daps.motion.lafan import split_clips
 
@@ -47,12 +49,32 @@ def ground_truth_segments(motion: Any, kind: int, frames: int, count: int, seed:
     if not clips:
         raise UserError(f"no training clip of this kind is longer than {frames} frames")
     rng = np.random.default_rng(seed)
-    out = []
+    poses, feats = [], []
     for _ in range(count):
         clip = clips[rng.integers(len(clips))]
         start = rng.integers(len(motion.poses[clip]) - frames)
-        out.append(motion.poses[clip][start : start + frames])
-    return np.stack(out)
+        poses.append(motion.poses[clip][start : start + frames])
+        feats.append(motion.features[clip][start : start + frames])
+    return np.stack(poses), np.stack(feats).astype(np.float64)
+
+
+@torch.no_grad()
+def reconstruction_velocity_error(planner: Planner, features: np.ndarray) -> np.ndarray:
+    """The tokenizer's own ceiling: mean absolute error ``(3,)`` between the window velocities of ground-truth
+    segments (raw ``features (R, frames, F)``) and of their reconstructions (each window encoded and decoded,
+    then stitched like a plan). A policy cannot follow requests more closely than its codes can express them."""
+    r, frames, f = features.shape
+    w = frames // planner.window
+    std = planner.stats.normalize(features).reshape(r * w, 1, planner.window, f)
+    x = torch.as_tensor(std, dtype=torch.float32, device=planner.device)
+    g = torch.Generator(planner.device).manual_seed(0)
+    x_hat = planner.tokenizer.decode(planner.tokenizer.encode(x, g))[:, 0].double().cpu().numpy()
+    raw_hat = planner.stats.denormalize(x_hat).reshape(r, w, planner.window, f)
+    truth = stitch_windows(features.reshape(r, w, planner.window, f), planner.fps)
+    recon = stitch_windows(raw_hat, planner.fps)
+    shape = (r, w, planner.window, -1)
+    return np.abs(window_velocity(recon.reshape(shape), planner.fps)
+                  - window_velocity(truth.reshape(shape), planner.fps)).reshape(-1, 3).mean(0)
 
 
 def com_agreement(h1: Any, motion: Any, window: int, count: int = 2000, seed: int = 0) -> dict[str, float]:
@@ -107,7 +129,8 @@ def evaluate(policy_run: str | Path, motions: list[str], rollouts: int = 8, wind
     for m in motions:
         kind = motion_index(m, planner.class_names)
         quartiles = np.array(planner.meta["velocity_ranges"][m]["quartiles"])  # (3 percentiles, 3)
-        truth = ground_truth_segments(motion, kind, frames, rollouts, seed)  # (R, frames, 26)
+        truth, truth_features = ground_truth_segments(motion, kind, frames, rollouts, seed)  # (R, frames, 26 | F)
+        ceiling = reconstruction_velocity_error(planner, truth_features)
         truth_phys = [{**track(h1, p, planner.fps).summary(), **balance_check(h1, p, planner.fps)}
                       for p in truth[:physics_rollouts]]
         gt_jumps = transition_jumps(truth, planner.window, planner.fps)
@@ -134,6 +157,7 @@ def evaluate(policy_run: str | Path, motions: list[str], rollouts: int = 8, wind
                 "motion": m, "percentile": q, "requested_forward_m_s": float(v[0, 0]),
                 "achieved_forward_m_s": float(achieved[..., 0].mean()),
                 **{f"abs_error_{n}": float(e) for n, e in zip(VELOCITY_NAMES, err)},
+                **{f"recon_abs_error_{n}": float(e) for n, e in zip(VELOCITY_NAMES, ceiling)},
                 **jumps, **{f"gt_{k}": val_ for k, val_ in gt_jumps.items()},
                 "foot_skating_m_s": foot_skating_m_s(h1, r.poses, planner.fps), "gt_foot_skating_m_s": gt_skate,
                 "unique_fraction": len(set(codes)) / len(codes),
@@ -180,7 +204,7 @@ def _labels(windows: Any) -> np.ndarray:
 
 COLUMNS = (
     ("motion", "motion", "{}"), ("requested_forward_m_s", "req. fwd m/s", "{:.2f}"),
-    ("achieved_forward_m_s", "ach. fwd m/s", "{:.2f}"), ("abs_error_forward_m_s", "|err| fwd", "{:.2f}"),
+    ("achieved_forward_m_s", "ach. fwd m/s", "{:.2f}"), ("abs_error_forward_m_s", "|err| fwd (recon)", "{:.2f}"),
     ("abs_error_left_m_s", "|err| left", "{:.2f}"), ("abs_error_yaw_rad_s", "|err| yaw", "{:.2f}"),
     ("kind_accuracy", "kind acc (real)", "{:.2f}"), ("border_joint_accel", "border acc (within; data)", "{:.0f}"),
     ("foot_skating_m_s", "skating m/s (data)", "{:.2f}"), ("support_force_bw", "support F/mg (data)", "{:.2f}"),
@@ -204,6 +228,8 @@ def table(result: dict[str, Any]) -> str:
                 cell += f" ({r['within_joint_accel']:.0f}; {r['gt_border_joint_accel']:.0f})"
             elif key == "kind_accuracy" and r.get("gt_kind_accuracy") is not None:
                 cell += f" ({r['gt_kind_accuracy']:.2f})"
+            elif f"recon_{key}" in r:
+                cell += f" ({fmt.format(r[f'recon_{key}'])})"
             elif f"gt_{key}" in r:
                 cell += f" ({fmt.format(r[f'gt_{key}'])})"
             cells.append(cell)
