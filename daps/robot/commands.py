@@ -66,6 +66,8 @@ def motion_index(name: str, class_names: list[str] | tuple[str, ...] = MOTION_TY
 def window_velocity(poses: np.ndarray, fps: float) -> np.ndarray:
     """``(forward, left, yaw rate)`` of windows of poses ``(..., T, 26)`` (T >= 2): ``(..., 3)`` in m/s and rad/s."""
     poses = np.asarray(poses, dtype=np.float64)
+    if poses.ndim < 2 or poses.shape[-2] < 2:
+        raise ValueError(f"window velocity needs windows of at least 2 frames, got {poses.shape}")
     duration = (poses.shape[-2] - 1) / fps
     psi = heading(poses[..., ROOT_QUAT])  # (..., T)
     move = poses[..., -1, :2] - poses[..., 0, :2]  # (..., 2)
@@ -78,7 +80,8 @@ def centre_of_mass(h1: H1, poses: np.ndarray) -> np.ndarray:
     """World position ``(..., 3)`` of the robot's centre of mass for poses ``(..., 26)`` (MuJoCo's subtree centre
     of mass of the pelvis, which carries the whole robot)."""
     mujoco = import_mujoco()
-    flat = np.asarray(poses, dtype=np.float64).reshape(-1, poses.shape[-1])
+    poses = np.asarray(poses, dtype=np.float64)
+    flat = poses.reshape(-1, poses.shape[-1])
     data = mujoco.MjData(h1.model)
     root = int(h1.body_ids[0])
     out = np.empty((len(flat), 3))

@@ -28,11 +28,13 @@ from typing import Any
 
 import numpy as np
 
+from daps.errors import UserError
 from daps.motion.h1 import (
     FOOT_BODIES,
     H1,
     JOINT_NAMES,
     POSE_DIM,
+    SCENE_FILE,
     forward_kinematics,
     import_mujoco,
     points_world,
@@ -53,8 +55,10 @@ a little stiffer at the knee. The torque ``kp (q_ref - q) + kd (qd_ref - qd)`` i
 
 SUPPORT_GAINS = {"kp_pos": 4000.0, "kd_pos": 700.0, "kp_rot": 800.0, "kd_rot": 80.0}
 """The support wrench on the pelvis: force ``kp_pos (p_ref - p) + kd_pos (v_ref - v)`` (N/m, N s/m; for the
-H1's 51.6 kg about critically damped) and torque ``kp_rot * rotvec(q_ref q^-1) + kd_rot (w_ref - w)``
-(Nm/rad, Nm s/rad), both in the world frame, applied at the pelvis."""
+H1's 51.6 kg a damping ratio of 0.77) and torque ``kp_rot * rotvec(q_ref q^-1) + kd_rot (w_ref - w)``
+(Nm/rad, Nm s/rad), both in the world frame, acting at the pelvis origin (the point whose error the force
+measures). There is no gravity feed-forward: a body the support carries entirely hangs mg / kp_pos = 0.13 m
+below the reference."""
 
 
 def _joint_gains() -> tuple[np.ndarray, np.ndarray]:
@@ -103,6 +107,7 @@ class TrackResult:
             physics steps).
         weight: the robot's weight (N).
         physics_steps: how many simulation steps were taken.
+        pelvis_error: ``(N,)`` distance (m) of the simulated pelvis origin from the reference.
     """
 
     poses: np.ndarray
@@ -110,16 +115,18 @@ class TrackResult:
     support_torque: np.ndarray
     weight: float
     physics_steps: int
+    pelvis_error: np.ndarray
 
     def summary(self) -> dict[str, float]:
-        """Support figures: mean and 95th percentile of |force| / weight, mean |torque| (Nm), and the tracking
-        errors of the pelvis (m) and the joints (deg)."""
+        """Support figures: mean and 95th percentile of |force| / weight, mean |torque| (Nm), and the mean
+        distance of the pelvis from the reference (m)."""
         force = np.linalg.norm(self.support_force, axis=1) / self.weight
         torque = np.linalg.norm(self.support_torque, axis=1)
         return {
             "support_force_bw": float(force.mean()),
             "support_force_bw_p95": float(np.percentile(force, 95)),
             "support_torque_nm": float(torque.mean()),
+            "pelvis_error_m": float(self.pelvis_error.mean()),
         }
 
 
@@ -131,7 +138,9 @@ def track(h1: H1, poses: np.ndarray, fps: float, support: bool = True, substeps:
     poses = np.asarray(poses, dtype=np.float64)
     if poses.ndim != 2 or poses.shape[1] != POSE_DIM or len(poses) < 2:
         raise ValueError(f"poses must be (N >= 2, {POSE_DIM}), got {poses.shape}")
-    model = scene_model(h1)  # the H1 with the floor
+    if not (h1.path.parent / SCENE_FILE).is_file():
+        raise UserError(f"{h1.path.parent / SCENE_FILE} (the H1 with a floor) is missing: physics needs the floor")
+    model = scene_model(h1)
     data = mujoco.MjData(model)
     dt = float(model.opt.timestep)
     steps_per_frame = substeps or max(1, int(round(1.0 / (fps * dt))))
@@ -169,14 +178,15 @@ def track(h1: H1, poses: np.ndarray, fps: float, support: bool = True, substeps:
                 force = g["kp_pos"] * (q_ref[:3] - q[:3]) + g["kd_pos"] * (v_ref[:3] - v[:3])
                 err = _rotvec(quat_mul(q_ref[3:7], quat_conj(q[3:7].copy())))
                 torque = g["kp_rot"] * err + g["kd_rot"] * (rot_ref @ v_ref[3:6] - rot @ v[3:6])
-                data.xfrc_applied[pelvis, :3] = force
-                data.xfrc_applied[pelvis, 3:] = torque
+                data.xfrc_applied[pelvis, :3] = force  # MuJoCo applies it at the body's centre of mass:
+                data.xfrc_applied[pelvis, 3:] = torque + np.cross(data.xpos[pelvis] - data.xipos[pelvis], force)
                 forces[t + 1] += force / steps_per_frame
                 torques[t + 1] += torque / steps_per_frame
             mujoco.mj_step(model, data)
         out_q[t + 1] = data.qpos[:POSE_DIM]
-    forces[0], torques[0] = forces[1], torques[1]
-    return TrackResult(out_q, forces, torques, weight, (len(poses) - 1) * steps_per_frame)
+    forces[0], torques[0] = forces[1], torques[1]  # frame 0 is the start state: it reports frame 1's support
+    error = np.linalg.norm(out_q[:, :3] - poses[:, :3], axis=1)
+    return TrackResult(out_q, forces, torques, weight, (len(poses) - 1) * steps_per_frame, error)
 
 
 def fall_time(h1: H1, poses: np.ndarray, fps: float, drop: float = 0.25) -> float:

@@ -5,7 +5,8 @@ codes of window ``w - 1`` (the start symbol for the first); the tokenizer decode
 which the tokenizer run's statistics (``motion_stats.json``) turn back into raw features. Features carry no
 absolute position, so the windows are chained (:func:`stitch_windows`): the first starts at the origin facing +x,
 and each later one starts one frame after the previous window's last frame, moved by its own first frame's
-velocity and yaw rate, exactly as the frames inside a window are integrated. The root position and heading are
+velocity and yaw rate, with the heading carried over as integrated, exactly as the frames inside a window are
+integrated (so stitching a clip's own windows gives the clip integrated in one piece). The root position and heading are
 therefore continuous across borders; the joint angles are whatever the decoder gives, and
 :func:`transition_jumps` measures how much they jump there.
 """
@@ -23,8 +24,8 @@ import torch
 
 from daps.errors import UserError
 from daps.motion.features import FEATURE_LAYOUT, features_to_poses
-from daps.motion.h1 import JOINTS, ROOT_QUAT
-from daps.motion.rotations import heading, rotate_z, wrap_angle
+from daps.motion.h1 import JOINTS
+from daps.motion.rotations import rotate_z, wrap_angle
 from daps.robot.commands import clamp_velocity, motion_index
 
 log = logging.getLogger("daps")
@@ -36,19 +37,22 @@ def stitch_windows(features: np.ndarray, fps: float) -> np.ndarray:
     b, w, t, _ = x.shape
     lay = FEATURE_LAYOUT
     out = np.empty((b, w, t, JOINTS.stop))
-    xy, psi = np.zeros((b, 2)), np.zeros(b)
+    xy, psi, psi_end = np.zeros((b, 2)), np.zeros(b), np.zeros(b)
     for k in range(w):
-        if k > 0:
-            last = out[:, k - 1, -1]  # (B, 26)
-            psi = heading(last[:, ROOT_QUAT]) + wrap_angle(x[:, k, 0, lay["yaw_rate"]][:, 0] / fps)
-            xy = last[:, :2] + rotate_z(x[:, k, 0, lay["root_velocity"]], psi) / fps
+        if k > 0:  # the heading is carried as integrated, not read back from a decoded tilt (which may twist)
+            psi = psi_end + wrap_angle(x[:, k, 0, lay["yaw_rate"]][:, 0] / fps)
+            xy = out[:, k - 1, -1, :2] + rotate_z(x[:, k, 0, lay["root_velocity"]], psi) / fps
         out[:, k] = features_to_poses(x[:, k], xy, psi, fps)
+        psi_end = psi + wrap_angle(x[:, k, 1:, lay["yaw_rate"]][..., 0] / fps).sum(-1)
     return out.reshape(b, w * t, -1)
 
 
 def transition_jumps(poses: np.ndarray, window: int, fps: float) -> dict[str, float]:
-    """Mean absolute joint acceleration (rad/s^2) at the frames where a new window begins, and within windows,
-    for poses ``(B, N, 26)`` cut into windows of ``window`` frames (second differences of the joint angles)."""
+    """Mean absolute joint acceleration (rad/s^2) at the two frames either side of each window border, and at
+    all other frames, for poses ``(B, N, 26)`` cut into windows of ``window`` frames (second differences of the
+    joint angles; N >= 3, window >= 3)."""
+    if np.shape(poses)[1] < 3 or window < 3:
+        raise ValueError(f"need at least 3 frames and windows of at least 3 frames, got {np.shape(poses)}, {window}")
     joints = np.asarray(poses, dtype=np.float64)[..., JOINTS]  # (B, N, 19)
     acc = np.abs(np.diff(joints, n=2, axis=1)) * fps * fps  # (B, N-2, 19): acc[i] is centred on frame i+1
     centre = np.arange(1, joints.shape[1] - 1)
