@@ -96,9 +96,11 @@ def main() -> int:
         summary = json.loads((policy / "summary.json").read_text())
         rows = [json.loads(line) for line in (policy / "metrics.jsonl").read_text().splitlines()]
         train_rows = [r for r in rows if r.get("split") == "train"]
+        steps = [b["step"] - a for a, b in zip([0] + [r["step"] for r in train_rows], train_rows)]
+        seconds = sum(n / r["steps_per_s"] for n, r in zip(steps, train_rows))  # the optimizer steps themselves
         result["policies"][name] = {
-            "tokenizer": tokenizer, "summary": summary,
-            "train_steps_per_s": sum(r["steps_per_s"] for r in train_rows) / max(1, len(train_rows)),
+            "tokenizer": tokenizer, "summary": summary, "train_seconds": seconds,
+            "train_steps_per_s": sum(steps) / seconds,
             "eval": json.loads((out / f"{name}-eval.json").read_text()),
             "walk_plan": json.loads((out / f"{name}-walk.json").read_text()),
         }
@@ -112,8 +114,9 @@ def main() -> int:
     for name, r in result["policies"].items():
         s = r["summary"]
         md.append(
-            f"\n## {name} codes ({r['tokenizer']})\n\nPolicy: {args.steps} steps, {result['wall_s'][name]['train']} s "
-            f"({r['train_steps_per_s']:.2f} steps/s); held-out bits/token {s['bits_per_token']:.3f} (null label "
+            f"\n## {name} codes ({r['tokenizer']})\n\nPolicy: {args.steps} steps in {r['train_seconds'] / 60:.1f} min "
+            f"of training steps ({r['train_steps_per_s']:.2f} steps/s); held-out bits/token "
+            f"{s['bits_per_token']:.3f} (null label "
             f"{s['bits_per_token_null_label']:.3f}, shuffled velocity {s['bits_per_token_shuffled_velocity']:.3f}, "
             f"no previous window {s['bits_per_token_no_prev']:.3f}); sampling {s['windows_per_s']:.0f} windows/s.\n\n"
             + (out / f"{name}-eval.md").read_text()
