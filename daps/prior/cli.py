@@ -87,7 +87,9 @@ def _device(name: str | None) -> torch.device:
     return torch.device(pick(name))
 
 
-def _check_out(path: str, suffix: str, overwrite: bool) -> Path:
+def check_output_file(path: str, suffix: str, overwrite: bool) -> Path:
+    """``path`` as a Path if it names a ``suffix`` file that may be written (absent, or ``overwrite``); else
+    UserError."""
     out = Path(path)
     if out.suffix.lower() != suffix:
         raise UserError(f"{path} must name a {suffix} file")
@@ -101,7 +103,7 @@ def _check_out(path: str, suffix: str, overwrite: bool) -> Path:
 def export_codes_command(args: argparse.Namespace) -> int:
     from daps.codes import export_codes, save_codes
 
-    out = _check_out(args.out, ".safetensors", args.overwrite)
+    out = check_output_file(args.out, ".safetensors", args.overwrite)
     codes = export_codes(
         args.run_dir, args.split, args.samples_per_input, args.seed, args.max_inputs, args.batch_size,
         args.data_dir, _device(args.device),
@@ -169,9 +171,9 @@ def _sample(args: argparse.Namespace) -> int:
     from daps.prior.run import generate, load_prior
     from daps.prior.scores import decoded_images
 
-    out = _check_out(args.out, ".png", args.overwrite)
+    out = check_output_file(args.out, ".png", args.overwrite)
     if args.codes_out:
-        _check_out(args.codes_out, ".safetensors", args.overwrite)
+        check_output_file(args.codes_out, ".safetensors", args.overwrite)
     if args.n < 1 or args.temperature <= 0:
         raise UserError("--n must be at least 1 and --temperature positive")
     device = _device(args.device)
@@ -255,7 +257,7 @@ def decode_random_command(args: argparse.Namespace) -> int:
     from daps.plots import save_image_grid
     from daps.prior.scores import decoded_images, uniform_codes
 
-    out = _check_out(args.out, ".png", args.overwrite)
+    out = check_output_file(args.out, ".png", args.overwrite)
     if args.n < 1:
         raise UserError("--n must be at least 1")
     device = _device(args.device)

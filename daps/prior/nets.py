@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from daps.functional import categorical_log_probs, sample_probs
-from daps.nets.ar_encoder import ARTransformerEncoder
+from daps.nets.ar_encoder import ARTransformerEncoder, MemoryKV
 from daps.nets.layers import LN_EPS, MLP, Attention, dense, sinusoidal_table
 from daps.nets.sampling import sample_autoregressive
 
@@ -36,6 +36,25 @@ def guide(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.Tenso
     if scale == 0.0:
         return uncond
     return uncond + scale * (cond - uncond)
+
+
+def sample_guided(model: ARTransformerEncoder, memory: MemoryKV, batch: int, guidance: float, temperature: float,
+                  generator: torch.Generator | None) -> torch.Tensor:
+    """Codes ``(batch, T)`` by ancestral sampling from an autoregressive model whose memory holds the conditional
+    contexts (``batch`` rows), followed by the same contexts with the null label when ``guidance`` is not 0 or 1
+    (``2 * batch`` rows); each token's log-probabilities are mixed by :func:`guide` and divided by
+    ``temperature``."""
+    inner = model._cached_step(memory, 1)
+    both = guidance not in (0.0, 1.0)
+
+    def step(indices: torch.Tensor, pos: int) -> torch.Tensor:
+        if not both:
+            return inner(indices, pos) / temperature
+        logits = categorical_log_probs(inner(torch.cat([indices, indices]), pos))  # (2B, V)
+        return guide(logits[:batch], logits[batch:], guidance) / temperature
+
+    device = memory[0][0].device
+    return sample_autoregressive(step, batch, 1, model.num_tokens, device, generator).indices[0]
 
 
 def drop_labels(labels: torch.Tensor, rate: float, null: int, generator: torch.Generator | None) -> torch.Tensor:
@@ -92,19 +111,9 @@ class ARPrior(ARTransformerEncoder):
     ) -> torch.Tensor:
         """One code ``(B, T)`` per label ``(B,)`` by ancestral sampling with guidance ``guidance`` at
         ``temperature``; the null label ``num_classes`` gives unconditional samples."""
-        b = labels.shape[0]
         null = torch.full_like(labels, self.num_classes)
-        both = guidance not in (0.0, 1.0)
-        given = torch.cat([labels, null]) if both else (null if guidance == 0.0 else labels)
-        inner = self._cached_step(self.memory(given), 1)
-
-        def step(indices: torch.Tensor, pos: int) -> torch.Tensor:
-            if not both:
-                return inner(indices, pos) / temperature
-            logits = categorical_log_probs(inner(torch.cat([indices, indices]), pos))  # (2B, V)
-            return guide(logits[:b], logits[b:], guidance) / temperature
-
-        return sample_autoregressive(step, b, 1, self.num_tokens, labels.device, generator).indices[0]
+        given = torch.cat([labels, null]) if guidance not in (0.0, 1.0) else (null if guidance == 0.0 else labels)
+        return sample_guided(self, self.memory(given), labels.shape[0], guidance, temperature, generator)
 
     def network_evaluations(self, guidance: float) -> int:
         """Forward passes of the network per sample (one token each)."""

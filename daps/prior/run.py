@@ -21,7 +21,7 @@ import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -244,10 +244,6 @@ def prepare_folder(cfg: Any, resume: bool, overwrite: bool, kind: str = KIND) ->
 def train_prior(cfg: PriorConfig, resume: bool = False, overwrite: bool = False,
                 device: str | torch.device = "cpu") -> Path:
     """Train a prior on ``cfg.codes``; returns the run folder."""
-    from tqdm import tqdm
-
-    from daps.train import truncate_metrics
-
     cfg.validate()
     if not cfg.codes:
         raise UserError("name the codes file to train on (daps export-codes writes one)")
@@ -265,56 +261,84 @@ def train_prior(cfg: PriorConfig, resume: bool = False, overwrite: bool = False,
         config = {"prior": asdict(cfg), "codes": {**codes.meta, "file": str(Path(cfg.codes).resolve())}}
         write_json_atomic(run_dir / "config.json", config)
         model = build_prior(cfg, codes.meta).to(device)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        generator = torch.Generator(device).manual_seed(cfg.seed)
-        start = 0
-        if ckpt is not None:
-            load_weights(model, ckpt)
-            state = load_training_state(ckpt)
-            optimizer.load_state_dict(state["optimizer"])
-            generator.set_state(state["generator"])
-            start = int(state["step"])
-            log.info("resuming %s from step %d", run_dir, start)
-        truncate_metrics(run_dir / "metrics.jsonl", start)
+        optimizer, generator, start = start_training(model, cfg, ckpt, device, run_dir)
         x_train, y_train = (t.to(device) for t in train_set.flat())
         x_val, y_val = (t.to(device) for t in val_set.flat())
         null = model.num_classes
-        model.train()
-        bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not cfg.progress,
-                   desc=f"prior {cfg.kind}", unit="step", dynamic_ncols=True, mininterval=1.0)
-        loss_sum, count, t_last = 0.0, 0, time.perf_counter()
-        with open(run_dir / "metrics.jsonl", "a") as metrics:
-            def write_row(row: dict) -> None:
-                metrics.write(json.dumps(row) + "\n")
-                metrics.flush()
 
-            for step in bar:
-                idx = torch.randint(x_train.shape[0], (cfg.batch_size,), generator=generator, device=device)
-                labels = drop_labels(y_train[idx], cfg.label_dropout, null, generator)
-                loss = prior_loss(model, x_train[idx], labels, generator)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                optimizer.step()
-                loss_sum += float(loss.detach())
-                count += 1
-                done = step + 1
-                if done % cfg.log_every == 0 or done == cfg.steps:
-                    now = time.perf_counter()
-                    write_row({"split": "train", "step": done, "loss": loss_sum / count,
-                               "steps_per_s": count / (now - t_last)})
-                    bar.set_postfix(loss=f"{loss_sum / count:.3f}", refresh=False)
-                    loss_sum, count, t_last = 0.0, 0, now
-                if done % cfg.eval_every == 0 or done == cfg.steps:
-                    write_row({"split": "val", "step": done, **evaluate_prior(model, x_val, y_val)})
-                if done % cfg.ckpt_every == 0 or done == cfg.steps:
-                    state = {"step": done, "optimizer": optimizer.state_dict(), "generator": generator.get_state()}
-                    save_checkpoint(run_dir, done, model, config, state, keep=cfg.keep_checkpoints)
-        bar.close()
+        def batch_loss() -> torch.Tensor:
+            idx = torch.randint(x_train.shape[0], (cfg.batch_size,), generator=generator, device=device)
+            labels = drop_labels(y_train[idx], cfg.label_dropout, null, generator)
+            return prior_loss(model, x_train[idx], labels, generator)
+
+        run_steps(run_dir, model, optimizer, generator, config, cfg, start, batch_loss,
+                  lambda: evaluate_prior(model, x_val, y_val), f"prior {cfg.kind}")
         _finish(run_dir, model, cfg, x_val, y_val, device)
     finally:
         lock.release()
     return run_dir
+
+
+def start_training(model: torch.nn.Module, cfg: Any, ckpt: Path | None, device: torch.device,
+                   run_dir: Path) -> tuple[torch.optim.Optimizer, torch.Generator, int]:
+    """AdamW (``cfg.lr``, ``cfg.weight_decay``) and the batch generator (``cfg.seed``) of a code model, restored
+    from ``ckpt`` when resuming (weights too); the metrics file is cut back to the start step."""
+    from daps.train import truncate_metrics
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    generator = torch.Generator(device).manual_seed(cfg.seed)
+    start = 0
+    if ckpt is not None:
+        load_weights(model, ckpt)
+        state = load_training_state(ckpt)
+        optimizer.load_state_dict(state["optimizer"])
+        generator.set_state(state["generator"])
+        start = int(state["step"])
+        log.info("resuming %s from step %d", run_dir, start)
+    truncate_metrics(run_dir / "metrics.jsonl", start)
+    return optimizer, generator, start
+
+
+def run_steps(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, generator: torch.Generator,
+              config: dict, cfg: Any, start: int, batch_loss: Callable[[], torch.Tensor],
+              evaluate: Callable[[], dict], desc: str) -> None:
+    """The training loop of the models over codes (priors, the robot policy): from ``start`` to ``cfg.steps``,
+    each step ``batch_loss()`` (which draws its batch from ``generator``), backward, clipping to
+    ``cfg.grad_clip``, an optimizer step; train rows every ``cfg.log_every``, ``evaluate()`` rows every
+    ``cfg.eval_every`` and a checkpoint (weights, optimizer, step, generator) every ``cfg.ckpt_every`` steps."""
+    from tqdm import tqdm
+
+    model.train()
+    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not cfg.progress,
+               desc=desc, unit="step", dynamic_ncols=True, mininterval=1.0)
+    loss_sum, count, t_last = 0.0, 0, time.perf_counter()
+    with open(run_dir / "metrics.jsonl", "a") as metrics:
+        def write_row(row: dict) -> None:
+            metrics.write(json.dumps(row) + "\n")
+            metrics.flush()
+
+        for step in bar:
+            loss = batch_loss()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            loss_sum += float(loss.detach())
+            count += 1
+            done = step + 1
+            if done % cfg.log_every == 0 or done == cfg.steps:
+                now = time.perf_counter()
+                write_row({"split": "train", "step": done, "loss": loss_sum / count,
+                           "steps_per_s": count / (now - t_last)})
+                bar.set_postfix(loss=f"{loss_sum / count:.3f}", refresh=False)
+                loss_sum, count, t_last = 0.0, 0, now
+            if done % cfg.eval_every == 0 or done == cfg.steps:
+                write_row({"split": "val", "step": done, **evaluate()})
+                model.train()
+            if done % cfg.ckpt_every == 0 or done == cfg.steps:
+                state = {"step": done, "optimizer": optimizer.state_dict(), "generator": generator.get_state()}
+                save_checkpoint(run_dir, done, model, config, state, keep=cfg.keep_checkpoints)
+    bar.close()
 
 
 def _finish(run_dir: Path, model: Prior, cfg: PriorConfig, x_val: torch.Tensor, y_val: torch.Tensor,

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from daps.errors import UserError
+from daps.prior.cli import check_output_file
 
 log = logging.getLogger("daps")
 
@@ -94,17 +95,6 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _output(path: str, suffix: str, overwrite: bool) -> Path:
-    out = Path(path)
-    if out.suffix.lower() != suffix:
-        raise UserError(f"{path} must name a {suffix} file")
-    if out.is_dir():
-        raise UserError(f"{path} is a folder; name a {suffix} file")
-    if out.exists() and not overwrite:
-        raise UserError(f"{path} exists; pass --overwrite to replace it")
-    return out
-
-
 def _plan(args: argparse.Namespace) -> int:
     from daps.motion.h1 import load_h1
     from daps.motion.render import render_motion, render_side_by_side
@@ -112,11 +102,11 @@ def _plan(args: argparse.Namespace) -> int:
     from daps.robot.plan import Planner, describe, plan_motion
     from daps.runfolder import write_json_atomic
 
-    out = _output(args.out, ".mp4", args.overwrite)
+    out = check_output_file(args.out, ".mp4", args.overwrite)
     physics_out = out.with_name(out.stem + "_physics.mp4")
     if args.physics:
-        _output(str(physics_out), ".mp4", args.overwrite)
-    json_out = _output(args.json, ".json", args.overwrite) if args.json else None
+        check_output_file(str(physics_out), ".mp4", args.overwrite)
+    json_out = check_output_file(args.json, ".json", args.overwrite) if args.json else None
     if args.size < 16:
         raise UserError("--size must be at least 16")
     motion = args.motion if args.motion else motion_from_prompt(args.prompt)

@@ -15,10 +15,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from daps.functional import categorical_log_probs
 from daps.nets.ar_encoder import ARTransformerEncoder
-from daps.nets.sampling import sample_autoregressive
-from daps.prior.nets import guide
+from daps.prior.nets import sample_guided
 
 
 class ContextEmbed(nn.Module):
@@ -84,19 +82,9 @@ class CommandPolicy(ARTransformerEncoder):
                  temperature: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
         """One code ``(B, T)`` per context by ancestral sampling; ``guidance`` != 1 mixes in the null-label
         model (classifier-free guidance on the kind of motion; the velocity and previous codes stay given)."""
-        b = labels.shape[0]
         null = torch.full_like(labels, self.num_classes)
-        both = guidance not in (0.0, 1.0)
-        if both:
+        if guidance not in (0.0, 1.0):
             ctx = self.context(torch.cat([labels, null]), torch.cat([velocity, velocity]), torch.cat([prev, prev]))
         else:
             ctx = self.context(null if guidance == 0.0 else labels, velocity, prev)
-        inner = self._cached_step(self.memory(ctx), 1)
-
-        def step(indices: torch.Tensor, pos: int) -> torch.Tensor:
-            if not both:
-                return inner(indices, pos) / temperature
-            logits = categorical_log_probs(inner(torch.cat([indices, indices]), pos))  # (2B, V)
-            return guide(logits[:b], logits[b:], guidance) / temperature
-
-        return sample_autoregressive(step, b, 1, self.num_tokens, labels.device, generator).indices[0]
+        return sample_guided(self, self.memory(ctx), labels.shape[0], guidance, temperature, generator)

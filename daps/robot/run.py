@@ -27,14 +27,12 @@ import torch
 
 from daps.checkpoint import (
     CheckpointError,
-    load_training_state,
     load_weights,
     resolve_checkpoint,
-    save_checkpoint,
 )
 from daps.errors import UserError
 from daps.prior.nets import drop_labels
-from daps.prior.run import prepare_folder, save_prior_curves
+from daps.prior.run import prepare_folder, run_steps, save_prior_curves, start_training
 from daps.robot.data import CommandSet, encode_split, load_commands, save_commands, velocity_ranges
 from daps.robot.policy import CommandPolicy
 from daps.runfolder import FolderLock, clear_folder, has_content, write_json_atomic, write_marker
@@ -191,10 +189,6 @@ def train_policy(cfg: RobotConfig, resume: bool = False, overwrite: bool = False
                  commands: tuple[dict[str, CommandSet], dict] | None = None) -> Path:
     """Train the policy of ``cfg`` into ``cfg.out_dir``; returns the run folder. ``commands`` gives the examples
     and their header directly (tests with synthetic codes) instead of encoding them with ``cfg.tokenizer``."""
-    from tqdm import tqdm
-
-    from daps.train import truncate_metrics
-
     cfg.validate()
     device = torch.device(device)
     run_dir = Path(cfg.out_dir)
@@ -215,55 +209,20 @@ def train_policy(cfg: RobotConfig, resume: bool = False, overwrite: bool = False
         config = {KIND: asdict(cfg), "commands": meta}
         write_json_atomic(run_dir / "config.json", config)
         model = build_policy(cfg, meta).to(device)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        generator = torch.Generator(device).manual_seed(cfg.seed)
-        start = 0
-        if ckpt is not None:
-            load_weights(model, ckpt)
-            state = load_training_state(ckpt)
-            optimizer.load_state_dict(state["optimizer"])
-            generator.set_state(state["generator"])
-            start = int(state["step"])
-            log.info("resuming %s from step %d", run_dir, start)
-        truncate_metrics(run_dir / "metrics.jsonl", start)
+        optimizer, generator, start = start_training(model, cfg, ckpt, device, run_dir)
         train, val = sets["train"].to(device), _val_subset(sets["val"]).to(device)
         log.info("policy: %d training examples, %d held out, %d parameters", len(train), len(val),
                  sum(p.numel() for p in model.parameters()))
-        model.train()
-        bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not cfg.progress,
-                   desc="robot policy", unit="step", dynamic_ncols=True, mininterval=1.0)
-        loss_sum, count, t_last = 0.0, 0, time.perf_counter()
-        with open(run_dir / "metrics.jsonl", "a") as metrics:
-            def write_row(row: dict) -> None:
-                metrics.write(json.dumps(row) + "\n")
-                metrics.flush()
 
-            for step in bar:
-                idx = torch.randint(len(train), (cfg.batch_size,), generator=generator, device=device)
-                labels = drop_labels(train.labels[idx], cfg.label_dropout, model.num_classes, generator)
-                drop = torch.rand(idx.shape, generator=generator, device=device) < cfg.prev_dropout
-                prev = torch.where(drop[:, None], torch.full_like(train.prev[idx], model.start_symbol),
-                                   train.prev[idx])
-                loss = model.loss(train.codes[idx], labels, train.velocity[idx], prev)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                optimizer.step()
-                loss_sum += float(loss.detach())
-                count += 1
-                done = step + 1
-                if done % cfg.log_every == 0 or done == cfg.steps:
-                    now = time.perf_counter()
-                    write_row({"split": "train", "step": done, "loss": loss_sum / count,
-                               "steps_per_s": count / (now - t_last)})
-                    bar.set_postfix(loss=f"{loss_sum / count:.3f}", refresh=False)
-                    loss_sum, count, t_last = 0.0, 0, now
-                if done % cfg.eval_every == 0 or done == cfg.steps:
-                    write_row({"split": "val", "step": done, **evaluate_policy(model, val)})
-                if done % cfg.ckpt_every == 0 or done == cfg.steps:
-                    state = {"step": done, "optimizer": optimizer.state_dict(), "generator": generator.get_state()}
-                    save_checkpoint(run_dir, done, model, config, state, keep=cfg.keep_checkpoints)
-        bar.close()
+        def batch_loss() -> torch.Tensor:
+            idx = torch.randint(len(train), (cfg.batch_size,), generator=generator, device=device)
+            labels = drop_labels(train.labels[idx], cfg.label_dropout, model.num_classes, generator)
+            drop = torch.rand(idx.shape, generator=generator, device=device) < cfg.prev_dropout
+            prev = torch.where(drop[:, None], torch.full_like(train.prev[idx], model.start_symbol), train.prev[idx])
+            return model.loss(train.codes[idx], labels, train.velocity[idx], prev)
+
+        run_steps(run_dir, model, optimizer, generator, config, cfg, start, batch_loss,
+                  lambda: evaluate_policy(model, val), "robot policy")
         _finish(run_dir, model, cfg, meta, device)
     finally:
         lock.release()
