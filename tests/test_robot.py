@@ -292,12 +292,14 @@ def test_robot_train_plan_and_eval_end_to_end(tiny_policy, tmp_path, capsys):
     report = json.loads((tmp_path / "walk.json").read_text())
     assert report["motion"] == "walk" and len(report["requested"]) == 2  # 2 s = 2 windows of 1.07 s
     assert report["physics"]["support_force_bw"] > 0
+    assert 0 < report["physics_ground_truth"]["support_force_bw"] < 1.0  # a real walking segment of the same length
     assert main(["robot", "eval", str(policy), "--rollouts", "2", "--windows", "2", "--physics-rollouts", "1",
                  "--no-classifier", "--json", "--motions", "walk"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert [r["percentile"] for r in result["rows"]] == [25, 50, 75]
     row = result["rows"][0]
-    for key in ("abs_error_forward_m_s", "recon_abs_error_forward_m_s", "border_joint_accel", "gt_border_joint_accel", "foot_skating_m_s",
+    for key in ("abs_error_forward_m_s", "recon_abs_error_forward_m_s", "border_joint_accel", "gt_border_joint_accel",
+                "foot_skating_m_s",
                 "support_force_bw", "gt_support_force_bw", "balanced_fraction", "unique_fraction",
                 "copy_fraction"):
         assert np.isfinite(row[key]), key
