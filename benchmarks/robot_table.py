@@ -1,12 +1,13 @@
 """The H1 command space on CPU, as one command: train the high-level policy on each tokenizer's codes, evaluate it,
 and time planning, rendering and physics.
 
-    DAPS_DATA_DIR=../shared/data python benchmarks/robot_table.py --tokenizers daps=runs/robot/daps16,fsq=runs/robot/fsq
+    DAPS_DATA_DIR=../shared/data python benchmarks/robot_table.py --tokenizers daps=runs/robot/daps16@6000,fsq=...
         [--steps 4000] [--threads 2] [--runs runs/robot] [--out docs/robot-cpu] [--overwrite] [policy key=value ...]
 
-For each ``name=TOKENIZER_RUN``: ``daps robot train`` into ``RUNS/policy-NAME`` (resumed if the folder exists),
-then ``daps robot eval`` (walk and run, three requested speeds each) into ``OUT/NAME-eval.{json,md}``, and a
-10-second walking plan rendered (``OUT/NAME-walk.mp4`` and the physics video next to it) with its figures.
+For each ``name=TOKENIZER_RUN[@STEPS]`` (STEPS: that policy's training steps, default ``--steps``): ``daps robot
+train`` into ``RUNS/policy-NAME`` (resumed if the folder exists), then ``daps robot eval`` (walk and run, three
+requested speeds each) into ``OUT/NAME-eval.{json,md}``, and a 10-second walking plan rendered
+(``OUT/NAME-walk.mp4`` and the physics video next to it) with its figures.
 Speeds: policy training (steps/s and wall time), planning (windows/s, from the evaluation), rendering (frames/s
 of one 320x320 view) and physics (simulation steps/s of the PD + support tracker on a ground-truth walk). Writes
 ``results.json`` (every number, machine, torch, commit, commands, wall times) and ``results.md``.
@@ -77,14 +78,16 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
     pairs = [item.split("=", 1) for item in args.tokenizers.split(",")]
-    result: dict = {"machine": cpu_name(), "commit": git_revision(), "threads": args.threads, "steps": args.steps,
+    steps_of = {name: int(tok.split("@")[1]) if "@" in tok else args.steps for name, tok in pairs}
+    pairs = [[name, tok.split("@")[0]] for name, tok in pairs]
+    result: dict = {"machine": cpu_name(), "commit": git_revision(), "threads": args.threads,
                     "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "commands": {}, "wall_s": {},
                     "policies": {}}
     for name, tokenizer in pairs:
         policy = Path(args.runs) / f"policy-{name}"
         resume = ["--resume"] if (policy / "config.json").exists() else []
         train = daps("robot", "train", tokenizer, "--out", str(policy), "--threads", str(args.threads), *resume,
-                     f"steps={args.steps}", "progress=false", *args.overrides)
+                     f"steps={steps_of[name]}", "progress=false", *args.overrides)
         evaluate = daps("robot", "eval", str(policy), "--out", str(out / f"{name}-eval"))
         plan = daps("robot", "plan", str(policy), "--motion", "walk", "--velocity", "1.0,0,0", "--seconds", "10",
                     "--physics", "--out", str(out / f"{name}-walk.mp4"), "--json", str(out / f"{name}-walk.json"),
@@ -99,7 +102,7 @@ def main() -> int:
         steps = [b["step"] - a for a, b in zip([0] + [r["step"] for r in train_rows], train_rows)]
         seconds = sum(n / r["steps_per_s"] for n, r in zip(steps, train_rows))  # the optimizer steps themselves
         result["policies"][name] = {
-            "tokenizer": tokenizer, "summary": summary, "train_seconds": seconds,
+            "tokenizer": tokenizer, "steps": steps_of[name], "summary": summary, "train_seconds": seconds,
             "train_steps_per_s": sum(steps) / seconds,
             "eval": json.loads((out / f"{name}-eval.json").read_text()),
             "walk_plan": json.loads((out / f"{name}-walk.json").read_text()),
@@ -114,7 +117,7 @@ def main() -> int:
     for name, r in result["policies"].items():
         s = r["summary"]
         md.append(
-            f"\n## {name} codes ({r['tokenizer']})\n\nPolicy: {args.steps} steps in {r['train_seconds'] / 60:.1f} min "
+            f"\n## {name} codes ({r['tokenizer']})\n\nPolicy: {r['steps']} steps in {r['train_seconds'] / 60:.1f} min "
             f"of training steps ({r['train_steps_per_s']:.2f} steps/s); held-out bits/token "
             f"{s['bits_per_token']:.3f} (null label "
             f"{s['bits_per_token_null_label']:.3f}, shuffled velocity {s['bits_per_token_shuffled_velocity']:.3f}, "
