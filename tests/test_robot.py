@@ -206,6 +206,26 @@ def test_stitched_ground_truth_windows_are_the_clip(clips):
     assert transition_jumps(poses[None], 32, 30.0)["border_joint_accel"] > 3 * jumps["border_joint_accel"]
 
 
+def test_border_blending_continues_the_previous_window(clips):
+    """Windows cut from different places jump at their borders; blending moves each window's first frames onto
+    the previous window's path (its first frame lands on the linear extrapolation exactly), leaves the rest of the
+    window alone, and lowers the border accelerations; blend 0 changes nothing."""
+    from daps.motion.features import FEATURE_LAYOUT
+    from daps.robot.plan import blend_borders, stitch_windows, transition_jumps
+
+    arrays, _ = clips
+    mixed = np.stack([arrays.features["walk1_subject1"][s : s + 32] for s in (100, 900, 2000, 3100)])[None]
+    mixed = mixed.astype(np.float64)
+    assert np.array_equal(blend_borders(mixed, 0), mixed)
+    blended = blend_borders(mixed, 8)
+    joints = FEATURE_LAYOUT["joint_angles"]
+    assert np.allclose(blended[0, 1, 0, joints], 2 * mixed[0, 0, -1, joints] - mixed[0, 0, -2, joints])
+    assert np.array_equal(blended[:, :, 8:], mixed[:, :, 8:]) and np.array_equal(blended[:, 0], mixed[:, 0])
+    raw = transition_jumps(stitch_windows(mixed, 30.0), 32, 30.0)["border_joint_accel"]
+    smooth = transition_jumps(stitch_windows(blended, 30.0), 32, 30.0)["border_joint_accel"]
+    assert smooth < 0.5 * raw, (smooth, raw)
+
+
 def test_physics_support_is_small_for_ground_truth_and_large_for_floating_motion(clips):
     """The PD tracker keeps a real walking clip up with a support force below half the body weight on average
     (measured 0.40 over 10 s) and the inverse dynamics finds most frames balanced; the same clip lifted 20 cm

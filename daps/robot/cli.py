@@ -46,6 +46,8 @@ def add_parsers(sub) -> None:
                    help="also track the motion in MuJoCo and write OUT_physics.mp4 and the support figures")
     p.add_argument("--json", default=None, help="also write the plan's figures to this .json file")
     p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance on the kind (default 1)")
+    p.add_argument("--blend", type=int, default=0,
+                   help="frames at the start of each window moved onto the previous window's path (default 0: none)")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", type=int, default=320, help="pixels per view (default 320)")
@@ -61,6 +63,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--physics-rollouts", type=int, default=2, help="rollouts per request tracked in physics")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--guidance", type=float, default=1.0)
+    p.add_argument("--blend", type=int, default=0, help="border blending of the plans, as robot plan (default 0)")
     p.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
     p.add_argument("--out", default=None, help="also write the results (JSON) and a table (.md) with this stem")
     p.add_argument("--no-classifier", action="store_true", help="skip the motion classifier's accuracy")
@@ -116,7 +119,10 @@ def _plan(args: argparse.Namespace) -> int:
     windows = max(1, int(np.ceil(args.seconds / planner.window_seconds - 1e-9)))
     velocity = (read_velocity_schedule(args.velocity_schedule, windows, planner.window_seconds)
                 if args.velocity_schedule else parse_velocity(args.velocity))
-    rollout = plan_motion(planner, motion, velocity, args.seconds, args.guidance, args.temperature, args.seed)
+    if args.blend < 0:
+        raise UserError(f"--blend must be >= 0, got {args.blend}")
+    rollout = plan_motion(planner, motion, velocity, args.seconds, args.guidance, args.temperature, args.seed,
+                          args.blend)
     poses = rollout.poses[0]
     h1 = load_h1(planner.data_dir)
     size = args.size - args.size % 16
@@ -150,12 +156,12 @@ def _plan(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     from daps.robot.evaluate import evaluate, write_report
 
-    if args.rollouts < 1 or args.windows < 2 or args.physics_rollouts < 0:
-        raise UserError("--rollouts must be >= 1, --windows >= 2 and --physics-rollouts >= 0")
+    if args.rollouts < 1 or args.windows < 2 or args.physics_rollouts < 0 or args.blend < 0:
+        raise UserError("--rollouts must be >= 1, --windows >= 2, --physics-rollouts >= 0 and --blend >= 0")
     motions = [m.strip() for m in args.motions.split(",") if m.strip()]
     result = evaluate(
         args.policy_dir, motions, rollouts=args.rollouts, windows=args.windows,
-        physics_rollouts=args.physics_rollouts, seed=args.seed, guidance=args.guidance,
+        physics_rollouts=args.physics_rollouts, seed=args.seed, guidance=args.guidance, blend=args.blend,
         classifier=not args.no_classifier, data_dir=args.data_dir, tokenizer=args.tokenizer,
         device=_device(args.device),
     )

@@ -98,7 +98,7 @@ def _classify(classifier: Any, windows: np.ndarray) -> np.ndarray:
 
 
 def evaluate(policy_run: str | Path, motions: list[str], rollouts: int = 8, windows: int = 6,
-             physics_rollouts: int = 2, seed: int = 0, guidance: float = 1.0, classifier: bool = True,
+             physics_rollouts: int = 2, seed: int = 0, guidance: float = 1.0, blend: int = 0, classifier: bool = True,
              data_dir: str | None = None, tokenizer: str | None = None,
              device: str | torch.device = "cpu") -> dict[str, Any]:
     """The evaluation described in the module docstring, as a JSON-ready dict."""
@@ -147,7 +147,7 @@ def evaluate(policy_run: str | Path, motions: list[str], rollouts: int = 8, wind
             g = torch.Generator(planner.device).manual_seed(seed)
             t0 = time.perf_counter()
             r = planner.rollout(torch.full((rollouts,), label), np.broadcast_to(v, (rollouts, windows, 3)).copy(),
-                                guidance, 1.0, g)
+                                guidance, 1.0, g, blend)
             plan_s = time.perf_counter() - t0
             achieved = window_velocity(r.poses.reshape(rollouts, windows, planner.window, -1), planner.fps)
             err = np.abs(achieved - r.velocity).reshape(-1, 3).mean(0)
@@ -180,7 +180,7 @@ def evaluate(policy_run: str | Path, motions: list[str], rollouts: int = 8, wind
         "tokenizer": planner.meta.get("tokenizer"),
         "method": planner.meta.get("method"),
         "settings": {"rollouts": rollouts, "windows": windows, "physics_rollouts": physics_rollouts, "seed": seed,
-                     "guidance": guidance, "window_seconds": planner.window_seconds},
+                     "guidance": guidance, "blend": blend, "window_seconds": planner.window_seconds},
         "com_agreement": com_agreement(h1, motion, planner.window),
         "rows": rows,
         "seconds": time.perf_counter() - started,

@@ -31,6 +31,30 @@ from daps.robot.commands import clamp_velocity, motion_index
 log = logging.getLogger("daps")
 
 
+BLENDED = ("root_height", "root_tilt", "joint_angles")
+"""The per-frame pose features :func:`blend_borders` corrects (the velocities are integrated, not read)."""
+
+
+def blend_borders(features: np.ndarray, frames: int) -> np.ndarray:
+    """Raw features ``(B, W, T, F)`` with each window's first ``frames`` frames pulled toward continuing the previous
+    window: the offset between the previous window's linear extrapolation (``2 last - second last``) and this
+    window's first frame is added with weight ``1 - i / frames`` at frame i (pose features :data:`BLENDED` only).
+    ``frames = 0`` returns the input unchanged. A decaying offset, not a cross-fade: the window keeps its own motion,
+    only its start is moved onto the previous window's path."""
+    x = np.array(features, dtype=np.float64, copy=True)
+    if frames <= 0 or x.shape[1] < 2:
+        return x
+    k = min(frames, x.shape[2])
+    cols = np.concatenate([np.arange(x.shape[-1])[FEATURE_LAYOUT[name]] for name in BLENDED])
+    weight = (1.0 - np.arange(k) / k)[:, None]  # (k, 1)
+    for w in range(1, x.shape[1]):
+        target = 2 * x[:, w - 1, -1, cols] - x[:, w - 1, -2, cols]  # (B, C)
+        offset = target - x[:, w, 0, cols]
+        window = x[:, w]  # (B, T, F), a view
+        window[:, :k, cols] += weight[None] * offset[:, None]  # (B, k, C)
+    return x
+
+
 def stitch_windows(features: np.ndarray, fps: float) -> np.ndarray:
     """Raw features ``(B, W, T, F)`` of consecutive windows -> poses ``(B, W*T, 26)`` (see the module docstring)."""
     x = np.asarray(features, dtype=np.float64)
@@ -135,8 +159,10 @@ class Planner:
 
     @torch.no_grad()
     def rollout(self, labels: torch.Tensor, velocity: np.ndarray, guidance: float = 1.0, temperature: float = 1.0,
-                generator: torch.Generator | None = None) -> Rollout:
-        """Plan ``W`` windows for each of ``labels (B,)`` with velocities ``(B, W, 3)`` (already checked)."""
+                generator: torch.Generator | None = None, blend: int = 0) -> Rollout:
+        """Plan ``W`` windows for each of ``labels (B,)`` with velocities ``(B, W, 3)`` (already checked);
+        ``blend`` > 0 moves each window's first ``blend`` frames onto the previous window's path
+        (:func:`blend_borders`) before stitching."""
         labels = labels.to(self.device)
         b, w = velocity.shape[:2]
         prev = torch.full((b, self.policy.num_tokens), self.policy.start_symbol, device=self.device)
@@ -148,13 +174,13 @@ class Planner:
             windows.append(self.tokenizer.decode(z)[:, 0].double().cpu().numpy())  # (B, frames, F)
             prev = z
         std = np.stack(windows, axis=1)  # (B, W, frames, F)
-        raw = self.stats.denormalize(std)
+        raw = blend_borders(self.stats.denormalize(std), blend)
         return Rollout(torch.stack(codes, 1).cpu(), raw, std, stitch_windows(raw, self.fps),
                        np.asarray(velocity, dtype=np.float64), labels.cpu())
 
 
 def plan_motion(planner: Planner, motion: str, velocity: np.ndarray, seconds: float, guidance: float = 1.0,
-                temperature: float = 1.0, seed: int = 0) -> Rollout:
+                temperature: float = 1.0, seed: int = 0, blend: int = 0) -> Rollout:
     """One rollout of ``seconds`` (rounded up to whole windows) of kind ``motion`` with velocity ``(3,)`` or a
     schedule ``(W, 3)``."""
     if seconds <= 0:
@@ -164,7 +190,7 @@ def plan_motion(planner: Planner, motion: str, velocity: np.ndarray, seconds: fl
     v = np.broadcast_to(v, (windows, 3)) if v.ndim == 1 else v[:windows]
     label, v = planner.request(motion, v)
     g = torch.Generator(planner.device).manual_seed(seed)
-    return planner.rollout(torch.tensor([label]), v[None], guidance, temperature, g)
+    return planner.rollout(torch.tensor([label]), v[None], guidance, temperature, g, blend)
 
 
 def describe(rollout: Rollout, fps: float, window: int) -> dict[str, Any]:
