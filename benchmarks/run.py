@@ -67,6 +67,7 @@ from daps.data import dataset_spec
 from daps.methods import METHODS, build_method
 from daps.optim import Optimizers
 from daps.presets import get_preset
+from daps.provenance import source_revision
 
 REPO = Path(__file__).resolve().parent.parent
 MiB = 2**20
@@ -90,17 +91,7 @@ def cpu_name() -> str:
 def git_revision() -> str:
     """``<commit>`` of the checkout, with ``+dirty`` when it has uncommitted changes; outside git
     ``$DAPS_GIT_REVISION``, else ``unknown``."""
-    try:
-        commit = subprocess.run(
-            ["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True, check=True, timeout=10
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True, text=True, check=True, timeout=10,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):  # no git here (e.g. a copied tree): what the caller says, if any
-        return os.environ.get("DAPS_GIT_REVISION", "unknown")
-    return commit + ("+dirty" if dirty else "")
+    return source_revision(REPO)
 
 
 def machine_info(device: torch.device) -> dict:

@@ -324,6 +324,7 @@ def test_robot_train_plan_and_eval_end_to_end(tiny_policy, tmp_path, capsys):
                 "copy_fraction"):
         assert np.isfinite(row[key]), key
     assert 0.5 < result["com_agreement"]["root_vs_com_forward_correlation"] <= 1.0
+    assert result["commit"]  # where the numbers came from
 
 
 @needs_data

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from daps.errors import UserError
+from daps.provenance import source_revision
 from daps.robot.commands import VELOCITY_NAMES, com_window_velocity, motion_index, window_velocity
 from daps.robot.plan import Planner, stitch_windows, transition_jumps
 
@@ -186,6 +187,7 @@ def evaluate(policy_run: str | Path, motions: list[str], rollouts: int = 8, wind
         "seconds": time.perf_counter() - started,
         "machine": platform.processor() or platform.machine(),
         "torch": torch.__version__,
+        "commit": source_revision(),
     }
 
 
