@@ -66,6 +66,12 @@ class CodeSet:
         return self.codes.reshape(n * k, t), self.labels.repeat_interleave(k)
 
 
+def weights_sha256(ckpt: Path) -> str:
+    """SHA-256 of a checkpoint's ``model.safetensors`` as its ``checksums.json`` records it ("" without one)."""
+    sums = Path(ckpt) / "checksums.json"
+    return json.loads(sums.read_text())["files"]["model.safetensors"]["sha256"] if sums.exists() else ""
+
+
 def config_sha256(config: dict) -> str:
     """SHA-256 of a config's canonical JSON (sorted keys): the same config gives the same hash."""
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
@@ -122,8 +128,7 @@ def export_codes(
         chunks.append(torch.stack(draws, 1).cpu())  # (B, K, T)
     codes = torch.cat(chunks).long()
     step = int(load_training_state(ckpt)["step"])
-    weights_sha = json.loads((ckpt / "checksums.json").read_text())["files"]["model.safetensors"]["sha256"] \
-        if (ckpt / "checksums.json").exists() else ""
+    weights_sha = weights_sha256(ckpt)
     meta = {
         "format": FORMAT,
         "method": cfg.method,

@@ -62,14 +62,21 @@ def motion_data(data: DataConfig) -> MotionData:
     return _cached(data.data_dir, window, data.window_stride)
 
 
+def window_kinds(windows: MotionWindows) -> torch.Tensor:
+    """The kind of motion (index in :data:`MOTION_TYPES`) of each window ``(N,)``, from its clip's name."""
+    if not len(windows.clips):
+        return torch.zeros(0, dtype=torch.long)
+    kinds = torch.tensor([motion_type(c) for c in windows.clips], dtype=torch.long)
+    return kinds[windows.clip_ids]
+
+
 class WindowImages:
     """Windows of one split as ``(B, 1, T, F)`` float32 batches on ``device``: ``images[idx]`` for a tensor of
     window indices; ``len(images)`` windows; ``labels`` the kind of motion of each window."""
 
     def __init__(self, windows: MotionWindows, device: torch.device | str = "cpu") -> None:
         self.windows = windows.to(device)
-        kinds = torch.tensor([motion_type(c) for c in windows.clips], dtype=torch.long)
-        self.labels = kinds[windows.clip_ids] if len(windows.clips) else torch.zeros(0, dtype=torch.long)
+        self.labels = window_kinds(windows)
 
     def __len__(self) -> int:
         return len(self.windows)

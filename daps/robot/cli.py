@@ -9,7 +9,6 @@ import logging
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from daps.errors import UserError
@@ -114,9 +113,7 @@ def _plan(args: argparse.Namespace) -> int:
         raise UserError("--size must be at least 16")
     motion = args.motion if args.motion else motion_from_prompt(args.prompt)
     planner = Planner(args.policy_dir, _device(args.device), args.tokenizer)
-    if args.seconds <= 0:
-        raise UserError(f"--seconds must be positive, got {args.seconds}")
-    windows = max(1, int(np.ceil(args.seconds / planner.window_seconds - 1e-9)))
+    windows = planner.windows_for(args.seconds)
     velocity = (read_velocity_schedule(args.velocity_schedule, windows, planner.window_seconds)
                 if args.velocity_schedule else parse_velocity(args.velocity))
     if args.blend < 0:

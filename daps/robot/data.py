@@ -64,7 +64,7 @@ def encode_split(model: Any, motion: Any, split: str, stride: int, samples: int,
                  batch_size: int = 500) -> CommandSet:
     """The examples of ``split`` (``train`` or ``val``) of ``motion`` (a :class:`~daps.motion.dataset.MotionData`
     whose windows start every ``stride`` frames), encoded by ``model``."""
-    from daps.data.motion import motion_type
+    from daps.data.motion import window_kinds
 
     windows = motion.split(split)
     t = motion.window
@@ -83,7 +83,7 @@ def encode_split(model: Any, motion: Any, split: str, stride: int, samples: int,
     prev = torch.where((prev_idx >= 0)[:, None, None], codes[prev_idx.clamp(min=0)], start_row[:, None])
     poses = motion.window_poses(split, np.arange(len(windows)))  # (N, T, 26)
     velocity = torch.from_numpy(window_velocity(poses, motion.fps)).float()  # (N, 3)
-    kinds = torch.tensor([motion_type(c) for c in windows.clips], dtype=torch.long)[windows.clip_ids]
+    kinds = window_kinds(windows)
     n, k, _ = codes.shape
     return CommandSet(
         codes=codes.reshape(n * k, -1),

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from daps.data.motion import window_kinds
 from daps.errors import UserError
 from daps.provenance import source_revision
 from daps.robot.commands import VELOCITY_NAMES, com_window_velocity, motion_index, window_velocity
@@ -138,8 +139,9 @@ def evaluate(policy_run: str | Path, motions: list[str], rollouts: int = 8, wind
         gt_skate = foot_skating_m_s(h1, truth, planner.fps)
         real_acc = None
         if judge is not None:
-            val = motion.val if any(planner.class_names[k] == m for k in _kinds(motion.val)) else motion.train
-            labels = _labels(val)
+            val_labels = window_kinds(motion.val).numpy()
+            val = motion.val if kind in val_labels else motion.train  # a held-out clip of the kind, if any
+            labels = window_kinds(val).numpy()
             pick = np.nonzero(labels == kind)[0]
             real_acc = float((_classify(judge, val[torch.as_tensor(pick[:2000])].numpy()) == kind).mean())
         for q, speed in zip((25, 50, 75), quartiles[:, 0]):
@@ -189,19 +191,6 @@ def evaluate(policy_run: str | Path, motions: list[str], rollouts: int = 8, wind
         "torch": torch.__version__,
         "commit": source_revision(),
     }
-
-
-def _kinds(windows: Any) -> set[int]:
-    from daps.data.motion import motion_type
-
-    return {motion_type(c) for c in windows.clips}
-
-
-def _labels(windows: Any) -> np.ndarray:
-    from daps.data.motion import motion_type
-
-    kinds = np.array([motion_type(c) for c in windows.clips])
-    return kinds[windows.clip_ids.numpy()]
 
 
 COLUMNS = (

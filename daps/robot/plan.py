@@ -142,6 +142,12 @@ class Planner:
     def window_seconds(self) -> float:
         return self.window / self.fps
 
+    def windows_for(self, seconds: float) -> int:
+        """Windows that cover ``seconds`` (rounded up; at least one); UserError unless positive."""
+        if seconds <= 0:
+            raise UserError(f"--seconds must be positive, got {seconds}")
+        return max(1, int(np.ceil(seconds / self.window_seconds - 1e-9)))
+
     def velocity_range(self, motion: str) -> tuple[np.ndarray, np.ndarray]:
         """The 1st and 99th percentiles of the training windows' velocities of kind ``motion``."""
         r = self.meta["velocity_ranges"].get(motion) or self.meta["velocity_ranges"]["all"]
@@ -183,9 +189,7 @@ def plan_motion(planner: Planner, motion: str, velocity: np.ndarray, seconds: fl
                 temperature: float = 1.0, seed: int = 0, blend: int = 0) -> Rollout:
     """One rollout of ``seconds`` (rounded up to whole windows) of kind ``motion`` with velocity ``(3,)`` or a
     schedule ``(W, 3)``."""
-    if seconds <= 0:
-        raise UserError(f"--seconds must be positive, got {seconds}")
-    windows = max(1, int(np.ceil(seconds / planner.window_seconds - 1e-9)))
+    windows = planner.windows_for(seconds)
     v = np.asarray(velocity, dtype=np.float64)
     v = np.broadcast_to(v, (windows, 3)) if v.ndim == 1 else v[:windows]
     label, v = planner.request(motion, v)

@@ -102,7 +102,7 @@ def build_policy(cfg: RobotConfig, meta: dict[str, Any]) -> CommandPolicy:
 def encode_commands(cfg: RobotConfig, device: torch.device) -> tuple[dict[str, CommandSet], dict[str, Any]]:
     """Encode the training and validation windows with the tokenizer of ``cfg`` (see :mod:`daps.robot.data`)."""
     from daps.checkpoint import load_model
-    from daps.codes import config_sha256
+    from daps.codes import config_sha256, weights_sha256
     from daps.config_io import config_to_dict
     from daps.data import dataset_spec
     from daps.data.motion import MOTION_TYPES, check_run_stats
@@ -130,12 +130,10 @@ def encode_commands(cfg: RobotConfig, device: torch.device) -> tuple[dict[str, C
              len(motion.train), len(motion.val), cfg.stride, cfg.tokenizer)
     sets = {s: encode_split(model, motion, s, cfg.stride, samples, generator) for s in ("train", "val")}
     ranges = velocity_ranges(sets["train"], list(MOTION_TYPES))
-    weights = ckpt / "checksums.json"
     meta = {
         "tokenizer": str(Path(cfg.tokenizer).resolve()),
         "checkpoint": str(ckpt.resolve()),
-        "model_sha256": json.loads(weights.read_text())["files"]["model.safetensors"]["sha256"]
-        if weights.exists() else "",
+        "model_sha256": weights_sha256(ckpt),
         "config_sha256": config_sha256(config_to_dict(tcfg)),
         "method": tcfg.method,
         "vocab_size": int(model.vocab_size),
