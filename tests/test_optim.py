@@ -1,13 +1,18 @@
-"""Optimizer wiring: clipping units per layer type, per-group settings, non-finite updates skipped."""
+"""Optimizer wiring: clipping units per layer type, per-group settings, non-finite updates skipped, and the
+batched step (fused AdamW, stacked unit-wise clip) against the per-parameter one."""
 
 from __future__ import annotations
 
+import copy
+
+import pytest
 import torch
 import torch.nn as nn
 
 from daps import get_preset, parse_overrides
+from daps.functional import adaptive_grad_clip
 from daps.methods import build_method
-from daps.optim import Optimizers, OptimizerSpec, unit_dims
+from daps.optim import Optimizers, OptimizerSpec, UnitClip, unit_dims
 
 
 def test_unit_dims_per_layer_type():
@@ -47,10 +52,12 @@ def test_daps_groups_settings():
         assert group["betas"] == (0.9, 0.999) and group["eps"] == 1e-8 and group["weight_decay"] == 1e-4
 
 
-def test_non_finite_gradient_skips_only_that_optimizer():
+@pytest.mark.parametrize("batched", [True, False])
+def test_non_finite_gradient_skips_only_that_optimizer(batched):
     a, b = nn.Parameter(torch.ones(3)), nn.Parameter(torch.ones(2))
     holder = nn.ParameterList([a, b])
-    opts = Optimizers(holder, [OptimizerSpec("a", [a], 0.1, 0.0), OptimizerSpec("b", [b], 0.1, 0.0)], 0.0)
+    specs = [OptimizerSpec("a", [a], 0.1, 0.0), OptimizerSpec("b", [b], 0.1, 0.0)]
+    opts = Optimizers(holder, specs, 0.0, batched)
     a.grad, b.grad = torch.ones(3), torch.ones(2)
     opts.step()  # a normal step creates Adam state for both
     a_before, b_before = a.detach().clone(), b.detach().clone()
@@ -82,3 +89,106 @@ def test_clipping_is_applied_before_adam():
     opts.optimizers["vae"].step = spy
     opts.step()
     torch.testing.assert_close(seen["grad"], torch.tensor([[3.0, 4.0], [0.0, 1e-3]]))
+
+
+def _layers() -> nn.Module:
+    """One of every layer type the unit-wise clip distinguishes, plus a bare 2-d parameter (whole-tensor norm)."""
+    torch.manual_seed(0)
+    model = nn.ModuleDict(
+        {
+            "linear": nn.Linear(5, 4),
+            "linear2": nn.Linear(5, 3),  # same fan-in as "linear": stacked with it
+            "embed": nn.Embedding(6, 5),
+            "conv": nn.Conv2d(2, 3, 3),
+            "deconv": nn.ConvTranspose2d(3, 2, 2),
+            "norm": nn.LayerNorm(5),
+        }
+    )
+    model.register_parameter("table", nn.Parameter(torch.randn(3, 4)))
+    return model
+
+
+@pytest.mark.parametrize("scale", [1e-3, 1.0, 1e3])
+def test_batched_unit_clip_equals_the_per_parameter_clip(scale):
+    model = _layers()
+    params = list(model.parameters())
+    dims = unit_dims(model)
+    grads = [torch.randn_like(p) * scale for p in params]
+    expected = [adaptive_grad_clip(g, p, dims.get(p), 0.5) for g, p in zip(grads, params)]
+    clipped = [g.clone() for g in grads]
+    UnitClip(params, dims, 0.5)(params, clipped)
+    for got, want in zip(clipped, expected):
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=0)
+    if scale == 1e3:  # the clip was active, so a wrong unit layout could not pass
+        assert all(not torch.equal(g, c) for g, c in zip(grads, clipped))
+        wrong = [g.clone() for g in grads]
+        UnitClip(params, {}, 0.5)(params, wrong)  # every tensor as one unit
+        assert any(not torch.allclose(w, e) for w, e in zip(wrong, expected))
+
+
+def _train(batched: bool, steps: int, grad_scale: float) -> tuple[nn.Module, Optimizers]:
+    model, cfg = daps_model()
+    opts = Optimizers(model, model.optimizer_specs(1e-2, cfg.optim.grad_clip), cfg.optim.weight_decay, batched=batched)
+    x = (torch.rand(8, 1, 28, 28, generator=torch.Generator().manual_seed(1)) > 0.8).float()
+    generator = torch.Generator().manual_seed(2)
+    for step in range(steps):
+        out = model(x, step, generator=generator)
+        opts.zero_grad()
+        (out.loss * grad_scale).backward()
+        opts.step()
+    return model, opts
+
+
+@pytest.mark.parametrize("grad_scale", [1.0, 1e4])
+def test_batched_step_follows_the_per_parameter_step(grad_scale):
+    """Fused AdamW + batched clipping = torch's AdamW after the per-parameter clip, over several DAPS steps."""
+    batched, _ = _train(True, 4, grad_scale)
+    reference, _ = _train(False, 4, grad_scale)
+    start, _ = daps_model()
+    moved = 0.0
+    for (name, p), q, p0 in zip(batched.named_parameters(), reference.parameters(), start.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-6, msg=name)
+        moved = max(moved, (q - p0).abs().max().item())
+    assert moved > 1e-2  # the parameters did move: equal because the updates agree, not because none happened
+
+
+def test_per_parameter_checkpoints_load_into_the_batched_step():
+    """Optimizer state saved by the per-parameter step (torch's default AdamW) resumes in the batched one."""
+    model, opts = _train(False, 2, 1.0)
+    state = opts.state_dict()
+    batched = Optimizers(model, model.optimizer_specs(1e-2, 1.0), 1e-4, batched=True)
+    batched.load_state_dict(copy.deepcopy(state))
+    for opt in batched.optimizers.values():
+        assert opt.param_groups[0]["fused"]
+        for p_state in opt.state.values():
+            assert p_state["step"].item() == 2 and p_state["step"].dtype == torch.float32
+    reference = Optimizers(model, model.optimizer_specs(1e-2, 1.0), 1e-4, batched=False)
+    reference.load_state_dict(copy.deepcopy(state))
+    for p in model.parameters():
+        p.grad = torch.randn_like(p)
+    saved = [p.detach().clone() for p in model.parameters()]
+    batched.step()
+    after_batched = [p.detach().clone() for p in model.parameters()]
+    with torch.no_grad():
+        for p, s in zip(model.parameters(), saved):
+            p.copy_(s)
+    reference.step()
+    for p, q in zip(after_batched, model.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("batched", [True, False])
+def test_global_norm_clip(batched):
+    w = nn.Parameter(torch.zeros(4))
+    opts = Optimizers(nn.ParameterList([w]), [OptimizerSpec("a", [w], 0.1, 1.0, clip="global_norm")], 0.0, batched)
+    w.grad = torch.tensor([30.0, 40.0, 0.0, 0.0])
+    seen = {}
+    original = opts.optimizers["a"].step
+
+    def spy(*args, **kwargs):
+        seen["grad"] = w.grad.clone()
+        return original(*args, **kwargs)
+
+    opts.optimizers["a"].step = spy
+    assert opts.step() == {"a": 50.0}  # the raw norm, before clipping
+    torch.testing.assert_close(seen["grad"], torch.tensor([0.6, 0.8, 0.0, 0.0]), rtol=1e-5, atol=0)
