@@ -12,14 +12,16 @@ cut short still leaves a report. The sections:
 1. ``env``: torch, CUDA, the device (``nvidia-smi``).
 2. ``gpu-tests``: the CUDA-only tests (``pytest -m gpu``): the compiled sampler under CUDA graphs gives the
    eager codes and is not skipped by inductor, a compiled bf16 run trains.
-3. ``suite-<preset>``: ``benchmarks/run.py`` on CUDA, every method at every preset for a few steps (fp32, eager):
+3. ``optimizer-step``: ``benchmarks/optimizer_step.py``: the batched optimizer step (fused AdamW, stacked
+   unit-wise clip) against the per-parameter one at every preset, ms and kernels per step.
+4. ``suite-<preset>``: ``benchmarks/run.py`` on CUDA, every method at every preset for a few steps (fp32, eager):
    steps/s, the DAPS / VQ-VAE ratio, peak memory, the time breakdown.
-4. ``compile-<preset>``: the same for DAPS and VQ-VAE with ``train.compile=true`` (CUDA graphs through
+5. ``compile-<preset>``: the same for DAPS and VQ-VAE with ``train.compile=true`` (CUDA graphs through
    ``mode="reduce-overhead"``), under ``TORCH_LOGS=perf_hints``: every "skipping cudagraphs" line is reported.
-5. ``sampler-<preset>``: ``benchmarks/sampler.py --compile``: eager vs compiled sampler tokens/s.
-6. ``bf16``: DAPS and VQ-VAE at every preset with ``train.precision=bfloat16``; ``resample-m2``, ``resample-m1``:
+6. ``sampler-<preset>``: ``benchmarks/sampler.py --compile``: eager vs compiled sampler tokens/s.
+7. ``bf16``: DAPS and VQ-VAE at every preset with ``train.precision=bfloat16``; ``resample-m2``, ``resample-m1``:
    DAPS with resampled weighted maximum likelihood (``daps.resample``) at mnist and cifar10.
-7. ``mnist-daps``: the paper's MNIST DAPS configuration (250k steps at B=256) on the MNIST files under
+8. ``mnist-daps``: the paper's MNIST DAPS configuration (250k steps at B=256) on the MNIST files under
    ``--data`` (``$DAPS_DATA_DIR`` layout), run until the budget is spent, checkpointed every 1,000 steps into
    ``DIR/mnist-daps-run`` and resumed from there when the folder already holds a run (the next call carries it
    back in). Its speed and validation rows go into the report.
@@ -201,6 +203,13 @@ def main(argv: list[str] | None = None) -> int:
     gpu_tests = [py, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "gpu", "tests/test_gpu.py"]
     if not args.smoke:
         check.run("gpu-tests", gpu_tests, 100, keep=keep_for_mnist)
+
+    name = "optimizer-step"
+    cmd = [py, "benchmarks/optimizer_step.py", "--device", device, "--presets", ",".join(presets), "--out", str(res),
+           "--name", name, "--overwrite", *(["--rounds", "1", "--repeats", "2", *size] if args.smoke else [])]
+    e = check.run(name, cmd, 90, keep=keep_for_mnist)
+    e["table"] = read_table(res / f"{name}.md")
+    check.write()
 
     def suite(name: str, preset: str, cap: float, extra: list[str], env: dict | None = None) -> None:
         e = check.run(name, [*bench, "--presets", preset, "--name", name, *extra, *size], cap, env=env,

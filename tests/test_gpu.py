@@ -53,3 +53,34 @@ def test_compiled_bf16_daps_run_trains_on_cuda(tmp_path, tiny_overrides):
     for summary in summaries:
         assert all(v == v for v in summary.values() if isinstance(v, float)), summary  # no NaN
     assert summaries[1]["log_p"] == pytest.approx(summaries[0]["log_p"], abs=5.0)
+
+
+def test_batched_optimizer_step_on_cuda_follows_the_per_parameter_step():
+    """The fused CUDA AdamW with the stacked unit-wise clip = the per-parameter step, and a non-finite gradient
+    is skipped on the device (parameters and Adam state untouched, counted once)."""
+    from daps.methods import build_method
+    from daps.optim import Optimizers
+
+    cfg = parse_overrides(get_preset("mnist"), ["encoder.width=16", "encoder.num_heads=2", "encoder.vocab_size=16"])
+    x = (torch.rand(8, 1, 28, 28, generator=torch.Generator().manual_seed(1)) > 0.8).float().cuda()
+    models = []
+    for batched in (True, False):
+        torch.manual_seed(0)
+        model = build_method(cfg, (1, 28, 28)).cuda()
+        opts = Optimizers(model, model.optimizer_specs(1e-2, 1.0), 1e-4, batched=batched)
+        generator = torch.Generator("cuda").manual_seed(2)
+        for step in range(4):
+            out = model(x, step, generator=generator)
+            opts.zero_grad()
+            (out.loss * 1e4).backward()  # large enough for the clip to act
+            opts.step()
+        models.append((model, opts))
+    for p, q in zip(models[0][0].parameters(), models[1][0].parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-6)
+    model, opts = models[0]
+    before = [p.detach().clone() for p in model.parameters()]
+    for p in model.parameters():
+        p.grad = torch.full_like(p, float("nan"))
+    opts.step()
+    assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before))
+    assert all(v == 1 for v in opts.skipped.values())
