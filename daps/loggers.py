@@ -99,7 +99,7 @@ def _png(path: Path):
 class TensorBoardLogger(RunLogger):
     kind = "tensorboard"
 
-    def __init__(self, run_dir: Path, config: dict[str, Any]):
+    def __init__(self, run_dir: Path, config: dict[str, Any], start_step: int = 0):
         super().__init__()
         try:
             from torch.utils.tensorboard import SummaryWriter
@@ -107,7 +107,9 @@ class TensorBoardLogger(RunLogger):
             raise UserError(
                 "train.logger=tensorboard needs the tensorboard package: pip install 'daps[tensorboard]'"
             ) from None
-        self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+        # After a resume from step S, what a killed run logged past S is hidden (TensorBoard's purge_step), as
+        # metrics.jsonl is truncated to S: each step shows once.
+        self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=start_step + 1 if start_step else None)
         self._guard("config", self.writer.add_text, "config", "```\n" + json.dumps(config, indent=2) + "\n```", 0)
 
     def _row(self, row: dict[str, Any]) -> None:
@@ -166,11 +168,11 @@ class WandbLogger(RunLogger):
             self.run.finish()
 
 
-def make_logger(kind: str, run_dir: Path, config: dict[str, Any]) -> RunLogger:
-    """The logger ``train.logger`` names (see the module doc)."""
+def make_logger(kind: str, run_dir: Path, config: dict[str, Any], start_step: int = 0) -> RunLogger:
+    """The logger ``train.logger`` names (see the module doc), for a run that starts at ``start_step``."""
     kind = resolve_logger(kind)
     if kind == "tensorboard":
-        return TensorBoardLogger(run_dir, config)
+        return TensorBoardLogger(run_dir, config, start_step)
     if kind == "wandb":
         return WandbLogger(run_dir, config)
     return RunLogger()

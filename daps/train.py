@@ -397,7 +397,7 @@ def _train(cfg: Config, resume: bool, overwrite: bool, device: torch.device, ran
         if dist.is_main():
             _open_run_folder(s, plan, start_step)
             metrics_file = open(run_dir / "metrics.jsonl", "a")
-            s.logger = make_logger(tc.logger, run_dir, config_to_dict(cfg))
+            s.logger = make_logger(tc.logger, run_dir, config_to_dict(cfg), start_step)
 
         def write_row(row: dict) -> None:
             if metrics_file is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import types
 
@@ -40,6 +41,25 @@ def test_tensorboard_events_hold_the_metrics(tmp_path, tiny_overrides):
     assert {"codes/position_00", "codes/position_03"} <= set(tags["histograms"])
     assert len(events.Histograms("codes/position_00")) == len(_rows(run, "val"))
     assert any("config" in tag for tag in tags["tensors"])  # the resolved config, as text
+
+
+def test_tensorboard_shows_each_step_once_after_a_kill_and_resume(tmp_path, tiny_overrides):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from daps.checkpoint import CKPT_DIR
+
+    run = tmp_path / "run"
+    args = ["train", *_overrides(tiny_overrides, run, "tensorboard")]
+    assert main(args) == 0
+    (run / CKPT_DIR / "latest").write_text("step_00000003\n")  # as if killed between the checkpoints at 3 and 6
+    shutil.rmtree(run / CKPT_DIR / "step_00000006")
+    assert main([*args, "--resume"]) == 0
+    events = EventAccumulator(str(run / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    for split in ("train", "val"):
+        logged = [(e.step, e.value) for e in events.Scalars(f"{split}/log_p")]
+        assert logged == [(r["step"], pytest.approx(r["log_p"], rel=1e-6, abs=1e-6)) for r in _rows(run, split)]
 
 
 class _FakeWandb(types.ModuleType):
