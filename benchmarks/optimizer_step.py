@@ -30,8 +30,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run import git_revision, machine_info, setup, synchronize  # noqa: E402
 
-from daps.optim import Optimizers  # noqa: E402
 from daps.config_io import parse_overrides  # noqa: E402
+from daps.optim import Optimizers  # noqa: E402
 from daps.presets import get_preset  # noqa: E402
 
 METADATA = {

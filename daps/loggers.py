@@ -109,7 +109,8 @@ class TensorBoardLogger(RunLogger):
             ) from None
         # After a resume from step S, what a killed run logged past S is hidden (TensorBoard's purge_step), as
         # metrics.jsonl is truncated to S: each step shows once.
-        self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=start_step + 1 if start_step else None)
+        purge = start_step + 1 if start_step else None
+        self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=purge)
         self._guard("config", self.writer.add_text, "config", "```\n" + json.dumps(config, indent=2) + "\n```", 0)
 
     def _row(self, row: dict[str, Any]) -> None:
