@@ -11,6 +11,7 @@ synchronizes with the host once. See docs/benchmarks/optimizer-step.md.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -109,7 +110,7 @@ class UnitClip:
             unit_of_element.append(permuted.permute(_inverse(layout.perm)).reshape(-1))
         self.unit_of_element = torch.cat(unit_of_element) if unit_of_element else torch.zeros(0, dtype=torch.long)
 
-    def unit_norms(self, tensors: list[torch.Tensor]) -> torch.Tensor:
+    def unit_norms(self, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
         """The L2 norm of every unit of ``tensors`` (one per parameter), in the clip's unit order."""
         return torch.cat([
             torch.linalg.vector_norm(torch.cat([self.layouts[i].matrix(tensors[i]) for i in group]), dim=1)
@@ -117,7 +118,7 @@ class UnitClip:
         ])
 
     @torch.no_grad()
-    def __call__(self, params: list[torch.Tensor], grads: list[torch.Tensor]) -> None:
+    def __call__(self, params: Sequence[torch.Tensor], grads: list[torch.Tensor]) -> None:
         """Scale ``grads`` (float32, the parameters' order) in place."""
         if self.unit_of_element.device != grads[0].device:
             self.unit_of_element = self.unit_of_element.to(grads[0].device)
@@ -185,7 +186,7 @@ class Optimizers:
         norms: dict[str, torch.Tensor] = {}
         for spec in self.specs:
             params = [p for p in spec.params if p.grad is not None]
-            grads = [p.grad for p in params]
+            grads = [p.grad for p in params if p.grad is not None]
             if not params:
                 continue
             norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
