@@ -7,7 +7,8 @@ For each (preset, method) the model and its optimizers are built as ``daps train
 backward on random inputs gives the gradients; then ``Optimizers.step()`` is timed for both variants on the same
 model, interleaved (``--rounds`` rounds of ``--repeats`` steps each; median ms per step). Also, per variant and
 step: the aten operations dispatched (``TorchDispatchMode``), split into those that can launch a kernel and
-metadata-only ones (views, permutes, splits). On a GPU, where the tiny models of these presets are bound by
+metadata-only ones (views, permutes, splits), next to the kernels of the step's forward and backward (as the
+dispatch mode sees them: on CUDA the backward runs in autograd's device threads, outside it). On a GPU, where the tiny models of these presets are bound by
 launches, the kernel count is what the step costs; on a CPU the arithmetic dominates.
 
 Writes ``OUT/NAME.json`` and ``OUT/NAME.md`` (NAME defaults to ``<device>-<UTC time>``); an existing file is
@@ -66,11 +67,13 @@ def bench(preset: str, method: str, device: torch.device, rounds: int, repeats: 
         "per_parameter": Optimizers(model, specs, cfg.optim.weight_decay, batched=False),
         "batched": optimizers,
     }
-    out = model(x, 0, generator=generator)
     optimizers.zero_grad()
-    out.loss.backward()
+    with CountOps() as forward:
+        out = model(x, 0, generator=generator)
+    with CountOps() as backward:
+        out.loss.backward()
     row: dict = {"preset": preset, "method": method, "parameters": sum(len(s.params) for s in specs),
-                 "optimizers": len(specs)}
+                 "optimizers": len(specs), "forward_kernels": forward.kernels, "backward_kernels": backward.kernels}
     for name, opt in variants.items():
         opt.step()  # warm-up (state allocation)
         with CountOps() as count:
@@ -95,14 +98,15 @@ def bench(preset: str, method: str, device: torch.device, rounds: int, repeats: 
 def table(rows: list[dict]) -> str:
     lines = [
         "| preset | method | tensors | per-parameter ms | batched ms | speed-up | kernels (per-param -> batched) "
-        "| metadata ops |",
-        "|---|---|---|---|---|---|---|---|",
+        "| metadata ops | forward + backward kernels |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         a, b = r["per_parameter"], r["batched"]
         lines.append(
             f"| {r['preset']} | {r['method']} | {r['parameters']} | {a['ms_median']:.2f} | {b['ms_median']:.2f} "
-            f"| {r['speedup']:.2f}x | {a['kernels']} -> {b['kernels']} | {a['metadata']} -> {b['metadata']} |"
+            f"| {r['speedup']:.2f}x | {a['kernels']} -> {b['kernels']} | {a['metadata']} -> {b['metadata']} "
+            f"| {r['forward_kernels']} + {r['backward_kernels']} |"
         )
     return "\n".join(lines) + "\n"
 
