@@ -8,8 +8,9 @@ backward on random inputs gives the gradients; then ``Optimizers.step()`` is tim
 model, interleaved (``--rounds`` rounds of ``--repeats`` steps each; median ms per step). Also, per variant and
 step: the aten operations dispatched (``TorchDispatchMode``), split into those that can launch a kernel and
 metadata-only ones (views, permutes, splits), next to the kernels of the step's forward and backward (as the
-dispatch mode sees them: on CUDA the backward runs in autograd's device threads, outside it). On a GPU, where the tiny models of these presets are bound by
-launches, the kernel count is what the step costs; on a CPU the arithmetic dominates.
+dispatch mode sees them: on CUDA the backward runs in autograd's device threads, outside it). On a GPU, where
+the tiny models of these presets are bound by launches, the kernel count is what the step costs; on a CPU the
+arithmetic dominates.
 
 Writes ``OUT/NAME.json`` and ``OUT/NAME.md`` (NAME defaults to ``<device>-<UTC time>``); an existing file is
 kept unless ``--overwrite``.
