@@ -12,7 +12,10 @@ safetensors reader) holding two tensors:
 and a JSON header in the file's metadata under the key ``daps_codes`` (``safe_open(path, "np").metadata()``):
 ``format`` (1), ``method``, ``dataset``, ``split``, ``vocab_size``, ``num_tokens``, ``samples_per_input``,
 ``stochastic``, ``class_names``, ``seed``, and the provenance: ``run`` (the run folder), ``checkpoint``,
-``step``, ``model_sha256`` (of the checkpoint's weights) and ``config_sha256`` (of its resolved config).
+``step``, ``model_sha256`` (of the checkpoint's weights) and ``config_sha256`` (of its resolved config); for a
+dataset streamed from class folders (``imagenet256``, ``imagenet256-sample``, ``imagefolder``) also
+``skipped_files`` (unreadable files, each replaced by the next image). Folder images are resized and
+center-cropped to the run's resolution, as for validation; their classes are the sorted folder names.
 
 ``daps export-codes RUN --split train --out codes.safetensors`` writes one; :func:`export_codes`,
 :func:`save_codes` and :func:`load_codes` are the Python equivalent.
@@ -23,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -96,7 +100,8 @@ def export_codes(
     """
     from daps.checkpoint import load_model, load_training_state, resolve_checkpoint
     from daps.config_io import config_to_dict
-    from daps.data import dataset_spec, labelled_split
+    from daps.data import dataset_spec, folder_dataset, labelled_split
+    from daps.data.imagefolder import eval_batches
     from daps.data.transforms import fixed_subset
     from daps.methods import method_spec
 
@@ -117,15 +122,26 @@ def export_codes(
     if data_dir:
         cfg.data.data_dir = data_dir
     spec = dataset_spec(cfg.data.name)
-    data = labelled_split(cfg.data, split)
-    subset = fixed_subset(len(data.labels), max_inputs)
+    loader = None
+    if spec.in_memory:
+        data = labelled_split(cfg.data, split)
+        class_names = data.class_names
+        subset = fixed_subset(len(data.labels), max_inputs)
+        batches: Iterator[tuple[torch.Tensor, torch.Tensor]] = (
+            (data.raw(idx), data.labels[idx]) for idx in subset.split(batch_size)
+        )
+    else:  # streamed from class folders: resized and center-cropped to the run's resolution, as for validation
+        images = folder_dataset(cfg.data.name, split, cfg.data.image_shape, cfg.data.data_dir or None, train=False)
+        class_names = tuple(images.classes)
+        loader = eval_batches(images, batch_size, cfg.data.num_workers, max_inputs)
+        batches = loader.labelled()
     generator = torch.Generator(device).manual_seed(seed)
-    chunks = []
-    for start in range(0, len(subset), batch_size):
-        idx = subset[start : start + batch_size]
-        x = spec.standardize(data.raw(idx).to(device))
+    chunks, labels = [], []
+    for raw, y in batches:
+        x = spec.standardize(raw.to(device))
         draws = [model.encode(x, generator) for _ in range(samples_per_input)]  # K x (B, T)
         chunks.append(torch.stack(draws, 1).cpu())  # (B, K, T)
+        labels.append(y.long().cpu())
     codes = torch.cat(chunks).long()
     step = int(load_training_state(ckpt)["step"])
     weights_sha = weights_sha256(ckpt)
@@ -138,7 +154,7 @@ def export_codes(
         "num_tokens": int(codes.shape[-1]),
         "samples_per_input": samples_per_input,
         "stochastic": stochastic,
-        "class_names": list(data.class_names),
+        "class_names": list(class_names),
         "seed": seed,
         "max_inputs": max_inputs,
         "run": str(Path(run).resolve()),
@@ -147,7 +163,9 @@ def export_codes(
         "model_sha256": weights_sha,
         "config_sha256": config_sha256(config_to_dict(cfg)),
     }
-    result = CodeSet(codes, data.labels[subset].clone(), meta)
+    if loader is not None:
+        meta["skipped_files"] = loader.num_skipped  # unreadable files, each replaced by the next image
+    result = CodeSet(codes, torch.cat(labels), meta)
     check_codes(result, "the exported codes")
     return result
 

@@ -147,3 +147,27 @@ def test_streamed_folder_data_resume_exactly(tmp_path):
 
 def _weights(run: Path) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in load_model(run).state_dict().items()}
+
+
+def test_codes_export_from_a_streamed_folder_dataset(tmp_path):
+    """``daps export-codes`` on the ImageNet sample (streamed from class folders): the classes are the folder
+    names, each label the class of its image, and the codes the encoder's draws on the validation crops."""
+    from daps.codes import load_codes
+    from daps.data import dataset_spec, folder_dataset
+    from daps.data.transforms import fixed_subset
+
+    _train_sample(tmp_path / "run")
+    out = tmp_path / "codes.safetensors"
+    argv = ["export-codes", str(tmp_path / "run"), "--split", "test", "--max-inputs", "24", "--batch-size", "10"]
+    assert run_cli(*argv, "--out", str(out)) == 0
+    codes = load_codes(out)
+    images = folder_dataset("imagenet256-sample", "test", (3, 32, 32), None, train=False)
+    subset = fixed_subset(len(images), 24)
+    assert codes.meta["class_names"] == list(images.classes) and codes.meta["skipped_files"] == 0
+    assert codes.meta["dataset"] == "imagenet256-sample" and codes.codes.shape == (24, 1, 16)
+    assert torch.equal(codes.labels, torch.as_tensor(images.labels[subset.numpy()]))
+    assert len(set(codes.labels.tolist())) > 1
+    x = dataset_spec("imagenet256-sample").standardize(torch.stack([images[i][0] for i in subset.tolist()]))
+    model, generator = load_model(tmp_path / "run"), torch.Generator().manual_seed(0)
+    expected = torch.cat([model.encode(x[i : i + 10], generator) for i in range(0, 24, 10)])  # as batched
+    assert torch.equal(codes.codes[:, 0], expected)

@@ -328,7 +328,7 @@ def labelled_split(data, split: str) -> LabelledSplit:
     spec = dataset_spec(data.name)
     if not spec.in_memory:
         raise UserError(
-            f"{data.name} is streamed from a folder; codes can be exported from in-memory datasets only "
+            f"{data.name} is streamed from a folder; this needs a dataset held in memory "
             "(mnist, mnist5k, cifar10, cifar10-jpeg, lafan1-h1)"
         )
     if spec.windows is not None:

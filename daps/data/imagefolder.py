@@ -384,6 +384,13 @@ class EvalBatches:
         self._skips.update(batch["skipped"])
         return batch["image"]
 
+    def labelled(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The same pass as ``(images uint8 (B, 3, R, R), labels int64 (B,))``; a replaced unreadable file
+        carries the class of the image that replaced it."""
+        for batch in self._loader:
+            self._skips.update(batch["skipped"])
+            yield batch["image"], batch["label"]
+
 
 def eval_batches(
     dataset: ImageFolderDataset, batch_size: int, num_workers: int = 0, max_images: int = 0
