@@ -76,7 +76,7 @@ class _Units:
 
     def matrix(self, t: torch.Tensor) -> torch.Tensor:
         if self.perm == tuple(range(t.dim())):
-            return t.view(self.units, self.fan)
+            return t.reshape(self.units, self.fan)  # a view when contiguous (a copy for e.g. channels-last)
         return t.permute(self.perm).reshape(self.units, self.fan)
 
 
@@ -108,7 +108,8 @@ class UnitClip:
             ids = torch.arange(first[i], first[i] + layout.units).view(-1, 1).expand(-1, layout.fan)
             permuted = ids.reshape([p.shape[d] for d in layout.perm])
             unit_of_element.append(permuted.permute(_inverse(layout.perm)).reshape(-1))
-        self.unit_of_element = torch.cat(unit_of_element) if unit_of_element else torch.zeros(0, dtype=torch.long)
+        ids = torch.cat(unit_of_element) if unit_of_element else torch.zeros(0, dtype=torch.long)
+        self.unit_of_element = ids.int() if start < 2**31 else ids  # int32 halves the index's memory
 
     def unit_norms(self, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
         """The L2 norm of every unit of ``tensors`` (one per parameter), in the clip's unit order."""
@@ -126,7 +127,7 @@ class UnitClip:
         grad_norm = self.unit_norms(grads)
         scale = torch.where(grad_norm > max_norm, max_norm / grad_norm.clamp_min(1e-6), 1.0)
         per_element = scale[self.unit_of_element].split(self.numels)
-        torch._foreach_mul_(grads, [s.view_as(g) for s, g in zip(per_element, grads)])
+        torch._foreach_mul_(grads, [s.view(g.shape) for s, g in zip(per_element, grads)])
 
 
 def _inverse(perm: tuple[int, ...]) -> tuple[int, ...]:
@@ -198,6 +199,8 @@ class Optimizers:
                 continue
             self._clip(spec, params, grads, norm)
             self.optimizers[spec.name].step()
+            if self.fused[spec.name]:
+                del self.optimizers[spec.name].found_inf  # type: ignore[attr-defined]  # never read by a later step
         values = torch.stack(list(norms.values())).tolist() if norms else []  # the one host sync per step
         for name, value in zip(norms, values):
             if not math.isfinite(value):
@@ -225,10 +228,12 @@ class Optimizers:
     def load_state_dict(self, state: dict) -> None:
         for name, opt in self.optimizers.items():
             opt.load_state_dict(state["optimizers"][name])
-            if self.fused[name]:  # checkpoints written before the fused step keep working
-                for group in opt.param_groups:
-                    group["fused"], group["foreach"] = True, None
-                for p, p_state in opt.state.items():
-                    if "step" in p_state:
-                        p_state["step"] = p_state["step"].to(device=p.device, dtype=torch.float32)
+            # torch restores the saved fused/foreach flags: keep this step's own, whichever step saved the state
+            # (the fused kernel wants the step counts on the parameter's device, the others on the CPU)
+            fused = self.fused[name]
+            for group in opt.param_groups:
+                group["fused"], group["foreach"] = fused or None, None
+            for p, p_state in opt.state.items():
+                if "step" in p_state:
+                    p_state["step"] = p_state["step"].to(device=p.device if fused else "cpu", dtype=torch.float32)
         self.skipped.update(state["skipped"])

@@ -192,3 +192,33 @@ def test_global_norm_clip(batched):
     opts.optimizers["a"].step = spy
     assert opts.step() == {"a": 50.0}  # the raw norm, before clipping
     torch.testing.assert_close(seen["grad"], torch.tensor([0.6, 0.8, 0.0, 0.0]), rtol=1e-5, atol=0)
+
+
+def test_batched_clip_takes_non_contiguous_layouts():
+    """Channels-last conv weights and a transposed gradient: clipped like the per-parameter clip, no view error."""
+    torch.manual_seed(0)
+    model = nn.ModuleDict({"conv": nn.Conv2d(2, 3, 3).to(memory_format=torch.channels_last), "lin": nn.Linear(4, 3)})
+    model.register_parameter("table", nn.Parameter(torch.randn(4, 3)))
+    params = list(model.parameters())
+    grads = [torch.randn_like(p) * 100 for p in params]
+    table = next(i for i, p in enumerate(params) if p is model.table)
+    grads[table] = (torch.randn(3, 4) * 100).t()  # (4, 3), not contiguous
+    dims = unit_dims(model)
+    expected = [adaptive_grad_clip(g, p, dims.get(p), 1.0) for g, p in zip(grads, params)]
+    UnitClip(params, dims, 1.0)(params, grads)
+    for got, want in zip(grads, expected):
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=0)
+
+
+def test_each_step_keeps_its_own_adamw_after_loading_the_others_state():
+    """torch restores the saved fused flag; the per-parameter reference must stay unfused, and no skip flag is left
+    on an optimizer for a later step to read."""
+    model, batched = _train(True, 2, 1.0)
+    assert not any(hasattr(opt, "found_inf") for opt in batched.optimizers.values())
+    reference = Optimizers(model, model.optimizer_specs(1e-2, 1.0), 1e-4, batched=False)
+    reference.load_state_dict(copy.deepcopy(batched.state_dict()))
+    for opt in reference.optimizers.values():
+        assert not opt.param_groups[0]["fused"]
+    for p in model.parameters():
+        p.grad = torch.randn_like(p)
+    reference.step()  # torch's per-parameter AdamW accepts the loaded state
