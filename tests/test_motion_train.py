@@ -277,3 +277,41 @@ def test_eval_plot_of_an_image_run(trained_run, tmp_path, capsys):
     assert plot.stat().st_size > 0
     assert main(["eval", str(trained_run), "--plot", str(tmp_path / "grid.jpg")]) == 2
     assert "must name a .png" in capsys.readouterr().err
+
+
+@needs_data
+def test_a_prior_over_motion_codes_samples_a_video(tmp_path, capsys, single_thread):
+    """Motion tokenizer -> export-codes -> AR prior -> sampled motions as a captioned video grid on the H1."""
+    run = tmp_path / "run"
+    assert _train(run) == 0
+    codes = {}
+    for split in ("train", "test"):
+        codes[split] = tmp_path / f"{split}.safetensors"
+        argv = ["export-codes", str(run), "--split", split, "--max-inputs", "300", "--out", str(codes[split])]
+        assert main(argv) == 0
+    prior = tmp_path / "prior"
+    assert main(["prior", "train", str(codes["train"]), "--kind", "ar", "--val-codes", str(codes["test"]),
+                 "--out", str(prior), "steps=10", "width=16", "num_heads=2", "eval_every=5", "progress=false"]) == 0
+    capsys.readouterr()
+    video = tmp_path / "walks.mp4"
+    code = main(["prior", "sample", str(prior), "--label", "walk", "--n", "2", "--out", str(tmp_path / "walks.png"),
+                 "--video", str(video), "--codes-out", str(tmp_path / "walks.safetensors")])
+    err = capsys.readouterr().err
+    if code == 2 and "OpenGL" in err:
+        pytest.skip(f"no offscreen OpenGL here: {err.strip()}")
+    assert code == 0, err
+    import imageio.v2 as imageio
+
+    reader = imageio.get_reader(video)
+    assert reader.count_frames() == 32  # one sampled window each, 32 frames
+    frame = reader.get_data(16)
+    assert frame.shape == (240, 480, 3)  # one row of two 240-pixel views
+    left, right = frame[20:, :240].astype(float), frame[20:, 240:].astype(float)
+    assert left.std() > 1 and right.std() > 1 and np.abs(left - right).mean() > 0.5  # two robots, two motions
+    assert frame[2:14, 2:30].max() > 150 and frame[2:14, 100:140].max() < 60  # the caption, then dark sky
+    assert main(["prior", "sample", str(prior), "--n", "1", "--out", str(tmp_path / "x.png"),
+                 "--video", str(tmp_path / "x.gif")]) == 2  # the video must be an mp4
+    capsys.readouterr()
+    assert main(["prior", "eval", str(prior), "--n", "20", "--json", "--no-classifier"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["bits_per_token"] > 0 and report["num_codes"] == 300

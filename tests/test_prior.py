@@ -295,6 +295,9 @@ def test_bad_inputs_give_one_line_and_exit_2(trained_run, vq_run, exported, tmp_
     # decoding with a tokenizer whose vocabulary differs from the codes'
     assert "tokenizer" in _error(capsys, ["prior", "sample", str(prior), "--tokenizer", str(vq_run), "--out",
                                           str(tmp_path / "x.png")])
+    assert "--video is for motion tokenizers" in _error(capsys, ["prior", "sample", str(prior), "--out",
+                                                                 str(tmp_path / "x.png"), "--video",
+                                                                 str(tmp_path / "x.mp4")])
     assert "deterministically" in _error(capsys, ["export-codes", str(vq_run), "--samples-per-input", "3",
                                                   "--out", str(tmp_path / "v.safetensors")])
     not_codes = tmp_path / "notes.safetensors"
@@ -302,7 +305,7 @@ def test_bad_inputs_give_one_line_and_exit_2(trained_run, vq_run, exported, tmp_
     assert "not a daps codes file" in _error(capsys, ["prior", "train", str(not_codes), "--out", str(tmp_path / "p3")])
     existing = str(exported["train"])
     assert "exists; pass --overwrite" in _error(capsys, ["export-codes", str(trained_run), "--out", existing])
-    assert not (tmp_path / "x.png").exists()
+    assert not (tmp_path / "x.png").exists() and not (tmp_path / "x.mp4").exists()
 
 
 # -- classifier scores ------------------------------------------------------------------------------------------

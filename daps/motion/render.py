@@ -19,7 +19,10 @@ from daps.motion.features import FEATURE_LAYOUT, feature_names
 from daps.motion.h1 import H1, POSE_DIM, SCENE_FILE, import_mujoco
 from daps.runfolder import atomic_path
 
-__all__ = ["DEFAULT_PLOT_FEATURES", "plot_feature_trajectories", "render_motion", "render_side_by_side", "scene_model"]
+__all__ = [
+    "DEFAULT_PLOT_FEATURES", "plot_feature_trajectories", "render_grid", "render_motion", "render_side_by_side",
+    "scene_model",
+]
 
 TARGET_RGBA = (0.75, 0.75, 0.75, 1.0)
 PRED_RGBA = (0.95, 0.55, 0.2, 1.0)
@@ -139,6 +142,57 @@ def render_motion(
     finally:
         renderer.close()
     return _write_mp4(frames, Path(path), fps)
+
+
+def render_grid(
+    h1: H1, motions: np.ndarray, path: str | Path, columns: int, captions: Sequence[str] | None = None,
+    fps: float = 30.0, tile: int = 240, distance: float = 3.0,
+) -> Path:
+    """Write an mp4 of many motions ``(N, T, 26)`` at once, one ``tile`` x ``tile`` view each (orange, the camera
+    following its own pelvis), ``columns`` per row, each with its caption in the corner; atomically.
+
+    Raises:
+        UserError: no OpenGL backend works.
+    """
+    m = np.asarray(motions, dtype=np.float64)
+    if m.ndim != 3 or m.shape[2] != POSE_DIM or len(m) == 0:
+        raise ValueError(f"motions must be (N, T, {POSE_DIM}) with N >= 1, got {m.shape}")
+    if captions is not None and len(captions) != len(m):
+        raise ValueError(f"{len(captions)} captions for {len(m)} motions")
+    if tile % 16:
+        raise ValueError(f"tile must be a multiple of 16 (whole video macroblocks), got {tile}")
+    model = scene_model(h1)
+    renderer = _renderer(model, tile, tile)
+    try:
+        _paint(model, PRED_RGBA)
+        views = []
+        for i, poses in enumerate(m):
+            look_at = np.concatenate([poses[:, :2], np.full((len(poses), 1), 0.9)], axis=1)  # (T, 3)
+            frames = np.stack(_frames(renderer, model, poses, look_at, distance))  # (T, tile, tile, 3)
+            views.append(_caption(frames, captions[i]) if captions is not None else frames)
+    finally:
+        renderer.close()
+    rows = -(-len(views) // columns)
+    views += [np.zeros_like(views[0])] * (rows * columns - len(views))  # black tiles fill the last row
+    grid = np.concatenate(
+        [np.concatenate(views[r * columns : (r + 1) * columns], axis=2) for r in range(rows)], axis=1
+    )  # (T, rows * tile, columns * tile, 3)
+    return _write_mp4(list(grid), Path(path), fps)
+
+
+def _caption(frames: np.ndarray, text: str) -> np.ndarray:
+    """``frames (T, H, W, 3)`` with ``text`` in white on a dark band in the top-left corner (Pillow's default font)."""
+    from PIL import Image, ImageDraw
+
+    band = Image.fromarray(frames[0, :16].copy())
+    draw = ImageDraw.Draw(band)
+    draw.rectangle((0, 0, min(8 + 6 * len(text), band.width), 15), fill=(20, 20, 20))
+    draw.text((4, 2), text, fill=(255, 255, 255))
+    out = frames.copy()
+    patch = np.asarray(band)
+    width = min(8 + 6 * len(text), out.shape[2])
+    out[:, :16, :width] = patch[:, :width]
+    return out
 
 
 def _write_mp4(frames: Sequence[np.ndarray], path: Path, fps: float) -> Path:

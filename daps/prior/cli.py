@@ -55,6 +55,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="PNG grid of the decoded samples")
     p.add_argument("--codes-out", default=None, help="also save the sampled codes (.safetensors)")
+    p.add_argument("--video", default=None,
+                   help="motion tokenizers: also an mp4 of the sampled motions on the H1, one captioned view each")
     p.add_argument("--tokenizer", default=None, help="tokenizer run to decode with (default: the codes' run)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--device", default=None)
@@ -167,6 +169,7 @@ def _tokenizer(args: argparse.Namespace, meta: dict, device: torch.device):
 
 def _sample(args: argparse.Namespace) -> int:
     from daps.codes import CodeSet, save_codes
+    from daps.data import dataset_spec
     from daps.plots import save_image_grid
     from daps.prior.run import generate, load_prior
     from daps.prior.scores import decoded_images
@@ -174,6 +177,7 @@ def _sample(args: argparse.Namespace) -> int:
     out = check_output_file(args.out, ".png", args.overwrite)
     if args.codes_out:
         check_output_file(args.codes_out, ".safetensors", args.overwrite)
+    video = check_output_file(args.video, ".mp4", args.overwrite) if args.video else None
     if args.n < 1 or args.temperature <= 0:
         raise UserError("--n must be at least 1 and --temperature positive")
     device = _device(args.device)
@@ -186,9 +190,20 @@ def _sample(args: argparse.Namespace) -> int:
         labels = torch.full((args.n,), parse_label(args.label, names))
         columns = min(args.n, 10)
     tokenizer = _tokenizer(args, meta, device)
+    motion = dataset_spec(tokenizer.config.data.name).windows is not None
+    if video is not None and not motion:
+        raise UserError(f"--video is for motion tokenizers (lafan1-h1); this one is {tokenizer.config.data.name}")
     g = torch.Generator(device).manual_seed(args.seed)
     codes = generate(model, labels.to(device), args.cfg, args.temperature, g, args.euler_steps or cfg.euler_steps)
     save_image_grid(decoded_images(tokenizer, codes), out, columns=columns)
+    if video is not None:
+        from daps.data.motion import MotionMetrics
+        from daps.motion.render import render_grid
+
+        to_poses = MotionMetrics(tokenizer.config.data)  # decoded windows -> H1 poses, each from the origin
+        poses = to_poses.poses(tokenizer.decode(codes))  # (N, frames, 26)
+        render_grid(to_poses.h1, poses, video, columns, captions=[names[int(y)] for y in labels])
+        log.info("wrote %s: %d sampled motions of %d frames", video, len(poses), poses.shape[1])
     if args.codes_out:
         sample_meta = {**meta, "split": "prior-samples", "samples_per_input": 1, "prior": str(args.prior_dir),
                        "guidance": args.cfg, "temperature": args.temperature, "seed": args.seed}
