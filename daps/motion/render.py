@@ -90,6 +90,26 @@ def _frames(renderer: Any, model: Any, poses: np.ndarray, look_at: np.ndarray, d
     return frames
 
 
+def _views(
+    h1: H1, motions: Sequence[np.ndarray], follow: Sequence[np.ndarray],
+    colours: Sequence[tuple[float, float, float, float]],
+    width: int, height: int, distance: float,
+) -> list[np.ndarray]:
+    """Frames ``(T, height, width, 3)`` of each motion ``(T, 26)`` in its colour, the camera following the pelvis of
+    the matching ``follow`` poses (at a height of 0.9 m); one renderer for all."""
+    model = scene_model(h1)
+    renderer = _renderer(model, width, height)
+    try:
+        views = []
+        for poses, guide, rgba in zip(motions, follow, colours):
+            _paint(model, rgba)
+            look_at = np.concatenate([guide[:, :2], np.full((len(guide), 1), 0.9)], axis=1)  # (T, 3)
+            views.append(np.stack(_frames(renderer, model, poses, look_at, distance)))
+    finally:
+        renderer.close()
+    return views
+
+
 def render_side_by_side(
     h1: H1,
     target: np.ndarray,
@@ -112,17 +132,8 @@ def render_side_by_side(
     t, p = np.asarray(target, dtype=np.float64), np.asarray(pred, dtype=np.float64)
     if t.ndim != 2 or t.shape[1] != POSE_DIM or t.shape != p.shape:
         raise ValueError(f"target and pred must be (T, {POSE_DIM}) of one shape, got {t.shape} and {p.shape}")
-    model = scene_model(h1)
-    renderer = _renderer(model, width, height)
-    look_at = np.concatenate([t[:, :2], np.full((len(t), 1), 0.9)], axis=1)  # (T, 3)
-    try:
-        _paint(model, TARGET_RGBA)
-        left = _frames(renderer, model, t, look_at, distance)
-        _paint(model, PRED_RGBA)
-        right = _frames(renderer, model, p, look_at, distance)
-    finally:
-        renderer.close()
-    return _write_mp4([np.concatenate([a, b], axis=1) for a, b in zip(left, right)], Path(path), fps)
+    left, right = _views(h1, [t, p], [t, t], [TARGET_RGBA, PRED_RGBA], width, height, distance)
+    return _write_mp4(list(np.concatenate([left, right], axis=2)), Path(path), fps)
 
 
 def render_motion(
@@ -133,15 +144,8 @@ def render_motion(
     p = np.asarray(poses, dtype=np.float64)
     if p.ndim != 2 or p.shape[1] != POSE_DIM:
         raise ValueError(f"poses must be (T, {POSE_DIM}), got {p.shape}")
-    model = scene_model(h1)
-    renderer = _renderer(model, width, height)
-    look_at = np.concatenate([p[:, :2], np.full((len(p), 1), 0.9)], axis=1)  # (T, 3)
-    try:
-        _paint(model, PRED_RGBA)
-        frames = _frames(renderer, model, p, look_at, distance)
-    finally:
-        renderer.close()
-    return _write_mp4(frames, Path(path), fps)
+    (frames,) = _views(h1, [p], [p], [PRED_RGBA], width, height, distance)
+    return _write_mp4(list(frames), Path(path), fps)
 
 
 def render_grid(
@@ -161,17 +165,9 @@ def render_grid(
         raise ValueError(f"{len(captions)} captions for {len(m)} motions")
     if tile % 16:
         raise ValueError(f"tile must be a multiple of 16 (whole video macroblocks), got {tile}")
-    model = scene_model(h1)
-    renderer = _renderer(model, tile, tile)
-    try:
-        _paint(model, PRED_RGBA)
-        views = []
-        for i, poses in enumerate(m):
-            look_at = np.concatenate([poses[:, :2], np.full((len(poses), 1), 0.9)], axis=1)  # (T, 3)
-            frames = np.stack(_frames(renderer, model, poses, look_at, distance))  # (T, tile, tile, 3)
-            views.append(_caption(frames, captions[i]) if captions is not None else frames)
-    finally:
-        renderer.close()
+    views = _views(h1, list(m), list(m), [PRED_RGBA] * len(m), tile, tile, distance)  # (T, tile, tile, 3) each
+    if captions is not None:
+        views = [_caption(frames, text) for frames, text in zip(views, captions)]
     rows = -(-len(views) // columns)
     views += [np.zeros_like(views[0])] * (rows * columns - len(views))  # black tiles fill the last row
     grid = np.concatenate(
