@@ -43,6 +43,10 @@ def test_prompts_map_to_one_kind_by_keywords():
         motion_from_prompt("sings a song")
     with pytest.raises(UserError, match="several kinds"):
         motion_from_prompt("walk, then run")
+    # inflections: a final e dropped, -es plurals, doubled consonants
+    for prompt, kind in (("racing", "run"), ("danced", "dance"), ("marches", "walk"), ("boxes", "fight"),
+                         ("collapsed and stumbled", "fall"), ("hopping", "jump"), ("striding", "walk")):
+        assert motion_from_prompt(prompt) == kind, prompt
 
 
 def test_velocity_parsing_schedule_and_clamping(tmp_path):
@@ -263,6 +267,29 @@ def test_balance_of_a_standing_pose(clips):
     assert balance_check(h1, still, 30.0)["balanced_fraction"] == 0.0
 
 
+def test_balance_refuses_pulling_and_torque_in_flight(clips):
+    """Known answers: the standing pose falling faster than gravity (1.07 g) needs the floor to pull with 7 % of the
+    weight: pulling, not balanced; in free fall (1 g) it needs nothing: balanced. In flight, spinning up about the
+    vertical at 30 rad/s^2 needs a torque nothing in the air supplies: not balanced; the same fall without the spin
+    is."""
+    from daps.motion.rotations import yaw_quat
+    from daps.robot.physics import balance_check
+
+    _, h1 = clips
+    fps, t = 30.0, (np.arange(3) - 1) / 30.0
+    for g, pulling in ((1.07, 1.0), (1.0, 0.0)):
+        poses = np.zeros((3, 26))
+        poses[:, 2], poses[:, 3] = 1.044 - 0.5 * g * 9.81 * t**2, 1.0
+        got = balance_check(h1, poses, fps)
+        assert got["pulling_fraction"] == pulling and got["balanced_fraction"] == 1.0 - pulling, (g, got)
+    t = np.arange(12) / fps
+    for spin, balanced in ((30.0, 0.0), (0.0, 1.0)):
+        poses = np.zeros((12, 26))
+        poses[:, 2] = 1.544 + 3.0 * t - 0.5 * 9.81 * t**2  # a ballistic flight, 0.5 m up and higher
+        poses[:, 3:7] = yaw_quat(0.5 * spin * t**2)
+        assert balance_check(h1, poses, fps)["balanced_fraction"] == balanced, spin
+
+
 # --------------------------------------------------------------------------------------------------
 # The CLI on a tiny tokenizer
 
@@ -313,8 +340,9 @@ def test_robot_train_plan_and_eval_end_to_end(tiny_policy, tmp_path, capsys):
     assert report["motion"] == "walk" and len(report["requested"]) == 2  # 2 s = 2 windows of 1.07 s
     assert report["physics"]["support_force_bw"] > 0
     assert 0 < report["physics_ground_truth"]["support_force_bw"] < 1.0  # a real walking segment of the same length
-    assert main(["robot", "eval", str(policy), "--rollouts", "2", "--windows", "2", "--physics-rollouts", "1",
-                 "--no-classifier", "--json", "--motions", "walk"]) == 0
+    checkpoint = policy / "checkpoints" / (policy / "checkpoints" / "latest").read_text().strip()
+    assert main(["robot", "eval", str(checkpoint), "--rollouts", "2", "--windows", "2", "--physics-rollouts", "1",
+                 "--no-classifier", "--json", "--motions", "walk"]) == 0  # a checkpoint names its run
     result = json.loads(capsys.readouterr().out)
     assert [r["percentile"] for r in result["rows"]] == [25, 50, 75]
     row = result["rows"][0]
@@ -331,6 +359,8 @@ def test_robot_train_plan_and_eval_end_to_end(tiny_policy, tmp_path, capsys):
 def test_robot_bad_requests_are_one_line(tiny_policy, tmp_path, capsys, trained_run):
     tok, policy = tiny_policy
     out = str(tmp_path / "a.mp4")
+    binary = tmp_path / "schedule.txt"
+    binary.write_bytes(b"\xff\xfe\x00\x01")
     cases = [
         (["robot", "plan", str(policy), "--motion", "swim", "--out", out], "unknown motion 'swim'"),
         (["robot", "plan", str(policy), "--prompt", "sing a song", "--out", out], "names no kind"),
@@ -342,6 +372,15 @@ def test_robot_bad_requests_are_one_line(tiny_policy, tmp_path, capsys, trained_
         (["robot", "train", str(tok), "--out", str(tok), "--overwrite"], "is not a daps robot folder"),
         (["robot", "train", str(tok), "--out", str(tmp_path / "p"), "stride=5"], "must divide"),
         (["robot", "train", str(tok), "--out", str(tmp_path / "p"), "colour=blue"], "unknown setting"),
+        (["robot", "plan", str(policy), "--motion", "walk", "--seconds", "nan", "--out", out], "--seconds"),
+        (["robot", "plan", str(policy), "--motion", "walk", "--seconds", "inf", "--out", out], "--seconds"),
+        (["robot", "plan", str(policy), "--motion", "walk", "--temperature", "0", "--out", out], "--temperature"),
+        (["robot", "plan", str(policy), "--motion", "walk", "--guidance", "nan", "--out", out], "--guidance"),
+        (["robot", "plan", str(policy), "--motion", "walk", "--velocity", "1", "--velocity-schedule", str(binary),
+          "--out", out], "not both"),
+        (["robot", "plan", str(policy), "--motion", "walk", "--velocity-schedule", str(binary), "--out", out],
+         "not a text file"),
+        (["robot", "eval", str(policy), "--motions", ","], "names no kind"),
     ]
     capsys.readouterr()
     for argv, message in cases:

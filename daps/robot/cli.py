@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 from pathlib import Path
 
@@ -38,7 +39,7 @@ def add_parsers(sub) -> None:
     what.add_argument("--prompt", help="a text prompt naming one kind of motion (keywords: docs/robot.md)")
     p.add_argument("--velocity", default="0,0,0", help="forward[,left,yaw] in m/s, m/s, rad/s (default 0,0,0)")
     p.add_argument("--velocity-schedule", default=None,
-                   help="text file of rows 'time_s forward left yaw' (overrides --velocity)")
+                   help="text file of rows 'time_s forward left yaw' (instead of --velocity)")
     p.add_argument("--seconds", type=float, default=10.0, help="length, rounded up to whole windows (default 10)")
     p.add_argument("--out", required=True, help="the .mp4 to write (the physics video goes next to it)")
     p.add_argument("--physics", action="store_true",
@@ -97,6 +98,13 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_sampling(guidance: float, temperature: float) -> None:
+    if not math.isfinite(guidance):
+        raise UserError(f"--guidance must be a finite number, got {guidance}")
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise UserError(f"--temperature must be a positive number, got {temperature}")
+
+
 def _plan(args: argparse.Namespace) -> int:
     from daps.motion.h1 import load_h1
     from daps.motion.render import render_motion, render_side_by_side
@@ -111,6 +119,9 @@ def _plan(args: argparse.Namespace) -> int:
     json_out = check_output_file(args.json, ".json", args.overwrite) if args.json else None
     if args.size < 16:
         raise UserError("--size must be at least 16")
+    _check_sampling(args.guidance, args.temperature)
+    if args.velocity_schedule and args.velocity != "0,0,0":
+        raise UserError("give --velocity or --velocity-schedule, not both")
     motion = args.motion if args.motion else motion_from_prompt(args.prompt)
     planner = Planner(args.policy_dir, _device(args.device), args.tokenizer)
     windows = planner.windows_for(args.seconds)
@@ -156,6 +167,9 @@ def _eval(args: argparse.Namespace) -> int:
     if args.rollouts < 1 or args.windows < 2 or args.physics_rollouts < 0 or args.blend < 0:
         raise UserError("--rollouts must be >= 1, --windows >= 2, --physics-rollouts >= 0 and --blend >= 0")
     motions = [m.strip() for m in args.motions.split(",") if m.strip()]
+    if not motions:
+        raise UserError(f"--motions {args.motions!r} names no kind of motion")
+    _check_sampling(args.guidance, 1.0)
     result = evaluate(
         args.policy_dir, motions, rollouts=args.rollouts, windows=args.windows,
         physics_rollouts=args.physics_rollouts, seed=args.seed, guidance=args.guidance, blend=args.blend,

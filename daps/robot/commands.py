@@ -42,7 +42,10 @@ def _words(text: str) -> list[str]:
 
 
 def _matches(word: str, key: str) -> bool:
-    return word == key or any(word == key + end or word == key + key[-1] + end for end in ("s", "ing", "ed", "er"))
+    """``word`` is ``key`` or an inflection: +s/es/ing/ed/er, the last letter doubled (running), a final e
+    dropped (dancing, raced)."""
+    stems = {key, key + key[-1]} | ({key[:-1]} if key.endswith("e") else set())
+    return word == key or any(word == stem + end for stem in stems for end in ("s", "es", "ing", "ed", "er"))
 
 
 def motion_from_prompt(prompt: str) -> str:
@@ -123,6 +126,8 @@ def read_velocity_schedule(path: str, windows: int, window_seconds: float) -> np
         lines = open(path).read().splitlines()
     except OSError as err:
         raise UserError(f"--velocity-schedule {path}: cannot read it ({err.strerror})") from None
+    except UnicodeDecodeError:
+        raise UserError(f"--velocity-schedule {path}: not a text file of 'time_s forward left yaw' rows") from None
     rows = []
     for number, line in enumerate(lines, 1):
         line = line.split("#")[0].strip()

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from daps.checkpoint import resolve_checkpoint
 from daps.data.motion import window_kinds
 from daps.errors import UserError
 from daps.provenance import source_revision
@@ -122,7 +123,7 @@ def evaluate(policy_run: str | Path, motions: list[str], rollouts: int = 8, wind
         from daps.motion.classifier import load_classifier
 
         judge = load_classifier()
-    run_dir = Path(policy_run)
+    run_dir = resolve_checkpoint(policy_run).parent.parent  # the run folder, also when given a checkpoint
     sets, _ = load_commands(run_dir / COMMANDS_FILE)
     train_codes = {tuple(c) for c in sets["train"].codes.tolist()}
     frames = planner.window * windows

@@ -282,13 +282,15 @@ def balance_check(
         f = np.array(data.qfrc_inverse[:3])
         m = quat_to_mat(q[t, 3:7]) @ np.array(data.qfrc_inverse[3:6])  # about the pelvis origin, world frame
         forces.append(np.linalg.norm(f) / weight)
+        # a negligible wrench (force under 10 % of the weight, moment under that force at a 0.1 m lever) needs
+        # nothing from the floor: balanced in flight or with the feet down alike
+        negligible = np.linalg.norm(f) < 0.1 * weight and np.linalg.norm(m) < 0.01 * weight
         down = corners[t][corners[t, :, 2] < contact_height]
-        if len(down) == 0:
-            balanced += int(np.linalg.norm(f) < 0.1 * weight)
+        if f[2] < -0.05 * weight and len(down) > 0:
+            pulling += 1  # the floor would have to pull: never balanced
             continue
-        if f[2] <= 0.05 * weight:
-            pulling += int(f[2] < -0.05 * weight)
-            balanced += int(np.linalg.norm(f) < 0.1 * weight)
+        if len(down) == 0 or f[2] <= 0.05 * weight:
+            balanced += int(negligible)
             continue
         p = q[t, :3]
         cop = np.array([p[0] - (m[1] + p[2] * f[0]) / f[2], p[1] - (p[2] * f[1] - m[0]) / f[2]])

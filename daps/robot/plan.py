@@ -144,8 +144,8 @@ class Planner:
 
     def windows_for(self, seconds: float) -> int:
         """Windows that cover ``seconds`` (rounded up; at least one); UserError unless positive."""
-        if seconds <= 0:
-            raise UserError(f"--seconds must be positive, got {seconds}")
+        if not (np.isfinite(seconds) and seconds > 0):
+            raise UserError(f"--seconds must be a positive number, got {seconds}")
         return max(1, int(np.ceil(seconds / self.window_seconds - 1e-9)))
 
     def velocity_range(self, motion: str) -> tuple[np.ndarray, np.ndarray]:
