@@ -44,13 +44,14 @@ from daps.robot.plan import Planner, stitch_windows, transition_jumps
 def ground_truth_segments(motion: Any, kind: int, frames: int, count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """``count`` random segments of training clips of motion kind ``kind``: poses ``(count, frames, 26)`` and raw
     features ``(count, frames, F)``."""
-    from daps.data.motion import motion_type
+    from daps.data.motion import MOTION_TYPES, motion_type
     from daps.motion.lafan import split_clips
 
     train, _ = split_clips(sorted(motion.poses))
     clips = [c for c in train if motion_type(c) == kind and len(motion.poses[c]) > frames]
     if not clips:
-        raise UserError(f"no training clip of this kind is longer than {frames} frames")
+        raise UserError(f"no training clip of kind {MOTION_TYPES[kind]!r} is longer than {frames} frames "
+                        f"({frames / motion.fps:.1f} s); ask for fewer seconds or windows")
     rng = np.random.default_rng(seed)
     poses, feats = [], []
     for _ in range(count):
