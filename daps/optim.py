@@ -5,7 +5,7 @@ The step is batched so that its cost does not grow with the number of parameter 
 clipping stacks every unit of the same fan-in into one matrix (one norm kernel for all of them) and spreads
 the scales back with one gather; AdamW is torch's fused kernel, which skips a non-finite update on the
 device (its ``found_inf`` input), so a step launches a few dozen kernels instead of ~12 per parameter and
-synchronizes with the host once. See docs/benchmarks/optimizer-step.md.
+synchronizes with the host once. Measured in BENCHMARKS.md, "Optimizer step" (benchmarks/optimizer_step.py).
 """
 
 from __future__ import annotations
@@ -61,18 +61,20 @@ def unit_dims(model: nn.Module) -> dict[nn.Parameter, tuple[int, ...] | None]:
 
 @dataclass(frozen=True)
 class _Units:
-    """A tensor seen as a matrix ``(units, fan)``: ``perm`` puts the unit dims first."""
+    """A tensor seen as a matrix ``(units, fan)``: ``perm`` puts the unit dims first; ``grid`` is the tensor's
+    shape with the reduced dims set to 1 (a unit index laid out in it broadcasts to the unit of every element)."""
 
     perm: tuple[int, ...]
+    grid: tuple[int, ...]
     units: int
     fan: int
 
     @staticmethod
     def of(shape: torch.Size, dims: tuple[int, ...] | None) -> _Units:
-        if dims is None or len(shape) <= 1:
-            return _Units(tuple(range(len(shape))), 1, math.prod(shape))
-        kept = tuple(d for d in range(len(shape)) if d not in dims)
-        return _Units(kept + dims, math.prod(shape[d] for d in kept), math.prod(shape[d] for d in dims))
+        reduced = tuple(range(len(shape))) if dims is None or len(shape) <= 1 else dims
+        kept = tuple(d for d in range(len(shape)) if d not in reduced)
+        grid = tuple(1 if d in reduced else shape[d] for d in range(len(shape)))
+        return _Units(kept + reduced, grid, math.prod(shape[d] for d in kept), math.prod(shape[d] for d in reduced))
 
     def matrix(self, t: torch.Tensor) -> torch.Tensor:
         if self.perm == tuple(range(t.dim())):
@@ -103,11 +105,10 @@ class UnitClip:
             for i in group:
                 first[i], start = start, start + self.layouts[i].units
         self.numels = [p.numel() for p in params]
-        unit_of_element = []
-        for i, (p, layout) in enumerate(zip(params, self.layouts)):
-            ids = torch.arange(first[i], first[i] + layout.units).view(-1, 1).expand(-1, layout.fan)
-            permuted = ids.reshape([p.shape[d] for d in layout.perm])
-            unit_of_element.append(permuted.permute(_inverse(layout.perm)).reshape(-1))
+        unit_of_element = [
+            torch.arange(first[i], first[i] + layout.units).view(layout.grid).expand(p.shape).reshape(-1)
+            for i, (p, layout) in enumerate(zip(params, self.layouts))
+        ]
         ids = torch.cat(unit_of_element) if unit_of_element else torch.zeros(0, dtype=torch.long)
         self.unit_of_element = ids.int() if start < 2**31 else ids  # int32 halves the index's memory
 
@@ -128,13 +129,6 @@ class UnitClip:
         scale = torch.where(grad_norm > max_norm, max_norm / grad_norm.clamp_min(1e-6), 1.0)
         per_element = scale[self.unit_of_element].split(self.numels)
         torch._foreach_mul_(grads, [s.view(g.shape) for s, g in zip(per_element, grads)])
-
-
-def _inverse(perm: tuple[int, ...]) -> tuple[int, ...]:
-    inverse = [0] * len(perm)
-    for position, d in enumerate(perm):
-        inverse[d] = position
-    return tuple(inverse)
 
 
 def _fused_supported(params: list[nn.Parameter]) -> bool:
