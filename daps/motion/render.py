@@ -180,14 +180,13 @@ def _caption(frames: np.ndarray, text: str) -> np.ndarray:
     """``frames (T, H, W, 3)`` with ``text`` in white on a dark band in the top-left corner (Pillow's default font)."""
     from PIL import Image, ImageDraw
 
-    band = Image.fromarray(frames[0, :16].copy())
+    width = min(8 + 6 * len(text), frames.shape[2])  # about 6 pixels per character of the default font
+    band = Image.fromarray(frames[0, :16, :width].copy())
     draw = ImageDraw.Draw(band)
-    draw.rectangle((0, 0, min(8 + 6 * len(text), band.width), 15), fill=(20, 20, 20))
+    draw.rectangle((0, 0, width, 15), fill=(20, 20, 20))
     draw.text((4, 2), text, fill=(255, 255, 255))
     out = frames.copy()
-    patch = np.asarray(band)
-    width = min(8 + 6 * len(text), out.shape[2])
-    out[:, :16, :width] = patch[:, :width]
+    out[:, :16, :width] = np.asarray(band)
     return out
 
 
