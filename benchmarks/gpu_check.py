@@ -10,8 +10,13 @@ one runs. After each section ``DIR/report.json`` and ``DIR/report.md`` are rewri
 cut short still leaves a report. The sections:
 
 1. ``env``: torch, CUDA, the device (``nvidia-smi``).
-2. ``gpu-tests``: the CUDA-only tests (``pytest -m gpu``): the compiled sampler under CUDA graphs gives the
-   eager codes and is not skipped by inductor, a compiled bf16 run trains.
+2. ``graph-tests``: the CUDA-only tests of ``train.cuda_graph`` (``pytest -m gpu -k graph``): the whole step
+   recorded once and replayed trains as the eager step (DAPS, VQ-VAE, Gumbel, PPO), and a graphed run stopped
+   and resumed ends where the uninterrupted one does. ``gpu-tests``: the other CUDA-only tests: the compiled
+   sampler under CUDA graphs gives the eager codes and is not skipped by inductor, a compiled bf16 run trains,
+   the fused optimizer step on CUDA.
+   ``graph``: ``benchmarks/run.py`` with ``train.cuda_graph=true`` for DAPS and VQ-VAE at mnist, cifar10 and
+   lafan1-h1 (the eager rows are in the suites below).
 3. ``optimizer-step``: ``benchmarks/optimizer_step.py``: the batched optimizer step (fused AdamW, stacked
    unit-wise clip) against the per-parameter one at every preset, ms and kernels per step.
 4. ``suite-<preset>``: ``benchmarks/run.py`` on CUDA, every method at every preset for a few steps (fp32, eager):
@@ -24,7 +29,8 @@ cut short still leaves a report. The sections:
 8. ``mnist-daps``: the paper's MNIST DAPS configuration (250k steps at B=256) on the MNIST files under
    ``--data`` (``$DAPS_DATA_DIR`` layout), run until the budget is spent, checkpointed every 1,000 steps into
    ``DIR/mnist-daps-run`` and resumed from there when the folder already holds a run (the next call carries it
-   back in). Its speed and validation rows go into the report.
+   back in). Its speed and validation rows go into the report. It runs with ``train.cuda_graph=true`` when
+   ``graph-tests`` passed (the setting may change between resumes), eagerly otherwise.
 
 ``--smoke`` runs the same sections at toy sizes on whatever device there is (CPU here), to check the script
 itself. Bad arguments print one line and exit with code 2.
@@ -201,8 +207,10 @@ def main(argv: list[str] | None = None) -> int:
     check.write()
 
     gpu_tests = [py, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "gpu", "tests/test_gpu.py"]
+    graphs_work = False
     if not args.smoke:
-        check.run("gpu-tests", gpu_tests, 100, keep=keep_for_mnist)
+        graphs_work = check.run("graph-tests", [*gpu_tests, "-k", "graph"], 120, keep=keep_for_mnist)["status"] == "ok"
+        check.run("gpu-tests", [*gpu_tests, "-k", "not graph"], 100, keep=keep_for_mnist)
 
     name = "optimizer-step"
     cmd = [py, "benchmarks/optimizer_step.py", "--device", device, "--presets", ",".join(presets), "--out", str(res),
@@ -218,6 +226,8 @@ def main(argv: list[str] | None = None) -> int:
         check.write()
 
     short = ["--windows", "2", "--steps-per-window", "2", "--warmup", "1"]
+    if not args.smoke:  # the whole step as one CUDA graph (recorded after 3 eager warm-up steps)
+        suite("graph", "mnist,cifar10,lafan1-h1", 120, ["--methods", "daps,vqvae", *steps, "train.cuda_graph=true"])
     big = "imagenet256" if not args.smoke else "mnist"  # T = 1024: DAPS and VQ-VAE first, the rest at the end
     for preset in presets:  # every method, fp32, eager
         if preset == "imagenet256":
@@ -243,12 +253,13 @@ def main(argv: list[str] | None = None) -> int:
     run = out / "mnist-daps-run"
     resume = (run / "config.json").exists()
     train = [py, "-m", "daps", "train", "--preset", "mnist", "--device", device, *(["--resume"] if resume else []),
-             f"train.out_dir={run}", "train.ckpt_every=1000", "train.progress=false"]
+             f"train.out_dir={run}", "train.ckpt_every=1000", "train.progress=false",
+             f"train.cuda_graph={str(graphs_work).lower()}"]
     if args.smoke:
         train += ["data.name=mnist5k", *size, "train.steps=40", "train.eval_every=20", "train.eval_examples=40",
                   "train.ckpt_every=10"]
     e = check.run("mnist-daps", train, 10_000, env={"DAPS_DATA_DIR": args.data} if args.data else None)
-    e["resumed"] = resume
+    e["resumed"], e["cuda_graph"] = resume, graphs_work
     e["summary"] = mnist_summary(run)
     check.write()
     print(f"[gpu_check] report: {out / 'report.md'}", flush=True)

@@ -31,6 +31,9 @@ runs them all in this one (quicker to start, but CPU peak memory is then unrelia
 ``train.precision=bfloat16`` and ``train.compile=true`` are honoured as ``daps train`` honours them: the forward
 runs under bf16 autocast (also in the timed parts), and the sampler's static-shape step and the DAPS objective
 go through ``torch.compile`` (compiled during the warm-up steps, whose seconds are recorded in ``warmup_s``).
+``train.cuda_graph=true`` (CUDA): the whole step is one CUDA graph (:class:`daps.graphed.GraphedStep`: three eager
+steps, then recorded during the warm-up and replayed in the timed windows); its phases and parts are not timed
+(inside one graph they do not exist apart).
 
 It prints a markdown table and writes ``OUT/NAME.json`` (everything, incl. the machine, torch version, thread
 count, exact command and every resolved config) and ``OUT/NAME.md`` (the table). NAME defaults to
@@ -64,6 +67,7 @@ import daps
 from daps.config import Config
 from daps.config_io import applicable_overrides, check_overrides_used, config_to_dict, parse_overrides
 from daps.data import dataset_spec
+from daps.graphed import GraphedStep
 from daps.methods import METHODS, build_method
 from daps.optim import Optimizers
 from daps.presets import get_preset
@@ -253,7 +257,10 @@ def setup(
     if cfg.train.compile:
         apply_compile(model, device)
     model.train()
-    optimizers = Optimizers(model, model.optimizer_specs(cfg.optim.lr, cfg.optim.grad_clip), cfg.optim.weight_decay)
+    optimizers = Optimizers(
+        model, model.optimizer_specs(cfg.optim.lr, cfg.optim.grad_clip), cfg.optim.weight_decay,
+        capturable=cfg.train.cuda_graph,
+    )
     generator = torch.Generator(device).manual_seed(cfg.train.seed + 1)
     g = torch.Generator().manual_seed(0)
     if dataset_spec(cfg.data.name).likelihood == "bernoulli":
@@ -322,7 +329,7 @@ def bench_method(
     # not counted as this method's memory, and the small tensors it frees leave little for reuse.
     small = copy.deepcopy(cfg)
     small.train.batch_size = 2
-    small.train.compile = False  # only for torch's lazy initialization: nothing to compile here
+    small.train.compile = small.train.cuda_graph = False  # only for torch's lazy initialization
     model, optimizers, x, generator = setup(small, device)
     step_once(model, optimizers, x, 0, generator, cfg.train.precision)
     del model, optimizers, x, generator
@@ -332,18 +339,25 @@ def bench_method(
     model, optimizers, x, generator = setup(cfg, device)
     precision = cfg.train.precision
     steps = iter(range(10**9))  # the step index the schedules see
+    graphed = None
+    if cfg.train.cuda_graph:  # as train() does: eager steps, then the recording, then replays
+        graphed = GraphedStep(model, optimizers, generator, autocast=precision == "bfloat16")
+        warmup = max(warmup, graphed.warmup + 1)
+
+    def one_step() -> None:
+        if graphed is not None:
+            optimizers.finish(graphed(x, next(steps))[1])
+        else:
+            step_once(model, optimizers, x, next(steps), generator, precision)
+
     warmup_s = []  # each warm-up step's seconds (the first includes compilation when train.compile)
     for _ in range(warmup):
-        warmup_s.append(
-            time_call(lambda: step_once(model, optimizers, x, next(steps), generator, precision), 1, device)
-        )
-    rates = time_windows(
-        lambda: step_once(model, optimizers, x, next(steps), generator, precision), windows, steps_per_window, device
-    )
-    phases = time_phases(model, optimizers, x, generator, next(steps), windows, device, precision)
+        warmup_s.append(time_call(one_step, 1, device))
+    rates = time_windows(one_step, windows, steps_per_window, device)
+    phases = None if graphed else time_phases(model, optimizers, x, generator, next(steps), windows, device, precision)
     k = num_codes_per_input(model)
     breakdown = None
-    if is_categorical(model):
+    if is_categorical(model) and phases is not None:
         parts = categorical_parts(model, x, k, generator, precision)
         breakdown = {name: 1000 * time_call(fn, windows, device, optimizers.zero_grad) for name, fn in parts.items()}
         breakdown["optimizer"] = phases["optimizer"]  # it needs every gradient: a real step's
@@ -363,6 +377,7 @@ def bench_method(
         "torch_threads": torch.get_num_threads(),
         "precision": precision,
         "compile": cfg.train.compile,
+        "cuda_graph": cfg.train.cuda_graph,
         "warmup_s": warmup_s,
         "steps_per_s": {"median": statistics.median(rates), "min": min(rates), "max": max(rates), "windows": rates},
         "step_ms": {"median": statistics.median(step_ms), "min": min(step_ms), "max": max(step_ms)},
@@ -406,11 +421,11 @@ def markdown_table(report: dict) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report["results"]:
-        sps, ph, br = r["steps_per_s"], r["phases_ms"], r["breakdown_ms"] or {}
+        sps, ph, br = r["steps_per_s"], r["phases_ms"] or {}, r["breakdown_ms"] or {}
         lines.append(
             f"| {r['preset']} | {r['method']} | {r['batch_size']} | {r['num_samples']} | {sps['median']:.3g} "
-            f"| {sps['min']:.3g} - {sps['max']:.3g} | {_ms(r['step_ms']['median'])} | {_ms(ph['forward'])} "
-            f"| {_ms(ph['backward'])} | {_ms(ph['optimizer'])} | {_ms(br.get('sampling'))} "
+            f"| {sps['min']:.3g} - {sps['max']:.3g} | {_ms(r['step_ms']['median'])} | {_ms(ph.get('forward'))} "
+            f"| {_ms(ph.get('backward'))} | {_ms(ph.get('optimizer'))} | {_ms(br.get('sampling'))} "
             f"| {_ms(br.get('teacher_forced'))} | {_ms(br.get('decoder'))} "
             f"| {r['peak_memory']['bytes'] / MiB:.1f} |"
         )
@@ -429,6 +444,7 @@ def markdown_table(report: dict) -> str:
     memory_kind = report["results"][0]["peak_memory"]["kind"] if report["results"] else "-"
     precisions = "/".join(sorted({r["precision"] for r in report["results"]})) or "-"
     compiled = "/".join(sorted({str(r["compile"]).lower() for r in report["results"]})) or "-"
+    graphed = "/".join(sorted({str(r.get("cuda_graph", False)).lower() for r in report["results"]})) or "-"
     lines += [
         "",
         (
@@ -443,8 +459,10 @@ def markdown_table(report: dict) -> str:
             f"Peak memory: {memory_kind}."
         ),
         (
-            f"train.precision={precisions}, train.compile={compiled} (honoured as `daps train` does: bf16 autocast "
-            "of the forward; torch.compile of the sampler step and the DAPS objective, compiled during warm-up)."
+            f"train.precision={precisions}, train.compile={compiled}, train.cuda_graph={graphed} (honoured as "
+            "`daps train` does: bf16 autocast of the forward; torch.compile of the sampler step and the DAPS "
+            "objective, compiled during warm-up; the whole step as one CUDA graph, recorded during warm-up, its "
+            "phases not timed)."
         ),
         f"Command: `{report['command']}`",
     ]

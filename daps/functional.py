@@ -299,18 +299,22 @@ def _straight_through(index: torch.Tensor, soft: torch.Tensor) -> torch.Tensor:
     ``hard + (soft - sg(soft))`` rather than ``hard + soft - sg(soft)``: the bracket is exactly 0, so the
     forward value is an exact one-hot (the other order can round 1 + s - s away from 1).
     """
-    hard = F.one_hot(index, soft.shape[-1]).to(soft.dtype)  # (..., V)
+    # scatter, not F.one_hot: one_hot reads the indices' range on the host, which a CUDA graph cannot hold
+    hard = torch.zeros_like(soft).scatter_(-1, index[..., None], 1.0)  # (..., V)
     return hard + (soft - soft.detach())
 
 
-def _check_relaxation(temperature: float, num_samples: int = 1) -> None:
-    if not temperature > 0:
+def _check_relaxation(temperature: float | torch.Tensor, num_samples: int = 1) -> None:
+    # a tensor temperature is a validated schedule's value on the device (daps.graphed): not read back here
+    if not isinstance(temperature, torch.Tensor) and not temperature > 0:
         raise ValueError(f"temperature must be positive, got {temperature}")
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
 
 
-def gumbel_softmax(log_probs: torch.Tensor, temperature: float, generator: torch.Generator | None) -> torch.Tensor:
+def gumbel_softmax(
+    log_probs: torch.Tensor, temperature: float | torch.Tensor, generator: torch.Generator | None
+) -> torch.Tensor:
     """Relaxed one-hot sample ``softmax((log_probs + g) / tau)``, ``g ~ Gumbel(0, 1)`` (Jang et al. 2017, Eq. 1).
 
     Args:
@@ -327,7 +331,7 @@ def gumbel_softmax(log_probs: torch.Tensor, temperature: float, generator: torch
 
 
 def gumbel_softmax_st(
-    log_probs: torch.Tensor, temperature: float, generator: torch.Generator | None
+    log_probs: torch.Tensor, temperature: float | torch.Tensor, generator: torch.Generator | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Straight-through Gumbel-Softmax (original: models/gumbel.py): ``index = argmax y_soft``,
     token ``y_hard + y_soft - sg(y_soft)``.
@@ -364,7 +368,7 @@ def conditional_gumbel(log_probs: torch.Tensor, index: torch.Tensor, exp_noise: 
     exp_index = exp_noise.gather(-1, index[..., None].expand(*exp_noise.shape[:-1], 1))  # (k, ..., 1)
     top = -torch.log(exp_index + FLOAT32_EPS) + torch.log(z + FLOAT32_EPS)  # (k, ..., 1)
     rest = -torch.log(exp_noise * torch.exp(-log_probs) + exp_index / z + FLOAT32_EPS)  # (k, ..., V)
-    is_index = F.one_hot(index, log_probs.shape[-1]).bool()  # (..., V)
+    is_index = index[..., None] == torch.arange(log_probs.shape[-1], device=index.device)  # (..., V); no host read
     return torch.where(is_index, top, rest)  # (k, ..., V)
 
 
@@ -372,7 +376,7 @@ def gumbel_rao_surrogate(
     log_probs: torch.Tensor,
     index: torch.Tensor,
     exp_noise: torch.Tensor,
-    temperature: float,
+    temperature: float | torch.Tensor,
     stop_gradient: bool = False,
 ) -> torch.Tensor:
     """The Rao-Blackwellized soft sample ``s = mean_k softmax(G_k / tau)``, ``G_k`` from
@@ -399,7 +403,7 @@ def gumbel_rao_surrogate(
 
 def gumbel_rao_st(
     log_probs: torch.Tensor,
-    temperature: float,
+    temperature: float | torch.Tensor,
     num_samples: int,
     generator: torch.Generator | None,
     stop_gradient: bool = False,

@@ -143,14 +143,20 @@ class Optimizers:
     (``benchmarks/optimizer_step.py``).
     """
 
-    def __init__(self, model: nn.Module, specs: list[OptimizerSpec], weight_decay: float, batched: bool = True):
+    def __init__(
+        self, model: nn.Module, specs: list[OptimizerSpec], weight_decay: float, batched: bool = True,
+        capturable: bool = False,
+    ):
         self.specs = specs
         self.unit_dims = unit_dims(model)
         self.fused = {s.name: batched and _fused_supported(s.params) for s in specs}
+        self.capturable = capturable
+        if capturable and not all(self.fused.values()):
+            raise ValueError("capturable=True needs the batched (fused) step: float32 parameters")
         self.optimizers = {
             s.name: torch.optim.AdamW(
-                s.params, lr=s.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=weight_decay,
-                fused=self.fused[s.name] or None,
+                s.params, lr=self._lr(s.lr, s.params), betas=(0.9, 0.999), eps=1e-8, weight_decay=weight_decay,
+                fused=self.fused[s.name] or None, capturable=capturable,
             )
             for s in specs
         }
@@ -161,11 +167,19 @@ class Optimizers:
         }
         self.skipped = {s.name: 0 for s in specs}
 
+    def _lr(self, lr: float, params: list[nn.Parameter]) -> float | torch.Tensor:
+        """A learning rate as the optimizer holds it: on the device when capturable (a graph of the step reads
+        the schedule's value at each replay), a float otherwise."""
+        return torch.tensor(lr, dtype=torch.float32, device=params[0].device) if self.capturable else lr
+
     def scale_lr(self, factor: float) -> None:
         """Set every optimizer's learning rate to ``factor`` times its spec's rate (a learning-rate schedule)."""
         for spec in self.specs:
             for group in self.optimizers[spec.name].param_groups:
-                group["lr"] = spec.lr * factor
+                if isinstance(group["lr"], torch.Tensor):
+                    group["lr"].fill_(spec.lr * factor)
+                else:
+                    group["lr"] = spec.lr * factor
 
     def zero_grad(self) -> None:
         for opt in self.optimizers.values():
@@ -178,6 +192,11 @@ class Optimizers:
         counted in ``self.skipped``. The skip is decided on the device; the norms come to the host once, after
         every update has been launched.
         """
+        return self.finish(self.launch())
+
+    def launch(self) -> dict[str, torch.Tensor]:
+        """The device part of :meth:`step`: clip, check and update; returns the raw gradient norms on the device
+        without reading them (so the batched step can be recorded in a CUDA graph). :meth:`finish` reads them."""
         norms: dict[str, torch.Tensor] = {}
         for spec in self.specs:
             params = [p for p in spec.params if p.grad is not None]
@@ -195,7 +214,11 @@ class Optimizers:
             self.optimizers[spec.name].step()
             if self.fused[spec.name]:
                 del self.optimizers[spec.name].found_inf  # type: ignore[attr-defined]  # never read by a later step
-        values = torch.stack(list(norms.values())).tolist() if norms else []  # the one host sync per step
+        return norms
+
+    def finish(self, norms: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Read the norms :meth:`launch` returned (the one host sync per step) and count the skipped updates."""
+        values = torch.stack(list(norms.values())).tolist() if norms else []
         for name, value in zip(norms, values):
             if not math.isfinite(value):
                 self.skipped[name] += 1
@@ -224,9 +247,11 @@ class Optimizers:
             opt.load_state_dict(state["optimizers"][name])
             # torch restores the saved fused/foreach flags: keep this step's own, whichever step saved the state
             # (the fused kernel wants the step counts on the parameter's device, the others on the CPU)
+            # (and the learning rate as a device tensor when capturable, a float otherwise)
             fused = self.fused[name]
             for group in opt.param_groups:
-                group["fused"], group["foreach"] = fused or None, None
+                group["fused"], group["foreach"], group["capturable"] = fused or None, None, self.capturable
+                group["lr"] = self._lr(float(group["lr"]), group["params"])
             for p, p_state in opt.state.items():
                 if "step" in p_state:
                     p_state["step"] = p_state["step"].to(device=p.device if fused else "cpu", dtype=torch.float32)

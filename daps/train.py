@@ -40,8 +40,9 @@ from daps.config_io import config_differences, config_to_dict
 from daps.data import DatasetSpec, EvalSet, ExampleMetrics, TrainBatches, dataset_spec, eval_set, train_batches
 from daps.errors import UserError
 from daps.functional import cosine_schedule
+from daps.graphed import GraphedStep
 from daps.loggers import RunLogger, make_logger
-from daps.methods import Method, build_method, method_spec
+from daps.methods import METHODS, Method, build_method, method_spec
 from daps.metrics import evaluate
 from daps.metrics.evaluate import FIDSetup, fid_setup
 from daps.optim import Optimizers
@@ -84,6 +85,7 @@ RESUMABLE_CHANGES = {
     "train.fid",
     "train.fid_reference",
     "train.fid_weights",
+    "train.cuda_graph",  # how the step runs, not what it computes: a graphed run may go on eagerly (on a CPU)
 }
 
 RUN_ARTIFACTS = ("summary.json", "reconstructions.png", "curves.png")
@@ -255,8 +257,25 @@ class Setup:
     optimizers: Optimizers
     generators: dict[str, torch.Generator]
     fid: FIDSetup | None
+    graphed: GraphedStep | None = None  # train.cuda_graph: the whole step as one CUDA graph
     logger: RunLogger = field(default_factory=RunLogger)  # TensorBoard / W&B (rank 0), see daps.loggers
     on_close: list = field(default_factory=list)  # undone when the loop ends, however it ends
+
+
+def _check_cuda_graph(cfg: Config, device: torch.device, world: int) -> None:
+    """Refuse ``train.cuda_graph`` where it cannot work, before anything is written."""
+    if not cfg.train.cuda_graph:
+        return
+    if device.type != "cuda":
+        raise UserError(f"train.cuda_graph needs a CUDA device; this run is on {device.type}")
+    if world > 1:
+        raise UserError("train.cuda_graph runs in one process; under torchrun leave it off")
+    if not method_spec(cfg.method).cuda_graph:
+        able = ", ".join(name for name, spec in METHODS.items() if spec.cuda_graph)
+        raise UserError(
+            f"train.cuda_graph: the {cfg.method} step reads device values on the host, so it cannot be one CUDA graph; "
+            f"methods that can: {able}"
+        )
 
 
 def _setup(cfg: Config, state: dict | None, device: torch.device, rank: int, world: int) -> Setup:
@@ -282,9 +301,15 @@ def _setup(cfg: Config, state: dict | None, device: torch.device, rank: int, wor
         model = build_method(cfg, tuple(cfg.data.image_shape)).to(device)
     if tc.compile:  # after the weights exist, before DDP wraps the model
         model.compile_step(mode="reduce-overhead" if device.type == "cuda" else None)
-    optimizers = Optimizers(model, model.optimizer_specs(cfg.optim.lr, cfg.optim.grad_clip), cfg.optim.weight_decay)
+    optimizers = Optimizers(
+        model, model.optimizer_specs(cfg.optim.lr, cfg.optim.grad_clip), cfg.optim.weight_decay,
+        capturable=tc.cuda_graph,
+    )
     step_model = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     generators = {"sample": torch.Generator(device).manual_seed(tc.seed * 1000 + 2 * rank + 2)}
+    graphed = None
+    if tc.cuda_graph:
+        graphed = GraphedStep(model, optimizers, generators["sample"], autocast=tc.precision == "bfloat16")
     if batches.generator is not None:  # in-memory data: its draws resume exactly from the checkpoint
         generators["data"] = batches.generator
 
@@ -305,6 +330,7 @@ def _setup(cfg: Config, state: dict | None, device: torch.device, rank: int, wor
         optimizers,
         generators,
         fid,
+        graphed,
     )
 
 
@@ -375,6 +401,7 @@ def _train(cfg: Config, resume: bool, overwrite: bool, device: torch.device, ran
     tc = cfg.train
     run_dir = Path(tc.out_dir)
     end_step = min(tc.steps, tc.stop_after) if tc.stop_after else tc.steps
+    _check_cuda_graph(cfg, device, world)
     plan = prepare_run_dir(cfg, resume, overwrite)  # again, now that no other process can change the folder
     if dist.is_main():
         for folder in (run_dir, run_dir / CKPT_DIR):  # files a killed writer left half-written
@@ -424,15 +451,19 @@ def _train(cfg: Config, resume: bool, overwrite: bool, device: torch.device, ran
             x = s.spec.standardize(next(s.batches))  # (B, C, H, W)
             if cfg.optim.lr_schedule == "cosine":
                 s.optimizers.scale_lr(cosine_schedule(step, 1.0, cfg.optim.lr_final, tc.steps))
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.precision == "bfloat16"):
-                out = s.step_model(x, step, generator=s.generators["sample"])
-            s.optimizers.zero_grad()
-            out.loss.backward()
+            if s.graphed is not None:
+                logs, norms = s.graphed(x, step)
+            else:
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.precision == "bfloat16"):
+                    out = s.step_model(x, step, generator=s.generators["sample"])
+                s.optimizers.zero_grad()
+                out.loss.backward()
+                logs, norms = out.logs, s.optimizers.launch()
             skipped_before = sum(s.optimizers.skipped.values())
-            grad_norms = s.optimizers.step()
+            grad_norms = s.optimizers.finish(norms)
             skipped_streak = skipped_streak + 1 if sum(s.optimizers.skipped.values()) > skipped_before else 0
 
-            for key, value in out.logs.items():
+            for key, value in logs.items():
                 sums[key] = sums[key] + value if key in sums else value.clone()
             count += 1
             done = step + 1

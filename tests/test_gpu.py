@@ -84,3 +84,71 @@ def test_batched_optimizer_step_on_cuda_follows_the_per_parameter_step():
     opts.step()
     assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before))
     assert all(v == 1 for v in opts.skipped.values())
+
+
+@pytest.mark.parametrize("method", ["daps", "vqvae", "gumbel", "ppo"])
+def test_graphed_step_trains_as_the_eager_step(method):
+    """``train.cuda_graph``: the whole step recorded once and replayed gives the eager step's parameters and logs
+    (same seeds; 8 steps: 3 eager warm-up steps on a side stream, the recording, replays), with beta and a cosine
+    learning rate moving at every step, so a value frozen at the recording would show."""
+    from daps.functional import cosine_schedule
+    from daps.graphed import GraphedStep
+    from daps.methods import build_method
+    from daps.optim import Optimizers
+
+    cfg = parse_overrides(
+        get_preset("mnist", method),
+        ["encoder.width=32", "encoder.num_heads=2", "encoder.vocab_size=16", "train.steps=8"],
+    )
+    runs = []
+    for graphed in (False, True):
+        torch.manual_seed(0)
+        model = build_method(cfg, (1, 28, 28)).cuda()
+        opts = Optimizers(model, model.optimizer_specs(1e-3, cfg.optim.grad_clip), 1e-4, capturable=graphed)
+        generator = torch.Generator("cuda").manual_seed(1)
+        data = torch.Generator("cuda").manual_seed(2)
+        step_fn = GraphedStep(model, opts, generator) if graphed else None
+        logs_per_step = []
+        for step in range(8):
+            x = (torch.rand(32, 1, 28, 28, generator=data, device="cuda") > 0.7).float()
+            opts.scale_lr(cosine_schedule(step, 1.0, 0.1, 8))
+            if step_fn is not None:
+                logs, norms = step_fn(x, step)
+            else:
+                out = model(x, step, generator=generator)
+                opts.zero_grad()
+                out.loss.backward()
+                logs, norms = out.logs, opts.launch()
+            opts.finish(norms)
+            logs_per_step.append({k: float(v) for k, v in logs.items()})
+        runs.append((model, logs_per_step, step_fn))
+    assert runs[1][2] is not None and runs[1][2].graph is not None  # the last steps were replays
+    for p, q in zip(runs[0][0].parameters(), runs[1][0].parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
+    for eager, replayed in zip(runs[0][1][-3:], runs[1][1][-3:]):
+        assert eager.keys() == replayed.keys()
+        for key in eager:
+            assert replayed[key] == pytest.approx(eager[key], rel=1e-3, abs=1e-4), key
+
+
+@pytest.mark.usefixtures("offline", "no_plots")
+def test_cuda_graph_run_resumes_to_the_uninterrupted_run(tmp_path, tiny_overrides):
+    """``daps train train.cuda_graph=true``: a run stopped after 6 steps and resumed to 12 ends where the same run
+    without the stop ends (the resumed process warms up and records again), and where the eager run ends."""
+    from daps.checkpoint import load_model
+
+    def run(name, extra, resume=False):
+        cfg = parse_overrides(
+            get_preset("mnist"),
+            [*tiny_overrides, "train.steps=12", "train.log_every=1", f"train.out_dir={tmp_path / name}", *extra],
+        )
+        return train(cfg, resume=resume, device="cuda")
+
+    whole = run("whole", ["train.cuda_graph=true"])
+    run("split", ["train.cuda_graph=true", "train.stop_after=6"])
+    split = run("split", ["train.cuda_graph=true"], resume=True)
+    eager = run("eager", [])
+    models = [load_model(path, device="cuda") for path in (whole, split, eager)]
+    for p, q, r in zip(*(m.parameters() for m in models)):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(p, r, rtol=1e-3, atol=1e-4)

@@ -125,6 +125,9 @@ class DAPS(Method):
     def beta(self, step: int) -> float:
         return schedule_value(self.cfg.beta, step, self.num_steps)
 
+    def schedules(self, step: int) -> dict[str, float]:
+        return {"beta": self.beta(step)}
+
     @property
     def vocab_size(self) -> int:
         return self.encoder.vocab_size
@@ -191,16 +194,15 @@ class DAPS(Method):
     def forward(self, x: torch.Tensor, step: int, generator: torch.Generator | None = None) -> Output:
         """One DAPS objective evaluation on ``x (B, C, H, W)`` at optimizer step ``step``."""
         num_samples = self.cfg.num_samples
-        beta = self.beta(step)
         samples = self.encoder.sample(x, num_samples, generator)  # indices (K, B, T), no grad
         indices = samples.indices
-        beta_t = torch.tensor(beta, device=x.device)  # a tensor, so a compiled objective is not rebuilt per step
+        beta = self.scheduled("beta", step, x.device)  # a tensor: neither a compiled objective nor a graph is rebuilt
         uniforms = None
         if self.cfg.resample:  # drawn here, from the run's generator (the objective may be compiled)
             m = self.cfg.resample if self.cfg.resample_scheme == "multinomial" else 1
             uniforms = torch.rand((m, x.shape[0]), generator=generator, device=x.device)  # (m or 1, B)
         loss, params, log_p, log_q, ess, eta, eta_loss = self._objective_fn(
-            x, indices, beta_t, samples.log_q, uniforms
+            x, indices, beta, samples.log_q, uniforms
         )
         with torch.no_grad():
             # KL from the sampling pass's conditionals (the same as teacher-forced unless mask_token0).
@@ -212,7 +214,7 @@ class DAPS(Method):
                 **elbo_logs(log_p, kl, self.final_beta),
                 "ess": ess.mean() / num_samples,
                 "eta": eta,
-                "beta": torch.tensor(beta),
+                "beta": beta.clone(),
                 "eta_loss": eta_loss,
             }
         return training_output(loss, self.likelihood.mean(params[0]), indices[0], logs)
@@ -283,9 +285,11 @@ DAPS_SPEC = MethodSpec(
     name="daps", summary="DAPS: weighted max-likelihood toward the KL-regularized target, autoregressive encoder",
     build=build_daps, config_type=DAPSConfig, encoder="autoregressive", presets=_presets(independent=False),
     progress=("log_p", "kl", "ess", "eta"),
+    cuda_graph=True,
 )
 DAPSNA_SPEC = MethodSpec(
     name="dapsna", summary="DAPS with independent tokens (bidirectional encoder)",
     build=build_dapsna, config_type=DAPSConfig, encoder="bidirectional", presets=_presets(independent=True),
     progress=("log_p", "kl", "ess", "eta"),
+    cuda_graph=True,
 )

@@ -187,4 +187,5 @@ FSQ_SPEC = MethodSpec(
     presets={"cifar10": _levels((8, 8, 8)), "imagenet256": _levels((8, 5, 5, 5)), "lafan1-h1": _levels((10, 10, 10))},
     bits=_bits,
     progress=("log_p", "perplexity"),
+    cuda_graph=True,
 )

@@ -120,6 +120,9 @@ class GumbelSoftmax(Method):
     def temperature(self, step: int) -> float:
         return schedule_value(self.cfg.temperature, step, self.num_steps)
 
+    def schedules(self, step: int) -> dict[str, float]:
+        return {"beta": self.beta(step), "temperature": self.temperature(step)}
+
     @property
     def vocab_size(self) -> int:
         return self.encoder.vocab_size
@@ -139,7 +142,7 @@ class GumbelSoftmax(Method):
     # -- training ----------------------------------------------------------------------------------
 
     def relaxation(
-        self, temperature: float, generator: torch.Generator | None
+        self, temperature: float | torch.Tensor, generator: torch.Generator | None
     ) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
         """The per-token sampler ``log_probs (..., V) -> index (...), straight-through one-hot (..., V)``."""
         if self.estimator == "gumbel":
@@ -149,7 +152,8 @@ class GumbelSoftmax(Method):
 
     def forward(self, x: torch.Tensor, step: int, generator: torch.Generator | None = None) -> Output:
         """One relaxed-ELBO evaluation on ``x (B, C, H, W)`` at optimizer step ``step``."""
-        beta, temperature = self.beta(step), self.temperature(step)
+        # (), read from the device (daps.graphed)
+        beta, temperature = self.scheduled("beta", step, x.device), self.scheduled("temperature", step, x.device)
         relax = self.relaxation(temperature, generator)
         # indices (B, T); onehots and log_probs (B, T, V), all differentiable through the sampling chain.
         indices, onehots, log_probs = self.encoder.sample_relaxed(x, relax)
@@ -162,8 +166,8 @@ class GumbelSoftmax(Method):
                 "loss": loss,
                 "log_p": log_p.mean(),
                 **elbo_logs(log_p, kl, self.final_beta),
-                "beta": torch.tensor(beta),
-                "temperature": torch.tensor(temperature),
+                "beta": beta.clone(),
+                "temperature": temperature.clone(),
             }
         return training_output(loss, self.likelihood.mean(params), indices, logs)
 
@@ -269,6 +273,7 @@ def _spec(name: str, summary: str, build, encoder: EncoderFamily) -> MethodSpec:
     return MethodSpec(
         name=name, summary=summary, build=build, config_type=RelaxedConfig, encoder=encoder,
         presets=_presets(name), progress=("log_p", "kl", "temperature"),
+        cuda_graph=True,
     )
 
 

@@ -146,6 +146,9 @@ class PPO(Method):
     def beta(self, step: int) -> float:
         return schedule_value(self.cfg.beta, step, self.num_steps)
 
+    def schedules(self, step: int) -> dict[str, float]:
+        return {"beta": self.beta(step)}
+
     @property
     def vocab_size(self) -> int:
         return self.encoder.vocab_size
@@ -181,7 +184,7 @@ class PPO(Method):
     def forward(self, x: torch.Tensor, step: int, generator: torch.Generator | None = None) -> Output:
         """One PPO objective evaluation on ``x (B, C, H, W)`` at optimizer step ``step``; in training mode
         it then sets theta_old <- theta and adapts the KL weight for the next step."""
-        beta, clip = self.beta(step), self.cfg.clip
+        beta, clip = self.scheduled("beta", step, x.device), self.cfg.clip  # beta: (), on the device (daps.graphed)
         kl_coeff = self.kl_coeff.clone()  # the weight of this step (the buffer is updated below)
         with torch.no_grad():
             indices = self.old_encoder.sample(x, 1, generator).indices  # (1, B, T)
@@ -219,7 +222,7 @@ class PPO(Method):
                 "log_p": log_p.mean(),
                 "log_q": log_q.mean(),
                 **elbo_logs(log_p, kl, self.final_beta),
-                "beta": torch.tensor(beta),
+                "beta": beta.clone(),
                 "kl_old_new": kl_old_new.mean(),
                 "kl_coeff": kl_coeff,
                 "ratio": ratio.mean(),
@@ -281,4 +284,5 @@ PPO_SPEC = MethodSpec(
     encoder="autoregressive",
     presets={"cifar10": _natural_images, "imagenet256": _natural_images, "lafan1-h1": _motion},
     progress=("log_p", "kl"),
+    cuda_graph=True,
 )

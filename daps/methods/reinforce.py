@@ -99,6 +99,9 @@ class Reinforce(Method):
     def beta(self, step: int) -> float:
         return schedule_value(self.cfg.beta, step, self.num_steps)
 
+    def schedules(self, step: int) -> dict[str, float]:
+        return {"beta": self.beta(step)}
+
     @property
     def vocab_size(self) -> int:
         return self.encoder.vocab_size
@@ -120,7 +123,7 @@ class Reinforce(Method):
     def forward(self, x: torch.Tensor, step: int, generator: torch.Generator | None = None) -> Output:
         """One REINFORCE-LOO objective evaluation on ``x (B, C, H, W)`` at optimizer step ``step``."""
         num_samples = self.cfg.num_samples
-        beta = self.beta(step)
+        beta = self.scheduled("beta", step, x.device)  # (), read from the device (daps.graphed)
         samples = self.encoder.sample(x, num_samples, generator)  # indices (K, B, T), no grad
         indices = samples.indices
         log_q = self.encoder.log_prob(x, indices).sum(-1)  # (K, B), with gradient
@@ -140,7 +143,7 @@ class Reinforce(Method):
                 "log_p": log_p.mean(),
                 "log_q": log_q.mean(),
                 **elbo_logs(log_p, kl, self.final_beta),
-                "beta": torch.tensor(beta),
+                "beta": beta.clone(),
                 "reward_std": rewards.std(0).mean(),  # spread over the K samples, averaged over inputs
             }
         return training_output(loss, self.likelihood.mean(params[0]), indices[0], logs)
@@ -189,4 +192,5 @@ REINFORCE_SPEC = MethodSpec(
         "lafan1-h1": _beta(schedule(3.0, 0.01)),
     },
     progress=("log_p", "kl"),
+    cuda_graph=True,
 )

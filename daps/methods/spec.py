@@ -44,6 +44,9 @@ class MethodSpec:
         bits: bits of the bottleneck for a config (for tables that compare methods at equal rate).
         progress: the keys of ``Output.logs`` the progress bar shows (the few numbers a person watches).
         only_presets: presets the method is defined for (None: all); others are refused with a message.
+        cuda_graph: its training step can be recorded as one CUDA graph (``train.cuda_graph``, :mod:`daps.graphed`):
+            no host reads, schedules read from the device; ``tests/test_graphed.py`` checks it of every method
+            that says so.
     """
 
     name: str
@@ -55,6 +58,7 @@ class MethodSpec:
     bits: Callable[[Config], float] = categorical_bits
     progress: tuple[str, ...] = ("log_p",)
     only_presets: tuple[str, ...] | None = None
+    cuda_graph: bool = False
 
 
 __all__ = ["EncoderFamily", "MethodSpec", "categorical_bits"]

@@ -70,6 +70,40 @@ class Method(nn.Module):
     def forward(self, x: torch.Tensor, step: int, generator: torch.Generator | None = None) -> Output:
         raise NotImplementedError
 
+    # -- schedules the training step reads from the device (so a CUDA graph of the step sees each step's value) --
+
+    capturing: bool = False
+    """True while :class:`daps.graphed.GraphedStep` records the step: :meth:`scheduled` then leaves its buffers as
+    :meth:`fill_schedules` filled them."""
+
+    def schedules(self, step: int) -> dict[str, float]:
+        """The values at ``step`` of the schedules the step reads through :meth:`scheduled` (beta, a temperature)."""
+        return {}
+
+    def scheduled(self, name: str, step: int, device: torch.device) -> torch.Tensor:
+        """Schedule ``name`` at ``step`` as a 0-d float32 tensor on ``device``: a buffer the method owns, filled
+        here, so a recorded step reads the buffer and a replay the value :meth:`fill_schedules` put there."""
+        buffers = self._schedule_buffers()
+        buffer = buffers.get(name)
+        if buffer is None or buffer.device != device:
+            buffer = buffers[name] = torch.zeros((), device=device)
+        if not self.capturing:
+            buffer.fill_(self.schedules(step)[name])
+        return buffer
+
+    def fill_schedules(self, step: int) -> None:
+        """Write every schedule's value at ``step`` into its buffer (before a graph replay)."""
+        buffers = self._schedule_buffers()
+        for name, value in self.schedules(step).items():
+            if name in buffers:
+                buffers[name].fill_(value)
+
+    def schedule_buffers(self) -> list[torch.Tensor]:
+        return list(self._schedule_buffers().values())
+
+    def _schedule_buffers(self) -> dict[str, torch.Tensor]:
+        return vars(self).setdefault("_schedule_values", {})  # not module buffers: never in a state dict
+
     def encode(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         raise NotImplementedError
 

@@ -94,6 +94,9 @@ class GaussianVAE(Method):
     def beta(self, step: int) -> float:
         return schedule_value(self.cfg.beta, step, self.num_steps)
 
+    def schedules(self, step: int) -> dict[str, float]:
+        return {"beta": self.beta(step)}
+
     @property
     def final_beta(self) -> float:
         return schedule_final(self.cfg.beta)
@@ -113,7 +116,7 @@ class GaussianVAE(Method):
 
     def forward(self, x: torch.Tensor, step: int, generator: torch.Generator | None = None) -> Output:
         """One negative beta-ELBO on ``x (B, C, H, W)`` at optimizer step ``step``."""
-        beta = self.beta(step)
+        beta = self.scheduled("beta", step, x.device)  # (), read from the device (daps.graphed)
         mean, log_var = self.encoder(x, generator)  # (B, D) each
         eps = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)  # (B, D)
         z = mean + (0.5 * log_var).exp() * eps  # (B, D)
@@ -126,7 +129,7 @@ class GaussianVAE(Method):
                 "loss": loss,
                 "log_p": log_p.mean(),
                 **elbo_logs(log_p, kl, self.final_beta),
-                "beta": torch.tensor(beta),
+                "beta": beta.clone(),
                 "posterior_std": (0.5 * log_var).exp().mean(),
             }
         return training_output(loss, self.likelihood.mean(params), None, logs)
@@ -174,4 +177,5 @@ VAE_SPEC = MethodSpec(
     name="vae", summary="Gaussian VAE, 2-d latent (MNIST)", build=build_vae, config_type=GaussianVAEConfig,
     encoder="mlp", bits=lambda cfg: 32.0 * cfg.vae.latent_dim, progress=("log_p", "kl"),
     only_presets=("mnist", "mnist5k-demo"),
+    cuda_graph=True,
 )

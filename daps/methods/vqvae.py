@@ -180,4 +180,5 @@ VQVAE_SPEC = MethodSpec(
     name="vqvae", summary="VQ-VAE as in the original code (gradient-trained codebook)", build=build_vqvae,
     config_type=VQConfig, encoder="quantizer", progress=("log_p", "perplexity"),
     presets={"lafan1-h1": _lafan_commitment},
+    cuda_graph=True,
 )

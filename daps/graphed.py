@@ -1,0 +1,167 @@
+"""The whole training step as one CUDA graph (``train.cuda_graph``), and the check that a step can be one.
+
+On a GPU the small models of the paper's presets are bound by kernel launches and Python, not arithmetic: the
+MNIST DAPS step dispatches ~1,500 kernels for a few milliseconds of work (BENCHMARKS.md, "GPU check").
+:class:`GraphedStep` records forward, backward, clipping and both AdamW updates once with
+``torch.cuda.CUDAGraph`` and then replays them: one launch per step, no Python in between.
+
+A replay repeats exactly the recorded kernels with their recorded arguments, so a step can be graphed only if:
+
+- nothing in it reads a device value on the host (``.item()``, ``float(t)``, ``if t:``; a data-dependent shape);
+- nothing that changes between steps enters as a Python number or a tensor made from one: schedules (DAPS's
+  beta) live in 0-d device buffers, :meth:`daps.methods.Method.scheduled`, which the replay refills first;
+- the optimizer keeps its learning rate and step counts on the device (``Optimizers(..., capturable=True)``).
+
+:func:`trace_step` records every operation a step dispatches with its non-tensor arguments and the shapes of its
+tensors; two traces at different steps, inputs and random states are equal exactly when the step obeys the rules
+above (``tests/test_graphed.py`` checks every method that declares itself graph-safe, on the CPU). Random draws
+from the run's generator are fine: the generator is registered with the graph, which advances its state at
+every replay as the eager kernels would.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from daps.methods.types import Method
+from daps.optim import Optimizers
+
+HOST_READS = {"_local_scalar_dense", "nonzero", "masked_select", "unique", "_unique2", "unique_consecutive"}
+"""Operations that read device memory on the host or give a shape that depends on values: never in a graph."""
+
+
+def _describe(value: Any) -> Any:
+    """A hashable description of one argument: tensors by shape, dtype and device; numbers and the rest by value."""
+    if isinstance(value, torch.Tensor):
+        return ("tensor", tuple(value.shape), str(value.dtype), value.device.type)
+    if isinstance(value, (list, tuple)):
+        return tuple(_describe(v) for v in value)
+    if value is None or isinstance(value, (bool, int, float, complex, str, torch.dtype, torch.device, torch.layout)):
+        return value
+    return type(value).__name__  # a generator, the profiler's record: only that it is there
+
+
+class StepTrace(TorchDispatchMode):
+    """Records the operations dispatched inside it (see :func:`trace_step`).
+
+    Writes into ``ignore`` (the schedule buffers, refilled between replays) are left out; the value of a tensor
+    made from Python data (``torch.tensor(x)``) is recorded, since a graph would freeze it.
+    """
+
+    def __init__(self, ignore: list[torch.Tensor]):
+        super().__init__()
+        self.ops: list[tuple] = []
+        self.host_reads: list[str] = []
+        self._ignore = {id(t) for t in ignore}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        name = func.__name__.split(".")[0]
+        if name in ("fill_", "copy_") and isinstance(args[0], torch.Tensor) and id(args[0]) in self._ignore:
+            return out
+        if name in HOST_READS:
+            self.host_reads.append(str(func))
+        described = [_describe(a) for a in args]
+        if name in ("lift_fresh", "lift_fresh_copy"):
+            described.append(("value", tuple(args[0].flatten().tolist())))
+        self.ops.append((str(func), tuple(described), tuple(sorted((k, _describe(v)) for k, v in kwargs.items()))))
+        return out
+
+
+@dataclass
+class Trace:
+    """What one traced step dispatched: every operation with its arguments, and the host reads among them."""
+
+    ops: list[tuple]
+    host_reads: list[str]
+
+    def first_difference(self, other: Trace) -> str | None:
+        """Where two traces part (None if equal): the first differing operation of each."""
+        for i, (a, b) in enumerate(zip(self.ops, other.ops)):
+            if a != b:
+                return f"operation {i}: {a} vs {b}"
+        if len(self.ops) != len(other.ops):
+            return f"{len(self.ops)} vs {len(other.ops)} operations"
+        return None
+
+
+def trace_step(step_fn: Callable[[], Any], model: Method) -> Trace:
+    """Run ``step_fn()`` (one whole training step) recording what it dispatches; see :class:`StepTrace`."""
+    with StepTrace(list(model.schedule_buffers())) as mode:
+        step_fn()
+    return Trace(mode.ops, mode.host_reads)
+
+
+class GraphedStep:
+    """Forward, backward and optimizer step of ``model`` as one CUDA graph, replayed at every step.
+
+    The first ``warmup`` calls run eagerly on a side stream (they are real training steps; CUDA libraries set up
+    their workspaces there, and the optimizers create their state); the next call records the graph and every call
+    from then on replays it. ``x`` is copied into a static input buffer; the step's schedule values and the learning
+    rate are refilled before each replay. Returns the step's logs and each optimizer's gradient norm, device
+    tensors that the next call overwrites (read or copy them before).
+
+    Args:
+        model: the method, graph-safe (``MethodSpec.cuda_graph``).
+        optimizers: built with ``capturable=True``.
+        generator: the run's sampling generator (registered with the graph).
+        autocast: bf16 autocast around the forward (its weight cache off, as graphs need).
+    """
+
+    def __init__(
+        self, model: Method, optimizers: Optimizers, generator: torch.Generator, autocast: bool = False,
+        warmup: int = 3,
+    ):
+        if not optimizers.capturable:
+            raise ValueError("GraphedStep needs Optimizers(..., capturable=True)")
+        self.model, self.optimizers, self.generator = model, optimizers, generator
+        self.autocast, self.warmup = autocast, warmup
+        self.calls = 0
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self._x: torch.Tensor | None = None
+        self._outputs: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]] | None = None
+        self._side = torch.cuda.Stream(device=generator.device)
+
+    def _step(self, step: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        assert self._x is not None
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast, cache_enabled=False):
+            out = self.model(self._x, step, generator=self.generator)
+        out.loss.backward()
+        return out.logs, self.optimizers.launch()
+
+    def __call__(self, x: torch.Tensor, step: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        if self._x is None:
+            self._x = torch.empty_like(x)
+        elif x.shape != self._x.shape or x.dtype != self._x.dtype:
+            raise ValueError(f"a graphed step needs inputs of one shape: {tuple(self._x.shape)}, got {tuple(x.shape)}")
+        self._x.copy_(x)
+        self.model.fill_schedules(step)
+        self.calls += 1
+        if self.graph is None and self.calls <= self.warmup:
+            current = torch.cuda.current_stream()
+            self._side.wait_stream(current)
+            with torch.cuda.stream(self._side):
+                self.optimizers.zero_grad()
+                outputs = self._step(step)
+            current.wait_stream(self._side)
+            return outputs
+        if self.graph is None:
+            self.optimizers.zero_grad()  # the backward inside the graph allocates the gradients: static from now on
+            self.graph = torch.cuda.CUDAGraph()
+            self.graph.register_generator_state(self.generator)
+            self.model.capturing = True  # the schedule buffers keep what fill_schedules wrote
+            try:
+                # thread_local: CUDA calls of other threads (a data loader's pinning) do not break the recording
+                with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
+                    self._outputs = self._step(step)
+            finally:
+                self.model.capturing = False
+        self.graph.replay()  # recording ran nothing: the first replay is this step
+        assert self._outputs is not None
+        return self._outputs

@@ -1,0 +1,152 @@
+"""What ``train.cuda_graph`` relies on, checked on the CPU: every method that says its step can be one CUDA graph
+dispatches the same operations, with the same non-tensor arguments, at any step, input and random state, and
+reads nothing back on the host (:func:`daps.graphed.trace_step`); the methods that say it cannot, cannot.
+Recording and replaying on a GPU is checked in ``tests/test_gpu.py``."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from daps import get_preset, parse_overrides
+from daps.errors import UserError
+from daps.graphed import Trace, trace_step
+from daps.methods import METHODS, build_method
+from daps.optim import Optimizers
+
+SMALL = [
+    "encoder.width=16", "encoder.num_heads=2", "encoder.vocab_size=16", "encoder.num_tokens=4", "train.batch_size=4",
+    "train.steps=1000",
+]
+
+
+def _traces(method: str, preset: str = "mnist", overrides: tuple[str, ...] = ()) -> tuple[Trace, Trace]:
+    """Two traced training steps of ``method`` (forward, backward, clip, AdamW) at steps 1 and 600, on different
+    inputs and random states, the learning rate on a schedule."""
+    cfg = parse_overrides(get_preset(preset, method), [*SMALL, *overrides])
+    shape = tuple(cfg.data.image_shape)
+    torch.manual_seed(0)
+    model = build_method(cfg, shape)
+    optimizers = Optimizers(
+        model, model.optimizer_specs(cfg.optim.lr, cfg.optim.grad_clip), cfg.optim.weight_decay, capturable=True
+    )
+    generator = torch.Generator().manual_seed(1)
+
+    def step_at(step: int) -> Trace:
+        x = torch.rand(4, *shape).round() if preset == "mnist" else torch.randn(4, *shape)
+        optimizers.scale_lr(1.0 - step / 1000)  # outside the step: a graph reads the rate from the device
+
+        def run() -> None:
+            out = model(x, step, generator=generator)
+            optimizers.zero_grad()
+            out.loss.backward()
+            optimizers.launch()
+
+        return trace_step(run, model)
+
+    step_at(0)  # first step: schedule buffers and optimizer state are created
+    return step_at(1), step_at(600)
+
+
+def _graph_safe(first: Trace, second: Trace) -> bool:
+    return not first.host_reads and first.first_difference(second) is None
+
+
+@pytest.mark.parametrize("method", [name for name, spec in METHODS.items() if spec.cuda_graph])
+def test_steps_of_graph_safe_methods_are_the_same_operations_at_every_step(method):
+    first, second = _traces(method)
+    assert not first.host_reads, first.host_reads
+    assert first.first_difference(second) is None, first.first_difference(second)
+    assert len(first.ops) > 100  # the whole step was traced
+
+
+@pytest.mark.parametrize("method", [name for name, spec in METHODS.items() if not spec.cuda_graph])
+def test_methods_not_marked_graph_safe_are_not(method):
+    assert not _graph_safe(*_traces(method))  # the mark is not missing by oversight
+
+
+@pytest.mark.parametrize(
+    "preset, overrides",
+    [("mnist", ("daps.resample=2",)), ("mnist", ("daps.resample=2", "daps.resample_scheme=multinomial")),
+     ("cifar10", ("decoder.hidden=8,8",)), ("lafan1-h1", ())],
+)
+def test_daps_steps_are_graph_safe_at_other_presets_and_with_resampling(preset, overrides):
+    assert _graph_safe(*_traces("daps", preset, overrides))
+
+
+def test_a_schedule_passed_as_a_python_number_is_caught(monkeypatch):
+    """Negative control: beta made with torch.tensor(value) at each step, as the step did before, would be frozen
+    in a graph at the recorded step's value; the traces differ."""
+    from daps.methods.daps import DAPS
+
+    monkeypatch.setattr(DAPS, "scheduled", lambda self, name, step, device: torch.tensor(self.beta(step)))
+    first, second = _traces("daps")
+    assert "lift_fresh" in (first.first_difference(second) or "")
+
+
+def test_a_host_read_is_caught(monkeypatch):
+    """Negative control: a step that reads a device value on the host (here the ESS, as a logging shortcut might)."""
+    import daps.functional as DF
+
+    real = DF.effective_sample_size
+    monkeypatch.setattr(DF, "effective_sample_size", lambda w: real(w) * (1.0 if float(w.detach().sum()) > 0 else 0.0))
+    first, _ = _traces("daps")
+    assert first.host_reads == ["aten._local_scalar_dense.default"]
+
+
+def test_scheduled_values_follow_the_step_and_a_recording_leaves_them():
+    cfg = parse_overrides(get_preset("mnist", "daps"), SMALL)
+    model = build_method(cfg, (1, 28, 28))
+    beta = model.scheduled("beta", 0, torch.device("cpu"))
+    assert beta.item() == pytest.approx(model.beta(0))
+    assert model.scheduled("beta", 900, torch.device("cpu")) is beta  # one buffer, refilled
+    assert beta.item() == pytest.approx(model.beta(900)) and model.beta(900) < model.beta(0)
+    model.capturing = True
+    model.scheduled("beta", 0, torch.device("cpu"))
+    assert beta.item() == pytest.approx(model.beta(900))  # as fill_schedules left it
+    model.capturing = False
+    model.fill_schedules(300)
+    assert beta.item() == pytest.approx(model.beta(300))
+
+
+def test_capturable_optimizers_step_as_the_plain_batched_ones():
+    """Learning rate and step counts on the device change nothing in the numbers (a cosine-scaled rate, clipping
+    on, 3 steps), and a checkpoint moves between the two."""
+    cfg = parse_overrides(get_preset("mnist", "daps"), SMALL)
+    models = []
+    for capturable in (False, True):
+        torch.manual_seed(0)
+        model = build_method(cfg, (1, 28, 28))
+        opts = Optimizers(model, model.optimizer_specs(1e-2, 0.01), 1e-4, capturable=capturable)
+        for step in range(3):
+            opts.scale_lr(1.0 - 0.3 * step)
+            out = model(torch.rand(4, 1, 28, 28, generator=torch.Generator().manual_seed(step)).round(), step,
+                        generator=torch.Generator().manual_seed(10 + step))
+            opts.zero_grad()
+            out.loss.backward()
+            opts.step()
+        models.append((model, opts))
+    for a, b in zip(models[0][0].parameters(), models[1][0].parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+    plain, capturable = models[0][1], models[1][1]
+    capturable.load_state_dict(plain.state_dict())
+    lr = capturable.optimizers["vae"].param_groups[0]["lr"]
+    assert isinstance(lr, torch.Tensor) and lr.item() == pytest.approx(plain.optimizers["vae"].param_groups[0]["lr"])
+    plain.load_state_dict(capturable.state_dict())
+    assert isinstance(plain.optimizers["vae"].param_groups[0]["lr"], float)
+
+
+def test_cuda_graph_is_refused_with_compile():
+    with pytest.raises(UserError, match="exclude each other"):
+        parse_overrides(get_preset("mnist"), ["train.cuda_graph=true", "train.compile=true"])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_cuda_graph_run_on_the_cpu_exits_2_and_writes_nothing(tmp_path, capsys):
+    from daps.cli import main
+
+    out = tmp_path / "run"
+    code = main(["train", "--preset", "mnist", "--device", "cpu", f"train.out_dir={out}", "train.cuda_graph=true"])
+    assert code == 2
+    assert "train.cuda_graph needs a CUDA device" in capsys.readouterr().err
+    assert not out.exists()
