@@ -8,6 +8,7 @@ Paper: "Discrete Variational Autoencoding via Policy Search" (ICLR 2026), equati
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -546,12 +547,20 @@ def _fsq_levels(
         raise ValueError(f"FSQ levels must be one or more integers >= 2, got {tuple(levels)}")
     if per_dim and (x.dim() == 0 or x.shape[-1] != len(levels)):
         raise ValueError(f"the input's last dim must be len(levels) = {len(levels)}, got shape {tuple(x.shape)}")
-    return torch.tensor([int(level) for level in levels], dtype=dtype or x.dtype, device=x.device)
+    return _constant(tuple(int(level) for level in levels), dtype or x.dtype, x.device)
 
 
 def _fsq_basis(levels: tuple[int, ...], device: torch.device) -> torch.Tensor:
     """Big-endian mixed-radix place values ``(d,)`` int64: ``basis_i = prod_{j > i} L_j``."""
-    return torch.tensor([math.prod(levels[i + 1 :]) for i in range(len(levels))], dtype=torch.long, device=device)
+    return _constant(tuple(math.prod(levels[i + 1 :]) for i in range(len(levels))), torch.long, device)
+
+
+@functools.lru_cache(maxsize=64)
+def _constant(values: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A small constant tensor, made once per device: made at every call, it would be a copy from host memory in
+    every training step, which a CUDA graph of the step cannot hold (:mod:`daps.graphed`). Read-only."""
+    with torch.inference_mode(False):  # a normal tensor even if first made under inference mode
+        return torch.tensor(values, dtype=dtype, device=device)
 
 
 def fsq_bound(z: torch.Tensor, levels: tuple[int, ...], eps: float = 1e-3) -> torch.Tensor:

@@ -10,11 +10,14 @@ A replay repeats exactly the recorded kernels with their recorded arguments, so 
 - nothing in it reads a device value on the host (``.item()``, ``float(t)``, ``if t:``; a data-dependent shape);
 - nothing that changes between steps enters as a Python number or a tensor made from one: schedules (DAPS's
   beta) live in 0-d device buffers, :meth:`daps.methods.Method.scheduled`, which the replay refills first;
+- no tensor is made from Python data inside the step (``torch.tensor([...], device=...)`` copies from host
+  memory, which a recording refuses): constants are made once (``daps.functional._constant``);
 - the optimizer keeps its learning rate and step counts on the device (``Optimizers(..., capturable=True)``).
 
 :func:`trace_step` records every operation a step dispatches with its non-tensor arguments and the shapes of its
 tensors; two traces at different steps, inputs and random states are equal exactly when the step obeys the rules
-above (``tests/test_graphed.py`` checks every method that declares itself graph-safe, on the CPU). Random draws
+above and makes no tensor from Python data (``tests/test_graphed.py`` checks every method that declares itself
+graph-safe, on the CPU). Random draws
 from the run's generator are fine: the generator is registered with the graph, which advances its state at
 every replay as the eager kernels would.
 """
@@ -57,6 +60,7 @@ class StepTrace(TorchDispatchMode):
         super().__init__()
         self.ops: list[tuple] = []
         self.host_reads: list[str] = []
+        self.host_copies: list[str] = []
         self._ignore = {id(t) for t in ignore}
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
@@ -67,6 +71,8 @@ class StepTrace(TorchDispatchMode):
             return out
         if name in HOST_READS:
             self.host_reads.append(str(func))
+        if name in ("lift_fresh", "lift_fresh_copy"):  # torch.tensor(data): on a GPU, a copy from host memory
+            self.host_copies.append(str(args[0].flatten().tolist())[:80])
         described = [_describe(a) for a in args]
         if name in ("lift_fresh", "lift_fresh_copy"):
             described.append(("value", tuple(args[0].flatten().tolist())))
@@ -80,6 +86,7 @@ class Trace:
 
     ops: list[tuple]
     host_reads: list[str]
+    host_copies: list[str]  # the data of each tensor made from Python data (torch.tensor): a host-to-device copy
 
     def first_difference(self, other: Trace) -> str | None:
         """Where two traces part (None if equal): the first differing operation of each."""
@@ -95,7 +102,7 @@ def trace_step(step_fn: Callable[[], Any], model: Method) -> Trace:
     """Run ``step_fn()`` (one whole training step) recording what it dispatches; see :class:`StepTrace`."""
     with StepTrace(list(model.schedule_buffers())) as mode:
         step_fn()
-    return Trace(mode.ops, mode.host_reads)
+    return Trace(mode.ops, mode.host_reads, mode.host_copies)
 
 
 class GraphedStep:

@@ -49,13 +49,14 @@ def _traces(method: str, preset: str = "mnist", overrides: tuple[str, ...] = ())
 
 
 def _graph_safe(first: Trace, second: Trace) -> bool:
-    return not first.host_reads and first.first_difference(second) is None
+    return not first.host_reads and not first.host_copies and first.first_difference(second) is None
 
 
 @pytest.mark.parametrize("method", [name for name, spec in METHODS.items() if spec.cuda_graph])
 def test_steps_of_graph_safe_methods_are_the_same_operations_at_every_step(method):
     first, second = _traces(method)
     assert not first.host_reads, first.host_reads
+    assert not first.host_copies, first.host_copies
     assert first.first_difference(second) is None, first.first_difference(second)
     assert len(first.ops) > 100  # the whole step was traced
 
@@ -92,6 +93,15 @@ def test_a_host_read_is_caught(monkeypatch):
     monkeypatch.setattr(DF, "effective_sample_size", lambda w: real(w) * (1.0 if float(w.detach().sum()) > 0 else 0.0))
     first, _ = _traces("daps")
     assert first.host_reads == ["aten._local_scalar_dense.default"]
+
+
+def test_a_tensor_made_from_python_data_in_the_step_is_caught(monkeypatch):
+    """Negative control: FSQ's level constants made at every call (as before), a host-to-device copy per step."""
+    import daps.functional as DF
+
+    monkeypatch.setattr(DF, "_constant", DF._constant.__wrapped__)
+    first, second = _traces("fsq")
+    assert first.host_copies and first.first_difference(second) is None  # the same ops: only the copies tell
 
 
 def test_scheduled_values_follow_the_step_and_a_recording_leaves_them():

@@ -363,7 +363,7 @@ def test_skipped_updates_stop_the_run_and_keep_the_last_good_checkpoint(
 ):
     from daps.optim import Optimizers
 
-    real_step, calls = Optimizers.step, []
+    real_step, calls = Optimizers.launch, []  # the device part of the step, which train() calls
 
     def poisoned_step(self):
         calls.append(1)
@@ -374,7 +374,7 @@ def test_skipped_updates_stop_the_run_and_keep_the_last_good_checkpoint(
                         p.grad.fill_(float("nan"))
         return real_step(self)
 
-    monkeypatch.setattr(Optimizers, "step", poisoned_step)
+    monkeypatch.setattr(Optimizers, "launch", poisoned_step)
     run = tmp_path / "run"
     argv = ["train", *tiny_overrides, "train.steps=12", "train.max_skipped_steps=4", f"train.out_dir={run}"]
     assert main(argv) == 3
