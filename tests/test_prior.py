@@ -298,6 +298,12 @@ def test_bad_inputs_give_one_line_and_exit_2(trained_run, vq_run, exported, tmp_
     assert "--video is for motion tokenizers" in _error(capsys, ["prior", "sample", str(prior), "--out",
                                                                  str(tmp_path / "x.png"), "--video",
                                                                  str(tmp_path / "x.mp4")])
+    for flag, value, message in (("--temperature", "nan", "--temperature must be a positive number"),
+                                 ("--temperature", "inf", "--temperature must be a positive number"),
+                                 ("--temperature", "0", "--temperature must be a positive number"),
+                                 ("--cfg", "nan", "--cfg must be a finite number")):
+        assert message in _error(capsys, ["prior", "sample", str(prior), flag, value, "--out", str(tmp_path / "x.png")])
+    assert "--cfg must be a finite number" in _error(capsys, ["prior", "eval", str(prior), "--cfg", "inf"])
     assert "deterministically" in _error(capsys, ["export-codes", str(vq_run), "--samples-per-input", "3",
                                                   "--out", str(tmp_path / "v.safetensors")])
     not_codes = tmp_path / "notes.safetensors"

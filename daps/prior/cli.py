@@ -102,6 +102,15 @@ def check_output_file(path: str, suffix: str, overwrite: bool) -> Path:
     return out
 
 
+def check_sampling(guidance: float, temperature: float, guidance_flag: str = "--cfg") -> None:
+    """The sampling settings of a prior command: a finite guidance scale and a positive, finite temperature
+    (``nan`` passes ``<= 0`` checks and would sample NaN logits); else UserError naming the flag."""
+    if not math.isfinite(guidance):
+        raise UserError(f"{guidance_flag} must be a finite number, got {guidance}")
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise UserError(f"--temperature must be a positive number, got {temperature}")
+
+
 def export_codes_command(args: argparse.Namespace) -> int:
     from daps.codes import export_codes, save_codes
 
@@ -178,8 +187,9 @@ def _sample(args: argparse.Namespace) -> int:
     if args.codes_out:
         check_output_file(args.codes_out, ".safetensors", args.overwrite)
     video = check_output_file(args.video, ".mp4", args.overwrite) if args.video else None
-    if args.n < 1 or args.temperature <= 0:
-        raise UserError("--n must be at least 1 and --temperature positive")
+    if args.n < 1:
+        raise UserError("--n must be at least 1")
+    check_sampling(args.cfg, args.temperature)
     device = _device(args.device)
     model, cfg, meta = load_prior(args.prior_dir, device)
     names = list(meta["class_names"])
@@ -222,6 +232,7 @@ def _eval(args: argparse.Namespace) -> int:
 
     if args.n < 2:
         raise UserError("--n must be at least 2")
+    check_sampling(args.cfg, 1.0)
     device = _device(args.device)
     model, cfg, meta = load_prior(args.prior_dir, device)
     codes_file = meta.get("file") or cfg.codes

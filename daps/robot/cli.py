@@ -6,14 +6,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import sys
 from pathlib import Path
 
 import torch
 
 from daps.errors import UserError
-from daps.prior.cli import check_output_file
+from daps.prior.cli import check_output_file, check_sampling
 
 log = logging.getLogger("daps")
 
@@ -98,13 +97,6 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_sampling(guidance: float, temperature: float) -> None:
-    if not math.isfinite(guidance):
-        raise UserError(f"--guidance must be a finite number, got {guidance}")
-    if not (math.isfinite(temperature) and temperature > 0):
-        raise UserError(f"--temperature must be a positive number, got {temperature}")
-
-
 def _plan(args: argparse.Namespace) -> int:
     from daps.motion.h1 import load_h1
     from daps.motion.render import render_motion, render_side_by_side
@@ -119,7 +111,7 @@ def _plan(args: argparse.Namespace) -> int:
     json_out = check_output_file(args.json, ".json", args.overwrite) if args.json else None
     if args.size < 16:
         raise UserError("--size must be at least 16")
-    _check_sampling(args.guidance, args.temperature)
+    check_sampling(args.guidance, args.temperature, "--guidance")
     if args.velocity_schedule and args.velocity != "0,0,0":
         raise UserError("give --velocity or --velocity-schedule, not both")
     motion = args.motion if args.motion else motion_from_prompt(args.prompt)
@@ -169,7 +161,7 @@ def _eval(args: argparse.Namespace) -> int:
     motions = [m.strip() for m in args.motions.split(",") if m.strip()]
     if not motions:
         raise UserError(f"--motions {args.motions!r} names no kind of motion")
-    _check_sampling(args.guidance, 1.0)
+    check_sampling(args.guidance, 1.0, "--guidance")
     result = evaluate(
         args.policy_dir, motions, rollouts=args.rollouts, windows=args.windows,
         physics_rollouts=args.physics_rollouts, seed=args.seed, guidance=args.guidance, blend=args.blend,
