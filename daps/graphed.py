@@ -130,17 +130,9 @@ class GraphedStep:
         self.model, self.optimizers, self.generator = model, optimizers, generator
         self.autocast, self.warmup = autocast, warmup
         self.calls = 0
-        self.graph: torch.cuda.CUDAGraph | None = None
+        self.graph: Any = None  # the recording (a torch.cuda.CUDAGraph)
         self._x: torch.Tensor | None = None
         self._outputs: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]] | None = None
-        self._side = torch.cuda.Stream(device=generator.device)
-
-    def _step(self, step: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        assert self._x is not None
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast, cache_enabled=False):
-            out = self.model(self._x, step, generator=self.generator)
-        out.loss.backward()
-        return out.logs, self.optimizers.launch()
 
     def __call__(self, x: torch.Tensor, step: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         if self._x is None:
@@ -151,24 +143,50 @@ class GraphedStep:
         self.model.fill_schedules(step)
         self.calls += 1
         if self.graph is None and self.calls <= self.warmup:
-            current = torch.cuda.current_stream()
-            self._side.wait_stream(current)
-            with torch.cuda.stream(self._side):
-                self.optimizers.zero_grad()
-                outputs = self._step(step)
-            current.wait_stream(self._side)
-            return outputs
+            return self._eager(step)
+        ran = False
         if self.graph is None:
             self.optimizers.zero_grad()  # the backward inside the graph allocates the gradients: static from now on
-            self.graph = torch.cuda.CUDAGraph()
-            self.graph.register_generator_state(self.generator)
             self.model.capturing = True  # the schedule buffers keep what fill_schedules wrote
             try:
-                # thread_local: CUDA calls of other threads (a data loader's pinning) do not break the recording
-                with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
-                    self._outputs = self._step(step)
+                ran = self._record(step)
             finally:
                 self.model.capturing = False
-        self.graph.replay()  # recording ran nothing: the first replay is this step
+        if not ran:
+            self._replay()
         assert self._outputs is not None
         return self._outputs
+
+    def _step(self, step: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """The step itself: forward (under autocast, its weight cache off, as graphs need), backward, updates."""
+        assert self._x is not None
+        with torch.autocast(self._x.device.type, dtype=torch.bfloat16, enabled=self.autocast, cache_enabled=False):
+            out = self.model(self._x, step, generator=self.generator)
+        out.loss.backward()
+        return out.logs, self.optimizers.launch()
+
+    # The three things a CUDA graph does; tests/test_graphed.py replaces them with a recording of the dispatched
+    # operations that runs on the CPU, to check everything above.
+
+    def _eager(self, step: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """A warm-up step, on a side stream (as recording needs: the libraries' workspaces are made there)."""
+        current, side = torch.cuda.current_stream(), torch.cuda.Stream(device=self.generator.device)
+        side.wait_stream(current)
+        with torch.cuda.stream(side):
+            self.optimizers.zero_grad()
+            outputs = self._step(step)
+        current.wait_stream(side)
+        return outputs
+
+    def _record(self, step: int) -> bool:
+        """Record the step into ``self.graph`` and ``self._outputs``; returns whether recording also ran it (a CUDA
+        recording runs nothing)."""
+        self.graph = torch.cuda.CUDAGraph()
+        self.graph.register_generator_state(self.generator)
+        # thread_local: CUDA calls of other threads (a data loader's pinning) do not break the recording
+        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
+            self._outputs = self._step(step)
+        return False
+
+    def _replay(self) -> None:
+        self.graph.replay()
