@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     gpu_tests = [py, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "gpu", "tests/test_gpu.py"]
     graphs_work = False
     if not args.smoke:
-        graphs_work = check.run("graph-tests", [*gpu_tests, "-k", "graph"], 120, keep=keep_for_mnist)["status"] == "ok"
+        graphs_work = check.run("graph-tests", [*gpu_tests, "-k", "graph"], 150, keep=keep_for_mnist)["status"] == "ok"
         check.run("gpu-tests", [*gpu_tests, "-k", "not graph"], 100, keep=keep_for_mnist)
 
     name = "optimizer-step"
