@@ -1,8 +1,8 @@
 """The whole training step as one CUDA graph (``train.cuda_graph``), and the check that a step can be one.
 
 On a GPU the small models of the paper's presets are bound by kernel launches and Python, not arithmetic: the
-MNIST DAPS step dispatches ~1,500 kernels for a few milliseconds of work (BENCHMARKS.md, "GPU check").
-:class:`GraphedStep` records forward, backward, clipping and both AdamW updates once with
+MNIST DAPS step launched ~1,500 kernels (~640 since the optimizer step is batched) for a few milliseconds of work
+(BENCHMARKS.md, "GPU check"). :class:`GraphedStep` records forward, backward, clipping and both AdamW updates once with
 ``torch.cuda.CUDAGraph`` and then replays them: one launch per step, no Python in between.
 
 A replay repeats exactly the recorded kernels with their recorded arguments, so a step can be graphed only if:
@@ -15,15 +15,17 @@ A replay repeats exactly the recorded kernels with their recorded arguments, so 
 - the optimizer keeps its learning rate and step counts on the device (``Optimizers(..., capturable=True)``).
 
 :func:`trace_step` records every operation a step dispatches with its non-tensor arguments and the shapes of its
-tensors; two traces at different steps, inputs and random states are equal exactly when the step obeys the rules
-above and makes no tensor from Python data (``tests/test_graphed.py`` checks every method that declares itself
-graph-safe, on the CPU). Random draws
-from the run's generator are fine: the generator is registered with the graph, which advances its state at
-every replay as the eager kernels would.
+tensors. Two traces at different steps, inputs and random states are equal, with no host read and no tensor made
+from Python data, when the step obeys these rules; ``tests/test_graphed.py`` checks it, on the CPU, of every method
+that declares itself graph-safe (``MethodSpec.cuda_graph``), and replays an emulated recording against the eager
+step. Random draws from the run's generator are fine: the generator is registered with the graph, which advances
+its state at every replay as the eager kernels would.
 """
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +35,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from daps.methods.types import Method
 from daps.optim import Optimizers
+
+log = logging.getLogger("daps")
 
 HOST_READS = {"_local_scalar_dense", "nonzero", "masked_select", "unique", "_unique2", "unique_consecutive"}
 """Operations that read device memory on the host or give a shape that depends on values: never in a graph."""
@@ -148,10 +152,13 @@ class GraphedStep:
         if self.graph is None:
             self.optimizers.zero_grad()  # the backward inside the graph allocates the gradients: static from now on
             self.model.capturing = True  # the schedule buffers keep what fill_schedules wrote
+            start = time.perf_counter()
             try:
                 ran = self._record(step)
             finally:
                 self.model.capturing = False
+            log.info("step %d: the training step is recorded as one graph (%.1f s); replaying it from here",
+                     step + 1, time.perf_counter() - start)
         if not ran:
             self._replay()
         assert self._outputs is not None

@@ -206,13 +206,17 @@ def _yaw_rate(psi: np.ndarray, fps: float) -> np.ndarray:
 # Features -> poses
 
 
-def features_to_poses(features: np.ndarray, start_xy: np.ndarray, start_heading: np.ndarray, fps: float) -> np.ndarray:
+def features_to_poses(
+    features: np.ndarray, start_xy: np.ndarray, start_heading: np.ndarray, fps: float, drop_twist: bool = False
+) -> np.ndarray:
     """Poses ``(..., T, 26)`` from features ``(..., T, NUM_FEATURES)``, given the first frame's planar position
     ``start_xy (..., 2)`` (m) and heading ``start_heading (...)`` (rad), e.g. from :func:`root_anchor`.
 
     Heading and planar position are integrated from frame 1 on (frame 0's velocities are not read); height, tilt
     and joint angles are read per frame. Any ``(..., T, F)`` array works, e.g. a decoder's output: the tilt goes
-    through Gram-Schmidt, so it always yields a rotation.
+    through Gram-Schmidt, so it always yields a rotation. A tilt made from data has no twist about the vertical
+    (the heading took it); a decoded one may, and it then adds to the heading. ``drop_twist`` removes it
+    (``benchmarks/heading_twist.py`` measures what it changes).
     """
     x = np.asarray(features, dtype=np.float64)
     lay = FEATURE_LAYOUT
@@ -225,6 +229,8 @@ def features_to_poses(features: np.ndarray, start_xy: np.ndarray, start_heading:
     moves[..., 0, :] = 0.0
     xy = np.asarray(start_xy, dtype=np.float64)[..., None, :] + np.cumsum(moves, axis=-2)  # (..., T, 2)
     tilt = mat_to_quat(rot6d_to_mat(x[..., lay["root_tilt"]]))  # (..., T, 4)
+    if drop_twist:  # tilt = yaw(twist) * swing: keep the swing
+        tilt = quat_mul(yaw_quat(-heading(tilt)), tilt)
     quat = quat_mul(yaw_quat(psi), tilt)  # (..., T, 4)
     quat = np.where(quat[..., :1] < 0, -quat, quat)
     return np.concatenate([xy, x[..., lay["root_height"]], quat, x[..., lay["joint_angles"]]], axis=-1)
