@@ -213,6 +213,25 @@ def test_features_to_poses_round_trip_on_whole_clips(h1, motion, clip):
     assert np.abs(F.features_to_poses(broken, xy, psi, FPS)[:, :2] - poses[:, :2]).max() > 1.0
 
 
+def test_drop_twist_leaves_data_alone_and_removes_a_decoded_twist(h1, motion):
+    """A tilt made from data has no twist about the vertical: dropping it changes nothing. A tilt twisted by 10
+    degrees (as a decoder might give) shifts the poses' heading by 10 degrees, unless the twist is dropped."""
+    from daps.motion.rotations import heading, mat_to_quat, quat_mul, quat_to_mat, rot6d_to_mat, wrap_angle, yaw_quat
+
+    poses = motion.poses[WALK][:200]
+    feats = F.poses_to_features(h1, poses, FPS)
+    xy, psi = F.root_anchor(poses)
+    kept, dropped = (F.features_to_poses(feats, xy, psi, FPS, drop_twist=d) for d in (False, True))
+    assert np.abs(kept - dropped).max() < 1e-9
+    twisted = feats.copy()
+    tilt = mat_to_quat(rot6d_to_mat(feats[:, F.FEATURE_LAYOUT["root_tilt"]]))
+    matrix = quat_to_mat(quat_mul(yaw_quat(np.full(len(tilt), np.radians(10.0))), tilt))
+    twisted[:, F.FEATURE_LAYOUT["root_tilt"]] = np.concatenate([matrix[..., 0], matrix[..., 1]], axis=-1)
+    shift = [np.degrees(wrap_angle(heading(F.features_to_poses(twisted, xy, psi, FPS, drop_twist=d)[:, 3:7])
+                             - heading(poses[:, 3:7]))) for d in (False, True)]
+    assert np.allclose(shift[0], 10.0, atol=1e-6) and np.abs(shift[1]).max() < 1e-6
+
+
 def test_cached_windows_turn_back_into_their_poses(motion):
     """float32 standardized windows -> poses through MotionData.to_poses: max error < 1e-4."""
     idx = torch.arange(0, len(motion.val), 97)
