@@ -86,6 +86,27 @@ def test_window_velocity_known_answers():
     assert window_velocity(poses, fps) == pytest.approx([0.0, 0.0, 0.5], abs=1e-9)
 
 
+def test_ground_truth_segments_start_anywhere_in_a_clip_even_at_its_last_frames():
+    """Segments of F frames of a clip of F + 1 frames start at 0 or 1, both drawn; a clip of exactly F frames is
+    one segment (it was refused as too short, and the last start was never drawn)."""
+    from types import SimpleNamespace
+
+    from daps.data.motion import MOTION_TYPES
+    from daps.robot.evaluate import ground_truth_segments
+
+    frames, walk = 6, MOTION_TYPES.index("walk")
+    poses = {"walk1_subject1": np.arange(frames + 1, dtype=float)[:, None].repeat(26, 1)}
+    motion = SimpleNamespace(poses=poses, features={k: v[:, :3] for k, v in poses.items()}, fps=30.0)
+    segments, _ = ground_truth_segments(motion, walk, frames, 200, seed=0)
+    assert set(segments[:, 0, 0]) == {0.0, 1.0}
+    exact = SimpleNamespace(poses={k: v[:frames] for k, v in poses.items()},
+                            features={k: v[:frames, :3] for k, v in poses.items()}, fps=30.0)
+    segments, _ = ground_truth_segments(exact, walk, frames, 3, seed=0)
+    assert segments.shape == (3, frames, 26) and np.all(segments[:, 0, 0] == 0.0)
+    with pytest.raises(UserError, match="has 7 frames"):
+        ground_truth_segments(exact, walk, frames + 1, 1, seed=0)
+
+
 def test_support_hull_and_distance():
     square = _hull(np.array([[0, 0], [1, 0], [1, 1], [0, 1], [0.5, 0.5]], dtype=float))
     assert len(square) == 4

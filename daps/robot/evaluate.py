@@ -48,15 +48,15 @@ def ground_truth_segments(motion: Any, kind: int, frames: int, count: int, seed:
     from daps.motion.lafan import split_clips
 
     train, _ = split_clips(sorted(motion.poses))
-    clips = [c for c in train if motion_type(c) == kind and len(motion.poses[c]) > frames]
+    clips = [c for c in train if motion_type(c) == kind and len(motion.poses[c]) >= frames]
     if not clips:
-        raise UserError(f"no training clip of kind {MOTION_TYPES[kind]!r} is longer than {frames} frames "
+        raise UserError(f"no training clip of kind {MOTION_TYPES[kind]!r} has {frames} frames "
                         f"({frames / motion.fps:.1f} s); ask for fewer seconds or windows")
     rng = np.random.default_rng(seed)
     poses, feats = [], []
     for _ in range(count):
         clip = clips[rng.integers(len(clips))]
-        start = rng.integers(len(motion.poses[clip]) - frames)
+        start = rng.integers(len(motion.poses[clip]) - frames + 1)  # every start, the last possible one too
         poses.append(motion.poses[clip][start : start + frames])
         feats.append(motion.features[clip][start : start + frames])
     return np.stack(poses), np.stack(feats).astype(np.float64)
