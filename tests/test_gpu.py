@@ -89,44 +89,20 @@ def test_batched_optimizer_step_on_cuda_follows_the_per_parameter_step():
 @pytest.mark.parametrize("method", ["daps", "vqvae", "gumbel", "ppo", "fsq"])
 def test_graphed_step_trains_as_the_eager_step(method):
     """``train.cuda_graph``: the whole step recorded once and replayed gives the eager step's parameters and logs
-    (same seeds; 8 steps: 3 eager warm-up steps on a side stream, the recording, replays), with beta and a cosine
-    learning rate moving at every step, so a value frozen at the recording would show."""
-    from daps.functional import cosine_schedule
-    from daps.graphed import GraphedStep
-    from daps.methods import build_method
-    from daps.optim import Optimizers
+    (same seeds; 8 steps: 3 eager warm-up steps on a side stream, the recording, replays), with beta and the
+    learning rate moving at every step, so a value frozen at the recording would show. (On the CPU the same test
+    runs with an emulated graph, ``tests/test_graphed.py``.)"""
+    from graph_steps import train_steps
 
-    cfg = parse_overrides(
-        get_preset("mnist", method),
-        ["encoder.width=32", "encoder.num_heads=2", "encoder.vocab_size=16", "train.steps=8"],
-    )
-    runs = []
-    for graphed in (False, True):
-        torch.manual_seed(0)
-        model = build_method(cfg, (1, 28, 28)).cuda()
-        # capturable in both: a rate held as a tensor rounds unlike a float, which is not what is tested here
-        opts = Optimizers(model, model.optimizer_specs(1e-3, cfg.optim.grad_clip), 1e-4, capturable=True)
-        generator = torch.Generator("cuda").manual_seed(1)
-        data = torch.Generator("cuda").manual_seed(2)
-        step_fn = GraphedStep(model, opts, generator) if graphed else None
-        logs_per_step = []
-        for step in range(8):
-            x = (torch.rand(32, 1, 28, 28, generator=data, device="cuda") > 0.7).float()
-            opts.scale_lr(cosine_schedule(step, 1.0, 0.1, 8))
-            if step_fn is not None:
-                logs, norms = step_fn(x, step)
-            else:
-                out = model(x, step, generator=generator)
-                opts.zero_grad()
-                out.loss.backward()
-                logs, norms = out.logs, opts.launch()
-            opts.finish(norms)
-            logs_per_step.append({k: float(v) for k, v in logs.items()})
-        runs.append((model, logs_per_step, step_fn))
-    assert runs[1][2] is not None and runs[1][2].graph is not None  # the last steps were replays
-    for p, q in zip(runs[0][0].parameters(), runs[1][0].parameters()):
+    from daps.graphed import GraphedStep
+
+    wider = ("encoder.width=32", "encoder.num_tokens=16")
+    eager_model, eager_logs, _ = train_steps(method, None, "cuda", steps=8, batch=32, overrides=wider)
+    model, logs, step_fn = train_steps(method, GraphedStep, "cuda", steps=8, batch=32, overrides=wider)
+    assert step_fn is not None and step_fn.graph is not None  # the last steps were replays
+    for p, q in zip(eager_model.parameters(), model.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
-    for eager, replayed in zip(runs[0][1][-3:], runs[1][1][-3:]):
+    for eager, replayed in zip(eager_logs, logs):
         assert eager.keys() == replayed.keys()
         for key in eager:
             assert replayed[key] == pytest.approx(eager[key], rel=1e-3, abs=1e-4), key

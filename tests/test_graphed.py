@@ -9,19 +9,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
+from graph_steps import SMALL, EmulatedGraphedStep, train_steps
 
 from daps import get_preset, parse_overrides
 from daps.errors import UserError
-from daps.graphed import GraphedStep, Trace, trace_step
+from daps.graphed import Trace, trace_step
 from daps.methods import METHODS, build_method
 from daps.optim import Optimizers
-
-SMALL = [
-    "encoder.width=16", "encoder.num_heads=2", "encoder.vocab_size=16", "encoder.num_tokens=4", "train.batch_size=4",
-    "train.steps=1000",
-]
 
 
 def _traces(method: str, preset: str = "mnist", overrides: tuple[str, ...] = ()) -> tuple[Trace, Trace]:
@@ -166,87 +160,13 @@ def test_cuda_graph_run_on_the_cpu_exits_2_and_writes_nothing(tmp_path, capsys):
     assert not out.exists()
 
 
-# -- GraphedStep itself, on the CPU: a recording of the dispatched operations stands in for the CUDA graph ---------
-
-
-class _Recorder(TorchDispatchMode):
-    """Records every operation dispatched inside it with its arguments and results (kept alive, so no memory is
-    reused: every tensor keeps its address, as in a CUDA graph's pool)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.calls: list[tuple] = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        out = func(*args, **kwargs)
-        self.calls.append((func, args, kwargs, out))
-        return out
-
-
-def _replay(calls: list[tuple]) -> None:
-    """Run the recorded operations again on the recorded tensors, writing each result into the tensor the
-    recording produced (as a CUDA graph's kernels write at fixed addresses); results that alias an input
-    (views, in-place operations) already see the new values. Random draws advance the generator, as a replay of
-    a graph with a registered generator does."""
-    with torch.no_grad():
-        for func, args, kwargs, out in calls:
-            result = func(*args, **kwargs)
-            tensors = [t for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
-            inputs = {t.untyped_storage().data_ptr() for t in tensors}
-            for old, new in zip(tree_leaves(out), tree_leaves(result)):
-                if isinstance(old, torch.Tensor) and old.untyped_storage().data_ptr() not in inputs:
-                    old.copy_(new)
-
-
-class EmulatedGraphedStep(GraphedStep):
-    """:class:`GraphedStep` with the CUDA graph replaced by :class:`_Recorder` and :func:`_replay` (CPU)."""
-
-    def _eager(self, step):
-        self.optimizers.zero_grad()
-        return self._step(step)
-
-    def _record(self, step):
-        with _Recorder() as recorder:
-            self._outputs = self._step(step)
-        self.graph = recorder.calls
-        return True  # the recording ran the step
-
-    def _replay(self):
-        _replay(self.graph)
-
-
-def _train_steps(method: str, graphed: bool, steps: int = 7, overrides: tuple[str, ...] = ()) -> tuple:
-    cfg = parse_overrides(get_preset("mnist", method), [*SMALL, *overrides])
-    torch.manual_seed(0)
-    model = build_method(cfg, (1, 28, 28))
-    # capturable in both: the rate as a tensor rounds differently from a float, which is not what is tested here
-    opts = Optimizers(model, model.optimizer_specs(1e-2, cfg.optim.grad_clip), 1e-4, capturable=True)
-    generator, data = torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)
-    step_fn = EmulatedGraphedStep(model, opts, generator) if graphed else None
-    logs_per_step = []
-    for step in range(steps):
-        x = (torch.rand(4, 1, 28, 28, generator=data) > 0.7).float()
-        opts.scale_lr(1.0 - step / 10)
-        if step_fn is not None:
-            logs, norms = step_fn(x, step)
-        else:
-            out = model(x, step, generator=generator)
-            opts.zero_grad()
-            out.loss.backward()
-            logs, norms = out.logs, opts.launch()
-        opts.finish(norms)
-        logs_per_step.append({k: float(v) for k, v in logs.items()})
-    return model, logs_per_step, step_fn
-
-
 @pytest.mark.parametrize("method", [name for name, spec in METHODS.items() if spec.cuda_graph])
 def test_a_recorded_step_replayed_trains_as_the_eager_step(method, single_thread):
     """Warm-up, recording and replays (emulated) give the eager run's logs at every step and its parameters after 7
     steps, while beta, the temperature and the learning rate move: nothing step-dependent is frozen in the
     recording, and what it writes (gradients, Adam state, parameters, logs) is what the next replay reads."""
-    eager_model, eager_logs, _ = _train_steps(method, graphed=False)
-    model, logs, step_fn = _train_steps(method, graphed=True)
+    eager_model, eager_logs, _ = train_steps(method, None)
+    model, logs, step_fn = train_steps(method, EmulatedGraphedStep)
     assert step_fn is not None and step_fn.graph and step_fn.calls == 7  # steps 5-7 were replays
     for step, (a, b) in enumerate(zip(eager_logs, logs)):
         assert a.keys() == b.keys()
@@ -262,8 +182,8 @@ def test_replays_of_a_recording_that_froze_a_schedule_drift_from_the_eager_step(
     from daps.methods.daps import DAPS
 
     monkeypatch.setattr(DAPS, "scheduled", lambda self, name, step, device: torch.tensor(self.beta(step)))
-    _, eager_logs, _ = _train_steps("daps", graphed=False)
-    _, logs, _ = _train_steps("daps", graphed=True)
+    _, eager_logs, _ = train_steps("daps", None)
+    _, logs, _ = train_steps("daps", EmulatedGraphedStep)
     assert logs[-1]["beta"] == pytest.approx(logs[3]["beta"]) and eager_logs[-1]["beta"] < eager_logs[3]["beta"]
 
 
