@@ -32,7 +32,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run import git_revision, machine_info, setup, synchronize  # noqa: E402
 
-from daps.config_io import parse_overrides  # noqa: E402
+from daps.config_io import applicable_overrides, check_overrides_used, parse_overrides  # noqa: E402
+from daps.errors import UserError  # noqa: E402
 from daps.optim import Optimizers  # noqa: E402
 from daps.presets import get_preset  # noqa: E402
 
@@ -61,7 +62,8 @@ class CountOps(TorchDispatchMode):
 
 
 def bench(preset: str, method: str, device: torch.device, rounds: int, repeats: int, overrides: list[str]) -> dict:
-    cfg = parse_overrides(get_preset(preset, method), overrides)
+    cfg = get_preset(preset, method)
+    cfg = parse_overrides(cfg, applicable_overrides(cfg, overrides))  # daps.* settings skip vqvae
     model, optimizers, x, generator = setup(cfg, device)
     specs = model.optimizer_specs(cfg.optim.lr, cfg.optim.grad_clip)
     variants = {
@@ -133,6 +135,11 @@ def main(argv: list[str] | None = None) -> int:
     paths = [out / f"{name}.json", out / f"{name}.md"]
     if not args.overwrite and any(path.exists() for path in paths):
         print(f"error: {paths[0]} exists; pass --overwrite or another --name", file=sys.stderr)
+        return 2
+    try:
+        check_overrides_used(args.overrides)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
         return 2
     rows = []
     for preset in args.presets.split(","):

@@ -147,3 +147,24 @@ def test_precision_and_compile_overrides_are_honoured(tmp_path, monkeypatch):
     (row,) = strict_json((out / "bf16.json").read_text())["results"]
     assert row["precision"] == "bfloat16" and row["compile"] is True and len(row["warmup_s"]) == 1
     assert "train.precision=bfloat16, train.compile=true" in (out / "bf16.md").read_text()
+
+
+def test_gpu_check_runs_every_section_in_smoke_mode(tmp_path):
+    """``benchmarks/gpu_check.py --smoke``: the one command a lent GPU runs first, here at toy sizes on the CPU, so a
+    mistake in the script is found before it costs a GPU call. Every section must end ``ok``."""
+    import os
+    import subprocess
+    import sys
+
+    data = os.environ.get("DAPS_DATA_DIR")
+    if not data or not (Path(data) / "mnist").exists():
+        pytest.skip("needs DAPS_DATA_DIR with mnist/ (its reproduction section trains on it)")
+    out = tmp_path / "check"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    proc = subprocess.run([sys.executable, str(SCRIPT.parent / "gpu_check.py"), "--out", str(out), "--budget", "400",
+                           "--smoke", "--data", data], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads((out / "report.json").read_text())
+    assert {s["name"]: s["status"] for s in report["sections"] if s["status"] != "ok"} == {}
+    assert {"env", "optimizer-step", "suite-mnist", "mnist-daps"} <= {s["name"] for s in report["sections"]}
+    assert (out / "mnist-daps-run" / "config.json").exists()
