@@ -15,8 +15,9 @@ cut short still leaves a report. The sections:
    and resumed ends where the uninterrupted one does. ``gpu-tests``: the other CUDA-only tests: the compiled
    sampler under CUDA graphs gives the eager codes and is not skipped by inductor, a compiled bf16 run trains,
    the fused optimizer step on CUDA.
-   ``graph``: ``benchmarks/run.py`` with ``train.cuda_graph=true`` for DAPS and VQ-VAE at mnist, cifar10 and
-   lafan1-h1 (the eager rows are in the suites below).
+   ``graph-<preset>``: ``benchmarks/step_variants.py --device cuda`` at mnist, cifar10 and lafan1-h1: DAPS and
+   VQ-VAE eager and with ``train.cuda_graph=true`` (and DAPS graphed under bf16), in interleaved rounds in one
+   process, with each variant's speed relative to the eager DAPS step of the same round.
 3. ``optimizer-step``: ``benchmarks/optimizer_step.py``: the batched optimizer step (fused AdamW, stacked
    unit-wise clip) against the per-parameter one at every preset, ms and kernels per step.
 4. ``suite-<preset>``: ``benchmarks/run.py`` on CUDA, every method at every preset for a few steps (fp32, eager):
@@ -226,8 +227,16 @@ def main(argv: list[str] | None = None) -> int:
         check.write()
 
     short = ["--windows", "2", "--steps-per-window", "2", "--warmup", "1"]
-    if not args.smoke:  # the whole step as one CUDA graph (recorded after 3 eager warm-up steps)
-        suite("graph", "mnist,cifar10,lafan1-h1", 120, ["--methods", "daps,vqvae", *steps, "train.cuda_graph=true"])
+    if not args.smoke:  # the whole step as one CUDA graph, against the eager step in interleaved rounds
+        for preset in ("mnist", "cifar10", "lafan1-h1"):
+            name = f"graph-{preset}"
+            variants = "eager,graphed,vqvae,vqvae-graphed" + (",graphed-bf16" if preset != "lafan1-h1" else "")
+            cmd = [py, "benchmarks/step_variants.py", "--device", "cuda", "--preset", preset, "--variants", variants,
+                   "--rounds", "3", "--steps-per-window", "10", "--warmup", "3", "--out", str(res / f"{name}.json"),
+                   "--overwrite"]
+            e = check.run(name, cmd, 70, keep=keep_for_mnist)
+            e["table"] = read_table(res / f"{name}.md")
+            check.write()
     big = "imagenet256" if not args.smoke else "mnist"  # T = 1024: DAPS and VQ-VAE first, the rest at the end
     for preset in presets:  # every method, fp32, eager
         if preset == "imagenet256":

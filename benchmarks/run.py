@@ -57,7 +57,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -283,6 +283,20 @@ def step_once(
     optimizers.step()
 
 
+def make_step(
+    cfg: Config, model: torch.nn.Module, optimizers: Optimizers, x: torch.Tensor, generator: torch.Generator,
+    steps: Iterator[int],
+) -> Callable[[], None]:
+    """One training step as ``train()`` runs it for ``cfg``, at the next step index of ``steps``: eager
+    (:func:`step_once`), or with ``train.cuda_graph`` through :class:`daps.graphed.GraphedStep` (eager for its
+    first steps, then recorded, then replayed)."""
+    precision = cfg.train.precision
+    if not cfg.train.cuda_graph:
+        return lambda: step_once(model, optimizers, x, next(steps), generator, precision)
+    graphed = GraphedStep(model, optimizers, generator, autocast=precision == "bfloat16")
+    return lambda: optimizers.finish(graphed(x, next(steps))[1])
+
+
 def time_windows(step: Callable[[], None], windows: int, steps_per_window: int, device: torch.device) -> list[float]:
     """Steps/s of each of ``windows`` windows of ``steps_per_window`` calls of ``step()``."""
     rates = []
@@ -339,17 +353,10 @@ def bench_method(
     model, optimizers, x, generator = setup(cfg, device)
     precision = cfg.train.precision
     steps = iter(range(10**9))  # the step index the schedules see
-    graphed = None
-    if cfg.train.cuda_graph:  # as train() does: eager steps, then the recording, then replays
-        graphed = GraphedStep(model, optimizers, generator, autocast=precision == "bfloat16")
-        warmup = max(warmup, graphed.warmup + 1)
-
-    def one_step() -> None:
-        if graphed is not None:
-            optimizers.finish(graphed(x, next(steps))[1])
-        else:
-            step_once(model, optimizers, x, next(steps), generator, precision)
-
+    one_step = make_step(cfg, model, optimizers, x, generator, steps)
+    graphed = cfg.train.cuda_graph
+    if graphed:  # eager steps, then the recording: all in the warm-up
+        warmup = max(warmup, GraphedStep.warmup_steps + 1)
     warmup_s = []  # each warm-up step's seconds (the first includes compilation when train.compile)
     for _ in range(warmup):
         warmup_s.append(time_call(one_step, 1, device))

@@ -1,6 +1,7 @@
-"""A training step's speed under ``train.precision`` and ``train.compile``, the variants side by side in one process.
+"""A training step's speed under ``train.precision``, ``train.compile`` and ``train.cuda_graph``, the variants side by
+side in one process.
 
-    python benchmarks/step_variants.py [--preset mnist] [--method daps] [--variants eager,bf16,compiled]
+    python benchmarks/step_variants.py [--preset mnist] [--method daps] [--variants eager,bf16,compiled] [--device cpu]
         [--rounds 3] [--steps-per-window 4] [--warmup 2] [--threads N] [--out docs/benchmarks/step-variants.json]
         [--overwrite] [key=value ...]
 
@@ -12,7 +13,9 @@ seed, inputs and overrides:
 - ``compiled``: ``train.compile=true`` (the sampler's static-shape step and the DAPS objective through
   ``torch.compile``; compiled in the warm-up, whose time is reported);
 - ``resample-4``, ``resample-2``, ``resample-1`` (``daps.resample=m``, systematic), ``resample-2-multinomial``;
-- ``vqvae``: the VQ-VAE method at the same preset (the denominator of the DAPS / VQ-VAE ratio).
+- ``vqvae``: the VQ-VAE method at the same preset (the denominator of the DAPS / VQ-VAE ratio);
+- ``graphed``, ``vqvae-graphed``, ``graphed-bf16``: ``train.cuda_graph=true`` (CUDA, ``--device cuda``): the whole
+  step recorded as one CUDA graph during the warm-up and replayed (at least 4 warm-up steps then).
 
 After ``--warmup`` steps each, the variants are timed round-robin: in each of ``--rounds`` rounds every variant
 runs one window of ``--steps-per-window`` steps, so that the machine's load hits all alike. Reports each
@@ -36,7 +39,7 @@ from pathlib import Path
 import torch
 
 # The suite's helpers (benchmarks/run.py; this script's folder is on sys.path when it runs).
-from run import git_revision, machine_info, setup, step_once, synchronize, time_windows
+from run import git_revision, machine_info, make_step, setup, synchronize, time_windows
 
 from daps import get_preset, parse_overrides
 
@@ -50,6 +53,9 @@ VARIANTS = {
     "resample-1": ["daps.resample=1"],
     "resample-2-multinomial": ["daps.resample=2", "daps.resample_scheme=multinomial"],
     "vqvae": [],  # the vqvae method at the same preset: the denominator of "DAPS / VQ-VAE"
+    "graphed": ["train.cuda_graph=true"],
+    "graphed-bf16": ["train.cuda_graph=true", "train.precision=bfloat16"],
+    "vqvae-graphed": ["train.cuda_graph=true"],
 }
 
 
@@ -71,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps-per-window", type=int, default=4)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument(
         "--out", default="", help="JSON output (default: benchmarks/results/step-variants-<preset>.json)"
     )
@@ -89,27 +96,29 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"{out} exists; pass --overwrite to replace it")
         shared = [o for o in args.overrides if not o.startswith("daps.")]
         configs = {
-            v: parse_overrides(get_preset(args.preset, "vqvae"), shared) if v == "vqvae"
+            v: parse_overrides(get_preset(args.preset, "vqvae"), [*shared, *VARIANTS[v]]) if v.startswith("vqvae")
             else parse_overrides(get_preset(args.preset, args.method), [*args.overrides, *VARIANTS[v]])
             for v in names
         }
+        device = torch.device(args.device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError("--device cuda but CUDA is not available")
+        if device.type != "cuda" and any(c.train.cuda_graph for c in configs.values()):
+            raise ValueError("the graphed variants need --device cuda")
     except ValueError as err:
         print(f"benchmarks/step_variants.py: error: {err}", file=sys.stderr)
         return 2
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device("cpu")
     command = shlex.join(["python", *(sys.argv if argv is None else ["benchmarks/step_variants.py", *argv])])
     code = git_revision()
 
     runs, warmup_s, counters = {}, {}, {}
     for v, cfg in configs.items():
         model, optimizers, x, generator = setup(cfg, device)
-        steps = iter(range(10**9))
-        runs[v] = (lambda m=model, o=optimizers, x=x, g=generator, s=steps, p=cfg.train.precision:
-                   step_once(m, o, x, next(s), g, p))
+        runs[v] = make_step(cfg, model, optimizers, x, generator, iter(range(10**9)))
         warmup_s[v] = []
-        for _ in range(args.warmup):
+        for _ in range(max(args.warmup, 4) if cfg.train.cuda_graph else args.warmup):  # graphed: 3 eager, recording
             synchronize(device)
             t0 = time.perf_counter()
             runs[v]()
@@ -166,8 +175,9 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"torch.dynamo counters at the end: {json.dumps(report['dynamo_counters_end'])}",
         (
-            f"Machine: {m['cpu']}, {m['cpus_usable']} usable of {m['cpu_count']} CPUs, {m['torch_threads']} torch "
-            f"threads, torch {m['torch']}, Python {m['python']}; code {code}; {report['created_utc']}."
+            f"Machine: {m['gpu'] or m['cpu']}, {m['cpus_usable']} usable of {m['cpu_count']} CPUs, "
+            f"{m['torch_threads']} torch threads, torch {m['torch']}, Python {m['python']}; code {code}; "
+            f"{report['created_utc']}."
         ),
         f"Command: `{command}`",
     ]

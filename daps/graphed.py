@@ -125,9 +125,12 @@ class GraphedStep:
         autocast: bf16 autocast around the forward (its weight cache off, as graphs need).
     """
 
+    warmup_steps = 3
+    """Eager steps before the recording (the default of ``warmup``)."""
+
     def __init__(
         self, model: Method, optimizers: Optimizers, generator: torch.Generator, autocast: bool = False,
-        warmup: int = 3,
+        warmup: int = warmup_steps,
     ):
         if not optimizers.capturable:
             raise ValueError("GraphedStep needs Optimizers(..., capturable=True)")
