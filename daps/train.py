@@ -222,6 +222,7 @@ def train(
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
     run_dir = Path(cfg.train.out_dir)
+    _check_cuda_graph(cfg, device, world)
     prepare_run_dir(cfg, resume, overwrite, report=False)  # refuse what cannot work before touching anything
     created = not run_dir.exists()
     lock = FolderLock(run_dir).acquire() if dist.is_main() else None
@@ -401,7 +402,6 @@ def _train(cfg: Config, resume: bool, overwrite: bool, device: torch.device, ran
     tc = cfg.train
     run_dir = Path(tc.out_dir)
     end_step = min(tc.steps, tc.stop_after) if tc.stop_after else tc.steps
-    _check_cuda_graph(cfg, device, world)
     plan = prepare_run_dir(cfg, resume, overwrite)  # again, now that no other process can change the folder
     if dist.is_main():
         for folder in (run_dir, run_dir / CKPT_DIR):  # files a killed writer left half-written
