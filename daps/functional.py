@@ -8,7 +8,6 @@ Paper: "Discrete Variational Autoencoding via Policy Search" (ICLR 2026), equati
 
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
@@ -555,12 +554,18 @@ def _fsq_basis(levels: tuple[int, ...], device: torch.device) -> torch.Tensor:
     return _constant(tuple(math.prod(levels[i + 1 :]) for i in range(len(levels))), torch.long, device)
 
 
-@functools.lru_cache(maxsize=64)
+_CONSTANTS: dict[tuple, torch.Tensor] = {}
+
+
 def _constant(values: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """A small constant tensor, made once per device: made at every call, it would be a copy from host memory in
-    every training step, which a CUDA graph of the step cannot hold (:mod:`daps.graphed`). Read-only."""
-    with torch.inference_mode(False):  # a normal tensor even if first made under inference mode
-        return torch.tensor(values, dtype=dtype, device=device)
+    every training step, which a CUDA graph of the step cannot hold (:mod:`daps.graphed`). Read-only; never
+    evicted (a recorded graph keeps reading its memory)."""
+    key = (values, dtype, torch.device(device))
+    if key not in _CONSTANTS:
+        with torch.inference_mode(False):  # a normal tensor even if first made under inference mode
+            _CONSTANTS[key] = torch.tensor(values, dtype=dtype, device=device)
+    return _CONSTANTS[key]
 
 
 def fsq_bound(z: torch.Tensor, levels: tuple[int, ...], eps: float = 1e-3) -> torch.Tensor:
@@ -636,6 +641,9 @@ def vq_nearest(z_e: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
 def empirical_perplexity(indices: torch.Tensor, vocab_size: int) -> torch.Tensor:
     """``exp(entropy)`` of the codes' empirical distribution, pooled over all positions: a float32 scalar in
     ``[1, min(indices.numel(), vocab_size)]`` (a tensor, so logging it does not synchronize)."""
-    counts = torch.bincount(indices.flatten(), minlength=vocab_size).float()  # (V,)
+    flat = indices.flatten()
+    # index_add_, not bincount: on a GPU bincount reads the indices' range on the host (no CUDA graph holds that);
+    # float32 sums of ones are exact up to 2^24
+    counts = torch.zeros(vocab_size, device=flat.device).index_add_(0, flat, torch.ones(flat.shape, device=flat.device))
     p = counts / counts.sum()
     return torch.exp(-torch.special.xlogy(p, p).sum())

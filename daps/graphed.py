@@ -38,8 +38,13 @@ from daps.optim import Optimizers
 
 log = logging.getLogger("daps")
 
-HOST_READS = {"_local_scalar_dense", "nonzero", "masked_select", "unique", "_unique2", "unique_consecutive"}
-"""Operations that read device memory on the host or give a shape that depends on values: never in a graph."""
+HOST_READS = {
+    "_local_scalar_dense", "nonzero", "masked_select", "unique", "_unique2", "unique_consecutive", "equal",
+    "is_nonzero", "bincount", "histc",
+}
+"""Operations that read device memory on the host or give a shape that depends on values: never in a graph. Some
+do it inside their CUDA kernel code, where no trace sees it (``bincount`` and ``histc`` read the input's range), so
+they are named here; ``repeat_interleave`` with tensor repeats and no ``output_size`` is caught separately."""
 
 
 def _describe(value: Any) -> Any:
@@ -73,7 +78,7 @@ class StepTrace(TorchDispatchMode):
         name = func.__name__.split(".")[0]
         if name in ("fill_", "copy_") and isinstance(args[0], torch.Tensor) and id(args[0]) in self._ignore:
             return out
-        if name in HOST_READS:
+        if name in HOST_READS or (name == "repeat_interleave" and kwargs.get("output_size") is None):
             self.host_reads.append(str(func))
         if name in ("lift_fresh", "lift_fresh_copy"):  # torch.tensor(data): on a GPU, a copy from host memory
             self.host_copies.append(str(args[0].flatten().tolist())[:80])
@@ -134,6 +139,8 @@ class GraphedStep:
     ):
         if not optimizers.capturable:
             raise ValueError("GraphedStep needs Optimizers(..., capturable=True)")
+        if warmup < 1:  # the eager steps make the schedule buffers and the optimizers' state the graph reads
+            raise ValueError(f"GraphedStep needs at least 1 eager warm-up step, got {warmup}")
         self.model, self.optimizers, self.generator = model, optimizers, generator
         self.autocast, self.warmup = autocast, warmup
         self.calls = 0
@@ -178,25 +185,31 @@ class GraphedStep:
     # The three things a CUDA graph does; tests/test_graphed.py replaces them with a recording of the dispatched
     # operations that runs on the CPU, to check everything above.
 
+    # Each on the generator's device, made current (``--device cuda:1`` in one process leaves GPU 0 current).
+
     def _eager(self, step: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """A warm-up step, on a side stream (as recording needs: the libraries' workspaces are made there)."""
-        current, side = torch.cuda.current_stream(), torch.cuda.Stream(device=self.generator.device)
-        side.wait_stream(current)
-        with torch.cuda.stream(side):
-            self.optimizers.zero_grad()
-            outputs = self._step(step)
-        current.wait_stream(side)
+        with torch.cuda.device(self.generator.device):
+            current, side = torch.cuda.current_stream(), torch.cuda.Stream()
+            side.wait_stream(current)
+            with torch.cuda.stream(side):
+                self.optimizers.zero_grad()
+                outputs = self._step(step)
+            current.wait_stream(side)
         return outputs
 
     def _record(self, step: int) -> bool:
         """Record the step into ``self.graph`` and ``self._outputs``; returns whether recording also ran it (a CUDA
         recording runs nothing)."""
-        self.graph = torch.cuda.CUDAGraph()
-        self.graph.register_generator_state(self.generator)
-        # thread_local: CUDA calls of other threads (a data loader's pinning) do not break the recording
-        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
-            self._outputs = self._step(step)
+        with torch.cuda.device(self.generator.device):
+            graph = torch.cuda.CUDAGraph()
+            graph.register_generator_state(self.generator)
+            # thread_local: CUDA calls of other threads (a data loader's pinning) do not break the recording
+            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+                self._outputs = self._step(step)
+        self.graph = graph  # only a whole recording: a failed one is not replayed
         return False
 
     def _replay(self) -> None:
-        self.graph.replay()
+        with torch.cuda.device(self.generator.device):
+            self.graph.replay()

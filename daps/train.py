@@ -85,7 +85,7 @@ RESUMABLE_CHANGES = {
     "train.fid",
     "train.fid_reference",
     "train.fid_weights",
-    "train.cuda_graph",  # how the step runs, not what it computes: a graphed run may go on eagerly (on a CPU)
+    "train.cuda_graph",  # how the step runs, not what it computes: a graphed run may go on eagerly and back
 }
 
 RUN_ARTIFACTS = ("summary.json", "reconstructions.png", "curves.png")
@@ -221,6 +221,8 @@ def train(
     if device.type == "cuda" and world > 1:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
+    elif device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)  # --device cuda:1: streams and graphs are made on the current device
     run_dir = Path(cfg.train.out_dir)
     _check_cuda_graph(cfg, device, world)
     prepare_run_dir(cfg, resume, overwrite, report=False)  # refuse what cannot work before touching anything

@@ -67,7 +67,7 @@ class EmulatedGraphedStep(GraphedStep):
 
 def train_steps(
     method: str, graphed: type[GraphedStep] | None, device: str = "cpu", steps: int = 7, batch: int = 4,
-    overrides: tuple[str, ...] = (),
+    overrides: tuple[str, ...] = (), bf16: bool = False,
 ) -> tuple:
     """``steps`` training steps of a small MNIST ``method``, eager (``graphed`` None) or through ``graphed``, with
     beta and the learning rate moving at every step; returns the model, each step's logs (floats) and the step."""
@@ -77,7 +77,7 @@ def train_steps(
     # capturable in both: the rate as a tensor rounds differently from a float, which is not what is tested here
     opts = Optimizers(model, model.optimizer_specs(1e-2, cfg.optim.grad_clip), 1e-4, capturable=True)
     generator, data = torch.Generator(device).manual_seed(1), torch.Generator(device).manual_seed(2)
-    step_fn = graphed(model, opts, generator) if graphed is not None else None
+    step_fn = graphed(model, opts, generator, autocast=bf16) if graphed is not None else None
     logs_per_step = []
     for step in range(steps):
         x = (torch.rand(batch, 1, 28, 28, generator=data, device=device) > 0.7).float()
@@ -85,7 +85,8 @@ def train_steps(
         if step_fn is not None:
             logs, norms = step_fn(x, step)
         else:
-            out = model(x, step, generator=generator)
+            with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+                out = model(x, step, generator=generator)
             opts.zero_grad()
             out.loss.backward()
             logs, norms = out.logs, opts.launch()

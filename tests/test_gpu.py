@@ -86,19 +86,20 @@ def test_batched_optimizer_step_on_cuda_follows_the_per_parameter_step():
     assert all(v == 1 for v in opts.skipped.values())
 
 
-@pytest.mark.parametrize("method", ["daps", "vqvae", "gumbel", "ppo", "fsq"])
-def test_graphed_step_trains_as_the_eager_step(method):
+@pytest.mark.parametrize("method, bf16", [("daps", False), ("daps", True), ("vqvae", False), ("gumbel", False),
+                                         ("ppo", False), ("fsq", False)])
+def test_graphed_step_trains_as_the_eager_step(method, bf16):
     """``train.cuda_graph``: the whole step recorded once and replayed gives the eager step's parameters and logs
     (same seeds; 8 steps: 3 eager warm-up steps on a side stream, the recording, replays), with beta and the
-    learning rate moving at every step, so a value frozen at the recording would show. (On the CPU the same test
-    runs with an emulated graph, ``tests/test_graphed.py``.)"""
+    learning rate moving at every step, so a value frozen at the recording would show; DAPS also under bf16 autocast.
+    (On the CPU the same test runs with an emulated graph, ``tests/test_graphed.py``.)"""
     from graph_steps import train_steps
 
     from daps.graphed import GraphedStep
 
     wider = ("encoder.width=32", "encoder.num_tokens=16")
-    eager_model, eager_logs, _ = train_steps(method, None, "cuda", steps=8, batch=32, overrides=wider)
-    model, logs, step_fn = train_steps(method, GraphedStep, "cuda", steps=8, batch=32, overrides=wider)
+    eager_model, eager_logs, _ = train_steps(method, None, "cuda", steps=8, batch=32, overrides=wider, bf16=bf16)
+    model, logs, step_fn = train_steps(method, GraphedStep, "cuda", steps=8, batch=32, overrides=wider, bf16=bf16)
     assert step_fn is not None and step_fn.graph is not None  # the last steps were replays
     for p, q in zip(eager_model.parameters(), model.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)

@@ -93,11 +93,26 @@ def test_a_host_read_is_caught(monkeypatch):
     assert first.host_reads == ["aten._local_scalar_dense.default"]
 
 
+def test_an_operation_that_reads_the_host_inside_its_cuda_kernel_is_caught(monkeypatch):
+    """Negative control: the codebook perplexity by ``torch.bincount`` (as before), which on a GPU reads the
+    indices' range on the host inside its kernel; on the CPU no host read is dispatched, so it is caught by name."""
+    import daps.functional as DF
+
+    def by_bincount(indices, vocab_size):
+        counts = torch.bincount(indices.flatten(), minlength=vocab_size).float()
+        p = counts / counts.sum()
+        return torch.exp(-torch.special.xlogy(p, p).sum())
+
+    monkeypatch.setattr(DF, "empirical_perplexity", by_bincount)
+    first, _ = _traces("vqvae")
+    assert first.host_reads == ["aten.bincount.default"]
+
+
 def test_a_tensor_made_from_python_data_in_the_step_is_caught(monkeypatch):
     """Negative control: FSQ's level constants made at every call (as before), a host-to-device copy per step."""
     import daps.functional as DF
 
-    monkeypatch.setattr(DF, "_constant", DF._constant.__wrapped__)
+    monkeypatch.setattr(DF, "_constant", lambda values, dtype, device: torch.tensor(values, dtype=dtype, device=device))
     first, second = _traces("fsq")
     assert first.host_copies and first.first_difference(second) is None  # the same ops: only the copies tell
 
