@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Prepares, on this (CPU) machine, what `benchmarks/gpu_check.py` needs on a lent GPU machine that reaches no
+# package registry: the wheels of daps's dependencies its image lacks (in .whl/, for its Python 3.12 on x86-64
+# Linux, the versions installed here) and the MNIST files (in .gpudata/mnist). Both folders are kept out of git
+# (.git/info/exclude) and travel with `carry`. Prints the command to give the device tool.
+#
+#     DAPS_DATA_DIR=../shared/data bash scripts/gpu_prepare.sh
+#
+# The image's package list (the device tool's KINDS.md) has torch, numpy, safetensors, tqdm, matplotlib, pillow,
+# einops, pytest and scipy; vector-quantize-pytorch and its own needs are what it lacks.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY="${PYTHON:-python3}"
+: "${DAPS_DATA_DIR:?set DAPS_DATA_DIR to the folder holding mnist/}"
+[ -d "$DAPS_DATA_DIR/mnist" ] || { echo "gpu_prepare.sh: error: no mnist/ in $DAPS_DATA_DIR" >&2; exit 2; }
+
+for path in /.whl/ /.gpudata/; do
+  grep -qxF "$path" .git/info/exclude 2>/dev/null || echo "$path" >> .git/info/exclude
+done
+
+packages=()
+for name in vector-quantize-pytorch einx loguru frozendict torch-einops-utils; do
+  version="$("$PY" -m pip show "$name" 2>/dev/null | sed -n 's/^Version: //p')"
+  [ -n "$version" ] || { echo "gpu_prepare.sh: error: $name is not installed here (run scripts/install.sh)" >&2; exit 2; }
+  packages+=("$name==$version")
+done
+rm -rf .whl.tmp && mkdir .whl.tmp
+"$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+  -d .whl.tmp "${packages[@]}"
+rm -rf .whl && mv .whl.tmp .whl
+
+rm -rf .gpudata && mkdir -p .gpudata && cp -r "$DAPS_DATA_DIR/mnist" .gpudata/
+du -sh .whl .gpudata
+
+cat <<EOF
+Give the device tool (carry [".whl", ".gpudata"], timeout 600):
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site || exit; export DAPS_DATA_DIR=\$PWD/.gpudata PYTHONUNBUFFERED=1 DAPS_GIT_REVISION=$(git rev-parse --short HEAD); python3 benchmarks/gpu_check.py --out /tmp/gc --budget 530; cd /tmp/gc; tar czf \$OUT/details.tar.gz logs results; cp report.md report.json \$OUT/; tar cf \$OUT/mnist-daps-run.tar mnist-daps-run
+EOF
