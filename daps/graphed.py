@@ -182,10 +182,9 @@ class GraphedStep:
         out.loss.backward()
         return out.logs, self.optimizers.launch()
 
-    # The three things a CUDA graph does; tests/test_graphed.py replaces them with a recording of the dispatched
+    # The three things a CUDA graph does, each on the generator's device made current (``--device cuda:1`` in one
+    # process would leave GPU 0 current). tests/graph_steps.py replaces them with a recording of the dispatched
     # operations that runs on the CPU, to check everything above.
-
-    # Each on the generator's device, made current (``--device cuda:1`` in one process leaves GPU 0 current).
 
     def _eager(self, step: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """A warm-up step, on a side stream (as recording needs: the libraries' workspaces are made there)."""
