@@ -297,6 +297,12 @@ def make_step(
     return lambda: optimizers.finish(graphed(x, next(steps))[1])
 
 
+def warmup_steps(cfg: Config, warmup: int) -> int:
+    """``warmup`` steps, or enough for :class:`daps.graphed.GraphedStep` to run its eager steps and record the graph
+    (so the timed steps are replays) when ``train.cuda_graph``."""
+    return max(warmup, GraphedStep.warmup_steps + 1) if cfg.train.cuda_graph else warmup
+
+
 def time_windows(step: Callable[[], None], windows: int, steps_per_window: int, device: torch.device) -> list[float]:
     """Steps/s of each of ``windows`` windows of ``steps_per_window`` calls of ``step()``."""
     rates = []
@@ -355,8 +361,7 @@ def bench_method(
     steps = iter(range(10**9))  # the step index the schedules see
     one_step = make_step(cfg, model, optimizers, x, generator, steps)
     graphed = cfg.train.cuda_graph
-    if graphed:  # eager steps, then the recording: all in the warm-up
-        warmup = max(warmup, GraphedStep.warmup_steps + 1)
+    warmup = warmup_steps(cfg, warmup)  # graphed: the eager steps and the recording, all in the warm-up
     warmup_s = []  # each warm-up step's seconds (the first includes compilation when train.compile)
     for _ in range(warmup):
         warmup_s.append(time_call(one_step, 1, device))

@@ -15,7 +15,7 @@ seed, inputs and overrides:
 - ``resample-4``, ``resample-2``, ``resample-1`` (``daps.resample=m``, systematic), ``resample-2-multinomial``;
 - ``vqvae``: the VQ-VAE method at the same preset (the denominator of the DAPS / VQ-VAE ratio);
 - ``graphed``, ``vqvae-graphed``, ``graphed-bf16``: ``train.cuda_graph=true`` (CUDA, ``--device cuda``): the whole
-  step recorded as one CUDA graph during the warm-up and replayed (at least 4 warm-up steps then).
+  step recorded as one CUDA graph during the warm-up and replayed (the warm-up lengthened to cover it).
 
 After ``--warmup`` steps each, the variants are timed round-robin: in each of ``--rounds`` rounds every variant
 runs one window of ``--steps-per-window`` steps, so that the machine's load hits all alike. Reports each
@@ -39,7 +39,7 @@ from pathlib import Path
 import torch
 
 # The suite's helpers (benchmarks/run.py; this script's folder is on sys.path when it runs).
-from run import git_revision, machine_info, make_step, setup, synchronize, time_windows
+from run import git_revision, machine_info, make_step, setup, synchronize, time_windows, warmup_steps
 
 from daps import get_preset, parse_overrides
 
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         model, optimizers, x, generator = setup(cfg, device)
         runs[v] = make_step(cfg, model, optimizers, x, generator, iter(range(10**9)))
         warmup_s[v] = []
-        for _ in range(max(args.warmup, 4) if cfg.train.cuda_graph else args.warmup):  # graphed: 3 eager, recording
+        for _ in range(warmup_steps(cfg, args.warmup)):
             synchronize(device)
             t0 = time.perf_counter()
             runs[v]()

@@ -80,11 +80,11 @@ class StepTrace(TorchDispatchMode):
             return out
         if name in HOST_READS or (name == "repeat_interleave" and kwargs.get("output_size") is None):
             self.host_reads.append(str(func))
-        if name in ("lift_fresh", "lift_fresh_copy"):  # torch.tensor(data): on a GPU, a copy from host memory
-            self.host_copies.append(str(args[0].flatten().tolist())[:80])
         described = [_describe(a) for a in args]
-        if name in ("lift_fresh", "lift_fresh_copy"):
-            described.append(("value", tuple(args[0].flatten().tolist())))
+        if name in ("lift_fresh", "lift_fresh_copy"):  # torch.tensor(data): on a GPU, a copy from host memory
+            values = tuple(args[0].flatten().tolist())
+            self.host_copies.append(str(list(values))[:80])
+            described.append(("value", values))  # a graph would freeze it
         self.ops.append((str(func), tuple(described), tuple(sorted((k, _describe(v)) for k, v in kwargs.items()))))
         return out
 
