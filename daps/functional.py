@@ -573,7 +573,9 @@ def fsq_bound(z: torch.Tensor, levels: tuple[int, ...], eps: float = 1e-3) -> to
 
     ``bound(z) = tanh(z + shift) * half_l - offset`` with ``half_l = (L - 1)(1 + eps) / 2``, ``offset = 1/2``
     for even L (0 for odd) and ``shift = atanh(offset / half_l)``, so ``bound(0) = 0`` and ``round(bound(z))``
-    takes exactly the L integers ``-(L // 2) ... L - 1 - L // 2`` (L=8: -4..3; L=5: -2..2).
+    takes exactly the L integers ``-(L // 2) ... L - 1 - L // 2`` (L=8: -4..3; L=5: -2..2). ``half_l`` is capped
+    at ``(L - 1) / 2 + 1/4``, which only levels above ``1 + 1 / (2 eps)`` (501 for the default eps) reach: beyond
+    it the range would round to one value past each end.
 
     NOTE(paper): the original DAPS code (and the FSQ paper's first listing) uses ``tan`` for the shift and
     ``half_l = (L - 1)(1 - eps) / 2``. ``atanh`` is the inverse the listing meant (confirmed by the FSQ author,
@@ -583,7 +585,7 @@ def fsq_bound(z: torch.Tensor, levels: tuple[int, ...], eps: float = 1e-3) -> to
     """
     z = z.to(torch.promote_types(z.dtype, torch.float32))  # never round in half precision
     lv = _fsq_levels(levels, z)  # (d,)
-    half_l = (lv - 1) * (1 + eps) / 2
+    half_l = torch.minimum((lv - 1) * (1 + eps) / 2, (lv - 1) / 2 + 0.25)
     offset = (lv % 2 == 0).to(z.dtype) * 0.5
     shift = torch.atanh(offset / half_l)
     return torch.tanh(z + shift) * half_l - offset

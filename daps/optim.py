@@ -36,21 +36,31 @@ class OptimizerSpec:
 
 
 def unit_dims(model: nn.Module) -> dict[nn.Parameter, tuple[int, ...] | None]:
-    """For each parameter, the dims to reduce to get one norm per "unit" (an output feature).
+    """For each parameter, the dims to reduce to get one norm per "unit", as the original's optax
+    ``adaptive_grad_clip`` reduces its Flax kernels (over axis 0 of 2-D and 3-D ones, over all but the last of
+    4-D ones).
 
-    Linear ``(out, in)`` -> (1,); ConvNd ``(out, in, ...)`` -> all but 0; ConvTransposeNd ``(in, out, ...)``
-    -> all but 1; Embedding ``(V, E)`` -> (0,) (one unit per embedding feature, like the original's Flax
-    table); vectors and scalars -> the whole tensor (None).
+    Linear ``(out, in)`` -> (1,) (one unit per output feature); Conv2d ``(out, in, kh, kw)`` -> all but 0;
+    ConvTranspose2d ``(in, out, kh, kw)`` -> all but 1; 1-D convolutions (``(out, in, k)`` or transposed
+    ``(in, out, k)``) -> (2,): one unit per input-output channel pair, over the kernel taps, as the 3-D Flax
+    kernel ``(k, in, out)``; Embedding ``(V, E)`` -> (0,) (one unit per embedding feature, like the original's
+    Flax table); vectors and scalars -> the whole tensor (None). A module lists the units of its other matrices
+    (e.g. VQ-VAE's codebook, a bare ``(V, E)`` parameter) in a ``clip_unit_dims()`` method.
 
     NOTE(paper): the original's attention output kernel ``(heads, head_dim, E)`` is reduced over heads
     only; here every Linear is reduced per output feature.
     """
     dims: dict[nn.Parameter, tuple[int, ...] | None] = {}
     for module in model.modules():
+        own = getattr(module, "clip_unit_dims", None)
+        if callable(own):
+            dims.update(own())
         weight = getattr(module, "weight", None)
         if not isinstance(weight, nn.Parameter) or weight.dim() < 2:
             continue
-        if isinstance(module, nn.modules.conv._ConvTransposeNd):
+        if isinstance(module, nn.modules.conv._ConvNd) and weight.dim() == 3:
+            dims[weight] = (2,)
+        elif isinstance(module, nn.modules.conv._ConvTransposeNd):
             dims[weight] = (0, *range(2, weight.dim()))
         elif isinstance(module, nn.Embedding):
             dims[weight] = (0,)

@@ -41,6 +41,14 @@ def test_every_level_is_reachable(level):
     assert (codes[1:] >= codes[:-1]).all()
 
 
+@pytest.mark.parametrize("level", [500, 501, 502, 1001, 1002, 2000, 5001])
+def test_large_levels_take_exactly_their_values(level):
+    """Where eps * (L - 1) / 2 reaches 1/2 an uncapped range would round one step past each end."""
+    z = torch.linspace(-12, 12, 400001, dtype=torch.float64)[:, None]  # tanh saturates in float64 by |z| = 12
+    indices = DF.fsq_codes_to_indices(DF.fsq_quantize(z, (level,)), (level,))
+    assert torch.equal(indices.unique(), torch.arange(level))
+
+
 @pytest.mark.parametrize("level", range(2, 11))
 def test_bound_is_centred(level):
     """With atanh in the shift, bound(0) = 0 up to float error (the original's tan misses by 5e-6 at L=10, 4e-4

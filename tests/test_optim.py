@@ -13,6 +13,7 @@ from daps import get_preset, parse_overrides
 from daps.functional import adaptive_grad_clip
 from daps.methods import build_method
 from daps.optim import Optimizers, OptimizerSpec, UnitClip, unit_dims
+from daps.presets import configured
 
 
 def test_unit_dims_per_layer_type():
@@ -22,6 +23,8 @@ def test_unit_dims_per_layer_type():
             "embed": nn.Embedding(10, 4),
             "conv": nn.Conv2d(2, 5, 3),
             "deconv": nn.ConvTranspose2d(2, 5, 4),
+            "conv1d": nn.Conv1d(2, 5, 4),
+            "deconv1d": nn.ConvTranspose1d(2, 5, 4),
             "norm": nn.LayerNorm(4),
         }
     )
@@ -30,7 +33,30 @@ def test_unit_dims_per_layer_type():
     assert dims[model["embed"].weight] == (0,)  # (V, E): one unit per embedding feature
     assert dims[model["conv"].weight] == (1, 2, 3)  # (out, in, kh, kw)
     assert dims[model["deconv"].weight] == (0, 2, 3)  # (in, out, kh, kw)
-    assert len(dims) == 4  # LayerNorm weight and biases: whole-tensor norms (not listed)
+    # 1-D kernels are 3-D in Flax, (k, in, out), reduced over axis 0: one unit per channel pair, over the taps.
+    assert dims[model["conv1d"].weight] == (2,)  # (out, in, k)
+    assert dims[model["deconv1d"].weight] == (2,)  # (in, out, k)
+    assert len(dims) == 6  # LayerNorm weight and biases: whole-tensor norms (not listed)
+
+
+def test_conv1d_clipping_units_are_channel_pairs():
+    """Against a hand computation: a gradient on one (in, out) pair of a 1-D kernel is clipped to that pair's
+    parameter norm, whatever the other pairs of the same output channel hold."""
+    conv = nn.Conv1d(4, 3, 4)
+    with torch.no_grad():
+        conv.weight.fill_(0.01)  # every pair's norm over its 4 taps: 0.02
+        conv.weight[1, 2] = 1.0  # a large pair in the same output channel as the gradient below
+    grad = torch.zeros_like(conv.weight)
+    grad[1, 0] = 0.5  # pair (out 1, in 0): norm 1.0, far above its parameter norm 0.02
+    clipped = adaptive_grad_clip(grad, conv.weight, unit_dims(conv)[conv.weight], 1.0)
+    assert torch.linalg.vector_norm(clipped[1, 0]).item() == pytest.approx(0.02, rel=1e-5)
+    assert torch.equal(clipped[[0, 2]], grad[[0, 2]])
+
+
+def test_vqvae_codebook_is_clipped_per_feature_like_an_embedding_table():
+    cfg = configured("mnist", "vqvae", ["encoder.width=16", "encoder.num_heads=2", "encoder.vocab_size=16"])
+    model = build_method(cfg, (1, 28, 28))
+    assert unit_dims(model)[model.codebook] == (0,)  # (V, E): over the vocabulary, per feature
 
 
 def daps_model():

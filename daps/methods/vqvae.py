@@ -106,6 +106,11 @@ class VQVAE(Method):
     def vocab_size(self) -> int:
         return self.codebook.shape[0]
 
+    def clip_unit_dims(self) -> dict[nn.Parameter, tuple[int, ...]]:
+        """The codebook ``(V, E)`` is clipped per embedding feature, over the vocabulary, like an embedding table
+        (``daps.optim.unit_dims``)."""
+        return {self.codebook: (0,)}
+
     def optimizer_specs(self, lr: float, grad_clip: float) -> list[OptimizerSpec]:
         """Codebook, encoder and decoder share one AdamW with adaptive clipping (original: models/vqvae.py)."""
         return [OptimizerSpec("vae", list(self.parameters()), lr=lr, grad_clip=grad_clip)]
