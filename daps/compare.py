@@ -266,11 +266,17 @@ def write_tables(table: list[dict], out: Path, header: str) -> None:
 
 
 def _is_legacy_compare(out: Path) -> bool:
-    """A compare folder written before the marker existed: nothing but compare's outputs and method folders."""
-    return all(
+    """A compare folder written before the marker existed: nothing but compare's outputs and method folders, with
+    at least one method's training run (a user's folder that only holds a ``results.md`` is not one)."""
+    entries = list(out.iterdir())
+    has_run = any(
+        p.name in METHODS and p.is_dir() and any(is_output_folder(run, "train") for run in p.iterdir())
+        for p in entries
+    )  # runs are <method>/seed<N>
+    return has_run and all(
         (p.name in (*OUTPUTS, LOCK) and p.is_file()) or (p.name in METHODS and p.is_dir())
         or any(p.match(pattern) for pattern in TEMP_PATTERNS)
-        for p in out.iterdir()
+        for p in entries
     )
 
 

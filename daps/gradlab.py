@@ -295,7 +295,7 @@ def check_out(out: Path, overwrite: bool) -> None:
     if not overwrite:
         raise OutputFolderError(f"--out {out} already exists; pass --overwrite to replace it")
     if out.is_dir() and not out.is_symlink() and read_marker(out) is None:
-        if {p.name for p in out.iterdir()} <= set(REPORT_FILES):  # a report written before the marker existed
+        if {p.name for p in out.iterdir()} == set(REPORT_FILES):  # a report written before the marker existed
             write_marker(out, "gradlab")
     check_replaceable(out, "gradlab", "--out")
 

@@ -120,7 +120,12 @@ def refuse_precious(path: str | Path, what: str) -> Path:
     the home folder or a filesystem root: folders no output of daps may ever replace."""
     if not str(path).strip():
         raise OutputFolderError(f"{what} is empty: name an output folder")
-    resolved = Path(path).expanduser().resolve()
+    if str(path).startswith("~"):  # every writer would take it literally, as a folder named "~" here
+        raise OutputFolderError(
+            f"{what} {path!s} starts with '~', which the shell does not expand after '=' or inside quotes; "
+            "write the full path (e.g. $HOME/...)"
+        )
+    resolved = Path(path).resolve()
     cwd = Path.cwd().resolve()
     home = Path.home().resolve()
     if resolved == cwd or resolved in cwd.parents:
@@ -144,13 +149,25 @@ def write_marker(folder: Path, kind: str) -> None:
         write_json_atomic(Path(folder) / MARKER, {"kind": kind, "format": 1})
 
 
+RUN_ENTRIES = frozenset({
+    "config.json", "metrics.jsonl", "summary.json", "reconstructions.png", "curves.png", "checkpoints",
+    "tensorboard", "wandb", MARKER, LOCK,
+})
+"""Everything a training run writes into its folder."""
+
+
 def _is_legacy_run(folder: Path) -> bool:
-    """A training run written before the marker existed: its ``config.json`` is a daps config."""
+    """A training run written before the marker existed: a daps ``config.json``, checkpoints, and nothing but what
+    a run writes (a folder of the user's that happens to hold a daps config is not one)."""
     try:
         data = json.loads((folder / "config.json").read_text())
     except (OSError, ValueError):
         return False
-    return isinstance(data, dict) and {"method", "train", "data"} <= data.keys()
+    if not (isinstance(data, dict) and {"method", "train", "data"} <= data.keys()):
+        return False
+    return (folder / "checkpoints").is_dir() and all(
+        p.name in RUN_ENTRIES or any(p.match(pattern) for pattern in TEMP_PATTERNS) for p in folder.iterdir()
+    )
 
 
 def is_output_folder(folder: str | Path, kind: str) -> bool:

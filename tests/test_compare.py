@@ -132,9 +132,15 @@ def test_overwrite_retrains_only_the_runs_whose_config_differs(tmp_path, overrid
 
 
 def test_compare_never_replaces_a_folder_that_is_not_a_daps_run(tmp_path, overrides):
+    from daps.runfolder import write_marker
+
     out = tmp_path / "cmp"
     (out / "daps" / "seed0").mkdir(parents=True)
     (out / "daps" / "seed0" / "notes.txt").write_text("mine")
+    for overwrite in (False, True):  # unmarked, holding no run: not a compare folder at all
+        with pytest.raises(ValueError, match=r"cmp exists and is not a daps compare folder"):
+            compare("mnist", ["daps"], 4, [0], out, overrides, overwrite=overwrite)
+    write_marker(out, "compare")  # a compare folder, one of whose run folders is the user's
     for overwrite in (False, True):
         with pytest.raises(ValueError, match=r"daps/seed0 exists and is not a daps run folder"):
             compare("mnist", ["daps"], 4, [0], out, overrides, overwrite=overwrite)
@@ -153,6 +159,13 @@ def test_the_compare_folder_is_marked_and_a_foreign_one_refused(tmp_path, overri
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1 and "not a daps compare folder" in err and str(foreign) in err
     assert (foreign / "results.md").read_text() == "my own results" and not (foreign / ".daps").exists()
+    tables = tmp_path / "paper"  # only files named like compare's outputs: still the user's, even without --overwrite
+    tables.mkdir()
+    (tables / "results.md").write_text("# my table")
+    (tables / "results.csv").write_text("my,data")
+    rc = main(["compare", "--methods", "daps", "--steps", "4", "--out", str(tables), *overrides])
+    assert rc == 2 and "not a daps compare folder" in capsys.readouterr().err
+    assert (tables / "results.md").read_text() == "# my table" and not (tables / ".daps").exists()
 
     out = tmp_path / "cmp"
     assert main(["compare", "--methods", "daps", "--steps", "4", "--out", str(out), *overrides]) == 0

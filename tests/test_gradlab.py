@@ -113,9 +113,16 @@ def test_overwrite_never_replaces_a_foreign_folder(tmp_path, small_result):
     with pytest.raises(OutputFolderError, match="not a daps gradlab folder"):
         write_report(small_result, out, overwrite=True)
     assert (out / "thesis.tex").read_text() == "precious" and (out / "gradlab.md").read_text() == "my notes"
-    legacy = tmp_path / "legacy"  # a report written before the marker existed: only gradlab's own files
+    notes = tmp_path / "notes"  # a user's own gradlab.md, alone, is not a report
+    notes.mkdir()
+    (notes / "gradlab.md").write_text("my notes")
+    with pytest.raises(OutputFolderError, match="not a daps gradlab folder"):
+        write_report(small_result, notes, overwrite=True)
+    assert (notes / "gradlab.md").read_text() == "my notes"
+    legacy = tmp_path / "legacy"  # a report written before the marker existed: exactly gradlab's own files
     legacy.mkdir()
-    (legacy / "gradlab.md").write_text("old report")
+    for name in ("gradlab.md", "gradlab.json", "gradlab.png"):
+        (legacy / name).write_text("old report")
     write_report(small_result, legacy, overwrite=True)
     assert "Estimator lab" in (legacy / "gradlab.md").read_text()
 

@@ -78,8 +78,42 @@ def test_overwrite_never_deletes_home_or_a_root(tmp_path, capsys, tiny_overrides
     for out_dir in (str(home), "~", "/"):
         assert main(["train", *tiny_overrides, f"train.out_dir={out_dir}", "--overwrite"]) == 2
         line = error_line(capsys)  # "/" is also a parent of the current folder
-        assert "home folder or a filesystem root" in line or (out_dir == "/" and "its parents" in line)
+        assert (
+            "home folder or a filesystem root" in line or (out_dir == "/" and "its parents" in line)
+            or (out_dir == "~" and "starts with '~'" in line)
+        )
     assert snapshot(home) == before
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_a_tilde_the_shell_left_alone_is_refused(copy_run, tmp_path, monkeypatch, capsys, tiny_overrides, overwrite):
+    """``train.out_dir=~/x`` reaches daps unexpanded (bash expands ``~`` only at the start of a word): checking
+    ``$HOME/x`` but writing ``./~/x`` once emptied the one and wrote the other."""
+    home = Path(os.environ["HOME"])  # the `offline` fixture points HOME into tmp_path
+    work = tmp_path / "work"
+    (work / "~").mkdir(parents=True)
+    monkeypatch.chdir(work)
+    run_home = copy_run(home / "x")
+    run_literal = copy_run(work / "~" / "x")
+    (run_home / "notes.txt").write_text("mine\n")
+    before = snapshot(tmp_path)
+    assert main(["train", *tiny_overrides, "train.out_dir=~/x", *(["--overwrite"] if overwrite else [])]) == 2
+    assert "starts with '~'" in error_line(capsys)
+    assert snapshot(tmp_path) == before and run_home.exists() and run_literal.exists()
+
+
+def test_overwrite_refuses_a_user_folder_that_holds_a_daps_config(tmp_path, capsys, tiny_overrides):
+    """A project folder with a config.json from ``daps presets`` is not a run made before the marker existed."""
+    folder = tmp_path / "project"
+    (folder / "data").mkdir(parents=True)
+    assert main(["presets", "mnist5k-demo"]) == 0
+    (folder / "config.json").write_text(capsys.readouterr().out)
+    (folder / "thesis.tex").write_text("years of work\n")
+    (folder / "data" / "important.csv").write_text("1,2\n")
+    before = snapshot(folder)
+    assert main(["train", *tiny_overrides, f"train.out_dir={folder}", "--overwrite"]) == 2
+    assert "not a daps train folder" in error_line(capsys)
+    assert snapshot(folder) == before
 
 
 def test_overwrite_refuses_a_folder_that_is_not_a_run(tmp_path, capsys, tiny_overrides):
