@@ -88,7 +88,7 @@ def main() -> int:
         resume = ["--resume"] if (policy / "config.json").exists() else []
         train = daps("robot", "train", tokenizer, "--out", str(policy), "--threads", str(args.threads), *resume,
                      f"steps={steps_of[name]}", "progress=false", *args.overrides)
-        evaluate = daps("robot", "eval", str(policy), "--out", str(out / f"{name}-eval"))
+        evaluate = daps("robot", "eval", str(policy), "--out", str(out / f"{name}-eval"), "--overwrite")
         plan = daps("robot", "plan", str(policy), "--motion", "walk", "--velocity", "1.0,0,0", "--seconds", "10",
                     "--physics", "--out", str(out / f"{name}-walk.mp4"), "--json", str(out / f"{name}-walk.json"),
                     "--overwrite")

@@ -402,7 +402,13 @@ def test_robot_bad_requests_are_one_line(tiny_policy, tmp_path, capsys, trained_
         (["robot", "plan", str(policy), "--motion", "walk", "--velocity-schedule", str(binary), "--out", out],
          "not a text file"),
         (["robot", "eval", str(policy), "--motions", ","], "names no kind"),
+        (["robot", "eval", str(policy), "--out", str(tmp_path / "notes")], "already exist"),
+        (["robot", "eval", str(policy), "--out", str(tmp_path / "notes"), "--overwrite"], "not a robot eval report"),
+        (["robot", "eval", str(policy), "--out", str(policy / "config"), "--overwrite"], "not a robot eval report"),
     ]
+    (tmp_path / "notes.json").write_text('{"mine": 1}')
+    (tmp_path / "notes.md").write_text("mine")
+    policy_config = (policy / "config.json").read_text()
     capsys.readouterr()
     for argv, message in cases:
         assert main(argv) == 2, argv
@@ -410,6 +416,8 @@ def test_robot_bad_requests_are_one_line(tiny_policy, tmp_path, capsys, trained_
         assert message in err and err.count("\n") == 1, (argv, err)
     assert not (tmp_path / "a.mp4").exists() and not (tmp_path / "p").exists()
     assert (tok / "config.json").is_file() and (tok / "checkpoints").is_dir()  # the tokenizer run was not touched
+    assert (tmp_path / "notes.json").read_text() == '{"mine": 1}' and (tmp_path / "notes.md").read_text() == "mine"
+    assert (policy / "config.json").read_text() == policy_config
 
 
 @needs_data
@@ -423,3 +431,19 @@ def test_out_of_range_velocity_is_clamped_with_a_warning(tiny_policy, tmp_path, 
         rollout = plan_motion(planner, "walk", np.array([20.0, 0.0, 0.0]), 1.0)
     assert rollout.velocity[0, 0, 0] == pytest.approx(high[0])
     assert any("forward_m_s 20 is outside the data's range" in r.message for r in caplog.records)
+
+
+def test_report_stem_replaces_only_an_earlier_report(tmp_path):
+    from daps.errors import UserError
+    from daps.robot.evaluate import check_report_stem
+
+    stem = tmp_path / "eval"
+    check_report_stem(stem, overwrite=False)  # nothing there: fine
+    (tmp_path / "eval.json").write_text(json.dumps({"policy": "p", "settings": {}, "rows": []}))
+    (tmp_path / "eval.md").write_text("| kind | speed |\n|---|---|\n")
+    with pytest.raises(UserError, match="--overwrite"):
+        check_report_stem(stem, overwrite=False)
+    check_report_stem(stem, overwrite=True)  # an earlier report: replaceable
+    (tmp_path / "eval.md").write_text("my notes")
+    with pytest.raises(UserError, match="not a robot eval report"):
+        check_report_stem(stem, overwrite=True)

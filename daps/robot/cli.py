@@ -65,6 +65,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--blend", type=int, default=0, help="border blending of the plans, as robot plan (default 0)")
     p.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
     p.add_argument("--out", default=None, help="also write the results (JSON) and a table (.md) with this stem")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier report at --out")
     p.add_argument("--no-classifier", action="store_true", help="skip the motion classifier's accuracy")
     p.add_argument("--data-dir", default=None, help="folder with the LAFAN1 H1 data (ground-truth figures)")
     p.add_argument("--tokenizer", default=None, help="tokenizer run to decode with (default: the policy's)")
@@ -154,7 +155,7 @@ def _plan(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from daps.robot.evaluate import evaluate, write_report
+    from daps.robot.evaluate import check_report_stem, evaluate, write_report
 
     if args.rollouts < 1 or args.windows < 2 or args.physics_rollouts < 0 or args.blend < 0:
         raise UserError("--rollouts must be >= 1, --windows >= 2, --physics-rollouts >= 0 and --blend >= 0")
@@ -162,6 +163,8 @@ def _eval(args: argparse.Namespace) -> int:
     if not motions:
         raise UserError(f"--motions {args.motions!r} names no kind of motion")
     check_sampling(args.guidance, 1.0, "--guidance")
+    if args.out:
+        check_report_stem(Path(args.out), args.overwrite)  # before the rollouts, so that a refusal costs nothing
     result = evaluate(
         args.policy_dir, motions, rollouts=args.rollouts, windows=args.windows,
         physics_rollouts=args.physics_rollouts, seed=args.seed, guidance=args.guidance, blend=args.blend,
@@ -169,7 +172,7 @@ def _eval(args: argparse.Namespace) -> int:
         device=_device(args.device),
     )
     if args.out:
-        write_report(result, Path(args.out))
+        write_report(result, Path(args.out), args.overwrite)
     if args.json:
         json.dump(result, sys.stdout)
         sys.stdout.write("\n")

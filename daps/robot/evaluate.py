@@ -25,6 +25,7 @@ Also reported once: how closely the root's window velocity follows the centre of
 
 from __future__ import annotations
 
+import json
 import platform
 import time
 from pathlib import Path
@@ -238,10 +239,41 @@ def table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_report(result: dict[str, Any], stem: Path) -> None:
-    """``stem.json`` (everything) and ``stem.md`` (the table), atomically."""
+REPORT_KEYS = frozenset({"policy", "settings", "rows"})
+"""Keys every report's JSON holds: how an earlier report is told from a user's file."""
+
+
+def _is_report(json_path: Path, md_path: Path) -> bool:
+    try:
+        data = json.loads(json_path.read_text()) if json_path.exists() else {}
+        table_text = md_path.read_text() if md_path.exists() else "|"
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and (not json_path.exists() or REPORT_KEYS <= data.keys()) and (
+        table_text.startswith("|")
+    )
+
+
+def check_report_stem(stem: Path, overwrite: bool) -> None:
+    """Refuse ``stem`` before any evaluation if its report could not be written: an existing ``stem.json`` or
+    ``stem.md`` is replaced only with ``overwrite`` and only if it is an earlier report of ``robot eval``."""
+    paths = [stem.with_suffix(".json"), stem.with_suffix(".md")]
+    existing = [p for p in paths if p.exists() or p.is_symlink()]
+    if not existing:
+        return
+    names = " and ".join(str(p) for p in existing)
+    if not overwrite:
+        raise UserError(f"--out {stem}: {names} already exist(s); pass --overwrite to replace an earlier report")
+    if any(p.is_symlink() or not p.is_file() for p in existing) or not _is_report(*paths):
+        raise UserError(f"--out {stem}: {names} is not a robot eval report; refusing to replace it")
+
+
+def write_report(result: dict[str, Any], stem: Path, overwrite: bool = False) -> None:
+    """``stem.json`` (everything) and ``stem.md`` (the table), atomically; existing ones only as
+    :func:`check_report_stem` allows."""
     from daps.runfolder import atomic_path, write_json_atomic
 
+    check_report_stem(stem, overwrite)
     stem.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(stem.with_suffix(".json"), result)
     with atomic_path(stem.with_suffix(".md")) as tmp:
