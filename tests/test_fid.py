@@ -207,6 +207,28 @@ def test_save_load_round_trip_and_no_overwrite(tmp_path):
         save_fid_stats(tmp_path / "bad.npz", (mu, sigma[:3]), num_images=20)
 
 
+def test_overwrite_replaces_only_fid_statistics(tmp_path):
+    from daps.errors import UserError
+    from daps.metrics.fid import check_stats_out
+
+    mu, sigma = np.zeros(4), np.eye(4)
+    notes = tmp_path / "notes.npz"  # a user's archive of other arrays
+    np.savez(notes, weights=np.ones(3))
+    text = tmp_path / "user.txt"
+    text.write_text("hello")
+    for path, message in ((notes, "not a file of FID statistics"), (text, "must name an .npz")):
+        before = path.read_bytes()
+        with pytest.raises(UserError, match=message):
+            save_fid_stats(path, (mu, sigma), num_images=5, overwrite=True)
+        assert path.read_bytes() == before
+    folder = tmp_path / "dir.npz"
+    folder.mkdir()
+    with pytest.raises(UserError, match="not a regular file"):
+        check_stats_out(folder, overwrite=True)
+    stats = save_fid_stats(tmp_path / "ref.npz", (mu, sigma), num_images=5)
+    assert check_stats_out(stats, overwrite=True) == stats  # earlier statistics: replaceable
+
+
 def test_load_adm_reference_batch_format(tmp_path):
     """guided-diffusion reference batches (e.g. VIRTUAL_imagenet256_labeled.npz): mu / sigma plus images."""
     rng = np.random.default_rng(7)

@@ -204,12 +204,10 @@ def dataset_fid_stats(
     Returns the metadata written with the statistics.
     """
     from daps.data import dataset_spec, eval_set
-    from daps.metrics.fid import FeatureStats, save_fid_stats
+    from daps.metrics.fid import FeatureStats, check_stats_out, save_fid_stats
     from daps.nets.inception import load_fid_inception
 
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise UserError(f"{out} exists; pass --overwrite to replace it")
+    out = check_stats_out(out, overwrite)  # before the images are read
     if tuple(data.image_shape)[0] != 3:
         raise UserError(f"FID needs RGB images; {data.name} has {data.image_shape[0]} channel(s)")
     spec = dataset_spec(data.name)

@@ -213,12 +213,31 @@ def frechet_distance(mu1: ArrayLike, sigma1: ArrayLike, mu2: ArrayLike, sigma2: 
     return float(diff @ diff + np.trace(a) + np.trace(b) - 2 * tr_sqrt)
 
 
+def check_stats_out(path: str | os.PathLike, overwrite: bool) -> Path:
+    """Refuse ``path`` as the output of FID statistics unless it is new, or ``overwrite`` and it already holds FID
+    statistics (never a user's other file, a folder or a link); it must end in ``.npz``."""
+    path = Path(path)
+    if path.suffix != ".npz":
+        raise UserError(f"--out {path} must name an .npz file")
+    if not (path.exists() or path.is_symlink()):
+        return path
+    if not overwrite:
+        raise UserError(f"{path} exists; pass --overwrite to replace it")
+    if path.is_symlink() or not path.is_file():
+        raise UserError(f"{path} is not a regular file; refusing to replace it")
+    try:
+        load_fid_stats(path)
+    except UserError:
+        raise UserError(f"{path} exists and is not a file of FID statistics; refusing to replace it") from None
+    return path
+
+
 def save_fid_stats(path: str | os.PathLike, stats_or_mu_sigma: FeatureStats | tuple[ArrayLike, ArrayLike],
                    num_images: int | None = None, meta: dict | None = None, overwrite: bool = False) -> Path:
     """Write ``mu`` (D,), ``sigma`` (D, D) float64, ``num_images`` and ``meta`` (JSON string: dataset, split,
     weights, protocol, ...) to an ``.npz``, atomically (:func:`daps.runfolder.atomic_path`).
     ``num_images`` defaults to ``stats.num`` for a :class:`FeatureStats`. Raises FileExistsError unless
-    ``overwrite``."""
+    ``overwrite``, and replaces only a file of FID statistics (:func:`check_stats_out`)."""
     path = Path(path)
     if isinstance(stats_or_mu_sigma, FeatureStats):
         stats = stats_or_mu_sigma
@@ -233,6 +252,8 @@ def save_fid_stats(path: str | os.PathLike, stats_or_mu_sigma: FeatureStats | tu
     meta_json = json.dumps(meta or {}, sort_keys=True)  # raises TypeError on non-JSON values, before writing
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
+    if path.exists() or path.is_symlink():
+        check_stats_out(path, overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez(f, mu=mu, sigma=sigma, num_images=np.int64(num_images), meta=np.array(meta_json))
