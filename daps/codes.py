@@ -186,18 +186,26 @@ def check_codes(codes: CodeSet, where: str) -> None:
         raise UserError(f"{where}: labels outside [0, {codes.num_classes}) (class_names of the header)")
 
 
+def check_codes_out(path: str | Path, overwrite: bool, what: str = "--out") -> Path:
+    """``path`` if a codes file may be written there: it ends in ``.safetensors`` and is new, or ``overwrite`` and
+    it is a daps codes file; else UserError naming ``what`` (the flag). Call it before any work, so that a refusal
+    costs nothing and leaves nothing behind."""
+    path = Path(path)
+    refuse_precious(path, what)
+    if path.suffix != ".safetensors":
+        raise UserError(f"{what} {path}: a codes file must end in .safetensors")
+    if path.exists() or path.is_symlink():
+        if not overwrite:
+            raise UserError(f"{what} {path} already exists; pass --overwrite to replace it")
+        if path.is_symlink() or path.is_dir() or _header(path) is None:
+            raise UserError(f"{what} {path} exists and is not a daps codes file; refusing to replace it")
+    return path
+
+
 def save_codes(codes: CodeSet, path: str | Path, overwrite: bool = False) -> Path:
     """Write ``codes`` to ``path`` (a ``.safetensors`` file) atomically; an existing file is kept unless
     ``overwrite`` and it is a daps codes file."""
-    path = Path(path)
-    refuse_precious(path, "--out")
-    if path.suffix != ".safetensors":
-        raise UserError(f"--out {path}: a codes file must end in .safetensors")
-    if path.exists():
-        if not overwrite:
-            raise UserError(f"--out {path} already exists; pass --overwrite to replace it")
-        if path.is_dir() or _header(path) is None:
-            raise UserError(f"--out {path} exists and is not a daps codes file; refusing to replace it")
+    path = check_codes_out(path, overwrite)
     check_codes(codes, "the codes to save")
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:

@@ -311,6 +311,14 @@ def test_bad_inputs_give_one_line_and_exit_2(trained_run, vq_run, exported, tmp_
     assert "not a daps codes file" in _error(capsys, ["prior", "train", str(not_codes), "--out", str(tmp_path / "p3")])
     existing = str(exported["train"])
     assert "exists; pass --overwrite" in _error(capsys, ["export-codes", str(trained_run), "--out", existing])
+    # --codes-out: a user's file, or the prior's own training codes, refused before the image is written
+    assert "--codes-out" in _error(capsys, ["prior", "sample", str(prior), "--out", str(tmp_path / "x.png"),
+                                            "--codes-out", str(not_codes), "--overwrite"])
+    training_codes = Path(existing).read_bytes()
+    assert "this prior was trained on" in _error(capsys, ["prior", "sample", str(prior), "--out",
+                                                          str(tmp_path / "x.png"), "--codes-out", existing,
+                                                          "--overwrite"])
+    assert not_codes.read_text() == "hello" and Path(existing).read_bytes() == training_codes
     assert not (tmp_path / "x.png").exists() and not (tmp_path / "x.mp4").exists()
 
 

@@ -177,7 +177,7 @@ def _tokenizer(args: argparse.Namespace, meta: dict, device: torch.device):
 
 
 def _sample(args: argparse.Namespace) -> int:
-    from daps.codes import CodeSet, save_codes
+    from daps.codes import CodeSet, check_codes_out, save_codes
     from daps.data import dataset_spec
     from daps.plots import save_image_grid
     from daps.prior.run import generate, load_prior
@@ -185,13 +185,16 @@ def _sample(args: argparse.Namespace) -> int:
 
     out = check_output_file(args.out, ".png", args.overwrite)
     if args.codes_out:
-        check_output_file(args.codes_out, ".safetensors", args.overwrite)
+        check_codes_out(args.codes_out, args.overwrite, "--codes-out")  # a user's file is refused before any work
     video = check_output_file(args.video, ".mp4", args.overwrite) if args.video else None
     if args.n < 1:
         raise UserError("--n must be at least 1")
     check_sampling(args.cfg, args.temperature)
     device = _device(args.device)
     model, cfg, meta = load_prior(args.prior_dir, device)
+    inputs = [Path(p).resolve() for p in (cfg.codes, cfg.val_codes) if p]
+    if args.codes_out and Path(args.codes_out).resolve() in inputs:
+        raise UserError(f"--codes-out {args.codes_out} is a codes file this prior was trained on; name another file")
     names = list(meta["class_names"])
     if args.label is None:
         labels = torch.arange(len(names)).repeat_interleave(args.n)
