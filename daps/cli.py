@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 from pathlib import Path
@@ -18,6 +19,21 @@ from daps.config_io import parse_overrides
 from daps.errors import UserError
 from daps.methods import METHODS
 from daps.presets import PRESETS, get_preset
+
+
+def seed_arg(text: str) -> int:
+    """argparse type of ``--seed``: an integer in [0, 2^32) (:func:`daps.config.check_seed`)."""
+    from daps.config import check_seed
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    try:
+        check_seed(value, "the seed")
+    except UserError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return value
 
 
 class _Parser(argparse.ArgumentParser):
@@ -56,7 +72,7 @@ def _parser() -> argparse.ArgumentParser:
         "--max-images", type=int, default=0,
         help="evaluate N images (0 = all): a fixed random subset (the same for every run), not the first N",
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of the stochastic encoding")
+    p.add_argument("--seed", type=seed_arg, default=0, help="seed of the stochastic encoding")
     p.add_argument(
         "--fid", default="none", choices=["none", "val-pairs", "reference"],
         help="also report FID: val-pairs (reconstructions vs the same originals) or reference (vs --fid-ref)",
@@ -113,7 +129,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--eta", type=float, default=1.0, help="DAPS eta (also shown at 10x; default 1)")
     p.add_argument("--rao-samples", type=int, default=10, help="GR-MCK conditional draws k (default 10)")
     p.add_argument("--pretrain-steps", type=int, default=200, help="DAPS steps before measuring (default 200)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_arg, default=0)
     p.add_argument(
         "--resample", default="",
         help="also DAPS with resampled weighted ML for these m (e.g. 1,2,4), each scheme, against full-K DAPS",
@@ -130,7 +146,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.add_argument("--size", type=int, default=320, help="pixels of each square view (default 320)")
     p.add_argument("--data-dir", default=None, help="folder with the data files (default: as trained)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the stochastic encoding")
+    p.add_argument("--seed", type=seed_arg, default=0, help="seed of the stochastic encoding")
     p.add_argument("--device", default="cpu", help="device of the model (default cpu)")
 
     from daps.prior.cli import add_parsers
@@ -265,8 +281,12 @@ def _compare(args: argparse.Namespace, argv: list[str]) -> int:
     from daps.compare import compare
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if not methods:
+        raise UserError(f"--methods {args.methods!r} names no method; choose from: {', '.join(METHODS)}")
     if args.seeds <= 0:
         raise UserError(f"--seeds must be at least 1, got {args.seeds}")
+    if args.out is not None and not args.out.strip():
+        raise UserError("--out is empty: name an output folder")
     out = args.out or f"runs/compare-{args.preset}"
     compare(
         args.preset, methods, args.steps, list(range(args.seeds)), out, args.overrides, _device(args.device), argv,
@@ -315,8 +335,10 @@ def _render(args: argparse.Namespace) -> int:
         raise UserError(f"--out must name an .mp4 file, got {out}")
     if out.exists() and not args.overwrite:
         raise UserError(f"{out} exists; pass --overwrite to replace it")
-    if args.seconds <= 0 or args.start < 0 or args.size < 16:
-        raise UserError("--seconds must be positive, --start >= 0 and --size >= 16")
+    if not (math.isfinite(args.seconds) and args.seconds > 0 and math.isfinite(args.start) and args.start >= 0
+            and args.size >= 16):
+        raise UserError("--seconds must be a positive number, --start a number >= 0 and --size >= 16, got "
+                        f"{args.seconds}, {args.start} and {args.size}")
     device = _device(args.device)
     model = load_model(args.run_dir, device)
     data = model.config.data
@@ -338,8 +360,10 @@ def _render(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from daps.hub import export_run, push_folder
+    from daps.hub import check_push, export_run, push_folder
 
+    if args.push_to_hub:
+        check_push(args.push_to_hub)  # a bad id or a missing package is refused before the folder is written
     folder = export_run(args.run_dir, args.out, args.overwrite)
     logging.getLogger("daps").info("wrote %s (model.safetensors, config.json, README.md)", folder)
     if args.push_to_hub:

@@ -10,6 +10,7 @@ migration of earlier layouts are in :mod:`daps.config_io`).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
@@ -270,6 +271,28 @@ def check_schedule(key: str, sched: ScheduleConfig) -> None:
         )
 
 
+SEED_LIMIT = 2**32
+"""Seeds are integers in [0, 2^32): any generator takes them, and train derives per-process seeds from them."""
+
+
+def check_seed(value: Any, name: str) -> None:
+    """Raise a :class:`~daps.errors.UserError` naming ``name`` unless ``value`` is a seed (see :data:`SEED_LIMIT`)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < SEED_LIMIT:
+        raise UserError(f"{name} must be an integer in [0, 2^32), got {value!r}")
+
+
+def check_optimizer_settings(cfg: Any) -> None:
+    """The flat settings of ``daps prior train`` and ``daps robot train``: positive, finite ``lr`` and ``grad_clip``
+    (a gradient-norm limit), a finite ``weight_decay`` >= 0 and a seed; else a UserError naming the key."""
+    if not (math.isfinite(cfg.lr) and cfg.lr > 0):
+        raise UserError(f"lr must be a positive number, got {cfg.lr}")
+    if not (math.isfinite(cfg.weight_decay) and cfg.weight_decay >= 0):
+        raise UserError(f"weight_decay must be a number >= 0, got {cfg.weight_decay}")
+    if not (math.isfinite(cfg.grad_clip) and cfg.grad_clip > 0):  # the gradient norm is clipped to it: 0 stops
+        raise UserError(f"grad_clip must be a positive number, got {cfg.grad_clip}")
+    check_seed(cfg.seed, "seed")
+
+
 def check_positive(section: str, obj: Any, names: tuple[str, ...], strict: bool = True) -> None:
     """Raise ``ValueError`` naming ``section.name`` unless each of ``obj``'s fields ``names`` is > 0 (>= 0 if not
     ``strict``). NaN never passes."""
@@ -297,6 +320,7 @@ def validate(cfg: Config) -> None:
     check_positive("train", t, ("steps", "batch_size", "eval_batch_size", "log_every", "eval_every", "ckpt_every",
                                 "keep_checkpoints"))
     check_positive("train", t, ("eval_examples", "stop_after", "max_skipped_steps"), strict=False)
+    check_seed(t.seed, "train.seed")
     check_positive("encoder", e, ("num_tokens", "vocab_size", "width", "num_layers", "num_heads", "mlp_ratio"))
     check_positive("decoder", d, ("embed_dim", "fsq_token_dim", "resnet_width", "fsq_ratio", "min_variance"))
     check_positive("decoder", d, ("resnet_blocks",), strict=False)

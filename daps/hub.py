@@ -196,13 +196,19 @@ def push_to_hub(model: Method, repo_id: str, private: bool = False, token: str |
         return push_folder(folder, repo_id, private, token, commit_message)
 
 
+def check_push(repo_id: str):
+    """The ``huggingface_hub`` module if ``repo_id`` is a Hub repo id and the package is installed; else UserError.
+    ``daps export --push-to-hub`` calls it before writing anything."""
+    if not REPO_ID.match(repo_id):
+        raise UserError(f"{repo_id!r} is not a Hub repo id (user/name)")
+    return _hub()
+
+
 def push_folder(folder: str | Path, repo_id: str, private: bool = False, token: str | None = None,
                 commit_message: str = "daps tokenizer") -> str:
     """Upload a pretrained folder (its weights, config and card only) to ``repo_id``; returns the repo's URL."""
-    if not REPO_ID.match(repo_id):
-        raise UserError(f"{repo_id!r} is not a Hub repo id (user/name)")
+    hub = check_push(repo_id)
     _load_folder(Path(folder), "cpu")  # only a folder that loads is uploaded
-    hub = _hub()
     api = hub.HfApi(token=token)
     try:
         api.create_repo(repo_id, private=private, exist_ok=True)

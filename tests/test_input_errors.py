@@ -334,3 +334,54 @@ def test_eval_help_describes_the_subset(capsys):
         main(["eval", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "only the first N" not in text and "a fixed random subset" in text
+
+
+# --------------------------------------------------------------------------------------------------
+# Command-line values refused in one line before anything is read or written
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["eval", "RUN", "--seed", "99999999999999999999"], "the seed must be an integer in [0, 2^32)"),
+        (["eval", "RUN", "--seed", "-1"], "the seed must be an integer in [0, 2^32)"),
+        (["export-codes", "RUN", "--out", "OUT/c.safetensors", "--seed", "4294967296"], "[0, 2^32)"),
+        (["prior", "sample", "RUN", "--out", "OUT/s.png", "--seed", "-5"], "[0, 2^32)"),
+        (["robot", "plan", "RUN", "--motion", "walk", "--out", "OUT/w.mp4", "--seed", "1e30"], "invalid int"),
+        (["train", "--preset", "mnist5k-demo", "train.seed=-9300000000000000"], "train.seed must be an integer"),
+        (["compare", "--methods", "", "--steps", "2", "--out", "OUT/cmp"], "names no method"),
+        (["compare", "--methods", ",", "--steps", "2", "--out", "OUT/cmp"], "names no method"),
+        (["compare", "--preset", "mnist5k-demo", "--methods", "daps", "--steps", "2", "--out", ""], "--out is empty"),
+        (["export-codes", "RUN", "--out", "OUT/c.safetensors", "--batch-size", "0"], "--batch-size must be"),
+        (["export-codes", "RUN", "--out", "OUT/c.safetensors", "--max-inputs", "-1"], "--max-inputs >= 0"),
+        (["render", "RUN", "--out", "OUT/r.mp4", "--seconds", "nan"], "--seconds must be a positive number"),
+        (["render", "RUN", "--out", "OUT/r.mp4", "--seconds", "inf"], "--seconds must be a positive number"),
+        (["render", "RUN", "--out", "OUT/r.mp4", "--start", "nan"], "--start a number >= 0"),
+        (["export", "RUN", "--out", "OUT/ex", "--push-to-hub", "not an id"], "is not a Hub repo id"),
+        (["prior", "train", "CODES", "--out", "OUT/p", "lr=nan"], "lr must be a positive number"),
+        (["prior", "train", "CODES", "--out", "OUT/p", "lr=inf"], "lr must be a positive number"),
+        (["prior", "train", "CODES", "--out", "OUT/p", "weight_decay=-1"], "weight_decay must be a number >= 0"),
+        (["prior", "train", "CODES", "--out", "OUT/p", "grad_clip=nan"], "grad_clip must be a positive number"),
+        (["prior", "train", "CODES", "--out", "OUT/p", "grad_clip=0"], "grad_clip must be a positive number"),
+        (["prior", "train", "CODES", "--out", "OUT/p", "seed=-1"], "seed must be an integer"),
+        (["prior", "train", "CODES", "--out", "OUT/p", "out_dir=OUT/q"], "give out_dir with --out"),
+        (["robot", "train", "RUN", "--out", "OUT/p", "lr=nan"], "lr must be a positive number"),
+        (["robot", "train", "RUN", "--out", "OUT/p", "seed=99999999999"], "seed must be an integer"),
+        (["robot", "train", "RUN", "--out", "OUT/p", "tokenizer=x"], "give tokenizer with the tokenizer argument"),
+    ],
+)
+def test_bad_command_line_values_are_one_line_and_write_nothing(argv, message, tmp_path, capsys, monkeypatch):
+    """The run folder and codes file named here do not need to exist: every value is refused before it is read."""
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "out"
+    argv = [a.replace("OUT", str(out)).replace("RUN", str(tmp_path / "run")).replace("CODES", "c.safetensors")
+            for a in argv]
+    capsys.readouterr()
+    try:
+        code = main(argv)
+    except SystemExit as exit:  # argparse's own errors (a --seed out of range): one line, exit 2 as well
+        code = exit.code
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == []

@@ -382,3 +382,24 @@ def test_inception_fid_known_answer(trained_run, monkeypatch, single_thread):
     assert same["inception_fid"] == pytest.approx(same["inception_fid_real"], rel=1e-9)  # the floor set itself
     noise = inception_fid(judge, torch.rand(n, 1, 28, 28).round(), n, weights=weights)
     assert noise["inception_fid"] > same["inception_fid_real"]
+
+
+def test_resume_takes_the_same_files_however_they_are_written(exported, tmp_path, capsys, monkeypatch):
+    """``--resume`` compares file settings as paths, allows the logging cadence to change, and refuses a damaged
+    config.json in one line."""
+    monkeypatch.chdir(exported["train"].parent)
+    codes = exported["train"].name
+    prior = tmp_path / "prior"
+    tiny = ["width=16", "num_heads=2", "num_layers=1", "batch_size=16", "ckpt_every=2", "eval_every=2",
+            "progress=false"]
+    assert main(["prior", "train", codes, "--out", str(prior), "steps=2", *tiny]) == 0
+    assert main(["prior", "train", f"./{codes}", "--out", f"{prior}/", "--resume", "steps=4", "log_every=1",
+                 *tiny]) == 0
+    assert (prior / "checkpoints" / "latest").read_text().strip().endswith("4")
+    assert main(["prior", "train", str(exported["train"].resolve()), "--out", str(prior), "--resume", "steps=6",
+                 *tiny]) == 0
+    assert "settings differ" in _error(capsys, ["prior", "train", codes, "--out", str(prior), "--resume", "steps=8",
+                                                *tiny, "lr=0.5"])
+    (prior / "config.json").write_text("{oops")
+    assert "is missing or damaged" in _error(capsys, ["prior", "train", codes, "--out", str(prior), "--resume",
+                                                      "steps=8", *tiny])

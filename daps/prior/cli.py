@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from daps.cli import seed_arg
 from daps.errors import UserError
 
 log = logging.getLogger("daps")
@@ -24,7 +25,7 @@ def add_parsers(sub) -> None:
                    help="codes drawn per input (categorical encoders; quantizers: 1) (default 1)")
     p.add_argument("--out", required=True, help="the .safetensors file to write")
     p.add_argument("--max-inputs", type=int, default=0, help="a fixed random subset of N inputs (0 = all)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the stochastic encoding")
+    p.add_argument("--seed", type=seed_arg, default=0, help="seed of the stochastic encoding")
     p.add_argument("--batch-size", type=int, default=500)
     p.add_argument("--data-dir", default=None, help="folder with the data files (default: as trained)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing codes file")
@@ -52,7 +53,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--cfg", type=float, default=1.0, help="classifier-free guidance scale (0 = unconditional)")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--euler-steps", type=int, default=None, help="dfm: Euler steps (default: the run's)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_arg, default=0)
     p.add_argument("--out", required=True, help="PNG grid of the decoded samples")
     p.add_argument("--codes-out", default=None, help="also save the sampled codes (.safetensors)")
     p.add_argument("--video", default=None,
@@ -65,7 +66,7 @@ def add_parsers(sub) -> None:
     p.add_argument("prior_dir", help="the prior's run folder")
     p.add_argument("--n", type=int, default=1000, help="samples for the sample statistics (default 1000)")
     p.add_argument("--cfg", type=float, default=1.0, help="guidance scale of the samples (default 1)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_arg, default=0)
     p.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
     p.add_argument("--tokenizer", default=None, help="tokenizer run to decode with (default: the codes' run)")
     p.add_argument("--no-classifier", action="store_true", help="skip the classifier scores (no tokenizer needed)")
@@ -77,7 +78,7 @@ def add_parsers(sub) -> None:
     p = sub.add_parser("decode-random", help="decode uniform-random codes of a tokenizer into a grid")
     p.add_argument("run_dir", help="tokenizer run folder or checkpoint")
     p.add_argument("--n", type=int, default=100, help="codes (default 100)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_arg, default=0)
     p.add_argument("--out", required=True, help="PNG grid")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.add_argument("--device", default=None)
@@ -112,9 +113,12 @@ def check_sampling(guidance: float, temperature: float, guidance_flag: str = "--
 
 
 def export_codes_command(args: argparse.Namespace) -> int:
-    from daps.codes import export_codes, save_codes
+    from daps.codes import check_codes_out, export_codes, save_codes
 
-    out = check_output_file(args.out, ".safetensors", args.overwrite)
+    out = check_codes_out(args.out, args.overwrite)  # before encoding anything
+    if args.batch_size < 1 or args.max_inputs < 0:
+        raise UserError(f"--batch-size must be at least 1 and --max-inputs >= 0 (0: all), got {args.batch_size} "
+                        f"and {args.max_inputs}")
     codes = export_codes(
         args.run_dir, args.split, args.samples_per_input, args.seed, args.max_inputs, args.batch_size,
         args.data_dir, _device(args.device),

@@ -34,6 +34,7 @@ from daps.checkpoint import (
     save_checkpoint,
 )
 from daps.codes import CodeSet, load_codes
+from daps.config import check_optimizer_settings
 from daps.errors import UserError
 from daps.prior.nets import ARPrior, DFMPrior, corrupt, drop_labels
 from daps.runfolder import (
@@ -103,8 +104,11 @@ class PriorConfig:
             raise UserError(f"label_dropout must be in [0, 1), got {self.label_dropout}")
         if not 0 < self.val_fraction < 1:
             raise UserError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
-        if self.lr <= 0:
-            raise UserError(f"lr must be positive, got {self.lr}")
+        check_optimizer_settings(self)
+
+
+FLAG_SETTINGS = {"out_dir": "--out", "codes": "the codes argument", "tokenizer": "the tokenizer argument"}
+"""Settings given by the command line's own arguments, not by ``key=value``."""
 
 
 def apply_overrides(cfg: Any, overrides: list[str]) -> Any:
@@ -114,6 +118,8 @@ def apply_overrides(cfg: Any, overrides: list[str]) -> Any:
     changes: dict[str, Any] = {}
     for item in overrides:
         key, sep, value = item.partition("=")
+        if sep and key in FLAG_SETTINGS and key in fields:
+            raise UserError(f"{item!r}: give {key} with {FLAG_SETTINGS[key]}, not as a setting")
         if not sep or key not in fields:
             raise UserError(f"unknown setting {key!r} (in {item!r}); known: {', '.join(fields)}")
         kind = type(getattr(cfg, key))
@@ -216,6 +222,13 @@ def generate(model: Prior, labels: torch.Tensor, guidance: float, temperature: f
 # The run folder
 
 
+RESUMABLE_SETTINGS = ("out_dir", "steps", "progress", "log_every", "eval_every", "ckpt_every", "keep_checkpoints")
+"""Settings of a prior or policy run that ``--resume`` may change (where it writes, how long it runs, what it
+logs and keeps; none of them touches the training's random stream)."""
+PATH_SETTINGS = ("codes", "val_codes", "tokenizer", "data_dir")
+"""Settings that name files: compared as resolved paths on ``--resume``."""
+
+
 def prepare_folder(cfg: Any, resume: bool, overwrite: bool, kind: str = KIND) -> Path | None:
     """Check the output folder ``cfg.out_dir`` of a run of marker ``kind`` whose config.json stores ``cfg`` under
     the key ``kind``; returns the checkpoint to resume from (or None). Nothing is deleted here."""
@@ -234,8 +247,19 @@ def prepare_folder(cfg: Any, resume: bool, overwrite: bool, kind: str = KIND) ->
         raise OutputFolderError(f"--out {run_dir} exists and is not a daps {kind} folder; choose another folder")
     if not resume:
         raise OutputFolderError(f"{kind} folder {run_dir} already exists; pass --resume or --overwrite")
-    saved = json.loads((run_dir / "config.json").read_text()).get(kind, {})
-    differs = [k for k, v in asdict(cfg).items() if k not in ("progress", "steps") and saved.get(k) != v]
+    try:
+        saved = json.loads((run_dir / "config.json").read_text()).get(kind)
+    except (OSError, ValueError, AttributeError):
+        saved = None
+    if not isinstance(saved, dict):
+        raise UserError(f"--resume: {run_dir / 'config.json'} is missing or damaged (no {kind} settings in it)")
+
+    def same(key: str, old: Any, new: Any) -> bool:
+        if key in PATH_SETTINGS and isinstance(old, str) and isinstance(new, str) and old and new:
+            return Path(old).resolve() == Path(new).resolve()  # ./codes.safetensors, an absolute path, ...
+        return old == new
+
+    differs = [k for k, v in asdict(cfg).items() if k not in RESUMABLE_SETTINGS and not same(k, saved.get(k), v)]
     if differs:
         raise UserError(f"--resume: the settings differ from the run's config.json ({', '.join(differs)})")
     return find_resumable(run_dir)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from daps.cli import seed_arg
 from daps.errors import UserError
 from daps.prior.cli import check_output_file, check_sampling
 
@@ -48,7 +49,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--blend", type=int, default=0,
                    help="frames at the start of each window moved onto the previous window's path (default 0: none)")
     p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_arg, default=0)
     p.add_argument("--size", type=int, default=320, help="pixels per view (default 320)")
     p.add_argument("--tokenizer", default=None, help="tokenizer run to decode with (default: the policy's)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
@@ -60,7 +61,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--rollouts", type=int, default=8, help="rollouts per request (default 8)")
     p.add_argument("--windows", type=int, default=6, help="windows per rollout (default 6)")
     p.add_argument("--physics-rollouts", type=int, default=2, help="rollouts per request tracked in physics")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_arg, default=0)
     p.add_argument("--guidance", type=float, default=1.0)
     p.add_argument("--blend", type=int, default=0, help="border blending of the plans, as robot plan (default 0)")
     p.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")

@@ -169,6 +169,8 @@ class Planner:
         """Plan ``W`` windows for each of ``labels (B,)`` with velocities ``(B, W, 3)`` (already checked);
         ``blend`` > 0 moves each window's first ``blend`` frames onto the previous window's path
         (:func:`blend_borders`) before stitching."""
+        if not 0 <= blend <= self.window:
+            raise UserError(f"--blend must be between 0 and the window length ({self.window} frames), got {blend}")
         labels = labels.to(self.device)
         b, w = velocity.shape[:2]
         prev = torch.full((b, self.policy.num_tokens), self.policy.start_symbol, device=self.device)

@@ -30,6 +30,7 @@ from daps.checkpoint import (
     load_weights,
     resolve_checkpoint,
 )
+from daps.config import check_optimizer_settings
 from daps.errors import UserError
 from daps.prior.nets import drop_labels
 from daps.prior.run import prepare_folder, run_steps, save_prior_curves, start_training
@@ -87,8 +88,7 @@ class RobotConfig:
         for name in ("label_dropout", "prev_dropout"):
             if not 0 <= getattr(self, name) < 1:
                 raise UserError(f"{name} must be in [0, 1), got {getattr(self, name)}")
-        if self.lr <= 0:
-            raise UserError(f"lr must be positive, got {self.lr}")
+        check_optimizer_settings(self)
 
 
 def build_policy(cfg: RobotConfig, meta: dict[str, Any]) -> CommandPolicy:
