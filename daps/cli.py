@@ -301,8 +301,10 @@ def _gradlab(args: argparse.Namespace, argv: list[str]) -> int:
 
     if args.draws < 2 or args.num_samples < 2 or args.rao_samples < 1 or args.pretrain_steps < 0:
         raise UserError("--draws and --num-samples must be >= 2, --rao-samples >= 1, --pretrain-steps >= 0")
-    if not (args.temperature > 0 and args.eta > 0 and args.beta >= 0):
-        raise UserError("--temperature and --eta must be positive and --beta >= 0")
+    if not (all(map(math.isfinite, (args.temperature, args.eta, args.beta)))
+            and args.temperature > 0 and args.eta > 0 and args.beta >= 0):
+        raise UserError("--temperature and --eta must be positive numbers and --beta a number >= 0, got "
+                        f"{args.temperature}, {args.eta} and {args.beta}")
     check_out(Path(args.out), args.overwrite)  # before the minutes of draws
     estimators = default_estimators(args.num_samples, args.eta, args.temperature, args.rao_samples)
     if args.resample:

@@ -126,6 +126,8 @@ def check_output_folder(folder: Path, overwrite: bool) -> None:
     from daps.runfolder import check_replaceable, has_content, refuse_precious
 
     refuse_precious(folder, "--out")
+    if (folder.exists() or folder.is_symlink()) and not folder.is_dir():
+        raise UserError(f"--out {folder} exists and is not a folder")
     if has_content(folder):
         if not overwrite:
             raise UserError(f"--out {folder} already exists; pass --overwrite to replace it")
@@ -137,6 +139,7 @@ def export_run(run_dir: str | Path, out: str | Path, overwrite: bool = False) ->
     validation metrics in the model card."""
     from daps.checkpoint import load_model, load_training_state, resolve_checkpoint
 
+    check_output_folder(Path(out), overwrite)  # before the checkpoint is read
     ckpt = resolve_checkpoint(run_dir)
     model = load_model(ckpt)
     summary_path = ckpt.parent.parent / "summary.json"

@@ -64,7 +64,8 @@ def _read_umask() -> int:
     return mask
 
 
-_UMASK = _read_umask()
+UMASK = _read_umask()
+"""The process's file-creation mask (read once at import): files daps writes get ``0o666 & ~UMASK``."""
 
 
 @contextlib.contextmanager
@@ -78,9 +79,10 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """
     path = Path(path)
     tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
+    path.parent.mkdir(parents=True, exist_ok=True)  # a missing folder of the output is created
     try:
         yield tmp
-        os.chmod(tmp, 0o666 & ~_UMASK)  # as a plain open() would create it (some writers, e.g. safetensors, use 0600)
+        os.chmod(tmp, 0o666 & ~UMASK)  # as a plain open() would create it (some writers, e.g. safetensors, use 0600)
         fsync_path(tmp)
         os.replace(tmp, path)
     finally:
@@ -201,9 +203,12 @@ def check_replaceable(folder: str | Path, kind: str, what: str) -> Path:
     if resolved.exists() and not resolved.is_dir():
         raise OutputFolderError(f"{what} {folder!s} exists and is not a folder")
     if has_content(resolved) and not is_output_folder(resolved, kind):
+        other = read_marker(resolved)
+        why = (f"it is a daps {other} folder" if other is not None
+               else f"no {MARKER} marker{' or run config.json' if kind == 'train' else ''}")
         raise OutputFolderError(
-            f"{what} {folder!s} exists and is not a daps {kind} folder (no {MARKER} marker"
-            f"{' or run config.json' if kind == 'train' else ''}); refusing to delete it: choose another folder"
+            f"{what} {folder!s} exists and is not a daps {kind} folder ({why}); refusing to delete it: "
+            "choose another folder"
         )
     return resolved
 

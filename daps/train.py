@@ -162,12 +162,12 @@ def truncate_metrics(path: Path, last_step: int) -> None:
     if not path.exists():
         return
     kept = []
-    for line in path.read_text().splitlines():
+    for line in path.read_text(errors="replace").splitlines():  # a damaged byte spoils its line only
         try:
             row = json.loads(line)
         except json.JSONDecodeError:
             continue
-        if row.get("step", 0) <= last_step:
+        if isinstance(row, dict) and row.get("step", 0) <= last_step:
             kept.append(line)
     write_text_atomic(path, "".join(line + "\n" for line in kept))
 

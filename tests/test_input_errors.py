@@ -358,6 +358,8 @@ def test_eval_help_describes_the_subset(capsys):
         (["render", "RUN", "--out", "OUT/r.mp4", "--seconds", "inf"], "--seconds must be a positive number"),
         (["render", "RUN", "--out", "OUT/r.mp4", "--start", "nan"], "--start a number >= 0"),
         (["export", "RUN", "--out", "OUT/ex", "--push-to-hub", "not an id"], "is not a Hub repo id"),
+        (["prior", "sample", "RUN", "--out", "OUT/s.png", "--euler-steps", "-3"], "--euler-steps must be at least 1"),
+        (["prior", "sample", "RUN", "--out", "OUT/s.png", "--euler-steps", "0"], "--euler-steps must be at least 1"),
         (["prior", "train", "CODES", "--out", "OUT/p", "lr=nan"], "lr must be a positive number"),
         (["prior", "train", "CODES", "--out", "OUT/p", "lr=inf"], "lr must be a positive number"),
         (["prior", "train", "CODES", "--out", "OUT/p", "weight_decay=-1"], "weight_decay must be a number >= 0"),
@@ -385,3 +387,17 @@ def test_bad_command_line_values_are_one_line_and_write_nothing(argv, message, t
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1, err
     assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_outputs_next_to_a_users_file(tmp_path, capsys, monkeypatch):
+    """A file where a folder is asked for, and a missing parent folder of an output file."""
+    from daps.runfolder import write_text_atomic
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "user.txt").write_text("mine")
+    assert main(["export", str(tmp_path / "run"), "--out", "user.txt"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "exists and is not a folder" in err and len(err.splitlines()) == 1
+    assert (tmp_path / "user.txt").read_text() == "mine"
+    write_text_atomic(tmp_path / "new" / "deeper" / "x.md", "ok")  # e.g. eval --plot new/x.png
+    assert (tmp_path / "new" / "deeper" / "x.md").read_text() == "ok"

@@ -429,3 +429,34 @@ def test_config_with_wrong_types_is_one_line_naming_file_and_key(copy_run, capsy
     assert main(["eval", str(run)]) == 2
     line = error_line(capsys)
     assert str(ckpt / "config.json") in line and "train.steps" in line
+
+
+def test_metrics_are_cut_back_to_the_checkpoint_whatever_else_the_file_holds(tmp_path):
+    from daps.train import truncate_metrics
+
+    path = tmp_path / "metrics.jsonl"
+    rows = [json.dumps({"split": "train", "step": s}) for s in range(1, 6)]
+    path.write_bytes(("\n".join([rows[0], "5", rows[1], '{"step": 2, "cut off', rows[2], rows[3], rows[4]]) + "\n")
+                     .encode() + b"\xff\xfe garbage\n")
+    truncate_metrics(path, 3)
+    assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [1, 2, 3]
+
+
+def test_checkpoint_files_follow_the_umask(trained_run):
+    from daps.runfolder import UMASK
+
+    ckpt = trained_run / CKPT_DIR / (trained_run / CKPT_DIR / "latest").read_text().strip()
+    for name in ("model.safetensors", "config.json", "state.pt"):
+        assert (ckpt / name).stat().st_mode & 0o777 == 0o666 & ~UMASK, name  # safetensors alone would give 0600
+
+
+def test_a_folder_of_another_kind_is_named_as_such(tmp_path):
+    from daps.runfolder import write_marker
+
+    out = tmp_path / "lab"
+    out.mkdir()
+    write_marker(out, "gradlab")
+    (out / "gradlab.md").write_text("report")
+    with pytest.raises(OutputFolderError, match="it is a daps gradlab folder"):
+        prepare_output_folder(out, "prior", overwrite=True)
+    assert (out / "gradlab.md").read_text() == "report"

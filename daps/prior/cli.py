@@ -193,6 +193,8 @@ def _sample(args: argparse.Namespace) -> int:
     video = check_output_file(args.video, ".mp4", args.overwrite) if args.video else None
     if args.n < 1:
         raise UserError("--n must be at least 1")
+    if args.euler_steps is not None and args.euler_steps < 1:
+        raise UserError(f"--euler-steps must be at least 1, got {args.euler_steps}")
     check_sampling(args.cfg, args.temperature)
     device = _device(args.device)
     model, cfg, meta = load_prior(args.prior_dir, device)
@@ -211,7 +213,8 @@ def _sample(args: argparse.Namespace) -> int:
     if video is not None and not motion:
         raise UserError(f"--video is for motion tokenizers (lafan1-h1); this one is {tokenizer.config.data.name}")
     g = torch.Generator(device).manual_seed(args.seed)
-    codes = generate(model, labels.to(device), args.cfg, args.temperature, g, args.euler_steps or cfg.euler_steps)
+    euler_steps = cfg.euler_steps if args.euler_steps is None else args.euler_steps
+    codes = generate(model, labels.to(device), args.cfg, args.temperature, g, euler_steps)
     save_image_grid(decoded_images(tokenizer, codes), out, columns=columns)
     if video is not None:
         from daps.data.motion import MotionMetrics
