@@ -4,6 +4,7 @@ control), classifier-free guidance at 0 and 1, exact resume, and bad inputs (one
 
 from __future__ import annotations
 
+import copy
 import itertools
 import json
 import math
@@ -403,3 +404,32 @@ def test_resume_takes_the_same_files_however_they_are_written(exported, tmp_path
     (prior / "config.json").write_text("{oops")
     assert "is missing or damaged" in _error(capsys, ["prior", "train", codes, "--out", str(prior), "--resume",
                                                       "steps=8", *tiny])
+
+
+def test_a_diverging_prior_run_stops_and_keeps_good_weights(tmp_path):
+    from types import SimpleNamespace
+
+    from daps.prior.run import MAX_SKIPPED_STEPS, run_steps
+    from daps.train import TrainingDiverged
+
+    def run(model: torch.nn.Linear, bad_steps: range, steps: int) -> None:
+        optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+        cfg = SimpleNamespace(steps=steps, grad_clip=1.0, log_every=5, eval_every=10**6, ckpt_every=10**6,
+                              keep_checkpoints=1, progress=False)
+        calls = itertools.count()
+
+        def batch_loss() -> torch.Tensor:
+            loss = model(torch.ones(4, 3)).square().mean()
+            return loss * math.nan if next(calls) in bad_steps else loss
+
+        run_steps(tmp_path, model, optimizer, torch.Generator(), {}, cfg, 0, batch_loss, dict, "test")
+
+    torch.manual_seed(0)
+    start = torch.nn.Linear(3, 1)
+    diverging = copy.deepcopy(start)
+    with pytest.raises(TrainingDiverged, match=f"not finite for {MAX_SKIPPED_STEPS} steps"):
+        run(diverging, range(10, 10**6), 200)
+    assert all(torch.isfinite(p).all() for p in diverging.parameters())  # the NaN steps changed nothing
+    healthy = copy.deepcopy(start)
+    run(healthy, range(3, 5), 20)  # two bad steps are skipped and the run goes on
+    assert all(torch.isfinite(p).all() for p in healthy.parameters()) and not torch.equal(healthy.weight, start.weight)

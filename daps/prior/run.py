@@ -323,12 +323,17 @@ def start_training(model: torch.nn.Module, cfg: Any, ckpt: Path | None, device: 
     return optimizer, generator, start
 
 
+MAX_SKIPPED_STEPS = 50
+"""Consecutive steps with a non-finite loss or gradient (each skipped) after which a prior or policy run stops."""
+
+
 def run_steps(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, generator: torch.Generator,
               config: dict, cfg: Any, start: int, batch_loss: Callable[[], torch.Tensor],
               evaluate: Callable[[], dict], desc: str) -> None:
     """The training loop of the models over codes (priors, the robot policy): from ``start`` to ``cfg.steps``,
     each step ``batch_loss()`` (which draws its batch from ``generator``), backward, clipping to
-    ``cfg.grad_clip``, an optimizer step; train rows every ``cfg.log_every``, ``evaluate()`` rows every
+    ``cfg.grad_clip``, an optimizer step (skipped for a non-finite loss or gradient; :data:`MAX_SKIPPED_STEPS`
+    in a row raise ``TrainingDiverged``); train rows every ``cfg.log_every``, ``evaluate()`` rows every
     ``cfg.eval_every`` and a checkpoint (weights, optimizer, step, generator) every ``cfg.ckpt_every`` steps."""
     from tqdm import tqdm
 
@@ -341,12 +346,24 @@ def run_steps(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Opti
             metrics.write(json.dumps(row) + "\n")
             metrics.flush()
 
+        skipped = 0
         for step in bar:
             loss = batch_loss()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
+            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            if bool(torch.isfinite(loss.detach()) & torch.isfinite(norm)):
+                optimizer.step()
+                skipped = 0
+            else:  # a non-finite loss or gradient: no update; stop (exit code 3) if it lasts
+                skipped += 1
+                if skipped >= MAX_SKIPPED_STEPS:
+                    from daps.train import TrainingDiverged
+
+                    raise TrainingDiverged(
+                        f"{run_dir}: the loss or its gradient was not finite for {skipped} steps in a row (up to "
+                        f"step {step + 1}); lower lr or check the codes. The last checkpoint holds good weights"
+                    )
             loss_sum += float(loss.detach())
             count += 1
             done = step + 1
