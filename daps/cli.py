@@ -19,10 +19,11 @@ from daps.config_io import parse_overrides
 from daps.errors import UserError
 from daps.methods import METHODS
 from daps.presets import PRESETS, get_preset
+from daps.runfolder import refuse_tilde
 
 
 def seed_arg(text: str) -> int:
-    """argparse type of ``--seed``: an integer in [0, 2^32) (:func:`daps.config.check_seed`)."""
+    """argparse type of ``--seed``: an integer of magnitude below 2^53 (:func:`daps.config.check_seed`)."""
     from daps.config import check_seed
 
     try:
@@ -217,6 +218,8 @@ def _eval(args: argparse.Namespace) -> int:
         raise UserError("--batch-size must be positive and --max-images >= 0")
     if args.fid == "reference" and not args.fid_ref:
         raise UserError("--fid reference needs --fid-ref STATS.npz (see daps fid-stats)")
+    if args.plot:
+        refuse_tilde(args.plot, "--plot")
     if args.plot and Path(args.plot).suffix.lower() != ".png":
         raise UserError(f"--plot must name a .png file, got {args.plot}")
     if args.plot and Path(args.plot).exists():
@@ -333,6 +336,7 @@ def _render(args: argparse.Namespace) -> int:
     from daps.motion.render import render_side_by_side
 
     out = Path(args.out)
+    refuse_tilde(out, "--out")
     if out.suffix.lower() != ".mp4":
         raise UserError(f"--out must name an .mp4 file, got {out}")
     if out.exists() and not args.overwrite:

@@ -288,10 +288,12 @@ def prepare_compare_folder(out: Path) -> Path:
     refuse_precious(out, "--out")
     if out.is_symlink() or not out.is_dir():
         raise OutputFolderError(f"--out {out} exists and is not a folder")
-    if read_marker(out) != "compare":
-        if read_marker(out) is not None or not _is_legacy_compare(out):
+    marker = read_marker(out)
+    if marker != "compare":
+        if marker is not None or not _is_legacy_compare(out):
+            why = f"it is a daps {marker} folder" if marker is not None else "no .daps marker"
             raise OutputFolderError(
-                f"--out {out} exists and is not a daps compare folder (no .daps marker); choose another folder"
+                f"--out {out} exists and is not a daps compare folder ({why}); choose another folder"
             )
         write_marker(out, "compare")
     return out

@@ -271,14 +271,15 @@ def check_schedule(key: str, sched: ScheduleConfig) -> None:
         )
 
 
-SEED_LIMIT = 2**32
-"""Seeds are integers in [0, 2^32): any generator takes them, and train derives per-process seeds from them."""
+SEED_LIMIT = 2**53
+"""Seeds are integers of magnitude below 2^53: torch's generators take them, and so do the per-process seeds
+``daps train`` derives from them (``1000 * seed + ...``, which must fit in 64 bits)."""
 
 
 def check_seed(value: Any, name: str) -> None:
     """Raise a :class:`~daps.errors.UserError` naming ``name`` unless ``value`` is a seed (see :data:`SEED_LIMIT`)."""
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < SEED_LIMIT:
-        raise UserError(f"{name} must be an integer in [0, 2^32), got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int) or not -SEED_LIMIT < value < SEED_LIMIT:
+        raise UserError(f"{name} must be an integer between -2^53 and 2^53, got {value!r}")
 
 
 def check_optimizer_settings(cfg: Any) -> None:

@@ -4,9 +4,10 @@ Every file daps writes goes through a temporary file and ``os.replace``, so a re
 the old or the new content, never half of it. A folder that daps creates for its outputs (a training run, a
 ``compare`` or ``gradlab`` folder, a prior) gets a small marker file ``.daps`` naming its kind; ``--overwrite``
 only ever replaces a folder that carries the marker of the same kind (or, for training runs made before the
-marker existed, a ``config.json`` of a daps run), and never the current folder, one of its parents, the home
-folder or a filesystem root. A run folder is locked while a process writes it (``.lock``, an advisory
-``flock``; the kernel releases it when the process dies, so a lock left by a killed process is simply taken over).
+marker existed, a daps ``config.json`` with nothing beside it but what a run writes), and never the current
+folder, one of its parents, the home folder or a filesystem root; output paths starting with ``~`` are refused.
+A run folder is locked while a process writes it (``.lock``, an advisory ``flock``; the kernel releases it when
+the process dies, so a lock left by a killed process is simply taken over).
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ UMASK = _read_umask()
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success it replaces ``path`` atomically, on error it is removed.
+    A missing folder of ``path`` is created; a path starting with ``~`` is refused (:func:`refuse_tilde`).
 
     Use it for writers that want a file name (``savefig``, ``np.savez``, ``torch.save``)::
 
@@ -78,8 +80,9 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             fig.savefig(tmp, format="png")
     """
     path = Path(path)
+    refuse_tilde(path, "output")
     tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
-    path.parent.mkdir(parents=True, exist_ok=True)  # a missing folder of the output is created
+    path.parent.mkdir(parents=True, exist_ok=True)
     try:
         yield tmp
         os.chmod(tmp, 0o666 & ~UMASK)  # as a plain open() would create it (some writers, e.g. safetensors, use 0600)
@@ -117,16 +120,23 @@ def remove_temporaries(folder: Path) -> list[Path]:
 # What may be replaced
 
 
+def refuse_tilde(path: str | Path, what: str) -> None:
+    """:class:`OutputFolderError` if an output path starts with ``~``: the shell expands it only at the start of a
+    word (not after ``key=`` or ``--out=``, nor inside quotes), so it reaches daps literally and would name a
+    folder called ``~`` in the current one."""
+    if str(path).startswith("~"):
+        raise OutputFolderError(
+            f"{what} {path!s} starts with '~', which the shell does not expand after '=' or inside quotes; "
+            "write the full path (e.g. $HOME/...)"
+        )
+
+
 def refuse_precious(path: str | Path, what: str) -> Path:
     """``path`` resolved, or :class:`OutputFolderError` if it is empty, the current folder, one of its parents,
     the home folder or a filesystem root: folders no output of daps may ever replace."""
     if not str(path).strip():
         raise OutputFolderError(f"{what} is empty: name an output folder")
-    if str(path).startswith("~"):  # every writer would take it literally, as a folder named "~" here
-        raise OutputFolderError(
-            f"{what} {path!s} starts with '~', which the shell does not expand after '=' or inside quotes; "
-            "write the full path (e.g. $HOME/...)"
-        )
+    refuse_tilde(path, what)
     resolved = Path(path).resolve()
     cwd = Path.cwd().resolve()
     home = Path.home().resolve()
@@ -153,21 +163,22 @@ def write_marker(folder: Path, kind: str) -> None:
 
 RUN_ENTRIES = frozenset({
     "config.json", "metrics.jsonl", "summary.json", "reconstructions.png", "curves.png", "checkpoints",
-    "tensorboard", "wandb", MARKER, LOCK,
+    "motion_stats.json", "tensorboard", "wandb", MARKER, LOCK,
 })
 """Everything a training run writes into its folder."""
 
 
 def _is_legacy_run(folder: Path) -> bool:
-    """A training run written before the marker existed: a daps ``config.json``, checkpoints, and nothing but what
-    a run writes (a folder of the user's that happens to hold a daps config is not one)."""
+    """A training run written before the marker existed: a daps ``config.json``, checkpoints or metrics, and
+    nothing but what a run writes (a folder of the user's that happens to hold a daps config is not one)."""
     try:
         data = json.loads((folder / "config.json").read_text())
     except (OSError, ValueError):
         return False
     if not (isinstance(data, dict) and {"method", "train", "data"} <= data.keys()):
         return False
-    return (folder / "checkpoints").is_dir() and all(
+    started = (folder / "checkpoints").is_dir() or (folder / "metrics.jsonl").is_file()
+    return started and all(
         p.name in RUN_ENTRIES or any(p.match(pattern) for pattern in TEMP_PATTERNS) for p in folder.iterdir()
     )
 
@@ -205,7 +216,7 @@ def check_replaceable(folder: str | Path, kind: str, what: str) -> Path:
     if has_content(resolved) and not is_output_folder(resolved, kind):
         other = read_marker(resolved)
         why = (f"it is a daps {other} folder" if other is not None
-               else f"no {MARKER} marker{' or run config.json' if kind == 'train' else ''}")
+               else f"no {MARKER} marker{', nor only the files of a run' if kind == 'train' else ''}")
         raise OutputFolderError(
             f"{what} {folder!s} exists and is not a daps {kind} folder ({why}); refusing to delete it: "
             "choose another folder"

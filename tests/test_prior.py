@@ -279,7 +279,7 @@ def _error(capsys, argv) -> str:
     return err
 
 
-def test_bad_inputs_give_one_line_and_exit_2(trained_run, vq_run, exported, tmp_path, capsys):
+def test_bad_inputs_give_one_line_and_exit_2(trained_run, vq_run, exported, tmp_path, capsys, monkeypatch):
     vq_codes = tmp_path / "vq.safetensors"
     save_codes(export_codes(vq_run, "test", max_inputs=20), vq_codes)
     prior = tmp_path / "prior"
@@ -317,6 +317,14 @@ def test_bad_inputs_give_one_line_and_exit_2(trained_run, vq_run, exported, tmp_
                                             "--codes-out", str(not_codes), "--overwrite"])
     training_codes = Path(existing).read_bytes()
     assert "this prior was trained on" in _error(capsys, ["prior", "sample", str(prior), "--out",
+                                                          str(tmp_path / "x.png"), "--codes-out", existing,
+                                                          "--overwrite"])
+    relative = tmp_path / "relative"  # a prior trained on a relative path, sampled from another folder
+    monkeypatch.chdir(Path(existing).parent)
+    assert main(["prior", "train", Path(existing).name, "--out", str(relative), "steps=2", "width=16",
+                 "num_heads=2", "progress=false"]) == 0
+    monkeypatch.chdir(tmp_path)
+    assert "this prior was trained on" in _error(capsys, ["prior", "sample", str(relative), "--out",
                                                           str(tmp_path / "x.png"), "--codes-out", existing,
                                                           "--overwrite"])
     assert not_codes.read_text() == "hello" and Path(existing).read_bytes() == training_codes
@@ -431,5 +439,9 @@ def test_a_diverging_prior_run_stops_and_keeps_good_weights(tmp_path):
         run(diverging, range(10, 10**6), 200)
     assert all(torch.isfinite(p).all() for p in diverging.parameters())  # the NaN steps changed nothing
     healthy = copy.deepcopy(start)
+    (tmp_path / "metrics.jsonl").unlink()
     run(healthy, range(3, 5), 20)  # two bad steps are skipped and the run goes on
     assert all(torch.isfinite(p).all() for p in healthy.parameters()) and not torch.equal(healthy.weight, start.weight)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    rows = [r for r in rows if r["split"] == "train"]
+    assert [r["skipped"] for r in rows] == [2, 0, 0, 0] and all(math.isfinite(r["loss"]) for r in rows)

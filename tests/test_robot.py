@@ -402,6 +402,7 @@ def test_robot_bad_requests_are_one_line(tiny_policy, tmp_path, capsys, trained_
         (["robot", "plan", str(policy), "--motion", "walk", "--velocity-schedule", str(binary), "--out", out],
          "not a text file"),
         (["robot", "eval", str(policy), "--motions", ","], "names no kind"),
+        (["robot", "plan", str(policy), "--motion", "walk", "--blend", "1000", "--out", out], "--blend must be"),
         (["robot", "eval", str(policy), "--out", str(tmp_path / "notes")], "already exist"),
         (["robot", "eval", str(policy), "--out", str(tmp_path / "notes"), "--overwrite"], "not a robot eval report"),
         (["robot", "eval", str(policy), "--out", str(policy / "config"), "--overwrite"], "not a robot eval report"),
@@ -445,5 +446,9 @@ def test_report_stem_replaces_only_an_earlier_report(tmp_path):
         check_report_stem(stem, overwrite=False)
     check_report_stem(stem, overwrite=True)  # an earlier report: replaceable
     (tmp_path / "eval.md").write_text("my notes")
+    with pytest.raises(UserError, match="not a robot eval report"):
+        check_report_stem(stem, overwrite=True)
+    (tmp_path / "eval.json").unlink()
+    (tmp_path / "eval.md").write_text("| my | own table |\n")  # a table alone is not a report
     with pytest.raises(UserError, match="not a robot eval report"):
         check_report_stem(stem, overwrite=True)

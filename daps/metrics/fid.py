@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from daps.errors import UserError
-from daps.runfolder import atomic_path
+from daps.runfolder import atomic_path, refuse_tilde
 
 logger = logging.getLogger(__name__)
 
@@ -217,6 +217,7 @@ def check_stats_out(path: str | os.PathLike, overwrite: bool) -> Path:
     """Refuse ``path`` as the output of FID statistics unless it is new, or ``overwrite`` and it already holds FID
     statistics (never a user's other file, a folder or a link); it must end in ``.npz``."""
     path = Path(path)
+    refuse_tilde(path, "--out")
     if path.suffix != ".npz":
         raise UserError(f"--out {path} must name an .npz file")
     if not (path.exists() or path.is_symlink()):

@@ -13,6 +13,7 @@ import torch
 
 from daps.cli import seed_arg
 from daps.errors import UserError
+from daps.runfolder import refuse_tilde
 
 log = logging.getLogger("daps")
 
@@ -94,6 +95,7 @@ def check_output_file(path: str, suffix: str, overwrite: bool) -> Path:
     """``path`` as a Path if it names a ``suffix`` file that may be written (absent, or ``overwrite``); else
     UserError."""
     out = Path(path)
+    refuse_tilde(out, "--out")
     if out.suffix.lower() != suffix:
         raise UserError(f"{path} must name a {suffix} file")
     if out.is_dir():
@@ -198,7 +200,9 @@ def _sample(args: argparse.Namespace) -> int:
     check_sampling(args.cfg, args.temperature)
     device = _device(args.device)
     model, cfg, meta = load_prior(args.prior_dir, device)
-    inputs = [Path(p).resolve() for p in (cfg.codes, cfg.val_codes) if p]
+    # the codes files as resolved when the prior was trained (priors older than "val_file" name only the first)
+    trained_on = [meta.get("file", cfg.codes), meta.get("val_file")]
+    inputs = [Path(p).resolve() for p in trained_on if p]
     if args.codes_out and Path(args.codes_out).resolve() in inputs:
         raise UserError(f"--codes-out {args.codes_out} is a codes file this prior was trained on; name another file")
     names = list(meta["class_names"])
@@ -225,7 +229,8 @@ def _sample(args: argparse.Namespace) -> int:
         render_grid(to_poses.h1, poses, video, columns, captions=[names[int(y)] for y in labels])
         log.info("wrote %s: %d sampled motions of %d frames", video, len(poses), poses.shape[1])
     if args.codes_out:
-        sample_meta = {**meta, "split": "prior-samples", "samples_per_input": 1, "prior": str(args.prior_dir),
+        header = {k: v for k, v in meta.items() if k not in ("file", "val_file")}  # those name the training codes
+        sample_meta = {**header, "split": "prior-samples", "samples_per_input": 1, "prior": str(args.prior_dir),
                        "guidance": args.cfg, "temperature": args.temperature, "seed": args.seed}
         save_codes(CodeSet(codes[:, None].cpu(), labels, sample_meta), args.codes_out, overwrite=args.overwrite)
     what = names[int(labels[0])] if args.label is not None else "one row per class"

@@ -107,7 +107,10 @@ class PriorConfig:
         check_optimizer_settings(self)
 
 
-FLAG_SETTINGS = {"out_dir": "--out", "codes": "the codes argument", "tokenizer": "the tokenizer argument"}
+FLAG_SETTINGS = {
+    "out_dir": "--out", "codes": "the codes argument", "tokenizer": "the tokenizer argument", "kind": "--kind",
+    "val_codes": "--val-codes", "data_dir": "--data-dir",
+}
 """Settings given by the command line's own arguments, not by ``key=value``."""
 
 
@@ -282,7 +285,10 @@ def train_prior(cfg: PriorConfig, resume: bool = False, overwrite: bool = False,
             clear_folder(run_dir, KIND, "--out")
         run_dir.mkdir(parents=True, exist_ok=True)
         write_marker(run_dir, KIND)
-        config = {"prior": asdict(cfg), "codes": {**codes.meta, "file": str(Path(cfg.codes).resolve())}}
+        files = {"file": str(Path(cfg.codes).resolve())}
+        if cfg.val_codes:
+            files["val_file"] = str(Path(cfg.val_codes).resolve())
+        config = {"prior": asdict(cfg), "codes": {**codes.meta, **files}}
         write_json_atomic(run_dir / "config.json", config)
         model = build_prior(cfg, codes.meta).to(device)
         optimizer, generator, start = start_training(model, cfg, ckpt, device, run_dir)
@@ -340,7 +346,7 @@ def run_steps(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Opti
     model.train()
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not cfg.progress,
                desc=desc, unit="step", dynamic_ncols=True, mininterval=1.0)
-    loss_sum, count, t_last = 0.0, 0, time.perf_counter()
+    loss_sum, count, applied, skipped_in_row, t_last = 0.0, 0, 0, 0, time.perf_counter()
     with open(run_dir / "metrics.jsonl", "a") as metrics:
         def write_row(row: dict) -> None:
             metrics.write(json.dumps(row) + "\n")
@@ -355,24 +361,28 @@ def run_steps(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Opti
             if bool(torch.isfinite(loss.detach()) & torch.isfinite(norm)):
                 optimizer.step()
                 skipped = 0
+                loss_sum += float(loss.detach())
+                applied += 1
             else:  # a non-finite loss or gradient: no update; stop (exit code 3) if it lasts
                 skipped += 1
+                skipped_in_row += 1
                 if skipped >= MAX_SKIPPED_STEPS:
                     from daps.train import TrainingDiverged
 
                     raise TrainingDiverged(
                         f"{run_dir}: the loss or its gradient was not finite for {skipped} steps in a row (up to "
-                        f"step {step + 1}); lower lr or check the codes. The last checkpoint holds good weights"
+                        f"step {step + 1}); lower lr or check the codes. No update was made from those steps, so "
+                        "every checkpoint written holds finite weights"
                     )
-            loss_sum += float(loss.detach())
             count += 1
             done = step + 1
             if done % cfg.log_every == 0 or done == cfg.steps:
                 now = time.perf_counter()
-                write_row({"split": "train", "step": done, "loss": loss_sum / count,
+                mean = loss_sum / applied if applied else None  # over the applied steps only
+                write_row({"split": "train", "step": done, "loss": mean, "skipped": skipped_in_row,
                            "steps_per_s": count / (now - t_last)})
-                bar.set_postfix(loss=f"{loss_sum / count:.3f}", refresh=False)
-                loss_sum, count, t_last = 0.0, 0, now
+                bar.set_postfix(loss="-" if mean is None else f"{mean:.3f}", refresh=False)
+                loss_sum, count, applied, skipped_in_row, t_last = 0.0, 0, 0, 0, now
             if done % cfg.eval_every == 0 or done == cfg.steps:
                 write_row({"split": "val", "step": done, **evaluate()})
                 model.train()
@@ -414,7 +424,7 @@ def save_prior_curves(rows: list[dict], path: Path, title: str) -> None:
 
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    train = [(r["step"], r["loss"]) for r in rows if r.get("split") == "train"]
+    train = [(r["step"], r["loss"]) for r in rows if r.get("split") == "train" and r.get("loss") is not None]
     if train:
         ax.plot(*zip(*train), label="train loss (nats/token)")
     for key, label in (("bits_per_token", "held-out bits/token"), ("dfm_loss", "held-out loss (nats/token)")):

@@ -40,6 +40,7 @@ from daps.errors import UserError
 from daps.provenance import source_revision
 from daps.robot.commands import VELOCITY_NAMES, com_window_velocity, motion_index, window_velocity
 from daps.robot.plan import Planner, stitch_windows, transition_jumps
+from daps.runfolder import refuse_tilde
 
 
 def ground_truth_segments(motion: Any, kind: int, frames: int, count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -244,19 +245,19 @@ REPORT_KEYS = frozenset({"policy", "settings", "rows"})
 
 
 def _is_report(json_path: Path, md_path: Path) -> bool:
+    """An earlier report: its JSON holds the report's keys, and its table (if there) is a markdown table."""
     try:
-        data = json.loads(json_path.read_text()) if json_path.exists() else {}
+        data = json.loads(json_path.read_text())
         table_text = md_path.read_text() if md_path.exists() else "|"
     except (OSError, ValueError):
         return False
-    return isinstance(data, dict) and (not json_path.exists() or REPORT_KEYS <= data.keys()) and (
-        table_text.startswith("|")
-    )
+    return isinstance(data, dict) and REPORT_KEYS <= data.keys() and table_text.startswith("|")
 
 
 def check_report_stem(stem: Path, overwrite: bool) -> None:
     """Refuse ``stem`` before any evaluation if its report could not be written: an existing ``stem.json`` or
     ``stem.md`` is replaced only with ``overwrite`` and only if it is an earlier report of ``robot eval``."""
+    refuse_tilde(stem, "--out")
     paths = [stem.with_suffix(".json"), stem.with_suffix(".md")]
     existing = [p for p in paths if p.exists() or p.is_symlink()]
     if not existing:
