@@ -346,13 +346,13 @@ def run_steps(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Opti
     model.train()
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not cfg.progress,
                desc=desc, unit="step", dynamic_ncols=True, mininterval=1.0)
-    loss_sum, count, applied, skipped_in_row, t_last = 0.0, 0, 0, 0, time.perf_counter()
+    loss_sum, count, applied, skipped_in_window, t_last = 0.0, 0, 0, 0, time.perf_counter()
     with open(run_dir / "metrics.jsonl", "a") as metrics:
         def write_row(row: dict) -> None:
             metrics.write(json.dumps(row) + "\n")
             metrics.flush()
 
-        skipped = 0
+        consecutive = 0  # non-finite steps in a row
         for step in bar:
             loss = batch_loss()
             optimizer.zero_grad(set_to_none=True)
@@ -360,17 +360,17 @@ def run_steps(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Opti
             norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             if bool(torch.isfinite(loss.detach()) & torch.isfinite(norm)):
                 optimizer.step()
-                skipped = 0
+                consecutive = 0
                 loss_sum += float(loss.detach())
                 applied += 1
             else:  # a non-finite loss or gradient: no update; stop (exit code 3) if it lasts
-                skipped += 1
-                skipped_in_row += 1
-                if skipped >= MAX_SKIPPED_STEPS:
+                consecutive += 1
+                skipped_in_window += 1
+                if consecutive >= MAX_SKIPPED_STEPS:
                     from daps.train import TrainingDiverged
 
                     raise TrainingDiverged(
-                        f"{run_dir}: the loss or its gradient was not finite for {skipped} steps in a row (up to "
+                        f"{run_dir}: the loss or its gradient was not finite for {consecutive} steps in a row (up to "
                         f"step {step + 1}); lower lr or check the codes. No update was made from those steps, so "
                         "every checkpoint written holds finite weights"
                     )
@@ -379,10 +379,10 @@ def run_steps(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Opti
             if done % cfg.log_every == 0 or done == cfg.steps:
                 now = time.perf_counter()
                 mean = loss_sum / applied if applied else None  # over the applied steps only
-                write_row({"split": "train", "step": done, "loss": mean, "skipped": skipped_in_row,
+                write_row({"split": "train", "step": done, "loss": mean, "skipped": skipped_in_window,
                            "steps_per_s": count / (now - t_last)})
                 bar.set_postfix(loss="-" if mean is None else f"{mean:.3f}", refresh=False)
-                loss_sum, count, applied, skipped_in_row, t_last = 0.0, 0, 0, 0, now
+                loss_sum, count, applied, skipped_in_window, t_last = 0.0, 0, 0, 0, now
             if done % cfg.eval_every == 0 or done == cfg.steps:
                 write_row({"split": "val", "step": done, **evaluate()})
                 model.train()
