@@ -42,7 +42,7 @@ def load_images(source: str | Path | Iterable[str | Path], model: Method) -> tor
     from PIL import Image, UnidentifiedImageError
 
     from daps.data import dataset_spec
-    from daps.data.transforms import pil_to_uint8, resize_center_crop
+    from daps.data.transforms import pil_to_uint8, resize_center_crop, to_rgb
 
     channels, height, width = model.input_spec.image_shape
     spec = dataset_spec(model.config.data.name)
@@ -52,9 +52,9 @@ def load_images(source: str | Path | Iterable[str | Path], model: Method) -> tor
     for path in image_files(source):
         try:
             with Image.open(path) as img:
-                img = resize_center_crop(img.convert("RGB"), height)
+                img = resize_center_crop(to_rgb(img), height)
                 px = pil_to_uint8(img)  # (3, H, W)
-        except (OSError, UnidentifiedImageError) as err:
+        except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as err:
             raise UserError(f"{path} is not a readable image ({err})") from None
         if channels == 1:  # ITU-R 601 luma (what PIL's "L" mode computes)
             luma = (torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1) * px.float()).sum(0, keepdim=True)

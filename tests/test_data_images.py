@@ -408,6 +408,24 @@ def test_pil_to_uint8_modes():
     assert gray.shape == (3, 2, 3) and gray.dtype == torch.uint8 and torch.all(gray == 7)
 
 
+def test_sixteen_bit_grayscale_is_scaled_not_clipped(tmp_path):
+    """A 16-bit PNG of 61 % gray reads as 61 % gray (PIL's own convert clips it to white)."""
+    Image.fromarray(np.full((4, 4), 40000, np.uint16)).save(tmp_path / "g16.png")
+    with Image.open(tmp_path / "g16.png") as img:
+        assert img.mode.startswith("I")
+        px = pil_to_uint8(img)
+    assert torch.all(px == round(40000 / 257))
+
+
+def test_a_symlink_loop_lists_each_image_once(tmp_path):
+    for name in ("a", "b"):
+        (tmp_path / "val" / name).mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / "val" / name / "x.png")
+    (tmp_path / "val" / "a" / "up").symlink_to("..")  # back up the tree: every class again, forever
+    paths, labels, classes = find_images(tmp_path / "val")
+    assert [str(p.relative_to(tmp_path)) for p in paths] == ["val/a/x.png", "val/b/x.png"] and labels == [0, 1]
+
+
 # --------------------------------------------------------------------------- streams
 
 

@@ -447,3 +447,22 @@ def test_fid_grows_with_noise(net, real_images, clean_features):
     # Observed (20 images): ~284, ~354, ~414. Small sets inflate FID, but the ordering is robust.
     assert fids[0] > 10 and fids[0] < fids[1] < fids[2], fids
 
+
+
+def test_damaged_reference_statistics_are_refused_when_read(tmp_path):
+    """A sigma that is not a covariance matrix gave a negative "FID"; text arrays gave a traceback."""
+    from daps.errors import UserError
+
+    cases = {
+        "negative.npz": dict(mu=np.zeros(4), sigma=-np.eye(4)),
+        "asymmetric.npz": dict(mu=np.zeros(4), sigma=np.eye(4) + np.triu(np.ones((4, 4)), 1)),
+        "nan.npz": dict(mu=np.full(4, np.nan), sigma=np.eye(4)),
+        "text.npz": dict(mu=np.array(["a"] * 4), sigma=np.eye(4)),
+    }
+    for name, arrays in cases.items():
+        np.savez(tmp_path / name, **arrays)
+        with pytest.raises(UserError, match=name):
+            load_fid_stats(tmp_path / name)
+    x = np.random.default_rng(0).standard_normal((50, 4))
+    np.savez(tmp_path / "ok.npz", mu=x.mean(0), sigma=np.cov(x, rowvar=False))
+    assert load_fid_stats(tmp_path / "ok.npz")[1].shape == (4, 4)

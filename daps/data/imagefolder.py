@@ -47,6 +47,7 @@ from daps.data.transforms import (
     random_horizontal_flip,
     random_resized_crop,
     resize_center_crop,
+    to_rgb,
 )
 from daps.errors import UserError
 
@@ -102,7 +103,16 @@ def find_images(root: PathLike) -> tuple[list[Path], list[int], list[str]]:
     labels: list[int] = []
     for label, name in enumerate(classes):
         found: list[str] = []
+        # Real folders walked, each once; a link back up the tree (``ln -s .. up``) is not followed: it would list
+        # the class's files again, and other classes' files under this class.
+        top = Path(os.path.realpath(root / name))
+        visited: set[str] = set()
         for dirpath, dirnames, filenames in os.walk(root / name, followlinks=True):
+            real = os.path.realpath(dirpath)
+            if real in visited or (real != str(top) and top.is_relative_to(real)):
+                dirnames[:] = []
+                continue
+            visited.add(real)
             dirnames[:] = [d for d in dirnames if not d.startswith(".")]
             found += [
                 os.path.join(dirpath, f)
@@ -170,9 +180,9 @@ class ImageFolderDataset(Dataset):
             return None
         try:
             with Image.open(path) as im:
-                # convert handles L / P / RGBA / CMYK / I;16; RGB images are just loaded (no copy).
+                # L / P / RGBA / CMYK converted, 16-bit scaled (to_rgb); RGB images are just loaded (no copy).
                 if im.mode != "RGB":
-                    return im.convert("RGB")
+                    return to_rgb(im)
                 im.load()
                 return im
         except _DECODE_ERRORS as e:

@@ -116,10 +116,22 @@ def resize_center_crop(img: Image.Image, size: int) -> Image.Image:
     return img.crop((left, top, left + size, top + size))
 
 
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL image as 8-bit RGB. 16-bit grayscale (``I;16*``, and ``I`` holding values above 255) is scaled by
+    1/257 first: PIL's own conversion clips it, so that a 16-bit PNG turned almost white."""
+    if img.mode == "RGB":
+        return img
+    if img.mode.startswith("I;16") or img.mode == "I":
+        values = np.asarray(img, dtype=np.float64)
+        if img.mode.startswith("I;16") or values.max(initial=0) > 255:
+            values = values / 257.0
+        img = Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8))
+    return img.convert("RGB")
+
+
 def pil_to_uint8(img: Image.Image) -> torch.Tensor:
-    """PIL image -> uint8 tensor ``(3, H, W)`` (converted to RGB first if needed)."""
-    if img.mode != "RGB":
-        img = img.convert("RGB")
+    """PIL image -> uint8 tensor ``(3, H, W)`` (converted to RGB first if needed, see :func:`to_rgb`)."""
+    img = to_rgb(img)
     # The HWC -> CHW copy is done by numpy, single-threaded: with num_workers=0 items are made in the main
     # process, whose torch intra-op pool would split each 200 KB copy across threads (10x slower on a busy
     # 2-core machine).

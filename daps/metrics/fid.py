@@ -173,6 +173,19 @@ def _check_mu_sigma(mu: np.ndarray, sigma: np.ndarray, name: str) -> None:
         raise UserError(f"{name}: mu must be (D,) and sigma (D, D); got {mu.shape} and {sigma.shape}")
 
 
+def _check_stored_stats(mu: np.ndarray, sigma: np.ndarray, name: str) -> None:
+    """Statistics read from a file: ``mu`` and ``sigma`` finite, ``sigma`` symmetric and positive semidefinite up to
+    rounding (a damaged sigma gave a negative "FID")."""
+    _check_mu_sigma(mu, sigma, name)
+    if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
+        raise UserError(f"{name}: mu and sigma must be finite")
+    scale = max(float(np.abs(sigma).max(initial=0.0)), 1e-300)
+    if np.abs(sigma - sigma.T).max(initial=0.0) > 1e-6 * scale:
+        raise UserError(f"{name}: sigma is not symmetric, so it is not a covariance matrix")
+    if np.linalg.eigvalsh(sigma).min(initial=0.0) < -1e-6 * scale:
+        raise UserError(f"{name}: sigma has negative eigenvalues, so it is not a covariance matrix")
+
+
 def _psd_factor(a: np.ndarray) -> np.ndarray:
     """A factor ``F`` with ``F F^T = a`` for symmetric PSD ``a``: Cholesky (fast), or the symmetric square
     root from ``eigh`` when ``a`` is singular, tiny negative eigenvalues (rounding) clamped to 0."""
@@ -277,12 +290,15 @@ def load_fid_stats(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, int
         raise UserError(f"{path}: not a readable .npz of FID statistics ({err})") from None
     if "mu" not in arrays or "sigma" not in arrays:
         raise UserError(f"{path}: FID statistics need arrays 'mu' and 'sigma'; found {keys}")
-    mu = np.asarray(arrays["mu"], dtype=np.float64)
-    sigma = np.asarray(arrays["sigma"], dtype=np.float64)
-    num_images = int(arrays["num_images"]) if "num_images" in arrays else None
+    try:
+        mu = np.asarray(arrays["mu"], dtype=np.float64)
+        sigma = np.asarray(arrays["sigma"], dtype=np.float64)
+        num_images = int(arrays["num_images"]) if "num_images" in arrays else None
+    except (TypeError, ValueError) as err:
+        raise UserError(f"{path}: mu, sigma and num_images must be numbers ({err})") from None
     try:
         meta = json.loads(str(arrays["meta"])) if "meta" in arrays else {}
     except json.JSONDecodeError:
         meta = {}  # statistics from elsewhere with a free-form 'meta': the arrays are what matters
-    _check_mu_sigma(mu, sigma, str(path))
+    _check_stored_stats(mu, sigma, str(path))
     return mu, sigma, num_images, meta
