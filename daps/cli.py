@@ -218,6 +218,10 @@ def _eval(args: argparse.Namespace) -> int:
         raise UserError("--batch-size must be positive and --max-images >= 0")
     if args.fid == "reference" and not args.fid_ref:
         raise UserError("--fid reference needs --fid-ref STATS.npz (see daps fid-stats)")
+    if args.fid_ref and args.fid != "reference":
+        raise UserError(f"--fid-ref is read only with --fid reference (here --fid {args.fid})")
+    if args.fid_weights and args.fid == "none":
+        raise UserError("--fid-weights is used only with --fid val-pairs or reference")
     if args.plot:
         refuse_tilde(args.plot, "--plot")
     if args.plot and Path(args.plot).suffix.lower() != ".png":
@@ -237,12 +241,14 @@ def _eval(args: argparse.Namespace) -> int:
         model, images, torch.Generator(device).manual_seed(args.seed), spec.standardize, fid, example_metrics
     )
     metrics.update(dataset=spec.name, split=args.split, run=str(args.run_dir))
+    if spec.note:  # e.g. a lossy copy, or a test split that is the training images
+        metrics["note"] = spec.note
     if args.plot:
         _plot_reconstructions(model, spec, data, images, Path(args.plot), args.seed, device)
-    if args.json:
-        print(json.dumps(metrics))
+    if args.json:  # strict JSON: a non-finite metric (a diverged run) is null, never a bare NaN token
+        print(json.dumps({k: v if not isinstance(v, float) or math.isfinite(v) else None for k, v in metrics.items()}))
     else:
-        print(summarize(metrics))
+        print(summarize(metrics, f"{spec.name} {args.split} split"))
     return 0
 
 
@@ -265,6 +271,8 @@ def _fid_stats(args: argparse.Namespace, argv: list[str]) -> int:
     spec = dataset_spec(args.dataset)
     if args.batch_size <= 0 or args.max_images < 0 or args.workers < 0:
         raise UserError("--batch-size must be positive, --max-images and --workers >= 0")
+    if args.image_size is not None and args.image_size < 16:
+        raise UserError(f"--image-size must be at least 16 pixels, got {args.image_size}")
     size = args.image_size or 256
     shape = spec.image_shape or (3, size, size)
     if args.image_size and spec.image_shape and spec.image_shape[1] != args.image_size:

@@ -32,7 +32,10 @@ def image_files(source: str | Path | Iterable[str | Path]) -> list[Path]:
         if not files:
             raise UserError(f"{folder} holds no image files ({', '.join(IMAGE_SUFFIXES)})")
         return files
-    return [Path(p) for p in source]
+    files = [Path(p) for p in source]
+    if not files:
+        raise UserError("no image files given")
+    return files
 
 
 def load_images(source: str | Path | Iterable[str | Path], model: Method) -> torch.Tensor:

@@ -575,8 +575,9 @@ def _log_codes(s: Setup, step: int) -> None:
     s.logger.codes(step, indices)
 
 
-def summarize(metrics: dict[str, float | str]) -> str:
-    """A short human-readable table of validation metrics."""
+def summarize(metrics: dict[str, float | str], source: str = "validation") -> str:
+    """A short human-readable table of metrics over ``source`` (validation during training; ``eval`` names the
+    dataset and split)."""
     rows = [
         ("ELBO", "elbo", "nats"),
         ("beta-ELBO", "beta_elbo", "nats"),
@@ -599,7 +600,8 @@ def summarize(metrics: dict[str, float | str]) -> str:
         ("token entropy", "token_entropy", "nats"),
     ]
     examples = "windows" if "mpjpe_mm" in metrics else "images"
-    lines = [f"validation on {int(metrics.get('num_images', 0))} {examples}:"]
+    count = f"{int(metrics.get('num_images', 0))} {examples}"
+    lines = [f"validation on {count}:" if source == "validation" else f"{source}, {count}:"]
     for label, key, unit in rows:
         if key in metrics:
             lines.append(f"  {label:<22} {metrics[key]:>10.4f} {unit}")

@@ -159,7 +159,21 @@ def test_eval_is_deterministic_and_accepts_a_checkpoint_folder(trained_run, caps
 def test_eval_human_readable(trained_run, capsys):
     assert main(["eval", str(trained_run), "--max-images", "20"]) == 0
     out = capsys.readouterr().out
-    assert "validation on 20 images" in out and "ELBO" in out and "PSNR" in out
+    assert "mnist5k test split, 20 images:" in out and "ELBO" in out and "PSNR" in out
+    assert main(["eval", str(trained_run), "--max-images", "20", "--split", "train"]) == 0
+    assert "mnist5k train split, 20 images:" in capsys.readouterr().out  # never "validation" for a training split
+
+
+def test_eval_names_the_dataset_note_and_refuses_unused_fid_flags(trained_run, capsys, tmp_path):
+    from daps.data import dataset_spec
+
+    assert main(["eval", str(trained_run), "--max-images", "8", "--json"]) == 0
+    note = dataset_spec("mnist5k").note
+    assert strict_json(capsys.readouterr().out).get("note") == (note or None)
+    for argv, message in ((["--fid-ref", str(tmp_path / "s.npz")], "--fid-ref is read only with --fid reference"),
+                          (["--fid-weights", str(tmp_path)], "--fid-weights is used only")):
+        assert main(["eval", str(trained_run), *argv]) == 2
+        assert message in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------------------------------

@@ -369,6 +369,7 @@ def test_eval_help_describes_the_subset(capsys):
         (["export", "RUN", "--out=~/ex"], "starts with '~'"),
         (["prior", "sample", "RUN", "--out", "OUT/s.png", "--euler-steps", "-3"], "--euler-steps must be at least 1"),
         (["prior", "sample", "RUN", "--out", "OUT/s.png", "--euler-steps", "0"], "--euler-steps must be at least 1"),
+        (["fid-stats", "imagefolder", "--out", "OUT/s.npz", "--image-size", "0"], "--image-size must be at least 16"),
         (["prior", "train", "CODES", "--out", "OUT/p", "lr=nan"], "lr must be a positive number"),
         (["prior", "train", "CODES", "--out", "OUT/p", "lr=inf"], "lr must be a positive number"),
         (["prior", "train", "CODES", "--out", "OUT/p", "weight_decay=-1"], "weight_decay must be a number >= 0"),

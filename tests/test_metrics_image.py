@@ -190,8 +190,32 @@ def test_ssim_rejects_images_smaller_than_the_window(shape):
 def test_ssim_rejects_bad_shapes():
     with pytest.raises(ValueError, match="N, C, H, W"):
         ssim_per_image(torch.rand(3, 32, 32), torch.rand(3, 32, 32))
-    with pytest.raises(ValueError, match="shapes differ"):
+    with pytest.raises(ValueError, match="of the same shape"):
         ssim_per_image(torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 31))
+
+
+def test_pixel_metrics_refuse_what_they_would_score_as_perfect():
+    """uint8 pixels clipped to [0, 1] read as a perfect reconstruction; shapes that broadcast give N wrong values."""
+    from daps.metrics import mse_per_image, psnr_per_image
+
+    a = torch.full((1, 1, 12, 12), 200, dtype=torch.uint8)
+    for metric in (mse_per_image, psnr_per_image, ssim_per_image):
+        with pytest.raises(ValueError, match="floating point"):
+            metric(a, a // 2)
+    with pytest.raises(ValueError, match="same shape"):
+        psnr_per_image(torch.zeros(1, 4), torch.ones(3, 4))
+
+
+def test_code_statistics_refuse_codes_out_of_range():
+    from daps.metrics import code_perplexity, codebook_utilization
+
+    with pytest.raises(ValueError, match=r"lie in \[0, 4\)"):
+        codebook_utilization(torch.tensor([[0, 1], [7, 9]]), 4)
+    with pytest.raises(ValueError, match="integers"):
+        code_perplexity(torch.zeros(2, 2), 4)
+    with pytest.raises(ValueError, match="vocab_size"):
+        codebook_utilization(torch.zeros(2, 2, dtype=torch.long), 0)
+    assert codebook_utilization(torch.tensor([[0, 1], [1, 3]]), 4) == 0.75
 
 
 # ----------------------------------------------------------------------------------------------- PSNR / MSE

@@ -5,14 +5,29 @@ from __future__ import annotations
 
 import torch
 
+from daps.errors import UserError
+
+
+def _check_pair(x_hat: torch.Tensor, x: torch.Tensor) -> None:
+    """Two batches of the same shape ``(N, ...)`` of floating-point images (uint8 pixels would be clipped to
+    [0, 1] and score as perfect)."""
+    if x_hat.shape != x.shape or x.dim() < 2:
+        raise UserError(f"images must be two batches (N, ...) of the same shape, got {tuple(x_hat.shape)} and "
+                        f"{tuple(x.shape)}")
+    if not (x_hat.dtype.is_floating_point and x.dtype.is_floating_point):
+        raise UserError(f"images must be floating point on the [0, 1] scale, got {x_hat.dtype} and {x.dtype} "
+                        "(divide uint8 pixels by 255)")
+
 
 def l2_distance(x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """Euclidean distance over all data dims, ``sqrt(sum (x_hat - x)^2)`` (the paper's "L2", Table 1)."""
+    _check_pair(x_hat, x)
     return (x_hat.float() - x.float()).flatten(1).square().sum(1).sqrt()
 
 
 def mse_per_image(x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """Mean squared error per image on the [0, 1] scale (both inputs clipped to [0, 1])."""
+    _check_pair(x_hat, x)
     return (x_hat.float().clamp(0, 1) - x.float().clamp(0, 1)).flatten(1).square().mean(1)
 
 
@@ -50,8 +65,7 @@ def ssim_per_image(
     the map is sensitive to variance errors on the scale of ``1 / c2``; float64 removes that round-off
     (agreement with scikit-image's float64 SSIM ~1e-15 instead of ~1e-6), and the cost is negligible here.
     """
-    if x_hat.shape != x.shape:
-        raise ValueError(f"ssim_per_image: shapes differ, {tuple(x_hat.shape)} vs {tuple(x.shape)}")
+    _check_pair(x_hat, x)
     if x.dim() != 4:
         raise ValueError(f"ssim_per_image expects (N, C, H, W) images, got shape {tuple(x.shape)}")
     if window < 1:
