@@ -296,6 +296,9 @@ def test_training_still_has_gradients(model):
         (lambda: (images(3) * 255).to(torch.uint8), r"must be floating point .* got torch\.uint8"),
         (lambda: images(3).double(), r"torch\.float64 but the model's parameters are torch\.float32"),
         (lambda: images(3).tolist(), r"must be a torch\.Tensor"),
+        (lambda: images(3) * math.nan, r"NaN or infinite"),
+        (lambda: images(3) * 255, r"must lie in \[0, 1\] for this binary"),  # MNIST models: 0/255 pixels
+        (lambda: images(3) - 1, r"must lie in \[0, 1\] for this binary"),
     ],
 )
 @pytest.mark.parametrize("call", ["encode", "reconstruct"])

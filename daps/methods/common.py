@@ -239,6 +239,14 @@ def check_images(model: nn.Module, x: torch.Tensor) -> None:
         )
     if dtype is not None and x.dtype != dtype:
         raise ValueError(f"x is {x.dtype} but the model's parameters are {dtype}: convert it with x.to({dtype})")
+    # Values (inference only: these host reads never run inside a training step).
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("x has NaN or infinite values")
+    if isinstance(getattr(model, "likelihood", None), Bernoulli) and not bool(((x >= 0) & (x <= 1)).all()):
+        raise ValueError(
+            "x must lie in [0, 1] for this binary (Bernoulli) model, e.g. MNIST binarized as daps.load_images does; "
+            f"got values from {float(x.min()):g} to {float(x.max()):g}"
+        )
 
 
 def check_codes(model: nn.Module, indices: torch.Tensor) -> torch.Tensor:
