@@ -75,9 +75,16 @@ def save_images(x: torch.Tensor, model: Method, folder: str | Path, prefix: str 
     from PIL import Image
 
     from daps.data import dataset_spec
-    from daps.runfolder import atomic_path
+    from daps.runfolder import atomic_path, refuse_tilde
 
+    channels = model.input_spec.image_shape[0]
+    if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != channels or not x.is_floating_point():
+        got = f"shape {tuple(x.shape)}, {x.dtype}" if isinstance(x, torch.Tensor) else type(x).__name__
+        raise UserError(f"save_images takes images (N, {channels}, H, W) on the model's scale, got {got}")
+    if not bool(torch.isfinite(x).all()):
+        raise UserError("save_images: the images have NaN or infinite values")
     folder = Path(folder)
+    refuse_tilde(folder, "folder")
     folder.mkdir(parents=True, exist_ok=True)
     unit = dataset_spec(model.config.data.name).standardize.to_unit(x.detach().cpu())
     pixels = (unit * 255).round().to(torch.uint8)

@@ -419,3 +419,17 @@ def test_outputs_next_to_a_users_file(tmp_path, capsys, monkeypatch):
     assert (tmp_path / "user.txt").read_text() == "mine"
     write_text_atomic(tmp_path / "new" / "deeper" / "x.md", "ok")  # e.g. eval --plot new/x.png
     assert (tmp_path / "new" / "deeper" / "x.md").read_text() == "ok"
+
+
+def test_save_images_checks_before_making_the_folder(trained_run, tmp_path):
+    import daps
+
+    model = daps.load_model(trained_run)
+    out = tmp_path / "decoded"
+    cases = ((torch.zeros(2, 28, 28), r"\(N, 1, H, W\)"), (torch.zeros(2, 8, dtype=torch.long), "got shape"),
+             (torch.full((2, 1, 28, 28), math.nan), "NaN"))
+    for bad, message in cases:
+        with pytest.raises(ValueError, match=message):
+            daps.save_images(bad, model, out)
+        assert not out.exists()
+    assert len(daps.save_images(torch.zeros(2, 1, 28, 28), model, out)) == 2
