@@ -207,7 +207,6 @@ def save_codes(codes: CodeSet, path: str | Path, overwrite: bool = False) -> Pat
     ``overwrite`` and it is a daps codes file."""
     path = check_codes_out(path, overwrite)
     check_codes(codes, "the codes to save")
-    path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         save_file(
             {"codes": codes.codes.long().contiguous(), "labels": codes.labels.long().contiguous()},

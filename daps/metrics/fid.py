@@ -268,7 +268,6 @@ def save_fid_stats(path: str | os.PathLike, stats_or_mu_sigma: FeatureStats | tu
         raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
     if path.exists() or path.is_symlink():
         check_stats_out(path, overwrite)
-    path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez(f, mu=mu, sigma=sigma, num_images=np.int64(num_images), meta=np.array(meta_json))
     logger.info("saved FID statistics (%d images, D=%d) to %s", num_images, mu.shape[0], path)

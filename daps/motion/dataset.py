@@ -173,7 +173,6 @@ def _read_cache(path: Path) -> ClipArrays | None:
 
 def _write_cache(path: Path, clips: ClipArrays) -> None:
     names = sorted(clips.poses)
-    path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         np.savez(
             tmp,

@@ -195,7 +195,6 @@ def _write_mp4(frames: Sequence[np.ndarray], path: Path, fps: float) -> Path:
         import imageio.v2 as imageio
     except ImportError as e:
         raise UserError(f"writing mp4 needs imageio: pip install imageio imageio-ffmpeg ({e})") from e
-    path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         try:
             writer = imageio.get_writer(tmp, format="FFMPEG", fps=fps, codec="libx264", macro_block_size=16)
@@ -242,7 +241,6 @@ def plot_feature_trajectories(
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out) as tmp:
         fig.savefig(tmp, dpi=110)
     plt.close(fig)

@@ -275,7 +275,6 @@ def write_report(result: dict[str, Any], stem: Path, overwrite: bool = False) ->
     from daps.runfolder import atomic_path, write_json_atomic
 
     check_report_stem(stem, overwrite)
-    stem.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(stem.with_suffix(".json"), result)
     with atomic_path(stem.with_suffix(".md")) as tmp:
         Path(tmp).write_text(table(result) + "\n")
