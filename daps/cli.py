@@ -19,7 +19,7 @@ from daps.config_io import parse_overrides
 from daps.errors import UserError
 from daps.methods import METHODS
 from daps.presets import PRESETS, get_preset
-from daps.runfolder import refuse_tilde
+from daps.runfolder import check_output_file
 
 
 def seed_arg(text: str) -> int:
@@ -223,11 +223,7 @@ def _eval(args: argparse.Namespace) -> int:
     if args.fid_weights and args.fid == "none":
         raise UserError("--fid-weights is used only with --fid val-pairs or reference")
     if args.plot:
-        refuse_tilde(args.plot, "--plot")
-    if args.plot and Path(args.plot).suffix.lower() != ".png":
-        raise UserError(f"--plot must name a .png file, got {args.plot}")
-    if args.plot and Path(args.plot).exists():
-        raise UserError(f"{args.plot} exists; choose another --plot path (eval never replaces files)")
+        check_output_file(args.plot, ".png", None, "--plot")
     device = _device(args.device)
     model = load_model(args.run_dir, device)
     data = model.config.data
@@ -343,12 +339,7 @@ def _render(args: argparse.Namespace) -> int:
     from daps.motion.h1 import load_h1
     from daps.motion.render import render_side_by_side
 
-    out = Path(args.out)
-    refuse_tilde(out, "--out")
-    if out.suffix.lower() != ".mp4":
-        raise UserError(f"--out must name an .mp4 file, got {out}")
-    if out.exists() and not args.overwrite:
-        raise UserError(f"{out} exists; pass --overwrite to replace it")
+    out = check_output_file(args.out, ".mp4", args.overwrite)
     if not (math.isfinite(args.seconds) and args.seconds > 0 and math.isfinite(args.start) and args.start >= 0
             and args.size >= 16):
         raise UserError("--seconds must be a positive number, --start a number >= 0 and --size >= 16, got "

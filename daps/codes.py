@@ -36,7 +36,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from daps.errors import UserError
-from daps.runfolder import atomic_path, refuse_precious
+from daps.runfolder import atomic_path, check_output_file
 
 log = logging.getLogger("daps")
 
@@ -190,16 +190,8 @@ def check_codes_out(path: str | Path, overwrite: bool, what: str = "--out") -> P
     """``path`` if a codes file may be written there: it ends in ``.safetensors`` and is new, or ``overwrite`` and
     it is a daps codes file; else UserError naming ``what`` (the flag). Call it before any work, so that a refusal
     costs nothing and leaves nothing behind."""
-    path = Path(path)
-    refuse_precious(path, what)
-    if path.suffix != ".safetensors":
-        raise UserError(f"{what} {path}: a codes file must end in .safetensors")
-    if path.exists() or path.is_symlink():
-        if not overwrite:
-            raise UserError(f"{what} {path} already exists; pass --overwrite to replace it")
-        if path.is_symlink() or path.is_dir() or _header(path) is None:
-            raise UserError(f"{what} {path} exists and is not a daps codes file; refusing to replace it")
-    return path
+    return check_output_file(path, ".safetensors", overwrite, what, lambda p: _header(p) is not None,
+                             "a daps codes file")
 
 
 def save_codes(codes: CodeSet, path: str | Path, overwrite: bool = False) -> Path:

@@ -19,7 +19,7 @@ import logging
 import os
 import shutil
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from daps.errors import UserError
 
@@ -145,6 +145,37 @@ def refuse_precious(path: str | Path, what: str) -> Path:
     if resolved == home or resolved.parent == resolved or resolved == Path(resolved.anchor):
         raise OutputFolderError(f"{what} {path!s} is the home folder or a filesystem root; name a run folder")
     return resolved
+
+
+def check_output_file(path: str | Path, suffix: str, overwrite: bool | None, flag: str = "--out",
+                      is_ours: Callable[[Path], bool] | None = None, what: str = "") -> Path:
+    """``path`` as a Path if a ``suffix`` file may be written there, else :class:`UserError` naming ``flag``.
+
+    Call it before any work, so that a refusal costs nothing and leaves nothing behind. The path must not start
+    with ``~`` (:func:`refuse_tilde`), must end in ``suffix`` (any case) and must not be a folder. An existing
+    file is replaced only with ``overwrite`` (``None``: the command has no ``--overwrite``, it never replaces),
+    and, where ``is_ours`` is given, only if it is a regular file (not a link) that ``is_ours`` recognises as an
+    earlier output of the same kind (``what``, e.g. "a daps codes file"): never a user's other file."""
+    if not str(path).strip():
+        raise UserError(f"{flag} is empty: name a file ending in {suffix}")
+    refuse_tilde(path, flag)
+    out = Path(path)
+    if out.suffix.lower() != suffix.lower():
+        raise UserError(f"{flag} {path!s} must name a file ending in {suffix}")
+    if out.is_dir():
+        raise UserError(f"{flag} {path!s} is a folder; name a file ending in {suffix}")
+    if not (out.exists() or out.is_symlink()):
+        return out
+    if overwrite is None:
+        raise UserError(f"{flag} {path!s} already exists; choose another path (this command never replaces files)")
+    if not overwrite:
+        raise UserError(f"{flag} {path!s} already exists; pass --overwrite to replace it")
+    if is_ours is not None:
+        if out.is_symlink() or not out.is_file():
+            raise UserError(f"{flag} {path!s} is a link or not a regular file; refusing to replace it")
+        if not is_ours(out):
+            raise UserError(f"{flag} {path!s} exists and is not {what}; refusing to replace it")
+    return out
 
 
 def read_marker(folder: Path) -> str | None:
@@ -313,6 +344,7 @@ __all__ = [
     "FolderLock",
     "OutputFolderError",
     "atomic_path",
+    "check_output_file",
     "check_replaceable",
     "clear_folder",
     "file_digest",
@@ -320,6 +352,7 @@ __all__ = [
     "is_output_folder",
     "prepare_output_folder",
     "refuse_precious",
+    "refuse_tilde",
     "remove_temporaries",
     "write_json_atomic",
     "write_marker",

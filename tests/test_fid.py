@@ -216,17 +216,21 @@ def test_overwrite_replaces_only_fid_statistics(tmp_path):
     np.savez(notes, weights=np.ones(3))
     text = tmp_path / "user.txt"
     text.write_text("hello")
-    for path, message in ((notes, "not a file of FID statistics"), (text, "must name an .npz")):
+    for path, message in ((notes, "not a file of FID statistics"), (text, "must name a file ending in .npz")):
         before = path.read_bytes()
         with pytest.raises(UserError, match=message):
             save_fid_stats(path, (mu, sigma), num_images=5, overwrite=True)
         assert path.read_bytes() == before
     folder = tmp_path / "dir.npz"
     folder.mkdir()
-    with pytest.raises(UserError, match="not a regular file"):
+    with pytest.raises(UserError, match="is a folder"):
         check_stats_out(folder, overwrite=True)
     stats = save_fid_stats(tmp_path / "ref.npz", (mu, sigma), num_images=5)
     assert check_stats_out(stats, overwrite=True) == stats  # earlier statistics: replaceable
+    link = tmp_path / "link.npz"
+    link.symlink_to(stats)  # replacing it would put a file where the user's link was
+    with pytest.raises(UserError, match="is a link"):
+        check_stats_out(link, overwrite=True)
 
 
 def test_load_adm_reference_batch_format(tmp_path):

@@ -152,7 +152,7 @@ def test_render_refuses_bad_requests_in_one_line(tmp_path, capsys, trained_run, 
     cases = [
         (["render", str(run), "--clip", "moonwalk1_subject9", "--out", str(tmp_path / "a.mp4")], "unknown motion clip"),
         (["render", str(run), "--start", "1000", "--out", str(tmp_path / "a.mp4")], "not one 32-frame window"),
-        (["render", str(run), "--out", str(tmp_path / "a.gif")], "must name an .mp4"),
+        (["render", str(run), "--out", str(tmp_path / "a.gif")], "must name a file ending in .mp4"),
         (["render", str(trained_run), "--out", str(tmp_path / "a.mp4")], "render shows motion runs"),
     ]
     for argv, message in cases:
@@ -276,7 +276,7 @@ def test_eval_plot_of_an_image_run(trained_run, tmp_path, capsys):
     assert main(["eval", str(trained_run), "--max-images", "20", "--plot", str(plot)]) == 0
     assert plot.stat().st_size > 0
     assert main(["eval", str(trained_run), "--plot", str(tmp_path / "grid.jpg")]) == 2
-    assert "must name a .png" in capsys.readouterr().err
+    assert "must name a file ending in .png" in capsys.readouterr().err
 
 
 @needs_data

@@ -386,7 +386,7 @@ def test_robot_bad_requests_are_one_line(tiny_policy, tmp_path, capsys, trained_
         (["robot", "plan", str(policy), "--motion", "swim", "--out", out], "unknown motion 'swim'"),
         (["robot", "plan", str(policy), "--prompt", "sing a song", "--out", out], "names no kind"),
         (["robot", "plan", str(policy), "--motion", "walk", "--velocity", "fast", "--out", out], "--velocity"),
-        (["robot", "plan", str(policy), "--motion", "walk", "--out", str(tmp_path / "a.gif")], "must name a .mp4"),
+        (["robot", "plan", str(policy), "--motion", "walk", "--out", str(tmp_path / "a.gif")], "ending in .mp4"),
         (["robot", "plan", str(tok), "--motion", "walk", "--out", out], "not a daps robot policy"),
         (["robot", "train", str(trained_run), "--out", str(tmp_path / "p")], "needs a motion tokenizer"),
         (["robot", "train", str(tok), "--out", str(policy)], "already exists"),
@@ -404,8 +404,8 @@ def test_robot_bad_requests_are_one_line(tiny_policy, tmp_path, capsys, trained_
         (["robot", "eval", str(policy), "--motions", ","], "names no kind"),
         (["robot", "plan", str(policy), "--motion", "walk", "--blend", "1000", "--out", out], "--blend must be"),
         (["robot", "eval", str(policy), "--out", str(tmp_path / "notes")], "already exist"),
-        (["robot", "eval", str(policy), "--out", str(tmp_path / "notes"), "--overwrite"], "not a robot eval report"),
-        (["robot", "eval", str(policy), "--out", str(policy / "config"), "--overwrite"], "not a robot eval report"),
+        (["robot", "eval", str(policy), "--out", str(tmp_path / "notes"), "--overwrite"], "not part of a robot eval"),
+        (["robot", "eval", str(policy), "--out", str(policy / "config"), "--overwrite"], "not part of a robot eval"),
     ]
     (tmp_path / "notes.json").write_text('{"mine": 1}')
     (tmp_path / "notes.md").write_text("mine")
@@ -446,9 +446,9 @@ def test_report_stem_replaces_only_an_earlier_report(tmp_path):
         check_report_stem(stem, overwrite=False)
     check_report_stem(stem, overwrite=True)  # an earlier report: replaceable
     (tmp_path / "eval.md").write_text("my notes")
-    with pytest.raises(UserError, match="not a robot eval report"):
+    with pytest.raises(UserError, match="not part of a robot eval report"):
         check_report_stem(stem, overwrite=True)
     (tmp_path / "eval.json").unlink()
     (tmp_path / "eval.md").write_text("| my | own table |\n")  # a table alone is not a report
-    with pytest.raises(UserError, match="not a robot eval report"):
+    with pytest.raises(UserError, match="not part of a robot eval report"):
         check_report_stem(stem, overwrite=True)

@@ -161,6 +161,40 @@ def test_other_writers_share_the_rule(tmp_path):
     assert not (fresh / "gradlab.md").exists()
 
 
+def test_check_output_file_replaces_only_what_it_may(tmp_path):
+    """The one rule behind every output file flag (--out, --plot, --video, --json, --codes-out)."""
+    from daps.errors import UserError
+    from daps.runfolder import check_output_file
+
+    new = tmp_path / "a.png"
+    assert check_output_file(new, ".png", overwrite=False) == new
+    assert check_output_file(tmp_path / "A.PNG", ".png", overwrite=False).name == "A.PNG"  # any case of the suffix
+    mine = tmp_path / "mine.png"
+    mine.write_bytes(b"user")
+    ours = tmp_path / "ours.png"
+    ours.write_bytes(b"daps")
+    link = tmp_path / "link.png"
+    link.symlink_to(ours)
+    (tmp_path / "folder.png").mkdir()
+    is_ours = lambda p: p.read_bytes() == b"daps"  # noqa: E731
+    refused = [
+        ((str(tmp_path / "a.jpg"), ".png", True), "--out .*a.jpg must name a file ending in .png"),
+        (("", ".png", True), "--out is empty"),
+        (("~/a.png", ".png", True), "starts with '~'"),
+        ((tmp_path / "folder.png", ".png", True), "is a folder"),
+        ((mine, ".png", False), "already exists; pass --overwrite"),
+        ((mine, ".png", None), "already exists; choose another path"),
+        ((mine, ".png", True, "--plot", is_ours, "an image of daps"), "--plot .* is not an image of daps"),
+        ((link, ".png", True, "--out", is_ours, "an image of daps"), "is a link"),
+    ]
+    for args, message in refused:
+        with pytest.raises(UserError, match=message):
+            check_output_file(*args)
+    assert mine.read_bytes() == b"user" and link.is_symlink()
+    assert check_output_file(ours, ".png", True, "--out", is_ours, "an image of daps") == ours
+    assert check_output_file(mine, ".png", True) == mine  # no is_ours: the flag names the file, --overwrite says so
+
+
 def test_atomic_path_leaves_the_old_file_on_error(tmp_path):
     target = tmp_path / "summary.json"
     target.write_text("old")

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from daps.errors import UserError
-from daps.runfolder import atomic_path, refuse_tilde
+from daps.runfolder import atomic_path, check_output_file
 
 logger = logging.getLogger(__name__)
 
@@ -229,21 +229,15 @@ def frechet_distance(mu1: ArrayLike, sigma1: ArrayLike, mu2: ArrayLike, sigma2: 
 def check_stats_out(path: str | os.PathLike, overwrite: bool) -> Path:
     """Refuse ``path`` as the output of FID statistics unless it is new, or ``overwrite`` and it already holds FID
     statistics (never a user's other file, a folder or a link); it must end in ``.npz``."""
-    path = Path(path)
-    refuse_tilde(path, "--out")
-    if path.suffix != ".npz":
-        raise UserError(f"--out {path} must name an .npz file")
-    if not (path.exists() or path.is_symlink()):
-        return path
-    if not overwrite:
-        raise UserError(f"{path} exists; pass --overwrite to replace it")
-    if path.is_symlink() or not path.is_file():
-        raise UserError(f"{path} is not a regular file; refusing to replace it")
+    return check_output_file(Path(path), ".npz", overwrite, "--out", _holds_fid_stats, "a file of FID statistics")
+
+
+def _holds_fid_stats(path: Path) -> bool:
     try:
         load_fid_stats(path)
     except UserError:
-        raise UserError(f"{path} exists and is not a file of FID statistics; refusing to replace it") from None
-    return path
+        return False
+    return True
 
 
 def save_fid_stats(path: str | os.PathLike, stats_or_mu_sigma: FeatureStats | tuple[ArrayLike, ArrayLike],

@@ -13,7 +13,7 @@ import torch
 
 from daps.cli import seed_arg
 from daps.errors import UserError
-from daps.runfolder import refuse_tilde
+from daps.runfolder import check_output_file
 
 log = logging.getLogger("daps")
 
@@ -89,20 +89,6 @@ def _device(name: str | None) -> torch.device:
     from daps.cli import _device as pick
 
     return torch.device(pick(name))
-
-
-def check_output_file(path: str, suffix: str, overwrite: bool) -> Path:
-    """``path`` as a Path if it names a ``suffix`` file that may be written (absent, or ``overwrite``); else
-    UserError."""
-    out = Path(path)
-    refuse_tilde(out, "--out")
-    if out.suffix.lower() != suffix:
-        raise UserError(f"{path} must name a {suffix} file")
-    if out.is_dir():
-        raise UserError(f"{path} is a folder; name a {suffix} file")
-    if out.exists() and not overwrite:
-        raise UserError(f"{path} exists; pass --overwrite to replace it")
-    return out
 
 
 def check_sampling(guidance: float, temperature: float, guidance_flag: str = "--cfg") -> None:
@@ -192,7 +178,7 @@ def _sample(args: argparse.Namespace) -> int:
     out = check_output_file(args.out, ".png", args.overwrite)
     if args.codes_out:
         check_codes_out(args.codes_out, args.overwrite, "--codes-out")  # a user's file is refused before any work
-    video = check_output_file(args.video, ".mp4", args.overwrite) if args.video else None
+    video = check_output_file(args.video, ".mp4", args.overwrite, "--video") if args.video else None
     if args.n < 1:
         raise UserError("--n must be at least 1")
     if args.euler_steps is not None and args.euler_steps < 1:

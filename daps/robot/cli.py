@@ -13,7 +13,8 @@ import torch
 
 from daps.cli import seed_arg
 from daps.errors import UserError
-from daps.prior.cli import check_output_file, check_sampling
+from daps.prior.cli import check_sampling
+from daps.runfolder import check_output_file
 
 log = logging.getLogger("daps")
 
@@ -109,8 +110,8 @@ def _plan(args: argparse.Namespace) -> int:
     out = check_output_file(args.out, ".mp4", args.overwrite)
     physics_out = out.with_name(out.stem + "_physics.mp4")
     if args.physics:
-        check_output_file(str(physics_out), ".mp4", args.overwrite)
-    json_out = check_output_file(args.json, ".json", args.overwrite) if args.json else None
+        check_output_file(physics_out, ".mp4", args.overwrite, "--physics (next to --out)")
+    json_out = check_output_file(args.json, ".json", args.overwrite, "--json") if args.json else None
     if args.size < 16:
         raise UserError("--size must be at least 16")
     check_sampling(args.guidance, args.temperature, "--guidance")

@@ -40,7 +40,7 @@ from daps.errors import UserError
 from daps.provenance import source_revision
 from daps.robot.commands import VELOCITY_NAMES, com_window_velocity, motion_index, window_velocity
 from daps.robot.plan import Planner, stitch_windows, transition_jumps
-from daps.runfolder import refuse_tilde
+from daps.runfolder import check_output_file
 
 
 def ground_truth_segments(motion: Any, kind: int, frames: int, count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -257,16 +257,10 @@ def _is_report(json_path: Path, md_path: Path) -> bool:
 def check_report_stem(stem: Path, overwrite: bool) -> None:
     """Refuse ``stem`` before any evaluation if its report could not be written: an existing ``stem.json`` or
     ``stem.md`` is replaced only with ``overwrite`` and only if it is an earlier report of ``robot eval``."""
-    refuse_tilde(stem, "--out")
-    paths = [stem.with_suffix(".json"), stem.with_suffix(".md")]
-    existing = [p for p in paths if p.exists() or p.is_symlink()]
-    if not existing:
-        return
-    names = " and ".join(str(p) for p in existing)
-    if not overwrite:
-        raise UserError(f"--out {stem}: {names} already exist(s); pass --overwrite to replace an earlier report")
-    if any(p.is_symlink() or not p.is_file() for p in existing) or not _is_report(*paths):
-        raise UserError(f"--out {stem}: {names} is not a robot eval report; refusing to replace it")
+    json_path, md_path = stem.with_suffix(".json"), stem.with_suffix(".md")
+    for path in (json_path, md_path):
+        check_output_file(path, path.suffix, overwrite, "--out", lambda _: _is_report(json_path, md_path),
+                          "part of a robot eval report")
 
 
 def write_report(result: dict[str, Any], stem: Path, overwrite: bool = False) -> None:
