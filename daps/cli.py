@@ -230,6 +230,8 @@ def _eval(args: argparse.Namespace) -> int:
     if args.data_dir:
         data.data_dir = args.data_dir
     spec = dataset_spec(data.name)
+    if args.fid != "none" and tuple(data.image_shape)[0] != 3:  # before the Inception weights are read
+        raise UserError(f"--fid {args.fid} needs RGB images; {data.name} has {data.image_shape[0]} channel(s)")
     images = eval_set(data, args.split, args.max_images, args.batch_size, device)
     fid = fid_setup(args.fid, args.fid_weights, args.fid_ref, device)
     example_metrics = spec.example_metrics(data) if spec.example_metrics is not None else None

@@ -610,6 +610,8 @@ def summarize(metrics: dict[str, float | str], source: str = "validation") -> st
             f"  {'FID':<22} {metrics['fid']:>10.4f}  (protocol {metrics['fid_protocol']}, "
             f"{int(metrics['fid_num_images'])} images)"
         )
+    if metrics.get("skipped_files"):
+        lines.append(f"  skipped: {int(metrics['skipped_files'])} unreadable file(s), each replaced by another image")
     if metrics.get("note"):
         lines.append(f"  note: {metrics['note']}")
     return "\n".join(lines)

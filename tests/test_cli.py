@@ -171,7 +171,9 @@ def test_eval_names_the_dataset_note_and_refuses_unused_fid_flags(trained_run, c
     note = dataset_spec("mnist5k").note
     assert strict_json(capsys.readouterr().out).get("note") == (note or None)
     for argv, message in ((["--fid-ref", str(tmp_path / "s.npz")], "--fid-ref is read only with --fid reference"),
-                          (["--fid-weights", str(tmp_path)], "--fid-weights is used only")):
+                          (["--fid-weights", str(tmp_path)], "--fid-weights is used only"),
+                          # grey images: refused before the weights are looked for (a missing file would be named)
+                          (["--fid", "val-pairs", "--fid-weights", str(tmp_path / "none.pt")], "needs RGB images")):
         assert main(["eval", str(trained_run), *argv]) == 2
         assert message in capsys.readouterr().err
 
@@ -403,3 +405,11 @@ def test_the_readme_command_block_lists_every_flag():
         inner = next(a for a in subparser(parser, group)._actions if isinstance(a, argparse._SubParsersAction))
         commands |= {f"{group} {name}" for name in inner.choices}
     assert seen == commands  # every command and subcommand has its line
+
+
+def test_eval_table_says_how_many_unreadable_files_were_replaced():
+    from daps.train import summarize
+
+    table = summarize({"elbo": -90.0, "num_images": 100, "skipped_files": 2}, "imagenet256 test split")
+    assert "  skipped: 2 unreadable file(s), each replaced by another image" in table.splitlines()
+    assert "skipped" not in summarize({"elbo": -90.0, "num_images": 100, "skipped_files": 0})

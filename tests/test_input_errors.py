@@ -307,6 +307,12 @@ def test_bad_images_are_value_errors(model, call, bad, message):
         getattr(model, call)(bad(), torch.Generator().manual_seed(0))
 
 
+@pytest.mark.parametrize("call", ["encode", "reconstruct"])
+def test_a_seed_for_a_generator_is_a_value_error(model, call):
+    with pytest.raises(ValueError, match=r"generator must be a torch\.Generator or None, got int; for a seed"):
+        getattr(model, call)(images(2), 0)
+
+
 def test_bad_codes_are_value_errors(model):
     z = codes(model)
     if model.vocab_size is None:

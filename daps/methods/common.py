@@ -221,8 +221,9 @@ def _spec_and_dtype(model: nn.Module) -> tuple[InputSpec | None, torch.dtype | N
     return getattr(model, "input_spec", None), (param.dtype if param is not None else None)
 
 
-def check_images(model: nn.Module, x: torch.Tensor) -> None:
-    """``ValueError`` unless ``x`` is a batch ``(B, C, H, W)`` of the model's images, in its parameters' dtype."""
+def check_images(model: nn.Module, x: torch.Tensor, generator: object = None) -> None:
+    """``ValueError`` unless ``x`` is a batch ``(B, C, H, W)`` of the model's images, in its parameters' dtype, and
+    ``generator`` is None or a ``torch.Generator`` on ``x``'s device."""
     spec, dtype = _spec_and_dtype(model)
     if not isinstance(x, torch.Tensor):
         raise ValueError(f"x must be a torch.Tensor of images (B, C, H, W), got {type(x).__name__}")
@@ -239,6 +240,12 @@ def check_images(model: nn.Module, x: torch.Tensor) -> None:
         )
     if dtype is not None and x.dtype != dtype:
         raise ValueError(f"x is {x.dtype} but the model's parameters are {dtype}: convert it with x.to({dtype})")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise ValueError(f"generator must be a torch.Generator or None, got {type(generator).__name__}; "
+                         "for a seed pass torch.Generator(x.device).manual_seed(seed)")
+    if generator is not None and generator.device.type != x.device.type:
+        raise ValueError(f"generator is on {generator.device.type} but x is on {x.device.type}; "
+                         f"make it with torch.Generator({x.device.type!r})")
     # Values (inference only: these host reads never run inside a training step).
     if not bool(torch.isfinite(x).all()):
         raise ValueError("x has NaN or infinite values")

@@ -224,7 +224,7 @@ class DAPS(Method):
     @torch.no_grad()
     def encode(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """One stochastic code per input: ``(B, C, H, W) -> (B, T)``."""
-        check_images(self, x)
+        check_images(self, x, generator)
         return sample_code(self.encoder, x, generator)
 
     @torch.no_grad()
@@ -236,7 +236,7 @@ class DAPS(Method):
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor, generator: torch.Generator | None = None) -> Reconstruction:
         """Encode with one stochastic sample and decode, with the ELBO terms (original: models/daps.py)."""
-        check_images(self, x)
+        check_images(self, x, generator)
         return categorical_reconstruction(self.encoder, self.decoder, self.likelihood, x, generator)
 
 

@@ -132,7 +132,7 @@ class FSQ(Method):
     @torch.no_grad()
     def encode(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Implicit-codebook indices: ``(B, C, H, W) -> (B, T)`` (deterministic)."""
-        check_images(self, x)
+        check_images(self, x, generator)
         return DF.fsq_codes_to_indices(self.quantize(x), self.levels)
 
     @torch.no_grad()
@@ -145,7 +145,7 @@ class FSQ(Method):
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor, generator: torch.Generator | None = None) -> Reconstruction:
         """Quantize and decode; ``log_p (B,)`` summed over data dims. No q, so no KL terms."""
-        check_images(self, x)
+        check_images(self, x, generator)
         z_hat = self.quantize(x)  # (B, T, d)
         return quantized_reconstruction(
             self.likelihood, self.decoder_params(z_hat), x, DF.fsq_codes_to_indices(z_hat, self.levels)

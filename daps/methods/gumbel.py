@@ -176,7 +176,7 @@ class GumbelSoftmax(Method):
     @torch.no_grad()
     def encode(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """One exact categorical code per input: ``(B, C, H, W) -> (B, T)``."""
-        check_images(self, x)
+        check_images(self, x, generator)
         return sample_code(self.encoder, x, generator)
 
     @torch.no_grad()
@@ -188,7 +188,7 @@ class GumbelSoftmax(Method):
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor, generator: torch.Generator | None = None) -> Reconstruction:
         """Encode with one exact categorical sample (no relaxation) and decode, with the ELBO terms."""
-        check_images(self, x)
+        check_images(self, x, generator)
         return categorical_reconstruction(self.encoder, self.decoder, self.likelihood, x, generator)
 
 

@@ -153,7 +153,7 @@ class Reinforce(Method):
     @torch.no_grad()
     def encode(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """One stochastic code per input: ``(B, C, H, W) -> (B, T)``."""
-        check_images(self, x)
+        check_images(self, x, generator)
         return sample_code(self.encoder, x, generator)
 
     @torch.no_grad()
@@ -165,7 +165,7 @@ class Reinforce(Method):
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor, generator: torch.Generator | None = None) -> Reconstruction:
         """Encode with one stochastic sample and decode, with the ELBO terms (original: models/base_vae.py)."""
-        check_images(self, x)
+        check_images(self, x, generator)
         return categorical_reconstruction(self.encoder, self.decoder, self.likelihood, x, generator)
 
 

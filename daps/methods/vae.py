@@ -139,7 +139,7 @@ class GaussianVAE(Method):
     @torch.no_grad()
     def encode(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Posterior mean: ``(B, C, H, W) -> (B, D)`` (``generator`` only drives dropout in training mode)."""
-        check_images(self, x)
+        check_images(self, x, generator)
         return self.encoder(x, generator)[0]
 
     @torch.no_grad()
@@ -152,7 +152,7 @@ class GaussianVAE(Method):
     def reconstruct(self, x: torch.Tensor, generator: torch.Generator | None = None) -> Reconstruction:
         """Decode the posterior mean; ``kl`` is the closed-form Gaussian KL, there are no codes (original:
         models/vae.py)."""
-        check_images(self, x)
+        check_images(self, x, generator)
         mean, log_var = self.encoder(x, generator)
         params = self.decode_params(mean)
         return Reconstruction(

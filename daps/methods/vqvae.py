@@ -152,7 +152,7 @@ class VQVAE(Method):
     @torch.no_grad()
     def encode(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Nearest-code indices: ``(B, C, H, W) -> (B, T)`` (deterministic)."""
-        check_images(self, x)
+        check_images(self, x, generator)
         return DF.vq_nearest(self.encoder(x), self.codebook)
 
     @torch.no_grad()
@@ -164,7 +164,7 @@ class VQVAE(Method):
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor, generator: torch.Generator | None = None) -> Reconstruction:
         """Quantize and decode; ``log_p (B,)`` summed over data dims. No q, so no KL terms."""
-        check_images(self, x)
+        check_images(self, x, generator)
         indices, z_q = self.quantize(self.encoder(x))  # (B, T), (B, T, E)
         return quantized_reconstruction(self.likelihood, self.decoder.decode_latents(z_q), x, indices)
 
