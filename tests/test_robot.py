@@ -434,6 +434,21 @@ def test_out_of_range_velocity_is_clamped_with_a_warning(tiny_policy, tmp_path, 
     assert any("forward_m_s 20 is outside the data's range" in r.message for r in caplog.records)
 
 
+def test_blended_rollouts_judge_the_motion_that_is_played(tiny_policy):
+    """robot eval's classifier reads ``windows``: with --blend they must be the blended features, standardized."""
+    _, policy = tiny_policy
+    from daps.robot.plan import Planner, plan_motion
+
+    planner = Planner(policy)
+    plain = plan_motion(planner, "walk", np.zeros(3), 3 * planner.window_seconds, seed=1)
+    blended = plan_motion(planner, "walk", np.zeros(3), 3 * planner.window_seconds, seed=1, blend=8)
+    assert np.array_equal(plain.codes, blended.codes)
+    for r in (plain, blended):
+        assert np.allclose(r.windows, planner.stats.normalize(r.features))
+    assert not np.allclose(plain.windows[:, 1:, :8], blended.windows[:, 1:, :8])  # the borders moved
+    assert np.allclose(plain.windows[:, :, 8:], blended.windows[:, :, 8:])
+
+
 def test_report_stem_replaces_only_an_earlier_report(tmp_path):
     from daps.errors import UserError
     from daps.robot.evaluate import check_report_stem

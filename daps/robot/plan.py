@@ -89,8 +89,9 @@ def transition_jumps(poses: np.ndarray, window: int, fps: float) -> dict[str, fl
 
 @dataclass
 class Rollout:
-    """Planned motion: ``codes (B, W, T)``, raw ``features (B, W, frames, F)``, standardized ``windows (B, W,
-    frames, F)``, stitched ``poses (B, W*frames, 26)``, the requested ``velocity (B, W, 3)`` and ``labels (B,)``."""
+    """Planned motion: ``codes (B, W, T)``, raw ``features (B, W, frames, F)`` and the same standardized as
+    ``windows (B, W, frames, F)`` (both after any border blending), stitched ``poses (B, W*frames, 26)``, the
+    requested ``velocity (B, W, 3)`` and ``labels (B,)``."""
 
     codes: torch.Tensor
     features: np.ndarray
@@ -183,6 +184,8 @@ class Planner:
             prev = z
         std = np.stack(windows, axis=1)  # (B, W, frames, F)
         raw = blend_borders(self.stats.denormalize(std), blend)
+        if blend:  # the standardized windows are the motion that is played (judged by robot eval's classifier)
+            std = self.stats.normalize(raw)
         return Rollout(torch.stack(codes, 1).cpu(), raw, std, stitch_windows(raw, self.fps),
                        np.asarray(velocity, dtype=np.float64), labels.cpu())
 
