@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import shlex
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -45,8 +46,9 @@ def _hub():
     return huggingface_hub
 
 
-def training_command(cfg) -> str:
-    """The ``daps train`` command that builds ``cfg`` from its preset (keys that differ from it as overrides)."""
+def training_command(cfg, world_size: int = 1) -> str:
+    """The ``daps train`` command that builds ``cfg`` from its preset (keys that differ from it as overrides, each
+    quoted for the shell), under ``torchrun`` for a run of ``world_size`` processes."""
     from daps.config_io import config_differences
     from daps.presets import get_preset
 
@@ -58,48 +60,69 @@ def training_command(cfg) -> str:
             return ",".join(str(v) for v in value)
         return str(value).lower() if isinstance(value, bool) else str(value)
 
-    overrides = " ".join(f"{key}={shown(new)}" for key, (_, new) in sorted(diffs.items()))
-    return f"daps train --preset {cfg.preset} --method {cfg.method}" + (f" {overrides}" if overrides else "")
+    overrides = " ".join(shlex.quote(f"{key}={shown(new)}") for key, (_, new) in sorted(diffs.items()))
+    launcher = "daps train" if world_size == 1 else f"torchrun --nproc_per_node={world_size} -m daps train"
+    return f"{launcher} --preset {cfg.preset} --method {cfg.method}" + (f" {overrides}" if overrides else "")
 
 
-def model_card(model: Method, metrics: dict[str, Any] | None = None, step: int | None = None) -> str:
-    """README.md of a pretrained folder: YAML front matter for the Hub, then what the model is and how it scores."""
+ENCODING = {
+    "autoregressive": "each encoded with one code drawn token by token (ancestral sampling at temperature 1)",
+    "bidirectional": "each encoded with one code whose tokens are drawn independently from their categoricals",
+    "quantizer": "each encoded deterministically (its quantized code)",
+    "mlp": "each encoded to its posterior mean",
+}
+"""How ``daps eval`` (and training's validation) encodes an example, by encoder family (:data:`EncoderFamily`)."""
+
+
+def model_card(model: Method, metrics: dict[str, Any] | None = None, step: int | None = None,
+               world_size: int = 1) -> str:
+    """README.md of a pretrained folder: YAML front matter for the Hub, then what the model is and how it scores.
+    ``world_size``: the processes that trained it (each with ``train.batch_size`` examples per step)."""
     from daps.methods import method_spec
 
     cfg = model.config
     spec = method_spec(cfg.method)
     bits = spec.bits(cfg)
-    codes = (f"T = {model.input_spec.num_tokens} tokens of V = {model.vocab_size} codes ({bits:g} bits)"
-             if model.vocab_size is not None else f"a continuous latent ({bits:g} bits at float32)")
+    discrete = model.vocab_size is not None
+    if discrete:
+        codes = f"T = {model.input_spec.num_tokens} tokens of V = {model.vocab_size} codes ({bits:g} bits)"
+        usage = ["codes = model.encode(x)          # (B, T) int64", "x_hat = model.decode(codes)      # decoder means"]
+    else:
+        codes = f"a continuous latent ({bits:g} bits at float32)"
+        usage = ["z = model.encode(x)              # (B, D) posterior means", "x_hat = model.decode(z)"]
+    batch = cfg.train.batch_size * world_size
+    per_process = f" ({world_size} processes of {cfg.train.batch_size})" if world_size > 1 else ""
     lines = [
         "---", "library_name: daps", "tags:",
         *[f"- {tag}" for tag in dict.fromkeys(("daps", "discrete-vae", "tokenizer", cfg.method, cfg.data.name))],
         "---", "",
         f"# {cfg.method} tokenizer for {cfg.data.name}", "",
-        f"A discrete autoencoder trained with the daps library ({spec.summary}). Input: "
+        f"A{' discrete' if discrete else 'n'} autoencoder trained with the daps library ({spec.summary}). Input: "
         f"{tuple(model.input_spec.image_shape)} arrays of the `{cfg.data.name}` dataset's model scale; code: {codes}.",
-        "", "```python", "import daps", "model = daps.from_pretrained(\"<this folder or repo>\")",
-        "codes = model.encode(x)          # (B, T) int64", "x_hat = model.decode(codes)      # decoder means",
+        "", "```python", "import daps", "model = daps.from_pretrained(\"<this folder or repo>\")", *usage,
         "```", "", "## Training", "",
-        f"{step if step is not None else '?'} optimizer steps at batch size {cfg.train.batch_size}, seed "
-        f"{cfg.train.seed}:", "", "```bash", training_command(cfg), "```",
+        f"{step if step is not None else '?'} optimizer steps at batch size {batch}{per_process}, seed "
+        f"{cfg.train.seed}:", "", "```bash", training_command(cfg, world_size), "```",
     ]
     if metrics:
         shown = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         count = int(shown.pop("num_images", 0)) or None
         shown.pop("step", None)
+        tc = cfg.train
         lines += ["", "## Validation", "",
-                  f"On {count or 'the'} validation examples of `{cfg.data.name}`, each encoded with one stochastic "
-                  "code (ancestral sampling at temperature 1) and decoded (`daps eval` protocol); log p and the "
-                  "ELBO in nats per example.", "", "| metric | value |", "|---|---|"]
+                  f"On {count or 'the'} test examples of `{cfg.data.name}`, {ENCODING[spec.encoder]} and decoded; "
+                  "log p and the ELBO in nats per example. Training's last validation; `daps eval` gives the same "
+                  f"numbers with `--split test --max-images {tc.eval_examples} --batch-size {tc.eval_batch_size} "
+                  f"--seed {tc.seed + 12345}`.", "", "| metric | value |", "|---|---|"]
         lines += [f"| {k} | {v:.6g} |" for k, v in shown.items()]
     return "\n".join(lines) + "\n"
 
 
 def save_pretrained(model: Method, folder: str | Path, overwrite: bool = False,
-                    metrics: dict[str, Any] | None = None, step: int | None = None) -> Path:
+                    metrics: dict[str, Any] | None = None, step: int | None = None, world_size: int = 1) -> Path:
     """Write ``model`` (a loaded or trained method with its ``config``) as a pretrained folder. An existing folder is
-    replaced only with ``overwrite`` and only if it is a daps pretrained folder."""
+    replaced only with ``overwrite`` and only if it is a daps pretrained folder. ``metrics``, ``step`` and
+    ``world_size`` (processes that trained it) go into the model card."""
     from safetensors.torch import save_file
 
     from daps.config_io import config_to_dict
@@ -115,7 +138,7 @@ def save_pretrained(model: Method, folder: str | Path, overwrite: bool = False,
         with atomic_path(folder / "model.safetensors") as tmp:
             save_file(tensors, str(tmp), metadata={"format": "pt", "library": "daps"})
         write_json_atomic(folder / "config.json", config_to_dict(model.config))
-        write_text_atomic(folder / "README.md", model_card(model, metrics, step))
+        write_text_atomic(folder / "README.md", model_card(model, metrics, step, world_size))
     finally:
         lock.release()
     return folder
@@ -144,10 +167,11 @@ def export_run(run_dir: str | Path, out: str | Path, overwrite: bool = False) ->
     model = load_model(ckpt)
     summary_path = ckpt.parent.parent / "summary.json"
     metrics = json.loads(summary_path.read_text()) if summary_path.is_file() else None
-    step = int(load_training_state(ckpt)["step"])
+    state = load_training_state(ckpt)
+    step = int(state["step"])
     if metrics is not None and metrics.get("step") != step:
         metrics = None  # the summary belongs to another checkpoint (e.g. a run resumed past it)
-    return save_pretrained(model, out, overwrite, metrics, step)
+    return save_pretrained(model, out, overwrite, metrics, step, world_size=len(state["rng"]))  # a state per rank
 
 
 def _load_folder(folder: Path, device: str | torch.device) -> Method:

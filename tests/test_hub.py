@@ -52,7 +52,7 @@ def test_model_card_names_what_it_is_and_rebuilds_the_config(trained_run, tmp_pa
     summary = json.loads((trained_run / "summary.json").read_text())
     assert "library_name: daps" in card and "# daps tokenizer for mnist5k" in card
     assert "T = 4 tokens of V = 16 codes (16 bits)" in card
-    assert f"| log_p | {summary['log_p']:.6g} |" in card and "one stochastic code" in card
+    assert f"| log_p | {summary['log_p']:.6g} |" in card and "drawn token by token" in card
     command = card.split("```bash\n")[1].split("\n```")[0]
     words = shlex.split(command)
     assert words[:2] == ["daps", "train"]
@@ -61,6 +61,38 @@ def test_model_card_names_what_it_is_and_rebuilds_the_config(trained_run, tmp_pa
     rebuilt = daps.parse_overrides(daps.get_preset(preset, method), overrides)
     trained = daps.load_model(trained_run).config
     assert config_differences(rebuilt, trained, ignore={"train.out_dir", "train.progress"}) == {}
+
+
+def test_the_card_says_how_daps_eval_gives_its_numbers(trained_run, tmp_path, capsys):
+    card = (daps.hub.export_run(trained_run, tmp_path / "exported") / "README.md").read_text()
+    flags = shlex.split(card.split("`daps eval` gives the same numbers with `")[1].split("`")[0])
+    assert main(["eval", str(trained_run), "--json", *flags]) == 0
+    evaluated = json.loads(capsys.readouterr().out)
+    summary = json.loads((trained_run / "summary.json").read_text())
+    for key in ("log_p", "elbo", "kl"):
+        assert f"| {key} | {evaluated[key]:.6g} |" in card and evaluated[key] == pytest.approx(summary[key], rel=1e-6)
+
+
+@pytest.mark.parametrize("method, encoding, usage", [
+    ("fsq", "encoded deterministically", "codes = model.encode(x)"),
+    ("dapsna", "drawn independently", "codes = model.encode(x)"),
+    ("vae", "posterior mean", "z = model.encode(x)              # (B, D) posterior means"),
+])
+def test_the_card_fits_the_method_and_the_processes_that_trained_it(tiny_overrides, method, encoding, usage):
+    from daps.methods import build_method
+
+    cfg = daps.parse_overrides(daps.get_preset("mnist", method),
+                               [*(o for o in tiny_overrides if not o.startswith("daps.")),
+                                "train.fid_reference=/my data/ref stats.npz"])
+    model = build_method(cfg, tuple(cfg.data.image_shape))
+    model.config = cfg
+    card = daps.hub.model_card(model, {"log_p": -90.0, "num_images": 100}, step=6, world_size=2)
+    assert encoding in card and usage in card
+    assert ("A discrete autoencoder" in card) == (method != "vae")
+    assert "6 optimizer steps at batch size 32 (2 processes of 16)" in card
+    words = shlex.split(card.split("```bash\n")[1].split("\n```")[0])
+    assert words[:4] == ["torchrun", "--nproc_per_node=2", "-m", "daps"]
+    assert "train.fid_reference=/my data/ref stats.npz" in words  # quoted for the shell
 
 
 def test_folders_are_never_replaced_unless_daps_wrote_them(trained_run, tmp_path, capsys):
