@@ -40,6 +40,20 @@ def resolve_logger(kind: str) -> str:
     return kind
 
 
+def check_logger(kind: str) -> str:
+    """The logger ``kind`` resolves to, after importing its package: a missing one is a :class:`UserError` naming
+    the extra. ``train`` calls it before it touches the run folder."""
+    kind = resolve_logger(kind)
+    try:
+        if kind == "tensorboard":
+            from torch.utils.tensorboard import SummaryWriter  # noqa: F401
+        elif kind == "wandb":
+            import wandb  # noqa: F401
+    except ImportError:
+        raise UserError(f"train.logger={kind} needs the {kind} package: pip install 'daps[{kind}]'") from None
+    return kind
+
+
 class RunLogger:
     """Logs nothing (``none``); the base of the real loggers, which catch their own errors."""
 
@@ -101,12 +115,8 @@ class TensorBoardLogger(RunLogger):
 
     def __init__(self, run_dir: Path, config: dict[str, Any], start_step: int = 0):
         super().__init__()
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            raise UserError(
-                "train.logger=tensorboard needs the tensorboard package: pip install 'daps[tensorboard]'"
-            ) from None
+        check_logger(self.kind)
+        from torch.utils.tensorboard import SummaryWriter
         # After a resume from step S, what a killed run logged past S is hidden (TensorBoard's purge_step), as
         # metrics.jsonl is truncated to S: each step shows once.
         purge = start_step + 1 if start_step else None
@@ -135,10 +145,8 @@ class WandbLogger(RunLogger):
 
     def __init__(self, run_dir: Path, config: dict[str, Any]):
         super().__init__()
-        try:
-            import wandb
-        except ImportError:
-            raise UserError("train.logger=wandb needs the wandb package: pip install 'daps[wandb]'") from None
+        check_logger(self.kind)
+        import wandb
         self.wandb = wandb
         self.run = None
 

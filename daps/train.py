@@ -41,7 +41,7 @@ from daps.data import DatasetSpec, EvalSet, ExampleMetrics, TrainBatches, datase
 from daps.errors import UserError
 from daps.functional import cosine_schedule
 from daps.graphed import GraphedStep
-from daps.loggers import RunLogger, make_logger
+from daps.loggers import RunLogger, check_logger, make_logger
 from daps.methods import METHODS, Method, build_method, method_spec
 from daps.metrics import evaluate
 from daps.metrics.evaluate import FIDSetup, fid_setup
@@ -225,6 +225,7 @@ def train(
         torch.cuda.set_device(device)  # --device cuda:1: streams and graphs are made on the current device
     run_dir = Path(cfg.train.out_dir)
     _check_cuda_graph(cfg, device, world)
+    check_logger(cfg.train.logger)  # a missing tensorboard / wandb package
     prepare_run_dir(cfg, resume, overwrite, report=False)  # refuse what cannot work before touching anything
     created = not run_dir.exists()
     lock = FolderLock(run_dir).acquire() if dist.is_main() else None

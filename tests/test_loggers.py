@@ -111,11 +111,17 @@ def test_an_unreachable_logger_never_stops_a_run(tmp_path, tiny_overrides, monke
     assert "wandb logger switched off" in caplog.text
 
 
-def test_a_missing_logger_package_is_one_line(tmp_path, tiny_overrides, monkeypatch, capsys):
+def test_a_missing_logger_package_is_one_line_and_touches_nothing(
+        tmp_path, tiny_overrides, monkeypatch, capsys, copy_run):
     monkeypatch.setitem(sys.modules, "wandb", None)  # import fails
     assert main(["train", *_overrides(tiny_overrides, tmp_path / "run", "wandb")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "pip install 'daps[wandb]'" in err
+    assert not (tmp_path / "run").exists()  # no half-made run folder that the next command would refuse
+    run = copy_run()
+    before = sorted(str(p.relative_to(run)) for p in run.rglob("*"))
+    assert main(["train", *_overrides(tiny_overrides, run, "wandb"), "--overwrite"]) == 2
+    assert sorted(str(p.relative_to(run)) for p in run.rglob("*")) == before  # the old run is kept
     assert main(["train", *_overrides(tiny_overrides, tmp_path / "run2", "mlflow")]) == 2
 
 
