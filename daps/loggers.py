@@ -151,10 +151,8 @@ class WandbLogger(RunLogger):
         self.run = None
 
         def start() -> None:
-            # The run folder names the W&B run, so a resumed daps run continues the same W&B run.
-            run_id = "daps-" + "".join(c if c.isalnum() else "-" for c in run_dir.resolve().name)[-50:]
-            self.run = wandb.init(project="daps", name=run_dir.name, id=run_id, resume="allow", dir=str(run_dir),
-                                  config=config)
+            self.run = wandb.init(project="daps", name=run_dir.name, id=wandb_run_id(run_dir), resume="allow",
+                                  dir=str(run_dir), config=config)
 
         self._guard("init", start)
 
@@ -175,6 +173,30 @@ class WandbLogger(RunLogger):
     def _close(self) -> None:
         if self.run is not None:
             self.run.finish()
+
+
+WANDB_ID_FILE = "daps_run_id"
+"""In ``RUN/wandb/``: the W&B run id of this daps run."""
+
+
+def wandb_run_id(run_dir: Path) -> str:
+    """The W&B run id of ``run_dir``: made at random when the run starts (so runs whose folders share a name, e.g.
+    the ``seed0`` folders of ``daps compare``, never share a W&B run, and ``--overwrite`` starts a new one), read
+    back on ``--resume`` (which continues the same W&B run). W&B keeps what a killed run already logged for the
+    steps after its last checkpoint; the resumed run computes the same values there (exact resume)."""
+    import secrets
+
+    from daps.runfolder import write_text_atomic
+
+    path = run_dir / "wandb" / WANDB_ID_FILE
+    try:
+        run_id = path.read_text().strip()
+    except OSError:
+        run_id = ""
+    if not (run_id.isalnum() and len(run_id) <= 64):
+        run_id = "daps" + secrets.token_hex(8)
+        write_text_atomic(path, run_id + "\n")
+    return run_id
 
 
 def make_logger(kind: str, run_dir: Path, config: dict[str, Any], start_step: int = 0) -> RunLogger:

@@ -103,6 +103,23 @@ def test_wandb_gets_the_same_numbers(tmp_path, tiny_overrides, monkeypatch):
 
 
 @pytest.mark.usefixtures("no_plots")
+def test_each_run_is_its_own_wandb_run_and_a_resume_continues_it(tmp_path, tiny_overrides, monkeypatch):
+    fake = _FakeWandb()
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+
+    def ids():
+        return [c[1]["id"] for c in fake.calls if c[0] == "init"]
+
+    a, b = tmp_path / "daps" / "seed0", tmp_path / "fsq" / "seed0"  # the layout of daps compare
+    assert main(["train", *_overrides(tiny_overrides, a, "wandb"), "train.stop_after=3"]) == 0
+    assert main(["train", *_overrides(tiny_overrides, b, "wandb")]) == 0
+    assert main(["train", *_overrides(tiny_overrides, a, "wandb"), "--resume"]) == 0
+    assert main(["train", *_overrides(tiny_overrides, b, "wandb"), "--overwrite"]) == 0
+    first_a, first_b, resumed_a, overwritten_b = ids()
+    assert len({first_a, first_b, overwritten_b}) == 3 and resumed_a == first_a
+
+
+@pytest.mark.usefixtures("no_plots")
 def test_an_unreachable_logger_never_stops_a_run(tmp_path, tiny_overrides, monkeypatch, caplog):
     monkeypatch.setitem(sys.modules, "wandb", _FakeWandb(fail_on_log=True))
     run = tmp_path / "run"
