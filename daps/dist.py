@@ -3,11 +3,14 @@ device; then the process group is initialized from the environment torchrun sets
 
 from __future__ import annotations
 
+import math
 import os
 from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+
+from daps.errors import UserError
 
 _wait_group = None
 """A gloo group with a long timeout, for ranks waiting while rank 0 alone evaluates or writes (see wait_for_main)."""
@@ -15,8 +18,9 @@ _wait_group = None
 WAIT_TIMEOUT = timedelta(days=7)
 
 
-def setup() -> tuple[int, int]:
-    """Initialize the process group when launched by torchrun; return ``(rank, world_size)``.
+def setup(device_type: str | None = None) -> tuple[int, int]:
+    """Initialize the process group when launched by torchrun; return ``(rank, world_size)``. The backend is NCCL
+    for CUDA training (``device_type`` "cuda", or None on a machine with CUDA), else gloo.
 
     The collectives of the training step use the backend's default timeout (or ``$DAPS_DIST_TIMEOUT_S``
     seconds); the waits for rank 0's evaluation and checkpoint writing use a separate group that does not time
@@ -25,13 +29,25 @@ def setup() -> tuple[int, int]:
     global _wait_group
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not dist.is_initialized():
-        timeout = os.environ.get("DAPS_DIST_TIMEOUT_S")
-        dist.init_process_group(
-            "nccl" if torch.cuda.is_available() else "gloo",
-            timeout=timedelta(seconds=float(timeout)) if timeout else None,
-        )
+        timeout = _timeout()
+        cuda = device_type == "cuda" or (device_type is None and torch.cuda.is_available())
+        dist.init_process_group("nccl" if cuda else "gloo", timeout=timeout)
         _wait_group = dist.new_group(backend="gloo", timeout=WAIT_TIMEOUT)
     return rank(), world
+
+
+def _timeout() -> timedelta | None:
+    """``$DAPS_DIST_TIMEOUT_S`` as a timedelta (None: unset); else UserError."""
+    text = os.environ.get("DAPS_DIST_TIMEOUT_S", "").strip()
+    if not text:
+        return None
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and 0 < seconds <= WAIT_TIMEOUT.total_seconds()):
+        raise UserError(f"DAPS_DIST_TIMEOUT_S must be a number of seconds above 0 (at most 7 days), got {text!r}")
+    return timedelta(seconds=seconds)
 
 
 def wait_for_main() -> None:
@@ -64,6 +80,19 @@ def mean_over_ranks(values: torch.Tensor) -> torch.Tensor:
     values = values.clone()
     dist.all_reduce(values, op=dist.ReduceOp.SUM)
     return values / dist.get_world_size()
+
+
+def check_in_sync(tensors, what: str) -> None:
+    """RuntimeError unless every rank holds the same ``tensors`` (compared by their float64 sums, all-reduced): the
+    check that data-parallel training really applies one update everywhere. Nothing in a single process."""
+    if not dist.is_initialized():
+        return
+    sums = torch.nan_to_num(torch.stack([t.detach().double().sum() for t in tensors]))
+    high, low = sums.clone(), sums.clone()
+    dist.all_reduce(high, op=dist.ReduceOp.MAX)
+    dist.all_reduce(low, op=dist.ReduceOp.MIN)
+    if not torch.equal(high, low):
+        raise RuntimeError(f"{what}: the processes hold different weights, so they did not apply the same update")
 
 
 def barrier() -> None:

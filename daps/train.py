@@ -216,8 +216,11 @@ def train(
     The folder is locked while the run writes it. Raises :class:`TrainingDiverged` when updates stay
     non-finite for ``train.max_skipped_steps`` steps or the final model is non-finite.
     """
-    rank, world = dist.setup()
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and device.index is not None:
+        raise UserError(f"--device {device}: under torchrun each process uses the GPU of its LOCAL_RANK; "
+                        f"pass --device {device.type}")
+    rank, world = dist.setup(device.type)
     if device.type == "cuda" and world > 1:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
@@ -378,6 +381,7 @@ def _checkpoint(s: Setup, step: int) -> None:
     """Save checkpoint ``step`` (a collective: every rank takes part), refusing a non-finite model."""
     if not _all_finite(s.model):
         raise _diverged(s.run_dir, step, "the parameters are no longer finite")
+    dist.check_in_sync(list(s.model.parameters()), f"checkpoint {step}")  # buffers such as BatchNorm's are per rank
     rng = _rng_states(s.generators)
     if dist.is_main():
         state = {"step": step, "optimizers": s.optimizers.state_dict(), "rng": rng}

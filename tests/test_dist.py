@@ -29,6 +29,7 @@ def weights(run: Path, step: int) -> dict[str, torch.Tensor]:
 
 
 def test_two_process_training_and_exact_resume(tmp_path, tiny_overrides):
+    """Also: every checkpoint checks that both processes hold the same weights (without DDP they would not)."""
     full = tmp_path / "full"
     proc = torchrun_train(tiny_overrides, full)
     rows = [json.loads(line) for line in (full / "metrics.jsonl").read_text().splitlines()]
@@ -44,3 +45,21 @@ def test_two_process_training_and_exact_resume(tmp_path, tiny_overrides):
     torchrun_train(tiny_overrides, split, "--resume")
     a, b = weights(full, 6), weights(split, 6)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_bad_settings_under_torchrun_are_one_line(tmp_path, tiny_overrides, monkeypatch, capsys):
+    import pytest
+
+    from daps import dist
+    from daps.cli import main
+    from daps.errors import UserError
+
+    for text in ("abc", "0", "-5", "inf", "nan", "1e9"):
+        monkeypatch.setenv("DAPS_DIST_TIMEOUT_S", text)
+        with pytest.raises(UserError, match="DAPS_DIST_TIMEOUT_S must be a number of seconds"):
+            dist._timeout()
+    monkeypatch.setenv("DAPS_DIST_TIMEOUT_S", "30")
+    assert dist._timeout().total_seconds() == 30
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun sets it; refused before any process group is made
+    assert main(["train", *tiny_overrides, f"train.out_dir={tmp_path / 'run'}", "--device", "cpu:0"]) == 2
+    assert "pass --device cpu" in capsys.readouterr().err and not (tmp_path / "run").exists()

@@ -14,3 +14,19 @@ def test_revision_of_a_checkout_and_outside_git(tmp_path, monkeypatch):
     assert source_revision(tmp_path) == "unknown"
     monkeypatch.setenv("DAPS_GIT_REVISION", "abc123")
     assert source_revision(tmp_path) == "abc123"
+
+
+def test_an_installed_daps_inside_another_repository_is_not_its_commit(tmp_path, monkeypatch):
+    import subprocess
+
+    project = tmp_path / "project"
+    site = project / ".venv" / "lib" / "site-packages"
+    site.mkdir(parents=True)
+    (project / "notes.txt").write_text("a user's project")
+    git = ["git", "-C", str(project), "-c", "user.name=u", "-c", "user.email=u@x"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "notes.txt"], check=True)
+    subprocess.run([*git, "commit", "-qm", "x"], check=True)
+    monkeypatch.setenv("DAPS_GIT_REVISION", "abc123")
+    assert source_revision(site) == "abc123"
+    assert re.fullmatch(r"[0-9a-f]{40}", source_revision(project))  # the checkout itself: its commit
