@@ -414,6 +414,80 @@ def test_resume_takes_the_same_files_however_they_are_written(exported, tmp_path
                                                       "steps=8", *tiny])
 
 
+def test_resume_checks_the_codes_themselves_and_a_refusal_changes_nothing(exported, tmp_path, capsys, monkeypatch):
+    import shutil
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    shutil.copy(exported["train"], a / "c.safetensors")
+    shutil.copy(exported["test"], b / "c.safetensors")  # same name, other codes (same tokenizer, other split)
+    prior = tmp_path / "prior"
+    tiny = ["width=16", "num_heads=2", "num_layers=1", "batch_size=16", "ckpt_every=2", "eval_every=2",
+            "progress=false"]
+    monkeypatch.chdir(a)
+    assert main(["prior", "train", "c.safetensors", "--out", str(prior), "steps=2", *tiny]) == 0
+    monkeypatch.chdir(b)  # the same file, written from another folder: resumes
+    assert main(["prior", "train", "../a/c.safetensors", "--out", str(prior), "--resume", "steps=4", *tiny]) == 0
+    config = (prior / "config.json").read_bytes()
+    assert "config.json (codes)" in _error(  # another file of the same name
+        capsys, ["prior", "train", "c.safetensors", "--out", str(prior), "--resume", "steps=6", *tiny])
+    save_codes(CodeSet(torch.zeros(4, 1, 4, dtype=torch.long), torch.arange(4),  # re-exported in place
+                       {**load_codes(a / "c.safetensors").meta, "model_sha256": "0" * 64}),
+               a / "c.safetensors", overwrite=True)
+    assert "not the codes the prior was trained on (model_sha256" in _error(
+        capsys, ["prior", "train", "../a/c.safetensors", "--out", str(prior), "--resume", "steps=6", *tiny])
+    assert (prior / "config.json").read_bytes() == config
+
+
+def test_empty_codes_are_one_line_and_leave_no_folder(exported, tmp_path, capsys):
+    meta = load_codes(exported["test"]).meta
+    empty = tmp_path / "empty.safetensors"
+    save_codes(CodeSet(torch.zeros(0, 1, 4, dtype=torch.long), torch.zeros(0, dtype=torch.long), meta), empty)
+    for argv in ([str(exported["train"]), "--val-codes", str(empty)],
+                 [str(empty), "--val-codes", str(exported["test"])]):
+        assert "codes are empty" in _error(capsys, ["prior", "train", *argv, "--out", str(tmp_path / "p"), "steps=2"])
+        assert not (tmp_path / "p").exists()
+
+
+def test_prior_eval_reads_the_held_out_codes_it_was_trained_with(exported, tmp_path, capsys, monkeypatch):
+    import shutil
+
+    home = tmp_path / "home"
+    home.mkdir()
+    shutil.copy(exported["test"], home / "va.safetensors")
+    monkeypatch.chdir(home)
+    prior = tmp_path / "prior"
+    assert main(["prior", "train", str(exported["train"]), "--val-codes", "va.safetensors", "--out", str(prior),
+                 "steps=2", "width=16", "num_heads=2", "progress=false"]) == 0
+    monkeypatch.chdir(tmp_path)  # elsewhere, with no va.safetensors in it
+    capsys.readouterr()
+    assert main(["prior", "eval", str(prior), "--n", "10", "--no-classifier", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["num_codes"] == 2 * load_codes(exported["test"]).codes.shape[0]
+
+
+def test_decoding_refuses_a_tokenizer_that_did_not_make_the_codes(trained_run, exported, tmp_path, capsys,
+                                                                  copy_run):
+    prior = tmp_path / "prior"
+    assert main(["prior", "train", str(exported["train"]), "--out", str(prior), "steps=2", "width=16",
+                 "num_heads=2", "progress=false"]) == 0
+    same = copy_run("copied")  # the same weights in another folder: fine
+    assert main(["prior", "sample", str(prior), "--tokenizer", str(same), "--n", "1", "--out",
+                 str(tmp_path / "ok.png")]) == 0
+    from daps.checkpoint import load_training_state, resolve_checkpoint, save_checkpoint
+
+    other = copy_run("trained_on")  # its latest checkpoint rewritten with other weights (as more training would)
+    ckpt = resolve_checkpoint(other)
+    model = load_model(other)
+    with torch.no_grad():
+        next(model.parameters()).add_(1.0)
+    state = load_training_state(ckpt)
+    save_checkpoint(other, int(state["step"]), model, model.config, state, keep=2)
+    assert "is not the checkpoint that made the prior's codes" in _error(
+        capsys, ["prior", "sample", str(prior), "--tokenizer", str(other), "--n", "1", "--out",
+                 str(tmp_path / "x.png")])
+
+
 def test_a_diverging_prior_run_stops_and_keeps_good_weights(tmp_path):
     from types import SimpleNamespace
 

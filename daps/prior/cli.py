@@ -156,7 +156,8 @@ def parse_label(label: str, class_names: list[str]) -> int:
 
 
 def _tokenizer(args: argparse.Namespace, meta: dict, device: torch.device):
-    from daps.checkpoint import load_model
+    from daps.checkpoint import load_model, resolve_checkpoint
+    from daps.codes import weights_sha256
 
     source = args.tokenizer or meta.get("checkpoint") or meta.get("run")
     if not source:
@@ -165,6 +166,10 @@ def _tokenizer(args: argparse.Namespace, meta: dict, device: torch.device):
     if model.vocab_size != meta["vocab_size"] or model.input_spec.num_tokens != meta["num_tokens"]:
         raise UserError(f"tokenizer {source} has V={model.vocab_size}, T={model.input_spec.num_tokens}; the "
                         f"prior's codes have V={meta['vocab_size']}, T={meta['num_tokens']}")
+    made_by = meta.get("model_sha256")
+    if made_by and weights_sha256(resolve_checkpoint(source, verify=False)) != made_by:
+        raise UserError(f"tokenizer {source} is not the checkpoint that made the prior's codes (its weights differ "
+                        f"from step {meta.get('step')} of {meta.get('run')}); pass that checkpoint as --tokenizer")
     return model
 
 
@@ -236,8 +241,8 @@ def _eval(args: argparse.Namespace) -> int:
     check_sampling(args.cfg, 1.0)
     device = _device(args.device)
     model, cfg, meta = load_prior(args.prior_dir, device)
-    codes_file = meta.get("file") or cfg.codes
-    train_set, val_set = split_codes(PriorConfig(**{**cfg.__dict__, "codes": codes_file}), load_codes(codes_file))
+    files = {"codes": meta.get("file") or cfg.codes, "val_codes": meta.get("val_file") or cfg.val_codes}
+    train_set, val_set = split_codes(PriorConfig(**{**cfg.__dict__, **files}), load_codes(files["codes"]))
     x_val, y_val = (t.to(device) for t in val_set.flat())
     result: dict = {"prior": str(args.prior_dir), "kind": cfg.kind, "guidance": args.cfg}
     result.update(evaluate_prior(model, x_val, y_val))

@@ -268,6 +268,31 @@ def prepare_folder(cfg: Any, resume: bool, overwrite: bool, kind: str = KIND) ->
     return find_resumable(run_dir)
 
 
+def settings_record(cfg: Any) -> dict:
+    """``cfg`` as config.json stores it: the files it names as absolute paths, so that ``--resume`` from another
+    folder compares the same files."""
+    record = asdict(cfg)
+    for key in PATH_SETTINGS:
+        if record.get(key):
+            record[key] = str(Path(record[key]).resolve())
+    return record
+
+
+def check_same_codes(run_dir: Path, codes: dict) -> None:
+    """UserError unless the codes of a resumed prior are those it was trained on: the same files (by absolute
+    path) with the same header (tokenizer weights, V, T, classes, ...)."""
+    try:
+        saved = json.loads((run_dir / "config.json").read_text()).get("codes")
+    except (OSError, ValueError, AttributeError):
+        saved = None
+    if not isinstance(saved, dict):
+        return  # a folder holding only the marker: nothing was trained yet
+    differs = sorted(k for k in saved.keys() | codes.keys() if saved.get(k) != codes.get(k))
+    if differs:
+        raise UserError(f"--resume: these are not the codes the prior was trained on ({', '.join(differs)} "
+                        f"differ from {run_dir / 'config.json'})")
+
+
 def train_prior(cfg: PriorConfig, resume: bool = False, overwrite: bool = False,
                 device: str | torch.device = "cpu") -> Path:
     """Train a prior on ``cfg.codes``; returns the run folder."""
@@ -277,21 +302,26 @@ def train_prior(cfg: PriorConfig, resume: bool = False, overwrite: bool = False,
     device = torch.device(device)
     codes = load_codes(cfg.codes)
     train_set, val_set = split_codes(cfg, codes)
+    for name, part in (("training", train_set), ("held-out", val_set)):
+        if part.codes.shape[0] == 0:
+            raise UserError(f"the {name} codes are empty ({cfg.val_codes if part is val_set else cfg.codes})")
     run_dir = Path(cfg.out_dir)
     ckpt = prepare_folder(cfg, resume, overwrite)
+    files = {"file": str(Path(cfg.codes).resolve())}
+    if cfg.val_codes:
+        files["val_file"] = str(Path(cfg.val_codes).resolve())
+    config = {"prior": settings_record(cfg), "codes": {**codes.meta, **files}}
+    if resume and has_content(run_dir):
+        check_same_codes(run_dir, config["codes"])
     lock = FolderLock(run_dir).acquire()
     try:
         if overwrite and has_content(run_dir):
             clear_folder(run_dir, KIND, "--out")
         run_dir.mkdir(parents=True, exist_ok=True)
         write_marker(run_dir, KIND)
-        files = {"file": str(Path(cfg.codes).resolve())}
-        if cfg.val_codes:
-            files["val_file"] = str(Path(cfg.val_codes).resolve())
-        config = {"prior": asdict(cfg), "codes": {**codes.meta, **files}}
-        write_json_atomic(run_dir / "config.json", config)
         model = build_prior(cfg, codes.meta).to(device)
         optimizer, generator, start = start_training(model, cfg, ckpt, device, run_dir)
+        write_json_atomic(run_dir / "config.json", config)  # after every check and the checkpoint's weights
         x_train, y_train = (t.to(device) for t in train_set.flat())
         x_val, y_val = (t.to(device) for t in val_set.flat())
         null = model.num_classes

@@ -19,7 +19,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ from daps.checkpoint import (
 from daps.config import check_optimizer_settings
 from daps.errors import UserError
 from daps.prior.nets import drop_labels
-from daps.prior.run import prepare_folder, run_steps, save_prior_curves, start_training
+from daps.prior.run import prepare_folder, run_steps, save_prior_curves, settings_record, start_training
 from daps.robot.data import CommandSet, encode_split, load_commands, save_commands, velocity_ranges
 from daps.robot.policy import CommandPolicy
 from daps.runfolder import FolderLock, clear_folder, has_content, write_json_atomic, write_marker
@@ -204,10 +204,10 @@ def train_policy(cfg: RobotConfig, resume: bool = False, overwrite: bool = False
             sets, meta = load_commands(run_dir / COMMANDS_FILE)
         else:
             save_commands(run_dir / COMMANDS_FILE, sets, meta)
-        config = {KIND: asdict(cfg), "commands": meta}
-        write_json_atomic(run_dir / "config.json", config)
+        config = {KIND: settings_record(cfg), "commands": meta}
         model = build_policy(cfg, meta).to(device)
         optimizer, generator, start = start_training(model, cfg, ckpt, device, run_dir)
+        write_json_atomic(run_dir / "config.json", config)  # after the checkpoint's weights are read
         train, val = sets["train"].to(device), _val_subset(sets["val"]).to(device)
         log.info("policy: %d training examples, %d held out, %d parameters", len(train), len(val),
                  sum(p.numel() for p in model.parameters()))
