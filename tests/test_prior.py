@@ -206,6 +206,22 @@ def test_ar_prior_recovers_a_synthetic_code_distribution(tmp_path, single_thread
 # -- guidance ----------------------------------------------------------------------------------------------------
 
 
+def test_ar_prior_log_probs_are_exact_far_below_the_encoders_clamp():
+    torch.manual_seed(0)
+    model = ARPrior(num_tokens=2, vocab_size=5, num_classes=3, width=16, num_layers=1, num_heads=2)
+    with torch.no_grad():
+        model.head.bias[3] = -40.0  # token 3 is near-impossible: log p ~ -40, far below log(eps) ~ -15.9
+    codes, labels = torch.tensor([[3, 3], [1, 2]]), torch.tensor([0, 2])
+    log_p = model.token_log_probs(codes, labels)
+    with torch.no_grad():
+        flat, logits = model._teacher_forced(labels, codes[None])
+        exact = torch.log_softmax(logits.double(), -1).gather(-1, flat[..., None]).squeeze(-1)
+    torch.testing.assert_close(log_p.double(), exact, rtol=1e-5, atol=1e-4)
+    assert float(log_p[0].detach().max()) < -30
+    model.loss(codes[:1], labels[:1]).backward()
+    assert float(model.head.bias.grad[3]) < 0  # the loss still pushes the improbable token up
+
+
 def test_guide_algebra():
     c, u = torch.randn(4, 6), torch.randn(4, 6)
     assert torch.equal(guide(c, u, 1.0), c) and torch.equal(guide(c, u, 0.0), u)

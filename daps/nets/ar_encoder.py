@@ -138,18 +138,21 @@ class ARTransformerEncoder(nn.Module):
         _, logits = self._teacher_forced(x, indices)  # (B*K, T, V)
         return categorical_log_probs(logits).view(b, k, t, -1).transpose(0, 1)  # (K, B, T, V)
 
-    def log_prob(self, x: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    def log_prob(self, x: torch.Tensor, indices: torch.Tensor, clamp: bool = True) -> torch.Tensor:
         """Teacher-forced ``log q(z_t | z_<t, x)`` of given codes, with gradients (what DAPS trains on).
 
         ``x (B, C, H, W)``, ``indices (K, B, T)`` int64 -> ``token_log_q (K, B, T)`` float32; sum over T for
-        ``log q(z | x)``.
+        ``log q(z | x)``. ``clamp``: probabilities clamped to ``[eps, 1 - eps]`` as the encoder's everywhere
+        (:func:`daps.functional.categorical_log_probs`); the priors over codes train and report the exact values.
         """
         k, b, t = indices.shape
         flat, logits = self._teacher_forced(x, indices)  # (B*K, T), (B*K, T, V)
         # Clamp only the gathered entries: the values of categorical_log_probs, without an elementwise
         # clamp (and its backward) over all V logits.
         log_probs = F.log_softmax(logits.float(), dim=-1)  # (B*K, T, V)
-        token_log_q = clamp_log_prob(log_probs.gather(-1, flat[..., None]).squeeze(-1))  # (B*K, T)
+        token_log_q = log_probs.gather(-1, flat[..., None]).squeeze(-1)  # (B*K, T)
+        if clamp:
+            token_log_q = clamp_log_prob(token_log_q)
         return token_log_q.view(b, k, t).transpose(0, 1)  # (K, B, T)
 
     # ----------------------------------------------------------------------------------------------

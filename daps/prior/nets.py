@@ -94,8 +94,9 @@ class ARPrior(ARTransformerEncoder):
         self.num_classes = num_classes
 
     def token_log_probs(self, codes: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Teacher-forced ``log p(z_t | z_<t, y)`` of ``codes (B, T)`` under ``labels (B,)``: ``(B, T)``."""
-        return self.log_prob(labels, codes[None])[0]
+        """Teacher-forced ``log p(z_t | z_<t, y)`` of ``codes (B, T)`` under ``labels (B,)``: ``(B, T)``, exact (not
+        clamped: the loss keeps a gradient for improbable tokens and held-out bits are not capped)."""
+        return self.log_prob(labels, codes[None], clamp=False)[0]
 
     def loss(self, codes: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Negative log-likelihood per token (nats), averaged."""

@@ -69,8 +69,8 @@ class CommandPolicy(ARTransformerEncoder):
 
     def token_log_probs(self, codes: torch.Tensor, labels: torch.Tensor, velocity: torch.Tensor,
                         prev: torch.Tensor) -> torch.Tensor:
-        """Teacher-forced ``log p(z_t | z_<t, context)``: ``(B, T)``."""
-        return self.log_prob(self.context(labels, velocity, prev), codes[None])[0]
+        """Teacher-forced ``log p(z_t | z_<t, context)``: ``(B, T)``, exact (not clamped, as the priors')."""
+        return self.log_prob(self.context(labels, velocity, prev), codes[None], clamp=False)[0]
 
     def loss(self, codes: torch.Tensor, labels: torch.Tensor, velocity: torch.Tensor,
              prev: torch.Tensor) -> torch.Tensor:
