@@ -20,6 +20,7 @@ from daps.checkpoint import load_model
 from daps.cli import main
 from daps.codes import CodeSet, export_codes, load_codes, save_codes
 from daps.data import dataset_spec, labelled_split
+from daps.errors import UserError
 from daps.prior.nets import ARPrior, DFMPrior, corrupt, euler_jump_probability, euler_step, guide
 from daps.prior.run import PriorConfig, train_prior
 
@@ -390,6 +391,10 @@ def test_judge_known_answers(trained_run, single_thread):
     assert set(refs) == {"real_frechet", "recon_frechet", "recon_accuracy", "random_frechet", "random_top_class"}
     stats = sample_statistics(torch.tensor([[1, 2], [1, 2], [3, 4], [5, 6]]), torch.tensor([[1, 2], [9, 9]]))
     assert stats == {"unique_fraction": 0.75, "copied_fraction": 0.5}
+    most = 10 * int(torch.bincount(judge.train.labels).min())  # as many of each class as the smallest has
+    assert len(set(judge.balanced_train_subset(most, 0).tolist())) == most
+    with pytest.raises(UserError, match=f"at most {most} class-balanced"):
+        judge.balanced_train_subset(most + 1, 0)
 
 
 def test_inception_fid_known_answer(trained_run, monkeypatch, single_thread):

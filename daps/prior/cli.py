@@ -236,8 +236,9 @@ def _eval(args: argparse.Namespace) -> int:
     from daps.prior.run import PriorConfig, evaluate_prior, load_prior, sampling_speed, split_codes
     from daps.prior.scores import Judge, score_prior
 
-    if args.n < 2:
-        raise UserError("--n must be at least 2")
+    if args.n < 2 or args.inception_fid < 0 or args.inception_fid == 1:
+        raise UserError(f"--n must be at least 2 and --inception-fid 0 (off) or at least 2, got {args.n} and "
+                        f"{args.inception_fid}")
     check_sampling(args.cfg, 1.0)
     device = _device(args.device)
     model, cfg, meta = load_prior(args.prior_dir, device)
@@ -251,6 +252,9 @@ def _eval(args: argparse.Namespace) -> int:
         tokenizer = _tokenizer(args, meta, device)
         classifier = classifier_for(tokenizer.config.data.name)
         judge = Judge(tokenizer, classifier, device) if classifier is not None else None
+        if judge is not None:  # before any sampling
+            judge.check_balanced(args.n)
+            judge.check_balanced(args.inception_fid, "--inception-fid")
     result.update(score_prior(model, cfg.euler_steps, train_set.flat()[0], args.n, args.cfg, args.seed, judge, device))
     if judge is not None:
         result.update(judge.references(args.n, args.seed))
@@ -305,6 +309,11 @@ def decode_random_command(args: argparse.Namespace) -> int:
     classifier = classifier_for(model.config.data.name)
     if classifier is not None and args.n >= 2:
         judge = Judge(model, classifier, device)
+        try:
+            judge.check_balanced(args.n)
+        except UserError as err:  # the grid is written; the scores are extra
+            log.warning("no classifier scores: %s", err)
+            return 0
         scores = judge.references(args.n, args.seed)
         log.info("classifier scores at n = %d: random codes Frechet %.2f (top class %.0f%%); real training examples "
                  "%.2f; reconstructions %.2f (accuracy %.3f)", args.n, scores["random_frechet"],

@@ -437,11 +437,18 @@ def _finish(run_dir: Path, model: Prior, cfg: PriorConfig, x_val: torch.Tensor, 
 
 def sampling_speed(model: Prior, cfg: PriorConfig, device: torch.device, n: int = 200,
                    guidance: float = 1.0) -> dict[str, float]:
-    """Samples/s of one batch of ``n`` codes and the network evaluations each needs."""
+    """Samples/s of one batch of ``n`` codes and the network evaluations each needs (on CUDA after one warm-up
+    batch, timed to the end of its kernels)."""
     labels = torch.arange(n, device=device) % model.num_classes
     g = torch.Generator(device).manual_seed(0)
+    cuda = device.type == "cuda"
+    if cuda:
+        generate(model, labels, guidance, 1.0, g, cfg.euler_steps)
+        torch.cuda.synchronize(device)
     start = time.perf_counter()
     generate(model, labels, guidance, 1.0, g, cfg.euler_steps)
+    if cuda:
+        torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
     nfe = (model.network_evaluations(guidance, cfg.euler_steps) if isinstance(model, DFMPrior)
            else model.network_evaluations(guidance))

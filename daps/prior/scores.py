@@ -20,6 +20,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from daps.errors import UserError
 from daps.methods.types import Method
 from daps.metrics.classifier import Classifier
 from daps.metrics.fid import frechet_distance
@@ -91,8 +92,16 @@ class Judge:
             out["accuracy"] = float((predictions(self.classifier, images).cpu() == labels.cpu()).float().mean())
         return out
 
+    def check_balanced(self, n: int, flag: str = "--n") -> None:
+        """UserError unless the training split has enough examples of every class for n balanced ones."""
+        counts = torch.bincount(self.train.labels)
+        if n > len(counts) * int(counts.min()):
+            raise UserError(f"{flag} {n}: the training split has {int(counts.min())} examples of its smallest class, "
+                            f"so at most {len(counts) * int(counts.min())} class-balanced real examples to compare")
+
     def balanced_train_subset(self, n: int, seed: int) -> torch.Tensor:
         """n training indices, classes in turn (as the samples are generated), drawn at random within a class."""
+        self.check_balanced(n)
         g = torch.Generator().manual_seed(seed)
         labels = self.train.labels
         classes = int(labels.max()) + 1
