@@ -152,6 +152,94 @@ def test_euler_sampler_with_the_exact_posterior_recovers_the_data_law(monkeypatc
     assert (torch.bincount(out[:, 0], minlength=v).float() / n - pi).abs().max() > 0.03
 
 
+def _joint_posterior(pi: torch.Tensor, seqs: torch.Tensor, xt: torch.Tensor, t: torch.Tensor, source: str
+                     ) -> torch.Tensor:
+    """The exact log p(x_1,i | x_t) of the mixture path for a data law ``pi`` over the rows of ``seqs (S, T)``."""
+    v = int(seqs.max()) + 1
+    same = (xt[:, None, :] == seqs[None]).float()  # (B, S, T)
+    tt = t[:, None, None]
+    if source == "uniform":
+        lik = tt * same + (1 - tt) / v
+    else:  # masked tokens (index V) say nothing about x_1 beyond the path's (1 - t)
+        lik = torch.where(xt[:, None, :] == v, 1 - tt, tt * same)
+    w = pi * lik.prod(-1)  # (B, S)
+    w = w / w.sum(-1, keepdim=True)
+    marginals = torch.stack([w @ torch.nn.functional.one_hot(seqs[:, i], v).float() for i in range(seqs.shape[1])], 1)
+    return marginals.clamp_min(1e-30).log()  # (B, T, V)
+
+
+@pytest.mark.parametrize("source", ["uniform", "mask"])
+def test_euler_sampler_recovers_a_correlated_joint_law_over_several_tokens(monkeypatch, source):
+    """T = 3 tokens of V = 3 with strongly correlated tokens: with the exact posterior the sampler ends at the
+    joint law; a one-step sampler (every token drawn at once, independently) misses it, so the check can fail."""
+    v, t_len = 3, 3
+    seqs = torch.tensor(list(itertools.product(range(v), repeat=t_len)))  # (27, 3)
+    pi = torch.rand(27, generator=torch.Generator().manual_seed(0)) ** 4
+    pi[[0, 13, 26]] += 2.0  # (0,0,0), (1,1,1), (2,2,2): tokens that agree
+    pi = pi / pi.sum()
+    model = DFMPrior(t_len, v, 1, width=8, num_layers=1, num_heads=1, source=source)
+    monkeypatch.setattr(model, "forward", lambda xt, t, labels: _joint_posterior(pi, seqs, xt, t, source))
+    n, index = 40_000, torch.tensor([9, 3, 1])
+
+    def tv(steps: int) -> float:
+        out = model.generate(torch.zeros(n, dtype=torch.long), 1.0, 1.0, torch.Generator().manual_seed(steps), steps)
+        freq = torch.bincount((out * index).sum(-1), minlength=27).float() / n
+        return float((freq - pi).abs().sum() / 2)
+
+    assert tv(64) < 0.03
+    assert tv(1) > 0.15
+
+
+def test_dfm_guidance_and_temperature_follow_their_formula(monkeypatch):
+    """One token, masked source, one Euler step: the sample law is softmax((u + w (c - u)) / tau) of the
+    conditional c and unconditional u log-posteriors, exactly. Swapping c and u (anti-guidance) or ignoring tau
+    would give other laws, which the tolerance tells apart."""
+    v = 4
+    cond, uncond = torch.tensor([0.5, 0.3, 0.15, 0.05]).log(), torch.tensor([0.1, 0.2, 0.3, 0.4]).log()
+    model = DFMPrior(1, v, 2, width=8, num_layers=1, num_heads=1, source="mask")
+
+    def oracle(xt, t, labels):
+        return torch.where((labels == 2)[:, None, None], uncond, cond).expand(xt.shape[0], 1, v)
+
+    monkeypatch.setattr(model, "forward", oracle)
+    n, w, tau = 100_000, 2.0, 0.7
+    out = model.generate(torch.zeros(n, dtype=torch.long), w, tau, torch.Generator().manual_seed(0), 1)
+    freq = torch.bincount(out[:, 0], minlength=v).float() / n
+    expected = torch.softmax((uncond + w * (cond - uncond)) / tau, -1)
+    torch.testing.assert_close(freq, expected, atol=0.006, rtol=0)
+    anti, untempered = (torch.softmax((cond + w * (uncond - cond)) / tau, -1),
+                        torch.softmax(uncond + w * (cond - uncond), -1))
+    for wrong in (anti, untempered):
+        assert (wrong - expected).abs().max() > 0.02
+
+
+def test_ar_guidance_and_temperature_give_the_product_of_guided_conditionals():
+    """Two tokens of V = 3: sampled frequencies match the exact law prod_t softmax((u_t + w (c_t - u_t)) / tau)
+    computed from teacher-forced conditionals; anti-guidance (c and u swapped) is a law the check tells apart."""
+    torch.manual_seed(0)
+    model = ARPrior(num_tokens=2, vocab_size=3, num_classes=2, width=16, num_layers=1, num_heads=2).eval()
+    with torch.no_grad():
+        model.head.weight.mul_(8.0)  # peaked, label-dependent conditionals
+    seqs = torch.tensor(list(itertools.product(range(3), repeat=2)))  # (9, 2)
+    w, tau, label = 2.0, 0.8, 1
+
+    def law(c_weight: float) -> torch.Tensor:
+        with torch.no_grad():
+            def log_cond(y: int) -> torch.Tensor:
+                flat, logits = model._teacher_forced(torch.full((9,), y), seqs[None])
+                return torch.log_softmax(logits.double(), -1)  # (9, T, V)
+            c, u = log_cond(label), log_cond(2)
+            g = torch.log_softmax((u + c_weight * (c - u)) / tau, -1)
+        return g.gather(-1, seqs[..., None]).squeeze(-1).sum(-1).exp()  # (9,)
+
+    n = 100_000
+    out = model.generate(torch.full((n,), label), w, tau, torch.Generator().manual_seed(0))
+    freq = torch.bincount(out[:, 0] * 3 + out[:, 1], minlength=9).double() / n
+    expected, anti = law(w), law(1 - w)
+    assert float((freq - expected).abs().sum() / 2) < 0.01
+    assert float((anti - expected).abs().sum() / 2) > 0.05
+
+
 # -- the AR prior learns a known distribution ---------------------------------------------------------------
 
 
