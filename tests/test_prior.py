@@ -628,3 +628,14 @@ def test_a_diverging_prior_run_stops_and_keeps_good_weights(tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     rows = [r for r in rows if r["split"] == "train"]
     assert [r["skipped"] for r in rows] == [2, 0, 0, 0] and all(math.isfinite(r["loss"]) for r in rows)
+
+
+def test_guidance_without_label_dropout_is_warned(exported, tmp_path, caplog):
+    prior = tmp_path / "prior"
+    assert main(["prior", "train", str(exported["train"]), "--out", str(prior), "steps=2", "width=16",
+                 "num_heads=2", "progress=false", "label_dropout=0"]) == 0
+    with caplog.at_level("WARNING", logger="daps"):
+        assert main(["prior", "sample", str(prior), "--n", "1", "--out", str(tmp_path / "a.png")]) == 0
+        assert "null label is untrained" not in caplog.text  # --cfg 1: the conditional model alone
+        assert main(["prior", "sample", str(prior), "--n", "1", "--cfg", "2", "--out", str(tmp_path / "b.png")]) == 0
+    assert "--cfg 2 uses the unconditional model, but this run was trained with label_dropout=0" in caplog.text

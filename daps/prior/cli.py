@@ -100,6 +100,14 @@ def check_sampling(guidance: float, temperature: float, guidance_flag: str = "--
         raise UserError(f"--temperature must be a positive number, got {temperature}")
 
 
+def warn_untrained_null(label_dropout: float, guidance: float, flag: str = "--cfg") -> None:
+    """A warning when guidance mixes in the unconditional model of a run trained without label dropout (its null
+    label never saw a training example)."""
+    if label_dropout <= 0 and guidance != 1.0:
+        log.warning("%s %g uses the unconditional model, but this run was trained with label_dropout=0: its null "
+                    "label is untrained", flag, guidance)
+
+
 def export_codes_command(args: argparse.Namespace) -> int:
     from daps.codes import check_codes_out, export_codes, save_codes
 
@@ -191,6 +199,7 @@ def _sample(args: argparse.Namespace) -> int:
     check_sampling(args.cfg, args.temperature)
     device = _device(args.device)
     model, cfg, meta = load_prior(args.prior_dir, device)
+    warn_untrained_null(cfg.label_dropout, args.cfg)
     # the codes files as resolved when the prior was trained (priors older than "val_file" name only the first)
     trained_on = [meta.get("file", cfg.codes), meta.get("val_file")]
     inputs = [Path(p).resolve() for p in trained_on if p]
@@ -242,6 +251,7 @@ def _eval(args: argparse.Namespace) -> int:
     check_sampling(args.cfg, 1.0)
     device = _device(args.device)
     model, cfg, meta = load_prior(args.prior_dir, device)
+    warn_untrained_null(cfg.label_dropout, args.cfg)
     files = {"codes": meta.get("file") or cfg.codes, "val_codes": meta.get("val_file") or cfg.val_codes}
     train_set, val_set = split_codes(PriorConfig(**{**cfg.__dict__, **files}), load_codes(files["codes"]))
     x_val, y_val = (t.to(device) for t in val_set.flat())

@@ -13,7 +13,7 @@ import torch
 
 from daps.cli import seed_arg
 from daps.errors import UserError
-from daps.prior.cli import check_sampling
+from daps.prior.cli import check_sampling, warn_untrained_null
 from daps.runfolder import check_output_file
 
 log = logging.getLogger("daps")
@@ -119,6 +119,7 @@ def _plan(args: argparse.Namespace) -> int:
         raise UserError("give --velocity or --velocity-schedule, not both")
     motion = args.motion if args.motion else motion_from_prompt(args.prompt)
     planner = Planner(args.policy_dir, _device(args.device), args.tokenizer)
+    warn_untrained_null(planner.cfg.label_dropout, args.guidance, "--guidance")
     windows = planner.windows_for(args.seconds)
     velocity = (read_velocity_schedule(args.velocity_schedule, windows, planner.window_seconds)
                 if args.velocity_schedule else parse_velocity(args.velocity))
