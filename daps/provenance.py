@@ -18,7 +18,7 @@ def source_revision(root: str | Path = PACKAGE_ROOT) -> str:
         top, commit = subprocess.run(
             ["git", "-C", str(root), "rev-parse", "--show-toplevel", "HEAD"], capture_output=True, text=True,
             check=True, timeout=10,
-        ).stdout.split()
+        ).stdout.splitlines()  # lines: a checkout's path may hold spaces
         if Path(top).resolve() != Path(root).resolve():  # an installed daps inside some other repository
             return os.environ.get("DAPS_GIT_REVISION", "unknown")
         dirty = subprocess.run(

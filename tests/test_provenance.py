@@ -19,7 +19,7 @@ def test_revision_of_a_checkout_and_outside_git(tmp_path, monkeypatch):
 def test_an_installed_daps_inside_another_repository_is_not_its_commit(tmp_path, monkeypatch):
     import subprocess
 
-    project = tmp_path / "project"
+    project = tmp_path / "my project"  # a space in the path
     site = project / ".venv" / "lib" / "site-packages"
     site.mkdir(parents=True)
     (project / "notes.txt").write_text("a user's project")

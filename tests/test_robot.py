@@ -186,6 +186,24 @@ def test_policy_training_resumes_exactly(tmp_path, single_thread):
         assert torch.equal(x, y), name
 
 
+def test_a_policy_run_killed_before_its_first_step_can_be_resumed(tmp_path, single_thread, monkeypatch):
+    import daps.robot.run as robot_run
+
+    commands = _synthetic(600, 0)
+    cfg = RobotConfig(width=16, num_layers=1, num_heads=2, steps=4, batch_size=16, eval_every=2, ckpt_every=2,
+                      progress=False, out_dir=str(tmp_path / "p"))
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # as a kill while the model is built or moved to the device
+
+    with monkeypatch.context() as m:
+        m.setattr(robot_run, "start_training", killed)
+        with pytest.raises(KeyboardInterrupt):
+            train_policy(cfg, commands=commands)
+    resumed = train_policy(cfg, resume=True)  # the commands and config were saved: nothing to encode again
+    assert (resumed / "checkpoints" / "latest").read_text().strip().endswith("4")
+
+
 # --------------------------------------------------------------------------------------------------
 # Stitching and physics on real clips
 
@@ -467,3 +485,10 @@ def test_report_stem_replaces_only_an_earlier_report(tmp_path):
     (tmp_path / "eval.md").write_text("| my | own table |\n")  # a table alone is not a report
     with pytest.raises(UserError, match="not part of a robot eval report"):
         check_report_stem(stem, overwrite=True)
+    from daps.robot.evaluate import report_paths
+
+    assert report_paths(tmp_path / "eval.v2") == (tmp_path / "eval.v2.json", tmp_path / "eval.v2.md")
+    assert report_paths(tmp_path / "eval.json") == (tmp_path / "eval.json", tmp_path / "eval.md")
+    for folder in (Path("."), tmp_path / ".."):
+        with pytest.raises(UserError, match="names a folder"):
+            check_report_stem(folder, overwrite=False)

@@ -254,10 +254,20 @@ def _is_report(json_path: Path, md_path: Path) -> bool:
     return isinstance(data, dict) and REPORT_KEYS <= data.keys() and table_text.startswith("|")
 
 
+def report_paths(stem: Path) -> tuple[Path, Path]:
+    """``STEM.json`` and ``STEM.md`` (``--out runs/eval.v2`` keeps its dots; ``--out eval.json`` names the pair)."""
+    stem = Path(stem)
+    if stem.name in ("", ".", ".."):
+        raise UserError(f"--out {stem} names a folder; give a file stem such as runs/eval")
+    if stem.suffix.lower() in (".json", ".md"):
+        stem = stem.with_suffix("")
+    return stem.with_name(stem.name + ".json"), stem.with_name(stem.name + ".md")
+
+
 def check_report_stem(stem: Path, overwrite: bool) -> None:
     """Refuse ``stem`` before any evaluation if its report could not be written: an existing ``stem.json`` or
     ``stem.md`` is replaced only with ``overwrite`` and only if it is an earlier report of ``robot eval``."""
-    json_path, md_path = stem.with_suffix(".json"), stem.with_suffix(".md")
+    json_path, md_path = report_paths(stem)
     for path in (json_path, md_path):
         check_output_file(path, path.suffix, overwrite, "--out", lambda _: _is_report(json_path, md_path),
                           "part of a robot eval report")
@@ -269,6 +279,7 @@ def write_report(result: dict[str, Any], stem: Path, overwrite: bool = False) ->
     from daps.runfolder import atomic_path, write_json_atomic
 
     check_report_stem(stem, overwrite)
-    write_json_atomic(stem.with_suffix(".json"), result)
-    with atomic_path(stem.with_suffix(".md")) as tmp:
+    json_path, md_path = report_paths(stem)
+    write_json_atomic(json_path, result)
+    with atomic_path(md_path) as tmp:
         Path(tmp).write_text(table(result) + "\n")

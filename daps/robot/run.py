@@ -191,7 +191,7 @@ def train_policy(cfg: RobotConfig, resume: bool = False, overwrite: bool = False
     device = torch.device(device)
     run_dir = Path(cfg.out_dir)
     ckpt = prepare_folder(cfg, resume, overwrite, kind=KIND)
-    saved = ckpt is not None and (run_dir / COMMANDS_FILE).is_file()
+    saved = resume and (run_dir / COMMANDS_FILE).is_file()  # written (atomically) by this run before it stopped
     if not saved:  # encoded before the folder is touched, so a refused tokenizer leaves nothing behind
         sets, meta = commands if commands is not None else encode_commands(cfg, device)
     lock = FolderLock(run_dir).acquire()
@@ -205,9 +205,12 @@ def train_policy(cfg: RobotConfig, resume: bool = False, overwrite: bool = False
         else:
             save_commands(run_dir / COMMANDS_FILE, sets, meta)
         config = {KIND: settings_record(cfg), "commands": meta}
+        if ckpt is None:  # a new run: its config at once, so that a run killed from here on can be resumed
+            write_json_atomic(run_dir / "config.json", config)
         model = build_policy(cfg, meta).to(device)
         optimizer, generator, start = start_training(model, cfg, ckpt, device, run_dir)
-        write_json_atomic(run_dir / "config.json", config)  # after the checkpoint's weights are read
+        if ckpt is not None:  # a resume: only once the checkpoint's weights fit
+            write_json_atomic(run_dir / "config.json", config)
         train, val = sets["train"].to(device), _val_subset(sets["val"]).to(device)
         log.info("policy: %d training examples, %d held out, %d parameters", len(train), len(val),
                  sum(p.numel() for p in model.parameters()))
