@@ -74,6 +74,22 @@ ENCODING = {
 """How ``daps eval`` (and training's validation) encodes an example, by encoder family (:data:`EncoderFamily`)."""
 
 
+NOT_METRICS = frozenset({"step", "num_images", "skipped_files", "fid_num_images"})
+"""Numbers of a validation row that are counts, not scores."""
+
+
+def eval_flags(cfg) -> str:
+    """The ``daps eval`` flags that repeat training's validation of ``cfg`` (split, subset, batches, seed, FID)."""
+    tc = cfg.train
+    flags = ["--split", "test", "--max-images", str(tc.eval_examples), "--batch-size", str(tc.eval_batch_size),
+             "--seed", str(tc.seed + 12345)]
+    if tc.fid != "none":
+        flags += ["--fid", tc.fid]
+        flags += ["--fid-ref", tc.fid_reference] if tc.fid == "reference" else []
+        flags += ["--fid-weights", tc.fid_weights] if tc.fid_weights else []
+    return " ".join(shlex.quote(f) for f in flags)
+
+
 def model_card(model: Method, metrics: dict[str, Any] | None = None, step: int | None = None,
                world_size: int = 1) -> str:
     """README.md of a pretrained folder: YAML front matter for the Hub, then what the model is and how it scores.
@@ -105,15 +121,14 @@ def model_card(model: Method, metrics: dict[str, Any] | None = None, step: int |
         f"{cfg.train.seed}:", "", "```bash", training_command(cfg, world_size), "```",
     ]
     if metrics:
-        shown = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        count = int(shown.pop("num_images", 0)) or None
-        shown.pop("step", None)
-        tc = cfg.train
+        shown = {k: v for k, v in metrics.items()
+                 if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in NOT_METRICS}
+        count = int(metrics.get("num_images", 0)) or None
         lines += ["", "## Validation", "",
                   f"On {count or 'the'} test examples of `{cfg.data.name}`, {ENCODING[spec.encoder]} and decoded; "
                   "log p and the ELBO in nats per example. Training's last validation; `daps eval` gives the same "
-                  f"numbers with `--split test --max-images {tc.eval_examples} --batch-size {tc.eval_batch_size} "
-                  f"--seed {tc.seed + 12345}`.", "", "| metric | value |", "|---|---|"]
+                  f"numbers with `{eval_flags(cfg)}` on the kind of device it was trained on (the random stream of "
+                  "the codes differs between CPU and CUDA).", "", "| metric | value |", "|---|---|"]
         lines += [f"| {k} | {v:.6g} |" for k, v in shown.items()]
     return "\n".join(lines) + "\n"
 

@@ -193,8 +193,11 @@ def wandb_run_id(run_dir: Path) -> str:
         run_id = path.read_text().strip()
     except OSError:
         run_id = ""
-    if not (run_id.isalnum() and len(run_id) <= 64):
-        run_id = "daps" + secrets.token_hex(8)
+    if not (run_id.replace("-", "").isalnum() and len(run_id) <= 64):
+        if path.parent.is_dir():  # logged to W&B before daps kept the id: the id it derived from the folder's name
+            run_id = "daps-" + "".join(c if c.isalnum() else "-" for c in run_dir.resolve().name)[-50:]
+        else:
+            run_id = "daps" + secrets.token_hex(8)
         write_text_atomic(path, run_id + "\n")
     return run_id
 

@@ -151,3 +151,14 @@ def test_push_to_hub_sends_the_folder(trained_run, monkeypatch):
     monkeypatch.setitem(sys.modules, "huggingface_hub", None)
     with pytest.raises(UserError, match=r"pip install 'daps\[hub\]'"):
         daps.from_pretrained("someone/tiny-daps")
+
+
+def test_the_cards_eval_flags_repeat_training_validation_with_its_fid():
+    from daps.hub import eval_flags
+
+    cfg = daps.parse_overrides(daps.get_preset("cifar10", "daps"),
+                               ["train.fid=reference", "train.fid_reference=/my data/ref.npz"])
+    words = shlex.split(eval_flags(cfg))
+    assert words[words.index("--fid") + 1] == "reference" and words[words.index("--fid-ref") + 1] == "/my data/ref.npz"
+    assert words[words.index("--seed") + 1] == str(cfg.train.seed + 12345)
+    assert "--fid" not in shlex.split(eval_flags(daps.get_preset("mnist", "daps")))

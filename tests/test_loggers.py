@@ -151,3 +151,14 @@ def test_progress_is_plain_lines_in_a_log_file(tmp_path, tiny_overrides, capsys,
     assert "\r" not in capsys.readouterr().err  # no progress bar redrawn in place
     lines = [m for m in caplog.messages if m.startswith("step ") and "steps/s" in m]
     assert [line.split()[1] for line in lines] == ["2/6", "4/6", "6/6"]
+
+
+def test_a_run_logged_to_wandb_before_ids_were_kept_continues_its_wandb_run(tmp_path):
+    from daps.loggers import WANDB_ID_FILE, wandb_run_id
+
+    old = tmp_path / "old run"
+    (old / "wandb").mkdir(parents=True)  # what wandb.init(dir=RUN) left, without our id file
+    assert wandb_run_id(old) == "daps-old-run" == (old / "wandb" / WANDB_ID_FILE).read_text().strip()
+    new = tmp_path / "new run"
+    new.mkdir()
+    assert wandb_run_id(new).startswith("daps") and wandb_run_id(new) != "daps-new-run"
