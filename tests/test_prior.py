@@ -639,3 +639,15 @@ def test_guidance_without_label_dropout_is_warned(exported, tmp_path, caplog):
         assert "null label is untrained" not in caplog.text  # --cfg 1: the conditional model alone
         assert main(["prior", "sample", str(prior), "--n", "1", "--cfg", "2", "--out", str(tmp_path / "b.png")]) == 0
     assert "--cfg 2 uses the unconditional model, but this run was trained with label_dropout=0" in caplog.text
+
+
+def test_inception_fid_on_grey_digits_is_refused_before_sampling(exported, tmp_path, capsys, monkeypatch):
+    import daps.prior.scores as scores
+
+    prior = tmp_path / "prior"
+    assert main(["prior", "train", str(exported["train"]), "--out", str(prior), "steps=2", "width=16",
+                 "num_heads=2", "progress=false"]) == 0
+    monkeypatch.setattr(scores, "score_prior", lambda *a, **k: pytest.fail("sampled before refusing"))
+    for extra in ([], ["--no-classifier"]):
+        assert "--inception-fid is for RGB image datasets" in _error(
+            capsys, ["prior", "eval", str(prior), "--n", "10", "--inception-fid", "10", *extra])

@@ -265,6 +265,9 @@ def _eval(args: argparse.Namespace) -> int:
         if judge is not None:  # before any sampling
             judge.check_balanced(args.n)
             judge.check_balanced(args.inception_fid, "--inception-fid")
+    if args.inception_fid and (judge is None or judge.tokenizer.input_spec.image_shape[0] != 3):
+        raise UserError("--inception-fid is for RGB image datasets with a classifier setup (cifar10, imagenet256), "
+                        "without --no-classifier")
     result.update(score_prior(model, cfg.euler_steps, train_set.flat()[0], args.n, args.cfg, args.seed, judge, device))
     if judge is not None:
         result.update(judge.references(args.n, args.seed))
@@ -272,11 +275,8 @@ def _eval(args: argparse.Namespace) -> int:
         from daps.prior.run import generate
         from daps.prior.scores import batched, inception_fid
 
-        tokenizer = judge.tokenizer if judge is not None else _tokenizer(args, meta, device)
-        if tokenizer.input_spec.image_shape[0] != 3:
-            raise UserError("--inception-fid is for RGB image datasets (cifar10, imagenet256)")
-        if judge is None:
-            raise UserError("--inception-fid needs the dataset's classifier setup (drop --no-classifier)")
+        assert judge is not None  # checked before the sampling
+        tokenizer = judge.tokenizer
         n = args.inception_fid
         labels = (torch.arange(n) % model.num_classes).to(device)
         codes = generate(model, labels, args.cfg, 1.0, torch.Generator(device).manual_seed(args.seed + 1),
