@@ -377,6 +377,9 @@ def test_robot_train_plan_and_eval_end_to_end(tiny_policy, tmp_path, capsys):
     assert out.stat().st_size > 0 and (tmp_path / "walk_physics.mp4").stat().st_size > 0
     report = json.loads((tmp_path / "walk.json").read_text())
     assert report["motion"] == "walk" and len(report["requested"]) == 2  # 2 s = 2 windows of 1.07 s
+    from daps.robot.cli import _is_plan_report
+
+    assert _is_plan_report(tmp_path / "walk.json")  # so --json --overwrite may replace it (and only it)
     assert report["physics"]["support_force_bw"] > 0
     assert 0 < report["physics_ground_truth"]["support_force_bw"] < 1.0  # a real walking segment of the same length
     checkpoint = policy / "checkpoints" / (policy / "checkpoints" / "latest").read_text().strip()
@@ -424,6 +427,8 @@ def test_robot_bad_requests_are_one_line(tiny_policy, tmp_path, capsys, trained_
         (["robot", "eval", str(policy), "--out", str(tmp_path / "notes")], "already exist"),
         (["robot", "eval", str(policy), "--out", str(tmp_path / "notes"), "--overwrite"], "not part of a robot eval"),
         (["robot", "eval", str(policy), "--out", str(policy / "config"), "--overwrite"], "not part of a robot eval"),
+        (["robot", "plan", str(policy), "--motion", "walk", "--out", out, "--json", str(tmp_path / "notes.json"),
+          "--overwrite"], "is not an earlier robot plan report"),
     ]
     (tmp_path / "notes.json").write_text('{"mine": 1}')
     (tmp_path / "notes.md").write_text("mine")

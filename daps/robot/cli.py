@@ -111,7 +111,8 @@ def _plan(args: argparse.Namespace) -> int:
     physics_out = out.with_name(out.stem + "_physics.mp4")
     if args.physics:
         check_output_file(physics_out, ".mp4", args.overwrite, "--physics (next to --out)")
-    json_out = check_output_file(args.json, ".json", args.overwrite, "--json") if args.json else None
+    json_out = (check_output_file(args.json, ".json", args.overwrite, "--json", _is_plan_report,
+                                  "an earlier robot plan report") if args.json else None)
     if args.size < 16:
         raise UserError("--size must be at least 16")
     check_sampling(args.guidance, args.temperature, "--guidance")
@@ -155,6 +156,18 @@ def _plan(args: argparse.Namespace) -> int:
         write_json_atomic(json_out, report)
     log.info("wrote %s: %s, %.1f s (%d windows)", out, motion, report["seconds"], rollout.codes.shape[1])
     return 0
+
+
+PLAN_KEYS = frozenset({"motion", "seconds", "requested", "achieved"})
+"""Keys every ``robot plan --json`` report holds: how an earlier one is told from a user's file."""
+
+
+def _is_plan_report(path: Path) -> bool:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and PLAN_KEYS <= data.keys()
 
 
 def _eval(args: argparse.Namespace) -> int:
