@@ -470,3 +470,20 @@ def test_damaged_reference_statistics_are_refused_when_read(tmp_path):
     x = np.random.default_rng(0).standard_normal((50, 4))
     np.savez(tmp_path / "ok.npz", mu=x.mean(0), sigma=np.cov(x, rowvar=False))
     assert load_fid_stats(tmp_path / "ok.npz")[1].shape == (4, 4)
+
+
+def test_fid_preprocess_resizes_with_half_pixel_centres():
+    """Bilinear resize to 299 with align_corners=False (as the TF graph and pytorch-fid): output column j samples
+    source x = (j + 0.5) * 2 / 299 - 0.5, clamped to the image."""
+    img = torch.zeros(1, 3, 2, 2, dtype=torch.uint8)
+    img[..., 1] = 255  # left column -> -1, right column -> +1
+    out = fid_preprocess(img)
+    assert out[0, 0, 0, 74].item() == pytest.approx(-1.0, abs=1e-6)
+    assert out[0, 0, 0, 149].item() == pytest.approx(0.0, abs=1e-6)
+    assert out[0, 0, 0, 100].item() == pytest.approx(-1 + 2 * (100.5 * 2 / 299 - 0.5), abs=1e-5)
+
+
+def test_frechet_distance_of_singular_statistics_with_themselves_is_zero_without_eps():
+    feats = np.random.default_rng(0).normal(size=(4, 10)) * 3  # 4 samples in 10 dimensions: rank 3
+    mu, sigma = feats.mean(0), np.cov(feats, rowvar=False)
+    assert frechet_distance(mu, sigma, mu, sigma, eps=0.0) == pytest.approx(0.0, abs=1e-6 * np.trace(sigma))

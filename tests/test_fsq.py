@@ -175,3 +175,16 @@ def test_loss_is_the_per_dimension_reconstruction():
     torch.testing.assert_close(out.loss, -rec.log_p.mean() / 784)
     assert torch.equal(out.indices, rec.indices) and rec.kl is None and rec.log_q is None
     assert 1.0 <= out.logs["perplexity"] <= min(32, 12)
+
+
+def test_logged_training_perplexity_pools_every_token():
+    from daps.metrics.codes import code_perplexity
+    from daps.presets import configured
+
+    torch.manual_seed(0)
+    cfg = configured("mnist", "fsq", ["encoder.width=16", "encoder.num_heads=2", "encoder.num_tokens=4",
+                                      "decoder.embed_dim=8", "decoder.hidden=32,32", "fsq.levels=4,3"])
+    model = build_method(cfg, (1, 28, 28))
+    x = (torch.rand(16, 1, 28, 28, generator=torch.Generator().manual_seed(0)) > 0.8).float()
+    out = model(x, step=0)
+    assert out.logs["perplexity"].item() == pytest.approx(code_perplexity(out.indices, model.vocab_size), rel=1e-5)

@@ -287,3 +287,19 @@ def test_resampled_counts_are_m_times_the_weights_in_expectation():
     torch.testing.assert_close(freq, weights.double(), atol=5e-3, rtol=0)
     # a negative control: uniform weights would be far from these
     assert (freq - 1 / k).abs().max() > 0.05
+
+
+def test_cosine_schedule_value_honours_end_pct():
+    assert DF.schedule_value("cosine", 500, 1.0, 0.1, 1000, end_pct=0.5) == pytest.approx(0.1)
+    assert DF.schedule_value("cosine", 250, 1.0, 0.1, 1000, end_pct=0.5) == pytest.approx(0.55)  # half-way down
+    assert DF.schedule_value("cosine", 900, 1.0, 0.1, 1000, end_pct=0.5) == pytest.approx(0.1)  # held at the end
+
+
+def test_zero_mass_is_never_drawn_even_at_a_uniform_of_exactly_zero(monkeypatch):
+    """DAPS weights can underflow to exactly 0 in float32; a draw u = 0 lands on the CDF's first step, which must
+    be the first sample with mass."""
+    w = torch.tensor([[0.0], [0.5], [0.5]])  # (K=3, B=1)
+    assert DF.resample_indices(w, torch.zeros(1, 1), "systematic", 2)[:, 0].tolist() == [1, 2]
+    assert DF.resample_indices(w, torch.zeros(2, 1), "multinomial", 2)[:, 0].tolist() == [1, 1]
+    monkeypatch.setattr(torch, "rand", lambda shape, **kw: torch.zeros(shape))
+    assert DF.sample_probs(torch.tensor([[0.0, 0.0, 1.0]])).item() == 2

@@ -40,6 +40,10 @@ KEYS = {
     "gumbel": ("loss", "log_p", "kl"),
     "grmck": ("loss", "log_p", "kl"),
     "fsq": ("loss", "log_p"),
+    "reinforce": ("loss", "log_p", "log_q", "kl", "reward_std"),
+    "ppo": ("loss", "log_p", "kl", "kl_old_new", "kl_coeff", "value_loss", "clip_frac"),
+    "vqvae": ("loss", "log_p", "codebook_loss", "commitment_loss", "perplexity"),
+    "vqvae-ema": ("loss", "log_p", "commitment_loss", "perplexity"),
 }
 
 pytestmark = pytest.mark.usefixtures("single_thread")

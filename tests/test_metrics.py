@@ -96,3 +96,9 @@ def test_evaluate_equals_a_manual_loop_over_reconstruct():
         assert got[key] == pytest.approx(value.item(), rel=1e-5, abs=1e-5), key
     assert got["codebook_utilization"] == pytest.approx(indices.unique().numel() / 16)
     assert evaluate(model, TensorEvalSet(x, 4), generator=torch.Generator().manual_seed(0)) == got  # reproducible
+
+
+def test_position_code_entropy_averages_positions_that_differ():
+    indices = torch.tensor([[0, 0], [0, 1], [0, 2], [0, 3]])  # position 0: entropy 0; position 1: log 4
+    assert position_code_entropy(indices, 4) == pytest.approx(math.log(4) / 2)
+    assert position_code_entropy(indices.flip(1), 4) == pytest.approx(math.log(4) / 2)

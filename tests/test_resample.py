@@ -67,3 +67,27 @@ def test_a_resampled_run_trains_and_resumes_exactly(tmp_path, tiny_overrides):
     a = load_file(str(straight / "checkpoints/step_00000006/model.safetensors"))
     b = load_file(str(cfg_b / "checkpoints/step_00000006/model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_daps_resamples_systematically(monkeypatch, single_thread):
+    """With daps.resample=m each code is drawn floor(m w) or ceil(m w) times (systematic); multinomial draws, also
+    unbiased, would often miss that (and are noisier)."""
+    import daps.functional as DF
+
+    torch.manual_seed(0)
+    model = build_method(parse_overrides(get_preset("mnist"), [*TINY, "daps.resample=4"]), (1, 28, 28))
+    seen = []
+    real = DF.resample_indices
+
+    def spy(weights, uniforms, scheme, m):
+        chosen = real(weights, uniforms, scheme, m)
+        seen.append((weights, chosen))
+        return chosen
+
+    monkeypatch.setattr(DF, "resample_indices", spy)
+    x = (torch.rand(16, 1, 28, 28, generator=torch.Generator().manual_seed(0)) > 0.8).float()
+    model(x, step=0, generator=torch.Generator().manual_seed(0))
+    (weights, chosen), = seen
+    counts = torch.nn.functional.one_hot(chosen, 6).sum(0).T.double()  # (K, B)
+    expected = 4 * weights.double()
+    assert ((counts >= expected.floor() - 1e-6) & (counts <= expected.ceil() + 1e-6)).all()

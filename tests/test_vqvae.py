@@ -250,3 +250,35 @@ def test_module_stays_plain_after_a_training_step():
     assert not any(b.requires_grad for b in model.buffers())
     clone = copy.deepcopy(model.to(torch.float64))
     assert torch.equal(clone.codebook, model.codebook)
+
+
+def test_vqvae_ema_commitment_gradient_pulls_the_encoder_to_its_code():
+    """The commitment term c ||z_e - sg(z_q)||^2 (mean) adds c * 2 (z_e - z_q) / numel to the encoder output's
+    gradient: two models alike but for c differ by exactly that (an undetached z_q would cancel it)."""
+    grads, seen = {}, {}
+    for c in (0.0, 0.5):
+        model = tiny("vqvae-ema", f"vq.commitment={c}")  # the same seed: the same weights and codebook
+
+        def keep(module, args, out):
+            out.retain_grad()
+            seen["z_e"] = out
+
+        model.encoder.register_forward_hook(keep)
+        decode = model.decoder.decode_latents
+
+        def spy(h, decode=decode):
+            seen["z_q"] = h.detach().clone()
+            return decode(h)
+
+        model.decoder.decode_latents = spy
+        model(batch(), step=0, generator=torch.Generator().manual_seed(0)).loss.backward()
+        grads[c] = seen["z_e"].grad
+    z_e, z_q = seen["z_e"].detach(), seen["z_q"]
+    assert (z_e - z_q).abs().max() > 0
+    torch.testing.assert_close(grads[0.5] - grads[0.0], 0.5 * 2 * (z_e - z_q) / z_e.numel())
+
+
+@pytest.mark.parametrize("method", ["vqvae", "vqvae-ema"])
+def test_commitment_weights_of_the_presets(method):
+    assert get_preset("lafan1-h1", method).vq.commitment == 0.5  # the original's LAFAN configs
+    assert get_preset("mnist", method).vq.commitment == 0.25
