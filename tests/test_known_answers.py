@@ -330,3 +330,23 @@ def test_find_resumable_prefers_latest_over_a_newer_folder(tmp_path):
     _save(tmp_path, 6)
     (tmp_path / CKPT_DIR / "latest").write_text("step_00000003\n")
     assert find_resumable(tmp_path, report=False) == three
+
+
+def test_mask_token0_rows_of_code_zero_attend_uniformly_to_the_image():
+    """The original's cross mask hides every image patch from a row whose code is 0, so (most-negative-float rule)
+    its cross-attention weights are uniform: they do not depend on the query. With one layer, zeroing the
+    cross-attention's query projection leaves that row unchanged, while a row with a valid code changes (fails
+    with the cross mask dropped)."""
+    from daps.nets.ar_encoder import ARTransformerEncoder
+
+    torch.manual_seed(0)
+    enc = ARTransformerEncoder((1, 28, 28), num_tokens=8, vocab_size=4, width=32, num_layers=1, num_heads=4,
+                               mlp_ratio=2, mask_token0=True).eval()
+    x = images(1)
+    z = torch.tensor([[[1, 2, 0, 3, 1, 2, 3, 1]]])  # z_2 = 0
+    with torch.no_grad():
+        before = enc.log_probs(x, z)
+        enc.decoder_blocks[0].cross_attn.q.weight.zero_()
+        after = enc.log_probs(x, z)
+    torch.testing.assert_close(after[..., 2, :], before[..., 2, :])
+    assert (after[..., 1, :] - before[..., 1, :]).abs().max() > 1e-4
