@@ -80,9 +80,11 @@ NOT_METRICS = frozenset({"step", "num_images", "skipped_files", "fid_num_images"
 
 def eval_flags(cfg) -> str:
     """The ``daps eval`` flags that repeat training's validation of ``cfg`` (split, subset, batches, seed, FID)."""
+    from daps.train import validation_seed
+
     tc = cfg.train
     flags = ["--split", "test", "--max-images", str(tc.eval_examples), "--batch-size", str(tc.eval_batch_size),
-             "--seed", str(tc.seed + 12345)]
+             "--seed", str(validation_seed(cfg))]
     if tc.fid != "none":
         flags += ["--fid", tc.fid]
         flags += ["--fid-ref", tc.fid_reference] if tc.fid == "reference" else []

@@ -206,6 +206,11 @@ def _diverged(run_dir: Path, step: int, why: str) -> TrainingDiverged:
     )
 
 
+def validation_seed(cfg: Config) -> int:
+    """The seed of every validation's random stream (``daps eval --seed`` repeats a run's validation with it)."""
+    return cfg.train.seed + 12345
+
+
 def train(
     cfg: Config, resume: bool = False, overwrite: bool = False, device: str | torch.device | None = None
 ) -> Path:
@@ -373,7 +378,7 @@ def _open_run_folder(s: Setup, plan: RunPlan, start_step: int) -> None:
 
 
 def _evaluate(s: Setup, fid: FIDSetup | None = None) -> dict:
-    eval_gen = torch.Generator(s.device).manual_seed(s.cfg.train.seed + 12345)  # the same noise at every evaluation
+    eval_gen = torch.Generator(s.device).manual_seed(validation_seed(s.cfg))  # the same noise at every evaluation
     return evaluate(s.model, s.val_images, eval_gen, s.spec.standardize, fid, s.example_metrics)
 
 
