@@ -18,9 +18,10 @@ _wait_group = None
 WAIT_TIMEOUT = timedelta(days=7)
 
 
-def setup(device_type: str | None = None) -> tuple[int, int]:
+def setup(device: torch.device | None = None) -> tuple[int, int]:
     """Initialize the process group when launched by torchrun; return ``(rank, world_size)``. The backend is NCCL
-    for CUDA training (``device_type`` "cuda", or None on a machine with CUDA), else gloo.
+    for CUDA training (``device`` on CUDA, or None on a machine with CUDA), else gloo. Under torchrun each process
+    takes the device of its ``LOCAL_RANK``, so a ``device`` with an index is a UserError.
 
     The collectives of the training step use the backend's default timeout (or ``$DAPS_DIST_TIMEOUT_S``
     seconds); the waits for rank 0's evaluation and checkpoint writing use a separate group that does not time
@@ -28,9 +29,12 @@ def setup(device_type: str | None = None) -> tuple[int, int]:
     """
     global _wait_group
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and device is not None and device.index is not None:
+        raise UserError(f"--device {device}: under torchrun each process uses the GPU of its LOCAL_RANK; "
+                        f"pass --device {device.type}")
     if world > 1 and not dist.is_initialized():
         timeout = _timeout()
-        cuda = device_type == "cuda" or (device_type is None and torch.cuda.is_available())
+        cuda = device.type == "cuda" if device is not None else torch.cuda.is_available()
         dist.init_process_group("nccl" if cuda else "gloo", timeout=timeout)
         _wait_group = dist.new_group(backend="gloo", timeout=WAIT_TIMEOUT)
     return rank(), world

@@ -222,10 +222,7 @@ def train(
     non-finite for ``train.max_skipped_steps`` steps or the final model is non-finite.
     """
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and device.index is not None:
-        raise UserError(f"--device {device}: under torchrun each process uses the GPU of its LOCAL_RANK; "
-                        f"pass --device {device.type}")
-    rank, world = dist.setup(device.type)
+    rank, world = dist.setup(device)
     if device.type == "cuda" and world > 1:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
