@@ -13,6 +13,7 @@ import torch
 
 from daps.cli import seed_arg
 from daps.errors import UserError
+from daps.prior.run import warn_untrained_null
 from daps.runfolder import check_output_file
 
 log = logging.getLogger("daps")
@@ -98,14 +99,6 @@ def check_sampling(guidance: float, temperature: float, guidance_flag: str = "--
         raise UserError(f"{guidance_flag} must be a finite number, got {guidance}")
     if not (math.isfinite(temperature) and temperature > 0):
         raise UserError(f"--temperature must be a positive number, got {temperature}")
-
-
-def warn_untrained_null(label_dropout: float, guidance: float, flag: str = "--cfg") -> None:
-    """A warning when guidance mixes in the unconditional model of a run trained without label dropout (its null
-    label never saw a training example)."""
-    if label_dropout <= 0 and guidance != 1.0:
-        log.warning("%s %g uses the unconditional model, but this run was trained with label_dropout=0: its null "
-                    "label is untrained", flag, guidance)
 
 
 def export_codes_command(args: argparse.Namespace) -> int:

@@ -268,6 +268,14 @@ def prepare_folder(cfg: Any, resume: bool, overwrite: bool, kind: str = KIND) ->
     return find_resumable(run_dir)
 
 
+def warn_untrained_null(label_dropout: float, guidance: float, flag: str = "--cfg") -> None:
+    """A warning when guidance mixes in the unconditional model of a run trained without label dropout (its null
+    label never saw a training example)."""
+    if label_dropout <= 0 and guidance != 1.0:
+        log.warning("%s %g uses the unconditional model, but this run was trained with label_dropout=0: its null "
+                    "label is untrained", flag, guidance)
+
+
 def settings_record(cfg: Any) -> dict:
     """``cfg`` as config.json stores it: the files it names as absolute paths, so that ``--resume`` from another
     folder compares the same files."""

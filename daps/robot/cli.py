@@ -13,7 +13,8 @@ import torch
 
 from daps.cli import seed_arg
 from daps.errors import UserError
-from daps.prior.cli import check_sampling, warn_untrained_null
+from daps.prior.cli import check_sampling
+from daps.prior.run import warn_untrained_null
 from daps.runfolder import check_output_file
 
 log = logging.getLogger("daps")
@@ -181,10 +182,6 @@ def _eval(args: argparse.Namespace) -> int:
     check_sampling(args.guidance, 1.0, "--guidance")
     if args.out:
         check_report_stem(Path(args.out), args.overwrite)  # before the rollouts, so that a refusal costs nothing
-    if args.guidance != 1.0:
-        from daps.robot.run import load_policy
-
-        warn_untrained_null(load_policy(args.policy_dir, "cpu")[1].label_dropout, args.guidance, "--guidance")
     result = evaluate(
         args.policy_dir, motions, rollouts=args.rollouts, windows=args.windows,
         physics_rollouts=args.physics_rollouts, seed=args.seed, guidance=args.guidance, blend=args.blend,

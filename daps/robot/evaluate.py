@@ -111,11 +111,13 @@ def evaluate(policy_run: str | Path, motions: list[str], rollouts: int = 8, wind
     from daps.motion.dataset import load_motion_data
     from daps.motion.h1 import load_h1
     from daps.motion.metrics import foot_skating_m_s
+    from daps.prior.run import warn_untrained_null
     from daps.robot.data import load_commands
     from daps.robot.physics import balance_check, track
     from daps.robot.run import COMMANDS_FILE
 
     planner = Planner(policy_run, device, tokenizer)
+    warn_untrained_null(planner.cfg.label_dropout, guidance, "--guidance")
     data_dir = data_dir or planner.data_dir
     for m in motions:
         motion_index(m, planner.class_names)
