@@ -111,6 +111,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, required=True, help="optimizer steps per run (the same for every method)")
     p.add_argument("--seeds", type=int, default=1, help="seeds 0 .. N-1 per method (default 1)")
     p.add_argument(
+        "--vary", action="append", default=[], metavar="KEY=V1,V2",
+        help="an ablation: one arm per value (repeat the option for a grid; tie settings with +: "
+        "daps.beta.init+daps.beta.end=5+0.01,5+1)",
+    )
+    p.add_argument(
         "--out", default=None,
         help="output folder (default runs/compare-<preset>); an existing comparison is continued: finished runs "
         "with the same config are reused, interrupted ones resumed",
@@ -299,7 +304,7 @@ def _compare(args: argparse.Namespace, argv: list[str]) -> int:
     out = args.out or f"runs/compare-{args.preset}"
     compare(
         args.preset, methods, args.steps, list(range(args.seeds)), out, args.overrides, _device(args.device), argv,
-        overwrite=args.overwrite,
+        overwrite=args.overwrite, vary=args.vary,
     )
     print(Path(out, "results.md").read_text())
     return 0

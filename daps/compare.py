@@ -1,25 +1,31 @@
 """``compare``: train several methods under one budget and write a Table-1-style comparison.
 
 Every method gets the same data, encoder size, bottleneck, batch, optimizer-step budget and seeds; only
-each method's own preset defaults differ (its schedules, encoder kind, learning rate). The run folders
-``<out>/<method>/seed<s>`` are ordinary training runs: a finished one is reused, an interrupted one
-resumed, so the comparison can be stopped and started again. A run folder is reused or resumed only when its
+each method's own preset defaults differ (its schedules, encoder kind, learning rate). ``vary`` adds a grid of
+settings (an ablation: the paper's App. C scans the beta schedule against the ESS target, App. D the number of
+samples K); each combination is an arm of its own, ``<method> (<setting>=<value>, ...)``. The run folders
+``<out>/<method>/seed<s>``, or ``<out>/<method>/<setting>=<value>,.../seed<s>`` for an arm, are ordinary
+training runs: a finished one is reused, an interrupted one resumed, so the comparison can be stopped and
+started again. A run folder is reused or resumed only when its
 config is the one this comparison would train (up to :data:`NOT_COMPARED`); otherwise ``compare`` refuses
 before training anything, naming the run and the differing keys, and ``overwrite`` retrains such runs.
 ``<out>`` carries the ``compare`` marker of :mod:`daps.runfolder` and is locked while ``compare`` writes it.
 
 Outputs in ``<out>``: ``results.md`` and ``results.csv`` (mean and standard error over seeds),
-``curves.png`` (validation log p against steps), ``reconstructions.png`` (the same test images through
-every method) and ``commands.sh`` (the exact commands that reproduce every run).
+``curves.png`` (validation log p against steps), ``eta.png`` (the trust-region multiplier against steps, when
+an arm learns one), ``reconstructions.png`` (the same test images through every arm) and ``commands.sh`` (the
+exact commands that reproduce every run).
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
 import logging
 import math
+import re
 import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -56,6 +62,7 @@ COLUMNS = [
     ("beta-ELBO", "beta_elbo", ".2f"),
     ("ELBO", "elbo", ".2f"),
     ("log p(x\\|z)", "log_p", ".2f"),
+    ("KL(q\\|uniform)", "kl", ".2f"),
     ("L2", "l2", ".3f"),
     ("PSNR (dB)", "psnr", ".2f"),
     ("SSIM", "ssim", ".3f"),
@@ -65,7 +72,7 @@ COLUMNS = [
 ]
 
 
-OUTPUTS = ("results.md", "results.csv", "curves.png", "reconstructions.png", "commands.sh")
+OUTPUTS = ("results.md", "results.csv", "curves.png", "eta.png", "reconstructions.png", "commands.sh")
 """The files ``compare`` writes into its folder (besides the run folders ``<method>/seed<s>``)."""
 
 NOT_COMPARED = frozenset({
@@ -81,12 +88,83 @@ class Run:
     method: str
     seed: int
     cfg: Config
+    variant: tuple[tuple[str, str], ...] = ()
+    """The ``--vary`` settings of this run's arm, ``(key, value)`` in the order given; empty without ``--vary``."""
     action: str = "train"
     """What :func:`check_runs` decided: ``train`` (new folder), ``reuse``, ``resume`` or ``retrain``."""
 
     @property
     def out_dir(self) -> Path:
         return Path(self.cfg.train.out_dir)
+
+    @property
+    def settings(self) -> str:
+        """The arm's settings, ``beta.init=5,beta.end=0.01`` (keys without the method's own section), or ''."""
+        section = self.cfg.options.section + "."
+        return ",".join(f"{k.removeprefix(section)}={v}" for k, v in self.variant)
+
+    @property
+    def label(self) -> str:
+        """The arm's name in tables and figures: ``daps``, or ``daps (beta.init=5, beta.end=0.01)``."""
+        return f"{self.method} ({self.settings.replace(',', ', ')})" if self.variant else self.method
+
+    @property
+    def overrides(self) -> list[str]:
+        return [f"{k}={v}" for k, v in self.variant]
+
+
+Grid = list[tuple[tuple[str, ...], list[tuple[str, ...]]]]
+"""Parsed ``--vary`` options: per option, its tied keys and their value tuples."""
+
+_VALUE = re.compile(r"[A-Za-z0-9._-]+")
+OWNED = {"train.steps": "--steps", "train.seed": "--seeds", "train.out_dir": "--out"}
+"""Settings ``compare`` sets for every run, and the option that sets them."""
+
+
+def parse_vary(items: Sequence[str], overrides: Sequence[str] = ()) -> Grid:
+    """``--vary KEY=V1,V2,...`` (one setting) or ``--vary K1+K2=A1+B1,A2+B2`` (settings varied together, e.g. a
+    schedule's start and end); several options span their product. Values name run folders, so they are plain
+    words (letters, digits, ``.``, ``_``, ``-``). A key varied twice, also set by an override, or set by
+    ``compare`` itself is a :class:`UserError`."""
+    grid: Grid = []
+    fixed = {o.partition("=")[0].strip() for o in overrides}
+    seen: set[str] = set()
+    for item in items:
+        head, sep, tail = item.partition("=")
+        keys = tuple(k.strip() for k in head.split("+"))
+        if not sep or not all(keys) or not tail.strip():
+            raise UserError(f"--vary {item!r} is not of the form key=v1,v2 (or key1+key2=a1+b1,a2+b2)")
+        for key in keys:
+            if key in ("method", "preset"):
+                raise UserError(f"--vary {item!r}: choose methods with --methods and the preset with --preset")
+            if key in OWNED:
+                raise UserError(f"compare sets {key} for every run; use {OWNED[key]} instead of --vary {item!r}")
+            if key in seen or key in fixed:
+                raise UserError(f"--vary {item!r}: {key} is set twice (in another --vary or an override)")
+            seen.add(key)
+        values = [tuple(v.strip() for v in group.split("+")) for group in tail.split(",")]
+        for value in values:
+            if len(value) != len(keys):
+                raise UserError(f"--vary {item!r}: {'+'.join(value)!r} gives {len(value)} values for {len(keys)} keys")
+            bad = [v for v in value if not _VALUE.fullmatch(v)]
+            if bad:
+                raise UserError(
+                    f"--vary {item!r}: value {bad[0]!r} names a run folder: use letters, digits, '.', '_' and '-'"
+                )
+        if len(set(values)) != len(values):
+            raise UserError(f"--vary {item!r} lists a value twice")
+        grid.append((keys, values))
+    return grid
+
+
+def _arms(cfg: Config, grid: Grid, methods_of: dict[tuple[str, ...], set[str]]) -> list[tuple[tuple[str, str], ...]]:
+    """The variants of one method: the product of the ``--vary`` options that concern it (one empty variant if
+    none does)."""
+    own = [(keys, values) for keys, values in grid if cfg.method in methods_of[keys]]
+    return [
+        tuple(pair for (keys, _), value in zip(own, choice) for pair in zip(keys, value))
+        for choice in itertools.product(*(values for _, values in own))
+    ]
 
 
 def latent_bits(cfg: Config) -> float:
@@ -96,9 +174,11 @@ def latent_bits(cfg: Config) -> float:
 
 
 def plan_runs(
-    preset: str, methods: list[str], steps: int, seeds: list[int], out: Path, overrides: list[str]
+    preset: str, methods: list[str], steps: int, seeds: list[int], out: Path, overrides: list[str],
+    vary: Sequence[str] = (),
 ) -> list[Run]:
-    """One config per (method, seed); ``overrides`` apply to every method, after the budget settings."""
+    """One config per (method, arm, seed); ``overrides`` apply to every method, after the budget settings, and
+    the arm's ``vary`` settings (see :func:`parse_vary`) after them."""
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise UserError(f"unknown method(s) {', '.join(unknown)}; choose from: {', '.join(METHODS)}")
@@ -106,36 +186,49 @@ def plan_runs(
         raise UserError(f"--methods lists a method twice: {','.join(methods)}")
     if steps <= 0 or not seeds:
         raise UserError("--steps must be positive and --seeds at least 1")
-    owned = {"train.steps": "--steps", "train.seed": "--seeds", "train.out_dir": "--out"}
     for item in overrides:
         key = item.partition("=")[0].strip()
-        if key in owned:
-            raise UserError(f"compare sets {key} for every run; use {owned[key]} instead of {item!r}")
+        if key in OWNED:
+            raise UserError(f"compare sets {key} for every run; use {OWNED[key]} instead of {item!r}")
+    grid = parse_vary(vary, overrides)
+    check_overrides_used([*overrides, *(f"{k}=" for keys, _ in grid for k in keys)])
+    presets = {method: get_preset(preset, method) for method in methods}
+    methods_of: dict[tuple[str, ...], set[str]] = {}
+    for keys, _ in grid:
+        applies = [{m for m, cfg in presets.items() if applicable_overrides(cfg, [f"{k}="])} for k in keys]
+        if not applies[0]:
+            raise UserError(f"--vary {'+'.join(keys)}: {keys[0]} is a setting of none of --methods {','.join(methods)}")
+        if any(a != applies[0] for a in applies):
+            raise UserError(f"--vary {'+'.join(keys)}: settings varied together must concern the same methods")
+        methods_of[keys] = applies[0]
     runs = []
     for method in methods:
-        for seed in seeds:
-            budget = [
-                f"train.steps={steps}",
-                f"train.seed={seed}",
-                f"train.out_dir={out / method / f'seed{seed}'}",
-                f"train.eval_every={max(steps // 10, 1)}",
-                f"train.ckpt_every={max(steps // 4, 1)}",
-                f"train.log_every={max(min(steps // 50, 50), 1)}",
-            ]
-            cfg = get_preset(preset, method)
-            cfg = parse_overrides(cfg, [*budget, *applicable_overrides(cfg, overrides)])
-            runs.append(Run(method, seed, cfg))
-    check_overrides_used(overrides)
+        for variant in _arms(presets[method], grid, methods_of):
+            for seed in seeds:
+                run = Run(method, seed, presets[method], variant)
+                folder = out / method / run.settings if variant else out / method
+                budget = [
+                    f"train.steps={steps}",
+                    f"train.seed={seed}",
+                    f"train.out_dir={folder / f'seed{seed}'}",
+                    f"train.eval_every={max(steps // 10, 1)}",
+                    f"train.ckpt_every={max(steps // 4, 1)}",
+                    f"train.log_every={max(min(steps // 50, 50), 1)}",
+                ]
+                cfg = get_preset(preset, method)
+                run.cfg = parse_overrides(cfg, [*budget, *applicable_overrides(cfg, overrides), *run.overrides])
+                runs.append(run)
     return runs
 
 
 def command_for(run: Run, preset: str, overrides: list[str]) -> str:
-    """The ``daps train`` command that reproduces ``run``."""
+    """The ``daps train`` command that reproduces ``run`` (only the overrides that concern its method: ``daps
+    train`` refuses another method's settings)."""
     c = run.cfg.train
     args = [
         "daps", "train", "--preset", preset, "--method", run.method, f"train.steps={c.steps}", f"train.seed={c.seed}",
         f"train.out_dir={c.out_dir}", f"train.eval_every={c.eval_every}", f"train.ckpt_every={c.ckpt_every}",
-        f"train.log_every={c.log_every}", *overrides,
+        f"train.log_every={c.log_every}", *applicable_overrides(run.cfg, overrides), *run.overrides,
     ]
     return shlex.join(args)
 
@@ -191,10 +284,10 @@ def run_all(runs: list[Run], device: torch.device | None = None) -> None:
 
     for i, run in enumerate(runs, 1):
         if run.action == "reuse":
-            log.info("[%d/%d] %s seed %d: finished, reusing %s", i, len(runs), run.method, run.seed, run.out_dir)
+            log.info("[%d/%d] %s seed %d: finished, reusing %s", i, len(runs), run.label, run.seed, run.out_dir)
             continue
         log.info(
-            "[%d/%d] %s seed %d: %s %d steps -> %s", i, len(runs), run.method, run.seed,
+            "[%d/%d] %s seed %d: %s %d steps -> %s", i, len(runs), run.label, run.seed,
             {"train": "training", "resume": "resuming", "retrain": "retraining"}[run.action], run.cfg.train.steps,
             run.out_dir,
         )
@@ -216,13 +309,21 @@ def _steps_per_s(run: Run) -> float:
     return rows[len(rows) // 2] if rows else float("nan")
 
 
+def arms(runs: list[Run]) -> dict[str, list[Run]]:
+    """The runs grouped by arm (method and ``--vary`` settings), in planning order."""
+    groups: dict[str, list[Run]] = {}
+    for run in runs:
+        groups.setdefault(run.label, []).append(run)
+    return groups
+
+
 def collect(runs: list[Run]) -> list[dict]:
-    """One row per method: mean and standard error over seeds of every column, plus bits and speed."""
+    """One row per arm: mean and standard error over seeds of every column, plus bits and speed. ``method`` is the
+    arm's label, ``settings`` its ``--vary`` settings ('' without)."""
     table = []
-    for method in dict.fromkeys(r.method for r in runs):
-        group = [r for r in runs if r.method == method]
+    for label, group in arms(runs).items():
         summaries = [json.loads((r.out_dir / "summary.json").read_text()) for r in group]
-        row = {"method": method, "seeds": len(group), "bits": latent_bits(group[0].cfg)}
+        row = {"method": label, "settings": group[0].settings, "seeds": len(group), "bits": latent_bits(group[0].cfg)}
         for _, key, _ in COLUMNS:
             values = [s[key] for s in summaries if key in s]
             row[key], row[key + "_se"] = _mean_se(values) if values else (float("nan"), float("nan"))
@@ -257,7 +358,8 @@ def write_tables(table: list[dict], out: Path, header: str) -> None:
         "train.fid or without the Inception weights; SSIM on images smaller than 11x11).",
     ]
     write_text_atomic(out / "results.md", "\n".join(lines) + "\n")
-    keys = ["method", "seeds", "bits", *(k for _, key, _ in COLUMNS for k in (key, key + "_se")), "steps_per_s"]
+    keys = ["method", "settings", "seeds", "bits", *(k for _, key, _ in COLUMNS for k in (key, key + "_se")),
+            "steps_per_s"]
     text = io.StringIO(newline="")
     writer = csv.DictWriter(text, fieldnames=keys, extrasaction="ignore")
     writer.writeheader()
@@ -309,19 +411,21 @@ def compare(
     device: torch.device | None = None,
     argv: list[str] | None = None,
     overwrite: bool = False,
+    vary: Sequence[str] = (),
 ) -> list[dict]:
     """Train (or reuse) every run, then write the tables, figures and commands into ``out``; returns the
-    table rows. ``overwrite``: retrain run folders whose config differs from this comparison's (else refused)."""
+    table rows. ``overwrite``: retrain run folders whose config differs from this comparison's (else refused).
+    ``vary``: ``--vary`` options (see :func:`parse_vary`), a grid of arms per method."""
     out = Path(out)
     overrides = list(overrides)
-    runs = plan_runs(preset, methods, steps, seeds, out, overrides)  # validates everything before training
+    runs = plan_runs(preset, methods, steps, seeds, out, overrides, vary)  # validates everything before training
     prepare_compare_folder(out)
     with FolderLock(out):
         check_runs(runs, overwrite)
-        return _compare(runs, preset, methods, steps, seeds, out, overrides, device, argv)
+        return _compare(runs, preset, methods, steps, seeds, out, overrides, device, argv, vary)
 
 
-def _compare(runs, preset, methods, steps, seeds, out, overrides, device, argv) -> list[dict]:
+def _compare(runs, preset, methods, steps, seeds, out, overrides, device, argv, vary) -> list[dict]:
     invocation = shlex.join(["daps", "compare", *argv]) if argv is not None else None
     commands = [
         "#!/usr/bin/env bash",
@@ -339,35 +443,47 @@ def _compare(runs, preset, methods, steps, seeds, out, overrides, device, argv) 
     cfg0 = runs[0].cfg
     header = (
         f"# {preset}: {', '.join(methods)}\n\n"
-        f"{steps} optimizer steps at batch {cfg0.train.batch_size}, seeds {', '.join(map(str, seeds))}, "
+        + (f"Varied: {'; '.join(vary)} (one row per combination).\n\n" if vary else "")
+        + f"{steps} optimizer steps at batch {cfg0.train.batch_size}, seeds {', '.join(map(str, seeds))}, "
         f"data {cfg0.data.name}, validated on {table[0]['num_images']} test images, "
         f"device {device or ('cuda' if torch.cuda.is_available() else 'cpu')}, torch {torch.__version__}."
         + (f"\n\nCommand: `{invocation}`" if invocation else "")
     )
     write_tables(table, out, header)
 
-    curves = {}
-    for method in methods:
-        curves[method] = [
-            [(r["step"], r["log_p"]) for r in read_metrics(run.out_dir / "metrics.jsonl") if r.get("split") == "val"]
-            for run in runs if run.method == method
-        ]
+    groups = arms(runs)
+    curves = {label: [_series(run, "val", "log_p") for run in group] for label, group in groups.items()}
     save_comparison_curves(curves, out / "curves.png", title=f"{preset}: validation log p(x|z), {steps} steps")
+    etas = {label: [_series(run, "train", "eta") for run in group] for label, group in groups.items()}
+    etas = {label: series for label, series in etas.items() if all(series)}
+    if etas:
+        save_comparison_curves(
+            etas, out / "eta.png", title=f"{preset}: trust-region multiplier, {steps} steps",
+            ylabel="eta (training, log scale)", log_y=True,
+        )
+    else:
+        (out / "eta.png").unlink(missing_ok=True)  # from an earlier comparison of this folder with other arms
 
     standardize = dataset_spec(cfg0.data.name).standardize
     test = next(eval_set(cfg0.data, "test", 0, 500, torch.device("cpu")).batches())  # the first validation batch
     shown = standardize(test[torch.linspace(0, test.shape[0] - 1, 10).long()])
     recons = {}
-    for method in methods:
-        first = next(r for r in runs if r.method == method)
-        model = load_model(first.out_dir, "cpu")
+    for label, group in groups.items():
+        model = load_model(group[0].out_dir, "cpu")
         with torch.no_grad():
-            recons[method] = standardize.to_unit(model.reconstruct(shown, torch.Generator().manual_seed(0)).x_hat)
+            recons[label] = standardize.to_unit(model.reconstruct(shown, torch.Generator().manual_seed(0)).x_hat)
     save_comparison_reconstructions(
         standardize.to_unit(shown), recons, out / "reconstructions.png", title=f"{preset}, {steps} steps"
     )
-    log.info("comparison written to %s (results.md, results.csv, curves.png, reconstructions.png, commands.sh)", out)
+    written = ", ".join(name for name in OUTPUTS if name != "eta.png" or etas)
+    log.info("comparison written to %s (%s)", out, written)
     return table
 
 
-__all__ = ["check_runs", "compare", "latent_bits", "plan_runs", "prepare_compare_folder"]
+def _series(run: Run, split: str, key: str) -> list[tuple[int, float]]:
+    """``(step, value)`` of ``key`` in the run's ``split`` rows of ``metrics.jsonl``."""
+    return [(r["step"], r[key]) for r in read_metrics(run.out_dir / "metrics.jsonl") if r.get("split") == split
+            and key in r]
+
+
+__all__ = ["check_runs", "compare", "latent_bits", "parse_vary", "plan_runs", "prepare_compare_folder"]

@@ -132,10 +132,14 @@ def save_training_curves(metrics_path: Path, path: Path, title: str = "", qualit
     plt.close(fig)
 
 
-def save_comparison_curves(curves: dict[str, list[list[tuple[int, float]]]], path: Path, title: str = "") -> None:
-    """Validation log p against steps, one line per method (mean over seeds, band = min..max over seeds).
+def save_comparison_curves(
+    curves: dict[str, list[list[tuple[int, float]]]], path: Path, title: str = "",
+    ylabel: str = "validation log p(x|z) [nats, higher is better]", log_y: bool = False,
+) -> None:
+    """One quantity against steps (by default validation log p), one line per arm (mean over seeds, band =
+    min..max over seeds).
 
-    ``curves[method]`` holds one list of ``(step, log_p)`` per seed.
+    ``curves[label]`` holds one list of ``(step, value)`` per seed.
     """
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 5))
@@ -151,7 +155,9 @@ def save_comparison_curves(curves: dict[str, list[list[tuple[int, float]]]], pat
                 steps, values.min(0).values.tolist(), values.max(0).values.tolist(), alpha=0.2, color=f"C{i % 10}"
             )
     ax.set_xlabel("optimizer step")
-    ax.set_ylabel("validation log p(x|z) [nats, higher is better]")
+    ax.set_ylabel(ylabel)
+    if log_y:
+        ax.set_yscale("log")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     if title:

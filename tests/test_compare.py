@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import csv
 import json
+import re
+import shlex
 import shutil
 
 import pytest
 
+import daps.compare as compare_mod
 from daps import get_preset, parse_overrides
 from daps.cli import main
 from daps.compare import compare, latent_bits, plan_runs
@@ -196,3 +199,103 @@ def test_tables_are_replaced_atomically(tmp_path, overrides, monkeypatch):
         compare("mnist", ["daps"], 4, [0], out, overrides)
     assert (out / "results.csv").read_text() == before  # never a half-written table
     assert not list(out.glob(".*tmp*"))
+
+
+# --------------------------------------------------------------------------------------------------
+# Ablations: --vary (the paper's App. C, beta schedule x ESS target; App. D, the number of samples K)
+
+
+def _train_overrides(command: str) -> tuple[str, list[str]]:
+    """The method and the key=value arguments of one ``daps train`` line of commands.sh."""
+    args = shlex.split(command)
+    return args[args.index("--method") + 1], [a for a in args if "=" in a and not a.startswith("-")]
+
+
+def test_vary_spans_a_grid_per_method_and_leaves_other_methods_one_arm(tmp_path):
+    vary = ["daps.ess_target=0.25,0.5", "daps.beta.init+daps.beta.end=5+0.01,5+1"]
+    runs = plan_runs("mnist", ["daps", "vqvae"], 8, [0, 1], tmp_path, ["train.batch_size=8"], vary)
+    daps_runs = [r for r in runs if r.method == "daps"]
+    assert len(daps_runs) == 2 * 2 * 2 and len(runs) == 8 + 2  # 2 ESS targets x 2 schedules x 2 seeds; vqvae: seeds
+    got = {(r.cfg.daps.ess_target, r.cfg.daps.beta.init, r.cfg.daps.beta.end) for r in daps_runs}
+    assert got == {(e, 5.0, end) for e in (0.25, 0.5) for end in (0.01, 1.0)}
+    first = daps_runs[0]
+    assert first.label == "daps (ess_target=0.25, beta.init=5, beta.end=0.01)"
+    assert first.out_dir == tmp_path / "daps" / "ess_target=0.25,beta.init=5,beta.end=0.01" / "seed0"
+    assert all(r.cfg.train.batch_size == 8 and r.cfg.train.steps == 8 for r in runs)
+    vq = [r for r in runs if r.method == "vqvae"]
+    assert [r.label for r in vq] == ["vqvae", "vqvae"] and vq[0].out_dir == tmp_path / "vqvae" / "seed0"
+    assert len({r.out_dir for r in runs}) == len(runs)
+
+
+@pytest.mark.parametrize(
+    ("vary", "overrides", "message"),
+    [
+        (["daps.ess_target"], [], "not of the form key=v1,v2"),
+        (["daps.ess_target="], [], "not of the form"),
+        (["daps.beta.init+daps.beta.end=5+0.01,1"], [], "gives 1 values for 2 keys"),
+        (["data.data_dir=a/b"], [], "names a run folder"),
+        (["daps.ess_target=0.25,0.25"], [], "lists a value twice"),
+        (["daps.ess_target=0.25", "daps.ess_target=0.5"], [], "daps.ess_target is set twice"),
+        (["daps.ess_target=0.25,0.5"], ["daps.ess_target=0.3"], "set twice"),
+        (["train.seed=1,2"], [], "use --seeds"),
+        (["method=fsq"], [], "--methods"),
+        (["fsq.levels=5"], [], "fsq.levels is a setting of none of --methods daps"),
+        (["bogus.key=1"], [], "unknown config key 'bogus.key'"),
+        (["daps.nope=1"], [], "daps.nope"),
+        (["daps.num_samples=two"], [], "num_samples"),
+    ],
+)
+def test_vary_refuses_bad_grids_before_anything_exists(tmp_path, vary, overrides, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        compare("mnist", ["daps"], 4, [0], tmp_path / "cmp", overrides, vary=vary)
+    assert not (tmp_path / "cmp").exists()
+
+
+def test_tied_settings_must_concern_the_same_methods(tmp_path):
+    with pytest.raises(ValueError, match="must concern the same methods"):
+        plan_runs("mnist", ["daps", "fsq"], 4, [0], tmp_path, [], ["daps.ess_target+fsq.levels=0.5+5"])
+
+
+def test_commands_pass_each_method_only_its_own_settings(tmp_path, overrides):
+    """commands.sh gave `daps train --method fsq` the daps.* overrides, which it refuses (a traceback-free error,
+    but the reproduction script stopped at its first line)."""
+    runs = plan_runs("mnist", ["daps", "fsq"], 4, [0], tmp_path, overrides, ["daps.ess_target=0.25,0.5"])
+    for run in runs:
+        method, items = _train_overrides(compare_mod.command_for(run, "mnist", overrides))
+        cfg = parse_overrides(get_preset("mnist", method), items)  # raises on another method's setting
+        assert cfg.train.out_dir == str(run.out_dir)
+        assert compare_mod.config_differences(cfg, run.cfg, frozenset()) == {}
+
+
+def test_compare_with_vary_writes_one_row_per_arm(tmp_path, overrides):
+    out = tmp_path / "cmp"
+    overrides = [o for o in overrides if not o.startswith(("train.log_every", "train.eval_every", "train.ckpt_every"))]
+    overrides.append("daps.init_eta=1.0")  # where ESS lies between the two targets: eta must move both ways
+    table = compare("mnist", ["daps", "fsq"], 4, [0], out, overrides, vary=["daps.ess_target=0.25,0.75"])
+    assert [row["method"] for row in table] == ["daps (ess_target=0.25)", "daps (ess_target=0.75)", "fsq"]
+    assert [row["settings"] for row in table] == ["ess_target=0.25", "ess_target=0.75", ""]
+    for target in (0.25, 0.75):
+        config = json.loads((out / "daps" / f"ess_target={target}" / "seed0" / "config.json").read_text())
+        assert config["daps"]["ess_target"] == target
+    md = (out / "results.md").read_text()
+    assert "| daps (ess_target=0.25) | 16 |" in md and "Varied: daps.ess_target=0.25,0.75" in md
+    assert "KL(q\\|uniform)" in md and all(row["kl"] >= 0 for row in table[:2])
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert [r["settings"] for r in rows] == ["ess_target=0.25", "ess_target=0.75", ""]
+    assert (out / "eta.png").stat().st_size > 0 and (out / "curves.png").stat().st_size > 0
+    commands = (out / "commands.sh").read_text()
+    assert commands.count("daps.ess_target=0.25") == 1 and commands.count("daps.ess_target=0.75") == 1
+
+    # Each arm trained with its own target: eta (fitted to the ESS target) fell for the low one and rose for the high.
+    etas = {}
+    for target in (0.25, 0.75):
+        rows = [json.loads(line) for line in open(out / "daps" / f"ess_target={target}" / "seed0" / "metrics.jsonl")]
+        etas[target] = [r["eta"] for r in rows if r["split"] == "train"]
+    assert etas[0.25][-1] < 1.0 < etas[0.75][-1]
+
+    # Re-running reuses every arm; a run without eta drops the figure of the earlier arms.
+    before = {p: p.stat().st_mtime_ns for p in out.glob("**/seed0/metrics.jsonl")}
+    compare("mnist", ["daps", "fsq"], 4, [0], out, overrides, vary=["daps.ess_target=0.25,0.75"])
+    assert {p: p.stat().st_mtime_ns for p in out.glob("**/seed0/metrics.jsonl")} == before
+    compare("mnist", ["fsq"], 4, [0], out, overrides)
+    assert not (out / "eta.png").exists()
