@@ -22,6 +22,24 @@ from daps.presets import PRESETS, get_preset
 from daps.runfolder import check_output_file
 
 
+def add_threads_arg(p: argparse.ArgumentParser) -> None:
+    """``--threads N`` of the commands that train (applied by :func:`set_threads`)."""
+    p.add_argument(
+        "--threads", type=int, default=0,
+        help="torch CPU threads (default 0: torch's choice, one per core; see BENCHMARKS.md, CPU threads)",
+    )
+
+
+def set_threads(threads: int) -> None:
+    """Apply ``--threads``: 0 keeps torch's choice; a negative count is a :class:`UserError`."""
+    if threads < 0:
+        raise UserError(f"--threads must be >= 0, got {threads}")
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
 def seed_arg(text: str) -> int:
     """argparse type of ``--seed``: an integer of magnitude below 2^53 (:func:`daps.config.check_seed`)."""
     from daps.config import check_seed
@@ -58,10 +76,7 @@ def _parser() -> argparse.ArgumentParser:
         help="replace an existing run folder (only a daps run folder; never the current, home or root folder)",
     )
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    p.add_argument(
-        "--threads", type=int, default=0,
-        help="torch CPU threads (default 0: torch's choice, one per core; see BENCHMARKS.md, CPU threads)",
-    )
+    add_threads_arg(p)
 
     p = sub.add_parser("eval", help="evaluate a trained run on a data split")
     p.add_argument("run_dir", help="run folder or checkpoint folder")
@@ -125,6 +140,7 @@ def _parser() -> argparse.ArgumentParser:
         help="retrain run folders whose config differs from this comparison's (without it they are refused)",
     )
     p.add_argument("--device", default=None)
+    add_threads_arg(p)
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides applied to every method")
 
     p = sub.add_parser("gradlab", help="compare encoder-gradient estimators with the exact gradient on a tiny model")
@@ -195,12 +211,7 @@ def _train(args: argparse.Namespace) -> int:
     from daps.train import summarize, train
 
     cfg = parse_overrides(get_preset(args.preset, args.method), args.overrides)
-    if args.threads < 0:
-        raise UserError(f"--threads must be >= 0, got {args.threads}")
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     run_dir = train(cfg, resume=args.resume, overwrite=args.overwrite, device=_device(args.device))
     if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 evaluates and reports
         return 0
@@ -302,6 +313,7 @@ def _compare(args: argparse.Namespace, argv: list[str]) -> int:
     if args.out is not None and not args.out.strip():
         raise UserError("--out is empty: name an output folder")
     out = args.out or f"runs/compare-{args.preset}"
+    set_threads(args.threads)
     compare(
         args.preset, methods, args.steps, list(range(args.seeds)), out, args.overrides, _device(args.device), argv,
         overwrite=args.overwrite, vary=args.vary,

@@ -365,6 +365,8 @@ def test_eval_help_describes_the_subset(capsys):
           "daps.ess_target=0.5,0.5"], "lists a value twice"),
         (["compare", "--preset", "mnist5k-demo", "--methods", "fsq", "--steps", "2", "--out", "OUT/cmp", "--vary",
           "daps.ess_target=0.5"], "a setting of none of --methods fsq"),
+        (["compare", "--preset", "mnist5k-demo", "--methods", "daps", "--steps", "2", "--out", "OUT/cmp", "--threads",
+          "-1"], "--threads must be >= 0"),
         (["export-codes", "RUN", "--out", "OUT/c.safetensors", "--batch-size", "0"], "--batch-size must be"),
         (["export-codes", "RUN", "--out", "OUT/c.safetensors", "--max-inputs", "-1"], "--max-inputs >= 0"),
         (["render", "RUN", "--out", "OUT/r.mp4", "--seconds", "nan"], "--seconds must be a positive number"),

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from daps.cli import seed_arg
+from daps.cli import add_threads_arg, seed_arg, set_threads
 from daps.errors import UserError
 from daps.prior.run import warn_untrained_null
 from daps.runfolder import check_output_file
@@ -43,8 +43,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--label-dropout", type=float, default=None, help="share of null labels in training (default 0.1)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace an existing prior folder")
-    p.add_argument("--threads", type=int, default=0,
-                   help="torch CPU threads (default 0: torch's choice, one per core; see BENCHMARKS.md, CPU threads)")
+    add_threads_arg(p)
     p.add_argument("--device", default=None)
     p.add_argument("overrides", nargs="*", metavar="key=value", help="prior settings, e.g. steps=5000 width=128")
 
@@ -127,10 +126,7 @@ def _train(args: argparse.Namespace) -> int:
     from daps.prior.run import PriorConfig, apply_overrides, train_prior
 
     device = _device(args.device)
-    if args.threads < 0:
-        raise UserError(f"--threads must be >= 0, got {args.threads}")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     cfg = apply_overrides(PriorConfig(kind=args.kind, codes=args.codes, val_codes=args.val_codes,
                                       out_dir=args.out), args.overrides)
     if args.label_dropout is not None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from daps.cli import seed_arg
+from daps.cli import add_threads_arg, seed_arg, set_threads
 from daps.errors import UserError
 from daps.prior.cli import check_sampling
 from daps.prior.run import warn_untrained_null
@@ -30,7 +30,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace an existing policy folder")
     p.add_argument("--data-dir", default="", help="folder with the LAFAN1 H1 data (default: as trained)")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default 0: torch's choice)")
+    add_threads_arg(p)
     p.add_argument("--device", default=None)
     p.add_argument("overrides", nargs="*", metavar="key=value", help="policy settings, e.g. steps=4000 stride=4")
 
@@ -89,10 +89,7 @@ def _train(args: argparse.Namespace) -> int:
     from daps.prior.run import apply_overrides
     from daps.robot.run import RobotConfig, train_policy
 
-    if args.threads < 0:
-        raise UserError(f"--threads must be >= 0, got {args.threads}")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     cfg = apply_overrides(RobotConfig(tokenizer=args.tokenizer, out_dir=args.out, data_dir=args.data_dir),
                           args.overrides)
     run = train_policy(cfg, resume=args.resume, overwrite=args.overwrite, device=_device(args.device))
