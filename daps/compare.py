@@ -62,7 +62,7 @@ COLUMNS = [
     ("beta-ELBO", "beta_elbo", ".2f"),
     ("ELBO", "elbo", ".2f"),
     ("log p(x\\|z)", "log_p", ".2f"),
-    ("KL(q\\|uniform)", "kl", ".2f"),
+    ("KL(q\\|prior)", "kl", ".2f"),
     ("L2", "l2", ".3f"),
     ("PSNR (dB)", "psnr", ".2f"),
     ("SSIM", "ssim", ".3f"),
@@ -353,7 +353,8 @@ def write_tables(table: list[dict], out: Path, header: str) -> None:
     lines += [
         "",
         "Mean ± standard error over seeds (no ± with one seed); validation images encoded with one stochastic "
-        "code each (deterministic for fsq/vqvae), nats summed over pixels. '—': the method has no such quantity "
+        "code each (deterministic for fsq/vqvae), nats summed over pixels; KL to the prior (uniform over the codes, "
+        "N(0, I) for vae). '—': the method has no such quantity "
         "(no q for the quantizers, no discrete code for the Gaussian VAE) or it was not measured (FID without "
         "train.fid or without the Inception weights; SSIM on images smaller than 11x11).",
     ]

@@ -589,7 +589,7 @@ def summarize(metrics: dict[str, float | str], source: str = "validation") -> st
         ("ELBO", "elbo", "nats"),
         ("beta-ELBO", "beta_elbo", "nats"),
         ("log p(x|z)", "log_p", "nats"),
-        ("KL(q || uniform)", "kl", "nats"),
+        ("KL(q || prior)", "kl", "nats"),
         ("L2", "l2", ""),
         ("MSE", "mse", ""),
         ("PSNR", "psnr", "dB"),

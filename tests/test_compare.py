@@ -279,7 +279,7 @@ def test_compare_with_vary_writes_one_row_per_arm(tmp_path, overrides):
         assert config["daps"]["ess_target"] == target
     md = (out / "results.md").read_text()
     assert "| daps (ess_target=0.25) | 16 |" in md and "Varied: daps.ess_target=0.25,0.75" in md
-    assert "KL(q\\|uniform)" in md and all(row["kl"] >= 0 for row in table[:2])
+    assert "KL(q\\|prior)" in md and all(row["kl"] >= 0 for row in table[:2])
     rows = list(csv.DictReader(open(out / "results.csv")))
     assert [r["settings"] for r in rows] == ["ess_target=0.25", "ess_target=0.75", ""]
     assert (out / "eta.png").stat().st_size > 0 and (out / "curves.png").stat().st_size > 0
