@@ -122,6 +122,8 @@ def export_codes(
     if data_dir:
         cfg.data.data_dir = data_dir
     spec = dataset_spec(cfg.data.name)
+    if spec.check_run is not None:  # e.g. motion statistics saved at training against the data as they are now
+        spec.check_run(ckpt.parent.parent, cfg.data)
     loader = None
     if spec.in_memory:
         data = labelled_split(cfg.data, split)

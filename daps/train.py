@@ -426,6 +426,8 @@ def _train(cfg: Config, resume: bool, overwrite: bool, device: torch.device, ran
         log.info("%s already finished step %d; nothing to do", run_dir, end_step)
         return run_dir
     s = _setup(cfg, state, device, rank, world)
+    if not plan.clear_first and s.spec.check_run is not None:  # before its files are rewritten with today's data
+        s.spec.check_run(run_dir, cfg.data)
     metrics_file = None
     try:
         if state is not None and plan.resume_from is not None:

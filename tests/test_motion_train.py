@@ -170,8 +170,23 @@ def test_changed_statistics_are_refused(tmp_path, capsys, single_thread):
     stats["mean"] = list(np.asarray(stats["mean"]) + 1.0)
     (run / "motion_stats.json").write_text(json.dumps(stats))
     capsys.readouterr()
-    assert main(["render", str(run), "--out", str(tmp_path / "a.mp4")]) == 2
-    assert "other feature statistics" in capsys.readouterr().err
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != ".lock"}
+    codes = tmp_path / "c.safetensors"
+    for argv in (
+        ["render", str(run), "--out", str(tmp_path / "a.mp4")],
+        ["eval", str(run), "--json", "--max-images", "8"],  # gave numbers on the wrong scale, exit 0
+        ["export-codes", str(run), "--out", str(codes), "--max-inputs", "8"],
+        ["train", "--preset", "lafan1-h1", *TINY, f"data.data_dir={REAL_DIR}", f"train.out_dir={run}",
+         "train.steps=4", "train.eval_every=2", "train.ckpt_every=2", "--resume"],  # rewrote motion_stats.json
+    ):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert "other feature statistics" in err and err.count("\n") == 1, (argv, err)
+    assert not codes.exists() and not (tmp_path / "a.mp4").exists()
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != ".lock"} == before
+    (run / "motion_stats.json").write_text("[]")  # not an object: was an AttributeError traceback
+    assert main(["eval", str(run), "--json", "--max-images", "8"]) == 2
+    assert "not readable motion statistics" in capsys.readouterr().err
 
 
 def test_missing_motion_data_is_one_line(tmp_path, capsys):

@@ -25,6 +25,7 @@ from daps.data.motion import (
     MOTION_TYPES,
     MotionMetrics,
     WindowImages,
+    check_run_stats,
     lafan_run_files,
     lafan_windows,
     plot_motion_reconstructions,
@@ -130,7 +131,8 @@ class DatasetSpec:
     gathered on demand; ``root`` (folder datasets) returns the folder holding ``train/`` and ``val/`` class
     folders, or, with ``same_splits``, one class-folder tree used for both. ``example_metrics`` builds the
     per-example quality metrics of evaluation (default: the image metrics MSE, PSNR, SSIM); ``run_files`` what a
-    run saves beside its checkpoints (file name -> JSON).
+    run saves beside its checkpoints (file name -> JSON), and ``check_run`` refuses (:class:`UserError`) a run
+    folder whose saved files disagree with the data as they are now (eval, export-codes, render, resume).
     """
 
     name: str
@@ -144,6 +146,7 @@ class DatasetSpec:
     note: str = ""  # said in the log and the run summary, e.g. that the data are a lossy copy
     example_metrics: Callable[[DataConfig], ExampleMetrics] | None = None
     run_files: Callable[[DataConfig], dict[str, Any]] | None = None
+    check_run: Callable[[Path, DataConfig], None] | None = None  # (run folder, data)
     plot_reconstructions: Callable[[DataConfig, torch.Tensor, torch.Tensor, Path, str], None] | None = None
     examples: str = "images"  # what one example is called in logs and titles
 
@@ -191,7 +194,8 @@ DATASETS: dict[str, DatasetSpec] = {
     "imagefolder": DatasetSpec("imagefolder", "gaussian", _IMAGENET, root=_given_root),
     "lafan1-h1": DatasetSpec(
         "lafan1-h1", "gaussian-fixed", windows=lafan_windows, example_metrics=MotionMetrics,
-        run_files=lafan_run_files, plot_reconstructions=plot_motion_reconstructions, examples="windows",
+        run_files=lafan_run_files, check_run=check_run_stats, plot_reconstructions=plot_motion_reconstructions,
+        examples="windows",
     ),
 }
 
