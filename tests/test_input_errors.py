@@ -445,3 +445,14 @@ def test_save_images_checks_before_making_the_folder(trained_run, tmp_path):
             daps.save_images(bad, model, out)
         assert not out.exists()
     assert len(daps.save_images(torch.zeros(2, 1, 28, 28), model, out)) == 2
+
+
+@pytest.mark.parametrize("extra", [["decoder.kind=resnet"], ["decoder.kind=transformer"], ["encoder.embed=time"]])
+def test_settings_the_networks_cannot_take_are_one_line(tmp_path, capsys, tiny_overrides, extra):
+    """A network's shape check (a 28x28 image for the ResNet decoder, a time embedding of images) was a ValueError
+    traceback from ``build_method``."""
+    out = tmp_path / "run"
+    assert main(["train", *tiny_overrides, f"train.out_dir={out}", *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "cannot be built for inputs (1, 28, 28)" in err and len(err.splitlines()) == 1, err
+    assert not out.exists()

@@ -330,3 +330,22 @@ def test_a_prior_over_motion_codes_samples_a_video(tmp_path, capsys, single_thre
     assert main(["prior", "eval", str(prior), "--n", "20", "--json", "--no-classifier"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["bits_per_token"] > 0 and report["num_codes"] == 300
+
+
+@needs_data
+@pytest.mark.parametrize(
+    ("shape", "message"),
+    [
+        ("1,16384,86", "lafan1-h1 train has no windows of 16384 frames: no clip is that long"),
+        ("1,48,86", "cannot be built for inputs (1, 48, 86)"),  # 48 frames against 64 tokens: not a power of two
+    ],
+)
+def test_windows_the_data_or_networks_cannot_give_are_one_line(tmp_path, capsys, single_thread, shape, message):
+    """Windows longer than every clip were a RuntimeError at the first batch, after the run folder was made (a
+    plain rerun was then refused); a window length the convolutions cannot resample was a ValueError traceback."""
+    run = tmp_path / "run"
+    capsys.readouterr()
+    assert _train(run, f"data.image_shape={shape}") == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err
+    assert not run.exists()

@@ -296,8 +296,13 @@ class TrainBatches:
 def _examples(spec: DatasetSpec, data: DataConfig, split: str) -> torch.Tensor | WindowImages:
     """A whole split of an in-memory dataset: a tensor ``(N, C, H, W)``, or motion windows gathered on demand."""
     if spec.windows is not None:
-        return spec.windows(split, data)
-    return load_dataset(data.name, split, data.data_dir or None, data.download).images
+        examples: torch.Tensor | WindowImages = spec.windows(split, data)
+    else:
+        examples = load_dataset(data.name, split, data.data_dir or None, data.download).images
+    if len(examples) == 0:  # e.g. windows longer than every clip: refused before a run folder is touched
+        why = f" of {data.image_shape[1]} frames: no clip is that long (data.image_shape)" if spec.windows else ""
+        raise UserError(f"{data.name} {split} has no {spec.examples}{why}")
+    return examples
 
 
 def train_batches(

@@ -58,7 +58,16 @@ def method_spec(name: str) -> MethodSpec:
 def build_method(cfg: Config, image_shape: tuple[int, ...]) -> Method:
     """The module of ``cfg.method`` for inputs of ``image_shape`` (C, H, W)."""
     c, h, w = image_shape
-    model = method_spec(cfg.method).build(cfg, (c, h, w))
+    spec = method_spec(cfg.method)
+    try:
+        model = spec.build(cfg, (c, h, w))
+    except UserError:
+        raise
+    except ValueError as err:  # a network's shape check: these settings do not fit together
+        raise UserError(
+            f"{cfg.method} cannot be built for inputs {(c, h, w)} with these settings ({err}); see data.image_shape, "
+            "encoder.* and decoder.*"
+        ) from err
     continuous = model.vocab_size is None
     model.input_spec = InputSpec(
         image_shape=(c, h, w), num_tokens=None if continuous else cfg.encoder.num_tokens,
