@@ -228,6 +228,26 @@ def test_cifar10_jpeg_errors(isolated, tmp_path):
         load_cifar10_jpeg("test", data_dir=tmp_path)
 
 
+def test_a_damaged_cifar10_jpeg_npz_is_one_user_error(isolated, tmp_path):
+    """A missing member, or a flipped byte inside jpeg_bytes (a CRC error on read), were KeyError / BadZipFile
+    tracebacks."""
+    from daps.errors import UserError
+
+    path = _write_jpeg_npz(tmp_path, "test", [(1, 2, 3), (4, 5, 6)])
+    with np.load(path) as z:
+        jpeg, offsets, y = z["jpeg_bytes"], z["offsets"], z["y"]
+    np.savez(path, offsets=offsets, y=y)
+    with pytest.raises(UserError, match="jpeg_bytes is missing"):
+        load_cifar10_jpeg("test", data_dir=tmp_path)
+    np.savez(path, jpeg_bytes=jpeg, offsets=offsets, y=y)
+    raw = bytearray(path.read_bytes())
+    at = raw.find(jpeg[:64].tobytes()) + 200  # inside the stored (uncompressed) member, past the JPEG header
+    raw[at] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    with pytest.raises(UserError, match="jpeg_bytes cannot be read"):
+        load_cifar10_jpeg("test", data_dir=tmp_path)
+
+
 @needs_real_data
 def test_cifar10_jpeg_real_test_split(isolated, caplog):
     t0 = time.perf_counter()

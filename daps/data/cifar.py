@@ -294,6 +294,8 @@ def _read_npz(path: Path) -> tuple[np.lib.npyio.NpzFile, np.ndarray, np.ndarray]
         npz = np.load(path, allow_pickle=False)
         offsets = np.asarray(npz["offsets"], dtype=np.int64)
         y = np.asarray(npz["y"])
+        if "jpeg_bytes" not in npz.files:
+            raise KeyError("jpeg_bytes is missing")
     except (OSError, ValueError, KeyError, IndexError, zipfile.BadZipFile) as e:
         if isinstance(npz, np.lib.npyio.NpzFile):
             npz.close()
@@ -392,7 +394,11 @@ def load_cifar10_jpeg(split: str, data_dir: PathLike | None = None) -> ImageSet:
     with npz:
         if images is None:
             t0 = time.perf_counter()
-            images = _decode_all(path, np.asarray(npz["jpeg_bytes"]), offsets)
+            try:
+                jpeg_bytes = np.asarray(npz["jpeg_bytes"])
+            except (OSError, ValueError, zipfile.BadZipFile) as e:  # e.g. a CRC error: the file was damaged
+                raise UserError(f"{path}: its jpeg_bytes cannot be read ({e}); download it again") from e
+            images = _decode_all(path, jpeg_bytes, offsets)
             log.info("decoded %d JPEGs of %s in %.1f s; caching them at %s", n, path.name,
                      time.perf_counter() - t0, cache)
             _save_cached(cache, images)
