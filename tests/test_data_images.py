@@ -616,3 +616,29 @@ def test_unpack_real_imagenet_sample(tmp_path):
             assert label == i and skipped == ()
     batch = next(ImageStream(ImageFolderDataset(dest, 64, train=True), batch_size=8, seed=0))
     assert batch.shape == (8, 3, 64, 64)
+
+
+def test_cache_files_follow_the_umask_and_stale_temporaries_go(tmp_path, isolated):
+    """tempfile makes 0600 files and 0700 folders: the unpacked sample and the decoded CIFAR cache were private
+    to their owner. A temporary a killed unpack left (older than an hour) is removed by the next unpack; a young
+    one, which may belong to a process still writing it, is kept."""
+    from daps.data.paths import STALE_AFTER_S
+    from daps.runfolder import UMASK
+
+    tar = _sample_tar(tmp_path / "s.tar", SAMPLE_NAMES, SAMPLE_LABELS)
+    out = tmp_path / "out"
+    out.mkdir()
+    stale, young = out / ".sample.abc123", out / ".sample.def456"
+    for leftover in (stale, young):
+        leftover.mkdir()
+        (leftover / "part.jpg").write_bytes(b"x")
+    old = time.time() - STALE_AFTER_S - 60
+    os.utime(stale, (old, old))
+    dest = unpack_imagenet_sample(tar, out / "sample")
+    assert sorted(os.listdir(out)) == [".sample.def456", "sample"]
+    assert dest.stat().st_mode & 0o777 == 0o777 & ~UMASK
+
+    _write_jpeg_npz(tmp_path / "data" / "cifar10_jpeg_fallback", "test", [(1, 2, 3)])
+    load_cifar10_jpeg("test", data_dir=tmp_path / "data")
+    (cached,) = (isolated / "daps" / "cifar10_jpeg").glob("*.npy")
+    assert cached.stat().st_mode & 0o777 == 0o666 & ~UMASK

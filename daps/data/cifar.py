@@ -117,6 +117,7 @@ def _extract(tgz: Path, dest_parent: Path) -> Path:
             "the file is corrupt, truncated or not cifar-10-python.tar.gz -- delete it and download it again"
         )
     dest_parent.mkdir(parents=True, exist_ok=True)
+    paths.remove_stale_temporaries(dest_parent, f".{BATCH_DIR}.")
     tmp = Path(tempfile.mkdtemp(prefix=f".{BATCH_DIR}.", dir=dest_parent))
     try:
         with tarfile.open(tgz, "r:gz") as tar:
@@ -172,6 +173,7 @@ def _locate_batches(split: str, folders: list[Path]) -> Path | None:
 def _download(dest_dir: Path) -> Path:
     """Fetch the official archive into ``dest_dir`` atomically, verifying its md5; OSError on failure."""
     dest_dir.mkdir(parents=True, exist_ok=True)
+    paths.remove_stale_temporaries(dest_dir, f".{TGZ_NAME}.")
     fd, tmp = tempfile.mkstemp(prefix=f".{TGZ_NAME}.", suffix=".part", dir=dest_dir)
     try:
         # Every download goes through paths.urlopen, so one monkeypatch disables them all in tests.
@@ -181,6 +183,7 @@ def _download(dest_dir: Path) -> Path:
         if digest != TGZ_MD5:
             raise OSError(f"downloaded md5 {digest} != expected {TGZ_MD5}")
         dest = dest_dir / TGZ_NAME
+        paths.publish_mode(Path(tmp))
         os.replace(tmp, dest)
         log.info("downloaded %s to %s", TGZ_URL, dest)
         return dest
@@ -348,10 +351,12 @@ def _save_cached(cache: Path, images: np.ndarray) -> None:
     """Write atomically (temp file + rename) so a concurrent or interrupted run never sees half a file."""
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
+        paths.remove_stale_temporaries(cache.parent, f".{cache.name}.")
         fd, tmp = tempfile.mkstemp(prefix=f".{cache.name}.", suffix=".part", dir=cache.parent)
         try:
             with os.fdopen(fd, "wb") as f:
                 np.save(f, images, allow_pickle=False)
+            paths.publish_mode(Path(tmp))
             os.replace(tmp, cache)
         finally:
             if os.path.exists(tmp):

@@ -74,6 +74,7 @@ def unpack_imagenet_sample(tar_path: PathLike, dest: PathLike) -> Path:
     if not tar_path.is_file():
         raise FileNotFoundError(f"ImageNet sample tar {tar_path} not found")
     dest.parent.mkdir(parents=True, exist_ok=True)
+    paths.remove_stale_temporaries(dest.parent, f".{dest.name}.")
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     try:
         wnids: dict[int, str] = {}
@@ -110,6 +111,7 @@ def unpack_imagenet_sample(tar_path: PathLike, dest: PathLike) -> Path:
             raise UserError(f"{tar_path}: class indices are not the ranks of the sorted wnids")
         (tmp / "labels.tsv").write_text(labels_text, encoding="utf-8")
         (tmp / _UNPACKED_MARKER).write_text(f"{tar_path.name}\t{len(wnids)} images\n")
+        paths.publish_mode(tmp)  # mkdtemp made it 0700
         try:
             os.rename(tmp, dest)
         except OSError:

@@ -167,6 +167,7 @@ def _download_file(name: str, dest_dir: Path) -> Path:
     """Fetch ``name`` from the mirrors into ``dest_dir`` atomically, verifying its md5."""
     dest_dir.mkdir(parents=True, exist_ok=True)
     dest = dest_dir / name
+    paths.remove_stale_temporaries(dest_dir, f".{name}.")
     errors: list[str] = []
     for mirror in MIRRORS:
         url = mirror + name
@@ -177,6 +178,7 @@ def _download_file(name: str, dest_dir: Path) -> Path:
             digest = md5(Path(tmp))
             if digest != MD5[name]:
                 raise UserError(f"md5 {digest} != expected {MD5[name]}")
+            paths.publish_mode(Path(tmp))
             os.replace(tmp, dest)
             log.info("downloaded %s to %s", url, dest)
             return dest

@@ -7,7 +7,11 @@ never falls back), else ``$DAPS_DATA_DIR``; then the download cache ``$XDG_CACHE
 
 from __future__ import annotations
 
+import glob
+import logging
 import os
+import shutil
+import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +20,10 @@ from typing import Union
 import torch
 
 from daps.errors import UserError
-from daps.runfolder import file_digest
+from daps.runfolder import UMASK, file_digest
+
+STALE_AFTER_S = 3600.0
+"""Age after which a download's or unpack's temporary in the cache is taken as left by a killed process."""
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -121,3 +128,26 @@ __all__ = [
     "urlopen",
     "user_roots",
 ]
+
+
+def remove_stale_temporaries(folder: Path, prefix: str) -> None:
+    """Delete the entries ``<prefix>*`` of ``folder`` older than :data:`STALE_AFTER_S`: temporaries a killed
+    download, unpack or cache write left behind (a younger one may belong to a process still writing it)."""
+    now = time.time()
+    for path in Path(folder).glob(glob.escape(prefix) + "*"):
+        try:
+            if now - path.lstat().st_mtime <= STALE_AFTER_S:
+                continue
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+        except OSError:  # gone already, or not ours to remove: it costs only space
+            continue
+        logging.getLogger("daps").info("removed %s, left by an interrupted download or unpack", path)
+
+
+def publish_mode(path: Path) -> None:
+    """Give a temporary file or folder made by ``tempfile`` (mode 0600 / 0700) the mode a plain ``open`` or
+    ``mkdir`` would have given it (the umask's) before it is renamed into the cache."""
+    os.chmod(path, (0o777 if Path(path).is_dir() else 0o666) & ~UMASK)
