@@ -437,6 +437,17 @@ def test_sixteen_bit_grayscale_is_scaled_not_clipped(tmp_path):
     assert torch.all(px == round(40000 / 257))
 
 
+@pytest.mark.parametrize(("values", "expected"), [(0.5, 128), (1.0, 255), (0.0, 0), (100.0, 100), (300.0, 255)])
+def test_float_grayscale_is_scaled_not_black(tmp_path, values, expected):
+    """A 32-bit float TIFF (mode F) on [0, 1] read as black: PIL converts it by rounding each value. [0, 1] is
+    scaled by 255, values beyond 1 are taken as 0-255."""
+    Image.fromarray(np.full((3, 3), values, np.float32)).save(tmp_path / "f.tif")
+    with Image.open(tmp_path / "f.tif") as img:
+        assert img.mode == "F"
+        px = pil_to_uint8(img)
+    assert px.shape == (3, 3, 3) and torch.all(px == expected)
+
+
 def test_a_symlink_loop_lists_each_image_once(tmp_path):
     for name in ("a", "b"):
         (tmp_path / "val" / name).mkdir(parents=True)
@@ -642,3 +653,19 @@ def test_cache_files_follow_the_umask_and_stale_temporaries_go(tmp_path, isolate
     load_cifar10_jpeg("test", data_dir=tmp_path / "data")
     (cached,) = (isolated / "daps" / "cifar10_jpeg").glob("*.npy")
     assert cached.stat().st_mode & 0o777 == 0o666 & ~UMASK
+
+
+def test_a_negative_train_seed_streams_folder_data(tree, tmp_path):
+    """``train.seed=-1`` passes the config's check, but the folder stream refused its derived seed -1000 with a
+    message naming neither the setting nor the value given."""
+    import shutil
+
+    from daps.config import DataConfig
+    from daps.data import train_batches
+
+    for split in ("train", "val"):
+        shutil.copytree(tree, tmp_path / split)
+    data = DataConfig(name="imagefolder", data_dir=str(tmp_path), image_shape=(3, 16, 16), num_workers=0)
+    for seed in (-1000, 5):
+        batches = train_batches(data, 2, seed, 0, torch.Generator().manual_seed(0), torch.device("cpu"))
+        assert next(batches).shape == (2, 3, 16, 16)

@@ -312,6 +312,7 @@ def train_batches(
     spec = dataset_spec(data.name)
     if spec.in_memory:
         return TrainBatches(_examples(spec, data, "train").to(device), batch_size, generator, device)
+    seed %= 2**63  # a negative train.seed (allowed) names a valid stream seed; non-negative seeds are unchanged
     dataset = folder_dataset(data.name, "train", data.image_shape, data.data_dir or None, train=True, seed=seed)
     stream = ImageStream(dataset, batch_size, num_workers=data.num_workers, seed=seed, start_batch=start_step)
     return TrainBatches(stream, batch_size, None, device)

@@ -59,8 +59,9 @@ class TensorEvalSet:
 
 
 class FolderEvalSet:
-    """The first ``count`` images of a folder dataset's split, decoded by ``num_workers`` loader workers into
-    uint8 batches on ``device``."""
+    """``count`` images of a folder dataset's split (all of them, or a fixed random subset in file order: see
+    :func:`~daps.data.imagefolder.eval_batches`), decoded by ``num_workers`` loader workers into uint8 batches on
+    ``device``."""
 
     def __init__(
         self, dataset: ImageFolderDataset, batch_size: int, num_workers: int, count: int, device: torch.device

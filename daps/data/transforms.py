@@ -118,12 +118,17 @@ def resize_center_crop(img: Image.Image, size: int) -> Image.Image:
 
 def to_rgb(img: Image.Image) -> Image.Image:
     """Any PIL image as 8-bit RGB. 16-bit grayscale (``I;16*``, and ``I`` holding values above 255) is scaled by
-    1/257 first: PIL's own conversion clips it, so that a 16-bit PNG turned almost white."""
+    1/257 first: PIL's own conversion clips it, so that a 16-bit PNG turned almost white. Floating-point
+    grayscale (``F``, e.g. a 32-bit TIFF) on [0, 1] is scaled by 255 (PIL rounds it to black), on [0, 255] kept."""
     if img.mode == "RGB":
         return img
-    if img.mode.startswith("I;16") or img.mode == "I":
+    if img.mode.startswith("I;16") or img.mode in ("I", "F"):
         values = np.asarray(img, dtype=np.float64)
-        if img.mode.startswith("I;16") or values.max(initial=0) > 255:
+        values = np.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0)
+        if img.mode == "F":
+            if values.max(initial=0) <= 1.0:
+                values = values * 255.0
+        elif img.mode.startswith("I;16") or values.max(initial=0) > 255:
             values = values / 257.0
         img = Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8))
     return img.convert("RGB")
