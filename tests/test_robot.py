@@ -394,6 +394,14 @@ def test_robot_train_plan_and_eval_end_to_end(tiny_policy, tmp_path, capsys):
                 "copy_fraction"):
         assert np.isfinite(row[key]), key
     assert 0.5 < result["com_agreement"]["root_vs_com_forward_correlation"] <= 1.0
+    rows = result["rows"]
+    for r in rows:  # a mean of |error| per window: not negative, and at least |mean achieved - requested|
+        assert min(r[f"abs_error_{n}"] for n in ("forward_m_s", "left_m_s", "yaw_rad_s")) >= 0
+        assert r["abs_error_forward_m_s"] >= abs(r["achieved_forward_m_s"] - r["requested_forward_m_s"]) - 1e-9
+    # one set of ground-truth segments serves the three requests
+    for key in ("support_force_bw", "balanced_fraction", "foot_skating_m_s"):
+        assert len({r[f"gt_{key}"] for r in rows}) == 1, key
+    assert all(r["gt_support_force_bw"] != r["support_force_bw"] for r in rows)  # real walking is not the plan
     assert result["commit"]  # where the numbers came from
 
 
