@@ -472,3 +472,18 @@ def test_plot_feature_trajectories(motion, tmp_path):
         assert img.format == "PNG" and img.size[0] > 300
     with pytest.raises(UserError, match="unknown feature"):
         plot_feature_trajectories(truth, truth, tmp_path / "x.png", names=["joint_angles/tail"])
+
+
+def test_the_judges_real_reference_is_held_out_where_the_kind_has_a_validation_clip(motion):
+    """``robot eval``'s "real" kind accuracy scores windows of held-out clips (walk and run have one), and
+    training windows only for kinds without one (jump). Scoring training windows throughout would flatter the judge;
+    this path never ran in the end-to-end test (which passes --no-classifier)."""
+    from daps.data.motion import MOTION_TYPES, window_kinds
+    from daps.robot.evaluate import real_windows
+
+    for name, source in (("walk", motion.val), ("run", motion.val), ("jump", motion.train)):
+        kind = MOTION_TYPES.index(name)
+        pick = np.nonzero(window_kinds(source).numpy() == kind)[0][:50]
+        got = real_windows(motion, kind, limit=50)
+        assert len(pick) == 50 and torch.equal(got, source[torch.as_tensor(pick)]), name
+    assert MOTION_TYPES.index("jump") not in window_kinds(motion.val).numpy()

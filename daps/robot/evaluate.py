@@ -103,6 +103,14 @@ def _classify(classifier: Any, windows: np.ndarray) -> np.ndarray:
         return classifier(torch.as_tensor(windows, dtype=torch.float32)).argmax(-1).numpy()
 
 
+def real_windows(motion: Any, kind: int, limit: int = 2000) -> torch.Tensor:
+    """The real windows of ``kind`` the judge is scored on as the reference: the held-out (validation) clips'
+    windows of that kind, or the training clips' where no validation clip has it; at most ``limit``, in order."""
+    source = motion.val if kind in window_kinds(motion.val).numpy() else motion.train
+    pick = np.nonzero(window_kinds(source).numpy() == kind)[0][:limit]
+    return source[torch.as_tensor(pick)]
+
+
 def evaluate(policy_run: str | Path, motions: list[str], rollouts: int = 8, windows: int = 6,
              physics_rollouts: int = 2, seed: int = 0, guidance: float = 1.0, blend: int = 0, classifier: bool = True,
              data_dir: str | None = None, tokenizer: str | None = None,
@@ -145,11 +153,7 @@ def evaluate(policy_run: str | Path, motions: list[str], rollouts: int = 8, wind
         gt_skate = foot_skating_m_s(h1, truth, planner.fps)
         real_acc = None
         if judge is not None:
-            val_labels = window_kinds(motion.val).numpy()
-            val = motion.val if kind in val_labels else motion.train  # a held-out clip of the kind, if any
-            labels = window_kinds(val).numpy()
-            pick = np.nonzero(labels == kind)[0]
-            real_acc = float((_classify(judge, val[torch.as_tensor(pick[:2000])].numpy()) == kind).mean())
+            real_acc = float((_classify(judge, real_windows(motion, kind).numpy()) == kind).mean())
         for q, speed in zip((25, 50, 75), quartiles[:, 0]):
             request = np.array([speed, 0.0, 0.0])
             label, v = planner.request(m, np.broadcast_to(request, (windows, 3)))
