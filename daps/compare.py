@@ -35,10 +35,16 @@ import torch
 
 from daps.checkpoint import load_model, read_config
 from daps.config import Config
-from daps.config_io import applicable_overrides, check_overrides_used, config_differences, parse_overrides
+from daps.config_io import (
+    applicable_overrides,
+    check_overrides_used,
+    config_differences,
+    parse_overrides,
+    parse_setting,
+)
 from daps.data import dataset_spec, eval_set
 from daps.errors import UserError
-from daps.methods import METHODS, method_spec
+from daps.methods import METHODS, build_method, method_spec
 from daps.plots import read_metrics, save_comparison_curves, save_comparison_reconstructions
 from daps.presets import get_preset
 from daps.runfolder import (
@@ -99,9 +105,15 @@ class Run:
 
     @property
     def settings(self) -> str:
-        """The arm's settings, ``beta.init=5,beta.end=0.01`` (keys without the method's own section), or ''."""
-        section = self.cfg.options.section + "."
-        return ",".join(f"{k.removeprefix(section)}={v}" for k, v in self.variant)
+        """The arm's settings, ``beta.init=5,beta.end=0.01`` (keys without the method's own section, values as
+        parsed, in the order of the ``--vary`` options), or ''."""
+        return ",".join(f"{_short(self.cfg, k)}={v}" for k, v in self.variant)
+
+    @property
+    def folder(self) -> str:
+        """The arm's folder name: its settings sorted by key, so the order of the ``--vary`` options does not
+        matter (a comparison re-run with them reordered reuses its runs)."""
+        return ",".join(f"{_short(self.cfg, k)}={v}" for k, v in sorted(self.variant))
 
     @property
     def label(self) -> str:
@@ -111,6 +123,10 @@ class Run:
     @property
     def overrides(self) -> list[str]:
         return [f"{k}={v}" for k, v in self.variant]
+
+
+def _short(cfg: Config, key: str) -> str:
+    return key.removeprefix(cfg.options.section + ".")
 
 
 Grid = list[tuple[tuple[str, ...], list[tuple[str, ...]]]]
@@ -157,10 +173,35 @@ def parse_vary(items: Sequence[str], overrides: Sequence[str] = ()) -> Grid:
     return grid
 
 
+def _canonical(cfg: Config, key: str, text: str) -> str:
+    """``text`` as the setting ``key`` of ``cfg`` parses it, written back plainly (``.5`` and ``0.50`` are
+    ``0.5``, ``5.0`` is ``5``), so that one setting always names one arm and one folder."""
+    value = parse_setting(cfg, key, text)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        text = repr(value)
+        return text[:-2] if text.endswith(".0") else text
+    if isinstance(value, (int, str)):
+        return str(value)
+    return text  # e.g. a one-element tuple: the words given
+
+
 def _arms(cfg: Config, grid: Grid, methods_of: dict[tuple[str, ...], set[str]]) -> list[tuple[tuple[str, str], ...]]:
     """The variants of one method: the product of the ``--vary`` options that concern it (one empty variant if
-    none does)."""
-    own = [(keys, values) for keys, values in grid if cfg.method in methods_of[keys]]
+    none does), each value as parsed (:func:`_canonical`); two values that parse the same are refused."""
+    own = []
+    for keys, values in grid:
+        if cfg.method not in methods_of[keys]:
+            continue
+        parsed = [tuple(_canonical(cfg, k, v) for k, v in zip(keys, value)) for value in values]
+        for i, value in enumerate(parsed):
+            if value in parsed[:i]:
+                first = values[parsed.index(value)]
+                raise UserError(
+                    f"--vary {'+'.join(keys)}: {'+'.join(first)} and {'+'.join(values[i])} are the same setting"
+                )
+        own.append((keys, parsed))
     return [
         tuple(pair for (keys, _), value in zip(own, choice) for pair in zip(keys, value))
         for choice in itertools.product(*(values for _, values in own))
@@ -206,7 +247,7 @@ def plan_runs(
         for variant in _arms(presets[method], grid, methods_of):
             for seed in seeds:
                 run = Run(method, seed, presets[method], variant)
-                folder = out / method / run.settings if variant else out / method
+                folder = out / method / run.folder if variant else out / method
                 budget = [
                     f"train.steps={steps}",
                     f"train.seed={seed}",
@@ -276,6 +317,19 @@ def check_runs(runs: list[Run], overwrite: bool = False) -> None:
                 f"{what} was trained with another config ({problem}); its results would not be the ones "
                 "commands.sh reproduces: pass --overwrite to retrain it, or choose another --out"
             )
+
+
+def check_buildable(runs: list[Run]) -> None:
+    """Build each arm's networks once (on the CPU, the global random state untouched), so that settings a network
+    cannot take (a grid over ``decoder.kind``, a window length) are refused before the first arm trains, not
+    when their arm's turn comes."""
+    seen = set()
+    for run in runs:
+        if (run.method, run.variant) in seen:
+            continue
+        seen.add((run.method, run.variant))
+        with torch.random.fork_rng(devices=[]):
+            build_method(run.cfg, tuple(run.cfg.data.image_shape))
 
 
 def run_all(runs: list[Run], device: torch.device | None = None) -> None:
@@ -420,6 +474,7 @@ def compare(
     out = Path(out)
     overrides = list(overrides)
     runs = plan_runs(preset, methods, steps, seeds, out, overrides, vary)  # validates everything before training
+    check_buildable(runs)
     prepare_compare_folder(out)
     with FolderLock(out):
         check_runs(runs, overwrite)
@@ -445,8 +500,9 @@ def _compare(runs, preset, methods, steps, seeds, out, overrides, device, argv, 
     header = (
         f"# {preset}: {', '.join(methods)}\n\n"
         + (f"Varied: {'; '.join(vary)} (one row per combination).\n\n" if vary else "")
-        + f"{steps} optimizer steps at batch {cfg0.train.batch_size}, seeds {', '.join(map(str, seeds))}, "
-        f"data {cfg0.data.name}, validated on {table[0]['num_images']} test images, "
+        + f"{steps} optimizer steps at batch {_values(r.cfg.train.batch_size for r in runs)}, seeds "
+        f"{', '.join(map(str, seeds))}, data {_values(r.cfg.data.name for r in runs)}, validated on "
+        f"{_values(row['num_images'] for row in table)} test images, "
         f"device {device or ('cuda' if torch.cuda.is_available() else 'cpu')}, torch {torch.__version__}."
         + (f"\n\nCommand: `{invocation}`" if invocation else "")
     )
@@ -479,6 +535,12 @@ def _compare(runs, preset, methods, steps, seeds, out, overrides, device, argv, 
     written = ", ".join(name for name in OUTPUTS if name != "eta.png" or etas)
     log.info("comparison written to %s (%s)", out, written)
     return table
+
+
+def _values(values) -> str:
+    """One value for the header, or all of them when the arms differ in it."""
+    distinct = list(dict.fromkeys(values))
+    return str(distinct[0]) if len(distinct) == 1 else f"{' / '.join(map(str, distinct))} (by arm, see the rows)"
 
 
 def _series(run: Run, split: str, key: str) -> list[tuple[int, float]]:

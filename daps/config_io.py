@@ -163,6 +163,16 @@ def config_to_dict(cfg: Config) -> dict[str, Any]:
     return out
 
 
+def parse_setting(cfg: Config, key: str, text: str) -> Any:
+    """``text`` cast to the type of ``cfg``'s setting ``key`` as :func:`parse_overrides` casts it, without setting
+    it or checking the config (a value may be valid only together with others)."""
+    fields = _leaf_fields(cfg)
+    if key not in fields:
+        raise UserError(_unknown_key_message(key, fields, cfg))
+    owner, f = fields[key]
+    return _cast(text.strip(), _field_type(owner, f.name), key)
+
+
 def config_differences(a: Config, b: Config, ignore: set[str] | frozenset[str] = frozenset()) -> dict[str, tuple]:
     """Dotted key -> (value in ``a``, value in ``b``) for every setting that differs, except the keys in ``ignore``.
     A key only one of them has (configs of different methods) pairs its value with None."""

@@ -220,7 +220,7 @@ def test_vary_spans_a_grid_per_method_and_leaves_other_methods_one_arm(tmp_path)
     assert got == {(e, 5.0, end) for e in (0.25, 0.5) for end in (0.01, 1.0)}
     first = daps_runs[0]
     assert first.label == "daps (ess_target=0.25, beta.init=5, beta.end=0.01)"
-    assert first.out_dir == tmp_path / "daps" / "ess_target=0.25,beta.init=5,beta.end=0.01" / "seed0"
+    assert first.out_dir == tmp_path / "daps" / "beta.end=0.01,beta.init=5,ess_target=0.25" / "seed0"  # sorted
     assert all(r.cfg.train.batch_size == 8 and r.cfg.train.steps == 8 for r in runs)
     vq = [r for r in runs if r.method == "vqvae"]
     assert [r.label for r in vq] == ["vqvae", "vqvae"] and vq[0].out_dir == tmp_path / "vqvae" / "seed0"
@@ -243,6 +243,10 @@ def test_vary_spans_a_grid_per_method_and_leaves_other_methods_one_arm(tmp_path)
         (["bogus.key=1"], [], "unknown config key 'bogus.key'"),
         (["daps.nope=1"], [], "daps.nope"),
         (["daps.num_samples=two"], [], "num_samples"),
+        (["daps.num_samples=4,04"], [], "4 and 04 are the same setting"),
+        (["daps.ess_target=0.5,.5"], [], "0.5 and .5 are the same setting"),
+        (["daps.beta.init+daps.beta.end=5+5,5.0+5.0"], [], "5+5 and 5.0+5.0 are the same setting"),
+        (["decoder.kind=mlp,resnet"], [], "cannot be built for inputs (1, 28, 28)"),  # before the mlp arm trains
     ],
 )
 def test_vary_refuses_bad_grids_before_anything_exists(tmp_path, vary, overrides, message):
@@ -251,9 +255,28 @@ def test_vary_refuses_bad_grids_before_anything_exists(tmp_path, vary, overrides
     assert not (tmp_path / "cmp").exists()
 
 
+def test_an_arm_is_named_by_its_parsed_settings_whatever_the_order_of_the_options(tmp_path):
+    """Folders are named by the settings as parsed and sorted by key: re-running a comparison with its --vary
+    options reordered, or a value spelled differently, reuses the same runs instead of training them again."""
+    a = plan_runs("mnist", ["daps"], 4, [0], tmp_path, [], ["daps.num_samples=4,2", "daps.ess_target=0.5"])
+    b = plan_runs("mnist", ["daps"], 4, [0], tmp_path, [], ["daps.ess_target=.50", "daps.num_samples=04,2"])
+    assert sorted(r.out_dir for r in a) == sorted(r.out_dir for r in b)
+    assert a[0].out_dir.parent.name == "ess_target=0.5,num_samples=4"
+    assert a[0].label == "daps (num_samples=4, ess_target=0.5)" and b[0].label == "daps (ess_target=0.5, num_samples=4)"
+
+
 def test_tied_settings_must_concern_the_same_methods(tmp_path):
     with pytest.raises(ValueError, match="must concern the same methods"):
         plan_runs("mnist", ["daps", "fsq"], 4, [0], tmp_path, [], ["daps.ess_target+fsq.levels=0.5+5"])
+
+
+def test_the_header_names_every_value_of_a_varied_budget_setting(tmp_path, overrides):
+    """The header gave the first arm's batch size and validation count for every row."""
+    out = tmp_path / "cmp"
+    overrides = [o for o in overrides if not o.startswith(("train.batch_size", "train.eval_examples"))]
+    compare("mnist", ["daps"], 2, [0], out, overrides, vary=["train.batch_size=8,16", "train.eval_examples=20,40"])
+    md = (out / "results.md").read_text()
+    assert "at batch 8 / 16 (by arm, see the rows)" in md and "validated on 20 / 40 (by arm, see the rows)" in md
 
 
 def test_commands_pass_each_method_only_its_own_settings(tmp_path, overrides):
@@ -279,6 +302,7 @@ def test_compare_with_vary_writes_one_row_per_arm(tmp_path, overrides):
         assert config["daps"]["ess_target"] == target
     md = (out / "results.md").read_text()
     assert "| daps (ess_target=0.25) | 16 |" in md and "Varied: daps.ess_target=0.25,0.75" in md
+    assert "at batch 16," in md and "(by arm" not in md
     assert "KL(q\\|prior)" in md and all(row["kl"] >= 0 for row in table[:2])
     rows = list(csv.DictReader(open(out / "results.csv")))
     assert [r["settings"] for r in rows] == ["ess_target=0.25", "ess_target=0.75", ""]

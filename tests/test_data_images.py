@@ -12,8 +12,10 @@ import io
 import logging
 import os
 import pickle
+import struct
 import tarfile
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -243,6 +245,16 @@ def test_a_damaged_cifar10_jpeg_npz_is_one_user_error(isolated, tmp_path):
     raw = bytearray(path.read_bytes())
     at = raw.find(jpeg[:64].tobytes()) + 200  # inside the stored (uncompressed) member, past the JPEG header
     raw[at] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    with pytest.raises(UserError, match="jpeg_bytes cannot be read"):
+        load_cifar10_jpeg("test", data_dir=tmp_path)
+    np.savez_compressed(path, jpeg_bytes=jpeg, offsets=offsets, y=y)  # a damaged deflate stream: zlib.error
+    with zipfile.ZipFile(path) as z:
+        info = z.getinfo("jpeg_bytes.npy")
+    raw = bytearray(path.read_bytes())
+    name_len, extra_len = struct.unpack("<HH", raw[info.header_offset + 26:info.header_offset + 30])
+    start = info.header_offset + 30 + name_len + extra_len  # the member's compressed data (local header's lengths)
+    raw[start:start + 4] = b"\xff\xff\xff\xff"
     path.write_bytes(bytes(raw))
     with pytest.raises(UserError, match="jpeg_bytes cannot be read"):
         load_cifar10_jpeg("test", data_dir=tmp_path)

@@ -184,9 +184,10 @@ def test_changed_statistics_are_refused(tmp_path, capsys, single_thread):
         assert "other feature statistics" in err and err.count("\n") == 1, (argv, err)
     assert not codes.exists() and not (tmp_path / "a.mp4").exists()
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != ".lock"} == before
-    (run / "motion_stats.json").write_text("[]")  # not an object: was an AttributeError traceback
-    assert main(["eval", str(run), "--json", "--max-images", "8"]) == 2
-    assert "not readable motion statistics" in capsys.readouterr().err
+    for damaged in ("[]", json.dumps({**stats, "mean": 0, "scale": 0})):  # AttributeError / IndexError tracebacks
+        (run / "motion_stats.json").write_text(damaged)
+        assert main(["eval", str(run), "--json", "--max-images", "8"]) == 2
+        assert "not readable motion statistics" in capsys.readouterr().err
 
 
 def test_missing_motion_data_is_one_line(tmp_path, capsys):

@@ -155,7 +155,7 @@ def check_run_stats(run_dir: Path, data: DataConfig) -> None:
         return  # a checkpoint folder copied without it: the data's own statistics are used
     try:
         saved = Standardizer.from_dict(json.loads(path.read_text()))
-    except (ValueError, KeyError, TypeError, AttributeError, OSError) as err:  # AttributeError: not an object
+    except (ValueError, KeyError, TypeError, AttributeError, IndexError, OSError) as err:  # e.g. not an object
         raise UserError(f"{path}: not readable motion statistics ({type(err).__name__}: {err})") from None
     current = motion_data(data).stats
     if not (np.allclose(saved.mean, current.mean) and np.allclose(saved.scale, current.scale)):
