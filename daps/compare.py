@@ -516,7 +516,7 @@ def _compare(runs, preset, methods, steps, seeds, out, overrides, device, argv, 
     if etas:
         save_comparison_curves(
             etas, out / "eta.png", title=f"{preset}: trust-region multiplier, {steps} steps",
-            ylabel="eta (training, log scale)", log_y=True,
+            ylabel="eta (training)", log_y=True,
         )
     else:
         (out / "eta.png").unlink(missing_ok=True)  # from an earlier comparison of this folder with other arms

@@ -139,7 +139,8 @@ def save_comparison_curves(
     """One quantity against steps (by default validation log p), one line per arm (mean over seeds, band =
     min..max over seeds).
 
-    ``curves[label]`` holds one list of ``(step, value)`` per seed.
+    ``curves[label]`` holds one list of ``(step, value)`` per seed; ``log_y``: a log axis where the values span
+    more than a decade.
     """
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 5))
@@ -155,9 +156,11 @@ def save_comparison_curves(
                 steps, values.min(0).values.tolist(), values.max(0).values.tolist(), alpha=0.2, color=f"C{i % 10}"
             )
     ax.set_xlabel("optimizer step")
-    ax.set_ylabel(ylabel)
-    if log_y:
+    low, high = ax.get_ylim()
+    if log_y and low > 0 and high / low > 10:  # within a decade a log axis has almost no labelled ticks
         ax.set_yscale("log")
+        ylabel += " (log scale)"
+    ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     if title:
