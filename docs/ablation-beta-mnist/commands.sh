@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Reproduces every run of this comparison; then re-run the compare command.
+set -e
+# daps compare --preset mnist --methods daps --steps 500 --seeds 2 --out runs/ablation-beta-mnist --threads 1 --vary daps.beta.init+daps.beta.end=0.1+0.1,5+5,5+0.01 daps.init_eta=1.0 optim.lr=1e-3 train.progress=false
+daps train --preset mnist --method daps train.steps=500 train.seed=0 train.out_dir=runs/ablation-beta-mnist/daps/beta.end=0.1,beta.init=0.1/seed0 train.eval_every=50 train.ckpt_every=125 train.log_every=10 daps.init_eta=1.0 optim.lr=1e-3 train.progress=false daps.beta.init=0.1 daps.beta.end=0.1
+daps train --preset mnist --method daps train.steps=500 train.seed=1 train.out_dir=runs/ablation-beta-mnist/daps/beta.end=0.1,beta.init=0.1/seed1 train.eval_every=50 train.ckpt_every=125 train.log_every=10 daps.init_eta=1.0 optim.lr=1e-3 train.progress=false daps.beta.init=0.1 daps.beta.end=0.1
+daps train --preset mnist --method daps train.steps=500 train.seed=0 train.out_dir=runs/ablation-beta-mnist/daps/beta.end=5,beta.init=5/seed0 train.eval_every=50 train.ckpt_every=125 train.log_every=10 daps.init_eta=1.0 optim.lr=1e-3 train.progress=false daps.beta.init=5 daps.beta.end=5
+daps train --preset mnist --method daps train.steps=500 train.seed=1 train.out_dir=runs/ablation-beta-mnist/daps/beta.end=5,beta.init=5/seed1 train.eval_every=50 train.ckpt_every=125 train.log_every=10 daps.init_eta=1.0 optim.lr=1e-3 train.progress=false daps.beta.init=5 daps.beta.end=5
+daps train --preset mnist --method daps train.steps=500 train.seed=0 train.out_dir=runs/ablation-beta-mnist/daps/beta.end=0.01,beta.init=5/seed0 train.eval_every=50 train.ckpt_every=125 train.log_every=10 daps.init_eta=1.0 optim.lr=1e-3 train.progress=false daps.beta.init=5 daps.beta.end=0.01
+daps train --preset mnist --method daps train.steps=500 train.seed=1 train.out_dir=runs/ablation-beta-mnist/daps/beta.end=0.01,beta.init=5/seed1 train.eval_every=50 train.ckpt_every=125 train.log_every=10 daps.init_eta=1.0 optim.lr=1e-3 train.progress=false daps.beta.init=5 daps.beta.end=0.01
