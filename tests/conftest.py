@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -161,3 +162,17 @@ def copy_run(trained_run, tmp_path):
         return dest
 
     return make
+
+
+@pytest.fixture(scope="session")
+def h1_model():
+    """The H1 MuJoCo model from ``$DAPS_DATA_DIR`` (skips without the data or without mujoco)."""
+    from daps.motion.h1 import import_mujoco, load_h1
+
+    if not os.environ.get("DAPS_DATA_DIR"):
+        pytest.skip("DAPS_DATA_DIR not set")
+    try:
+        import_mujoco()
+    except Exception as e:  # UserError when mujoco is missing
+        pytest.skip(str(e))
+    return load_h1(os.environ["DAPS_DATA_DIR"])

@@ -8,7 +8,6 @@ checked). Motion tests need mujoco and DAPS_DATA_DIR (the H1 model), as tests/te
 from __future__ import annotations
 
 import math
-import os
 
 import numpy as np
 import pytest
@@ -46,16 +45,8 @@ def standing(num_frames: int, drop: float = 0.0) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def h1():
-    from daps.motion.h1 import import_mujoco, load_h1
-
-    if not os.environ.get("DAPS_DATA_DIR"):
-        pytest.skip("DAPS_DATA_DIR not set")
-    try:
-        import_mujoco()
-    except Exception as e:  # UserError when mujoco is missing
-        pytest.skip(str(e))
-    return load_h1(os.environ["DAPS_DATA_DIR"])
+def h1(h1_model):
+    return h1_model
 
 
 # --------------------------------------------------------------------------------------------------

@@ -125,18 +125,8 @@ def test_compare_intervals_scale_with_the_budget(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def h1():
-    import os
-
-    from daps.motion.h1 import import_mujoco, load_h1
-
-    if not os.environ.get("DAPS_DATA_DIR"):
-        pytest.skip("DAPS_DATA_DIR not set")
-    try:
-        import_mujoco()
-    except Exception as e:  # UserError when mujoco is missing
-        pytest.skip(str(e))
-    return load_h1(os.environ["DAPS_DATA_DIR"])
+def h1(h1_model):
+    return h1_model
 
 
 def turning_clip(psi: np.ndarray, xy: np.ndarray, knee: np.ndarray) -> np.ndarray:
