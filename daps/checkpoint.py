@@ -32,7 +32,7 @@ from safetensors.torch import load_file, save_file
 from daps.config import Config
 from daps.config_io import config_from_dict, config_to_dict
 from daps.errors import UserError
-from daps.runfolder import UMASK, file_digest, fsync_path, write_json_atomic, write_text_atomic
+from daps.runfolder import file_digest, fsync_path, publish_mode, write_json_atomic, write_text_atomic
 
 if TYPE_CHECKING:
     from daps.methods.types import Method
@@ -83,7 +83,7 @@ def save_checkpoint(
     tmp.mkdir()
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(tensors, str(tmp / "model.safetensors"), metadata={"step": str(step)})
-    os.chmod(tmp / "model.safetensors", 0o666 & ~UMASK)  # safetensors creates it 0600; the others follow the umask
+    publish_mode(tmp / "model.safetensors")  # safetensors creates it 0600; the others follow the umask
     if isinstance(cfg, dict):
         write_json_atomic(tmp / "config.json", cfg)
     else:

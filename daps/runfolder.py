@@ -69,6 +69,12 @@ UMASK = _read_umask()
 """The process's file-creation mask (read once at import): files daps writes get ``0o666 & ~UMASK``."""
 
 
+def publish_mode(path: str | Path) -> None:
+    """Give a file or folder the mode a plain ``open`` or ``mkdir`` would have given it (the umask's), before it
+    is renamed into place: ``tempfile`` makes 0600 files and 0700 folders, and some writers (safetensors) 0600."""
+    os.chmod(path, (0o777 if Path(path).is_dir() else 0o666) & ~UMASK)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success it replaces ``path`` atomically, on error it is removed.
@@ -85,7 +91,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         yield tmp
-        os.chmod(tmp, 0o666 & ~UMASK)  # as a plain open() would create it (some writers, e.g. safetensors, use 0600)
+        publish_mode(tmp)
         fsync_path(tmp)
         os.replace(tmp, path)
     finally:

@@ -33,6 +33,7 @@ from PIL import Image
 from daps.data import paths
 from daps.data.paths import DATA_DIR_FIX, ImageSet, PathLike, check_split, dedupe, md5, user_roots
 from daps.errors import UserError
+from daps.runfolder import publish_mode
 
 __all__ = [
     "CIFAR10_MEAN",
@@ -184,7 +185,7 @@ def _download(dest_dir: Path) -> Path:
         if digest != TGZ_MD5:
             raise OSError(f"downloaded md5 {digest} != expected {TGZ_MD5}")
         dest = dest_dir / TGZ_NAME
-        paths.publish_mode(Path(tmp))
+        publish_mode(Path(tmp))
         os.replace(tmp, dest)
         log.info("downloaded %s to %s", TGZ_URL, dest)
         return dest
@@ -357,7 +358,7 @@ def _save_cached(cache: Path, images: np.ndarray) -> None:
         try:
             with os.fdopen(fd, "wb") as f:
                 np.save(f, images, allow_pickle=False)
-            paths.publish_mode(Path(tmp))
+            publish_mode(Path(tmp))
             os.replace(tmp, cache)
         finally:
             if os.path.exists(tmp):

@@ -15,6 +15,7 @@ from pathlib import Path, PurePosixPath
 from daps.data import paths
 from daps.data.paths import DATA_DIR_FIX, PathLike, dedupe, env_root, explicit_root
 from daps.errors import UserError
+from daps.runfolder import publish_mode
 
 __all__ = [
     "SAMPLE_TOP",
@@ -111,7 +112,7 @@ def unpack_imagenet_sample(tar_path: PathLike, dest: PathLike) -> Path:
             raise UserError(f"{tar_path}: class indices are not the ranks of the sorted wnids")
         (tmp / "labels.tsv").write_text(labels_text, encoding="utf-8")
         (tmp / _UNPACKED_MARKER).write_text(f"{tar_path.name}\t{len(wnids)} images\n")
-        paths.publish_mode(tmp)  # mkdtemp made it 0700
+        publish_mode(tmp)  # mkdtemp made it 0700
         try:
             os.rename(tmp, dest)
         except OSError:

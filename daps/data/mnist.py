@@ -30,6 +30,7 @@ from daps.data.paths import (
     user_roots,
 )
 from daps.errors import UserError
+from daps.runfolder import publish_mode
 
 __all__ = ["cache_dir", "find_mnist5k", "load_mnist", "load_mnist5k", "mnist5k_cache_path"]
 
@@ -178,7 +179,7 @@ def _download_file(name: str, dest_dir: Path) -> Path:
             digest = md5(Path(tmp))
             if digest != MD5[name]:
                 raise UserError(f"md5 {digest} != expected {MD5[name]}")
-            paths.publish_mode(Path(tmp))
+            publish_mode(Path(tmp))
             os.replace(tmp, dest)
             log.info("downloaded %s to %s", url, dest)
             return dest

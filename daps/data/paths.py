@@ -20,7 +20,7 @@ from typing import Union
 import torch
 
 from daps.errors import UserError
-from daps.runfolder import UMASK, file_digest
+from daps.runfolder import file_digest
 
 STALE_AFTER_S = 3600.0
 """Age after which a download's or unpack's temporary in the cache is taken as left by a killed process."""
@@ -146,8 +146,3 @@ def remove_stale_temporaries(folder: Path, prefix: str) -> None:
             continue
         logging.getLogger("daps").info("removed %s, left by an interrupted download or unpack", path)
 
-
-def publish_mode(path: Path) -> None:
-    """Give a temporary file or folder made by ``tempfile`` (mode 0600 / 0700) the mode a plain ``open`` or
-    ``mkdir`` would have given it (the umask's) before it is renamed into the cache."""
-    os.chmod(path, (0o777 if Path(path).is_dir() else 0o666) & ~UMASK)
