@@ -225,7 +225,7 @@ def _eval(args: argparse.Namespace) -> int:
     import torch
 
     from daps.checkpoint import load_model, resolve_checkpoint
-    from daps.data import dataset_spec, eval_set
+    from daps.data import check_run_data, dataset_spec, eval_set
     from daps.metrics import evaluate
     from daps.metrics.evaluate import fid_setup
     from daps.train import summarize
@@ -246,8 +246,7 @@ def _eval(args: argparse.Namespace) -> int:
     if args.data_dir:
         data.data_dir = args.data_dir
     spec = dataset_spec(data.name)
-    if spec.check_run is not None:  # e.g. motion statistics saved at training against the data as they are now
-        spec.check_run(resolve_checkpoint(args.run_dir, verify=False).parent.parent, data)
+    check_run_data(resolve_checkpoint(args.run_dir, verify=False).parent.parent, data)  # load_model verified it
     if args.fid != "none" and tuple(data.image_shape)[0] != 3:  # before the Inception weights are read
         raise UserError(f"--fid {args.fid} needs RGB images; {data.name} has {data.image_shape[0]} channel(s)")
     images = eval_set(data, args.split, args.max_images, args.batch_size, device)
@@ -355,7 +354,7 @@ def _render(args: argparse.Namespace) -> int:
     import torch
 
     from daps.checkpoint import load_model, resolve_checkpoint
-    from daps.data import dataset_spec
+    from daps.data import check_run_data, dataset_spec
     from daps.data.motion import motion_data, reconstruct_clip
     from daps.motion.h1 import load_h1
     from daps.motion.render import render_side_by_side
@@ -372,9 +371,7 @@ def _render(args: argparse.Namespace) -> int:
         raise UserError(f"{args.run_dir} was trained on {data.name}; render shows motion runs (lafan1-h1)")
     if args.data_dir:
         data.data_dir = args.data_dir
-    check_run = dataset_spec(data.name).check_run
-    if check_run is not None:
-        check_run(resolve_checkpoint(args.run_dir, verify=False).parent.parent, data)  # load_model verified it
+    check_run_data(resolve_checkpoint(args.run_dir, verify=False).parent.parent, data)  # load_model verified it
     target, pred = reconstruct_clip(
         model, data, args.clip, args.start, args.seconds, torch.Generator(device).manual_seed(args.seed)
     )

@@ -100,7 +100,7 @@ def export_codes(
     """
     from daps.checkpoint import load_model, load_training_state, resolve_checkpoint
     from daps.config_io import config_to_dict
-    from daps.data import dataset_spec, folder_dataset, labelled_split
+    from daps.data import check_run_data, dataset_spec, folder_dataset, labelled_split
     from daps.data.imagefolder import eval_batches
     from daps.data.transforms import fixed_subset
     from daps.methods import method_spec
@@ -122,8 +122,7 @@ def export_codes(
     if data_dir:
         cfg.data.data_dir = data_dir
     spec = dataset_spec(cfg.data.name)
-    if spec.check_run is not None:  # e.g. motion statistics saved at training against the data as they are now
-        spec.check_run(ckpt.parent.parent, cfg.data)
+    check_run_data(ckpt.parent.parent, cfg.data)  # e.g. the motion statistics saved at training
     loader = None
     if spec.in_memory:
         data = labelled_split(cfg.data, split)

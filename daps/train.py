@@ -37,7 +37,16 @@ from daps.checkpoint import (
 )
 from daps.config import Config
 from daps.config_io import config_differences, config_to_dict
-from daps.data import DatasetSpec, EvalSet, ExampleMetrics, TrainBatches, dataset_spec, eval_set, train_batches
+from daps.data import (
+    DatasetSpec,
+    EvalSet,
+    ExampleMetrics,
+    TrainBatches,
+    check_run_data,
+    dataset_spec,
+    eval_set,
+    train_batches,
+)
 from daps.errors import UserError
 from daps.functional import cosine_schedule
 from daps.graphed import GraphedStep
@@ -426,8 +435,8 @@ def _train(cfg: Config, resume: bool, overwrite: bool, device: torch.device, ran
         log.info("%s already finished step %d; nothing to do", run_dir, end_step)
         return run_dir
     s = _setup(cfg, state, device, rank, world)
-    if not plan.clear_first and s.spec.check_run is not None:  # before its files are rewritten with today's data
-        s.spec.check_run(run_dir, cfg.data)
+    if not plan.clear_first:  # before the run's data files are rewritten with today's data
+        check_run_data(run_dir, cfg.data)
     metrics_file = None
     try:
         if state is not None and plan.resume_from is not None:

@@ -40,6 +40,7 @@ __all__ = [
     "ImageSet",
     "Standardize",
     "TrainBatches",
+    "check_run_data",
     "dataset_spec",
     "folder_dataset",
     "load_dataset",
@@ -204,6 +205,14 @@ def dataset_spec(name: str) -> DatasetSpec:
     if name not in DATASETS:
         raise UserError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
     return DATASETS[name]
+
+
+def check_run_data(run_dir: PathLike, data: DataConfig) -> None:
+    """A :class:`UserError` when the files a run saved about its data (``DatasetSpec.run_files``, e.g. the motion
+    statistics) disagree with ``data`` as it is now; nothing for datasets that save none."""
+    check = dataset_spec(data.name).check_run
+    if check is not None:
+        check(Path(run_dir), data)
 
 
 def load_dataset(
