@@ -107,13 +107,17 @@ class Run:
     def settings(self) -> str:
         """The arm's settings, ``beta.init=5,beta.end=0.01`` (keys without the method's own section, values as
         parsed, in the order of the ``--vary`` options), or ''."""
-        return ",".join(f"{_short(self.cfg, k)}={v}" for k, v in self.variant)
+        return self._join(self.variant)
 
     @property
     def folder(self) -> str:
         """The arm's folder name: its settings sorted by key, so the order of the ``--vary`` options does not
         matter (a comparison re-run with them reordered reuses its runs)."""
-        return ",".join(f"{_short(self.cfg, k)}={v}" for k, v in sorted(self.variant))
+        return self._join(sorted(self.variant))
+
+    def _join(self, pairs: Sequence[tuple[str, str]]) -> str:
+        section = self.cfg.options.section + "."
+        return ",".join(f"{k.removeprefix(section)}={v}" for k, v in pairs)
 
     @property
     def label(self) -> str:
@@ -123,10 +127,6 @@ class Run:
     @property
     def overrides(self) -> list[str]:
         return [f"{k}={v}" for k, v in self.variant]
-
-
-def _short(cfg: Config, key: str) -> str:
-    return key.removeprefix(cfg.options.section + ".")
 
 
 Grid = list[tuple[tuple[str, ...], list[tuple[str, ...]]]]

@@ -107,17 +107,25 @@ def parse_overrides(cfg: Config, overrides: list[str]) -> Config:
         key = key.strip()
         if not sep or not key:
             raise UserError(f"override {item!r} is not of the form key=value")
-        if key not in fields:
-            raise UserError(_unknown_key_message(key, fields, cfg))
+        value = _typed(cfg, fields, key, text)
         if key in ("method", "preset") and text.strip() != getattr(cfg, key):
             raise UserError(
                 f"{key}={text.strip()}: choose the {key} with --{key} (get_preset(name, method)) so that its "
                 "defaults apply"
             )
         owner, f = fields[key]
-        setattr(owner, f.name, _cast(text.strip(), _field_type(owner, f.name), key))
+        setattr(owner, f.name, value)
     validate(cfg)
     return cfg
+
+
+def _typed(cfg: Config, fields: dict[str, tuple[Any, dataclasses.Field]], key: str, text: str) -> Any:
+    """``text`` cast to the type of setting ``key`` (``fields``: :func:`_leaf_fields` of ``cfg``); an unknown key is
+    a :class:`UserError` naming the valid ones."""
+    if key not in fields:
+        raise UserError(_unknown_key_message(key, fields, cfg))
+    owner, f = fields[key]
+    return _cast(text.strip(), _field_type(owner, f.name), key)
 
 
 def _check_type(key: str, value: Any, annotation: Any) -> Any:
@@ -166,11 +174,7 @@ def config_to_dict(cfg: Config) -> dict[str, Any]:
 def parse_setting(cfg: Config, key: str, text: str) -> Any:
     """``text`` cast to the type of ``cfg``'s setting ``key`` as :func:`parse_overrides` casts it, without setting
     it or checking the config (a value may be valid only together with others)."""
-    fields = _leaf_fields(cfg)
-    if key not in fields:
-        raise UserError(_unknown_key_message(key, fields, cfg))
-    owner, f = fields[key]
-    return _cast(text.strip(), _field_type(owner, f.name), key)
+    return _typed(cfg, _leaf_fields(cfg), key, text)
 
 
 def config_differences(a: Config, b: Config, ignore: set[str] | frozenset[str] = frozenset()) -> dict[str, tuple]:
