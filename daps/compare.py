@@ -49,6 +49,7 @@ from daps.plots import read_metrics, save_comparison_curves, save_comparison_rec
 from daps.presets import get_preset
 from daps.runfolder import (
     LOCK,
+    MARKER,
     TEMP_PATTERNS,
     FolderLock,
     OutputFolderError,
@@ -475,10 +476,34 @@ def compare(
     overrides = list(overrides)
     runs = plan_runs(preset, methods, steps, seeds, out, overrides, vary)  # validates everything before training
     check_buildable(runs)
+    created = not out.exists()
     prepare_compare_folder(out)
-    with FolderLock(out):
-        check_runs(runs, overwrite)
-        return _compare(runs, preset, methods, steps, seeds, out, overrides, device, argv, vary)
+    try:
+        with FolderLock(out):
+            check_runs(runs, overwrite)
+            return _compare(runs, preset, methods, steps, seeds, out, overrides, device, argv, vary)
+    except BaseException:
+        if created:  # e.g. the data are missing: the first run failed before writing anything
+            _remove_if_untouched(out)
+        raise
+
+
+def _remove_if_untouched(out: Path) -> None:
+    """Remove a compare folder this call created when no run wrote into it: only its marker, lock,
+    ``commands.sh`` and empty folders are there (a run that fails before writing removes its own folder).
+    Anything else (a run's file, a link) keeps the whole folder as it is."""
+    own = {MARKER, LOCK, "commands.sh"}
+    paths = list(out.rglob("*"))
+    if any(p.is_symlink() or not (p.is_dir() or (p.parent == out and p.name in own)) for p in paths):
+        return
+    for name in own:
+        (out / name).unlink(missing_ok=True)
+    try:
+        for folder in sorted((p for p in paths if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+            folder.rmdir()
+        out.rmdir()
+    except OSError:  # something appeared meanwhile: leave it
+        pass
 
 
 def _compare(runs, preset, methods, steps, seeds, out, overrides, device, argv, vary) -> list[dict]:

@@ -151,6 +151,40 @@ def test_compare_never_replaces_a_folder_that_is_not_a_daps_run(tmp_path, overri
     assert not (out / "commands.sh").exists()
 
 
+def test_a_comparison_that_fails_before_any_run_wrote_leaves_no_folder(tmp_path, overrides, capsys):
+    (tmp_path / "empty").mkdir()  # a data folder without the data: found missing when the first run loads it
+    missing = [*[o for o in overrides if not o.startswith("data.data_dir=")], f"data.data_dir={tmp_path / 'empty'}"]
+    out = tmp_path / "cmp"
+    rc = main(["compare", "--methods", "daps,fsq", "--steps", "4", "--out", str(out), *missing])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "not found" in err
+    assert not out.exists()  # not even the marker, the lock, commands.sh or an empty daps/ folder
+    mine = tmp_path / "mine"  # a folder that was there (empty) before the call is the user's: kept
+    mine.mkdir()
+    assert main(["compare", "--methods", "daps", "--steps", "4", "--out", str(mine), *missing]) == 2
+    assert mine.is_dir()
+
+
+def test_a_failure_after_a_run_wrote_keeps_the_comparison(tmp_path, overrides, monkeypatch):
+    out = tmp_path / "cmp"
+    import daps.train as train_mod
+
+    calls = []
+    original = train_mod.train
+
+    def train_then_fail(cfg, **kwargs):
+        calls.append(cfg.method)
+        if len(calls) > 1:
+            raise KeyboardInterrupt
+        return original(cfg, **kwargs)
+
+    monkeypatch.setattr(train_mod, "train", train_then_fail)
+    with pytest.raises(KeyboardInterrupt):
+        compare("mnist", ["daps", "fsq"], 4, [0], out, overrides)
+    assert calls == ["daps", "fsq"]
+    assert (out / "commands.sh").is_file() and (out / "daps" / "seed0" / "summary.json").is_file()
+
+
 def test_the_compare_folder_is_marked_and_a_foreign_one_refused(tmp_path, overrides, capsys):
     from daps.runfolder import read_marker
 
