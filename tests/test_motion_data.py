@@ -461,6 +461,26 @@ def test_render_side_by_side_writes_a_readable_mp4(h1, motion, tmp_path):
     assert not list(tmp_path.glob(".*tmp*"))
 
 
+def test_render_larger_than_the_default_framebuffer(h1, motion, tmp_path):
+    """MuJoCo's offscreen framebuffer is 640 x 640 unless the model says otherwise: larger views must still work
+    (they failed as 'no OpenGL backend')."""
+    imageio = pytest.importorskip("imageio.v2", reason="rendering needs imageio: pip install imageio imageio-ffmpeg")
+    pytest.importorskip("imageio_ffmpeg", reason="rendering needs imageio-ffmpeg")
+    from daps.motion.render import render_motion
+
+    poses = motion.window_poses("val", [500])[0, :2]
+    try:
+        out = render_motion(h1, poses, tmp_path / "big.mp4", width=672, height=656)
+    except UserError as e:
+        if "no OpenGL backend" in str(e) and "framebuffer" not in repr(e.__cause__):
+            pytest.skip(str(e))
+        raise
+    reader = imageio.get_reader(out)
+    frames = np.stack([f for f in reader])
+    reader.close()
+    assert frames.shape == (2, 656, 672, 3) and frames.std() > 5
+
+
 def test_plot_feature_trajectories(motion, tmp_path):
     from PIL import Image
 

@@ -44,11 +44,15 @@ def _renderer(model: Any, width: int, height: int) -> Any:
     mujoco = import_mujoco()
     backend = os.environ.get("MUJOCO_GL", "default")
     model.vis.quality.offsamples = 0
+    # The offscreen framebuffer (640 x 640 unless the model says otherwise) must hold the image.
+    model.vis.global_.offwidth = max(int(model.vis.global_.offwidth), width)
+    model.vis.global_.offheight = max(int(model.vis.global_.offheight), height)
     try:
         renderer = mujoco.Renderer(model, height=height, width=width)
     except Exception as e:  # each backend fails its own way (ImportError, AttributeError, mujoco.FatalError, ...)
         raise UserError(
-            f"no OpenGL backend for offscreen rendering (MUJOCO_GL={backend}: {type(e).__name__}); install Mesa's "
+            f"no OpenGL backend for offscreen rendering (MUJOCO_GL={backend}: {type(e).__name__}: "
+            f"{' '.join(str(e).split())[:160]}); install Mesa's "
             "libegl1 or libosmesa6 (apt-get install libosmesa6) and set MUJOCO_GL=egl or MUJOCO_GL=osmesa before "
             "starting Python"
         ) from e
