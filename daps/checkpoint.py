@@ -32,7 +32,14 @@ from safetensors.torch import load_file, save_file
 from daps.config import Config
 from daps.config_io import config_from_dict, config_to_dict
 from daps.errors import UserError
-from daps.runfolder import file_digest, fsync_path, publish_mode, write_json_atomic, write_text_atomic
+from daps.runfolder import (
+    file_digest,
+    fsync_path,
+    publish_mode,
+    remove_temporaries,
+    write_json_atomic,
+    write_text_atomic,
+)
 
 if TYPE_CHECKING:
     from daps.methods.types import Method
@@ -109,9 +116,25 @@ def save_checkpoint(
 
 
 def list_checkpoints(run_dir: str | Path) -> list[Path]:
-    """The run's checkpoint folders, newest step first."""
+    """The run's checkpoint folders, newest step first (by number: ``step_100000000`` is newer than
+    ``step_99999999``)."""
     root = Path(run_dir) / CKPT_DIR
-    return sorted((p for p in root.glob("step_*") if p.is_dir()), reverse=True) if root.is_dir() else []
+    if not root.is_dir():
+        return []
+
+    def step(path: Path) -> int:
+        number = path.name.removeprefix("step_")
+        return int(number) if number.isdigit() else -1
+
+    return sorted((p for p in root.glob("step_*") if p.is_dir()), key=lambda p: (step(p), p.name), reverse=True)
+
+
+def remove_leftovers(run_dir: str | Path) -> None:
+    """Delete, and log, what a killed writer left half-written in a run folder and its checkpoints folder
+    (temporary files, a checkpoint being written). Call it holding the folder's lock."""
+    for folder in (Path(run_dir), Path(run_dir) / CKPT_DIR):
+        for path in remove_temporaries(folder):
+            log.info("removed %s, left by an interrupted run", path)
 
 
 def verify_checkpoint(ckpt: str | Path) -> None:

@@ -26,12 +26,12 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from daps import dist
 from daps.checkpoint import (
-    CKPT_DIR,
     find_resumable,
     list_checkpoints,
     load_training_state,
     load_weights,
     read_config,
+    remove_leftovers,
     save_checkpoint,
     write_config,
 )
@@ -66,7 +66,6 @@ from daps.runfolder import (
     has_content,
     is_output_folder,
     refuse_precious,
-    remove_temporaries,
     write_json_atomic,
     write_marker,
     write_text_atomic,
@@ -422,9 +421,7 @@ def _train(cfg: Config, resume: bool, overwrite: bool, device: torch.device, ran
     end_step = min(tc.steps, tc.stop_after) if tc.stop_after else tc.steps
     plan = prepare_run_dir(cfg, resume, overwrite)  # again, now that no other process can change the folder
     if dist.is_main():
-        for folder in (run_dir, run_dir / CKPT_DIR):  # files a killed writer left half-written
-            for path in remove_temporaries(folder):
-                log.info("removed %s, left by an interrupted run", path)
+        remove_leftovers(run_dir)
     dist.barrier()  # every rank has inspected the folder before rank 0 may empty it
 
     state = load_training_state(plan.resume_from) if plan.resume_from is not None else None

@@ -346,7 +346,11 @@ def test_prior_resume_is_exact(exported, tmp_path, single_thread):
                 eval_every=10, ckpt_every=5, progress=False)
     straight = train_prior(PriorConfig(**base, steps=10, out_dir=str(tmp_path / "a")))
     train_prior(PriorConfig(**base, steps=5, out_dir=str(tmp_path / "b")))
+    leftovers = [tmp_path / "b" / ".summary.tmp-99999.json", tmp_path / "b/checkpoints/.step_00000010.tmp-99999"]
+    leftovers[0].write_text("half")  # what a kill leaves: removed on the next start
+    leftovers[1].mkdir()
     resumed = train_prior(PriorConfig(**base, steps=10, out_dir=str(tmp_path / "b")), resume=True)
+    assert not any(p.exists() for p in leftovers)
     from safetensors.torch import load_file
 
     a = load_file(str(straight / "checkpoints/step_00000010/model.safetensors"))

@@ -179,7 +179,11 @@ def test_policy_training_resumes_exactly(tmp_path, single_thread):
     full = train_policy(RobotConfig(**base, out_dir=str(tmp_path / "full")), commands=commands)
     part = RobotConfig(**{**base, "steps": 10}, out_dir=str(tmp_path / "part"))
     train_policy(part, commands=commands)
+    leftovers = [tmp_path / "part" / ".metrics.tmp-99999.jsonl", tmp_path / "part/checkpoints/.step_00000020.tmp-99"]
+    leftovers[0].write_text("half")  # what a kill leaves: removed on the next start
+    leftovers[1].mkdir()
     resumed = train_policy(RobotConfig(**base, out_dir=str(tmp_path / "part")), resume=True)
+    assert not any(p.exists() for p in leftovers)
     a, _, _ = load_policy(full)
     b, _, _ = load_policy(resumed)
     for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):

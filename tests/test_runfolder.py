@@ -494,3 +494,12 @@ def test_a_folder_of_another_kind_is_named_as_such(tmp_path):
     with pytest.raises(OutputFolderError, match="it is a daps gradlab folder"):
         prepare_output_folder(out, "prior", overwrite=True)
     assert (out / "gradlab.md").read_text() == "report"
+
+
+def test_checkpoints_are_ordered_by_step_number_not_by_name(tmp_path):
+    for name in ("step_00000009", "step_100000000", "step_99999999", "step_00000010"):
+        (tmp_path / CKPT_DIR / name).mkdir(parents=True)
+    (tmp_path / CKPT_DIR / "step_00000011").write_text("a file, not a checkpoint")
+    assert [c.name for c in list_checkpoints(tmp_path)] == [
+        "step_100000000", "step_99999999", "step_00000010", "step_00000009"
+    ]

@@ -30,6 +30,7 @@ from daps.checkpoint import (
     find_resumable,
     load_training_state,
     load_weights,
+    remove_leftovers,
     resolve_checkpoint,
     save_checkpoint,
 )
@@ -327,6 +328,7 @@ def train_prior(cfg: PriorConfig, resume: bool = False, overwrite: bool = False,
             clear_folder(run_dir, KIND, "--out")
         run_dir.mkdir(parents=True, exist_ok=True)
         write_marker(run_dir, KIND)
+        remove_leftovers(run_dir)
         model = build_prior(cfg, codes.meta).to(device)
         optimizer, generator, start = start_training(model, cfg, ckpt, device, run_dir)
         write_json_atomic(run_dir / "config.json", config)  # after every check and the checkpoint's weights

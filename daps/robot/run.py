@@ -28,6 +28,7 @@ import torch
 from daps.checkpoint import (
     CheckpointError,
     load_weights,
+    remove_leftovers,
     resolve_checkpoint,
 )
 from daps.config import check_optimizer_settings
@@ -200,6 +201,7 @@ def train_policy(cfg: RobotConfig, resume: bool = False, overwrite: bool = False
             clear_folder(run_dir, KIND, "--out")
         run_dir.mkdir(parents=True, exist_ok=True)
         write_marker(run_dir, KIND)
+        remove_leftovers(run_dir)
         if saved:
             sets, meta = load_commands(run_dir / COMMANDS_FILE)
         else:
