@@ -414,6 +414,8 @@ def test_bad_inputs_give_one_line_and_exit_2(trained_run, vq_run, exported, tmp_
                                  ("--cfg", "nan", "--cfg must be a finite number")):
         assert message in _error(capsys, ["prior", "sample", str(prior), flag, value, "--out", str(tmp_path / "x.png")])
     assert "--cfg must be a finite number" in _error(capsys, ["prior", "eval", str(prior), "--cfg", "inf"])
+    assert "--euler-steps is for dfm priors" in _error(capsys, ["prior", "sample", str(prior), "--euler-steps", "4",
+                                                                "--out", str(tmp_path / "x.png")])  # an ar prior
     assert "deterministically" in _error(capsys, ["export-codes", str(vq_run), "--samples-per-input", "3",
                                                   "--out", str(tmp_path / "v.safetensors")])
     not_codes = tmp_path / "notes.safetensors"
@@ -577,6 +579,21 @@ def test_prior_eval_reads_the_held_out_codes_it_was_trained_with(exported, tmp_p
     capsys.readouterr()
     assert main(["prior", "eval", str(prior), "--n", "10", "--no-classifier", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["num_codes"] == 2 * load_codes(exported["test"]).codes.shape[0]
+
+
+def test_prior_eval_refuses_a_codes_file_exported_over_since_training(exported, tmp_path, capsys):
+    import shutil
+
+    codes = tmp_path / "codes.safetensors"
+    shutil.copy(exported["train"], codes)
+    prior = tmp_path / "prior"
+    assert main(["prior", "train", str(codes), "--out", str(prior), "steps=2", "width=16", "num_heads=2",
+                 "progress=false"]) == 0
+    capsys.readouterr()
+    assert main(["prior", "eval", str(prior), "--n", "10", "--no-classifier", "--json"]) == 0
+    shutil.copy(exported["test"], codes)  # another export written over the file: other inputs, same tokenizer
+    err = _error(capsys, ["prior", "eval", str(prior), "--n", "10", "--no-classifier"])
+    assert "no longer the codes file the prior" in err and "split" in err and str(codes) in err
 
 
 def test_decoding_refuses_a_tokenizer_that_did_not_make_the_codes(trained_run, exported, tmp_path, capsys,

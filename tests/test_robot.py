@@ -387,9 +387,10 @@ def test_robot_train_plan_and_eval_end_to_end(tiny_policy, tmp_path, capsys):
     assert report["physics"]["support_force_bw"] > 0
     assert 0 < report["physics_ground_truth"]["support_force_bw"] < 1.0  # a real walking segment of the same length
     checkpoint = policy / "checkpoints" / (policy / "checkpoints" / "latest").read_text().strip()
-    assert main(["robot", "eval", str(checkpoint), "--rollouts", "2", "--windows", "2", "--physics-rollouts", "1",
+    assert main(["robot", "eval", str(checkpoint), "--rollouts", "1", "--windows", "2", "--physics-rollouts", "2",
                  "--no-classifier", "--json", "--motions", "walk"]) == 0  # a checkpoint names its run
     result = json.loads(capsys.readouterr().out)
+    assert result["settings"]["physics_rollouts"] == 1  # no more plans in physics than were planned
     assert [r["percentile"] for r in result["rows"]] == [25, 50, 75]
     row = result["rows"][0]
     for key in ("abs_error_forward_m_s", "recon_abs_error_forward_m_s", "border_joint_accel", "gt_border_joint_accel",

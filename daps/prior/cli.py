@@ -188,6 +188,8 @@ def _sample(args: argparse.Namespace) -> int:
     check_sampling(args.cfg, args.temperature)
     device = _device(args.device)
     model, cfg, meta = load_prior(args.prior_dir, device)
+    if args.euler_steps is not None and cfg.kind != "dfm":
+        raise UserError(f"--euler-steps is for dfm priors; {args.prior_dir} is an {cfg.kind} prior")
     warn_untrained_null(cfg.label_dropout, args.cfg)
     # the codes files as resolved when the prior was trained (priors older than "val_file" name only the first)
     trained_on = [meta.get("file", cfg.codes), meta.get("val_file")]
@@ -229,9 +231,8 @@ def _sample(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from daps.codes import load_codes
     from daps.metrics.classifier import classifier_for
-    from daps.prior.run import PriorConfig, evaluate_prior, load_prior, sampling_speed, split_codes
+    from daps.prior.run import evaluate_prior, load_prior, sampling_speed, trained_codes
     from daps.prior.scores import Judge, score_prior
 
     if args.n < 2 or args.inception_fid < 0 or args.inception_fid == 1:
@@ -241,8 +242,7 @@ def _eval(args: argparse.Namespace) -> int:
     device = _device(args.device)
     model, cfg, meta = load_prior(args.prior_dir, device)
     warn_untrained_null(cfg.label_dropout, args.cfg)
-    files = {"codes": meta.get("file") or cfg.codes, "val_codes": meta.get("val_file") or cfg.val_codes}
-    train_set, val_set = split_codes(PriorConfig(**{**cfg.__dict__, **files}), load_codes(files["codes"]))
+    train_set, val_set = trained_codes(args.prior_dir, cfg, meta)
     x_val, y_val = (t.to(device) for t in val_set.flat())
     result: dict = {"prior": str(args.prior_dir), "kind": cfg.kind, "guidance": args.cfg}
     result.update(evaluate_prior(model, x_val, y_val))

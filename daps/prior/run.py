@@ -296,10 +296,29 @@ def check_same_codes(run_dir: Path, codes: dict) -> None:
         saved = None
     if not isinstance(saved, dict):
         return  # a folder holding only the marker: nothing was trained yet
-    differs = sorted(k for k in saved.keys() | codes.keys() if saved.get(k) != codes.get(k))
+    differs = _differing(saved, codes)
     if differs:
         raise UserError(f"--resume: these are not the codes the prior was trained on ({', '.join(differs)} "
                         f"differ from {run_dir / 'config.json'})")
+
+
+def _differing(saved: dict, codes: dict, ignore: tuple[str, ...] = ()) -> list[str]:
+    return sorted(k for k in (saved.keys() | codes.keys()) - set(ignore) if saved.get(k) != codes.get(k))
+
+
+def trained_codes(prior_dir: str | Path, cfg: PriorConfig, meta: dict) -> tuple[CodeSet, CodeSet]:
+    """The training and held-out codes of a trained prior (``meta``: its config's ``codes`` entry), read again
+    from their files; UserError if the codes file is no longer the one it was trained on (an export written
+    over it, with another tokenizer, seed or size)."""
+    files = {"codes": meta.get("file") or cfg.codes, "val_codes": meta.get("val_file") or cfg.val_codes}
+    codes = load_codes(files["codes"])
+    differs = _differing(meta, codes.meta, ignore=("file", "val_file"))
+    if differs:
+        raise UserError(
+            f"{files['codes']} is no longer the codes file the prior {prior_dir} was trained on ({', '.join(differs)} "
+            "differ): export the same codes again, or train the prior on these"
+        )
+    return split_codes(PriorConfig(**{**cfg.__dict__, **files}), codes)
 
 
 def train_prior(cfg: PriorConfig, resume: bool = False, overwrite: bool = False,

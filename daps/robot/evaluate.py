@@ -115,7 +115,8 @@ def evaluate(policy_run: str | Path, motions: list[str], rollouts: int = 8, wind
              physics_rollouts: int = 2, seed: int = 0, guidance: float = 1.0, blend: int = 0, classifier: bool = True,
              data_dir: str | None = None, tokenizer: str | None = None,
              device: str | torch.device = "cpu") -> dict[str, Any]:
-    """The evaluation described in the module docstring, as a JSON-ready dict."""
+    """The evaluation described in the module docstring, as a JSON-ready dict. At most ``rollouts`` plans per
+    request are tracked in physics (the report's settings say how many were)."""
     from daps.motion.dataset import load_motion_data
     from daps.motion.h1 import load_h1
     from daps.motion.metrics import foot_skating_m_s
@@ -124,6 +125,7 @@ def evaluate(policy_run: str | Path, motions: list[str], rollouts: int = 8, wind
     from daps.robot.physics import balance_check, track
     from daps.robot.run import COMMANDS_FILE
 
+    physics_rollouts = min(physics_rollouts, rollouts)
     planner = Planner(policy_run, device, tokenizer)
     warn_untrained_null(planner.cfg.label_dropout, guidance, "--guidance")
     data_dir = data_dir or planner.data_dir
