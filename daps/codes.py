@@ -76,6 +76,26 @@ def weights_sha256(ckpt: Path) -> str:
     return json.loads(sums.read_text())["files"]["model.safetensors"]["sha256"] if sums.exists() else ""
 
 
+def load_code_tokenizer(
+    source: str | Path, meta: dict[str, Any], device: torch.device, codes_of: str
+) -> tuple[Any, Path]:
+    """The tokenizer ``source`` (a run or checkpoint) on ``device`` and its checkpoint folder, checked to be the
+    one that made the codes ``meta`` describes (a codes header): V and T, and its weights where the header
+    records them; UserError otherwise. ``codes_of`` names the codes in the message ("the prior's codes")."""
+    from daps.checkpoint import load_model, resolve_checkpoint
+
+    ckpt = resolve_checkpoint(source)
+    model = load_model(ckpt, device)
+    if model.vocab_size != meta["vocab_size"] or model.input_spec.num_tokens != meta["num_tokens"]:
+        raise UserError(f"tokenizer {source} has V={model.vocab_size}, T={model.input_spec.num_tokens}; "
+                        f"{codes_of} have V={meta['vocab_size']}, T={meta['num_tokens']}")
+    made_by = meta.get("model_sha256")
+    if made_by and weights_sha256(ckpt) != made_by:
+        raise UserError(f"tokenizer {source} is not the checkpoint that made {codes_of} (its weights differ "
+                        f"from those of {meta.get('checkpoint')}); pass that checkpoint as --tokenizer")
+    return model, ckpt
+
+
 def config_sha256(config: dict) -> str:
     """SHA-256 of a config's canonical JSON (sorted keys): the same config gives the same hash."""
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -416,6 +417,15 @@ def test_robot_bad_requests_are_one_line(tiny_policy, tmp_path, capsys, trained_
     out = str(tmp_path / "a.mp4")
     binary = tmp_path / "schedule.txt"
     binary.write_bytes(b"\xff\xfe\x00\x01")
+    retrained = tmp_path / "retrained"  # the tokenizer's latest checkpoint rewritten with other weights (same V, T)
+    shutil.copytree(tok, retrained)
+    from daps.checkpoint import load_model, load_training_state, resolve_checkpoint, save_checkpoint
+
+    model = load_model(retrained)
+    with torch.no_grad():
+        next(model.parameters()).add_(1.0)
+    state = load_training_state(resolve_checkpoint(retrained))
+    save_checkpoint(retrained, int(state["step"]), model, model.config, state, keep=2)
     cases = [
         (["robot", "plan", str(policy), "--motion", "swim", "--out", out], "unknown motion 'swim'"),
         (["robot", "plan", str(policy), "--prompt", "sing a song", "--out", out], "names no kind"),
@@ -442,6 +452,8 @@ def test_robot_bad_requests_are_one_line(tiny_policy, tmp_path, capsys, trained_
         (["robot", "eval", str(policy), "--out", str(policy / "config"), "--overwrite"], "not part of a robot eval"),
         (["robot", "plan", str(policy), "--motion", "walk", "--out", out, "--json", str(tmp_path / "notes.json"),
           "--overwrite"], "is not an earlier robot plan report"),
+        (["robot", "plan", str(policy), "--motion", "walk", "--tokenizer", str(retrained), "--out", out],
+         "is not the checkpoint that made the policy's codes"),
     ]
     (tmp_path / "notes.json").write_text('{"mine": 1}')
     (tmp_path / "notes.md").write_text("mine")

@@ -153,21 +153,12 @@ def parse_label(label: str, class_names: list[str]) -> int:
 
 
 def _tokenizer(args: argparse.Namespace, meta: dict, device: torch.device):
-    from daps.checkpoint import load_model, resolve_checkpoint
-    from daps.codes import weights_sha256
+    from daps.codes import load_code_tokenizer
 
     source = args.tokenizer or meta.get("checkpoint") or meta.get("run")
     if not source:
         raise UserError("the codes name no tokenizer run; pass --tokenizer RUN")
-    model = load_model(source, device)
-    if model.vocab_size != meta["vocab_size"] or model.input_spec.num_tokens != meta["num_tokens"]:
-        raise UserError(f"tokenizer {source} has V={model.vocab_size}, T={model.input_spec.num_tokens}; the "
-                        f"prior's codes have V={meta['vocab_size']}, T={meta['num_tokens']}")
-    made_by = meta.get("model_sha256")
-    if made_by and weights_sha256(resolve_checkpoint(source, verify=False)) != made_by:
-        raise UserError(f"tokenizer {source} is not the checkpoint that made the prior's codes (its weights differ "
-                        f"from step {meta.get('step')} of {meta.get('run')}); pass that checkpoint as --tokenizer")
-    return model
+    return load_code_tokenizer(source, meta, device, "the prior's codes")[0]
 
 
 def _sample(args: argparse.Namespace) -> int:

@@ -111,7 +111,7 @@ class Planner:
 
     def __init__(self, policy_run: str | Path, device: str | torch.device = "cpu",
                  tokenizer: str | Path | None = None) -> None:
-        from daps.checkpoint import load_model, resolve_checkpoint
+        from daps.codes import load_code_tokenizer
         from daps.motion.dataset import Standardizer
         from daps.robot.run import load_policy
 
@@ -120,12 +120,7 @@ class Planner:
         source = tokenizer or self.meta.get("checkpoint") or self.meta.get("tokenizer")
         if not source:
             raise UserError(f"{policy_run} names no tokenizer run; pass --tokenizer RUN")
-        ckpt = resolve_checkpoint(source)
-        self.tokenizer = load_model(ckpt, self.device)
-        if self.tokenizer.vocab_size != self.meta["vocab_size"] or self.tokenizer.input_spec.num_tokens != \
-                self.meta["num_tokens"]:
-            raise UserError(f"{source}: its codes (V={self.tokenizer.vocab_size}) are not the policy's "
-                            f"(V={self.meta['vocab_size']}, T={self.meta['num_tokens']})")
+        self.tokenizer, ckpt = load_code_tokenizer(source, self.meta, self.device, "the policy's codes")
         stats_file = ckpt.parent.parent / "motion_stats.json"
         if not stats_file.is_file():
             raise UserError(f"{stats_file} is missing: the tokenizer run's feature statistics are needed to decode")
