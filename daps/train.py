@@ -277,6 +277,7 @@ class Setup:
     graphed: GraphedStep | None = None  # train.cuda_graph: the whole step as one CUDA graph
     logger: RunLogger = field(default_factory=RunLogger)  # TensorBoard / W&B (rank 0), see daps.loggers
     on_close: list = field(default_factory=list)  # undone when the loop ends, however it ends
+    skipped_streak: int = 0  # consecutive steps whose update was skipped (non-finite); saved with a checkpoint
 
 
 def _check_cuda_graph(cfg: Config, device: torch.device, world: int) -> None:
@@ -357,6 +358,7 @@ def _restore(s: Setup, ckpt: Path, state: dict, rank: int, world: int) -> None:
         raise UserError(f"{s.run_dir} was trained by {len(state['rng'])} processes; resume it with as many")
     load_weights(s.model, ckpt)
     s.optimizers.load_state_dict(state["optimizers"])
+    s.skipped_streak = int(state.get("skipped_streak", 0))  # nonzero only in a final checkpoint (train.stop_after)
     try:
         for name, g in s.generators.items():
             g.set_state(state["rng"][rank][name])  # folder data instead restart their stream at the checkpoint's step
@@ -394,7 +396,7 @@ def _checkpoint(s: Setup, step: int) -> None:
     dist.check_in_sync(list(s.model.parameters()), f"checkpoint {step}")  # buffers such as BatchNorm's are per rank
     rng = _rng_states(s.generators)
     if dist.is_main():
-        state = {"step": step, "optimizers": s.optimizers.state_dict(), "rng": rng}
+        state = {"step": step, "optimizers": s.optimizers.state_dict(), "rng": rng, "skipped_streak": s.skipped_streak}
         save_checkpoint(s.run_dir, step, s.model, s.cfg, state, keep=s.cfg.train.keep_checkpoints)
     dist.wait_for_main()
 
@@ -462,7 +464,6 @@ def _train(cfg: Config, resume: bool, overwrite: bool, device: torch.device, ran
             s.on_close.append(lambda: redirect.__exit__(None, None, None))
         sums: dict[str, torch.Tensor] = {}
         count, t_last, t_start = 0, time.perf_counter(), time.perf_counter()
-        skipped_streak = 0  # consecutive steps with a skipped (non-finite) update
         s.model.train()
         for step in range(start_step, end_step):
             x = s.spec.standardize(next(s.batches))  # (B, C, H, W)
@@ -478,7 +479,7 @@ def _train(cfg: Config, resume: bool, overwrite: bool, device: torch.device, ran
                 logs, norms = out.logs, s.optimizers.launch()
             skipped_before = sum(s.optimizers.skipped.values())
             grad_norms = s.optimizers.finish(norms)
-            skipped_streak = skipped_streak + 1 if sum(s.optimizers.skipped.values()) > skipped_before else 0
+            s.skipped_streak = s.skipped_streak + 1 if sum(s.optimizers.skipped.values()) > skipped_before else 0
 
             for key, value in logs.items():
                 sums[key] = sums[key] + value if key in sums else value.clone()
@@ -500,8 +501,8 @@ def _train(cfg: Config, resume: bool, overwrite: bool, device: torch.device, ran
                 sums, count, t_last = {}, 0, now
                 if not all(math.isfinite(v) for v in row.values() if isinstance(v, float)):
                     log.warning("non-finite training metrics at step %d: %s", done, row)
-            if tc.max_skipped_steps and skipped_streak >= tc.max_skipped_steps:
-                raise _diverged(run_dir, done, f"{skipped_streak} consecutive updates had non-finite gradients")
+            if tc.max_skipped_steps and s.skipped_streak >= tc.max_skipped_steps:
+                raise _diverged(run_dir, done, f"{s.skipped_streak} consecutive updates had non-finite gradients")
             if done % tc.eval_every == 0 and done != end_step:
                 if dist.is_main():  # rank 0 alone evaluates; the others wait without a timeout
                     metrics = _evaluate(s)
@@ -514,7 +515,7 @@ def _train(cfg: Config, resume: bool, overwrite: bool, device: torch.device, ran
                     )
                 dist.wait_for_main()
             if done % tc.ckpt_every == 0 and done != end_step:
-                if skipped_streak:  # never replace a good checkpoint by one right after a non-finite update
+                if s.skipped_streak:  # never replace a good checkpoint by one right after a non-finite update
                     log.warning("step %d: no checkpoint, the last update had a non-finite gradient", done)
                 else:
                     _checkpoint(s, done)

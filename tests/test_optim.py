@@ -96,6 +96,9 @@ def test_non_finite_gradient_skips_only_that_optimizer(batched):
     assert not torch.equal(b.detach(), b_before)  # the other optimizer still stepped
     assert opts.skipped == {"a": 1, "b": 0}
     assert not torch.isfinite(torch.tensor(norms["a"]))
+    restored = Optimizers(holder, specs, 0.0, batched)  # the skip count travels with the checkpoint's state
+    restored.load_state_dict(opts.state_dict())
+    assert restored.skipped == {"a": 1, "b": 0}
 
 
 def test_clipping_is_applied_before_adam():

@@ -453,6 +453,32 @@ def test_skipped_updates_stop_the_run_and_keep_the_last_good_checkpoint(
     assert len(calls) == 8
 
 
+def test_a_run_stopped_during_skipped_updates_resumes_to_the_same_divergence(
+    tmp_path, capsys, monkeypatch, tiny_overrides, no_plots
+):
+    """The streak of skipped updates travels with the final checkpoint of a ``train.stop_after`` run: the resumed
+    run stops where the uninterrupted one did (step 8 above), not 2 steps later."""
+    from daps.optim import Optimizers
+
+    real_step, calls = Optimizers.launch, []
+
+    def poisoned_step(self):
+        calls.append(1)
+        if len(calls) > 4:  # from step 5 on every gradient is NaN
+            for spec in self.specs:
+                for p in spec.params:
+                    if p.grad is not None:
+                        p.grad.fill_(float("nan"))
+        return real_step(self)
+
+    monkeypatch.setattr(Optimizers, "launch", poisoned_step)
+    run = tmp_path / "run"
+    argv = ["train", *tiny_overrides, "train.steps=12", "train.max_skipped_steps=4", f"train.out_dir={run}"]
+    assert main([*argv, "train.stop_after=6"]) == 0  # stopped after 2 skipped updates (steps 5 and 6)
+    assert main([*argv, "--resume"]) == 3
+    assert "diverged at step 8" in error_line(capsys) and len(calls) == 8
+
+
 def test_config_with_wrong_types_is_one_line_naming_file_and_key(copy_run, capsys):
     run = copy_run()
     ckpt = run / CKPT_DIR / "step_00000006"
