@@ -47,6 +47,16 @@ do it inside their CUDA kernel code, where no trace sees it (``bincount`` and ``
 they are named here; ``repeat_interleave`` with tensor repeats and no ``output_size`` is caught separately."""
 
 
+MASK_INDEXING = {"index", "index_put", "index_put_", "_index_put_impl_"}
+"""Indexing operations that, given a boolean mask (``x[mask]``, ``x[mask] = v``), find its true entries on the
+host first (``nonzero`` inside the CUDA kernel code, where no trace sees it)."""
+
+
+def _has_bool_index(args: tuple) -> bool:
+    indices = args[1] if len(args) > 1 and isinstance(args[1], (list, tuple)) else ()
+    return any(isinstance(i, torch.Tensor) and i.dtype in (torch.bool, torch.uint8) for i in indices)
+
+
 def _describe(value: Any) -> Any:
     """A hashable description of one argument: tensors by shape, dtype and device; numbers and the rest by value."""
     if isinstance(value, torch.Tensor):
@@ -78,7 +88,9 @@ class StepTrace(TorchDispatchMode):
         name = func.__name__.split(".")[0]
         if name in ("fill_", "copy_") and isinstance(args[0], torch.Tensor) and id(args[0]) in self._ignore:
             return out
-        if name in HOST_READS or (name == "repeat_interleave" and kwargs.get("output_size") is None):
+        if name in HOST_READS or (name == "repeat_interleave" and kwargs.get("output_size") is None) or (
+            name in MASK_INDEXING and _has_bool_index(args)
+        ):
             self.host_reads.append(str(func))
         described = [_describe(a) for a in args]
         if name in ("lift_fresh", "lift_fresh_copy"):  # torch.tensor(data): on a GPU, a copy from host memory

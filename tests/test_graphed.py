@@ -108,6 +108,24 @@ def test_an_operation_that_reads_the_host_inside_its_cuda_kernel_is_caught(monke
     assert first.host_reads == ["aten.bincount.default"]
 
 
+def test_boolean_mask_indexing_is_caught(monkeypatch):
+    """Negative control: ``x[mask] = v`` keeps its shape (the two traces agree) but on a GPU finds the mask's true
+    entries on the host; here a guard against tiny weights written that way."""
+    import daps.functional as DF
+
+    real = DF.effective_sample_size
+
+    def guarded(w):
+        w = w.clone()
+        w[w < 1e-30] = 1e-30
+        return real(w)
+
+    monkeypatch.setattr(DF, "effective_sample_size", guarded)
+    first, second = _traces("daps")
+    assert first.host_reads and first.first_difference(second) is None
+    assert set(first.host_reads) <= {"aten.index_put_.default", "aten.index_put.default"}  # the write, its gradient
+
+
 def test_a_tensor_made_from_python_data_in_the_step_is_caught(monkeypatch):
     """Negative control: FSQ's level constants made at every call (as before), a host-to-device copy per step."""
     import daps.functional as DF
