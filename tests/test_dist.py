@@ -63,3 +63,41 @@ def test_bad_settings_under_torchrun_are_one_line(tmp_path, tiny_overrides, monk
     monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun sets it; refused before any process group is made
     assert main(["train", *tiny_overrides, f"train.out_dir={tmp_path / 'run'}", "--device", "cpu:0"]) == 2
     assert "pass --device cpu" in capsys.readouterr().err and not (tmp_path / "run").exists()
+
+
+def _collectives(rank: int, store: str, results) -> None:
+    import torch.distributed as tdist
+
+    from daps import dist
+
+    tdist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    try:
+        mean = dist.mean_over_ranks(torch.tensor([1.0, 10.0]) * (rank + 1))  # rank 0: (1, 10), rank 1: (2, 20)
+        dist.check_in_sync([torch.ones(3), torch.arange(4.0)], "same")
+        try:
+            dist.check_in_sync([torch.ones(3), torch.arange(4.0) + rank * 1e-6], "checkpoint 7")
+            caught = ""
+        except RuntimeError as e:
+            caught = str(e)
+        results.put((rank, mean.tolist(), caught))
+    finally:
+        tdist.destroy_process_group()
+
+
+def test_mean_over_ranks_and_the_weight_check_across_two_processes(tmp_path):
+    """The all-reduced mean of the training rows, and the per-checkpoint check (its negative control: weights that
+    differ by 1e-6 on one rank are refused)."""
+    import torch.multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    results = ctx.SimpleQueue()
+    procs = [ctx.Process(target=_collectives, args=(r, str(tmp_path / "store"), results)) for r in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert all(p.exitcode == 0 for p in procs)
+    out = sorted(results.get() for _ in range(2))
+    for rank, mean, caught in out:
+        assert mean == [1.5, 15.0], rank
+        assert "checkpoint 7: the processes hold different weights" in caught, rank
