@@ -1,0 +1,92 @@
+"""Figures: the image grid's layout pixel by pixel, and which series each panel of the training curves draws."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import daps.plots as plots
+
+
+def test_image_grid_places_each_image_in_reading_order_with_white_gaps(tmp_path):
+    # three 2 x 3 gray images of values 0, 0.5 and 0.2 in two columns: two rows, the last slot empty
+    images = torch.stack([torch.full((1, 2, 3), v) for v in (0.0, 0.5, 0.2)])
+    plots.save_image_grid(images, tmp_path / "g.png", columns=2, scale=2)
+    img = np.asarray(Image.open(tmp_path / "g.png"))
+    # 2 rows of 2 pixels and 3 one-pixel gaps = 7 high; 2 columns of 3 pixels and 3 gaps = 9 wide; x2
+    assert img.shape == (14, 18)
+    small = img[::2, ::2]  # each pixel was drawn 2 x 2
+    assert (img == np.repeat(np.repeat(small, 2, 0), 2, 1)).all()
+    expected = np.full((7, 9), 255, dtype=np.uint8)
+    expected[1:3, 1:4] = 0  # image 0: row 0, column 0
+    expected[1:3, 5:8] = 128  # image 1: row 0, column 1 (0.5 * 255 rounded)
+    expected[4:6, 1:4] = 51  # image 2: row 1, column 0 (0.2 * 255)
+    assert (small == expected).all()
+
+
+def test_image_grid_of_fewer_images_than_columns_is_as_wide_as_the_images(tmp_path):
+    rgb = torch.zeros(2, 3, 4, 4)
+    rgb[1, 0] = 1.0  # the second image red
+    plots.save_image_grid(rgb, tmp_path / "g.png", columns=10, scale=1)
+    img = np.asarray(Image.open(tmp_path / "g.png"))
+    assert img.shape == (6, 11, 3)
+    assert (img[1:5, 6:10] == [255, 0, 0]).all() and (img[1:5, 1:5] == 0).all() and (img[:, 5] == 255).all()
+
+
+@pytest.fixture
+def captured(monkeypatch):
+    """The figures the plotting functions would close after saving, kept open to inspect."""
+    plt = plots._pyplot()
+    figures = []
+
+    class Keeping:
+        def __getattr__(self, name):
+            return getattr(plt, name)
+
+        def close(self, fig):
+            figures.append(fig)
+
+    monkeypatch.setattr(plots, "_pyplot", lambda: Keeping())
+    yield figures
+    for fig in figures:
+        plt.close(fig)
+
+
+def _lines(ax) -> dict[str, tuple[list, list]]:
+    return {line.get_label(): (list(line.get_xdata()), list(line.get_ydata())) for line in ax.get_lines()}
+
+
+def test_training_curves_draw_each_series_in_its_panel(tmp_path, captured):
+    rows = [
+        {"split": "train", "step": 10, "log_p": -120.0, "ess": 0.4, "eta": 2.0, "beta": 0.5},
+        {"split": "train", "step": 20, "log_p": -110.0, "ess": 0.5, "eta": 3.0, "beta": 0.25},
+        {"split": "val", "step": 20, "log_p": -112.0, "l2": 0.07, "psnr": 18.0},
+    ]
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"split": "train", "step": 3')  # a cut line
+    plots.save_training_curves(metrics, tmp_path / "curves.png", title="run")
+    assert (tmp_path / "curves.png").stat().st_size > 1000
+    log_p, quality, ess, schedules = captured[0].axes
+    assert _lines(log_p) == {"train": ([10, 20], [-120.0, -110.0]), "validation": ([20], [-112.0])}
+    assert "L2" in quality.get_title() and [v for _, v in _lines(quality).items()] == [([20], [0.07])]
+    assert "ESS" in ess.get_title() and list(_lines(ess).values()) == [([10, 20], [0.4, 0.5])]
+    assert _lines(schedules) == {"eta": ([10, 20], [2.0, 3.0]), "beta": ([10, 20], [0.5, 0.25])}
+
+    plots.save_training_curves(metrics, tmp_path / "psnr.png", quality="psnr")
+    assert "PSNR" in captured[1].axes[1].get_title()
+    assert list(_lines(captured[1].axes[1]).values()) == [([20], [18.0])]
+
+
+def test_training_curves_without_ess_show_the_kl(tmp_path, captured):
+    rows = [{"split": "train", "step": 5, "log_p": -90.0, "kl": 4.0},
+            {"split": "val", "step": 5, "log_p": -95.0, "l2": 0.1, "kl": 4.5}]
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    plots.save_training_curves(metrics, tmp_path / "curves.png")
+    panel = captured[0].axes[2]
+    assert "KL" in panel.get_title()
+    assert sorted(_lines(panel).values()) == [([5], [4.0]), ([5], [4.5])]
