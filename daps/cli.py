@@ -215,8 +215,14 @@ def _train(args: argparse.Namespace) -> int:
     run_dir = train(cfg, resume=args.resume, overwrite=args.overwrite, device=_device(args.device))
     if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 evaluates and reports
         return 0
-    summary = json.loads((run_dir / "summary.json").read_text())
-    print(summarize(summary))
+    if cfg.train.stop_after and cfg.train.stop_after < cfg.train.steps:  # no summary.json: the run is not complete
+        from daps.plots import read_metrics
+
+        last = [r for r in read_metrics(run_dir / "metrics.jsonl") if r.get("split") == "val"][-1]
+        print(summarize(last))
+        print(f"stopped at step {last['step']} of {cfg.train.steps} (train.stop_after); continue with --resume")
+    else:
+        print(summarize(json.loads((run_dir / "summary.json").read_text())))
     print(f"run folder: {run_dir}  (reconstructions.png, curves.png, metrics.jsonl, checkpoints/)")
     return 0
 

@@ -551,13 +551,17 @@ def _finish(s: Setup, start_step: int, end_step: int, write_row) -> None:
         _checkpoint(s, end_step)
     if dist.is_main() and metrics is not None:
         _write_artifacts(s, end_step, metrics)
+        if end_step < s.cfg.train.steps:
+            log.info("stopped at step %d of %d (train.stop_after): --resume continues the run", end_step,
+                     s.cfg.train.steps)
     skipped = {k: v for k, v in s.optimizers.skipped.items() if v}
     if skipped:
         log.warning("skipped updates with non-finite gradients: %s", skipped)
 
 
 def _write_artifacts(s: Setup, end_step: int, metrics: dict) -> None:
-    """reconstructions.png, curves.png and, last, summary.json (its presence means the run is complete)."""
+    """reconstructions.png, curves.png and, last, summary.json (its presence means the run is complete: a run
+    stopped early by ``train.stop_after`` gets the figures only)."""
     cfg, spec, run_dir, standardize = s.cfg, s.spec, s.run_dir, s.spec.standardize
     summary = {key: value for key, value in metrics.items() if key not in ("split", "step")}
     summary = {"step": end_step, "dataset": spec.name, **summary}
@@ -576,7 +580,8 @@ def _write_artifacts(s: Setup, end_step: int, metrics: dict) -> None:
         quality="psnr" if spec.likelihood == "gaussian" else "l2",
     )
     s.logger.image("reconstructions", run_dir / "reconstructions.png", end_step)
-    write_json_atomic(run_dir / "summary.json", summary)
+    if end_step == cfg.train.steps:
+        write_json_atomic(run_dir / "summary.json", summary)
 
 
 def _log_codes(s: Setup, step: int) -> None:

@@ -19,6 +19,7 @@ from daps.cli import main
 from daps.config_io import config_from_dict, config_to_dict
 from daps.data import load_dataset
 from daps.methods import build_method
+from daps.plots import read_metrics
 
 pytestmark = pytest.mark.usefixtures("offline")
 
@@ -268,14 +269,17 @@ def test_resume_to_more_steps_with_constant_beta_is_exact(tmp_path, tiny_overrid
     assert cfg["train"]["steps"] == 6
 
 
-def test_stop_after_then_resume_is_exact(tmp_path, tiny_overrides, trained_run, no_plots):
+def test_stop_after_then_resume_is_exact(tmp_path, tiny_overrides, trained_run, no_plots, capsys):
     """N/2 steps (train.stop_after), then --resume to N == N steps in one go, with the default
     (exp_decay, length-dependent) beta schedule."""
     run = tmp_path / "run"
     train(tiny_overrides, run, "train.stop_after=3")
-    assert json.loads((run / "summary.json").read_text())["step"] == 3
+    assert "stopped at step 3 of 6 (train.stop_after); continue with --resume" in capsys.readouterr().out
+    assert not (run / "summary.json").exists()  # its presence means a complete run
+    assert [r["step"] for r in read_metrics(run / "metrics.jsonl") if r["split"] == "val"][-1] == 3
     assert not ckpt_dir(run, 6).exists()
     train(tiny_overrides, run, "--resume")
+    assert json.loads((run / "summary.json").read_text())["step"] == 6
     assert_same(weights(run, 6), weights(trained_run, 6))
     assert_same(train_state(run, 6), train_state(trained_run, 6))
 
