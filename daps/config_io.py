@@ -84,16 +84,27 @@ def applicable_overrides(cfg: Config, overrides: list[str]) -> list[str]:
 
 
 def check_overrides_used(overrides: list[str]) -> None:
-    """A :class:`~daps.errors.UserError` for an override that names no section of any registered method (a typo),
-    which :func:`applicable_overrides` would silently give to no config. For commands that configure several
-    methods at once; settings of a registered method that is not among them pass."""
+    """A :class:`~daps.errors.UserError` for an override that names no section of any registered method, or no
+    setting of the method section it names, or a value of the wrong type there (a typo), which
+    :func:`applicable_overrides` would silently give to no config. For commands that configure several methods at
+    once; valid settings of a registered method that is not among them pass."""
     from daps.methods import METHODS
 
     sections = {*SHARED_SECTIONS, "method", "preset", *(s.config_type.section for s in METHODS.values())}
+    own = {s.config_type.section: s.config_type for s in METHODS.values()}
     for item in overrides:
-        key = item.partition("=")[0].strip()
-        if key.split(".")[0] not in sections:
+        key, _, text = item.partition("=")
+        key = key.strip()
+        section = key.split(".")[0]
+        if section not in sections:
             raise UserError(f"unknown config key {key!r}; sections: {', '.join(sorted(sections))}")
+        if section in own:  # a method's own setting: a typo there is refused even if that method is not run
+            fields = _leaf_fields(own[section](), f"{section}.")
+            if key not in fields:
+                raise UserError(f"unknown config key {key!r}; the {section} settings are {', '.join(sorted(fields))}")
+            if text.strip():
+                owner, f = fields[key]
+                _cast(text.strip(), _field_type(owner, f.name), key)
 
 
 def parse_overrides(cfg: Config, overrides: list[str]) -> Config:

@@ -39,6 +39,17 @@ def test_plan_rejects_unknown_and_repeated_methods(tmp_path):
         plan_runs("mnist", ["daps"], 10, [0], tmp_path, ["train.steps=5"])
 
 
+@pytest.mark.parametrize("override, message", [
+    ("fsq.levelz=8", "unknown config key 'fsq.levelz'; the fsq settings are fsq.levels"),
+    ("relaxed.temprature=1", "unknown config key 'relaxed.temprature'"),
+    ("fsq.levels=abc", "fsq.levels: expected an integer"),
+])
+def test_a_typo_in_the_settings_of_a_method_not_compared_is_refused(tmp_path, override, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        plan_runs("mnist", ["daps"], 10, [0], tmp_path, [override])
+    plan_runs("mnist", ["daps"], 10, [0], tmp_path, ["fsq.levels=8,5,5,5"])  # valid: passes (given to no run)
+
+
 def test_every_method_gets_the_same_budget_and_the_overrides(tmp_path):
     runs = plan_runs("mnist", ["daps", "gumbel", "fsq"], 40, [0, 1], tmp_path, ["train.batch_size=32"])
     assert [(r.method, r.seed) for r in runs] == [(m, s) for m in ("daps", "gumbel", "fsq") for s in (0, 1)]
