@@ -102,7 +102,14 @@ def save_checkpoint(
         sums[file] = {"sha256": file_digest(tmp / file, "sha256"), "bytes": (tmp / file).stat().st_size}
     write_json_atomic(tmp / CHECKSUMS, {"step": step, "files": sums})
     aside = root / f".{name}.old-{os.getpid()}"
-    if final.exists():  # rewriting a step: move the old copy aside, never leave `latest` dangling
+    if final.exists():  # rewriting a step (resumed past it because it is damaged): a damaged copy is kept
+        try:
+            verify_checkpoint(final)
+        except CheckpointError as err:
+            kept = _unused(root / f"damaged_{name}")
+            os.replace(final, kept)
+            log.warning("kept the damaged checkpoint %s as %s (%s)", name, kept.name, err)
+    if final.exists():  # an intact copy of the same step: replaced, moved aside first
         os.replace(final, aside)
     os.replace(tmp, final)
     fsync_path(root)
@@ -113,6 +120,15 @@ def save_checkpoint(
         if old != final:
             shutil.rmtree(old)
     return final
+
+
+def _unused(path: Path) -> Path:
+    """``path``, or ``path-2``, ``path-3``, ... whichever does not exist yet."""
+    candidate, n = path, 1
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.name}-{n}")
+    return candidate
 
 
 def list_checkpoints(run_dir: str | Path) -> list[Path]:

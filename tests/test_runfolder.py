@@ -384,6 +384,8 @@ def test_damaged_latest_checkpoint_is_named_and_resume_falls_back(
     assert same_weights(run, trained_run)  # retrained steps 4-6 exactly
     verify_checkpoint(latest)
     assert damaged != (latest / file).read_bytes() or how == "empty"
+    kept = run / CKPT_DIR / "damaged_step_00000006"  # the damaged copy is kept beside it, not deleted
+    assert (kept / file).read_bytes() == damaged and "kept the damaged checkpoint" in caplog.text
 
 
 def test_no_intact_checkpoint_is_refused_naming_each(copy_run, capsys, tiny_overrides):
