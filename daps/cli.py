@@ -323,7 +323,7 @@ def _compare(args: argparse.Namespace, argv: list[str]) -> int:
     set_threads(args.threads)
     compare(
         args.preset, methods, args.steps, list(range(args.seeds)), out, args.overrides, _device(args.device), argv,
-        overwrite=args.overwrite, vary=args.vary,
+        overwrite=args.overwrite, vary=args.vary, threads=args.threads,
     )
     print(Path(out, "results.md").read_text())
     return 0

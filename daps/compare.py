@@ -263,16 +263,19 @@ def plan_runs(
     return runs
 
 
-def command_for(run: Run, preset: str, overrides: list[str]) -> str:
+def command_for(run: Run, preset: str, overrides: list[str], flags: Sequence[str] = ()) -> str:
     """The ``daps train`` command that reproduces ``run`` (only the overrides that concern its method: ``daps
-    train`` refuses another method's settings)."""
+    train`` refuses another method's settings), with ``--resume`` so that it trains a missing run, continues an
+    interrupted one and leaves a finished one alone; ``flags`` (``--device``, ``--threads``) go first."""
     c = run.cfg.train
-    args = [
-        "daps", "train", "--preset", preset, "--method", run.method, f"train.steps={c.steps}", f"train.seed={c.seed}",
-        f"train.out_dir={c.out_dir}", f"train.eval_every={c.eval_every}", f"train.ckpt_every={c.ckpt_every}",
-        f"train.log_every={c.log_every}", *applicable_overrides(run.cfg, overrides), *run.overrides,
+    settings = [
+        f"train.steps={c.steps}", f"train.seed={c.seed}", f"train.out_dir={c.out_dir}",
+        f"train.eval_every={c.eval_every}", f"train.ckpt_every={c.ckpt_every}", f"train.log_every={c.log_every}",
+        *applicable_overrides(run.cfg, overrides), *run.overrides,
     ]
-    return shlex.join(args)
+    last = {item.partition("=")[0].strip(): i for i, item in enumerate(settings)}  # a key given twice: the last wins
+    settings = [item for i, item in enumerate(settings) if last[item.partition("=")[0].strip()] == i]
+    return shlex.join(["daps", "train", "--preset", preset, "--method", run.method, *flags, "--resume", *settings])
 
 
 def _finished(run: Run) -> bool:
@@ -468,10 +471,12 @@ def compare(
     argv: list[str] | None = None,
     overwrite: bool = False,
     vary: Sequence[str] = (),
+    threads: int = 0,
 ) -> list[dict]:
     """Train (or reuse) every run, then write the tables, figures and commands into ``out``; returns the
     table rows. ``overwrite``: retrain run folders whose config differs from this comparison's (else refused).
-    ``vary``: ``--vary`` options (see :func:`parse_vary`), a grid of arms per method."""
+    ``vary``: ``--vary`` options (see :func:`parse_vary`), a grid of arms per method. ``device`` and ``threads``
+    (0: not set) are passed on to ``commands.sh``."""
     out = Path(out)
     overrides = list(overrides)
     runs = plan_runs(preset, methods, steps, seeds, out, overrides, vary)  # validates everything before training
@@ -481,7 +486,9 @@ def compare(
     try:
         with FolderLock(out):
             check_runs(runs, overwrite)
-            return _compare(runs, preset, methods, steps, seeds, out, overrides, device, argv, vary)
+            flags = [*(["--device", str(device)] if device is not None else []),
+                     *(["--threads", str(threads)] if threads else [])]
+            return _compare(runs, preset, methods, steps, seeds, out, overrides, device, argv, vary, flags)
     except BaseException:
         if created:  # e.g. the data are missing: the first run failed before writing anything
             _remove_if_untouched(out)
@@ -506,7 +513,7 @@ def _remove_if_untouched(out: Path) -> None:
         pass
 
 
-def _compare(runs, preset, methods, steps, seeds, out, overrides, device, argv, vary) -> list[dict]:
+def _compare(runs, preset, methods, steps, seeds, out, overrides, device, argv, vary, flags) -> list[dict]:
     invocation = shlex.join(["daps", "compare", *argv]) if argv is not None else None
     commands = [
         "#!/usr/bin/env bash",
@@ -515,7 +522,7 @@ def _compare(runs, preset, methods, steps, seeds, out, overrides, device, argv, 
     ]
     if invocation:
         commands.append(f"# {invocation}")
-    commands += [command_for(r, preset, overrides) for r in runs]
+    commands += [command_for(r, preset, overrides, flags) for r in runs]
     write_text_atomic(out / "commands.sh", "\n".join(commands) + "\n")
 
     run_all(runs, device)

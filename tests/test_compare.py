@@ -85,7 +85,13 @@ def test_compare_writes_table_figures_commands_and_reuses_finished_runs(tmp_path
     assert [r["method"] for r in rows] == ["daps", "dapsna"]
     assert float(rows[0]["log_p"]) == pytest.approx(table[0]["log_p"])
     commands = [ln for ln in (out / "commands.sh").read_text().splitlines() if ln.startswith("daps train")]
-    assert len(commands) == 4 and all("train.steps=4" in c for c in commands)
+    assert len(commands) == 4 and all("train.steps=4" in c and " --resume " in c for c in commands)
+    # a line of commands.sh reproduces its run: dapsna seed 1 deleted and retrained gives the same summary
+    summary = (out / "dapsna" / "seed1" / "summary.json").read_text()
+    shutil.rmtree(out / "dapsna" / "seed1")
+    line = next(c for c in commands if "--method dapsna" in c and "train.seed=1" in c)
+    assert main(shlex.split(line)[1:]) == 0
+    assert (out / "dapsna" / "seed1" / "summary.json").read_text() == summary
 
     # The interrupted run was resumed, not restarted: its metrics start at step 1 and reach step 4 once.
     steps = [json.loads(ln)["step"] for ln in open(out / "dapsna" / "seed0" / "metrics.jsonl")]
@@ -329,7 +335,11 @@ def test_commands_pass_each_method_only_its_own_settings(tmp_path, overrides):
     but the reproduction script stopped at its first line)."""
     runs = plan_runs("mnist", ["daps", "fsq"], 4, [0], tmp_path, overrides, ["daps.ess_target=0.25,0.5"])
     for run in runs:
-        method, items = _train_overrides(compare_mod.command_for(run, "mnist", overrides))
+        line = compare_mod.command_for(run, "mnist", [*overrides, "train.eval_every=3"], ["--threads", "1"])
+        method, items = _train_overrides(line)
+        keys = [item.partition("=")[0] for item in items]
+        assert len(keys) == len(set(keys)) and "train.eval_every=3" in items  # once each, the user's value
+        assert " --threads 1 --resume " in line
         cfg = parse_overrides(get_preset("mnist", method), items)  # raises on another method's setting
         assert cfg.train.out_dir == str(run.out_dir)
         assert compare_mod.config_differences(cfg, run.cfg, frozenset()) == {}
