@@ -163,7 +163,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", help="run folder or checkpoint folder of a lafan1-h1 run")
     p.add_argument("--clip", default="walk2_subject4", help="LAFAN1 clip (default walk2_subject4, a validation clip)")
     p.add_argument("--start", type=float, default=0.0, help="start time in the clip, seconds (default 0)")
-    p.add_argument("--seconds", type=float, default=10.0, help="length, seconds (default 10; whole windows)")
+    p.add_argument(
+        "--seconds", type=float, default=10.0, help="length, seconds (default 10, rounded up to whole windows)",
+    )
     p.add_argument("--out", required=True, help="the mp4 to write")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.add_argument("--size", type=int, default=320, help="pixels of each square view (default 320)")

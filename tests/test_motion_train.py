@@ -130,7 +130,7 @@ def test_tiny_motion_run_trains_evaluates_resumes_and_renders(tmp_path, capsys, 
     assert metrics["l2"] > 0 and metrics["mpjpe_mm"] > 0
 
     video = tmp_path / "walk.mp4"
-    code = main(["render", str(run), "--clip", "walk2_subject4", "--seconds", "1.1", "--size", "64",
+    code = main(["render", str(run), "--clip", "walk2_subject4", "--seconds", "1", "--size", "64",
                  "--out", str(video)])
     err = capsys.readouterr().err
     if code == 2 and "OpenGL" in err:
@@ -139,7 +139,7 @@ def test_tiny_motion_run_trains_evaluates_resumes_and_renders(tmp_path, capsys, 
     import imageio.v2 as imageio
 
     reader = imageio.get_reader(video)
-    assert reader.count_frames() == 32  # one 32-frame window of 30 fps fits in 1.1 s
+    assert reader.count_frames() == 32  # 1 s rounded up to one 32-frame window of 30 fps (1.07 s)
     frame = reader.get_data(0)
     assert frame.shape == (64, 128, 3) and frame.std() > 1  # two views, not a blank image
 
@@ -151,7 +151,7 @@ def test_render_refuses_bad_requests_in_one_line(tmp_path, capsys, trained_run, 
     capsys.readouterr()
     cases = [
         (["render", str(run), "--clip", "moonwalk1_subject9", "--out", str(tmp_path / "a.mp4")], "unknown motion clip"),
-        (["render", str(run), "--start", "1000", "--out", str(tmp_path / "a.mp4")], "not one 32-frame window"),
+        (["render", str(run), "--start", "1000", "--out", str(tmp_path / "a.mp4")], "less than one 32-frame window"),
         (["render", str(run), "--out", str(tmp_path / "a.gif")], "must name a file ending in .mp4"),
         (["render", str(trained_run), "--out", str(tmp_path / "a.mp4")], "render shows motion runs"),
     ]

@@ -12,6 +12,7 @@ consecutive training and validation windows. Training draws windows uniformly wi
 from __future__ import annotations
 
 import functools
+import math
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -180,11 +181,12 @@ def reconstruct_clip(
     poses, feats = motion.poses[clip], motion.features[clip]
     t = motion.window
     first = int(round(start_s * motion.fps))
-    count = (min(len(poses) - first, int(round(seconds * motion.fps))) // t) * t
+    wanted = max(1, math.ceil(seconds * motion.fps / t - 1e-9))  # windows: seconds rounded up, as robot plan does
+    count = min((len(poses) - first) // t, wanted) * t  # as many as the clip has left
     if first < 0 or count < t:
         raise UserError(
-            f"{clip} has {len(poses) / motion.fps:.1f} s; from {start_s} s there is not one {t}-frame window "
-            f"({t / motion.fps:.2f} s)"
+            f"--start {start_s} s: {clip} has {len(poses) / motion.fps:.1f} s, so less than one {t}-frame window "
+            f"({t / motion.fps:.2f} s) is left after it; choose an earlier --start"
         )
     target = poses[first : first + count]  # (N, 26)
     x = motion.stats.normalize(feats[first : first + count].astype(np.float64)).reshape(-1, 1, t, feats.shape[1])
