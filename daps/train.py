@@ -161,8 +161,20 @@ def prepare_run_dir(cfg: Config, resume: bool, overwrite: bool, report: bool = T
             _check_same_config(run_dir, read_config(saved), cfg, report)
         warn("%s was stopped before its first checkpoint: starting it again in place", run_dir)
         return RunPlan(clear_first=True)
+    step, end_step = int(ckpt.name.removeprefix("step_")), _end_step(cfg)
+    if step > end_step:  # before any warning about the changed config: a refusal is one line
+        raise _past_end(run_dir, step, end_step)
     _check_same_config(run_dir, read_config(ckpt / "config.json"), cfg, report)
     return RunPlan(resume_from=ckpt)
+
+
+def _end_step(cfg: Config) -> int:
+    """The step this invocation stops at: ``train.steps``, or ``train.stop_after`` if set and earlier."""
+    return min(cfg.train.steps, cfg.train.stop_after) if cfg.train.stop_after else cfg.train.steps
+
+
+def _past_end(run_dir: Path, start_step: int, end_step: int) -> UserError:
+    return UserError(f"cannot resume {run_dir} at step {start_step}: the run is set to stop at step {end_step}")
 
 
 def truncate_metrics(path: Path, last_step: int) -> None:
@@ -420,7 +432,7 @@ def _train_row(sums: dict[str, torch.Tensor], count: int, s: Setup, grad_norms: 
 def _train(cfg: Config, resume: bool, overwrite: bool, device: torch.device, rank: int, world: int) -> Path:
     tc = cfg.train
     run_dir = Path(tc.out_dir)
-    end_step = min(tc.steps, tc.stop_after) if tc.stop_after else tc.steps
+    end_step = _end_step(cfg)
     plan = prepare_run_dir(cfg, resume, overwrite)  # again, now that no other process can change the folder
     if dist.is_main():
         remove_leftovers(run_dir)
@@ -429,7 +441,7 @@ def _train(cfg: Config, resume: bool, overwrite: bool, device: torch.device, ran
     state = load_training_state(plan.resume_from) if plan.resume_from is not None else None
     start_step = state["step"] if state is not None else 0
     if start_step > end_step:
-        raise UserError(f"cannot resume {run_dir} at step {start_step}: the run is set to stop at step {end_step}")
+        raise _past_end(run_dir, start_step, end_step)
     if state is not None and start_step == end_step and _finished(run_dir, end_step):
         log.info("%s already finished step %d; nothing to do", run_dir, end_step)
         return run_dir
