@@ -244,6 +244,8 @@ def _eval(args: argparse.Namespace) -> int:
         raise UserError("--fid reference needs --fid-ref STATS.npz (see daps fid-stats)")
     if args.fid_ref and args.fid != "reference":
         raise UserError(f"--fid-ref is read only with --fid reference (here --fid {args.fid})")
+    if args.fid_ref and not Path(args.fid_ref).is_file():  # before the model and the data are read
+        raise UserError(f"--fid-ref {args.fid_ref}: no such file (daps fid-stats writes one)")
     if args.fid_weights and args.fid == "none":
         raise UserError("--fid-weights is used only with --fid val-pairs or reference")
     if args.plot:

@@ -173,7 +173,8 @@ def test_eval_names_the_dataset_note_and_refuses_unused_fid_flags(trained_run, c
     for argv, message in ((["--fid-ref", str(tmp_path / "s.npz")], "--fid-ref is read only with --fid reference"),
                           (["--fid-weights", str(tmp_path)], "--fid-weights is used only"),
                           # grey images: refused before the weights are looked for (a missing file would be named)
-                          (["--fid", "val-pairs", "--fid-weights", str(tmp_path / "none.pt")], "needs RGB images")):
+                          (["--fid", "val-pairs", "--fid-weights", str(tmp_path / "none.pt")], "needs RGB images"),
+                          (["--fid", "reference", "--fid-ref", str(tmp_path / "s.npz")], "s.npz: no such file")):
         assert main(["eval", str(trained_run), *argv]) == 2
         assert message in capsys.readouterr().err
 
