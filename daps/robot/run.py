@@ -124,6 +124,8 @@ def encode_commands(cfg: RobotConfig, device: torch.device) -> tuple[dict[str, C
         tcfg.data.data_dir = cfg.data_dir
     check_run_stats(ckpt.parent.parent, tcfg.data)
     window = int(tcfg.data.image_shape[1])
+    if window % cfg.stride:  # before the data are read
+        raise UserError(f"stride {cfg.stride} must divide the tokenizer's window length {window}")
     motion = load_motion_data(tcfg.data.data_dir or None, window=window, stride=cfg.stride)
     samples = cfg.samples if method_spec(tcfg.method).encoder != "quantizer" else 1
     generator = torch.Generator(device).manual_seed(cfg.seed)
