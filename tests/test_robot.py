@@ -428,6 +428,8 @@ def test_robot_bad_requests_are_one_line(tiny_policy, tmp_path, capsys, trained_
     save_checkpoint(retrained, int(state["step"]), model, model.config, state, keep=2)
     cases = [
         (["robot", "plan", str(policy), "--motion", "swim", "--out", out], "unknown motion 'swim'"),
+        (["robot", "plan", str(policy), "--motion", "swim", "--out", out], "(or --prompt TEXT)"),
+        (["robot", "eval", str(policy), "--motions", "walk,swim"], "dance, fall, fight, jump, run, walk"),
         (["robot", "plan", str(policy), "--prompt", "sing a song", "--out", out], "names no kind"),
         (["robot", "plan", str(policy), "--motion", "walk", "--velocity", "fast", "--out", out], "--velocity"),
         (["robot", "plan", str(policy), "--motion", "walk", "--out", str(tmp_path / "a.gif")], "ending in .mp4"),
@@ -463,6 +465,7 @@ def test_robot_bad_requests_are_one_line(tiny_policy, tmp_path, capsys, trained_
         assert main(argv) == 2, argv
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1, (argv, err)
+        assert argv[1] != "eval" or "--prompt" not in err, err
     assert not (tmp_path / "a.mp4").exists() and not (tmp_path / "p").exists()
     assert (tok / "config.json").is_file() and (tok / "checkpoints").is_dir()  # the tokenizer run was not touched
     assert (tmp_path / "notes.json").read_text() == '{"mine": 1}' and (tmp_path / "notes.md").read_text() == "mine"

@@ -101,7 +101,7 @@ def _train(args: argparse.Namespace) -> int:
 def _plan(args: argparse.Namespace) -> int:
     from daps.motion.h1 import load_h1
     from daps.motion.render import render_motion, render_side_by_side
-    from daps.robot.commands import motion_from_prompt, parse_velocity, read_velocity_schedule
+    from daps.robot.commands import motion_from_prompt, motion_index, parse_velocity, read_velocity_schedule
     from daps.robot.plan import Planner, describe, plan_motion
     from daps.runfolder import write_json_atomic
 
@@ -118,6 +118,7 @@ def _plan(args: argparse.Namespace) -> int:
         raise UserError("give --velocity or --velocity-schedule, not both")
     motion = args.motion if args.motion else motion_from_prompt(args.prompt)
     planner = Planner(args.policy_dir, _device(args.device), args.tokenizer)
+    motion_index(motion, planner.class_names, " (or --prompt TEXT)")
     warn_untrained_null(planner.cfg.label_dropout, args.guidance, "--guidance")
     windows = planner.windows_for(args.seconds)
     velocity = (read_velocity_schedule(args.velocity_schedule, windows, planner.window_seconds)
@@ -133,7 +134,6 @@ def _plan(args: argparse.Namespace) -> int:
                                                                               planner.window)}
     if args.physics:
         from daps.motion.dataset import load_motion_data
-        from daps.robot.commands import motion_index
         from daps.robot.evaluate import ground_truth_segments
         from daps.robot.physics import balance_check, track
 

@@ -59,10 +59,10 @@ def motion_from_prompt(prompt: str) -> str:
     return found.pop()
 
 
-def motion_index(name: str, class_names: list[str] | tuple[str, ...] = MOTION_TYPES) -> int:
-    """Index of motion kind ``name`` among ``class_names``, or UserError listing them."""
+def motion_index(name: str, class_names: list[str] | tuple[str, ...] = MOTION_TYPES, hint: str = "") -> int:
+    """Index of motion kind ``name`` among ``class_names``, or UserError listing them (and ``hint``)."""
     if name not in class_names:
-        raise UserError(f"unknown motion {name!r}; choose one of: {', '.join(class_names)} (or --prompt TEXT)")
+        raise UserError(f"unknown motion {name!r}; choose one of: {', '.join(class_names)}{hint}")
     return list(class_names).index(name)
 
 
