@@ -261,8 +261,8 @@ def load_fid_inception(weights: str | os.PathLike | None = None, device: torch.d
         where = [str(Path(weights).expanduser())] if weights is not None else [str(p) for p in _default_folders()]
         raise FileNotFoundError(
             f"FID Inception weights not found (looked in: {', '.join(where)}); pass a file or folder of *.pth "
-            f"shards as `weights`, set DAPS_DATA_DIR to a folder containing fid_inception/, or put pytorch-fid's "
-            f"{PYTORCH_FID_FILE} in {_default_folders()[-1]}")
+            "shards (--fid-weights, train.fid_weights), set DAPS_DATA_DIR to a folder containing fid_inception/, "
+            f"or put pytorch-fid's {PYTORCH_FID_FILE} in {_default_folders()[-1]}")
     state = _load_state_dict(files)
     net = FIDInceptionV3()
     expected = set(net.state_dict())
