@@ -43,6 +43,7 @@ from daps.runfolder import (
     has_content,
     prepare_output_folder,
     read_marker,
+    refuse_existing,
     write_json_atomic,
     write_marker,
     write_text_atomic,
@@ -292,11 +293,14 @@ def check_out(out: Path, overwrite: bool) -> None:
     if not has_content(out):
         check_replaceable(out, "gradlab", "--out")  # the current folder, a root, a file ...
         return
+    legacy = out.is_dir() and not out.is_symlink() and read_marker(out) is None and \
+        {p.name for p in out.iterdir()} == set(REPORT_FILES)  # a report written before the marker existed
     if not overwrite:
-        raise OutputFolderError(f"--out {out} already exists; pass --overwrite to replace it")
-    if out.is_dir() and not out.is_symlink() and read_marker(out) is None:
-        if {p.name for p in out.iterdir()} == set(REPORT_FILES):  # a report written before the marker existed
-            write_marker(out, "gradlab")
+        if legacy:
+            raise OutputFolderError(f"--out {out} already exists; pass --overwrite to replace it")
+        refuse_existing(out, "gradlab", "--out")
+    if legacy:
+        write_marker(out, "gradlab")
     check_replaceable(out, "gradlab", "--out")
 
 

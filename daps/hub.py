@@ -163,14 +163,14 @@ def save_pretrained(model: Method, folder: str | Path, overwrite: bool = False,
 
 def check_output_folder(folder: Path, overwrite: bool) -> None:
     """Refuse, before anything is created, a folder that save_pretrained may not write into."""
-    from daps.runfolder import check_replaceable, has_content, refuse_precious
+    from daps.runfolder import check_replaceable, has_content, refuse_existing, refuse_precious
 
     refuse_precious(folder, "--out")
     if (folder.exists() or folder.is_symlink()) and not folder.is_dir():
         raise UserError(f"--out {folder} exists and is not a folder")
     if has_content(folder):
         if not overwrite:
-            raise UserError(f"--out {folder} already exists; pass --overwrite to replace it")
+            refuse_existing(folder, KIND, "--out")
         check_replaceable(folder, KIND, "--out")
 
 

@@ -19,7 +19,7 @@ import logging
 import os
 import shutil
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, NoReturn
 
 from daps.errors import UserError
 
@@ -174,13 +174,13 @@ def check_output_file(path: str | Path, suffix: str, overwrite: bool | None, fla
         return out
     if overwrite is None:
         raise UserError(f"{flag} {path!s} already exists; choose another path (this command never replaces files)")
-    if not overwrite:
-        raise UserError(f"{flag} {path!s} already exists; pass --overwrite to replace it")
-    if is_ours is not None:
+    if is_ours is not None:  # first: --overwrite is suggested only where it would work
         if out.is_symlink() or not out.is_file():
             raise UserError(f"{flag} {path!s} is a link or not a regular file; refusing to replace it")
         if not is_ours(out):
-            raise UserError(f"{flag} {path!s} exists and is not {what}; refusing to replace it")
+            raise UserError(f"{flag} {path!s} exists and is not {what}; refusing to replace it: choose another path")
+    if not overwrite:
+        raise UserError(f"{flag} {path!s} already exists; pass --overwrite to replace it")
     return out
 
 
@@ -261,6 +261,13 @@ def check_replaceable(folder: str | Path, kind: str, what: str) -> Path:
     return resolved
 
 
+def refuse_existing(folder: str | Path, kind: str, what: str) -> NoReturn:
+    """The refusal of an existing output folder given without ``--overwrite``: it suggests ``--overwrite`` only
+    where that would work (a daps ``kind`` folder), else says why the folder can never be replaced."""
+    check_replaceable(folder, kind, what)
+    raise OutputFolderError(f"{what} {folder!s} already exists; pass --overwrite to replace it")
+
+
 def clear_folder(folder: Path, kind: str, what: str) -> None:
     """Delete everything in a replaceable output folder except its lock (the caller holds it)."""
     folder = check_replaceable(folder, kind, what)
@@ -284,7 +291,7 @@ def prepare_output_folder(folder: str | Path, kind: str, overwrite: bool, what: 
         raise OutputFolderError(f"{what} {folder!s} exists and is not a folder")
     if has_content(folder):
         if not overwrite:
-            raise OutputFolderError(f"{what} {folder!s} already exists; pass --overwrite to replace it")
+            refuse_existing(folder, kind, what)
         clear_folder(folder, kind, what)
     folder.mkdir(parents=True, exist_ok=True)
     write_marker(folder, kind)
@@ -357,6 +364,7 @@ __all__ = [
     "has_content",
     "is_output_folder",
     "prepare_output_folder",
+    "refuse_existing",
     "refuse_precious",
     "refuse_tilde",
     "remove_temporaries",

@@ -130,14 +130,19 @@ def test_overwrite_never_replaces_a_foreign_folder(tmp_path, small_result):
 def test_cli_refuses_an_existing_out_before_drawing(tmp_path, capsys, monkeypatch):
     import daps.gradlab
     from daps.cli import main
+    from daps.runfolder import write_marker
 
     out = tmp_path / "lab"
     out.mkdir()
     (out / "gradlab.md").write_text("old report")
     monkeypatch.setattr(daps.gradlab, "run_gradlab", lambda *a, **k: pytest.fail("drew before checking --out"))
     assert main(["gradlab", "--out", str(out), "--draws", "4", "--pretrain-steps", "0"]) == 2
+    err = capsys.readouterr().err.strip()  # unmarked: a user's folder, which --overwrite would not replace either
+    assert len(err.splitlines()) == 1 and str(out) in err and "not a daps gradlab folder" in err
+    write_marker(out, "gradlab")  # an earlier report: --overwrite is the way
+    assert main(["gradlab", "--out", str(out), "--draws", "4", "--pretrain-steps", "0"]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and str(out) in err and "--overwrite" in err
+    assert len(err.splitlines()) == 1 and str(out) in err and "pass --overwrite" in err
     assert (out / "gradlab.md").read_text() == "old report"
     assert main(["gradlab", "--out", str(tmp_path), "--overwrite", "--draws", "4"]) == 2  # not a gradlab folder
     assert "not a daps gradlab folder" in capsys.readouterr().err

@@ -449,7 +449,7 @@ def test_robot_bad_requests_are_one_line(tiny_policy, tmp_path, capsys, trained_
          "not a text file"),
         (["robot", "eval", str(policy), "--motions", ","], "names no kind"),
         (["robot", "plan", str(policy), "--motion", "walk", "--blend", "1000", "--out", out], "--blend must be"),
-        (["robot", "eval", str(policy), "--out", str(tmp_path / "notes")], "already exist"),
+        (["robot", "eval", str(policy), "--out", str(tmp_path / "notes")], "not part of a robot eval"),
         (["robot", "eval", str(policy), "--out", str(tmp_path / "notes"), "--overwrite"], "not part of a robot eval"),
         (["robot", "eval", str(policy), "--out", str(policy / "config"), "--overwrite"], "not part of a robot eval"),
         (["robot", "plan", str(policy), "--motion", "walk", "--out", out, "--json", str(tmp_path / "notes.json"),

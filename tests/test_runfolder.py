@@ -148,13 +148,14 @@ def test_other_writers_share_the_rule(tmp_path):
     out = tmp_path / "report"
     out.mkdir()
     (out / "mine.txt").write_text("x")
-    with pytest.raises(OutputFolderError, match="--overwrite"):
-        prepare_output_folder(out, "gradlab", overwrite=False)
-    with pytest.raises(OutputFolderError, match="not a daps gradlab folder"):
-        prepare_output_folder(out, "gradlab", overwrite=True)
+    for overwrite in (False, True):  # --overwrite is not suggested where it would not work
+        with pytest.raises(OutputFolderError, match="not a daps gradlab folder"):
+            prepare_output_folder(out, "gradlab", overwrite=overwrite)
     assert (out / "mine.txt").read_text() == "x"
     fresh = prepare_output_folder(tmp_path / "new", "gradlab", overwrite=False)
     (fresh / "gradlab.md").write_text("old report")
+    with pytest.raises(OutputFolderError, match="already exists; pass --overwrite to replace it"):
+        prepare_output_folder(fresh, "gradlab", overwrite=False)
     with pytest.raises(OutputFolderError, match="not a daps compare folder"):  # another kind is not replaced
         prepare_output_folder(fresh, "compare", overwrite=True)
     prepare_output_folder(fresh, "gradlab", overwrite=True)
