@@ -36,6 +36,7 @@ from daps.runfolder import (
     file_digest,
     fsync_path,
     publish_mode,
+    read_marker,
     remove_temporaries,
     write_json_atomic,
     write_text_atomic,
@@ -207,6 +208,8 @@ def resolve_checkpoint(path: str | Path, verify: bool = True) -> Path:
         ckpt = path / CKPT_DIR / name
         if not name.startswith("step_") or "/" in name or not ckpt.is_dir():
             raise CheckpointError(f"{latest} names {name!r}, which is not a checkpoint folder of {path}")
+    if read_marker(ckpt) == "pretrained":  # model and config only: not something to resume or evaluate from
+        raise CheckpointError(f"{path} is {OTHER_KINDS['pretrained']}, not a training run")
     if verify:
         verify_checkpoint(ckpt)
     return ckpt
@@ -271,6 +274,21 @@ def load_weights(model: nn.Module, ckpt: Path) -> None:
         raise CheckpointError(f"{path} does not fit the model of its config.json ({first})") from None
 
 
+OTHER_KINDS = {
+    "pretrained": "an exported model (daps export): load it in Python with daps.from_pretrained",
+    "prior": "a prior over codes: use daps prior sample / eval",
+    "robot": "a robot policy: use daps robot plan / eval",
+}
+
+
+def _refuse_other_kind(ckpt: Path, path: str | Path) -> None:
+    """CheckpointError if ``ckpt`` belongs to a daps folder that is not a training run (its marker says so)."""
+    folder = ckpt.parent.parent if ckpt.parent.name == CKPT_DIR else ckpt
+    kind = read_marker(folder)
+    if kind is not None and kind != "train":
+        raise CheckpointError(f"{path} is {OTHER_KINDS.get(kind, f'a daps {kind} folder')}, not a training run")
+
+
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> Method:
     """Load a trained method from a run folder or checkpoint, ready for ``encode`` / ``decode``.
 
@@ -280,7 +298,9 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> Method:
     """
     from daps.methods import build_method
 
-    ckpt = resolve_checkpoint(path)
+    ckpt = resolve_checkpoint(path, verify=False)
+    _refuse_other_kind(ckpt, path)
+    verify_checkpoint(ckpt)
     cfg = read_config(ckpt / "config.json")
     model = build_method(cfg, tuple(cfg.data.image_shape))
     load_weights(model, ckpt)

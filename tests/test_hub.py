@@ -29,7 +29,7 @@ def no_network(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 
-def test_export_reloads_to_the_same_codes_and_reconstructions(trained_run, tmp_path, no_network):
+def test_export_reloads_to_the_same_codes_and_reconstructions(trained_run, tmp_path, no_network, capsys):
     out = tmp_path / "exported"
     assert main(["export", str(trained_run), "--out", str(out)]) == 0
     assert {"model.safetensors", "config.json", "README.md"} <= {p.name for p in out.iterdir()}
@@ -42,6 +42,11 @@ def test_export_reloads_to_the_same_codes_and_reconstructions(trained_run, tmp_p
     b = loaded.reconstruct(x, torch.Generator().manual_seed(2))
     torch.testing.assert_close(b.log_p, a.log_p, rtol=0, atol=0)
     assert (out / "model.safetensors").stat().st_mode & 0o044  # readable by others: a file to share
+    capsys.readouterr()
+    for command in (["eval", str(out)], ["export-codes", str(out), "--out", str(tmp_path / "c.safetensors")]):
+        assert main(command) == 2  # the commands that take a run say what the folder is (not "state.pt is missing")
+        err = capsys.readouterr().err.strip()
+        assert "is an exported model (daps export): load it in Python with daps.from_pretrained" in err, err
 
 
 def test_model_card_names_what_it_is_and_rebuilds_the_config(trained_run, tmp_path):

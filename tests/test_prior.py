@@ -414,6 +414,8 @@ def test_bad_inputs_give_one_line_and_exit_2(trained_run, vq_run, exported, tmp_
                                  ("--cfg", "nan", "--cfg must be a finite number")):
         assert message in _error(capsys, ["prior", "sample", str(prior), flag, value, "--out", str(tmp_path / "x.png")])
     assert "--cfg must be a finite number" in _error(capsys, ["prior", "eval", str(prior), "--cfg", "inf"])
+    assert "is a prior over codes: use daps prior sample / eval, not a training run" in _error(
+        capsys, ["eval", str(prior)])  # a command that takes a training run
     assert "--euler-steps is for dfm priors" in _error(capsys, ["prior", "sample", str(prior), "--euler-steps", "4",
                                                                 "--out", str(tmp_path / "x.png")])  # an ar prior
     assert "deterministically" in _error(capsys, ["export-codes", str(vq_run), "--samples-per-input", "3",
