@@ -674,3 +674,13 @@ def test_inception_fid_on_grey_digits_is_refused_before_sampling(exported, tmp_p
     for extra in ([], ["--no-classifier"]):
         assert "--inception-fid is for RGB image datasets" in _error(
             capsys, ["prior", "eval", str(prior), "--n", "10", "--inception-fid", "10", *extra])
+
+
+def test_progress_in_a_file_is_a_line_per_logged_row(exported, tmp_path, caplog, capsys):
+    """Without a terminal (a job's log file) the bar would be carriage-return spam: a log line per row instead."""
+    with caplog.at_level("INFO", logger="daps"):
+        train_prior(PriorConfig(kind="ar", codes=str(exported["train"]), width=16, num_heads=2, num_layers=1,
+                                steps=4, log_every=2, eval_every=4, out_dir=str(tmp_path / "p")))
+    lines = [r.getMessage() for r in caplog.records if "steps/s" in r.getMessage()]
+    assert [line.split("  ")[0] for line in lines] == ["prior ar: step 2/4", "prior ar: step 4/4"]
+    assert "\r" not in capsys.readouterr().err

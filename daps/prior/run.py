@@ -18,6 +18,7 @@ import dataclasses
 import json
 import logging
 import math
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -403,7 +404,8 @@ def run_steps(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Opti
     from tqdm import tqdm
 
     model.train()
-    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not cfg.progress,
+    interactive = cfg.progress and sys.stderr.isatty()  # a bar on a terminal; a log line per row in a file
+    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not interactive,
                desc=desc, unit="step", dynamic_ncols=True, mininterval=1.0)
     loss_sum, count, applied, skipped_in_window, t_last = 0.0, 0, 0, 0, time.perf_counter()
     with open(run_dir / "metrics.jsonl", "a") as metrics:
@@ -441,6 +443,9 @@ def run_steps(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Opti
                 write_row({"split": "train", "step": done, "loss": mean, "skipped": skipped_in_window,
                            "steps_per_s": count / (now - t_last)})
                 bar.set_postfix(loss="-" if mean is None else f"{mean:.3f}", refresh=False)
+                if cfg.progress and not interactive:
+                    log.info("%s: step %d/%d  loss %s  %.2f steps/s", desc, done, cfg.steps,
+                             "-" if mean is None else f"{mean:.3f}", count / (now - t_last))
                 loss_sum, count, applied, skipped_in_window, t_last = 0.0, 0, 0, 0, now
             if done % cfg.eval_every == 0 or done == cfg.steps:
                 write_row({"split": "val", "step": done, **evaluate()})
