@@ -364,7 +364,7 @@ def tiny_policy(tmp_path_factory):
 
 
 @needs_data
-def test_robot_train_plan_and_eval_end_to_end(tiny_policy, tmp_path, capsys):
+def test_robot_train_plan_and_eval_end_to_end(tiny_policy, tmp_path, capsys, monkeypatch, caplog):
     tok, policy = tiny_policy
     config = json.loads((policy / "config.json").read_text())
     meta = config["commands"]
@@ -392,6 +392,12 @@ def test_robot_train_plan_and_eval_end_to_end(tiny_policy, tmp_path, capsys):
                  "--no-classifier", "--json", "--motions", "walk"]) == 0  # a checkpoint names its run
     result = json.loads(capsys.readouterr().out)
     assert result["settings"]["physics_rollouts"] == 1  # no more plans in physics than were planned
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # no trained classifier there
+    with caplog.at_level("WARNING", logger="daps"):
+        assert main(["robot", "eval", str(policy), "--rollouts", "1", "--windows", "2", "--physics-rollouts", "0",
+                     "--json", "--motions", "walk"]) == 0
+    assert "no kind-of-motion column: no motion classifier at" in caplog.text
+    assert json.loads(capsys.readouterr().out)["rows"]
     assert [r["percentile"] for r in result["rows"]] == [25, 50, 75]
     row = result["rows"][0]
     for key in ("abs_error_forward_m_s", "recon_abs_error_forward_m_s", "border_joint_accel", "gt_border_joint_accel",

@@ -26,6 +26,7 @@ Also reported once: how closely the root's window velocity follows the centre of
 from __future__ import annotations
 
 import json
+import logging
 import platform
 import time
 from pathlib import Path
@@ -41,6 +42,8 @@ from daps.provenance import source_revision
 from daps.robot.commands import VELOCITY_NAMES, com_window_velocity, motion_index, window_velocity
 from daps.robot.plan import Planner, stitch_windows, transition_jumps
 from daps.runfolder import check_output_file
+
+log = logging.getLogger("daps")
 
 
 def ground_truth_segments(motion: Any, kind: int, frames: int, count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -137,7 +140,10 @@ def evaluate(policy_run: str | Path, motions: list[str], rollouts: int = 8, wind
     if classifier:
         from daps.motion.classifier import load_classifier
 
-        judge = load_classifier()
+        try:
+            judge = load_classifier()
+        except UserError as err:  # as prior eval: the other columns do not need it
+            log.warning("no kind-of-motion column: %s (or pass --no-classifier)", err)
     run_dir = resolve_checkpoint(policy_run).parent.parent  # the run folder, also when given a checkpoint
     sets, _ = load_commands(run_dir / COMMANDS_FILE)
     train_codes = {tuple(c) for c in sets["train"].codes.tolist()}
