@@ -142,8 +142,8 @@ def evaluate(policy_run: str | Path, motions: list[str], rollouts: int = 8, wind
 
         try:
             judge = load_classifier()
-        except UserError as err:  # as prior eval: the other columns do not need it
-            log.warning("no kind-of-motion column: %s (or pass --no-classifier)", err)
+        except UserError as missing:  # as prior eval: the other columns do not need it
+            log.warning("no kind-of-motion column: %s (or pass --no-classifier)", missing)
     run_dir = resolve_checkpoint(policy_run).parent.parent  # the run folder, also when given a checkpoint
     sets, _ = load_commands(run_dir / COMMANDS_FILE)
     train_codes = {tuple(c) for c in sets["train"].codes.tolist()}
