@@ -416,6 +416,13 @@ def test_bad_inputs_give_one_line_and_exit_2(trained_run, vq_run, exported, tmp_
     assert "--cfg must be a finite number" in _error(capsys, ["prior", "eval", str(prior), "--cfg", "inf"])
     assert "is a prior over codes: use daps prior sample / eval, not a training run" in _error(
         capsys, ["eval", str(prior)])  # a command that takes a training run
+    train_argv = ["prior", "train", str(exported["train"]), "--out", str(tmp_path / "p4"), "steps=2"]
+    assert "not both" in _error(capsys, [*train_argv, "--label-dropout", "0.2", "label_dropout=0.3"])
+    assert "source: settings of dfm priors" in _error(capsys, [*train_argv, "source=mask"])  # --kind ar
+    assert "euler_steps: settings of dfm priors" in _error(capsys, [*train_argv, "euler_steps=8"])
+    unknown = _error(capsys, [*train_argv, "colour=blue"])
+    assert "unknown setting 'colour'" in unknown and "val_fraction" in unknown and "out_dir" not in unknown
+    assert not (tmp_path / "p4").exists()
     assert "--euler-steps is for dfm priors" in _error(capsys, ["prior", "sample", str(prior), "--euler-steps", "4",
                                                                 "--out", str(tmp_path / "x.png")])  # an ar prior
     assert "deterministically" in _error(capsys, ["export-codes", str(vq_run), "--samples-per-input", "3",

@@ -126,7 +126,8 @@ def apply_overrides(cfg: Any, overrides: list[str]) -> Any:
         if sep and key in FLAG_SETTINGS and key in fields:
             raise UserError(f"{item!r}: give {key} with {FLAG_SETTINGS[key]}, not as a setting")
         if not sep or key not in fields:
-            raise UserError(f"unknown setting {key!r} (in {item!r}); known: {', '.join(fields)}")
+            known = ", ".join(name for name in fields if name not in FLAG_SETTINGS)
+            raise UserError(f"unknown setting {key!r} (in {item!r}); known: {known}")
         kind = type(getattr(cfg, key))
         try:
             if kind is bool:
