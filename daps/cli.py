@@ -55,8 +55,31 @@ def seed_arg(text: str) -> int:
     return value
 
 
+class _DefaultsHelp(argparse.HelpFormatter):
+    """Help that names each option's default where its text does not already."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if ("default" in text or not action.option_strings or action.nargs == 0 or default is None
+                or default is argparse.SUPPRESS or default == "" or default == []):
+            return action.help
+        return f"{text} (default {default})".strip()
+
+
 class _Parser(argparse.ArgumentParser):
-    """argparse that reports a bad command line in one line (no usage block) with exit code 2."""
+    """argparse that reports a bad command line in one line (no usage block) with exit code 2, and names every
+    option's default in ``--help``."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _DefaultsHelp)
+        super().__init__(*args, **kwargs)
+
+    def add_argument(self, *args, **kwargs):
+        action = super().add_argument(*args, **kwargs)
+        if action.help is None and action.option_strings and action.nargs != 0 and action.default not in (None, "", []):
+            action.help = f"(default {action.default})"  # argparse shows nothing for an option without help
+        return action
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog.split()[0]} --help)\n")

@@ -3,6 +3,7 @@ a synthetic offline dataset (see conftest.py)."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -370,7 +371,6 @@ def test_a_bug_keeps_its_traceback(monkeypatch, tiny_overrides, tmp_path):
 def test_the_readme_command_block_lists_every_flag():
     """Each ``daps ...`` line of README's Commands block names exactly the flags its parser has (``--device`` and
     ``--help`` are described once for all, below the block)."""
-    import argparse
     import re
     from pathlib import Path
 
@@ -414,3 +414,28 @@ def test_eval_table_says_how_many_unreadable_files_were_replaced():
     table = summarize({"elbo": -90.0, "num_images": 100, "skipped_files": 2}, "imagenet256 test split")
     assert "  skipped: 2 unreadable file(s), each replaced by another image" in table.splitlines()
     assert "skipped" not in summarize({"elbo": -90.0, "num_images": 100, "skipped_files": 0})
+
+
+def test_help_names_the_default_of_every_option_that_has_one():
+    """README: ``--help`` on any command lists its flags with their defaults."""
+    from daps.cli import _parser
+
+    def commands(parser, name=""):
+        sub = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        if not sub:
+            yield name, parser
+        for action in sub:
+            for child, p in action.choices.items():
+                yield from commands(p, f"{name} {child}".strip())
+
+    checked = 0
+    for name, command in commands(_parser()):
+        text = command.format_help().split("options:", 1)[1]
+        for action in command._actions:
+            if not action.option_strings or action.nargs == 0 or action.default in (None, "", [], argparse.SUPPRESS):
+                continue
+            option = action.option_strings[-1]
+            block = text[text.index(f"  {option}"):].split("\n  -")[0]  # the option's own lines of the help
+            assert "default" in " ".join(block.split()), (name, option, block)
+            checked += 1
+    assert checked > 40
