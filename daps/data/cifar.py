@@ -13,6 +13,7 @@ data/datasets/cifar.py).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import logging
@@ -367,6 +368,12 @@ def _save_cached(cache: Path, images: np.ndarray) -> None:
         log.warning("could not cache the decoded images at %s (%s)", cache, e)
 
 
+@functools.cache
+def _warn_lossy() -> None:
+    """The lossy-copy warning, once per process (a run loads two splits)."""
+    log.warning(LOSSY_WARNING)
+
+
 def load_cifar10_jpeg(split: str, data_dir: PathLike | None = None) -> ImageSet:
     """Load the LOSSY JPEG quality-75 copy of CIFAR-10 (``cifar10_jpeg_q75_{train,test}.npz``).
 
@@ -393,7 +400,7 @@ def load_cifar10_jpeg(split: str, data_dir: PathLike | None = None) -> ImageSet:
             f"{', '.join(str(p.parent) for p in candidates)}. Fix: {DATA_DIR_FIX} "
             f"to the folder holding {JPEG_DIR}/{_jpeg_name(split)}."
         )
-    log.warning(LOSSY_WARNING)
+    _warn_lossy()
     npz, offsets, labels = _read_npz(path)
     n = labels.shape[0]
     cache = cifar10_jpeg_cache_dir() / f"{path.stem}.{_file_key(path)}.npy"
