@@ -633,10 +633,10 @@ def test_a_diverging_prior_run_stops_and_keeps_good_weights(tmp_path):
     from daps.prior.run import MAX_SKIPPED_STEPS, run_steps
     from daps.train import TrainingDiverged
 
-    def run(model: torch.nn.Linear, bad_steps: range, steps: int) -> None:
+    def run(model: torch.nn.Linear, bad_steps: range, steps: int, ckpt_every: int = 10**6) -> None:
         optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
-        cfg = SimpleNamespace(steps=steps, grad_clip=1.0, log_every=5, eval_every=10**6, ckpt_every=10**6,
-                              keep_checkpoints=1, progress=False)
+        cfg = SimpleNamespace(steps=steps, grad_clip=1.0, log_every=5, eval_every=10**6, ckpt_every=ckpt_every,
+                              keep_checkpoints=10, progress=False)
         calls = itertools.count()
 
         def batch_loss() -> torch.Tensor:
@@ -653,7 +653,10 @@ def test_a_diverging_prior_run_stops_and_keeps_good_weights(tmp_path):
     assert all(torch.isfinite(p).all() for p in diverging.parameters())  # the NaN steps changed nothing
     healthy = copy.deepcopy(start)
     (tmp_path / "metrics.jsonl").unlink()
-    run(healthy, range(3, 5), 20)  # two bad steps are skipped and the run goes on
+    run(healthy, range(3, 5), 20, ckpt_every=4)  # two bad steps are skipped and the run goes on
+    # no checkpoint right after a skipped update (step 4): a resume never starts in the middle of a streak
+    names = sorted(p.name for p in (tmp_path / "checkpoints").glob("step_*"))
+    assert names == ["step_00000008", "step_00000012", "step_00000016", "step_00000020"]
     assert all(torch.isfinite(p).all() for p in healthy.parameters()) and not torch.equal(healthy.weight, start.weight)
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     rows = [r for r in rows if r["split"] == "train"]

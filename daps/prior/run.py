@@ -451,7 +451,10 @@ def run_steps(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Opti
             if done % cfg.eval_every == 0 or done == cfg.steps:
                 write_row({"split": "val", "step": done, **evaluate()})
                 model.train()
-            if done % cfg.ckpt_every == 0 or done == cfg.steps:
+            if consecutive and done % cfg.ckpt_every == 0 and done != cfg.steps:
+                # as daps train: a resume never starts in the middle of a streak of skipped updates
+                log.warning("step %d: no checkpoint, the last update was skipped (non-finite)", done)
+            elif done % cfg.ckpt_every == 0 or done == cfg.steps:
                 state = {"step": done, "optimizer": optimizer.state_dict(), "generator": generator.get_state()}
                 save_checkpoint(run_dir, done, model, config, state, keep=cfg.keep_checkpoints)
     bar.close()
