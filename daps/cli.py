@@ -350,7 +350,9 @@ def _compare(args: argparse.Namespace, argv: list[str]) -> int:
     set_threads(args.threads)
     compare(
         args.preset, methods, args.steps, list(range(args.seeds)), out, args.overrides, _device(args.device), argv,
-        overwrite=args.overwrite, vary=args.vary, threads=args.threads,
+        overwrite=args.overwrite, vary=args.vary,
+        flags=[*(["--device", args.device] if args.device else []),
+               *(["--threads", str(args.threads)] if args.threads else [])],
     )
     print(Path(out, "results.md").read_text())
     return 0

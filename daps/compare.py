@@ -154,8 +154,9 @@ def parse_vary(items: Sequence[str], overrides: Sequence[str] = ()) -> Grid:
         for key in keys:
             if key in ("method", "preset"):
                 raise UserError(f"--vary {item!r}: choose methods with --methods and the preset with --preset")
-            if key in OWNED:
-                raise UserError(f"compare sets {key} for every run; use {OWNED[key]} instead of --vary {item!r}")
+            if key in OWNED or key == "train.stop_after":
+                raise UserError(f"compare sets {key} for every run; use {OWNED.get(key, '--steps')} instead of "
+                                f"--vary {item!r}")
             if key in seen or key in fixed:
                 raise UserError(f"--vary {item!r}: {key} is set twice (in another --vary or an override)")
             seen.add(key)
@@ -232,6 +233,9 @@ def plan_runs(
         key = item.partition("=")[0].strip()
         if key in OWNED:
             raise UserError(f"compare sets {key} for every run; use {OWNED[key]} instead of {item!r}")
+        if key == "train.stop_after":
+            raise UserError("compare trains every run to --steps, so it can write its table; to split the work, "
+                            "stop compare itself: running it again resumes every run where it stopped")
     grid = parse_vary(vary, overrides)
     check_overrides_used([*overrides, *(f"{k}=" for keys, _ in grid for k in keys)])
     presets = {method: get_preset(preset, method) for method in methods}
@@ -471,28 +475,26 @@ def compare(
     argv: list[str] | None = None,
     overwrite: bool = False,
     vary: Sequence[str] = (),
-    threads: int = 0,
+    flags: Sequence[str] = (),
 ) -> list[dict]:
     """Train (or reuse) every run, then write the tables, figures and commands into ``out``; returns the
     table rows. ``overwrite``: retrain run folders whose config differs from this comparison's (else refused).
-    ``vary``: ``--vary`` options (see :func:`parse_vary`), a grid of arms per method. ``device`` and ``threads``
-    (0: not set) are passed on to ``commands.sh``."""
+    ``vary``: ``--vary`` options (see :func:`parse_vary`), a grid of arms per method. ``flags``: the command
+    line's ``--device`` / ``--threads`` options, passed on to ``commands.sh``."""
     out = Path(out)
     overrides = list(overrides)
     runs = plan_runs(preset, methods, steps, seeds, out, overrides, vary)  # validates everything before training
     check_buildable(runs)
     created = not out.exists()
     prepare_compare_folder(out)
-    try:
-        with FolderLock(out):
+    with FolderLock(out):  # another compare on the same folder is refused here, before anything below
+        try:
             check_runs(runs, overwrite)
-            flags = [*(["--device", str(device)] if device is not None else []),
-                     *(["--threads", str(threads)] if threads else [])]
             return _compare(runs, preset, methods, steps, seeds, out, overrides, device, argv, vary, flags)
-    except BaseException:
-        if created:  # e.g. the data are missing: the first run failed before writing anything
-            _remove_if_untouched(out)
-        raise
+        except BaseException:
+            if created:  # e.g. the data are missing: the first run failed before writing anything
+                _remove_if_untouched(out)
+            raise
 
 
 def _remove_if_untouched(out: Path) -> None:

@@ -48,13 +48,23 @@ they are named here; ``repeat_interleave`` with tensor repeats and no ``output_s
 
 
 MASK_INDEXING = {"index", "index_put", "index_put_", "_index_put_impl_"}
-"""Indexing operations that, given a boolean mask (``x[mask]``, ``x[mask] = v``), find its true entries on the
-host first (``nonzero`` inside the CUDA kernel code, where no trace sees it)."""
+"""Indexing operations that, given a boolean mask (``x[mask]``, ``x[mask] = values``), find its true entries on
+the host first (``nonzero`` inside the CUDA kernel code, where no trace sees it)."""
 
 
-def _has_bool_index(args: tuple) -> bool:
+def _has_bool_index(args: tuple, kwargs: dict) -> bool:
+    """Whether an indexing call takes a mask in a way that syncs. Writing one number through one mask
+    (``x[mask] = 0.5``, not accumulated) is done as ``masked_fill_`` on the device, no sync: not counted (a 0-d
+    CUDA tensor as the value would sync, which a CPU trace cannot tell from a number)."""
     indices = args[1] if len(args) > 1 and isinstance(args[1], (list, tuple)) else ()
-    return any(isinstance(i, torch.Tensor) and i.dtype in (torch.bool, torch.uint8) for i in indices)
+    masks = [i for i in indices if isinstance(i, torch.Tensor) and i.dtype in (torch.bool, torch.uint8)]
+    if not masks:
+        return False
+    values = args[2] if len(args) > 2 else kwargs.get("values")
+    accumulate = args[3] if len(args) > 3 else kwargs.get("accumulate", False)
+    scalar_fill = (isinstance(values, torch.Tensor) and values.numel() == 1 and not accumulate
+                   and len([i for i in indices if i is not None]) == 1)
+    return not scalar_fill
 
 
 def _describe(value: Any) -> Any:
@@ -89,7 +99,7 @@ class StepTrace(TorchDispatchMode):
         if name in ("fill_", "copy_") and isinstance(args[0], torch.Tensor) and id(args[0]) in self._ignore:
             return out
         if name in HOST_READS or (name == "repeat_interleave" and kwargs.get("output_size") is None) or (
-            name in MASK_INDEXING and _has_bool_index(args)
+            name in MASK_INDEXING and _has_bool_index(args, kwargs)
         ):
             self.host_reads.append(str(func))
         described = [_describe(a) for a in args]

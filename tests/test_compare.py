@@ -286,6 +286,8 @@ def test_vary_spans_a_grid_per_method_and_leaves_other_methods_one_arm(tmp_path)
         (["daps.beta.init+daps.beta.end=5+0.01,1"], [], "gives 1 values for 2 keys"),
         (["data.data_dir=a/b"], [], "names a run folder"),
         (["daps.ess_target=0.25,0.25"], [], "lists a value twice"),
+        ([], ["train.stop_after=2"], "running it again resumes every run"),  # it would leave runs without results
+        (["train.stop_after=2,3"], [], "use --steps instead"),
         (["daps.ess_target=0.25", "daps.ess_target=0.5"], [], "daps.ess_target is set twice"),
         (["daps.ess_target=0.25,0.5"], ["daps.ess_target=0.3"], "set twice"),
         (["train.seed=1,2"], [], "use --seeds"),
