@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -138,12 +139,8 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
     root = Path(run_dir) / CKPT_DIR
     if not root.is_dir():
         return []
-
-    def step(path: Path) -> int:
-        number = path.name.removeprefix("step_")
-        return int(number) if number.isdigit() else -1
-
-    return sorted((p for p in root.glob("step_*") if p.is_dir()), key=lambda p: (step(p), p.name), reverse=True)
+    found = [p for p in root.glob("step_*") if p.is_dir() and re.fullmatch(r"step_[0-9]+", p.name)]
+    return sorted(found, key=lambda p: int(p.name.removeprefix("step_")), reverse=True)
 
 
 def remove_leftovers(run_dir: str | Path) -> None:

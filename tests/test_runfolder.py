@@ -523,6 +523,7 @@ def test_checkpoints_are_ordered_by_step_number_not_by_name(tmp_path):
     for name in ("step_00000009", "step_100000000", "step_99999999", "step_00000010"):
         (tmp_path / CKPT_DIR / name).mkdir(parents=True)
     (tmp_path / CKPT_DIR / "step_00000011").write_text("a file, not a checkpoint")
+    (tmp_path / CKPT_DIR / "step_notes").mkdir()  # not a checkpoint's name: never listed, so never pruned
     assert [c.name for c in list_checkpoints(tmp_path)] == [
         "step_100000000", "step_99999999", "step_00000010", "step_00000009"
     ]
