@@ -104,7 +104,11 @@ def save_checkpoint(
         sums[file] = {"sha256": file_digest(tmp / file, "sha256"), "bytes": (tmp / file).stat().st_size}
     write_json_atomic(tmp / CHECKSUMS, {"step": step, "files": sums})
     aside = root / f".{name}.old-{os.getpid()}"
-    if final.exists():  # rewriting a step (resumed past it because it is damaged): a damaged copy is kept
+    if final.exists():  # rewriting a step (a resume from an earlier one): `latest` must never name a missing folder
+        others = [c for c in list_checkpoints(run_dir) if c != final]
+        if others and _latest_name(root) == name:
+            write_text_atomic(root / "latest", others[0].name + "\n")  # until the new copy is in place
+    if final.exists():  # a damaged copy is kept
         try:
             verify_checkpoint(final)
         except CheckpointError as err:
@@ -122,6 +126,13 @@ def save_checkpoint(
         if old != final:
             shutil.rmtree(old)
     return final
+
+
+def _latest_name(root: Path) -> str | None:
+    try:
+        return (root / "latest").read_text().strip()
+    except (OSError, UnicodeDecodeError):
+        return None
 
 
 def _unused(path: Path) -> Path:

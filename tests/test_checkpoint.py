@@ -315,3 +315,29 @@ def test_resume_skips_a_line_cut_off_by_a_crash(copy_run, tiny_overrides, traine
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if r["split"] == "train"] == [2, 4, 6]
     assert_same(weights(run, 6), weights(trained_run, 6))
+
+
+def test_rewriting_a_step_never_leaves_latest_naming_a_missing_folder(tmp_path, monkeypatch):
+    """A run resumed from an earlier checkpoint writes its steps again; killed between moving the old copy of a step
+    aside and renaming the new one in, ``latest`` must still name a checkpoint that exists."""
+    import os
+
+    import daps.checkpoint as ckpt_mod
+    from daps.checkpoint import find_resumable
+
+    model = nn.Linear(2, 1)
+    for step in (3, 6):
+        save_checkpoint(tmp_path, step, model, {"prior": {}}, {"step": step}, keep=5)
+    real_replace = os.replace
+
+    def killed_when_publishing(src, dst):
+        if ".tmp-" in str(src) and str(dst).endswith("step_00000006"):
+            raise KeyboardInterrupt  # the moment between the two renames
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(ckpt_mod.os, "replace", killed_when_publishing)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(tmp_path, 6, model, {"prior": {}}, {"step": 6}, keep=5)
+    latest = (tmp_path / CKPT_DIR / "latest").read_text().strip()
+    assert (tmp_path / CKPT_DIR / latest).is_dir(), latest
+    assert find_resumable(tmp_path) == tmp_path / CKPT_DIR / "step_00000003"
