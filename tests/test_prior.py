@@ -694,3 +694,34 @@ def test_progress_in_a_file_is_a_line_per_logged_row(exported, tmp_path, caplog,
     lines = [r.getMessage() for r in caplog.records if "steps/s" in r.getMessage()]
     assert [line.split("  ")[0] for line in lines] == ["prior ar: step 2/4", "prior ar: step 4/4"]
     assert "\r" not in capsys.readouterr().err
+
+
+def test_a_resumed_prior_run_continues_the_streak_of_skipped_steps(tmp_path):
+    """The final checkpoint of a run that ended in skipped steps carries their count: resumed with more steps,
+    it stops where one uninterrupted run would have, not MAX_SKIPPED_STEPS later."""
+    from types import SimpleNamespace
+
+    from daps.checkpoint import load_training_state, resolve_checkpoint
+    from daps.prior.run import MAX_SKIPPED_STEPS, run_steps, start_training
+    from daps.train import TrainingDiverged
+
+    model = torch.nn.Linear(3, 1)
+    calls = itertools.count()
+
+    def batch_loss() -> torch.Tensor:  # every step from the 16th on is non-finite
+        loss = model(torch.ones(4, 3)).square().mean()
+        return loss * math.nan if next(calls) >= 15 else loss
+
+    def cfg(steps):
+        return SimpleNamespace(steps=steps, grad_clip=1.0, log_every=5, eval_every=10**6, ckpt_every=10**6,
+                               keep_checkpoints=2, progress=False, lr=0.1, weight_decay=0.0, seed=0)
+
+    optimizer, generator, start, streak = start_training(model, cfg(20), None, torch.device("cpu"), tmp_path)
+    run_steps(tmp_path, model, optimizer, generator, {}, cfg(20), start, batch_loss, dict, "test", streak)
+    ckpt = resolve_checkpoint(tmp_path)
+    assert load_training_state(ckpt)["skipped_streak"] == 5
+    optimizer, generator, start, streak = start_training(model, cfg(200), ckpt, torch.device("cpu"), tmp_path)
+    assert (start, streak) == (20, 5)
+    stops = f"not finite for {MAX_SKIPPED_STEPS} steps in a row \\(up to step 65\\)"  # 15 + 50
+    with pytest.raises(TrainingDiverged, match=stops):
+        run_steps(tmp_path, model, optimizer, generator, {}, cfg(200), start, batch_loss, dict, "test", streak)

@@ -351,7 +351,7 @@ def train_prior(cfg: PriorConfig, resume: bool = False, overwrite: bool = False,
         write_marker(run_dir, KIND)
         remove_leftovers(run_dir)
         model = build_prior(cfg, codes.meta).to(device)
-        optimizer, generator, start = start_training(model, cfg, ckpt, device, run_dir)
+        optimizer, generator, start, streak = start_training(model, cfg, ckpt, device, run_dir)
         write_json_atomic(run_dir / "config.json", config)  # after every check and the checkpoint's weights
         x_train, y_train = (t.to(device) for t in train_set.flat())
         x_val, y_val = (t.to(device) for t in val_set.flat())
@@ -363,7 +363,7 @@ def train_prior(cfg: PriorConfig, resume: bool = False, overwrite: bool = False,
             return prior_loss(model, x_train[idx], labels, generator)
 
         run_steps(run_dir, model, optimizer, generator, config, cfg, start, batch_loss,
-                  lambda: evaluate_prior(model, x_val, y_val), f"prior {cfg.kind}")
+                  lambda: evaluate_prior(model, x_val, y_val), f"prior {cfg.kind}", streak)
         _finish(run_dir, model, cfg, x_val, y_val, device)
     finally:
         lock.release()
@@ -371,23 +371,24 @@ def train_prior(cfg: PriorConfig, resume: bool = False, overwrite: bool = False,
 
 
 def start_training(model: torch.nn.Module, cfg: Any, ckpt: Path | None, device: torch.device,
-                   run_dir: Path) -> tuple[torch.optim.Optimizer, torch.Generator, int]:
+                   run_dir: Path) -> tuple[torch.optim.Optimizer, torch.Generator, int, int]:
     """AdamW (``cfg.lr``, ``cfg.weight_decay``) and the batch generator (``cfg.seed``) of a code model, restored
-    from ``ckpt`` when resuming (weights too); the metrics file is cut back to the start step."""
+    from ``ckpt`` when resuming (weights too), the start step and the streak of skipped steps it ended with; the
+    metrics file is cut back to the start step."""
     from daps.train import truncate_metrics
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     generator = torch.Generator(device).manual_seed(cfg.seed)
-    start = 0
+    start, streak = 0, 0
     if ckpt is not None:
         load_weights(model, ckpt)
         state = load_training_state(ckpt)
         optimizer.load_state_dict(state["optimizer"])
         generator.set_state(state["generator"])
-        start = int(state["step"])
+        start, streak = int(state["step"]), int(state.get("skipped_streak", 0))
         log.info("resuming %s from step %d", run_dir, start)
     truncate_metrics(run_dir / "metrics.jsonl", start)
-    return optimizer, generator, start
+    return optimizer, generator, start, streak
 
 
 MAX_SKIPPED_STEPS = 50
@@ -396,12 +397,13 @@ MAX_SKIPPED_STEPS = 50
 
 def run_steps(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, generator: torch.Generator,
               config: dict, cfg: Any, start: int, batch_loss: Callable[[], torch.Tensor],
-              evaluate: Callable[[], dict], desc: str) -> None:
+              evaluate: Callable[[], dict], desc: str, streak: int = 0) -> None:
     """The training loop of the models over codes (priors, the robot policy): from ``start`` to ``cfg.steps``,
     each step ``batch_loss()`` (which draws its batch from ``generator``), backward, clipping to
     ``cfg.grad_clip``, an optimizer step (skipped for a non-finite loss or gradient; :data:`MAX_SKIPPED_STEPS`
     in a row raise ``TrainingDiverged``); train rows every ``cfg.log_every``, ``evaluate()`` rows every
-    ``cfg.eval_every`` and a checkpoint (weights, optimizer, step, generator) every ``cfg.ckpt_every`` steps."""
+    ``cfg.eval_every`` and a checkpoint (weights, optimizer, step, generator, the streak of skipped steps) every
+    ``cfg.ckpt_every`` steps. ``streak``: skipped steps in a row before ``start`` (a resumed run's)."""
     from tqdm import tqdm
 
     model.train()
@@ -414,7 +416,7 @@ def run_steps(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Opti
             metrics.write(json.dumps(row) + "\n")
             metrics.flush()
 
-        consecutive = 0  # non-finite steps in a row
+        consecutive = streak  # non-finite steps in a row
         for step in bar:
             loss = batch_loss()
             optimizer.zero_grad(set_to_none=True)
@@ -455,7 +457,8 @@ def run_steps(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Opti
                 # as daps train: a resume never starts in the middle of a streak of skipped updates
                 log.warning("step %d: no checkpoint, the last update was skipped (non-finite)", done)
             elif done % cfg.ckpt_every == 0 or done == cfg.steps:
-                state = {"step": done, "optimizer": optimizer.state_dict(), "generator": generator.get_state()}
+                state = {"step": done, "optimizer": optimizer.state_dict(), "generator": generator.get_state(),
+                         "skipped_streak": consecutive}
                 save_checkpoint(run_dir, done, model, config, state, keep=cfg.keep_checkpoints)
     bar.close()
 

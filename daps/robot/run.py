@@ -212,7 +212,7 @@ def train_policy(cfg: RobotConfig, resume: bool = False, overwrite: bool = False
         if ckpt is None:  # a new run: its config at once, so that a run killed from here on can be resumed
             write_json_atomic(run_dir / "config.json", config)
         model = build_policy(cfg, meta).to(device)
-        optimizer, generator, start = start_training(model, cfg, ckpt, device, run_dir)
+        optimizer, generator, start, streak = start_training(model, cfg, ckpt, device, run_dir)
         if ckpt is not None:  # a resume: only once the checkpoint's weights fit
             write_json_atomic(run_dir / "config.json", config)
         train, val = sets["train"].to(device), _val_subset(sets["val"]).to(device)
@@ -227,7 +227,7 @@ def train_policy(cfg: RobotConfig, resume: bool = False, overwrite: bool = False
             return model.loss(train.codes[idx], labels, train.velocity[idx], prev)
 
         run_steps(run_dir, model, optimizer, generator, config, cfg, start, batch_loss,
-                  lambda: evaluate_policy(model, val), "robot policy")
+                  lambda: evaluate_policy(model, val), "robot policy", streak)
         _finish(run_dir, model, cfg, meta, device)
     finally:
         lock.release()
