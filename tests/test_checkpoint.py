@@ -269,12 +269,14 @@ def test_resume_to_more_steps_with_constant_beta_is_exact(tmp_path, tiny_overrid
     assert cfg["train"]["steps"] == 6
 
 
-def test_stop_after_then_resume_is_exact(tmp_path, tiny_overrides, trained_run, no_plots, capsys):
+def test_stop_after_then_resume_is_exact(tmp_path, tiny_overrides, trained_run, no_plots, capsys, caplog):
     """N/2 steps (train.stop_after), then --resume to N == N steps in one go, with the default
     (exp_decay, length-dependent) beta schedule."""
     run = tmp_path / "run"
-    train(tiny_overrides, run, "train.stop_after=3")
+    with caplog.at_level("INFO", logger="daps"):
+        train(tiny_overrides, run, "train.stop_after=3")
     assert "stopped at step 3 of 6 (train.stop_after); continue with --resume" in capsys.readouterr().out
+    assert "stopped at step 3 of 6 (train.stop_after): --resume continues the run" in caplog.text
     assert not (run / "summary.json").exists()  # its presence means a complete run
     assert [r["step"] for r in read_metrics(run / "metrics.jsonl") if r["split"] == "val"][-1] == 3
     assert not ckpt_dir(run, 6).exists()
@@ -326,18 +328,18 @@ def test_rewriting_a_step_never_leaves_latest_naming_a_missing_folder(tmp_path, 
     from daps.checkpoint import find_resumable
 
     model = nn.Linear(2, 1)
-    for step in (3, 6):
+    for step in (3, 6, 9):
         save_checkpoint(tmp_path, step, model, {"prior": {}}, {"step": step}, keep=5)
     real_replace = os.replace
 
     def killed_when_publishing(src, dst):
-        if ".tmp-" in str(src) and str(dst).endswith("step_00000006"):
+        if ".tmp-" in str(src) and str(dst).endswith("step_00000009"):
             raise KeyboardInterrupt  # the moment between the two renames
         return real_replace(src, dst)
 
     monkeypatch.setattr(ckpt_mod.os, "replace", killed_when_publishing)
     with pytest.raises(KeyboardInterrupt):
-        save_checkpoint(tmp_path, 6, model, {"prior": {}}, {"step": 6}, keep=5)
+        save_checkpoint(tmp_path, 9, model, {"prior": {}}, {"step": 9}, keep=5)
     latest = (tmp_path / CKPT_DIR / "latest").read_text().strip()
-    assert (tmp_path / CKPT_DIR / latest).is_dir(), latest
-    assert find_resumable(tmp_path) == tmp_path / CKPT_DIR / "step_00000003"
+    assert latest == "step_00000006"  # the newest other one, which exists
+    assert find_resumable(tmp_path) == tmp_path / CKPT_DIR / "step_00000006"

@@ -273,3 +273,19 @@ def test_a_graphed_run_resumes_to_the_uninterrupted_run(tmp_path, tiny_overrides
         assert torch.equal(p, q)
         torch.testing.assert_close(p, r, rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(m, r, rtol=1e-4, atol=1e-5)
+
+
+def test_which_mask_indexing_counts_as_a_host_read():
+    from daps.graphed import StepTrace, _has_bool_index
+
+    x, mask, idx = torch.zeros(4), torch.tensor([True, False, True, False]), torch.tensor([0, 2])
+    one, several = torch.tensor(1.0), torch.ones(2)
+    assert not _has_bool_index((x, [idx], several), {})  # integer indices: no mask
+    assert not _has_bool_index((x, [mask], one), {})  # one number through one mask: a device-side fill
+    assert _has_bool_index((x, [mask], several), {})  # values to scatter: the mask's entries on the host
+    assert _has_bool_index((x, [mask], one, True), {})  # accumulated
+    assert _has_bool_index((x, [mask.to(torch.uint8)], several), {})  # uint8 indices are masks too
+    assert _has_bool_index((torch.zeros(4, 2), [mask, torch.tensor([0, 1])], one), {})  # a mask among others
+    with StepTrace([]) as trace:
+        x[mask]  # a read through a mask
+    assert trace.host_reads == ["aten.index.Tensor"]

@@ -43,6 +43,12 @@ def test_export_reloads_to_the_same_codes_and_reconstructions(trained_run, tmp_p
     torch.testing.assert_close(b.log_p, a.log_p, rtol=0, atol=0)
     assert (out / "model.safetensors").stat().st_mode & 0o044  # readable by others: a file to share
     capsys.readouterr()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("x")
+    assert main(["export", str(trained_run), "--out", str(mine)]) == 2  # never replaceable: --overwrite not suggested
+    err = capsys.readouterr().err
+    assert "not a daps pretrained folder" in err and "pass --overwrite" not in err
     for command in (["eval", str(out)], ["export-codes", str(out), "--out", str(tmp_path / "c.safetensors")]):
         assert main(command) == 2  # the commands that take a run say what the folder is (not "state.pt is missing")
         err = capsys.readouterr().err.strip()

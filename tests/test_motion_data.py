@@ -470,7 +470,7 @@ def test_render_larger_than_the_default_framebuffer(h1, motion, tmp_path):
 
     poses = motion.window_poses("val", [500])[0, :2]
     try:
-        out = render_motion(h1, poses, tmp_path / "big.mp4", width=672, height=656)
+        out = render_motion(h1, poses, tmp_path / "big.mp4", width=656, height=672)
     except UserError as e:
         if "no OpenGL backend" in str(e) and "framebuffer" not in repr(e.__cause__):
             pytest.skip(str(e))
@@ -478,7 +478,7 @@ def test_render_larger_than_the_default_framebuffer(h1, motion, tmp_path):
     reader = imageio.get_reader(out)
     frames = np.stack([f for f in reader])
     reader.close()
-    assert frames.shape == (2, 656, 672, 3) and frames.std() > 5
+    assert frames.shape == (2, 672, 656, 3) and frames.std() > 5
 
 
 def test_plot_feature_trajectories(motion, tmp_path):

@@ -130,7 +130,7 @@ def test_tiny_motion_run_trains_evaluates_resumes_and_renders(tmp_path, capsys, 
     assert metrics["l2"] > 0 and metrics["mpjpe_mm"] > 0
 
     video = tmp_path / "walk.mp4"
-    code = main(["render", str(run), "--clip", "walk2_subject4", "--seconds", "1", "--size", "64",
+    code = main(["render", str(run), "--clip", "walk2_subject4", "--seconds", "1.5", "--size", "64",
                  "--out", str(video)])
     err = capsys.readouterr().err
     if code == 2 and "OpenGL" in err:
@@ -139,7 +139,7 @@ def test_tiny_motion_run_trains_evaluates_resumes_and_renders(tmp_path, capsys, 
     import imageio.v2 as imageio
 
     reader = imageio.get_reader(video)
-    assert reader.count_frames() == 32  # 1 s rounded up to one 32-frame window of 30 fps (1.07 s)
+    assert reader.count_frames() == 64  # 1.5 s rounded up to two 32-frame windows of 30 fps (2.13 s)
     frame = reader.get_data(0)
     assert frame.shape == (64, 128, 3) and frame.std() > 1  # two views, not a blank image
 

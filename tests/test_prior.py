@@ -694,6 +694,11 @@ def test_progress_in_a_file_is_a_line_per_logged_row(exported, tmp_path, caplog,
     lines = [r.getMessage() for r in caplog.records if "steps/s" in r.getMessage()]
     assert [line.split("  ")[0] for line in lines] == ["prior ar: step 2/4", "prior ar: step 4/4"]
     assert "\r" not in capsys.readouterr().err
+    caplog.clear()
+    with caplog.at_level("INFO", logger="daps"):  # progress=false: neither bar nor lines
+        train_prior(PriorConfig(kind="ar", codes=str(exported["train"]), width=16, num_heads=2, num_layers=1,
+                                steps=4, log_every=2, eval_every=4, progress=False, out_dir=str(tmp_path / "q")))
+    assert not [r for r in caplog.records if "steps/s" in r.getMessage()]
 
 
 def test_a_resumed_prior_run_continues_the_streak_of_skipped_steps(tmp_path):

@@ -527,3 +527,16 @@ def test_checkpoints_are_ordered_by_step_number_not_by_name(tmp_path):
     assert [c.name for c in list_checkpoints(tmp_path)] == [
         "step_100000000", "step_99999999", "step_00000010", "step_00000009"
     ]
+
+
+def test_an_existing_file_of_another_kind_is_named_before_overwrite_is_suggested(tmp_path):
+    from daps.runfolder import check_output_file
+
+    mine = tmp_path / "notes.png"
+    mine.write_text("mine")
+    for overwrite in (False, True):  # --overwrite would not replace it: not suggested
+        with pytest.raises(ValueError, match="exists and is not a daps figure; refusing to replace it"):
+            check_output_file(mine, ".png", overwrite, "--plot", is_ours=lambda p: False, what="a daps figure")
+    with pytest.raises(ValueError, match="pass --overwrite"):
+        check_output_file(mine, ".png", False, "--plot", is_ours=lambda p: True, what="a daps figure")
+    assert mine.read_text() == "mine"
