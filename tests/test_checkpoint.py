@@ -343,3 +343,14 @@ def test_rewriting_a_step_never_leaves_latest_naming_a_missing_folder(tmp_path, 
     latest = (tmp_path / CKPT_DIR / "latest").read_text().strip()
     assert latest == "step_00000006"  # the newest other one, which exists
     assert find_resumable(tmp_path) == tmp_path / CKPT_DIR / "step_00000006"
+
+
+def test_each_damaged_copy_of_a_step_is_kept_under_its_own_name(tmp_path):
+    model = nn.Linear(2, 1)
+    for round_ in (1, 2, 3):
+        ckpt = save_checkpoint(tmp_path, 6, model, {"prior": {}}, {"step": 6}, keep=5)
+        if round_ < 3:
+            (ckpt / "state.pt").write_bytes(b"damaged")  # as a disk error would, then resumed past it again
+    kept = sorted(p.name for p in (tmp_path / CKPT_DIR).iterdir() if p.name.startswith("damaged_"))
+    assert kept == ["damaged_step_00000006", "damaged_step_00000006-2"]
+    assert all((tmp_path / CKPT_DIR / name / "state.pt").read_bytes() == b"damaged" for name in kept)

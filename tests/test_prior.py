@@ -730,3 +730,14 @@ def test_a_resumed_prior_run_continues_the_streak_of_skipped_steps(tmp_path):
     stops = f"not finite for {MAX_SKIPPED_STEPS} steps in a row \\(up to step 65\\)"  # 15 + 50
     with pytest.raises(TrainingDiverged, match=stops):
         run_steps(tmp_path, model, optimizer, generator, {}, cfg(200), start, batch_loss, dict, "test", streak)
+
+
+def test_a_tokenizer_with_other_codes_is_refused_naming_v_and_t(trained_run):
+    from daps.codes import load_code_tokenizer
+
+    model = load_model(trained_run)
+    V, T = model.vocab_size, model.input_spec.num_tokens
+    for meta in ({"vocab_size": V, "num_tokens": T + 1}, {"vocab_size": V + 1, "num_tokens": T}):
+        with pytest.raises(ValueError, match=f"has V={V}, T={T}; the prior's codes have V="):
+            load_code_tokenizer(trained_run, meta, torch.device("cpu"), "the prior's codes")
+    assert load_code_tokenizer(trained_run, {"vocab_size": V, "num_tokens": T}, torch.device("cpu"), "x")[1].is_dir()
