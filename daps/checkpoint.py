@@ -108,15 +108,13 @@ def save_checkpoint(
         others = [c for c in list_checkpoints(run_dir) if c != final]
         if others and _latest_name(root) == name:
             write_text_atomic(root / "latest", others[0].name + "\n")  # until the new copy is in place
-    if final.exists():  # a damaged copy is kept
         try:
             verify_checkpoint(final)
-        except CheckpointError as err:
+            os.replace(final, aside)  # an intact copy: replaced below
+        except CheckpointError as err:  # a damaged copy is kept
             kept = _unused(root / f"damaged_{name}")
             os.replace(final, kept)
             log.warning("kept the damaged checkpoint %s as %s (%s)", name, kept.name, err)
-    if final.exists():  # an intact copy of the same step: replaced, moved aside first
-        os.replace(final, aside)
     os.replace(tmp, final)
     fsync_path(root)
     write_text_atomic(root / "latest", name + "\n")

@@ -55,30 +55,16 @@ def seed_arg(text: str) -> int:
     return value
 
 
-class _DefaultsHelp(argparse.HelpFormatter):
-    """Help that names each option's default where its text does not already."""
-
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        text = action.help or ""
-        default = action.default
-        if ("default" in text or not action.option_strings or action.nargs == 0 or default is None
-                or default is argparse.SUPPRESS or default == "" or default == []):
-            return action.help
-        return f"{text} (default {default})".strip()
-
-
 class _Parser(argparse.ArgumentParser):
     """argparse that reports a bad command line in one line (no usage block) with exit code 2, and names every
     option's default in ``--help``."""
 
-    def __init__(self, *args, **kwargs):
-        kwargs.setdefault("formatter_class", _DefaultsHelp)
-        super().__init__(*args, **kwargs)
-
     def add_argument(self, *args, **kwargs):
         action = super().add_argument(*args, **kwargs)
-        if action.help is None and action.option_strings and action.nargs != 0 and action.default not in (None, "", []):
-            action.help = f"(default {action.default})"  # argparse shows nothing for an option without help
+        text = action.help or ""
+        if (action.option_strings and action.nargs != 0 and action.default not in (None, "", [], argparse.SUPPRESS)
+                and "default" not in text):
+            action.help = f"{text} (default %(default)s)".strip()
         return action
 
     def error(self, message: str):
@@ -233,14 +219,14 @@ def _device(name: str | None):
 
 
 def _train(args: argparse.Namespace) -> int:
-    from daps.train import summarize, train
+    from daps.train import stop_step, summarize, train
 
     cfg = parse_overrides(get_preset(args.preset, args.method), args.overrides)
     set_threads(args.threads)
     run_dir = train(cfg, resume=args.resume, overwrite=args.overwrite, device=_device(args.device))
     if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 evaluates and reports
         return 0
-    if cfg.train.stop_after and cfg.train.stop_after < cfg.train.steps:  # no summary.json: the run is not complete
+    if stop_step(cfg) < cfg.train.steps:  # stopped early by train.stop_after: no summary.json, the run is incomplete
         from daps.plots import read_metrics
 
         last = [r for r in read_metrics(run_dir / "metrics.jsonl") if r.get("split") == "val"][-1]

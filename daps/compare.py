@@ -277,9 +277,9 @@ def command_for(run: Run, preset: str, overrides: list[str], flags: Sequence[str
         f"train.eval_every={c.eval_every}", f"train.ckpt_every={c.ckpt_every}", f"train.log_every={c.log_every}",
         *applicable_overrides(run.cfg, overrides), *run.overrides,
     ]
-    last = {item.partition("=")[0].strip(): i for i, item in enumerate(settings)}  # a key given twice: the last wins
-    settings = [item for i, item in enumerate(settings) if last[item.partition("=")[0].strip()] == i]
-    return shlex.join(["daps", "train", "--preset", preset, "--method", run.method, *flags, "--resume", *settings])
+    once = {item.partition("=")[0].strip(): item for item in settings}  # a key given twice: the last value wins
+    return shlex.join(["daps", "train", "--preset", preset, "--method", run.method, *flags, "--resume",
+                       *once.values()])
 
 
 def _finished(run: Run) -> bool:

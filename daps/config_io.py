@@ -90,8 +90,8 @@ def check_overrides_used(overrides: list[str]) -> None:
     once; valid settings of a registered method that is not among them pass."""
     from daps.methods import METHODS
 
-    sections = {*SHARED_SECTIONS, "method", "preset", *(s.config_type.section for s in METHODS.values())}
     own = {s.config_type.section: s.config_type for s in METHODS.values()}
+    sections = {*SHARED_SECTIONS, "method", "preset", *own}
     for item in overrides:
         key, _, text = item.partition("=")
         key = key.strip()
@@ -103,8 +103,7 @@ def check_overrides_used(overrides: list[str]) -> None:
             if key not in fields:
                 raise UserError(f"unknown config key {key!r}; the {section} settings are {', '.join(sorted(fields))}")
             if text.strip():
-                owner, f = fields[key]
-                _cast(text.strip(), _field_type(owner, f.name), key)
+                _cast_field(fields, key, text)
 
 
 def parse_overrides(cfg: Config, overrides: list[str]) -> Config:
@@ -135,6 +134,11 @@ def _typed(cfg: Config, fields: dict[str, tuple[Any, dataclasses.Field]], key: s
     a :class:`UserError` naming the valid ones."""
     if key not in fields:
         raise UserError(_unknown_key_message(key, fields, cfg))
+    return _cast_field(fields, key, text)
+
+
+def _cast_field(fields: dict[str, tuple[Any, dataclasses.Field]], key: str, text: str) -> Any:
+    """``text`` cast to the type of the known setting ``key`` of ``fields``."""
     owner, f = fields[key]
     return _cast(text.strip(), _field_type(owner, f.name), key)
 

@@ -161,14 +161,14 @@ def prepare_run_dir(cfg: Config, resume: bool, overwrite: bool, report: bool = T
             _check_same_config(run_dir, read_config(saved), cfg, report)
         warn("%s was stopped before its first checkpoint: starting it again in place", run_dir)
         return RunPlan(clear_first=True)
-    step, end_step = int(ckpt.name.removeprefix("step_")), _end_step(cfg)
+    step, end_step = int(ckpt.name.removeprefix("step_")), stop_step(cfg)
     if step > end_step:  # before any warning about the changed config: a refusal is one line
         raise _past_end(run_dir, step, end_step)
     _check_same_config(run_dir, read_config(ckpt / "config.json"), cfg, report)
     return RunPlan(resume_from=ckpt)
 
 
-def _end_step(cfg: Config) -> int:
+def stop_step(cfg: Config) -> int:
     """The step this invocation stops at: ``train.steps``, or ``train.stop_after`` if set and earlier."""
     return min(cfg.train.steps, cfg.train.stop_after) if cfg.train.stop_after else cfg.train.steps
 
@@ -432,7 +432,7 @@ def _train_row(sums: dict[str, torch.Tensor], count: int, s: Setup, grad_norms: 
 def _train(cfg: Config, resume: bool, overwrite: bool, device: torch.device, rank: int, world: int) -> Path:
     tc = cfg.train
     run_dir = Path(tc.out_dir)
-    end_step = _end_step(cfg)
+    end_step = stop_step(cfg)
     plan = prepare_run_dir(cfg, resume, overwrite)  # again, now that no other process can change the folder
     if dist.is_main():
         remove_leftovers(run_dir)
@@ -650,4 +650,4 @@ def summarize(metrics: dict[str, float | str], source: str = "validation") -> st
     return "\n".join(lines)
 
 
-__all__ = ["TrainingDiverged", "prepare_run_dir", "summarize", "train"]
+__all__ = ["TrainingDiverged", "prepare_run_dir", "stop_step", "summarize", "train"]

@@ -134,9 +134,9 @@ def _train(args: argparse.Namespace) -> int:
         if "label_dropout" in given:
             raise UserError("give the label dropout once: --label-dropout or label_dropout=, not both")
         cfg.label_dropout = args.label_dropout
-    if cfg.kind == "ar" and given & {"source", "euler_steps"}:
-        raise UserError(f"{', '.join(sorted(given & {'source', 'euler_steps'}))}: settings of dfm priors "
-                        "(--kind dfm); an ar prior has none")
+    dfm_only = given & {"source", "euler_steps"}
+    if cfg.kind == "ar" and dfm_only:
+        raise UserError(f"{', '.join(sorted(dfm_only))}: settings of dfm priors (--kind dfm); an ar prior has none")
     run = train_prior(cfg, resume=args.resume, overwrite=args.overwrite, device=device)
     summary = json.loads((run / "summary.json").read_text())
     shown = {k: round(v, 4) for k, v in summary.items() if isinstance(v, float)}
