@@ -59,7 +59,7 @@ def main() -> int:
         for _ in range(5):
             start = time.perf_counter()
             for _ in range(50):
-                windows[torch.randint(len(windows), (args.batch_size,), generator=g)]
+                windows[torch.randint(len(windows), (args.batch_size,), generator=g, device=g.device)]
             rates.append(50 / (time.perf_counter() - start))
     result = {
         "extract_s": round(extract, 2), "reload_s": round(reload, 2), "fk_us_per_frame": round(fk, 2),

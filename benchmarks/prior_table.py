@@ -120,7 +120,7 @@ def main() -> int:
             for w in guidance:
                 scores = score_prior(net, cfg.euler_steps, train_flat, args.n, w, 0, judge)
                 results["rows"].append({**row_base, "guidance": w, **scores})
-                labels = torch.arange(100) % net.num_classes
+                labels = torch.arange(100, device="cpu") % net.num_classes  # the prior was loaded on the CPU
                 codes = generate(net, labels, w, 1.0, torch.Generator().manual_seed(1), cfg.euler_steps)
                 save_image_grid(decoded_images(model, codes), out / f"{method}-{kind}-cfg{w:g}.png", columns=10)
             print(f"{method} {kind}: done ({time.time() - start:.0f} s so far)", flush=True)

@@ -264,9 +264,9 @@ def setup(
     generator = torch.Generator(device).manual_seed(cfg.train.seed + 1)
     g = torch.Generator().manual_seed(0)
     if dataset_spec(cfg.data.name).likelihood == "bernoulli":
-        x = (torch.rand(cfg.train.batch_size, *shape, generator=g) > 0.87).float()  # MNIST's 13 % on-pixels
+        x = (torch.rand(cfg.train.batch_size, *shape, generator=g, device=g.device) > 0.87).float()  # 13 % on, as MNIST
     else:
-        x = torch.randn(cfg.train.batch_size, *shape, generator=g)  # standardized natural-image scale
+        x = torch.randn(cfg.train.batch_size, *shape, generator=g, device=g.device)  # standardized natural-image scale
     x = x.to(device)  # (B, C, H, W)
     return model, optimizers, x, generator
 

@@ -112,13 +112,14 @@ def main(argv: list[str] | None = None) -> int:
     b = args.batch or cfg.train.batch_size
     k = args.samples or cfg.daps.num_samples
     t, v = enc.num_tokens, enc.vocab_size
-    x = torch.randn(b, *cfg.data.image_shape, generator=torch.Generator().manual_seed(1)).to(device)
+    x = torch.randn(b, *cfg.data.image_shape, generator=torch.Generator().manual_seed(1), device="cpu").to(device)
 
     variants = ["kv-cache", *(["no-cache"] if t <= 64 else []), "static-full", "static-bucketed"]
     if args.compile:
         variants += ["compiled-full", "compiled-bucketed"]
     runs = {name: _sampler(enc, x, k, name) for name in variants}
-    probs = torch.softmax(torch.randn(b * k, v, generator=torch.Generator().manual_seed(2)), -1).to(device)
+    logits = torch.randn(b * k, v, generator=torch.Generator().manual_seed(2), device="cpu")
+    probs = torch.softmax(logits, -1).to(device)
 
     def timed(fn) -> float:
         if device.type == "cuda":

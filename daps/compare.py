@@ -557,7 +557,7 @@ def _compare(runs, preset, methods, steps, seeds, out, overrides, device, argv, 
 
     standardize = dataset_spec(cfg0.data.name).standardize
     test = next(eval_set(cfg0.data, "test", 0, 500, torch.device("cpu")).batches())  # the first validation batch
-    shown = standardize(test[torch.linspace(0, test.shape[0] - 1, 10).long()])
+    shown = standardize(test[torch.linspace(0, test.shape[0] - 1, 10, device=test.device).long()])
     recons = {}
     for label, group in groups.items():
         model = load_model(group[0].out_dir, "cpu")

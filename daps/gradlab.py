@@ -155,7 +155,7 @@ def _encoder_grad(model: CategoricalMethod) -> torch.Tensor:
 def exact_gradient(model: CategoricalMethod, x: torch.Tensor, beta: float) -> tuple[torch.Tensor, float]:
     """``grad(-J)`` with respect to the encoder parameters by enumerating all ``V^T`` codes, and ``J``."""
     t, v = model.encoder.num_tokens, model.encoder.vocab_size
-    codes = torch.tensor(list(itertools.product(range(v), repeat=t)))  # (V^T, T)
+    codes = torch.tensor(list(itertools.product(range(v), repeat=t)), device=x.device)  # (V^T, T)
     indices = codes[:, None, :].expand(-1, x.shape[0], -1)  # (V^T, B, T)
     model.zero_grad(set_to_none=True)
     log_q = model.encoder.log_prob(x, indices).sum(-1)  # (V^T, B)
@@ -246,7 +246,8 @@ def _run(
     pretrain_steps: int, seed: int,
 ) -> dict:
     common = _constant_schedules(beta, temperature)
-    x = (torch.rand(batch_size, *IMAGE_SHAPE, generator=torch.Generator().manual_seed(seed)) > 0.5).float()
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.rand(batch_size, *IMAGE_SHAPE, generator=g, device=g.device) > 0.5).float()
 
     reference = _build("daps", common, seed)
     pretrain(reference, x, pretrain_steps, seed)

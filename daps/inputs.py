@@ -60,7 +60,8 @@ def load_images(source: str | Path | Iterable[str | Path], model: Method) -> tor
         except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as err:
             raise UserError(f"{path} is not a readable image ({err})") from None
         if channels == 1:  # ITU-R 601 luma (what PIL's "L" mode computes)
-            luma = (torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1) * px.float()).sum(0, keepdim=True)
+            weights = torch.tensor([0.299, 0.587, 0.114], device=px.device).view(3, 1, 1)
+            luma = (weights * px.float()).sum(0, keepdim=True)
             px = luma.round().clamp(0, 255).to(torch.uint8)
         pixels.append(px)
     raw = torch.stack(pixels)  # (N, C, H, W) uint8

@@ -116,10 +116,11 @@ class UnitClip:
                 first[i], start = start, start + self.layouts[i].units
         self.numels = [p.numel() for p in params]
         unit_of_element = [
-            torch.arange(first[i], first[i] + layout.units).view(layout.grid).expand(p.shape).reshape(-1)
+            torch.arange(first[i], first[i] + layout.units, device="cpu").view(layout.grid).expand(p.shape).reshape(-1)
             for i, (p, layout) in enumerate(zip(params, self.layouts))
         ]
-        ids = torch.cat(unit_of_element) if unit_of_element else torch.zeros(0, dtype=torch.long)
+        ids = torch.cat(unit_of_element) if unit_of_element else torch.zeros(0, dtype=torch.long, device="cpu")
+        # made on the host once; moved to the gradients' device at the first call
         self.unit_of_element = ids.int() if start < 2**31 else ids  # int32 halves the index's memory
 
     def unit_norms(self, tensors: Sequence[torch.Tensor]) -> torch.Tensor:

@@ -54,9 +54,10 @@ def save_image_grid(images: torch.Tensor, path: Path, columns: int = 10, scale: 
     ``scale`` x ``scale``), written atomically."""
     from PIL import Image
 
+    images = images.cpu()  # one copy from the device, not one per image
     n, c, h, w = images.shape
     rows = max(1, -(-n // columns))
-    grid = torch.ones(c, rows * (h + 1) + 1, min(n, columns) * (w + 1) + 1)
+    grid = torch.ones(c, rows * (h + 1) + 1, min(n, columns) * (w + 1) + 1, device="cpu")
     for i in range(n):
         r, col = divmod(i, columns)
         grid[:, 1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + col * (w + 1) : 1 + col * (w + 1) + w] = images[i]
@@ -149,7 +150,7 @@ def save_comparison_curves(
         if not steps:
             continue
         per_seed = [dict(run) for run in runs]
-        values = torch.tensor([[d[s] for s in steps] for d in per_seed])  # (seeds, points)
+        values = torch.tensor([[d[s] for s in steps] for d in per_seed], device="cpu")  # (seeds, points)
         ax.plot(steps, values.mean(0).tolist(), "o-", ms=3, label=method, color=f"C{i % 10}")
         if values.shape[0] > 1:
             ax.fill_between(

@@ -581,7 +581,8 @@ def _write_artifacts(s: Setup, end_step: int, metrics: dict) -> None:
         summary["note"] = spec.note
     s.model.eval()
     val_x = torch.cat([b for b, _ in zip(s.val_images.batches(), range(8))])  # the first few validation batches
-    shown = val_x[torch.linspace(0, val_x.shape[0] - 1, 16).long().unique()]  # spread over the (often sorted) split
+    spread = torch.linspace(0, val_x.shape[0] - 1, 16, device=val_x.device).long().unique()  # the split may be sorted
+    shown = val_x[spread]
     with torch.no_grad():
         x_shown = standardize(shown)
         rec = s.model.reconstruct(x_shown, torch.Generator(s.device).manual_seed(cfg.train.seed))

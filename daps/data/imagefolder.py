@@ -232,12 +232,12 @@ def collate_images(
     """Items of :class:`ImageFolderDataset` -> ``{"image": uint8 (B, 3, R, R), "label": int64 (B,),
     "skipped": list[str]}`` (skipped: the unreadable paths replaced while making this batch)."""
     first = batch[0][0]
-    images = torch.empty((len(batch), *first.shape), dtype=first.dtype)
+    images = torch.empty((len(batch), *first.shape), dtype=first.dtype, device="cpu")
     if get_worker_info() is not None:
         images.share_memory_()  # a worker's batch then reaches the main process without another copy
     # Stacked by numpy (single-threaded), for the same reason as in pil_to_uint8.
     np.stack([item[0].numpy() for item in batch], out=images.numpy())
-    labels = torch.tensor([item[1] for item in batch], dtype=torch.int64)
+    labels = torch.tensor([item[1] for item in batch], dtype=torch.int64, device="cpu")
     skipped = [path for item in batch for path in item[2]]
     return {"image": images, "label": labels, "skipped": skipped}
 

@@ -66,8 +66,8 @@ def motion_data(data: DataConfig) -> MotionData:
 def window_kinds(windows: MotionWindows) -> torch.Tensor:
     """The kind of motion (index in :data:`MOTION_TYPES`) of each window ``(N,)``, from its clip's name."""
     if not len(windows.clips):
-        return torch.zeros(0, dtype=torch.long)
-    kinds = torch.tensor([motion_type(c) for c in windows.clips], dtype=torch.long)
+        return torch.zeros(0, dtype=torch.long, device="cpu")
+    kinds = torch.tensor([motion_type(c) for c in windows.clips], dtype=torch.long, device="cpu")
     return kinds[windows.clip_ids]
 
 
@@ -122,7 +122,8 @@ class MotionMetrics:
         from daps.motion.metrics import motion_metrics
 
         values = motion_metrics(self.h1, self.poses(x_hat), self.poses(x), self.motion.fps)
-        return {k: torch.full((x.shape[0],), float(v), dtype=torch.float64) for k, v in values.items()}
+        n = x.shape[0]  # host values, as the poses they come from
+        return {k: torch.full((n,), float(v), dtype=torch.float64, device="cpu") for k, v in values.items()}
 
 
 def plot_motion_reconstructions(

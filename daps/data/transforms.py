@@ -30,12 +30,12 @@ __all__ = [
 
 
 def _uniform(generator: torch.Generator, low: float, high: float) -> float:
-    return low + (high - low) * float(torch.rand((), generator=generator))
+    return low + (high - low) * float(torch.rand((), generator=generator, device=generator.device))
 
 
 def _randint(generator: torch.Generator, low: int, high: int) -> int:
     """Uniform integer in ``[low, high]`` (inclusive)."""
-    return int(torch.randint(low, high + 1, (), generator=generator))
+    return int(torch.randint(low, high + 1, (), generator=generator, device=generator.device))
 
 
 def _check_range(name: str, pair: Sequence[float]) -> tuple[float, float]:
@@ -100,7 +100,7 @@ def random_resized_crop(
 
 def random_horizontal_flip(img: Image.Image, generator: torch.Generator, p: float = 0.5) -> Image.Image:
     """Mirror left-right with probability ``p``."""
-    if float(torch.rand((), generator=generator)) < p:
+    if float(torch.rand((), generator=generator, device=generator.device)) < p:
         return img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     return img
 
@@ -158,11 +158,11 @@ def fixed_subset(n: int, count: int) -> torch.Tensor:
     items' order; all ``n`` when ``count`` is 0 or at least ``n``. The splits may be sorted by class, so the first
     ``count`` would not do."""
     if 0 < count < n:
-        return torch.randperm(n, generator=torch.Generator().manual_seed(0))[:count].sort().values
-    return torch.arange(n)
+        return torch.randperm(n, generator=torch.Generator().manual_seed(0), device="cpu")[:count].sort().values
+    return torch.arange(n, device="cpu")
 
 
 def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
     """The visiting order of epoch ``epoch``: int64 ``(n,)``, a function of ``(seed, epoch)`` only."""
     g = torch.Generator().manual_seed(hash_seed(b"daps-epoch", seed, epoch))
-    return torch.randperm(n, generator=g)
+    return torch.randperm(n, generator=g, device=g.device)

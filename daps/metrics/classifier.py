@@ -87,7 +87,7 @@ def train_image_classifier(
     g = torch.Generator().manual_seed(seed)
     model.train()
     for _ in range(steps):
-        idx = torch.randint(len(labels), (batch_size,), generator=g)
+        idx = torch.randint(len(labels), (batch_size,), generator=g, device=g.device)
         loss = F.cross_entropy(model(images[idx]), labels[idx])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -84,7 +84,8 @@ class FeatureStats:
             raise UserError("features contain NaN or inf")
         if self._moments is None:
             d = x.shape[1]
-            self._moments = (x.mean(0), torch.zeros(d, dtype=torch.float64), torch.zeros(d, d, dtype=torch.float64))
+            total = torch.zeros(d, dtype=torch.float64, device="cpu")  # as x: float64 on the host
+            self._moments = (x.mean(0), total, torch.zeros(d, d, dtype=torch.float64, device="cpu"))
         shift, total, outer = self._moments
         xc = x - shift
         total += xc.sum(0)
@@ -135,7 +136,7 @@ def inception_features(net: nn.Module, images: torch.Tensor, batch_size: int = 5
     device = _net_device(net)
     out = [net(fid_preprocess(b.to(device))).float().cpu() for b in _batches_of(images, batch_size)]
     if not out:
-        return torch.zeros(0, 2048)
+        return torch.zeros(0, 2048, device="cpu")
     return torch.cat(out)
 
 

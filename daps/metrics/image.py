@@ -39,7 +39,7 @@ def psnr_per_image(x_hat: torch.Tensor, x: torch.Tensor, min_mse: float = 1e-10)
 
 def _gaussian_kernel_1d(window: int, sigma: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """Normalised 1-D Gaussian taps at offsets ``k - (window - 1) / 2`` (symmetric for odd and even sizes)."""
-    offsets = torch.arange(window, dtype=torch.float64) - (window - 1) / 2.0
+    offsets = torch.arange(window, dtype=torch.float64, device="cpu") - (window - 1) / 2.0  # float64 on the host
     taps = torch.exp(-0.5 * (offsets / sigma) ** 2)
     return (taps / taps.sum()).to(dtype=dtype, device=device)
 

@@ -98,9 +98,9 @@ def confusion_by_kind(model: MotionClassifier, images: Any, batch_size: int = 10
 
     n = len(MOTION_TYPES)
     model.eval()
-    conf = torch.zeros(n, n, dtype=torch.long)
+    conf = torch.zeros(n, n, dtype=torch.long, device="cpu")
     for start in range(0, len(images), batch_size):
-        idx = torch.arange(start, min(start + batch_size, len(images)))
+        idx = torch.arange(start, min(start + batch_size, len(images)), device="cpu")  # windows on the host
         pred = model(images[idx]).argmax(-1).cpu()
         conf += torch.bincount(images.labels[idx] * n + pred, minlength=n * n).view(n, n)
     total, correct = conf.sum(1), conf.diagonal()
@@ -129,7 +129,7 @@ def train_classifier(
     for step in range(steps):
         idx = torch.multinomial(weights, batch_size, replacement=True, generator=g)
         x = train[idx]
-        x = x + 0.2 * torch.randn(x.shape, generator=g)  # noise on the standardized features against overfitting
+        x = x + 0.2 * torch.randn(x.shape, generator=g, device=g.device)  # noise against overfitting
         loss = F.cross_entropy(model(x), train.labels[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -137,7 +137,7 @@ def train_classifier(
         sched.step()
         if step % 500 == 0 or step == steps - 1:
             log.info("classifier step %d: loss %.4f", step, float(loss.detach()))
-    subset = torch.randperm(len(train), generator=g)[:20_000].sort().values
+    subset = torch.randperm(len(train), generator=g, device=g.device)[:20_000].sort().values
     train_acc, _, _ = accuracy_by_kind(model, _Subset(train, subset))
     val_acc, recall, windows, confusion = confusion_by_kind(model, val)
     return model, ClassifierReport(val_acc, recall, windows, confusion, train_acc, steps, batch_size, seed)

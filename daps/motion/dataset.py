@@ -250,7 +250,7 @@ class MotionWindows:
 
     def all(self) -> torch.Tensor:
         """All windows ``(N, T, F)`` (a copy: N * T * F * 4 bytes)."""
-        return self[torch.arange(len(self))]
+        return self[torch.arange(len(self), device="cpu")]
 
     def location(self, i: int) -> tuple[str, int]:
         """``(clip, first frame)`` of window ``i``."""
@@ -260,10 +260,10 @@ class MotionWindows:
 def _as_index(index: Index, n: int) -> torch.Tensor:
     """Window indices as a 1-d int64 tensor."""
     if isinstance(index, slice):
-        return torch.arange(n)[index]
+        return torch.arange(n, device="cpu")[index]
     if isinstance(index, torch.Tensor):
         return index.to(torch.long).reshape(-1)
-    return torch.as_tensor(np.asarray(index, dtype=np.int64).reshape(-1))
+    return torch.as_tensor(np.asarray(index, dtype=np.int64).reshape(-1), device="cpu")
 
 
 def _windows(frames: dict[str, np.ndarray], clips: list[str], window: int, stride: int) -> MotionWindows:
@@ -279,7 +279,7 @@ def _windows(frames: dict[str, np.ndarray], clips: list[str], window: int, strid
     cat = np.concatenate([frames[c] for c in clips]) if clips else np.zeros((0, NUM_FEATURES), np.float32)
     return MotionWindows(
         frames=torch.from_numpy(np.ascontiguousarray(cat, dtype=np.float32)),
-        starts=torch.from_numpy(bases[ids] + offs) if len(ids) else torch.zeros(0, dtype=torch.long),
+        starts=torch.from_numpy(bases[ids] + offs) if len(ids) else torch.zeros(0, dtype=torch.long, device="cpu"),
         clip_ids=torch.from_numpy(ids),
         offsets=torch.from_numpy(offs),
         clips=tuple(clips),

@@ -53,8 +53,9 @@ def sinusoidal_table(length: int, width: int) -> torch.Tensor:
     Frequencies ``exp(-i ln(10000) / (width/2 - 1))`` for ``i = 0 .. width/2 - 1`` (note the ``- 1``).
     """
     half = width // 2
-    div = torch.exp(-torch.arange(half, dtype=torch.float64) * math.log(10000.0) / max(half - 1, 1))  # (half,)
-    angles = torch.arange(length, dtype=torch.float64)[:, None] * div[None, :]  # (length, half)
+    # a buffer's table: made once on the CPU, moved with its module
+    div = torch.exp(-torch.arange(half, dtype=torch.float64, device="cpu") * math.log(10000.0) / max(half - 1, 1))
+    angles = torch.arange(length, dtype=torch.float64, device="cpu")[:, None] * div[None, :]  # (length, half)
     return torch.cat([angles.sin(), angles.cos()], dim=1).float()  # (length, width)
 
 

@@ -195,10 +195,10 @@ def _sample(args: argparse.Namespace) -> int:
         raise UserError(f"--codes-out {args.codes_out} is a codes file this prior was trained on; name another file")
     names = list(meta["class_names"])
     if args.label is None:
-        labels = torch.arange(len(names)).repeat_interleave(args.n)
+        labels = torch.arange(len(names), device="cpu").repeat_interleave(args.n)  # host labels; generate gets a copy
         columns = args.n
     else:
-        labels = torch.full((args.n,), parse_label(args.label, names))
+        labels = torch.full((args.n,), parse_label(args.label, names), device="cpu")
         columns = min(args.n, 10)
     tokenizer = _tokenizer(args, meta, device)
     motion = dataset_spec(tokenizer.config.data.name).windows is not None
@@ -264,7 +264,7 @@ def _eval(args: argparse.Namespace) -> int:
         assert judge is not None  # checked before the sampling
         tokenizer = judge.tokenizer
         n = args.inception_fid
-        labels = (torch.arange(n) % model.num_classes).to(device)
+        labels = torch.arange(n, device=device) % model.num_classes
         codes = generate(model, labels, args.cfg, 1.0, torch.Generator(device).manual_seed(args.seed + 1),
                          cfg.euler_steps)
         images = batched(tokenizer.decode, codes, 250)

@@ -176,7 +176,7 @@ def split_codes(cfg: PriorConfig, codes: CodeSet) -> tuple[CodeSet, CodeSet]:
     n_val = max(1, int(round(n * cfg.val_fraction)))
     if n_val >= n:
         raise UserError(f"{cfg.codes} has {n} inputs: too few to hold out {cfg.val_fraction:.0%} of them")
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(0))
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(0), device="cpu")
     train_idx, val_idx = perm[n_val:].sort().values, perm[:n_val].sort().values
     return (CodeSet(codes.codes[train_idx], codes.labels[train_idx], codes.meta),
             CodeSet(codes.codes[val_idx], codes.labels[val_idx], codes.meta))
@@ -202,10 +202,10 @@ def evaluate_prior(model: Prior, codes: torch.Tensor, labels: torch.Tensor, batc
         assert isinstance(model, DFMPrior)
         g = torch.Generator(codes.device).manual_seed(1234)
         total, count = 0.0, 0
-        for t_value in (torch.arange(8, dtype=torch.float32) + 0.5) / 8:
+        for t_value in [(i + 0.5) / 8 for i in range(8)]:
             for start in range(0, codes.shape[0], batch_size):
                 c, y = codes[start : start + batch_size], labels[start : start + batch_size]
-                t = torch.full((c.shape[0],), float(t_value), device=c.device)
+                t = torch.full((c.shape[0],), t_value, device=c.device)
                 logits = model(corrupt(c, t, model.vocab_size, model.source, g), t, y)
                 total += float(torch.nn.functional.cross_entropy(
                     logits.float().reshape(-1, model.vocab_size), c.reshape(-1), reduction="sum"))

@@ -79,7 +79,8 @@ class Judge:
         self.spec = dataset_spec(data.name)
         self.test = labelled_split(data, "test")
         self.train = labelled_split(data, "train")
-        self.real = stats(features(self.classifier, self._examples(self.test, torch.arange(len(self.test.labels)))))
+        every_test = torch.arange(len(self.test.labels), device="cpu")  # indexes the host-side split
+        self.real = stats(features(self.classifier, self._examples(self.test, every_test)))
         self.num_test = len(self.test.labels)
 
     def _examples(self, split, idx: torch.Tensor) -> torch.Tensor:
@@ -106,7 +107,7 @@ class Judge:
         labels = self.train.labels
         classes = int(labels.max()) + 1
         pools = [torch.nonzero(labels == c)[:, 0] for c in range(classes)]
-        pools = [p[torch.randperm(len(p), generator=g)] for p in pools]
+        pools = [p[torch.randperm(len(p), generator=g, device=g.device)] for p in pools]
         return torch.stack([pools[i % classes][i // classes] for i in range(n)])
 
     @torch.no_grad()
@@ -149,7 +150,7 @@ def score_prior(model: Prior, euler_steps: int, train_codes: torch.Tensor, n: in
     from daps.prior.run import generate
 
     classes = model.num_classes
-    labels = (torch.arange(n) % classes).to(device)
+    labels = torch.arange(n, device=device) % classes
     codes = generate(model, labels, guidance, 1.0, torch.Generator(device).manual_seed(seed), euler_steps)
     out = sample_statistics(codes.cpu(), train_codes.cpu())
     if judge is not None:
@@ -170,7 +171,7 @@ def inception_fid(judge: Judge, images: torch.Tensor, n: int, seed: int = 0,
 
     net = load_fid_inception(weights or None, judge.device)
     to_unit = judge.spec.standardize.to_unit
-    test_idx = torch.randperm(judge.num_test, generator=torch.Generator().manual_seed(seed))[:n]
+    test_idx = torch.randperm(judge.num_test, generator=torch.Generator().manual_seed(seed), device="cpu")[:n]
     reference = stats(inception_features(net, to_unit(judge._examples(judge.test, test_idx))).double())
     train = to_unit(judge._examples(judge.train, judge.balanced_train_subset(n, seed)))
     return {

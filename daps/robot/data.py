@@ -74,7 +74,8 @@ def encode_split(model: Any, motion: Any, split: str, stride: int, samples: int,
     model.eval()
     draws = []
     for start in range(0, len(windows), batch_size):
-        x = windows[torch.arange(start, min(start + batch_size, len(windows)))][:, None].to(device)  # (B, 1, T, F)
+        idx = torch.arange(start, min(start + batch_size, len(windows)), device="cpu")  # the windows live on the host
+        x = windows[idx][:, None].to(device)  # (B, 1, T, F)
         draws.append(torch.stack([model.encode(x, generator) for _ in range(samples)], 1).cpu())  # (B, K, T)
     codes = torch.cat(draws).long()  # (N, K, T)
     clip_ids, offsets = windows.clip_ids.numpy(), windows.offsets.numpy()
@@ -90,7 +91,7 @@ def encode_split(model: Any, motion: Any, split: str, stride: int, samples: int,
         prev=prev.reshape(n * k, -1),
         labels=kinds.repeat_interleave(k),
         velocity=velocity.repeat_interleave(k, dim=0),
-        window_ids=torch.arange(n).repeat_interleave(k),
+        window_ids=torch.arange(n, device="cpu").repeat_interleave(k),
     )
 
 

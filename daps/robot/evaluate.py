@@ -103,7 +103,7 @@ def com_agreement(h1: Any, motion: Any, window: int, count: int = 2000, seed: in
 
 def _classify(classifier: Any, windows: np.ndarray) -> np.ndarray:
     with torch.no_grad():
-        return classifier(torch.as_tensor(windows, dtype=torch.float32)).argmax(-1).numpy()
+        return classifier(torch.as_tensor(windows, dtype=torch.float32, device="cpu")).argmax(-1).numpy()  # a CPU model
 
 
 def real_windows(motion: Any, kind: int, limit: int = 2000) -> torch.Tensor:
@@ -111,7 +111,7 @@ def real_windows(motion: Any, kind: int, limit: int = 2000) -> torch.Tensor:
     windows of that kind, or the training clips' where no validation clip has it; at most ``limit``, in order."""
     source = motion.val if kind in window_kinds(motion.val).numpy() else motion.train
     pick = np.nonzero(window_kinds(source).numpy() == kind)[0][:limit]
-    return source[torch.as_tensor(pick)]
+    return source[torch.as_tensor(pick, device="cpu")]  # host windows
 
 
 def evaluate(policy_run: str | Path, motions: list[str], rollouts: int = 8, windows: int = 6,
@@ -167,7 +167,8 @@ def evaluate(policy_run: str | Path, motions: list[str], rollouts: int = 8, wind
             label, v = planner.request(m, np.broadcast_to(request, (windows, 3)))
             g = torch.Generator(planner.device).manual_seed(seed)
             t0 = time.perf_counter()
-            r = planner.rollout(torch.full((rollouts,), label), np.broadcast_to(v, (rollouts, windows, 3)).copy(),
+            labels = torch.full((rollouts,), label, device=planner.device)
+            r = planner.rollout(labels, np.broadcast_to(v, (rollouts, windows, 3)).copy(),
                                 guidance, 1.0, g, blend)
             plan_s = time.perf_counter() - t0
             achieved = window_velocity(r.poses.reshape(rollouts, windows, planner.window, -1), planner.fps)

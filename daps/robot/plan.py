@@ -194,7 +194,7 @@ def plan_motion(planner: Planner, motion: str, velocity: np.ndarray, seconds: fl
     v = np.broadcast_to(v, (windows, 3)) if v.ndim == 1 else v[:windows]
     label, v = planner.request(motion, v)
     g = torch.Generator(planner.device).manual_seed(seed)
-    return planner.rollout(torch.tensor([label]), v[None], guidance, temperature, g, blend)
+    return planner.rollout(torch.tensor([label], device=planner.device), v[None], guidance, temperature, g, blend)
 
 
 def describe(rollout: Rollout, fps: float, window: int) -> dict[str, Any]:

@@ -94,9 +94,10 @@ class RobotConfig:
 
 def build_policy(cfg: RobotConfig, meta: dict[str, Any]) -> CommandPolicy:
     torch.manual_seed(cfg.seed)
+    scale = torch.tensor(meta["velocity_std"], device="cpu")  # a buffer of the policy: moves with it
     return CommandPolicy(
         int(meta["num_tokens"]), int(meta["vocab_size"]), len(meta["class_names"]), cfg.width, cfg.num_layers,
-        cfg.num_heads, cfg.mlp_ratio, velocity_scale=torch.tensor(meta["velocity_std"]),
+        cfg.num_heads, cfg.mlp_ratio, velocity_scale=scale,
     )
 
 
@@ -156,7 +157,7 @@ def _val_subset(val: CommandSet) -> CommandSet:
     n = len(val)
     if n <= VAL_EXAMPLES:
         return val
-    idx = torch.randperm(n, generator=torch.Generator().manual_seed(0))[:VAL_EXAMPLES].sort().values
+    idx = torch.randperm(n, generator=torch.Generator().manual_seed(0), device="cpu")[:VAL_EXAMPLES].sort().values
     return val.subset(idx)
 
 
@@ -166,7 +167,7 @@ def evaluate_policy(model: CommandPolicy, val: CommandSet, batch_size: int = 500
     window instead (see the module docstring)."""
     model.eval()
     g = torch.Generator().manual_seed(0)
-    shuffled = val.velocity[torch.randperm(len(val), generator=g).to(val.velocity.device)]
+    shuffled = val.velocity[torch.randperm(len(val), generator=g, device=g.device).to(val.velocity.device)]
     variants = {
         "bits_per_token": lambda s, e: (val.labels[s:e], val.velocity[s:e], val.prev[s:e]),
         "bits_per_token_null_label": lambda s, e: (torch.full_like(val.labels[s:e], model.num_classes),
