@@ -4,6 +4,10 @@
 # Linux, the versions installed here) and the MNIST files (in .gpudata/mnist). Both folders are kept out of git
 # (.git/info/exclude) and travel with `carry`. Prints the command to give the device tool.
 #
+# The paper's MNIST run continues across GPU calls: copy the `mnist-daps-run.tar` a call brought back into
+# .gpurun/ (kept out of git too) before running this script; it travels in .gpudata/ and the printed command
+# unpacks it where benchmarks/gpu_check.py resumes it.
+#
 #     DAPS_DATA_DIR=../shared/data bash scripts/gpu_prepare.sh
 #
 # The image's package list (the device tool's KINDS.md) has torch, numpy, safetensors, tqdm, matplotlib, pillow,
@@ -14,7 +18,7 @@ PY="${PYTHON:-python3}"
 : "${DAPS_DATA_DIR:?set DAPS_DATA_DIR to the folder holding mnist/}"
 [ -d "$DAPS_DATA_DIR/mnist" ] || { echo "gpu_prepare.sh: error: no mnist/ in $DAPS_DATA_DIR" >&2; exit 2; }
 
-for path in /.whl/ /.gpudata/; do
+for path in /.whl/ /.gpudata/ /.gpurun/; do
   grep -qxF "$path" .git/info/exclude 2>/dev/null || echo "$path" >> .git/info/exclude
 done
 
@@ -31,9 +35,13 @@ rm -rf .whl.tmp && mkdir .whl.tmp
 rm -rf .whl && mv .whl.tmp .whl
 
 rm -rf .gpudata && mkdir -p .gpudata && cp -r "$DAPS_DATA_DIR/mnist" .gpudata/
+if [ -f .gpurun/mnist-daps-run.tar ]; then
+  cp .gpurun/mnist-daps-run.tar .gpudata/
+  echo "the MNIST run in .gpurun/mnist-daps-run.tar travels along and is resumed"
+fi
 du -sh .whl .gpudata
 
 cat <<EOF
 Give the device tool (carry [".whl", ".gpudata"], timeout 600):
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site || exit; export DAPS_DATA_DIR=\$PWD/.gpudata PYTHONUNBUFFERED=1 DAPS_GIT_REVISION=$(git rev-parse --short HEAD); python3 benchmarks/gpu_check.py --out /tmp/gc --budget 530; cd /tmp/gc; tar czf \$OUT/details.tar.gz logs results; cp report.md report.json \$OUT/; tar cf \$OUT/mnist-daps-run.tar mnist-daps-run
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site || exit; export DAPS_DATA_DIR=\$PWD/.gpudata PYTHONUNBUFFERED=1 DAPS_GIT_REVISION=$(git rev-parse --short HEAD); mkdir -p /tmp/gc; [ ! -f .gpudata/mnist-daps-run.tar ] || tar xf .gpudata/mnist-daps-run.tar -C /tmp/gc; python3 benchmarks/gpu_check.py --out /tmp/gc --budget 530; cd /tmp/gc; tar czf \$OUT/details.tar.gz logs results; cp report.md report.json \$OUT/; tar cf \$OUT/mnist-daps-run.tar mnist-daps-run
 EOF

@@ -168,3 +168,45 @@ def test_gpu_check_runs_every_section_in_smoke_mode(tmp_path):
     assert {s["name"]: s["status"] for s in report["sections"] if s["status"] != "ok"} == {}
     assert {"env", "optimizer-step", "suite-mnist", "mnist-daps"} <= {s["name"] for s in report["sections"]}
     assert (out / "mnist-daps-run" / "config.json").exists()
+
+
+def test_gpu_check_splits_the_cuda_tests_into_graph_and_other_sections():
+    """``graph-tests`` (whose result decides whether the MNIST reproduction runs as one CUDA graph) selects exactly
+    the tests of ``train.cuda_graph``, ``gpu-tests`` every other CUDA test: none twice, none left out (a bare ``-k
+    graph`` also matched the compiled sampler's test, "...cuda_graphs...")."""
+    import subprocess
+    import sys
+
+    check = importlib.util.spec_from_file_location("gpu_check", SCRIPT.parent / "gpu_check.py")
+    gpu_check = importlib.util.module_from_spec(check)
+    check.loader.exec_module(gpu_check)
+    tests = SCRIPT.parent.parent / "tests" / "test_gpu.py"
+
+    def collected(*k: str) -> set[str]:
+        proc = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
+                               "-m", "gpu", str(tests), *k], capture_output=True, text=True, timeout=120)
+        return {line.split("::", 1)[1] for line in proc.stdout.splitlines() if "::" in line}
+
+    graph, other, every = collected("-k", gpu_check.GRAPH_TESTS), collected("-k", f"not ({gpu_check.GRAPH_TESTS})"), \
+        collected()
+    assert {name.split("[")[0] for name in graph} == {
+        "test_graphed_step_trains_as_the_eager_step", "test_cuda_graph_run_resumes_to_the_uninterrupted_run"}
+    assert "test_compiled_sampler_runs_under_cuda_graphs_and_gives_the_eager_codes" in other
+    assert graph | other == every and not graph & other and len(every) >= 10
+
+
+def test_gpu_check_section_that_cannot_start_fails_alone(tmp_path):
+    """A section whose program is missing (``nvidia-smi`` on an image without it) is recorded as failed and the
+    check goes on, instead of ending the whole call with a traceback."""
+    import sys
+
+    check = importlib.util.spec_from_file_location("gpu_check", SCRIPT.parent / "gpu_check.py")
+    gpu_check = importlib.util.module_from_spec(check)
+    check.loader.exec_module(gpu_check)
+    run = gpu_check.Check(tmp_path, budget=60, smoke=True)
+    missing = run.run("missing", [str(tmp_path / "no-such-program")], 10)
+    assert missing["status"] == "failed (could not start)"
+    assert "no-such-program" in (tmp_path / "logs" / "missing.log").read_text()
+    assert run.run("next", [sys.executable, "-c", "print('ok')"], 10)["status"] == "ok"
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert [s["name"] for s in report["sections"]] == ["missing", "next"]
