@@ -67,7 +67,8 @@ def test_methods_not_marked_graph_safe_are_not(method):
 @pytest.mark.parametrize(
     "preset, overrides",
     [("mnist", ("daps.resample=2",)), ("mnist", ("daps.resample=2", "daps.resample_scheme=multinomial")),
-     ("cifar10", ("decoder.hidden=8,8",)), ("lafan1-h1", ())],
+     ("cifar10", ("decoder.hidden=8,8",)), ("lafan1-h1", ()),
+     ("imagenet256", ("decoder.resnet_width=8", "decoder.resnet_blocks=1"))],
 )
 def test_daps_steps_are_graph_safe_at_other_presets_and_with_resampling(preset, overrides):
     assert _graph_safe(*_traces("daps", preset, overrides))
