@@ -1,0 +1,110 @@
+"""The training step of this checkout against the same step at an older commit, on this machine, in one run.
+
+    python benchmarks/against_revision.py --revision be28271 [--rounds 3] [--steps 20] [--threads 1]
+        [--out docs/benchmarks/against-be28271.json] [--overwrite] [key=value ...]
+
+Speed figures taken on different days or machines do not compare (the machines here are shared and noisy), so
+this checks out ``--revision`` into a temporary git worktree and runs ``benchmarks/bench_step.py`` of each tree
+(each on its own code: the benchmark as it was then, the package as it was then) in alternating processes,
+``--rounds`` times. Reports each tree's steps/s per round and the median of the per-round ratios (this checkout /
+the revision). Use it to carry a figure measured against the revision elsewhere (e.g. the original
+implementation's, in ``../shared/docs/PERF.md``, measured against ``be28271``) forward to this checkout.
+Writes JSON (machine, torch, commit, command) and the same table as markdown next to it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from daps.runfolder import write_json_atomic, write_text_atomic  # noqa: E402
+
+
+def bench(tree: Path, args: argparse.Namespace, out: Path) -> dict:
+    """``bench_step.py`` of ``tree`` on ``tree``'s package, in a fresh process; its JSON."""
+    cmd = [sys.executable, str(tree / "benchmarks" / "bench_step.py"), "--steps", str(args.steps), "--warmup",
+           str(args.warmup), "--threads", str(args.threads), "--json", str(out), *args.overrides]
+    env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": str(args.threads)}
+    proc = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"bench_step.py in {tree} failed:\n{proc.stderr[-2000:]}")
+    return json.loads(out.read_text())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--revision", required=True, help="the older commit (anything git rev-parse takes)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=20, help="timed steps per process (windows of 5)")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", default="")
+    parser.add_argument("--overwrite", action="store_true")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides given to both trees")
+    args = parser.parse_args(argv)
+    out = Path(args.out) if args.out else None
+    if out is not None and out.exists() and not args.overwrite:
+        print(f"against_revision.py: error: {out} exists (pass --overwrite to replace it)", file=sys.stderr)
+        return 2
+    git = ["git", "-C", str(REPO)]
+    try:
+        old = subprocess.run([*git, "rev-parse", "--verify", f"{args.revision}^{{commit}}"], check=True,
+                             capture_output=True, text=True).stdout.strip()
+    except subprocess.CalledProcessError:
+        print(f"against_revision.py: error: no commit {args.revision!r} in {REPO}", file=sys.stderr)
+        return 2
+    head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    dirty = bool(subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                                text=True).stdout.strip())
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory(prefix="daps-against-") as tmp:
+        tree = Path(tmp) / "old"
+        subprocess.run([*git, "worktree", "add", "--detach", "-q", str(tree), old], check=True)
+        try:
+            for r in range(args.rounds):
+                new_run = bench(REPO, args, Path(tmp) / f"new-{r}.json")
+                old_run = bench(tree, args, Path(tmp) / f"old-{r}.json")
+                rows.append({"round": r, "this": new_run["steps_per_s"], "revision": old_run["steps_per_s"],
+                             "ratio": new_run["steps_per_s"] / old_run["steps_per_s"]})
+                print(f"round {r}: this {rows[-1]['this']:.3f} steps/s, {args.revision} {rows[-1]['revision']:.3f}, "
+                      f"ratio {rows[-1]['ratio']:.2f}", file=sys.stderr, flush=True)
+        finally:
+            subprocess.run([*git, "worktree", "remove", "--force", str(tree)], check=False)
+    machine = new_run.get("machine", {})
+    result = {
+        "created_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "command": shlex.join([Path(sys.argv[0]).as_posix(), *(argv if argv is not None else sys.argv[1:])]),
+        "this_commit": head + ("+dirty" if dirty else ""), "revision": old, "machine": machine,
+        "threads": args.threads, "steps": args.steps, "warmup": args.warmup, "overrides": args.overrides,
+        "rounds": rows, "ratio_median": statistics.median(r["ratio"] for r in rows),
+    }
+    table = [
+        f"This checkout ({result['this_commit'][:12]}) against {old[:12]}: `bench_step.py` of each tree, "
+        f"{args.rounds} alternating rounds, {args.threads} thread(s), {args.steps} timed steps after {args.warmup}.",
+        "",
+        "| round | this checkout steps/s | revision steps/s | ratio |",
+        "|---|---|---|---|",
+        *(f"| {r['round']} | {r['this']:.3f} | {r['revision']:.3f} | {r['ratio']:.2f} |" for r in rows),
+        "",
+        f"Median ratio: **{result['ratio_median']:.2f}**.",
+    ]
+    print("\n".join(table))
+    if out is not None:
+        write_json_atomic(out, result)
+        write_text_atomic(out.with_suffix(".md"), "\n".join(table) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
