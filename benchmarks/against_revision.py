@@ -86,12 +86,15 @@ def main(argv: list[str] | None = None) -> int:
         "created_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "command": shlex.join([Path(sys.argv[0]).as_posix(), *(argv if argv is not None else sys.argv[1:])]),
         "this_commit": head + ("+dirty" if dirty else ""), "revision": old, "machine": machine,
+        "torch": subprocess.run([sys.executable, "-c", "import torch; print(torch.__version__)"], capture_output=True,
+                                text=True).stdout.strip(),
         "threads": args.threads, "steps": args.steps, "warmup": args.warmup, "overrides": args.overrides,
         "rounds": rows, "ratio_median": statistics.median(r["ratio"] for r in rows),
     }
     table = [
         f"This checkout ({result['this_commit'][:12]}) against {old[:12]}: `bench_step.py` of each tree, "
-        f"{args.rounds} alternating rounds, {args.threads} thread(s), {args.steps} timed steps after {args.warmup}.",
+        f"{args.rounds} alternating rounds, {args.threads} thread(s), {args.steps} timed steps after {args.warmup}; "
+        f"{machine}, torch {result['torch']}.",
         "",
         "| round | this checkout steps/s | revision steps/s | ratio |",
         "|---|---|---|---|",
