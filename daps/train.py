@@ -581,8 +581,9 @@ def _write_artifacts(s: Setup, end_step: int, metrics: dict) -> None:
         summary["note"] = spec.note
     s.model.eval()
     val_x = torch.cat([b for b, _ in zip(s.val_images.batches(), range(8))])  # the first few validation batches
-    spread = torch.linspace(0, val_x.shape[0] - 1, 16, device=val_x.device).long().unique()  # the split may be sorted
-    shown = val_x[spread]
+    # spread over the (often sorted) split; computed on the host, so every device shows the same examples
+    spread = torch.linspace(0, val_x.shape[0] - 1, 16, device="cpu").long().unique()
+    shown = val_x[spread.to(val_x.device)]
     with torch.no_grad():
         x_shown = standardize(shown)
         rec = s.model.reconstruct(x_shown, torch.Generator(s.device).manual_seed(cfg.train.seed))
