@@ -42,11 +42,12 @@ def tiny_train(method: str, data_dir: Path, out: Path, overrides: list[str], ext
     return ["train", "--method", method, *keep, f"data.data_dir={data_dir}", f"train.out_dir={out}", *extra]
 
 
-def test_every_tensor_factory_in_daps_and_the_benchmarks_names_its_device():
+def test_every_tensor_factory_in_daps_benchmarks_and_scripts_names_its_device():
     """Outside ``__init__`` bodies, every ``torch.zeros / arange / tensor / ...`` call says where its tensor
     lives (``device=x.device``, or ``device="cpu"`` for the host): the default device is nobody's choice. The
-    benchmarks too: ``benchmarks/gpu_check.py`` runs them on the rare GPU."""
-    files = [*PACKAGE.rglob("*.py"), *(PACKAGE.parent / "benchmarks").glob("*.py")]
+    benchmarks too (``benchmarks/gpu_check.py`` runs them on the rare GPU), and the scripts."""
+    root = PACKAGE.parent
+    files = [*PACKAGE.rglob("*.py"), *(root / "benchmarks").glob("*.py"), *(root / "scripts").glob("*.py")]
     found = [s for path in sorted(files) for s in unnamed_device_calls(path)]
     assert not found, "tensor factories without device=:\n" + "\n".join(found)
 
