@@ -36,15 +36,21 @@ ArrayLike = np.ndarray | torch.Tensor
 def fid_preprocess(images: torch.Tensor) -> torch.Tensor:
     """FID network input: ``(N, 3, H, W)`` uint8 in 0..255 or float on the [0, 1] scale -> float32
     ``(N, 3, 299, 299)`` in [-1, 1]. Floats are quantised like saved images (``x*255``, clipped, truncated
-    to uint8) so generated samples and real images go through the same path. ``(N, 1, H, W)`` grayscale is
-    repeated to 3 channels."""
+    to uint8) so generated samples and real images go through the same path; a half-precision value is first
+    read as the highest level within half a step of its type (``k/255`` in float16 is level ``k``, not ``k-1``).
+    ``(N, 1, H, W)`` grayscale is repeated to 3 channels."""
     if images.dim() != 4 or images.shape[1] not in (1, 3):
         raise UserError(f"expected images (N, 3, H, W) or (N, 1, H, W), got shape {tuple(images.shape)}")
     if images.dtype == torch.uint8:
         u8 = images
     elif images.is_floating_point():
-        # float64 keeps its precision; half types are widened so that k/255 * 255 lands on k.
-        x = images if images.dtype == torch.float64 else images.float()
+        if images.dtype in (torch.float16, torch.bfloat16):
+            # a half type cannot hold k/255 (float16 stores about half the levels just below it): each value is
+            # read as the highest level within half a step of its type, so that k/255 in any half type is level k
+            step = torch.nextafter(images, torch.full_like(images, 2.0)) - images
+            x = images.float() + step.float() / 2
+        else:
+            x = images if images.dtype == torch.float64 else images.float()  # float64 keeps its precision
         u8 = (x * 255).clamp(0, 255).to(torch.uint8)  # cast truncates toward zero
     else:
         raise UserError(f"images must be uint8 or floating point, got {images.dtype}")
