@@ -511,8 +511,9 @@ def adaptive_kl_coefficient(
     Returns:
         The next weight, a float32 scalar tensor.
     """
-    coeff = torch.as_tensor(coeff, dtype=torch.float32)
-    kl = torch.as_tensor(kl, dtype=torch.float32, device=coeff.device)
+    device = coeff.device if torch.is_tensor(coeff) else kl.device if torch.is_tensor(kl) else "cpu"
+    coeff = torch.as_tensor(coeff, dtype=torch.float32, device=device)
+    kl = torch.as_tensor(kl, dtype=torch.float32, device=device)
     new = torch.where(kl < target / scale, coeff / gain, torch.where(kl > target * scale, coeff * gain, coeff))
     return new.clamp(min_coeff, max_coeff)
 

@@ -4,6 +4,11 @@ one tiny trained run (built once per session).
 Only :func:`temporary_cache` is autouse: the whole session writes its data cache (unpacked CIFAR-10 /
 ImageNet samples, ~200 MB with ``$DAPS_DATA_DIR``) into a temporary folder, never into ``~/.cache``. The
 modules that want the offline environment say ``pytestmark = pytest.mark.usefixtures("offline")``.
+
+``DAPS_TEST_DEVICE_PROBE=1`` runs every test (in this process) under the device probe of
+``tests/device_probe.py``: daps's own tensor factories that name no device make ``meta`` tensors, so the whole
+suite looks for tensors that would land on the CPU next to a GPU model (``tests/test_device_hygiene.py`` does this
+for the main commands in every run).
 """
 
 from __future__ import annotations
@@ -50,6 +55,19 @@ TINY_OVERRIDES = [
     "train.progress=false",
     "train.logger=none",  # TensorBoard / W&B are tested on their own (tests/test_loggers.py)
 ]
+
+
+@pytest.fixture(autouse=True)
+def device_probe_if_asked():
+    """The device probe around each test when ``DAPS_TEST_DEVICE_PROBE=1`` (see the module docstring)."""
+    if os.environ.get("DAPS_TEST_DEVICE_PROBE") != "1":
+        yield
+        return
+    from device_probe import ImplicitDeviceProbe
+
+    with ImplicitDeviceProbe() as probe:
+        yield
+    assert not probe.sites, f"tensors made without a device at {sorted(probe.sites)}"
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -77,7 +77,7 @@ class FeatureStats:
 
     def update(self, features: ArrayLike) -> FeatureStats:
         """Add a batch of features ``(n, D)``; returns self."""
-        x = torch.as_tensor(features).detach().to("cpu", torch.float64)
+        x = torch.as_tensor(features, device="cpu").detach().to(torch.float64)  # accumulated on the host
         if x.dim() != 2:
             raise UserError(f"features must be (n, D), got shape {tuple(x.shape)}")
         if self.dim is None:
