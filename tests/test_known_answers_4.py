@@ -215,17 +215,12 @@ def test_a_cifar10_batch_with_label_10_is_refused(tmp_path):
 def test_a_decoded_cache_of_the_wrong_shape_is_decoded_anew(tmp_path):
     """A cached array of another shape (another file's, or damaged) is ignored and the JPEGs decoded again.
     Fails on: only the dtype checked (three black images returned for two coloured ones)."""
+    from test_data_images import _write_jpeg_npz
+
     from daps.data.cifar import load_cifar10_jpeg
 
     colors = [(250, 10, 10), (10, 10, 250)]
-    blobs = []
-    for c in colors:
-        buf = io.BytesIO()
-        Image.new("RGB", (32, 32), c).save(buf, format="JPEG", quality=95)
-        blobs.append(np.frombuffer(buf.getvalue(), np.uint8))
-    offsets = np.concatenate([[0], np.cumsum([len(b) for b in blobs])]).astype(np.int64)
-    np.savez(tmp_path / "cifar10_jpeg_q75_test.npz", jpeg_bytes=np.concatenate(blobs), offsets=offsets,
-             y=np.array([0, 1]))
+    _write_jpeg_npz(tmp_path, "test", colors)
     first = load_cifar10_jpeg("test", data_dir=tmp_path).images
     (cache,) = (tmp_path / "xdg_cache").rglob("cifar10_jpeg_q75_test.*.npy")
     np.save(cache, np.zeros((3, 3, 32, 32), np.uint8))
