@@ -116,9 +116,8 @@ class Check:
                 )
             except OSError as err:  # e.g. no nvidia-smi on the image: this section fails, the others run
                 f.write(f"could not start {command[0]}: {err}\n")
-                proc = None
                 entry["status"] = "failed (could not start)"
-            if proc is not None:
+            else:
                 try:
                     entry["rc"] = proc.wait(timeout=limit)
                     entry["status"] = "ok" if entry["rc"] == 0 else f"failed (exit {entry['rc']})"

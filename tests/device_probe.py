@@ -23,6 +23,7 @@ garbage silently, so the tests also require that no call was redirected at all (
 from __future__ import annotations
 
 import ast
+import functools
 import importlib
 import sys
 from pathlib import Path
@@ -49,8 +50,10 @@ def _building_a_module(frame) -> bool:
     return frame.f_code.co_name == "__init__" and isinstance(frame.f_locals.get("self"), torch.nn.Module)
 
 
+@functools.lru_cache(maxsize=None)
 def _watched(filename: str, also: tuple[Path, ...]) -> bool:
-    """daps's own code outside the data pipeline, and the files in ``also``."""
+    """daps's own code outside the data pipeline, and the files in ``also`` (asked at every factory call of a
+    probed run, so the answer is kept per file)."""
     path = Path(filename).resolve()
     if path in also:
         return True

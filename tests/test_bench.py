@@ -11,9 +11,17 @@ from pathlib import Path
 import pytest
 
 SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "run.py"
-_spec = importlib.util.spec_from_file_location("benchmarks_run", SCRIPT)
-bench = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(bench)
+
+
+def _load_script(name: str, path: Path):
+    """A benchmark script as a module (the scripts are not a package)."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+bench = _load_script("benchmarks_run", SCRIPT)
 
 TINY = [
     "encoder.width=16", "encoder.num_heads=2", "encoder.vocab_size=16", "encoder.num_tokens=4",
@@ -177,9 +185,7 @@ def test_gpu_check_splits_the_cuda_tests_into_graph_and_other_sections():
     import subprocess
     import sys
 
-    check = importlib.util.spec_from_file_location("gpu_check", SCRIPT.parent / "gpu_check.py")
-    gpu_check = importlib.util.module_from_spec(check)
-    check.loader.exec_module(gpu_check)
+    gpu_check = _load_script("gpu_check", SCRIPT.parent / "gpu_check.py")
     tests = SCRIPT.parent.parent / "tests" / "test_gpu.py"
 
     def collected(*k: str) -> set[str]:
@@ -200,9 +206,7 @@ def test_gpu_check_section_that_cannot_start_fails_alone(tmp_path):
     check goes on, instead of ending the whole call with a traceback."""
     import sys
 
-    check = importlib.util.spec_from_file_location("gpu_check", SCRIPT.parent / "gpu_check.py")
-    gpu_check = importlib.util.module_from_spec(check)
-    check.loader.exec_module(gpu_check)
+    gpu_check = _load_script("gpu_check", SCRIPT.parent / "gpu_check.py")
     run = gpu_check.Check(tmp_path, budget=60, smoke=True)
     missing = run.run("missing", [str(tmp_path / "no-such-program")], 10)
     assert missing["status"] == "failed (could not start)"

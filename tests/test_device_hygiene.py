@@ -3,7 +3,8 @@
 GPU time is rare here, and the one GPU check found ``daps train`` failing on CUDA at its first metrics row: a
 CPU scalar next to CUDA tensors. These tests catch that class of bug on the CPU: the commands run with every
 device-less tensor factory of daps's own code redirected to ``meta``, and the source is checked for factory
-calls that name no device. The last test is the negative control: the bug the GPU found, put back, fails here.
+calls that name no device. The last test is the negative control: a method that logs a device-less scalar (the
+shape of the bug the GPU found) trains on the CPU and fails under the probe.
 """
 
 from __future__ import annotations
