@@ -54,8 +54,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="key=value overrides given to both trees")
     args = parser.parse_args(argv)
     out = Path(args.out) if args.out else None
-    if out is not None and out.exists() and not args.overwrite:
-        print(f"against_revision.py: error: {out} exists (pass --overwrite to replace it)", file=sys.stderr)
+    if min(args.rounds, args.steps, args.threads) < 1:
+        print("against_revision.py: error: --rounds, --steps and --threads must be at least 1", file=sys.stderr)
+        return 2
+    existing = [p for p in (out, out.with_suffix(".md")) if p.exists()] if out is not None else []
+    if existing and not args.overwrite:
+        print(f"against_revision.py: error: {existing[0]} exists (pass --overwrite to replace it)", file=sys.stderr)
         return 2
     git = ["git", "-C", str(REPO)]
     try:
@@ -86,8 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         "created_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "command": shlex.join([Path(sys.argv[0]).as_posix(), *(argv if argv is not None else sys.argv[1:])]),
         "this_commit": head + ("+dirty" if dirty else ""), "revision": old, "machine": machine,
-        "torch": subprocess.run([sys.executable, "-c", "import torch; print(torch.__version__)"], capture_output=True,
-                                text=True).stdout.strip(),
+        "torch": new_run["torch"],  # what this checkout's bench_step.py ran on
         "threads": args.threads, "steps": args.steps, "warmup": args.warmup, "overrides": args.overrides,
         "rounds": rows, "ratio_median": statistics.median(r["ratio"] for r in rows),
     }
