@@ -92,6 +92,20 @@ def cpu_name() -> str:
     return platform.processor() or "unknown"
 
 
+def cpu_bf16() -> bool | None:
+    """Whether the CPU has native bfloat16 instructions (AVX512-BF16 or AMX-BF16: bf16 autocast is fast only
+    there), from /proc/cpuinfo's flags; None where that file is not readable."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        pass
+    return None
+
+
 def git_revision() -> str:
     """``<commit>`` of the checkout, with ``+dirty`` when it has uncommitted changes; outside git
     ``$DAPS_GIT_REVISION``, else ``unknown``."""
@@ -101,6 +115,8 @@ def git_revision() -> str:
 def machine_info(device: torch.device) -> dict:
     info = {
         "cpu": cpu_name(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),  # the vector instructions torch's kernels use
+        "cpu_bf16": cpu_bf16(),
         "cpu_count": os.cpu_count(),
         "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "torch_threads": torch.get_num_threads(),

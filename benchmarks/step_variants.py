@@ -175,7 +175,8 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"torch.dynamo counters at the end: {json.dumps(report['dynamo_counters_end'])}",
         (
-            f"Machine: {m['gpu'] or m['cpu']}, {m['cpus_usable']} usable of {m['cpu_count']} CPUs, "
+            f"Machine: {m['gpu'] or m['cpu']} ({m['cpu_capability']}, bf16 instructions: {m['cpu_bf16']}), "
+            f"{m['cpus_usable']} usable of {m['cpu_count']} CPUs, "
             f"{m['torch_threads']} torch threads, torch {m['torch']}, Python {m['python']}; code {code}; "
             f"{report['created_utc']}."
         ),

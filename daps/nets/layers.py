@@ -63,13 +63,51 @@ def sinusoidal_table(length: int, width: int) -> torch.Tensor:
 # Attention and MLP
 
 
+# On the CPU, torch's softmax kernel is 5-9x slower than four elementwise passes over rows shorter than this, and
+# its fused attention kernel at bfloat16 2-5x slower than plain matmuls for short key sequences (faster beyond a
+# few hundred keys): benchmarks/attention.py, BENCHMARKS.md "Attention and softmax on the CPU".
+SHORT_SOFTMAX_ROWS = 16
+PLAIN_ATTENTION_MAX_KEYS = 128
+
+
+def softmax(x: torch.Tensor) -> torch.Tensor:
+    """``x.softmax(-1)``; on the CPU over rows shorter than ``SHORT_SOFTMAX_ROWS`` computed as max, exp, sum and
+    divide, the same function (the subtracted row maximum is a constant for autograd, as it is for softmax)."""
+    if x.device.type != "cpu" or x.shape[-1] >= SHORT_SOFTMAX_ROWS:
+        return x.softmax(-1)
+    e = (x - x.amax(-1, keepdim=True).detach()).exp()
+    return e / e.sum(-1, keepdim=True)
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False) -> torch.Tensor:
+    """Softmax attention ``q (..., Lq, d)``, ``k, v (..., Lk, d)`` -> ``(..., Lq, d)``; ``causal``: query i attends
+    to keys ``<= i``.
+
+    torch's fused kernel (``scaled_dot_product_attention``), except on the CPU at bfloat16 with at most
+    ``PLAIN_ATTENTION_MAX_KEYS`` keys: there :func:`plain_attention`.
+    """
+    if q.device.type != "cpu" or q.dtype != torch.bfloat16 or k.shape[-2] > PLAIN_ATTENTION_MAX_KEYS:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+    return plain_attention(q, k, v, causal)
+
+
+def plain_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False) -> torch.Tensor:
+    """:func:`attention` by matmuls, with the scores and the softmax in at least float32 (as in the fused kernel)."""
+    scores = q @ k.transpose(-2, -1)  # (..., Lq, Lk)
+    scores = scores.to(torch.promote_types(scores.dtype, torch.float32)) * q.shape[-1] ** -0.5
+    if causal:
+        keep = torch.ones(scores.shape[-2:], dtype=torch.bool, device=q.device).tril()  # (Lq, Lk)
+        scores = scores.masked_fill(~keep, float("-inf"))
+    return softmax(scores).to(v.dtype) @ v  # (..., Lq, d)
+
+
 def _masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Attention where masked scores are *replaced* by the most negative float (the original's rule):
     a query with every key masked attends uniformly to all keys. ``q (..., Lq, d)``, ``k, v (..., Lk, d)``,
     ``mask`` broadcastable to ``(..., Lq, Lk)`` -> ``(..., Lq, d)``."""
     scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # (..., Lq, Lk)
     scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
-    return scores.softmax(-1) @ v  # (..., Lq, d)
+    return softmax(scores) @ v  # (..., Lq, d)
 
 
 class Attention(nn.Module):
@@ -101,7 +139,7 @@ class Attention(nn.Module):
         q, (k, v) = self.split(self.q(x)), self.keys_values(x)  # each (N, h, L, d)
         if mask is not None:
             return self.merge(_masked_attention(q, k, v, mask))
-        return self.merge(F.scaled_dot_product_attention(q, k, v, is_causal=causal))
+        return self.merge(attention(q, k, v, causal))
 
     def attend_grouped(
         self,
@@ -122,7 +160,7 @@ class Attention(nn.Module):
         if mask is not None:
             out = _masked_attention(q, k, v, mask)
         else:
-            out = F.scaled_dot_product_attention(q, k, v)  # (B, h, K*L, d)
+            out = attention(q, k, v)  # (B, h, K*L, d)
         out = out.transpose(1, 2).reshape(n, length, width)  # (B*K, L, E)
         return self.o(out)
 
@@ -194,7 +232,7 @@ class DecoderBlock(nn.Module):
         scores = (q @ keys.transpose(-2, -1)) * (q.shape[-1] ** -0.5)  # (N, h, 1, L)
         if masked is not None:
             scores = scores.masked_fill(masked, float("-inf"))
-        y = y + attn.merge(scores.softmax(-1) @ values)  # (N, 1, E)
+        y = y + attn.merge(softmax(scores) @ values)  # (N, 1, E)
         y = y + self.cross_attn.attend_grouped(self.ln2(y), *memory_kv, num_samples)
         return y + self.mlp(self.ln3(y))
 
