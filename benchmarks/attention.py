@@ -32,7 +32,14 @@ import torch
 import torch.nn.functional as F
 from run import git_revision, machine_info  # this script's folder is on sys.path
 
-from daps.nets.layers import PLAIN_ATTENTION_MAX_KEYS, SHORT_SOFTMAX_ROWS, plain_attention, softmax
+from daps.nets.layers import (
+    PLAIN_ATTENTION_MAX_KEYS,
+    SHORT_SOFTMAX_ROWS,
+    elementwise_softmax_applies,
+    plain_attention,
+    plain_attention_applies,
+    softmax,
+)
 from daps.runfolder import write_json_atomic, write_text_atomic
 
 # name, query shape, key/value shape, causal
@@ -118,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
             times = _compare({v: _attention_call(fn, q_shape, kv_shape, causal, dtype)
                               for v, fn in (("fused", _fused), ("plain", plain_attention))}, args.rounds, args.repeats)
             ratio = statistics.median(p / f for p, f in zip(times["plain"], times["fused"]))
-            picks = "plain" if dtype == torch.bfloat16 and kv_shape[-2] <= PLAIN_ATTENTION_MAX_KEYS else "fused"
+            probe_q, probe_k = (torch.empty(shape, dtype=dtype, device="cpu") for shape in (q_shape, kv_shape))
+            picks = "plain" if plain_attention_applies(probe_q, probe_k) else "fused"
             dtype_name = str(dtype).removeprefix("torch.")
             row = {"case": name, "q": list(q_shape), "kv": list(kv_shape), "causal": causal, "dtype": dtype_name,
                    "fused_ms": [1e3 * t for t in times["fused"]], "plain_ms": [1e3 * t for t in times["plain"]],
@@ -145,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
                           "elementwise": _softmax_call(elementwise, length),
                           "daps": _softmax_call(softmax, length)}, args.rounds, args.repeats)
         ratio = statistics.median(e / t for e, t in zip(times["elementwise"], times["torch"]))
-        picks = "elementwise" if length < SHORT_SOFTMAX_ROWS else "torch"
+        picks = "elementwise" if elementwise_softmax_applies(torch.empty(1, length, device="cpu")) else "torch"
         row = {"length": length, **{f"{k}_ms": [1e3 * t for t in v] for k, v in times.items()},
                "elementwise_over_torch": ratio, "daps_picks": picks}
         softmax_rows.append(row)

@@ -214,3 +214,26 @@ def test_gpu_check_section_that_cannot_start_fails_alone(tmp_path):
     assert run.run("next", [sys.executable, "-c", "print('ok')"], 10)["status"] == "ok"
     report = json.loads((tmp_path / "report.json").read_text())
     assert [s["name"] for s in report["sections"]] == ["missing", "next"]
+
+
+def test_attention_benchmark_writes_its_report_and_keeps_an_existing_one(tmp_path, monkeypatch):
+    """``benchmarks/attention.py`` on tiny cases: both tables, the path daps picks as ``daps.nets.layers`` decides
+    it, and an existing report refused without ``--overwrite`` (exit 2), untouched."""
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))
+    attention = _load_script("benchmarks_attention", SCRIPT.parent / "attention.py")
+    monkeypatch.setattr(attention, "ATTENTION_CASES", [("tiny self", (2, 2, 8, 4), (2, 2, 8, 4), True),
+                                                       ("tiny long", (1, 1, 4, 4), (1, 1, 129, 4), False)])
+    monkeypatch.setattr(attention, "SOFTMAX_ROWS", [4, 16])
+    out = tmp_path / "attention.json"
+    assert attention.main(["--rounds", "2", "--repeats", "1", "--threads", "0", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    picks = {(r["case"], r["dtype"]): r["daps_picks"] for r in report["attention"]}
+    assert picks == {("tiny self", "float32"): "fused", ("tiny self", "bfloat16"): "plain",
+                     ("tiny long", "float32"): "fused", ("tiny long", "bfloat16"): "fused"}
+    assert [(r["length"], r["daps_picks"]) for r in report["softmax"]] == [(4, "elementwise"), (16, "torch")]
+    assert all(len(r["fused_ms"]) == 2 and r["plain_over_fused"] > 0 for r in report["attention"])
+    assert "| tiny self |" in out.with_suffix(".md").read_text() and report["machine"]["cpu_capability"]
+    before = out.read_bytes()
+    with pytest.raises(SystemExit) as refused:
+        attention.main(["--out", str(out)])
+    assert refused.value.code == 2 and out.read_bytes() == before

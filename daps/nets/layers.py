@@ -70,10 +70,21 @@ SHORT_SOFTMAX_ROWS = 16
 PLAIN_ATTENTION_MAX_KEYS = 128
 
 
+def elementwise_softmax_applies(x: torch.Tensor) -> bool:
+    """Whether :func:`softmax` computes ``x``'s softmax elementwise: on the CPU, rows shorter than 16."""
+    return x.device.type == "cpu" and x.shape[-1] < SHORT_SOFTMAX_ROWS
+
+
+def plain_attention_applies(q: torch.Tensor, k: torch.Tensor) -> bool:
+    """Whether :func:`attention` takes :func:`plain_attention`: on the CPU at bfloat16 with at most
+    ``PLAIN_ATTENTION_MAX_KEYS`` keys."""
+    return q.device.type == "cpu" and q.dtype == torch.bfloat16 and k.shape[-2] <= PLAIN_ATTENTION_MAX_KEYS
+
+
 def softmax(x: torch.Tensor) -> torch.Tensor:
     """``x.softmax(-1)``; on the CPU over rows shorter than ``SHORT_SOFTMAX_ROWS`` computed as max, exp, sum and
     divide, the same function (the subtracted row maximum is a constant for autograd, as it is for softmax)."""
-    if x.device.type != "cpu" or x.shape[-1] >= SHORT_SOFTMAX_ROWS:
+    if not elementwise_softmax_applies(x):
         return x.softmax(-1)
     e = (x - x.amax(-1, keepdim=True).detach()).exp()
     return e / e.sum(-1, keepdim=True)
@@ -86,9 +97,9 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = 
     torch's fused kernel (``scaled_dot_product_attention``), except on the CPU at bfloat16 with at most
     ``PLAIN_ATTENTION_MAX_KEYS`` keys: there :func:`plain_attention`.
     """
-    if q.device.type != "cpu" or q.dtype != torch.bfloat16 or k.shape[-2] > PLAIN_ATTENTION_MAX_KEYS:
-        return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
-    return plain_attention(q, k, v, causal)
+    if plain_attention_applies(q, k):
+        return plain_attention(q, k, v, causal)
+    return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
 
 
 def plain_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False) -> torch.Tensor:
