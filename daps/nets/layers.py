@@ -63,9 +63,9 @@ def sinusoidal_table(length: int, width: int) -> torch.Tensor:
 # Attention and MLP
 
 
-# On the CPU, torch's softmax kernel is 5-9x slower than four elementwise passes over rows shorter than this, and
-# its fused attention kernel at bfloat16 2-5x slower than plain matmuls for short key sequences (faster beyond a
-# few hundred keys): benchmarks/attention.py, BENCHMARKS.md "Attention and softmax on the CPU".
+# On the CPU, torch's softmax (forward and backward) is 2-3x slower than four elementwise passes over rows shorter
+# than this, and its fused attention kernel at bfloat16 1.7-5.5x slower than plain matmuls up to 128 keys (2.5x
+# faster from 256 keys): benchmarks/attention.py, BENCHMARKS.md "bf16 on a CPU with bf16 instructions".
 SHORT_SOFTMAX_ROWS = 16
 PLAIN_ATTENTION_MAX_KEYS = 128
 
