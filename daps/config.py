@@ -170,7 +170,8 @@ class TrainConfig:
     """Show a progress bar (rank 0 only)."""
     precision: str = "float32"
     """``float32``, or ``bfloat16``: matmuls of the training step under bf16 autocast, while logits -> sampling,
-    log q, the importance weights, the ESS and the likelihoods stay in float32. Evaluation is always float32."""
+    log q, the importance weights, the ESS and the likelihoods stay in float32. Evaluation is always float32. On a
+    CPU it pays only where the CPU has bf16 instructions (AVX512-BF16, AMX): README, BENCHMARKS.md."""
     compile: bool = False
     """``torch.compile`` the one-token decode step of sampling (static shapes; the same codes as eager up to float
     rounding) and, for DAPS, the differentiable part of the training step. Meant for GPUs."""
