@@ -64,7 +64,7 @@ def sinusoidal_table(length: int, width: int) -> torch.Tensor:
 
 
 # On the CPU, torch's softmax (forward and backward) is 2-3x slower than four elementwise passes over rows shorter
-# than this, and its fused attention kernel at bfloat16 1.7-5.5x slower than plain matmuls up to 128 keys (2.5x
+# than this, and its fused attention kernel at bfloat16 1.7-5.4x slower than plain matmuls up to 128 keys (2.5-6x
 # faster from 256 keys): benchmarks/attention.py, BENCHMARKS.md "bf16 on a CPU with bf16 instructions".
 SHORT_SOFTMAX_ROWS = 16
 PLAIN_ATTENTION_MAX_KEYS = 128
