@@ -27,6 +27,7 @@ import logging
 import math
 import re
 import shlex
+import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -366,9 +367,10 @@ def _mean_se(values: list[float]) -> tuple[float, float]:
 
 
 def _steps_per_s(run: Run) -> float:
+    """The median training speed over the run's logged windows, the first (which includes warm-up) left out."""
     rows = [r["steps_per_s"] for r in read_metrics(run.out_dir / "metrics.jsonl") if r.get("split") == "train"]
-    rows = sorted(rows[1:] or rows)  # the first window includes warm-up
-    return rows[len(rows) // 2] if rows else float("nan")
+    rows = rows[1:] or rows
+    return statistics.median(rows) if rows else float("nan")
 
 
 def arms(runs: list[Run]) -> dict[str, list[Run]]:

@@ -99,6 +99,9 @@ def test_compare_speed_is_the_median_without_the_warm_up_window(tmp_path):
     rows += [{"split": "train", "step": s, "steps_per_s": v} for s, v in ((2, 3.0), (3, 1.0), (4, 2.0))]
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert _steps_per_s(Run("daps", 0, cfg)) == 2.0  # median of 3, 1, 2
+    rows.append({"split": "train", "step": 5, "steps_per_s": 4.0})
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert _steps_per_s(Run("daps", 0, cfg)) == 2.5  # median of 3, 1, 2, 4: the mean of the middle two
     (tmp_path / "metrics.jsonl").write_text(json.dumps(rows[0]) + "\n")  # one window: it is all there is
     assert _steps_per_s(Run("daps", 0, cfg)) == 100.0
 
