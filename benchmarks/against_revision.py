@@ -4,7 +4,8 @@
         [--out docs/benchmarks/against-be28271.json] [--overwrite] [key=value ...]
 
 Speed figures taken on different days or machines do not compare (the machines here are shared and noisy), so
-this checks out ``--revision`` into a temporary git worktree and runs ``benchmarks/bench_step.py`` of each tree
+this exports ``--revision`` into a temporary folder (``git archive``: nothing is registered in the repository, so
+a run killed midway leaves at most that folder) and runs ``benchmarks/bench_step.py`` of each tree
 (each on its own code: the benchmark as it was then, the package as it was then) in alternating processes,
 ``--rounds`` times. Reports each tree's steps/s per round and the median of the per-round ratios (this checkout /
 the revision). Use it to carry a figure measured against the revision elsewhere (e.g. the original
@@ -15,12 +16,14 @@ Writes JSON (machine, torch, commit, command) and the same table as markdown nex
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import shlex
 import statistics
 import subprocess
 import sys
+import tarfile
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
@@ -29,6 +32,17 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from daps.runfolder import write_json_atomic, write_text_atomic  # noqa: E402
+
+
+def export_tree(git: list[str], commit: str, tree: Path) -> None:
+    """The files of ``commit`` into the new folder ``tree``."""
+    archive = subprocess.run([*git, "archive", "--format=tar", commit], check=True, capture_output=True).stdout
+    tree.mkdir()
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        if hasattr(tarfile, "data_filter"):  # Python >= 3.11.4 / 3.10.12
+            tar.extractall(tree, filter="data")
+        else:  # older Python: the archive is git's own, of a commit of this repository
+            tar.extractall(tree)
 
 
 def bench(tree: Path, args: argparse.Namespace, out: Path) -> dict:
@@ -74,17 +88,14 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="daps-against-") as tmp:
         tree = Path(tmp) / "old"
-        subprocess.run([*git, "worktree", "add", "--detach", "-q", str(tree), old], check=True)
-        try:
-            for r in range(args.rounds):
-                new_run = bench(REPO, args, Path(tmp) / f"new-{r}.json")
-                old_run = bench(tree, args, Path(tmp) / f"old-{r}.json")
-                rows.append({"round": r, "this": new_run["steps_per_s"], "revision": old_run["steps_per_s"],
-                             "ratio": new_run["steps_per_s"] / old_run["steps_per_s"]})
-                print(f"round {r}: this {rows[-1]['this']:.3f} steps/s, {args.revision} {rows[-1]['revision']:.3f}, "
-                      f"ratio {rows[-1]['ratio']:.2f}", file=sys.stderr, flush=True)
-        finally:
-            subprocess.run([*git, "worktree", "remove", "--force", str(tree)], check=False)
+        export_tree(git, old, tree)
+        for r in range(args.rounds):
+            new_run = bench(REPO, args, Path(tmp) / f"new-{r}.json")
+            old_run = bench(tree, args, Path(tmp) / f"old-{r}.json")
+            rows.append({"round": r, "this": new_run["steps_per_s"], "revision": old_run["steps_per_s"],
+                         "ratio": new_run["steps_per_s"] / old_run["steps_per_s"]})
+            print(f"round {r}: this {rows[-1]['this']:.3f} steps/s, {args.revision} {rows[-1]['revision']:.3f}, "
+                  f"ratio {rows[-1]['ratio']:.2f}", file=sys.stderr, flush=True)
     machine = new_run.get("machine", {})
     result = {
         "created_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),

@@ -237,3 +237,37 @@ def test_attention_benchmark_writes_its_report_and_keeps_an_existing_one(tmp_pat
     with pytest.raises(SystemExit) as refused:
         attention.main(["--out", str(out)])
     assert refused.value.code == 2 and out.read_bytes() == before
+
+
+def test_against_revision_times_both_trees_and_leaves_the_repository_as_it_was(tmp_path):
+    """``benchmarks/against_revision.py`` on a tiny config against HEAD: one round, both trees timed, the report
+    written; the revision is exported with ``git archive``, so the repository's worktrees are the same after (a
+    ``git worktree`` that a killed run would leave registered is not used); a missing commit is refused (exit 2).
+    Fails on: the old worktree code (an extra worktree while it runs, one left behind on a kill)."""
+    import subprocess
+
+    against = _load_script("benchmarks_against_revision", SCRIPT.parent / "against_revision.py")
+    repo = SCRIPT.parent.parent
+    if not (repo / ".git").exists():
+        pytest.skip("needs the git checkout this test file lives in")
+
+    def worktrees() -> str:
+        return subprocess.run(["git", "-C", str(repo), "worktree", "list", "--porcelain"], capture_output=True,
+                              text=True, check=True).stdout
+
+    before = worktrees()
+    exported = []
+    real_export = against.export_tree
+
+    def export_and_look(git, commit, tree):
+        real_export(git, commit, tree)
+        exported.append(((tree / "daps" / "__init__.py").exists(), worktrees()))
+
+    against.export_tree = export_and_look
+    out = tmp_path / "against.json"
+    args = ["--revision", "HEAD", "--rounds", "1", "--steps", "1", "--warmup", "0", "--out", str(out), *TINY_DAPS]
+    assert against.main(args) == 0
+    assert exported == [(True, before)] and worktrees() == before
+    report = json.loads(out.read_text())
+    assert len(report["rounds"]) == 1 and report["rounds"][0]["this"] > 0 and report["rounds"][0]["revision"] > 0
+    assert against.main(["--revision", "no-such-commit-xyz", "--out", str(tmp_path / "b.json")]) == 2
