@@ -256,18 +256,18 @@ def test_against_revision_times_both_trees_and_leaves_the_repository_as_it_was(t
                               text=True, check=True).stdout
 
     before = worktrees()
-    exported = []
-    real_export = against.export_tree
+    seen = []  # (tree has the package, the repository's worktrees) at each timing
+    real_bench = against.bench
 
-    def export_and_look(git, commit, tree):
-        real_export(git, commit, tree)
-        exported.append(((tree / "daps" / "__init__.py").exists(), worktrees()))
+    def bench_and_look(tree, args, out):
+        seen.append(((tree / "daps" / "__init__.py").exists(), worktrees()))
+        return real_bench(tree, args, out)
 
-    against.export_tree = export_and_look
+    against.bench = bench_and_look
     out = tmp_path / "against.json"
     args = ["--revision", "HEAD", "--rounds", "1", "--steps", "1", "--warmup", "0", "--out", str(out), *TINY_DAPS]
     assert against.main(args) == 0
-    assert exported == [(True, before)] and worktrees() == before
+    assert seen == [(True, before), (True, before)] and worktrees() == before
     report = json.loads(out.read_text())
     assert len(report["rounds"]) == 1 and report["rounds"][0]["this"] > 0 and report["rounds"][0]["revision"] > 0
     assert against.main(["--revision", "no-such-commit-xyz", "--out", str(tmp_path / "b.json")]) == 2
