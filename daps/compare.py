@@ -56,9 +56,11 @@ from daps.runfolder import (
     OutputFolderError,
     has_content,
     is_output_folder,
+    missing_folders,
     prepare_output_folder,
     read_marker,
     refuse_precious,
+    remove_empty_folders,
     write_marker,
     write_text_atomic,
 )
@@ -487,7 +489,7 @@ def compare(
     overrides = list(overrides)
     runs = plan_runs(preset, methods, steps, seeds, out, overrides, vary)  # validates everything before training
     check_buildable(runs)
-    created = not out.exists()
+    created = missing_folders(out)  # the compare folder, and its parents that are missing
     prepare_compare_folder(out)
     with FolderLock(out):  # another compare on the same folder is refused here, before anything below
         try:
@@ -495,14 +497,15 @@ def compare(
             return _compare(runs, preset, methods, steps, seeds, out, overrides, device, argv, vary, flags)
         except BaseException:
             if created:  # e.g. the data are missing: the first run failed before writing anything
-                _remove_if_untouched(out)
+                _remove_if_untouched(out, created)
             raise
 
 
-def _remove_if_untouched(out: Path) -> None:
+def _remove_if_untouched(out: Path, created: list[Path]) -> None:
     """Remove a compare folder this call created when no run wrote into it: only its marker, lock,
-    ``commands.sh`` and empty folders are there (a run that fails before writing removes its own folder).
-    Anything else (a run's file, a link) keeps the whole folder as it is."""
+    ``commands.sh`` and empty folders are there (a run that fails before writing removes its own folder), and then
+    the missing parents it ``created`` while they are empty. Anything else (a run's file, a link) keeps the whole
+    folder as it is."""
     own = {MARKER, LOCK, "commands.sh"}
     paths = list(out.rglob("*"))
     if any(p.is_symlink() or not (p.is_dir() or (p.parent == out and p.name in own)) for p in paths):
@@ -512,9 +515,9 @@ def _remove_if_untouched(out: Path) -> None:
     try:
         for folder in sorted((p for p in paths if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
             folder.rmdir()
-        out.rmdir()
     except OSError:  # something appeared meanwhile: leave it
-        pass
+        return
+    remove_empty_folders(created)
 
 
 def _compare(runs, preset, methods, steps, seeds, out, overrides, device, argv, vary, flags) -> list[dict]:

@@ -282,6 +282,27 @@ def clear_folder(folder: Path, kind: str, what: str) -> None:
             path.unlink()
 
 
+def missing_folders(folder: str | Path) -> list[Path]:
+    """The folders of ``folder``'s path that do not exist yet, innermost first (``folder`` itself when it is
+    missing): what creating it adds, and so what a failed first write may take away again."""
+    missing = []
+    for path in (Path(folder).absolute(), *Path(folder).absolute().parents):
+        if path.exists() or path.is_symlink():
+            break
+        missing.append(path)
+    return missing
+
+
+def remove_empty_folders(folders: list[Path]) -> None:
+    """Remove ``folders`` (innermost first, as :func:`missing_folders` lists them) while they are empty; stop at the
+    first that is not (or is gone, or cannot be removed)."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+
+
 def prepare_output_folder(folder: str | Path, kind: str, overwrite: bool, what: str = "--out") -> Path:
     """The one rule for every writer of an output folder: a new or empty folder is created; an existing one
     is refused unless ``overwrite`` and it is a daps folder of ``kind``, which is then emptied. Marks it."""

@@ -65,7 +65,9 @@ from daps.runfolder import (
     clear_folder,
     has_content,
     is_output_folder,
+    missing_folders,
     refuse_precious,
+    remove_empty_folders,
     write_json_atomic,
     write_marker,
     write_text_atomic,
@@ -252,7 +254,7 @@ def train(
     _check_cuda_graph(cfg, device, world)
     check_logger(cfg.train.logger)  # a missing tensorboard / wandb package
     prepare_run_dir(cfg, resume, overwrite, report=False)  # refuse what cannot work before touching anything
-    created = not run_dir.exists()
+    created = missing_folders(run_dir)  # what this call adds: the run folder, and its parents that are missing
     lock = FolderLock(run_dir).acquire() if dist.is_main() else None
     try:
         dist.barrier()  # rank 0 holds the lock before any rank decides what to do with the folder
@@ -263,10 +265,7 @@ def train(
             if created and not has_content(run_dir):  # failed before writing anything: leave no folder behind
                 for name in (MARKER, LOCK):
                     (run_dir / name).unlink(missing_ok=True)
-                try:
-                    run_dir.rmdir()
-                except OSError:
-                    pass
+                remove_empty_folders(created)
         dist.teardown()
 
 

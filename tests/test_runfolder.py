@@ -540,3 +540,25 @@ def test_an_existing_file_of_another_kind_is_named_before_overwrite_is_suggested
     with pytest.raises(ValueError, match="pass --overwrite"):
         check_output_file(mine, ".png", False, "--plot", is_ours=lambda p: True, what="a daps figure")
     assert mine.read_text() == "mine"
+
+
+def test_a_failed_first_write_takes_back_the_parent_folders_it_made(tmp_path, tiny_overrides, capsys):
+    """``daps train`` and ``daps compare`` into ``new/deeper/run`` with the data missing: exit 2 and no folder left,
+    not the run folder and not the two parents the call created; a parent that was there before stays, also when
+    it was empty. Fails on: removing only the run folder (``new/deeper`` left behind)."""
+    from daps.cli import main
+
+    empty = tmp_path / "no-data"
+    empty.mkdir()
+    overrides = [o for o in tiny_overrides if not o.startswith("data.")]
+    data = ["data.name=mnist", f"data.data_dir={empty}", "data.download=false"]
+    kept = tmp_path / "kept"  # the user's (empty) folder
+    kept.mkdir()
+    for argv in (["train", *overrides, *data, f"train.out_dir={tmp_path / 'new' / 'deeper' / 'run'}"],
+                 ["compare", "--methods", "daps", "--steps", "2", "--out", str(tmp_path / "new" / "deeper" / "cmp"),
+                  *[o for o in overrides if not o.startswith("train.steps=")], *data],
+                 ["train", *overrides, *data, f"train.out_dir={kept / 'a' / 'run'}"]):
+        assert main(argv) == 2, argv
+        assert "not found" in capsys.readouterr().err
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["kept", "no-data"], argv
+    assert kept.is_dir() and list(kept.iterdir()) == []
