@@ -214,8 +214,8 @@ def evaluate(policy_run: str | Path, motions: list[str], rollouts: int = 8, wind
 
 COLUMNS = (
     ("motion", "motion", "{}"), ("requested_forward_m_s", "req. fwd m/s", "{:.2f}"),
-    ("achieved_forward_m_s", "ach. fwd m/s", "{:.2f}"), ("abs_error_forward_m_s", "|err| fwd (recon)", "{:.2f}"),
-    ("abs_error_left_m_s", "|err| left", "{:.2f}"), ("abs_error_yaw_rad_s", "|err| yaw", "{:.2f}"),
+    ("achieved_forward_m_s", "ach. fwd m/s", "{:.2f}"), ("abs_error_forward_m_s", "\\|err\\| fwd (recon)", "{:.2f}"),
+    ("abs_error_left_m_s", "\\|err\\| left", "{:.2f}"), ("abs_error_yaw_rad_s", "\\|err\\| yaw", "{:.2f}"),
     ("kind_accuracy", "kind acc (real)", "{:.2f}"), ("border_joint_accel", "border acc (within; data)", "{:.0f}"),
     ("foot_skating_m_s", "skating m/s (data)", "{:.2f}"), ("support_force_bw", "support F/mg (data)", "{:.2f}"),
     ("support_torque_nm", "support Nm (data)", "{:.0f}"), ("balanced_fraction", "balanced (data)", "{:.2f}"),
