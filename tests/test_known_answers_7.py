@@ -371,7 +371,7 @@ def test_wandb_gets_each_positions_codes_and_the_figure_under_its_tag_at_its_ste
 def test_wandb_ids_kept_up_to_64_characters_and_old_ids_from_the_name_end(tmp_path):
     """A kept id of 64 characters (W&B's limit, the bound the code states) is read back as it is; a run logged
     before ids were kept continues under ``daps-`` + the *last* 50 characters of its folder name, as daps derived
-    it then (git 34cc941: ``[-50:]``). Fails on: a 64-character id replaced, the first 50 characters taken."""
+    it then (``[-50:]``, commit 34cc941). Fails on: a 64-character id replaced, the first 50 characters taken."""
     from daps.loggers import WANDB_ID_FILE, wandb_run_id
 
     run = tmp_path / "kept"
