@@ -194,3 +194,24 @@ def h1_model():
     except Exception as e:  # UserError when mujoco is missing
         pytest.skip(str(e))
     return load_h1(os.environ["DAPS_DATA_DIR"])
+
+
+@pytest.fixture
+def captured(monkeypatch):
+    """The figures the plotting functions would close after saving, kept open to inspect."""
+    import daps.plots as plots
+
+    plt = plots._pyplot()
+    figures = []
+
+    class Keeping:
+        def __getattr__(self, name):
+            return getattr(plt, name)
+
+        def close(self, fig):
+            figures.append(fig)
+
+    monkeypatch.setattr(plots, "_pyplot", lambda: Keeping())
+    yield figures
+    for fig in figures:
+        plt.close(fig)

@@ -463,27 +463,6 @@ def test_hub_repo_ids_start_with_a_letter_or_digit():
 # plots: what each figure draws
 
 
-@pytest.fixture
-def captured(monkeypatch):
-    """The figures the plotting functions would close after saving, kept open to inspect (as tests/test_plots)."""
-    import daps.plots as plots
-
-    plt = plots._pyplot()
-    figures = []
-
-    class Keeping:
-        def __getattr__(self, name):
-            return getattr(plt, name)
-
-        def close(self, fig):
-            figures.append(fig)
-
-    monkeypatch.setattr(plots, "_pyplot", lambda: Keeping())
-    yield figures
-    for fig in figures:
-        plt.close(fig)
-
-
 def test_comparison_curves_plot_the_seed_mean_over_common_steps_with_a_min_max_band(tmp_path, captured):
     """Three seeds: (1: 1, 2: 2, 3: 3), (1: 3, 2: 4), (1: 5, 2: 9). Only steps 1 and 2 are common; the line is
     the mean (3, 5), not the median (3, 4), and the band spans min..max (1..5, 2..9). With ``log_y``, values

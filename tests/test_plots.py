@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pytest
 import torch
 from PIL import Image
 
@@ -35,25 +34,6 @@ def test_image_grid_of_fewer_images_than_columns_is_as_wide_as_the_images(tmp_pa
     img = np.asarray(Image.open(tmp_path / "g.png"))
     assert img.shape == (6, 11, 3)
     assert (img[1:5, 6:10] == [255, 0, 0]).all() and (img[1:5, 1:5] == 0).all() and (img[:, 5] == 255).all()
-
-
-@pytest.fixture
-def captured(monkeypatch):
-    """The figures the plotting functions would close after saving, kept open to inspect."""
-    plt = plots._pyplot()
-    figures = []
-
-    class Keeping:
-        def __getattr__(self, name):
-            return getattr(plt, name)
-
-        def close(self, fig):
-            figures.append(fig)
-
-    monkeypatch.setattr(plots, "_pyplot", lambda: Keeping())
-    yield figures
-    for fig in figures:
-        plt.close(fig)
 
 
 def _lines(ax) -> dict[str, tuple[list, list]]:
