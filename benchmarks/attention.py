@@ -35,6 +35,7 @@ from run import git_revision, machine_info  # this script's folder is on sys.pat
 from daps.nets.layers import (
     PLAIN_ATTENTION_MAX_KEYS,
     SHORT_SOFTMAX_ROWS,
+    elementwise_softmax,
     elementwise_softmax_applies,
     plain_attention,
     plain_attention_applies,
@@ -143,14 +144,9 @@ def main(argv: list[str] | None = None) -> int:
               "| row length | torch.softmax ms | elementwise ms | elementwise / torch time | daps picks |",
               "|---|---|---|---|---|"]
     softmax_rows = []
-
-    def elementwise(x: torch.Tensor) -> torch.Tensor:  # daps's formula at every length
-        e = (x - x.amax(-1, keepdim=True).detach()).exp()
-        return e / e.sum(-1, keepdim=True)
-
     for length in SOFTMAX_ROWS:
         times = _compare({"torch": _softmax_call(lambda x: x.softmax(-1), length),
-                          "elementwise": _softmax_call(elementwise, length),
+                          "elementwise": _softmax_call(elementwise_softmax, length),
                           "daps": _softmax_call(softmax, length)}, args.rounds, args.repeats)
         ratio = statistics.median(e / t for e, t in zip(times["elementwise"], times["torch"]))
         picks = "elementwise" if elementwise_softmax_applies(torch.empty(1, length, device="cpu")) else "torch"

@@ -82,10 +82,13 @@ def plain_attention_applies(q: torch.Tensor, k: torch.Tensor) -> bool:
 
 
 def softmax(x: torch.Tensor) -> torch.Tensor:
-    """``x.softmax(-1)``; on the CPU over rows shorter than ``SHORT_SOFTMAX_ROWS`` computed as max, exp, sum and
-    divide, the same function (the subtracted row maximum is a constant for autograd, as it is for softmax)."""
-    if not elementwise_softmax_applies(x):
-        return x.softmax(-1)
+    """``x.softmax(-1)``; on the CPU over rows shorter than ``SHORT_SOFTMAX_ROWS``, :func:`elementwise_softmax`."""
+    return elementwise_softmax(x) if elementwise_softmax_applies(x) else x.softmax(-1)
+
+
+def elementwise_softmax(x: torch.Tensor) -> torch.Tensor:
+    """Softmax over the last dim as max, exp, sum and divide: the same function as ``x.softmax(-1)`` (the subtracted
+    row maximum is a constant for autograd, as it is for softmax)."""
     e = (x - x.amax(-1, keepdim=True).detach()).exp()
     return e / e.sum(-1, keepdim=True)
 
