@@ -47,6 +47,15 @@ def test_two_process_training_and_exact_resume(tmp_path, tiny_overrides):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_a_fixed_eta_under_torchrun(tmp_path, tiny_overrides):
+    """daps.eta_lr=0 leaves log eta without a gradient; DDP must not wait for one (it would fail the step)."""
+    import math
+
+    run = tmp_path / "fixed"
+    torchrun_train(tiny_overrides, run, "daps.init_eta=0.7", "daps.eta_lr=0")
+    assert torch.equal(weights(run, 6)["log_eta"], torch.tensor(math.log(0.7)))
+
+
 def test_bad_settings_under_torchrun_are_one_line(tmp_path, tiny_overrides, monkeypatch, capsys):
     import pytest
 

@@ -68,7 +68,8 @@ class DAPSConfig:
     init_eta: float = 100.0
     """Initial trust-region multiplier eta."""
     eta_lr: float = 1e-3
-    """AdamW learning rate of log(eta)."""
+    """AdamW learning rate of log(eta). 0 holds eta at ``init_eta`` for the whole run (not the paper's: the ablation
+    of its ESS adaptation, BENCHMARKS.md); the ESS loss is then logged but trains nothing."""
     baseline: str = "logsumexp"
     """Reward baseline over the K samples: ``logsumexp`` or ``mean`` (weights are the same either way)."""
     beta: ScheduleConfig = field(default_factory=ScheduleConfig)
@@ -82,7 +83,8 @@ class DAPSConfig:
     ``multinomial`` (m independent draws)."""
 
     def validate(self) -> None:
-        check_positive("daps", self, ("num_samples", "init_eta", "eta_lr"))
+        check_positive("daps", self, ("num_samples", "init_eta"))
+        check_positive("daps", self, ("eta_lr",), strict=False)
         if not 0 <= self.resample <= self.num_samples:
             raise UserError(f"daps.resample must be in [0, num_samples={self.num_samples}], got {self.resample}")
         if self.resample_scheme not in ("systematic", "multinomial"):
@@ -117,7 +119,8 @@ class DAPS(Method):
         super().__init__()
         self.encoder, self.decoder, self.likelihood = encoder, decoder, likelihood
         self.cfg, self.num_steps = cfg, num_steps
-        self.log_eta = nn.Parameter(torch.tensor(math.log(cfg.init_eta)))
+        # A fixed eta (eta_lr = 0) is a parameter without gradient: no optimizer, and DDP leaves it alone.
+        self.log_eta = nn.Parameter(torch.tensor(math.log(cfg.init_eta)), requires_grad=cfg.eta_lr > 0)
         self._objective_fn = self._objective  # compile_step replaces it with a compiled version
 
     # -- schedules ---------------------------------------------------------------------------------
@@ -137,12 +140,13 @@ class DAPS(Method):
         return schedule_final(self.cfg.beta)
 
     def optimizer_specs(self, lr: float, grad_clip: float) -> list[OptimizerSpec]:
-        """Encoder + decoder share one AdamW with adaptive clipping; log eta has its own (original: models/daps.py)."""
+        """Encoder + decoder share one AdamW with adaptive clipping; log eta has its own (original: models/daps.py),
+        unless it is held fixed (``eta_lr`` = 0)."""
         vae = [p for name, p in self.named_parameters() if name != "log_eta"]
-        return [
-            OptimizerSpec("vae", vae, lr=lr, grad_clip=grad_clip),
-            OptimizerSpec("eta", [self.log_eta], lr=self.cfg.eta_lr, grad_clip=0.0),
-        ]
+        specs = [OptimizerSpec("vae", vae, lr=lr, grad_clip=grad_clip)]
+        if self.log_eta.requires_grad:
+            specs.append(OptimizerSpec("eta", [self.log_eta], lr=self.cfg.eta_lr, grad_clip=0.0))
+        return specs
 
     # -- training ----------------------------------------------------------------------------------
 
