@@ -29,7 +29,7 @@ import re
 import shlex
 import statistics
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -82,6 +82,10 @@ COLUMNS = [
 ]
 
 
+TRUST_REGION = {"eta": ("eta (end)", ".3g"), "ess": ("ESS/K (end)", ".2f")}
+"""Training-log keys shown for the arms that have them (DAPS): the trust-region multiplier and the normalized
+effective sample size, each the mean over the run's last logging window."""
+
 OUTPUTS = ("results.md", "results.csv", "curves.png", "eta.png", "reconstructions.png", "commands.sh")
 """The files ``compare`` writes into its folder (besides the run folders ``<method>/seed<s>``)."""
 
@@ -102,6 +106,13 @@ class Run:
     """The ``--vary`` settings of this run's arm, ``(key, value)`` in the order given; empty without ``--vary``."""
     action: str = "train"
     """What :func:`check_runs` decided: ``train`` (new folder), ``reuse``, ``resume`` or ``retrain``."""
+    _rows: list[dict] | None = field(default=None, init=False, repr=False, compare=False)
+
+    def metrics(self) -> list[dict]:
+        """The rows of the run's ``metrics.jsonl``, read once (after training: the table and figures share them)."""
+        if self._rows is None:
+            self._rows = read_metrics(self.out_dir / "metrics.jsonl")
+        return self._rows
 
     @property
     def out_dir(self) -> Path:
@@ -370,9 +381,15 @@ def _mean_se(values: list[float]) -> tuple[float, float]:
 
 def _steps_per_s(run: Run) -> float:
     """The median training speed over the run's logged windows, the first (which includes warm-up) left out."""
-    rows = [r["steps_per_s"] for r in read_metrics(run.out_dir / "metrics.jsonl") if r.get("split") == "train"]
+    rows = [r["steps_per_s"] for r in run.metrics() if r.get("split") == "train"]
     rows = rows[1:] or rows
     return statistics.median(rows) if rows else float("nan")
+
+
+def _last(run: Run, key: str) -> float | None:
+    """``key`` in the run's last training row that has it (the mean over its last logging window), or None."""
+    values = [r[key] for r in run.metrics() if r.get("split") == "train" and key in r]
+    return values[-1] if values else None
 
 
 def arms(runs: list[Run]) -> dict[str, list[Run]]:
@@ -394,6 +411,9 @@ def collect(runs: list[Run]) -> list[dict]:
             values = [s[key] for s in summaries if key in s]
             row[key], row[key + "_se"] = _mean_se(values) if values else (float("nan"), float("nan"))
         row["steps_per_s"], _ = _mean_se([_steps_per_s(r) for r in group])
+        for key in TRUST_REGION:  # eta and the ESS at the end of training, for the methods that learn eta
+            values = [v for v in (_last(r, key) for r in group) if v is not None]
+            row[key], row[key + "_se"] = _mean_se(values) if values else (float("nan"), float("nan"))
         row["num_images"] = summaries[0].get("num_images")
         table.append(row)
     return table
@@ -409,11 +429,14 @@ def _cell(mean: float, se: float, fmt: str) -> str:
 
 def write_tables(table: list[dict], out: Path, header: str) -> None:
     """``results.md`` (for people) and ``results.csv`` (for programs)."""
-    labels = ["method", "bits", *(label for label, _, _ in COLUMNS), "train steps/s"]
+    trust = [key for key in TRUST_REGION if any(not math.isnan(row.get(key, math.nan)) for row in table)]
+    labels = ["method", "bits", *(label for label, _, _ in COLUMNS), *(TRUST_REGION[k][0] for k in trust),
+              "train steps/s"]
     lines = [header, "", "| " + " | ".join(labels) + " |", "|" + "---|" * len(labels)]
     for row in table:
         cells = [row["method"], f"{row['bits']:.0f}"]
         cells += [_cell(row[key], row[key + "_se"], fmt) for _, key, fmt in COLUMNS]
+        cells += [_cell(row[key], row[key + "_se"], TRUST_REGION[key][1]) for key in trust]
         cells.append(f"{row['steps_per_s']:.2f}")
         lines.append("| " + " | ".join(cells) + " |")
     lines += [
@@ -422,11 +445,13 @@ def write_tables(table: list[dict], out: Path, header: str) -> None:
         "code each (deterministic for fsq/vqvae), nats summed over pixels; KL to the prior (uniform over the codes, "
         "N(0, I) for vae). '—': the method has no such quantity "
         "(no q for the quantizers, no discrete code for the Gaussian VAE) or it was not measured (FID without "
-        "train.fid or without the Inception weights; SSIM on images smaller than 11x11).",
+        "train.fid or without the Inception weights; SSIM on images smaller than 11x11)."
+        + (" eta and ESS/K (end): the trust-region multiplier and the effective sample size over K, means over "
+           "each run's last logging window of training." if trust else ""),
     ]
     write_text_atomic(out / "results.md", "\n".join(lines) + "\n")
     keys = ["method", "settings", "seeds", "bits", *(k for _, key, _ in COLUMNS for k in (key, key + "_se")),
-            "steps_per_s"]
+            "steps_per_s", *(k for key in TRUST_REGION for k in (key, key + "_se"))]
     text = io.StringIO(newline="")
     writer = csv.DictWriter(text, fieldnames=keys, extrasaction="ignore")
     writer.writeheader()
@@ -584,8 +609,7 @@ def _values(values) -> str:
 
 def _series(run: Run, split: str, key: str) -> list[tuple[int, float]]:
     """``(step, value)`` of ``key`` in the run's ``split`` rows of ``metrics.jsonl``."""
-    return [(r["step"], r[key]) for r in read_metrics(run.out_dir / "metrics.jsonl") if r.get("split") == split
-            and key in r]
+    return [(r["step"], r[key]) for r in run.metrics() if r.get("split") == split and key in r]
 
 
 __all__ = ["check_runs", "compare", "latent_bits", "parse_vary", "plan_runs", "prepare_compare_folder"]

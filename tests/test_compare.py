@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import re
 import shlex
 import shutil
@@ -76,6 +77,9 @@ def test_compare_writes_table_figures_commands_and_reuses_finished_runs(tmp_path
     assert [row["method"] for row in table] == ["daps", "dapsna"]
     for row in table:
         assert row["seeds"] == 2 and row["bits"] == 16  # 4 tokens x log2(16)
+        ends = [[json.loads(line) for line in open(out / row["method"] / f"seed{seed}" / "metrics.jsonl")
+                 if '"train"' in line][-1]["eta"] for seed in (0, 1)]
+        assert row["eta"] == pytest.approx(sum(ends) / 2) and row["eta_se"] == pytest.approx(abs(ends[0] - ends[1]) / 2)
         assert row["log_p"] < 0 and row["log_p_se"] >= 0 and row["l2"] > 0
     for name in ("results.md", "results.csv", "curves.png", "reconstructions.png", "commands.sh"):
         assert (out / name).stat().st_size > 0, name
@@ -374,10 +378,19 @@ def test_compare_with_vary_writes_one_row_per_arm(tmp_path, overrides):
         rows = [json.loads(line) for line in open(out / "daps" / f"ess_target={target}" / "seed0" / "metrics.jsonl")]
         etas[target] = [r["eta"] for r in rows if r["split"] == "train"]
     assert etas[0.25][-1] < 1.0 < etas[0.75][-1]
+    # ... and the table shows each arm's eta and ESS of its last training row; the quantizer has none
+    last = {t: [json.loads(line) for line in open(out / "daps" / f"ess_target={t}" / "seed0" / "metrics.jsonl")
+                if '"train"' in line][-1] for t in (0.25, 0.75)}
+    assert [table[0]["eta"], table[1]["eta"]] == [last[0.25]["eta"], last[0.75]["eta"]]
+    assert [table[0]["ess"], table[1]["ess"]] == [last[0.25]["ess"], last[0.75]["ess"]]
+    assert math.isnan(table[2]["eta"]) and math.isnan(table[2]["ess"])
+    assert "| eta (end) | ESS/K (end) |" in md and md.count(" | — | — | ") >= 1
+    assert f"| {last[0.25]['eta']:.3g} | {last[0.25]['ess']:.2f} |" in md
+    assert float(next(csv.DictReader(open(out / "results.csv")))["eta"]) == pytest.approx(last[0.25]["eta"])
 
     # Re-running reuses every arm; a run without eta drops the figure of the earlier arms.
     before = {p: p.stat().st_mtime_ns for p in out.glob("**/seed0/metrics.jsonl")}
     compare("mnist", ["daps", "fsq"], 4, [0], out, overrides, vary=["daps.ess_target=0.25,0.75"])
     assert {p: p.stat().st_mtime_ns for p in out.glob("**/seed0/metrics.jsonl")} == before
     compare("mnist", ["fsq"], 4, [0], out, overrides)
-    assert not (out / "eta.png").exists()
+    assert not (out / "eta.png").exists() and "eta (end)" not in (out / "results.md").read_text()
