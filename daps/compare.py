@@ -12,9 +12,9 @@ before training anything, naming the run and the differing keys, and ``overwrite
 ``<out>`` carries the ``compare`` marker of :mod:`daps.runfolder` and is locked while ``compare`` writes it.
 
 Outputs in ``<out>``: ``results.md`` and ``results.csv`` (mean and standard error over seeds),
-``curves.png`` (validation log p against steps), ``eta.png`` (the trust-region multiplier against steps, when
-an arm learns one), ``reconstructions.png`` (the same test images through every arm) and ``commands.sh`` (the
-exact commands that reproduce every run).
+``curves.png`` (validation log p against steps), ``eta.png`` and ``ess.png`` (the trust-region multiplier and the
+normalized effective sample size against steps, when an arm has them), ``reconstructions.png`` (the same test
+images through every arm) and ``commands.sh`` (the exact commands that reproduce every run).
 """
 
 from __future__ import annotations
@@ -86,7 +86,13 @@ TRUST_REGION = {"eta": ("eta (end)", ".3g"), "ess": ("ESS/K (end)", ".2f")}
 """Training-log keys shown for the arms that have them (DAPS): the trust-region multiplier and the normalized
 effective sample size, each the mean over the run's last logging window."""
 
-OUTPUTS = ("results.md", "results.csv", "curves.png", "eta.png", "reconstructions.png", "commands.sh")
+TRUST_FIGURES = {
+    "eta.png": ("eta", "trust-region multiplier", "eta (training)", True),
+    "ess.png": ("ess", "effective sample size over K", "ESS / K (training)", False),
+}
+"""The figures of the training-log quantities only some arms have: file -> (key, title, axis label, log axis)."""
+
+OUTPUTS = ("results.md", "results.csv", "curves.png", *TRUST_FIGURES, "reconstructions.png", "commands.sh")
 """The files ``compare`` writes into its folder (besides the run folders ``<method>/seed<s>``)."""
 
 NOT_COMPARED = frozenset({
@@ -575,15 +581,16 @@ def _compare(runs, preset, methods, steps, seeds, out, overrides, device, argv, 
     groups = arms(runs)
     curves = {label: [_series(run, "val", "log_p") for run in group] for label, group in groups.items()}
     save_comparison_curves(curves, out / "curves.png", title=f"{preset}: validation log p(x|z), {steps} steps")
-    etas = {label: [_series(run, "train", "eta") for run in group] for label, group in groups.items()}
-    etas = {label: series for label, series in etas.items() if all(series)}
-    if etas:
-        save_comparison_curves(
-            etas, out / "eta.png", title=f"{preset}: trust-region multiplier, {steps} steps",
-            ylabel="eta (training)", log_y=True,
-        )
-    else:
-        (out / "eta.png").unlink(missing_ok=True)  # from an earlier comparison of this folder with other arms
+    drawn = set()
+    for name, (key, what, ylabel, log_y) in TRUST_FIGURES.items():  # only the arms that have the quantity
+        series = {label: [_series(run, "train", key) for run in group] for label, group in groups.items()}
+        series = {label: runs for label, runs in series.items() if all(runs)}
+        if series:
+            save_comparison_curves(series, out / name, title=f"{preset}: {what}, {steps} steps", ylabel=ylabel,
+                                   log_y=log_y)
+            drawn.add(name)
+        else:
+            (out / name).unlink(missing_ok=True)  # from an earlier comparison of this folder with other arms
 
     standardize = dataset_spec(cfg0.data.name).standardize
     test = next(eval_set(cfg0.data, "test", 0, 500, torch.device("cpu")).batches())  # the first validation batch
@@ -596,7 +603,7 @@ def _compare(runs, preset, methods, steps, seeds, out, overrides, device, argv, 
     save_comparison_reconstructions(
         standardize.to_unit(shown), recons, out / "reconstructions.png", title=f"{preset}, {steps} steps"
     )
-    written = ", ".join(name for name in OUTPUTS if name != "eta.png" or etas)
+    written = ", ".join(name for name in OUTPUTS if name not in TRUST_FIGURES or name in drawn)
     log.info("comparison written to %s (%s)", out, written)
     return table
 

@@ -368,7 +368,7 @@ def test_compare_with_vary_writes_one_row_per_arm(tmp_path, overrides):
     assert "KL(q\\|prior)" in md and all(row["kl"] >= 0 for row in table[:2])
     rows = list(csv.DictReader(open(out / "results.csv")))
     assert [r["settings"] for r in rows] == ["ess_target=0.25", "ess_target=0.75", ""]
-    assert (out / "eta.png").stat().st_size > 0 and (out / "curves.png").stat().st_size > 0
+    assert all((out / name).stat().st_size > 0 for name in ("eta.png", "ess.png", "curves.png"))
     commands = (out / "commands.sh").read_text()
     assert commands.count("daps.ess_target=0.25") == 1 and commands.count("daps.ess_target=0.75") == 1
 
@@ -393,4 +393,5 @@ def test_compare_with_vary_writes_one_row_per_arm(tmp_path, overrides):
     compare("mnist", ["daps", "fsq"], 4, [0], out, overrides, vary=["daps.ess_target=0.25,0.75"])
     assert {p: p.stat().st_mtime_ns for p in out.glob("**/seed0/metrics.jsonl")} == before
     compare("mnist", ["fsq"], 4, [0], out, overrides)
-    assert not (out / "eta.png").exists() and "eta (end)" not in (out / "results.md").read_text()
+    assert not (out / "eta.png").exists() and not (out / "ess.png").exists()
+    assert "eta (end)" not in (out / "results.md").read_text()
