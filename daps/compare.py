@@ -82,7 +82,7 @@ COLUMNS = [
 ]
 
 
-TRUST_REGION = {"eta": ("eta (end)", ".3g"), "ess": ("ESS/K (end)", ".2f")}
+TRUST_REGION = {"eta": ("eta (end)", ".3f"), "ess": ("ESS/K (end)", ".2f")}
 """Training-log keys shown for the arms that have them (DAPS): the trust-region multiplier and the normalized
 effective sample size, each the mean over the run's last logging window."""
 

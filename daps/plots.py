@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -145,19 +146,20 @@ def save_comparison_curves(
     """
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 5))
+    low, high = math.inf, -math.inf  # of the values drawn (the axis adds margins, which may cross zero)
     for i, (method, runs) in enumerate(curves.items()):
         steps = sorted(set.intersection(*(set(s for s, _ in run) for run in runs))) if runs else []
         if not steps:
             continue
         per_seed = [dict(run) for run in runs]
         values = torch.tensor([[d[s] for s in steps] for d in per_seed], device="cpu")  # (seeds, points)
+        low, high = min(low, values.min().item()), max(high, values.max().item())
         ax.plot(steps, values.mean(0).tolist(), "o-", ms=3, label=method, color=f"C{i % 10}")
         if values.shape[0] > 1:
             ax.fill_between(
                 steps, values.min(0).values.tolist(), values.max(0).values.tolist(), alpha=0.2, color=f"C{i % 10}"
             )
     ax.set_xlabel("optimizer step")
-    low, high = ax.get_ylim()
     if log_y and low > 0 and high / low > 10:  # within a decade a log axis has almost no labelled ticks
         ax.set_yscale("log")
         ylabel += " (log scale)"

@@ -385,7 +385,7 @@ def test_compare_with_vary_writes_one_row_per_arm(tmp_path, overrides):
     assert [table[0]["ess"], table[1]["ess"]] == [last[0.25]["ess"], last[0.75]["ess"]]
     assert math.isnan(table[2]["eta"]) and math.isnan(table[2]["ess"])
     assert "| eta (end) | ESS/K (end) |" in md and md.count(" | — | — | ") >= 1
-    assert f"| {last[0.25]['eta']:.3g} | {last[0.25]['ess']:.2f} |" in md
+    assert f"| {last[0.25]['eta']:.3f} | {last[0.25]['ess']:.2f} |" in md
     assert float(next(csv.DictReader(open(out / "results.csv")))["eta"]) == pytest.approx(last[0.25]["eta"])
 
     # Re-running reuses every arm; a run without eta drops the figure of the earlier arms.

@@ -486,6 +486,10 @@ def test_comparison_curves_plot_the_seed_mean_over_common_steps_with_a_min_max_b
     assert captured[1].axes[0].get_yscale() == "linear"  # 2..9 spans less than a decade
     save_comparison_curves({"a": [[(1, 1.0), (2, 15.0)]]}, tmp_path / "e.png", log_y=True)
     assert captured[2].axes[0].get_yscale() == "log"
+    # 0.1..10 spans two decades, though the axis' margins reach below zero (eta held at 0.1 and at 10)
+    save_comparison_curves({"a": [[(1, 0.1), (2, 0.1)]], "b": [[(1, 10.0), (2, 10.0)]]}, tmp_path / "f.png",
+                           log_y=True)
+    assert captured[3].axes[0].get_yscale() == "log"
 
 
 def test_schedules_with_a_zero_are_left_off_the_log_panel(tmp_path, captured):
