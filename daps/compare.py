@@ -83,8 +83,8 @@ COLUMNS = [
 
 
 TRUST_REGION = {"eta": ("eta (end)", ".3f"), "ess": ("ESS/K (end)", ".2f")}
-"""Training-log keys shown for the arms that have them (DAPS): the trust-region multiplier and the normalized
-effective sample size, each the mean over the run's last logging window."""
+"""Training-log keys shown for the arms that have them (DAPS, eta learned or fixed): the trust-region multiplier and
+the normalized effective sample size, each the mean over the run's last logging window."""
 
 TRUST_FIGURES = {
     "eta.png": ("eta", "trust-region multiplier", "eta (training)", True),
@@ -417,7 +417,7 @@ def collect(runs: list[Run]) -> list[dict]:
             values = [s[key] for s in summaries if key in s]
             row[key], row[key + "_se"] = _mean_se(values) if values else (float("nan"), float("nan"))
         row["steps_per_s"], _ = _mean_se([_steps_per_s(r) for r in group])
-        for key in TRUST_REGION:  # eta and the ESS at the end of training, for the methods that learn eta
+        for key in TRUST_REGION:  # eta and the ESS at the end of training, for the methods that have them (DAPS)
             values = [v for v in (_last(r, key) for r in group) if v is not None]
             row[key], row[key + "_se"] = _mean_se(values) if values else (float("nan"), float("nan"))
         row["num_images"] = summaries[0].get("num_images")
@@ -584,7 +584,7 @@ def _compare(runs, preset, methods, steps, seeds, out, overrides, device, argv, 
     drawn = set()
     for name, (key, what, ylabel, log_y) in TRUST_FIGURES.items():  # only the arms that have the quantity
         series = {label: [_series(run, "train", key) for run in group] for label, group in groups.items()}
-        series = {label: runs for label, runs in series.items() if all(runs)}
+        series = {label: seeds for label, seeds in series.items() if all(seeds)}
         if series:
             save_comparison_curves(series, out / name, title=f"{preset}: {what}, {steps} steps", ylabel=ylabel,
                                    log_y=log_y)

@@ -97,7 +97,17 @@ def test_optimizer_specs_cover_every_parameter_once(method):
     specs = model.optimizer_specs(cfg.optim.lr, cfg.optim.grad_clip)
     seen = [id(p) for s in specs for p in s.params]
     assert len(seen) == len(set(seen))
-    assert set(seen) == {id(p) for p in model.parameters()}
+    assert set(seen) == {id(p) for p in model.parameters() if p.requires_grad}
+    assert all(p.requires_grad for p in model.parameters())  # by default every parameter trains
+
+
+def test_a_fixed_eta_is_the_one_parameter_outside_the_optimizers():
+    """daps.eta_lr=0: every trainable parameter in exactly one optimizer, and log eta in none (it does not train)."""
+    model, cfg = tiny("daps", "daps.eta_lr=0")
+    specs = model.optimizer_specs(cfg.optim.lr, cfg.optim.grad_clip)
+    seen = [id(p) for s in specs for p in s.params]
+    assert len(seen) == len(set(seen))
+    assert set(seen) == {id(p) for p in model.parameters()} - {id(model.log_eta)}
 
 
 def test_decode_of_encode_is_the_reconstruction(method):

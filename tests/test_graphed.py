@@ -67,6 +67,7 @@ def test_methods_not_marked_graph_safe_are_not(method):
 @pytest.mark.parametrize(
     "preset, overrides",
     [("mnist", ("daps.resample=2",)), ("mnist", ("daps.resample=2", "daps.resample_scheme=multinomial")),
+     ("mnist", ("daps.eta_lr=0",)),
      ("cifar10", ("decoder.hidden=8,8",)), ("lafan1-h1", ()),
      ("imagenet256", ("decoder.resnet_width=8", "decoder.resnet_blocks=1"))],
 )
@@ -210,6 +211,16 @@ def test_a_recorded_step_replayed_trains_as_the_eager_step(method, single_thread
         assert a.keys() == b.keys()
         for key in a:
             assert b[key] == a[key], (step, key)  # the same operations on the same numbers: bit for bit
+    for p, q in zip(eager_model.parameters(), model.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_a_recorded_step_with_a_fixed_eta_trains_as_the_eager_step(single_thread):
+    """daps.eta_lr=0 (log eta has no gradient and no optimizer): the recording replays the eager steps, eta unmoved."""
+    eager_model, eager_logs, _ = train_steps("daps", None, overrides=("daps.eta_lr=0",))
+    model, logs, step_fn = train_steps("daps", EmulatedGraphedStep, overrides=("daps.eta_lr=0",))
+    assert step_fn is not None and step_fn.graph and step_fn.calls == 7
+    assert logs == eager_logs and len({row["eta"] for row in logs}) == 1
     for p, q in zip(eager_model.parameters(), model.parameters()):
         assert torch.equal(p, q)
 

@@ -17,6 +17,9 @@ given x.
 NOTE(paper): the original code's teacher-forced log q treats code 0 as padding (original: networks/transformer.py); here
 that is the ``encoder.mask_token0`` option, off by default, so log q is exactly the probability the codes were
 sampled with.
+
+NOTE(paper): ``daps.eta_lr=0`` holds eta at ``daps.init_eta`` (the paper always learns it): an ablation of the ESS
+adaptation, not a setting of the paper.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 class Output:
     """What ``method(x, step)`` returns for one training step."""
 
-    loss: torch.Tensor  # scalar; its gradient trains every parameter of the method
+    loss: torch.Tensor  # scalar; its gradient trains every trainable parameter of the method
     x_hat: torch.Tensor  # (B, C, H, W) decoder mean for one sampled code per input, detached
     indices: torch.Tensor | None  # (B, T) one sampled code per input; None for a continuous latent
     logs: dict[str, torch.Tensor] = field(default_factory=dict)  # detached scalars; always "log_p"
