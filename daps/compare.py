@@ -29,7 +29,8 @@ import re
 import shlex
 import statistics
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import torch
@@ -112,13 +113,11 @@ class Run:
     """The ``--vary`` settings of this run's arm, ``(key, value)`` in the order given; empty without ``--vary``."""
     action: str = "train"
     """What :func:`check_runs` decided: ``train`` (new folder), ``reuse``, ``resume`` or ``retrain``."""
-    _rows: list[dict] | None = field(default=None, init=False, repr=False, compare=False)
 
+    @cached_property
     def metrics(self) -> list[dict]:
         """The rows of the run's ``metrics.jsonl``, read once (after training: the table and figures share them)."""
-        if self._rows is None:
-            self._rows = read_metrics(self.out_dir / "metrics.jsonl")
-        return self._rows
+        return read_metrics(self.out_dir / "metrics.jsonl")
 
     @property
     def out_dir(self) -> Path:
@@ -377,7 +376,10 @@ def run_all(runs: list[Run], device: torch.device | None = None) -> None:
 
 
 def _mean_se(values: list[float]) -> tuple[float, float]:
+    """Mean and standard error of the mean; NaN where there are too few values (none; one, for the error)."""
     n = len(values)
+    if n == 0:
+        return float("nan"), float("nan")
     mean = sum(values) / n
     if n < 2:
         return mean, float("nan")
@@ -387,15 +389,15 @@ def _mean_se(values: list[float]) -> tuple[float, float]:
 
 def _steps_per_s(run: Run) -> float:
     """The median training speed over the run's logged windows, the first (which includes warm-up) left out."""
-    rows = [r["steps_per_s"] for r in run.metrics() if r.get("split") == "train"]
+    rows = [v for _, v in _series(run, "train", "steps_per_s")]
     rows = rows[1:] or rows
     return statistics.median(rows) if rows else float("nan")
 
 
 def _last(run: Run, key: str) -> float | None:
     """``key`` in the run's last training row that has it (the mean over its last logging window), or None."""
-    values = [r[key] for r in run.metrics() if r.get("split") == "train" and key in r]
-    return values[-1] if values else None
+    series = _series(run, "train", key)
+    return series[-1][1] if series else None
 
 
 def arms(runs: list[Run]) -> dict[str, list[Run]]:
@@ -415,11 +417,10 @@ def collect(runs: list[Run]) -> list[dict]:
         row = {"method": label, "settings": group[0].settings, "seeds": len(group), "bits": latent_bits(group[0].cfg)}
         for _, key, _ in COLUMNS:
             values = [s[key] for s in summaries if key in s]
-            row[key], row[key + "_se"] = _mean_se(values) if values else (float("nan"), float("nan"))
+            row[key], row[key + "_se"] = _mean_se(values)
         row["steps_per_s"], _ = _mean_se([_steps_per_s(r) for r in group])
         for key in TRUST_REGION:  # eta and the ESS at the end of training, for the methods that have them (DAPS)
-            values = [v for v in (_last(r, key) for r in group) if v is not None]
-            row[key], row[key + "_se"] = _mean_se(values) if values else (float("nan"), float("nan"))
+            row[key], row[key + "_se"] = _mean_se([v for v in (_last(r, key) for r in group) if v is not None])
         row["num_images"] = summaries[0].get("num_images")
         table.append(row)
     return table
@@ -616,7 +617,7 @@ def _values(values) -> str:
 
 def _series(run: Run, split: str, key: str) -> list[tuple[int, float]]:
     """``(step, value)`` of ``key`` in the run's ``split`` rows of ``metrics.jsonl``."""
-    return [(r["step"], r[key]) for r in run.metrics() if r.get("split") == split and key in r]
+    return [(r["step"], r[key]) for r in run.metrics if r.get("split") == split and key in r]
 
 
 __all__ = ["check_runs", "compare", "latent_bits", "parse_vary", "plan_runs", "prepare_compare_folder"]

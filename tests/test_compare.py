@@ -15,6 +15,7 @@ import daps.compare as compare_mod
 from daps import get_preset, parse_overrides
 from daps.cli import main
 from daps.compare import compare, latent_bits, plan_runs
+from daps.plots import read_metrics
 from daps.train import train
 
 pytestmark = pytest.mark.usefixtures("offline", "no_plots")
@@ -77,8 +78,8 @@ def test_compare_writes_table_figures_commands_and_reuses_finished_runs(tmp_path
     assert [row["method"] for row in table] == ["daps", "dapsna"]
     for row in table:
         assert row["seeds"] == 2 and row["bits"] == 16  # 4 tokens x log2(16)
-        ends = [[json.loads(line) for line in open(out / row["method"] / f"seed{seed}" / "metrics.jsonl")
-                 if '"train"' in line][-1]["eta"] for seed in (0, 1)]
+        ends = [[r for r in read_metrics(out / row["method"] / f"seed{seed}" / "metrics.jsonl")
+                 if r["split"] == "train"][-1]["eta"] for seed in (0, 1)]
         assert row["eta"] == pytest.approx(sum(ends) / 2) and row["eta_se"] == pytest.approx(abs(ends[0] - ends[1]) / 2)
         assert row["log_p"] < 0 and row["log_p_se"] >= 0 and row["l2"] > 0
     for name in ("results.md", "results.csv", "curves.png", "reconstructions.png", "commands.sh"):
@@ -373,14 +374,13 @@ def test_compare_with_vary_writes_one_row_per_arm(tmp_path, overrides):
     assert commands.count("daps.ess_target=0.25") == 1 and commands.count("daps.ess_target=0.75") == 1
 
     # Each arm trained with its own target: eta (fitted to the ESS target) fell for the low one and rose for the high.
-    etas = {}
+    etas, last = {}, {}
     for target in (0.25, 0.75):
         rows = [json.loads(line) for line in open(out / "daps" / f"ess_target={target}" / "seed0" / "metrics.jsonl")]
         etas[target] = [r["eta"] for r in rows if r["split"] == "train"]
+        last[target] = [r for r in rows if r["split"] == "train"][-1]
     assert etas[0.25][-1] < 1.0 < etas[0.75][-1]
     # ... and the table shows each arm's eta and ESS of its last training row; the quantizer has none
-    last = {t: [json.loads(line) for line in open(out / "daps" / f"ess_target={t}" / "seed0" / "metrics.jsonl")
-                if '"train"' in line][-1] for t in (0.25, 0.75)}
     assert [table[0]["eta"], table[1]["eta"]] == [last[0.25]["eta"], last[0.75]["eta"]]
     assert [table[0]["ess"], table[1]["ess"]] == [last[0.25]["ess"], last[0.75]["ess"]]
     assert math.isnan(table[2]["eta"]) and math.isnan(table[2]["ess"])
