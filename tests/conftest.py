@@ -151,6 +151,16 @@ def tiny_overrides(data_dir) -> list[str]:
 
 
 @pytest.fixture(scope="session")
+def tiny_overrides_for(tiny_overrides):
+    """``tiny_overrides_for("vqvae")``: the tiny overrides that concern that method (the tiny config also sets
+    DAPS's K, a setting other methods refuse), chosen by the library's own rule."""
+    from daps.config_io import applicable_overrides
+    from daps.presets import get_preset
+
+    return lambda method: applicable_overrides(get_preset("mnist", method), tiny_overrides)
+
+
+@pytest.fixture(scope="session")
 def trained_run(tmp_path_factory, tiny_overrides) -> Path:
     """One tiny 6-step run, trained once per session through ``daps train``. Treat it as read-only
     (copy it with ``copy_run`` before changing anything)."""

@@ -38,9 +38,8 @@ def run_probed(argv: list[str]) -> set[str]:
     return probe.sites
 
 
-def tiny_train(method: str, data_dir: Path, out: Path, overrides: list[str], extra: tuple[str, ...] = ()) -> list[str]:
-    keep = [o for o in overrides if method.startswith("daps") or not o.startswith("daps.")]
-    return ["train", "--method", method, *keep, f"data.data_dir={data_dir}", f"train.out_dir={out}", *extra]
+def tiny_train(method: str, out: Path, overrides: list[str], extra: tuple[str, ...] = ()) -> list[str]:
+    return ["train", "--method", method, *overrides, f"train.out_dir={out}", *extra]
 
 
 def test_every_tensor_factory_in_daps_benchmarks_and_scripts_names_its_device():
@@ -81,12 +80,12 @@ def test_the_source_check_sees_what_it_should():
 
 
 @pytest.mark.parametrize("method", list(METHODS))
-def test_training_and_resuming_every_method_keeps_to_the_model_device(method, tiny_overrides, data_dir, tmp_path,
-                                                                      offline, no_plots):
+def test_training_and_resuming_every_method_keeps_to_the_model_device(method, tiny_overrides_for, tmp_path, offline,
+                                                                      no_plots):
     out = tmp_path / "run"
-    assert run_probed(tiny_train(method, data_dir, out, tiny_overrides, ("train.steps=3", "train.ckpt_every=3"))) \
-        == set()
-    assert run_probed(tiny_train(method, data_dir, out, tiny_overrides, ("train.steps=6", "--resume"))) == set()
+    overrides = tiny_overrides_for(method)
+    assert run_probed(tiny_train(method, out, overrides, ("train.steps=3", "train.ckpt_every=3"))) == set()
+    assert run_probed(tiny_train(method, out, overrides, ("train.steps=6", "--resume"))) == set()
     assert (out / "summary.json").exists()
 
 
@@ -132,7 +131,7 @@ def test_motion_tokenizer_classifier_and_robot_policy_keep_to_the_model_device(t
     assert sites == set()
 
 
-def test_a_scalar_logged_on_the_default_device_is_caught(tiny_overrides, data_dir, tmp_path, offline, no_plots,
+def test_a_scalar_logged_on_the_default_device_is_caught(tiny_overrides, tmp_path, offline, no_plots,
                                                          monkeypatch):
     """The negative control: a method that logs a device-less scalar, the shape of what the GPU check found (since
     then the training loop moves every log to the device, so on a GPU this one would cost a copy, not a failure).
@@ -145,8 +144,8 @@ def test_a_scalar_logged_on_the_default_device_is_caught(tiny_overrides, data_di
         return out
 
     monkeypatch.setattr(DAPS, "forward", logs_a_host_scalar)
-    assert main(tiny_train("daps", data_dir, tmp_path / "plain", tiny_overrides, ("train.steps=2",))) == 0
+    assert main(tiny_train("daps", tmp_path / "plain", tiny_overrides, ("train.steps=2",))) == 0
     probe = ImplicitDeviceProbe(also=(__file__,))
     with pytest.raises(NotImplementedError, match="meta tensor"), probe:  # moving it to the device: no data
-        main(tiny_train("daps", data_dir, tmp_path / "probed", tiny_overrides, ("train.steps=2",)))
+        main(tiny_train("daps", tmp_path / "probed", tiny_overrides, ("train.steps=2",)))
     assert probe.sites == {f"{Path(__file__).name}:{logs_a_host_scalar.__code__.co_firstlineno + 2}"}

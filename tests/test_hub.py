@@ -89,11 +89,11 @@ def test_the_card_says_how_daps_eval_gives_its_numbers(trained_run, tmp_path, ca
     ("dapsna", "drawn independently", "codes = model.encode(x)"),
     ("vae", "posterior mean", "z = model.encode(x)              # (B, D) posterior means"),
 ])
-def test_the_card_fits_the_method_and_the_processes_that_trained_it(tiny_overrides, method, encoding, usage):
+def test_the_card_fits_the_method_and_the_processes_that_trained_it(tiny_overrides_for, method, encoding, usage):
     from daps.methods import build_method
 
     cfg = daps.parse_overrides(daps.get_preset("mnist", method),
-                               [*(o for o in tiny_overrides if not o.startswith("daps.")),
+                               [*tiny_overrides_for(method),
                                 "train.fid_reference=/my data/ref stats.npz"])
     model = build_method(cfg, tuple(cfg.data.image_shape))
     model.config = cfg

@@ -517,16 +517,15 @@ def test_cifar_archive_member_names_known_answers(name, safe):
 
 
 @offline
-def test_a_quantizer_exports_one_code_per_input(tmp_path, tiny_overrides):
+def test_a_quantizer_exports_one_code_per_input(tmp_path, tiny_overrides_for):
     from daps.checkpoint import save_checkpoint
     from daps.codes import export_codes
-    from daps.config_io import applicable_overrides, parse_overrides
+    from daps.config_io import parse_overrides
     from daps.errors import UserError
     from daps.methods import build_method
     from daps.presets import get_preset
 
-    cfg = parse_overrides(get_preset("mnist", "vqvae"), applicable_overrides(get_preset("mnist", "vqvae"),
-                                                                              tiny_overrides))
+    cfg = parse_overrides(get_preset("mnist", "vqvae"), tiny_overrides_for("vqvae"))
     model = build_method(cfg, tuple(cfg.data.image_shape))
     save_checkpoint(tmp_path / "run", 1, model, cfg, {"step": 1, "optimizers": {}, "rng": [{}]}, keep=1)
     with pytest.raises(UserError, match="encodes deterministically"):

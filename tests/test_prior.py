@@ -29,13 +29,13 @@ SHARED_DATA = os.environ.get("DAPS_DATA_DIR")  # read before the offline fixture
 
 
 @pytest.fixture(scope="module")
-def vq_run(tmp_path_factory, tiny_overrides):
+def vq_run(tmp_path_factory, tiny_overrides_for):
     """A tiny VQ-VAE run (deterministic codes), trained once for this module."""
     out = tmp_path_factory.mktemp("vq") / "run"
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv("DAPS_DATA_DIR", raising=False)
-        overrides = [o for o in tiny_overrides if not o.startswith("daps.")]
-        assert main(["train", "--method", "vqvae", *overrides, "encoder.vocab_size=8", f"train.out_dir={out}"]) == 0
+        assert main(["train", "--method", "vqvae", *tiny_overrides_for("vqvae"), "encoder.vocab_size=8",
+                     f"train.out_dir={out}"]) == 0
     return out
 
 

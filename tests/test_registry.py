@@ -119,12 +119,13 @@ def toy_registered(monkeypatch):
 
 
 @pytest.mark.usefixtures("offline")
-def test_a_method_defined_outside_the_package_trains_through_the_cli(toy_registered, tmp_path, tiny_overrides, capsys):
+def test_a_method_defined_outside_the_package_trains_through_the_cli(toy_registered, tmp_path, tiny_overrides_for,
+                                                                    capsys):
     cfg = get_preset("mnist", "toy")
     assert cfg.toy.commitment == 0.5 and (cfg.encoder.num_layers, cfg.encoder.mlp_ratio) == (2, 7)  # its presets
     run = tmp_path / "run"
-    overrides = [o for o in tiny_overrides if not o.startswith("daps.")]  # the tiny config also sets DAPS's K
-    assert main(["train", "--method", "toy", *overrides, "toy.commitment=0.3", f"train.out_dir={run}"]) == 0
+    assert main(["train", "--method", "toy", *tiny_overrides_for("toy"), "toy.commitment=0.3",
+                 f"train.out_dir={run}"]) == 0
     saved = json.loads((run / "config.json").read_text())
     assert saved["method"] == "toy" and saved["toy"] == {"commitment": 0.3}
     assert {"daps", "relaxed", "vq"}.isdisjoint(saved)  # only the chosen method's settings are stored
