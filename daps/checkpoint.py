@@ -154,7 +154,10 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
 
 def remove_leftovers(run_dir: str | Path) -> None:
     """Delete, and log, what a killed writer left half-written in a run folder and its checkpoints folder
-    (temporary files, a checkpoint being written). Call it holding the folder's lock."""
+    (temporary files, a checkpoint being written). Call it holding the folder's lock, once the folder carries its
+    marker: in a folder without it, names that look temporary are someone else's and stay."""
+    if read_marker(Path(run_dir)) is None:
+        return
     for folder in (Path(run_dir), Path(run_dir) / CKPT_DIR):
         for path in remove_temporaries(folder):
             log.info("removed %s, left by an interrupted run", path)

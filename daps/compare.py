@@ -52,11 +52,11 @@ from daps.presets import get_preset
 from daps.runfolder import (
     LOCK,
     MARKER,
-    TEMP_PATTERNS,
     FolderLock,
     OutputFolderError,
     has_content,
     is_output_folder,
+    is_temporary,
     missing_folders,
     prepare_output_folder,
     read_marker,
@@ -476,7 +476,7 @@ def _is_legacy_compare(out: Path) -> bool:
     )  # runs are <method>/seed<N>
     return has_run and all(
         (p.name in (*OUTPUTS, LOCK) and p.is_file()) or (p.name in METHODS and p.is_dir())
-        or any(p.match(pattern) for pattern in TEMP_PATTERNS)
+        or is_temporary(p.name)
         for p in entries
     )
 
@@ -485,7 +485,7 @@ def prepare_compare_folder(out: Path) -> Path:
     """The compare folder, created and marked ``compare``; an existing compare folder is re-entered (its runs
     are checked one by one by :func:`check_runs`), any other existing folder is refused."""
     if not has_content(out):
-        return prepare_output_folder(out, "compare", overwrite=False)
+        return prepare_output_folder(out, "compare", overwrite=False, entries=())  # never replaced
     refuse_precious(out, "--out")
     if out.is_symlink() or not out.is_dir():
         raise OutputFolderError(f"--out {out} exists and is not a folder")

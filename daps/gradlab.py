@@ -310,7 +310,7 @@ def write_report(result: dict, out: Path, command: str | None = None, overwrite:
     each written atomically into ``out``; an existing ``out`` is replaced only with ``overwrite`` (and only a
     gradlab folder, see :func:`check_out`)."""
     check_out(out, overwrite)
-    prepare_output_folder(out, "gradlab", overwrite)
+    prepare_output_folder(out, "gradlab", overwrite, entries=REPORT_FILES)
     s, rows = result["setup"], result["rows"]
     lines = [
         "# Estimator lab: encoder gradients against the exact gradient",

@@ -150,7 +150,7 @@ def save_pretrained(model: Method, folder: str | Path, overwrite: bool = False,
     check_output_folder(folder, overwrite)
     lock = FolderLock(folder).acquire()
     try:
-        prepare_output_folder(folder, KIND, overwrite)
+        prepare_output_folder(folder, KIND, overwrite, entries=FILES)
         tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         with atomic_path(folder / "model.safetensors") as tmp:
             save_file(tensors, str(tmp), metadata={"format": "pt", "library": "daps"})

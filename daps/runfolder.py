@@ -6,6 +6,7 @@ the old or the new content, never half of it. A folder that daps creates for its
 only ever replaces a folder that carries the marker of the same kind (or, for training runs made before the
 marker existed, a daps ``config.json`` with nothing beside it but what a run writes), and never the current
 folder, one of its parents, the home folder or a filesystem root; output paths starting with ``~`` are refused.
+Replacing deletes only the entries that kind of folder writes: anything else in it is the user's and stays.
 A run folder is locked while a process writes it (``.lock``, an advisory ``flock``; the kernel releases it when
 the process dies, so a lock left by a killed process is simply taken over).
 """
@@ -17,9 +18,10 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 from pathlib import Path
-from typing import Callable, Iterator, NoReturn
+from typing import Callable, Collection, Iterator, NoReturn
 
 from daps.errors import UserError
 
@@ -29,8 +31,14 @@ MARKER = ".daps"
 """Marker file of a folder daps made: JSON ``{"kind": ..., "format": 1}``."""
 LOCK = ".lock"
 """Lock file of a folder being written; holds the writer's pid while it runs."""
-TEMP_PATTERNS = (".*.tmp-*", ".*.old-*")
-"""Names of temporary files and folders (see :func:`atomic_path`) that a killed process may leave behind."""
+_TEMPORARY = re.compile(r"\..+\.(?:tmp|old)-[0-9]+(?:\.[A-Za-z0-9]+)?")
+
+
+def is_temporary(name: str) -> bool:
+    """Whether ``name`` has the form of daps's temporary files and folders (``.<name>.tmp-<pid>[.<suffix>]``, made by
+    :func:`atomic_path`, and ``.<name>.old-<pid>``, a checkpoint set aside), which a killed process may leave behind.
+    Only ever removed from a folder that carries daps's marker: in anyone else's, such a name is theirs."""
+    return _TEMPORARY.fullmatch(name) is not None
 
 
 class OutputFolderError(UserError):
@@ -109,15 +117,20 @@ def write_json_atomic(path: str | Path, obj: object) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2) + "\n")
 
 
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
 def remove_temporaries(folder: Path) -> list[Path]:
-    """Delete temporary files and folders left by a killed writer in ``folder`` (not recursive); returns them."""
+    """Delete temporary files and folders left by a killed writer in ``folder`` (not recursive); returns them.
+    The caller makes sure ``folder`` is daps's (it carries the marker, or lies in one that does)."""
     removed = []
-    for pattern in TEMP_PATTERNS:
-        for path in Path(folder).glob(pattern):
-            if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                path.unlink(missing_ok=True)
+    for path in sorted(Path(folder).iterdir()) if Path(folder).is_dir() else []:
+        if is_temporary(path.name):
+            _remove(path)
             removed.append(path)
     return removed
 
@@ -215,9 +228,7 @@ def _is_legacy_run(folder: Path) -> bool:
     if not (isinstance(data, dict) and {"method", "train", "data"} <= data.keys()):
         return False
     started = (folder / "checkpoints").is_dir() or (folder / "metrics.jsonl").is_file()
-    return started and all(
-        p.name in RUN_ENTRIES or any(p.match(pattern) for pattern in TEMP_PATTERNS) for p in folder.iterdir()
-    )
+    return started and all(p.name in RUN_ENTRIES or is_temporary(p.name) for p in folder.iterdir())
 
 
 def is_output_folder(folder: str | Path, kind: str) -> bool:
@@ -232,14 +243,20 @@ def is_output_folder(folder: str | Path, kind: str) -> bool:
 
 
 def has_content(folder: str | Path) -> bool:
-    """Whether ``folder`` holds anything besides daps's own marker, lock and temporary files."""
+    """Whether ``folder`` holds anything besides daps's own marker, lock and temporary files. In a folder without
+    the marker only the lock and the marker's own temporary count as daps's (what a process killed while it was
+    creating the folder leaves): a name that merely looks temporary is someone else's there."""
     folder = Path(folder)
     if not folder.is_dir():
         return False
-    own = {MARKER, LOCK}
-    return any(
-        p.name not in own and not any(p.match(pattern) for pattern in TEMP_PATTERNS) for p in folder.iterdir()
-    )
+    marked = read_marker(folder) is not None
+
+    def ours(name: str) -> bool:
+        if name in (MARKER, LOCK):
+            return True
+        return is_temporary(name) and (marked or name.startswith(f".{MARKER}.tmp-"))
+
+    return any(not ours(p.name) for p in folder.iterdir())
 
 
 def check_replaceable(folder: str | Path, kind: str, what: str) -> Path:
@@ -268,18 +285,23 @@ def refuse_existing(folder: str | Path, kind: str, what: str) -> NoReturn:
     raise OutputFolderError(f"{what} {folder!s} already exists; pass --overwrite to replace it")
 
 
-def clear_folder(folder: Path, kind: str, what: str) -> None:
-    """Delete everything in a replaceable output folder except its lock (the caller holds it)."""
+def clear_folder(folder: Path, kind: str, what: str, entries: Collection[str]) -> None:
+    """Delete what daps wrote into a replaceable output folder: ``entries`` (the names a ``kind`` folder holds), its
+    marker and temporary files; keep its lock (the caller holds it) and anything else, which is the user's (notes,
+    a run of their own inside it): that is kept, and said."""
     folder = check_replaceable(folder, kind, what)
     if not folder.exists():
         return
-    for path in folder.iterdir():
+    kept = []
+    for path in sorted(folder.iterdir()):
         if path.name == LOCK:
             continue
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
+        if path.name in entries or path.name == MARKER or is_temporary(path.name):
+            _remove(path)
         else:
-            path.unlink()
+            kept.append(path.name)
+    if kept:
+        log.warning("%s: kept %s, which daps did not write there", folder, ", ".join(kept))
 
 
 def missing_folders(folder: str | Path) -> list[Path]:
@@ -303,9 +325,11 @@ def remove_empty_folders(folders: list[Path]) -> None:
             return
 
 
-def prepare_output_folder(folder: str | Path, kind: str, overwrite: bool, what: str = "--out") -> Path:
+def prepare_output_folder(folder: str | Path, kind: str, overwrite: bool, what: str = "--out", *,
+                          entries: Collection[str]) -> Path:
     """The one rule for every writer of an output folder: a new or empty folder is created; an existing one
-    is refused unless ``overwrite`` and it is a daps folder of ``kind``, which is then emptied. Marks it."""
+    is refused unless ``overwrite`` and it is a daps folder of ``kind``, whose ``entries`` (the names such a folder
+    holds) are then deleted (:func:`clear_folder`). Marks it."""
     folder = Path(folder)
     refuse_precious(folder, what)
     if folder.exists() and not folder.is_dir():
@@ -313,7 +337,7 @@ def prepare_output_folder(folder: str | Path, kind: str, overwrite: bool, what: 
     if has_content(folder):
         if not overwrite:
             refuse_existing(folder, kind, what)
-        clear_folder(folder, kind, what)
+        clear_folder(folder, kind, what, entries)
     folder.mkdir(parents=True, exist_ok=True)
     write_marker(folder, kind)
     return folder
@@ -384,6 +408,7 @@ __all__ = [
     "file_digest",
     "has_content",
     "is_output_folder",
+    "is_temporary",
     "prepare_output_folder",
     "refuse_existing",
     "refuse_precious",

@@ -59,6 +59,7 @@ from daps.plots import read_metrics, save_training_curves
 from daps.runfolder import (
     LOCK,
     MARKER,
+    RUN_ENTRIES,
     FolderLock,
     OutputFolderError,
     check_replaceable,
@@ -381,7 +382,7 @@ def _restore(s: Setup, ckpt: Path, state: dict, rank: int, world: int) -> None:
 def _open_run_folder(s: Setup, plan: RunPlan, start_step: int) -> None:
     """Rank 0: empty the folder if asked, mark it, write the config, drop metrics rows after ``start_step``."""
     if plan.clear_first:
-        clear_folder(s.run_dir, "train", "train.out_dir")
+        clear_folder(s.run_dir, "train", "train.out_dir", RUN_ENTRIES)
     s.run_dir.mkdir(parents=True, exist_ok=True)
     write_marker(s.run_dir, "train")
     write_config(s.run_dir / "config.json", s.cfg)

@@ -32,7 +32,7 @@ def no_network(monkeypatch):
 def test_export_reloads_to_the_same_codes_and_reconstructions(trained_run, tmp_path, no_network, capsys):
     out = tmp_path / "exported"
     assert main(["export", str(trained_run), "--out", str(out)]) == 0
-    assert {"model.safetensors", "config.json", "README.md"} <= {p.name for p in out.iterdir()}
+    assert {p.name for p in out.iterdir()} == {*daps.hub.FILES, ".daps", ".lock"}  # what --overwrite deletes
     original, loaded = daps.load_model(trained_run), daps.from_pretrained(out)
     x = (torch.rand(8, 1, 28, 28, generator=torch.Generator().manual_seed(0)) > 0.5).float()
     codes = original.encode(x, torch.Generator().manual_seed(1))

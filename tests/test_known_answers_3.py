@@ -172,7 +172,7 @@ def test_a_folder_holding_only_another_kinds_marker_is_marked_anew(tmp_path):
     folder = tmp_path / "out"
     folder.mkdir()
     (folder / MARKER).write_text(json.dumps({"kind": "compare", "format": 1}))  # nothing else: no content
-    prepare_output_folder(folder, "prior", overwrite=False)
+    prepare_output_folder(folder, "prior", overwrite=False, entries=())
     assert read_marker(folder) == "prior"
     assert json.loads((folder / MARKER).read_text()) == {"kind": "prior", "format": 1}
 
@@ -193,7 +193,7 @@ def test_export_counts_the_processes_from_the_checkpoints_random_states(trained_
 
 
 def test_clearing_a_folder_keeps_the_lock_its_caller_holds(tmp_path):
-    from daps.runfolder import LOCK, FolderLock, clear_folder, write_marker
+    from daps.runfolder import LOCK, RUN_ENTRIES, FolderLock, clear_folder, write_marker
 
     folder = tmp_path / "run"
     with FolderLock(folder):
@@ -201,25 +201,27 @@ def test_clearing_a_folder_keeps_the_lock_its_caller_holds(tmp_path):
         write_marker(folder, "train")
         (folder / "metrics.jsonl").write_text("{}\n")
         (folder / "checkpoints").mkdir()
-        clear_folder(folder, "train", "--out")
+        clear_folder(folder, "train", "--out", RUN_ENTRIES)
         # a new .lock would let a second process take the folder while this one still writes it
         assert [p.name for p in folder.iterdir()] == [LOCK]
         assert (folder / LOCK).stat().st_ino == lock_inode
 
 
 def test_temporaries_of_both_kinds_are_removed_and_are_not_content(tmp_path):
-    from daps.runfolder import has_content, remove_temporaries
+    from daps.runfolder import has_content, remove_temporaries, write_marker
 
     folder = tmp_path / "checkpoints"
     aside = folder / ".step_00000006.old-4242"  # a step being rewritten, moved aside by a killed process
     aside.mkdir(parents=True)
     (aside / "model.safetensors").write_bytes(b"old")
     (folder / ".latest.tmp-4242").write_text("step_00000006\n")
+    assert has_content(folder)  # without daps's marker, names that look temporary are someone else's
+    write_marker(folder, "train")
     assert not has_content(folder)
     (folder / "step_00000003").mkdir()
     removed = remove_temporaries(folder)
     assert sorted(p.name for p in removed) == [".latest.tmp-4242", ".step_00000006.old-4242"]
-    assert [p.name for p in folder.iterdir()] == ["step_00000003"]
+    assert sorted(p.name for p in folder.iterdir()) == [".daps", "step_00000003"]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -451,7 +453,7 @@ def test_a_run_folder_above_the_current_one_is_never_replaceable(tmp_path, monke
         with pytest.raises(OutputFolderError, match="current folder or one of its parents"):
             check_replaceable(path, "train", "train.out_dir")
     with pytest.raises(OutputFolderError, match="current folder or one of its parents"):
-        prepare_output_folder(tmp_path, "compare", overwrite=True)
+        prepare_output_folder(tmp_path, "compare", overwrite=True, entries=())
     assert (run / "metrics.jsonl").is_file()
 
 

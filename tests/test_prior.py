@@ -357,6 +357,14 @@ def test_prior_resume_is_exact(exported, tmp_path, single_thread):
     b = load_file(str(resumed / "checkpoints/step_00000010/model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
+    from daps.prior.run import ENTRIES
+    from daps.runfolder import LOCK, MARKER
+
+    assert {p.name for p in straight.iterdir()} == {*ENTRIES, MARKER, LOCK}  # what --overwrite deletes: all of it
+    (straight / "NOTES.md").write_text("mine")  # ... and nothing else
+    train_prior(PriorConfig(**base, steps=5, out_dir=str(straight)), overwrite=True)
+    assert (straight / "NOTES.md").read_text() == "mine" and not (straight / "checkpoints/step_00000010").exists()
+
 
 def test_prior_commands_end_to_end(trained_run, exported, tmp_path, capsys):
     prior = tmp_path / "prior"

@@ -190,6 +190,14 @@ def test_policy_training_resumes_exactly(tmp_path, single_thread):
     for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
         assert torch.equal(x, y), name
 
+    from daps.robot.run import ENTRIES
+    from daps.runfolder import LOCK, MARKER
+
+    assert {p.name for p in full.iterdir()} == {*ENTRIES, MARKER, LOCK}  # what --overwrite deletes: all of it
+    (full / "NOTES.md").write_text("mine")  # ... and nothing else
+    train_policy(RobotConfig(**{**base, "steps": 10}, out_dir=str(full)), commands=commands, overwrite=True)
+    assert (full / "NOTES.md").read_text() == "mine" and not (full / "checkpoints/step_00000020").exists()
+
 
 def test_a_policy_run_killed_before_its_first_step_can_be_resumed(tmp_path, single_thread, monkeypatch):
     import daps.robot.run as robot_run
@@ -206,6 +214,27 @@ def test_a_policy_run_killed_before_its_first_step_can_be_resumed(tmp_path, sing
         with pytest.raises(KeyboardInterrupt):
             train_policy(cfg, commands=commands)
     resumed = train_policy(cfg, resume=True)  # the commands and config were saved: nothing to encode again
+    assert (resumed / "checkpoints" / "latest").read_text().strip().endswith("4")
+
+
+@pytest.mark.parametrize("writer", ["save_commands", "write_json_atomic"])
+def test_a_policy_run_killed_while_it_writes_its_first_files_can_be_resumed(tmp_path, single_thread, monkeypatch,
+                                                                             writer):
+    """Killed while the commands or the config are written: whichever of the two is there, ``--resume`` goes on."""
+    import daps.robot.run as robot_run
+
+    commands = _synthetic(600, 0)
+    cfg = RobotConfig(width=16, num_layers=1, num_heads=2, steps=4, batch_size=16, eval_every=2, ckpt_every=2,
+                      progress=False, out_dir=str(tmp_path / "p"))
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(robot_run, writer, killed)
+        with pytest.raises(KeyboardInterrupt):
+            train_policy(cfg, commands=commands)
+    resumed = train_policy(cfg, resume=True, commands=commands)
     assert (resumed / "checkpoints" / "latest").read_text().strip().endswith("4")
 
 

@@ -22,6 +22,8 @@ from daps.runfolder import LOCK, MARKER, FolderLock, OutputFolderError, atomic_p
 
 pytestmark = pytest.mark.usefixtures("offline")
 
+REAL_DIR = os.environ.get("DAPS_DATA_DIR")  # read before the offline fixture hides it
+
 
 def snapshot(folder: Path, skip: tuple[str, ...] = ()) -> dict[str, tuple[int, bytes]]:
     """relative path -> (mtime_ns, bytes) of everything under ``folder``."""
@@ -144,21 +146,96 @@ def test_overwrite_replaces_a_run_made_before_the_marker_existed(copy_run, train
     assert (run / MARKER).is_file() and same_weights(run, trained_run)
 
 
+def test_overwrite_deletes_what_the_run_wrote_and_keeps_what_the_user_added(copy_run, trained_run, tiny_overrides,
+                                                                            no_plots, caplog):
+    """A run folder is replaceable, not the user's notes or a run of theirs nested inside it: ``--overwrite``
+    (and ``--resume`` of a run stopped before its first checkpoint, which starts it again in place) deletes only
+    the entries a run writes, and says what it kept."""
+    run = copy_run()
+    (run / "NOTES.md").write_text("what I tried\n")
+    mine = run / "nested"
+    (mine / CKPT_DIR).mkdir(parents=True)
+    (mine / "metrics.jsonl").write_text("{}\n")
+    (run / "metrics.jsonl").write_text('{"split": "train", "step": 999}\n')  # what a fresh run would not write
+    kept = snapshot(mine)
+    with caplog.at_level("WARNING", logger="daps"):
+        assert main(["train", *tiny_overrides, f"train.out_dir={run}", "--overwrite"]) == 0
+    assert "kept NOTES.md, nested, which daps did not write there" in caplog.text
+    assert (run / "NOTES.md").read_text() == "what I tried\n" and snapshot(mine) == kept
+    assert same_weights(run, trained_run) and 999 not in [r["step"] for r in train_rows(run)]
+
+    import shutil
+
+    shutil.rmtree(run / CKPT_DIR)  # stopped before its first checkpoint: --resume starts it again in place
+    assert main(["train", *tiny_overrides, f"train.out_dir={run}", "--resume"]) == 0
+    assert (run / "NOTES.md").read_text() == "what I tried\n" and snapshot(mine) == kept
+    assert same_weights(run, trained_run)
+
+
+def test_the_entries_a_run_folder_lists_are_what_its_runs_write(trained_run):
+    """The names ``--overwrite`` deletes cover a run's folder (else a stale output would be kept as the user's),
+    those a dataset adds included (the motion statistics, from the real clips where ``$DAPS_DATA_DIR`` has them)."""
+    import dataclasses
+
+    from daps.data import DATASETS
+    from daps.runfolder import RUN_ENTRIES
+
+    assert {p.name for p in trained_run.iterdir()} <= RUN_ENTRIES
+    assert {"checkpoints", "config.json", "metrics.jsonl", "summary.json"} <= {p.name for p in trained_run.iterdir()}
+    added = {name: spec.run_files for name, spec in DATASETS.items() if spec.run_files is not None}
+    assert added, "no dataset adds files to its runs any more: drop this check"
+    if REAL_DIR is None:
+        pytest.skip("DAPS_DATA_DIR not set: the files datasets add to a run are not checked")
+    for name, run_files in added.items():
+        assert set(run_files(dataclasses.replace(daps.get_preset(name).data, data_dir=REAL_DIR))) <= RUN_ENTRIES
+
+
+@pytest.mark.parametrize("name, temporary", [
+    (".summary.tmp-4242.json", True), (".latest.tmp-7", True), (".step_00000006.old-4242", True),
+    (".step_00000006.tmp-4242", True), ("..daps.tmp-12", True),
+    ("summary.tmp-4242.json", False), (".bashrc", False), (".cache.tmp-keep", False), (".x.tmp-12.tar.gz", False),
+    (".tmp-12", False), (".notes.old-", False),
+])
+def test_temporary_names_known_answers(name, temporary):
+    from daps.runfolder import is_temporary
+
+    assert is_temporary(name) is temporary
+
+
+def test_names_that_only_look_temporary_are_the_users_outside_a_daps_folder(tmp_path, capsys, tiny_overrides):
+    """A folder of the user's holding only ``.bashrc.old-2023`` is not empty, so it is not taken as a new run
+    folder (whose start removes temporaries left by a killed run)."""
+    from daps.runfolder import has_content
+
+    dotfiles = tmp_path / "dotfiles"
+    dotfiles.mkdir()
+    (dotfiles / ".bashrc.old-2023").write_text("alias ll='ls -l'\n")
+    (dotfiles / ".cache.tmp-9").mkdir()
+    (dotfiles / ".cache.tmp-9" / "big.bin").write_bytes(b"x" * 10)
+    assert has_content(dotfiles)
+    before = snapshot(dotfiles)
+    assert main(["train", *tiny_overrides, f"train.out_dir={dotfiles}"]) == 2
+    assert "not a daps run folder" in error_line(capsys)
+    assert snapshot(dotfiles) == before
+
+
 def test_other_writers_share_the_rule(tmp_path):
+    from daps.gradlab import REPORT_FILES
+
     out = tmp_path / "report"
     out.mkdir()
     (out / "mine.txt").write_text("x")
     for overwrite in (False, True):  # --overwrite is not suggested where it would not work
         with pytest.raises(OutputFolderError, match="not a daps gradlab folder"):
-            prepare_output_folder(out, "gradlab", overwrite=overwrite)
+            prepare_output_folder(out, "gradlab", overwrite=overwrite, entries=REPORT_FILES)
     assert (out / "mine.txt").read_text() == "x"
-    fresh = prepare_output_folder(tmp_path / "new", "gradlab", overwrite=False)
+    fresh = prepare_output_folder(tmp_path / "new", "gradlab", overwrite=False, entries=REPORT_FILES)
     (fresh / "gradlab.md").write_text("old report")
     with pytest.raises(OutputFolderError, match="already exists; pass --overwrite to replace it"):
-        prepare_output_folder(fresh, "gradlab", overwrite=False)
+        prepare_output_folder(fresh, "gradlab", overwrite=False, entries=REPORT_FILES)
     with pytest.raises(OutputFolderError, match="not a daps compare folder"):  # another kind is not replaced
-        prepare_output_folder(fresh, "compare", overwrite=True)
-    prepare_output_folder(fresh, "gradlab", overwrite=True)
+        prepare_output_folder(fresh, "compare", overwrite=True, entries=())
+    prepare_output_folder(fresh, "gradlab", overwrite=True, entries=REPORT_FILES)
     assert not (fresh / "gradlab.md").exists()
 
 
@@ -515,7 +592,7 @@ def test_a_folder_of_another_kind_is_named_as_such(tmp_path):
     write_marker(out, "gradlab")
     (out / "gradlab.md").write_text("report")
     with pytest.raises(OutputFolderError, match="it is a daps gradlab folder"):
-        prepare_output_folder(out, "prior", overwrite=True)
+        prepare_output_folder(out, "prior", overwrite=True, entries=())
     assert (out / "gradlab.md").read_text() == "report"
 
 

@@ -54,6 +54,8 @@ from daps.runfolder import (
 log = logging.getLogger("daps")
 
 KIND = "prior"
+ENTRIES = frozenset({"config.json", "metrics.jsonl", "checkpoints", "curves.png", "summary.json"})
+"""What a prior's run writes into its folder (``--overwrite`` deletes these, and keeps anything else)."""
 
 
 @dataclass
@@ -346,7 +348,7 @@ def train_prior(cfg: PriorConfig, resume: bool = False, overwrite: bool = False,
     lock = FolderLock(run_dir).acquire()
     try:
         if overwrite and has_content(run_dir):
-            clear_folder(run_dir, KIND, "--out")
+            clear_folder(run_dir, KIND, "--out", ENTRIES)
         run_dir.mkdir(parents=True, exist_ok=True)
         write_marker(run_dir, KIND)
         remove_leftovers(run_dir)

@@ -34,6 +34,7 @@ from daps.checkpoint import (
 from daps.config import check_optimizer_settings
 from daps.errors import UserError
 from daps.prior.nets import drop_labels
+from daps.prior.run import ENTRIES as PRIOR_ENTRIES
 from daps.prior.run import prepare_folder, run_steps, save_prior_curves, settings_record, start_training
 from daps.robot.data import CommandSet, encode_split, load_commands, save_commands, velocity_ranges
 from daps.robot.policy import CommandPolicy
@@ -43,6 +44,8 @@ log = logging.getLogger("daps")
 
 KIND = "robot"
 COMMANDS_FILE = "commands.safetensors"
+ENTRIES = PRIOR_ENTRIES | {COMMANDS_FILE}
+"""What a policy's run writes into its folder (``--overwrite`` deletes these, and keeps anything else)."""
 VAL_EXAMPLES = 4000
 
 
@@ -201,17 +204,17 @@ def train_policy(cfg: RobotConfig, resume: bool = False, overwrite: bool = False
     lock = FolderLock(run_dir).acquire()
     try:
         if overwrite and has_content(run_dir):
-            clear_folder(run_dir, KIND, "--out")
+            clear_folder(run_dir, KIND, "--out", ENTRIES)
         run_dir.mkdir(parents=True, exist_ok=True)
         write_marker(run_dir, KIND)
         remove_leftovers(run_dir)
         if saved:
             sets, meta = load_commands(run_dir / COMMANDS_FILE)
-        else:
-            save_commands(run_dir / COMMANDS_FILE, sets, meta)
         config = {KIND: settings_record(cfg), "commands": meta}
-        if ckpt is None:  # a new run: its config at once, so that a run killed from here on can be resumed
+        if ckpt is None:  # a new run: its config first, so that a run killed from here on can be resumed
             write_json_atomic(run_dir / "config.json", config)
+        if not saved:
+            save_commands(run_dir / COMMANDS_FILE, sets, meta)
         model = build_policy(cfg, meta).to(device)
         optimizer, generator, start, streak = start_training(model, cfg, ckpt, device, run_dir)
         if ckpt is not None:  # a resume: only once the checkpoint's weights fit
