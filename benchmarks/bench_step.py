@@ -18,6 +18,7 @@ import argparse
 import json
 import statistics
 import sys
+from pathlib import Path
 
 import torch
 
@@ -25,6 +26,7 @@ import torch
 from run import categorical_parts, git_revision, machine_info, setup, step_once, time_call, time_windows
 
 from daps import get_preset, parse_overrides
+from daps.runfolder import write_text_atomic
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -34,8 +36,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
     parser.add_argument("--json", default="", help="also write results to this JSON file")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args(argv)
+    if args.json and Path(args.json).exists() and not args.overwrite:
+        parser.error(f"--json {args.json} exists; pass --overwrite to replace it")
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -93,8 +98,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     print(f"machine: {result['machine']}, {result['threads']} threads, torch {result['torch']}, code {result['code']}")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
+        write_text_atomic(args.json, json.dumps(result, indent=2) + "\n")
     return result
 
 

@@ -43,6 +43,7 @@ from run import git_revision, machine_info
 from daps.data.imagefolder import ImageFolderDataset, ImageStream, eval_batches
 from daps.data.imagenet import unpack_imagenet_sample
 from daps.data.paths import ENV_VAR, cache_root
+from daps.runfolder import write_text_atomic
 
 SAMPLE_TAR = "imagenet_1k_sample_256_q90.tar"
 
@@ -216,8 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     table = markdown_table(report)
     print(table)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    out.with_suffix(".md").write_text(table)
+    write_text_atomic(out, json.dumps(report, indent=2) + "\n")
+    write_text_atomic(out.with_suffix(".md"), table)
     return 0
 
 

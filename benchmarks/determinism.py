@@ -36,6 +36,8 @@ from pathlib import Path
 import torch
 from run import REPO, git_revision, machine_info
 
+from daps.runfolder import write_text_atomic
+
 VARIANTS = {
     "threads1": {"OMP_NUM_THREADS": "1"},
     "threads1-again": {"OMP_NUM_THREADS": "1"},
@@ -153,8 +155,8 @@ def main(argv: list[str] | None = None) -> int:
         f"Command: `{command}`",
     ]
     out.mkdir(parents=True, exist_ok=True)
-    (out / "determinism.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / "determinism.md").write_text("\n".join(lines) + "\n")
+    write_text_atomic(out / "determinism.json", json.dumps(report, indent=2) + "\n")
+    write_text_atomic(out / "determinism.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
 

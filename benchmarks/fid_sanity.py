@@ -27,6 +27,7 @@ from daps.data import folder_dataset
 from daps.data.imagefolder import eval_batches
 from daps.metrics.fid import FeatureStats, fid_preprocess, frechet_distance
 from daps.nets.inception import load_fid_inception
+from daps.runfolder import write_text_atomic
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run import git_revision, machine_info  # noqa: E402  (the suite's machine description)
@@ -118,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print("\n".join(lines))
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    write_text_atomic(out, json.dumps(report, indent=2) + "\n")
     return 0
 
 

@@ -55,7 +55,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from daps.runfolder import write_json_atomic  # noqa: E402  (after the path, so the checkout's daps is used)
+from daps.plots import read_metrics  # noqa: E402  (after the path, so the checkout's daps is used)
+from daps.runfolder import write_json_atomic  # noqa: E402
 
 PRESETS = ("mnist", "cifar10", "lafan1-h1", "imagenet256")
 # the tests of train.cuda_graph in tests/test_gpu.py (``pytest -k``; "graph" alone would also match the compiled
@@ -173,7 +174,7 @@ def mnist_summary(run: Path) -> str:
     metrics = run / "metrics.jsonl"
     if not metrics.exists():
         return "no metrics.jsonl"
-    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    rows = read_metrics(metrics)  # the run is stopped at the time limit: its last line may be cut off
     train = [r for r in rows if r.get("split", "train") == "train" and "step" in r]
     val = [r for r in rows if r.get("split") == "val"]
     parts = [f"last step logged: {train[-1]['step'] if train else 0}"]

@@ -34,6 +34,9 @@ from pathlib import Path
 
 from run import REPO, cpu_name, git_revision
 
+from daps.plots import read_metrics
+from daps.runfolder import write_text_atomic
+
 COPIED = ("metrics.jsonl", "summary.json", "config.json", "curves.png", "reconstructions.png")
 
 
@@ -49,10 +52,7 @@ def train_command(args: argparse.Namespace) -> list[str]:
 def read_rows(path: Path) -> tuple[list[dict], dict[int, dict]]:
     """Validation rows, and the training row logged at each step."""
     val, train = [], {}
-    for line in path.read_text().splitlines():
-        if not line.strip():
-            continue
-        row = json.loads(line)
+    for row in read_metrics(path):  # a last line cut off by a kill is skipped
         if row.get("split") == "val":
             val.append(row)
         elif row.get("split") == "train":
@@ -138,8 +138,8 @@ def report(args: argparse.Namespace, machine: dict, wall_s: float | None) -> dic
     for name in COPIED:
         if (run_dir / name).exists():
             shutil.copyfile(run_dir / name, out / name)
-    (out / "table.md").write_text("\n".join(lines) + "\n")
-    (out / "run.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_text_atomic(out / "table.md", "\n".join(lines) + "\n")
+    write_text_atomic(out / "run.json", json.dumps(result, indent=2) + "\n")
     print("\n".join(lines))
     return result
 

@@ -25,13 +25,18 @@ from pathlib import Path
 
 from run import cpu_name, git_revision
 
+from daps.runfolder import write_text_atomic
+
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--json", default=None, help="also write the result here")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     args = p.parse_args()
+    if args.json and Path(args.json).exists() and not args.overwrite:
+        p.error(f"--json {args.json} exists; pass --overwrite to replace it")
     import torch
 
     torch.set_num_threads(args.threads)
@@ -72,7 +77,7 @@ def main() -> int:
     print(text)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(text + "\n")
+        write_text_atomic(Path(args.json), text + "\n")
     return 0
 
 

@@ -16,7 +16,8 @@ run validates on):
 A baseline's ``log_p`` and ``l2`` are those of its poses turned back into standardized features (the same
 feature code as the data), under the same fixed-variance Gaussian. Writes ``results.json`` (every number, the
 machine, torch version, commit, commands, wall times) and ``results.md`` (the table) into ``--out``, with each
-run's ``summary.json``, ``curves.png`` and ``reconstructions.png``. The reduced budget differs from the paper's
+run's ``summary.json``, ``curves.png`` and ``reconstructions.png``; an existing ``--out`` needs ``--overwrite``,
+which replaces these files only. The reduced budget differs from the paper's
 (250,000 steps at batch 256): the numbers compare methods at equal, small budgets, not with Table 1.
 """
 
@@ -34,6 +35,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from run import REPO, cpu_name, git_revision
+
+from daps.runfolder import atomic_path, write_text_atomic
 
 COPIED = ("summary.json", "curves.png", "reconstructions.png")
 METRICS = (
@@ -118,8 +121,11 @@ def main() -> int:
     p.add_argument("overrides", nargs="*", help="key=value overrides for every run")
     args = p.parse_args()
     out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        print(f"motion_tokenizers.py: error: {out} exists and is not a folder; choose another --out", file=sys.stderr)
+        return 2
     if out.exists() and not args.overwrite:
-        print(f"{out} exists; pass --overwrite to replace it", file=sys.stderr)
+        print(f"motion_tokenizers.py: error: {out} exists; pass --overwrite to replace its results", file=sys.stderr)
         return 2
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
     rows: dict[str, dict] = {}
@@ -135,14 +141,12 @@ def main() -> int:
         rows[method] = json.loads((run_dir / "summary.json").read_text())
     first = Path(args.runs) / args.methods.split(",")[0]
     rows.update(baselines(args, first))
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-    for method in args.methods.split(","):
+    for method in args.methods.split(","):  # only the files this script writes are replaced in --out
         for name in COPIED:
             src = Path(args.runs) / method / name
             if src.exists():
-                shutil.copy(src, out / f"{method}-{name}")
+                with atomic_path(out / f"{method}-{name}") as tmp:
+                    shutil.copy(src, tmp)
     import torch
 
     result = {
@@ -151,7 +155,7 @@ def main() -> int:
         "wall_s": walls, "steps": args.steps, "batch_size": args.batch_size, "eval_windows": args.eval_windows,
         "results": rows,
     }
-    (out / "results.json").write_text(json.dumps(result, indent=1) + "\n")
+    write_text_atomic(out / "results.json", json.dumps(result, indent=1) + "\n")
     md = (
         f"# Motion tokenizers on LAFAN1 / H1, reduced CPU budget\n\n{args.steps} steps at batch {args.batch_size} "
         f"per method, validation on {args.eval_windows} windows of the four validation clips; {cpu_name()}, "
@@ -159,7 +163,7 @@ def main() -> int:
         f"Command: `{shlex.join([sys.executable.split('/')[-1], *sys.argv])}`\n\n{table(rows)}\n"
         f"Wall time per run (s): {walls}\n"
     )
-    (out / "results.md").write_text(md)
+    write_text_atomic(out / "results.md", md)
     print(md)
     return 0
 

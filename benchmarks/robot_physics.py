@@ -21,6 +21,8 @@ from pathlib import Path
 
 from run import cpu_name, git_revision
 
+from daps.runfolder import write_text_atomic
+
 CLIPS = {"walk": "walk1_subject1", "run": "run1_subject2", "dance": "dance1_subject1", "fight": "fight1_subject3",
          "jump": "jumps1_subject1", "fall": "fallAndGetUp1_subject1"}
 
@@ -28,8 +30,14 @@ CLIPS = {"walk": "walk1_subject1", "run": "run1_subject2", "dance": "dance1_subj
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seconds", type=float, default=10.0)
-    p.add_argument("--out", default="docs/robot-cpu/physics-gt")
+    p.add_argument("--out", default="docs/robot-cpu/physics-gt", help="stem of the .json and .md written")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier report at --out")
     args = p.parse_args()
+    existing = [s for s in (".json", ".md") if Path(args.out + s).exists()]
+    if existing and not args.overwrite:
+        print(f"robot_physics.py: error: {args.out}{existing[0]} exists; pass --overwrite to replace it",
+              file=sys.stderr)
+        return 2
 
     import torch
 
@@ -64,7 +72,7 @@ def main() -> int:
     result = {"machine": cpu_name(), "torch": torch.__version__, "commit": git_revision(),
               "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "command": shlex.join(["python", *sys.argv]), "seconds": args.seconds, "rows": rows}
-    out.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
+    write_text_atomic(out.with_suffix(".json"), json.dumps(result, indent=1) + "\n")
     keys = ("support_force_bw", "support_force_bw_p95", "support_torque_nm", "balanced_fraction", "cop_outside_m",
             "pulling_fraction", "pd_only_fall_s", "physics_steps_per_s")
     md = [f"# Physics of ground-truth clips ({args.seconds:g} s from frame 300)\n\n{cpu_name()}, torch "
@@ -72,7 +80,7 @@ def main() -> int:
           "| motion | clip | " + " | ".join(keys) + " |\n", "|---|---|" + "---|" * len(keys) + "\n"]
     for name, r in rows.items():
         md.append(f"| {name} | {r['clip']} | " + " | ".join(f"{r[k]:.3g}" for k in keys) + " |\n")
-    out.with_suffix(".md").write_text("".join(md))
+    write_text_atomic(out.with_suffix(".md"), "".join(md))
     print("".join(md))
     return 0
 

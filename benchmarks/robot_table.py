@@ -27,6 +27,8 @@ from pathlib import Path
 
 from run import REPO, cpu_name, git_revision
 
+from daps.runfolder import write_text_atomic
+
 
 def daps(*args: str) -> list[str]:
     return [sys.executable, "-m", "daps.cli", *args]
@@ -111,7 +113,7 @@ def main() -> int:
 
     result["torch"] = torch.__version__
     result["speeds"] = speeds(os.environ.get("DAPS_DATA_DIR"))
-    (out / "results.json").write_text(json.dumps(result, indent=1) + "\n")
+    write_text_atomic(out / "results.json", json.dumps(result, indent=1) + "\n")
     md = [f"# The H1 command space on CPU\n\n{cpu_name()}, {args.threads} threads, torch {torch.__version__}, "
           f"commit {git_revision()}.\n\nCommand: `{shlex.join(['python', *sys.argv])}`\n"]
     for name, r in result["policies"].items():
@@ -128,7 +130,7 @@ def main() -> int:
     md.append(f"\nPhysics: {sp['physics_steps_per_s']:.0f} simulation steps/s ({sp['physics_realtime_factor']:.2f}x "
               f"real time) for the PD + support tracker; rendering {sp['render_frames_per_s']:.1f} frames/s "
               f"(320x320 view).\n")
-    (out / "results.md").write_text("".join(md))
+    write_text_atomic(out / "results.md", "".join(md))
     print("".join(md))
     return 0
 

@@ -72,6 +72,7 @@ from daps.methods import METHODS, build_method
 from daps.optim import Optimizers
 from daps.presets import get_preset
 from daps.provenance import source_revision
+from daps.runfolder import write_text_atomic
 
 REPO = Path(__file__).resolve().parent.parent
 MiB = 2**20
@@ -632,8 +633,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     table = markdown_table(report)
     print(table, end="")
-    paths["json"].write_text(json.dumps(report, indent=2) + "\n")
-    paths["md"].write_text(table)
+    write_text_atomic(paths["json"], json.dumps(report, indent=2) + "\n")
+    write_text_atomic(paths["md"], table)
     print(f"wrote {paths['json']} and {paths['md']}", file=sys.stderr)
     return 0
 

@@ -36,6 +36,7 @@ from run import git_revision, machine_info  # the suite's machine description (t
 from daps import get_preset, parse_overrides
 from daps.functional import sample_probs
 from daps.methods import build_method
+from daps.runfolder import write_text_atomic
 
 
 def _sampler(enc, x, k, variant: str):
@@ -176,8 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     print("\n".join(lines))
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    write_text_atomic(out, json.dumps(report, indent=2) + "\n")
+    write_text_atomic(out.with_suffix(".md"), "\n".join(lines) + "\n")
     return 0
 
 

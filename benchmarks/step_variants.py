@@ -43,6 +43,7 @@ import torch
 from run import git_revision, machine_info, make_step, setup, synchronize, time_windows, warmup_steps
 
 from daps import get_preset, parse_overrides
+from daps.runfolder import write_text_atomic
 
 VARIANTS = {
     "eager": [],
@@ -187,8 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     table = "\n".join(lines) + "\n"
     print(table, end="")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    out.with_suffix(".md").write_text(table)
+    write_text_atomic(out, json.dumps(report, indent=2) + "\n")
+    write_text_atomic(out.with_suffix(".md"), table)
     print(f"wrote {out} and {out.with_suffix('.md')}", file=sys.stderr)
     return 0
 

@@ -33,6 +33,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
+from daps.runfolder import write_json_atomic
+
 CONFIG = [
     "data.name=mnist5k",
     "encoder.width=16",
@@ -133,7 +135,10 @@ def main() -> int:
     parser.add_argument("--kills", type=int, default=40)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="docs/reliability")
+    parser.add_argument("--overwrite", action="store_true", help="replace an earlier kill_test.json in --out")
     args = parser.parse_args()
+    if (Path(args.out) / "kill_test.json").exists() and not args.overwrite:
+        parser.error(f"{Path(args.out) / 'kill_test.json'} exists; pass --overwrite to replace it")
     rnd = random.Random(args.seed)
     root = Path(tempfile.mkdtemp(prefix="daps-kill-"))
     data = root / "data"
@@ -202,9 +207,7 @@ def main() -> int:
             ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
         ).stdout.strip(),
     }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "kill_test.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_json_atomic(Path(args.out) / "kill_test.json", report)
     print(json.dumps({k: v for k, v in report.items() if k not in ("attempts", "cycles", "config")}, indent=2))
     return 0 if passed else 1
 

@@ -216,6 +216,19 @@ def test_gpu_check_section_that_cannot_start_fails_alone(tmp_path):
     assert [s["name"] for s in report["sections"]] == ["missing", "next"]
 
 
+def test_gpu_check_reads_the_mnist_run_that_its_time_limit_cut_off(tmp_path):
+    """The MNIST reproduction is the section the check stops at its time limit, so its ``metrics.jsonl`` may end in
+    half a line: the summary reads the rows before it instead of ending the report in a traceback."""
+    gpu_check = _load_script("gpu_check", SCRIPT.parent / "gpu_check.py")
+    rows = [{"split": "train", "step": s, "steps_per_s": 100.0 + s} for s in (50, 100)]
+    rows.append({"split": "val", "step": 100, "log_p": -90.5})
+    text = "".join(json.dumps(r) + "\n" for r in rows)
+    (tmp_path / "metrics.jsonl").write_text(text + '{"split": "train", "step": 150, "steps_')
+    summary = gpu_check.mnist_summary(tmp_path)
+    assert "last step logged: 100" in summary and "steps/s, median of the last 2 log rows" in summary
+    assert '"log_p": -90.5' in summary
+
+
 def test_attention_benchmark_writes_its_report_and_keeps_an_existing_one(tmp_path, monkeypatch):
     """``benchmarks/attention.py`` on tiny cases: both tables, the path daps picks as ``daps.nets.layers`` decides
     it, and an existing report refused without ``--overwrite`` (exit 2), untouched."""
