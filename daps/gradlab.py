@@ -38,7 +38,6 @@ from daps.methods import METHODS, build_method
 from daps.optim import Optimizers
 from daps.runfolder import (
     OutputFolderError,
-    atomic_path,
     check_replaceable,
     has_content,
     prepare_output_folder,
@@ -358,7 +357,7 @@ def write_report(result: dict, out: Path, command: str | None = None, overwrite:
     write_text_atomic(out / "gradlab.md", "\n".join(lines) + "\n")
     write_json_atomic(out / "gradlab.json", result)
 
-    from daps.plots import _pyplot
+    from daps.plots import _pyplot, save_figure
 
     plt = _pyplot()
     names = [r["estimator"] for r in rows]
@@ -379,9 +378,7 @@ def write_report(result: dict, out: Path, command: str | None = None, overwrite:
         ax.grid(alpha=0.3, axis="x")
     fig.suptitle(f"Encoder-gradient estimators, T=2, V=4, beta={s['beta']}, {s['num_draws']} draws", fontsize=10)
     fig.tight_layout()
-    with atomic_path(out / "gradlab.png") as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
+    save_figure(fig, out / "gradlab.png", dpi=120)
 
 
 __all__ = [

@@ -8,7 +8,15 @@ from pathlib import Path
 
 import torch
 
-from daps.runfolder import atomic_path
+from daps.runfolder import SOFTWARE, atomic_path
+
+
+def save_figure(fig, path: Path, dpi: int) -> None:
+    """Write a matplotlib figure as a PNG, atomically, tagged as daps's (``Software``: see
+    :func:`daps.runfolder.is_daps_png`), and close it."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, format="png", metadata={"Software": SOFTWARE})
+    _pyplot().close(fig)
 
 
 def _pyplot():
@@ -45,15 +53,13 @@ def save_reconstruction_grid(x: torch.Tensor, x_hat: torch.Tensor, path: Path, t
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
 
 
 def save_image_grid(images: torch.Tensor, path: Path, columns: int = 10, scale: int = 2) -> None:
     """``images (N, C, H, W)`` in [0, 1] as one PNG grid of ``columns`` per row (1-pixel gaps, each pixel
     ``scale`` x ``scale``), written atomically."""
-    from PIL import Image
+    from PIL import Image, PngImagePlugin
 
     images = images.cpu()  # one copy from the device, not one per image
     n, c, h, w = images.shape
@@ -66,8 +72,10 @@ def save_image_grid(images: torch.Tensor, path: Path, columns: int = 10, scale: 
     array = pixels[0].numpy() if c == 1 else pixels.permute(1, 2, 0).numpy()
     img = Image.fromarray(array)
     img = img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST)
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Software", SOFTWARE)
     with atomic_path(path) as tmp:
-        img.save(tmp, format="PNG")
+        img.save(tmp, format="PNG", pnginfo=info)
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -129,9 +137,7 @@ def save_training_curves(metrics_path: Path, path: Path, title: str = "", qualit
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 def save_comparison_curves(
@@ -169,9 +175,7 @@ def save_comparison_curves(
     if title:
         ax.set_title(title)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
 
 
 def save_comparison_reconstructions(
@@ -188,6 +192,4 @@ def save_comparison_reconstructions(
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)

@@ -136,6 +136,56 @@ def remove_temporaries(folder: Path) -> list[Path]:
 
 
 # --------------------------------------------------------------------------------------------------
+# Images and videos that say daps wrote them
+
+SOFTWARE = "daps"
+"""The ``Software`` text of every PNG daps writes and the ``comment`` of every video (as ``written by daps``):
+how ``--overwrite`` tells an earlier output of daps from a user's image or video of the same name."""
+VIDEO_COMMENT = f"written by {SOFTWARE}"
+
+
+def png_software(path: str | Path) -> str | None:
+    """The ``Software`` text of a PNG file (``tEXt`` chunk), or None: not a PNG, damaged, or no such text."""
+    try:
+        with open(path, "rb") as f:
+            if f.read(8) != b"\x89PNG\r\n\x1a\n":
+                return None
+            while True:
+                head = f.read(8)
+                if len(head) < 8:
+                    return None
+                length, kind = int.from_bytes(head[:4], "big"), head[4:]
+                if kind == b"IEND" or length > 1 << 26:
+                    return None
+                data = f.read(length)
+                f.seek(4, os.SEEK_CUR)  # the chunk's CRC
+                if kind == b"tEXt" and data.startswith(b"Software\x00"):
+                    return data.split(b"\x00", 1)[1].decode("latin-1")
+    except OSError:
+        return None
+
+
+def is_daps_png(path: str | Path) -> bool:
+    """Whether ``path`` is a PNG daps wrote (its ``Software`` text is :data:`SOFTWARE`)."""
+    return png_software(path) == SOFTWARE
+
+
+def is_daps_video(path: str | Path) -> bool:
+    """Whether ``path`` is a video daps wrote: its metadata comment :data:`VIDEO_COMMENT` is in the file (ffmpeg
+    puts it at the end of an mp4, so the whole file is searched, 1 MiB at a time)."""
+    tag, tail = VIDEO_COMMENT.encode(), b""
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                if tag in tail + block:
+                    return True
+                tail = block[-len(tag):]
+    except OSError:
+        return False
+    return False
+
+
+# --------------------------------------------------------------------------------------------------
 # What may be replaced
 
 
@@ -407,6 +457,8 @@ __all__ = [
     "clear_folder",
     "file_digest",
     "has_content",
+    "is_daps_png",
+    "is_daps_video",
     "is_output_folder",
     "is_temporary",
     "prepare_output_folder",

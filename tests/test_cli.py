@@ -276,13 +276,13 @@ def test_resume_of_a_folder_that_is_not_a_run_is_refused(tmp_path, capsys, tiny_
 
 def test_overwrite_replaces_the_run(copy_run, trained_run, capsys, tiny_overrides, no_plots):
     run = copy_run()
-    (run / "stale.txt").write_text("from an older run\n")
+    (run / "notes.txt").write_text("the user's\n")  # kept: replacing deletes only what a run writes
     (run / "checkpoints" / "step_00000099").mkdir()
     argv = ["train", *tiny_overrides, "train.seed=1", "train.keep_checkpoints=1", f"train.out_dir={run}",
             "--overwrite"]
     assert main(argv) == 0
     assert f"run folder: {run}" in capsys.readouterr().out
-    assert not (run / "stale.txt").exists()
+    assert (run / "notes.txt").read_text() == "the user's\n"
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["latest", "step_00000006"]  # keep=1
     assert strict_json((run / "config.json").read_text())["train"]["seed"] == 1
     rows = read_rows(run / "metrics.jsonl")

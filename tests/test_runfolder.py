@@ -273,6 +273,63 @@ def test_check_output_file_replaces_only_what_it_may(tmp_path):
     assert check_output_file(mine, ".png", True) == mine  # no is_ours: the flag names the file, --overwrite says so
 
 
+def test_images_and_videos_daps_writes_say_so_and_others_do_not(tmp_path):
+    """The tag ``--overwrite`` relies on for images and videos: every PNG writer of daps (a matplotlib figure, a
+    PIL grid) and the mp4 writer set it; a PNG of matplotlib or PIL alone, a JPEG, a damaged PNG, an mp4 of
+    ffmpeg alone do not carry it."""
+    import numpy as np
+    from PIL import Image
+
+    from daps.plots import _pyplot, save_figure, save_image_grid
+    from daps.runfolder import is_daps_png, is_daps_video, png_software
+
+    fig = _pyplot().figure(figsize=(1, 1))
+    save_figure(fig, tmp_path / "figure.png", dpi=50)
+    save_image_grid(torch.rand(3, 1, 4, 4), tmp_path / "grid.png")
+    fig = _pyplot().figure(figsize=(1, 1))
+    fig.savefig(tmp_path / "matplotlib.png")
+    _pyplot().close(fig)
+    Image.new("L", (4, 4)).save(tmp_path / "pil.png")
+    Image.new("RGB", (4, 4)).save(tmp_path / "photo.jpg")
+    whole = (tmp_path / "figure.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(whole[:40])
+    assert is_daps_png(tmp_path / "figure.png") and is_daps_png(tmp_path / "grid.png")
+    assert png_software(tmp_path / "matplotlib.png").startswith("Matplotlib")
+    for name in ("matplotlib.png", "pil.png", "photo.jpg", "cut.png", "missing.png"):
+        assert not is_daps_png(tmp_path / name), name
+
+    pytest.importorskip("imageio_ffmpeg")
+    import imageio.v2 as imageio
+
+    from daps.motion.render import _write_mp4
+
+    frames = [np.full((16, 16, 3), 40 * i, dtype=np.uint8) for i in range(4)]
+    _write_mp4(frames, tmp_path / "ours.mp4", fps=10)
+    with imageio.get_writer(tmp_path / "theirs.mp4", format="FFMPEG", fps=10, macro_block_size=16) as writer:
+        for frame in frames:
+            writer.append_data(frame)
+    assert is_daps_video(tmp_path / "ours.mp4")
+    assert not is_daps_video(tmp_path / "theirs.mp4") and not is_daps_video(tmp_path / "missing.mp4")
+
+
+def test_overwrite_replaces_an_image_daps_wrote_and_never_a_users(trained_run, tmp_path, capsys):
+    """``decode-random --out holiday.png --overwrite`` where holiday.png is a photo of the user's: refused, and the
+    photo kept; an image of an earlier ``decode-random`` is replaced."""
+    from PIL import Image
+
+    photo = tmp_path / "holiday.png"
+    Image.new("RGB", (8, 8), (200, 100, 0)).save(photo)
+    before = photo.read_bytes()
+    assert main(["decode-random", str(trained_run), "--out", str(photo), "--n", "4", "--overwrite"]) == 2
+    assert "exists and is not an image daps wrote; refusing to replace it" in error_line(capsys)
+    assert photo.read_bytes() == before
+    grid = tmp_path / "grid.png"
+    assert main(["decode-random", str(trained_run), "--out", str(grid), "--n", "4"]) == 0
+    first = grid.read_bytes()
+    assert main(["decode-random", str(trained_run), "--out", str(grid), "--n", "4", "--seed", "1", "--overwrite"]) == 0
+    assert grid.read_bytes() != first
+
+
 def test_atomic_path_leaves_the_old_file_on_error(tmp_path):
     target = tmp_path / "summary.json"
     target.write_text("old")

@@ -17,7 +17,7 @@ import numpy as np
 from daps.errors import UserError
 from daps.motion.features import FEATURE_LAYOUT, feature_names
 from daps.motion.h1 import H1, POSE_DIM, SCENE_FILE, import_mujoco
-from daps.runfolder import atomic_path
+from daps.runfolder import VIDEO_COMMENT, atomic_path
 
 __all__ = [
     "DEFAULT_PLOT_FEATURES", "plot_feature_trajectories", "render_grid", "render_motion", "render_side_by_side",
@@ -201,7 +201,8 @@ def _write_mp4(frames: Sequence[np.ndarray], path: Path, fps: float) -> Path:
         raise UserError(f"writing mp4 needs imageio: pip install imageio imageio-ffmpeg ({e})") from e
     with atomic_path(path) as tmp:
         try:
-            writer = imageio.get_writer(tmp, format="FFMPEG", fps=fps, codec="libx264", macro_block_size=16)
+            writer = imageio.get_writer(tmp, format="FFMPEG", fps=fps, codec="libx264", macro_block_size=16,
+                                        output_params=["-metadata", f"comment={VIDEO_COMMENT}"])  # is_daps_video
         except (ImportError, RuntimeError, ValueError) as e:
             raise UserError(f"writing mp4 needs imageio's ffmpeg plugin: pip install imageio-ffmpeg ({e})") from e
         with writer:
@@ -220,11 +221,9 @@ def plot_feature_trajectories(
 ) -> Path:
     """Plot a few raw (not standardized) features ``(T, F)`` over time, ground truth against reconstruction, to a
     png written atomically. ``names`` are :func:`~daps.motion.features.feature_names` entries."""
-    import matplotlib
+    from daps.plots import _pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     all_names = feature_names()
     unknown = [n for n in names if n not in all_names]
     if unknown:
@@ -245,7 +244,5 @@ def plot_feature_trajectories(
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     out = Path(path)
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)
+    save_figure(fig, out, dpi=110)
     return out

@@ -499,8 +499,7 @@ def sampling_speed(model: Prior, cfg: PriorConfig, device: torch.device, n: int 
 
 
 def save_prior_curves(rows: list[dict], path: Path, title: str) -> None:
-    from daps.plots import _pyplot
-    from daps.runfolder import atomic_path
+    from daps.plots import _pyplot, save_figure
 
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.5))
@@ -515,9 +514,7 @@ def save_prior_curves(rows: list[dict], path: Path, title: str) -> None:
     ax.legend(fontsize=8)
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 def load_prior(path: str | Path, device: str | torch.device = "cpu") -> tuple[Prior, PriorConfig, dict]:
