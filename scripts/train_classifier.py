@@ -25,7 +25,17 @@ import torch
 from daps.data import dataset_spec, load_dataset
 from daps.errors import UserError
 from daps.metrics.classifier import accuracy, default_path, save_image_classifier, train_image_classifier
-from daps.runfolder import write_json_atomic
+from daps.runfolder import check_output_file, write_json_atomic
+
+
+def check_outputs(out: str | None, report: str | None, overwrite: bool) -> None:
+    """A :class:`UserError` unless the weights (``--out``, a ``.safetensors``; the default, daps's cache, is
+    replaced freely), the report beside them and ``--report`` may be written."""
+    if out is not None:
+        check_output_file(out, ".safetensors", overwrite, "--out")
+        check_output_file(Path(out).with_suffix(".json"), ".json", overwrite, "--out's report")
+    if report is not None:
+        check_output_file(report, ".json", overwrite, "--report")
 
 
 def _load(name: str, split: str, data_dir: str | None) -> tuple[torch.Tensor, torch.Tensor, str]:
@@ -49,7 +59,12 @@ def main() -> int:
     p.add_argument("--data-dir", default=None)
     p.add_argument("--out", default=None, help="weights file (default: the cache folder, where daps looks)")
     p.add_argument("--report", default=None, help="also write the JSON report here")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out (and its .json) or --report")
     args = p.parse_args()
+    try:  # before the training: a refusal costs nothing
+        check_outputs(args.out, args.report, args.overwrite)
+    except UserError as err:
+        p.error(str(err))
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(args.threads)
     steps = args.steps or (1500 if args.dataset == "mnist" else 6000)

@@ -25,9 +25,20 @@ import torch
 
 from daps.config import DataConfig
 from daps.data.motion import lafan_windows
+from daps.errors import UserError
 from daps.motion.classifier import default_classifier_path, save_classifier, train_classifier
 from daps.motion.features import NUM_FEATURES
-from daps.runfolder import write_json_atomic
+from daps.runfolder import check_output_file, write_json_atomic
+
+
+def check_outputs(out: str | None, report: str | None, overwrite: bool) -> None:
+    """A :class:`UserError` unless the weights (``--out``, a ``.safetensors``; the default, daps's cache, is
+    replaced freely), the report beside them and ``--report`` may be written."""
+    if out is not None:
+        check_output_file(out, ".safetensors", overwrite, "--out")
+        check_output_file(Path(out).with_suffix(".json"), ".json", overwrite, "--out's report")
+    if report is not None:
+        check_output_file(report, ".json", overwrite, "--report")
 
 
 def main() -> int:
@@ -39,7 +50,12 @@ def main() -> int:
     p.add_argument("--data-dir", default="")
     p.add_argument("--out", default=None, help="weights file (default: the cache folder, where daps looks)")
     p.add_argument("--report", default=None, help="also write the JSON report here")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out (and its .json) or --report")
     args = p.parse_args()
+    try:  # before the training: a refusal costs nothing
+        check_outputs(args.out, args.report, args.overwrite)
+    except UserError as err:
+        p.error(str(err))
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(args.threads)
     data = DataConfig(name="lafan1-h1", data_dir=args.data_dir, image_shape=(1, 32, NUM_FEATURES))
