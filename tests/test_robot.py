@@ -46,7 +46,8 @@ def test_prompts_map_to_one_kind_by_keywords():
         motion_from_prompt("walk, then run")
     # inflections: a final e dropped, -es plurals, doubled consonants
     for prompt, kind in (("racing", "run"), ("danced", "dance"), ("marches", "walk"), ("boxes", "fight"),
-                         ("collapsed and stumbled", "fall"), ("hopping", "jump"), ("striding", "walk")):
+                         ("collapsed and stumbled", "fall"), ("hopping", "jump"), ("striding", "walk"),
+                         ("running", "run"), ("dancing", "dance"), ("boxing", "fight")):
         assert motion_from_prompt(prompt) == kind, prompt
 
 

@@ -2,7 +2,8 @@
 
 **Motion kinds** are the clip kinds of LAFAN1 (:data:`daps.data.motion.MOTION_TYPES`: dance, fall, fight, jump,
 run, walk). No text encoder can be downloaded on our machines, so a prompt maps to a kind by the keywords in
-:data:`PROMPT_KEYWORDS` (whole words, case-insensitive, a trailing "s"/"ing"/"ed" allowed); a prompt naming no
+:data:`PROMPT_KEYWORDS` (whole words, case-insensitive, with the endings of ``docs/robot.md``: "s", "es", "ing", "ed"
+or "er", the keyword's last letter doubled or its final "e" dropped before it); a prompt naming no
 kind or two kinds is refused with the list of keywords.
 
 **Window velocity** (:func:`window_velocity`): over a window of T frames, the pelvis's planar displacement from the
@@ -28,10 +29,10 @@ VELOCITY_NAMES = ("forward_m_s", "left_m_s", "yaw_rad_s")
 
 PROMPT_KEYWORDS: dict[str, tuple[str, ...]] = {
     "walk": ("walk", "stroll", "march", "wander", "stride", "pace"),
-    "run": ("run", "jog", "sprint", "dash", "race", "running"),
-    "dance": ("dance", "groove", "twirl", "boogie", "dancing"),
+    "run": ("run", "jog", "sprint", "dash", "race"),
+    "dance": ("dance", "groove", "twirl", "boogie"),
     "jump": ("jump", "hop", "leap", "bounce", "skip"),
-    "fight": ("fight", "punch", "kick", "box", "spar", "strike", "boxing"),
+    "fight": ("fight", "punch", "kick", "box", "spar", "strike"),
     "fall": ("fall", "collapse", "stumble", "tumble", "getup", "fallen"),
 }
 """Keywords of each motion kind for text prompts (the kind's own name included)."""
