@@ -160,6 +160,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--eta", type=float, default=1.0, help="DAPS eta (also shown at 10x; default 1)")
     p.add_argument("--rao-samples", type=int, default=10, help="GR-MCK conditional draws k (default 10)")
     p.add_argument("--pretrain-steps", type=int, default=200, help="DAPS steps before measuring (default 200)")
+    p.add_argument("--num-tokens", type=int, default=2, help="tokens per code T (default 2)")
+    p.add_argument("--vocab-size", type=int, default=4, help="values per token V (default 4; V^T codes are enumerated)")
     p.add_argument("--seed", type=seed_arg, default=0)
     p.add_argument(
         "--resample", default="",
@@ -345,7 +347,7 @@ def _compare(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def _gradlab(args: argparse.Namespace, argv: list[str]) -> int:
-    from daps.gradlab import check_out, default_estimators, resampled_estimators, run_gradlab, write_report
+    from daps.gradlab import check_out, check_size, default_estimators, resampled_estimators, run_gradlab, write_report
 
     if args.draws < 2 or args.num_samples < 2 or args.rao_samples < 1 or args.pretrain_steps < 0:
         raise UserError("--draws and --num-samples must be >= 2, --rao-samples >= 1, --pretrain-steps >= 0")
@@ -353,6 +355,7 @@ def _gradlab(args: argparse.Namespace, argv: list[str]) -> int:
             and args.temperature > 0 and args.eta > 0 and args.beta >= 0):
         raise UserError("--temperature and --eta must be positive numbers and --beta a number >= 0, got "
                         f"{args.temperature}, {args.eta} and {args.beta}")
+    check_size(args.num_tokens, args.vocab_size)
     check_out(Path(args.out), args.overwrite)  # before the minutes of draws
     estimators = default_estimators(args.num_samples, args.eta, args.temperature, args.rao_samples)
     if args.resample:
@@ -364,7 +367,8 @@ def _gradlab(args: argparse.Namespace, argv: list[str]) -> int:
             raise UserError(f"--resample sizes must be in [1, --num-samples={args.num_samples}]")
         estimators += resampled_estimators(args.num_samples, args.eta, sizes)
     result = run_gradlab(
-        estimators, args.draws, args.beta, args.temperature, pretrain_steps=args.pretrain_steps, seed=args.seed
+        estimators, args.draws, args.beta, args.temperature, pretrain_steps=args.pretrain_steps, seed=args.seed,
+        num_tokens=args.num_tokens, vocab_size=args.vocab_size,
     )
     write_report(result, Path(args.out), command=" ".join(["daps", "gradlab", *argv]), overwrite=args.overwrite)
     print(Path(args.out, "gradlab.md").read_text())

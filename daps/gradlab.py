@@ -1,7 +1,7 @@
 """``gradlab``: the encoder-gradient estimators of every method against the exact gradient.
 
-On a model small enough to enumerate every code (T=2 tokens of V=4 codes: 16 codes per input), the
-beta-ELBO of a batch of inputs,
+On a model small enough to enumerate every code (by default T=2 tokens of V=4 codes: 16 codes per input; any
+T and V with at most :data:`MAX_CODES` codes), the beta-ELBO of a batch of inputs,
 
     J(theta) = mean_b sum_z q_theta(z|x_b) [log p(x_b|z) - beta (log q_theta(z|x_b) - log U(z))],
 
@@ -52,10 +52,20 @@ log = logging.getLogger("daps")
 
 IMAGE_SHAPE = (1, 4, 4)
 TINY = [
-    "encoder.num_tokens=2", "encoder.vocab_size=4", "encoder.width=8", "encoder.num_heads=2",
-    "encoder.num_layers=1", "encoder.mlp_ratio=2", "decoder.embed_dim=4", "decoder.hidden=16",
-    "data.image_shape=1,4,4", "train.steps=1000",
+    "encoder.width=8", "encoder.num_heads=2", "encoder.num_layers=1", "encoder.mlp_ratio=2", "decoder.embed_dim=4",
+    "decoder.hidden=16", "data.image_shape=1,4,4", "train.steps=1000",
 ]
+MAX_CODES = 1 << 14
+"""The most codes per input (``V ** T``) the exact gradient enumerates."""
+
+
+def check_size(num_tokens: int, vocab_size: int) -> None:
+    """A :class:`UserError` unless ``V ** T`` codes can be enumerated (T >= 1, V >= 2, at most :data:`MAX_CODES`)."""
+    if num_tokens < 1 or vocab_size < 2:
+        raise UserError(f"--num-tokens must be >= 1 and --vocab-size >= 2, got {num_tokens} and {vocab_size}")
+    if vocab_size ** num_tokens > MAX_CODES:
+        raise UserError(f"V^T = {vocab_size}^{num_tokens} codes per input is too many to enumerate (at most "
+                        f"{MAX_CODES})")
 
 
 @dataclass
@@ -125,8 +135,9 @@ def compare_draws(draws: torch.Tensor, reference: torch.Tensor) -> dict[str, flo
     }
 
 
-def _constant_schedules(beta: float, temperature: float) -> list[str]:
-    out = []
+def _constant_schedules(beta: float, temperature: float, num_tokens: int = 2, vocab_size: int = 4) -> list[str]:
+    """The lab's shared settings: constant β and temperature, and the code's size."""
+    out = [f"encoder.num_tokens={num_tokens}", f"encoder.vocab_size={vocab_size}"]
     for section in ("daps", "relaxed", "ppo", "reinforce"):
         out += [f"{section}.beta.kind=constant", f"{section}.beta.init={beta}", f"{section}.beta.end={beta}"]
     return out + ["relaxed.temperature.kind=constant", f"relaxed.temperature.init={temperature}"]
@@ -226,8 +237,12 @@ def run_gradlab(
     batch_size: int = 4,
     pretrain_steps: int = 200,
     seed: int = 0,
+    num_tokens: int = 2,
+    vocab_size: int = 4,
 ) -> dict:
-    """Compute every estimator's statistics; returns ``{"setup": ..., "exact": ..., "rows": [...]}``."""
+    """Compute every estimator's statistics on codes of ``num_tokens`` tokens of ``vocab_size`` values; returns
+    ``{"setup": ..., "rows": [...]}``."""
+    check_size(num_tokens, vocab_size)
     estimators = estimators or default_estimators(num_samples, eta, temperature, rao_samples)
     missing = sorted({e.method for e in estimators} - set(METHODS))
     if missing:
@@ -235,16 +250,16 @@ def run_gradlab(
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny tensors: more threads only add synchronization
     try:
-        return _run(estimators, num_draws, beta, temperature, batch_size, pretrain_steps, seed)
+        return _run(estimators, num_draws, beta, temperature, batch_size, pretrain_steps, seed, num_tokens, vocab_size)
     finally:
         torch.set_num_threads(threads)
 
 
 def _run(
     estimators: list[Estimator], num_draws: int, beta: float, temperature: float, batch_size: int,
-    pretrain_steps: int, seed: int,
+    pretrain_steps: int, seed: int, num_tokens: int, vocab_size: int,
 ) -> dict:
-    common = _constant_schedules(beta, temperature)
+    common = _constant_schedules(beta, temperature, num_tokens, vocab_size)
     g = torch.Generator().manual_seed(seed)
     x = (torch.rand(batch_size, *IMAGE_SHAPE, generator=g, device=g.device) > 0.5).float()
 
@@ -276,7 +291,8 @@ def _run(
             est.name, stats["cos_mean_exact"], stats["mean_cos_draw_exact"], stats["snr"], stats["bias_z"],
         )
     setup = {
-        "image_shape": IMAGE_SHAPE, "num_tokens": 2, "vocab_size": 4, "batch_size": batch_size, "beta": beta,
+        "image_shape": IMAGE_SHAPE, "num_tokens": num_tokens, "vocab_size": vocab_size, "batch_size": batch_size,
+        "beta": beta,
         "temperature": temperature, "pretrain_steps": pretrain_steps, "seed": seed, "num_draws": num_draws,
         "objective": objective, "exact_grad_norm": float(exact.norm()), "num_params": exact.numel(),
         "torch": torch.__version__,
@@ -376,7 +392,8 @@ def write_report(result: dict, out: Path, command: str | None = None, overwrite:
     axes[0].invert_yaxis()
     for ax in axes:
         ax.grid(alpha=0.3, axis="x")
-    fig.suptitle(f"Encoder-gradient estimators, T=2, V=4, beta={s['beta']}, {s['num_draws']} draws", fontsize=10)
+    fig.suptitle(f"Encoder-gradient estimators, T={s['num_tokens']}, V={s['vocab_size']}, beta={s['beta']}, "
+                 f"{s['num_draws']} draws", fontsize=10)
     fig.tight_layout()
     save_figure(fig, out / "gradlab.png", dpi=120)
 
