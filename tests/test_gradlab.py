@@ -11,9 +11,11 @@ from daps.gradlab import Estimator, _build, _constant_schedules, exact_gradient,
 pytestmark = pytest.mark.usefixtures("offline")
 
 
-def test_exact_gradient_matches_finite_differences():
+@pytest.mark.parametrize("num_tokens, vocab_size", [(2, 4), (3, 3), (1, 5)])
+def test_exact_gradient_matches_finite_differences(num_tokens, vocab_size):
     beta = 0.5
-    model = _build("daps", _constant_schedules(beta, 1.0), seed=3)
+    model = _build("daps", _constant_schedules(beta, 1.0, num_tokens, vocab_size), seed=3)
+    assert (model.encoder.num_tokens, model.encoder.vocab_size) == (num_tokens, vocab_size)
     x = (torch.rand(3, 1, 4, 4, generator=torch.Generator().manual_seed(0)) > 0.5).float()
     grad, objective = exact_gradient(model, x, beta)
     params = list(model.encoder.parameters())
@@ -35,8 +37,10 @@ def test_exact_gradient_matches_finite_differences():
         numeric = -(values[0] - values[1]) / (2 * eps)  # the gradient is of -J
         analytic = float(grad @ torch.cat([d.flatten() for d in direction]).double())
         assert analytic == pytest.approx(numeric, rel=2e-2, abs=1e-3)
-    # The enumerated q is a distribution over the 16 codes of each input.
-    codes = torch.tensor([[a, b] for a in range(4) for b in range(4)])
+    # The enumerated q is a distribution over the V^T codes of each input.
+    import itertools
+
+    codes = torch.tensor(list(itertools.product(range(vocab_size), repeat=num_tokens)))
     log_q = model.encoder.log_prob(x, codes[:, None].expand(-1, 3, -1)).sum(-1)
     torch.testing.assert_close(log_q.exp().sum(0), torch.ones(3), atol=1e-5, rtol=0)
     assert objective < 0
@@ -146,3 +150,54 @@ def test_cli_refuses_an_existing_out_before_drawing(tmp_path, capsys, monkeypatc
     assert (out / "gradlab.md").read_text() == "old report"
     assert main(["gradlab", "--out", str(tmp_path), "--overwrite", "--draws", "4"]) == 2  # not a gradlab folder
     assert "not a daps gradlab folder" in capsys.readouterr().err
+
+
+def test_code_sizes_that_cannot_be_enumerated_are_one_line_before_any_draw(tmp_path, capsys, monkeypatch):
+    import daps.gradlab
+    from daps.cli import main
+
+    monkeypatch.setattr(daps.gradlab, "run_gradlab", lambda *a, **k: pytest.fail("drew before checking the size"))
+    for size, words in ((("--num-tokens", "8", "--vocab-size", "4"), "4^8 codes per input is too many"),
+                        (("--num-tokens", "0"), "--num-tokens must be >= 1"), (("--vocab-size", "1"), ">= 2")):
+        assert main(["gradlab", *size, "--out", str(tmp_path / "lab")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and words in err[0], err
+    assert not (tmp_path / "lab").exists()
+
+
+def test_the_dimension_sweep_writes_its_tables_and_resumes_only_the_same_settings(tmp_path, capsys):
+    """``benchmarks/gradlab_dims.py`` at toy sizes: every (T, V, seed) run in results.json, a table per statistic
+    with a column per grid entry, the figure; ``--resume`` keeps the runs and refuses other settings."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).parent.parent / "benchmarks" / "gradlab_dims.py"
+    spec = importlib.util.spec_from_file_location("gradlab_dims", path)
+    module = importlib.util.module_from_spec(spec)
+    import sys
+
+    sys.path.insert(0, str(path.parent))
+    try:
+        spec.loader.exec_module(module)
+        out = tmp_path / "dims"
+        args = ["--grid", "1x3,2x2", "--seeds", "0", "--draws", "3", "--pretrain-steps", "1", "--out", str(out)]
+        assert module.main(args) == 0
+        runs = json.loads((out / "results.json").read_text())["runs"]
+        assert set(runs) == {"T1-V3-seed0", "T2-V2-seed0"}
+        assert (runs["T2-V2-seed0"]["setup"]["num_tokens"], runs["T2-V2-seed0"]["setup"]["vocab_size"]) == (2, 2)
+        table = (out / "results.md").read_text()
+        assert table.count("| estimator | 1x3 (3) | 2x2 (4) |") == 3 and (out / "results.png").stat().st_size > 0
+        with pytest.raises(SystemExit):  # an existing result without --resume or --overwrite
+            module.main(args)
+        before = (out / "results.json").read_text()
+        assert module.main([*args, "--resume"]) == 0  # nothing to redo
+        assert json.loads((out / "results.json").read_text())["runs"] == json.loads(before)["runs"]
+        with pytest.raises(SystemExit):
+            module.main([*args[:-2], "--draws", "4", "--out", str(out), "--resume"])
+        assert "other settings" in capsys.readouterr().err
+        with pytest.raises(SystemExit):
+            module.main(["--grid", "2y4", "--out", str(tmp_path / "x")])
+        assert "entries are TxV" in capsys.readouterr().err
+    finally:
+        sys.path.remove(str(path.parent))
