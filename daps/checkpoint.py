@@ -36,6 +36,7 @@ from daps.errors import UserError
 from daps.runfolder import (
     file_digest,
     fsync_path,
+    is_output_folder,
     publish_mode,
     read_marker,
     remove_temporaries,
@@ -155,8 +156,9 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
 def remove_leftovers(run_dir: str | Path) -> None:
     """Delete, and log, what a killed writer left half-written in a run folder and its checkpoints folder
     (temporary files, a checkpoint being written). Call it holding the folder's lock, once the folder carries its
-    marker: in a folder without it, names that look temporary are someone else's and stay."""
-    if read_marker(Path(run_dir)) is None:
+    marker (or is a training run made before the marker existed): elsewhere, names that look temporary are someone
+    else's and stay."""
+    if read_marker(Path(run_dir)) is None and not is_output_folder(run_dir, "train"):
         return
     for folder in (Path(run_dir), Path(run_dir) / CKPT_DIR):
         for path in remove_temporaries(folder):

@@ -63,7 +63,7 @@ def check_size(num_tokens: int, vocab_size: int) -> None:
     """A :class:`UserError` unless ``V ** T`` codes can be enumerated (T >= 1, V >= 2, at most :data:`MAX_CODES`)."""
     if num_tokens < 1 or vocab_size < 2:
         raise UserError(f"--num-tokens must be >= 1 and --vocab-size >= 2, got {num_tokens} and {vocab_size}")
-    if vocab_size ** num_tokens > MAX_CODES:
+    if num_tokens * math.log2(vocab_size) > math.log2(MAX_CODES) + 1e-9:  # not V ** T: T may be huge
         raise UserError(f"V^T = {vocab_size}^{num_tokens} codes per input is too many to enumerate (at most "
                         f"{MAX_CODES})")
 

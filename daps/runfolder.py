@@ -336,17 +336,19 @@ def refuse_existing(folder: str | Path, kind: str, what: str) -> NoReturn:
 
 
 def clear_folder(folder: Path, kind: str, what: str, entries: Collection[str]) -> None:
-    """Delete what daps wrote into a replaceable output folder: ``entries`` (the names a ``kind`` folder holds), its
-    marker and temporary files; keep its lock (the caller holds it) and anything else, which is the user's (notes,
-    a run of their own inside it): that is kept, and said."""
+    """Delete what daps wrote into a replaceable output folder: ``entries`` (the names a ``kind`` folder holds) and
+    temporary files. Its lock (the caller holds it) and its marker stay, so that a process killed halfway leaves a
+    folder that is still recognisably daps's, to resume or replace; anything else is the user's (notes, a run of
+    their own inside it): that is kept, and said."""
     folder = check_replaceable(folder, kind, what)
     if not folder.exists():
         return
+    write_marker(folder, kind)  # first: a run made before the marker existed stays recognisable while it is emptied
     kept = []
     for path in sorted(folder.iterdir()):
-        if path.name == LOCK:
+        if path.name in (LOCK, MARKER):
             continue
-        if path.name in entries or path.name == MARKER or is_temporary(path.name):
+        if path.name in entries or is_temporary(path.name):
             _remove(path)
         else:
             kept.append(path.name)

@@ -158,6 +158,7 @@ def test_code_sizes_that_cannot_be_enumerated_are_one_line_before_any_draw(tmp_p
 
     monkeypatch.setattr(daps.gradlab, "run_gradlab", lambda *a, **k: pytest.fail("drew before checking the size"))
     for size, words in ((("--num-tokens", "8", "--vocab-size", "4"), "4^8 codes per input is too many"),
+                        (("--num-tokens", "100000000", "--vocab-size", "3"), "is too many"),  # at once, not V ** T
                         (("--num-tokens", "0"), "--num-tokens must be >= 1"), (("--vocab-size", "1"), ">= 2")):
         assert main(["gradlab", *size, "--out", str(tmp_path / "lab")]) == 2
         err = capsys.readouterr().err.strip().splitlines()

@@ -202,8 +202,9 @@ def test_clearing_a_folder_keeps_the_lock_its_caller_holds(tmp_path):
         (folder / "metrics.jsonl").write_text("{}\n")
         (folder / "checkpoints").mkdir()
         clear_folder(folder, "train", "--out", RUN_ENTRIES)
-        # a new .lock would let a second process take the folder while this one still writes it
-        assert [p.name for p in folder.iterdir()] == [LOCK]
+        # a new .lock would let a second process take the folder while this one still writes it; the marker stays,
+        # so a kill while it is emptied leaves a folder that is still daps's
+        assert sorted(p.name for p in folder.iterdir()) == [".daps", LOCK]
         assert (folder / LOCK).stat().st_ino == lock_inode
 
 

@@ -172,6 +172,36 @@ def test_overwrite_deletes_what_the_run_wrote_and_keeps_what_the_user_added(copy
     assert same_weights(run, trained_run)
 
 
+@pytest.mark.parametrize("then", ["--resume", "--overwrite"])
+@pytest.mark.parametrize("marked", [True, False])  # False: a run made before the marker existed
+def test_a_run_killed_while_its_folder_is_emptied_can_be_resumed_or_replaced(copy_run, trained_run, tiny_overrides,
+                                                                             no_plots, monkeypatch, then, marked):
+    """``--overwrite`` empties the folder entry by entry; a kill after the first entry leaves half a run. The marker
+    stays (and a run made before it existed gets it first), so the folder is still daps's: ``--resume`` starts
+    it again in place, ``--overwrite`` replaces it."""
+    import daps.runfolder
+
+    run = copy_run()
+    if not marked:
+        (run / MARKER).unlink()
+    remove = daps.runfolder._remove
+    calls = []
+
+    def killed_after_one(path):
+        if calls:
+            raise KeyboardInterrupt
+        calls.append(path)
+        remove(path)
+
+    monkeypatch.setattr(daps.runfolder, "_remove", killed_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        main(["train", *tiny_overrides, f"train.out_dir={run}", "--overwrite"])
+    monkeypatch.setattr(daps.runfolder, "_remove", remove)
+    assert calls and (run / MARKER).is_file()
+    assert main(["train", *tiny_overrides, f"train.out_dir={run}", then]) == 0
+    assert same_weights(run, trained_run)
+
+
 def test_the_entries_a_run_folder_lists_are_what_its_runs_write(trained_run):
     """The names ``--overwrite`` deletes cover a run's folder (else a stale output would be kept as the user's),
     those a dataset adds included (the motion statistics, from the real clips where ``$DAPS_DATA_DIR`` has them)."""
@@ -446,8 +476,11 @@ def test_finished_run_is_left_alone(copy_run, tiny_overrides):
     assert snapshot(run, skip=(LOCK,)) == before
 
 
-def test_temporaries_of_a_killed_run_are_removed_on_the_next_start(copy_run, tiny_overrides, caplog):
+@pytest.mark.parametrize("marked", [True, False])  # False: a run made before the marker existed
+def test_temporaries_of_a_killed_run_are_removed_on_the_next_start(copy_run, tiny_overrides, caplog, marked):
     run = copy_run()
+    if not marked:
+        (run / MARKER).unlink()
     leftovers = [
         run / ".summary.tmp-99999.json",
         run / ".curves.tmp-99999.png",
