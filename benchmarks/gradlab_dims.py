@@ -37,10 +37,34 @@ from daps.runfolder import write_json_atomic, write_text_atomic
 
 STATISTICS = (
     ("mean_cos_draw_exact", "E cos(draw, exact): how well one draw points the right way", False),
-    ("snr", "SNR = |mean|^2 / E|draw - mean|^2", True),
-    ("cos_mean_exact", "cos(mean, exact): the direction of the expectation", False),
+    ("snr_unbiased", "SNR = |E draw|^2 / E|draw - E draw|^2, unbiased (values near 1/draws or below 0: not "
+                     "resolved by this many draws); one value per seed", True),
+    ("cos_mean_exact", "cos(mean, exact): the direction of the expectation (lowered by the noise of the mean "
+                       "where the SNR is not resolved)", False),
 )
-"""(row key, title, log axis): the statistics tabled and plotted."""
+"""(row key, title, log axis): the statistics tabled and plotted. A log-axis statistic is not averaged over seeds
+in the tables (its seeds can differ tenfold: each is shown) and is plotted as the geometric mean of its positive
+values."""
+
+
+class BadInput(Exception):
+    """One line for the user (exit code 2)."""
+
+
+def summary(values: list[float], log_axis: bool) -> str:
+    """A table cell: the mean and min-max over seeds, or each seed's value for a log-axis statistic."""
+    if log_axis:
+        return ", ".join(f"{v:.3g}" for v in values)
+    mean = statistics.fmean(values)
+    return f"{mean:.3g}" + (f" ({min(values):.3g}-{max(values):.3g})" if len(values) > 1 else "")
+
+
+def centre(values: list[float], log_axis: bool) -> float | None:
+    """The plotted value over seeds: the mean, or the geometric mean of the positive values on a log axis."""
+    if not log_axis:
+        return statistics.fmean(values)
+    positive = [v for v in values if v > 0]
+    return statistics.geometric_mean(positive) if positive else None
 
 
 def parse_grid(text: str) -> list[tuple[int, int]]:
@@ -50,11 +74,14 @@ def parse_grid(text: str) -> list[tuple[int, int]]:
         try:
             t, v = (int(n) for n in item.lower().split("x"))
         except ValueError:
-            raise UserError(f"--grid entries are TxV (tokens x vocabulary), e.g. 2x4; got {item!r}") from None
-        check_size(t, v)
+            raise BadInput(f"--grid entries are TxV (tokens x vocabulary), e.g. 2x4; got {item!r}") from None
+        try:
+            check_size(t, v)
+        except UserError as err:
+            raise BadInput(f"--grid {item}: {err}") from None
         grid.append((t, v))
     if len(set(grid)) != len(grid):
-        raise UserError(f"--grid {text!r} lists an entry twice")
+        raise BadInput(f"--grid {text!r} lists an entry twice")
     return grid
 
 
@@ -65,24 +92,26 @@ def key(t: int, v: int, seed: int) -> str:
 def tables(runs: dict[str, dict], grid: list[tuple[int, int]], seeds: list[int]) -> str:
     """One Markdown table per statistic: estimators by grid entry, mean over seeds and (with several) the spread."""
     names = [r["estimator"] for r in next(iter(runs.values()))["rows"]]
-    out = []
-    for stat, title, _ in STATISTICS:
-        head = [f"{t}x{v} ({v ** t})" for t, v in grid]
+    head = [f"{t}x{v} ({v ** t})" for t, v in grid]
+    params = [next((str(runs[key(t, v, seed)]["setup"]["num_params"]) for seed in seeds if key(t, v, seed) in runs),
+                   "-") for t, v in grid]
+    out = ["Encoder parameters (the gradient's dimension; the output head grows with V):", "",
+           "| | " + " | ".join(head) + " |", "|---|" + "---|" * len(grid),
+           "| parameters | " + " | ".join(params) + " |", ""]
+    for stat, title, log_axis in STATISTICS:
         lines = [f"### {title}", "", "| estimator | " + " | ".join(head) + " |", "|---|" + "---|" * len(grid)]
         for name in names:
-            cells = []
-            for t, v in grid:
-                values = [row[stat] for seed in seeds if key(t, v, seed) in runs
-                          for row in runs[key(t, v, seed)]["rows"] if row["estimator"] == name]
-                if not values:
-                    cells.append("-")
-                    continue
-                mean = statistics.fmean(values)
-                spread = f" ({min(values):.3g}-{max(values):.3g})" if len(values) > 1 else ""
-                cells.append(f"{mean:.3g}{spread}")
+            cells = [summary(values, log_axis) if (values := _values(runs, t, v, seeds, name, stat)) else "-"
+                     for t, v in grid]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
         out += [*lines, ""]
     return "\n".join(out)
+
+
+def _values(runs: dict[str, dict], t: int, v: int, seeds: list[int], name: str, stat: str) -> list[float]:
+    """``stat`` of estimator ``name`` at ``TxV``, one value per seed that ran."""
+    return [row[stat] for seed in seeds if key(t, v, seed) in runs
+            for row in runs[key(t, v, seed)]["rows"] if row["estimator"] == name]
 
 
 def figure(runs: dict[str, dict], grid: list[tuple[int, int]], seeds: list[int], path: Path) -> None:
@@ -102,17 +131,17 @@ def figure(runs: dict[str, dict], grid: list[tuple[int, int]], seeds: list[int],
             for by_tokens in (True, False):
                 points = []
                 for t, v in lines[by_tokens]:
-                    values = [row[stat] for seed in seeds if key(t, v, seed) in runs
-                              for row in runs[key(t, v, seed)]["rows"] if row["estimator"] == name]
-                    if values:
-                        points.append((t * math.log2(v), statistics.fmean(values)))
+                    values = _values(runs, t, v, seeds, name, stat)
+                    y = centre(values, log_axis) if values else None
+                    if y is not None:
+                        points.append((t * math.log2(v), y))
                 if points:
                     points.sort()
                     ax.plot(*zip(*points), "-o" if by_tokens else "--o", color=colour,
                             markerfacecolor=colour if by_tokens else "none",
                             label=name if by_tokens else None)
         ax.set_xlabel("log2 V^T (bits per code)")
-        ax.set_title(title.split(":")[0], fontsize=9)
+        ax.set_title(title.split(":")[0].split(",")[0], fontsize=9)
         if log_axis:
             ax.set_yscale("log")
     axes[0].legend(fontsize=6)
@@ -136,23 +165,38 @@ def main(argv: list[str] | None = None) -> int:
     group.add_argument("--overwrite", action="store_true", help="replace the results in --out")
     args = p.parse_args(argv)
     try:
-        grid = parse_grid(args.grid)
+        return run(args, argv)
+    except BadInput as err:
+        print(f"gradlab_dims.py: error: {err}", file=sys.stderr)
+        return 2
+
+
+def run(args: argparse.Namespace, argv: list[str] | None) -> int:
+    grid = parse_grid(args.grid)
+    try:
         seeds = [int(s) for s in args.seeds.split(",")]
-    except (UserError, ValueError) as err:
-        p.error(str(err))
+    except ValueError:
+        raise BadInput(f"--seeds takes integers like 0,1; got {args.seeds!r}") from None
+    if args.draws < 2 or args.num_samples < 2 or args.pretrain_steps < 0:
+        raise BadInput("--draws and --num-samples must be >= 2 and --pretrain-steps >= 0")
     out = Path(args.out)
     results = out / "results.json"
+    if out.exists() and not out.is_dir():
+        raise BadInput(f"--out {out} exists and is not a folder")
+    existing = [out / name for name in ("results.json", "results.md", "results.png") if (out / name).exists()]
+    if existing and not (args.resume or args.overwrite):
+        raise BadInput(f"{existing[0]} exists; pass --resume to keep its runs or --overwrite to replace them")
     settings = {"draws": args.draws, "pretrain_steps": args.pretrain_steps, "beta": args.beta,
                 "num_samples": args.num_samples}
     runs: dict[str, dict] = {}
-    if results.exists():
-        if not (args.resume or args.overwrite):
-            p.error(f"{results} exists; pass --resume to keep its runs or --overwrite to replace them")
-        if args.resume:
+    if args.resume and results.exists():
+        try:
             earlier = json.loads(results.read_text())
-            if earlier.get("settings") != settings:
-                p.error(f"--resume: {results} was made with other settings ({earlier.get('settings')})")
-            runs = earlier["runs"]
+            earlier_settings, runs = earlier["settings"], earlier["runs"]
+        except (ValueError, KeyError, TypeError):
+            raise BadInput(f"--resume: {results} is damaged; pass --overwrite to start again") from None
+        if earlier_settings != settings:
+            raise BadInput(f"--resume: {results} was made with other settings ({earlier_settings})")
     command = shlex.join(["python", *sys.argv]) if argv is None else shlex.join(["benchmarks/gradlab_dims.py", *argv])
     report = {"command": command, "machine": cpu_name(), "torch": torch.__version__, "commit": git_revision(),
               "settings": settings, "runs": runs}
@@ -165,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:
             result = run_gradlab(estimators, args.draws, args.beta, num_samples=args.num_samples,
                                  pretrain_steps=args.pretrain_steps, seed=seed, num_tokens=t, vocab_size=v)
             result["wall_s"] = round(time.perf_counter() - start, 1)
+            result["commit"] = report["commit"]  # of the call that ran it (a resumed sweep may span commits)
             runs[key(t, v, seed)] = result
             report["date"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
             write_json_atomic(results, report)

@@ -35,7 +35,7 @@ from pathlib import Path
 from run import REPO, cpu_name, git_revision
 
 from daps.plots import read_metrics
-from daps.runfolder import write_text_atomic
+from daps.runfolder import atomic_path, write_text_atomic
 
 COPIED = ("metrics.jsonl", "summary.json", "config.json", "curves.png", "reconstructions.png")
 
@@ -137,7 +137,8 @@ def report(args: argparse.Namespace, machine: dict, wall_s: float | None) -> dic
     out.mkdir(parents=True, exist_ok=True)
     for name in COPIED:
         if (run_dir / name).exists():
-            shutil.copyfile(run_dir / name, out / name)
+            with atomic_path(out / name) as tmp:
+                shutil.copyfile(run_dir / name, tmp)
     write_text_atomic(out / "table.md", "\n".join(lines) + "\n")
     write_text_atomic(out / "run.json", json.dumps(result, indent=2) + "\n")
     print("\n".join(lines))

@@ -36,6 +36,7 @@ from pathlib import Path
 
 from run import REPO, cpu_name, git_revision
 
+from daps.methods import METHODS
 from daps.runfolder import atomic_path, write_text_atomic
 
 COPIED = ("summary.json", "curves.png", "reconstructions.png")
@@ -141,12 +142,14 @@ def main() -> int:
         rows[method] = json.loads((run_dir / "summary.json").read_text())
     first = Path(args.runs) / args.methods.split(",")[0]
     rows.update(baselines(args, first))
-    for method in args.methods.split(","):  # only the files this script writes are replaced in --out
+    for method in METHODS:  # only the files this script writes are replaced in --out
         for name in COPIED:
-            src = Path(args.runs) / method / name
-            if src.exists():
-                with atomic_path(out / f"{method}-{name}") as tmp:
+            src, dest = Path(args.runs) / method / name, out / f"{method}-{name}"
+            if method in args.methods.split(",") and src.exists():
+                with atomic_path(dest) as tmp:
                     shutil.copy(src, tmp)
+            elif dest.is_file():  # an earlier call's copy of a method not run now: not beside this table
+                dest.unlink()
     import torch
 
     result = {

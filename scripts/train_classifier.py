@@ -64,7 +64,8 @@ def main() -> int:
     try:  # before the training: a refusal costs nothing
         check_outputs(args.out, args.report, args.overwrite)
     except UserError as err:
-        p.error(str(err))
+        print(f"{Path(sys.argv[0]).name}: error: {err}", file=sys.stderr)  # one line, exit code 2
+        return 2
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(args.threads)
     steps = args.steps or (1500 if args.dataset == "mnist" else 6000)

@@ -61,6 +61,22 @@ def test_summary_statistics_on_synthetic_draws():
     assert abs(b["bias_z"]) > 50 and b["chi"] > 100 and b["cos_mean_exact"] == pytest.approx(0.5**0.5, abs=0.01)
 
 
+def test_the_unbiased_snr_removes_the_noise_of_the_mean():
+    """|mean|^2 overstates |E draw|^2 by trace(Cov) / n: over many repetitions of 50 draws with a known SNR, the
+    plain SNR sits well above it and the unbiased one on it (the same draws; the raw one is what the lab tabled
+    before this statistic existed)."""
+    import statistics
+
+    g = torch.Generator().manual_seed(1)
+    mu, exact = torch.tensor([0.3, 0.0, 0.0], dtype=torch.float64), torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64)
+    true_snr = 0.09 / 3  # |mu|^2 / trace(I_3)
+    stats = [summarize_draws(mu + torch.randn(50, 3, generator=g, dtype=torch.float64), exact) for _ in range(2000)]
+    unbiased, raw = [s["snr_unbiased"] for s in stats], [s["snr"] for s in stats]
+    se = statistics.stdev(unbiased) / len(unbiased) ** 0.5
+    assert abs(statistics.fmean(unbiased) - true_snr) < 4 * se
+    assert statistics.fmean(raw) > true_snr + 0.015  # by about trace(Cov) / n / trace(Cov) = 1 / 50
+
+
 def test_reinforce_loo_is_unbiased_and_the_biased_estimators_are_reported():
     estimators = [
         Estimator("reinforce-loo", "reinforce", ("reinforce.num_samples=8",)),
@@ -189,16 +205,25 @@ def test_the_dimension_sweep_writes_its_tables_and_resumes_only_the_same_setting
         assert (runs["T2-V2-seed0"]["setup"]["num_tokens"], runs["T2-V2-seed0"]["setup"]["vocab_size"]) == (2, 2)
         table = (out / "results.md").read_text()
         assert table.count("| estimator | 1x3 (3) | 2x2 (4) |") == 3 and (out / "results.png").stat().st_size > 0
-        with pytest.raises(SystemExit):  # an existing result without --resume or --overwrite
-            module.main(args)
+        assert "| parameters |" in table and "one value per seed" in table
+        capsys.readouterr()
         before = (out / "results.json").read_text()
+        refusals = [
+            (args, "exists; pass --resume"),  # an existing result without --resume or --overwrite
+            ([*args[:-2], "--draws", "4", "--out", str(out), "--resume"], "other settings"),
+            (["--grid", "2y4", "--out", str(tmp_path / "x")], "entries are TxV"),
+            (["--grid", "2x4", "--num-samples", "1", "--out", str(tmp_path / "x")], "--num-samples must be >= 2"),
+            (["--grid", "2x4,2x4", "--out", str(tmp_path / "x")], "lists an entry twice"),
+        ]
+        for argv, words in refusals:
+            assert module.main(argv) == 2
+            err = capsys.readouterr().err.strip().splitlines()
+            assert len(err) == 1 and words in err[0], (argv, err)
+        assert (out / "results.json").read_text() == before and not (tmp_path / "x").exists()
         assert module.main([*args, "--resume"]) == 0  # nothing to redo
         assert json.loads((out / "results.json").read_text())["runs"] == json.loads(before)["runs"]
-        with pytest.raises(SystemExit):
-            module.main([*args[:-2], "--draws", "4", "--out", str(out), "--resume"])
-        assert "other settings" in capsys.readouterr().err
-        with pytest.raises(SystemExit):
-            module.main(["--grid", "2y4", "--out", str(tmp_path / "x")])
-        assert "entries are TxV" in capsys.readouterr().err
+        (out / "results.json").write_text("{")  # damaged
+        assert module.main([*args, "--resume"]) == 2
+        assert "is damaged" in capsys.readouterr().err
     finally:
         sys.path.remove(str(path.parent))

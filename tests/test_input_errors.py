@@ -444,7 +444,10 @@ def test_save_images_checks_before_making_the_folder(trained_run, tmp_path):
         with pytest.raises(ValueError, match=message):
             daps.save_images(bad, model, out)
         assert not out.exists()
-    assert len(daps.save_images(torch.zeros(2, 1, 28, 28), model, out)) == 2
+    paths = daps.save_images(torch.zeros(2, 1, 28, 28), model, out)
+    from daps.runfolder import is_daps_png
+
+    assert len(paths) == 2 and all(map(is_daps_png, paths))  # what every PNG daps writes says
 
 
 @pytest.mark.parametrize("extra", [["decoder.kind=resnet"], ["decoder.kind=transformer"], ["encoder.embed=time"]])
