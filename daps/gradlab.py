@@ -344,14 +344,15 @@ def write_report(result: dict, out: Path, command: str | None = None, overwrite:
         lines += ["", f"Command: `{command}`"]
     lines += [
         "",
-        "| estimator | cos(mean, exact) | \\|mean\\| / \\|exact\\| | E cos(draw, exact) | SNR | bias z | chi |",
-        "|---|---|---|---|---|---|---|",
+        "| estimator | cos(mean, exact) | \\|mean\\| / \\|exact\\| | E cos(draw, exact) | SNR | SNR unbiased "
+        "| bias z | chi |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['estimator']} | {r['cos_mean_exact']:+.3f} | {r['norm_ratio']:.3f} "
             f"| {r['mean_cos_draw_exact']:+.3f} "
-            f"| {r['snr']:.3g} | {r['bias_z']:+.1f} | {r['chi']:.2f} |"
+            f"| {r['snr']:.3g} | {r['snr_unbiased']:.3g} | {r['bias_z']:+.1f} | {r['chi']:.2f} |"
         )
     compared = [r for r in rows if "bias_z_vs" in r]
     if compared:
@@ -366,6 +367,9 @@ def write_report(result: dict, out: Path, command: str | None = None, overwrite:
                   f"| {r['var_ratio_vs']:.2f} |" for r in compared]
     lines += [
         "",
+        "SNR is |mean|^2 / E|draw - mean|^2; |mean|^2 overstates the signal by the mean's own variance, about "
+        "1 / draws in SNR, which 'SNR unbiased' subtracts (near 1 / draws or below 0: not resolved by this many "
+        "draws). "
         "An unbiased estimator has cos(mean, exact) -> 1, |mean|/|exact| -> 1, |bias z| of a few at most and chi "
         "about 1. DAPS's step is a weighted maximum-likelihood direction, about 1/(eta + beta) times the gradient "
         "for large eta: compare its direction, not its scale. Gumbel-ST and GR-MCK are biased by the relaxation "
