@@ -146,7 +146,7 @@ class Run:
 
     @property
     def overrides(self) -> list[str]:
-        return [f"{k}={v}" for k, v in self.variant]
+        return [f"{k}={_override_text(self.cfg, k, v)}" for k, v in self.variant]
 
 
 Grid = list[tuple[tuple[str, ...], list[tuple[str, ...]]]]
@@ -194,18 +194,41 @@ def parse_vary(items: Sequence[str], overrides: Sequence[str] = ()) -> Grid:
     return grid
 
 
-def _canonical(cfg: Config, key: str, text: str) -> str:
-    """``text`` as the setting ``key`` of ``cfg`` parses it, written back plainly (``.5`` and ``0.50`` are
-    ``0.5``, ``5.0`` is ``5``), so that one setting always names one arm and one folder."""
-    value = parse_setting(cfg, key, text)
+def _override_text(cfg: Config, key: str, text: str) -> str:
+    """A ``--vary`` value as a ``key=value`` override: a list setting's ``x``-joined value (``64x64``, commas
+    separating the values of ``--vary``) with its commas back (``64,64``); any other value as it is."""
+    try:
+        parse_setting(cfg, key, text)
+    except UserError as err:
+        joined = text.replace("x", ",")
+        if joined == text:
+            raise
+        try:
+            parse_setting(cfg, key, joined)
+        except UserError:
+            raise err from None  # the message names the value as the user wrote it
+        return joined
+    return text
+
+
+def _plain(value: object) -> str:
+    """One parsed value written back plainly (``.5`` and ``0.50`` are ``0.5``, ``5.0`` is ``5``)."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float):
         text = repr(value)
         return text[:-2] if text.endswith(".0") else text
-    if isinstance(value, (int, str)):
-        return str(value)
-    return text  # e.g. a one-element tuple: the words given
+    return str(value)
+
+
+def _canonical(cfg: Config, key: str, text: str) -> str:
+    """``text`` as the setting ``key`` of ``cfg`` parses it, written back plainly (:func:`_plain`; a list setting's
+    values joined by ``x``: ``decoder.hidden=64x64``, ``fsq.levels=8x5x5x5``), so that one setting always names one
+    arm and one folder."""
+    value = parse_setting(cfg, key, _override_text(cfg, key, text))
+    if isinstance(value, (tuple, list)):
+        return "x".join(_plain(v) for v in value)
+    return _plain(value)
 
 
 def _arms(cfg: Config, grid: Grid, methods_of: dict[tuple[str, ...], set[str]]) -> list[tuple[tuple[str, str], ...]]:

@@ -306,6 +306,8 @@ def test_vary_spans_a_grid_per_method_and_leaves_other_methods_one_arm(tmp_path)
         (["daps.ess_target=0.5,.5"], [], "0.5 and .5 are the same setting"),
         (["daps.beta.init+daps.beta.end=5+5,5.0+5.0"], [], "5+5 and 5.0+5.0 are the same setting"),
         (["decoder.kind=mlp,resnet"], [], "cannot be built for inputs (1, 28, 28)"),  # before the mlp arm trains
+        (["decoder.hidden=64x64,064x64"], [], "64x64 and 064x64 are the same setting"),
+        (["optim.lr=1x3"], [], "expected a number, got '1x3'"),  # as written, not as a list
     ],
 )
 def test_vary_refuses_bad_grids_before_anything_exists(tmp_path, vary, overrides, message):
@@ -322,6 +324,23 @@ def test_an_arm_is_named_by_its_parsed_settings_whatever_the_order_of_the_option
     assert sorted(r.out_dir for r in a) == sorted(r.out_dir for r in b)
     assert a[0].out_dir.parent.name == "ess_target=0.5,num_samples=4"
     assert a[0].label == "daps (num_samples=4, ess_target=0.5)" and b[0].label == "daps (ess_target=0.5, num_samples=4)"
+
+
+def test_a_list_setting_varies_with_its_values_joined_by_x(tmp_path, overrides):
+    """Commas separate the values of ``--vary``, so a list setting's values are joined by ``x`` there
+    (``decoder.hidden=64x64``, ``fsq.levels=8x5x5x5``): each arm gets the list, its folder and label keep the ``x``
+    form, and its ``daps train`` command the comma form that command takes."""
+    overrides = [o for o in overrides if not o.startswith("decoder.hidden=")]
+    runs = plan_runs("mnist", ["fsq"], 4, [0], tmp_path, overrides,
+                     ["fsq.levels=8x5x5x5,7x5x5x5x5", "decoder.hidden=64x64,32"])
+    assert {(r.cfg.fsq.levels, r.cfg.decoder.hidden) for r in runs} == {
+        (levels, hidden) for levels in ((8, 5, 5, 5), (7, 5, 5, 5, 5)) for hidden in ((64, 64), (32,))}
+    first = runs[0]
+    assert first.label == "fsq (levels=8x5x5x5, decoder.hidden=64x64)"
+    assert first.out_dir.parent.name == "decoder.hidden=64x64,levels=8x5x5x5"
+    method, items = _train_overrides(compare_mod.command_for(first, "mnist", overrides))
+    assert "fsq.levels=8,5,5,5" in items and "decoder.hidden=64,64" in items
+    assert compare_mod.config_differences(parse_overrides(get_preset("mnist", method), items), first.cfg) == {}
 
 
 def test_tied_settings_must_concern_the_same_methods(tmp_path):
