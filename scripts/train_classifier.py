@@ -24,18 +24,14 @@ import torch
 
 from daps.data import dataset_spec, load_dataset
 from daps.errors import UserError
-from daps.metrics.classifier import accuracy, default_path, save_image_classifier, train_image_classifier
-from daps.runfolder import check_output_file, write_json_atomic
-
-
-def check_outputs(out: str | None, report: str | None, overwrite: bool) -> None:
-    """A :class:`UserError` unless the weights (``--out``, a ``.safetensors``; the default, daps's cache, is
-    replaced freely), the report beside them and ``--report`` may be written."""
-    if out is not None:
-        check_output_file(out, ".safetensors", overwrite, "--out")
-        check_output_file(Path(out).with_suffix(".json"), ".json", overwrite, "--out's report")
-    if report is not None:
-        check_output_file(report, ".json", overwrite, "--report")
+from daps.metrics.classifier import (
+    accuracy,
+    check_outputs,
+    default_path,
+    save_image_classifier,
+    train_image_classifier,
+)
+from daps.runfolder import write_json_atomic
 
 
 def _load(name: str, split: str, data_dir: str | None) -> tuple[torch.Tensor, torch.Tensor, str]:

@@ -26,19 +26,10 @@ import torch
 from daps.config import DataConfig
 from daps.data.motion import lafan_windows
 from daps.errors import UserError
+from daps.metrics.classifier import check_outputs
 from daps.motion.classifier import default_classifier_path, save_classifier, train_classifier
 from daps.motion.features import NUM_FEATURES
-from daps.runfolder import check_output_file, write_json_atomic
-
-
-def check_outputs(out: str | None, report: str | None, overwrite: bool) -> None:
-    """A :class:`UserError` unless the weights (``--out``, a ``.safetensors``; the default, daps's cache, is
-    replaced freely), the report beside them and ``--report`` may be written."""
-    if out is not None:
-        check_output_file(out, ".safetensors", overwrite, "--out")
-        check_output_file(Path(out).with_suffix(".json"), ".json", overwrite, "--out's report")
-    if report is not None:
-        check_output_file(report, ".json", overwrite, "--report")
+from daps.runfolder import write_json_atomic
 
 
 def main() -> int:

@@ -20,7 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from daps.errors import UserError
-from daps.runfolder import atomic_path
+from daps.runfolder import atomic_path, check_output_file
 
 if TYPE_CHECKING:
     from daps.motion.classifier import MotionClassifier
@@ -93,6 +93,17 @@ def train_image_classifier(
         loss.backward()
         optimizer.step()
     return model.eval()
+
+
+def check_outputs(out: str | None, report: str | None, overwrite: bool) -> None:
+    """For the scripts that train a classifier (``scripts/train_classifier.py``, ``train_motion_classifier.py``):
+    a :class:`UserError` unless the weights (``--out``, a ``.safetensors``; the default, daps's cache, is
+    replaced freely), the report beside them and ``--report`` may be written."""
+    if out is not None:
+        check_output_file(out, ".safetensors", overwrite, "--out")
+        check_output_file(Path(out).with_suffix(".json"), ".json", overwrite, "--out's report")
+    if report is not None:
+        check_output_file(report, ".json", overwrite, "--report")
 
 
 def save_image_classifier(model: ImageClassifier, family: str, report: dict[str, Any], path: str | Path) -> Path:
