@@ -36,15 +36,15 @@ from daps.plots import _pyplot, save_figure
 from daps.runfolder import write_json_atomic, write_text_atomic
 
 STATISTICS = (
-    ("mean_cos_draw_exact", "E cos(draw, exact): how well one draw points the right way", False),
-    ("snr_unbiased", "SNR = |E draw|^2 / E|draw - E draw|^2, unbiased (values near 1/draws or below 0: not "
+    ("mean_cos_draw_exact", "E cos(draw, exact)", "how well one draw points the right way", False),
+    ("snr_unbiased", "SNR", "|E draw|^2 / E|draw - E draw|^2, unbiased (values near 1/draws or below 0: not "
                      "resolved by this many draws); one value per seed", True),
-    ("cos_mean_exact", "cos(mean, exact): the direction of the expectation (lowered by the noise of the mean "
+    ("cos_mean_exact", "cos(mean, exact)", "the direction of the expectation (lowered by the noise of the mean "
                        "where the SNR is not resolved)", False),
 )
-"""(row key, title, log axis): the statistics tabled and plotted. A log-axis statistic is not averaged over seeds
-in the tables (its seeds can differ tenfold: each is shown) and is plotted as the geometric mean of its positive
-values."""
+"""(row key, short name, what it says, log axis): the statistics tabled and plotted. A log-axis statistic is not
+averaged over seeds in the tables (its seeds can differ tenfold: each is shown) and is plotted as the geometric mean
+of its positive values."""
 
 
 class BadInput(Exception):
@@ -95,11 +95,17 @@ def tables(runs: dict[str, dict], grid: list[tuple[int, int]], seeds: list[int])
     head = [f"{t}x{v} ({v ** t})" for t, v in grid]
     params = [next((str(runs[key(t, v, seed)]["setup"]["num_params"]) for seed in seeds if key(t, v, seed) in runs),
                    "-") for t, v in grid]
-    out = ["Encoder parameters (the gradient's dimension; the output head grows with V):", "",
+    def setup_cells(field: str) -> str:
+        return " | ".join(", ".join(f"{runs[key(t, v, seed)]['setup'][field]:.4g}" for seed in seeds
+                                    if key(t, v, seed) in runs) or "-" for t, v in grid)
+
+    out = ["The models (one value per seed): encoder parameters (the gradient's dimension; the output head grows "
+           "with V), the β-ELBO J of the inputs and the norm of its exact gradient.", "",
            "| | " + " | ".join(head) + " |", "|---|" + "---|" * len(grid),
-           "| parameters | " + " | ".join(params) + " |", ""]
-    for stat, title, log_axis in STATISTICS:
-        lines = [f"### {title}", "", "| estimator | " + " | ".join(head) + " |", "|---|" + "---|" * len(grid)]
+           "| parameters | " + " | ".join(params) + " |", f"| J (nats) | {setup_cells('objective')} |",
+           f"| \\|grad J\\| | {setup_cells('exact_grad_norm')} |", ""]
+    for stat, name, says, log_axis in STATISTICS:
+        lines = [f"### {name}: {says}", "", "| estimator | " + " | ".join(head) + " |", "|---|" + "---|" * len(grid)]
         for name in names:
             cells = [summary(values, log_axis) if (values := _values(runs, t, v, seeds, name, stat)) else "-"
                      for t, v in grid]
@@ -125,7 +131,7 @@ def figure(runs: dict[str, dict], grid: list[tuple[int, int]], seeds: list[int],
     others = [t for t, v in grid if v != v_common]
     t_common = statistics.mode(others) if others else None
     lines = {True: [(t, v) for t, v in grid if v == v_common], False: [(t, v) for t, v in grid if t == t_common]}
-    for ax, (stat, title, log_axis) in zip(axes, STATISTICS):
+    for ax, (stat, name, _, log_axis) in zip(axes, STATISTICS):
         for i, name in enumerate(names):
             colour = f"C{i % 10}"
             for by_tokens in (True, False):
@@ -141,7 +147,7 @@ def figure(runs: dict[str, dict], grid: list[tuple[int, int]], seeds: list[int],
                             markerfacecolor=colour if by_tokens else "none",
                             label=name if by_tokens else None)
         ax.set_xlabel("log2 V^T (bits per code)")
-        ax.set_title(title.split(":")[0].split(",")[0], fontsize=9)
+        ax.set_title(name + (" (geometric mean over seeds)" if log_axis else " (mean over seeds)"), fontsize=9)
         if log_axis:
             ax.set_yscale("log")
     axes[0].legend(fontsize=6)
@@ -214,10 +220,12 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> int:
             report["date"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
             write_json_atomic(results, report)
             print(f"T={t} V={v} seed {seed}: {result['wall_s']} s", flush=True)
+    commits = sorted({run.get("commit", "unknown") for run in runs.values()})
     header = (f"# The estimator lab across the size of the code\n\n{args.draws} draws per estimator, K = "
               f"{args.num_samples}, beta = {args.beta}, encoder and decoder after {args.pretrain_steps} DAPS steps, "
               f"seeds {', '.join(map(str, seeds))} (mean, and min-max over seeds); columns TxV (V^T codes). "
-              f"{report['machine']}, torch {report['torch']}, commit {report['commit']}.\n\n"
+              f"{report['machine']}, torch {report['torch']}; runs at commit {', '.join(commits)}, tables "
+              f"written at {report['commit']}.\n\n"
               f"Command: `{command}`\n\n")
     write_text_atomic(out / "results.md", header + tables(runs, grid, seeds))
     figure(runs, grid, seeds, out / "results.png")
