@@ -131,7 +131,7 @@ def figure(runs: dict[str, dict], grid: list[tuple[int, int]], seeds: list[int],
     others = [t for t, v in grid if v != v_common]
     t_common = statistics.mode(others) if others else None
     lines = {True: [(t, v) for t, v in grid if v == v_common], False: [(t, v) for t, v in grid if t == t_common]}
-    for ax, (stat, name, _, log_axis) in zip(axes, STATISTICS):
+    for ax, (stat, short, _, log_axis) in zip(axes, STATISTICS):
         for i, name in enumerate(names):
             colour = f"C{i % 10}"
             for by_tokens in (True, False):
@@ -147,7 +147,7 @@ def figure(runs: dict[str, dict], grid: list[tuple[int, int]], seeds: list[int],
                             markerfacecolor=colour if by_tokens else "none",
                             label=name if by_tokens else None)
         ax.set_xlabel("log2 V^T (bits per code)")
-        ax.set_title(name + (" (geometric mean over seeds)" if log_axis else " (mean over seeds)"), fontsize=9)
+        ax.set_title(short + (" (geometric mean over seeds)" if log_axis else " (mean over seeds)"), fontsize=9)
         if log_axis:
             ax.set_yscale("log")
     axes[0].legend(fontsize=6)
