@@ -195,14 +195,16 @@ def parse_vary(items: Sequence[str], overrides: Sequence[str] = ()) -> Grid:
 
 
 def _override_text(cfg: Config, key: str, text: str) -> str:
-    """A ``--vary`` value as a ``key=value`` override: a list setting's ``x``-joined value (``64x64``, commas
-    separating the values of ``--vary``) with its commas back (``64,64``); any other value as it is."""
+    """A ``--vary`` value as a ``key=value`` override: a list setting's ``x``-joined value (``64x64``, lower-case
+    x: commas separate the values of ``--vary``) with its commas back (``64,64``); any other value as it is."""
     try:
         parse_setting(cfg, key, text)
     except UserError as err:
         joined = text.replace("x", ",")
         if joined == text:
             raise
+        if "" in joined.split(","):
+            raise UserError(f"{key}: {text!r} has an empty item between its x's") from None
         try:
             parse_setting(cfg, key, joined)
         except UserError:

@@ -223,7 +223,7 @@ def summarize_draws(draws: torch.Tensor, exact: torch.Tensor) -> dict[str, float
         # |mean|^2 overstates |E draw|^2 by the mean's own variance, trace(Cov) / n: this one subtracts it (it can
         # come out <= 0 when the signal is below what n draws resolve, about 1 / n)
         "snr_unbiased": (float(mean.norm() ** 2) - total_var / (n - 1)) / (total_var * n / (n - 1))
-        if total_var > 0 and n > 1 else float("nan"),
+        if total_var > 0 and n > 1 else float("inf") if total_var == 0 else float("nan"),
         "bias_z": float((mean - exact) @ unit) / se_along if se_along > 0 else float("nan"),
         "chi": float(((mean - exact) ** 2).sum()) / (total_var / n) if total_var > 0 else float("nan"),
         "num_draws": n,

@@ -308,6 +308,8 @@ def test_vary_spans_a_grid_per_method_and_leaves_other_methods_one_arm(tmp_path)
         (["decoder.kind=mlp,resnet"], [], "cannot be built for inputs (1, 28, 28)"),  # before the mlp arm trains
         (["decoder.hidden=64x64,064x64"], [], "64x64 and 064x64 are the same setting"),
         (["optim.lr=1x3"], [], "expected a number, got '1x3'"),  # as written, not as a list
+        (["decoder.hidden=64xx64"], [], "'64xx64' has an empty item"),
+        (["decoder.hidden=x"], [], "'x' has an empty item"),
     ],
 )
 def test_vary_refuses_bad_grids_before_anything_exists(tmp_path, vary, overrides, message):

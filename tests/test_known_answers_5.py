@@ -672,3 +672,30 @@ def test_a_run_saved_with_another_feature_scale_is_refused(tmp_path):
     (tmp_path / "motion_stats.json").write_text(json.dumps(saved))
     with pytest.raises(UserError, match="other feature statistics"):
         check_run_stats(tmp_path, data)
+
+
+@pytest.mark.parametrize("script", ["train_classifier.py", "train_motion_classifier.py"])
+def test_the_classifier_scripts_check_their_outputs_before_training(tmp_path, script):
+    """``--out x.json`` wrote the weights where the report then landed; an existing file was replaced minutes
+    later. Both scripts now refuse, in one line with exit code 2, before loading any data."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).parent.parent / "scripts" / script
+    taken = tmp_path / "taken.safetensors"
+    taken.write_bytes(b"mine")
+    (tmp_path / "report.json").write_text("{}")
+    cases = [
+        (["--out", str(tmp_path / "x.json")], "must name a file ending in .safetensors"),
+        (["--out", str(taken)], "already exists; pass --overwrite"),
+        (["--out", str(tmp_path / "new.safetensors"), "--report", str(tmp_path / "report.json")], "--report"),
+        (["--report", str(tmp_path / "r.txt")], "must name a file ending in .json"),
+    ]
+    extra = ["--dataset", "mnist"] if script == "train_classifier.py" else []
+    for args, words in cases:
+        proc = subprocess.run([sys.executable, str(path), *extra, *args, "--data-dir", str(tmp_path / "none")],
+                              capture_output=True, text=True, timeout=120)
+        err = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and len(err) == 1 and words in err[0], (args, proc.stderr)
+    assert taken.read_bytes() == b"mine" and not (tmp_path / "new.safetensors").exists()
