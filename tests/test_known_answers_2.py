@@ -35,6 +35,8 @@ def test_summarize_draws_known_answer():
     assert s["norm_ratio"] == pytest.approx(2.0)
     assert s["mean_cos_draw_exact"] == pytest.approx((1 / math.sqrt(2) + 3 / math.sqrt(10)) / 2)
     assert s["snr"] == pytest.approx(4.0 / 2.0)
+    # the unbiased covariance S has trace 2 * 2 / (2 - 1) = 4; |mean|^2 less trace(S) / n = 4 - 2, over trace(S)
+    assert s["snr_unbiased"] == pytest.approx((4.0 - 4.0 / 2) / 4.0)
     assert s["bias_z"] == pytest.approx(+1.0)  # the mean overshoots the exact gradient: positive
     assert s["chi"] == pytest.approx(1.0 / (2.0 / 2))
 

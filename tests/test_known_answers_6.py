@@ -102,21 +102,22 @@ def test_resampled_estimators_cover_both_schemes_against_the_full_update():
 
 
 def test_report_table_puts_each_statistic_in_its_column(tmp_path):
-    """A hand-made result with distinct values: the row reads cos +0.900, ratio 1.100, E cos +0.300, SNR 2.5,
-    bias z -3.2, chi 7.25 in the header's order. Fails on: bias z and chi swapped."""
+    """A hand-made result with distinct values: the row reads cos +0.900, ratio 1.100, E cos +0.300, SNR 2.5, SNR
+    unbiased 2.25, bias z -3.2, chi 7.25 in the header's order. Fails on: bias z and chi swapped, the two SNRs
+    swapped."""
     from daps.gradlab import write_report
 
     setup = {"image_shape": (1, 4, 4), "num_tokens": 2, "vocab_size": 4, "batch_size": 4, "beta": 0.5,
              "temperature": 1.0, "pretrain_steps": 0, "seed": 0, "num_draws": 10, "objective": -3.0,
              "exact_grad_norm": 1.0, "num_params": 5, "torch": "x"}
     row = {"estimator": "e1", "method": "daps", "cos_mean_exact": 0.9, "norm_ratio": 1.1, "mean_cos_draw_exact": 0.3,
-           "snr": 2.5, "bias_z": -3.2, "chi": 7.25, "num_draws": 10}
+           "snr": 2.5, "snr_unbiased": 2.25, "bias_z": -3.2, "chi": 7.25, "num_draws": 10}
     write_report({"setup": setup, "rows": [row]}, tmp_path / "lab")
     lines = (tmp_path / "lab" / "gradlab.md").read_text().splitlines()
     header = _md_cells(next(ln for ln in lines if ln.startswith("| estimator")))
     cells = _md_cells(next(ln for ln in lines if ln.startswith("| e1")))
     got = dict(zip(header, cells))
-    assert got["bias z"] == "-3.2" and got["chi"] == "7.25" and got["SNR"] == "2.5"
+    assert got["bias z"] == "-3.2" and got["chi"] == "7.25" and got["SNR"] == "2.5" and got["SNR unbiased"] == "2.25"
     assert got["cos(mean, exact)"] == "+0.900" and got["E cos(draw, exact)"] == "+0.300"
 
 
