@@ -150,6 +150,26 @@ def tiny_overrides(data_dir) -> list[str]:
     return [*TINY_OVERRIDES, f"data.data_dir={data_dir}"]
 
 
+@pytest.fixture
+def load_benchmark():
+    """``load_benchmark("gradlab_dims")``: a script of ``benchmarks/`` as a module (the scripts are not a package).
+    Their folder is on ``sys.path`` while the test runs, as when a script runs, for its ``from run import ...``."""
+    import importlib.util
+    import sys
+
+    folder = Path(__file__).parent.parent / "benchmarks"
+    sys.path.insert(0, str(folder))
+
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(f"benchmark_{name}", folder / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    yield load
+    sys.path.remove(str(folder))
+
+
 @pytest.fixture(scope="session")
 def tiny_overrides_for(tiny_overrides):
     """``tiny_overrides_for("vqvae")``: the tiny overrides that concern that method (the tiny config also sets

@@ -182,48 +182,37 @@ def test_code_sizes_that_cannot_be_enumerated_are_one_line_before_any_draw(tmp_p
     assert not (tmp_path / "lab").exists()
 
 
-def test_the_dimension_sweep_writes_its_tables_and_resumes_only_the_same_settings(tmp_path, capsys):
+def test_the_dimension_sweep_writes_its_tables_and_resumes_only_the_same_settings(tmp_path, capsys, load_benchmark):
     """``benchmarks/gradlab_dims.py`` at toy sizes: every (T, V, seed) run in results.json, a table per statistic
     with a column per grid entry, the figure; ``--resume`` keeps the runs and refuses other settings."""
-    import importlib.util
     import json
-    from pathlib import Path
 
-    path = Path(__file__).parent.parent / "benchmarks" / "gradlab_dims.py"
-    spec = importlib.util.spec_from_file_location("gradlab_dims", path)
-    module = importlib.util.module_from_spec(spec)
-    import sys
-
-    sys.path.insert(0, str(path.parent))
-    try:
-        spec.loader.exec_module(module)
-        out = tmp_path / "dims"
-        args = ["--grid", "1x3,2x2", "--seeds", "0", "--draws", "3", "--pretrain-steps", "1", "--out", str(out)]
-        assert module.main(args) == 0
-        runs = json.loads((out / "results.json").read_text())["runs"]
-        assert set(runs) == {"T1-V3-seed0", "T2-V2-seed0"}
-        assert (runs["T2-V2-seed0"]["setup"]["num_tokens"], runs["T2-V2-seed0"]["setup"]["vocab_size"]) == (2, 2)
-        table = (out / "results.md").read_text()
-        assert table.count("| estimator | 1x3 (3) | 2x2 (4) |") == 3 and (out / "results.png").stat().st_size > 0
-        assert "| parameters |" in table and "one value per seed" in table
-        capsys.readouterr()
-        before = (out / "results.json").read_text()
-        refusals = [
-            (args, "exists; pass --resume"),  # an existing result without --resume or --overwrite
-            ([*args[:-2], "--draws", "4", "--out", str(out), "--resume"], "other settings"),
-            (["--grid", "2y4", "--out", str(tmp_path / "x")], "entries are TxV"),
-            (["--grid", "2x4", "--num-samples", "1", "--out", str(tmp_path / "x")], "--num-samples must be >= 2"),
-            (["--grid", "2x4,2x4", "--out", str(tmp_path / "x")], "lists an entry twice"),
-        ]
-        for argv, words in refusals:
-            assert module.main(argv) == 2
-            err = capsys.readouterr().err.strip().splitlines()
-            assert len(err) == 1 and words in err[0], (argv, err)
-        assert (out / "results.json").read_text() == before and not (tmp_path / "x").exists()
-        assert module.main([*args, "--resume"]) == 0  # nothing to redo
-        assert json.loads((out / "results.json").read_text())["runs"] == json.loads(before)["runs"]
-        (out / "results.json").write_text("{")  # damaged
-        assert module.main([*args, "--resume"]) == 2
-        assert "is damaged" in capsys.readouterr().err
-    finally:
-        sys.path.remove(str(path.parent))
+    module = load_benchmark("gradlab_dims")
+    out = tmp_path / "dims"
+    args = ["--grid", "1x3,2x2", "--seeds", "0", "--draws", "3", "--pretrain-steps", "1", "--out", str(out)]
+    assert module.main(args) == 0
+    runs = json.loads((out / "results.json").read_text())["runs"]
+    assert set(runs) == {"T1-V3-seed0", "T2-V2-seed0"}
+    assert (runs["T2-V2-seed0"]["setup"]["num_tokens"], runs["T2-V2-seed0"]["setup"]["vocab_size"]) == (2, 2)
+    table = (out / "results.md").read_text()
+    assert table.count("| estimator | 1x3 (3) | 2x2 (4) |") == 3 and (out / "results.png").stat().st_size > 0
+    assert "| parameters |" in table and "one value per seed" in table
+    capsys.readouterr()
+    before = (out / "results.json").read_text()
+    refusals = [
+        (args, "exists; pass --resume"),  # an existing result without --resume or --overwrite
+        ([*args[:-2], "--draws", "4", "--out", str(out), "--resume"], "other settings"),
+        (["--grid", "2y4", "--out", str(tmp_path / "x")], "entries are TxV"),
+        (["--grid", "2x4", "--num-samples", "1", "--out", str(tmp_path / "x")], "--num-samples must be >= 2"),
+        (["--grid", "2x4,2x4", "--out", str(tmp_path / "x")], "lists an entry twice"),
+    ]
+    for argv, words in refusals:
+        assert module.main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and words in err[0], (argv, err)
+    assert (out / "results.json").read_text() == before and not (tmp_path / "x").exists()
+    assert module.main([*args, "--resume"]) == 0  # nothing to redo
+    assert json.loads((out / "results.json").read_text())["runs"] == json.loads(before)["runs"]
+    (out / "results.json").write_text("{")  # damaged
+    assert module.main([*args, "--resume"]) == 2
+    assert "is damaged" in capsys.readouterr().err

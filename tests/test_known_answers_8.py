@@ -6,10 +6,8 @@ the plausible slips it fails on (checked against the mutant for each slip no ear
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 import zlib
 from pathlib import Path
 
@@ -238,16 +236,8 @@ def test_the_unbiased_snr_by_hand_and_of_a_noiseless_estimator():
 
 
 @pytest.fixture()
-def dims():
-    path = Path(__file__).parent.parent / "benchmarks" / "gradlab_dims.py"
-    spec = importlib.util.spec_from_file_location("gradlab_dims_ka8", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.path.insert(0, str(path.parent))
-    try:
-        spec.loader.exec_module(module)
-        yield module
-    finally:
-        sys.path.remove(str(path.parent))
+def dims(load_benchmark):
+    return load_benchmark("gradlab_dims")
 
 
 def test_the_sweeps_grid_is_tokens_by_values_in_any_case(dims):
