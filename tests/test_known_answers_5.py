@@ -688,14 +688,44 @@ def test_the_classifier_scripts_check_their_outputs_before_training(tmp_path, sc
     (tmp_path / "report.json").write_text("{}")
     cases = [
         (["--out", str(tmp_path / "x.json")], "must name a file ending in .safetensors"),
-        (["--out", str(taken)], "already exists; pass --overwrite"),
+        (["--out", str(taken)], "is not a classifier's weights"),  # --overwrite would not help: not suggested
         (["--out", str(tmp_path / "new.safetensors"), "--report", str(tmp_path / "report.json")], "--report"),
         (["--report", str(tmp_path / "r.txt")], "must name a file ending in .json"),
     ]
     extra = ["--dataset", "mnist"] if script == "train_classifier.py" else []
+    cases += [  # --overwrite replaces an earlier classifier's files only, never a user's
+        (["--out", str(taken), "--overwrite"], "is not a classifier's weights"),
+        (["--report", str(tmp_path / "report.json"), "--overwrite"], "is not a classifier's report"),
+    ]
     for args, words in cases:
         proc = subprocess.run([sys.executable, str(path), *extra, *args, "--data-dir", str(tmp_path / "none")],
                               capture_output=True, text=True, timeout=120)
         err = proc.stderr.strip().splitlines()
         assert proc.returncode == 2 and len(err) == 1 and words in err[0], (args, proc.stderr)
     assert taken.read_bytes() == b"mine" and not (tmp_path / "new.safetensors").exists()
+    assert (tmp_path / "report.json").read_text() == "{}"
+
+
+def test_an_earlier_classifier_is_recognised_as_one(tmp_path):
+    """What ``--overwrite`` of the classifier scripts may replace: weights saved by either classifier module and a
+    report the scripts wrote; not another safetensors file, not another JSON file."""
+    from safetensors.torch import save_file
+
+    from daps.metrics.classifier import (
+        ImageClassifier,
+        _is_classifier_report,
+        _is_classifier_weights,
+        save_image_classifier,
+    )
+    from daps.motion.classifier import ClassifierReport, MotionClassifier, save_classifier
+
+    image = save_image_classifier(ImageClassifier((1, 28, 28)), "mnist", {}, tmp_path / "image.safetensors")
+    report = ClassifierReport(0.5, {}, {}, {}, 0.5, 1, 1, 0)
+    motion = save_classifier(MotionClassifier(), report, tmp_path / "motion.safetensors")
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "other.safetensors"), metadata={"version": "1"})
+    assert _is_classifier_weights(image) and _is_classifier_weights(motion)
+    assert not _is_classifier_weights(tmp_path / "other.safetensors")
+    (tmp_path / "script.json").write_text('{"commit": "abc", "command": "python x", "torch": "2", "steps": 1}')
+    (tmp_path / "mine.json").write_text('{"steps": 1}')
+    assert _is_classifier_report(tmp_path / "script.json")
+    assert not _is_classifier_report(tmp_path / "mine.json") and not _is_classifier_report(image)

@@ -95,15 +95,39 @@ def train_image_classifier(
     return model.eval()
 
 
+def _is_classifier_weights(path: Path) -> bool:
+    """Whether ``path`` holds the weights of a classifier daps trained (an image or a motion classifier: its
+    safetensors metadata names a version and a family or a feature version)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+    except (OSError, ValueError, SafetensorError):  # not a safetensors file, damaged, unreadable: not ours
+        return False
+    return "version" in meta and ("family" in meta or "feature_version" in meta)
+
+
+def _is_classifier_report(path: Path) -> bool:
+    """Whether ``path`` is the JSON report of a classifier daps trained (its commit, command and torch version)."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and {"commit", "command", "torch"} <= data.keys()
+
+
 def check_outputs(out: str | None, report: str | None, overwrite: bool) -> None:
     """For the scripts that train a classifier (``scripts/train_classifier.py``, ``train_motion_classifier.py``):
     a :class:`UserError` unless the weights (``--out``, a ``.safetensors``; the default, daps's cache, is
-    replaced freely), the report beside them and ``--report`` may be written."""
+    replaced freely), the report beside them and ``--report`` may be written; ``overwrite`` replaces only an
+    earlier classifier's weights and reports, never a user's other files."""
     if out is not None:
-        check_output_file(out, ".safetensors", overwrite, "--out")
-        check_output_file(Path(out).with_suffix(".json"), ".json", overwrite, "--out's report")
+        check_output_file(out, ".safetensors", overwrite, "--out", _is_classifier_weights, "a classifier's weights")
+        check_output_file(Path(out).with_suffix(".json"), ".json", overwrite, "--out's report", _is_classifier_report,
+                          "a classifier's report")
     if report is not None:
-        check_output_file(report, ".json", overwrite, "--report")
+        check_output_file(report, ".json", overwrite, "--report", _is_classifier_report, "a classifier's report")
 
 
 def save_image_classifier(model: ImageClassifier, family: str, report: dict[str, Any], path: str | Path) -> Path:
