@@ -19,7 +19,7 @@ from daps.config_io import parse_overrides
 from daps.errors import UserError
 from daps.methods import METHODS
 from daps.presets import PRESETS, get_preset
-from daps.runfolder import check_output_file, is_daps_video
+from daps.runfolder import check_media_output, check_output_file
 
 
 def add_threads_arg(p: argparse.ArgumentParser) -> None:
@@ -384,7 +384,7 @@ def _render(args: argparse.Namespace) -> int:
     from daps.motion.h1 import load_h1
     from daps.motion.render import render_side_by_side
 
-    out = check_output_file(args.out, ".mp4", args.overwrite, is_ours=is_daps_video, what="a video daps wrote")
+    out = check_media_output(args.out, ".mp4", args.overwrite)
     if not (math.isfinite(args.seconds) and args.seconds > 0 and math.isfinite(args.start) and args.start >= 0
             and args.size >= 16):
         raise UserError("--seconds must be a positive number, --start a number >= 0 and --size >= 16, got "

@@ -73,10 +73,11 @@ def load_images(source: str | Path | Iterable[str | Path], model: Method) -> tor
 def save_images(x: torch.Tensor, model: Method, folder: str | Path, prefix: str = "image") -> list[Path]:
     """Model-scale ``x (N, C, H, W)`` (data or decoder means) as PNG files ``folder/<prefix>_0000.png``, ...
     (existing files of those names are refused)."""
-    from PIL import Image, PngImagePlugin
+    from PIL import Image
 
     from daps.data import dataset_spec
-    from daps.runfolder import SOFTWARE, atomic_path, refuse_tilde
+    from daps.plots import save_png
+    from daps.runfolder import refuse_tilde
 
     channels = model.input_spec.image_shape[0]
     if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != channels or not x.is_floating_point():
@@ -93,10 +94,7 @@ def save_images(x: torch.Tensor, model: Method, folder: str | Path, prefix: str 
     existing = [p for p in paths if p.exists()]
     if existing:
         raise UserError(f"{existing[0]} exists; choose another folder or prefix")
-    info = PngImagePlugin.PngInfo()
-    info.add_text("Software", SOFTWARE)  # what every PNG daps writes says (daps.runfolder.is_daps_png)
     for path, px in zip(paths, pixels):
         array = px[0].numpy() if px.shape[0] == 1 else px.permute(1, 2, 0).numpy()
-        with atomic_path(path) as tmp:
-            Image.fromarray(array).save(tmp, format="PNG", pnginfo=info)
+        save_png(Image.fromarray(array), path)
     return paths

@@ -19,6 +19,17 @@ def save_figure(fig, path: Path, dpi: int) -> None:
     _pyplot().close(fig)
 
 
+def save_png(image, path: Path) -> None:
+    """Write a PIL image as a PNG, atomically, tagged as daps's (``Software``: see
+    :func:`daps.runfolder.is_daps_png`)."""
+    from PIL import PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Software", SOFTWARE)
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG", pnginfo=info)
+
+
 def _pyplot():
     import matplotlib
 
@@ -59,7 +70,7 @@ def save_reconstruction_grid(x: torch.Tensor, x_hat: torch.Tensor, path: Path, t
 def save_image_grid(images: torch.Tensor, path: Path, columns: int = 10, scale: int = 2) -> None:
     """``images (N, C, H, W)`` in [0, 1] as one PNG grid of ``columns`` per row (1-pixel gaps, each pixel
     ``scale`` x ``scale``), written atomically."""
-    from PIL import Image, PngImagePlugin
+    from PIL import Image
 
     images = images.cpu()  # one copy from the device, not one per image
     n, c, h, w = images.shape
@@ -72,10 +83,7 @@ def save_image_grid(images: torch.Tensor, path: Path, columns: int = 10, scale: 
     array = pixels[0].numpy() if c == 1 else pixels.permute(1, 2, 0).numpy()
     img = Image.fromarray(array)
     img = img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST)
-    info = PngImagePlugin.PngInfo()
-    info.add_text("Software", SOFTWARE)
-    with atomic_path(path) as tmp:
-        img.save(tmp, format="PNG", pnginfo=info)
+    save_png(img, path)
 
 
 def read_metrics(path: Path) -> list[dict]:

@@ -247,6 +247,20 @@ def check_output_file(path: str | Path, suffix: str, overwrite: bool | None, fla
     return out
 
 
+MEDIA_OWNERS: dict[str, tuple[Callable[[Path], bool], str]] = {
+    ".png": (is_daps_png, "an image daps wrote"),
+    ".mp4": (is_daps_video, "a video daps wrote"),
+}
+"""How an earlier image or video of daps is recognised, and what the refusal calls one."""
+
+
+def check_media_output(path: str | Path, suffix: str, overwrite: bool, flag: str = "--out") -> Path:
+    """:func:`check_output_file` for an image (``.png``) or a video (``.mp4``) daps renders: an existing one is
+    replaced only with ``overwrite`` and only if daps wrote it (:func:`is_daps_png`, :func:`is_daps_video`)."""
+    is_ours, what = MEDIA_OWNERS[suffix]
+    return check_output_file(path, suffix, overwrite, flag, is_ours, what)
+
+
 def read_marker(folder: Path) -> str | None:
     """The kind named by ``folder``'s marker, or None (no marker, or an unreadable one)."""
     try:
@@ -454,6 +468,7 @@ __all__ = [
     "FolderLock",
     "OutputFolderError",
     "atomic_path",
+    "check_media_output",
     "check_output_file",
     "check_replaceable",
     "clear_folder",

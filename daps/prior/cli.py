@@ -14,7 +14,7 @@ import torch
 from daps.cli import add_threads_arg, seed_arg, set_threads
 from daps.errors import UserError
 from daps.prior.run import warn_untrained_null
-from daps.runfolder import check_output_file, is_daps_png, is_daps_video
+from daps.runfolder import check_media_output
 
 log = logging.getLogger("daps")
 
@@ -174,11 +174,10 @@ def _sample(args: argparse.Namespace) -> int:
     from daps.prior.run import generate, load_prior
     from daps.prior.scores import decoded_images
 
-    out = check_output_file(args.out, ".png", args.overwrite, is_ours=is_daps_png, what="an image daps wrote")
+    out = check_media_output(args.out, ".png", args.overwrite)
     if args.codes_out:
         check_codes_out(args.codes_out, args.overwrite, "--codes-out")  # a user's file is refused before any work
-    video = check_output_file(args.video, ".mp4", args.overwrite, "--video", is_daps_video,
-                              "a video daps wrote") if args.video else None
+    video = check_media_output(args.video, ".mp4", args.overwrite, "--video") if args.video else None
     if args.n < 1:
         raise UserError("--n must be at least 1")
     if args.euler_steps is not None and args.euler_steps < 1:
@@ -290,7 +289,7 @@ def decode_random_command(args: argparse.Namespace) -> int:
     from daps.plots import save_image_grid
     from daps.prior.scores import decoded_images, uniform_codes
 
-    out = check_output_file(args.out, ".png", args.overwrite, is_ours=is_daps_png, what="an image daps wrote")
+    out = check_media_output(args.out, ".png", args.overwrite)
     if args.n < 1:
         raise UserError("--n must be at least 1")
     device = _device(args.device)

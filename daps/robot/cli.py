@@ -15,7 +15,7 @@ from daps.cli import add_threads_arg, seed_arg, set_threads
 from daps.errors import UserError
 from daps.prior.cli import check_sampling
 from daps.prior.run import warn_untrained_null
-from daps.runfolder import check_output_file, is_daps_video
+from daps.runfolder import check_media_output, check_output_file
 
 log = logging.getLogger("daps")
 
@@ -105,11 +105,10 @@ def _plan(args: argparse.Namespace) -> int:
     from daps.robot.plan import Planner, describe, plan_motion
     from daps.runfolder import write_json_atomic
 
-    out = check_output_file(args.out, ".mp4", args.overwrite, is_ours=is_daps_video, what="a video daps wrote")
+    out = check_media_output(args.out, ".mp4", args.overwrite)
     physics_out = out.with_name(out.stem + "_physics.mp4")
     if args.physics:
-        check_output_file(physics_out, ".mp4", args.overwrite, "--physics (next to --out)", is_daps_video,
-                          "a video daps wrote")
+        check_media_output(physics_out, ".mp4", args.overwrite, "--physics (next to --out)")
     json_out = (check_output_file(args.json, ".json", args.overwrite, "--json", _is_plan_report,
                                   "an earlier robot plan report") if args.json else None)
     if args.size < 16:
