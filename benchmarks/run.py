@@ -419,7 +419,8 @@ def bench_method(
 
 
 def step_time_ratios(results: list[dict], presets: list[str]) -> dict[str, dict]:
-    """Per preset, DAPS step time / VQ-VAE step time (median step times of the same run)."""
+    """Per preset, DAPS step time / VQ-VAE step time (median step times of the same run, timed one after the
+    other: their load may differ, which the report says; ``step_variants.py`` interleaves them)."""
     ratios = {}
     for preset in presets:
         rows = {r["method"]: r for r in results if r["preset"] == preset}
@@ -465,6 +466,11 @@ def markdown_table(report: dict) -> str:
                 f"- {preset}: DAPS step time / VQ-VAE step time = {ratio['daps_over_vqvae']:.2f} "
                 f"({_ms(ratio['daps_step_ms'])} ms / {_ms(ratio['vqvae_step_ms'])} ms)"
             )
+    if any(r["daps_over_vqvae"] is not None for r in report["ratios"].values()):
+        lines.append(
+            "  (DAPS and VQ-VAE were timed one after the other: on a shared machine the load may differ between them; "
+            "`benchmarks/step_variants.py --variants eager,vqvae` times both in interleaved rounds)"
+        )
     m, s = report["machine"], report["settings"]
     where = m["gpu"] or m["cpu"]
     threads = "/".join(str(t) for t in sorted({r["torch_threads"] for r in report["results"]})) or "-"

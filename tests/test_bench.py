@@ -91,6 +91,7 @@ def test_suite_writes_json_and_markdown(tmp_path, capsys):
     assert positive(ratio)
     assert math.isclose(ratio, results["daps"]["step_ms"]["median"] / results["vqvae"]["step_ms"]["median"])
     assert "DAPS step time / VQ-VAE step time" in markdown and "DAPS step time / VQ-VAE step time" in table
+    assert "timed one after the other" in markdown and "interleaved rounds" in table  # the ratio's caveat
 
     # An existing result is never replaced without --overwrite, and the refusal comes before any timing.
     before = {p.name: p.read_bytes() for p in out.iterdir()}
