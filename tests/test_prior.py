@@ -613,6 +613,40 @@ def test_prior_eval_refuses_a_codes_file_exported_over_since_training(exported, 
     assert "no longer the codes file the prior" in err and "split" in err and str(codes) in err
 
 
+def test_a_held_out_codes_file_exported_over_since_training_is_refused(exported, tmp_path, capsys):
+    """--val-codes written over after training (same tokenizer, other seed and size): eval and --resume refuse it
+    (they used to check the training file's header only and report bits on the new file); a prior trained before
+    the held-out header was kept still resumes and evaluates."""
+    import shutil
+
+    val = tmp_path / "val.safetensors"
+    shutil.copy(exported["test"], val)
+    prior = tmp_path / "prior"
+    tiny = ["width=16", "num_heads=2", "batch_size=16", "ckpt_every=2", "progress=false"]
+    assert main(["prior", "train", str(exported["train"]), "--val-codes", str(val), "--out", str(prior),
+                 "steps=2", *tiny]) == 0
+    held_out = load_codes(val)
+    save_codes(CodeSet(held_out.codes[:3], held_out.labels[:3], {**held_out.meta, "seed": 7}), val, overwrite=True)
+    capsys.readouterr()
+    err = _error(capsys, ["prior", "eval", str(prior), "--n", "10", "--no-classifier"])
+    assert "no longer the codes file the prior" in err and "seed" in err and str(val) in err
+    config = (prior / "config.json").read_bytes()
+    assert "not the codes the prior was trained on (val_header" in _error(
+        capsys, ["prior", "train", str(exported["train"]), "--val-codes", str(val), "--out", str(prior), "--resume",
+                 "steps=4", *tiny])
+    assert (prior / "config.json").read_bytes() == config
+
+    from daps.prior.run import PriorConfig, trained_codes
+
+    record = json.loads(config)  # as a prior trained before the held-out header was kept recorded its codes
+    del record["codes"]["val_header"]
+    _, val_set = trained_codes(prior, PriorConfig(**record["prior"]), record["codes"])  # what eval reads
+    assert torch.equal(val_set.codes, held_out.codes[:3])
+    (prior / "config.json").write_text(json.dumps(record))
+    assert main(["prior", "train", str(exported["train"]), "--val-codes", str(val), "--out", str(prior), "--resume",
+                 "steps=4", *tiny]) == 0
+
+
 def test_decoding_refuses_a_tokenizer_that_did_not_make_the_codes(trained_run, exported, tmp_path, capsys,
                                                                   copy_run):
     prior = tmp_path / "prior"

@@ -171,7 +171,7 @@ def _sample(args: argparse.Namespace) -> int:
     from daps.codes import CodeSet, check_codes_out, save_codes
     from daps.data import dataset_spec
     from daps.plots import save_image_grid
-    from daps.prior.run import generate, load_prior
+    from daps.prior.run import generate, load_prior, training_header
     from daps.prior.scores import decoded_images
 
     out = check_media_output(args.out, ".png", args.overwrite)
@@ -217,9 +217,9 @@ def _sample(args: argparse.Namespace) -> int:
         render_grid(to_poses.h1, poses, video, columns, captions=[names[int(y)] for y in labels])
         log.info("wrote %s: %d sampled motions of %d frames", video, len(poses), poses.shape[1])
     if args.codes_out:
-        header = {k: v for k, v in meta.items() if k not in ("file", "val_file")}  # those name the training codes
-        sample_meta = {**header, "split": "prior-samples", "samples_per_input": 1, "prior": str(args.prior_dir),
-                       "guidance": args.cfg, "temperature": args.temperature, "seed": args.seed}
+        sample_meta = {**training_header(meta), "split": "prior-samples", "samples_per_input": 1,
+                       "prior": str(args.prior_dir), "guidance": args.cfg, "temperature": args.temperature,
+                       "seed": args.seed}
         save_codes(CodeSet(codes[:, None].cpu(), labels, sample_meta), args.codes_out, overwrite=args.overwrite)
     what = names[int(labels[0])] if args.label is not None else "one row per class"
     log.info("wrote %s: %d samples (%s), guidance %.2f, temperature %.2f", out, len(labels), what, args.cfg,

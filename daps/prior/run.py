@@ -291,16 +291,36 @@ def settings_record(cfg: Any) -> dict:
     return record
 
 
+FILE_KEYS = ("file", "val_file", "val_header")
+"""Keys of a prior's ``codes`` record (config.json) that name its files and the held-out file's header; the rest
+is the training file's header."""
+
+
+def training_header(record: dict) -> dict:
+    """The training codes file's header in a prior's ``codes`` record."""
+    return {k: v for k, v in record.items() if k not in FILE_KEYS}
+
+
+def codes_record(cfg: PriorConfig, codes: CodeSet, val: CodeSet) -> dict:
+    """What config.json keeps of the codes a prior trains on: the training file's header, its absolute path and,
+    with ``val_codes``, the held-out file's path and header (so that a file exported again over either is caught)."""
+    record = {**codes.meta, "file": str(Path(cfg.codes).resolve())}
+    if cfg.val_codes:
+        record.update(val_file=str(Path(cfg.val_codes).resolve()), val_header=dict(val.meta))
+    return record
+
+
 def check_same_codes(run_dir: Path, codes: dict) -> None:
     """UserError unless the codes of a resumed prior are those it was trained on: the same files (by absolute
-    path) with the same header (tokenizer weights, V, T, classes, ...)."""
+    path) with the same headers (tokenizer weights, V, T, classes, seed, inputs, ...)."""
     try:
         saved = json.loads((run_dir / "config.json").read_text()).get("codes")
     except (OSError, ValueError, AttributeError):
         saved = None
     if not isinstance(saved, dict):
         return  # a folder holding only the marker: nothing was trained yet
-    differs = _differing(saved, codes)
+    # a prior trained before the held-out header was kept is checked on the rest
+    differs = _differing(saved, codes, ignore=() if "val_header" in saved else ("val_header",))
     if differs:
         raise UserError(f"--resume: these are not the codes the prior was trained on ({', '.join(differs)} "
                         f"differ from {run_dir / 'config.json'})")
@@ -316,13 +336,20 @@ def trained_codes(prior_dir: str | Path, cfg: PriorConfig, meta: dict) -> tuple[
     over it, with another tokenizer, seed or size)."""
     files = {"codes": meta.get("file") or cfg.codes, "val_codes": meta.get("val_file") or cfg.val_codes}
     codes = load_codes(files["codes"])
-    differs = _differing(meta, codes.meta, ignore=("file", "val_file"))
+    _check_header(prior_dir, files["codes"], training_header(meta), codes.meta)
+    train_set, val_set = split_codes(PriorConfig(**{**cfg.__dict__, **files}), codes)
+    if "val_header" in meta:  # priors trained before it was kept are not checked on their held-out file
+        _check_header(prior_dir, files["val_codes"], meta["val_header"], val_set.meta)
+    return train_set, val_set
+
+
+def _check_header(prior_dir: str | Path, path: str, trained: dict, now: dict) -> None:
+    differs = _differing(trained, now)
     if differs:
         raise UserError(
-            f"{files['codes']} is no longer the codes file the prior {prior_dir} was trained on ({', '.join(differs)} "
+            f"{path} is no longer the codes file the prior {prior_dir} was trained on ({', '.join(differs)} "
             "differ): export the same codes again, or train the prior on these"
         )
-    return split_codes(PriorConfig(**{**cfg.__dict__, **files}), codes)
 
 
 def train_prior(cfg: PriorConfig, resume: bool = False, overwrite: bool = False,
@@ -339,10 +366,7 @@ def train_prior(cfg: PriorConfig, resume: bool = False, overwrite: bool = False,
             raise UserError(f"the {name} codes are empty ({cfg.val_codes if part is val_set else cfg.codes})")
     run_dir = Path(cfg.out_dir)
     ckpt = prepare_folder(cfg, resume, overwrite)
-    files = {"file": str(Path(cfg.codes).resolve())}
-    if cfg.val_codes:
-        files["val_file"] = str(Path(cfg.val_codes).resolve())
-    config = {"prior": settings_record(cfg), "codes": {**codes.meta, **files}}
+    config = {"prior": settings_record(cfg), "codes": codes_record(cfg, codes, val_set)}
     if resume and has_content(run_dir):
         check_same_codes(run_dir, config["codes"])
     lock = FolderLock(run_dir).acquire()
