@@ -233,7 +233,8 @@ def _train(args: argparse.Namespace) -> int:
 
         last = [r for r in read_metrics(run_dir / "metrics.jsonl") if r.get("split") == "val"][-1]
         print(summarize(last))
-        print(f"stopped at step {last['step']} of {cfg.train.steps} (train.stop_after); continue with --resume")
+        print(f"stopped at step {last['step']} of {cfg.train.steps} (train.stop_after={cfg.train.stop_after}, a step "
+              "of the run, not a count per job); continue with --resume and a larger train.stop_after (or without it)")
     else:
         print(summarize(json.loads((run_dir / "summary.json").read_text())))
     print(f"run folder: {run_dir}  (reconstructions.png, curves.png, metrics.jsonl, checkpoints/)")

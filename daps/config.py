@@ -194,8 +194,9 @@ class TrainConfig:
     """Where metrics go besides ``metrics.jsonl``: ``auto`` (TensorBoard if installed), ``tensorboard``, ``wandb`` or
     ``none`` (see :mod:`daps.loggers`)."""
     stop_after: int = 0
-    """Stop (with a checkpoint) once this many steps are done, e.g. to split a run into jobs on a time-limited
-    cluster; continue with ``--resume``. Schedules still follow ``steps``. 0 = run to ``steps``."""
+    """Stop (with a checkpoint) at this step of the run (counted from its start, not per job), e.g. to split a run
+    into jobs on a time-limited cluster: each job resumes (``--resume``) with a larger value, the last without it.
+    Schedules still follow ``steps``. 0 = run to ``steps``."""
 
 
 class MethodSettings(Protocol):

@@ -275,10 +275,19 @@ def test_stop_after_then_resume_is_exact(tmp_path, tiny_overrides, trained_run, 
     run = tmp_path / "run"
     with caplog.at_level("INFO", logger="daps"):
         train(tiny_overrides, run, "train.stop_after=3")
-    assert "stopped at step 3 of 6 (train.stop_after); continue with --resume" in capsys.readouterr().out
-    assert "stopped at step 3 of 6 (train.stop_after): --resume continues the run" in caplog.text
+    assert "stopped at step 3 of 6 (train.stop_after=3, a step of the run" in capsys.readouterr().out
+    assert "stopped at step 3 of 6 (train.stop_after): --resume with a larger train.stop_after" in caplog.text
+    assert "trained no step" not in caplog.text
     assert not (run / "summary.json").exists()  # its presence means a complete run
     assert [r["step"] for r in read_metrics(run / "metrics.jsonl") if r["split"] == "val"][-1] == 3
+    assert not ckpt_dir(run, 6).exists()
+    # The same command again (a job script repeating it): nothing to train, and it says why instead of only
+    # "continue with --resume" (train.stop_after is a step of the run, not a count per job).
+    caplog.clear()
+    with caplog.at_level("INFO", logger="daps"):
+        train(tiny_overrides, run, "train.stop_after=3", "--resume")
+    assert "this job trained no step: the run was already at step 3, where train.stop_after=3" in caplog.text
+    assert "and a larger train.stop_after" in capsys.readouterr().out
     assert not ckpt_dir(run, 6).exists()
     train(tiny_overrides, run, "--resume")
     assert json.loads((run / "summary.json").read_text())["step"] == 6
