@@ -8,11 +8,13 @@ Thin on purpose: parse -> Config -> call a library function. User errors (:class
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import logging
 import math
 import os
 import sys
+import textwrap
 from pathlib import Path
 
 from daps.config_io import parse_overrides
@@ -426,9 +428,10 @@ def _export(args: argparse.Namespace) -> int:
 def _presets(args: argparse.Namespace) -> int:
     from daps.config_io import config_to_dict
 
-    if args.name is None:
+    if args.name is None:  # each preset with the first paragraph of its doc, wrapped under its name
         for name, fn in sorted(PRESETS.items()):
-            print(f"{name:<12} {(fn.__doc__ or '').strip().splitlines()[0]}")
+            summary = " ".join(inspect.cleandoc(fn.__doc__ or "").split("\n\n")[0].split())
+            print(textwrap.fill(summary, 110, initial_indent=f"{name:<13}", subsequent_indent=" " * 13))
         return 0
     print(json.dumps(config_to_dict(get_preset(args.name, args.method)), indent=2))
     return 0

@@ -4,6 +4,7 @@ a synthetic offline dataset (see conftest.py)."""
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import math
 import os
@@ -342,9 +343,14 @@ def test_python_m_daps_presets():
         [sys.executable, "-m", "daps", "presets"], capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
-    lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
-    assert [ln.split()[0] for ln in lines] == sorted(PRESETS)
-    assert all(len(ln.split()) > 1 for ln in lines)  # name + description
+    entries = [ln.split(maxsplit=1) for ln in proc.stdout.splitlines() if ln.strip() and not ln.startswith(" ")]
+    assert [name for name, _ in entries] == sorted(PRESETS)
+    # Each description is the first paragraph of the preset's doc, whole (continued on indented lines), not cut
+    # off at the doc's first line break.
+    text = " ".join(proc.stdout.split())
+    for name, fn in PRESETS.items():
+        first_paragraph = " ".join(inspect.cleandoc(fn.__doc__).split("\n\n")[0].split())
+        assert f"{name} {first_paragraph}" in text, name
 
 
 def test_presets_name_prints_the_full_config(capsys):
