@@ -32,6 +32,11 @@ def add_threads_arg(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_device_arg(p: argparse.ArgumentParser) -> None:
+    """``--device`` of every command that computes (read by :func:`_device`)."""
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available, else cpu)")
+
+
 def set_threads(threads: int) -> None:
     """Apply ``--threads``: 0 keeps torch's choice; a negative count is a :class:`UserError`."""
     if threads < 0:
@@ -86,7 +91,7 @@ def _parser() -> argparse.ArgumentParser:
         "--overwrite", action="store_true",
         help="replace an existing run folder (only a daps run folder; never the current, home or root folder)",
     )
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    add_device_arg(p)
     add_threads_arg(p)
 
     p = sub.add_parser("eval", help="evaluate a trained run on a data split")
@@ -111,7 +116,7 @@ def _parser() -> argparse.ArgumentParser:
         "trajectories, ground truth against reconstruction)",
     )
     p.add_argument("--fid-weights", default=None, help="FID Inception weights: file or folder of shards")
-    p.add_argument("--device", default=None)
+    add_device_arg(p)
 
     p = sub.add_parser("fid-stats", help="compute FID reference statistics (Inception mu, sigma) of a dataset split")
     p.add_argument(
@@ -126,7 +131,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2, help="loader workers for folder datasets")
     p.add_argument("--fid-weights", default=None, help="FID Inception weights: file or folder of shards")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
-    p.add_argument("--device", default=None)
+    add_device_arg(p)
 
     p = sub.add_parser("compare", help="train several methods under one budget and write a comparison table")
     p.add_argument("--preset", default="mnist", help=f"one of: {', '.join(sorted(PRESETS))} (default mnist)")
@@ -150,7 +155,7 @@ def _parser() -> argparse.ArgumentParser:
         "--overwrite", action="store_true",
         help="retrain run folders whose config differs from this comparison's (without it they are refused)",
     )
-    p.add_argument("--device", default=None)
+    add_device_arg(p)
     add_threads_arg(p)
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides applied to every method")
 

@@ -445,3 +445,21 @@ def test_help_names_the_default_of_every_option_that_has_one():
             assert "default" in " ".join(block.split()), (name, option, block)
             checked += 1
     assert checked > 40
+
+
+def test_every_flag_of_every_command_says_what_it_does():
+    """``--help`` lists each flag with what it does (README, Commands): `--device` of eval, compare, the prior and
+    robot commands, ... used to show bare."""
+    from daps.cli import _parser
+
+    def flags(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    yield from flags(sub, (*path, name))
+            elif action.option_strings and not isinstance(action, argparse._HelpAction):
+                yield " ".join(path), action
+
+    every = list(flags(_parser()))
+    assert len({command for command, _ in every}) >= 15  # the walk reaches the prior and robot commands
+    assert [(command, action.option_strings[0]) for command, action in every if not action.help] == []

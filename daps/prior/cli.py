@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from daps.cli import add_threads_arg, seed_arg, set_threads
+from daps.cli import add_device_arg, add_threads_arg, seed_arg, set_threads
 from daps.errors import UserError
 from daps.prior.run import warn_untrained_null
 from daps.runfolder import check_media_output
@@ -31,7 +31,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--batch-size", type=int, default=500)
     p.add_argument("--data-dir", default=None, help="folder with the data files (default: as trained)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing codes file")
-    p.add_argument("--device", default=None)
+    add_device_arg(p)
 
     prior = sub.add_parser("prior", help="train, sample and score a label-conditioned prior over exported codes")
     psub = prior.add_subparsers(dest="prior_command", required=True, parser_class=type(prior))
@@ -44,7 +44,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace an existing prior folder")
     add_threads_arg(p)
-    p.add_argument("--device", default=None)
+    add_device_arg(p)
     p.add_argument("overrides", nargs="*", metavar="key=value", help="prior settings, e.g. steps=5000 width=128")
 
     p = psub.add_parser("sample", help="sample codes from a prior and decode them into a grid")
@@ -61,7 +61,7 @@ def add_parsers(sub) -> None:
                    help="motion tokenizers: also an mp4 of the sampled motions on the H1, one captioned view each")
     p.add_argument("--tokenizer", default=None, help="tokenizer run to decode with (default: the codes' run)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
-    p.add_argument("--device", default=None)
+    add_device_arg(p)
 
     p = psub.add_parser("eval", help="held-out likelihood, sample uniqueness and copies, sampling speed")
     p.add_argument("prior_dir", help="the prior's run folder")
@@ -74,7 +74,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--inception-fid", type=int, default=0, metavar="N",
                    help="RGB datasets: also Inception FID of N samples vs N test images (needs the FID weights)")
     p.add_argument("--fid-weights", default=None, help="FID Inception weights (default: $DAPS_DATA_DIR/fid_inception)")
-    p.add_argument("--device", default=None)
+    add_device_arg(p)
 
     p = sub.add_parser("decode-random", help="decode uniform-random codes of a tokenizer into a grid")
     p.add_argument("run_dir", help="tokenizer run folder or checkpoint")
@@ -82,7 +82,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--seed", type=seed_arg, default=0)
     p.add_argument("--out", required=True, help="PNG grid")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
-    p.add_argument("--device", default=None)
+    add_device_arg(p)
 
 
 def _device(name: str | None) -> torch.device:

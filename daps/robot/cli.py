@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from daps.cli import add_threads_arg, seed_arg, set_threads
+from daps.cli import add_device_arg, add_threads_arg, seed_arg, set_threads
 from daps.errors import UserError
 from daps.prior.cli import check_sampling
 from daps.prior.run import warn_untrained_null
@@ -31,7 +31,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing policy folder")
     p.add_argument("--data-dir", default="", help="folder with the LAFAN1 H1 data (default: as trained)")
     add_threads_arg(p)
-    p.add_argument("--device", default=None)
+    add_device_arg(p)
     p.add_argument("overrides", nargs="*", metavar="key=value", help="policy settings, e.g. steps=4000 stride=4")
 
     p = rsub.add_parser("plan", help="roll the policy out and render the H1 (optionally tracked in physics)")
@@ -55,7 +55,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--size", type=int, default=320, help="pixels per view (default 320)")
     p.add_argument("--tokenizer", default=None, help="tokenizer run to decode with (default: the policy's)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
-    p.add_argument("--device", default=None)
+    add_device_arg(p)
 
     p = rsub.add_parser("eval", help="velocity tracking, motion kind, smoothness, skating, physics, novelty")
     p.add_argument("policy_dir", help="the policy's run folder")
@@ -72,7 +72,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--no-classifier", action="store_true", help="skip the motion classifier's accuracy")
     p.add_argument("--data-dir", default=None, help="folder with the LAFAN1 H1 data (ground-truth figures)")
     p.add_argument("--tokenizer", default=None, help="tokenizer run to decode with (default: the policy's)")
-    p.add_argument("--device", default=None)
+    add_device_arg(p)
 
 
 def _device(name: str | None) -> torch.device:
