@@ -349,6 +349,7 @@ def test_shipped_shards_load_strictly(weights_dir, net, monkeypatch):
     monkeypatch.setenv("DAPS_DATA_DIR", str(weights_dir.parent))
     assert find_fid_weights() == files
     assert not net.training and not any(p.requires_grad for p in net.parameters())
+    assert net.weight_files == [str(f.resolve()) for f in files]  # what fid-stats records as its weights
     bn = net.Mixed_7c.branch_pool.bn
     assert bn.eps == 1e-3 and torch.all(bn.weight == 1)  # the TF graph has no BN scale
 
@@ -385,6 +386,7 @@ def test_single_file_state_dict_with_fc_loads(weights_dir, net, tmp_path, monkey
     for loaded in (load_fid_inception(path), load_fid_inception()):
         ref = net.state_dict()
         assert all(torch.equal(v, ref[k]) for k, v in loaded.state_dict().items())
+        assert loaded.weight_files == [str(path.resolve())]  # the found file, also when searched for
 
 
 @pytest.fixture(scope="module")

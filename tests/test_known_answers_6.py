@@ -223,6 +223,7 @@ class _MeanFeatures(torch.nn.Module):
     def __init__(self):
         super().__init__()
         self.anchor = torch.nn.Parameter(torch.zeros(()))
+        self.weight_files = ["/weights/a.pth", "/weights/b.pth"]
 
     def forward(self, x):
         m = x.mean((2, 3))
@@ -251,6 +252,7 @@ def test_fid_statistics_record_the_number_of_images_seen(tmp_path, monkeypatch):
     meta = dataset_fid_stats(data, "test", tmp_path / "stats.npz", max_images=0, batch_size=2)
     _, _, num, saved = load_fid_stats(tmp_path / "stats.npz")
     assert meta["num_images"] == 5 and num == 5 and saved["num_images"] == 5
+    assert meta["weights"] == saved["weights"] == ["/weights/a.pth", "/weights/b.pth"]  # the files read, by name
 
 
 # --------------------------------------------------------------------------------------------------

@@ -220,7 +220,7 @@ def dataset_fid_stats(
     meta = {
         "dataset": spec.name, "split": split, "num_images": stats.num, "image_shape": list(data.image_shape),
         "skipped_files": images.num_skipped,
-        "weights": str(weights or "default search"), "command": command, "note": spec.note,
+        "weights": net.weight_files, "command": command, "note": spec.note,
         "preprocessing": "as the original's fidjax: [0,1] -> uint8 (truncation) -> [-1,1] -> bilinear 299x299"
         " without antialiasing",
     }

@@ -165,6 +165,8 @@ class FIDInceptionV3(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
+        self.weight_files: list[str] = []
+        """The files :func:`load_fid_inception` read the weights from (absolute paths; merged in this order)."""
         self.Conv2d_1a_3x3 = BasicConv2d(3, 32, 3, stride=2)
         self.Conv2d_2a_3x3 = BasicConv2d(32, 32, 3)
         self.Conv2d_2b_3x3 = BasicConv2d(32, 64, 3, padding=1)
@@ -277,6 +279,7 @@ def load_fid_inception(weights: str | os.PathLike | None = None, device: torch.d
     if bad_shape:
         raise UserError(f"FID Inception weights have wrong shapes, e.g. {bad_shape[:3]}")
     net.load_state_dict(state, strict=True)
+    net.weight_files = [str(f.resolve()) for f in files]
     logger.info("loaded FID Inception weights from %s", ", ".join(str(f) for f in files))
     net.requires_grad_(False)
     # channels_last weights make oneDNN convolutions ~1.6x faster on CPU (values equal to float rounding).
