@@ -496,16 +496,11 @@ class _FrameCodes(torch.nn.Module):
         return x[:, 0, :, 0].round().long() + 20 * k  # (B, T)
 
 
-def test_encode_split_pairs_each_window_with_the_one_before_it():
-    """Two clips, windows of 4 frames every 2: run1 (8 frames: windows at 0, 2, 4) then walk1 (6 frames: at 0, 2).
-    Only run1's window at 4 has a window 4 frames earlier (window 0); the others start from the start symbol V.
-    Rows are window-major (the K = 2 draws of a window together), with the window's kind, velocity and index.
-    Fails on: the next window taken as the previous one, window 0 never a previous window, labels or window ids
-    tiled instead of repeated per draw."""
-    from daps.data.motion import MOTION_TYPES
+def _two_clips():
+    """Motion data of two clips, windows of 4 frames every 2: run1 (8 frames, 6 m/s) then walk1 (6 frames,
+    3 m/s); feature 0 of each frame is its global frame number."""
     from daps.motion.dataset import MotionData, _windows
     from daps.motion.features import NUM_FEATURES
-    from daps.robot.data import encode_split
 
     clips, lengths, speeds = ["run1_subject2", "walk1_subject1"], [8, 6], [6.0, 3.0]
     frames, poses, first = {}, {}, 0
@@ -515,8 +510,34 @@ def test_encode_split_pairs_each_window_with_the_one_before_it():
         first += n
         poses[clip] = turning_clip(np.zeros(n), np.stack([np.arange(n) * v / 30.0, np.zeros(n)], 1), np.zeros(n))
     windows = _windows(frames, clips, window=4, stride=2)
-    motion = MotionData(train=windows, val=windows, stats=None, poses=poses, features=frames, window=4)
-    sets = encode_split(_FrameCodes(2), motion, "train", stride=2, samples=2, generator=torch.Generator())
+    return MotionData(train=windows, val=windows, stats=None, poses=poses, features=frames, window=4)
+
+
+def test_encoding_reports_its_progress_and_encodes_the_same(caplog):
+    """With ``progress`` (not on a terminal) a log line at each tenth of the windows passed, none at the end,
+    and the same codes as without it (robot train printed nothing for minutes while encoding). 5 windows, one per
+    batch: lines after windows 1-4 (20 %, 40 %, 60 %, 80 %)."""
+    from daps.robot.data import encode_split
+
+    plain = encode_split(_FrameCodes(2), _two_clips(), "train", 2, 2, torch.Generator(), batch_size=1)
+    with caplog.at_level("INFO", logger="daps.robot.data"):
+        shown = encode_split(_FrameCodes(2), _two_clips(), "train", 2, 2, torch.Generator(), batch_size=1,
+                             progress=True)
+    assert torch.equal(plain.codes, shown.codes) and torch.equal(plain.prev, shown.prev)
+    lines = [r.getMessage() for r in caplog.records if r.name == "daps.robot.data"]
+    assert [line.split(",")[0] for line in lines] == [f"encoding train: {i} of 5 windows" for i in (1, 2, 3, 4)]
+
+
+def test_encode_split_pairs_each_window_with_the_one_before_it():
+    """Two clips, windows of 4 frames every 2: run1 (8 frames: windows at 0, 2, 4) then walk1 (6 frames: at 0, 2).
+    Only run1's window at 4 has a window 4 frames earlier (window 0); the others start from the start symbol V.
+    Rows are window-major (the K = 2 draws of a window together), with the window's kind, velocity and index.
+    Fails on: the next window taken as the previous one, window 0 never a previous window, labels or window ids
+    tiled instead of repeated per draw."""
+    from daps.data.motion import MOTION_TYPES
+    from daps.robot.data import encode_split
+
+    sets = encode_split(_FrameCodes(2), _two_clips(), "train", stride=2, samples=2, generator=torch.Generator())
 
     starts = [0, 2, 4, 8, 10]  # global first frame of each window
     codes = [[s + i + 20 * k for i in range(4)] for s in starts for k in range(2)]

@@ -14,6 +14,9 @@ evaluation see exactly the same examples.
 from __future__ import annotations
 
 import json
+import logging
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +29,8 @@ from safetensors.torch import save_file
 from daps.errors import UserError
 from daps.robot.commands import window_velocity
 from daps.runfolder import atomic_path
+
+log = logging.getLogger(__name__)
 
 HEADER_KEY = "daps_commands"
 
@@ -61,9 +66,13 @@ def _pair_index(clip_ids: np.ndarray, offsets: np.ndarray, window: int) -> np.nd
 
 @torch.no_grad()
 def encode_split(model: Any, motion: Any, split: str, stride: int, samples: int, generator: torch.Generator,
-                 batch_size: int = 500) -> CommandSet:
+                 batch_size: int = 500, progress: bool = False) -> CommandSet:
     """The examples of ``split`` (``train`` or ``val``) of ``motion`` (a :class:`~daps.motion.dataset.MotionData`
-    whose windows start every ``stride`` frames), encoded by ``model``."""
+    whose windows start every ``stride`` frames), encoded by ``model``. ``progress``: a bar on a terminal, else a
+    log line at every tenth of the windows (an autoregressive encoder takes minutes for the training split on a
+    CPU)."""
+    from tqdm import tqdm
+
     from daps.data.motion import window_kinds
 
     windows = motion.split(split)
@@ -73,10 +82,22 @@ def encode_split(model: Any, motion: Any, split: str, stride: int, samples: int,
     device = next(model.parameters()).device
     model.eval()
     draws = []
+    interactive = progress and sys.stderr.isatty()
+    bar = tqdm(total=len(windows), desc=f"encoding {split}", unit="window", disable=not interactive,
+               dynamic_ncols=True, mininterval=1.0)
+    t0, next_log = time.perf_counter(), 0.1
     for start in range(0, len(windows), batch_size):
         idx = torch.arange(start, min(start + batch_size, len(windows)), device="cpu")  # the windows live on the host
         x = windows[idx][:, None].to(device)  # (B, 1, T, F)
         draws.append(torch.stack([model.encode(x, generator) for _ in range(samples)], 1).cpu())  # (B, K, T)
+        bar.update(len(idx))
+        done = (start + len(idx)) / len(windows)
+        if progress and not interactive and done >= next_log and done < 1:
+            elapsed = time.perf_counter() - t0
+            log.info("encoding %s: %d of %d windows, %.0f s, about %.0f s left", split, start + len(idx),
+                     len(windows), elapsed, elapsed * (1 - done) / done)
+            next_log = (int(done * 10) + 1) / 10
+    bar.close()
     codes = torch.cat(draws).long()  # (N, K, T)
     clip_ids, offsets = windows.clip_ids.numpy(), windows.offsets.numpy()
     prev_idx = torch.from_numpy(_pair_index(clip_ids, offsets, t))  # (N,)

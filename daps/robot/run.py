@@ -135,7 +135,10 @@ def encode_commands(cfg: RobotConfig, device: torch.device) -> tuple[dict[str, C
     generator = torch.Generator(device).manual_seed(cfg.seed)
     log.info("encoding %d training and %d validation windows (every %d frames) with %s",
              len(motion.train), len(motion.val), cfg.stride, cfg.tokenizer)
-    sets = {s: encode_split(model, motion, s, cfg.stride, samples, generator) for s in ("train", "val")}
+    t0 = time.perf_counter()
+    sets = {s: encode_split(model, motion, s, cfg.stride, samples, generator, progress=cfg.progress)
+            for s in ("train", "val")}
+    log.info("encoded the windows in %.0f s", time.perf_counter() - t0)
     ranges = velocity_ranges(sets["train"], list(MOTION_TYPES))
     meta = {
         "tokenizer": str(Path(cfg.tokenizer).resolve()),
