@@ -282,7 +282,8 @@ def _eval(args: argparse.Namespace) -> int:
     fid = fid_setup(args.fid, args.fid_weights, args.fid_ref, device)
     example_metrics = spec.example_metrics(data) if spec.example_metrics is not None else None
     metrics = evaluate(
-        model, images, torch.Generator(device).manual_seed(args.seed), spec.standardize, fid, example_metrics
+        model, images, torch.Generator(device).manual_seed(args.seed), spec.standardize, fid, example_metrics,
+        progress=True,
     )
     metrics.update(dataset=spec.name, split=args.split, run=str(args.run_dir))
     if spec.note:  # e.g. a lossy copy, or a test split that is the training images
@@ -326,7 +327,7 @@ def _fid_stats(args: argparse.Namespace, argv: list[str]) -> int:
     )
     meta = dataset_fid_stats(
         data, args.split, args.out, args.fid_weights, args.max_images, args.batch_size, _device(args.device),
-        overwrite=args.overwrite, command=" ".join(["daps", "fid-stats", *argv]),
+        overwrite=args.overwrite, command=" ".join(["daps", "fid-stats", *argv]), progress=True,
     )
     print(f"wrote {args.out}: Inception statistics of {meta['num_images']} {spec.name} {args.split} images")
     return 0

@@ -111,12 +111,13 @@ def export_codes(
     batch_size: int = 500,
     data_dir: str | None = None,
     device: str | torch.device = "cpu",
+    progress: bool = False,
 ) -> CodeSet:
     """Encode split ``split`` of the dataset a run was trained on with the run's checkpoint.
 
     ``samples_per_input`` codes per input (categorical encoders only; a deterministic quantizer allows 1),
     drawn from a generator seeded with ``seed``; ``max_inputs`` > 0 keeps a fixed random subset of that many
-    inputs (seed 0, the dataset's order kept).
+    inputs (seed 0, the dataset's order kept); ``progress``: a bar on a terminal.
     """
     from daps.checkpoint import load_model, load_training_state, resolve_checkpoint
     from daps.config_io import config_to_dict
@@ -124,6 +125,7 @@ def export_codes(
     from daps.data.imagefolder import eval_batches
     from daps.data.transforms import fixed_subset
     from daps.methods import method_spec
+    from daps.progress import progress_bar
 
     if samples_per_input < 1:
         raise UserError(f"--samples-per-input must be at least 1, got {samples_per_input}")
@@ -148,6 +150,7 @@ def export_codes(
         data = labelled_split(cfg.data, split)
         class_names = data.class_names
         subset = fixed_subset(len(data.labels), max_inputs)
+        total = len(subset)
         batches: Iterator[tuple[torch.Tensor, torch.Tensor]] = (
             (data.raw(idx), data.labels[idx]) for idx in subset.split(batch_size)
         )
@@ -156,13 +159,17 @@ def export_codes(
         class_names = tuple(images.classes)
         loader = eval_batches(images, batch_size, cfg.data.num_workers, max_inputs)
         batches = loader.labelled()
+        total = loader.count
     generator = torch.Generator(device).manual_seed(seed)
     chunks, labels = [], []
+    bar = progress_bar(total, f"encoding {split}", "input", progress)
     for raw, y in batches:
         x = spec.standardize(raw.to(device))
         draws = [model.encode(x, generator) for _ in range(samples_per_input)]  # K x (B, T)
         chunks.append(torch.stack(draws, 1).cpu())  # (B, K, T)
         labels.append(y.long().cpu())
+        bar.update(len(y))
+    bar.close()
     codes = torch.cat(chunks).long()
     step = int(load_training_state(ckpt)["step"])
     weights_sha = weights_sha256(ckpt)

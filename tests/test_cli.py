@@ -158,6 +158,23 @@ def test_eval_is_deterministic_and_accepts_a_checkpoint_folder(trained_run, caps
     assert c["log_p"] != a["log_p"]  # a different checkpoint really was loaded
 
 
+def test_commands_over_a_dataset_show_a_bar_on_a_terminal_only(trained_run, capsys, monkeypatch, tmp_path):
+    """eval and export-codes draw a progress bar when standard error is a terminal and print nothing extra
+    otherwise; the numbers are the same either way, and --json output stays one JSON line."""
+    argv = ["eval", str(trained_run), "--json", "--max-images", "30"]
+    assert main(argv) == 0
+    quiet = capsys.readouterr()
+    assert "evaluating" not in quiet.err
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    assert main(argv) == 0
+    shown = capsys.readouterr()
+    assert "evaluating" in shown.err and "/30 " in shown.err  # over the 30 images
+    assert strict_json(shown.out) == strict_json(quiet.out)
+    assert main(["export-codes", str(trained_run), "--out", str(tmp_path / "c.safetensors"), "--max-inputs",
+                 "40"]) == 0
+    assert "encoding train" in capsys.readouterr().err
+
+
 def test_eval_human_readable(trained_run, capsys):
     assert main(["eval", str(trained_run), "--max-images", "20"]) == 0
     out = capsys.readouterr().out

@@ -16,6 +16,7 @@ from daps.errors import UserError
 from daps.methods.types import Method
 from daps.metrics.codes import code_perplexity, codebook_utilization, position_code_entropy
 from daps.metrics.image import l2_distance, mse_per_image, psnr_per_image, ssim_per_image
+from daps.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,7 @@ def evaluate(
     standardize: Standardize | None = None,
     fid: FIDSetup | None = None,
     example_metrics: ExampleMetrics | None = None,
+    progress: bool = False,
 ) -> dict[str, float | str]:
     """Reconstruct every image with ``model.reconstruct`` and average the metrics over images.
 
@@ -92,6 +94,7 @@ def evaluate(
         fid: also measure FID (original: utils/fidjax.py) under ``fid.protocol``.
         example_metrics: the per-example quality metrics in place of the image ones (``mse``, ``psnr``, ``ssim``),
             e.g. :class:`daps.data.motion.MotionMetrics` for motion windows.
+        progress: a bar on a terminal (``daps eval``; not during training, which has its own).
 
     Returns (log-likelihood terms in nats, summed over data dims / tokens, averaged over images):
     ``log_p``, ``l2`` (model scale), ``mse``, ``psnr`` (dB), ``ssim`` (all on [0, 1], means of per-image
@@ -111,6 +114,7 @@ def evaluate(
     n = 0
     fake_stats = FeatureStats() if fid is not None else None
     real_stats = FeatureStats() if fid is not None and fid.protocol == "val-pairs" else None
+    bar = progress_bar(images.num_images, "evaluating", "image", progress)
     for raw in images.batches():
         x = standardize(raw)  # (B, C, H, W) model scale
         if fid is not None and x.shape[1] != 3:
@@ -141,6 +145,8 @@ def evaluate(
             if real_stats is not None:
                 _add_features(fid, real_stats, _real_images(raw, standardize))
         n += x.shape[0]
+        bar.update(x.shape[0])
+    bar.close()
     model.train(was_training)
     if n == 0:
         raise UserError("evaluate: no images to evaluate")
@@ -197,9 +203,11 @@ def dataset_fid_stats(
     device: torch.device | str = "cpu",
     overwrite: bool = False,
     command: str = "",
+    progress: bool = False,
 ) -> dict:
     """Inception statistics (mu, sigma) of the real images of ``data`` (a :class:`daps.config.DataConfig`),
-    split ``split``, as seen by :func:`evaluate` (same subset, same crops), written to ``out`` (npz).
+    split ``split``, as seen by :func:`evaluate` (same subset, same crops), written to ``out`` (npz); ``progress``:
+    a bar on a terminal.
 
     Returns the metadata written with the statistics.
     """
@@ -215,8 +223,11 @@ def dataset_fid_stats(
     images = eval_set(data, split, max_images, batch_size, torch.device(device))
     stats = FeatureStats()
     fid = FIDSetup(net, "reference", batch_size=batch_size)
+    bar = progress_bar(images.num_images, "Inception features", "image", progress)
     for raw in images.batches():  # uint8 pixels as stored (in-memory sets) or as cropped (folders)
         _add_features(fid, stats, _real_images(raw, spec.standardize))
+        bar.update(raw.shape[0])
+    bar.close()
     meta = {
         "dataset": spec.name, "split": split, "num_images": stats.num, "image_shape": list(data.image_shape),
         "skipped_files": images.num_skipped,

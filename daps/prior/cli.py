@@ -109,7 +109,7 @@ def export_codes_command(args: argparse.Namespace) -> int:
                         f"and {args.max_inputs}")
     codes = export_codes(
         args.run_dir, args.split, args.samples_per_input, args.seed, args.max_inputs, args.batch_size,
-        args.data_dir, _device(args.device),
+        args.data_dir, _device(args.device), progress=True,
     )
     save_codes(codes, out, overwrite=args.overwrite)
     n, k, t = codes.codes.shape
