@@ -162,14 +162,13 @@ def export_codes(
         total = loader.count
     generator = torch.Generator(device).manual_seed(seed)
     chunks, labels = [], []
-    bar = progress_bar(total, f"encoding {split}", "input", progress)
-    for raw, y in batches:
-        x = spec.standardize(raw.to(device))
-        draws = [model.encode(x, generator) for _ in range(samples_per_input)]  # K x (B, T)
-        chunks.append(torch.stack(draws, 1).cpu())  # (B, K, T)
-        labels.append(y.long().cpu())
-        bar.update(len(y))
-    bar.close()
+    with progress_bar(total, f"encoding {split}", "input", progress) as bar:
+        for raw, y in batches:
+            x = spec.standardize(raw.to(device))
+            draws = [model.encode(x, generator) for _ in range(samples_per_input)]  # K x (B, T)
+            chunks.append(torch.stack(draws, 1).cpu())  # (B, K, T)
+            labels.append(y.long().cpu())
+            bar.update(len(y))
     codes = torch.cat(chunks).long()
     step = int(load_training_state(ckpt)["step"])
     weights_sha = weights_sha256(ckpt)

@@ -22,7 +22,6 @@ from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
-from tqdm.contrib.logging import logging_redirect_tqdm
 
 from daps import dist
 from daps.checkpoint import (
@@ -56,6 +55,7 @@ from daps.metrics import evaluate
 from daps.metrics.evaluate import FIDSetup, fid_setup
 from daps.optim import Optimizers
 from daps.plots import read_metrics, save_training_curves
+from daps.progress import redirect_logging
 from daps.runfolder import (
     LOCK,
     MARKER,
@@ -471,7 +471,7 @@ def _train(cfg: Config, resume: bool, overwrite: bool, device: torch.device, ran
             unit="step",
         )
         if interactive:
-            redirect = logging_redirect_tqdm(loggers=[log])
+            redirect = redirect_logging()
             redirect.__enter__()
             s.on_close.append(lambda: redirect.__exit__(None, None, None))
         sums: dict[str, torch.Tensor] = {}

@@ -114,39 +114,38 @@ def evaluate(
     n = 0
     fake_stats = FeatureStats() if fid is not None else None
     real_stats = FeatureStats() if fid is not None and fid.protocol == "val-pairs" else None
-    bar = progress_bar(images.num_images, "evaluating", "image", progress)
-    for raw in images.batches():
-        x = standardize(raw)  # (B, C, H, W) model scale
-        if fid is not None and x.shape[1] != 3:
-            raise UserError(f"FID needs RGB images; these have {x.shape[1]} channel(s)")
-        rec = model.reconstruct(x, generator)
-        x_unit, x_hat_unit = standardize.to_unit(x), standardize.to_unit(rec.x_hat)
-        terms = {"log_p": rec.log_p, "l2": l2_distance(rec.x_hat, x)}
-        if example_metrics is not None:
-            terms.update(example_metrics(x, rec.x_hat.float()))
-        else:
-            terms.update(mse=mse_per_image(x_hat_unit, x_unit), psnr=psnr_per_image(x_hat_unit, x_unit))
-            if min(x.shape[-2:]) >= 11:  # SSIM's 11x11 window
-                terms["ssim"] = ssim_per_image(x_hat_unit, x_unit)
-        if rec.kl is not None:
-            terms.update(elbo=rec.log_p - rec.kl, kl=rec.kl)
-            if model.final_beta is not None:
-                terms["beta_elbo"] = rec.log_p - model.final_beta * rec.kl
-        if rec.log_q is not None:
-            terms["log_q"] = rec.log_q
-        if rec.token_entropy is not None:
-            terms["token_entropy"] = rec.token_entropy.mean(1)
-        for key, value in terms.items():
-            sums[key] = sums.get(key, 0.0) + float(value.double().sum())
-        if rec.indices is not None:
-            all_indices.append(rec.indices.cpu())
-        if fid is not None and fake_stats is not None:
-            _add_features(fid, fake_stats, x_hat_unit)
-            if real_stats is not None:
-                _add_features(fid, real_stats, _real_images(raw, standardize))
-        n += x.shape[0]
-        bar.update(x.shape[0])
-    bar.close()
+    with progress_bar(images.num_images, "evaluating", "image", progress) as bar:
+        for raw in images.batches():
+            x = standardize(raw)  # (B, C, H, W) model scale
+            if fid is not None and x.shape[1] != 3:
+                raise UserError(f"FID needs RGB images; these have {x.shape[1]} channel(s)")
+            rec = model.reconstruct(x, generator)
+            x_unit, x_hat_unit = standardize.to_unit(x), standardize.to_unit(rec.x_hat)
+            terms = {"log_p": rec.log_p, "l2": l2_distance(rec.x_hat, x)}
+            if example_metrics is not None:
+                terms.update(example_metrics(x, rec.x_hat.float()))
+            else:
+                terms.update(mse=mse_per_image(x_hat_unit, x_unit), psnr=psnr_per_image(x_hat_unit, x_unit))
+                if min(x.shape[-2:]) >= 11:  # SSIM's 11x11 window
+                    terms["ssim"] = ssim_per_image(x_hat_unit, x_unit)
+            if rec.kl is not None:
+                terms.update(elbo=rec.log_p - rec.kl, kl=rec.kl)
+                if model.final_beta is not None:
+                    terms["beta_elbo"] = rec.log_p - model.final_beta * rec.kl
+            if rec.log_q is not None:
+                terms["log_q"] = rec.log_q
+            if rec.token_entropy is not None:
+                terms["token_entropy"] = rec.token_entropy.mean(1)
+            for key, value in terms.items():
+                sums[key] = sums.get(key, 0.0) + float(value.double().sum())
+            if rec.indices is not None:
+                all_indices.append(rec.indices.cpu())
+            if fid is not None and fake_stats is not None:
+                _add_features(fid, fake_stats, x_hat_unit)
+                if real_stats is not None:
+                    _add_features(fid, real_stats, _real_images(raw, standardize))
+            n += x.shape[0]
+            bar.update(x.shape[0])
     model.train(was_training)
     if n == 0:
         raise UserError("evaluate: no images to evaluate")
@@ -223,11 +222,10 @@ def dataset_fid_stats(
     images = eval_set(data, split, max_images, batch_size, torch.device(device))
     stats = FeatureStats()
     fid = FIDSetup(net, "reference", batch_size=batch_size)
-    bar = progress_bar(images.num_images, "Inception features", "image", progress)
-    for raw in images.batches():  # uint8 pixels as stored (in-memory sets) or as cropped (folders)
-        _add_features(fid, stats, _real_images(raw, spec.standardize))
-        bar.update(raw.shape[0])
-    bar.close()
+    with progress_bar(images.num_images, "Inception features", "image", progress) as bar:
+        for raw in images.batches():  # uint8 pixels as stored (in-memory sets) or as cropped (folders)
+            _add_features(fid, stats, _real_images(raw, spec.standardize))
+            bar.update(raw.shape[0])
     meta = {
         "dataset": spec.name, "split": split, "num_images": stats.num, "image_shape": list(data.image_shape),
         "skipped_files": images.num_skipped,

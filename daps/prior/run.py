@@ -430,20 +430,19 @@ def run_steps(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Opti
     in a row raise ``TrainingDiverged``); train rows every ``cfg.log_every``, ``evaluate()`` rows every
     ``cfg.eval_every`` and a checkpoint (weights, optimizer, step, generator, the streak of skipped steps) every
     ``cfg.ckpt_every`` steps. ``streak``: skipped steps in a row before ``start`` (a resumed run's)."""
-    from tqdm import tqdm
+    from daps.progress import progress_bar
 
     model.train()
     interactive = cfg.progress and sys.stderr.isatty()  # a bar on a terminal; a log line per row in a file
-    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not interactive,
-               desc=desc, unit="step", dynamic_ncols=True, mininterval=1.0)
     loss_sum, count, applied, skipped_in_window, t_last = 0.0, 0, 0, 0, time.perf_counter()
-    with open(run_dir / "metrics.jsonl", "a") as metrics:
+    with open(run_dir / "metrics.jsonl", "a") as metrics, \
+            progress_bar(cfg.steps, desc, "step", cfg.progress, initial=start, leave=True) as bar:
         def write_row(row: dict) -> None:
             metrics.write(json.dumps(row) + "\n")
             metrics.flush()
 
         consecutive = streak  # non-finite steps in a row
-        for step in bar:
+        for step in range(start, cfg.steps):
             loss = batch_loss()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -466,6 +465,7 @@ def run_steps(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Opti
                     )
             count += 1
             done = step + 1
+            bar.update()
             if done % cfg.log_every == 0 or done == cfg.steps:
                 now = time.perf_counter()
                 mean = loss_sum / applied if applied else None  # over the applied steps only
@@ -486,7 +486,6 @@ def run_steps(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Opti
                 state = {"step": done, "optimizer": optimizer.state_dict(), "generator": generator.get_state(),
                          "skipped_streak": consecutive}
                 save_checkpoint(run_dir, done, model, config, state, keep=cfg.keep_checkpoints)
-    bar.close()
 
 
 def _finish(run_dir: Path, model: Prior, cfg: PriorConfig, x_val: torch.Tensor, y_val: torch.Tensor,

@@ -71,9 +71,8 @@ def encode_split(model: Any, motion: Any, split: str, stride: int, samples: int,
     whose windows start every ``stride`` frames), encoded by ``model``. ``progress``: a bar on a terminal, else a
     log line at every tenth of the windows (an autoregressive encoder takes minutes for the training split on a
     CPU)."""
-    from tqdm import tqdm
-
     from daps.data.motion import window_kinds
+    from daps.progress import progress_bar
 
     windows = motion.split(split)
     t = motion.window
@@ -82,22 +81,20 @@ def encode_split(model: Any, motion: Any, split: str, stride: int, samples: int,
     device = next(model.parameters()).device
     model.eval()
     draws = []
-    interactive = progress and sys.stderr.isatty()
-    bar = tqdm(total=len(windows), desc=f"encoding {split}", unit="window", disable=not interactive,
-               dynamic_ncols=True, mininterval=1.0)
+    lines = progress and not sys.stderr.isatty()  # a bar on a terminal, else a log line at every tenth
     t0, next_log = time.perf_counter(), 0.1
-    for start in range(0, len(windows), batch_size):
-        idx = torch.arange(start, min(start + batch_size, len(windows)), device="cpu")  # the windows live on the host
-        x = windows[idx][:, None].to(device)  # (B, 1, T, F)
-        draws.append(torch.stack([model.encode(x, generator) for _ in range(samples)], 1).cpu())  # (B, K, T)
-        bar.update(len(idx))
-        done = (start + len(idx)) / len(windows)
-        if progress and not interactive and done >= next_log and done < 1:
-            elapsed = time.perf_counter() - t0
-            log.info("encoding %s: %d of %d windows, %.0f s, about %.0f s left", split, start + len(idx),
-                     len(windows), elapsed, elapsed * (1 - done) / done)
-            next_log = (int(done * 10) + 1) / 10
-    bar.close()
+    with progress_bar(len(windows), f"encoding {split}", "window", progress) as bar:
+        for start in range(0, len(windows), batch_size):
+            idx = torch.arange(start, min(start + batch_size, len(windows)), device="cpu")  # windows live on the host
+            x = windows[idx][:, None].to(device)  # (B, 1, T, F)
+            draws.append(torch.stack([model.encode(x, generator) for _ in range(samples)], 1).cpu())  # (B, K, T)
+            bar.update(len(idx))
+            done = (start + len(idx)) / len(windows)
+            if lines and next_log <= done < 1:
+                elapsed = time.perf_counter() - t0
+                log.info("encoding %s: %d of %d windows, %.0f s, about %.0f s left", split, start + len(idx),
+                         len(windows), elapsed, elapsed * (1 - done) / done)
+                next_log = (int(done * 10) + 1) / 10
     codes = torch.cat(draws).long()  # (N, K, T)
     clip_ids, offsets = windows.clip_ids.numpy(), windows.offsets.numpy()
     prev_idx = torch.from_numpy(_pair_index(clip_ids, offsets, t))  # (N,)

@@ -1,0 +1,99 @@
+"""Progress bars (daps.progress) on a terminal: log lines printed once, above the bar; nothing drawn elsewhere."""
+
+from __future__ import annotations
+
+import fcntl
+import io
+import logging
+import os
+import pty
+import struct
+import subprocess
+import sys
+import termios
+
+import pytest
+
+from daps.progress import progress_bar
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def _console(monkeypatch) -> _Terminal:
+    """Standard error as a fake terminal, with a console handler on the root logger as ``daps``'s CLI sets up
+    (``logging.basicConfig``), and no other handler in the way. Called in the test itself: pytest sets its own
+    capture back on ``sys.stderr`` after the fixtures have run."""
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    monkeypatch.setattr(logging.getLogger(), "handlers", [logging.StreamHandler(terminal)])
+    monkeypatch.setattr(logging.getLogger("daps"), "handlers", [])
+    monkeypatch.setattr(logging.getLogger("daps"), "level", logging.INFO)
+    return terminal
+
+
+def test_a_log_line_inside_a_bar_is_printed_once_on_its_own_line(monkeypatch):
+    """Fails on: the bar without the logging redirect (the line glued to the bar, "image/s]skipping"), or tqdm's
+    redirect handed the ``daps`` logger, which has no handler of its own (every line printed twice)."""
+    console = _console(monkeypatch)
+    with progress_bar(3, "evaluating", "image") as bar:
+        bar.update(1)
+        bar.refresh()
+        logging.getLogger("daps.data").warning("skipping unreadable image file bad.jpg")
+        bar.update(2)
+    text = console.getvalue()
+    assert text.count("skipping unreadable image file bad.jpg") == 1
+    assert "\nskipping" in text.replace("\r", "\n")  # at the start of a line, not after the bar
+    assert "image/s]skipping" not in text
+
+
+def test_the_bar_is_erased_when_the_block_fails(monkeypatch):
+    """An error inside the block closes the bar first, so the error line that follows starts a clean line.
+    Fails on: a bar closed only at the end of a loop that completes."""
+    console = _console(monkeypatch)
+    with pytest.raises(RuntimeError), progress_bar(10, "evaluating", "image") as bar:
+        bar.update(3)
+        bar.refresh()
+        raise RuntimeError("bad file")
+    assert "3/10" in console.getvalue()  # the bar was drawn
+    console.write("daps eval: error: bad file\n")
+    assert console.getvalue().replace("\r", "\n").splitlines()[-1] == "daps eval: error: bad file"
+
+
+def test_nothing_is_drawn_off_a_terminal(monkeypatch):
+    plain = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", plain)
+    with progress_bar(5, "evaluating", "image") as bar:
+        bar.update(5)
+    assert plain.getvalue() == ""
+
+
+def test_train_on_a_terminal_prints_each_validation_line_once(tiny_overrides, tmp_path):
+    """``daps train`` in a real pseudo-terminal: each "step N: val ..." line once (they were printed twice, the
+    redirect being handed the ``daps`` logger while the CLI's handler sits on the root)."""
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))  # 120 columns for the bar
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "daps", "train", *tiny_overrides, "train.progress=true", "train.eval_every=2",
+         "train.log_every=2", f"train.out_dir={tmp_path / 'run'}"],
+        stdin=subprocess.DEVNULL, stdout=follower, stderr=follower, env=env,
+    )
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:  # the terminal closed with the process
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(leader)
+    assert proc.wait(timeout=120) == 0
+    text = b"".join(chunks).decode(errors="replace")
+    assert "/6 [" in text  # a bar over the 6 steps was drawn
+    for step in (2, 4):
+        assert text.count(f"step {step}: val") == 1, text  # once, not again glued after the bar ("eta=100]step 2")
