@@ -37,8 +37,8 @@ def test_the_numpy_reading_of_a_codes_file_runs_as_written(tmp_path, monkeypatch
 
 @pytest.mark.skipif(not os.environ.get("DAPS_DATA_DIR"), reason="needs DAPS_DATA_DIR (the LAFAN1 H1 data)")
 def test_the_motion_package_snippet_runs_as_written(tmp_path, monkeypatch, capsys):
-    """docs/motion.md's first snippet: load, draw a batch, save the statistics, poses and metrics (it used
-    ``torch``, ``json``, ``f``, ``idx`` and ``x_hat`` without defining them)."""
+    """docs/motion.md's snippets: load, draw a batch, save the statistics, poses and metrics (it used ``torch``,
+    ``json``, ``f``, ``idx`` and ``x_hat`` without defining them), then the video and the feature plot."""
     from daps.motion.h1 import import_mujoco
 
     try:
@@ -51,3 +51,8 @@ def test_the_motion_package_snippet_runs_as_written(tmp_path, monkeypatch, capsy
     assert namespace["x"].shape[0] == 256 and namespace["poses"].shape == namespace["truth"].shape
     assert json.loads((tmp_path / "motion_stats.json").read_text())  # the statistics were written
     assert "mpjpe_mm" in capsys.readouterr().out
+    try:  # the rendering snippet continues it (it used load_h1, i, raw_truth and raw_recon undefined)
+        exec(compile(snippet("motion.md", "render"), "docs/motion.md render snippet", "exec"), namespace)
+    except UserError as e:  # no OpenGL backend or no video writer on this machine
+        pytest.skip(str(e))
+    assert (tmp_path / "recon.mp4").stat().st_size > 0 and (tmp_path / "features.png").stat().st_size > 0
