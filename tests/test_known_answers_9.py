@@ -510,3 +510,44 @@ def test_an_ar_prior_near_zero_temperature_samples_greedily():
             options[:, :, t] = torch.arange(5)
             log_p = model.token_log_probs(options.reshape(40, 3), labels.repeat_interleave(5))[:, t].view(8, 5)
             assert torch.equal(log_p.argmax(1), codes[:, t]), t
+
+
+def test_the_policys_batches_drop_the_shares_of_labels_and_previous_windows_asked_for():
+    """4,000 examples: about 10 % of previous windows become the start symbol (``prev_dropout``) and 25 % of labels
+    the null label (``label_dropout``), the rest kept; codes and velocities are those of the rows drawn. The
+    binomial standard deviation of each share is below 0.007. Fails on: the previous-window draw inverted (90 %
+    dropped), no previous window ever dropped, rows of codes and contexts mismatched."""
+    from daps.robot.data import CommandSet
+    from daps.robot.run import RobotConfig, training_batch
+
+    n = 4000
+    train = CommandSet(codes=torch.arange(n)[:, None].repeat(1, 3), prev=torch.full((n, 3), 7),
+                       labels=torch.full((n,), 2), velocity=torch.arange(n, dtype=torch.float32)[:, None].repeat(1, 3),
+                       window_ids=torch.arange(n))
+    idx = torch.randperm(n, generator=torch.Generator().manual_seed(1))
+    cfg = RobotConfig(prev_dropout=0.1, label_dropout=0.25)
+    codes, labels, velocity, prev = training_batch(train, idx, cfg, num_classes=6, start_symbol=99,
+                                                   generator=torch.Generator().manual_seed(0))
+    assert torch.equal(codes[:, 0], idx) and torch.equal(velocity[:, 0], idx.float())
+    dropped = prev[:, 0] == 99
+    assert set(prev.unique().tolist()) == {7, 99} and torch.equal(prev == 99, dropped[:, None].expand(-1, 3))
+    assert abs(dropped.float().mean().item() - 0.1) < 0.025
+    assert set(labels.unique().tolist()) == {2, 6} and abs((labels == 6).float().mean().item() - 0.25) < 0.025
+    _, _, _, kept = training_batch(train, idx, RobotConfig(prev_dropout=0.0, label_dropout=0.0), 6, 99,
+                                   torch.Generator().manual_seed(0))
+    assert (kept == 7).all()
+
+
+def test_velocity_scale_and_codes_per_window():
+    """The policy's velocity scale is each component's sample standard deviation, at least 1e-3 (a component that
+    never varies, here sideways and yaw, would divide by zero); a quantizer tokenizer gives one code per window
+    whatever ``samples`` asks. Fails on: the clamp dropped (0 for the constant components), samples taken from a
+    quantizer."""
+    from daps.robot.data import CommandSet
+    from daps.robot.run import codes_per_window, velocity_scale
+
+    velocity = torch.tensor([[1.0, 0.5, 2.0], [3.0, 0.5, 2.0], [2.0, 0.5, 2.0]])
+    train = CommandSet(codes=torch.zeros(3, 2, dtype=torch.long), prev=torch.zeros(3, 2, dtype=torch.long),
+                       labels=torch.zeros(3, dtype=torch.long), velocity=velocity, window_ids=torch.arange(3))
+    assert velocity_scale(train) == pytest.approx([1.0, 1e-3, 1e-3])  # std of 1, 3, 2 (n - 1) is 1
+    assert [codes_per_window(m, 4) for m in ("daps", "dapsna", "fsq", "vqvae", "vqvae-ema")] == [4, 4, 1, 1, 1]

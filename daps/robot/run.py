@@ -104,6 +104,31 @@ def build_policy(cfg: RobotConfig, meta: dict[str, Any]) -> CommandPolicy:
     )
 
 
+def codes_per_window(method: str, samples: int) -> int:
+    """Codes drawn per window: ``samples`` from a stochastic encoder, 1 from a quantizer (its code is the same at
+    every draw: more would only repeat examples)."""
+    from daps.methods import method_spec
+
+    return samples if method_spec(method).encoder != "quantizer" else 1
+
+
+def velocity_scale(train: CommandSet) -> list[float]:
+    """Per component (forward, sideways, yaw rate), the standard deviation of the training windows' velocities,
+    at least 1e-3 (a component that never varies would otherwise divide the policy's input by zero)."""
+    return train.velocity.double().std(0).clamp(min=1e-3).tolist()
+
+
+def training_batch(train: CommandSet, idx: torch.Tensor, cfg: RobotConfig, num_classes: int, start_symbol: int,
+                   generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+    """The policy's examples ``idx`` of ``train`` as it learns from them: codes, labels (``cfg.label_dropout`` of
+    them the null label ``num_classes``), velocities and previous codes (``cfg.prev_dropout`` of them replaced by
+    ``start_symbol``, the context a rollout starts from)."""
+    labels = drop_labels(train.labels[idx], cfg.label_dropout, num_classes, generator)
+    drop = torch.rand(idx.shape, generator=generator, device=idx.device) < cfg.prev_dropout
+    prev = torch.where(drop[:, None], torch.full_like(train.prev[idx], start_symbol), train.prev[idx])
+    return train.codes[idx], labels, train.velocity[idx], prev
+
+
 def encode_commands(cfg: RobotConfig, device: torch.device) -> tuple[dict[str, CommandSet], dict[str, Any]]:
     """Encode the training and validation windows with the tokenizer of ``cfg`` (see :mod:`daps.robot.data`)."""
     from daps.checkpoint import load_model
@@ -111,7 +136,6 @@ def encode_commands(cfg: RobotConfig, device: torch.device) -> tuple[dict[str, C
     from daps.config_io import config_to_dict
     from daps.data import dataset_spec
     from daps.data.motion import MOTION_TYPES, check_run_stats
-    from daps.methods import method_spec
     from daps.motion.dataset import load_motion_data
 
     if not cfg.tokenizer:
@@ -131,7 +155,7 @@ def encode_commands(cfg: RobotConfig, device: torch.device) -> tuple[dict[str, C
     if window % cfg.stride:  # before the data are read
         raise UserError(f"stride {cfg.stride} must divide the tokenizer's window length {window}")
     motion = load_motion_data(tcfg.data.data_dir or None, window=window, stride=cfg.stride)
-    samples = cfg.samples if method_spec(tcfg.method).encoder != "quantizer" else 1
+    samples = codes_per_window(tcfg.method, cfg.samples)
     generator = torch.Generator(device).manual_seed(cfg.seed)
     log.info("encoding %d training and %d validation windows (every %d frames) with %s",
              len(motion.train), len(motion.val), cfg.stride, cfg.tokenizer)
@@ -153,7 +177,7 @@ def encode_commands(cfg: RobotConfig, device: torch.device) -> tuple[dict[str, C
         "class_names": list(MOTION_TYPES),
         "stride": cfg.stride,
         "samples": samples,
-        "velocity_std": sets["train"].velocity.double().std(0).clamp(min=1e-3).tolist(),
+        "velocity_std": velocity_scale(sets["train"]),
         "velocity_ranges": ranges,
     }
     return sets, meta
@@ -228,10 +252,9 @@ def train_policy(cfg: RobotConfig, resume: bool = False, overwrite: bool = False
 
         def batch_loss() -> torch.Tensor:
             idx = torch.randint(len(train), (cfg.batch_size,), generator=generator, device=device)
-            labels = drop_labels(train.labels[idx], cfg.label_dropout, model.num_classes, generator)
-            drop = torch.rand(idx.shape, generator=generator, device=device) < cfg.prev_dropout
-            prev = torch.where(drop[:, None], torch.full_like(train.prev[idx], model.start_symbol), train.prev[idx])
-            return model.loss(train.codes[idx], labels, train.velocity[idx], prev)
+            codes, labels, velocity, prev = training_batch(train, idx, cfg, model.num_classes, model.start_symbol,
+                                                           generator)
+            return model.loss(codes, labels, velocity, prev)
 
         run_steps(run_dir, model, optimizer, generator, config, cfg, start, batch_loss,
                   lambda: evaluate_policy(model, val), "robot policy", streak)
