@@ -1,25 +1,64 @@
 """Progress bars on a terminal: shown only when standard error is one (output redirected to a file, or parsed as
-``--json``, stays clean), with daps's log lines printed above the bar instead of glued to it or printed twice."""
+``--json``, stays clean), with log lines printed above the bar, once, instead of glued to it."""
 
 from __future__ import annotations
 
 import logging
 import sys
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import contextmanager
 from typing import Any
 
 
-def redirect_logging() -> AbstractContextManager:
-    """While entered, console log lines go through ``tqdm.write`` (above the bar): those of the loggers among the
-    root (where the CLI's ``logging.basicConfig`` puts its handler) and ``daps`` (where a library user may put one)
-    that have a handler writing to the console. tqdm gives every logger it is handed a handler, so handing it
-    ``daps`` without one of its own printed each line twice: once there, once where it propagated."""
-    from tqdm.contrib.logging import logging_redirect_tqdm
+class _AboveTheBar(logging.StreamHandler):
+    """Writes a record through ``tqdm.write``: the bars are cleared, the line printed, the bars drawn again."""
 
-    loggers = [logger for logger in (logging.root, logging.getLogger("daps")) if any(
-        isinstance(h, logging.StreamHandler) and h.stream in (sys.stdout, sys.stderr) for h in logger.handlers)]
-    return logging_redirect_tqdm(loggers=loggers) if loggers else nullcontext()
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm import tqdm
+
+        try:
+            tqdm.write(self.format(record), file=self.stream)
+            self.flush()
+        except Exception:  # as logging.StreamHandler.emit: a broken stream does not stop the program
+            self.handleError(record)
+
+
+def _on_console(handler: logging.Handler) -> bool:
+    return isinstance(handler, logging.StreamHandler) and handler.stream in (sys.stdout, sys.stderr)
+
+
+@contextmanager
+def redirect_logging() -> Iterator[None]:
+    """While entered, every console handler (writing to standard output or error) of the root logger, where the
+    CLI's ``logging.basicConfig`` puts its handler, and of the ``daps`` loggers, where a library user may put one,
+    is swapped in place for one that writes above the bar, with the same stream, level, formatter and filters; the
+    originals are put back on exit. Handlers writing to files are left alone. Where no handler is set up at all
+    (Python's last-resort handler would print warnings), ``daps`` gets one for the time of the bar, as that handler.
+    """
+    loggers = [logging.root, *(logging.getLogger(name) for name in sorted(logging.Logger.manager.loggerDict)
+                               if name == "daps" or name.startswith("daps."))]
+    swapped: list[tuple[logging.Logger, logging.Handler, _AboveTheBar]] = []
+    for logger in loggers:
+        for i, handler in enumerate(logger.handlers):
+            if _on_console(handler):
+                above = _AboveTheBar(handler.stream)  # type: ignore[attr-defined]
+                above.setLevel(handler.level)
+                above.setFormatter(handler.formatter)
+                above.filters = list(handler.filters)
+                logger.handlers[i] = above
+                swapped.append((logger, handler, above))
+    added = None
+    if not any(logger.handlers for logger in loggers):  # as logging.lastResort: warnings and above, to stderr
+        added = _AboveTheBar(sys.stderr)
+        added.setLevel(logging.WARNING)
+        logging.getLogger("daps").addHandler(added)
+    try:
+        yield
+    finally:
+        for logger, original, above in swapped:
+            logger.handlers = [original if h is above else h for h in logger.handlers]
+        if added is not None:
+            logging.getLogger("daps").removeHandler(added)
 
 
 @contextmanager

@@ -470,6 +470,7 @@ def _train(cfg: Config, resume: bool, overwrite: bool, device: torch.device, ran
             total=end_step, initial=start_step, disable=not interactive, dynamic_ncols=True, mininterval=1.0,
             unit="step",
         )
+        s.on_close.append(bar.close)  # however the loop ends: an error line is not glued to a half-drawn bar
         if interactive:
             redirect = redirect_logging()
             redirect.__enter__()

@@ -62,6 +62,72 @@ def test_the_bar_is_erased_when_the_block_fails(monkeypatch):
     assert console.getvalue().replace("\r", "\n").splitlines()[-1] == "daps eval: error: bad file"
 
 
+def test_the_redirect_keeps_levels_streams_and_file_handlers_and_puts_them_back(monkeypatch):
+    """A user's own set-up: a console handler on ``daps`` at WARNING (the logger at INFO), one on ``daps.train``, a
+    file handler. Inside the bar the WARNING handler still drops INFO lines (tqdm's own redirect dropped levels),
+    the child logger's line is printed above the bar, the file gets its lines once; afterwards every handler is the
+    original object again."""
+    console = _console(monkeypatch)
+    log_file = io.StringIO()  # stands for a FileHandler's stream: not a console, never redirected
+    daps_log, child = logging.getLogger("daps"), logging.getLogger("daps.train")
+    warn_only = logging.StreamHandler(console)
+    warn_only.setLevel(logging.WARNING)
+    to_file = logging.StreamHandler(log_file)
+    monkeypatch.setattr(logging.getLogger(), "handlers", [])
+    monkeypatch.setattr(daps_log, "handlers", [warn_only, to_file])
+    monkeypatch.setattr(child, "handlers", [logging.StreamHandler(console)])
+    monkeypatch.setattr(child, "propagate", False)
+    before = (list(daps_log.handlers), list(child.handlers))
+    with progress_bar(4, "evaluating", "image") as bar:
+        bar.update(1)
+        bar.refresh()
+        daps_log.info("an info line")
+        daps_log.warning("a warning line")
+        child.info("a child line")
+        bar.update(3)
+    text = console.getvalue()
+    assert "an info line" not in text  # below the console handler's level
+    assert text.count("a warning line") == 1 and "image/s]a warning" not in text
+    assert text.count("a child line") == 1 and "image/s]a child" not in text
+    assert log_file.getvalue() == "an info line\na warning line\n"
+    assert (daps_log.handlers, child.handlers) == before and all(
+        a is b for a, b in zip(daps_log.handlers + child.handlers, before[0] + before[1]))
+
+
+def test_without_any_logging_set_up_a_warning_is_printed_above_the_bar(monkeypatch):
+    """No handler anywhere (a library user who never configured logging): Python's last-resort handler would glue
+    the warning to the bar; inside the bar ``daps`` has one of its own that prints it above, and none afterwards."""
+    console = _console(monkeypatch)
+    monkeypatch.setattr(logging.getLogger(), "handlers", [])
+    monkeypatch.setattr(logging, "lastResort", logging.StreamHandler(console))
+    with progress_bar(2, "evaluating", "image") as bar:
+        bar.update(1)
+        bar.refresh()
+        logging.getLogger("daps.data").warning("skipping bad.jpg")
+    text = console.getvalue()
+    assert text.count("skipping bad.jpg") == 1 and "image/s]skipping" not in text
+    assert logging.getLogger("daps").handlers == []
+
+
+def test_a_failing_train_run_closes_its_bar_before_the_error_line(monkeypatch, tiny_overrides, tmp_path):
+    """``daps train`` on a terminal, diverging at its first validation: the bar is closed (ended by its newline)
+    before the error line, not left open with the error glued after it. Fails on: the bar closed only when the loop
+    completes."""
+    import daps.train
+    from daps.cli import main
+
+    def diverge(*args, **kwargs):
+        raise daps.train.TrainingDiverged("forced divergence")
+
+    console = _console(monkeypatch)
+    monkeypatch.setattr(daps.train, "_evaluate", diverge)
+    assert main(["train", *tiny_overrides, "train.progress=true", f"train.out_dir={tmp_path / 'run'}"]) == 3
+    text = console.getvalue()
+    error = text.index("daps train: error: forced divergence")
+    assert "/6 [" in text[:error] and "/6 [" not in text[error:]  # the bar was drawn, and not again after
+    assert text[:error].endswith("\n")  # the error line starts a line of its own
+
+
 def test_nothing_is_drawn_off_a_terminal(monkeypatch):
     plain = io.StringIO()
     monkeypatch.setattr(sys, "stderr", plain)
