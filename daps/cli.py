@@ -239,9 +239,7 @@ def _train(args: argparse.Namespace) -> int:
         from daps.plots import read_metrics
 
         last = [r for r in read_metrics(run_dir / "metrics.jsonl") if r.get("split") == "val"][-1]
-        print(summarize(last))
-        print(f"stopped at step {last['step']} of {cfg.train.steps} (train.stop_after={cfg.train.stop_after}, a step "
-              "of the run, not a count per job); continue with --resume and a larger train.stop_after (or without it)")
+        print(summarize(last))  # train() has logged where it stopped and how to continue
     else:
         print(summarize(json.loads((run_dir / "summary.json").read_text())))
     print(f"run folder: {run_dir}  (reconstructions.png, curves.png, metrics.jsonl, checkpoints/)")
@@ -461,6 +459,7 @@ def main(argv: list[str] | None = None) -> int:
     if takes_overrides:
         args.overrides = [*args.overrides, *extra]
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    logging.captureWarnings(True)  # Python warnings (torch's, ...) go through logging: above a progress bar, not glued
     logging.getLogger("OpenGL").setLevel(logging.WARNING)  # PyOpenGL (under mujoco) reports its optional C module
     from daps.prior.cli import decode_random_command, export_codes_command, prior_command
     from daps.robot.cli import robot_command
@@ -490,6 +489,12 @@ def main(argv: list[str] | None = None) -> int:
         command = _command_name(args)
         print(f"daps {command}: error: {err}", file=sys.stderr)
         return 3
+    except KeyboardInterrupt:  # Ctrl-C: one line, not a traceback; a run folder resumes from its last checkpoint
+        command = _command_name(args)
+        resumable = command in ("train", "compare", "prior train", "robot train")
+        print(f"\ndaps {command}: interrupted" + ("; --resume continues from the last checkpoint" if resumable else ""),
+              file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

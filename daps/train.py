@@ -565,8 +565,9 @@ def _finish(s: Setup, start_step: int, end_step: int, write_row) -> None:
     if dist.is_main() and metrics is not None:
         _write_artifacts(s, end_step, metrics)
         if end_step < s.cfg.train.steps:
-            log.info("stopped at step %d of %d (train.stop_after): --resume with a larger train.stop_after (or "
-                     "without it) continues the run", end_step, s.cfg.train.steps)
+            log.info("stopped at step %d of %d (train.stop_after=%d, a step of the run, not a count per job): "
+                     "--resume with a larger train.stop_after (or without it) continues the run", end_step,
+                     s.cfg.train.steps, s.cfg.train.stop_after)
             if start_step == end_step:
                 log.warning("this job trained no step: the run was already at step %d, where train.stop_after=%d "
                             "stops it (it counts steps from the run's start, not per job); raise it to continue",

@@ -492,3 +492,42 @@ def test_every_flag_of_every_command_says_what_it_does():
     every = list(flags(_parser()))
     assert len({command for command, _ in every}) >= 15  # the walk reaches the prior and robot commands
     assert [(command, action.option_strings[0]) for command, action in every if not action.help] == []
+
+
+def test_ctrl_c_is_one_line_with_exit_code_130(monkeypatch, capsys, tiny_overrides, tmp_path):
+    """An interrupt prints one line (not a traceback), saying for a run that --resume continues it."""
+    import daps.cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(daps.cli, "_eval", interrupted)
+    assert main(["eval", str(tmp_path)]) == 130
+    assert capsys.readouterr().err.strip() == "daps eval: interrupted"
+    monkeypatch.setattr(daps.cli, "_train", interrupted)
+    assert main(["train", *tiny_overrides, f"train.out_dir={tmp_path / 'run'}"]) == 130
+    assert capsys.readouterr().err.strip() == "daps train: interrupted; --resume continues from the last checkpoint"
+
+
+def test_python_warnings_of_a_command_go_through_logging(monkeypatch, capsys):
+    """After ``main`` sets up logging, a Python warning (torch's loader-worker warning, say) is a log record, which
+    a progress bar prints above itself; before, it was written to standard error directly, glued to the bar."""
+    import logging
+    import warnings
+
+    monkeypatch.setattr(logging, "_warnings_showwarning", None)  # undone by captureWarnings(False) below
+    try:
+        assert main(["presets"]) == 0
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            records = []
+            handler = logging.Handler()
+            handler.emit = records.append
+            logging.getLogger("py.warnings").addHandler(handler)
+            try:
+                warnings.warn("a loader warning", UserWarning, stacklevel=1)
+            finally:
+                logging.getLogger("py.warnings").removeHandler(handler)
+        assert len(records) == 1 and "a loader warning" in records[0].getMessage()
+    finally:
+        logging.captureWarnings(False)

@@ -114,7 +114,8 @@ def evaluate(
     n = 0
     fake_stats = FeatureStats() if fid is not None else None
     real_stats = FeatureStats() if fid is not None and fid.protocol == "val-pairs" else None
-    with progress_bar(images.num_images, "evaluating", "image", progress) as bar:
+    unit = "image" if example_metrics is None else "example"  # e.g. motion windows
+    with progress_bar(images.num_images, "evaluating", unit, progress) as bar:
         for raw in images.batches():
             x = standardize(raw)  # (B, C, H, W) model scale
             if fid is not None and x.shape[1] != 3:

@@ -271,7 +271,6 @@ def save_fid_stats(path: str | os.PathLike, stats_or_mu_sigma: FeatureStats | tu
         check_stats_out(path, overwrite)
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez(f, mu=mu, sigma=sigma, num_images=np.int64(num_images), meta=np.array(meta_json))
-    logger.info("saved FID statistics (%d images, D=%d) to %s", num_images, mu.shape[0], path)
     return path
 
 
