@@ -414,6 +414,7 @@ def test_ar_prior_evaluation_known_answers():
     codes, labels = torch.zeros(7, 4, dtype=torch.long), torch.arange(7) % 3
     out = evaluate_prior(model, codes, labels, batch_size=3)
     assert out == pytest.approx({"num_codes": 7.0, "bits_per_token": 2.0, "bits_per_token_uncond": 3.0}, abs=1e-12)
+    assert isinstance(out["num_codes"], int)  # a count: `prior eval` prints 7, not 7.0000
 
 
 def test_prior_loop_skips_non_finite_steps_and_averages_the_applied_ones(tmp_path, monkeypatch):

@@ -189,7 +189,7 @@ def evaluate_prior(model: Prior, codes: torch.Tensor, labels: torch.Tensor, batc
     """Held-out numbers: for ``ar`` exact bits per token given the label and without it (null label); for
     ``dfm`` its training loss (cross-entropy of p(x_1 | x_t), nats per token) averaged over 8 fixed times."""
     model.eval()
-    out: dict[str, float] = {"num_codes": float(codes.shape[0])}
+    out: dict[str, float] = {"num_codes": int(codes.shape[0])}  # printed as a count
     if isinstance(model, ARPrior):
         null = torch.full_like(labels, model.num_classes)
         sums = {"cond": 0.0, "uncond": 0.0}
