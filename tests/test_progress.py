@@ -30,8 +30,16 @@ def _console(monkeypatch) -> _Terminal:
     monkeypatch.setattr(sys, "stderr", terminal)
     monkeypatch.setattr(logging.getLogger(), "handlers", [logging.StreamHandler(terminal)])
     monkeypatch.setattr(logging.getLogger("daps"), "handlers", [])
-    monkeypatch.setattr(logging.getLogger("daps"), "level", logging.INFO)
+    logging.getLogger("daps").setLevel(logging.INFO)  # setLevel, not the attribute: it clears the cached levels
     return terminal
+
+
+@pytest.fixture(autouse=True)
+def _daps_level():
+    """The ``daps`` logger's level as it was before each test (set back through setLevel, for the same reason)."""
+    level = logging.getLogger("daps").level
+    yield
+    logging.getLogger("daps").setLevel(level)
 
 
 def test_a_log_line_inside_a_bar_is_printed_once_on_its_own_line(monkeypatch):
