@@ -15,13 +15,11 @@ import json
 import logging
 import math
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from daps import dist
 from daps.checkpoint import (
@@ -55,7 +53,7 @@ from daps.metrics import evaluate
 from daps.metrics.evaluate import FIDSetup, fid_setup
 from daps.optim import Optimizers
 from daps.plots import read_metrics, save_training_curves
-from daps.progress import redirect_logging
+from daps.progress import progress_bar
 from daps.runfolder import (
     LOCK,
     MARKER,
@@ -465,16 +463,10 @@ def _train(cfg: Config, resume: bool, overwrite: bool, device: torch.device, ran
 
         # A bar on a terminal (log lines printed above it, not glued to it); plain lines in a file or CI log.
         show = tc.progress and dist.is_main()
-        interactive = show and sys.stderr.isatty()
-        bar = tqdm(
-            total=end_step, initial=start_step, disable=not interactive, dynamic_ncols=True, mininterval=1.0,
-            unit="step",
-        )
-        s.on_close.append(bar.close)  # however the loop ends: an error line is not glued to a half-drawn bar
-        if interactive:
-            redirect = redirect_logging()
-            redirect.__enter__()
-            s.on_close.append(lambda: redirect.__exit__(None, None, None))
+        shown_bar = progress_bar(end_step, "", "step", show, initial=start_step, leave=True)
+        bar = shown_bar.__enter__()
+        s.on_close.append(lambda: shown_bar.__exit__(None, None, None))  # closed however the loop ends
+        interactive = not bar.disable
         sums: dict[str, torch.Tensor] = {}
         count, t_last, t_start = 0, time.perf_counter(), time.perf_counter()
         s.model.train()
