@@ -18,7 +18,6 @@ import dataclasses
 import json
 import logging
 import math
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -433,10 +432,10 @@ def run_steps(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Opti
     from daps.progress import progress_bar
 
     model.train()
-    interactive = cfg.progress and sys.stderr.isatty()  # a bar on a terminal; a log line per row in a file
     loss_sum, count, applied, skipped_in_window, t_last = 0.0, 0, 0, 0, time.perf_counter()
     with open(run_dir / "metrics.jsonl", "a") as metrics, \
             progress_bar(cfg.steps, desc, "step", cfg.progress, initial=start, leave=True) as bar:
+        lines = cfg.progress and bar.disable  # no bar drawn (not a terminal): a log line per row instead
         def write_row(row: dict) -> None:
             metrics.write(json.dumps(row) + "\n")
             metrics.flush()
@@ -472,7 +471,7 @@ def run_steps(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Opti
                 write_row({"split": "train", "step": done, "loss": mean, "skipped": skipped_in_window,
                            "steps_per_s": count / (now - t_last)})
                 bar.set_postfix(loss="-" if mean is None else f"{mean:.3f}", refresh=False)
-                if cfg.progress and not interactive:
+                if lines:
                     log.info("%s: step %d/%d  loss %s  %.2f steps/s", desc, done, cfg.steps,
                              "-" if mean is None else f"{mean:.3f}", count / (now - t_last))
                 loss_sum, count, applied, skipped_in_window, t_last = 0.0, 0, 0, 0, now

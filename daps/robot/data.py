@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,9 +80,9 @@ def encode_split(model: Any, motion: Any, split: str, stride: int, samples: int,
     device = next(model.parameters()).device
     model.eval()
     draws = []
-    lines = progress and not sys.stderr.isatty()  # a bar on a terminal, else a log line at every tenth
     t0, next_log = time.perf_counter(), 0.1
     with progress_bar(len(windows), f"encoding {split}", "window", progress) as bar:
+        lines = progress and bar.disable  # no bar drawn (not a terminal): a log line at every tenth instead
         for start in range(0, len(windows), batch_size):
             idx = torch.arange(start, min(start + batch_size, len(windows)), device="cpu")  # windows live on the host
             x = windows[idx][:, None].to(device)  # (B, 1, T, F)
