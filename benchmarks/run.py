@@ -71,7 +71,7 @@ from daps.graphed import GraphedStep
 from daps.methods import METHODS, build_method
 from daps.optim import Optimizers
 from daps.presets import get_preset
-from daps.provenance import source_revision
+from daps.provenance import cpu_bf16, cpu_name, source_revision
 from daps.runfolder import write_text_atomic
 
 REPO = Path(__file__).resolve().parent.parent
@@ -79,30 +79,6 @@ MiB = 2**20
 
 
 # -- the machine -------------------------------------------------------------------------------------
-
-
-def _cpuinfo(field: str) -> str | None:
-    """The value of the first ``field`` line of /proc/cpuinfo (Linux); None where there is none."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith(field):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return None
-
-
-def cpu_name() -> str:
-    """The CPU model from /proc/cpuinfo (Linux), else what ``platform`` knows."""
-    return _cpuinfo("model name") or platform.processor() or "unknown"
-
-
-def cpu_bf16() -> bool | None:
-    """Whether the CPU has native bfloat16 instructions (AVX512-BF16 or AMX-BF16: bf16 autocast is fast only
-    there), from /proc/cpuinfo's flags; None where they are not readable."""
-    flags = _cpuinfo("flags")
-    return None if flags is None else bool(set(flags.split()) & {"avx512_bf16", "amx_bf16"})
 
 
 def git_revision() -> str:

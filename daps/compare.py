@@ -49,6 +49,7 @@ from daps.errors import UserError
 from daps.methods import METHODS, build_method, method_spec
 from daps.plots import read_metrics, save_comparison_curves, save_comparison_reconstructions
 from daps.presets import get_preset
+from daps.provenance import provenance
 from daps.runfolder import (
     LOCK,
     MARKER,
@@ -593,13 +594,15 @@ def _compare(runs, preset, methods, steps, seeds, out, overrides, device, argv, 
 
     table = collect(runs)
     cfg0 = runs[0].cfg
+    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    where = provenance(dev)
     header = (
         f"# {preset}: {', '.join(methods)}\n\n"
         + (f"Varied: {'; '.join(vary)} (one row per combination).\n\n" if vary else "")
         + f"{steps} optimizer steps at batch {_values(r.cfg.train.batch_size for r in runs)}, seeds "
         f"{', '.join(map(str, seeds))}, data {_values(r.cfg.data.name for r in runs)}, validated on "
         f"{_values(row['num_images'] for row in table)} test images, "
-        f"device {device or ('cuda' if torch.cuda.is_available() else 'cpu')}, torch {torch.__version__}."
+        f"device {dev} ({where['machine']}), torch {where['torch']}, code {where['code']}, {where['date']}."
         + (f"\n\nCommand: `{invocation}`" if invocation else "")
     )
     write_tables(table, out, header)

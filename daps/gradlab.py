@@ -36,6 +36,7 @@ from daps.config_io import applicable_overrides
 from daps.errors import UserError
 from daps.methods import METHODS, build_method
 from daps.optim import Optimizers
+from daps.provenance import provenance
 from daps.runfolder import (
     OutputFolderError,
     check_replaceable,
@@ -299,7 +300,7 @@ def _run(
         "beta": beta,
         "temperature": temperature, "pretrain_steps": pretrain_steps, "seed": seed, "num_draws": num_draws,
         "objective": objective, "exact_grad_norm": float(exact.norm()), "num_params": exact.numel(),
-        "torch": torch.__version__,
+        **provenance(),  # code, machine, torch, date
     }
     return {"setup": setup, "rows": rows}
 
@@ -340,6 +341,8 @@ def write_report(result: dict, out: Path, command: str | None = None, overwrite:
         f"seed {s['seed']}, torch {s['torch']}. J = {s['objective']:.3f} nats, |grad J| = {s['exact_grad_norm']:.4g} "
         f"({s['num_params']} encoder parameters).",
     ]
+    if "code" in s:  # reports written before these were recorded lack them
+        lines += ["", f"Machine: {s['machine']}; code {s['code']}; {s['date']}."]
     if command:
         lines += ["", f"Command: `{command}`"]
     lines += [

@@ -1,10 +1,14 @@
-"""Where a result came from: the source revision of the code that produced it."""
+"""Where a result came from: the source revision of the code that produced it, the machine, torch and the date."""
 
 from __future__ import annotations
 
+import datetime
 import os
+import platform
 import subprocess
 from pathlib import Path
+
+import torch
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 """The folder holding the ``daps`` package: the repository root of a source checkout."""
@@ -28,3 +32,47 @@ def source_revision(root: str | Path = PACKAGE_ROOT) -> str:
     except (OSError, subprocess.SubprocessError, ValueError):  # no git here: what the caller says, if any
         return os.environ.get("DAPS_GIT_REVISION", "unknown")
     return commit + ("+dirty" if dirty else "")
+
+
+def _cpuinfo(field: str) -> str | None:
+    """The value of the first ``field`` line of /proc/cpuinfo (Linux); None where there is none."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(field):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
+def cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo (Linux), else what ``platform`` knows, else ``unknown``."""
+    return _cpuinfo("model name") or platform.processor() or platform.machine() or "unknown"
+
+
+def cpu_bf16() -> bool | None:
+    """Whether the CPU has native bfloat16 instructions (AVX512-BF16 or AMX-BF16: bf16 autocast is fast only
+    there), from /proc/cpuinfo's flags; None where they are not readable."""
+    flags = _cpuinfo("flags")
+    return None if flags is None else bool(set(flags.split()) & {"avx512_bf16", "amx_bf16"})
+
+
+def machine_name(device: str | torch.device = "cpu") -> str:
+    """What a result was measured on, in one line: the GPU's name on a CUDA ``device``, else the CPU model and
+    its core count (``AMD EPYC, 2 cores``)."""
+    device = torch.device(device)
+    if device.type == "cuda" and torch.cuda.is_available():
+        return torch.cuda.get_device_name(device)
+    return f"{cpu_name()}, {os.cpu_count()} cores"
+
+
+def provenance(device: str | torch.device = "cpu") -> dict[str, str]:
+    """``code`` (:func:`source_revision`), ``machine`` (:func:`machine_name`), ``torch`` and ``date`` (UTC, ISO
+    8601, seconds): what a written result records of where it came from."""
+    return {
+        "code": source_revision(),
+        "machine": machine_name(device),
+        "torch": torch.__version__,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }

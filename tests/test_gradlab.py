@@ -3,6 +3,8 @@ unbiased or biased."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -115,6 +117,10 @@ def test_report_is_not_silently_replaced(tmp_path, small_result):
     assert read_marker(out) == "gradlab" and {p.name for p in out.iterdir()} == {
         ".daps", "gradlab.md", "gradlab.json", "gradlab.png"
     }
+    from daps.provenance import machine_name, source_revision
+    setup = json.loads((out / "gradlab.json").read_text())["setup"]  # where and when it was measured
+    assert setup["code"] == source_revision() and setup["machine"] == machine_name() and setup["date"][:2] == "20"
+    assert f"Machine: {machine_name()}; code {source_revision()}; 20" in (out / "gradlab.md").read_text()
     with pytest.raises(OutputFolderError, match="already exists; pass --overwrite"):
         write_report(small_result, out, command="second")
     assert "first" in (out / "gradlab.md").read_text()

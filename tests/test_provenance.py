@@ -30,3 +30,23 @@ def test_an_installed_daps_inside_another_repository_is_not_its_commit(tmp_path,
     monkeypatch.setenv("DAPS_GIT_REVISION", "abc123")
     assert source_revision(site) == "abc123"
     assert re.fullmatch(r"[0-9a-f]{40}", source_revision(project))  # the checkout itself: its commit
+
+
+def test_machine_and_provenance_name_the_cpu_its_cores_the_code_and_the_time(monkeypatch):
+    """A result records what it ran on: the CPU model from /proc/cpuinfo (not ``x86_64``) with its core count, the
+    source revision, torch and a UTC timestamp."""
+    import datetime
+    import os
+
+    import torch
+
+    from daps import provenance as prov
+
+    monkeypatch.setattr(prov, "_cpuinfo", lambda field: {"model name": "Test CPU 9000"}.get(field))
+    assert prov.machine_name() == f"Test CPU 9000, {os.cpu_count()} cores"
+    record = prov.provenance()
+    assert set(record) == {"code", "machine", "torch", "date"}
+    assert record["code"] == source_revision() and record["torch"] == torch.__version__
+    when = datetime.datetime.fromisoformat(record["date"])
+    assert when.utcoffset() == datetime.timedelta(0)
+    assert abs((datetime.datetime.now(datetime.timezone.utc) - when).total_seconds()) < 60
