@@ -5,7 +5,7 @@ from daps.config import Config
 from daps.config_io import parse_overrides
 from daps.hub import from_pretrained
 from daps.inputs import load_images, save_images
-from daps.methods import DAPS, METHODS, MethodSpec, Output, Reconstruction, build_method, register
+from daps.methods import DAPS, METHODS, MethodSpec, Output, Reconstruction, build_method, load_plugins, register
 from daps.presets import PRESETS, get_preset
 
 __all__ = [
@@ -27,3 +27,5 @@ __all__ = [
 ]
 
 __version__ = "0.1.0"
+
+load_plugins()  # methods of other installed packages (entry-point group "daps.methods"), now that daps is whole

@@ -32,6 +32,7 @@ from safetensors.torch import load_file, save_file
 
 from daps.config import Config
 from daps.config_io import config_from_dict, config_to_dict
+from daps.dist import resolve_device
 from daps.errors import UserError
 from daps.runfolder import (
     file_digest,
@@ -276,13 +277,31 @@ def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path} is damaged or not a safetensors file ({err})") from None
 
 
+def _misfit(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor], most: int = 3) -> str:
+    """How the tensors ``found`` in a file differ from the model's ``expected`` ones, naming at most ``most`` of
+    each kind: tensors missing from the file, tensors the model has no place for, shapes that differ."""
+
+    def names(kind: str, items: list[str]) -> list[str]:
+        more = f" and {len(items) - most} more" if len(items) > most else ""
+        return [f"{kind} {', '.join(items[:most])}{more}"] if items else []
+
+    shapes = [f"{k} {tuple(found[k].shape)} in the file, {tuple(v.shape)} in the model"
+              for k, v in expected.items() if k in found and found[k].shape != v.shape]
+    parts = (names("missing from the file:", [k for k in expected if k not in found])
+             + names("not in the model:", [k for k in found if k not in expected])
+             + names("shape of", shapes))
+    return "; ".join(parts) or "a tensor of it could not be copied"
+
+
 def load_weights(model: nn.Module, ckpt: Path) -> None:
     path = Path(ckpt) / "model.safetensors"
+    tensors = _read_tensors(path)
     try:
-        model.load_state_dict(_read_tensors(path))
-    except RuntimeError as err:
-        first = str(err).strip().splitlines()[0]
-        raise CheckpointError(f"{path} does not fit the model of its config.json ({first})") from None
+        model.load_state_dict(tensors)
+    except RuntimeError:
+        raise CheckpointError(
+            f"{path} does not fit the model of its config.json ({_misfit(model.state_dict(), tensors)})"
+        ) from None
 
 
 OTHER_KINDS = {
@@ -309,6 +328,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> Method:
     """
     from daps.methods import build_method
 
+    device = resolve_device(device)
     ckpt = resolve_checkpoint(path, verify=False)
     _refuse_other_kind(ckpt, path)
     verify_checkpoint(ckpt)

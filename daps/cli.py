@@ -211,20 +211,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _device(name: str | None):
-    """``--device`` -> torch.device, or a ValueError naming what is wrong."""
-    import torch
+    """``--device`` -> torch.device, or a UserError naming what is wrong."""
+    from daps.dist import resolve_device
 
-    if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"--device {name!r} is not a device (try cpu, cuda or cuda:1)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: CUDA is not available on this machine")
-    if device.type not in ("cpu", "cuda"):
-        raise UserError(f"--device {name}: only cpu and cuda are supported")
-    return device
+    return resolve_device(name, "--device")
 
 
 def _train(args: argparse.Namespace) -> int:

@@ -18,6 +18,23 @@ _wait_group = None
 WAIT_TIMEOUT = timedelta(days=7)
 
 
+def resolve_device(device: str | torch.device | None, name: str = "device") -> torch.device:
+    """``device`` as a ``torch.device`` (None: CUDA when there is one, else the CPU), or a :class:`UserError`
+    naming it (as ``name``, e.g. ``--device``) when it is not a device, is CUDA on a machine without one, or is
+    neither cpu nor cuda."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise UserError(f"{name} {device!r} is not a device (try cpu, cuda or cuda:1)") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"{name} {device}: CUDA is not available on this machine")
+    if resolved.type not in ("cpu", "cuda"):
+        raise UserError(f"{name} {device}: only cpu and cuda are supported")
+    return resolved
+
+
 def setup(device: torch.device | None = None) -> tuple[int, int]:
     """Initialize the process group when launched by torchrun; return ``(rank, world_size)``. The backend is NCCL
     for CUDA training (``device`` on CUDA, or None on a machine with CUDA), else gloo. Under torchrun each process

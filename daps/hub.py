@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from daps.dist import resolve_device
 from daps.errors import UserError
 from daps.runfolder import FolderLock, atomic_path, prepare_output_folder, write_json_atomic, write_text_atomic
 
@@ -213,7 +214,12 @@ def from_pretrained(source: str | Path, revision: str | None = None, device: str
                     cache_dir: str | Path | None = None) -> Method:
     """A trained tokenizer from a pretrained folder, a run folder or checkpoint, or a Hub repo ``user/name``
     (downloaded once into the Hub cache; only the weights, config and card are fetched)."""
+    device = resolve_device(device)
     path = Path(source)
+    if path.is_file():  # a folder's model.safetensors or config.json stands for the folder
+        if path.name not in ("config.json", "model.safetensors"):
+            raise UserError(f"{source} is a file; give the folder holding config.json and model.safetensors")
+        path = path.parent
     if path.is_dir():
         if (path / "checkpoints").is_dir() or (path / "checksums.json").is_file():
             from daps.checkpoint import load_model

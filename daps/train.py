@@ -242,7 +242,7 @@ def train(
     The folder is locked while the run writes it. Raises :class:`TrainingDiverged` when updates stay
     non-finite for ``train.max_skipped_steps`` steps or the final model is non-finite.
     """
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = dist.resolve_device(device)
     rank, world = dist.setup(device)
     if device.type == "cuda" and world > 1:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))

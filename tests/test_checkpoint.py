@@ -364,3 +364,72 @@ def test_each_damaged_copy_of_a_step_is_kept_under_its_own_name(tmp_path):
     kept = sorted(p.name for p in (tmp_path / CKPT_DIR).iterdir() if p.name.startswith("damaged_"))
     assert kept == ["damaged_step_00000006", "damaged_step_00000006-2"]
     assert all((tmp_path / CKPT_DIR / name / "state.pt").read_bytes() == b"damaged" for name in kept)
+
+
+def test_weights_that_do_not_fit_their_config_are_refused_naming_the_tensors(trained_run, tmp_path, capsys):
+    """A model.safetensors that does not fit its config.json: the one-line error names what differs (torch's own
+    message would be cut to its header, "Error(s) in loading state_dict for DAPS:")."""
+    from safetensors.torch import save_file
+
+    from daps.checkpoint import CheckpointError
+
+    assert main(["export", str(trained_run), "--out", str(tmp_path / "base")]) == 0
+    capsys.readouterr()
+
+    def folder(name: str, config=None, tensors=None) -> Path:
+        dest = tmp_path / name
+        shutil.copytree(tmp_path / "base", dest)
+        if config is not None:
+            cfg = json.loads((dest / "config.json").read_text())
+            config(cfg)
+            (dest / "config.json").write_text(json.dumps(cfg))
+        if tensors is not None:
+            weights = load_file(str(dest / "model.safetensors"))
+            tensors(weights)
+            save_file(weights, str(dest / "model.safetensors"))
+        return dest
+
+    def error(path: Path) -> str:
+        with pytest.raises(CheckpointError, match="does not fit the model of its config.json") as caught:
+            daps.from_pretrained(path)
+        return str(caught.value)
+
+    vocab = json.loads((tmp_path / "base" / "config.json").read_text())["encoder"]["vocab_size"]
+    wider = folder("wider", config=lambda c: c["encoder"].update(vocab_size=vocab * 2))
+    assert "shape of encoder.token_embed.weight" in error(wider) and f"({vocab}, " in error(wider)
+    extra = folder("extra", tensors=lambda w: w.update(stray=torch.zeros(3)))
+    assert error(extra).endswith("(not in the model: stray)")
+    names = sorted(load_file(str(tmp_path / "base" / "model.safetensors")))
+    fewer = folder("fewer", tensors=lambda w: [w.pop(k) for k in names[:5]])
+    listed = error(fewer).split("(missing from the file: ")[1]
+    assert listed.endswith(" and 2 more)") and set(listed[: -len(" and 2 more)")].split(", ")) < set(names[:5])
+
+
+def test_library_calls_name_a_device_they_cannot_use_and_a_file_given_for_a_folder(trained_run, tmp_path,
+                                                                                    tiny_overrides, monkeypatch):
+    """``load_model``, ``from_pretrained`` and ``train`` refuse an unusable device with one UserError naming it
+    before any work (torch's own errors were "Torch not compiled with CUDA enabled" and "Cannot get CUDA
+    generator"); ``from_pretrained`` takes a folder's config.json or model.safetensors for the folder and refuses
+    another file instead of asking the Hub for it."""
+    from daps.errors import UserError
+    from daps.train import train
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cfg = parse_overrides(get_preset("mnist"), [*tiny_overrides, f"train.out_dir={tmp_path / 'never'}"])
+    for call in (lambda d: daps.load_model(trained_run, device=d),
+                 lambda d: daps.from_pretrained(trained_run, device=d),
+                 lambda d: train(cfg, device=d)):
+        with pytest.raises(UserError, match="^device cuda: CUDA is not available on this machine$"):
+            call("cuda")
+        with pytest.raises(UserError, match="^device 'tpu' is not a device"):
+            call("tpu")
+        with pytest.raises(UserError, match="^device meta: only cpu and cuda are supported$"):
+            call("meta")
+    assert not (tmp_path / "never").exists()
+    assert main(["export", str(trained_run), "--out", str(tmp_path / "export")]) == 0
+    ref = weights(trained_run, 6)
+    for inside in (tmp_path / "export" / "config.json", ckpt_dir(trained_run, 6) / "config.json"):
+        assert_same(dict(daps.from_pretrained(inside).state_dict()), ref, str(inside))
+    with pytest.raises(UserError, match="README.md is a file; give the folder holding config.json") as caught:
+        daps.from_pretrained(tmp_path / "export" / "README.md")
+    assert "Hub" not in str(caught.value)

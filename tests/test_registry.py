@@ -3,8 +3,14 @@ through the CLI; configs of the earlier layout load through the migration unchan
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
+import importlib.metadata
 import json
+import logging
+import os
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -140,6 +146,68 @@ def test_a_method_defined_outside_the_package_trains_through_the_cli(toy_registe
 def test_registering_a_name_twice_is_refused(toy_registered):
     with pytest.raises(ValueError, match="already registered"):
         daps.register(MethodSpec(name="toy", summary="", build=build_toy, config_type=ToyConfig, encoder="quantizer"))
+
+
+def _install_plugin(site: Path) -> None:
+    """Install into the folder ``site`` (as pip would) a distribution whose entry point ``toy`` of the group
+    ``daps.methods`` is this module's toy method."""
+    info = site / "daps_toyplug-0.1.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: daps-toyplug\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[daps.methods]\ntoy = daps_toyplug:TOY\n")
+    (site / "daps_toyplug.py").write_text(
+        f"import sys\nsys.path.insert(0, {str(Path(__file__).parent)!r})\nfrom test_registry import TOY\n"
+    )
+
+
+def test_a_method_of_an_installed_package_trains_and_loads_in_new_processes(tmp_path, toy_registered,
+                                                                           tiny_overrides_for):
+    """``daps.register`` reaches only its own process; a package's entry point reaches every ``daps`` command."""
+    overrides = tiny_overrides_for("toy")  # in this process the toy is registered the test's way, for its presets
+    site = tmp_path / "site"
+    _install_plugin(site)
+    with_plugin = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))}
+    run = tmp_path / "run"
+
+    def daps_cli(*args: str, env: dict) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "daps.cli", *args], env={**env, "OMP_NUM_THREADS": "1"},
+                              capture_output=True, text=True, timeout=600)
+
+    done = daps_cli("train", "--method", "toy", *overrides, f"train.out_dir={run}", env=with_plugin)
+    assert done.returncode == 0, done.stderr
+    assert json.loads((run / "config.json").read_text())["method"] == "toy"
+    done = daps_cli("eval", str(run), "--json", env=with_plugin)
+    assert done.returncode == 0 and "log_p" in json.loads(done.stdout.strip().splitlines()[-1]), done.stderr
+    done = daps_cli("eval", str(run), env=dict(os.environ))  # the package uninstalled: one line, exit code 2
+    assert done.returncode == 2 and "unknown method 'toy'" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_broken_plugin_is_skipped_with_a_warning_naming_it(monkeypatch, caplog):
+    from daps import methods
+
+    monkeypatch.setattr(sys.modules[__name__], "CLASH", dataclasses.replace(TOY, name="daps"), raising=False)
+    entries = [
+        importlib.metadata.EntryPoint("gone", "no_such_module_here:SPEC", methods.PLUGIN_GROUP),
+        importlib.metadata.EntryPoint("dict", "daps.presets:PRESETS", methods.PLUGIN_GROUP),
+        importlib.metadata.EntryPoint("clash", f"{__name__}:CLASH", methods.PLUGIN_GROUP),
+        importlib.metadata.EntryPoint("again", "daps.methods.fsq:FSQ_SPEC", methods.PLUGIN_GROUP),  # the same spec
+        importlib.metadata.EntryPoint("toy", f"{__name__}:TOY", methods.PLUGIN_GROUP),
+    ]
+    monkeypatch.setattr(methods.importlib.metadata, "entry_points",
+                        lambda group: [e for e in entries if e.group == group])
+    before = dict(METHODS)  # register() writes into METHODS: restored below
+    try:
+        with caplog.at_level(logging.WARNING, logger="daps.methods"):
+            assert methods.load_plugins() == ["fsq", "toy"]
+        assert METHODS["toy"] is TOY and METHODS["daps"] is before["daps"] and METHODS["fsq"] is before["fsq"]
+        warned = caplog.text
+        assert "'gone'" in warned and "No module named 'no_such_module_here'" in warned
+        assert "'dict'" in warned and "not a daps MethodSpec" in warned
+        assert "'clash'" in warned and "already registered" in warned
+        assert "'again'" not in warned and "'toy'" not in warned
+    finally:
+        METHODS.clear()
+        METHODS.update(before)
 
 
 def test_every_spec_is_consistent():

@@ -1,10 +1,14 @@
 """Training objectives. Each method is an ``nn.Module`` built from an encoder and a decoder.
 
 Each method's file defines its module, its settings dataclass and its :class:`~daps.methods.spec.MethodSpec`;
-``METHODS`` lists the specs and is the only registry.
+``METHODS`` lists the specs and is the only registry. Methods of other installed packages join it through the
+entry-point group ``daps.methods`` (see :func:`load_plugins`).
 """
 
 from __future__ import annotations
+
+import importlib.metadata
+import logging
 
 from daps.config import Config
 from daps.errors import UserError
@@ -48,6 +52,32 @@ def register(spec: MethodSpec) -> None:
     METHODS[spec.name] = spec
 
 
+PLUGIN_GROUP = "daps.methods"
+"""The entry-point group through which another installed package adds methods: in its ``pyproject.toml``,
+``[project.entry-points."daps.methods"]`` with ``mymethod = "mypackage.mymethod:MYMETHOD_SPEC"``."""
+
+
+def load_plugins() -> list[str]:
+    """Register the :class:`MethodSpec` of every entry point of :data:`PLUGIN_GROUP` (run once, at the end of
+    ``import daps``, when the package is whole, so that the ``daps`` command and :func:`daps.load_model` in any
+    process know them). One that fails to load, is not a ``MethodSpec`` or takes a name already used is skipped with a
+    warning naming it: an installed plugin never breaks the built-in methods. Returns the names registered."""
+    names = []
+    for entry in importlib.metadata.entry_points(group=PLUGIN_GROUP):
+        try:
+            spec = entry.load()
+            if not isinstance(spec, MethodSpec):
+                raise TypeError(f"it is a {type(spec).__name__}, not a daps MethodSpec")
+            register(spec)
+        except Exception as err:  # noqa: BLE001 -- whatever a third-party module raises, the package stays usable
+            logging.getLogger(__name__).warning(
+                "method plugin %r (%s) not loaded: %s", entry.name, entry.value, err or type(err).__name__
+            )
+            continue
+        names.append(spec.name)
+    return names
+
+
 def method_spec(name: str) -> MethodSpec:
     """The registered :class:`MethodSpec` of ``name``, or a ``ValueError`` listing the methods."""
     if name not in METHODS:
@@ -84,6 +114,7 @@ __all__ = [
     "Output",
     "Reconstruction",
     "build_method",
+    "load_plugins",
     "method_spec",
     "register",
 ]
