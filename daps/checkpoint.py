@@ -17,6 +17,7 @@ naming the file; :func:`find_resumable` then falls back to the newest intact che
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -27,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn as nn
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from daps.config import Config
@@ -268,6 +269,33 @@ def load_training_state(ckpt: Path) -> dict[str, Any]:
         raise CheckpointError(f"{path} is damaged or not a daps training state ({type(err).__name__})") from None
 
 
+def read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The tensors of the safetensors file ``path`` and the metadata of its header, or a :class:`CheckpointError`
+    naming the file."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {name: f.get_tensor(name) for name in f.keys()}, dict(f.metadata() or {})
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} is missing") from None
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        raise CheckpointError(f"{path} is damaged or not a safetensors file ({err})") from None
+
+
+WEIGHTS_DIGEST = "weights_sha256"
+"""The key, in a pretrained folder's safetensors header, of :func:`weights_digest` of its tensors."""
+
+
+def weights_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over every tensor's name, dtype, shape and bytes, in name order: what a pretrained folder's weights
+    record of themselves, so that a changed or damaged file is noticed when it is loaded."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path))
@@ -293,9 +321,11 @@ def _misfit(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor], m
     return "; ".join(parts) or "a tensor of it could not be copied"
 
 
-def load_weights(model: nn.Module, ckpt: Path) -> None:
+def load_weights(model: nn.Module, ckpt: Path, tensors: dict[str, torch.Tensor] | None = None) -> None:
+    """Copy ``ckpt``'s ``model.safetensors`` (or its ``tensors``, already read) into ``model``; a
+    :class:`CheckpointError` naming what differs when they do not fit."""
     path = Path(ckpt) / "model.safetensors"
-    tensors = _read_tensors(path)
+    tensors = _read_tensors(path) if tensors is None else tensors
     try:
         model.load_state_dict(tensors)
     except RuntimeError:

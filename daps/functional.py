@@ -136,6 +136,11 @@ def log_importance_weights(
     """
     if log_q.shape != rewards.shape or log_q.dim() != 2:
         raise ValueError(f"log_q and rewards must both be (K, B); got {tuple(log_q.shape)} and {tuple(rewards.shape)}")
+    # Plain numbers are checked here; tensors (training's learned eta) are not read back, which would sync a GPU.
+    if isinstance(eta, (int, float)) and not eta > 0:
+        raise ValueError(f"eta must be > 0, got {eta}")
+    if isinstance(beta, (int, float)) and not beta >= 0:
+        raise ValueError(f"beta must be >= 0, got {beta}")
     rewards = rewards.float()
     if baseline == "logsumexp":
         advantages = rewards - torch.logsumexp(rewards, dim=0, keepdim=True)  # (K, B)
@@ -191,12 +196,17 @@ def effective_sample_size(weights: torch.Tensor) -> torch.Tensor:
 
     Equals ``1 / sum_k w^2`` for normalized weights; lies in ``[1, K]``.
     """
+    if weights.dim() != 2:
+        raise ValueError(f"weights must be (K, B); got {tuple(weights.shape)}")
     weights = weights.float()
     return weights.sum(0).square() / weights.square().sum(0)
 
 
 def eta_loss(ess: torch.Tensor, num_samples: int, ess_target: float) -> torch.Tensor:
-    """Trust-region loss ``(mean_b ESS_b - K * ess_target)^2`` (scalar); ``ess_target`` is a fraction of K."""
+    """Trust-region loss ``(mean_b ESS_b - K * ess_target)^2`` (scalar); ``ess_target`` is a fraction of K,
+    in ``(0, 1]``."""
+    if num_samples < 1 or not 0 < ess_target <= 1:
+        raise ValueError(f"eta_loss needs num_samples >= 1 and 0 < ess_target <= 1, got {num_samples} and {ess_target}")
     return (ess.mean() - num_samples * ess_target).square()
 
 
@@ -216,7 +226,7 @@ def exp_decay_schedule(step: int, init: float, end: float, num_steps: int, end_p
     end = min(max(end, FLOAT32_EPS), init - FLOAT32_EPS)
     decay_steps = max(int(num_steps * end_pct), 1)
     rate = (end / init) ** (1.0 / decay_steps)
-    return max(init * rate**step, end)
+    return max(init * rate ** max(step, 0), end)  # held at init before step 0, as the cosine schedule
 
 
 def cosine_schedule(step: int, init: float, end: float, num_steps: int) -> float:
@@ -275,7 +285,11 @@ def schedule_final_value(kind: str, init: float, end: float) -> float:
     """The value a schedule settles at (used for the beta-ELBO, original: models/base_vae.py)."""
     if kind == "exp_decay":
         return min(max(end, FLOAT32_EPS), init - FLOAT32_EPS)
-    return init if kind == "constant" else end
+    if kind == "cosine":
+        return end
+    if kind == "constant":
+        return init
+    raise ValueError(f"unknown schedule kind {kind!r}; choose exp_decay, cosine or constant")
 
 
 def kl_to_uniform(token_entropy: torch.Tensor, vocab_size: int) -> torch.Tensor:

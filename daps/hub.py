@@ -143,6 +143,7 @@ def save_pretrained(model: Method, folder: str | Path, overwrite: bool = False,
     ``world_size`` (processes that trained it) go into the model card."""
     from safetensors.torch import save_file
 
+    from daps.checkpoint import WEIGHTS_DIGEST, weights_digest
     from daps.config_io import config_to_dict
 
     if getattr(model, "config", None) is None:
@@ -154,7 +155,8 @@ def save_pretrained(model: Method, folder: str | Path, overwrite: bool = False,
         prepare_output_folder(folder, KIND, overwrite, entries=FILES)
         tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         with atomic_path(folder / "model.safetensors") as tmp:
-            save_file(tensors, str(tmp), metadata={"format": "pt", "library": "daps"})
+            save_file(tensors, str(tmp),
+                      metadata={"format": "pt", "library": "daps", WEIGHTS_DIGEST: weights_digest(tensors)})
         write_json_atomic(folder / "config.json", config_to_dict(model.config))
         write_text_atomic(folder / "README.md", model_card(model, metrics, step, world_size))
     finally:
@@ -193,7 +195,7 @@ def export_run(run_dir: str | Path, out: str | Path, overwrite: bool = False) ->
 
 
 def _load_folder(folder: Path, device: str | torch.device) -> Method:
-    from daps.checkpoint import load_weights
+    from daps.checkpoint import WEIGHTS_DIGEST, CheckpointError, load_weights, read_weights, weights_digest
     from daps.config_io import config_from_dict
     from daps.methods import build_method
 
@@ -204,8 +206,17 @@ def _load_folder(folder: Path, device: str | torch.device) -> Method:
         cfg = config_from_dict(json.loads((folder / "config.json").read_text()))
     except (ValueError, TypeError, KeyError) as err:
         raise UserError(f"{folder / 'config.json'} is not a daps config ({err})") from None
+    path = folder / "model.safetensors"
+    tensors, header = read_weights(path)
+    recorded = header.get(WEIGHTS_DIGEST)  # folders written before the digest existed have none
+    if recorded is not None and recorded != weights_digest(tensors):
+        raise CheckpointError(f"{path} was changed or damaged after it was written: its tensors do not match the "
+                              "checksum recorded in it (export the run again)")
+    for name, t in tensors.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise CheckpointError(f"{path} holds non-finite values (in {name})")
     model = build_method(cfg, tuple(cfg.data.image_shape))
-    load_weights(model, folder)  # a damaged or misfitting model.safetensors: one CheckpointError naming it
+    load_weights(model, folder, tensors)  # a misfitting model.safetensors: one CheckpointError naming it
     model.config = cfg
     return model.to(device).eval()
 

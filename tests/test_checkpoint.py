@@ -433,3 +433,48 @@ def test_library_calls_name_a_device_they_cannot_use_and_a_file_given_for_a_fold
     with pytest.raises(UserError, match="README.md is a file; give the folder holding config.json") as caught:
         daps.from_pretrained(tmp_path / "export" / "README.md")
     assert "Hub" not in str(caught.value)
+
+
+def test_an_exported_folder_notices_weights_changed_after_it_was_written(trained_run, tmp_path, capsys):
+    """A pretrained folder's safetensors header records a SHA-256 of its tensors: one flipped byte of a weight, or
+    weights replaced by NaN, is refused on loading (a run's checkpoints have their checksums.json; an export had
+    nothing and decoded NaN). A folder written before the digest existed still loads, unless a weight is
+    non-finite."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from daps.checkpoint import WEIGHTS_DIGEST, CheckpointError, weights_digest
+
+    base = tmp_path / "base"
+    assert main(["export", str(trained_run), "--out", str(base)]) == 0
+    capsys.readouterr()
+    tensors = load_file(str(base / "model.safetensors"))
+    with safe_open(str(base / "model.safetensors"), "pt") as f:
+        header = f.metadata()
+    assert header[WEIGHTS_DIGEST] == weights_digest(tensors) == weights_digest(dict(reversed(tensors.items())))
+    assert_same(dict(daps.from_pretrained(base).state_dict()), weights(trained_run, 6), "export")
+
+    flipped = tmp_path / "flipped"
+    shutil.copytree(base, flipped)
+    raw = bytearray((flipped / "model.safetensors").read_bytes())
+    raw[-3] ^= 0x10  # a bit of the last weight's data
+    (flipped / "model.safetensors").write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError, match="was changed or damaged after it was written"):
+        daps.from_pretrained(flipped)
+
+    name = sorted(k for k, v in tensors.items() if v.is_floating_point())[0]
+    for folder_name, meta in (("nan", header), ("legacy-nan", {"format": "pt"}), ("legacy", {"format": "pt"})):
+        folder = tmp_path / folder_name
+        shutil.copytree(base, folder)
+        changed = dict(tensors)
+        if "nan" in folder_name:
+            changed[name] = torch.full_like(tensors[name], float("nan"))
+        save_file(changed, str(folder / "model.safetensors"), metadata=meta)
+        if folder_name == "nan":
+            with pytest.raises(CheckpointError, match="was changed or damaged after it was written"):
+                daps.from_pretrained(folder)
+        elif folder_name == "legacy-nan":
+            with pytest.raises(CheckpointError, match=f"holds non-finite values \\(in {name}\\)"):
+                daps.from_pretrained(folder)
+        else:
+            assert_same(dict(daps.from_pretrained(folder).state_dict()), weights(trained_run, 6), "legacy")

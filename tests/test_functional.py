@@ -303,3 +303,30 @@ def test_zero_mass_is_never_drawn_even_at_a_uniform_of_exactly_zero(monkeypatch)
     assert DF.resample_indices(w, torch.zeros(2, 1), "multinomial", 2)[:, 0].tolist() == [1, 1]
     monkeypatch.setattr(torch, "rand", lambda shape, **kw: torch.zeros(shape))
     assert DF.sample_probs(torch.tensor([[0.0, 0.0, 1.0]])).item() == 2
+
+
+def test_the_estimator_functions_refuse_arguments_outside_their_documented_range():
+    """eta <= 0 flips or divides by zero the temperature of the weights (eta = -1, beta = 0 favours the *worst*
+    samples without a word), beta < 0 rewards certainty; the ESS is of (K, B) weights; the ESS target is a
+    fraction of K; a schedule kind is one of three for its final value as for its values. Tensors (a learned eta)
+    are not read back: checking them would sync a GPU."""
+    log_q, rewards = torch.zeros(4, 3), torch.randn(4, 3)
+    for eta, beta in ((-1.0, 0.0), (0.0, 0.0), (0, 0.5), (float("nan"), 0.0)):
+        with pytest.raises(ValueError, match="eta must be > 0"):
+            DF.importance_weights(log_q, rewards, eta, beta)
+    for beta in (-1.0, float("nan")):
+        with pytest.raises(ValueError, match="beta must be >= 0"):
+            DF.importance_weights(log_q, rewards, 1.0, beta)
+    DF.importance_weights(log_q, rewards, torch.tensor(1.0), torch.tensor(0.0))  # tensors pass unread
+    for shape in ((4,), (4, 3, 1)):
+        with pytest.raises(ValueError, match="weights must be \\(K, B\\)"):
+            DF.effective_sample_size(torch.ones(shape))
+    for k, target in ((0, 0.33), (8, 0.0), (8, 1.5), (8, -1.0)):
+        with pytest.raises(ValueError, match="eta_loss needs num_samples >= 1 and 0 < ess_target <= 1"):
+            DF.eta_loss(torch.ones(3), k, target)
+    assert DF.eta_loss(torch.full((3,), 8.0), 8, 1.0).item() == 0.0
+    with pytest.raises(ValueError, match="unknown schedule kind 'linear'"):
+        DF.schedule_final_value("linear", 0.5, 0.01)
+    assert DF.schedule_final_value("cosine", 0.5, 0.01) == 0.01
+    assert DF.schedule_final_value("constant", 0.5, 0.01) == 0.5
+    assert DF.exp_decay_schedule(-5, 0.5, 0.01, 10) == 0.5 == DF.cosine_schedule(-5, 0.5, 0.01, 10)
