@@ -686,3 +686,20 @@ def test_a_negative_train_seed_streams_folder_data(tree, tmp_path):
     for seed in (-1000, 5):
         batches = train_batches(data, 2, seed, 0, torch.Generator().manual_seed(0), torch.device("cpu"))
         assert next(batches).shape == (2, 3, 16, 16)
+
+
+def test_a_short_validation_split_names_the_folder_it_read(tmp_path, caplog):
+    """The test split of a folder dataset is its val/ folder: the note that it holds fewer images than asked for
+    names that folder (it said only "imagefolder test has 3 images")."""
+    from daps.config import DataConfig
+    from daps.data import eval_set
+
+    for split in ("train", "val"):
+        (tmp_path / split / "a").mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (8, 8), (10 * i, 0, 0)).save(tmp_path / split / "a" / f"{i}.png")
+    data = DataConfig(name="imagefolder", image_shape=(3, 8, 8), data_dir=str(tmp_path), num_workers=0)
+    with caplog.at_level(logging.INFO, logger="daps"):
+        images = eval_set(data, "test", 10, 2, torch.device("cpu"))
+    assert images.num_images == 3
+    assert f"imagefolder test split ({tmp_path / 'val'}) has 3 images, fewer than the 10 asked for" in caplog.text

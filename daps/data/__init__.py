@@ -364,9 +364,9 @@ def eval_set(data, split: str, max_images: int, batch_size: int, device: torch.d
     subset in every run), in batches of ``batch_size`` on ``device``."""
     spec = dataset_spec(data.name)
 
-    def note_all(size: int) -> None:
+    def note_all(size: int, where: str = "") -> None:
         if max_images > size:
-            log.info("%s %s has %d %s, fewer than the %d asked for: all are used", spec.name, split, size,
+            log.info("%s %s%s has %d %s, fewer than the %d asked for: all are used", spec.name, split, where, size,
                      spec.examples, max_images)
 
     if spec.in_memory:
@@ -374,6 +374,6 @@ def eval_set(data, split: str, max_images: int, batch_size: int, device: torch.d
         note_all(len(examples))
         return TensorEvalSet(examples[fixed_subset(len(examples), max_images)].to(device), batch_size)
     dataset = folder_dataset(data.name, split, data.image_shape, data.data_dir or None, train=False)
-    note_all(len(dataset))
+    note_all(len(dataset), f" split ({dataset.root})")  # the folder: the test split of a folder dataset is val/
     count = min(max_images, len(dataset)) if max_images > 0 else len(dataset)
     return FolderEvalSet(dataset, batch_size, data.num_workers, count, device)
