@@ -285,3 +285,25 @@ def test_against_revision_times_both_trees_and_leaves_the_repository_as_it_was(t
     report = json.loads(out.read_text())
     assert len(report["rounds"]) == 1 and report["rounds"][0]["this"] > 0 and report["rounds"][0]["revision"] > 0
     assert against.main(["--revision", "no-such-commit-xyz", "--out", str(tmp_path / "b.json")]) == 2
+
+
+def test_profile_step_attributes_the_step_to_operators_and_counts_the_products(tmp_path, monkeypatch):
+    """``benchmarks/profile_step.py`` on a tiny DAPS config: operators sorted by their share of the step (shares
+    below 1, summing to at most 1), the matrix products' FLOP counted and their rate next to a large matmul's, and
+    an existing report refused without ``--overwrite`` (exit 2), untouched."""
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))
+    profile_step = _load_script("benchmarks_profile_step", SCRIPT.parent / "profile_step.py")
+    monkeypatch.setattr(profile_step, "matmul_gflops", lambda threads: 1.0)  # the 2,048^2 product takes seconds
+    out = tmp_path / "profile.json"
+    report = profile_step.main(["--steps", "1", "--warmup", "1", "--threads", "1", "--top", "5", "--out", str(out),
+                                *TINY_DAPS])
+    assert strict_json(out.read_text())["code"] == report["code"]
+    shares = [op["share"] for op in report["operators"]]
+    assert len(shares) == 5 and shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 1
+    m = report["matmul"]
+    assert positive(m["gflop_per_step"]) and positive(m["gflops"]) and 0 < m["share"] < 1
+    assert m["large_matmul_gflops"] == 1.0 and "| `aten::" in out.with_suffix(".md").read_text()
+    before = out.read_bytes()
+    with pytest.raises(SystemExit) as refused:
+        profile_step.main(["--out", str(out)])
+    assert refused.value.code == 2 and out.read_bytes() == before
