@@ -120,8 +120,10 @@ def model_card(model: Method, metrics: dict[str, Any] | None = None, step: int |
         f"{tuple(model.input_spec.image_shape)} arrays of the `{cfg.data.name}` dataset's model scale; code: {codes}.",
         "", "```python", "import daps", "model = daps.from_pretrained(\"<this folder or repo>\")", *usage,
         "```", "", "## Training", "",
-        f"{step if step is not None else '?'} optimizer steps at batch size {batch}{per_process}, seed "
-        f"{cfg.train.seed}:", "", "```bash", training_command(cfg, world_size), "```",
+        (f"{step} optimizer steps at batch size {batch}{per_process}, seed {cfg.train.seed}:" if step is not None
+         else f"Settings of batch size {batch}{per_process}, seed {cfg.train.seed}; how many optimizer steps trained "
+              "it was not recorded (saved from Python, not exported from a run):"),
+        "", "```bash", training_command(cfg, world_size), "```",
     ]
     if metrics:
         shown = {k: v for k, v in metrics.items()

@@ -173,3 +173,17 @@ def test_the_cards_eval_flags_repeat_training_validation_with_its_fid():
     assert words[words.index("--fid") + 1] == "reference" and words[words.index("--fid-ref") + 1] == "/my data/ref.npz"
     assert words[words.index("--seed") + 1] == str(cfg.train.seed + 12345)
     assert "--fid" not in shlex.split(eval_flags(daps.get_preset("mnist", "daps")))
+
+
+def test_a_model_built_in_python_saves_and_loads_and_its_card_does_not_invent_a_step_count(tmp_path,
+                                                                                            tiny_overrides_for):
+    """``build_method`` attaches its config, so a model trained in one's own loop can be saved (it refused: "needs
+    the model's config"); its card says the step count is not known instead of "? optimizer steps"."""
+    cfg = daps.parse_overrides(daps.get_preset("mnist", "vqvae"), tiny_overrides_for("vqvae"))
+    model = daps.build_method(cfg, tuple(cfg.data.image_shape))
+    assert model.config is cfg
+    folder = model.save_pretrained(tmp_path / "mine")
+    loaded = daps.from_pretrained(folder)
+    assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in model.state_dict().items())
+    card = (folder / "README.md").read_text()
+    assert "?" not in card.split("## Training")[1] and "was not recorded" in card

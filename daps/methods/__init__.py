@@ -86,7 +86,7 @@ def method_spec(name: str) -> MethodSpec:
 
 
 def build_method(cfg: Config, image_shape: tuple[int, ...]) -> Method:
-    """The module of ``cfg.method`` for inputs of ``image_shape`` (C, H, W)."""
+    """The module of ``cfg.method`` for inputs of ``image_shape`` (C, H, W), with ``cfg`` attached as ``config``."""
     c, h, w = image_shape
     spec = method_spec(cfg.method)
     try:
@@ -103,6 +103,7 @@ def build_method(cfg: Config, image_shape: tuple[int, ...]) -> Method:
         image_shape=(c, h, w), num_tokens=None if continuous else cfg.encoder.num_tokens,
         vocab_size=model.vocab_size, latent_dim=model.latent_dim if continuous else None,
     )
+    model.config = cfg  # what save_pretrained writes as config.json
     return model
 
 
