@@ -36,7 +36,7 @@ MATMULS = ("aten::mm", "aten::addmm", "aten::bmm")
 
 def matmul_gflops(threads: int, n: int = 2048, repeats: int = 5) -> float:
     """GFLOP/s of an ``n x n`` float32 matmul on this CPU (best of ``repeats``, after one warm-up)."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+    a, b = torch.randn(n, n, device="cpu"), torch.randn(n, n, device="cpu")
     torch.mm(a, b)
     best = float("inf")
     for _ in range(repeats):
