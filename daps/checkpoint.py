@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn as nn
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from daps.config import Config
 from daps.config_io import config_from_dict, config_to_dict
@@ -297,12 +297,7 @@ def weights_digest(tensors: dict[str, torch.Tensor]) -> str:
 
 
 def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        return load_file(str(path))
-    except FileNotFoundError:
-        raise CheckpointError(f"{path} is missing") from None
-    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
-        raise CheckpointError(f"{path} is damaged or not a safetensors file ({err})") from None
+    return read_weights(path)[0]
 
 
 def _misfit(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor], most: int = 3) -> str:
@@ -365,5 +360,4 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> Method:
     cfg = read_config(ckpt / "config.json")
     model = build_method(cfg, tuple(cfg.data.image_shape))
     load_weights(model, ckpt)
-    model.config = cfg
     return model.to(device).eval()

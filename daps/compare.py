@@ -45,6 +45,7 @@ from daps.config_io import (
     parse_setting,
 )
 from daps.data import dataset_spec, eval_set
+from daps.dist import resolve_device
 from daps.errors import UserError
 from daps.methods import METHODS, build_method, method_spec
 from daps.plots import read_metrics, save_comparison_curves, save_comparison_reconstructions
@@ -594,15 +595,18 @@ def _compare(runs, preset, methods, steps, seeds, out, overrides, device, argv, 
 
     table = collect(runs)
     cfg0 = runs[0].cfg
-    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dev = resolve_device(device)
     where = provenance(dev)
+    reused = sum(run.action == "reuse" for run in runs)
     header = (
         f"# {preset}: {', '.join(methods)}\n\n"
         + (f"Varied: {'; '.join(vary)} (one row per combination).\n\n" if vary else "")
         + f"{steps} optimizer steps at batch {_values(r.cfg.train.batch_size for r in runs)}, seeds "
         f"{', '.join(map(str, seeds))}, data {_values(r.cfg.data.name for r in runs)}, validated on "
         f"{_values(row['num_images'] for row in table)} test images, "
-        f"device {dev} ({where['machine']}), torch {where['torch']}, code {where['code']}, {where['date']}."
+        f"device {dev} ({where['machine']}), torch {where['torch']}, code {where['code']}, {where['date']}"
+        + (f" ({reused} of the {len(runs)} runs reused from earlier: their code and machine are not recorded here)."
+           if reused else ".")
         + (f"\n\nCommand: `{invocation}`" if invocation else "")
     )
     write_tables(table, out, header)

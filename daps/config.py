@@ -297,8 +297,8 @@ def check_optimizer_settings(cfg: Any) -> None:
 
 
 def check_positive(section: str, obj: Any, names: tuple[str, ...], strict: bool = True) -> None:
-    """Raise ``ValueError`` naming ``section.name`` unless each of ``obj``'s fields ``names`` is > 0 (>= 0 if not
-    ``strict``). NaN never passes."""
+    """Raise :class:`~daps.errors.UserError` (a ValueError) naming ``section.name`` unless each of ``obj``'s fields
+    ``names`` is > 0 (>= 0 if not ``strict``). NaN never passes."""
     for name in names:
         value = getattr(obj, name)
         if not (value > 0 if strict else value >= 0):

@@ -30,6 +30,9 @@ def resolve_device(device: str | torch.device | None, name: str = "device") -> t
         raise UserError(f"{name} {device!r} is not a device (try cpu, cuda or cuda:1)") from None
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"{name} {device}: CUDA is not available on this machine")
+    if resolved.type == "cuda" and resolved.index is not None and resolved.index >= torch.cuda.device_count():
+        raise UserError(f"{name} {device}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                        f"numbered from 0")
     if resolved.type not in ("cpu", "cuda"):
         raise UserError(f"{name} {device}: only cpu and cuda are supported")
     return resolved

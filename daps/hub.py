@@ -219,7 +219,6 @@ def _load_folder(folder: Path, device: str | torch.device) -> Method:
             raise CheckpointError(f"{path} holds non-finite values (in {name})")
     model = build_method(cfg, tuple(cfg.data.image_shape))
     load_weights(model, folder, tensors)  # a misfitting model.safetensors: one CheckpointError naming it
-    model.config = cfg
     return model.to(device).eval()
 
 

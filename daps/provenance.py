@@ -60,11 +60,12 @@ def cpu_bf16() -> bool | None:
 
 def machine_name(device: str | torch.device = "cpu") -> str:
     """What a result was measured on, in one line: the GPU's name on a CUDA ``device``, else the CPU model and
-    its core count (``AMD EPYC, 2 cores``)."""
+    how many of its logical CPUs this process may use (``AMD EPYC, 2 CPUs``)."""
     device = torch.device(device)
     if device.type == "cuda" and torch.cuda.is_available():
         return torch.cuda.get_device_name(device)
-    return f"{cpu_name()}, {os.cpu_count()} cores"
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{cpu_name()}, {usable} CPUs"
 
 
 def provenance(device: str | torch.device = "cpu") -> dict[str, str]:

@@ -426,6 +426,13 @@ def test_library_calls_name_a_device_they_cannot_use_and_a_file_given_for_a_fold
         with pytest.raises(UserError, match="^device meta: only cpu and cuda are supported$"):
             call("meta")
     assert not (tmp_path / "never").exists()
+    from daps.dist import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # one GPU: cuda:1 is named before any work
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(UserError, match="^device cuda:1: this machine has 1 CUDA device\\(s\\), numbered from 0$"):
+        resolve_device("cuda:1")
+    assert resolve_device("cuda:0") == torch.device("cuda:0") and resolve_device(torch.device("cpu")).type == "cpu"
     assert main(["export", str(trained_run), "--out", str(tmp_path / "export")]) == 0
     ref = weights(trained_run, 6)
     for inside in (tmp_path / "export" / "config.json", ckpt_dir(trained_run, 6) / "config.json"):

@@ -108,6 +108,8 @@ def test_compare_writes_table_figures_commands_and_reuses_finished_runs(tmp_path
     before = {p: p.stat().st_mtime_ns for p in out.glob("*/seed*/metrics.jsonl")}
     compare("mnist", ["daps", "dapsna"], 4, [0, 1], out, overrides)
     assert {p: p.stat().st_mtime_ns for p in out.glob("*/seed*/metrics.jsonl")} == before
+    assert "(4 of the 4 runs reused from earlier: their code and machine are not recorded here)" in (
+        out / "results.md").read_text()  # the header's machine and code are the tables', not the runs'
 
 
 def test_cli_compare_rejects_unknown_method_in_one_line(tmp_path, capsys):

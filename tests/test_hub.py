@@ -187,3 +187,7 @@ def test_a_model_built_in_python_saves_and_loads_and_its_card_does_not_invent_a_
     assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in model.state_dict().items())
     card = (folder / "README.md").read_text()
     assert "?" not in card.split("## Training")[1] and "was not recorded" in card
+    small = daps.build_method(cfg, (1, 8, 8))  # other inputs than the config's: the attached config says so
+    assert small.config.data.image_shape == (1, 8, 8) and tuple(cfg.data.image_shape) == (1, 28, 28)
+    reloaded = daps.from_pretrained(small.save_pretrained(tmp_path / "small"))
+    assert reloaded.input_spec.image_shape == (1, 8, 8)

@@ -178,6 +178,11 @@ def test_a_method_of_an_installed_package_trains_and_loads_in_new_processes(tmp_
     assert json.loads((run / "config.json").read_text())["method"] == "toy"
     done = daps_cli("eval", str(run), "--json", env=with_plugin)
     assert done.returncode == 0 and "log_p" in json.loads(done.stdout.strip().splitlines()[-1]), done.stderr
+    # a script that imports the plugin's module before daps (so daps is imported while that module is half-made)
+    first = subprocess.run([sys.executable, "-c", "import daps_toyplug, daps\nfrom daps.methods import method_spec\n"
+                            "print(method_spec('toy').name)"], env=with_plugin, capture_output=True, text=True,
+                           timeout=600)
+    assert first.returncode == 0 and first.stdout.strip() == "toy" and "not loaded" not in first.stderr, first.stderr
     done = daps_cli("eval", str(run), env=dict(os.environ))  # the package uninstalled: one line, exit code 2
     assert done.returncode == 2 and "unknown method 'toy'" in done.stderr and "Traceback" not in done.stderr
 
@@ -195,6 +200,7 @@ def test_a_broken_plugin_is_skipped_with_a_warning_naming_it(monkeypatch, caplog
     ]
     monkeypatch.setattr(methods.importlib.metadata, "entry_points",
                         lambda group: [e for e in entries if e.group == group])
+    monkeypatch.setattr(methods, "_TRIED", set())
     before = dict(METHODS)  # register() writes into METHODS: restored below
     try:
         with caplog.at_level(logging.WARNING, logger="daps.methods"):

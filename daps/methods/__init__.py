@@ -7,8 +7,10 @@ entry-point group ``daps.methods`` (see :func:`load_plugins`).
 
 from __future__ import annotations
 
+import copy
 import importlib.metadata
 import logging
+import sys
 
 from daps.config import Config
 from daps.errors import UserError
@@ -57,13 +59,25 @@ PLUGIN_GROUP = "daps.methods"
 ``[project.entry-points."daps.methods"]`` with ``mymethod = "mypackage.mymethod:MYMETHOD_SPEC"``."""
 
 
+_TRIED: set[str] = set()
+"""The entry points :func:`load_plugins` has loaded or given up on (each is tried once)."""
+
+
 def load_plugins() -> list[str]:
     """Register the :class:`MethodSpec` of every entry point of :data:`PLUGIN_GROUP` (run once, at the end of
     ``import daps``, when the package is whole, so that the ``daps`` command and :func:`daps.load_model` in any
     process know them). One that fails to load, is not a ``MethodSpec`` or takes a name already used is skipped with a
-    warning naming it: an installed plugin never breaks the built-in methods. Returns the names registered."""
+    warning naming it: an installed plugin never breaks the built-in methods. A plugin whose own module is being
+    imported at that moment (it was imported first, and imported daps) is left for :func:`method_spec` to load when
+    its name is asked for. Returns the names registered."""
     names = []
     for entry in importlib.metadata.entry_points(group=PLUGIN_GROUP):
+        if entry.value in _TRIED:
+            continue
+        module = sys.modules.get(entry.module)
+        if module is not None and getattr(getattr(module, "__spec__", None), "_initializing", False):
+            continue  # it is being imported (and imported daps first): method_spec tries it again when asked
+        _TRIED.add(entry.value)
         try:
             spec = entry.load()
             if not isinstance(spec, MethodSpec):
@@ -71,7 +85,7 @@ def load_plugins() -> list[str]:
             register(spec)
         except Exception as err:  # noqa: BLE001 -- whatever a third-party module raises, the package stays usable
             logging.getLogger(__name__).warning(
-                "method plugin %r (%s) not loaded: %s", entry.name, entry.value, err or type(err).__name__
+                "method plugin %r (%s) not loaded: %s", entry.name, entry.value, str(err) or type(err).__name__
             )
             continue
         names.append(spec.name)
@@ -81,12 +95,15 @@ def load_plugins() -> list[str]:
 def method_spec(name: str) -> MethodSpec:
     """The registered :class:`MethodSpec` of ``name``, or a ``ValueError`` listing the methods."""
     if name not in METHODS:
+        load_plugins()  # a plugin left at `import daps` because its module was being imported then
+    if name not in METHODS:
         raise UserError(f"unknown method {name!r}; choose one of: {', '.join(METHODS)}")
     return METHODS[name]
 
 
 def build_method(cfg: Config, image_shape: tuple[int, ...]) -> Method:
-    """The module of ``cfg.method`` for inputs of ``image_shape`` (C, H, W), with ``cfg`` attached as ``config``."""
+    """The module of ``cfg.method`` for inputs of ``image_shape`` (C, H, W), with ``cfg`` attached as ``config``
+    (a copy with ``data.image_shape`` set to ``image_shape`` where they differ)."""
     c, h, w = image_shape
     spec = method_spec(cfg.method)
     try:
@@ -103,6 +120,9 @@ def build_method(cfg: Config, image_shape: tuple[int, ...]) -> Method:
         image_shape=(c, h, w), num_tokens=None if continuous else cfg.encoder.num_tokens,
         vocab_size=model.vocab_size, latent_dim=model.latent_dim if continuous else None,
     )
+    if tuple(cfg.data.image_shape) != (c, h, w):  # the config written with the model must rebuild it
+        cfg = copy.deepcopy(cfg)
+        cfg.data.image_shape = (c, h, w)
     model.config = cfg  # what save_pretrained writes as config.json
     return model
 

@@ -35,8 +35,9 @@ class MethodSpec:
         summary: one line for ``--help`` and listings.
         build: ``build(cfg, image_shape)``: the method's module, a :class:`daps.methods.Method`.
         config_type: the dataclass of the method's own settings. It has a ``section: ClassVar[str]`` (its name in
-            overrides and ``config.json``: ``daps.beta.end=0.1``) and a ``validate()`` that raises ``ValueError``
-            naming the key. Several methods may share one (``gumbel`` and ``grmck`` both use ``relaxed``).
+            overrides and ``config.json``: ``daps.beta.end=0.1``) and a ``validate()`` that raises
+            ``daps.errors.UserError`` naming the key. Several methods may share one (``gumbel`` and ``grmck`` both
+            use ``relaxed``).
         encoder: the encoder family (see :data:`EncoderFamily`).
         presets: preset name -> a function that adjusts that preset's config for this method (its schedules,
             learning rates, ...). ``mnist5k-demo`` starts from ``mnist``, so both apply to it. A preset missing here
