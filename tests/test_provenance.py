@@ -32,8 +32,8 @@ def test_an_installed_daps_inside_another_repository_is_not_its_commit(tmp_path,
     assert re.fullmatch(r"[0-9a-f]{40}", source_revision(project))  # the checkout itself: its commit
 
 
-def test_machine_and_provenance_name_the_cpu_its_cores_the_code_and_the_time(monkeypatch):
-    """A result records what it ran on: the CPU model from /proc/cpuinfo (not ``x86_64``) with its core count, the
+def test_machine_and_provenance_name_the_cpu_its_cpus_the_code_and_the_time(monkeypatch):
+    """A result records what it ran on: the CPU model from /proc/cpuinfo (not ``x86_64``) with the CPUs it may use, the
     source revision, torch and a UTC timestamp."""
     import datetime
     import os
@@ -43,7 +43,8 @@ def test_machine_and_provenance_name_the_cpu_its_cores_the_code_and_the_time(mon
     from daps import provenance as prov
 
     monkeypatch.setattr(prov, "_cpuinfo", lambda field: {"model name": "Test CPU 9000"}.get(field))
-    assert prov.machine_name() == f"Test CPU 9000, {os.cpu_count()} cores"
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 5}, raising=False)  # 3 usable of the host's
+    assert prov.machine_name() == "Test CPU 9000, 3 CPUs"
     record = prov.provenance()
     assert set(record) == {"code", "machine", "torch", "date"}
     assert record["code"] == source_revision() and record["torch"] == torch.__version__
