@@ -20,10 +20,11 @@ import daps.functional as DF
 from daps.config_io import parse_overrides
 from daps.errors import UserError
 from daps.functional import FLOAT32_EPS
-from daps.likelihoods import Gaussian
+from daps.likelihoods import Bernoulli, Gaussian
 from daps.methods import build_method, method_spec
 from daps.methods.common import build_likelihood
-from daps.nets import ARTransformerEncoder
+from daps.nets import ARTransformerEncoder, NACategoricalEncoder
+from daps.nets.resnet import SlicedBatchNorm2d
 from daps.optim import Optimizers, OptimizerSpec
 from daps.presets import get_preset
 
@@ -104,12 +105,13 @@ def test_conditional_gumbel_of_unnormalized_logits_by_hand():
     assert g[1].item() == pytest.approx(math.log(2.0), abs=1e-6)
     assert g[0].item() == pytest.approx(0.0, abs=1e-6)
     # shifting every logit by c shifts every perturbed logit by c (G = l + Gumbel), the argmax unchanged
-    torch.manual_seed(0)
-    logp = torch.log_softmax(torch.randn(6, dtype=torch.float64), 0)
-    e = torch.empty(4, 6, dtype=torch.float64).exponential_()
+    g = torch.Generator().manual_seed(0)
+    logits = torch.log_softmax(torch.randn(6, generator=g, dtype=torch.float64), 0)
+    e = torch.empty(4, 6, dtype=torch.float64).exponential_(generator=g)
     index = torch.tensor(2)
-    torch.testing.assert_close(DF.conditional_gumbel(logp + 2.5, index, e),
-                               DF.conditional_gumbel(logp, index, e) + 2.5, atol=1e-5, rtol=0)
+    shifted = DF.conditional_gumbel(logits + 2.5, index, e)
+    torch.testing.assert_close(shifted, DF.conditional_gumbel(logits, index, e) + 2.5, atol=1e-5, rtol=0)
+    assert (shifted.argmax(-1) == 2).all()
 
 
 @pytest.mark.parametrize("level", [1000, 2000])
@@ -280,14 +282,28 @@ def test_gaussian_vae_logs_the_posterior_standard_deviation(monkeypatch):
     """With the encoder giving mean 0 and log-variance log 4 the logged posterior spread is the standard deviation
     2 (not the variance 4), and KL = 0.5 sum_d (4 - 1 - log 4) over 2 dims. Fails if the log reports exp(log_var)."""
     model = _tiny("vae")
-    monkeypatch.setattr(model.encoder, "forward", lambda x, generator=None: (
-        torch.zeros(x.shape[0], 2), torch.full((x.shape[0], 2), math.log(4))))
+    def encoder(x, generator=None):
+        return torch.zeros(x.shape[0], 2), torch.full((x.shape[0], 2), math.log(4.0))
+
+    monkeypatch.setattr(model.encoder, "forward", encoder)
     logs = model(_binary_images(3), step=0, generator=torch.Generator().manual_seed(0)).logs
     assert logs["posterior_std"].item() == pytest.approx(2.0)
     assert logs["kl"].item() == pytest.approx(3.0 - math.log(4.0), rel=1e-6)
 
 
 # -- daps/likelihoods.py, daps/optim.py, daps/nets -------------------------------------------------------------------
+
+
+def test_bernoulli_mean_and_log_prob_share_the_probability_clamp():
+    """Logits are clamped to +-log((1 - eps) / eps) for the log-probability and for the mean alike: a logit of +-100
+    means a pixel probability of 1 - eps or eps, and scores log(1 - eps) for a matching pixel. Fails if the mean
+    skips the clamp (a probability of exactly 1)."""
+    logits = torch.tensor([100.0, -100.0]).view(1, 2, 1, 1)
+    mean = Bernoulli().mean(logits).flatten().tolist()
+    assert mean[0] == pytest.approx(1.0 - FLOAT32_EPS, rel=1e-7) and mean[0] < 1.0
+    assert mean[1] == pytest.approx(FLOAT32_EPS, rel=1e-3)
+    log_p = Bernoulli().log_prob(logits[:, :1], torch.ones(1, 1, 1, 1))
+    assert log_p.item() == pytest.approx(math.log1p(-FLOAT32_EPS), rel=1e-3)
 
 
 def test_a_gaussian_whose_variance_range_is_one_value_has_that_variance():
@@ -344,3 +360,48 @@ def test_teacher_forced_log_q_is_clamped_as_the_sampling_pass_is():
     exact = encoder.log_prob(x, codes, clamp=False)
     assert exact[0, 0, 1].item() == pytest.approx(-100.0 - math.log1p(3 * math.exp(-100.0)), abs=1e-3)
     assert encoder.sample(x, 1).token_log_q.max().item() == pytest.approx(top, rel=1e-5)
+
+
+def _na_encoder_with_logits(monkeypatch, logits: torch.Tensor) -> NACategoricalEncoder:
+    """A bidirectional categorical encoder (T=3, V=4) whose network outputs ``logits (B, 3, 4)`` for any input."""
+    torch.manual_seed(0)
+    encoder = NACategoricalEncoder((1, 28, 28), num_tokens=3, vocab_size=4, width=16, num_layers=1, num_heads=2,
+                                   mlp_ratio=2)
+    monkeypatch.setattr(encoder.net, "forward", lambda x: logits)
+    return encoder
+
+
+def test_independent_token_samples_take_each_tokens_own_distribution(monkeypatch):
+    """Each (input, token) of the bidirectional encoder has its own distribution; with one near-certain code per
+    token, every one of the K draws is that code. Fails if the K x B x T draws are laid out in another order than
+    their distributions (invisible with one input or one token)."""
+    target = torch.tensor([[0, 1, 2], [3, 0, 1]])  # (B=2, T=3)
+    logits = torch.full((2, 3, 4), -100.0).scatter(-1, target[..., None], 100.0)
+    encoder = _na_encoder_with_logits(monkeypatch, logits)
+    samples = encoder.sample(_binary_images(2), 5, torch.Generator().manual_seed(0))
+    assert torch.equal(samples.indices, target.expand(5, 2, 3))
+    torch.testing.assert_close(samples.token_log_q, torch.full((5, 2, 3), math.log1p(-FLOAT32_EPS)))
+
+
+def test_independent_token_log_q_gradient_is_counts_minus_k_times_probabilities(monkeypatch):
+    """d/dlogits of sum over K codes of log q(z | x) = count of each code - K softmax(logits), per token (DAPS-NA's
+    weighted maximum likelihood trains through it). Fails if log_prob detaches its log-probabilities."""
+    logits = torch.randn(2, 3, 4, generator=torch.Generator().manual_seed(1), requires_grad=True)
+    encoder = _na_encoder_with_logits(monkeypatch, logits)
+    codes = torch.randint(0, 4, (5, 2, 3), generator=torch.Generator().manual_seed(2))
+    encoder.log_prob(_binary_images(2), codes).sum().backward()
+    expected = torch.nn.functional.one_hot(codes, 4).sum(0).float() - 5 * torch.softmax(logits.detach(), -1)
+    torch.testing.assert_close(logits.grad, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_sliced_batchnorm_in_eval_mode_by_hand():
+    """Eval mode normalizes with the running statistics as (x - mean) / sqrt(var + 1e-5) * weight + bias: a channel
+    whose running variance is 0 stays finite. Fails if eps is left out of the eval-mode normalization."""
+    bn = SlicedBatchNorm2d(2).eval()
+    with torch.no_grad():
+        bn.running_mean.copy_(torch.tensor([1.0, -2.0]))
+        bn.running_var.copy_(torch.tensor([0.0, 3.0]))
+        bn.weight.copy_(torch.tensor([2.0, 1.0]))
+        bn.bias.copy_(torch.tensor([0.5, 0.0]))
+        y = bn(torch.tensor([2.0, 1.0]).view(1, 2, 1, 1)).flatten().tolist()
+    assert y == pytest.approx([2.0 / math.sqrt(1e-5) + 0.5, 3.0 / math.sqrt(3.0 + 1e-5)], rel=1e-5)
