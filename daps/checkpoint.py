@@ -183,7 +183,7 @@ def verify_checkpoint(ckpt: str | Path) -> None:
     sums_path = ckpt / CHECKSUMS
     if not sums_path.exists():  # an older checkpoint: reading is the only check there is
         load_training_state(ckpt)
-        _read_tensors(ckpt / "model.safetensors")
+        read_weights(ckpt / "model.safetensors")
         read_config(ckpt / "config.json")
         return
     try:
@@ -296,10 +296,6 @@ def weights_digest(tensors: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
-def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
-    return read_weights(path)[0]
-
-
 def _misfit(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor], most: int = 3) -> str:
     """How the tensors ``found`` in a file differ from the model's ``expected`` ones, naming at most ``most`` of
     each kind: tensors missing from the file, tensors the model has no place for, shapes that differ."""
@@ -320,7 +316,7 @@ def load_weights(model: nn.Module, ckpt: Path, tensors: dict[str, torch.Tensor] 
     """Copy ``ckpt``'s ``model.safetensors`` (or its ``tensors``, already read) into ``model``; a
     :class:`CheckpointError` naming what differs when they do not fit."""
     path = Path(ckpt) / "model.safetensors"
-    tensors = _read_tensors(path) if tensors is None else tensors
+    tensors = read_weights(path)[0] if tensors is None else tensors
     try:
         model.load_state_dict(tensors)
     except RuntimeError:

@@ -270,6 +270,10 @@ def adaptive_grad_clip(
     return (grad.float() * scale).to(grad.dtype)
 
 
+def _unknown_schedule(kind: str) -> ValueError:
+    return ValueError(f"unknown schedule kind {kind!r}; choose exp_decay, cosine or constant")
+
+
 def schedule_value(kind: str, step: int, init: float, end: float, num_steps: int, end_pct: float = 1.0) -> float:
     """Value of a named schedule (``exp_decay``, ``cosine``, ``constant``) at optimizer step ``step``."""
     if kind == "exp_decay":
@@ -278,7 +282,7 @@ def schedule_value(kind: str, step: int, init: float, end: float, num_steps: int
         return cosine_schedule(step, init, end, max(int(num_steps * end_pct), 1))
     if kind == "constant":
         return constant_schedule(step, init)
-    raise ValueError(f"unknown schedule kind {kind!r}; choose exp_decay, cosine or constant")
+    raise _unknown_schedule(kind)
 
 
 def schedule_final_value(kind: str, init: float, end: float) -> float:
@@ -289,7 +293,7 @@ def schedule_final_value(kind: str, init: float, end: float) -> float:
         return end
     if kind == "constant":
         return init
-    raise ValueError(f"unknown schedule kind {kind!r}; choose exp_decay, cosine or constant")
+    raise _unknown_schedule(kind)
 
 
 def kl_to_uniform(token_entropy: torch.Tensor, vocab_size: int) -> torch.Tensor:

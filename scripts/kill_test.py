@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
+from daps.provenance import cpu_name
 from daps.runfolder import write_json_atomic
 
 CONFIG = [
@@ -200,7 +201,7 @@ def main() -> int:
         "reference_run_s": round(full, 1),
         "command": " ".join(["python", "scripts/kill_test.py", *sys.argv[1:]]),
         "config": CONFIG,
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {platform.system()}",
+        "machine": f"{cpu_name()}, {os.cpu_count()} cores, {platform.system()}",
         "python": platform.python_version(),
         "torch": torch.__version__,
         "commit": subprocess.run(

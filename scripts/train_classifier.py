@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import platform
 import subprocess
 import sys
 import time
@@ -31,6 +30,7 @@ from daps.metrics.classifier import (
     save_image_classifier,
     train_image_classifier,
 )
+from daps.provenance import cpu_name
 from daps.runfolder import write_json_atomic
 
 
@@ -74,7 +74,7 @@ def main() -> int:
         "dataset": args.dataset, "data": source, "steps": steps, "batch_size": args.batch_size,
         "test_accuracy": accuracy(model, x_test, y_test),
         "train_accuracy_10k": accuracy(model, x_train[:10_000], y_train[:10_000]),
-        "wall_s": round(time.time() - start, 1), "machine": platform.processor() or platform.machine(),
+        "wall_s": round(time.time() - start, 1), "machine": cpu_name(),
         "torch": torch.__version__, "threads": args.threads, "commit": commit,
         "command": " ".join(["python", *sys.argv]),
     }

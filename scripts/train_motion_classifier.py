@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import platform
 import subprocess
 import sys
 import time
@@ -29,6 +28,7 @@ from daps.errors import UserError
 from daps.metrics.classifier import check_outputs
 from daps.motion.classifier import default_classifier_path, save_classifier, train_classifier
 from daps.motion.features import NUM_FEATURES
+from daps.provenance import cpu_name
 from daps.runfolder import write_json_atomic
 
 
@@ -59,7 +59,7 @@ def main() -> int:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     info = {
         **report.to_dict(), "wall_s": round(time.time() - start, 1),
-        "machine": platform.processor() or platform.machine(), "torch": torch.__version__, "threads": args.threads,
+        "machine": cpu_name(), "torch": torch.__version__, "threads": args.threads,
         "commit": commit,
         "command": " ".join(["python", *sys.argv]),
     }

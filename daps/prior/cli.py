@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from daps.cli import add_device_arg, add_threads_arg, seed_arg, set_threads
+from daps.dist import resolve_device
 from daps.errors import UserError
 from daps.prior.run import warn_untrained_null
 from daps.runfolder import check_media_output
@@ -86,9 +87,7 @@ def add_parsers(sub) -> None:
 
 
 def _device(name: str | None) -> torch.device:
-    from daps.cli import _device as pick
-
-    return torch.device(pick(name))
+    return resolve_device(name, "--device")
 
 
 def check_sampling(guidance: float, temperature: float, guidance_flag: str = "--cfg") -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from daps.cli import add_device_arg, add_threads_arg, seed_arg, set_threads
+from daps.dist import resolve_device
 from daps.errors import UserError
 from daps.prior.cli import check_sampling
 from daps.prior.run import warn_untrained_null
@@ -76,9 +77,7 @@ def add_parsers(sub) -> None:
 
 
 def _device(name: str | None) -> torch.device:
-    from daps.cli import _device as pick
-
-    return torch.device(pick(name))
+    return resolve_device(name, "--device")
 
 
 def robot_command(args: argparse.Namespace) -> int:

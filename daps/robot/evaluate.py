@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import logging
-import platform
 import time
 from pathlib import Path
 from typing import Any
@@ -38,7 +37,7 @@ import torch
 from daps.checkpoint import resolve_checkpoint
 from daps.data.motion import window_kinds
 from daps.errors import UserError
-from daps.provenance import source_revision
+from daps.provenance import cpu_name, source_revision
 from daps.robot.commands import VELOCITY_NAMES, com_window_velocity, motion_index, window_velocity
 from daps.robot.plan import Planner, stitch_windows, transition_jumps
 from daps.runfolder import check_output_file
@@ -206,7 +205,7 @@ def evaluate(policy_run: str | Path, motions: list[str], rollouts: int = 8, wind
         "com_agreement": com_agreement(h1, motion, planner.window),
         "rows": rows,
         "seconds": time.perf_counter() - started,
-        "machine": platform.processor() or platform.machine(),
+        "machine": cpu_name(),
         "torch": torch.__version__,
         "commit": source_revision(),
     }
