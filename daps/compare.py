@@ -50,7 +50,7 @@ from daps.errors import UserError
 from daps.methods import METHODS, build_method, method_spec
 from daps.plots import read_metrics, save_comparison_curves, save_comparison_reconstructions
 from daps.presets import get_preset
-from daps.provenance import provenance
+from daps.provenance import provenance, read_jobs
 from daps.runfolder import (
     LOCK,
     MARKER,
@@ -435,6 +435,33 @@ def arms(runs: list[Run]) -> dict[str, list[Run]]:
     return groups
 
 
+def origins(runs: list[Run]) -> str:
+    """Where the runs' steps were trained, from each run folder's record of its jobs: one sentence per distinct
+    machine, torch and code with the runs it trained (part of) and, if any, the runs with steps of unknown origin
+    (trained before daps recorded its jobs, or a damaged record). Steps/s are comparable only within one machine."""
+    trained_by: dict[str, list[str]] = {}
+    unknown = []
+    for run in runs:
+        jobs = read_jobs(run.out_dir)
+        name = str(run.out_dir.relative_to(run.out_dir.parent.parent))
+        if not jobs or jobs[0]["from_step"] > 0:
+            unknown.append(name)
+        for origin in dict.fromkeys(
+            f"{job.get('device', '?')} ({job.get('machine', '?')}), torch {job.get('torch', '?')}, code "
+            f"{job.get('code', '?')}" for job in jobs
+        ):
+            trained_by.setdefault(origin, []).append(name)
+    lines = [
+        f"Trained on {origin}: " + (f"all {len(runs)} runs" if len(names) == len(runs) else ", ".join(names)) + "."
+        for origin, names in trained_by.items()
+    ]
+    if unknown:
+        lines.append(f"Where these runs were trained is not (fully) recorded: {', '.join(unknown)}.")
+    if len(trained_by) + bool(unknown) > 1:
+        lines.append("Their steps/s are comparable only between runs trained on one machine.")
+    return " ".join(lines)
+
+
 def collect(runs: list[Run]) -> list[dict]:
     """One row per arm: mean and standard error over seeds of every column, plus bits and speed. ``method`` is the
     arm's label, ``settings`` its ``--vary`` settings ('' without)."""
@@ -605,8 +632,8 @@ def _compare(runs, preset, methods, steps, seeds, out, overrides, device, argv, 
         f"{', '.join(map(str, seeds))}, data {_values(r.cfg.data.name for r in runs)}, validated on "
         f"{_values(row['num_images'] for row in table)} test images, "
         f"device {dev} ({where['machine']}), torch {where['torch']}, code {where['code']}, {where['date']}"
-        + (f" ({reused} of the {len(runs)} runs reused from earlier: their code and machine are not recorded here)."
-           if reused else ".")
+        + (f" ({reused} of the {len(runs)} runs reused from earlier)." if reused else ".")
+        + f"\n\n{origins(runs)}"
         + (f"\n\nCommand: `{invocation}`" if invocation else "")
     )
     write_tables(table, out, header)

@@ -27,6 +27,7 @@ import torch
 
 from daps.dist import resolve_device
 from daps.errors import UserError
+from daps.provenance import read_jobs
 from daps.runfolder import FolderLock, atomic_path, prepare_output_folder, write_json_atomic, write_text_atomic
 
 if TYPE_CHECKING:
@@ -94,9 +95,10 @@ def eval_flags(cfg) -> str:
 
 
 def model_card(model: Method, metrics: dict[str, Any] | None = None, step: int | None = None,
-               world_size: int = 1) -> str:
+               world_size: int = 1, jobs: list[dict] | None = None) -> str:
     """README.md of a pretrained folder: YAML front matter for the Hub, then what the model is and how it scores.
-    ``world_size``: the processes that trained it (each with ``train.batch_size`` examples per step)."""
+    ``world_size``: the processes that trained it (each with ``train.batch_size`` examples per step); ``jobs``: the
+    run's record of the jobs that trained it (:func:`daps.provenance.read_jobs`), said as where its steps ran."""
     from daps.methods import method_spec
 
     cfg = model.config
@@ -125,6 +127,15 @@ def model_card(model: Method, metrics: dict[str, Any] | None = None, step: int |
               "it was not recorded (saved from Python, not exported from a run):"),
         "", "```bash", training_command(cfg, world_size), "```",
     ]
+    if jobs and step is not None:
+        lines += ["", "Trained on:", ""]
+        if jobs[0]["from_step"] > 0:
+            lines.append(f"- steps 0-{jobs[0]['from_step']}: not recorded")
+        lines += [
+            f"- steps {job['from_step']}-{end}: {job.get('device', '?')} ({job.get('machine', '?')}), "
+            f"torch {job.get('torch', '?')}, daps code {job.get('code', '?')}, started {job.get('date', '?')}"
+            for job, end in zip(jobs, [j["from_step"] for j in jobs[1:]] + [step])
+        ]
     if metrics:
         shown = {k: v for k, v in metrics.items()
                  if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in NOT_METRICS}
@@ -139,10 +150,11 @@ def model_card(model: Method, metrics: dict[str, Any] | None = None, step: int |
 
 
 def save_pretrained(model: Method, folder: str | Path, overwrite: bool = False,
-                    metrics: dict[str, Any] | None = None, step: int | None = None, world_size: int = 1) -> Path:
+                    metrics: dict[str, Any] | None = None, step: int | None = None, world_size: int = 1,
+                    jobs: list[dict] | None = None) -> Path:
     """Write ``model`` (a loaded or trained method with its ``config``) as a pretrained folder. An existing folder is
-    replaced only with ``overwrite`` and only if it is a daps pretrained folder. ``metrics``, ``step`` and
-    ``world_size`` (processes that trained it) go into the model card."""
+    replaced only with ``overwrite`` and only if it is a daps pretrained folder. ``metrics``, ``step``,
+    ``world_size`` (processes that trained it) and ``jobs`` (where its steps ran) go into the model card."""
     from safetensors.torch import save_file
 
     from daps.checkpoint import WEIGHTS_DIGEST, weights_digest
@@ -160,7 +172,7 @@ def save_pretrained(model: Method, folder: str | Path, overwrite: bool = False,
             save_file(tensors, str(tmp),
                       metadata={"format": "pt", "library": "daps", WEIGHTS_DIGEST: weights_digest(tensors)})
         write_json_atomic(folder / "config.json", config_to_dict(model.config))
-        write_text_atomic(folder / "README.md", model_card(model, metrics, step, world_size))
+        write_text_atomic(folder / "README.md", model_card(model, metrics, step, world_size, jobs))
     finally:
         lock.release()
     return folder
@@ -193,7 +205,9 @@ def export_run(run_dir: str | Path, out: str | Path, overwrite: bool = False) ->
     step = int(state["step"])
     if metrics is not None and metrics.get("step") != step:
         metrics = None  # the summary belongs to another checkpoint (e.g. a run resumed past it)
-    return save_pretrained(model, out, overwrite, metrics, step, world_size=len(state["rng"]))  # a state per rank
+    jobs = [job for job in read_jobs(ckpt.parent.parent) if job["from_step"] < step]  # those this checkpoint holds
+    return save_pretrained(model, out, overwrite, metrics, step, world_size=len(state["rng"]),  # a state per rank
+                           jobs=jobs)
 
 
 def _load_folder(folder: Path, device: str | torch.device) -> Method:

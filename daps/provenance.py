@@ -1,14 +1,27 @@
-"""Where a result came from: the source revision of the code that produced it, the machine, torch and the date."""
+"""Where a result came from: the source revision of the code that produced it, the machine, torch and the date.
+
+A training run records each job that trained it (a first start and every resume) in its folder's
+``provenance.json``, so that a run reused later (``daps compare``) still says where its steps were taken.
+"""
 
 from __future__ import annotations
 
 import datetime
+import json
+import logging
 import os
 import platform
 import subprocess
 from pathlib import Path
 
 import torch
+
+from daps.runfolder import write_json_atomic
+
+log = logging.getLogger(__name__)
+
+JOBS_FILE = "provenance.json"
+"""The file of a run folder that lists the jobs that trained it."""
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 """The folder holding the ``daps`` package: the repository root of a source checkout."""
@@ -77,3 +90,30 @@ def provenance(device: str | torch.device = "cpu") -> dict[str, str]:
         "torch": torch.__version__,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def read_jobs(run_dir: str | Path) -> list[dict]:
+    """The jobs recorded in ``run_dir``'s ``provenance.json``, oldest first, each with ``from_step`` (the step it
+    started from) and :func:`provenance`'s keys, ``device`` and ``processes``. Empty for a run trained before
+    daps recorded them; a damaged record also reads as empty (the steps' origin is then unknown, nothing fails)."""
+    try:
+        jobs = json.loads((Path(run_dir) / JOBS_FILE).read_text())["jobs"]
+    except (OSError, ValueError, TypeError, KeyError):
+        return []
+    if not (isinstance(jobs, list) and all(isinstance(j, dict) and isinstance(j.get("from_step"), int) for j in jobs)):
+        return []
+    return jobs
+
+
+def record_job(run_dir: str | Path, from_step: int, device: torch.device, processes: int) -> list[dict]:
+    """Add this job, which trains ``run_dir`` from step ``from_step``, to its ``provenance.json`` (atomically) and
+    return the list written. Jobs that started at or after ``from_step`` are dropped: their steps were lost with
+    the checkpoints this job resumes before (or they trained none)."""
+    path = Path(run_dir) / JOBS_FILE
+    earlier = read_jobs(run_dir)
+    if not earlier and from_step > 0 and path.exists():
+        log.warning("%s is damaged: where the run's first %d steps were trained is no longer known", path, from_step)
+    jobs = [job for job in earlier if job["from_step"] < from_step]
+    jobs.append({"from_step": from_step, **provenance(device), "device": str(device), "processes": processes})
+    write_json_atomic(path, {"format": 1, "jobs": jobs})
+    return jobs

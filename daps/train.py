@@ -54,6 +54,7 @@ from daps.metrics.evaluate import FIDSetup, fid_setup
 from daps.optim import Optimizers
 from daps.plots import read_metrics, save_training_curves
 from daps.progress import progress_bar
+from daps.provenance import record_job
 from daps.runfolder import (
     LOCK,
     MARKER,
@@ -377,8 +378,9 @@ def _restore(s: Setup, ckpt: Path, state: dict, rank: int, world: int) -> None:
     log.info("resumed %s at step %d", s.run_dir, state["step"])
 
 
-def _open_run_folder(s: Setup, plan: RunPlan, start_step: int) -> None:
-    """Rank 0: empty the folder if asked, mark it, write the config, drop metrics rows after ``start_step``."""
+def _open_run_folder(s: Setup, plan: RunPlan, start_step: int, world: int) -> None:
+    """Rank 0: empty the folder if asked, mark it, write the config, drop metrics rows after ``start_step``,
+    record this job (machine, code, torch: ``provenance.json``)."""
     if plan.clear_first:
         clear_folder(s.run_dir, "train", "train.out_dir", RUN_ENTRIES)
     s.run_dir.mkdir(parents=True, exist_ok=True)
@@ -387,6 +389,7 @@ def _open_run_folder(s: Setup, plan: RunPlan, start_step: int) -> None:
     for name, content in (s.spec.run_files(s.cfg.data) if s.spec.run_files is not None else {}).items():
         write_json_atomic(s.run_dir / name, content)
     truncate_metrics(s.run_dir / "metrics.jsonl", start_step)  # rows logged after the checkpoint are logged again
+    record_job(s.run_dir, start_step, s.device, world)
     log.info(
         "training %s on %s (%d train / %d val %s) for %d steps, %d parameters, device %s -> %s",
         s.cfg.method, s.spec.name, len(s.batches), s.val_images.num_images, s.spec.examples, s.cfg.train.steps,
@@ -451,7 +454,7 @@ def _train(cfg: Config, resume: bool, overwrite: bool, device: torch.device, ran
         if state is not None and plan.resume_from is not None:
             _restore(s, plan.resume_from, state, rank, world)
         if dist.is_main():
-            _open_run_folder(s, plan, start_step)
+            _open_run_folder(s, plan, start_step, world)
             metrics_file = open(run_dir / "metrics.jsonl", "a")
             s.logger = make_logger(tc.logger, run_dir, config_to_dict(cfg), start_step)
 

@@ -10,6 +10,7 @@ import shlex
 import shutil
 
 import pytest
+import torch
 
 import daps.compare as compare_mod
 from daps import get_preset, parse_overrides
@@ -100,7 +101,10 @@ def test_compare_writes_table_figures_commands_and_reuses_finished_runs(tmp_path
     assert main(shlex.split(line)[1:]) == 0
     assert (out / "dapsna" / "seed1" / "summary.json").read_text() == summary
 
-    # The interrupted run was resumed, not restarted: its metrics start at step 1 and reach step 4 once.
+    # The interrupted run was resumed, not restarted: its metrics start at step 1 and reach step 4 once, and its
+    # record names both jobs.
+    from daps.provenance import read_jobs
+    assert [job["from_step"] for job in read_jobs(out / "dapsna" / "seed0")] == [0, 2]
     steps = [json.loads(ln)["step"] for ln in open(out / "dapsna" / "seed0" / "metrics.jsonl")]
     assert steps.count(4) == 2 and steps.count(1) == 2  # one train row and one validation row each
 
@@ -108,8 +112,18 @@ def test_compare_writes_table_figures_commands_and_reuses_finished_runs(tmp_path
     before = {p: p.stat().st_mtime_ns for p in out.glob("*/seed*/metrics.jsonl")}
     compare("mnist", ["daps", "dapsna"], 4, [0, 1], out, overrides)
     assert {p: p.stat().st_mtime_ns for p in out.glob("*/seed*/metrics.jsonl")} == before
-    assert "(4 of the 4 runs reused from earlier: their code and machine are not recorded here)" in (
-        out / "results.md").read_text()  # the header's machine and code are the tables', not the runs'
+    md = (out / "results.md").read_text()
+    assert "(4 of the 4 runs reused from earlier)." in md  # the header's machine and code are the tables'...
+    # ... and the runs' own are read from their folders (the interrupted run's two jobs: one origin)
+    assert f"Trained on cpu ({machine_name()}), torch {torch.__version__}, code {source_revision()}: all 4 runs." in md
+    assert "not (fully) recorded" not in md and "comparable only" not in md
+    # A run whose record is gone (trained before daps kept one) is named as of unknown origin.
+    (out / "dapsna" / "seed1" / "provenance.json").unlink()
+    compare("mnist", ["daps", "dapsna"], 4, [0, 1], out, overrides)
+    md = (out / "results.md").read_text()
+    assert "daps/seed0, daps/seed1, dapsna/seed0." in md
+    assert "Where these runs were trained is not (fully) recorded: dapsna/seed1." in md
+    assert "Their steps/s are comparable only between runs trained on one machine." in md
 
 
 def test_cli_compare_rejects_unknown_method_in_one_line(tmp_path, capsys):

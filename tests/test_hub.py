@@ -55,6 +55,29 @@ def test_export_reloads_to_the_same_codes_and_reconstructions(trained_run, tmp_p
         assert "is an exported model (daps export): load it in Python with daps.from_pretrained" in err, err
 
 
+def test_model_card_says_where_the_exported_steps_were_trained(trained_run, tmp_path):
+    import shutil
+
+    from daps.provenance import JOBS_FILE, provenance, read_jobs
+
+    step = json.loads((trained_run / "summary.json").read_text())["step"]
+    card = (daps.hub.export_run(trained_run, tmp_path / "a") / "README.md").read_text()
+    (job,) = read_jobs(trained_run)  # trained in one job, on this machine
+    here = provenance()
+    assert (f"- steps 0-{step}: cpu ({here['machine']}), torch {here['torch']}, daps code {here['code']}, "
+            f"started {job['date']}") in card
+    # A run resumed from a checkpoint taken before daps kept records, and a job after the exported checkpoint
+    # (which trained none of its steps): the first steps are said to be unrecorded, the later job left out.
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    jobs = [{**job, "from_step": 1, "machine": "machine A"}, {**job, "from_step": step, "machine": "machine B"}]
+    (run / JOBS_FILE).write_text(json.dumps({"format": 1, "jobs": jobs}))
+    card = (daps.hub.export_run(run, tmp_path / "b") / "README.md").read_text()
+    lines = card.split("Trained on:\n\n")[1].split("\n\n")[0].splitlines()
+    assert lines[0] == "- steps 0-1: not recorded" and lines[1].startswith(f"- steps 1-{step}: cpu (machine A), ")
+    assert len(lines) == 2 and "machine B" not in card
+
+
 def test_model_card_names_what_it_is_and_rebuilds_the_config(trained_run, tmp_path):
     from daps.config_io import config_differences
 
