@@ -98,7 +98,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", help="run folder or checkpoint folder")
     p.add_argument("--split", default="test", choices=["train", "test"])
     p.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
-    p.add_argument("--data-dir", default=None, help="folder with the data files (default: as trained)")
+    p.add_argument("--data-dir", default=None,
+                   help="folder with the data files (default: as trained); arrays: the .npz file")
     p.add_argument("--batch-size", type=int, default=500)
     p.add_argument(
         "--max-images", type=int, default=0,
@@ -120,11 +121,12 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("fid-stats", help="compute FID reference statistics (Inception mu, sigma) of a dataset split")
     p.add_argument(
-        "dataset", help="a dataset name: cifar10, cifar10-jpeg, imagenet256, imagenet256-sample, imagefolder"
+        "dataset", help="a dataset name: cifar10, cifar10-jpeg, imagenet256, imagenet256-sample, imagefolder, arrays"
     )
     p.add_argument("--split", default="test", choices=["train", "test"], help="test = the validation split")
     p.add_argument("--out", required=True, help="output .npz (mu, sigma, num_images, meta)")
-    p.add_argument("--data-dir", default=None, help="folder with the data (default: $DAPS_DATA_DIR, then the cache)")
+    p.add_argument("--data-dir", default=None,
+                   help="folder with the data (default: $DAPS_DATA_DIR, then the cache); arrays: the .npz file")
     p.add_argument("--image-size", type=int, default=None, help="folder datasets: crop size (default: the preset's)")
     p.add_argument("--max-images", type=int, default=0, help="use N images (0 = all; a fixed random subset)")
     p.add_argument("--batch-size", type=int, default=50)
@@ -187,7 +189,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="the mp4 to write")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.add_argument("--size", type=int, default=320, help="pixels of each square view (default 320)")
-    p.add_argument("--data-dir", default=None, help="folder with the data files (default: as trained)")
+    p.add_argument("--data-dir", default=None,
+                   help="folder with the data files (default: as trained); arrays: the .npz file")
     p.add_argument("--seed", type=seed_arg, default=0, help="seed of the stochastic encoding")
     p.add_argument("--device", default="cpu", help="device of the model (default cpu)")
 
@@ -307,9 +310,14 @@ def _fid_stats(args: argparse.Namespace, argv: list[str]) -> int:
     if args.image_size is not None and args.image_size < 16:
         raise UserError(f"--image-size must be at least 16 pixels, got {args.image_size}")
     size = args.image_size or 256
-    shape = spec.image_shape or (3, size, size)
-    if args.image_size and spec.image_shape and spec.image_shape[1] != args.image_size:
-        raise UserError(f"--image-size: {spec.name} images are {spec.image_shape[1]} pixels")
+    fixed: tuple[int, ...] | None = spec.image_shape
+    if fixed is None and spec.in_memory:  # arrays: the file's images, whatever their size
+        from daps.data import load_dataset
+
+        fixed = tuple(load_dataset(spec.name, args.split, args.data_dir).images.shape[1:])
+    shape = fixed or (3, size, size)
+    if args.image_size and fixed and fixed[1] != args.image_size:
+        raise UserError(f"--image-size: {spec.name} images are {fixed[1]} pixels")
     data = DataConfig(
         name=spec.name, data_dir=args.data_dir or "", image_shape=tuple(shape), num_workers=args.workers
     )

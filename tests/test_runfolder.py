@@ -202,20 +202,27 @@ def test_a_run_killed_while_its_folder_is_emptied_can_be_resumed_or_replaced(cop
     assert same_weights(run, trained_run)
 
 
-def test_the_entries_a_run_folder_lists_are_what_its_runs_write(trained_run):
+def test_the_entries_a_run_folder_lists_are_what_its_runs_write(trained_run, tmp_path):
     """The names ``--overwrite`` deletes cover a run's folder (else a stale output would be kept as the user's),
-    those a dataset adds included (the motion statistics, from the real clips where ``$DAPS_DATA_DIR`` has them)."""
+    those a dataset adds included (the motion statistics, from the real clips where ``$DAPS_DATA_DIR`` has them;
+    the record of an ``arrays`` file, from a small file made here)."""
     import dataclasses
 
+    import numpy as np
+
+    from daps.config import DataConfig
     from daps.data import DATASETS
     from daps.runfolder import RUN_ENTRIES
 
     assert {p.name for p in trained_run.iterdir()} <= RUN_ENTRIES
-    assert {"checkpoints", "config.json", "metrics.jsonl", "summary.json"} <= {p.name for p in trained_run.iterdir()}
+    assert {"checkpoints", "config.json", "metrics.jsonl", "provenance.json", "summary.json"} <= {
+        p.name for p in trained_run.iterdir()}
     added = {name: spec.run_files for name, spec in DATASETS.items() if spec.run_files is not None}
     assert added, "no dataset adds files to its runs any more: drop this check"
+    np.savez(tmp_path / "a.npz", train=np.zeros((2, 4, 4), np.uint8), test=np.zeros((2, 4, 4), np.uint8))
+    assert set(added.pop("arrays")(DataConfig(name="arrays", data_dir=str(tmp_path / "a.npz")))) <= RUN_ENTRIES
     if REAL_DIR is None:
-        pytest.skip("DAPS_DATA_DIR not set: the files datasets add to a run are not checked")
+        pytest.skip("DAPS_DATA_DIR not set: the files the other datasets add to a run are not checked")
     for name, run_files in added.items():
         assert set(run_files(dataclasses.replace(daps.get_preset(name).data, data_dir=REAL_DIR))) <= RUN_ENTRIES
 

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol
 
 import torch
 
+from daps.data.arrays import arrays_run_files, check_run_arrays, load_arrays
+from daps.data.arrays import class_names as arrays_class_names
 from daps.data.cifar import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD, load_cifar10, load_cifar10_jpeg
 from daps.data.evalset import EvalSet, FolderEvalSet, TensorEvalSet
 from daps.data.imagefolder import IMAGENET_MEAN, IMAGENET_STD, ImageFolderDataset, ImageStream
@@ -193,6 +195,10 @@ DATASETS: dict[str, DatasetSpec] = {
         note="imagenet256-sample is 1,000 ImageNet images (one per class); train and test are the same images",
     ),
     "imagefolder": DatasetSpec("imagefolder", "gaussian", _IMAGENET, root=_given_root),
+    "arrays": DatasetSpec(
+        "arrays", "gaussian", Standardize((127.5,), (127.5,)), load=_offline(load_arrays), run_files=arrays_run_files,
+        check_run=check_run_arrays,
+    ),
     "lafan1-h1": DatasetSpec(
         "lafan1-h1", "gaussian-fixed", windows=lafan_windows, example_metrics=MotionMetrics,
         run_files=lafan_run_files, check_run=check_run_stats, plot_reconstructions=plot_motion_reconstructions,
@@ -308,6 +314,10 @@ def _examples(spec: DatasetSpec, data: DataConfig, split: str) -> torch.Tensor |
         examples: torch.Tensor | WindowImages = spec.windows(split, data)
     else:
         examples = load_dataset(data.name, split, data.data_dir or None, data.download).images
+        if spec.image_shape is None and tuple(examples.shape[1:]) != tuple(data.image_shape):  # e.g. arrays
+            raise UserError(f"{data.name} {split} images are {tuple(examples.shape[1:])} (C, H, W) but "
+                            f"data.image_shape is {tuple(data.image_shape)}; set data.image_shape="
+                            + ",".join(map(str, examples.shape[1:])))
     if len(examples) == 0:  # e.g. windows longer than every clip: refused before a run folder is touched
         why = f" of {data.image_shape[1]} frames: no clip is that long (data.image_shape)" if spec.windows else ""
         raise UserError(f"{data.name} {split} has no {spec.examples}{why}")
@@ -348,13 +358,16 @@ def labelled_split(data, split: str) -> LabelledSplit:
     if not spec.in_memory:
         raise UserError(
             f"{data.name} is streamed from a folder; this needs a dataset held in memory "
-            "(mnist, mnist5k, cifar10, cifar10-jpeg, lafan1-h1)"
+            "(mnist, mnist5k, cifar10, cifar10-jpeg, arrays, lafan1-h1)"
         )
     if spec.windows is not None:
         windows = spec.windows(split, data)
         return LabelledSplit(windows, windows.labels.long(), tuple(MOTION_TYPES))
     loaded = load_dataset(data.name, split, data.data_dir or None, data.download)
-    names = tuple(CIFAR10_CLASSES) if data.name.startswith("cifar10") else tuple(str(d) for d in range(10))
+    if data.name == "arrays":
+        names = arrays_class_names(data.data_dir or None, loaded.labels)
+    else:
+        names = tuple(CIFAR10_CLASSES) if data.name.startswith("cifar10") else tuple(str(d) for d in range(10))
     return LabelledSplit(loaded.images, loaded.labels.long(), names)
 
 

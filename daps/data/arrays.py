@@ -1,0 +1,159 @@
+"""``arrays``: one's own images from a NumPy ``.npz`` file, held in memory like CIFAR-10.
+
+The file (``data.data_dir``, or ``--data-dir`` for the commands that read data) holds
+
+- ``train`` and ``test``: uint8 pixels, ``(N, H, W)`` (grey), ``(N, C, H, W)`` or ``(N, H, W, C)`` with C = 1 or 3
+  (read as channels-first when the second axis is 1 or 3, else channels-last);
+- optionally ``train_labels`` and ``test_labels`` (integers >= 0, one per image; zeros when absent) and
+  ``class_names`` (strings, one per label value), which ``daps export-codes`` carries with the codes.
+
+Pixels are mapped to [-1, 1] (``(p - 127.5) / 127.5``) and modelled with the learned-variance Gaussian of the
+image datasets. The file is read with ``allow_pickle=False``: it can hold no code. A run records the file's SHA-256
+and shapes (``arrays_data.json``), and ``train --resume``, ``eval``, ``export-codes`` refuse a run whose file has
+changed since.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import zipfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from daps.data.paths import ImageSet, PathLike, check_split
+from daps.errors import UserError
+
+if TYPE_CHECKING:
+    from daps.config import DataConfig
+
+RUN_FILE = "arrays_data.json"
+"""What an ``arrays`` run saves about its file."""
+
+_KEYS = {"train": "train", "test": "test"}
+
+
+def arrays_file(data_dir: PathLike | None) -> Path:
+    """The ``.npz`` file named by ``data_dir``: it must be given and be a file (the ``arrays`` dataset has no default
+    place and no download)."""
+    if data_dir is None or str(data_dir) == "":
+        raise FileNotFoundError(
+            "arrays: name the .npz file of images (data.data_dir=FILE.npz for train and compare, --data-dir FILE.npz "
+            "for eval and export-codes)"
+        )
+    path = Path(data_dir).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"arrays: {path} {'is not a file' if path.exists() else 'does not exist'} "
+                                "(data.data_dir names the .npz file)")
+    return path
+
+
+def _read(path: Path, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """The arrays ``keys`` of npz ``path`` that it has, without unpickling anything."""
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return {key: npz[key] for key in keys if key in npz.files}
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as err:  # ValueError: a pickled (object) array
+        why = f"{type(err).__name__}: {err}"
+        raise UserError(f"arrays: {path} is not a readable .npz of plain arrays ({why})") from None
+
+
+def to_nchw(images: np.ndarray, where: str) -> np.ndarray:
+    """uint8 images ``(N, H, W)``, ``(N, C, H, W)`` or ``(N, H, W, C)`` (C = 1 or 3) as ``(N, C, H, W)``."""
+    if images.dtype != np.uint8:
+        raise UserError(f"{where} has dtype {images.dtype}; arrays needs uint8 pixels (0-255)")
+    if images.ndim == 3:
+        return images[:, None]
+    if images.ndim == 4 and images.shape[1] in (1, 3):
+        return images
+    if images.ndim == 4 and images.shape[3] in (1, 3):
+        return images.transpose(0, 3, 1, 2)
+    raise UserError(f"{where} has shape {images.shape}; arrays needs (N, H, W), (N, C, H, W) or (N, H, W, C) with "
+                    "C = 1 or 3")
+
+
+def load_arrays(split: str, data_dir: PathLike | None = None) -> ImageSet:
+    """Split ``train`` or ``test`` of the npz named by ``data_dir``: uint8 images ``(N, C, H, W)``, int64 labels."""
+    check_split(split)
+    path = arrays_file(data_dir)
+    key = _KEYS[split]
+    found = _read(path, (key, f"{key}_labels"))
+    if key not in found:
+        with np.load(path, allow_pickle=False) as npz:
+            has = ", ".join(npz.files) or "nothing"
+        raise UserError(f"arrays: {path} has no array {key!r} (it holds {has}; needs 'train' and 'test')")
+    images = to_nchw(found[key], f"arrays: {path}[{key!r}]")
+    if len(images) == 0:
+        raise UserError(f"arrays: {path}[{key!r}] holds no images")
+    labels = found.get(f"{key}_labels")
+    if labels is None:
+        labels = np.zeros(len(images), dtype=np.int64)
+    elif labels.shape != (len(images),) or labels.dtype.kind not in "iu" or (labels.size and labels.min() < 0):
+        raise UserError(f"arrays: {path}[{key + '_labels'!r}] must be {len(images)} integers >= 0, one per image "
+                        f"(it has shape {labels.shape} and dtype {labels.dtype})")
+    return ImageSet(torch.from_numpy(np.ascontiguousarray(images)), torch.from_numpy(labels.astype(np.int64)),
+                    "arrays")
+
+
+def class_names(data_dir: PathLike | None, labels: torch.Tensor) -> tuple[str, ...]:
+    """The file's ``class_names`` (checked to name every label), else the label values as strings."""
+    path = arrays_file(data_dir)
+    count = int(labels.max()) + 1 if labels.numel() else 0
+    names = _read(path, ("class_names",)).get("class_names")
+    if names is None:
+        return tuple(str(i) for i in range(count))
+    if names.ndim != 1 or names.dtype.kind != "U" or len(names) < count:
+        raise UserError(f"arrays: {path}['class_names'] must be {count} or more strings, one per label value "
+                        f"(it has shape {names.shape} and dtype {names.dtype})")
+    return tuple(str(n) for n in names)
+
+
+def _digest(path: Path) -> str:
+    sha = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            sha.update(block)
+    return sha.hexdigest()
+
+
+def arrays_run_files(data: DataConfig) -> dict[str, Any]:
+    """What an ``arrays`` run saves beside its checkpoints: the file's SHA-256 and the shape of each split."""
+    path = arrays_file(data.data_dir)
+    return {RUN_FILE: {"file": str(path.resolve()), "sha256": _digest(path), "shapes": _stored_shapes(path)}}
+
+
+def _stored_shapes(path: Path) -> dict[str, list[int]]:
+    """The shape of each array in npz ``path``, read from the arrays' headers (nothing is loaded)."""
+    shapes = {}
+    with zipfile.ZipFile(path) as archive:
+        for name in archive.namelist():
+            if name.endswith(".npy"):
+                with archive.open(name) as f:
+                    version = np.lib.format.read_magic(f)
+                    header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                              else np.lib.format.read_array_header_2_0)(f)
+                shapes[name.removesuffix(".npy")] = list(header[0])
+    return shapes
+
+
+def check_run_arrays(run_dir: Path, data: DataConfig) -> None:
+    """UserError when the file a run was trained on (``arrays_data.json``) is not the file ``data`` names now:
+    another file, or the same file changed since."""
+    saved_path = Path(run_dir) / RUN_FILE
+    if not saved_path.is_file():
+        return  # a checkpoint folder copied without it
+    try:
+        saved = json.loads(saved_path.read_text())
+        digest = saved["sha256"]
+    except (ValueError, KeyError, TypeError, OSError) as err:
+        why = f"{type(err).__name__}: {err}"
+        raise UserError(f"{saved_path}: not a readable record of the run's data ({why})") from None
+    path = arrays_file(data.data_dir)
+    if _digest(path) != digest:
+        raise UserError(
+            f"{path} is not the file this run was trained on ({saved.get('file', '?')}, SHA-256 "
+            f"{str(digest)[:12]}...): it is another file or has changed since"
+        )

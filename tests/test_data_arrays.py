@@ -1,0 +1,156 @@
+"""The ``arrays`` dataset: one's own uint8 images from an ``.npz`` file, trained on, evaluated and encoded like
+CIFAR-10, with the file checked against the run that was trained on it."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from daps.cli import main
+from daps.data import dataset_spec, eval_set, labelled_split, load_dataset, train_batches
+
+pytestmark = pytest.mark.usefixtures("offline", "single_thread")
+
+TINY = [  # the tiny architecture of the other end-to-end tests, on 1 x 12 x 12 images (16 patches of 3 x 3)
+    "data.name=arrays", "data.image_shape=1,12,12", "encoder.width=16", "encoder.num_heads=2",
+    "encoder.vocab_size=16", "encoder.num_tokens=4", "decoder.embed_dim=8", "decoder.hidden=16,16",
+    "daps.num_samples=4", "train.batch_size=8", "train.steps=4", "train.log_every=2", "train.eval_every=2",
+    "train.ckpt_every=2", "train.eval_examples=10", "train.eval_batch_size=10", "train.progress=false",
+    "train.logger=none",
+]
+
+
+def _images(n: int, seed: int, shape=(12, 12)) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, *shape), dtype=np.uint8)
+
+
+@pytest.fixture
+def npz(tmp_path):
+    path = tmp_path / "mine.npz"
+    np.savez(path, train=_images(30, 0), test=_images(12, 1), train_labels=np.arange(30) % 3,
+             test_labels=np.arange(12) % 3, class_names=np.array(["a", "b", "c"]))
+    return path
+
+
+def test_every_layout_reads_as_the_same_channels_first_images(tmp_path):
+    rgb = np.random.default_rng(0).integers(0, 256, (5, 3, 6, 7), dtype=np.uint8)  # not square: H, W told apart
+    for name, layout in (("nchw", rgb), ("nhwc", rgb.transpose(0, 2, 3, 1))):
+        np.savez_compressed(tmp_path / f"{name}.npz", train=layout, test=layout[:2])
+        got = load_dataset("arrays", "train", tmp_path / f"{name}.npz")
+        assert torch.equal(got.images, torch.from_numpy(rgb)) and got.images.dtype == torch.uint8, name
+        assert torch.equal(got.labels, torch.zeros(5, dtype=torch.int64))  # no labels given: all zero
+    grey = _images(4, 2, (6, 7))
+    for name, layout in (("nhw", grey), ("nhw1", grey[..., None]), ("n1hw", grey[:, None])):
+        np.savez(tmp_path / f"{name}.npz", train=layout, test=layout)
+        assert torch.equal(load_dataset("arrays", "test", tmp_path / f"{name}.npz").images,
+                           torch.from_numpy(grey[:, None])), name
+
+
+def test_pixels_map_to_minus_one_one_and_back():
+    standardize = dataset_spec("arrays").standardize
+    raw = torch.tensor([0, 64, 255], dtype=torch.uint8).view(1, 3, 1, 1)
+    x = standardize(raw)
+    torch.testing.assert_close(x.flatten(), torch.tensor([-1.0, (64 - 127.5) / 127.5, 1.0]))
+    torch.testing.assert_close(standardize.to_unit(x).flatten(), torch.tensor([0.0, 64 / 255, 1.0]))
+
+
+@pytest.mark.parametrize("arrays, problem", [
+    (dict(train=np.zeros((3, 4, 4), np.float32), test=np.zeros((3, 4, 4), np.uint8)), "has dtype float32"),
+    (dict(train=np.zeros((3, 4, 4, 5), np.uint8), test=np.zeros((3, 4, 4), np.uint8)), "has shape (3, 4, 4, 5)"),
+    (dict(train=np.zeros((3, 4), np.uint8), test=np.zeros((3, 4, 4), np.uint8)), "has shape (3, 4)"),
+    (dict(images=np.zeros((3, 4, 4), np.uint8)), "has no array 'train' (it holds images; needs 'train' and 'test')"),
+    (dict(train=np.zeros((0, 4, 4), np.uint8), test=np.zeros((3, 4, 4), np.uint8)), "holds no images"),
+    (dict(train=np.zeros((3, 4, 4), np.uint8), test=np.zeros((3, 4, 4), np.uint8), train_labels=np.arange(2)),
+     "must be 3 integers >= 0"),
+    (dict(train=np.zeros((3, 4, 4), np.uint8), test=np.zeros((3, 4, 4), np.uint8), train_labels=-np.arange(3)),
+     "must be 3 integers >= 0"),
+    (dict(train=np.zeros((3, 4, 4), np.uint8), test=np.zeros((3, 4, 4), np.uint8),
+          train_labels=np.array([0.0, 1.0, 2.0])), "must be 3 integers >= 0"),
+    (dict(train=np.array([np.zeros(2), "x"], dtype=object), test=np.zeros((3, 4, 4), np.uint8)),
+     "is not a readable .npz of plain arrays"),  # a pickled array: never unpickled
+])
+def test_a_malformed_file_is_one_line_naming_it_and_what_is_wrong(tmp_path, capsys, arrays, problem):
+    path = tmp_path / "bad.npz"
+    np.savez(path, **arrays)
+    assert main(["train", *TINY, f"data.data_dir={path}", f"train.out_dir={tmp_path / 'run'}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(path) in err and problem in err, err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_missing_file_folder_or_setting_is_one_line(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("not an npz")
+    for given, problem in ((f"data.data_dir={tmp_path / 'none.npz'}", "does not exist"),
+                           (f"data.data_dir={tmp_path}", "is not a file"),
+                           ("data.data_dir=", "name the .npz file of images"),
+                           (f"data.data_dir={tmp_path / 'notes.txt'}", "is not a readable .npz")):
+        assert main(["train", *TINY, given, f"train.out_dir={tmp_path / 'run'}"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and problem in err, err
+    assert (tmp_path / "notes.txt").read_text() == "not an npz" and not (tmp_path / "run").exists()
+
+
+def test_images_of_another_shape_than_the_config_name_the_setting(npz, tmp_path, capsys):
+    assert main(["train", *TINY, "data.image_shape=3,32,32", f"data.data_dir={npz}",
+                 f"train.out_dir={tmp_path / 'run'}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "arrays train images are (1, 12, 12) (C, H, W) but data.image_shape is (3, 32, 32)" in err
+    assert "set data.image_shape=1,12,12" in err and not (tmp_path / "run").exists()
+
+
+def test_batches_and_validation_are_the_files_images(npz):
+    from daps.config import DataConfig
+
+    data = DataConfig(name="arrays", data_dir=str(npz), image_shape=(1, 12, 12))
+    with np.load(npz) as f:
+        train, test = torch.from_numpy(f["train"])[:, None], torch.from_numpy(f["test"])[:, None]
+    batches = train_batches(data, 8, 0, 0, torch.Generator().manual_seed(0), torch.device("cpu"))
+    assert torch.equal(batches.source, train)
+    drawn = next(batches)
+    assert all(any(torch.equal(img, t) for t in train) for img in drawn)  # drawn from the training images
+    val = torch.cat(list(eval_set(data, "test", 0, 5, torch.device("cpu")).batches()))
+    assert torch.equal(val, test)
+    split = labelled_split(data, "test")
+    assert split.class_names == ("a", "b", "c") and torch.equal(split.labels, torch.arange(12) % 3)
+
+
+def test_train_eval_export_codes_and_a_changed_file_refused(npz, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", *TINY, f"data.data_dir={npz}", f"train.out_dir={run}"]) == 0
+    record = json.loads((run / "arrays_data.json").read_text())
+    assert record["file"] == str(npz.resolve()) and len(record["sha256"]) == 64
+    assert record["shapes"]["train"] == [30, 12, 12] and record["shapes"]["test"] == [12, 12, 12]
+    assert json.loads((run / "summary.json").read_text())["dataset"] == "arrays"
+    capsys.readouterr()
+    assert main(["eval", str(run), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["num_images"] == 12
+    codes = tmp_path / "codes.safetensors"
+    assert main(["export-codes", str(run), "--out", str(codes)]) == 0
+    from safetensors import safe_open
+
+    with safe_open(str(codes), "pt") as f:
+        assert json.loads(f.metadata()["daps_codes"])["class_names"] == ["a", "b", "c"]
+        assert f.get_tensor("codes").shape[0] == 30 and torch.equal(f.get_tensor("labels"), torch.arange(30) % 3)
+    # The file changed after training (one pixel): eval, export-codes and resume refuse it in one line.
+    with np.load(npz) as f:
+        arrays = {k: f[k] for k in f.files}
+    arrays["test"][0, 0, 0] ^= 1
+    np.savez(npz, **arrays)
+    capsys.readouterr()
+    for command in (["eval", str(run)], ["export-codes", str(run), "--out", str(tmp_path / "c2.safetensors")],
+                    ["train", *TINY, "train.steps=6", f"data.data_dir={npz}", f"train.out_dir={run}", "--resume"]):
+        assert main(command) == 2, command
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "is not the file this run was trained on" in err, err
+    assert not (tmp_path / "c2.safetensors").exists()
+
+
+def test_fid_stats_takes_the_files_image_size(tmp_path, capsys):
+    path = tmp_path / "rgb.npz"
+    np.savez(path, train=_images(4, 0, (16, 16, 3)), test=_images(4, 1, (16, 16, 3)))
+    assert main(["fid-stats", "arrays", "--data-dir", str(path), "--image-size", "32",
+                 "--out", str(tmp_path / "s.npz")]) == 2
+    assert "--image-size: arrays images are 16 pixels" in capsys.readouterr().err
