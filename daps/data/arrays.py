@@ -15,7 +15,6 @@ changed since.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import zipfile
 from pathlib import Path
@@ -26,6 +25,7 @@ import torch
 
 from daps.data.paths import ImageSet, PathLike, check_split
 from daps.errors import UserError
+from daps.runfolder import file_digest
 
 if TYPE_CHECKING:
     from daps.config import DataConfig
@@ -111,18 +111,11 @@ def class_names(data_dir: PathLike | None, labels: torch.Tensor) -> tuple[str, .
     return tuple(str(n) for n in names)
 
 
-def _digest(path: Path) -> str:
-    sha = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            sha.update(block)
-    return sha.hexdigest()
-
-
 def arrays_run_files(data: DataConfig) -> dict[str, Any]:
     """What an ``arrays`` run saves beside its checkpoints: the file's SHA-256 and the shape of each split."""
     path = arrays_file(data.data_dir)
-    return {RUN_FILE: {"file": str(path.resolve()), "sha256": _digest(path), "shapes": _stored_shapes(path)}}
+    record = {"file": str(path.resolve()), "sha256": file_digest(path, "sha256"), "shapes": _stored_shapes(path)}
+    return {RUN_FILE: record}
 
 
 def _stored_shapes(path: Path) -> dict[str, list[int]]:
@@ -152,7 +145,7 @@ def check_run_arrays(run_dir: Path, data: DataConfig) -> None:
         why = f"{type(err).__name__}: {err}"
         raise UserError(f"{saved_path}: not a readable record of the run's data ({why})") from None
     path = arrays_file(data.data_dir)
-    if _digest(path) != digest:
+    if file_digest(path, "sha256") != digest:
         raise UserError(
             f"{path} is not the file this run was trained on ({saved.get('file', '?')}, SHA-256 "
             f"{str(digest)[:12]}...): it is another file or has changed since"
