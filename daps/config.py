@@ -30,8 +30,9 @@ class DataConfig:
     ``cifar10-jpeg`` (a lossy JPEG-q75 copy of CIFAR-10, not the original pixels), ``imagenet256`` (class
     folders ``train/`` and ``val/``), ``imagenet256-sample`` (the 1,000-image sample; both splits are the same
     images), ``imagefolder`` (any ``train/`` + ``val/`` class-folder tree in ``data_dir``, at ``image_shape``),
-    ``arrays`` (one's own uint8 images in the ``.npz`` file ``data_dir``, see :mod:`daps.data.arrays`) or
-    ``lafan1-h1`` (LAFAN1 motion retargeted to the Unitree H1, windows of ``image_shape = (1, T, F)``)."""
+    ``arrays`` (one's own uint8 images in the ``.npz`` file ``data_dir``, see :mod:`daps.data.arrays`),
+    ``lafan1-h1`` (LAFAN1 motion retargeted to the Unitree H1, windows of ``image_shape = (1, T, F)``) or
+    ``sequences`` (one's own time series: clips in the ``.npz`` file ``data_dir``, see :mod:`daps.data.sequences`)."""
     data_dir: str = ""
     """Folder with the data files; it must exist, and it replaces ``$DAPS_DATA_DIR`` (then the download cache is
     searched). Empty: ``$DAPS_DATA_DIR``, then the cache folder. For ``arrays``: the ``.npz`` file."""

@@ -277,7 +277,8 @@ def write_marker(folder: Path, kind: str) -> None:
 
 RUN_ENTRIES = frozenset({
     "config.json", "metrics.jsonl", "summary.json", "reconstructions.png", "curves.png", "checkpoints",
-    "motion_stats.json", "arrays_data.json", "provenance.json", "tensorboard", "wandb", MARKER, LOCK,
+    "motion_stats.json", "arrays_data.json", "sequence_data.json", "provenance.json", "tensorboard", "wandb", MARKER,
+    LOCK,
 })
 """Everything a training run writes into its folder."""
 

@@ -621,6 +621,8 @@ def summarize(metrics: dict[str, float | str], source: str = "validation") -> st
         ("KL(q || prior)", "kl", "nats"),
         ("L2", "l2", ""),
         ("MSE", "mse", ""),
+        ("explained variance", "explained_variance", ""),
+        ("RMSE (data units)", "rmse_raw", ""),
         ("PSNR", "psnr", "dB"),
         ("SSIM", "ssim", ""),
         ("MPJPE (root-relative)", "mpjpe_mm", "mm"),
@@ -635,7 +637,7 @@ def summarize(metrics: dict[str, float | str], source: str = "validation") -> st
         ("code perplexity", "code_perplexity", ""),
         ("token entropy", "token_entropy", "nats"),
     ]
-    examples = "windows" if "mpjpe_mm" in metrics else "images"
+    examples = "windows" if "mpjpe_mm" in metrics or "explained_variance" in metrics else "images"
     count = f"{int(metrics.get('num_images', 0))} {examples}"
     lines = [f"validation on {count}:" if source == "validation" else f"{source}, {count}:"]
     for label, key, unit in rows:

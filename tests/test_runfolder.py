@@ -205,7 +205,7 @@ def test_a_run_killed_while_its_folder_is_emptied_can_be_resumed_or_replaced(cop
 def test_the_entries_a_run_folder_lists_are_what_its_runs_write(trained_run, tmp_path):
     """The names ``--overwrite`` deletes cover a run's folder (else a stale output would be kept as the user's),
     those a dataset adds included (the motion statistics, from the real clips where ``$DAPS_DATA_DIR`` has them;
-    the record of an ``arrays`` file, from a small file made here)."""
+    the records of an ``arrays`` and a ``sequences`` file, from small files made here)."""
     import dataclasses
 
     import numpy as np
@@ -221,6 +221,10 @@ def test_the_entries_a_run_folder_lists_are_what_its_runs_write(trained_run, tmp
     assert added, "no dataset adds files to its runs any more: drop this check"
     np.savez(tmp_path / "a.npz", train=np.zeros((2, 4, 4), np.uint8), test=np.zeros((2, 4, 4), np.uint8))
     assert set(added.pop("arrays")(DataConfig(name="arrays", data_dir=str(tmp_path / "a.npz")))) <= RUN_ENTRIES
+    clips = np.random.default_rng(0).standard_normal((8, 3))
+    np.savez(tmp_path / "s.npz", **{"train/a": clips, "test/b": clips})
+    sequences = DataConfig(name="sequences", data_dir=str(tmp_path / "s.npz"), image_shape=(1, 4, 3))
+    assert set(added.pop("sequences")(sequences)) <= RUN_ENTRIES
     if REAL_DIR is None:
         pytest.skip("DAPS_DATA_DIR not set: the files the other datasets add to a run are not checked")
     for name, run_files in added.items():

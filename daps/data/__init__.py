@@ -33,6 +33,13 @@ from daps.data.motion import (
     plot_motion_reconstructions,
 )
 from daps.data.paths import DATA_DIR_FIX, ENV_VAR, SPLITS, ImageSet, PathLike, cache_root, explicit_root, user_roots
+from daps.data.sequences import (
+    SequenceMetrics,
+    check_run_sequences,
+    plot_sequence_reconstructions,
+    sequence_run_files,
+    sequence_windows,
+)
 from daps.data.transforms import fixed_subset
 from daps.errors import UserError
 
@@ -204,6 +211,11 @@ DATASETS: dict[str, DatasetSpec] = {
         run_files=lafan_run_files, check_run=check_run_stats, plot_reconstructions=plot_motion_reconstructions,
         examples="windows",
     ),
+    "sequences": DatasetSpec(
+        "sequences", "gaussian-fixed", windows=sequence_windows, example_metrics=SequenceMetrics,
+        run_files=sequence_run_files, check_run=check_run_sequences, plot_reconstructions=plot_sequence_reconstructions,
+        examples="windows",
+    ),
 }
 
 
@@ -358,11 +370,12 @@ def labelled_split(data, split: str) -> LabelledSplit:
     if not spec.in_memory:
         raise UserError(
             f"{data.name} is streamed from a folder; this needs a dataset held in memory "
-            "(mnist, mnist5k, cifar10, cifar10-jpeg, arrays, lafan1-h1)"
+            "(mnist, mnist5k, cifar10, cifar10-jpeg, arrays, lafan1-h1, sequences)"
         )
     if spec.windows is not None:
         windows = spec.windows(split, data)
-        return LabelledSplit(windows, windows.labels.long(), tuple(MOTION_TYPES))
+        names = getattr(windows, "class_names", None)  # sequences: the clips; lafan1-h1: the kinds of motion
+        return LabelledSplit(windows, windows.labels.long(), tuple(MOTION_TYPES if names is None else names))
     loaded = load_dataset(data.name, split, data.data_dir or None, data.download)
     if data.name == "arrays":
         names = arrays_class_names(data.data_dir or None, loaded.labels)

@@ -266,7 +266,9 @@ def _as_index(index: Index, n: int) -> torch.Tensor:
     return torch.as_tensor(np.asarray(index, dtype=np.int64).reshape(-1), device="cpu")
 
 
-def _windows(frames: dict[str, np.ndarray], clips: list[str], window: int, stride: int) -> MotionWindows:
+def clip_windows(frames: dict[str, np.ndarray], clips: list[str], window: int, stride: int) -> MotionWindows:
+    """Every window of ``window`` frames starting every ``stride`` frames inside each of ``clips`` (names of
+    ``frames``, standardized ``(frames, F)`` arrays), gathered on demand from the clips concatenated."""
     lengths = [len(frames[c]) for c in clips]
     bases = np.concatenate([[0], np.cumsum(lengths)])[:-1].astype(np.int64)
     clip_ids, offsets = [], []
@@ -360,8 +362,8 @@ def load_motion_data(
     stats = fit_standardizer(np.concatenate([arrays.features[c] for c in train_clips]))
     std = {c: stats.normalize(arrays.features[c].astype(np.float64)).astype(np.float32) for c in names}
     return MotionData(
-        train=_windows(std, train_clips, window, stride),
-        val=_windows(std, val_clips, window, val_stride or stride),
+        train=clip_windows(std, train_clips, window, stride),
+        val=clip_windows(std, val_clips, window, val_stride or stride),
         stats=stats,
         poses={c: arrays.poses[c] for c in names},
         features={c: arrays.features[c] for c in names},

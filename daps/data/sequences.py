@@ -1,0 +1,222 @@
+"""``sequences``: one's own motion or other multichannel time series from a NumPy ``.npz`` file, cut into windows
+like LAFAN1 (``lafan1-h1``), for a tokenizer of robot trajectories, joint logs or any feature stream.
+
+The file (``data.data_dir``) holds one float array ``(frames, F)`` per clip, named ``train/<clip>`` or
+``test/<clip>`` (``np.savez(path, **{"train/walk_01": a, "test/walk_07": b})``); every clip has the same F
+features. Windows of ``T = data.image_shape[1]`` frames start every ``data.window_stride`` frames inside a clip,
+are drawn uniformly with replacement for training, and reach the model as ``(1, T, F)`` inputs: ``data.image_shape``
+must be ``1,T,F``. Features are standardized per feature with the training frames' mean and standard deviation
+(near-constant features are centred, not scaled), the rule of the motion data, and modelled with the fixed-variance
+Gaussian (``decoder.fixed_variance``). Each window is labelled with its clip (``export-codes`` names the clips).
+
+The file is read with ``allow_pickle=False``. A run saves the statistics and the file's SHA-256
+(``sequence_data.json``); ``train --resume``, ``eval`` and ``export-codes`` refuse a changed file.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from daps.data.motion import WindowImages
+from daps.errors import UserError
+from daps.motion.dataset import MotionWindows, Standardizer, clip_windows, fit_standardizer
+from daps.runfolder import file_digest
+
+if TYPE_CHECKING:
+    from daps.config import DataConfig
+
+RUN_FILE = "sequence_data.json"
+"""What a ``sequences`` run saves about its file: the standardization statistics and the file's SHA-256."""
+
+SPLIT_PREFIX = {"train": "train/", "test": "test/"}
+
+
+def sequences_file(data_dir: str | Path | None) -> Path:
+    """The ``.npz`` file named by ``data_dir`` (it must be given and be a file: no default place, no download)."""
+    if data_dir is None or str(data_dir) == "":
+        raise FileNotFoundError(
+            "sequences: name the .npz file of clips (data.data_dir=FILE.npz for train and compare, --data-dir "
+            "FILE.npz for eval and export-codes)"
+        )
+    path = Path(data_dir).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"sequences: {path} {'is not a file' if path.exists() else 'does not exist'} "
+                                "(data.data_dir names the .npz file)")
+    return path
+
+
+def read_clips(path: Path) -> dict[str, dict[str, np.ndarray]]:
+    """``{"train": {clip: (frames, F) float64}, "test": {...}}`` of npz ``path``, in the file's order, checked."""
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {key: npz[key] for key in npz.files}
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as err:  # ValueError: a pickled (object) array
+        why = f"{type(err).__name__}: {err}"
+        raise UserError(f"sequences: {path} is not a readable .npz of plain arrays ({why})") from None
+    other = [key for key in arrays if not key.startswith(tuple(SPLIT_PREFIX.values()))]
+    if other:
+        raise UserError(f"sequences: {path} holds {other[0]!r}; every array must be named train/<clip> or test/<clip>")
+    clips: dict[str, dict[str, np.ndarray]] = {}
+    for split, prefix in SPLIT_PREFIX.items():
+        clips[split] = {key.removeprefix(prefix): arrays[key] for key in arrays if key.startswith(prefix)}
+        if not clips[split]:
+            raise UserError(f"sequences: {path} has no {prefix}<clip> arrays (it needs clips of both train and test)")
+    widths = set()
+    for split, named in clips.items():
+        for name, clip in named.items():
+            where = f"sequences: {path}[{SPLIT_PREFIX[split] + name!r}]"
+            if clip.ndim != 2 or clip.dtype.kind not in "fiu":
+                raise UserError(f"{where} has shape {clip.shape} and dtype {clip.dtype}; a clip is (frames, F) numbers")
+            if not np.isfinite(clip).all():
+                raise UserError(f"{where} holds NaN or infinite values")
+            widths.add(clip.shape[1])
+            named[name] = clip.astype(np.float64)
+    if len(widths) > 1:
+        raise UserError(f"sequences: the clips of {path} have different feature counts {sorted(widths)}; F must agree")
+    return clips
+
+
+@dataclass(frozen=True)
+class SequenceData:
+    """The windows of both splits (standardized), the statistics and the file's digest."""
+
+    train: MotionWindows
+    test: MotionWindows
+    stats: Standardizer
+    sha256: str
+
+
+@functools.lru_cache(maxsize=2)
+def _standardized(path: Path, stamp: tuple[int, int]) -> tuple[dict[str, dict[str, np.ndarray]], Standardizer, str]:
+    """The file's clips standardized with the training frames' statistics, the statistics and the file's SHA-256
+    (read once per process and version of the file: ``stamp`` is its modification time and size)."""
+    clips = read_clips(path)
+    stats = fit_standardizer(np.concatenate(list(clips["train"].values())))
+    std = {split: {name: stats.normalize(c).astype(np.float32) for name, c in named.items()}
+           for split, named in clips.items()}
+    return std, stats, file_digest(path, "sha256")
+
+
+@functools.lru_cache(maxsize=4)
+def _windows(path: Path, stamp: tuple[int, int], window: int, stride: int) -> SequenceData:
+    std, stats, digest = _standardized(path, stamp)
+    train, test = (clip_windows(std[split], list(std[split]), window, stride) for split in ("train", "test"))
+    return SequenceData(train, test, stats, digest)
+
+
+def sequence_data(data: DataConfig) -> SequenceData:
+    """The windows of ``data`` (``image_shape = (1, T, F)``; the file is read once per process and version)."""
+    path = sequences_file(data.data_dir).resolve()
+    stat = path.stat()
+    stamp = (stat.st_mtime_ns, stat.st_size)
+    std, _, _ = _standardized(path, stamp)
+    count = next(iter(std["train"].values())).shape[1]
+    shape = tuple(data.image_shape)
+    if len(shape) != 3 or shape[0] != 1 or shape[2] != count or shape[1] < 1:
+        raise UserError(f"sequences: data.image_shape must be (1, T, F) with F = {count}, the clips' feature count, "
+                        f"got {shape}; e.g. data.image_shape=1,32,{count} for windows of 32 frames")
+    if data.window_stride < 1:
+        raise UserError(f"data.window_stride must be >= 1, got {data.window_stride}")
+    loaded = _windows(path, stamp, shape[1], data.window_stride)
+    for split, windows in (("train", loaded.train), ("test", loaded.test)):
+        if len(windows) == 0:
+            raise UserError(f"sequences: no {split} clip of {path} is {shape[1]} frames long (data.image_shape's T)")
+    return loaded
+
+
+class SequenceWindows(WindowImages):
+    """Windows of one split as ``(B, 1, T, F)`` batches (what training and evaluation index); ``labels``: the clip
+    of each window (an index into ``class_names``, the split's clip names)."""
+
+    def __init__(self, windows: MotionWindows, device: torch.device | str = "cpu") -> None:
+        self.windows = windows.to(device)
+        self.labels = windows.clip_ids
+        self.class_names = windows.clips
+
+    def to(self, device: torch.device | str) -> SequenceWindows:
+        return SequenceWindows(self.windows, device)
+
+
+def sequence_windows(split: str, data: DataConfig) -> SequenceWindows:
+    """Split ``train`` or ``test`` of ``data`` as windows."""
+    loaded = sequence_data(data)
+    return SequenceWindows(loaded.train if split == "train" else loaded.test)
+
+
+def sequence_run_files(data: DataConfig) -> dict[str, Any]:
+    """What a ``sequences`` run saves: the file, its SHA-256, the statistics and the window counts."""
+    loaded = sequence_data(data)
+    stats = loaded.stats
+    return {RUN_FILE: {
+        "file": str(sequences_file(data.data_dir).resolve()), "sha256": loaded.sha256,
+        "mean": stats.mean.tolist(), "scale": stats.scale.tolist(), "near_constant": stats.near_constant.tolist(),
+        "windows": {"train": len(loaded.train), "test": len(loaded.test)},
+    }}
+
+
+def check_run_sequences(run_dir: Path, data: DataConfig) -> None:
+    """UserError when the file ``data`` names is not the one the run was trained on (another file, or changed)."""
+    saved_path = Path(run_dir) / RUN_FILE
+    if not saved_path.is_file():
+        return  # a checkpoint folder copied without it
+    try:
+        saved = json.loads(saved_path.read_text())
+        digest = saved["sha256"]
+    except (ValueError, KeyError, TypeError, OSError) as err:
+        why = f"{type(err).__name__}: {err}"
+        raise UserError(f"{saved_path}: not a readable record of the run's data ({why})") from None
+    path = sequences_file(data.data_dir)
+    if file_digest(path, "sha256") != digest:
+        raise UserError(
+            f"{path} is not the file this run was trained on ({saved.get('file', '?')}, SHA-256 "
+            f"{str(digest)[:12]}...): it is another file or has changed since"
+        )
+
+
+class SequenceMetrics:
+    """Per-window errors of reconstructions ``x, x_hat (B, 1, T, F)`` (standardized): ``mse`` on the standardized
+    features, ``explained_variance`` = 1 - mse / (the windows' own variance about their feature means) and
+    ``rmse_raw`` (root mean square error in the file's own units, averaged over features)."""
+
+    def __init__(self, data: DataConfig) -> None:
+        self.stats = sequence_data(data).stats
+
+    def __call__(self, x: torch.Tensor, x_hat: torch.Tensor) -> dict[str, torch.Tensor]:
+        err = (x_hat - x).float().flatten(1)  # (B, T*F)
+        mse = err.pow(2).mean(1)
+        spread = (x - x.mean(dim=2, keepdim=True)).float().pow(2).flatten(1).mean(1)
+        scale = torch.as_tensor(self.stats.scale, dtype=torch.float32, device=x.device)
+        raw = ((x_hat - x)[:, 0].float() * scale).pow(2).mean(1).sqrt().mean(1)  # (B,): per-feature RMSE, averaged
+        return {"mse": mse, "explained_variance": 1 - mse / spread.clamp_min(1e-12), "rmse_raw": raw}
+
+
+def plot_sequence_reconstructions(data: DataConfig, x: torch.Tensor, x_hat: torch.Tensor, path: Path,
+                                  title: str) -> None:
+    """The first window's features over time (up to 6, those that vary most in it), in the file's units, ground
+    truth against reconstruction; written atomically to ``path``."""
+    from daps.plots import _pyplot, save_figure
+
+    plt = _pyplot()
+    stats = sequence_data(data).stats
+    t = stats.denormalize(x[0, 0].detach().double().cpu().numpy())
+    p = stats.denormalize(x_hat[0, 0].detach().double().cpu().numpy())
+    shown = np.argsort(-t.std(axis=0), kind="stable")[: min(6, t.shape[1])]
+    fig, axes = plt.subplots(len(shown), 1, figsize=(6, 1.3 * len(shown) + 0.6), sharex=True, squeeze=False)
+    for ax, col in zip(axes[:, 0], shown):
+        ax.plot(t[:, col], color="black", lw=1.2, label="ground truth")
+        ax.plot(p[:, col], color="tab:red", lw=1.0, ls="--", label="reconstruction")
+        ax.set_ylabel(f"feature {col}", fontsize=7)
+        ax.tick_params(labelsize=7)
+    axes[0, 0].legend(fontsize=7, loc="upper right")
+    axes[-1, 0].set_xlabel("frame", fontsize=8)
+    fig.suptitle(title or "reconstruction", fontsize=9)
+    save_figure(fig, path, dpi=110)
+
