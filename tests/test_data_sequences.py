@@ -155,3 +155,17 @@ def test_a_tokenizer_learns_the_clips(npz, tmp_path, capsys):
     summary = json.loads((run / "summary.json").read_text())
     assert summary["explained_variance"] > 0.5, summary
     assert dataset_spec("sequences").likelihood == "gaussian-fixed"
+
+
+def test_the_h1_commands_refuse_a_sequences_run_in_one_line(npz, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main([*TRAIN, f"data.data_dir={npz}", f"train.out_dir={run}"]) == 0
+    capsys.readouterr()
+    for command, says in ((["render", str(run), "--clip", "v0", "--out", str(tmp_path / "v.mp4")],
+                           "render shows H1 motion runs (lafan1-h1)"),
+                          (["robot", "train", str(run), "--out", str(tmp_path / "policy")],
+                           "the policy needs a motion tokenizer of the H1 (lafan1-h1)")):
+        assert main(command) == 2, command
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "was trained on sequences" in err and says in err, err
+    assert not (tmp_path / "v.mp4").exists() and not (tmp_path / "policy").exists()

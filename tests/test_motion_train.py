@@ -153,7 +153,7 @@ def test_render_refuses_bad_requests_in_one_line(tmp_path, capsys, trained_run, 
         (["render", str(run), "--clip", "moonwalk1_subject9", "--out", str(tmp_path / "a.mp4")], "unknown motion clip"),
         (["render", str(run), "--start", "1000", "--out", str(tmp_path / "a.mp4")], "less than one 32-frame window"),
         (["render", str(run), "--out", str(tmp_path / "a.gif")], "must name a file ending in .mp4"),
-        (["render", str(trained_run), "--out", str(tmp_path / "a.mp4")], "render shows motion runs"),
+        (["render", str(trained_run), "--out", str(tmp_path / "a.mp4")], "render shows H1 motion runs"),
     ]
     for argv, message in cases:
         assert main(argv) == 2, argv

@@ -168,7 +168,6 @@ def _tokenizer(args: argparse.Namespace, meta: dict, device: torch.device):
 
 def _sample(args: argparse.Namespace) -> int:
     from daps.codes import CodeSet, check_codes_out, save_codes
-    from daps.data import dataset_spec
     from daps.plots import save_image_grid
     from daps.prior.run import generate, load_prior, training_header
     from daps.prior.scores import decoded_images
@@ -200,9 +199,9 @@ def _sample(args: argparse.Namespace) -> int:
         labels = torch.full((args.n,), parse_label(args.label, names), device="cpu")
         columns = min(args.n, 10)
     tokenizer = _tokenizer(args, meta, device)
-    motion = dataset_spec(tokenizer.config.data.name).windows is not None
-    if video is not None and not motion:
-        raise UserError(f"--video is for motion tokenizers (lafan1-h1); this one is {tokenizer.config.data.name}")
+    if video is not None and tokenizer.config.data.name != "lafan1-h1":  # poses of the H1 to render
+        raise UserError(f"--video is for motion tokenizers of the H1 (lafan1-h1); this one is "
+                        f"{tokenizer.config.data.name}")
     g = torch.Generator(device).manual_seed(args.seed)
     euler_steps = cfg.euler_steps if args.euler_steps is None else args.euler_steps
     codes = generate(model, labels.to(device), args.cfg, args.temperature, g, euler_steps)

@@ -134,7 +134,6 @@ def encode_commands(cfg: RobotConfig, device: torch.device) -> tuple[dict[str, C
     from daps.checkpoint import load_model
     from daps.codes import config_sha256, weights_sha256
     from daps.config_io import config_to_dict
-    from daps.data import dataset_spec
     from daps.data.motion import MOTION_TYPES, check_run_stats
     from daps.motion.dataset import load_motion_data
 
@@ -145,9 +144,9 @@ def encode_commands(cfg: RobotConfig, device: torch.device) -> tuple[dict[str, C
     tcfg = model.config
     if model.vocab_size is None:
         raise UserError(f"{cfg.tokenizer} is a {tcfg.method} run: its latent is continuous, it has no codes")
-    if dataset_spec(tcfg.data.name).windows is None:
+    if tcfg.data.name != "lafan1-h1":
         raise UserError(f"{cfg.tokenizer} was trained on {tcfg.data.name}; the policy needs a motion tokenizer "
-                        "(lafan1-h1)")
+                        "of the H1 (lafan1-h1)")
     if cfg.data_dir:
         tcfg.data.data_dir = cfg.data_dir
     check_run_stats(ckpt.parent.parent, tcfg.data)
