@@ -8,6 +8,7 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -74,6 +75,73 @@ def add_parsers(sub) -> None:
     p.add_argument("--data-dir", default=None, help="folder with the LAFAN1 H1 data (ground-truth figures)")
     p.add_argument("--tokenizer", default=None, help="tokenizer run to decode with (default: the policy's)")
     add_device_arg(p)
+    _add_tracker_parsers(rsub)
+
+
+def _add_tracker_parsers(rsub) -> None:
+    p = rsub.add_parser("track-train", help="train the low-level tracker: a code-conditioned PD-target policy for "
+                                           "the simulated H1, by PPO")
+    p.add_argument("tokenizer", help="run folder or checkpoint of a motion tokenizer (lafan1-h1, discrete codes)")
+    p.add_argument("--out", required=True, help="the tracker's run folder")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing tracker folder")
+    p.add_argument("--data-dir", default="", help="folder with the LAFAN1 H1 data (default: as trained)")
+    add_threads_arg(p)
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="tracker settings, e.g. frames=2000000 envs=16 reference=ground-truth")
+
+    p = rsub.add_parser("track-eval", help="the tracker against the PD servos alone on the validation references")
+    p.add_argument("tracker_dir", help="the tracker's run folder (or a checkpoint of it)")
+    p.add_argument("--seconds", type=float, default=5.0, help="longest tracked stretch per start (default 5)")
+    p.add_argument("--starts", type=int, default=4, help="starts per validation clip (default 4)")
+    p.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
+    add_threads_arg(p)
+
+
+def _track_train(args: argparse.Namespace) -> int:
+    from daps.prior.run import apply_overrides
+    from daps.robot.tracker import TrackerConfig, train_tracker
+
+    set_threads(args.threads)
+    cfg = apply_overrides(TrackerConfig(tokenizer=args.tokenizer, out_dir=args.out, data_dir=args.data_dir),
+                          args.overrides)
+    run = train_tracker(cfg, resume=args.resume, overwrite=args.overwrite)
+    summary = json.loads((run / "summary.json").read_text())
+    base = summary["baseline"]
+    log.info("tracker folder: %s  validation survival %.2f s (PD servos alone %.2f s) of %g", run,
+             summary.get("survival_s", float("nan")), base["survival_s"], base["seconds"])
+    return 0
+
+
+def _track_eval(args: argparse.Namespace) -> int:
+    import math
+
+    from daps.motion.h1 import load_h1
+    from daps.robot.tracker import evaluate_tracker, load_tracker
+
+    if not (math.isfinite(args.seconds) and args.seconds > 0) or args.starts < 1:
+        raise UserError(f"--seconds must be a positive number and --starts >= 1, got {args.seconds} and {args.starts}")
+    set_threads(args.threads)
+    model, cfg, meta, refs = load_tracker(args.tracker_dir)
+    h1 = load_h1(meta.get("data_dir") or cfg.data_dir or None)
+    fps = float(meta["fps"])
+    result: dict[str, Any] = {
+        "tracker": evaluate_tracker(model, h1, refs["val"], cfg, fps, args.seconds, args.starts),
+        "pd_only": evaluate_tracker(None, h1, refs["val"], cfg, fps, args.seconds, args.starts),
+        "reference": cfg.reference, "tracker_dir": str(args.tracker_dir),
+    }
+    if args.json:
+        json.dump(result, sys.stdout)
+        sys.stdout.write("\n")
+        return 0
+    print(f"{int(result['tracker']['episodes'])} starts on the validation references ({cfg.reference}), up to "
+          f"{args.seconds:g} s each")
+    print(f"{'':<16}{'survival s':>12}{'fell':>8}{'joint err deg':>15}{'end err mm':>12}")
+    for name, key in (("tracker", "tracker"), ("PD servos only", "pd_only")):
+        r = result[key]
+        print(f"{name:<16}{r['survival_s']:>12.2f}{r['fall_fraction']:>8.2f}{r['joint_error_deg']:>15.2f}"
+              f"{r['end_error_mm']:>12.1f}")
+    return 0
 
 
 def _device(name: str | None) -> torch.device:
@@ -81,7 +149,8 @@ def _device(name: str | None) -> torch.device:
 
 
 def robot_command(args: argparse.Namespace) -> int:
-    return {"train": _train, "plan": _plan, "eval": _eval}[args.robot_command](args)
+    return {"train": _train, "plan": _plan, "eval": _eval, "track-train": _track_train,
+            "track-eval": _track_eval}[args.robot_command](args)
 
 
 def _train(args: argparse.Namespace) -> int:

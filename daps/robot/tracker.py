@@ -1,0 +1,760 @@
+"""The low-level tracker: a code-conditioned policy that drives the simulated H1 along decoded motion, by PPO.
+
+The paper's robot (DAPS section 5, appendix I) turns a window's codes into joint commands with a policy trained
+DeepMimic-style by PPO in MuJoCo. This module is that policy on plain MuJoCo and torch, for CPUs (a few million
+frames in an hour on one core; docs/robot.md has the numbers and what a GPU would change):
+
+- **References**: every clip of a split is cut into consecutive windows of T frames, each encoded once by the
+  motion tokenizer (one code sequence per window) and decoded; the decoded windows are stitched (as ``robot plan``
+  stitches planned windows) into a reference motion that starts at the origin facing +x (``reference=
+  ground-truth``: the clip itself, with the same codes). Saved in the run folder (``references.npz``), so a
+  resumed run and an evaluation track the same motions.
+- **Simulation**: the H1 with the floor at 17 physics steps per 30 fps frame (1.96 ms). Each hinge is a PD servo
+  (the gains of :data:`daps.robot.physics.JOINT_GAINS`, torques clipped to the motor's range) toward a target
+  the policy sets once per frame: the reference's joint angles of the next frame plus ``action_scale`` times the
+  action (clipped to [-1, 1]).
+- **Observations**: the actor sees proprioception (19 joint angles and velocities, the pelvis's angular velocity
+  and the gravity direction in the pelvis frame, its previous action), the phase within the window (frame / T) and
+  the current window's T codes (embedded and mixed by a linear layer), not the reference itself. The critic also
+  sees the reference's next joint angles and the pelvis's offset from the reference (privileged).
+- **Reward** (DeepMimic's, weights 0.65 / 0.1 / 0.15 / 0.1): exp(-2 sum joint angle error^2), exp(-0.1 sum joint
+  velocity error^2), exp(-40 sum end-point error^2) (toes and hands, relative to the pelvis) and exp(-10 pelvis
+  position error^2). An episode starts at a random frame of a random training reference, in the reference's pose
+  and velocity, and ends when the pelvis is ``terminate_distance`` off the reference or a body other than the
+  feet touches the floor (a fall), or at the reference's end or ``episode_seconds`` (a time limit: its value is
+  bootstrapped).
+- **PPO**: ``envs`` simulations step together for ``horizon`` frames; advantages by GAE (gamma, lambda), the
+  clipped surrogate, a value loss, a Gaussian policy with a learned log standard deviation; inputs standardized
+  by running statistics.
+
+Run folder (marker kind ``tracker``): config.json, references.npz, metrics.jsonl, checkpoints/step_N (weights with
+the input statistics, optimizer, generators, and every simulation's state, so that ``--resume`` continues the run
+exactly), curves.png, summary.json.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from daps.checkpoint import load_training_state, load_weights, remove_leftovers, resolve_checkpoint, save_checkpoint
+from daps.errors import UserError
+from daps.runfolder import (
+    FolderLock,
+    atomic_path,
+    clear_folder,
+    has_content,
+    write_json_atomic,
+    write_marker,
+)
+
+log = logging.getLogger("daps")
+
+KIND = "tracker"
+REFERENCES_FILE = "references.npz"
+ENTRIES = frozenset({"config.json", "metrics.jsonl", "checkpoints", "curves.png", "summary.json", REFERENCES_FILE})
+"""What a tracker's run writes into its folder (``--overwrite`` deletes these, and keeps anything else)."""
+
+REWARD_WEIGHTS = (0.65, 0.1, 0.15, 0.1)
+REWARD_SCALES = (2.0, 0.1, 40.0, 10.0)
+"""DeepMimic's weights and scales of its pose, velocity, end-effector and root terms (Peng et al. 2018, Sec. 5)."""
+PROPRIO_DIM = 19 + 19 + 3 + 3 + 19
+PRIVILEGED_DIM = 19 + 3
+
+
+@dataclass
+class TrackerConfig:
+    """The tracker's settings (``daps robot track-train TOKENIZER --out DIR key=value ...``)."""
+
+    tokenizer: str = ""
+    """The motion tokenizer's run folder or checkpoint (discrete codes, trained on lafan1-h1)."""
+    data_dir: str = ""
+    """Folder with the LAFAN1 H1 data and the H1 model (default: as the tokenizer was trained, then $DAPS_DATA_DIR)."""
+    frames: int = 2_000_000
+    """Simulated frames to train for, over all environments (the run's length)."""
+    envs: int = 16
+    horizon: int = 64
+    """Frames each environment steps per update (an update learns from envs * horizon frames)."""
+    epochs: int = 4
+    minibatch: int = 256
+    lr: float = 3e-4
+    gamma: float = 0.95
+    lam: float = 0.95
+    clip: float = 0.2
+    value_coef: float = 0.5
+    grad_clip: float = 1.0
+    init_std: float = 0.3
+    action_scale: float = 0.25
+    """Radians per unit of action added to the reference's joint angles."""
+    hidden: int = 256
+    """Width of the actor's and the critic's three hidden layers (the paper's: 2048, 1024, 512)."""
+    code_dim: int = 8
+    """Embedding size of each code; the window's embedded codes are mixed into 64 features."""
+    reference: str = "decoded"
+    """What the tracker follows: ``decoded`` (the tokenizer's reconstruction of each window, stitched: the paper's
+    setting) or ``ground-truth`` (the clips themselves; the codes still come from the tokenizer)."""
+    terminate_distance: float = 0.3
+    episode_seconds: float = 10.0
+    seed: int = 0
+    eval_every: int = 20
+    """Updates between evaluations on the validation references."""
+    ckpt_every: int = 10
+    keep_checkpoints: int = 2
+    progress: bool = True
+    out_dir: str = "runs/tracker"
+
+    def validate(self) -> None:
+        for name in ("frames", "envs", "horizon", "epochs", "minibatch", "hidden", "code_dim", "eval_every",
+                     "ckpt_every", "keep_checkpoints"):
+            if getattr(self, name) < 1:
+                raise UserError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("lr", "init_std", "action_scale", "terminate_distance", "episode_seconds", "grad_clip", "clip"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise UserError(f"{name} must be a positive number, got {value}")
+        for name in ("gamma", "lam"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise UserError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.reference not in ("decoded", "ground-truth"):
+            raise UserError(f"reference must be decoded or ground-truth, got {self.reference!r}")
+        if self.value_coef < 0:
+            raise UserError(f"value_coef must be >= 0, got {self.value_coef}")
+
+    @property
+    def updates(self) -> int:
+        """Updates of the whole run: ``frames`` rounded up to whole updates."""
+        return math.ceil(self.frames / (self.envs * self.horizon))
+
+
+# --------------------------------------------------------------------------------------------------
+# References
+
+
+@dataclass
+class References:
+    """Decoded reference motions of one split: per clip, ``poses (N, 26)``, ``qvel (N, 26)``, end points relative
+    to the pelvis ``ends (N, 4, 3)`` and the codes of its windows ``codes (N // T, T)``."""
+
+    names: list[str]
+    poses: list[np.ndarray]
+    qvel: list[np.ndarray]
+    ends: list[np.ndarray]
+    codes: list[np.ndarray]
+    window: int
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+
+def end_points(h1: Any, poses: np.ndarray) -> np.ndarray:
+    """Toes and hands (:data:`daps.motion.h1.END_POINTS`) relative to the pelvis, world axes: ``(N, 4, 3)``."""
+    from daps.motion.h1 import END_POINTS, forward_kinematics, points_world
+
+    pos, rot = forward_kinematics(h1, poses)
+    return points_world(pos, rot, END_POINTS) - poses[:, None, :3]
+
+
+def decode_references(tokenizer: Any, motion: Any, h1: Any, split: str, generator: torch.Generator,
+                      ground_truth: bool = False) -> References:
+    """Every clip of ``split`` (``train`` or ``val``) of ``motion`` (:class:`~daps.motion.dataset.MotionData`) cut
+    into whole windows, encoded (one code per window), decoded and stitched: see the module docstring.
+    ``ground_truth``: the clip's own poses are the reference (the codes are still the tokenizer's)."""
+    from daps.robot.physics import reference_velocities
+    from daps.robot.plan import stitch_windows
+
+    windows = motion.split(split)
+    t = motion.window
+    device = next(tokenizer.parameters()).device
+    out = References([], [], [], [], [], t)
+    tokenizer.eval()
+    for name in windows.clips:
+        raw = motion.features[name]
+        count = len(raw) // t
+        if count < 1:
+            continue
+        std = motion.stats.normalize(raw[: count * t].astype(np.float64)).reshape(count, t, -1)
+        x = torch.as_tensor(std, dtype=torch.float32, device=device)[:, None]  # (W, 1, T, F)
+        with torch.no_grad():
+            codes = tokenizer.encode(x, generator)  # (W, tokens)
+            decoded = tokenizer.decode(codes)[:, 0].double().cpu().numpy()  # (W, T, F)
+        if ground_truth:
+            poses = np.asarray(motion.poses[name][: count * t], dtype=np.float64)
+        else:
+            poses = stitch_windows(motion.stats.denormalize(decoded)[None], motion.fps)[0]  # (W*T, 26)
+        out.names.append(name)
+        out.poses.append(poses)
+        out.qvel.append(reference_velocities(h1.model, poses, motion.fps))
+        out.ends.append(end_points(h1, poses))
+        out.codes.append(codes.cpu().numpy().astype(np.int64))
+    if not out.names:
+        raise UserError(f"no {split} clip is one window ({t} frames) long")
+    return out
+
+
+def save_references(path: Path, sets: dict[str, References]) -> None:
+    """Both splits' references as one npz (atomically); read back by :func:`load_references`."""
+    arrays: dict[str, Any] = {}
+    for split, refs in sets.items():
+        arrays[f"{split}/names"] = np.array(refs.names)
+        arrays[f"{split}/window"] = np.array(refs.window)
+        for i in range(len(refs)):
+            for key in ("poses", "qvel", "ends", "codes"):
+                arrays[f"{split}/{key}/{i}"] = getattr(refs, key)[i]
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+
+
+def load_references(path: Path) -> dict[str, References]:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            sets = {}
+            for split in ("train", "val"):
+                names = [str(n) for n in z[f"{split}/names"]]
+                per_clip = {key: [z[f"{split}/{key}/{i}"] for i in range(len(names))]
+                            for key in ("poses", "qvel", "ends", "codes")}
+                sets[split] = References(names, per_clip["poses"], per_clip["qvel"], per_clip["ends"],
+                                         per_clip["codes"], int(z[f"{split}/window"]))
+    except (OSError, KeyError, ValueError, EOFError) as err:
+        raise UserError(f"{path} is not a readable tracker reference file ({type(err).__name__}: {err})") from None
+    return sets
+
+
+# --------------------------------------------------------------------------------------------------
+# Simulation
+
+
+class TrackingEnvs:
+    """``n`` H1 simulations tracking references (see the module docstring). ``rng`` draws the starts."""
+
+    def __init__(self, h1: Any, refs: References, n: int, cfg: TrackerConfig, fps: float,
+                 rng: np.random.Generator) -> None:
+        from daps.motion.h1 import END_POINTS, FOOT_BODIES, import_mujoco
+        from daps.motion.render import scene_model
+        from daps.robot.physics import _joint_gains
+
+        self.mj = mujoco = import_mujoco()
+        self.refs, self.cfg, self.rng, self.fps = refs, cfg, rng, fps
+        model = scene_model(h1)
+        self.substeps = max(1, int(round(1.0 / (fps * float(model.opt.timestep)))))
+        model.opt.timestep = 1.0 / (fps * self.substeps)
+        kp, kd = _joint_gains()
+        self.act_joint = np.array([int(model.jnt_qposadr[model.actuator_trnid[a, 0]]) - 7 for a in range(model.nu)])
+        for a, j in enumerate(self.act_joint):  # each hinge's motor becomes a PD servo on a target angle
+            if 0 <= j < 19:
+                lo, hi = model.actuator_ctrlrange[a].copy()
+                model.actuator_gainprm[a, 0] = kp[j]
+                model.actuator_biastype[a] = mujoco.mjtBias.mjBIAS_AFFINE
+                model.actuator_biasprm[a, :3] = (0.0, -kp[j], -kd[j])
+                model.actuator_forcerange[a] = (lo, hi)
+                model.actuator_forcelimited[a] = 1
+                model.actuator_ctrllimited[a] = 0
+        self.servo = np.array([a for a, j in enumerate(self.act_joint) if 0 <= j < 19])
+        self.model = model
+        self.data = [mujoco.MjData(model) for _ in range(n)]
+        self.pelvis = int(h1.body_ids[0])
+        feet = {mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_BODY, name) for name in FOOT_BODIES}
+        self.allowed = np.array(sorted(feet | {0}))  # the feet (and the floor, world body 0) may touch the floor
+        self.end_bodies = [mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_BODY, p.body) for p in END_POINTS]
+        self.end_offsets = np.array([p.offset for p in END_POINTS])
+        self.max_frames = max(1, int(round(cfg.episode_seconds * fps)))
+        self.clip = np.zeros(n, dtype=np.int64)
+        self.frame = np.zeros(n, dtype=np.int64)
+        self.age = np.zeros(n, dtype=np.int64)
+        self.prev_action = np.zeros((n, 19))
+        self.state_size = mujoco.mj_stateSize(model, mujoco.mjtState.mjSTATE_INTEGRATION)
+        for i in range(n):
+            self.reset(i)
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def reset(self, i: int, clip: int | None = None, frame: int | None = None) -> None:
+        """Start environment ``i`` at ``frame`` of reference ``clip`` (random when None) in its pose and velocity."""
+        if clip is None:
+            clip = int(self.rng.integers(len(self.refs)))
+        poses = self.refs.poses[clip]
+        if frame is None:
+            frame = int(self.rng.integers(len(poses) - 1))
+        d = self.data[i]
+        self.mj.mj_resetData(self.model, d)
+        d.qpos[:26] = poses[frame]
+        d.qvel[:25] = self.refs.qvel[clip][frame][:25]
+        d.ctrl[self.servo] = poses[frame][7 + self.act_joint[self.servo]]
+        self.mj.mj_kinematics(self.model, d)
+        self.clip[i], self.frame[i], self.age[i] = clip, frame, 0
+        self.prev_action[i] = 0.0
+
+    def _ends(self, d: Any) -> np.ndarray:
+        rot = d.xmat[self.end_bodies].reshape(-1, 3, 3)
+        return d.xpos[self.end_bodies] + np.einsum("pij,pj->pi", rot, self.end_offsets) - d.qpos[:3]
+
+    def observe(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """``proprio (n, 63)``, ``phase (n, 1)``, the current window's ``codes (n, tokens)`` and ``privileged
+        (n, 22)`` (the critic's extra inputs)."""
+        n, t = len(self), self.refs.window
+        proprio, privileged = np.empty((n, PROPRIO_DIM)), np.empty((n, PRIVILEGED_DIM))
+        codes = []
+        for i, d in enumerate(self.data):
+            rot = d.xmat[self.pelvis].reshape(3, 3)
+            proprio[i] = np.concatenate([d.qpos[7:26], d.qvel[6:25], d.qvel[3:6], rot.T @ np.array([0.0, 0, -1.0]),
+                                         self.prev_action[i]])
+            c, f = self.clip[i], self.frame[i]
+            nxt = self.refs.poses[c][min(f + 1, len(self.refs.poses[c]) - 1)]
+            privileged[i] = np.concatenate([nxt[7:26], d.qpos[:3] - self.refs.poses[c][f][:3]])
+            codes.append(self.refs.codes[c][min(f // t, len(self.refs.codes[c]) - 1)])
+        phase = ((self.frame % t) / t)[:, None].astype(np.float64)
+        return proprio, phase, np.stack(codes), privileged
+
+    def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+        """Apply ``actions (n, 19)`` for one frame; returns ``reward``, ``terminated`` (a fall) and ``truncated`` (the
+        reference or the time limit ended), and per environment the finished episode's ``length`` (frames; 0 for
+        one still running). Finished environments are reset (their next observation is a new episode's)."""
+        mj, n = self.mj, len(self)
+        a = np.clip(actions, -1.0, 1.0)
+        reward, terminated, truncated = np.zeros(n), np.zeros(n, bool), np.zeros(n, bool)
+        lengths = np.zeros(n, dtype=np.int64)
+        w, s = REWARD_WEIGHTS, REWARD_SCALES
+        for i, d in enumerate(self.data):
+            c, f = self.clip[i], self.frame[i] + 1
+            ref = self.refs.poses[c][f]
+            d.ctrl[self.servo] = ref[7 + self.act_joint[self.servo]] + self.cfg.action_scale * a[i][self.act_joint[
+                self.servo]]
+            mj.mj_step(self.model, d, nstep=self.substeps)
+            bodies = self.model.geom_bodyid[d.contact.geom[: d.ncon]]  # (ncon, 2): the bodies touching
+            fell = bool(np.any((bodies == 0).any(1) & ~np.isin(bodies, self.allowed).all(1) if d.ncon else False))
+            mj.mj_kinematics(self.model, d)  # body positions of the state reached (mj_step leaves the previous)
+            pose_err = float(np.sum((d.qpos[7:26] - ref[7:26]) ** 2))
+            vel_err = float(np.sum((d.qvel[6:25] - self.refs.qvel[c][f][6:25]) ** 2))
+            end_err = float(np.sum((self._ends(d) - self.refs.ends[c][f]) ** 2))
+            root_err = float(np.sum((d.qpos[:3] - ref[:3]) ** 2))
+            reward[i] = (w[0] * math.exp(-s[0] * pose_err) + w[1] * math.exp(-s[1] * vel_err)
+                         + w[2] * math.exp(-s[2] * end_err) + w[3] * math.exp(-s[3] * root_err))
+            self.frame[i], self.age[i] = f, self.age[i] + 1
+            self.prev_action[i] = a[i]
+            terminated[i] = fell or math.sqrt(root_err) > self.cfg.terminate_distance
+            truncated[i] = not terminated[i] and (f >= len(self.refs.poses[c]) - 1 or self.age[i] >= self.max_frames)
+            if terminated[i] or truncated[i]:
+                lengths[i] = self.age[i]
+        return reward, terminated, truncated, {"length": lengths}
+
+    def get_state(self) -> dict[str, torch.Tensor]:
+        """Every simulation's state and the episode counters (for a checkpoint)."""
+        states = np.empty((len(self), self.state_size))
+        for i, d in enumerate(self.data):
+            self.mj.mj_getState(self.model, d, states[i], self.mj.mjtState.mjSTATE_INTEGRATION)
+        return {"sim": torch.from_numpy(states), "clip": torch.from_numpy(self.clip.copy()),
+                "frame": torch.from_numpy(self.frame.copy()), "age": torch.from_numpy(self.age.copy()),
+                "prev_action": torch.from_numpy(self.prev_action.copy())}
+
+    def set_state(self, state: dict[str, torch.Tensor]) -> None:
+        sim = state["sim"].numpy()
+        if sim.shape != (len(self), self.state_size):
+            raise UserError(f"the checkpoint holds {sim.shape[0]} simulations of another model; resume with the "
+                            "same envs and H1 model")
+        for i, d in enumerate(self.data):
+            self.mj.mj_setState(self.model, d, sim[i], self.mj.mjtState.mjSTATE_INTEGRATION)
+            self.mj.mj_kinematics(self.model, d)
+        self.clip[:] = state["clip"].numpy()
+        self.frame[:] = state["frame"].numpy()
+        self.age[:] = state["age"].numpy()
+        self.prev_action[:] = state["prev_action"].numpy()
+
+
+# --------------------------------------------------------------------------------------------------
+# The policy
+
+
+class RunningNorm(nn.Module):
+    """Inputs standardized by their running mean and variance (updated from each rollout, clipped to +-5)."""
+
+    mean: torch.Tensor
+    var: torch.Tensor
+    count: torch.Tensor
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(dim, dtype=torch.float64))
+        self.register_buffer("var", torch.ones(dim, dtype=torch.float64))
+        self.register_buffer("count", torch.zeros((), dtype=torch.float64))
+
+    def update(self, x: torch.Tensor) -> None:
+        """Chan et al.'s parallel update of mean and variance with the batch ``x (N, dim)``."""
+        x = x.double()
+        n, mean, var = x.shape[0], x.mean(0), x.var(0, unbiased=False)
+        total = self.count + n
+        delta = mean - self.mean
+        self.var.copy_((self.var * self.count + var * n + delta ** 2 * self.count * n / total) / total)
+        self.mean.add_(delta * n / total)
+        self.count.copy_(total)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return ((x.double() - self.mean) / self.var.clamp_min(1e-8).sqrt()).clamp(-5, 5).float()
+
+
+def _mlp(inputs: int, hidden: int, outputs: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(inputs, hidden), nn.ELU(), nn.Linear(hidden, hidden), nn.ELU(),
+                         nn.Linear(hidden, hidden), nn.ELU(), nn.Linear(hidden, outputs))
+
+
+class Tracker(nn.Module):
+    """The actor (a Gaussian over the 19 actions) and the critic; see the module docstring for their inputs."""
+
+    def __init__(self, num_tokens: int, vocab_size: int, cfg: TrackerConfig) -> None:
+        super().__init__()
+        self.num_tokens, self.vocab_size = num_tokens, vocab_size
+        self.embed = nn.Embedding(vocab_size, cfg.code_dim)
+        self.mix = nn.Linear(num_tokens * cfg.code_dim, 64)
+        self.norm = RunningNorm(PROPRIO_DIM + PRIVILEGED_DIM)
+        self.actor = _mlp(PROPRIO_DIM + 1 + 64, cfg.hidden, 19)
+        self.critic = _mlp(PROPRIO_DIM + PRIVILEGED_DIM + 1 + 64, cfg.hidden, 1)
+        self.log_std = nn.Parameter(torch.full((19,), math.log(cfg.init_std)))
+        last = self.actor[-1]
+        assert isinstance(last, nn.Linear)
+        with torch.no_grad():  # small first actions: the PD servos alone start on the reference
+            last.weight.mul_(0.01)
+            last.bias.zero_()
+
+    def _inputs(self, proprio, phase, codes, privileged) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.norm(torch.cat([proprio, privileged], -1))
+        goal = torch.tanh(self.mix(self.embed(codes).flatten(1)))
+        own = torch.cat([x[:, :PROPRIO_DIM], phase.float(), goal], -1)
+        return own, torch.cat([x, phase.float(), goal], -1)
+
+    def forward(self, proprio, phase, codes, privileged) -> tuple[torch.distributions.Normal, torch.Tensor]:
+        actor_in, critic_in = self._inputs(proprio, phase, codes, privileged)
+        dist = torch.distributions.Normal(self.actor(actor_in), self.log_std.exp())
+        return dist, self.critic(critic_in)[:, 0]
+
+
+def gae(rewards: torch.Tensor, values: torch.Tensor, next_values: torch.Tensor, terminated: torch.Tensor,
+        finished: torch.Tensor, gamma: float, lam: float) -> torch.Tensor:
+    """Generalized advantage estimates ``(H, N)``. ``values[h]`` is V of the observation the action of step h was
+    taken from, ``next_values[h]`` V of the observation after it (the finished episode's last one, not the reset's);
+    ``terminated`` ends the return (a fall: no value after it), ``finished`` (terminated or truncated) stops the
+    sum of later residuals (they belong to the next episode)."""
+    horizon = rewards.shape[0]
+    adv = torch.zeros_like(rewards)
+    running = torch.zeros_like(rewards[0])
+    for h in reversed(range(horizon)):
+        delta = rewards[h] + gamma * next_values[h] * (~terminated[h]) - values[h]
+        running = delta + gamma * lam * (~finished[h]) * running
+        adv[h] = running
+    return adv
+
+
+# --------------------------------------------------------------------------------------------------
+# Training
+
+
+def _tensors(obs: tuple[np.ndarray, ...]) -> tuple[torch.Tensor, ...]:
+    proprio, phase, codes, privileged = obs
+    return (torch.from_numpy(proprio).float(), torch.from_numpy(phase).float(), torch.from_numpy(codes).long(),
+            torch.from_numpy(privileged).float())
+
+
+def _references(cfg: TrackerConfig) -> tuple[dict[str, References], dict[str, Any]]:
+    from daps.checkpoint import load_model
+    from daps.codes import config_sha256, weights_sha256
+    from daps.config_io import config_to_dict
+    from daps.data.motion import check_run_stats, motion_data
+    from daps.motion.h1 import load_h1
+
+    if not cfg.tokenizer:
+        raise UserError("name the motion tokenizer run whose codes the tracker follows")
+    ckpt = resolve_checkpoint(cfg.tokenizer)
+    model = load_model(ckpt, "cpu")
+    tcfg = model.config
+    if model.vocab_size is None:
+        raise UserError(f"{cfg.tokenizer} is a {tcfg.method} run: its latent is continuous, it has no codes")
+    if tcfg.data.name != "lafan1-h1":
+        raise UserError(f"{cfg.tokenizer} was trained on {tcfg.data.name}; the tracker needs a motion tokenizer "
+                        "of the H1 (lafan1-h1)")
+    if cfg.data_dir:
+        tcfg.data.data_dir = cfg.data_dir
+    check_run_stats(ckpt.parent.parent, tcfg.data)
+    motion = motion_data(tcfg.data)
+    h1 = load_h1(tcfg.data.data_dir or None)
+    g = torch.Generator().manual_seed(cfg.seed)
+    t0 = time.perf_counter()
+    truth = cfg.reference == "ground-truth"
+    sets = {split: decode_references(model, motion, h1, split, g, truth) for split in ("train", "val")}
+    log.info("tracker references: %d training and %d validation clips decoded by %s in %.0f s",
+             len(sets["train"]), len(sets["val"]), cfg.tokenizer, time.perf_counter() - t0)
+    meta = {"tokenizer": str(ckpt.resolve()), "method": tcfg.method, "num_tokens": int(sets["train"].codes[0].shape[1]),
+            "vocab_size": int(model.vocab_size), "window": int(motion.window), "fps": float(motion.fps),
+            "weights_sha256": weights_sha256(ckpt), "config_sha256": config_sha256(config_to_dict(tcfg)),
+            "data_dir": tcfg.data.data_dir}
+    return sets, meta
+
+
+def prepare(cfg: TrackerConfig, resume: bool, overwrite: bool) -> Path | None:
+    from daps.prior.run import prepare_folder
+
+    return prepare_folder(cfg, resume, overwrite, kind=KIND)
+
+
+def train_tracker(cfg: TrackerConfig, resume: bool = False, overwrite: bool = False,
+                  references: tuple[dict[str, References], dict[str, Any]] | None = None, h1: Any = None) -> Path:
+    """Train the tracker of ``cfg`` into ``cfg.out_dir`` (see the module docstring); returns the run folder.
+    ``references`` and ``h1`` give the references and the model directly (tests) instead of decoding them."""
+    from daps.motion.h1 import load_h1
+    from daps.progress import progress_bar
+    from daps.train import truncate_metrics
+
+    cfg.validate()
+    run_dir = Path(cfg.out_dir)
+    ckpt = prepare(cfg, resume, overwrite)
+    saved = resume and (run_dir / REFERENCES_FILE).is_file()
+    config_path = run_dir / "config.json"
+    if not saved:  # decoded before the folder is touched: a refused tokenizer leaves nothing behind
+        sets, meta = references if references is not None else _references(cfg)
+    lock = FolderLock(run_dir).acquire()
+    try:
+        if overwrite and has_content(run_dir):
+            clear_folder(run_dir, KIND, "--out", ENTRIES)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_marker(run_dir, KIND)
+        remove_leftovers(run_dir)
+        if saved:
+            sets = load_references(run_dir / REFERENCES_FILE)
+            meta = json.loads(config_path.read_text())["references"]
+        config = {KIND: _settings(cfg), "references": meta}
+        if ckpt is None:
+            write_json_atomic(config_path, config)
+        if not saved:
+            save_references(run_dir / REFERENCES_FILE, sets)
+        h1 = h1 if h1 is not None else load_h1(meta.get("data_dir") or cfg.data_dir or None)
+        torch.manual_seed(cfg.seed)
+        model = Tracker(int(meta["num_tokens"]), int(meta["vocab_size"]), cfg)
+        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+        generator = torch.Generator().manual_seed(cfg.seed)
+        rng = np.random.default_rng(cfg.seed)
+        envs = TrackingEnvs(h1, sets["train"], cfg.envs, cfg, float(meta["fps"]), rng)
+        start = 0
+        if ckpt is not None:
+            load_weights(model, ckpt)
+            state = load_training_state(ckpt)
+            optimizer.load_state_dict(state["optimizer"])
+            generator.set_state(state["generator"])
+            rng.bit_generator.state = json.loads(state["numpy_rng"])
+            envs.set_state(state["envs"])
+            start = int(state["step"])
+            write_json_atomic(config_path, config)
+            log.info("resuming %s from update %d", run_dir, start)
+        truncate_metrics(run_dir / "metrics.jsonl", start)
+        log.info("tracker: %d simulations of the H1 over %d training references, %d updates of %d frames, "
+                 "%d parameters", cfg.envs, len(sets["train"]), cfg.updates, cfg.envs * cfg.horizon,
+                 sum(p.numel() for p in model.parameters()))
+        with open(run_dir / "metrics.jsonl", "a") as metrics, \
+                progress_bar(cfg.updates, "tracker", "update", cfg.progress, initial=start, leave=True) as bar:
+            lines = cfg.progress and bar.disable
+            for update in range(start, cfg.updates):
+                t0 = time.perf_counter()
+                row = ppo_update(model, optimizer, envs, cfg, generator)
+                done = update + 1
+                row = {"split": "train", "step": done, "frames": done * cfg.envs * cfg.horizon, **row,
+                       "frames_per_s": cfg.envs * cfg.horizon / (time.perf_counter() - t0)}
+                metrics.write(json.dumps(row) + "\n")
+                metrics.flush()
+                bar.update()
+                bar.set_postfix(reward=f"{row['reward']:.3f}", episode_s=f"{row['episode_s']:.2f}", refresh=False)
+                if lines:
+                    log.info("tracker: update %d/%d  reward %.3f  episode %.2f s  falls %.2f  %.0f frames/s", done,
+                             cfg.updates, row["reward"], row["episode_s"], row["fall_rate"], row["frames_per_s"])
+                if done % cfg.eval_every == 0 or done == cfg.updates:
+                    val = evaluate_tracker(model, h1, sets["val"], cfg, float(meta["fps"]))
+                    metrics.write(json.dumps({"split": "val", "step": done, **val}) + "\n")
+                    metrics.flush()
+                if done % cfg.ckpt_every == 0 or done == cfg.updates:
+                    state = {"step": done, "optimizer": optimizer.state_dict(), "generator": generator.get_state(),
+                             "numpy_rng": json.dumps(rng.bit_generator.state), "envs": envs.get_state()}
+                    save_checkpoint(run_dir, done, model, config, state, keep=cfg.keep_checkpoints)
+        baseline = evaluate_tracker(None, h1, sets["val"], cfg, float(meta["fps"]))
+        _finish(run_dir, cfg, baseline)
+    finally:
+        lock.release()
+    return run_dir
+
+
+def _settings(cfg: TrackerConfig) -> dict[str, Any]:
+    from daps.prior.run import settings_record
+
+    return settings_record(cfg)
+
+
+def ppo_update(model: Tracker, optimizer: torch.optim.Optimizer, envs: TrackingEnvs, cfg: TrackerConfig,
+               generator: torch.Generator) -> dict[str, Any]:
+    """Collect ``cfg.horizon`` frames from every environment, then ``cfg.epochs`` passes of PPO over them."""
+    n, horizon = len(envs), cfg.horizon
+    obs_buf: list[tuple[torch.Tensor, ...]] = []
+    actions, logps, values, next_values = [], [], [], []
+    rewards, terms, fins = [], [], []
+    lengths, falls = [], 0
+    model.eval()
+    obs = _tensors(envs.observe())
+    with torch.no_grad():
+        for _ in range(horizon):
+            dist, value = model(*obs)
+            action = dist.mean + dist.stddev * torch.randn(dist.mean.shape, generator=generator)
+            reward, terminated, truncated, info = envs.step(action.double().numpy())
+            finished = terminated | truncated
+            after = _tensors(envs.observe())  # the finished episodes' last observations, before they are reset
+            next_value = model(*after)[1]
+            for i in np.flatnonzero(finished):
+                envs.reset(int(i))
+                lengths.append(int(info["length"][i]))
+                falls += int(terminated[i])
+            obs_buf.append(obs)
+            actions.append(action)
+            logps.append(dist.log_prob(action).sum(-1))
+            values.append(value)
+            next_values.append(next_value)
+            rewards.append(torch.from_numpy(reward).float())
+            terms.append(torch.from_numpy(terminated))
+            fins.append(torch.from_numpy(finished))
+            obs = _tensors(envs.observe()) if finished.any() else after
+    rew, val, nval = torch.stack(rewards), torch.stack(values), torch.stack(next_values)
+    adv = gae(rew, val, nval, torch.stack(terms), torch.stack(fins), cfg.gamma, cfg.lam)
+    ret = adv + val
+    flat = [torch.cat([o[k] for o in obs_buf]) for k in range(4)]
+    model.norm.update(torch.cat([flat[0], flat[3]], -1))
+    act, old_logp = torch.cat(actions), torch.cat(logps)
+    adv_f, ret_f = adv.flatten(), ret.flatten()
+    adv_f = (adv_f - adv_f.mean()) / (adv_f.std() + 1e-8)
+    model.train()
+    total = n * horizon
+    kls, clipped, losses = [], [], []
+    for _ in range(cfg.epochs):
+        order = torch.randperm(total, generator=generator)
+        for s in range(0, total, cfg.minibatch):
+            idx = order[s:s + cfg.minibatch]
+            dist, value = model(*(x[idx] for x in flat))
+            logp = dist.log_prob(act[idx]).sum(-1)
+            ratio = (logp - old_logp[idx]).exp()
+            surrogate = torch.min(ratio * adv_f[idx], ratio.clamp(1 - cfg.clip, 1 + cfg.clip) * adv_f[idx])
+            loss = -surrogate.mean() + cfg.value_coef * (value - ret_f[idx]).pow(2).mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            with torch.no_grad():
+                kls.append(float((old_logp[idx] - logp).mean()))
+                clipped.append(float(((ratio - 1).abs() > cfg.clip).float().mean()))
+                losses.append(float(loss))
+    fps = envs.fps
+    return {
+        "reward": float(rew.mean()),
+        "episode_s": float(np.mean(lengths)) / fps if lengths else float("nan"),
+        "episodes": len(lengths),
+        "fall_rate": falls / len(lengths) if lengths else float("nan"),
+        "loss": float(np.mean(losses)), "approx_kl": float(np.mean(kls)), "clip_fraction": float(np.mean(clipped)),
+        "action_std": float(model.log_std.detach().exp().mean()),
+    }
+
+
+@torch.no_grad()
+def evaluate_tracker(model: Tracker | None, h1: Any, refs: References, cfg: TrackerConfig, fps: float,
+                     seconds: float = 5.0, starts_per_clip: int = 4) -> dict[str, float]:
+    """Track validation references with the policy's mean action (``model``; None: zero actions, the PD servos on
+    the reference alone, the baseline) from ``starts_per_clip`` window starts of each clip for up to ``seconds``:
+    the mean time before a fall (``survival_s``), the fraction that fell, and the joint angle error (deg) and
+    toe/hand error (mm, relative to the pelvis) over the frames tracked."""
+    starts = [(c, int(k) * refs.window) for c in range(len(refs))
+              for k in np.linspace(0, max(0, len(refs.codes[c]) - 2), starts_per_clip).round()]
+    starts = list(dict.fromkeys(starts))
+    envs = TrackingEnvs(h1, refs, len(starts), cfg, fps, np.random.default_rng(0))
+    for i, (clip, first) in enumerate(starts):
+        envs.reset(i, clip, first)
+    limit = int(round(seconds * fps))
+    alive = np.ones(len(starts), bool)
+    survived = np.zeros(len(starts))
+    fell = np.zeros(len(starts), bool)
+    joint_err, end_err, count = 0.0, 0.0, 0
+    if model is not None:
+        model.eval()
+    for _ in range(limit):
+        if model is None:
+            action = np.zeros((len(starts), 19))
+        else:
+            dist, _ = model(*_tensors(envs.observe()))
+            action = dist.mean.double().numpy()
+        _, terminated, truncated, _ = envs.step(action)
+        for k in np.flatnonzero(alive):
+            d, ref, ends = envs.data[k], refs.poses[envs.clip[k]][envs.frame[k]], refs.ends[envs.clip[k]][envs.frame[k]]
+            joint_err += float(np.degrees(np.abs(d.qpos[7:26] - ref[7:26])).mean())
+            end_err += float(np.linalg.norm(envs._ends(d) - ends, axis=-1).mean()) * 1000
+            count += 1
+            survived[k] += 1.0 / fps
+            if terminated[k] or truncated[k]:
+                alive[k] = False
+                fell[k] = terminated[k]
+        if not alive.any():
+            break
+    return {"survival_s": float(survived.mean()), "fall_fraction": float(fell.mean()),
+            "joint_error_deg": joint_err / max(count, 1), "end_error_mm": end_err / max(count, 1),
+            "episodes": float(len(starts)), "seconds": float(seconds)}
+
+
+def _finish(run_dir: Path, cfg: TrackerConfig, baseline: dict[str, float]) -> None:
+    from daps.plots import read_metrics
+
+    rows = read_metrics(run_dir / "metrics.jsonl")
+    val = [r for r in rows if r.get("split") == "val"]
+    summary = {"step": cfg.updates, **(val[-1] if val else {}), "baseline": baseline}
+    write_json_atomic(run_dir / "summary.json", summary)
+    save_tracker_curves(rows, run_dir / "curves.png", baseline)
+
+
+def save_tracker_curves(rows: list[dict], path: Path, baseline: dict[str, float]) -> None:
+    """Training reward and episode length, and validation survival against the PD-only baseline, per frame."""
+    from daps.plots import _pyplot, save_figure
+
+    plt = _pyplot()
+    train = [r for r in rows if r.get("split") == "train"]
+    val = [r for r in rows if r.get("split") == "val"]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
+    x = [r["frames"] / 1e6 for r in train]
+    axes[0].plot(x, [r["reward"] for r in train])
+    axes[0].set_title("reward per frame (training)", fontsize=9)
+    axes[1].plot(x, [r["episode_s"] for r in train])
+    axes[1].set_title("episode length, s (training)", fontsize=9)
+    if val:
+        vx = [r["step"] * (train[0]["frames"] / train[0]["step"]) / 1e6 for r in val] if train else []
+        axes[2].plot(vx, [r["survival_s"] for r in val], marker="o", label="tracker")
+    axes[2].axhline(baseline["survival_s"], color="grey", ls="--", label="PD servos only")
+    axes[2].set_title(f"validation survival, s (of {baseline['seconds']:g})", fontsize=9)
+    axes[2].legend(fontsize=7)
+    for ax in axes:
+        ax.set_xlabel("million frames", fontsize=8)
+        ax.tick_params(labelsize=7)
+    fig.tight_layout()
+    save_figure(fig, path, dpi=110)
+
+
+def load_tracker(path: str | Path) -> tuple[Tracker, TrackerConfig, dict[str, Any], dict[str, References]]:
+    """A trained tracker from its run folder (or checkpoint): the network (eval mode), settings, the references'
+    header and the references."""
+    ckpt = resolve_checkpoint(path)
+    try:
+        config = json.loads((ckpt / "config.json").read_text())
+        cfg = TrackerConfig(**config[KIND])
+        meta = config["references"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise UserError(f"{ckpt / 'config.json'} is not a daps tracker config ({err})") from None
+    model = Tracker(int(meta["num_tokens"]), int(meta["vocab_size"]), cfg)
+    load_weights(model, ckpt)
+    refs = load_references(ckpt.parent.parent / REFERENCES_FILE)
+    return model.eval(), cfg, meta, refs
+
+
+__all__ = ["TrackerConfig", "Tracker", "TrackingEnvs", "train_tracker", "evaluate_tracker", "load_tracker", "gae"]
