@@ -449,8 +449,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     # Overrides may sit between flags (``train a=1 --resume b=2``): collect the leftovers ourselves.
     args, extra = parser.parse_known_args(argv)
-    takes_overrides = args.command in ("train", "compare") or "train" in (
-        getattr(args, "prior_command", None), getattr(args, "robot_command", None))
+    takes_overrides = args.command in ("train", "compare") or bool({"train", "track-train"} & {
+        getattr(args, "prior_command", None), getattr(args, "robot_command", None)})
     unknown = [e for e in extra if e.startswith("-") or not takes_overrides]
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
@@ -489,9 +489,13 @@ def main(argv: list[str] | None = None) -> int:
         return 3
     except KeyboardInterrupt:  # Ctrl-C: one line, not a traceback; a run folder resumes from its last checkpoint
         command = _command_name(args)
-        resumable = command in ("train", "compare", "prior train", "robot train")
-        print(f"\ndaps {command}: interrupted" + ("; --resume continues from the last checkpoint" if resumable else ""),
-              file=sys.stderr)
+        if command == "compare":  # it resumes every interrupted run itself
+            hint = "; the same command continues the comparison"
+        elif command in ("train", "prior train", "robot train", "robot track-train"):
+            hint = "; --resume continues from the last checkpoint (or starts again if there is none)"
+        else:
+            hint = ""
+        print(f"\ndaps {command}: interrupted{hint}", file=sys.stderr)
         return 130
 
 

@@ -506,7 +506,11 @@ def test_ctrl_c_is_one_line_with_exit_code_130(monkeypatch, capsys, tiny_overrid
     assert capsys.readouterr().err.strip() == "daps eval: interrupted"
     monkeypatch.setattr(daps.cli, "_train", interrupted)
     assert main(["train", *tiny_overrides, f"train.out_dir={tmp_path / 'run'}"]) == 130
-    assert capsys.readouterr().err.strip() == "daps train: interrupted; --resume continues from the last checkpoint"
+    assert capsys.readouterr().err.strip() == (
+        "daps train: interrupted; --resume continues from the last checkpoint (or starts again if there is none)")
+    monkeypatch.setattr(daps.cli, "_compare", lambda args, rest: interrupted(args))
+    assert main(["compare", "--methods", "daps", "--steps", "2", "--out", str(tmp_path / "c")]) == 130
+    assert capsys.readouterr().err.strip() == "daps compare: interrupted; the same command continues the comparison"
 
 
 def test_python_warnings_of_a_command_go_through_logging(monkeypatch, capsys):

@@ -1,0 +1,186 @@
+"""The low-level tracker (``daps.robot.tracker``): advantages, input statistics, the simulation's reward and
+episode ends against known answers, exact resume, and the commands.
+
+The simulation tests read the H1 model and LAFAN1 clips from ``$DAPS_DATA_DIR`` and skip without them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from daps.cli import main
+from daps.robot.tracker import (
+    References,
+    RunningNorm,
+    TrackerConfig,
+    TrackingEnvs,
+    end_points,
+    gae,
+    load_tracker,
+    train_tracker,
+)
+
+REAL_DIR = os.environ.get("DAPS_DATA_DIR")
+needs_data = pytest.mark.skipif(not REAL_DIR, reason="DAPS_DATA_DIR not set (reads the H1 model and LAFAN1 clips)")
+FPS = 30.0
+
+
+def test_gae_with_lambda_one_is_the_discounted_return_minus_the_value():
+    """lambda = 1: the advantage is the discounted sum of rewards to the episode's end, plus the discounted value
+    after a time limit (nothing after a fall), minus V. Two environments, one falling at step 1 and one truncated
+    at step 2 and then starting a new episode."""
+    g = 0.9
+    r = torch.tensor([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0], [7.0, 8.0]])
+    v = torch.tensor([[0.5, 0.1], [0.2, 0.3], [0.4, 0.6], [0.7, 0.8]])
+    # V after each step: the next step's V inside an episode (the same observation), 9 after the fall (unused), the
+    # truncated episode's last observation (10) and the rollout's last (11, 12)
+    nv = torch.tensor([[0.2, 0.3], [9.0, 0.6], [0.7, 10.0], [11.0, 12.0]])
+    term = torch.tensor([[False, False], [True, False], [False, False], [False, False]])
+    fin = torch.tensor([[False, False], [True, False], [False, True], [False, False]])
+    adv = gae(r, v, nv, term, fin, g, 1.0)
+    # env 0: episode of steps 0-1 ends in a fall; steps 2-3 a new episode bootstrapped with nv[3] = 11
+    want0 = [1 + g * 3 - 0.5, 3 - 0.2, 5 + g * 7 + g * g * 11 - 0.4, 7 + g * 11 - 0.7]
+    # env 1: steps 0-2 end by the time limit, bootstrapped with nv[2] = 10; step 3 alone, bootstrapped with 12
+    want1 = [2 + g * 4 + g * g * 6 + g ** 3 * 10 - 0.1, 4 + g * 6 + g * g * 10 - 0.3, 6 + g * 10 - 0.6,
+             8 + g * 12 - 0.8]
+    torch.testing.assert_close(adv, torch.tensor([want0, want1]).T)
+    # lambda = 0: one-step residuals
+    adv0 = gae(r, v, nv, term, fin, g, 0.0)
+    torch.testing.assert_close(adv0, r + g * nv * (~term) - v)
+
+
+def test_running_statistics_are_those_of_all_batches_seen():
+    norm = RunningNorm(3)
+    rng = np.random.default_rng(0)
+    batches = [rng.normal(loc=[1, -2, 5], scale=[0.5, 2, 10], size=(n, 3)) for n in (7, 50, 3)]
+    for b in batches:
+        norm.update(torch.from_numpy(b))
+    both = np.concatenate(batches)
+    np.testing.assert_allclose(norm.mean.numpy(), both.mean(0), rtol=1e-12)
+    np.testing.assert_allclose(norm.var.numpy(), both.var(0), rtol=1e-10)
+    x = torch.from_numpy(both[:4])
+    np.testing.assert_allclose(norm(x).numpy(), ((both[:4] - both.mean(0)) / both.std(0)).clip(-5, 5), rtol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def h1_and_clip():
+    if not REAL_DIR:
+        pytest.skip("DAPS_DATA_DIR not set (reads the H1 model and LAFAN1 clips)")
+    from daps.motion.dataset import load_clip_features
+    from daps.motion.h1 import load_h1
+    from daps.robot.physics import reference_velocities
+
+    h1 = load_h1(REAL_DIR)
+    clips = load_clip_features(REAL_DIR)
+    name = sorted(n for n in clips.poses if n.startswith("walk"))[0]
+    poses = clips.poses[name][:96].astype(np.float64)
+    refs = References([name], [poses], [reference_velocities(h1.model, poses, FPS)], [end_points(h1, poses)],
+                      [np.zeros((3, 4), dtype=np.int64)], 32)
+    return h1, refs
+
+
+def _cfg(**changes) -> TrackerConfig:
+    base = dict(envs=2, horizon=8, epochs=1, minibatch=8, hidden=16, eval_every=2, ckpt_every=1, progress=False,
+                frames=64, episode_seconds=10.0)
+    return TrackerConfig(**{**base, **changes})
+
+
+@needs_data
+def test_tracking_the_simulations_own_motion_scores_one_at_every_frame(h1_and_clip):
+    """Record the H1 under zero actions on a walking clip; a second simulation told to reach the same joint targets
+    along that recording (actions = the first run's targets minus the recording's, over action_scale) follows it
+    exactly, so every reward term is exp(0): the reward is 1 at every frame. A mapping of actions to the wrong
+    motors, or a reward term read from the wrong frame, breaks it."""
+    h1, refs = h1_and_clip
+    cfg = _cfg(action_scale=50.0)
+    first = TrackingEnvs(h1, refs, 1, cfg, FPS, np.random.default_rng(0))
+    first.reset(0, 0, 0)
+    poses, qvel, ends = [refs.poses[0][0].copy()], [refs.qvel[0][0].copy()], [refs.ends[0][0].copy()]
+    frames = 12
+    for _ in range(frames):
+        first.step(np.zeros((1, 19)))
+        d = first.data[0]
+        poses.append(d.qpos[:26].copy())
+        qvel.append(d.qvel[:25].copy())
+        ends.append(first._ends(d))
+    recorded = References(["rec"], [np.array(poses)], [np.array(qvel)], [np.array(ends)], [refs.codes[0]], 32)
+    second = TrackingEnvs(h1, recorded, 1, cfg, FPS, np.random.default_rng(0))
+    second.reset(0, 0, 0)
+    for t in range(frames):
+        action = (refs.poses[0][t + 1][7:26] - recorded.poses[0][t + 1][7:26]) / cfg.action_scale
+        reward, terminated, truncated, info = second.step(action[None])
+        assert reward[0] == pytest.approx(1.0, abs=1e-9), t
+        assert not terminated[0]
+        assert truncated[0] == (t == frames - 1) and info["length"][0] == (frames if t == frames - 1 else 0)
+    # The same recording with zero actions (targets the recording's own joint angles): not the first run's
+    # motion, so its reward drops below 1.
+    third = TrackingEnvs(h1, recorded, 1, cfg, FPS, np.random.default_rng(0))
+    third.reset(0, 0, 0)
+    assert min(third.step(np.zeros((1, 19)))[0][0] for _ in range(frames)) < 0.99
+
+
+@needs_data
+def test_an_episode_ends_when_the_pelvis_leaves_the_reference_and_observations_are_proprioceptive(h1_and_clip):
+    h1, refs = h1_and_clip
+    far = References(["far"], [refs.poses[0].copy()], refs.qvel, refs.ends, refs.codes, 32)
+    far.poses[0][1:, 0] += 0.31  # from frame 1 on, 31 cm ahead: the first step is already too far
+    envs = TrackingEnvs(h1, far, 1, _cfg(), FPS, np.random.default_rng(0))
+    envs.reset(0, 0, 0)
+    _, terminated, truncated, info = envs.step(np.zeros((1, 19)))
+    assert terminated[0] and not truncated[0] and info["length"][0] == 1
+    envs = TrackingEnvs(h1, refs, 1, _cfg(), FPS, np.random.default_rng(0))
+    envs.reset(0, 0, 40)
+    proprio, phase, codes, privileged = envs.observe()
+    d = envs.data[0]
+    assert np.array_equal(proprio[0, :19], refs.poses[0][40][7:26]) and phase[0, 0] == 8 / 32
+    assert np.array_equal(proprio[0, 19:38], refs.qvel[0][40][6:25]) and np.array_equal(codes[0], refs.codes[0][1])
+    np.testing.assert_allclose(proprio[0, 41:44], d.xmat[envs.pelvis].reshape(3, 3).T @ [0, 0, -1.0])
+    assert np.array_equal(privileged[0, :19], refs.poses[0][41][7:26]) and np.all(privileged[0, 19:] == 0)
+
+
+@needs_data
+def test_training_resumes_exactly_and_the_folder_holds_what_it_says(h1_and_clip, tmp_path, single_thread):
+    h1, refs = h1_and_clip
+    meta = {"num_tokens": 4, "vocab_size": 3, "fps": FPS, "window": 32, "data_dir": REAL_DIR}
+    sets = {"train": refs, "val": refs}
+    whole = train_tracker(_cfg(out_dir=str(tmp_path / "whole")), references=(sets, meta), h1=h1)
+    part = tmp_path / "part"
+    train_tracker(_cfg(out_dir=str(part), frames=32), references=(sets, meta), h1=h1)
+    train_tracker(_cfg(out_dir=str(part)), resume=True, h1=h1)  # references and header read back from the folder
+    from safetensors.torch import load_file
+
+    a = load_file(str(whole / "checkpoints" / "step_00000004" / "model.safetensors"))
+    b = load_file(str(part / "checkpoints" / "step_00000004" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    def rows(run):
+        out = [json.loads(line) for line in open(run / "metrics.jsonl")]
+        return [{k: v for k, v in r.items() if k != "frames_per_s"} for r in out]
+
+    assert rows(whole) == rows(part) and [r["step"] for r in rows(whole) if r["split"] == "train"] == [1, 2, 3, 4]
+    summary = json.loads((whole / "summary.json").read_text())
+    assert {"survival_s", "fall_fraction", "joint_error_deg", "end_error_mm"} <= summary["baseline"].keys()
+    assert (whole / "curves.png").stat().st_size > 0
+    model, cfg, header, loaded = load_tracker(whole)
+    assert cfg.hidden == 16 and header["num_tokens"] == 4
+    assert np.array_equal(loaded["train"].poses[0], refs.poses[0]) and loaded["val"].names == refs.names
+
+
+@needs_data
+def test_commands_refuse_bad_input_in_one_line(trained_run, tmp_path, capsys):
+    for command, says in (
+        (["robot", "track-train", str(trained_run), "--out", str(tmp_path / "t")], "was trained on mnist5k"),
+        (["robot", "track-train", str(trained_run), "--out", str(tmp_path / "t"), "reference=mocap"],
+         "reference must be decoded or ground-truth"),
+        (["robot", "track-train", str(trained_run), "--out", str(tmp_path / "t"), "envs=0"], "envs must be at least 1"),
+        (["robot", "track-eval", str(tmp_path / "none")], "none"),
+    ):
+        assert main(command) == 2, command
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and says in err, err
+    assert not (tmp_path / "t").exists()
