@@ -350,3 +350,23 @@ def test_windows_the_data_or_networks_cannot_give_are_one_line(tmp_path, capsys,
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1, err
     assert not run.exists()
+
+
+@needs_data
+@pytest.mark.parametrize("backend", ["bogus", "osmesa"])
+def test_an_opengl_backend_that_does_not_load_is_one_line(tmp_path, backend):
+    """MuJoCo picks its OpenGL backend when it is imported: a value it does not know, or osmesa without libOSMesa
+    (not installed on our machines; where it is, that case runs and is skipped), fails the import itself."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "MUJOCO_GL": backend, "DAPS_DATA_DIR": REAL_DIR, "OMP_NUM_THREADS": "1"}
+    code = "import mujoco"
+    if backend == "osmesa" and subprocess.run([sys.executable, "-c", code], env=env, capture_output=True).returncode == 0:
+        pytest.skip("osmesa loads on this machine")
+    out = subprocess.run([sys.executable, "-m", "daps", "train", "--preset", "lafan1-h1", "train.steps=1",
+                          f"train.out_dir={tmp_path / 'run'}"], env=env, capture_output=True, text=True)
+    assert out.returncode == 2, out.stderr
+    err = out.stderr.strip().splitlines()
+    assert len(err) == 1 and f"MUJOCO_GL={backend}" in err[0] and "use MUJOCO_GL=egl" in err[0], out.stderr
+    assert not (tmp_path / "run").exists()

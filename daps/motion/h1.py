@@ -128,6 +128,13 @@ def import_mujoco() -> ModuleType:
         import mujoco
     except ImportError as e:
         raise UserError(f"the H1 motion code needs MuJoCo: pip install mujoco ({e})") from e
+    except (AttributeError, RuntimeError, OSError) as e:  # the OpenGL backend MUJOCO_GL names failed to load
+        backend = os.environ.get("MUJOCO_GL", "")
+        raise UserError(
+            f"MuJoCo could not load the OpenGL backend MUJOCO_GL={backend} ({type(e).__name__}: "
+            f"{' '.join(str(e).split())[:120]}); use MUJOCO_GL=egl, or install Mesa's libosmesa6 "
+            "(apt-get install libosmesa6) for MUJOCO_GL=osmesa"
+        ) from None
     return mujoco
 
 
