@@ -406,6 +406,16 @@ def test_bad_inputs_give_one_line_and_exit_2(trained_run, vq_run, exported, tmp_
     assert "do not come from the tokenizer" in _error(
         capsys, ["prior", "train", str(exported["train"]), "--out", str(tmp_path / "p2"), "--val-codes",
                  str(vq_codes), "steps=2"])
+    # the training file itself, by another path or copied, as held-out codes: training figures in disguise
+    assert "is the training codes file" in _error(
+        capsys, ["prior", "train", str(exported["train"]), "--out", str(tmp_path / "p2"), "--val-codes",
+                 str(exported["train"].parent / "." / exported["train"].name), "steps=2"])
+    copy = tmp_path / "copy.safetensors"
+    copy.write_bytes(exported["train"].read_bytes())
+    assert "holds the same codes as" in _error(
+        capsys, ["prior", "train", str(exported["train"]), "--out", str(tmp_path / "p2"), "--val-codes", str(copy),
+                 "steps=2"])
+    assert not (tmp_path / "p2").exists()
     assert "is not a class" in _error(capsys, ["prior", "sample", str(prior), "--label", "10", "--out",
                                                str(tmp_path / "x.png")])
     assert "is not a class" in _error(capsys, ["prior", "sample", str(prior), "--label", "cat", "--out",
@@ -783,3 +793,17 @@ def test_a_tokenizer_with_other_codes_is_refused_naming_v_and_t(trained_run):
         with pytest.raises(ValueError, match=f"has V={V}, T={T}; the prior's codes have V="):
             load_code_tokenizer(trained_run, meta, torch.device("cpu"), "the prior's codes")
     assert load_code_tokenizer(trained_run, {"vocab_size": V, "num_tokens": T}, torch.device("cpu"), "x")[1].is_dir()
+
+
+def test_held_out_codes_of_the_training_split_are_warned(trained_run, exported, tmp_path, caplog, single_thread):
+    other_draw = tmp_path / "train-seed4.safetensors"
+    save_codes(export_codes(trained_run, "train", samples_per_input=1, seed=4, max_inputs=50), other_draw)
+    with caplog.at_level("WARNING"):
+        assert main(["prior", "train", str(exported["train"]), "--out", str(tmp_path / "p"), "--val-codes",
+                     str(other_draw), "steps=2", "width=16", "num_heads=2", "progress=false"]) == 0
+    assert "are codes of the training split" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        assert main(["prior", "train", str(exported["train"]), "--out", str(tmp_path / "q"), "--val-codes",
+                     str(exported["test"]), "steps=2", "width=16", "num_heads=2", "progress=false"]) == 0
+    assert "training split" not in caplog.text

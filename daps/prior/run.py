@@ -165,7 +165,17 @@ def split_codes(cfg: PriorConfig, codes: CodeSet) -> tuple[CodeSet, CodeSet]:
     """Training and held-out codes: ``val_codes`` if given (checked to come from the same tokenizer), else a
     fixed ``val_fraction`` of the inputs (all K codes of an input on the same side)."""
     if cfg.val_codes:
+        if Path(cfg.val_codes).resolve() == Path(cfg.codes).resolve():
+            raise UserError(f"val_codes {cfg.val_codes} is the training codes file: hold out other inputs (export "
+                            "another split, e.g. export-codes --split test) or leave val_codes out")
         val = load_codes(cfg.val_codes)
+        if val.meta.get("split") == codes.meta.get("split") and val.meta.get("run") == codes.meta.get("run") \
+                and torch.equal(val.codes, codes.codes):
+            raise UserError(f"val_codes {cfg.val_codes} holds the same codes as {cfg.codes}: its held-out figures "
+                            "would be training figures")
+        if val.meta.get("split") == "train":
+            log.warning("val_codes %s are codes of the training split (its header says split train): the held-out "
+                        "figures measure inputs the tokenizer was trained on", cfg.val_codes)
         same = ("vocab_size", "num_tokens", "class_names", "model_sha256")
         for key in same:
             if val.meta.get(key) != codes.meta.get(key):
