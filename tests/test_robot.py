@@ -561,3 +561,12 @@ def test_report_stem_replaces_only_an_earlier_report(tmp_path):
     for folder in (Path("."), tmp_path / ".."):
         with pytest.raises(UserError, match="names a folder"):
             check_report_stem(folder, overwrite=False)
+
+
+def test_several_codes_per_window_of_a_quantizer_are_refused_not_ignored():
+    from daps.robot.run import codes_per_window
+
+    assert codes_per_window("daps", 4) == 4 and codes_per_window("fsq", 1) == 1
+    for method in ("fsq", "vqvae"):
+        with pytest.raises(UserError, match=f"samples=4: {method} encodes deterministically"):
+            codes_per_window(method, 4)
