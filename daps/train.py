@@ -472,6 +472,7 @@ def _train(cfg: Config, resume: bool, overwrite: bool, device: torch.device, ran
         interactive = not bar.disable
         sums: dict[str, torch.Tensor] = {}
         count, t_last, t_start = 0, time.perf_counter(), time.perf_counter()
+        paused = 0.0  # seconds of evaluation and checkpoints since the last row: not training time
         s.model.train()
         for step in range(start_step, end_step):
             x = s.spec.standardize(next(s.batches))  # (B, C, H, W)
@@ -498,7 +499,8 @@ def _train(cfg: Config, resume: bool, overwrite: bool, device: torch.device, ran
                 row = _train_row(sums, count, s, grad_norms)
                 # num_steps: how many steps this row averages (fewer than log_every right after a resume)
                 row.update(
-                    split="train", step=done, num_steps=count, steps_per_s=count / (now - t_last), time=now - t_start
+                    split="train", step=done, num_steps=count, steps_per_s=count / max(now - t_last - paused, 1e-9),
+                    time=now - t_start,
                 )
                 write_row(row)
                 shown = {k: f"{row[k]:.3g}" for k in method_spec(cfg.method).progress if k in row}
@@ -506,11 +508,12 @@ def _train(cfg: Config, resume: bool, overwrite: bool, device: torch.device, ran
                 if show and not interactive:
                     values = "  ".join(f"{k} {v}" for k, v in shown.items())
                     log.info("step %d/%d  %s  %.2f steps/s", done, end_step, values, row["steps_per_s"])
-                sums, count, t_last = {}, 0, now
+                sums, count, t_last, paused = {}, 0, now, 0.0
                 if not all(math.isfinite(v) for v in row.values() if isinstance(v, float)):
                     log.warning("non-finite training metrics at step %d: %s", done, row)
             if tc.max_skipped_steps and s.skipped_streak >= tc.max_skipped_steps:
                 raise _diverged(run_dir, done, f"{s.skipped_streak} consecutive updates had non-finite gradients")
+            pause_start = time.perf_counter()
             if done % tc.eval_every == 0 and done != end_step:
                 if dist.is_main():  # rank 0 alone evaluates; the others wait without a timeout
                     metrics = _evaluate(s)
@@ -527,6 +530,7 @@ def _train(cfg: Config, resume: bool, overwrite: bool, device: torch.device, ran
                     log.warning("step %d: no checkpoint, the last update had a non-finite gradient", done)
                 else:
                     _checkpoint(s, done)
+            paused += time.perf_counter() - pause_start
             bar.update(1)
         bar.close()
         _finish(s, start_step, end_step, write_row)

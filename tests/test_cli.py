@@ -535,3 +535,32 @@ def test_python_warnings_of_a_command_go_through_logging(monkeypatch, capsys):
         assert len(records) == 1 and "a loader warning" in records[0].getMessage()
     finally:
         logging.captureWarnings(False)
+
+
+def test_steps_per_s_leaves_out_evaluation_and_checkpoints(monkeypatch, tiny_overrides, tmp_path, single_thread):
+    """Each logged speed is of training steps only: a slow evaluation (1 s here) in a window of 2 fast steps would
+    otherwise show as under 2 steps/s. Also for the models over codes (a prior here)."""
+    import time as time_mod
+
+    import daps.prior.run
+    import daps.train
+    from daps.plots import read_metrics
+
+    real_eval = daps.train._evaluate
+    monkeypatch.setattr(daps.train, "_evaluate", lambda s, fid=None: (time_mod.sleep(1.0), real_eval(s, fid))[1])
+    run = tmp_path / "run"
+    assert main(["train", *tiny_overrides, "train.log_every=2", "train.eval_every=2", f"train.out_dir={run}"]) == 0
+    speeds = [r["steps_per_s"] for r in read_metrics(run / "metrics.jsonl") if r["split"] == "train"]
+    assert len(speeds) == 3 and min(speeds[1:]) > 4, speeds
+
+    from daps.codes import export_codes, save_codes
+
+    save_codes(export_codes(run, "train", samples_per_input=1), tmp_path / "codes.safetensors")
+    real_prior_eval = daps.prior.run.evaluate_prior
+    monkeypatch.setattr(daps.prior.run, "evaluate_prior",
+                        lambda *a, **k: (time_mod.sleep(1.0), real_prior_eval(*a, **k))[1])
+    prior = tmp_path / "prior"
+    assert main(["prior", "train", str(tmp_path / "codes.safetensors"), "--out", str(prior), "steps=6", "width=16",
+                 "num_heads=2", "log_every=2", "eval_every=2", "progress=false"]) == 0
+    speeds = [r["steps_per_s"] for r in read_metrics(prior / "metrics.jsonl") if r["split"] == "train"]
+    assert len(speeds) == 3 and min(speeds[1:]) > 4, speeds

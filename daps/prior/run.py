@@ -444,6 +444,7 @@ def run_steps(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Opti
 
     model.train()
     loss_sum, count, applied, skipped_in_window, t_last = 0.0, 0, 0, 0, time.perf_counter()
+    paused = 0.0  # seconds of evaluation and checkpoints since the last row: not training time
     with open(run_dir / "metrics.jsonl", "a") as metrics, \
             progress_bar(cfg.steps, desc, "step", cfg.progress, initial=start, leave=True) as bar:
         lines = cfg.progress and bar.disable  # no bar drawn (not a terminal): a log line per row instead
@@ -479,13 +480,15 @@ def run_steps(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Opti
             if done % cfg.log_every == 0 or done == cfg.steps:
                 now = time.perf_counter()
                 mean = loss_sum / applied if applied else None  # over the applied steps only
+                speed = count / max(now - t_last - paused, 1e-9)
                 write_row({"split": "train", "step": done, "loss": mean, "skipped": skipped_in_window,
-                           "steps_per_s": count / (now - t_last)})
+                           "steps_per_s": speed})
                 bar.set_postfix(loss="-" if mean is None else f"{mean:.3f}", refresh=False)
                 if lines:
                     log.info("%s: step %d/%d  loss %s  %.2f steps/s", desc, done, cfg.steps,
-                             "-" if mean is None else f"{mean:.3f}", count / (now - t_last))
-                loss_sum, count, applied, skipped_in_window, t_last = 0.0, 0, 0, 0, now
+                             "-" if mean is None else f"{mean:.3f}", speed)
+                loss_sum, count, applied, skipped_in_window, t_last, paused = 0.0, 0, 0, 0, now, 0.0
+            pause_start = time.perf_counter()
             if done % cfg.eval_every == 0 or done == cfg.steps:
                 write_row({"split": "val", "step": done, **evaluate()})
                 model.train()
@@ -496,6 +499,7 @@ def run_steps(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Opti
                 state = {"step": done, "optimizer": optimizer.state_dict(), "generator": generator.get_state(),
                          "skipped_streak": consecutive}
                 save_checkpoint(run_dir, done, model, config, state, keep=cfg.keep_checkpoints)
+            paused += time.perf_counter() - pause_start
 
 
 def _finish(run_dir: Path, model: Prior, cfg: PriorConfig, x_val: torch.Tensor, y_val: torch.Tensor,
