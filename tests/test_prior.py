@@ -807,3 +807,38 @@ def test_held_out_codes_of_the_training_split_are_warned(trained_run, exported, 
         assert main(["prior", "train", str(exported["train"]), "--out", str(tmp_path / "q"), "--val-codes",
                      str(exported["test"]), "steps=2", "width=16", "num_heads=2", "progress=false"]) == 0
     assert "training split" not in caplog.text
+
+
+def test_prior_curves_put_one_unit_on_their_axis(tmp_path, monkeypatch):
+    """A likelihood model's training loss (nats) is drawn in bits beside its held-out bits; a dfm prior's losses
+    stay in nats."""
+    import math
+
+    import daps.prior.run as run_mod
+
+    drawn = {}
+
+    class Axes:
+        def plot(self, x, y, *args, label=""):
+            drawn[label] = list(y)
+
+        def __getattr__(self, name):
+            return lambda *a, **k: drawn.setdefault(name, a)
+
+    class Fig:
+        def tight_layout(self):
+            pass
+
+    class Plt:
+        def subplots(self, **kwargs):
+            return Fig(), Axes()
+
+    monkeypatch.setattr("daps.plots._pyplot", lambda: Plt())
+    monkeypatch.setattr("daps.plots.save_figure", lambda fig, path, dpi: None)
+    rows = [{"split": "train", "step": 1, "loss": math.log(2) * 3}, {"split": "val", "step": 1, "bits_per_token": 3.5}]
+    run_mod.save_prior_curves(rows, tmp_path / "c.png", "ar")
+    assert drawn["train loss (bits/token)"] == [pytest.approx(3.0)] and drawn["set_ylabel"] == ("bits/token",)
+    drawn.clear()
+    rows = [{"split": "train", "step": 1, "loss": 2.0}, {"split": "val", "step": 1, "dfm_loss": 2.5}]
+    run_mod.save_prior_curves(rows, tmp_path / "c.png", "dfm")
+    assert drawn["train loss (nats/token)"] == [2.0] and drawn["set_ylabel"] == ("nats/token",)

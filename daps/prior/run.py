@@ -540,13 +540,18 @@ def save_prior_curves(rows: list[dict], path: Path, title: str) -> None:
 
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    train = [(r["step"], r["loss"]) for r in rows if r.get("split") == "train" and r.get("loss") is not None]
+    # One unit on the axis: a likelihood model (ar prior, robot policy) trains on the cross-entropy of its codes in
+    # nats, shown in bits beside its held-out bits; a dfm prior's training and held-out losses are both in nats.
+    bits = any(r.get("split") == "val" and "bits_per_token" in r for r in rows)
+    scale, unit = (1 / math.log(2), "bits/token") if bits else (1.0, "nats/token")
+    train = [(r["step"], r["loss"] * scale) for r in rows if r.get("split") == "train" and r.get("loss") is not None]
     if train:
-        ax.plot(*zip(*train), label="train loss (nats/token)")
+        ax.plot(*zip(*train), label=f"train loss ({unit})")
     for key, label in (("bits_per_token", "held-out bits/token"), ("dfm_loss", "held-out loss (nats/token)")):
         pts = [(r["step"], r[key]) for r in rows if r.get("split") == "val" and key in r]
         if pts:
             ax.plot(*zip(*pts), "o-", label=label)
+    ax.set_ylabel(unit)
     ax.set_xlabel("step")
     ax.legend(fontsize=8)
     ax.set_title(title, fontsize=9)
