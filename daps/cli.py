@@ -276,7 +276,10 @@ def _eval(args: argparse.Namespace) -> int:
         model, images, torch.Generator(device).manual_seed(args.seed), spec.standardize, fid, example_metrics,
         progress=True,
     )
-    metrics.update(dataset=spec.name, split=args.split, run=str(args.run_dir))
+    ckpt = resolve_checkpoint(args.run_dir, verify=False)  # the one load_model read (and verified)
+    step = int(ckpt.name.removeprefix("step_")) if ckpt.name.startswith("step_") else None
+    metrics.update(dataset=spec.name, split=args.split, run=str(args.run_dir), checkpoint=str(ckpt), step=step,
+                   seed=args.seed, batch_size=args.batch_size)
     if spec.note:  # e.g. a lossy copy, or a test split that is the training images
         metrics["note"] = spec.note
     if args.plot:
@@ -284,7 +287,9 @@ def _eval(args: argparse.Namespace) -> int:
     if args.json:  # strict JSON: a non-finite metric (a diverged run) is null, never a bare NaN token
         print(json.dumps({k: v if not isinstance(v, float) or math.isfinite(v) else None for k, v in metrics.items()}))
     else:
-        print(summarize(metrics, f"{spec.name} {args.split} split"))
+        at = f"step {step}" if step is not None else ckpt.name
+        print(summarize(metrics, f"{spec.name} {args.split} split, checkpoint {at}, seed {args.seed}, batch "
+                                 f"{args.batch_size}"))
     return 0
 
 

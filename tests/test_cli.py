@@ -190,9 +190,16 @@ def test_commands_over_a_dataset_show_a_bar_on_a_terminal_only(trained_run, caps
 def test_eval_human_readable(trained_run, capsys):
     assert main(["eval", str(trained_run), "--max-images", "20"]) == 0
     out = capsys.readouterr().out
-    assert "mnist5k test split, 20 images:" in out and "ELBO" in out and "PSNR" in out
+    # what was evaluated: the newest checkpoint of the 6-step run, the seed and batch of the codes drawn
+    assert "mnist5k test split, checkpoint step 6, seed 0, batch 500, 20 images:" in out
+    assert "ELBO" in out and "PSNR" in out
+    assert main(["eval", str(trained_run / "checkpoints" / "step_00000003"), "--max-images", "20", "--split", "train",
+                 "--seed", "4", "--batch-size", "10", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert (result["step"], result["seed"], result["batch_size"]) == (3, 4, 10)
+    assert result["checkpoint"].endswith("step_00000003")
     assert main(["eval", str(trained_run), "--max-images", "20", "--split", "train"]) == 0
-    assert "mnist5k train split, 20 images:" in capsys.readouterr().out  # never "validation" for a training split
+    assert "mnist5k train split, checkpoint step 6" in capsys.readouterr().out  # never "validation" here
 
 
 def test_eval_names_the_dataset_note_and_refuses_unused_fid_flags(trained_run, capsys, tmp_path):
