@@ -184,3 +184,22 @@ def test_commands_refuse_bad_input_in_one_line(trained_run, tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and says in err, err
     assert not (tmp_path / "t").exists()
+
+
+@needs_data
+def test_an_update_that_changes_no_weight_leaves_the_policy_as_it_sampled(h1_and_clip, single_thread):
+    """With a zero learning rate the ratios of new to old action probabilities are exactly 1 in every minibatch:
+    nothing else (such as the input statistics taking in the rollout before the epochs) changes the policy that
+    the rollout's log-probabilities were computed under."""
+    from daps.robot.tracker import Tracker, ppo_update
+
+    h1, refs = h1_and_clip
+    cfg = _cfg()
+    torch.manual_seed(0)
+    model = Tracker(4, 3, cfg)
+    envs = TrackingEnvs(h1, refs, cfg.envs, cfg, FPS, np.random.default_rng(0))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    for _ in range(2):  # the second update runs on statistics the first one updated
+        row = ppo_update(model, optimizer, envs, cfg, torch.Generator().manual_seed(0))
+        assert abs(row["approx_kl"]) < 1e-6 and row["clip_fraction"] == 0.0, row  # float rounding of batching
+    assert model.norm.count.item() == 2 * cfg.envs * cfg.horizon

@@ -627,7 +627,6 @@ def ppo_update(model: Tracker, optimizer: torch.optim.Optimizer, envs: TrackingE
     adv = gae(rew, val, nval, torch.stack(terms), torch.stack(fins), cfg.gamma, cfg.lam)
     ret = adv + val
     flat = [torch.cat([o[k] for o in obs_buf]) for k in range(4)]
-    model.norm.update(torch.cat([flat[0], flat[3]], -1))
     act, old_logp = torch.cat(actions), torch.cat(logps)
     adv_f, ret_f = adv.flatten(), ret.flatten()
     adv_f = (adv_f - adv_f.mean()) / (adv_f.std() + 1e-8)
@@ -651,6 +650,9 @@ def ppo_update(model: Tracker, optimizer: torch.optim.Optimizer, envs: TrackingE
                 kls.append(float((old_logp[idx] - logp).mean()))
                 clipped.append(float(((ratio - 1).abs() > cfg.clip).float().mean()))
                 losses.append(float(loss))
+    # The input statistics take in this rollout only now: updated before the epochs, they would change the policy
+    # that old_logp was computed under (ratios off 1 before any step, a clip fraction of half the batch).
+    model.norm.update(torch.cat([flat[0], flat[3]], -1))
     fps = envs.fps
     return {
         "reward": float(rew.mean()),
