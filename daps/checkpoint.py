@@ -326,18 +326,21 @@ def load_weights(model: nn.Module, ckpt: Path, tensors: dict[str, torch.Tensor] 
 
 
 OTHER_KINDS = {
+    "train": "a training run (daps train): use daps eval / render / export-codes",
     "pretrained": "an exported model (daps export): load it in Python with daps.from_pretrained",
     "prior": "a prior over codes: use daps prior sample / eval",
     "robot": "a robot policy: use daps robot plan / eval",
+    "tracker": "a low-level tracker: use daps robot track-eval",
 }
 
 
-def _refuse_other_kind(ckpt: Path, path: str | Path) -> None:
-    """CheckpointError if ``ckpt`` belongs to a daps folder that is not a training run (its marker says so)."""
+def refuse_other_kind(ckpt: Path, path: str | Path, kind: str = "train", what: str = "a training run") -> None:
+    """CheckpointError if ``ckpt`` belongs to a daps folder whose marker names another kind than ``kind``; the
+    message says what the folder is, how to use it, and that ``what`` was expected."""
     folder = ckpt.parent.parent if ckpt.parent.name == CKPT_DIR else ckpt
-    kind = read_marker(folder)
-    if kind is not None and kind != "train":
-        raise CheckpointError(f"{path} is {OTHER_KINDS.get(kind, f'a daps {kind} folder')}, not a training run")
+    found = read_marker(folder)
+    if found is not None and found != kind:
+        raise CheckpointError(f"{path} is {OTHER_KINDS.get(found, f'a daps {found} folder')}, not {what}")
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> Method:
@@ -351,7 +354,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> Method:
 
     device = resolve_device(device)
     ckpt = resolve_checkpoint(path, verify=False)
-    _refuse_other_kind(ckpt, path)
+    refuse_other_kind(ckpt, path)
     verify_checkpoint(ckpt)
     cfg = read_config(ckpt / "config.json")
     model = build_method(cfg, tuple(cfg.data.image_shape))

@@ -278,8 +278,10 @@ def _eval(args: argparse.Namespace) -> int:
     )
     ckpt = resolve_checkpoint(args.run_dir, verify=False)  # the one load_model read (and verified)
     step = int(ckpt.name.removeprefix("step_")) if ckpt.name.startswith("step_") else None
-    metrics.update(dataset=spec.name, split=args.split, run=str(args.run_dir), checkpoint=str(ckpt), step=step,
+    metrics.update(dataset=spec.name, split=args.split, run=str(args.run_dir), checkpoint=str(ckpt),
                    seed=args.seed, batch_size=args.batch_size)
+    if step is not None:
+        metrics["step"] = step
     if spec.note:  # e.g. a lossy copy, or a test split that is the training images
         metrics["note"] = spec.note
     if args.plot:

@@ -251,6 +251,9 @@ def load_codes(path: str | Path) -> CodeSet:
     """Read a codes file written by :func:`save_codes`; a missing, foreign or inconsistent file raises
     :class:`UserError` naming it."""
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path} is a folder, not a codes file (daps export-codes RUN --out FILE.safetensors "
+                        "writes one)")
     if not path.is_file():
         raise UserError(f"{path} is not a codes file (no such file)")
     meta = _header(path)

@@ -571,3 +571,20 @@ def test_steps_per_s_leaves_out_evaluation_and_checkpoints(monkeypatch, tiny_ove
                  "num_heads=2", "log_every=2", "eval_every=2", "progress=false"]) == 0
     speeds = [r["steps_per_s"] for r in read_metrics(prior / "metrics.jsonl") if r["split"] == "train"]
     assert len(speeds) == 3 and min(speeds[1:]) > 4, speeds
+
+
+def test_a_folder_of_another_kind_says_what_it_is(trained_run, tmp_path, capsys):
+    """Each command that takes a daps folder names the kind it was given and the kind it needs, in one line."""
+    for command, says in (
+        (["robot", "plan", str(trained_run), "--motion", "walk", "--out", str(tmp_path / "w.mp4")],
+         "is a training run (daps train): use daps eval / render / export-codes, not a robot policy"),
+        (["robot", "eval", str(trained_run)], "not a robot policy (daps robot train)"),
+        (["prior", "sample", str(trained_run), "--out", str(tmp_path / "g.png")], "not a prior (daps prior train)"),
+        (["prior", "eval", str(trained_run)], "not a prior (daps prior train)"),
+        (["robot", "track-eval", str(trained_run)], "not a tracker (daps robot track-train)"),
+        (["prior", "train", str(trained_run), "--out", str(tmp_path / "p")], "is a folder, not a codes file"),
+    ):
+        assert main(command) == 2, command
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and says in err and "KeyError" not in err, err
+    assert not any(tmp_path.iterdir())

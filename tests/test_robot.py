@@ -469,7 +469,7 @@ def test_robot_bad_requests_are_one_line(tiny_policy, tmp_path, capsys, trained_
         (["robot", "plan", str(policy), "--prompt", "sing a song", "--out", out], "names no kind"),
         (["robot", "plan", str(policy), "--motion", "walk", "--velocity", "fast", "--out", out], "--velocity"),
         (["robot", "plan", str(policy), "--motion", "walk", "--out", str(tmp_path / "a.gif")], "ending in .mp4"),
-        (["robot", "plan", str(tok), "--motion", "walk", "--out", out], "not a daps robot policy"),
+        (["robot", "plan", str(tok), "--motion", "walk", "--out", out], "not a robot policy (daps robot train)"),
         (["robot", "train", str(trained_run), "--out", str(tmp_path / "p")], "needs a motion tokenizer"),
         (["robot", "train", str(tok), "--out", str(policy)], "already exists"),
         (["robot", "train", str(tok), "--out", str(tok), "--overwrite"], "is not a daps robot folder"),

@@ -28,6 +28,7 @@ import torch
 from daps.checkpoint import (
     CheckpointError,
     load_weights,
+    refuse_other_kind,
     remove_leftovers,
     resolve_checkpoint,
 )
@@ -286,6 +287,7 @@ def load_policy(path: str | Path, device: str | torch.device = "cpu") -> tuple[C
     """A trained policy from its run folder (or checkpoint): the network (eval mode), its settings and the header
     of its examples (tokenizer, V, T, velocity ranges)."""
     ckpt = resolve_checkpoint(path)
+    refuse_other_kind(ckpt, path, KIND, "a robot policy (daps robot train)")
     try:
         config = json.loads((ckpt / "config.json").read_text())
         cfg = RobotConfig(**config[KIND])

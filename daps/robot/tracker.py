@@ -46,7 +46,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from daps.checkpoint import load_training_state, load_weights, remove_leftovers, resolve_checkpoint, save_checkpoint
+from daps.checkpoint import (
+    load_training_state,
+    load_weights,
+    refuse_other_kind,
+    remove_leftovers,
+    resolve_checkpoint,
+    save_checkpoint,
+)
 from daps.errors import UserError
 from daps.runfolder import (
     FolderLock,
@@ -412,8 +419,12 @@ class Tracker(nn.Module):
     def __init__(self, num_tokens: int, vocab_size: int, cfg: TrackerConfig) -> None:
         super().__init__()
         self.num_tokens, self.vocab_size = num_tokens, vocab_size
+        # the actor and the critic embed the codes each their own way: a shared embedding would let the value
+        # loss (returns of ~10 against rewards of ~0.5) move the actor's input
         self.embed = nn.Embedding(vocab_size, cfg.code_dim)
         self.mix = nn.Linear(num_tokens * cfg.code_dim, 64)
+        self.critic_embed = nn.Embedding(vocab_size, cfg.code_dim)
+        self.critic_mix = nn.Linear(num_tokens * cfg.code_dim, 64)
         self.norm = RunningNorm(PROPRIO_DIM + PRIVILEGED_DIM)
         self.actor = _mlp(PROPRIO_DIM + 1 + 64, cfg.hidden, 19)
         self.critic = _mlp(PROPRIO_DIM + PRIVILEGED_DIM + 1 + 64, cfg.hidden, 1)
@@ -427,8 +438,9 @@ class Tracker(nn.Module):
     def _inputs(self, proprio, phase, codes, privileged) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.norm(torch.cat([proprio, privileged], -1))
         goal = torch.tanh(self.mix(self.embed(codes).flatten(1)))
+        critic_goal = torch.tanh(self.critic_mix(self.critic_embed(codes).flatten(1)))
         own = torch.cat([x[:, :PROPRIO_DIM], phase.float(), goal], -1)
-        return own, torch.cat([x, phase.float(), goal], -1)
+        return own, torch.cat([x, phase.float(), critic_goal], -1)
 
     def forward(self, proprio, phase, codes, privileged) -> tuple[torch.distributions.Normal, torch.Tensor]:
         actor_in, critic_in = self._inputs(proprio, phase, codes, privileged)
@@ -747,6 +759,7 @@ def load_tracker(path: str | Path) -> tuple[Tracker, TrackerConfig, dict[str, An
     """A trained tracker from its run folder (or checkpoint): the network (eval mode), settings, the references'
     header and the references."""
     ckpt = resolve_checkpoint(path)
+    refuse_other_kind(ckpt, path, KIND, "a tracker (daps robot track-train)")
     try:
         config = json.loads((ckpt / "config.json").read_text())
         cfg = TrackerConfig(**config[KIND])
