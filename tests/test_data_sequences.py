@@ -169,3 +169,14 @@ def test_the_h1_commands_refuse_a_sequences_run_in_one_line(npz, tmp_path, capsy
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and "was trained on sequences" in err and says in err, err
     assert not (tmp_path / "v.mp4").exists() and not (tmp_path / "policy").exists()
+
+
+def test_figures_of_standardized_features_keep_their_sign():
+    """Motion and sequence windows are standardized features: a figure shows -3 sd black, 0 mid-grey, +3 sd white
+    (the binary-image rule, a clamp to [0, 1], would blacken every negative value)."""
+    for name in ("sequences", "lafan1-h1"):
+        shown = dataset_spec(name).standardize.to_unit(torch.tensor([-4.0, -3.0, -1.5, 0.0, 1.5, 3.0, 9.0]))
+        torch.testing.assert_close(shown, torch.tensor([0.0, 0.0, 0.25, 0.5, 0.75, 1.0, 1.0]))
+    assert torch.equal(dataset_spec("sequences").standardize(torch.tensor([-1.0, 2.0])), torch.tensor([-1.0, 2.0]))
+    binary = dataset_spec("mnist").standardize.to_unit(torch.tensor([-1.0, 0.3, 2.0]))
+    torch.testing.assert_close(binary, torch.tensor([0.0, 0.3, 1.0]))

@@ -82,11 +82,13 @@ class Standardize:
     imagenet.py).
 
     With per-channel ``mean`` and ``std`` on the 0-255 scale: ``x = (pixels - mean) / std``. Without them
-    (binarized MNIST) the data are already the model's input and their own [0, 1] version.
+    (binarized MNIST) the data are already the model's input and their own [0, 1] version; ``shown`` (standardized
+    features, e.g. motion) instead names the range of the model's scale that figures stretch over [0, 1].
     """
 
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
+    shown: tuple[float, float] | None = None
 
     def _stats(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         shape = (-1, 1, 1)
@@ -104,6 +106,9 @@ class Standardize:
 
     def to_unit(self, x: torch.Tensor) -> torch.Tensor:
         """Model-scale ``(N, C, H, W)`` (data or decoder means) -> [0, 1], clipped."""
+        if self.mean is None and self.shown is not None:
+            low, high = self.shown
+            return ((x.float() - low) / (high - low)).clamp(0, 1)
         if self.mean is None:
             return x.float().clamp(0, 1)
         mean, std = self._stats(x)
@@ -184,6 +189,10 @@ def _offline(load: Callable[[str, PathLike | None], ImageSet]) -> Callable[[str,
     return lambda split, data_dir, download: load(split, data_dir)
 
 
+_FEATURES_SHOWN = Standardize(shown=(-3.0, 3.0))
+"""Standardized features (motion, sequences): figures of them show -3 standard deviations black, 0 mid-grey, +3
+white."""
+
 DATASETS: dict[str, DatasetSpec] = {
     "mnist": DatasetSpec("mnist", "bernoulli", image_shape=(1, 28, 28), load=load_mnist),
     "mnist5k": DatasetSpec("mnist5k", "bernoulli", image_shape=(1, 28, 28), load=_offline(load_mnist5k)),
@@ -207,12 +216,12 @@ DATASETS: dict[str, DatasetSpec] = {
         check_run=check_run_arrays,
     ),
     "lafan1-h1": DatasetSpec(
-        "lafan1-h1", "gaussian-fixed", windows=lafan_windows, example_metrics=MotionMetrics,
+        "lafan1-h1", "gaussian-fixed", _FEATURES_SHOWN, windows=lafan_windows, example_metrics=MotionMetrics,
         run_files=lafan_run_files, check_run=check_run_stats, plot_reconstructions=plot_motion_reconstructions,
         examples="windows",
     ),
     "sequences": DatasetSpec(
-        "sequences", "gaussian-fixed", windows=sequence_windows, example_metrics=SequenceMetrics,
+        "sequences", "gaussian-fixed", _FEATURES_SHOWN, windows=sequence_windows, example_metrics=SequenceMetrics,
         run_files=sequence_run_files, check_run=check_run_sequences, plot_reconstructions=plot_sequence_reconstructions,
         examples="windows",
     ),

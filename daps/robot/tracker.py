@@ -94,6 +94,11 @@ class TrackerConfig:
     epochs: int = 4
     minibatch: int = 256
     lr: float = 3e-4
+    """Adam's first step size; with ``target_kl`` it then follows the policy's change (below)."""
+    target_kl: float = 0.01
+    """After each minibatch the step size is divided by 1.5 when the estimated KL divergence from the rollout's
+    policy exceeds twice this and multiplied by 1.5 when it is under half of it (the adaptive schedule of
+    legged-robot PPO codes); 0 keeps ``lr`` fixed."""
     gamma: float = 0.95
     lam: float = 0.95
     clip: float = 0.2
@@ -133,8 +138,8 @@ class TrackerConfig:
                 raise UserError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.reference not in ("decoded", "ground-truth"):
             raise UserError(f"reference must be decoded or ground-truth, got {self.reference!r}")
-        if self.value_coef < 0:
-            raise UserError(f"value_coef must be >= 0, got {self.value_coef}")
+        if self.value_coef < 0 or self.target_kl < 0:
+            raise UserError(f"value_coef and target_kl must be >= 0, got {self.value_coef} and {self.target_kl}")
 
     @property
     def updates(self) -> int:
@@ -659,9 +664,17 @@ def ppo_update(model: Tracker, optimizer: torch.optim.Optimizer, envs: TrackingE
             nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             optimizer.step()
             with torch.no_grad():
-                kls.append(float((old_logp[idx] - logp).mean()))
+                log_ratio = logp - old_logp[idx]
+                kl = float((log_ratio.exp() - 1 - log_ratio).mean())  # KL(old || new) estimated from the samples
+                kls.append(kl)
                 clipped.append(float(((ratio - 1).abs() > cfg.clip).float().mean()))
                 losses.append(float(loss))
+            if cfg.target_kl > 0:
+                for group in optimizer.param_groups:
+                    if kl > 2 * cfg.target_kl:
+                        group["lr"] = max(group["lr"] / 1.5, 1e-6)
+                    elif kl < cfg.target_kl / 2:
+                        group["lr"] = min(group["lr"] * 1.5, 1e-2)
     # The input statistics take in this rollout only now: updated before the epochs, they would change the policy
     # that old_logp was computed under (ratios off 1 before any step, a clip fraction of half the batch).
     model.norm.update(torch.cat([flat[0], flat[3]], -1))
@@ -672,7 +685,7 @@ def ppo_update(model: Tracker, optimizer: torch.optim.Optimizer, envs: TrackingE
         "episodes": len(lengths),
         "fall_rate": falls / len(lengths) if lengths else float("nan"),
         "loss": float(np.mean(losses)), "approx_kl": float(np.mean(kls)), "clip_fraction": float(np.mean(clipped)),
-        "action_std": float(model.log_std.detach().exp().mean()),
+        "action_std": float(model.log_std.detach().exp().mean()), "lr": float(optimizer.param_groups[0]["lr"]),
     }
 
 
