@@ -188,7 +188,16 @@ def test_eval_table_cells_carry_their_references_in_parentheses():
     assert _md_cells(lines[2]) == ["walk", "1.00", "0.90", "0.12 (0.05)", "0.05", "0.01", "300 (100; 200)",
                                    "0.20 (0.10)", "1.00", "0.00"]
     assert [len(_md_cells(line)) for line in lines] == [10, 10, 10]
-    assert _md_cells(lines[0])[3:6] == ["\\|err\\| fwd (recon)", "\\|err\\| left", "\\|err\\| yaw"]
+    assert _md_cells(lines[0])[3:6] == ["\\|err\\| fwd (recon)", "\\|err\\| left (recon)",
+                                        "\\|err\\| yaw rad/s (recon)"]
+    # with its settings, the table says first what was evaluated and how
+    report = {**_report(), "method": "daps", "settings": {"rollouts": 8, "windows": 6, "physics_rollouts": 2,
+                                                          "seed": 3, "guidance": 1.5, "blend": 0,
+                                                          "window_seconds": 32 / 30}}
+    first, blank, header = table(report).splitlines()[:3]
+    assert first.startswith("Policy p (daps codes): 8 rollouts of 6 windows (1.07 s each) per request, 2 of them "
+                            "tracked in physics, seed 3, guidance 1.5, blend 0.")
+    assert blank == "" and header.startswith("| motion |")
 
 
 def test_eval_report_paths_take_an_upper_case_suffix_off():

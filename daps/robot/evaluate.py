@@ -214,8 +214,9 @@ def evaluate(policy_run: str | Path, motions: list[str], rollouts: int = 8, wind
 COLUMNS = (
     ("motion", "motion", "{}"), ("requested_forward_m_s", "req. fwd m/s", "{:.2f}"),
     ("achieved_forward_m_s", "ach. fwd m/s", "{:.2f}"), ("abs_error_forward_m_s", "\\|err\\| fwd (recon)", "{:.2f}"),
-    ("abs_error_left_m_s", "\\|err\\| left", "{:.2f}"), ("abs_error_yaw_rad_s", "\\|err\\| yaw", "{:.2f}"),
-    ("kind_accuracy", "kind acc (real)", "{:.2f}"), ("border_joint_accel", "border acc (within; data)", "{:.0f}"),
+    ("abs_error_left_m_s", "\\|err\\| left (recon)", "{:.2f}"),
+    ("abs_error_yaw_rad_s", "\\|err\\| yaw rad/s (recon)", "{:.2f}"),
+    ("kind_accuracy", "kind acc (real)", "{:.2f}"), ("border_joint_accel", "border acc rad/s² (within; data)", "{:.0f}"),
     ("foot_skating_m_s", "skating m/s (data)", "{:.2f}"), ("support_force_bw", "support F/mg (data)", "{:.2f}"),
     ("support_torque_nm", "support Nm (data)", "{:.0f}"), ("balanced_fraction", "balanced (data)", "{:.2f}"),
     ("unique_fraction", "unique", "{:.2f}"), ("copy_fraction", "copies", "{:.2f}"),
@@ -223,9 +224,23 @@ COLUMNS = (
 
 
 def table(result: dict[str, Any]) -> str:
-    """The rows as a markdown table; ground-truth figures in parentheses."""
+    """The rows as a markdown table under a line saying what was evaluated and how; in parentheses, what the
+    column's header names: the tokenizer's own reconstruction error (recon), the real data's figure (data, real)."""
     cols = [c for c in COLUMNS if any(c[0] in r for r in result["rows"])]
-    lines = ["| " + " | ".join(c[1] for c in cols) + " |", "|" + "---|" * len(cols)]
+    lines = []
+    settings = result.get("settings")
+    if settings:
+        lines += [
+            f"Policy {result.get('policy', '?')} ({result.get('method', '?')} codes): {settings['rollouts']} "
+            f"rollouts of {settings['windows']} windows ({settings['window_seconds']:.2f} s each) per request, "
+            f"{settings['physics_rollouts']} of them tracked in physics, seed {settings['seed']}, guidance "
+            f"{settings['guidance']:g}, blend {settings['blend']}. Velocity errors are means over the rollouts' "
+            "windows (m/s; yaw rad/s); in parentheses the same error of the tokenizer's reconstructions of real "
+            "windows (random segments of the kind, not at the requested speed), the floor a policy can reach. "
+            "Other parentheses: the real data's figure.",
+            "",
+        ]
+    lines += ["| " + " | ".join(c[1] for c in cols) + " |", "|" + "---|" * len(cols)]
     for r in result["rows"]:
         cells = []
         for key, _, fmt in cols:

@@ -96,9 +96,10 @@ class TrackerConfig:
     lr: float = 3e-4
     """Adam's first step size; with ``target_kl`` it then follows the policy's change (below)."""
     target_kl: float = 0.01
-    """After each minibatch the step size is divided by 1.5 when the estimated KL divergence from the rollout's
-    policy exceeds twice this and multiplied by 1.5 when it is under half of it (the adaptive schedule of
-    legged-robot PPO codes); 0 keeps ``lr`` fixed."""
+    """After each update the next one's step size is divided by 1.5 when the update moved the policy by an estimated
+    KL divergence of more than twice this, and multiplied by 1.5 when by less than half of it (as the adaptive
+    schedule of legged-robot PPO codes, once per update rather than per minibatch: within an update the first
+    minibatches always look small); 0 keeps ``lr`` fixed."""
     gamma: float = 0.95
     lam: float = 0.95
     clip: float = 0.2
@@ -649,7 +650,7 @@ def ppo_update(model: Tracker, optimizer: torch.optim.Optimizer, envs: TrackingE
     adv_f = (adv_f - adv_f.mean()) / (adv_f.std() + 1e-8)
     model.train()
     total = n * horizon
-    kls, clipped, losses = [], [], []
+    clipped, losses = [], []
     for _ in range(cfg.epochs):
         order = torch.randperm(total, generator=generator)
         for s in range(0, total, cfg.minibatch):
@@ -664,17 +665,17 @@ def ppo_update(model: Tracker, optimizer: torch.optim.Optimizer, envs: TrackingE
             nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             optimizer.step()
             with torch.no_grad():
-                log_ratio = logp - old_logp[idx]
-                kl = float((log_ratio.exp() - 1 - log_ratio).mean())  # KL(old || new) estimated from the samples
-                kls.append(kl)
                 clipped.append(float(((ratio - 1).abs() > cfg.clip).float().mean()))
                 losses.append(float(loss))
-            if cfg.target_kl > 0:
-                for group in optimizer.param_groups:
-                    if kl > 2 * cfg.target_kl:
-                        group["lr"] = max(group["lr"] / 1.5, 1e-6)
-                    elif kl < cfg.target_kl / 2:
-                        group["lr"] = min(group["lr"] * 1.5, 1e-2)
+    with torch.no_grad():  # how far the update moved the policy, on the whole rollout: KL(old || new) estimated
+        log_ratio = model(*flat)[0].log_prob(act).sum(-1) - old_logp
+        kl = float((log_ratio.exp() - 1 - log_ratio).mean())
+    if cfg.target_kl > 0:  # the next update's step size
+        for group in optimizer.param_groups:
+            if kl > 2 * cfg.target_kl:
+                group["lr"] = max(group["lr"] / 1.5, 1e-6)
+            elif kl < cfg.target_kl / 2:
+                group["lr"] = min(group["lr"] * 1.5, 1e-2)
     # The input statistics take in this rollout only now: updated before the epochs, they would change the policy
     # that old_logp was computed under (ratios off 1 before any step, a clip fraction of half the batch).
     model.norm.update(torch.cat([flat[0], flat[3]], -1))
@@ -684,7 +685,7 @@ def ppo_update(model: Tracker, optimizer: torch.optim.Optimizer, envs: TrackingE
         "episode_s": float(np.mean(lengths)) / fps if lengths else float("nan"),
         "episodes": len(lengths),
         "fall_rate": falls / len(lengths) if lengths else float("nan"),
-        "loss": float(np.mean(losses)), "approx_kl": float(np.mean(kls)), "clip_fraction": float(np.mean(clipped)),
+        "loss": float(np.mean(losses)), "approx_kl": kl, "clip_fraction": float(np.mean(clipped)),
         "action_std": float(model.log_std.detach().exp().mean()), "lr": float(optimizer.param_groups[0]["lr"]),
     }
 
