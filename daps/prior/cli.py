@@ -138,7 +138,7 @@ def _train(args: argparse.Namespace) -> int:
         raise UserError(f"{', '.join(sorted(dfm_only))}: settings of dfm priors (--kind dfm); an ar prior has none")
     run = train_prior(cfg, resume=args.resume, overwrite=args.overwrite, device=device)
     summary = json.loads((run / "summary.json").read_text())
-    shown = {k: round(v, 4) for k, v in summary.items() if isinstance(v, float)}
+    shown = "  ".join(f"{k} {v:.4g}" for k, v in summary.items() if isinstance(v, float))
     log.info("prior folder: %s  %s", run, shown)
     return 0
 
