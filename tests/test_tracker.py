@@ -163,6 +163,9 @@ def test_training_resumes_exactly_and_the_folder_holds_what_it_says(h1_and_clip,
         return [{k: v for k, v in r.items() if k != "frames_per_s"} for r in out]
 
     assert rows(whole) == rows(part) and [r["step"] for r in rows(whole) if r["split"] == "train"] == [1, 2, 3, 4]
+    from daps.provenance import read_jobs
+
+    assert [job["from_step"] for job in read_jobs(part)] == [0, 2]  # the two jobs that trained it
     summary = json.loads((whole / "summary.json").read_text())
     assert {"survival_s", "fall_fraction", "joint_error_deg", "end_error_mm"} <= summary["baseline"].keys()
     assert (whole / "curves.png").stat().st_size > 0

@@ -118,6 +118,7 @@ def _track_eval(args: argparse.Namespace) -> int:
     import math
 
     from daps.motion.h1 import load_h1
+    from daps.provenance import provenance
     from daps.robot.tracker import evaluate_tracker, load_tracker
 
     if not (math.isfinite(args.seconds) and args.seconds > 0) or args.starts < 1:
@@ -129,7 +130,8 @@ def _track_eval(args: argparse.Namespace) -> int:
     result: dict[str, Any] = {
         "tracker": evaluate_tracker(model, h1, refs["val"], cfg, fps, args.seconds, args.starts),
         "pd_only": evaluate_tracker(None, h1, refs["val"], cfg, fps, args.seconds, args.starts),
-        "reference": cfg.reference, "tracker_dir": str(args.tracker_dir),
+        "reference": cfg.reference, "tracker_dir": str(args.tracker_dir), "seconds": args.seconds,
+        "starts_per_clip": args.starts, **provenance(),
     }
     if args.json:
         json.dump(result, sys.stdout)

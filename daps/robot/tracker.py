@@ -29,7 +29,7 @@ frames in an hour on one core; docs/robot.md has the numbers and what a GPU woul
 
 Run folder (marker kind ``tracker``): config.json, references.npz, metrics.jsonl, checkpoints/step_N (weights with
 the input statistics, optimizer, generators, and every simulation's state, so that ``--resume`` continues the run
-exactly), curves.png, summary.json.
+exactly), provenance.json (the jobs that trained it), curves.png, summary.json.
 """
 
 from __future__ import annotations
@@ -55,6 +55,7 @@ from daps.checkpoint import (
     save_checkpoint,
 )
 from daps.errors import UserError
+from daps.provenance import JOBS_FILE, record_job
 from daps.runfolder import (
     FolderLock,
     atomic_path,
@@ -68,7 +69,8 @@ log = logging.getLogger("daps")
 
 KIND = "tracker"
 REFERENCES_FILE = "references.npz"
-ENTRIES = frozenset({"config.json", "metrics.jsonl", "checkpoints", "curves.png", "summary.json", REFERENCES_FILE})
+ENTRIES = frozenset({"config.json", "metrics.jsonl", "checkpoints", "curves.png", "summary.json", REFERENCES_FILE,
+                     JOBS_FILE})
 """What a tracker's run writes into its folder (``--overwrite`` deletes these, and keeps anything else)."""
 
 REWARD_WEIGHTS = (0.65, 0.1, 0.15, 0.1)
@@ -570,6 +572,7 @@ def train_tracker(cfg: TrackerConfig, resume: bool = False, overwrite: bool = Fa
             write_json_atomic(config_path, config)
             log.info("resuming %s from update %d", run_dir, start)
         truncate_metrics(run_dir / "metrics.jsonl", start)
+        record_job(run_dir, start, torch.device("cpu"), 1)
         log.info("tracker: %d simulations of the H1 over %d training references, %d updates of %d frames, "
                  "%d parameters", cfg.envs, len(sets["train"]), cfg.updates, cfg.envs * cfg.horizon,
                  sum(p.numel() for p in model.parameters()))
