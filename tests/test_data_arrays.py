@@ -154,3 +154,12 @@ def test_fid_stats_takes_the_files_image_size(tmp_path, capsys):
     assert main(["fid-stats", "arrays", "--data-dir", str(path), "--image-size", "32",
                  "--out", str(tmp_path / "s.npz")]) == 2
     assert "--image-size: arrays images are 16 pixels" in capsys.readouterr().err
+
+
+def test_a_run_copied_without_its_data_record_is_evaluated_with_a_warning(npz, tmp_path, capsys, caplog):
+    run = tmp_path / "run"
+    assert main(["train", *TINY, f"data.data_dir={npz}", f"train.out_dir={run}"]) == 0
+    (run / "arrays_data.json").unlink()
+    with caplog.at_level("WARNING"):
+        assert main(["eval", str(run), "--json"]) == 0
+    assert "arrays_data.json is missing (a run folder copied without it?)" in caplog.text

@@ -16,6 +16,7 @@ changed since.
 from __future__ import annotations
 
 import json
+import logging
 import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,6 +30,8 @@ from daps.runfolder import file_digest
 
 if TYPE_CHECKING:
     from daps.config import DataConfig
+
+log = logging.getLogger(__name__)
 
 RUN_FILE = "arrays_data.json"
 """What an ``arrays`` run saves about its file."""
@@ -137,7 +140,9 @@ def check_run_arrays(run_dir: Path, data: DataConfig) -> None:
     another file, or the same file changed since."""
     saved_path = Path(run_dir) / RUN_FILE
     if not saved_path.is_file():
-        return  # a checkpoint folder copied without it
+        log.warning("%s is missing (a run folder copied without it?): the file it was trained on is not checked",
+                    saved_path)
+        return
     try:
         saved = json.loads(saved_path.read_text())
         digest = saved["sha256"]

@@ -12,6 +12,7 @@ consecutive training and validation windows. Training draws windows uniformly wi
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import re
 from pathlib import Path
@@ -35,6 +36,8 @@ CLIP_KINDS = {
 }
 """Clip name prefix -> kind of motion: sprints count as runs and "fight and sports" as fights (the same movements
 at another intensity)."""
+
+log = logging.getLogger(__name__)
 
 
 def motion_type(clip: str) -> int:
@@ -154,7 +157,9 @@ def check_run_stats(run_dir: Path, data: DataConfig) -> None:
 
     path = Path(run_dir) / "motion_stats.json"
     if not path.is_file():
-        return  # a checkpoint folder copied without it: the data's own statistics are used
+        log.warning("%s is missing (a run folder copied without it?): the data's own statistics are used, not "
+                    "checked against the run's", path)
+        return
     try:
         saved = Standardizer.from_dict(json.loads(path.read_text()))
     except (ValueError, KeyError, TypeError, AttributeError, IndexError, OSError) as err:  # e.g. not an object

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,8 @@ from daps.runfolder import file_digest
 
 if TYPE_CHECKING:
     from daps.config import DataConfig
+
+log = logging.getLogger(__name__)
 
 RUN_FILE = "sequence_data.json"
 """What a ``sequences`` run saves about its file: the standardization statistics and the file's SHA-256."""
@@ -166,7 +169,9 @@ def check_run_sequences(run_dir: Path, data: DataConfig) -> None:
     """UserError when the file ``data`` names is not the one the run was trained on (another file, or changed)."""
     saved_path = Path(run_dir) / RUN_FILE
     if not saved_path.is_file():
-        return  # a checkpoint folder copied without it
+        log.warning("%s is missing (a run folder copied without it?): the file it was trained on is not checked",
+                    saved_path)
+        return
     try:
         saved = json.loads(saved_path.read_text())
         digest = saved["sha256"]
