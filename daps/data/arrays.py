@@ -15,8 +15,6 @@ changed since.
 
 from __future__ import annotations
 
-import json
-import logging
 import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,14 +22,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from daps.data.paths import ImageSet, PathLike, check_split
+from daps.data.paths import ImageSet, PathLike, check_recorded_file, check_split, named_npz
 from daps.errors import UserError
 from daps.runfolder import file_digest
 
 if TYPE_CHECKING:
     from daps.config import DataConfig
 
-log = logging.getLogger(__name__)
 
 RUN_FILE = "arrays_data.json"
 """What an ``arrays`` run saves about its file."""
@@ -40,18 +37,8 @@ _KEYS = {"train": "train", "test": "test"}
 
 
 def arrays_file(data_dir: PathLike | None) -> Path:
-    """The ``.npz`` file named by ``data_dir``: it must be given and be a file (the ``arrays`` dataset has no default
-    place and no download)."""
-    if data_dir is None or str(data_dir) == "":
-        raise FileNotFoundError(
-            "arrays: name the .npz file of images (data.data_dir=FILE.npz for train and compare, --data-dir FILE.npz "
-            "for eval and export-codes)"
-        )
-    path = Path(data_dir).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"arrays: {path} {'is not a file' if path.exists() else 'does not exist'} "
-                                "(data.data_dir names the .npz file)")
-    return path
+    """The ``.npz`` file named by ``data_dir`` (see :func:`daps.data.paths.named_npz`)."""
+    return named_npz(data_dir, "arrays", "images")
 
 
 def _read(path: Path, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
@@ -138,20 +125,4 @@ def _stored_shapes(path: Path) -> dict[str, list[int]]:
 def check_run_arrays(run_dir: Path, data: DataConfig) -> None:
     """UserError when the file a run was trained on (``arrays_data.json``) is not the file ``data`` names now:
     another file, or the same file changed since."""
-    saved_path = Path(run_dir) / RUN_FILE
-    if not saved_path.is_file():
-        log.warning("%s is missing (a run folder copied without it?): the file it was trained on is not checked",
-                    saved_path)
-        return
-    try:
-        saved = json.loads(saved_path.read_text())
-        digest = saved["sha256"]
-    except (ValueError, KeyError, TypeError, OSError) as err:
-        why = f"{type(err).__name__}: {err}"
-        raise UserError(f"{saved_path}: not a readable record of the run's data ({why})") from None
-    path = arrays_file(data.data_dir)
-    if file_digest(path, "sha256") != digest:
-        raise UserError(
-            f"{path} is not the file this run was trained on ({saved.get('file', '?')}, SHA-256 "
-            f"{str(digest)[:12]}...): it is another file or has changed since"
-        )
+    check_recorded_file(Path(run_dir) / RUN_FILE, arrays_file(data.data_dir))

@@ -146,3 +146,41 @@ def remove_stale_temporaries(folder: Path, prefix: str) -> None:
             continue
         logging.getLogger("daps").info("removed %s, left by an interrupted download or unpack", path)
 
+
+
+def named_npz(data_dir: PathLike | None, dataset: str, holds: str) -> Path:
+    """The ``.npz`` file ``data_dir`` names for a dataset of one's own (``arrays``, ``sequences``): it must be given
+    and be a file (such a dataset has no default place and no download). ``holds``: what the file holds, for the
+    message (``images``)."""
+    if data_dir is None or str(data_dir) == "":
+        raise FileNotFoundError(
+            f"{dataset}: name the .npz file of {holds} (data.data_dir=FILE.npz for train and compare, --data-dir "
+            "FILE.npz for eval and export-codes)"
+        )
+    path = Path(data_dir).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"{dataset}: {path} {'is not a file' if path.exists() else 'does not exist'} "
+                                "(data.data_dir names the .npz file)")
+    return path
+
+
+def check_recorded_file(record: Path, path: Path) -> None:
+    """UserError unless ``path`` is the file a run recorded in ``record`` (its SHA-256): another file, or the same
+    one changed since. A missing record (a run folder copied without it) is warned about and passes."""
+    import json
+
+    if not record.is_file():
+        logging.getLogger(__name__).warning(
+            "%s is missing (a run folder copied without it?): the file it was trained on is not checked", record)
+        return
+    try:
+        saved = json.loads(record.read_text())
+        digest = saved["sha256"]
+    except (ValueError, KeyError, TypeError, OSError) as err:
+        why = f"{type(err).__name__}: {err}"
+        raise UserError(f"{record}: not a readable record of the run's data ({why})") from None
+    if file_digest(path, "sha256") != digest:
+        raise UserError(
+            f"{path} is not the file this run was trained on ({saved.get('file', '?')}, SHA-256 "
+            f"{str(digest)[:12]}...): it is another file or has changed since"
+        )

@@ -16,8 +16,6 @@ The file is read with ``allow_pickle=False``. A run saves the statistics and the
 from __future__ import annotations
 
 import functools
-import json
-import logging
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +25,7 @@ import numpy as np
 import torch
 
 from daps.data.motion import WindowImages
+from daps.data.paths import check_recorded_file, named_npz
 from daps.errors import UserError
 from daps.motion.dataset import MotionWindows, Standardizer, clip_windows, fit_standardizer
 from daps.runfolder import file_digest
@@ -34,7 +33,6 @@ from daps.runfolder import file_digest
 if TYPE_CHECKING:
     from daps.config import DataConfig
 
-log = logging.getLogger(__name__)
 
 RUN_FILE = "sequence_data.json"
 """What a ``sequences`` run saves about its file: the standardization statistics and the file's SHA-256."""
@@ -43,17 +41,8 @@ SPLIT_PREFIX = {"train": "train/", "test": "test/"}
 
 
 def sequences_file(data_dir: str | Path | None) -> Path:
-    """The ``.npz`` file named by ``data_dir`` (it must be given and be a file: no default place, no download)."""
-    if data_dir is None or str(data_dir) == "":
-        raise FileNotFoundError(
-            "sequences: name the .npz file of clips (data.data_dir=FILE.npz for train and compare, --data-dir "
-            "FILE.npz for eval and export-codes)"
-        )
-    path = Path(data_dir).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"sequences: {path} {'is not a file' if path.exists() else 'does not exist'} "
-                                "(data.data_dir names the .npz file)")
-    return path
+    """The ``.npz`` file named by ``data_dir`` (see :func:`daps.data.paths.named_npz`)."""
+    return named_npz(data_dir, "sequences", "clips")
 
 
 def read_clips(path: Path) -> dict[str, dict[str, np.ndarray]]:
@@ -167,23 +156,7 @@ def sequence_run_files(data: DataConfig) -> dict[str, Any]:
 
 def check_run_sequences(run_dir: Path, data: DataConfig) -> None:
     """UserError when the file ``data`` names is not the one the run was trained on (another file, or changed)."""
-    saved_path = Path(run_dir) / RUN_FILE
-    if not saved_path.is_file():
-        log.warning("%s is missing (a run folder copied without it?): the file it was trained on is not checked",
-                    saved_path)
-        return
-    try:
-        saved = json.loads(saved_path.read_text())
-        digest = saved["sha256"]
-    except (ValueError, KeyError, TypeError, OSError) as err:
-        why = f"{type(err).__name__}: {err}"
-        raise UserError(f"{saved_path}: not a readable record of the run's data ({why})") from None
-    path = sequences_file(data.data_dir)
-    if file_digest(path, "sha256") != digest:
-        raise UserError(
-            f"{path} is not the file this run was trained on ({saved.get('file', '?')}, SHA-256 "
-            f"{str(digest)[:12]}...): it is another file or has changed since"
-        )
+    check_recorded_file(Path(run_dir) / RUN_FILE, sequences_file(data.data_dir))
 
 
 class SequenceMetrics:
