@@ -4,10 +4,10 @@
    at the model's time step (2 ms) rounded to a whole number of steps per frame (17 at 30 fps: 1.96 ms). A PD
    controller (gains :data:`JOINT_GAINS`, torques clipped to the motors' ranges) drives the 19 hinges toward the
    reference, and a spring-damper *support* wrench on the pelvis (:data:`SUPPORT_GAINS`) pulls it toward the
-   reference position and orientation. On our CPUs a PD tracker alone
-   falls within about a second even on ground truth (a learned tracking policy needs GPU training:
-   ``docs/robot.md``), so the support is what we measure: the force as a fraction of body weight and the torque
-   it needs to keep the pelvis on the reference. A motion the feet and joints can carry needs little of it;
+   reference position and orientation. On our CPUs a PD tracker alone falls within about a second even on ground
+   truth (the learned tracker, :mod:`daps.robot.tracker`, needs a GPU's simulation budget: ``docs/robot.md``), so
+   the support is what we measure: the force as a fraction of body weight and the torque it needs to keep the
+   pelvis on the reference. A motion the feet and joints can carry needs little of it;
    floating, skating or jerky motion needs more. Compare a generated motion with ground-truth clips of the same
    kind, never with zero: retargeted mocap is not physically exact either.
 2. **Inverse dynamics balance** (:func:`balance_check`). For every frame, MuJoCo's ``mj_inverse`` (contacts
