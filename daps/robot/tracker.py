@@ -626,7 +626,7 @@ def ppo_update(model: Tracker, optimizer: torch.optim.Optimizer, envs: TrackingE
     with torch.no_grad():
         for _ in range(horizon):
             dist, value = model(*obs)
-            action = dist.mean + dist.stddev * torch.randn(dist.mean.shape, generator=generator)
+            action = dist.mean + dist.stddev * torch.randn(dist.mean.shape, generator=generator, device="cpu")
             reward, terminated, truncated, info = envs.step(action.double().numpy())
             finished = terminated | truncated
             after = _tensors(envs.observe())  # the finished episodes' last observations, before they are reset
@@ -655,7 +655,7 @@ def ppo_update(model: Tracker, optimizer: torch.optim.Optimizer, envs: TrackingE
     total = n * horizon
     clipped, losses = [], []
     for _ in range(cfg.epochs):
-        order = torch.randperm(total, generator=generator)
+        order = torch.randperm(total, generator=generator, device="cpu")
         for s in range(0, total, cfg.minibatch):
             idx = order[s:s + cfg.minibatch]
             dist, value = model(*(x[idx] for x in flat))
