@@ -435,15 +435,16 @@ def arms(runs: list[Run]) -> dict[str, list[Run]]:
     return groups
 
 
-def origins(runs: list[Run]) -> str:
-    """Where the runs' steps were trained, from each run folder's record of its jobs: one sentence per distinct
+def origins(runs: list[Run], out: Path) -> str:
+    """Where the runs' steps were trained, from each run folder's record of its jobs (runs named by their folder
+    under ``out``): one sentence per distinct
     machine, torch and code with the runs it trained (part of) and, if any, the runs with steps of unknown origin
     (trained before daps recorded its jobs, or a damaged record). Steps/s are comparable only within one machine."""
     trained_by: dict[str, list[str]] = {}
     unknown = []
     for run in runs:
         jobs = read_jobs(run.out_dir)
-        name = str(run.out_dir.relative_to(run.out_dir.parent.parent))
+        name = run.out_dir.relative_to(out).as_posix()  # method/seed0, or method/variant/seed0 with --vary
         if not jobs or jobs[0]["from_step"] > 0:
             unknown.append(name)
         for origin in dict.fromkeys(
@@ -633,7 +634,7 @@ def _compare(runs, preset, methods, steps, seeds, out, overrides, device, argv, 
         f"{_values(row['num_images'] for row in table)} test images, "
         f"device {dev} ({where['machine']}), torch {where['torch']}, code {where['code']}, {where['date']}"
         + (f" ({reused} of the {len(runs)} runs reused from earlier)." if reused else ".")
-        + f"\n\n{origins(runs)}"
+        + f"\n\n{origins(runs, out)}"
         + (f"\n\nCommand: `{invocation}`" if invocation else "")
     )
     write_tables(table, out, header)

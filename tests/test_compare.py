@@ -405,6 +405,11 @@ def test_compare_with_vary_writes_one_row_per_arm(tmp_path, overrides):
     md = (out / "results.md").read_text()
     assert "| daps (ess_target=0.25) | 16 |" in md and "Varied: daps.ess_target=0.25,0.75" in md
     assert "at batch 16," in md and "(by arm" not in md
+    assert "all 3 runs." in md  # one machine; runs named by their folders under --out ...
+    (out / "daps" / "ess_target=0.25" / "seed0" / "provenance.json").unlink()  # ... with their arm when varied
+    compare("mnist", ["daps", "fsq"], 4, [0], out, overrides, vary=["daps.ess_target=0.25,0.75"])
+    md = (out / "results.md").read_text()
+    assert "daps/ess_target=0.75/seed0, fsq/seed0." in md and "recorded: daps/ess_target=0.25/seed0." in md
     assert "KL(q\\|prior)" in md and all(row["kl"] >= 0 for row in table[:2])
     rows = list(csv.DictReader(open(out / "results.csv")))
     assert [r["settings"] for r in rows] == ["ess_target=0.25", "ess_target=0.75", ""]
