@@ -161,19 +161,18 @@ def check_run_sequences(run_dir: Path, data: DataConfig) -> None:
 
 class SequenceMetrics:
     """Per-window errors of reconstructions ``x, x_hat (B, 1, T, F)`` (standardized): ``mse`` on the standardized
-    features, ``explained_variance`` = 1 - mse / (the windows' own variance about their feature means) and
-    ``rmse_raw`` (root mean square error in the file's own units, averaged over features)."""
+    features, ``explained_variance`` = 1 - mse (the share of the training frames' variance, 1 per standardized
+    feature, that the reconstruction explains: a still window scores like any other) and ``rmse_raw`` (root mean
+    square error in the file's own units, averaged over features)."""
 
     def __init__(self, data: DataConfig) -> None:
         self.stats = sequence_data(data).stats
 
     def __call__(self, x: torch.Tensor, x_hat: torch.Tensor) -> dict[str, torch.Tensor]:
-        err = (x_hat - x).float().flatten(1)  # (B, T*F)
-        mse = err.pow(2).mean(1)
-        spread = (x - x.mean(dim=2, keepdim=True)).float().pow(2).flatten(1).mean(1)
+        mse = (x_hat - x).float().pow(2).flatten(1).mean(1)  # (B,)
         scale = torch.as_tensor(self.stats.scale, dtype=torch.float32, device=x.device)
         raw = ((x_hat - x)[:, 0].float() * scale).pow(2).mean(1).sqrt().mean(1)  # (B,): per-feature RMSE, averaged
-        return {"mse": mse, "explained_variance": 1 - mse / spread.clamp_min(1e-12), "rmse_raw": raw}
+        return {"mse": mse, "explained_variance": 1 - mse, "rmse_raw": raw}
 
 
 def plot_sequence_reconstructions(data: DataConfig, x: torch.Tensor, x_hat: torch.Tensor, path: Path,

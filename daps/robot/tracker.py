@@ -330,16 +330,20 @@ class TrackingEnvs:
         phase = ((self.frame % t) / t)[:, None].astype(np.float64)
         return proprio, phase, np.stack(codes), privileged
 
-    def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray]]:
-        """Apply ``actions (n, 19)`` for one frame; returns ``reward``, ``terminated`` (a fall) and ``truncated`` (the
-        reference or the time limit ended), and per environment the finished episode's ``length`` (frames; 0 for
-        one still running). Finished environments are reset (their next observation is a new episode's)."""
+    def step(self, actions: np.ndarray, active: np.ndarray | None = None
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+        """Apply ``actions (n, 19)`` for one frame to the ``active`` environments (default all; the others are left
+        as they are, with reward 0); returns ``reward``, ``terminated`` (a fall) and ``truncated`` (the reference or
+        the time limit ended), and per environment the finished episode's ``length`` (frames; 0 for one still
+        running). A finished environment must be reset (:meth:`reset`) before it is stepped again."""
         mj, n = self.mj, len(self)
         a = np.clip(actions, -1.0, 1.0)
         reward, terminated, truncated = np.zeros(n), np.zeros(n, bool), np.zeros(n, bool)
         lengths = np.zeros(n, dtype=np.int64)
         w, s = REWARD_WEIGHTS, REWARD_SCALES
         for i, d in enumerate(self.data):
+            if active is not None and not active[i]:
+                continue
             c, f = self.clip[i], self.frame[i] + 1
             ref = self.refs.poses[c][f]
             d.ctrl[self.servo] = ref[7 + self.act_joint[self.servo]] + self.cfg.action_scale * a[i][self.act_joint[
@@ -697,16 +701,21 @@ def ppo_update(model: Tracker, optimizer: torch.optim.Optimizer, envs: TrackingE
 def evaluate_tracker(model: Tracker | None, h1: Any, refs: References, cfg: TrackerConfig, fps: float,
                      seconds: float = 5.0, starts_per_clip: int = 4) -> dict[str, float]:
     """Track validation references with the policy's mean action (``model``; None: zero actions, the PD servos on
-    the reference alone, the baseline) from ``starts_per_clip`` window starts of each clip for up to ``seconds``:
-    the mean time before a fall (``survival_s``), the fraction that fell, and the joint angle error (deg) and
+    the reference alone, the baseline) from ``starts_per_clip`` window starts of each clip, spread over the starts
+    that leave ``seconds`` of reference (a clip shorter than that: its first frame only), until a fall, the end of
+    ``seconds`` or of the reference: the mean time before a fall (``survival_s``), the same as a fraction of the
+    time each start had (``survival_fraction``), the fraction that fell, and the joint angle error (deg) and
     toe/hand error (mm, relative to the pelvis) over the frames tracked."""
-    starts = [(c, int(k) * refs.window) for c in range(len(refs))
-              for k in np.linspace(0, max(0, len(refs.codes[c]) - 2), starts_per_clip).round()]
+    limit = int(round(seconds * fps))
+    starts = []
+    for c in range(len(refs)):
+        last = max(0, (len(refs.poses[c]) - 1 - limit) // refs.window)  # the last window start with room left
+        starts += [(c, int(k) * refs.window) for k in np.linspace(0, last, starts_per_clip).round()]
     starts = list(dict.fromkeys(starts))
+    room = np.array([min(limit, len(refs.poses[c]) - 1 - first) for c, first in starts]) / fps
     envs = TrackingEnvs(h1, refs, len(starts), cfg, fps, np.random.default_rng(0))
     for i, (clip, first) in enumerate(starts):
         envs.reset(i, clip, first)
-    limit = int(round(seconds * fps))
     alive = np.ones(len(starts), bool)
     survived = np.zeros(len(starts))
     fell = np.zeros(len(starts), bool)
@@ -719,7 +728,7 @@ def evaluate_tracker(model: Tracker | None, h1: Any, refs: References, cfg: Trac
         else:
             dist, _ = model(*_tensors(envs.observe()))
             action = dist.mean.double().numpy()
-        _, terminated, truncated, _ = envs.step(action)
+        _, terminated, truncated, _ = envs.step(action, active=alive)
         for k in np.flatnonzero(alive):
             d, ref, ends = envs.data[k], refs.poses[envs.clip[k]][envs.frame[k]], refs.ends[envs.clip[k]][envs.frame[k]]
             joint_err += float(np.degrees(np.abs(d.qpos[7:26] - ref[7:26])).mean())
@@ -731,7 +740,8 @@ def evaluate_tracker(model: Tracker | None, h1: Any, refs: References, cfg: Trac
                 fell[k] = terminated[k]
         if not alive.any():
             break
-    return {"survival_s": float(survived.mean()), "fall_fraction": float(fell.mean()),
+    return {"survival_s": float(survived.mean()), "survival_fraction": float((survived / room).mean()),
+            "fall_fraction": float(fell.mean()),
             "joint_error_deg": joint_err / max(count, 1), "end_error_mm": end_err / max(count, 1),
             "episodes": float(len(starts)), "seconds": float(seconds)}
 
