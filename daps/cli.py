@@ -261,12 +261,13 @@ def _eval(args: argparse.Namespace) -> int:
     if args.plot:
         check_output_file(args.plot, ".png", None, "--plot")
     device = _device(args.device)
-    model = load_model(args.run_dir, device)
+    ckpt = resolve_checkpoint(args.run_dir, verify=False)  # once: a run still training may move its latest
+    model = load_model(ckpt, device)
     data = model.config.data
     if args.data_dir:
         data.data_dir = args.data_dir
     spec = dataset_spec(data.name)
-    check_run_data(resolve_checkpoint(args.run_dir, verify=False).parent.parent, data)  # load_model verified it
+    check_run_data(ckpt.parent.parent, data)  # load_model verified the checkpoint
     if args.fid != "none" and tuple(data.image_shape)[0] != 3:  # before the Inception weights are read
         raise UserError(f"--fid {args.fid} needs RGB images; {data.name} has {data.image_shape[0]} channel(s)")
     images = eval_set(data, args.split, args.max_images, args.batch_size, device)
@@ -276,7 +277,6 @@ def _eval(args: argparse.Namespace) -> int:
         model, images, torch.Generator(device).manual_seed(args.seed), spec.standardize, fid, example_metrics,
         progress=True,
     )
-    ckpt = resolve_checkpoint(args.run_dir, verify=False)  # the one load_model read (and verified)
     step = int(ckpt.name.removeprefix("step_")) if ckpt.name.startswith("step_") else None
     metrics.update(dataset=spec.name, split=args.split, run=str(args.run_dir), checkpoint=str(ckpt),
                    seed=args.seed, batch_size=args.batch_size)

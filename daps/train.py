@@ -389,7 +389,8 @@ def _open_run_folder(s: Setup, plan: RunPlan, start_step: int, world: int) -> No
     for name, content in (s.spec.run_files(s.cfg.data) if s.spec.run_files is not None else {}).items():
         write_json_atomic(s.run_dir / name, content)
     truncate_metrics(s.run_dir / "metrics.jsonl", start_step)  # rows logged after the checkpoint are logged again
-    record_job(s.run_dir, start_step, s.device, world)
+    if start_step < stop_step(s.cfg):  # a job that only finishes a run (summary, figures) trained none of it
+        record_job(s.run_dir, start_step, s.device, world)
     log.info(
         "training %s on %s (%d train / %d val %s) for %d steps, %d parameters, device %s -> %s",
         s.cfg.method, s.spec.name, len(s.batches), s.val_images.num_images, s.spec.examples, s.cfg.train.steps,

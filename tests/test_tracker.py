@@ -171,7 +171,9 @@ def test_training_resumes_exactly_and_the_folder_holds_what_it_says(h1_and_clip,
     assert (whole / "curves.png").stat().st_size > 0
     model, cfg, header, loaded = load_tracker(whole)
     assert cfg.hidden == 16 and header["num_tokens"] == 4
-    assert np.array_equal(loaded["train"].poses[0], refs.poses[0]) and loaded["val"].names == refs.names
+    # kept (and trained on) at float32 precision, so that a resumed run tracks the same numbers
+    assert np.array_equal(loaded["train"].poses[0], refs.poses[0].astype(np.float32).astype(np.float64))
+    assert loaded["val"].names == refs.names and np.array_equal(loaded["train"].codes[0], refs.codes[0])
 
 
 @needs_data
@@ -206,3 +208,20 @@ def test_an_update_that_changes_no_weight_leaves_the_policy_as_it_sampled(h1_and
         row = ppo_update(model, optimizer, envs, cfg, torch.Generator().manual_seed(0))
         assert abs(row["approx_kl"]) < 1e-6 and row["clip_fraction"] == 0.0, row  # float rounding of batching
     assert model.norm.count.item() == 2 * cfg.envs * cfg.horizon
+
+
+@needs_data
+def test_evaluation_stops_each_simulation_at_its_references_end(h1_and_clip):
+    """A reference shorter than the stretch evaluated ends its simulation (not a fall) while the others go on; none
+    is stepped past its reference's end. Starts leave the stretch's length of reference where the clip has it."""
+    from daps.robot.tracker import evaluate_tracker
+
+    h1, refs = h1_and_clip
+    short = 16
+    two = References(["short", "long"], [refs.poses[0][:short], refs.poses[0]], [refs.qvel[0][:short], refs.qvel[0]],
+                     [refs.ends[0][:short], refs.ends[0]], [refs.codes[0][:1], refs.codes[0]], 32)
+    stiff = TrackerConfig(**{**_cfg().__dict__, "terminate_distance": 100.0})  # only the end of a reference stops
+    result = evaluate_tracker(None, h1, two, stiff, FPS, seconds=2.0, starts_per_clip=2)
+    assert result["episodes"] == 3.0  # the short clip's frame 0; the long clip's 0 and 32 ((96 - 1 - 60) // 32 = 1)
+    assert 0 < result["survival_s"] <= (short - 1 + 60 + 60) / 3 / FPS + 1e-9
+    assert 0 < result["survival_fraction"] <= 1.0

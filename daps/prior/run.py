@@ -241,9 +241,9 @@ def generate(model: Prior, labels: torch.Tensor, guidance: float, temperature: f
 
 
 RESUMABLE_SETTINGS = ("out_dir", "steps", "frames", "progress", "log_every", "eval_every", "ckpt_every",
-                      "keep_checkpoints")
-"""Settings of a prior, policy or tracker run that ``--resume`` may change (where it writes, how long it runs, what it
-logs and keeps; none of them touches the training's random stream)."""
+                      "keep_checkpoints", "data_dir")
+"""Settings of a prior, policy or tracker run that ``--resume`` may change (where it writes, where its data now
+live, how long it runs, what it logs and keeps; none of them touches the training's random stream)."""
 PATH_SETTINGS = ("codes", "val_codes", "tokenizer", "data_dir")
 """Settings that name files: compared as resolved paths on ``--resume``."""
 

@@ -55,6 +55,7 @@ from daps.checkpoint import (
     save_checkpoint,
 )
 from daps.errors import UserError
+from daps.motion.h1 import SCENE_FILE
 from daps.provenance import JOBS_FILE, record_job
 from daps.runfolder import (
     FolderLock,
@@ -136,13 +137,15 @@ class TrackerConfig:
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise UserError(f"{name} must be a positive number, got {value}")
+        for name in ("value_coef", "target_kl"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise UserError(f"{name} must be a number >= 0, got {value}")
         for name in ("gamma", "lam"):
             if not 0 <= getattr(self, name) <= 1:
                 raise UserError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.reference not in ("decoded", "ground-truth"):
             raise UserError(f"reference must be decoded or ground-truth, got {self.reference!r}")
-        if self.value_coef < 0 or self.target_kl < 0:
-            raise UserError(f"value_coef and target_kl must be >= 0, got {self.value_coef} and {self.target_kl}")
 
     @property
     def updates(self) -> int:
@@ -215,18 +218,28 @@ def decode_references(tokenizer: Any, motion: Any, h1: Any, split: str, generato
     return out
 
 
+def rounded(refs: References) -> References:
+    """``refs`` with poses, velocities and end points rounded to float32 (and held as float64): what
+    :func:`save_references` keeps, so that a run tracks the same numbers before and after a resume."""
+    def f32(arrays: list[np.ndarray]) -> list[np.ndarray]:
+        return [a.astype(np.float32).astype(np.float64) for a in arrays]
+
+    return References(list(refs.names), f32(refs.poses), f32(refs.qvel), f32(refs.ends), list(refs.codes), refs.window)
+
+
 def save_references(path: Path, sets: dict[str, References]) -> None:
-    """Both splits' references as one npz (atomically); read back by :func:`load_references`."""
+    """Both splits' references as one compressed npz, float32 (atomically); read back by :func:`load_references`."""
     arrays: dict[str, Any] = {}
     for split, refs in sets.items():
         arrays[f"{split}/names"] = np.array(refs.names)
         arrays[f"{split}/window"] = np.array(refs.window)
         for i in range(len(refs)):
-            for key in ("poses", "qvel", "ends", "codes"):
-                arrays[f"{split}/{key}/{i}"] = getattr(refs, key)[i]
+            for key in ("poses", "qvel", "ends"):
+                arrays[f"{split}/{key}/{i}"] = getattr(refs, key)[i].astype(np.float32)
+            arrays[f"{split}/codes/{i}"] = refs.codes[i]
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
+            np.savez_compressed(f, **arrays)
 
 
 def load_references(path: Path) -> dict[str, References]:
@@ -235,8 +248,8 @@ def load_references(path: Path) -> dict[str, References]:
             sets = {}
             for split in ("train", "val"):
                 names = [str(n) for n in z[f"{split}/names"]]
-                per_clip = {key: [z[f"{split}/{key}/{i}"] for i in range(len(names))]
-                            for key in ("poses", "qvel", "ends", "codes")}
+                per_clip = {key: [z[f"{split}/{key}/{i}"].astype(np.int64 if key == "codes" else np.float64)
+                                  for i in range(len(names))] for key in ("poses", "qvel", "ends", "codes")}
                 sets[split] = References(names, per_clip["poses"], per_clip["qvel"], per_clip["ends"],
                                          per_clip["codes"], int(z[f"{split}/window"]))
     except (OSError, KeyError, ValueError, EOFError) as err:
@@ -542,6 +555,7 @@ def train_tracker(cfg: TrackerConfig, resume: bool = False, overwrite: bool = Fa
     config_path = run_dir / "config.json"
     if not saved:  # decoded before the folder is touched: a refused tokenizer leaves nothing behind
         sets, meta = references if references is not None else _references(cfg)
+        sets = {split: rounded(refs) for split, refs in sets.items()}
     lock = FolderLock(run_dir).acquire()
     try:
         if overwrite and has_content(run_dir):
@@ -557,7 +571,10 @@ def train_tracker(cfg: TrackerConfig, resume: bool = False, overwrite: bool = Fa
             write_json_atomic(config_path, config)
         if not saved:
             save_references(run_dir / REFERENCES_FILE, sets)
-        h1 = h1 if h1 is not None else load_h1(meta.get("data_dir") or cfg.data_dir or None)
+        h1 = h1 if h1 is not None else load_h1(cfg.data_dir or meta.get("data_dir") or None)
+        if not (h1.path.parent / SCENE_FILE).is_file():
+            raise UserError(f"{h1.path.parent / SCENE_FILE} (the H1 with a floor) is missing: the tracker needs the "
+                            "floor")
         torch.manual_seed(cfg.seed)
         model = Tracker(int(meta["num_tokens"]), int(meta["vocab_size"]), cfg)
         optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
@@ -573,10 +590,17 @@ def train_tracker(cfg: TrackerConfig, resume: bool = False, overwrite: bool = Fa
             rng.bit_generator.state = json.loads(state["numpy_rng"])
             envs.set_state(state["envs"])
             start = int(state["step"])
+            if start > cfg.updates:
+                raise UserError(f"cannot resume {run_dir} at update {start}: frames={cfg.frames} ends it at update "
+                                f"{cfg.updates}")
             write_json_atomic(config_path, config)
             log.info("resuming %s from update %d", run_dir, start)
+        if start == cfg.updates and (run_dir / "summary.json").is_file():
+            log.info("%s already finished update %d; nothing to do", run_dir, start)
+            return run_dir
         truncate_metrics(run_dir / "metrics.jsonl", start)
-        record_job(run_dir, start, torch.device("cpu"), 1)
+        if start < cfg.updates:  # a job that trains nothing (it only writes the summary) is not one of the run's
+            record_job(run_dir, start, torch.device("cpu"), 1)
         log.info("tracker: %d simulations of the H1 over %d training references, %d updates of %d frames, "
                  "%d parameters", cfg.envs, len(sets["train"]), cfg.updates, cfg.envs * cfg.horizon,
                  sum(p.numel() for p in model.parameters()))
