@@ -169,6 +169,18 @@ def test_training_resumes_exactly_and_the_folder_holds_what_it_says(h1_and_clip,
     summary = json.loads((whole / "summary.json").read_text())
     assert {"survival_s", "fall_fraction", "joint_error_deg", "end_error_mm"} <= summary["baseline"].keys()
     assert (whole / "curves.png").stat().st_size > 0
+    # Every entry of the folder is one --overwrite may delete (and nothing else of the user's is touched).
+    from daps.robot.tracker import ENTRIES
+    from daps.runfolder import LOCK, MARKER
+
+    assert {p.name for p in whole.iterdir()} <= ENTRIES | {MARKER, LOCK}
+    # A finished run resumed: nothing to do, no job recorded; resumed past its end: refused.
+    jobs = read_jobs(whole)
+    assert train_tracker(_cfg(out_dir=str(whole)), resume=True, h1=h1) == whole and read_jobs(whole) == jobs
+    from daps.errors import UserError
+
+    with pytest.raises(UserError, match="cannot resume .* at update 4: frames=32 ends it at update 2"):
+        train_tracker(_cfg(out_dir=str(whole), frames=32), resume=True, h1=h1)
     model, cfg, header, loaded = load_tracker(whole)
     assert cfg.hidden == 16 and header["num_tokens"] == 4
     # kept (and trained on) at float32 precision, so that a resumed run tracks the same numbers
@@ -225,3 +237,25 @@ def test_evaluation_stops_each_simulation_at_its_references_end(h1_and_clip):
     assert result["episodes"] == 3.0  # the short clip's frame 0; the long clip's 0 and 32 ((96 - 1 - 60) // 32 = 1)
     assert 0 < result["survival_s"] <= (short - 1 + 60 + 60) / 3 / FPS + 1e-9
     assert 0 < result["survival_fraction"] <= 1.0
+
+
+@needs_data
+def test_track_eval_prints_the_tracker_against_the_pd_servos(h1_and_clip, tmp_path, capsys, single_thread):
+    h1, refs = h1_and_clip
+    meta = {"num_tokens": 4, "vocab_size": 3, "fps": FPS, "window": 32, "data_dir": REAL_DIR}
+    run = train_tracker(_cfg(out_dir=str(tmp_path / "t"), frames=16), references=({"train": refs, "val": refs}, meta),
+                        h1=h1)
+    (tmp_path / "t" / "notes.txt").write_text("mine")
+    capsys.readouterr()
+    assert main(["robot", "track-eval", str(run), "--seconds", "1", "--starts", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "starts on the validation references (decoded), up to 1 s each" in out
+    assert out.splitlines()[2].startswith("tracker") and out.splitlines()[3].startswith("PD servos only")
+    assert main(["robot", "track-eval", str(run), "--seconds", "1", "--starts", "2", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["pd_only"]["episodes"] == result["tracker"]["episodes"] and result["seconds"] == 1.0
+    assert {"machine", "torch", "code"} <= result.keys()
+    # --overwrite replaces the tracker's own files, never the user's
+    train_tracker(_cfg(out_dir=str(tmp_path / "t"), frames=16), overwrite=True,
+                  references=({"train": refs, "val": refs}, meta), h1=h1)
+    assert (tmp_path / "t" / "notes.txt").read_text() == "mine"
