@@ -163,3 +163,18 @@ def test_a_run_copied_without_its_data_record_is_evaluated_with_a_warning(npz, t
     with caplog.at_level("WARNING"):
         assert main(["eval", str(run), "--json"]) == 0
     assert "arrays_data.json is missing (a run folder copied without it?)" in caplog.text
+
+
+def test_codes_of_both_splits_share_their_class_names(tmp_path, capsys):
+    """Without class_names in the file, the names are the label values of both splits (test here lacks label 2),
+    so a prior takes the test split's codes as held-out codes of the training split's."""
+    path = tmp_path / "mine.npz"
+    np.savez(path, train=_images(30, 0), test=_images(12, 1), train_labels=np.arange(30) % 3,
+             test_labels=np.arange(12) % 2)
+    run = tmp_path / "run"
+    assert main(["train", *TINY, f"data.data_dir={path}", f"train.out_dir={run}"]) == 0
+    for split in ("train", "test"):
+        assert main(["export-codes", str(run), "--split", split, "--out", str(tmp_path / f"{split}.safetensors")]) == 0
+    assert main(["prior", "train", str(tmp_path / "train.safetensors"), "--val-codes",
+                 str(tmp_path / "test.safetensors"), "--out", str(tmp_path / "prior"), "steps=2", "width=16",
+                 "num_heads=2", "progress=false"]) == 0

@@ -63,9 +63,10 @@ def test_windows_are_clip_slices_standardized_with_the_training_clips_statistics
             clip, offset = windows.location(i)
             expected = (clips[f"{split}/{clip}"][offset:offset + 16] - mean) / std
             np.testing.assert_allclose(windows[i].numpy(), expected, atol=1e-5)
-    split = labelled_split(_data(npz), "test")
-    assert split.class_names == ("v0", "v1")
-    assert torch.equal(split.labels, torch.tensor([0] * 45 + [1] * 25))
+    split = labelled_split(_data(npz), "test")  # every clip named, the test clips after the training clips
+    assert split.class_names == ("t0", "t1", "t2", "t3", "t4", "v0", "v1")
+    assert torch.equal(split.labels, torch.tensor([5] * 45 + [6] * 25))
+    assert labelled_split(_data(npz), "train").class_names == split.class_names
 
 
 def test_metrics_known_answers(npz):
@@ -132,7 +133,8 @@ def test_train_eval_export_codes_and_a_changed_file_refused(npz, tmp_path, capsy
     from safetensors import safe_open
 
     with safe_open(str(codes), "pt") as f:
-        assert json.loads(f.metadata()["daps_codes"])["class_names"] == ["v0", "v1"]
+        assert json.loads(f.metadata()["daps_codes"])["class_names"] == ["t0", "t1", "t2", "t3", "t4", "v0", "v1"]
+        assert set(f.get_tensor("labels").tolist()) == {5, 6}
         assert f.get_tensor("codes").shape[0] == 70
     with np.load(npz) as f:
         clips = {k: f[k] for k in f.files}
@@ -183,3 +185,13 @@ def test_figures_of_standardized_features_keep_their_sign():
     assert torch.equal(dataset_spec("sequences").standardize(torch.tensor([-1.0, 2.0])), torch.tensor([-1.0, 2.0]))
     binary = dataset_spec("mnist").standardize.to_unit(torch.tensor([-1.0, 0.3, 2.0]))
     torch.testing.assert_close(binary, torch.tensor([0.0, 0.3, 1.0]))
+
+
+def test_a_prior_trains_on_a_sequences_runs_codes_with_its_test_codes_held_out(npz, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main([*TRAIN, f"data.data_dir={npz}", f"train.out_dir={run}"]) == 0
+    for split in ("train", "test"):
+        assert main(["export-codes", str(run), "--split", split, "--out", str(tmp_path / f"{split}.safetensors")]) == 0
+    assert main(["prior", "train", str(tmp_path / "train.safetensors"), "--val-codes",
+                 str(tmp_path / "test.safetensors"), "--out", str(tmp_path / "prior"), "steps=2", "width=16",
+                 "num_heads=2", "progress=false"]) == 0

@@ -387,7 +387,7 @@ def labelled_split(data, split: str) -> LabelledSplit:
         return LabelledSplit(windows, windows.labels.long(), tuple(MOTION_TYPES if names is None else names))
     loaded = load_dataset(data.name, split, data.data_dir or None, data.download)
     if data.name == "arrays":
-        names = arrays_class_names(data.data_dir or None, loaded.labels)
+        names = arrays_class_names(data.data_dir or None)
     else:
         names = tuple(CIFAR10_CLASSES) if data.name.startswith("cifar10") else tuple(str(d) for d in range(10))
     return LabelledSplit(loaded.images, loaded.labels.long(), names)

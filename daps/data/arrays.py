@@ -88,10 +88,12 @@ def load_arrays(split: str, data_dir: PathLike | None = None) -> ImageSet:
                     "arrays")
 
 
-def class_names(data_dir: PathLike | None, labels: torch.Tensor) -> tuple[str, ...]:
-    """The file's ``class_names`` (checked to name every label), else the label values as strings."""
+def class_names(data_dir: PathLike | None) -> tuple[str, ...]:
+    """The file's ``class_names`` (checked to name every label), else the label values of both splits as strings
+    (the same names for either split, so that codes of the two splits can be compared)."""
     path = arrays_file(data_dir)
-    count = int(labels.max()) + 1 if labels.numel() else 0
+    labels = [load_arrays(split, path).labels for split in ("train", "test")]
+    count = max(int(y.max()) + 1 if y.numel() else 0 for y in labels)
     names = _read(path, ("class_names",)).get("class_names")
     if names is None:
         return tuple(str(i) for i in range(count))

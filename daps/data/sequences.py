@@ -126,21 +126,27 @@ def sequence_data(data: DataConfig) -> SequenceData:
 
 class SequenceWindows(WindowImages):
     """Windows of one split as ``(B, 1, T, F)`` batches (what training and evaluation index); ``labels``: the clip
-    of each window (an index into ``class_names``, the split's clip names)."""
+    of each window, an index into ``class_names``, every clip of the file (the training clips, then the test
+    clips: the same names for either split, so that codes of both splits can be compared)."""
 
-    def __init__(self, windows: MotionWindows, device: torch.device | str = "cpu") -> None:
+    def __init__(self, windows: MotionWindows, class_names: tuple[str, ...], first_label: int,
+                 device: torch.device | str = "cpu") -> None:
         self.windows = windows.to(device)
-        self.labels = windows.clip_ids
-        self.class_names = windows.clips
+        self.labels = windows.clip_ids + first_label
+        self.class_names = class_names
+        self.first_label = first_label
 
     def to(self, device: torch.device | str) -> SequenceWindows:
-        return SequenceWindows(self.windows, device)
+        return SequenceWindows(self.windows, self.class_names, self.first_label, device)
 
 
 def sequence_windows(split: str, data: DataConfig) -> SequenceWindows:
     """Split ``train`` or ``test`` of ``data`` as windows."""
     loaded = sequence_data(data)
-    return SequenceWindows(loaded.train if split == "train" else loaded.test)
+    names = loaded.train.clips + loaded.test.clips
+    if split == "train":
+        return SequenceWindows(loaded.train, names, 0)
+    return SequenceWindows(loaded.test, names, len(loaded.train.clips))
 
 
 def sequence_run_files(data: DataConfig) -> dict[str, Any]:
