@@ -437,19 +437,24 @@ def arms(runs: list[Run]) -> dict[str, list[Run]]:
 
 def origins(runs: list[Run], out: Path) -> str:
     """Where the runs' steps were trained, from each run folder's record of its jobs (runs named by their folder
-    under ``out``): one sentence per distinct
-    machine, torch and code with the runs it trained (part of) and, if any, the runs with steps of unknown origin
-    (trained before daps recorded its jobs, or a damaged record). Steps/s are comparable only within one machine."""
+    under ``out``): one sentence per distinct device, machine, processes, torch and code with the runs it trained
+    (part of) and, if any, the runs with steps of unknown origin (trained before daps recorded its jobs, or a
+    damaged record). Steps/s compare only between runs of one device, machine and process count: a warning says so
+    when the runs differ in those (not when only the code or torch does)."""
     trained_by: dict[str, list[str]] = {}
+    hardware: set[tuple] = set()
     unknown = []
     for run in runs:
         jobs = read_jobs(run.out_dir)
         name = run.out_dir.relative_to(out).as_posix()  # method/seed0, or method/variant/seed0 with --vary
         if not jobs or jobs[0]["from_step"] > 0:
             unknown.append(name)
+        for job in jobs:
+            hardware.add((job.get("device"), job.get("machine"), job.get("processes")))
         for origin in dict.fromkeys(
-            f"{job.get('device', '?')} ({job.get('machine', '?')}), torch {job.get('torch', '?')}, code "
-            f"{job.get('code', '?')}" for job in jobs
+            f"{job.get('device', '?')} ({job.get('machine', '?')}"
+            + (f", {job['processes']} processes" if job.get("processes", 1) != 1 else "")
+            + f"), torch {job.get('torch', '?')}, code {job.get('code', '?')}" for job in jobs
         ):
             trained_by.setdefault(origin, []).append(name)
     lines = [
@@ -458,7 +463,7 @@ def origins(runs: list[Run], out: Path) -> str:
     ]
     if unknown:
         lines.append(f"Where these runs were trained is not (fully) recorded: {', '.join(unknown)}.")
-    if len(trained_by) + bool(unknown) > 1:
+    if len(hardware) + bool(unknown) > 1:
         lines.append("Their steps/s are comparable only between runs trained on one machine.")
     return " ".join(lines)
 

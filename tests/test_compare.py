@@ -440,3 +440,29 @@ def test_compare_with_vary_writes_one_row_per_arm(tmp_path, overrides):
     compare("mnist", ["fsq"], 4, [0], out, overrides)
     assert not (out / "eta.png").exists() and not (out / "ess.png").exists()
     assert "eta (end)" not in (out / "results.md").read_text()
+
+
+def test_origins_warn_about_speeds_only_across_machines(tmp_path):
+    """Two code revisions on one machine: two origins, speeds still comparable; a job of 2 processes (or another
+    machine) makes them not."""
+    from types import SimpleNamespace
+
+    from daps.compare import origins
+
+    job = {"device": "cpu", "machine": "CPU X, 2 CPUs", "processes": 1, "torch": "2.13.0", "code": "aaa"}
+
+    def run(name, *jobs):
+        folder = tmp_path / name / "seed0"
+        folder.mkdir(parents=True)
+        (folder / "provenance.json").write_text(json.dumps({"format": 1, "jobs": list(jobs)}))
+        return SimpleNamespace(out_dir=folder)
+
+    runs = [run("a", {**job, "from_step": 0}), run("b", {**job, "from_step": 0, "code": "bbb"})]
+    text = origins(runs, tmp_path)
+    assert "Trained on cpu (CPU X, 2 CPUs), torch 2.13.0, code aaa: a/seed0." in text
+    assert "code bbb: b/seed0." in text and "comparable only" not in text
+    runs.append(run("c", {**job, "from_step": 0}, {**job, "from_step": 5, "processes": 2}))
+    text = origins(runs, tmp_path)
+    assert "Trained on cpu (CPU X, 2 CPUs, 2 processes), torch 2.13.0, code aaa: c/seed0." in text
+    assert "code aaa: a/seed0, c/seed0." in text
+    assert text.endswith("comparable only between runs trained on one machine.")
