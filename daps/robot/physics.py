@@ -61,12 +61,19 @@ measures). There is no gravity feed-forward: a body the support carries entirely
 below the reference."""
 
 
-def _joint_gains() -> tuple[np.ndarray, np.ndarray]:
+def joint_gains() -> tuple[np.ndarray, np.ndarray]:
+    """kp and kd of each hinge (:data:`JOINT_GAINS` by the joint's name), in the order of :data:`JOINT_NAMES`."""
     kp, kd = np.zeros(len(JOINT_NAMES)), np.zeros(len(JOINT_NAMES))
     for i, name in enumerate(JOINT_NAMES):
         key = next(k for k in JOINT_GAINS if k in name)
         kp[i], kd[i] = JOINT_GAINS[key]
     return kp, kd
+
+
+def actuator_joints(model: Any) -> np.ndarray:
+    """For each actuator of the H1 ``model``, the hinge (0..18, the order of :data:`JOINT_NAMES`) it drives; other
+    numbers for actuators on other joints (the model's extra one)."""
+    return np.array([int(model.jnt_qposadr[model.actuator_trnid[a, 0]]) - 7 for a in range(model.nu)])
 
 
 def _qpos(poses: np.ndarray) -> np.ndarray:
@@ -146,9 +153,9 @@ def track(h1: H1, poses: np.ndarray, fps: float, support: bool = True, substeps:
     steps_per_frame = substeps or max(1, int(round(1.0 / (fps * dt))))
     model.opt.timestep = 1.0 / (fps * steps_per_frame)
     ref_v = reference_velocities(model, poses, fps)  # (N, 26)
-    kp, kd = _joint_gains()
+    kp, kd = joint_gains()
     # actuator -> hinge (0..18) and its torque range
-    act_joint = np.array([int(model.jnt_qposadr[model.actuator_trnid[a, 0]]) - 7 for a in range(model.nu)])
+    act_joint = actuator_joints(model)
     act_range = np.array(model.actuator_ctrlrange)
     acts = [a for a in range(model.nu) if 0 <= act_joint[a] < len(JOINT_NAMES)]
     pelvis = int(h1.body_ids[0])

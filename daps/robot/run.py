@@ -132,27 +132,38 @@ def training_batch(train: CommandSet, idx: torch.Tensor, cfg: RobotConfig, num_c
     return train.codes[idx], labels, train.velocity[idx], prev
 
 
-def encode_commands(cfg: RobotConfig, device: torch.device) -> tuple[dict[str, CommandSet], dict[str, Any]]:
-    """Encode the training and validation windows with the tokenizer of ``cfg`` (see :mod:`daps.robot.data`)."""
+def load_motion_tokenizer(path: str, data_dir: str, device: torch.device | str, user: str) -> tuple[Any, Path]:
+    """The motion tokenizer at ``path`` (a run or checkpoint with discrete codes, trained on ``lafan1-h1``) and its
+    checkpoint, its data folder replaced by ``data_dir`` when given and its feature statistics checked against the
+    data; a UserError naming ``user`` (``the policy``) otherwise."""
     from daps.checkpoint import load_model
-    from daps.codes import config_sha256, weights_sha256
-    from daps.config_io import config_to_dict
-    from daps.data.motion import MOTION_TYPES, check_run_stats
-    from daps.motion.dataset import load_motion_data
+    from daps.data.motion import check_run_stats
 
-    if not cfg.tokenizer:
-        raise UserError("name the motion tokenizer run to take codes from")
-    ckpt = resolve_checkpoint(cfg.tokenizer)
+    if not path:
+        raise UserError(f"name the motion tokenizer run whose codes {user} takes")
+    ckpt = resolve_checkpoint(path)
     model = load_model(ckpt, device)
     tcfg = model.config
     if model.vocab_size is None:
-        raise UserError(f"{cfg.tokenizer} is a {tcfg.method} run: its latent is continuous, it has no codes")
+        raise UserError(f"{path} is a {tcfg.method} run: its latent is continuous, it has no codes")
     if tcfg.data.name != "lafan1-h1":
-        raise UserError(f"{cfg.tokenizer} was trained on {tcfg.data.name}; the policy needs a motion tokenizer "
-                        "of the H1 (lafan1-h1)")
-    if cfg.data_dir:
-        tcfg.data.data_dir = cfg.data_dir
+        raise UserError(f"{path} was trained on {tcfg.data.name}; {user} needs a motion tokenizer of the H1 "
+                        "(lafan1-h1)")
+    if data_dir:
+        tcfg.data.data_dir = data_dir
     check_run_stats(ckpt.parent.parent, tcfg.data)
+    return model, ckpt
+
+
+def encode_commands(cfg: RobotConfig, device: torch.device) -> tuple[dict[str, CommandSet], dict[str, Any]]:
+    """Encode the training and validation windows with the tokenizer of ``cfg`` (see :mod:`daps.robot.data`)."""
+    from daps.codes import config_sha256, weights_sha256
+    from daps.config_io import config_to_dict
+    from daps.data.motion import MOTION_TYPES
+    from daps.motion.dataset import load_motion_data
+
+    model, ckpt = load_motion_tokenizer(cfg.tokenizer, cfg.data_dir, device, "the policy")
+    tcfg = model.config
     window = int(tcfg.data.image_shape[1])
     if window % cfg.stride:  # before the data are read
         raise UserError(f"stride {cfg.stride} must divide the tokenizer's window length {window}")

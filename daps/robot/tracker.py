@@ -268,15 +268,15 @@ class TrackingEnvs:
                  rng: np.random.Generator) -> None:
         from daps.motion.h1 import END_POINTS, FOOT_BODIES, import_mujoco
         from daps.motion.render import scene_model
-        from daps.robot.physics import _joint_gains
+        from daps.robot.physics import actuator_joints, joint_gains
 
         self.mj = mujoco = import_mujoco()
         self.refs, self.cfg, self.rng, self.fps = refs, cfg, rng, fps
         model = scene_model(h1)
         self.substeps = max(1, int(round(1.0 / (fps * float(model.opt.timestep)))))
         model.opt.timestep = 1.0 / (fps * self.substeps)
-        kp, kd = _joint_gains()
-        self.act_joint = np.array([int(model.jnt_qposadr[model.actuator_trnid[a, 0]]) - 7 for a in range(model.nu)])
+        kp, kd = joint_gains()
+        self.act_joint = actuator_joints(model)
         for a, j in enumerate(self.act_joint):  # each hinge's motor becomes a PD servo on a target angle
             if 0 <= j < 19:
                 lo, hi = model.actuator_ctrlrange[a].copy()
@@ -500,25 +500,14 @@ def _tensors(obs: tuple[np.ndarray, ...]) -> tuple[torch.Tensor, ...]:
 
 
 def _references(cfg: TrackerConfig) -> tuple[dict[str, References], dict[str, Any]]:
-    from daps.checkpoint import load_model
     from daps.codes import config_sha256, weights_sha256
     from daps.config_io import config_to_dict
-    from daps.data.motion import check_run_stats, motion_data
+    from daps.data.motion import motion_data
     from daps.motion.h1 import load_h1
+    from daps.robot.run import load_motion_tokenizer
 
-    if not cfg.tokenizer:
-        raise UserError("name the motion tokenizer run whose codes the tracker follows")
-    ckpt = resolve_checkpoint(cfg.tokenizer)
-    model = load_model(ckpt, "cpu")
+    model, ckpt = load_motion_tokenizer(cfg.tokenizer, cfg.data_dir, "cpu", "the tracker")
     tcfg = model.config
-    if model.vocab_size is None:
-        raise UserError(f"{cfg.tokenizer} is a {tcfg.method} run: its latent is continuous, it has no codes")
-    if tcfg.data.name != "lafan1-h1":
-        raise UserError(f"{cfg.tokenizer} was trained on {tcfg.data.name}; the tracker needs a motion tokenizer "
-                        "of the H1 (lafan1-h1)")
-    if cfg.data_dir:
-        tcfg.data.data_dir = cfg.data_dir
-    check_run_stats(ckpt.parent.parent, tcfg.data)
     motion = motion_data(tcfg.data)
     h1 = load_h1(tcfg.data.data_dir or None)
     g = torch.Generator().manual_seed(cfg.seed)
