@@ -499,7 +499,7 @@ class _FrameCodes(torch.nn.Module):
 def _two_clips():
     """Motion data of two clips, windows of 4 frames every 2: run1 (8 frames, 6 m/s) then walk1 (6 frames,
     3 m/s); feature 0 of each frame is its global frame number."""
-    from daps.motion.dataset import MotionData, _windows
+    from daps.motion.dataset import MotionData, clip_windows
     from daps.motion.features import NUM_FEATURES
 
     clips, lengths, speeds = ["run1_subject2", "walk1_subject1"], [8, 6], [6.0, 3.0]
@@ -509,7 +509,7 @@ def _two_clips():
         frames[clip][:, 0] = np.arange(first, first + n)  # global frame number
         first += n
         poses[clip] = turning_clip(np.zeros(n), np.stack([np.arange(n) * v / 30.0, np.zeros(n)], 1), np.zeros(n))
-    windows = _windows(frames, clips, window=4, stride=2)
+    windows = clip_windows(frames, clips, window=4, stride=2)
     return MotionData(train=windows, val=windows, stats=None, poses=poses, features=frames, window=4)
 
 

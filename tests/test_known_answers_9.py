@@ -546,9 +546,9 @@ def test_the_policys_batches_drop_the_shares_of_labels_and_previous_windows_aske
 
 def test_velocity_scale_and_codes_per_window():
     """The policy's velocity scale is each component's sample standard deviation, at least 1e-3 (a component that
-    never varies, here sideways and yaw, would divide by zero); a quantizer tokenizer gives one code per window
-    whatever ``samples`` asks. Fails on: the clamp dropped (0 for the constant components), samples taken from a
-    quantizer."""
+    never varies, here sideways and yaw, would divide by zero); a quantizer tokenizer gives one code per window and
+    refuses more (it would only repeat them). Fails on: the clamp dropped (0 for the constant components), samples
+    taken from a quantizer."""
     from daps.robot.data import CommandSet
     from daps.robot.run import codes_per_window, velocity_scale
 
@@ -556,4 +556,10 @@ def test_velocity_scale_and_codes_per_window():
     train = CommandSet(codes=torch.zeros(3, 2, dtype=torch.long), prev=torch.zeros(3, 2, dtype=torch.long),
                        labels=torch.zeros(3, dtype=torch.long), velocity=velocity, window_ids=torch.arange(3))
     assert velocity_scale(train) == pytest.approx([1.0, 1e-3, 1e-3])  # std of 1, 3, 2 (n - 1) is 1
-    assert [codes_per_window(m, 4) for m in ("daps", "dapsna", "fsq", "vqvae", "vqvae-ema")] == [4, 4, 1, 1, 1]
+    assert [codes_per_window(m, 4) for m in ("daps", "dapsna")] == [4, 4]
+    assert [codes_per_window(m, 1) for m in ("fsq", "vqvae", "vqvae-ema")] == [1, 1, 1]
+    from daps.errors import UserError
+
+    for method in ("fsq", "vqvae", "vqvae-ema"):
+        with pytest.raises(UserError, match="encodes deterministically"):
+            codes_per_window(method, 4)
