@@ -259,3 +259,45 @@ def test_track_eval_prints_the_tracker_against_the_pd_servos(h1_and_clip, tmp_pa
     train_tracker(_cfg(out_dir=str(tmp_path / "t"), frames=16), overwrite=True,
                   references=({"train": refs, "val": refs}, meta), h1=h1)
     assert (tmp_path / "t" / "notes.txt").read_text() == "mine"
+
+
+@pytest.fixture(scope="module")
+def tiny_tokenizer(tmp_path_factory):
+    if not REAL_DIR:
+        pytest.skip("DAPS_DATA_DIR not set (reads the real LAFAN1 H1 clips)")
+    out = tmp_path_factory.mktemp("tok") / "run"
+    torch.set_num_threads(1)
+    assert main(["train", "--preset", "lafan1-h1", "encoder.width=32", "encoder.num_heads=2", "encoder.vocab_size=16",
+                 "encoder.num_layers=1", "encoder.num_tokens=16", "decoder.embed_dim=32", "decoder.transformer_heads=2",
+                 "decoder.transformer_layers=1", "daps.num_samples=2", "train.batch_size=8", "train.steps=2",
+                 "train.eval_examples=16", "train.eval_batch_size=8", "train.progress=false", "train.logger=none",
+                 f"data.data_dir={REAL_DIR}", f"train.out_dir={out}"]) == 0
+    return out
+
+
+@needs_data
+def test_track_train_decodes_references_from_a_tokenizer(tiny_tokenizer, tmp_path, single_thread):
+    """From a motion tokenizer run: every clip's whole windows, encoded once and decoded into stitched poses (or the
+    clip itself with reference=ground-truth), with one code sequence per window; the run trains on them."""
+    from daps.motion.dataset import load_clip_features
+
+    clips = load_clip_features(REAL_DIR)
+    tiny = ["frames=16", "envs=2", "horizon=8", "epochs=1", "minibatch=8", "hidden=16", "progress=false"]
+    for reference in ("decoded", "ground-truth"):
+        out = tmp_path / reference
+        assert main(["robot", "track-train", str(tiny_tokenizer), "--out", str(out), f"reference={reference}",
+                     *tiny]) == 0
+        _, cfg, meta, refs = load_tracker(out)
+        assert cfg.reference == reference and meta["num_tokens"] == 16 and meta["vocab_size"] == 16
+        train = refs["train"]
+        assert len(train) == 36 and len(refs["val"]) == 4  # the original's split: four validation clips
+        for i in (0, len(train) - 1):
+            name, poses, codes = train.names[i], train.poses[i], train.codes[i]
+            windows = len(clips.poses[name]) // 32
+            assert poses.shape == (windows * 32, 26) and codes.shape == (windows, 16) and codes.max() < 16
+            truth = clips.poses[name][: windows * 32]
+            if reference == "ground-truth":
+                np.testing.assert_allclose(poses, truth, rtol=1e-6, atol=1e-6)  # float32 rounding only
+            else:
+                assert np.abs(poses[0, :2]).max() < 1e-6 and not np.allclose(poses, truth, atol=1e-3)  # from the origin
+        assert json.loads((out / "summary.json").read_text())["step"] == 1
