@@ -24,7 +24,6 @@ from daps.data.imagefolder import IMAGENET_MEAN, IMAGENET_STD, ImageFolderDatase
 from daps.data.imagenet import require_imagenet_root, unpack_imagenet_sample
 from daps.data.mnist import load_mnist, load_mnist5k
 from daps.data.motion import (
-    MOTION_TYPES,
     MotionMetrics,
     WindowImages,
     check_run_stats,
@@ -164,6 +163,7 @@ class DatasetSpec:
     check_run: Callable[[Path, DataConfig], None] | None = None  # (run folder, data)
     plot_reconstructions: Callable[[DataConfig, torch.Tensor, torch.Tensor, Path, str], None] | None = None
     examples: str = "images"  # what one example is called in logs and titles
+    class_names: Callable[[DataConfig], tuple[str, ...]] | None = None  # of the labels; None: the digits 0-9
 
     @property
     def in_memory(self) -> bool:
@@ -189,6 +189,10 @@ def _offline(load: Callable[[str, PathLike | None], ImageSet]) -> Callable[[str,
     return lambda split, data_dir, download: load(split, data_dir)
 
 
+def _cifar10_classes(data: DataConfig) -> tuple[str, ...]:
+    return tuple(CIFAR10_CLASSES)
+
+
 _FEATURES_SHOWN = Standardize(shown=(-3.0, 3.0))
 """Standardized features (motion, sequences): figures of them show -3 standard deviations black, 0 mid-grey, +3
 white."""
@@ -197,11 +201,12 @@ DATASETS: dict[str, DatasetSpec] = {
     "mnist": DatasetSpec("mnist", "bernoulli", image_shape=(1, 28, 28), load=load_mnist),
     "mnist5k": DatasetSpec("mnist5k", "bernoulli", image_shape=(1, 28, 28), load=_offline(load_mnist5k)),
     "cifar10": DatasetSpec(
-        "cifar10", "gaussian", Standardize(CIFAR10_MEAN, CIFAR10_STD), (3, 32, 32), load=load_cifar10
+        "cifar10", "gaussian", Standardize(CIFAR10_MEAN, CIFAR10_STD), (3, 32, 32), load=load_cifar10,
+        class_names=_cifar10_classes,
     ),
     "cifar10-jpeg": DatasetSpec(
         "cifar10-jpeg", "gaussian", Standardize(CIFAR10_MEAN, CIFAR10_STD), (3, 32, 32),
-        load=_offline(load_cifar10_jpeg),
+        load=_offline(load_cifar10_jpeg), class_names=_cifar10_classes,
         note="cifar10-jpeg is a JPEG quality-75 re-encoding of CIFAR-10, not the original pixels: "
         "numbers are not comparable with published CIFAR-10 results",
     ),
@@ -213,7 +218,7 @@ DATASETS: dict[str, DatasetSpec] = {
     "imagefolder": DatasetSpec("imagefolder", "gaussian", _IMAGENET, root=_given_root),
     "arrays": DatasetSpec(
         "arrays", "gaussian", Standardize((127.5,), (127.5,)), load=_offline(load_arrays), run_files=arrays_run_files,
-        check_run=check_run_arrays,
+        check_run=check_run_arrays, class_names=lambda data: arrays_class_names(data.data_dir or None),
     ),
     "lafan1-h1": DatasetSpec(
         "lafan1-h1", "gaussian-fixed", _FEATURES_SHOWN, windows=lafan_windows, example_metrics=MotionMetrics,
@@ -374,7 +379,9 @@ class LabelledSplit:
 
 def labelled_split(data, split: str) -> LabelledSplit:
     """Split ``split`` of ``data`` (a :class:`daps.config.DataConfig`) with labels: the digit (MNIST), the CIFAR-10
-    class, or the kind of motion of each window (LAFAN1, :data:`daps.data.motion.MOTION_TYPES`)."""
+    class, an ``arrays`` file's labels, the kind of motion of each window (LAFAN1,
+    :data:`daps.data.motion.MOTION_TYPES`) or its clip (``sequences``); names from the dataset's ``class_names``
+    (windows: their own)."""
     spec = dataset_spec(data.name)
     if not spec.in_memory:
         raise UserError(
@@ -383,13 +390,9 @@ def labelled_split(data, split: str) -> LabelledSplit:
         )
     if spec.windows is not None:
         windows = spec.windows(split, data)
-        names = getattr(windows, "class_names", None)  # sequences: the clips; lafan1-h1: the kinds of motion
-        return LabelledSplit(windows, windows.labels.long(), tuple(MOTION_TYPES if names is None else names))
+        return LabelledSplit(windows, windows.labels.long(), tuple(windows.class_names))
     loaded = load_dataset(data.name, split, data.data_dir or None, data.download)
-    if data.name == "arrays":
-        names = arrays_class_names(data.data_dir or None)
-    else:
-        names = tuple(CIFAR10_CLASSES) if data.name.startswith("cifar10") else tuple(str(d) for d in range(10))
+    names = spec.class_names(data) if spec.class_names is not None else tuple(str(d) for d in range(10))
     return LabelledSplit(loaded.images, loaded.labels.long(), names)
 
 

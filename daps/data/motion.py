@@ -76,11 +76,13 @@ def window_kinds(windows: MotionWindows) -> torch.Tensor:
 
 class WindowImages:
     """Windows of one split as ``(B, 1, T, F)`` float32 batches on ``device``: ``images[idx]`` for a tensor of
-    window indices; ``len(images)`` windows; ``labels`` the kind of motion of each window."""
+    window indices; ``len(images)`` windows; ``labels`` the kind of motion of each window, an index into
+    ``class_names``."""
 
     def __init__(self, windows: MotionWindows, device: torch.device | str = "cpu") -> None:
         self.windows = windows.to(device)
         self.labels = window_kinds(windows)
+        self.class_names: tuple[str, ...] = MOTION_TYPES
 
     def __len__(self) -> int:
         return len(self.windows)
