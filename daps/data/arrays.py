@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import zipfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import numpy as np
 import torch
 
-from daps.data.paths import ImageSet, PathLike, check_recorded_file, check_split, named_npz
+from daps.data.paths import ImageSet, PathLike, check_recorded_file, check_split, named_npz, read_npz
 from daps.errors import UserError
 from daps.runfolder import file_digest
 
@@ -33,22 +33,9 @@ if TYPE_CHECKING:
 RUN_FILE = "arrays_data.json"
 """What an ``arrays`` run saves about its file."""
 
-_KEYS = {"train": "train", "test": "test"}
-
-
 def arrays_file(data_dir: PathLike | None) -> Path:
     """The ``.npz`` file named by ``data_dir`` (see :func:`daps.data.paths.named_npz`)."""
     return named_npz(data_dir, "arrays", "images")
-
-
-def _read(path: Path, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
-    """The arrays ``keys`` of npz ``path`` that it has, without unpickling anything."""
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            return {key: npz[key] for key in keys if key in npz.files}
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as err:  # ValueError: a pickled (object) array
-        why = f"{type(err).__name__}: {err}"
-        raise UserError(f"arrays: {path} is not a readable .npz of plain arrays ({why})") from None
 
 
 def to_nchw(images: np.ndarray, where: str) -> np.ndarray:
@@ -69,32 +56,44 @@ def load_arrays(split: str, data_dir: PathLike | None = None) -> ImageSet:
     """Split ``train`` or ``test`` of the npz named by ``data_dir``: uint8 images ``(N, C, H, W)``, int64 labels."""
     check_split(split)
     path = arrays_file(data_dir)
-    key = _KEYS[split]
-    found = _read(path, (key, f"{key}_labels"))
-    if key not in found:
-        with np.load(path, allow_pickle=False) as npz:
-            has = ", ".join(npz.files) or "nothing"
-        raise UserError(f"arrays: {path} has no array {key!r} (it holds {has}; needs 'train' and 'test')")
-    images = to_nchw(found[key], f"arrays: {path}[{key!r}]")
+    found = read_npz(path, "arrays", (split, f"{split}_labels"))
+    if split not in found:
+        _missing(path, split)
+    images = to_nchw(found[split], f"arrays: {path}[{split!r}]")
     if len(images) == 0:
-        raise UserError(f"arrays: {path}[{key!r}] holds no images")
-    labels = found.get(f"{key}_labels")
+        raise UserError(f"arrays: {path}[{split!r}] holds no images")
+    labels = _checked_labels(found.get(f"{split}_labels"), len(images), path, split)
+    return ImageSet(torch.from_numpy(np.ascontiguousarray(images)), torch.from_numpy(labels), "arrays")
+
+
+def _missing(path: Path, split: str) -> NoReturn:
+    has = ", ".join(_stored_shapes(path)) or "nothing"
+    raise UserError(f"arrays: {path} has no array {split!r} (it holds {has}; needs 'train' and 'test')")
+
+
+def _checked_labels(labels: np.ndarray | None, count: int, path: Path, split: str) -> np.ndarray:
+    """A split's labels as int64 (zeros when the file has none), checked to be ``count`` integers >= 0."""
     if labels is None:
-        labels = np.zeros(len(images), dtype=np.int64)
-    elif labels.shape != (len(images),) or labels.dtype.kind not in "iu" or (labels.size and labels.min() < 0):
-        raise UserError(f"arrays: {path}[{key + '_labels'!r}] must be {len(images)} integers >= 0, one per image "
+        return np.zeros(count, dtype=np.int64)
+    if labels.shape != (count,) or labels.dtype.kind not in "iu" or (labels.size and labels.min() < 0):
+        raise UserError(f"arrays: {path}[{split + '_labels'!r}] must be {count} integers >= 0, one per image "
                         f"(it has shape {labels.shape} and dtype {labels.dtype})")
-    return ImageSet(torch.from_numpy(np.ascontiguousarray(images)), torch.from_numpy(labels.astype(np.int64)),
-                    "arrays")
+    return labels.astype(np.int64)
 
 
 def class_names(data_dir: PathLike | None) -> tuple[str, ...]:
     """The file's ``class_names`` (checked to name every label), else the label values of both splits as strings
     (the same names for either split, so that codes of the two splits can be compared)."""
     path = arrays_file(data_dir)
-    labels = [load_arrays(split, path).labels for split in ("train", "test")]
-    count = max(int(y.max()) + 1 if y.numel() else 0 for y in labels)
-    names = _read(path, ("class_names",)).get("class_names")
+    found = read_npz(path, "arrays", ("train_labels", "test_labels", "class_names"))
+    shapes = _stored_shapes(path)  # the splits' image counts, from the headers: the images are not read
+    labels = []
+    for split in ("train", "test"):
+        if split not in shapes:
+            _missing(path, split)
+        labels.append(_checked_labels(found.get(f"{split}_labels"), shapes[split][0], path, split))
+    count = max((int(y.max()) + 1 for y in labels if y.size), default=0)
+    names = found.get("class_names")
     if names is None:
         return tuple(str(i) for i in range(count))
     if names.ndim != 1 or names.dtype.kind != "U" or len(names) < count:

@@ -15,8 +15,9 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
+from typing import Any, Union
 
+import numpy as np
 import torch
 
 from daps.errors import UserError
@@ -162,6 +163,19 @@ def named_npz(data_dir: PathLike | None, dataset: str, holds: str) -> Path:
         raise FileNotFoundError(f"{dataset}: {path} {'is not a file' if path.exists() else 'does not exist'} "
                                 "(data.data_dir names the .npz file)")
     return path
+
+
+def read_npz(path: Path, dataset: str, keys: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """The arrays ``keys`` (all when None) that npz ``path`` has, read without unpickling anything; a UserError
+    naming the file and ``dataset`` when it is not a readable npz of plain arrays."""
+    import zipfile
+
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return {key: npz[key] for key in (npz.files if keys is None else keys) if key in npz.files}
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as err:  # ValueError: a pickled (object) array
+        why = f"{type(err).__name__}: {err}"
+        raise UserError(f"{dataset}: {path} is not a readable .npz of plain arrays ({why})") from None
 
 
 def check_recorded_file(record: Path, path: Path) -> None:

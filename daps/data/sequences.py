@@ -16,7 +16,6 @@ The file is read with ``allow_pickle=False``. A run saves the statistics and the
 from __future__ import annotations
 
 import functools
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,7 +24,7 @@ import numpy as np
 import torch
 
 from daps.data.motion import WindowImages
-from daps.data.paths import check_recorded_file, named_npz
+from daps.data.paths import check_recorded_file, named_npz, read_npz
 from daps.errors import UserError
 from daps.motion.dataset import MotionWindows, Standardizer, clip_windows, fit_standardizer
 from daps.runfolder import file_digest
@@ -47,12 +46,7 @@ def sequences_file(data_dir: str | Path | None) -> Path:
 
 def read_clips(path: Path) -> dict[str, dict[str, np.ndarray]]:
     """``{"train": {clip: (frames, F) float64}, "test": {...}}`` of npz ``path``, in the file's order, checked."""
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {key: npz[key] for key in npz.files}
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as err:  # ValueError: a pickled (object) array
-        why = f"{type(err).__name__}: {err}"
-        raise UserError(f"sequences: {path} is not a readable .npz of plain arrays ({why})") from None
+    arrays = read_npz(path, "sequences")
     other = [key for key in arrays if not key.startswith(tuple(SPLIT_PREFIX.values()))]
     if other:
         raise UserError(f"sequences: {path} holds {other[0]!r}; every array must be named train/<clip> or test/<clip>")
