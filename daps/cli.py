@@ -221,6 +221,7 @@ def _device(name: str | None):
 
 
 def _train(args: argparse.Namespace) -> int:
+    from daps.data import dataset_spec
     from daps.train import stop_step, summarize, train
 
     cfg = parse_overrides(get_preset(args.preset, args.method), args.overrides)
@@ -231,10 +232,11 @@ def _train(args: argparse.Namespace) -> int:
     if stop_step(cfg) < cfg.train.steps:  # stopped early by train.stop_after: no summary.json, the run is incomplete
         from daps.plots import read_metrics
 
-        last = [r for r in read_metrics(run_dir / "metrics.jsonl") if r.get("split") == "val"][-1]
-        print(summarize(last))  # train() has logged where it stopped and how to continue
+        # its last validation row; train() has logged where it stopped and how to continue
+        metrics = [r for r in read_metrics(run_dir / "metrics.jsonl") if r.get("split") == "val"][-1]
     else:
-        print(summarize(json.loads((run_dir / "summary.json").read_text())))
+        metrics = json.loads((run_dir / "summary.json").read_text())
+    print(summarize(metrics, examples=dataset_spec(cfg.data.name).examples))
     print(f"run folder: {run_dir}  (reconstructions.png, curves.png, metrics.jsonl, checkpoints/)")
     return 0
 
@@ -291,7 +293,7 @@ def _eval(args: argparse.Namespace) -> int:
     else:
         at = f"step {step}" if step is not None else ckpt.name
         print(summarize(metrics, f"{spec.name} {args.split} split, checkpoint {at}, seed {args.seed}, batch "
-                                 f"{args.batch_size}"))
+                                 f"{args.batch_size}", spec.examples))
     return 0
 
 

@@ -616,9 +616,9 @@ def _log_codes(s: Setup, step: int) -> None:
     s.logger.codes(step, indices)
 
 
-def summarize(metrics: dict[str, float | str], source: str = "validation") -> str:
+def summarize(metrics: dict[str, float | str], source: str = "validation", examples: str = "images") -> str:
     """A short human-readable table of metrics over ``source`` (validation during training; ``eval`` names the
-    dataset and split)."""
+    dataset and split) of ``num_images`` ``examples`` (the dataset's word: ``images``, ``windows``)."""
     rows = [
         ("ELBO", "elbo", "nats"),
         ("beta-ELBO", "beta_elbo", "nats"),
@@ -642,7 +642,6 @@ def summarize(metrics: dict[str, float | str], source: str = "validation") -> st
         ("code perplexity", "code_perplexity", ""),
         ("token entropy", "token_entropy", "nats"),
     ]
-    examples = "windows" if "mpjpe_mm" in metrics or "explained_variance" in metrics else "images"
     count = f"{int(metrics.get('num_images', 0))} {examples}"
     lines = [f"validation on {count}:" if source == "validation" else f"{source}, {count}:"]
     for label, key, unit in rows:

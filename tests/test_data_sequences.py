@@ -128,6 +128,8 @@ def test_train_eval_export_codes_and_a_changed_file_refused(npz, tmp_path, capsy
     result = json.loads(capsys.readouterr().out)
     assert result["num_images"] == 70 and {"mse", "explained_variance", "rmse_raw"} <= result.keys()
     assert "psnr" not in result and "ssim" not in result  # image metrics mean nothing here
+    assert main(["eval", str(run)]) == 0  # the dataset's word for an example
+    assert "sequences test split, checkpoint step 4, seed 0, batch 500, 70 windows:" in capsys.readouterr().out
     codes = tmp_path / "codes.safetensors"
     assert main(["export-codes", str(run), "--split", "test", "--out", str(codes)]) == 0
     from safetensors import safe_open
