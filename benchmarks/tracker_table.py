@@ -18,10 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from daps.motion.h1 import load_h1
 from daps.plots import read_metrics
 from daps.provenance import provenance
-from daps.robot.tracker import evaluate_tracker, load_tracker
+from daps.robot.tracker import evaluate_tracker, load_tracker, tracker_h1
 from daps.runfolder import write_json_atomic, write_text_atomic
 
 
@@ -57,7 +56,7 @@ def main() -> None:
     run = Path(args.run)
     rows = read_metrics(run / "metrics.jsonl")
     model, cfg, meta, refs = load_tracker(run)
-    h1 = load_h1(cfg.data_dir or meta.get("data_dir") or None)
+    h1 = tracker_h1(cfg, meta)
     fps = float(meta["fps"])
     result = {
         "run": str(run), "settings": {k: v for k, v in vars(cfg).items() if k not in ("out_dir", "tokenizer")},

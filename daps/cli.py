@@ -404,13 +404,14 @@ def _render(args: argparse.Namespace) -> int:
         raise UserError("--seconds must be a positive number, --start a number >= 0 and --size >= 16, got "
                         f"{args.seconds}, {args.start} and {args.size}")
     device = _device(args.device)
-    model = load_model(args.run_dir, device)
+    ckpt = resolve_checkpoint(args.run_dir, verify=False)  # once: a run still training may move its latest
+    model = load_model(ckpt, device)
     data = model.config.data
     if data.name != "lafan1-h1":  # the H1's features: sequences of one's own have no body to show
         raise UserError(f"{args.run_dir} was trained on {data.name}; render shows H1 motion runs (lafan1-h1)")
     if args.data_dir:
         data.data_dir = args.data_dir
-    check_run_data(resolve_checkpoint(args.run_dir, verify=False).parent.parent, data)  # load_model verified it
+    check_run_data(ckpt.parent.parent, data)  # load_model verified the checkpoint
     target, pred = reconstruct_clip(
         model, data, args.clip, args.start, args.seconds, torch.Generator(device).manual_seed(args.seed)
     )

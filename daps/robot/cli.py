@@ -115,17 +115,14 @@ def _track_train(args: argparse.Namespace) -> int:
 
 
 def _track_eval(args: argparse.Namespace) -> int:
-    import math
-
-    from daps.motion.h1 import load_h1
     from daps.provenance import provenance
-    from daps.robot.tracker import evaluate_tracker, load_tracker
+    from daps.robot.tracker import evaluate_tracker, load_tracker, tracker_h1
 
     if not (math.isfinite(args.seconds) and args.seconds > 0) or args.starts < 1:
         raise UserError(f"--seconds must be a positive number and --starts >= 1, got {args.seconds} and {args.starts}")
     set_threads(args.threads)
     model, cfg, meta, refs = load_tracker(args.tracker_dir)
-    h1 = load_h1(meta.get("data_dir") or cfg.data_dir or None)
+    h1 = tracker_h1(cfg, meta)
     fps = float(meta["fps"])
     result: dict[str, Any] = {
         "tracker": evaluate_tracker(model, h1, refs["val"], cfg, fps, args.seconds, args.starts),

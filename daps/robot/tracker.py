@@ -523,23 +523,28 @@ def _references(cfg: TrackerConfig) -> tuple[dict[str, References], dict[str, An
     return sets, meta
 
 
-def prepare(cfg: TrackerConfig, resume: bool, overwrite: bool) -> Path | None:
-    from daps.prior.run import prepare_folder
+def tracker_h1(cfg: TrackerConfig, meta: dict[str, Any]) -> Any:
+    """The H1 a tracker simulates: from the run's ``data_dir`` when it names one, else the tokenizer's data folder
+    (the references' header), else ``$DAPS_DATA_DIR``; refused without its floor (``scene.xml``)."""
+    from daps.motion.h1 import load_h1
 
-    return prepare_folder(cfg, resume, overwrite, kind=KIND)
+    h1 = load_h1(cfg.data_dir or meta.get("data_dir") or None)
+    if not (h1.path.parent / SCENE_FILE).is_file():
+        raise UserError(f"{h1.path.parent / SCENE_FILE} (the H1 with a floor) is missing: the tracker needs the floor")
+    return h1
 
 
 def train_tracker(cfg: TrackerConfig, resume: bool = False, overwrite: bool = False,
                   references: tuple[dict[str, References], dict[str, Any]] | None = None, h1: Any = None) -> Path:
     """Train the tracker of ``cfg`` into ``cfg.out_dir`` (see the module docstring); returns the run folder.
     ``references`` and ``h1`` give the references and the model directly (tests) instead of decoding them."""
-    from daps.motion.h1 import load_h1
+    from daps.prior.run import prepare_folder, settings_record
     from daps.progress import progress_bar
     from daps.train import truncate_metrics
 
     cfg.validate()
     run_dir = Path(cfg.out_dir)
-    ckpt = prepare(cfg, resume, overwrite)
+    ckpt = prepare_folder(cfg, resume, overwrite, kind=KIND)
     saved = resume and (run_dir / REFERENCES_FILE).is_file()
     config_path = run_dir / "config.json"
     if not saved:  # decoded before the folder is touched: a refused tokenizer leaves nothing behind
@@ -555,15 +560,12 @@ def train_tracker(cfg: TrackerConfig, resume: bool = False, overwrite: bool = Fa
         if saved:
             sets = load_references(run_dir / REFERENCES_FILE)
             meta = json.loads(config_path.read_text())["references"]
-        config = {KIND: _settings(cfg), "references": meta}
+        config = {KIND: settings_record(cfg), "references": meta}
         if ckpt is None:
             write_json_atomic(config_path, config)
         if not saved:
             save_references(run_dir / REFERENCES_FILE, sets)
-        h1 = h1 if h1 is not None else load_h1(cfg.data_dir or meta.get("data_dir") or None)
-        if not (h1.path.parent / SCENE_FILE).is_file():
-            raise UserError(f"{h1.path.parent / SCENE_FILE} (the H1 with a floor) is missing: the tracker needs the "
-                            "floor")
+        h1 = h1 if h1 is not None else tracker_h1(cfg, meta)
         torch.manual_seed(cfg.seed)
         model = Tracker(int(meta["num_tokens"]), int(meta["vocab_size"]), cfg)
         optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
@@ -622,12 +624,6 @@ def train_tracker(cfg: TrackerConfig, resume: bool = False, overwrite: bool = Fa
     finally:
         lock.release()
     return run_dir
-
-
-def _settings(cfg: TrackerConfig) -> dict[str, Any]:
-    from daps.prior.run import settings_record
-
-    return settings_record(cfg)
 
 
 def ppo_update(model: Tracker, optimizer: torch.optim.Optimizer, envs: TrackingEnvs, cfg: TrackerConfig,
