@@ -96,6 +96,19 @@ def load_code_tokenizer(
     return model, ckpt
 
 
+def check_draws(method: str, samples: int, setting: str) -> bool:
+    """Whether ``method``'s encoder draws its codes (every encoder but a quantizer's); a UserError naming
+    ``setting`` (``--samples-per-input ``, ``samples=``) when more than one draw per input is asked of a
+    quantizer, whose code is the same at every draw."""
+    from daps.methods import method_spec
+
+    stochastic = method_spec(method).encoder != "quantizer"
+    if samples > 1 and not stochastic:
+        raise UserError(f"{setting}{samples}: {method} encodes deterministically: more draws would repeat the same "
+                        "code; use 1")
+    return stochastic
+
+
 def config_sha256(config: dict) -> str:
     """SHA-256 of a config's canonical JSON (sorted keys): the same config gives the same hash."""
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
@@ -124,7 +137,6 @@ def export_codes(
     from daps.data import check_run_data, dataset_spec, folder_dataset, labelled_split
     from daps.data.imagefolder import eval_batches
     from daps.data.transforms import fixed_subset
-    from daps.methods import method_spec
     from daps.progress import progress_bar
 
     if samples_per_input < 1:
@@ -135,12 +147,7 @@ def export_codes(
     vocab = model.vocab_size
     if vocab is None:
         raise UserError(f"{run} is a {cfg.method} run: its latent is continuous, there are no codes to export")
-    stochastic = method_spec(cfg.method).encoder != "quantizer"
-    if samples_per_input > 1 and not stochastic:
-        raise UserError(
-            f"{cfg.method} encodes deterministically: --samples-per-input {samples_per_input} would repeat the "
-            "same code; use 1"
-        )
+    stochastic = check_draws(cfg.method, samples_per_input, "--samples-per-input ")
     if data_dir:
         cfg.data.data_dir = data_dir
     spec = dataset_spec(cfg.data.name)

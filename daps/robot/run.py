@@ -108,10 +108,9 @@ def build_policy(cfg: RobotConfig, meta: dict[str, Any]) -> CommandPolicy:
 def codes_per_window(method: str, samples: int) -> int:
     """Codes drawn per window: ``samples`` from a stochastic encoder; a quantizer's code is the same at every draw,
     so it takes ``samples=1`` only (more would only repeat examples: refused, as ``export-codes`` refuses it)."""
-    from daps.methods import method_spec
+    from daps.codes import check_draws
 
-    if method_spec(method).encoder == "quantizer" and samples != 1:
-        raise UserError(f"samples={samples}: {method} encodes deterministically (one code per window); use samples=1")
+    check_draws(method, samples, "samples=")
     return samples
 
 
