@@ -265,13 +265,12 @@ def test_track_eval_prints_the_tracker_against_the_pd_servos(h1_and_clip, tmp_pa
 def tiny_tokenizer(tmp_path_factory):
     if not REAL_DIR:
         pytest.skip("DAPS_DATA_DIR not set (reads the real LAFAN1 H1 clips)")
+    from test_robot import TINY_TOKENIZER  # the robot tests' tiny motion tokenizer
+
     out = tmp_path_factory.mktemp("tok") / "run"
     torch.set_num_threads(1)
-    assert main(["train", "--preset", "lafan1-h1", "encoder.width=32", "encoder.num_heads=2", "encoder.vocab_size=16",
-                 "encoder.num_layers=1", "encoder.num_tokens=16", "decoder.embed_dim=32", "decoder.transformer_heads=2",
-                 "decoder.transformer_layers=1", "daps.num_samples=2", "train.batch_size=8", "train.steps=2",
-                 "train.eval_examples=16", "train.eval_batch_size=8", "train.progress=false", "train.logger=none",
-                 f"data.data_dir={REAL_DIR}", f"train.out_dir={out}"]) == 0
+    assert main(["train", "--preset", "lafan1-h1", *TINY_TOKENIZER, f"data.data_dir={REAL_DIR}",
+                 f"train.out_dir={out}"]) == 0
     return out
 
 
