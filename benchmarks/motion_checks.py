@@ -212,7 +212,7 @@ def main() -> int:
         "rendering": rendering(h1, walk, args.frames),
         "machine": cpu_name(), "torch": torch.__version__, "mujoco": import_mujoco().__version__,
         "commit": git_revision(), "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": "python benchmarks/motion_checks.py " + " ".join(sys.argv[1:]),
+        "command": " ".join(["python benchmarks/motion_checks.py", *sys.argv[1:]]),
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out, json.dumps(report, indent=2) + "\n")
