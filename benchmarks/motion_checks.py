@@ -106,7 +106,7 @@ def ground_truth_and_baselines(h1, data, fps: float) -> dict:
 
     from daps.motion.metrics import hold_first_pose, interpolate_keyframes, motion_metrics
 
-    truth = data.window_poses("val", torch.arange(0, len(data.val), 32))
+    truth = data.window_poses("val", torch.arange(0, len(data.val), 32, device="cpu"))
     gt = motion_metrics(h1, truth, truth, fps)
     keep = ("mpjpe_mm", "joint_error_deg", "foot_skating_m_s")
     return {
