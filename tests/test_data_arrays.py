@@ -86,10 +86,11 @@ def test_a_missing_file_folder_or_setting_is_one_line(tmp_path, capsys):
     for given, problem in ((f"data.data_dir={tmp_path / 'none.npz'}", "does not exist"),
                            (f"data.data_dir={tmp_path}", "is not a file"),
                            ("data.data_dir=", "name the .npz file of images"),
-                           (f"data.data_dir={tmp_path / 'notes.txt'}", "is not a readable .npz")):
+                           (f"data.data_dir={tmp_path / 'notes.txt'}", "is not an .npz archive (numpy.savez")):
         assert main(["train", *TINY, given, f"train.out_dir={tmp_path / 'run'}"]) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and problem in err, err
+        assert "pickle" not in err  # a text file is not "pickled data" to be loaded unsafely
     assert (tmp_path / "notes.txt").read_text() == "not an npz" and not (tmp_path / "run").exists()
 
 

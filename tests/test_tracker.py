@@ -15,6 +15,7 @@ import torch
 
 from daps.cli import main
 from daps.robot.tracker import (
+    CONTACT_GRACE,
     References,
     RunningNorm,
     TrackerConfig,
@@ -65,6 +66,36 @@ def test_running_statistics_are_those_of_all_batches_seen():
     np.testing.assert_allclose(norm.var.numpy(), both.var(0), rtol=1e-10)
     x = torch.from_numpy(both[:4])
     np.testing.assert_allclose(norm(x).numpy(), ((both[:4] - both.mean(0)) / both.std(0)).clip(-5, 5), rtol=1e-5)
+
+
+def test_a_damaged_reference_file_is_refused_in_one_line(tmp_path):
+    """Cut short, or with any one bit changed, references.npz is a UserError (not a traceback) or, where the bit
+    is one no reader checks (a zip header's date), reads back the same."""
+    from daps.errors import UserError
+    from daps.robot.tracker import load_references, save_references
+
+    rng = np.random.default_rng(0)
+    refs = References(["a"], [rng.normal(size=(64, 26))], [rng.normal(size=(64, 25))], [rng.normal(size=(64, 4, 3))],
+                      [np.zeros((2, 4), dtype=np.int64)], 32)
+    path = tmp_path / "references.npz"
+    save_references(path, {"train": refs, "val": refs})
+    whole = path.read_bytes()
+    assert np.array_equal(load_references(path)["val"].qvel[0], refs.qvel[0].astype(np.float32))
+    path.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(UserError, match="is not a readable tracker reference file"):
+        load_references(path)
+    refused = 0
+    for at in range(0, len(whole), 41):
+        path.write_bytes(whole[:at] + bytes([whole[at] ^ 1]) + whole[at + 1:])
+        try:
+            back = load_references(path)["train"]
+        except UserError as err:
+            assert "is not a readable tracker reference file" in str(err)
+            refused += 1
+            continue
+        pairs = zip(back.poses + back.qvel, refs.poses + refs.qvel)
+        assert all(np.array_equal(a, b.astype(np.float32)) for a, b in pairs)
+    assert refused > 0.8 * len(range(0, len(whole), 41))
 
 
 @pytest.fixture(scope="module")
@@ -133,18 +164,96 @@ def test_an_episode_ends_when_the_pelvis_leaves_the_reference_and_observations_a
     envs.reset(0, 0, 0)
     _, terminated, truncated, info = envs.step(np.zeros((1, 19)))
     assert terminated[0] and not truncated[0] and info["length"][0] == 1
+    refs = References(refs.names, refs.poses, refs.qvel, refs.ends, [np.arange(12).reshape(3, 4)], 32)  # 3 windows
     envs = TrackingEnvs(h1, refs, 1, _cfg(), FPS, np.random.default_rng(0))
     envs.reset(0, 0, 40)
     proprio, phase, codes, privileged = envs.observe()
     d = envs.data[0]
-    assert np.array_equal(proprio[0, :19], refs.poses[0][40][7:26]) and phase[0, 0] == 8 / 32
+    rot = d.xmat[envs.pelvis].reshape(3, 3)
+    # the phase and codes of the target frame (41: the second window), not of the frame the robot is in
+    assert np.array_equal(proprio[0, :19], refs.poses[0][40][7:26]) and phase[0, 0] == 9 / 32
     assert np.array_equal(proprio[0, 19:38], refs.qvel[0][40][6:25]) and np.array_equal(codes[0], refs.codes[0][1])
-    np.testing.assert_allclose(proprio[0, 41:44], d.xmat[envs.pelvis].reshape(3, 3).T @ [0, 0, -1.0])
-    assert np.array_equal(privileged[0, :19], refs.poses[0][41][7:26]) and np.all(privileged[0, 19:] == 0)
+    np.testing.assert_allclose(proprio[0, 41:44], rot.T @ [0, 0, -1.0])
+    assert np.array_equal(privileged[0, :19], refs.poses[0][41][7:26]) and np.all(privileged[0, 19:22] == 0)
+    np.testing.assert_allclose(privileged[0, 22:25], rot.T @ refs.qvel[0][40][:3])  # the pelvis's own frame
+    assert privileged[0, 25] == refs.poses[0][40][2]
+    envs.reset(0, 0, 31)  # the last frame of the first window: its target starts the second
+    _, phase, codes, _ = envs.observe()
+    assert phase[0, 0] == 0 and np.array_equal(codes[0], refs.codes[0][1])
 
 
 @needs_data
-def test_training_resumes_exactly_and_the_folder_holds_what_it_says(h1_and_clip, tmp_path, single_thread):
+def test_the_pelvis_orientation_and_angular_velocity_count_as_deepmimic_root_terms(h1_and_clip):
+    """Following a recording of itself exactly, against a reference whose pelvis is turned by theta about the
+    vertical and spins delta faster (from frame 1 on, so the start is the recording's): the pose term becomes
+    exp(-2 theta^2), the velocity term exp(-0.1 delta^2), the others stay 1. A reward blind to the pelvis's
+    orientation (the joints alone) scores 1."""
+    h1, refs = h1_and_clip
+    cfg = _cfg(action_scale=50.0)
+    first = TrackingEnvs(h1, refs, 1, cfg, FPS, np.random.default_rng(0))
+    first.reset(0, 0, 0)
+    poses, qvel, ends = [refs.poses[0][0].copy()], [refs.qvel[0][0].copy()], [refs.ends[0][0].copy()]
+    for _ in range(6):
+        first.step(np.zeros((1, 19)))
+        d = first.data[0]
+        poses.append(d.qpos[:26].copy())
+        qvel.append(d.qvel[:25].copy())
+        ends.append(first._ends(d))
+    theta, delta = 0.3, 0.5
+    turned, spun = np.array(poses), np.array(qvel)
+    half = np.array([np.cos(theta / 2), 0, 0, np.sin(theta / 2)])  # w, x, y, z about the vertical
+    for f in range(1, len(turned)):
+        w, v = turned[f, 3], turned[f, 4:7]
+        hw, hv = half[0], half[1:]
+        turned[f, 3:7] = [hw * w - hv @ v, *(hw * v + w * hv + np.cross(hv, v))]
+    spun[1:, 3] += delta
+    reference = References(["rec"], [turned], [spun], [np.array(ends)], [refs.codes[0]], 32)
+    follower = TrackingEnvs(h1, reference, 1, cfg, FPS, np.random.default_rng(0))
+    follower.reset(0, 0, 0)
+    follower.data[0].qpos[3:7] = poses[0][3:7]  # the recording's start (frame 0 is not turned anyway)
+    expect = 0.65 * np.exp(-2 * theta**2) + 0.1 * np.exp(-0.1 * delta**2) + 0.25
+    for t in range(5):
+        action = (refs.poses[0][t + 1][7:26] - turned[t + 1][7:26]) / cfg.action_scale
+        reward, terminated, _, _ = follower.step(action[None])
+        assert reward[0] == pytest.approx(expect, abs=1e-6), t
+        assert not terminated[0]
+
+
+@needs_data
+def test_a_body_on_the_floor_is_a_fall_only_where_the_reference_is_not_on_it(h1_and_clip):
+    """Lying as a get-up clip lies, the reference's own floor contacts (hands, knees, pelvis) do not end the
+    episode; the same contacts against a reference standing there do."""
+    from daps.motion.dataset import load_clip_features
+    from daps.robot.physics import reference_velocities
+
+    h1, _ = h1_and_clip
+    clips = load_clip_features(REAL_DIR)
+    name = sorted(n for n in clips.poses if n.startswith("fallAndGetUp"))[0]
+    poses = clips.poses[name].astype(np.float64)
+    lying = References([name], [poses], [reference_velocities(h1.model, poses, FPS)], [end_points(h1, poses)],
+                       [np.zeros((len(poses) // 32, 4), dtype=np.int64)], 32)
+    envs = TrackingEnvs(h1, lying, 1, _cfg(), FPS, np.random.default_rng(0))
+    on = lying.grounded[0] != 0
+    # frames well inside a stretch on the floor (so the reference itself touches it at the next frame)
+    down = np.flatnonzero([on[f - CONTACT_GRACE:f + CONTACT_GRACE + 2].all() for f in range(len(on))])
+    assert len(down) > 0.05 * len(poses)  # a get-up clip spends a good part of its time on the floor
+    starts = down[:: max(1, len(down) // 20)][:20]
+    ended = []
+    for first in starts:
+        envs.reset(0, 0, int(first))
+        ended.append(bool(envs.step(np.zeros((1, 19)))[1][0]))
+    assert np.mean(ended) < 0.2, np.mean(ended)
+    lying.grounded = [np.zeros_like(lying.grounded[0])]  # the same frames, as if the reference stood there
+    ended = []
+    for first in starts:
+        envs.reset(0, 0, int(first))
+        ended.append(bool(envs.step(np.zeros((1, 19)))[1][0]))
+    assert np.mean(ended) > 0.8, np.mean(ended)
+
+
+@needs_data
+def test_training_resumes_exactly_and_the_folder_holds_what_it_says(h1_and_clip, tmp_path, single_thread,
+                                                                      monkeypatch):
     h1, refs = h1_and_clip
     meta = {"num_tokens": 4, "vocab_size": 3, "fps": FPS, "window": 32, "data_dir": REAL_DIR}
     sets = {"train": refs, "val": refs}
@@ -186,6 +295,15 @@ def test_training_resumes_exactly_and_the_folder_holds_what_it_says(h1_and_clip,
     # kept (and trained on) at float32 precision, so that a resumed run tracks the same numbers
     assert np.array_equal(loaded["train"].poses[0], refs.poses[0].astype(np.float32).astype(np.float64))
     assert loaded["val"].names == refs.names and np.array_equal(loaded["train"].codes[0], refs.codes[0])
+    # A run of another tracker version (other observations and reward) is neither evaluated nor resumed: here the
+    # code moves on to a version 3.
+    from daps.robot import tracker
+
+    monkeypatch.setattr(tracker, "VERSION", tracker.VERSION + 1)
+    with pytest.raises(UserError, match="is a tracker of version 2, made by an earlier daps"):
+        load_tracker(whole)
+    with pytest.raises(UserError, match="is a tracker of version 2, made by an earlier daps"):
+        train_tracker(_cfg(out_dir=str(whole)), resume=True, h1=h1)
 
 
 @needs_data

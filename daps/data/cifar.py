@@ -23,8 +23,6 @@ import shutil
 import tarfile
 import tempfile
 import time
-import zipfile
-import zlib
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -32,7 +30,7 @@ import torch
 from PIL import Image
 
 from daps.data import paths
-from daps.data.paths import DATA_DIR_FIX, ImageSet, PathLike, check_split, dedupe, md5, user_roots
+from daps.data.paths import DATA_DIR_FIX, NPZ_ERRORS, ImageSet, PathLike, check_split, dedupe, md5, user_roots
 from daps.errors import UserError
 from daps.runfolder import publish_mode
 
@@ -302,7 +300,7 @@ def _read_npz(path: Path) -> tuple[np.lib.npyio.NpzFile, np.ndarray, np.ndarray]
         y = np.asarray(npz["y"])
         if "jpeg_bytes" not in npz.files:
             raise KeyError("jpeg_bytes is missing")
-    except (OSError, ValueError, KeyError, IndexError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+    except (KeyError, IndexError, *NPZ_ERRORS) as e:
         if isinstance(npz, np.lib.npyio.NpzFile):
             npz.close()
         raise UserError(f"{path}: not a CIFAR-10 JPEG npz with keys jpeg_bytes, offsets, y ({e})") from e
@@ -410,7 +408,7 @@ def load_cifar10_jpeg(split: str, data_dir: PathLike | None = None) -> ImageSet:
             t0 = time.perf_counter()
             try:
                 jpeg_bytes = np.asarray(npz["jpeg_bytes"])
-            except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:  # CRC / deflate errors
+            except NPZ_ERRORS as e:  # CRC / deflate errors
                 raise UserError(f"{path}: its jpeg_bytes cannot be read ({e}); the file is damaged: replace it") from e
             images = _decode_all(path, jpeg_bytes, offsets)
             log.info("decoded %d JPEGs of %s in %.1f s; caching them at %s", n, path.name,

@@ -13,6 +13,8 @@ import os
 import shutil
 import time
 import urllib.request
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union
@@ -25,6 +27,10 @@ from daps.runfolder import file_digest
 
 STALE_AFTER_S = 3600.0
 """Age after which a download's or unpack's temporary in the cache is taken as left by a killed process."""
+NPZ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError, RuntimeError)
+"""What reading a damaged or foreign .npz can raise besides a missing key: a file cut short (EOFError, BadZipFile),
+a changed byte (BadZipFile's CRC check, zlib.error; NotImplementedError for a compression method zipfile does not
+know, RuntimeError for an "encrypted" flag), a pickled array (ValueError)."""
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -168,12 +174,12 @@ def named_npz(data_dir: PathLike | None, dataset: str, holds: str) -> Path:
 def read_npz(path: Path, dataset: str, keys: tuple[str, ...] | None = None) -> dict[str, Any]:
     """The arrays ``keys`` (all when None) that npz ``path`` has, read without unpickling anything; a UserError
     naming the file and ``dataset`` when it is not a readable npz of plain arrays."""
-    import zipfile
-
+    if not zipfile.is_zipfile(path):
+        raise UserError(f"{dataset}: {path} is not an .npz archive (numpy.savez or savez_compressed writes one)")
     try:
         with np.load(path, allow_pickle=False) as npz:
             return {key: npz[key] for key in (npz.files if keys is None else keys) if key in npz.files}
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as err:  # ValueError: a pickled (object) array
+    except NPZ_ERRORS as err:  # ValueError: a pickled (object) array
         why = f"{type(err).__name__}: {err}"
         raise UserError(f"{dataset}: {path} is not a readable .npz of plain arrays ({why})") from None
 

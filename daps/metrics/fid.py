@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import zipfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from daps.data.paths import NPZ_ERRORS
 from daps.errors import UserError
 from daps.runfolder import atomic_path, check_output_file
 
@@ -285,7 +285,7 @@ def load_fid_stats(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, int
         with f:
             keys = list(f.files)
             arrays = {k: f[k] for k in ("mu", "sigma", "num_images", "meta") if k in keys}
-    except (zipfile.BadZipFile, EOFError, KeyError, ValueError) as err:  # truncated, corrupt or not an npz
+    except (KeyError, *NPZ_ERRORS) as err:  # truncated, corrupt or not an npz
         raise UserError(f"{path}: not a readable .npz of FID statistics ({err})") from None
     if "mu" not in arrays or "sigma" not in arrays:
         raise UserError(f"{path}: FID statistics need arrays 'mu' and 'sigma'; found {keys}")

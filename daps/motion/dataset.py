@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import zipfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence, TypeVar, Union
@@ -23,7 +22,7 @@ from typing import Any, Sequence, TypeVar, Union
 import numpy as np
 import torch
 
-from daps.data.paths import PathLike, cache_root
+from daps.data.paths import NPZ_ERRORS, PathLike, cache_root
 from daps.errors import UserError
 from daps.motion.features import (
     FEATURE_VERSION,
@@ -161,7 +160,7 @@ def _read_cache(path: Path) -> ClipArrays | None:
             names = [str(n) for n in z["names"]]
             bounds = np.concatenate([[0], np.cumsum(z["lengths"])])
             poses, feats = z["poses"], z["features"]
-    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as e:
+    except (KeyError, *NPZ_ERRORS) as e:
         log.warning("ignoring unreadable motion feature cache %s (%s); rebuilding it", path, e)
         return None
     if poses.shape[1:] != (POSE_DIM,) or feats.shape[1:] != (NUM_FEATURES,) or bounds[-1] != len(poses):

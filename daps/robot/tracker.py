@@ -12,16 +12,20 @@ frames in an hour on one core; docs/robot.md has the numbers and what a GPU woul
 - **Simulation**: the H1 with the floor at 17 physics steps per 30 fps frame (1.96 ms). Each hinge is a PD servo
   (the gains of :data:`daps.robot.physics.JOINT_GAINS`, torques clipped to the motor's range) toward a target
   the policy sets once per frame: the reference's joint angles of the next frame plus ``action_scale`` times the
-  action (clipped to [-1, 1]).
+  action (clipped to +-``action_clip``).
 - **Observations**: the actor sees proprioception (19 joint angles and velocities, the pelvis's angular velocity
-  and the gravity direction in the pelvis frame, its previous action), the phase within the window (frame / T) and
-  the current window's T codes (embedded and mixed by a linear layer), not the reference itself. The critic also
-  sees the reference's next joint angles and the pelvis's offset from the reference (privileged).
-- **Reward** (DeepMimic's, weights 0.65 / 0.1 / 0.15 / 0.1): exp(-2 sum joint angle error^2), exp(-0.1 sum joint
-  velocity error^2), exp(-40 sum end-point error^2) (toes and hands, relative to the pelvis) and exp(-10 pelvis
-  position error^2). An episode starts at a random frame of a random training reference, in the reference's pose
-  and velocity, and ends when the pelvis is ``terminate_distance`` off the reference or a body other than the
-  feet touches the floor (a fall), or at the reference's end or ``episode_seconds`` (a time limit: its value is
+  and the gravity direction in the pelvis frame, its previous action), the target frame's phase within its window
+  (frame / T) and that window's T codes (embedded and mixed by a linear layer), not the reference itself
+  (``actor_sees_reference``: it does, a diagnostic). The critic also sees the reference's next joint angles, the
+  pelvis's offset from the reference, its velocity in its own frame and its height (privileged).
+- **Reward** (DeepMimic's, weights 0.65 / 0.1 / 0.15 / 0.1): exp(-2 pose error), exp(-0.1 velocity error),
+  exp(-40 sum end-point error^2) (toes and hands, relative to the pelvis) and exp(-10 pelvis position error^2);
+  the pose error is the sum of squared joint angle errors plus the squared angle between the pelvis's orientation
+  and the reference's, the velocity error the same over joint velocities and the pelvis's angular velocity (as
+  DeepMimic's root terms). An episode starts at a random frame of a random training reference, in the reference's
+  pose and velocity, and ends when the pelvis is ``terminate_distance`` off the reference or a body other than the
+  feet touches the floor where the reference's does not (within ``CONTACT_GRACE`` frames: a fall; the get-up
+  clips lie on the floor), or at the reference's end or ``episode_seconds`` (a time limit: its value is
   bootstrapped).
 - **PPO**: ``envs`` simulations step together for ``horizon`` frames; advantages by GAE (gamma, lambda), the
   clipped surrogate, a value loss, a Gaussian policy with a learned log standard deviation; inputs standardized
@@ -54,6 +58,7 @@ from daps.checkpoint import (
     resolve_checkpoint,
     save_checkpoint,
 )
+from daps.data.paths import NPZ_ERRORS
 from daps.errors import UserError
 from daps.motion.h1 import SCENE_FILE
 from daps.provenance import JOBS_FILE, record_job
@@ -62,6 +67,7 @@ from daps.runfolder import (
     atomic_path,
     clear_folder,
     has_content,
+    is_output_folder,
     write_json_atomic,
     write_marker,
 )
@@ -78,7 +84,14 @@ REWARD_WEIGHTS = (0.65, 0.1, 0.15, 0.1)
 REWARD_SCALES = (2.0, 0.1, 40.0, 10.0)
 """DeepMimic's weights and scales of its pose, velocity, end-effector and root terms (Peng et al. 2018, Sec. 5)."""
 PROPRIO_DIM = 19 + 19 + 3 + 3 + 19
-PRIVILEGED_DIM = 19 + 3
+PRIVILEGED_DIM = 19 + 3 + 3 + 1
+CONTACT_GRACE = 3
+"""Frames either side of the reference's within which its own floor contacts (a hand, a knee) are not a fall."""
+VERSION = 2
+"""What a tracker run folder's networks, observations and reward are (``config.json``'s ``version``): 2 added the
+pelvis's orientation and angular velocity to the reward, the target frame's window to the actor, velocity and
+height to the critic, and the reference's own floor contacts to the fall rule. A run of another version is
+refused, not resumed or evaluated under rules it was not trained with."""
 
 
 @dataclass
@@ -92,10 +105,11 @@ class TrackerConfig:
     frames: int = 2_000_000
     """Simulated frames to train for, over all environments (the run's length)."""
     envs: int = 16
-    horizon: int = 64
+    horizon: int = 256
     """Frames each environment steps per update (an update learns from envs * horizon frames)."""
     epochs: int = 4
-    minibatch: int = 256
+    minibatch: int = 1024
+    """Frames per Adam step (with smaller ones the noise of each step alone uses up ``target_kl``)."""
     lr: float = 3e-4
     """Adam's first step size; with ``target_kl`` it then follows the policy's change (below)."""
     target_kl: float = 0.01
@@ -111,6 +125,8 @@ class TrackerConfig:
     init_std: float = 0.3
     action_scale: float = 0.25
     """Radians per unit of action added to the reference's joint angles."""
+    action_clip: float = 4.0
+    """Actions are clipped to +-this (with the scale, +-1 rad from the reference: room to catch a fall)."""
     hidden: int = 256
     """Width of the actor's and the critic's three hidden layers (the paper's: 2048, 1024, 512)."""
     code_dim: int = 8
@@ -120,6 +136,10 @@ class TrackerConfig:
     setting) or ``ground-truth`` (the clips themselves; the codes still come from the tokenizer)."""
     terminate_distance: float = 0.3
     episode_seconds: float = 10.0
+    actor_sees_reference: bool = False
+    """A diagnostic: the actor also gets the critic's privileged inputs (the reference's next joint angles, the
+    pelvis's offset from the reference, ...), as DeepMimic's policy does. A tracker that learns this way and not
+    from the codes points at the codes, not at PPO or the simulation."""
     seed: int = 0
     eval_every: int = 20
     """Updates between evaluations on the validation references."""
@@ -133,7 +153,8 @@ class TrackerConfig:
                      "ckpt_every", "keep_checkpoints"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("lr", "init_std", "action_scale", "terminate_distance", "episode_seconds", "grad_clip", "clip"):
+        for name in ("lr", "init_std", "action_scale", "action_clip", "terminate_distance", "episode_seconds",
+                     "grad_clip", "clip"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise UserError(f"{name} must be a positive number, got {value}")
@@ -159,8 +180,10 @@ class TrackerConfig:
 
 @dataclass
 class References:
-    """Decoded reference motions of one split: per clip, ``poses (N, 26)``, ``qvel (N, 26)``, end points relative
-    to the pelvis ``ends (N, 4, 3)`` and the codes of its windows ``codes (N // T, T)``."""
+    """Decoded reference motions of one split: per clip, ``poses (N, 26)``, ``qvel (N, 25)``, end points relative
+    to the pelvis ``ends (N, 4, 3)`` and the codes of its windows ``codes (N // T, T)``. ``grounded``: per clip
+    ``(N,)`` bit masks of the bodies other than the feet that touch the floor near each frame (computed by
+    :class:`TrackingEnvs` on first use)."""
 
     names: list[str]
     poses: list[np.ndarray]
@@ -168,6 +191,7 @@ class References:
     ends: list[np.ndarray]
     codes: list[np.ndarray]
     window: int
+    grounded: list[np.ndarray] | None = None
 
     def __len__(self) -> int:
         return len(self.names)
@@ -252,7 +276,7 @@ def load_references(path: Path) -> dict[str, References]:
                                   for i in range(len(names))] for key in ("poses", "qvel", "ends", "codes")}
                 sets[split] = References(names, per_clip["poses"], per_clip["qvel"], per_clip["ends"],
                                          per_clip["codes"], int(z[f"{split}/window"]))
-    except (OSError, KeyError, ValueError, EOFError) as err:
+    except (KeyError, *NPZ_ERRORS) as err:
         raise UserError(f"{path} is not a readable tracker reference file ({type(err).__name__}: {err})") from None
     return sets
 
@@ -291,7 +315,8 @@ class TrackingEnvs:
         self.data = [mujoco.MjData(model) for _ in range(n)]
         self.pelvis = int(h1.body_ids[0])
         feet = {mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_BODY, name) for name in FOOT_BODIES}
-        self.allowed = np.array(sorted(feet | {0}))  # the feet (and the floor, world body 0) may touch the floor
+        # bit b of a mask: body b, other than the feet and the floor (world body 0), touches the floor
+        self.body_bit = np.array([0 if b == 0 or b in feet else 1 << b for b in range(model.nbody)], dtype=np.int64)
         self.end_bodies = [mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_BODY, p.body) for p in END_POINTS]
         self.end_offsets = np.array([p.offset for p in END_POINTS])
         self.max_frames = max(1, int(round(cfg.episode_seconds * fps)))
@@ -300,8 +325,34 @@ class TrackingEnvs:
         self.age = np.zeros(n, dtype=np.int64)
         self.prev_action = np.zeros((n, 19))
         self.state_size = mujoco.mj_stateSize(model, mujoco.mjtState.mjSTATE_INTEGRATION)
+        if refs.grounded is None:
+            refs.grounded = [self._reference_contacts(poses) for poses in refs.poses]
         for i in range(n):
             self.reset(i)
+
+    def _on_floor(self, d: Any) -> int:
+        """The bodies other than the feet that touch the floor in ``d``'s contacts, as a bit mask."""
+        if not d.ncon:
+            return 0
+        bodies = self.model.geom_bodyid[d.contact.geom[: d.ncon]]  # (ncon, 2)
+        floor = (bodies == 0).any(1)
+        return int(np.bitwise_or.reduce(self.body_bit[bodies[floor]].ravel(), initial=0))
+
+    def _reference_contacts(self, poses: np.ndarray) -> np.ndarray:
+        """``(N,)`` masks of the bodies other than the feet on the floor in the reference ``poses (N, 26)`` within
+        :data:`CONTACT_GRACE` frames of each frame: touching there is the motion (a get-up), not a fall."""
+        d = self.mj.MjData(self.model)
+        own = np.zeros(len(poses), dtype=np.int64)
+        for f, pose in enumerate(poses):
+            d.qpos[:26] = pose
+            self.mj.mj_kinematics(self.model, d)
+            self.mj.mj_collision(self.model, d)
+            own[f] = self._on_floor(d)
+        near = own.copy()
+        for shift in range(1, CONTACT_GRACE + 1):
+            near[shift:] |= own[:-shift]
+            near[:-shift] |= own[shift:]
+        return near
 
     def __len__(self) -> int:
         return len(self.data)
@@ -327,20 +378,23 @@ class TrackingEnvs:
         return d.xpos[self.end_bodies] + np.einsum("pij,pj->pi", rot, self.end_offsets) - d.qpos[:3]
 
     def observe(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """``proprio (n, 63)``, ``phase (n, 1)``, the current window's ``codes (n, tokens)`` and ``privileged
-        (n, 22)`` (the critic's extra inputs)."""
+        """``proprio (n, 63)``, the target (next) frame's ``phase (n, 1)`` in its window and that window's ``codes
+        (n, tokens)``, and ``privileged (n, 26)`` (the critic's extra inputs: the reference's next joint angles, the
+        pelvis's offset from the reference now, its linear velocity in its own frame and its height)."""
         n, t = len(self), self.refs.window
         proprio, privileged = np.empty((n, PROPRIO_DIM)), np.empty((n, PRIVILEGED_DIM))
         codes = []
+        target = self.frame + 1
         for i, d in enumerate(self.data):
             rot = d.xmat[self.pelvis].reshape(3, 3)
             proprio[i] = np.concatenate([d.qpos[7:26], d.qvel[6:25], d.qvel[3:6], rot.T @ np.array([0.0, 0, -1.0]),
                                          self.prev_action[i]])
             c, f = self.clip[i], self.frame[i]
             nxt = self.refs.poses[c][min(f + 1, len(self.refs.poses[c]) - 1)]
-            privileged[i] = np.concatenate([nxt[7:26], d.qpos[:3] - self.refs.poses[c][f][:3]])
-            codes.append(self.refs.codes[c][min(f // t, len(self.refs.codes[c]) - 1)])
-        phase = ((self.frame % t) / t)[:, None].astype(np.float64)
+            privileged[i] = np.concatenate([nxt[7:26], d.qpos[:3] - self.refs.poses[c][f][:3], rot.T @ d.qvel[:3],
+                                            d.qpos[2:3]])
+            codes.append(self.refs.codes[c][min(target[i] // t, len(self.refs.codes[c]) - 1)])
+        phase = ((target % t) / t)[:, None].astype(np.float64)
         return proprio, phase, np.stack(codes), privileged
 
     def step(self, actions: np.ndarray, active: np.ndarray | None = None
@@ -350,7 +404,7 @@ class TrackingEnvs:
         the time limit ended), and per environment the finished episode's ``length`` (frames; 0 for one still
         running). A finished environment must be reset (:meth:`reset`) before it is stepped again."""
         mj, n = self.mj, len(self)
-        a = np.clip(actions, -1.0, 1.0)
+        a = np.clip(actions, -self.cfg.action_clip, self.cfg.action_clip)
         reward, terminated, truncated = np.zeros(n), np.zeros(n, bool), np.zeros(n, bool)
         lengths = np.zeros(n, dtype=np.int64)
         w, s = REWARD_WEIGHTS, REWARD_SCALES
@@ -362,11 +416,13 @@ class TrackingEnvs:
             d.ctrl[self.servo] = ref[7 + self.act_joint[self.servo]] + self.cfg.action_scale * a[i][self.act_joint[
                 self.servo]]
             mj.mj_step(self.model, d, nstep=self.substeps)
-            bodies = self.model.geom_bodyid[d.contact.geom[: d.ncon]]  # (ncon, 2): the bodies touching
-            fell = bool(np.any((bodies == 0).any(1) & ~np.isin(bodies, self.allowed).all(1) if d.ncon else False))
+            fell = bool(self._on_floor(d) & ~self.refs.grounded[c][f])  # type: ignore[index]
             mj.mj_kinematics(self.model, d)  # body positions of the state reached (mj_step leaves the previous)
-            pose_err = float(np.sum((d.qpos[7:26] - ref[7:26]) ** 2))
-            vel_err = float(np.sum((d.qvel[6:25] - self.refs.qvel[c][f][6:25]) ** 2))
+            quat, ref_quat = d.qpos[3:7], ref[3:7]
+            cos = abs(float(np.dot(quat, ref_quat))) / float(np.linalg.norm(quat) * np.linalg.norm(ref_quat))
+            turn = 2.0 * math.acos(min(1.0, cos))  # the pelvis's rotation away from the reference's, rad
+            pose_err = float(np.sum((d.qpos[7:26] - ref[7:26]) ** 2)) + turn ** 2
+            vel_err = float(np.sum((d.qvel[3:25] - self.refs.qvel[c][f][3:25]) ** 2))  # angular: pelvis and joints
             end_err = float(np.sum((self._ends(d) - self.refs.ends[c][f]) ** 2))
             root_err = float(np.sum((d.qpos[:3] - ref[:3]) ** 2))
             reward[i] = (w[0] * math.exp(-s[0] * pose_err) + w[1] * math.exp(-s[1] * vel_err)
@@ -451,7 +507,8 @@ class Tracker(nn.Module):
         self.critic_embed = nn.Embedding(vocab_size, cfg.code_dim)
         self.critic_mix = nn.Linear(num_tokens * cfg.code_dim, 64)
         self.norm = RunningNorm(PROPRIO_DIM + PRIVILEGED_DIM)
-        self.actor = _mlp(PROPRIO_DIM + 1 + 64, cfg.hidden, 19)
+        self.own = PROPRIO_DIM + PRIVILEGED_DIM if cfg.actor_sees_reference else PROPRIO_DIM  # the actor's inputs
+        self.actor = _mlp(self.own + 1 + 64, cfg.hidden, 19)
         self.critic = _mlp(PROPRIO_DIM + PRIVILEGED_DIM + 1 + 64, cfg.hidden, 1)
         self.log_std = nn.Parameter(torch.full((19,), math.log(cfg.init_std)))
         last = self.actor[-1]
@@ -464,7 +521,7 @@ class Tracker(nn.Module):
         x = self.norm(torch.cat([proprio, privileged], -1))
         goal = torch.tanh(self.mix(self.embed(codes).flatten(1)))
         critic_goal = torch.tanh(self.critic_mix(self.critic_embed(codes).flatten(1)))
-        own = torch.cat([x[:, :PROPRIO_DIM], phase.float(), goal], -1)
+        own = torch.cat([x[:, :self.own], phase.float(), goal], -1)
         return own, torch.cat([x, phase.float(), critic_goal], -1)
 
     def forward(self, proprio, phase, codes, privileged) -> tuple[torch.distributions.Normal, torch.Tensor]:
@@ -523,6 +580,18 @@ def _references(cfg: TrackerConfig) -> tuple[dict[str, References], dict[str, An
     return sets, meta
 
 
+def check_version(path: Path) -> None:
+    """UserError unless the tracker ``config.json`` at ``path`` is of this daps's :data:`VERSION` (an unreadable
+    file is left to the caller's own check)."""
+    try:
+        found = json.loads(path.read_text()).get("version", 1)
+    except (OSError, ValueError, AttributeError):
+        return
+    if found != VERSION:
+        raise UserError(f"{path.parent} is a tracker of version {found}, made by an earlier daps; this one trains and "
+                        f"evaluates version {VERSION} (other observations and reward): train a new tracker")
+
+
 def tracker_h1(cfg: TrackerConfig, meta: dict[str, Any]) -> Any:
     """The H1 a tracker simulates: from the run's ``data_dir`` when it names one, else the tokenizer's data folder
     (the references' header), else ``$DAPS_DATA_DIR``; refused without its floor (``scene.xml``)."""
@@ -544,6 +613,8 @@ def train_tracker(cfg: TrackerConfig, resume: bool = False, overwrite: bool = Fa
 
     cfg.validate()
     run_dir = Path(cfg.out_dir)
+    if resume and is_output_folder(run_dir, KIND) and (run_dir / "config.json").is_file():
+        check_version(run_dir / "config.json")
     ckpt = prepare_folder(cfg, resume, overwrite, kind=KIND)
     saved = resume and (run_dir / REFERENCES_FILE).is_file()
     config_path = run_dir / "config.json"
@@ -560,7 +631,7 @@ def train_tracker(cfg: TrackerConfig, resume: bool = False, overwrite: bool = Fa
         if saved:
             sets = load_references(run_dir / REFERENCES_FILE)
             meta = json.loads(config_path.read_text())["references"]
-        config = {KIND: settings_record(cfg), "references": meta}
+        config = {"version": VERSION, KIND: settings_record(cfg), "references": meta}
         if ckpt is None:
             write_json_atomic(config_path, config)
         if not saved:
@@ -796,6 +867,7 @@ def load_tracker(path: str | Path) -> tuple[Tracker, TrackerConfig, dict[str, An
     header and the references."""
     ckpt = resolve_checkpoint(path)
     refuse_other_kind(ckpt, path, KIND, "a tracker (daps robot track-train)")
+    check_version(ckpt / "config.json")
     try:
         config = json.loads((ckpt / "config.json").read_text())
         cfg = TrackerConfig(**config[KIND])
