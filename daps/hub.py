@@ -127,6 +127,8 @@ def model_card(model: Method, metrics: dict[str, Any] | None = None, step: int |
               "it was not recorded (saved from Python, not exported from a run):"),
         "", "```bash", training_command(cfg, world_size), "```",
     ]
+    if not jobs and step is not None:  # a run of an earlier daps, or its provenance.json lost or damaged
+        lines += ["", "Trained on:", "", f"- steps 0-{step}: not recorded"]
     if jobs and step is not None:
         lines += ["", "Trained on:", ""]
         if jobs[0]["from_step"] > 0:

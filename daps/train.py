@@ -11,6 +11,7 @@ stream shuffled epochs (see :mod:`daps.data`).
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -250,6 +251,7 @@ def train(
         torch.cuda.set_device(device)
     elif device.type == "cuda" and device.index is not None:
         torch.cuda.set_device(device)  # --device cuda:1: streams and graphs are made on the current device
+    cfg = absolute_data_dir(cfg)
     run_dir = Path(cfg.train.out_dir)
     _check_cuda_graph(cfg, device, world)
     check_logger(cfg.train.logger)  # a missing tensorboard / wandb package
@@ -267,6 +269,18 @@ def train(
                     (run_dir / name).unlink(missing_ok=True)
                 remove_empty_folders(created)
         dist.teardown()
+
+
+def absolute_data_dir(cfg: Config) -> Config:
+    """``cfg`` with ``data.data_dir`` as an absolute path (a copy; unchanged when empty or absolute already), so that
+    the run's config.json leads ``daps eval``, ``export-codes`` or a resume started in another folder to the same
+    data."""
+    given = cfg.data.data_dir
+    if not given or Path(given).expanduser().is_absolute() and not given.startswith("~"):
+        return cfg
+    out = copy.deepcopy(cfg)
+    out.data.data_dir = str(Path(given).expanduser().absolute())
+    return out
 
 
 @dataclass
@@ -448,7 +462,7 @@ def _train(cfg: Config, resume: bool, overwrite: bool, device: torch.device, ran
         log.info("%s already finished step %d; nothing to do", run_dir, end_step)
         return run_dir
     s = _setup(cfg, state, device, rank, world)
-    if not plan.clear_first:  # before the run's data files are rewritten with today's data
+    if state is not None:  # a resumed run: before its data files are rewritten with today's data
         check_run_data(run_dir, cfg.data)
     metrics_file = None
     try:

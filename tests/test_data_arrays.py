@@ -71,6 +71,11 @@ def test_pixels_map_to_minus_one_one_and_back():
           train_labels=np.array([0.0, 1.0, 2.0])), "must be 3 integers >= 0"),
     (dict(train=np.array([np.zeros(2), "x"], dtype=object), test=np.zeros((3, 4, 4), np.uint8)),
      "is not a readable .npz of plain arrays"),  # a pickled array: never unpickled
+    # what only the two splits together tell, refused before training rather than first by export-codes
+    (dict(train=np.zeros((3, 4, 4), np.uint8), test=np.zeros((3, 5, 5), np.uint8)),
+     "holds train images of shape (4, 4) and test images of shape (5, 5): both splits must hold images of one size"),
+    (dict(train=np.zeros((3, 4, 4), np.uint8), test=np.zeros((3, 4, 4), np.uint8), train_labels=np.arange(3),
+          class_names=np.array(["a", "b"])), "['class_names'] must be 3 or more strings"),
 ])
 def test_a_malformed_file_is_one_line_naming_it_and_what_is_wrong(tmp_path, capsys, arrays, problem):
     path = tmp_path / "bad.npz"
@@ -79,6 +84,16 @@ def test_a_malformed_file_is_one_line_naming_it_and_what_is_wrong(tmp_path, caps
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and str(path) in err and problem in err, err
     assert not (tmp_path / "run").exists()
+
+
+def test_labels_in_one_split_only_are_warned_about(tmp_path, caplog):
+    from daps.data.arrays import load_arrays
+
+    path = tmp_path / "half.npz"
+    np.savez(path, train=_images(6, 0), test=_images(4, 1), train_labels=np.arange(6) % 2)
+    with caplog.at_level("WARNING"):
+        assert load_arrays("train", path).labels.tolist() == [0, 1, 0, 1, 0, 1]
+    assert "has train_labels but no test_labels: every test image is labelled 0" in caplog.text
 
 
 def test_a_missing_file_folder_or_setting_is_one_line(tmp_path, capsys):
@@ -155,6 +170,24 @@ def test_fid_stats_takes_the_files_image_size(tmp_path, capsys):
     assert main(["fid-stats", "arrays", "--data-dir", str(path), "--image-size", "32",
                  "--out", str(tmp_path / "s.npz")]) == 2
     assert "--image-size: arrays images are 16 pixels" in capsys.readouterr().err
+
+
+def test_a_relative_data_path_is_kept_absolute_and_a_fresh_run_warns_of_nothing(npz, tmp_path, capsys, caplog,
+                                                                                 monkeypatch):
+    """Trained with data.data_dir relative to the working folder, the run's config names the file absolutely, so
+    eval from another folder finds it; a new run does not warn that its data record is missing (it writes it)."""
+    monkeypatch.chdir(npz.parent)
+    with caplog.at_level("WARNING"):
+        assert main(["train", *TINY, f"data.data_dir={npz.name}", "train.out_dir=run"]) == 0
+    assert "is missing" not in caplog.text, caplog.text
+    run = npz.parent / "run"
+    assert json.loads((run / "config.json").read_text())["data"]["data_dir"] == str(npz)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    capsys.readouterr()
+    assert main(["eval", str(run), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["num_images"] == 12
 
 
 def test_a_run_copied_without_its_data_record_is_evaluated_with_a_warning(npz, tmp_path, capsys, caplog):

@@ -69,6 +69,14 @@ def test_windows_are_clip_slices_standardized_with_the_training_clips_statistics
     assert labelled_split(_data(npz), "train").class_names == split.class_names
 
 
+def test_clips_shorter_than_a_window_are_named_in_a_warning(npz, caplog):
+    with caplog.at_level("WARNING"):
+        loaded = sequence_data(_data(npz, window=50))  # test/v1 has 40 frames: no window
+    assert "1 clip(s) of" in caplog.text and "shorter than a window of 50 frames" in caplog.text
+    assert "test/v1 (40 frames)" in caplog.text and "v0" not in caplog.text
+    assert len(loaded.test) == 60 - 50 + 1
+
+
 def test_metrics_known_answers(npz):
     metrics = SequenceMetrics(_data(npz))
     x = torch.randn(3, 1, 16, F, generator=torch.Generator().manual_seed(0))

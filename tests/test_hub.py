@@ -76,6 +76,13 @@ def test_model_card_says_where_the_exported_steps_were_trained(trained_run, tmp_
     lines = card.split("Trained on:\n\n")[1].split("\n\n")[0].splitlines()
     assert lines[0] == "- steps 0-1: not recorded" and lines[1].startswith(f"- steps 1-{step}: cpu (machine A), ")
     assert len(lines) == 2 and "machine B" not in card
+    # No record at all (lost, or garbage): the card says so rather than leaving the origin out.
+    for record in (None, "garbage"):
+        (run / JOBS_FILE).unlink(missing_ok=True)
+        if record:
+            (run / JOBS_FILE).write_text(record)
+        card = (daps.hub.export_run(run, tmp_path / f"c{record}") / "README.md").read_text()
+        assert card.split("Trained on:\n\n")[1].splitlines()[0] == f"- steps 0-{step}: not recorded"
 
 
 def test_model_card_names_what_it_is_and_rebuilds_the_config(trained_run, tmp_path):

@@ -475,6 +475,7 @@ def test_robot_bad_requests_are_one_line(tiny_policy, tmp_path, capsys, trained_
         (["robot", "train", str(tok), "--out", str(tok), "--overwrite"], "is not a daps robot folder"),
         (["robot", "train", str(tok), "--out", str(tmp_path / "p"), "stride=5"], "must divide"),
         (["robot", "train", str(tok), "--out", str(tmp_path / "p"), "colour=blue"], "unknown setting"),
+        (["robot", "train", str(tok), "--out", str(tmp_path / "p"), "steps"], "'steps' is not a key=value setting"),
         (["robot", "plan", str(policy), "--motion", "walk", "--seconds", "nan", "--out", out], "--seconds"),
         (["robot", "plan", str(policy), "--motion", "walk", "--seconds", "inf", "--out", out], "--seconds"),
         (["robot", "plan", str(policy), "--motion", "walk", "--temperature", "0", "--out", out], "--temperature"),

@@ -285,7 +285,9 @@ def test_training_resumes_exactly_and_the_folder_holds_what_it_says(h1_and_clip,
     assert {p.name for p in whole.iterdir()} <= ENTRIES | {MARKER, LOCK}
     # A finished run resumed: nothing to do, no job recorded; resumed past its end: refused.
     jobs = read_jobs(whole)
+    before = {p: p.stat().st_mtime_ns for p in whole.rglob("*") if p.is_file() and p.name != ".lock"}
     assert train_tracker(_cfg(out_dir=str(whole)), resume=True, h1=h1) == whole and read_jobs(whole) == jobs
+    assert {p: p.stat().st_mtime_ns for p in whole.rglob("*") if p.is_file() and p.name != ".lock"} == before
     from daps.errors import UserError
 
     with pytest.raises(UserError, match="cannot resume .* at update 4: frames=32 ends it at update 2"):

@@ -15,6 +15,7 @@ changed since.
 
 from __future__ import annotations
 
+import logging
 import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -29,9 +30,11 @@ from daps.runfolder import file_digest
 if TYPE_CHECKING:
     from daps.config import DataConfig
 
+log = logging.getLogger("daps")
 
 RUN_FILE = "arrays_data.json"
 """What an ``arrays`` run saves about its file."""
+
 
 def arrays_file(data_dir: PathLike | None) -> Path:
     """The ``.npz`` file named by ``data_dir`` (see :func:`daps.data.paths.named_npz`)."""
@@ -63,7 +66,25 @@ def load_arrays(split: str, data_dir: PathLike | None = None) -> ImageSet:
     if len(images) == 0:
         raise UserError(f"arrays: {path}[{split!r}] holds no images")
     labels = _checked_labels(found.get(f"{split}_labels"), len(images), path, split)
+    if split == "train":
+        _check_splits_agree(path)
     return ImageSet(torch.from_numpy(np.ascontiguousarray(images)), torch.from_numpy(labels), "arrays")
+
+
+def _check_splits_agree(path: Path) -> None:
+    """What only both splits together can tell, checked when training reads the file rather than first when
+    ``export-codes`` does: images of one size, class names for every label; a warning when only one split has
+    labels (the other's images are all labelled 0)."""
+    shapes = _stored_shapes(path)
+    if "test" in shapes and shapes["train"][1:] != shapes["test"][1:]:
+        raise UserError(f"arrays: {path} holds train images of shape {tuple(shapes['train'][1:])} and test images of "
+                        f"shape {tuple(shapes['test'][1:])}: both splits must hold images of one size and layout")
+    labelled = [split for split in ("train", "test") if f"{split}_labels" in shapes]
+    if len(labelled) == 1:
+        other = "test" if labelled == ["train"] else "train"
+        log.warning("arrays: %s has %s_labels but no %s_labels: every %s image is labelled 0", path, labelled[0],
+                    other, other)
+    class_names(path)
 
 
 def _missing(path: Path, split: str) -> NoReturn:

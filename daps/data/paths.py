@@ -167,7 +167,8 @@ def named_npz(data_dir: PathLike | None, dataset: str, holds: str) -> Path:
     path = Path(data_dir).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"{dataset}: {path} {'is not a file' if path.exists() else 'does not exist'} "
-                                "(data.data_dir names the .npz file)")
+                                "(data.data_dir=FILE.npz for train and compare, --data-dir FILE.npz for eval and "
+                                "export-codes)")
     return path
 
 

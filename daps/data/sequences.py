@@ -16,6 +16,7 @@ The file is read with ``allow_pickle=False``. A run saves the statistics and the
 from __future__ import annotations
 
 import functools
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,6 +33,7 @@ from daps.runfolder import file_digest
 if TYPE_CHECKING:
     from daps.config import DataConfig
 
+log = logging.getLogger("daps")
 
 RUN_FILE = "sequence_data.json"
 """What a ``sequences`` run saves about its file: the standardization statistics and the file's SHA-256."""
@@ -94,6 +96,11 @@ def _standardized(path: Path, stamp: tuple[int, int]) -> tuple[dict[str, dict[st
 @functools.lru_cache(maxsize=4)
 def _windows(path: Path, stamp: tuple[int, int], window: int, stride: int) -> SequenceData:
     std, stats, digest = _standardized(path, stamp)
+    short = [f"{SPLIT_PREFIX[split]}{name} ({len(clip)} frames)" for split in ("train", "test")
+             for name, clip in std[split].items() if len(clip) < window]
+    if short:  # once per process and file (cached)
+        log.warning("sequences: %d clip(s) of %s are shorter than a window of %d frames and hold no window: %s",
+                    len(short), path, window, ", ".join(short[:10]) + (", ..." if len(short) > 10 else ""))
     train, test = (clip_windows(std[split], list(std[split]), window, stride) for split in ("train", "test"))
     return SequenceData(train, test, stats, digest)
 

@@ -127,8 +127,10 @@ def apply_overrides(cfg: Any, overrides: list[str]) -> Any:
         key, sep, value = item.partition("=")
         if sep and key in FLAG_SETTINGS and key in fields:
             raise UserError(f"{item!r}: give {key} with {FLAG_SETTINGS[key]}, not as a setting")
-        if not sep or key not in fields:
-            known = ", ".join(name for name in fields if name not in FLAG_SETTINGS)
+        known = ", ".join(name for name in fields if name not in FLAG_SETTINGS)
+        if not sep:
+            raise UserError(f"{item!r} is not a key=value setting (e.g. {item}=...); settings: {known}")
+        if key not in fields:
             raise UserError(f"unknown setting {key!r} (in {item!r}); known: {known}")
         kind = type(getattr(cfg, key))
         try:

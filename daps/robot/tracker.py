@@ -655,11 +655,12 @@ def train_tracker(cfg: TrackerConfig, resume: bool = False, overwrite: bool = Fa
             if start > cfg.updates:
                 raise UserError(f"cannot resume {run_dir} at update {start}: frames={cfg.frames} ends it at update "
                                 f"{cfg.updates}")
+        if start == cfg.updates and (run_dir / "summary.json").is_file():
+            log.info("%s already finished update %d; nothing to do", run_dir, start)  # and nothing is written
+            return run_dir
+        if ckpt is not None:
             write_json_atomic(config_path, config)
             log.info("resuming %s from update %d", run_dir, start)
-        if start == cfg.updates and (run_dir / "summary.json").is_file():
-            log.info("%s already finished update %d; nothing to do", run_dir, start)
-            return run_dir
         truncate_metrics(run_dir / "metrics.jsonl", start)
         if start < cfg.updates:  # a job that trains nothing (it only writes the summary) is not one of the run's
             record_job(run_dir, start, torch.device("cpu"), 1)
