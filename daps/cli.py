@@ -485,6 +485,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "fid-stats":
             return _fid_stats(args, rest)
         return commands[args.command](args)
+    except BrokenPipeError:  # stdout closed early (``daps presets | head``): stop quietly, as a shell tool does
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so that Python's own flush at exit does not fail on it again
+        return 141
     except (UserError, OSError) as err:  # what the user gave: settings, paths, files (anything else is a bug)
         command = _command_name(args)
         print(f"daps {command}: error: {err}", file=sys.stderr)
@@ -505,7 +509,8 @@ def main(argv: list[str] | None = None) -> int:
             hint = "; --resume continues from the last checkpoint (or starts again if there is none)"
         else:
             hint = ""
-        print(f"\ndaps {command}: interrupted{hint}", file=sys.stderr)
+        after_echo = "\n" if sys.stderr.isatty() else ""  # past the terminal's ^C
+        print(f"{after_echo}daps {command}: interrupted{hint}", file=sys.stderr)
         return 130
 
 

@@ -534,10 +534,11 @@ def _train(cfg: Config, resume: bool, overwrite: bool, device: torch.device, ran
                     metrics = _evaluate(s)
                     write_row({"split": "val", "step": done, **metrics})
                     _log_codes(s, done)
-                    quality = "psnr" if "psnr" in metrics else "mpjpe_mm" if "mpjpe_mm" in metrics else "l2"
+                    # the dataset's own measure of quality next to L2: images, motion, one's own sequences
+                    quality = next((k for k in ("psnr", "mpjpe_mm", "explained_variance") if k in metrics), None)
                     log.info(
-                        "step %d: val log p %.2f  L2 %.3f  %s %.2f",
-                        done, metrics["log_p"], metrics["l2"], quality, metrics[quality],
+                        "step %d: val log p %.2f  L2 %.3f%s", done, metrics["log_p"], metrics["l2"],
+                        f"  {quality} {metrics[quality]:.2f}" if quality else "",
                     )
                 dist.wait_for_main()
             if done % tc.ckpt_every == 0 and done != end_step:

@@ -369,12 +369,16 @@ def test_track_eval_prints_the_tracker_against_the_pd_servos(h1_and_clip, tmp_pa
     capsys.readouterr()
     assert main(["robot", "track-eval", str(run), "--seconds", "1", "--starts", "2"]) == 0
     out = capsys.readouterr().out
+    assert "step_00000001 at update 1 (16 frames): " in out
     assert "starts on the validation references (decoded), up to 1 s each" in out
     assert out.splitlines()[2].startswith("tracker") and out.splitlines()[3].startswith("PD servos only")
     assert main(["robot", "track-eval", str(run), "--seconds", "1", "--starts", "2", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["pd_only"]["episodes"] == result["tracker"]["episodes"] and result["seconds"] == 1.0
     assert {"machine", "torch", "code"} <= result.keys()
+    # what was evaluated: the checkpoint, its update and frames, and the jobs that trained it
+    assert result["update"] == 1 and result["frames"] == 16 and result["checkpoint"].endswith("step_00000001")
+    assert [job["from_step"] for job in result["trained_by"]] == [0]
     # --overwrite replaces the tracker's own files, never the user's
     train_tracker(_cfg(out_dir=str(tmp_path / "t"), frames=16), overwrite=True,
                   references=({"train": refs, "val": refs}, meta), h1=h1)

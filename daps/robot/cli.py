@@ -109,33 +109,40 @@ def _track_train(args: argparse.Namespace) -> int:
     run = train_tracker(cfg, resume=args.resume, overwrite=args.overwrite)
     summary = json.loads((run / "summary.json").read_text())
     base = summary["baseline"]
-    log.info("tracker folder: %s  validation survival %.2f s (PD servos alone %.2f s) of %g", run,
+    log.info("tracker folder: %s  validation survival %.2f s (PD servos alone %.2f s) of %g s", run,
              summary.get("survival_s", float("nan")), base["survival_s"], base["seconds"])
     return 0
 
 
 def _track_eval(args: argparse.Namespace) -> int:
-    from daps.provenance import provenance
+    from daps.checkpoint import resolve_checkpoint
+    from daps.provenance import provenance, read_jobs
     from daps.robot.tracker import evaluate_tracker, load_tracker, tracker_h1
 
     if not (math.isfinite(args.seconds) and args.seconds > 0) or args.starts < 1:
         raise UserError(f"--seconds must be a positive number and --starts >= 1, got {args.seconds} and {args.starts}")
     set_threads(args.threads)
     model, cfg, meta, refs = load_tracker(args.tracker_dir)
+    ckpt = resolve_checkpoint(args.tracker_dir, verify=False)  # verified by load_tracker
+    update = int(ckpt.name.removeprefix("step_")) if ckpt.name.startswith("step_") else None
     h1 = tracker_h1(cfg, meta)
     fps = float(meta["fps"])
     result: dict[str, Any] = {
         "tracker": evaluate_tracker(model, h1, refs["val"], cfg, fps, args.seconds, args.starts),
         "pd_only": evaluate_tracker(None, h1, refs["val"], cfg, fps, args.seconds, args.starts),
-        "reference": cfg.reference, "tracker_dir": str(args.tracker_dir), "seconds": args.seconds,
-        "starts_per_clip": args.starts, **provenance(),
+        "reference": cfg.reference, "tracker_dir": str(args.tracker_dir), "checkpoint": str(ckpt),
+        "update": update, "frames": update * cfg.envs * cfg.horizon if update is not None else None,
+        "seconds": args.seconds, "starts_per_clip": args.starts,
+        "trained_by": read_jobs(ckpt.parent.parent),  # the jobs that trained it; the keys below: this evaluation
+        **provenance(),
     }
     if args.json:
         json.dump(result, sys.stdout)
         sys.stdout.write("\n")
         return 0
-    print(f"{int(result['tracker']['episodes'])} starts on the validation references ({cfg.reference}), up to "
-          f"{args.seconds:g} s each")
+    at = f" at update {update} ({result['frames']:,} frames)" if update is not None else ""
+    print(f"{ckpt}{at}: {int(result['tracker']['episodes'])} starts on the validation references ({cfg.reference}), "
+          f"up to {args.seconds:g} s each")
     print(f"{'':<16}{'survival s':>12}{'fell':>8}{'joint err deg':>15}{'end err mm':>12}")
     for name, key in (("tracker", "tracker"), ("PD servos only", "pd_only")):
         r = result[key]

@@ -664,8 +664,9 @@ def train_tracker(cfg: TrackerConfig, resume: bool = False, overwrite: bool = Fa
         truncate_metrics(run_dir / "metrics.jsonl", start)
         if start < cfg.updates:  # a job that trains nothing (it only writes the summary) is not one of the run's
             record_job(run_dir, start, torch.device("cpu"), 1)
-        log.info("tracker: %d simulations of the H1 over %d training references, %d updates of %d frames, "
-                 "%d parameters", cfg.envs, len(sets["train"]), cfg.updates, cfg.envs * cfg.horizon,
+        log.info("tracker: %d simulations of the H1 over %d training references, %d update%s of %d frames (%d in "
+                 "all), %d parameters", cfg.envs, len(sets["train"]), cfg.updates, "" if cfg.updates == 1 else "s",
+                 cfg.envs * cfg.horizon, cfg.updates * cfg.envs * cfg.horizon,
                  sum(p.numel() for p in model.parameters()))
         with open(run_dir / "metrics.jsonl", "a") as metrics, \
                 progress_bar(cfg.updates, "tracker", "update", cfg.progress, initial=start, leave=True) as bar:
