@@ -348,8 +348,10 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> Method:
 
     The model is built from the checkpoint's ``config.json`` and put in eval mode; no pickle is read. The
     checkpoint's files are verified against their checksums first. The resolved :class:`~daps.config.Config`
-    is attached as ``model.config``.
+    is attached as ``model.config``, and for motion and one's own sequences the map from raw features to the
+    model's scale as ``model.standardization`` (a :class:`~daps.motion.dataset.Standardizer`; None for images).
     """
+    from daps.data import run_standardization
     from daps.methods import build_method
 
     device = resolve_device(device)
@@ -359,4 +361,6 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> Method:
     cfg = read_config(ckpt / "config.json")
     model = build_method(cfg, tuple(cfg.data.image_shape))
     load_weights(model, ckpt)
+    folder = ckpt.parent.parent if ckpt.parent.name == CKPT_DIR else ckpt
+    model.standardization = run_standardization(folder, cfg.data.name)
     return model.to(device).eval()

@@ -36,7 +36,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("daps")
 
 KIND = "pretrained"
-FILES = ("model.safetensors", "config.json", "README.md")
+STANDARDIZATION = "standardization.json"
+FILES = ("model.safetensors", "config.json", "README.md", STANDARDIZATION)
+"""What a pretrained folder holds (``standardization.json`` only for motion and one's own sequences)."""
 REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -120,6 +122,10 @@ def model_card(model: Method, metrics: dict[str, Any] | None = None, step: int |
         f"# {cfg.method} tokenizer for {cfg.data.name}", "",
         f"A{' discrete' if discrete else 'n'} autoencoder trained with the daps library ({spec.summary}). Input: "
         f"{tuple(model.input_spec.image_shape)} arrays of the `{cfg.data.name}` dataset's model scale; code: {codes}.",
+        *(["", "Raw features are put on the model's scale per feature by `standardization.json` (x_std = (x - mean) / "
+            "scale, from the training data): `model.standardization.normalize(raw)` before encoding, "
+            "`model.standardization.denormalize(x_hat)` after decoding."]
+          if getattr(model, "standardization", None) is not None else []),
         "", "```python", "import daps", "model = daps.from_pretrained(\"<this folder or repo>\")", *usage,
         "```", "", "## Training", "",
         (f"{step} optimizer steps at batch size {batch}{per_process}, seed {cfg.train.seed}:" if step is not None
@@ -174,6 +180,14 @@ def save_pretrained(model: Method, folder: str | Path, overwrite: bool = False,
             save_file(tensors, str(tmp),
                       metadata={"format": "pt", "library": "daps", WEIGHTS_DIGEST: weights_digest(tensors)})
         write_json_atomic(folder / "config.json", config_to_dict(model.config))
+        stats = getattr(model, "standardization", None)
+        if stats is not None:  # only the statistics: never the path of the user's data file
+            write_json_atomic(folder / STANDARDIZATION, {
+                "format": 1, "dataset": model.config.data.name, "feature_version": stats.feature_version,
+                "mean": stats.mean.tolist(), "scale": stats.scale.tolist(),
+                "near_constant": stats.near_constant.astype(bool).tolist()})
+        else:
+            (folder / STANDARDIZATION).unlink(missing_ok=True)  # --overwrite of an export that had one
         write_text_atomic(folder / "README.md", model_card(model, metrics, step, world_size, jobs))
     finally:
         lock.release()
@@ -235,7 +249,31 @@ def _load_folder(folder: Path, device: str | torch.device) -> Method:
             raise CheckpointError(f"{path} holds non-finite values (in {name})")
     model = build_method(cfg, tuple(cfg.data.image_shape))
     load_weights(model, folder, tensors)  # a misfitting model.safetensors: one CheckpointError naming it
+    model.standardization = _read_standardization(folder / STANDARDIZATION)
     return model.to(device).eval()
+
+
+def _read_standardization(path: Path) -> Any:
+    """The :class:`~daps.motion.dataset.Standardizer` a pretrained folder's ``standardization.json`` holds (None
+    without the file); UserError naming the file when it is damaged."""
+    import numpy as np
+
+    from daps.motion.dataset import Standardizer
+
+    if not path.is_file():
+        return None
+    try:
+        d = json.loads(path.read_text())
+        stats = Standardizer(mean=np.asarray(d["mean"], dtype=np.float64),
+                             scale=np.asarray(d["scale"], dtype=np.float64),
+                             near_constant=np.asarray(d["near_constant"], dtype=bool),
+                             feature_version=int(d["feature_version"]))
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise UserError(f"{path} is not a readable standardization file ({type(err).__name__}: {err})") from None
+    if not (stats.mean.shape == stats.scale.shape == stats.near_constant.shape and stats.mean.ndim == 1
+            and np.isfinite(stats.mean).all() and (stats.scale > 0).all()):
+        raise UserError(f"{path}: mean, scale and near_constant must be equal-length lists, scale > 0")
+    return stats
 
 
 def from_pretrained(source: str | Path, revision: str | None = None, device: str | torch.device = "cpu",

@@ -138,6 +138,22 @@ def test_train_eval_export_codes_and_a_changed_file_refused(npz, tmp_path, capsy
     assert "psnr" not in result and "ssim" not in result  # image metrics mean nothing here
     assert main(["eval", str(run)]) == 0  # the dataset's word for an example
     assert "sequences test split, checkpoint step 4, seed 0, batch 500, 70 windows:" in capsys.readouterr().out
+    # Exported, the tokenizer carries the training clips' statistics (not the data file's path): raw clips go in
+    # through model.standardization as training put them in.
+    import daps
+
+    exported = tmp_path / "exported"
+    assert main(["export", str(run), "--out", str(exported)]) == 0
+    saved = json.loads((exported / "standardization.json").read_text())
+    assert str(npz) not in (exported / "standardization.json").read_text()
+    np.testing.assert_allclose(saved["scale"], record["scale"])
+    assert "model.standardization.normalize(raw)" in (exported / "README.md").read_text()
+    for model in (daps.from_pretrained(exported), daps.from_pretrained(run)):
+        with np.load(npz) as f:
+            raw = f["test/v0"][:16]
+        std = model.standardization.normalize(raw)
+        np.testing.assert_allclose(std, sequence_data(_data(npz)).test[0].numpy().reshape(16, F), atol=1e-5)  # window 0
+        np.testing.assert_allclose(model.standardization.denormalize(std), raw, atol=1e-9)
     codes = tmp_path / "codes.safetensors"
     assert main(["export-codes", str(run), "--split", "test", "--out", str(codes)]) == 0
     from safetensors import safe_open

@@ -32,8 +32,10 @@ def no_network(monkeypatch):
 def test_export_reloads_to_the_same_codes_and_reconstructions(trained_run, tmp_path, no_network, capsys):
     out = tmp_path / "exported"
     assert main(["export", str(trained_run), "--out", str(out)]) == 0
-    assert {p.name for p in out.iterdir()} == {*daps.hub.FILES, ".daps", ".lock"}  # what --overwrite deletes
+    # what --overwrite deletes; an image model has no standardization (the dataset fixes the pixel scale)
+    assert {p.name for p in out.iterdir()} == {*daps.hub.FILES, ".daps", ".lock"} - {daps.hub.STANDARDIZATION}
     original, loaded = daps.load_model(trained_run), daps.from_pretrained(out)
+    assert original.standardization is None and loaded.standardization is None
     x = (torch.rand(8, 1, 28, 28, generator=torch.Generator().manual_seed(0)) > 0.5).float()
     codes = original.encode(x, torch.Generator().manual_seed(1))
     assert torch.equal(loaded.encode(x, torch.Generator().manual_seed(1)), codes)
@@ -188,7 +190,7 @@ def test_push_to_hub_sends_the_folder(trained_run, monkeypatch):
     assert url == "https://huggingface.co/someone/tiny-daps"
     files = ["README.md", "config.json", "model.safetensors"]
     assert calls == [("api", "t"), ("create", "someone/tiny-daps", True, True),
-                     ("upload", "someone/tiny-daps", files, files)]
+                     ("upload", "someone/tiny-daps", files, sorted(daps.hub.FILES))]
     monkeypatch.setitem(sys.modules, "huggingface_hub", None)
     with pytest.raises(UserError, match=r"pip install 'daps\[hub\]'"):
         daps.from_pretrained("someone/tiny-daps")

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol
 
+import numpy as np
 import torch
 
 from daps.data.arrays import arrays_run_files, check_run_arrays, load_arrays
@@ -32,6 +33,7 @@ from daps.data.motion import (
     plot_motion_reconstructions,
 )
 from daps.data.paths import DATA_DIR_FIX, ENV_VAR, SPLITS, ImageSet, PathLike, cache_root, explicit_root, user_roots
+from daps.data.sequences import RUN_FILE as SEQUENCES_RUN_FILE
 from daps.data.sequences import (
     SequenceMetrics,
     check_run_sequences,
@@ -245,6 +247,32 @@ def check_run_data(run_dir: PathLike, data: DataConfig) -> None:
     check = dataset_spec(data.name).check_run
     if check is not None:
         check(Path(run_dir), data)
+
+
+def run_standardization(run_dir: PathLike, dataset: str) -> Any:
+    """The per-feature map from raw features to the model's scale that a run of ``lafan1-h1`` or ``sequences``
+    trained with (:class:`~daps.motion.dataset.Standardizer`, from its ``motion_stats.json`` or
+    ``sequence_data.json``); None for the image datasets (their pixel scale is fixed by the dataset) and for a run
+    folder without the file (a warning says so)."""
+    import json
+
+    from daps.motion.dataset import Standardizer
+
+    name = {"lafan1-h1": "motion_stats.json", "sequences": SEQUENCES_RUN_FILE}.get(dataset)
+    if name is None:
+        return None
+    path = Path(run_dir) / name
+    try:
+        saved = json.loads(path.read_text())
+        if dataset == "lafan1-h1":
+            return Standardizer.from_dict(saved)
+        return Standardizer(mean=np.asarray(saved["mean"], dtype=np.float64),
+                            scale=np.asarray(saved["scale"], dtype=np.float64),
+                            near_constant=np.asarray(saved["near_constant"], dtype=bool))
+    except (OSError, ValueError, KeyError, TypeError, UserError) as err:
+        log.warning("%s: the run's standardization statistics are not readable (%s); the model has none attached",
+                    path, err)
+        return None
 
 
 def load_dataset(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn as nn
@@ -66,6 +66,11 @@ class Method(nn.Module):
     """What encode / decode / reconstruct accept (set by :func:`daps.methods.build_method`)."""
     config: Config
     """The resolved config of a loaded model (set by :func:`daps.checkpoint.load_model`)."""
+    standardization: Any = None
+    """Motion and one's own sequences: the map from raw features to the model's scale that it was trained with
+    (a :class:`~daps.motion.dataset.Standardizer`: ``normalize`` raw features before :meth:`encode`,
+    ``denormalize`` what :meth:`decode` gives); None for images, whose scale the dataset fixes. Set when loaded
+    from a run or a pretrained folder."""
 
     def forward(self, x: torch.Tensor, step: int, generator: torch.Generator | None = None) -> Output:
         raise NotImplementedError
