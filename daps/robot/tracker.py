@@ -688,6 +688,8 @@ def train_tracker(cfg: TrackerConfig, resume: bool = False, overwrite: bool = Fa
                     val = evaluate_tracker(model, h1, sets["val"], cfg, float(meta["fps"]))
                     metrics.write(json.dumps({"split": "val", "step": done, **val}) + "\n")
                     metrics.flush()
+                    log.info("tracker: update %d validation: survival %.2f s of %g, fell %.2f, joint error %.2f deg",
+                             done, val["survival_s"], val["seconds"], val["fall_fraction"], val["joint_error_deg"])
                 if done % cfg.ckpt_every == 0 or done == cfg.updates:
                     state = {"step": done, "optimizer": optimizer.state_dict(), "generator": generator.get_state(),
                              "numpy_rng": json.dumps(rng.bit_generator.state), "envs": envs.get_state()}
