@@ -192,8 +192,11 @@ def main() -> int:
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     args = p.parse_args()
     out = Path(args.out)
-    if out.exists() and not args.overwrite:
-        p.error(f"--out {out} exists; pass --overwrite to replace it")
+    if out.suffix != ".json":
+        p.error(f"--out {out} must end in .json (the markdown goes next to it, as .md)")
+    for path in (out, out.with_suffix(".md")):
+        if path.exists() and not args.overwrite:
+            p.error(f"{path} exists; pass --overwrite to replace it")
     import torch
 
     from daps.motion import load_h1, load_motion_data

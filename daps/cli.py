@@ -455,6 +455,22 @@ def _command_name(args: argparse.Namespace) -> str:
     return " ".join(filter(None, (args.command, sub)))
 
 
+def _stdout_closed() -> bool:
+    """True when standard output's reader has gone; it is then pointed at /dev/null, so that Python's own flush at
+    exit does not fail on it again."""
+    try:
+        sys.stdout.flush()
+        return False
+    except BrokenPipeError:
+        pass
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # no file descriptor behind sys.stdout
+        pass
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     # Overrides may sit between flags (``train a=1 --resume b=2``): collect the leftovers ourselves.
@@ -485,9 +501,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "fid-stats":
             return _fid_stats(args, rest)
         return commands[args.command](args)
-    except BrokenPipeError:  # stdout closed early (``daps presets | head``): stop quietly, as a shell tool does
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())  # so that Python's own flush at exit does not fail on it again
+    except BrokenPipeError as err:  # stdout closed early (``daps presets | head``): stop quietly, as shell tools do
+        if not _stdout_closed():
+            print(f"daps {_command_name(args)}: error: {err}", file=sys.stderr)
+            return 2
         return 141
     except (UserError, OSError) as err:  # what the user gave: settings, paths, files (anything else is a bug)
         command = _command_name(args)

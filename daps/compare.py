@@ -38,6 +38,7 @@ import torch
 from daps.checkpoint import load_model, read_config
 from daps.config import Config
 from daps.config_io import (
+    absolute_data_dir,
     applicable_overrides,
     check_overrides_used,
     config_differences,
@@ -357,7 +358,9 @@ def check_runs(runs: list[Run], overwrite: bool = False) -> None:
             run.action = "resume"
             continue
         try:
-            diffs = config_differences(read_config(folder / "config.json"), run.cfg, NOT_COMPARED)
+            # data.data_dir as a path, not as typed: train() keeps it absolute (daps.train.absolute_data_dir)
+            saved = absolute_data_dir(read_config(folder / "config.json"))
+            diffs = config_differences(saved, absolute_data_dir(run.cfg), NOT_COMPARED)
             problem = ", ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in diffs.items())
         except ValueError as err:  # a damaged or foreign config.json (the message names the file)
             diffs, problem = {"config.json": (None, None)}, str(err)

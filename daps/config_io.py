@@ -7,10 +7,12 @@ layouts load through :func:`migrate_config`.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import types
 import typing
+from pathlib import Path
 from typing import Any
 
 from daps.config import CONFIG_VERSION, Config, validate
@@ -273,3 +275,15 @@ def config_from_dict(data: dict[str, Any]) -> Config:
     cfg.options = build(options_type, data.get(options_type.section, {}), options_type.section + ".")
     validate(cfg)
     return cfg
+
+
+def absolute_data_dir(cfg: Config) -> Config:
+    """``cfg`` with ``data.data_dir`` as an absolute path (a copy; unchanged when empty or absolute already), so that
+    the run's config.json leads ``daps eval``, ``export-codes`` or a resume started in another folder to the same
+    data."""
+    given = cfg.data.data_dir
+    if not given or Path(given).expanduser().is_absolute() and not given.startswith("~"):
+        return cfg
+    out = copy.deepcopy(cfg)
+    out.data.data_dir = str(Path(given).expanduser().absolute())
+    return out

@@ -103,7 +103,7 @@ def model_card(model: Method, metrics: dict[str, Any] | None = None, step: int |
     run's record of the jobs that trained it (:func:`daps.provenance.read_jobs`), said as where its steps ran."""
     from daps.methods import method_spec
 
-    cfg = model.config
+    cfg = shareable_config(model.config)
     spec = method_spec(cfg.method)
     bits = spec.bits(cfg)
     discrete = model.vocab_size is not None
@@ -157,6 +157,23 @@ def model_card(model: Method, metrics: dict[str, Any] | None = None, step: int |
     return "\n".join(lines) + "\n"
 
 
+PATH_SETTINGS = (("data", "data_dir"), ("train", "out_dir"), ("train", "fid_reference"), ("train", "fid_weights"))
+"""The settings that name files or folders of the machine a model was trained on."""
+
+
+def shareable_config(cfg: Any) -> Any:
+    """``cfg`` as a pretrained folder shows it: each of :data:`PATH_SETTINGS` cut to its last part (the file or
+    folder's name), so that an export, and a Hub upload, never carries the paths of the machine it was trained on."""
+    import copy
+
+    out = copy.deepcopy(cfg)
+    for section, key in PATH_SETTINGS:
+        value = getattr(getattr(out, section), key)
+        if value:
+            setattr(getattr(out, section), key, Path(value).name)
+    return out
+
+
 def save_pretrained(model: Method, folder: str | Path, overwrite: bool = False,
                     metrics: dict[str, Any] | None = None, step: int | None = None, world_size: int = 1,
                     jobs: list[dict] | None = None) -> Path:
@@ -179,13 +196,14 @@ def save_pretrained(model: Method, folder: str | Path, overwrite: bool = False,
         with atomic_path(folder / "model.safetensors") as tmp:
             save_file(tensors, str(tmp),
                       metadata={"format": "pt", "library": "daps", WEIGHTS_DIGEST: weights_digest(tensors)})
-        write_json_atomic(folder / "config.json", config_to_dict(model.config))
+        write_json_atomic(folder / "config.json", config_to_dict(shareable_config(model.config)))
         stats = getattr(model, "standardization", None)
         if stats is not None:  # only the statistics: never the path of the user's data file
-            write_json_atomic(folder / STANDARDIZATION, {
-                "format": 1, "dataset": model.config.data.name, "feature_version": stats.feature_version,
-                "mean": stats.mean.tolist(), "scale": stats.scale.tolist(),
-                "near_constant": stats.near_constant.astype(bool).tolist()})
+            record = {"format": 1, "dataset": model.config.data.name, "mean": stats.mean.tolist(),
+                      "scale": stats.scale.tolist(), "near_constant": stats.near_constant.astype(bool).tolist()}
+            if model.config.data.name == "lafan1-h1":  # the motion features' layout the statistics belong to
+                record["feature_version"] = stats.feature_version
+            write_json_atomic(folder / STANDARDIZATION, record)
         else:
             (folder / STANDARDIZATION).unlink(missing_ok=True)  # --overwrite of an export that had one
         write_text_atomic(folder / "README.md", model_card(model, metrics, step, world_size, jobs))
@@ -249,16 +267,17 @@ def _load_folder(folder: Path, device: str | torch.device) -> Method:
             raise CheckpointError(f"{path} holds non-finite values (in {name})")
     model = build_method(cfg, tuple(cfg.data.image_shape))
     load_weights(model, folder, tensors)  # a misfitting model.safetensors: one CheckpointError naming it
-    model.standardization = _read_standardization(folder / STANDARDIZATION)
+    model.standardization = _read_standardization(folder / STANDARDIZATION, cfg)
     return model.to(device).eval()
 
 
-def _read_standardization(path: Path) -> Any:
+def _read_standardization(path: Path, cfg: Any) -> Any:
     """The :class:`~daps.motion.dataset.Standardizer` a pretrained folder's ``standardization.json`` holds (None
-    without the file); UserError naming the file when it is damaged."""
+    without the file), checked against the model's features; UserError naming the file when it does not fit."""
     import numpy as np
 
     from daps.motion.dataset import Standardizer
+    from daps.motion.features import FEATURE_VERSION
 
     if not path.is_file():
         return None
@@ -267,12 +286,17 @@ def _read_standardization(path: Path) -> Any:
         stats = Standardizer(mean=np.asarray(d["mean"], dtype=np.float64),
                              scale=np.asarray(d["scale"], dtype=np.float64),
                              near_constant=np.asarray(d["near_constant"], dtype=bool),
-                             feature_version=int(d["feature_version"]))
-    except (OSError, ValueError, KeyError, TypeError) as err:
+                             feature_version=int(d.get("feature_version", FEATURE_VERSION)))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
         raise UserError(f"{path} is not a readable standardization file ({type(err).__name__}: {err})") from None
-    if not (stats.mean.shape == stats.scale.shape == stats.near_constant.shape and stats.mean.ndim == 1
-            and np.isfinite(stats.mean).all() and (stats.scale > 0).all()):
-        raise UserError(f"{path}: mean, scale and near_constant must be equal-length lists, scale > 0")
+    features = int(cfg.data.image_shape[-1])
+    if not (stats.mean.shape == stats.scale.shape == stats.near_constant.shape == (features,)
+            and np.isfinite(stats.mean).all() and np.isfinite(stats.scale).all() and (stats.scale > 0).all()):
+        raise UserError(f"{path}: mean, scale and near_constant must each hold the model's {features} features "
+                        "(finite, scale > 0)")
+    if cfg.data.name == "lafan1-h1" and stats.feature_version != FEATURE_VERSION:
+        raise UserError(f"{path}: statistics of motion feature version {stats.feature_version}; this daps computes "
+                        f"version {FEATURE_VERSION}")
     return stats
 
 

@@ -11,7 +11,6 @@ stream shuffled epochs (see :mod:`daps.data`).
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import math
@@ -34,7 +33,7 @@ from daps.checkpoint import (
     write_config,
 )
 from daps.config import Config
-from daps.config_io import config_differences, config_to_dict
+from daps.config_io import absolute_data_dir, config_differences, config_to_dict
 from daps.data import (
     DatasetSpec,
     EvalSet,
@@ -269,18 +268,6 @@ def train(
                     (run_dir / name).unlink(missing_ok=True)
                 remove_empty_folders(created)
         dist.teardown()
-
-
-def absolute_data_dir(cfg: Config) -> Config:
-    """``cfg`` with ``data.data_dir`` as an absolute path (a copy; unchanged when empty or absolute already), so that
-    the run's config.json leads ``daps eval``, ``export-codes`` or a resume started in another folder to the same
-    data."""
-    given = cfg.data.data_dir
-    if not given or Path(given).expanduser().is_absolute() and not given.startswith("~"):
-        return cfg
-    out = copy.deepcopy(cfg)
-    out.data.data_dir = str(Path(given).expanduser().absolute())
-    return out
 
 
 @dataclass

@@ -8,6 +8,7 @@ import math
 import re
 import shlex
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -153,6 +154,20 @@ def test_a_finished_run_with_another_config_is_refused_not_extended(tmp_path, ov
     with pytest.raises(ValueError, match=r"daps\.num_samples: 4 -> 2"):
         compare("mnist", ["daps"], 4, [0], out, [*overrides, "daps.num_samples=2"])
     assert _files(out) == before  # nothing trained, nothing rewritten
+
+
+def test_a_relative_data_path_reuses_the_runs_it_trained(tmp_path, overrides, monkeypatch):
+    """The runs keep data.data_dir absolute (so eval finds the data from anywhere); the same command again, with
+    the path as the user typed it, still finds them the same config and reuses them."""
+    data = next(Path(o.split("=", 1)[1]) for o in overrides if o.startswith("data.data_dir="))
+    monkeypatch.chdir(data.parent)
+    relative = [o for o in overrides if not o.startswith("data.data_dir=")] + [f"data.data_dir={data.name}"]
+    out = tmp_path / "cmp"
+    compare("mnist", ["daps"], 4, [0], out, relative)
+    before = _files(out)
+    compare("mnist", ["daps"], 4, [0], out, relative)
+    assert {p: b for p, b in _files(out).items() if p.parent.name == "checkpoints" or "step_" in str(p)} == {
+        p: b for p, b in before.items() if p.parent.name == "checkpoints" or "step_" in str(p)}
 
 
 def test_overwrite_retrains_only_the_runs_whose_config_differs(tmp_path, overrides):

@@ -86,6 +86,19 @@ def test_a_malformed_file_is_one_line_naming_it_and_what_is_wrong(tmp_path, caps
     assert not (tmp_path / "run").exists()
 
 
+def test_a_damaged_test_split_is_one_line_when_training_reads_the_file(tmp_path, capsys):
+    path = tmp_path / "damaged.npz"
+    np.savez(path, train=_images(6, 0), test=_images(4, 1))
+    data = bytearray(path.read_bytes())
+    at = data.index(b"test.npy") + 40  # inside the test entry's stored bytes (its CRC no longer matches)
+    data[at] ^= 1
+    path.write_bytes(bytes(data))
+    assert main(["train", *TINY, f"data.data_dir={path}", f"train.out_dir={tmp_path / 'run'}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "is not a readable .npz of plain arrays" in err, err
+    assert not (tmp_path / "run").exists()
+
+
 def test_labels_in_one_split_only_are_warned_about(tmp_path, caplog):
     from daps.data.arrays import load_arrays
 
@@ -101,7 +114,7 @@ def test_a_missing_file_folder_or_setting_is_one_line(tmp_path, capsys):
     for given, problem in ((f"data.data_dir={tmp_path / 'none.npz'}", "does not exist"),
                            (f"data.data_dir={tmp_path}", "is not a file"),
                            ("data.data_dir=", "name the .npz file of images"),
-                           (f"data.data_dir={tmp_path / 'notes.txt'}", "is not an .npz archive (numpy.savez")):
+                           (f"data.data_dir={tmp_path / 'notes.txt'}", "is not an .npz archive, or was cut short")):
         assert main(["train", *TINY, given, f"train.out_dir={tmp_path / 'run'}"]) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and problem in err, err

@@ -13,6 +13,7 @@ from daps.cli import main
 from daps.config import DataConfig
 from daps.data import dataset_spec, labelled_split
 from daps.data.sequences import SequenceMetrics, sequence_data
+from daps.errors import UserError
 
 pytestmark = pytest.mark.usefixtures("offline", "single_thread")
 
@@ -145,7 +146,9 @@ def test_train_eval_export_codes_and_a_changed_file_refused(npz, tmp_path, capsy
     exported = tmp_path / "exported"
     assert main(["export", str(run), "--out", str(exported)]) == 0
     saved = json.loads((exported / "standardization.json").read_text())
-    assert str(npz) not in (exported / "standardization.json").read_text()
+    for name in ("standardization.json", "config.json", "README.md"):  # no path of this machine leaves with it
+        assert str(npz.parent) not in (exported / name).read_text(), name
+    assert json.loads((exported / "config.json").read_text())["data"]["data_dir"] == npz.name
     np.testing.assert_allclose(saved["scale"], record["scale"])
     assert "model.standardization.normalize(raw)" in (exported / "README.md").read_text()
     for model in (daps.from_pretrained(exported), daps.from_pretrained(run)):
@@ -154,6 +157,10 @@ def test_train_eval_export_codes_and_a_changed_file_refused(npz, tmp_path, capsy
         std = model.standardization.normalize(raw)
         np.testing.assert_allclose(std, sequence_data(_data(npz)).test[0].numpy().reshape(16, F), atol=1e-5)  # window 0
         np.testing.assert_allclose(model.standardization.denormalize(std), raw, atol=1e-9)
+    assert "feature_version" not in saved  # the motion features' version means nothing for one's own clips
+    (exported / "standardization.json").write_text(json.dumps({**saved, "mean": saved["mean"][:-1]}))
+    with pytest.raises(UserError, match=f"must each hold the model's {F} features"):
+        daps.from_pretrained(exported)
     codes = tmp_path / "codes.safetensors"
     assert main(["export-codes", str(run), "--split", "test", "--out", str(codes)]) == 0
     from safetensors import safe_open

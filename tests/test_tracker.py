@@ -220,6 +220,22 @@ def test_the_pelvis_orientation_and_angular_velocity_count_as_deepmimic_root_ter
 
 
 @needs_data
+def test_the_references_own_floor_contacts_are_marked_within_the_grace(h1_and_clip):
+    """A reference standing (feet only on the floor) but for one frame k sunk into it: exactly the frames within
+    CONTACT_GRACE of k are marked, by the bodies that touch there."""
+    h1, refs = h1_and_clip
+    envs = TrackingEnvs(h1, refs, 1, _cfg(), FPS, np.random.default_rng(0))
+    stand = np.zeros(26)
+    stand[2], stand[3] = 1.044, 1.0  # the default pose with the soles on the floor
+    poses = np.repeat(stand[None], 20, axis=0)
+    k = 9
+    poses[k, 2] = 0.3  # the pelvis 30 cm up: the legs through the floor
+    marked = envs._reference_contacts(poses)
+    assert set(np.flatnonzero(marked)) == set(range(k - CONTACT_GRACE, k + CONTACT_GRACE + 1))
+    assert len(set(marked[marked != 0].tolist())) == 1  # the same bodies, spread over the grace
+
+
+@needs_data
 def test_a_body_on_the_floor_is_a_fall_only_where_the_reference_is_not_on_it(h1_and_clip):
     """Lying as a get-up clip lies, the reference's own floor contacts (hands, knees, pelvis) do not end the
     episode; the same contacts against a reference standing there do."""

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import numpy as np
 import torch
 
-from daps.data.paths import ImageSet, PathLike, check_recorded_file, check_split, named_npz, read_npz
+from daps.data.paths import NPZ_ERRORS, ImageSet, PathLike, check_recorded_file, check_split, named_npz, read_npz
 from daps.errors import UserError
 from daps.runfolder import file_digest
 
@@ -133,14 +133,18 @@ def arrays_run_files(data: DataConfig) -> dict[str, Any]:
 def _stored_shapes(path: Path) -> dict[str, list[int]]:
     """The shape of each array in npz ``path``, read from the arrays' headers (nothing is loaded)."""
     shapes = {}
-    with zipfile.ZipFile(path) as archive:
-        for name in archive.namelist():
-            if name.endswith(".npy"):
-                with archive.open(name) as f:
-                    version = np.lib.format.read_magic(f)
-                    header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                              else np.lib.format.read_array_header_2_0)(f)
-                shapes[name.removesuffix(".npy")] = list(header[0])
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for name in archive.namelist():
+                if name.endswith(".npy"):
+                    with archive.open(name) as f:
+                        version = np.lib.format.read_magic(f)
+                        header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                                  else np.lib.format.read_array_header_2_0)(f)
+                    shapes[name.removesuffix(".npy")] = list(header[0])
+    except NPZ_ERRORS as err:
+        why = f"{type(err).__name__}: {err}"
+        raise UserError(f"arrays: {path} is not a readable .npz of plain arrays ({why})") from None
     return shapes
 
 

@@ -176,7 +176,8 @@ def read_npz(path: Path, dataset: str, keys: tuple[str, ...] | None = None) -> d
     """The arrays ``keys`` (all when None) that npz ``path`` has, read without unpickling anything; a UserError
     naming the file and ``dataset`` when it is not a readable npz of plain arrays."""
     if not zipfile.is_zipfile(path):
-        raise UserError(f"{dataset}: {path} is not an .npz archive (numpy.savez or savez_compressed writes one)")
+        raise UserError(f"{dataset}: {path} is not an .npz archive, or was cut short (numpy.savez or "
+                        "savez_compressed writes one)")
     try:
         with np.load(path, allow_pickle=False) as npz:
             return {key: npz[key] for key in (npz.files if keys is None else keys) if key in npz.files}

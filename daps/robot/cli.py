@@ -133,7 +133,8 @@ def _track_eval(args: argparse.Namespace) -> int:
         "reference": cfg.reference, "tracker_dir": str(args.tracker_dir), "checkpoint": str(ckpt),
         "update": update, "frames": update * cfg.envs * cfg.horizon if update is not None else None,
         "seconds": args.seconds, "starts_per_clip": args.starts,
-        "trained_by": read_jobs(ckpt.parent.parent),  # the jobs that trained it; the keys below: this evaluation
+        # the jobs that trained this checkpoint (not those after it); the keys below describe this evaluation
+        "trained_by": [job for job in read_jobs(ckpt.parent.parent) if update is None or job["from_step"] < update],
         **provenance(),
     }
     if args.json:

@@ -588,8 +588,10 @@ def check_version(path: Path) -> None:
     except (OSError, ValueError, AttributeError):
         return
     if found != VERSION:
-        raise UserError(f"{path.parent} is a tracker of version {found}, made by an earlier daps; this one trains and "
-                        f"evaluates version {VERSION} (other observations and reward): train a new tracker")
+        made = "an earlier" if isinstance(found, int) and found < VERSION else "another"
+        raise UserError(f"{path.parent} is a tracker of version {found}, made by {made} daps; this one trains and "
+                        f"evaluates version {VERSION} (other observations and reward): train a new one (--overwrite "
+                        "replaces it, or choose another --out)")
 
 
 def tracker_h1(cfg: TrackerConfig, meta: dict[str, Any]) -> Any:
