@@ -39,6 +39,7 @@ def stretches(rows: list[dict], every: int) -> list[dict]:
         row = {"frames_from": k * every, "frames_to": int(group[-1]["frames"]), "updates": len(group)}
         row.update({key: mean(group, key) for key in ("reward", "episode_s", "fall_rate", "approx_kl", "frames_per_s")})
         row["action_std"] = float(group[-1]["action_std"])
+        row["lr"] = float(group[-1].get("lr", float("nan")))  # Adam's step size at the stretch's end
         table.append(row)
     return table
 
@@ -77,11 +78,12 @@ def main() -> None:
     lines = [f"# Tracker run {run.name}: {cfg.reference} references, {cfg.frames:,} frames", "",
              f"Evaluated now at code {result['code']} on {result['machine']}, torch {result['torch']}, "
              f"{result['date']}.", "",
-             "| frames | reward per frame | episode s | fall rate | approx KL | action std | frames/s |",
-             "|---|---|---|---|---|---|---|"]
+             "| frames | reward per frame | episode s | fall rate | approx KL | action std | step size | frames/s |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in result["training"]:
         lines.append(f"| {r['frames_from']:,}-{r['frames_to']:,} | {r['reward']:.3f} | {r['episode_s']:.3f} | "
-                     f"{r['fall_rate']:.3f} | {r['approx_kl']:.4f} | {r['action_std']:.3f} | {r['frames_per_s']:.0f} |")
+                     f"{r['fall_rate']:.3f} | {r['approx_kl']:.4f} | {r['action_std']:.3f} | {r['lr']:.2g} | "
+                     f"{r['frames_per_s']:.0f} |")
     now = result["evaluated_now"]
     lines += ["", f"Validation references, {int(now['tracker']['episodes'])} starts, up to {args.seconds:g} s each:",
               "", "| | survival s | survival fraction | fell | joint error deg | toe/hand error mm |",
