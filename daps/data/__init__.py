@@ -253,7 +253,7 @@ def run_standardization(run_dir: PathLike, dataset: str) -> Any:
     """The per-feature map from raw features to the model's scale that a run of ``lafan1-h1`` or ``sequences``
     trained with (:class:`~daps.motion.dataset.Standardizer`, from its ``motion_stats.json`` or
     ``sequence_data.json``); None for the image datasets (their pixel scale is fixed by the dataset) and for a run
-    folder without the file (a warning says so)."""
+    folder without a readable file."""
     import json
 
     from daps.motion.dataset import Standardizer
@@ -269,10 +269,8 @@ def run_standardization(run_dir: PathLike, dataset: str) -> Any:
         return Standardizer(mean=np.asarray(saved["mean"], dtype=np.float64),
                             scale=np.asarray(saved["scale"], dtype=np.float64),
                             near_constant=np.asarray(saved["near_constant"], dtype=bool))
-    except (OSError, ValueError, KeyError, TypeError, UserError) as err:
-        log.warning("%s: the run's standardization statistics are not readable (%s); the model has none attached",
-                    path, err)
-        return None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError, UserError):
+        return None  # the data commands refuse such a run in one line (DatasetSpec.check_run); loading is not one
 
 
 def load_dataset(
