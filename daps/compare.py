@@ -25,6 +25,7 @@ import itertools
 import json
 import logging
 import math
+import os
 import re
 import shlex
 import statistics
@@ -358,9 +359,9 @@ def check_runs(runs: list[Run], overwrite: bool = False) -> None:
             run.action = "resume"
             continue
         try:
-            # data.data_dir as a path, not as typed: train() keeps it absolute (daps.train.absolute_data_dir)
-            saved = absolute_data_dir(read_config(folder / "config.json"))
-            diffs = config_differences(saved, absolute_data_dir(run.cfg), NOT_COMPARED)
+            # data.data_dir as the place it names, not as typed (train() keeps it absolute)
+            saved = absolute_data_dir(read_config(folder / "config.json"), resolve=True)
+            diffs = config_differences(saved, absolute_data_dir(run.cfg, resolve=True), NOT_COMPARED)
             problem = ", ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in diffs.items())
         except ValueError as err:  # a damaged or foreign config.json (the message names the file)
             diffs, problem = {"config.json": (None, None)}, str(err)
@@ -585,22 +586,23 @@ def compare(
     runs = plan_runs(preset, methods, steps, seeds, out, overrides, vary)  # validates everything before training
     check_buildable(runs)
     created = missing_folders(out)  # the compare folder, and its parents that are missing
+    was_empty = not has_content(out)  # new, or an empty folder of the user's
     prepare_compare_folder(out)
     with FolderLock(out):  # another compare on the same folder is refused here, before anything below
         try:
             check_runs(runs, overwrite)
             return _compare(runs, preset, methods, steps, seeds, out, overrides, device, argv, vary, flags)
         except BaseException:
-            if created:  # e.g. the data are missing: the first run failed before writing anything
+            if was_empty:  # e.g. the data are missing: the first run failed before writing anything
                 _remove_if_untouched(out, created)
             raise
 
 
 def _remove_if_untouched(out: Path, created: list[Path]) -> None:
-    """Remove a compare folder this call created when no run wrote into it: only its marker, lock,
-    ``commands.sh`` and empty folders are there (a run that fails before writing removes its own folder), and then
-    the missing parents it ``created`` while they are empty. Anything else (a run's file, a link) keeps the whole
-    folder as it is."""
+    """Leave a compare folder that was new or empty as it was when no run wrote into it: only its marker, lock,
+    ``commands.sh`` and empty folders are there (a run that fails before writing removes its own folder); they go,
+    and then the folders this call ``created`` (``out`` itself, missing parents) while they are empty. Anything else
+    (a run's file, a link) keeps the whole folder as it is."""
     own = {MARKER, LOCK, "commands.sh"}
     paths = list(out.rglob("*"))
     if any(p.is_symlink() or not (p.is_dir() or (p.parent == out and p.name in own)) for p in paths):
@@ -612,7 +614,8 @@ def _remove_if_untouched(out: Path, created: list[Path]) -> None:
             folder.rmdir()
     except OSError:  # something appeared meanwhile: leave it
         return
-    remove_empty_folders(created)
+    if created:
+        remove_empty_folders(created)
 
 
 def _compare(runs, preset, methods, steps, seeds, out, overrides, device, argv, vary, flags) -> list[dict]:
@@ -621,6 +624,8 @@ def _compare(runs, preset, methods, steps, seeds, out, overrides, device, argv, 
         "#!/usr/bin/env bash",
         "# Reproduces every run of this comparison; then re-run the compare command.",
         "set -e",
+        "# its paths are relative to the folder the comparison ran in",
+        f"cd {shlex.quote(os.getcwd())}",
     ]
     if invocation:
         commands.append(f"# {invocation}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import os
 import types
 import typing
 from pathlib import Path
@@ -277,13 +278,17 @@ def config_from_dict(data: dict[str, Any]) -> Config:
     return cfg
 
 
-def absolute_data_dir(cfg: Config) -> Config:
-    """``cfg`` with ``data.data_dir`` as an absolute path (a copy; unchanged when empty or absolute already), so that
-    the run's config.json leads ``daps eval``, ``export-codes`` or a resume started in another folder to the same
-    data."""
+def absolute_data_dir(cfg: Config, resolve: bool = False) -> Config:
+    """``cfg`` with ``data.data_dir`` as an absolute path without ``..`` (a copy; unchanged when empty or already
+    so), so that the run's config.json leads ``daps eval``, ``export-codes`` or a resume started in another folder
+    to the same data. ``resolve``: also through symbolic links (to tell whether two settings name one place)."""
     given = cfg.data.data_dir
-    if not given or Path(given).expanduser().is_absolute() and not given.startswith("~"):
+    if not given:
+        return cfg
+    path = Path(given).expanduser()
+    absolute = str(path.resolve()) if resolve else os.path.normpath(path.absolute())
+    if absolute == given:
         return cfg
     out = copy.deepcopy(cfg)
-    out.data.data_dir = str(Path(given).expanduser().absolute())
+    out.data.data_dir = absolute
     return out

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import re
 import shlex
 import shutil
@@ -166,6 +167,12 @@ def test_a_relative_data_path_reuses_the_runs_it_trained(tmp_path, overrides, mo
     compare("mnist", ["daps"], 4, [0], out, relative)
     before = _files(out)
     compare("mnist", ["daps"], 4, [0], out, relative)
+    elsewhere = data.parent / "elsewhere"  # the same folder written another way, from another working folder
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    other = [o for o in relative if not o.startswith("data.data_dir=")] + [f"data.data_dir=../x/../{data.name}"]
+    (data.parent / "x").mkdir()
+    compare("mnist", ["daps"], 4, [0], out, other)
     assert {p: b for p, b in _files(out).items() if p.parent.name == "checkpoints" or "step_" in str(p)} == {
         p: b for p, b in before.items() if p.parent.name == "checkpoints" or "step_" in str(p)}
 
@@ -217,7 +224,7 @@ def test_a_comparison_that_fails_before_any_run_wrote_leaves_no_folder(tmp_path,
     mine = tmp_path / "mine"  # a folder that was there (empty) before the call is the user's: kept
     mine.mkdir()
     assert main(["compare", "--methods", "daps", "--steps", "4", "--out", str(mine), *missing]) == 2
-    assert mine.is_dir()
+    assert mine.is_dir() and list(mine.iterdir()) == []  # and left as it was: empty
 
 
 def test_a_failure_after_a_run_wrote_keeps_the_comparison(tmp_path, overrides, monkeypatch):
@@ -263,6 +270,8 @@ def test_the_compare_folder_is_marked_and_a_foreign_one_refused(tmp_path, overri
     assert main(["compare", "--methods", "daps", "--steps", "4", "--out", str(out), "--threads", "1", *overrides]) == 0
     assert read_marker(out) == "compare" and read_marker(out / "daps" / "seed0") == "train"
     assert " --threads 1 --resume " in (out / "commands.sh").read_text()  # the command line's flags carried over
+    # its paths are the ones typed, relative to where the comparison ran: the script goes there first
+    assert f"cd {os.getcwd()}" in (out / "commands.sh").read_text().splitlines()
     # re-entered to continue: a second call is fine and reuses the run
     metrics = (out / "daps" / "seed0" / "metrics.jsonl").stat().st_mtime_ns
     assert main(["compare", "--methods", "daps", "--steps", "4", "--out", str(out), *overrides]) == 0
