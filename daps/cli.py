@@ -456,19 +456,21 @@ def _command_name(args: argparse.Namespace) -> str:
 
 
 def _stdout_closed() -> bool:
-    """True when standard output's reader has gone; it is then pointed at /dev/null, so that Python's own flush at
-    exit does not fail on it again."""
+    """True when standard output is a pipe whose reader has gone (``| head``); it is then pointed at /dev/null, so
+    that Python's own flush at exit does not fail on it again."""
+    import select
+
     try:
-        sys.stdout.flush()
+        fd = sys.stdout.fileno()
+        poller = select.poll()
+        poller.register(fd, select.POLLOUT)
+        closed = any(events & select.POLLERR for _, events in poller.poll(0))  # a pipe without a reader
+        if closed:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, fd)
+        return closed
+    except (OSError, ValueError, AttributeError):  # no file descriptor behind sys.stdout, or no poll here
         return False
-    except BrokenPipeError:
-        pass
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-    except (OSError, ValueError, AttributeError):  # no file descriptor behind sys.stdout
-        pass
-    return True
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -114,6 +114,8 @@ def model_card(model: Method, metrics: dict[str, Any] | None = None, step: int |
         codes = f"a continuous latent ({bits:g} bits at float32)"
         usage = ["z = model.encode(x)              # (B, D) posterior means", "x_hat = model.decode(z)"]
     batch = cfg.train.batch_size * world_size
+    unfinished = (f" (of a run set for {cfg.train.steps}, exported before it finished: schedules such as beta's "
+                  f"follow the {cfg.train.steps}-step run)" if step is not None and step < cfg.train.steps else "")
     per_process = f" ({world_size} processes of {cfg.train.batch_size})" if world_size > 1 else ""
     lines = [
         "---", "library_name: daps", "tags:",
@@ -128,10 +130,13 @@ def model_card(model: Method, metrics: dict[str, Any] | None = None, step: int |
           if getattr(model, "standardization", None) is not None else []),
         "", "```python", "import daps", "model = daps.from_pretrained(\"<this folder or repo>\")", *usage,
         "```", "", "## Training", "",
-        (f"{step} optimizer steps at batch size {batch}{per_process}, seed {cfg.train.seed}:" if step is not None
+        (f"{step} optimizer steps{unfinished} at batch size {batch}{per_process}, seed {cfg.train.seed}:"
+         if step is not None
          else f"Settings of batch size {batch}{per_process}, seed {cfg.train.seed}; how many optimizer steps trained "
               "it was not recorded (saved from Python, not exported from a run):"),
-        "", "```bash", training_command(cfg, world_size), "```",
+        "", "```bash", training_command(cfg, world_size), "```", "",
+        "File and folder settings are cut to their last part (no path of the training machine is shared): point "
+        "`data.data_dir` at your copy of the data.",
     ]
     if not jobs and step is not None:  # a run of an earlier daps, or its provenance.json lost or damaged
         lines += ["", "Trained on:", "", f"- steps 0-{step}: not recorded"]
@@ -150,9 +155,10 @@ def model_card(model: Method, metrics: dict[str, Any] | None = None, step: int |
         count = int(metrics.get("num_images", 0)) or None
         lines += ["", "## Validation", "",
                   f"On {count or 'the'} test examples of `{cfg.data.name}`, {ENCODING[spec.encoder]} and decoded; "
-                  "log p and the ELBO in nats per example. Training's last validation; `daps eval` gives the same "
-                  f"numbers with `{eval_flags(cfg)}` on the kind of device it was trained on (the random stream of "
-                  "the codes differs between CPU and CUDA).", "", "| metric | value |", "|---|---|"]
+                  "log p and the ELBO in nats per example. Training's validation at this step; `daps eval RUN` on "
+                  f"the run folder this was exported from gives the same numbers with `{eval_flags(cfg)}` on the "
+                  "kind of device it was trained on (the random stream of the codes differs between CPU and CUDA).",
+                  "", "| metric | value |", "|---|---|"]
         lines += [f"| {k} | {v:.6g} |" for k, v in shown.items()]
     return "\n".join(lines) + "\n"
 
@@ -239,6 +245,16 @@ def export_run(run_dir: str | Path, out: str | Path, overwrite: bool = False) ->
     step = int(state["step"])
     if metrics is not None and metrics.get("step") != step:
         metrics = None  # the summary belongs to another checkpoint (e.g. a run resumed past it)
+    if metrics is None and (ckpt.parent.parent / "metrics.jsonl").is_file():  # an unfinished run: the validation
+        # logged at this checkpoint's step, if any
+        from daps.plots import read_metrics
+
+        rows = [r for r in read_metrics(ckpt.parent.parent / "metrics.jsonl")
+                if r.get("split") == "val" and r.get("step") == step]
+        metrics = {k: v for k, v in rows[-1].items() if k != "split"} if rows else None
+    if step < model.config.train.steps:
+        log.warning("%s is exported at step %d of the %d it was set to train: the run has not finished",
+                    run_dir, step, model.config.train.steps)
     jobs = [job for job in read_jobs(ckpt.parent.parent) if job["from_step"] < step]  # those this checkpoint holds
     return save_pretrained(model, out, overwrite, metrics, step, world_size=len(state["rng"]),  # a state per rank
                            jobs=jobs)

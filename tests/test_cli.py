@@ -588,3 +588,15 @@ def test_a_folder_of_another_kind_says_what_it_is(trained_run, tmp_path, capsys)
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and says in err and "KeyError" not in err, err
     assert not any(tmp_path.iterdir())
+
+
+def test_a_reader_that_stops_reading_ends_the_command_quietly():
+    """``daps presets | head -c 0``: standard output's reader has gone before anything is written; the command
+    stops with the shell's code for it (141) and no error line, as shell tools do."""
+    import subprocess
+
+    proc = subprocess.Popen([sys.executable, "-m", "daps", "presets"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader is gone before the command writes (it takes a second to start)
+    err = proc.stderr.read().decode()
+    assert proc.wait() == 141 and "Broken pipe" not in err and "error" not in err, err

@@ -111,7 +111,7 @@ def test_model_card_names_what_it_is_and_rebuilds_the_config(trained_run, tmp_pa
 
 def test_the_card_says_how_daps_eval_gives_its_numbers(trained_run, tmp_path, capsys):
     card = (daps.hub.export_run(trained_run, tmp_path / "exported") / "README.md").read_text()
-    flags = shlex.split(card.split("`daps eval` gives the same numbers with `")[1].split("`")[0])
+    flags = shlex.split(card.split("exported from gives the same numbers with `")[1].split("`")[0])
     assert main(["eval", str(trained_run), "--json", *flags]) == 0
     evaluated = json.loads(capsys.readouterr().out)
     summary = json.loads((trained_run / "summary.json").read_text())
@@ -226,3 +226,18 @@ def test_a_model_built_in_python_saves_and_loads_and_its_card_does_not_invent_a_
     assert small.config.data.image_shape == (1, 8, 8) and tuple(cfg.data.image_shape) == (1, 28, 28)
     reloaded = daps.from_pretrained(small.save_pretrained(tmp_path / "small"))
     assert reloaded.input_spec.image_shape == (1, 8, 8)
+
+
+def test_an_unfinished_run_is_exported_with_a_warning_and_its_validation_at_that_step(tiny_overrides, tmp_path,
+                                                                                        caplog):
+    from daps.train import train
+
+    cfg = daps.parse_overrides(daps.get_preset("mnist"), [*tiny_overrides, "train.stop_after=3",
+                                                          f"train.out_dir={tmp_path / 'run'}"])
+    run = train(cfg)  # stops after step 3 of 6, with a checkpoint and a validation there
+    with caplog.at_level("WARNING"):
+        card = (daps.hub.export_run(run, tmp_path / "exp") / "README.md").read_text()
+    assert "is exported at step 3 of the 6 it was set to train" in caplog.text
+    assert "3 optimizer steps (of a run set for 6, exported before it finished" in card
+    val = [json.loads(line) for line in open(run / "metrics.jsonl") if '"val"' in line]
+    assert val[-1]["step"] == 3 and f"| log_p | {val[-1]['log_p']:.6g} |" in card

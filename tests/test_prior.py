@@ -386,6 +386,9 @@ def test_prior_commands_end_to_end(trained_run, exported, tmp_path, capsys):
     from PIL import Image
 
     assert Image.open(tmp_path / "r.png").size[0] > 28
+    capsys.readouterr()
+    assert main(["decode-random", str(trained_run), "--n", "100000", "--out", str(tmp_path / "big.png")]) == 2
+    assert "--n must be 1 to 400, got 100000" in capsys.readouterr().err and not (tmp_path / "big.png").exists()
 
 
 def _error(capsys, argv) -> str:

@@ -79,11 +79,15 @@ def add_parsers(sub) -> None:
 
     p = sub.add_parser("decode-random", help="decode uniform-random codes of a tokenizer into a grid")
     p.add_argument("run_dir", help="tokenizer run folder or checkpoint")
-    p.add_argument("--n", type=int, default=100, help="codes (default 100)")
+    p.add_argument("--n", type=int, default=100, help="codes (default 100, at most 400)")
     p.add_argument("--seed", type=seed_arg, default=0)
     p.add_argument("--out", required=True, help="PNG grid")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     add_device_arg(p)
+
+
+MAX_GRID = 400
+"""Most images ``decode-random`` puts in its one PNG grid."""
 
 
 def _device(name: str | None) -> torch.device:
@@ -288,8 +292,9 @@ def decode_random_command(args: argparse.Namespace) -> int:
     from daps.prior.scores import decoded_images, uniform_codes
 
     out = check_media_output(args.out, ".png", args.overwrite)
-    if args.n < 1:
-        raise UserError("--n must be at least 1")
+    if not 1 <= args.n <= MAX_GRID:
+        raise UserError(f"--n must be 1 to {MAX_GRID}, got {args.n} (one PNG grid; {MAX_GRID} images of 256 x 256 "
+                        "are already 26 megapixels)")
     device = _device(args.device)
     model = load_model(args.run_dir, device)
     if model.vocab_size is None:
