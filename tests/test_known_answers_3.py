@@ -126,9 +126,19 @@ def test_export_leaves_out_the_metrics_of_another_step(copy_run, tmp_path):
     assert summary["step"] == 6
     card = (daps.hub.export_run(run, tmp_path / "same") / "README.md").read_text()
     assert "## Validation" in card and f"| elbo | {summary['elbo']:.6g} |" in card
-    # the summary of an earlier length of the run (resumed to more steps past it): not this checkpoint's numbers
-    (run / "summary.json").write_text(json.dumps({**summary, "step": 3}))
+    # the summary of an earlier length of the run (resumed to more steps past it): not this checkpoint's numbers;
+    # the validation logged at this checkpoint's step instead, where there is one
+    (run / "summary.json").write_text(json.dumps({**summary, "step": 3, "elbo": -1234.5}))
     card = (daps.hub.export_run(run, tmp_path / "other") / "README.md").read_text()
+    assert "-1234.5" not in card
+    logged = [json.loads(line) for line in open(run / "metrics.jsonl") if '"val"' in line]
+    at_step = [r for r in logged if r["step"] == 6]
+    if at_step:
+        assert f"| elbo | {at_step[-1]['elbo']:.6g} |" in card
+    else:
+        assert "## Validation" not in card and "| elbo |" not in card
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in logged if r["step"] != 6))
+    card = (daps.hub.export_run(run, tmp_path / "third") / "README.md").read_text()
     assert "## Validation" not in card and "| elbo |" not in card
 
 
