@@ -600,3 +600,19 @@ def test_a_reader_that_stops_reading_ends_the_command_quietly():
     proc.stdout.close()  # the reader is gone before the command writes (it takes a second to start)
     err = proc.stderr.read().decode()
     assert proc.wait() == 141 and "Broken pipe" not in err and "error" not in err, err
+
+
+def test_under_torchrun_only_rank_0_reports_progress(monkeypatch, caplog, capsys):
+    """Other ranks log warnings and errors only: their progress lines would repeat rank 0's."""
+    import logging
+
+    caplog.set_level(logging.INFO)  # the root logger's level, as the command line's basicConfig sets it
+    for rank, shown in (("1", False), ("0", True)):
+        monkeypatch.setenv("RANK", rank)
+        caplog.clear()
+        main(["presets"])
+        logging.getLogger("daps").info("a progress line")
+        logging.getLogger("daps").warning("a warning")
+        messages = [r.getMessage() for r in caplog.records]
+        assert ("a progress line" in messages) == shown and "a warning" in messages
+    capsys.readouterr()
