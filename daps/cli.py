@@ -486,7 +486,8 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = [*args.overrides, *extra]
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     # under torchrun only rank 0 reports progress; the others still say what went wrong (warnings, errors)
-    logging.getLogger("daps").setLevel(logging.NOTSET if os.environ.get("RANK", "0") == "0" else logging.WARNING)
+    if os.environ.get("RANK", "0") != "0":
+        logging.getLogger("daps").setLevel(logging.WARNING)
     logging.captureWarnings(True)  # Python warnings (torch's, ...) go through logging: above a progress bar, not glued
     logging.getLogger("OpenGL").setLevel(logging.WARNING)  # PyOpenGL (under mujoco) reports its optional C module
     from daps.prior.cli import decode_random_command, export_codes_command, prior_command

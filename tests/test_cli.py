@@ -607,12 +607,18 @@ def test_under_torchrun_only_rank_0_reports_progress(monkeypatch, caplog, capsys
     import logging
 
     caplog.set_level(logging.INFO)  # the root logger's level, as the command line's basicConfig sets it
-    for rank, shown in (("1", False), ("0", True)):
-        monkeypatch.setenv("RANK", rank)
-        caplog.clear()
-        main(["presets"])
-        logging.getLogger("daps").info("a progress line")
-        logging.getLogger("daps").warning("a warning")
-        messages = [r.getMessage() for r in caplog.records]
-        assert ("a progress line" in messages) == shown and "a warning" in messages
+    daps_log = logging.getLogger("daps")
+    before = daps_log.level
+    try:
+        for rank, shown in (("1", False), ("0", True)):
+            monkeypatch.setenv("RANK", rank)
+            daps_log.setLevel(logging.NOTSET)  # each rank is a process of its own
+            caplog.clear()
+            main(["presets"])
+            daps_log.info("a progress line")
+            daps_log.warning("a warning")
+            messages = [r.getMessage() for r in caplog.records]
+            assert ("a progress line" in messages) == shown and "a warning" in messages
+    finally:
+        daps_log.setLevel(before)
     capsys.readouterr()
