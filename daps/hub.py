@@ -299,10 +299,7 @@ def _read_standardization(path: Path, cfg: Any) -> Any:
         return None
     try:
         d = json.loads(path.read_text())
-        stats = Standardizer(mean=np.asarray(d["mean"], dtype=np.float64),
-                             scale=np.asarray(d["scale"], dtype=np.float64),
-                             near_constant=np.asarray(d["near_constant"], dtype=bool),
-                             feature_version=int(d.get("feature_version", FEATURE_VERSION)))
+        stats = Standardizer.from_arrays(d)
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
         raise UserError(f"{path} is not a readable standardization file ({type(err).__name__}: {err})") from None
     features = int(cfg.data.image_shape[-1])

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol
 
-import numpy as np
 import torch
 
 from daps.data.arrays import arrays_run_files, check_run_arrays, load_arrays
@@ -264,11 +263,7 @@ def run_standardization(run_dir: PathLike, dataset: str) -> Any:
     path = Path(run_dir) / name
     try:
         saved = json.loads(path.read_text())
-        if dataset == "lafan1-h1":
-            return Standardizer.from_dict(saved)
-        return Standardizer(mean=np.asarray(saved["mean"], dtype=np.float64),
-                            scale=np.asarray(saved["scale"], dtype=np.float64),
-                            near_constant=np.asarray(saved["near_constant"], dtype=bool))
+        return Standardizer.from_dict(saved) if dataset == "lafan1-h1" else Standardizer.from_arrays(saved)
     except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError, UserError):
         return None  # the data commands refuse such a run in one line (DatasetSpec.check_run); loading is not one
 

@@ -109,6 +109,14 @@ class Standardizer:
         }
 
     @classmethod
+    def from_arrays(cls, d: dict[str, Any]) -> Standardizer:
+        """The statistics of a record with ``mean``, ``scale``, ``near_constant`` (lists) and optionally
+        ``feature_version``, of any feature count (one's own sequences too); unchecked beyond the conversion."""
+        return cls(mean=np.asarray(d["mean"], dtype=np.float64), scale=np.asarray(d["scale"], dtype=np.float64),
+                   near_constant=np.asarray(d["near_constant"], dtype=bool),
+                   feature_version=int(d.get("feature_version", FEATURE_VERSION)))
+
+    @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Standardizer:
         """Inverse of :meth:`to_dict`; UserError when the statistics belong to another feature version."""
         version = d.get("feature_version")
@@ -116,12 +124,10 @@ class Standardizer:
             raise UserError(
                 f"motion statistics are for feature version {version}, this daps computes version {FEATURE_VERSION}"
             )
-        mean = np.asarray(d["mean"], dtype=np.float64)
-        scale = np.asarray(d["scale"], dtype=np.float64)
-        near = np.asarray(d["near_constant"], dtype=bool)
-        if not mean.shape == scale.shape == near.shape == (NUM_FEATURES,):
-            raise UserError(f"motion statistics hold {mean.shape[0]} features, expected {NUM_FEATURES}")
-        return cls(mean=mean, scale=scale, near_constant=near, feature_version=version)
+        stats = cls.from_arrays(d)
+        if not stats.mean.shape == stats.scale.shape == stats.near_constant.shape == (NUM_FEATURES,):
+            raise UserError(f"motion statistics hold {stats.mean.shape[0]} features, expected {NUM_FEATURES}")
+        return stats
 
 
 def fit_standardizer(frames: np.ndarray) -> Standardizer:
