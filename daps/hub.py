@@ -209,9 +209,7 @@ def save_pretrained(model: Method, folder: str | Path, overwrite: bool = False,
                       "scale": stats.scale.tolist(), "near_constant": stats.near_constant.astype(bool).tolist()}
             if model.config.data.name == "lafan1-h1":  # the motion features' layout the statistics belong to
                 record["feature_version"] = stats.feature_version
-            write_json_atomic(folder / STANDARDIZATION, record)
-        else:
-            (folder / STANDARDIZATION).unlink(missing_ok=True)  # --overwrite of an export that had one
+            write_json_atomic(folder / STANDARDIZATION, record)  # (--overwrite cleared any earlier one: FILES)
         write_text_atomic(folder / "README.md", model_card(model, metrics, step, world_size, jobs))
     finally:
         lock.release()
