@@ -21,7 +21,7 @@ from daps.config_io import parse_overrides
 from daps.errors import UserError
 from daps.methods import METHODS
 from daps.presets import PRESETS, get_preset
-from daps.runfolder import check_media_output, check_output_file
+from daps.runfolder import check_media_output
 
 
 def add_threads_arg(p: argparse.ArgumentParser) -> None:
@@ -117,6 +117,7 @@ def _parser() -> argparse.ArgumentParser:
         "trajectories, ground truth against reconstruction)",
     )
     p.add_argument("--fid-weights", default=None, help="FID Inception weights: file or folder of shards")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier --plot PNG that daps wrote")
     add_device_arg(p)
 
     p = sub.add_parser("fid-stats", help="compute FID reference statistics (Inception mu, sigma) of a dataset split")
@@ -261,7 +262,7 @@ def _eval(args: argparse.Namespace) -> int:
     if args.fid_weights and args.fid == "none":
         raise UserError("--fid-weights is used only with --fid val-pairs or reference")
     if args.plot:
-        check_output_file(args.plot, ".png", None, "--plot")
+        check_media_output(args.plot, ".png", args.overwrite, "--plot")  # only a PNG daps wrote is replaced
     device = _device(args.device)
     ckpt = resolve_checkpoint(args.run_dir, verify=False)  # once: a run still training may move its latest
     model = load_model(ckpt, device)
@@ -314,16 +315,18 @@ def _fid_stats(args: argparse.Namespace, argv: list[str]) -> int:
     from daps.metrics.evaluate import dataset_fid_stats
 
     spec = dataset_spec(args.dataset)
+    if spec.examples != "images":
+        raise UserError(f"fid-stats: FID compares images; {spec.name} holds {spec.examples} of motion or features")
     if args.batch_size <= 0 or args.max_images < 0 or args.workers < 0:
         raise UserError("--batch-size must be positive, --max-images and --workers >= 0")
     if args.image_size is not None and args.image_size < 16:
         raise UserError(f"--image-size must be at least 16 pixels, got {args.image_size}")
     size = args.image_size or 256
     fixed: tuple[int, ...] | None = spec.image_shape
-    if fixed is None and spec.in_memory:  # arrays: the file's images, whatever their size
-        from daps.data import load_dataset
+    if fixed is None and spec.in_memory:  # arrays: the file's images, whatever their size (read from its header)
+        from daps.data.arrays import image_shape
 
-        fixed = tuple(load_dataset(spec.name, args.split, args.data_dir).images.shape[1:])
+        fixed = image_shape(args.split, args.data_dir)
     shape = fixed or (3, size, size)
     if args.image_size and fixed and fixed[1] != args.image_size:
         raise UserError(f"--image-size: {spec.name} images are {fixed[1]} pixels")

@@ -225,3 +225,15 @@ def test_codes_of_both_splits_share_their_class_names(tmp_path, capsys):
     assert main(["prior", "train", str(tmp_path / "train.safetensors"), "--val-codes",
                  str(tmp_path / "test.safetensors"), "--out", str(tmp_path / "prior"), "steps=2", "width=16",
                  "num_heads=2", "progress=false"]) == 0
+
+
+@pytest.mark.parametrize("stored", [(5, 7, 9), (5, 1, 7, 9), (5, 3, 7, 9), (5, 7, 9, 1), (5, 7, 9, 3), (5, 3, 7, 3)])
+def test_the_shape_read_from_the_header_is_the_loaded_images_shape(tmp_path, stored):
+    """fid-stats sizes its network from the header's shape without reading the images: it must be the shape the
+    loader gives them."""
+    from daps.data.arrays import image_shape
+
+    path = tmp_path / "a.npz"
+    np.savez(path, train=np.zeros(stored, np.uint8), test=np.zeros(stored, np.uint8))
+    for split in ("train", "test"):
+        assert image_shape(split, path) == tuple(load_dataset("arrays", split, path).images.shape[1:])

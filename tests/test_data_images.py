@@ -180,6 +180,7 @@ def test_cifar10_offline_not_found(isolated, tmp_path):
     message = str(err.value)
     assert "cifar-10-python.tar.gz" in message and str(tmp_path / "nothing") in message
     assert "network disabled" in message and "\n" not in message
+    assert not (isolated / "daps").exists()  # the failed download made no empty cache folders
     with pytest.raises(FileNotFoundError, match="download disabled"):
         load_cifar10("test", data_dir=tmp_path / "nothing", download=False)
 

@@ -459,3 +459,26 @@ def test_settings_the_networks_cannot_take_are_one_line(tmp_path, capsys, tiny_o
     err = capsys.readouterr().err.strip()
     assert "cannot be built for inputs (1, 28, 28)" in err and len(err.splitlines()) == 1, err
     assert not out.exists()
+
+
+def test_fid_stats_names_missing_data_before_reading_the_inception_weights(tmp_path, capsys, monkeypatch):
+    """A missing dataset is said at once, not after the (slow, 90 MB) Inception weights are read."""
+    import daps.nets.inception
+
+    def must_not_load(*args, **kwargs):
+        raise AssertionError("the weights were read before the data was found missing")
+
+    monkeypatch.setattr(daps.nets.inception, "load_fid_inception", must_not_load)
+    (tmp_path / "empty").mkdir()
+    argv = ["fid-stats", "cifar10", "--data-dir", str(tmp_path / "empty"), "--out", str(tmp_path / "s.npz")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "cifar" in err.lower() and "not found" in err, err
+    assert not (tmp_path / "s.npz").exists()
+
+
+@pytest.mark.parametrize("dataset", ["lafan1-h1", "sequences"])
+def test_fid_stats_refuses_a_dataset_of_windows(dataset, tmp_path, capsys):
+    assert main(["fid-stats", dataset, "--out", str(tmp_path / "s.npz")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "FID compares images" in err and dataset in err, err

@@ -124,7 +124,12 @@ def test_tiny_motion_run_trains_evaluates_resumes_and_renders(tmp_path, capsys, 
     assert main(["eval", str(run), "--json", "--max-images", "16", "--batch-size", "8", "--plot", str(plot)]) == 0
     metrics = json.loads(capsys.readouterr().out)
     assert plot.stat().st_size > 0
-    assert main(["eval", str(run), "--json", "--max-images", "16", "--plot", str(plot)]) == 2  # never replaced
+    assert main(["eval", str(run), "--json", "--max-images", "16", "--plot", str(plot)]) == 2  # not without asking
+    assert "pass --overwrite" in capsys.readouterr().err
+    plot.write_bytes(plot.read_bytes().replace(b"daps", b"spad"))  # the same PNG, not tagged as daps's
+    assert main(["eval", str(run), "--json", "--max-images", "16", "--plot", str(plot), "--overwrite"]) == 2
+    assert "refusing to replace it" in capsys.readouterr().err
+    plot.unlink()
     assert metrics["dataset"] == "lafan1-h1" and metrics["num_images"] == 16
     assert metrics["gt_ground_penetration_mm"] == pytest.approx(summary["gt_ground_penetration_mm"])
     assert metrics["l2"] > 0 and metrics["mpjpe_mm"] > 0
@@ -291,6 +296,9 @@ def test_eval_plot_of_an_image_run(trained_run, tmp_path, capsys):
     plot = tmp_path / "grid.png"
     assert main(["eval", str(trained_run), "--max-images", "20", "--plot", str(plot)]) == 0
     assert plot.stat().st_size > 0
+    before = plot.stat().st_mtime_ns
+    assert main(["eval", str(trained_run), "--max-images", "20", "--plot", str(plot), "--overwrite"]) == 0
+    assert plot.stat().st_mtime_ns != before  # daps's own plot, replaced when asked
     assert main(["eval", str(trained_run), "--plot", str(tmp_path / "grid.jpg")]) == 2
     assert "must name a file ending in .png" in capsys.readouterr().err
 

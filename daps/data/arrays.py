@@ -41,18 +41,37 @@ def arrays_file(data_dir: PathLike | None) -> Path:
     return named_npz(data_dir, "arrays", "images")
 
 
+def nchw_shape(shape: tuple[int, ...] | list[int], where: str) -> tuple[int, int, int]:
+    """The ``(C, H, W)`` of one image of an array of shape ``(N, H, W)``, ``(N, C, H, W)`` or ``(N, H, W, C)``
+    (C = 1 or 3; channels-first when the second axis is 1 or 3)."""
+    shape = tuple(int(n) for n in shape)
+    if len(shape) == 3:
+        return (1, shape[1], shape[2])
+    if len(shape) == 4 and shape[1] in (1, 3):
+        return (shape[1], shape[2], shape[3])
+    if len(shape) == 4 and shape[3] in (1, 3):
+        return (shape[3], shape[1], shape[2])
+    raise UserError(f"{where} has shape {shape}; arrays needs (N, H, W), (N, C, H, W) or (N, H, W, C) with C = 1 or 3")
+
+
 def to_nchw(images: np.ndarray, where: str) -> np.ndarray:
     """uint8 images ``(N, H, W)``, ``(N, C, H, W)`` or ``(N, H, W, C)`` (C = 1 or 3) as ``(N, C, H, W)``."""
     if images.dtype != np.uint8:
         raise UserError(f"{where} has dtype {images.dtype}; arrays needs uint8 pixels (0-255)")
+    shape = nchw_shape(images.shape, where)
     if images.ndim == 3:
         return images[:, None]
-    if images.ndim == 4 and images.shape[1] in (1, 3):
-        return images
-    if images.ndim == 4 and images.shape[3] in (1, 3):
-        return images.transpose(0, 3, 1, 2)
-    raise UserError(f"{where} has shape {images.shape}; arrays needs (N, H, W), (N, C, H, W) or (N, H, W, C) with "
-                    "C = 1 or 3")
+    return images if images.shape[1:] == shape else images.transpose(0, 3, 1, 2)
+
+
+def image_shape(split: str, data_dir: PathLike | None = None) -> tuple[int, int, int]:
+    """The ``(C, H, W)`` of split ``split``'s images, from the array's header (the images are not read)."""
+    check_split(split)
+    path = arrays_file(data_dir)
+    shapes = _stored_shapes(path)
+    if split not in shapes:
+        _missing(path, split)
+    return nchw_shape(shapes[split], f"arrays: {path}[{split!r}]")
 
 
 def load_arrays(split: str, data_dir: PathLike | None = None) -> ImageSet:

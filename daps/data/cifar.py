@@ -173,28 +173,28 @@ def _locate_batches(split: str, folders: list[Path]) -> Path | None:
 
 def _download(dest_dir: Path) -> Path:
     """Fetch the official archive into ``dest_dir`` atomically, verifying its md5; OSError on failure."""
-    dest_dir.mkdir(parents=True, exist_ok=True)
-    paths.remove_stale_temporaries(dest_dir, f".{TGZ_NAME}.")
-    fd, tmp = tempfile.mkstemp(prefix=f".{TGZ_NAME}.", suffix=".part", dir=dest_dir)
-    try:
-        # Every download goes through paths.urlopen, so one monkeypatch disables them all in tests.
-        with os.fdopen(fd, "wb") as out, paths.urlopen(TGZ_URL, DOWNLOAD_TIMEOUT_S) as resp:
-            shutil.copyfileobj(resp, out)
-        digest = md5(Path(tmp))
-        if digest != TGZ_MD5:
-            raise OSError(f"downloaded md5 {digest} != expected {TGZ_MD5}")
-        dest = dest_dir / TGZ_NAME
-        publish_mode(Path(tmp))
-        os.replace(tmp, dest)
-        log.info("downloaded %s to %s", TGZ_URL, dest)
-        return dest
-    except OSError:
-        raise
-    except Exception as e:  # e.g. http.client.IncompleteRead: report as a failed download
-        raise OSError(f"{type(e).__name__}: {e}") from e
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with paths.download_folder(dest_dir):
+        paths.remove_stale_temporaries(dest_dir, f".{TGZ_NAME}.")
+        fd, tmp = tempfile.mkstemp(prefix=f".{TGZ_NAME}.", suffix=".part", dir=dest_dir)
+        try:
+            # Every download goes through paths.urlopen, so one monkeypatch disables them all in tests.
+            with os.fdopen(fd, "wb") as out, paths.urlopen(TGZ_URL, DOWNLOAD_TIMEOUT_S) as resp:
+                shutil.copyfileobj(resp, out)
+            digest = md5(Path(tmp))
+            if digest != TGZ_MD5:
+                raise OSError(f"downloaded md5 {digest} != expected {TGZ_MD5}")
+            dest = dest_dir / TGZ_NAME
+            publish_mode(Path(tmp))
+            os.replace(tmp, dest)
+            log.info("downloaded %s to %s", TGZ_URL, dest)
+            return dest
+        except OSError:
+            raise
+        except Exception as e:  # e.g. http.client.IncompleteRead: report as a failed download
+            raise OSError(f"{type(e).__name__}: {e}") from e
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
 
 
 def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:

@@ -166,30 +166,30 @@ def _parse_idx(path: Path, magic: int) -> np.ndarray:
 
 def _download_file(name: str, dest_dir: Path) -> Path:
     """Fetch ``name`` from the mirrors into ``dest_dir`` atomically, verifying its md5."""
-    dest_dir.mkdir(parents=True, exist_ok=True)
-    dest = dest_dir / name
-    paths.remove_stale_temporaries(dest_dir, f".{name}.")
-    errors: list[str] = []
-    for mirror in MIRRORS:
-        url = mirror + name
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=dest_dir)
-        try:
-            with os.fdopen(fd, "wb") as out, paths.urlopen(url, DOWNLOAD_TIMEOUT_S) as resp:
-                shutil.copyfileobj(resp, out)
-            digest = md5(Path(tmp))
-            if digest != MD5[name]:
-                raise UserError(f"md5 {digest} != expected {MD5[name]}")
-            publish_mode(Path(tmp))
-            os.replace(tmp, dest)
-            log.info("downloaded %s to %s", url, dest)
-            return dest
-        except Exception as e:  # network errors, timeouts, md5 mismatch
-            errors.append(f"{url}: {type(e).__name__}: {e}")
-            log.info("download of %s failed: %s", url, e)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-    raise OSError("; ".join(errors))
+    with paths.download_folder(dest_dir):
+        paths.remove_stale_temporaries(dest_dir, f".{name}.")
+        errors: list[str] = []
+        for mirror in MIRRORS:
+            url = mirror + name
+            fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=dest_dir)
+            try:
+                with os.fdopen(fd, "wb") as out, paths.urlopen(url, DOWNLOAD_TIMEOUT_S) as resp:
+                    shutil.copyfileobj(resp, out)
+                digest = md5(Path(tmp))
+                if digest != MD5[name]:
+                    raise UserError(f"md5 {digest} != expected {MD5[name]}")
+                publish_mode(Path(tmp))
+                dest = dest_dir / name
+                os.replace(tmp, dest)
+                log.info("downloaded %s to %s", url, dest)
+                return dest
+            except Exception as e:  # network errors, timeouts, md5 mismatch
+                errors.append(f"{url}: {type(e).__name__}: {e}")
+                log.info("download of %s failed: %s", url, e)
+            finally:
+                if os.path.exists(tmp):
+                    os.remove(tmp)
+        raise OSError("; ".join(errors))
 
 
 def load_mnist(split: str, data_dir: PathLike | None = None, download: bool = True) -> ImageSet:

@@ -7,6 +7,7 @@ never falls back), else ``$DAPS_DATA_DIR``; then the download cache ``$XDG_CACHE
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import logging
 import os
@@ -15,6 +16,7 @@ import time
 import urllib.request
 import zipfile
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union
@@ -153,6 +155,27 @@ def remove_stale_temporaries(folder: Path, prefix: str) -> None:
             continue
         logging.getLogger("daps").info("removed %s, left by an interrupted download or unpack", path)
 
+
+
+@contextlib.contextmanager
+def download_folder(folder: Path) -> Iterator[Path]:
+    """Create ``folder`` (and its missing parents) for a download; if the download fails, remove the folders made
+    here that are still empty, so a failed first download leaves no empty cache folders behind."""
+    made = []
+    for parent in (folder, *folder.parents):
+        if parent.exists():
+            break
+        made.append(parent)
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        yield folder
+    except BaseException:
+        for path in made:  # deepest first
+            try:
+                path.rmdir()
+            except OSError:  # not empty (a file verified earlier, or someone else's), or gone
+                break
+        raise
 
 
 def named_npz(data_dir: PathLike | None, dataset: str, holds: str) -> Path:

@@ -219,8 +219,8 @@ def dataset_fid_stats(
     if tuple(data.image_shape)[0] != 3:
         raise UserError(f"FID needs RGB images; {data.name} has {data.image_shape[0]} channel(s)")
     spec = dataset_spec(data.name)
+    images = eval_set(data, split, max_images, batch_size, torch.device(device))  # missing data: said first
     net = load_fid_inception(weights or None, device)
-    images = eval_set(data, split, max_images, batch_size, torch.device(device))
     stats = FeatureStats()
     fid = FIDSetup(net, "reference", batch_size=batch_size)
     with progress_bar(images.num_images, "Inception features", "image", progress) as bar:
