@@ -22,6 +22,7 @@ __all__ = [
     "FLOAT32_EPS",
     "adaptive_grad_clip",
     "categorical_log_probs",
+    "exact_log_probs",
     "categorical_sample",
     "clamp_log_prob",
     "categorical_entropy",
@@ -75,6 +76,12 @@ def categorical_log_probs(logits: torch.Tensor) -> torch.Tensor:
         ``(..., V)`` float32 log-probabilities.
     """
     return clamp_log_prob(F.log_softmax(logits.float(), dim=-1))
+
+
+def exact_log_probs(logits: torch.Tensor) -> torch.Tensor:
+    """Normalized log-probabilities without the clamp of :func:`categorical_log_probs` (float32): what the priors
+    score and sample, so that a near-impossible token stays near-impossible."""
+    return F.log_softmax(logits.float(), dim=-1)
 
 
 def categorical_entropy(log_probs: torch.Tensor) -> torch.Tensor:

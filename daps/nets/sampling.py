@@ -41,18 +41,21 @@ def sample_autoregressive(
     num_tokens: int,
     device: torch.device,
     generator: torch.Generator | None = None,
+    log_probs_of: Callable[[torch.Tensor], torch.Tensor] = categorical_log_probs,
 ) -> Samples:
     """Draw ``num_samples`` codes of ``num_tokens`` per input at temperature 1, one token at a time.
 
     The rows of the flat batch are b-major: the K samples of input b are rows ``b*K ... b*K + K - 1``.
-    Returns codes, log-probabilities and entropies ``(K, B, T)``.
+    ``log_probs_of``: logits -> log-probabilities, the clamped :func:`~daps.functional.categorical_log_probs` of the
+    encoder (as its teacher-forced log q) or :func:`~daps.functional.exact_log_probs` (the priors, which score
+    exactly). Returns codes, log-probabilities and entropies ``(K, B, T)``.
     """
     b, k, t = batch_size, num_samples, num_tokens
     indices = torch.zeros(b * k, t, dtype=torch.long, device=device)  # (B*K, T)
     token_log_q = torch.zeros(b * k, t, device=device)  # (B*K, T)
     token_entropy = torch.zeros(b * k, t, device=device)  # (B*K, T)
     for pos in range(t):
-        log_probs = categorical_log_probs(step(indices, pos))  # (B*K, V)
+        log_probs = log_probs_of(step(indices, pos))  # (B*K, V)
         probs = log_probs.exp()
         token = sample_probs(probs, generator)  # (B*K,)
         indices[:, pos] = token

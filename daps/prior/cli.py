@@ -276,6 +276,9 @@ def _eval(args: argparse.Namespace) -> int:
         f"held-out codes: {'val_codes' if cfg.val_codes else f'{cfg.val_fraction:.0%} of the inputs of the codes file'}"
         f"; {args.n} samples, classes in turn, guidance {args.cfg}, seed {args.seed}"
         + (f"; {judge.protocol(args.n)}" if judge is not None else "; no classifier scores")
+        + ("; dfm_loss: the training loss at 8 times, not a likelihood" if cfg.kind == "dfm" else "")
+        + ("; nll_bound: the masked-diffusion bound, estimated at the same times" if cfg.source == "mask"
+           and cfg.kind == "dfm" else "")
     )
     if args.json:
         print(json.dumps(result))

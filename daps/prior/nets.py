@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from daps.functional import categorical_log_probs, sample_probs
+from daps.functional import exact_log_probs, sample_probs
 from daps.nets.ar_encoder import ARTransformerEncoder, MemoryKV
 from daps.nets.layers import LN_EPS, MLP, Attention, dense, sinusoidal_table
 from daps.nets.sampling import sample_autoregressive
@@ -50,11 +50,12 @@ def sample_guided(model: ARTransformerEncoder, memory: MemoryKV, batch: int, gui
     def step(indices: torch.Tensor, pos: int) -> torch.Tensor:
         if not both:
             return inner(indices, pos) / temperature
-        logits = categorical_log_probs(inner(torch.cat([indices, indices]), pos))  # (2B, V)
-        return guide(logits[:batch], logits[batch:], guidance) / temperature
+        log_p = exact_log_probs(inner(torch.cat([indices, indices]), pos))  # (2B, V)
+        return guide(log_p[:batch], log_p[batch:], guidance) / temperature
 
     device = memory[0][0].device
-    return sample_autoregressive(step, batch, 1, model.num_tokens, device, generator).indices[0]
+    # exact probabilities (no clamp), as the prior's likelihood scores them
+    return sample_autoregressive(step, batch, 1, model.num_tokens, device, generator, exact_log_probs).indices[0]
 
 
 def drop_labels(labels: torch.Tensor, rate: float, null: int, generator: torch.Generator | None) -> torch.Tensor:
@@ -251,11 +252,11 @@ class DFMPrior(nn.Module):
         for i in range(num_steps):
             t = torch.full((b,), i / num_steps, device=device)
             if guidance == 0.0:
-                log_p = categorical_log_probs(self(x, t, null))
+                log_p = exact_log_probs(self(x, t, null))
             elif guidance == 1.0:
-                log_p = categorical_log_probs(self(x, t, labels))
+                log_p = exact_log_probs(self(x, t, labels))
             else:
-                both = categorical_log_probs(self(torch.cat([x, x]), torch.cat([t, t]), torch.cat([labels, null])))
+                both = exact_log_probs(self(torch.cat([x, x]), torch.cat([t, t]), torch.cat([labels, null])))
                 log_p = guide(both[:b], both[b:], guidance)
             probs = torch.softmax(log_p / temperature, dim=-1)  # (B, T, V)
             x = euler_step(x, probs, euler_jump_probability(i, num_steps), self.source, v, generator)
