@@ -15,8 +15,9 @@ the numbers the docs quote):
 - **known answer**: the soles' height above the floor at the model's default pose (pelvis at 1.1 m, straight
   legs), the pelvis height that standing straight-legged on the floor implies, and the median pelvis height
   while walking;
-- **ground truth and baselines** on every 32nd validation window: the ground truth's own foot penetration and
-  skating, and the errors of holding the first pose and of interpolating every 8th frame;
+- **ground truth and baselines** on every 32nd validation window: the ground truth's own foot penetration, skating
+  and float, the same three for the ground truth raised 2 cm (floating: less skating, not better contact), and the
+  errors of holding the first pose and of interpolating every 8th frame;
 - **rendering**: frames per second of one 320 x 320 view as daps renders it (no shadows, reflections or
   multisampling) and with the model's own settings, on this machine's OpenGL backend (``MUJOCO_GL``).
 
@@ -109,10 +110,15 @@ def ground_truth_and_baselines(h1, data, fps: float) -> dict:
     truth = data.window_poses("val", torch.arange(0, len(data.val), 32, device="cpu"))
     gt = motion_metrics(h1, truth, truth, fps)
     keep = ("mpjpe_mm", "joint_error_deg", "foot_skating_m_s")
+    lifted = truth.copy()
+    lifted[..., 2] += 0.02  # the whole motion 2 cm higher: no joint or velocity changes
+    feet = ("foot_skating_m_s", "ground_penetration_mm", "foot_float_mm")
     return {
         "windows": int(len(truth)),
         "gt_ground_penetration_mm": gt["gt_ground_penetration_mm"],
         "gt_foot_skating_m_s": gt["gt_foot_skating_m_s"],
+        "gt_foot_float_mm": gt["gt_foot_float_mm"],
+        "lifted_2cm": {k: v for k, v in motion_metrics(h1, lifted, truth, fps).items() if k in feet},
         "hold_first_pose": {k: v for k, v in motion_metrics(h1, hold_first_pose(truth), truth, fps).items()
                             if k in keep},
         "interpolate_every_8": {k: v for k, v in
@@ -172,6 +178,10 @@ def markdown(r: dict) -> str:
         f"| pelvis median height on {WALK} | {known['walking_pelvis_median_m']:.3f} m |",
         f"| ground truth foot penetration, every 32nd validation window ({base['windows']}) | "
         f"{base['gt_ground_penetration_mm']:.2f} mm |",
+        f"| the same windows raised 2 cm: skating / penetration / float | {base['gt_foot_skating_m_s']:.3f} -> "
+        f"{base['lifted_2cm']['foot_skating_m_s']:.3f} m/s / {base['gt_ground_penetration_mm']:.2f} -> "
+        f"{base['lifted_2cm']['ground_penetration_mm']:.2f} mm / {base['gt_foot_float_mm']:.2f} -> "
+        f"{base['lifted_2cm']['foot_float_mm']:.2f} mm |",
         f"| holding the first pose: MPJPE / joint error | {base['hold_first_pose']['mpjpe_mm']:.1f} mm / "
         f"{base['hold_first_pose']['joint_error_deg']:.2f} deg |",
         f"| interpolating every 8th frame: MPJPE / joint error | {base['interpolate_every_8']['mpjpe_mm']:.1f} mm"

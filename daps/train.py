@@ -640,6 +640,8 @@ def summarize(metrics: dict[str, float | str], source: str = "validation", examp
         ("  ground truth", "gt_foot_skating_m_s", "m/s"),
         ("ground penetration", "ground_penetration_mm", "mm"),
         ("  ground truth", "gt_ground_penetration_mm", "mm"),
+        ("foot float", "foot_float_mm", "mm"),
+        ("  ground truth", "gt_foot_float_mm", "mm"),
         ("codebook utilization", "codebook_utilization", ""),
         ("code perplexity", "code_perplexity", ""),
         ("token entropy", "token_entropy", "nats"),

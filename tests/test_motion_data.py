@@ -36,6 +36,7 @@ from daps.motion.h1 import (  # noqa: E402
 from daps.motion.lafan import CSV_COLUMNS, FPS, VAL_CLIPS, find_source, parse_csv, read_clips  # noqa: E402
 from daps.motion.metrics import (  # noqa: E402
     foot_skating_m_s,
+    foot_float_mm,
     ground_penetration_mm,
     hold_first_pose,
     interpolate_keyframes,
@@ -411,6 +412,26 @@ def test_metrics_known_answers(h1, motion):
     lifted = sliding.copy()
     lifted[:, 2] += 0.2  # in the air: no contact, no skating
     assert foot_skating_m_s(h1, lifted, FPS) == 0.0
+    # ... but it floats: the lower foot's height above the floor
+    assert foot_float_mm(h1, lifted) == pytest.approx(200.0, abs=0.2)
+    assert foot_float_mm(h1, standing(4, drop=-0.02)) == pytest.approx(20.0, abs=0.2)
+    assert foot_float_mm(h1, standing(4, drop=0.01)) == 0.0  # sunk: penetration, not float
+    one_up = standing(4)
+    one_up[:, 7 + 3] = -0.8  # the left knee bent: the left foot 74 mm up, the right still on the floor
+    assert foot_float_mm(h1, one_up) == 0.0
+
+
+def test_a_floating_copy_of_the_data_is_caught_by_the_float_measure(h1, motion):
+    """Raising a ground-truth walk 2 cm changes no joint or velocity and makes its feet skate less (they no longer
+    count as touching); the float measure rises by about the lift, so floating cannot pass for better contact."""
+    truth = motion.window_poses("val", torch.arange(0, len(motion.val), 2800))  # 11 windows across the clips
+    lifted = truth.copy()
+    lifted[..., 2] += 0.02
+    before, after = motion_metrics(h1, truth, truth, FPS), motion_metrics(h1, lifted, truth, FPS)
+    # measured: skating 0.38 -> 0.21 m/s, float 2.2 -> 14.4 mm (frames in flight or sunk rise less than 20 mm)
+    assert after["foot_skating_m_s"] < 0.7 * before["foot_skating_m_s"]  # what floating buys on skating
+    assert after["foot_float_mm"] - before["foot_float_mm"] > 9.0
+    assert after["gt_foot_float_mm"] == before["foot_float_mm"] == before["gt_foot_float_mm"]
 
 
 def test_ground_truth_metrics_and_baselines(h1, motion):

@@ -30,6 +30,7 @@ from daps.motion.features import (
 from daps.motion.h1 import JOINT_NAMES, POSE_DIM, forward_kinematics, load_h1
 from daps.motion.lafan import FPS, VAL_CLIPS, find_source, read_clips
 from daps.motion.metrics import (
+    foot_float_mm,
     foot_skating_m_s,
     ground_penetration_mm,
     hold_first_pose,
@@ -57,6 +58,7 @@ __all__ = [
     "features_to_poses",
     "find_source",
     "fit_standardizer",
+    "foot_float_mm",
     "foot_skating_m_s",
     "forward_kinematics",
     "ground_penetration_mm",

@@ -80,7 +80,7 @@ KEY_POINTS: tuple[Point, ...] = (
 
 CONTACT_HEIGHT = 0.03
 """A foot touches the floor when its lowest sole corner is below this height (m). The retargeted ground truth
-sinks up to ~2 cm into the floor at times, so the threshold is measured from z = 0, not from a fitted floor."""
+sinks centimetres into the floor at times (running clips), so the threshold is measured from z = 0, not from a fitted floor."""
 CONTACT_SPEED = 0.5
 """... and, for the contact *feature*, its sole centre moves horizontally slower than this (m/s)."""
 

@@ -6,9 +6,11 @@ second. Positions come from MuJoCo forward kinematics of the H1 at :data:`METRIC
 centres) of the robot's bodies except the pelvis and ``torso_link`` (whose origin is the pelvis origin), plus the
 toes and hands (:data:`~daps.motion.h1.END_POINTS`).
 
-The retargeted ground truth itself slides and sinks its feet (a few millimetres into the floor, feet sliding in
-part of the walking frames), so report :func:`foot_skating_m_s` and :func:`ground_penetration_mm` of a
-reconstruction next to the same numbers of its ground truth (:func:`motion_metrics` returns both).
+The retargeted ground truth itself slides and sinks its feet (a few millimetres into the floor on average,
+centimetres at times in running clips; feet sliding in part of the walking frames), so report
+:func:`foot_skating_m_s`, :func:`ground_penetration_mm` and :func:`foot_float_mm` of a reconstruction next to the
+same numbers of its ground truth (:func:`motion_metrics` returns both). Skating alone rewards floating (a foot above
+the contact height never counts as touching): read it with the float measure.
 """
 
 from __future__ import annotations
@@ -104,6 +106,11 @@ def _penetration(k: _Kin) -> float:
     return float(np.maximum(0.0, -heights).mean() * 1000)
 
 
+def _float(k: _Kin) -> float:
+    heights, _ = _feet(k, 1.0)
+    return float(np.maximum(0.0, heights.min(axis=-1)).mean() * 1000)
+
+
 def mpjpe_mm(h1: H1, pred: np.ndarray, target: np.ndarray) -> float:
     """Mean per-point position error (mm) with each pose's root position subtracted (the root's orientation is not
     removed, so a wrong heading or tilt counts): ``mean ||(p_i - r) - (p*_i - r*)||`` over points and frames."""
@@ -145,9 +152,18 @@ def ground_penetration_mm(h1: H1, poses: np.ndarray) -> float:
     return _penetration(_Kin(h1, poses))
 
 
+def foot_float_mm(h1: H1, poses: np.ndarray) -> float:
+    """Mean height (mm) of the lower foot above the floor: ``max(0, lowest sole corner of both feet)`` over all frames.
+    The counterpart of :func:`ground_penetration_mm` and the check on :func:`foot_skating_m_s`, which a motion
+    floating above the floor improves (its feet never count as touching): flight phases (runs, jumps) raise it in
+    the ground truth too, so read it against the data's own figure."""
+    return _float(_Kin(h1, poses))
+
+
 def motion_metrics(h1: H1, pred: np.ndarray, target: np.ndarray, fps: float) -> dict[str, float]:
     """Every metric of this module for a reconstruction ``pred`` of ``target`` (both ``(..., T, 26)``), plus the
-    ground truth's own foot skating and penetration under ``gt_*`` keys. Runs forward kinematics once per input."""
+    ground truth's own foot skating, penetration and float under ``gt_*`` keys. Runs forward kinematics once per
+    input."""
     a, b = _pair(h1, pred, target)
     return {
         "mpjpe_mm": _mpjpe(a, b),
@@ -156,8 +172,10 @@ def motion_metrics(h1: H1, pred: np.ndarray, target: np.ndarray, fps: float) -> 
         "root_velocity_error_m_s": root_velocity_error_m_s(a.poses, b.poses, fps),
         "foot_skating_m_s": _skating(a, fps),
         "ground_penetration_mm": _penetration(a),
+        "foot_float_mm": _float(a),
         "gt_foot_skating_m_s": _skating(b, fps),
         "gt_ground_penetration_mm": _penetration(b),
+        "gt_foot_float_mm": _float(b),
     }
 
 
