@@ -425,6 +425,34 @@ def test_static_centre_of_pressure_is_below_the_centre_of_mass(h1):
     assert got["root_force_bw"] == pytest.approx(1.0, abs=1e-6)
 
 
+def test_centre_of_pressure_of_a_turned_and_tilted_pelvis(h1):
+    """The same static one-foot pose with the pelvis turned 1 rad and pitched 0.2 rad: the centre of pressure is
+    still the ground point below the centre of mass. Fails on: the root moment left in the pelvis's own frame
+    (MuJoCo gives the free joint's angular part in the body frame), which the upright, unturned pose cannot tell."""
+    from daps.motion.h1 import forward_kinematics, points_world, sole_points
+    from daps.motion.rotations import quat_mul
+    from daps.robot.commands import centre_of_mass
+    from daps.robot.physics import _hull, balance_check, distance_outside
+
+    pose = one_foot_pose(h1, 1.2)
+    yaw = np.array([np.cos(0.5), 0.0, 0.0, np.sin(0.5)])  # 1 rad about z
+    pitch = np.array([np.cos(0.1), 0.0, np.sin(0.1), 0.0])  # 0.2 rad about y
+    pose[3:7] = quat_mul(yaw, pitch)
+    pos, rot = forward_kinematics(h1, pose)
+    left = points_world(pos, rot, sole_points("left_ankle_link"))
+    pose[2] -= left[:, 2].min() - 0.01  # the lowest left sole corner 1 cm above the floor
+    pos, rot = forward_kinematics(h1, pose)
+    left = points_world(pos, rot, sole_points("left_ankle_link"))
+    right = points_world(pos, rot, sole_points("right_ankle_link"))
+    assert (right[:, 2] > 0.05).all()  # only the left foot can carry load
+    down = left[left[:, 2] < 0.05]
+    com = centre_of_mass(h1, pose)
+    expected = distance_outside(com[:2], _hull(down[:, :2]))
+    assert expected > 0.05
+    got = balance_check(h1, np.stack([pose] * 4), 30.0)
+    assert got["cop_outside_m"] == pytest.approx(expected, abs=1e-3)
+
+
 def test_friction_cone_counts_the_sideways_force(h1):
     """Both feet down, the whole robot accelerating sideways at 1 m/s^2: the floor must push sideways with a tenth
     of the weight. Within a friction coefficient of 1 that is balanced; with 0.05 it is not. Fails on: a friction

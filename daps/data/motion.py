@@ -101,13 +101,13 @@ def lafan_windows(split: str, data: DataConfig) -> WindowImages:
 
 
 class MotionMetrics:
-    """Per-window motion metrics of reconstructions for :func:`daps.metrics.evaluate`: standardized windows
-    ``x, x_hat (B, 1, T, F)`` -> features -> poses (both anchored at the origin, facing +x: the anchor does not
-    change any of these errors) -> MuJoCo forward kinematics -> the metrics of :func:`daps.motion.metrics.
-    motion_metrics` (docs/motion.md): ``mpjpe_mm``, ``mpjpe_global_mm``, ``joint_error_deg``,
-    ``root_velocity_error_m_s``, ``foot_skating_m_s``, ``ground_penetration_mm``, ``foot_float_mm`` and the ground
-    truth's own ``gt_foot_skating_m_s``, ``gt_ground_penetration_mm`` and ``gt_foot_float_mm``. Each is a batch mean, returned for every window of
-    the batch (so the evaluation's mean over windows weights batches by their size)."""
+    """Per-window motion metrics of reconstructions for :func:`daps.metrics.evaluate`: standardized windows ``x,
+    x_hat (B, 1, T, F)`` -> features -> poses (both anchored at the origin, facing +x: the anchor does not change
+    any of these errors) -> MuJoCo forward kinematics -> the metrics of :func:`daps.motion.metrics.motion_metrics`
+    (docs/motion.md): ``mpjpe_mm``, ``mpjpe_global_mm``, ``joint_error_deg``, ``root_velocity_error_m_s``,
+    ``foot_skating_m_s``, ``ground_penetration_mm``, ``foot_float_mm`` and the ground truth's own
+    ``gt_foot_skating_m_s``, ``gt_ground_penetration_mm`` and ``gt_foot_float_mm``. Each is a batch mean, returned
+    for every window of the batch (so the evaluation's mean over windows weights batches by their size)."""
 
     def __init__(self, data: DataConfig) -> None:
         from daps.motion.h1 import load_h1

@@ -79,8 +79,9 @@ KEY_POINTS: tuple[Point, ...] = (
 """Points whose positions relative to the pelvis are features (body frame origins sit at the joints)."""
 
 CONTACT_HEIGHT = 0.03
-"""A foot touches the floor when its lowest sole corner is below this height (m). The retargeted ground truth
-sinks centimetres into the floor at times (running clips), so the threshold is measured from z = 0, not from a fitted floor."""
+"""A foot touches the floor when its lowest sole corner is below this height (m). The retargeted ground truth sinks
+centimetres into the floor at times (running clips), so the threshold is measured from z = 0, not from a fitted
+floor."""
 CONTACT_SPEED = 0.5
 """... and, for the contact *feature*, its sole centre moves horizontally slower than this (m/s)."""
 

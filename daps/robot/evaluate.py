@@ -237,7 +237,8 @@ def table(result: dict[str, Any]) -> str:
             f"{settings['physics_rollouts']} of them tracked in physics, seed {settings['seed']}, guidance "
             f"{settings['guidance']:g}, blend {settings['blend']}. Velocity errors are means over the rollouts' "
             "windows (m/s; yaw rad/s); in parentheses the same error of the tokenizer's reconstructions of real "
-            "windows (random segments of the kind, not at the requested speed), the floor a policy can reach. "
+            "windows (random segments of the kind, not at the requested speed), a reference figure (not a bound: a "
+            "policy is scored against requested velocities and may choose codes the encoder would not). "
             "Other parentheses: the real data's figure.",
             "",
         ]

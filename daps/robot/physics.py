@@ -49,8 +49,9 @@ JOINT_GAINS: dict[str, tuple[float, float]] = {
     "hip": (200.0, 5.0), "knee": (300.0, 6.0), "ankle": (40.0, 2.0), "torso": (300.0, 6.0),
     "shoulder": (100.0, 2.0), "elbow": (50.0, 1.0),
 }  # fmt: skip
-"""PD gains (kp in Nm/rad, kd in Nm s/rad) by the joint's name: of the order of Unitree's own H1 deployment gains,
-a little stiffer at the knee. The torque ``kp (q_ref - q) + kd (qd_ref - qd)`` is clipped to the motor's range
+"""PD gains (kp in Nm/rad, kd in Nm s/rad) by the joint's name: of the order of Unitree's own H1 deployment gains
+(the H1 configuration of Unitree's ``unitree_rl_gym`` has kp 150 at the hips, 200 at the knees and 40 at the
+ankles: these hips and knees are a third to a half stiffer). The torque ``kp (q_ref - q) + kd (qd_ref - qd)`` is clipped to the motor's range
 (200-300 Nm at hips and knees, 40 Nm at ankles and shoulders, 18 Nm at the elbows and shoulder yaws)."""
 
 SUPPORT_GAINS = {"kp_pos": 4000.0, "kd_pos": 700.0, "kp_rot": 800.0, "kd_rot": 80.0}

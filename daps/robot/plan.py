@@ -1,13 +1,14 @@
 """Rolling the policy out: window by window codes -> the tokenizer's decoder -> features -> stitched robot poses.
 
 Window ``w`` is sampled from the policy given the requested kind, the requested velocity of window ``w`` and the
-codes of window ``w - 1`` (the start symbol for the first); the tokenizer decodes it to standardized features,
-which the tokenizer run's statistics (``motion_stats.json``) turn back into raw features. Features carry no
-absolute position, so the windows are chained (:func:`stitch_windows`): the first starts at the origin facing +x,
-and each later one starts one frame after the previous window's last frame, moved by its own first frame's
-velocity and yaw rate, with the heading carried over as integrated, exactly as the frames inside a window are
-integrated (so stitching a clip's own windows gives the clip integrated in one piece). The root position and heading are
-therefore continuous across borders; the joint angles are whatever the decoder gives, and
+codes of window ``w - 1`` (the start symbol for the first); the tokenizer decodes it to standardized features, which
+the tokenizer run's statistics (``motion_stats.json``) turn back into raw features. Features carry no absolute
+position, so the windows are chained (:func:`stitch_windows`): the first starts at the origin facing +x, and each
+later one starts one frame after the previous window's last frame, moved by its own first frame's velocity and yaw
+rate, with the heading carried over as integrated, exactly as the frames inside a window are integrated (so
+stitching a clip's own windows gives the clip integrated in one piece). The root position and the integrated heading
+are therefore continuous across borders (a twist the decoder puts in a window's tilt is kept unless ``drop_twist``,
+so the pose's own heading may still step there); the joint angles are whatever the decoder gives, and
 :func:`transition_jumps` measures how much they jump there.
 """
 
