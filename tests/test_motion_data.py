@@ -35,8 +35,8 @@ from daps.motion.h1 import (  # noqa: E402
 )
 from daps.motion.lafan import CSV_COLUMNS, FPS, VAL_CLIPS, find_source, parse_csv, read_clips  # noqa: E402
 from daps.motion.metrics import (  # noqa: E402
-    foot_skating_m_s,
     foot_float_mm,
+    foot_skating_m_s,
     ground_penetration_mm,
     hold_first_pose,
     interpolate_keyframes,

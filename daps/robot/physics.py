@@ -50,9 +50,10 @@ JOINT_GAINS: dict[str, tuple[float, float]] = {
     "shoulder": (100.0, 2.0), "elbow": (50.0, 1.0),
 }  # fmt: skip
 """PD gains (kp in Nm/rad, kd in Nm s/rad) by the joint's name: of the order of Unitree's own H1 deployment gains
-(the H1 configuration of Unitree's ``unitree_rl_gym`` has kp 150 at the hips, 200 at the knees and 40 at the
-ankles: these hips and knees are a third to a half stiffer). The torque ``kp (q_ref - q) + kd (qd_ref - qd)`` is clipped to the motor's range
-(200-300 Nm at hips and knees, 40 Nm at ankles and shoulders, 18 Nm at the elbows and shoulder yaws)."""
+(the H1 configuration of Unitree's ``unitree_rl_gym`` has kp 150 at the hips, 200 at the knees and 40 at the ankles:
+these hips and knees are a third to a half stiffer). The torque ``kp (q_ref - q) + kd (qd_ref - qd)`` is clipped to
+the motor's range (200-300 Nm at hips and knees, 40 Nm at ankles and shoulders, 18 Nm at the elbows and shoulder
+yaws)."""
 
 SUPPORT_GAINS = {"kp_pos": 4000.0, "kd_pos": 700.0, "kp_rot": 800.0, "kd_rot": 80.0}
 """The support wrench on the pelvis: force ``kp_pos (p_ref - p) + kd_pos (v_ref - v)`` (N/m, N s/m; for the
