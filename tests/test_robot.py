@@ -431,7 +431,7 @@ def test_robot_train_plan_and_eval_end_to_end(tiny_policy, tmp_path, capsys, mon
     assert [r["percentile"] for r in result["rows"]] == [25, 50, 75]
     row = result["rows"][0]
     for key in ("abs_error_forward_m_s", "recon_abs_error_forward_m_s", "border_joint_accel", "gt_border_joint_accel",
-                "foot_skating_m_s",
+                "foot_skating_m_s", "foot_float_mm", "gt_foot_float_mm",
                 "support_force_bw", "gt_support_force_bw", "balanced_fraction", "unique_fraction",
                 "copy_fraction"):
         assert np.isfinite(row[key]), key
@@ -441,7 +441,7 @@ def test_robot_train_plan_and_eval_end_to_end(tiny_policy, tmp_path, capsys, mon
         assert min(r[f"abs_error_{n}"] for n in ("forward_m_s", "left_m_s", "yaw_rad_s")) >= 0
         assert r["abs_error_forward_m_s"] >= abs(r["achieved_forward_m_s"] - r["requested_forward_m_s"]) - 1e-9
     # one set of ground-truth segments serves the three requests
-    for key in ("support_force_bw", "balanced_fraction", "foot_skating_m_s"):
+    for key in ("support_force_bw", "balanced_fraction", "foot_skating_m_s", "foot_float_mm"):
         assert len({r[f"gt_{key}"] for r in rows}) == 1, key
     assert all(r["gt_support_force_bw"] != r["support_force_bw"] for r in rows)  # real walking is not the plan
     assert result["commit"]  # where the numbers came from

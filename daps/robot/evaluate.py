@@ -13,7 +13,8 @@ segments of the same length):
   window-level labels are noisy and the classifier is coarse, see docs/motion.md);
 - **smoothness**: mean |joint acceleration| at window borders and within windows (:func:`daps.robot.plan.
   transition_jumps`), and the same for the ground-truth segments cut at the same borders;
-- **foot skating** (m/s, :func:`daps.motion.metrics.foot_skating_m_s`), planned and ground truth;
+- **foot skating** (m/s, :func:`daps.motion.metrics.foot_skating_m_s`) and **float** (mm, the lower foot's height
+  above the floor, :func:`daps.motion.metrics.foot_float_mm`: floating lowers skating), planned and ground truth;
 - **physics** (``physics_rollouts`` plans per request and as many ground-truth segments): support force / body
   weight and support torque of the PD tracker (:func:`daps.robot.physics.track`), and the inverse-dynamics
   balanced fraction (:func:`daps.robot.physics.balance_check`);
@@ -121,7 +122,7 @@ def evaluate(policy_run: str | Path, motions: list[str], rollouts: int = 8, wind
     request are tracked in physics (the report's settings say how many were)."""
     from daps.motion.dataset import load_motion_data
     from daps.motion.h1 import load_h1
-    from daps.motion.metrics import foot_skating_m_s
+    from daps.motion.metrics import foot_float_mm, foot_skating_m_s
     from daps.prior.run import warn_untrained_null
     from daps.robot.data import load_commands
     from daps.robot.physics import balance_check, track
@@ -157,7 +158,7 @@ def evaluate(policy_run: str | Path, motions: list[str], rollouts: int = 8, wind
         truth_phys = [{**track(h1, p, planner.fps).summary(), **balance_check(h1, p, planner.fps)}
                       for p in truth[:physics_rollouts]]
         gt_jumps = transition_jumps(truth, planner.window, planner.fps)
-        gt_skate = foot_skating_m_s(h1, truth, planner.fps)
+        gt_skate, gt_float = foot_skating_m_s(h1, truth, planner.fps), foot_float_mm(h1, truth)
         real_acc = None
         if judge is not None:
             real_acc = float((_classify(judge, real_windows(motion, kind).numpy()) == kind).mean())
@@ -181,6 +182,7 @@ def evaluate(policy_run: str | Path, motions: list[str], rollouts: int = 8, wind
                 **{f"recon_abs_error_{n}": float(e) for n, e in zip(VELOCITY_NAMES, ceiling)},
                 **jumps, **{f"gt_{k}": val_ for k, val_ in gt_jumps.items()},
                 "foot_skating_m_s": foot_skating_m_s(h1, r.poses, planner.fps), "gt_foot_skating_m_s": gt_skate,
+                "foot_float_mm": foot_float_mm(h1, r.poses), "gt_foot_float_mm": gt_float,
                 "unique_fraction": len(set(codes)) / len(codes),
                 "copy_fraction": float(np.mean([c in train_codes for c in codes])),
                 "windows_per_s": rollouts * windows / plan_s,
@@ -218,7 +220,8 @@ COLUMNS = (
     ("abs_error_yaw_rad_s", "\\|err\\| yaw rad/s (recon)", "{:.2f}"),
     ("kind_accuracy", "kind acc (real)", "{:.2f}"), ("border_joint_accel", "border acc rad/s² (within; data)",
                                                                                "{:.0f}"),
-    ("foot_skating_m_s", "skating m/s (data)", "{:.2f}"), ("support_force_bw", "support F/mg (data)", "{:.2f}"),
+    ("foot_skating_m_s", "skating m/s (data)", "{:.2f}"), ("foot_float_mm", "float mm (data)", "{:.1f}"),
+    ("support_force_bw", "support F/mg (data)", "{:.2f}"),
     ("support_torque_nm", "support Nm (data)", "{:.0f}"), ("balanced_fraction", "balanced (data)", "{:.2f}"),
     ("unique_fraction", "unique", "{:.2f}"), ("copy_fraction", "copies", "{:.2f}"),
 )
