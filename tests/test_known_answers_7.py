@@ -601,6 +601,29 @@ def test_a_frames_support_torque_is_the_mean_over_its_physics_steps(h1, monkeypa
     np.testing.assert_allclose(got.support_force[1], 0.0, atol=1e-9)
 
 
+def test_support_torque_of_a_turned_pelvis_acts_about_the_world_axis_of_the_error(h1, monkeypatch):
+    """The pelvis turned 90 degrees about z while the reference starts tipping about world x (simulation frozen,
+    the robot at rest in frame 0's pose): both the proportional and the damping torque point along world x.
+    MuJoCo gives the free joint's angular velocity in the body frame; left there, the damping term would point
+    along world y for this heading. Fails on: the angular velocities not turned into the world frame."""
+    import mujoco
+
+    from daps.motion.rotations import quat_mul
+    from daps.robot.physics import track
+
+    monkeypatch.setattr(mujoco, "mj_step", lambda model, data: None)
+    theta = np.array([0.0, 0.0, 0.01, 0.04, 0.09])  # tipping faster and faster about world x
+    turned = np.array([np.cos(np.pi / 4), 0.0, 0.0, np.sin(np.pi / 4)])
+    poses = np.zeros((len(theta), 26))
+    poses[:, 2] = 1.1
+    for k, a in enumerate(theta):
+        poses[k, 3:7] = quat_mul(np.array([np.cos(a / 2), np.sin(a / 2), 0.0, 0.0]), turned)
+    torque = track(h1, poses, 30.0, substeps=4).support_torque
+    for frame in (2, 3, 4):
+        assert abs(torque[frame, 0]) > 1.0
+        np.testing.assert_allclose(torque[frame, 1:], 0.0, atol=1e-6 * abs(torque[frame, 0]))
+
+
 @needs_data
 def test_flight_needing_a_small_downward_pull_is_not_pulling_but_balanced(h1):
     """No foot near the floor (0.5 m up), falling at 1.07 g: the wrench is 7 % of the weight, under the 10 %
