@@ -246,7 +246,7 @@ def _eval(args: argparse.Namespace) -> int:
     import torch
 
     from daps.checkpoint import load_model, resolve_checkpoint
-    from daps.data import check_run_data, dataset_spec, eval_set
+    from daps.data import check_fid_images, check_run_data, dataset_spec, eval_set
     from daps.metrics import evaluate
     from daps.metrics.evaluate import fid_setup
     from daps.train import summarize
@@ -271,10 +271,10 @@ def _eval(args: argparse.Namespace) -> int:
         data.data_dir = args.data_dir
     spec = dataset_spec(data.name)
     check_run_data(ckpt.parent.parent, data)  # load_model verified the checkpoint
-    if args.fid != "none" and tuple(data.image_shape)[0] != 3:  # before the Inception weights are read
-        raise UserError(f"--fid {args.fid} needs RGB images; {data.name} has {data.image_shape[0]} channel(s)")
+    if args.fid != "none":  # before the Inception weights are read
+        check_fid_images(data.name, data.image_shape, f"--fid {args.fid}")
     images = eval_set(data, args.split, args.max_images, args.batch_size, device)
-    fid = fid_setup(args.fid, args.fid_weights, args.fid_ref, device)
+    fid = fid_setup(args.fid, args.fid_weights, args.fid_ref, device, data)
     example_metrics = spec.example_metrics(data) if spec.example_metrics is not None else None
     metrics = evaluate(
         model, images, torch.Generator(device).manual_seed(args.seed), spec.standardize, fid, example_metrics,
@@ -311,12 +311,12 @@ def _plot_reconstructions(model, spec, data, images, path: Path, seed: int, devi
 
 def _fid_stats(args: argparse.Namespace, argv: list[str]) -> int:
     from daps.config import DataConfig
-    from daps.data import dataset_spec
+    from daps.data import check_fid_images, dataset_spec
     from daps.metrics.evaluate import dataset_fid_stats
 
     spec = dataset_spec(args.dataset)
     if spec.examples != "images":
-        raise UserError(f"fid-stats: FID compares images; {spec.name} holds {spec.examples} of motion or features")
+        check_fid_images(spec.name, (3,), "fid-stats")
     if args.batch_size <= 0 or args.max_images < 0 or args.workers < 0:
         raise UserError("--batch-size must be positive, --max-images and --workers >= 0")
     if args.image_size is not None and args.image_size < 16:

@@ -356,8 +356,14 @@ def validate(cfg: Config) -> None:
         raise UserError(f"data.image_shape must be three positive sizes C,H,W, got {cfg.data.image_shape}")
     if t.fid not in ("none", "val-pairs", "reference"):
         raise UserError(f"train.fid must be none, val-pairs or reference, got {t.fid!r}")
-    if t.fid != "none" and cfg.data.image_shape[0] != 3:
-        raise UserError(f"train.fid={t.fid} needs RGB images; {cfg.data.name} has {cfg.data.image_shape[0]} channel(s)")
+    if t.fid != "none":
+        from daps.data import check_fid_images  # the data registry builds on this module
+
+        check_fid_images(cfg.data.name, cfg.data.image_shape, f"train.fid={t.fid}")
+    if t.fid_reference and t.fid != "reference":
+        raise UserError(f"train.fid_reference is read only with train.fid=reference (here train.fid={t.fid})")
+    if t.fid_weights and t.fid == "none":
+        raise UserError("train.fid_weights is read only with train.fid=val-pairs or reference (here train.fid=none)")
     if t.fid == "reference" and not t.fid_reference:
         raise UserError("train.fid=reference needs train.fid_reference (a statistics .npz from daps fid-stats)")
     if t.cuda_graph and t.compile:

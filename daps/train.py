@@ -346,7 +346,7 @@ def _setup(cfg: Config, state: dict | None, device: torch.device, rank: int, wor
     # FID's network and reference statistics are loaded now, so a wrong path fails before training, not after it.
     fid = None
     if dist.is_main() and tc.fid != "none":
-        fid = fid_setup(tc.fid, tc.fid_weights or None, tc.fid_reference or None, device)
+        fid = fid_setup(tc.fid, tc.fid_weights or None, tc.fid_reference or None, device, cfg.data)
     return Setup(
         cfg,
         Path(tc.out_dir),

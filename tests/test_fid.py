@@ -489,3 +489,36 @@ def test_frechet_distance_of_singular_statistics_with_themselves_is_zero_without
     feats = np.random.default_rng(0).normal(size=(4, 10)) * 3  # 4 samples in 10 dimensions: rank 3
     mu, sigma = feats.mean(0), np.cov(feats, rowvar=False)
     assert frechet_distance(mu, sigma, mu, sigma, eps=0.0) == pytest.approx(0.0, abs=1e-6 * np.trace(sigma))
+
+
+def test_reference_statistics_of_another_size_are_refused_of_another_dataset_warned(tmp_path, caplog):
+    """A reference made from 1000-pixel images against 32-pixel reconstructions is no FID: refused before any work;
+    statistics of another dataset are warned about; a sample of the same images (imagenet256-sample) and files
+    without a record (ADM's reference batches) pass quietly."""
+    from daps.config import DataConfig
+    from daps.errors import UserError
+    from daps.metrics.evaluate import check_reference_matches
+
+    cifar = DataConfig(name="cifar10-jpeg", image_shape=(3, 32, 32))
+    with pytest.raises(UserError, match=r"shape \(3, 1000, 1000\), but these images are \(3, 32, 32\)"):
+        check_reference_matches("ref.npz", {"dataset": "imagenet256-sample", "image_shape": [3, 1000, 1000]}, cifar)
+    with caplog.at_level("WARNING"):
+        check_reference_matches("ref.npz", {"dataset": "imagefolder", "image_shape": [3, 32, 32]}, cifar)
+    assert "the FID compares two datasets" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        check_reference_matches("ref.npz", {"dataset": "cifar10", "image_shape": [3, 32, 32]}, cifar)
+        check_reference_matches("ref.npz", {}, cifar)
+        check_reference_matches("ref.npz", {"dataset": "imagenet256-sample", "image_shape": [3, 256, 256]},
+                                DataConfig(name="imagenet256", image_shape=(3, 256, 256)))
+    assert not caplog.text
+
+
+def test_a_text_file_as_statistics_is_named_plainly(tmp_path):
+    from daps.errors import UserError
+
+    path = tmp_path / "ref.npz"
+    path.write_text("mu = 1\n")
+    with pytest.raises(UserError) as err:
+        load_fid_stats(path)
+    assert "not an .npz archive" in str(err.value) and "pickle" not in str(err.value)

@@ -129,7 +129,7 @@ def test_the_card_fits_the_method_and_the_processes_that_trained_it(tiny_overrid
 
     cfg = daps.parse_overrides(daps.get_preset("mnist", method),
                                [*tiny_overrides_for(method),
-                                "train.fid_reference=/my data/ref stats.npz"])
+                                "data.data_dir=/my data/mnist files"])
     model = build_method(cfg, tuple(cfg.data.image_shape))
     model.config = cfg
     card = daps.hub.model_card(model, {"log_p": -90.0, "num_images": 100}, step=6, world_size=2)
@@ -138,7 +138,7 @@ def test_the_card_fits_the_method_and_the_processes_that_trained_it(tiny_overrid
     assert "6 optimizer steps at batch size 32 (2 processes of 16)" in card
     words = shlex.split(card.split("```bash\n")[1].split("\n```")[0])
     assert words[:4] == ["torchrun", "--nproc_per_node=2", "-m", "daps"]
-    assert "train.fid_reference=ref stats.npz" in words  # quoted for the shell; the path of this machine cut off
+    assert "data.data_dir=mnist files" in words  # quoted for the shell; the path of this machine cut off
 
 
 def test_folders_are_never_replaced_unless_daps_wrote_them(trained_run, tmp_path, capsys):

@@ -482,3 +482,22 @@ def test_fid_stats_refuses_a_dataset_of_windows(dataset, tmp_path, capsys):
     assert main(["fid-stats", dataset, "--out", str(tmp_path / "s.npz")]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "FID compares images" in err and dataset in err, err
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["train.fid=none", "train.fid_reference=ref.npz"], "train.fid_reference is read only with train.fid=reference"),
+    (["train.fid=val-pairs", "train.fid_reference=ref.npz"], "read only with train.fid=reference (here "),
+    (["train.fid=none", "train.fid_weights=w"], "train.fid_weights is read only with train.fid=val-pairs or reference"),
+])
+def test_fid_settings_without_their_fid_are_refused(overrides, message, tmp_path, capsys):
+    argv = ["train", "--preset", "cifar10", *overrides, f"train.out_dir={tmp_path / 'run'}"]
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_fid_of_motion_says_fid_is_for_images(tmp_path, capsys):
+    argv = ["train", "--preset", "lafan1-h1", "train.fid=val-pairs", f"train.out_dir={tmp_path / 'run'}"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "FID compares images; lafan1-h1 holds windows" in err and "channel" not in err

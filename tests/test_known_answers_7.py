@@ -100,6 +100,7 @@ def _fake_eval(monkeypatch, tmp_path, codes, predicted, train_codes, real_kinds)
     monkeypatch.setattr(daps.motion.dataset, "load_motion_data", lambda *a, **k: "motion")
     monkeypatch.setattr(daps.motion.classifier, "load_classifier", lambda: judge)
     monkeypatch.setattr(daps.motion.metrics, "foot_skating_m_s", lambda h1, poses, fps: 0.0)
+    monkeypatch.setattr(daps.motion.metrics, "foot_float_mm", lambda h1, poses: 0.0)
     monkeypatch.setattr(ev, "resolve_checkpoint", lambda p: tmp_path / "run" / "checkpoints" / "step_1")
     monkeypatch.setattr(daps.robot.data, "load_commands",
                         lambda path: ({"train": SimpleNamespace(codes=torch.tensor(train_codes))}, {}))

@@ -543,8 +543,13 @@ def test_report_stem_replaces_only_an_earlier_report(tmp_path):
 
     stem = tmp_path / "eval"
     check_report_stem(stem, overwrite=False)  # nothing there: fine
-    (tmp_path / "eval.json").write_text(json.dumps({"policy": "p", "settings": {}, "rows": []}))
-    (tmp_path / "eval.md").write_text("| kind | speed |\n|---|---|\n")
+    from daps.robot.evaluate import table
+
+    report = {"policy": "p", "method": "vqvae", "rows": [{"motion": "walk", "requested_forward_m_s": 1.0}],
+              "settings": {"rollouts": 1, "windows": 2, "window_seconds": 1.07, "physics_rollouts": 0, "seed": 0,
+                           "guidance": 1.0, "blend": 0}}
+    (tmp_path / "eval.json").write_text(json.dumps(report))
+    (tmp_path / "eval.md").write_text(table(report))  # as robot eval writes it: a caption, then the table
     with pytest.raises(UserError, match="--overwrite"):
         check_report_stem(stem, overwrite=False)
     check_report_stem(stem, overwrite=True)  # an earlier report: replaceable

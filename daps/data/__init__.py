@@ -44,6 +44,7 @@ from daps.data.transforms import fixed_subset
 from daps.errors import UserError
 
 __all__ = [
+    "check_fid_images",
     "DATASETS",
     "DatasetSpec",
     "ImageSet",
@@ -238,6 +239,16 @@ def dataset_spec(name: str) -> DatasetSpec:
     if name not in DATASETS:
         raise UserError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
     return DATASETS[name]
+
+
+def check_fid_images(name: str, image_shape: tuple[int, ...] | list[int], setting: str) -> None:
+    """A :class:`UserError` naming ``setting`` (e.g. ``--fid val-pairs``) when dataset ``name`` with examples of
+    ``image_shape`` cannot have an FID: it holds no images (motion, features) or no RGB ones."""
+    spec = dataset_spec(name)
+    if spec.examples != "images":
+        raise UserError(f"{setting}: FID compares images; {name} holds {spec.examples} of motion or features")
+    if tuple(image_shape)[0] != 3:
+        raise UserError(f"{setting} needs RGB images; {name} has {image_shape[0]} channel(s)")
 
 
 def check_run_data(run_dir: PathLike, data: DataConfig) -> None:

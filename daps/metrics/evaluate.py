@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -44,10 +45,14 @@ def fid_setup(
     weights: str | Path | None = None,
     reference: str | Path | None = None,
     device: torch.device | str | None = None,
+    data: Any = None,
 ) -> FIDSetup | None:
     """Load the FID network (on ``device``) and reference statistics for ``protocol``; None, with a logged reason,
     when no ``weights`` path is given and none are found in the default places (FID is then skipped; nothing is
-    downloaded). A given ``weights`` path that does not exist raises FileNotFoundError."""
+    downloaded). A given ``weights`` path that does not exist raises FileNotFoundError. With ``data`` (the
+    :class:`daps.config.DataConfig` of the images compared), statistics recorded for images of another size are
+    refused and those of another dataset warned about (files without a record, such as ADM's, are taken as they
+    are)."""
     from daps.metrics.fid import load_fid_stats
     from daps.nets.inception import load_fid_inception
 
@@ -64,6 +69,8 @@ def fid_setup(
         described = ", ".join(f"{k} {meta[k]}" for k in ("dataset", "split", "image_shape") if k in meta)
         log.info("FID reference %s: %s images%s", reference, num if num is not None else "an unknown number of",
                  f" ({described})" if described else "")
+        if data is not None:
+            check_reference_matches(reference, meta, data)
     try:
         net = load_fid_inception(weights or None, device)
     except FileNotFoundError as err:
@@ -72,6 +79,23 @@ def fid_setup(
         log.warning("FID skipped: %s", err)
         return None
     return FIDSetup(net, protocol, ref, str(reference or ""))
+
+
+SAME_IMAGES = ({"imagenet256", "imagenet256-sample"}, {"cifar10", "cifar10-jpeg"})
+"""Datasets whose images are the same kind (a sample of the other, a lossy copy): no warning between them."""
+
+
+def check_reference_matches(reference: str | Path, meta: dict, data: Any) -> None:
+    """UserError when FID statistics were recorded (``meta``, as ``daps fid-stats`` writes it) for images of another
+    size than ``data``'s; a warning when for another dataset."""
+    shape, dataset = meta.get("image_shape"), meta.get("dataset")
+    if shape is not None and tuple(shape) != tuple(data.image_shape):
+        raise UserError(f"FID reference {reference} holds statistics of {dataset or 'some'} images of shape "
+                        f"{tuple(shape)}, but these images are {tuple(data.image_shape)}: make statistics at this "
+                        f"size (daps fid-stats {data.name} ...)")
+    if dataset and dataset != data.name and {dataset, data.name} not in SAME_IMAGES:
+        log.warning("FID reference %s holds statistics of %s images; these are %s images: the FID compares two "
+                    "datasets", reference, dataset, data.name)
 
 
 @torch.no_grad()

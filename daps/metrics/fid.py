@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import zipfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -278,6 +279,8 @@ def load_fid_stats(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, int
     """``(mu (D,), sigma (D, D), num_images or None, meta)`` from our ``.npz`` or an ADM / guided-diffusion
     reference batch (``mu``, ``sigma`` plus ignored arrays such as ``arr_0``, ``mu_s``, ``sigma_s``)."""
     path = Path(path)
+    if path.is_file() and not zipfile.is_zipfile(path):  # e.g. a text file: numpy would speak of pickles
+        raise UserError(f"{path}: not an .npz archive of FID statistics, or it was cut short")
     try:
         f = np.load(path, allow_pickle=False)  # lazy for .npz: only the arrays read below are decompressed
         if not isinstance(f, np.lib.npyio.NpzFile):

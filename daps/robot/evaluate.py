@@ -227,6 +227,10 @@ COLUMNS = (
 )
 
 
+TABLE_HEAD = "| motion |"
+"""How the report's table starts (its first column, :data:`COLUMNS`' first)."""
+
+
 def table(result: dict[str, Any]) -> str:
     """The rows as a markdown table under a line saying what was evaluated and how; in parentheses, what the
     column's header names: the tokenizer's own reconstruction error (recon), the real data's figure (data, real)."""
@@ -279,13 +283,15 @@ REPORT_KEYS = frozenset({"policy", "settings", "rows"})
 
 
 def _is_report(json_path: Path, md_path: Path) -> bool:
-    """An earlier report: its JSON holds the report's keys, and its table (if there) is a markdown table."""
+    """An earlier report: its JSON holds the report's keys, and its markdown (if there) holds the report's table
+    (a line starting with its first column, ``| motion |``, after the caption :func:`table` writes above it)."""
     try:
         data = json.loads(json_path.read_text())
-        table_text = md_path.read_text() if md_path.exists() else "|"
+        table_text = md_path.read_text() if md_path.exists() else TABLE_HEAD
     except (OSError, ValueError):
         return False
-    return isinstance(data, dict) and REPORT_KEYS <= data.keys() and table_text.startswith("|")
+    has_table = any(line.startswith(TABLE_HEAD) for line in table_text.splitlines())
+    return isinstance(data, dict) and REPORT_KEYS <= data.keys() and has_table
 
 
 def report_paths(stem: Path) -> tuple[Path, Path]:
