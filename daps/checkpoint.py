@@ -208,6 +208,9 @@ def resolve_checkpoint(path: str | Path, verify: bool = True) -> Path:
         ckpt = path.parent
     elif (path / "model.safetensors").exists() or (path / CHECKSUMS).exists():
         ckpt = path
+    elif path.is_file():
+        raise CheckpointError(f"{path} is a file; give a run folder or one of its checkpoint folders "
+                              f"({CKPT_DIR}/step_N)")
     else:
         latest = path / CKPT_DIR / "latest"
         try:

@@ -86,6 +86,9 @@ def load_code_tokenizer(
 
     ckpt = resolve_checkpoint(source)
     model = load_model(ckpt, device)
+    if model.vocab_size is None:
+        raise UserError(f"tokenizer {source} is a {model.config.method} run with continuous latents, not discrete "
+                        f"codes; {codes_of} (V={meta['vocab_size']}, T={meta['num_tokens']}) come from another one")
     if model.vocab_size != meta["vocab_size"] or model.input_spec.num_tokens != meta["num_tokens"]:
         raise UserError(f"tokenizer {source} has V={model.vocab_size}, T={model.input_spec.num_tokens}; "
                         f"{codes_of} have V={meta['vocab_size']}, T={meta['num_tokens']}")

@@ -123,8 +123,8 @@ def parse_overrides(cfg: Config, overrides: list[str]) -> Config:
         value = _typed(cfg, fields, key, text)
         if key in ("method", "preset") and text.strip() != getattr(cfg, key):
             raise UserError(
-                f"{key}={text.strip()}: choose the {key} with --{key} (get_preset(name, method)) so that its "
-                "defaults apply"
+                f"{key}={text.strip()}: choose the {key} with --{key} (in Python: get_preset(name, method)) so "
+                "that its defaults apply"
             )
         owner, f = fields[key]
         setattr(owner, f.name, value)

@@ -123,6 +123,18 @@ def test_latest_points_to_a_complete_checkpoint(trained_run):
     assert not list(root.glob(".*")), "no temp files or folders are left behind"
 
 
+def test_a_file_given_for_a_run_is_named_as_one(trained_run, capsys):
+    """``daps eval RUN/config.json`` says the argument is a file, not that RUN/config.json/checkpoints/latest is
+    'not a directory'."""
+    for given in (trained_run / "config.json", trained_run / CKPT_DIR / "latest"):
+        assert main(["eval", str(given), "--json"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.endswith(f"{given} is a file; give a run folder or one of its checkpoint folders "
+                            f"({CKPT_DIR}/step_N)"), err
+    weights = trained_run / CKPT_DIR / "step_00000006" / "model.safetensors"
+    assert resolve_checkpoint(weights) == weights.parent  # the one file that names a checkpoint
+
+
 # --------------------------------------------------------------------------------------------------
 # load_model
 

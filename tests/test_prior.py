@@ -970,3 +970,16 @@ def test_dfm_loss_tells_the_network_the_time_its_tokens_were_corrupted_at(source
     expected = seen["t"] + (1 - seen["t"]) / v if source == "uniform" else seen["t"]
     assert float((kept - expected).abs().mean()) < 0.03
     assert float(seen["t"].min()) < 0.05 and float(seen["t"].max()) > 0.95  # t ~ U[0, 1)
+
+
+def test_a_continuous_tokenizer_is_named_as_such(tmp_path, tiny_overrides_for, single_thread):
+    """A Gaussian VAE run given as the tokenizer of codes: said to have continuous latents, not 'V=None'."""
+    from daps.codes import load_code_tokenizer
+
+    run = tmp_path / "vae"
+    assert main(["train", "--method", "vae", *tiny_overrides_for("vae"), "train.steps=2",
+                 f"train.out_dir={run}"]) == 0
+    with pytest.raises(UserError) as err:
+        load_code_tokenizer(run, {"vocab_size": 16, "num_tokens": 4}, torch.device("cpu"), "the prior's codes")
+    assert "a vae run with continuous latents, not discrete codes" in str(err.value)
+    assert "None" not in str(err.value)
