@@ -114,7 +114,17 @@ class RunPlan:
     clear_first: bool = False
 
 
+def _check_same_kind(run_dir: Path, saved_cfg: Config, cfg: Config) -> None:
+    """A run of another method or preset is named as such, not as a list of every setting that differs."""
+    for key, flag in (("method", "--method"), ("preset", "--preset")):
+        saved, new = getattr(saved_cfg, key), getattr(cfg, key)
+        if saved != new:
+            raise UserError(f"cannot resume {run_dir}: it is a {saved} run ({key}), and this command trains {new}; "
+                            f"resume it with {flag} {saved}")
+
+
 def _check_same_config(run_dir: Path, saved_cfg: Config, cfg: Config, report: bool = True) -> None:
+    _check_same_kind(run_dir, saved_cfg, cfg)
     changed = config_differences(saved_cfg, cfg, ignore=RESUMABLE_CHANGES)
     if changed:
         diffs = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in sorted(changed.items()))
@@ -163,10 +173,12 @@ def prepare_run_dir(cfg: Config, resume: bool, overwrite: bool, report: bool = T
             _check_same_config(run_dir, read_config(saved), cfg, report)
         warn("%s was stopped before its first checkpoint: starting it again in place", run_dir)
         return RunPlan(clear_first=True)
+    saved_cfg = read_config(ckpt / "config.json")
+    _check_same_kind(run_dir, saved_cfg, cfg)
     step, end_step = int(ckpt.name.removeprefix("step_")), stop_step(cfg)
     if step > end_step:  # before any warning about the changed config: a refusal is one line
         raise _past_end(run_dir, step, end_step)
-    _check_same_config(run_dir, read_config(ckpt / "config.json"), cfg, report)
+    _check_same_config(run_dir, saved_cfg, cfg, report)
     return RunPlan(resume_from=ckpt)
 
 

@@ -302,6 +302,19 @@ def test_resume_with_a_different_architecture_is_refused(trained_run, capsys, ti
     assert snapshot(trained_run) == before
 
 
+@pytest.mark.parametrize("steps", ["2", "100"])
+def test_resume_with_another_method_names_the_runs_method(trained_run, capsys, tiny_overrides_for, steps):
+    """Resuming a daps run with --method vqvae says so, whether or not the step count also differs (not 'set to
+    stop at step 2', nor a list of every setting of the two methods)."""
+    before = snapshot(trained_run)
+    argv = ["train", "--method", "vqvae", *tiny_overrides_for("vqvae"), f"train.steps={steps}",
+            f"train.out_dir={trained_run}", "--resume"]
+    assert main(argv) == 2
+    line = error_line(capsys, "train")
+    assert "it is a daps run (method), and this command trains vqvae; resume it with --method daps" in line, line
+    assert snapshot(trained_run) == before
+
+
 def test_resume_of_a_folder_that_is_not_a_run_is_refused(tmp_path, capsys, tiny_overrides):
     run = tmp_path / "run"
     run.mkdir()
