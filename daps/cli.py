@@ -210,7 +210,7 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("presets", help="list presets, or print one preset's full config as JSON")
     p.add_argument("name", nargs="?")
-    p.add_argument("--method", default="daps", help="the method whose defaults to show (default daps)")
+    p.add_argument("--method", default=None, help="the method whose defaults to show (default daps)")
     return parser
 
 
@@ -430,6 +430,8 @@ def _render(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from daps.hub import check_push, export_run, push_folder
 
+    if args.private and not args.push_to_hub:
+        raise UserError("--private is read only with --push-to-hub REPO_ID (a folder on disk is neither)")
     if args.push_to_hub:
         check_push(args.push_to_hub)  # a bad id or a missing package is refused before the folder is written
     folder = export_run(args.run_dir, args.out, args.overwrite)
@@ -443,12 +445,15 @@ def _export(args: argparse.Namespace) -> int:
 def _presets(args: argparse.Namespace) -> int:
     from daps.config_io import config_to_dict
 
+    if args.name is None and args.method is not None:
+        raise UserError(f"--method shows one preset's config with that method's defaults: name the preset (daps "
+                        f"presets mnist --method {args.method})")
     if args.name is None:  # each preset with the first paragraph of its doc, wrapped under its name
         for name, fn in sorted(PRESETS.items()):
             summary = " ".join(inspect.cleandoc(fn.__doc__ or "").split("\n\n")[0].split())
             print(textwrap.fill(summary, 110, initial_indent=f"{name:<13}", subsequent_indent=" " * 13))
         return 0
-    print(json.dumps(config_to_dict(get_preset(args.name, args.method)), indent=2))
+    print(json.dumps(config_to_dict(get_preset(args.name, args.method or "daps")), indent=2))
     return 0
 
 

@@ -409,6 +409,10 @@ def test_presets_name_prints_the_full_config(capsys):
     assert config_from_dict(printed) == get_preset("mnist")
     assert main(["presets", "nope"]) == 2
     assert "unknown preset 'nope'" in error_line(capsys, "presets")
+    assert main(["presets", "mnist", "--method", "vqvae"]) == 0
+    assert strict_json(capsys.readouterr().out)["method"] == "vqvae"
+    assert main(["presets", "--method", "vqvae"]) == 2  # the list has no method's defaults: name the preset
+    assert "name the preset" in error_line(capsys, "presets")
 
 
 def test_a_bug_keeps_its_traceback(monkeypatch, tiny_overrides, tmp_path):

@@ -152,6 +152,10 @@ def test_folders_are_never_replaced_unless_daps_wrote_them(trained_run, tmp_path
     assert main(["export", str(trained_run), "--out", str(out)]) == 0
     assert main(["export", str(trained_run), "--out", str(out)]) == 2  # exists: needs --overwrite
     assert main(["export", str(trained_run), "--out", str(out), "--overwrite"]) == 0
+    capsys.readouterr()
+    assert main(["export", str(trained_run), "--out", str(tmp_path / "private"), "--private"]) == 2
+    assert "--private is read only with --push-to-hub" in capsys.readouterr().err
+    assert not (tmp_path / "private").exists()
     model = daps.from_pretrained(out)
     again = model.save_pretrained(tmp_path / "again")
     assert daps.from_pretrained(again).encode(torch.zeros(1, 1, 28, 28), torch.Generator()).shape == (1, 4)

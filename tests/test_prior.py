@@ -760,9 +760,17 @@ def test_inception_fid_on_grey_digits_is_refused_before_sampling(exported, tmp_p
     assert main(["prior", "train", str(exported["train"]), "--out", str(prior), "steps=2", "width=16",
                  "num_heads=2", "progress=false"]) == 0
     monkeypatch.setattr(scores, "score_prior", lambda *a, **k: pytest.fail("sampled before refusing"))
-    for extra in ([], ["--no-classifier"]):
-        assert "--inception-fid is for RGB image datasets" in _error(
-            capsys, ["prior", "eval", str(prior), "--n", "10", "--inception-fid", "10", *extra])
+    assert "--inception-fid is for RGB image datasets" in _error(
+        capsys, ["prior", "eval", str(prior), "--n", "10", "--inception-fid", "10"])
+    # options another option switches off: refused before anything is loaded or sampled
+    for extra, message in ((["--inception-fid", "10", "--no-classifier"], "--inception-fid needs the classifier"),
+                           (["--fid-weights", str(tmp_path)], "--fid-weights is read only with --inception-fid"),
+                           (["--tokenizer", str(prior), "--no-classifier"], "--tokenizer is read only for the")):
+        assert message in _error(capsys, ["prior", "eval", str(prior), "--n", "10", *extra])
+    # a grid of more samples than one PNG holds
+    assert "more than one grid holds (400)" in _error(
+        capsys, ["prior", "sample", str(prior), "--n", "41", "--out", str(tmp_path / "g.png")])
+    assert not (tmp_path / "g.png").exists()
 
 
 def test_progress_in_a_file_is_a_line_per_logged_row(exported, tmp_path, caplog, capsys):

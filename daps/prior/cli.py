@@ -202,6 +202,10 @@ def _sample(args: argparse.Namespace) -> int:
     else:
         labels = torch.full((args.n,), parse_label(args.label, names), device="cpu")
         columns = min(args.n, 10)
+    if len(labels) > MAX_GRID:  # one PNG (and one video) of them all
+        per = "" if args.label is not None else f" ({args.n} for each of {len(names)} classes)"
+        raise UserError(f"--n: {len(labels)} samples{per} is more than one grid holds ({MAX_GRID}); ask for fewer or "
+                        "one --label at a time")
     tokenizer = _tokenizer(args, meta, device)
     if video is not None and tokenizer.config.data.name != "lafan1-h1":  # poses of the H1 to render
         raise UserError(f"--video is for motion tokenizers of the H1 (lafan1-h1); this one is "
@@ -237,6 +241,12 @@ def _eval(args: argparse.Namespace) -> int:
     if args.n < 2 or args.inception_fid < 0 or args.inception_fid == 1:
         raise UserError(f"--n must be at least 2 and --inception-fid 0 (off) or at least 2, got {args.n} and "
                         f"{args.inception_fid}")
+    if args.fid_weights and not args.inception_fid:
+        raise UserError("--fid-weights is read only with --inception-fid N")
+    if args.inception_fid and args.no_classifier:
+        raise UserError("--inception-fid needs the classifier setup that --no-classifier skips")
+    if args.tokenizer and args.no_classifier:
+        raise UserError("--tokenizer is read only for the classifier scores, which --no-classifier skips")
     check_sampling(args.cfg, 1.0)
     device = _device(args.device)
     model, cfg, meta = load_prior(args.prior_dir, device)
