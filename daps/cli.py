@@ -382,6 +382,8 @@ def _gradlab(args: argparse.Namespace, argv: list[str]) -> int:
             raise UserError(f"--resample takes sizes like 1,2,4, got {args.resample!r}") from None
         if not all(1 <= m <= args.num_samples for m in sizes):
             raise UserError(f"--resample sizes must be in [1, --num-samples={args.num_samples}]")
+        if len(set(sizes)) != len(sizes):
+            raise UserError(f"--resample {args.resample}: a size is repeated (each gives two rows of its own)")
         estimators += resampled_estimators(args.num_samples, args.eta, sizes)
     result = run_gradlab(
         estimators, args.draws, args.beta, args.temperature, pretrain_steps=args.pretrain_steps, seed=args.seed,
@@ -402,10 +404,12 @@ def _render(args: argparse.Namespace) -> int:
     from daps.motion.render import render_side_by_side
 
     out = check_media_output(args.out, ".mp4", args.overwrite)
+    from daps.motion.render import MAX_VIEW_SIZE
+
     if not (math.isfinite(args.seconds) and args.seconds > 0 and math.isfinite(args.start) and args.start >= 0
-            and args.size >= 16):
-        raise UserError("--seconds must be a positive number, --start a number >= 0 and --size >= 16, got "
-                        f"{args.seconds}, {args.start} and {args.size}")
+            and 16 <= args.size <= MAX_VIEW_SIZE):
+        raise UserError(f"--seconds must be a positive number, --start a number >= 0 and --size 16 to "
+                        f"{MAX_VIEW_SIZE} pixels, got {args.seconds}, {args.start} and {args.size}")
     device = _device(args.device)
     ckpt = resolve_checkpoint(args.run_dir, verify=False)  # once: a run still training may move its latest
     model = load_model(ckpt, device)

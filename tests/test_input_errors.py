@@ -501,3 +501,9 @@ def test_fid_of_motion_says_fid_is_for_images(tmp_path, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "FID compares images; lafan1-h1 holds windows" in err and "channel" not in err
+
+
+def test_render_size_is_capped_before_the_run_is_read(tmp_path, capsys):
+    argv = ["render", str(tmp_path / "no-run"), "--out", str(tmp_path / "v.mp4"), "--size", "100000"]
+    assert main(argv) == 2
+    assert "--size 16 to 4096 pixels, got" in capsys.readouterr().err

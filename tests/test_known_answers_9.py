@@ -378,8 +378,9 @@ def test_robot_plan_checks_its_arguments_before_reading_the_policy(tmp_path, cap
     is exit 2 naming the problem, before the missing policy folder is noticed. Fails on: a lower size bound, the
     both-velocities check dropped, the physics video named otherwise."""
     out = str(tmp_path / "walk.mp4")
-    code, err = _robot(tmp_path, capsys, "plan", "--motion", "walk", "--out", out, "--size", "8")
-    assert code == 2 and "--size must be at least 16" in err
+    for size in ("8", "100000"):  # a framebuffer that large fails as if OpenGL were missing
+        code, err = _robot(tmp_path, capsys, "plan", "--motion", "walk", "--out", out, "--size", size)
+        assert code == 2 and f"--size must be 16 to 4096 pixels, got {size}" in err
     code, err = _robot(tmp_path, capsys, "plan", "--motion", "walk", "--out", out, "--velocity", "1,0,0",
                        "--velocity-schedule", str(tmp_path / "schedule.txt"))
     assert code == 2 and "give --velocity or --velocity-schedule, not both" in err
@@ -466,6 +467,8 @@ def test_eval_and_gradlab_bounds_are_checked_before_any_work(tmp_path, monkeypat
     assert main(["gradlab", "--beta", "0", "--num-samples", "8", "--resample", "1,9",
                  "--out", str(tmp_path / "lab")]) == 2
     assert "--resample sizes must be in [1, --num-samples=8]" in capsys.readouterr().err
+    assert main(["gradlab", "--num-samples", "8", "--resample", "2,2", "--out", str(tmp_path / "lab")]) == 2
+    assert "--resample 2,2: a size is repeated" in capsys.readouterr().err
     assert not (tmp_path / "lab").exists()
 
 

@@ -418,10 +418,15 @@ def test_robot_train_plan_and_eval_end_to_end(tiny_policy, tmp_path, capsys, mon
     assert report["physics"]["support_force_bw"] > 0
     assert 0 < report["physics_ground_truth"]["support_force_bw"] < 1.0  # a real walking segment of the same length
     checkpoint = policy / "checkpoints" / (policy / "checkpoints" / "latest").read_text().strip()
-    assert main(["robot", "eval", str(checkpoint), "--rollouts", "1", "--windows", "2", "--physics-rollouts", "2",
+    assert main(["robot", "eval", str(checkpoint), "--rollouts", "1", "--windows", "2",
                  "--no-classifier", "--json", "--motions", "walk"]) == 0  # a checkpoint names its run
     result = json.loads(capsys.readouterr().out)
-    assert result["settings"]["physics_rollouts"] == 1  # no more plans in physics than were planned
+    assert result["settings"]["physics_rollouts"] == 1  # the default 2, but no more than were planned
+    for extra, message in ((["--physics-rollouts", "2"], "--physics-rollouts 2 is more than --rollouts 1"),
+                           (["--motions", "walk,walk"], "--motions walk,walk: a kind is repeated")):
+        assert main(["robot", "eval", str(checkpoint), "--rollouts", "1", "--windows", "2", "--no-classifier",
+                     *extra]) == 2
+        assert message in capsys.readouterr().err
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # no trained classifier there
     with caplog.at_level("WARNING", logger="daps"):
         assert main(["robot", "eval", str(policy), "--rollouts", "1", "--windows", "2", "--physics-rollouts", "0",

@@ -36,6 +36,11 @@ DEFAULT_PLOT_FEATURES = (
 )
 
 
+MAX_VIEW_SIZE = 4096
+"""The largest side (pixels) of a rendered view: OpenGL framebuffers larger than the driver allows (8,192 or
+16,384 on common ones) fail as if no backend worked."""
+
+
 def _renderer(model: Any, width: int, height: int) -> Any:
     """A MuJoCo offscreen renderer, or UserError naming what to install / set when no OpenGL backend works.
 

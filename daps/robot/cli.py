@@ -65,7 +65,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--motions", default="walk,run", help="kinds to evaluate (default walk,run)")
     p.add_argument("--rollouts", type=int, default=8, help="rollouts per request (default 8)")
     p.add_argument("--windows", type=int, default=6, help="windows per rollout (default 6)")
-    p.add_argument("--physics-rollouts", type=int, default=2, help="rollouts per request tracked in physics")
+    p.add_argument("--physics-rollouts", type=int, default=None,
+                   help="rollouts per request tracked in physics (default 2, or --rollouts if fewer)")
     p.add_argument("--seed", type=seed_arg, default=0)
     p.add_argument("--guidance", type=float, default=1.0)
     p.add_argument("--blend", type=int, default=0, help="border blending of the plans, as robot plan (default 0)")
@@ -189,8 +190,10 @@ def _plan(args: argparse.Namespace) -> int:
         check_media_output(physics_out, ".mp4", args.overwrite, "--physics (next to --out)")
     json_out = (check_output_file(args.json, ".json", args.overwrite, "--json", _is_plan_report,
                                   "an earlier robot plan report") if args.json else None)
-    if args.size < 16:
-        raise UserError("--size must be at least 16")
+    from daps.motion.render import MAX_VIEW_SIZE
+
+    if not 16 <= args.size <= MAX_VIEW_SIZE:
+        raise UserError(f"--size must be 16 to {MAX_VIEW_SIZE} pixels, got {args.size}")
     check_sampling(args.guidance, args.temperature, "--guidance")
     if args.velocity_schedule and args.velocity != "0,0,0":
         raise UserError("give --velocity or --velocity-schedule, not both")
@@ -250,11 +253,18 @@ def _is_plan_report(path: Path) -> bool:
 def _eval(args: argparse.Namespace) -> int:
     from daps.robot.evaluate import check_report_stem, evaluate, write_report
 
+    if args.physics_rollouts is None:
+        args.physics_rollouts = min(2, args.rollouts)
     if args.rollouts < 1 or args.windows < 2 or args.physics_rollouts < 0 or args.blend < 0:
         raise UserError("--rollouts must be >= 1, --windows >= 2, --physics-rollouts >= 0 and --blend >= 0")
     motions = [m.strip() for m in args.motions.split(",") if m.strip()]
     if not motions:
         raise UserError(f"--motions {args.motions!r} names no kind of motion")
+    if len(set(motions)) != len(motions):
+        raise UserError(f"--motions {args.motions}: a kind is repeated")
+    if args.physics_rollouts > args.rollouts:
+        raise UserError(f"--physics-rollouts {args.physics_rollouts} is more than --rollouts {args.rollouts} (the "
+                        "physics tracks some of the rollouts)")
     check_sampling(args.guidance, 1.0, "--guidance")
     if args.out:
         check_report_stem(Path(args.out), args.overwrite)  # before the rollouts, so that a refusal costs nothing
