@@ -17,7 +17,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from daps.config_io import parse_overrides
+from daps.config_io import parse_overrides, refuse_ignored
 from daps.errors import UserError
 from daps.methods import METHODS
 from daps.presets import PRESETS, get_preset
@@ -226,6 +226,7 @@ def _train(args: argparse.Namespace) -> int:
     from daps.train import stop_step, summarize, train
 
     cfg = parse_overrides(get_preset(args.preset, args.method), args.overrides)
+    refuse_ignored(cfg, args.overrides)
     set_threads(args.threads)
     run_dir = train(cfg, resume=args.resume, overwrite=args.overwrite, device=_device(args.device))
     if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 evaluates and reports

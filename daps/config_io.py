@@ -82,8 +82,11 @@ def applicable_overrides(cfg: Config, overrides: list[str]) -> list[str]:
     """The overrides that concern ``cfg``'s method: every shared key, and keys of its own settings section
     (``daps.num_samples=4`` applies to daps and dapsna, not to fsq). For commands that configure several methods
     at once (``compare``, ``gradlab``)."""
-    section = cfg.options.section
-    return [o for o in overrides if o.partition("=")[0].strip().split(".")[0] in (*SHARED_SECTIONS, section)]
+    from daps.methods import method_spec
+
+    section, ignored = cfg.options.section, method_spec(cfg.method).ignores
+    return [o for o in overrides if o.partition("=")[0].strip().split(".")[0] in (*SHARED_SECTIONS, section)
+            and o.partition("=")[0].strip() not in ignored]
 
 
 def check_overrides_used(overrides: list[str]) -> None:
@@ -130,6 +133,19 @@ def parse_overrides(cfg: Config, overrides: list[str]) -> Config:
         setattr(owner, f.name, value)
     validate(cfg)
     return cfg
+
+
+def refuse_ignored(cfg: Config, overrides: list[str]) -> None:
+    """A :class:`UserError` for an override of a shared setting that ``cfg``'s method does not read
+    (``MethodSpec.ignores``): ``daps train`` refuses what it would silently ignore. (:func:`parse_overrides` itself
+    takes them, so that one list of overrides can configure several methods.)"""
+    from daps.methods import METHODS
+
+    spec = METHODS.get(cfg.method)
+    for item in overrides:
+        key = item.partition("=")[0].strip()
+        if spec is not None and key in spec.ignores:
+            raise UserError(f"{key}: {cfg.method} does not read it ({spec.ignores[key]})")
 
 
 def _typed(cfg: Config, fields: dict[str, tuple[Any, dataclasses.Field]], key: str, text: str) -> Any:

@@ -507,3 +507,29 @@ def test_render_size_is_capped_before_the_run_is_read(tmp_path, capsys):
     argv = ["render", str(tmp_path / "no-run"), "--out", str(tmp_path / "v.mp4"), "--size", "100000"]
     assert main(argv) == 2
     assert "--size 16 to 4096 pixels, got" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("method", "key", "reason"), [
+    ("fsq", "encoder.vocab_size", "its codes are the product of fsq.levels"),
+    ("vae", "encoder.vocab_size", "its latent is continuous"),
+    ("vae", "encoder.num_tokens", "its latent is one vector"),
+])
+def test_train_refuses_a_shared_setting_its_method_does_not_read(method, key, reason, tmp_path, capsys):
+    """``daps train --method fsq encoder.vocab_size=999`` trained with the levels' 240 codes and said nothing."""
+    argv = ["train", "--method", method, f"{key}=999", f"train.out_dir={tmp_path / 'run'}"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and f"{key}: {method} does not read it ({reason}" in err, err
+    assert not (tmp_path / "run").exists()
+
+
+def test_compare_gives_a_shared_setting_only_to_the_methods_that_read_it(tmp_path):
+    from daps.compare import plan_runs
+
+    runs = plan_runs("mnist", ["daps", "fsq"], 10, [0], tmp_path / "cmp",
+                     ["encoder.vocab_size=32"], ["encoder.num_tokens=4,8"])
+    by = {(r.cfg.method, r.cfg.encoder.num_tokens): r.cfg for r in runs}
+    assert {k for k in by} == {("daps", 4), ("daps", 8), ("fsq", 4), ("fsq", 8)}
+    assert by[("daps", 4)].encoder.vocab_size == 32
+    assert by[("fsq", 4)].encoder.vocab_size != 32  # not given: fsq would ignore it
+    assert not (tmp_path / "cmp").exists()  # planned only

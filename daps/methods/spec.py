@@ -48,6 +48,8 @@ class MethodSpec:
         cuda_graph: its training step can be recorded as one CUDA graph (``train.cuda_graph``, :mod:`daps.graphed`):
             no host reads, schedules read from the device; ``tests/test_graphed.py`` checks it of every method
             that says so.
+        ignores: shared settings the method does not read, each with the reason: ``daps train`` refuses them as
+            overrides, and ``compare`` gives them only to the methods that read them.
     """
 
     name: str
@@ -60,6 +62,7 @@ class MethodSpec:
     progress: tuple[str, ...] = ("log_p",)
     only_presets: tuple[str, ...] | None = None
     cuda_graph: bool = False
+    ignores: Mapping[str, str] = field(default_factory=dict)
 
 
 __all__ = ["EncoderFamily", "MethodSpec", "categorical_bits"]
