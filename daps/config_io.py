@@ -139,13 +139,42 @@ def refuse_ignored(cfg: Config, overrides: list[str]) -> None:
     """A :class:`UserError` for an override of a shared setting that ``cfg``'s method does not read
     (``MethodSpec.ignores``): ``daps train`` refuses what it would silently ignore. (:func:`parse_overrides` itself
     takes them, so that one list of overrides can configure several methods.)"""
-    from daps.methods import METHODS
-
-    spec = METHODS.get(cfg.method)
+    ignored = ignored_settings(cfg)
     for item in overrides:
         key = item.partition("=")[0].strip()
-        if spec is not None and key in spec.ignores:
-            raise UserError(f"{key}: {cfg.method} does not read it ({spec.ignores[key]})")
+        if key in ignored:
+            raise UserError(f"{key}: {ignored[key]}")
+
+
+def ignored_settings(cfg: Config) -> dict[str, str]:
+    """The shared settings ``cfg`` does not read, each with the reason: its method's (``MethodSpec.ignores``), the
+    decoder kinds' other networks, the likelihoods' other variances, the windowing of datasets that are not cut
+    into windows and the loader workers of datasets held in memory."""
+    from daps.data import DATASETS
+    from daps.methods import METHODS
+
+    out: dict[str, str] = {}
+    method = METHODS.get(cfg.method)
+    if method is not None:
+        out.update({k: f"{cfg.method} does not read it ({why})" for k, why in method.ignores.items()})
+    kind = cfg.decoder.kind
+    for key, reader in (("hidden", "mlp"), ("resnet_width", "resnet"), ("resnet_blocks", "resnet"),
+                        ("transformer_layers", "transformer"), ("transformer_heads", "transformer")):
+        if kind != reader:
+            out.setdefault(f"decoder.{key}", f"read by the {reader} decoder only; this one is decoder.kind={kind}")
+    spec = DATASETS.get(cfg.data.name)
+    if spec is not None:
+        if spec.likelihood != "gaussian-fixed":
+            out["decoder.fixed_variance"] = f"{cfg.data.name}'s likelihood ({spec.likelihood}) has no fixed variance"
+        if spec.likelihood != "gaussian":
+            for key in ("variance_clip", "min_variance", "max_variance"):
+                out[f"decoder.{key}"] = (f"{cfg.data.name}'s likelihood ({spec.likelihood}) has no learned "
+                                         "variance to clip")
+        if spec.windows is None:
+            out["data.window_stride"] = f"{cfg.data.name} is not cut into windows"
+        if spec.in_memory:
+            out["data.num_workers"] = f"{cfg.data.name} is held in memory: no loader workers"
+    return out
 
 
 def _typed(cfg: Config, fields: dict[str, tuple[Any, dataclasses.Field]], key: str, text: str) -> Any:

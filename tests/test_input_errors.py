@@ -455,7 +455,8 @@ def test_settings_the_networks_cannot_take_are_one_line(tmp_path, capsys, tiny_o
     """A network's shape check (a 28x28 image for the ResNet decoder, a time embedding of images) was a ValueError
     traceback from ``build_method``."""
     out = tmp_path / "run"
-    assert main(["train", *tiny_overrides, f"train.out_dir={out}", *extra]) == 2
+    tiny = [o for o in tiny_overrides if not o.startswith("decoder.hidden=")]  # the mlp's: refused for the others
+    assert main(["train", *tiny, f"train.out_dir={out}", *extra]) == 2
     err = capsys.readouterr().err.strip()
     assert "cannot be built for inputs (1, 28, 28)" in err and len(err.splitlines()) == 1, err
     assert not out.exists()
@@ -533,3 +534,18 @@ def test_compare_gives_a_shared_setting_only_to_the_methods_that_read_it(tmp_pat
     assert by[("daps", 4)].encoder.vocab_size == 32
     assert by[("fsq", 4)].encoder.vocab_size != 32  # not given: fsq would ignore it
     assert not (tmp_path / "cmp").exists()  # planned only
+
+
+@pytest.mark.parametrize(("preset", "override", "reason"), [
+    ("lafan1-h1", "decoder.hidden=999,999", "read by the mlp decoder only; this one is decoder.kind=transformer"),
+    ("mnist", "decoder.fixed_variance=3", "mnist's likelihood (bernoulli) has no fixed variance"),
+    ("mnist5k-demo", "data.window_stride=4", "mnist5k is not cut into windows"),
+    ("mnist", "data.num_workers=8", "mnist is held in memory: no loader workers"),
+    ("lafan1-h1", "decoder.min_variance=0.1", "lafan1-h1's likelihood (gaussian-fixed) has no learned variance"),
+])
+def test_train_refuses_a_setting_its_data_or_decoder_does_not_read(preset, override, reason, tmp_path, capsys):
+    argv = ["train", "--preset", preset, override, f"train.out_dir={tmp_path / 'run'}"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and f"{override.partition('=')[0]}: {reason}" in err, err
+    assert not (tmp_path / "run").exists()
