@@ -260,6 +260,10 @@ def _eval(args: argparse.Namespace) -> int:
         raise UserError(f"--fid-ref is read only with --fid reference (here --fid {args.fid})")
     if args.fid_ref and not Path(args.fid_ref).is_file():  # before the model and the data are read
         raise UserError(f"--fid-ref {args.fid_ref}: no such file (daps fid-stats writes one)")
+    if args.fid_ref:
+        from daps.metrics.fid import load_fid_stats
+
+        load_fid_stats(args.fid_ref)  # a damaged or foreign file is said before the model and the data are read
     if args.fid_weights and args.fid == "none":
         raise UserError("--fid-weights is used only with --fid val-pairs or reference")
     if args.plot:

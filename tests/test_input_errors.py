@@ -549,3 +549,13 @@ def test_train_refuses_a_setting_its_data_or_decoder_does_not_read(preset, overr
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and f"{override.partition('=')[0]}: {reason}" in err, err
     assert not (tmp_path / "run").exists()
+
+
+def test_eval_reads_its_fid_reference_before_the_run(tmp_path, capsys):
+    """A text file given as --fid-ref is named before the model and the data are read (not after minutes of
+    encoding, and not as numpy's advice about pickles)."""
+    ref = tmp_path / "ref.npz"
+    ref.write_text("not statistics\n")
+    assert main(["eval", str(tmp_path / "no-run"), "--fid", "reference", "--fid-ref", str(ref)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "not an .npz archive of FID statistics" in err and "no-run" not in err, err

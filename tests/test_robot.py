@@ -428,6 +428,12 @@ def test_robot_train_plan_and_eval_end_to_end(tiny_policy, tmp_path, capsys, mon
                      *extra]) == 2
         assert message in capsys.readouterr().err
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # no trained classifier there
+    capsys.readouterr()
+    with caplog.at_level("WARNING", logger="daps"):
+        assert main(["robot", "eval", str(policy), "--rollouts", "1", "--windows", "2", "--blend", "40"]) == 2
+    assert "--blend must be between 0 and the window length" in capsys.readouterr().err
+    assert "no kind-of-motion column" not in caplog.text  # refused before the missing classifier is warned about
+    caplog.clear()
     with caplog.at_level("WARNING", logger="daps"):
         assert main(["robot", "eval", str(policy), "--rollouts", "1", "--windows", "2", "--physics-rollouts", "0",
                      "--json", "--motions", "walk"]) == 0

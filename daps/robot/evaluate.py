@@ -130,6 +130,7 @@ def evaluate(policy_run: str | Path, motions: list[str], rollouts: int = 8, wind
 
     physics_rollouts = min(physics_rollouts, rollouts)
     planner = Planner(policy_run, device, tokenizer)
+    planner.check_blend(blend)  # before any warning: a refusal is one line
     warn_untrained_null(planner.cfg.label_dropout, guidance, "--guidance")
     data_dir = data_dir or planner.data_dir
     for m in motions:

@@ -160,14 +160,18 @@ class Planner:
             log.warning("%s for %s; clamped", note, motion)
         return label, clamped
 
+    def check_blend(self, blend: int) -> None:
+        """UserError unless ``0 <= blend <=`` the window length (frames)."""
+        if not 0 <= blend <= self.window:
+            raise UserError(f"--blend must be between 0 and the window length ({self.window} frames), got {blend}")
+
     @torch.no_grad()
     def rollout(self, labels: torch.Tensor, velocity: np.ndarray, guidance: float = 1.0, temperature: float = 1.0,
                 generator: torch.Generator | None = None, blend: int = 0) -> Rollout:
         """Plan ``W`` windows for each of ``labels (B,)`` with velocities ``(B, W, 3)`` (already checked);
         ``blend`` > 0 moves each window's first ``blend`` frames onto the previous window's path
         (:func:`blend_borders`) before stitching."""
-        if not 0 <= blend <= self.window:
-            raise UserError(f"--blend must be between 0 and the window length ({self.window} frames), got {blend}")
+        self.check_blend(blend)
         labels = labels.to(self.device)
         b, w = velocity.shape[:2]
         prev = torch.full((b, self.policy.num_tokens), self.policy.start_symbol, device=self.device)
