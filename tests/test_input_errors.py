@@ -230,8 +230,8 @@ def test_the_missing_data_message_names_the_setting_of_each_command(command, tmp
     assert main(argv) == 2
     line = capsys.readouterr().err.strip()
     assert "\n" not in line and "mnist_5k.csv.gz not found" in line
-    # train takes data.data_dir=DIR (it rejects --data-dir); eval and fid-stats take --data-dir
-    assert ("data.data_dir=DIR for train" in line) and ("--data-dir DIR for eval" in line)
+    # train takes data.data_dir=DIR (it rejects --data-dir); eval, fid-stats, render, ... take --data-dir
+    assert ("data.data_dir=DIR for train" in line) and ("--data-dir DIR for the other commands" in line)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -39,7 +39,7 @@ PathLike = Union[str, "os.PathLike[str]"]
 ENV_VAR = "DAPS_DATA_DIR"
 """The environment variable naming the data folder when no ``data_dir`` is given."""
 DATA_DIR_FIX = (
-    f"name the data folder (data.data_dir=DIR for train and compare, --data-dir DIR for eval and fid-stats) "
+    f"name the data folder (data.data_dir=DIR for train and compare, --data-dir DIR for the other commands) "
     f"or set {ENV_VAR}"
 )
 """How to point daps at the data, for the messages of missing files (each command spells the setting its own way)."""

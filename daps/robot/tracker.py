@@ -571,8 +571,9 @@ def _references(cfg: TrackerConfig) -> tuple[dict[str, References], dict[str, An
     t0 = time.perf_counter()
     truth = cfg.reference == "ground-truth"
     sets = {split: decode_references(model, motion, h1, split, g, truth) for split in ("train", "val")}
-    log.info("tracker references: %d training and %d validation clips decoded by %s in %.0f s",
-             len(sets["train"]), len(sets["val"]), cfg.tokenizer, time.perf_counter() - t0)
+    how = "ground-truth poses, with codes from" if truth else "decoded by"
+    log.info("tracker references: %d training and %d validation clips, %s %s, in %.0f s",
+             len(sets["train"]), len(sets["val"]), how, cfg.tokenizer, time.perf_counter() - t0)
     meta = {"tokenizer": str(ckpt.resolve()), "method": tcfg.method, "num_tokens": int(sets["train"].codes[0].shape[1]),
             "vocab_size": int(model.vocab_size), "window": int(motion.window), "fps": float(motion.fps),
             "weights_sha256": weights_sha256(ckpt), "config_sha256": config_sha256(config_to_dict(tcfg)),
