@@ -57,8 +57,13 @@ def train_command(args: argparse.Namespace, method: str, run_dir: Path) -> list[
         # this whole run (Adam moves log eta by about its learning rate per step)
         overrides.append("daps.init_eta=1.0")
     resume = ["--resume"] if (run_dir / "config.json").exists() else []
+    from daps.config_io import applicable_overrides
+    from daps.presets import get_preset
+
+    # the shared overrides a method reads (daps train refuses the others, e.g. encoder.vocab_size for fsq)
+    shared = applicable_overrides(get_preset("lafan1-h1", method), list(args.overrides))
     return [sys.executable, "-m", "daps.cli", "train", "--preset", "lafan1-h1", "--method", method, *resume,
-            *overrides, *args.overrides]
+            *overrides, *shared]
 
 
 def baselines(args: argparse.Namespace, run_dir: Path) -> dict[str, dict[str, float]]:

@@ -43,6 +43,7 @@ from daps.config_io import (
     applicable_overrides,
     check_overrides_used,
     config_differences,
+    ignored_settings,
     parse_overrides,
     parse_setting,
 )
@@ -361,7 +362,8 @@ def check_runs(runs: list[Run], overwrite: bool = False) -> None:
         try:
             # data.data_dir as the place it names, not as typed (train() keeps it absolute)
             saved = absolute_data_dir(read_config(folder / "config.json"), resolve=True)
-            diffs = config_differences(saved, absolute_data_dir(run.cfg, resolve=True), NOT_COMPARED)
+            unread = set(ignored_settings(saved)) & set(ignored_settings(run.cfg))  # as a resume leaves them out
+            diffs = config_differences(saved, absolute_data_dir(run.cfg, resolve=True), NOT_COMPARED | unread)
             problem = ", ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in diffs.items())
         except ValueError as err:  # a damaged or foreign config.json (the message names the file)
             diffs, problem = {"config.json": (None, None)}, str(err)

@@ -360,10 +360,6 @@ def validate(cfg: Config) -> None:
         from daps.data import check_fid_images  # the data registry builds on this module
 
         check_fid_images(cfg.data.name, cfg.data.image_shape, f"train.fid={t.fid}")
-    if t.fid_reference and t.fid != "reference":
-        raise UserError(f"train.fid_reference is read only with train.fid=reference (here train.fid={t.fid})")
-    if t.fid_weights and t.fid == "none":
-        raise UserError("train.fid_weights is read only with train.fid=val-pairs or reference (here train.fid=none)")
     if t.fid == "reference" and not t.fid_reference:
         raise UserError("train.fid=reference needs train.fid_reference (a statistics .npz from daps fid-stats)")
     if t.cuda_graph and t.compile:

@@ -82,11 +82,32 @@ def applicable_overrides(cfg: Config, overrides: list[str]) -> list[str]:
     """The overrides that concern ``cfg``'s method: every shared key, and keys of its own settings section
     (``daps.num_samples=4`` applies to daps and dapsna, not to fsq). For commands that configure several methods
     at once (``compare``, ``gradlab``)."""
-    from daps.methods import method_spec
-
-    section, ignored = cfg.options.section, method_spec(cfg.method).ignores
+    section, ignored = cfg.options.section, ignored_settings(_with_kinds(cfg, overrides))
     return [o for o in overrides if o.partition("=")[0].strip().split(".")[0] in (*SHARED_SECTIONS, section)
             and o.partition("=")[0].strip() not in ignored]
+
+
+KIND_KEYS = ("data.name", "decoder.kind", "decoder.variance_clip", "train.fid")
+"""Settings that decide which others a run reads (:func:`ignored_settings`)."""
+
+
+def _with_kinds(cfg: Config, overrides: list[str]) -> Config:
+    """A copy of ``cfg`` with the overrides of :data:`KIND_KEYS` applied (unchecked: only to tell which of the other
+    overrides it would read)."""
+    kinds = [o for o in overrides if o.partition("=")[0].strip() in KIND_KEYS]
+    if not kinds:
+        return cfg
+    probe = copy.deepcopy(cfg)
+    fields = _leaf_fields(probe)
+    for item in kinds:
+        key, _, text = item.partition("=")
+        try:
+            value = _cast_field(fields, key.strip(), text)
+        except UserError:
+            continue  # parse_overrides says what is wrong with it
+        owner, f = fields[key.strip()]
+        setattr(owner, f.name, value)
+    return probe
 
 
 def check_overrides_used(overrides: list[str]) -> None:
@@ -149,7 +170,10 @@ def refuse_ignored(cfg: Config, overrides: list[str]) -> None:
 def ignored_settings(cfg: Config) -> dict[str, str]:
     """The shared settings ``cfg`` does not read, each with the reason: its method's (``MethodSpec.ignores``), the
     decoder kinds' other networks, the likelihoods' other variances, the windowing of datasets that are not cut
-    into windows and the loader workers of datasets held in memory."""
+    into windows, the loader workers of datasets held in memory and the FID files without their FID.
+
+    ``daps train`` refuses them as overrides (:func:`refuse_ignored`); they are left out of the comparisons of a
+    resumed run's settings, of ``compare``'s per-method overrides and of the commands daps writes."""
     from daps.data import DATASETS
     from daps.methods import METHODS
 
@@ -162,6 +186,13 @@ def ignored_settings(cfg: Config) -> dict[str, str]:
                         ("transformer_layers", "transformer"), ("transformer_heads", "transformer")):
         if kind != reader:
             out.setdefault(f"decoder.{key}", f"read by the {reader} decoder only; this one is decoder.kind={kind}")
+    if cfg.method != "fsq":
+        out.setdefault("decoder.fsq_token_dim", "read by fsq only")
+        out.setdefault("decoder.fsq_ratio", "read by fsq only")
+    elif kind == "mlp":
+        out.setdefault("decoder.fsq_ratio", "read by fsq with a resnet or transformer decoder only")
+    else:
+        out.setdefault("decoder.fsq_token_dim", "read by fsq with the mlp decoder only")
     spec = DATASETS.get(cfg.data.name)
     if spec is not None:
         if spec.likelihood != "gaussian-fixed":
@@ -170,10 +201,17 @@ def ignored_settings(cfg: Config) -> dict[str, str]:
             for key in ("variance_clip", "min_variance", "max_variance"):
                 out[f"decoder.{key}"] = (f"{cfg.data.name}'s likelihood ({spec.likelihood}) has no learned "
                                          "variance to clip")
+        elif cfg.decoder.variance_clip == "none":
+            for key in ("min_variance", "max_variance"):
+                out[f"decoder.{key}"] = "read only with decoder.variance_clip=paper (here none)"
         if spec.windows is None:
             out["data.window_stride"] = f"{cfg.data.name} is not cut into windows"
         if spec.in_memory:
             out["data.num_workers"] = f"{cfg.data.name} is held in memory: no loader workers"
+    if cfg.train.fid != "reference":
+        out["train.fid_reference"] = f"read only with train.fid=reference (here train.fid={cfg.train.fid})"
+    if cfg.train.fid == "none":
+        out["train.fid_weights"] = "read only with train.fid=val-pairs or reference (here train.fid=none)"
     return out
 
 

@@ -53,11 +53,12 @@ def _hub():
 def training_command(cfg, world_size: int = 1) -> str:
     """The ``daps train`` command that builds ``cfg`` from its preset (keys that differ from it as overrides, each
     quoted for the shell), under ``torchrun`` for a run of ``world_size`` processes."""
-    from daps.config_io import config_differences
+    from daps.config_io import config_differences, ignored_settings
     from daps.presets import get_preset
 
     base = get_preset(cfg.preset, cfg.method)
-    diffs = config_differences(base, cfg, ignore={"train.out_dir", "train.progress"})
+    # settings the run does not read are left out: daps train would refuse them
+    diffs = config_differences(base, cfg, ignore={"train.out_dir", "train.progress", *ignored_settings(cfg)})
 
     def shown(value: Any) -> str:
         if isinstance(value, (list, tuple)):

@@ -33,7 +33,7 @@ from daps.checkpoint import (
     write_config,
 )
 from daps.config import Config
-from daps.config_io import absolute_data_dir, config_differences, config_to_dict
+from daps.config_io import absolute_data_dir, config_differences, config_to_dict, ignored_settings
 from daps.data import (
     DatasetSpec,
     EvalSet,
@@ -125,7 +125,9 @@ def _check_same_kind(run_dir: Path, saved_cfg: Config, cfg: Config) -> None:
 
 def _check_same_config(run_dir: Path, saved_cfg: Config, cfg: Config, report: bool = True) -> None:
     _check_same_kind(run_dir, saved_cfg, cfg)
-    changed = config_differences(saved_cfg, cfg, ignore=RESUMABLE_CHANGES)
+    # settings neither config reads (a run saved with one that daps train now refuses) do not stop a resume
+    unread = set(ignored_settings(saved_cfg)) & set(ignored_settings(cfg))
+    changed = config_differences(saved_cfg, cfg, ignore=RESUMABLE_CHANGES | unread)
     if changed:
         diffs = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in sorted(changed.items()))
         raise UserError(f"cannot resume {run_dir} with a different config ({diffs})")

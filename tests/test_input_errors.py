@@ -231,7 +231,7 @@ def test_the_missing_data_message_names_the_setting_of_each_command(command, tmp
     line = capsys.readouterr().err.strip()
     assert "\n" not in line and "mnist_5k.csv.gz not found" in line
     # train takes data.data_dir=DIR (it rejects --data-dir); eval, fid-stats, render, ... take --data-dir
-    assert ("data.data_dir=DIR for train" in line) and ("--data-dir DIR for the other commands" in line)
+    assert ("data.data_dir=DIR for train" in line) and ("--data-dir DIR for eval, fid-stats, render" in line)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -486,9 +486,9 @@ def test_fid_stats_refuses_a_dataset_of_windows(dataset, tmp_path, capsys):
 
 
 @pytest.mark.parametrize(("overrides", "message"), [
-    (["train.fid=none", "train.fid_reference=ref.npz"], "train.fid_reference is read only with train.fid=reference"),
+    (["train.fid=none", "train.fid_reference=ref.npz"], "train.fid_reference: read only with train.fid=reference"),
     (["train.fid=val-pairs", "train.fid_reference=ref.npz"], "read only with train.fid=reference (here "),
-    (["train.fid=none", "train.fid_weights=w"], "train.fid_weights is read only with train.fid=val-pairs or reference"),
+    (["train.fid=none", "train.fid_weights=w"], "train.fid_weights: read only with train.fid=val-pairs or reference"),
 ])
 def test_fid_settings_without_their_fid_are_refused(overrides, message, tmp_path, capsys):
     argv = ["train", "--preset", "cifar10", *overrides, f"train.out_dir={tmp_path / 'run'}"]
@@ -534,6 +534,12 @@ def test_compare_gives_a_shared_setting_only_to_the_methods_that_read_it(tmp_pat
     assert by[("daps", 4)].encoder.vocab_size == 32
     assert by[("fsq", 4)].encoder.vocab_size != 32  # not given: fsq would ignore it
     assert not (tmp_path / "cmp").exists()  # planned only
+    from daps.compare import command_for
+
+    runs = plan_runs("mnist", ["daps", "fsq"], 10, [0], tmp_path / "cmp", ["data.num_workers=0", "train.log_every=7"])
+    for run in runs:  # commands.sh: what each run reads (daps train refuses the rest)
+        command = command_for(run, "mnist", ["data.num_workers=0", "train.log_every=7"])
+        assert "data.num_workers" not in command and "train.log_every=7" in command, command
 
 
 @pytest.mark.parametrize(("preset", "override", "reason"), [
@@ -559,3 +565,24 @@ def test_eval_reads_its_fid_reference_before_the_run(tmp_path, capsys):
     assert main(["eval", str(tmp_path / "no-run"), "--fid", "reference", "--fid-ref", str(ref)]) == 2
     err = capsys.readouterr().err.strip()
     assert "not an .npz archive of FID statistics" in err and "no-run" not in err, err
+
+
+def test_a_run_saved_with_an_unread_setting_still_resumes_and_loads(tmp_path, tiny_overrides_for, capsys):
+    """Runs made before daps train refused unread settings (or through the Python API, which takes them) load,
+    resume without them, and their model card's command leaves them out (daps train would refuse it)."""
+    import daps
+    from daps.hub import training_command
+    from daps.train import train
+
+    run = tmp_path / "run"
+    unread = ["encoder.vocab_size=16", "train.fid_weights=/w", "data.num_workers=0"]
+    cfg = parse_overrides(get_preset("mnist", "fsq"),
+                          [*tiny_overrides_for("fsq"), *unread, "train.steps=2", f"train.out_dir={run}"])
+    train(cfg)
+    assert daps.load_model(run).config.encoder.vocab_size == 16  # its config.json still loads
+    command = training_command(daps.load_model(run).config)
+    assert not any(u.partition("=")[0] in command for u in unread), command
+    capsys.readouterr()
+    assert main(["train", "--method", "fsq", *tiny_overrides_for("fsq"), "train.steps=4", f"train.out_dir={run}",
+                 "--resume"]) == 0, capsys.readouterr().err
+    assert (run / "checkpoints" / "latest").read_text().strip() == "step_00000004"

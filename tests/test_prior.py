@@ -897,7 +897,7 @@ def test_the_masked_nll_bound_of_the_exact_posterior_is_the_data_entropy(monkeyp
     codes = seqs[draw]
     nll = float(-pi[draw].log().mean()) / t_len / math.log(2)  # bits per token of these very codes
     out = evaluate_prior(model, codes, torch.zeros(len(codes), dtype=torch.long))
-    assert out["nll_bound_bits_per_token"] == pytest.approx(nll, rel=0.02), (out, nll)
+    assert out["nll_bound_bits_per_token"] == pytest.approx(nll, rel=0.01), (out, nll)  # measured -0.5 %
     assert out["dfm_loss"] / math.log(2) < 0.8 * nll
     uniform = DFMPrior(t_len, v, 1, width=8, num_layers=1, num_heads=1, source="uniform")
     monkeypatch.setattr(uniform, "forward", lambda xt, t, labels: _joint_posterior(pi, seqs, xt, t, "uniform"))

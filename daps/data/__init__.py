@@ -31,7 +31,17 @@ from daps.data.motion import (
     lafan_windows,
     plot_motion_reconstructions,
 )
-from daps.data.paths import DATA_DIR_FIX, ENV_VAR, SPLITS, ImageSet, PathLike, cache_root, explicit_root, user_roots
+from daps.data.paths import (
+    DATA_DIR_FIX,
+    DATA_DIR_FLAGS,
+    ENV_VAR,
+    SPLITS,
+    ImageSet,
+    PathLike,
+    cache_root,
+    explicit_root,
+    user_roots,
+)
 from daps.data.sequences import RUN_FILE as SEQUENCES_RUN_FILE
 from daps.data.sequences import (
     SequenceMetrics,
@@ -134,7 +144,7 @@ def _given_root(data_dir: PathLike | None) -> Path:
     if root is None:
         raise FileNotFoundError(
             "imagefolder: name the folder with train/<class>/ and val/<class>/ images "
-            "(data.data_dir=DIR for train and compare, --data-dir DIR for eval and fid-stats)"
+            f"({DATA_DIR_FLAGS})"
         )
     return root
 

@@ -38,10 +38,10 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 ENV_VAR = "DAPS_DATA_DIR"
 """The environment variable naming the data folder when no ``data_dir`` is given."""
-DATA_DIR_FIX = (
-    f"name the data folder (data.data_dir=DIR for train and compare, --data-dir DIR for the other commands) "
-    f"or set {ENV_VAR}"
-)
+DATA_DIR_FLAGS = ("data.data_dir=DIR for train and compare, --data-dir DIR for eval, fid-stats, render, export-codes "
+                  "and the robot commands")
+"""How each command names the data folder."""
+DATA_DIR_FIX = f"name the data folder ({DATA_DIR_FLAGS}) or set {ENV_VAR}"
 """How to point daps at the data, for the messages of missing files (each command spells the setting its own way)."""
 SPLITS = ("train", "test")
 
@@ -124,6 +124,7 @@ def urlopen(url: str, timeout: float):
 
 __all__ = [
     "DATA_DIR_FIX",
+    "DATA_DIR_FLAGS",
     "ENV_VAR",
     "SPLITS",
     "ImageSet",
@@ -161,20 +162,14 @@ def remove_stale_temporaries(folder: Path, prefix: str) -> None:
 def download_folder(folder: Path) -> Iterator[Path]:
     """Create ``folder`` (and its missing parents) for a download; if the download fails, remove the folders made
     here that are still empty, so a failed first download leaves no empty cache folders behind."""
-    made = []
-    for parent in (folder, *folder.parents):
-        if parent.exists():
-            break
-        made.append(parent)
+    from daps.runfolder import missing_folders, remove_empty_folders
+
+    made = missing_folders(folder)
     folder.mkdir(parents=True, exist_ok=True)
     try:
         yield folder
     except BaseException:
-        for path in made:  # deepest first
-            try:
-                path.rmdir()
-            except OSError:  # not empty (a file verified earlier, or someone else's), or gone
-                break
+        remove_empty_folders(made)
         raise
 
 

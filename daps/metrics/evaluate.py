@@ -235,13 +235,12 @@ def dataset_fid_stats(
 
     Returns the metadata written with the statistics.
     """
-    from daps.data import dataset_spec, eval_set
+    from daps.data import check_fid_images, dataset_spec, eval_set
     from daps.metrics.fid import FeatureStats, check_stats_out, save_fid_stats
     from daps.nets.inception import load_fid_inception
 
     out = check_stats_out(out, overwrite)  # before the images are read
-    if tuple(data.image_shape)[0] != 3:
-        raise UserError(f"FID needs RGB images; {data.name} has {data.image_shape[0]} channel(s)")
+    check_fid_images(data.name, data.image_shape, "FID")
     spec = dataset_spec(data.name)
     images = eval_set(data, split, max_images, batch_size, torch.device(device))  # missing data: said first
     net = load_fid_inception(weights or None, device)

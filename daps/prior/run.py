@@ -222,7 +222,7 @@ def evaluate_prior(model: Prior, codes: torch.Tensor, labels: torch.Tensor, batc
         assert isinstance(model, DFMPrior)
         g = torch.Generator(codes.device).manual_seed(1234)
         total, count = 0.0, 0
-        masked_ce, masked = [0.0] * len(EVAL_TIMES), [0] * len(EVAL_TIMES)  # per time: the masked tokens' share
+        masked_ce = [0.0] * len(EVAL_TIMES)  # per time: the masked tokens' cross-entropies, summed
         for j, t_value in enumerate(EVAL_TIMES):
             for start in range(0, codes.shape[0], batch_size):
                 c, y = codes[start : start + batch_size], labels[start : start + batch_size]
@@ -233,29 +233,26 @@ def evaluate_prior(model: Prior, codes: torch.Tensor, labels: torch.Tensor, batc
                 total += float(ce.double().sum())
                 count += c.numel()
                 if model.source == "mask":
-                    is_masked = (xt == model.vocab_size).reshape(-1)
-                    masked_ce[j] += float(ce[is_masked].double().sum())
-                    masked[j] += int(is_masked.sum())
+                    masked_ce[j] += float(ce[(xt == model.vocab_size).reshape(-1)].double().sum())
         out["dfm_loss"] = total / count
         if model.source == "mask":
-            out["nll_bound_bits_per_token"] = masked_nll_bound(masked_ce, masked) / math.log(2)
+            out["nll_bound_bits_per_token"] = masked_nll_bound(masked_ce, codes.numel()) / math.log(2)
     model.train()
     return out
 
 
-def masked_nll_bound(masked_ce: list[float], masked: list[int]) -> float:
+def masked_nll_bound(masked_ce: list[float], tokens: int) -> float:
     """The masked-diffusion bound on -log p(x) per token (nats), from the cross-entropies summed over the masked
-    tokens (``masked_ce``) and their number (``masked``) at each of :data:`EVAL_TIMES`.
+    tokens of ``tokens`` held-out tokens at each of :data:`EVAL_TIMES` (``masked_ce``).
 
     With the path kappa_t = t (each token masked with probability 1 - t) the continuous-time bound is
     ``-log p(x) <= int_0^1 1/(1 - t) E[sum over masked tokens of -log p(x_i | x_t)] dt`` (Shi et al. 2024; Sahoo
-    et al. 2024), and E[number masked] = T (1 - t), so per token the integrand is the mean cross-entropy of a masked
-    token at time t: estimated at each time as the ratio of the two sums over the held-out set, then integrated by
-    the midpoint rule (NaN when a time saw no masked token). With the exact posterior the integral is the data's
-    entropy (an any-order chain rule); the midpoint rule makes this an estimate of the bound, not a bound itself."""
-    if min(masked) == 0:  # too few held-out codes to see a masked token at some time: no estimate
-        return float("nan")
-    return sum(ce / n for ce, n in zip(masked_ce, masked, strict=True)) / len(masked)
+    et al. 2024): per token, at each time the masked tokens' summed cross-entropy over ``tokens (1 - t)``, the
+    expected number masked (unbiased, and defined however few are masked), then the midpoint rule over the times.
+    With the exact posterior the integral is the data's entropy (an any-order chain rule); the midpoint rule makes
+    this an estimate of the bound, not a bound itself."""
+    per_time = [ce / (tokens * (1 - t)) for ce, t in zip(masked_ce, EVAL_TIMES, strict=True)]
+    return sum(per_time) / len(per_time)
 
 
 def generate(model: Prior, labels: torch.Tensor, guidance: float, temperature: float,
