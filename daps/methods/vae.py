@@ -179,5 +179,8 @@ VAE_SPEC = MethodSpec(
     only_presets=("mnist", "mnist5k-demo"),
     cuda_graph=True,
     ignores={"encoder.vocab_size": "its latent is continuous (vae.latent_dim)",
-             "encoder.num_tokens": "its latent is one vector (vae.latent_dim)"},
+             "encoder.num_tokens": "its latent is one vector (vae.latent_dim)",
+             **{f"encoder.{key}": "its encoder is an MLP (vae.hidden)"
+                for key in ("width", "num_layers", "num_heads", "mlp_ratio")},
+             "decoder.embed_dim": "its decoder takes the latent itself (vae.latent_dim)"},
 )
