@@ -249,19 +249,26 @@ def _exact_log_probs(model: ARPrior, v: int, t: int, label: int) -> torch.Tensor
         return model.token_log_probs(seqs, torch.full((len(seqs),), label)).sum(-1)  # (V^T,)
 
 
+def _synthetic_codes(truth: torch.Tensor, seqs: torch.Tensor, folder: Path, g: torch.Generator, n: int = 4000):
+    """``n`` codes, classes in turn, drawn from the per-class laws ``truth (C, S)`` over the rows of ``seqs (S, T)``
+    and saved as a codes file in ``folder``: (its path, the CodeSet, the labels, the rows drawn)."""
+    labels = torch.arange(n) % truth.shape[0]
+    draws = torch.stack([torch.multinomial(truth[y], 1, generator=g)[0] for y in labels.tolist()])
+    meta = {"format": 1, "vocab_size": int(seqs.max()) + 1, "num_tokens": seqs.shape[1],
+            "class_names": [chr(ord("a") + c) for c in range(truth.shape[0])], "model_sha256": "x"}
+    codes = CodeSet(seqs[draws][:, None], labels, meta)
+    path = folder / "synthetic.safetensors"
+    save_codes(codes, path)
+    return path, codes, labels, draws
+
+
 def test_ar_prior_recovers_a_synthetic_code_distribution(tmp_path, single_thread):
     v, t, classes = 3, 3, 2
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)
     truth = torch.distributions.Dirichlet(torch.full((v**t,), 0.3)).sample((classes,))  # (2, 27)
     seqs = torch.tensor(list(itertools.product(range(v), repeat=t)))
-    n = 4000
-    labels = torch.arange(n) % classes
-    draws = torch.stack([torch.multinomial(truth[y], 1, generator=g)[0] for y in labels.tolist()])
-    codes = CodeSet(seqs[draws][:, None], labels, {"format": 1, "vocab_size": v, "num_tokens": t,
-                                                   "class_names": ["a", "b"], "model_sha256": "x"})
-    path = tmp_path / "synthetic.safetensors"
-    save_codes(codes, path)
+    path, codes, labels, draws = _synthetic_codes(truth, seqs, tmp_path, g)
     cfg = PriorConfig(kind="ar", codes=str(path), steps=1000, batch_size=128, width=32, num_heads=2, num_layers=1,
                       lr=3e-3, label_dropout=0.1, eval_every=1000, ckpt_every=1000, progress=False,
                       out_dir=str(tmp_path / "prior"))
@@ -918,13 +925,7 @@ def test_dfm_prior_learns_a_synthetic_code_distribution(tmp_path, monkeypatch, s
     truth[0, [0, 13, 26]] += 1.0  # class 0: tokens that agree; class 1: another law
     truth[1, [5, 7, 19]] += 1.0
     truth = truth / truth.sum(-1, keepdim=True)
-    n = 4000
-    labels = torch.arange(n) % classes
-    draws = torch.stack([torch.multinomial(truth[y], 1, generator=g)[0] for y in labels.tolist()])
-    codes = CodeSet(seqs[draws][:, None], labels, {"format": 1, "vocab_size": v, "num_tokens": t,
-                                                   "class_names": ["a", "b"], "model_sha256": "x"})
-    path = tmp_path / "synthetic.safetensors"
-    save_codes(codes, path)
+    path, codes, labels, draws = _synthetic_codes(truth, seqs, tmp_path, g)
     cfg = PriorConfig(kind="dfm", source="mask", codes=str(path), steps=2000, batch_size=256, width=32, num_heads=2,
                       num_layers=2, lr=3e-3, label_dropout=0.2, eval_every=2000, ckpt_every=2000, euler_steps=16,
                       progress=False, out_dir=str(tmp_path / "prior"))
