@@ -66,6 +66,11 @@ class _FakePlanner:
         self.requests.append(np.array(velocity))
         return self.class_names.index(motion), np.array(velocity)
 
+    def check_blend(self, blend):
+        from daps.robot.plan import Planner
+
+        Planner.check_blend(self, blend)  # the real rule, on this window length
+
     def rollout(self, labels, velocity, guidance, temperature, generator, blend):
         b, w, _ = velocity.shape
         speeds = [[v + (0.2 if k % 2 == 0 else -0.2) for k, v in enumerate(velocity[i, :, 0])] for i in range(b)]
