@@ -157,9 +157,9 @@ def parse_overrides(cfg: Config, overrides: list[str]) -> Config:
 
 
 def refuse_ignored(cfg: Config, overrides: list[str]) -> None:
-    """A :class:`UserError` for an override of a shared setting that ``cfg``'s method does not read
-    (``MethodSpec.ignores``): ``daps train`` refuses what it would silently ignore. (:func:`parse_overrides` itself
-    takes them, so that one list of overrides can configure several methods.)"""
+    """A :class:`UserError` for an override of a setting ``cfg`` does not read (:func:`ignored_settings`): ``daps
+    train`` refuses what it would silently ignore. (:func:`parse_overrides` itself takes them, so that one list of
+    overrides can configure several methods, and a saved config holding one still loads.)"""
     ignored = ignored_settings(cfg)
     for item in overrides:
         key = item.partition("=")[0].strip()
