@@ -480,7 +480,8 @@ def collect(runs: list[Run]) -> list[dict]:
     table = []
     for label, group in arms(runs).items():
         summaries = [json.loads((r.out_dir / "summary.json").read_text()) for r in group]
-        row = {"method": label, "settings": group[0].settings, "seeds": len(group), "bits": latent_bits(group[0].cfg)}
+        row = {"method": label, "settings": group[0].settings, "seeds": len(group), "bits": latent_bits(group[0].cfg),
+               "final_beta": final_beta(group[0].cfg)}
         for _, key, _ in COLUMNS:
             values = [s[key] for s in summaries if key in s]
             row[key], row[key + "_se"] = _mean_se(values)
@@ -490,6 +491,14 @@ def collect(runs: list[Run]) -> list[dict]:
         row["num_images"] = summaries[0].get("num_images")
         table.append(row)
     return table
+
+
+def final_beta(cfg: Config) -> float:
+    """The β of a run's beta-ELBO: its method's β schedule's end value; NaN for methods without one (quantizers)."""
+    from daps.methods.common import schedule_final
+
+    beta = getattr(cfg.options, "beta", None)
+    return schedule_final(beta) if beta is not None else math.nan
 
 
 def _cell(mean: float, se: float, fmt: str) -> str:
@@ -503,11 +512,12 @@ def _cell(mean: float, se: float, fmt: str) -> str:
 def write_tables(table: list[dict], out: Path, header: str) -> None:
     """``results.md`` (for people) and ``results.csv`` (for programs)."""
     trust = [key for key in TRUST_REGION if any(not math.isnan(row.get(key, math.nan)) for row in table)]
-    labels = ["method", "bits", *(label for label, _, _ in COLUMNS), *(TRUST_REGION[k][0] for k in trust),
+    labels = ["method", "bits", "β (end)", *(label for label, _, _ in COLUMNS), *(TRUST_REGION[k][0] for k in trust),
               "train steps/s"]
     lines = [header, "", "| " + " | ".join(labels) + " |", "|" + "---|" * len(labels)]
     for row in table:
-        cells = [row["method"], f"{row['bits']:.0f}"]
+        beta = row.get("final_beta", math.nan)
+        cells = [row["method"], f"{row['bits']:.0f}", "—" if math.isnan(beta) else f"{beta:g}"]
         cells += [_cell(row[key], row[key + "_se"], fmt) for _, key, fmt in COLUMNS]
         cells += [_cell(row[key], row[key + "_se"], TRUST_REGION[key][1]) for key in trust]
         cells.append(f"{row['steps_per_s']:.2f}")
@@ -515,8 +525,10 @@ def write_tables(table: list[dict], out: Path, header: str) -> None:
     lines += [
         "",
         "Mean ± standard error over seeds (no ± with one seed); validation images encoded with one stochastic "
-        "code each (deterministic for fsq/vqvae), nats summed over pixels; KL to the prior (uniform over the codes, "
-        "N(0, I) for vae). '—': the method has no such quantity "
+        "code each (deterministic for fsq/vqvae; the posterior mean for vae, so its log p(x|z) and ELBO are of the "
+        "mean, not of a sample, and a little optimistic), nats summed over pixels; KL to the prior (uniform over "
+        "the codes, N(0, I) for vae). beta-ELBO is log p(x|z) - β KL at each method's own final β (its column). "
+        "'—': the method has no such quantity "
         "(no q for the quantizers, no discrete code for the Gaussian VAE) or it was not measured (FID without "
         "train.fid or without the Inception weights; SSIM on images smaller than 11x11)."
         + (" eta and ESS/K (end): the trust-region multiplier and the effective sample size over K, means over "

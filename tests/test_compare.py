@@ -89,6 +89,8 @@ def test_compare_writes_table_figures_commands_and_reuses_finished_runs(tmp_path
         assert (out / name).stat().st_size > 0, name
     md = (out / "results.md").read_text()
     assert "| daps | 16 |" in md and "| dapsna | 16 |" in md and " ± " in md
+    beta = get_preset("mnist", "daps").options.beta.end  # the beta-ELBO's β, shown beside it
+    assert f"| daps | 16 | {beta:g} |" in md and "β (end)" in md
     from daps.provenance import machine_name, source_revision
     assert f"({machine_name()})" in md and f"code {source_revision()}, 20" in md  # where and when it was measured
     rows = list(csv.DictReader(open(out / "results.csv")))
