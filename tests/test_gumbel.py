@@ -282,3 +282,24 @@ def test_rao_stop_gradient_switch_changes_encoder_gradients_only():
     assert torch.equal(losses[0], losses[1])
     assert all(torch.equal(grads[0][n], grads[1][n]) for n in grads[0] if n.startswith("decoder."))
     assert not torch.allclose(grads[0]["encoder.net.head.weight"], grads[1]["encoder.net.head.weight"])
+
+
+@pytest.mark.parametrize("method", ["gumbelna", "grmckna"])
+def test_the_kl_term_trains_the_encoder_by_its_own_gradient(method):
+    """Two copies that differ only in beta (0 and 0.5), on the same draws: their gradients differ by exactly
+    0.5 times the gradient of the mean KL of q(. | x) to the uniform prior, recomputed here from the encoder's
+    token log-probabilities (which, for these independent-token encoders, do not depend on the draw). Fails when
+    the KL is computed from detached log-probabilities: the loss's value is unchanged, its gradient is not."""
+    grads = []
+    for beta in ("0.0", "0.5"):
+        model, _ = tiny(method, "relaxed.beta.kind=constant", f"relaxed.beta.init={beta}")
+        model(batch(), step=0, generator=gen(5)).loss.backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    model, _ = tiny(method)
+    log_probs = model.encoder.token_log_probs(batch())  # (B, T, V)
+    kl = DF.kl_to_uniform(DF.categorical_entropy(log_probs), model.vocab_size).mean()
+    (0.5 * kl).backward()
+    expected = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    assert expected and all(n.startswith("encoder.") for n in expected)
+    for name, grad in expected.items():
+        torch.testing.assert_close(grads[1][name] - grads[0][name], grad, rtol=1e-4, atol=1e-6, msg=name)
