@@ -315,11 +315,24 @@ def test_ppo_kl_penalty_enters_the_loss_with_its_coefficient():
     out.loss.backward()
     opt.step()
     model.eval()  # no old-encoder sync, no coefficient update
-    losses, kls = [], []
+    losses, kls, grads = [], [], []
     for coeff in (0.0, 7.0):
         model.kl_coeff.fill_(coeff)
+        model.zero_grad()
         o = model(x, 1, generator=gen(1))
+        o.loss.backward()
         losses.append(o.loss.item())
         kls.append(o.logs["kl_old_new"].item())
+        grads.append({n: p.grad.clone() for n, p in model.encoder.named_parameters() if p.grad is not None})
     assert kls[0] > 0
     assert losses[1] - losses[0] == pytest.approx(7.0 * kls[0], rel=1e-3)
+    # ... and trains the encoder by its gradient: 7 grad KL(old || new) on the same codes (a detached penalty keeps
+    # the value above but not this)
+    model.zero_grad()
+    codes = o.indices[None]  # (1, B, T): the draws of both passes (the same generator)
+    with torch.no_grad():
+        old = model.old_encoder.log_probs(x, codes)[0]
+    (7.0 * DF.categorical_kl(old, model.encoder.log_probs(x, codes)[0]).sum(-1).mean()).backward()
+    for name, p in model.encoder.named_parameters():
+        # the difference of two gradients of size ~1: float32 leaves ~1e-5 of it
+        torch.testing.assert_close(grads[1][name] - grads[0][name], p.grad, rtol=1e-3, atol=1e-4, msg=name)
