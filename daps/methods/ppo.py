@@ -25,6 +25,9 @@ NOTE(paper): the original's teacher-forced log q treats code 0 as padding (origi
 the ``encoder.mask_token0`` option here, off by default.
 NOTE(paper): under torchrun each rank adapts c from its own batch's KL; DDP's buffer broadcast then makes
 rank 0's value (and theta_old) everyone's at the next step.
+NOTE(paper): the per-token KLs are differentiated analytically along the sampled path, as the original does: for
+an autoregressive q that leaves out the score-function term of later tokens' KL (their conditioning on earlier
+sampled tokens), a bias when beta > 0 (``daps gradlab`` measures it, docs/gradlab/).
 """
 
 from __future__ import annotations
@@ -270,7 +273,8 @@ def build_ppo(cfg: Config, image_shape: tuple[int, int, int]) -> PPO:
 
 def _motion(cfg: Config) -> None:
     # NOTE(paper): the original's PPO-LAFAN config does not run (no value network, T=32 tokens); here the MNIST-style
-    # patch value network on the window and DAPS's LAFAN beta schedule.
+    # patch value network on the window and DAPS's LAFAN beta schedule, with the preset's learning rate (3e-4) and
+    # the default min_kl_coeff (1e-3), not the original PPO family's 1e-4 and 1/16.
     cfg.ppo.kl_target, cfg.ppo.beta = 0.025, schedule(3.0, 0.01)
 
 
