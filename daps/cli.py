@@ -406,11 +406,9 @@ def _render(args: argparse.Namespace) -> int:
     from daps.data import check_run_data
     from daps.data.motion import motion_data, reconstruct_clip
     from daps.motion.h1 import load_h1
-    from daps.motion.render import render_side_by_side
+    from daps.motion.render import MAX_VIEW_SIZE, render_side_by_side
 
     out = check_media_output(args.out, ".mp4", args.overwrite)
-    from daps.motion.render import MAX_VIEW_SIZE
-
     if not (math.isfinite(args.seconds) and args.seconds > 0 and math.isfinite(args.start) and args.start >= 0
             and 16 <= args.size <= MAX_VIEW_SIZE):
         raise UserError(f"--seconds must be a positive number, --start a number >= 0 and --size 16 to "

@@ -124,7 +124,6 @@ def _check_same_kind(run_dir: Path, saved_cfg: Config, cfg: Config) -> None:
 
 
 def _check_same_config(run_dir: Path, saved_cfg: Config, cfg: Config, report: bool = True) -> None:
-    _check_same_kind(run_dir, saved_cfg, cfg)
     # settings neither config reads (a run saved with one that daps train now refuses) do not stop a resume
     unread = set(ignored_settings(saved_cfg)) & set(ignored_settings(cfg))
     changed = config_differences(saved_cfg, cfg, ignore=RESUMABLE_CHANGES | unread)
@@ -172,7 +171,9 @@ def prepare_run_dir(cfg: Config, resume: bool, overwrite: bool, report: bool = T
     if ckpt is None:
         saved = run_dir / "config.json"
         if saved.exists():
-            _check_same_config(run_dir, read_config(saved), cfg, report)
+            saved_cfg = read_config(saved)
+            _check_same_kind(run_dir, saved_cfg, cfg)
+            _check_same_config(run_dir, saved_cfg, cfg, report)
         warn("%s was stopped before its first checkpoint: starting it again in place", run_dir)
         return RunPlan(clear_first=True)
     saved_cfg = read_config(ckpt / "config.json")

@@ -87,7 +87,7 @@ def add_parsers(sub) -> None:
 
 
 MAX_GRID = 400
-"""Most images ``decode-random`` puts in its one PNG grid."""
+"""Most images ``decode-random`` and ``prior sample`` put in their one PNG grid."""
 
 
 def _device(name: str | None) -> torch.device:
@@ -235,7 +235,7 @@ def _sample(args: argparse.Namespace) -> int:
 
 def _eval(args: argparse.Namespace) -> int:
     from daps.metrics.classifier import classifier_for
-    from daps.prior.run import evaluate_prior, load_prior, sampling_speed, trained_codes
+    from daps.prior.run import EVAL_TIMES, evaluate_prior, load_prior, sampling_speed, trained_codes
     from daps.prior.scores import Judge, score_prior
 
     if args.n < 2 or args.inception_fid < 0 or args.inception_fid == 1:
@@ -286,7 +286,7 @@ def _eval(args: argparse.Namespace) -> int:
         f"held-out codes: {'val_codes' if cfg.val_codes else f'{cfg.val_fraction:.0%} of the inputs of the codes file'}"
         f"; {args.n} samples, classes in turn, guidance {args.cfg}, seed {args.seed}"
         + (f"; {judge.protocol(args.n)}" if judge is not None else "; no classifier scores")
-        + ("; dfm_loss: the training loss at 8 times, not a likelihood" if cfg.kind == "dfm" else "")
+        + (f"; dfm_loss: the training loss at {len(EVAL_TIMES)} times, not a likelihood" if cfg.kind == "dfm" else "")
         + ("; nll_bound: the masked-diffusion bound, estimated at the same times" if cfg.source == "mask"
            and cfg.kind == "dfm" else "")
     )
