@@ -481,7 +481,7 @@ def collect(runs: list[Run]) -> list[dict]:
     for label, group in arms(runs).items():
         summaries = [json.loads((r.out_dir / "summary.json").read_text()) for r in group]
         row = {"method": label, "settings": group[0].settings, "seeds": len(group), "bits": latent_bits(group[0].cfg),
-               "final_beta": final_beta(group[0].cfg)}
+               "final_beta": summaries[0].get("final_beta", final_beta(group[0].cfg))}
         for _, key, _ in COLUMNS:
             values = [s[key] for s in summaries if key in s]
             row[key], row[key + "_se"] = _mean_se(values)
@@ -494,7 +494,8 @@ def collect(runs: list[Run]) -> list[dict]:
 
 
 def final_beta(cfg: Config) -> float:
-    """The β of a run's beta-ELBO: its method's β schedule's end value; NaN for methods without one (quantizers)."""
+    """The β of a run's beta-ELBO for a ``summary.json`` that does not record it (one written before daps recorded it):
+    its method's β schedule's end value; NaN for methods without one (quantizers)."""
     from daps.methods.common import schedule_final
 
     beta = getattr(cfg.options, "beta", None)

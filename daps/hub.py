@@ -79,8 +79,8 @@ ENCODING = {
 """How ``daps eval`` (and training's validation) encodes an example, by encoder family (:data:`EncoderFamily`)."""
 
 
-NOT_METRICS = frozenset({"step", "num_images", "skipped_files", "fid_num_images"})
-"""Numbers of a validation row that are counts, not scores."""
+NOT_METRICS = frozenset({"step", "num_images", "skipped_files", "fid_num_images", "final_beta"})
+"""Numbers of a validation row or summary that are counts or settings, not scores."""
 
 
 def eval_flags(cfg) -> str:

@@ -600,6 +600,8 @@ def _write_artifacts(s: Setup, end_step: int, metrics: dict) -> None:
     cfg, spec, run_dir, standardize = s.cfg, s.spec, s.run_dir, s.spec.standardize
     summary = {key: value for key, value in metrics.items() if key not in ("split", "step")}
     summary = {"step": end_step, "dataset": spec.name, **summary}
+    if s.model.final_beta is not None:  # the β of its beta-ELBO, as the model applied it (daps compare's column)
+        summary["final_beta"] = s.model.final_beta
     if spec.note:
         summary["note"] = spec.note
     s.model.eval()

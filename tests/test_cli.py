@@ -114,6 +114,8 @@ def test_metrics_jsonl_rows(trained_run):
     summary = strict_json((trained_run / "summary.json").read_text())
     assert summary["step"] == 6
     assert summary.pop("dataset") == "mnist5k" and "note" not in summary  # only lossy / sample data carry a note
+    beta = strict_json((trained_run / "config.json").read_text())["daps"]["beta"]
+    assert summary.pop("final_beta") == beta["end"] != beta["init"]  # the beta-ELBO's β (daps compare's column)
     assert {k: v for k, v in val[-1].items() if k != "split"} == summary
 
 

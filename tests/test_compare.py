@@ -17,7 +17,7 @@ import torch
 import daps.compare as compare_mod
 from daps import get_preset, parse_overrides
 from daps.cli import main
-from daps.compare import compare, latent_bits, plan_runs
+from daps.compare import collect, compare, latent_bits, plan_runs
 from daps.plots import read_metrics
 from daps.train import train
 
@@ -91,6 +91,16 @@ def test_compare_writes_table_figures_commands_and_reuses_finished_runs(tmp_path
     assert "| daps | 16 |" in md and "| dapsna | 16 |" in md and " ± " in md
     beta = get_preset("mnist", "daps").options.beta.end  # the beta-ELBO's β, shown beside it
     assert f"| daps | 16 | {beta:g} |" in md and "β (end)" in md
+    # the column reads the β each run recorded in its summary (a config rule only for summaries without one)
+    recorded = out / "daps" / "seed0" / "summary.json"
+    assert json.loads(recorded.read_text())["final_beta"] == beta
+    kept = recorded.read_text()
+    recorded.write_text(json.dumps({**json.loads(kept), "final_beta": 0.125}))
+    runs = plan_runs("mnist", ["daps"], 4, [0], out, overrides)
+    assert collect(runs)[0]["final_beta"] == 0.125
+    recorded.write_text(json.dumps({k: v for k, v in json.loads(kept).items() if k != "final_beta"}))
+    assert collect(runs)[0]["final_beta"] == beta
+    recorded.write_text(kept)
     from daps.provenance import machine_name, source_revision
     assert f"({machine_name()})" in md and f"code {source_revision()}, 20" in md  # where and when it was measured
     rows = list(csv.DictReader(open(out / "results.csv")))
