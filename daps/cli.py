@@ -260,10 +260,12 @@ def _eval(args: argparse.Namespace) -> int:
         raise UserError(f"--fid-ref is read only with --fid reference (here --fid {args.fid})")
     if args.fid_ref and not Path(args.fid_ref).is_file():  # before the model and the data are read
         raise UserError(f"--fid-ref {args.fid_ref}: no such file (daps fid-stats writes one)")
+    reference_stats = None
     if args.fid_ref:
         from daps.metrics.fid import load_fid_stats
 
-        load_fid_stats(args.fid_ref)  # a damaged or foreign file is said before the model and the data are read
+        reference_stats = load_fid_stats(args.fid_ref)  # a damaged or foreign file is said before the model and
+        # the data are read
     if args.fid_weights and args.fid == "none":
         raise UserError("--fid-weights is used only with --fid val-pairs or reference")
     if args.plot:
@@ -279,7 +281,7 @@ def _eval(args: argparse.Namespace) -> int:
     if args.fid != "none":  # before the Inception weights are read
         check_fid_images(data.name, data.image_shape, f"--fid {args.fid}")
     images = eval_set(data, args.split, args.max_images, args.batch_size, device)
-    fid = fid_setup(args.fid, args.fid_weights, args.fid_ref, device, data)
+    fid = fid_setup(args.fid, args.fid_weights, args.fid_ref, device, data, reference_stats)
     example_metrics = spec.example_metrics(data) if spec.example_metrics is not None else None
     metrics = evaluate(
         model, images, torch.Generator(device).manual_seed(args.seed), spec.standardize, fid, example_metrics,

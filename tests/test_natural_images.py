@@ -58,7 +58,7 @@ def test_cifar_run_reports_every_metric_and_names_the_lossy_data(cifar_run):
         assert (cifar_run / name).stat().st_size > 1000
 
 
-def test_eval_reports_fid_under_the_protocol_asked_for(cifar_run, capsys, tmp_path):
+def test_eval_reports_fid_under_the_protocol_asked_for(cifar_run, capsys, tmp_path, monkeypatch):
     assert run_cli("eval", str(cifar_run), "--json", "--max-images", "8", "--batch-size", "4") == 0
     plain = json.loads(capsys.readouterr().out)
     assert "fid" not in plain and plain["num_images"] == 8 and plain["dataset"] == "cifar10-jpeg"
@@ -80,12 +80,18 @@ def test_eval_reports_fid_under_the_protocol_asked_for(cifar_run, capsys, tmp_pa
     assert run_cli("fid-stats", "cifar10-jpeg", "--max-images", "12", "--out", str(stats)) == 2  # no silent overwrite
     assert "exists" in capsys.readouterr().err
 
+    import daps.metrics.fid as fid_mod
+
+    reads = []
+    monkeypatch.setattr(fid_mod, "load_fid_stats", lambda path, load=fid_mod.load_fid_stats: reads.append(path)
+                        or load(path))
     assert (
         run_cli("eval", str(cifar_run), "--json", "--max-images", "8", "--fid", "reference", "--fid-ref", str(stats))
         == 0
     )
     ref = json.loads(capsys.readouterr().out)
     assert ref["fid_protocol"] == "reference:ref.npz" and ref["fid"] > 0
+    assert len(reads) == 1  # read once: checked before the model loads, then used
 
 
 def test_fid_is_skipped_with_a_message_when_no_weights_are_found(cifar_run, capsys, caplog, tmp_path, monkeypatch):

@@ -46,13 +46,15 @@ def fid_setup(
     reference: str | Path | None = None,
     device: torch.device | str | None = None,
     data: Any = None,
+    reference_stats: tuple | None = None,
 ) -> FIDSetup | None:
     """Load the FID network (on ``device``) and reference statistics for ``protocol``; None, with a logged reason,
     when no ``weights`` path is given and none are found in the default places (FID is then skipped; nothing is
     downloaded). A given ``weights`` path that does not exist raises FileNotFoundError. With ``data`` (the
     :class:`daps.config.DataConfig` of the images compared), statistics recorded for images of another size are
     refused and those of another dataset warned about (files without a record, such as ADM's, are taken as they
-    are)."""
+    are). ``reference_stats``: what :func:`daps.metrics.fid.load_fid_stats` returned for ``reference``, when the
+    caller read it already (``daps eval`` does, to refuse a foreign file before the model and the data load)."""
     from daps.metrics.fid import load_fid_stats
     from daps.nets.inception import load_fid_inception
 
@@ -64,7 +66,7 @@ def fid_setup(
     if protocol == "reference":
         if not reference:
             raise UserError("FID protocol 'reference' needs a statistics file (daps fid-stats ... --out stats.npz)")
-        mu, sigma, num, meta = load_fid_stats(reference)
+        mu, sigma, num, meta = reference_stats if reference_stats is not None else load_fid_stats(reference)
         ref = (mu, sigma)
         described = ", ".join(f"{k} {meta[k]}" for k in ("dataset", "split", "image_shape") if k in meta)
         log.info("FID reference %s: %s images%s", reference, num if num is not None else "an unknown number of",
