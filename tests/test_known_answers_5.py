@@ -638,6 +638,45 @@ def test_motion_metrics_judge_the_reconstruction_against_the_ground_truth(single
 
 
 @needs_real_data
+def test_motion_skating_is_pooled_over_contact_frames_whatever_the_batch_size(single_thread):
+    """``evaluate`` with :class:`MotionMetrics`: foot skating is the speed summed over every contact frame of every
+    window divided by their count (``foot_skating_m_s`` of all poses at once), the same at batch sizes 3 and 10;
+    the other metrics are means over windows; the contact counts that weight skating are not reported. Fails on:
+    each batch's (or window's) skating averaged over windows, which differs where windows have unequal contact."""
+    from types import SimpleNamespace
+
+    from daps.data import TensorEvalSet
+    from daps.data.motion import MotionMetrics, lafan_windows
+    from daps.metrics import evaluate
+    from daps.motion.metrics import foot_float_mm, foot_skating_m_s
+
+    class Shifted(torch.nn.Module):  # the same reconstruction of a window in any batch
+        def __init__(self) -> None:
+            super().__init__()
+            self.final_beta, self.vocab_size = None, None
+
+        def reconstruct(self, x, generator=None):
+            x_hat = x + 0.4 * torch.sin(3 * x)
+            return SimpleNamespace(x_hat=x_hat, log_p=-(x_hat - x).pow(2).flatten(1).sum(1), kl=None, log_q=None,
+                                   token_entropy=None, indices=None)
+
+    data = _lafan_config()
+    x = lafan_windows("test", data)[torch.arange(0, 1000, 100)]  # 10 windows: walking, running, standing
+    metrics = MotionMetrics(data)
+    poses, poses_hat = metrics.poses(x), metrics.poses(Shifted().reconstruct(x).x_hat)
+    per_window = [foot_skating_m_s(metrics.h1, p, metrics.motion.fps) for p in poses_hat]
+    assert max(per_window) - min(per_window) > 0.05  # windows differ, so the pooling matters
+    pooled, gt_pooled = (foot_skating_m_s(metrics.h1, p, metrics.motion.fps) for p in (poses_hat, poses))
+    for batch_size in (3, 10):
+        got = evaluate(Shifted(), TensorEvalSet(x, batch_size), example_metrics=metrics)
+        assert got["foot_skating_m_s"] == pytest.approx(pooled, rel=1e-9)
+        assert got["gt_foot_skating_m_s"] == pytest.approx(gt_pooled, rel=1e-9)
+        assert got["foot_float_mm"] == pytest.approx(foot_float_mm(metrics.h1, poses_hat), rel=1e-9)
+        assert "foot_contact_frames" not in got and "gt_foot_contact_frames" not in got
+    assert pooled != pytest.approx(float(np.mean(per_window)), rel=1e-3)
+
+
+@needs_real_data
 def test_reconstruct_clip_rounds_the_seconds_up_to_whole_windows(single_thread):
     """1.5 s at 30 fps is 45 frames, 1.4 windows of 32: two windows (64 frames), as ``robot plan`` rounds; an
     identity model gives back the ground truth. Fails on: the windows rounded down (one window, 32 frames)."""

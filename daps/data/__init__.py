@@ -81,7 +81,10 @@ log = logging.getLogger(__name__)
 
 
 class ExampleMetrics(Protocol):
-    """Per-example quality metrics of reconstructions: ``(x, x_hat)`` at the model's scale -> name -> ``(B,)``."""
+    """Per-example quality metrics of reconstructions: ``(x, x_hat)`` at the model's scale -> name -> ``(B,)``.
+    :func:`daps.metrics.evaluate` averages each over examples, except a metric named in an optional attribute
+    ``weighted_by`` (metric -> the key of its per-example weights, also returned): that one is the weighted mean
+    (0 when the weights sum to 0), and the weights are not reported (e.g. a ratio pooled over frames)."""
 
     def __call__(self, x: torch.Tensor, x_hat: torch.Tensor) -> dict[str, torch.Tensor]: ...
 

@@ -103,17 +103,20 @@ def lafan_windows(split: str, data: DataConfig) -> WindowImages:
 class MotionMetrics:
     """Per-window motion metrics of reconstructions for :func:`daps.metrics.evaluate`: standardized windows ``x,
     x_hat (B, 1, T, F)`` -> features -> poses (both anchored at the origin, facing +x: the anchor does not change
-    any of these errors) -> MuJoCo forward kinematics -> the metrics of :func:`daps.motion.metrics.motion_metrics`
-    (docs/motion.md): ``mpjpe_mm``, ``mpjpe_global_mm``, ``joint_error_deg``, ``root_velocity_error_m_s``,
-    ``foot_skating_m_s``, ``ground_penetration_mm``, ``foot_float_mm`` and the ground truth's own
-    ``gt_foot_skating_m_s``, ``gt_ground_penetration_mm`` and ``gt_foot_float_mm``. Each is a batch mean, returned
-    for every window of the batch (so the evaluation's mean over windows weights batches by their size)."""
+    any of these errors) -> MuJoCo forward kinematics -> the metrics of
+    :func:`daps.motion.metrics.motion_metrics_per_window` (docs/motion.md): ``mpjpe_mm``, ``mpjpe_global_mm``,
+    ``joint_error_deg``, ``root_velocity_error_m_s``, ``foot_skating_m_s``, ``ground_penetration_mm``,
+    ``foot_float_mm`` and the ground truth's own ``gt_foot_skating_m_s``, ``gt_ground_penetration_mm`` and
+    ``gt_foot_float_mm``, one value per window. Skating is weighted by each window's contact frames
+    (:attr:`weighted_by`), so the evaluation pools it over all contact frames whatever the batch size."""
 
     def __init__(self, data: DataConfig) -> None:
         from daps.motion.h1 import load_h1
+        from daps.motion.metrics import RATIO_WEIGHTS
 
         self.motion = motion_data(data)
         self.h1 = load_h1(data.data_dir or None)
+        self.weighted_by = dict(RATIO_WEIGHTS)
 
     def poses(self, x: torch.Tensor) -> np.ndarray:
         """Standardized windows ``(B, 1, T, F)`` -> poses ``(B, T, 26)`` starting at the origin."""
@@ -124,11 +127,10 @@ class MotionMetrics:
         return features_to_poses(raw, np.zeros((b, 2)), np.zeros(b), self.motion.fps)
 
     def __call__(self, x: torch.Tensor, x_hat: torch.Tensor) -> dict[str, torch.Tensor]:
-        from daps.motion.metrics import motion_metrics
+        from daps.motion.metrics import motion_metrics_per_window
 
-        values = motion_metrics(self.h1, self.poses(x_hat), self.poses(x), self.motion.fps)
-        n = x.shape[0]  # host values, as the poses they come from
-        return {k: torch.full((n,), float(v), dtype=torch.float64, device="cpu") for k, v in values.items()}
+        values = motion_metrics_per_window(self.h1, self.poses(x_hat), self.poses(x), self.motion.fps)
+        return {k: torch.from_numpy(np.asarray(v, dtype=np.float64)) for k, v in values.items()}  # host values (B,)
 
 
 def plot_motion_reconstructions(

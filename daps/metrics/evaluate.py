@@ -136,6 +136,8 @@ def evaluate(
     was_training = model.training
     model.eval()
     sums: dict[str, float] = {}
+    weighted_by: dict[str, str] = dict(getattr(example_metrics, "weighted_by", {}))  # metric -> its weights' key
+    weight_sums = dict.fromkeys(weighted_by, 0.0)
     all_indices = []
     n = 0
     fake_stats = FeatureStats() if fid is not None else None
@@ -150,7 +152,14 @@ def evaluate(
             x_unit, x_hat_unit = standardize.to_unit(x), standardize.to_unit(rec.x_hat)
             terms = {"log_p": rec.log_p, "l2": l2_distance(rec.x_hat, x)}
             if example_metrics is not None:
-                terms.update(example_metrics(x, rec.x_hat.float()))
+                per_example = example_metrics(x, rec.x_hat.float())
+                weights = {key: per_example[w].double() for key, w in weighted_by.items()}
+                for w in set(weighted_by.values()):
+                    per_example.pop(w)
+                for key, w in weights.items():
+                    per_example[key] = per_example[key].double() * w
+                    weight_sums[key] += float(w.sum())
+                terms.update(per_example)
             else:
                 terms.update(mse=mse_per_image(x_hat_unit, x_unit), psnr=psnr_per_image(x_hat_unit, x_unit))
                 if min(x.shape[-2:]) >= 11:  # SSIM's 11x11 window
@@ -176,7 +185,10 @@ def evaluate(
     model.train(was_training)
     if n == 0:
         raise UserError("evaluate: no images to evaluate")
-    out: dict[str, float | str] = {key: value / n for key, value in sums.items()}
+    out: dict[str, float | str] = {
+        key: (value / weight_sums[key] if weight_sums[key] else 0.0) if key in weight_sums else value / n
+        for key, value in sums.items()
+    }
     v = model.vocab_size
     if all_indices and v is not None:
         indices = torch.cat(all_indices)  # (N, T)

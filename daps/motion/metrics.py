@@ -34,12 +34,15 @@ from daps.motion.rotations import quat_nlerp
 
 __all__ = [
     "METRIC_POINTS",
+    "RATIO_WEIGHTS",
+    "foot_float_mm",
     "foot_skating_m_s",
     "ground_penetration_mm",
     "hold_first_pose",
     "interpolate_keyframes",
     "joint_error_deg",
     "motion_metrics",
+    "motion_metrics_per_window",
     "mpjpe_global_mm",
     "mpjpe_mm",
     "root_velocity_error_m_s",
@@ -75,16 +78,32 @@ def _pair(h1: H1, pred: np.ndarray, target: np.ndarray) -> tuple[_Kin, _Kin]:
     return _Kin(h1, p), _Kin(h1, t)
 
 
-def _mpjpe(a: _Kin, b: _Kin) -> float:
+def _window_mean(values: np.ndarray, axes: int) -> np.ndarray:
+    """The mean over the last ``axes`` axes: one value per window (the leading axes)."""
+    return values.reshape(*values.shape[: values.ndim - axes], -1).mean(-1)
+
+
+def _mpjpe(a: _Kin, b: _Kin) -> np.ndarray:
     da = a.points - a.root[..., None, :]  # (..., T, P, 3)
     db = b.points - b.root[..., None, :]
-    return float(np.linalg.norm(da - db, axis=-1).mean() * 1000)
+    return _window_mean(np.linalg.norm(da - db, axis=-1), 2) * 1000
 
 
-def _mpjpe_global(a: _Kin, b: _Kin) -> float:
+def _mpjpe_global(a: _Kin, b: _Kin) -> np.ndarray:
     pa = np.concatenate([a.root[..., None, :], a.points], axis=-2)  # (..., T, 1 + P, 3)
     pb = np.concatenate([b.root[..., None, :], b.points], axis=-2)
-    return float(np.linalg.norm(pa - pb, axis=-1).mean() * 1000)
+    return _window_mean(np.linalg.norm(pa - pb, axis=-1), 2) * 1000
+
+
+def _joint_error(p: np.ndarray, t: np.ndarray) -> np.ndarray:
+    return np.degrees(_window_mean(np.abs(p[..., JOINTS] - t[..., JOINTS]), 2))
+
+
+def _root_velocity_error(p: np.ndarray, t: np.ndarray, fps: float) -> np.ndarray:
+    if p.shape[-2] < 2:
+        raise ValueError(f"root velocity needs at least 2 frames, got {p.shape}")
+    dv = np.diff(p[..., ROOT_POS], axis=-2) - np.diff(t[..., ROOT_POS], axis=-2)  # (..., T-1, 3)
+    return _window_mean(np.linalg.norm(dv, axis=-1), 1) * fps
 
 
 def _feet(k: _Kin, fps: float) -> tuple[np.ndarray, np.ndarray]:
@@ -94,32 +113,40 @@ def _feet(k: _Kin, fps: float) -> tuple[np.ndarray, np.ndarray]:
     return foot_heights_and_speeds(k.pos, k.rot, fps)
 
 
-def _skating(k: _Kin, fps: float) -> float:
+def _skating(k: _Kin, fps: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per window: the summed sole-centre speed over the frames where a foot touches, and how many there are."""
     heights, speeds = _feet(k, fps)
     touch = heights < CONTACT_HEIGHT  # (..., T, 2)
     both = touch[..., 1:, :] & touch[..., :-1, :]  # the speed at t uses frames t-1 and t
-    return float(speeds[..., 1:, :][both].mean()) if both.any() else 0.0
+    moving = np.where(both, speeds[..., 1:, :], 0.0)
+    return moving.reshape(*moving.shape[:-2], -1).sum(-1), both.reshape(*both.shape[:-2], -1).sum(-1)
 
 
-def _penetration(k: _Kin) -> float:
+def _pooled(parts: tuple[np.ndarray, np.ndarray]) -> float:
+    """Skating over all windows: the summed speeds over the contact frames of all windows (0 without contact)."""
+    total, count = parts
+    return float(total.sum() / count.sum()) if count.sum() else 0.0
+
+
+def _penetration(k: _Kin) -> np.ndarray:
     heights, _ = _feet(k, 1.0)
-    return float(np.maximum(0.0, -heights).mean() * 1000)
+    return _window_mean(np.maximum(0.0, -heights), 2) * 1000
 
 
-def _float(k: _Kin) -> float:
+def _float(k: _Kin) -> np.ndarray:
     heights, _ = _feet(k, 1.0)
-    return float(np.maximum(0.0, heights.min(axis=-1)).mean() * 1000)
+    return _window_mean(np.maximum(0.0, heights.min(axis=-1)), 1) * 1000
 
 
 def mpjpe_mm(h1: H1, pred: np.ndarray, target: np.ndarray) -> float:
     """Mean per-point position error (mm) with each pose's root position subtracted (the root's orientation is not
     removed, so a wrong heading or tilt counts): ``mean ||(p_i - r) - (p*_i - r*)||`` over points and frames."""
-    return _mpjpe(*_pair(h1, pred, target))
+    return float(_mpjpe(*_pair(h1, pred, target)).mean())
 
 
 def mpjpe_global_mm(h1: H1, pred: np.ndarray, target: np.ndarray) -> float:
     """Mean per-point position error (mm) in the world frame, over the pelvis origin and :data:`METRIC_POINTS`."""
-    return _mpjpe_global(*_pair(h1, pred, target))
+    return float(_mpjpe_global(*_pair(h1, pred, target)).mean())
 
 
 def joint_error_deg(pred: np.ndarray, target: np.ndarray) -> float:
@@ -127,7 +154,7 @@ def joint_error_deg(pred: np.ndarray, target: np.ndarray) -> float:
     p, t = _check(pred), _check(target)
     if p.shape != t.shape:
         raise ValueError(f"pred and target shapes differ: {p.shape} vs {t.shape}")
-    return float(np.degrees(np.abs(p[..., JOINTS] - t[..., JOINTS]).mean()))
+    return float(_joint_error(p, t).mean())
 
 
 def root_velocity_error_m_s(pred: np.ndarray, target: np.ndarray, fps: float) -> float:
@@ -135,21 +162,20 @@ def root_velocity_error_m_s(pred: np.ndarray, target: np.ndarray, fps: float) ->
     p, t = _check(pred), _check(target)
     if p.shape != t.shape or p.shape[-2] < 2:
         raise ValueError(f"root velocity needs equal shapes with at least 2 frames, got {p.shape} and {t.shape}")
-    dv = np.diff(p[..., ROOT_POS], axis=-2) - np.diff(t[..., ROOT_POS], axis=-2)  # (..., T-1, 3)
-    return float(np.linalg.norm(dv, axis=-1).mean() * fps)
+    return float(_root_velocity_error(p, t, fps).mean())
 
 
 def foot_skating_m_s(h1: H1, poses: np.ndarray, fps: float) -> float:
     """Mean horizontal speed (m/s) of a foot's sole centre over the frames where the foot touches the floor: its lowest
     sole corner is below :data:`~daps.motion.features.CONTACT_HEIGHT` in this frame and the previous one. 0 when no
     foot ever touches."""
-    return _skating(_Kin(h1, poses), fps)
+    return _pooled(_skating(_Kin(h1, poses), fps))
 
 
 def ground_penetration_mm(h1: H1, poses: np.ndarray) -> float:
     """Mean depth (mm) of the feet below the floor: ``max(0, -lowest sole corner height)``, averaged over both feet
     and all frames (frames above the floor count as 0)."""
-    return _penetration(_Kin(h1, poses))
+    return float(_penetration(_Kin(h1, poses)).mean())
 
 
 def foot_float_mm(h1: H1, poses: np.ndarray) -> float:
@@ -157,26 +183,50 @@ def foot_float_mm(h1: H1, poses: np.ndarray) -> float:
     The counterpart of :func:`ground_penetration_mm` and the check on :func:`foot_skating_m_s`, which a motion
     floating above the floor improves (its feet never count as touching): flight phases (runs, jumps) raise it in
     the ground truth too, so read it against the data's own figure."""
-    return _float(_Kin(h1, poses))
+    return float(_float(_Kin(h1, poses)).mean())
 
 
-def motion_metrics(h1: H1, pred: np.ndarray, target: np.ndarray, fps: float) -> dict[str, float]:
-    """Every metric of this module for a reconstruction ``pred`` of ``target`` (both ``(..., T, 26)``), plus the
-    ground truth's own foot skating, penetration and float under ``gt_*`` keys. Runs forward kinematics once per
-    input."""
+def motion_metrics_per_window(h1: H1, pred: np.ndarray, target: np.ndarray, fps: float) -> dict[str, np.ndarray]:
+    """Every metric of this module for each window of a reconstruction ``pred`` of ``target`` (both ``(..., T,
+    26)``; one value per leading index), plus the ground truth's own foot skating, penetration and float under
+    ``gt_*`` keys. Skating is a ratio (speed summed over contact frames / their count): a window without contact has
+    0, and ``foot_contact_frames`` / ``gt_foot_contact_frames`` give the counts that weight windows into the
+    pooled figure (:data:`RATIO_WEIGHTS`). Runs forward kinematics once per input."""
     a, b = _pair(h1, pred, target)
+    skating, gt_skating = _skating(a, fps), _skating(b, fps)
     return {
         "mpjpe_mm": _mpjpe(a, b),
         "mpjpe_global_mm": _mpjpe_global(a, b),
-        "joint_error_deg": joint_error_deg(a.poses, b.poses),
-        "root_velocity_error_m_s": root_velocity_error_m_s(a.poses, b.poses, fps),
-        "foot_skating_m_s": _skating(a, fps),
+        "joint_error_deg": _joint_error(a.poses, b.poses),
+        "root_velocity_error_m_s": _root_velocity_error(a.poses, b.poses, fps),
+        "foot_skating_m_s": skating[0] / np.maximum(skating[1], 1),
         "ground_penetration_mm": _penetration(a),
         "foot_float_mm": _float(a),
-        "gt_foot_skating_m_s": _skating(b, fps),
+        "gt_foot_skating_m_s": gt_skating[0] / np.maximum(gt_skating[1], 1),
         "gt_ground_penetration_mm": _penetration(b),
         "gt_foot_float_mm": _float(b),
+        "foot_contact_frames": skating[1].astype(np.float64),
+        "gt_foot_contact_frames": gt_skating[1].astype(np.float64),
     }
+
+
+RATIO_WEIGHTS = {"foot_skating_m_s": "foot_contact_frames", "gt_foot_skating_m_s": "gt_foot_contact_frames"}
+"""The per-window metrics that pool by a count rather than average over windows: metric -> its weight's key."""
+
+
+def motion_metrics(h1: H1, pred: np.ndarray, target: np.ndarray, fps: float) -> dict[str, float]:
+    """Every metric of :func:`motion_metrics_per_window` over all windows: skating pooled over all contact frames,
+    the others averaged (every window has the same frames and points, so that is their mean over all of them)."""
+    windows = motion_metrics_per_window(h1, pred, target, fps)
+    weights = {key: windows.pop(w) for key, w in RATIO_WEIGHTS.items()}
+    out = {}
+    for key, values in windows.items():
+        if key in weights:
+            count = weights[key].sum()
+            out[key] = float((values * weights[key]).sum() / count) if count else 0.0
+        else:
+            out[key] = float(values.mean())
+    return out
 
 
 # --------------------------------------------------------------------------------------------------
