@@ -154,11 +154,11 @@ def evaluate(
             if example_metrics is not None:
                 per_example = example_metrics(x, rec.x_hat.float())
                 weights = {key: per_example[w].double() for key, w in weighted_by.items()}
-                for w in set(weighted_by.values()):
-                    per_example.pop(w)
-                for key, w in weights.items():
-                    per_example[key] = per_example[key].double() * w
-                    weight_sums[key] += float(w.sum())
+                for weight_key in set(weighted_by.values()):
+                    per_example.pop(weight_key)
+                for key, weight in weights.items():
+                    per_example[key] = per_example[key].double() * weight
+                    weight_sums[key] += float(weight.sum())
                 terms.update(per_example)
             else:
                 terms.update(mse=mse_per_image(x_hat_unit, x_unit), psnr=psnr_per_image(x_hat_unit, x_unit))
