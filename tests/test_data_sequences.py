@@ -95,6 +95,27 @@ def test_metrics_known_answers(npz):
     torch.testing.assert_close(shifted["rmse_raw"], torch.full((3,), expected))
 
 
+def test_explained_variance_leaves_out_features_that_do_not_vary(tmp_path):
+    """One varying feature and three constant ones (only centred, so about 0 variance to explain): predicting the
+    training mean explains none of the variance (0, not 0.75), a perfect reconstruction all of it; all constant:
+    no explained variance at all. Fails on: 1 - mse over every feature."""
+    rng = np.random.default_rng(0)
+    clip = lambda n: np.concatenate([rng.normal(size=(n, 1)), np.full((n, 3), 5.0)], axis=1)  # noqa: E731
+    path = tmp_path / "constant.npz"
+    np.savez(path, **{"train/a": clip(400), "test/b": clip(100)})
+    data = DataConfig(name="sequences", data_dir=str(path), image_shape=(1, 16, 4))
+    metrics = SequenceMetrics(data)
+    assert metrics.varying.tolist() == [True, False, False, False]
+    x = sequence_data(data).test[0].reshape(1, 1, 16, 4)
+    mean = torch.zeros_like(x)
+    expected = 1 - float(x[0, 0, :, 0].pow(2).mean())
+    assert metrics(x, mean)["explained_variance"].item() == pytest.approx(expected, abs=1e-6)
+    assert metrics(x, x.clone())["explained_variance"].item() == pytest.approx(1.0)
+    np.savez(path, **{"train/a": np.full((40, 2), 3.0), "test/b": np.full((40, 2), 3.0)})
+    still = SequenceMetrics(DataConfig(name="sequences", data_dir=str(path), image_shape=(1, 16, 2)))
+    assert "explained_variance" not in still(x[..., :2], x[..., :2])
+
+
 @pytest.mark.parametrize("clips, problem", [
     ({"train/a": np.zeros((30, F)), "test/b": np.zeros((30, F)), "labels": np.arange(3)},
      "holds 'labels'; every array must be named train/<clip> or test/<clip>"),

@@ -143,6 +143,20 @@ def test_fid_preprocess_range_shape_and_paths_agree():
     torch.testing.assert_close(fid_preprocess(u8[:, :1]), fid_preprocess(u8[:, :1].expand(-1, 3, -1, -1)))
 
 
+@pytest.mark.parametrize("dataset", ["cifar10", "imagenet256", "arrays"])
+def test_every_stored_level_quantises_back_to_itself_through_the_model_scale(dataset):
+    """A perfect reconstruction of stored pixels, taken to the model's scale and back to [0, 1] as evaluation does,
+    quantises to the same uint8 levels as the stored images (so FID val-pairs of x against itself is 0). Fails on:
+    plain truncation, which reads 9 of ImageNet's 768 channel levels (1 of CIFAR-10's) as the level below."""
+    from daps.data import dataset_spec
+
+    standardize = dataset_spec(dataset).standardize
+    raw = torch.arange(256, dtype=torch.uint8).view(1, 1, 1, 256).expand(1, 3, 299, 256).contiguous()
+    raw = torch.nn.functional.pad(raw, (0, 43))  # width 299 so no resize
+    torch.testing.assert_close(fid_preprocess(standardize.to_unit(standardize(raw))), fid_preprocess(raw),
+                               rtol=0, atol=0)
+
+
 def test_fid_preprocess_truncates_and_clips():
     x = torch.tensor([0.999 / 255, 1.999 / 255, 254.9 / 255, -0.5, 1.5]).view(1, 1, 1, 5).expand(1, 3, 299, 5)
     x = torch.nn.functional.pad(x, (0, 294))  # width 299 so no resize

@@ -168,18 +168,23 @@ def check_run_sequences(run_dir: Path, data: DataConfig) -> None:
 
 class SequenceMetrics:
     """Per-window errors of reconstructions ``x, x_hat (B, 1, T, F)`` (standardized): ``mse`` on the standardized
-    features, ``explained_variance`` = 1 - mse (the share of the training frames' variance, 1 per standardized
-    feature, that the reconstruction explains: a still window scores like any other) and ``rmse_raw`` (root mean
-    square error in the file's own units, averaged over features)."""
+    features, ``explained_variance`` = 1 - the mse over the features that vary in the training frames (the share of
+    their variance, 1 per standardized feature, that the reconstruction explains: a still window scores like any
+    other; a near-constant feature, only centred, has almost none to explain and would inflate it; absent when no
+    feature varies) and ``rmse_raw`` (root mean square error in the file's own units, averaged over features)."""
 
     def __init__(self, data: DataConfig) -> None:
         self.stats = sequence_data(data).stats
+        self.varying = torch.as_tensor(~self.stats.near_constant, dtype=torch.bool)  # (F,)
 
     def __call__(self, x: torch.Tensor, x_hat: torch.Tensor) -> dict[str, torch.Tensor]:
-        mse = (x_hat - x).float().pow(2).flatten(1).mean(1)  # (B,)
+        error = (x_hat - x)[:, 0].float().pow(2)  # (B, T, F)
         scale = torch.as_tensor(self.stats.scale, dtype=torch.float32, device=x.device)
         raw = ((x_hat - x)[:, 0].float() * scale).pow(2).mean(1).sqrt().mean(1)  # (B,): per-feature RMSE, averaged
-        return {"mse": mse, "explained_variance": 1 - mse, "rmse_raw": raw}
+        out = {"mse": error.flatten(1).mean(1), "rmse_raw": raw}
+        if bool(self.varying.any()):
+            out["explained_variance"] = 1 - error[..., self.varying.to(x.device)].flatten(1).mean(1)
+        return out
 
 
 def plot_sequence_reconstructions(data: DataConfig, x: torch.Tensor, x_hat: torch.Tensor, path: Path,

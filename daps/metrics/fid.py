@@ -34,11 +34,19 @@ FID_SIZE = 299
 ArrayLike = np.ndarray | torch.Tensor
 
 
+LEVEL_TOLERANCE = 1e-4
+"""How far below a level ``k`` (in levels) a float32/64 value is still read as ``k`` before truncation: a stored
+pixel's round trip through a dataset's standardization, ``((k - mean) / std * std + mean) / 255`` in float32, lands
+up to 2e-5 levels below ``k`` (9 of the 768 ImageNet channel levels, 1 of CIFAR-10's), and would otherwise
+become ``k - 1``, so a perfect reconstruction would not quantise like its original."""
+
+
 def fid_preprocess(images: torch.Tensor) -> torch.Tensor:
     """FID network input: ``(N, 3, H, W)`` uint8 in 0..255 or float on the [0, 1] scale -> float32
     ``(N, 3, 299, 299)`` in [-1, 1]. Floats are quantised like saved images (``x*255``, clipped, truncated
-    to uint8) so generated samples and real images go through the same path; a half-precision value is first
-    read as the highest level within half a step of its type (``k/255`` in float16 is level ``k``, not ``k-1``).
+    to uint8) so generated samples and real images go through the same path; a value is first read as the highest
+    level within :data:`LEVEL_TOLERANCE` of it (half a step of its type for half precision: ``k/255`` in float16 is
+    level ``k``, not ``k-1``).
     ``(N, 1, H, W)`` grayscale is repeated to 3 channels."""
     if images.dim() != 4 or images.shape[1] not in (1, 3):
         raise UserError(f"expected images (N, 3, H, W) or (N, 1, H, W), got shape {tuple(images.shape)}")
@@ -52,6 +60,7 @@ def fid_preprocess(images: torch.Tensor) -> torch.Tensor:
             x = images.float() + step.float() / 2
         else:
             x = images if images.dtype == torch.float64 else images.float()  # float64 keeps its precision
+            x = x + LEVEL_TOLERANCE / 255
         u8 = (x * 255).clamp(0, 255).to(torch.uint8)  # cast truncates toward zero
     else:
         raise UserError(f"images must be uint8 or floating point, got {images.dtype}")
