@@ -322,8 +322,7 @@ def _fid_stats(args: argparse.Namespace, argv: list[str]) -> int:
     from daps.metrics.evaluate import dataset_fid_stats
 
     spec = dataset_spec(args.dataset)
-    if spec.examples != "images":
-        check_fid_images(spec.name, (3,), "fid-stats")
+    check_fid_images(spec.name, None, "fid-stats")  # images at all; their channels once their shape is read
     if args.batch_size <= 0 or args.max_images < 0 or args.workers < 0:
         raise UserError("--batch-size must be positive, --max-images and --workers >= 0")
     if args.image_size is not None and args.image_size < 16:

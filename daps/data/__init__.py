@@ -254,13 +254,14 @@ def dataset_spec(name: str) -> DatasetSpec:
     return DATASETS[name]
 
 
-def check_fid_images(name: str, image_shape: tuple[int, ...] | list[int], setting: str) -> None:
+def check_fid_images(name: str, image_shape: tuple[int, ...] | list[int] | None, setting: str) -> None:
     """A :class:`UserError` naming ``setting`` (e.g. ``--fid val-pairs``) when dataset ``name`` with examples of
-    ``image_shape`` cannot have an FID: it holds no images (motion, features) or no RGB ones."""
+    ``image_shape`` cannot have an FID: it holds no images (motion, features) or no RGB ones (not checked while
+    the shape is unknown: None)."""
     spec = dataset_spec(name)
     if spec.examples != "images":
         raise UserError(f"{setting}: FID compares images; {name} holds {spec.examples} of motion or features")
-    if tuple(image_shape)[0] != 3:
+    if image_shape is not None and tuple(image_shape)[0] != 3:
         raise UserError(f"{setting} needs RGB images; {name} has {image_shape[0]} channel(s)")
 
 
