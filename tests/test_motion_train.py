@@ -336,6 +336,12 @@ def test_a_prior_over_motion_codes_samples_a_video(tmp_path, capsys, single_thre
     assert main(["prior", "sample", str(prior), "--n", "1", "--out", str(tmp_path / "x.png"),
                  "--video", str(tmp_path / "x.gif")]) == 2  # the video must be an mp4
     capsys.readouterr()
+    random_video = tmp_path / "random.mp4"  # uniform-random codes of the tokenizer, decoded and shown the same way
+    assert main(["decode-random", str(run), "--n", "3", "--out", str(tmp_path / "random.png"),
+                 "--video", str(random_video)]) == 0
+    random_reader = imageio.get_reader(random_video)
+    assert random_reader.count_frames() == 32 and random_reader.get_data(16).shape == (240, 720, 3)
+    capsys.readouterr()
     assert main(["prior", "eval", str(prior), "--n", "20", "--json", "--no-classifier"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["bits_per_token"] > 0 and report["num_codes"] == 300

@@ -420,6 +420,9 @@ def test_prior_commands_end_to_end(trained_run, exported, tmp_path, capsys):
     capsys.readouterr()
     assert main(["decode-random", str(trained_run), "--n", "100000", "--out", str(tmp_path / "big.png")]) == 2
     assert "--n must be 1 to 400, got 100000" in capsys.readouterr().err and not (tmp_path / "big.png").exists()
+    assert main(["decode-random", str(trained_run), "--n", "4", "--out", str(tmp_path / "v.png"), "--video",
+                 str(tmp_path / "v.mp4")]) == 2  # digits have no H1 poses
+    assert "--video is for motion tokenizers" in capsys.readouterr().err and not (tmp_path / "v.png").exists()
 
 
 def _error(capsys, argv) -> str:

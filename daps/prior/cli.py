@@ -8,6 +8,7 @@ import json
 import logging
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -16,6 +17,9 @@ from daps.dist import resolve_device
 from daps.errors import UserError
 from daps.prior.run import warn_untrained_null
 from daps.runfolder import check_media_output
+
+if TYPE_CHECKING:
+    from daps.methods.types import Method
 
 log = logging.getLogger("daps")
 
@@ -82,7 +86,9 @@ def add_parsers(sub) -> None:
     p.add_argument("--n", type=int, default=100, help="codes (default 100, at most 400)")
     p.add_argument("--seed", type=seed_arg, default=0)
     p.add_argument("--out", required=True, help="PNG grid")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    p.add_argument("--video", default=None,
+                   help="motion tokenizers: also an mp4 of the decoded motions on the H1, one view each")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     add_device_arg(p)
 
 
@@ -207,21 +213,14 @@ def _sample(args: argparse.Namespace) -> int:
         raise UserError(f"--n: {len(labels)} samples{per} is more than one grid holds ({MAX_GRID}); ask for fewer or "
                         "one --label at a time")
     tokenizer = _tokenizer(args, meta, device)
-    if video is not None and tokenizer.config.data.name != "lafan1-h1":  # poses of the H1 to render
-        raise UserError(f"--video is for motion tokenizers of the H1 (lafan1-h1); this one is "
-                        f"{tokenizer.config.data.name}")
+    if video is not None:
+        check_motion_video(tokenizer)
     g = torch.Generator(device).manual_seed(args.seed)
     euler_steps = cfg.euler_steps if args.euler_steps is None else args.euler_steps
     codes = generate(model, labels.to(device), args.cfg, args.temperature, g, euler_steps)
     save_image_grid(decoded_images(tokenizer, codes), out, columns=columns)
     if video is not None:
-        from daps.data.motion import MotionMetrics
-        from daps.motion.render import render_grid
-
-        to_poses = MotionMetrics(tokenizer.config.data)  # decoded windows -> H1 poses, each from the origin
-        poses = to_poses.poses(tokenizer.decode(codes))  # (N, frames, 26)
-        render_grid(to_poses.h1, poses, video, columns, captions=[names[int(y)] for y in labels])
-        log.info("wrote %s: %d sampled motions of %d frames", video, len(poses), poses.shape[1])
+        write_motion_video(tokenizer, codes, video, columns, [names[int(y)] for y in labels], "sampled")
     if args.codes_out:
         sample_meta = {**training_header(meta), "split": "prior-samples", "samples_per_input": 1,
                        "prior": str(args.prior_dir), "guidance": args.cfg, "temperature": args.temperature,
@@ -231,6 +230,25 @@ def _sample(args: argparse.Namespace) -> int:
     log.info("wrote %s: %d samples (%s), guidance %.2f, temperature %.2f", out, len(labels), what, args.cfg,
              args.temperature)
     return 0
+
+
+def check_motion_video(tokenizer: Method) -> None:
+    """``--video`` renders poses of the H1: a UserError for a tokenizer of anything else."""
+    if tokenizer.config.data.name != "lafan1-h1":
+        raise UserError(f"--video is for motion tokenizers of the H1 (lafan1-h1); this one is "
+                        f"{tokenizer.config.data.name}")
+
+
+def write_motion_video(tokenizer: Method, codes: torch.Tensor, video: Path, columns: int, captions: list[str],
+                       what: str) -> None:
+    """The motions ``tokenizer`` decodes ``codes (N, T)`` into, each from the origin, as one mp4 grid on the H1."""
+    from daps.data.motion import MotionMetrics
+    from daps.motion.render import render_grid
+
+    to_poses = MotionMetrics(tokenizer.config.data)  # decoded windows -> H1 poses
+    poses = to_poses.poses(tokenizer.decode(codes))  # (N, frames, 26)
+    render_grid(to_poses.h1, poses, video, columns, captions=captions)
+    log.info("wrote %s: %d %s motions of %d frames", video, len(poses), what, poses.shape[1])
 
 
 def _eval(args: argparse.Namespace) -> int:
@@ -305,6 +323,7 @@ def decode_random_command(args: argparse.Namespace) -> int:
     from daps.prior.scores import decoded_images, uniform_codes
 
     out = check_media_output(args.out, ".png", args.overwrite)
+    video = check_media_output(args.video, ".mp4", args.overwrite, "--video") if args.video else None
     if not 1 <= args.n <= MAX_GRID:
         raise UserError(f"--n must be 1 to {MAX_GRID}, got {args.n} (one PNG grid; {MAX_GRID} images of 256 x 256 "
                         "are already 26 megapixels)")
@@ -312,9 +331,14 @@ def decode_random_command(args: argparse.Namespace) -> int:
     model = load_model(args.run_dir, device)
     if model.vocab_size is None:
         raise UserError(f"{args.run_dir} is a {model.config.method} run: its latent is continuous, no codes")
+    if video is not None:
+        check_motion_video(model)
     g = torch.Generator(device).manual_seed(args.seed)
-    save_image_grid(decoded_images(model, uniform_codes(model, args.n, g)), out, columns=10)
+    codes = uniform_codes(model, args.n, g)
+    save_image_grid(decoded_images(model, codes), out, columns=10)
     log.info("wrote %s: %d uniform-random codes decoded by %s", out, args.n, args.run_dir)
+    if video is not None:
+        write_motion_video(model, codes, video, min(args.n, 10), [f"random {i}" for i in range(args.n)], "decoded")
     from daps.metrics.classifier import classifier_for
     from daps.prior.scores import Judge
 
