@@ -105,7 +105,9 @@ def _parser() -> argparse.ArgumentParser:
         "--max-images", type=int, default=0,
         help="evaluate N images (0 = all): a fixed random subset (the same for every run), not the first N",
     )
-    p.add_argument("--seed", type=seed_arg, default=0, help="seed of the stochastic encoding")
+    p.add_argument("--seed", type=seed_arg, default=0,
+                   help="seed of the stochastic encoding (training's validation used train.seed + 12345 with "
+                        "train.eval_batch_size; daps export's model card gives the flags that repeat it)")
     p.add_argument(
         "--fid", default="none", choices=["none", "val-pairs", "reference"],
         help="also report FID: val-pairs (reconstructions vs the same originals) or reference (vs --fid-ref)",
@@ -192,7 +194,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=320, help="pixels of each square view (default 320)")
     p.add_argument("--data-dir", default=None,
                    help="folder with the data files (default: as trained); arrays: the .npz file")
-    p.add_argument("--seed", type=seed_arg, default=0, help="seed of the stochastic encoding")
+    p.add_argument("--seed", type=seed_arg, default=0,
+                   help="seed of the stochastic encoding (training's validation used train.seed + 12345 with "
+                        "train.eval_batch_size; daps export's model card gives the flags that repeat it)")
     p.add_argument("--device", default="cpu", help="device of the model (default cpu)")
 
     from daps.prior.cli import add_parsers
