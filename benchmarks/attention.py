@@ -112,7 +112,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--rounds and --repeats must be at least 1, --threads at least 0")
     out = Path(args.out) if args.out else None
     if out and not args.overwrite and (out.exists() or out.with_suffix(".md").exists()):
-        parser.error(f"{out} or its .md exists; pass --overwrite to replace it")
+        print(f"{parser.prog}: error: {out} or its .md exists; pass --overwrite to replace it",
+              file=sys.stderr)
+        sys.exit(2)
     if args.threads:
         torch.set_num_threads(args.threads)
 

@@ -40,7 +40,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args(argv)
     if args.json and Path(args.json).exists() and not args.overwrite:
-        parser.error(f"--json {args.json} exists; pass --overwrite to replace it")
+        print(f"{parser.prog}: error: --json {args.json} exists; pass --overwrite to replace it",
+              file=sys.stderr)
+        sys.exit(2)
     if args.threads:
         torch.set_num_threads(args.threads)
 

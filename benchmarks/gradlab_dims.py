@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pretrain-steps", type=int, default=200)
     p.add_argument("--beta", type=float, default=0.5)
     p.add_argument("--num-samples", type=int, default=8)
-    p.add_argument("--out", default="docs/gradlab-dims")
+    p.add_argument("--out", default="docs/gradlab-dims", help="where the results go (default: %(default)s, committed)")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--resume", action="store_true", help="keep the runs of an earlier call with the same settings")
     group.add_argument("--overwrite", action="store_true", help="replace the results in --out")

@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--runs", required=True, help="comma-separated lafan1-h1 run folders")
     p.add_argument("--windows", type=int, default=1000, help="validation windows per run")
-    p.add_argument("--out", default="docs/heading-twist")
+    p.add_argument("--out", default="docs/heading-twist", help="where the results go (default: %(default)s, committed)")
     p.add_argument("--overwrite", action="store_true")
     args = p.parse_args(argv)
     runs = [Path(r) for r in args.runs.split(",") if r]

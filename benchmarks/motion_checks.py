@@ -198,7 +198,8 @@ def markdown(r: dict) -> str:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--frames", type=int, default=60, help="frames rendered per setting")
-    p.add_argument("--out", default="docs/benchmarks/motion-checks.json")
+    p.add_argument("--out", default="docs/benchmarks/motion-checks.json",
+                   help="where the results go (default: %(default)s, committed)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     args = p.parse_args()
     out = Path(args.out)
@@ -206,7 +207,9 @@ def main() -> int:
         p.error(f"--out {out} must end in .json (the markdown goes next to it, as .md)")
     for path in (out, out.with_suffix(".md")):
         if path.exists() and not args.overwrite:
-            p.error(f"{path} exists; pass --overwrite to replace it")
+            print(f"{p.prog}: error: {path} exists; pass --overwrite to replace it",
+                  file=sys.stderr)
+            sys.exit(2)
     import torch
 
     from daps.motion import load_h1, load_motion_data

@@ -36,7 +36,9 @@ def main() -> int:
     p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     args = p.parse_args()
     if args.json and Path(args.json).exists() and not args.overwrite:
-        p.error(f"--json {args.json} exists; pass --overwrite to replace it")
+        print(f"{p.prog}: error: --json {args.json} exists; pass --overwrite to replace it",
+              file=sys.stderr)
+        sys.exit(2)
     import torch
 
     torch.set_num_threads(args.threads)

@@ -122,7 +122,7 @@ def main() -> int:
     p.add_argument("--eval-windows", type=int, default=1000)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--runs", default="runs/motion-cpu")
-    p.add_argument("--out", default="docs/motion-cpu")
+    p.add_argument("--out", default="docs/motion-cpu", help="where the results go (default: %(default)s, committed)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.add_argument("overrides", nargs="*", help="key=value overrides for every run")
     args = p.parse_args()

@@ -80,10 +80,15 @@ def main() -> int:
     p.add_argument("--guidance", default="1,3")
     p.add_argument("--n", type=int, default=1000)
     p.add_argument("--work", default="runs/prior-table")
-    p.add_argument("--out", default="docs/priors-mnist")
+    p.add_argument("--out", default="docs/priors-mnist", help="where the results go (default: %(default)s, committed)")
+    p.add_argument("--overwrite", action="store_true", help="replace the results in --out")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("overrides", nargs="*", help="tokenizer overrides, e.g. optim.lr=1e-3 daps.init_eta=1.0")
     args = p.parse_args()
+    if (Path(args.out) / "results.json").exists() and not args.overwrite:  # before hours of training
+        print(f"prior_table.py: error: {Path(args.out) / 'results.json'} exists; pass --overwrite to replace it "
+              "or another --out", file=sys.stderr)
+        return 2
     torch.set_num_threads(args.threads)
     command = shlex.join(["python", *sys.argv])
     work, out = Path(args.work), Path(args.out)

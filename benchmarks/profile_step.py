@@ -62,7 +62,9 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error("--steps and --top must be >= 1 and --warmup >= 0")
     out = Path(args.out or f"benchmarks/results/profile-{args.preset}.json")
     if out.exists() and not args.overwrite:
-        parser.error(f"--out {out} exists; pass --overwrite to replace it")
+        print(f"{parser.prog}: error: --out {out} exists; pass --overwrite to replace it",
+              file=sys.stderr)
+        sys.exit(2)
     if args.threads:
         torch.set_num_threads(args.threads)
 

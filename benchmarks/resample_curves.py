@@ -36,9 +36,15 @@ def main() -> int:
     p.add_argument("--eval-every", type=int, default=250)
     p.add_argument("--eval-examples", type=int, default=2000)
     p.add_argument("--work", default="runs/resample-curves")
-    p.add_argument("--out", default="docs/resample-curves")
+    p.add_argument("--out", default="docs/resample-curves",
+                   help="where the results go (default: %(default)s, committed)")
+    p.add_argument("--overwrite", action="store_true", help="replace the results in --out")
     p.add_argument("overrides", nargs="*")
     args = p.parse_args()
+    if (Path(args.out) / "results.json").exists() and not args.overwrite:  # before the training runs
+        print(f"resample_curves.py: error: {Path(args.out) / 'results.json'} exists; pass --overwrite to replace it "
+              "or another --out", file=sys.stderr)
+        return 2
     torch.set_num_threads(1)
     command = shlex.join(["python", *sys.argv])
     code = git_revision()

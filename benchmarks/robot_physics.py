@@ -30,7 +30,8 @@ CLIPS = {"walk": "walk1_subject1", "run": "run1_subject2", "dance": "dance1_subj
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seconds", type=float, default=10.0)
-    p.add_argument("--out", default="docs/robot-cpu/physics-gt", help="stem of the .json and .md written")
+    p.add_argument("--out", default="docs/robot-cpu/physics-gt",
+                   help="stem of the .json and .md written (default: %(default)s, committed)")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier report at --out")
     args = p.parse_args()
     existing = [s for s in (".json", ".md") if Path(args.out + s).exists()]

@@ -135,11 +135,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--kills", type=int, default=40)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="docs/reliability")
+    parser.add_argument("--out", default="docs/reliability",
+                        help="where the results go (default: %(default)s, committed)")
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier kill_test.json in --out")
     args = parser.parse_args()
     if (Path(args.out) / "kill_test.json").exists() and not args.overwrite:
-        parser.error(f"{Path(args.out) / 'kill_test.json'} exists; pass --overwrite to replace it")
+        print(f"{parser.prog}: error: {Path(args.out) / 'kill_test.json'} exists; pass --overwrite to replace it",
+              file=sys.stderr)
+        sys.exit(2)
     rnd = random.Random(args.seed)
     root = Path(tempfile.mkdtemp(prefix="daps-kill-"))
     data = root / "data"

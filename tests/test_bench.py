@@ -307,3 +307,21 @@ def test_profile_step_attributes_the_step_to_operators_and_counts_the_products(t
     with pytest.raises(SystemExit) as refused:
         profile_step.main(["--out", str(out)])
     assert refused.value.code == 2 and out.read_bytes() == before
+
+
+@pytest.mark.parametrize("script", ["prior_table.py", "resample_curves.py"])
+def test_long_benchmarks_keep_existing_results_without_overwrite(script, tmp_path):
+    """``prior_table.py`` and ``resample_curves.py`` (hours of training) refuse a results folder that holds
+    results, before any training, in one line (exit 2), and leave it as it was. Fails on: the folder made with
+    ``exist_ok`` and its files replaced at the end."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "results"
+    out.mkdir()
+    (out / "results.json").write_text('{"mine": true}')
+    done = subprocess.run([sys.executable, str(SCRIPT.parent / script), "--out", str(out), "--work",
+                           str(tmp_path / "work")], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stderr.strip().count("\n") == 0
+    assert "exists; pass --overwrite" in done.stderr and (out / "results.json").read_text() == '{"mine": true}'
+    assert not (tmp_path / "work").exists()
