@@ -771,9 +771,12 @@ def test_inception_fid_on_grey_digits_is_refused_before_sampling(exported, tmp_p
     prior = tmp_path / "prior"
     assert main(["prior", "train", str(exported["train"]), "--out", str(prior), "steps=2", "width=16",
                  "num_heads=2", "progress=false"]) == 0
+    import daps.prior.run as prior_run
+
     monkeypatch.setattr(scores, "score_prior", lambda *a, **k: pytest.fail("sampled before refusing"))
-    assert "--inception-fid is for RGB image datasets" in _error(
-        capsys, ["prior", "eval", str(prior), "--n", "10", "--inception-fid", "10"])
+    monkeypatch.setattr(prior_run, "evaluate_prior", lambda *a, **k: pytest.fail("evaluated before refusing"))
+    assert "--inception-fid is for tokenizers of RGB images with a classifier (cifar10, cifar10-jpeg); this one is " \
+           "of mnist5k" in _error(capsys, ["prior", "eval", str(prior), "--n", "10", "--inception-fid", "10"])
     # options another option switches off: refused before anything is loaded or sampled
     for extra, message in ((["--inception-fid", "10", "--no-classifier"], "--inception-fid needs the classifier"),
                            (["--fid-weights", str(tmp_path)], "--fid-weights is read only with --inception-fid"),

@@ -77,7 +77,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--tokenizer", default=None, help="tokenizer run to decode with (default: the codes' run)")
     p.add_argument("--no-classifier", action="store_true", help="skip the classifier scores (no tokenizer needed)")
     p.add_argument("--inception-fid", type=int, default=0, metavar="N",
-                   help="RGB datasets: also Inception FID of N samples vs N test images (needs the FID weights)")
+                   help="cifar10 tokenizers: also Inception FID of N samples vs N test images (needs the FID "
+                        "weights and the cifar10 classifier)")
     p.add_argument("--fid-weights", default=None, help="FID Inception weights (default: $DAPS_DATA_DIR/fid_inception)")
     add_device_arg(p)
 
@@ -252,7 +253,8 @@ def write_motion_video(tokenizer: Method, codes: torch.Tensor, video: Path, colu
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from daps.metrics.classifier import classifier_for
+    from daps.data import dataset_spec
+    from daps.metrics.classifier import FAMILY, classifier_for
     from daps.prior.run import EVAL_TIMES, evaluate_prior, load_prior, sampling_speed, trained_codes
     from daps.prior.scores import Judge, score_prior
 
@@ -270,20 +272,25 @@ def _eval(args: argparse.Namespace) -> int:
     model, cfg, meta = load_prior(args.prior_dir, device)
     warn_untrained_null(cfg.label_dropout, args.cfg)
     train_set, val_set = trained_codes(args.prior_dir, cfg, meta)
+    judge = None
+    if not args.no_classifier:  # the classifier and the checks of --n before any evaluation or sampling
+        tokenizer = _tokenizer(args, meta, device)
+        dataset = tokenizer.config.data.name
+        if args.inception_fid and (dataset not in FAMILY or tokenizer.input_spec.image_shape[0] != 3):
+            rgb = ", ".join(name for name in FAMILY if dataset_spec(name).image_shape[0] == 3)
+            raise UserError(f"--inception-fid is for tokenizers of RGB images with a classifier ({rgb}); this one "
+                            f"is of {dataset}")
+        classifier = classifier_for(dataset)
+        if args.inception_fid and classifier is None:
+            raise UserError(f"--inception-fid needs the {FAMILY[dataset]} classifier (python "
+                            f"scripts/train_classifier.py --dataset {FAMILY[dataset]})")
+        judge = Judge(tokenizer, classifier, device) if classifier is not None else None
+        if judge is not None:
+            judge.check_balanced(args.n)
+            judge.check_balanced(args.inception_fid, "--inception-fid")
     x_val, y_val = (t.to(device) for t in val_set.flat())
     result: dict = {"prior": str(args.prior_dir), "kind": cfg.kind, "guidance": args.cfg}
     result.update(evaluate_prior(model, x_val, y_val))
-    judge = None
-    if not args.no_classifier:
-        tokenizer = _tokenizer(args, meta, device)
-        classifier = classifier_for(tokenizer.config.data.name)
-        judge = Judge(tokenizer, classifier, device) if classifier is not None else None
-        if judge is not None:  # before any sampling
-            judge.check_balanced(args.n)
-            judge.check_balanced(args.inception_fid, "--inception-fid")
-    if args.inception_fid and (judge is None or judge.tokenizer.input_spec.image_shape[0] != 3):
-        raise UserError("--inception-fid is for RGB image datasets with a classifier setup (cifar10, imagenet256), "
-                        "without --no-classifier")
     result.update(score_prior(model, cfg.euler_steps, train_set.flat()[0], args.n, args.cfg, args.seed, judge, device))
     if judge is not None:
         result.update(judge.references(args.n, args.seed))
