@@ -277,7 +277,7 @@ def _eval(args: argparse.Namespace) -> int:
         tokenizer = _tokenizer(args, meta, device)
         dataset = tokenizer.config.data.name
         if args.inception_fid and (dataset not in FAMILY or tokenizer.input_spec.image_shape[0] != 3):
-            rgb = ", ".join(name for name in FAMILY if dataset_spec(name).image_shape[0] == 3)
+            rgb = ", ".join(name for name in FAMILY if (dataset_spec(name).image_shape or (0,))[0] == 3)
             raise UserError(f"--inception-fid is for tokenizers of RGB images with a classifier ({rgb}); this one "
                             f"is of {dataset}")
         classifier = classifier_for(dataset)
