@@ -18,7 +18,7 @@ import textwrap
 from pathlib import Path
 
 from daps.config_io import parse_overrides, refuse_ignored
-from daps.errors import UserError
+from daps.errors import UserError, check_at_least
 from daps.methods import METHODS
 from daps.presets import PRESETS, get_preset
 from daps.runfolder import check_media_output
@@ -256,8 +256,7 @@ def _eval(args: argparse.Namespace) -> int:
     from daps.metrics.evaluate import fid_setup
     from daps.train import summarize
 
-    if args.batch_size <= 0 or args.max_images < 0:
-        raise UserError("--batch-size must be positive and --max-images >= 0")
+    check_at_least(("--batch-size", args.batch_size, 1), ("--max-images", args.max_images, 0))
     if args.fid == "reference" and not args.fid_ref:
         raise UserError("--fid reference needs --fid-ref STATS.npz (see daps fid-stats)")
     if args.fid_ref and args.fid != "reference":
@@ -327,8 +326,8 @@ def _fid_stats(args: argparse.Namespace, argv: list[str]) -> int:
 
     spec = dataset_spec(args.dataset)
     check_fid_images(spec.name, None, "fid-stats")  # images at all; their channels once their shape is read
-    if args.batch_size <= 0 or args.max_images < 0 or args.workers < 0:
-        raise UserError("--batch-size must be positive, --max-images and --workers >= 0")
+    check_at_least(("--batch-size", args.batch_size, 1), ("--max-images", args.max_images, 0),
+                   ("--workers", args.workers, 0))
     if args.image_size is not None and args.image_size < 16:
         raise UserError(f"--image-size must be at least 16 pixels, got {args.image_size}")
     size = args.image_size or 256
@@ -376,8 +375,8 @@ def _compare(args: argparse.Namespace, argv: list[str]) -> int:
 def _gradlab(args: argparse.Namespace, argv: list[str]) -> int:
     from daps.gradlab import check_out, check_size, default_estimators, resampled_estimators, run_gradlab, write_report
 
-    if args.draws < 2 or args.num_samples < 2 or args.rao_samples < 1 or args.pretrain_steps < 0:
-        raise UserError("--draws and --num-samples must be >= 2, --rao-samples >= 1, --pretrain-steps >= 0")
+    check_at_least(("--draws", args.draws, 2), ("--num-samples", args.num_samples, 2),
+                   ("--rao-samples", args.rao_samples, 1), ("--pretrain-steps", args.pretrain_steps, 0))
     if not (all(map(math.isfinite, (args.temperature, args.eta, args.beta)))
             and args.temperature > 0 and args.eta > 0 and args.beta >= 0):
         raise UserError("--temperature and --eta must be positive numbers and --beta a number >= 0, got "

@@ -49,7 +49,7 @@ from daps.config_io import (
 )
 from daps.data import dataset_spec, eval_set
 from daps.dist import resolve_device
-from daps.errors import UserError
+from daps.errors import UserError, check_at_least
 from daps.methods import METHODS, build_method, method_spec
 from daps.plots import read_metrics, save_comparison_curves, save_comparison_reconstructions
 from daps.presets import get_preset
@@ -276,8 +276,7 @@ def plan_runs(
         raise UserError(f"unknown method(s) {', '.join(unknown)}; choose from: {', '.join(METHODS)}")
     if len(set(methods)) != len(methods):
         raise UserError(f"--methods lists a method twice: {','.join(methods)}")
-    if steps <= 0 or not seeds:
-        raise UserError("--steps must be positive and --seeds at least 1")
+    check_at_least(("--steps", steps, 1), ("--seeds", len(seeds), 1))
     for item in overrides:
         key = item.partition("=")[0].strip()
         if key in OWNED:

@@ -9,4 +9,12 @@ class UserError(ValueError):
     """A bad setting, path, file or argument; the message names it."""
 
 
-__all__ = ["UserError"]
+def check_at_least(*bounds: tuple[str, float, float]) -> None:
+    """A :class:`UserError` for the first ``(flag, value, minimum)`` whose value is below its minimum (or NaN),
+    naming the flag and the value given: ``--windows must be at least 2, got 1``."""
+    for flag, value, minimum in bounds:
+        if not value >= minimum:
+            raise UserError(f"{flag} must be at least {minimum:g}, got {value:g}")
+
+
+__all__ = ["UserError", "check_at_least"]

@@ -586,3 +586,15 @@ def test_a_run_saved_with_an_unread_setting_still_resumes_and_loads(tmp_path, ti
     assert main(["train", "--method", "fsq", *tiny_overrides_for("fsq"), "train.steps=4", f"train.out_dir={run}",
                  "--resume"]) == 0, capsys.readouterr().err
     assert (run / "checkpoints" / "latest").read_text().strip() == "step_00000004"
+
+
+def test_check_at_least_names_the_first_flag_below_its_bound_and_its_value():
+    """``check_at_least``: the first bound broken, with the value given (NaN is below every bound); all met: no
+    error. Fails on: a message without the value, or NaN passing a ``value < minimum`` test."""
+    from daps.errors import UserError, check_at_least
+
+    check_at_least(("--a", 1, 1), ("--b", 0.5, 0))
+    with pytest.raises(UserError, match=r"^--b must be at least 2, got 1$"):
+        check_at_least(("--a", 3, 1), ("--b", 1, 2), ("--c", -1, 0))
+    with pytest.raises(UserError, match=r"^--blend must be at least 0, got nan$"):
+        check_at_least(("--blend", float("nan"), 0))

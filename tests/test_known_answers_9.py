@@ -394,9 +394,11 @@ def test_robot_eval_checks_its_counts_before_reading_the_policy(tmp_path, capsys
     """``robot eval``: one window per rollout (a velocity needs two to be measured), no rollout, ``--blend -1`` and
     a ``--motions`` list of only commas are exit 2 naming the bound, before the missing policy folder is noticed.
     Fails on: ``--windows 1`` accepted, the empty-motions check dropped."""
-    for flags in (["--windows", "1"], ["--rollouts", "0"], ["--blend", "-1"]):
+    for flags, message in ((["--windows", "1"], "--windows must be at least 2, got 1"),
+                           (["--rollouts", "0"], "--rollouts must be at least 1, got 0"),
+                           (["--blend", "-1"], "--blend must be at least 0, got -1")):
         code, err = _robot(tmp_path, capsys, "eval", *flags)
-        assert code == 2 and "--rollouts must be >= 1, --windows >= 2" in err, flags
+        assert code == 2 and message in err, flags
     code, err = _robot(tmp_path, capsys, "eval", "--motions", " , ")
     assert code == 2 and "names no kind of motion" in err
 
@@ -462,7 +464,11 @@ def test_eval_and_gradlab_bounds_are_checked_before_any_work(tmp_path, monkeypat
     from daps.cli import main
 
     assert main(["eval", str(tmp_path / "no-run"), "--batch-size", "0"]) == 2
-    assert "--batch-size must be positive" in capsys.readouterr().err
+    assert "--batch-size must be at least 1, got 0" in capsys.readouterr().err
+    assert main(["eval", str(tmp_path / "no-run"), "--max-images", "-3"]) == 2
+    assert "--max-images must be at least 0, got -3" in capsys.readouterr().err
+    assert main(["compare", "--preset", "mnist", "--steps", "0", "--out", str(tmp_path / "c")]) == 2
+    assert "--steps must be at least 1, got 0" in capsys.readouterr().err and not (tmp_path / "c").exists()
     monkeypatch.setattr(daps.gradlab, "run_gradlab", lambda *a, **k: pytest.fail("gradlab drew before its checks"))
     assert main(["gradlab", "--beta", "0", "--num-samples", "8", "--resample", "1,9",
                  "--out", str(tmp_path / "lab")]) == 2

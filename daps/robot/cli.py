@@ -15,7 +15,7 @@ import torch
 
 from daps.cli import add_device_arg, add_threads_arg, seed_arg, set_threads
 from daps.dist import resolve_device
-from daps.errors import UserError
+from daps.errors import UserError, check_at_least
 from daps.prior.cli import check_sampling
 from daps.prior.run import warn_untrained_null
 from daps.runfolder import check_media_output, check_output_file
@@ -255,8 +255,8 @@ def _eval(args: argparse.Namespace) -> int:
 
     if args.physics_rollouts is None:
         args.physics_rollouts = min(2, args.rollouts)
-    if args.rollouts < 1 or args.windows < 2 or args.physics_rollouts < 0 or args.blend < 0:
-        raise UserError("--rollouts must be >= 1, --windows >= 2, --physics-rollouts >= 0 and --blend >= 0")
+    check_at_least(("--rollouts", args.rollouts, 1), ("--windows", args.windows, 2),
+                   ("--physics-rollouts", args.physics_rollouts, 0), ("--blend", args.blend, 0))
     motions = [m.strip() for m in args.motions.split(",") if m.strip()]
     if not motions:
         raise UserError(f"--motions {args.motions!r} names no kind of motion")
