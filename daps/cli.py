@@ -99,7 +99,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=["train", "test"])
     p.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
     p.add_argument("--data-dir", default=None,
-                   help="folder with the data files (default: as trained); arrays: the .npz file")
+                   help="folder with the data files (default: as trained); arrays, sequences: the .npz file")
     p.add_argument("--batch-size", type=int, default=500)
     p.add_argument(
         "--max-images", type=int, default=0,
@@ -115,7 +115,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--fid-ref", default=None, help="statistics .npz for --fid reference (daps fid-stats, or ADM's)")
     p.add_argument(
         "--plot", default=None,
-        help="also write a PNG of reconstructions of the first validation batch (images: a grid; motion: feature "
+        help="also write a PNG of reconstructions of the first batch of --split (images: a grid; motion: feature "
         "trajectories, ground truth against reconstruction)",
     )
     p.add_argument("--fid-weights", default=None, help="FID Inception weights: file or folder of shards")
@@ -193,7 +193,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.add_argument("--size", type=int, default=320, help="pixels of each square view (default 320)")
     p.add_argument("--data-dir", default=None,
-                   help="folder with the data files (default: as trained); arrays: the .npz file")
+                   help="folder with the LAFAN1 H1 data (default: as trained)")
     p.add_argument("--seed", type=seed_arg, default=0,
                    help="seed of the stochastic encoding (training's validation used train.seed + 12345 with "
                         "train.eval_batch_size; daps export's model card gives the flags that repeat it)")
@@ -213,7 +213,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--private", action="store_true", help="with --push-to-hub: create the repo private")
 
     p = sub.add_parser("presets", help="list presets, or print one preset's full config as JSON")
-    p.add_argument("name", nargs="?")
+    p.add_argument("name", nargs="?", help="a preset to print (default: list them all)")
     p.add_argument("--method", default=None, help="the method whose defaults to show (default daps)")
     return parser
 

@@ -525,10 +525,10 @@ def write_tables(table: list[dict], out: Path, header: str) -> None:
     lines += [
         "",
         "Mean ± standard error over seeds (no ± with one seed); validation images encoded with one stochastic "
-        "code each (deterministic for fsq/vqvae; the posterior mean for vae, so its log p(x|z) and ELBO are of the "
-        "mean, not of a sample, and a little optimistic), nats summed over pixels; KL to the prior (uniform over "
-        "the codes, N(0, I) for vae). beta-ELBO is log p(x|z) - β KL at each method's own final β (its column). "
-        "'—': the method has no such quantity "
+        "code each (deterministic for fsq/vqvae/vqvae-ema; the posterior mean for vae, so its log p(x|z) and ELBO "
+        "are of the mean, not of a sample, and a little optimistic), nats summed over pixels; KL to the prior "
+        "(uniform over the codes, N(0, I) for vae). beta-ELBO is log p(x|z) - β KL at each method's own final β "
+        "(its column). '—': the method has no such quantity "
         "(no q for the quantizers, no discrete code for the Gaussian VAE) or it was not measured (FID without "
         "train.fid or without the Inception weights; SSIM on images smaller than 11x11)."
         + (" eta and ESS/K (end): the trust-region multiplier and the effective sample size over K, means over "

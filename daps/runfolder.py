@@ -337,8 +337,8 @@ def check_replaceable(folder: str | Path, kind: str, what: str) -> Path:
         why = (f"it is a daps {other} folder" if other is not None
                else f"no {MARKER} marker{', nor only the files of a run' if kind == 'train' else ''}")
         raise OutputFolderError(
-            f"{what} {folder!s} exists and is not a daps {kind} folder ({why}); refusing to delete it: "
-            "choose another folder"
+            f"{what} {folder!s} exists and is not a daps {kind} folder ({why}); daps neither writes into it nor "
+            "replaces it: choose another folder"
         )
     return resolved
 

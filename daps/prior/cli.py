@@ -34,7 +34,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--max-inputs", type=int, default=0, help="a fixed random subset of N inputs (0 = all)")
     p.add_argument("--seed", type=seed_arg, default=0, help="seed of the stochastic encoding")
     p.add_argument("--batch-size", type=int, default=500)
-    p.add_argument("--data-dir", default=None, help="folder with the data files (default: as trained)")
+    p.add_argument("--data-dir", default=None,
+                   help="folder with the data files (default: as trained); arrays, sequences: the .npz file")
     p.add_argument("--overwrite", action="store_true", help="replace an existing codes file")
     add_device_arg(p)
 
@@ -79,7 +80,9 @@ def add_parsers(sub) -> None:
     p.add_argument("--inception-fid", type=int, default=0, metavar="N",
                    help="cifar10 tokenizers: also Inception FID of N samples vs N test images (needs the FID "
                         "weights and the cifar10 classifier)")
-    p.add_argument("--fid-weights", default=None, help="FID Inception weights (default: $DAPS_DATA_DIR/fid_inception)")
+    p.add_argument("--fid-weights", default=None,
+                   help="FID Inception weights (default: $DAPS_DATA_DIR/fid_inception, then "
+                        "~/.cache/daps/fid_inception)")
     add_device_arg(p)
 
     p = sub.add_parser("decode-random", help="decode uniform-random codes of a tokenizer into a grid")

@@ -145,11 +145,11 @@ def _track_eval(args: argparse.Namespace) -> int:
     at = f" at update {update} ({result['frames']:,} frames)" if update is not None else ""
     print(f"{ckpt}{at}: {int(result['tracker']['episodes'])} starts on the validation references ({cfg.reference}), "
           f"up to {args.seconds:g} s each")
-    print(f"{'':<16}{'survival s':>12}{'fell':>8}{'joint err deg':>15}{'end err mm':>12}")
+    print(f"{'':<16}{'survival s':>12}{'fell':>8}{'joint err deg':>15}{'toe/hand err mm':>17}")
     for name, key in (("tracker", "tracker"), ("PD servos only", "pd_only")):
         r = result[key]
         print(f"{name:<16}{r['survival_s']:>12.2f}{r['fall_fraction']:>8.2f}{r['joint_error_deg']:>15.2f}"
-              f"{r['end_error_mm']:>12.1f}")
+              f"{r['end_error_mm']:>17.1f}")
     return 0
 
 
@@ -234,7 +234,8 @@ def _plan(args: argparse.Namespace) -> int:
     render_motion(h1, poses, out, planner.fps, size, size)
     if json_out is not None:
         write_json_atomic(json_out, report)
-    log.info("wrote %s: %s, %.1f s (%d windows)", out, motion, report["seconds"], rollout.codes.shape[1])
+    windows = rollout.codes.shape[1]
+    log.info("wrote %s: %s, %.1f s (%d window%s)", out, motion, report["seconds"], windows, "" if windows == 1 else "s")
     return 0
 
 

@@ -241,7 +241,8 @@ def table(result: dict[str, Any]) -> str:
     if settings:
         lines += [
             f"Policy {result.get('policy', '?')} ({result.get('method', '?')} codes): {settings['rollouts']} "
-            f"rollouts of {settings['windows']} windows ({settings['window_seconds']:.2f} s each) per request, "
+            f"rollout{'' if settings['rollouts'] == 1 else 's'} of {settings['windows']} windows "
+            f"({settings['window_seconds']:.2f} s each) per request, "
             f"{settings['physics_rollouts']} of them tracked in physics, seed {settings['seed']}, guidance "
             f"{settings['guidance']:g}, blend {settings['blend']}. Velocity errors are means over the rollouts' "
             "windows (m/s; yaw rad/s); in parentheses the same error of the tokenizer's reconstructions of real "
