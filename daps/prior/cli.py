@@ -57,7 +57,9 @@ def add_parsers(sub) -> None:
     p.add_argument("prior_dir", help="the prior's run folder")
     p.add_argument("--label", default=None, help="class index or name (default: one row per class)")
     p.add_argument("--n", type=int, default=10, help="samples (per class when --label is not given) (default 10)")
-    p.add_argument("--cfg", type=float, default=1.0, help="classifier-free guidance scale (0 = unconditional)")
+    p.add_argument("--cfg", type=float, default=1.0,
+                   help="classifier-free guidance scale (0 = unconditional, 1 = conditional, above 1 sharper; "
+                        "below 0 steers away from the label)")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--euler-steps", type=int, default=None, help="dfm: Euler steps (default: the run's)")
     p.add_argument("--seed", type=seed_arg, default=0)
