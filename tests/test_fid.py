@@ -230,7 +230,10 @@ def test_overwrite_replaces_only_fid_statistics(tmp_path):
     np.savez(notes, weights=np.ones(3))
     text = tmp_path / "user.txt"
     text.write_text("hello")
-    for path, message in ((notes, "not a file of FID statistics"), (text, "must name a file ending in .npz")):
+    adm = tmp_path / "VIRTUAL_ref.npz"  # a reference batch daps reads but did not write: its images would be lost
+    np.savez(adm, arr_0=np.zeros((2, 8, 8, 3), np.uint8), mu=mu, sigma=sigma)
+    for path, message in ((notes, "not a file of FID statistics"), (text, "must name a file ending in .npz"),
+                          (adm, "not a file of FID statistics")):
         before = path.read_bytes()
         with pytest.raises(UserError, match=message):
             save_fid_stats(path, (mu, sigma), num_images=5, overwrite=True)

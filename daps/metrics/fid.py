@@ -249,12 +249,19 @@ def check_stats_out(path: str | os.PathLike, overwrite: bool) -> Path:
     return check_output_file(Path(path), ".npz", overwrite, "--out", _holds_fid_stats, "a file of FID statistics")
 
 
+DAPS_STATS_KEYS = frozenset({"mu", "sigma", "num_images", "meta"})
+"""The arrays of a statistics file daps writes (:func:`save_fid_stats`), and nothing else."""
+
+
 def _holds_fid_stats(path: Path) -> bool:
+    """Whether ``path`` is a statistics file daps wrote: readable, with exactly :data:`DAPS_STATS_KEYS` (an ADM
+    reference batch, which :func:`load_fid_stats` also reads, holds its images too and is not replaced)."""
     try:
         load_fid_stats(path)
-    except UserError:
+        with np.load(path, allow_pickle=False) as f:
+            return set(f.files) == DAPS_STATS_KEYS
+    except (UserError, *NPZ_ERRORS):
         return False
-    return True
 
 
 def save_fid_stats(path: str | os.PathLike, stats_or_mu_sigma: FeatureStats | tuple[ArrayLike, ArrayLike],
