@@ -590,9 +590,31 @@ def test_resume_takes_the_same_files_however_they_are_written(exported, tmp_path
                  *tiny]) == 0
     assert "settings differ" in _error(capsys, ["prior", "train", codes, "--out", str(prior), "--resume", "steps=8",
                                                 *tiny, "lr=0.5"])
+    config = (prior / "config.json").read_text()
+    assert f"cannot resume {prior} at step 6: the run is set to stop at step 4" in _error(
+        capsys, ["prior", "train", codes, "--out", str(prior), "--resume", "steps=4", *tiny])
+    assert (prior / "config.json").read_text() == config  # still the steps its checkpoints were trained towards
     (prior / "config.json").write_text("{oops")
     assert "is missing or damaged" in _error(capsys, ["prior", "train", codes, "--out", str(prior), "--resume",
                                                       "steps=8", *tiny])
+
+
+def test_a_prior_stopped_before_its_first_checkpoint_starts_again_in_place(exported, tmp_path, caplog):
+    """A prior folder killed before it wrote config.json (e.g. while --overwrite emptied it), holding only its
+    marker and the user's notes: ``--resume`` trains it from the start in place and keeps the notes, as ``daps
+    train`` does. Fails on: "config.json is missing or damaged" for a folder that never had one."""
+    from daps.runfolder import write_marker
+
+    prior = tmp_path / "prior"
+    prior.mkdir()
+    write_marker(prior, "prior")
+    (prior / "notes.txt").write_text("mine")
+    tiny = ["width=16", "num_heads=2", "num_layers=1", "batch_size=16", "ckpt_every=2", "eval_every=2",
+            "progress=false", "steps=2"]
+    with caplog.at_level("WARNING", logger="daps"):
+        assert main(["prior", "train", str(exported["train"]), "--out", str(prior), "--resume", *tiny]) == 0
+    assert "stopped before its first checkpoint: starting it again in place" in caplog.text
+    assert (prior / "notes.txt").read_text() == "mine" and (prior / "summary.json").is_file()
 
 
 def test_resume_checks_the_codes_themselves_and_a_refusal_changes_nothing(exported, tmp_path, capsys, monkeypatch):

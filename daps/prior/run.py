@@ -294,6 +294,9 @@ def prepare_folder(cfg: Any, resume: bool, overwrite: bool, kind: str = KIND) ->
         raise OutputFolderError(f"--out {run_dir} exists and is not a daps {kind} folder; choose another folder")
     if not resume:
         raise OutputFolderError(f"{kind} folder {run_dir} already exists; pass --resume or --overwrite")
+    if not (run_dir / "config.json").exists() and find_resumable(run_dir) is None:
+        log.warning("%s was stopped before its first checkpoint: starting it again in place", run_dir)
+        return None
     try:
         saved = json.loads((run_dir / "config.json").read_text()).get(kind)
     except (OSError, ValueError, AttributeError):
@@ -451,6 +454,9 @@ def start_training(model: torch.nn.Module, cfg: Any, ckpt: Path | None, device: 
         optimizer.load_state_dict(state["optimizer"])
         generator.set_state(state["generator"])
         start, streak = int(state["step"]), int(state.get("skipped_streak", 0))
+        if start > cfg.steps:  # before config.json is rewritten with the fewer steps
+            raise UserError(f"cannot resume {run_dir} at step {start}: the run is set to stop at step {cfg.steps} "
+                            "(steps=N sets more)")
         log.info("resuming %s from step %d", run_dir, start)
     truncate_metrics(run_dir / "metrics.jsonl", start)
     return optimizer, generator, start, streak
