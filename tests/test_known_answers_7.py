@@ -284,6 +284,25 @@ def test_commands_file_round_trips_each_field_under_its_name(tmp_path):
     assert load_commands(path)[1] == {"window": 16}
 
 
+def test_a_cut_commands_file_and_damaged_motion_statistics_are_one_user_error_each(tmp_path):
+    """A commands file cut short (its header unreadable: safetensors' own error type) and a motion_stats.json that
+    is not JSON are one line naming the file (``robot train --resume``, ``robot plan``, ``robot eval``), not a
+    traceback. Fails on: SafetensorError or JSONDecodeError escaping."""
+    from daps.data.motion import read_run_stats
+    from daps.errors import UserError
+    from daps.robot.data import load_commands, save_commands
+
+    path = tmp_path / "commands.safetensors"
+    save_commands(path, {"train": _command_set(np.ones((3, 3)), [0, 1, 2])}, {"window": 32})
+    path.write_bytes(path.read_bytes()[:20])
+    with pytest.raises(UserError, match="commands.safetensors: not a daps commands file"):
+        load_commands(path)
+    stats = tmp_path / "motion_stats.json"
+    stats.write_text("{bad")
+    with pytest.raises(UserError, match="motion_stats.json: not readable motion statistics"):
+        read_run_stats(stats)
+
+
 def test_a_safetensors_file_without_the_commands_header_is_one_user_error(tmp_path):
     """A valid safetensors file written by someone else (no ``daps_commands`` header) is refused as not a daps
     commands file, not with a KeyError traceback. Fails on: KeyError not caught."""

@@ -152,22 +152,28 @@ def lafan_run_files(data: DataConfig) -> dict[str, Any]:
     return {"motion_stats.json": motion_data(data).stats.to_dict()}
 
 
-def check_run_stats(run_dir: Path, data: DataConfig) -> None:
-    """UserError when the statistics a run saved (``motion_stats.json``) differ from the data's: the features or
-    clips changed since training, so reconstructions would be read on the wrong scale."""
+def read_run_stats(path: Path) -> Any:
+    """The :class:`~daps.motion.dataset.Standardizer` a run saved in ``path`` (``motion_stats.json``); a UserError
+    naming the file when it is unreadable, damaged or of another feature version."""
     import json
 
     from daps.motion.dataset import Standardizer
 
+    try:
+        return Standardizer.from_dict(json.loads(Path(path).read_text()))
+    except (ValueError, KeyError, TypeError, AttributeError, IndexError, OSError) as err:  # e.g. not an object
+        raise UserError(f"{path}: not readable motion statistics ({type(err).__name__}: {err})") from None
+
+
+def check_run_stats(run_dir: Path, data: DataConfig) -> None:
+    """UserError when the statistics a run saved (``motion_stats.json``) differ from the data's: the features or
+    clips changed since training, so reconstructions would be read on the wrong scale."""
     path = Path(run_dir) / "motion_stats.json"
     if not path.is_file():
         log.warning("%s is missing (a run folder copied without it?): the data's own statistics are used, not "
                     "checked against the run's", path)
         return
-    try:
-        saved = Standardizer.from_dict(json.loads(path.read_text()))
-    except (ValueError, KeyError, TypeError, AttributeError, IndexError, OSError) as err:  # e.g. not an object
-        raise UserError(f"{path}: not readable motion statistics ({type(err).__name__}: {err})") from None
+    saved = read_run_stats(path)
     current = motion_data(data).stats
     if not (np.allclose(saved.mean, current.mean) and np.allclose(saved.scale, current.scale)):
         raise UserError(

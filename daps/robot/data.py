@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from daps.errors import UserError
@@ -128,7 +128,7 @@ def load_commands(path: Path) -> tuple[dict[str, CommandSet], dict[str, Any]]:
         with safe_open(str(path), "pt") as f:
             meta = json.loads((f.metadata() or {})[HEADER_KEY])
             tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except (OSError, KeyError, ValueError) as err:
+    except (OSError, KeyError, ValueError, SafetensorError) as err:  # e.g. cut short: the header is unreadable
         raise UserError(f"{path}: not a daps commands file ({err})") from None
     splits = sorted({k.split(".")[0] for k in tensors})
     sets = {s: CommandSet(*(tensors[f"{s}.{n}"] for n in ("codes", "prev", "labels", "velocity", "window_ids")))

@@ -14,7 +14,6 @@ so the pose's own heading may still step there); the joint angles are whatever t
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,7 +112,7 @@ class Planner:
     def __init__(self, policy_run: str | Path, device: str | torch.device = "cpu",
                  tokenizer: str | Path | None = None) -> None:
         from daps.codes import load_code_tokenizer
-        from daps.motion.dataset import Standardizer
+        from daps.data.motion import read_run_stats
         from daps.robot.run import load_policy
 
         self.device = torch.device(device)
@@ -125,7 +124,7 @@ class Planner:
         stats_file = ckpt.parent.parent / "motion_stats.json"
         if not stats_file.is_file():
             raise UserError(f"{stats_file} is missing: the tokenizer run's feature statistics are needed to decode")
-        self.stats = Standardizer.from_dict(json.loads(stats_file.read_text()))
+        self.stats = read_run_stats(stats_file)
         self.class_names: list[str] = list(self.meta["class_names"])
         self.fps = float(self.meta["fps"])
         self.window = int(self.meta["window"])
