@@ -18,7 +18,7 @@ import textwrap
 from pathlib import Path
 
 from daps.config_io import parse_overrides, refuse_ignored
-from daps.errors import UserError, check_at_least
+from daps.errors import UserError, check_at_least, check_at_most
 from daps.methods import METHODS
 from daps.presets import PRESETS, get_preset
 from daps.runfolder import check_media_output
@@ -377,6 +377,8 @@ def _gradlab(args: argparse.Namespace, argv: list[str]) -> int:
 
     check_at_least(("--draws", args.draws, 2), ("--num-samples", args.num_samples, 2),
                    ("--rao-samples", args.rao_samples, 1), ("--pretrain-steps", args.pretrain_steps, 0))
+    check_at_most(("--draws", args.draws, 1_000_000), ("--num-samples", args.num_samples, 4096),
+                  ("--rao-samples", args.rao_samples, 4096), ("--pretrain-steps", args.pretrain_steps, 1_000_000))
     if not (all(map(math.isfinite, (args.temperature, args.eta, args.beta)))
             and args.temperature > 0 and args.eta > 0 and args.beta >= 0):
         raise UserError("--temperature and --eta must be positive numbers and --beta a number >= 0, got "

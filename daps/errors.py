@@ -9,12 +9,25 @@ class UserError(ValueError):
     """A bad setting, path, file or argument; the message names it."""
 
 
+def _number(value: float) -> str:
+    """A bound or a value as a person reads it: whole numbers with thousands separators, others as ``%g``."""
+    return f"{int(value):,}" if float(value).is_integer() and abs(value) < 1e15 else f"{value:g}"
+
+
 def check_at_least(*bounds: tuple[str, float, float]) -> None:
     """A :class:`UserError` for the first ``(flag, value, minimum)`` whose value is below its minimum (or NaN),
     naming the flag and the value given: ``--windows must be at least 2, got 1``."""
     for flag, value, minimum in bounds:
         if not value >= minimum:
-            raise UserError(f"{flag} must be at least {minimum:g}, got {value:g}")
+            raise UserError(f"{flag} must be at least {_number(minimum)}, got {_number(value)}")
 
 
-__all__ = ["UserError", "check_at_least"]
+def check_at_most(*bounds: tuple[str, float, float]) -> None:
+    """A :class:`UserError` for the first ``(flag, value, maximum)`` whose value is above its maximum: a count
+    that would exhaust memory or run for days is refused in one line, not by an allocation error."""
+    for flag, value, maximum in bounds:
+        if value > maximum:
+            raise UserError(f"{flag} must be at most {_number(maximum)}, got {_number(value)}")
+
+
+__all__ = ["UserError", "check_at_least", "check_at_most"]

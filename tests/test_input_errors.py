@@ -598,3 +598,27 @@ def test_check_at_least_names_the_first_flag_below_its_bound_and_its_value():
         check_at_least(("--a", 3, 1), ("--b", 1, 2), ("--c", -1, 0))
     with pytest.raises(UserError, match=r"^--blend must be at least 0, got nan$"):
         check_at_least(("--blend", float("nan"), 0))
+
+
+def test_counts_that_would_exhaust_memory_are_one_line_before_any_work(tmp_path, capsys):
+    """Sizes far beyond any use (``--starts``, ``--seconds``, ``--n``, ``--num-samples``, ``--rollouts``) are exit
+    2 naming the flag, its bound and the value, before a folder is read or a tensor allocated; ``check_at_most``
+    lets the bound itself pass. Fails on: an allocation error (exit 1, a traceback) or a run that never ends."""
+    from daps.cli import main
+    from daps.errors import UserError, check_at_most
+
+    check_at_most(("--n", 5, 5))
+    with pytest.raises(UserError, match=r"^--n must be at most 5, got 6$"):
+        check_at_most(("--a", 1, 2), ("--n", 6, 5))
+    missing = str(tmp_path / "missing")
+    for argv, message in (
+        (["robot", "track-eval", missing, "--starts", "100000000000"], "--starts must be at most 1,000, got"),
+        (["robot", "track-eval", missing, "--seconds", "1e15"], "--seconds must be at most 3,600, got"),
+        (["robot", "eval", missing, "--rollouts", "100000000"], "--rollouts must be at most 10,000, got"),
+        (["prior", "eval", missing, "--n", "100000000000"], "--n must be at most 1,000,000, got 100,000,000,000"),
+        (["gradlab", "--num-samples", "100000000000", "--out", str(tmp_path / "g")], "--num-samples must be at most"),
+    ):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1 and "Traceback" not in err, (argv, err)
+    assert not (tmp_path / "g").exists()

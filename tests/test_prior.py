@@ -807,6 +807,9 @@ def test_inception_fid_on_grey_digits_is_refused_before_sampling(exported, tmp_p
     # a grid of more samples than one PNG holds
     assert "more than one grid holds (400)" in _error(
         capsys, ["prior", "sample", str(prior), "--n", "41", "--out", str(tmp_path / "g.png")])
+    assert "--n: 1000000000000 samples is more than one grid holds" in _error(  # refused before the labels exist
+        capsys, ["prior", "sample", str(prior), "--label", "3", "--n", "1000000000000", "--out",
+                 str(tmp_path / "g.png")])
     assert not (tmp_path / "g.png").exists()
 
 
@@ -1022,3 +1025,23 @@ def test_a_continuous_tokenizer_is_named_as_such(tmp_path, tiny_overrides_for, s
         load_code_tokenizer(run, {"vocab_size": 16, "num_tokens": 4}, torch.device("cpu"), "the prior's codes")
     assert "a vae run with continuous latents, not discrete codes" in str(err.value)
     assert "None" not in str(err.value)
+
+
+def test_settings_that_cannot_be_built_leave_the_prior_they_would_replace(exported, tmp_path, monkeypatch):
+    """``prior train --overwrite`` with settings whose network fails to build (here: a stand-in build that raises,
+    as an allocation of width=1e8 does) leaves the existing prior as it was. Fails on: the folder emptied first."""
+    import daps.prior.run as prior_run
+
+    prior = tmp_path / "prior"
+    tiny = ["width=16", "num_heads=2", "num_layers=1", "batch_size=16", "ckpt_every=2", "eval_every=2",
+            "progress=false", "steps=2"]
+    assert main(["prior", "train", str(exported["train"]), "--out", str(prior), *tiny]) == 0
+    before = sorted(p.relative_to(prior) for p in prior.rglob("*"))
+
+    def cannot_build(*args, **kwargs):
+        raise MemoryError("stand-in: can't allocate memory")
+
+    monkeypatch.setattr(prior_run, "build_prior", cannot_build)
+    with pytest.raises(MemoryError):
+        main(["prior", "train", str(exported["train"]), "--out", str(prior), "--overwrite", *tiny])
+    assert sorted(p.relative_to(prior) for p in prior.rglob("*")) == before

@@ -14,7 +14,7 @@ import torch
 
 from daps.cli import add_device_arg, add_threads_arg, seed_arg, set_threads
 from daps.dist import resolve_device
-from daps.errors import UserError
+from daps.errors import UserError, check_at_most
 from daps.prior.run import warn_untrained_null
 from daps.runfolder import check_media_output
 
@@ -100,6 +100,9 @@ def add_parsers(sub) -> None:
 
 MAX_GRID = 400
 """Most images ``decode-random`` and ``prior sample`` put in their one PNG grid."""
+
+MAX_EVAL_SAMPLES = 1_000_000
+"""Most samples ``prior eval`` draws for its statistics (``--n``, ``--inception-fid``)."""
 
 
 def _device(name: str | None) -> torch.device:
@@ -208,16 +211,17 @@ def _sample(args: argparse.Namespace) -> int:
     if args.codes_out and Path(args.codes_out).resolve() in inputs:
         raise UserError(f"--codes-out {args.codes_out} is a codes file this prior was trained on; name another file")
     names = list(meta["class_names"])
+    count = args.n if args.label is not None else args.n * len(names)
+    if count > MAX_GRID:  # one PNG (and one video) of them all; before the labels are made
+        per = "" if args.label is not None else f" ({args.n} for each of {len(names)} classes)"
+        raise UserError(f"--n: {count} samples{per} is more than one grid holds ({MAX_GRID}); ask for fewer or "
+                        "one --label at a time")
     if args.label is None:
         labels = torch.arange(len(names), device="cpu").repeat_interleave(args.n)  # host labels; generate gets a copy
         columns = args.n
     else:
         labels = torch.full((args.n,), parse_label(args.label, names), device="cpu")
         columns = min(args.n, 10)
-    if len(labels) > MAX_GRID:  # one PNG (and one video) of them all
-        per = "" if args.label is not None else f" ({args.n} for each of {len(names)} classes)"
-        raise UserError(f"--n: {len(labels)} samples{per} is more than one grid holds ({MAX_GRID}); ask for fewer or "
-                        "one --label at a time")
     tokenizer = _tokenizer(args, meta, device)
     if video is not None:
         check_motion_video(tokenizer)
@@ -266,6 +270,7 @@ def _eval(args: argparse.Namespace) -> int:
     if args.n < 2 or args.inception_fid < 0 or args.inception_fid == 1:
         raise UserError(f"--n must be at least 2 and --inception-fid 0 (off) or at least 2, got {args.n} and "
                         f"{args.inception_fid}")
+    check_at_most(("--n", args.n, MAX_EVAL_SAMPLES), ("--inception-fid", args.inception_fid, MAX_EVAL_SAMPLES))
     if args.fid_weights and not args.inception_fid:
         raise UserError("--fid-weights is read only with --inception-fid N")
     if args.inception_fid and args.no_classifier:

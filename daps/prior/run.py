@@ -411,6 +411,8 @@ def train_prior(cfg: PriorConfig, resume: bool = False, overwrite: bool = False,
     config = {"prior": settings_record(cfg), "codes": codes_record(cfg, codes, val_set)}
     if resume and has_content(run_dir):
         check_same_codes(run_dir, config["codes"])
+    model = build_prior(cfg, codes.meta).to(device)  # before the folder is touched: settings that cannot be built
+    # (too large, say) leave a prior it would replace as it was
     lock = FolderLock(run_dir).acquire()
     try:
         if overwrite and has_content(run_dir):
@@ -418,7 +420,6 @@ def train_prior(cfg: PriorConfig, resume: bool = False, overwrite: bool = False,
         run_dir.mkdir(parents=True, exist_ok=True)
         write_marker(run_dir, KIND)
         remove_leftovers(run_dir)
-        model = build_prior(cfg, codes.meta).to(device)
         optimizer, generator, start, streak = start_training(model, cfg, ckpt, device, run_dir)
         write_json_atomic(run_dir / "config.json", config)  # after every check and the checkpoint's weights
         x_train, y_train = (t.to(device) for t in train_set.flat())

@@ -15,7 +15,7 @@ import torch
 
 from daps.cli import add_device_arg, add_threads_arg, seed_arg, set_threads
 from daps.dist import resolve_device
-from daps.errors import UserError, check_at_least
+from daps.errors import UserError, check_at_least, check_at_most
 from daps.prior.cli import check_sampling
 from daps.prior.run import warn_untrained_null
 from daps.runfolder import check_media_output, check_output_file
@@ -118,10 +118,12 @@ def _track_train(args: argparse.Namespace) -> int:
 def _track_eval(args: argparse.Namespace) -> int:
     from daps.checkpoint import resolve_checkpoint
     from daps.provenance import provenance, read_jobs
+    from daps.robot.plan import MAX_SECONDS
     from daps.robot.tracker import evaluate_tracker, load_tracker, tracker_h1
 
     if not (math.isfinite(args.seconds) and args.seconds > 0) or args.starts < 1:
         raise UserError(f"--seconds must be a positive number and --starts >= 1, got {args.seconds} and {args.starts}")
+    check_at_most(("--seconds", args.seconds, MAX_SECONDS), ("--starts", args.starts, 1000))
     set_threads(args.threads)
     model, cfg, meta, refs = load_tracker(args.tracker_dir)
     ckpt = resolve_checkpoint(args.tracker_dir, verify=False)  # verified by load_tracker
@@ -258,6 +260,7 @@ def _eval(args: argparse.Namespace) -> int:
         args.physics_rollouts = min(2, args.rollouts)
     check_at_least(("--rollouts", args.rollouts, 1), ("--windows", args.windows, 2),
                    ("--physics-rollouts", args.physics_rollouts, 0), ("--blend", args.blend, 0))
+    check_at_most(("--rollouts", args.rollouts, 10_000), ("--windows", args.windows, 10_000))
     motions = [m.strip() for m in args.motions.split(",") if m.strip()]
     if not motions:
         raise UserError(f"--motions {args.motions!r} names no kind of motion")

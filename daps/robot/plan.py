@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from daps.errors import UserError
+from daps.errors import UserError, check_at_most
 from daps.motion.features import FEATURE_LAYOUT, features_to_poses
 from daps.motion.h1 import JOINTS
 from daps.motion.rotations import rotate_z, wrap_angle
@@ -30,6 +30,9 @@ from daps.robot.commands import clamp_velocity, motion_index
 
 log = logging.getLogger("daps")
 
+
+MAX_SECONDS = 3600.0
+"""The longest motion ``robot plan`` makes and ``robot track-eval`` tracks per start (an hour: 108,000 frames)."""
 
 BLENDED = ("root_height", "root_tilt", "joint_angles")
 """The per-frame pose features :func:`blend_borders` corrects (the velocities are integrated, not read)."""
@@ -139,9 +142,11 @@ class Planner:
         return self.window / self.fps
 
     def windows_for(self, seconds: float) -> int:
-        """Windows that cover ``seconds`` (rounded up; at least one); UserError unless positive."""
+        """Windows that cover ``seconds`` (rounded up; at least one); UserError unless positive and at most
+        :data:`MAX_SECONDS`."""
         if not (np.isfinite(seconds) and seconds > 0):
             raise UserError(f"--seconds must be a positive number, got {seconds}")
+        check_at_most(("--seconds", seconds, MAX_SECONDS))
         return max(1, int(np.ceil(seconds / self.window_seconds - 1e-9)))
 
     def velocity_range(self, motion: str) -> tuple[np.ndarray, np.ndarray]:

@@ -238,8 +238,10 @@ def train_policy(cfg: RobotConfig, resume: bool = False, overwrite: bool = False
     run_dir = Path(cfg.out_dir)
     ckpt = prepare_folder(cfg, resume, overwrite, kind=KIND)
     saved = resume and (run_dir / COMMANDS_FILE).is_file()  # written (atomically) by this run before it stopped
-    if not saved:  # encoded before the folder is touched, so a refused tokenizer leaves nothing behind
+    if not saved:  # encoded and the policy built before the folder is touched, so a refused tokenizer or
+        # settings that cannot be built leave nothing behind (and a policy --overwrite would replace as it was)
         sets, meta = commands if commands is not None else encode_commands(cfg, device)
+        model = build_policy(cfg, meta).to(device)
     lock = FolderLock(run_dir).acquire()
     try:
         if overwrite and has_content(run_dir):
@@ -249,12 +251,12 @@ def train_policy(cfg: RobotConfig, resume: bool = False, overwrite: bool = False
         remove_leftovers(run_dir)
         if saved:
             sets, meta = load_commands(run_dir / COMMANDS_FILE)
+            model = build_policy(cfg, meta).to(device)
         config = {KIND: settings_record(cfg), "commands": meta}
         if ckpt is None:  # a new run: its config first, so that a run killed from here on can be resumed
             write_json_atomic(run_dir / "config.json", config)
         if not saved:
             save_commands(run_dir / COMMANDS_FILE, sets, meta)
-        model = build_policy(cfg, meta).to(device)
         optimizer, generator, start, streak = start_training(model, cfg, ckpt, device, run_dir)
         if ckpt is not None:  # a resume: only once the checkpoint's weights fit
             write_json_atomic(run_dir / "config.json", config)
