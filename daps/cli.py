@@ -271,7 +271,7 @@ def _eval(args: argparse.Namespace) -> int:
         # the data are read
     if args.fid_weights and args.fid == "none":
         raise UserError("--fid-weights is used only with --fid val-pairs or reference")
-    if args.plot:
+    if args.plot is not None:  # an empty one is refused, not taken as "no plot"
         check_media_output(args.plot, ".png", args.overwrite, "--plot")  # only a PNG daps wrote is replaced
     device = _device(args.device)
     ckpt = resolve_checkpoint(args.run_dir, verify=False)  # once: a run still training may move its latest
@@ -297,7 +297,7 @@ def _eval(args: argparse.Namespace) -> int:
         metrics["step"] = step
     if spec.note:  # e.g. a lossy copy, or a test split that is the training images
         metrics["note"] = spec.note
-    if args.plot:
+    if args.plot is not None:
         _plot_reconstructions(model, spec, data, images, Path(args.plot), args.seed, device)
     if args.json:  # strict JSON: a non-finite metric (a diverged run) is null, never a bare NaN token
         print(json.dumps({k: v if not isinstance(v, float) or math.isfinite(v) else None for k, v in metrics.items()}))

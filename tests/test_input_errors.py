@@ -622,3 +622,23 @@ def test_counts_that_would_exhaust_memory_are_one_line_before_any_work(tmp_path,
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1 and "Traceback" not in err, (argv, err)
     assert not (tmp_path / "g").exists()
+
+
+def test_an_empty_optional_output_is_refused_not_dropped(tmp_path, capsys):
+    """An optional output given as "" (an unset shell variable) is exit 2 saying it is empty, as an empty --out is;
+    it is not taken as "no such output" with exit 0 and the file the user asked for missing. Fails on: truthiness
+    tests (``if args.video:``) in place of ``is not None``."""
+    from daps.cli import main
+
+    missing, png = str(tmp_path / "missing"), str(tmp_path / "a.png")
+    for argv in (["prior", "sample", missing, "--out", png, "--codes-out", ""],
+                 ["prior", "sample", missing, "--out", png, "--video", ""],
+                 ["decode-random", missing, "--out", png, "--video", ""],
+                 ["robot", "plan", missing, "--motion", "walk", "--out", str(tmp_path / "a.mp4"), "--json", ""],
+                 ["robot", "eval", missing, "--out", ""],
+                 ["eval", missing, "--plot", ""],
+                 ["prior", "train", missing, "--out", str(tmp_path / "p"), "--val-codes", ""]):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert "is empty" in err and err.count("\n") == 1, (argv, err)
+    assert sorted(tmp_path.iterdir()) == []

@@ -45,7 +45,8 @@ def add_parsers(sub) -> None:
     p.add_argument("codes", help="codes file from daps export-codes (the training split)")
     p.add_argument("--kind", default="ar", choices=["ar", "dfm"], help="autoregressive or discrete flow matching")
     p.add_argument("--out", required=True, help="the prior's run folder")
-    p.add_argument("--val-codes", default="", help="held-out codes of the same tokenizer (default: 5%% of the inputs)")
+    p.add_argument("--val-codes", default=None,
+                   help="held-out codes of the same tokenizer (default: 5%% of the inputs)")
     p.add_argument("--label-dropout", type=float, default=None, help="share of null labels in training (default 0.1)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace an existing prior folder")
@@ -145,7 +146,9 @@ def _train(args: argparse.Namespace) -> int:
 
     device = _device(args.device)
     set_threads(args.threads)
-    cfg = apply_overrides(PriorConfig(kind=args.kind, codes=args.codes, val_codes=args.val_codes,
+    if args.val_codes is not None and not args.val_codes.strip():
+        raise UserError("--val-codes is empty: name a codes file (or leave the flag out to hold out 5% of the inputs)")
+    cfg = apply_overrides(PriorConfig(kind=args.kind, codes=args.codes, val_codes=args.val_codes or "",
                                       out_dir=args.out), args.overrides)
     given = {item.partition("=")[0] for item in args.overrides}
     if args.label_dropout is not None:
@@ -192,9 +195,9 @@ def _sample(args: argparse.Namespace) -> int:
     from daps.prior.scores import decoded_images
 
     out = check_media_output(args.out, ".png", args.overwrite)
-    if args.codes_out:
+    if args.codes_out is not None:  # an empty one ("$UNSET") is refused, not taken as "no codes file"
         check_codes_out(args.codes_out, args.overwrite, "--codes-out")  # a user's file is refused before any work
-    video = check_media_output(args.video, ".mp4", args.overwrite, "--video") if args.video else None
+    video = check_media_output(args.video, ".mp4", args.overwrite, "--video") if args.video is not None else None
     if args.n < 1:
         raise UserError("--n must be at least 1")
     if args.euler_steps is not None and args.euler_steps < 1:
@@ -208,7 +211,7 @@ def _sample(args: argparse.Namespace) -> int:
     # the codes files as resolved when the prior was trained (priors older than "val_file" name only the first)
     trained_on = [meta.get("file", cfg.codes), meta.get("val_file")]
     inputs = [Path(p).resolve() for p in trained_on if p]
-    if args.codes_out and Path(args.codes_out).resolve() in inputs:
+    if args.codes_out is not None and Path(args.codes_out).resolve() in inputs:
         raise UserError(f"--codes-out {args.codes_out} is a codes file this prior was trained on; name another file")
     names = list(meta["class_names"])
     count = args.n if args.label is not None else args.n * len(names)
@@ -231,7 +234,7 @@ def _sample(args: argparse.Namespace) -> int:
     save_image_grid(decoded_images(tokenizer, codes), out, columns=columns)
     if video is not None:
         write_motion_video(tokenizer, codes, video, columns, [names[int(y)] for y in labels], "sampled")
-    if args.codes_out:
+    if args.codes_out is not None:
         sample_meta = {**training_header(meta), "split": "prior-samples", "samples_per_input": 1,
                        "prior": str(args.prior_dir), "guidance": args.cfg, "temperature": args.temperature,
                        "seed": args.seed}
@@ -340,7 +343,7 @@ def decode_random_command(args: argparse.Namespace) -> int:
     from daps.prior.scores import decoded_images, uniform_codes
 
     out = check_media_output(args.out, ".png", args.overwrite)
-    video = check_media_output(args.video, ".mp4", args.overwrite, "--video") if args.video else None
+    video = check_media_output(args.video, ".mp4", args.overwrite, "--video") if args.video is not None else None
     if not 1 <= args.n <= MAX_GRID:
         raise UserError(f"--n must be 1 to {MAX_GRID}, got {args.n} (one PNG grid; {MAX_GRID} images of 256 x 256 "
                         "are already 26 megapixels)")

@@ -191,7 +191,7 @@ def _plan(args: argparse.Namespace) -> int:
     if args.physics:
         check_media_output(physics_out, ".mp4", args.overwrite, "--physics (next to --out)")
     json_out = (check_output_file(args.json, ".json", args.overwrite, "--json", _is_plan_report,
-                                  "an earlier robot plan report") if args.json else None)
+                                  "an earlier robot plan report") if args.json is not None else None)
     from daps.motion.render import MAX_VIEW_SIZE
 
     if not 16 <= args.size <= MAX_VIEW_SIZE:
@@ -270,7 +270,9 @@ def _eval(args: argparse.Namespace) -> int:
         raise UserError(f"--physics-rollouts {args.physics_rollouts} is more than --rollouts {args.rollouts} (the "
                         "physics tracks some of the rollouts)")
     check_sampling(args.guidance, 1.0, "--guidance")
-    if args.out:
+    if args.out is not None:
+        if not args.out.strip():
+            raise UserError("--out is empty: name the stem of the report files")
         check_report_stem(Path(args.out), args.overwrite)  # before the rollouts, so that a refusal costs nothing
     result = evaluate(
         args.policy_dir, motions, rollouts=args.rollouts, windows=args.windows,
@@ -278,7 +280,7 @@ def _eval(args: argparse.Namespace) -> int:
         classifier=not args.no_classifier, data_dir=args.data_dir, tokenizer=args.tokenizer,
         device=_device(args.device),
     )
-    if args.out:
+    if args.out is not None:
         write_report(result, Path(args.out), args.overwrite)
     if args.json:
         json.dump(result, sys.stdout)
