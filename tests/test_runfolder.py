@@ -740,3 +740,27 @@ def test_a_failed_first_write_takes_back_the_parent_folders_it_made(tmp_path, ti
         assert "not found" in capsys.readouterr().err
         assert sorted(p.name for p in tmp_path.iterdir()) == ["kept", "no-data"], argv
     assert kept.is_dir() and list(kept.iterdir()) == []
+
+
+def test_a_dangling_link_as_an_output_folder_is_named_before_any_work(tmp_path, capsys, monkeypatch):
+    """An output folder that is a symbolic link to nothing is one line naming the link and its target for every
+    command that makes a folder (``train``, ``compare``, ``prior train``, ``robot train``, ``robot track-train``,
+    ``gradlab``), before any work. Fails on: "[Errno 17] File exists" from a late mkdir."""
+    from daps.cli import main
+
+    link = tmp_path / "d"
+    link.symlink_to(tmp_path / "nowhere")
+    missing = str(tmp_path / "missing")
+    for argv in (["train", "--preset", "mnist5k-demo", f"train.out_dir={link}"],
+                 ["compare", "--preset", "mnist5k-demo", "--steps", "2", "--out", str(link)],
+                 ["gradlab", "--out", str(link)]):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert "is a symbolic link to nothing" in err and "nowhere" in err, (argv, err)
+    # priors, policies and trackers check their folder (prepare_folder) before encoding or decoding anything
+    from daps.errors import UserError
+    from daps.prior.run import PriorConfig, prepare_folder
+
+    with pytest.raises(UserError, match="is a symbolic link to nothing"):
+        prepare_folder(PriorConfig(codes=missing, out_dir=str(link)), resume=False, overwrite=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d"] and link.is_symlink()
