@@ -116,3 +116,39 @@ def test_static_caches_are_reused_and_zeroed_between_calls(single_thread):
     enc.sample(x[:3], 4)  # another batch size: a second entry; a third shape evicts the oldest
     enc.sample(x[:2], 4)
     assert len(enc._static_pool) == 2
+
+
+def test_ppo_compile_step_covers_the_encoder_that_draws_its_training_codes(single_thread, monkeypatch):
+    """PPO draws its training codes with the frozen theta_old, a copy made when the model is built: train.compile
+    must give that copy the compiled one-token step too (eager static step here, to stay quick), and the recompile
+    limit must leave room for both encoders' graphs. Fails on: only theta's sampler compiled (the training step
+    then samples through the plain loop, 0 static steps)."""
+    import torch._dynamo.config as dynamo_config
+
+    import daps.methods.ppo as ppo_mod
+    from daps.methods import build_method
+    from daps.nets.ar_encoder import SAMPLER_RECOMPILE_LIMIT
+
+    cfg = parse_overrides(
+        get_preset("mnist", "ppo"),
+        ["encoder.width=16", "encoder.num_heads=2", "encoder.vocab_size=16", "encoder.num_tokens=4",
+         "decoder.embed_dim=8", "decoder.hidden=16,16"],
+    )
+    model = build_method(cfg, (1, 28, 28))
+    monkeypatch.setattr(ppo_mod, "compile_sampler", lambda enc, mode: enc.compile_sampler(compile=False))
+    model.compile_step()
+    calls = {"old": 0, "new": 0}
+    for name, enc in (("old", model.old_encoder), ("new", model.encoder)):
+        step_fn = enc._static_step_fn
+
+        def counted(*args, _fn=step_fn, _name=name, **kwargs):
+            calls[_name] += 1
+            return _fn(*args, **kwargs)
+
+        enc._static_step_fn = counted
+    x = (torch.rand(3, 1, 28, 28, generator=torch.Generator().manual_seed(0)) > 0.7).float()
+    model(x, 0, generator=torch.Generator().manual_seed(0)).loss.backward()
+    assert calls["old"] == 4  # one static step per token of the training codes
+    monkeypatch.setattr(dynamo_config, "recompile_limit", 8)
+    model.encoder.compile_sampler(compile=True)  # wraps, compiles nothing until called
+    assert dynamo_config.recompile_limit == SAMPLER_RECOMPILE_LIMIT >= 2 * 3 * 7

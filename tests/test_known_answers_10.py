@@ -71,6 +71,23 @@ def test_sample_probs_draws_from_unnormalized_probabilities():
     assert counts[2].item() == pytest.approx(0.25, abs=0.01)
 
 
+def near_zero_draws(device: str) -> int:
+    """Draws of near-zero tokens (1e-13 each, 1,020 of them around 4 likely ones) in 200,000 samples of
+    ``sample_probs`` on ``device``: about 2e-5 expected, so any draw is an error of the CDF's summation."""
+    probs = torch.full((1024,), 1e-13, device=device)
+    likely = torch.tensor([3, 200, 511, 1000], device=device)
+    probs[likely] = torch.tensor([0.1, 0.2, 0.3, 0.4], device=device)
+    draws = DF.sample_probs(probs.expand(200_000, 1024), torch.Generator(device).manual_seed(0))
+    return int((~torch.isin(draws, likely)).sum())
+
+
+def test_sample_probs_never_draws_a_near_zero_token_on_the_cpu():
+    """The CPU's sequential float32 CDF adds each token's own mass: none of 200,000 draws lands on one of the
+    1,020 tokens of mass 1e-13 (tests/test_gpu.py checks the GPU's float64 CDF the same way). Fails on: a CDF
+    whose neighbouring sums differ by an ulp regardless of the mass between them (a parallel float32 scan)."""
+    assert near_zero_draws("cpu") == 0
+
+
 @pytest.mark.parametrize(("init", "end", "expected"), [
     (1.0, 0.0, FLOAT32_EPS),  # end clipped up to eps
     (1.0, 1.0, 1.0 - FLOAT32_EPS),  # end clipped down to init - eps: a 1 -> 1 schedule decays microscopically

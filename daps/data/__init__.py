@@ -105,11 +105,14 @@ class Standardize:
     shown: tuple[float, float] | None = None
 
     def _stats(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``mean, std (C, 1, 1)`` float32 on ``like``'s device, made once per device (not a host-to-device copy,
+        which waits for the GPU, at every batch)."""
+        from daps.functional import _constant
+
+        assert self.mean is not None and self.std is not None
         shape = (-1, 1, 1)
-        return (
-            torch.tensor(self.mean, device=like.device).view(shape),
-            torch.tensor(self.std, device=like.device).view(shape),
-        )
+        return (_constant(self.mean, torch.float32, like.device).view(shape),
+                _constant(self.std, torch.float32, like.device).view(shape))
 
     def __call__(self, raw: torch.Tensor) -> torch.Tensor:
         """``(N, C, H, W)`` uint8 pixels (or binary floats) -> float32 model inputs."""

@@ -179,7 +179,10 @@ class PPO(Method):
             self.old_encoder.get_buffer(name).copy_(p)
 
     def compile_step(self, mode: str | None = None) -> None:
-        """``train.compile``: sample through the compiled one-token step (``mode``: ``torch.compile``'s)."""
+        """``train.compile``: sample through the compiled one-token step (``mode``: ``torch.compile``'s), both the
+        frozen theta_old's, which draws the training codes, and theta's, which draws validation's. theta_old's
+        weights are buffers that :meth:`sync_old_encoder` overwrites in place, so their addresses stay fixed."""
+        compile_sampler(self.old_encoder, mode)
         compile_sampler(self.encoder, mode)
 
     # -- training ----------------------------------------------------------------------------------

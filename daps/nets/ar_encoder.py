@@ -32,6 +32,10 @@ from daps.nets.sampling import Samples, SamplingStep, sample_autoregressive
 
 MemoryKV = list[tuple[torch.Tensor, torch.Tensor]]  # per decoder layer, cross-attention k, v each (B, h, P, d)
 
+SAMPLER_RECOMPILE_LIMIT = 64
+"""torch.compile's recompile limit while the sampler is compiled: up to 7 cache buckets for each batch shape the
+sampler meets (training, validation, figures) and each encoder (PPO samples with a frozen copy)."""
+
 
 def _previous_tokens(indices: torch.Tensor, pos: int) -> torch.Tensor:
     """The decoder input at ``pos``: the codes drawn at ``pos - 1``, or the start token 0. ``(N, T) -> (N,)``."""
@@ -283,6 +287,12 @@ class ARTransformerEncoder(nn.Module):
         if compile:
             # One specialized graph per cache bucket (dynamic=False): static shapes are what CUDA graphs need.
             compile_kwargs.setdefault("dynamic", False)
+            # Every (bucket, batch shape, encoder) gets its own graph, and all count against one limit per code
+            # object (static_step's): training, validation and figure batches, and PPO's two encoders, pass
+            # torch's default of 8, past which calls run eagerly without a word. Raised so they stay compiled.
+            import torch._dynamo.config as dynamo_config
+
+            dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, SAMPLER_RECOMPILE_LIMIT)
             self._static_step_fn = torch.compile(self.static_step, **compile_kwargs)
         else:
             self._static_step_fn = self.static_step

@@ -63,7 +63,8 @@ def cache_buckets(length: int, smallest: int = 16) -> list[int]:
     """The static cache lengths of the compiled sampler: powers of two from ``smallest``, capped at ``length``
     (which is always the last). Position p reads the smallest bucket > p, so early tokens do not attend over all
     T keys, at the price of one compiled graph per bucket (7 for T = 1024). ``smallest`` grows with T so there
-    are never more than 7 buckets (torch.compile's default recompile limit is 8)."""
+    are never more than 7 buckets per batch shape (the compiled sampler raises torch.compile's recompile limit to
+    fit several shapes: :data:`daps.nets.ar_encoder.SAMPLER_RECOMPILE_LIMIT`)."""
     buckets, size = [], max(smallest, length >> 6)
     while size < length:
         buckets.append(size)
