@@ -29,15 +29,17 @@ offline = pytest.mark.usefixtures("offline")
 
 
 def test_fid_preprocess_quantises_float64_in_float64():
-    """float64 images are truncated to uint8 at their own precision: (k - 1e-6) / 255 is level k - 1. Fails on:
-    float64 narrowed to float32 first (it rounds to k / 255, level k)."""
-    from daps.metrics.fid import fid_preprocess
+    """float64 images are quantised at their own precision: a value 1e-7 levels beyond ``LEVEL_TOLERANCE`` below
+    level k is level k - 1, 1e-7 levels within it is level k, for every k. Fails on: float64 narrowed to float32
+    first (its rounding, about 1e-5 levels, moves hundreds of them across the boundary)."""
+    from daps.metrics.fid import LEVEL_TOLERANCE, fid_preprocess
 
     k = np.arange(1, 256)
-    x = torch.zeros(1, 3, 299, 299, dtype=torch.float64)
-    x[0, :, 0, :255] = torch.from_numpy((k - 1e-6) / 255)
-    levels = ((fid_preprocess(x)[0, :, 0, :255] + 1) / 2 * 255).round().long()
-    assert torch.equal(levels, torch.from_numpy(k - 1).expand(3, -1))
+    for offset, level in ((1e-7, k - 1), (-1e-7, k)):
+        x = torch.zeros(1, 3, 299, 299, dtype=torch.float64)
+        x[0, :, 0, :255] = torch.from_numpy((k - LEVEL_TOLERANCE - offset) / 255)
+        levels = ((fid_preprocess(x)[0, :, 0, :255] + 1) / 2 * 255).round().long()
+        assert torch.equal(levels, torch.from_numpy(level).expand(3, -1)), offset
 
 
 def test_fid_preprocess_downsamples_without_antialiasing():
