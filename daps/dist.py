@@ -14,6 +14,7 @@ from daps.errors import UserError
 
 _wait_group = None
 """A gloo group with a long timeout, for ranks waiting while rank 0 alone evaluates or writes (see wait_for_main)."""
+_own_group = False  # whether the default process group is setup()'s (torchrun) rather than the caller's
 
 WAIT_TIMEOUT = timedelta(days=7)
 
@@ -47,8 +48,8 @@ def setup(device: torch.device | None = None) -> tuple[int, int]:
     seconds); the waits for rank 0's evaluation and checkpoint writing use a separate group that does not time
     out in practice, so a long validation (50,000 images, FID) cannot trip the step's timeout.
     """
-    global _wait_group
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    global _wait_group, _own_group
+    world = dist.get_world_size() if dist.is_initialized() else int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and device is not None and device.index is not None:
         raise UserError(f"--device {device}: under torchrun each process uses the GPU of its LOCAL_RANK; "
                         f"pass --device {device.type}")
@@ -56,6 +57,8 @@ def setup(device: torch.device | None = None) -> tuple[int, int]:
         timeout = _timeout()
         cuda = device.type == "cuda" if device is not None else torch.cuda.is_available()
         dist.init_process_group("nccl" if cuda else "gloo", timeout=timeout)
+        _own_group = True
+    if dist.is_initialized() and dist.get_world_size() > 1 and _wait_group is None:  # also in a caller's group
         _wait_group = dist.new_group(backend="gloo", timeout=WAIT_TIMEOUT)
     return rank(), world
 
@@ -78,6 +81,16 @@ def wait_for_main() -> None:
     """Every rank waits here until rank 0 arrives (after work only rank 0 does), without a timeout in practice."""
     if dist.is_initialized():
         dist.barrier(group=_wait_group)
+
+
+def from_main(obj: object) -> object:
+    """Rank 0's ``obj`` on every rank (a broadcast over the wait group, so it may wait on rank 0's work); ``obj``
+    itself in a single process."""
+    if not dist.is_initialized():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0, group=_wait_group)
+    return box[0]
 
 
 def rank() -> int:
@@ -125,7 +138,11 @@ def barrier() -> None:
 
 
 def teardown() -> None:
-    global _wait_group
+    """Destroy the process group :func:`setup` made (a group the caller made stays theirs, less the wait group)."""
+    global _wait_group, _own_group
     if dist.is_initialized():
-        dist.destroy_process_group()
-    _wait_group = None
+        if _own_group:
+            dist.destroy_process_group()
+        elif _wait_group is not None:
+            dist.destroy_process_group(_wait_group)
+    _wait_group, _own_group = None, False

@@ -271,9 +271,17 @@ def train(
     check_logger(cfg.train.logger)  # a missing tensorboard / wandb package
     prepare_run_dir(cfg, resume, overwrite, report=False)  # refuse what cannot work before touching anything
     created = missing_folders(run_dir)  # what this call adds: the run folder, and its parents that are missing
-    lock = FolderLock(run_dir).acquire() if dist.is_main() else None
+    lock, refusal = None, None
+    if dist.is_main():
+        try:
+            lock = FolderLock(run_dir).acquire()
+        except UserError as err:  # in use by another run: every rank refuses with rank 0's words
+            refusal = str(err)
+    refusal = dist.from_main(refusal)  # rank 0 holds the lock before any rank decides what to do with the folder
+    if refusal is not None:
+        dist.teardown()
+        raise OutputFolderError(refusal)
     try:
-        dist.barrier()  # rank 0 holds the lock before any rank decides what to do with the folder
         return _train(cfg, resume, overwrite, device, rank, world)
     finally:
         if lock is not None:
@@ -381,8 +389,6 @@ def _setup(cfg: Config, state: dict | None, device: torch.device, rank: int, wor
 
 def _restore(s: Setup, ckpt: Path, state: dict, rank: int, world: int) -> None:
     """Load weights, optimizer states and every generator's state from checkpoint ``ckpt``."""
-    if len(state["rng"]) != world:
-        raise UserError(f"{s.run_dir} was trained by {len(state['rng'])} processes; resume it with as many")
     load_weights(s.model, ckpt)
     s.optimizers.load_state_dict(state["optimizers"])
     s.skipped_streak = int(state.get("skipped_streak", 0))  # nonzero only in a final checkpoint (train.stop_after)
@@ -451,12 +457,17 @@ def _train(cfg: Config, resume: bool, overwrite: bool, device: torch.device, ran
     tc = cfg.train
     run_dir = Path(tc.out_dir)
     end_step = stop_step(cfg)
-    plan = prepare_run_dir(cfg, resume, overwrite)  # again, now that no other process can change the folder
+    plan = prepare_run_dir(cfg, resume, overwrite, report=dist.is_main())  # again, now that no other process can
+    # change the folder; its warnings once, from rank 0
     if dist.is_main():
         remove_leftovers(run_dir)
     dist.barrier()  # every rank has inspected the folder before rank 0 may empty it
 
     state = load_training_state(plan.resume_from) if plan.resume_from is not None else None
+    if state is not None and len(state["rng"]) != world:  # before the data load and the model is built
+        trained_by = len(state["rng"])
+        raise UserError(f"{run_dir} was trained by {trained_by} process{'' if trained_by == 1 else 'es'}; resume it "
+                        f"with as many (it holds each one's random state)")
     start_step = state["step"] if state is not None else 0
     if start_step > end_step:
         raise _past_end(run_dir, start_step, end_step)
@@ -474,6 +485,8 @@ def _train(cfg: Config, resume: bool, overwrite: bool, device: torch.device, ran
             _open_run_folder(s, plan, start_step, world)
             metrics_file = open(run_dir / "metrics.jsonl", "a")
             s.logger = make_logger(tc.logger, run_dir, config_to_dict(cfg), start_step)
+        dist.wait_for_main()  # rank 0 alone emptied or opened the folder and started the logger (wandb can take a
+        # while): the others wait without the step's timeout
 
         def write_row(row: dict) -> None:
             if metrics_file is not None:

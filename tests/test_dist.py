@@ -110,3 +110,63 @@ def test_mean_over_ranks_and_the_weight_check_across_two_processes(tmp_path):
     for rank, mean, caught in out:
         assert mean == [1.5, 15.0], rank
         assert "checkpoint 7: the processes hold different weights" in caught, rank
+
+
+def _callers_group(rank: int, store: str, results) -> None:
+    import torch.distributed as tdist
+
+    from daps import dist
+
+    tdist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    try:
+        got_rank, world = dist.setup(torch.device("cpu"))
+        made_wait_group = dist._wait_group is not None
+        shared = dist.from_main({"rank": rank})
+        dist.wait_for_main()
+        dist.teardown()
+        results.put((rank, got_rank, world, made_wait_group, shared, tdist.is_initialized()))
+    finally:
+        if tdist.is_initialized():
+            tdist.destroy_process_group()
+
+
+def test_train_inside_a_callers_process_group_keeps_it(tmp_path):
+    """``daps.train.train`` called in a process group the caller made (the Python API, e.g. under mp.spawn):
+    ``dist.setup`` reads the group's size, makes the long-timeout wait group there too, ``from_main`` gives rank
+    0's object everywhere, and ``teardown`` leaves the caller's group alive. Fails on: the wait group made only by
+    setup's own init (waits then time out with the step), or teardown destroying the caller's group."""
+    import torch.multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    results = ctx.SimpleQueue()
+    procs = [ctx.Process(target=_callers_group, args=(r, str(tmp_path / "store"), results)) for r in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert all(p.exitcode == 0 for p in procs)
+    for rank, got_rank, world, made_wait_group, shared, still_there in sorted(results.get() for _ in range(2)):
+        assert (got_rank, world, made_wait_group, shared, still_there) == (rank, 2, True, {"rank": 0}, True), rank
+
+
+def test_a_run_folder_in_use_is_refused_by_every_rank_in_one_line(tmp_path, tiny_overrides):
+    """A second torchrun on a folder another daps process holds: every rank says the folder is in use (rank 0's
+    words) and exits 2; rank 1 does not die in a collective rank 0 left (a gloo "Connection closed" traceback).
+    Fails on: only rank 0 trying the lock and rank 1 waiting for it in a barrier."""
+    from daps.runfolder import FolderLock, write_marker
+
+    run = tmp_path / "busy"
+    run.mkdir()
+    write_marker(run, "train")
+    lock = FolderLock(run).acquire()
+    try:
+        env = {k: v for k, v in os.environ.items() if k != "DAPS_DATA_DIR"}
+        env.update(OMP_NUM_THREADS="1")
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "daps",
+               "train", *tiny_overrides, f"train.out_dir={run}", "--resume"]
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    finally:
+        lock.release()
+    assert proc.returncode != 0
+    assert proc.stderr.count("is in use by another daps process") == 2, proc.stderr[-3000:]
+    assert "Connection closed" not in proc.stderr and "[rank1]: Traceback" not in proc.stderr, proc.stderr[-3000:]
