@@ -6,11 +6,14 @@ from __future__ import annotations
 import math
 import os
 from datetime import timedelta
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
 
 from daps.errors import UserError
+
+T = TypeVar("T")
 
 _wait_group = None
 """A gloo group with a long timeout, for ranks waiting while rank 0 alone evaluates or writes (see wait_for_main)."""
@@ -83,7 +86,7 @@ def wait_for_main() -> None:
         dist.barrier(group=_wait_group)
 
 
-def from_main(obj: object) -> object:
+def from_main(obj: T) -> T:
     """Rank 0's ``obj`` on every rank (a broadcast over the wait group, so it may wait on rank 0's work); ``obj``
     itself in a single process."""
     if not dist.is_initialized():
