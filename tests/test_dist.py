@@ -74,6 +74,22 @@ def test_bad_settings_under_torchrun_are_one_line(tmp_path, tiny_overrides, monk
     assert "pass --device cpu" in capsys.readouterr().err and not (tmp_path / "run").exists()
 
 
+def two_processes(target, store: Path) -> list:
+    """Run ``target(rank, store, results)`` in two spawned processes (a gloo group on the file ``store``); the
+    tuples they put in ``results``, sorted (by rank first)."""
+    import torch.multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    results = ctx.SimpleQueue()
+    procs = [ctx.Process(target=target, args=(r, str(store), results)) for r in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert all(p.exitcode == 0 for p in procs)
+    return sorted(results.get() for _ in range(2))
+
+
 def _collectives(rank: int, store: str, results) -> None:
     import torch.distributed as tdist
 
@@ -96,18 +112,7 @@ def _collectives(rank: int, store: str, results) -> None:
 def test_mean_over_ranks_and_the_weight_check_across_two_processes(tmp_path):
     """The all-reduced mean of the training rows, and the per-checkpoint check (its negative control: weights that
     differ by 1e-6 on one rank are refused)."""
-    import torch.multiprocessing as mp
-
-    ctx = mp.get_context("spawn")
-    results = ctx.SimpleQueue()
-    procs = [ctx.Process(target=_collectives, args=(r, str(tmp_path / "store"), results)) for r in range(2)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(120)
-    assert all(p.exitcode == 0 for p in procs)
-    out = sorted(results.get() for _ in range(2))
-    for rank, mean, caught in out:
+    for rank, mean, caught in two_processes(_collectives, tmp_path / "store"):
         assert mean == [1.5, 15.0], rank
         assert "checkpoint 7: the processes hold different weights" in caught, rank
 
@@ -135,17 +140,8 @@ def test_train_inside_a_callers_process_group_keeps_it(tmp_path):
     ``dist.setup`` reads the group's size, makes the long-timeout wait group there too, ``from_main`` gives rank
     0's object everywhere, and ``teardown`` leaves the caller's group alive. Fails on: the wait group made only by
     setup's own init (waits then time out with the step), or teardown destroying the caller's group."""
-    import torch.multiprocessing as mp
-
-    ctx = mp.get_context("spawn")
-    results = ctx.SimpleQueue()
-    procs = [ctx.Process(target=_callers_group, args=(r, str(tmp_path / "store"), results)) for r in range(2)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(120)
-    assert all(p.exitcode == 0 for p in procs)
-    for rank, got_rank, world, made_wait_group, shared, still_there in sorted(results.get() for _ in range(2)):
+    for rank, got_rank, world, made_wait_group, shared, still_there in two_processes(_callers_group,
+                                                                                     tmp_path / "store"):
         assert (got_rank, world, made_wait_group, shared, still_there) == (rank, 2, True, {"rank": 0}, True), rank
 
 
