@@ -6,6 +6,7 @@ Run by ``benchmarks/gpu_check.py`` whenever a GPU is lent (``pytest -m gpu``).
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -99,14 +100,22 @@ def test_graphed_step_trains_as_the_eager_step(method, bf16):
 
     wider = ("encoder.width=32", "encoder.num_tokens=16")
     eager_model, eager_logs, _ = train_steps(method, None, "cuda", steps=8, batch=32, overrides=wider, bf16=bf16)
+    again, again_logs, _ = train_steps(method, None, "cuda", steps=8, batch=32, overrides=wider, bf16=bf16)
     model, logs, step_fn = train_steps(method, GraphedStep, "cuda", steps=8, batch=32, overrides=wider, bf16=bf16)
     assert step_fn is not None and step_fn.graph is not None  # the last steps were replays
+    # The eager CUDA step itself need not repeat bit for bit: with K > 1 (DAPS) two eager runs of these 8 steps
+    # ended 2e-3 (float32 CDF) to 1e-2 apart on an H100 (2026-12-06), from the first backward on, as far apart as
+    # the graphed run was; K = 1 methods repeated exactly. So the graphed run is held to the eager runs' own spread.
+    spread = max(float((p - q).abs().max()) for p, q in zip(eager_model.parameters(), again.parameters()))
     for p, q in zip(eager_model.parameters(), model.parameters()):
-        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
-    for eager, replayed in zip(eager_logs, logs):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=max(1e-5, 3 * spread))
+    for i, (eager, replayed) in enumerate(zip(eager_logs, logs)):
         assert eager.keys() == replayed.keys()
-        for key in eager:
-            assert replayed[key] == pytest.approx(eager[key], rel=1e-3, abs=1e-4), key
+        for key in eager:  # the schedules at every step (a value frozen at the recording would show); the rest
+            # where the eager runs repeat (the first step; every step of a method that repeats exactly)
+            if key in ("beta", "lr") or i == 0 or spread == 0:
+                assert replayed[key] == pytest.approx(eager[key], rel=1e-3, abs=1e-4), (i, key)
+            assert math.isfinite(replayed[key]), (i, key)
 
 
 @pytest.mark.usefixtures("offline", "no_plots")
@@ -133,9 +142,9 @@ def test_cuda_graph_run_resumes_to_the_uninterrupted_run(tmp_path, tiny_override
 
 
 def test_sample_probs_on_cuda_never_draws_a_near_zero_token():
-    """On CUDA the CDF is summed in float64: none of 200,000 draws lands on a token of mass 1e-13. Fails on: the
-    float32 parallel scan, whose ulp-sized differences between neighbouring sums give each of the 1,020 near-zero
-    tokens about 6e-8 of mass (expect several draws)."""
+    """On CUDA, as on the CPU, none of 200,000 draws lands on one of 1,020 tokens of mass 1e-13 (a review feared
+    that a parallel float32 scan would give them ulp-sized mass; on an H100 with torch 2.11 it drew none, 2026-12-06).
+    Fails on: a CDF whose neighbouring sums differ by an ulp regardless of the mass between them."""
     from test_known_answers_10 import near_zero_draws
 
     assert near_zero_draws("cuda") == 0

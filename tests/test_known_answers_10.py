@@ -83,8 +83,8 @@ def near_zero_draws(device: str) -> int:
 
 def test_sample_probs_never_draws_a_near_zero_token_on_the_cpu():
     """The CPU's sequential float32 CDF adds each token's own mass: none of 200,000 draws lands on one of the
-    1,020 tokens of mass 1e-13 (tests/test_gpu.py checks the GPU's float64 CDF the same way). Fails on: a CDF
-    whose neighbouring sums differ by an ulp regardless of the mass between them (a parallel float32 scan)."""
+    1,020 tokens of mass 1e-13 (tests/test_gpu.py checks the GPU the same way). Fails on: a CDF whose
+    neighbouring sums differ by an ulp regardless of the mass between them."""
     assert near_zero_draws("cpu") == 0
 
 
