@@ -77,7 +77,7 @@ def baselines(args: argparse.Namespace, run_dir: Path) -> dict[str, dict[str, fl
     from daps.likelihoods import FixedGaussian
     from daps.metrics.image import l2_distance
     from daps.motion.features import poses_to_features
-    from daps.motion.metrics import hold_first_pose, interpolate_keyframes, motion_metrics
+    from daps.motion.metrics import RATIO_WEIGHTS, hold_first_pose, interpolate_keyframes, motion_metrics_per_window
 
     cfg = read_config(run_dir / "config.json")
     windows = eval_set(cfg.data, "test", cfg.train.eval_examples, cfg.train.eval_batch_size, torch.device("cpu"))
@@ -97,11 +97,17 @@ def baselines(args: argparse.Namespace, run_dir: Path) -> dict[str, dict[str, fl
                 "log_p": float(likelihood.log_prob(x_hat, x).double().sum()),
                 "l2": float(l2_distance(x_hat, x).double().sum()),
             }
-            values.update({k: v * x.shape[0] for k, v in motion_metrics(metrics.h1, pred, target, fps).items()})
+            windows_values = motion_metrics_per_window(metrics.h1, pred, target, fps)  # (B,) each
+            weights = {k: windows_values.pop(w) for k, w in RATIO_WEIGHTS.items()}
+            for k, v in windows_values.items():  # skating pooled over contact frames, as daps eval does
+                values[k] = float((v * weights[k]).sum()) if k in weights else float(v.sum())
+            for k, w in weights.items():
+                values[f"{k}:weight"] = float(w.sum())
             for k, v in values.items():
                 sums[k] = sums.get(k, 0.0) + v
             n += x.shape[0]
-        out[name] = {k: v / n for k, v in sums.items()} | {"num_images": n}
+        pooled = {k: (sums[k] / sums[f"{k}:weight"] if sums[f"{k}:weight"] else 0.0) for k in RATIO_WEIGHTS}
+        out[name] = {k: v / n for k, v in sums.items() if ":" not in k} | pooled | {"num_images": n}
     return out
 
 

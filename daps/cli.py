@@ -194,9 +194,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=320, help="pixels of each square view (default 320)")
     p.add_argument("--data-dir", default=None,
                    help="folder with the LAFAN1 H1 data (default: as trained)")
-    p.add_argument("--seed", type=seed_arg, default=0,
-                   help="seed of the stochastic encoding (training's validation used train.seed + 12345 with "
-                        "train.eval_batch_size; daps export's model card gives the flags that repeat it)")
+    p.add_argument("--seed", type=seed_arg, default=0, help="seed of the stochastic encoding")
     p.add_argument("--device", default="cpu", help="device of the model (default cpu)")
 
     from daps.prior.cli import add_parsers

@@ -272,16 +272,15 @@ def train(
     prepare_run_dir(cfg, resume, overwrite, report=False)  # refuse what cannot work before touching anything
     created = missing_folders(run_dir)  # what this call adds: the run folder, and its parents that are missing
     lock, refusal = None, None
-    if dist.is_main():
-        try:
-            lock = FolderLock(run_dir).acquire()
-        except UserError as err:  # in use by another run: every rank refuses with rank 0's words
-            refusal = str(err)
-    refusal = dist.from_main(refusal)  # rank 0 holds the lock before any rank decides what to do with the folder
-    if refusal is not None:
-        dist.teardown()
-        raise OutputFolderError(refusal)
     try:
+        if dist.is_main():
+            try:
+                lock = FolderLock(run_dir).acquire()
+            except UserError as err:  # in use by another run: every rank refuses with rank 0's words
+                refusal = str(err)
+        refusal = dist.from_main(refusal)  # rank 0 holds the lock before any rank decides what to do with the folder
+        if refusal is not None:
+            raise OutputFolderError(refusal)
         return _train(cfg, resume, overwrite, device, rank, world)
     finally:
         if lock is not None:
