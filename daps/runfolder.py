@@ -207,7 +207,8 @@ def refuse_precious(path: str | Path, what: str) -> Path:
         raise OutputFolderError(f"{what} is empty: name an output folder")
     refuse_tilde(path, what)
     if Path(path).is_symlink() and not Path(path).exists():  # else mkdir would fail later, after the work
-        raise OutputFolderError(f"{what} {path!s} is a symbolic link to nothing ({os.readlink(path)}); name a folder")
+        raise OutputFolderError(f"{what} {path!s} is a symbolic link to nothing ({os.readlink(Path(path))}); name a "
+                                "folder")
     resolved = Path(path).resolve()
     cwd = Path.cwd().resolve()
     home = Path.home().resolve()

@@ -246,7 +246,8 @@ def frechet_distance(mu1: ArrayLike, sigma1: ArrayLike, mu2: ArrayLike, sigma2: 
 def check_stats_out(path: str | os.PathLike, overwrite: bool) -> Path:
     """Refuse ``path`` as the output of FID statistics unless it is new, or ``overwrite`` and it already holds FID
     statistics (never a user's other file, a folder or a link); it must end in ``.npz``."""
-    return check_output_file(Path(path), ".npz", overwrite, "--out", _holds_fid_stats, "a file of FID statistics")
+    return check_output_file(Path(path), ".npz", overwrite, "--out", _holds_fid_stats,
+                             "a file of FID statistics daps wrote")
 
 
 DAPS_STATS_KEYS = frozenset({"mu", "sigma", "num_images", "meta"})

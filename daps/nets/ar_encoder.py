@@ -33,8 +33,9 @@ from daps.nets.sampling import Samples, SamplingStep, sample_autoregressive
 MemoryKV = list[tuple[torch.Tensor, torch.Tensor]]  # per decoder layer, cross-attention k, v each (B, h, P, d)
 
 SAMPLER_RECOMPILE_LIMIT = 64
-"""torch.compile's recompile limit while the sampler is compiled: up to 7 cache buckets for each batch shape the
-sampler meets (training, validation, figures) and each encoder (PPO samples with a frozen copy)."""
+"""torch.compile's recompile limit once a sampler is compiled: up to 7 cache buckets for each batch shape the
+sampler meets (training, validation, figures) and each encoder (PPO samples with a frozen copy). The limit is
+torch's, for the whole process; it is raised, never lowered, and not restored."""
 
 
 def _previous_tokens(indices: torch.Tensor, pos: int) -> torch.Tensor:
