@@ -29,7 +29,7 @@ cut short still leaves a report. The sections:
    ``mode="reduce-overhead"``), under ``TORCH_LOGS=perf_hints``: every "skipping cudagraphs" line is reported.
    ``sampler-<preset>``: ``benchmarks/sampler.py --compile``: eager vs compiled sampler tokens/s. ``bf16``: DAPS
    and VQ-VAE at every preset but imagenet256 with ``train.precision=bfloat16``. (Sections 6 and 7 were measured
-   on the H200 once; sections 2 to 5 never ran on a GPU, so they come first.)
+   on the H200 once; sections 2 to 5 first ran on an H100 on 2026-12-06, BENCHMARKS.md.)
 8. ``mnist-daps``: the paper's MNIST DAPS configuration (250k steps at B=256) on the MNIST files under
    ``--data`` (``$DAPS_DATA_DIR`` layout), run until the budget is spent, checkpointed every 1,000 steps into
    ``DIR/mnist-daps-run`` and resumed from there when the folder already holds a run (the next call carries it
