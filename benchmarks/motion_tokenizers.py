@@ -77,7 +77,7 @@ def baselines(args: argparse.Namespace, run_dir: Path) -> dict[str, dict[str, fl
     from daps.likelihoods import FixedGaussian
     from daps.metrics.image import l2_distance
     from daps.motion.features import poses_to_features
-    from daps.motion.metrics import RATIO_WEIGHTS, hold_first_pose, interpolate_keyframes, motion_metrics_per_window
+    from daps.motion.metrics import hold_first_pose, interpolate_keyframes, motion_metrics_per_window, pool_windows
 
     cfg = read_config(run_dir / "config.json")
     windows = eval_set(cfg.data, "test", cfg.train.eval_examples, cfg.train.eval_batch_size, torch.device("cpu"))
@@ -86,28 +86,21 @@ def baselines(args: argparse.Namespace, run_dir: Path) -> dict[str, dict[str, fl
     fps, stats = metrics.motion.fps, metrics.motion.stats
     out: dict[str, dict[str, float]] = {}
     for name, make in (("hold", hold_first_pose), ("keyframes8", lambda p: interpolate_keyframes(p, 8))):
-        sums: dict[str, float] = {}
-        n = 0
+        per_window: dict[str, list[np.ndarray]] = {}
         for x in windows.batches():  # (B, 1, T, F) standardized
             target = metrics.poses(x)  # (B, T, 26)
             pred = make(target)
             feats = np.stack([poses_to_features(metrics.h1, p, fps) for p in pred])  # (B, T, F)
             x_hat = torch.as_tensor(stats.normalize(feats), dtype=torch.float32)[:, None]
             values = {
-                "log_p": float(likelihood.log_prob(x_hat, x).double().sum()),
-                "l2": float(l2_distance(x_hat, x).double().sum()),
-            }
-            windows_values = motion_metrics_per_window(metrics.h1, pred, target, fps)  # (B,) each
-            weights = {k: windows_values.pop(w) for k, w in RATIO_WEIGHTS.items()}
-            for k, v in windows_values.items():  # skating pooled over contact frames, as daps eval does
-                values[k] = float((v * weights[k]).sum()) if k in weights else float(v.sum())
-            for k, w in weights.items():
-                values[f"{k}:weight"] = float(w.sum())
+                "log_p": likelihood.log_prob(x_hat, x).double().numpy(),
+                "l2": l2_distance(x_hat, x).double().numpy(),
+                **motion_metrics_per_window(metrics.h1, pred, target, fps),
+            }  # (B,) each
             for k, v in values.items():
-                sums[k] = sums.get(k, 0.0) + v
-            n += x.shape[0]
-        pooled = {k: (sums[k] / sums[f"{k}:weight"] if sums[f"{k}:weight"] else 0.0) for k in RATIO_WEIGHTS}
-        out[name] = {k: v / n for k, v in sums.items() if ":" not in k} | pooled | {"num_images": n}
+                per_window.setdefault(k, []).append(v)
+        pooled = pool_windows({k: np.concatenate(v) for k, v in per_window.items()})  # skating as daps eval pools it
+        out[name] = pooled | {"num_images": sum(map(len, per_window["log_p"]))}
     return out
 
 

@@ -45,6 +45,7 @@ __all__ = [
     "motion_metrics_per_window",
     "mpjpe_global_mm",
     "mpjpe_mm",
+    "pool_windows",
     "root_velocity_error_m_s",
 ]
 
@@ -217,7 +218,14 @@ RATIO_WEIGHTS = {"foot_skating_m_s": "foot_contact_frames", "gt_foot_skating_m_s
 def motion_metrics(h1: H1, pred: np.ndarray, target: np.ndarray, fps: float) -> dict[str, float]:
     """Every metric of :func:`motion_metrics_per_window` over all windows: skating pooled over all contact frames,
     the others averaged (every window has the same frames and points, so that is their mean over all of them)."""
-    windows = motion_metrics_per_window(h1, pred, target, fps)
+    return pool_windows(motion_metrics_per_window(h1, pred, target, fps))
+
+
+def pool_windows(windows: dict[str, np.ndarray]) -> dict[str, float]:
+    """Per-window values of :func:`motion_metrics_per_window` (any number of windows, e.g. several batches'
+    concatenated) -> one figure each: the :data:`RATIO_WEIGHTS` metrics weighted by their counts (0 without
+    contact), the others averaged; the counts themselves are not returned."""
+    windows = dict(windows)
     weights = {key: windows.pop(w) for key, w in RATIO_WEIGHTS.items()}
     out = {}
     for key, values in windows.items():
