@@ -232,8 +232,11 @@ def test_overwrite_replaces_only_fid_statistics(tmp_path):
     text.write_text("hello")
     adm = tmp_path / "VIRTUAL_ref.npz"  # a reference batch daps reads but did not write: its images would be lost
     np.savez(adm, arr_0=np.zeros((2, 8, 8, 3), np.uint8), mu=mu, sigma=sigma)
+    single = tmp_path / "single.npz"  # one array saved under an .npz name (np.save): not an archive at all
+    with open(single, "wb") as f:
+        np.save(f, np.ones(3))
     for path, message in ((notes, "not a file of FID statistics"), (text, "must name a file ending in .npz"),
-                          (adm, "not a file of FID statistics")):
+                          (adm, "not a file of FID statistics"), (single, "not a file of FID statistics")):
         before = path.read_bytes()
         with pytest.raises(UserError, match=message):
             save_fid_stats(path, (mu, sigma), num_images=5, overwrite=True)
