@@ -70,9 +70,11 @@ from daps.data import dataset_spec
 from daps.graphed import GraphedStep
 from daps.methods import METHODS, build_method
 from daps.optim import Optimizers
+from daps.precision import float32_kernels
 from daps.presets import get_preset
 from daps.provenance import cpu_bf16, cpu_name, source_revision
 from daps.runfolder import write_text_atomic
+from daps.train import compile_mode
 
 REPO = Path(__file__).resolve().parent.parent
 MiB = 2**20
@@ -224,11 +226,11 @@ class PeakMemory:
 # -- one benchmark -----------------------------------------------------------------------------------
 
 
-def apply_compile(model: torch.nn.Module, device: torch.device) -> None:
-    """What ``train.compile=true`` does in ``daps.train.train()`` (kept in step with it): the encoder's static-shape
-    sampler step and, for DAPS, the differentiable part of the step go through ``torch.compile``. Compilation
-    itself happens in the first calls (the warm-up steps)."""
-    model.compile_step(mode="reduce-overhead" if device.type == "cuda" else None)
+def apply_compile(model: torch.nn.Module, cfg: Config, device: torch.device) -> None:
+    """What ``train.compile=true`` does in ``daps.train.train()``: the encoder's static-shape sampler step and, for
+    DAPS, the differentiable part of the step go through ``torch.compile`` in the mode ``train()`` takes
+    (:func:`daps.train.compile_mode`). Compilation itself happens in the first calls (the warm-up steps)."""
+    model.compile_step(mode=compile_mode(device, cfg.train.cuda_graph))
 
 
 def autocast(device: torch.device, precision: str) -> torch.autocast:
@@ -246,7 +248,7 @@ def setup(
         torch.manual_seed(cfg.train.seed)
         model = build_method(cfg, shape).to(device)
     if cfg.train.compile:
-        apply_compile(model, device)
+        apply_compile(model, cfg, device)
     model.train()
     optimizers = Optimizers(
         model, model.optimizer_specs(cfg.optim.lr, cfg.optim.grad_clip), cfg.optim.weight_decay,
@@ -280,12 +282,19 @@ def make_step(
 ) -> Callable[[], None]:
     """One training step as ``train()`` runs it for ``cfg``, at the next step index of ``steps``: eager
     (:func:`step_once`), or with ``train.cuda_graph`` through :class:`daps.graphed.GraphedStep` (eager for its
-    first steps, then recorded, then replayed)."""
-    precision = cfg.train.precision
-    if not cfg.train.cuda_graph:
-        return lambda: step_once(model, optimizers, x, next(steps), generator, precision)
-    graphed = GraphedStep(model, optimizers, generator, autocast=precision == "bfloat16")
-    return lambda: optimizers.finish(graphed(x, next(steps))[1])
+    first steps, then recorded, then replayed), under ``train.tf32``'s setting as in ``train()``."""
+    precision, tf32 = cfg.train.precision, cfg.train.tf32
+    graphed = GraphedStep(model, optimizers, generator, autocast=precision == "bfloat16") if cfg.train.cuda_graph \
+        else None
+
+    def one_step() -> None:
+        with float32_kernels(tf32):
+            if graphed is None:
+                step_once(model, optimizers, x, next(steps), generator, precision)
+            else:
+                optimizers.finish(graphed(x, next(steps))[1])
+
+    return one_step
 
 
 def warmup_steps(cfg: Config, warmup: int) -> int:
@@ -345,6 +354,13 @@ def bench_method(
     step_once(model, optimizers, x, 0, generator, cfg.train.precision)
     del model, optimizers, x, generator
 
+    with float32_kernels(cfg.train.tf32):  # the phases and parts below as the steps (train.tf32)
+        return _bench_method(cfg, device, steps_per_window, windows, warmup, isolated)
+
+
+def _bench_method(
+    cfg: Config, device: torch.device, steps_per_window: int, windows: int, warmup: int, isolated: bool
+) -> dict:
     memory = PeakMemory(device, isolated)
     memory.start()
     model, optimizers, x, generator = setup(cfg, device)
@@ -381,6 +397,7 @@ def bench_method(
         "precision": precision,
         "compile": cfg.train.compile,
         "cuda_graph": cfg.train.cuda_graph,
+        "tf32": cfg.train.tf32,
         "warmup_s": warmup_s,
         "steps_per_s": {"median": statistics.median(rates), "min": min(rates), "max": max(rates), "windows": rates},
         "step_ms": {"median": statistics.median(step_ms), "min": min(step_ms), "max": max(step_ms)},

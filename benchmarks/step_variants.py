@@ -16,7 +16,10 @@ seed, inputs and overrides:
   ``resample-2-bf16`` (with ``train.precision=bfloat16``);
 - ``vqvae``: the VQ-VAE method at the same preset (the denominator of the DAPS / VQ-VAE ratio);
 - ``graphed``, ``vqvae-graphed``, ``graphed-bf16``: ``train.cuda_graph=true`` (CUDA, ``--device cuda``): the whole
-  step recorded as one CUDA graph during the warm-up and replayed (the warm-up lengthened to cover it).
+  step recorded as one CUDA graph during the warm-up and replayed (the warm-up lengthened to cover it);
+  ``graphed-compiled``: with ``train.compile=true`` too (the compiled kernels recorded into the one graph);
+- ``tf32``, ``graphed-tf32``, ``graphed-compiled-tf32`` (CUDA): ``train.tf32=true``, the step's float32 matrix
+  products and convolutions in TF32.
 
 After ``--warmup`` steps each, the variants are timed round-robin: in each of ``--rounds`` rounds every variant
 runs one window of ``--steps-per-window`` steps, so that the machine's load hits all alike. Reports each
@@ -59,6 +62,10 @@ VARIANTS = {
     "graphed": ["train.cuda_graph=true"],
     "graphed-bf16": ["train.cuda_graph=true", "train.precision=bfloat16"],
     "vqvae-graphed": ["train.cuda_graph=true"],
+    "tf32": ["train.tf32=true"],
+    "graphed-tf32": ["train.cuda_graph=true", "train.tf32=true"],
+    "graphed-compiled": ["train.cuda_graph=true", "train.compile=true"],
+    "graphed-compiled-tf32": ["train.cuda_graph=true", "train.compile=true", "train.tf32=true"],
 }
 
 
@@ -106,8 +113,8 @@ def main(argv: list[str] | None = None) -> int:
         device = torch.device(args.device)
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError("--device cuda but CUDA is not available")
-        if device.type != "cuda" and any(c.train.cuda_graph for c in configs.values()):
-            raise ValueError("the graphed variants need --device cuda")
+        if device.type != "cuda" and any(c.train.cuda_graph or c.train.tf32 for c in configs.values()):
+            raise ValueError("the graphed and tf32 variants need --device cuda")
     except ValueError as err:
         print(f"benchmarks/step_variants.py: error: {err}", file=sys.stderr)
         return 2

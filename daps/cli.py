@@ -20,6 +20,7 @@ from pathlib import Path
 from daps.config_io import parse_overrides, refuse_ignored
 from daps.errors import UserError, check_at_least, check_at_most
 from daps.methods import METHODS
+from daps.precision import float32_kernels
 from daps.presets import PRESETS, get_preset
 from daps.runfolder import check_media_output
 
@@ -518,13 +519,14 @@ def main(argv: list[str] | None = None) -> int:
     }
     try:
         rest = list(argv if argv is not None else sys.argv[1:])[1:]
-        if args.command == "compare":
-            return _compare(args, rest)
-        if args.command == "gradlab":
-            return _gradlab(args, rest)
-        if args.command == "fid-stats":
-            return _fid_stats(args, rest)
-        return commands[args.command](args)
+        with float32_kernels(tf32=False):  # every command in full float32 on CUDA; a training step as train.tf32 says
+            if args.command == "compare":
+                return _compare(args, rest)
+            if args.command == "gradlab":
+                return _gradlab(args, rest)
+            if args.command == "fid-stats":
+                return _fid_stats(args, rest)
+            return commands[args.command](args)
     except BrokenPipeError as err:  # stdout closed early (``daps presets | head``): stop quietly, as shell tools do
         if not _stdout_closed():
             print(f"daps {_command_name(args)}: error: {err}", file=sys.stderr)

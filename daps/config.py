@@ -179,8 +179,13 @@ class TrainConfig:
     rounding) and, for DAPS, the differentiable part of the training step. Meant for GPUs."""
     cuda_graph: bool = False
     """Record the whole training step (forward, backward, clipping, AdamW) as one CUDA graph after 3 eager steps and
-    replay it (:mod:`daps.graphed`): one launch per step instead of ~1,500 at MNIST. CUDA only, one process, not with
-    ``compile``; for the methods whose step allows it (refused, naming them, for the others)."""
+    replay it (:mod:`daps.graphed`): one launch per step instead of ~1,500 at MNIST. CUDA only, one process; for the
+    methods whose step allows it (refused, naming them, for the others). With ``compile`` the compiled (fused) kernels
+    are recorded into the one graph (inductor's own CUDA graphs then stay off)."""
+    tf32: bool = False
+    """CUDA: compute the training step's float32 matrix products and convolutions in TF32 (tensor cores, ~1e-3
+    relative error per product), as JAX's default precision did for the original on Ampere and later GPUs; off:
+    full float32. Validation and every other command run in full float32 (:mod:`daps.precision`). Needs CUDA."""
     fid: str = "none"
     """FID at the end of the run (original: utils/fidjax.py): ``none``, ``val-pairs`` (reconstructions against the same
     validation
@@ -362,8 +367,6 @@ def validate(cfg: Config) -> None:
         check_fid_images(cfg.data.name, cfg.data.image_shape, f"train.fid={t.fid}")
     if t.fid == "reference" and not t.fid_reference:
         raise UserError("train.fid=reference needs train.fid_reference (a statistics .npz from daps fid-stats)")
-    if t.cuda_graph and t.compile:
-        raise UserError("train.cuda_graph and train.compile exclude each other: choose one")
     if t.precision not in ("float32", "bfloat16"):
         raise UserError(f"train.precision must be float32 or bfloat16, got {t.precision!r}")
     if t.logger not in ("auto", "none", "tensorboard", "wandb"):

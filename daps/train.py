@@ -53,6 +53,7 @@ from daps.metrics import evaluate
 from daps.metrics.evaluate import FIDSetup, fid_setup
 from daps.optim import Optimizers
 from daps.plots import read_metrics, save_training_curves
+from daps.precision import float32_kernels
 from daps.progress import progress_bar
 from daps.provenance import record_job
 from daps.runfolder import (
@@ -314,8 +315,17 @@ class Setup:
     skipped_streak: int = 0  # consecutive steps whose update was skipped (non-finite); saved with a checkpoint
 
 
+def compile_mode(device: torch.device, cuda_graph: bool) -> str | None:
+    """``torch.compile``'s mode under ``train.compile``: on CUDA inductor's own CUDA graphs (``reduce-overhead``),
+    unless the whole step is recorded as one graph (``train.cuda_graph``), which then records the compiled kernels
+    with the rest; the default mode elsewhere."""
+    return "reduce-overhead" if device.type == "cuda" and not cuda_graph else None
+
+
 def _check_cuda_graph(cfg: Config, device: torch.device, world: int) -> None:
-    """Refuse ``train.cuda_graph`` where it cannot work, before anything is written."""
+    """Refuse ``train.cuda_graph`` and ``train.tf32`` where they cannot work, before anything is written."""
+    if cfg.train.tf32 and device.type != "cuda":
+        raise UserError(f"train.tf32 needs a CUDA device; this run is on {device.type}")
     if not cfg.train.cuda_graph:
         return
     if device.type != "cuda":
@@ -352,7 +362,7 @@ def _setup(cfg: Config, state: dict | None, device: torch.device, rank: int, wor
         torch.manual_seed(tc.seed)
         model = build_method(cfg, tuple(cfg.data.image_shape)).to(device)
     if tc.compile:  # after the weights exist, before DDP wraps the model
-        model.compile_step(mode="reduce-overhead" if device.type == "cuda" else None)
+        model.compile_step(mode=compile_mode(device, tc.cuda_graph))
     optimizers = Optimizers(
         model, model.optimizer_specs(cfg.optim.lr, cfg.optim.grad_clip), cfg.optim.weight_decay,
         capturable=tc.cuda_graph,
@@ -507,14 +517,15 @@ def _train(cfg: Config, resume: bool, overwrite: bool, device: torch.device, ran
             x = s.spec.standardize(next(s.batches))  # (B, C, H, W)
             if cfg.optim.lr_schedule == "cosine":
                 s.optimizers.scale_lr(cosine_schedule(step, 1.0, cfg.optim.lr_final, tc.steps))
-            if s.graphed is not None:
-                logs, norms = s.graphed(x, step)
-            else:
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.precision == "bfloat16"):
-                    out = s.step_model(x, step, generator=s.generators["sample"])
-                s.optimizers.zero_grad()
-                out.loss.backward()
-                logs, norms = out.logs, s.optimizers.launch()
+            with float32_kernels(tc.tf32):
+                if s.graphed is not None:
+                    logs, norms = s.graphed(x, step)
+                else:
+                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.precision == "bfloat16"):
+                        out = s.step_model(x, step, generator=s.generators["sample"])
+                    s.optimizers.zero_grad()
+                    out.loss.backward()
+                    logs, norms = out.logs, s.optimizers.launch()
             skipped_before = sum(s.optimizers.skipped.values())
             grad_norms = s.optimizers.finish(norms)
             s.skipped_streak = s.skipped_streak + 1 if sum(s.optimizers.skipped.values()) > skipped_before else 0

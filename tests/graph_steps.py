@@ -67,13 +67,17 @@ class EmulatedGraphedStep(GraphedStep):
 
 def train_steps(
     method: str, graphed: type[GraphedStep] | None, device: str = "cpu", steps: int = 7, batch: int = 4,
-    overrides: tuple[str, ...] = (), bf16: bool = False,
+    overrides: tuple[str, ...] = (), bf16: bool = False, compile: bool = False,
 ) -> tuple:
     """``steps`` training steps of a small MNIST ``method``, eager (``graphed`` None) or through ``graphed``, with
-    beta and the learning rate moving at every step; returns the model, each step's logs (floats) and the step."""
+    beta and the learning rate moving at every step; returns the model, each step's logs (floats) and the step.
+    ``compile``: ``model.compile_step()`` first, in the mode ``train.compile`` takes together with
+    ``train.cuda_graph`` (inductor's default)."""
     cfg = parse_overrides(get_preset("mnist", method), [*SMALL, *overrides])
     torch.manual_seed(0)
     model = build_method(cfg, (1, 28, 28)).to(device)
+    if compile:
+        model.compile_step(mode=None)
     # capturable in both: the rate as a tensor rounds differently from a float, which is not what is tested here
     opts = Optimizers(model, model.optimizer_specs(1e-2, cfg.optim.grad_clip), 1e-4, capturable=True)
     generator, data = torch.Generator(device).manual_seed(1), torch.Generator(device).manual_seed(2)

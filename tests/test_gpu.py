@@ -141,6 +141,54 @@ def test_cuda_graph_run_resumes_to_the_uninterrupted_run(tmp_path, tiny_override
         torch.testing.assert_close(p, r, rtol=1e-3, atol=1e-4)
 
 
+def test_compiled_kernels_recorded_as_one_graph_train_as_the_eager_step():
+    """``train.compile`` with ``train.cuda_graph``: the compiled DAPS step (inductor's default mode) recorded into one
+    CUDA graph and replayed trains as the eager step: the first step's logs (one forward of the same weights, up to
+    the compiled kernels' rounding) and the parameters after 8 steps within the eager runs' own spread (K > 1 does
+    not repeat bit for bit on CUDA) or 1e-2, with beta and the learning rate moving as in the eager run."""
+    from graph_steps import train_steps
+
+    from daps.graphed import GraphedStep
+
+    wider = ("encoder.width=32", "encoder.num_tokens=16")
+    eager_model, eager_logs, _ = train_steps("daps", None, "cuda", steps=8, batch=32, overrides=wider)
+    again, _, _ = train_steps("daps", None, "cuda", steps=8, batch=32, overrides=wider)
+    model, logs, step_fn = train_steps("daps", GraphedStep, "cuda", steps=8, batch=32, overrides=wider, compile=True)
+    assert step_fn is not None and step_fn.graph is not None  # the last steps were replays
+    spread = max(float((p - q).detach().abs().max()) for p, q in zip(eager_model.parameters(), again.parameters()))
+    for p, q in zip(eager_model.parameters(), model.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-3, atol=max(1e-2, 3 * spread))
+    for i, (eager, replayed) in enumerate(zip(eager_logs, logs)):
+        for key in eager:
+            if key in ("beta", "lr") or i == 0:
+                assert replayed[key] == pytest.approx(eager[key], rel=1e-3, abs=1e-3), (i, key)
+            assert math.isfinite(replayed[key]), (i, key)
+
+
+@pytest.mark.usefixtures("offline", "no_plots")
+def test_tf32_changes_the_products_of_the_training_step_only(tmp_path, tiny_overrides):
+    """``train.tf32``: inside :func:`daps.precision.float32_kernels` a float32 matmul on this GPU rounds as TF32
+    does (~1e-3 relative, against float64), outside as float32 (< 1e-5); a ``daps train`` run with it, graphed and
+    compiled, trains (finite, log p(x|z) near the float32 run's)."""
+    from daps.precision import float32_kernels
+
+    a, b = torch.randn(512, 512, device="cuda"), torch.randn(512, 512, device="cuda")
+    exact = (a.double() @ b.double()).float()
+    errors = {}
+    for tf32 in (True, False):
+        with float32_kernels(tf32):
+            errors[tf32] = float(((a @ b) - exact).abs().max() / exact.abs().max())
+    assert errors[False] < 1e-5 < 1e-4 < errors[True], errors
+    summaries = []
+    for extra in ([], ["train.tf32=true", "train.cuda_graph=true", "train.compile=true"]):
+        cfg = parse_overrides(get_preset("mnist"), [*tiny_overrides, "train.steps=8", *extra,
+                                                    f"train.out_dir={tmp_path / str(len(extra))}"])
+        summaries.append(json.loads((train(cfg, device="cuda") / "summary.json").read_text()))
+    for summary in summaries:
+        assert all(v == v for v in summary.values() if isinstance(v, float)), summary  # no NaN
+    assert summaries[1]["log_p"] == pytest.approx(summaries[0]["log_p"], abs=5.0)
+
+
 def test_sample_probs_on_cuda_never_draws_a_near_zero_token():
     """On CUDA, as on the CPU, none of 200,000 draws lands on one of 1,020 tokens of mass 1e-13 (a review feared
     that a parallel float32 scan would give them ulp-sized mass; on an H100 with torch 2.11 it drew none, 2026-12-06).

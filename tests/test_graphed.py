@@ -12,7 +12,6 @@ import torch
 from graph_steps import SMALL, EmulatedGraphedStep, train_steps
 
 from daps import get_preset, parse_overrides
-from daps.errors import UserError
 from daps.graphed import Trace, trace_step
 from daps.methods import METHODS, build_method
 from daps.optim import Optimizers
@@ -183,9 +182,17 @@ def test_capturable_optimizers_step_as_the_plain_batched_ones():
     assert isinstance(plain.optimizers["vae"].param_groups[0]["lr"], float)
 
 
-def test_cuda_graph_is_refused_with_compile():
-    with pytest.raises(UserError, match="exclude each other"):
-        parse_overrides(get_preset("mnist"), ["train.cuda_graph=true", "train.compile=true"])
+def test_cuda_graph_with_compile_records_the_compiled_kernels_without_inductors_own_graphs():
+    """Both settings are accepted together; the step is then compiled in inductor's default mode (its own CUDA
+    graphs would sit inside the one graph of the whole step), while ``train.compile`` alone uses them on CUDA. The
+    CUDA run itself is tests/test_gpu.py's."""
+    from daps.train import compile_mode
+
+    parse_overrides(get_preset("mnist"), ["train.cuda_graph=true", "train.compile=true"])
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert compile_mode(cuda, cuda_graph=True) is None
+    assert compile_mode(cuda, cuda_graph=False) == "reduce-overhead"
+    assert compile_mode(cpu, cuda_graph=False) is None
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")

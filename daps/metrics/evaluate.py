@@ -17,6 +17,7 @@ from daps.errors import UserError
 from daps.methods.types import Method
 from daps.metrics.codes import code_perplexity, codebook_utilization, position_code_entropy
 from daps.metrics.image import l2_distance, mse_per_image, psnr_per_image, ssim_per_image
+from daps.precision import float32_kernels
 from daps.progress import progress_bar
 
 log = logging.getLogger(__name__)
@@ -101,6 +102,7 @@ def check_reference_matches(reference: str | Path, meta: dict, data: Any) -> Non
 
 
 @torch.no_grad()
+@float32_kernels(tf32=False)  # validation in full float32 on CUDA, whatever the training step used
 def evaluate(
     model: Method,
     images: EvalSet,
