@@ -1,7 +1,7 @@
 """The GPU check: one command that measures, on a CUDA machine and inside a time budget, everything the project
 can only learn there, and writes one report.
 
-    python benchmarks/gpu_check.py --out DIR [--budget 540] [--data DIR] [--smoke]
+    python benchmarks/gpu_check.py --out DIR [--budget 540] [--data DIR] [--skip PATTERNS] [--smoke]
 
 GPU time is short and rare (minutes at a time, see BENCHMARKS.md), so this is the first thing to run whenever a
 GPU is lent, in one call. Sections run in order of value, each in its own process with a time limit taken from
@@ -14,11 +14,15 @@ cut short still leaves a report. The sections:
    recorded once and replayed trains as the eager step (DAPS, VQ-VAE, Gumbel, PPO), and a graphed run stopped
    and resumed ends where the uninterrupted one does. ``gpu-tests``: the other CUDA-only tests: the compiled
    sampler under CUDA graphs gives the eager codes and is not skipped by inductor, a compiled bf16 run trains,
-   the fused optimizer step on CUDA.
+   the fused optimizer step on CUDA, the compiled kernels recorded as one graph train as the eager step,
+   ``train.tf32`` rounds products as TF32 and trains. ``repeatability``: ``benchmarks/graph_repeatability.py``,
+   which operation keeps the eager DAPS step with K > 1 from repeating bit for bit.
 3. ``graph-<preset>``: ``benchmarks/step_variants.py --device cuda`` at mnist, cifar10 and lafan1-h1: DAPS and
-   VQ-VAE eager and with ``train.cuda_graph=true`` (and DAPS graphed under bf16 at the image presets), in
-   interleaved rounds in one process, with each variant's speed relative to the eager DAPS step of the same
-   round; at imagenet256 DAPS eager and graphed only, in shorter rounds.
+   VQ-VAE eager and with ``train.cuda_graph=true`` (DAPS also with ``train.tf32=true``, and under bf16 at the image
+   presets), in interleaved rounds in one process, with each variant's speed relative to the eager DAPS step of
+   the same round; at imagenet256 DAPS eager, graphed and graphed TF32, in shorter rounds.
+   ``graphed-compiled-<preset>`` (mnist, cifar10): the same with ``train.compile=true`` as well (the compiled
+   kernels recorded into the one graph), with and without TF32, in a section of its own.
 4. ``resample-m2``, ``resample-m1``: DAPS with resampled weighted maximum likelihood (``daps.resample``) at mnist
    and cifar10, next to the full-K DAPS rows of the suites below.
 5. ``optimizer-step``: ``benchmarks/optimizer_step.py``: the batched optimizer step (fused AdamW, stacked
@@ -36,13 +40,16 @@ cut short still leaves a report. The sections:
    back in). Its speed and validation rows go into the report. It runs with ``train.cuda_graph=true`` when
    ``graph-tests`` passed (the setting may change between resumes), eagerly otherwise.
 
-``--smoke`` runs the same sections at toy sizes on whatever device there is (CPU here), to check the script
-itself. Bad arguments print one line and exit with code 2.
+``--skip`` leaves out sections by name or pattern (``fnmatch``), e.g. those measured already on this kind of GPU, so
+that a short call reaches the rest (``scripts/gpu_prepare.sh`` prints the list in use); skipping ``graph-tests``
+runs the reproduction eagerly. ``--smoke`` runs the same sections at toy sizes on whatever device there is (CPU
+here), to check the script itself. Bad arguments print one line and exit with code 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import os
 import re
@@ -87,8 +94,8 @@ def _kill_group(proc: subprocess.Popen) -> None:
 class Check:
     """The report being built: one entry per section, rewritten to disk after each."""
 
-    def __init__(self, out: Path, budget: float, smoke: bool):
-        self.out, self.smoke = out, smoke
+    def __init__(self, out: Path, budget: float, smoke: bool, skip: tuple[str, ...] = ()):
+        self.out, self.smoke, self.skip = out, smoke, skip
         self.deadline = time.monotonic() + budget
         self.sections: list[dict] = []
         self.started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
@@ -103,6 +110,9 @@ class Check:
         later sections); log its output to ``logs/<name>.log``; record and return the section's entry."""
         limit = min(cap, self.left() - keep)
         entry: dict = {"name": name, "command": shlex.join(command), "limit_s": round(limit, 1)}
+        if any(fnmatch.fnmatchcase(name, pattern) for pattern in self.skip):
+            entry["status"] = "skipped (--skip)"
+            return self._record(entry)
         if limit < 5:
             entry["status"] = "skipped (no time left)"
             return self._record(entry)
@@ -193,7 +203,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget", type=float, default=540, help="seconds for all sections together")
     parser.add_argument("--data", default=os.environ.get("DAPS_DATA_DIR", ""), help="folder with mnist/")
     parser.add_argument("--smoke", action="store_true", help="toy sizes on any device: checks this script")
+    parser.add_argument("--skip", default="", help="sections not to run: comma-separated names or patterns "
+                        "(e.g. 'suite-*,optimizer-step', those measured already; env and mnist-daps always run)")
     args = parser.parse_args(argv)
+    skip = tuple(p.strip() for p in args.skip.split(",") if p.strip())
+    kept = [p for p in skip if any(fnmatch.fnmatchcase(name, p) for name in ("env", "nvidia-smi", "mnist-daps"))]
+    if kept:
+        print(f"gpu_check.py: error: --skip {kept[0]!r} names a section that always runs", file=sys.stderr)
+        return 2
     if args.budget < 30:
         print("gpu_check.py: error: --budget must be at least 30 seconds", file=sys.stderr)
         return 2
@@ -204,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
             print("gpu_check.py: error: no CUDA device here (use --smoke to check the script on CPU)", file=sys.stderr)
             return 2
     out = Path(args.out)
-    check = Check(out, args.budget, args.smoke)
+    check = Check(out, args.budget, args.smoke, skip)
     py = sys.executable
     device = "cpu" if args.smoke else "cuda"
     res = out / "results"
@@ -234,7 +251,14 @@ def main(argv: list[str] | None = None) -> int:
     if not args.smoke:
         graphs_work = check.run("graph-tests", [*gpu_tests, "-k", GRAPH_TESTS], 150, keep=keep_for_mnist)["status"] \
             == "ok"
-        check.run("gpu-tests", [*gpu_tests, "-k", f"not ({GRAPH_TESTS})"], 100, keep=keep_for_mnist)
+        check.run("gpu-tests", [*gpu_tests, "-k", f"not ({GRAPH_TESTS})"], 200, keep=keep_for_mnist)
+        # which operation keeps the eager DAPS step with K > 1 from repeating bit for bit (deterministic algorithms
+        # name it), and whether the graphed run is as far from the eager one as two eager runs are
+        name = "repeatability"
+        cmd = [py, "benchmarks/graph_repeatability.py", "--out", str(res / f"{name}.md"), "--overwrite"]
+        e = check.run(name, cmd, 90, keep=keep_for_mnist)
+        e["table"] = read_table(res / f"{name}.md")
+        check.write()
 
     def suite(name: str, preset: str, cap: float, extra: list[str], env: dict | None = None) -> None:
         e = check.run(name, [*bench, "--presets", preset, "--name", name, *extra, *size], cap, env=env,
@@ -242,19 +266,28 @@ def main(argv: list[str] | None = None) -> int:
         e["table"] = read_table(res / f"{name}.md")
         check.write()
 
+    def variants(name: str, preset: str, names: str, rounds: list[str], cap: float) -> None:
+        cmd = [py, "benchmarks/step_variants.py", "--device", "cuda", "--preset", preset, "--variants", names,
+               *rounds, "--out", str(res / f"{name}.json"), "--overwrite"]
+        e = check.run(name, cmd, cap, keep=keep_for_mnist)
+        e["table"] = read_table(res / f"{name}.md")
+        check.write()
+
     short = ["--windows", "2", "--steps-per-window", "2", "--warmup", "1"]
     if not args.smoke:  # the whole step as one CUDA graph, against the eager step in interleaved rounds
-        for preset in ("mnist", "cifar10", "lafan1-h1", "imagenet256"):
-            name = f"graph-{preset}"
-            variants = "eager,graphed,vqvae,vqvae-graphed" + (",graphed-bf16" if preset in ("mnist", "cifar10") else "")
-            rounds = ["--rounds", "3", "--steps-per-window", "10", "--warmup", "3"]
-            if preset == "imagenet256":  # T = 1,024: seconds per eager DAPS step; the DAPS target there is 2 steps/s
-                variants, rounds = "eager,graphed", ["--rounds", "2", "--steps-per-window", "2", "--warmup", "1"]
-            cmd = [py, "benchmarks/step_variants.py", "--device", "cuda", "--preset", preset, "--variants", variants,
-                   *rounds, "--out", str(res / f"{name}.json"), "--overwrite"]
-            e = check.run(name, cmd, 90 if preset == "imagenet256" else 70, keep=keep_for_mnist)
-            e["table"] = read_table(res / f"{name}.md")
-            check.write()
+        rounds = ["--rounds", "3", "--steps-per-window", "10", "--warmup", "3"]
+        for preset in ("mnist", "cifar10", "lafan1-h1"):
+            names = "eager,graphed,graphed-tf32,vqvae,vqvae-graphed" + (
+                ",graphed-bf16" if preset in ("mnist", "cifar10") else "")
+            variants(f"graph-{preset}", preset, names, rounds, 70)
+        # T = 1,024: seconds per eager DAPS step; the DAPS target there is 2 steps/s
+        variants("graph-imagenet256", "imagenet256", "eager,graphed,graphed-tf32",
+                 ["--rounds", "2", "--steps-per-window", "2", "--warmup", "1"], 100)
+        # the compiled (fused) kernels recorded into the one graph; a section of their own, so that a recording
+        # that fails costs only these numbers (compilation takes most of the time)
+        for preset in ("mnist", "cifar10"):
+            variants(f"graphed-compiled-{preset}", preset, "eager,graphed,graphed-compiled,graphed-compiled-tf32",
+                     rounds, 150)
     for m in (2, 1):  # resampled weighted maximum likelihood (daps.resample=m), against the full-K rows below
         suite(f"resample-m{m}", ",".join(presets[:2]), 60, ["--methods", "daps", *steps, f"daps.resample={m}"])
     name = "optimizer-step"  # not at imagenet256: its DAPS step under a dispatch-counting mode takes too long

@@ -217,6 +217,24 @@ def test_gpu_check_section_that_cannot_start_fails_alone(tmp_path):
     assert [s["name"] for s in report["sections"]] == ["missing", "next"]
 
 
+def test_gpu_check_skips_the_sections_named_and_refuses_to_skip_the_ones_that_always_run(tmp_path, capsys):
+    """``--skip suite-*,optimizer-step``: those sections are recorded as skipped without running (their command
+    would fail here), the others run; ``env`` and ``mnist-daps`` cannot be skipped (exit 2, nothing written)."""
+    import sys
+
+    gpu_check = _load_script("gpu_check", SCRIPT.parent / "gpu_check.py")
+    run = gpu_check.Check(tmp_path, budget=60, smoke=True, skip=("suite-*", "optimizer-step"))
+    failing = [sys.executable, "-c", "raise SystemExit(1)"]
+    assert run.run("suite-mnist", failing, 10)["status"] == "skipped (--skip)"
+    assert run.run("optimizer-step", failing, 10)["status"] == "skipped (--skip)"
+    assert run.run("graph-mnist", failing, 10)["status"] == "failed (exit 1)"
+    assert not (tmp_path / "logs" / "suite-mnist.log").exists()
+    for name in ("env", "mnist-*"):
+        assert gpu_check.main(["--out", str(tmp_path / "refused"), "--smoke", "--skip", name]) == 2
+        assert "names a section that always runs" in capsys.readouterr().err
+    assert not (tmp_path / "refused").exists()
+
+
 def test_gpu_check_reads_the_mnist_run_that_its_time_limit_cut_off(tmp_path):
     """The MNIST reproduction is the section the check stops at its time limit, so its ``metrics.jsonl`` may end in
     half a line: the summary reads the rows before it instead of ending the report in a traceback."""
