@@ -20,9 +20,14 @@ from daps.robot.tracker import (
     RunningNorm,
     TrackerConfig,
     TrackingEnvs,
+    advantages_and_returns,
+    clipped_step,
     end_points,
     gae,
     load_tracker,
+    next_step_size,
+    ppo_loss,
+    tracking_errors,
     train_tracker,
 )
 
@@ -53,6 +58,60 @@ def test_gae_with_lambda_one_is_the_discounted_return_minus_the_value():
     # lambda = 0: one-step residuals
     adv0 = gae(r, v, nv, term, fin, g, 0.0)
     torch.testing.assert_close(adv0, r + g * nv * (~term) - v)
+
+
+def test_returns_are_the_bootstrapped_discounted_rewards_and_advantages_their_normalized_excess():
+    """With lambda = 1 and no episode end the value targets are the discounted rewards plus the discounted value
+    after the last step (by hand); the policy's advantages are those targets minus the values, normalized over the
+    rollout (so a negated or unnormalized advantage, or a target without the value, shows)."""
+    gamma = 0.9
+    rewards = torch.tensor([[1.0, 0.0], [0.5, 2.0], [-1.0, 1.0]])  # (H, N)
+    values = torch.tensor([[0.2, -0.4], [1.0, 0.3], [0.0, 0.7]])
+    next_values = torch.cat([values[1:], torch.tensor([[2.0, -1.0]])])
+    never = torch.zeros(3, 2, dtype=torch.bool)
+    adv, ret = advantages_and_returns(rewards, values, next_values, never, never, gamma, lam=1.0)
+    expected = torch.stack([
+        sum(gamma**k * rewards[h + k] for k in range(3 - h)) + gamma ** (3 - h) * torch.tensor([2.0, -1.0])
+        for h in range(3)
+    ])
+    torch.testing.assert_close(ret, expected.flatten())
+    excess = (expected - values).flatten()
+    torch.testing.assert_close(adv, (excess - excess.mean()) / excess.std(), rtol=1e-5, atol=1e-6)
+
+
+def test_ppo_loss_known_answer_and_where_its_gradient_vanishes():
+    """Ratios 1, e^0.5 and e^-0.5 with advantages 1, 1, -1 and clip 0.2: surrogate -(1 + 1.2 - 0.8)/3, value term
+    0.5 * mean(1, 4, 9); the gradient pushes the unclipped action's log-probability up (-1/3) and is zero for the
+    two whose ratio is clipped in the direction of their advantage."""
+    log_prob = torch.tensor([0.0, 0.5, -0.5], requires_grad=True)
+    loss, ratio = ppo_loss(log_prob, torch.zeros(3), torch.tensor([1.0, 1.0, -1.0]), torch.tensor([1.0, 2.0, 3.0]),
+                           torch.zeros(3), clip=0.2, value_coef=0.5)
+    assert float(loss.detach()) == pytest.approx(-(1 + 1.2 - 0.8) / 3 + 0.5 * 14 / 3, rel=1e-6)
+    torch.testing.assert_close(ratio.detach(), torch.tensor([0.0, 0.5, -0.5]).exp())
+    loss.backward()
+    torch.testing.assert_close(log_prob.grad, torch.tensor([-1 / 3, 0.0, 0.0]))
+
+
+def test_the_step_size_follows_the_kl_of_the_last_update_and_the_update_is_clipped():
+    assert next_step_size(3e-4, kl=0.05, target_kl=0.01) == pytest.approx(2e-4)  # moved too far: smaller
+    assert next_step_size(3e-4, kl=0.001, target_kl=0.01) == pytest.approx(4.5e-4)  # barely moved: larger
+    assert next_step_size(3e-4, kl=0.01, target_kl=0.01) == 3e-4
+    assert next_step_size(3e-4, kl=1.0, target_kl=0.0) == 3e-4  # no target: fixed
+    assert next_step_size(1e-2, kl=0.0, target_kl=0.01) == 1e-2 and next_step_size(1e-6, 1.0, 0.01) == 1e-6
+    model = torch.nn.Linear(3, 2)
+    before = [p.detach().clone() for p in model.parameters()]
+    loss = 1e6 * sum(p.sum() for p in model.parameters())  # a gradient of norm ~2e6
+    clipped_step(model, torch.optim.SGD(model.parameters(), lr=1.0), loss, max_norm=0.5)
+    moved = torch.cat([(p.detach() - b).flatten() for p, b in zip(model.parameters(), before)])
+    assert float(moved.norm()) == pytest.approx(0.5, rel=1e-4)
+
+
+def test_tracking_errors_are_in_degrees_and_millimetres():
+    joints, ends = np.zeros(19), np.zeros((4, 3))
+    offset_ends = ends.copy()
+    offset_ends[0, 0], offset_ends[1] = 0.01, [0.0, 0.03, 0.04]  # 1 cm and 5 cm
+    joint_deg, end_mm = tracking_errors(joints + 0.1, joints, offset_ends, ends)
+    assert joint_deg == pytest.approx(np.degrees(0.1)) and end_mm == pytest.approx((10 + 50) / 4)
 
 
 def test_running_statistics_are_those_of_all_batches_seen():
@@ -173,6 +232,7 @@ def test_an_episode_ends_when_the_pelvis_leaves_the_reference_and_observations_a
     # the phase and codes of the target frame (41: the second window), not of the frame the robot is in
     assert np.array_equal(proprio[0, :19], refs.poses[0][40][7:26]) and phase[0, 0] == 9 / 32
     assert np.array_equal(proprio[0, 19:38], refs.qvel[0][40][6:25]) and np.array_equal(codes[0], refs.codes[0][1])
+    assert np.array_equal(proprio[0, 38:41], d.qvel[3:6])  # the pelvis's angular velocity, in its own frame
     np.testing.assert_allclose(proprio[0, 41:44], rot.T @ [0, 0, -1.0])
     assert np.array_equal(privileged[0, :19], refs.poses[0][41][7:26]) and np.all(privileged[0, 19:22] == 0)
     np.testing.assert_allclose(privileged[0, 22:25], rot.T @ refs.qvel[0][40][:3])  # the pelvis's own frame
@@ -214,6 +274,41 @@ def test_the_pelvis_orientation_and_angular_velocity_count_as_deepmimic_root_ter
     expect = 0.65 * np.exp(-2 * theta**2) + 0.1 * np.exp(-0.1 * delta**2) + 0.25
     for t in range(5):
         action = (refs.poses[0][t + 1][7:26] - turned[t + 1][7:26]) / cfg.action_scale
+        reward, terminated, _, _ = follower.step(action[None])
+        assert reward[0] == pytest.approx(expect, abs=1e-6), t
+        assert not terminated[0]
+
+
+@needs_data
+def test_the_pelvis_height_and_the_end_points_count_with_their_deepmimic_scales(h1_and_clip):
+    """Following a recording of itself exactly, against a reference whose pelvis is h higher and whose first end
+    point is d further forward (from frame 1 on): the end-point term becomes exp(-40 d^2), the root term
+    exp(-10 h^2), the others stay 1. A term of the wrong sign, or a root error blind to height, shows. The
+    simulation's end points are those :func:`end_points` gives for the same poses."""
+    h1, refs = h1_and_clip
+    cfg = _cfg(action_scale=50.0)
+    first = TrackingEnvs(h1, refs, 1, cfg, FPS, np.random.default_rng(0))
+    for frame in (0, 17, 40):  # the end points of the simulation in a reference pose, against the independent ones
+        first.reset(0, 0, frame)
+        np.testing.assert_allclose(first._ends(first.data[0]), refs.ends[0][frame], atol=1e-9)
+    first.reset(0, 0, 0)
+    poses, qvel, ends = [refs.poses[0][0].copy()], [refs.qvel[0][0].copy()], [refs.ends[0][0].copy()]
+    for _ in range(6):
+        first.step(np.zeros((1, 19)))
+        d = first.data[0]
+        poses.append(d.qpos[:26].copy())
+        qvel.append(d.qvel[:25].copy())
+        ends.append(first._ends(d))
+    h, dist = 0.2, 0.1
+    higher, moved = np.array(poses), np.array(ends)
+    higher[1:, 2] += h
+    moved[1:, 0, 0] += dist
+    reference = References(["rec"], [higher], [np.array(qvel)], [moved], [refs.codes[0]], 32)
+    follower = TrackingEnvs(h1, reference, 1, cfg, FPS, np.random.default_rng(0))
+    follower.reset(0, 0, 0)
+    expect = 0.65 + 0.1 + 0.15 * np.exp(-40 * dist**2) + 0.1 * np.exp(-10 * h**2)
+    for t in range(5):
+        action = (refs.poses[0][t + 1][7:26] - higher[t + 1][7:26]) / cfg.action_scale
         reward, terminated, _, _ = follower.step(action[None])
         assert reward[0] == pytest.approx(expect, abs=1e-6), t
         assert not terminated[0]

@@ -187,8 +187,7 @@ def track(h1: H1, poses: np.ndarray, fps: float, support: bool = True, substeps:
                 force = g["kp_pos"] * (q_ref[:3] - q[:3]) + g["kd_pos"] * (v_ref[:3] - v[:3])
                 err = _rotvec(quat_mul(q_ref[3:7], quat_conj(q[3:7].copy())))
                 torque = g["kp_rot"] * err + g["kd_rot"] * (rot_ref @ v_ref[3:6] - rot @ v[3:6])
-                data.xfrc_applied[pelvis, :3] = force  # MuJoCo applies it at the body's centre of mass:
-                data.xfrc_applied[pelvis, 3:] = torque + np.cross(data.xpos[pelvis] - data.xipos[pelvis], force)
+                data.xfrc_applied[pelvis] = wrench_at_com(force, torque, data.xpos[pelvis], data.xipos[pelvis])
                 forces[t + 1] += force / steps_per_frame
                 torques[t + 1] += torque / steps_per_frame
             mujoco.mj_step(model, data)
@@ -196,6 +195,13 @@ def track(h1: H1, poses: np.ndarray, fps: float, support: bool = True, substeps:
     forces[0], torques[0] = forces[1], torques[1]  # frame 0 is the start state: it reports frame 1's support
     error = np.linalg.norm(out_q[:, :3] - poses[:, :3], axis=1)
     return TrackResult(out_q, forces, torques, weight, (len(poses) - 1) * steps_per_frame, error)
+
+
+def wrench_at_com(force: np.ndarray, torque: np.ndarray, point: np.ndarray, com: np.ndarray) -> np.ndarray:
+    """``force`` applied at ``point`` together with ``torque`` (world frame), as MuJoCo's ``xfrc_applied`` row
+    ``(6,)``, which acts at the body's centre of mass ``com``: the same force, and the torque plus the force's
+    moment about the centre of mass, ``(point - com) x force``."""
+    return np.concatenate([force, torque + np.cross(point - com, force)])
 
 
 def fall_time(h1: H1, poses: np.ndarray, fps: float, drop: float = 0.25) -> float:

@@ -60,6 +60,7 @@ from daps.checkpoint import (
 )
 from daps.data.paths import NPZ_ERRORS
 from daps.errors import UserError
+from daps.functional import ppo_clipped_loss
 from daps.motion.h1 import SCENE_FILE
 from daps.provenance import JOBS_FILE, record_job
 from daps.runfolder import (
@@ -546,6 +547,44 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, next_values: torch.Tensor, 
     return adv
 
 
+def advantages_and_returns(rewards: torch.Tensor, values: torch.Tensor, next_values: torch.Tensor,
+                           terminated: torch.Tensor, finished: torch.Tensor, gamma: float, lam: float
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flat ``(H*N,)`` advantages normalized over the rollout (mean 0, std 1: the policy's weights) and the value
+    targets, the λ-returns ``gae + values`` (not normalized)."""
+    adv = gae(rewards, values, next_values, terminated, finished, gamma, lam)
+    flat = adv.flatten()
+    return (flat - flat.mean()) / (flat.std() + 1e-8), (adv + values).flatten()
+
+
+def ppo_loss(log_prob: torch.Tensor, old_log_prob: torch.Tensor, advantages: torch.Tensor, value: torch.Tensor,
+             returns: torch.Tensor, clip: float, value_coef: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """One minibatch's loss: PPO's clipped surrogate of the actions' log-probabilities
+    (:func:`daps.functional.ppo_clipped_loss`) plus ``value_coef`` times the value's squared error to the returns,
+    both averaged; and the ratios new / old (for the clip fraction)."""
+    log_ratio = log_prob - old_log_prob
+    surrogate = ppo_clipped_loss(log_ratio, advantages, clip).mean()
+    return surrogate + value_coef * (value - returns).pow(2).mean(), log_ratio.exp()
+
+
+def next_step_size(lr: float, kl: float, target_kl: float) -> float:
+    """The next update's learning rate from this update's KL(old || new): divided by 1.5 above twice the target,
+    multiplied by 1.5 below half of it, kept within [1e-6, 1e-2] (``target_kl`` 0: unchanged)."""
+    if target_kl > 0 and kl > 2 * target_kl:
+        return max(lr / 1.5, 1e-6)
+    if target_kl > 0 and kl < target_kl / 2:
+        return min(lr * 1.5, 1e-2)
+    return lr
+
+
+def clipped_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss: torch.Tensor, max_norm: float) -> None:
+    """Backward ``loss``, clip the gradient's global norm to ``max_norm``, step."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    optimizer.step()
+
+
 # --------------------------------------------------------------------------------------------------
 # Training
 
@@ -735,13 +774,11 @@ def ppo_update(model: Tracker, optimizer: torch.optim.Optimizer, envs: TrackingE
             terms.append(torch.from_numpy(terminated))
             fins.append(torch.from_numpy(finished))
             obs = _tensors(envs.observe()) if finished.any() else after
-    rew, val, nval = torch.stack(rewards), torch.stack(values), torch.stack(next_values)
-    adv = gae(rew, val, nval, torch.stack(terms), torch.stack(fins), cfg.gamma, cfg.lam)
-    ret = adv + val
+    rew = torch.stack(rewards)
+    adv_f, ret_f = advantages_and_returns(rew, torch.stack(values), torch.stack(next_values), torch.stack(terms),
+                                          torch.stack(fins), cfg.gamma, cfg.lam)
     flat = [torch.cat([o[k] for o in obs_buf]) for k in range(4)]
     act, old_logp = torch.cat(actions), torch.cat(logps)
-    adv_f, ret_f = adv.flatten(), ret.flatten()
-    adv_f = (adv_f - adv_f.mean()) / (adv_f.std() + 1e-8)
     model.train()
     total = n * horizon
     clipped, losses = [], []
@@ -750,26 +787,17 @@ def ppo_update(model: Tracker, optimizer: torch.optim.Optimizer, envs: TrackingE
         for s in range(0, total, cfg.minibatch):
             idx = order[s:s + cfg.minibatch]
             dist, value = model(*(x[idx] for x in flat))
-            logp = dist.log_prob(act[idx]).sum(-1)
-            ratio = (logp - old_logp[idx]).exp()
-            surrogate = torch.min(ratio * adv_f[idx], ratio.clamp(1 - cfg.clip, 1 + cfg.clip) * adv_f[idx])
-            loss = -surrogate.mean() + cfg.value_coef * (value - ret_f[idx]).pow(2).mean()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
+            loss, ratio = ppo_loss(dist.log_prob(act[idx]).sum(-1), old_logp[idx], adv_f[idx], value, ret_f[idx],
+                                   cfg.clip, cfg.value_coef)
+            clipped_step(model, optimizer, loss, cfg.grad_clip)
             with torch.no_grad():
                 clipped.append(float(((ratio - 1).abs() > cfg.clip).float().mean()))
                 losses.append(float(loss))
     with torch.no_grad():  # how far the update moved the policy, on the whole rollout: KL(old || new) estimated
         log_ratio = model(*flat)[0].log_prob(act).sum(-1) - old_logp
         kl = float((log_ratio.exp() - 1 - log_ratio).mean())
-    if cfg.target_kl > 0:  # the next update's step size
-        for group in optimizer.param_groups:
-            if kl > 2 * cfg.target_kl:
-                group["lr"] = max(group["lr"] / 1.5, 1e-6)
-            elif kl < cfg.target_kl / 2:
-                group["lr"] = min(group["lr"] * 1.5, 1e-2)
+    for group in optimizer.param_groups:  # the next update's step size
+        group["lr"] = next_step_size(group["lr"], kl, cfg.target_kl)
     # The input statistics take in this rollout only now: updated before the epochs, they would change the policy
     # that old_logp was computed under (ratios off 1 before any step, a clip fraction of half the batch).
     model.norm.update(torch.cat([flat[0], flat[3]], -1))
@@ -782,6 +810,14 @@ def ppo_update(model: Tracker, optimizer: torch.optim.Optimizer, envs: TrackingE
         "loss": float(np.mean(losses)), "approx_kl": kl, "clip_fraction": float(np.mean(clipped)),
         "action_std": float(model.log_std.detach().exp().mean()), "lr": float(optimizer.param_groups[0]["lr"]),
     }
+
+
+def tracking_errors(joints: np.ndarray, ref_joints: np.ndarray, ends: np.ndarray, ref_ends: np.ndarray
+                    ) -> tuple[float, float]:
+    """One frame's mean absolute joint angle error in degrees (joint angles in radians, ``(19,)``) and mean
+    toe/hand position error in millimetres (positions relative to the pelvis in metres, ``(4, 3)``)."""
+    return (float(np.degrees(np.abs(joints - ref_joints)).mean()),
+            float(np.linalg.norm(ends - ref_ends, axis=-1).mean()) * 1000)
 
 
 @torch.no_grad()
@@ -818,9 +854,8 @@ def evaluate_tracker(model: Tracker | None, h1: Any, refs: References, cfg: Trac
         _, terminated, truncated, _ = envs.step(action, active=alive)
         for k in np.flatnonzero(alive):
             d, ref, ends = envs.data[k], refs.poses[envs.clip[k]][envs.frame[k]], refs.ends[envs.clip[k]][envs.frame[k]]
-            joint_err += float(np.degrees(np.abs(d.qpos[7:26] - ref[7:26])).mean())
-            end_err += float(np.linalg.norm(envs._ends(d) - ends, axis=-1).mean()) * 1000
-            count += 1
+            joint, end = tracking_errors(d.qpos[7:26], ref[7:26], envs._ends(d), ends)
+            joint_err, end_err, count = joint_err + joint, end_err + end, count + 1
             survived[k] += 1.0 / fps
             if terminated[k] or truncated[k]:
                 alive[k] = False
