@@ -88,6 +88,9 @@ def test_gradients_match_the_paper_update():
     log_eta0, h = model.log_eta.item(), 1e-4
     out = model(x, step, generator=torch.Generator().manual_seed(1))
     assert out.logs["eta_loss"].item() == pytest.approx(eta_loss_ref(log_eta0), rel=1e-3, abs=1e-4)
+    # the logged ESS: a fraction of K (paper Eq. 8 over K), averaged over the batch
+    ess_ref = float((1 / torch.softmax(a / (math.exp(log_eta0) + beta), dim=0).square().sum(0)).mean() / k)
+    assert out.logs["ess"].item() == pytest.approx(ess_ref, rel=1e-4)
     eta_fd = (eta_loss_ref(log_eta0 + h) - eta_loss_ref(log_eta0 - h)) / (2 * h)
     assert abs(eta_fd) > 1e-2  # the ESS loss really depends on eta here
     assert total["log_eta"].item() == pytest.approx(eta_fd, rel=1e-3, abs=1e-5)
@@ -100,6 +103,19 @@ def test_gradients_match_the_paper_update():
         other = decoder_ref[name] if name.startswith("encoder.") else encoder_ref[name]
         assert g is not None and expected is not None and other is None, name
         torch.testing.assert_close(g, expected, atol=1e-5, rtol=1e-3, msg=name)
+
+
+def test_with_the_originals_token0_masks_the_weights_use_the_teacher_forced_log_q():
+    """``encoder.mask_token0=true``: the teacher-forced log q (the original's, code 0 treated as padding) differs from
+    the sampling pass's, and it is the one the importance weights (and the logged log q) use, as in the original."""
+    model, cfg = tiny_daps("encoder.mask_token0=true")
+    x, k = batch(), cfg.daps.num_samples
+    out = model(x, 0, generator=torch.Generator().manual_seed(1))
+    samples = model.encoder.sample(x, k, torch.Generator().manual_seed(1))  # the codes the forward drew
+    assert (samples.indices == 0).any()
+    teacher_forced = model.encoder.log_prob(x, samples.indices).sum(-1).mean().item()
+    assert abs(teacher_forced - samples.log_q.mean().item()) > 1e-3  # 5.6e-3 here
+    assert out.logs["log_q"].item() == pytest.approx(teacher_forced, rel=1e-6)
 
 
 def test_same_seed_same_result_and_beta_schedule():

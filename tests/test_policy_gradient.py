@@ -142,6 +142,39 @@ def test_reinforce_gradient_is_unbiased_against_enumeration():
     assert (draws.mean(0) - exact).norm() < 0.05 * exact.norm()
 
 
+def test_reinforce_baseline_is_taken_over_each_inputs_own_samples():
+    """beta = 0 and a likelihood of the input alone: an input's K rewards are equal, so its leave-one-out advantages
+    are 0 (up to rounding) and the encoder gets no gradient, though the inputs' rewards differ by tens of nats. A
+    baseline taken across the batch (the other inputs' rewards) would push the encoder by those differences."""
+    model, _ = tiny("reinforce", "reinforce.beta.kind=constant", "reinforce.beta.init=0.0")
+    x = batch(8)
+    model.likelihood.log_prob = lambda params, x: 0 * params.flatten(2).sum(-1) + 10 * x.flatten(1).sum(-1)
+    assert (10 * x.flatten(1).sum(-1)).std() > 10  # the inputs' rewards differ
+    model(x, step=0, generator=gen(0)).loss.backward()
+    grad = torch.cat([p.grad.flatten() for p in model.encoder.parameters() if p.grad is not None])
+    assert grad.abs().max() < 1e-3, grad.abs().max()
+
+
+def test_ppo_adapts_its_kl_weight_on_the_batch_mean_kl():
+    """The KL weight moves by the batch mean of KL(old || new) (the peer function, fed the logged mean): with the
+    target set to that mean it stays put, where the batch sum (8 times larger) would tighten it."""
+    model, cfg = tiny("ppo")
+    x = batch(8)
+    with torch.no_grad():
+        model.encoder.head.bias[0] += 1.0  # a policy change since the last step
+    model.eval()  # measures the KL this step will see, changing nothing
+    measured = model(x, step=1, generator=gen(1)).logs["kl_old_new"].item()
+    assert measured > 0
+    model.train()
+    model.cfg.kl_target = measured
+    out = model(x, step=1, generator=gen(1))
+    assert out.logs["kl_old_new"].item() == pytest.approx(measured)
+    c = model.cfg
+    expected = DF.adaptive_kl_coefficient(out.logs["kl_coeff"], out.logs["kl_old_new"], c.kl_target, c.kl_scale,
+                                          c.kl_gain, c.min_kl_coeff, c.max_kl_coeff)
+    assert model.kl_coeff.item() == pytest.approx(float(expected)) == pytest.approx(out.logs["kl_coeff"].item())
+
+
 def test_reinforce_logs_and_constant_beta():
     model, _ = tiny("reinforce", "reinforce.beta.kind=constant", "reinforce.beta.init=0.3")
     assert model.final_beta == pytest.approx(0.3)
