@@ -944,6 +944,42 @@ def test_the_masked_nll_bound_of_the_exact_posterior_is_the_data_entropy(monkeyp
     assert "nll_bound_bits_per_token" not in evaluate_prior(uniform, codes[:500], torch.zeros(500, dtype=torch.long))
 
 
+def test_the_uniform_sources_training_loss_is_no_bound_on_the_entropy(monkeypatch):
+    """docs/priors.md: ``dfm_loss`` is not comparable with a likelihood. With the uniform source and the exact
+    posterior of a sticky two-state Markov chain over 8 tokens it comes out above the codes' entropy (with the mask
+    source, below it: the test above)."""
+    from daps.prior.run import evaluate_prior
+
+    t_len = 8
+    seqs = torch.tensor(list(itertools.product(range(2), repeat=t_len)))  # (256, 8)
+    stays = (seqs[:, 1:] == seqs[:, :-1]).sum(-1)
+    pi = 0.5 * 0.95**stays * 0.05 ** (t_len - 1 - stays)
+    entropy = float(-(pi * pi.log()).sum()) / t_len / math.log(2)  # 0.376 bits per token
+    model = DFMPrior(t_len, 2, 1, width=8, num_layers=1, num_heads=1, source="uniform")
+    monkeypatch.setattr(model, "forward", lambda xt, t, labels: _joint_posterior(pi, seqs, xt, t, "uniform"))
+    codes = seqs[torch.multinomial(pi, 4000, replacement=True, generator=torch.Generator().manual_seed(0))]
+    loss_bits = evaluate_prior(model, codes, torch.zeros(4000, dtype=torch.long))["dfm_loss"] / math.log(2)
+    assert loss_bits > 1.2 * entropy, (loss_bits, entropy)  # 0.50 against 0.38 bits
+
+
+@pytest.mark.parametrize("t_len, codes_n, rel", [(16, 4000, 0.03), (64, 8000, 0.06)])
+def test_the_masked_nll_bound_is_unbiased_where_the_integrand_sits_near_t_zero(monkeypatch, t_len, codes_n, rel):
+    """Codes of T equal tokens (4 equiprobable sequences: log2(4) / T bits per token): the bound's integrand is
+    (1 - t)^(T - 1) times a constant, a mass of width 1 / T at t = 0. Times drawn uniformly in each stratum estimate
+    it without bias (measured +0.2 % at T = 16, -3 % at T = 64); the midpoint rule at 8 fixed times read 0.86 and
+    0.14 of it."""
+    from daps.prior.run import evaluate_prior
+
+    v = 4
+    seqs = torch.arange(v)[:, None].repeat(1, t_len)
+    pi = torch.full((v,), 1 / v)
+    model = DFMPrior(t_len, v, 1, width=8, num_layers=1, num_heads=1, source="mask")
+    monkeypatch.setattr(model, "forward", lambda xt, t, labels: _joint_posterior(pi, seqs, xt, t, "mask"))
+    codes = seqs[torch.randint(0, v, (codes_n,), generator=torch.Generator().manual_seed(0))]
+    out = evaluate_prior(model, codes, torch.zeros(codes_n, dtype=torch.long))
+    assert out["nll_bound_bits_per_token"] == pytest.approx(math.log2(v) / t_len, rel=rel), out
+
+
 def test_dfm_prior_learns_a_synthetic_code_distribution(tmp_path, monkeypatch, single_thread):
     """A masked-source DFM prior trained end to end on codes of two known laws over 3 tokens of 3 symbols: its
     samples follow each class's law, and its held-out bound approaches the codes' true entropy (an untrained one is

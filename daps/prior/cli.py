@@ -267,7 +267,7 @@ def write_motion_video(tokenizer: Method, codes: torch.Tensor, video: Path, colu
 def _eval(args: argparse.Namespace) -> int:
     from daps.data import dataset_spec
     from daps.metrics.classifier import FAMILY, classifier_for
-    from daps.prior.run import EVAL_TIMES, evaluate_prior, load_prior, sampling_speed, trained_codes
+    from daps.prior.run import EVAL_STRATA, evaluate_prior, load_prior, sampling_speed, trained_codes
     from daps.prior.scores import Judge, score_prior
 
     if args.n < 2 or args.inception_fid < 0 or args.inception_fid == 1:
@@ -324,7 +324,8 @@ def _eval(args: argparse.Namespace) -> int:
         f"held-out codes: {'val_codes' if cfg.val_codes else f'{cfg.val_fraction:.0%} of the inputs of the codes file'}"
         f"; {args.n} samples, classes in turn, guidance {args.cfg}, seed {args.seed}"
         + (f"; {judge.protocol(args.n)}" if judge is not None else "; no classifier scores")
-        + (f"; dfm_loss: the training loss at {len(EVAL_TIMES)} times, not a likelihood" if cfg.kind == "dfm" else "")
+        + (f"; dfm_loss: the training loss at t ~ U[0, 1] ({EVAL_STRATA} strata per code), not a likelihood"
+           if cfg.kind == "dfm" else "")
         + ("; nll_bound: the masked-diffusion bound, estimated at the same times" if cfg.source == "mask"
            and cfg.kind == "dfm" else "")
     )

@@ -196,16 +196,24 @@ def split_codes(cfg: PriorConfig, codes: CodeSet) -> tuple[CodeSet, CodeSet]:
             CodeSet(codes.codes[val_idx], codes.labels[val_idx], codes.meta))
 
 
-EVAL_TIMES = tuple((i + 0.5) / 8 for i in range(8))
-"""The times t at which a ``dfm`` prior is evaluated on held-out codes (a midpoint rule over [0, 1])."""
+EVAL_STRATA = 8
+"""A ``dfm`` prior is evaluated on held-out codes at one time per code in each of these equal strata of [0, 1]."""
+
+
+def eval_times(num_codes: int, stratum: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    """One time per code, uniform within stratum ``stratum`` of :data:`EVAL_STRATA`: over the strata, stratified
+    Monte Carlo over t ~ U[0, 1] (unbiased for any integrand; a fixed midpoint rule is not, and misses a mass
+    near t = 0 by up to 86 % for the bound of 16 equal tokens)."""
+    u = torch.rand(num_codes, generator=generator, device=device)
+    return (stratum + u) / EVAL_STRATA
 
 
 @torch.no_grad()
 def evaluate_prior(model: Prior, codes: torch.Tensor, labels: torch.Tensor, batch_size: int = 500) -> dict:
     """Held-out numbers: for ``ar`` exact bits per token given the label and without it (null label); for
     ``dfm`` its training loss (cross-entropy of p(x_1 | x_t) on all tokens, nats per token) averaged over
-    :data:`EVAL_TIMES`, not a likelihood, and with the mask source an estimate of the masked-diffusion bound on the
-    negative log-likelihood (bits per token; :func:`masked_nll_bound`)."""
+    t ~ U[0, 1] (:func:`eval_times`), not a likelihood, and with the mask source an estimate of the masked-diffusion
+    bound on the negative log-likelihood (bits per token; :func:`masked_nll_bound`)."""
     model.eval()
     out: dict[str, float] = {"num_codes": int(codes.shape[0])}  # printed as a count
     if isinstance(model, ARPrior):
@@ -221,38 +229,37 @@ def evaluate_prior(model: Prior, codes: torch.Tensor, labels: torch.Tensor, batc
     else:
         assert isinstance(model, DFMPrior)
         g = torch.Generator(codes.device).manual_seed(1234)
-        total, count = 0.0, 0
-        masked_ce = [0.0] * len(EVAL_TIMES)  # per time: the masked tokens' cross-entropies, summed
-        for j, t_value in enumerate(EVAL_TIMES):
+        total, count, bound = 0.0, 0, 0.0
+        for j in range(EVAL_STRATA):
             for start in range(0, codes.shape[0], batch_size):
                 c, y = codes[start : start + batch_size], labels[start : start + batch_size]
-                t = torch.full((c.shape[0],), t_value, device=c.device)
+                t = eval_times(c.shape[0], j, g, c.device)
                 xt = corrupt(c, t, model.vocab_size, model.source, g)
                 ce = torch.nn.functional.cross_entropy(
                     model(xt, t, y).float().reshape(-1, model.vocab_size), c.reshape(-1), reduction="none")
                 total += float(ce.double().sum())
                 count += c.numel()
                 if model.source == "mask":
-                    masked_ce[j] += float(ce[(xt == model.vocab_size).reshape(-1)].double().sum())
+                    bound += masked_nll_bound(ce.view(c.shape), xt == model.vocab_size, t)
         out["dfm_loss"] = total / count
         if model.source == "mask":
-            out["nll_bound_bits_per_token"] = masked_nll_bound(masked_ce, codes.numel()) / math.log(2)
+            out["nll_bound_bits_per_token"] = bound / (EVAL_STRATA * codes.shape[0]) / math.log(2)
     model.train()
     return out
 
 
-def masked_nll_bound(masked_ce: list[float], tokens: int) -> float:
-    """The masked-diffusion bound on -log p(x) per token (nats), from the cross-entropies summed over the masked
-    tokens of ``tokens`` held-out tokens at each of :data:`EVAL_TIMES` (``masked_ce``).
+def masked_nll_bound(ce: torch.Tensor, masked: torch.Tensor, t: torch.Tensor) -> float:
+    """The masked-diffusion bound on -log p(x) per token (nats), summed over a batch of codes: ``ce (B, T)`` the
+    cross-entropies of p(x_1 | x_t) at the codes' times ``t (B,)``, ``masked (B, T)`` the tokens masked in x_t.
 
     With the path kappa_t = t (each token masked with probability 1 - t) the continuous-time bound is
     ``-log p(x) <= int_0^1 1/(1 - t) E[sum over masked tokens of -log p(x_i | x_t)] dt`` (Shi et al. 2024; Sahoo
-    et al. 2024): per token, at each time the masked tokens' summed cross-entropy over ``tokens (1 - t)``, the
-    expected number masked (unbiased, and defined however few are masked), then the midpoint rule over the times.
-    With the exact posterior the integral is the data's entropy (an any-order chain rule); the midpoint rule makes
-    this an estimate of the bound, not a bound itself."""
-    per_time = [ce / (tokens * (1 - t)) for ce, t in zip(masked_ce, EVAL_TIMES, strict=True)]
-    return sum(per_time) / len(per_time)
+    et al. 2024): per code, the masked tokens' summed cross-entropy over ``T (1 - t)``, the expected number masked
+    (unbiased, and defined however few are masked). Averaged over codes whose times are uniform over [0, 1]
+    (stratified, :func:`eval_times`) this estimates the bound without bias. With the exact posterior the integral is
+    the data's entropy (an any-order chain rule)."""
+    per_code = (ce * masked).double().sum(-1) / (ce.shape[-1] * (1 - t.double()))  # (B,)
+    return float(per_code.sum())
 
 
 def generate(model: Prior, labels: torch.Tensor, guidance: float, temperature: float,
