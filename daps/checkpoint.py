@@ -331,7 +331,7 @@ def load_weights(model: nn.Module, ckpt: Path, tensors: dict[str, torch.Tensor] 
 OTHER_KINDS = {
     "train": "a training run (daps train): use daps eval / render / export-codes",
     "pretrained": "an exported model (daps export): load it in Python with daps.from_pretrained",
-    "prior": "a prior over codes: use daps prior sample / eval",
+    "prior": "a prior over codes (the first argument of daps prior sample / eval)",
     "robot": "a robot policy: use daps robot plan / eval",
     "tracker": "a low-level tracker: use daps robot track-eval",
 }

@@ -338,6 +338,15 @@ def test_reference_points_by_hand():
     assert refs["recon_accuracy"] == pytest.approx(1 / 3)
     assert refs["random_top_class"] == pytest.approx(1.0)
     assert refs["real_frechet"] < refs["recon_frechet"]
+    # random codes decoded to two classes, 0 for codes starting with 0 or 1 and 2 otherwise: the top class's share,
+    # not the mean count per class (which would read 3 / 6 whatever the split)
+    judge.tokenizer.decode = lambda codes: (2.0 * (codes[:, :1] >= 2)).double().view(-1, 1, 1, 1)
+    g = torch.Generator().manual_seed(0)
+    from daps.prior.scores import uniform_codes
+
+    first = uniform_codes(judge.tokenizer, 6, g)[:, 0]  # the codes references() draws with seed 0 after its
+    top = max(int((first >= 2).sum()), int((first < 2).sum()))  # reconstructions (which draw nothing here)
+    assert judge.references(6)["random_top_class"] == pytest.approx(top / 6)
 
 
 def test_score_prior_generates_classes_in_turn_and_scores_their_accuracy(monkeypatch):

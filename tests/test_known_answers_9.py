@@ -286,10 +286,11 @@ def test_untrained_null_label_is_warned_for_every_guidance_but_one(caplog):
     assert caplog.text == ""
 
 
-def test_a_flow_priors_held_out_loss_averages_eight_midpoint_times(monkeypatch):
-    """``evaluate_prior`` of a dfm prior scores every code at t = 1/16, 3/16, ..., 15/16 (midpoints of 8 equal
-    bins, never the pure-noise t = 0); with uniform logits the loss is log V exactly; the model is back in training
-    mode afterwards. Fails on: the times at the bins' left ends, the training mode not restored."""
+def test_a_flow_priors_held_out_loss_takes_one_time_per_code_in_each_of_eight_strata(monkeypatch):
+    """``evaluate_prior`` of a dfm prior scores every code once in each eighth of [0, 1), at a time drawn uniformly
+    within it (stratified sampling of t ~ U[0, 1]: unbiased, where fixed midpoints are not); with uniform logits the
+    loss is log V exactly; the model is back in training mode afterwards. Fails on: fixed times (the midpoints),
+    a code left out of a stratum, the training mode not restored."""
     import math
 
     from daps.prior.nets import DFMPrior
@@ -304,7 +305,10 @@ def test_a_flow_priors_held_out_loss_averages_eight_midpoint_times(monkeypatch):
 
     monkeypatch.setattr(model, "forward", forward)
     out = evaluate_prior(model, torch.randint(5, (6, 3)), torch.tensor([0, 1, 0, 1, 0, 1]), batch_size=4)
-    assert sorted(set(times)) == [(2 * i + 1) / 16 for i in range(8)] and len(times) == 8 * 6
+    assert len(times) == 8 * 6
+    for j in range(8):  # the strata in turn, each over the 6 codes (in batches of 4 and 2)
+        assert all(j / 8 <= t < (j + 1) / 8 for t in times[6 * j : 6 * j + 6]), (j, times[6 * j : 6 * j + 6])
+    assert len(set(times)) == 48  # drawn, not fixed
     assert out["dfm_loss"] == pytest.approx(math.log(5)) and out["num_codes"] == 6.0
     assert model.training
 

@@ -15,7 +15,7 @@ import torch
 from daps.cli import add_device_arg, add_threads_arg, seed_arg, set_threads
 from daps.dist import resolve_device
 from daps.errors import UserError, check_at_most
-from daps.prior.run import warn_untrained_null
+from daps.prior.run import MAX_EULER_STEPS, warn_untrained_null
 from daps.runfolder import check_media_output
 
 if TYPE_CHECKING:
@@ -202,6 +202,7 @@ def _sample(args: argparse.Namespace) -> int:
         raise UserError("--n must be at least 1")
     if args.euler_steps is not None and args.euler_steps < 1:
         raise UserError(f"--euler-steps must be at least 1, got {args.euler_steps}")
+    check_at_most(("--euler-steps", args.euler_steps or 0, MAX_EULER_STEPS))  # each step is a network evaluation
     check_sampling(args.cfg, args.temperature)
     device = _device(args.device)
     model, cfg, meta = load_prior(args.prior_dir, device)
@@ -237,7 +238,7 @@ def _sample(args: argparse.Namespace) -> int:
     if args.codes_out is not None:
         sample_meta = {**training_header(meta), "split": "prior-samples", "samples_per_input": 1,
                        "prior": str(args.prior_dir), "guidance": args.cfg, "temperature": args.temperature,
-                       "seed": args.seed}
+                       "seed": args.seed, **({"euler_steps": euler_steps} if cfg.kind == "dfm" else {})}
         save_codes(CodeSet(codes[:, None].cpu(), labels, sample_meta), args.codes_out, overwrite=args.overwrite)
     what = names[int(labels[0])] if args.label is not None else "one row per class"
     log.info("wrote %s: %d samples (%s), guidance %.2f, temperature %.2f", out, len(labels), what, args.cfg,

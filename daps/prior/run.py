@@ -37,7 +37,7 @@ from daps.checkpoint import (
 )
 from daps.codes import CodeSet, load_codes
 from daps.config import check_optimizer_settings
-from daps.errors import UserError
+from daps.errors import UserError, check_at_most
 from daps.prior.nets import ARPrior, DFMPrior, corrupt, drop_labels
 from daps.runfolder import (
     FolderLock,
@@ -56,6 +56,10 @@ log = logging.getLogger("daps")
 KIND = "prior"
 ENTRIES = frozenset({"config.json", "metrics.jsonl", "checkpoints", "curves.png", "summary.json"})
 """What a prior's run writes into its folder (``--overwrite`` deletes these, and keeps anything else)."""
+
+
+MAX_EULER_STEPS = 100_000
+"""The most Euler steps a dfm prior samples with (each is a network evaluation per sample): more is a typo."""
 
 
 @dataclass
@@ -102,6 +106,7 @@ class PriorConfig:
                      "log_every", "eval_every", "ckpt_every", "keep_checkpoints"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be at least 1, got {getattr(self, name)}")
+        check_at_most(("euler_steps", self.euler_steps, MAX_EULER_STEPS))
         if self.width % self.num_heads:
             raise UserError(f"width {self.width} is not a multiple of num_heads {self.num_heads}")
         if not 0 <= self.label_dropout < 1:
@@ -575,7 +580,7 @@ def sampling_speed(model: Prior, cfg: PriorConfig, device: torch.device, n: int 
     seconds = time.perf_counter() - start
     nfe = (model.network_evaluations(guidance, cfg.euler_steps) if isinstance(model, DFMPrior)
            else model.network_evaluations(guidance))
-    return {"samples_per_s": n / seconds, "network_evaluations": float(nfe)}
+    return {"samples_per_s": n / seconds, "network_evaluations": int(nfe)}  # printed as a count
 
 
 def save_prior_curves(rows: list[dict], path: Path, title: str) -> None:
