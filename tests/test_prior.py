@@ -460,7 +460,8 @@ def test_prior_sample_and_eval_pass_what_they_are_asked_for(exported, tmp_path, 
                  "--codes-out", str(tmp_path / "7.safetensors")]) == 0
     assert asked == [([7, 7, 7], 5)]
     assert load_codes(tmp_path / "7.safetensors").meta["euler_steps"] == 5
-    assert main(["prior", "sample", str(prior), "--n", "1", "--euler-steps", "3", "--out", str(tmp_path / "a.png")]) == 0
+    assert main(["prior", "sample", str(prior), "--n", "1", "--euler-steps", "3",
+                 "--out", str(tmp_path / "a.png")]) == 0
     assert asked[-1] == (list(range(10)), 3)
 
     given = []
