@@ -126,6 +126,13 @@ def test_invalid_levels_are_rejected():
         DF.fsq_quantize(torch.zeros(2, 3), (8, 6))
     with pytest.raises(ValueError, match="levels"):
         DF.fsq_indices_to_codes(torch.zeros(2, dtype=torch.long), ())
+    # in a config, one line before any model is built: a level of 1 is one value, no information
+    from daps import get_preset, parse_overrides
+    from daps.errors import UserError
+
+    for levels in ("1,4", "4,0"):
+        with pytest.raises(UserError, match=r"fsq.levels must be one or more integers >= 2"):
+            parse_overrides(get_preset("mnist", "fsq"), [f"fsq.levels={levels}"])
 
 
 @pytest.mark.parametrize("levels", [(8, 6, 5), (8, 8, 8), (8, 5, 5, 5), (10, 10, 10), (3, 4, 7), (5,)])

@@ -172,7 +172,7 @@ def test_resampled_daps_aims_the_ess_at_a_fraction_of_all_k_samples():
     assert logs["eta_loss"].item() == pytest.approx((ess - k * target) ** 2, rel=1e-4, abs=1e-6)
 
 
-@pytest.mark.parametrize("method", ["daps", "dapsna", "reinforce", "ppo", "gumbel"])
+@pytest.mark.parametrize("method", ["daps", "dapsna", "reinforce", "ppo", "gumbel", "vae"])
 def test_the_logged_beta_elbo_uses_the_final_beta_not_the_current_one(method):
     """beta-ELBO = log p - beta_final KL with the schedule's end value (0.01 here), also at step 0 where beta is 0.5.
     Fails if a method passes the current beta."""
@@ -183,6 +183,39 @@ def test_the_logged_beta_elbo_uses_the_final_beta_not_the_current_one(method):
     expected = logs["log_p"].item() - 0.01 * logs["kl"].item()
     assert logs["beta_elbo"].item() == pytest.approx(expected, abs=2e-3)
     assert logs["elbo"].item() == pytest.approx(logs["log_p"].item() - logs["kl"].item(), abs=2e-3)
+
+
+@pytest.mark.parametrize("method, extra", [("gumbel", ()), ("grmck", ("relaxed.rao_stop_gradient=true",)),
+                                           ("grmck", ("relaxed.rao_stop_gradient=false",))])
+def test_the_relaxation_is_the_estimator_with_the_runs_temperature_and_settings(method, extra):
+    """A relaxed method's per-token sampler is :func:`~daps.functional.gumbel_softmax_st` (Gumbel) or
+    :func:`~daps.functional.gumbel_rao_st` (GR-MCK, with the run's k and stop-gradient setting) at the temperature it
+    is given: the same indices and one-hots from the same generator, and the same gradients (those functions are
+    checked against finite differences in tests/test_gumbel.py). Fails on: the temperature dropped (tau = 0.25
+    here), the stop-gradient setting inverted."""
+    model = _tiny(method, "relaxed.num_rao_samples=5", *extra)
+    logits = torch.randn(4, 6, generator=torch.Generator().manual_seed(0))
+    weights = torch.randn(4, 6, generator=torch.Generator().manual_seed(1))
+
+    def run(sampler):
+        log_probs = torch.log_softmax(logits, -1).requires_grad_(True)
+        index, onehot = sampler(log_probs)
+        (grad,) = torch.autograd.grad((weights * onehot).sum(), log_probs)
+        return index, onehot.detach(), grad
+
+    grads = {}
+    for tau in (0.25, 1.0):
+        got = run(model.relaxation(tau, torch.Generator().manual_seed(2)))
+        grads[tau] = got[2]
+        g = torch.Generator().manual_seed(2)
+        if method == "gumbel":
+            expected = run(lambda lp, tau=tau, g=g: DF.gumbel_softmax_st(lp, tau, g))
+        else:
+            stop = model.cfg.rao_stop_gradient
+            expected = run(lambda lp, tau=tau, g=g, stop=stop: DF.gumbel_rao_st(lp, tau, 5, g, stop))
+        assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
+        torch.testing.assert_close(got[2], expected[2])
+    assert (grads[0.25] - grads[1.0]).abs().max() > 1e-3  # the temperature matters to the gradient here
 
 
 def _gaussian_log_probs(lik, log_vars: list[float], x: float = 0.0) -> list[float]:
