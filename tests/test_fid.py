@@ -542,3 +542,36 @@ def test_a_text_file_as_statistics_is_named_plainly(tmp_path):
     with pytest.raises(UserError) as err:
         load_fid_stats(path)
     assert "not an .npz archive" in str(err.value) and "pickle" not in str(err.value)
+
+
+class _StandIn(torch.nn.Module):
+    """A method whose reconstruction is the input itself or a grey image (for evaluate's FID bookkeeping)."""
+
+    final_beta, vocab_size = None, None
+
+    def __init__(self, identity: bool):
+        super().__init__()
+        self.identity = identity
+
+    def reconstruct(self, x, generator=None):
+        from daps.methods.types import Reconstruction
+
+        x_hat = x if self.identity else torch.full_like(x, 0.5)
+        return Reconstruction(None, x_hat, torch.zeros(x.shape[0]))
+
+
+def test_val_pairs_compares_the_reconstructions_with_their_originals():
+    """``val-pairs``: a perfect reconstruction scores 0, a grey one far above 0: the real side of the distance is
+    the validation images themselves (a network of pooled pixels stands in for Inception). Fails if the real
+    features were taken from the reconstructions too (every val-pairs FID 0)."""
+    from daps.data import TensorEvalSet
+    from daps.metrics.evaluate import FIDSetup, evaluate
+
+    net = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(2), torch.nn.Flatten(), torch.nn.Linear(12, 12))
+    with torch.no_grad():
+        net[2].weight.copy_(torch.eye(12))
+        net[2].bias.zero_()
+    images = torch.rand(64, 3, 16, 16, generator=torch.Generator().manual_seed(0)) ** 2
+    fids = [evaluate(_StandIn(identity), TensorEvalSet(images, 16), fid=FIDSetup(net, "val-pairs"))["fid"]
+            for identity in (True, False)]
+    assert abs(fids[0]) < 1e-6 and fids[1] > 0.1, fids
