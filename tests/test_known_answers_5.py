@@ -775,3 +775,37 @@ def test_an_earlier_classifier_is_recognised_as_one(tmp_path):
     (tmp_path / "mine.json").write_text('{"steps": 1}')
     assert _is_classifier_report(tmp_path / "script.json")
     assert not _is_classifier_report(tmp_path / "mine.json") and not _is_classifier_report(image)
+
+
+def test_the_motion_token_embedding_is_a_convolution_over_time():
+    """``embed="time"`` builds the time embedding, whose 1-d convolution reads all features of its frames: a change in
+    the last feature of frame 0 changes token 0 (a patch embedding, which fits the same shapes, would leave it to a
+    patch of the other half of the features)."""
+    from daps.nets.embed import TimeEmbed, token_embed
+
+    torch.manual_seed(0)
+    embed = token_embed("time", (1, 32, 86), 64, 16)
+    assert isinstance(embed, TimeEmbed)
+    x = torch.randn(1, 1, 32, 86, generator=torch.Generator().manual_seed(0))
+    changed = x.clone()
+    changed[0, 0, 0, 85] += 1.0
+    assert (embed(changed)[0, 0] - embed(x)[0, 0]).abs().max() > 1e-3
+
+
+def test_downsampling_convolutions_are_lecun_initialized_and_the_value_net_scales_by_the_data_size():
+    """``ResampleTime``'s strided convolutions: LeCun normal, std sqrt(1 / fan_in) = 1/16 for 64 channels x 4 taps
+    (Glorot would give 0.083). ``PatchValueNet`` predicts per data dimension, times D_x: with every weight 0 and the
+    head's bias 1 it returns 784 for an MNIST image (the docstring's scale)."""
+    from daps.nets.feedforward import PatchValueNet
+    from daps.nets.trajectory import ResampleTime
+
+    torch.manual_seed(0)
+    conv = ResampleTime(64, 8, 32, 8).layers[0]  # 64 channels in, 8 out
+    assert isinstance(conv, torch.nn.Conv1d)
+    assert float(conv.weight.detach().std()) == pytest.approx(1 / 16, rel=0.06)
+    net = PatchValueNet((1, 28, 28))
+    with torch.no_grad():
+        for param in net.parameters():
+            param.zero_()
+        net.head.bias.fill_(1.0)
+    assert net(torch.rand(3, 1, 28, 28)).detach().tolist() == [784.0] * 3

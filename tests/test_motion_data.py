@@ -419,6 +419,52 @@ def test_metrics_known_answers(h1, motion):
     one_up = standing(4)
     one_up[:, 7 + 3] = -0.8  # the left knee bent: the left foot 74 mm up, the right still on the floor
     assert foot_float_mm(h1, one_up) == 0.0
+    # penetration is the mean over both feet of how deep each one is: the right 10 mm down, the left up
+    lopsided = standing(4, drop=0.01)
+    lopsided[:, 7 + 3] = -0.8
+    assert ground_penetration_mm(h1, lopsided) == pytest.approx(5.0, abs=0.2)
+    # the root velocity error is 3-d, and the joint error the mean of absolute differences
+    rising = truth.copy()
+    rising[..., 2] += 0.5 * np.arange(32) / FPS
+    assert root_velocity_error_m_s(rising, truth, FPS) == pytest.approx(0.5)
+    alternating = truth.copy()
+    alternating[..., 7:] += 0.1 * (-1.0) ** np.arange(19)
+    assert joint_error_deg(alternating, truth) == pytest.approx(np.degrees(0.1))
+    # feet bobbing up and down on the spot (soles at 0 and 2 cm) do not skate: sliding is horizontal
+    bobbing = standing(10)
+    bobbing[:, 2] += 0.01 + 0.01 * (-1.0) ** np.arange(10)
+    assert foot_skating_m_s(h1, bobbing, FPS) == 0.0
+    contacts = F.poses_to_features(h1, bobbing, FPS)[:, F._layout()["foot_contacts"]]
+    assert (contacts == 1).all()
+
+
+def test_features_name_each_foot_and_measure_key_points_from_the_pelvis(h1):
+    """The left knee bent lifts the left foot: contacts (left, right) read (0, 1). Key points are relative to the
+    pelvis origin in the heading frame, whatever the pelvis's height and heading (the default pose's left ankle:
+    the sums of the XML offsets). The metric points leave out the pelvis and the torso, whose origin is the
+    pelvis's (a point that never errs would dilute the root-relative error)."""
+    from daps.motion.metrics import METRIC_POINTS
+    from daps.motion.rotations import yaw_quat
+
+    one_up = standing(6)
+    one_up[:, 7 + 3] = -0.8
+    contacts = F.poses_to_features(h1, one_up, FPS)[:, F._layout()["foot_contacts"]]
+    assert (contacts == [0.0, 1.0]).all()
+    names = F.feature_names()
+    ankle = [names.index(f"key_points/left_ankle.{c}") for c in "xyz"]
+    for height in (1.1, 1.5):
+        pose = np.zeros((2, POSE_DIM))
+        pose[:, 2], pose[:, 3:7] = height, yaw_quat(0.8)
+        assert np.allclose(F.poses_to_features(h1, pose, FPS)[:, ankle], [0.039468, 0.20286, -0.9742], atol=1e-9)
+    bodies = {p.body for p in METRIC_POINTS}
+    assert len(METRIC_POINTS) == 22 and not bodies & {"pelvis", "torso_link"}
+
+
+def test_the_clips_are_30_frames_per_second_as_the_data_says(motion):
+    """The data's README: 264,705 frames, 147 minutes at 30 fps."""
+    frames = sum(len(p) for p in motion.poses.values())
+    assert FPS == motion.fps == 30.0 and frames == 264_705
+    assert frames / FPS / 60 == pytest.approx(147.06, abs=0.01)
 
 
 def test_a_floating_copy_of_the_data_is_caught_by_the_float_measure(h1, motion):
