@@ -249,6 +249,21 @@ def _exact_log_probs(model: ARPrior, v: int, t: int, label: int) -> torch.Tensor
         return model.token_log_probs(seqs, torch.full((len(seqs),), label)).sum(-1)  # (V^T,)
 
 
+def _record_training_labels(monkeypatch) -> list[torch.Tensor]:
+    """The labels of every training batch of the priors trained from now on (after label dropout), as they come."""
+    import daps.prior.run as run_mod
+
+    seen: list[torch.Tensor] = []
+    real_loss = run_mod.prior_loss
+
+    def recording_loss(model, codes, labels, generator):
+        seen.append(labels.clone())
+        return real_loss(model, codes, labels, generator)
+
+    monkeypatch.setattr(run_mod, "prior_loss", recording_loss)
+    return seen
+
+
 def _synthetic_codes(truth: torch.Tensor, seqs: torch.Tensor, folder: Path, g: torch.Generator, n: int = 4000):
     """``n`` codes, classes in turn, drawn from the per-class laws ``truth (C, S)`` over the rows of ``seqs (S, T)``
     and saved as a codes file in ``folder``: (its path, the CodeSet, the labels, the rows drawn)."""
@@ -266,8 +281,6 @@ def test_ar_prior_recovers_a_synthetic_code_distribution(tmp_path, single_thread
     """Trained end to end on codes of two known laws: its exact distribution is near each class's law (an untrained
     one is far: the negative control) and its sampler draws what it scores. Its training loop drops the label for
     label_dropout of the examples (the null label that guidance and the unconditional bits need)."""
-    import daps.prior.run as run_mod
-
     v, t, classes = 3, 3, 2
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)
@@ -290,14 +303,7 @@ def test_ar_prior_recovers_a_synthetic_code_distribution(tmp_path, single_thread
     from daps.prior.run import build_prior, load_prior
 
     untrained = build_prior(cfg, codes.meta)
-    seen = []
-    real_loss = run_mod.prior_loss
-
-    def recording_loss(model, codes, labels, generator):
-        seen.append(labels.clone())
-        return real_loss(model, codes, labels, generator)
-
-    monkeypatch.setattr(run_mod, "prior_loss", recording_loss)
+    seen = _record_training_labels(monkeypatch)
     run = train_prior(cfg)
     assert float((torch.cat(seen) == classes).float().mean()) == pytest.approx(0.1, abs=0.01)  # 128,000 labels
     model, _, _ = load_prior(run)
@@ -1037,7 +1043,6 @@ def test_dfm_prior_learns_a_synthetic_code_distribution(tmp_path, monkeypatch, s
     """A masked-source DFM prior trained end to end on codes of two known laws over 3 tokens of 3 symbols: its
     samples follow each class's law, and its held-out bound approaches the codes' true entropy (an untrained one is
     far above it: the negative control). Its training loop drops the label for label_dropout of the examples."""
-    import daps.prior.run as run_mod
     from daps.prior.run import build_prior, evaluate_prior, load_prior
 
     v, t, classes = 3, 3, 2
@@ -1051,14 +1056,7 @@ def test_dfm_prior_learns_a_synthetic_code_distribution(tmp_path, monkeypatch, s
     cfg = PriorConfig(kind="dfm", source="mask", codes=str(path), steps=2000, batch_size=256, width=32, num_heads=2,
                       num_layers=2, lr=3e-3, label_dropout=0.2, eval_every=2000, ckpt_every=2000, euler_steps=16,
                       progress=False, out_dir=str(tmp_path / "prior"))
-    seen = []
-    real_loss = run_mod.prior_loss
-
-    def recording_loss(model, codes, labels, generator):
-        seen.append(labels.clone())
-        return real_loss(model, codes, labels, generator)
-
-    monkeypatch.setattr(run_mod, "prior_loss", recording_loss)
+    seen = _record_training_labels(monkeypatch)
     run = train_prior(cfg)
     dropped = float((torch.cat(seen) == classes).float().mean())
     assert dropped == pytest.approx(0.2, abs=0.01)  # 512,000 labels; 0 if the setting were ignored

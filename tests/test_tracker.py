@@ -242,6 +242,21 @@ def test_an_episode_ends_when_the_pelvis_leaves_the_reference_and_observations_a
     assert phase[0, 0] == 0 and np.array_equal(codes[0], refs.codes[0][1])
 
 
+def _record_zero_actions(h1, refs: References, cfg: TrackerConfig, frames: int) -> tuple[list, list, list]:
+    """The H1 under zero actions from frame 0 of the first reference: poses, velocities and end points of the
+    start and of each of ``frames`` frames after it (a recording to follow exactly)."""
+    first = TrackingEnvs(h1, refs, 1, cfg, FPS, np.random.default_rng(0))
+    first.reset(0, 0, 0)
+    poses, qvel, ends = [refs.poses[0][0].copy()], [refs.qvel[0][0].copy()], [refs.ends[0][0].copy()]
+    for _ in range(frames):
+        first.step(np.zeros((1, 19)))
+        d = first.data[0]
+        poses.append(d.qpos[:26].copy())
+        qvel.append(d.qvel[:25].copy())
+        ends.append(first._ends(d))
+    return poses, qvel, ends
+
+
 @needs_data
 def test_the_pelvis_orientation_and_angular_velocity_count_as_deepmimic_root_terms(h1_and_clip):
     """Following a recording of itself exactly, against a reference whose pelvis is turned by theta about the
@@ -250,15 +265,7 @@ def test_the_pelvis_orientation_and_angular_velocity_count_as_deepmimic_root_ter
     orientation (the joints alone) scores 1."""
     h1, refs = h1_and_clip
     cfg = _cfg(action_scale=50.0)
-    first = TrackingEnvs(h1, refs, 1, cfg, FPS, np.random.default_rng(0))
-    first.reset(0, 0, 0)
-    poses, qvel, ends = [refs.poses[0][0].copy()], [refs.qvel[0][0].copy()], [refs.ends[0][0].copy()]
-    for _ in range(6):
-        first.step(np.zeros((1, 19)))
-        d = first.data[0]
-        poses.append(d.qpos[:26].copy())
-        qvel.append(d.qvel[:25].copy())
-        ends.append(first._ends(d))
+    poses, qvel, ends = _record_zero_actions(h1, refs, cfg, 6)
     theta, delta = 0.3, 0.5
     turned, spun = np.array(poses), np.array(qvel)
     half = np.array([np.cos(theta / 2), 0, 0, np.sin(theta / 2)])  # w, x, y, z about the vertical
@@ -291,14 +298,7 @@ def test_the_pelvis_height_and_the_end_points_count_with_their_deepmimic_scales(
     for frame in (0, 17, 40):  # the end points of the simulation in a reference pose, against the independent ones
         first.reset(0, 0, frame)
         np.testing.assert_allclose(first._ends(first.data[0]), refs.ends[0][frame], atol=1e-9)
-    first.reset(0, 0, 0)
-    poses, qvel, ends = [refs.poses[0][0].copy()], [refs.qvel[0][0].copy()], [refs.ends[0][0].copy()]
-    for _ in range(6):
-        first.step(np.zeros((1, 19)))
-        d = first.data[0]
-        poses.append(d.qpos[:26].copy())
-        qvel.append(d.qvel[:25].copy())
-        ends.append(first._ends(d))
+    poses, qvel, ends = _record_zero_actions(h1, refs, cfg, 6)
     h, dist = 0.2, 0.1
     higher, moved = np.array(poses), np.array(ends)
     higher[1:, 2] += h
