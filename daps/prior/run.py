@@ -263,7 +263,8 @@ def masked_nll_bound(ce: torch.Tensor, masked: torch.Tensor, t: torch.Tensor) ->
     (unbiased, and defined however few are masked). Averaged over codes whose times are uniform over [0, 1]
     (stratified, :func:`eval_times`) this estimates the bound without bias. With the exact posterior the integral is
     the data's entropy (an any-order chain rule)."""
-    per_code = (ce * masked).double().sum(-1) / (ce.shape[-1] * (1 - t.double()))  # (B,)
+    # the unmasked tokens' cross-entropies are left out, not multiplied by 0 (an infinite one would give NaN)
+    per_code = torch.where(masked, ce, 0.0).double().sum(-1) / (ce.shape[-1] * (1 - t.double()))  # (B,)
     return float(per_code.sum())
 
 
