@@ -67,11 +67,11 @@ def variant(name: str, context, overrides: tuple[str, ...]) -> tuple[str, list[s
         e2, _, _ = train_steps("daps", None, "cuda", steps=8, batch=32, overrides=overrides)
         g, logs_g, _ = train_steps("daps", GraphedStep, "cuda", steps=8, batch=32, overrides=overrides)
     per_step = [max(abs(a[k] - b[k]) for k in a) for a, b in zip(logs1, logs_g)]
-    lines = [f"| {name} | {_largest(e1, e2):.2e} | {_largest(e1, g):.2e} | "
-             f"{' '.join(f'{d:.1e}' for d in per_step)} | {time.time() - start:.1f} |"]
+    row = (f"| {name} | {_largest(e1, e2):.2e} | {_largest(e1, g):.2e} | "
+           f"{' '.join(f'{d:.1e}' for d in per_step)} | {time.time() - start:.1f} |")
     nondeterministic = sorted({str(w.message).split("\n")[0][:200] for w in caught
                                if "deterministic" in str(w.message).lower()})
-    return "\n".join(lines), nondeterministic
+    return row, nondeterministic
 
 
 def main(argv: list[str] | None = None) -> int:
