@@ -493,6 +493,21 @@ def _stdout_closed() -> bool:
         return False
 
 
+def is_out_of_memory(err: BaseException) -> bool:
+    """Whether ``err`` is an allocation that failed: the settings asked for more memory than the device has."""
+    import torch
+
+    return isinstance(err, (MemoryError, torch.OutOfMemoryError)) or "can't allocate memory" in str(err)
+
+
+def out_of_memory(err: BaseException) -> str:
+    """The one line for a failed allocation: what torch says (its first line), and what to lower."""
+    said = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    said = said.split("DefaultCPUAllocator: ")[-1]  # torch's CPU message starts with a C++ source location
+    return (f"out of memory ({said}); lower the batch (train.batch_size, or --batch-size) or the model's size "
+            "(encoder / decoder widths, K)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     # Overrides may sit between flags (``train a=1 --resume b=2``): collect the leftovers ourselves.
@@ -536,9 +551,15 @@ def main(argv: list[str] | None = None) -> int:
         command = _command_name(args)
         print(f"daps {command}: error: {err}", file=sys.stderr)
         return 2
+    except MemoryError as err:  # numpy's; torch's are RuntimeErrors, below
+        print(f"daps {_command_name(args)}: error: {out_of_memory(err)}", file=sys.stderr)
+        return 2
     except RuntimeError as err:
         from daps.train import TrainingDiverged
 
+        if is_out_of_memory(err):
+            print(f"daps {_command_name(args)}: error: {out_of_memory(err)}", file=sys.stderr)
+            return 2
         if not isinstance(err, TrainingDiverged):
             raise
         command = _command_name(args)

@@ -239,7 +239,12 @@ def export_run(run_dir: str | Path, out: str | Path, overwrite: bool = False) ->
     ckpt = resolve_checkpoint(run_dir)
     model = load_model(ckpt)
     summary_path = ckpt.parent.parent / "summary.json"
-    metrics = json.loads(summary_path.read_text()) if summary_path.is_file() else None
+    try:  # missing, or damaged (a disk error, a hand edit): then as for an unfinished run
+        metrics = json.loads(summary_path.read_text())
+    except (OSError, ValueError):
+        metrics = None
+    if not isinstance(metrics, dict):
+        metrics = None
     state = load_training_state(ckpt)
     step = int(state["step"])
     if metrics is not None and metrics.get("step") != step:

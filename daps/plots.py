@@ -87,14 +87,17 @@ def save_image_grid(images: torch.Tensor, path: Path, columns: int = 10, scale: 
 
 
 def read_metrics(path: Path) -> list[dict]:
-    """The rows of a ``metrics.jsonl``; a last line cut off by a killed process is skipped."""
+    """The rows of a ``metrics.jsonl``; a last line cut off by a killed process, and any line that is not a JSON
+    object (a hand edit, a damaged disk), is skipped."""
     rows = []
     with open(path) as f:
         for line in f:
             try:
-                rows.append(json.loads(line))
+                row = json.loads(line)
             except json.JSONDecodeError:
                 continue
+            if isinstance(row, dict):
+                rows.append(row)
     return rows
 
 

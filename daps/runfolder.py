@@ -286,17 +286,45 @@ RUN_ENTRIES = frozenset({
 """Everything a training run writes into its folder."""
 
 
+LEGACY_RUN_ENTRIES = frozenset({
+    "config.json", "metrics.jsonl", "summary.json", "reconstructions.png", "curves.png", "checkpoints",
+})
+"""What a training run wrote into its folder before the marker existed (the other :data:`RUN_ENTRIES` came
+later, always together with the marker)."""
+
+_CHECKPOINT_NAME = re.compile(r"step_\d{8}|latest")
+
+
+def _is_checkpoint_folder(folder: Path) -> bool:
+    """Whether ``folder`` holds only what daps's checkpointing writes: ``step_XXXXXXXX`` folders, ``latest`` and
+    their temporaries (a ``checkpoints`` folder of the user's own, beside a daps config, is not a run's)."""
+    if not folder.is_dir() or folder.is_symlink():
+        return False
+    for path in folder.iterdir():
+        if is_temporary(path.name):
+            continue
+        if not _CHECKPOINT_NAME.fullmatch(path.name) or path.is_symlink():
+            return False
+        if path.is_dir() != (path.name != "latest"):
+            return False
+    return True
+
+
 def _is_legacy_run(folder: Path) -> bool:
     """A training run written before the marker existed: a daps ``config.json``, checkpoints or metrics, and
-    nothing but what a run writes (a folder of the user's that happens to hold a daps config is not one)."""
+    nothing but what such a run wrote (a folder of the user's that happens to hold a daps config is not one)."""
     try:
         data = json.loads((folder / "config.json").read_text())
     except (OSError, ValueError):
         return False
     if not (isinstance(data, dict) and {"method", "train", "data"} <= data.keys()):
         return False
-    started = (folder / "checkpoints").is_dir() or (folder / "metrics.jsonl").is_file()
-    return started and all(p.name in RUN_ENTRIES or is_temporary(p.name) for p in folder.iterdir())
+    checkpoints = folder / "checkpoints"
+    if (checkpoints.exists() or checkpoints.is_symlink()) and not _is_checkpoint_folder(checkpoints):
+        return False
+    started = checkpoints.is_dir() or (folder / "metrics.jsonl").is_file()
+    return started and all(p.name in LEGACY_RUN_ENTRIES or p.name == LOCK or is_temporary(p.name)
+                           for p in folder.iterdir())
 
 
 def is_output_folder(folder: str | Path, kind: str) -> bool:
@@ -319,12 +347,12 @@ def has_content(folder: str | Path) -> bool:
         return False
     marked = read_marker(folder) is not None
 
-    def ours(name: str) -> bool:
-        if name in (MARKER, LOCK):
-            return True
-        return is_temporary(name) and (marked or name.startswith(f".{MARKER}.tmp-"))
+    def ours(path: Path) -> bool:
+        if path.name in (MARKER, LOCK):
+            return not path.is_symlink()  # a link there is not daps's, and the lock must never follow one
+        return is_temporary(path.name) and (marked or path.name.startswith(f".{MARKER}.tmp-"))
 
-    return any(not ours(p.name) for p in folder.iterdir())
+    return any(not ours(p) for p in folder.iterdir())
 
 
 def check_replaceable(folder: str | Path, kind: str, what: str) -> Path:
@@ -437,7 +465,12 @@ class FolderLock:
             return self
         self.folder.mkdir(parents=True, exist_ok=True)
         path = self.folder / LOCK
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:  # never through a link: the lock file is truncated and written below
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        except OSError as e:
+            if path.is_symlink():
+                raise OutputFolderError(f"{path} is a symbolic link, not daps's lock file; remove it") from None
+            raise OutputFolderError(f"cannot open the lock file {path}: {e.strerror}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:

@@ -23,6 +23,7 @@ import torch
 
 from daps import dist
 from daps.checkpoint import (
+    CKPT_DIR,
     find_resumable,
     list_checkpoints,
     load_training_state,
@@ -210,6 +211,15 @@ def truncate_metrics(path: Path, last_step: int) -> None:
     write_text_atomic(path, "".join(line + "\n" for line in kept))
 
 
+def _nothing_trained(run_dir: Path) -> bool:
+    """Whether a run folder holds no checkpoint and no logged row: a run that failed during its setup or first
+    steps, whose files say nothing a user could want back."""
+    if (run_dir / CKPT_DIR).exists() and any((run_dir / CKPT_DIR).iterdir()):
+        return False
+    metrics = run_dir / "metrics.jsonl"
+    return not (metrics.is_file() and read_metrics(metrics))
+
+
 def _rng_states(generators: dict[str, torch.Generator]) -> list[dict[str, torch.Tensor]]:
     """Every rank's generator states, gathered to a list indexed by rank (each rank draws its own data)."""
     return dist.gather_objects({name: g.get_state() for name, g in generators.items()})
@@ -283,6 +293,12 @@ def train(
         if refusal is not None:
             raise OutputFolderError(refusal)
         return _train(cfg, resume, overwrite, device, rank, world)
+    except Exception:
+        if lock is not None and created and _nothing_trained(run_dir):
+            # a folder this call made, failed before its first logged row (e.g. out of memory at the first step):
+            # what it wrote is only the setup, so that the corrected command needs neither --resume nor --overwrite
+            clear_folder(run_dir, "train", "train.out_dir", RUN_ENTRIES)
+        raise
     finally:
         if lock is not None:
             lock.release()

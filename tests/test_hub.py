@@ -245,3 +245,28 @@ def test_an_unfinished_run_is_exported_with_a_warning_and_its_validation_at_that
     assert "3 optimizer steps (of a run set for 6, exported before it finished" in card
     val = [json.loads(line) for line in open(run / "metrics.jsonl") if '"val"' in line]
     assert val[-1]["step"] == 3 and f"| log_p | {val[-1]['log_p']:.6g} |" in card
+
+
+@pytest.mark.parametrize("summary", ["garbage\n", "[1, 2]\n", ""])
+def test_export_of_a_run_with_a_damaged_summary_reads_the_validation_row(copy_run, tmp_path, capsys, summary):
+    """``summary.json`` damaged (a disk error, a hand edit; ``train`` treats it as missing): ``daps export`` takes the
+    validation row logged at the checkpoint's step, as for an unfinished run (it gave a traceback)."""
+    run = copy_run()
+    (run / "summary.json").write_text(summary)
+    assert main(["export", str(run), "--out", str(tmp_path / "exported")]) == 0, capsys.readouterr().err
+    card = (tmp_path / "exported" / "README.md").read_text()
+    assert "log p(x|z)" in card or "log_p" in card
+
+
+def test_export_skips_metrics_lines_that_are_not_rows(copy_run, tmp_path, capsys):
+    """A ``metrics.jsonl`` line that is JSON but not an object (``[1]``, ``"x"``) is skipped by ``read_metrics``,
+    which export, the plots and compare read (it gave an AttributeError traceback)."""
+    from daps.plots import read_metrics
+
+    run = copy_run()
+    (run / "summary.json").unlink()  # an unfinished run: export reads the validation row of metrics.jsonl
+    rows = read_metrics(run / "metrics.jsonl")
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('[1]\n"x"\n3\n')
+    assert read_metrics(run / "metrics.jsonl") == rows
+    assert main(["export", str(run), "--out", str(tmp_path / "exported")]) == 0, capsys.readouterr().err

@@ -642,3 +642,32 @@ def test_an_empty_optional_output_is_refused_not_dropped(tmp_path, capsys):
         err = capsys.readouterr().err
         assert "is empty" in err and err.count("\n") == 1, (argv, err)
     assert sorted(tmp_path.iterdir()) == []
+
+
+def test_a_batch_far_beyond_memory_is_one_line_and_leaves_no_run_folder(tmp_path, capsys, tiny_overrides):
+    """``train.batch_size=100000000`` (a typo of 100): the failed allocation is one line naming what to lower, exit
+    code 2 (it was a traceback), and the folder the run made during its setup is removed again, so that the
+    corrected command runs as it is (it was refused with "already exists")."""
+    out = tmp_path / "new" / "run"
+    rc = main(["train", *tiny_overrides, "train.batch_size=100000000", f"train.out_dir={out}"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "out of memory" in err and "train.batch_size" in err, err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_run_that_fails_after_logging_keeps_its_folder(tmp_path, monkeypatch, tiny_overrides, no_plots):
+    """The removal above is only for a folder that holds nothing trained: a run that fails after it logged rows
+    keeps them (they say how it failed), and stays resumable."""
+    import daps.train
+
+    real = daps.train.save_checkpoint
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 8 bytes")
+
+    monkeypatch.setattr(daps.train, "save_checkpoint", fail)
+    out = tmp_path / "run"
+    assert main(["train", *tiny_overrides, "train.log_every=1", f"train.out_dir={out}"]) == 2
+    assert (out / "metrics.jsonl").read_text().strip() and (out / "config.json").is_file()
+    monkeypatch.setattr(daps.train, "save_checkpoint", real)

@@ -25,6 +25,18 @@ pytestmark = pytest.mark.usefixtures("offline")
 REAL_DIR = os.environ.get("DAPS_DATA_DIR")  # read before the offline fixture hides it
 
 
+def as_before_the_marker(run: Path) -> None:
+    """Make ``run`` what daps wrote before the marker existed: without the marker and the files that came with it
+    or later (the provenance, the loggers' folders)."""
+    import shutil
+
+    from daps.runfolder import LEGACY_RUN_ENTRIES
+
+    for path in run.iterdir():
+        if path.name not in LEGACY_RUN_ENTRIES:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
 def snapshot(folder: Path, skip: tuple[str, ...] = ()) -> dict[str, tuple[int, bytes]]:
     """relative path -> (mtime_ns, bytes) of everything under ``folder``."""
     out = {}
@@ -141,7 +153,7 @@ def test_overwrite_refuses_a_symlink_to_a_run(copy_run, tmp_path, capsys, tiny_o
 
 def test_overwrite_replaces_a_run_made_before_the_marker_existed(copy_run, trained_run, tiny_overrides, no_plots):
     run = copy_run()
-    (run / MARKER).unlink()  # runs of earlier versions: recognised by their daps config.json
+    as_before_the_marker(run)  # runs of earlier versions: recognised by their daps config.json
     assert main(["train", *tiny_overrides, f"train.out_dir={run}", "--overwrite"]) == 0
     assert (run / MARKER).is_file() and same_weights(run, trained_run)
 
@@ -183,7 +195,7 @@ def test_a_run_killed_while_its_folder_is_emptied_can_be_resumed_or_replaced(cop
 
     run = copy_run()
     if not marked:
-        (run / MARKER).unlink()
+        as_before_the_marker(run)
     remove = daps.runfolder._remove
     calls = []
 
@@ -491,7 +503,7 @@ def test_finished_run_is_left_alone(copy_run, tiny_overrides):
 def test_temporaries_of_a_killed_run_are_removed_on_the_next_start(copy_run, tiny_overrides, caplog, marked):
     run = copy_run()
     if not marked:
-        (run / MARKER).unlink()
+        as_before_the_marker(run)
     leftovers = [
         run / ".summary.tmp-99999.json",
         run / ".curves.tmp-99999.png",
@@ -764,3 +776,52 @@ def test_a_dangling_link_as_an_output_folder_is_named_before_any_work(tmp_path, 
     with pytest.raises(UserError, match="is a symbolic link to nothing"):
         prepare_folder(PriorConfig(codes=missing, out_dir=str(link)), resume=False, overwrite=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d"] and link.is_symlink()
+
+
+def test_a_users_checkpoints_folder_beside_a_daps_config_is_not_a_run_of_an_earlier_daps(tmp_path, capsys,
+                                                                                          tiny_overrides):
+    """A project folder with a config from ``daps presets`` and a ``checkpoints/`` of the user's own (another tool's
+    weights): every top-level name is one a run writes, but a run of an earlier daps held only ``step_*`` folders
+    and ``latest`` in ``checkpoints/``. ``--overwrite`` refuses it and touches nothing (it deleted the weights)."""
+    folder = tmp_path / "project"
+    (folder / CKPT_DIR).mkdir(parents=True)
+    assert main(["presets", "mnist5k-demo"]) == 0
+    (folder / "config.json").write_text(capsys.readouterr().out)
+    (folder / CKPT_DIR / "my_model.ckpt").write_bytes(b"weeks of GPU time")
+    before = snapshot(folder)
+    assert main(["train", *tiny_overrides, f"train.out_dir={folder}", "--overwrite"]) == 2
+    assert "not a daps train folder" in capsys.readouterr().err
+    assert snapshot(folder) == before
+
+
+def test_a_run_of_an_earlier_daps_is_still_recognised_by_its_checkpoints(tmp_path):
+    """The other side of the rule above: ``step_XXXXXXXX`` folders, ``latest`` and their temporaries are a run's."""
+    from daps.runfolder import is_output_folder
+
+    folder = tmp_path / "old_run"
+    (folder / CKPT_DIR / "step_00000100").mkdir(parents=True)
+    (folder / CKPT_DIR / ".step_00000200.tmp-123").mkdir()
+    (folder / CKPT_DIR / "latest").write_text("step_00000100\n")
+    (folder / "config.json").write_text(json.dumps({"method": "daps", "train": {}, "data": {}}))
+    assert is_output_folder(folder, "train")
+    (folder / CKPT_DIR / "notes.txt").write_text("mine")
+    assert not is_output_folder(folder, "train")
+    (folder / CKPT_DIR / "notes.txt").unlink()
+    (folder / "tensorboard").mkdir()  # came with the marker: never in a run of an earlier daps
+    assert not is_output_folder(folder, "train")
+
+
+def test_a_lock_file_that_is_a_link_is_never_followed(tmp_path, capsys, tiny_overrides, no_plots):
+    """An output folder holding only ``.lock``, a link to a file of the user's: the folder is not empty (a link is
+    not daps's lock), and the lock never opens through a link (it truncated the target to write its pid)."""
+    precious = tmp_path / "precious.txt"
+    precious.write_text("years of work\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / LOCK).symlink_to(precious)
+    assert main(["train", *tiny_overrides, f"train.out_dir={out}"]) == 2
+    assert "not a daps run folder" in capsys.readouterr().err
+    assert precious.read_text() == "years of work\n"
+    with pytest.raises(OutputFolderError, match="symbolic link"):
+        FolderLock(out).acquire()
+    assert precious.read_text() == "years of work\n" and (out / LOCK).is_symlink()
