@@ -565,7 +565,9 @@ def prepare_compare_folder(out: Path) -> Path:
     if not has_content(out):
         return prepare_output_folder(out, "compare", overwrite=False, entries=())  # never replaced
     refuse_precious(out, "--out")
-    if out.is_symlink() or not out.is_dir():
+    if out.is_symlink():
+        raise OutputFolderError(f"--out {out} is a symbolic link; a comparison is re-entered only in its real folder")
+    if not out.is_dir():
         raise OutputFolderError(f"--out {out} exists and is not a folder")
     marker = read_marker(out)
     if marker != "compare":

@@ -502,3 +502,17 @@ def test_origins_warn_about_speeds_only_across_machines(tmp_path):
     assert "Trained on cpu (CPU X, 2 CPUs, 2 processes), torch 2.13.0, code aaa: c/seed0." in text
     assert "code aaa: a/seed0, c/seed0." in text
     assert text.endswith("comparable only between runs trained on one machine.")
+
+
+def test_a_link_to_a_compare_folder_is_named_as_a_link(tmp_path, overrides, capsys):
+    """``--out`` a symbolic link to a folder with content: refused as a link (it said "is not a folder"), and
+    nothing behind it touched."""
+    real = tmp_path / "real"
+    real.mkdir()
+    (real / "notes.md").write_text("mine")
+    link = tmp_path / "link"
+    link.symlink_to(real, target_is_directory=True)
+    rc = main(["compare", "--methods", "daps", "--steps", "4", "--out", str(link), *overrides])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "symbolic link" in err
+    assert [p.name for p in real.iterdir()] == ["notes.md"]
