@@ -215,6 +215,11 @@ def check_codes(codes: CodeSet, where: str) -> None:
     for key in ("vocab_size", "num_tokens", "class_names"):
         if key not in meta:
             raise UserError(f"{where}: the header has no {key!r}")
+    for key in ("vocab_size", "num_tokens"):
+        if isinstance(meta[key], bool) or not isinstance(meta[key], int) or meta[key] < 1:
+            raise UserError(f"{where}: the header's {key} is {meta[key]!r}, not a positive integer")
+    if not isinstance(meta["class_names"], list) or not all(isinstance(n, str) for n in meta["class_names"]):
+        raise UserError(f"{where}: the header's class_names is not a list of strings")
     if c.shape[2] != codes.num_tokens:
         raise UserError(f"{where}: codes have {c.shape[2]} tokens, the header says {codes.num_tokens}")
     if c.numel() and (int(c.min()) < 0 or int(c.max()) >= codes.vocab_size):

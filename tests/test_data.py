@@ -485,3 +485,22 @@ def test_real_mnist5k(real_train):
         rows = torch.nonzero(real_train.labels == c).squeeze(1)
         assert torch.equal(tr.images[tr.labels == c], real_train.images[rows[:450]])
         assert torch.equal(te.images[te.labels == c], real_train.images[rows[450:500]])
+
+
+def test_downloaded_mnist_files_follow_the_umask(tmp_path, monkeypatch):
+    """A download is written to a tempfile (mode 0600) and renamed into the cache: the published file must get
+    the umask's mode, as the decoded CIFAR cache and the unpacked ImageNet sample do, or a shared cache is
+    private to whoever downloaded first."""
+    from daps.runfolder import UMASK
+
+    imgs, labels = make_split(3, 1)
+    blobs = {
+        "t10k-images-idx3-ubyte.gz": gzip.compress(idx_images(imgs)),
+        "t10k-labels-idx1-ubyte.gz": gzip.compress(idx_labels(labels)),
+    }
+    monkeypatch.setattr(mnist_mod, "MD5", {k: hashlib.md5(v).hexdigest() for k, v in blobs.items()})
+    monkeypatch.setattr(paths_mod, "urlopen", lambda url, timeout: io.BytesIO(blobs[url.rsplit("/", 1)[1]]))
+    load_mnist("test")
+    files = list((tmp_path / "xdg_cache" / "daps" / "mnist").iterdir())
+    assert sorted(p.name for p in files) == sorted(blobs)
+    assert all(p.stat().st_mode & 0o777 == 0o666 & ~UMASK for p in files)

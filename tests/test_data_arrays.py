@@ -237,3 +237,33 @@ def test_the_shape_read_from_the_header_is_the_loaded_images_shape(tmp_path, sto
     np.savez(path, train=np.zeros(stored, np.uint8), test=np.zeros(stored, np.uint8))
     for split in ("train", "test"):
         assert image_shape(split, path) == tuple(load_dataset("arrays", split, path).images.shape[1:])
+
+
+def test_an_ambiguous_layout_is_read_channels_first(tmp_path):
+    """(N, 3, H, 3) could be either layout: the documented rule reads it channels-first (3 channels of H x 3)."""
+    from daps.data.arrays import image_shape
+
+    images = np.random.default_rng(0).integers(0, 256, (2, 3, 5, 3), dtype=np.uint8)
+    np.savez(tmp_path / "amb.npz", train=images, test=images)
+    assert torch.equal(load_dataset("arrays", "train", tmp_path / "amb.npz").images, torch.from_numpy(images))
+    assert image_shape("train", tmp_path / "amb.npz") == (3, 5, 3)
+
+
+
+def test_export_codes_reads_the_data_dir_it_is_given_and_standardizes_it(npz, tmp_path):
+    """--data-dir names where the run's data are now (the file moved since training); the codes are the
+    encoder's draws on the pixels mapped to [-1, 1], as training fed them, with the seed given."""
+    import shutil
+
+    from daps.checkpoint import load_model
+    from daps.codes import export_codes
+
+    run = tmp_path / "run"
+    assert main(["train", *TINY, f"data.data_dir={npz}", f"train.out_dir={run}"]) == 0
+    moved = tmp_path / "moved" / "mine.npz"
+    moved.parent.mkdir()
+    shutil.move(npz, moved)
+    codes = export_codes(run, "test", seed=5, data_dir=str(moved))
+    images = load_dataset("arrays", "test", moved).images
+    expected = load_model(run).encode(dataset_spec("arrays").standardize(images), torch.Generator().manual_seed(5))
+    assert torch.equal(codes.codes[:, 0], expected)

@@ -726,3 +726,254 @@ def test_every_mnist5k_image_is_an_mnist_training_image():
                            for split in ("train", "test")))
     assert len(subset) > 4900 and subset <= train and not subset & test
     assert SEEN_IN_TRAINING == {"mnist5k"} and FAMILY["mnist5k"] == "mnist"
+
+
+def test_cifar10_jpeg_keeps_rows_as_rows_and_columns_as_columns(isolated, tmp_path):
+    """Decoded JPEGs are HWC and must become CHW with H still the rows: a constant-colour image cannot tell
+    (N, 3, W, H) from (N, 3, H, W), and CIFAR images are square, so the shape cannot either."""
+    img = np.zeros((32, 32, 3), np.uint8)
+    img[:16] = (255, 0, 0)  # top half red, bottom half blue
+    img[16:] = (0, 0, 255)
+    buf = io.BytesIO()
+    Image.fromarray(img, "RGB").save(buf, format="JPEG", quality=95)
+    blob = np.frombuffer(buf.getvalue(), np.uint8)
+    (tmp_path / "data").mkdir()
+    np.savez(tmp_path / "data" / "cifar10_jpeg_q75_test.npz", jpeg_bytes=blob,
+             offsets=np.array([0, len(blob)], np.int64), y=np.zeros(1, np.uint8))
+    x = load_cifar10_jpeg("test", data_dir=tmp_path / "data").images[0].float()  # (3, 32, 32)
+    assert x[0, :12].mean() > 200 and x[0, 20:].mean() < 50  # red: the top rows
+    assert x[2, :12].mean() < 50 and x[2, 20:].mean() > 200  # blue: the bottom rows
+
+
+def test_cifar10_archive_link_member_is_refused(isolated, tmp_path, monkeypatch):
+    """Only regular files are unpacked: a symbolic link inside cifar-10-batches-py/ (safe name, so the name
+    check passes) is refused by name, and nothing reaches the cache."""
+    src = tmp_path / "src"
+    _write_release(src)
+    tgz = tmp_path / "data" / cifar.TGZ_NAME
+    tgz.parent.mkdir()
+    with tarfile.open(tgz, "w:gz") as tar:
+        tar.add(src / cifar.BATCH_DIR, arcname=cifar.BATCH_DIR)
+        link = tarfile.TarInfo(f"{cifar.BATCH_DIR}/link")
+        link.type, link.linkname = tarfile.SYMTYPE, "test_batch"
+        tar.addfile(link)
+    monkeypatch.setattr(cifar, "TGZ_MD5", _md5(tgz))
+    with pytest.raises(ValueError, match="non-regular archive member 'cifar-10-batches-py/link'"):
+        load_cifar10("test", data_dir=tmp_path / "data")
+    assert not (isolated / "daps" / "cifar10" / cifar.BATCH_DIR).exists()
+
+
+@pytest.mark.parametrize("y", [[0, 10], [-1, 0]])
+def test_cifar10_jpeg_labels_outside_0_9_are_refused(isolated, tmp_path, y):
+    path = _write_jpeg_npz(tmp_path, "test", [(1, 2, 3), (4, 5, 6)])
+    with np.load(path) as z:
+        np.savez(path, jpeg_bytes=z["jpeg_bytes"], offsets=z["offsets"], y=np.array(y, np.int64))
+    with pytest.raises(ValueError, match="'y' must be .* labels in 0..9"):
+        load_cifar10_jpeg("test", data_dir=tmp_path)
+
+
+def test_cifar10_download_with_the_wrong_md5_is_refused_and_not_kept(isolated, tmp_path, monkeypatch):
+    """A download whose md5 is not the release's (a proxy's error page, a cut-off transfer) is refused and
+    deleted: it must not be published into the cache as cifar-10-python.tar.gz."""
+    archive = _write_archive(tmp_path / "server").read_bytes()
+    monkeypatch.setattr(cifar, "TGZ_MD5", hashlib.md5(archive).hexdigest())
+    monkeypatch.setattr(paths_mod, "urlopen", lambda url, timeout: io.BytesIO(archive[:-10]))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="failed .*md5"):
+        load_cifar10("test", data_dir=tmp_path / "empty")
+    assert not (isolated / "daps" / "cifar10" / cifar.TGZ_NAME).exists()
+
+
+def test_a_cifar10_batch_with_a_negative_label_is_refused(isolated, tmp_path):
+    batches = _write_release(tmp_path / "data")
+    with open(batches / "test_batch", "wb") as f:
+        pickle.dump({b"data": np.zeros((2, 3072), np.uint8), b"labels": [-1, 0]}, f, protocol=2)
+    with pytest.raises(ValueError, match="labels outside 0..9"):
+        load_cifar10("test", data_dir=tmp_path / "data")
+
+
+def test_a_sample_tar_with_a_class_index_twice_is_refused(tmp_path):
+    """Two images numbered 000 (of two wnids) must be refused: with the later one's wnid in labels.tsv, every
+    other check passes, and the unpacked tree gets two classes where labels.tsv has one."""
+    names = ["000_n01000001_aa.jpg", "000_n01000002_bb.jpg"]
+    tar = _sample_tar(tmp_path / "s.tar", names, "0\tn01000002\tbb\n")
+    with pytest.raises(ValueError, match="class index 0 appears twice"):
+        unpack_imagenet_sample(tar, tmp_path / "out" / "sample")
+    assert os.listdir(tmp_path / "out") == []
+
+
+def test_an_explicit_imagenet_folder_never_falls_back_to_the_environment(isolated, tmp_path, monkeypatch):
+    """An explicit data_dir wins or fails: ImageNet under $DAPS_DATA_DIR is not searched when one is given."""
+    (tmp_path / "env" / "imagenet" / "train" / "n01440764").mkdir(parents=True)
+    monkeypatch.setenv("DAPS_DATA_DIR", str(tmp_path / "env"))
+    (tmp_path / "mine").mkdir()
+    assert find_imagenet_root() == tmp_path / "env" / "imagenet"
+    assert find_imagenet_root(tmp_path / "mine") is None
+    with pytest.raises(FileNotFoundError, match=str(tmp_path / "mine")):
+        require_imagenet_root(tmp_path / "mine")
+
+
+def test_hidden_files_in_a_class_folder_are_not_images(tmp_path):
+    """macOS leaves ``._name.jpg`` (AppleDouble) beside every copied file: they are not images and must not be
+    listed (each would be logged, skipped and counted as an unreadable file)."""
+    (tmp_path / "a").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "a" / "x.jpg")
+    (tmp_path / "a" / "._x.jpg").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    paths, labels, classes = find_images(tmp_path)
+    assert [p.name for p in paths] == ["x.jpg"] and labels == [0] and classes == ["a"]
+
+
+def test_training_crops_differ_between_the_images_of_an_epoch(tmp_path):
+    """Each item's augmentation is seeded by (seed, epoch, index): identical images at different indices get
+    different crops and flips (seeded without the index, a whole batch would be cropped alike)."""
+    coords = np.zeros((64, 64, 3), np.uint8)
+    coords[..., 0] = np.arange(64)[None, :] * 4
+    coords[..., 1] = np.arange(64)[:, None] * 4
+    (tmp_path / "a").mkdir()
+    for i in range(8):
+        Image.fromarray(coords, "RGB").save(tmp_path / "a" / f"{i}.png")
+    ds = ImageFolderDataset(tmp_path, 16, train=True, seed=0)
+    crops = [ds[(i, 0)][0] for i in range(8)]
+    assert len({c.numpy().tobytes() for c in crops}) == 8
+
+
+def test_a_sampled_box_may_span_the_whole_height_or_width():
+    """A sampled box that fits exactly (w == width or h == height) is taken, as torchvision's
+    RandomResizedCrop does: on a 20x10 image a square box of half the area is 10x10 and is placed anywhere along
+    the width; rejected, every try would fall back to the one centered box."""
+    g = torch.Generator().manual_seed(0)
+    boxes = {sample_crop_box(20, 10, g, scale=(0.5, 0.5), ratio=(1, 1)) for _ in range(50)}
+    assert all(top == 0 and w == h == 10 for _, top, w, h in boxes)
+    assert len({left for left, _, _, _ in boxes}) > 5
+
+
+def test_flip_probability_follows_p():
+    img = Image.fromarray(np.array([[[0, 0, 0], [255, 255, 255]]], np.uint8), "RGB")
+    g = torch.Generator().manual_seed(1)
+    assert all(random_horizontal_flip(img, g, p=1.0).getpixel((0, 0)) == (255, 255, 255) for _ in range(50))
+    assert all(random_horizontal_flip(img, g, p=0.0).getpixel((0, 0)) == (0, 0, 0) for _ in range(50))
+    flips = [random_horizontal_flip(img, g, p=0.2).getpixel((0, 0)) == (255, 255, 255) for _ in range(2000)]
+    assert 0.17 < np.mean(flips) < 0.23
+
+
+def test_resize_center_crop_is_bilinear():
+    """Shorter side to 32 (40 x 100 -> 32 x 80), bilinear, then the central 32 x 32: the crop equals PIL's own
+    bilinear resize cropped at the center."""
+    rng = np.random.default_rng(0)
+    img = Image.fromarray(rng.integers(0, 256, (100, 40, 3), dtype=np.uint8))  # 40 wide, 100 high
+    expected = img.resize((32, 80), Image.Resampling.BILINEAR).crop((0, 24, 32, 56))
+    assert np.array_equal(np.asarray(resize_center_crop(img, 32)), np.asarray(expected))
+
+
+def test_resize_center_crop_rounds_the_longer_side():
+    """101 * 32/40 = 80.8: the longer side becomes 81 (rounded; torchvision's Resize would truncate to 80)."""
+    rng = np.random.default_rng(0)
+    img = Image.fromarray(rng.integers(0, 256, (101, 40, 3), dtype=np.uint8))
+    expected = img.resize((32, 81), Image.Resampling.BILINEAR).crop((0, 24, 32, 56))
+    assert np.array_equal(np.asarray(resize_center_crop(img, 32)), np.asarray(expected))
+
+
+def test_random_resized_crop_is_bilinear():
+    rng = np.random.default_rng(1)
+    img = Image.fromarray(rng.integers(0, 256, (64, 80, 3), dtype=np.uint8))
+    left, top, w, h = sample_crop_box(80, 64, torch.Generator().manual_seed(3))
+    expected = img.resize((16, 16), Image.Resampling.BILINEAR, box=(left, top, left + w, top + h))
+    got = random_resized_crop(img, 16, torch.Generator().manual_seed(3))
+    assert np.array_equal(np.asarray(got), np.asarray(expected))
+
+
+def test_a_zero_ratio_or_scale_bound_is_refused_by_name():
+    g = torch.Generator().manual_seed(0)
+    with pytest.raises(ValueError, match="ratio must be"):
+        sample_crop_box(10, 10, g, ratio=(0, 1))
+    with pytest.raises(ValueError, match="scale must be"):
+        sample_crop_box(10, 10, g, scale=(0, 1))
+
+
+def test_epoch_orders_of_neighbouring_seeds_are_unrelated():
+    """The order of epoch e under seed s must not be the order of epoch e + 1 under seed s - 1 (two runs with
+    seeds 5 and 6 would then visit the same sequence of epochs, one epoch apart)."""
+    from daps.data.transforms import epoch_permutation
+
+    assert not torch.equal(epoch_permutation(50, 5, 1), epoch_permutation(50, 6, 0))
+    assert not torch.equal(epoch_permutation(50, 0, 3), epoch_permutation(50, 3, 0))
+
+
+def test_the_validation_subset_is_the_same_in_every_version():
+    """A fixed subset (seed 0): --max-images N must pick the images earlier runs were evaluated on."""
+    from daps.data.transforms import fixed_subset
+
+    assert fixed_subset(10, 4).tolist() == [1, 4, 5, 7]
+    assert fixed_subset(1000, 5).tolist() == [37, 44, 675, 775, 947]
+    assert fixed_subset(10, 0).tolist() == list(range(10)) and fixed_subset(3, 5).tolist() == [0, 1, 2]
+
+
+@pytest.mark.parametrize("shape", [(3, 16, 24), (1, 16, 16)])
+def test_a_folder_dataset_needs_square_rgb_crops(tree, tmp_path, shape):
+    """Folder images are cropped to R x R RGB: a (3, H, W) with H != W (the crops would be H x H, not the
+    configured shape) or a grey shape is refused naming data.image_shape."""
+    import shutil
+
+    from daps.data import folder_dataset
+
+    for split in ("train", "val"):
+        shutil.copytree(tree, tmp_path / split)
+    with pytest.raises(ValueError, match=r"data.image_shape must be \(3, R, R\)"):
+        folder_dataset("imagefolder", "train", shape, str(tmp_path), train=True)
+
+
+def test_a_cifar10_batch_with_one_damaged_byte_is_one_user_error(isolated, tmp_path):
+    """A flipped byte in the module name a batch's pickle imports (numpy -> mumpy) raised ModuleNotFoundError:
+    a traceback and exit code 1 instead of one line naming the file."""
+    from daps.errors import UserError
+
+    batches = _write_release(tmp_path / "data")
+    raw = bytearray((batches / "test_batch").read_bytes())
+    raw[raw.find(b"numpy")] = ord("m")
+    (batches / "test_batch").write_bytes(bytes(raw))
+    with pytest.raises(UserError, match="test_batch: not a CIFAR-10 python batch"):
+        load_cifar10("test", data_dir=tmp_path / "data")
+
+
+def test_an_empty_decoded_cifar10_jpeg_cache_is_decoded_anew(isolated, tmp_path):
+    """A zero-length cache file (what a crash after the un-fsynced write + rename can leave) made np.load raise
+    EOFError: a traceback on every later load instead of a fresh decode."""
+    _write_jpeg_npz(tmp_path / "data", "test", [(200, 100, 50), (10, 20, 30)])
+    first = load_cifar10_jpeg("test", data_dir=tmp_path / "data")
+    (cached,) = (isolated / "daps" / "cifar10_jpeg").glob("*.npy")
+    cached.write_bytes(b"")
+    assert torch.equal(load_cifar10_jpeg("test", data_dir=tmp_path / "data").images, first.images)
+
+
+def test_a_sample_tar_whose_labels_are_not_utf8_is_one_user_error(tmp_path):
+    """labels.tsv is decoded as UTF-8; a damaged byte raised UnicodeDecodeError (a traceback, exit code 1)."""
+    from daps.errors import UserError
+
+    tar = tmp_path / "s.tar"
+    with tarfile.open(tar, "w") as out:
+        for name in SAMPLE_NAMES:
+            buf = io.BytesIO()
+            Image.new("RGB", (20, 20), (9, 0, 0)).save(buf, format="JPEG")
+            info = tarfile.TarInfo(f"imagenet_1k_sample_256/{name}")
+            info.size = len(buf.getvalue())
+            out.addfile(info, io.BytesIO(buf.getvalue()))
+        labels = SAMPLE_LABELS.encode().replace(b"aa", b"a\xff")
+        info = tarfile.TarInfo("imagenet_1k_sample_256/labels.tsv")
+        info.size = len(labels)
+        out.addfile(info, io.BytesIO(labels))
+    with pytest.raises(UserError, match="labels.tsv"):
+        unpack_imagenet_sample(tar, tmp_path / "out" / "sample")
+    assert os.listdir(tmp_path / "out") == []
+
+
+def test_a_replaced_sample_tar_is_unpacked_anew(isolated, tmp_path):
+    """The unpacked sample was cached under the tar's name only: another tar at the same path (a re-download
+    of a damaged copy, a different sample) went on reading the first one's images."""
+    from daps.data import _sample_root
+
+    tar = tmp_path / "data" / "imagenet_1k_sample_256_q90.tar"
+    tar.parent.mkdir()
+    _sample_tar(tar, SAMPLE_NAMES[:2], "".join(SAMPLE_LABELS.splitlines(keepends=True)[:2]))
+    assert find_images(_sample_root(tmp_path / "data"))[2] == ["n01000001", "n01000002"]
+    _sample_tar(tar, SAMPLE_NAMES, SAMPLE_LABELS)
+    assert find_images(_sample_root(tmp_path / "data"))[2] == ["n01000001", "n01000002", "n02000000"]

@@ -249,3 +249,9 @@ def test_a_prior_trains_on_a_sequences_runs_codes_with_its_test_codes_held_out(n
     assert main(["prior", "train", str(tmp_path / "train.safetensors"), "--val-codes",
                  str(tmp_path / "test.safetensors"), "--out", str(tmp_path / "prior"), "steps=2", "width=16",
                  "num_heads=2", "progress=false"]) == 0
+
+
+def test_a_zero_window_stride_is_one_user_error(npz):
+    """DataConfig built in Python is not validated: a stride of 0 (np.arange's ZeroDivisionError) is refused."""
+    with pytest.raises(UserError, match="window_stride must be >= 1, got 0"):
+        sequence_data(_data(npz, stride=0))

@@ -1168,6 +1168,67 @@ def test_settings_that_cannot_be_built_leave_the_prior_they_would_replace(export
         raise MemoryError("stand-in: can't allocate memory")
 
     monkeypatch.setattr(prior_run, "build_prior", cannot_build)
-    with pytest.raises(MemoryError):
-        main(["prior", "train", str(exported["train"]), "--out", str(prior), "--overwrite", *tiny])
+    assert main(["prior", "train", str(exported["train"]), "--out", str(prior), "--overwrite", *tiny]) == 2
     assert sorted(p.relative_to(prior) for p in prior.rglob("*")) == before
+
+
+@pytest.mark.parametrize("bad", [{"vocab_size": "x"}, {"vocab_size": None}, {"class_names": 3},
+                                 {"num_tokens": "two"}])
+def test_a_codes_header_with_values_of_the_wrong_type_is_one_user_error(tmp_path, bad):
+    """load_codes promises a UserError naming the file for a foreign or inconsistent file; a header whose
+    vocab_size / num_tokens is not a number or whose class_names is not a list raised ValueError / TypeError
+    (``daps prior train`` then showed a traceback and exited with 1)."""
+    from safetensors.torch import save_file
+
+    header = {"format": 1, "vocab_size": 4, "num_tokens": 2, "class_names": ["a", "b"], **bad}
+    path = tmp_path / "c.safetensors"
+    save_file({"codes": torch.zeros(3, 1, 2, dtype=torch.long), "labels": torch.zeros(3, dtype=torch.long)},
+              str(path), metadata={"daps_codes": json.dumps(header)})
+    with pytest.raises(UserError, match=str(path)):
+        load_codes(path)
+
+
+def test_a_failed_codes_write_keeps_the_earlier_file(tmp_path, monkeypatch):
+    """save_codes writes a temporary and renames it: a write that fails half way (disk full, Ctrl-C) leaves the
+    codes file that was there, and no temporary."""
+    import daps.codes as codes_mod
+
+    meta = {"format": 1, "vocab_size": 4, "num_tokens": 2, "class_names": ["a"]}
+    codes = CodeSet(torch.zeros(2, 1, 2, dtype=torch.long), torch.zeros(2, dtype=torch.long), meta)
+    path = save_codes(codes, tmp_path / "c.safetensors")
+    before = path.read_bytes()
+
+    def failing(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"half a file")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(codes_mod, "save_file", failing)
+    with pytest.raises(OSError, match="disk full"):
+        save_codes(codes, path, overwrite=True)
+    assert path.read_bytes() == before and os.listdir(tmp_path) == ["c.safetensors"]
+
+
+def test_inconsistent_codes_are_refused_before_anything_is_written(tmp_path):
+    meta = {"format": 1, "vocab_size": 4, "num_tokens": 2, "class_names": ["a"]}
+    bad = CodeSet(torch.full((2, 1, 2), 4, dtype=torch.long), torch.zeros(2, dtype=torch.long), meta)  # code 4 = V
+    with pytest.raises(UserError, match=r"the codes to save: codes outside \[0, 4\)"):
+        save_codes(bad, tmp_path / "c.safetensors")
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_codes_file_of_another_format_is_refused_by_name(tmp_path):
+    from safetensors.torch import save_file
+
+    header = {"format": 2, "vocab_size": 4, "num_tokens": 2, "class_names": ["a"]}
+    path = tmp_path / "new.safetensors"
+    save_file({"codes": torch.zeros(2, 1, 2, dtype=torch.long), "labels": torch.zeros(2, dtype=torch.long)},
+              str(path), metadata={"daps_codes": json.dumps(header)})
+    with pytest.raises(UserError, match="codes format 2, this daps reads format 1"):
+        load_codes(path)
+
+
+
+def test_zero_samples_per_input_is_one_user_error(trained_run):
+    """K = 0 draws would reach torch.stack([]) (a RuntimeError: a traceback from export-codes)."""
+    with pytest.raises(UserError, match="--samples-per-input must be at least 1, got 0"):
+        export_codes(trained_run, "test", samples_per_input=0)

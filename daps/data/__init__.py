@@ -40,6 +40,7 @@ from daps.data.paths import (
     PathLike,
     cache_root,
     explicit_root,
+    file_key,
     user_roots,
 )
 from daps.data.sequences import RUN_FILE as SEQUENCES_RUN_FILE
@@ -142,7 +143,8 @@ def _sample_root(data_dir: PathLike | None) -> Path:
     if tar is None:
         looked = ", ".join(str(p.parent) for p in candidates) or f"(no data folder given and ${ENV_VAR} unset)"
         raise FileNotFoundError(f"imagenet256-sample: {name} not found in {looked}. Fix: {DATA_DIR_FIX}")
-    return unpack_imagenet_sample(tar, cache_root() / "imagenet_sample_256" / tar.stem)
+    # keyed by content: a replaced tar (a fresh download of a damaged copy) is unpacked anew
+    return unpack_imagenet_sample(tar, cache_root() / "imagenet_sample_256" / f"{tar.stem}.{file_key(tar)}")
 
 
 def _given_root(data_dir: PathLike | None) -> Path:

@@ -14,7 +14,6 @@ data/datasets/cifar.py).
 from __future__ import annotations
 
 import functools
-import hashlib
 import io
 import logging
 import os
@@ -30,7 +29,17 @@ import torch
 from PIL import Image
 
 from daps.data import paths
-from daps.data.paths import DATA_DIR_FIX, NPZ_ERRORS, ImageSet, PathLike, check_split, dedupe, md5, user_roots
+from daps.data.paths import (
+    DATA_DIR_FIX,
+    NPZ_ERRORS,
+    ImageSet,
+    PathLike,
+    check_split,
+    dedupe,
+    file_key,
+    md5,
+    user_roots,
+)
 from daps.errors import UserError
 from daps.runfolder import publish_mode
 
@@ -206,7 +215,7 @@ def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     try:
         with open(path, "rb") as f:
             obj = pickle.load(f, encoding="bytes")
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as e:
+    except Exception as e:  # a damaged pickle can raise almost anything (ImportError, MemoryError, OverflowError)
         raise UserError(f"{path}: not a CIFAR-10 python batch ({type(e).__name__}: {e})") from e
     if not isinstance(obj, dict) or b"data" not in obj or b"labels" not in obj:
         raise UserError(f"{path}: not a CIFAR-10 python batch (expected a dict with b'data' and b'labels')")
@@ -279,18 +288,6 @@ def _jpeg_candidates(split: str, data_dir: PathLike | None) -> list[Path]:
     return dedupe(paths)
 
 
-def _file_key(path: Path) -> str:
-    """Content key of a (large) file, cheap to compute: hash of its size, first and last MiB. The last MiB
-    of an .npz holds the zip directory with every member's CRC-32, so any content change alters the key."""
-    size = path.stat().st_size
-    h = hashlib.sha256(str(size).encode())
-    with open(path, "rb") as f:
-        h.update(f.read(1 << 20))
-        f.seek(max(0, size - (1 << 20)))
-        h.update(f.read(1 << 20))
-    return h.hexdigest()[:16]
-
-
 def _read_npz(path: Path) -> tuple[np.lib.npyio.NpzFile, np.ndarray, np.ndarray]:
     """Open the npz (no pickle) and check its offsets and labels; returns (npz, offsets, labels)."""
     npz = None
@@ -338,7 +335,7 @@ def _load_cached(cache: Path, n: int) -> np.ndarray | None:
         return None
     try:
         arr = np.load(cache, allow_pickle=False)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, EOFError) as e:  # EOFError: an empty file
         log.warning("ignoring unreadable decoded cache %s (%s)", cache, e)
         return None
     if arr.dtype != np.uint8 or arr.shape != (n, *IMAGE_SHAPE):
@@ -401,7 +398,7 @@ def load_cifar10_jpeg(split: str, data_dir: PathLike | None = None) -> ImageSet:
     _warn_lossy()
     npz, offsets, labels = _read_npz(path)
     n = labels.shape[0]
-    cache = cifar10_jpeg_cache_dir() / f"{path.stem}.{_file_key(path)}.npy"
+    cache = cifar10_jpeg_cache_dir() / f"{path.stem}.{file_key(path)}.npy"
     images = _load_cached(cache, n)
     with npz:
         if images is None:

@@ -90,7 +90,10 @@ def unpack_imagenet_sample(tar_path: PathLike, dest: PathLike) -> Path:
                     assert src is not None  # regular file
                     with src:
                         if name == "labels.tsv":
-                            labels_text = src.read().decode("utf-8")
+                            try:
+                                labels_text = src.read().decode("utf-8")
+                            except UnicodeDecodeError as e:
+                                raise UserError(f"{tar_path}: labels.tsv is not UTF-8 text ({e})") from None
                             continue
                         match = _SAMPLE_IMAGE.match(name)
                         if match is None:

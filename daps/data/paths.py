@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import hashlib
 import logging
 import os
 import shutil
@@ -115,6 +116,19 @@ def dedupe(paths: list[Path]) -> list[Path]:
 def md5(path: Path) -> str:
     """The md5 hex digest of a file (the checksum the standard dataset releases publish)."""
     return file_digest(path, "md5")
+
+
+def file_key(path: Path) -> str:
+    """Content key of a (large) file, cheap to compute: hash of its size, first and last MiB. The last MiB
+    of an .npz holds the zip directory with every member's CRC-32, so any content change alters the key; a tar's
+    size and ends change with its members."""
+    size = path.stat().st_size
+    h = hashlib.sha256(str(size).encode())
+    with open(path, "rb") as f:
+        h.update(f.read(1 << 20))
+        f.seek(max(0, size - (1 << 20)))
+        h.update(f.read(1 << 20))
+    return h.hexdigest()[:16]
 
 
 def urlopen(url: str, timeout: float):
