@@ -391,15 +391,15 @@ def test_policy_evaluation_is_bits_per_token_of_each_input_taken_away():
 
 
 def test_jpeg_cache_key_sees_a_change_at_the_end_of_a_large_file(tmp_path):
-    from daps.data.cifar import _file_key
+    from daps.data.paths import file_key
 
     head = bytes(range(256)) * (3 * 4096)  # 3 MiB
     a, b, c = tmp_path / "a.npz", tmp_path / "b.npz", tmp_path / "c.npz"
     a.write_bytes(head + b"zip directory 1")
     b.write_bytes(head + b"zip directory 2")  # same size, same first MiB: only the tail differs
     c.write_bytes(head + b"zip directory 1")
-    assert _file_key(a) != _file_key(b)
-    assert _file_key(a) == _file_key(c) and len(_file_key(a)) == 16
+    assert file_key(a) != file_key(b)
+    assert file_key(a) == file_key(c) and len(file_key(a)) == 16
 
 
 # --------------------------------------------------------------------------------------------------
