@@ -289,10 +289,14 @@ def test_the_compare_folder_is_marked_and_a_foreign_one_refused(tmp_path, overri
     assert main(["compare", "--methods", "daps", "--steps", "4", "--out", str(out), *overrides]) == 0
     assert (out / "daps" / "seed0" / "metrics.jsonl").stat().st_mtime_ns == metrics
 
+    from daps.runfolder import LEGACY_RUN_ENTRIES
+
     legacy = tmp_path / "legacy"  # a comparison written before the marker existed is recognised
     shutil.copytree(out, legacy)
     (legacy / ".daps").unlink()
-    (legacy / "daps" / "seed0" / ".daps").unlink()
+    for path in (legacy / "daps" / "seed0").iterdir():  # a run as daps wrote it then (no marker, provenance, logs)
+        if path.name not in LEGACY_RUN_ENTRIES:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
     compare("mnist", ["daps"], 4, [0], legacy, overrides)
     assert read_marker(legacy) == "compare"
 
