@@ -166,3 +166,31 @@ def test_a_run_folder_in_use_is_refused_by_every_rank_in_one_line(tmp_path, tiny
     assert proc.returncode != 0
     assert proc.stderr.count("is in use by another daps process") == 2, proc.stderr[-3000:]
     assert "Connection closed" not in proc.stderr and "[rank1]: Traceback" not in proc.stderr, proc.stderr[-3000:]
+
+
+
+def _train_rows(rank: int, store: str, results) -> None:
+    from types import SimpleNamespace
+
+    import torch.distributed as tdist
+
+    from daps.train import _train_row
+
+    tdist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    try:
+        s = SimpleNamespace(device=torch.device("cpu"), optimizers=SimpleNamespace(skipped={"vae": rank}),
+                            batches=SimpleNamespace(num_skipped=0))
+        # the logs of two steps summed on each rank: rank 0 loss 4, log_p -10; rank 1 twice that
+        sums = {"loss": torch.tensor(4.0 * (rank + 1)), "log_p": torch.tensor(-10.0 * (rank + 1))}
+        results.put((rank, _train_row(sums, 2, s, {"vae": 1.5})))
+    finally:
+        tdist.destroy_process_group()
+
+
+def test_a_train_row_averages_its_window_over_every_process(tmp_path):
+    """Each process sums its own logs over the window; the row (written by rank 0) is the mean over the window and
+    over both processes: loss (4/2 + 8/2) / 2 = 3, log_p (-10/2 - 20/2) / 2 = -7.5, the same on every rank.
+    Fails on: the all-reduce left out of the row (rank 0's logs alone: 2 and -5) or summed instead of averaged."""
+    for rank, row in two_processes(_train_rows, tmp_path / "store"):
+        assert (row["loss"], row["log_p"]) == (3.0, -7.5), (rank, row)
+        assert row["grad_norm_vae"] == 1.5 and row["skipped_vae"] == rank

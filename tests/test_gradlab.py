@@ -222,3 +222,38 @@ def test_the_dimension_sweep_writes_its_tables_and_resumes_only_the_same_setting
     (out / "results.json").write_text("{")  # damaged
     assert module.main([*args, "--resume"]) == 2
     assert "is damaged" in capsys.readouterr().err
+
+
+
+def test_each_estimator_gets_draws_of_its_own():
+    """Two estimators configured alike are two independent samples of one estimator: their draws (so their
+    statistics) differ, as the two-sample z-score of ``compare_to`` assumes. Fails on: every estimator drawing from
+    the same seed (identical draws, correlated comparisons)."""
+    same = ("reinforce.num_samples=4",)
+    result = run_gradlab([Estimator("a", "reinforce", same), Estimator("b", "reinforce", same)],
+                         num_draws=8, pretrain_steps=0, seed=0)
+    a, b = result["rows"]
+    assert a["snr"] != b["snr"] and a["bias_z"] != b["bias_z"]
+
+
+def test_ppo_draws_start_from_old_equal_to_new():
+    """The lab loads the shared encoder into PPO, whose old encoder (theta_old, not among the shared weights) is
+    still its own initialization: a first call brings theta_old to theta, so the first draw is already a draw of
+    the "old = new" estimator, the same as any later one with the same seed. Fails on: the warm-up call left out
+    (the first draw's ratio and KL(old || new) are of the initial old encoder)."""
+    import torch
+
+    from daps.gradlab import _build, _constant_schedules, estimator_draws
+
+    common = _constant_schedules(0.5, 1.0)
+    x = (torch.rand(4, 1, 4, 4, generator=torch.Generator().manual_seed(0)) > 0.5).float()
+    reference = _build("daps", common, 0)
+    with torch.no_grad():
+        for p in reference.encoder.parameters():
+            p.add_(0.3 * torch.randn(p.shape, generator=torch.Generator().manual_seed(1)))  # away from the init
+    shared = {k: v for k, v in reference.state_dict().items() if k.startswith(("encoder.", "decoder."))}
+    model = _build("ppo", common, 0)
+    model.load_state_dict(shared, strict=False)
+    first = estimator_draws(model, x, 1, seed=7)
+    again = estimator_draws(model, x, 1, seed=7)
+    assert torch.allclose(first, again, rtol=1e-4, atol=1e-4)  # float32 noise ~1e-6; stale old: ~10

@@ -251,3 +251,42 @@ def test_each_step_keeps_its_own_adamw_after_loading_the_others_state():
     for p in model.parameters():
         p.grad = torch.randn_like(p)
     reference.step()  # torch's per-parameter AdamW accepts the loaded state
+
+
+
+@pytest.mark.parametrize("batched", [True, False])
+def test_a_learning_rate_schedule_scales_each_optimizers_own_rate(batched):
+    """scale_lr(f) sets every group's rate to f times its spec's rate (0.1 and 0.004 here), again from the spec at
+    each call (not compounded), and the step moves by that rate. Fails on: the factor taken as the rate itself."""
+    a, b = nn.Parameter(torch.zeros(3)), nn.Parameter(torch.zeros(2))
+    specs = [OptimizerSpec("a", [a], 0.1, 0.0), OptimizerSpec("b", [b], 0.004, 0.0)]
+    opts = Optimizers(nn.ParameterList([a, b]), specs, 0.0, batched)
+    opts.scale_lr(0.5)
+    opts.scale_lr(0.25)
+    assert [opts.optimizers[n].param_groups[0]["lr"] for n in ("a", "b")] == pytest.approx([0.025, 0.001])
+    a.grad, b.grad = torch.ones(3), torch.ones(2)
+    opts.step()  # Adam's first step moves each coordinate by the rate (its normalized gradient is 1)
+    assert torch.allclose(a.detach(), torch.full((3,), -0.025), rtol=0, atol=1e-6)
+    assert torch.allclose(b.detach(), torch.full((2,), -0.001), rtol=0, atol=1e-7)
+
+
+@pytest.mark.parametrize("batched", [True, False])
+def test_an_optimizers_gradient_norm_is_over_all_its_parameters_together(batched):
+    """Two tensors with gradients (3, 0) and (4,): the optimizer's norm (logged as grad_norm_*, and the one the
+    global-norm clip divides by) is 5, the norm of all its gradients together, and clipping to 1 scales both by 1/5.
+    Fails on: the sum of the per-tensor norms (7) taken as the group's norm."""
+    v, w = nn.Parameter(torch.zeros(2)), nn.Parameter(torch.zeros(1))
+    opts = Optimizers(nn.ParameterList([v, w]), [OptimizerSpec("a", [v, w], 0.1, 1.0, clip="global_norm")], 0.0,
+                      batched)
+    v.grad, w.grad = torch.tensor([3.0, 0.0]), torch.tensor([4.0])
+    seen = {}
+    original = opts.optimizers["a"].step
+
+    def spy(*args, **kwargs):
+        seen["grads"] = (v.grad.clone(), w.grad.clone())
+        return original(*args, **kwargs)
+
+    opts.optimizers["a"].step = spy
+    assert opts.step() == {"a": pytest.approx(5.0)}
+    torch.testing.assert_close(seen["grads"][0], torch.tensor([0.6, 0.0]), rtol=1e-5, atol=0)
+    torch.testing.assert_close(seen["grads"][1], torch.tensor([0.8]), rtol=1e-5, atol=0)

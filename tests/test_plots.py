@@ -70,3 +70,13 @@ def test_training_curves_without_ess_show_the_kl(tmp_path, captured):
     panel = captured[0].axes[2]
     assert "KL" in panel.get_title()
     assert sorted(_lines(panel).values()) == [([5], [4.0]), ([5], [4.5])]
+
+
+
+def test_comparison_curves_with_a_zero_keep_a_linear_axis(tmp_path, captured):
+    """``log_y`` with a value of exactly 0 (a KL or eta held at 0) draws on a linear axis, as with any value <= 0.
+    Fails on: ``low > 0`` dropped from the test (high / 0: ZeroDivisionError)."""
+    plots.save_comparison_curves({"a": [[(1, 0.0), (2, 50.0)]]}, tmp_path / "c.png", log_y=True)
+    assert captured[0].axes[0].get_yscale() == "linear"
+    plots.save_comparison_curves({"a": [[(1, -5.0), (2, -1.0)]]}, tmp_path / "d.png", log_y=True)
+    assert captured[1].axes[0].get_yscale() == "linear"
