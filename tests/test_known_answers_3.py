@@ -41,11 +41,11 @@ def test_resume_rewrites_a_summary_of_another_step(copy_run, trained_run, tiny_o
     assert json.loads((run / "summary.json").read_text()) == json.loads((trained_run / "summary.json").read_text())
 
 
-@offline
-def test_train_rows_average_the_logs_of_their_steps(tmp_path, tiny_overrides, no_plots, monkeypatch):
+def record_training_logs(monkeypatch) -> list[dict[str, float]]:
+    """The logs of every training step of the next run, in order (validation passes left out)."""
     import daps.train
 
-    seen: list[dict[str, float]] = []  # the logs of every training step, in order
+    seen: list[dict[str, float]] = []
     real_build = daps.train.build_method
 
     def build(*args, **kwargs):
@@ -62,6 +62,12 @@ def test_train_rows_average_the_logs_of_their_steps(tmp_path, tiny_overrides, no
         return model
 
     monkeypatch.setattr(daps.train, "build_method", build)
+    return seen
+
+
+@offline
+def test_train_rows_average_the_logs_of_their_steps(tmp_path, tiny_overrides, no_plots, monkeypatch):
+    seen = record_training_logs(monkeypatch)
     run = tmp_path / "run"
     assert main(["train", *tiny_overrides, "train.steps=4", f"train.out_dir={run}"]) == 0
     assert len(seen) == 4
@@ -551,25 +557,7 @@ def test_a_quantizer_exports_one_code_per_input(tmp_path, tiny_overrides_for):
 def test_a_partial_last_window_averages_only_its_own_steps(tmp_path, tiny_overrides, no_plots, monkeypatch):
     """5 steps, log_every=2: the row of step 5 holds the logs of step 5 alone (its one step), not their sum over
     log_every. Fails on: the window's sums divided by train.log_every instead of the steps it holds."""
-    import daps.train
-
-    seen: list[dict[str, float]] = []
-    real_build = daps.train.build_method
-
-    def build(*args, **kwargs):
-        model = real_build(*args, **kwargs)
-        real_forward = model.forward
-
-        def forward(*a, **k):
-            out = real_forward(*a, **k)
-            if model.training:
-                seen.append({key: float(value) for key, value in out.logs.items()})
-            return out
-
-        model.forward = forward
-        return model
-
-    monkeypatch.setattr(daps.train, "build_method", build)
+    seen = record_training_logs(monkeypatch)
     run = tmp_path / "run"
     assert main(["train", *tiny_overrides, "train.steps=5", f"train.out_dir={run}"]) == 0
     last = [r for r in rows(run) if r["split"] == "train"][-1]
