@@ -551,10 +551,7 @@ def main(argv: list[str] | None = None) -> int:
         command = _command_name(args)
         print(f"daps {command}: error: {err}", file=sys.stderr)
         return 2
-    except MemoryError as err:  # numpy's; torch's are RuntimeErrors, below
-        print(f"daps {_command_name(args)}: error: {out_of_memory(err)}", file=sys.stderr)
-        return 2
-    except RuntimeError as err:
+    except (MemoryError, RuntimeError) as err:  # numpy's MemoryError; torch's allocations fail as RuntimeErrors
         from daps.train import TrainingDiverged
 
         if is_out_of_memory(err):

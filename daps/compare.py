@@ -64,6 +64,7 @@ from daps.runfolder import (
     is_temporary,
     missing_folders,
     prepare_output_folder,
+    read_json_object,
     read_marker,
     refuse_precious,
     remove_empty_folders,
@@ -331,11 +332,8 @@ def command_for(run: Run, preset: str, overrides: list[str], flags: Sequence[str
 
 
 def _finished(run: Run) -> bool:
-    try:
-        summary = json.loads((run.out_dir / "summary.json").read_text())
-    except (OSError, ValueError):  # missing, or damaged by a kill: resuming recreates it
-        return False
-    return isinstance(summary, dict) and summary.get("step") == run.cfg.train.steps
+    summary = read_json_object(run.out_dir / "summary.json")  # None if missing or damaged: resuming recreates it
+    return summary is not None and summary.get("step") == run.cfg.train.steps
 
 
 def check_runs(runs: list[Run], overwrite: bool = False) -> None:

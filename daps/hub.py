@@ -28,7 +28,14 @@ import torch
 from daps.dist import resolve_device
 from daps.errors import UserError
 from daps.provenance import read_jobs
-from daps.runfolder import FolderLock, atomic_path, prepare_output_folder, write_json_atomic, write_text_atomic
+from daps.runfolder import (
+    FolderLock,
+    atomic_path,
+    prepare_output_folder,
+    read_json_object,
+    write_json_atomic,
+    write_text_atomic,
+)
 
 if TYPE_CHECKING:
     from daps.methods.types import Method
@@ -238,13 +245,7 @@ def export_run(run_dir: str | Path, out: str | Path, overwrite: bool = False) ->
     check_output_folder(Path(out), overwrite)  # before the checkpoint is read
     ckpt = resolve_checkpoint(run_dir)
     model = load_model(ckpt)
-    summary_path = ckpt.parent.parent / "summary.json"
-    try:  # missing, or damaged (a disk error, a hand edit): then as for an unfinished run
-        metrics = json.loads(summary_path.read_text())
-    except (OSError, ValueError):
-        metrics = None
-    if not isinstance(metrics, dict):
-        metrics = None
+    metrics = read_json_object(ckpt.parent.parent / "summary.json")  # missing or damaged: as for an unfinished run
     state = load_training_state(ckpt)
     step = int(state["step"])
     if metrics is not None and metrics.get("step") != step:

@@ -117,6 +117,16 @@ def write_json_atomic(path: str | Path, obj: object) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2) + "\n")
 
 
+def read_json_object(path: str | Path) -> dict | None:
+    """The JSON object in ``path``; None when the file is missing, unreadable, damaged (a kill, a disk error, a hand
+    edit) or holds something other than an object."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
 def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path)
@@ -305,7 +315,7 @@ def _is_checkpoint_folder(folder: Path) -> bool:
             continue
         if not _CHECKPOINT_NAME.fullmatch(path.name) or path.is_symlink():
             return False
-        if path.is_dir() != (path.name != "latest"):
+        if path.is_dir() != (path.name != "latest"):  # step_* are folders, latest is a file
             return False
     return True
 
@@ -313,11 +323,8 @@ def _is_checkpoint_folder(folder: Path) -> bool:
 def _is_legacy_run(folder: Path) -> bool:
     """A training run written before the marker existed: a daps ``config.json``, checkpoints or metrics, and
     nothing but what such a run wrote (a folder of the user's that happens to hold a daps config is not one)."""
-    try:
-        data = json.loads((folder / "config.json").read_text())
-    except (OSError, ValueError):
-        return False
-    if not (isinstance(data, dict) and {"method", "train", "data"} <= data.keys()):
+    data = read_json_object(folder / "config.json")
+    if data is None or not {"method", "train", "data"} <= data.keys():
         return False
     checkpoints = folder / "checkpoints"
     if (checkpoints.exists() or checkpoints.is_symlink()) and not _is_checkpoint_folder(checkpoints):

@@ -68,6 +68,7 @@ from daps.runfolder import (
     has_content,
     is_output_folder,
     missing_folders,
+    read_json_object,
     refuse_precious,
     remove_empty_folders,
     write_json_atomic,
@@ -227,11 +228,9 @@ def _rng_states(generators: dict[str, torch.Generator]) -> list[dict[str, torch.
 
 def _finished(run_dir: Path, end_step: int) -> bool:
     """Whether a run's end-of-run files are all there and its summary is readable and of ``end_step``."""
-    try:
-        summary = json.loads((run_dir / "summary.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return summary.get("step") == end_step and all((run_dir / name).is_file() for name in RUN_ARTIFACTS)
+    summary = read_json_object(run_dir / "summary.json")
+    return (summary is not None and summary.get("step") == end_step
+            and all((run_dir / name).is_file() for name in RUN_ARTIFACTS))
 
 
 def _final_val_row(metrics_path: Path, end_step: int) -> dict | None:

@@ -471,7 +471,7 @@ def test_killed_before_the_first_checkpoint_with_another_config_is_refused(copy_
     assert snapshot(run) == before
 
 
-@pytest.mark.parametrize("damage", ["empty", "missing", "truncated"])
+@pytest.mark.parametrize("damage", ["empty", "missing", "truncated", "not an object"])
 def test_finished_run_with_a_damaged_summary_or_missing_plots_is_completed(
     copy_run, trained_run, tiny_overrides, damage
 ):
@@ -481,6 +481,8 @@ def test_finished_run_with_a_damaged_summary_or_missing_plots_is_completed(
         summary.write_bytes(b"")  # what a kill during a non-atomic write used to leave
     elif damage == "missing":
         summary.unlink()
+    elif damage == "not an object":
+        summary.write_text("[1, 2]\n")  # valid JSON, but no summary (it crashed the resume)
     else:
         summary.write_text(summary.read_text()[:30])
     (run / "curves.png").unlink()
