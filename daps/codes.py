@@ -139,9 +139,11 @@ def export_codes(
     from daps.config_io import config_to_dict
     from daps.data import check_run_data, dataset_spec, folder_dataset, labelled_split
     from daps.data.imagefolder import eval_batches
+    from daps.data.paths import check_split
     from daps.data.transforms import fixed_subset
     from daps.progress import progress_bar
 
+    check_split(split)
     if samples_per_input < 1:
         raise UserError(f"--samples-per-input must be at least 1, got {samples_per_input}")
     ckpt = resolve_checkpoint(run)
@@ -280,6 +282,10 @@ def load_codes(path: str | Path) -> CodeSet:
         names = set(f.keys())
         if not {"codes", "labels"} <= names:
             raise UserError(f"{path} lacks the tensors 'codes' and 'labels' (has: {', '.join(sorted(names))})")
-        codes = CodeSet(f.get_tensor("codes").long(), f.get_tensor("labels").long(), meta)
+        tensors = {name: f.get_tensor(name) for name in ("codes", "labels")}
+    for name, tensor in tensors.items():
+        if tensor.dtype.is_floating_point or tensor.dtype.is_complex or tensor.dtype == torch.bool:
+            raise UserError(f"{path}: the tensor {name!r} is {tensor.dtype}, not integers")
+    codes = CodeSet(tensors["codes"].long(), tensors["labels"].long(), meta)
     check_codes(codes, str(path))
     return codes

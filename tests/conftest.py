@@ -113,6 +113,31 @@ def single_thread():
 
 
 @pytest.fixture
+def nan_gradients(monkeypatch):
+    """``nan_gradients(at)``: every gradient is NaN at the optimizer steps ``n`` (counted from 1) for which
+    ``at(n)`` is true, patched into the device part of the step that ``train()`` calls; returns the list that
+    counts the steps."""
+    from daps.optim import Optimizers
+
+    def poison(at) -> list:
+        real_launch, calls = Optimizers.launch, []
+
+        def launch(self):
+            calls.append(1)
+            if at(len(calls)):
+                for spec in self.specs:
+                    for p in spec.params:
+                        if p.grad is not None:
+                            p.grad.fill_(float("nan"))
+            return real_launch(self)
+
+        monkeypatch.setattr(Optimizers, "launch", launch)
+        return calls
+
+    return poison
+
+
+@pytest.fixture
 def no_plots(monkeypatch):
     """Skip the two matplotlib figures of ``train`` (most of a tiny run's time) in tests that do not look at
     them; the PNGs themselves are checked on :func:`trained_run`."""

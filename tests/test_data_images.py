@@ -772,6 +772,24 @@ def test_cifar10_jpeg_labels_outside_0_9_are_refused(isolated, tmp_path, y):
         load_cifar10_jpeg("test", data_dir=tmp_path)
 
 
+@pytest.mark.parametrize("y", [np.array([0.0, 1.5]), np.array([True, False])])
+def test_cifar10_jpeg_labels_that_are_not_integers_are_refused(isolated, tmp_path, y):
+    """Float labels were truncated (1.5 -> class 1) and booleans read as classes 0/1: both are a foreign file."""
+    path = _write_jpeg_npz(tmp_path, "test", [(1, 2, 3), (4, 5, 6)])
+    with np.load(path) as z:
+        np.savez(path, jpeg_bytes=z["jpeg_bytes"], offsets=z["offsets"], y=y)
+    with pytest.raises(ValueError, match="'y' must be .* integer labels in 0..9"):
+        load_cifar10_jpeg("test", data_dir=tmp_path)
+
+
+def test_a_cifar10_batch_with_float_labels_is_refused(isolated, tmp_path):
+    batches = _write_release(tmp_path / "data")
+    with open(batches / "test_batch", "wb") as f:
+        pickle.dump({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0.0, 2.5]}, f, protocol=2)
+    with pytest.raises(ValueError, match="b'labels' are float64, expected integers"):
+        load_cifar10("test", data_dir=tmp_path / "data")
+
+
 def test_cifar10_download_with_the_wrong_md5_is_refused_and_not_kept(isolated, tmp_path, monkeypatch):
     """A download whose md5 is not the release's (a proxy's error page, a cut-off transfer) is refused and
     deleted: it must not be published into the cache as cifar-10-python.tar.gz."""

@@ -621,30 +621,10 @@ def test_huge_learning_rate_stops_with_exit_3_and_writes_no_checkpoint(tmp_path,
     assert not (run / "summary.json").exists() and not list_checkpoints(run)
 
 
-def _nan_gradients_from_step_5(monkeypatch) -> list:
-    """Every gradient NaN from the 5th optimizer step on (patched into the device part of the step, which train()
-    calls); returns the list that counts the steps."""
-    from daps.optim import Optimizers
-
-    real_step, calls = Optimizers.launch, []
-
-    def poisoned_step(self):
-        calls.append(1)
-        if len(calls) > 4:
-            for spec in self.specs:
-                for p in spec.params:
-                    if p.grad is not None:
-                        p.grad.fill_(float("nan"))
-        return real_step(self)
-
-    monkeypatch.setattr(Optimizers, "launch", poisoned_step)
-    return calls
-
-
 def test_skipped_updates_stop_the_run_and_keep_the_last_good_checkpoint(
-    tmp_path, capsys, monkeypatch, tiny_overrides, no_plots
+    tmp_path, capsys, tiny_overrides, no_plots, nan_gradients
 ):
-    calls = _nan_gradients_from_step_5(monkeypatch)
+    calls = nan_gradients(lambda step: step > 4)
     run = tmp_path / "run"
     argv = ["train", *tiny_overrides, "train.steps=12", "train.max_skipped_steps=4", f"train.out_dir={run}"]
     assert main(argv) == 3
@@ -656,11 +636,11 @@ def test_skipped_updates_stop_the_run_and_keep_the_last_good_checkpoint(
 
 
 def test_a_run_stopped_during_skipped_updates_resumes_to_the_same_divergence(
-    tmp_path, capsys, monkeypatch, tiny_overrides, no_plots
+    tmp_path, capsys, tiny_overrides, no_plots, nan_gradients
 ):
     """The streak of skipped updates travels with the final checkpoint of a ``train.stop_after`` run: the resumed
     run stops where the uninterrupted one did (step 8 above), not 2 steps later."""
-    calls = _nan_gradients_from_step_5(monkeypatch)
+    calls = nan_gradients(lambda step: step > 4)
     run = tmp_path / "run"
     argv = ["train", *tiny_overrides, "train.steps=12", "train.max_skipped_steps=4", f"train.out_dir={run}"]
     assert main([*argv, "train.stop_after=6"]) == 0  # stopped after 2 skipped updates (steps 5 and 6)

@@ -35,10 +35,10 @@ from daps.data.paths import (
     DATA_DIR_FIX,
     DATA_DIR_FLAGS,
     ENV_VAR,
-    SPLITS,
     ImageSet,
     PathLike,
     cache_root,
+    check_split,
     explicit_root,
     file_key,
     user_roots,
@@ -314,8 +314,7 @@ def load_dataset(
         FileNotFoundError: the data files could not be found (or downloaded).
     """
     spec = dataset_spec(name)
-    if split not in SPLITS:
-        raise UserError(f"unknown split {split!r}; choose one of: {', '.join(SPLITS)}")
+    check_split(split)
     if spec.load is None:
         raise UserError(f"{name} is streamed from a folder; use folder_dataset()")
     return spec.load(split, data_dir, download)
@@ -328,8 +327,7 @@ def folder_dataset(
     random resized crops and flips when ``train``, resize + center crop otherwise (paper App. J; original:
     data/utils/transforms.py)."""
     spec = dataset_spec(name)
-    if split not in SPLITS:
-        raise UserError(f"unknown split {split!r}; choose one of: {', '.join(SPLITS)}")
+    check_split(split)
     channels, height, width = image_shape
     if channels != 3 or height != width:
         raise UserError(f"{name}: data.image_shape must be (3, R, R) for a folder dataset, got {tuple(image_shape)}")

@@ -220,9 +220,12 @@ def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if not isinstance(obj, dict) or b"data" not in obj or b"labels" not in obj:
         raise UserError(f"{path}: not a CIFAR-10 python batch (expected a dict with b'data' and b'labels')")
     data = np.asarray(obj[b"data"])
-    labels = np.asarray(obj[b"labels"], dtype=np.int64).reshape(-1)
+    labels = np.asarray(obj[b"labels"]).reshape(-1)
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
         raise UserError(f"{path}: b'data' is {data.dtype} {data.shape}, expected uint8 (n, 3072)")
+    if labels.size and labels.dtype.kind not in "iu":
+        raise UserError(f"{path}: b'labels' are {labels.dtype}, expected integers")
+    labels = labels.astype(np.int64)
     if labels.shape[0] != data.shape[0]:
         raise UserError(f"{path}: {data.shape[0]} images but {labels.shape[0]} labels")
     if labels.size and (labels.min() < 0 or labels.max() > 9):
@@ -304,8 +307,9 @@ def _read_npz(path: Path) -> tuple[np.lib.npyio.NpzFile, np.ndarray, np.ndarray]
     problem = ""
     if offsets.ndim != 1 or offsets.shape[0] < 1 or offsets[0] != 0 or np.any(np.diff(offsets) <= 0):
         problem = "'offsets' must be increasing int64 (N+1,) starting at 0"
-    elif y.shape != (offsets.shape[0] - 1,) or (y.size and (y.min() < 0 or y.max() > 9)):
-        problem = f"'y' must be (N,) labels in 0..9 with N = len(offsets) - 1 = {offsets.shape[0] - 1}"
+    elif (y.shape != (offsets.shape[0] - 1,) or (y.size and y.dtype.kind not in "iu")
+          or (y.size and (y.min() < 0 or y.max() > 9))):
+        problem = f"'y' must be (N,) integer labels in 0..9 with N = len(offsets) - 1 = {offsets.shape[0] - 1}"
     if problem:
         npz.close()
         raise UserError(f"{path}: {problem}")

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from daps.data.paths import check_split
 from daps.errors import UserError
 
 if TYPE_CHECKING:
@@ -96,6 +97,7 @@ class WindowImages:
 
 def lafan_windows(split: str, data: DataConfig) -> WindowImages:
     """Split ``train`` or ``test`` (the original's four validation clips) of ``lafan1-h1`` as windows."""
+    check_split(split)
     motion = motion_data(data)
     return WindowImages(motion.train if split == "train" else motion.val)
 

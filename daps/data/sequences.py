@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from daps.data.motion import WindowImages
-from daps.data.paths import check_recorded_file, named_npz, read_npz
+from daps.data.paths import check_recorded_file, check_split, named_npz, read_npz
 from daps.errors import UserError
 from daps.motion.dataset import MotionWindows, Standardizer, clip_windows, fit_standardizer
 from daps.runfolder import file_digest
@@ -143,6 +143,7 @@ class SequenceWindows(WindowImages):
 
 def sequence_windows(split: str, data: DataConfig) -> SequenceWindows:
     """Split ``train`` or ``test`` of ``data`` as windows."""
+    check_split(split)
     loaded = sequence_data(data)
     names = loaded.train.clips + loaded.test.clips
     if split == "train":

@@ -1,0 +1,105 @@
+"""Known answers added with the seventeenth session's review: every public reader of a split refuses a split
+other than train/test, codes and labels that are not integers are refused instead of truncated, and the model
+card's ``daps eval`` flags repeat a run's own validation row."""
+
+from __future__ import annotations
+
+import json
+import shlex
+
+import pytest
+import torch
+
+from daps.errors import UserError
+
+
+@pytest.mark.parametrize("reader", ["lafan_windows", "sequence_windows", "labelled_split", "eval_set",
+                                    "export_codes"])
+def test_every_reader_of_a_split_refuses_one_that_is_not_train_or_test(reader, tmp_path):
+    """``val`` was read as the test split by the two window readers (anything but ``"train"`` was test), and so by
+    ``labelled_split``, ``eval_set`` and ``export_codes`` on window datasets. Each refuses it by name before it
+    looks for data or a run. Fails on: the check left out of a window reader or ``export_codes`` (they would look
+    for the data, or the run, first and say something else)."""
+    import daps
+    from daps.codes import export_codes
+    from daps.data import eval_set, labelled_split
+    from daps.data.motion import lafan_windows
+    from daps.data.sequences import sequence_windows
+
+    data = daps.get_preset("mnist", "daps").data
+    data.data_dir = str(tmp_path / "nothing here")
+    call = {
+        "lafan_windows": lambda: lafan_windows("val", data),
+        "sequence_windows": lambda: sequence_windows("val", data),
+        "labelled_split": lambda: labelled_split(data, "val"),
+        "eval_set": lambda: eval_set(data, "val", 0, 10, torch.device("cpu")),
+        "export_codes": lambda: export_codes(tmp_path / "no run", split="val"),
+    }[reader]
+    with pytest.raises(UserError, match="unknown split 'val'; choose one of: train, test"):
+        call()
+
+
+def _codes_file(path, codes: torch.Tensor, labels: torch.Tensor):
+    from safetensors.torch import save_file
+
+    from daps.codes import FORMAT, HEADER_KEY
+
+    meta = {"format": FORMAT, "vocab_size": 4, "num_tokens": 2, "class_names": ["a", "b"]}
+    save_file({"codes": codes, "labels": labels}, str(path), metadata={HEADER_KEY: json.dumps(meta)})
+    return path
+
+
+@pytest.mark.parametrize("which", ["codes", "labels"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bool])
+def test_codes_files_with_tensors_that_are_not_integers_are_refused(tmp_path, which, dtype):
+    """Float codes were truncated (2.7 -> code 2) and boolean ones read as codes 0/1: a foreign file either way.
+    Fails on: the dtype check removed (the file loads)."""
+    from daps.codes import load_codes
+
+    good = {"codes": torch.tensor([[[0, 3]], [[1, 2]]]), "labels": torch.tensor([0, 1])}
+    path = _codes_file(tmp_path / "c.safetensors", good["codes"], good["labels"])
+    assert load_codes(path).codes.tolist() == [[[0, 3]], [[1, 2]]]  # the same file with integers loads
+    bad = dict(good, **{which: good[which].to(dtype)})
+    path = _codes_file(tmp_path / "bad.safetensors", bad["codes"], bad["labels"])
+    with pytest.raises(UserError, match=f"bad.safetensors: the tensor '{which}' is torch.{str(dtype)[6:]}, not "
+                                        "integers"):
+        load_codes(path)
+
+
+def test_codes_stored_as_int32_still_load_as_int64(tmp_path):
+    from daps.codes import load_codes
+
+    path = _codes_file(tmp_path / "c.safetensors", torch.tensor([[[0, 3]]], dtype=torch.int32),
+                       torch.tensor([1], dtype=torch.uint8))
+    codes = load_codes(path)
+    assert codes.codes.dtype == codes.labels.dtype == torch.int64 and codes.labels.tolist() == [1]
+
+
+def _rows(run):
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_daps_eval_with_the_cards_flags_repeats_the_runs_last_validation_row(trained_run, capsys):
+    """The model card's flags (``daps.hub.eval_flags``: the test split, train.eval_examples, train.eval_batch_size
+    and the seed train.seed + 12345) make ``daps eval`` give the numbers of the run's last validation row. The
+    control: one seed further, the encoder's draws differ and so does log p. Fails on: another validation seed in
+    training or in the card, another subset or batch size."""
+    from daps.checkpoint import read_config
+    from daps.cli import main
+    from daps.hub import NOT_METRICS, eval_flags
+
+    cfg = read_config(trained_run / "config.json")
+    last = [row for row in _rows(trained_run) if row.get("split") == "val"][-1]
+    assert last["step"] == cfg.train.steps
+    flags = shlex.split(eval_flags(cfg))
+    assert main(["eval", str(trained_run), *flags, "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    scores = sorted(k for k in last if k not in NOT_METRICS and isinstance(last[k], float))
+    assert "log_p" in scores and len(scores) >= 3
+    assert {k: result[k] for k in scores} == pytest.approx({k: last[k] for k in scores}, rel=1e-6, abs=1e-6)
+    seed = flags.index("--seed") + 1
+    flags[seed] = str(int(flags[seed]) + 1)
+    assert main(["eval", str(trained_run), *flags, "--json"]) == 0
+    other = json.loads(capsys.readouterr().out)
+    assert abs(other["log_p"] - last["log_p"]) > 1e-4
+
