@@ -5,6 +5,7 @@ Kept free of any method's objective."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -15,7 +16,7 @@ from daps.config import Config, ScheduleConfig
 from daps.data import dataset_spec
 from daps.functional import FLOAT32_EPS
 from daps.likelihoods import Bernoulli, FixedGaussian, Gaussian
-from daps.methods.types import Output, Reconstruction
+from daps.methods.types import Method, Output, Reconstruction
 from daps.nets import (
     ARTransformerEncoder,
     Decoder,
@@ -136,38 +137,53 @@ def elbo_logs(log_p: torch.Tensor, kl: torch.Tensor, final_beta: float) -> dict[
 # -- categorical codes (DAPS, REINFORCE, PPO, Gumbel / GR-MCK) ----------------------------------------
 
 
-def sample_code(encoder: CategoricalEncoder, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """One exact code per input from q(z | x) at temperature 1: ``x (B, C, H, W) -> indices (B, T)``."""
-    return encoder.sample(x, 1, generator).indices[0]  # (1, B, T) -> (B, T)
+class CategoricalMethod(Method):
+    """A method whose encoder draws exact categorical codes (DAPS, DAPS-NA, Gumbel-Softmax, GR-MCK, PPO,
+    REINFORCE-LOO). They differ in how they train; encoding, decoding and reconstruction are the same, so they
+    live here. A subclass sets ``encoder``, ``decoder``, ``likelihood`` and ``cfg`` (with a ``beta`` schedule)."""
 
+    encoder: CategoricalEncoder
+    decoder: Decoder
+    likelihood: Likelihood
+    cfg: Any
 
-def decode_code(decoder: Decoder, likelihood: Likelihood, indices: torch.Tensor) -> torch.Tensor:
-    """Decoder mean of integer codes: ``indices (B, T) -> x_hat (B, C, H, W)``."""
-    return likelihood.mean(decoder(indices))
+    @property
+    def vocab_size(self) -> int:
+        return self.encoder.vocab_size
 
+    @property
+    def final_beta(self) -> float:
+        return schedule_final(self.cfg.beta)
 
-@torch.no_grad()
-def categorical_reconstruction(
-    encoder: CategoricalEncoder,
-    decoder: Decoder,
-    likelihood: Likelihood,
-    x: torch.Tensor,
-    generator: torch.Generator | None,
-) -> Reconstruction:
-    """Encode ``x (B, C, H, W)`` with one stochastic sample (not greedy) and decode it, with the ELBO terms
-    from the sampling pass's conditionals (original: models/base_vae.py). Draws from ``generator`` exactly as
-    :func:`sample_code`."""
-    samples = encoder.sample(x, 1, generator)  # (1, B, T) each
-    indices, token_entropy = samples.indices[0], samples.token_entropy[0]  # (B, T) each
-    params = decoder(indices)  # (B, *param_shape)
-    return Reconstruction(
-        indices=indices,
-        x_hat=likelihood.mean(params),
-        log_p=likelihood.log_prob(params, x),
-        kl=DF.kl_to_uniform(token_entropy, encoder.vocab_size),
-        log_q=samples.log_q[0],
-        token_entropy=token_entropy,
-    )
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """One exact code per input from q(z | x) at temperature 1 (never a relaxed one):
+        ``(B, C, H, W) -> (B, T)``."""
+        check_images(self, x, generator)
+        return self.encoder.sample(x, 1, generator).indices[0]  # (1, B, T) -> (B, T)
+
+    @torch.no_grad()
+    def decode(self, indices: torch.Tensor) -> torch.Tensor:
+        """Decoder mean: ``(B, T) -> (B, C, H, W)``."""
+        indices = check_codes(self, indices)
+        return self.likelihood.mean(self.decoder(indices))
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor, generator: torch.Generator | None = None) -> Reconstruction:
+        """Encode ``x`` with one stochastic sample (not greedy) and decode it, with the ELBO terms from the sampling
+        pass's conditionals (original: models/base_vae.py). Draws from ``generator`` exactly as :meth:`encode`."""
+        check_images(self, x, generator)
+        samples = self.encoder.sample(x, 1, generator)  # (1, B, T) each
+        indices, token_entropy = samples.indices[0], samples.token_entropy[0]  # (B, T) each
+        params = self.decoder(indices)  # (B, *param_shape)
+        return Reconstruction(
+            indices=indices,
+            x_hat=self.likelihood.mean(params),
+            log_p=self.likelihood.log_prob(params, x),
+            kl=DF.kl_to_uniform(token_entropy, self.encoder.vocab_size),
+            log_q=samples.log_q[0],
+            token_entropy=token_entropy,
+        )
 
 
 # -- deterministic quantizers (FSQ, VQ-VAE, VQ-VAE-EMA) ------------------------------------------------
