@@ -5,7 +5,7 @@ Kept free of any method's objective."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn as nn
@@ -210,12 +210,47 @@ def vq_lookup(z_e: torch.Tensor, codebook: torch.Tensor) -> tuple[torch.Tensor, 
     return indices, F.embedding(indices, codebook)  # (B, T, E)
 
 
-def vq_decode(
-    decoder: Decoder, likelihood: Likelihood, codebook: torch.Tensor, indices: torch.Tensor
-) -> torch.Tensor:
-    """Decoder mean of codebook indices: ``indices (B, T) -> x_hat (B, C, H, W)``."""
-    z_q = F.embedding(indices, codebook)  # (B, T, E)
-    return likelihood.mean(decoder.decode_latents(z_q))
+class CodebookMethod(Method):
+    """A method with an explicit codebook ``(V, E)`` and nearest-code quantization (VQ-VAE, VQ-VAE-EMA). They
+    differ in how the codebook learns; encoding, decoding and reconstruction are the same, so they live here. A
+    subclass sets ``encoder``, ``decoder`` and ``likelihood`` and provides ``codebook``."""
+
+    encoder: NATransformerEncoder
+    decoder: Decoder
+    likelihood: Likelihood
+    final_beta = None  # no KL term
+    if TYPE_CHECKING:
+
+        @property
+        def codebook(self) -> torch.Tensor:
+            """The codebook ``(V, E)``: a parameter (VQ-VAE) or a buffer its EMA updates (VQ-VAE-EMA)."""
+
+    def quantize(self, z_e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Nearest-code lookup: ``z_e (B, T, E) -> indices (B, T), z_q (B, T, E)``; z_q carries gradient to the
+        looked-up rows when the codebook has one."""
+        return vq_lookup(z_e, self.codebook)
+
+    def compile_step(self, mode: str | None = None) -> None:
+        """``train.compile``: nothing here is worth compiling (no sampling loop); a no-op."""
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Nearest-code indices: ``(B, C, H, W) -> (B, T)`` (deterministic; the codebook is only read)."""
+        check_images(self, x, generator)
+        return DF.vq_nearest(self.encoder(x), self.codebook)
+
+    @torch.no_grad()
+    def decode(self, indices: torch.Tensor) -> torch.Tensor:
+        """Decoder mean: ``(B, T) -> (B, C, H, W)``."""
+        indices = check_codes(self, indices)
+        return self.likelihood.mean(self.decoder.decode_latents(F.embedding(indices, self.codebook)))
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor, generator: torch.Generator | None = None) -> Reconstruction:
+        """Quantize (the codebook only read) and decode; ``log_p (B,)`` summed over data dims. No q, so no KL."""
+        check_images(self, x, generator)
+        indices, z_q = self.quantize(self.encoder(x))  # (B, T), (B, T, E)
+        return quantized_reconstruction(self.likelihood, self.decoder.decode_latents(z_q), x, indices)
 
 
 # -- input checks of the public API (encode / decode / reconstruct) --------------------------------------
