@@ -94,6 +94,32 @@ def test_eval_reports_fid_under_the_protocol_asked_for(cifar_run, capsys, tmp_pa
     assert len(reads) == 1  # read once: checked before the model loads, then used
 
 
+def test_a_prior_over_cifar_codes_is_scored_with_inception_fid_end_to_end(cifar_run, capsys, tmp_path, monkeypatch):
+    """``prior eval --inception-fid`` on an RGB tokenizer, the whole way: export codes, train a prior, sample n codes,
+    decode them and score them with the real FID Inception network against n test images, beside the floor of n
+    training images. The classifier (``scripts/train_classifier.py``'s file, not made here) is an untrained
+    network: only its scores are meaningless. The control: samples of a 3-step tokenizer are farther from the test
+    images than real training images are (they are the same kind of blur as its reconstructions)."""
+    import daps.metrics.classifier
+    from daps.metrics.classifier import ImageClassifier
+
+    codes, prior = tmp_path / "codes.safetensors", tmp_path / "prior"
+    assert run_cli("export-codes", str(cifar_run), "--max-inputs", "40", "--out", str(codes)) == 0
+    assert run_cli("prior", "train", str(codes), "--out", str(prior), "steps=2", "width=16", "num_heads=2",
+                   "progress=false") == 0
+    torch.manual_seed(0)
+    classifier = ImageClassifier((3, 32, 32)).eval()
+    monkeypatch.setattr(daps.metrics.classifier, "classifier_for", lambda dataset: classifier)
+    capsys.readouterr()
+    weights = str(Path(DATA) / "fid_inception")
+    assert run_cli("prior", "eval", str(prior), "--n", "10", "--inception-fid", "10", "--fid-weights", weights,
+                   "--json") == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["inception_fid_protocol"].startswith("Inception pool3 FID, 10 samples vs 10 test images")
+    assert 0 < result["inception_fid_real"] < result["inception_fid"] < math.inf
+    assert result["num_codes"] == 2 and result["kind"] == "ar"  # 5 % of the 40 inputs held out
+
+
 def test_fid_is_skipped_with_a_message_when_no_weights_are_found(cifar_run, capsys, caplog, tmp_path, monkeypatch):
     monkeypatch.setenv("DAPS_DATA_DIR", str(tmp_path))  # data given explicitly below; no weights anywhere
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
