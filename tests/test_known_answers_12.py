@@ -103,3 +103,27 @@ def test_daps_eval_with_the_cards_flags_repeats_the_runs_last_validation_row(tra
     other = json.loads(capsys.readouterr().out)
     assert abs(other["log_p"] - last["log_p"]) > 1e-4
 
+
+
+def test_daps_gradlab_writes_and_prints_its_report_with_the_resampled_rows(tmp_path, capsys, single_thread):
+    """The whole ``daps gradlab`` command (its pieces are tested on their own): exit 0, the report printed and
+    written (markdown, JSON, figure, marker), the command recorded, one row per default estimator and two per
+    ``--resample`` size (systematic and multinomial) each compared with the full-K DAPS update; a size that is
+    not a number is one line. Fails on: the resampled estimators not added, the report not printed."""
+    from daps.cli import main
+    from daps.runfolder import read_marker
+
+    out = tmp_path / "lab"
+    argv = ["--draws", "2", "--num-samples", "4", "--pretrain-steps", "0", "--resample", "1,2", "--out", str(out)]
+    assert main(["gradlab", *argv]) == 0
+    printed = capsys.readouterr().out
+    assert printed == (out / "gradlab.md").read_text() + "\n"
+    assert read_marker(out) == "gradlab" and (out / "gradlab.png").stat().st_size > 1000
+    assert f"Command: `daps gradlab {' '.join(argv)}`" in printed
+    rows = [row["estimator"] for row in json.loads((out / "gradlab.json").read_text())["rows"]]
+    resampled = [f"daps resampled m={m} {kind} (K=4, eta=1)" for m in (1, 2) for kind in ("systematic", "multinomial")]
+    assert rows[-4:] == resampled and rows[0] == "reinforce-loo (K=4)" and "daps (K=4, eta=1)" in rows
+    assert all(f"| {name} | daps (K=4, eta=1) |" in printed for name in resampled)
+    assert main(["gradlab", "--resample", "1,two", "--out", str(tmp_path / "other")]) == 2
+    assert "--resample takes sizes like 1,2,4, got '1,two'" in capsys.readouterr().err
+    assert not (tmp_path / "other").exists()
