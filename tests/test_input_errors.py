@@ -395,6 +395,18 @@ def test_eval_help_describes_the_subset(capsys):
         (["robot", "train", "RUN", "--out", "OUT/p", "lr=nan"], "lr must be a positive number"),
         (["robot", "train", "RUN", "--out", "OUT/p", "seed=99999999999999999"], "seed must be an integer"),
         (["robot", "train", "RUN", "--out", "OUT/p", "tokenizer=x"], "give tokenizer with the tokenizer argument"),
+        (["eval", "RUN", "--fid", "reference"], "--fid reference needs --fid-ref STATS.npz"),
+        (["compare", "--seeds", "0", "--steps", "10", "--out", "OUT/c"], "--seeds must be at least 1, got 0"),
+        (["gradlab", "--temperature", "0", "--out", "OUT/g"], "must be positive numbers and --beta a number >= 0, got "
+                                                              "0.0, 1.0 and 0.5"),
+        (["gradlab", "--eta", "nan", "--out", "OUT/g"], "got 1.0, nan and 0.5"),
+        (["gradlab", "--beta", "-1", "--out", "OUT/g"], "got 1.0, 1.0 and -1.0"),
+        (["prior", "train", "CODES", "--out", "OUT/p", "--label-dropout", "0.2", "label_dropout=0.1"],
+         "give the label dropout once: --label-dropout or label_dropout=, not both"),
+        (["prior", "sample", "RUN", "--n", "0", "--out", "OUT/s.png"], "--n must be at least 1"),
+        (["prior", "eval", "RUN", "--n", "1"], "--n must be at least 2 and --inception-fid 0 (off) or at least 2, got "
+                                               "1 and 0"),
+        (["prior", "eval", "RUN", "--inception-fid", "1"], "got 1000 and 1"),
     ],
 )
 def test_bad_command_line_values_are_one_line_and_write_nothing(argv, message, tmp_path, capsys, monkeypatch):

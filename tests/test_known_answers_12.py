@@ -127,3 +127,24 @@ def test_daps_gradlab_writes_and_prints_its_report_with_the_resampled_rows(tmp_p
     assert main(["gradlab", "--resample", "1,two", "--out", str(tmp_path / "other")]) == 2
     assert "--resample takes sizes like 1,2,4, got '1,two'" in capsys.readouterr().err
     assert not (tmp_path / "other").exists()
+
+
+def test_image_inputs_name_what_is_wrong_with_them(trained_run, tmp_path):
+    """``daps.load_images`` and ``image_files``: a path that is neither file nor folder, a folder without images
+    (a text file does not count), an empty list and a file that is not an image are each one UserError naming it;
+    a folder's images are taken sorted by name."""
+    from daps.checkpoint import load_model
+    from daps.inputs import image_files, load_images
+
+    with pytest.raises(UserError, match="missing is neither an image file nor a folder"):
+        image_files(tmp_path / "missing")
+    (tmp_path / "notes.txt").write_text("not an image")
+    with pytest.raises(UserError, match=r"holds no image files \(\.png, \.jpg"):
+        image_files(tmp_path)
+    with pytest.raises(UserError, match="no image files given"):
+        image_files([])
+    (tmp_path / "b.png").write_bytes(b"\x89PNG\r\n\x1a\n but nothing after the signature")
+    (tmp_path / "a.PNG").write_bytes((tmp_path / "b.png").read_bytes())
+    assert [p.name for p in image_files(tmp_path)] == ["a.PNG", "b.png"]
+    with pytest.raises(UserError, match="a.PNG is not a readable image"):
+        load_images(tmp_path, load_model(trained_run))
