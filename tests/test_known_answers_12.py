@@ -148,3 +148,48 @@ def test_image_inputs_name_what_is_wrong_with_them(trained_run, tmp_path):
     assert [p.name for p in image_files(tmp_path)] == ["a.PNG", "b.png"]
     with pytest.raises(UserError, match="a.PNG is not a readable image"):
         load_images(tmp_path, load_model(trained_run))
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda c: (c / "state.pt").unlink(), "step_00000006/state.pt is missing"),
+    (lambda c: (c / "config.json").write_bytes(b""), "config.json is empty"),
+    (lambda c: (c / "checksums.json").write_text("{not json"), "checksums.json is damaged"),
+    (lambda c: (c / "checksums.json").write_text("[]"), "checksums.json is damaged"),
+    (lambda c: (c / "checksums.json").write_text('{"files": {}}'), "checksums.json has no checksum for "
+                                                                   "model.safetensors"),
+    (lambda c: (c / "checksums.json").write_text('{"files": ["model.safetensors"]}'), "has no checksum for"),
+])
+def test_each_kind_of_checkpoint_damage_is_named_and_resume_falls_back(copy_run, caplog, damage, message):
+    """``verify_checkpoint`` names the file and what is wrong with it (a missing or empty file, checksums that are
+    not JSON, not an object or without an entry), and ``find_resumable`` skips that checkpoint for the previous
+    intact one, saying why. Fails on: a branch of the check removed (the damaged checkpoint passes, and would be
+    resumed)."""
+    from daps.checkpoint import CheckpointError, find_resumable, verify_checkpoint
+
+    run = copy_run()
+    newest = run / "checkpoints" / "step_00000006"
+    damage(newest)
+    with pytest.raises(CheckpointError, match=message):
+        verify_checkpoint(newest)
+    with caplog.at_level("WARNING", logger="daps"):
+        assert find_resumable(run) == run / "checkpoints" / "step_00000003"
+    assert "cannot resume from step_00000006: " in caplog.text and message.split("/")[-1] in caplog.text
+
+
+def test_a_latest_pointer_that_names_nothing_or_cannot_be_read_is_reported(copy_run, caplog):
+    """``checkpoints/latest`` naming a folder that is not there, or being a folder itself: resolving the run is one
+    CheckpointError naming ``latest``; resuming warns with it and takes the newest intact checkpoint by number."""
+    from daps.checkpoint import CheckpointError, find_resumable, resolve_checkpoint
+
+    run = copy_run()
+    latest = run / "checkpoints" / "latest"
+    latest.write_text("step_00000099\n")
+    with pytest.raises(CheckpointError, match="latest names 'step_00000099', which is not a checkpoint folder"):
+        resolve_checkpoint(run)
+    with caplog.at_level("WARNING", logger="daps"):
+        assert find_resumable(run) == run / "checkpoints" / "step_00000006"
+    assert "latest names 'step_00000099'" in caplog.text
+    latest.unlink()
+    latest.mkdir()
+    with pytest.raises(CheckpointError, match="latest is unreadable"):
+        resolve_checkpoint(run)
