@@ -407,6 +407,19 @@ def test_eval_help_describes_the_subset(capsys):
         (["prior", "eval", "RUN", "--n", "1"], "--n must be at least 2 and --inception-fid 0 (off) or at least 2, got "
                                                "1 and 0"),
         (["prior", "eval", "RUN", "--inception-fid", "1"], "got 1000 and 1"),
+        *[(["train", "--preset", "cifar10", *overrides.split(), "train.out_dir=OUT/r"], message)
+          for overrides, message in (
+            ("decoder.kind=conv", "decoder.kind must be mlp, resnet or transformer, got 'conv'"),
+            ("encoder.embed=pixels", "encoder.embed must be patches or time, got 'pixels'"),
+            ("decoder.variance_clip=soft", "decoder.variance_clip must be paper or none, got 'soft'"),
+            ("optim.lr_schedule=linear", "optim.lr_schedule must be constant or cosine, got 'linear'"),
+            ("train.fid=kid", "train.fid must be none, val-pairs or reference, got 'kid'"),
+            ("daps.beta.kind=exp_decay daps.beta.init=0", "daps.beta.init must be positive for an exp_decay"),
+            ("decoder.kind=transformer decoder.embed_dim=10 decoder.transformer_heads=4",
+             "decoder.embed_dim (10) must be divisible by decoder.transformer_heads"),
+            ("decoder.variance_clip=none decoder.min_variance=0.1",
+             "decoder.min_variance: read only with decoder.variance_clip=paper (here none)"),
+        )],
     ],
 )
 def test_bad_command_line_values_are_one_line_and_write_nothing(argv, message, tmp_path, capsys, monkeypatch):
