@@ -612,6 +612,49 @@ def test_unpack_synthetic_sample(tmp_path):
         unpack_imagenet_sample(tar, tmp_path / "half")
 
 
+def _truncated_sample_tar(path: Path) -> Path:
+    whole = _sample_tar(path.with_name("whole.tar"), SAMPLE_NAMES, SAMPLE_LABELS).read_bytes()
+    path.write_bytes(whole[: len(whole) // 2 + 100])  # cut inside a member's data
+    return path
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p: _sample_tar(p, SAMPLE_NAMES, SAMPLE_LABELS, extra="other_top/x.jpg"), "unexpected archive member "
+                                                                                      "'other_top/x.jpg'"),
+    (lambda p: _sample_tar(p, SAMPLE_NAMES, SAMPLE_LABELS, extra="imagenet_1k_sample_256/.hidden.jpg"),
+     "unexpected archive member 'imagenet_1k_sample_256/.hidden.jpg'"),
+    (lambda p: _sample_tar(p, SAMPLE_NAMES, SAMPLE_LABELS, extra="imagenet_1k_sample_256/sub/x.jpg"),
+     "unexpected archive member 'imagenet_1k_sample_256/sub/x.jpg'"),
+    (lambda p: _sample_tar(p, SAMPLE_NAMES, SAMPLE_LABELS, extra="imagenet_1k_sample_256/notes.txt"),
+     "unexpected file 'imagenet_1k_sample_256/notes.txt'"),
+    (lambda p: _sample_tar(p, SAMPLE_NAMES, SAMPLE_LABELS + "three\tn03000000\n"), "malformed labels.tsv line 'three"),
+    (lambda p: _sample_tar(p, SAMPLE_NAMES, "0 n01000001\n"), "malformed labels.tsv line '0 n01000001'"),
+    (_truncated_sample_tar, "corrupt tar"),
+])
+def test_each_kind_of_bad_sample_tar_is_one_line_and_leaves_nothing(tmp_path, make, message):
+    """Members outside the sample's folder, hidden, nested or not images; a labels.tsv line without a tab or
+    without a number; a cut-off tar: each is one ValueError naming the tar and what is wrong, and nothing is
+    unpacked (no destination, no temporary folder beside it)."""
+    tar = make(tmp_path / "s.tar")
+    (tmp_path / "out").mkdir()
+    with pytest.raises(ValueError, match=message):
+        unpack_imagenet_sample(tar, tmp_path / "out" / "sample")
+    assert os.listdir(tmp_path / "out") == []
+
+
+def test_a_sample_tar_without_labels_is_refused(tmp_path):
+    tar = tmp_path / "s.tar"
+    with tarfile.open(tar, "w") as out:
+        info = tarfile.TarInfo("imagenet_1k_sample_256/000_n01000001_aa.jpg")
+        info.size = 1
+        out.addfile(info, io.BytesIO(b"x"))
+    with pytest.raises(ValueError, match="no imagenet_1k_sample_256/labels.tsv"):
+        unpack_imagenet_sample(tar, tmp_path / "sample")
+    with pytest.raises(FileNotFoundError, match="ImageNet sample tar .*missing.tar not found"):
+        unpack_imagenet_sample(tmp_path / "missing.tar", tmp_path / "sample")
+    assert not (tmp_path / "sample").exists()
+
+
 def test_find_imagenet_root(isolated, tmp_path, monkeypatch):
     data = tmp_path / "data"
     data.mkdir()
