@@ -193,3 +193,43 @@ def test_a_latest_pointer_that_names_nothing_or_cannot_be_read_is_reported(copy_
     latest.mkdir()
     with pytest.raises(CheckpointError, match="latest is unreadable"):
         resolve_checkpoint(run)
+
+
+def _h1_variant(tmp_path, old: str, new: str):
+    """A copy of the shared H1 model with ``old`` replaced by ``new`` everywhere (a joint's actuator follows its
+    name), its meshes read from the shared assets; ``old`` None: a one-body model with a free joint instead."""
+    import os
+    from pathlib import Path
+
+    source = Path(os.environ.get("DAPS_DATA_DIR", "")) / "unitree_h1_mjcf" / "h1.xml"
+    if not source.is_file():
+        pytest.skip("needs the H1 model under $DAPS_DATA_DIR/unitree_h1_mjcf")
+    text = source.read_text()
+    if old is None:
+        text = '<mujoco><worldbody><body name="pelvis"><freejoint/><geom size="0.1"/></body></worldbody></mujoco>'
+    else:
+        assert old in text
+        text = text.replace('meshdir="assets"', f'meshdir="{source.parent / "assets"}"').replace(old, new)
+    path = tmp_path / "h1.xml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("old, new, message", [
+    ('"left_knee_joint"', '"left_knee_hinge"', "joint left_knee_joint is missing or not at qpos[10]"),
+    ('name="left_ankle_link"', 'name="left_foot"', "body left_ankle_link is missing"),
+    (None, None, r"not the Unitree H1 model \(nq=7, expected 27\)"),
+    ("<mujoco", "<mujoco-model", "MuJoCo cannot load it"),
+])
+def test_a_model_file_that_is_not_the_h1_is_named_with_what_differs(tmp_path, old, new, message):
+    """``load_h1(path=...)`` checks the layout that kinematics and the features rely on: the free root joint,
+    each of the 19 hinges at its qpos address, every body by name; a file MuJoCo cannot read is one line too.
+    Fails on: a check of the layout removed (a renamed joint would be read as another one's angle)."""
+    from daps.motion.h1 import load_h1
+
+    if message.startswith("joint"):
+        message = message.replace("[", r"\[").replace("]", r"\]")
+    with pytest.raises(UserError, match=message):
+        load_h1(path=_h1_variant(tmp_path, old, new))
+    with pytest.raises(FileNotFoundError, match="H1 model file .*nothing.xml does not exist"):
+        load_h1(path=tmp_path / "nothing.xml")
