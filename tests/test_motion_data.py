@@ -574,3 +574,40 @@ def test_the_judges_real_reference_is_held_out_where_the_kind_has_a_validation_c
         got = real_windows(motion, kind, limit=50)
         assert len(pick) == 50 and torch.equal(got, source[torch.as_tensor(pick)]), name
     assert MOTION_TYPES.index("jump") not in window_kinds(motion.val).numpy()
+
+
+def test_a_damaged_feature_cache_is_rebuilt_and_a_one_frame_clip_refused(motion, tmp_path, monkeypatch, caplog):
+    """The features of a source are cached by content. A cache file that is not an npz, or whose arrays have other
+    shapes (an older feature layout under the same name), is reported and rebuilt from the clips, giving the same
+    arrays, and the rebuilt file reads back; a clip of one frame (no velocity) is one line naming it. Fails on: a
+    damaged cache read as it is (an exception, or features of the wrong width)."""
+    import daps.motion.dataset as ds
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    source = tmp_path / "clips"
+    source.mkdir()
+    for name, first in (("walk9_subject9", 0), ("run9_subject9", 200)):
+        (source / f"{name}.csv").write_text(csv_text(motion.poses[WALK][first:first + 12]))
+    fresh = ds.load_clip_features(REAL_DIR, source=source)
+    cache = ds.feature_cache_path(source, load_h1(REAL_DIR).path)
+    assert cache.is_file() and sorted(fresh.features) == ["run9_subject9", "walk9_subject9"]
+
+    def same(clips):
+        return all(np.array_equal(clips.features[n], fresh.features[n]) and np.array_equal(clips.poses[n],
+                                                                                         fresh.poses[n])
+                   for n in fresh.features)
+
+    for damage, said in ((lambda: cache.write_bytes(b"not an npz"), "ignoring unreadable motion feature cache"),
+                         (lambda: np.savez(cache, names=np.array(["walk9_subject9"]), lengths=np.array([12]),
+                                           poses=np.zeros((12, POSE_DIM)), features=np.zeros((12, 5))),
+                          "with unexpected shapes; rebuilding it")):
+        damage()
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            assert same(ds.load_clip_features(REAL_DIR, source=source))
+        assert said in caplog.text
+        assert same(ds._read_cache(cache))  # rewritten whole
+    (source / "walk9_subject9.csv").write_text(csv_text(motion.poses[WALK][:1]))
+    cache.unlink()  # the key is the sources' digest: a changed clip is another cache file anyway
+    with pytest.raises(UserError, match="clip walk9_subject9 has fewer than 2 frames"):
+        ds.load_clip_features(REAL_DIR, source=source)
