@@ -233,3 +233,23 @@ def test_a_model_file_that_is_not_the_h1_is_named_with_what_differs(tmp_path, ol
         load_h1(path=_h1_variant(tmp_path, old, new))
     with pytest.raises(FileNotFoundError, match="H1 model file .*nothing.xml does not exist"):
         load_h1(path=tmp_path / "nothing.xml")
+
+
+@pytest.mark.usefixtures("offline")
+def test_a_resume_past_the_runs_end_and_a_file_as_run_folder_are_one_line(copy_run, tiny_overrides, tmp_path,
+                                                                          capsys):
+    """``--resume`` with ``train.steps`` lowered below the newest checkpoint's step says both steps instead of
+    training backwards or truncating the run; ``train.out_dir`` naming a file is refused, and the file kept.
+    Fails on: either check removed."""
+    from daps.cli import main
+
+    run = copy_run()
+    before = sorted(p.relative_to(run) for p in run.rglob("*"))
+    assert main(["train", *tiny_overrides, "train.steps=3", f"train.out_dir={run}", "--resume"]) == 2
+    assert f"cannot resume {run} at step 6: the run is set to stop at step 3" in capsys.readouterr().err
+    assert sorted(p.relative_to(run) for p in run.rglob("*")) == before
+    file = tmp_path / "notes.txt"
+    file.write_text("mine")
+    assert main(["train", *tiny_overrides, f"train.out_dir={file}"]) == 2
+    assert f"train.out_dir {file} exists and is not a folder" in capsys.readouterr().err
+    assert file.read_text() == "mine"
