@@ -253,3 +253,42 @@ def test_a_resume_past_the_runs_end_and_a_file_as_run_folder_are_one_line(copy_r
     assert main(["train", *tiny_overrides, f"train.out_dir={file}"]) == 2
     assert f"train.out_dir {file} exists and is not a folder" in capsys.readouterr().err
     assert file.read_text() == "mine"
+
+
+@pytest.fixture(scope="module")
+def small_codes(trained_run, tmp_path_factory):
+    from daps.codes import export_codes, save_codes
+
+    path = tmp_path_factory.mktemp("codes") / "codes.safetensors"
+    save_codes(export_codes(trained_run, max_inputs=40), path)
+    return path
+
+
+@pytest.mark.parametrize("command", ["prior", "robot"])
+@pytest.mark.parametrize("case, flags, message", [
+    ("folder", [], "--out OUT exists and is not a daps KIND folder; choose another folder"),
+    ("folder", ["--overwrite"], "--out OUT exists and is not a daps KIND folder (no .daps marker); daps neither "
+                                "writes into it nor replaces it"),
+    ("folder", ["--resume"], "--out OUT exists and is not a daps KIND folder"),
+    ("file", [], "--out OUT exists and is not a folder"),
+    ("folder", ["--resume", "--overwrite"], "--resume and --overwrite cannot be combined"),
+])
+def test_prior_and_policy_runs_never_write_into_a_users_folder_or_file(small_codes, tmp_path, capsys, command, case,
+                                                                       flags, message):
+    """``prior train`` / ``robot train --out`` a folder of the user's (without the run marker) or a file: one line,
+    exit 2, whatever the flags, and the folder or file is as it was. Fails on: a check of the run folder removed (the
+    user's folder written into or emptied)."""
+    from daps.cli import main
+
+    out = tmp_path / ("mine" if case == "folder" else "mine.txt")
+    if case == "folder":
+        out.mkdir()
+        (out / "notes.txt").write_text("mine")
+    else:
+        out.write_text("mine")
+    source = str(small_codes) if command == "prior" else str(tmp_path / "tokenizer run")
+    assert main([command, "train", source, "--out", str(out), *flags]) == 2
+    err = capsys.readouterr().err
+    assert message.replace("OUT", str(out)).replace("KIND", command) in err and len(err.splitlines()) == 1
+    assert (out / "notes.txt" if case == "folder" else out).read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [out.name]
