@@ -384,3 +384,33 @@ def test_an_opengl_backend_that_does_not_load_is_one_line(tmp_path, backend):
     err = out.stderr.strip().splitlines()
     assert len(err) == 1 and f"MUJOCO_GL={backend}" in err[0] and "use MUJOCO_GL=egl" in err[0], out.stderr
     assert not (tmp_path / "run").exists()
+
+
+@needs_data
+def test_an_exported_motion_tokenizer_reloads_with_its_statistics_and_feature_version(tmp_path, capsys,
+                                                                                     single_thread):
+    """``daps export`` of a lafan1-h1 run writes the motion statistics with the feature layout's version; the folder
+    reloads without the data (``daps.from_pretrained``) to the run's own encoding, decoding and scale; statistics of
+    another feature version are refused in one line. Fails on: the version not written, or not checked (features
+    of another layout would be standardized with these statistics)."""
+    import daps
+    from daps.checkpoint import load_model
+    from daps.errors import UserError
+    from daps.hub import STANDARDIZATION
+
+    run, folder = tmp_path / "run", tmp_path / "pretrained"
+    assert _train(run) == 0
+    assert main(["export", str(run), "--out", str(folder)]) == 0
+    saved = json.loads((folder / STANDARDIZATION).read_text())
+    assert saved["feature_version"] == 1 and len(saved["mean"]) == 86
+    original, loaded = load_model(run), daps.from_pretrained(folder)
+    assert np.array_equal(loaded.standardization.scale, original.standardization.scale)
+    _, frames, features = original.input_spec.image_shape
+    raw = torch.randn(3, frames, features, generator=torch.Generator().manual_seed(0)) * 0.5  # (B, T, F) raw
+    x = loaded.standardization.normalize(raw)[:, None]  # (B, 1, T, F) on the model's scale
+    codes = loaded.encode(x, torch.Generator().manual_seed(1))
+    assert torch.equal(codes, original.encode(x, torch.Generator().manual_seed(1)))
+    assert torch.equal(loaded.decode(codes), original.decode(codes))
+    (folder / STANDARDIZATION).write_text(json.dumps({**saved, "feature_version": 99}))
+    with pytest.raises(UserError, match="statistics of motion feature version 99; this daps computes version 1"):
+        daps.from_pretrained(folder)
