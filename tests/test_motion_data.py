@@ -611,3 +611,31 @@ def test_a_damaged_feature_cache_is_rebuilt_and_a_one_frame_clip_refused(motion,
     cache.unlink()  # the key is the sources' digest: a changed clip is another cache file anyway
     with pytest.raises(UserError, match="clip walk9_subject9 has fewer than 2 frames"):
         ds.load_clip_features(REAL_DIR, source=source)
+
+
+ROW = ",".join(["0"] * 3 + ["0", "0", "0", "1"] + ["0"] * (CSV_COLUMNS - 7))  # standing at the origin
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", "walk9_subject9.csv: empty file, expected rows of 26 comma-separated numbers"),
+    (b"\n  \n", "empty file"),
+    ((ROW + "\n" + ROW.replace("1", "nan", 1) + "\n").encode(), "walk9_subject9.csv: line 2 holds a non-finite value"),
+    ((ROW + "\n" + ROW.replace("1", "inf", 1) + "\n").encode(), "line 2 holds a non-finite value"),
+    ((ROW + "\n" + ROW + "\n" + ROW.replace("1", "one", 1) + "\n").encode(), "line 3 is not 26 numbers"),
+    (ROW.encode() + b"\n\xff\n", "walk9_subject9.csv: not a text CSV"),
+])
+def test_each_bad_clip_file_is_one_line_naming_it(tmp_path, content, message):
+    """A retargeted clip of one's own that is empty, holds NaN or inf, a word, or bytes that are not text: one line
+    naming the file (and the line) rather than features computed from it; a folder without clips too. Fails on: a
+    check removed (NaN poses would reach forward kinematics and the statistics)."""
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    (folder / "walk9_subject9.csv").write_bytes(content)
+    with pytest.raises(UserError, match=message):
+        read_clips(folder)
+    (folder / "walk9_subject9.csv").write_text(ROW + "\n" + ROW + "\n")
+    assert read_clips(folder)["walk9_subject9"].shape == (2, POSE_DIM)  # the same file with good rows reads
+    (folder / "walk9_subject9.csv").unlink()
+    (folder / "notes.txt").write_text("no clips here")
+    with pytest.raises(UserError, match="holds no <clip>.csv files"):
+        read_clips(folder)
