@@ -1,6 +1,7 @@
-"""Builders and small helpers the method files share: which encoder, decoder and likelihood a config
-asks for, schedule values, and the encode / decode / reconstruct steps that several methods do the same way.
-Kept free of any method's objective."""
+"""What the method files share: which encoder, decoder and likelihood a config asks for, schedule values, input
+checks, and two bases that implement inference once for a family of methods (:class:`CategoricalMethod` for
+encoders that draw categorical codes, :class:`CodebookMethod` for nearest-code quantizers). Kept free of any
+method's objective."""
 
 from __future__ import annotations
 
