@@ -39,10 +39,11 @@ def image_files(source: str | Path | Iterable[str | Path]) -> list[Path]:
 
 
 def load_images(source: str | Path | Iterable[str | Path], model: Method) -> torch.Tensor:
-    """Image files as the model's inputs ``(N, C, H, W)``: converted to its channels (grayscale or RGB), resized
-    (shorter side) and center-cropped to its size, then brought to its dataset's scale: binarized by
-    ``pixel > 127`` for binary (Bernoulli) models such as MNIST's, standardized as in training otherwise."""
-    from PIL import Image, UnidentifiedImageError
+    """Image files as the model's inputs ``(N, C, H, W)``: turned upright by their EXIF orientation (a phone's
+    photo), converted to its channels (grayscale or RGB), resized (shorter side) and center-cropped to its size,
+    then brought to its dataset's scale: binarized by ``pixel > 127`` for binary (Bernoulli) models such as
+    MNIST's, standardized as in training otherwise."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     from daps.data import dataset_spec
     from daps.data.transforms import pil_to_uint8, resize_center_crop, to_rgb
@@ -55,6 +56,7 @@ def load_images(source: str | Path | Iterable[str | Path], model: Method) -> tor
     for path in image_files(source):
         try:
             with Image.open(path) as img:
+                img = ImageOps.exif_transpose(img)  # a photo as it is shown: its EXIF orientation applied
                 img = resize_center_crop(to_rgb(img), height)
                 px = pil_to_uint8(img)  # (3, H, W)
         except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as err:

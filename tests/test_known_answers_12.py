@@ -292,3 +292,34 @@ def test_prior_and_policy_runs_never_write_into_a_users_folder_or_file(small_cod
     assert message.replace("OUT", str(out)).replace("KIND", command) in err and len(err.splitlines()) == 1
     assert (out / "notes.txt" if case == "folder" else out).read_text() == "mine"
     assert sorted(p.name for p in tmp_path.iterdir()) == [out.name]
+
+
+def test_load_images_turns_a_photo_upright_by_its_exif_orientation(tmp_path):
+    """A phone stores a portrait photo as landscape pixels with EXIF orientation 6 (rotate 90 degrees clockwise to
+    show). ``load_images`` must give the picture as shown: the same tensor as the upright pixels saved without the
+    tag. The picture: red on top, blue below (upright 20 x 40), so a crop of the unrotated 40 x 20 pixels would be
+    half red, half blue side by side instead. Fails on: the orientation ignored."""
+    from PIL import Image
+
+    from daps.inputs import load_images
+
+    upright = Image.new("RGB", (20, 40), (255, 0, 0))
+    upright.paste((0, 0, 255), (0, 20, 20, 40))  # the lower half blue
+    upright.save(tmp_path / "upright.png")
+    stored = upright.transpose(Image.Transpose.ROTATE_90)  # what the camera stored (shown after rotating 90 cw)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90 cw to display
+    stored.save(tmp_path / "tagged.png", exif=exif)
+
+    class RGB16:  # just what load_images reads of a model: a CIFAR-10 tokenizer's inputs of 16 x 16
+        class input_spec:
+            image_shape = (3, 16, 16)
+
+        class config:
+            class data:
+                name = "cifar10"
+
+    x = load_images([tmp_path / "tagged.png", tmp_path / "upright.png"], RGB16)
+    assert torch.equal(x[0], x[1])
+    top, bottom = x[1, :, :4].mean((1, 2)), x[1, :, -4:].mean((1, 2))  # standardized: red high on top, blue below
+    assert top[0] > top[2] and bottom[2] > bottom[0]
