@@ -140,8 +140,10 @@ def elbo_logs(log_p: torch.Tensor, kl: torch.Tensor, final_beta: float) -> dict[
 
 class CategoricalMethod(Method):
     """A method whose encoder draws exact categorical codes (DAPS, DAPS-NA, Gumbel-Softmax, GR-MCK, PPO,
-    REINFORCE-LOO). They differ in how they train; encoding, decoding and reconstruction are the same, so they
-    live here. A subclass sets ``encoder``, ``decoder``, ``likelihood`` and ``cfg`` (with a ``beta`` schedule)."""
+    REINFORCE-LOO). They differ in how they train; encoding, decoding, reconstruction, ``vocab_size``,
+    ``final_beta`` and ``compile_step`` (the compiled sampler) are the same, so they live here. A subclass sets
+    ``encoder`` (with ``sample``, e.g. :class:`ARTransformerEncoder`), ``decoder``, ``likelihood`` and ``cfg`` (with
+    a ``beta`` schedule), and writes ``forward`` and ``optimizer_specs``."""
 
     encoder: CategoricalEncoder
     decoder: Decoder
@@ -155,6 +157,10 @@ class CategoricalMethod(Method):
     @property
     def final_beta(self) -> float:
         return schedule_final(self.cfg.beta)
+
+    def compile_step(self, mode: str | None = None) -> None:
+        """``train.compile``: sample through the compiled one-token step (``mode``: ``torch.compile``'s)."""
+        compile_sampler(self.encoder, mode)
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -213,8 +219,10 @@ def vq_lookup(z_e: torch.Tensor, codebook: torch.Tensor) -> tuple[torch.Tensor, 
 
 class CodebookMethod(Method):
     """A method with an explicit codebook ``(V, E)`` and nearest-code quantization (VQ-VAE, VQ-VAE-EMA). They
-    differ in how the codebook learns; encoding, decoding and reconstruction are the same, so they live here. A
-    subclass sets ``encoder``, ``decoder`` and ``likelihood`` and provides ``codebook``."""
+    differ in how the codebook learns; encoding, decoding, reconstruction, ``vocab_size`` (V), ``final_beta`` (None)
+    and a no-op ``compile_step`` are the same, so they live here. A subclass sets ``encoder`` (to ``(B, T, E)``),
+    ``decoder`` (with ``decode_latents``) and ``likelihood``, provides ``codebook`` and writes ``forward`` and
+    ``optimizer_specs``."""
 
     encoder: NATransformerEncoder
     decoder: Decoder
@@ -225,6 +233,10 @@ class CodebookMethod(Method):
         @property
         def codebook(self) -> torch.Tensor:
             """The codebook ``(V, E)``: a parameter (VQ-VAE) or a buffer its EMA updates (VQ-VAE-EMA)."""
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.codebook.shape[0])
 
     def quantize(self, z_e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Nearest-code lookup: ``z_e (B, T, E) -> indices (B, T), z_q (B, T, E)``; z_q carries gradient to the

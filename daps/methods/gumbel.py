@@ -42,7 +42,6 @@ from daps.methods.common import (
     build_decoder,
     build_likelihood,
     build_na_categorical_encoder,
-    compile_sampler,
     elbo_logs,
     schedule_value,
     training_output,
@@ -121,10 +120,6 @@ class GumbelSoftmax(CategoricalMethod):
     def optimizer_specs(self, lr: float, grad_clip: float) -> list[OptimizerSpec]:
         """Encoder and decoder share one AdamW with adaptive clipping (original: configs/model_dataset/)."""
         return [OptimizerSpec("vae", list(self.parameters()), lr=lr, grad_clip=grad_clip)]
-
-    def compile_step(self, mode: str | None = None) -> None:
-        """``train.compile``: sample through the compiled one-token step (``mode``: ``torch.compile``'s)."""
-        compile_sampler(self.encoder, mode)
 
     # -- training ----------------------------------------------------------------------------------
 

@@ -37,7 +37,6 @@ from daps.methods.common import (
     build_ar_encoder,
     build_decoder,
     build_likelihood,
-    compile_sampler,
     elbo_logs,
     schedule_value,
     training_output,
@@ -100,10 +99,6 @@ class Reinforce(CategoricalMethod):
     def optimizer_specs(self, lr: float, grad_clip: float) -> list[OptimizerSpec]:
         """Encoder and decoder share one AdamW with adaptive clipping, as DAPS's ``vae`` group."""
         return [OptimizerSpec("vae", list(self.parameters()), lr=lr, grad_clip=grad_clip)]
-
-    def compile_step(self, mode: str | None = None) -> None:
-        """``train.compile``: sample through the compiled one-token step (``mode``: ``torch.compile``'s)."""
-        compile_sampler(self.encoder, mode)
 
     # -- training ----------------------------------------------------------------------------------
 

@@ -98,10 +98,6 @@ class VQVAE(CodebookMethod):
         self.commitment = commitment
         self.codebook = nn.Parameter(torch.randn(vocab_size, width) / math.sqrt(width))  # (V, E)
 
-    @property
-    def vocab_size(self) -> int:
-        return self.codebook.shape[0]
-
     def clip_unit_dims(self) -> dict[nn.Parameter, tuple[int, ...]]:
         """The codebook ``(V, E)`` is clipped per embedding feature, over the vocabulary, like an embedding table
         (``daps.optim.unit_dims``)."""

@@ -111,10 +111,6 @@ class VQVAEEMA(CodebookMethod):
         """The current codebook ``(V, E)``, a buffer (no gradient)."""
         return self.quantizer.codebook
 
-    @property
-    def vocab_size(self) -> int:
-        return self.quantizer.codebook_size
-
     def optimizer_specs(self, lr: float, grad_clip: float) -> list[OptimizerSpec]:
         """Encoder and decoder share one AdamW with adaptive clipping; the codebook follows its EMA."""
         return [OptimizerSpec("vae", list(self.parameters()), lr=lr, grad_clip=grad_clip)]
