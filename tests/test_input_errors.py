@@ -419,7 +419,7 @@ def test_eval_help_describes_the_subset(capsys):
              "decoder.embed_dim (10) must be divisible by decoder.transformer_heads"),
             ("decoder.variance_clip=none decoder.min_variance=0.1",
              "decoder.min_variance: read only with decoder.variance_clip=paper (here none)"),
-            ("train.cuda_graph=true", "train.cuda_graph needs a CUDA device; this run is on cpu"),
+            ("train.cuda_graph=true --device cpu", "train.cuda_graph needs a CUDA device; this run is on cpu"),
             ("data.image_shape=[3,28,28]", "data.image_shape is (3, 28, 28) but cifar10 has (3, 32, 32)"),
         )],
     ],

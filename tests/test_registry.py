@@ -25,7 +25,6 @@ from daps.config import CONFIG_VERSION, Config, check_positive
 from daps.config_io import config_from_dict, config_to_dict, migrate_config
 from daps.methods import METHODS, Method, MethodSpec, build_method
 from daps.methods.common import (
-    CodebookMethod,
     build_decoder,
     build_likelihood,
     build_na_encoder,
@@ -140,54 +139,6 @@ def test_a_method_defined_outside_the_package_trains_through_the_cli(toy_registe
     assert isinstance(model, NearestPrototype) and model.config.toy.commitment == 0.3
     x = (torch.rand(2, 1, 28, 28) > 0.5).float()
     assert model.decode(model.encode(x)).shape == (2, 1, 28, 28)
-    assert main(["eval", str(run), "--json"]) == 0
-    assert "log_p" in json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-
-
-class PrototypesOnTheBase(CodebookMethod):
-    """The same toy on the README's base for quantizers: only the codebook, ``forward`` and ``optimizer_specs``."""
-
-    def __init__(self, encoder, decoder, likelihood, vocab_size: int, width: int, commitment: float):
-        super().__init__()
-        self.encoder, self.decoder, self.likelihood, self.commitment = encoder, decoder, likelihood, commitment
-        self.register_buffer("codebook", torch.randn(vocab_size, width))  # (V, E), never trained
-
-    def optimizer_specs(self, lr: float, grad_clip: float) -> list[OptimizerSpec]:
-        return [OptimizerSpec("vae", list(self.parameters()), lr=lr, grad_clip=grad_clip)]
-
-    def forward(self, x, step, generator=None):
-        z_e = self.encoder(x)  # (B, T, E)
-        indices, z_q = self.quantize(z_e)
-        params = self.decoder.decode_latents(z_q + (z_e - z_e.detach()))  # straight-through
-        log_p = self.likelihood.log_prob(params, x)
-        loss = per_dim_reconstruction_loss(log_p, x) + self.commitment * F.mse_loss(z_e, z_q)
-        logs = {"loss": loss.detach(), "log_p": log_p.mean().detach()}
-        return training_output(loss, self.likelihood.mean(params), indices, logs)
-
-
-def build_toy_on_the_base(cfg: Config, image_shape):
-    likelihood = build_likelihood(cfg)
-    encoder = build_na_encoder(cfg, image_shape, out_dim=None)
-    decoder = build_decoder(cfg, image_shape, likelihood, token_dim=cfg.encoder.width)
-    return PrototypesOnTheBase(encoder, decoder, likelihood, cfg.encoder.vocab_size, cfg.encoder.width,
-                               cfg.toy.commitment)
-
-
-@pytest.mark.usefixtures("offline")
-def test_a_method_on_the_codebook_base_needs_only_how_it_trains(tmp_path, tiny_overrides_for, capsys, monkeypatch):
-    """README's "How to add a method": a subclass of ``CodebookMethod`` that sets its networks and codebook and
-    writes ``forward`` and ``optimizer_specs`` trains, evaluates, reloads, encodes and decodes; its vocabulary is the
-    codebook's rows. Fails on: the base missing a part of the contract (``vocab_size`` raised NotImplementedError in
-    ``daps train`` before the base gave it)."""
-    monkeypatch.setitem(METHODS, "toy", dataclasses.replace(TOY, build=build_toy_on_the_base))
-    run = tmp_path / "run"
-    assert main(["train", "--method", "toy", *tiny_overrides_for("toy"), f"train.out_dir={run}"]) == 0
-    model = daps.load_model(run)
-    assert isinstance(model, PrototypesOnTheBase) and model.vocab_size == model.config.encoder.vocab_size
-    x = (torch.rand(2, 1, 28, 28) > 0.5).float()
-    codes = model.encode(x)
-    assert codes.shape == (2, model.input_spec.num_tokens) and model.decode(codes).shape == (2, 1, 28, 28)
-    assert torch.equal(model.reconstruct(x).indices, codes)
     assert main(["eval", str(run), "--json"]) == 0
     assert "log_p" in json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 

@@ -1,12 +1,10 @@
-"""What the method files share: which encoder, decoder and likelihood a config asks for, schedule values, input
-checks, and two bases that implement inference once for a family of methods (:class:`CategoricalMethod` for
-encoders that draw categorical codes, :class:`CodebookMethod` for nearest-code quantizers). Kept free of any
-method's objective."""
+"""Builders and small helpers the method files share: which encoder, decoder and likelihood a config
+asks for, schedule values, and the encode / decode / reconstruct steps that several methods do the same way.
+Kept free of any method's objective."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn as nn
@@ -17,7 +15,7 @@ from daps.config import Config, ScheduleConfig
 from daps.data import dataset_spec
 from daps.functional import FLOAT32_EPS
 from daps.likelihoods import Bernoulli, FixedGaussian, Gaussian
-from daps.methods.types import Method, Output, Reconstruction
+from daps.methods.types import Output, Reconstruction
 from daps.nets import (
     ARTransformerEncoder,
     Decoder,
@@ -138,59 +136,38 @@ def elbo_logs(log_p: torch.Tensor, kl: torch.Tensor, final_beta: float) -> dict[
 # -- categorical codes (DAPS, REINFORCE, PPO, Gumbel / GR-MCK) ----------------------------------------
 
 
-class CategoricalMethod(Method):
-    """A method whose encoder draws exact categorical codes (DAPS, DAPS-NA, Gumbel-Softmax, GR-MCK, PPO,
-    REINFORCE-LOO). They differ in how they train; encoding, decoding, reconstruction, ``vocab_size``,
-    ``final_beta`` and ``compile_step`` (the compiled sampler) are the same, so they live here. A subclass sets
-    ``encoder`` (with ``sample``, e.g. :class:`ARTransformerEncoder`), ``decoder``, ``likelihood`` and ``cfg`` (with
-    a ``beta`` schedule), and writes ``forward`` and ``optimizer_specs``."""
+def sample_code(encoder: CategoricalEncoder, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """One exact code per input from q(z | x) at temperature 1: ``x (B, C, H, W) -> indices (B, T)``."""
+    return encoder.sample(x, 1, generator).indices[0]  # (1, B, T) -> (B, T)
 
-    encoder: CategoricalEncoder
-    decoder: Decoder
-    likelihood: Likelihood
-    cfg: Any
 
-    @property
-    def vocab_size(self) -> int:
-        return self.encoder.vocab_size
+def decode_code(decoder: Decoder, likelihood: Likelihood, indices: torch.Tensor) -> torch.Tensor:
+    """Decoder mean of integer codes: ``indices (B, T) -> x_hat (B, C, H, W)``."""
+    return likelihood.mean(decoder(indices))
 
-    @property
-    def final_beta(self) -> float:
-        return schedule_final(self.cfg.beta)
 
-    def compile_step(self, mode: str | None = None) -> None:
-        """``train.compile``: sample through the compiled one-token step (``mode``: ``torch.compile``'s)."""
-        compile_sampler(self.encoder, mode)
-
-    @torch.no_grad()
-    def encode(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """One exact code per input from q(z | x) at temperature 1 (never a relaxed one):
-        ``(B, C, H, W) -> (B, T)``."""
-        check_images(self, x, generator)
-        return self.encoder.sample(x, 1, generator).indices[0]  # (1, B, T) -> (B, T)
-
-    @torch.no_grad()
-    def decode(self, indices: torch.Tensor) -> torch.Tensor:
-        """Decoder mean: ``(B, T) -> (B, C, H, W)``."""
-        indices = check_codes(self, indices)
-        return self.likelihood.mean(self.decoder(indices))
-
-    @torch.no_grad()
-    def reconstruct(self, x: torch.Tensor, generator: torch.Generator | None = None) -> Reconstruction:
-        """Encode ``x`` with one stochastic sample (not greedy) and decode it, with the ELBO terms from the sampling
-        pass's conditionals (original: models/base_vae.py). Draws from ``generator`` exactly as :meth:`encode`."""
-        check_images(self, x, generator)
-        samples = self.encoder.sample(x, 1, generator)  # (1, B, T) each
-        indices, token_entropy = samples.indices[0], samples.token_entropy[0]  # (B, T) each
-        params = self.decoder(indices)  # (B, *param_shape)
-        return Reconstruction(
-            indices=indices,
-            x_hat=self.likelihood.mean(params),
-            log_p=self.likelihood.log_prob(params, x),
-            kl=DF.kl_to_uniform(token_entropy, self.encoder.vocab_size),
-            log_q=samples.log_q[0],
-            token_entropy=token_entropy,
-        )
+@torch.no_grad()
+def categorical_reconstruction(
+    encoder: CategoricalEncoder,
+    decoder: Decoder,
+    likelihood: Likelihood,
+    x: torch.Tensor,
+    generator: torch.Generator | None,
+) -> Reconstruction:
+    """Encode ``x (B, C, H, W)`` with one stochastic sample (not greedy) and decode it, with the ELBO terms
+    from the sampling pass's conditionals (original: models/base_vae.py). Draws from ``generator`` exactly as
+    :func:`sample_code`."""
+    samples = encoder.sample(x, 1, generator)  # (1, B, T) each
+    indices, token_entropy = samples.indices[0], samples.token_entropy[0]  # (B, T) each
+    params = decoder(indices)  # (B, *param_shape)
+    return Reconstruction(
+        indices=indices,
+        x_hat=likelihood.mean(params),
+        log_p=likelihood.log_prob(params, x),
+        kl=DF.kl_to_uniform(token_entropy, encoder.vocab_size),
+        log_q=samples.log_q[0],
+        token_entropy=token_entropy,
+    )
 
 
 # -- deterministic quantizers (FSQ, VQ-VAE, VQ-VAE-EMA) ------------------------------------------------
@@ -217,53 +194,12 @@ def vq_lookup(z_e: torch.Tensor, codebook: torch.Tensor) -> tuple[torch.Tensor, 
     return indices, F.embedding(indices, codebook)  # (B, T, E)
 
 
-class CodebookMethod(Method):
-    """A method with an explicit codebook ``(V, E)`` and nearest-code quantization (VQ-VAE, VQ-VAE-EMA). They
-    differ in how the codebook learns; encoding, decoding, reconstruction, ``vocab_size`` (V), ``final_beta`` (None)
-    and a no-op ``compile_step`` are the same, so they live here. A subclass sets ``encoder`` (to ``(B, T, E)``),
-    ``decoder`` (with ``decode_latents``) and ``likelihood``, provides ``codebook`` and writes ``forward`` and
-    ``optimizer_specs``."""
-
-    encoder: NATransformerEncoder
-    decoder: Decoder
-    likelihood: Likelihood
-    final_beta = None  # no KL term
-    if TYPE_CHECKING:
-
-        @property
-        def codebook(self) -> torch.Tensor:
-            """The codebook ``(V, E)``: a parameter (VQ-VAE) or a buffer its EMA updates (VQ-VAE-EMA)."""
-
-    @property
-    def vocab_size(self) -> int:
-        return int(self.codebook.shape[0])
-
-    def quantize(self, z_e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Nearest-code lookup: ``z_e (B, T, E) -> indices (B, T), z_q (B, T, E)``; z_q carries gradient to the
-        looked-up rows when the codebook has one."""
-        return vq_lookup(z_e, self.codebook)
-
-    def compile_step(self, mode: str | None = None) -> None:
-        """``train.compile``: nothing here is worth compiling (no sampling loop); a no-op."""
-
-    @torch.no_grad()
-    def encode(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Nearest-code indices: ``(B, C, H, W) -> (B, T)`` (deterministic; the codebook is only read)."""
-        check_images(self, x, generator)
-        return DF.vq_nearest(self.encoder(x), self.codebook)
-
-    @torch.no_grad()
-    def decode(self, indices: torch.Tensor) -> torch.Tensor:
-        """Decoder mean: ``(B, T) -> (B, C, H, W)``."""
-        indices = check_codes(self, indices)
-        return self.likelihood.mean(self.decoder.decode_latents(F.embedding(indices, self.codebook)))
-
-    @torch.no_grad()
-    def reconstruct(self, x: torch.Tensor, generator: torch.Generator | None = None) -> Reconstruction:
-        """Quantize (the codebook only read) and decode; ``log_p (B,)`` summed over data dims. No q, so no KL."""
-        check_images(self, x, generator)
-        indices, z_q = self.quantize(self.encoder(x))  # (B, T), (B, T, E)
-        return quantized_reconstruction(self.likelihood, self.decoder.decode_latents(z_q), x, indices)
+def vq_decode(
+    decoder: Decoder, likelihood: Likelihood, codebook: torch.Tensor, indices: torch.Tensor
+) -> torch.Tensor:
+    """Decoder mean of codebook indices: ``indices (B, T) -> x_hat (B, C, H, W)``."""
+    z_q = F.embedding(indices, codebook)  # (B, T, E)
+    return likelihood.mean(decoder.decode_latents(z_q))
 
 
 # -- input checks of the public API (encode / decode / reconstruct) --------------------------------------

@@ -35,19 +35,24 @@ import daps.functional as DF
 from daps.config import Config, ScheduleConfig, check_positive, check_schedule, schedule
 from daps.errors import UserError
 from daps.methods.common import (
-    CategoricalMethod,
     Likelihood,
     build_ar_encoder,
     build_decoder,
     build_likelihood,
     build_na_categorical_encoder,
+    categorical_reconstruction,
+    check_codes,
+    check_images,
     compile_sampler,
+    decode_code,
     elbo_logs,
+    sample_code,
+    schedule_final,
     schedule_value,
     training_output,
 )
 from daps.methods.spec import MethodSpec
-from daps.methods.types import Output
+from daps.methods.types import Method, Output, Reconstruction
 from daps.nets import ARTransformerEncoder, Decoder, NACategoricalEncoder
 from daps.optim import OptimizerSpec
 
@@ -94,7 +99,7 @@ class DAPSConfig:
         check_schedule("daps.beta", self.beta)
 
 
-class DAPS(CategoricalMethod):
+class DAPS(Method):
     """Categorical encoder (autoregressive, or independent tokens for DAPS-NA) trained by policy search;
     decoder by maximum likelihood.
 
@@ -128,6 +133,14 @@ class DAPS(CategoricalMethod):
 
     def schedules(self, step: int) -> dict[str, float]:
         return {"beta": self.beta(step)}
+
+    @property
+    def vocab_size(self) -> int:
+        return self.encoder.vocab_size
+
+    @property
+    def final_beta(self) -> float:
+        return schedule_final(self.cfg.beta)
 
     def optimizer_specs(self, lr: float, grad_clip: float) -> list[OptimizerSpec]:
         """Encoder + decoder share one AdamW with adaptive clipping; log eta has its own (original: models/daps.py),
@@ -212,6 +225,26 @@ class DAPS(CategoricalMethod):
                 "eta_loss": eta_loss,
             }
         return training_output(loss, self.likelihood.mean(params[0]), indices[0], logs)
+
+    # -- inference ---------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """One stochastic code per input: ``(B, C, H, W) -> (B, T)``."""
+        check_images(self, x, generator)
+        return sample_code(self.encoder, x, generator)
+
+    @torch.no_grad()
+    def decode(self, indices: torch.Tensor) -> torch.Tensor:
+        """Decoder mean: ``(B, T) -> (B, C, H, W)``."""
+        indices = check_codes(self, indices)
+        return decode_code(self.decoder, self.likelihood, indices)
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor, generator: torch.Generator | None = None) -> Reconstruction:
+        """Encode with one stochastic sample and decode, with the ELBO terms (original: models/daps.py)."""
+        check_images(self, x, generator)
+        return categorical_reconstruction(self.encoder, self.decoder, self.likelihood, x, generator)
 
 
 def build_daps(cfg: Config, image_shape: tuple[int, int, int]) -> DAPS:

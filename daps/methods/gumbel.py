@@ -36,18 +36,24 @@ import daps.functional as DF
 from daps.config import Config, ScheduleConfig, check_positive, check_schedule, schedule
 from daps.errors import UserError
 from daps.methods.common import (
-    CategoricalMethod,
     Likelihood,
     build_ar_encoder,
     build_decoder,
     build_likelihood,
     build_na_categorical_encoder,
+    categorical_reconstruction,
+    check_codes,
+    check_images,
+    compile_sampler,
+    decode_code,
     elbo_logs,
+    sample_code,
+    schedule_final,
     schedule_value,
     training_output,
 )
 from daps.methods.spec import EncoderFamily, MethodSpec
-from daps.methods.types import Output
+from daps.methods.types import Method, Output, Reconstruction
 from daps.nets import ARTransformerEncoder, Decoder, NACategoricalEncoder
 from daps.optim import OptimizerSpec
 
@@ -79,7 +85,7 @@ class RelaxedConfig:
             raise UserError("relaxed.temperature must stay positive")
 
 
-class GumbelSoftmax(CategoricalMethod):
+class GumbelSoftmax(Method):
     """Categorical VAE trained through straight-through relaxed samples (one per input).
 
     Args:
@@ -117,9 +123,21 @@ class GumbelSoftmax(CategoricalMethod):
     def schedules(self, step: int) -> dict[str, float]:
         return {"beta": self.beta(step), "temperature": self.temperature(step)}
 
+    @property
+    def vocab_size(self) -> int:
+        return self.encoder.vocab_size
+
+    @property
+    def final_beta(self) -> float:
+        return schedule_final(self.cfg.beta)
+
     def optimizer_specs(self, lr: float, grad_clip: float) -> list[OptimizerSpec]:
         """Encoder and decoder share one AdamW with adaptive clipping (original: configs/model_dataset/)."""
         return [OptimizerSpec("vae", list(self.parameters()), lr=lr, grad_clip=grad_clip)]
+
+    def compile_step(self, mode: str | None = None) -> None:
+        """``train.compile``: sample through the compiled one-token step (``mode``: ``torch.compile``'s)."""
+        compile_sampler(self.encoder, mode)
 
     # -- training ----------------------------------------------------------------------------------
 
@@ -152,6 +170,26 @@ class GumbelSoftmax(CategoricalMethod):
                 "temperature": temperature.clone(),
             }
         return training_output(loss, self.likelihood.mean(params), indices, logs)
+
+    # -- inference ---------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """One exact categorical code per input: ``(B, C, H, W) -> (B, T)``."""
+        check_images(self, x, generator)
+        return sample_code(self.encoder, x, generator)
+
+    @torch.no_grad()
+    def decode(self, indices: torch.Tensor) -> torch.Tensor:
+        """Decoder mean: ``(B, T) -> (B, C, H, W)``."""
+        indices = check_codes(self, indices)
+        return decode_code(self.decoder, self.likelihood, indices)
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor, generator: torch.Generator | None = None) -> Reconstruction:
+        """Encode with one exact categorical sample (no relaxation) and decode, with the ELBO terms."""
+        check_images(self, x, generator)
+        return categorical_reconstruction(self.encoder, self.decoder, self.likelihood, x, generator)
 
 
 def _build(cfg: Config, image_shape: tuple[int, int, int], autoregressive: bool, estimator: str) -> GumbelSoftmax:

@@ -43,18 +43,23 @@ import daps.functional as DF
 from daps.config import Config, ScheduleConfig, check_positive, check_schedule, schedule
 from daps.errors import UserError
 from daps.methods.common import (
-    CategoricalMethod,
     Likelihood,
     build_ar_encoder,
     build_decoder,
     build_likelihood,
+    categorical_reconstruction,
+    check_codes,
+    check_images,
     compile_sampler,
+    decode_code,
     elbo_logs,
+    sample_code,
+    schedule_final,
     schedule_value,
     training_output,
 )
 from daps.methods.spec import MethodSpec
-from daps.methods.types import Output
+from daps.methods.types import Method, Output, Reconstruction
 from daps.nets import ARTransformerEncoder, Decoder
 from daps.nets.feedforward import PatchValueNet
 from daps.nets.resnet import ResNetValueNet
@@ -112,7 +117,7 @@ def frozen_copy(module: ModuleT) -> ModuleT:
     return clone.requires_grad_(False)
 
 
-class PPO(CategoricalMethod):
+class PPO(Method):
     """Autoregressive categorical encoder trained with PPO's clipped surrogate; decoder by maximum likelihood.
 
     Args:
@@ -146,6 +151,14 @@ class PPO(CategoricalMethod):
 
     def schedules(self, step: int) -> dict[str, float]:
         return {"beta": self.beta(step)}
+
+    @property
+    def vocab_size(self) -> int:
+        return self.encoder.vocab_size
+
+    @property
+    def final_beta(self) -> float:
+        return schedule_final(self.cfg.beta)
 
     def optimizer_specs(self, lr: float, grad_clip: float) -> list[OptimizerSpec]:
         """Encoder + decoder: AdamW with adaptive clipping; value net: AdamW at ``value_lr`` with global-norm
@@ -223,6 +236,26 @@ class PPO(CategoricalMethod):
                 "value_loss": value_loss,
             }
         return training_output(loss, self.likelihood.mean(params), codes, logs)
+
+    # -- inference (the current parameters) -----------------------------------------------------------
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """One stochastic code per input: ``(B, C, H, W) -> (B, T)``."""
+        check_images(self, x, generator)
+        return sample_code(self.encoder, x, generator)
+
+    @torch.no_grad()
+    def decode(self, indices: torch.Tensor) -> torch.Tensor:
+        """Decoder mean: ``(B, T) -> (B, C, H, W)``."""
+        indices = check_codes(self, indices)
+        return decode_code(self.decoder, self.likelihood, indices)
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor, generator: torch.Generator | None = None) -> Reconstruction:
+        """Encode with one stochastic sample and decode, with the ELBO terms (original: models/base_vae.py)."""
+        check_images(self, x, generator)
+        return categorical_reconstruction(self.encoder, self.decoder, self.likelihood, x, generator)
 
 
 def build_ppo(cfg: Config, image_shape: tuple[int, int, int]) -> PPO:

@@ -32,17 +32,23 @@ import daps.functional as DF
 from daps.config import Config, ScheduleConfig, check_schedule, schedule
 from daps.errors import UserError
 from daps.methods.common import (
-    CategoricalMethod,
     Likelihood,
     build_ar_encoder,
     build_decoder,
     build_likelihood,
+    categorical_reconstruction,
+    check_codes,
+    check_images,
+    compile_sampler,
+    decode_code,
     elbo_logs,
+    sample_code,
+    schedule_final,
     schedule_value,
     training_output,
 )
 from daps.methods.spec import MethodSpec
-from daps.methods.types import Output
+from daps.methods.types import Method, Output, Reconstruction
 from daps.nets import ARTransformerEncoder, Decoder
 from daps.optim import OptimizerSpec
 
@@ -65,7 +71,7 @@ class ReinforceConfig:
         check_schedule("reinforce.beta", self.beta)
 
 
-class Reinforce(CategoricalMethod):
+class Reinforce(Method):
     """Autoregressive categorical encoder trained by REINFORCE with a leave-one-out baseline.
 
     Args:
@@ -96,9 +102,21 @@ class Reinforce(CategoricalMethod):
     def schedules(self, step: int) -> dict[str, float]:
         return {"beta": self.beta(step)}
 
+    @property
+    def vocab_size(self) -> int:
+        return self.encoder.vocab_size
+
+    @property
+    def final_beta(self) -> float:
+        return schedule_final(self.cfg.beta)
+
     def optimizer_specs(self, lr: float, grad_clip: float) -> list[OptimizerSpec]:
         """Encoder and decoder share one AdamW with adaptive clipping, as DAPS's ``vae`` group."""
         return [OptimizerSpec("vae", list(self.parameters()), lr=lr, grad_clip=grad_clip)]
+
+    def compile_step(self, mode: str | None = None) -> None:
+        """``train.compile``: sample through the compiled one-token step (``mode``: ``torch.compile``'s)."""
+        compile_sampler(self.encoder, mode)
 
     # -- training ----------------------------------------------------------------------------------
 
@@ -129,6 +147,26 @@ class Reinforce(CategoricalMethod):
                 "reward_std": rewards.std(0).mean(),  # spread over the K samples, averaged over inputs
             }
         return training_output(loss, self.likelihood.mean(params[0]), indices[0], logs)
+
+    # -- inference ---------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """One stochastic code per input: ``(B, C, H, W) -> (B, T)``."""
+        check_images(self, x, generator)
+        return sample_code(self.encoder, x, generator)
+
+    @torch.no_grad()
+    def decode(self, indices: torch.Tensor) -> torch.Tensor:
+        """Decoder mean: ``(B, T) -> (B, C, H, W)``."""
+        indices = check_codes(self, indices)
+        return decode_code(self.decoder, self.likelihood, indices)
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor, generator: torch.Generator | None = None) -> Reconstruction:
+        """Encode with one stochastic sample and decode, with the ELBO terms (original: models/base_vae.py)."""
+        check_images(self, x, generator)
+        return categorical_reconstruction(self.encoder, self.decoder, self.likelihood, x, generator)
 
 
 def build_reinforce(cfg: Config, image_shape: tuple[int, int, int]) -> Reinforce:

@@ -33,16 +33,20 @@ import daps.functional as DF
 from daps.config import Config, check_positive
 from daps.errors import UserError
 from daps.methods.common import (
-    CodebookMethod,
     Likelihood,
     build_decoder,
     build_likelihood,
     build_na_encoder,
+    check_codes,
+    check_images,
     per_dim_reconstruction_loss,
+    quantized_reconstruction,
     training_output,
+    vq_decode,
+    vq_lookup,
 )
 from daps.methods.spec import MethodSpec
-from daps.methods.types import Output
+from daps.methods.types import Method, Output, Reconstruction
 from daps.nets import Decoder, NATransformerEncoder
 from daps.optim import OptimizerSpec
 
@@ -70,7 +74,7 @@ class VQConfig:
             raise UserError(f"vq.ema_decay must be in (0, 1), got {self.ema_decay}")
 
 
-class VQVAE(CodebookMethod):
+class VQVAE(Method):
     """Bidirectional encoder -> nearest of V learned codes -> MLP decoder.
 
     Args:
@@ -82,7 +86,7 @@ class VQVAE(CodebookMethod):
         commitment: c, weight of the commitment loss.
     """
 
-    codebook: nn.Parameter
+    final_beta = None  # no KL term
 
     def __init__(
         self,
@@ -98,6 +102,10 @@ class VQVAE(CodebookMethod):
         self.commitment = commitment
         self.codebook = nn.Parameter(torch.randn(vocab_size, width) / math.sqrt(width))  # (V, E)
 
+    @property
+    def vocab_size(self) -> int:
+        return self.codebook.shape[0]
+
     def clip_unit_dims(self) -> dict[nn.Parameter, tuple[int, ...]]:
         """The codebook ``(V, E)`` is clipped per embedding feature, over the vocabulary, like an embedding table
         (``daps.optim.unit_dims``)."""
@@ -106,6 +114,13 @@ class VQVAE(CodebookMethod):
     def optimizer_specs(self, lr: float, grad_clip: float) -> list[OptimizerSpec]:
         """Codebook, encoder and decoder share one AdamW with adaptive clipping (original: models/vqvae.py)."""
         return [OptimizerSpec("vae", list(self.parameters()), lr=lr, grad_clip=grad_clip)]
+
+    def quantize(self, z_e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``z_e (B, T, E) -> indices (B, T), z_q (B, T, E)``; z_q carries gradient to the looked-up rows."""
+        return vq_lookup(z_e, self.codebook)
+
+    def compile_step(self, mode: str | None = None) -> None:
+        """``train.compile``: nothing here is worth compiling (no sampling loop); a no-op."""
 
     # -- training ----------------------------------------------------------------------------------
 
@@ -131,6 +146,27 @@ class VQVAE(CodebookMethod):
                 "perplexity": DF.empirical_perplexity(indices, self.vocab_size),
             }
         return training_output(loss, self.likelihood.mean(params), indices, logs)
+
+    # -- inference ---------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Nearest-code indices: ``(B, C, H, W) -> (B, T)`` (deterministic)."""
+        check_images(self, x, generator)
+        return DF.vq_nearest(self.encoder(x), self.codebook)
+
+    @torch.no_grad()
+    def decode(self, indices: torch.Tensor) -> torch.Tensor:
+        """Decoder mean: ``(B, T) -> (B, C, H, W)``."""
+        indices = check_codes(self, indices)
+        return vq_decode(self.decoder, self.likelihood, self.codebook, indices)
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor, generator: torch.Generator | None = None) -> Reconstruction:
+        """Quantize and decode; ``log_p (B,)`` summed over data dims. No q, so no KL terms."""
+        check_images(self, x, generator)
+        indices, z_q = self.quantize(self.encoder(x))  # (B, T), (B, T, E)
+        return quantized_reconstruction(self.likelihood, self.decoder.decode_latents(z_q), x, indices)
 
 
 def build_vqvae(cfg: Config, image_shape: tuple[int, int, int]) -> VQVAE:

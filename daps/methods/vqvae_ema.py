@@ -49,16 +49,20 @@ import torch.nn.functional as F
 import daps.functional as DF
 from daps.config import Config
 from daps.methods.common import (
-    CodebookMethod,
     Likelihood,
     build_decoder,
     build_likelihood,
     build_na_encoder,
+    check_codes,
+    check_images,
     per_dim_reconstruction_loss,
+    quantized_reconstruction,
     training_output,
+    vq_decode,
+    vq_lookup,
 )
 from daps.methods.spec import MethodSpec
-from daps.methods.types import Output
+from daps.methods.types import Method, Output, Reconstruction
 from daps.methods.vqvae import VQConfig
 from daps.nets import Decoder, NATransformerEncoder
 from daps.optim import OptimizerSpec
@@ -80,7 +84,7 @@ def global_rng_from(generator: torch.Generator | None, device: torch.device) -> 
         yield
 
 
-class VQVAEEMA(CodebookMethod):
+class VQVAEEMA(Method):
     """Bidirectional encoder -> EMA-trained codebook (k-means init, dead-code restarts) -> MLP decoder.
 
     Args:
@@ -92,6 +96,7 @@ class VQVAEEMA(CodebookMethod):
         commitment: c, weight of the commitment loss.
     """
 
+    final_beta = None  # no KL term
     quantizer: Any  # vector_quantize_pytorch.VectorQuantize (untyped)
 
     def __init__(
@@ -111,9 +116,20 @@ class VQVAEEMA(CodebookMethod):
         """The current codebook ``(V, E)``, a buffer (no gradient)."""
         return self.quantizer.codebook
 
+    @property
+    def vocab_size(self) -> int:
+        return self.quantizer.codebook_size
+
     def optimizer_specs(self, lr: float, grad_clip: float) -> list[OptimizerSpec]:
         """Encoder and decoder share one AdamW with adaptive clipping; the codebook follows its EMA."""
         return [OptimizerSpec("vae", list(self.parameters()), lr=lr, grad_clip=grad_clip)]
+
+    def quantize(self, z_e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Read-only lookup: ``z_e (B, T, E) -> indices (B, T), z_q (B, T, E)``."""
+        return vq_lookup(z_e, self.codebook)
+
+    def compile_step(self, mode: str | None = None) -> None:
+        """``train.compile``: nothing here is worth compiling (no sampling loop); a no-op."""
 
     # -- training ----------------------------------------------------------------------------------
 
@@ -144,6 +160,27 @@ class VQVAEEMA(CodebookMethod):
                 "perplexity": DF.empirical_perplexity(indices, self.vocab_size),
             }
         return training_output(loss, self.likelihood.mean(params), indices, logs)
+
+    # -- inference ---------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Nearest-code indices: ``(B, C, H, W) -> (B, T)`` (deterministic, read-only)."""
+        check_images(self, x, generator)
+        return DF.vq_nearest(self.encoder(x), self.codebook)
+
+    @torch.no_grad()
+    def decode(self, indices: torch.Tensor) -> torch.Tensor:
+        """Decoder mean: ``(B, T) -> (B, C, H, W)``."""
+        indices = check_codes(self, indices)
+        return vq_decode(self.decoder, self.likelihood, self.codebook, indices)
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor, generator: torch.Generator | None = None) -> Reconstruction:
+        """Quantize (read-only) and decode; ``log_p (B,)`` summed over data dims. No q, so no KL terms."""
+        check_images(self, x, generator)
+        indices, z_q = self.quantize(self.encoder(x))  # (B, T), (B, T, E)
+        return quantized_reconstruction(self.likelihood, self.decoder.decode_latents(z_q), x, indices)
 
 
 def build_vqvae_ema(cfg: Config, image_shape: tuple[int, int, int]) -> VQVAEEMA:
