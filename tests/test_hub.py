@@ -65,9 +65,11 @@ def test_model_card_says_where_the_exported_steps_were_trained(trained_run, tmp_
 
     step = json.loads((trained_run / "summary.json").read_text())["step"]
     card = (daps.hub.export_run(trained_run, tmp_path / "a") / "README.md").read_text()
-    (job,) = read_jobs(trained_run)  # trained in one job, on this machine
+    (job,) = read_jobs(trained_run)  # trained in one job, on this machine, with this torch
     here = provenance()
-    assert (f"- steps 0-{step}: cpu ({here['machine']}), torch {here['torch']}, daps code {here['code']}, "
+    assert (job["machine"], job["torch"]) == (here["machine"], here["torch"])
+    # the code the job ran (HEAD may have moved since, when commits land while the suite runs)
+    assert (f"- steps 0-{step}: cpu ({here['machine']}), torch {here['torch']}, daps code {job['code']}, "
             f"started {job['date']}") in card
     # A run resumed from a checkpoint taken before daps kept records, and a job after the exported checkpoint
     # (which trained none of its steps): the first steps are said to be unrecorded, the later job left out.
