@@ -17,20 +17,21 @@ from daps.errors import UserError
 if TYPE_CHECKING:
     from daps.methods.types import Method
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
-
-
 def image_files(source: str | Path | Iterable[str | Path]) -> list[Path]:
-    """The image files of a folder (sorted by name, not recursive) or the given paths."""
+    """The image files of a folder (sorted by name, not recursive; the suffixes of the folder datasets, any case;
+    hidden files such as macOS's ``._x.jpg`` left out, as there) or the given paths."""
+    from daps.data.imagefolder import IMAGE_EXTENSIONS
+
     if isinstance(source, (str, Path)):
         folder = Path(source)
         if folder.is_file():
             return [folder]
         if not folder.is_dir():
             raise UserError(f"{folder} is neither an image file nor a folder")
-        files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        files = sorted(p for p in folder.iterdir()
+                       if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".") and p.is_file())
         if not files:
-            raise UserError(f"{folder} holds no image files ({', '.join(IMAGE_SUFFIXES)})")
+            raise UserError(f"{folder} holds no image files ({', '.join(sorted(IMAGE_EXTENSIONS))})")
         return files
     files = [Path(p) for p in source]
     if not files:
@@ -39,11 +40,12 @@ def image_files(source: str | Path | Iterable[str | Path]) -> list[Path]:
 
 
 def load_images(source: str | Path | Iterable[str | Path], model: Method) -> torch.Tensor:
-    """Image files as the model's inputs ``(N, C, H, W)``: turned upright by their EXIF orientation (a phone's
-    photo), converted to its channels (grayscale or RGB), resized (shorter side) and center-cropped to its size,
-    then brought to its dataset's scale: binarized by ``pixel > 127`` for binary (Bernoulli) models such as
-    MNIST's, standardized as in training otherwise."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    """Image files as the model's inputs ``(N, C, H, W)``: read as stored, as the folder datasets read training
+    and validation images (an EXIF orientation tag is not applied, as torchvision's loader does not: turn a
+    phone's photos upright first), converted to its channels (grayscale or RGB), resized (shorter side) and
+    center-cropped to its size, then brought to its dataset's scale: binarized by ``pixel > 127`` for binary
+    (Bernoulli) models such as MNIST's, standardized as in training otherwise."""
+    from PIL import Image, UnidentifiedImageError
 
     from daps.data import dataset_spec
     from daps.data.transforms import pil_to_uint8, resize_center_crop, to_rgb
@@ -56,7 +58,6 @@ def load_images(source: str | Path | Iterable[str | Path], model: Method) -> tor
     for path in image_files(source):
         try:
             with Image.open(path) as img:
-                img = ImageOps.exif_transpose(img)  # a photo as it is shown: its EXIF orientation applied
                 img = resize_center_crop(to_rgb(img), height)
                 px = pil_to_uint8(img)  # (3, H, W)
         except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as err:

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from daps.cli import main
+from daps.config import DataConfig
 from daps.data import dataset_spec, eval_set, labelled_split, load_dataset, train_batches
 
 pytestmark = pytest.mark.usefixtures("offline", "single_thread")
@@ -267,3 +268,24 @@ def test_export_codes_reads_the_data_dir_it_is_given_and_standardizes_it(npz, tm
     images = load_dataset("arrays", "test", moved).images
     expected = load_model(run).encode(dataset_spec("arrays").standardize(images), torch.Generator().manual_seed(5))
     assert torch.equal(codes.codes[:, 0], expected)
+
+
+def test_labels_that_are_ids_not_class_indices_are_one_line(tmp_path):
+    """Labels such as 20231105 (an id, not an index) asked for a name per value below them: gigabytes of strings,
+    then the kernel's out-of-memory kill. Above MAX_CLASSES values they are refused, naming the largest label and
+    the fix; labels up to the limit still get their names. Fails on: the limit removed (this test would exhaust
+    memory)."""
+    from daps.data.arrays import MAX_CLASSES
+    from daps.errors import UserError
+
+    path = tmp_path / "ids.npz"
+    np.savez(path, train=_images(4, 0), test=_images(2, 1), train_labels=np.array([0, 1, 2, 20231105]),
+             test_labels=np.zeros(2, np.int64))
+    data = DataConfig(name="arrays", image_shape=(1, 12, 12), data_dir=str(path))
+    with pytest.raises(UserError, match=f"labels go up to 20231105; labels are class indices 0..K-1 with K at most "
+                                        f"{MAX_CLASSES:,}: renumber them"):
+        dataset_spec("arrays").class_names(data)
+    np.savez(path, train=_images(4, 0), test=_images(2, 1), train_labels=np.array([0, 1, 2, MAX_CLASSES - 1]),
+             test_labels=np.zeros(2, np.int64))
+    names = dataset_spec("arrays").class_names(data)
+    assert len(names) == MAX_CLASSES and names[-1] == str(MAX_CLASSES - 1)

@@ -255,3 +255,28 @@ def test_a_zero_window_stride_is_one_user_error(npz):
     """DataConfig built in Python is not validated: a stride of 0 (np.arange's ZeroDivisionError) is refused."""
     with pytest.raises(UserError, match="window_stride must be >= 1, got 0"):
         sequence_data(_data(npz, stride=0))
+
+
+def test_rmse_in_large_units_stays_finite(tmp_path):
+    """A file in large units (values about 1e20: an error of 1e20 squared overflows float32) gives a finite
+    ``rmse_raw``, 0.5 scale for half a standard deviation off, instead of inf (which ended a finite run as
+    "diverged"). Fails on: the square taken in float32."""
+    path = tmp_path / "big.npz"
+    rng = np.random.default_rng(0)
+    np.savez(path, **{"train/a": rng.normal(size=(80, F)) * 1e20, "test/b": rng.normal(size=(40, F)) * 1e20})
+    metrics = SequenceMetrics(_data(path))
+    x = torch.randn(2, 1, 16, F, generator=torch.Generator().manual_seed(0))
+    raw = metrics(x, x + 0.5)["rmse_raw"]
+    assert raw.dtype == torch.float32 and torch.isfinite(raw).all()
+    expected = 0.5 * float(np.mean(sequence_data(_data(path)).stats.scale))
+    torch.testing.assert_close(raw, torch.full((2,), expected, dtype=torch.float32), rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize("frames", [0, 1])
+def test_train_clips_of_fewer_than_two_frames_in_all_are_one_line(tmp_path, frames):
+    """Statistics need two training frames: an empty or one-frame training set is a UserError naming the file,
+    not numpy's ValueError from inside the standardizer. Fails on: the check removed (a traceback, exit 1)."""
+    path = tmp_path / f"short{frames}.npz"
+    np.savez(path, **{"train/a": np.zeros((frames, F)), "test/b": np.ones((60, F))})
+    with pytest.raises(UserError, match=f"the train clips of .*short{frames}.npz hold {frames} frame"):
+        sequence_data(_data(path))

@@ -1,9 +1,9 @@
 """Known answers for input checks and records found unguarded by a coverage sweep: split names other than
 train/test, codes and labels that are not integers, the model card's ``daps eval`` flags against a run's own
-validation row, the whole ``daps gradlab`` command, image files as inputs (unreadable ones, EXIF orientation),
-each kind of checkpoint damage and a ``latest`` pointer that names nothing, an H1 model file of another layout,
-a resume past the run's end, and prior / policy runs aimed at a user's folder or file. Each docstring names the
-slip it fails on."""
+validation row, the whole ``daps gradlab`` command, image files as inputs (unreadable ones, hidden ones, a photo's
+EXIF orientation read as the folder datasets read it), each kind of checkpoint damage and a ``latest`` pointer that
+names nothing, an H1 model file of another layout, a resume past the run's end, and prior / policy runs aimed at a
+user's folder or file. Each docstring names the slip it fails on."""
 
 from __future__ import annotations
 
@@ -136,21 +136,24 @@ def test_daps_gradlab_writes_and_prints_its_report_with_the_resampled_rows(tmp_p
 def test_image_inputs_name_what_is_wrong_with_them(trained_run, tmp_path):
     """``daps.load_images`` and ``image_files``: a path that is neither file nor folder, a folder without images
     (a text file does not count), an empty list and a file that is not an image are each one UserError naming it;
-    a folder's images are taken sorted by name. Fails on: a check removed (PIL's or torch's own exception instead),
-    or the suffix compared case-sensitively (``a.PNG`` skipped)."""
+    a folder's images are taken sorted by name, with the folder datasets' suffixes and without hidden files. Fails
+    on: a check removed (PIL's or torch's own exception instead), the suffix compared case-sensitively (``a.PNG``
+    skipped), or a hidden ``._a.PNG`` read (the folder refused for one metadata file)."""
     from daps.checkpoint import load_model
     from daps.inputs import image_files, load_images
 
     with pytest.raises(UserError, match="missing is neither an image file nor a folder"):
         image_files(tmp_path / "missing")
     (tmp_path / "notes.txt").write_text("not an image")
-    with pytest.raises(UserError, match=r"holds no image files \(\.png, \.jpg"):
+    with pytest.raises(UserError, match=r"holds no image files \(\.bmp, \.gif, \.jpeg, \.jpg"):
         image_files(tmp_path)
     with pytest.raises(UserError, match="no image files given"):
         image_files([])
     (tmp_path / "b.png").write_bytes(b"\x89PNG\r\n\x1a\n but nothing after the signature")
     (tmp_path / "a.PNG").write_bytes((tmp_path / "b.png").read_bytes())
-    assert [p.name for p in image_files(tmp_path)] == ["a.PNG", "b.png"]
+    (tmp_path / "._a.PNG").write_bytes(b"AppleDouble metadata, not an image")  # macOS's shadow file: left out
+    (tmp_path / "c.pgm").write_bytes(b"P5 1 1 255\n\x00")  # the suffixes of the folder datasets
+    assert [p.name for p in image_files(tmp_path)] == ["a.PNG", "b.png", "c.pgm"]
     with pytest.raises(UserError, match="a.PNG is not a readable image"):
         load_images(tmp_path, load_model(trained_run))
 
@@ -307,32 +310,34 @@ def test_prior_and_policy_runs_never_write_into_a_users_folder_or_file(small_cod
     assert sorted(p.name for p in tmp_path.iterdir()) == [out.name]
 
 
-def test_load_images_turns_a_photo_upright_by_its_exif_orientation(tmp_path):
-    """A phone stores a portrait photo as landscape pixels with EXIF orientation 6 (rotate 90 degrees clockwise to
-    show). ``load_images`` must give the picture as shown: the same tensor as the upright pixels saved without the
-    tag. The picture: red on top, blue below (upright 20 x 40), so a crop of the unrotated 40 x 20 pixels would be
-    half red, half blue side by side instead. Fails on: the orientation ignored."""
+def test_load_images_reads_a_photo_as_the_folder_datasets_do(tmp_path):
+    """A phone stores a portrait photo as landscape pixels with EXIF orientation 6 (rotate 90 degrees to show). The
+    folder datasets read it as stored (as torchvision's loader does; the ImageNet protocols are defined so), and
+    ``load_images`` must give a model the same input for the same file, or a tokenizer trained on a folder of such
+    photos would be asked to encode them turned. Fails on: the orientation applied in one of the two paths only."""
     from PIL import Image
 
+    from daps.data import dataset_spec
+    from daps.data.imagefolder import ImageFolderDataset
     from daps.inputs import load_images
 
-    upright = Image.new("RGB", (20, 40), (255, 0, 0))
-    upright.paste((0, 0, 255), (0, 20, 20, 40))  # the lower half blue
-    upright.save(tmp_path / "upright.png")
-    stored = upright.transpose(Image.Transpose.ROTATE_90)  # what the camera stored (shown after rotating 90 cw)
+    stored = Image.new("RGB", (40, 20), (255, 0, 0))
+    stored.paste((0, 0, 255), (20, 0, 40, 20))  # left half red, right half blue, as stored
     exif = Image.Exif()
-    exif[0x0112] = 6  # Orientation: rotate 90 cw to display
-    stored.save(tmp_path / "tagged.png", exif=exif)
+    exif[0x0112] = 6  # Orientation: rotate 90 degrees clockwise to display
+    (tmp_path / "val" / "a").mkdir(parents=True)
+    stored.save(tmp_path / "val" / "a" / "photo.png", exif=exif)
 
-    class RGB16:  # just what load_images reads of a model: a CIFAR-10 tokenizer's inputs of 16 x 16
+    class RGB16:  # just what load_images reads of a model: an own-folder tokenizer's inputs of 16 x 16
         class input_spec:
             image_shape = (3, 16, 16)
 
         class config:
             class data:
-                name = "cifar10"
+                name = "imagefolder"
 
-    x = load_images([tmp_path / "tagged.png", tmp_path / "upright.png"], RGB16)
-    assert torch.equal(x[0], x[1])
-    top, bottom = x[1, :, :4].mean((1, 2)), x[1, :, -4:].mean((1, 2))  # standardized: red high on top, blue below
-    assert top[0] > top[2] and bottom[2] > bottom[0]
+    x = load_images(tmp_path / "val" / "a", RGB16)
+    image, _, _ = ImageFolderDataset(tmp_path / "val", 16, train=False)[0]
+    assert torch.equal(x[0], dataset_spec("imagefolder").standardize(image[None])[0])
+    left, right = x[0, :, :, :4].mean((1, 2)), x[0, :, :, -4:].mean((1, 2))  # as stored: red left, blue right
+    assert left[0] > left[2] and right[2] > right[0]

@@ -34,6 +34,8 @@ log = logging.getLogger("daps")
 
 RUN_FILE = "arrays_data.json"
 """What an ``arrays`` run saves about its file."""
+MAX_CLASSES = 1_000_000
+"""The most label values an ``arrays`` file may have (labels are class indices 0..K-1, each given a name)."""
 
 
 def arrays_file(data_dir: PathLike | None) -> Path:
@@ -133,6 +135,10 @@ def class_names(data_dir: PathLike | None) -> tuple[str, ...]:
             _missing(path, split)
         labels.append(_checked_labels(found.get(f"{split}_labels"), shapes[split][0], path, split))
     count = max((int(y.max()) + 1 for y in labels if y.size), default=0)
+    if count > MAX_CLASSES:  # a name per value up to the largest: ids such as 20231105 would take gigabytes
+        raise UserError(f"arrays: {path}'s labels go up to {count - 1}; labels are class indices 0..K-1 with K at most "
+                        f"{MAX_CLASSES:,}: renumber them (np.unique(labels, return_inverse=True)) and give the "
+                        "originals as class_names")
     names = found.get("class_names")
     if names is None:
         return tuple(str(i) for i in range(count))

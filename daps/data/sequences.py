@@ -87,7 +87,11 @@ def _standardized(path: Path, stamp: tuple[int, int]) -> tuple[dict[str, dict[st
     """The file's clips standardized with the training frames' statistics, the statistics and the file's SHA-256
     (read once per process and version of the file: ``stamp`` is its modification time and size)."""
     clips = read_clips(path)
-    stats = fit_standardizer(np.concatenate(list(clips["train"].values())))
+    frames = np.concatenate(list(clips["train"].values()))
+    if len(frames) < 2:  # no variance to standardize by (and no window: the check below comes after this one)
+        raise UserError(f"sequences: the train clips of {path} hold {len(frames)} frame(s) in all; statistics and "
+                        "windows need at least 2 (and at least T = data.image_shape's second value in one clip)")
+    stats = fit_standardizer(frames)
     std = {split: {name: stats.normalize(c).astype(np.float32) for name, c in named.items()}
            for split, named in clips.items()}
     return std, stats, file_digest(path, "sha256")
@@ -180,8 +184,9 @@ class SequenceMetrics:
 
     def __call__(self, x: torch.Tensor, x_hat: torch.Tensor) -> dict[str, torch.Tensor]:
         error = (x_hat - x)[:, 0].float().pow(2)  # (B, T, F)
-        scale = torch.as_tensor(self.stats.scale, dtype=torch.float32, device=x.device)
-        raw = ((x_hat - x)[:, 0].float() * scale).pow(2).mean(1).sqrt().mean(1)  # (B,): per-feature RMSE, averaged
+        # squared in float64: the file's units may be large (an error of 1e20 squared overflows float32)
+        scale = torch.as_tensor(self.stats.scale, dtype=torch.float64, device=x.device)
+        raw = ((x_hat - x)[:, 0].double() * scale).pow(2).mean(1).sqrt().mean(1).float()  # (B,): per-feature RMSE
         out = {"mse": error.flatten(1).mean(1), "rmse_raw": raw}
         if bool(self.varying.any()):
             out["explained_variance"] = 1 - error[..., self.varying.to(x.device)].flatten(1).mean(1)
