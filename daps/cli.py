@@ -475,6 +475,16 @@ def _command_name(args: argparse.Namespace) -> str:
     return " ".join(filter(None, (args.command, sub)))
 
 
+def _from_a_worker(err: BaseException) -> str:
+    """The message of ``err``; for an error a DataLoader worker raised (torch re-raises it in the main process with
+    the worker's traceback as its message), the worker's own message, so that it stays one line."""
+    text = str(err)
+    if "\nOriginal Traceback (most recent call last):" not in text:
+        return text
+    last = text.rstrip().splitlines()[-1]  # "OSError: 16 unreadable files in a row ..."
+    return last.split(": ", 1)[1] if ": " in last else last
+
+
 def _stdout_closed() -> bool:
     """True when standard output is a pipe whose reader has gone (``| head``); it is then pointed at /dev/null, so
     that Python's own flush at exit does not fail on it again."""
@@ -549,7 +559,7 @@ def main(argv: list[str] | None = None) -> int:
         return 141
     except (UserError, OSError) as err:  # what the user gave: settings, paths, files (anything else is a bug)
         command = _command_name(args)
-        print(f"daps {command}: error: {err}", file=sys.stderr)
+        print(f"daps {command}: error: {_from_a_worker(err)}", file=sys.stderr)
         return 2
     except (MemoryError, RuntimeError) as err:  # numpy's MemoryError; torch's allocations fail as RuntimeErrors
         from daps.train import TrainingDiverged

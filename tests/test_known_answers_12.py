@@ -341,3 +341,24 @@ def test_load_images_reads_a_photo_as_the_folder_datasets_do(tmp_path):
     assert torch.equal(x[0], dataset_spec("imagefolder").standardize(image[None])[0])
     left, right = x[0, :, :, :4].mean((1, 2)), x[0, :, :, -4:].mean((1, 2))  # as stored: red left, blue right
     assert left[0] > left[2] and right[2] > right[0]
+
+
+def test_a_broken_folder_read_by_loader_workers_is_still_one_line(tmp_path, capsys):
+    """16 unreadable files in a row stop a folder dataset. Read by DataLoader workers (the default of the natural-
+    image presets), torch re-raised the worker's OSError with the worker's traceback as its message: a dozen lines
+    after "daps fid-stats: error:". The CLI prints the worker's own message. Fails on: ``str(err)`` printed as it is
+    (the traceback), or the worker's message lost."""
+    from daps.cli import main
+
+    for split in ("train", "val"):
+        (tmp_path / "bad" / split / "a").mkdir(parents=True)
+        for i in range(20):
+            (tmp_path / "bad" / split / "a" / f"{i:02d}.jpg").write_text("not an image")
+    argv = ["fid-stats", "imagefolder", "--data-dir", str(tmp_path / "bad"), "--image-size", "32", "--out",
+            str(tmp_path / "s.npz")]  # read by the folder datasets' default loader workers
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("daps fid-stats: error: 16 consecutive unreadable image files starting at ") and \
+        "check the data folder" in err
+    assert not (tmp_path / "s.npz").exists()
