@@ -1038,3 +1038,22 @@ def test_a_replaced_sample_tar_is_unpacked_anew(isolated, tmp_path):
     assert find_images(_sample_root(tmp_path / "data"))[2] == ["n01000001", "n01000002"]
     _sample_tar(tar, SAMPLE_NAMES, SAMPLE_LABELS)
     assert find_images(_sample_root(tmp_path / "data"))[2] == ["n01000001", "n01000002", "n02000000"]
+
+
+def test_the_classes_of_both_splits_are_numbered_together(tmp_path):
+    """A class with training images but none in ``val/`` (``aardvark``) kept its number in train/ only: in val/,
+    ``cat`` became 0 instead of 1, so the codes of the two splits disagreed on every label (and a prior refused
+    them as another tokenizer's). Both splits now number the classes of both. Fails on: classes found per split."""
+    from daps.data import folder_dataset
+
+    for split, classes in (("train", ("aardvark", "cat", "dog")), ("val", ("cat", "dog"))):
+        for name in classes:
+            (tmp_path / split / name).mkdir(parents=True)
+            Image.new("RGB", (8, 8), (len(name), 0, 0)).save(tmp_path / split / name / "x.png")
+    train = folder_dataset("imagefolder", "train", (3, 8, 8), tmp_path, train=False)
+    test = folder_dataset("imagefolder", "test", (3, 8, 8), tmp_path, train=False)
+    assert train.classes == test.classes == ["aardvark", "cat", "dog"]
+    assert train.labels.tolist() == [0, 1, 2] and test.labels.tolist() == [1, 2]
+    assert [test.path(i).parent.name for i in range(2)] == ["cat", "dog"]
+    with pytest.raises(ValueError, match="class folder 'dog' is not one of the 2 classes given"):
+        find_images(tmp_path / "val", ["aardvark", "cat"])

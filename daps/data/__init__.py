@@ -20,7 +20,7 @@ from daps.data.arrays import arrays_run_files, check_run_arrays, load_arrays
 from daps.data.arrays import class_names as arrays_class_names
 from daps.data.cifar import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD, load_cifar10, load_cifar10_jpeg
 from daps.data.evalset import EvalSet, FolderEvalSet, TensorEvalSet
-from daps.data.imagefolder import IMAGENET_MEAN, IMAGENET_STD, ImageFolderDataset, ImageStream
+from daps.data.imagefolder import IMAGENET_MEAN, IMAGENET_STD, ImageFolderDataset, ImageStream, class_folders
 from daps.data.imagenet import require_imagenet_root, unpack_imagenet_sample
 from daps.data.mnist import load_mnist, load_mnist5k
 from daps.data.motion import (
@@ -334,11 +334,14 @@ def folder_dataset(
     if spec.root is None:
         raise UserError(f"{name} is held in memory; use load_dataset()")
     root = spec.root(data_dir or None)
+    classes = None
     if not spec.same_splits:
+        # the classes of both splits, numbered together: a class missing from val/ must not shift the others' labels
+        classes = sorted(set(class_folders(root / "train")) | set(class_folders(root / "val")))
         root = root / ("train" if split == "train" else "val")
         if not root.is_dir():
             raise FileNotFoundError(f"{name}: {root} is missing (need train/ and val/ class folders)")
-    return ImageFolderDataset(root, height, train=train, seed=seed)
+    return ImageFolderDataset(root, height, train=train, seed=seed, classes=classes)
 
 
 class TrainBatches:

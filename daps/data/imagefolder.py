@@ -81,13 +81,24 @@ _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, Imag
 # --------------------------------------------------------------------------- finding files
 
 
-def find_images(root: PathLike) -> tuple[list[Path], list[int], list[str]]:
+def class_folders(root: PathLike) -> list[str]:
+    """The sorted names of the class folders of ``root`` (hidden ones left out; none when ``root`` is missing)."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        return []
+    return sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+
+
+def find_images(root: PathLike, classes: Sequence[str] | None = None) -> tuple[list[Path], list[int], list[str]]:
     """All images of a class-folder tree ``root/<class>/**/<file>`` (extensions: :data:`IMAGE_EXTENSIONS`,
     any case; hidden files and folders ignored).
 
+    ``classes``: the class names to number (default: the sorted folder names of ``root``), e.g. those of both
+    splits, so that a class missing from one split does not shift the labels of the others there.
+
     Returns:
-        ``(paths, labels, classes)``: classes are the sorted folder names, label = index in ``classes``,
-        paths sorted by class, then by path. Class folders without images keep their label.
+        ``(paths, labels, classes)``: label = index in ``classes``, paths sorted by class, then by path. Class
+        folders without images, or absent, keep their label.
 
     Raises:
         FileNotFoundError: ``root`` is not a folder.
@@ -96,12 +107,18 @@ def find_images(root: PathLike) -> tuple[list[Path], list[int], list[str]]:
     root = Path(root).expanduser()
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: not a folder (expected {root}/<class>/<image files>)")
-    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    if not classes:
+    here = class_folders(root)
+    if not here:
         raise UserError(f"{root}: no class folders (expected {root}/<class>/<image files>)")
+    classes = list(classes) if classes is not None else here
+    unknown = sorted(set(here) - set(classes))
+    if unknown:
+        raise UserError(f"{root}: class folder {unknown[0]!r} is not one of the {len(classes)} classes given")
     paths: list[Path] = []
     labels: list[int] = []
     for label, name in enumerate(classes):
+        if name not in here:
+            continue
         found: list[str] = []
         # Real folders walked, each once; a link back up the tree (``ln -s .. up``) is not followed: it would list
         # the class's files again, and other classes' files under this class.
@@ -149,7 +166,8 @@ class ImageFolderDataset(Dataset):
     reported in ``skipped_paths``; OSError if all attempts fail.
     """
 
-    def __init__(self, root: PathLike, resolution: int, train: bool, seed: int = 0, max_attempts: int = 16):
+    def __init__(self, root: PathLike, resolution: int, train: bool, seed: int = 0, max_attempts: int = 16,
+                 classes: Sequence[str] | None = None):
         if isinstance(resolution, bool) or int(resolution) != resolution or resolution < 1:
             raise UserError(f"resolution must be a positive integer, got {resolution!r}")
         if int(max_attempts) < 1:
@@ -159,7 +177,7 @@ class ImageFolderDataset(Dataset):
         self.train = bool(train)
         self.seed = _check_nonneg_int("seed", seed)
         self.max_attempts = int(max_attempts)
-        paths, labels, self.classes = find_images(self.root)
+        paths, labels, self.classes = find_images(self.root, classes)
         # Relative paths in one numpy bytes array and labels in one int array, not lists of Python objects:
         # forked DataLoader workers would otherwise copy the pages of millions of refcounted objects.
         self._rel = np.array([os.fsencode(p.relative_to(self.root)) for p in paths])
