@@ -1057,3 +1057,26 @@ def test_the_classes_of_both_splits_are_numbered_together(tmp_path):
     assert [test.path(i).parent.name for i in range(2)] == ["cat", "dog"]
     with pytest.raises(ValueError, match="class folder 'dog' is not one of the 2 classes given"):
         find_images(tmp_path / "val", ["aardvark", "cat"])
+
+
+def test_files_a_folder_dataset_leaves_out_are_named_in_a_warning(tmp_path, caplog):
+    """An image beside the class folders (in no class) and a photo of another suffix (``.jfif``, a JPEG) were left
+    out without a word; a warning now counts and names them. Hidden files and a tree's own notes beside the class
+    folders (the ImageNet sample's ``labels.tsv``) are not counted. Fails on: the warning dropped."""
+    (tmp_path / "cat").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "cat" / "a.png")
+    Image.new("RGB", (8, 8)).save(tmp_path / "cat" / "b.jfif", format="JPEG")
+    Image.new("RGB", (8, 8)).save(tmp_path / "loose.png")
+    (tmp_path / "labels.tsv").write_text("0\tcat\n")
+    (tmp_path / "cat" / ".DS_Store").write_bytes(b"x")
+    with caplog.at_level("WARNING"):
+        paths, _, _ = find_images(tmp_path)
+    assert [p.name for p in paths] == ["a.png"]
+    assert "2 file(s) left out" in caplog.text and "b.jfif" in caplog.text and "loose.png" in caplog.text
+    assert "labels.tsv" not in caplog.text and ".DS_Store" not in caplog.text
+    caplog.clear()
+    (tmp_path / "cat" / "b.jfif").unlink()
+    (tmp_path / "loose.png").unlink()
+    with caplog.at_level("WARNING"):
+        find_images(tmp_path)
+    assert "left out" not in caplog.text

@@ -116,6 +116,10 @@ def find_images(root: PathLike, classes: Sequence[str] | None = None) -> tuple[l
         raise UserError(f"{root}: class folder {unknown[0]!r} is not one of the {len(classes)} classes given")
     paths: list[Path] = []
     labels: list[int] = []
+    # files a user may have meant as images: images beside the class folders (not in one), files of another
+    # suffix in a class folder (.jfif, .heic); a tree's own notes beside the class folders (labels.tsv) are not
+    left_out = [str(f) for f in root.iterdir()
+                if f.is_file() and not f.name.startswith(".") and f.suffix.lower() in IMAGE_EXTENSIONS]
     for label, name in enumerate(classes):
         if name not in here:
             continue
@@ -131,17 +135,20 @@ def find_images(root: PathLike, classes: Sequence[str] | None = None) -> tuple[l
                 continue
             visited.add(real)
             dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-            found += [
-                os.path.join(dirpath, f)
-                for f in filenames
-                if not f.startswith(".") and os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS
-            ]
+            visible = [os.path.join(dirpath, f) for f in filenames if not f.startswith(".")]
+            found += [f for f in visible if os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS]
+            left_out += [f for f in visible if os.path.splitext(f)[1].lower() not in IMAGE_EXTENSIONS]
         found.sort()
         paths += [Path(p) for p in found]
         labels += [label] * len(found)
     if not paths:
         exts = ", ".join(sorted(IMAGE_EXTENSIONS))
         raise UserError(f"{root}: {len(classes)} class folders but no image files in them (extensions: {exts})")
+    if left_out:
+        log.warning("%s: %d file(s) left out, images outside the class folders or files whose suffix is not an "
+                    "image's (%s): %s",
+                    root, len(left_out), ", ".join(sorted(IMAGE_EXTENSIONS)),
+                    ", ".join(sorted(left_out)[:3]) + (", ..." if len(left_out) > 3 else ""))
     return paths, labels, classes
 
 
