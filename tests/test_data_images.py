@@ -1080,3 +1080,20 @@ def test_files_a_folder_dataset_leaves_out_are_named_in_a_warning(tmp_path, capl
     with caplog.at_level("WARNING"):
         find_images(tmp_path)
     assert "left out" not in caplog.text
+
+
+def test_a_file_loader_workers_find_unreadable_is_warned_about_once_per_dataset(tmp_path, caplog):
+    """Two validation passes with a loader worker over a tree holding one unreadable file: each pass counts it
+    (``num_skipped``), the warning names it once, not at every validation. Fails on: the warned paths kept per pass."""
+    from daps.data.imagefolder import eval_batches
+
+    (tmp_path / "a").mkdir()
+    for i in range(3):
+        Image.new("RGB", (8, 8), (i, 0, 0)).save(tmp_path / "a" / f"{i}.png")
+    (tmp_path / "a" / "1.png").write_text("not an image any more")
+    dataset = ImageFolderDataset(tmp_path, 8, train=False)
+    with caplog.at_level("WARNING"):
+        for _ in range(2):
+            batches = eval_batches(dataset, batch_size=3, num_workers=1)
+            assert sum(len(b) for b in batches) == 3 and batches.num_skipped == 1
+    assert caplog.text.count("skipping unreadable image file") == 1 and "1.png" in caplog.text

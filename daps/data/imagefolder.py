@@ -190,6 +190,7 @@ class ImageFolderDataset(Dataset):
         self._rel = np.array([os.fsencode(p.relative_to(self.root)) for p in paths])
         self.labels = np.asarray(labels, dtype=np.int64)
         self.unreadable: dict[str, str] = {}  # path -> error, of this process
+        self.warned: set[str] = set()  # paths that loader workers found unreadable, warned about in this process
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -268,7 +269,8 @@ def collate_images(
 
 
 class _SkipTracker:
-    """Main-process count of skipped files; warns once per path not already warned about here."""
+    """Main-process count of one pass's skipped files; warns once per path and dataset (not again at the next
+    pass: a validation every 1,000 steps would repeat the same lines)."""
 
     def __init__(self, dataset: ImageFolderDataset):
         self.dataset = dataset
@@ -278,11 +280,11 @@ class _SkipTracker:
     def update(self, paths: list[str]) -> None:
         self.num_skipped += len(paths)
         for path in paths:
-            if path not in self.skipped_paths:
-                self.skipped_paths.add(path)
-                # With num_workers=0 the dataset (same process) has warned already, with the error.
-                if path not in self.dataset.unreadable:
-                    log.warning("skipping unreadable image file %s (found by a DataLoader worker)", path)
+            self.skipped_paths.add(path)
+            # With num_workers=0 the dataset (same process) has warned already, with the error.
+            if path not in self.dataset.unreadable and path not in self.dataset.warned:
+                self.dataset.warned.add(path)
+                log.warning("skipping unreadable image file %s (found by a DataLoader worker)", path)
 
 
 # --------------------------------------------------------------------------- streams
