@@ -481,7 +481,7 @@ def _from_a_worker(err: BaseException) -> str:
     text = str(err)
     if "\nOriginal Traceback (most recent call last):" not in text:
         return text
-    last = text.rstrip().splitlines()[-1]  # "OSError: 16 unreadable files in a row ..."
+    last = text.rstrip().splitlines()[-1]  # "OSError: 16 consecutive unreadable image files ..."
     return last.split(": ", 1)[1] if ": " in last else last
 
 
