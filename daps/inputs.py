@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 def image_files(source: str | Path | Iterable[str | Path]) -> list[Path]:
     """The image files of a folder (sorted by name, not recursive; the suffixes of the folder datasets, any case;
     hidden files such as macOS's ``._x.jpg`` left out, as there) or the given paths."""
-    from daps.data.imagefolder import IMAGE_EXTENSIONS
+    from daps.data.imagefolder import IMAGE_EXTENSIONS, is_image_name
 
     if isinstance(source, (str, Path)):
         folder = Path(source)
@@ -28,8 +28,7 @@ def image_files(source: str | Path | Iterable[str | Path]) -> list[Path]:
             return [folder]
         if not folder.is_dir():
             raise UserError(f"{folder} is neither an image file nor a folder")
-        files = sorted(p for p in folder.iterdir()
-                       if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".") and p.is_file())
+        files = sorted(p for p in folder.iterdir() if is_image_name(p.name) and p.is_file())
         if not files:
             raise UserError(f"{folder} holds no image files ({', '.join(sorted(IMAGE_EXTENSIONS))})")
         return files

@@ -81,6 +81,12 @@ _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, Imag
 # --------------------------------------------------------------------------- finding files
 
 
+def is_image_name(name: str) -> bool:
+    """Whether a file of this name is read as an image: a suffix of :data:`IMAGE_EXTENSIONS` (any case), and not
+    hidden (macOS's ``._x.jpg`` shadow files, ``.DS_Store``)."""
+    return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
 def class_folders(root: PathLike) -> list[str]:
     """The sorted names of the class folders of ``root`` (hidden ones left out; none when ``root`` is missing)."""
     root = Path(root).expanduser()
@@ -111,17 +117,17 @@ def find_images(root: PathLike, classes: Sequence[str] | None = None) -> tuple[l
     if not here:
         raise UserError(f"{root}: no class folders (expected {root}/<class>/<image files>)")
     classes = list(classes) if classes is not None else here
-    unknown = sorted(set(here) - set(classes))
+    present = set(here)
+    unknown = sorted(present - set(classes))
     if unknown:
         raise UserError(f"{root}: class folder {unknown[0]!r} is not one of the {len(classes)} classes given")
     paths: list[Path] = []
     labels: list[int] = []
     # files a user may have meant as images: images beside the class folders (not in one), files of another
     # suffix in a class folder (.jfif, .heic); a tree's own notes beside the class folders (labels.tsv) are not
-    left_out = [str(f) for f in root.iterdir()
-                if f.is_file() and not f.name.startswith(".") and f.suffix.lower() in IMAGE_EXTENSIONS]
+    left_out = [str(f) for f in root.iterdir() if f.is_file() and is_image_name(f.name)]
     for label, name in enumerate(classes):
-        if name not in here:
+        if name not in present:
             continue
         found: list[str] = []
         # Real folders walked, each once; a link back up the tree (``ln -s .. up``) is not followed: it would list
@@ -135,9 +141,11 @@ def find_images(root: PathLike, classes: Sequence[str] | None = None) -> tuple[l
                 continue
             visited.add(real)
             dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-            visible = [os.path.join(dirpath, f) for f in filenames if not f.startswith(".")]
-            found += [f for f in visible if os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS]
-            left_out += [f for f in visible if os.path.splitext(f)[1].lower() not in IMAGE_EXTENSIONS]
+            for f in filenames:
+                if is_image_name(f):
+                    found.append(os.path.join(dirpath, f))
+                elif not f.startswith("."):
+                    left_out.append(os.path.join(dirpath, f))
         found.sort()
         paths += [Path(p) for p in found]
         labels += [label] * len(found)
