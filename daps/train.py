@@ -201,15 +201,17 @@ def truncate_metrics(path: Path, last_step: int) -> None:
     """Drop rows of ``metrics.jsonl`` logged after ``last_step``, and a line cut off by a crash (atomically)."""
     if not path.exists():
         return
-    kept = []
-    for line in path.read_text(errors="replace").splitlines():  # a damaged byte spoils its line only
+    kept, original = [], path.read_text(errors="replace")
+    for line in original.splitlines():  # a damaged byte spoils its line only
         try:
             row = json.loads(line)
         except json.JSONDecodeError:
             continue
         if isinstance(row, dict) and row.get("step", 0) <= last_step:
             kept.append(line)
-    write_text_atomic(path, "".join(line + "\n" for line in kept))
+    text = "".join(line + "\n" for line in kept)
+    if text != original:  # a file with nothing to drop is left as it is
+        write_text_atomic(path, text)
 
 
 def _nothing_trained(run_dir: Path) -> bool:

@@ -1,16 +1,21 @@
-"""Kill ``daps train`` at random moments with SIGKILL, resume it each time, and check that it still ends exactly
-where an uninterrupted run ends: the same final weights (bit for bit), the same summary, the same metrics rows
-and every end-of-run file present. Slow (minutes), so it is a script rather than a test; its report is kept in
-``docs/reliability/``.
+"""Kill a training command at random moments with SIGKILL, resume it each time, and check that it still ends
+exactly where an uninterrupted run ends: the same final weights (bit for bit), the same summary, the same metrics
+rows and every end-of-run file present. Slow (minutes), so it is a script rather than a test; its reports are kept
+in ``docs/reliability/``.
 
-    python scripts/kill_test.py --kills 40 --out docs/reliability
+    python scripts/kill_test.py --kills 40 --out docs/reliability                 # daps train
+    python scripts/kill_test.py --run prior --kills 40 --out docs/reliability     # daps prior train
+    DAPS_DATA_DIR=... python scripts/kill_test.py --run policy --kills 40 ...     # daps robot train
+    DAPS_DATA_DIR=... python scripts/kill_test.py --run tracker --kills 40 ...    # daps robot track-train
 
-A cycle starts a fresh run folder and resumes it (``python -m daps train ... --resume``, a fresh process each
-time) until one attempt finishes; every attempt but the last is killed after a random delay drawn over the
-duration of a whole run (process start included), so kills land during start-up, training steps, checkpoint
-writes, the final validation, the plots and the summary. Each finished cycle is compared with the reference run;
-then the next cycle starts from an empty folder, until ``--kills`` kills have been made. The data is a synthetic
-MNIST-like file made here (no download), the model the tiny test configuration.
+A cycle starts a fresh run folder and resumes it (the command with ``--resume``, a fresh process each time) until
+one attempt finishes; every attempt but the last is killed after a random delay drawn over the duration of a whole
+run (process start included), so kills land during start-up, training steps, checkpoint writes, the final
+validation, the plots and the summary. Each finished cycle is compared with the reference run; then the next cycle
+starts from an empty folder, until ``--kills`` kills have been made. The inputs are made once, before the reference
+run: for ``train`` a synthetic MNIST-like file (no download) and the tiny test model; for ``prior`` the codes of a
+tiny tokenizer trained for 50 steps on that file; for ``policy`` and ``tracker`` a lafan1-h1 tokenizer trained for
+2 steps on the real clips of ``$DAPS_DATA_DIR`` (the motion features cached in the scratch folder).
 """
 
 from __future__ import annotations
@@ -22,12 +27,14 @@ import json
 import os
 import platform
 import random
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -36,8 +43,7 @@ from safetensors.torch import load_file
 from daps.provenance import cpu_name
 from daps.runfolder import write_json_atomic
 
-CONFIG = [
-    "data.name=mnist5k",
+TOKENIZER = [
     "encoder.width=16",
     "encoder.num_heads=2",
     "encoder.vocab_size=16",
@@ -46,16 +52,43 @@ CONFIG = [
     "decoder.hidden=16,16",
     "daps.num_samples=4",
     "train.batch_size=16",
-    "train.steps=600",
-    "train.log_every=25",
-    "train.eval_every=200",
-    "train.ckpt_every=100",
     "train.eval_examples=40",
     "train.eval_batch_size=20",
     "train.progress=false",
 ]
-VOLATILE = {"time", "steps_per_s"}
-"""Row keys that measure wall-clock time and so differ between any two runs."""
+CONFIG = [
+    "data.name=mnist5k",
+    *TOKENIZER,
+    "train.steps=600",
+    "train.log_every=25",
+    "train.eval_every=200",
+    "train.ckpt_every=100",
+]
+"""The killed ``daps train`` (the tiny test model on a synthetic MNIST-like file)."""
+PRIOR = ["steps=400", "batch_size=32", "width=32", "num_layers=1", "num_heads=2", "log_every=25", "eval_every=100",
+         "ckpt_every=50", "progress=false"]
+"""The killed ``daps prior train`` (an autoregressive prior on the codes of a tokenizer trained for 50 steps)."""
+MOTION_TOKENIZER = [
+    "encoder.width=32", "encoder.num_heads=2", "encoder.vocab_size=16", "encoder.num_layers=1",
+    "encoder.num_tokens=16", "decoder.embed_dim=32", "decoder.transformer_heads=2", "decoder.transformer_layers=1",
+    "daps.num_samples=2", "train.batch_size=8", "train.steps=2", "train.eval_every=2", "train.ckpt_every=2",
+    "train.eval_examples=16", "train.eval_batch_size=8", "train.progress=false", "train.logger=none",
+]
+"""The lafan1-h1 tokenizer under the policy and the tracker (trained for 2 steps: its codes only need to exist)."""
+POLICY = ["width=32", "num_layers=1", "num_heads=2", "steps=300", "batch_size=16", "log_every=25", "eval_every=100",
+          "ckpt_every=50", "stride=16", "progress=false"]
+"""The killed ``daps robot train``."""
+TRACKER = ["frames=2048", "envs=2", "horizon=32", "epochs=1", "minibatch=32", "hidden=16", "eval_every=16",
+           "ckpt_every=4", "progress=false"]
+"""The killed ``daps robot track-train`` (32 PPO updates of 64 simulated frames each)."""
+VOLATILE = {"time"}
+"""Row and summary keys that measure wall-clock time and so differ between any two runs (with every ``*_per_s``)."""
+END_FILES = ("summary.json", "curves.png")
+"""Files every kind of run writes at its end (a training run also ``reconstructions.png``)."""
+
+
+def daps(*argv: str) -> list[str]:
+    return [sys.executable, "-m", "daps", *argv]
 
 
 def write_data(folder: Path) -> None:
@@ -68,14 +101,62 @@ def write_data(folder: Path) -> None:
     (folder / "mnist_5k.csv.gz").write_bytes(gzip.compress(buf.getvalue().encode(), compresslevel=1))
 
 
-def command(run: Path, data: Path, resume: bool) -> list[str]:
-    cmd = [sys.executable, "-m", "daps", "train", *CONFIG, f"data.data_dir={data}", f"train.out_dir={run}"]
-    return [*cmd, "--resume"] if resume else cmd
+def prepare_train(root: Path) -> Callable[[Path], list[str]]:
+    write_data(root / "data")
+    return lambda run: daps("train", *CONFIG, f"data.data_dir={root / 'data'}", f"train.out_dir={run}", "--resume")
 
 
-def env() -> dict[str, str]:
-    e = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", MPLBACKEND="Agg")
-    e.pop("DAPS_DATA_DIR", None)
+def prepare_prior(root: Path) -> Callable[[Path], list[str]]:
+    write_data(root / "data")
+    tokenizer, codes = root / "tokenizer", root / "codes.safetensors"
+    setup(daps("train", "data.name=mnist5k", *TOKENIZER, "train.steps=50", "train.eval_every=50", "train.ckpt_every=50",
+               f"data.data_dir={root / 'data'}", f"train.out_dir={tokenizer}"), root)
+    setup(daps("export-codes", str(tokenizer), "--out", str(codes)), root)
+    return lambda run: daps("prior", "train", str(codes), "--out", str(run), *PRIOR, "--resume")
+
+
+def motion_tokenizer(root: Path) -> Path:
+    data = os.environ.get("DAPS_DATA_DIR")
+    if not data:
+        raise SystemExit("kill_test.py: the policy and tracker runs read LAFAN1 on the H1: set DAPS_DATA_DIR")
+    tokenizer = root / "tokenizer"
+    setup(daps("train", "--preset", "lafan1-h1", *MOTION_TOKENIZER, f"data.data_dir={data}",
+               f"train.out_dir={tokenizer}"), root)
+    return tokenizer
+
+
+def prepare_policy(root: Path) -> Callable[[Path], list[str]]:
+    tokenizer = motion_tokenizer(root)
+    return lambda run: daps("robot", "train", str(tokenizer), "--out", str(run), *POLICY, "--resume")
+
+
+def prepare_tracker(root: Path) -> Callable[[Path], list[str]]:
+    tokenizer = motion_tokenizer(root)
+    return lambda run: daps("robot", "track-train", str(tokenizer), "--out", str(run), *TRACKER, "--resume")
+
+
+TARGETS: dict[str, tuple[Callable[[Path], Callable[[Path], list[str]]], list[str]]] = {
+    "train": (prepare_train, CONFIG),
+    "prior": (prepare_prior, PRIOR),
+    "policy": (prepare_policy, POLICY),
+    "tracker": (prepare_tracker, TRACKER),
+}
+"""What ``--run`` kills: how its inputs are made once (a function of the scratch folder that returns the command
+that starts or resumes a run in a given folder) and the settings it runs with."""
+
+
+def setup(cmd: list[str], root: Path) -> None:
+    """Runs one preparation step; its output is shown only when it fails."""
+    done = subprocess.run(cmd, env=env(root), capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"kill_test.py: preparing the inputs failed ({' '.join(cmd[2:4])}):\n{done.stderr}")
+
+
+def env(root: Path) -> dict[str, str]:
+    """One thread, no display, and a cache of motion features inside the scratch folder."""
+    e = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", MPLBACKEND="Agg",
+             XDG_CACHE_HOME=str(root / "cache"))
+    e.pop("DAPS_DATA_DIR", None)  # every command names its data (a motion tokenizer, the folder it was trained on)
     return e
 
 
@@ -84,7 +165,7 @@ def state_of(run: Path) -> str:
     if not run.is_dir():
         return "no folder yet"
     ckpts = sorted(p.name for p in (run / "checkpoints").glob("step_*")) if (run / "checkpoints").is_dir() else []
-    ends = [n for n in ("summary.json", "reconstructions.png", "curves.png") if (run / n).exists()]
+    ends = [n for n in END_FILES if (run / n).exists()]
     temps = [p.name for p in [*run.glob(".*.tmp-*"), *run.glob("checkpoints/.*.tmp-*")]]
     steps = [json.loads(line).get("step", 0) for line in _lines(run / "metrics.jsonl")]
     return (
@@ -107,14 +188,16 @@ def _lines(path: Path) -> list[str]:
     return out
 
 
+def steady(record: dict) -> dict:
+    """``record`` without the entries that measure wall-clock time."""
+    return {k: v for k, v in record.items() if k not in VOLATILE and not k.endswith("_per_s")}
+
+
 def final(run: Path) -> tuple[dict, dict, list[dict]]:
     latest = (run / "checkpoints" / "latest").read_text().strip()
     weights = load_file(str(run / "checkpoints" / latest / "model.safetensors"))
-    summary = json.loads((run / "summary.json").read_text())
-    rows = [
-        {k: v for k, v in json.loads(line).items() if k not in VOLATILE}
-        for line in (run / "metrics.jsonl").read_text().splitlines()
-    ]
+    summary = steady(json.loads((run / "summary.json").read_text()))
+    rows = [steady(json.loads(line)) for line in (run / "metrics.jsonl").read_text().splitlines()]
     return weights, summary, rows
 
 
@@ -126,31 +209,35 @@ def compare_with(ref: Path, run: Path) -> dict:
         "same_weights": w_ref.keys() == w_run.keys() and all(torch.equal(w_ref[k], w_run[k]) for k in w_ref),
         "same_summary": s_ref == s_run,
         "same_metrics_rows": r_ref == r_run,
-        "end_files_present": all((run / n).is_file() for n in ("summary.json", "reconstructions.png", "curves.png")),
+        "end_files_present": all((run / n).is_file() for n in END_FILES) and (
+            (run / "reconstructions.png").is_file() == (ref / "reconstructions.png").is_file()),
         "no_temporaries_left": not any(run.glob(".*.tmp-*")) and not any(run.glob("checkpoints/.*.tmp-*")),
     }
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", choices=list(TARGETS), default="train",
+                        help="which command to kill: daps train, prior train, robot train (the policy) or robot "
+                             "track-train (the tracker); the last two need DAPS_DATA_DIR (default: %(default)s)")
     parser.add_argument("--kills", type=int, default=40)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="docs/reliability",
                         help="where the results go (default: %(default)s, committed)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an earlier kill_test.json in --out")
+    parser.add_argument("--overwrite", action="store_true", help="replace an earlier report in --out")
     args = parser.parse_args()
-    if (Path(args.out) / "kill_test.json").exists() and not args.overwrite:
-        print(f"{parser.prog}: error: {Path(args.out) / 'kill_test.json'} exists; pass --overwrite to replace it",
-              file=sys.stderr)
+    report_file = Path(args.out) / ("kill_test.json" if args.run == "train" else f"kill_test_{args.run}.json")
+    if report_file.exists() and not args.overwrite:
+        print(f"{parser.prog}: error: {report_file} exists; pass --overwrite to replace it", file=sys.stderr)
         sys.exit(2)
     rnd = random.Random(args.seed)
     root = Path(tempfile.mkdtemp(prefix="daps-kill-"))
-    data = root / "data"
-    write_data(data)
+    prepare, settings = TARGETS[args.run]
+    command = prepare(root)
 
     t0 = time.perf_counter()
     ref = root / "reference"
-    subprocess.run(command(ref, data, resume=False), env=env(), check=True, capture_output=True)
+    setup(command(ref), root)
     full = time.perf_counter() - t0
     print(f"reference run: {full:.1f} s")
 
@@ -159,9 +246,7 @@ def main() -> int:
     while True:
         last = kills >= args.kills  # after the last kill: resume to the end without killing
         delay = None if last else rnd.uniform(0.0, full * 1.1)
-        proc = subprocess.Popen(
-            command(run, data, resume=True), env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-        )
+        proc = subprocess.Popen(command(run), env=env(root), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
             proc.wait(timeout=delay)
             outcome = f"finished (exit {proc.returncode})"
@@ -203,7 +288,8 @@ def main() -> int:
         "attempts": attempts,
         "reference_run_s": round(full, 1),
         "command": " ".join(["python", "scripts/kill_test.py", *sys.argv[1:]]),
-        "config": CONFIG,
+        "run": args.run,
+        "config": settings,
         "machine": f"{cpu_name()}, {os.cpu_count()} cores, {platform.system()}",
         "python": platform.python_version(),
         "torch": torch.__version__,
@@ -211,7 +297,11 @@ def main() -> int:
             ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
         ).stdout.strip(),
     }
-    write_json_atomic(Path(args.out) / "kill_test.json", report)
+    write_json_atomic(report_file, report)
+    if passed:
+        shutil.rmtree(root)
+    else:
+        print(f"the runs are kept for a look in {root}")
     print(json.dumps({k: v for k, v in report.items() if k not in ("attempts", "cycles", "config")}, indent=2))
     return 0 if passed else 1
 

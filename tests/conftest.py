@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import json
 import os
 import shutil
 import tempfile
@@ -135,6 +136,33 @@ def nan_gradients(monkeypatch):
         return calls
 
     return poison
+
+
+@pytest.fixture
+def end_of_run_rule():
+    """``end_of_run_rule(run, resume)`` checks the end of a finished prior, policy or tracker run against what a kill
+    at its end can leave: resumed as it is, nothing is written; without ``curves.png`` (a kill after the figure's
+    turn, before the summary's) or with a cut-off ``summary.json``, ``resume()`` writes both again, the summary
+    with the same numbers but for the measured speeds (``*_per_s``)."""
+
+    def files(run: Path) -> dict:
+        return {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in run.rglob("*") if p.is_file() and p.name != ".lock"}
+
+    def steady(path: Path) -> dict:
+        return {k: v for k, v in json.loads(path.read_text()).items() if not k.endswith("_per_s")}
+
+    def check(run: Path, resume) -> None:
+        before, summary = files(run), steady(run / "summary.json")
+        resume()
+        assert files(run) == before  # a finished run is left alone
+        (run / "curves.png").unlink()
+        resume()
+        assert (run / "curves.png").stat().st_size > 0 and steady(run / "summary.json") == summary
+        (run / "summary.json").write_text('{"step": ')
+        resume()
+        assert steady(run / "summary.json") == summary
+
+    return check
 
 
 @pytest.fixture

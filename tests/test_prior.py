@@ -417,6 +417,14 @@ def test_prior_resume_is_exact(exported, tmp_path, single_thread):
     assert (straight / "NOTES.md").read_text() == "mine" and not (straight / "checkpoints/step_00000010").exists()
 
 
+def test_a_prior_killed_at_its_end_is_finished_by_resume(exported, tmp_path, single_thread, end_of_run_rule):
+    """Its figure and summary come back after a kill between the two; a finished prior is left alone (the slips:
+    the summary written before the figure, taken as the mark of a finished run; or a resume that rewrites them)."""
+    cfg = PriorConfig(kind="ar", codes=str(exported["train"]), width=16, num_heads=2, num_layers=1, batch_size=32,
+                      steps=4, eval_every=2, ckpt_every=2, progress=False, out_dir=str(tmp_path / "p"))
+    end_of_run_rule(train_prior(cfg), lambda: train_prior(cfg, resume=True))
+
+
 def test_prior_commands_end_to_end(trained_run, exported, tmp_path, capsys):
     prior = tmp_path / "prior"
     assert main(["prior", "train", str(exported["train"]), "--kind", "ar", "--out", str(prior),

@@ -200,6 +200,14 @@ def test_policy_training_resumes_exactly(tmp_path, single_thread):
     assert (full / "NOTES.md").read_text() == "mine" and not (full / "checkpoints/step_00000020").exists()
 
 
+def test_a_policy_killed_at_its_end_is_finished_by_resume(tmp_path, single_thread, end_of_run_rule):
+    """Its figure and summary come back after a kill between the two; a finished policy is left alone (the slips:
+    the summary written before the figure, taken as the mark of a finished run; or a resume that rewrites them)."""
+    cfg = RobotConfig(width=32, num_layers=1, num_heads=2, steps=4, batch_size=32, eval_every=2, ckpt_every=2,
+                      log_every=2, progress=False, out_dir=str(tmp_path / "policy"))
+    end_of_run_rule(train_policy(cfg, commands=_synthetic(500, 0)), lambda: train_policy(cfg, resume=True))
+
+
 def test_a_policy_run_killed_before_its_first_step_can_be_resumed(tmp_path, single_thread, monkeypatch):
     import daps.robot.run as robot_run
 

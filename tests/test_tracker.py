@@ -364,7 +364,7 @@ def test_a_body_on_the_floor_is_a_fall_only_where_the_reference_is_not_on_it(h1_
 
 @needs_data
 def test_training_resumes_exactly_and_the_folder_holds_what_it_says(h1_and_clip, tmp_path, single_thread,
-                                                                      monkeypatch):
+                                                                      monkeypatch, end_of_run_rule):
     h1, refs = h1_and_clip
     meta = {"num_tokens": 4, "vocab_size": 3, "fps": FPS, "window": 32, "data_dir": REAL_DIR}
     sets = {"train": refs, "val": refs}
@@ -399,6 +399,8 @@ def test_training_resumes_exactly_and_the_folder_holds_what_it_says(h1_and_clip,
     before = {p: p.stat().st_mtime_ns for p in whole.rglob("*") if p.is_file() and p.name != ".lock"}
     assert train_tracker(_cfg(out_dir=str(whole)), resume=True, h1=h1) == whole and read_jobs(whole) == jobs
     assert {p: p.stat().st_mtime_ns for p in whole.rglob("*") if p.is_file() and p.name != ".lock"} == before
+    end_of_run_rule(whole, lambda: train_tracker(_cfg(out_dir=str(whole)), resume=True, h1=h1))
+    assert read_jobs(whole) == jobs  # writing the end-of-run files again trains nothing: no job
     from daps.errors import UserError
 
     with pytest.raises(UserError, match="cannot resume .* at update 4: frames=32 ends it at update 2"):

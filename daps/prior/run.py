@@ -46,6 +46,7 @@ from daps.runfolder import (
     clear_folder,
     has_content,
     is_output_folder,
+    read_json_object,
     refuse_precious,
     write_json_atomic,
     write_marker,
@@ -328,6 +329,13 @@ def prepare_folder(cfg: Any, resume: bool, overwrite: bool, kind: str = KIND) ->
     return find_resumable(run_dir)
 
 
+def finished(run_dir: Path, last_step: int) -> bool:
+    """Whether a prior, policy or tracker run has all its end-of-run files: ``curves.png`` and a readable
+    ``summary.json`` of ``last_step`` (written last, so a run killed between the two is not taken as finished)."""
+    summary = read_json_object(run_dir / "summary.json")
+    return summary is not None and summary.get("step") == last_step and (run_dir / "curves.png").is_file()
+
+
 def warn_untrained_null(label_dropout: float, guidance: float, flag: str = "--cfg") -> None:
     """A warning when guidance mixes in the unconditional model of a run trained without label dropout (its null
     label never saw a training example)."""
@@ -434,6 +442,9 @@ def train_prior(cfg: PriorConfig, resume: bool = False, overwrite: bool = False,
         write_marker(run_dir, KIND)
         remove_leftovers(run_dir)
         optimizer, generator, start, streak = start_training(model, cfg, ckpt, device, run_dir)
+        if start == cfg.steps and finished(run_dir, start):
+            log.info("%s already finished step %d; nothing to do", run_dir, start)  # and nothing is written
+            return run_dir
         write_json_atomic(run_dir / "config.json", config)  # after every check and the checkpoint's weights
         x_train, y_train = (t.to(device) for t in train_set.flat())
         x_val, y_val = (t.to(device) for t in val_set.flat())
@@ -553,15 +564,15 @@ def run_steps(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Opti
 
 def _finish(run_dir: Path, model: Prior, cfg: PriorConfig, x_val: torch.Tensor, y_val: torch.Tensor,
             device: torch.device) -> None:
-    """summary.json (last validation, sampling speed) and curves.png."""
+    """curves.png, then summary.json (last validation, sampling speed): the summary marks the run finished."""
     from daps.plots import read_metrics
 
     rows = read_metrics(run_dir / "metrics.jsonl")
     val = [r for r in rows if r.get("split") == "val"]
     summary: dict[str, Any] = {"step": cfg.steps, "kind": cfg.kind, **(val[-1] if val else {})}
     summary.update(sampling_speed(model, cfg, device))
-    write_json_atomic(run_dir / "summary.json", summary)
     save_prior_curves(rows, run_dir / "curves.png", f"{cfg.kind} prior")
+    write_json_atomic(run_dir / "summary.json", summary)
 
 
 def sampling_speed(model: Prior, cfg: PriorConfig, device: torch.device, n: int = 200,

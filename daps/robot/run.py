@@ -36,7 +36,7 @@ from daps.config import check_optimizer_settings
 from daps.errors import UserError
 from daps.prior.nets import drop_labels
 from daps.prior.run import ENTRIES as PRIOR_ENTRIES
-from daps.prior.run import prepare_folder, run_steps, save_prior_curves, settings_record, start_training
+from daps.prior.run import finished, prepare_folder, run_steps, save_prior_curves, settings_record, start_training
 from daps.robot.data import CommandSet, encode_split, load_commands, save_commands, velocity_ranges
 from daps.robot.policy import CommandPolicy
 from daps.runfolder import FolderLock, clear_folder, has_content, write_json_atomic, write_marker
@@ -258,6 +258,9 @@ def train_policy(cfg: RobotConfig, resume: bool = False, overwrite: bool = False
         if not saved:
             save_commands(run_dir / COMMANDS_FILE, sets, meta)
         optimizer, generator, start, streak = start_training(model, cfg, ckpt, device, run_dir)
+        if start == cfg.steps and finished(run_dir, start):
+            log.info("%s already finished step %d; nothing to do", run_dir, start)  # and nothing is written
+            return run_dir
         if ckpt is not None:  # a resume: only once the checkpoint's weights fit
             write_json_atomic(run_dir / "config.json", config)
         train, val = sets["train"].to(device), _val_subset(sets["val"]).to(device)
@@ -291,8 +294,8 @@ def _finish(run_dir: Path, model: CommandPolicy, cfg: RobotConfig, meta: dict, d
     begin = time.perf_counter()
     model.generate(labels, torch.zeros(n, 3, device=device), prev, generator=g)
     summary["windows_per_s"] = n / (time.perf_counter() - begin)
-    write_json_atomic(run_dir / "summary.json", summary)
     save_prior_curves(rows, run_dir / "curves.png", f"robot policy over {meta.get('method', '?')} codes")
+    write_json_atomic(run_dir / "summary.json", summary)  # last: it marks the run finished
 
 
 def load_policy(path: str | Path, device: str | torch.device = "cpu") -> tuple[CommandPolicy, RobotConfig, dict]:

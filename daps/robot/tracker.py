@@ -649,7 +649,7 @@ def train_tracker(cfg: TrackerConfig, resume: bool = False, overwrite: bool = Fa
                   references: tuple[dict[str, References], dict[str, Any]] | None = None, h1: Any = None) -> Path:
     """Train the tracker of ``cfg`` into ``cfg.out_dir`` (see the module docstring); returns the run folder.
     ``references`` and ``h1`` give the references and the model directly (tests) instead of decoding them."""
-    from daps.prior.run import prepare_folder, settings_record
+    from daps.prior.run import finished, prepare_folder, settings_record
     from daps.progress import progress_bar
     from daps.train import truncate_metrics
 
@@ -697,7 +697,7 @@ def train_tracker(cfg: TrackerConfig, resume: bool = False, overwrite: bool = Fa
             if start > cfg.updates:
                 raise UserError(f"cannot resume {run_dir} at update {start}: frames={cfg.frames} ends it at update "
                                 f"{cfg.updates}")
-        if start == cfg.updates and (run_dir / "summary.json").is_file():
+        if start == cfg.updates and finished(run_dir, start):
             log.info("%s already finished update %d; nothing to do", run_dir, start)  # and nothing is written
             return run_dir
         if ckpt is not None:
@@ -874,8 +874,8 @@ def _finish(run_dir: Path, cfg: TrackerConfig, baseline: dict[str, float]) -> No
     rows = read_metrics(run_dir / "metrics.jsonl")
     val = [r for r in rows if r.get("split") == "val"]
     summary = {"step": cfg.updates, **(val[-1] if val else {}), "baseline": baseline}
-    write_json_atomic(run_dir / "summary.json", summary)
     save_tracker_curves(rows, run_dir / "curves.png", baseline)
+    write_json_atomic(run_dir / "summary.json", summary)  # last: it marks the run finished
 
 
 def save_tracker_curves(rows: list[dict], path: Path, baseline: dict[str, float]) -> None:
