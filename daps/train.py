@@ -551,10 +551,11 @@ def _train(cfg: Config, resume: bool, overwrite: bool, device: torch.device, ran
                 sums[key] = sums[key] + value if key in sums else value.clone()
             count += 1
             done = step + 1
-            if done % tc.log_every == 0 or done == end_step:
+            # A row every log_every steps, and at every checkpoint step: a resumed run then averages the same
+            # windows as an uninterrupted one (num_steps: the steps a row averages, fewer where a checkpoint cut in)
+            if done % tc.log_every == 0 or done % tc.ckpt_every == 0 or done == end_step:
                 now = time.perf_counter()
                 row = _train_row(sums, count, s, grad_norms)
-                # num_steps: how many steps this row averages (fewer than log_every right after a resume)
                 row.update(
                     split="train", step=done, num_steps=count, steps_per_s=count / max(now - t_last - paused, 1e-9),
                     time=now - t_start,

@@ -7,20 +7,24 @@ in ``docs/reliability/``.
     python scripts/kill_test.py --run prior --kills 40 --out docs/reliability     # daps prior train
     DAPS_DATA_DIR=... python scripts/kill_test.py --run policy --kills 40 ...     # daps robot train
     DAPS_DATA_DIR=... python scripts/kill_test.py --run tracker --kills 40 ...    # daps robot track-train
+    python scripts/kill_test.py --run compare --kills 40 --out docs/reliability   # daps compare
 
-A cycle starts a fresh run folder and resumes it (the command with ``--resume``, a fresh process each time) until
-one attempt finishes; every attempt but the last is killed after a random delay drawn over the duration of a whole
-run (process start included), so kills land during start-up, training steps, checkpoint writes, the final
-validation, the plots and the summary. Each finished cycle is compared with the reference run; then the next cycle
-starts from an empty folder, until ``--kills`` kills have been made. The inputs are made once, before the reference
-run: for ``train`` a synthetic MNIST-like file (no download) and the tiny test model; for ``prior`` the codes of a
-tiny tokenizer trained for 50 steps on that file; for ``policy`` and ``tracker`` a lafan1-h1 tokenizer trained for
-2 steps on the real clips of ``$DAPS_DATA_DIR`` (the motion features cached in the scratch folder).
+A cycle starts a fresh run folder and resumes it (the command with ``--resume``, a fresh process each time; compare
+is simply run again, which resumes its runs) until one attempt finishes; every attempt but the last is killed after
+a random delay drawn over the duration of a whole run (process start included), so kills land during start-up,
+training steps, checkpoint writes, the final validation, the plots and the summary. Each finished cycle is compared
+with the reference run; then the next cycle starts from an empty folder, until ``--kills`` kills have been made. The
+inputs are made once, before the reference run: for ``train`` and ``compare`` a synthetic MNIST-like file (no
+download) and the tiny test model (compare trains DAPS and VQ-VAE, and its table is compared but for the speed
+column); for ``prior`` the codes of a tiny tokenizer trained for 50 steps on that file; for ``policy`` and
+``tracker`` a lafan1-h1 tokenizer trained for 2 steps on the real clips of ``$DAPS_DATA_DIR`` (the motion features
+cached in the scratch folder).
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import gzip
 import io
 import json
@@ -81,6 +85,10 @@ POLICY = ["width=32", "num_layers=1", "num_heads=2", "steps=300", "batch_size=16
 TRACKER = ["frames=2048", "envs=2", "horizon=32", "epochs=1", "minibatch=32", "hidden=16", "eval_every=16",
            "ckpt_every=4", "progress=false"]
 """The killed ``daps robot track-train`` (32 PPO updates of 64 simulated frames each)."""
+COMPARE = ["--methods", "daps,vqvae", "--seeds", "1", "--steps", "200", "data.name=mnist5k", *TOKENIZER]
+"""The killed ``daps compare`` (two methods of the tiny model; compare sets the logging and checkpoint intervals)."""
+COMPARE_FILES = ("results.md", "results.csv", "curves.png", "reconstructions.png", "commands.sh")
+"""What ``daps compare`` writes at its end, beside the runs."""
 VOLATILE = {"time"}
 """Row and summary keys that measure wall-clock time and so differ between any two runs (with every ``*_per_s``)."""
 END_FILES = ("summary.json", "curves.png")
@@ -115,6 +123,11 @@ def prepare_prior(root: Path) -> Callable[[Path], list[str]]:
     return lambda run: daps("prior", "train", str(codes), "--out", str(run), *PRIOR, "--resume")
 
 
+def prepare_compare(root: Path) -> Callable[[Path], list[str]]:
+    write_data(root / "data")
+    return lambda run: daps("compare", *COMPARE, f"data.data_dir={root / 'data'}", "--out", str(run))
+
+
 def motion_tokenizer(root: Path) -> Path:
     data = os.environ.get("DAPS_DATA_DIR")
     if not data:
@@ -140,6 +153,7 @@ TARGETS: dict[str, tuple[Callable[[Path], Callable[[Path], list[str]]], list[str
     "prior": (prepare_prior, PRIOR),
     "policy": (prepare_policy, POLICY),
     "tracker": (prepare_tracker, TRACKER),
+    "compare": (prepare_compare, COMPARE),
 }
 """What ``--run`` kills: how its inputs are made once (a function of the scratch folder that returns the command
 that starts or resumes a run in a given folder) and the settings it runs with."""
@@ -160,10 +174,23 @@ def env(root: Path) -> dict[str, str]:
     return e
 
 
-def state_of(run: Path) -> str:
-    """Where a run stands: its last logged step and which of its files exist (what the kill interrupted, roughly)."""
-    if not run.is_dir():
+def runs_in(folder: Path) -> list[Path]:
+    """The training runs of an output folder: itself, or those ``daps compare`` made in it (``METHOD/seedS``)."""
+    if (folder / "commands.sh").exists() or any(folder.glob("*/seed*")):
+        return sorted(folder.glob("*/seed*"))
+    return [folder]
+
+
+def state_of(folder: Path) -> str:
+    """Where a run stands (each of a comparison's): its last logged step and which of its files exist (what the
+    kill interrupted, roughly)."""
+    if not folder.is_dir():
         return "no folder yet"
+    runs = runs_in(folder)
+    if runs != [folder]:
+        ends = sum((folder / n).exists() for n in COMPARE_FILES)
+        return "; ".join(f"{run.relative_to(folder)}: {state_of(run)}" for run in runs) + f"; compare files={ends}"
+    run = folder
     ckpts = sorted(p.name for p in (run / "checkpoints").glob("step_*")) if (run / "checkpoints").is_dir() else []
     ends = [n for n in END_FILES if (run / n).exists()]
     temps = [p.name for p in [*run.glob(".*.tmp-*"), *run.glob("checkpoints/.*.tmp-*")]]
@@ -202,7 +229,25 @@ def final(run: Path) -> tuple[dict, dict, list[dict]]:
 
 
 def compare_with(ref: Path, run: Path) -> dict:
-    """How a finished run compares with the reference (every entry True when they agree)."""
+    """How a finished run compares with the reference (every entry True when they agree); a comparison's runs are
+    compared one by one, and its table but for the speed column."""
+    refs, runs = runs_in(ref), runs_in(run)
+    if refs == [ref]:
+        return compare_run(ref, run)
+    checks = [compare_run(a, b) for a, b in zip(refs, runs)]
+    out = {k: len(runs) == len(refs) and all(c[k] for c in checks) for k in checks[0]}
+    out["end_files_present"] &= all((run / n).is_file() for n in COMPARE_FILES)
+    out["same_table"] = table(ref) == table(run)
+    return out
+
+
+def table(folder: Path) -> list[dict]:
+    """The rows of a comparison's results.csv without the speed column."""
+    with open(folder / "results.csv", newline="") as f:
+        return [steady(row) for row in csv.DictReader(f)]
+
+
+def compare_run(ref: Path, run: Path) -> dict:
     w_ref, s_ref, r_ref = final(ref)
     w_run, s_run, r_run = final(run)
     return {
@@ -218,8 +263,9 @@ def compare_with(ref: Path, run: Path) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", choices=list(TARGETS), default="train",
-                        help="which command to kill: daps train, prior train, robot train (the policy) or robot "
-                             "track-train (the tracker); the last two need DAPS_DATA_DIR (default: %(default)s)")
+                        help="which command to kill: daps train, prior train, robot train (the policy), robot "
+                             "track-train (the tracker; these two need DAPS_DATA_DIR) or compare (default: "
+                             "%(default)s)")
     parser.add_argument("--kills", type=int, default=40)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="docs/reliability",

@@ -337,7 +337,7 @@ def test_resume_skips_a_line_cut_off_by_a_crash(copy_run, tiny_overrides, traine
         f.write('{"split": "train", "step": 7, "log_p": -1')  # no closing brace, no newline
     assert main(["train", "--resume", *tiny_overrides, f"train.out_dir={run}"]) == 0
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows if r["split"] == "train"] == [2, 4, 6]
+    assert [r["step"] for r in rows if r["split"] == "train"] == [2, 3, 4, 6]  # log_every=2, and each checkpoint
     assert_same(weights(run, 6), weights(trained_run, 6))
 
 

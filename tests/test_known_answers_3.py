@@ -24,9 +24,11 @@ def rows(run: Path) -> list[dict]:
 def test_a_run_not_a_multiple_of_log_every_logs_its_last_steps(tmp_path, tiny_overrides, no_plots):
     run = tmp_path / "run"
     assert main(["train", *tiny_overrides, "train.steps=5", f"train.out_dir={run}"]) == 0
-    # log_every=2, eval_every=3: the last train row averages the one step after step 4, then the final validation
+    # log_every=2, eval_every=3, ckpt_every=3 (a window ends at a checkpoint too): the last train row averages the
+    # one step after step 4, then the final validation
     got = [(r["split"], r["step"], r.get("num_steps")) for r in rows(run)]
-    assert got == [("train", 2, 2), ("val", 3, None), ("train", 4, 2), ("train", 5, 1), ("val", 5, None)]
+    assert got == [("train", 2, 2), ("train", 3, 1), ("val", 3, None), ("train", 4, 1), ("train", 5, 1),
+                   ("val", 5, None)]
     assert json.loads((run / "summary.json").read_text())["step"] == 5
 
 
@@ -72,11 +74,12 @@ def test_train_rows_average_the_logs_of_their_steps(tmp_path, tiny_overrides, no
     assert main(["train", *tiny_overrides, "train.steps=4", f"train.out_dir={run}"]) == 0
     assert len(seen) == 4
     train = [r for r in rows(run) if r["split"] == "train"]
-    assert [r["step"] for r in train] == [2, 4]
-    for row, steps in zip(train, (seen[0:2], seen[2:4])):
+    assert [r["step"] for r in train] == [2, 3, 4]  # log_every=2, and the checkpoint at step 3 ends a window
+    for row, steps in zip(train, (seen[0:2], seen[2:3], seen[3:4])):
+        assert row["num_steps"] == len(steps)
         for key in steps[0]:
-            assert row[key] == pytest.approx((steps[0][key] + steps[1][key]) / 2, rel=1e-6, abs=1e-9), key
-        assert any(steps[0][key] != steps[1][key] for key in steps[0])  # else the test could not tell
+            assert row[key] == pytest.approx(sum(s[key] for s in steps) / len(steps), rel=1e-6, abs=1e-9), key
+    assert any(seen[0][key] != seen[1][key] for key in seen[0])  # else the test could not tell a mean from a step
 
 
 MOTION_TINY = [
@@ -728,8 +731,8 @@ def test_steps_per_s_of_each_window_leaves_out_only_its_own_pauses(tmp_path, tin
     run = tmp_path / "run"
     assert main(["train", *tiny_overrides, "train.eval_every=2", f"train.out_dir={run}"]) == 0
     train = [r for r in rows(run) if r["split"] == "train"]
-    assert [r["steps_per_s"] for r in train] == pytest.approx([1.0, 1.0, 1.0])
-    assert [r["time"] for r in train] == pytest.approx([2.0, 14.0, 26.0])  # wall time since the start, pauses included
+    assert [r["steps_per_s"] for r in train] == pytest.approx([1.0] * 4)  # rows at 2, 3 (the checkpoint), 4, 6
+    assert [r["time"] for r in train] == pytest.approx([2.0, 13.0, 14.0, 26.0])  # since the start, pauses included
 
 
 @offline

@@ -497,9 +497,10 @@ def run_steps(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Opti
     """The training loop of the models over codes (priors, the robot policy): from ``start`` to ``cfg.steps``,
     each step ``batch_loss()`` (which draws its batch from ``generator``), backward, clipping to
     ``cfg.grad_clip``, an optimizer step (skipped for a non-finite loss or gradient; :data:`MAX_SKIPPED_STEPS`
-    in a row raise ``TrainingDiverged``); train rows every ``cfg.log_every``, ``evaluate()`` rows every
-    ``cfg.eval_every`` and a checkpoint (weights, optimizer, step, generator, the streak of skipped steps) every
-    ``cfg.ckpt_every`` steps. ``streak``: skipped steps in a row before ``start`` (a resumed run's)."""
+    in a row raise ``TrainingDiverged``); train rows every ``cfg.log_every`` steps and at every checkpoint,
+    ``evaluate()`` rows every ``cfg.eval_every`` and a checkpoint (weights, optimizer, step, generator, the streak
+    of skipped steps) every ``cfg.ckpt_every`` steps. ``streak``: skipped steps in a row before ``start`` (a
+    resumed run's)."""
     from daps.progress import progress_bar
 
     model.train()
@@ -537,7 +538,8 @@ def run_steps(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Opti
             count += 1
             done = step + 1
             bar.update()
-            if done % cfg.log_every == 0 or done == cfg.steps:
+            if done % cfg.log_every == 0 or done % cfg.ckpt_every == 0 or done == cfg.steps:  # as daps train:
+                # a window ends at every checkpoint, so that a resumed run logs the rows of an uninterrupted one
                 now = time.perf_counter()
                 mean = loss_sum / applied if applied else None  # over the applied steps only
                 speed = count / max(now - t_last - paused, 1e-9)
