@@ -305,6 +305,7 @@ def main() -> int:
                    "after": state_of(run)}
         if proc.returncode not in (0, -signal.SIGKILL):
             attempt["error"] = err[-1] if err else ""
+            attempt["stderr_tail"] = err[-30:]  # the traceback of an unexpected failure
         attempts.append(attempt)
         line = f"{len(attempts) - 1:3d} cycle {cycle:2d} {delay or 0:6.2f} s  {outcome:<18} {attempt['after']}"
         print(line, flush=True)
