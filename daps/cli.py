@@ -38,10 +38,17 @@ def add_device_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available, else cpu)")
 
 
+MAX_THREADS = 1024
+"""The most ``--threads`` taken: far more than any CPU has cores, and far fewer than the count (about 100,000 here)
+at which torch's thread pool fails to start, killing the process with a segmentation fault."""
+
+
 def set_threads(threads: int) -> None:
-    """Apply ``--threads``: 0 keeps torch's choice; a negative count is a :class:`UserError`."""
+    """Apply ``--threads``: 0 keeps torch's choice; a negative count or one above :data:`MAX_THREADS` is a
+    :class:`UserError`."""
     if threads < 0:
         raise UserError(f"--threads must be >= 0, got {threads}")
+    check_at_most(("--threads", threads, MAX_THREADS))
     if threads:
         import torch
 

@@ -441,6 +441,30 @@ def test_bad_command_line_values_are_one_line_and_write_nothing(argv, message, t
     assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("argv", [
+    ["train", "--preset", "mnist5k-demo", "train.out_dir=OUT"],
+    ["compare", "--preset", "mnist5k-demo", "--methods", "daps", "--steps", "2", "--out", "OUT"],
+    ["prior", "train", "c.safetensors", "--out", "OUT"],
+    ["robot", "train", "RUN", "--out", "OUT"],
+    ["robot", "track-train", "RUN", "--out", "OUT"],
+    ["robot", "track-eval", "RUN"],
+])
+def test_a_thread_count_beyond_any_cpu_is_refused_before_torch_sees_it(argv, tmp_path, capsys, monkeypatch):
+    """``--threads 100000`` made torch's thread pool fail to start: a segmentation fault (exit 139), no message,
+    and the run folder's lock left behind."""
+    import torch
+
+    monkeypatch.chdir(tmp_path)
+    asked = []
+    monkeypatch.setattr(torch, "set_num_threads", asked.append)  # never the real call: it would take this process
+    argv = [a.replace("OUT", str(tmp_path / "out")).replace("RUN", str(tmp_path / "run")) for a in argv]
+    capsys.readouterr()
+    assert main([*argv, "--threads", "100000"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--threads must be at most 1,024, got 100,000" in err and len(err.splitlines()) == 1, err
+    assert asked == [] and list(tmp_path.iterdir()) == []
+
+
 def test_runs_with_seeds_of_earlier_versions_still_load():
     for seed in (-1, 2**40):  # accepted by earlier versions (and torch); a run trained with them must still load
         validate(parse_overrides(get_preset("mnist"), [f"train.seed={seed}"]))
