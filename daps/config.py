@@ -285,6 +285,12 @@ SEED_LIMIT = 2**53
 ``daps train`` derives from them (``1000 * seed + ...``, which must fit in 64 bits)."""
 
 
+def numpy_seed(seed: int) -> int:
+    """``seed`` as NumPy's generators take it: a negative seed (accepted, as torch accepts it) is mapped modulo
+    2^64, as torch maps it, so that ``-1`` seeds NumPy too instead of raising in ``np.random.default_rng``."""
+    return seed % 2**64
+
+
 def check_seed(value: Any, name: str) -> None:
     """Raise a :class:`~daps.errors.UserError` naming ``name`` unless ``value`` is a seed (see :data:`SEED_LIMIT`)."""
     if isinstance(value, bool) or not isinstance(value, int) or not -SEED_LIMIT < value < SEED_LIMIT:

@@ -620,3 +620,17 @@ def test_several_codes_per_window_of_a_quantizer_are_refused_not_ignored():
     for method in ("fsq", "vqvae"):
         with pytest.raises(UserError, match=f"samples=4: {method} encodes deterministically"):
             codes_per_window(method, 4)
+
+
+def test_ground_truth_segments_take_a_negative_seed_as_torch_does(clips):
+    """``robot eval --seed -1`` (a seed the flag accepts) raised NumPy's "expected non-negative integer" traceback;
+    a negative seed is now taken modulo 2^64, as torch takes it."""
+    from daps.data.motion import MOTION_TYPES
+    from daps.robot.evaluate import ground_truth_segments
+
+    motion, _ = clips
+    walk = MOTION_TYPES.index("walk")
+    poses, feats = ground_truth_segments(motion, walk, 32, 3, seed=-1)
+    same, _ = ground_truth_segments(motion, walk, 32, 3, seed=2**64 - 1)
+    other, _ = ground_truth_segments(motion, walk, 32, 3, seed=1)
+    assert poses.shape == (3, 32, 26) and np.array_equal(poses, same) and not np.array_equal(poses, other)

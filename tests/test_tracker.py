@@ -363,6 +363,17 @@ def test_a_body_on_the_floor_is_a_fall_only_where_the_reference_is_not_on_it(h1_
 
 
 @needs_data
+def test_a_negative_seed_trains_as_torch_takes_it(h1_and_clip, tmp_path, single_thread):
+    """``track-train seed=-1`` (a seed the settings accept) raised NumPy's "expected non-negative integer" traceback
+    after writing the folder's config; it now seeds NumPy modulo 2^64, as torch."""
+    h1, refs = h1_and_clip
+    meta = {"num_tokens": 4, "vocab_size": 3, "fps": FPS, "window": 32, "data_dir": REAL_DIR}
+    run = train_tracker(_cfg(out_dir=str(tmp_path / "neg"), frames=16, seed=-1),
+                        references=({"train": refs, "val": refs}, meta), h1=h1)
+    assert json.loads((run / "summary.json").read_text())["step"] == 1
+
+
+@needs_data
 def test_training_resumes_exactly_and_the_folder_holds_what_it_says(h1_and_clip, tmp_path, single_thread,
                                                                       monkeypatch, end_of_run_rule):
     h1, refs = h1_and_clip

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from daps.checkpoint import resolve_checkpoint
+from daps.config import numpy_seed
 from daps.data.motion import window_kinds
 from daps.errors import UserError
 from daps.provenance import cpu_name, source_revision
@@ -57,7 +58,7 @@ def ground_truth_segments(motion: Any, kind: int, frames: int, count: int, seed:
     if not clips:
         raise UserError(f"no training clip of kind {MOTION_TYPES[kind]!r} has {frames} frames "
                         f"({frames / motion.fps:.1f} s); ask for fewer seconds or windows")
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(numpy_seed(seed))
     poses, feats = [], []
     for _ in range(count):
         clip = clips[rng.integers(len(clips))]

@@ -58,6 +58,7 @@ from daps.checkpoint import (
     resolve_checkpoint,
     save_checkpoint,
 )
+from daps.config import numpy_seed
 from daps.data.paths import NPZ_ERRORS
 from daps.errors import UserError
 from daps.functional import ppo_clipped_loss
@@ -683,7 +684,7 @@ def train_tracker(cfg: TrackerConfig, resume: bool = False, overwrite: bool = Fa
         model = Tracker(int(meta["num_tokens"]), int(meta["vocab_size"]), cfg)
         optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
         generator = torch.Generator().manual_seed(cfg.seed)
-        rng = np.random.default_rng(cfg.seed)
+        rng = np.random.default_rng(numpy_seed(cfg.seed))
         envs = TrackingEnvs(h1, sets["train"], cfg.envs, cfg, float(meta["fps"]), rng)
         start = 0
         if ckpt is not None:
