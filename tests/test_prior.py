@@ -670,8 +670,8 @@ def test_resume_takes_the_same_files_however_they_are_written(exported, tmp_path
     assert (prior / "checkpoints" / "latest").read_text().strip().endswith("4")
     assert main(["prior", "train", str(exported["train"].resolve()), "--out", str(prior), "--resume", "steps=6",
                  *tiny]) == 0
-    assert "settings differ" in _error(capsys, ["prior", "train", codes, "--out", str(prior), "--resume", "steps=8",
-                                                *tiny, "lr=0.5"])
+    assert "settings differ from the run's config.json (lr: 0.001 -> 0.5)" in _error(
+        capsys, ["prior", "train", codes, "--out", str(prior), "--resume", "steps=8", *tiny, "lr=0.5"])
     config = (prior / "config.json").read_text()
     assert f"cannot resume {prior} at step 6: the run is set to stop at step 4" in _error(
         capsys, ["prior", "train", codes, "--out", str(prior), "--resume", "steps=4", *tiny])

@@ -323,9 +323,12 @@ def prepare_folder(cfg: Any, resume: bool, overwrite: bool, kind: str = KIND) ->
             return Path(old).resolve() == Path(new).resolve()  # ./codes.safetensors, an absolute path, ...
         return old == new
 
-    differs = [k for k, v in asdict(cfg).items() if k not in RESUMABLE_SETTINGS and not same(k, saved.get(k), v)]
-    if differs:
-        raise UserError(f"--resume: the settings differ from the run's config.json ({', '.join(differs)})")
+    now = asdict(cfg)
+    differs = [k for k, v in now.items() if k not in RESUMABLE_SETTINGS and not same(k, saved.get(k), v)]
+    if differs:  # with both values, as daps train says them: the run's settings are not retyped from memory
+        changes = ", ".join(f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in differs)
+        raise UserError(f"--resume: the settings differ from the run's config.json ({changes}); give the run's "
+                        "values, or --overwrite to start again")
     return find_resumable(run_dir)
 
 
