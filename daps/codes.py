@@ -77,13 +77,18 @@ def weights_sha256(ckpt: Path) -> str:
 
 
 def load_code_tokenizer(
-    source: str | Path, meta: dict[str, Any], device: torch.device, codes_of: str
+    source: str | Path, meta: dict[str, Any], device: torch.device, codes_of: str, recorded: bool = False
 ) -> tuple[Any, Path]:
     """The tokenizer ``source`` (a run or checkpoint) on ``device`` and its checkpoint folder, checked to be the
     one that made the codes ``meta`` describes (a codes header): V and T, and its weights where the header
-    records them; UserError otherwise. ``codes_of`` names the codes in the message ("the prior's codes")."""
+    records them; UserError otherwise. ``codes_of`` names the codes in the message ("the prior's codes");
+    ``recorded``: ``source`` is the path the codes recorded, not one the user typed (``--tokenizer``), so a
+    missing one is a run moved or deleted since, and the message says how to name where it is now."""
     from daps.checkpoint import load_model, resolve_checkpoint
 
+    if recorded and not Path(source).exists():
+        raise UserError(f"the tokenizer that made {codes_of}, {source}, is not there any more (moved or deleted?); "
+                        "pass its run folder as --tokenizer RUN")
     ckpt = resolve_checkpoint(source)
     model = load_model(ckpt, device)
     if model.vocab_size is None:

@@ -135,6 +135,23 @@ def test_a_file_given_for_a_run_is_named_as_one(trained_run, capsys):
     assert resolve_checkpoint(weights) == weights.parent  # the one file that names a checkpoint
 
 
+def test_a_missing_run_and_one_stopped_before_its_first_checkpoint_are_told_apart(copy_run, tmp_path, capsys):
+    """Both said "no checkpoint found at RUN (expected a run folder with checkpoints/latest)": a mistyped path is
+    named as missing, and a run killed before its first checkpoint as one to finish with --resume."""
+    stopped = copy_run("stopped")
+    shutil.rmtree(stopped / CKPT_DIR)  # a run killed before its first checkpoint: config.json, metrics, marker
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    for run, message in ((tmp_path / "typo", f"{tmp_path / 'typo'} does not exist; give a run folder"),
+                         (stopped, f"{stopped} has no checkpoint yet: its run stopped (or is still training) before "
+                                   "its first one; finish it with --resume"),
+                         (mine, f"no checkpoint found at {mine} (expected a run folder with {CKPT_DIR}/latest)")):
+        assert main(["export-codes", str(run), "--out", str(tmp_path / "c.safetensors")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "c.safetensors").exists()
+
+
 # --------------------------------------------------------------------------------------------------
 # load_model
 

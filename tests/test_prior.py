@@ -1255,3 +1255,19 @@ def test_zero_samples_per_input_is_one_user_error(trained_run):
     """K = 0 draws would reach torch.stack([]) (a RuntimeError: a traceback from export-codes)."""
     with pytest.raises(UserError, match="--samples-per-input must be at least 1, got 0"):
         export_codes(trained_run, "test", samples_per_input=0)
+
+
+def test_a_tokenizer_moved_since_the_codes_were_made_is_named_with_the_way_out(copy_run, tmp_path, capsys):
+    """The codes record their tokenizer's path; once that run is moved, sampling said only "no checkpoint found at
+    RUN/checkpoints/step_N (expected a run folder with checkpoints/latest)", not that --tokenizer names it."""
+    run = copy_run("tokenizer")
+    codes, prior = tmp_path / "c.safetensors", tmp_path / "prior"
+    save_codes(export_codes(run, "test"), codes)
+    assert main(["prior", "train", str(codes), "--out", str(prior), "steps=2", "width=16", "num_heads=2",
+                 "progress=false"]) == 0
+    moved = run.rename(tmp_path / "moved")
+    err = _error(capsys, ["prior", "sample", str(prior), "--n", "1", "--out", str(tmp_path / "s.png")])
+    assert f"the tokenizer that made the prior's codes, {run.resolve()}" in err and "moved or deleted?" in err
+    assert err.endswith("pass its run folder as --tokenizer RUN") and not (tmp_path / "s.png").exists()
+    assert main(["prior", "sample", str(prior), "--n", "1", "--tokenizer", str(moved), "--out",
+                 str(tmp_path / "s.png")]) == 0

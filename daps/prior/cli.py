@@ -185,7 +185,7 @@ def _tokenizer(args: argparse.Namespace, meta: dict, device: torch.device):
     source = args.tokenizer or meta.get("checkpoint") or meta.get("run")
     if not source:
         raise UserError("the codes name no tokenizer run; pass --tokenizer RUN")
-    return load_code_tokenizer(source, meta, device, "the prior's codes")[0]
+    return load_code_tokenizer(source, meta, device, "the prior's codes", recorded=not args.tokenizer)[0]
 
 
 def _sample(args: argparse.Namespace) -> int:

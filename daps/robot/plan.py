@@ -123,7 +123,8 @@ class Planner:
         source = tokenizer or self.meta.get("checkpoint") or self.meta.get("tokenizer")
         if not source:
             raise UserError(f"{policy_run} names no tokenizer run; pass --tokenizer RUN")
-        self.tokenizer, ckpt = load_code_tokenizer(source, self.meta, self.device, "the policy's codes")
+        self.tokenizer, ckpt = load_code_tokenizer(source, self.meta, self.device, "the policy's codes",
+                                                   recorded=not tokenizer)
         stats_file = ckpt.parent.parent / "motion_stats.json"
         if not stats_file.is_file():
             raise UserError(f"{stats_file} is missing: the tokenizer run's feature statistics are needed to decode")
