@@ -361,10 +361,10 @@ def test_eval_without_a_checkpoint(tmp_path, capsys):
     (run / "config.json").write_text(json.dumps(config_to_dict(get_preset("mnist"))))
     assert main(["eval", str(run), "--json"]) == 2
     line = error_line(capsys, "eval")
-    assert "no checkpoint" in line and str(run) in line
+    assert f"{run} has no checkpoint yet" in line and "finish it with --resume" in line
     assert capsys.readouterr().out == ""
     assert main(["eval", str(tmp_path / "does_not_exist"), "--json"]) == 2
-    assert "no checkpoint" in error_line(capsys, "eval")
+    assert f"{tmp_path / 'does_not_exist'} does not exist" in error_line(capsys, "eval")
 
 
 def test_eval_with_missing_data(trained_run, tmp_path, capsys):

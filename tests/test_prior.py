@@ -715,7 +715,7 @@ def test_resume_checks_the_codes_themselves_and_a_refusal_changes_nothing(export
     monkeypatch.chdir(b)  # the same file, written from another folder: resumes
     assert main(["prior", "train", "../a/c.safetensors", "--out", str(prior), "--resume", "steps=4", *tiny]) == 0
     config = (prior / "config.json").read_bytes()
-    assert "config.json (codes)" in _error(  # another file of the same name
+    assert f"config.json (codes: '{a / 'c.safetensors'}' -> '{b / 'c.safetensors'}')" in _error(  # another file
         capsys, ["prior", "train", "c.safetensors", "--out", str(prior), "--resume", "steps=6", *tiny])
     save_codes(CodeSet(torch.zeros(4, 1, 4, dtype=torch.long), torch.arange(4),  # re-exported in place
                        {**load_codes(a / "c.safetensors").meta, "model_sha256": "0" * 64}),

@@ -326,7 +326,10 @@ def prepare_folder(cfg: Any, resume: bool, overwrite: bool, kind: str = KIND) ->
     now = asdict(cfg)
     differs = [k for k, v in now.items() if k not in RESUMABLE_SETTINGS and not same(k, saved.get(k), v)]
     if differs:  # with both values, as daps train says them: the run's settings are not retyped from memory
-        changes = ", ".join(f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in differs)
+        def shown(key: str, value: Any) -> Any:  # a file as the absolute path config.json records
+            return str(Path(value).resolve()) if key in PATH_SETTINGS and isinstance(value, str) and value else value
+
+        changes = ", ".join(f"{k}: {saved.get(k)!r} -> {shown(k, now[k])!r}" for k in differs)
         raise UserError(f"--resume: the settings differ from the run's config.json ({changes}); give the run's "
                         "values, or --overwrite to start again")
     return find_resumable(run_dir)
