@@ -70,6 +70,16 @@ class CodeSet:
         return self.codes.reshape(n * k, t), self.labels.repeat_interleave(k)
 
 
+def content_sha256(codes: CodeSet) -> str:
+    """SHA-256 of a codes set's tensors (shapes and int64 values of ``codes``, then ``labels``): what a header cannot
+    vouch for, e.g. a file edited or cut short by hand with its header kept."""
+    digest = hashlib.sha256()
+    for t in (codes.codes, codes.labels):
+        digest.update(f"{tuple(t.shape)}|".encode())
+        digest.update(t.long().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
 def weights_sha256(ckpt: Path) -> str:
     """SHA-256 of a checkpoint's ``model.safetensors`` as its ``checksums.json`` records it ("" without one)."""
     sums = Path(ckpt) / "checksums.json"

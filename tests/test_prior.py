@@ -766,6 +766,34 @@ def test_prior_eval_refuses_a_codes_file_exported_over_since_training(exported, 
     assert "no longer the codes file the prior" in err and "split" in err and str(codes) in err
 
 
+def test_codes_edited_by_hand_under_their_header_are_refused(exported, tmp_path, capsys):
+    """Codes changed in place with the header kept (100 codes zeroed in the training file; the held-out file cut to
+    10 inputs): eval and --resume refuse each, naming the file. The slip it fails on: checking the headers alone,
+    so that the held-out figures and an 'exact' resume silently use other codes."""
+    train, val = tmp_path / "train.safetensors", tmp_path / "val.safetensors"
+    for path, split in ((train, "train"), (val, "test")):
+        save_codes(load_codes(exported[split]), path)
+    prior = tmp_path / "prior"
+    tiny = ["width=16", "num_heads=2", "batch_size=16", "ckpt_every=2", "progress=false"]
+    command = ["prior", "train", str(train), "--val-codes", str(val), "--out", str(prior), *tiny]
+    assert main([*command, "steps=2"]) == 0
+    capsys.readouterr()
+    assert main(["prior", "eval", str(prior), "--n", "10", "--no-classifier", "--json"]) == 0  # as trained: fine
+    capsys.readouterr()
+    edited, cut = load_codes(train), load_codes(val)
+    edited.codes.view(-1)[:100] = 0
+    for path, key, codes in ((train, "content_sha256", edited),
+                             (val, "val_content_sha256", CodeSet(cut.codes[:10], cut.labels[:10], cut.meta))):
+        original = path.read_bytes()
+        save_codes(codes, path, overwrite=True)
+        err = _error(capsys, ["prior", "eval", str(prior), "--n", "10", "--no-classifier"])
+        assert "has the header of the codes file the prior" in err and str(path) in err
+        assert f"not the codes the prior was trained on ({key} differ" in _error(capsys, [*command, "--resume",
+                                                                                        "steps=4"])
+        path.write_bytes(original)
+    assert main([*command, "--resume", "steps=4"]) == 0  # the codes as they were: it resumes
+
+
 def test_a_held_out_codes_file_exported_over_since_training_is_refused(exported, tmp_path, capsys):
     """--val-codes written over after training (same tokenizer, other seed and size): eval and --resume refuse it
     (they used to check the training file's header only and report bits on the new file); a prior trained before
@@ -784,15 +812,16 @@ def test_a_held_out_codes_file_exported_over_since_training_is_refused(exported,
     err = _error(capsys, ["prior", "eval", str(prior), "--n", "10", "--no-classifier"])
     assert "no longer the codes file the prior" in err and "seed" in err and str(val) in err
     config = (prior / "config.json").read_bytes()
-    assert "not the codes the prior was trained on (val_header" in _error(
+    assert "not the codes the prior was trained on (val_content_sha256, val_header" in _error(
         capsys, ["prior", "train", str(exported["train"]), "--val-codes", str(val), "--out", str(prior), "--resume",
                  "steps=4", *tiny])
     assert (prior / "config.json").read_bytes() == config
 
     from daps.prior.run import PriorConfig, trained_codes
 
-    record = json.loads(config)  # as a prior trained before the held-out header was kept recorded its codes
-    del record["codes"]["val_header"]
+    record = json.loads(config)  # as a prior trained before the held-out header and the hashes were kept
+    for key in ("val_header", "content_sha256", "val_content_sha256"):
+        del record["codes"][key]
     _, val_set = trained_codes(prior, PriorConfig(**record["prior"]), record["codes"])  # what eval reads
     assert torch.equal(val_set.codes, held_out.codes[:3])
     (prior / "config.json").write_text(json.dumps(record))

@@ -35,7 +35,7 @@ from daps.checkpoint import (
     resolve_checkpoint,
     save_checkpoint,
 )
-from daps.codes import CodeSet, load_codes
+from daps.codes import CodeSet, content_sha256, load_codes
 from daps.config import check_optimizer_settings
 from daps.errors import UserError, check_at_most
 from daps.prior.nets import ARPrior, DFMPrior, corrupt, drop_labels
@@ -360,9 +360,10 @@ def settings_record(cfg: Any) -> dict:
     return record
 
 
-FILE_KEYS = ("file", "val_file", "val_header")
-"""Keys of a prior's ``codes`` record (config.json) that name its files and the held-out file's header; the rest
-is the training file's header."""
+FILE_KEYS = ("file", "val_file", "val_header", "content_sha256", "val_content_sha256")
+"""Keys of a prior's ``codes`` record (config.json) that name its files, the held-out file's header and the
+hashes of both files' codes and labels (:func:`daps.codes.content_sha256`); the rest is the training file's
+header."""
 
 
 def training_header(record: dict) -> dict:
@@ -371,11 +372,13 @@ def training_header(record: dict) -> dict:
 
 
 def codes_record(cfg: PriorConfig, codes: CodeSet, val: CodeSet) -> dict:
-    """What config.json keeps of the codes a prior trains on: the training file's header, its absolute path and,
-    with ``val_codes``, the held-out file's path and header (so that a file exported again over either is caught)."""
-    record = {**codes.meta, "file": str(Path(cfg.codes).resolve())}
+    """What config.json keeps of the codes a prior trains on: the training file's header, its absolute path and the
+    hash of its contents, and, with ``val_codes``, the same of the held-out file (so that a file exported again over
+    either, or edited by hand, is caught)."""
+    record = {**codes.meta, "file": str(Path(cfg.codes).resolve()), "content_sha256": content_sha256(codes)}
     if cfg.val_codes:
-        record.update(val_file=str(Path(cfg.val_codes).resolve()), val_header=dict(val.meta))
+        record.update(val_file=str(Path(cfg.val_codes).resolve()), val_header=dict(val.meta),
+                      val_content_sha256=content_sha256(val))
     return record
 
 
@@ -388,8 +391,9 @@ def check_same_codes(run_dir: Path, codes: dict) -> None:
         saved = None
     if not isinstance(saved, dict):
         return  # a folder holding only the marker: nothing was trained yet
-    # a prior trained before the held-out header was kept is checked on the rest
-    differs = _differing(saved, codes, ignore=() if "val_header" in saved else ("val_header",))
+    # a prior trained before the held-out header or the hashes were kept is checked on the rest
+    differs = _differing(saved, codes, ignore=tuple(k for k in ("val_header", "content_sha256", "val_content_sha256")
+                                                    if k not in saved))
     if differs:
         raise UserError(f"--resume: these are not the codes the prior was trained on ({', '.join(differs)} "
                         f"differ from {run_dir / 'config.json'})")
@@ -406,10 +410,19 @@ def trained_codes(prior_dir: str | Path, cfg: PriorConfig, meta: dict) -> tuple[
     files = {"codes": meta.get("file") or cfg.codes, "val_codes": meta.get("val_file") or cfg.val_codes}
     codes = load_codes(files["codes"])
     _check_header(prior_dir, files["codes"], training_header(meta), codes.meta)
+    _check_content(prior_dir, files["codes"], meta.get("content_sha256"), codes)
     train_set, val_set = split_codes(PriorConfig(**{**cfg.__dict__, **files}), codes)
     if "val_header" in meta:  # priors trained before it was kept are not checked on their held-out file
         _check_header(prior_dir, files["val_codes"], meta["val_header"], val_set.meta)
+        _check_content(prior_dir, files["val_codes"], meta.get("val_content_sha256"), val_set)
     return train_set, val_set
+
+
+def _check_content(prior_dir: str | Path, path: str, trained: str | None, now: CodeSet) -> None:
+    if trained is not None and content_sha256(now) != trained:  # (priors of earlier versions kept no hash)
+        raise UserError(f"{path} has the header of the codes file the prior {prior_dir} was trained on, but other "
+                        "codes or labels (edited or cut since?): export the same codes again, or train the prior "
+                        "on these")
 
 
 def _check_header(prior_dir: str | Path, path: str, trained: dict, now: dict) -> None:
