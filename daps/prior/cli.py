@@ -15,7 +15,7 @@ import torch
 from daps.cli import add_device_arg, add_threads_arg, seed_arg, set_threads
 from daps.dist import resolve_device
 from daps.errors import UserError, check_at_most
-from daps.prior.run import MAX_EULER_STEPS, warn_untrained_null
+from daps.prior.run import MAX_EULER_STEPS, PriorConfig, settings_help, warn_untrained_null
 from daps.runfolder import check_media_output
 
 if TYPE_CHECKING:
@@ -41,7 +41,8 @@ def add_parsers(sub) -> None:
 
     prior = sub.add_parser("prior", help="train, sample and score a label-conditioned prior over exported codes")
     psub = prior.add_subparsers(dest="prior_command", required=True, parser_class=type(prior))
-    p = psub.add_parser("train", help="train a prior (a run folder) on a codes file")
+    p = psub.add_parser("train", help="train a prior (a run folder) on a codes file",
+                        epilog=settings_help(PriorConfig()) + " (docs/priors.md says what each does)")
     p.add_argument("codes", help="codes file from daps export-codes (the training split)")
     p.add_argument("--kind", default="ar", choices=["ar", "dfm"], help="autoregressive or discrete flow matching")
     p.add_argument("--out", required=True, help="the prior's run folder")

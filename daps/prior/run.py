@@ -124,6 +124,14 @@ FLAG_SETTINGS = {
 """Settings given by the command line's own arguments, not by ``key=value``."""
 
 
+def settings_help(cfg: Any) -> str:
+    """The ``key=value`` settings of the flat settings dataclass ``cfg`` with its values, for a command's --help
+    (those the command's own arguments give are left out)."""
+    values = ", ".join(f"{f.name}={getattr(cfg, f.name)}" for f in dataclasses.fields(cfg)
+                       if f.name not in FLAG_SETTINGS)
+    return f"settings (key=value), with their defaults: {values}"
+
+
 def apply_overrides(cfg: Any, overrides: list[str]) -> Any:
     """``key=value`` strings applied to a copy of the flat settings dataclass ``cfg`` (values parsed by the
     field's type)."""

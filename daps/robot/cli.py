@@ -17,7 +17,9 @@ from daps.cli import add_device_arg, add_threads_arg, seed_arg, set_threads
 from daps.dist import resolve_device
 from daps.errors import UserError, check_at_least, check_at_most
 from daps.prior.cli import check_sampling
-from daps.prior.run import warn_untrained_null
+from daps.prior.run import settings_help, warn_untrained_null
+from daps.robot.run import RobotConfig
+from daps.robot.tracker import TrackerConfig
 from daps.runfolder import check_media_output, check_output_file
 
 log = logging.getLogger("daps")
@@ -27,7 +29,8 @@ def add_parsers(sub) -> None:
     robot = sub.add_parser("robot", help="a command space for the H1: a policy over motion codes, planned and "
                                          "checked in physics")
     rsub = robot.add_subparsers(dest="robot_command", required=True, parser_class=type(robot))
-    p = rsub.add_parser("train", help="train the high-level policy on a motion tokenizer's codes of LAFAN1")
+    p = rsub.add_parser("train", help="train the high-level policy on a motion tokenizer's codes of LAFAN1",
+                        epilog=settings_help(RobotConfig()) + " (docs/robot.md says what each does)")
     p.add_argument("tokenizer", help="run folder or checkpoint of a motion tokenizer (lafan1-h1, discrete codes)")
     p.add_argument("--out", required=True, help="the policy's run folder")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
@@ -82,7 +85,8 @@ def add_parsers(sub) -> None:
 
 def _add_tracker_parsers(rsub) -> None:
     p = rsub.add_parser("track-train", help="train the low-level tracker: a code-conditioned PD-target policy for "
-                                           "the simulated H1, by PPO")
+                                           "the simulated H1, by PPO",
+                        epilog=settings_help(TrackerConfig()) + " (docs/robot.md says what each does)")
     p.add_argument("tokenizer", help="run folder or checkpoint of a motion tokenizer (lafan1-h1, discrete codes)")
     p.add_argument("--out", required=True, help="the tracker's run folder")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
@@ -102,7 +106,7 @@ def _add_tracker_parsers(rsub) -> None:
 
 def _track_train(args: argparse.Namespace) -> int:
     from daps.prior.run import apply_overrides
-    from daps.robot.tracker import TrackerConfig, train_tracker
+    from daps.robot.tracker import train_tracker
 
     set_threads(args.threads)
     cfg = apply_overrides(TrackerConfig(tokenizer=args.tokenizer, out_dir=args.out, data_dir=args.data_dir),
@@ -166,7 +170,7 @@ def robot_command(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from daps.prior.run import apply_overrides
-    from daps.robot.run import RobotConfig, train_policy
+    from daps.robot.run import train_policy
 
     set_threads(args.threads)
     cfg = apply_overrides(RobotConfig(tokenizer=args.tokenizer, out_dir=args.out, data_dir=args.data_dir),
