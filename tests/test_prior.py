@@ -764,6 +764,9 @@ def test_prior_eval_refuses_a_codes_file_exported_over_since_training(exported, 
     shutil.copy(exported["test"], codes)  # another export written over the file: other inputs, same tokenizer
     err = _error(capsys, ["prior", "eval", str(prior), "--n", "10", "--no-classifier"])
     assert "no longer the codes file the prior" in err and "split" in err and str(codes) in err
+    codes.rename(tmp_path / "moved.safetensors")  # moved away: says where it must be (not "no such file")
+    err = _error(capsys, ["prior", "eval", str(prior), "--n", "10", "--no-classifier"])
+    assert f"{codes}, the codes file the prior" in err and "is not there any more" in err
 
 
 def test_codes_edited_by_hand_under_their_header_are_refused(exported, tmp_path, capsys):

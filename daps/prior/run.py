@@ -416,6 +416,11 @@ def trained_codes(prior_dir: str | Path, cfg: PriorConfig, meta: dict) -> tuple[
     from their files; UserError if the codes file is no longer the one it was trained on (an export written
     over it, with another tokenizer, seed or size)."""
     files = {"codes": meta.get("file") or cfg.codes, "val_codes": meta.get("val_file") or cfg.val_codes}
+    for key, path in files.items():
+        if path and not Path(path).exists():
+            raise UserError(f"{path}, the {'held-out ' if key == 'val_codes' else ''}codes file the prior "
+                            f"{prior_dir} was trained on, is not there any more (moved or deleted?): the held-out "
+                            "codes are read from it, so put it back there")
     codes = load_codes(files["codes"])
     _check_header(prior_dir, files["codes"], training_header(meta), codes.meta)
     _check_content(prior_dir, files["codes"], meta.get("content_sha256"), codes)
