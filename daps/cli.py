@@ -438,10 +438,13 @@ def _render(args: argparse.Namespace) -> int:
         model, data, args.clip, args.start, args.seconds, torch.Generator(device).manual_seed(args.seed)
     )
     size = args.size - args.size % 16
-    render_side_by_side(load_h1(data.data_dir or None), target, pred, out, motion_data(data).fps, size, size)
+    fps = motion_data(data).fps
+    logging.getLogger("daps").info("rendering %s: %d frames (%.1f s) of two %d x %d views", args.clip, len(target),
+                                   len(target) / fps, size, size)
+    render_side_by_side(load_h1(data.data_dir or None), target, pred, out, fps, size, size)
     logging.getLogger("daps").info(
         "wrote %s: %s, %.1f s, ground truth (grey, left) and reconstruction (orange, right)",
-        out, args.clip, len(target) / motion_data(data).fps,
+        out, args.clip, len(target) / fps,
     )
     return 0
 

@@ -105,7 +105,7 @@ def _train(run: Path, *extra: str) -> int:
 
 
 @needs_data
-def test_tiny_motion_run_trains_evaluates_resumes_and_renders(tmp_path, capsys, single_thread):
+def test_tiny_motion_run_trains_evaluates_resumes_and_renders(tmp_path, capsys, single_thread, caplog):
     run = tmp_path / "run"
     assert _train(run, "train.stop_after=2") == 0
     assert _train(run, "--resume") == 0
@@ -135,12 +135,14 @@ def test_tiny_motion_run_trains_evaluates_resumes_and_renders(tmp_path, capsys, 
     assert metrics["l2"] > 0 and metrics["mpjpe_mm"] > 0
 
     video = tmp_path / "walk.mp4"
-    code = main(["render", str(run), "--clip", "walk2_subject4", "--seconds", "1.5", "--size", "64",
-                 "--out", str(video)])
+    with caplog.at_level("INFO", logger="daps"):
+        code = main(["render", str(run), "--clip", "walk2_subject4", "--seconds", "1.5", "--size", "64",
+                     "--out", str(video)])
     err = capsys.readouterr().err
     if code == 2 and "OpenGL" in err:
         pytest.skip(f"no offscreen OpenGL here: {err.strip()}")
     assert code == 0, err
+    assert "rendering walk2_subject4: 64 frames (2.1 s) of two 64 x 64 views" in caplog.text  # before the long part
     import imageio.v2 as imageio
 
     reader = imageio.get_reader(video)

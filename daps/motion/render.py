@@ -17,6 +17,7 @@ import numpy as np
 from daps.errors import UserError
 from daps.motion.features import FEATURE_LAYOUT, feature_names
 from daps.motion.h1 import H1, POSE_DIM, SCENE_FILE, import_mujoco
+from daps.progress import progress_bar
 from daps.runfolder import VIDEO_COMMENT, atomic_path
 
 __all__ = [
@@ -90,12 +91,14 @@ def _frames(renderer: Any, model: Any, poses: np.ndarray, look_at: np.ndarray, d
     cam.type = mujoco.mjtCamera.mjCAMERA_FREE
     cam.distance, cam.azimuth, cam.elevation = distance, 120.0, -15.0
     frames = []
-    for q, target in zip(poses, look_at):
-        data.qpos[:POSE_DIM] = q
-        mujoco.mj_kinematics(model, data)
-        cam.lookat[:] = target
-        renderer.update_scene(data, camera=cam)
-        frames.append(renderer.render().copy())
+    with progress_bar(len(poses), "render", "frame") as bar:  # drawn on a terminal only
+        for q, target in zip(poses, look_at):
+            data.qpos[:POSE_DIM] = q
+            mujoco.mj_kinematics(model, data)
+            cam.lookat[:] = target
+            renderer.update_scene(data, camera=cam)
+            frames.append(renderer.render().copy())
+            bar.update()
     return frames
 
 
