@@ -43,6 +43,10 @@ MAX_THREADS = 1024
 at which torch's thread pool fails to start, killing the process with a segmentation fault."""
 
 
+MAX_SEEDS = 1000
+"""The most seeds ``compare --seeds`` takes (planning 100,000 took minutes before it said anything)."""
+
+
 def set_threads(threads: int) -> None:
     """Apply ``--threads``: 0 keeps torch's choice; a negative count or one above :data:`MAX_THREADS` is a
     :class:`UserError`."""
@@ -364,6 +368,7 @@ def _compare(args: argparse.Namespace, argv: list[str]) -> int:
         raise UserError(f"--methods {args.methods!r} names no method; choose from: {', '.join(METHODS)}")
     if args.seeds <= 0:
         raise UserError(f"--seeds must be at least 1, got {args.seeds}")
+    check_at_most(("--seeds", args.seeds, MAX_SEEDS))
     if args.out is not None and not args.out.strip():
         raise UserError("--out is empty: name an output folder")
     out = args.out or f"runs/compare-{args.preset}"

@@ -397,6 +397,7 @@ def test_eval_help_describes_the_subset(capsys):
         (["robot", "train", "RUN", "--out", "OUT/p", "tokenizer=x"], "give tokenizer with the tokenizer argument"),
         (["eval", "RUN", "--fid", "reference"], "--fid reference needs --fid-ref STATS.npz"),
         (["compare", "--seeds", "0", "--steps", "10", "--out", "OUT/c"], "--seeds must be at least 1, got 0"),
+        (["compare", "--seeds", "100000", "--steps", "10", "--out", "OUT/c"], "--seeds must be at most 1,000"),
         (["gradlab", "--temperature", "0", "--out", "OUT/g"], "must be positive numbers and --beta a number >= 0, got "
                                                               "0.0, 1.0 and 0.5"),
         (["gradlab", "--eta", "nan", "--out", "OUT/g"], "got 1.0, nan and 0.5"),

@@ -67,6 +67,10 @@ def test_velocity_parsing_schedule_and_clamping(tmp_path):
     f.write_text("0 1 0\n")
     with pytest.raises(UserError, match="line 1"):
         read_velocity_schedule(str(f), 2, 1.0)
+    for empty in ("", "# comments only\n\n"):
+        f.write_text(empty)
+        with pytest.raises(UserError, match="v.txt: no rows"):
+            read_velocity_schedule(str(f), 2, 1.0)
     v, notes = clamp_velocity(np.array([[5.0, 0.0, 0.0]]), np.array([0, -1, -1.0]), np.array([2, 1, 1.0]))
     assert v.tolist() == [[2.0, 0.0, 0.0]] and len(notes) == 1 and "forward_m_s 5" in notes[0]
 

@@ -141,7 +141,10 @@ def read_velocity_schedule(path: str, windows: int, window_seconds: float) -> np
         if len(row) != 4 or not np.all(np.isfinite(row)):
             raise UserError(f"--velocity-schedule {path}, line {number}: expected 'time_s forward left yaw'")
         rows.append(row)
-    if not rows or rows[0][0] != 0 or any(b[0] <= a[0] for a, b in zip(rows, rows[1:])):
+    if not rows:
+        raise UserError(f"--velocity-schedule {path}: no rows (expected lines of 'time_s forward left yaw', the first "
+                        "at time 0)")
+    if rows[0][0] != 0 or any(b[0] <= a[0] for a, b in zip(rows, rows[1:])):
         raise UserError(f"--velocity-schedule {path}: rows must start at time 0 and have increasing times")
     table = np.array(rows)
     starts = np.arange(windows) * window_seconds
