@@ -260,6 +260,40 @@ def compare_run(ref: Path, run: Path) -> dict:
     }
 
 
+LAST_STEP = {"train": 600, "prior": 400, "policy": 300, "tracker": 32, "compare": 200}
+"""The step each kind of run of this script ends at (the settings above)."""
+
+
+def landed(report: dict) -> dict[str, int]:
+    """Where a report's kills landed, read from the state each left (for compare: both runs' states)."""
+    where = {"before the folder": 0, "before the first checkpoint": 0, "during training": 0, "after the last step": 0}
+    end = f"checkpoint=step_{LAST_STEP[report.get('run', 'train')]:08d}"
+    for attempt in report["attempts"]:
+        if attempt["outcome"] != "killed":
+            continue
+        runs = [part for part in attempt["after"].split("; ") if "checkpoint=" in part]
+        if not runs:
+            where["before the folder"] += 1
+        elif all("checkpoint=None" in run for run in runs):
+            where["before the first checkpoint"] += 1
+        elif len(runs) == (2 if report.get("run") == "compare" else 1) and all(end in run for run in runs):
+            where["after the last step"] += 1
+        else:
+            where["during training"] += 1
+    return where
+
+
+def summarize(folder: Path) -> None:
+    """Prints a markdown table of the reports kept in ``folder``."""
+    print("| run | reference run | kills | cycles | " + " / ".join(landed({"attempts": []})) + " | commit | passed |")
+    print("|---|---|---|---|---|---|---|")
+    for path in sorted(folder.glob("kill_test*.json")):
+        r = json.loads(path.read_text())
+        counts = " / ".join(str(n) for n in landed(r).values())
+        print(f"| {r.get('run', 'train')} | {r['reference_run_s']} s | {r['kills']} | {len(r['cycles'])} | {counts} "
+              f"| {r['commit']} | {r['passed']} |")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", choices=list(TARGETS), default="train",
@@ -271,7 +305,12 @@ def main() -> int:
     parser.add_argument("--out", default="docs/reliability",
                         help="where the results go (default: %(default)s, committed)")
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier report in --out")
+    parser.add_argument("--summarize", action="store_true",
+                        help="print a table of the reports in --out (where the kills landed) and stop")
     args = parser.parse_args()
+    if args.summarize:
+        summarize(Path(args.out))
+        return 0
     report_file = Path(args.out) / ("kill_test.json" if args.run == "train" else f"kill_test_{args.run}.json")
     if report_file.exists() and not args.overwrite:
         print(f"{parser.prog}: error: {report_file} exists; pass --overwrite to replace it", file=sys.stderr)

@@ -813,3 +813,25 @@ def test_a_lock_file_that_is_a_link_is_never_followed(tmp_path, capsys, tiny_ove
     with pytest.raises(OutputFolderError, match="symbolic link"):
         FolderLock(out).acquire()
     assert precious.read_text() == "years of work\n" and (out / LOCK).is_symlink()
+
+
+def test_kill_test_reads_where_each_kill_landed():
+    """``scripts/kill_test.py --summarize`` counts, from the state each killed attempt left: no folder, a folder
+    without a checkpoint, a checkpoint before the last step, the last step's checkpoint (for compare: both runs').
+    Fails on: a compare counted as finished when one of its runs is, or the last step read as any checkpoint."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("kill_test", Path(__file__).parent.parent / "scripts/kill_test.py")
+    kill_test = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(kill_test)
+
+    def state(step: int, ckpt: int | None) -> str:
+        return (f"last_logged_step={step} checkpoint={None if ckpt is None else f'step_{ckpt:08d}'} end_files=0 "
+                "temporaries=0")
+
+    afters = ["no folder yet", state(0, None), state(250, 200), state(400, 400), state(400, 400)]
+    attempts = [{"outcome": "killed", "after": a} for a in afters] + [{"outcome": "finished (exit 0)", "after": ""}]
+    assert list(kill_test.landed({"run": "prior", "attempts": attempts}).values()) == [1, 1, 1, 2]
+    both, one = f"daps/seed0: {state(200, 200)}; vqvae/seed0: {state(200, 200)}", f"daps/seed0: {state(200, 200)}"
+    attempts = [{"outcome": "killed", "after": a} for a in (both, one, f"{one}; vqvae/seed0: {state(0, None)}")]
+    assert list(kill_test.landed({"run": "compare", "attempts": attempts}).values()) == [0, 0, 2, 1]
