@@ -219,9 +219,14 @@ def resolve_checkpoint(path: str | Path, verify: bool = True) -> Path:
             if not path.exists():
                 raise CheckpointError(f"{path} does not exist; give a run folder or one of its checkpoint folders "
                                       f"({CKPT_DIR}/step_N)") from None
-            if read_marker(path) or (path / "config.json").is_file():  # a run stopped before its first checkpoint
+            marker = read_marker(path)
+            if marker in OTHER_KINDS or (marker is None and (path / "config.json").is_file()):  # a run stopped
+                # before its first checkpoint
                 raise CheckpointError(f"{path} has no checkpoint yet: its run stopped (or is still training) before "
                                       "its first one; finish it with --resume (or wait), then use it") from None
+            if marker is not None:  # a comparison's or an estimator lab's folder
+                where = "; its runs are its METHOD/seedN folders" if marker == "compare" else ""
+                raise CheckpointError(f"{path} is a daps {marker} folder, not a run with checkpoints{where}") from None
             raise CheckpointError(
                 f"no checkpoint found at {path} (expected a run folder with {CKPT_DIR}/latest)"
             ) from None

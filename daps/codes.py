@@ -97,8 +97,15 @@ def load_code_tokenizer(
     from daps.checkpoint import load_model, resolve_checkpoint
 
     if recorded and not Path(source).exists():
+        run = meta.get("run")
+        if run and Path(run).is_dir() and Path(run).resolve() != Path(source).resolve():
+            raise UserError(f"the checkpoint that made {codes_of}, {source}, is no longer in its run {run} (removed "
+                            "as the run trained on: keep_checkpoints); its weights are needed: pass a copy of that "
+                            "checkpoint as --tokenizer CHECKPOINT, or export the codes again from the run")
+        step = Path(source).name if Path(source).parent.name == "checkpoints" else None
         raise UserError(f"the tokenizer that made {codes_of}, {source}, is not there any more (moved or deleted?); "
-                        "pass its run folder as --tokenizer RUN")
+                        "pass its run folder at its new place as --tokenizer RUN"
+                        + (f" (RUN/checkpoints/{step} if the run has trained on since)" if step else ""))
     ckpt = resolve_checkpoint(source)
     model = load_model(ckpt, device)
     if model.vocab_size is None:

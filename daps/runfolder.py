@@ -127,6 +127,14 @@ def read_json_object(path: str | Path) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
+def finished(run_dir: Path, last_step: int, end_files: tuple[str, ...]) -> bool:
+    """Whether a run has all its ``end_files`` and a readable ``summary.json`` of ``last_step`` (which daps writes
+    last: a run killed before it is resumed to write the end again)."""
+    summary = read_json_object(run_dir / "summary.json")
+    return (summary is not None and summary.get("step") == last_step
+            and all((run_dir / name).is_file() for name in end_files))
+
+
 def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path)

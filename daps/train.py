@@ -65,10 +65,10 @@ from daps.runfolder import (
     OutputFolderError,
     check_replaceable,
     clear_folder,
+    finished,
     has_content,
     is_output_folder,
     missing_folders,
-    read_json_object,
     refuse_precious,
     remove_empty_folders,
     write_json_atomic,
@@ -201,8 +201,8 @@ def truncate_metrics(path: Path, last_step: int) -> None:
     """Drop rows of ``metrics.jsonl`` logged after ``last_step``, and a line cut off by a crash (atomically)."""
     if not path.exists():
         return
-    kept, original = [], path.read_text(errors="replace")
-    for line in original.splitlines():  # a damaged byte spoils its line only
+    kept, raw = [], path.read_bytes()
+    for line in raw.decode(errors="replace").splitlines():  # a damaged byte spoils its line only
         try:
             row = json.loads(line)
         except json.JSONDecodeError:
@@ -210,7 +210,7 @@ def truncate_metrics(path: Path, last_step: int) -> None:
         if isinstance(row, dict) and row.get("step", 0) <= last_step:
             kept.append(line)
     text = "".join(line + "\n" for line in kept)
-    if text != original:  # a file with nothing to drop is left as it is
+    if text.encode() != raw:  # a file with nothing to drop or mend is left as it is
         write_text_atomic(path, text)
 
 
@@ -226,13 +226,6 @@ def _nothing_trained(run_dir: Path) -> bool:
 def _rng_states(generators: dict[str, torch.Generator]) -> list[dict[str, torch.Tensor]]:
     """Every rank's generator states, gathered to a list indexed by rank (each rank draws its own data)."""
     return dist.gather_objects({name: g.get_state() for name, g in generators.items()})
-
-
-def _finished(run_dir: Path, end_step: int) -> bool:
-    """Whether a run's end-of-run files are all there and its summary is readable and of ``end_step``."""
-    summary = read_json_object(run_dir / "summary.json")
-    return (summary is not None and summary.get("step") == end_step
-            and all((run_dir / name).is_file() for name in RUN_ARTIFACTS))
 
 
 def _final_val_row(metrics_path: Path, end_step: int) -> dict | None:
@@ -497,7 +490,7 @@ def _train(cfg: Config, resume: bool, overwrite: bool, device: torch.device, ran
     start_step = state["step"] if state is not None else 0
     if start_step > end_step:
         raise _past_end(run_dir, start_step, end_step)
-    if state is not None and start_step == end_step and _finished(run_dir, end_step):
+    if state is not None and start_step == end_step and finished(run_dir, end_step, RUN_ARTIFACTS):
         log.info("%s already finished step %d; nothing to do", run_dir, end_step)
         return run_dir
     s = _setup(cfg, state, device, rank, world)

@@ -8,6 +8,7 @@ in ``docs/reliability/``.
     DAPS_DATA_DIR=... python scripts/kill_test.py --run policy --kills 40 ...     # daps robot train
     DAPS_DATA_DIR=... python scripts/kill_test.py --run tracker --kills 40 ...    # daps robot track-train
     python scripts/kill_test.py --run compare --kills 40 --out docs/reliability   # daps compare
+    python scripts/kill_test.py --summarize                                        # where the kills landed
 
 A cycle starts a fresh run folder and resumes it (the command with ``--resume``, a fresh process each time; compare
 is simply run again, which resumes its runs) until one attempt finishes; every attempt but the last is killed after
@@ -64,12 +65,12 @@ CONFIG = [
     "data.name=mnist5k",
     *TOKENIZER,
     "train.steps=600",
-    "train.log_every=25",
+    "train.log_every=30",
     "train.eval_every=200",
     "train.ckpt_every=100",
 ]
 """The killed ``daps train`` (the tiny test model on a synthetic MNIST-like file)."""
-PRIOR = ["steps=400", "batch_size=32", "width=32", "num_layers=1", "num_heads=2", "log_every=25", "eval_every=100",
+PRIOR = ["steps=400", "batch_size=32", "width=32", "num_layers=1", "num_heads=2", "log_every=30", "eval_every=100",
          "ckpt_every=50", "progress=false"]
 """The killed ``daps prior train`` (an autoregressive prior on the codes of a tokenizer trained for 50 steps)."""
 MOTION_TOKENIZER = [
@@ -79,7 +80,7 @@ MOTION_TOKENIZER = [
     "train.eval_examples=16", "train.eval_batch_size=8", "train.progress=false", "train.logger=none",
 ]
 """The lafan1-h1 tokenizer under the policy and the tracker (trained for 2 steps: its codes only need to exist)."""
-POLICY = ["width=32", "num_layers=1", "num_heads=2", "steps=300", "batch_size=16", "log_every=25", "eval_every=100",
+POLICY = ["width=32", "num_layers=1", "num_heads=2", "steps=300", "batch_size=16", "log_every=30", "eval_every=100",
           "ckpt_every=50", "stride=16", "progress=false"]
 """The killed ``daps robot train``."""
 TRACKER = ["frames=2048", "envs=2", "horizon=32", "epochs=1", "minibatch=32", "hidden=16", "eval_every=16",
@@ -89,6 +90,8 @@ COMPARE = ["--methods", "daps,vqvae", "--seeds", "1", "--steps", "200", "data.na
 """The killed ``daps compare`` (two methods of the tiny model; compare sets the logging and checkpoint intervals)."""
 COMPARE_FILES = ("results.md", "results.csv", "curves.png", "reconstructions.png", "commands.sh")
 """What ``daps compare`` writes at its end, beside the runs."""
+# Logging every 30 steps and checkpointing every 50 or 100, a checkpoint falls inside some logging windows: a
+# resumed run must still log the uninterrupted run's rows (each checkpoint ends a window).
 VOLATILE = {"time"}
 """Row and summary keys that measure wall-clock time and so differ between any two runs (with every ``*_per_s``)."""
 END_FILES = ("summary.json", "curves.png")
@@ -96,10 +99,12 @@ END_FILES = ("summary.json", "curves.png")
 
 
 def daps(*argv: str) -> list[str]:
+    """The command line of ``daps argv`` in this Python."""
     return [sys.executable, "-m", "daps", *argv]
 
 
 def write_data(folder: Path) -> None:
+    """A synthetic MNIST-like ``mnist_5k.csv.gz`` (sparse random pixels, 500 of each label) in ``folder``."""
     rng = np.random.default_rng(0)
     labels = np.repeat(np.arange(10), 500)
     pixels = rng.integers(0, 256, (5000, 784)) * (rng.random((5000, 784)) < 0.2)
@@ -110,11 +115,14 @@ def write_data(folder: Path) -> None:
 
 
 def prepare_train(root: Path) -> Callable[[Path], list[str]]:
+    """The data file. Each ``prepare_*`` makes its command's inputs under ``root`` and returns the function that gives
+    the command training or resuming a run in a given folder."""
     write_data(root / "data")
     return lambda run: daps("train", *CONFIG, f"data.data_dir={root / 'data'}", f"train.out_dir={run}", "--resume")
 
 
 def prepare_prior(root: Path) -> Callable[[Path], list[str]]:
+    """A tiny tokenizer (50 steps) and its training codes, for the prior to train on."""
     write_data(root / "data")
     tokenizer, codes = root / "tokenizer", root / "codes.safetensors"
     setup(daps("train", "data.name=mnist5k", *TOKENIZER, "train.steps=50", "train.eval_every=50", "train.ckpt_every=50",
@@ -124,11 +132,13 @@ def prepare_prior(root: Path) -> Callable[[Path], list[str]]:
 
 
 def prepare_compare(root: Path) -> Callable[[Path], list[str]]:
+    """The data file; compare is simply run again after a kill."""
     write_data(root / "data")
     return lambda run: daps("compare", *COMPARE, f"data.data_dir={root / 'data'}", "--out", str(run))
 
 
 def motion_tokenizer(root: Path) -> Path:
+    """A lafan1-h1 tokenizer trained 2 steps on ``$DAPS_DATA_DIR``'s clips (its codes only need to exist)."""
     data = os.environ.get("DAPS_DATA_DIR")
     if not data:
         raise SystemExit("kill_test.py: the policy and tracker runs read LAFAN1 on the H1: set DAPS_DATA_DIR")
@@ -139,11 +149,13 @@ def motion_tokenizer(root: Path) -> Path:
 
 
 def prepare_policy(root: Path) -> Callable[[Path], list[str]]:
+    """The motion tokenizer the policy trains on."""
     tokenizer = motion_tokenizer(root)
     return lambda run: daps("robot", "train", str(tokenizer), "--out", str(run), *POLICY, "--resume")
 
 
 def prepare_tracker(root: Path) -> Callable[[Path], list[str]]:
+    """The motion tokenizer whose decoded windows the tracker follows."""
     tokenizer = motion_tokenizer(root)
     return lambda run: daps("robot", "track-train", str(tokenizer), "--out", str(run), *TRACKER, "--resume")
 
@@ -221,6 +233,7 @@ def steady(record: dict) -> dict:
 
 
 def final(run: Path) -> tuple[dict, dict, list[dict]]:
+    """A finished run's last weights, its summary and its metrics rows (without wall-clock entries)."""
     latest = (run / "checkpoints" / "latest").read_text().strip()
     weights = load_file(str(run / "checkpoints" / latest / "model.safetensors"))
     summary = steady(json.loads((run / "summary.json").read_text()))
@@ -248,6 +261,7 @@ def table(folder: Path) -> list[dict]:
 
 
 def compare_run(ref: Path, run: Path) -> dict:
+    """How one finished training run compares with its reference (every entry True when they agree)."""
     w_ref, s_ref, r_ref = final(ref)
     w_run, s_run, r_run = final(run)
     return {

@@ -140,12 +140,18 @@ def test_a_missing_run_and_one_stopped_before_its_first_checkpoint_are_told_apar
     named as missing, and a run killed before its first checkpoint as one to finish with --resume."""
     stopped = copy_run("stopped")
     shutil.rmtree(stopped / CKPT_DIR)  # a run killed before its first checkpoint: config.json, metrics, marker
-    mine = tmp_path / "mine"
+    mine, comparison = tmp_path / "mine", tmp_path / "comparison"
     mine.mkdir()
+    comparison.mkdir()
+    from daps.runfolder import write_marker
+
+    write_marker(comparison, "compare")  # a folder of daps's that never holds checkpoints: not "no checkpoint yet"
     for run, message in ((tmp_path / "typo", f"{tmp_path / 'typo'} does not exist; give a run folder"),
                          (stopped, f"{stopped} has no checkpoint yet: its run stopped (or is still training) before "
                                    "its first one; finish it with --resume"),
-                         (mine, f"no checkpoint found at {mine} (expected a run folder with {CKPT_DIR}/latest)")):
+                         (mine, f"no checkpoint found at {mine} (expected a run folder with {CKPT_DIR}/latest)"),
+                         (comparison, f"{comparison} is a daps compare folder, not a run with checkpoints; its runs "
+                                      "are its METHOD/seedN folders")):
         assert main(["export-codes", str(run), "--out", str(tmp_path / "c.safetensors")]) == 2
         err = capsys.readouterr().err.strip()
         assert message in err and len(err.splitlines()) == 1, err

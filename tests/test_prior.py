@@ -720,7 +720,7 @@ def test_resume_checks_the_codes_themselves_and_a_refusal_changes_nothing(export
     save_codes(CodeSet(torch.zeros(4, 1, 4, dtype=torch.long), torch.arange(4),  # re-exported in place
                        {**load_codes(a / "c.safetensors").meta, "model_sha256": "0" * 64}),
                a / "c.safetensors", overwrite=True)
-    assert "not the codes the prior was trained on (model_sha256" in _error(
+    assert "not the codes the prior was trained on (content_sha256, model_sha256" in _error(
         capsys, ["prior", "train", "../a/c.safetensors", "--out", str(prior), "--resume", "steps=6", *tiny])
     assert (prior / "config.json").read_bytes() == config
 
@@ -794,6 +794,10 @@ def test_codes_edited_by_hand_under_their_header_are_refused(exported, tmp_path,
         assert f"not the codes the prior was trained on ({key} differ" in _error(capsys, [*command, "--resume",
                                                                                         "steps=4"])
         path.write_bytes(original)
+    train.rename(tmp_path / "away.safetensors")  # moved: eval reads the held-out file, but checks it against this
+    err = _error(capsys, ["prior", "eval", str(prior), "--n", "10", "--no-classifier"])
+    assert f"{train}, the codes file the prior" in err and "the held-out codes are checked against it" in err
+    (tmp_path / "away.safetensors").rename(train)
     assert main([*command, "--resume", "steps=4"]) == 0  # the codes as they were: it resumes
 
 
@@ -1294,7 +1298,8 @@ def test_zero_samples_per_input_is_one_user_error(trained_run):
         export_codes(trained_run, "test", samples_per_input=0)
 
 
-def test_a_tokenizer_moved_since_the_codes_were_made_is_named_with_the_way_out(copy_run, tmp_path, capsys):
+def test_a_tokenizer_moved_since_the_codes_were_made_is_named_with_the_way_out(copy_run, tmp_path, capsys,
+                                                                             tiny_overrides):
     """The codes record their tokenizer's path; once that run is moved, sampling said only "no checkpoint found at
     RUN/checkpoints/step_N (expected a run folder with checkpoints/latest)", not that --tokenizer names it."""
     run = copy_run("tokenizer")
@@ -1305,6 +1310,12 @@ def test_a_tokenizer_moved_since_the_codes_were_made_is_named_with_the_way_out(c
     moved = run.rename(tmp_path / "moved")
     err = _error(capsys, ["prior", "sample", str(prior), "--n", "1", "--out", str(tmp_path / "s.png")])
     assert f"the tokenizer that made the prior's codes, {run.resolve()}" in err and "moved or deleted?" in err
-    assert err.endswith("pass its run folder as --tokenizer RUN") and not (tmp_path / "s.png").exists()
+    assert err.endswith("pass its run folder at its new place as --tokenizer RUN (RUN/checkpoints/step_00000006 if the "
+                        "run has trained on since)") and not (tmp_path / "s.png").exists()
     assert main(["prior", "sample", str(prior), "--n", "1", "--tokenizer", str(moved), "--out",
                  str(tmp_path / "s.png")]) == 0
+    moved.rename(run)  # back in place, and trained on: the codes' checkpoint is gone from it
+    assert main(["train", *tiny_overrides, "train.steps=9", "train.keep_checkpoints=1", f"train.out_dir={run}",
+                 "--resume"]) == 0
+    err = _error(capsys, ["prior", "sample", str(prior), "--n", "1", "--out", str(tmp_path / "t.png")])
+    assert f"step_00000006, is no longer in its run {run.resolve()} (removed as the run trained on" in err

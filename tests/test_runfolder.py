@@ -675,6 +675,14 @@ def test_metrics_are_cut_back_to_the_checkpoint_whatever_else_the_file_holds(tmp
                      .encode() + b"\xff\xfe garbage\n")
     truncate_metrics(path, 3)
     assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [1, 2, 3]
+    # a damaged byte inside a kept row's string is mended (readers open the file as UTF-8); an intact file is
+    # not rewritten (a finished run resumed writes nothing)
+    path.write_bytes(b'{"split": "tr\xffain", "step": 1}\n')
+    truncate_metrics(path, 3)
+    assert json.loads(path.read_text()) == {"split": "tr\ufffdain", "step": 1}
+    mtime = path.stat().st_mtime_ns
+    truncate_metrics(path, 3)
+    assert path.stat().st_mtime_ns == mtime
 
 
 def test_checkpoint_files_follow_the_umask(trained_run):

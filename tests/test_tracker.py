@@ -371,6 +371,9 @@ def test_a_negative_seed_trains_as_torch_takes_it(h1_and_clip, tmp_path, single_
     run = train_tracker(_cfg(out_dir=str(tmp_path / "neg"), frames=16, seed=-1),
                         references=({"train": refs, "val": refs}, meta), h1=h1)
     assert json.loads((run / "summary.json").read_text())["step"] == 1
+    from daps.config import numpy_seed
+
+    assert numpy_seed(-1) == torch.Generator().manual_seed(-1).initial_seed() == 2**64 - 1  # torch's reading of -1
 
 
 @needs_data

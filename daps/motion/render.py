@@ -83,15 +83,17 @@ def _paint(model: Any, rgba: tuple[float, float, float, float]) -> None:
         model.mat_rgba[mat] = rgba
 
 
-def _frames(renderer: Any, model: Any, poses: np.ndarray, look_at: np.ndarray, distance: float) -> list[np.ndarray]:
-    """RGB frames ``(H, W, 3)`` uint8 of ``poses (T, 26)``, the camera following ``look_at (T, 3)``."""
+def _frames(renderer: Any, model: Any, poses: np.ndarray, look_at: np.ndarray, distance: float,
+            desc: str = "render") -> list[np.ndarray]:
+    """RGB frames ``(H, W, 3)`` uint8 of ``poses (T, 26)``, the camera following ``look_at (T, 3)`` (a progress bar
+    named ``desc`` on a terminal)."""
     mujoco = import_mujoco()
     data = mujoco.MjData(model)
     cam = mujoco.MjvCamera()
     cam.type = mujoco.mjtCamera.mjCAMERA_FREE
     cam.distance, cam.azimuth, cam.elevation = distance, 120.0, -15.0
     frames = []
-    with progress_bar(len(poses), "render", "frame") as bar:  # drawn on a terminal only
+    with progress_bar(len(poses), desc, "frame") as bar:
         for q, target in zip(poses, look_at):
             data.qpos[:POSE_DIM] = q
             mujoco.mj_kinematics(model, data)
@@ -113,10 +115,11 @@ def _views(
     renderer = _renderer(model, width, height)
     try:
         views = []
-        for poses, guide, rgba in zip(motions, follow, colours):
+        for i, (poses, guide, rgba) in enumerate(zip(motions, follow, colours)):
             _paint(model, rgba)
             look_at = np.concatenate([guide[:, :2], np.full((len(guide), 1), 0.9)], axis=1)  # (T, 3)
-            views.append(np.stack(_frames(renderer, model, poses, look_at, distance)))
+            desc = f"render view {i + 1}/{len(motions)}" if len(motions) > 1 else "render"
+            views.append(np.stack(_frames(renderer, model, poses, look_at, distance, desc)))
     finally:
         renderer.close()
     return views

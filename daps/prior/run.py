@@ -44,9 +44,9 @@ from daps.runfolder import (
     OutputFolderError,
     check_replaceable,
     clear_folder,
+    finished,
     has_content,
     is_output_folder,
-    read_json_object,
     refuse_precious,
     write_json_atomic,
     write_marker,
@@ -343,11 +343,8 @@ def prepare_folder(cfg: Any, resume: bool, overwrite: bool, kind: str = KIND) ->
     return find_resumable(run_dir)
 
 
-def finished(run_dir: Path, last_step: int) -> bool:
-    """Whether a prior, policy or tracker run has all its end-of-run files: ``curves.png`` and a readable
-    ``summary.json`` of ``last_step`` (written last, so a run killed between the two is not taken as finished)."""
-    summary = read_json_object(run_dir / "summary.json")
-    return summary is not None and summary.get("step") == last_step and (run_dir / "curves.png").is_file()
+END_FILES = ("summary.json", "curves.png")
+"""What a prior, policy or tracker run writes at its end (``curves.png``, then ``summary.json``)."""
 
 
 def warn_untrained_null(label_dropout: float, guidance: float, flag: str = "--cfg") -> None:
@@ -418,9 +415,11 @@ def trained_codes(prior_dir: str | Path, cfg: PriorConfig, meta: dict) -> tuple[
     files = {"codes": meta.get("file") or cfg.codes, "val_codes": meta.get("val_file") or cfg.val_codes}
     for key, path in files.items():
         if path and not Path(path).exists():
+            use = ("the held-out codes are read from it" if key == "val_codes" or not files["val_codes"] else
+                   "the held-out codes are checked against it")
             raise UserError(f"{path}, the {'held-out ' if key == 'val_codes' else ''}codes file the prior "
-                            f"{prior_dir} was trained on, is not there any more (moved or deleted?): the held-out "
-                            "codes are read from it, so put it back there")
+                            f"{prior_dir} was trained on, is not there any more (moved or deleted?): {use}, so put "
+                            "it back there")
     codes = load_codes(files["codes"])
     _check_header(prior_dir, files["codes"], training_header(meta), codes.meta)
     _check_content(prior_dir, files["codes"], meta.get("content_sha256"), codes)
@@ -474,7 +473,7 @@ def train_prior(cfg: PriorConfig, resume: bool = False, overwrite: bool = False,
         write_marker(run_dir, KIND)
         remove_leftovers(run_dir)
         optimizer, generator, start, streak = start_training(model, cfg, ckpt, device, run_dir)
-        if start == cfg.steps and finished(run_dir, start):
+        if start == cfg.steps and finished(run_dir, start, END_FILES):
             log.info("%s already finished step %d; nothing to do", run_dir, start)  # and nothing is written
             return run_dir
         write_json_atomic(run_dir / "config.json", config)  # after every check and the checkpoint's weights

@@ -35,11 +35,11 @@ from daps.checkpoint import (
 from daps.config import check_optimizer_settings
 from daps.errors import UserError
 from daps.prior.nets import drop_labels
+from daps.prior.run import END_FILES, prepare_folder, run_steps, save_prior_curves, settings_record, start_training
 from daps.prior.run import ENTRIES as PRIOR_ENTRIES
-from daps.prior.run import finished, prepare_folder, run_steps, save_prior_curves, settings_record, start_training
 from daps.robot.data import CommandSet, encode_split, load_commands, save_commands, velocity_ranges
 from daps.robot.policy import CommandPolicy
-from daps.runfolder import FolderLock, clear_folder, has_content, write_json_atomic, write_marker
+from daps.runfolder import FolderLock, clear_folder, finished, has_content, write_json_atomic, write_marker
 
 log = logging.getLogger("daps")
 
@@ -258,7 +258,7 @@ def train_policy(cfg: RobotConfig, resume: bool = False, overwrite: bool = False
         if not saved:
             save_commands(run_dir / COMMANDS_FILE, sets, meta)
         optimizer, generator, start, streak = start_training(model, cfg, ckpt, device, run_dir)
-        if start == cfg.steps and finished(run_dir, start):
+        if start == cfg.steps and finished(run_dir, start, END_FILES):
             log.info("%s already finished step %d; nothing to do", run_dir, start)  # and nothing is written
             return run_dir
         if ckpt is not None:  # a resume: only once the checkpoint's weights fit

@@ -68,6 +68,7 @@ from daps.runfolder import (
     FolderLock,
     atomic_path,
     clear_folder,
+    finished,
     has_content,
     is_output_folder,
     write_json_atomic,
@@ -650,7 +651,7 @@ def train_tracker(cfg: TrackerConfig, resume: bool = False, overwrite: bool = Fa
                   references: tuple[dict[str, References], dict[str, Any]] | None = None, h1: Any = None) -> Path:
     """Train the tracker of ``cfg`` into ``cfg.out_dir`` (see the module docstring); returns the run folder.
     ``references`` and ``h1`` give the references and the model directly (tests) instead of decoding them."""
-    from daps.prior.run import finished, prepare_folder, settings_record
+    from daps.prior.run import END_FILES, prepare_folder, settings_record
     from daps.progress import progress_bar
     from daps.train import truncate_metrics
 
@@ -698,7 +699,7 @@ def train_tracker(cfg: TrackerConfig, resume: bool = False, overwrite: bool = Fa
             if start > cfg.updates:
                 raise UserError(f"cannot resume {run_dir} at update {start}: frames={cfg.frames} ends it at update "
                                 f"{cfg.updates}")
-        if start == cfg.updates and finished(run_dir, start):
+        if start == cfg.updates and finished(run_dir, start, END_FILES):
             log.info("%s already finished update %d; nothing to do", run_dir, start)  # and nothing is written
             return run_dir
         if ckpt is not None:
