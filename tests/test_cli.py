@@ -98,7 +98,7 @@ def test_metrics_jsonl_rows(trained_run):
     train = [r for r in rows if r.get("split") == "train"]
     val = [r for r in rows if r.get("split") == "val"]
     assert len(train) + len(val) == len(rows)
-    assert [r["step"] for r in train] == [2, 4, 6]  # log_every=2
+    assert [r["step"] for r in train] == [2, 3, 4, 6]  # log_every=2, and at the checkpoint of step 3
     assert [r["step"] for r in val] == [3, 6]  # eval_every=3 plus the final evaluation
     for r in train:
         for key in ("log_p", "ess", "eta", "beta", "loss", "kl", "elbo"):
