@@ -123,7 +123,7 @@ def test_the_step_timeout_may_be_exactly_the_seven_days_of_the_wait_group(monkey
 
 @pytest.fixture
 def flat_views(monkeypatch):
-    """``daps.motion.render`` with ``_views`` returning motion i as frames of value 10 (i + 1) and ``_write_mp4``
+    """``daps.motion.render`` with ``_views`` giving motion i's frames the value 10 (i + 1) and ``_write_mp4``
     keeping its frames: ``calls`` records each view request (motions, follow), ``written`` the frames."""
     import numpy as np
 
@@ -131,12 +131,13 @@ def flat_views(monkeypatch):
 
     record = SimpleNamespace(calls=[], written=[])
 
-    def views(h1, motions, follow, colours, width, height, distance):
+    def views(h1, motions, follow, colours, width, height, distance):  # per time step, every motion's frame
         record.calls.append(([np.asarray(m) for m in motions], [np.asarray(f) for f in follow]))
-        return [np.full((len(m), height, width, 3), 10 * (i + 1), np.uint8) for i, m in enumerate(motions)]
+        return ([np.full((height, width, 3), 10 * (i + 1), np.uint8) for i in range(len(motions))]
+                for _ in range(len(motions[0])))
 
     def write(frames, path, fps):
-        record.written.append(np.stack(frames))
+        record.written.append(np.stack(list(frames)))
         return path
 
     monkeypatch.setattr(render, "_views", views)

@@ -528,6 +528,40 @@ def test_render_side_by_side_writes_a_readable_mp4(h1, motion, tmp_path):
     assert not list(tmp_path.glob(".*tmp*"))
 
 
+def test_a_video_is_rendered_frame_by_frame_as_it_is_written(h1, motion, tmp_path, monkeypatch):
+    """A long video is never held in memory (an hour of ``robot plan`` at 320 pixels would be ~33 GB): the writer
+    gets each time step's frame right after its views are rendered, and the renderer is closed at the end. Fails
+    on: every frame rendered into a list before writing."""
+    import daps.motion.render as render
+
+    rendered: list = []
+
+    class Counting:  # MuJoCo's renderer, counting its frames
+        def update_scene(self, data, camera):
+            pass
+
+        def render(self):
+            rendered.append("frame")
+            return np.zeros((16, 16, 3), np.uint8)
+
+        def close(self):
+            rendered.append("closed")
+
+    monkeypatch.setattr(render, "_renderer", lambda model, width, height: Counting())
+    seen: list[int] = []
+
+    def write(frames, path, fps):
+        for frame in frames:
+            assert frame.shape == (16, 32, 3)
+            seen.append(rendered.count("frame"))
+        return path
+
+    monkeypatch.setattr(render, "_write_mp4", write)
+    poses = np.repeat(motion.window_poses("val", [500])[0, :1], 50, axis=0)
+    render.render_side_by_side(h1, poses, poses, tmp_path / "clip.mp4", width=16, height=16)
+    assert seen == [2 * (t + 1) for t in range(50)] and rendered[-1] == "closed"
+
+
 def test_render_larger_than_the_default_framebuffer(h1, motion, tmp_path):
     """MuJoCo's offscreen framebuffer is 640 x 640 unless the model says otherwise: larger views must still work
     (they failed as 'no OpenGL backend')."""

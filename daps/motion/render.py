@@ -9,8 +9,9 @@ Videos are written with imageio's ffmpeg plugin (``pip install imageio imageio-f
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -83,46 +84,42 @@ def _paint(model: Any, rgba: tuple[float, float, float, float]) -> None:
         model.mat_rgba[mat] = rgba
 
 
-def _frames(renderer: Any, model: Any, poses: np.ndarray, look_at: np.ndarray, distance: float,
-            desc: str = "render") -> list[np.ndarray]:
-    """RGB frames ``(H, W, 3)`` uint8 of ``poses (T, 26)``, the camera following ``look_at (T, 3)`` (a progress bar
-    named ``desc`` on a terminal)."""
-    mujoco = import_mujoco()
-    data = mujoco.MjData(model)
-    cam = mujoco.MjvCamera()
-    cam.type = mujoco.mjtCamera.mjCAMERA_FREE
-    cam.distance, cam.azimuth, cam.elevation = distance, 120.0, -15.0
-    frames = []
-    with progress_bar(len(poses), desc, "frame") as bar:
-        for q, target in zip(poses, look_at):
-            data.qpos[:POSE_DIM] = q
-            mujoco.mj_kinematics(model, data)
-            cam.lookat[:] = target
-            renderer.update_scene(data, camera=cam)
-            frames.append(renderer.render().copy())
-            bar.update()
-    return frames
-
-
 def _views(
     h1: H1, motions: Sequence[np.ndarray], follow: Sequence[np.ndarray],
     colours: Sequence[tuple[float, float, float, float]],
     width: int, height: int, distance: float,
-) -> list[np.ndarray]:
-    """Frames ``(T, height, width, 3)`` of each motion ``(T, 26)`` in its colour, the camera following the pelvis of
-    the matching ``follow`` poses (at a height of 0.9 m); one renderer for all."""
+) -> Iterator[list[np.ndarray]]:
+    """For each time step, the RGB frame ``(height, width, 3)`` uint8 of every motion ``(T, 26)`` (all of one length)
+    in its colour, the camera following the pelvis of the matching ``follow`` poses (at a height of 0.9 m). Frames
+    are made as they are consumed, so a long video is never held in memory; the renderer is made here (no OpenGL:
+    UserError before anything is written) and closed when the frames run out or are dropped."""
     model = scene_model(h1)
-    renderer = _renderer(model, width, height)
+    return _frames(model, _renderer(model, width, height), motions, follow, colours, distance)
+
+
+def _frames(model: Any, renderer: Any, motions: Sequence[np.ndarray], follow: Sequence[np.ndarray],
+            colours: Sequence[tuple[float, float, float, float]], distance: float) -> Iterator[list[np.ndarray]]:
+    mujoco = import_mujoco()
+    datas = [mujoco.MjData(model) for _ in motions]
+    cam = mujoco.MjvCamera()
+    cam.type = mujoco.mjtCamera.mjCAMERA_FREE
+    cam.distance, cam.azimuth, cam.elevation = distance, 120.0, -15.0
+    steps = len(motions[0])
     try:
-        views = []
-        for i, (poses, guide, rgba) in enumerate(zip(motions, follow, colours)):
-            _paint(model, rgba)
-            look_at = np.concatenate([guide[:, :2], np.full((len(guide), 1), 0.9)], axis=1)  # (T, 3)
-            desc = f"render view {i + 1}/{len(motions)}" if len(motions) > 1 else "render"
-            views.append(np.stack(_frames(renderer, model, poses, look_at, distance, desc)))
+        with progress_bar(steps, "render", "frame") as bar:  # drawn on a terminal only
+            for t in range(steps):
+                views = []
+                for poses, guide, rgba, data in zip(motions, follow, colours, datas):
+                    _paint(model, rgba)  # the views share the model
+                    data.qpos[:POSE_DIM] = poses[t]
+                    mujoco.mj_kinematics(model, data)
+                    cam.lookat[:] = (guide[t, 0], guide[t, 1], 0.9)
+                    renderer.update_scene(data, camera=cam)
+                    views.append(renderer.render().copy())
+                yield views
+                bar.update()
     finally:
         renderer.close()
-    return views
 
 
 def render_side_by_side(
@@ -147,8 +144,8 @@ def render_side_by_side(
     t, p = np.asarray(target, dtype=np.float64), np.asarray(pred, dtype=np.float64)
     if t.ndim != 2 or t.shape[1] != POSE_DIM or t.shape != p.shape:
         raise ValueError(f"target and pred must be (T, {POSE_DIM}) of one shape, got {t.shape} and {p.shape}")
-    left, right = _views(h1, [t, p], [t, t], [TARGET_RGBA, PRED_RGBA], width, height, distance)
-    return _write_mp4(list(np.concatenate([left, right], axis=2)), Path(path), fps)
+    views = _views(h1, [t, p], [t, t], [TARGET_RGBA, PRED_RGBA], width, height, distance)
+    return _write_mp4((np.concatenate([left, right], axis=1) for left, right in views), Path(path), fps)
 
 
 def render_motion(
@@ -159,8 +156,8 @@ def render_motion(
     p = np.asarray(poses, dtype=np.float64)
     if p.ndim != 2 or p.shape[1] != POSE_DIM:
         raise ValueError(f"poses must be (T, {POSE_DIM}), got {p.shape}")
-    (frames,) = _views(h1, [p], [p], [PRED_RGBA], width, height, distance)
-    return _write_mp4(list(frames), Path(path), fps)
+    views = _views(h1, [p], [p], [PRED_RGBA], width, height, distance)
+    return _write_mp4((frame for (frame,) in views), Path(path), fps)
 
 
 def render_grid(
@@ -180,32 +177,30 @@ def render_grid(
         raise ValueError(f"{len(captions)} captions for {len(m)} motions")
     if tile % 16:
         raise ValueError(f"tile must be a multiple of 16 (whole video macroblocks), got {tile}")
-    views = _views(h1, list(m), list(m), [PRED_RGBA] * len(m), tile, tile, distance)  # (T, tile, tile, 3) each
-    if captions is not None:
-        views = [_caption(frames, text) for frames, text in zip(views, captions)]
-    rows = -(-len(views) // columns)
-    views += [np.zeros_like(views[0])] * (rows * columns - len(views))  # black tiles fill the last row
-    grid = np.concatenate(
-        [np.concatenate(views[r * columns : (r + 1) * columns], axis=2) for r in range(rows)], axis=1
-    )  # (T, rows * tile, columns * tile, 3)
-    return _write_mp4(list(grid), Path(path), fps)
+    bands = [_caption_band(text, tile) for text in captions] if captions is not None else []
+    rows = -(-len(m) // columns)
+
+    def grid(views: list[np.ndarray]) -> np.ndarray:  # one time step's tiles -> (rows * tile, columns * tile, 3)
+        for frame, band in zip(views, bands):
+            frame[: band.shape[0], : band.shape[1]] = band
+        views = views + [np.zeros_like(views[0])] * (rows * columns - len(views))  # black tiles fill the last row
+        return np.concatenate([np.concatenate(views[r * columns : (r + 1) * columns], axis=1) for r in range(rows)])
+
+    views = _views(h1, list(m), list(m), [PRED_RGBA] * len(m), tile, tile, distance)
+    return _write_mp4((grid(v) for v in views), Path(path), fps)
 
 
-def _caption(frames: np.ndarray, text: str) -> np.ndarray:
-    """``frames (T, H, W, 3)`` with ``text`` in white on a dark band in the top-left corner (Pillow's default font)."""
+def _caption_band(text: str, width: int) -> np.ndarray:
+    """``text`` in white on a dark band 16 pixels high and at most ``width`` wide (Pillow's default font), for the
+    top-left corner of a view."""
     from PIL import Image, ImageDraw
 
-    width = min(8 + 6 * len(text), frames.shape[2])  # about 6 pixels per character of the default font
-    band = Image.fromarray(frames[0, :16, :width].copy())
-    draw = ImageDraw.Draw(band)
-    draw.rectangle((0, 0, width, 15), fill=(20, 20, 20))
-    draw.text((4, 2), text, fill=(255, 255, 255))
-    out = frames.copy()
-    out[:, :16, :width] = np.asarray(band)
-    return out
+    band = Image.new("RGB", (min(8 + 6 * len(text), width), 16), (20, 20, 20))  # ~6 pixels per character
+    ImageDraw.Draw(band).text((4, 2), text, fill=(255, 255, 255))
+    return np.asarray(band)
 
 
-def _write_mp4(frames: Sequence[np.ndarray], path: Path, fps: float) -> Path:
+def _write_mp4(frames: Iterable[np.ndarray], path: Path, fps: float) -> Path:
     try:
         import imageio.v2 as imageio
     except ImportError as e:
