@@ -94,7 +94,7 @@ def load_code_tokenizer(
     records them; UserError otherwise. ``codes_of`` names the codes in the message ("the prior's codes");
     ``recorded``: ``source`` is the path the codes recorded, not one the user typed (``--tokenizer``), so a
     missing one is a run moved or deleted since, and the message says how to name where it is now."""
-    from daps.checkpoint import load_model, resolve_checkpoint
+    from daps.checkpoint import CKPT_DIR, load_model, resolve_checkpoint
 
     if recorded and not Path(source).exists():
         run = meta.get("run")
@@ -102,10 +102,10 @@ def load_code_tokenizer(
             raise UserError(f"the checkpoint that made {codes_of}, {source}, is no longer in its run {run} (removed "
                             "as the run trained on: keep_checkpoints); its weights are needed: pass a copy of that "
                             "checkpoint as --tokenizer CHECKPOINT, or export the codes again from the run")
-        step = Path(source).name if Path(source).parent.name == "checkpoints" else None
+        step = Path(source).name if Path(source).parent.name == CKPT_DIR else None
         raise UserError(f"the tokenizer that made {codes_of}, {source}, is not there any more (moved or deleted?); "
                         "pass its run folder at its new place as --tokenizer RUN"
-                        + (f" (RUN/checkpoints/{step} if the run has trained on since)" if step else ""))
+                        + (f" (RUN/{CKPT_DIR}/{step} if the run has trained on since)" if step else ""))
     ckpt = resolve_checkpoint(source)
     model = load_model(ckpt, device)
     if model.vocab_size is None:

@@ -48,6 +48,10 @@ from safetensors.torch import load_file
 from daps.provenance import cpu_name
 from daps.runfolder import write_json_atomic
 
+LAST_STEP = {"train": 600, "prior": 400, "policy": 300, "tracker": 32, "compare": 200}
+"""The step (the tracker: the PPO update) each kind of killed run ends at; its settings below are made from it."""
+# Runs log every 30 steps and checkpoint every 50 or 100, so a checkpoint falls inside some logging windows: a
+# resumed run must still log the uninterrupted run's rows (each checkpoint ends a window).
 TOKENIZER = [
     "encoder.width=16",
     "encoder.num_heads=2",
@@ -64,14 +68,14 @@ TOKENIZER = [
 CONFIG = [
     "data.name=mnist5k",
     *TOKENIZER,
-    "train.steps=600",
+    f"train.steps={LAST_STEP['train']}",
     "train.log_every=30",
     "train.eval_every=200",
     "train.ckpt_every=100",
 ]
 """The killed ``daps train`` (the tiny test model on a synthetic MNIST-like file)."""
-PRIOR = ["steps=400", "batch_size=32", "width=32", "num_layers=1", "num_heads=2", "log_every=30", "eval_every=100",
-         "ckpt_every=50", "progress=false"]
+PRIOR = [f"steps={LAST_STEP['prior']}", "batch_size=32", "width=32", "num_layers=1", "num_heads=2", "log_every=30",
+         "eval_every=100", "ckpt_every=50", "progress=false"]
 """The killed ``daps prior train`` (an autoregressive prior on the codes of a tokenizer trained for 50 steps)."""
 MOTION_TOKENIZER = [
     "encoder.width=32", "encoder.num_heads=2", "encoder.vocab_size=16", "encoder.num_layers=1",
@@ -80,18 +84,17 @@ MOTION_TOKENIZER = [
     "train.eval_examples=16", "train.eval_batch_size=8", "train.progress=false", "train.logger=none",
 ]
 """The lafan1-h1 tokenizer under the policy and the tracker (trained for 2 steps: its codes only need to exist)."""
-POLICY = ["width=32", "num_layers=1", "num_heads=2", "steps=300", "batch_size=16", "log_every=30", "eval_every=100",
-          "ckpt_every=50", "stride=16", "progress=false"]
+POLICY = ["width=32", "num_layers=1", "num_heads=2", f"steps={LAST_STEP['policy']}", "batch_size=16", "log_every=30",
+          "eval_every=100", "ckpt_every=50", "stride=16", "progress=false"]
 """The killed ``daps robot train``."""
-TRACKER = ["frames=2048", "envs=2", "horizon=32", "epochs=1", "minibatch=32", "hidden=16", "eval_every=16",
-           "ckpt_every=4", "progress=false"]
-"""The killed ``daps robot track-train`` (32 PPO updates of 64 simulated frames each)."""
-COMPARE = ["--methods", "daps,vqvae", "--seeds", "1", "--steps", "200", "data.name=mnist5k", *TOKENIZER]
+TRACKER = [f"frames={LAST_STEP['tracker'] * 2 * 32}", "envs=2", "horizon=32", "epochs=1", "minibatch=32", "hidden=16",
+           "eval_every=16", "ckpt_every=4", "progress=false"]
+"""The killed ``daps robot track-train`` (32 PPO updates of envs x horizon = 64 simulated frames each)."""
+COMPARE = ["--methods", "daps,vqvae", "--seeds", "1", "--steps", str(LAST_STEP["compare"]), "data.name=mnist5k",
+           *TOKENIZER]
 """The killed ``daps compare`` (two methods of the tiny model; compare sets the logging and checkpoint intervals)."""
 COMPARE_FILES = ("results.md", "results.csv", "curves.png", "reconstructions.png", "commands.sh")
 """What ``daps compare`` writes at its end, beside the runs."""
-# Logging every 30 steps and checkpointing every 50 or 100, a checkpoint falls inside some logging windows: a
-# resumed run must still log the uninterrupted run's rows (each checkpoint ends a window).
 VOLATILE = {"time"}
 """Row and summary keys that measure wall-clock time and so differ between any two runs (with every ``*_per_s``)."""
 END_FILES = ("summary.json", "curves.png")
@@ -272,10 +275,6 @@ def compare_run(ref: Path, run: Path) -> dict:
             (run / "reconstructions.png").is_file() == (ref / "reconstructions.png").is_file()),
         "no_temporaries_left": not any(run.glob(".*.tmp-*")) and not any(run.glob("checkpoints/.*.tmp-*")),
     }
-
-
-LAST_STEP = {"train": 600, "prior": 400, "policy": 300, "tracker": 32, "compare": 200}
-"""The step each kind of run of this script ends at (the settings above)."""
 
 
 def landed(report: dict) -> dict[str, int]:
