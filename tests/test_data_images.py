@@ -509,6 +509,7 @@ def test_image_stream_workers_and_resume(tree, caplog):
     assert s0.skipped_paths == {str(tree / "dog" / n) for n in CORRUPT} and s0.num_skipped >= 2
     for name in CORRUPT:
         assert sum(name in r.getMessage() for r in caplog.records) == 1
+    in_process = sorted(r.getMessage() for r in caplog.records)
 
     caplog.clear()
     s2 = ImageStream(ImageFolderDataset(tree, 16, train=True, seed=7), batch_size=4, num_workers=2, seed=5)
@@ -519,6 +520,7 @@ def test_image_stream_workers_and_resume(tree, caplog):
         s2.close()
     for name in CORRUPT:  # found in the workers, warned about once in this process
         assert sum(name in r.getMessage() for r in caplog.records) == 1
+    assert sorted(r.getMessage() for r in caplog.records) == in_process  # with PIL's reason, as without workers
     assert all(torch.equal(a, b) for a, b in zip(ref, got))
     assert s2.num_skipped == s0.num_skipped and s2.skipped_paths == s0.skipped_paths
 
@@ -528,6 +530,20 @@ def test_image_stream_workers_and_resume(tree, caplog):
     assert not all(torch.equal(a, b) for a, b in zip(ref, other))
     with pytest.raises(ValueError, match="batch_size"):
         ImageStream(ds, batch_size=10)
+
+
+def test_worker_found_file_that_reads_again(tree, caplog):
+    """A file a worker could not read but this process can (mended meanwhile) is said to read now, once."""
+    from daps.data.imagefolder import _SkipTracker
+
+    skips = _SkipTracker(ImageFolderDataset(tree, 8, train=False))
+    path = str(tree / "dog" / "d1.jpg")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="daps.data.imagefolder"):
+        skips.update([path, path])
+    assert [r.getMessage() for r in caplog.records] == [
+        f"skipping image file {path}: a DataLoader worker could not read it (it reads now)"]
+    assert skips.num_skipped == 2 and skips.skipped_paths == {path}
 
 
 def test_eval_batches(tree):

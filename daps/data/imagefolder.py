@@ -289,10 +289,12 @@ class _SkipTracker:
         self.num_skipped += len(paths)
         for path in paths:
             self.skipped_paths.add(path)
-            # With num_workers=0 the dataset (same process) has warned already, with the error.
+            # With num_workers=0 the dataset (same process) has warned already, with the error. A worker's error
+            # stays in the worker: the file is opened once more here, which warns with PIL's reason.
             if path not in self.dataset.unreadable and path not in self.dataset.warned:
                 self.dataset.warned.add(path)
-                log.warning("skipping unreadable image file %s (found by a DataLoader worker)", path)
+                if self.dataset._open(Path(path)) is not None:
+                    log.warning("skipping image file %s: a DataLoader worker could not read it (it reads now)", path)
 
 
 # --------------------------------------------------------------------------- streams
