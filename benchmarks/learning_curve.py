@@ -1,7 +1,8 @@
 """The DAPS learning curve on real MNIST that BENCHMARKS.md shows, as one reproducible command.
 
-    DAPS_DATA_DIR=../shared/data python benchmarks/learning_curve.py [--steps 8000] [--eval-every 500]
-        [--run-dir runs/mnist-8k] [--out docs/mnist-8k] [--threads 1] [--report-only] [--overwrite] [key=value ...]
+    DAPS_DATA_DIR=../shared/data python benchmarks/learning_curve.py [--steps 2000] [--eval-every 250]
+        [--ckpt-every 500] [--run-dir runs/mnist-2k] [--out docs/mnist-2k] [--threads 1] [--report-only]
+        [--overwrite] [key=value ...]
 
 Runs ``daps train --preset mnist`` (the paper's MNIST DAPS config on the 60k/10k MNIST files) for ``--steps``
 steps (plus any ``key=value`` overrides) with ``--threads`` torch threads (OMP_NUM_THREADS / MKL_NUM_THREADS are
@@ -147,11 +148,11 @@ def report(args: argparse.Namespace, machine: dict, wall_s: float | None) -> dic
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=8000)
-    parser.add_argument("--eval-every", type=int, default=500)
-    parser.add_argument("--ckpt-every", type=int, default=2000)
-    parser.add_argument("--run-dir", default="runs/mnist-8k")
-    parser.add_argument("--out", default="docs/mnist-8k")
+    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--eval-every", type=int, default=250)
+    parser.add_argument("--ckpt-every", type=int, default=500)
+    parser.add_argument("--run-dir", default="runs/mnist-2k")
+    parser.add_argument("--out", default="docs/mnist-2k", help="where the results go (default: %(default)s, committed)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--report-only", action="store_true")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out folder's files")
