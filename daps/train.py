@@ -33,7 +33,7 @@ from daps.checkpoint import (
     save_checkpoint,
     write_config,
 )
-from daps.config import Config
+from daps.config import Config, validate
 from daps.config_io import absolute_data_dir, config_differences, config_to_dict, ignored_settings
 from daps.data import (
     DatasetSpec,
@@ -261,8 +261,13 @@ def train(
     Writes ``config.json``, ``metrics.jsonl`` (one JSON object per train log / validation),
     ``checkpoints/``, ``reconstructions.png``, ``curves.png`` and ``summary.json`` into the run folder.
     The folder is locked while the run writes it. Raises :class:`TrainingDiverged` when updates stay
-    non-finite for ``train.max_skipped_steps`` steps or the final model is non-finite.
+    non-finite for ``train.max_skipped_steps`` steps or the final model is non-finite. A ``cfg`` whose settings
+    were set in Python (``cfg.train.steps = 0``) is checked as :func:`~daps.config_io.parse_overrides` checks
+    overrides: a bad value is a :class:`~daps.errors.UserError` naming the key.
     """
+    if not isinstance(cfg, Config):
+        raise UserError(f"train takes a daps.Config (e.g. daps.get_preset(\"mnist\")), got {type(cfg).__name__}")
+    validate(cfg)  # settings assigned in Python have not been through parse_overrides' checks
     device = dist.resolve_device(device)
     rank, world = dist.setup(device)
     if device.type == "cuda" and world > 1:

@@ -106,6 +106,30 @@ def test_validate_checks_types_set_through_python():
         validate(cfg)
 
 
+@pytest.mark.usefixtures("offline")
+@pytest.mark.parametrize(("key", "value", "message"), [
+    ("train.batch_size", 0, r"train\.batch_size must be positive, got 0"),  # trained on empty batches
+    ("decoder.kind", "mlpp", r"decoder\.kind must be mlp, resnet or transformer"),  # trained an MLP decoder
+    ("daps.num_samples", 0, r"daps\.num_samples must be positive"),  # a ZeroDivisionError deep in attention
+    ("train.seed", 0.5, r"train\.seed: expected int, got float"),  # torch's "manual_seed expected a long"
+])
+def test_train_checks_settings_set_through_python(key, value, message, tmp_path, tiny_overrides):
+    """``train(cfg)`` refuses a setting assigned in Python (not through parse_overrides) with a UserError naming
+    it, before it makes the run folder. Fails on: ``train`` trusting ``cfg`` (it trained with these values, or
+    failed deep inside)."""
+    from daps.errors import UserError
+    from daps.train import train
+
+    cfg = parse_overrides(get_preset("mnist"), [*tiny_overrides, f"train.out_dir={tmp_path / 'run'}"])
+    section, name = key.split(".")
+    setattr(getattr(cfg, section), name, value)
+    with pytest.raises(UserError, match=message):
+        train(cfg, device="cpu")
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(UserError, match=r"train takes a daps\.Config .* got dict"):
+        train({"train": {"steps": 10}})
+
+
 # --------------------------------------------------------------------------------------------------
 # config.json: wrong types and unknown keys (item 4/5)
 
