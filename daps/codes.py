@@ -234,6 +234,11 @@ def export_codes(
 def check_codes(codes: CodeSet, where: str) -> None:
     """Raise :class:`UserError` naming ``where`` if the codes and header disagree (shapes, ranges, labels)."""
     c, y, meta = codes.codes, codes.labels, codes.meta
+    for name, tensor in (("codes", c), ("labels", y)):  # save_codes would truncate 2.7 to 2 without a word
+        if not isinstance(tensor, torch.Tensor):
+            raise UserError(f"{where}: the {name} must be a torch.Tensor of integers, got {type(tensor).__name__}")
+        if tensor.dtype.is_floating_point or tensor.dtype.is_complex or tensor.dtype == torch.bool:
+            raise UserError(f"{where}: the tensor {name!r} is {tensor.dtype}, not integers")
     if c.dim() != 3 or y.dim() != 1 or c.shape[0] != y.shape[0]:
         raise UserError(f"{where}: codes must be (N, K, T) and labels (N,), got {tuple(c.shape)} and {tuple(y.shape)}")
     for key in ("vocab_size", "num_tokens", "class_names"):
@@ -305,9 +310,5 @@ def load_codes(path: str | Path) -> CodeSet:
         if not {"codes", "labels"} <= names:
             raise UserError(f"{path} lacks the tensors 'codes' and 'labels' (has: {', '.join(sorted(names))})")
         tensors = {name: f.get_tensor(name) for name in ("codes", "labels")}
-    for name, tensor in tensors.items():
-        if tensor.dtype.is_floating_point or tensor.dtype.is_complex or tensor.dtype == torch.bool:
-            raise UserError(f"{path}: the tensor {name!r} is {tensor.dtype}, not integers")
-    codes = CodeSet(tensors["codes"].long(), tensors["labels"].long(), meta)
-    check_codes(codes, str(path))
-    return codes
+    check_codes(CodeSet(tensors["codes"], tensors["labels"], meta), str(path))  # integers, shapes, ranges
+    return CodeSet(tensors["codes"].long(), tensors["labels"].long(), meta)

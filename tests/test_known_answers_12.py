@@ -69,6 +69,22 @@ def test_codes_files_with_tensors_that_are_not_integers_are_refused(tmp_path, wh
         load_codes(path)
 
 
+@pytest.mark.parametrize("which", ["codes", "labels"])
+def test_save_codes_refuses_tensors_that_are_not_integers(tmp_path, which):
+    """A CodeSet made in Python with float codes or labels (a prior's probabilities, a mean) was written after a
+    silent ``.long()``: 2.7 became code 2 and the file loaded as valid codes. Fails on: save_codes without the
+    dtype check of check_codes."""
+    from daps.codes import CodeSet, save_codes
+
+    meta = {"format": 1, "vocab_size": 4, "num_tokens": 2, "class_names": ["a", "b"]}
+    good = {"codes": torch.tensor([[[0, 3]], [[1, 2]]]), "labels": torch.tensor([0, 1])}
+    bad = dict(good, **{which: good[which].float() + 0.7})
+    with pytest.raises(UserError, match=f"the codes to save: the tensor '{which}' is torch.float32, not integers"):
+        save_codes(CodeSet(bad["codes"], bad["labels"], meta), tmp_path / "c.safetensors")
+    assert list(tmp_path.iterdir()) == []
+    assert save_codes(CodeSet(good["codes"].int(), good["labels"], meta), tmp_path / "c.safetensors").is_file()
+
+
 def test_codes_stored_as_int32_still_load_as_int64(tmp_path):
     """Integer codes of any width load, as int64. Fails on: a dtype check that refuses all but int64."""
     from daps.codes import load_codes
