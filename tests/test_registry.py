@@ -148,6 +148,40 @@ def test_registering_a_name_twice_is_refused(toy_registered):
         daps.register(MethodSpec(name="toy", summary="", build=build_toy, config_type=ToyConfig, encoder="quantizer"))
 
 
+def _settings(section: str | None) -> type:
+    namespace = {"__annotations__": {"alpha": float}, "alpha": 0.1, "validate": lambda self: None}
+    if section is not None:
+        namespace["section"] = section  # a plain class attribute: what ClassVar[str] declares
+    return dataclass(type("Settings", (), namespace))
+
+
+@pytest.mark.parametrize(("spec", "message"), [
+    ("toy", r"register takes a daps\.MethodSpec, got str"),  # was: AttributeError 'str' has no attribute 'name'
+    (dataclasses.replace(TOY, name="my toy/2"), r"method name 'my toy/2' must be a plain word"),
+    (dataclasses.replace(TOY, name="t2", config_type=_settings("train")),  # config.json's train section replaced
+     r"section 'train' is a name every config uses"),
+    (dataclasses.replace(TOY, name="t2", config_type=_settings("daps")),  # compare read daps.* as its settings
+     r"section 'daps' belongs to method daps \(DAPSConfig\)"),
+    (dataclasses.replace(TOY, name="t2", config_type=_settings(None)),  # AttributeError in config_to_dict
+     r"Settings needs a `section: ClassVar\[str\]`.* got None"),
+])
+def test_register_refuses_a_spec_the_registry_cannot_hold(spec, message):
+    """``daps.register`` checks what the rest of daps relies on. Fails on: register() that only checks the
+    name is free (a settings section named ``train`` wrote the method's settings over the run's training
+    settings in config.json, and reading it back gave the default TrainConfig)."""
+    before = dict(METHODS)
+    try:
+        with pytest.raises(ValueError, match=message):
+            daps.register(spec)
+        assert METHODS == before
+    finally:
+        METHODS.clear()
+        METHODS.update(before)
+    for builtin in before.values():  # every built-in spec passes the same checks
+        daps.register(builtin)
+    assert METHODS == before
+
+
 def _install_plugin(site: Path) -> None:
     """Install into the folder ``site`` (as pip would) a distribution whose entry point ``toy`` of the group
     ``daps.methods`` is this module's toy method."""

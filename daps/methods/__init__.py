@@ -8,11 +8,14 @@ entry-point group ``daps.methods`` (see :func:`load_plugins`).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import importlib.metadata
 import logging
+import re
 import sys
 
 from daps.config import Config
+from daps.config_io import SHARED_SECTIONS
 from daps.errors import UserError
 from daps.methods.common import InputSpec
 from daps.methods.daps import DAPS, DAPS_SPEC, DAPSNA_SPEC
@@ -47,10 +50,40 @@ METHODS: dict[str, MethodSpec] = {
 benchmarks read it."""
 
 
+RESERVED_SECTIONS = (*SHARED_SECTIONS, "version", "preset", "method", "options")
+"""Names a method's settings section cannot take: the shared sections and top-level keys of ``config.json``."""
+
+
 def register(spec: MethodSpec) -> None:
-    """Add a method (e.g. one defined outside this package) to :data:`METHODS`."""
+    """Add a method (e.g. one defined outside this package) to :data:`METHODS`.
+
+    Raises :class:`~daps.errors.UserError` unless ``spec`` is a :class:`MethodSpec` whose name is a plain word
+    (letters, digits, ``_``, ``-``, ``.``: it names folders and is listed with commas), not taken by another
+    spec, and whose ``config_type`` is a dataclass with a ``section`` that is an identifier, is none of
+    :data:`RESERVED_SECTIONS` (``section = "train"`` would replace the run's training settings in
+    ``config.json``) and is used by no other method with another settings type (its overrides would be read
+    as the other's).
+    """
+    if not isinstance(spec, MethodSpec):
+        raise UserError(f"register takes a daps.MethodSpec, got {type(spec).__name__}")
+    if not isinstance(spec.name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", spec.name):
+        raise UserError(f"method name {spec.name!r} must be a plain word (letters, digits, _, - and .)")
     if spec.name in METHODS and METHODS[spec.name] is not spec:
         raise UserError(f"a method named {spec.name!r} is already registered")
+    settings = spec.config_type
+    section = getattr(settings, "section", None)
+    if not (isinstance(settings, type) and dataclasses.is_dataclass(settings)):
+        raise UserError(f"method {spec.name}: config_type must be a dataclass of its settings, got {settings!r}")
+    if not isinstance(section, str) or not section.isidentifier():
+        raise UserError(f"method {spec.name}: {settings.__name__} needs a `section: ClassVar[str]`, its name in "
+                        f"overrides and config.json (e.g. section = {spec.name.replace('-', '_')!r}), got {section!r}")
+    if section in RESERVED_SECTIONS:
+        raise UserError(f"method {spec.name}: its settings section {section!r} is a name every config uses "
+                        f"({', '.join(RESERVED_SECTIONS)}); choose another")
+    for other in METHODS.values():
+        if other.name != spec.name and other.config_type.section == section and other.config_type is not settings:
+            raise UserError(f"method {spec.name}: the settings section {section!r} belongs to method {other.name} "
+                            f"({other.config_type.__name__}); choose another or share that settings type")
     METHODS[spec.name] = spec
 
 
