@@ -19,6 +19,19 @@ def _check_pair(x_hat: torch.Tensor, x: torch.Tensor) -> None:
                         "(divide uint8 pixels by 255)")
 
 
+def _check_unit_scale(x: torch.Tensor, high: float = 1.0) -> None:
+    """The reference images ``x`` lie in ``[0, high]``. Both inputs are clipped to that range before scoring, so a
+    batch on the 0-255 or the [-1, 1] scale would be scored silently wrong; ``x_hat`` (a decoder mean may overshoot)
+    is clipped without a word."""
+    if x.numel() == 0:
+        return
+    low, top = float(x.min()), float(x.max())
+    if low < 0 or top > high:
+        raise UserError(f"the reference images x must lie in [0, {high:g}], got values from {low:g} to {top:g}: "
+                        "divide 0-255 pixels by 255, and map model-scale images (standardized, [-1, 1]) back to "
+                        "[0, 1] first")
+
+
 def l2_distance(x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """Euclidean distance over all data dims, ``sqrt(sum (x_hat - x)^2)`` (the paper's "L2", Table 1)."""
     _check_pair(x_hat, x)
@@ -26,14 +39,16 @@ def l2_distance(x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 
 def mse_per_image(x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """Mean squared error per image on the [0, 1] scale (both inputs clipped to [0, 1])."""
+    """Mean squared error per image on the [0, 1] scale (``x_hat`` clipped to [0, 1]; ``x``, the reference, must
+    lie there: UserError otherwise)."""
     _check_pair(x_hat, x)
+    _check_unit_scale(x)
     return (x_hat.float().clamp(0, 1) - x.float().clamp(0, 1)).flatten(1).square().mean(1)
 
 
 def psnr_per_image(x_hat: torch.Tensor, x: torch.Tensor, min_mse: float = 1e-10) -> torch.Tensor:
-    """PSNR in dB per image for data range 1: ``-10 log10(mse)``; ``mse`` floored at ``min_mse``
-    (a perfect reconstruction reads 100 dB rather than infinity)."""
+    """PSNR in dB per image for data range 1: ``-10 log10(mse)`` of :func:`mse_per_image` (``x`` on [0, 1]);
+    ``mse`` floored at ``min_mse`` (a perfect reconstruction reads 100 dB rather than infinity)."""
     return -10.0 * torch.log10(mse_per_image(x_hat, x).clamp_min(min_mse))
 
 
@@ -56,16 +71,17 @@ def ssim_per_image(
     """Structural similarity per image (the dm_pix formulation, as the original's utils/dm_pix_metrics.py), ``(N, C, H,
     W) -> (N,)`` float32.
 
-    Both inputs are clipped to ``[0, max_val]``. Local statistics use a separable Gaussian window
-    (``window`` taps, std ``sigma``) with "valid" filtering (no padding), per channel; variances are clamped
-    to ``>= eps^2`` (float32 eps) and the covariance to ``+-sqrt(var_x * var_y)``. The SSIM map is averaged
-    over its valid positions and the channels of each image.
+    Both inputs are clipped to ``[0, max_val]``; ``x``, the reference, must lie there (UserError otherwise).
+    Local statistics use a separable Gaussian window (``window`` taps, std ``sigma``) with "valid" filtering (no
+    padding), per channel; variances are clamped to ``>= eps^2`` (float32 eps) and the covariance to
+    ``+-sqrt(var_x * var_y)``. The SSIM map is averaged over its valid positions and the channels of each image.
 
     The statistics are computed in float64: ``E[x^2] - E[x]^2`` cancels badly in float32 in flat regions, where
     the map is sensitive to variance errors on the scale of ``1 / c2``; float64 removes that round-off
     (agreement with scikit-image's float64 SSIM ~1e-15 instead of ~1e-6), and the cost is negligible here.
     """
     _check_pair(x_hat, x)
+    _check_unit_scale(x, max_val)
     if x.dim() != 4:
         raise ValueError(f"ssim_per_image expects (N, C, H, W) images, got shape {tuple(x.shape)}")
     if window < 1:
