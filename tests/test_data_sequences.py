@@ -280,3 +280,25 @@ def test_train_clips_of_fewer_than_two_frames_in_all_are_one_line(tmp_path, fram
     np.savez(path, **{"train/a": np.zeros((frames, F)), "test/b": np.ones((60, F))})
     with pytest.raises(UserError, match=f"the train clips of .*short{frames}.npz hold {frames} frame"):
         sequence_data(_data(path))
+
+
+@pytest.mark.parametrize("bad, message", [
+    (np.arange(12).reshape(2, 6) * 3, r"features must be floating point, got int64"),  # means truncated to ints
+    (torch.arange(12).reshape(2, 6), r"features must be floating point, got torch\.int64"),
+    (np.zeros((2, 1), np.float32), r"this model's F = 6 on the last axis, got shape \(2, 1\)"),  # broadcast to 6
+    (np.zeros((2, 5), np.float32), r"F = 6 on the last axis, got shape \(2, 5\)"),  # a numpy broadcast error
+    ([[0.0] * 6], r"numpy array or torch tensor \(\.\.\., 6\), got list"),
+])
+def test_a_standardizer_refuses_features_it_would_map_wrong(bad, message):
+    """``model.standardization.normalize`` / ``denormalize`` (README: before encode, after decode) took integer
+    features with truncated statistics and broadcast a last axis of 1 to every feature, without a word. Fails on:
+    the Standardizer without its input checks."""
+    from daps.motion.dataset import Standardizer
+
+    stats = Standardizer(mean=np.linspace(-3.5, 2.5, 6), scale=np.full(6, 2.5), near_constant=np.zeros(6, bool))
+    for method in (stats.normalize, stats.denormalize):
+        with pytest.raises(UserError, match=message):
+            method(bad)
+    x = np.arange(12, dtype=np.float32).reshape(2, 6)
+    np.testing.assert_allclose(stats.denormalize(stats.normalize(x)), x, rtol=1e-6)
+    assert stats.normalize(torch.from_numpy(x)).dtype == torch.float32

@@ -82,16 +82,30 @@ class Standardizer:
     feature_version: int = FEATURE_VERSION
 
     def normalize(self, x: Array) -> Array:
-        """Raw features ``(..., F)`` -> standardized (numpy or torch, same dtype and device)."""
+        """Raw features ``(..., F)`` -> standardized (numpy or torch, same floating dtype and device; UserError for
+        another F or integers)."""
         mean, scale = self._like(x)
         return (x - mean) / scale
 
     def denormalize(self, x: Array) -> Array:
-        """Standardized features ``(..., F)`` -> raw (numpy or torch, same dtype and device)."""
+        """Standardized features ``(..., F)`` -> raw (numpy or torch, same floating dtype and device; UserError for
+        another F or integers)."""
         mean, scale = self._like(x)
         return x * scale + mean
 
     def _like(self, x: Array) -> tuple[Any, Any]:
+        # An integer array would take integer statistics (means and scales truncated) and a last axis of 1 would
+        # broadcast to F features: both gave silently wrong features.
+        features = self.mean.shape[0]
+        if not isinstance(x, (np.ndarray, torch.Tensor)):
+            raise UserError(f"features must be a numpy array or torch tensor (..., {features}), got "
+                            f"{type(x).__name__}")
+        if x.ndim == 0 or x.shape[-1] != features:
+            raise UserError(f"features must be (..., F) with this model's F = {features} on the last axis, got "
+                            f"shape {tuple(x.shape)}")
+        floating = x.is_floating_point() if isinstance(x, torch.Tensor) else np.issubdtype(x.dtype, np.floating)
+        if not floating:
+            raise UserError(f"features must be floating point, got {x.dtype}: convert them first (e.g. to float32)")
         if isinstance(x, torch.Tensor):
             return (torch.as_tensor(self.mean, dtype=x.dtype, device=x.device),
                     torch.as_tensor(self.scale, dtype=x.dtype, device=x.device))
