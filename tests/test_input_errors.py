@@ -362,6 +362,18 @@ def test_bad_codes_are_value_errors(model):
     torch.testing.assert_close(model.decode(z.int()), model.decode(z))  # any integer dtype works
 
 
+def test_inputs_on_another_device_than_the_model_are_value_errors(model):
+    """Images or codes on another device than the model were found out deep inside a layer (CUDA: "Expected all
+    tensors to be on the same device") or at the first host read. The meta device stands in for a GPU here.
+    Fails on: check_images / check_codes / check_latents without the device check."""
+    for call in ("encode", "reconstruct"):
+        with pytest.raises(ValueError, match=r"x is on meta but the model is on cpu: move it with x\.to\('cpu'\)"):
+            getattr(model, call)(images(2).to("meta"))
+    name = "z" if model.vocab_size is None else "indices"
+    with pytest.raises(ValueError, match=rf"{name} is on meta but the model is on cpu: move it with {name}\.to"):
+        model.decode(codes(model).to("meta"))
+
+
 def test_eval_help_describes_the_subset(capsys):
     with pytest.raises(SystemExit):
         main(["eval", "--help"])

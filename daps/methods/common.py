@@ -221,6 +221,14 @@ def _spec_and_dtype(model: nn.Module) -> tuple[InputSpec | None, torch.dtype | N
     return getattr(model, "input_spec", None), (param.dtype if param is not None else None)
 
 
+def _check_device(model: nn.Module, t: torch.Tensor, name: str) -> None:
+    """``t`` on the model's device (else torch fails deep inside a layer, or at the first host read)."""
+    param = next(model.parameters(), None)
+    if param is not None and t.device != param.device:
+        raise ValueError(f"{name} is on {t.device} but the model is on {param.device}: move it with "
+                         f"{name}.to({str(param.device)!r})")
+
+
 def check_images(model: nn.Module, x: torch.Tensor, generator: object = None) -> None:
     """``ValueError`` unless ``x`` is a batch ``(B, C, H, W)`` of the model's images, in its parameters' dtype, and
     ``generator`` is None or a ``torch.Generator`` on ``x``'s device."""
@@ -240,6 +248,7 @@ def check_images(model: nn.Module, x: torch.Tensor, generator: object = None) ->
         )
     if dtype is not None and x.dtype != dtype:
         raise ValueError(f"x is {x.dtype} but the model's parameters are {dtype}: convert it with x.to({dtype})")
+    _check_device(model, x, "x")
     if generator is not None and not isinstance(generator, torch.Generator):
         raise ValueError(f"generator must be a torch.Generator or None, got {type(generator).__name__}; "
                          "for a seed pass torch.Generator(x.device).manual_seed(seed)")
@@ -268,6 +277,7 @@ def check_codes(model: nn.Module, indices: torch.Tensor) -> torch.Tensor:
     if indices.dim() != 2 or indices.shape[0] == 0:
         hint = "; pass a batch, e.g. indices[None]" if indices.dim() == 1 else ""
         raise ValueError(f"indices must be a non-empty batch of codes (B, T), got shape {shape}{hint}")
+    _check_device(model, indices, "indices")
     if spec is not None and spec.num_tokens is not None and shape[1] != spec.num_tokens:
         raise ValueError(f"indices has {shape[1]} tokens per input, but this model's codes have T={spec.num_tokens}")
     if spec is not None and spec.vocab_size is not None:
@@ -290,3 +300,4 @@ def check_latents(model: nn.Module, z: torch.Tensor) -> None:
         raise ValueError(f"z has {z.shape[1]} dimensions, but this model's latent has D={spec.latent_dim}")
     if dtype is not None and z.dtype != dtype:
         raise ValueError(f"z is {z.dtype} but the model's parameters are {dtype}: convert it with z.to({dtype})")
+    _check_device(model, z, "z")
