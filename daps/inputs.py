@@ -38,6 +38,13 @@ def image_files(source: str | Path | Iterable[str | Path]) -> list[Path]:
     return files
 
 
+def _check_model(model: object, caller: str) -> None:
+    """A daps model (what daps.load_model / daps.from_pretrained return), not e.g. the path of one."""
+    if getattr(model, "input_spec", None) is None or getattr(model, "config", None) is None:
+        raise UserError(f"{caller} takes a daps model as `model` (from daps.load_model or daps.from_pretrained), "
+                        f"got {type(model).__name__}")
+
+
 def load_images(source: str | Path | Iterable[str | Path], model: Method) -> torch.Tensor:
     """Image files as the model's inputs ``(N, C, H, W)``: read as stored, as the folder datasets read training
     and validation images (an EXIF orientation tag is not applied, as torchvision's loader does not: turn a
@@ -49,6 +56,7 @@ def load_images(source: str | Path | Iterable[str | Path], model: Method) -> tor
     from daps.data import dataset_spec
     from daps.data.transforms import pil_to_uint8, resize_center_crop, to_rgb
 
+    _check_model(model, "load_images")
     channels, height, width = model.input_spec.image_shape
     spec = dataset_spec(model.config.data.name)
     if spec.windows is not None or channels not in (1, 3) or height != width:
@@ -81,6 +89,7 @@ def save_images(x: torch.Tensor, model: Method, folder: str | Path, prefix: str 
     from daps.plots import save_png
     from daps.runfolder import refuse_tilde
 
+    _check_model(model, "save_images")
     channels = model.input_spec.image_shape[0]
     if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != channels or not x.is_floating_point():
         got = f"shape {tuple(x.shape)}, {x.dtype}" if isinstance(x, torch.Tensor) else type(x).__name__
@@ -89,6 +98,8 @@ def save_images(x: torch.Tensor, model: Method, folder: str | Path, prefix: str 
         raise UserError("save_images: the images have NaN or infinite values")
     folder = Path(folder)
     refuse_tilde(folder, "folder")
+    if (folder.exists() or folder.is_symlink()) and not folder.is_dir():
+        raise UserError(f"save_images: {folder} exists and is not a folder")
     folder.mkdir(parents=True, exist_ok=True)
     unit = dataset_spec(model.config.data.name).standardize.to_unit(x.detach().cpu())
     pixels = (unit * 255).round().to(torch.uint8)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import typing
 
 import pytest
@@ -536,6 +537,24 @@ def test_save_images_checks_before_making_the_folder(trained_run, tmp_path):
     from daps.runfolder import is_daps_png
 
     assert len(paths) == 2 and all(map(is_daps_png, paths))  # what every PNG daps writes says
+
+
+def test_load_and_save_images_name_a_model_that_is_not_one_and_a_file_as_folder(trained_run, tmp_path):
+    """A run's path where the model goes was an AttributeError ('str' object has no attribute 'input_spec'), a
+    file as the output folder pathlib's FileExistsError. Fails on: load_images / save_images without these
+    checks."""
+    import daps
+
+    model = daps.load_model(trained_run)
+    x = torch.zeros(2, 1, 28, 28)
+    with pytest.raises(ValueError, match=r"load_images takes a daps model .* got str"):
+        daps.load_images(tmp_path, str(trained_run))
+    with pytest.raises(ValueError, match=r"save_images takes a daps model .* got PosixPath"):
+        daps.save_images(x, trained_run, tmp_path / "out")
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match=r"save_images: .*notes\.txt exists and is not a folder"):
+        daps.save_images(x, model, tmp_path / "notes.txt")
+    assert (tmp_path / "notes.txt").read_text() == "mine" and sorted(os.listdir(tmp_path)) == ["notes.txt"]
 
 
 @pytest.mark.parametrize("extra", [["decoder.kind=resnet"], ["decoder.kind=transformer"], ["encoder.embed=time"]])
