@@ -8,18 +8,20 @@ in ``docs/reliability/``.
     DAPS_DATA_DIR=... python scripts/kill_test.py --run policy --kills 40 ...     # daps robot train
     DAPS_DATA_DIR=... python scripts/kill_test.py --run tracker --kills 40 ...    # daps robot track-train
     python scripts/kill_test.py --run compare --kills 40 --out docs/reliability   # daps compare
+    python scripts/kill_test.py --run ddp --kills 40 --out docs/reliability       # torchrun, 2 processes
     python scripts/kill_test.py --summarize                                        # where the kills landed
 
 A cycle starts a fresh run folder and resumes it (the command with ``--resume``, a fresh process each time; compare
 is simply run again, which resumes its runs) until one attempt finishes; every attempt but the last is killed after
-a random delay drawn over the duration of a whole run (process start included), so kills land during start-up,
-training steps, checkpoint writes, the final validation, the plots and the summary. Each finished cycle is compared
-with the reference run; then the next cycle starts from an empty folder, until ``--kills`` kills have been made. The
-inputs are made once, before the reference run: for ``train`` and ``compare`` a synthetic MNIST-like file (no
-download) and the tiny test model (compare trains DAPS and VQ-VAE, and its table is compared but for the speed
-column); for ``prior`` the codes of a tiny tokenizer trained for 50 steps on that file; for ``policy`` and
-``tracker`` a lafan1-h1 tokenizer trained for 2 steps on the real clips of ``$DAPS_DATA_DIR`` (the motion features
-cached in the scratch folder).
+a random delay drawn over the duration of a whole run (process start included; under torchrun the launcher and both
+workers at once, as when the machine goes down), so kills land during start-up, training steps, checkpoint writes,
+the final validation, the plots and the summary. Each finished cycle is compared with the reference run; then the
+next cycle starts from an empty folder, until ``--kills`` kills have been made. The inputs are made once, before the
+reference run: for ``train``, ``ddp`` and ``compare`` a synthetic MNIST-like file (no download) and the tiny test
+model (``ddp`` trains it as two data-parallel CPU processes under torchrun, gloo; compare trains DAPS and VQ-VAE,
+and its table is compared but for the speed column); for ``prior`` the codes of a tiny tokenizer trained for 50
+steps on that file; for ``policy`` and ``tracker`` a lafan1-h1 tokenizer trained for 2 steps on the real clips of
+``$DAPS_DATA_DIR`` (the motion features cached in the scratch folder).
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ from safetensors.torch import load_file
 from daps.provenance import cpu_name
 from daps.runfolder import write_json_atomic
 
-LAST_STEP = {"train": 600, "prior": 400, "policy": 300, "tracker": 32, "compare": 200}
+LAST_STEP = {"train": 600, "prior": 400, "policy": 300, "tracker": 32, "compare": 200, "ddp": 300}
 """The step (the tracker: the PPO update) each kind of killed run ends at; its settings below are made from it."""
 # Runs log every 30 steps and checkpoint every 50 or 100, so a checkpoint falls inside some logging windows: a
 # resumed run must still log the uninterrupted run's rows (each checkpoint ends a window).
@@ -74,6 +76,9 @@ CONFIG = [
     "train.ckpt_every=100",
 ]
 """The killed ``daps train`` (the tiny test model on a synthetic MNIST-like file)."""
+DDP = ["data.name=mnist5k", *TOKENIZER, f"train.steps={LAST_STEP['ddp']}", "train.log_every=30", "train.eval_every=100",
+       "train.ckpt_every=50"]
+"""The killed ``torchrun --nproc_per_node=2 -m daps train`` (the same model, batch 16 per process)."""
 PRIOR = [f"steps={LAST_STEP['prior']}", "batch_size=32", "width=32", "num_layers=1", "num_heads=2", "log_every=30",
          "eval_every=100", "ckpt_every=50", "progress=false"]
 """The killed ``daps prior train`` (an autoregressive prior on the codes of a tokenizer trained for 50 steps)."""
@@ -134,6 +139,13 @@ def prepare_prior(root: Path) -> Callable[[Path], list[str]]:
     return lambda run: daps("prior", "train", str(codes), "--out", str(run), *PRIOR, "--resume")
 
 
+def prepare_ddp(root: Path) -> Callable[[Path], list[str]]:
+    """The data file; two processes under torchrun (a free port each time: ``--standalone``)."""
+    write_data(root / "data")
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "daps"]
+    return lambda run: [*launcher, "train", *DDP, f"data.data_dir={root / 'data'}", f"train.out_dir={run}", "--resume"]
+
+
 def prepare_compare(root: Path) -> Callable[[Path], list[str]]:
     """The data file; compare is simply run again after a kill."""
     write_data(root / "data")
@@ -169,9 +181,61 @@ TARGETS: dict[str, tuple[Callable[[Path], Callable[[Path], list[str]]], list[str
     "policy": (prepare_policy, POLICY),
     "tracker": (prepare_tracker, TRACKER),
     "compare": (prepare_compare, COMPARE),
+    "ddp": (prepare_ddp, DDP),
 }
 """What ``--run`` kills: how its inputs are made once (a function of the scratch folder that returns the command
 that starts or resumes a run in a given folder) and the settings it runs with."""
+
+
+def descendants(pid: int) -> list[int]:
+    """The processes below ``pid`` (children, grandchildren, ...), read from /proc."""
+    parents: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # ended meanwhile
+        parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        children = parents.get(todo.pop(), [])
+        found += children
+        todo += children
+    return found
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` still runs (a zombie does not: its files, and so its folder lock, are closed)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def kill_all(proc: subprocess.Popen) -> None:
+    """SIGKILL ``proc`` and every process below it at once, as a machine going down would: torchrun starts its
+    workers in sessions of their own, so a signal to it alone would leave them training. Everything is stopped
+    (SIGSTOP) before anything is killed, so that no process starts a child unseen; returns when none is left."""
+    tree = [proc.pid]
+    os.kill(proc.pid, signal.SIGSTOP)
+    while True:
+        below = [pid for pid in descendants(proc.pid) if pid not in tree]
+        if not below:
+            break
+        for pid in below:
+            try:
+                os.kill(pid, signal.SIGSTOP)
+            except ProcessLookupError:
+                pass
+        tree += below
+    for pid in tree:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait()
+    while any(alive(pid) for pid in tree[1:]):
+        time.sleep(0.05)
 
 
 def setup(cmd: list[str], root: Path) -> None:
@@ -311,8 +375,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", choices=list(TARGETS), default="train",
                         help="which command to kill: daps train, prior train, robot train (the policy), robot "
-                             "track-train (the tracker; these two need DAPS_DATA_DIR) or compare (default: "
-                             "%(default)s)")
+                             "track-train (the tracker; these two need DAPS_DATA_DIR), compare, or daps train as "
+                             "two processes under torchrun (ddp) (default: %(default)s)")
     parser.add_argument("--kills", type=int, default=40)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="docs/reliability",
@@ -349,8 +413,7 @@ def main() -> int:
             proc.wait(timeout=delay)
             outcome = f"finished (exit {proc.returncode})"
         except subprocess.TimeoutExpired:
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
+            kill_all(proc)
             outcome, kills = "killed", kills + 1
         err = proc.stderr.read().decode(errors="replace").strip().splitlines()
         attempt = {"cycle": cycle, "delay_s": None if delay is None else round(delay, 2), "outcome": outcome,

@@ -843,3 +843,34 @@ def test_kill_test_reads_where_each_kill_landed():
     both, one = f"daps/seed0: {state(200, 200)}; vqvae/seed0: {state(200, 200)}", f"daps/seed0: {state(200, 200)}"
     attempts = [{"outcome": "killed", "after": a} for a in (both, one, f"{one}; vqvae/seed0: {state(0, None)}")]
     assert list(kill_test.landed({"run": "compare", "attempts": attempts}).values()) == [0, 0, 2, 1]
+
+
+def test_kill_test_kills_workers_in_sessions_of_their_own(tmp_path):
+    """``kill_test.py --run ddp`` kills torchrun and its workers, which run in sessions of their own (a signal to the
+    launcher or its process group leaves them training). Fails on: SIGKILL to the launcher alone (the old kill)."""
+    import importlib.util
+    import time
+
+    spec = importlib.util.spec_from_file_location("kill_test", Path(__file__).parent.parent / "scripts/kill_test.py")
+    kill_test = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(kill_test)
+    pid_file = tmp_path / "worker.pid"
+    launcher = (  # a launcher whose worker starts a session of its own and a child of its own
+        "import subprocess, sys, time\n"
+        "w = subprocess.Popen([sys.executable, '-c', 'import subprocess, sys, time; "
+        "subprocess.Popen([sys.executable, \"-c\", \"import time; time.sleep(60)\"]); time.sleep(60)'], "
+        "start_new_session=True)\n"
+        f"open({str(pid_file)!r}, 'w').write(str(w.pid))\n"
+        "time.sleep(60)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", launcher])
+    for _ in range(200):  # the worker and its child are up
+        if pid_file.exists() and pid_file.read_text() and kill_test.descendants(int(pid_file.read_text())):
+            break
+        time.sleep(0.05)
+    worker = int(pid_file.read_text())
+    grandchild = kill_test.descendants(worker)
+    assert kill_test.descendants(proc.pid) == [worker, *grandchild] and len(grandchild) == 1
+    kill_test.kill_all(proc)
+    assert proc.returncode == -9
+    assert not kill_test.alive(worker) and not kill_test.alive(grandchild[0])
