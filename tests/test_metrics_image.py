@@ -223,6 +223,25 @@ def test_pixel_metrics_refuse_reference_images_off_the_unit_scale(scale):
     assert torch.allclose(ssim_per_image(255 * y, 255 * x, max_val=255.0), ssim_per_image(y, x), atol=1e-6)
 
 
+def test_pixel_metrics_score_references_a_round_off_outside_the_unit_scale():
+    """ImageNet pixels standardized and mapped back to [0, 1] by hand in float32 (``x * (std / 255) + mean / 255``)
+    come out as low as -3e-8: an image on [0, 1], scored as before (clipped), not refused. A reference more than
+    half an 8-bit level outside is still refused. Fails on: the range check without a round-off slack."""
+    from daps.data import dataset_spec
+
+    s = dataset_spec("imagenet256").standardize
+    raw = torch.arange(256, dtype=torch.uint8).view(1, 1, 16, 16).expand(2, 3, 16, 16).contiguous()
+    std, mean = torch.tensor(s.std).view(3, 1, 1), torch.tensor(s.mean).view(3, 1, 1)
+    x = s(raw) * (std / 255) + mean / 255  # (2, 3, 16, 16), the reference by hand
+    assert float(x.min()) < 0 or float(x.max()) > 1  # the round-off this test is about
+    x_hat = (x + 0.05).flip(-1)
+    for metric in (mse_per_image, psnr_per_image, ssim_per_image):
+        torch.testing.assert_close(metric(x_hat, x), metric(x_hat, x.clamp(0, 1)), rtol=0, atol=1e-6)
+        for off in (x - 0.003, x + 0.003):  # more than half a level (1/510) outside
+            with pytest.raises(ValueError, match=r"reference images x must lie in \[0, 1\]"):
+                metric(x_hat, off)
+
+
 def test_code_statistics_refuse_codes_out_of_range():
     from daps.metrics import code_perplexity, codebook_utilization
 
