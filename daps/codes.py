@@ -239,6 +239,7 @@ def check_codes(codes: CodeSet, where: str) -> None:
             raise UserError(f"{where}: the {name} must be a torch.Tensor of integers, got {type(tensor).__name__}")
         if tensor.dtype.is_floating_point or tensor.dtype.is_complex or tensor.dtype == torch.bool:
             raise UserError(f"{where}: the tensor {name!r} is {tensor.dtype}, not integers")
+    c, y = c.long(), y.long()  # the range checks below: torch has no min / max of uint16, uint32 or uint64
     if c.dim() != 3 or y.dim() != 1 or c.shape[0] != y.shape[0]:
         raise UserError(f"{where}: codes must be (N, K, T) and labels (N,), got {tuple(c.shape)} and {tuple(y.shape)}")
     for key in ("vocab_size", "num_tokens", "class_names"):
