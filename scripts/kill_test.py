@@ -234,7 +234,10 @@ def kill_all(proc: subprocess.Popen) -> None:
         except ProcessLookupError:
             pass
     proc.wait()
+    deadline = time.monotonic() + 60
     while any(alive(pid) for pid in tree[1:]):
+        if time.monotonic() > deadline:  # a killed process does not linger: its number was taken by another
+            raise SystemExit(f"kill_test.py: processes {tree[1:]} still run 60 s after SIGKILL")
         time.sleep(0.05)
 
 
