@@ -368,6 +368,8 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> Method:
     from daps.data import run_standardization
     from daps.methods import build_method
 
+    if not isinstance(path, (str, os.PathLike)):
+        raise UserError(f"load_model takes the path of a run folder or checkpoint, got {type(path).__name__}")
     device = resolve_device(device)
     ckpt = resolve_checkpoint(path, verify=False)
     refuse_other_kind(ckpt, path)

@@ -138,6 +138,9 @@ def parse_overrides(cfg: Config, overrides: list[str]) -> Config:
 
     Values are cast to the field's annotated type. Unknown keys and bad values raise ``ValueError``.
     """
+    if not isinstance(overrides, (list, tuple)):  # a lone string would be read character by character
+        raise UserError(f"overrides must be a list of 'key=value' strings (e.g. [\"train.steps=1000\"]), got "
+                        f"{type(overrides).__name__} {overrides!r}")
     fields = _leaf_fields(cfg)
     for item in overrides:
         key, sep, text = item.partition("=")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import shlex
 import tempfile
@@ -322,6 +323,8 @@ def from_pretrained(source: str | Path, revision: str | None = None, device: str
                     cache_dir: str | Path | None = None) -> Method:
     """A trained tokenizer from a pretrained folder, a run folder or checkpoint, or a Hub repo ``user/name``
     (downloaded once into the Hub cache; only the weights, config and card are fetched)."""
+    if not isinstance(source, (str, os.PathLike)):
+        raise UserError(f"from_pretrained takes a folder or a Hub repo id (user/name), got {type(source).__name__}")
     device = resolve_device(device)
     path = Path(source)
     if path.is_file():  # a folder's model.safetensors or config.json stands for the folder

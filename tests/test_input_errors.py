@@ -695,6 +695,21 @@ def test_a_run_saved_with_an_unread_setting_still_resumes_and_loads(tmp_path, ti
     assert (run / "checkpoints" / "latest").read_text().strip() == "step_00000004"
 
 
+def test_python_entry_points_name_an_argument_of_the_wrong_kind():
+    """A lone override string (read character by character: "override 't' is not of the form key=value"), and None
+    or a number where a path goes (pathlib's TypeError), are one UserError naming what the function takes."""
+    import daps
+    from daps.errors import UserError
+
+    with pytest.raises(UserError, match=r"overrides must be a list of 'key=value' strings.*str 'train.steps=5'"):
+        parse_overrides(get_preset("mnist"), "train.steps=5")
+    assert parse_overrides(get_preset("mnist"), ("train.steps=5",)).train.steps == 5
+    with pytest.raises(UserError, match="load_model takes the path of a run folder or checkpoint, got NoneType"):
+        daps.load_model(None)
+    with pytest.raises(UserError, match=r"from_pretrained takes a folder or a Hub repo id \(user/name\), got int"):
+        daps.from_pretrained(3)
+
+
 def test_check_at_least_names_the_first_flag_below_its_bound_and_its_value():
     """``check_at_least``: the first bound broken, with the value given (NaN is below every bound); all met: no
     error. Fails on: a message without the value, or NaN passing a ``value < minimum`` test."""
