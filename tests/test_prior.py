@@ -432,6 +432,27 @@ def test_prior_resume_is_exact(exported, tmp_path, single_thread):
     assert (straight / "NOTES.md").read_text() == "mine" and not (straight / "checkpoints/step_00000010").exists()
 
 
+def test_a_prior_resumed_on_another_kind_of_device_is_one_user_error(exported, tmp_path, single_thread, monkeypatch):
+    """A checkpoint's generator state is the device's own (CUDA: 16 bytes of seed and offset; CPU: a 5,056-byte
+    Mersenne Twister), so a prior (or robot policy: the same start) trained on a GPU cannot resume on a CPU, nor the
+    reverse. The slip: torch's RuntimeError ("Expected a CPUGeneratorImplState of size 5056 ...") as a traceback,
+    where ``daps train`` says it in one line. Simulated on the CPU with a CUDA-sized state in the checkpoint."""
+    import daps.prior.run as prior_run
+
+    cfg = PriorConfig(kind="ar", codes=str(exported["train"]), width=16, num_heads=2, num_layers=1, batch_size=32,
+                      steps=2, eval_every=2, ckpt_every=2, progress=False, out_dir=str(tmp_path / "p"))
+    train_prior(cfg)
+    read = prior_run.load_training_state
+
+    def from_a_gpu(ckpt):
+        return {**read(ckpt), "generator": torch.zeros(16, dtype=torch.uint8)}  # what CUDA's get_state() returns
+
+    monkeypatch.setattr(prior_run, "load_training_state", from_a_gpu)
+    cfg.steps = 4
+    with pytest.raises(UserError, match="another kind of device than cpu; resume it there"):
+        train_prior(cfg, resume=True)
+
+
 def test_a_prior_killed_at_its_end_is_finished_by_resume(exported, tmp_path, single_thread, end_of_run_rule):
     """Its figure and summary come back after a kill between the two; a finished prior is left alone (the slips:
     the summary written before the figure, taken as the mark of a finished run; or a resume that rewrites them)."""

@@ -508,7 +508,11 @@ def start_training(model: torch.nn.Module, cfg: Any, ckpt: Path | None, device: 
         load_weights(model, ckpt)
         state = load_training_state(ckpt)
         optimizer.load_state_dict(state["optimizer"])
-        generator.set_state(state["generator"])
+        try:  # a CUDA generator's state (seed, offset) is not a CPU generator's (Mersenne Twister), nor the reverse
+            generator.set_state(state["generator"])
+        except RuntimeError:
+            raise UserError(f"{run_dir} was trained on another kind of device than {device}; resume it there") \
+                from None
         start, streak = int(state["step"]), int(state.get("skipped_streak", 0))
         if start > cfg.steps:  # before config.json is rewritten with the fewer steps
             raise UserError(f"cannot resume {run_dir} at step {start}: the run is set to stop at step {cfg.steps} "
