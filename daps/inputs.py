@@ -50,7 +50,7 @@ def load_images(source: str | Path | Iterable[str | Path], model: Method) -> tor
     and validation images (an EXIF orientation tag is not applied, as torchvision's loader does not: turn a
     phone's photos upright first), converted to its channels (grayscale or RGB), resized (shorter side) and
     center-cropped to its size, then brought to its dataset's scale: binarized by ``pixel > 127`` for binary
-    (Bernoulli) models such as MNIST's, standardized as in training otherwise."""
+    (Bernoulli) models such as MNIST's, standardized as in training otherwise; on the model's device."""
     from PIL import Image, UnidentifiedImageError
 
     from daps.data import dataset_spec
@@ -74,7 +74,9 @@ def load_images(source: str | Path | Iterable[str | Path], model: Method) -> tor
             luma = (weights * px.float()).sum(0, keepdim=True)
             px = luma.round().clamp(0, 255).to(torch.uint8)
         pixels.append(px)
-    raw = torch.stack(pixels)  # (N, C, H, W) uint8
+    # on the model's device (encode refuses inputs elsewhere), as uint8: a quarter of the float32 copy
+    param = next(model.parameters(), None) if isinstance(model, torch.nn.Module) else None
+    raw = torch.stack(pixels).to(param.device if param is not None else "cpu")  # (N, C, H, W) uint8
     if spec.likelihood == "bernoulli":
         return (raw > 127).float()
     return spec.standardize(raw)

@@ -149,3 +149,24 @@ def test_a_scalar_logged_on_the_default_device_is_caught(tiny_overrides, tmp_pat
     with pytest.raises(NotImplementedError, match="meta tensor"), probe:  # moving it to the device: no data
         main(tiny_train("daps", tmp_path / "probed", tiny_overrides, ("train.steps=2",)))
     assert probe.sites == {f"{Path(__file__).name}:{logs_a_host_scalar.__code__.co_firstlineno + 2}"}
+
+
+def test_load_images_gives_the_inputs_on_the_model_device(trained_run, tmp_path):
+    """``daps.load_images(folder, model)`` is "the model's inputs", and ``model.encode`` refuses inputs on another
+    device than its own: with a model on CUDA (``daps.load_model(run, "cuda")``), the README's ``encode`` snippet
+    failed ("x is on cpu but the model is on cuda"). The meta device stands in for a GPU. Fails on: the images
+    left on the CPU."""
+    from PIL import Image
+
+    from daps.checkpoint import load_model
+    from daps.inputs import load_images
+
+    folder = tmp_path / "digits"
+    folder.mkdir()
+    for i in range(2):
+        Image.new("L", (28, 28), 255 * i).save(folder / f"{i}.png")
+    model = load_model(trained_run)
+    on_cpu = load_images(folder, model)
+    on_meta = load_images(folder, model.to("meta"))
+    assert on_cpu.device.type == "cpu" and on_meta.device.type == "meta"
+    assert on_meta.shape == on_cpu.shape and on_meta.dtype == on_cpu.dtype
