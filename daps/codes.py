@@ -191,7 +191,8 @@ def export_codes(
     else:  # streamed from class folders: resized and center-cropped to the run's resolution, as for validation
         images = folder_dataset(cfg.data.name, split, cfg.data.image_shape, cfg.data.data_dir or None, train=False)
         class_names = tuple(images.classes)
-        loader = eval_batches(images, batch_size, cfg.data.num_workers, max_inputs)
+        loader = eval_batches(images, batch_size, cfg.data.num_workers, max_inputs,
+                              pin_memory=torch.device(device).type == "cuda")
         batches = loader.labelled()
         total = loader.count
     generator = torch.Generator(device).manual_seed(seed)

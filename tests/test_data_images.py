@@ -1113,3 +1113,36 @@ def test_a_file_loader_workers_find_unreadable_is_warned_about_once_per_dataset(
             batches = eval_batches(dataset, batch_size=3, num_workers=1)
             assert sum(len(b) for b in batches) == 3 and batches.num_skipped == 1
     assert caplog.text.count("skipping unreadable image file") == 1 and "1.png" in caplog.text
+
+
+def test_folder_batches_are_pinned_only_for_a_cuda_device(tmp_path, monkeypatch):
+    """Pinned (page-locked) batches only speed up copies to a GPU. They were pinned whenever CUDA was available, so
+    ``--device cpu`` on a GPU machine pinned every batch and opened a CUDA context on GPU 0 in each process (torchrun
+    with gloo: one per rank). A GPU machine is simulated (``torch.cuda.is_available`` True, the loaders' requests
+    recorded, the loaders made unpinned). Fails on: ``pin_memory=torch.cuda.is_available()`` in the training stream,
+    the validation batches or export-codes' batches."""
+    import daps.data.imagefolder as imagefolder
+    from daps.config import DataConfig
+    from daps.data import eval_set, train_batches
+
+    for split in ("train", "val"):
+        (tmp_path / split / "a").mkdir(parents=True)
+        for i in range(4):
+            Image.new("RGB", (8, 8), (10 * i, 0, 0)).save(tmp_path / split / "a" / f"{i}.png")
+    data = DataConfig(name="imagefolder", image_shape=(3, 8, 8), data_dir=str(tmp_path), num_workers=0)
+    asked: list[bool] = []
+    loader = imagefolder.DataLoader
+
+    def recording(*args, pin_memory=False, **kwargs):
+        asked.append(pin_memory)
+        return loader(*args, pin_memory=False, **kwargs)
+
+    monkeypatch.setattr(imagefolder, "DataLoader", recording)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    cpu = torch.device("cpu")
+    assert next(train_batches(data, 2, 0, 0, torch.Generator().manual_seed(0), cpu)).device == cpu
+    assert next(eval_set(data, "test", 0, 2, cpu).batches()).device == cpu
+    assert asked == [False, False]
+    stream = train_batches(data, 2, 0, 0, torch.Generator().manual_seed(0), torch.device("cuda")).source
+    next(stream)  # the stream itself (TrainBatches would move the batch to the absent GPU)
+    assert asked == [False, False, True]

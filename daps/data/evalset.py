@@ -79,7 +79,8 @@ class FolderEvalSet:
         return self._skipped
 
     def batches(self) -> Iterator[torch.Tensor]:
-        passes = eval_batches(self.dataset, self.batch_size, self.num_workers, max_images=self.count)
+        passes = eval_batches(self.dataset, self.batch_size, self.num_workers, max_images=self.count,
+                              pin_memory=self.device.type == "cuda")
         for batch in passes:
             yield batch.to(self.device, non_blocking=True)
         self._skipped = passes.num_skipped

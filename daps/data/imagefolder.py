@@ -323,9 +323,10 @@ class ImageStream:
     Epochs are seeded permutations (:func:`epoch_permutation`), each split into ``len(dataset) // B`` batches
     (last partial batch dropped). Batch ``k`` of the stream is the same for any ``num_workers`` and for any
     ``start_batch <= k``: a resumed run passes ``start_batch`` = batches already consumed, and the stream
-    begins there without decoding the skipped images. Batches are pinned when CUDA is available; workers
-    persist across epochs. ``num_skipped`` counts replaced unreadable files (each occurrence),
-    ``skipped_paths`` holds the distinct paths.
+    begins there without decoding the skipped images. Batches are pinned (page-locked) when ``pin_memory``
+    (default: when CUDA is available; daps passes whether they go to a CUDA device, so ``--device cpu`` on a GPU
+    machine neither pins nor opens a CUDA context on the GPU); workers persist across epochs. ``num_skipped``
+    counts replaced unreadable files (each occurrence), ``skipped_paths`` holds the distinct paths.
     """
 
     def __init__(
@@ -335,12 +336,14 @@ class ImageStream:
         num_workers: int = 0,
         seed: int = 0,
         start_batch: int = 0,
+        pin_memory: bool | None = None,
     ):
         if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
             raise UserError(f"batch_size must be a positive integer, got {batch_size!r}")
         self.num_workers = _check_nonneg_int("num_workers", num_workers)
         self.seed = _check_nonneg_int("seed", seed)
         self.start_batch = _check_nonneg_int("start_batch", start_batch)
+        self.pin_memory = torch.cuda.is_available() if pin_memory is None else bool(pin_memory)
         if len(dataset) < batch_size:
             raise UserError(f"batch_size {batch_size} exceeds the {len(dataset)} images of {dataset.root}")
         self.dataset = dataset
@@ -362,7 +365,7 @@ class ImageStream:
             batch_sampler=sampler,
             num_workers=self.num_workers,
             collate_fn=collate_images,
-            pin_memory=torch.cuda.is_available(),
+            pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
         )
         return iter(loader)
@@ -395,9 +398,11 @@ class ImageStream:
 
 class EvalBatches:
     """One pass over the images ``indices`` in that order, uint8 ``(B, 3, R, R)`` batches (the last may be
-    smaller); unreadable files are replaced by the next image and counted in ``num_skipped``."""
+    smaller); unreadable files are replaced by the next image and counted in ``num_skipped``; pinned as
+    :class:`ImageStream`'s."""
 
-    def __init__(self, dataset: ImageFolderDataset, batch_size: int, num_workers: int, indices: Sequence[int]):
+    def __init__(self, dataset: ImageFolderDataset, batch_size: int, num_workers: int, indices: Sequence[int],
+                 pin_memory: bool | None = None):
         self.dataset = dataset
         sampler = BatchSampler(indices, batch_size, drop_last=False)
         self._loader = DataLoader(
@@ -405,7 +410,7 @@ class EvalBatches:
             batch_sampler=sampler,
             num_workers=num_workers,
             collate_fn=collate_images,
-            pin_memory=torch.cuda.is_available(),
+            pin_memory=torch.cuda.is_available() if pin_memory is None else bool(pin_memory),
         )
         self._skips = _SkipTracker(dataset)
         self._iter: Iterator[dict] | None = None
@@ -440,7 +445,8 @@ class EvalBatches:
 
 
 def eval_batches(
-    dataset: ImageFolderDataset, batch_size: int, num_workers: int = 0, max_images: int = 0
+    dataset: ImageFolderDataset, batch_size: int, num_workers: int = 0, max_images: int = 0,
+    pin_memory: bool | None = None,
 ) -> EvalBatches:
     """Validation batches, uint8 ``(B, 3, R, R)``: all images in file order, or, with ``0 < max_images <
     len(dataset)``, a fixed random subset of ``max_images`` (seed 0, in file order; class folders are sorted,
@@ -450,4 +456,4 @@ def eval_batches(
     _check_nonneg_int("num_workers", num_workers)
     _check_nonneg_int("max_images", max_images)
     indices = fixed_subset(len(dataset), max_images).tolist()
-    return EvalBatches(dataset, int(batch_size), int(num_workers), indices)
+    return EvalBatches(dataset, int(batch_size), int(num_workers), indices, pin_memory)
