@@ -15,7 +15,9 @@ cut short still leaves a report. The sections:
    and resumed ends where the uninterrupted one does. ``gpu-tests``: the other CUDA-only tests: the compiled
    sampler under CUDA graphs gives the eager codes and is not skipped by inductor, a compiled bf16 run trains,
    the fused optimizer step on CUDA, the compiled kernels recorded as one graph train as the eager step,
-   ``train.tf32`` rounds products as TF32 and trains. ``repeatability``: ``benchmarks/graph_repeatability.py``,
+   ``train.tf32`` rounds products as TF32 and trains, and the first CUDA run of the commands outside the training
+   step (eval, export-codes, both priors, decode-random, the Python API from image files to codes; a prior resumed
+   on the CPU is refused in one line). ``repeatability``: ``benchmarks/graph_repeatability.py``,
    which operation keeps the eager DAPS step with K > 1 from repeating bit for bit.
 3. ``graph-<preset>``: ``benchmarks/step_variants.py --device cuda`` at mnist, cifar10 and lafan1-h1: DAPS and
    VQ-VAE eager and with ``train.cuda_graph=true`` (DAPS also with ``train.tf32=true``, and under bf16 at the image

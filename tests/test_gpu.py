@@ -196,3 +196,48 @@ def test_sample_probs_on_cuda_never_draws_a_near_zero_token():
     from test_known_answers_10 import near_zero_draws
 
     assert near_zero_draws("cuda") == 0
+
+
+PRIOR_TINY = ["steps=4", "batch_size=8", "width=16", "num_layers=1", "num_heads=2", "eval_every=2", "log_every=2"]
+
+
+def commands_outside_training(device: str, run, tmp_path, capsys) -> None:
+    """The commands and Python calls around a trained run on ``device``: evaluation with its figure, exporting codes,
+    an ``ar`` and a ``dfm`` prior trained, sampled and scored, random codes decoded, and the Python
+    API from image files to codes and back. Each command must exit 0; on CUDA, resuming a prior with ``--device cpu``
+    must be one refusal (exit 2) naming the other kind of device."""
+    import daps
+    from daps.cli import main
+
+    def ok(*argv) -> None:
+        assert main([str(a) for a in argv]) == 0, argv
+
+    codes = tmp_path / "codes.safetensors"
+    ok("eval", run, "--max-images", "32", "--plot", tmp_path / "eval.png", "--device", device)
+    ok("export-codes", run, "--out", codes, "--max-inputs", "64", "--device", device)
+    for kind in ("ar", "dfm"):
+        prior = tmp_path / f"prior-{kind}"
+        ok("prior", "train", codes, "--kind", kind, "--out", prior, *PRIOR_TINY, "--device", device)
+        ok("prior", "sample", prior, "--tokenizer", run, "--n", "4", "--out", tmp_path / f"{kind}.png",
+           "--codes-out", tmp_path / f"{kind}.safetensors", "--device", device)
+        ok("prior", "eval", prior, "--n", "8", "--json", "--no-classifier", "--device", device)
+    if device != "cpu":
+        capsys.readouterr()
+        assert main(["prior", "train", str(codes), "--out", str(tmp_path / "prior-ar"), *PRIOR_TINY, "steps=6",
+                     "--resume", "--device", "cpu"]) == 2
+        assert "trained on another kind of device than cpu" in capsys.readouterr().err
+    ok("decode-random", run, "--out", tmp_path / "random.png", "--n", "4", "--device", device)
+
+    model = daps.load_model(run, device)
+    x_hat = model.decode(torch.randint(0, model.vocab_size, (3, model.input_spec.num_tokens), device=device))
+    daps.save_images(x_hat, model, tmp_path / "decoded")
+    x = daps.load_images(tmp_path / "decoded", model)
+    assert x.device == x_hat.device
+    codes_again = model.encode(x, torch.Generator(x.device).manual_seed(0))
+    assert codes_again.device == x.device and codes_again.shape == (3, model.input_spec.num_tokens)
+
+
+@pytest.mark.usefixtures("offline")
+def test_the_commands_outside_training_run_on_cuda(trained_run, tmp_path, capsys):
+    """The first CUDA run of everything but the training step (a CPU-trained run, loaded onto the GPU)."""
+    commands_outside_training("cuda", trained_run, tmp_path, capsys)
