@@ -164,6 +164,22 @@ def test_fid_preprocess_truncates_and_clips():
     assert got == [0, 1, 254, 0, 255]
 
 
+def test_fid_preprocess_refuses_floats_on_another_scale():
+    """0-255 floats (all white after the clip) and [-1, 1] images are one UserError naming the range found; an
+    overshoot within (-0.5, 1.5) is clipped (the test above). Fails on: silently clipping every float."""
+    from daps.errors import UserError
+
+    rng = torch.Generator().manual_seed(0)
+    pixels = torch.randint(0, 256, (2, 3, 16, 16), generator=rng).float()
+    with pytest.raises(UserError, match=r"FID takes float images on the \[0, 1\] scale, got values from 0 to 255"):
+        fid_preprocess(pixels)
+    with pytest.raises(UserError, match="got values from -1 to"):
+        fid_preprocess(torch.cat([pixels / 127.5 - 1, torch.full((1, 3, 16, 16), -1.0)]))
+    with pytest.raises(UserError, match="got values from nan"):
+        fid_preprocess(torch.full((1, 3, 16, 16), float("nan")))
+    assert torch.equal(fid_preprocess(pixels / 255), fid_preprocess(pixels.to(torch.uint8)))
+
+
 def test_fid_preprocess_rejects_bad_input():
     with pytest.raises(ValueError):
         fid_preprocess(torch.zeros(2, 4, 8, 8))

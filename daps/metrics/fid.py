@@ -41,18 +41,28 @@ up to 2e-5 levels below ``k`` (9 of the 768 ImageNet channel levels, 1 of CIFAR-
 become ``k - 1``, so a perfect reconstruction would not quantise like its original."""
 
 
+FLOAT_RANGE = (-0.5, 1.5)
+"""The float values :func:`fid_preprocess` takes (clipped to [0, 1]); outside, the images are on another scale."""
+
+
 def fid_preprocess(images: torch.Tensor) -> torch.Tensor:
     """FID network input: ``(N, 3, H, W)`` uint8 in 0..255 or float on the [0, 1] scale -> float32
     ``(N, 3, 299, 299)`` in [-1, 1]. Floats are quantised like saved images (``x*255``, clipped, truncated
     to uint8) so generated samples and real images go through the same path; a value is first read as the highest
     level within :data:`LEVEL_TOLERANCE` of it (half a step of its type for half precision: ``k/255`` in float16 is
     level ``k``, not ``k-1``).
-    ``(N, 1, H, W)`` grayscale is repeated to 3 channels."""
+    ``(N, 1, H, W)`` grayscale is repeated to 3 channels. Floats a little outside [0, 1] are clipped (a decoder
+    mean may overshoot); beyond :data:`FLOAT_RANGE` they are refused, as images on another scale (0-255 floats
+    would all read white)."""
     if images.dim() != 4 or images.shape[1] not in (1, 3):
         raise UserError(f"expected images (N, 3, H, W) or (N, 1, H, W), got shape {tuple(images.shape)}")
     if images.dtype == torch.uint8:
         u8 = images
     elif images.is_floating_point():
+        low, high = torch.stack(torch.aminmax(images.detach())).tolist() if images.numel() else (0.0, 0.0)
+        if not FLOAT_RANGE[0] <= low <= high <= FLOAT_RANGE[1]:  # also NaN
+            raise UserError(f"FID takes float images on the [0, 1] scale, got values from {low:g} to {high:g}: divide "
+                            "0-255 pixels by 255, and map [-1, 1] or standardized images back to [0, 1] first")
         if images.dtype in (torch.float16, torch.bfloat16):
             # a half type cannot hold k/255 (float16 stores about half the levels just below it): each value is
             # read as the highest level within half a step of its type, so that k/255 in any half type is level k
