@@ -80,3 +80,34 @@ def test_comparison_curves_with_a_zero_keep_a_linear_axis(tmp_path, captured):
     assert captured[0].axes[0].get_yscale() == "linear"
     plots.save_comparison_curves({"a": [[(1, -5.0), (2, -1.0)]]}, tmp_path / "d.png", log_y=True)
     assert captured[1].axes[0].get_yscale() == "linear"
+
+
+def _drawn(fig, ax) -> np.ndarray:
+    """The RGB pixels inside ``ax`` (its frame trimmed off) as the figure draws them, top row first."""
+    fig.canvas.draw()
+    pixels = np.asarray(fig.canvas.buffer_rgba())[..., :3]
+    box = ax.get_window_extent()
+    top, bottom = int(pixels.shape[0] - box.y1) + 3, int(pixels.shape[0] - box.y0) - 3
+    return pixels[top:bottom, int(box.x0) + 3 : int(box.x1) - 3]
+
+
+def test_reconstruction_grids_draw_pixels_sharp_upright_and_in_their_own_colours(tmp_path, captured):
+    """A 32 x 32 checkerboard (a CIFAR-sized image drawn at ~2x) comes out in pure black and white, no in-between
+    levels; an image red in its top-left quarter only is drawn red (not blue: no channel swap) at the top left, black
+    at the bottom right (not flipped). Fails on: the default resampling (antialiased, which smooths images shown
+    at under 3x: CIFAR originals looked as blurred as their reconstructions; 136 gray levels), ``origin="lower"``,
+    RGB read as BGR."""
+    board = torch.zeros(2, 3, 32, 32)
+    board[:, :, ::2, ::2] = 1.0
+    board[:, :, 1::2, 1::2] = 1.0
+    corner = torch.zeros(2, 3, 32, 32)
+    corner[:, 0, :16, :16] = 1.0
+    plots.save_reconstruction_grid(board, corner, tmp_path / "g.png")
+    plots.save_comparison_reconstructions(board, {"daps": corner}, tmp_path / "c.png")
+    for fig in captured:
+        checks = _drawn(fig, fig.axes[0])
+        assert set(np.unique(checks)) == {0, 255}
+        drawn = _drawn(fig, fig.axes[2])  # the first reconstruction (row 2, column 1 of both figures)
+        h, w, _ = drawn.shape
+        assert (drawn[: h // 2 - 2, : w // 2 - 2] == [255, 0, 0]).all()
+        assert (drawn[h // 2 + 2 :, w // 2 + 2 :] == 0).all() and (drawn[: h // 2 - 2, w // 2 + 2 :] == 0).all()
