@@ -319,10 +319,14 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _plot_reconstructions(model, spec, data, images, path: Path, seed: int, device) -> None:
-    """Reconstructions of (up to 16 of) the first evaluation batch, in the dataset's own kind of figure."""
+    """Reconstructions of (up to) 16 examples spread over the first evaluation batch, in the dataset's own kind of
+    figure."""
     import torch
 
-    x = spec.standardize(next(images.batches())[:16])
+    from daps.plots import spread_indices
+
+    batch = next(images.batches())
+    x = spec.standardize(batch[spread_indices(batch.shape[0]).to(batch.device)])
     with torch.no_grad():
         x_hat = model.reconstruct(x, torch.Generator(device).manual_seed(seed)).x_hat
     title = f"{model.config.method} on {spec.name}: {spec.examples} of the evaluation split"

@@ -52,6 +52,12 @@ def _show(ax, img: torch.Tensor) -> None:
     ax.set_yticks([])
 
 
+def spread_indices(count: int, shown: int = 16) -> torch.Tensor:
+    """Up to ``shown`` indices evenly spread over ``range(count)``, first and last included, on the host: examples to
+    draw from a split that is often sorted by class (the first 16 of MNIST-5k's validation split are all zeros)."""
+    return torch.linspace(0, count - 1, shown, device="cpu").long().unique()
+
+
 def save_reconstruction_grid(x: torch.Tensor, x_hat: torch.Tensor, path: Path, title: str = "") -> None:
     """Originals (top row of each pair) above reconstructions: ``x, x_hat (N, C, H, W)`` in [0, 1]."""
     plt = _pyplot()

@@ -53,7 +53,7 @@ from daps.methods import METHODS, Method, build_method, method_spec
 from daps.metrics import evaluate
 from daps.metrics.evaluate import FIDSetup, fid_setup
 from daps.optim import Optimizers
-from daps.plots import read_metrics, save_training_curves
+from daps.plots import read_metrics, save_training_curves, spread_indices
 from daps.precision import float32_kernels
 from daps.progress import progress_bar
 from daps.provenance import record_job
@@ -646,7 +646,7 @@ def _write_artifacts(s: Setup, end_step: int, metrics: dict) -> None:
     s.model.eval()
     val_x = torch.cat([b for b, _ in zip(s.val_images.batches(), range(8))])  # the first few validation batches
     # spread over the (often sorted) split; computed on the host, so every device shows the same examples
-    spread = torch.linspace(0, val_x.shape[0] - 1, 16, device="cpu").long().unique()
+    spread = spread_indices(val_x.shape[0])
     shown = val_x[spread.to(val_x.device)]
     with torch.no_grad():
         x_shown = standardize(shown)

@@ -111,3 +111,25 @@ def test_reconstruction_grids_draw_pixels_sharp_upright_and_in_their_own_colours
         h, w, _ = drawn.shape
         assert (drawn[: h // 2 - 2, : w // 2 - 2] == [255, 0, 0]).all()
         assert (drawn[h // 2 + 2 :, w // 2 + 2 :] == 0).all() and (drawn[: h // 2 - 2, w // 2 + 2 :] == 0).all()
+
+
+def test_eval_plot_shows_examples_spread_over_a_class_sorted_batch(tmp_path):
+    """``daps eval --plot`` on a batch of 100 examples sorted by class (ten of each) draws 16 spread from the first
+    to the last, so every class shows, as the training figure does. Fails on: the batch's first 16 (MNIST-5k's
+    validation split drew sixteen zeros)."""
+    from types import SimpleNamespace
+
+    from daps.cli import _plot_reconstructions
+
+    batch = torch.arange(10.0).repeat_interleave(10).view(100, 1, 1, 1)  # example i shows class i // 10
+    drawn = []
+    images = SimpleNamespace(batches=lambda: iter([batch, batch + 100]))
+    model = SimpleNamespace(config=SimpleNamespace(method="daps"),
+                            reconstruct=lambda x, g: SimpleNamespace(x_hat=x))
+    spec = SimpleNamespace(name="toy", examples="images", standardize=lambda x: x,
+                           save_reconstructions=lambda data, x, x_hat, path, title: drawn.append(x))
+    _plot_reconstructions(model, spec, None, images, tmp_path / "e.png", 0, torch.device("cpu"))
+    (x,) = drawn
+    assert x.shape[0] == 16 and x[0].item() == 0 and x[-1].item() == 9
+    assert set(x.flatten().tolist()) == set(range(10))
+    assert plots.spread_indices(5).tolist() == [0, 1, 2, 3, 4]  # fewer than 16: each once
