@@ -133,3 +133,44 @@ def test_eval_plot_shows_examples_spread_over_a_class_sorted_batch(tmp_path):
     assert x.shape[0] == 16 and x[0].item() == 0 and x[-1].item() == 9
     assert set(x.flatten().tolist()) == set(range(10))
     assert plots.spread_indices(5).tolist() == [0, 1, 2, 3, 4]  # fewer than 16: each once
+
+
+def test_feature_trajectories_name_each_unit_and_keep_the_legend_off_the_lines(tmp_path, captured):
+    """Each panel's label names its feature and unit (m, m/s, rad/s, rad); the legend names both lines and sits
+    above the first panel, outside its plotting area. Fails on: labels without units, the legend in the panel's
+    upper right (it hid the ground truth's root height, which runs along the top of its panel)."""
+    from daps.motion.features import NUM_FEATURES
+    from daps.motion.render import plot_feature_trajectories
+
+    truth = np.zeros((30, NUM_FEATURES))
+    names = ["root_height/z", "root_velocity/forward", "yaw_rate/z", "joint_angles/left_knee_joint"]
+    plot_feature_trajectories(truth, truth + 0.1, tmp_path / "f.png", names=names)
+    fig = captured[0]
+    assert [ax.get_ylabel() for ax in fig.axes] == [
+        "root_height\nz [m]", "root_velocity\nforward [m/s]", "yaw_rate\nz [rad/s]",
+        "joint_angles\nleft_knee_joint [rad]",
+    ]
+    legend = fig.axes[0].get_legend()
+    assert [t.get_text() for t in legend.get_texts()] == ["ground truth", "reconstruction"]
+    fig.canvas.draw()
+    assert legend.get_window_extent().y0 >= fig.axes[0].get_window_extent().y1 - 1
+    assert legend.get_window_extent().y1 <= fig.get_window_extent().y1  # not cut off at the top
+
+
+def test_sequence_reconstructions_keep_the_legend_off_the_lines(tmp_path, captured, monkeypatch):
+    """The sequences' figure (features of an .npz file) likewise: legend above the first panel, panels laid out
+    under the title. Fails on: the legend in the panel's upper right."""
+    from types import SimpleNamespace
+
+    import daps.data.sequences as sequences
+
+    monkeypatch.setattr(sequences, "sequence_data", lambda data: SimpleNamespace(
+        stats=SimpleNamespace(denormalize=lambda a: a)))
+    x = torch.linspace(0, 6, 64).sin().view(1, 1, 64, 1).repeat(1, 1, 1, 3) + 1.0  # at the panel's top and bottom
+    sequences.plot_sequence_reconstructions(None, x, 0.8 * x, tmp_path / "s.png", "toy")
+    fig = captured[0]
+    legend = fig.axes[0].get_legend()
+    assert [t.get_text() for t in legend.get_texts()] == ["ground truth", "reconstruction"]
+    fig.canvas.draw()
+    assert legend.get_window_extent().y0 >= fig.axes[0].get_window_extent().y1 - 1
+    assert legend.get_window_extent().y1 <= fig._suptitle.get_window_extent().y0 + 1  # under the title

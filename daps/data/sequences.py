@@ -210,8 +210,10 @@ def plot_sequence_reconstructions(data: DataConfig, x: torch.Tensor, x_hat: torc
         ax.plot(p[:, col], color="tab:red", lw=1.0, ls="--", label="reconstruction")
         ax.set_ylabel(f"feature {col}", fontsize=7)
         ax.tick_params(labelsize=7)
-    axes[0, 0].legend(fontsize=7, loc="upper right")
+    # above the first panel, not over its lines
+    axes[0, 0].legend(fontsize=7, loc="lower right", bbox_to_anchor=(1.0, 1.0), ncol=2, frameon=False)
     axes[-1, 0].set_xlabel("frame", fontsize=8)
     fig.suptitle(title or "reconstruction", fontsize=9)
+    fig.tight_layout()
     save_figure(fig, path, dpi=110)
 

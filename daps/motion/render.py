@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from daps.errors import UserError
-from daps.motion.features import FEATURE_LAYOUT, feature_names
+from daps.motion.features import FEATURE_LAYOUT, FIELDS, feature_names
 from daps.motion.h1 import H1, POSE_DIM, SCENE_FILE, import_mujoco
 from daps.progress import progress_bar
 from daps.runfolder import VIDEO_COMMENT, atomic_path
@@ -226,7 +226,8 @@ def plot_feature_trajectories(
     title: str = "",
 ) -> Path:
     """Plot a few raw (not standardized) features ``(T, F)`` over time, ground truth against reconstruction, to a
-    png written atomically. ``names`` are :func:`~daps.motion.features.feature_names` entries."""
+    png written atomically, each panel labelled with its feature's unit. ``names`` are
+    :func:`~daps.motion.features.feature_names` entries."""
     from daps.plots import _pyplot, save_figure
 
     plt = _pyplot()
@@ -235,6 +236,7 @@ def plot_feature_trajectories(
     if unknown:
         blocks = ", ".join(FEATURE_LAYOUT)
         raise UserError(f"unknown feature {unknown[0]!r}; names look like <block>/<axis> with blocks {blocks}")
+    units = {f.name: f.unit for f in FIELDS}
     t, p = np.asarray(target), np.asarray(pred)
     seconds = np.arange(len(t)) / fps
     fig, axes = plt.subplots(len(names), 1, figsize=(6, 1.4 * len(names)), sharex=True, squeeze=False)
@@ -242,9 +244,11 @@ def plot_feature_trajectories(
         col = all_names.index(name)
         ax.plot(seconds, t[:, col], color="black", lw=1.2, label="ground truth")
         ax.plot(seconds, p[:, col], color="tab:red", lw=1.0, ls="--", label="reconstruction")
-        ax.set_ylabel(name.replace("/", "\n"), fontsize=7)
+        block, axis = name.split("/")
+        ax.set_ylabel(f"{block}\n{axis} [{units[block]}]", fontsize=7)
         ax.tick_params(labelsize=7)
-    axes[0, 0].legend(fontsize=7, loc="upper right")
+    # above the first panel, not over its lines
+    axes[0, 0].legend(fontsize=7, loc="lower right", bbox_to_anchor=(1.0, 1.0), ncol=2, frameon=False)
     axes[-1, 0].set_xlabel("time (s)", fontsize=8)
     if title:
         fig.suptitle(title, fontsize=9)
