@@ -184,14 +184,40 @@ def test_side_by_side_puts_truth_left_and_both_cameras_on_the_truth(flat_views, 
     from daps.motion.render import render_side_by_side
 
     truth, pred = np.zeros((3, 26)), np.ones((3, 26))
-    render_side_by_side(None, truth, pred, tmp_path / "clip.mp4", width=32, height=16)
+    render_side_by_side(None, truth, pred, tmp_path / "clip.mp4", width=128, height=32)
     (frames,) = flat_views.written
-    assert frames.shape == (3, 16, 64, 3)
-    assert int(frames[0, 0, 0, 0]) == 10 and int(frames[0, 0, 32, 0]) == 20
+    assert frames.shape == (3, 32, 256, 3)
+    assert int(frames[0, -1, 0, 0]) == 10 and int(frames[0, -1, 128, 0]) == 20  # under the captions
     ((motions, follow),) = flat_views.calls
     assert np.array_equal(motions[1], pred) and all(np.array_equal(f, truth) for f in follow)
     with pytest.raises(ValueError, match="of one shape"):
         render_side_by_side(None, truth, pred[:2], tmp_path / "other.mp4")
+
+
+def test_side_by_side_views_carry_their_captions(flat_views, tmp_path):
+    """Each view of ``render_side_by_side`` has its caption (white text on a dark 16-pixel band) in its top-left
+    corner: "ground truth" and "reconstruction" by default, the caller's otherwise (robot plan --physics: "kinematic
+    plan", "physics tracking"); the band never spills into the other view. Fails on: views without captions (the mp4
+    alone did not say which robot is which)."""
+    import numpy as np
+
+    from daps.motion.render import _caption_band, render_side_by_side
+
+    poses = np.zeros((2, 26))
+    render_side_by_side(None, poses, poses, tmp_path / "a.mp4", width=128, height=32)
+    render_side_by_side(None, poses, poses, tmp_path / "b.mp4", width=128, height=32,
+                        captions=("kinematic plan", "physics tracking"))
+    render_side_by_side(None, poses, poses, tmp_path / "c.mp4", width=16, height=16)  # a band wider than the view
+    default, custom, small = (f[0] for f in flat_views.written)
+    expected = ((default, ("ground truth", "reconstruction")), (custom, ("kinematic plan", "physics tracking")))
+    for frame, texts in expected:
+        for view, text in zip((frame[:, :128], frame[:, 128:]), texts):
+            band = _caption_band(text, 128)
+            assert np.array_equal(view[:16, : band.shape[1]], band)
+            assert (view[:16, : band.shape[1]] > 200).any()  # some text drawn (light on the dark band)
+            assert (view[16:] == view[-1, -1]).all()  # the rest is the rendered view
+    assert not np.array_equal(default[:16, :128], custom[:16, :128])
+    assert small.shape == (16, 32, 3) and int(small[0, 16, 0]) != 10  # right band starts at the right view's edge
 
 
 # --------------------------------------------------------------------------------------------------

@@ -131,9 +131,11 @@ def render_side_by_side(
     width: int = 320,
     height: int = 320,
     distance: float = 3.0,
+    captions: tuple[str, str] = ("ground truth", "reconstruction"),
 ) -> Path:
     """Write an mp4 of ground truth ``target`` (left, grey) and reconstruction ``pred`` (right, orange), poses
-    ``(T, 26)`` each, ``width`` x ``height`` pixels per view (multiples of 16 keep the encoder from resizing).
+    ``(T, 26)`` each, ``width`` x ``height`` pixels per view (multiples of 16 keep the encoder from resizing), each
+    view with its caption in the top-left corner (the video says which robot is which without the command's log).
 
     Both views use the same camera, which follows the ground truth's pelvis (at a height of 0.9 m), so a drifting
     root shows as the right robot leaving the centre. Written atomically; returns ``path``.
@@ -144,8 +146,15 @@ def render_side_by_side(
     t, p = np.asarray(target, dtype=np.float64), np.asarray(pred, dtype=np.float64)
     if t.ndim != 2 or t.shape[1] != POSE_DIM or t.shape != p.shape:
         raise ValueError(f"target and pred must be (T, {POSE_DIM}) of one shape, got {t.shape} and {p.shape}")
+    bands = [_caption_band(text, width)[:height] for text in captions]
+
+    def pair(left: np.ndarray, right: np.ndarray) -> np.ndarray:  # (height, 2 * width, 3)
+        for frame, band in zip((left, right), bands):
+            frame[: band.shape[0], : band.shape[1]] = band
+        return np.concatenate([left, right], axis=1)
+
     views = _views(h1, [t, p], [t, t], [TARGET_RGBA, PRED_RGBA], width, height, distance)
-    return _write_mp4((np.concatenate([left, right], axis=1) for left, right in views), Path(path), fps)
+    return _write_mp4((pair(left, right) for left, right in views), Path(path), fps)
 
 
 def render_motion(

@@ -232,7 +232,8 @@ def _plan(args: argparse.Namespace) -> int:
                                       args.seed)[0][0]
         report["physics_ground_truth"] = {**track(h1, truth, planner.fps).summary(),
                                           **balance_check(h1, truth, planner.fps)}
-        render_side_by_side(h1, poses, result.poses, physics_out, planner.fps, size, size)
+        render_side_by_side(h1, poses, result.poses, physics_out, planner.fps, size, size,
+                            captions=("kinematic plan", "physics tracking"))
         shown = "  ".join(f"{k} {v:.3g} (data {report['physics_ground_truth'][k]:.3g})"
                           for k, v in report["physics"].items())
         log.info("wrote %s: kinematic plan (grey, left) and the physics tracking (orange, right); %s",
