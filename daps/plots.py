@@ -190,7 +190,11 @@ def save_comparison_curves(
         ylabel += " (log scale)"
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    seeds = sorted({len(runs) for runs in curves.values() if runs})
+    counts = " or ".join(str(n) for n in seeds)
+    # what the line and the band are, where there is a band to explain
+    ax.legend(fontsize=8, title=f"mean of {counts} seeds, band: min..max" if seeds and seeds[-1] > 1 else None,
+              title_fontsize=8)
     if title:
         ax.set_title(title)
     fig.tight_layout()

@@ -174,3 +174,15 @@ def test_sequence_reconstructions_keep_the_legend_off_the_lines(tmp_path, captur
     fig.canvas.draw()
     assert legend.get_window_extent().y0 >= fig.axes[0].get_window_extent().y1 - 1
     assert legend.get_window_extent().y1 <= fig._suptitle.get_window_extent().y0 + 1  # under the title
+
+
+def test_comparison_curves_say_what_the_line_and_the_band_are(tmp_path, captured):
+    """With several seeds the legend's title says the line is their mean and the band their min..max (the figure
+    alone did not say); with one seed there is no band and no title. Fails on: a legend without the title."""
+    two = {"daps": [[(1, 1.0), (2, 2.0)], [(1, 3.0), (2, 4.0)]], "fsq": [[(1, 0.0), (2, 1.0)]] * 2}
+    plots.save_comparison_curves(two, tmp_path / "a.png")
+    legend = captured[0].axes[0].get_legend()
+    assert legend.get_title().get_text() == "mean of 2 seeds, band: min..max"
+    assert [t.get_text() for t in legend.get_texts()] == ["daps", "fsq"]
+    plots.save_comparison_curves({"daps": [[(1, 1.0), (2, 2.0)]]}, tmp_path / "b.png")
+    assert captured[1].axes[0].get_legend().get_title().get_text() == ""
