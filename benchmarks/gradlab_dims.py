@@ -150,7 +150,7 @@ def figure(runs: dict[str, dict], grid: list[tuple[int, int]], seeds: list[int],
         ax.set_title(short + (" (geometric mean over seeds)" if log_axis else " (mean over seeds)"), fontsize=9)
         if log_axis:
             ax.set_yscale("log")
-    axes[0].legend(fontsize=6)
+    axes[-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))  # beside the panels, off the lines
     fig.suptitle(f"Estimators against the exact gradient as the code grows (solid: T grows at V={v_common}; "
                  f"dashed: V grows at T={t_common})", fontsize=9)
     fig.tight_layout()

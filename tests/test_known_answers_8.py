@@ -269,6 +269,22 @@ def _fake_result(t: int, v: int, seed: int) -> dict:
     return {"setup": setup, "rows": rows}
 
 
+def test_the_sweeps_figure_keeps_its_legend_beside_the_panels(dims, tmp_path, captured):
+    """The sweep's figure names every estimator once in a legend right of the last panel, outside every panel, at a
+    readable size. Fails on: the legend inside the first panel at font size 6 (it hid the lines it named)."""
+    grid = [(1, 4), (2, 4), (1, 16)]
+    runs = {dims.key(t, v, 0): _fake_result(t, v, 0) for t, v in grid}
+    dims.figure(runs, grid, [0], tmp_path / "f.png")
+    fig = captured[0]
+    legends = [ax.get_legend() for ax in fig.axes if ax.get_legend() is not None]
+    assert len(legends) == 1 and [t.get_text() for t in legends[0].get_texts()] == ["A", "B"]
+    assert legends[0].get_texts()[0].get_fontsize() >= 7
+    fig.canvas.draw()
+    box = legends[0].get_window_extent()
+    assert all(not box.overlaps(ax.get_window_extent()) for ax in fig.axes)
+    assert box.x1 <= fig.get_window_extent().x1  # not cut off
+
+
 def test_the_sweeps_tables_by_hand(dims):
     """``tables`` of two entries, 1x2 with seeds 0 and 1 and 2x4 with seed 0 only: the head names V^T (fails on
     T^V), each table has one separator cell per entry, A's E cos is averaged over its seeds with the range (fails
