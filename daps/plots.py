@@ -133,11 +133,11 @@ def save_training_curves(metrics_path: Path, path: Path, title: str = "", qualit
         ax.set_title("validation PSNR [dB, higher is better]")
     else:
         ax.plot(*series(val, "l2"), "o-", color="C3")
-        ax.set_title("validation L2 [lower is better]")
+        ax.set_title("validation L2 [distance per example, model scale; lower is better]", fontsize=10)
     ax = axes[1, 0]
     if any("ess" in r for r in train):
         ax.plot(*series(train, "ess"), color="C2")
-        ax.set_title("ESS / K")
+        ax.set_title("training ESS / K [effective fraction of the K samples]", fontsize=10)
     else:
         ax.plot(*series(train, "kl"), color="C2")
         ax.plot(*series(val, "kl"), "o-", color="C4")

@@ -53,7 +53,9 @@ def test_training_curves_draw_each_series_in_its_panel(tmp_path, captured):
     log_p, quality, ess, schedules = captured[0].axes
     assert _lines(log_p) == {"train": ([10, 20], [-120.0, -110.0]), "validation": ([20], [-112.0])}
     assert "L2" in quality.get_title() and [v for _, v in _lines(quality).items()] == [([20], [0.07])]
+    assert "distance per example" in quality.get_title()  # what L2 is, as the ESS panel says it is a training value
     assert "ESS" in ess.get_title() and list(_lines(ess).values()) == [([10, 20], [0.4, 0.5])]
+    assert ess.get_title().startswith("training ESS / K")
     assert _lines(schedules) == {"eta": ([10, 20], [2.0, 3.0]), "beta": ([10, 20], [0.5, 0.25])}
 
     plots.save_training_curves(metrics, tmp_path / "psnr.png", quality="psnr")
