@@ -145,7 +145,7 @@ def plot_motion_reconstructions(
     motion = motion_data(data)
     target = motion.stats.denormalize(x[0, 0].detach().double().cpu().numpy())
     pred = motion.stats.denormalize(x_hat[0, 0].detach().double().cpu().numpy())
-    plot_feature_trajectories(target, pred, path, fps=motion.fps, title=title)
+    plot_feature_trajectories(target, pred, path, fps=motion.fps, title=f"{title}, the first shown" if title else "")
 
 
 def lafan_run_files(data: DataConfig) -> dict[str, Any]:
