@@ -146,8 +146,10 @@ def test_feature_trajectories_name_each_unit_and_keep_the_legend_off_the_lines(t
 
     truth = np.zeros((30, NUM_FEATURES))
     names = ["root_height/z", "root_velocity/forward", "yaw_rate/z", "joint_angles/left_knee_joint"]
-    plot_feature_trajectories(truth, truth + 0.1, tmp_path / "f.png", names=names)
+    plot_feature_trajectories(truth, truth + 0.1, tmp_path / "f.png", fps=30, names=names)
     fig = captured[0]
+    times = fig.axes[-1].get_lines()[0].get_xdata()  # seconds: 30 frames at 30 fps (fails on frames * fps)
+    assert fig.axes[-1].get_xlabel() == "time (s)" and np.allclose(times, np.arange(30) / 30)
     assert [ax.get_ylabel() for ax in fig.axes] == [
         "root_height\nz [m]", "root_velocity\nforward [m/s]", "yaw_rate\nz [rad/s]",
         "joint_angles\nleft_knee_joint [rad]",
