@@ -216,15 +216,16 @@ class InputSpec:
     latent_dim: int | None = None  # the Gaussian VAE's z
 
 
-def _spec_and_dtype(model: nn.Module) -> tuple[InputSpec | None, torch.dtype | None]:
+def _check_like_parameters(model: nn.Module, t: torch.Tensor, name: str, dtype: bool = True) -> None:
+    """``t`` in the model's parameters' dtype (with ``dtype``) and on their device: else torch fails deep inside a
+    layer, or at the first host read. A model without parameters takes anything."""
     param = next(model.parameters(), None)
-    return getattr(model, "input_spec", None), (param.dtype if param is not None else None)
-
-
-def _check_device(model: nn.Module, t: torch.Tensor, name: str) -> None:
-    """``t`` on the model's device (else torch fails deep inside a layer, or at the first host read)."""
-    param = next(model.parameters(), None)
-    if param is not None and t.device != param.device:
+    if param is None:
+        return
+    if dtype and t.dtype != param.dtype:
+        raise ValueError(f"{name} is {t.dtype} but the model's parameters are {param.dtype}: convert it with "
+                         f"{name}.to({param.dtype})")
+    if t.device != param.device:
         raise ValueError(f"{name} is on {t.device} but the model is on {param.device}: move it with "
                          f"{name}.to({str(param.device)!r})")
 
@@ -232,7 +233,7 @@ def _check_device(model: nn.Module, t: torch.Tensor, name: str) -> None:
 def check_images(model: nn.Module, x: torch.Tensor, generator: object = None) -> None:
     """``ValueError`` unless ``x`` is a batch ``(B, C, H, W)`` of the model's images, in its parameters' dtype, and
     ``generator`` is None or a ``torch.Generator`` on ``x``'s device."""
-    spec, dtype = _spec_and_dtype(model)
+    spec = getattr(model, "input_spec", None)
     if not isinstance(x, torch.Tensor):
         raise ValueError(f"x must be a torch.Tensor of images (B, C, H, W), got {type(x).__name__}")
     shape = tuple(x.shape)
@@ -246,9 +247,7 @@ def check_images(model: nn.Module, x: torch.Tensor, generator: object = None) ->
         raise ValueError(
             f"x must be floating point (the model's scale, e.g. binarized or standardized images), got {x.dtype}"
         )
-    if dtype is not None and x.dtype != dtype:
-        raise ValueError(f"x is {x.dtype} but the model's parameters are {dtype}: convert it with x.to({dtype})")
-    _check_device(model, x, "x")
+    _check_like_parameters(model, x, "x")
     if generator is not None and not isinstance(generator, torch.Generator):
         raise ValueError(f"generator must be a torch.Generator or None, got {type(generator).__name__}; "
                          "for a seed pass torch.Generator(x.device).manual_seed(seed)")
@@ -277,7 +276,7 @@ def check_codes(model: nn.Module, indices: torch.Tensor) -> torch.Tensor:
     if indices.dim() != 2 or indices.shape[0] == 0:
         hint = "; pass a batch, e.g. indices[None]" if indices.dim() == 1 else ""
         raise ValueError(f"indices must be a non-empty batch of codes (B, T), got shape {shape}{hint}")
-    _check_device(model, indices, "indices")
+    _check_like_parameters(model, indices, "indices", dtype=False)
     if spec is not None and spec.num_tokens is not None and shape[1] != spec.num_tokens:
         raise ValueError(f"indices has {shape[1]} tokens per input, but this model's codes have T={spec.num_tokens}")
     if spec is not None and spec.vocab_size is not None:
@@ -291,13 +290,11 @@ def check_codes(model: nn.Module, indices: torch.Tensor) -> torch.Tensor:
 
 def check_latents(model: nn.Module, z: torch.Tensor) -> None:
     """``ValueError`` unless ``z`` is a batch ``(B, D)`` of continuous latents in the parameters' dtype."""
-    spec, dtype = _spec_and_dtype(model)
+    spec = getattr(model, "input_spec", None)
     if not isinstance(z, torch.Tensor):
         raise ValueError(f"z must be a torch.Tensor of latents (B, D), got {type(z).__name__}")
     if z.dim() != 2 or z.shape[0] == 0:
         raise ValueError(f"z must be a non-empty batch of latents (B, D), got shape {tuple(z.shape)}")
     if spec is not None and spec.latent_dim is not None and z.shape[1] != spec.latent_dim:
         raise ValueError(f"z has {z.shape[1]} dimensions, but this model's latent has D={spec.latent_dim}")
-    if dtype is not None and z.dtype != dtype:
-        raise ValueError(f"z is {z.dtype} but the model's parameters are {dtype}: convert it with z.to({dtype})")
-    _check_device(model, z, "z")
+    _check_like_parameters(model, z, "z")
