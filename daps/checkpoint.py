@@ -283,6 +283,16 @@ def load_training_state(ckpt: Path) -> dict[str, Any]:
         raise CheckpointError(f"{path} is damaged or not a daps training state ({type(err).__name__})") from None
 
 
+def restore_generator(generator: torch.Generator, state: torch.Tensor, run_dir: Path, device: torch.device) -> None:
+    """``generator.set_state(state)`` from a training state, or a :class:`UserError` when the checkpoint was written
+    on another kind of device (a CUDA generator's state is its seed and offset, a CPU one's the Mersenne Twister's,
+    and torch refuses the other's)."""
+    try:
+        generator.set_state(state)
+    except RuntimeError:
+        raise UserError(f"{run_dir} was trained on another kind of device than {device}; resume it there") from None
+
+
 def read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """The tensors of the safetensors file ``path`` and the metadata of its header, or a :class:`CheckpointError`
     naming the file."""

@@ -30,6 +30,7 @@ from daps.checkpoint import (
     load_weights,
     read_config,
     remove_leftovers,
+    restore_generator,
     save_checkpoint,
     write_config,
 )
@@ -416,11 +417,8 @@ def _restore(s: Setup, ckpt: Path, state: dict, rank: int, world: int) -> None:
     load_weights(s.model, ckpt)
     s.optimizers.load_state_dict(state["optimizers"])
     s.skipped_streak = int(state.get("skipped_streak", 0))  # nonzero only in a final checkpoint (train.stop_after)
-    try:
-        for name, g in s.generators.items():
-            g.set_state(state["rng"][rank][name])  # folder data instead restart their stream at the checkpoint's step
-    except RuntimeError:
-        raise UserError(f"{s.run_dir} was trained on another kind of device than {s.device}; resume it there") from None
+    for name, g in s.generators.items():  # folder data instead restart their stream at the checkpoint's step
+        restore_generator(g, state["rng"][rank][name], s.run_dir, s.device)
     log.info("resumed %s at step %d", s.run_dir, state["step"])
 
 

@@ -33,6 +33,7 @@ from daps.checkpoint import (
     refuse_other_kind,
     remove_leftovers,
     resolve_checkpoint,
+    restore_generator,
     save_checkpoint,
 )
 from daps.codes import CodeSet, content_sha256, load_codes
@@ -508,11 +509,7 @@ def start_training(model: torch.nn.Module, cfg: Any, ckpt: Path | None, device: 
         load_weights(model, ckpt)
         state = load_training_state(ckpt)
         optimizer.load_state_dict(state["optimizer"])
-        try:  # a CUDA generator's state (seed, offset) is not a CPU generator's (Mersenne Twister), nor the reverse
-            generator.set_state(state["generator"])
-        except RuntimeError:
-            raise UserError(f"{run_dir} was trained on another kind of device than {device}; resume it there") \
-                from None
+        restore_generator(generator, state["generator"], run_dir, device)
         start, streak = int(state["step"]), int(state.get("skipped_streak", 0))
         if start > cfg.steps:  # before config.json is rewritten with the fewer steps
             raise UserError(f"cannot resume {run_dir} at step {start}: the run is set to stop at step {cfg.steps} "
