@@ -609,21 +609,26 @@ def _finish(run_dir: Path, model: Prior, cfg: PriorConfig, x_val: torch.Tensor, 
     write_json_atomic(run_dir / "summary.json", summary)
 
 
+def seconds_per_call(call: Callable[[], object], device: torch.device) -> float:
+    """Seconds one ``call()`` takes; on CUDA after one warm-up call, timed to the end of its kernels."""
+    cuda = device.type == "cuda"
+    if cuda:
+        call()
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    call()
+    if cuda:
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
+
+
 def sampling_speed(model: Prior, cfg: PriorConfig, device: torch.device, n: int = 200,
                    guidance: float = 1.0) -> dict[str, float]:
     """Samples/s of one batch of ``n`` codes and the network evaluations each needs (on CUDA after one warm-up
     batch, timed to the end of its kernels)."""
     labels = torch.arange(n, device=device) % model.num_classes
     g = torch.Generator(device).manual_seed(0)
-    cuda = device.type == "cuda"
-    if cuda:
-        generate(model, labels, guidance, 1.0, g, cfg.euler_steps)
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    generate(model, labels, guidance, 1.0, g, cfg.euler_steps)
-    if cuda:
-        torch.cuda.synchronize(device)
-    seconds = time.perf_counter() - start
+    seconds = seconds_per_call(lambda: generate(model, labels, guidance, 1.0, g, cfg.euler_steps), device)
     nfe = (model.network_evaluations(guidance, cfg.euler_steps) if isinstance(model, DFMPrior)
            else model.network_evaluations(guidance))
     return {"samples_per_s": n / seconds, "network_evaluations": int(nfe)}  # printed as a count

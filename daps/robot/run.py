@@ -35,7 +35,15 @@ from daps.checkpoint import (
 from daps.config import check_optimizer_settings
 from daps.errors import UserError
 from daps.prior.nets import drop_labels
-from daps.prior.run import END_FILES, prepare_folder, run_steps, save_prior_curves, settings_record, start_training
+from daps.prior.run import (
+    END_FILES,
+    prepare_folder,
+    run_steps,
+    save_prior_curves,
+    seconds_per_call,
+    settings_record,
+    start_training,
+)
 from daps.prior.run import ENTRIES as PRIOR_ENTRIES
 from daps.robot.data import CommandSet, encode_split, load_commands, save_commands, velocity_ranges
 from daps.robot.policy import CommandPolicy
@@ -292,15 +300,7 @@ def _finish(run_dir: Path, model: CommandPolicy, cfg: RobotConfig, meta: dict, d
     labels = torch.arange(n, device=device) % model.num_classes
     prev = torch.full((n, model.num_tokens), model.start_symbol, device=device)
     velocity = torch.zeros(n, 3, device=device)
-    cuda = device.type == "cuda"
-    if cuda:  # as the priors' sampling_speed: one warm-up batch, and the time to the end of the kernels
-        model.generate(labels, velocity, prev, generator=g)
-        torch.cuda.synchronize(device)
-    begin = time.perf_counter()
-    model.generate(labels, velocity, prev, generator=g)
-    if cuda:
-        torch.cuda.synchronize(device)
-    summary["windows_per_s"] = n / (time.perf_counter() - begin)
+    summary["windows_per_s"] = n / seconds_per_call(lambda: model.generate(labels, velocity, prev, generator=g), device)
     save_prior_curves(rows, run_dir / "curves.png", f"robot policy over {meta.get('method', '?')} codes")
     write_json_atomic(run_dir / "summary.json", summary)  # last: it marks the run finished
 
