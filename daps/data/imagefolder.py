@@ -300,6 +300,12 @@ class _SkipTracker:
 # --------------------------------------------------------------------------- streams
 
 
+def _pinned(pin_memory: bool | None) -> bool:
+    """Whether a loader pins its batches: as asked, else when CUDA is available (callers that know where the batches
+    go pass whether that is a CUDA device)."""
+    return torch.cuda.is_available() if pin_memory is None else bool(pin_memory)
+
+
 class _EpochBatchSampler(Sampler):
     """Endless batches of ``(index, epoch)`` keys: epoch by epoch, each a fresh permutation (no replacement
     within an epoch; the last partial batch dropped), starting at global batch ``start_batch``."""
@@ -343,7 +349,7 @@ class ImageStream:
         self.num_workers = _check_nonneg_int("num_workers", num_workers)
         self.seed = _check_nonneg_int("seed", seed)
         self.start_batch = _check_nonneg_int("start_batch", start_batch)
-        self.pin_memory = torch.cuda.is_available() if pin_memory is None else bool(pin_memory)
+        self.pin_memory = _pinned(pin_memory)
         if len(dataset) < batch_size:
             raise UserError(f"batch_size {batch_size} exceeds the {len(dataset)} images of {dataset.root}")
         self.dataset = dataset
@@ -410,7 +416,7 @@ class EvalBatches:
             batch_sampler=sampler,
             num_workers=num_workers,
             collate_fn=collate_images,
-            pin_memory=torch.cuda.is_available() if pin_memory is None else bool(pin_memory),
+            pin_memory=_pinned(pin_memory),
         )
         self._skips = _SkipTracker(dataset)
         self._iter: Iterator[dict] | None = None
