@@ -187,15 +187,21 @@ TARGETS: dict[str, tuple[Callable[[Path], Callable[[Path], list[str]]], list[str
 that starts or resumes a run in a given folder) and the settings it runs with."""
 
 
+def _stat(path: Path) -> list[str] | None:
+    """The fields of a /proc/PID/stat after the command name (state, parent, ...), or None once it has ended."""
+    try:
+        return path.read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
 def descendants(pid: int) -> list[int]:
     """The processes below ``pid`` (children, grandchildren, ...), read from /proc."""
     parents: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue  # ended meanwhile
-        parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    for path in Path("/proc").glob("[0-9]*/stat"):
+        fields = _stat(path)
+        if fields is not None:  # (None: ended meanwhile)
+            parents.setdefault(int(fields[1]), []).append(int(path.parent.name))
     found, todo = [], [pid]
     while todo:
         children = parents.get(todo.pop(), [])
@@ -206,10 +212,8 @@ def descendants(pid: int) -> list[int]:
 
 def alive(pid: int) -> bool:
     """Whether ``pid`` still runs (a zombie does not: its files, and so its folder lock, are closed)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
+    fields = _stat(Path(f"/proc/{pid}/stat"))
+    return fields is not None and len(fields) > 0 and fields[0] != "Z"
 
 
 def kill_all(proc: subprocess.Popen) -> None:
