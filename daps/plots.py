@@ -75,9 +75,11 @@ def save_reconstruction_grid(x: torch.Tensor, x_hat: torch.Tensor, path: Path, t
     save_figure(fig, path, dpi=120)
 
 
-def save_image_grid(images: torch.Tensor, path: Path, columns: int = 10, scale: int = 2) -> None:
+def save_image_grid(images: torch.Tensor, path: Path, columns: int = 10, scale: int = 2,
+                    row_labels: list[str] | None = None) -> None:
     """``images (N, C, H, W)`` in [0, 1] as one PNG grid of ``columns`` per row (1-pixel gaps, each pixel
-    ``scale`` x ``scale``), written atomically."""
+    ``scale`` x ``scale``), written atomically; ``row_labels`` (one per row) are written in black on a white margin
+    left of their rows, e.g. the class a prior sampled each row of."""
     from PIL import Image
 
     images = images.cpu()  # one copy from the device, not one per image
@@ -91,7 +93,32 @@ def save_image_grid(images: torch.Tensor, path: Path, columns: int = 10, scale: 
     array = pixels[0].numpy() if c == 1 else pixels.permute(1, 2, 0).numpy()
     img = Image.fromarray(array)
     img = img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST)
+    if row_labels is not None:
+        if len(row_labels) != rows:
+            raise ValueError(f"{len(row_labels)} row labels for a grid of {rows} rows")
+        img = _label_rows(img, row_labels, (h + 1) * scale, scale)
     save_png(img, path)
+
+
+def _label_rows(img, labels: list[str], row_height: int, gap: int):
+    """``img`` (a grid whose row r spans pixels ``gap + r * row_height`` on) on a white margin wide enough for the
+    longest label, each label written in black, vertically centred on its row."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default()
+    labels = [label if len(label) <= 24 else label[:23] + "\u2026" for label in labels]  # ImageNet's names run long
+    boxes = [font.getbbox(label) for label in labels]
+    pad = 4
+    margin = max(right for _, _, right, _ in boxes) + 2 * pad
+    white = 255 if img.mode == "L" else (255, 255, 255)
+    labelled = Image.new(img.mode, (img.width + margin, img.height), white)
+    labelled.paste(img, (margin, 0))
+    draw = ImageDraw.Draw(labelled)
+    black = 0 if img.mode == "L" else (0, 0, 0)
+    for r, (label, (_, top, _, bottom)) in enumerate(zip(labels, boxes)):
+        centre = gap + r * row_height + (row_height - gap) // 2
+        draw.text((pad, centre - (top + bottom) // 2), label, fill=black, font=font)
+    return labelled
 
 
 def read_metrics(path: Path) -> list[dict]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -34,6 +35,25 @@ def test_image_grid_of_fewer_images_than_columns_is_as_wide_as_the_images(tmp_pa
     img = np.asarray(Image.open(tmp_path / "g.png"))
     assert img.shape == (6, 11, 3)
     assert (img[1:5, 6:10] == [255, 0, 0]).all() and (img[1:5, 1:5] == 0).all() and (img[:, 5] == 255).all()
+
+
+
+def test_image_grid_writes_each_row_label_left_of_its_own_row(tmp_path):
+    """The images are the unlabelled grid moved right by the margin; each label's ink lies within its row's band (a
+    label one row off, or all at the top, fails); labels that do not match the rows are refused."""
+    images = torch.zeros(6, 1, 8, 8) + 0.5  # mid-gray images, so the label margin's black ink is the only black
+    plots.save_image_grid(images, tmp_path / "plain.png", columns=2, scale=2)
+    plots.save_image_grid(images, tmp_path / "labelled.png", columns=2, scale=2, row_labels=["", "seven", ""])
+    plain = np.asarray(Image.open(tmp_path / "plain.png"))
+    labelled = np.asarray(Image.open(tmp_path / "labelled.png"))
+    margin = labelled.shape[1] - plain.shape[1]
+    assert margin > 0 and labelled.shape[0] == plain.shape[0]
+    assert (labelled[:, margin:] == plain).all()
+    ink = np.nonzero((labelled[:, :margin] < 128).any(axis=1))[0]
+    row = 9 * 2  # 8 pixels and a gap, drawn 2 x 2
+    assert len(ink) > 0 and ink.min() >= 2 + row and ink.max() < 2 + 2 * row  # only inside the second row
+    with pytest.raises(ValueError, match="2 row labels for a grid of 3 rows"):
+        plots.save_image_grid(images, tmp_path / "bad.png", columns=2, row_labels=["a", "b"])
 
 
 def _lines(ax) -> dict[str, tuple[list, list]]:

@@ -506,13 +506,20 @@ def test_prior_sample_and_eval_pass_what_they_are_asked_for(exported, tmp_path, 
         return torch.zeros(len(labels), model.num_tokens, dtype=torch.long)
 
     monkeypatch.setattr(run_mod, "generate", generate)
-    assert main(["prior", "sample", str(prior), "--label", "7", "--n", "3", "--out", str(tmp_path / "7.png"),
+    import daps.plots
+
+    grids = []
+    monkeypatch.setattr(daps.plots, "save_image_grid", lambda images, out, columns, row_labels: grids.append(
+        (len(images), columns, row_labels)))
+    assert main(["prior", "sample", str(prior), "--label", "7", "--n", "12", "--out", str(tmp_path / "7.png"),
                  "--codes-out", str(tmp_path / "7.safetensors")]) == 0
-    assert asked == [([7, 7, 7], 5)]
+    assert asked == [([7] * 12, 5)]
+    assert grids == [(12, 10, ["7", "7"])]  # ten per row, each row labelled with its class
     assert load_codes(tmp_path / "7.safetensors").meta["euler_steps"] == 5
-    assert main(["prior", "sample", str(prior), "--n", "1", "--euler-steps", "3",
+    assert main(["prior", "sample", str(prior), "--n", "2", "--euler-steps", "3",
                  "--out", str(tmp_path / "a.png")]) == 0
-    assert asked[-1] == (list(range(10)), 3)
+    assert asked[-1] == ([y for y in range(10) for _ in range(2)], 3)
+    assert grids[-1] == (20, 2, [str(y) for y in range(10)])  # a row per class, in class order
 
     given = []
     monkeypatch.setattr(scores_mod, "score_prior", lambda model, steps, train_codes, *a, **k: (

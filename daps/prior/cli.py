@@ -233,7 +233,8 @@ def _sample(args: argparse.Namespace) -> int:
     g = torch.Generator(device).manual_seed(args.seed)
     euler_steps = cfg.euler_steps if args.euler_steps is None else args.euler_steps
     codes = generate(model, labels.to(device), args.cfg, args.temperature, g, euler_steps)
-    save_image_grid(decoded_images(tokenizer, codes), out, columns=columns)
+    rows = labels[::columns]  # each row holds one class's samples (one class in all rows with --label)
+    save_image_grid(decoded_images(tokenizer, codes), out, columns=columns, row_labels=[names[int(y)] for y in rows])
     if video is not None:
         write_motion_video(tokenizer, codes, video, columns, [names[int(y)] for y in labels], "sampled")
     if args.codes_out is not None:
