@@ -378,7 +378,7 @@ def test_a_negative_seed_trains_as_torch_takes_it(h1_and_clip, tmp_path, single_
 
 @needs_data
 def test_training_resumes_exactly_and_the_folder_holds_what_it_says(h1_and_clip, tmp_path, single_thread,
-                                                                      monkeypatch, end_of_run_rule):
+                                                                      monkeypatch, end_of_run_rule, captured):
     h1, refs = h1_and_clip
     meta = {"num_tokens": 4, "vocab_size": 3, "fps": FPS, "window": 32, "data_dir": REAL_DIR}
     sets = {"train": refs, "val": refs}
@@ -403,6 +403,7 @@ def test_training_resumes_exactly_and_the_folder_holds_what_it_says(h1_and_clip,
     summary = json.loads((whole / "summary.json").read_text())
     assert {"survival_s", "fall_fraction", "joint_error_deg", "end_error_mm"} <= summary["baseline"].keys()
     assert (whole / "curves.png").stat().st_size > 0
+    assert captured[0]._suptitle.get_text() == f"tracker (whole): {_cfg().frames:,} frames, {_cfg().envs} environments"
     # Every entry of the folder is one --overwrite may delete (and nothing else of the user's is touched).
     from daps.robot.tracker import ENTRIES
     from daps.runfolder import LOCK, MARKER

@@ -876,12 +876,15 @@ def _finish(run_dir: Path, cfg: TrackerConfig, baseline: dict[str, float]) -> No
     rows = read_metrics(run_dir / "metrics.jsonl")
     val = [r for r in rows if r.get("split") == "val"]
     summary = {"step": cfg.updates, **(val[-1] if val else {}), "baseline": baseline}
-    save_tracker_curves(rows, run_dir / "curves.png", baseline)
+    tokens = f" of {Path(cfg.tokenizer).name}'s codes" if cfg.tokenizer else ""
+    title = f"tracker{tokens} ({run_dir.name}): {cfg.frames:,} frames, {cfg.envs} environments"
+    save_tracker_curves(rows, run_dir / "curves.png", baseline, title)
     write_json_atomic(run_dir / "summary.json", summary)  # last: it marks the run finished
 
 
-def save_tracker_curves(rows: list[dict], path: Path, baseline: dict[str, float]) -> None:
-    """Training reward and episode length, and validation survival against the PD-only baseline, per frame."""
+def save_tracker_curves(rows: list[dict], path: Path, baseline: dict[str, float], title: str = "") -> None:
+    """Training reward and episode length, and validation survival against the PD-only baseline, per frame, under
+    ``title`` (which run)."""
     from daps.plots import _pyplot, save_figure
 
     plt = _pyplot()
@@ -902,6 +905,8 @@ def save_tracker_curves(rows: list[dict], path: Path, baseline: dict[str, float]
     for ax in axes:
         ax.set_xlabel("million frames", fontsize=8)
         ax.tick_params(labelsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     save_figure(fig, path, dpi=110)
 
