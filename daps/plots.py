@@ -109,7 +109,7 @@ def _label_rows(img, labels: list[str], row_height: int, gap: int):
     labels = [label if len(label) <= 24 else label[:23] + "\u2026" for label in labels]  # ImageNet's names run long
     boxes = [font.getbbox(label) for label in labels]
     pad = 4
-    margin = max(right for _, _, right, _ in boxes) + 2 * pad
+    margin = math.ceil(max(right for _, _, right, _ in boxes)) + 2 * pad  # a FreeType font measures in floats
     white = 255 if img.mode == "L" else (255, 255, 255)
     labelled = Image.new(img.mode, (img.width + margin, img.height), white)
     labelled.paste(img, (margin, 0))

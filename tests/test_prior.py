@@ -9,6 +9,7 @@ import itertools
 import json
 import math
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -1347,3 +1348,33 @@ def test_a_tokenizer_moved_since_the_codes_were_made_is_named_with_the_way_out(c
                  "--resume"]) == 0
     err = _error(capsys, ["prior", "sample", str(prior), "--n", "1", "--out", str(tmp_path / "t.png")])
     assert f"step_00000006, is no longer in its run {run.resolve()} (removed as the run trained on" in err
+
+
+@pytest.mark.parametrize("kind", ["ar", "dfm"])
+def test_generate_refuses_bad_arguments_with_one_message_naming_them(kind):
+    """``daps.prior.generate`` (public API) with labels out of range, of a float dtype, 2-D or on another device, or a
+    NaN temperature, said nothing useful (an embedding's index error, NaN codes) or sampled garbage; the null label
+    (``num_classes``) is accepted: it samples unconditionally."""
+    from daps.prior import ARPrior, DFMPrior, generate
+
+    net = ARPrior if kind == "ar" else DFMPrior
+    model = net(num_tokens=3, vocab_size=5, num_classes=2, width=8, num_layers=1, num_heads=2)
+    g = torch.Generator().manual_seed(0)
+    codes = generate(model, torch.tensor([0, 1, 2]), 1.5, 1.0, g, 2)
+    assert codes.shape == (3, 3) and int(codes.min()) >= 0 and int(codes.max()) < 5
+    for labels, words in ((torch.tensor([0, 3]), "classes 0..1 or 2 (the null label), got values 0..3"),
+                          (torch.tensor([-1]), "got values -1..-1"),
+                          (torch.tensor([0.0, 1.0]), "1-D integer tensor (B,), got a torch.float32 tensor"),
+                          (torch.tensor([[0, 1]]), "of shape (1, 2)"),
+                          (torch.tensor([], dtype=torch.long), "non-empty"),
+                          ([0, 1], "got list"),
+                          (torch.tensor([0], device="meta"), "labels are on meta but the prior is on cpu")):
+        with pytest.raises(ValueError, match=re.escape(words)):
+            generate(model, labels, 1.0, 1.0, g, 2)
+    with pytest.raises(ValueError, match="temperature must be a positive number, got nan"):
+        generate(model, torch.tensor([0]), 1.0, float("nan"), g, 2)
+    with pytest.raises(ValueError, match="guidance must be a finite number, got inf"):
+        generate(model, torch.tensor([0]), float("inf"), 1.0, g, 2)
+    if kind == "dfm":
+        with pytest.raises(ValueError, match="euler_steps must be at least 1, got 0"):
+            generate(model, torch.tensor([0]), 1.0, 1.0, g, 0)

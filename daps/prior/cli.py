@@ -15,7 +15,7 @@ import torch
 from daps.cli import add_device_arg, add_threads_arg, seed_arg, set_threads
 from daps.dist import resolve_device
 from daps.errors import UserError, check_at_most
-from daps.prior.run import MAX_EULER_STEPS, PriorConfig, settings_help, warn_untrained_null
+from daps.prior.run import MAX_EULER_STEPS, PriorConfig, check_sampling, settings_help, warn_untrained_null
 from daps.runfolder import check_media_output
 
 if TYPE_CHECKING:
@@ -109,15 +109,6 @@ MAX_EVAL_SAMPLES = 1_000_000
 
 def _device(name: str | None) -> torch.device:
     return resolve_device(name, "--device")
-
-
-def check_sampling(guidance: float, temperature: float, guidance_flag: str = "--cfg") -> None:
-    """The sampling settings of a prior command: a finite guidance scale and a positive, finite temperature
-    (``nan`` passes ``<= 0`` checks and would sample NaN logits); else UserError naming the flag."""
-    if not math.isfinite(guidance):
-        raise UserError(f"{guidance_flag} must be a finite number, got {guidance}")
-    if not (math.isfinite(temperature) and temperature > 0):
-        raise UserError(f"--temperature must be a positive number, got {temperature}")
 
 
 def export_codes_command(args: argparse.Namespace) -> int:

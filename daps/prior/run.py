@@ -278,13 +278,45 @@ def masked_nll_bound(ce: torch.Tensor, masked: torch.Tensor, t: torch.Tensor) ->
     return float(per_code.sum())
 
 
+def check_sampling(guidance: float, temperature: float, guidance_flag: str = "--cfg",
+                   temperature_flag: str = "--temperature") -> None:
+    """Sampling settings: a finite guidance scale and a positive, finite temperature (``nan`` passes ``<= 0``
+    checks and would sample NaN logits); else UserError naming the flag (or argument)."""
+    if not math.isfinite(guidance):
+        raise UserError(f"{guidance_flag} must be a finite number, got {guidance}")
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise UserError(f"{temperature_flag} must be a positive number, got {temperature}")
+
+
 def generate(model: Prior, labels: torch.Tensor, guidance: float, temperature: float,
              generator: torch.Generator | None, euler_steps: int) -> torch.Tensor:
-    """One code ``(B, T)`` per label."""
+    """One code ``(B, T)`` per label: ``labels (B,)`` integers on the model's device, each a class in
+    ``[0, model.num_classes)`` or ``model.num_classes`` (the null label: unconditional). Bad arguments are one
+    ValueError naming them (torch's would be an index error deep in an embedding, or NaN codes)."""
+    if not (isinstance(labels, torch.Tensor) and labels.dim() == 1 and len(labels) > 0
+            and not labels.is_floating_point() and not labels.is_complex() and labels.dtype != torch.bool):
+        raise ValueError(f"labels must be a non-empty 1-D integer tensor (B,), got {_described(labels)}")
+    device = next(model.parameters()).device
+    if labels.device != device:
+        raise ValueError(f"labels are on {labels.device} but the prior is on {device}: move them with "
+                         f"labels.to({str(device)!r})")
+    low, high = labels.aminmax()
+    if low < 0 or high > model.num_classes:  # one host read
+        raise ValueError(f"labels must be classes 0..{model.num_classes - 1} or {model.num_classes} (the null "
+                         f"label), got values {int(low)}..{int(high)}")
+    check_sampling(guidance, temperature, "guidance", "temperature")
+    if isinstance(model, DFMPrior) and euler_steps < 1:
+        raise ValueError(f"euler_steps must be at least 1, got {euler_steps}")
     if isinstance(model, DFMPrior):
         return model.generate(labels, guidance, temperature, generator, num_steps=euler_steps)
     assert isinstance(model, ARPrior)
     return model.generate(labels, guidance, temperature, generator)
+
+
+def _described(value: object) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"a {value.dtype} tensor of shape {tuple(value.shape)}"
+    return type(value).__name__
 
 
 # --------------------------------------------------------------------------------------------------

@@ -16,8 +16,7 @@ import torch
 from daps.cli import add_device_arg, add_threads_arg, seed_arg, set_threads
 from daps.dist import resolve_device
 from daps.errors import UserError, check_at_least, check_at_most
-from daps.prior.cli import check_sampling
-from daps.prior.run import settings_help, warn_untrained_null
+from daps.prior.run import check_sampling, settings_help, warn_untrained_null
 from daps.robot.run import RobotConfig
 from daps.robot.tracker import TrackerConfig
 from daps.runfolder import check_media_output, check_output_file
