@@ -431,41 +431,29 @@ def test_a_bug_keeps_its_traceback(monkeypatch, tiny_overrides, tmp_path):
 
 def test_the_readme_command_block_lists_every_flag():
     """Each ``daps ...`` line of README's Commands block names exactly the flags its parser has (``--device`` and
-    ``--help`` are described once for all, below the block)."""
+    ``--help`` are described once for all, below the block), and every command has its line. (That each flag shown
+    anywhere exists is tests/test_doc_commands.py, which reads the lines.)"""
     import re
-    from pathlib import Path
+
+    from test_doc_commands import REPO, command_parser, commands_in, subparsers
 
     from daps.cli import _parser
 
-    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    block = text.split("## Commands\n\n```bash\n", 1)[1].split("```", 1)[0]
-    entries: list[str] = []
-    for line in block.splitlines():
-        if line.startswith("daps "):
-            entries.append(line.split("#")[0])
-        elif line.startswith(" ") and entries:
-            entries[-1] += " " + line.split("#")[0]
-
-    def subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
-        action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-        return action.choices[name]
-
-    parser, seen = _parser(), set()
+    readme = REPO / "README.md"
+    text = readme.read_text()
+    first = text[: text.index("## Commands\n\n```bash\n")].count("\n") + 4  # the block's first line
+    last = first + text.split("## Commands\n\n```bash\n", 1)[1].split("```", 1)[0].count("\n")
+    entries = [c for c in commands_in(readme) if c.block and first <= c.line < last and c.kind == "daps"]
+    seen = set()
     for entry in entries:
-        words = entry.split()
-        command = subparser(parser, words[1])
-        name = words[1]
-        if name in ("prior", "robot"):
-            command, name = subparser(command, words[2]), f"{name} {words[2]}"
-        documented = set(re.findall(r"(--[a-z][a-z0-9-]*)", entry))
+        name, command, _ = command_parser(entry.words)
+        documented = set(re.findall(r"(--[a-z][a-z0-9-]*)", entry.text))
         actual = {o for a in command._actions for o in a.option_strings if o.startswith("--")} - {"--help", "--device"}
         assert documented - {"--device"} == actual, (name, sorted(documented ^ actual))
         seen.add(name)
-    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    commands = {name for name in action.choices if name not in ("prior", "robot")}
-    for group in ("prior", "robot"):
-        inner = next(a for a in subparser(parser, group)._actions if isinstance(a, argparse._SubParsersAction))
-        commands |= {f"{group} {name}" for name in inner.choices}
+    groups = subparsers(_parser())
+    commands = {f"{group} {name}" if subparsers(p) else group
+                for group, p in groups.items() for name in (subparsers(p) or [group])}
     assert seen == commands  # every command and subcommand has its line
 
 
