@@ -75,8 +75,13 @@ def seed_arg(text: str) -> int:
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse that reports a bad command line in one line (no usage block) with exit code 2, and names every
-    option's default in ``--help``."""
+    """argparse that reports a bad command line in one line (no usage block) with exit code 2, names every
+    option's default in ``--help`` and takes options only as written in full: argparse's prefix matching would run
+    ``--over`` as ``--overwrite``, and a flag added later would change what an abbreviation means."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def add_argument(self, *args, **kwargs):
         action = super().add_argument(*args, **kwargs)

@@ -649,3 +649,18 @@ def test_under_torchrun_only_rank_0_reports_progress(monkeypatch, caplog, capsys
     finally:
         daps_log.setLevel(before)
     capsys.readouterr()
+
+
+def test_options_are_taken_only_as_written_in_full(tmp_path, capsys):
+    """argparse's default prefix matching ran ``daps train --over`` as ``--overwrite`` (which may replace a run
+    folder); every daps command, subcommands included, now refuses an abbreviation in one line."""
+    for argv, flag in ((["train", "--over", f"train.out_dir={tmp_path / 'run'}"], "--over"),
+                       (["eval", str(tmp_path), "--js"], "--js"),
+                       (["prior", "sample", str(tmp_path), "--out", str(tmp_path / "a.png"), "--overw"], "--overw"),
+                       (["robot", "eval", str(tmp_path), "--out", str(tmp_path / "r"), "--overwr"], "--overwr")):
+        with pytest.raises(SystemExit) as exit:
+            main(argv)
+        assert exit.value.code == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and f"unrecognized arguments: {flag}" in err, err
+    assert not (tmp_path / "run").exists()
