@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from daps.config import CONFIG_VERSION, Config, validate
-from daps.errors import UserError
+from daps.errors import UserError, did_you_mean
 
 
 def _leaf_fields(cfg: Any, prefix: str = "") -> dict[str, tuple[Any, dataclasses.Field]]:
@@ -69,7 +69,8 @@ def _cast(text: str, annotation: Any, key: str) -> Any:
 
 def _unknown_key_message(key: str, fields: dict, cfg: Config) -> str:
     return (
-        f"unknown config key {key!r} (method {cfg.method}'s own settings are {cfg.options.section}.*); "
+        f"unknown config key {key!r}{did_you_mean(key, fields)} (method {cfg.method}'s own settings are "
+        f"{cfg.options.section}.*); "
         f"valid keys: {', '.join(sorted(fields))}"
     )
 
@@ -124,11 +125,13 @@ def check_overrides_used(overrides: list[str]) -> None:
         key = key.strip()
         section = key.split(".")[0]
         if section not in sections:
-            raise UserError(f"unknown config key {key!r}; sections: {', '.join(sorted(sections))}")
+            raise UserError(f"unknown config key {key!r}{did_you_mean(section, sections)}; sections: "
+                            f"{', '.join(sorted(sections))}")
         if section in own:  # a method's own setting: a typo there is refused even if that method is not run
             fields = _leaf_fields(own[section](), f"{section}.")
             if key not in fields:
-                raise UserError(f"unknown config key {key!r}; the {section} settings are {', '.join(sorted(fields))}")
+                raise UserError(f"unknown config key {key!r}{did_you_mean(key, fields)}; the {section} settings are "
+                                f"{', '.join(sorted(fields))}")
             if text.strip():
                 _cast_field(fields, key, text)
 
@@ -334,10 +337,8 @@ def config_from_dict(data: dict[str, Any]) -> Config:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - names)
         if unknown:
-            raise UserError(
-                f"unknown config key {prefix + str(unknown[0])!r}; valid keys here: "
-                f"{', '.join(prefix + n for n in sorted(names))}"
-            )
+            key, keys = prefix + str(unknown[0]), [prefix + n for n in sorted(names)]
+            raise UserError(f"unknown config key {key!r}{did_you_mean(key, keys)}; valid keys here: {', '.join(keys)}")
         kwargs = {}
         for name, value in values.items():
             annotation = hints[name]

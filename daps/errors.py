@@ -4,6 +4,11 @@
 keeps its traceback. It is a ``ValueError``, so library callers can catch either.
 """
 
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
 
 class UserError(ValueError):
     """A bad setting, path, file or argument; the message names it."""
@@ -30,4 +35,19 @@ def check_at_most(*bounds: tuple[str, float, float]) -> None:
             raise UserError(f"{flag} must be at most {_number(maximum)}, got {_number(value)}")
 
 
-__all__ = ["UserError", "check_at_least", "check_at_most"]
+def did_you_mean(name: str, known: Iterable[str]) -> str:
+    """`` (did you mean train.steps?)`` for the known names closest to a misspelled ``name`` (up to two), else
+    ``""``: a hint put before the full list of names, which runs to dozens of keys. A dotted name whose section
+    exists is matched by its last part among that section's keys (``train.stepz``: ``train.steps``, not every
+    ``train.s...``); otherwise whole names are compared (``trian.steps``: ``train.steps``)."""
+    known = list(known)
+    parent, dot, leaf = name.rpartition(".")
+    siblings = {k.rpartition(".")[2]: k for k in known if dot and k.rpartition(".")[0] == parent}
+    if siblings:
+        close = [siblings[k] for k in difflib.get_close_matches(leaf, list(siblings), n=2, cutoff=0.7)]
+    else:
+        close = difflib.get_close_matches(name, known, n=2, cutoff=0.7)
+    return f" (did you mean {' or '.join(close)}?)" if close else ""
+
+
+__all__ = ["UserError", "check_at_least", "check_at_most", "did_you_mean"]

@@ -45,7 +45,7 @@ def test_plan_rejects_unknown_and_repeated_methods(tmp_path):
 
 
 @pytest.mark.parametrize("override, message", [
-    ("fsq.levelz=8", "unknown config key 'fsq.levelz'; the fsq settings are fsq.levels"),
+    ("fsq.levelz=8", "unknown config key 'fsq.levelz' (did you mean fsq.levels?); the fsq settings are fsq.levels"),
     ("relaxed.temprature=1", "unknown config key 'relaxed.temprature'"),
     ("fsq.levels=abc", "fsq.levels: expected an integer"),
 ])

@@ -379,3 +379,22 @@ def test_natural_image_decoder_parameter_counts_match_the_original(name, decoder
     cfg = get_preset(name)
     model = build_method(cfg, tuple(cfg.data.image_shape))
     assert sum(p.numel() for p in model.decoder.parameters()) == decoder_params  # as the original's
+
+
+def test_an_unknown_key_is_answered_with_the_nearest_known_one_before_the_whole_list():
+    """A typo's message names the key meant before the list of ~70 keys; a name near nothing gets no guess."""
+    from daps.errors import did_you_mean
+
+    keys = leaf_keys(get_preset("mnist"))
+    assert did_you_mean("train.stepz", keys) == " (did you mean train.steps?)"  # not train.seed: same section first
+    assert did_you_mean("trian.steps", keys) == " (did you mean train.steps?)"  # no such section: whole keys
+    assert did_you_mean("daps.beta.intt", keys) == " (did you mean daps.beta.init?)"
+    assert did_you_mean("train.foo", keys) == ""
+    with pytest.raises(ValueError) as ei:
+        parse_overrides(get_preset("mnist"), ["encoder.widht=3"])
+    msg = str(ei.value)
+    assert "did you mean encoder.width?" in msg and msg.index("did you mean") < msg.index("valid keys")
+    from daps.prior.run import PriorConfig, apply_overrides
+
+    with pytest.raises(ValueError, match=r"unknown setting 'stepz' \(in 'stepz=3'\) \(did you mean steps\?\)"):
+        apply_overrides(PriorConfig(), ["stepz=3"])

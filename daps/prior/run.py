@@ -38,7 +38,7 @@ from daps.checkpoint import (
 )
 from daps.codes import CodeSet, content_sha256, load_codes
 from daps.config import check_optimizer_settings
-from daps.errors import UserError, check_at_most
+from daps.errors import UserError, check_at_most, did_you_mean
 from daps.prior.nets import ARPrior, DFMPrior, corrupt, drop_labels
 from daps.runfolder import (
     FolderLock,
@@ -146,7 +146,8 @@ def apply_overrides(cfg: Any, overrides: list[str]) -> Any:
         if not sep:
             raise UserError(f"{item!r} is not a key=value setting (e.g. {item}=...); settings: {known}")
         if key not in fields:
-            raise UserError(f"unknown setting {key!r} (in {item!r}); known: {known}")
+            hint = did_you_mean(key, [name for name in fields if name not in FLAG_SETTINGS])
+            raise UserError(f"unknown setting {key!r} (in {item!r}){hint}; known: {known}")
         kind = type(getattr(cfg, key))
         try:
             if kind is bool:
