@@ -8,6 +8,7 @@ Videos are written with imageio's ffmpeg plugin (``pip install imageio imageio-f
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -220,9 +221,16 @@ def _write_mp4(frames: Iterable[np.ndarray], path: Path, fps: float) -> Path:
                                         output_params=["-metadata", f"comment={VIDEO_COMMENT}"])  # is_daps_video
         except (ImportError, RuntimeError, ValueError) as e:
             raise UserError(f"writing mp4 needs imageio's ffmpeg plugin: pip install imageio-ffmpeg ({e})") from e
-        with writer:
+        try:
             for frame in frames:
                 writer.append_data(frame)
+        except BaseException:
+            # imageio's ``with writer`` leaves ffmpeg running on an error, to write the temporary file after
+            # atomic_path removed it: closed here, before that removal
+            with contextlib.suppress(Exception):
+                writer.close()
+            raise
+        writer.close()
     return path
 
 
