@@ -529,12 +529,19 @@ def test_save_images_checks_before_making_the_folder(trained_run, tmp_path):
     model = daps.load_model(trained_run)
     out = tmp_path / "decoded"
     cases = ((torch.zeros(2, 28, 28), r"\(N, 1, H, W\)"), (torch.zeros(2, 8, dtype=torch.long), "got shape"),
-             (torch.full((2, 1, 28, 28), math.nan), "NaN"))
+             (torch.full((2, 1, 28, 28), math.nan), "NaN"),
+             # 0-255 values given to a model of [0, 1] pixels: every pixel would be clipped to white
+             (torch.full((2, 1, 28, 28), 200.0), r"would be pixels from 5\.1e\+04 to 5\.1e\+04 of 0\.\.255"),
+             (torch.full((2, 1, 28, 28), -0.6), r"from -153 to -153"))
     for bad, message in cases:
         with pytest.raises(ValueError, match=message):
             daps.save_images(bad, model, out)
         assert not out.exists()
-    paths = daps.save_images(torch.zeros(2, 1, 28, 28), model, out)
+    overshoot = torch.tensor([-0.2, 1.2]).view(2, 1, 1, 1).expand(2, 1, 28, 28)  # a decoder mean's: clipped
+    paths = daps.save_images(overshoot, model, out)
+    from PIL import Image
+
+    assert [Image.open(p).getextrema() for p in paths] == [(0, 0), (255, 255)]
     from daps.runfolder import is_daps_png
 
     assert len(paths) == 2 and all(map(is_daps_png, paths))  # what every PNG daps writes says

@@ -122,15 +122,17 @@ class Standardize:
         mean, std = self._stats(raw)
         return (raw.float() - mean) / std
 
-    def to_unit(self, x: torch.Tensor) -> torch.Tensor:
-        """Model-scale ``(N, C, H, W)`` (data or decoder means) -> [0, 1], clipped."""
+    def to_unit(self, x: torch.Tensor, clip: bool = True) -> torch.Tensor:
+        """Model-scale ``(N, C, H, W)`` (data or decoder means) -> [0, 1], clipped (with ``clip``)."""
         if self.mean is None and self.shown is not None:
             low, high = self.shown
-            return ((x.float() - low) / (high - low)).clamp(0, 1)
-        if self.mean is None:
-            return x.float().clamp(0, 1)
-        mean, std = self._stats(x)
-        return ((x.float() * std + mean) / 255.0).clamp(0, 1)
+            unit = (x.float() - low) / (high - low)
+        elif self.mean is None:
+            unit = x.float()
+        else:
+            mean, std = self._stats(x)
+            unit = (x.float() * std + mean) / 255.0
+        return unit.clamp(0, 1) if clip else unit
 
 
 def _sample_root(data_dir: PathLike | None) -> Path:
