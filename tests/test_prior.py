@@ -1368,7 +1368,7 @@ def test_generate_refuses_bad_arguments_with_one_message_naming_them(kind):
                           (torch.tensor([[0, 1]]), "of shape (1, 2)"),
                           (torch.tensor([], dtype=torch.long), "non-empty"),
                           ([0, 1], "got list"),
-                          (torch.tensor([0], device="meta"), "labels are on meta but the prior is on cpu")):
+                          (torch.tensor([0], device="meta"), "labels is on meta but the model is on cpu")):
         with pytest.raises(ValueError, match=re.escape(words)):
             generate(model, labels, 1.0, 1.0, g, 2)
     with pytest.raises(ValueError, match="temperature must be a positive number, got nan"):

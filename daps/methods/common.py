@@ -216,7 +216,7 @@ class InputSpec:
     latent_dim: int | None = None  # the Gaussian VAE's z
 
 
-def _check_like_parameters(model: nn.Module, t: torch.Tensor, name: str, dtype: bool = True) -> None:
+def check_like_parameters(model: nn.Module, t: torch.Tensor, name: str, dtype: bool = True) -> None:
     """``t`` in the model's parameters' dtype (with ``dtype``) and on their device: else torch fails deep inside a
     layer, or at the first host read. A model without parameters takes anything."""
     param = next(model.parameters(), None)
@@ -247,7 +247,7 @@ def check_images(model: nn.Module, x: torch.Tensor, generator: object = None) ->
         raise ValueError(
             f"x must be floating point (the model's scale, e.g. binarized or standardized images), got {x.dtype}"
         )
-    _check_like_parameters(model, x, "x")
+    check_like_parameters(model, x, "x")
     if generator is not None and not isinstance(generator, torch.Generator):
         raise ValueError(f"generator must be a torch.Generator or None, got {type(generator).__name__}; "
                          "for a seed pass torch.Generator(x.device).manual_seed(seed)")
@@ -276,7 +276,7 @@ def check_codes(model: nn.Module, indices: torch.Tensor) -> torch.Tensor:
     if indices.dim() != 2 or indices.shape[0] == 0:
         hint = "; pass a batch, e.g. indices[None]" if indices.dim() == 1 else ""
         raise ValueError(f"indices must be a non-empty batch of codes (B, T), got shape {shape}{hint}")
-    _check_like_parameters(model, indices, "indices", dtype=False)
+    check_like_parameters(model, indices, "indices", dtype=False)
     if spec is not None and spec.num_tokens is not None and shape[1] != spec.num_tokens:
         raise ValueError(f"indices has {shape[1]} tokens per input, but this model's codes have T={spec.num_tokens}")
     if spec is not None and spec.vocab_size is not None:
@@ -297,4 +297,4 @@ def check_latents(model: nn.Module, z: torch.Tensor) -> None:
         raise ValueError(f"z must be a non-empty batch of latents (B, D), got shape {tuple(z.shape)}")
     if spec is not None and spec.latent_dim is not None and z.shape[1] != spec.latent_dim:
         raise ValueError(f"z has {z.shape[1]} dimensions, but this model's latent has D={spec.latent_dim}")
-    _check_like_parameters(model, z, "z")
+    check_like_parameters(model, z, "z")

@@ -39,6 +39,7 @@ from daps.checkpoint import (
 from daps.codes import CodeSet, content_sha256, load_codes
 from daps.config import check_optimizer_settings
 from daps.errors import UserError, check_at_most, did_you_mean
+from daps.methods.common import check_like_parameters
 from daps.prior.nets import ARPrior, DFMPrior, corrupt, drop_labels
 from daps.runfolder import (
     FolderLock,
@@ -297,10 +298,7 @@ def generate(model: Prior, labels: torch.Tensor, guidance: float, temperature: f
     if not (isinstance(labels, torch.Tensor) and labels.dim() == 1 and len(labels) > 0
             and not labels.is_floating_point() and not labels.is_complex() and labels.dtype != torch.bool):
         raise ValueError(f"labels must be a non-empty 1-D integer tensor (B,), got {_described(labels)}")
-    device = next(model.parameters()).device
-    if labels.device != device:
-        raise ValueError(f"labels are on {labels.device} but the prior is on {device}: move them with "
-                         f"labels.to({str(device)!r})")
+    check_like_parameters(model, labels, "labels", dtype=False)
     low, high = labels.aminmax()
     if low < 0 or high > model.num_classes:  # one host read
         raise ValueError(f"labels must be classes 0..{model.num_classes - 1} or {model.num_classes} (the null "
