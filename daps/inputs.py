@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
@@ -17,9 +18,18 @@ from daps.errors import UserError
 if TYPE_CHECKING:
     from daps.methods.types import Method
 
+log = logging.getLogger(__name__)
+
+
+def _first(names: list[str]) -> str:
+    """The first three names, and ``...`` for more."""
+    return ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+
+
 def image_files(source: str | Path | Iterable[str | Path]) -> list[Path]:
     """The image files of a folder (sorted by name, not recursive; the suffixes of the folder datasets, any case;
-    hidden files such as macOS's ``._x.jpg`` left out, as there) or the given paths."""
+    hidden files such as macOS's ``._x.jpg`` left out, as there; subfolders and other files left out with a warning
+    that names them) or the given paths."""
     from daps.data.imagefolder import IMAGE_EXTENSIONS, is_image_name
 
     if isinstance(source, (str, Path)):
@@ -28,9 +38,20 @@ def image_files(source: str | Path | Iterable[str | Path]) -> list[Path]:
             return [folder]
         if not folder.is_dir():
             raise UserError(f"{folder} is neither an image file nor a folder")
-        files = sorted(p for p in folder.iterdir() if is_image_name(p.name) and p.is_file())
+        files: list[Path] = []
+        left_out: list[str] = []  # what a user may have meant as inputs: subfolders (not read), other suffixes
+        for p in sorted(folder.iterdir()):
+            if is_image_name(p.name) and p.is_file():
+                files.append(p)
+            elif not p.name.startswith("."):
+                left_out.append(p.name + ("/" if p.is_dir() else ""))
         if not files:
-            raise UserError(f"{folder} holds no image files ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+            subfolders = [name for name in left_out if name.endswith("/")]
+            hint = f"; subfolders are not read: name one of {_first(subfolders)}" if subfolders else ""
+            raise UserError(f"{folder} holds no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}){hint}")
+        if left_out:
+            log.warning("%s: %d entr%s left out (only the folder's own image files are read, not its subfolders): %s",
+                        folder, len(left_out), "y" if len(left_out) == 1 else "ies", _first(left_out))
         return files
     files = [Path(p) for p in source]
     if not files:

@@ -565,6 +565,36 @@ def test_load_and_save_images_name_a_model_that_is_not_one_and_a_file_as_folder(
     assert (tmp_path / "notes.txt").read_text() == "mine" and sorted(os.listdir(tmp_path)) == ["notes.txt"]
 
 
+def test_image_files_names_the_subfolders_and_files_it_leaves_out(tmp_path, caplog):
+    """``daps.load_images(folder)`` reads the folder's own image files only. A class-folder tree's ``train/`` (its
+    images one level down) was refused as holding no image files, without saying why, and a folder whose images
+    sat beside a subfolder of more (or a ``Thumbs.db``) lost them without a word. Now the refusal names the
+    subfolders and a warning names what is left out; hidden files stay silent. Fails on: the hint or the warning
+    dropped."""
+    from PIL import Image
+
+    from daps.errors import UserError
+    from daps.inputs import image_files
+
+    for name in ("cat", "dog"):
+        (tmp_path / name).mkdir()
+        Image.new("RGB", (8, 8)).save(tmp_path / name / "a.png")
+    refusal = r"holds no image files \(.*\); subfolders are not read: name one of cat/, dog/$"
+    with pytest.raises(UserError, match=refusal):
+        image_files(tmp_path)
+    Image.new("RGB", (8, 8)).save(tmp_path / "top.png")
+    (tmp_path / "Thumbs.db").write_bytes(b"\0")
+    (tmp_path / ".DS_Store").write_bytes(b"\0")
+    with caplog.at_level("WARNING", logger="daps"):
+        assert [p.name for p in image_files(tmp_path)] == ["top.png"]
+    assert "3 entries left out" in caplog.text and "Thumbs.db, cat/, dog/" in caplog.text, caplog.text
+    assert ".DS_Store" not in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="daps"):
+        assert [p.name for p in image_files(tmp_path / "cat")] == ["a.png"]
+    assert "left out" not in caplog.text
+
+
 @pytest.mark.parametrize("extra", [["decoder.kind=resnet"], ["decoder.kind=transformer"], ["encoder.embed=time"]])
 def test_settings_the_networks_cannot_take_are_one_line(tmp_path, capsys, tiny_overrides, extra):
     """A network's shape check (a 28x28 image for the ResNet decoder, a time embedding of images) was a ValueError
