@@ -1098,6 +1098,27 @@ def test_files_a_folder_dataset_leaves_out_are_named_in_a_warning(tmp_path, capl
     assert "left out" not in caplog.text
 
 
+def test_an_empty_class_folder_is_named_in_a_warning(tmp_path, caplog):
+    """An empty class folder (made for images never copied in) took a label and a class name that no image of the
+    split carries, without a word (torchvision's ImageFolder refuses it); ``export-codes`` then lists a class
+    with no codes. It keeps its label, as a class missing from a split does, and a warning names it. Fails on:
+    the warning dropped, or the empty folder's label no longer counted."""
+    for name in ("ant", "cat", "dog"):
+        (tmp_path / name).mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "ant" / "a.png")
+    Image.new("RGB", (8, 8)).save(tmp_path / "dog" / "d.png")
+    (tmp_path / "cat" / ".DS_Store").write_bytes(b"x")  # hidden: the folder is still empty of images
+    with caplog.at_level("WARNING"):
+        paths, labels, classes = find_images(tmp_path)
+    assert classes == ["ant", "cat", "dog"] and labels == [0, 2]
+    assert "1 class folder(s) hold no image files" in caplog.text and caplog.text.rstrip().endswith(": cat")
+    caplog.clear()
+    Image.new("RGB", (8, 8)).save(tmp_path / "cat" / "c.png")
+    with caplog.at_level("WARNING"):
+        find_images(tmp_path)
+    assert "no image files" not in caplog.text
+
+
 def test_a_file_loader_workers_find_unreadable_is_warned_about_once_per_dataset(tmp_path, caplog):
     """Two validation passes with a loader worker over a tree holding one unreadable file: each pass counts it
     (``num_skipped``), the warning names it once, not at every validation. Fails on: the warned paths kept per pass."""

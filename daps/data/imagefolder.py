@@ -104,7 +104,7 @@ def find_images(root: PathLike, classes: Sequence[str] | None = None) -> tuple[l
 
     Returns:
         ``(paths, labels, classes)``: label = index in ``classes``, paths sorted by class, then by path. Class
-        folders without images, or absent, keep their label.
+        folders without images (named in a warning), or absent, keep their label.
 
     Raises:
         FileNotFoundError: ``root`` is not a folder.
@@ -126,6 +126,7 @@ def find_images(root: PathLike, classes: Sequence[str] | None = None) -> tuple[l
     # files a user may have meant as images: images beside the class folders (not in one), files of another
     # suffix in a class folder (.jfif, .heic); a tree's own notes beside the class folders (labels.tsv) are not
     left_out = [str(f) for f in root.iterdir() if f.is_file() and is_image_name(f.name)]
+    empty: list[str] = []  # class folders without images: a label that this split never shows
     for label, name in enumerate(classes):
         if name not in present:
             continue
@@ -146,12 +147,17 @@ def find_images(root: PathLike, classes: Sequence[str] | None = None) -> tuple[l
                     found.append(os.path.join(dirpath, f))
                 elif not f.startswith("."):
                     left_out.append(os.path.join(dirpath, f))
+        if not found:
+            empty.append(name)
         found.sort()
         paths += [Path(p) for p in found]
         labels += [label] * len(found)
     if not paths:
         exts = ", ".join(sorted(IMAGE_EXTENSIONS))
         raise UserError(f"{root}: {len(classes)} class folders but no image files in them (extensions: {exts})")
+    if empty:
+        log.warning("%s: %d class folder(s) hold no image files (their labels are kept, with no images here): %s",
+                    root, len(empty), ", ".join(empty[:3]) + (", ..." if len(empty) > 3 else ""))
     if left_out:
         log.warning("%s: %d file(s) left out, images outside the class folders or files whose suffix is not an "
                     "image's (%s): %s",
