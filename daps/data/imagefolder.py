@@ -357,7 +357,8 @@ class ImageStream:
         self.start_batch = _check_nonneg_int("start_batch", start_batch)
         self.pin_memory = _pinned(pin_memory)
         if len(dataset) < batch_size:
-            raise UserError(f"batch_size {batch_size} exceeds the {len(dataset)} images of {dataset.root}")
+            raise UserError(f"batch_size {batch_size} (train.batch_size in daps train) exceeds the {len(dataset)} "
+                            f"images of {dataset.root}: lower it, or add images")
         self.dataset = dataset
         self.batch_size = int(batch_size)
         self.batches_per_epoch = len(dataset) // self.batch_size
