@@ -314,6 +314,9 @@ def _eval(args: argparse.Namespace) -> int:
         metrics["note"] = spec.note
     if args.plot is not None:
         _plot_reconstructions(model, spec, data, images, Path(args.plot), args.seed, device)
+        # on stderr, so that --json keeps stdout to its one object
+        logging.getLogger("daps").info("wrote %s: reconstructions of the %s split's first batch", args.plot,
+                                       args.split)
     if args.json:  # strict JSON: a non-finite metric (a diverged run) is null, never a bare NaN token
         print(json.dumps({k: v if not isinstance(v, float) or math.isfinite(v) else None for k, v in metrics.items()}))
     else:

@@ -294,10 +294,12 @@ def test_compare_runs_on_the_motion_preset(tmp_path, single_thread):
     assert (out / "reconstructions.png").stat().st_size > 0
 
 
-def test_eval_plot_of_an_image_run(trained_run, tmp_path, capsys):
+def test_eval_plot_of_an_image_run(trained_run, tmp_path, capsys, caplog):
     plot = tmp_path / "grid.png"
-    assert main(["eval", str(trained_run), "--max-images", "20", "--plot", str(plot)]) == 0
+    with caplog.at_level("INFO", logger="daps"):
+        assert main(["eval", str(trained_run), "--max-images", "20", "--plot", str(plot)]) == 0
     assert plot.stat().st_size > 0
+    assert f"wrote {plot}: reconstructions" in caplog.text  # where the figure went, not only the metrics
     before = plot.stat().st_mtime_ns
     assert main(["eval", str(trained_run), "--max-images", "20", "--plot", str(plot), "--overwrite"]) == 0
     assert plot.stat().st_mtime_ns != before  # daps's own plot, replaced when asked

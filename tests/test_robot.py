@@ -440,13 +440,16 @@ def test_robot_train_plan_and_eval_end_to_end(tiny_policy, tmp_path, capsys, mon
     assert 0.3 < ranges["quartiles"][1][0] < 2.0  # median forward speed of walking windows, m/s
     out = tmp_path / "walk.mp4"
     capsys.readouterr()
-    code = main(["robot", "plan", str(policy), "--prompt", "a slow walk", "--velocity", "1.0", "--seconds", "2",
-                 "--size", "32", "--out", str(out), "--physics", "--json", str(tmp_path / "walk.json")])
+    with caplog.at_level("INFO", logger="daps"):
+        code = main(["robot", "plan", str(policy), "--prompt", "a slow walk", "--velocity", "1.0", "--seconds", "2",
+                     "--size", "32", "--out", str(out), "--physics", "--json", str(tmp_path / "walk.json")])
     err = capsys.readouterr().err
     if code == 2 and "OpenGL" in err:
         pytest.skip(f"no offscreen OpenGL here: {err.strip()}")
     assert code == 0, err
     assert out.stat().st_size > 0 and (tmp_path / "walk_physics.mp4").stat().st_size > 0
+    assert f"wrote {tmp_path / 'walk.json'}: " in caplog.text  # every file written is named, the JSON too
+    caplog.clear()
     report = json.loads((tmp_path / "walk.json").read_text())
     assert report["motion"] == "walk" and len(report["requested"]) == 2  # 2 s = 2 windows of 1.07 s
     from daps.robot.cli import _is_plan_report
@@ -455,9 +458,13 @@ def test_robot_train_plan_and_eval_end_to_end(tiny_policy, tmp_path, capsys, mon
     assert report["physics"]["support_force_bw"] > 0
     assert 0 < report["physics_ground_truth"]["support_force_bw"] < 1.0  # a real walking segment of the same length
     checkpoint = policy / "checkpoints" / (policy / "checkpoints" / "latest").read_text().strip()
-    assert main(["robot", "eval", str(checkpoint), "--rollouts", "1", "--windows", "2",
-                 "--no-classifier", "--json", "--motions", "walk"]) == 0  # a checkpoint names its run
+    with caplog.at_level("INFO", logger="daps"):  # a checkpoint names its run
+        assert main(["robot", "eval", str(checkpoint), "--rollouts", "1", "--windows", "2", "--no-classifier",
+                     "--json", "--motions", "walk", "--out", str(tmp_path / "report")]) == 0
     result = json.loads(capsys.readouterr().out)
+    assert f"wrote {tmp_path / 'report.json'} (everything) and {tmp_path / 'report.md'} (the table)" in caplog.text
+    assert json.loads((tmp_path / "report.json").read_text())["rows"] == result["rows"]
+    caplog.clear()
     assert result["settings"]["physics_rollouts"] == 1  # the default 2, but no more than were planned
     for extra, message in ((["--physics-rollouts", "2"], "--physics-rollouts 2 is more than --rollouts 1"),
                            (["--motions", "walk,walk"], "--motions walk,walk: a kind is repeated")):

@@ -240,6 +240,8 @@ def _plan(args: argparse.Namespace) -> int:
     render_motion(h1, poses, out, planner.fps, size, size)
     if json_out is not None:
         write_json_atomic(json_out, report)
+        log.info("wrote %s: requested and achieved velocity per window%s", json_out,
+                 ", physics figures" if args.physics else "")
     windows = rollout.codes.shape[1]
     log.info("wrote %s: %s, %.1f s (%d window%s)", out, motion, report["seconds"], windows, "" if windows == 1 else "s")
     return 0
@@ -285,7 +287,10 @@ def _eval(args: argparse.Namespace) -> int:
         device=_device(args.device),
     )
     if args.out is not None:
+        from daps.robot.evaluate import report_paths
+
         write_report(result, Path(args.out), args.overwrite)
+        log.info("wrote %s (everything) and %s (the table)", *report_paths(Path(args.out)))
     if args.json:
         json.dump(result, sys.stdout)
         sys.stdout.write("\n")
