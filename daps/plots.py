@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -17,6 +19,14 @@ def save_figure(fig, path: Path, dpi: int) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=dpi, format="png", metadata={"Software": SOFTWARE})
     _pyplot().close(fig)
+
+
+def plot_line(ax, xs: Sequence[float], ys: Sequence[float], *fmt: str, **kwargs: Any) -> None:
+    """``ax.plot``, with a marker on a series of one point: a line through one point draws nothing (a run shorter than
+    its logging interval logs one training row)."""
+    if len(xs) == 1 and not fmt and "marker" not in kwargs:
+        kwargs["marker"] = "o"
+    ax.plot(xs, ys, *fmt, **kwargs)
 
 
 def save_png(image, path: Path) -> None:
@@ -150,7 +160,7 @@ def save_training_curves(metrics_path: Path, path: Path, title: str = "", qualit
 
     fig, axes = plt.subplots(2, 2, figsize=(10, 6.5))
     ax = axes[0, 0]
-    ax.plot(*series(train, "log_p"), label="train", alpha=0.7)
+    plot_line(ax, *series(train, "log_p"), label="train", alpha=0.7)
     ax.plot(*series(val, "log_p"), "o-", label="validation")
     ax.set_title("log p(x|z) [nats, higher is better]")
     ax.legend()
@@ -163,17 +173,18 @@ def save_training_curves(metrics_path: Path, path: Path, title: str = "", qualit
         ax.set_title("validation L2 [distance per example, model scale; lower is better]", fontsize=10)
     ax = axes[1, 0]
     if any("ess" in r for r in train):
-        ax.plot(*series(train, "ess"), color="C2")
+        plot_line(ax, *series(train, "ess"), color="C2")
         ax.set_title("training ESS / K [effective fraction of the K samples]", fontsize=10)
     else:
-        ax.plot(*series(train, "kl"), color="C2")
+        plot_line(ax, *series(train, "kl"), color="C2")
         ax.plot(*series(val, "kl"), "o-", color="C4")
         ax.set_title("KL(q || prior) [nats]")
     ax = axes[1, 1]
     for key in ("eta", "beta", "temperature", "kl_coeff"):
         xs, ys = series(train, key)
         if xs and min(ys) > 0:
-            ax.semilogy(xs, ys, label=key)
+            plot_line(ax, xs, ys, label=key)
+            ax.set_yscale("log")
     ax.set_title("schedules and multipliers")
     if ax.get_legend_handles_labels()[0]:
         ax.legend()

@@ -210,3 +210,26 @@ def test_comparison_curves_say_what_the_line_and_the_band_are(tmp_path, captured
     assert [t.get_text() for t in legend.get_texts()] == ["daps", "fsq"]
     plots.save_comparison_curves({"daps": [[(1, 1.0), (2, 2.0)]]}, tmp_path / "b.png")
     assert captured[1].axes[0].get_legend().get_title().get_text() == ""
+
+
+def test_a_series_of_one_point_is_drawn_with_a_marker(tmp_path, captured):
+    """A run shorter than its logging interval logs one training row; a line through one point draws nothing, so
+    the training curves, the prior's and robot policy's curves and the tracker's showed an empty panel or legend
+    entry (``daps robot train ... steps=30``, log_every 50). Longer series stay plain lines."""
+    from daps.prior.run import save_prior_curves
+    from daps.robot.tracker import save_tracker_curves
+
+    one = [{"split": "train", "step": 20, "log_p": -100.0, "ess": 0.5, "eta": 2.0, "beta": 0.5}]
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text("".join(json.dumps(r) + "\n" for r in one))
+    plots.save_training_curves(metrics, tmp_path / "curves.png")
+    save_prior_curves([{"split": "train", "step": 30, "loss": 6.9},
+                       {"split": "val", "step": 30, "bits_per_token": 10.0}], tmp_path / "prior.png", "policy")
+    save_tracker_curves([{"split": "train", "step": 1, "frames": 512, "reward": 0.3, "episode_s": 0.7}],
+                        tmp_path / "tracker.png", {"survival_s": 0.7, "seconds": 5.0})
+    lines = [line for fig in captured for ax in fig.axes for line in ax.get_lines() if len(line.get_xdata()) == 1]
+    assert len(lines) == 8  # log p, ESS, eta, beta; the policy's train and held-out loss; reward, episode length
+    assert all(line.get_marker() not in ("None", "", None) for line in lines)
+    metrics.write_text("".join(json.dumps({**one[0], "step": s}) + "\n" for s in (10, 20)))
+    plots.save_training_curves(metrics, tmp_path / "two.png")
+    assert captured[-1].axes[0].get_lines()[0].get_marker() == "None"  # two points: a plain line, as before

@@ -1046,7 +1046,7 @@ def test_prior_curves_put_one_unit_on_their_axis(tmp_path, monkeypatch):
     drawn = {}
 
     class Axes:
-        def plot(self, x, y, *args, label=""):
+        def plot(self, x, y, *args, label="", **style):  # style: a lone point's marker (daps.plots.plot_line)
             drawn[label] = list(y)
 
         def __getattr__(self, name):

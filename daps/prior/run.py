@@ -666,7 +666,7 @@ def sampling_speed(model: Prior, cfg: PriorConfig, device: torch.device, n: int 
 
 
 def save_prior_curves(rows: list[dict], path: Path, title: str) -> None:
-    from daps.plots import _pyplot, save_figure
+    from daps.plots import _pyplot, plot_line, save_figure
 
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.5))
@@ -676,7 +676,7 @@ def save_prior_curves(rows: list[dict], path: Path, title: str) -> None:
     scale, unit = (1 / math.log(2), "bits/token") if bits else (1.0, "nats/token")
     train = [(r["step"], r["loss"] * scale) for r in rows if r.get("split") == "train" and r.get("loss") is not None]
     if train:
-        ax.plot(*zip(*train), label=f"train loss ({unit})")
+        plot_line(ax, [s for s, _ in train], [v for _, v in train], label=f"train loss ({unit})")
     for key, label in (("bits_per_token", "held-out bits/token"), ("dfm_loss", "held-out loss (nats/token)")):
         pts = [(r["step"], r[key]) for r in rows if r.get("split") == "val" and key in r]
         if pts:

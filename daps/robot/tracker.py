@@ -885,16 +885,16 @@ def _finish(run_dir: Path, cfg: TrackerConfig, baseline: dict[str, float]) -> No
 def save_tracker_curves(rows: list[dict], path: Path, baseline: dict[str, float], title: str = "") -> None:
     """Training reward and episode length, and validation survival against the PD-only baseline, per frame, under
     ``title`` (which run)."""
-    from daps.plots import _pyplot, save_figure
+    from daps.plots import _pyplot, plot_line, save_figure
 
     plt = _pyplot()
     train = [r for r in rows if r.get("split") == "train"]
     val = [r for r in rows if r.get("split") == "val"]
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
     x = [r["frames"] / 1e6 for r in train]
-    axes[0].plot(x, [r["reward"] for r in train])
+    plot_line(axes[0], x, [r["reward"] for r in train])
     axes[0].set_title("reward per frame (training)", fontsize=9)
-    axes[1].plot(x, [r["episode_s"] for r in train])
+    plot_line(axes[1], x, [r["episode_s"] for r in train])
     axes[1].set_title("episode length, s (training)", fontsize=9)
     if val:
         vx = [r["step"] * (train[0]["frames"] / train[0]["step"]) / 1e6 for r in val] if train else []
