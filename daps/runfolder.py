@@ -242,7 +242,8 @@ def check_output_file(path: str | Path, suffix: str, overwrite: bool | None, fla
     """``path`` as a Path if a ``suffix`` file may be written there, else :class:`UserError` naming ``flag``.
 
     Call it before any work, so that a refusal costs nothing and leaves nothing behind. The path must not start
-    with ``~`` (:func:`refuse_tilde`), must end in ``suffix`` (any case) and must not be a folder. An existing
+    with ``~`` (:func:`refuse_tilde`), must end in ``suffix`` (any case) and must not be a folder, nor lie under a
+    file (its folders are made when it is written). An existing
     file is replaced only with ``overwrite`` (``None``: the command has no ``--overwrite``, it never replaces),
     and, where ``is_ours`` is given, only if it is a regular file (not a link) that ``is_ours`` recognises as an
     earlier output of the same kind (``what``, e.g. "a daps codes file"): never a user's other file."""
@@ -254,6 +255,11 @@ def check_output_file(path: str | Path, suffix: str, overwrite: bool | None, fla
         raise UserError(f"{flag} {path!s} must name a file ending in {suffix}")
     if out.is_dir():
         raise UserError(f"{flag} {path!s} is a folder; name a file ending in {suffix}")
+    for parent in out.parents:  # made when the file is written: a file on the way fails there, after all the work
+        if parent.is_dir():
+            break
+        if parent.exists() or parent.is_symlink():
+            raise UserError(f"{flag} {path!s}: {parent} is not a folder; choose another path")
     if not (out.exists() or out.is_symlink()):
         return out
     if overwrite is None:

@@ -481,6 +481,27 @@ def test_bad_command_line_values_are_one_line_and_write_nothing(argv, message, t
 
 
 @pytest.mark.parametrize("argv", [
+    ["robot", "eval", "RUN", "--out", "FILE/eval"],
+    ["robot", "plan", "RUN", "--motion", "walk", "--out", "FILE/sub/walk.mp4"],
+    ["render", "RUN", "--out", "FILE/walk.mp4"],
+    ["eval", "RUN", "--plot", "FILE/eval.png"],
+    ["export-codes", "RUN", "--out", "FILE/codes.safetensors"],
+])
+def test_an_output_under_a_file_is_refused_before_the_work(argv, tmp_path, capsys):
+    """A file where the output's folder would go (``--out notes.txt/eval``) was an OSError ("[Errno 17] File
+    exists: ...", naming no flag) when the output was written: for ``robot eval`` after all its rollouts. Now one
+    line naming the flag, before the run (which does not exist here) is read."""
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    argv = [a.replace("FILE", str(notes)).replace("RUN", str(tmp_path / "run")) for a in argv]
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"{notes} is not a folder; choose another path" in err and len(err.splitlines()) == 1, err
+    assert notes.read_text() == "mine" and [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+
+
+@pytest.mark.parametrize("argv", [
     ["train", "--preset", "mnist5k-demo", "train.out_dir=OUT"],
     ["compare", "--preset", "mnist5k-demo", "--methods", "daps", "--steps", "2", "--out", "OUT"],
     ["prior", "train", "c.safetensors", "--out", "OUT"],

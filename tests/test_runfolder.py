@@ -317,12 +317,15 @@ def test_check_output_file_replaces_only_what_it_may(tmp_path):
         ((mine, ".png", None), "already exists; choose another path"),
         ((mine, ".png", True, "--plot", is_ours, "an image of daps"), "--plot .* is not an image of daps"),
         ((link, ".png", True, "--out", is_ours, "an image of daps"), "is a link"),
+        ((mine / "a.png", ".png", True), f"--out {mine / 'a.png'}: {mine} is not a folder"),  # was an OSError after
+        ((mine / "sub" / "a.png", ".png", True), f"{mine} is not a folder"),  # the work (Errno 17, naming no flag)
     ]
     for args, message in refused:
         with pytest.raises(UserError, match=message):
             check_output_file(*args)
     assert mine.read_bytes() == b"user" and link.is_symlink()
     assert check_output_file(ours, ".png", True, "--out", is_ours, "an image of daps") == ours
+    assert check_output_file(tmp_path / "new" / "sub" / "a.png", ".png", False).parent.name == "sub"  # made later
     assert check_output_file(mine, ".png", True) == mine  # no is_ours: the flag names the file, --overwrite says so
 
 
