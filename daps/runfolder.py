@@ -220,13 +220,18 @@ def refuse_tilde(path: str | Path, what: str) -> None:
 
 def refuse_precious(path: str | Path, what: str) -> Path:
     """``path`` resolved, or :class:`OutputFolderError` if it is empty, the current folder, one of its parents,
-    the home folder or a filesystem root: folders no output of daps may ever replace."""
+    the home folder or a filesystem root (folders no output of daps may ever replace), or lies under a file."""
     if not str(path).strip():
         raise OutputFolderError(f"{what} is empty: name an output folder")
     refuse_tilde(path, what)
     if Path(path).is_symlink() and not Path(path).exists():  # else mkdir would fail later, after the work
         raise OutputFolderError(f"{what} {path!s} is a symbolic link to nothing ({os.readlink(Path(path))}); name a "
                                 "folder")
+    for parent in Path(path).parents:  # the same: a file where one of its folders would go
+        if parent.is_dir():
+            break
+        if parent.exists() or parent.is_symlink():
+            raise OutputFolderError(f"{what} {path!s}: {parent} is not a folder; choose another folder")
     resolved = Path(path).resolve()
     cwd = Path.cwd().resolve()
     home = Path.home().resolve()
