@@ -92,6 +92,8 @@ class _Parser(argparse.ArgumentParser):
         return action
 
     def error(self, message: str):
+        if message == "argument --velocity: expected one argument":  # argparse reads -0.5,0,0 as an option
+            message += "; join a value that starts with '-' to the flag: --velocity=-0.5,0,0"
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog.split()[0]} --help)\n")
 
 

@@ -51,12 +51,22 @@ def test_prompts_map_to_one_kind_by_keywords():
         assert motion_from_prompt(prompt) == kind, prompt
 
 
-def test_velocity_parsing_schedule_and_clamping(tmp_path):
+def test_velocity_parsing_schedule_and_clamping(tmp_path, capsys):
     assert parse_velocity("1.5").tolist() == [1.5, 0.0, 0.0]
     assert parse_velocity("1,0.2,-0.3").tolist() == [1.0, 0.2, -0.3]
     for bad in ("fast", "1,2", "nan"):
         with pytest.raises(UserError, match="--velocity"):
             parse_velocity(bad)
+    # walking backwards: argparse takes "-0.5,0,0" for an option (only a lone number like -0.5 passes as a value),
+    # and said no more than "expected one argument"; the refusal says how to write it, and that form is read
+    argv = ["robot", "plan", "POLICY", "--motion", "walk", "--out", str(tmp_path / "w.mp4")]
+    with pytest.raises(SystemExit) as exit:
+        main([*argv, "--velocity", "-0.5,0,0"])
+    err = capsys.readouterr().err
+    assert exit.value.code == 2 and "join a value that starts with '-' to the flag: --velocity=-0.5,0,0" in err, err
+    from daps.cli import _parser
+
+    assert _parser().parse_args([*argv, "--velocity=-0.5,0,0"]).velocity == "-0.5,0,0"
     f = tmp_path / "v.txt"
     f.write_text("# t vx vy yaw\n0 1.0 0 0\n2.0, 0.5, 0, 0.3\n")
     got = read_velocity_schedule(str(f), 4, 1.0667)  # windows start at 0, 1.07, 2.13, 3.2 s
