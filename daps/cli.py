@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import os
+import re
 import sys
 import textwrap
 from pathlib import Path
@@ -92,8 +93,9 @@ class _Parser(argparse.ArgumentParser):
         return action
 
     def error(self, message: str):
-        if message == "argument --velocity: expected one argument":  # argparse reads -0.5,0,0 as an option
-            message += "; join a value that starts with '-' to the flag: --velocity=-0.5,0,0"
+        missing = re.fullmatch(r"argument (--[\w-]+)(?:/[\w-]+)*: expected one argument", message)
+        if missing:  # argparse reads a value such as -0.5,0,0 as an option, unless it is joined to its flag
+            message += f"; a value that starts with '-' is joined to its flag: {missing.group(1)}=-..."
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog.split()[0]} --help)\n")
 
 

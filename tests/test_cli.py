@@ -664,3 +664,13 @@ def test_options_are_taken_only_as_written_in_full(tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and f"unrecognized arguments: {flag}" in err, err
     assert not (tmp_path / "run").exists()
+
+
+def test_a_flag_whose_value_starts_with_a_minus_is_told_how_to_write_it(capsys):
+    """argparse reads ``--seed -3x`` as two options and says only "expected one argument"; every flag's refusal
+    now says to join such a value to its flag (robot plan's ``--velocity=-0.5,0,0`` is one case)."""
+    with pytest.raises(SystemExit):
+        main(["eval", "RUN", "--max-images", "-x5"])
+    err = capsys.readouterr().err
+    assert "argument --max-images: expected one argument; a value that starts with '-' is joined to its flag: " \
+           "--max-images=-..." in err, err
