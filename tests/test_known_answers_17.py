@@ -6,9 +6,13 @@ daps/prior/cli.py), found no test guarding: the root velocity of two frames; the
 its step of 0; the first pose held; the 22 metric points; skating pooled by contact frames in ``pool_windows``;
 caption bands of oblong views and of grid tiles (cut at the view, at its top); a grid of no motions; a video that
 fails half-way (it left a temporary file: fixed); the feature figure's seconds and reconstruction line; the
-framebuffer of a wide view; the camera's fixed look-at height; a policy stride that does not divide the window. Each
-test names the plausible slip it fails on (each checked against its mutant). Tests that need MuJoCo and the H1 model
-read ``$DAPS_DATA_DIR`` and skip without it.
+framebuffer of a wide view; the camera's fixed look-at height; a policy stride that does not divide the window; motion
+windows of one channel only; a reconstructed clip's start rounded to the nearest frame and refused before the clip;
+motion statistics that are not an object; standardization of one frame, at the variance threshold and of a scalar; a
+zero validation stride; a clip of one frame; a feature cache whose lengths do not add up, keyed by the model file;
+the recorded feature version and the shapes of scale and flags; a sequences clip of booleans or holding an infinity.
+Each test names the plausible slip it fails on (each checked against its mutant). Tests that need MuJoCo and the H1
+model read ``$DAPS_DATA_DIR`` and skip without it.
 """
 
 from __future__ import annotations
@@ -274,3 +278,236 @@ def test_a_stride_that_does_not_divide_the_window_is_refused_before_the_data_are
         run.encode_commands(run.RobotConfig(tokenizer="t", stride=3), torch.device("cpu"))
     with pytest.raises(LookupError):
         run.encode_commands(run.RobotConfig(tokenizer="t", stride=8), torch.device("cpu"))
+
+
+# --------------------------------------------------------------------------------------------------
+# Motion windows as images (daps/data/motion.py), with the data replaced by a few frames of one clip
+
+
+def test_motion_windows_need_one_channel_before_the_data_are_read(monkeypatch):
+    """``motion_data`` of ``image_shape = (2, 32, F)``: a UserError naming the expected ``(1, T, F)``, before any
+    data are loaded; ``(1, 32, F)`` goes on to the loading. Fails on: only the feature count checked."""
+    import daps.data.motion as dm
+    from daps.config import DataConfig
+    from daps.motion.features import NUM_FEATURES
+
+    def load(*a, **k):
+        raise LookupError("the data were read")
+
+    monkeypatch.setattr(dm, "_cached", load)
+    with pytest.raises(UserError, match=rf"\(1, T, {NUM_FEATURES}\)"):
+        dm.motion_data(DataConfig(name="lafan1-h1", image_shape=(2, 32, NUM_FEATURES)))
+    with pytest.raises(LookupError):
+        dm.motion_data(DataConfig(name="lafan1-h1", image_shape=(1, 32, NUM_FEATURES)))
+
+
+def _one_clip_motion(monkeypatch, num_frames: int = 20, window: int = 4, fps: float = 10.0):
+    """``daps.data.motion.motion_data`` giving one clip ``walk1_subject1`` whose pelvis x is the frame index, raw
+    features 0 and identity statistics; ``features_to_poses`` giving zero poses. Returns the clip's poses."""
+    from types import SimpleNamespace
+
+    import daps.data.motion as dm
+    import daps.motion.features as features
+    from daps.motion.dataset import Standardizer
+
+    f = features.NUM_FEATURES
+    poses = _still(num_frames)
+    poses[:, 0] = np.arange(num_frames)
+    motion = SimpleNamespace(poses={"walk1_subject1": poses}, features={"walk1_subject1": np.zeros((num_frames, f))},
+                             window=window, fps=fps,
+                             stats=Standardizer(np.zeros(f), np.ones(f), np.zeros(f, dtype=bool)))
+    monkeypatch.setattr(dm, "motion_data", lambda data: motion)
+    monkeypatch.setattr(features, "features_to_poses", lambda raw, xy, heading, fps: np.zeros((*raw.shape[:-1], 26)))
+    return poses
+
+
+class _Echo(torch.nn.Module):
+    """A model whose reconstruction is its input."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.p = torch.nn.Parameter(torch.zeros(()))
+
+    def reconstruct(self, x, generator=None):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(x_hat=x)
+
+
+def test_reconstruct_clip_rounds_the_start_to_the_nearest_frame(monkeypatch):
+    """At 10 fps with windows of 4 frames, ``--start 0.29`` is frame 3 (2.9 rounded, not cut to 2), and 0.5 s (5
+    frames, 1.25 windows) are two windows: frames 3 to 10. Fails on: the start cut down, or the windows rounded
+    down."""
+    from daps.config import DataConfig
+    from daps.data.motion import reconstruct_clip
+
+    _one_clip_motion(monkeypatch)
+    target, pred = reconstruct_clip(_Echo(), DataConfig(name="lafan1-h1"), "walk1_subject1", 0.29, 0.5)
+    np.testing.assert_array_equal(target[:, 0], np.arange(3, 11))
+    assert pred.shape == (8, 26)
+
+
+def test_reconstruct_clip_refuses_a_start_before_the_clip(monkeypatch):
+    """``--start -0.1`` (frame -1) is a UserError naming ``--start``, not frames counted from the clip's end. Fails
+    on: only the frames left checked."""
+    from daps.config import DataConfig
+    from daps.data.motion import reconstruct_clip
+
+    _one_clip_motion(monkeypatch)
+    with pytest.raises(UserError, match="--start"):
+        reconstruct_clip(_Echo(), DataConfig(name="lafan1-h1"), "walk1_subject1", -0.1, 0.5)
+
+
+def test_motion_statistics_that_are_not_an_object_are_one_user_error(tmp_path):
+    """``read_run_stats`` of a ``motion_stats.json`` holding a JSON list, or an object whose mean is one number: a
+    UserError naming the file (not an AttributeError or IndexError from the reading). Fails on: only ValueError,
+    KeyError and OSError turned into the one line."""
+    import json
+
+    from daps.data.motion import read_run_stats
+    from daps.motion.features import FEATURE_VERSION
+
+    path = tmp_path / "motion_stats.json"
+    for record in ([1, 2], {"feature_version": FEATURE_VERSION, "mean": 0.0, "scale": 1.0, "near_constant": False}):
+        path.write_text(json.dumps(record))
+        with pytest.raises(UserError, match="not readable motion statistics"):
+            read_run_stats(path)
+
+
+# --------------------------------------------------------------------------------------------------
+# The motion dataset (daps/motion/dataset.py): statistics, cache, windows
+
+
+def test_standardization_needs_two_frames():
+    """``fit_standardizer`` of one frame is a ValueError (one frame has no spread to divide by); two frames 0 and 2
+    give mean 1 and scale 1 (the population standard deviation). Fails on: one frame accepted."""
+    from daps.motion.dataset import fit_standardizer
+
+    with pytest.raises(ValueError, match="N >= 2"):
+        fit_standardizer(np.zeros((1, 3)))
+    stats = fit_standardizer(np.array([[0.0], [2.0]]))
+    assert stats.mean.tolist() == [1.0] and stats.scale.tolist() == [1.0]
+
+
+def test_a_variance_at_the_threshold_is_scaled(monkeypatch):
+    """A feature is near-constant only *below* :data:`NEAR_CONSTANT_VARIANCE`: with the threshold set to 1, frames
+    0 and 2 (variance exactly 1) are scaled, a constant feature is not. Fails on: ``<=`` for ``<``."""
+    import daps.motion.dataset as dataset
+
+    monkeypatch.setattr(dataset, "NEAR_CONSTANT_VARIANCE", 1.0)
+    stats = dataset.fit_standardizer(np.array([[0.0, 5.0], [2.0, 5.0]]))
+    assert stats.near_constant.tolist() == [False, True]
+
+
+def test_a_standardizer_refuses_a_scalar():
+    """``normalize`` of a 0-d array or tensor is the one UserError about the last axis, not an IndexError. Fails on:
+    the last axis read without checking there is one."""
+    from daps.motion.dataset import Standardizer
+
+    stats = Standardizer(np.zeros(3), np.ones(3), np.zeros(3, dtype=bool))
+    for x in (np.array(1.0), torch.tensor(1.0)):
+        with pytest.raises(UserError, match="last axis"):
+            stats.normalize(x)
+
+
+def test_a_zero_validation_stride_is_refused_before_the_clips_are_read(monkeypatch):
+    """``load_motion_data(val_stride=0)`` is a UserError before any clip is read; ``val_stride=None`` (the training
+    stride) goes on to read them. Fails on: only the training stride checked."""
+    import daps.motion.dataset as dataset
+
+    def read(*a, **k):
+        raise LookupError("the clips were read")
+
+    monkeypatch.setattr(dataset, "load_clip_features", read)
+    with pytest.raises(UserError, match="strides >= 1"):
+        dataset.load_motion_data(window=4, stride=1, val_stride=0)
+    with pytest.raises(LookupError):
+        dataset.load_motion_data(window=4, stride=1, val_stride=None)
+
+
+def test_a_clip_of_one_frame_is_one_user_error(monkeypatch, tmp_path):
+    """``load_clip_features`` of a source whose clip ``walk1_subject1`` has one frame: a UserError naming the clip,
+    before any feature is computed. Fails on: only empty clips refused."""
+    from types import SimpleNamespace
+
+    import daps.motion.dataset as dataset
+
+    monkeypatch.setattr(dataset, "load_h1", lambda data_dir, path=None: SimpleNamespace(path=tmp_path / "h1.xml"))
+    monkeypatch.setattr(dataset, "feature_cache_path", lambda source, model: tmp_path / "none.npz")
+    monkeypatch.setattr(dataset, "read_clips", lambda source: {"walk1_subject1": _still(1)})
+    with pytest.raises(UserError, match="clip walk1_subject1 has fewer than 2 frames"):
+        dataset.load_clip_features(source=tmp_path)
+
+
+def test_a_feature_cache_whose_lengths_do_not_add_up_is_ignored(tmp_path):
+    """``_read_cache`` of a cache whose clip lengths add up to 3 frames while it holds 4: ignored (None: rebuilt),
+    not split into clips that leave a frame out. Fails on: the sum of the lengths not compared."""
+    from daps.motion.dataset import _read_cache
+    from daps.motion.features import NUM_FEATURES
+
+    path = tmp_path / "cache.npz"
+    np.savez(path, names=np.array(["a", "b"]), lengths=np.array([1, 2]), poses=np.zeros((4, 26)),
+             features=np.zeros((4, NUM_FEATURES), np.float32))
+    assert _read_cache(path) is None
+
+
+def test_statistics_keep_the_feature_version_they_record_and_all_three_shapes_are_checked():
+    """``Standardizer.from_arrays`` keeps a recorded ``feature_version`` 0 (so ``from_dict`` can refuse it), and
+    ``from_dict`` refuses a record whose scale or near-constant flags have one feature too few, not only a short
+    mean. Fails on: the recorded version replaced by the current one, or only the mean's shape checked."""
+    from daps.motion.dataset import Standardizer
+    from daps.motion.features import FEATURE_VERSION, NUM_FEATURES
+
+    assert Standardizer.from_arrays({"mean": [0.0], "scale": [1.0], "near_constant": [False],
+                                     "feature_version": 0}).feature_version == 0
+    good = {"feature_version": FEATURE_VERSION, "mean": [0.0] * NUM_FEATURES, "scale": [1.0] * NUM_FEATURES,
+            "near_constant": [False] * NUM_FEATURES}
+    assert Standardizer.from_dict(good).mean.shape == (NUM_FEATURES,)
+    for key in ("scale", "near_constant"):
+        with pytest.raises(UserError, match="features"):
+            Standardizer.from_dict({**good, key: good[key][:-1]})
+
+
+def test_the_feature_cache_is_keyed_by_the_model_file(monkeypatch, tmp_path):
+    """``feature_cache_path`` of the same source with two model files of different bytes: two cache files (features
+    computed with another H1 are not reused); the same bytes: the same file. Fails on: the model left out of the
+    key."""
+    import daps.motion.dataset as dataset
+
+    monkeypatch.setattr(dataset, "source_digest", lambda source: "source")
+    a, b, c = tmp_path / "a.xml", tmp_path / "b.xml", tmp_path / "c.xml"
+    a.write_text("<mujoco/>")
+    b.write_text("<mujoco model='other'/>")
+    c.write_text("<mujoco/>")
+    assert dataset.feature_cache_path(tmp_path, a) != dataset.feature_cache_path(tmp_path, b)
+    assert dataset.feature_cache_path(tmp_path, a) == dataset.feature_cache_path(tmp_path, c)
+
+
+# --------------------------------------------------------------------------------------------------
+# One's own sequences (daps/data/sequences.py)
+
+
+def test_a_clip_of_booleans_is_refused(tmp_path):
+    """``read_clips`` of a file whose train clip is a ``(frames, F)`` bool array: the one UserError that a clip is
+    numbers (integers and floats are read). Fails on: bool taken as a kind of number."""
+    from daps.data.sequences import read_clips
+
+    path = tmp_path / "clips.npz"
+    np.savez(path, **{"train/a": np.zeros((8, 2), dtype=bool), "test/b": np.zeros((8, 2))})
+    with pytest.raises(UserError, match="a clip is"):
+        read_clips(path)
+    np.savez(path, **{"train/a": np.zeros((8, 2), dtype=np.int16), "test/b": np.zeros((8, 2))})
+    assert read_clips(path)["train"]["a"].dtype == np.float64
+
+
+def test_a_clip_holding_an_infinity_is_refused(tmp_path):
+    """``read_clips`` of a test clip with one ``inf`` (not a NaN): the UserError naming NaN or infinite values.
+    Fails on: only NaN looked for."""
+    from daps.data.sequences import read_clips
+
+    clip = np.zeros((8, 2))
+    clip[3, 1] = np.inf
+    path = tmp_path / "clips.npz"
+    np.savez(path, **{"train/a": np.zeros((8, 2)), "test/b": clip})
+    with pytest.raises(UserError, match=r"test/b.*NaN or infinite"):
+        read_clips(path)
