@@ -10,7 +10,9 @@ framebuffer of a wide view; the camera's fixed look-at height; a policy stride t
 windows of one channel only; a reconstructed clip's start rounded to the nearest frame and refused before the clip;
 motion statistics that are not an object; standardization of one frame, at the variance threshold and of a scalar; a
 zero validation stride; a clip of one frame; a feature cache whose lengths do not add up, keyed by the model file;
-the recorded feature version and the shapes of scale and flags; a sequences clip of booleans or holding an infinity.
+the recorded feature version and the shapes of scale and flags; a sequences clip of booleans or holding an infinity;
+FID of one image or of grey ones, its reference named by the file, reference statistics checked by all three sizes
+and not warned about between the same images, FID off ("none") and a missing weights path.
 Each test names the plausible slip it fails on (each checked against its mutant). Tests that need MuJoCo and the H1
 model read ``$DAPS_DATA_DIR`` and skip without it.
 """
@@ -511,3 +513,83 @@ def test_a_clip_holding_an_infinity_is_refused(tmp_path):
     np.savez(path, **{"train/a": np.zeros((8, 2)), "test/b": clip})
     with pytest.raises(UserError, match=r"test/b.*NaN or infinite"):
         read_clips(path)
+
+
+# --------------------------------------------------------------------------------------------------
+# Evaluation's FID bookkeeping (daps/metrics/evaluate.py), a network of channel means standing in for Inception
+
+
+class _Copy(torch.nn.Module):
+    """A method whose reconstruction is its input."""
+
+    final_beta, vocab_size = None, None
+
+    def reconstruct(self, x, generator=None):
+        from daps.methods.types import Reconstruction
+
+        return Reconstruction(None, x, torch.zeros(x.shape[0]))
+
+
+class _ChannelMeans(torch.nn.Module):
+    """A stand-in FID network: the 3 channel means of the preprocessed images."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, x):
+        return x.mean((2, 3))
+
+
+def test_fid_needs_two_rgb_images():
+    """``evaluate`` with FID of one RGB image, or of two grey ones: a UserError each (a covariance needs two images;
+    the network takes RGB). Fails on: one image accepted, or the channel check dropped."""
+    from daps.data import TensorEvalSet
+    from daps.metrics.evaluate import FIDSetup, evaluate
+
+    fid = FIDSetup(_ChannelMeans(), "val-pairs")
+    with pytest.raises(UserError, match="at least 2 images"):
+        evaluate(_Copy(), TensorEvalSet(torch.rand(1, 3, 8, 8), 1), fid=fid)
+    with pytest.raises(UserError, match="RGB"):
+        evaluate(_Copy(), TensorEvalSet(torch.rand(2, 1, 8, 8), 2), fid=fid)
+
+
+def test_fid_against_a_reference_names_the_file_not_its_folder():
+    """``fid_protocol`` of a reference at ``/data/stats/cifar.npz`` is ``reference:cifar.npz`` (the file's name, the
+    same on any machine). Fails on: the whole path recorded."""
+    from daps.data import TensorEvalSet
+    from daps.metrics.evaluate import FIDSetup, evaluate
+
+    fid = FIDSetup(_ChannelMeans(), "reference", (np.zeros(3), np.eye(3)), "/data/stats/cifar.npz")
+    out = evaluate(_Copy(), TensorEvalSet(torch.rand(4, 3, 8, 8), 2), fid=fid)
+    assert out["fid_protocol"] == "reference:cifar.npz" and out["fid_num_images"] == 4
+
+
+def test_reference_statistics_are_checked_by_shape_and_dataset(caplog):
+    """``check_reference_matches``: statistics of ``(1, 32, 32)`` images for ``(3, 32, 32)`` ones are refused (not
+    only height and width compared); ``cifar10`` statistics for ``cifar10-jpeg`` images pass without a warning (the
+    same images), ``imagenet256`` ones of that shape with one. Fails on: the channels left out of the shape check,
+    or a warning between the same images."""
+    import logging
+    from types import SimpleNamespace
+
+    from daps.metrics.evaluate import check_reference_matches
+
+    jpeg = SimpleNamespace(name="cifar10-jpeg", image_shape=(3, 32, 32))
+    with pytest.raises(UserError, match="shape"):
+        check_reference_matches("ref.npz", {"image_shape": [1, 32, 32]}, jpeg)
+    with caplog.at_level(logging.WARNING, logger="daps.metrics.evaluate"):
+        check_reference_matches("ref.npz", {"image_shape": [3, 32, 32], "dataset": "cifar10"}, jpeg)
+        assert not caplog.records
+        check_reference_matches("ref.npz", {"image_shape": [3, 32, 32], "dataset": "imagenet256"}, jpeg)
+    assert "compares two datasets" in caplog.text
+
+
+def test_fid_setup_of_no_protocol_and_of_missing_weights(tmp_path):
+    """``fid_setup("none")`` is None (FID off); a weights path that does not exist is a FileNotFoundError, not FID
+    silently skipped. Fails on: "none" refused as an unknown protocol, or a given path treated like no path."""
+    from daps.metrics.evaluate import fid_setup
+
+    assert fid_setup("none") is None
+    with pytest.raises(FileNotFoundError):
+        fid_setup("val-pairs", weights=tmp_path / "missing.pth")
