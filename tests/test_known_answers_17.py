@@ -1,7 +1,8 @@
 """Known answers for behaviour that a seventeenth mutation sweep, of modules earlier sweeps covered least (the motion
 metrics daps/motion/metrics.py, the motion windows daps/motion/dataset.py and daps/data/motion.py, one's own
 sequences daps/data/sequences.py, the videos and feature figures daps/motion/render.py, evaluation
-daps/metrics/evaluate.py and the policy's run daps/robot/run.py), found no test guarding: the root velocity of two frames; the keyframe baseline's last key and
+daps/metrics/evaluate.py and the policy's run daps/robot/run.py), found no test guarding: the root velocity of two
+frames; the keyframe baseline's last key and
 its step of 0; the first pose held; the 22 metric points; skating pooled by contact frames in ``pool_windows``;
 caption bands of oblong views and of grid tiles (cut at the view, at its top); a grid of no motions; a video that
 fails half-way (it left a temporary file: fixed); the feature figure's seconds and reconstruction line; the

@@ -655,3 +655,30 @@ def test_ground_truth_segments_take_a_negative_seed_as_torch_does(clips):
     same, _ = ground_truth_segments(motion, walk, 32, 3, seed=2**64 - 1)
     other, _ = ground_truth_segments(motion, walk, 32, 3, seed=1)
     assert poses.shape == (3, 32, 26) and np.array_equal(poses, same) and not np.array_equal(poses, other)
+
+
+def test_the_plan_video_is_captioned_with_each_windows_command_and_the_time(monkeypatch, tmp_path):
+    """``robot plan``'s video says what was asked and when: frame f of window w shows the kind, window w's velocity
+    and f / fps seconds (two windows of 2 frames at 2 fps: 0, 0.5, 1, 1.5 s); ``render_motion`` draws frame t's
+    caption on frame t (the second window's frames differ from the first's), each distinct text drawn once."""
+    import daps.motion.render as render
+    from daps.robot.cli import plan_captions
+
+    captions = plan_captions("walk", [[1.0, 0.0, 0.3], [0.5, -0.25, 0.0]], window=2, fps=2.0)
+    assert captions == ["walk +1.0,+0.0 m/s +0.3 rad/s 0.0 s", "walk +1.0,+0.0 m/s +0.3 rad/s 0.5 s",
+                        "walk +0.5,-0.2 m/s +0.0 rad/s 1.0 s", "walk +0.5,-0.2 m/s +0.0 rad/s 1.5 s"]
+    frames: list[np.ndarray] = []
+    drawn: list[str] = []
+    band = render._caption_band
+    monkeypatch.setattr(render, "_views", lambda h1, motions, *a: ([np.zeros((32, 320, 3), np.uint8)]
+                                                                    for _ in range(len(motions[0]))))
+    monkeypatch.setattr(render, "_write_mp4", lambda it, path, fps: frames.extend(it) or path)
+    monkeypatch.setattr(render, "_caption_band", lambda text, width: (drawn.append(text), band(text, width))[1])
+    render.render_motion(None, np.zeros((4, 26)), tmp_path / "p.mp4", fps=2.0, captions=captions)
+    assert drawn == captions  # every caption differs here (the time), each drawn once
+    assert all(f[:16].any() and not f[16:].any() for f in frames)  # the band on top, the view below
+    assert not np.array_equal(frames[1], frames[2])
+    render.render_motion(None, np.zeros((4, 26)), tmp_path / "q.mp4", captions=["same"] * 4)
+    assert drawn[4:] == ["same"]
+    with pytest.raises(ValueError, match="3 captions for 4 frames"):
+        render.render_motion(None, np.zeros((4, 26)), tmp_path / "r.mp4", captions=["a"] * 3)

@@ -160,14 +160,27 @@ def render_side_by_side(
 
 def render_motion(
     h1: H1, poses: np.ndarray, path: str | Path, fps: float = 30.0, width: int = 320, height: int = 320,
-    distance: float = 3.0,
+    distance: float = 3.0, captions: Sequence[str] | None = None,
 ) -> Path:
-    """Write an mp4 of one motion ``poses (T, 26)`` (orange), the camera following its pelvis; atomically."""
+    """Write an mp4 of one motion ``poses (T, 26)`` (orange), the camera following its pelvis, with ``captions`` (one
+    per frame, e.g. the command and the time) in the top-left corner; atomically."""
     p = np.asarray(poses, dtype=np.float64)
     if p.ndim != 2 or p.shape[1] != POSE_DIM:
         raise ValueError(f"poses must be (T, {POSE_DIM}), got {p.shape}")
+    if captions is not None and len(captions) != len(p):
+        raise ValueError(f"{len(captions)} captions for {len(p)} frames")
+    bands: dict[str, np.ndarray] = {}  # a caption is drawn once, however many frames show it
+
+    def captioned(frame: np.ndarray, t: int) -> np.ndarray:
+        if captions is not None:
+            if captions[t] not in bands:
+                bands[captions[t]] = _caption_band(captions[t], width)[:height]
+            band = bands[captions[t]]
+            frame[: band.shape[0], : band.shape[1]] = band
+        return frame
+
     views = _views(h1, [p], [p], [PRED_RGBA], width, height, distance)
-    return _write_mp4((frame for (frame,) in views), Path(path), fps)
+    return _write_mp4((captioned(frame, t) for t, (frame,) in enumerate(views)), Path(path), fps)
 
 
 def render_grid(

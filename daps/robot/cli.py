@@ -237,7 +237,8 @@ def _plan(args: argparse.Namespace) -> int:
                           for k, v in report["physics"].items())
         log.info("wrote %s: kinematic plan (grey, left) and the physics tracking (orange, right); %s",
                  physics_out, shown)
-    render_motion(h1, poses, out, planner.fps, size, size)
+    render_motion(h1, poses, out, planner.fps, size, size, captions=plan_captions(motion, report["requested"],
+                                                                             planner.window, planner.fps))
     if json_out is not None:
         write_json_atomic(json_out, report)
         log.info("wrote %s: requested and achieved velocity per window%s", json_out,
@@ -245,6 +246,13 @@ def _plan(args: argparse.Namespace) -> int:
     windows = rollout.codes.shape[1]
     log.info("wrote %s: %s, %.1f s (%d window%s)", out, motion, report["seconds"], windows, "" if windows == 1 else "s")
     return 0
+
+
+def plan_captions(motion: str, requested: list[list[float]], window: int, fps: float) -> list[str]:
+    """One caption per frame of a plan's video: the kind, the velocity its window was asked for (after clamping to
+    what the tokenizer saw) and the time, e.g. ``walk +1.0,+0.0 m/s +0.3 rad/s 2.4 s``."""
+    return [f"{motion} {vx:+.1f},{vy:+.1f} m/s {yaw:+.1f} rad/s {(w * window + f) / fps:.1f} s"
+            for w, (vx, vy, yaw) in enumerate(requested) for f in range(window)]
 
 
 PLAN_KEYS = frozenset({"motion", "seconds", "requested", "achieved"})
