@@ -704,7 +704,7 @@ def summarize(metrics: dict[str, float | str], source: str = "validation", examp
     lines = [f"validation on {count}:" if source == "validation" else f"{source}, {count}:"]
     for label, key, unit in rows:
         if key in metrics:
-            lines.append(f"  {label:<22} {metrics[key]:>10.4f} {unit}")
+            lines.append(f"  {label:<22} {metrics[key]:>10.4f} {unit}".rstrip())  # no trailing space without a unit
     if "fid" in metrics:
         lines.append(
             f"  {'FID':<22} {metrics['fid']:>10.4f}  (protocol {metrics['fid_protocol']}, "
