@@ -218,6 +218,17 @@ def refuse_tilde(path: str | Path, what: str) -> None:
         )
 
 
+def _file_on_the_way(path: Path) -> Path | None:
+    """The nearest of ``path``'s parents that exists (or is a dangling link) but is not a folder, or None: where
+    making ``path``'s folders would fail."""
+    for parent in path.parents:
+        if parent.is_dir():
+            return None
+        if parent.exists() or parent.is_symlink():
+            return parent
+    return None
+
+
 def refuse_precious(path: str | Path, what: str) -> Path:
     """``path`` resolved, or :class:`OutputFolderError` if it is empty, the current folder, one of its parents,
     the home folder or a filesystem root (folders no output of daps may ever replace), or lies under a file."""
@@ -227,11 +238,9 @@ def refuse_precious(path: str | Path, what: str) -> Path:
     if Path(path).is_symlink() and not Path(path).exists():  # else mkdir would fail later, after the work
         raise OutputFolderError(f"{what} {path!s} is a symbolic link to nothing ({os.readlink(Path(path))}); name a "
                                 "folder")
-    for parent in Path(path).parents:  # the same: a file where one of its folders would go
-        if parent.is_dir():
-            break
-        if parent.exists() or parent.is_symlink():
-            raise OutputFolderError(f"{what} {path!s}: {parent} is not a folder; choose another folder")
+    blocking = _file_on_the_way(Path(path))  # mkdir would fail there, after the work
+    if blocking is not None:
+        raise OutputFolderError(f"{what} {path!s}: {blocking} is not a folder; choose another folder")
     resolved = Path(path).resolve()
     cwd = Path.cwd().resolve()
     home = Path.home().resolve()
@@ -260,11 +269,9 @@ def check_output_file(path: str | Path, suffix: str, overwrite: bool | None, fla
         raise UserError(f"{flag} {path!s} must name a file ending in {suffix}")
     if out.is_dir():
         raise UserError(f"{flag} {path!s} is a folder; name a file ending in {suffix}")
-    for parent in out.parents:  # made when the file is written: a file on the way fails there, after all the work
-        if parent.is_dir():
-            break
-        if parent.exists() or parent.is_symlink():
-            raise UserError(f"{flag} {path!s}: {parent} is not a folder; choose another path")
+    blocking = _file_on_the_way(out)  # its folders are made when it is written: that would fail after the work
+    if blocking is not None:
+        raise UserError(f"{flag} {path!s}: {blocking} is not a folder; choose another path")
     if not (out.exists() or out.is_symlink()):
         return out
     if overwrite is None:
