@@ -35,6 +35,13 @@ def check_at_most(*bounds: tuple[str, float, float]) -> None:
             raise UserError(f"{flag} must be at most {_number(maximum)}, got {_number(value)}")
 
 
+def first_few(names: Iterable[str], shown: int = 3) -> str:
+    """The first ``shown`` names, comma-separated, and ``...`` if there are more: a message's list of files or
+    folders that may run to thousands."""
+    names = list(names)
+    return ", ".join(names[:shown]) + (", ..." if len(names) > shown else "")
+
+
 def did_you_mean(name: str, known: Iterable[str]) -> str:
     """`` (did you mean train.steps?)`` for the known names closest to a misspelled ``name`` (up to two), else
     ``""``: a hint put before the full list of names, which runs to dozens of keys. A dotted name whose section
@@ -50,4 +57,4 @@ def did_you_mean(name: str, known: Iterable[str]) -> str:
     return f" (did you mean {' or '.join(close)}?)" if close else ""
 
 
-__all__ = ["UserError", "check_at_least", "check_at_most", "did_you_mean"]
+__all__ = ["UserError", "check_at_least", "check_at_most", "did_you_mean", "first_few"]

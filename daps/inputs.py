@@ -13,17 +13,12 @@ from typing import TYPE_CHECKING, Iterable
 
 import torch
 
-from daps.errors import UserError
+from daps.errors import UserError, first_few
 
 if TYPE_CHECKING:
     from daps.methods.types import Method
 
 log = logging.getLogger(__name__)
-
-
-def _first(names: list[str]) -> str:
-    """The first three names, and ``...`` for more."""
-    return ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
 
 
 def image_files(source: str | Path | Iterable[str | Path]) -> list[Path]:
@@ -47,11 +42,11 @@ def image_files(source: str | Path | Iterable[str | Path]) -> list[Path]:
                 left_out.append(p.name + ("/" if p.is_dir() else ""))
         if not files:
             subfolders = [name for name in left_out if name.endswith("/")]
-            hint = f"; subfolders are not read: name one of {_first(subfolders)}" if subfolders else ""
+            hint = f"; subfolders are not read: name one of {first_few(subfolders)}" if subfolders else ""
             raise UserError(f"{folder} holds no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}){hint}")
         if left_out:
             log.warning("%s: %d entr%s left out (only the folder's own image files are read, not its subfolders): %s",
-                        folder, len(left_out), "y" if len(left_out) == 1 else "ies", _first(left_out))
+                        folder, len(left_out), "y" if len(left_out) == 1 else "ies", first_few(left_out))
         return files
     files = [Path(p) for p in source]
     if not files:

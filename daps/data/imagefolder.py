@@ -49,7 +49,7 @@ from daps.data.transforms import (
     resize_center_crop,
     to_rgb,
 )
-from daps.errors import UserError
+from daps.errors import UserError, first_few
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -157,12 +157,12 @@ def find_images(root: PathLike, classes: Sequence[str] | None = None) -> tuple[l
         raise UserError(f"{root}: {len(classes)} class folders but no image files in them (extensions: {exts})")
     if empty:
         log.warning("%s: %d class folder(s) hold no image files (their labels are kept, with no images here): %s",
-                    root, len(empty), ", ".join(empty[:3]) + (", ..." if len(empty) > 3 else ""))
+                    root, len(empty), first_few(empty))
     if left_out:
         log.warning("%s: %d file(s) left out, images outside the class folders or files whose suffix is not an "
                     "image's (%s): %s",
                     root, len(left_out), ", ".join(sorted(IMAGE_EXTENSIONS)),
-                    ", ".join(sorted(left_out)[:3]) + (", ..." if len(left_out) > 3 else ""))
+                    first_few(sorted(left_out)))
     return paths, labels, classes
 
 

@@ -26,7 +26,7 @@ import torch
 
 from daps.data.motion import WindowImages
 from daps.data.paths import check_recorded_file, check_split, named_npz, read_npz
-from daps.errors import UserError
+from daps.errors import UserError, first_few
 from daps.motion.dataset import MotionWindows, Standardizer, clip_windows, fit_standardizer
 from daps.runfolder import file_digest
 
@@ -104,7 +104,7 @@ def _windows(path: Path, stamp: tuple[int, int], window: int, stride: int) -> Se
              for name, clip in std[split].items() if len(clip) < window]
     if short:  # once per process and file (cached)
         log.warning("sequences: %d clip(s) of %s are shorter than a window of %d frames and hold no window: %s",
-                    len(short), path, window, ", ".join(short[:10]) + (", ..." if len(short) > 10 else ""))
+                    len(short), path, window, first_few(short, 10))
     train, test = (clip_windows(std[split], list(std[split]), window, stride) for split in ("train", "test"))
     return SequenceData(train, test, stats, digest)
 
