@@ -304,9 +304,9 @@ def generate(model: Prior, labels: torch.Tensor, guidance: float, temperature: f
         raise ValueError(f"labels must be classes 0..{model.num_classes - 1} or {model.num_classes} (the null "
                          f"label), got values {int(low)}..{int(high)}")
     check_sampling(guidance, temperature, "guidance", "temperature")
-    if isinstance(model, DFMPrior) and euler_steps < 1:
-        raise ValueError(f"euler_steps must be at least 1, got {euler_steps}")
     if isinstance(model, DFMPrior):
+        if euler_steps < 1:
+            raise ValueError(f"euler_steps must be at least 1, got {euler_steps}")
         return model.generate(labels, guidance, temperature, generator, num_steps=euler_steps)
     assert isinstance(model, ARPrior)
     return model.generate(labels, guidance, temperature, generator)
