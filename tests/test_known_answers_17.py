@@ -1,8 +1,8 @@
 """Known answers for behaviour that a seventeenth mutation sweep, of modules earlier sweeps covered least (the motion
 metrics daps/motion/metrics.py, the motion windows daps/motion/dataset.py and daps/data/motion.py, one's own
 sequences daps/data/sequences.py, the videos and feature figures daps/motion/render.py, evaluation
-daps/metrics/evaluate.py and the policy's run daps/robot/run.py), found no test guarding: the root velocity of two
-frames; the keyframe baseline's last key and
+daps/metrics/evaluate.py, the policy's run daps/robot/run.py and the command lines daps/prior/cli.py and
+daps/robot/cli.py), found no test guarding: the root velocity of two frames; the keyframe baseline's last key and
 its step of 0; the first pose held; the 22 metric points; skating pooled by contact frames in ``pool_windows``;
 caption bands of oblong views and of grid tiles (cut at the view, at its top); a grid of no motions; a video that
 fails half-way (it left a temporary file: fixed); the feature figure's seconds and reconstruction line; the
@@ -11,8 +11,13 @@ windows of one channel only; a reconstructed clip's start rounded to the nearest
 motion statistics that are not an object; standardization of one frame, at the variance threshold and of a scalar; a
 zero validation stride; a clip of one frame; a feature cache whose lengths do not add up, keyed by the model file;
 the recorded feature version and the shapes of scale and flags; a sequences clip of booleans or holding an infinity;
-FID of one image or of grey ones, its reference named by the file, reference statistics checked by all three sizes
-and not warned about between the same images, FID off ("none") and a missing weights path.
+FID of one image or of grey ones, its reference named by the file, reference statistics checked by all three sizes and
+not warned about between the same images, FID off ("none") and a missing weights path; a policy's summary of its last
+validation; a prior's grid of exactly 400 samples and decode-random's 400 codes, its video as wide as its motions up to
+ten, prior samples refused over the training codes named by a relative path; robot eval's physics rollouts of one
+rollout, its windows, repeated kinds and physics rollouts beyond the rollouts; robot plan's sizes of 16 and in steps of
+16, the velocity given twice, a negative blend, a JSON object without a plan report's keys and the physics video's name;
+the jobs a tracker checkpoint was trained by.
 Each test names the plausible slip it fails on (each checked against its mutant). Tests that need MuJoCo and the H1
 model read ``$DAPS_DATA_DIR`` and skip without it.
 """
@@ -280,6 +285,27 @@ def test_a_stride_that_does_not_divide_the_window_is_refused_before_the_data_are
         run.encode_commands(run.RobotConfig(tokenizer="t", stride=3), torch.device("cpu"))
     with pytest.raises(LookupError):
         run.encode_commands(run.RobotConfig(tokenizer="t", stride=8), torch.device("cpu"))
+
+
+
+def test_a_policys_summary_holds_its_last_validation(monkeypatch, tmp_path):
+    """``_finish`` of a policy whose ``metrics.jsonl`` holds validations at steps 50 (3.0 bits per token) and 100
+    (1.5), with a training row between and after: ``summary.json`` is the step count and the step-100 figures, with
+    256 windows in 0.5 s as 512 windows per second. Fails on: the first validation summarized."""
+    import json
+    from types import SimpleNamespace
+
+    import daps.robot.run as run
+
+    rows = [{"split": "val", "step": 50, "bits_per_token": 3.0}, {"split": "train", "step": 60, "loss": 9.0},
+            {"split": "val", "step": 100, "bits_per_token": 1.5}, {"split": "train", "step": 100, "loss": 8.0}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    model = SimpleNamespace(num_classes=6, num_tokens=4, start_symbol=8, generate=lambda *a, **k: None)
+    monkeypatch.setattr(run, "seconds_per_call", lambda call, device: 0.5)
+    monkeypatch.setattr(run, "save_prior_curves", lambda *a, **k: None)
+    run._finish(tmp_path, model, run.RobotConfig(steps=100), {}, torch.device("cpu"))
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary == {"step": 100, "split": "val", "bits_per_token": 1.5, "windows_per_s": 512.0}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -593,3 +619,236 @@ def test_fid_setup_of_no_protocol_and_of_missing_weights(tmp_path):
     assert fid_setup("none") is None
     with pytest.raises(FileNotFoundError):
         fid_setup("val-pairs", weights=tmp_path / "missing.pth")
+
+
+# --------------------------------------------------------------------------------------------------
+# The command line of codes and priors (daps/prior/cli.py), stopped at the first step after the checks under test
+
+
+class _Reached(Exception):
+    """Raised by a stand-in for the first step after the checks under test: the command got past them."""
+
+
+def _reached(*args, **kwargs):
+    raise _Reached
+
+
+def test_a_prior_sample_grid_of_exactly_400_images_is_taken(monkeypatch, tmp_path, capsys):
+    """``prior sample --n 40`` of a prior over 10 classes is 400 samples, one grid's worth (``MAX_GRID`` = 400): it
+    goes on to load the tokenizer; ``--n 41`` (410) is refused in one line. Fails on: a full grid refused
+    (``count >= MAX_GRID``)."""
+    import daps.prior.cli as prior_cli
+    import daps.prior.run as prior_run
+    from daps.cli import main
+
+    meta = {"class_names": [f"class {i}" for i in range(10)]}
+    monkeypatch.setattr(prior_run, "load_prior", lambda *a, **k: (None, prior_run.PriorConfig(), meta))
+    monkeypatch.setattr(prior_cli, "_tokenizer", _reached)
+    with pytest.raises(_Reached):
+        main(["prior", "sample", "PRIOR", "--n", "40", "--out", str(tmp_path / "g.png")])
+    capsys.readouterr()
+    assert main(["prior", "sample", "PRIOR", "--n", "41", "--out", str(tmp_path / "g.png")]) == 2
+    assert "410 samples (41 for each of 10 classes) is more than one grid holds (400)" in capsys.readouterr().err
+
+
+def test_decode_random_takes_up_to_400_codes(monkeypatch, tmp_path, capsys):
+    """``decode-random --n 400`` (its documented most) goes on to load the tokenizer; ``--n 401`` is refused in one
+    line. Fails on: the bound itself refused (``n < MAX_GRID``)."""
+    import daps.checkpoint as checkpoint
+    from daps.cli import main
+
+    monkeypatch.setattr(checkpoint, "load_model", _reached)
+    with pytest.raises(_Reached):
+        main(["decode-random", "RUN", "--n", "400", "--out", str(tmp_path / "g.png")])
+    capsys.readouterr()
+    assert main(["decode-random", "RUN", "--n", "401", "--out", str(tmp_path / "g.png")]) == 2
+    assert "--n must be 1 to 400, got 401" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("n, columns", [(3, 3), (25, 10)])
+def test_decode_random_videos_are_as_wide_as_their_motions_up_to_ten(n, columns, monkeypatch, tmp_path):
+    """``decode-random --n 3 --video`` of a motion tokenizer renders a grid of 3 views side by side (not 3 views and
+    7 black tiles); 25 motions fill rows of 10. Fails on: always 10 columns."""
+    from types import SimpleNamespace
+
+    import daps.checkpoint as checkpoint
+    import daps.metrics.classifier as classifier
+    import daps.plots as plots
+    import daps.prior.cli as prior_cli
+    import daps.prior.scores as scores
+    from daps.cli import main
+
+    model = SimpleNamespace(vocab_size=8, config=SimpleNamespace(data=SimpleNamespace(name="lafan1-h1")))
+    monkeypatch.setattr(checkpoint, "load_model", lambda *a, **k: model)
+    monkeypatch.setattr(scores, "uniform_codes", lambda m, count, g: torch.zeros(count, 4, dtype=torch.long))
+    monkeypatch.setattr(scores, "decoded_images", lambda m, codes: torch.zeros(len(codes), 1, 8, 8))
+    monkeypatch.setattr(plots, "save_image_grid", lambda *a, **k: None)
+    monkeypatch.setattr(classifier, "classifier_for", lambda name: None)
+    asked = []
+    monkeypatch.setattr(prior_cli, "write_motion_video",
+                        lambda tok, codes, video, cols, captions, what: asked.append((len(codes), cols, len(captions))))
+    assert main(["decode-random", "RUN", "--n", str(n), "--out", str(tmp_path / "g.png"), "--video",
+                 str(tmp_path / "g.mp4")]) == 0
+    assert asked == [(n, columns, n)]
+
+
+def test_prior_samples_are_not_written_over_the_training_codes_named_relatively(monkeypatch, tmp_path, capsys):
+    """``prior sample --codes-out train.safetensors``, run in the folder of the prior's training codes
+    ``/.../train.safetensors``: refused in one line, the file unchanged; ``--codes-out other.safetensors`` goes on.
+    Fails on: the relative path compared with the training file's absolute path as written."""
+    from safetensors.torch import save_file
+
+    import daps.prior.cli as prior_cli
+    import daps.prior.run as prior_run
+    from daps.cli import main
+    from daps.codes import HEADER_KEY
+
+    train = tmp_path / "train.safetensors"
+    save_file({"codes": torch.zeros(1, 1, 1, dtype=torch.long)}, str(train), metadata={HEADER_KEY: "{}"})
+    before = train.read_bytes()
+    meta = {"file": str(train), "class_names": ["a", "b"]}
+    monkeypatch.setattr(prior_run, "load_prior", lambda *a, **k: (None, prior_run.PriorConfig(), meta))
+    monkeypatch.setattr(prior_cli, "_tokenizer", _reached)
+    monkeypatch.chdir(tmp_path)
+    argv = ["prior", "sample", "PRIOR", "--out", "g.png", "--overwrite", "--codes-out"]
+    capsys.readouterr()
+    assert main([*argv, "train.safetensors"]) == 2
+    assert "is a codes file this prior was trained on" in capsys.readouterr().err
+    assert train.read_bytes() == before
+    with pytest.raises(_Reached):
+        main([*argv, "other.safetensors"])
+
+
+# --------------------------------------------------------------------------------------------------
+# The policy's command line (daps/robot/cli.py), its library calls replaced by stand-ins
+
+
+def _robot_eval_asks(monkeypatch, capsys, *flags: str) -> dict | str:
+    """``robot eval POLICY *flags``: the keywords it calls ``evaluate`` with, or the one-line error it stops on."""
+    import daps.robot.evaluate as evaluate
+    from daps.cli import main
+
+    asked: dict = {}
+
+    def record(policy_dir, motions, **kwargs):
+        asked.update(kwargs, motions=motions)
+        raise _Reached
+
+    monkeypatch.setattr(evaluate, "evaluate", record)
+    capsys.readouterr()
+    try:
+        assert main(["robot", "eval", "POLICY", *flags]) == 2
+    except _Reached:
+        return asked
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    return err
+
+
+def test_robot_eval_counts_are_checked_against_their_documented_bounds(monkeypatch, capsys):
+    """``robot eval``: one rollout tracks that one in physics (the default is 2, or ``--rollouts`` if fewer); one
+    window per rollout, a kind given twice and more physics rollouts than rollouts (3 of 2) are refused in one line;
+    2 of 2 pass. Fails on: a default of 2 physics rollouts whatever ``--rollouts``, one window taken, repeats not
+    checked, or one physics rollout too many let through."""
+    assert _robot_eval_asks(monkeypatch, capsys, "--rollouts", "1")["physics_rollouts"] == 1
+    assert _robot_eval_asks(monkeypatch, capsys)["physics_rollouts"] == 2
+    assert "--windows must be at least 2, got 1" in _robot_eval_asks(monkeypatch, capsys, "--windows", "1")
+    assert _robot_eval_asks(monkeypatch, capsys, "--windows", "2")["windows"] == 2
+    assert "a kind is repeated" in _robot_eval_asks(monkeypatch, capsys, "--motions", "walk,run,walk")
+    assert "--physics-rollouts 3 is more than --rollouts 2" in _robot_eval_asks(
+        monkeypatch, capsys, "--rollouts", "2", "--physics-rollouts", "3")
+    assert _robot_eval_asks(monkeypatch, capsys, "--rollouts", "2", "--physics-rollouts", "2")["physics_rollouts"] == 2
+
+
+@pytest.fixture
+def robot_plan(monkeypatch, tmp_path, capsys):
+    """``robot plan POLICY --motion walk --out OUT/a.mp4 *flags`` with the planner, the rollout and the renderer
+    replaced: the ``(width, height)`` it renders at, or the one-line error it stops on."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    import daps.motion.h1 as h1
+    import daps.motion.render as render
+    import daps.robot.plan as plan
+    from daps.cli import main
+    from daps.data.motion import MOTION_TYPES
+
+    planner = SimpleNamespace(class_names=list(MOTION_TYPES), cfg=SimpleNamespace(label_dropout=0.1), fps=30.0,
+                              data_dir="", window=32, windows_for=lambda seconds: 1)
+    rollout = SimpleNamespace(poses=np.zeros((1, 32, 26)), codes=torch.zeros(1, 1, 4, dtype=torch.long))
+    monkeypatch.setattr(plan, "Planner", lambda *a, **k: planner)
+    monkeypatch.setattr(plan, "plan_motion", lambda *a, **k: rollout)
+    monkeypatch.setattr(plan, "describe", lambda *a, **k: {})
+    monkeypatch.setattr(h1, "load_h1", lambda *a, **k: None)
+    sizes = []
+    monkeypatch.setattr(render, "render_motion",
+                        lambda h1, poses, out, fps, width, height: sizes.append((width, height)))
+
+    def run(*flags: str):
+        capsys.readouterr()
+        if main(["robot", "plan", "POLICY", "--motion", "walk", "--out", str(tmp_path / "a.mp4"), *flags]) == 0:
+            return sizes.pop()
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1, err
+        return err
+
+    return run
+
+
+def test_robot_plan_views_are_16_pixels_or_more_in_steps_of_16(robot_plan):
+    """``robot plan --size``: 100 renders 96 x 96 (a multiple of 16, as video encoders want), 16 is taken, 15
+    refused. Fails on: the size not rounded down, or sizes below 16 taken."""
+    assert robot_plan("--size", "100") == (96, 96)
+    assert robot_plan("--size", "16") == (16, 16)
+    assert "--size must be 16 to" in robot_plan("--size", "15")
+
+
+def test_robot_plan_refuses_what_cannot_be_planned(robot_plan, tmp_path):
+    """``robot plan`` refuses, in one line each: ``--velocity`` and ``--velocity-schedule`` together, a ``--blend``
+    of -1, ``--json`` over a JSON object that lacks a plan report's keys (a user's file, even with ``--overwrite``)
+    and ``--physics`` with ``a_physics.mp4`` (the physics video next to ``a.mp4``) already there; a blend of 0 and
+    an earlier plan report are taken. Fails on: the velocity pair let through, a blend of -1 taken, any JSON object
+    taken as a plan report, or the physics video named ``a.mp4_physics.mp4``."""
+    schedule = tmp_path / "schedule.txt"
+    schedule.write_text("0 1 0 0\n")
+    assert "not both" in robot_plan("--velocity", "1,0,0", "--velocity-schedule", str(schedule))
+    assert "--blend must be >= 0, got -1" in robot_plan("--blend", "-1")
+    assert robot_plan("--blend", "0") == (320, 320)
+    report = tmp_path / "plan.json"
+    report.write_text('{"motion": "walk", "seconds": 1, "other": 0}')
+    assert "is not an earlier robot plan report" in robot_plan("--json", str(report), "--overwrite")
+    report.write_text('{"motion": "walk", "seconds": 1, "requested": [], "achieved": []}')
+    assert robot_plan("--json", str(report), "--overwrite") == (320, 320)
+    (tmp_path / "a_physics.mp4").write_bytes(b"mine")
+    assert "a_physics.mp4" in robot_plan("--physics")
+    assert (tmp_path / "a_physics.mp4").read_bytes() == b"mine"
+
+
+def test_track_eval_lists_only_the_jobs_that_trained_the_checkpoint(monkeypatch, capsys, tmp_path):
+    """``robot track-eval --json`` of the checkpoint of update 10, in a run whose jobs started at updates 0, 10 and
+    20: ``trained_by`` holds the job from 0 only (the job from 10 resumed from this checkpoint; it did not make it).
+    Fails on: the job that started at the checkpoint counted."""
+    import json
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    import daps.checkpoint as checkpoint
+    import daps.provenance as provenance
+    import daps.robot.tracker as tracker
+    from daps.cli import main
+
+    run = tmp_path / "tracker"
+    ckpt = run / "checkpoints" / "step_00000010"
+    cfg = SimpleNamespace(envs=4, horizon=8, reference="ground-truth")
+    monkeypatch.setattr(tracker, "load_tracker", lambda path: (None, cfg, {"fps": 30}, {"val": []}))
+    monkeypatch.setattr(tracker, "tracker_h1", lambda cfg, meta: None)
+    monkeypatch.setattr(tracker, "evaluate_tracker", lambda *a, **k: {"survival_s": 1.0})
+    monkeypatch.setattr(checkpoint, "resolve_checkpoint", lambda path, verify=True: ckpt)
+    jobs = [{"from_step": step} for step in (0, 10, 20)]
+    monkeypatch.setattr(provenance, "read_jobs", lambda folder: jobs if Path(folder) == run else [])
+    capsys.readouterr()
+    assert main(["robot", "track-eval", str(run), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["trained_by"] == [{"from_step": 0}]
+    assert (result["update"], result["frames"]) == (10, 10 * 4 * 8)
