@@ -779,11 +779,11 @@ def robot_plan(monkeypatch, tmp_path, capsys):
     rollout = SimpleNamespace(poses=np.zeros((1, 32, 26)), codes=torch.zeros(1, 1, 4, dtype=torch.long))
     monkeypatch.setattr(plan, "Planner", lambda *a, **k: planner)
     monkeypatch.setattr(plan, "plan_motion", lambda *a, **k: rollout)
-    monkeypatch.setattr(plan, "describe", lambda *a, **k: {})
+    monkeypatch.setattr(plan, "describe", lambda *a, **k: {"requested": [[1.0, 0.0, 0.0]]})
     monkeypatch.setattr(h1, "load_h1", lambda *a, **k: None)
     sizes = []
     monkeypatch.setattr(render, "render_motion",
-                        lambda h1, poses, out, fps, width, height: sizes.append((width, height)))
+                        lambda h1, poses, out, fps, width, height, captions: sizes.append((width, height)))
 
     def run(*flags: str):
         capsys.readouterr()
