@@ -363,8 +363,8 @@ def refuse_other_kind(ckpt: Path, path: str | Path, kind: str = "train", what: s
     message says what the folder is, how to use it, and that ``what`` was expected."""
     folder = ckpt.parent.parent if ckpt.parent.name == CKPT_DIR else ckpt
     found = read_marker(folder)
-    if found is not None and found != kind:
-        raise CheckpointError(f"{path} is {OTHER_KINDS.get(found, f'a daps {found} folder')}, not {what}")
+    if found is not None and found != kind:  # named by its folder: the path given may be one of its checkpoints
+        raise CheckpointError(f"{folder} is {OTHER_KINDS.get(found, f'a daps {found} folder')}, not {what}")
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> Method:

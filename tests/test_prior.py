@@ -576,8 +576,11 @@ def test_bad_inputs_give_one_line_and_exit_2(trained_run, vq_run, exported, tmp_
                                  ("--cfg", "nan", "--cfg must be a finite number")):
         assert message in _error(capsys, ["prior", "sample", str(prior), flag, value, "--out", str(tmp_path / "x.png")])
     assert "--cfg must be a finite number" in _error(capsys, ["prior", "eval", str(prior), "--cfg", "inf"])
-    assert "is a prior over codes (the first argument of daps prior sample / eval), not a training run" in _error(
-        capsys, ["eval", str(prior)])  # a command that takes a training run
+    assert _error(capsys, ["eval", str(prior)]).endswith(  # a command that takes a training run
+        f"error: {prior} is a prior over codes (the first argument of daps prior sample / eval), not a training run")
+    # named by its folder, not the checkpoint folder the command resolved it to (nor one given)
+    checkpoint = prior / "checkpoints" / "step_00000002"
+    assert f"error: {prior} is a prior over codes" in _error(capsys, ["eval", str(checkpoint)])
     assert "is a prior over codes (the first argument of daps prior sample / eval), not a training run" in _error(
         capsys, ["prior", "sample", str(prior), "--tokenizer", str(prior), "--out", str(tmp_path / "t.png")])
     assert "--euler-steps must be at most 100,000, got 100,000,000" in _error(
