@@ -112,8 +112,11 @@ def load_code_tokenizer(
         raise UserError(f"tokenizer {source} is a {model.config.method} run with continuous latents, not discrete "
                         f"codes; {codes_of} (V={meta['vocab_size']}, T={meta['num_tokens']}) come from another one")
     if model.vocab_size != meta["vocab_size"] or model.input_spec.num_tokens != meta["num_tokens"]:
-        raise UserError(f"tokenizer {source} has V={model.vocab_size}, T={model.input_spec.num_tokens}; "
-                        f"{codes_of} have V={meta['vocab_size']}, T={meta['num_tokens']}")
+        made = (f", from a {meta['method']} tokenizer of {meta['dataset']}" if {"method", "dataset"} <= meta.keys()
+                else "")
+        raise UserError(f"tokenizer {source} ({model.config.method} on {model.config.data.name}) has "
+                        f"V={model.vocab_size}, T={model.input_spec.num_tokens}; {codes_of} have "
+                        f"V={meta['vocab_size']}, T={meta['num_tokens']}{made}")
     made_by = meta.get("model_sha256")
     if made_by and weights_sha256(ckpt) != made_by:
         raise UserError(f"tokenizer {source} is not the checkpoint that made {codes_of} (its weights differ "

@@ -1020,8 +1020,12 @@ def test_a_tokenizer_with_other_codes_is_refused_naming_v_and_t(trained_run):
     model = load_model(trained_run)
     V, T = model.vocab_size, model.input_spec.num_tokens
     for meta in ({"vocab_size": V, "num_tokens": T + 1}, {"vocab_size": V + 1, "num_tokens": T}):
-        with pytest.raises(ValueError, match=f"has V={V}, T={T}; the prior's codes have V="):
+        with pytest.raises(ValueError, match=f"\\(daps on mnist5k\\) has V={V}, T={T}; the prior's codes have V="):
             load_code_tokenizer(trained_run, meta, torch.device("cpu"), "the prior's codes")
+    # a header that says what made the codes: the message names both (a motion policy given an image run)
+    made = {"vocab_size": 1024, "num_tokens": 64, "method": "fsq", "dataset": "lafan1-h1"}
+    with pytest.raises(ValueError, match="V=1024, T=64, from a fsq tokenizer of lafan1-h1$"):
+        load_code_tokenizer(trained_run, made, torch.device("cpu"), "the policy's codes")
     assert load_code_tokenizer(trained_run, {"vocab_size": V, "num_tokens": T}, torch.device("cpu"), "x")[1].is_dir()
 
 
