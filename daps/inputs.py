@@ -121,8 +121,8 @@ def save_images(x: torch.Tensor, model: Method, folder: str | Path, prefix: str 
         raise UserError(f"save_images: {folder} exists and is not a folder")
     standardize = dataset_spec(model.config.data.name).standardize
     unit = standardize.to_unit(x.detach().cpu(), clip=False)
-    if standardize.shown is None:  # pixels (a feature map's colour scale is clipped by design)
-        low, high = unit.aminmax()
+    if standardize.shown is None and unit.numel():  # pixels (a feature map's colour scale is clipped by design)
+        low, high = unit.aminmax()  # (an empty batch has no extremes: it writes nothing, as before)
         if not FLOAT_RANGE[0] <= low <= high <= FLOAT_RANGE[1]:
             raise UserError(f"save_images takes images on the model's scale; these would be pixels from "
                             f"{float(low) * 255:.4g} to {float(high) * 255:.4g} of 0..255 (most clipped): pass what "

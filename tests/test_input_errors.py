@@ -590,6 +590,20 @@ def test_load_and_save_images_name_a_model_that_is_not_one_and_a_file_as_folder(
     assert (tmp_path / "notes.txt").read_text() == "mine" and sorted(os.listdir(tmp_path)) == ["notes.txt"]
 
 
+def test_save_images_of_an_empty_batch_writes_nothing(tmp_path):
+    """``save_images`` of ``(0, C, H, W)`` (a filter that kept no image) returns no paths, as before the scale check,
+    which took the extremes of no values (torch's RuntimeError from aminmax). Fails on: the check run on an empty
+    batch."""
+    from types import SimpleNamespace
+
+    from daps.inputs import save_images
+
+    model = SimpleNamespace(input_spec=SimpleNamespace(image_shape=(3, 32, 32)),
+                            config=SimpleNamespace(data=SimpleNamespace(name="cifar10")))
+    assert save_images(torch.zeros(0, 3, 32, 32), model, tmp_path / "out") == []
+    assert list((tmp_path / "out").iterdir()) == []
+
+
 def test_image_files_names_the_subfolders_and_files_it_leaves_out(tmp_path, caplog):
     """``daps.load_images(folder)`` reads the folder's own image files only. A class-folder tree's ``train/`` (its
     images one level down) was refused as holding no image files, without saying why, and a folder whose images
