@@ -682,3 +682,38 @@ def test_the_plan_video_is_captioned_with_each_windows_command_and_the_time(monk
     assert drawn[4:] == ["same"]
     with pytest.raises(ValueError, match="3 captions for 4 frames"):
         render.render_motion(None, np.zeros((4, 26)), tmp_path / "r.mp4", captions=["a"] * 3)
+
+
+def test_a_captioned_video_holds_one_caption_band_at_a_time(monkeypatch, tmp_path):
+    """``render_motion`` kept every distinct caption's band until the video was written: robot plan's captions
+    change with the time every 0.1 s, so an hour's plan (MAX_SECONDS) held 36,000 bands (about 0.4 GB). A caption
+    repeated on consecutive frames is still drawn once. Fails on: a cache of every band."""
+    import weakref
+
+    import daps.motion.render as render
+
+    alive: list[weakref.ref] = []
+    drawn: list[str] = []
+    band = render._caption_band
+
+    def draw(text: str, width: int) -> np.ndarray:
+        drawn.append(text)
+        image = band(text, width)
+        alive.append(weakref.ref(image))
+        return image
+
+    held: list[int] = []
+
+    def write(frames, path, fps):
+        for _ in frames:
+            held.append(sum(ref() is not None for ref in alive))
+        return path
+
+    monkeypatch.setattr(render, "_views", lambda h1, motions, *a: ([np.zeros((32, 320, 3), np.uint8)]
+                                                                    for _ in range(len(motions[0]))))
+    monkeypatch.setattr(render, "_write_mp4", write)
+    monkeypatch.setattr(render, "_caption_band", draw)
+    captions = [f"{t // 2 / 10:.1f} s" for t in range(40)]  # each caption on two consecutive frames
+    render.render_motion(None, np.zeros((40, 26)), tmp_path / "p.mp4", captions=captions)
+    assert drawn == captions[::2]
+    assert max(held) == 1

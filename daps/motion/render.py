@@ -169,13 +169,16 @@ def render_motion(
         raise ValueError(f"poses must be (T, {POSE_DIM}), got {p.shape}")
     if captions is not None and len(captions) != len(p):
         raise ValueError(f"{len(captions)} captions for {len(p)} frames")
-    bands: dict[str, np.ndarray] = {}  # a caption is drawn once, however many frames show it
+    # the last caption's band only: consecutive frames share a caption (drawn once for them all), while every
+    # band kept would grow with the video (robot plan's time changes every 0.1 s: 36,000 bands for an hour)
+    last: dict[str, np.ndarray] = {}
 
     def captioned(frame: np.ndarray, t: int) -> np.ndarray:
         if captions is not None:
-            if captions[t] not in bands:
-                bands[captions[t]] = _caption_band(captions[t], width)[:height]
-            band = bands[captions[t]]
+            if captions[t] not in last:
+                last.clear()
+                last[captions[t]] = _caption_band(captions[t], width)[:height]
+            band = last[captions[t]]
             frame[: band.shape[0], : band.shape[1]] = band
         return frame
 
