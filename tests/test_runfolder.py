@@ -292,6 +292,27 @@ def test_other_writers_share_the_rule(tmp_path):
     assert not (fresh / "gradlab.md").exists()
 
 
+def test_an_output_under_a_link_to_nothing_is_refused_before_the_work(tmp_path, monkeypatch):
+    """A dangling link where an output's folder would go (``--out old_runs/p`` with ``old_runs`` pointing at a
+    removed disk) cannot be made a folder (mkdir says the link exists): refused, naming it, as a file there is;
+    a link to a folder is a folder. Relative paths are checked from the current folder. Fails on:
+    ``_file_on_the_way`` counting only parents that exist, or following links to folders no more."""
+    from daps.errors import UserError
+    from daps.runfolder import check_output_file, refuse_precious
+
+    (tmp_path / "gone").symlink_to(tmp_path / "removed")
+    (tmp_path / "real").mkdir()
+    (tmp_path / "there").symlink_to(tmp_path / "real")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError, match=r"^--out gone/sub/a\.png: gone is not a folder"):
+        check_output_file("gone/sub/a.png", ".png", False)
+    with pytest.raises(OutputFolderError, match=r"^--out gone/run: gone is not a folder"):
+        refuse_precious("gone/run", "--out")
+    assert check_output_file("there/a.png", ".png", False) == Path("there/a.png")
+    assert refuse_precious("there/run", "--out") == tmp_path.resolve() / "real" / "run"
+    assert not (tmp_path / "removed").exists()
+
+
 def test_check_output_file_replaces_only_what_it_may(tmp_path):
     """The one rule behind every output file flag (--out, --plot, --video, --json, --codes-out)."""
     from daps.errors import UserError
