@@ -37,7 +37,6 @@ def test_image_grid_of_fewer_images_than_columns_is_as_wide_as_the_images(tmp_pa
     assert (img[1:5, 6:10] == [255, 0, 0]).all() and (img[1:5, 1:5] == 0).all() and (img[:, 5] == 255).all()
 
 
-
 def test_image_grid_writes_each_row_label_left_of_its_own_row(tmp_path):
     """The images are the unlabelled grid moved right by the margin; each label's ink lies within its row's band (a
     label one row off, or all at the top, fails); labels that do not match the rows are refused."""
