@@ -36,6 +36,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from daps.errors import UserError
+from daps.functional import is_integer_dtype
 from daps.runfolder import atomic_path, check_output_file
 
 log = logging.getLogger("daps")
@@ -241,7 +242,7 @@ def check_codes(codes: CodeSet, where: str) -> None:
     for name, tensor in (("codes", c), ("labels", y)):  # save_codes would truncate 2.7 to 2 without a word
         if not isinstance(tensor, torch.Tensor):
             raise UserError(f"{where}: the {name} must be a torch.Tensor of integers, got {type(tensor).__name__}")
-        if tensor.dtype.is_floating_point or tensor.dtype.is_complex or tensor.dtype == torch.bool:
+        if not is_integer_dtype(tensor.dtype):
             raise UserError(f"{where}: the tensor {name!r} is {tensor.dtype}, not integers")
     c, y = c.long(), y.long()  # the range checks below: torch has no min / max of uint16, uint32 or uint64
     if c.dim() != 3 or y.dim() != 1 or c.shape[0] != y.shape[0]:

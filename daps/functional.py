@@ -55,6 +55,12 @@ __all__ = [
 FLOAT32_EPS = float(torch.finfo(torch.float32).eps)  # ~1.19e-7, the clamp used on every probability
 
 
+def is_integer_dtype(dtype: torch.dtype) -> bool:
+    """Whether ``dtype`` holds integers (any width, signed or not): codes and labels must; a float would be
+    truncated (2.7 read as code 2) and a bool read as codes 0 / 1."""
+    return not (dtype.is_floating_point or dtype.is_complex or dtype == torch.bool)
+
+
 # --------------------------------------------------------------------------------------------------
 # Categorical helpers
 

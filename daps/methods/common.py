@@ -270,7 +270,7 @@ def check_codes(model: nn.Module, indices: torch.Tensor) -> torch.Tensor:
     spec = getattr(model, "input_spec", None)
     if not isinstance(indices, torch.Tensor):
         raise ValueError(f"indices must be a torch.Tensor of codes (B, T), got {type(indices).__name__}")
-    if indices.is_floating_point() or indices.is_complex() or indices.dtype == torch.bool:
+    if not DF.is_integer_dtype(indices.dtype):
         raise ValueError(f"indices must be an integer tensor (torch.long) of codes, got {indices.dtype}")
     shape = tuple(indices.shape)
     if indices.dim() != 2 or indices.shape[0] == 0:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from daps.errors import UserError
+from daps.functional import is_integer_dtype
 
 
 def _check_codes(indices: torch.Tensor, vocab_size: int) -> None:
@@ -14,7 +15,7 @@ def _check_codes(indices: torch.Tensor, vocab_size: int) -> None:
         raise UserError(f"vocab_size must be a positive integer, got {vocab_size!r}")
     if indices.dim() != 2 or indices.numel() == 0:
         raise UserError(f"codes must be (N, T) with N, T >= 1, got shape {tuple(indices.shape)}")
-    if indices.dtype.is_floating_point or indices.dtype.is_complex or indices.dtype == torch.bool:
+    if not is_integer_dtype(indices.dtype):
         raise UserError(f"codes must be integers, got {indices.dtype}")
     low, high = int(indices.min()), int(indices.max())
     if low < 0 or high >= vocab_size:

@@ -39,6 +39,7 @@ from daps.checkpoint import (
 from daps.codes import CodeSet, content_sha256, load_codes
 from daps.config import check_optimizer_settings
 from daps.errors import UserError, check_at_most, did_you_mean
+from daps.functional import is_integer_dtype
 from daps.methods.common import check_like_parameters
 from daps.prior.nets import ARPrior, DFMPrior, corrupt, drop_labels
 from daps.runfolder import (
@@ -296,7 +297,7 @@ def generate(model: Prior, labels: torch.Tensor, guidance: float, temperature: f
     ``[0, model.num_classes)`` or ``model.num_classes`` (the null label: unconditional). Bad arguments are one
     ValueError naming them (torch's would be an index error deep in an embedding, or NaN codes)."""
     if not (isinstance(labels, torch.Tensor) and labels.dim() == 1 and len(labels) > 0
-            and not labels.is_floating_point() and not labels.is_complex() and labels.dtype != torch.bool):
+            and is_integer_dtype(labels.dtype)):
         raise ValueError(f"labels must be a non-empty 1-D integer tensor (B,), got {_described(labels)}")
     check_like_parameters(model, labels, "labels", dtype=False)
     low, high = labels.aminmax()
