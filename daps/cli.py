@@ -84,6 +84,10 @@ class _Parser(argparse.ArgumentParser):
         kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
 
+    def parse_known_args(self, args=None, namespace=None):
+        self._words = list(sys.argv[1:] if args is None else args)  # what error() looks at (subparsers get theirs)
+        return super().parse_known_args(args, namespace)
+
     def add_argument(self, *args, **kwargs):
         action = super().add_argument(*args, **kwargs)
         text = action.help or ""
@@ -93,9 +97,13 @@ class _Parser(argparse.ArgumentParser):
         return action
 
     def error(self, message: str):
-        missing = re.fullmatch(r"argument (--[\w-]+)(?:/[\w-]+)*: expected one argument", message)
+        missing = re.fullmatch(r"argument ((?:-\w|--[\w-]+)(?:/--?[\w-]+)*): expected one argument", message)
         if missing:  # argparse reads a value such as -0.5,0,0 as an option, unless it is joined to its flag
-            message += f"; a value that starts with '-' is joined to its flag: {missing.group(1)}=-..."
+            words = getattr(self, "_words", [])
+            flags = missing.group(1).split("/")
+            after = [words[i + 1] for i, word in enumerate(words[:-1]) if word in flags]
+            if any(word.startswith("-") for word in after):
+                message += f"; a value that starts with '-' is joined to its flag: {flags[-1]}=-..."
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog.split()[0]} --help)\n")
 
 

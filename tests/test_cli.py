@@ -676,3 +676,7 @@ def test_a_flag_whose_value_starts_with_a_minus_is_told_how_to_write_it(capsys):
     err = capsys.readouterr().err
     assert "argument --max-images: expected one argument; a value that starts with '-' is joined to its flag: " \
            "--max-images=-..." in err, err
+    with pytest.raises(SystemExit):  # a value left out: no hint about minus signs
+        main(["eval", "RUN", "--max-images"])
+    err = capsys.readouterr().err
+    assert "argument --max-images: expected one argument (see daps --help)" in err, err
