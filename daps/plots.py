@@ -116,7 +116,7 @@ def _label_rows(img, labels: list[str], row_height: int, gap: int):
     from PIL import Image, ImageDraw, ImageFont
 
     font = ImageFont.load_default()
-    labels = [label if len(label) <= 24 else label[:23] + "\u2026" for label in labels]  # ImageNet's names run long
+    labels = [label if len(label) <= 24 else label[:21] + "..." for label in labels]  # ImageNet's names run long
     boxes = [font.getbbox(label) for label in labels]
     pad = 4
     margin = math.ceil(max(right for _, _, right, _ in boxes)) + 2 * pad  # a FreeType font measures in floats

@@ -664,9 +664,9 @@ def test_the_plan_video_is_captioned_with_each_windows_command_and_the_time(monk
     import daps.motion.render as render
     from daps.robot.cli import plan_captions
 
-    captions = plan_captions("walk", [[1.0, 0.0, 0.3], [0.5, -0.25, 0.0]], window=2, fps=2.0)
+    captions = plan_captions("walk", [[1.0, 0.0, 0.3], [0.5, -0.25, -0.04]], window=2, fps=2.0)
     assert captions == ["walk +1.0,+0.0 m/s +0.3 rad/s 0.0 s", "walk +1.0,+0.0 m/s +0.3 rad/s 0.5 s",
-                        "walk +0.5,-0.2 m/s +0.0 rad/s 1.0 s", "walk +0.5,-0.2 m/s +0.0 rad/s 1.5 s"]
+                        "walk +0.5,-0.2 m/s +0.0 rad/s 1.0 s", "walk +0.5,-0.2 m/s +0.0 rad/s 1.5 s"]  # not -0.0
     frames: list[np.ndarray] = []
     drawn: list[str] = []
     band = render._caption_band

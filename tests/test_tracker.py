@@ -552,3 +552,17 @@ def test_track_train_decodes_references_from_a_tokenizer(tiny_tokenizer, tmp_pat
             else:
                 assert np.abs(poses[0, :2]).max() < 1e-6 and not np.allclose(poses, truth, atol=1e-3)  # from the origin
         assert json.loads((out / "summary.json").read_text())["step"] == 1
+
+
+def test_the_curves_title_names_the_tokenizers_run_also_when_given_a_checkpoint(tmp_path, captured):
+    """``track-train`` of ``tok/checkpoints/step_N`` titles its curves with the run ``tok``, not ``step_N``."""
+    from daps.robot.tracker import _finish
+
+    run = tmp_path / "trk"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text(json.dumps({"split": "train", "step": 1, "frames": 64, "reward": 0.5,
+                                                   "episode_s": 1.0}) + "\n")
+    baseline = {"survival_s": 1.0, "seconds": 5.0}
+    for tokenizer in ("runs/tok/checkpoints/step_00000100", "runs/tok"):
+        _finish(run, _cfg(tokenizer=tokenizer), baseline)
+        assert captured[-1]._suptitle.get_text() == "tracker of tok's codes (trk): 64 frames, 2 environments"

@@ -414,7 +414,7 @@ def train_batches(
     seed %= 2**63  # a negative train.seed (allowed) names a valid stream seed; non-negative seeds are unchanged
     dataset = folder_dataset(data.name, "train", data.image_shape, data.data_dir or None, train=True, seed=seed)
     stream = ImageStream(dataset, batch_size, num_workers=data.num_workers, seed=seed, start_batch=start_step,
-                         pin_memory=device.type == "cuda")
+                         pin_memory=device.type == "cuda", batch_flag="train.batch_size")
     return TrainBatches(stream, batch_size, None, device)
 
 

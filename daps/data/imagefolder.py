@@ -338,7 +338,8 @@ class ImageStream:
     begins there without decoding the skipped images. Batches are pinned (page-locked) when ``pin_memory``
     (default: when CUDA is available; daps passes whether they go to a CUDA device, so ``--device cpu`` on a GPU
     machine neither pins nor opens a CUDA context on the GPU); workers persist across epochs. ``num_skipped``
-    counts replaced unreadable files (each occurrence), ``skipped_paths`` holds the distinct paths.
+    counts replaced unreadable files (each occurrence), ``skipped_paths`` holds the distinct paths. A batch larger
+    than the folder is refused naming ``batch_flag`` (what the caller's user set: ``train.batch_size`` in daps train).
     """
 
     def __init__(
@@ -349,6 +350,7 @@ class ImageStream:
         seed: int = 0,
         start_batch: int = 0,
         pin_memory: bool | None = None,
+        batch_flag: str = "batch_size",
     ):
         if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
             raise UserError(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -357,8 +359,8 @@ class ImageStream:
         self.start_batch = _check_nonneg_int("start_batch", start_batch)
         self.pin_memory = _pinned(pin_memory)
         if len(dataset) < batch_size:
-            raise UserError(f"batch_size {batch_size} (train.batch_size in daps train) exceeds the {len(dataset)} "
-                            f"images of {dataset.root}: lower it, or add images")
+            raise UserError(f"{batch_flag} {batch_size} exceeds the {len(dataset)} images of {dataset.root}: lower "
+                            "it, or add images")
         self.dataset = dataset
         self.batch_size = int(batch_size)
         self.batches_per_epoch = len(dataset) // self.batch_size

@@ -251,7 +251,10 @@ def _plan(args: argparse.Namespace) -> int:
 def plan_captions(motion: str, requested: list[list[float]], window: int, fps: float) -> list[str]:
     """One caption per frame of a plan's video: the kind, the velocity its window was asked for (after clamping to
     what the tokenizer saw) and the time, e.g. ``walk +1.0,+0.0 m/s +0.3 rad/s 2.4 s``."""
-    return [f"{motion} {vx:+.1f},{vy:+.1f} m/s {yaw:+.1f} rad/s {(w * window + f) / fps:.1f} s"
+    def shown(v: float) -> float:
+        return round(v, 1) + 0.0  # -0.04 reads +0.0, not -0.0
+
+    return [f"{motion} {shown(vx):+.1f},{shown(vy):+.1f} m/s {shown(yaw):+.1f} rad/s {(w * window + f) / fps:.1f} s"
             for w, (vx, vy, yaw) in enumerate(requested) for f in range(window)]
 
 

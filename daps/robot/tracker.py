@@ -51,6 +51,7 @@ import torch
 from torch import nn
 
 from daps.checkpoint import (
+    CKPT_DIR,
     load_training_state,
     load_weights,
     refuse_other_kind,
@@ -876,7 +877,9 @@ def _finish(run_dir: Path, cfg: TrackerConfig, baseline: dict[str, float]) -> No
     rows = read_metrics(run_dir / "metrics.jsonl")
     val = [r for r in rows if r.get("split") == "val"]
     summary = {"step": cfg.updates, **(val[-1] if val else {}), "baseline": baseline}
-    tokens = f" of {Path(cfg.tokenizer).name}'s codes" if cfg.tokenizer else ""
+    tokenizer = Path(cfg.tokenizer)
+    run = tokenizer.parent.parent if tokenizer.parent.name == CKPT_DIR else tokenizer  # a checkpoint: its run's name
+    tokens = f" of {run.name}'s codes" if cfg.tokenizer else ""
     title = f"tracker{tokens} ({run_dir.name}): {cfg.frames:,} frames, {cfg.envs} environments"
     save_tracker_curves(rows, run_dir / "curves.png", baseline, title)
     write_json_atomic(run_dir / "summary.json", summary)  # last: it marks the run finished
