@@ -45,7 +45,7 @@ def image_files(source: str | Path | Iterable[str | Path]) -> list[Path]:
             hint = f"; subfolders are not read: name one of {first_few(subfolders)}" if subfolders else ""
             raise UserError(f"{folder} holds no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}){hint}")
         if left_out:
-            log.warning("%s: %d entr%s left out (only the folder's own image files are read, not its subfolders): %s",
+            log.warning("%s: %d entr%s left out (only image files directly in the folder are read): %s",
                         folder, len(left_out), "y" if len(left_out) == 1 else "ies", first_few(left_out))
         return files
     files = [Path(p) for p in source]
