@@ -46,13 +46,15 @@ def did_you_mean(name: str, known: Iterable[str]) -> str:
     """`` (did you mean train.steps?)`` for the known names closest to a misspelled ``name`` (up to two), else
     ``""``: a hint put before the full list of names, which runs to dozens of keys. A dotted name whose section
     exists is matched by its last part among that section's keys (``train.stepz``: ``train.steps``, not every
-    ``train.s...``); otherwise whole names are compared (``trian.steps``: ``train.steps``)."""
+    ``train.s...``), then by the same last part in another section (``optim.steps``: ``train.steps``); otherwise
+    whole names are compared (``trian.steps``: ``train.steps``)."""
     known = list(known)
     parent, dot, leaf = name.rpartition(".")
     siblings = {k.rpartition(".")[2]: k for k in known if dot and k.rpartition(".")[0] == parent}
-    if siblings:
-        close = [siblings[k] for k in difflib.get_close_matches(leaf, list(siblings), n=2, cutoff=0.7)]
-    else:
+    close = [siblings[k] for k in difflib.get_close_matches(leaf, list(siblings), n=2, cutoff=0.7)]
+    if not close and dot:  # the right name in the wrong section: optim.steps -> train.steps
+        close = [k for k in known if k.rpartition(".")[2] == leaf][:2]
+    if not close and not siblings:  # no such section: a typo in it (trian.steps)
         close = difflib.get_close_matches(name, known, n=2, cutoff=0.7)
     return f" (did you mean {' or '.join(close)}?)" if close else ""
 

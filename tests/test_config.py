@@ -390,6 +390,8 @@ def test_an_unknown_key_is_answered_with_the_nearest_known_one_before_the_whole_
     assert did_you_mean("trian.steps", keys) == " (did you mean train.steps?)"  # no such section: whole keys
     assert did_you_mean("daps.beta.intt", keys) == " (did you mean daps.beta.init?)"
     assert did_you_mean("train.foo", keys) == ""
+    assert did_you_mean("optim.steps", keys) == " (did you mean train.steps?)"  # the right name, the wrong section
+    assert did_you_mean("daps.lr", keys) == " (did you mean optim.lr?)"
     with pytest.raises(ValueError) as ei:
         parse_overrides(get_preset("mnist"), ["encoder.widht=3"])
     msg = str(ei.value)
