@@ -7,6 +7,7 @@ The simulation tests read the H1 model and LAFAN1 clips from ``$DAPS_DATA_DIR`` 
 from __future__ import annotations
 
 import json
+import logging
 import os
 
 import numpy as np
@@ -566,3 +567,17 @@ def test_the_curves_title_names_the_tokenizers_run_also_when_given_a_checkpoint(
     for tokenizer in ("runs/tok/checkpoints/step_00000100", "runs/tok"):
         _finish(run, _cfg(tokenizer=tokenizer), baseline)
         assert captured[-1]._suptitle.get_text() == "tracker of tok's codes (trk): 64 frames, 2 environments"
+
+
+def test_a_minibatch_larger_than_a_rollout_is_warned_about(caplog):
+    """``minibatch=100000`` with 16 environments x 256 frames took the whole rollout as one minibatch without a word;
+    it is warned about (and allowed: small ``envs=`` runs keep the default 1024), before any work."""
+    from daps.errors import UserError
+    from daps.robot.tracker import train_tracker
+
+    with caplog.at_level(logging.WARNING, logger="daps"):
+        for minibatch in (16, 17):  # _cfg: 2 environments x 8 frames
+            with pytest.raises(UserError):  # an empty --out: refused right after the settings' checks
+                train_tracker(_cfg(minibatch=minibatch, out_dir=""))
+    assert caplog.text.count("is more than a rollout") == 1
+    assert "minibatch 17 is more than a rollout's 16 frames (envs 2 x horizon 8)" in caplog.text

@@ -657,6 +657,10 @@ def train_tracker(cfg: TrackerConfig, resume: bool = False, overwrite: bool = Fa
     from daps.train import truncate_metrics
 
     cfg.validate()
+    rollout = cfg.envs * cfg.horizon
+    if cfg.minibatch > rollout:  # allowed (small envs= runs keep the default), but then not what was asked
+        log.warning("minibatch %d is more than a rollout's %d frames (envs %d x horizon %d): each epoch is one "
+                    "minibatch of %d frames", cfg.minibatch, rollout, cfg.envs, cfg.horizon, rollout)
     run_dir = Path(cfg.out_dir)
     if resume and is_output_folder(run_dir, KIND) and (run_dir / "config.json").is_file():
         check_version(run_dir / "config.json")
