@@ -358,12 +358,18 @@ OTHER_KINDS = {
 }
 
 
-def refuse_other_kind(ckpt: Path, path: str | Path, kind: str = "train", what: str = "a training run") -> None:
+def run_folder(ckpt: Path) -> Path:
+    """The run folder a checkpoint folder ``RUN/checkpoints/step_N`` belongs to (a checkpoint folder elsewhere, e.g.
+    a copied one, stands for itself)."""
+    return ckpt.parent.parent if ckpt.parent.name == CKPT_DIR else ckpt
+
+
+def refuse_other_kind(ckpt: Path, kind: str = "train", what: str = "a training run") -> None:
     """CheckpointError if ``ckpt`` belongs to a daps folder whose marker names another kind than ``kind``; the
-    message says what the folder is, how to use it, and that ``what`` was expected."""
-    folder = ckpt.parent.parent if ckpt.parent.name == CKPT_DIR else ckpt
+    message names that folder (not the checkpoint), says what it is, how to use it, and that ``what`` was expected."""
+    folder = run_folder(ckpt)
     found = read_marker(folder)
-    if found is not None and found != kind:  # named by its folder: the path given may be one of its checkpoints
+    if found is not None and found != kind:
         raise CheckpointError(f"{folder} is {OTHER_KINDS.get(found, f'a daps {found} folder')}, not {what}")
 
 
@@ -382,11 +388,10 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> Method:
         raise UserError(f"load_model takes the path of a run folder or checkpoint, got {type(path).__name__}")
     device = resolve_device(device)
     ckpt = resolve_checkpoint(path, verify=False)
-    refuse_other_kind(ckpt, path)
+    refuse_other_kind(ckpt)
     verify_checkpoint(ckpt)
     cfg = read_config(ckpt / "config.json")
     model = build_method(cfg, tuple(cfg.data.image_shape))
     load_weights(model, ckpt)
-    folder = ckpt.parent.parent if ckpt.parent.name == CKPT_DIR else ckpt
-    model.standardization = run_standardization(folder, cfg.data.name)
+    model.standardization = run_standardization(run_folder(ckpt), cfg.data.name)
     return model.to(device).eval()

@@ -116,8 +116,8 @@ def test_a_checkpoint_folder_of_a_prior_is_refused_as_a_training_run(tmp_path):
     write_marker(tmp_path, "prior")
     ckpt = _save(tmp_path, 3)
     with pytest.raises(CheckpointError, match="a prior over codes"):
-        refuse_other_kind(ckpt, ckpt)
-    refuse_other_kind(ckpt, ckpt, "prior", "a prior")  # its own kind passes
+        refuse_other_kind(ckpt)
+    refuse_other_kind(ckpt, "prior", "a prior")  # its own kind passes
 
 
 # --------------------------------------------------------------------------------------------------

@@ -694,7 +694,7 @@ def load_prior(path: str | Path, device: str | torch.device = "cpu") -> tuple[Pr
     """A trained prior from its run folder (or checkpoint): the network (eval mode), its settings and the codes
     header it was trained on."""
     ckpt = resolve_checkpoint(path)
-    refuse_other_kind(ckpt, path, "prior", "a prior (daps prior train)")
+    refuse_other_kind(ckpt, "prior", "a prior (daps prior train)")
     try:
         config = json.loads((ckpt / "config.json").read_text())
         cfg = PriorConfig(**config["prior"])

@@ -309,7 +309,7 @@ def load_policy(path: str | Path, device: str | torch.device = "cpu") -> tuple[C
     """A trained policy from its run folder (or checkpoint): the network (eval mode), its settings and the header
     of its examples (tokenizer, V, T, velocity ranges)."""
     ckpt = resolve_checkpoint(path)
-    refuse_other_kind(ckpt, path, KIND, "a robot policy (daps robot train)")
+    refuse_other_kind(ckpt, KIND, "a robot policy (daps robot train)")
     try:
         config = json.loads((ckpt / "config.json").read_text())
         cfg = RobotConfig(**config[KIND])

@@ -51,12 +51,12 @@ import torch
 from torch import nn
 
 from daps.checkpoint import (
-    CKPT_DIR,
     load_training_state,
     load_weights,
     refuse_other_kind,
     remove_leftovers,
     resolve_checkpoint,
+    run_folder,
     save_checkpoint,
 )
 from daps.config import numpy_seed
@@ -881,9 +881,7 @@ def _finish(run_dir: Path, cfg: TrackerConfig, baseline: dict[str, float]) -> No
     rows = read_metrics(run_dir / "metrics.jsonl")
     val = [r for r in rows if r.get("split") == "val"]
     summary = {"step": cfg.updates, **(val[-1] if val else {}), "baseline": baseline}
-    tokenizer = Path(cfg.tokenizer)
-    run = tokenizer.parent.parent if tokenizer.parent.name == CKPT_DIR else tokenizer  # a checkpoint: its run's name
-    tokens = f" of {run.name}'s codes" if cfg.tokenizer else ""
+    tokens = f" of {run_folder(Path(cfg.tokenizer)).name}'s codes" if cfg.tokenizer else ""  # a checkpoint: its run
     title = f"tracker{tokens} ({run_dir.name}): {cfg.frames:,} frames, {cfg.envs} environments"
     save_tracker_curves(rows, run_dir / "curves.png", baseline, title)
     write_json_atomic(run_dir / "summary.json", summary)  # last: it marks the run finished
@@ -922,7 +920,7 @@ def load_tracker(path: str | Path) -> tuple[Tracker, TrackerConfig, dict[str, An
     """A trained tracker from its run folder (or checkpoint): the network (eval mode), settings, the references'
     header and the references."""
     ckpt = resolve_checkpoint(path)
-    refuse_other_kind(ckpt, path, KIND, "a tracker (daps robot track-train)")
+    refuse_other_kind(ckpt, KIND, "a tracker (daps robot track-train)")
     check_version(ckpt / "config.json")
     try:
         config = json.loads((ckpt / "config.json").read_text())
