@@ -104,7 +104,7 @@ def save_images(x: torch.Tensor, model: Method, folder: str | Path, prefix: str 
     from PIL import Image
 
     from daps.data import dataset_spec
-    from daps.metrics.fid import FLOAT_RANGE
+    from daps.metrics.fid import off_unit_scale
     from daps.plots import save_png
     from daps.runfolder import refuse_tilde
 
@@ -121,12 +121,11 @@ def save_images(x: torch.Tensor, model: Method, folder: str | Path, prefix: str 
         raise UserError(f"save_images: {folder} exists and is not a folder")
     standardize = dataset_spec(model.config.data.name).standardize
     unit = standardize.to_unit(x.detach().cpu(), clip=False)
-    if standardize.shown is None and unit.numel():  # pixels (a feature map's colour scale is clipped by design)
-        low, high = unit.aminmax()  # (an empty batch has no extremes: it writes nothing, as before)
-        if not FLOAT_RANGE[0] <= low <= high <= FLOAT_RANGE[1]:
-            raise UserError(f"save_images takes images on the model's scale; these would be pixels from "
-                            f"{float(low) * 255:.4g} to {float(high) * 255:.4g} of 0..255 (most clipped): pass what "
-                            "the model takes or gives (daps.load_images, reconstruct(x).x_hat)")
+    off = off_unit_scale(unit) if standardize.shown is None else None  # a feature map's colours are clipped by design
+    if off is not None:  # (an empty batch has no extremes: it writes nothing, as before)
+        raise UserError(f"save_images takes images on the model's scale; these would be pixels from "
+                        f"{off[0] * 255:.4g} to {off[1] * 255:.4g} of 0..255 (most clipped): pass what "
+                        "the model takes or gives (daps.load_images, reconstruct(x).x_hat)")
     folder.mkdir(parents=True, exist_ok=True)
     pixels = (unit.clamp(0, 1) * 255).round().to(torch.uint8)
     paths = [folder / f"{prefix}_{i:04d}.png" for i in range(len(pixels))]

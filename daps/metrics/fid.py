@@ -45,6 +45,16 @@ FLOAT_RANGE = (-0.5, 1.5)
 """The float values :func:`fid_preprocess` takes (clipped to [0, 1]); outside, the images are on another scale."""
 
 
+def off_unit_scale(images: torch.Tensor) -> tuple[float, float] | None:
+    """The lowest and highest value of float images meant for the [0, 1] scale when they reach beyond
+    :data:`FLOAT_RANGE` (or hold NaN): images on another scale (0-255, [-1, 1], standardized). None when they are
+    within it, or empty."""
+    if not images.numel():
+        return None
+    low, high = torch.stack(torch.aminmax(images.detach())).tolist()
+    return None if FLOAT_RANGE[0] <= low <= high <= FLOAT_RANGE[1] else (low, high)  # NaN fails every comparison
+
+
 def fid_preprocess(images: torch.Tensor) -> torch.Tensor:
     """FID network input: ``(N, 3, H, W)`` uint8 in 0..255 or float on the [0, 1] scale -> float32
     ``(N, 3, 299, 299)`` in [-1, 1]. Floats are quantised like saved images (``x*255``, clipped, truncated
@@ -59,10 +69,10 @@ def fid_preprocess(images: torch.Tensor) -> torch.Tensor:
     if images.dtype == torch.uint8:
         u8 = images
     elif images.is_floating_point():
-        low, high = torch.stack(torch.aminmax(images.detach())).tolist() if images.numel() else (0.0, 0.0)
-        if not FLOAT_RANGE[0] <= low <= high <= FLOAT_RANGE[1]:  # also NaN
-            raise UserError(f"FID takes float images on the [0, 1] scale, got values from {low:g} to {high:g}: divide "
-                            "0-255 pixels by 255, and map [-1, 1] or standardized images back to [0, 1] first")
+        off = off_unit_scale(images)
+        if off is not None:
+            raise UserError(f"FID takes float images on the [0, 1] scale, got values from {off[0]:g} to {off[1]:g}: "
+                            "divide 0-255 pixels by 255, and map [-1, 1] or standardized images back to [0, 1] first")
         if images.dtype in (torch.float16, torch.bfloat16):
             # a half type cannot hold k/255 (float16 stores about half the levels just below it): each value is
             # read as the highest level within half a step of its type, so that k/255 in any half type is level k
