@@ -224,10 +224,10 @@ def _sample(args: argparse.Namespace) -> int:
     g = torch.Generator(device).manual_seed(args.seed)
     euler_steps = cfg.euler_steps if args.euler_steps is None else args.euler_steps
     codes = generate(model, labels.to(device), args.cfg, args.temperature, g, euler_steps)
-    rows = labels[::columns]  # each row holds one class's samples (one class in all rows with --label)
-    save_image_grid(decoded_images(tokenizer, codes), out, columns=columns, row_labels=[names[int(y)] for y in rows])
+    classes = [names[int(y)] for y in labels]  # each row holds one class's samples (one class in all with --label)
+    save_image_grid(decoded_images(tokenizer, codes), out, columns=columns, row_labels=classes[::columns])
     if video is not None:
-        write_motion_video(tokenizer, codes, video, columns, [names[int(y)] for y in labels], "sampled")
+        write_motion_video(tokenizer, codes, video, columns, classes, "sampled")
     if args.codes_out is not None:
         sample_meta = {**training_header(meta), "split": "prior-samples", "samples_per_input": 1,
                        "prior": str(args.prior_dir), "guidance": args.cfg, "temperature": args.temperature,
