@@ -147,11 +147,11 @@ def render_side_by_side(
     t, p = np.asarray(target, dtype=np.float64), np.asarray(pred, dtype=np.float64)
     if t.ndim != 2 or t.shape[1] != POSE_DIM or t.shape != p.shape:
         raise ValueError(f"target and pred must be (T, {POSE_DIM}) of one shape, got {t.shape} and {p.shape}")
-    bands = [_caption_band(text, width)[:height] for text in captions]
+    bands = [_caption_band(text, width) for text in captions]
 
     def pair(left: np.ndarray, right: np.ndarray) -> np.ndarray:  # (height, 2 * width, 3)
         for frame, band in zip((left, right), bands):
-            frame[: band.shape[0], : band.shape[1]] = band
+            _stamp(frame, band)
         return np.concatenate([left, right], axis=1)
 
     views = _views(h1, [t, p], [t, t], [TARGET_RGBA, PRED_RGBA], width, height, distance)
@@ -171,15 +171,14 @@ def render_motion(
         raise ValueError(f"{len(captions)} captions for {len(p)} frames")
     # the last caption's band only: consecutive frames share a caption (drawn once for them all), while every
     # band kept would grow with the video (robot plan's time changes every 0.1 s: 36,000 bands for an hour)
-    last: dict[str, np.ndarray] = {}
+    last: tuple[str, np.ndarray] | None = None
 
     def captioned(frame: np.ndarray, t: int) -> np.ndarray:
+        nonlocal last
         if captions is not None:
-            if captions[t] not in last:
-                last.clear()
-                last[captions[t]] = _caption_band(captions[t], width)[:height]
-            band = last[captions[t]]
-            frame[: band.shape[0], : band.shape[1]] = band
+            if last is None or last[0] != captions[t]:
+                last = (captions[t], _caption_band(captions[t], width))
+            _stamp(frame, last[1])
         return frame
 
     views = _views(h1, [p], [p], [PRED_RGBA], width, height, distance)
@@ -208,7 +207,7 @@ def render_grid(
 
     def grid(views: list[np.ndarray]) -> np.ndarray:  # one time step's tiles -> (rows * tile, columns * tile, 3)
         for frame, band in zip(views, bands):
-            frame[: band.shape[0], : band.shape[1]] = band
+            _stamp(frame, band)
         views = views + [np.zeros_like(views[0])] * (rows * columns - len(views))  # black tiles fill the last row
         return np.concatenate([np.concatenate(views[r * columns : (r + 1) * columns], axis=1) for r in range(rows)])
 
@@ -224,6 +223,12 @@ def _caption_band(text: str, width: int) -> np.ndarray:
     band = Image.new("RGB", (min(8 + 6 * len(text), width), 16), (20, 20, 20))  # ~6 pixels per character
     ImageDraw.Draw(band).text((4, 2), text, fill=(255, 255, 255))
     return np.asarray(band)
+
+
+def _stamp(frame: np.ndarray, band: np.ndarray) -> None:
+    """Paint ``band`` (a caption) into the top-left corner of ``frame`` (an RGB view), cut to the view."""
+    h, w = min(band.shape[0], frame.shape[0]), min(band.shape[1], frame.shape[1])
+    frame[:h, :w] = band[:h, :w]
 
 
 def _write_mp4(frames: Iterable[np.ndarray], path: Path, fps: float) -> Path:
