@@ -14,6 +14,8 @@ seed, inputs and overrides:
   ``torch.compile``; compiled in the warm-up, whose time is reported);
 - ``resample-4``, ``resample-2``, ``resample-1`` (``daps.resample=m``, systematic), ``resample-2-multinomial``,
   ``resample-2-bf16`` (with ``train.precision=bfloat16``);
+- ``one-pass``, ``one-pass-bf16``: ``daps.one_pass=true`` (the codes scored in the sampling pass, no teacher-forced
+  pass; the same losses and gradients), the second with ``train.precision=bfloat16``;
 - ``vqvae``: the VQ-VAE method at the same preset (the denominator of the DAPS / VQ-VAE ratio);
 - ``graphed``, ``vqvae-graphed``, ``graphed-bf16``: ``train.cuda_graph=true`` (CUDA, ``--device cuda``): the whole
   step recorded as one CUDA graph during the warm-up and replayed (the warm-up lengthened to cover it);
@@ -58,6 +60,8 @@ VARIANTS = {
     "resample-1": ["daps.resample=1"],
     "resample-2-multinomial": ["daps.resample=2", "daps.resample_scheme=multinomial"],
     "resample-2-bf16": ["daps.resample=2", "train.precision=bfloat16"],
+    "one-pass": ["daps.one_pass=true"],
+    "one-pass-bf16": ["daps.one_pass=true", "train.precision=bfloat16"],
     "vqvae": [],  # the vqvae method at the same preset: the denominator of "DAPS / VQ-VAE"
     "graphed": ["train.cuda_graph=true"],
     "graphed-bf16": ["train.cuda_graph=true", "train.precision=bfloat16"],

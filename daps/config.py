@@ -378,3 +378,6 @@ def validate(cfg: Config) -> None:
     if t.logger not in ("auto", "none", "tensorboard", "wandb"):
         raise UserError(f"train.logger must be auto, none, tensorboard or wandb, got {t.logger!r}")
     cfg.options.validate()
+    check_config = METHODS[cfg.method].check_config
+    if check_config is not None:
+        check_config(cfg)

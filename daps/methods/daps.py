@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Callable, ClassVar
 
 import torch
 import torch.nn as nn
@@ -84,12 +84,21 @@ class DAPSConfig:
     resample_scheme: str = "systematic"
     """How the m codes are drawn: ``systematic`` (one uniform per input, m evenly spaced points) or
     ``multinomial`` (m independent draws)."""
+    one_pass: bool = False
+    """Score the K codes while sampling them (not in the paper): log q keeps its gradient from the sampling pass
+    (``sample_scored``), so no second, teacher-forced pass runs over the K*B codes. The same codes, losses and
+    gradients up to float rounding: a speed option only, faster at short T (``mnist``, T = 8) and slower at long
+    T (BENCHMARKS.md, "One encoder pass"). Not with ``daps.resample``, ``encoder.mask_token0``,
+    ``train.compile`` or ``train.cuda_graph``."""
 
     def validate(self) -> None:
         check_positive("daps", self, ("num_samples", "init_eta"))
         check_positive("daps", self, ("eta_lr",), strict=False)
         if not 0 <= self.resample <= self.num_samples:
             raise UserError(f"daps.resample must be in [0, num_samples={self.num_samples}], got {self.resample}")
+        if self.one_pass and self.resample:
+            raise UserError("daps.one_pass scores all K codes in the sampling pass and daps.resample teacher-forces "
+                            "m of them: choose one")
         if self.resample_scheme not in ("systematic", "multinomial"):
             raise UserError(f"daps.resample_scheme must be systematic or multinomial, got {self.resample_scheme!r}")
         if not 0.0 < self.ess_target <= 1.0:
@@ -166,19 +175,20 @@ class DAPS(Method):
     ) -> tuple[torch.Tensor, ...]:
         """The three losses for sampled codes ``indices (K, B, T)``; returns the loss and what is logged.
 
-        Without resampling (``uniforms`` None) the encoder's teacher-forced log q of all K codes carries the
-        gradient and its detached value enters the weights. With it, the weights use the sampling pass's
-        ``sample_log_q (K, B)`` (the same numbers), ``uniforms`` pick m codes per input with probabilities w
+        Without resampling (``uniforms`` None) the encoder's log q of all K codes carries the gradient and its
+        detached value enters the weights: from a teacher-forced pass, or with ``one_pass`` the sampling pass's
+        ``sample_log_q (K, B)``, which then has its gradient. With resampling, the weights use ``sample_log_q`` (the
+        same numbers, no gradient), ``uniforms`` pick m codes per input with probabilities w
         (:func:`daps.functional.resample_indices`) and only those are teacher-forced."""
         num_samples = indices.shape[0]
         params = self.decoder(indices)  # (K, B, ...): BatchNorm, if any, normalizes each of the K slices alone
         log_p = self.likelihood.log_prob(params, x)  # (K, B)
         rewards = log_p.detach()
-        if uniforms is None:
-            log_q = self.encoder.log_prob(x, indices).sum(-1)  # (K, B), with gradient
-            log_q_const = log_q.detach()
-        else:
+        if uniforms is not None:
             log_q_const = sample_log_q
+        else:
+            log_q = sample_log_q if self.cfg.one_pass else self.encoder.log_prob(x, indices).sum(-1)  # (K, B), grad
+            log_q_const = log_q.detach()
         eta = self.log_eta.exp()
         # One set of weights: its gradient (only into log_eta) drives the ESS loss; detached, it weights
         # the encoder's maximum likelihood.
@@ -201,7 +211,10 @@ class DAPS(Method):
     def forward(self, x: torch.Tensor, step: int, generator: torch.Generator | None = None) -> Output:
         """One DAPS objective evaluation on ``x (B, C, H, W)`` at optimizer step ``step``."""
         num_samples = self.cfg.num_samples
-        samples = self.encoder.sample(x, num_samples, generator)  # indices (K, B, T), no grad
+        if self.cfg.one_pass:
+            samples = self.encoder.sample_scored(x, num_samples, generator)  # log q with its gradient
+        else:
+            samples = self.encoder.sample(x, num_samples, generator)  # indices (K, B, T), no grad
         indices = samples.indices
         beta = self.scheduled("beta", step, x.device)  # a tensor: neither a compiled objective nor a graph is rebuilt
         uniforms = None
@@ -263,6 +276,27 @@ def build_dapsna(cfg: Config, image_shape: tuple[int, int, int]) -> DAPS:
     return DAPS(encoder, decoder, likelihood, cfg.daps, num_steps=cfg.train.steps)
 
 
+def _check_config(independent: bool) -> Callable[[Config], None]:
+    """What ``daps.one_pass`` cannot be combined with, for DAPS or DAPS-NA (``independent``)."""
+
+    def check(cfg: Config) -> None:
+        if not (isinstance(cfg.options, DAPSConfig) and cfg.options.one_pass):
+            return
+        conflicts = {
+            "encoder.mask_token0": "the masked teacher-forced log q is not the sampling one",
+            "train.compile": "the differentiable sampling pass is not compiled",
+            "train.cuda_graph": "not yet checked on a GPU",
+        }
+        if independent:  # the bidirectional encoder has no teacher forcing to mask
+            conflicts.pop("encoder.mask_token0")
+        for key, why in conflicts.items():
+            section, name = key.split(".")
+            if getattr(getattr(cfg, section), name):
+                raise UserError(f"daps.one_pass does not go with {key}=true ({why}): turn one of them off")
+
+    return check
+
+
 def _presets(independent: bool) -> dict:
     """DAPS's values per preset (the original's configs); ``independent``: DAPS-NA."""
 
@@ -292,11 +326,11 @@ DAPS_SPEC = MethodSpec(
     name="daps", summary="DAPS: weighted max-likelihood toward the KL-regularized target, autoregressive encoder",
     build=build_daps, config_type=DAPSConfig, encoder="autoregressive", presets=_presets(independent=False),
     progress=("log_p", "kl", "ess", "eta"),
-    cuda_graph=True,
+    cuda_graph=True, check_config=_check_config(independent=False),
 )
 DAPSNA_SPEC = MethodSpec(
     name="dapsna", summary="DAPS with independent tokens (bidirectional encoder)",
     build=build_dapsna, config_type=DAPSConfig, encoder="bidirectional", presets=_presets(independent=True),
     progress=("log_p", "kl", "ess", "eta"),
-    cuda_graph=True,
+    cuda_graph=True, check_config=_check_config(independent=True),
 )

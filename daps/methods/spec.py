@@ -50,6 +50,9 @@ class MethodSpec:
             that says so.
         ignores: shared settings the method does not read, each with the reason: ``daps train`` refuses them as
             overrides, and ``compare`` gives them only to the methods that read them.
+        check_config: ``check_config(cfg)`` refuses combinations of the method's settings with shared ones that
+            cannot work (a :class:`~daps.errors.UserError` naming both keys); run by :func:`daps.config.validate`
+            after the settings' own ``validate()``.
     """
 
     name: str
@@ -63,6 +66,7 @@ class MethodSpec:
     only_presets: tuple[str, ...] | None = None
     cuda_graph: bool = False
     ignores: Mapping[str, str] = field(default_factory=dict)
+    check_config: Callable[[Config], None] | None = None
 
 
 __all__ = ["EncoderFamily", "MethodSpec", "categorical_bits"]

@@ -186,6 +186,25 @@ class ARTransformerEncoder(nn.Module):
             step = self._cached_step(memory_kv, num_samples)
         return sample_autoregressive(step, x.shape[0], num_samples, self.num_tokens, x.device, generator)
 
+    def sample_scored(
+        self, x: torch.Tensor, num_samples: int = 1, generator: torch.Generator | None = None
+    ) -> Samples:
+        """:meth:`sample` with the scoring done on the way: ``token_log_q`` keeps its gradient, so training on
+        ``log q(z | x)`` needs no teacher-forced pass (:meth:`log_prob`) over the codes afterwards.
+
+        The one-token steps run with gradients through a cache kept by concatenation
+        (:class:`~daps.nets.kv_cache.GrowingKVCache`). The codes equal :meth:`sample`'s under the same generator,
+        and ``token_log_q`` equals :meth:`log_prob` of them, value and gradient, up to float rounding (the same
+        products, grouped by position). Faster than :meth:`sample` + :meth:`log_prob` at short T, slower at
+        long T (BENCHMARKS.md, "One encoder pass"). Not with ``mask_token0``, whose teacher-forced log q is not
+        the sampling probability.
+        """
+        if self.mask_token0:
+            raise ValueError("sample_scored gives the sampling log q; with mask_token0 training reads the "
+                             "teacher-forced one (log_prob), which differs for codes containing 0")
+        step = self._cached_step(self.memory(x), num_samples, differentiable=True)
+        return sample_autoregressive(step, x.shape[0], num_samples, self.num_tokens, x.device, generator)
+
     def _recomputing_step(self, memory_kv: MemoryKV, num_samples: int) -> SamplingStep:
         """Teacher-force the whole prefix at every position (no cache)."""
 
@@ -195,9 +214,14 @@ class ARTransformerEncoder(nn.Module):
 
         return step
 
-    def _cached_step(self, memory_kv: MemoryKV, num_samples: int) -> SamplingStep:
-        """One query per position against a :class:`KVCache` of the keys so far."""
-        caches = [KVCache(k, v) for k, v in self._cache_tensors(memory_kv, num_samples, zeroed=False)]
+    def _cached_step(self, memory_kv: MemoryKV, num_samples: int, differentiable: bool = False) -> SamplingStep:
+        """One query per position against the keys so far: in a preallocated :class:`KVCache`, or, with
+        ``differentiable``, in a :class:`GrowingKVCache` that gradients flow through."""
+        caches: list[SelfAttentionCache]
+        if differentiable:
+            caches = [GrowingKVCache() for _ in self.decoder_blocks]
+        else:
+            caches = [KVCache(k, v) for k, v in self._cache_tensors(memory_kv, num_samples, zeroed=False)]
 
         def step(indices: torch.Tensor, pos: int) -> torch.Tensor:
             y = self.token_embed(_previous_tokens(indices, pos))[:, None] + self.pos[pos]  # (B*K, 1, E)

@@ -97,13 +97,21 @@ class NACategoricalEncoder(nn.Module):
         self, x: torch.Tensor, num_samples: int = 1, generator: torch.Generator | None = None, use_cache: bool = True
     ) -> Samples:
         """``num_samples`` independent codes per input (``use_cache`` is accepted for interface parity)."""
+        return self.sample_scored(x, num_samples, generator)
+
+    def sample_scored(
+        self, x: torch.Tensor, num_samples: int = 1, generator: torch.Generator | None = None
+    ) -> Samples:
+        """:meth:`sample` whose ``token_log_q`` keeps its gradient (under gradient mode), equal to :meth:`log_prob`
+        of the codes: the network runs once for drawing and scoring."""
         log_probs = self.token_log_probs(x)  # (B, T, V)
-        probs = log_probs.exp()
-        b, t, v = probs.shape
-        flat = probs[None].expand(num_samples, b, t, v).reshape(-1, v)  # (K*B*T, V)
-        indices = sample_probs(flat, generator).view(num_samples, b, t)  # (K, B, T)
+        b, t, v = log_probs.shape
+        with torch.no_grad():
+            probs = log_probs.exp()
+            flat = probs[None].expand(num_samples, b, t, v).reshape(-1, v)  # (K*B*T, V)
+            indices = sample_probs(flat, generator).view(num_samples, b, t)  # (K, B, T)
+            entropy = -(probs * log_probs).sum(-1)  # (B, T)
         token_log_q = log_probs[None].expand(num_samples, -1, -1, -1).gather(-1, indices[..., None]).squeeze(-1)
-        entropy = -(probs * log_probs).sum(-1)  # (B, T)
         return Samples(indices, token_log_q, entropy[None].expand(num_samples, -1, -1).contiguous())  # (K, B, T)
 
     def sample_relaxed(

@@ -49,6 +49,9 @@ def sample_autoregressive(
     ``log_probs_of``: logits -> log-probabilities, the clamped :func:`~daps.functional.categorical_log_probs` of the
     encoder (as its teacher-forced log q) or :func:`~daps.functional.exact_log_probs` (the priors, which score
     exactly). Returns codes, log-probabilities and entropies ``(K, B, T)``.
+
+    Under gradient mode (a differentiable ``step``, as :meth:`~daps.nets.ar_encoder.ARTransformerEncoder.sample_scored`
+    gives) the log-probabilities keep their gradient; the draws and the entropies never do.
     """
     b, k, t = batch_size, num_samples, num_tokens
     indices = torch.zeros(b * k, t, dtype=torch.long, device=device)  # (B*K, T)
@@ -56,11 +59,12 @@ def sample_autoregressive(
     token_entropy = torch.zeros(b * k, t, device=device)  # (B*K, T)
     for pos in range(t):
         log_probs = log_probs_of(step(indices, pos))  # (B*K, V)
-        probs = log_probs.exp()
-        token = sample_probs(probs, generator)  # (B*K,)
+        with torch.no_grad():
+            probs = log_probs.exp()
+            token = sample_probs(probs, generator)  # (B*K,)
+            token_entropy[:, pos] = -(probs * log_probs).sum(-1)
         indices[:, pos] = token
         token_log_q[:, pos] = log_probs.gather(-1, token[:, None]).squeeze(-1)
-        token_entropy[:, pos] = -(probs * log_probs).sum(-1)
 
     def unflatten(a: torch.Tensor) -> torch.Tensor:
         return a.view(b, k, t).transpose(0, 1)  # (K, B, T)
