@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         "preset": args.preset,
         "method": args.method,
         "batch_size": cfg.train.batch_size,
-        "num_samples": int(getattr(getattr(cfg, args.method, None), "num_samples", 1)),
+        "num_samples": int(getattr(cfg.options, "num_samples", 1)),
         "settings": {"rounds": args.rounds, "steps_per_window": args.steps_per_window, "warmup": args.warmup,
                      "overrides": args.overrides},
         "dynamo_counters_end": dynamo_counters(),

@@ -175,7 +175,8 @@ def refuse_ignored(cfg: Config, overrides: list[str]) -> None:
 
 def ignored_settings(cfg: Config) -> dict[str, str]:
     """The shared settings ``cfg`` does not read, each with the reason: its method's (``MethodSpec.ignores``), the
-    decoder kinds' other networks, the likelihoods' other variances, the windowing of datasets that are not cut
+    token-0 mask of the autoregressive encoder's teacher forcing for the other encoders, the decoder kinds' other
+    networks, the likelihoods' other variances, the windowing of datasets that are not cut
     into windows, the loader workers of datasets held in memory and the FID files without their FID.
 
     ``daps train`` refuses them as overrides (:func:`refuse_ignored`); they are left out of the comparisons of a
@@ -187,6 +188,9 @@ def ignored_settings(cfg: Config) -> dict[str, str]:
     method = METHODS.get(cfg.method)
     if method is not None:
         out.update({k: f"{cfg.method} does not read it ({why})" for k, why in method.ignores.items()})
+        if method.encoder != "autoregressive":
+            out.setdefault("encoder.mask_token0", f"{cfg.method} does not read it (its {method.encoder} encoder "
+                                                  "teacher-forces nothing)")
     kind = cfg.decoder.kind
     for key, reader in (("hidden", "mlp"), ("resnet_width", "resnet"), ("resnet_blocks", "resnet"),
                         ("transformer_layers", "transformer"), ("transformer_heads", "transformer")):

@@ -343,3 +343,33 @@ def test_long_benchmarks_keep_existing_results_without_overwrite(script, tmp_pat
     assert done.returncode == 2 and done.stderr.strip().count("\n") == 0
     assert "exists; pass --overwrite" in done.stderr and (out / "results.json").read_text() == '{"mine": true}'
     assert not (tmp_path / "work").exists()
+
+
+@pytest.mark.parametrize("method", ["daps", "dapsna"])
+def test_step_variants_times_each_variant_in_rounds_and_reports_the_ratios(method, tmp_path, monkeypatch, capsys):
+    """``benchmarks/step_variants.py`` on a tiny config: one row per variant (``one-pass`` and the VQ-VAE
+    denominator included) with its rounds and its ratio to eager, the run's K read from the method's own settings
+    (it said K=1 for DAPS-NA, whose settings section is ``daps``), and its refusals in one line (exit 2): an
+    unknown variant, a CUDA-only one on the CPU, an existing report without ``--overwrite`` (left untouched)."""
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))
+    variants = _load_script("benchmarks_step_variants", SCRIPT.parent / "step_variants.py")
+    out = tmp_path / "variants.json"
+    args = ["--method", method, "--variants", "eager,one-pass,vqvae", "--rounds", "2", "--steps-per-window", "1",
+            "--warmup", "1", "--threads", "1", "--out", str(out), *TINY_DAPS]
+    assert variants.main(args) == 0
+    report = strict_json(out.read_text())
+    assert report["method"] == method and report["num_samples"] == 4 and report["batch_size"] == 8
+    results = report["results"]
+    assert list(results) == ["eager", "one-pass", "vqvae"]
+    assert results["one-pass"]["overrides"] == ["daps.one_pass=true"]
+    assert results["eager"]["relative_to_eager"] == 1.0
+    for res in results.values():
+        assert len(res["steps_per_s"]["rounds"]) == 2 and positive(res["steps_per_s"]["median"])
+        assert positive(res["relative_to_eager"])
+    assert f"{method} step at `mnist` (B=8, K=4)" in out.with_suffix(".md").read_text()
+    before = out.read_bytes()
+    capsys.readouterr()
+    for bad in (["--variants", "eager,warp"], ["--variants", "eager,graphed"], []):
+        assert variants.main([*bad, "--out", str(out)]) == 2
+        assert capsys.readouterr().err.strip().count("\n") == 0
+    assert out.read_bytes() == before

@@ -708,6 +708,20 @@ def test_train_refuses_a_shared_setting_its_method_does_not_read(method, key, re
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("method", ["dapsna", "gumbelna", "vqvae", "fsq", "vae"])
+def test_train_refuses_the_token0_mask_where_nothing_is_teacher_forced(method, tmp_path, capsys):
+    """``encoder.mask_token0`` masks the autoregressive encoder's teacher forcing; ``daps train --method dapsna
+    encoder.mask_token0=true`` trained the bidirectional encoder as if it were not there."""
+    argv = ["train", "--method", method, "encoder.mask_token0=true", f"train.out_dir={tmp_path / 'run'}"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and f"encoder.mask_token0: {method} does not read it (its " in err, err
+    assert not (tmp_path / "run").exists()
+    assert main(["train", "--method", "daps", "encoder.mask_token0=true", "train.steps=0",
+                 f"train.out_dir={tmp_path / 'run'}"]) == 2  # refused for the steps, not the mask
+    assert "encoder.mask_token0" not in capsys.readouterr().err
+
+
 def test_compare_gives_a_shared_setting_only_to_the_methods_that_read_it(tmp_path):
     from daps.compare import plan_runs
 
