@@ -90,6 +90,7 @@ def test_a_one_pass_step_is_the_teacher_forced_step(method, single_thread):
     ("daps", ["train.compile=true"], "train.compile"),
     ("daps", ["train.cuda_graph=true"], "train.cuda_graph"),
     ("dapsna", ["train.compile=true"], "train.compile"),
+    ("daps", ["encoder.num_tokens=65"], "encoder.num_tokens up to 64"),
 ])
 def test_one_pass_refuses_what_it_cannot_go_with(method, extra, named):
     from daps.config import validate
@@ -102,10 +103,13 @@ def test_one_pass_refuses_what_it_cannot_go_with(method, extra, named):
         validate(cfg)
 
 
-def test_dapsna_one_pass_takes_the_token0_mask_setting_it_does_not_read():
+def test_dapsna_one_pass_takes_what_its_encoder_does_not_grow_with():
+    """DAPS-NA's tokens come from one pass of its network, so neither the token-0 mask nor a long code matters."""
     from daps.config import validate
 
     validate(parse_overrides(get_preset("mnist", "dapsna"), ["daps.one_pass=true", "encoder.mask_token0=true"]))
+    validate(parse_overrides(get_preset("imagenet256", "dapsna"), ["daps.one_pass=true"]))
+    parse_overrides(get_preset("mnist", "daps"), ["daps.one_pass=true", "encoder.num_tokens=64"])
 
 
 @pytest.mark.usefixtures("offline", "no_plots")

@@ -87,9 +87,10 @@ class DAPSConfig:
     one_pass: bool = False
     """Score the K codes while sampling them (not in the paper): log q keeps its gradient from the sampling pass
     (``sample_scored``), so no second, teacher-forced pass runs over the K*B codes. The same codes, losses and
-    gradients up to float rounding: a speed option only, faster at short T (``mnist``, T = 8) and slower at long
-    T (BENCHMARKS.md, "One encoder pass"). Not with ``daps.resample``, ``encoder.mask_token0``,
-    ``train.compile`` or ``train.cuda_graph``."""
+    gradients up to float rounding: a speed option only, faster at short T (``mnist``, T = 8), no faster at
+    T = 64 (BENCHMARKS.md, "One encoder pass"). Its backward keeps each sampling step's keys, so the autoregressive
+    encoder takes it up to :data:`ONE_PASS_MAX_TOKENS` tokens. Not with ``daps.resample``,
+    ``encoder.mask_token0``, ``train.compile`` or ``train.cuda_graph``."""
 
     def validate(self) -> None:
         check_positive("daps", self, ("num_samples", "init_eta"))
@@ -276,12 +277,24 @@ def build_dapsna(cfg: Config, image_shape: tuple[int, int, int]) -> DAPS:
     return DAPS(encoder, decoder, likelihood, cfg.daps, num_steps=cfg.train.steps)
 
 
+ONE_PASS_MAX_TOKENS = 64
+"""The longest code ``daps.one_pass`` takes with the autoregressive encoder. Its backward keeps every step's keys
+and values, (T + 1) / 2 times those of the teacher-forced pass: 36 MB at ``mnist`` (T = 8), 8.7 GB at ``cifar10``
+(T = 64, B = 256), about 550 GB at ``imagenet256`` (T = 1,024); and it is no faster than the teacher-forced pass
+from T = 64 on (BENCHMARKS.md, "One encoder pass")."""
+
+
 def _check_config(independent: bool) -> Callable[[Config], None]:
     """What ``daps.one_pass`` cannot be combined with, for DAPS or DAPS-NA (``independent``)."""
 
     def check(cfg: Config) -> None:
         if not (isinstance(cfg.options, DAPSConfig) and cfg.options.one_pass):
             return
+        t = cfg.encoder.num_tokens
+        if not independent and t > ONE_PASS_MAX_TOKENS:
+            raise UserError(f"daps.one_pass keeps every sampling step's keys for the backward, (T + 1) / 2 times the "
+                            f"teacher-forced pass's memory, and is no faster beyond short codes: it takes "
+                            f"encoder.num_tokens up to {ONE_PASS_MAX_TOKENS}, got {t}")
         conflicts = {
             "encoder.mask_token0": "the masked teacher-forced log q is not the sampling one",
             "train.compile": "the differentiable sampling pass is not compiled",

@@ -195,9 +195,10 @@ class ARTransformerEncoder(nn.Module):
         The one-token steps run with gradients through a cache kept by concatenation
         (:class:`~daps.nets.kv_cache.GrowingKVCache`). The codes equal :meth:`sample`'s under the same generator,
         and ``token_log_q`` equals :meth:`log_prob` of them, value and gradient, up to float rounding (the same
-        products, grouped by position). Faster than :meth:`sample` + :meth:`log_prob` at short T, slower at
-        long T (BENCHMARKS.md, "One encoder pass"). Not with ``mask_token0``, whose teacher-forced log q is not
-        the sampling probability.
+        products, grouped by position). Faster than :meth:`sample` + :meth:`log_prob` at short T, no faster at
+        T = 64 (BENCHMARKS.md, "One encoder pass"); the graph keeps every step's keys and values, (T + 1) / 2 times
+        the teacher-forced pass's. Not with ``mask_token0``, whose teacher-forced log q is not the sampling
+        probability.
         """
         if self.mask_token0:
             raise ValueError("sample_scored gives the sampling log q; with mask_token0 training reads the "
