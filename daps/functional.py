@@ -25,6 +25,7 @@ __all__ = [
     "exact_log_probs",
     "categorical_sample",
     "clamp_log_prob",
+    "token_log_prob",
     "categorical_entropy",
     "conditional_gumbel",
     "gumbel_rao_st",
@@ -88,6 +89,16 @@ def exact_log_probs(logits: torch.Tensor) -> torch.Tensor:
     """Normalized log-probabilities without the clamp of :func:`categorical_log_probs` (float32): what the priors
     score and sample, so that a near-impossible token stays near-impossible."""
     return F.log_softmax(logits.float(), dim=-1)
+
+
+def token_log_prob(logits: torch.Tensor, tokens: torch.Tensor, clamp: bool = True) -> torch.Tensor:
+    """The log-probabilities of given tokens: ``logits (..., V)``, ``tokens (...)`` int64 -> ``(...)`` float32.
+
+    The entries of :func:`categorical_log_probs` (``clamp``) or :func:`exact_log_probs` at ``tokens``, values and
+    gradients, with only the gathered entries clamped: no elementwise clamp (and its backward) over all V.
+    """
+    log_p = F.log_softmax(logits.float(), dim=-1).gather(-1, tokens[..., None]).squeeze(-1)
+    return clamp_log_prob(log_p) if clamp else log_p
 
 
 def categorical_entropy(log_probs: torch.Tensor) -> torch.Tensor:

@@ -158,6 +158,30 @@ def test_categorical_log_probs_clamped_and_normalized():
     assert torch.allclose(lp.exp().sum(-1), torch.ones(2), atol=1e-6)
 
 
+@pytest.mark.parametrize("clamp", [True, False])
+def test_token_log_prob_is_the_gathered_entry_of_the_full_log_probs(clamp):
+    """Values and gradients of the full (clamped or exact) log-probabilities at the tokens, including entries the
+    clamp cuts at both ends (a near-certain token, near-impossible ones) and bf16 logits."""
+    logits = torch.randn(6, 3, 5, generator=torch.Generator().manual_seed(0)) * 4
+    logits[0, 0] = torch.tensor([60.0, 0.0, 0.0, 0.0, -60.0])  # p(0) within eps of 1, p(4) below eps
+    tokens = torch.randint(0, 5, (6, 3), generator=torch.Generator().manual_seed(1))
+    tokens[0, 0], tokens[1, 0] = 0, 4
+    tokens[2, 0] = 4
+    full = DF.categorical_log_probs if clamp else DF.exact_log_probs
+    weights = torch.randn(6, 3, generator=torch.Generator().manual_seed(2))
+    for dtype in (torch.float32, torch.bfloat16):
+        a = logits.to(dtype).clone().requires_grad_()
+        b = logits.to(dtype).clone().requires_grad_()
+        got = DF.token_log_prob(a, tokens, clamp)
+        want = full(b).gather(-1, tokens[..., None]).squeeze(-1)
+        assert got.dtype == torch.float32 and torch.equal(got, want)
+        (weights * got).sum().backward()
+        (weights * want).sum().backward()
+        assert torch.allclose(a.grad.float(), b.grad.float(), atol=1e-6)
+    clamped = DF.token_log_prob(logits[:1, :1], tokens[:1, :1], clamp)
+    assert (clamped.item() == pytest.approx(math.log1p(-DF.FLOAT32_EPS))) == clamp
+
+
 def test_categorical_sample_matches_probabilities_and_is_reproducible():
     probs = torch.tensor([0.05, 0.5, 0.0, 0.3, 0.15])
     log_probs = probs.clamp_min(1e-30).log().expand(200_000, 5)

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from daps.functional import categorical_log_probs, clamp_log_prob
+from daps.functional import categorical_log_probs, token_log_prob
 from daps.nets.embed import token_embed
 from daps.nets.kv_cache import GrowingKVCache, KVCache, SelfAttentionCache, StaticKVCache, cache_buckets
 from daps.nets.layers import LN_EPS, DecoderBlock, EncoderBlock, dense, sinusoidal_table
@@ -152,12 +152,7 @@ class ARTransformerEncoder(nn.Module):
         """
         k, b, t = indices.shape
         flat, logits = self._teacher_forced(x, indices)  # (B*K, T), (B*K, T, V)
-        # Clamp only the gathered entries: the values of categorical_log_probs, without an elementwise
-        # clamp (and its backward) over all V logits.
-        log_probs = F.log_softmax(logits.float(), dim=-1)  # (B*K, T, V)
-        token_log_q = log_probs.gather(-1, flat[..., None]).squeeze(-1)  # (B*K, T)
-        if clamp:
-            token_log_q = clamp_log_prob(token_log_q)
+        token_log_q = token_log_prob(logits, flat, clamp)  # (B*K, T)
         return token_log_q.view(b, k, t).transpose(0, 1)  # (K, B, T)
 
     # ----------------------------------------------------------------------------------------------
@@ -204,7 +199,8 @@ class ARTransformerEncoder(nn.Module):
             raise ValueError("sample_scored gives the sampling log q; with mask_token0 training reads the "
                              "teacher-forced one (log_prob), which differs for codes containing 0")
         step = self._cached_step(self.memory(x), num_samples, differentiable=True)
-        return sample_autoregressive(step, x.shape[0], num_samples, self.num_tokens, x.device, generator)
+        return sample_autoregressive(step, x.shape[0], num_samples, self.num_tokens, x.device, generator,
+                                     score=token_log_prob)
 
     def _recomputing_step(self, memory_kv: MemoryKV, num_samples: int) -> SamplingStep:
         """Teacher-force the whole prefix at every position (no cache)."""

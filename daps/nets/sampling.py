@@ -42,29 +42,33 @@ def sample_autoregressive(
     device: torch.device,
     generator: torch.Generator | None = None,
     log_probs_of: Callable[[torch.Tensor], torch.Tensor] = categorical_log_probs,
+    score: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> Samples:
     """Draw ``num_samples`` codes of ``num_tokens`` per input at temperature 1, one token at a time.
 
     The rows of the flat batch are b-major: the K samples of input b are rows ``b*K ... b*K + K - 1``.
     ``log_probs_of``: logits -> log-probabilities, the clamped :func:`~daps.functional.categorical_log_probs` of the
     encoder (as its teacher-forced log q) or :func:`~daps.functional.exact_log_probs` (the priors, which score
-    exactly). Returns codes, log-probabilities and entropies ``(K, B, T)``.
-
-    Under gradient mode (a differentiable ``step``, as :meth:`~daps.nets.ar_encoder.ARTransformerEncoder.sample_scored`
-    gives) the log-probabilities keep their gradient; the draws and the entropies never do.
+    exactly). Returns codes, log-probabilities and entropies ``(K, B, T)``, without gradient; ``score(logits,
+    tokens) -> log q (B*K,)`` instead gives the log-probabilities of the drawn tokens with the gradient of a
+    differentiable ``step`` (:meth:`~daps.nets.ar_encoder.ARTransformerEncoder.sample_scored`: the same values).
     """
     b, k, t = batch_size, num_samples, num_tokens
     indices = torch.zeros(b * k, t, dtype=torch.long, device=device)  # (B*K, T)
     token_log_q = torch.zeros(b * k, t, device=device)  # (B*K, T)
     token_entropy = torch.zeros(b * k, t, device=device)  # (B*K, T)
     for pos in range(t):
-        log_probs = log_probs_of(step(indices, pos))  # (B*K, V)
+        logits = step(indices, pos)  # (B*K, V)
         with torch.no_grad():
+            log_probs = log_probs_of(logits)  # (B*K, V)
             probs = log_probs.exp()
             token = sample_probs(probs, generator)  # (B*K,)
             token_entropy[:, pos] = -(probs * log_probs).sum(-1)
         indices[:, pos] = token
-        token_log_q[:, pos] = log_probs.gather(-1, token[:, None]).squeeze(-1)
+        if score is None:
+            token_log_q[:, pos] = log_probs.gather(-1, token[:, None]).squeeze(-1)
+        else:
+            token_log_q[:, pos] = score(logits, token)
 
     def unflatten(a: torch.Tensor) -> torch.Tensor:
         return a.view(b, k, t).transpose(0, 1)  # (K, B, T)
