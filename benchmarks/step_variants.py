@@ -15,7 +15,8 @@ seed, inputs and overrides:
 - ``resample-4``, ``resample-2``, ``resample-1`` (``daps.resample=m``, systematic), ``resample-2-multinomial``,
   ``resample-2-bf16`` (with ``train.precision=bfloat16``);
 - ``one-pass``, ``one-pass-bf16``: ``daps.one_pass=true`` (the codes scored in the sampling pass, no teacher-forced
-  pass; the same losses and gradients), the second with ``train.precision=bfloat16``;
+  pass; the same losses and gradients), the second with ``train.precision=bfloat16``; with ``--method reinforce``
+  a variant's ``daps.*`` settings go to ``reinforce.*``;
 - ``vqvae``: the VQ-VAE method at the same preset (the denominator of the DAPS / VQ-VAE ratio);
 - ``graphed``, ``vqvae-graphed``, ``graphed-bf16``: ``train.cuda_graph=true`` (CUDA, ``--device cuda``): the whole
   step recorded as one CUDA graph during the warm-up and replayed (the warm-up lengthened to cover it);
@@ -35,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shlex
 import statistics
 import sys
@@ -48,6 +50,7 @@ import torch
 from run import git_revision, machine_info, make_step, setup, synchronize, time_windows, warmup_steps
 
 from daps import get_preset, parse_overrides
+from daps.methods import method_spec
 from daps.runfolder import write_text_atomic
 
 VARIANTS = {
@@ -108,10 +111,12 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError("--rounds and --steps-per-window must be >= 1, --warmup >= 1")
         if out.exists() and not args.overwrite:
             raise ValueError(f"{out} exists; pass --overwrite to replace it")
-        shared = [o for o in args.overrides if not o.startswith("daps.")]
+        section = method_spec(args.method).config_type.section  # the variants' daps.* keys go there
+        shared = [o for o in args.overrides if not o.startswith(f"{section}.")]  # for the VQ-VAE denominator
         configs = {
             v: parse_overrides(get_preset(args.preset, "vqvae"), [*shared, *VARIANTS[v]]) if v.startswith("vqvae")
-            else parse_overrides(get_preset(args.preset, args.method), [*args.overrides, *VARIANTS[v]])
+            else parse_overrides(get_preset(args.preset, args.method),
+                                 [*args.overrides, *(re.sub(r"^daps\.", f"{section}.", o) for o in VARIANTS[v])])
             for v in names
         }
         device = torch.device(args.device)
@@ -119,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError("--device cuda but CUDA is not available")
         if device.type != "cuda" and any(c.train.cuda_graph or c.train.tf32 for c in configs.values()):
             raise ValueError("the graphed and tf32 variants need --device cuda")
-    except ValueError as err:
+    except ValueError as err:  # daps's UserError included
         print(f"benchmarks/step_variants.py: error: {err}", file=sys.stderr)
         return 2
     if args.threads:

@@ -345,7 +345,7 @@ def test_long_benchmarks_keep_existing_results_without_overwrite(script, tmp_pat
     assert not (tmp_path / "work").exists()
 
 
-@pytest.mark.parametrize("method", ["daps", "dapsna"])
+@pytest.mark.parametrize("method", ["daps", "dapsna", "reinforce"])
 def test_step_variants_times_each_variant_in_rounds_and_reports_the_ratios(method, tmp_path, monkeypatch, capsys):
     """``benchmarks/step_variants.py`` on a tiny config: one row per variant (``one-pass`` and the VQ-VAE
     denominator included) with its rounds and its ratio to eager, the run's K read from the method's own settings
@@ -355,13 +355,14 @@ def test_step_variants_times_each_variant_in_rounds_and_reports_the_ratios(metho
     variants = _load_script("benchmarks_step_variants", SCRIPT.parent / "step_variants.py")
     out = tmp_path / "variants.json"
     args = ["--method", method, "--variants", "eager,one-pass,vqvae", "--rounds", "2", "--steps-per-window", "1",
-            "--warmup", "1", "--threads", "1", "--out", str(out), *TINY_DAPS]
+            "--warmup", "1", "--threads", "1", "--out", str(out),
+            *(o.replace("daps.", f"{method}.") if method == "reinforce" else o for o in TINY_DAPS)]
     assert variants.main(args) == 0
     report = strict_json(out.read_text())
     assert report["method"] == method and report["num_samples"] == 4 and report["batch_size"] == 8
     results = report["results"]
     assert list(results) == ["eager", "one-pass", "vqvae"]
-    assert results["one-pass"]["overrides"] == ["daps.one_pass=true"]
+    assert results["one-pass"]["overrides"] == ["daps.one_pass=true"]  # as listed; given to the method's section
     assert results["eager"]["relative_to_eager"] == 1.0
     for res in results.values():
         assert len(res["steps_per_s"]["rounds"]) == 2 and positive(res["steps_per_s"]["median"])

@@ -1,6 +1,6 @@
-"""``daps.one_pass``: the K codes scored while they are sampled (``sample_scored``), instead of by a second,
-teacher-forced pass. A speed option only: the same codes, losses and gradients as the default step, checked here
-against the teacher-forced pass (``log_prob``) as the independent reference."""
+"""``daps.one_pass`` (and ``reinforce.one_pass``): the K codes scored while they are sampled (``sample_scored``),
+instead of by a second, teacher-forced pass. A speed option only: the same codes, losses and gradients as the
+default step, checked here against the teacher-forced pass (``log_prob``) as the independent reference."""
 
 from __future__ import annotations
 
@@ -14,12 +14,15 @@ from daps.errors import UserError
 from daps.methods import build_method
 
 TINY = ["encoder.width=16", "encoder.num_heads=2", "encoder.vocab_size=8", "encoder.num_tokens=5",
-        "decoder.embed_dim=8", "decoder.hidden=16,16", "daps.num_samples=6", "daps.init_eta=1.0"]
+        "decoder.embed_dim=8", "decoder.hidden=16,16"]
+OWN = {"daps": ["daps.num_samples=6", "daps.init_eta=1.0"], "dapsna": ["daps.num_samples=6", "daps.init_eta=1.0"],
+       "reinforce": ["reinforce.num_samples=6"]}
+SECTION = {"daps": "daps", "dapsna": "daps", "reinforce": "reinforce"}
 
 
 def _model(method: str, extra: list[str]):
     torch.manual_seed(0)
-    return build_method(parse_overrides(get_preset("mnist", method), [*TINY, *extra]), (1, 28, 28))
+    return build_method(parse_overrides(get_preset("mnist", method), [*TINY, *OWN[method], *extra]), (1, 28, 28))
 
 
 def _images(n: int = 4) -> torch.Tensor:
@@ -60,26 +63,34 @@ def test_sample_scored_refuses_the_masked_teacher_forcing():
         encoder.sample_scored(_images(), 2)
 
 
-@pytest.mark.parametrize("method", ["daps", "dapsna"])
-def test_a_one_pass_step_is_the_teacher_forced_step(method, single_thread):
+@pytest.mark.parametrize(("method", "logged"), [
+    ("daps", ("loss", "log_p", "log_q", "ess", "eta_loss", "kl")),
+    ("dapsna", ("loss", "log_p", "log_q", "ess", "eta_loss", "kl")),
+    ("reinforce", ("loss", "log_p", "log_q", "kl", "reward_std")),
+])
+def test_a_one_pass_step_is_the_teacher_forced_step(method, logged, single_thread):
     x = _images(8)
+    one_pass = [f"{SECTION[method]}.one_pass=true"]
 
     def step(extra: list[str], seed: int = 5):
         model = _model(method, extra)
+        if extra:  # the one pass must not teacher-force (equal results alone would not show that it is in use)
+            model.encoder.log_prob = lambda *args: pytest.fail("one_pass ran the teacher-forced pass")
         out = model(x, step=3, generator=torch.Generator().manual_seed(seed))
         out.loss.backward()
         grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
         return out, grads
 
-    (base, base_grads), (fused, fused_grads) = step([]), step(["daps.one_pass=true"])
+    (base, base_grads), (fused, fused_grads) = step([]), step(one_pass)
     assert torch.equal(fused.indices, base.indices)
-    assert set(fused_grads) == set(base_grads) and "log_eta" in base_grads
-    for key in ("loss", "log_p", "log_q", "ess", "eta_loss", "kl"):
+    assert set(fused_grads) == set(base_grads) and any(n.startswith("encoder.") for n in base_grads)
+    assert ("log_eta" in base_grads) == (method != "reinforce")
+    for key in logged:
         assert torch.allclose(fused.logs[key], base.logs[key], rtol=1e-5, atol=1e-5), key
     for name, grad in base_grads.items():
         assert torch.allclose(fused_grads[name], grad, rtol=1e-4, atol=1e-6), name
     # The comparison can fail: another draw of codes gives another encoder gradient.
-    _, other = step(["daps.one_pass=true"], seed=6)
+    _, other = step(one_pass, seed=6)
     encoder = [name for name in base_grads if name.startswith("encoder.")]
     assert any(not torch.allclose(other[name], base_grads[name], rtol=1e-4, atol=1e-6) for name in encoder)
 
@@ -91,12 +102,15 @@ def test_a_one_pass_step_is_the_teacher_forced_step(method, single_thread):
     ("daps", ["train.cuda_graph=true"], "train.cuda_graph"),
     ("dapsna", ["train.compile=true"], "train.compile"),
     ("daps", ["encoder.num_tokens=65"], "encoder.num_tokens up to 64"),
+    ("reinforce", ["encoder.mask_token0=true"], "encoder.mask_token0"),
+    ("reinforce", ["train.cuda_graph=true"], "train.cuda_graph"),
+    ("reinforce", ["encoder.num_tokens=65"], "encoder.num_tokens up to 64"),
 ])
 def test_one_pass_refuses_what_it_cannot_go_with(method, extra, named):
     from daps.config import validate
 
-    with pytest.raises(UserError, match=named.replace(".", r"\.")):
-        parse_overrides(get_preset("mnist", method), ["daps.one_pass=true", *extra])
+    with pytest.raises(UserError, match=f"^{SECTION[method]}\\.one_pass .*" + named.replace(".", r"\.")):
+        parse_overrides(get_preset("mnist", method), [f"{SECTION[method]}.one_pass=true", *extra])
     cfg = parse_overrides(get_preset("mnist", method), extra)  # each alone is fine
     cfg.options.one_pass = True  # and set in Python, validate (as train calls it) refuses the pair
     with pytest.raises(UserError, match=named.replace(".", r"\.")):

@@ -4,6 +4,7 @@ Kept free of any method's objective."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -13,6 +14,7 @@ import torch.nn.functional as F
 import daps.functional as DF
 from daps.config import Config, ScheduleConfig
 from daps.data import dataset_spec
+from daps.errors import UserError
 from daps.functional import FLOAT32_EPS
 from daps.likelihoods import Bernoulli, FixedGaussian, Gaussian
 from daps.methods.types import Output, Reconstruction
@@ -104,6 +106,41 @@ def compile_sampler(encoder: nn.Module, mode: str | None) -> None:
     no sampling loop to compile)."""
     if isinstance(encoder, ARTransformerEncoder):
         encoder.compile_sampler(mode=mode)
+
+
+ONE_PASS_MAX_TOKENS = 64
+"""The longest code the autoregressive encoder takes with ``one_pass`` (DAPS, REINFORCE). Its backward keeps every
+sampling step's keys and values, (T + 1) / 2 times those of the teacher-forced pass: 36 MB at ``mnist`` (T = 8),
+8.7 GB at ``cifar10`` (T = 64, B = 256), about 550 GB at ``imagenet256`` (T = 1,024); and it is no faster than the
+teacher-forced pass from T = 64 on (BENCHMARKS.md, "One encoder pass")."""
+
+
+def one_pass_check(autoregressive: bool) -> Callable[[Config], None]:
+    """The ``MethodSpec.check_config`` of a method whose settings have ``one_pass`` (codes scored in the sampling
+    pass, :meth:`~daps.nets.ar_encoder.ARTransformerEncoder.sample_scored`): what that cannot go with."""
+
+    def check(cfg: Config) -> None:
+        if not getattr(cfg.options, "one_pass", False):
+            return
+        name = f"{cfg.options.section}.one_pass"
+        t = cfg.encoder.num_tokens
+        if autoregressive and t > ONE_PASS_MAX_TOKENS:
+            raise UserError(f"{name} keeps every sampling step's keys for the backward, (T + 1) / 2 times the "
+                            f"teacher-forced pass's memory, and is no faster beyond short codes: it takes "
+                            f"encoder.num_tokens up to {ONE_PASS_MAX_TOKENS}, got {t}")
+        conflicts = {
+            "encoder.mask_token0": "the masked teacher-forced log q is not the sampling one",
+            "train.compile": "the differentiable sampling pass is not compiled",
+            "train.cuda_graph": "not yet checked on a GPU",
+        }
+        if not autoregressive:  # the bidirectional encoder has no teacher forcing to mask
+            conflicts.pop("encoder.mask_token0")
+        for key, why in conflicts.items():
+            section, field_name = key.split(".")
+            if getattr(getattr(cfg, section), field_name):
+                raise UserError(f"{name} does not go with {key}=true ({why}): turn one of them off")
+
+    return check
 
 
 def schedule_value(sched: ScheduleConfig, step: int, num_steps: int) -> float:

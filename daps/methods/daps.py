@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable, ClassVar
+from typing import ClassVar
 
 import torch
 import torch.nn as nn
@@ -46,6 +46,7 @@ from daps.methods.common import (
     compile_sampler,
     decode_code,
     elbo_logs,
+    one_pass_check,
     sample_code,
     schedule_final,
     schedule_value,
@@ -89,7 +90,7 @@ class DAPSConfig:
     (``sample_scored``), so no second, teacher-forced pass runs over the K*B codes. The same codes, losses and
     gradients up to float rounding: a speed option only, faster at short T (``mnist``, T = 8), no faster at
     T = 64 (BENCHMARKS.md, "One encoder pass"). Its backward keeps each sampling step's keys, so the autoregressive
-    encoder takes it up to :data:`ONE_PASS_MAX_TOKENS` tokens. Not with ``daps.resample``,
+    encoder takes it up to :data:`daps.methods.common.ONE_PASS_MAX_TOKENS` tokens. Not with ``daps.resample``,
     ``encoder.mask_token0``, ``train.compile`` or ``train.cuda_graph``."""
 
     def validate(self) -> None:
@@ -277,39 +278,6 @@ def build_dapsna(cfg: Config, image_shape: tuple[int, int, int]) -> DAPS:
     return DAPS(encoder, decoder, likelihood, cfg.daps, num_steps=cfg.train.steps)
 
 
-ONE_PASS_MAX_TOKENS = 64
-"""The longest code ``daps.one_pass`` takes with the autoregressive encoder. Its backward keeps every step's keys
-and values, (T + 1) / 2 times those of the teacher-forced pass: 36 MB at ``mnist`` (T = 8), 8.7 GB at ``cifar10``
-(T = 64, B = 256), about 550 GB at ``imagenet256`` (T = 1,024); and it is no faster than the teacher-forced pass
-from T = 64 on (BENCHMARKS.md, "One encoder pass")."""
-
-
-def _check_config(independent: bool) -> Callable[[Config], None]:
-    """What ``daps.one_pass`` cannot be combined with, for DAPS or DAPS-NA (``independent``)."""
-
-    def check(cfg: Config) -> None:
-        if not (isinstance(cfg.options, DAPSConfig) and cfg.options.one_pass):
-            return
-        t = cfg.encoder.num_tokens
-        if not independent and t > ONE_PASS_MAX_TOKENS:
-            raise UserError(f"daps.one_pass keeps every sampling step's keys for the backward, (T + 1) / 2 times the "
-                            f"teacher-forced pass's memory, and is no faster beyond short codes: it takes "
-                            f"encoder.num_tokens up to {ONE_PASS_MAX_TOKENS}, got {t}")
-        conflicts = {
-            "encoder.mask_token0": "the masked teacher-forced log q is not the sampling one",
-            "train.compile": "the differentiable sampling pass is not compiled",
-            "train.cuda_graph": "not yet checked on a GPU",
-        }
-        if independent:  # the bidirectional encoder has no teacher forcing to mask
-            conflicts.pop("encoder.mask_token0")
-        for key, why in conflicts.items():
-            section, name = key.split(".")
-            if getattr(getattr(cfg, section), name):
-                raise UserError(f"daps.one_pass does not go with {key}=true ({why}): turn one of them off")
-
-    return check
-
-
 def _presets(independent: bool) -> dict:
     """DAPS's values per preset (the original's configs); ``independent``: DAPS-NA."""
 
@@ -339,11 +307,11 @@ DAPS_SPEC = MethodSpec(
     name="daps", summary="DAPS: weighted max-likelihood toward the KL-regularized target, autoregressive encoder",
     build=build_daps, config_type=DAPSConfig, encoder="autoregressive", presets=_presets(independent=False),
     progress=("log_p", "kl", "ess", "eta"),
-    cuda_graph=True, check_config=_check_config(independent=False),
+    cuda_graph=True, check_config=one_pass_check(autoregressive=True),
 )
 DAPSNA_SPEC = MethodSpec(
     name="dapsna", summary="DAPS with independent tokens (bidirectional encoder)",
     build=build_dapsna, config_type=DAPSConfig, encoder="bidirectional", presets=_presets(independent=True),
     progress=("log_p", "kl", "ess", "eta"),
-    cuda_graph=True, check_config=_check_config(independent=True),
+    cuda_graph=True, check_config=one_pass_check(autoregressive=False),
 )

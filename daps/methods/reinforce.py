@@ -42,6 +42,7 @@ from daps.methods.common import (
     compile_sampler,
     decode_code,
     elbo_logs,
+    one_pass_check,
     sample_code,
     schedule_final,
     schedule_value,
@@ -64,6 +65,9 @@ class ReinforceConfig:
     """K, codes sampled per input."""
     beta: ScheduleConfig = field(default_factory=ScheduleConfig)
     """Schedule of beta in the reward log p(x|z) - beta log q(z|x)."""
+    one_pass: bool = False
+    """Score the K codes while sampling them, as ``daps.one_pass`` (not in the paper; the same update up to float
+    rounding, a speed option for short codes: BENCHMARKS.md, "One encoder pass")."""
 
     def validate(self) -> None:
         if not self.num_samples >= 2:
@@ -124,9 +128,13 @@ class Reinforce(Method):
         """One REINFORCE-LOO objective evaluation on ``x (B, C, H, W)`` at optimizer step ``step``."""
         num_samples = self.cfg.num_samples
         beta = self.scheduled("beta", step, x.device)  # (), read from the device (daps.graphed)
-        samples = self.encoder.sample(x, num_samples, generator)  # indices (K, B, T), no grad
+        if self.cfg.one_pass:
+            samples = self.encoder.sample_scored(x, num_samples, generator)  # log q with its gradient
+            log_q = samples.log_q  # (K, B)
+        else:
+            samples = self.encoder.sample(x, num_samples, generator)  # indices (K, B, T), no grad
+            log_q = self.encoder.log_prob(x, samples.indices).sum(-1)  # (K, B), with gradient
         indices = samples.indices
-        log_q = self.encoder.log_prob(x, indices).sum(-1)  # (K, B), with gradient
 
         params = self.decoder(indices)  # (K, B, ...): BatchNorm, if any, normalizes each of the K slices alone
         log_p = self.likelihood.log_prob(params, x)  # (K, B)
@@ -192,5 +200,5 @@ REINFORCE_SPEC = MethodSpec(
         "lafan1-h1": _beta(schedule(3.0, 0.01)),
     },
     progress=("log_p", "kl"),
-    cuda_graph=True,
+    cuda_graph=True, check_config=one_pass_check(autoregressive=True),
 )
