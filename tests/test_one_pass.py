@@ -38,6 +38,7 @@ def test_sample_scored_draws_the_same_codes_and_scores_them_as_teacher_forcing(m
     assert torch.equal(scored.indices, reference.indices)
     assert torch.allclose(scored.token_entropy, reference.token_entropy, atol=1e-6)
     assert scored.token_log_q.requires_grad and not reference.token_log_q.requires_grad
+    assert not scored.token_entropy.requires_grad  # only log q carries a graph: the draws and entropies never do
     teacher = encoder.log_prob(x, scored.indices)  # (K, B, T), the independent reference
     assert torch.allclose(scored.token_log_q, teacher, atol=1e-5)
 
@@ -95,12 +96,55 @@ def test_a_one_pass_step_is_the_teacher_forced_step(method, logged, single_threa
     assert any(not torch.allclose(other[name], base_grads[name], rtol=1e-4, atol=1e-6) for name in encoder)
 
 
+@pytest.mark.parametrize("method", ["daps", "dapsna"])
+def test_a_one_pass_step_runs_no_teacher_forced_pass(method, monkeypatch, single_thread):
+    """What one_pass is for: the encoder's gradient comes from the sampling pass alone, with no teacher-forced pass
+    over the K codes (``log_prob``) and, for the autoregressive encoder, no step that re-reads the whole prefix
+    (the one-token steps run against the growing cache)."""
+    model = _model(method, ["daps.one_pass=true"])
+    encoder = model.encoder
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a teacher-forced pass ran in a one-pass step")
+
+    monkeypatch.setattr(encoder, "log_prob", refuse)
+    if method == "daps":
+        monkeypatch.setattr(encoder, "_teacher_forced_logits", refuse)
+    out = model(_images(), step=0, generator=torch.Generator().manual_seed(5))
+    out.loss.backward()
+    assert all(p.grad is not None for p in encoder.parameters())
+    assert torch.cat([p.grad.flatten() for p in encoder.parameters()]).norm() > 0
+
+
+@pytest.mark.parametrize("method", ["daps", "dapsna"])
+def test_a_one_pass_step_under_bf16_autocast_is_the_teacher_forced_step(method, single_thread):
+    """Under ``train.precision=bfloat16`` (autocast) the one-token products round differently from the
+    teacher-forced pass's: the same codes, and encoder gradients equal to bf16 rounding (0.7 % apart for DAPS at
+    this seed, identical for DAPS-NA), far closer than another draw of codes gives (over 100 % apart)."""
+    x = _images(8)
+
+    def step(extra: list[str], seed: int = 5):
+        model = _model(method, extra)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(x, step=3, generator=torch.Generator().manual_seed(seed))
+        out.loss.backward()
+        return out, torch.cat([p.grad.flatten() for p in model.encoder.parameters()])  # the decoder's: the same
+
+    (base, base_grad), (fused, fused_grad) = step([]), step(["daps.one_pass=true"])
+    assert torch.equal(fused.indices, base.indices)
+    assert torch.allclose(fused.loss, base.loss, rtol=1e-5)
+    assert (fused_grad - base_grad).norm() / base_grad.norm() < 0.03
+    _, other = step(["daps.one_pass=true"], seed=6)
+    assert (other - base_grad).norm() / base_grad.norm() > 0.5
+
+
 @pytest.mark.parametrize(("method", "extra", "named"), [
     ("daps", ["daps.resample=2"], "daps.resample"),
     ("daps", ["encoder.mask_token0=true"], "encoder.mask_token0"),
     ("daps", ["train.compile=true"], "train.compile"),
     ("daps", ["train.cuda_graph=true"], "train.cuda_graph"),
     ("dapsna", ["train.compile=true"], "train.compile"),
+    ("dapsna", ["train.cuda_graph=true"], "train.cuda_graph"),
     ("daps", ["encoder.num_tokens=65"], "encoder.num_tokens up to 64"),
     ("reinforce", ["encoder.mask_token0=true"], "encoder.mask_token0"),
     ("reinforce", ["train.cuda_graph=true"], "train.cuda_graph"),
