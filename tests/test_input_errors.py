@@ -708,10 +708,11 @@ def test_train_refuses_a_shared_setting_its_method_does_not_read(method, key, re
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("method", ["dapsna", "gumbelna", "vqvae", "fsq", "vae"])
+@pytest.mark.parametrize("method", ["dapsna", "gumbelna", "vqvae", "fsq", "vae", "gumbel", "grmck"])
 def test_train_refuses_the_token0_mask_where_nothing_is_teacher_forced(method, tmp_path, capsys):
     """``encoder.mask_token0`` masks the autoregressive encoder's teacher forcing; ``daps train --method dapsna
-    encoder.mask_token0=true`` trained the bidirectional encoder as if it were not there."""
+    encoder.mask_token0=true`` trained the bidirectional encoder as if it were not there, and the autoregressive
+    encoder of ``gumbel`` and ``grmck`` is only ever sampled (relaxed in training), never teacher-forced."""
     argv = ["train", "--method", method, "encoder.mask_token0=true", f"train.out_dir={tmp_path / 'run'}"]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
