@@ -110,7 +110,7 @@ def compile_sampler(encoder: nn.Module, mode: str | None) -> None:
 
 ONE_PASS_MAX_TOKENS = 64
 """The longest code the autoregressive encoder takes with ``one_pass`` (DAPS, REINFORCE). Its backward keeps every
-sampling step's keys and values, (T + 1) / 2 times those of the teacher-forced pass: 36 MB at ``mnist`` (T = 8),
+sampling step's keys and values, (T + 1) / 2 times those of the teacher-forced pass: 36 MiB at ``mnist`` (T = 8),
 8.7 GB at ``cifar10`` (T = 64, B = 256), about 550 GB at ``imagenet256`` (T = 1,024); and it is no faster than the
 teacher-forced pass from T = 64 on (BENCHMARKS.md, "One encoder pass")."""
 
