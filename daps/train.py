@@ -100,6 +100,8 @@ RESUMABLE_CHANGES = {
     "train.fid_reference",
     "train.fid_weights",
     "train.cuda_graph",  # how the step runs, not what it computes: a graphed run may go on eagerly and back
+    "daps.one_pass",  # likewise: the same update, its codes scored in the sampling pass or in a second one
+    "reinforce.one_pass",
 }
 
 RUN_ARTIFACTS = ("summary.json", "reconstructions.png", "curves.png")

@@ -196,3 +196,8 @@ def test_a_one_pass_run_trains_as_the_default_and_resumes_exactly(tmp_path, tiny
     a = load_file(str(straight / "checkpoints/step_00000006/model.safetensors"))
     b = load_file(str(resumed / "checkpoints/step_00000006/model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+    # How the step runs, not what it computes: a run may switch it when resumed (as train.cuda_graph).
+    run("c", [], stop_after=3)
+    switched = run("c", one_pass, resume=True)
+    assert losses(switched) == pytest.approx(reference, rel=1e-4)
+    assert json.loads((switched / "config.json").read_text())["daps"]["one_pass"] is True
