@@ -75,8 +75,6 @@ def test_a_one_pass_step_is_the_teacher_forced_step(method, logged, single_threa
 
     def step(extra: list[str], seed: int = 5):
         model = _model(method, extra)
-        if extra:  # the one pass must not teacher-force (equal results alone would not show that it is in use)
-            model.encoder.log_prob = lambda *args: pytest.fail("one_pass ran the teacher-forced pass")
         out = model(x, step=3, generator=torch.Generator().manual_seed(seed))
         out.loss.backward()
         grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
@@ -96,19 +94,19 @@ def test_a_one_pass_step_is_the_teacher_forced_step(method, logged, single_threa
     assert any(not torch.allclose(other[name], base_grads[name], rtol=1e-4, atol=1e-6) for name in encoder)
 
 
-@pytest.mark.parametrize("method", ["daps", "dapsna"])
+@pytest.mark.parametrize("method", ["daps", "dapsna", "reinforce"])
 def test_a_one_pass_step_runs_no_teacher_forced_pass(method, monkeypatch, single_thread):
     """What one_pass is for: the encoder's gradient comes from the sampling pass alone, with no teacher-forced pass
     over the K codes (``log_prob``) and, for the autoregressive encoder, no step that re-reads the whole prefix
-    (the one-token steps run against the growing cache)."""
-    model = _model(method, ["daps.one_pass=true"])
+    (the one-token steps run against the growing cache). Equal results alone would not show that it is in use."""
+    model = _model(method, [f"{SECTION[method]}.one_pass=true"])
     encoder = model.encoder
 
     def refuse(*args, **kwargs):
         raise AssertionError("a teacher-forced pass ran in a one-pass step")
 
     monkeypatch.setattr(encoder, "log_prob", refuse)
-    if method == "daps":
+    if method != "dapsna":
         monkeypatch.setattr(encoder, "_teacher_forced_logits", refuse)
     out = model(_images(), step=0, generator=torch.Generator().manual_seed(5))
     out.loss.backward()
