@@ -25,7 +25,7 @@ class Samples:
     """K codes per input drawn from q_theta, with per-token statistics of the sampling pass."""
 
     indices: torch.Tensor  # (K, B, T) int64
-    token_log_q: torch.Tensor  # (K, B, T) log q(z_t | z_<t, x), float32
+    token_log_q: torch.Tensor  # (K, B, T) log q(z_t | z_<t, x), float32; with its gradient from sample_scored
     token_entropy: torch.Tensor  # (K, B, T) entropy of q(. | z_<t, x) in nats, float32
 
     @property
