@@ -1,6 +1,7 @@
 """Attention and softmax on the CPU: torch's kernels against the plain paths of ``daps.nets.layers``, side by side.
 
     python benchmarks/attention.py [--rounds 5] [--threads 1] [--out docs/benchmarks/attention-cpu.json] [--overwrite]
+    python benchmarks/attention.py --one-query [--rounds 5] [--threads 1] [--out ...] [--overwrite]
 
 Every case is timed forward and backward together (what the teacher-forced pass of a training step runs), the
 variants of a case interleaved round-robin so that the machine's load hits them alike; the median over
@@ -13,6 +14,11 @@ variants of a case interleaved round-robin so that the machine's load hits them 
   :func:`daps.nets.layers.attention` picks.
 - Softmax over rows of 4 to 1,024 entries (float32, about 4M entries in all): ``torch.softmax`` against
   :func:`daps.nets.layers.softmax`.
+
+``--one-query`` times only the sampling step's self-attention, one query per row over L = 1 to 64 keys (``mnist``'s
+B*K = 2,048 rows, 4 heads of 16), forward and backward, float32: :func:`daps.nets.layers.one_query_attention`
+(its backward written out, :class:`daps.nets.layers.OneQueryAttention`) against the same forward differentiated by
+autograd, the path it replaces when a gradient is wanted (``daps.one_pass``, the relaxed methods' sampling).
 
 Prints markdown, writes JSON (machine, torch, threads, commit, command) and the same markdown next to it (``.md``).
 """
@@ -37,6 +43,8 @@ from daps.nets.layers import (
     SHORT_SOFTMAX_ROWS,
     elementwise_softmax,
     elementwise_softmax_applies,
+    one_query_attention,
+    one_query_weights,
     plain_attention,
     plain_attention_applies,
     softmax,
@@ -54,6 +62,8 @@ ATTENTION_CASES = [
     ("self, 1,024 keys", (8, 4, 1024, 32), (8, 4, 1024, 32), True),
 ]
 SOFTMAX_ROWS = [4, 8, 15, 16, 64, 256, 1024]
+ONE_QUERY_ROWS = (2048, 4, 16)  # rows (mnist's B*K), heads, head width
+ONE_QUERY_LENGTHS = [1, 2, 4, 8, 16, 32, 64]
 
 
 def _attention_call(fn: Callable, q_shape, kv_shape, causal: bool, dtype: torch.dtype) -> Callable[[], None]:
@@ -76,6 +86,43 @@ def _softmax_call(fn: Callable, length: int) -> Callable[[], None]:
         (fn(x) * weights).sum().backward()
 
     return run
+
+
+def _one_query_call(fn: Callable, length: int) -> Callable[[], None]:
+    rows, heads, dim = ONE_QUERY_ROWS
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(rows, heads, 1, dim, generator=g, device=g.device, requires_grad=True)
+    k, v = (torch.randn(rows, heads, length, dim, generator=g, device=g.device, requires_grad=True) for _ in range(2))
+
+    def run() -> None:
+        fn(q, k, v).sum().backward()
+
+    return run
+
+
+def _autograd_one_query(q, k, v):
+    """:func:`one_query_attention`'s forward, differentiated by autograd."""
+    return one_query_weights(q, k, None) @ v
+
+
+def one_query_table(rounds: int, repeats: int) -> tuple[list[dict], list[str]]:
+    """The ``--one-query`` rows and their markdown."""
+    rows, lines = [], [
+        f"One query per row over L keys ({ONE_QUERY_ROWS[0]:,} rows, {ONE_QUERY_ROWS[1]} heads of "
+        f"{ONE_QUERY_ROWS[2]}), float32, forward + backward, ms per call (median of rounds).", "",
+        "| keys L | autograd's backward ms | daps's backward ms | daps / autograd time |", "|---|---|---|---|"]
+    for length in ONE_QUERY_LENGTHS:
+        times = _compare({"autograd": _one_query_call(_autograd_one_query, length),
+                          "daps": _one_query_call(one_query_attention, length)}, rounds, repeats)
+        ratio = statistics.median(d / a for d, a in zip(times["daps"], times["autograd"]))
+        row = {"length": length, **{f"{k}_ms": [1e3 * t for t in v] for k, v in times.items()},
+               "daps_over_autograd": ratio}
+        rows.append(row)
+        line = (f"| {length} | {statistics.median(row['autograd_ms']):.2f} | {statistics.median(row['daps_ms']):.2f} "
+                f"| {ratio:.2f} |")
+        lines.append(line)
+        print(line, flush=True)
+    return rows, lines
 
 
 def _time(run: Callable[[], None], repeats: int) -> float:
@@ -107,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (0 = torch's default)")
     parser.add_argument("--out", default="", help="write JSON here and markdown next to it")
     parser.add_argument("--overwrite", action="store_true")
+    parser.add_argument("--one-query", action="store_true", help="time only the one-query attention's backward")
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.repeats < 1 or args.threads < 0:
         parser.error("--rounds and --repeats must be at least 1, --threads at least 0")
@@ -117,6 +165,10 @@ def main(argv: list[str] | None = None) -> int:
         sys.exit(2)
     if args.threads:
         torch.set_num_threads(args.threads)
+
+    if args.one_query:
+        one_query_rows, lines = one_query_table(args.rounds, args.repeats)
+        return _finish(out, {"one_query": one_query_rows}, lines)
 
     rows = []
     lines = ["Attention, forward + backward, ms per call (median of rounds); `attention` picks the plain path on the "
@@ -159,7 +211,12 @@ def main(argv: list[str] | None = None) -> int:
                 f"{statistics.median(row['elementwise_ms']):.2f} | {ratio:.2f} | {picks} |")
         lines.append(line)
         print(line, flush=True)
+    return _finish(out, {"attention": rows, "softmax": softmax_rows}, lines)
 
+
+def _finish(out: Path | None, tables: dict, lines: list[str]) -> int:
+    """Write the report (``tables`` with the machine, threads, torch, code, command) and its markdown to ``out``
+    when given."""
     info = machine_info(torch.device("cpu"))
     command = shlex.join(["python", *sys.argv])
     code = git_revision()
@@ -167,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{info['cpu_bf16']}), {torch.get_num_threads()} torch threads, torch {torch.__version__}; "
               f"code {code}; {datetime.now(timezone.utc).isoformat(timespec='seconds')}.", f"Command: `{command}`"]
     if out:
-        report = {"attention": rows, "softmax": softmax_rows, "machine": info, "threads": torch.get_num_threads(),
+        report = {**tables, "machine": info, "threads": torch.get_num_threads(),
                   "torch": torch.__version__, "code": code, "command": command,
                   "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
         out.parent.mkdir(parents=True, exist_ok=True)

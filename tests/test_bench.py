@@ -271,6 +271,21 @@ def test_attention_benchmark_writes_its_report_and_keeps_an_existing_one(tmp_pat
     assert refused.value.code == 2 and out.read_bytes() == before
 
 
+def test_attention_benchmark_one_query_table(tmp_path, monkeypatch):
+    """``benchmarks/attention.py --one-query`` on tiny shapes: only the one-query table, a ratio per length."""
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))
+    attention = _load_script("benchmarks_attention", SCRIPT.parent / "attention.py")
+    monkeypatch.setattr(attention, "ONE_QUERY_ROWS", (3, 2, 4))
+    monkeypatch.setattr(attention, "ONE_QUERY_LENGTHS", [1, 5])
+    out = tmp_path / "one-query.json"
+    assert attention.main(["--one-query", "--rounds", "2", "--repeats", "1", "--threads", "0", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert set(report) >= {"one_query", "machine", "code", "command"} and "attention" not in report
+    assert [r["length"] for r in report["one_query"]] == [1, 5]
+    assert all(len(r["daps_ms"]) == 2 and r["daps_over_autograd"] > 0 for r in report["one_query"])
+    assert "| 5 |" in out.with_suffix(".md").read_text()
+
+
 def test_against_revision_times_both_trees_and_leaves_the_repository_as_it_was(tmp_path):
     """``benchmarks/against_revision.py`` on a tiny config against HEAD: one round, both trees timed, the report
     written; the revision is exported with ``git archive``, so the repository's worktrees are the same after (a

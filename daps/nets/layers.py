@@ -9,10 +9,12 @@ zero biases in heads and MLPs, no dropout.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from daps.nets.kv_cache import SelfAttentionCache
 
@@ -113,6 +115,62 @@ def plain_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: b
         keep = torch.ones(scores.shape[-2:], dtype=torch.bool, device=q.device).tril()  # (Lq, Lk)
         scores = scores.masked_fill(~keep, float("-inf"))
     return softmax(scores).to(v.dtype) @ v  # (..., Lq, d)
+
+
+def one_query_attention(
+    q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, masked: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Attention of one query per row, ``q (N, h, 1, d)`` over ``keys, values (N, h, L, d)`` -> ``(N, h, 1, d)``;
+    ``masked`` (optional, broadcastable to ``(N, h, 1, L)``): True = not to be attended.
+
+    By plain matmuls: with one query over a few keys they beat the fused kernel's overhead (CPU, ~2x). When a
+    gradient is wanted (unmasked: the sampling steps of ``one_pass`` and of the relaxed methods), through
+    :class:`OneQueryAttention`, whose backward forms the keys' and values' gradients by broadcasting.
+    """
+    if masked is None and torch.is_grad_enabled() and any(t.requires_grad for t in (q, keys, values)):
+        return OneQueryAttention.apply(q, keys, values)
+    return one_query_weights(q, keys, masked) @ values
+
+
+def one_query_weights(q: torch.Tensor, keys: torch.Tensor, masked: torch.Tensor | None) -> torch.Tensor:
+    """Softmax weights ``(N, h, 1, L)`` of one query per row over ``keys``, scaled by ``1 / sqrt(d)``."""
+    scores = (q @ keys.transpose(-2, -1)) * (q.shape[-1] ** -0.5)  # (N, h, 1, L)
+    if masked is not None:
+        scores = scores.masked_fill(masked, float("-inf"))
+    return softmax(scores)
+
+
+class OneQueryAttention(torch.autograd.Function):
+    """:func:`one_query_attention` without a mask, with its backward written out.
+
+    The forward is the same operations as without gradients (so the same values). Autograd's own backward would
+    form the keys' and values' gradients, one outer product per row, as batched matmuls with an inner dimension of
+    1, which the CPU runs 2-3x slower than a broadcast product (``benchmarks/attention.py --one-query``,
+    BENCHMARKS.md "One encoder pass"); here they are broadcast products, and the softmax's backward is one
+    expression instead of autograd's pass through each of its operations.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        weights = one_query_weights(q, keys, None)  # (N, h, 1, L)
+        ctx.save_for_backward(q, keys, values, weights)
+        return weights @ values  # (N, h, 1, d)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        q, keys, values, weights = ctx.saved_tensors
+        # Under bf16 autocast the weights may be float32 (a long row's softmax) and the rest bf16: compute in the
+        # wider type, return each gradient in its input's type.
+        dtype = torch.promote_types(weights.dtype, grad_out.dtype)
+        grad_out, weights = grad_out.to(dtype), weights.to(dtype)
+        grad_weights = grad_out @ values.to(dtype).transpose(-2, -1)  # (N, h, 1, L)
+        grad_values = weights.transpose(-2, -1) * grad_out  # (N, h, L, d): an outer product per row
+        grad_scores = weights * (grad_weights - (grad_weights * weights).sum(-1, keepdim=True))  # softmax backward
+        grad_scores = grad_scores * q.shape[-1] ** -0.5  # (N, h, 1, L)
+        grad_q = grad_scores @ keys.to(dtype)  # (N, h, 1, d)
+        grad_keys = grad_scores.transpose(-2, -1) * q.to(dtype)  # (N, h, L, d): an outer product per row
+        return grad_q.to(q.dtype), grad_keys.to(keys.dtype), grad_values.to(values.dtype)
 
 
 def _masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -242,11 +300,7 @@ class DecoderBlock(nn.Module):
         k, v = attn.keys_values(a)  # (N, h, 1, d)
         keys, values, masked = cache.update(k, v, pos)  # (N, h, L, d): L = pos+1, or a static cache's length
         q = attn.split(attn.q(a))  # (N, h, 1, d)
-        # One query over a few keys: plain matmuls beat the fused kernel's overhead here (CPU, ~2x).
-        scores = (q @ keys.transpose(-2, -1)) * (q.shape[-1] ** -0.5)  # (N, h, 1, L)
-        if masked is not None:
-            scores = scores.masked_fill(masked, float("-inf"))
-        y = y + attn.merge(softmax(scores) @ values)  # (N, 1, E)
+        y = y + attn.merge(one_query_attention(q, keys, values, masked))  # (N, 1, E)
         y = y + self.cross_attn.attend_grouped(self.ln2(y), *memory_kv, num_samples)
         return y + self.mlp(self.ln3(y))
 
