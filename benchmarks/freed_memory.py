@@ -1,0 +1,140 @@
+"""The CPU training step with and without freed memory kept for reuse (:func:`daps.allocator.keep_freed_memory`).
+
+    python benchmarks/freed_memory.py [--presets mnist,cifar10] [--methods daps,vqvae] [--rounds 2] [--steps 3]
+        [--warmup 1] [--threads 1] [--out docs/benchmarks/freed-memory.json] [--overwrite] [key=value ...]
+
+The setting is one for the whole process (malloc's), so each measurement runs in a fresh Python process: per
+(preset, method) and round, one process with malloc's defaults and one with ``keep_freed_memory()`` called first,
+their order alternating from round to round so the machine's load hits both alike. Each process builds the model as
+``daps train`` does (``benchmarks/run.py``'s ``setup``: random inputs of the preset's shape and batch size), takes
+``--warmup`` steps, then times ``--steps`` steps one by one (median), and reports its peak resident set (the
+kernel's high-water mark, reset before the model is built: growth over the resident set then). Reported: seconds
+per step of each, the median of the per-round ratios (default / kept: above 1 means keeping is faster), and the
+peak memory of each. Prints markdown; writes JSON (machine, torch, threads, commit, command) and the markdown next
+to it (``.md``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+from run import PeakMemory, git_revision, machine_info, setup, step_once  # this script's folder is on sys.path
+
+import daps
+from daps import get_preset, parse_overrides
+from daps.allocator import keep_freed_memory
+from daps.runfolder import write_json_atomic, write_text_atomic
+
+
+def measure(spec: dict) -> dict:
+    """One process's measurement: seconds per step and peak memory, with or without freed memory kept."""
+    kept = keep_freed_memory() if spec["keep"] else False
+    if spec["threads"]:
+        torch.set_num_threads(spec["threads"])
+    cfg = parse_overrides(get_preset(spec["preset"], spec["method"]), spec["overrides"])
+    device = torch.device("cpu")
+    memory = PeakMemory(device, isolated=True)
+    memory.start()
+    model, optimizers, x, generator = setup(cfg, device)
+    for step in range(spec["warmup"]):
+        step_once(model, optimizers, x, step, generator, cfg.train.precision)
+    seconds = []
+    for step in range(spec["warmup"], spec["warmup"] + spec["steps"]):
+        start = time.perf_counter()
+        step_once(model, optimizers, x, step, generator, cfg.train.precision)
+        seconds.append(time.perf_counter() - start)
+    return {"seconds": seconds, "median_s": statistics.median(seconds), "memory": memory.stop(), "kept": kept}
+
+
+def run_process(spec: dict, folder: Path) -> dict:
+    """:func:`measure` in a fresh Python process (malloc's settings are per process)."""
+    path = folder / f"{spec['preset']}-{spec['method']}-{spec['keep']}.json"
+    path.write_text(json.dumps(spec))
+    env = dict(os.environ)  # the worker imports the same daps as this process
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(daps.__file__).parent.parent), env.get("PYTHONPATH")]))
+    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker", str(path)], env=env, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"the measurement of {spec['preset']} / {spec['method']} failed (exit {proc.returncode})")
+    return json.loads(path.with_suffix(".result.json").read_text())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--presets", default="mnist,cifar10")
+    parser.add_argument("--methods", default="daps,vqvae")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per process")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps first")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (0 = torch's default)")
+    parser.add_argument("--out", default="", help="JSON report (default benchmarks/results/freed-memory.json)")
+    parser.add_argument("--overwrite", action="store_true")
+    parser.add_argument("--worker", default="", help=argparse.SUPPRESS)
+    parser.add_argument("overrides", nargs="*", help="config key=value overrides, applied to every measurement")
+    args = parser.parse_args(argv)
+    if args.worker:  # internal: one measurement, spec and result as JSON files
+        path = Path(args.worker)
+        path.with_suffix(".result.json").write_text(json.dumps(measure(json.loads(path.read_text()))))
+        return 0
+    if args.rounds < 1 or args.steps < 1 or args.warmup < 0 or args.threads < 0:
+        parser.error("--rounds and --steps must be >= 1, --warmup and --threads >= 0")
+    out = Path(args.out or "benchmarks/results/freed-memory.json")
+    if not args.overwrite and (out.exists() or out.with_suffix(".md").exists()):
+        print(f"{parser.prog}: error: {out} or its .md exists; pass --overwrite to replace it", file=sys.stderr)
+        return 2
+    presets, methods = args.presets.split(","), args.methods.split(",")
+    for preset in presets:  # every config checked before anything is timed
+        for method in methods:
+            parse_overrides(get_preset(preset, method), args.overrides)
+
+    rows, lines = [], [
+        f"Seconds per training step (median of {args.steps} after {args.warmup} warm-up, per process) and peak "
+        "memory, malloc's defaults against freed memory kept; ratio: median over rounds of default / kept time.", "",
+        "| preset | method | default s/step | kept s/step | default / kept | peak memory default / kept |",
+        "|---|---|---|---|---|---|"]
+    with tempfile.TemporaryDirectory(prefix="daps-freed-memory-") as tmp:
+        for preset in presets:
+            for method in methods:
+                runs: dict[bool, list[dict]] = {False: [], True: []}
+                for r in range(args.rounds):
+                    for keep in ((False, True) if r % 2 == 0 else (True, False)):
+                        print(f"{preset} / {method}, round {r + 1}, kept: {keep} ...", file=sys.stderr, flush=True)
+                        spec = {"preset": preset, "method": method, "keep": keep, "threads": args.threads,
+                                "steps": args.steps, "warmup": args.warmup, "overrides": args.overrides}
+                        runs[keep].append(run_process(spec, Path(tmp)))
+                ratio = statistics.median(d["median_s"] / k["median_s"] for d, k in zip(runs[False], runs[True]))
+                median = {keep: statistics.median(run["median_s"] for run in runs[keep]) for keep in runs}
+                peak = {keep: max(run["memory"]["bytes"] for run in runs[keep]) / 2**20 for keep in runs}
+                rows.append({"preset": preset, "method": method, "default": runs[False], "kept": runs[True],
+                             "default_over_kept": ratio, "applied": all(run["kept"] for run in runs[True])})
+                line = (f"| `{preset}` | {method} | {median[False]:.3f} | {median[True]:.3f} | {ratio:.2f} | "
+                        f"{peak[False]:,.0f} / {peak[True]:,.0f} MiB |")
+                lines.append(line)
+                print(line, flush=True)
+
+    info = machine_info(torch.device("cpu"))
+    command = shlex.join(["python", *(sys.argv if argv is None else ["benchmarks/freed_memory.py", *argv])])
+    code, date = git_revision(), datetime.now(timezone.utc).isoformat(timespec="seconds")
+    lines += ["", f"Machine: {info['cpu']}, {args.threads or torch.get_num_threads()} torch threads, torch "
+              f"{torch.__version__}; code {code}; {date}.", f"Command: `{command}`"]
+    report = {"rows": rows, "machine": info, "threads": args.threads, "torch": torch.__version__, "code": code,
+              "command": command, "date": date}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out, report)
+    write_text_atomic(out.with_suffix(".md"), "\n".join(lines) + "\n")
+    print(f"wrote {out} and {out.with_suffix('.md')}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
