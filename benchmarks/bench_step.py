@@ -23,7 +23,17 @@ from pathlib import Path
 import torch
 
 # The suite's helpers (benchmarks/run.py; this script's folder is on sys.path when it runs).
-from run import categorical_parts, git_revision, machine_info, setup, step_once, time_call, time_windows
+from run import (
+    add_freed_memory_arg,
+    apply_freed_memory,
+    categorical_parts,
+    git_revision,
+    machine_info,
+    setup,
+    step_once,
+    time_call,
+    time_windows,
+)
 
 from daps import get_preset, parse_overrides
 from daps.runfolder import write_text_atomic
@@ -37,12 +47,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
     parser.add_argument("--json", default="", help="also write results to this JSON file")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
+    add_freed_memory_arg(parser)
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args(argv)
     if args.json and Path(args.json).exists() and not args.overwrite:
         print(f"{parser.prog}: error: --json {args.json} exists; pass --overwrite to replace it",
               file=sys.stderr)
         sys.exit(2)
+    kept = apply_freed_memory(args.keep_freed_memory)
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -83,6 +95,7 @@ def main(argv: list[str] | None = None) -> dict:
         "machine": machine_info(device)["cpu"],
         "machine_info": machine_info(device),
         "threads": torch.get_num_threads(),
+        "freed_memory_kept": kept,
         "torch": torch.__version__,
         "code": git_revision(),
         "command": "python " + " ".join(sys.argv),

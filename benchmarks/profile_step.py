@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 # The suite's helpers (benchmarks/run.py; this script's folder is on sys.path when it runs).
-from run import git_revision, machine_info, setup, step_once
+from run import add_freed_memory_arg, apply_freed_memory, git_revision, machine_info, setup, step_once
 from torch.profiler import ProfilerActivity, profile
 
 from daps import get_preset, parse_overrides
@@ -56,6 +56,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--top", type=int, default=15, help="operators listed")
     parser.add_argument("--out", default="", help="JSON report (default benchmarks/results/profile-PRESET.json)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing report")
+    add_freed_memory_arg(parser)
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args(argv)
     if args.steps < 1 or args.warmup < 0 or args.top < 1:
@@ -65,6 +66,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{parser.prog}: error: --out {out} exists; pass --overwrite to replace it",
               file=sys.stderr)
         sys.exit(2)
+    kept = apply_freed_memory(args.keep_freed_memory)
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -97,6 +99,7 @@ def main(argv: list[str] | None = None) -> dict:
         "code": git_revision(),
         "machine": machine_info(device),
         "preset": args.preset, "method": args.method, "batch_size": cfg.train.batch_size, "steps": args.steps,
+        "freed_memory_kept": kept,
         "step_ms_under_profiler": wall_ms,
         "profiled_ms_per_step": total_us / 1e3 / args.steps,
         "matmul": {"self_ms_per_step": product_ms, "share": product_ms * 1e3 * args.steps / total_us,

@@ -64,6 +64,7 @@ from pathlib import Path
 import torch
 
 import daps
+from daps.allocator import keep_freed_memory
 from daps.config import Config
 from daps.config_io import applicable_overrides, check_overrides_used, config_to_dict, parse_overrides
 from daps.data import dataset_spec
@@ -520,6 +521,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--in-process", action="store_true",
         help="run every benchmark in this process (faster to start; CPU peak memory then unreliable)",
     )
+    add_freed_memory_arg(parser)
     parser.add_argument("--worker", default="", help=argparse.SUPPRESS)
     parser.add_argument("overrides", nargs="*", help="key=value config overrides, applied to every method")
     return parser
@@ -556,15 +558,31 @@ def _resolve(args: argparse.Namespace) -> tuple[torch.device, list[str], list[st
     return device, presets, methods, configs
 
 
+def add_freed_memory_arg(parser: argparse.ArgumentParser) -> None:
+    """``--[no-]keep-freed-memory``, default on as in ``daps train`` (:func:`daps.allocator.keep_freed_memory`)."""
+    parser.add_argument(
+        "--keep-freed-memory", action=argparse.BooleanOptionalAction, default=True,
+        help="keep freed CPU memory for reuse, as daps train does by default (glibc's malloc)",
+    )
+
+
+def apply_freed_memory(keep: bool) -> bool:
+    """:func:`daps.allocator.keep_freed_memory` when ``keep``; whether it is in effect."""
+    return keep_freed_memory() if keep else False
+
+
 def run_benchmark(spec: dict) -> dict:
-    """One benchmark from a JSON-ready ``spec`` (preset, method, overrides, device, counts, threads)."""
+    """One benchmark from a JSON-ready ``spec`` (preset, method, overrides, device, counts, threads, freed memory
+    kept)."""
+    kept = apply_freed_memory(spec.get("keep_freed_memory", False))
     if spec["threads"]:
         torch.set_num_threads(spec["threads"])
     cfg = get_preset(spec["preset"], spec["method"])
     cfg = parse_overrides(cfg, applicable_overrides(cfg, spec["overrides"]))
-    return bench_method(
+    result = bench_method(
         cfg, torch.device(spec["device"]), spec["steps_per_window"], spec["windows"], spec["warmup"], spec["isolated"]
     )
+    return {**result, "freed_memory_kept": kept}
 
 
 def run_isolated(spec: dict, folder: Path) -> dict:
@@ -610,7 +628,7 @@ def main(argv: list[str] | None = None) -> int:
             spec = {
                 "preset": cfg.preset, "method": cfg.method, "overrides": args.overrides, "device": str(device),
                 "steps_per_window": args.steps_per_window, "windows": args.windows, "warmup": args.warmup,
-                "threads": args.threads, "isolated": not args.in_process,
+                "threads": args.threads, "isolated": not args.in_process, "keep_freed_memory": args.keep_freed_memory,
             }
             try:
                 results.append(run_benchmark(spec) if args.in_process else run_isolated(spec, Path(tmp)))
@@ -625,7 +643,7 @@ def main(argv: list[str] | None = None) -> int:
         "settings": {
             "presets": presets, "methods": methods, "overrides": args.overrides, "device": str(device),
             "steps_per_window": args.steps_per_window, "windows": args.windows, "warmup": args.warmup,
-            "threads": args.threads, "isolated": not args.in_process,
+            "threads": args.threads, "isolated": not args.in_process, "keep_freed_memory": args.keep_freed_memory,
         },
         "results": results,
         "ratios": step_time_ratios(results, presets),

@@ -47,7 +47,17 @@ from pathlib import Path
 import torch
 
 # The suite's helpers (benchmarks/run.py; this script's folder is on sys.path when it runs).
-from run import git_revision, machine_info, make_step, setup, synchronize, time_windows, warmup_steps
+from run import (
+    add_freed_memory_arg,
+    apply_freed_memory,
+    git_revision,
+    machine_info,
+    make_step,
+    setup,
+    synchronize,
+    time_windows,
+    warmup_steps,
+)
 
 from daps import get_preset, parse_overrides
 from daps.methods import method_spec
@@ -99,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         "--out", default="", help="JSON output (default: benchmarks/results/step-variants-<preset>.json)"
     )
     parser.add_argument("--overwrite", action="store_true")
+    add_freed_memory_arg(parser)
     parser.add_argument("overrides", nargs="*", help="config key=value overrides, applied to every variant")
     args = parser.parse_args(argv)
     names = [v.strip() for v in args.variants.split(",") if v.strip()]
@@ -127,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:  # daps's UserError included
         print(f"benchmarks/step_variants.py: error: {err}", file=sys.stderr)
         return 2
+    kept = apply_freed_memory(args.keep_freed_memory)
     if args.threads:
         torch.set_num_threads(args.threads)
     command = shlex.join(["python", *(sys.argv if argv is None else ["benchmarks/step_variants.py", *argv])])
@@ -172,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         "batch_size": cfg.train.batch_size,
         "num_samples": int(getattr(cfg.options, "num_samples", 1)),
         "settings": {"rounds": args.rounds, "steps_per_window": args.steps_per_window, "warmup": args.warmup,
-                     "overrides": args.overrides},
+                     "overrides": args.overrides, "freed_memory_kept": kept},
         "dynamo_counters_end": dynamo_counters(),
         "results": results,
     }

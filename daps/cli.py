@@ -26,12 +26,29 @@ from daps.presets import PRESETS, get_preset
 from daps.runfolder import check_media_output
 
 
-def add_threads_arg(p: argparse.ArgumentParser) -> None:
-    """``--threads N`` of the commands that train (applied by :func:`set_threads`)."""
+def add_cpu_args(p: argparse.ArgumentParser) -> None:
+    """``--threads N`` and ``--[no-]keep-freed-memory`` of the commands that train (applied by
+    :func:`apply_cpu_args`)."""
     p.add_argument(
         "--threads", type=int, default=0,
         help="torch CPU threads (default 0: torch's choice, one per core; see BENCHMARKS.md, CPU threads)",
     )
+    p.add_argument(
+        "--keep-freed-memory", action=argparse.BooleanOptionalAction, default=True,
+        help="keep CPU memory freed by one step for the next instead of returning it to the system (glibc's malloc; "
+        "large CPU steps run faster, the process holds more memory; BENCHMARKS.md, Freed memory kept for reuse; "
+        "default: on)",
+    )
+
+
+def apply_cpu_args(args: argparse.Namespace) -> None:
+    """Apply :func:`add_cpu_args`' flags: ``--threads`` (:func:`set_threads`) and ``--keep-freed-memory``
+    (:func:`daps.allocator.keep_freed_memory`, for the whole process)."""
+    set_threads(args.threads)
+    if args.keep_freed_memory:
+        from daps.allocator import keep_freed_memory
+
+        keep_freed_memory()
 
 
 def add_device_arg(p: argparse.ArgumentParser) -> None:
@@ -121,7 +138,7 @@ def _parser() -> argparse.ArgumentParser:
         help="replace an existing run folder (only a daps run folder; never the current, home or root folder)",
     )
     add_device_arg(p)
-    add_threads_arg(p)
+    add_cpu_args(p)
 
     p = sub.add_parser("eval", help="evaluate a trained run on a data split")
     p.add_argument("run_dir", help="run folder or checkpoint folder")
@@ -190,7 +207,7 @@ def _parser() -> argparse.ArgumentParser:
         help="retrain run folders whose config differs from this comparison's (without it they are refused)",
     )
     add_device_arg(p)
-    add_threads_arg(p)
+    add_cpu_args(p)
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides applied to every method")
 
     p = sub.add_parser("gradlab", help="compare encoder-gradient estimators with the exact gradient on a tiny model")
@@ -258,7 +275,7 @@ def _train(args: argparse.Namespace) -> int:
 
     cfg = parse_overrides(get_preset(args.preset, args.method), args.overrides)
     refuse_ignored(cfg, args.overrides)
-    set_threads(args.threads)
+    apply_cpu_args(args)
     run_dir = train(cfg, resume=args.resume, overwrite=args.overwrite, device=_device(args.device))
     if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 evaluates and reports
         return 0
@@ -396,12 +413,13 @@ def _compare(args: argparse.Namespace, argv: list[str]) -> int:
     if args.out is not None and not args.out.strip():
         raise UserError("--out is empty: name an output folder")
     out = args.out or f"runs/compare-{args.preset}"
-    set_threads(args.threads)
+    apply_cpu_args(args)
     compare(
         args.preset, methods, args.steps, list(range(args.seeds)), out, args.overrides, _device(args.device), argv,
         overwrite=args.overwrite, vary=args.vary,
         flags=[*(["--device", args.device] if args.device else []),
-               *(["--threads", str(args.threads)] if args.threads else [])],
+               *(["--threads", str(args.threads)] if args.threads else []),
+               *([] if args.keep_freed_memory else ["--no-keep-freed-memory"])],
     )
     print(Path(out, "results.md").read_text())
     return 0

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from daps.cli import add_device_arg, add_threads_arg, seed_arg, set_threads
+from daps.cli import add_cpu_args, add_device_arg, apply_cpu_args, seed_arg
 from daps.dist import resolve_device
 from daps.errors import UserError, check_at_most
 from daps.prior.run import MAX_EULER_STEPS, PriorConfig, check_sampling, settings_help, warn_untrained_null
@@ -51,7 +51,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--label-dropout", type=float, default=None, help="share of null labels in training (default 0.1)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace an existing prior folder")
-    add_threads_arg(p)
+    add_cpu_args(p)
     add_device_arg(p)
     p.add_argument("overrides", nargs="*", metavar="key=value", help="prior settings, e.g. steps=5000 width=128")
 
@@ -137,7 +137,7 @@ def _train(args: argparse.Namespace) -> int:
     from daps.prior.run import PriorConfig, apply_overrides, train_prior
 
     device = _device(args.device)
-    set_threads(args.threads)
+    apply_cpu_args(args)
     if args.val_codes is not None and not args.val_codes.strip():
         raise UserError("--val-codes is empty: name a codes file (or leave the flag out to hold out 5% of the inputs)")
     cfg = apply_overrides(PriorConfig(kind=args.kind, codes=args.codes, val_codes=args.val_codes or "",
