@@ -2,6 +2,7 @@
 
     python benchmarks/freed_memory.py [--presets mnist,cifar10] [--methods daps,vqvae] [--rounds 2] [--steps 3]
         [--warmup 1] [--threads 1] [--out docs/benchmarks/freed-memory.json] [--overwrite] [key=value ...]
+    python benchmarks/freed_memory.py --cli "daps fid-stats cifar10-jpeg --out s.npz --overwrite" [--rounds 2] ...
 
 The setting is one for the whole process (malloc's), so each measurement runs in a fresh Python process: per
 (preset, method) and round, one process with malloc's defaults and one with ``keep_freed_memory()`` called first,
@@ -12,6 +13,11 @@ kernel's high-water mark, reset before the model is built: growth over the resid
 per step of each, the median of the per-round ratios (default / kept: above 1 means keeping is faster), and the
 peak memory of each. Prints markdown; writes JSON (machine, torch, threads, commit, command) and the markdown next
 to it (``.md``).
+
+``--cli "daps ..."`` times a whole command instead, run as ``python -m daps ...`` with ``--no-keep-freed-memory`` or
+``--keep-freed-memory`` appended, in alternating fresh processes: its wall time (start-up included) and peak
+resident set. The command must be safe to run again (``--overwrite`` where it writes a file); ``OMP_NUM_THREADS`` is
+set to ``--threads`` for it.
 """
 
 from __future__ import annotations
@@ -69,6 +75,42 @@ def run_process(spec: dict, folder: Path) -> dict:
     return json.loads(path.with_suffix(".result.json").read_text())
 
 
+def run_command(words: list[str], keep: bool, threads: int) -> dict:
+    """``python -m daps WORDS[1:] --[no-]keep-freed-memory`` in a fresh process: wall seconds and peak memory."""
+    command = [sys.executable, "-m", "daps", *words[1:], "--keep-freed-memory" if keep else "--no-keep-freed-memory"]
+    env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
+    start = time.perf_counter()
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)  # this child's own resource use (peak RSS in KiB on Linux)
+    seconds = time.perf_counter() - start
+    err = proc.stderr.read().decode() if proc.stderr else ""
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"{shlex.join(command)} failed: {err.strip().splitlines()[-1:] or status}")
+    scale = 1 if sys.platform == "darwin" else 1024
+    return {"seconds": seconds, "peak_bytes": usage.ru_maxrss * scale}
+
+
+def command_rows(words: list[str], rounds: int, threads: int) -> tuple[list[dict], list[str]]:
+    """``--cli``: the command with and without freed memory kept, alternating over ``rounds``."""
+    runs: dict[bool, list[dict]] = {False: [], True: []}
+    for r in range(rounds):
+        for keep in ((False, True) if r % 2 == 0 else (True, False)):
+            print(f"round {r + 1}, kept: {keep} ...", file=sys.stderr, flush=True)
+            runs[keep].append(run_command(words, keep, threads))
+    ratio = statistics.median(d["seconds"] / k["seconds"] for d, k in zip(runs[False], runs[True]))
+    median = {keep: statistics.median(run["seconds"] for run in runs[keep]) for keep in runs}
+    peak = {keep: max(run["peak_bytes"] for run in runs[keep]) / 2**20 for keep in runs}
+    line = (f"| `{shlex.join(words)}` | {median[False]:.1f} | {median[True]:.1f} | {ratio:.2f} | "
+            f"{peak[False]:,.0f} / {peak[True]:,.0f} MiB |")
+    print(line, flush=True)
+    lines = [f"Wall seconds of the whole command (median of {rounds} fresh processes each, start-up included) and "
+             "its peak resident set, malloc's defaults against freed memory kept; ratio: median over rounds of "
+             "default / kept time.", "",
+             "| command | default s | kept s | default / kept | peak memory default / kept |", "|---|---|---|---|---|",
+             line]
+    return [{"command": words, "default": runs[False], "kept": runs[True], "default_over_kept": ratio}], lines
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--presets", default="mnist,cifar10")
@@ -79,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (0 = torch's default)")
     parser.add_argument("--out", default="", help="JSON report (default benchmarks/results/freed-memory.json)")
     parser.add_argument("--overwrite", action="store_true")
+    parser.add_argument("--cli", default="", help='time this daps command instead (one quoted string: "daps ...")')
     parser.add_argument("--worker", default="", help=argparse.SUPPRESS)
     parser.add_argument("overrides", nargs="*", help="config key=value overrides, applied to every measurement")
     args = parser.parse_args(argv)
@@ -92,6 +135,12 @@ def main(argv: list[str] | None = None) -> int:
     if not args.overwrite and (out.exists() or out.with_suffix(".md").exists()):
         print(f"{parser.prog}: error: {out} or its .md exists; pass --overwrite to replace it", file=sys.stderr)
         return 2
+    if args.cli:
+        words = shlex.split(args.cli)
+        if not words or words[0] != "daps" or args.overrides:
+            parser.error('--cli takes one daps command line, "daps ...", and no key=value overrides of its own')
+        rows, lines = command_rows(words, args.rounds, args.threads)
+        return _finish(out, rows, lines, args.threads, argv)
     presets, methods = args.presets.split(","), args.methods.split(",")
     for preset in presets:  # every config checked before anything is timed
         for method in methods:
@@ -121,13 +170,17 @@ def main(argv: list[str] | None = None) -> int:
                         f"{peak[False]:,.0f} / {peak[True]:,.0f} MiB |")
                 lines.append(line)
                 print(line, flush=True)
+    return _finish(out, rows, lines, args.threads, argv)
 
+
+def _finish(out: Path, rows: list[dict], lines: list[str], threads: int, argv: list[str] | None) -> int:
+    """Write the report (rows, machine, torch, threads, commit, command) and its markdown."""
     info = machine_info(torch.device("cpu"))
     command = shlex.join(["python", *(sys.argv if argv is None else ["benchmarks/freed_memory.py", *argv])])
     code, date = git_revision(), datetime.now(timezone.utc).isoformat(timespec="seconds")
-    lines += ["", f"Machine: {info['cpu']}, {args.threads or torch.get_num_threads()} torch threads, torch "
+    lines += ["", f"Machine: {info['cpu']}, {threads or torch.get_num_threads()} torch threads, torch "
               f"{torch.__version__}; code {code}; {date}.", f"Command: `{command}`"]
-    report = {"rows": rows, "machine": info, "threads": args.threads, "torch": torch.__version__, "code": code,
+    report = {"rows": rows, "machine": info, "threads": threads, "torch": torch.__version__, "code": code,
               "command": command, "date": date}
     out.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out, report)

@@ -26,29 +26,23 @@ from daps.presets import PRESETS, get_preset
 from daps.runfolder import check_media_output
 
 
-def add_cpu_args(p: argparse.ArgumentParser) -> None:
-    """``--threads N`` and ``--[no-]keep-freed-memory`` of the commands that train (applied by
-    :func:`apply_cpu_args`)."""
+def add_threads_arg(p: argparse.ArgumentParser) -> None:
+    """``--threads N`` of the commands that train (applied by :func:`set_threads`)."""
     p.add_argument(
         "--threads", type=int, default=0,
         help="torch CPU threads (default 0: torch's choice, one per core; see BENCHMARKS.md, CPU threads)",
     )
+
+
+def add_memory_arg(p: argparse.ArgumentParser) -> None:
+    """``--[no-]keep-freed-memory`` of every command that takes ``--device`` or ``--threads`` (applied by
+    :func:`main` before the command runs)."""
     p.add_argument(
         "--keep-freed-memory", action=argparse.BooleanOptionalAction, default=True,
-        help="keep CPU memory freed by one step for the next instead of returning it to the system (glibc's malloc; "
-        "large CPU steps run faster, the process holds more memory; BENCHMARKS.md, Freed memory kept for reuse; "
-        "default: on)",
+        help="keep CPU memory the computation frees for reuse instead of returning it to the system (glibc's "
+        "malloc; large CPU steps run faster, the process holds more memory; BENCHMARKS.md, Freed memory kept for "
+        "reuse; default: on)",
     )
-
-
-def apply_cpu_args(args: argparse.Namespace) -> None:
-    """Apply :func:`add_cpu_args`' flags: ``--threads`` (:func:`set_threads`) and ``--keep-freed-memory``
-    (:func:`daps.allocator.keep_freed_memory`, for the whole process)."""
-    set_threads(args.threads)
-    if args.keep_freed_memory:
-        from daps.allocator import keep_freed_memory
-
-        keep_freed_memory()
 
 
 def add_device_arg(p: argparse.ArgumentParser) -> None:
@@ -138,7 +132,8 @@ def _parser() -> argparse.ArgumentParser:
         help="replace an existing run folder (only a daps run folder; never the current, home or root folder)",
     )
     add_device_arg(p)
-    add_cpu_args(p)
+    add_threads_arg(p)
+    add_memory_arg(p)
 
     p = sub.add_parser("eval", help="evaluate a trained run on a data split")
     p.add_argument("run_dir", help="run folder or checkpoint folder")
@@ -167,6 +162,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--fid-weights", default=None, help="FID Inception weights: file or folder of shards")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier --plot PNG that daps wrote")
     add_device_arg(p)
+    add_memory_arg(p)
 
     p = sub.add_parser("fid-stats", help="compute FID reference statistics (Inception mu, sigma) of a dataset split")
     p.add_argument(
@@ -183,6 +179,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--fid-weights", default=None, help="FID Inception weights: file or folder of shards")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     add_device_arg(p)
+    add_memory_arg(p)
 
     p = sub.add_parser("compare", help="train several methods under one budget and write a comparison table")
     p.add_argument("--preset", default="mnist", help=f"one of: {', '.join(sorted(PRESETS))} (default mnist)")
@@ -207,7 +204,8 @@ def _parser() -> argparse.ArgumentParser:
         help="retrain run folders whose config differs from this comparison's (without it they are refused)",
     )
     add_device_arg(p)
-    add_cpu_args(p)
+    add_threads_arg(p)
+    add_memory_arg(p)
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides applied to every method")
 
     p = sub.add_parser("gradlab", help="compare encoder-gradient estimators with the exact gradient on a tiny model")
@@ -242,6 +240,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="folder with the LAFAN1 H1 data (default: as trained)")
     p.add_argument("--seed", type=seed_arg, default=0, help="seed of the stochastic encoding")
     p.add_argument("--device", default="cpu", help="device of the model (default cpu)")
+    add_memory_arg(p)
 
     from daps.prior.cli import add_parsers
     from daps.robot.cli import add_parsers as add_robot_parsers
@@ -275,7 +274,7 @@ def _train(args: argparse.Namespace) -> int:
 
     cfg = parse_overrides(get_preset(args.preset, args.method), args.overrides)
     refuse_ignored(cfg, args.overrides)
-    apply_cpu_args(args)
+    set_threads(args.threads)
     run_dir = train(cfg, resume=args.resume, overwrite=args.overwrite, device=_device(args.device))
     if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 evaluates and reports
         return 0
@@ -413,7 +412,7 @@ def _compare(args: argparse.Namespace, argv: list[str]) -> int:
     if args.out is not None and not args.out.strip():
         raise UserError("--out is empty: name an output folder")
     out = args.out or f"runs/compare-{args.preset}"
-    apply_cpu_args(args)
+    set_threads(args.threads)
     compare(
         args.preset, methods, args.steps, list(range(args.seeds)), out, args.overrides, _device(args.device), argv,
         overwrite=args.overwrite, vary=args.vary,
@@ -599,6 +598,10 @@ def main(argv: list[str] | None = None) -> int:
         "train": _train, "eval": _eval, "presets": _presets, "render": _render, "export-codes": export_codes_command,
         "prior": prior_command, "decode-random": decode_random_command, "export": _export, "robot": robot_command,
     }
+    if getattr(args, "keep_freed_memory", False):  # the commands that compute, unless --no-keep-freed-memory
+        from daps.allocator import keep_freed_memory
+
+        keep_freed_memory()
     try:
         rest = list(argv if argv is not None else sys.argv[1:])[1:]
         with float32_kernels(tf32=False):  # every command in full float32 on CUDA; a training step as train.tf32 says

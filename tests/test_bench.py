@@ -6,8 +6,10 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import shlex
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "run.py"
@@ -389,3 +391,45 @@ def test_step_variants_times_each_variant_in_rounds_and_reports_the_ratios(metho
         assert variants.main([*bad, "--out", str(out)]) == 2
         assert capsys.readouterr().err.strip().count("\n") == 0
     assert out.read_bytes() == before
+
+
+def test_freed_memory_benchmark_times_both_settings_in_fresh_processes(tmp_path, monkeypatch):
+    """``benchmarks/freed_memory.py`` on a small VQ-VAE step: per round one process with malloc's defaults and one
+    with freed memory kept (applied there, as the report says), the ratio and peak memory reported; an existing
+    report refused without ``--overwrite`` (exit 2), untouched."""
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))
+    freed = _load_script("benchmarks_freed_memory", SCRIPT.parent / "freed_memory.py")
+    out = tmp_path / "freed.json"
+    argv = ["--presets", "mnist", "--methods", "vqvae", "--rounds", "2", "--steps", "1", "--warmup", "0",
+            "--out", str(out), "train.batch_size=4"]
+    assert freed.main(argv) == 0
+    (row,) = json.loads(out.read_text())["rows"]
+    assert (row["preset"], row["method"]) == ("mnist", "vqvae") and len(row["default"]) == len(row["kept"]) == 2
+    assert all(not run["kept"] for run in row["default"]) and row["default_over_kept"] > 0
+    assert row["applied"] == all(run["kept"] for run in row["kept"]) and row["applied"]  # glibc here
+    assert all(run["memory"]["bytes"] > 0 for run in row["default"] + row["kept"])
+    assert "| `mnist` | vqvae |" in out.with_suffix(".md").read_text()
+    before = out.read_bytes()
+    assert freed.main(argv[:-1]) == 2 and out.read_bytes() == before
+
+
+def test_freed_memory_benchmark_times_a_whole_command(tmp_path, monkeypatch):
+    """``--cli``: the daps command run with each flag in fresh processes (a tiny training run on a sequences file,
+    repeated with --overwrite), wall time and its own peak memory; a command other than ``daps ...`` refused."""
+    from test_data_sequences import TINY, _clip
+
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))
+    freed = _load_script("benchmarks_freed_memory", SCRIPT.parent / "freed_memory.py")
+    npz = tmp_path / "clips.npz"
+    np.savez(npz, **{f"train/t{i}": _clip(100, i) for i in range(3)}, **{"test/v0": _clip(60, 9)})
+    command = shlex.join(["daps", "train", "--preset", "lafan1-h1", *TINY, f"data.data_dir={npz}",
+                          f"train.out_dir={tmp_path / 'run'}", "--overwrite"])
+    out = tmp_path / "cli.json"
+    assert freed.main(["--cli", command, "--rounds", "1", "--out", str(out)]) == 0
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["command"][:2] == ["daps", "train"] and row["default_over_kept"] > 0
+    assert all(run["seconds"] > 0 and run["peak_bytes"] > 50 * 2**20 for run in row["default"] + row["kept"])
+    assert (tmp_path / "run" / "summary.json").exists()
+    with pytest.raises(SystemExit) as refused:
+        freed.main(["--cli", "python -c 1", "--out", str(tmp_path / "other.json")])
+    assert refused.value.code == 2 and not (tmp_path / "other.json").exists()

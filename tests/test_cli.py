@@ -432,8 +432,8 @@ def test_a_bug_keeps_its_traceback(monkeypatch, tiny_overrides, tmp_path):
 def test_the_readme_command_block_lists_every_flag():
     """Each ``daps ...`` line of README's Commands block names exactly the flags its parser has (``--device``,
     ``--help`` and ``--[no-]keep-freed-memory`` are described once for all, below the block; the last one on exactly
-    the commands with ``--threads``), and every command has its line. (That each flag shown anywhere exists is
-    tests/test_doc_commands.py, which reads the lines.)"""
+    the commands with ``--device`` or ``--threads``), and every command has its line. (That each flag shown anywhere
+    exists is tests/test_doc_commands.py, which reads the lines.)"""
     import re
 
     from test_doc_commands import REPO, command_parser, commands_in, subparsers
@@ -449,9 +449,10 @@ def test_the_readme_command_block_lists_every_flag():
     for entry in entries:
         name, command, _ = command_parser(entry.words)
         documented = set(re.findall(r"(--[a-z][a-z0-9-]*)", entry.text))
-        actual = {o for a in command._actions for o in a.option_strings if o.startswith("--")} - {"--help", "--device"}
+        options = {o for a in command._actions for o in a.option_strings if o.startswith("--")}
+        actual = options - {"--help", "--device"}
         memory = {"--keep-freed-memory", "--no-keep-freed-memory"}
-        assert (memory <= actual) == ("--threads" in actual) and not memory & documented, name
+        assert (memory <= actual) == bool({"--threads", "--device"} & options) and not memory & documented, name
         assert documented - {"--device"} == actual - memory, (name, sorted(documented ^ (actual - memory)))
         seen.add(name)
     groups = subparsers(_parser())

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from daps.cli import add_cpu_args, add_device_arg, apply_cpu_args, seed_arg
+from daps.cli import add_device_arg, add_memory_arg, add_threads_arg, seed_arg, set_threads
 from daps.dist import resolve_device
 from daps.errors import UserError, check_at_most
 from daps.prior.run import MAX_EULER_STEPS, PriorConfig, check_sampling, settings_help, warn_untrained_null
@@ -38,6 +38,7 @@ def add_parsers(sub) -> None:
                    help="folder with the data files (default: as trained); arrays, sequences: the .npz file")
     p.add_argument("--overwrite", action="store_true", help="replace an existing codes file")
     add_device_arg(p)
+    add_memory_arg(p)
 
     prior = sub.add_parser("prior", help="train, sample and score a label-conditioned prior over exported codes")
     psub = prior.add_subparsers(dest="prior_command", required=True, parser_class=type(prior))
@@ -51,8 +52,9 @@ def add_parsers(sub) -> None:
     p.add_argument("--label-dropout", type=float, default=None, help="share of null labels in training (default 0.1)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace an existing prior folder")
-    add_cpu_args(p)
+    add_threads_arg(p)
     add_device_arg(p)
+    add_memory_arg(p)
     p.add_argument("overrides", nargs="*", metavar="key=value", help="prior settings, e.g. steps=5000 width=128")
 
     p = psub.add_parser("sample", help="sample codes from a prior and decode them into a grid")
@@ -72,6 +74,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--tokenizer", default=None, help="tokenizer run to decode with (default: the codes' run)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     add_device_arg(p)
+    add_memory_arg(p)
 
     p = psub.add_parser("eval", help="held-out likelihood, sample uniqueness and copies, sampling speed")
     p.add_argument("prior_dir", help="the prior's run folder")
@@ -88,6 +91,7 @@ def add_parsers(sub) -> None:
                    help="FID Inception weights (default: $DAPS_DATA_DIR/fid_inception, then "
                         "~/.cache/daps/fid_inception)")
     add_device_arg(p)
+    add_memory_arg(p)
 
     p = sub.add_parser("decode-random", help="decode uniform-random codes of a tokenizer into a grid")
     p.add_argument("run_dir", help="tokenizer run folder or checkpoint")
@@ -98,6 +102,7 @@ def add_parsers(sub) -> None:
                    help="motion tokenizers: also an mp4 of the decoded motions on the H1, one view each")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     add_device_arg(p)
+    add_memory_arg(p)
 
 
 MAX_GRID = 400
@@ -137,7 +142,7 @@ def _train(args: argparse.Namespace) -> int:
     from daps.prior.run import PriorConfig, apply_overrides, train_prior
 
     device = _device(args.device)
-    apply_cpu_args(args)
+    set_threads(args.threads)
     if args.val_codes is not None and not args.val_codes.strip():
         raise UserError("--val-codes is empty: name a codes file (or leave the flag out to hold out 5% of the inputs)")
     cfg = apply_overrides(PriorConfig(kind=args.kind, codes=args.codes, val_codes=args.val_codes or "",

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from daps.cli import add_cpu_args, add_device_arg, apply_cpu_args, seed_arg
+from daps.cli import add_device_arg, add_memory_arg, add_threads_arg, seed_arg, set_threads
 from daps.dist import resolve_device
 from daps.errors import UserError, check_at_least, check_at_most
 from daps.prior.run import check_sampling, settings_help, warn_untrained_null
@@ -35,8 +35,9 @@ def add_parsers(sub) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace an existing policy folder")
     p.add_argument("--data-dir", default="", help="folder with the LAFAN1 H1 data (default: as trained)")
-    add_cpu_args(p)
+    add_threads_arg(p)
     add_device_arg(p)
+    add_memory_arg(p)
     p.add_argument("overrides", nargs="*", metavar="key=value", help="policy settings, e.g. steps=4000 stride=4")
 
     p = rsub.add_parser("plan", help="roll the policy out and render the H1 (optionally tracked in physics)")
@@ -61,6 +62,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--tokenizer", default=None, help="tokenizer run to decode with (default: the policy's)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     add_device_arg(p)
+    add_memory_arg(p)
 
     p = rsub.add_parser("eval", help="velocity tracking, motion kind, smoothness, skating, physics, novelty")
     p.add_argument("policy_dir", help="the policy's run folder")
@@ -79,6 +81,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--data-dir", default=None, help="folder with the LAFAN1 H1 data (ground-truth figures)")
     p.add_argument("--tokenizer", default=None, help="tokenizer run to decode with (default: the policy's)")
     add_device_arg(p)
+    add_memory_arg(p)
     _add_tracker_parsers(rsub)
 
 
@@ -91,7 +94,8 @@ def _add_tracker_parsers(rsub) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace an existing tracker folder")
     p.add_argument("--data-dir", default="", help="folder with the LAFAN1 H1 data (default: as trained)")
-    add_cpu_args(p)
+    add_threads_arg(p)
+    add_memory_arg(p)
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="tracker settings, e.g. frames=2000000 envs=16 reference=ground-truth")
 
@@ -100,14 +104,15 @@ def _add_tracker_parsers(rsub) -> None:
     p.add_argument("--seconds", type=float, default=5.0, help="longest tracked stretch per start (default 5)")
     p.add_argument("--starts", type=int, default=4, help="starts per validation clip (default 4)")
     p.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
-    add_cpu_args(p)
+    add_threads_arg(p)
+    add_memory_arg(p)
 
 
 def _track_train(args: argparse.Namespace) -> int:
     from daps.prior.run import apply_overrides
     from daps.robot.tracker import train_tracker
 
-    apply_cpu_args(args)
+    set_threads(args.threads)
     cfg = apply_overrides(TrackerConfig(tokenizer=args.tokenizer, out_dir=args.out, data_dir=args.data_dir),
                           args.overrides)
     run = train_tracker(cfg, resume=args.resume, overwrite=args.overwrite)
@@ -127,7 +132,7 @@ def _track_eval(args: argparse.Namespace) -> int:
     if not (math.isfinite(args.seconds) and args.seconds > 0) or args.starts < 1:
         raise UserError(f"--seconds must be a positive number and --starts >= 1, got {args.seconds} and {args.starts}")
     check_at_most(("--seconds", args.seconds, MAX_SECONDS), ("--starts", args.starts, 1000))
-    apply_cpu_args(args)
+    set_threads(args.threads)
     model, cfg, meta, refs = load_tracker(args.tracker_dir)
     ckpt = resolve_checkpoint(args.tracker_dir, verify=False)  # verified by load_tracker
     update = int(ckpt.name.removeprefix("step_")) if ckpt.name.startswith("step_") else None
@@ -171,7 +176,7 @@ def _train(args: argparse.Namespace) -> int:
     from daps.prior.run import apply_overrides
     from daps.robot.run import train_policy
 
-    apply_cpu_args(args)
+    set_threads(args.threads)
     cfg = apply_overrides(RobotConfig(tokenizer=args.tokenizer, out_dir=args.out, data_dir=args.data_dir),
                           args.overrides)
     run = train_policy(cfg, resume=args.resume, overwrite=args.overwrite, device=_device(args.device))
