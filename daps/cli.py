@@ -566,12 +566,15 @@ def is_out_of_memory(err: BaseException) -> bool:
     return isinstance(err, (MemoryError, torch.OutOfMemoryError)) or "can't allocate memory" in str(err)
 
 
-def out_of_memory(err: BaseException) -> str:
-    """The one line for a failed allocation: what torch says (its first line), and what to lower."""
+def out_of_memory(err: BaseException, freed_memory_kept: bool = False) -> str:
+    """The one line for a failed allocation: what torch says (its first line), and what to lower; for a CPU
+    allocation while freed memory is kept for reuse (:mod:`daps.allocator`), also the flag that gives it back."""
     said = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    on_cpu = "DefaultCPUAllocator: " in said or isinstance(err, MemoryError)
     said = said.split("DefaultCPUAllocator: ")[-1]  # torch's CPU message starts with a C++ source location
+    hint = ", or pass --no-keep-freed-memory (a lower peak, a slower step)" if on_cpu and freed_memory_kept else ""
     return (f"out of memory ({said}); lower the batch (train.batch_size, or --batch-size) or the model's size "
-            "(encoder / decoder widths, K)")
+            f"(encoder / decoder widths, K){hint}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -625,7 +628,8 @@ def main(argv: list[str] | None = None) -> int:
         from daps.train import TrainingDiverged
 
         if is_out_of_memory(err):
-            print(f"daps {_command_name(args)}: error: {out_of_memory(err)}", file=sys.stderr)
+            kept = getattr(args, "keep_freed_memory", False)
+            print(f"daps {_command_name(args)}: error: {out_of_memory(err, kept)}", file=sys.stderr)
             return 2
         if not isinstance(err, TrainingDiverged):
             raise

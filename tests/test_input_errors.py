@@ -861,13 +861,19 @@ def test_an_empty_optional_output_is_refused_not_dropped(tmp_path, capsys):
 def test_a_batch_far_beyond_memory_is_one_line_and_leaves_no_run_folder(tmp_path, capsys, tiny_overrides):
     """``train.batch_size=100000000`` (a typo of 100): the failed allocation is one line naming what to lower, exit
     code 2 (it was a traceback), and the folder the run made during its setup is removed again, so that the
-    corrected command runs as it is (it was refused with "already exists")."""
+    corrected command runs as it is (it was refused with "already exists"). With freed memory kept (the default) the
+    line also names ``--no-keep-freed-memory``; without, it does not."""
     out = tmp_path / "new" / "run"
     rc = main(["train", *tiny_overrides, "train.batch_size=100000000", f"train.out_dir={out}"])
     err = capsys.readouterr().err
     assert rc == 2 and "out of memory" in err and "train.batch_size" in err, err
+    assert "--no-keep-freed-memory" in err  # a CPU allocation, with freed memory kept (the default)
     assert len(err.strip().splitlines()) == 1
     assert not (tmp_path / "new").exists()
+    rc = main(["train", *tiny_overrides, "train.batch_size=100000000", f"train.out_dir={out}",
+               "--no-keep-freed-memory"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "out of memory" in err and "--no-keep-freed-memory" not in err, err
 
 
 def test_a_run_that_fails_after_logging_keeps_its_folder(tmp_path, monkeypatch, tiny_overrides, no_plots):
