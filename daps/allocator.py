@@ -1,10 +1,10 @@
 """Freed CPU memory kept for reuse, so that large activations are not page-faulted in anew at every step.
 
 glibc's malloc hands a block of more than 32 MiB (its largest ``mmap`` threshold on 64-bit systems) straight to
-the kernel when it is freed, and maps it afresh, zeroed page by page, the next time one is asked for. A CPU training
-step at ``cifar10`` or ``lafan1-h1`` with B = 256 (activations of B*K x T x E = 2,048 x 64 x 64 floats, 32 MiB,
-and four times that inside the MLPs) allocates and frees dozens of such blocks per step, and the page faults cost
-about a quarter of the step (BENCHMARKS.md, "Freed memory kept for reuse").
+the kernel when it is freed, and maps it afresh, zeroed page by page, the next time one is asked for. A DAPS step at
+``cifar10`` with B = 256 allocates and frees dozens of such blocks (the encoder's activations over B*K = 2,048 codes
+of 64 tokens, the decoder's over 2,048 images: 512 MiB each), and the page faults cost 6.7 s of its 23.3 on a CPU
+core (BENCHMARKS.md, "Freed memory kept for reuse").
 :func:`keep_freed_memory` asks malloc (``mallopt``) to serve every block from its heap and to keep what is freed there
 for the next step, at the price of a higher resident set (the heap keeps its high-water mark and some of its
 fragments). It changes no value computed, only where the memory comes from; it applies to the whole process, and
