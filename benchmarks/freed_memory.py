@@ -79,12 +79,17 @@ def run_command(words: list[str], keep: bool, threads: int) -> dict:
     """``python -m daps WORDS[1:] --[no-]keep-freed-memory`` in a fresh process: wall seconds and peak memory."""
     command = [sys.executable, "-m", "daps", *words[1:], "--keep-freed-memory" if keep else "--no-keep-freed-memory"]
     env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
-    start = time.perf_counter()
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)  # this child's own resource use (peak RSS in KiB on Linux)
-    seconds = time.perf_counter() - start
-    err = proc.stderr.read().decode() if proc.stderr else ""
-    if os.waitstatus_to_exitcode(status) != 0:
+    # Its standard error goes to a file, not a pipe: nothing reads a pipe while wait4 waits, so a command writing more
+    # than the pipe holds (64 KiB: logs, warnings) would block on it for ever.
+    with tempfile.TemporaryFile() as stderr:
+        start = time.perf_counter()
+        proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
+        _, status, usage = os.wait4(proc.pid, 0)  # this child's own resource use (peak RSS in KiB on Linux)
+        seconds = time.perf_counter() - start
+        proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here: Popen must not wait for it again
+        stderr.seek(0)
+        err = stderr.read().decode(errors="replace")
+    if proc.returncode != 0:
         raise RuntimeError(f"{shlex.join(command)} failed: {err.strip().splitlines()[-1:] or status}")
     scale = 1 if sys.platform == "darwin" else 1024
     return {"seconds": seconds, "peak_bytes": usage.ru_maxrss * scale}

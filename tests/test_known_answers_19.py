@@ -360,3 +360,41 @@ def test_step_scripts_apply_the_flag_before_building_the_model(script, argv, fla
     with pytest.raises(SystemExit) as stopped:
         module.main([a.replace("{tmp}", str(tmp_path)) for a in argv] + flag)
     assert stopped.value.code == 7 and seen == [keep]
+
+
+@pytest.mark.parametrize("code", [0, 3])
+def test_freed_memory_cli_survives_a_command_that_writes_much_to_stderr(code, monkeypatch):
+    """A command writing 300 KB to standard error (more than a pipe holds) and exiting ``code``: measured, or its
+    failure reported with its last line, within seconds. Fails on standard error read from a pipe only after
+    ``wait4`` (the command then blocks on its write for ever)."""
+    import threading
+
+    freed = _freed_memory(monkeypatch)
+    children = []
+    popen = subprocess.Popen
+    noisy = f"import sys; sys.stderr.write('x' * 300_000 + '\\nlast line\\n'); sys.exit({code})"
+
+    def fake(command, **kwargs):
+        children.append(popen([sys.executable, "-c", noisy], **kwargs))
+        return children[-1]
+
+    monkeypatch.setattr(freed.subprocess, "Popen", fake)
+    done = {}
+
+    def measure():
+        try:
+            done["result"] = freed.run_command(["daps", "presets"], True, 1)
+        except RuntimeError as err:
+            done["error"] = str(err)
+
+    thread = threading.Thread(target=measure)
+    thread.start()
+    thread.join(timeout=15)
+    if thread.is_alive():  # blocked: free it before failing
+        children[0].kill()
+        thread.join()
+        pytest.fail("run_command blocked on the command's standard error")
+    if code == 0:
+        assert done["result"]["seconds"] > 0
+    else:
+        assert "last line" in done["error"]
