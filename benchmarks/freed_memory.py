@@ -75,9 +75,31 @@ def run_process(spec: dict, folder: Path) -> dict:
     return json.loads(path.with_suffix(".result.json").read_text())
 
 
+# Runs ``daps`` with the given arguments and, at exit, writes its own peak resident set (VmHWM) to the file named
+# first: getrusage's ru_maxrss of a child started by subprocess starts from its parent's peak, so this process's.
+_LAUNCHER = """
+import atexit, runpy, sys
+path = sys.argv[1]
+def record():
+    try:
+        with open("/proc/self/status") as f:
+            peak = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        return
+    with open(path, "w") as f:
+        f.write(str(peak))
+atexit.register(record)
+sys.argv = ["daps", *sys.argv[2:]]
+runpy.run_module("daps", run_name="__main__", alter_sys=True)
+"""
+
+
 def run_command(words: list[str], keep: bool, threads: int) -> dict:
-    """``python -m daps WORDS[1:] --[no-]keep-freed-memory`` in a fresh process: wall seconds and peak memory."""
-    command = [sys.executable, "-m", "daps", *words[1:], "--keep-freed-memory" if keep else "--no-keep-freed-memory"]
+    """``python -m daps WORDS[1:] --[no-]keep-freed-memory`` in a fresh process: wall seconds and peak memory (its
+    own VmHWM where Linux gives it, else wait4's ru_maxrss)."""
+    peak_file = Path(tempfile.mkdtemp(prefix="daps-freed-memory-")) / "peak"
+    flag = "--keep-freed-memory" if keep else "--no-keep-freed-memory"
+    command = [sys.executable, "-c", _LAUNCHER, str(peak_file), *words[1:], flag]
     env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
     # Its standard error goes to a file, not a pipe: nothing reads a pipe while wait4 waits, so a command writing more
     # than the pipe holds (64 KiB: logs, warnings) would block on it for ever.
@@ -90,9 +112,13 @@ def run_command(words: list[str], keep: bool, threads: int) -> dict:
         stderr.seek(0)
         err = stderr.read().decode(errors="replace")
     if proc.returncode != 0:
-        raise RuntimeError(f"{shlex.join(command)} failed: {err.strip().splitlines()[-1:] or status}")
+        last = err.strip().splitlines()[-1] if err.strip() else f"exit status {proc.returncode}"
+        raise RuntimeError(f"{shlex.join(['daps', *words[1:], flag])} failed: {last}")
     scale = 1 if sys.platform == "darwin" else 1024
-    return {"seconds": seconds, "peak_bytes": usage.ru_maxrss * scale}
+    peak = int(peak_file.read_text()) if peak_file.exists() else usage.ru_maxrss * scale
+    peak_file.unlink(missing_ok=True)
+    peak_file.parent.rmdir()
+    return {"seconds": seconds, "peak_bytes": peak}
 
 
 def command_rows(words: list[str], rounds: int, threads: int) -> tuple[list[dict], list[str]]:

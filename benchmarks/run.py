@@ -202,8 +202,8 @@ class PeakMemory:
             self.baseline = torch.cuda.memory_allocated(self.device)
             self.kind = "cuda: torch.cuda.max_memory_allocated minus what was allocated before the model was built"
             return
-        self.kind = "cpu: peak RSS (getrusage ru_maxrss) minus RSS before the model was built"
-        try:  # reset the kernel's high-water mark, and so ru_maxrss, to the current RSS (Linux >= 4.0)
+        self.kind = f"cpu: peak RSS ({self._source()}) minus RSS before the model was built"
+        try:  # reset the kernel's high-water mark, VmHWM, to the current RSS (Linux >= 4.0)
             with open("/proc/self/clear_refs", "w") as f:
                 f.write("5")
         except OSError:
@@ -215,13 +215,32 @@ class PeakMemory:
         self.baseline = self._ru_maxrss()
 
     @staticmethod
+    def _source() -> str:
+        return "/proc/self/status VmHWM" if vm_hwm() is not None else "getrusage ru_maxrss"
+
+    @staticmethod
     def _ru_maxrss() -> int:
+        """This process's peak resident set in bytes: Linux's VmHWM where readable (the process's own, reset by
+        clear_refs), else ``ru_maxrss``, which a process started by ``subprocess`` inherits from its parent's peak (so
+        a child smaller than its parent would read as the parent's peak)."""
+        hwm = vm_hwm()
+        if hwm is not None:
+            return hwm
         scale = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB on Linux
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
 
     def stop(self) -> dict:
         peak = torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else self._ru_maxrss()
         return {"bytes": max(peak - self.baseline, 0), "peak_bytes": peak, "kind": self.kind}
+
+
+def vm_hwm() -> int | None:
+    """``VmHWM`` of ``/proc/self/status`` in bytes (Linux), else None."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        return None
 
 
 # -- one benchmark -----------------------------------------------------------------------------------

@@ -319,7 +319,8 @@ def plan_runs(
 def command_for(run: Run, preset: str, overrides: list[str], flags: Sequence[str] = ()) -> str:
     """The ``daps train`` command that reproduces ``run`` (only the overrides that concern its method: ``daps
     train`` refuses another method's settings), with ``--resume`` so that it trains a missing run, continues an
-    interrupted one and leaves a finished one alone; ``flags`` (``--device``, ``--threads``) go first."""
+    interrupted one and leaves a finished one alone; ``flags`` (``--device``, ``--threads``,
+    ``--no-keep-freed-memory``) go first."""
     c = run.cfg.train
     settings = [
         f"train.steps={c.steps}", f"train.seed={c.seed}", f"train.out_dir={c.out_dir}",

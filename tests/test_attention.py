@@ -200,8 +200,9 @@ def test_one_query_attention_takes_its_backward_only_when_a_gradient_is_wanted()
 
 @pytest.mark.parametrize("length", [8, 17])
 def test_one_query_attention_under_bf16_autocast(length):
-    """Under CPU bf16 autocast (rows of 16 or more take torch's softmax, float32 there): gradients in their
-    inputs' dtypes, within bf16 rounding of the float64 reference."""
+    """Under CPU bf16 autocast, over rows shorter than 16 (the elementwise softmax) and longer (torch's softmax; on
+    the CPU its weights stay bf16 here, the mixed case is tests/test_known_answers_19.py): gradients in their inputs'
+    dtypes, within bf16 rounding of the float64 reference."""
     q, k, v = _one_query_inputs(length, dtype=torch.float32, seed=3, rows=32, heads=4, dim=16)
     x = [t.detach().bfloat16().requires_grad_(True) for t in (q, k, v)]
     with torch.autocast("cpu", dtype=torch.bfloat16):

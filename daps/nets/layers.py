@@ -159,6 +159,11 @@ class OneQueryAttention(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        with torch.autocast(grad_out.device.type, enabled=False):  # a backward() called inside autocast: as typed
+            return OneQueryAttention._backward(ctx, grad_out)
+
+    @staticmethod
+    def _backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         q, keys, values, weights = ctx.saved_tensors
         # Under bf16 autocast the weights may be float32 (a long row's softmax) and the rest bf16: compute in the
         # wider type, return each gradient in its input's type.
