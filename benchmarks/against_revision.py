@@ -8,7 +8,8 @@ this exports ``--revision`` into a temporary folder (``git archive``: nothing is
 a run killed midway leaves at most that folder) and runs ``benchmarks/bench_step.py`` of each tree
 (each on its own code: the benchmark as it was then, the package as it was then) in alternating processes,
 ``--rounds`` times. Reports each tree's steps/s per round and the median of the per-round ratios (this checkout /
-the revision). Use it to carry a figure measured against the revision elsewhere (e.g. the original
+the revision). Both trees run with freed memory kept (glibc's environment, :data:`SAME_ALLOCATOR`; since the commit
+that added it). Use it to carry a figure measured against the revision elsewhere (e.g. the original
 implementation's, in ``../shared/docs/PERF.md``, measured against ``be28271``) forward to this checkout.
 Writes JSON (machine, torch, commit, command) and the same table as markdown next to it.
 """
@@ -45,11 +46,16 @@ def export_tree(git: list[str], commit: str, tree: Path) -> None:
             tar.extractall(tree)
 
 
+SAME_ALLOCATOR = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "2147483647"}
+"""glibc's environment for what :func:`daps.allocator.keep_freed_memory` sets: a revision older than it keeps
+malloc's defaults otherwise, and the comparison would mix the allocator into the code's speed."""
+
+
 def bench(tree: Path, args: argparse.Namespace, out: Path) -> dict:
     """``bench_step.py`` of ``tree`` on ``tree``'s package, in a fresh process; its JSON."""
     cmd = [sys.executable, str(tree / "benchmarks" / "bench_step.py"), "--steps", str(args.steps), "--warmup",
            str(args.warmup), "--threads", str(args.threads), "--json", str(out), *args.overrides]
-    env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": str(args.threads)}
+    env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": str(args.threads), **SAME_ALLOCATOR}
     proc = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"bench_step.py in {tree} failed:\n{proc.stderr[-2000:]}")
@@ -103,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         "this_commit": head + ("+dirty" if dirty else ""), "revision": old, "machine": machine,
         "torch": new_run["torch"],  # what this checkout's bench_step.py ran on
         "threads": args.threads, "steps": args.steps, "warmup": args.warmup, "overrides": args.overrides,
+        "environment": SAME_ALLOCATOR,
         "rounds": rows, "ratio_median": statistics.median(r["ratio"] for r in rows),
     }
     table = [
