@@ -35,17 +35,23 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
-from run import PeakMemory, git_revision, machine_info, setup, step_once  # this script's folder is on sys.path
+from run import (  # this script's folder is on sys.path
+    PeakMemory,
+    apply_freed_memory,
+    git_revision,
+    machine_info,
+    setup,
+    step_once,
+)
 
 import daps
 from daps import get_preset, parse_overrides
-from daps.allocator import keep_freed_memory
 from daps.runfolder import write_json_atomic, write_text_atomic
 
 
 def measure(spec: dict) -> dict:
     """One process's measurement: seconds per step and peak memory, with or without freed memory kept."""
-    kept = keep_freed_memory() if spec["keep"] else False
+    kept = apply_freed_memory(spec["keep"])
     if spec["threads"]:
         torch.set_num_threads(spec["threads"])
     cfg = parse_overrides(get_preset(spec["preset"], spec["method"]), spec["overrides"])

@@ -212,14 +212,14 @@ class PeakMemory:
             self.kind += "; one fresh process per benchmark"
         else:
             self.kind += "; all benchmarks in one process (memory freed by an earlier one and reused does not show)"
-        self.baseline = self._ru_maxrss()
+        self.baseline = self._peak_rss()
 
     @staticmethod
     def _source() -> str:
         return "/proc/self/status VmHWM" if vm_hwm() is not None else "getrusage ru_maxrss"
 
     @staticmethod
-    def _ru_maxrss() -> int:
+    def _peak_rss() -> int:
         """This process's peak resident set in bytes: Linux's VmHWM where readable (the process's own, reset by
         clear_refs), else ``ru_maxrss``, which a process started by ``subprocess`` inherits from its parent's peak (so
         a child smaller than its parent would read as the parent's peak)."""
@@ -230,7 +230,7 @@ class PeakMemory:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
 
     def stop(self) -> dict:
-        peak = torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else self._ru_maxrss()
+        peak = torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else self._peak_rss()
         return {"bytes": max(peak - self.baseline, 0), "peak_bytes": peak, "kind": self.kind}
 
 

@@ -601,7 +601,8 @@ def main(argv: list[str] | None = None) -> int:
         "train": _train, "eval": _eval, "presets": _presets, "render": _render, "export-codes": export_codes_command,
         "prior": prior_command, "decode-random": decode_random_command, "export": _export, "robot": robot_command,
     }
-    if getattr(args, "keep_freed_memory", False):  # the commands that compute, unless --no-keep-freed-memory
+    kept = getattr(args, "keep_freed_memory", False)  # the commands that compute, unless --no-keep-freed-memory
+    if kept:
         from daps.allocator import keep_freed_memory
 
         keep_freed_memory()
@@ -628,7 +629,6 @@ def main(argv: list[str] | None = None) -> int:
         from daps.train import TrainingDiverged
 
         if is_out_of_memory(err):
-            kept = getattr(args, "keep_freed_memory", False)
             print(f"daps {_command_name(args)}: error: {out_of_memory(err, kept)}", file=sys.stderr)
             return 2
         if not isinstance(err, TrainingDiverged):

@@ -159,22 +159,18 @@ class OneQueryAttention(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        with torch.autocast(grad_out.device.type, enabled=False):  # a backward() called inside autocast: as typed
-            return OneQueryAttention._backward(ctx, grad_out)
-
-    @staticmethod
-    def _backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         q, keys, values, weights = ctx.saved_tensors
         # Under bf16 autocast the weights may be float32 (a long row's softmax) and the rest bf16: compute in the
-        # wider type, return each gradient in its input's type.
+        # wider type, return each gradient in its input's type; autocast off, for a backward() called inside it.
         dtype = torch.promote_types(weights.dtype, grad_out.dtype)
-        grad_out, weights = grad_out.to(dtype), weights.to(dtype)
-        grad_weights = grad_out @ values.to(dtype).transpose(-2, -1)  # (N, h, 1, L)
-        grad_values = weights.transpose(-2, -1) * grad_out  # (N, h, L, d): an outer product per row
-        grad_scores = weights * (grad_weights - (grad_weights * weights).sum(-1, keepdim=True))  # softmax backward
-        grad_scores = grad_scores * q.shape[-1] ** -0.5  # (N, h, 1, L)
-        grad_q = grad_scores @ keys.to(dtype)  # (N, h, 1, d)
-        grad_keys = grad_scores.transpose(-2, -1) * q.to(dtype)  # (N, h, L, d): an outer product per row
+        with torch.autocast(grad_out.device.type, enabled=False):
+            grad_out, weights = grad_out.to(dtype), weights.to(dtype)
+            grad_weights = grad_out @ values.to(dtype).transpose(-2, -1)  # (N, h, 1, L)
+            grad_values = weights.transpose(-2, -1) * grad_out  # (N, h, L, d): an outer product per row
+            grad_scores = weights * (grad_weights - (grad_weights * weights).sum(-1, keepdim=True))  # softmax's
+            grad_scores = grad_scores * q.shape[-1] ** -0.5  # (N, h, 1, L)
+            grad_q = grad_scores @ keys.to(dtype)  # (N, h, 1, d)
+            grad_keys = grad_scores.transpose(-2, -1) * q.to(dtype)  # (N, h, L, d): an outer product per row
         return grad_q.to(q.dtype), grad_keys.to(keys.dtype), grad_values.to(values.dtype)
 
 
