@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn as nn
@@ -173,7 +173,7 @@ class DAPS(Method):
 
     def _objective(
         self, x: torch.Tensor, indices: torch.Tensor, beta: torch.Tensor, sample_log_q: torch.Tensor,
-        uniforms: torch.Tensor | None,
+        uniforms: torch.Tensor | None, conditioning: Any,
     ) -> tuple[torch.Tensor, ...]:
         """The three losses for sampled codes ``indices (K, B, T)``; returns the loss and what is logged.
 
@@ -181,7 +181,8 @@ class DAPS(Method):
         detached value enters the weights: from a teacher-forced pass, or with ``one_pass`` the sampling pass's
         ``sample_log_q (K, B)``, which then has its gradient. With resampling, the weights use ``sample_log_q`` (the
         same numbers, no gradient), ``uniforms`` pick m codes per input with probabilities w
-        (:func:`daps.functional.resample_indices`) and only those are teacher-forced."""
+        (:func:`daps.functional.resample_indices`) and only those are teacher-forced. ``conditioning``: the encoder's
+        ``conditioning(x)`` (with gradients) that the codes were sampled from, for the teacher-forced pass."""
         num_samples = indices.shape[0]
         params = self.decoder(indices)  # (K, B, ...): BatchNorm, if any, normalizes each of the K slices alone
         log_p = self.likelihood.log_prob(params, x)  # (K, B)
@@ -189,7 +190,10 @@ class DAPS(Method):
         if uniforms is not None:
             log_q_const = sample_log_q
         else:
-            log_q = sample_log_q if self.cfg.one_pass else self.encoder.log_prob(x, indices).sum(-1)  # (K, B), grad
+            if self.cfg.one_pass:
+                log_q = sample_log_q  # (K, B), with gradient
+            else:
+                log_q = self.encoder.log_prob(x, indices, conditioning=conditioning).sum(-1)  # (K, B), with gradient
             log_q_const = log_q.detach()
         eta = self.log_eta.exp()
         # One set of weights: its gradient (only into log_eta) drives the ESS loss; detached, it weights
@@ -203,7 +207,7 @@ class DAPS(Method):
         else:
             chosen = DF.resample_indices(weights, uniforms, self.cfg.resample_scheme, self.cfg.resample)  # (m, B)
             picked = indices.gather(0, chosen[..., None].expand(-1, -1, indices.shape[-1]))  # (m, B, T)
-            log_q = self.encoder.log_prob(x, picked).sum(-1)  # (m, B), with gradient
+            log_q = self.encoder.log_prob(x, picked, conditioning=conditioning).sum(-1)  # (m, B), with gradient
             encoder_loss = -log_q.mean(0).mean()  # E over the draws = sum_k w_k log q_k
         eta_loss = DF.eta_loss(ess, num_samples, self.cfg.ess_target)
         decoder_loss = -log_p.mean()
@@ -213,10 +217,12 @@ class DAPS(Method):
     def forward(self, x: torch.Tensor, step: int, generator: torch.Generator | None = None) -> Output:
         """One DAPS objective evaluation on ``x (B, C, H, W)`` at optimizer step ``step``."""
         num_samples = self.cfg.num_samples
+        conditioning: Any = None  # the encoder's: memory (autoregressive) or token log-probabilities (DAPS-NA)
         if self.cfg.one_pass:
             samples = self.encoder.sample_scored(x, num_samples, generator)  # log q with its gradient
-        else:
-            samples = self.encoder.sample(x, num_samples, generator)  # indices (K, B, T), no grad
+        else:  # the encoder's conditioning once, with gradients: sampled from here, teacher-forced in the objective
+            conditioning = self.encoder.conditioning(x)
+            samples = self.encoder.sample(x, num_samples, generator, conditioning=conditioning)  # (K, B, T), no grad
         indices = samples.indices
         beta = self.scheduled("beta", step, x.device)  # a tensor: neither a compiled objective nor a graph is rebuilt
         uniforms = None
@@ -224,7 +230,7 @@ class DAPS(Method):
             m = self.cfg.resample if self.cfg.resample_scheme == "multinomial" else 1
             uniforms = torch.rand((m, x.shape[0]), generator=generator, device=x.device)  # (m or 1, B)
         loss, params, log_p, log_q, ess, eta, eta_loss = self._objective_fn(
-            x, indices, beta, samples.log_q, uniforms
+            x, indices, beta, samples.log_q, uniforms, conditioning
         )
         with torch.no_grad():
             # KL from the sampling pass's conditionals (the same as teacher-forced unless mask_token0).

@@ -132,8 +132,9 @@ class Reinforce(Method):
             samples = self.encoder.sample_scored(x, num_samples, generator)  # log q with its gradient
             log_q = samples.log_q  # (K, B)
         else:
-            samples = self.encoder.sample(x, num_samples, generator)  # indices (K, B, T), no grad
-            log_q = self.encoder.log_prob(x, samples.indices).sum(-1)  # (K, B), with gradient
+            conditioning = self.encoder.conditioning(x)  # once, with gradients: sampled from, then teacher-forced
+            samples = self.encoder.sample(x, num_samples, generator, conditioning=conditioning)  # (K, B, T), no grad
+            log_q = self.encoder.log_prob(x, samples.indices, conditioning=conditioning).sum(-1)  # (K, B), grad
         indices = samples.indices
 
         params = self.decoder(indices)  # (K, B, ...): BatchNorm, if any, normalizes each of the K slices alone

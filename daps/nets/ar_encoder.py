@@ -39,10 +39,15 @@ torch's, for the whole process; it is raised, never lowered, and not restored.""
 
 
 def _previous_tokens(indices: torch.Tensor, pos: int) -> torch.Tensor:
-    """The decoder input at ``pos``: the codes drawn at ``pos - 1``, or the start token 0. ``(N, T) -> (N,)``."""
+    """The decoder input at ``pos``: the codes drawn at ``pos - 1``, or the start token 0. ``(N, T) -> (N,)``.
+
+    A view where it can be one (the sampler's buffer is position-major); a copy under gradient mode, where the
+    embedding keeps its indices for the backward while the sampler writes later positions into the same buffer.
+    """
     if pos == 0:
         return indices.new_zeros(indices.shape[0])  # (N,)
-    return indices[:, pos - 1].contiguous()  # (N,)
+    tokens = indices[:, pos - 1]  # (N,)
+    return tokens.clone() if torch.is_grad_enabled() or not tokens.is_contiguous() else tokens
 
 
 class ARTransformerEncoder(nn.Module):
@@ -109,6 +114,12 @@ class ARTransformerEncoder(nn.Module):
         h = self.encoder_ln(h)
         return [block.cross_attn.keys_values(h) for block in self.decoder_blocks]
 
+    def conditioning(self, x: torch.Tensor) -> MemoryKV:
+        """What sampling and teacher forcing both read of ``x``: its :meth:`memory`. Computed once (with gradients)
+        and passed to :meth:`sample` and :meth:`log_prob`, the image encoder runs once per training step instead of
+        twice; the values are the same."""
+        return self.memory(x)
+
     def _teacher_forced_logits(
         self, memory_kv: MemoryKV, indices: torch.Tensor, num_samples: int, mask_token0: bool = False
     ) -> torch.Tensor:
@@ -128,11 +139,14 @@ class ARTransformerEncoder(nn.Module):
             y = block(y, kv, num_samples, self_mask, cross_mask)
         return self.head(self.decoder_ln(y))  # (B*K, T, V)
 
-    def _teacher_forced(self, x: torch.Tensor, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _teacher_forced(
+        self, x: torch.Tensor, indices: torch.Tensor, conditioning: MemoryKV | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """``indices (K, B, T)`` -> flat b-major codes ``(B*K, T)`` and their logits ``(B*K, T, V)``."""
         k, b, t = indices.shape
         flat = indices.transpose(0, 1).reshape(b * k, t)  # (B*K, T) b-major
-        return flat, self._teacher_forced_logits(self.memory(x), flat, k, self.mask_token0)
+        memory_kv = self.memory(x) if conditioning is None else conditioning
+        return flat, self._teacher_forced_logits(memory_kv, flat, k, self.mask_token0)
 
     def log_probs(self, x: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
         """Teacher-forced, clamped log-probabilities of every code at every position.
@@ -143,15 +157,18 @@ class ARTransformerEncoder(nn.Module):
         _, logits = self._teacher_forced(x, indices)  # (B*K, T, V)
         return categorical_log_probs(logits).view(b, k, t, -1).transpose(0, 1)  # (K, B, T, V)
 
-    def log_prob(self, x: torch.Tensor, indices: torch.Tensor, clamp: bool = True) -> torch.Tensor:
+    def log_prob(
+        self, x: torch.Tensor, indices: torch.Tensor, clamp: bool = True, conditioning: MemoryKV | None = None
+    ) -> torch.Tensor:
         """Teacher-forced ``log q(z_t | z_<t, x)`` of given codes, with gradients (what DAPS trains on).
 
         ``x (B, C, H, W)``, ``indices (K, B, T)`` int64 -> ``token_log_q (K, B, T)`` float32; sum over T for
         ``log q(z | x)``. ``clamp``: probabilities clamped to ``[eps, 1 - eps]`` as the encoder's everywhere
         (:func:`daps.functional.categorical_log_probs`); the priors over codes train and report the exact values.
+        ``conditioning``: :meth:`conditioning` of ``x``, if the caller has it.
         """
         k, b, t = indices.shape
-        flat, logits = self._teacher_forced(x, indices)  # (B*K, T), (B*K, T, V)
+        flat, logits = self._teacher_forced(x, indices, conditioning)  # (B*K, T), (B*K, T, V)
         token_log_q = token_log_prob(logits, flat, clamp)  # (B*K, T)
         return token_log_q.view(b, k, t).transpose(0, 1)  # (K, B, T)
 
@@ -165,14 +182,15 @@ class ARTransformerEncoder(nn.Module):
         num_samples: int = 1,
         generator: torch.Generator | None = None,
         use_cache: bool = True,
+        conditioning: MemoryKV | None = None,
     ) -> Samples:
         """Draw ``num_samples`` codes per input by ancestral sampling at temperature 1: ``(K, B, T)`` codes.
 
         The step function is the cached one, the static-cache one once :meth:`compile_sampler` has run, or with
         ``use_cache=False`` one that recomputes the whole prefix (a slow reference that gives identical codes under
-        the same generator).
+        the same generator). ``conditioning``: :meth:`conditioning` of ``x``, if the caller has it.
         """
-        memory_kv = self.memory(x)
+        memory_kv = self.memory(x) if conditioning is None else conditioning
         if not use_cache:
             step = self._recomputing_step(memory_kv, num_samples)
         elif self._static_step_fn is not None:
@@ -220,9 +238,11 @@ class ARTransformerEncoder(nn.Module):
         else:
             caches = [KVCache(k, v) for k, v in self._cache_tensors(memory_kv, num_samples, zeroed=False)]
 
+        qkv_weights = [block.self_attn.qkv_weight() for block in self.decoder_blocks]  # built once per call
+
         def step(indices: torch.Tensor, pos: int) -> torch.Tensor:
             y = self.token_embed(_previous_tokens(indices, pos))[:, None] + self.pos[pos]  # (B*K, 1, E)
-            return self._decode_one(y, memory_kv, num_samples, caches, pos)  # (B*K, V)
+            return self._decode_one(y, memory_kv, num_samples, caches, pos, qkv_weights)  # (B*K, V)
 
         return step
 
@@ -292,11 +312,13 @@ class ARTransformerEncoder(nn.Module):
         num_samples: int,
         caches: Sequence[SelfAttentionCache],
         pos: int | torch.Tensor,
+        qkv_weights: Sequence[torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """Logits ``(N, V)`` of the next token from the decoder input ``y (N, 1, E)`` at ``pos``, extending
-        ``caches``."""
-        for block, kv, cache in zip(self.decoder_blocks, memory_kv, caches):
-            y = block.step(y, kv, num_samples, cache, pos)  # (N, 1, E)
+        ``caches``; ``qkv_weights``: each block's fused self-attention projection, if the caller reuses them."""
+        weights = qkv_weights if qkv_weights is not None else [None] * len(self.decoder_blocks)
+        for block, kv, cache, weight in zip(self.decoder_blocks, memory_kv, caches, weights):
+            y = block.step(y, kv, num_samples, cache, pos, weight)  # (N, 1, E)
         return self.head(self.decoder_ln(y[:, 0]))  # (N, V)
 
     def compile_sampler(self, compile: bool = True, smallest_bucket: int = 16, **compile_kwargs) -> None:

@@ -83,28 +83,48 @@ class NACategoricalEncoder(nn.Module):
         """Clamped per-token log-probabilities ``(B, T, V)``."""
         return categorical_log_probs(self.net(x))
 
+    def conditioning(self, x: torch.Tensor) -> torch.Tensor:
+        """What sampling and scoring both read of ``x``: its :meth:`token_log_probs`. Computed once (with
+        gradients) and passed to :meth:`sample` and :meth:`log_prob`, the network runs once per training step
+        instead of twice; the values are the same."""
+        return self.token_log_probs(x)
+
     def log_probs(self, x: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
         """``(K, B, T, V)``, the same for every sample (the codes do not condition anything)."""
         return self.token_log_probs(x).expand(indices.shape[0], -1, -1, -1)  # (K, B, T, V)
 
-    def log_prob(self, x: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
-        """``indices (K, B, T)`` -> ``token_log_q (K, B, T)`` with gradients."""
-        log_probs = self.log_probs(x, indices)  # (K, B, T, V)
+    def log_prob(
+        self, x: torch.Tensor, indices: torch.Tensor, conditioning: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``indices (K, B, T)`` -> ``token_log_q (K, B, T)`` with gradients; ``conditioning``: :meth:`conditioning`
+        of ``x``, if the caller has it."""
+        token_log_probs = self.token_log_probs(x) if conditioning is None else conditioning  # (B, T, V)
+        log_probs = token_log_probs.expand(indices.shape[0], -1, -1, -1)  # (K, B, T, V)
         return log_probs.gather(-1, indices[..., None]).squeeze(-1)  # (K, B, T)
 
     @torch.no_grad()
     def sample(
-        self, x: torch.Tensor, num_samples: int = 1, generator: torch.Generator | None = None, use_cache: bool = True
+        self,
+        x: torch.Tensor,
+        num_samples: int = 1,
+        generator: torch.Generator | None = None,
+        use_cache: bool = True,
+        conditioning: torch.Tensor | None = None,
     ) -> Samples:
-        """``num_samples`` independent codes per input (``use_cache`` is accepted for interface parity)."""
-        return self.sample_scored(x, num_samples, generator)
+        """``num_samples`` independent codes per input (``use_cache`` is accepted for interface parity);
+        ``conditioning``: :meth:`conditioning` of ``x``, if the caller has it."""
+        return self.sample_scored(x, num_samples, generator, conditioning)
 
     def sample_scored(
-        self, x: torch.Tensor, num_samples: int = 1, generator: torch.Generator | None = None
+        self,
+        x: torch.Tensor,
+        num_samples: int = 1,
+        generator: torch.Generator | None = None,
+        conditioning: torch.Tensor | None = None,
     ) -> Samples:
         """:meth:`sample` whose ``token_log_q`` keeps its gradient (under gradient mode), equal to :meth:`log_prob`
         of the codes: the network runs once for drawing and scoring."""
-        log_probs = self.token_log_probs(x)  # (B, T, V)
+        log_probs = self.token_log_probs(x) if conditioning is None else conditioning  # (B, T, V)
         b, t, v = log_probs.shape
         with torch.no_grad():
             probs = log_probs.exp()

@@ -134,7 +134,12 @@ def one_query_attention(
 
 def one_query_weights(q: torch.Tensor, keys: torch.Tensor, masked: torch.Tensor | None) -> torch.Tensor:
     """Softmax weights ``(N, h, 1, L)`` of one query per row over ``keys``, scaled by ``1 / sqrt(d)``."""
-    scores = (q @ keys.transpose(-2, -1)) * (q.shape[-1] ** -0.5)  # (N, h, 1, L)
+    n, heads, _, d = q.shape
+    # One batched product with the scale applied in it (baddbmm's alpha; its input is ignored at beta = 0)
+    scores = torch.baddbmm(
+        q.new_empty(()), q.reshape(n * heads, 1, d), keys.reshape(n * heads, -1, d).transpose(1, 2),
+        beta=0, alpha=d**-0.5,
+    ).view(n, heads, 1, -1)  # (N, h, 1, L)
     if masked is not None:
         scores = scores.masked_fill(masked, float("-inf"))
     return softmax(scores)
@@ -174,6 +179,16 @@ class OneQueryAttention(torch.autograd.Function):
         return grad_q.to(q.dtype), grad_keys.to(keys.dtype), grad_values.to(values.dtype)
 
 
+def add_projected(residual: torch.Tensor, x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
+    """``residual + layer(x)`` for a bias-free ``layer``: one matrix product that adds the residual (``addmm``) instead
+    of a product and an addition. Under autocast it stays two operations, so that the sum keeps the residual's
+    dtype (``addmm`` would compute it in the autocast dtype)."""
+    if torch.is_autocast_enabled(x.device.type):
+        return residual + layer(x)
+    width = residual.shape[-1]
+    return torch.addmm(residual.reshape(-1, width), x.reshape(-1, x.shape[-1]), layer.weight.t()).view(residual.shape)
+
+
 def _masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Attention where masked scores are *replaced* by the most negative float (the original's rule):
     a query with every key masked attends uniformly to all keys. ``q (..., Lq, d)``, ``k, v (..., Lk, d)``,
@@ -198,21 +213,50 @@ class Attention(nn.Module):
         n, length, width = x.shape
         return x.view(n, length, self.num_heads, width // self.num_heads).transpose(1, 2)  # (N, h, L, d)
 
-    def merge(self, x: torch.Tensor) -> torch.Tensor:
-        """``(N, h, L, d) -> (N, L, E)``, through the output projection."""
+    def merge(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """``(N, h, L, d) -> (N, L, E)``, through the output projection; plus ``residual (N, L, E)`` if given."""
         n, heads, length, d = x.shape
-        return self.o(x.transpose(1, 2).reshape(n, length, heads * d))  # (N, L, E)
+        merged = x.transpose(1, 2).reshape(n, length, heads * d)  # (N, L, E)
+        return self.o(merged) if residual is None else add_projected(residual, merged, self.o)
+
+    def qkv_weight(self) -> torch.Tensor:
+        """The q, k and v projections as one weight ``(3E, E)``, ordered head by head (each head's q, k and v
+        rows together): one product gives all three, and each one's heads are views that flatten ``(N, h)``
+        without a copy (:meth:`project_qkv`). In autocast's dtype when autocast is on (cast once, not per use)."""
+        heads, width = self.num_heads, self.q.weight.shape[0]
+        weight = torch.stack([w.view(heads, width // heads, -1) for w in (self.q.weight, self.k.weight, self.v.weight)],
+                             1).view(3 * width, -1)  # (h, 3, d, E) -> (3E, E)
+        device = weight.device.type
+        return weight.to(torch.get_autocast_dtype(device)) if torch.is_autocast_enabled(device) else weight
+
+    def project_qkv(
+        self, x: torch.Tensor, qkv_weight: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``x (N, L, E)`` -> q, k, v each ``(N, h, L, d)`` in one product with :meth:`qkv_weight` (passed in when
+        it is reused across calls)."""
+        n, length, width = x.shape
+        weight = self.qkv_weight() if qkv_weight is None else qkv_weight
+        qkv = F.linear(x, weight).view(n, length, self.num_heads, 3, width // self.num_heads)  # (N, L, h, 3, d)
+        q, k, v = (t.transpose(1, 2) for t in qkv.unbind(3))  # each (N, h, L, d)
+        return q, k, v
 
     def keys_values(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(N, L, E) -> k, v`` each ``(N, h, L, d)``."""
         return self.split(self.k(x)), self.split(self.v(x))
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, causal: bool = False) -> torch.Tensor:
-        """Self-attention over ``x (N, L, E)`` -> ``(N, L, E)``; ``mask (N, 1, L, L)`` bool, True = may attend."""
+    def forward(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        causal: bool = False,
+        residual: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Self-attention over ``x (N, L, E)`` -> ``(N, L, E)``; ``mask (N, 1, L, L)`` bool, True = may attend;
+        plus ``residual (N, L, E)`` if given."""
         q, (k, v) = self.split(self.q(x)), self.keys_values(x)  # each (N, h, L, d)
         if mask is not None:
-            return self.merge(_masked_attention(q, k, v, mask))
-        return self.merge(attention(q, k, v, causal))
+            return self.merge(_masked_attention(q, k, v, mask), residual)
+        return self.merge(attention(q, k, v, causal), residual)
 
     def attend_grouped(
         self,
@@ -221,8 +265,10 @@ class Attention(nn.Module):
         v: torch.Tensor,
         num_samples: int,
         mask: torch.Tensor | None = None,
+        residual: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Cross-attention of ``x (B*K, L, E)`` to per-input memory ``k, v (B, h, P, d)`` -> ``(B*K, L, E)``.
+        """Cross-attention of ``x (B*K, L, E)`` to per-input memory ``k, v (B, h, P, d)`` -> ``(B*K, L, E)``, plus
+        ``residual (B*K, L, E)`` if given.
 
         The K samples of one input share its memory, so their queries are stacked as ``K*L`` rows.
         ``mask`` (optional): ``(B, 1, K*L, P)`` bool.
@@ -235,7 +281,7 @@ class Attention(nn.Module):
         else:
             out = attention(q, k, v)  # (B, h, K*L, d)
         out = out.transpose(1, 2).reshape(n, length, width)  # (B*K, L, E)
-        return self.o(out)
+        return self.o(out) if residual is None else add_projected(residual, out, self.o)
 
 
 class MLP(nn.Sequential):
@@ -259,7 +305,7 @@ class EncoderBlock(nn.Module):
         self.mlp = MLP(width, mlp_ratio)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln1(x))
+        x = self.attn(self.ln1(x), residual=x)  # x + MHA(LN x)
         return x + self.mlp(self.ln2(x))
 
 
@@ -283,8 +329,8 @@ class DecoderBlock(nn.Module):
     ) -> torch.Tensor:
         """Teacher-forced pass over whole sequences ``y (B*K, T, E)`` -> ``(B*K, T, E)``; ``memory_kv`` each
         ``(B, h, P, d)``."""
-        y = y + self.self_attn(self.ln1(y), mask=self_mask, causal=self_mask is None)
-        y = y + self.cross_attn.attend_grouped(self.ln2(y), *memory_kv, num_samples, mask=cross_mask)
+        y = self.self_attn(self.ln1(y), mask=self_mask, causal=self_mask is None, residual=y)
+        y = self.cross_attn.attend_grouped(self.ln2(y), *memory_kv, num_samples, mask=cross_mask, residual=y)
         return y + self.mlp(self.ln3(y))
 
     def step(
@@ -294,15 +340,18 @@ class DecoderBlock(nn.Module):
         num_samples: int,
         cache: SelfAttentionCache,
         pos: int | torch.Tensor,
+        qkv_weight: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """One new token ``y (B*K, 1, E)`` at position ``pos`` -> ``(B*K, 1, E)``, reading and extending ``cache``."""
+        """One new token ``y (B*K, 1, E)`` at position ``pos`` -> ``(B*K, 1, E)``, reading and extending ``cache``;
+        ``qkv_weight``: the self-attention's :meth:`Attention.qkv_weight`, when the caller reuses it over positions.
+
+        Written for few operations per token (on a GPU each costs about its launch): q, k and v in one product,
+        the residuals added inside the output projections."""
         attn = self.self_attn
-        a = self.ln1(y)
-        k, v = attn.keys_values(a)  # (N, h, 1, d)
+        q, k, v = attn.project_qkv(self.ln1(y), qkv_weight)  # (N, h, 1, d) each
         keys, values, masked = cache.update(k, v, pos)  # (N, h, L, d): L = pos+1, or a static cache's length
-        q = attn.split(attn.q(a))  # (N, h, 1, d)
-        y = y + attn.merge(one_query_attention(q, keys, values, masked))  # (N, 1, E)
-        y = y + self.cross_attn.attend_grouped(self.ln2(y), *memory_kv, num_samples)
+        y = attn.merge(one_query_attention(q, keys, values, masked), residual=y)  # (N, 1, E)
+        y = self.cross_attn.attend_grouped(self.ln2(y), *memory_kv, num_samples, residual=y)
         return y + self.mlp(self.ln3(y))
 
 

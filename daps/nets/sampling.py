@@ -54,23 +54,35 @@ def sample_autoregressive(
     differentiable ``step`` (:meth:`~daps.nets.ar_encoder.ARTransformerEncoder.sample_scored`: the same values).
     """
     b, k, t = batch_size, num_samples, num_tokens
-    indices = torch.zeros(b * k, t, dtype=torch.long, device=device)  # (B*K, T)
-    token_log_q = torch.zeros(b * k, t, device=device)  # (B*K, T)
-    token_entropy = torch.zeros(b * k, t, device=device)  # (B*K, T)
+    n = b * k
+    # Position-major buffers: each position's codes and statistics are written in place into one contiguous row
+    # (no copy per position), and a step reads the previous codes without one. All T * B*K uniforms are drawn at
+    # once: on the CPU the same numbers, in the same order, as one draw per position. Fewer operations per token
+    # matter on a GPU, where this loop's small kernels cost about their launch (BENCHMARKS.md, "Kernels per step").
+    codes = torch.zeros(t, n, dtype=torch.long, device=device)  # (T, B*K)
+    indices = codes.t()  # (B*K, T): the view a step reads
+    uniforms = torch.rand((t, n, 1), generator=generator, device=device)  # (T, B*K, 1)
+    log_q_rows = torch.empty(t, n, device=device)  # (T, B*K), without score
+    scored: list[torch.Tensor] = []
+    neg_entropy = torch.empty(t, n, device=device)  # (T, B*K)
     for pos in range(t):
         logits = step(indices, pos)  # (B*K, V)
         with torch.no_grad():
             log_probs = log_probs_of(logits)  # (B*K, V)
             probs = log_probs.exp()
-            token = sample_probs(probs, generator)  # (B*K,)
-            token_entropy[:, pos] = -(probs * log_probs).sum(-1)
-        indices[:, pos] = token
-        if score is None:
-            token_log_q[:, pos] = log_probs.gather(-1, token[:, None]).squeeze(-1)
-        else:
-            token_log_q[:, pos] = score(logits, token)
+            if score is None:
+                token = sample_probs(probs, uniforms=uniforms[pos], out=codes[pos])  # (B*K,)
+                torch.gather(log_probs, -1, token[:, None], out=log_q_rows[pos, :, None])
+            else:  # a fresh tensor: autograd keeps the scored token, and codes' later rows are written in place
+                token = sample_probs(probs, uniforms=uniforms[pos])  # (B*K,)
+                codes[pos] = token
+            torch.sum(probs * log_probs, -1, out=neg_entropy[pos])
+        if score is not None:
+            scored.append(score(logits, token))
 
     def unflatten(a: torch.Tensor) -> torch.Tensor:
         return a.view(b, k, t).transpose(0, 1)  # (K, B, T)
 
-    return Samples(unflatten(indices), unflatten(token_log_q), unflatten(token_entropy))
+    token_log_q = torch.stack(scored, 1) if score is not None else log_q_rows.t().contiguous()  # (B*K, T)
+    token_entropy = torch.neg(neg_entropy.t(), out=torch.empty(n, t, device=device))  # (B*K, T)
+    return Samples(unflatten(indices.contiguous()), unflatten(token_log_q), unflatten(token_entropy))
