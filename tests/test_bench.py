@@ -433,3 +433,33 @@ def test_freed_memory_benchmark_times_a_whole_command(tmp_path, monkeypatch):
     with pytest.raises(SystemExit) as refused:
         freed.main(["--cli", "python -c 1", "--out", str(tmp_path / "other.json")])
     assert refused.value.code == 2 and not (tmp_path / "other.json").exists()
+
+
+def test_kernels_benchmark_counts_a_step_by_phase_and_against_a_revision(tmp_path, capsys):
+    """``benchmarks/kernels.py`` on a tiny config: DAPS's forward split into sampling, teacher-forced, memory and
+    the rest, which with backward and optimizer add up to the step; per position = sampling / T; VQ-VAE has no
+    sampling; ``--revision HEAD`` counts the committed tree in a fresh process (the same counts when the working
+    tree's step is HEAD's); an existing report is refused without ``--overwrite`` (exit 2), untouched."""
+    kernels = _load_script("benchmarks_kernels", SCRIPT.parent / "kernels.py")
+    out = tmp_path / "k"
+    args = ["--presets", "mnist", "--methods", "daps,vqvae", "--out", str(out), "--name", "n", *TINY_DAPS]
+    assert kernels.main(args) == 0
+    report = strict_json((out / "n.json").read_text())
+    daps_row, vq = report["rows"]
+    assert set(daps_row["forward"]) == {"sampling", "teacher-forced", "memory", "rest"}
+    assert daps_row["total"] == sum(daps_row["forward"].values()) + daps_row["backward"] + daps_row["optimizer"]
+    assert daps_row["sampling_per_position"] == daps_row["forward"]["sampling"] / 4  # encoder.num_tokens=4
+    assert all(positive(daps_row[key]) for key in ("backward", "optimizer", "total"))
+    assert "sampling" not in vq["forward"] and vq["sampling_per_position"] is None and positive(vq["total"])
+    assert "| mnist | daps |" in (out / "n.md").read_text()
+    before = (out / "n.json").read_bytes()
+    capsys.readouterr()
+    assert kernels.main(args) == 2 and (out / "n.json").read_bytes() == before
+    assert "exists" in capsys.readouterr().err
+    if not (SCRIPT.parent.parent / ".git").exists():
+        return
+    assert kernels.main(["--presets", "mnist", "--methods", "vqvae", "--out", str(out), "--name", "r",
+                         "--revision", "HEAD", *TINY_DAPS]) == 0
+    against = strict_json((out / "r.json").read_text())
+    assert len(against["revision"]) == 40 and against["revision_rows"][0]["method"] == "vqvae"
+    assert positive(against["revision_rows"][0]["total"]) and " -> " in (out / "r.md").read_text()
