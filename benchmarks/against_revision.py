@@ -1,7 +1,7 @@
 """The training step of this checkout against the same step at an older commit, on this machine, in one run.
 
-    python benchmarks/against_revision.py --revision be28271 [--rounds 3] [--steps 20] [--threads 1]
-        [--out docs/benchmarks/against-be28271.json] [--overwrite] [key=value ...]
+    python benchmarks/against_revision.py --revision be28271 [--preset mnist] [--rounds 3] [--steps 20]
+        [--threads 1] [--out docs/benchmarks/against-be28271.json] [--overwrite] [key=value ...]
 
 Speed figures taken on different days or machines do not compare (the machines here are shared and noisy), so
 this exports ``--revision`` into a temporary folder (``git archive``: nothing is registered in the repository, so
@@ -53,8 +53,9 @@ malloc's defaults otherwise, and the comparison would mix the allocator into the
 
 def bench(tree: Path, args: argparse.Namespace, out: Path) -> dict:
     """``bench_step.py`` of ``tree`` on ``tree``'s package, in a fresh process; its JSON."""
-    cmd = [sys.executable, str(tree / "benchmarks" / "bench_step.py"), "--steps", str(args.steps), "--warmup",
-           str(args.warmup), "--threads", str(args.threads), "--json", str(out), *args.overrides]
+    cmd = [sys.executable, str(tree / "benchmarks" / "bench_step.py"), "--preset", args.preset, "--steps",
+           str(args.steps), "--warmup", str(args.warmup), "--threads", str(args.threads), "--json", str(out),
+           *args.overrides]
     env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": str(args.threads), **SAME_ALLOCATOR}
     proc = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -65,6 +66,7 @@ def bench(tree: Path, args: argparse.Namespace, out: Path) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--revision", required=True, help="the older commit (anything git rev-parse takes)")
+    parser.add_argument("--preset", default="mnist", help="the preset both trees' bench_step.py run")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=20, help="timed steps per process (windows of 5)")
     parser.add_argument("--warmup", type=int, default=3)
@@ -108,12 +110,14 @@ def main(argv: list[str] | None = None) -> int:
         "command": shlex.join([Path(sys.argv[0]).as_posix(), *(argv if argv is not None else sys.argv[1:])]),
         "this_commit": head + ("+dirty" if dirty else ""), "revision": old, "machine": machine,
         "torch": new_run["torch"],  # what this checkout's bench_step.py ran on
-        "threads": args.threads, "steps": args.steps, "warmup": args.warmup, "overrides": args.overrides,
+        "preset": args.preset, "threads": args.threads, "steps": args.steps, "warmup": args.warmup,
+        "overrides": args.overrides,
         "environment": SAME_ALLOCATOR,
         "rounds": rows, "ratio_median": statistics.median(r["ratio"] for r in rows),
     }
     table = [
-        f"This checkout ({result['this_commit'][:12]}) against {old[:12]}: `bench_step.py` of each tree, "
+        f"This checkout ({result['this_commit'][:12]}) against {old[:12]}: `bench_step.py` of each tree at "
+        f"`{args.preset}`, "
         f"{args.rounds} alternating rounds, {args.threads} thread(s), {args.steps} timed steps after {args.warmup}; "
         f"{machine}, torch {result['torch']}.",
         "",
