@@ -23,7 +23,9 @@ cut short still leaves a report. The sections:
    VQ-VAE eager and with ``train.cuda_graph=true`` (DAPS also with ``train.tf32=true``, and under bf16 at the image
    presets), in interleaved rounds in one process, with each variant's speed relative to the eager DAPS step of
    the same round; at imagenet256 DAPS eager, graphed and graphed TF32, in shorter rounds. ``one-pass-mnist``: the
-   eager DAPS step with and without ``daps.one_pass=true``, in a section of its own.
+   eager DAPS step with and without ``daps.one_pass=true``, in a section of its own. ``kernels``:
+   ``benchmarks/kernels.py --device cuda`` at mnist and cifar10: the kernels one DAPS and one VQ-VAE step launch,
+   by phase (with graphs, the step's time follows this count).
    ``graphed-compiled-<preset>`` (mnist, cifar10): the same with ``train.compile=true`` as well (the compiled
    kernels recorded into the one graph), with and without TF32, in a section of its own.
 4. ``resample-m2``, ``resample-m1``: DAPS with resampled weighted maximum likelihood (``daps.resample``) at mnist
@@ -285,6 +287,14 @@ def main(argv: list[str] | None = None) -> int:
             variants(f"graph-{preset}", preset, names, rounds, 70)
         # the codes scored in the sampling pass (daps.one_pass), eager: a section of its own, new on a GPU
         variants("one-pass-mnist", "mnist", "eager,one-pass", rounds, 40)
+    # what a step launches on CUDA, by phase: the count a graphed step's time follows (benchmarks/kernels.py)
+    name = "kernels"
+    cmd = [py, "benchmarks/kernels.py", "--device", device, "--presets", "mnist" if args.smoke else "mnist,cifar10",
+           "--methods", "daps,vqvae", "--out", str(res), "--name", name, "--overwrite", *size]
+    e = check.run(name, cmd, 60, keep=keep_for_mnist)
+    e["table"] = read_table(res / f"{name}.md")
+    check.write()
+    if not args.smoke:
         # T = 1,024: seconds per eager DAPS step; the DAPS target there is 2 steps/s
         variants("graph-imagenet256", "imagenet256", "eager,graphed,graphed-tf32",
                  ["--rounds", "2", "--steps-per-window", "2", "--warmup", "1"], 100)

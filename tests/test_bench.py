@@ -177,7 +177,7 @@ def test_gpu_check_runs_every_section_in_smoke_mode(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads((out / "report.json").read_text())
     assert {s["name"]: s["status"] for s in report["sections"] if s["status"] != "ok"} == {}
-    assert {"env", "optimizer-step", "suite-mnist", "mnist-daps"} <= {s["name"] for s in report["sections"]}
+    assert {"env", "optimizer-step", "kernels", "suite-mnist", "mnist-daps"} <= {s["name"] for s in report["sections"]}
     assert (out / "mnist-daps-run" / "config.json").exists()
 
 
