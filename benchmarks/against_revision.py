@@ -26,8 +26,10 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -44,6 +46,32 @@ def export_tree(git: list[str], commit: str, tree: Path) -> None:
             tar.extractall(tree, filter="data")
         else:  # older Python: the archive is git's own, of a commit of this repository
             tar.extractall(tree)
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(path.read_text())
+
+
+def run_on_revision(
+    revision: str, script: Path, args: list[str], load: Callable[[Path], Any] = read_json
+) -> tuple[str, Any]:
+    """The full commit of ``revision`` and what ``script`` (a benchmark of this checkout) computes on that commit's
+    package: its tree exported into a temporary folder, and ``script --package TREE --json-only FILE *args`` run in
+    a fresh process on it (``script`` puts ``TREE/benchmarks`` first on its path, so the revision's
+    ``benchmarks/run.py`` builds the model); FILE read by ``load`` (JSON by default) before the folder goes. A
+    commit git does not know raises ``subprocess.CalledProcessError``; a failing script, ``RuntimeError``."""
+    git = ["git", "-C", str(REPO)]
+    commit = subprocess.run([*git, "rev-parse", "--verify", f"{revision}^{{commit}}"], check=True,
+                            capture_output=True, text=True).stdout.strip()
+    with tempfile.TemporaryDirectory(prefix="daps-revision-") as tmp:
+        tree = Path(tmp) / "old"
+        export_tree(git, commit, tree)
+        out = Path(tmp) / "out.json"
+        cmd = [sys.executable, str(script), "--package", str(tree), "--json-only", str(out), *args]
+        proc = subprocess.run(cmd, env={**os.environ, "PYTHONPATH": str(tree)}, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{script.name} on {revision} failed:\n{proc.stderr[-2000:]}")
+        return commit, load(out)
 
 
 SAME_ALLOCATOR = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "2147483647"}

@@ -27,12 +27,10 @@ in a fresh process, and reports both. Writes ``OUT/NAME.json`` and ``OUT/NAME.md
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import subprocess
 import sys
-import tempfile
 from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
@@ -168,23 +166,12 @@ def count_all(presets: list[str], methods: list[str], device: str, overrides: li
 
 
 def count_revision(revision: str, args: argparse.Namespace) -> tuple[str, list[dict]]:
-    """The full commit of ``revision`` and its counts: its tree exported into a temporary folder, counted by this
-    script with ``--package`` in a fresh process."""
-    from against_revision import export_tree
+    """The full commit of ``revision`` and its counts (this script on that commit's package, in a fresh process)."""
+    from against_revision import run_on_revision
 
-    git = ["git", "-C", str(REPO)]
-    commit = subprocess.run([*git, "rev-parse", "--verify", f"{revision}^{{commit}}"], check=True,
-                            capture_output=True, text=True).stdout.strip()
-    with tempfile.TemporaryDirectory(prefix="daps-kernels-") as tmp:
-        tree = Path(tmp) / "old"
-        export_tree(git, commit, tree)
-        out = Path(tmp) / "counts.json"
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--package", str(tree), "--json-only", str(out),
-               "--presets", args.presets, "--methods", args.methods, "--device", args.device, *args.overrides]
-        proc = subprocess.run(cmd, env={**os.environ, "PYTHONPATH": str(tree)}, capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise RuntimeError(f"counting {revision} failed:\n{proc.stderr[-2000:]}")
-        return commit, json.loads(out.read_text())
+    commit, rows = run_on_revision(revision, Path(__file__).resolve(), [
+        "--presets", args.presets, "--methods", args.methods, "--device", args.device, *args.overrides])
+    return commit, rows  # type: ignore[return-value]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -463,3 +463,33 @@ def test_kernels_benchmark_counts_a_step_by_phase_and_against_a_revision(tmp_pat
     against = strict_json((out / "r.json").read_text())
     assert len(against["revision"]) == 40 and against["revision_rows"][0]["method"] == "vqvae"
     assert positive(against["revision_rows"][0]["total"]) and " -> " in (out / "r.md").read_text()
+
+
+def test_same_values_finds_equal_trees_equal_and_a_changed_value_changed(tmp_path, monkeypatch, capsys):
+    """``benchmarks/same_values.py`` against HEAD on a tiny config: with this checkout's step unchanged every
+    quantity is ``equal`` (exit 0); with one parameter perturbed after the steps (this process only; the revision
+    runs in its own) the report names the difference (exit 1); an existing report is kept without ``--overwrite``
+    (exit 2). Fails on: a comparison that reads both sides from one tree, or ``torch.equal`` replaced by closeness."""
+    if not (SCRIPT.parent.parent / ".git").exists():
+        pytest.skip("needs the git checkout this test file lives in")
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))
+    same = _load_script("benchmarks_same_values", SCRIPT.parent / "same_values.py")
+    out = tmp_path / "same"
+    args = ["--revision", "HEAD", "--presets", "mnist", "--methods", "daps", "--batch-size", "4", "--steps", "1",
+            "--out", str(out), *TINY_DAPS]
+    assert same.main(args) == 0
+    report = strict_json(out.with_suffix(".json").read_text())
+    assert report["all_equal"] and set(report["results"]["mnist/daps"]) == {
+        "codes", "sample_log_q", "entropy", "teacher_forced_log_q", "encoder_gradients", "parameters_after_steps"}
+    assert same.main(args) == 2 and "exists" in capsys.readouterr().err
+    real = same.compute
+
+    def nudged(*a, **k):
+        values = real(*a, **k)
+        values["parameters_after_steps"][0] += 1e-6
+        return values
+
+    monkeypatch.setattr(same, "compute", nudged)
+    assert same.main([*args, "--overwrite"]) == 1
+    row = strict_json(out.with_suffix(".json").read_text())["results"]["mnist/daps"]
+    assert row["parameters_after_steps"].startswith("max |diff| = ") and row["codes"] == "equal"
