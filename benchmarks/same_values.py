@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
              f"B = {args.batch_size}, {args.steps} training steps)", "",
              "| preset / method | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     lines += [f"| {key} | " + " | ".join(row.get(n, "-") for n in names) + " |" for key, row in rows.items()]
-    lines += ["", f"Machine: {info['cpu']}, torch {info['torch']}; {report['created_utc']}.",
+    lines += ["", f"Machine: {info['cpu']}, torch {info['torch']}; code {report['code']}; {report['created_utc']}.",
               f"Command: `{report['command']}`"]
     text = "\n".join(lines) + "\n"
     print(text)
