@@ -30,17 +30,13 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from kernels import METADATA  # noqa: E402  (views: no kernel)
 from run import git_revision, machine_info, setup, synchronize  # noqa: E402
 
 from daps.config_io import applicable_overrides, check_overrides_used, parse_overrides  # noqa: E402
 from daps.errors import UserError  # noqa: E402
 from daps.optim import Optimizers  # noqa: E402
 from daps.presets import get_preset  # noqa: E402
-
-METADATA = {
-    "view", "_unsafe_view", "permute", "expand", "split", "split_with_sizes", "select", "slice", "t", "transpose",
-    "detach", "alias", "as_strided", "unsqueeze", "squeeze", "unbind", "reshape",
-}
 
 
 class CountOps(TorchDispatchMode):
