@@ -173,7 +173,7 @@ class DAPS(Method):
 
     def _objective(
         self, x: torch.Tensor, indices: torch.Tensor, beta: torch.Tensor, sample_log_q: torch.Tensor,
-        uniforms: torch.Tensor | None, conditioning: Any,
+        uniforms: torch.Tensor | None, conditioning: Any = None,
     ) -> tuple[torch.Tensor, ...]:
         """The three losses for sampled codes ``indices (K, B, T)``; returns the loss and what is logged.
 
@@ -182,7 +182,8 @@ class DAPS(Method):
         ``sample_log_q (K, B)``, which then has its gradient. With resampling, the weights use ``sample_log_q`` (the
         same numbers, no gradient), ``uniforms`` pick m codes per input with probabilities w
         (:func:`daps.functional.resample_indices`) and only those are teacher-forced. ``conditioning``: the encoder's
-        ``conditioning(x)`` (with gradients) that the codes were sampled from, for the teacher-forced pass."""
+        ``conditioning(x)`` (with gradients) that the codes were sampled from, for the teacher-forced pass (None: the
+        encoder computes it again)."""
         num_samples = indices.shape[0]
         params = self.decoder(indices)  # (K, B, ...): BatchNorm, if any, normalizes each of the K slices alone
         log_p = self.likelihood.log_prob(params, x)  # (K, B)
