@@ -86,8 +86,8 @@ def test_fused_q_k_v_weight_is_head_by_head_and_its_views_flatten_without_a_copy
 
 def test_residual_inside_the_projection_keeps_the_residual_dtype_under_autocast():
     """``add_projected`` is ``residual + layer(x)``: one ``addmm`` in float32, the plain two operations under bf16
-    autocast, where the float32 residual stream stays float32 (addmm would round it to bf16). Fails on: addmm
-    under autocast (a bf16 result)."""
+    autocast, where the float32 residual stream stays float32 (addmm would round it to bf16), and with a layer that
+    has a bias. Fails on: addmm under autocast (a bf16 result), a bias dropped."""
     torch.manual_seed(2)
     layer = torch.nn.Linear(8, 8, bias=False)
     residual, x = torch.randn(4, 3, 8), torch.randn(4, 3, 8)
@@ -100,6 +100,8 @@ def test_residual_inside_the_projection_keeps_the_residual_dtype_under_autocast(
         weight = Attention(8, 2).qkv_weight()
     assert mixed.dtype == torch.float32 and weight.dtype == torch.bfloat16
     torch.testing.assert_close(mixed, residual + layer(x), atol=0.05, rtol=0.05)
+    biased = torch.nn.Linear(8, 8)  # a bias is added too (the fused product would drop it)
+    torch.testing.assert_close(add_projected(residual, x, biased), residual + biased(x))
 
 
 def _method(name: str, seed: int = 0):

@@ -180,10 +180,10 @@ class OneQueryAttention(torch.autograd.Function):
 
 
 def add_projected(residual: torch.Tensor, x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
-    """``residual + layer(x)`` for a bias-free ``layer``: one matrix product that adds the residual (``addmm``) instead
-    of a product and an addition. Under autocast it stays two operations, so that the sum keeps the residual's
-    dtype (``addmm`` would compute it in the autocast dtype)."""
-    if torch.is_autocast_enabled(x.device.type):
+    """``residual + layer(x)``: for a bias-free ``layer``, one matrix product that adds the residual (``addmm``)
+    instead of a product and an addition. Under autocast it stays two operations, so that the sum keeps the
+    residual's dtype (``addmm`` would compute it in the autocast dtype); so does a layer with a bias."""
+    if layer.bias is not None or torch.is_autocast_enabled(x.device.type):
         return residual + layer(x)
     width = residual.shape[-1]
     return torch.addmm(residual.reshape(-1, width), x.reshape(-1, x.shape[-1]), layer.weight.t()).view(residual.shape)
