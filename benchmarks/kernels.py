@@ -171,7 +171,7 @@ def count_revision(revision: str, args: argparse.Namespace) -> tuple[str, list[d
 
     commit, rows = run_on_revision(revision, Path(__file__).resolve(), [
         "--presets", args.presets, "--methods", args.methods, "--device", args.device, *args.overrides])
-    return commit, rows  # type: ignore[return-value]
+    return commit, rows
 
 
 def main(argv: list[str] | None = None) -> int:
