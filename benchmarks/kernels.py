@@ -200,11 +200,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.json_only:
         write_json_atomic(Path(args.json_only), count_all(presets, methods, args.device, args.overrides))
         return 0
-    name = args.name or f"{args.device.split(':')[0]}-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}"
-    out = Path(args.out)
-    paths = [out / f"{name}.json", out / f"{name}.md"]
-    if not args.overwrite and any(path.exists() for path in paths):
-        print(f"kernels.py: error: {paths[0]} exists; pass --overwrite or another --name", file=sys.stderr)
+    from run import git_revision, machine_info, new_report_paths
+
+    paths = new_report_paths("kernels.py", args.out, args.name, args.device.split(":")[0], args.overwrite)
+    if paths is None:
         return 2
     try:
         rows = count_all(presets, methods, args.device, args.overrides)
@@ -219,8 +218,6 @@ def main(argv: list[str] | None = None) -> int:
             print(f"kernels.py: error: no commit {args.revision!r} in {REPO}", file=sys.stderr)
             return 2
         old_rows = {(r["preset"], r["method"]): r for r in old_list}
-    from run import git_revision, machine_info
-
     info = machine_info(torch.device(args.device))
     report = {
         "created_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -234,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
               + f"; code {report['code']}; {report['created_utc']}.\nCommand: `{report['command']}`\n")
     text = f"{heading}\n\n{table(rows, old_rows)}\n{footer}"
     print(text)
-    out.mkdir(parents=True, exist_ok=True)
+    paths[0].parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(paths[0], report)
     write_text_atomic(paths[1], text)
     return 0

@@ -31,7 +31,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from kernels import METADATA  # noqa: E402  (views: no kernel)
-from run import git_revision, machine_info, setup, synchronize  # noqa: E402
+from run import git_revision, machine_info, new_report_paths, setup, synchronize  # noqa: E402
 
 from daps.config_io import applicable_overrides, check_overrides_used, parse_overrides  # noqa: E402
 from daps.errors import UserError  # noqa: E402
@@ -126,11 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         print("error: --device cuda but CUDA is not available", file=sys.stderr)
         return 2
-    name = args.name or f"{device.type}-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}"
-    out = Path(args.out)
-    paths = [out / f"{name}.json", out / f"{name}.md"]
-    if not args.overwrite and any(path.exists() for path in paths):
-        print(f"error: {paths[0]} exists; pass --overwrite or another --name", file=sys.stderr)
+    paths = new_report_paths("optimizer_step.py", args.out, args.name, device.type, args.overwrite)
+    if paths is None:
         return 2
     try:
         check_overrides_used(args.overrides)
@@ -152,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         f"Median ms of one `Optimizers.step()` ({args.rounds} interleaved rounds of {args.repeats}); kernels = aten "
         "operations that may launch one, per step.\nCommand: `" + command + "`\n"
     )
-    out.mkdir(parents=True, exist_ok=True)
+    paths[0].parent.mkdir(parents=True, exist_ok=True)
     report = {"machine": machine, "code": git_revision(), "command": command, "rows": rows}
     for path, content in zip(paths, [json.dumps(report, indent=2) + "\n", text]):
         tmp = path.with_suffix(path.suffix + ".tmp")

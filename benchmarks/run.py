@@ -90,6 +90,17 @@ def git_revision() -> str:
     return source_revision(REPO)
 
 
+def new_report_paths(prog: str, out: str, name: str, device_type: str, overwrite: bool) -> list[Path] | None:
+    """``[OUT/NAME.json, OUT/NAME.md]``, NAME defaulting to ``<device>-<UTC time>``; None, after one line on stderr
+    naming the file, when one of them exists and ``overwrite`` is not given."""
+    name = name or f"{device_type}-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}"
+    paths = [Path(out) / f"{name}.json", Path(out) / f"{name}.md"]
+    if not overwrite and any(path.exists() for path in paths):
+        print(f"{prog}: error: {paths[0]} exists; pass --overwrite or another --name", file=sys.stderr)
+        return None
+    return paths
+
+
 def machine_info(device: torch.device) -> dict:
     info = {
         "cpu": cpu_name(),
