@@ -157,3 +157,32 @@ def test_sampling_loop_draws_once_and_writes_each_position_in_place():
     assert ops.count("rand", "uniform_") == 1
     assert ops.count("copy_") == 0
     assert s.indices.shape == (k, b, t) and s.indices.transpose(0, 1).is_contiguous()  # b-major rows, as before
+
+
+def test_ppo_encodes_the_images_once_for_its_old_policy_and_changes_no_value(monkeypatch):
+    """PPO samples and scores with theta_old from one conditioning (the image encoder once, not twice), and its
+    loss and every gradient equal those of the step that encoded twice. Fails on: ``log_probs`` of the old encoder
+    without the conditioning (two passes)."""
+    cfg, model = _method("ppo")
+    x = (torch.rand(8, 1, 28, 28, generator=torch.Generator().manual_seed(3)) > 0.8).float()
+    state = {k: v.clone() for k, v in model.state_dict().items()}  # PPO copies theta into theta_old in training
+    calls = Counter()
+    original = ARTransformerEncoder.memory
+
+    def counted(self, *args, **kwargs):
+        calls["old" if self is model.old_encoder else "new"] += 1
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(ARTransformerEncoder, "memory", counted)
+    params = [p for p in model.parameters() if p.requires_grad]
+    out = model(x, 0, generator=torch.Generator().manual_seed(4))
+    assert calls == {"old": 1, "new": 1}
+    grads = torch.autograd.grad(out.loss, params, allow_unused=True)
+    model.load_state_dict(state)
+    monkeypatch.setattr(ARTransformerEncoder, "conditioning", lambda self, x: None)
+    calls.clear()
+    again = model(x, 0, generator=torch.Generator().manual_seed(4))
+    assert calls == {"old": 2, "new": 1}
+    assert torch.equal(out.loss, again.loss)
+    for a, b in zip(grads, torch.autograd.grad(again.loss, params, allow_unused=True)):
+        assert (a is None and b is None) or torch.equal(a, b)

@@ -192,9 +192,10 @@ class PPO(Method):
         it then sets theta_old <- theta and adapts the KL weight for the next step."""
         beta, clip = self.scheduled("beta", step, x.device), self.cfg.clip  # beta: (), on the device (daps.graphed)
         kl_coeff = self.kl_coeff.clone()  # the weight of this step (the buffer is updated below)
-        with torch.no_grad():
-            indices = self.old_encoder.sample(x, 1, generator).indices  # (1, B, T)
-            old_log_probs = self.old_encoder.log_probs(x, indices)[0]  # (B, T, V)
+        with torch.no_grad():  # theta_old's conditioning once, for sampling and scoring
+            old_conditioning = self.old_encoder.conditioning(x)
+            indices = self.old_encoder.sample(x, 1, generator, conditioning=old_conditioning).indices  # (1, B, T)
+            old_log_probs = self.old_encoder.log_probs(x, indices, conditioning=old_conditioning)[0]  # (B, T, V)
         log_probs = self.encoder.log_probs(x, indices)[0]  # (B, T, V), with gradient
         codes = indices[0]  # (B, T)
         log_q = log_probs.gather(-1, codes[..., None]).squeeze(-1).sum(-1)  # (B,)

@@ -148,13 +148,16 @@ class ARTransformerEncoder(nn.Module):
         memory_kv = self.memory(x) if conditioning is None else conditioning
         return flat, self._teacher_forced_logits(memory_kv, flat, k, self.mask_token0)
 
-    def log_probs(self, x: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    def log_probs(
+        self, x: torch.Tensor, indices: torch.Tensor, conditioning: MemoryKV | None = None
+    ) -> torch.Tensor:
         """Teacher-forced, clamped log-probabilities of every code at every position.
 
-        ``x (B, C, H, W)``, ``indices (K, B, T)`` -> ``(K, B, T, V)`` float32, with gradients.
+        ``x (B, C, H, W)``, ``indices (K, B, T)`` -> ``(K, B, T, V)`` float32, with gradients. ``conditioning``:
+        :meth:`conditioning` of ``x``, if the caller has it.
         """
         k, b, t = indices.shape
-        _, logits = self._teacher_forced(x, indices)  # (B*K, T, V)
+        _, logits = self._teacher_forced(x, indices, conditioning)  # (B*K, T, V)
         return categorical_log_probs(logits).view(b, k, t, -1).transpose(0, 1)  # (K, B, T, V)
 
     def log_prob(
