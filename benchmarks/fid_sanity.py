@@ -23,14 +23,14 @@ import numpy as np
 import torch
 from PIL import Image, ImageFilter
 
-from daps.data import folder_dataset
-from daps.data.imagefolder import eval_batches
-from daps.metrics.fid import FeatureStats, fid_preprocess, frechet_distance
-from daps.nets.inception import load_fid_inception
-from daps.runfolder import write_text_atomic
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import git_revision, machine_info  # noqa: E402  (the suite's machine description)
+from run import git_revision, machine_info  # noqa: E402  (the suite's machine description; this checkout's daps)
+
+from daps.data import folder_dataset  # noqa: E402
+from daps.data.imagefolder import eval_batches  # noqa: E402
+from daps.metrics.fid import FeatureStats, fid_preprocess, frechet_distance  # noqa: E402
+from daps.nets.inception import load_fid_inception  # noqa: E402
+from daps.runfolder import write_text_atomic  # noqa: E402
 
 
 def blur(images: torch.Tensor, radius: float) -> torch.Tensor:

@@ -36,8 +36,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from types import FrameType
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
+REPO = Path(__file__).resolve().parent.parent
 
 METADATA = {
     "view", "_unsafe_view", "permute", "expand", "split", "split_with_sizes", "select", "slice", "t", "transpose",
@@ -187,7 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json-only", default="", help=argparse.SUPPRESS)  # --revision's child: the rows, to this file
     p.add_argument("overrides", nargs="*", help="key=value settings applied to every preset")
     args = p.parse_args(argv)
-    sys.path.insert(0, str(Path(args.package) / "benchmarks") if args.package else str(HERE))
+    root = Path(args.package) if args.package else REPO  # its package and its benchmarks/run.py, first on the
+    sys.path[:0] = [str(root / "benchmarks"), str(root)]  # path whatever else is installed
     import torch
 
     from daps.errors import UserError

@@ -63,21 +63,25 @@ from pathlib import Path
 
 import torch
 
-import daps
-from daps.allocator import keep_freed_memory
-from daps.config import Config
-from daps.config_io import applicable_overrides, check_overrides_used, config_to_dict, parse_overrides
-from daps.data import dataset_spec
-from daps.graphed import GraphedStep
-from daps.methods import METHODS, build_method
-from daps.optim import Optimizers
-from daps.precision import float32_kernels
-from daps.presets import get_preset
-from daps.provenance import cpu_bf16, cpu_name, source_revision
-from daps.runfolder import write_text_atomic
-from daps.train import compile_mode
-
 REPO = Path(__file__).resolve().parent.parent
+# This checkout's package, whatever else is installed (another clone's editable install, say): the results name
+# this checkout's commit. The scripts that import this module first get it too.
+sys.path.insert(0, str(REPO))
+
+import daps  # noqa: E402
+from daps.allocator import keep_freed_memory  # noqa: E402
+from daps.config import Config  # noqa: E402
+from daps.config_io import applicable_overrides, check_overrides_used, config_to_dict, parse_overrides  # noqa: E402
+from daps.data import dataset_spec  # noqa: E402
+from daps.graphed import GraphedStep  # noqa: E402
+from daps.methods import METHODS, build_method  # noqa: E402
+from daps.optim import Optimizers  # noqa: E402
+from daps.precision import float32_kernels  # noqa: E402
+from daps.presets import get_preset  # noqa: E402
+from daps.provenance import cpu_bf16, cpu_name, source_revision  # noqa: E402
+from daps.runfolder import write_text_atomic  # noqa: E402
+from daps.train import compile_mode  # noqa: E402
+
 MiB = 2**20
 
 

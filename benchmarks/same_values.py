@@ -24,8 +24,7 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
+REPO = Path(__file__).resolve().parent.parent
 
 
 def compute(preset: str, method: str, batch_size: int, steps: int, overrides: list[str]) -> dict:
@@ -88,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json-only", default="", help=argparse.SUPPRESS)  # the revision's run: its tensors, here
     p.add_argument("overrides", nargs="*", help="key=value settings applied to every preset")
     args = p.parse_args(argv)
-    sys.path.insert(0, str(Path(args.package) / "benchmarks") if args.package else str(HERE))
+    root = Path(args.package) if args.package else REPO  # its package and its benchmarks/run.py, first on the
+    sys.path[:0] = [str(root / "benchmarks"), str(root)]  # path whatever else is installed
     import torch
 
     torch.set_num_threads(1)  # one thread in both trees: the same kernels' summation order

@@ -13,15 +13,18 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from daps.plots import read_metrics
-from daps.provenance import provenance
-from daps.robot.tracker import evaluate_tracker, load_tracker, tracker_h1
-from daps.runfolder import write_json_atomic, write_text_atomic
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's package, whatever is installed
+
+from daps.plots import read_metrics  # noqa: E402
+from daps.provenance import provenance  # noqa: E402
+from daps.robot.tracker import evaluate_tracker, load_tracker, tracker_h1  # noqa: E402
+from daps.runfolder import write_json_atomic, write_text_atomic  # noqa: E402
 
 
 def stretches(rows: list[dict], every: int) -> list[dict]:

@@ -493,3 +493,33 @@ def test_same_values_finds_equal_trees_equal_and_a_changed_value_changed(tmp_pat
     assert same.main([*args, "--overwrite"]) == 1
     row = strict_json(out.with_suffix(".json").read_text())["results"]["mnist/daps"]
     assert row["parameters_after_steps"].startswith("max |diff| = ") and row["codes"] == "equal"
+
+
+def test_benchmarks_use_their_own_checkouts_package_whatever_else_comes_first(tmp_path):
+    """Every benchmark script imports the ``daps`` of the checkout it lives in, even with another ``daps`` first on
+    the path (another clone's editable install, say): their results name this checkout's commit. Each script's
+    ``--help`` (most import the package at the top) and a real ``kernels.py`` run (which imports it after parsing)
+    with a ``daps`` that refuses to import placed first on ``PYTHONPATH``. Fails on: ``run.py`` importing the package
+    before putting its checkout first (every script that imports it), ``kernels.py`` importing ``daps.errors``
+    before that."""
+    import os
+    import subprocess
+    import sys
+
+    fake = tmp_path / "elsewhere" / "daps"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text('raise ImportError("another checkout\'s daps was imported")\n')
+    env = {**os.environ, "PYTHONPATH": str(fake.parent), "OMP_NUM_THREADS": "1", "MUJOCO_GL": "egl"}
+    failed = {}
+    for script in sorted(SCRIPT.parent.glob("*.py")):
+        proc = subprocess.run([sys.executable, str(script), "--help"], env=env, capture_output=True, text=True,
+                              cwd=tmp_path, timeout=120)
+        if proc.returncode != 0:
+            failed[script.name] = proc.stderr.strip().splitlines()[-1:]
+    assert failed == {}
+    out = tmp_path / "k"
+    proc = subprocess.run([sys.executable, str(SCRIPT.parent / "kernels.py"), "--presets", "mnist", "--methods",
+                           "vqvae", "--out", str(out), "--name", "n", *TINY_DAPS], env=env, capture_output=True,
+                          text=True, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-1500:]
+    assert strict_json((out / "n.json").read_text())["rows"][0]["total"] > 0
