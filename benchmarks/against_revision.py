@@ -48,30 +48,32 @@ def export_tree(git: list[str], commit: str, tree: Path) -> None:
             tar.extractall(tree)
 
 
+def resolve_commit(revision: str) -> str | None:
+    """The full commit ``revision`` names in this repository (anything ``git rev-parse`` takes), or None."""
+    proc = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--verify", f"{revision}^{{commit}}"],
+                          capture_output=True, text=True)
+    return proc.stdout.strip() if proc.returncode == 0 else None
+
+
 def read_json(path: Path) -> Any:
     return json.loads(path.read_text())
 
 
-def run_on_revision(
-    revision: str, script: Path, args: list[str], load: Callable[[Path], Any] = read_json
-) -> tuple[str, Any]:
-    """The full commit of ``revision`` and what ``script`` (a benchmark of this checkout) computes on that commit's
-    package: its tree exported into a temporary folder, and ``script --package TREE --json-only FILE *args`` run in
-    a fresh process on it (``script`` puts ``TREE/benchmarks`` first on its path, so the revision's
+def run_on_revision(commit: str, script: Path, args: list[str], load: Callable[[Path], Any] = read_json) -> Any:
+    """What ``script`` (a benchmark of this checkout) computes on the package of ``commit`` (a full commit,
+    :func:`resolve_commit`): its tree exported into a temporary folder, and ``script --package TREE --json-only FILE
+    *args`` run in a fresh process on it (``script`` puts ``TREE/benchmarks`` first on its path, so the revision's
     ``benchmarks/run.py`` builds the model); FILE read by ``load`` (JSON by default) before the folder goes. A
-    commit git does not know raises ``subprocess.CalledProcessError``; a failing script, ``RuntimeError``."""
-    git = ["git", "-C", str(REPO)]
-    commit = subprocess.run([*git, "rev-parse", "--verify", f"{revision}^{{commit}}"], check=True,
-                            capture_output=True, text=True).stdout.strip()
+    failing script raises ``RuntimeError``."""
     with tempfile.TemporaryDirectory(prefix="daps-revision-") as tmp:
         tree = Path(tmp) / "old"
-        export_tree(git, commit, tree)
+        export_tree(["git", "-C", str(REPO)], commit, tree)
         out = Path(tmp) / "out.json"
         cmd = [sys.executable, str(script), "--package", str(tree), "--json-only", str(out), *args]
         proc = subprocess.run(cmd, env={**os.environ, "PYTHONPATH": str(tree)}, capture_output=True, text=True)
         if proc.returncode != 0:
-            raise RuntimeError(f"{script.name} on {revision} failed:\n{proc.stderr[-2000:]}")
-        return commit, load(out)
+            raise RuntimeError(f"{script.name} on {commit[:12]} failed:\n{proc.stderr[-2000:]}")
+        return load(out)
 
 
 SAME_ALLOCATOR = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "2147483647"}
@@ -112,10 +114,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"against_revision.py: error: {existing[0]} exists (pass --overwrite to replace it)", file=sys.stderr)
         return 2
     git = ["git", "-C", str(REPO)]
-    try:
-        old = subprocess.run([*git, "rev-parse", "--verify", f"{args.revision}^{{commit}}"], check=True,
-                             capture_output=True, text=True).stdout.strip()
-    except subprocess.CalledProcessError:
+    old = resolve_commit(args.revision)
+    if old is None:
         print(f"against_revision.py: error: no commit {args.revision!r} in {REPO}", file=sys.stderr)
         return 2
     head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()

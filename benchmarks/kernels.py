@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
-import subprocess
 import sys
 from collections import Counter
 from datetime import datetime, timezone
@@ -164,13 +163,12 @@ def count_all(presets: list[str], methods: list[str], device: str, overrides: li
     return [count_step(preset, method, device, overrides) for preset in presets for method in methods]
 
 
-def count_revision(revision: str, args: argparse.Namespace) -> tuple[str, list[dict]]:
-    """The full commit of ``revision`` and its counts (this script on that commit's package, in a fresh process)."""
+def count_revision(commit: str, args: argparse.Namespace) -> list[dict]:
+    """The counts of ``commit`` (this script on that commit's package, in a fresh process)."""
     from against_revision import run_on_revision
 
-    commit, rows = run_on_revision(revision, Path(__file__).resolve(), [
+    return run_on_revision(commit, Path(__file__).resolve(), [
         "--presets", args.presets, "--methods", args.methods, "--device", args.device, *args.overrides])
-    return commit, rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -205,19 +203,22 @@ def main(argv: list[str] | None = None) -> int:
     paths = new_report_paths("kernels.py", args.out, args.name, args.device.split(":")[0], args.overwrite)
     if paths is None:
         return 2
+    old_commit = None
+    if args.revision:  # before counting, so that a mistyped revision costs nothing
+        from against_revision import resolve_commit
+
+        old_commit = resolve_commit(args.revision)
+        if old_commit is None:
+            print(f"kernels.py: error: no commit {args.revision!r} in {REPO}", file=sys.stderr)
+            return 2
     try:
         rows = count_all(presets, methods, args.device, args.overrides)
     except (UserError, KeyError, ValueError) as err:
         print(f"kernels.py: error: {err}", file=sys.stderr)
         return 2
-    old_rows, old_commit = None, None
-    if args.revision:
-        try:
-            old_commit, old_list = count_revision(args.revision, args)
-        except subprocess.CalledProcessError:
-            print(f"kernels.py: error: no commit {args.revision!r} in {REPO}", file=sys.stderr)
-            return 2
-        old_rows = {(r["preset"], r["method"]): r for r in old_list}
+    old_rows = None
+    if old_commit is not None:
+        old_rows = {(r["preset"], r["method"]): r for r in count_revision(old_commit, args)}
     info = machine_info(torch.device(args.device))
     report = {
         "created_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),

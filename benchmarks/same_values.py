@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import shlex
-import subprocess
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -30,7 +29,7 @@ REPO = Path(__file__).resolve().parent.parent
 def compute(preset: str, method: str, batch_size: int, steps: int, overrides: list[str]) -> dict:
     """The quantities of one (preset, method) in this process's package, as tensors by name."""
     import torch
-    from run import setup, step_once  # this tree's, or --package's
+    from run import is_categorical, num_codes_per_input, setup, step_once  # this tree's, or --package's
 
     from daps.config_io import applicable_overrides, parse_overrides
     from daps.presets import get_preset
@@ -39,10 +38,9 @@ def compute(preset: str, method: str, batch_size: int, steps: int, overrides: li
     cfg = parse_overrides(cfg, applicable_overrides(cfg, [f"train.batch_size={batch_size}", *overrides]))
     model, optimizers, x, generator = setup(cfg, torch.device("cpu"))
     values: dict[str, torch.Tensor] = {}
-    encoder = getattr(model, "encoder", None)
-    if hasattr(encoder, "sample") and hasattr(encoder, "log_prob"):
-        k = getattr(getattr(cfg, method, None), "num_samples", 4)
-        samples = encoder.sample(x, k, torch.Generator().manual_seed(1))
+    if is_categorical(model):
+        encoder = model.encoder
+        samples = encoder.sample(x, num_codes_per_input(model), torch.Generator().manual_seed(1))
         values.update(codes=samples.indices, sample_log_q=samples.token_log_q, entropy=samples.token_entropy)
         log_q = encoder.log_prob(x, samples.indices)
         params = [p for p in encoder.parameters() if p.requires_grad]
@@ -105,22 +103,22 @@ def main(argv: list[str] | None = None) -> int:
     if not args.overwrite and any(path.exists() for path in paths):
         print(f"same_values.py: error: {paths[0]} exists; pass --overwrite or another --out", file=sys.stderr)
         return 2
-    from against_revision import run_on_revision
+    from against_revision import resolve_commit, run_on_revision
     from run import git_revision, machine_info
 
     from daps.runfolder import write_json_atomic, write_text_atomic
 
-    mine = {f"{pr}/{m}": compute(pr, m, args.batch_size, args.steps, args.overrides) for pr, m in pairs}
-    try:
-        commit, theirs = run_on_revision(
-            args.revision, Path(__file__).resolve(),
-            ["--presets", args.presets, "--methods", args.methods, "--batch-size", str(args.batch_size),
-             "--steps", str(args.steps), *args.overrides],
-            load=torch.load,
-        )
-    except subprocess.CalledProcessError:
+    commit = resolve_commit(args.revision)
+    if commit is None:
         print(f"same_values.py: error: no commit {args.revision!r} in {REPO}", file=sys.stderr)
         return 2
+    mine = {f"{pr}/{m}": compute(pr, m, args.batch_size, args.steps, args.overrides) for pr, m in pairs}
+    theirs = run_on_revision(
+        commit, Path(__file__).resolve(),
+        ["--presets", args.presets, "--methods", args.methods, "--batch-size", str(args.batch_size),
+         "--steps", str(args.steps), *args.overrides],
+        load=torch.load,
+    )
     rows = {key: compare(theirs[key], mine[key]) for key in mine}
     info = machine_info(torch.device("cpu"))
     report = {
