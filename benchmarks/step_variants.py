@@ -3,7 +3,7 @@ side in one process.
 
     python benchmarks/step_variants.py [--preset mnist] [--method daps] [--variants eager,bf16,compiled] [--device cpu]
         [--rounds 3] [--steps-per-window 4] [--warmup 2] [--threads N] [--out docs/benchmarks/step-variants.json]
-        [--overwrite] [key=value ...]
+        [--overwrite] [--from RUN] [key=value ...]
 
 Builds one model per variant exactly as ``benchmarks/run.py`` (and so ``daps train``) builds it, with the same
 seed, inputs and overrides:
@@ -22,7 +22,15 @@ seed, inputs and overrides:
   step recorded as one CUDA graph during the warm-up and replayed (the warm-up lengthened to cover it);
   ``graphed-compiled``: with ``train.compile=true`` too (the compiled kernels recorded into the one graph);
 - ``tf32``, ``graphed-tf32``, ``graphed-compiled-tf32`` (CUDA): ``train.tf32=true``, the step's float32 matrix
-  products and convolutions in TF32.
+  products and convolutions in TF32;
+- ``whole-pass``: ``encoder.share_prefixes=false``, the teacher-forced pass at every position instead of once per
+  distinct prefix of an input's K codes (the default; the same values).
+
+The inputs are random (binary at 13 % for MNIST, standard normal otherwise) and the weights fresh, unless ``--from
+RUN`` names a run folder: then every variant of the run's method starts from its latest checkpoint's weights (the
+optimizers fresh) and all train on one batch of the run's training data (``DAPS_DATA_DIR``), drawn as ``daps train``
+draws its first. A trained encoder is more certain than a fresh one, which is what ``whole-pass`` against the
+default measures; the VQ-VAE denominator starts fresh on the same batch.
 
 After ``--warmup`` steps each, the variants are timed round-robin: in each of ``--rounds`` rounds every variant
 runs one window of ``--steps-per-window`` steps, so that the machine's load hits all alike. Reports each
@@ -59,7 +67,9 @@ from run import (
     warmup_steps,
 )
 
-from daps import get_preset, parse_overrides
+from daps import Config, build_method, get_preset, load_model, parse_overrides
+from daps.checkpoint import resolve_checkpoint
+from daps.data import dataset_spec, train_batches
 from daps.methods import method_spec
 from daps.runfolder import write_text_atomic
 
@@ -83,6 +93,7 @@ VARIANTS = {
     "graphed-tf32": ["train.cuda_graph=true", "train.tf32=true"],
     "graphed-compiled": ["train.cuda_graph=true", "train.compile=true"],
     "graphed-compiled-tf32": ["train.cuda_graph=true", "train.compile=true", "train.tf32=true"],
+    "whole-pass": ["encoder.share_prefixes=false"],
 }
 
 
@@ -93,6 +104,27 @@ def dynamo_counters() -> dict:
     except ImportError:
         return {}
     return {group: dict(counters[group]) for group in ("stats", "recompiles") if counters[group]}
+
+
+def load_trained(run: str, cfg: Config, device: torch.device) -> tuple[dict, torch.Tensor]:
+    """The latest weights of run folder ``run`` (which must hold a ``cfg.method`` model of ``cfg``'s shapes) and one
+    training batch of its data, drawn as ``daps train`` draws its first; ValueError (UserError) if it does not fit."""
+    model = load_model(run)
+    if model.config.method != cfg.method:
+        raise ValueError(f"--from {run}: a {model.config.method} run, not {cfg.method}")
+    weights = {k: v.to(device) for k, v in model.state_dict().items()}
+    shapes = {k: tuple(v.shape) for k, v in build_method(cfg, tuple(cfg.data.image_shape)).state_dict().items()}
+    if shapes != {k: tuple(v.shape) for k, v in weights.items()}:
+        raise ValueError(f"--from {run}: its networks are not the shapes of --preset {cfg.data.name} with these "
+                         "overrides")
+    data = model.config.data
+    generator = torch.Generator(device).manual_seed(model.config.train.seed)
+    batches = train_batches(data, cfg.train.batch_size, model.config.train.seed, 0, generator, device)
+    try:
+        x = dataset_spec(data.name).standardize(next(batches))  # (B, C, H, W)
+    finally:
+        batches.close()
+    return weights, x
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -109,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
         "--out", default="", help="JSON output (default: benchmarks/results/step-variants-<preset>.json)"
     )
     parser.add_argument("--overwrite", action="store_true")
+    parser.add_argument("--from", dest="from_run", default="",
+                        help="a run folder: its weights for the variants of its method, a batch of its data for all")
     add_freed_memory_arg(parser)
     parser.add_argument("overrides", nargs="*", help="config key=value overrides, applied to every variant")
     args = parser.parse_args(argv)
@@ -135,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError("--device cuda but CUDA is not available")
         if device.type != "cuda" and any(c.train.cuda_graph or c.train.tf32 for c in configs.values()):
             raise ValueError("the graphed and tf32 variants need --device cuda")
+        trained = load_trained(args.from_run, configs["eager"], device) if args.from_run else None
     except ValueError as err:  # daps's UserError included
         print(f"benchmarks/step_variants.py: error: {err}", file=sys.stderr)
         return 2
@@ -147,6 +182,10 @@ def main(argv: list[str] | None = None) -> int:
     runs, warmup_s, counters = {}, {}, {}
     for v, cfg in configs.items():
         model, optimizers, x, generator = setup(cfg, device)
+        if trained is not None:
+            weights, x = trained
+            if cfg.method == configs["eager"].method:
+                model.load_state_dict(weights)
         runs[v] = make_step(cfg, model, optimizers, x, generator, iter(range(10**9)))
         warmup_s[v] = []
         for _ in range(warmup_steps(cfg, args.warmup)):
@@ -184,14 +223,17 @@ def main(argv: list[str] | None = None) -> int:
         "batch_size": cfg.train.batch_size,
         "num_samples": int(getattr(cfg.options, "num_samples", 1)),
         "settings": {"rounds": args.rounds, "steps_per_window": args.steps_per_window, "warmup": args.warmup,
-                     "overrides": args.overrides, "freed_memory_kept": kept},
+                     "overrides": args.overrides, "freed_memory_kept": kept, "from": args.from_run or None},
         "dynamo_counters_end": dynamo_counters(),
         "results": results,
     }
     m = report["machine"]
+    start = (f"from the weights of `{args.from_run}` ({resolve_checkpoint(args.from_run).name}) on a batch of its data"
+             if args.from_run else "from fresh weights on random inputs")
     lines = [
         f"{args.method} step at `{args.preset}` (B={report['batch_size']}, K={report['num_samples']}), "
-        f"{args.rounds} interleaved rounds of {args.steps_per_window} steps after {args.warmup} warm-up steps each",
+        f"{args.rounds} interleaved rounds of {args.steps_per_window} steps after {args.warmup} warm-up steps each, "
+        f"{start}",
         "",
         "| variant | overrides | steps/s (median) | per round | × eager (median of per-round ratios) | warm-up s |",
         "|---|---|---|---|---|---|",

@@ -71,6 +71,12 @@ class EncoderConfig:
     embed: str = "patches"
     """The first layer: ``patches`` (images cut into T patches, each through a Dense) or ``time`` (motion windows:
     strided 1-d convolutions over time from the frames to the T tokens; original: networks/conv1d.py)."""
+    share_prefixes: bool = True
+    """Teacher-force the K codes of an input once per distinct prefix (autoregressive encoder; not in the paper):
+    the K codes share the empty prefix at the first position, and longer ones as the encoder grows confident, so the
+    token-wise layers run once per distinct (input, prefix) pair (:mod:`daps.nets.prefixes`). The same log q and
+    gradients up to float rounding: a speed option only (BENCHMARKS.md, "Shared prefixes"). Eager steps only:
+    ``train.compile`` and ``train.cuda_graph`` keep the whole pass, whose shapes do not depend on the codes."""
 
 
 @dataclass

@@ -91,13 +91,21 @@ def exact_log_probs(logits: torch.Tensor) -> torch.Tensor:
     return F.log_softmax(logits.float(), dim=-1)
 
 
-def token_log_prob(logits: torch.Tensor, tokens: torch.Tensor, clamp: bool = True) -> torch.Tensor:
+def token_log_prob(
+    logits: torch.Tensor, tokens: torch.Tensor, clamp: bool = True, rows: torch.Tensor | None = None
+) -> torch.Tensor:
     """The log-probabilities of given tokens: ``logits (..., V)``, ``tokens (...)`` int64 -> ``(...)`` float32.
 
     The entries of :func:`categorical_log_probs` (``clamp``) or :func:`exact_log_probs` at ``tokens``, values and
     gradients, with only the gathered entries clamped: no elementwise clamp (and its backward) over all V.
+    With ``rows (N,)`` int64, ``logits (M, V)`` are shared: token ``i`` of ``tokens (N,)`` is scored under
+    ``logits[rows[i]]`` (each row's softmax computed once, however many tokens read it).
     """
-    log_p = F.log_softmax(logits.float(), dim=-1).gather(-1, tokens[..., None]).squeeze(-1)
+    log_softmax = F.log_softmax(logits.float(), dim=-1)
+    if rows is None:
+        log_p = log_softmax.gather(-1, tokens[..., None]).squeeze(-1)
+    else:
+        log_p = log_softmax.view(-1).index_select(0, rows * logits.shape[-1] + tokens)  # (N,)
     return clamp_log_prob(log_p) if clamp else log_p
 
 

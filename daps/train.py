@@ -102,6 +102,7 @@ RESUMABLE_CHANGES = {
     "train.cuda_graph",  # how the step runs, not what it computes: a graphed run may go on eagerly and back
     "daps.one_pass",  # likewise: the same update, its codes scored in the sampling pass or in a second one
     "reinforce.one_pass",
+    "encoder.share_prefixes",  # likewise: the same log q, computed once per distinct prefix or at every position
 }
 
 RUN_ARTIFACTS = ("summary.json", "reconstructions.png", "curves.png")

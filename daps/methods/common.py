@@ -54,6 +54,7 @@ def build_ar_encoder(cfg: Config, image_shape: tuple[int, int, int]) -> ARTransf
     return ARTransformerEncoder(
         image_shape, num_tokens=e.num_tokens, vocab_size=e.vocab_size, width=e.width, num_layers=e.num_layers,
         num_heads=e.num_heads, mlp_ratio=e.mlp_ratio, mask_token0=e.mask_token0, embed=e.embed,
+        share_prefixes=e.share_prefixes,
     )
 
 

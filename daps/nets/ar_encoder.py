@@ -28,6 +28,7 @@ from daps.functional import categorical_log_probs, token_log_prob
 from daps.nets.embed import token_embed
 from daps.nets.kv_cache import GrowingKVCache, KVCache, SelfAttentionCache, StaticKVCache, cache_buckets
 from daps.nets.layers import LN_EPS, DecoderBlock, EncoderBlock, dense, sinusoidal_table
+from daps.nets.prefixes import prefix_nodes
 from daps.nets.sampling import Samples, SamplingStep, sample_autoregressive
 
 MemoryKV = list[tuple[torch.Tensor, torch.Tensor]]  # per decoder layer, cross-attention k, v each (B, h, P, d)
@@ -67,6 +68,8 @@ class ARTransformerEncoder(nn.Module):
         embed: the token embedding, ``patches`` (images) or ``time`` (motion windows); see :mod:`daps.nets.embed`.
         input_embed: a module used instead of ``embed`` that maps the conditioning input to ``(B, P, E)`` with
             ``P`` = T or 1 (e.g. a class label for a prior over codes, :class:`daps.prior.nets.ARPrior`).
+        share_prefixes: compute the teacher-forced pass of :meth:`log_prob` once per distinct prefix among the K
+            codes of an input (:mod:`daps.nets.prefixes`) in eager steps; the same values up to float rounding.
     """
 
     pos: torch.Tensor  # (T, E) sinusoidal table, a buffer
@@ -83,9 +86,11 @@ class ARTransformerEncoder(nn.Module):
         mask_token0: bool = False,
         embed: str = "patches",
         input_embed: nn.Module | None = None,
+        share_prefixes: bool = True,
     ):
         super().__init__()
         self.num_tokens, self.vocab_size, self.mask_token0 = num_tokens, vocab_size, mask_token0
+        self.share_prefixes = share_prefixes
         if input_embed is None:
             input_embed = token_embed(embed, image_shape, num_tokens, width)
         self.patch_embed = input_embed
@@ -139,6 +144,30 @@ class ARTransformerEncoder(nn.Module):
             y = block(y, kv, num_samples, self_mask, cross_mask)
         return self.head(self.decoder_ln(y))  # (B*K, T, V)
 
+    def _shares_prefixes(self, num_samples: int) -> bool:
+        """Whether :meth:`log_prob` runs once per distinct prefix (:meth:`_prefix_log_prob`): with
+        ``share_prefixes``, more than one code per input, and shapes that may depend on the codes, which is to
+        say not while ``torch.compile`` traces the step nor while a CUDA graph records it (those keep the whole
+        pass: its shapes are fixed). Not with ``mask_token0``, whose masks read the token *after* each position,
+        so that a position's state is not a function of its prefix."""
+        if not self.share_prefixes or num_samples < 2 or self.mask_token0 or torch.compiler.is_compiling():
+            return False
+        return not (torch.cuda.is_available() and torch.cuda.is_current_stream_capturing())
+
+    def _prefix_log_prob(self, memory_kv: MemoryKV, flat: torch.Tensor, num_samples: int, clamp: bool) -> torch.Tensor:
+        """:meth:`log_prob`'s ``(B*K, T)`` for flat b-major codes, computed once per distinct (input, prefix) pair:
+        the token-wise layers and the softmax over V run on the M nodes of :func:`prefix_nodes` instead of the
+        B*K*T positions (:meth:`DecoderBlock.forward_nodes`). The same values as the whole pass up to float
+        rounding, and the same gradients: a node's gradient sums those of the positions that share it."""
+        n, t = flat.shape
+        nodes = prefix_nodes(flat, num_samples, self.vocab_size)
+        inputs = nodes.pick(F.pad(flat[:, :-1], (1, 0)).reshape(-1))  # (M,): start token 0, then z_<T
+        y = self.token_embed(inputs) + self.pos[:t].index_select(0, nodes.first % t)  # (M, E)
+        for block, kv in zip(self.decoder_blocks, memory_kv):
+            y = block.forward_nodes(y, kv, num_samples, nodes, (n, t))
+        logits = self.head(self.decoder_ln(y))  # (M, V)
+        return token_log_prob(logits, flat.reshape(-1), clamp, rows=nodes.node_of).view(n, t)  # (B*K, T)
+
     def _teacher_forced(
         self, x: torch.Tensor, indices: torch.Tensor, conditioning: MemoryKV | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -166,13 +195,20 @@ class ARTransformerEncoder(nn.Module):
         """Teacher-forced ``log q(z_t | z_<t, x)`` of given codes, with gradients (what DAPS trains on).
 
         ``x (B, C, H, W)``, ``indices (K, B, T)`` int64 -> ``token_log_q (K, B, T)`` float32; sum over T for
-        ``log q(z | x)``. ``clamp``: probabilities clamped to ``[eps, 1 - eps]`` as the encoder's everywhere
+        ``log q(z | x)``. Computed once per distinct prefix of the K codes of an input (``share_prefixes``,
+        :meth:`_prefix_log_prob`) where that applies. ``clamp``: probabilities clamped to ``[eps, 1 - eps]`` as the
+        encoder's everywhere
         (:func:`daps.functional.categorical_log_probs`); the priors over codes train and report the exact values.
         ``conditioning``: :meth:`conditioning` of ``x``, if the caller has it.
         """
         k, b, t = indices.shape
-        flat, logits = self._teacher_forced(x, indices, conditioning)  # (B*K, T), (B*K, T, V)
-        token_log_q = token_log_prob(logits, flat, clamp)  # (B*K, T)
+        if self._shares_prefixes(k):
+            flat = indices.transpose(0, 1).reshape(b * k, t)  # (B*K, T) b-major
+            memory_kv = self.memory(x) if conditioning is None else conditioning
+            token_log_q = self._prefix_log_prob(memory_kv, flat, k, clamp)  # (B*K, T)
+        else:
+            flat, logits = self._teacher_forced(x, indices, conditioning)  # (B*K, T), (B*K, T, V)
+            token_log_q = token_log_prob(logits, flat, clamp)  # (B*K, T)
         return token_log_q.view(b, k, t).transpose(0, 1)  # (K, B, T)
 
     # ----------------------------------------------------------------------------------------------

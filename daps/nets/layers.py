@@ -17,6 +17,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from daps.nets.kv_cache import SelfAttentionCache
+from daps.nets.prefixes import PrefixNodes
 
 LN_EPS = 1e-6  # Flax's default (PyTorch's is 1e-5)
 
@@ -331,6 +332,32 @@ class DecoderBlock(nn.Module):
         ``(B, h, P, d)``."""
         y = self.self_attn(self.ln1(y), mask=self_mask, causal=self_mask is None, residual=y)
         y = self.cross_attn.attend_grouped(self.ln2(y), *memory_kv, num_samples, mask=cross_mask, residual=y)
+        return y + self.mlp(self.ln3(y))
+
+    def forward_nodes(
+        self, y: torch.Tensor, memory_kv: tuple[torch.Tensor, torch.Tensor], num_samples: int, nodes: PrefixNodes,
+        shape: tuple[int, int],
+    ) -> torch.Tensor:
+        """:meth:`forward` over the distinct prefixes of codes of ``shape`` (N, T) = (B*K, T): ``y (M, E)``, one
+        row per node of ``nodes`` (:mod:`daps.nets.prefixes`) -> ``(M, E)``.
+
+        Layer norms, projections and the MLP run once per node. The two attentions run over the rows as in
+        :meth:`forward` (each row's keys are its own nodes'), and each node keeps the output at its first entry;
+        so the values are :meth:`forward`'s at those entries, and gradients reach each node from every entry that
+        reads it."""
+        n, t = shape
+        width = y.shape[-1]
+        heads = self.self_attn.num_heads
+        qkv = F.linear(self.ln1(y), self.self_attn.qkv_weight())  # (M, 3E), head by head: (h, 3, d)
+        qkv = nodes.gather(qkv).view(n, t, heads, 3, width // heads)  # (N, T, h, 3, d)
+        q, k, v = (z.transpose(1, 2) for z in qkv.unbind(3))  # (N, h, T, d) each
+        out = attention(q, k, v, causal=True).transpose(1, 2).reshape(n * t, width)  # (N*T, E)
+        y = add_projected(y, nodes.pick(out), self.self_attn.o)  # (M, E)
+        cross = self.cross_attn
+        q = nodes.gather(cross.q(self.ln2(y)))  # (N*T, E)
+        q = q.view(n // num_samples, num_samples * t, heads, width // heads).transpose(1, 2)  # (B, h, K*T, d)
+        out = attention(q, *memory_kv).transpose(1, 2).reshape(n * t, width)  # (N*T, E)
+        y = add_projected(y, nodes.pick(out), cross.o)  # (M, E)
         return y + self.mlp(self.ln3(y))
 
     def step(

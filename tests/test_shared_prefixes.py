@@ -1,0 +1,133 @@
+"""``encoder.share_prefixes``: the teacher-forced pass of the autoregressive encoder computed once per distinct
+(input, prefix) pair among the K codes of an input (:mod:`daps.nets.prefixes`). A speed option only: the same log q
+and gradients as the whole pass, checked here against the whole pass (``share_prefixes=False``) with float64
+networks (only the softmax over V is float32, as everywhere in the encoder: so agreement to float32 rounding, where
+a misplaced node or a lost gradient path differs at the percent level), and the node bookkeeping against a
+brute-force enumeration."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from daps import get_preset, parse_overrides
+from daps.methods import build_method
+from daps.nets.ar_encoder import ARTransformerEncoder
+from daps.nets.prefixes import prefix_nodes
+
+K = 6
+
+
+def _codes(b: int, k: int, t: int, v: int, seed: int) -> torch.Tensor:
+    """b-major codes ``(B*K, T)`` over a small vocabulary (so prefixes repeat), where input 1 repeats input 0's codes
+    exactly (a node is an (input, prefix) pair: equal codes of different inputs are different nodes)."""
+    codes = torch.randint(v, (b, k, t), generator=torch.Generator().manual_seed(seed))
+    codes[1] = codes[0]
+    return codes.reshape(b * k, t)
+
+
+@pytest.mark.parametrize(("b", "k", "t", "v", "seed"), [(4, 6, 5, 3, 0), (3, 8, 3, 2, 1), (2, 1, 4, 5, 2),
+                                                        (5, 4, 1, 7, 3)])
+def test_nodes_are_the_distinct_input_prefix_pairs(b, k, t, v, seed):
+    codes = _codes(b, k, t, v, seed)
+    nodes = prefix_nodes(codes, k, v)
+    keys = [(r // k, tuple(codes[r, :pos].tolist())) for r, pos in itertools.product(range(b * k), range(t))]
+    node_of = nodes.node_of.tolist()
+    assert nodes.count == len(set(keys)) < len(keys) or k == 1 and nodes.count == len(keys)
+    for (i, key_i), (j, key_j) in itertools.combinations(enumerate(keys), 2):  # the same node iff the same key
+        assert (node_of[i] == node_of[j]) == (key_i == key_j)
+    for node, entry in enumerate(nodes.first.tolist()):  # each node's first entry
+        assert node_of[entry] == node and entry == min(e for e, n in enumerate(node_of) if n == node)
+    by_position = nodes.node_of.view(b * k, t)
+    assert all(by_position[:, pos].max() < by_position[:, pos + 1].min() for pos in range(t - 1))  # position-major
+    assert torch.equal(nodes.gather(nodes.pick(nodes.node_of)), nodes.node_of)
+
+
+def _encoder(share: bool, mask_token0: bool = False) -> ARTransformerEncoder:
+    torch.manual_seed(0)
+    encoder = ARTransformerEncoder((1, 8, 8), num_tokens=4, vocab_size=3, width=16, num_layers=2, num_heads=2,
+                                   mlp_ratio=2, mask_token0=mask_token0, share_prefixes=share)
+    return encoder.double()
+
+
+def _close(got: torch.Tensor, want: torch.Tensor) -> bool:
+    """Equal up to float32 rounding, relative to the largest entry."""
+    return bool((got - want).abs().max() <= 1e-6 * want.abs().max())
+
+
+def _log_q_and_grads(encoder: ARTransformerEncoder, x: torch.Tensor, codes: torch.Tensor, clamp: bool = True):
+    """``log_prob`` of codes ``(K, B, T)`` and the gradient of a weighted sum of it, over every parameter and x."""
+    x = x.clone().requires_grad_(True)
+    log_q = encoder.log_prob(x, codes, clamp=clamp)  # (K, B, T)
+    weights = torch.rand(log_q.shape[:2], generator=torch.Generator().manual_seed(4), dtype=log_q.dtype)
+    grads = torch.autograd.grad((weights * log_q.sum(-1)).sum(), [x, *encoder.parameters()])
+    return log_q.detach(), grads
+
+
+@pytest.mark.parametrize("clamp", [True, False])
+def test_shared_prefixes_give_the_whole_pass_values_and_gradients(clamp, monkeypatch):
+    x = torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    x[1] = x[0] * 0.5  # input 1 has input 0's codes (_codes) but not its image: its nodes must be its own
+    codes = _codes(4, K, 4, 3, 6).view(4, K, 4).transpose(0, 1)  # (K, B, T)
+    whole = _log_q_and_grads(_encoder(share=False), x, codes, clamp)
+    shared_encoder = _encoder(share=True)
+    calls = []
+    original = shared_encoder._prefix_log_prob
+    monkeypatch.setattr(shared_encoder, "_prefix_log_prob", lambda *a: calls.append(1) or original(*a))
+    shared = _log_q_and_grads(shared_encoder, x, codes, clamp)
+    assert calls, "the shared pass did not run"
+    assert prefix_nodes(codes.transpose(0, 1).reshape(-1, 4), K, 3).count < 0.6 * codes.numel()  # work to save
+    assert _close(shared[0], whole[0])
+    for got, want in zip(shared[1], whole[1]):
+        assert want.abs().max() > 0 and _close(got, want)
+
+
+def test_codes_sampled_by_the_encoder_score_the_same_both_ways():
+    encoder = _encoder(share=True)
+    x = torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    samples = encoder.sample(x, 8, torch.Generator().manual_seed(8))
+    shared = encoder.log_prob(x, samples.indices)
+    encoder.share_prefixes = False
+    assert _close(shared, encoder.log_prob(x, samples.indices))
+    assert _close(shared, samples.token_log_q)  # and the sampler's own log q
+
+
+@pytest.mark.parametrize("case", ["share_prefixes=False", "mask_token0", "one code per input", "compiling"])
+def test_the_whole_pass_runs_where_prefixes_are_not_shared(case, monkeypatch):
+    encoder = _encoder(share=case != "share_prefixes=False", mask_token0=case == "mask_token0")
+    if case == "compiling":  # torch.compile traces shapes that must not depend on the codes
+        monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    k = 1 if case == "one code per input" else K
+    monkeypatch.setattr(encoder, "_prefix_log_prob", lambda *a: pytest.fail("the shared pass ran"))
+    codes = _codes(2, k, 4, 3, 9).view(2, k, 4).transpose(0, 1)
+    log_q = encoder.log_prob(torch.rand(2, 1, 8, 8, dtype=torch.float64), codes)
+    assert log_q.shape == (k, 2, 4) and bool(torch.isfinite(log_q).all())
+
+
+@pytest.mark.parametrize("method", ["daps", "reinforce"])
+def test_a_step_with_shared_prefixes_is_the_whole_pass_step(method, monkeypatch):
+    section = "daps" if method == "daps" else "reinforce"
+    tiny = ["encoder.width=16", "encoder.num_heads=2", "encoder.vocab_size=2", "encoder.num_tokens=5",
+            "decoder.embed_dim=8", "decoder.hidden=16,16", f"{section}.num_samples=8"]
+    x = (torch.rand(6, 1, 28, 28, generator=torch.Generator().manual_seed(10)) > 0.5).double()
+
+    def step(share: bool):
+        torch.manual_seed(0)
+        cfg = parse_overrides(get_preset("mnist", method), [*tiny, f"encoder.share_prefixes={str(share).lower()}"])
+        model = build_method(cfg, (1, 28, 28)).double()
+        assert model.encoder.share_prefixes is share
+        out = model(x, step=3, generator=torch.Generator().manual_seed(11))
+        out.loss.backward()
+        return out.loss.detach(), {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
+
+    calls = []
+    original = ARTransformerEncoder._prefix_log_prob
+    monkeypatch.setattr(ARTransformerEncoder, "_prefix_log_prob", lambda *a: calls.append(1) or original(*a))
+    (loss_shared, grads_shared), (loss_whole, grads_whole) = step(True), step(False)
+    assert len(calls) == 1
+    assert _close(loss_shared, loss_whole)
+    assert grads_shared.keys() == grads_whole.keys() and any("encoder" in name for name in grads_whole)
+    for name, want in grads_whole.items():
+        assert _close(grads_shared[name], want), name
