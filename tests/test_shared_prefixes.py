@@ -14,7 +14,9 @@ import torch
 
 from daps import get_preset, parse_overrides
 from daps.methods import build_method
+from daps.nets import ar_encoder
 from daps.nets.ar_encoder import ARTransformerEncoder
+from daps.nets.layers import DecoderBlock
 from daps.nets.prefixes import prefix_nodes
 
 K = 6
@@ -94,6 +96,25 @@ def test_codes_sampled_by_the_encoder_score_the_same_both_ways():
     assert _close(shared, samples.token_log_q)  # and the sampler's own log q
 
 
+@pytest.mark.parametrize("max_nodes", [1.0, 0.75])
+def test_the_shared_sampler_draws_the_codes_of_the_row_sampler(max_nodes, monkeypatch):
+    """Each position once per distinct prefix (``SHARED_STEP_MAX_NODES`` = 1: at every position; 0.75: where at
+    most three quarters of the rows are distinct), against the cached sampler over every row."""
+    monkeypatch.setattr(ar_encoder, "SHARED_STEP_MAX_NODES", max_nodes)
+    calls = []
+    original = DecoderBlock.step_nodes
+    monkeypatch.setattr(DecoderBlock, "step_nodes", lambda *a: calls.append(1) or original(*a))
+    encoder = _encoder(share=True)
+    x = torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(12), dtype=torch.float64)
+    x[1] = x[0]  # two inputs alike: their rows still sample apart
+    shared = encoder.sample(x, 8, torch.Generator().manual_seed(13))
+    assert len(calls) >= 2 * (4 if max_nodes == 1.0 else 1)  # two layers, at every position or at least the first
+    encoder.share_prefixes = False
+    rows = encoder.sample(x, 8, torch.Generator().manual_seed(13))
+    assert torch.equal(shared.indices, rows.indices) and not torch.equal(shared.indices[:, 0], shared.indices[:, 1])
+    assert _close(shared.token_log_q, rows.token_log_q) and _close(shared.token_entropy, rows.token_entropy)
+
+
 @pytest.mark.parametrize("case", ["share_prefixes=False", "mask_token0", "one code per input", "compiling"])
 def test_the_whole_pass_runs_where_prefixes_are_not_shared(case, monkeypatch):
     encoder = _encoder(share=case != "share_prefixes=False", mask_token0=case == "mask_token0")
@@ -101,9 +122,12 @@ def test_the_whole_pass_runs_where_prefixes_are_not_shared(case, monkeypatch):
         monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
     k = 1 if case == "one code per input" else K
     monkeypatch.setattr(encoder, "_prefix_log_prob", lambda *a: pytest.fail("the shared pass ran"))
+    monkeypatch.setattr(encoder, "_shared_step", lambda *a: pytest.fail("the shared sampler ran"))
     codes = _codes(2, k, 4, 3, 9).view(2, k, 4).transpose(0, 1)
-    log_q = encoder.log_prob(torch.rand(2, 1, 8, 8, dtype=torch.float64), codes)
+    x = torch.rand(2, 1, 8, 8, dtype=torch.float64)
+    log_q = encoder.log_prob(x, codes)
     assert log_q.shape == (k, 2, 4) and bool(torch.isfinite(log_q).all())
+    assert encoder.sample(x, k).indices.shape == (k, 2, 4)
 
 
 @pytest.mark.parametrize("method", ["daps", "reinforce"])

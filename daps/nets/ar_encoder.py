@@ -39,6 +39,12 @@ sampler meets (training, validation, figures) and each encoder (PPO samples with
 torch's, for the whole process; it is raised, never lowered, and not restored."""
 
 
+SHARED_STEP_MAX_NODES = 0.75
+"""The sampler computes a position once per distinct prefix (:meth:`ARTransformerEncoder._shared_step`) when the
+distinct prefixes are at most this fraction of the rows; above it, the gathers cost more than the rows saved
+(BENCHMARKS.md, "Shared prefixes")."""
+
+
 def _previous_tokens(indices: torch.Tensor, pos: int) -> torch.Tensor:
     """The decoder input at ``pos``: the codes drawn at ``pos - 1``, or the start token 0. ``(N, T) -> (N,)``.
 
@@ -234,6 +240,8 @@ class ARTransformerEncoder(nn.Module):
             step = self._recomputing_step(memory_kv, num_samples)
         elif self._static_step_fn is not None:
             step = self._static_cache_step(memory_kv, num_samples)
+        elif self._shares_prefixes(num_samples):
+            step = self._shared_step(memory_kv, num_samples)
         else:
             step = self._cached_step(memory_kv, num_samples)
         return sample_autoregressive(step, x.shape[0], num_samples, self.num_tokens, x.device, generator)
@@ -282,6 +290,31 @@ class ARTransformerEncoder(nn.Module):
         def step(indices: torch.Tensor, pos: int) -> torch.Tensor:
             y = self.token_embed(_previous_tokens(indices, pos))[:, None] + self.pos[pos]  # (B*K, 1, E)
             return self._decode_one(y, memory_kv, num_samples, caches, pos, qkv_weights)  # (B*K, V)
+
+        return step
+
+    def _shared_step(self, memory_kv: MemoryKV, num_samples: int) -> SamplingStep:
+        """:meth:`_cached_step` computed once per distinct prefix among the K rows of an input at each position
+        (:meth:`DecoderBlock.step_nodes`); the logits are each row's node's."""
+        caches = [KVCache(k, v) for k, v in self._cache_tensors(memory_kv, num_samples, zeroed=False)]
+        qkv_weights = [block.self_attn.qkv_weight() for block in self.decoder_blocks]  # built once per call
+        n = memory_kv[0][0].shape[0] * num_samples
+        rows = torch.arange(n, device=self.pos.device)
+        parents = [rows // num_samples]  # (N,): each row's node at the previous position (at 0: its input)
+
+        def step(indices: torch.Tensor, pos: int) -> torch.Tensor:
+            key = parents[0] * self.vocab_size + indices[:, pos - 1] if pos else parents[0]  # (N,)
+            distinct, node_of = torch.unique(key, return_inverse=True)
+            parents[0] = node_of
+            if distinct.numel() > SHARED_STEP_MAX_NODES * n:  # too few shared to pay for the gathers: every row
+                y = self.token_embed(_previous_tokens(indices, pos))[:, None] + self.pos[pos]  # (N, 1, E)
+                return self._decode_one(y, memory_kv, num_samples, caches, pos, qkv_weights)  # (N, V)
+            first = rows.new_full((distinct.numel(),), n).scatter_reduce_(0, node_of, rows, "amin")  # (M,)
+            tokens = _previous_tokens(indices, pos).index_select(0, first)  # (M,)
+            y = self.token_embed(tokens)[:, None] + self.pos[pos]  # (M, 1, E)
+            for block, kv, cache, weight in zip(self.decoder_blocks, memory_kv, caches, qkv_weights):
+                y = block.step_nodes(y, kv, num_samples, cache, pos, (node_of, first), weight)  # (M, 1, E)
+            return self.head(self.decoder_ln(y[:, 0])).index_select(0, node_of)  # (N, V)
 
         return step
 

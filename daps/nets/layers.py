@@ -382,6 +382,35 @@ class DecoderBlock(nn.Module):
         return y + self.mlp(self.ln3(y))
 
 
+    def step_nodes(
+        self,
+        y: torch.Tensor,
+        memory_kv: tuple[torch.Tensor, torch.Tensor],
+        num_samples: int,
+        cache: SelfAttentionCache,
+        pos: int,
+        rows: tuple[torch.Tensor, torch.Tensor],
+        qkv_weight: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """:meth:`step` over the distinct prefixes at ``pos``: ``y (M, 1, E)``, one row per node, and ``rows``
+        = (``node_of (N,)``, each row's node; ``first (M,)``, each node's first row) -> ``(M, 1, E)``.
+
+        Layer norms, projections and the MLP run once per node; the cache keeps every row's keys (each node's
+        written to its rows), and the cross-attention runs over the rows, grouped by input as in :meth:`step`."""
+        node_of, first = rows
+        attn, cross = self.self_attn, self.cross_attn
+        q, k, v = attn.project_qkv(self.ln1(y), qkv_weight)  # (M, h, 1, d) each
+        keys, values, masked = cache.update(k.index_select(0, node_of), v.index_select(0, node_of), pos)  # rows
+        keys, values = keys.index_select(0, first), values.index_select(0, first)  # (M, h, L, d): the nodes' own
+        y = attn.merge(one_query_attention(q, keys, values, masked), residual=y)  # (M, 1, E)
+        n, width = node_of.shape[0], y.shape[-1]
+        q = cross.q(self.ln2(y)).index_select(0, node_of)  # (N, 1, E)
+        q = q.view(n // num_samples, num_samples, cross.num_heads, width // cross.num_heads).transpose(1, 2)
+        out = attention(q, *memory_kv).transpose(1, 2).reshape(n, 1, width).index_select(0, first)  # (M, 1, E)
+        y = add_projected(y, out, cross.o)
+        return y + self.mlp(self.ln3(y))
+
+
 class CodeEmbedding(nn.Embedding):
     """The decoders' code embedding ``(V, E)``, initialized N(0, 1/E): integer codes ``(..., T)`` are looked up,
     (relaxed) one-hots ``(..., T, V)`` multiply the table, so gradients reach the relaxations."""
