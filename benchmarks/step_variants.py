@@ -23,8 +23,9 @@ seed, inputs and overrides:
   ``graphed-compiled``: with ``train.compile=true`` too (the compiled kernels recorded into the one graph);
 - ``tf32``, ``graphed-tf32``, ``graphed-compiled-tf32`` (CUDA): ``train.tf32=true``, the step's float32 matrix
   products and convolutions in TF32;
-- ``whole-pass``: ``encoder.share_prefixes=false``, the teacher-forced pass at every position instead of once per
-  distinct prefix of an input's K codes (the default; the same values).
+- ``whole-pass``: ``encoder.share_prefixes=off``, sampling and the teacher-forced pass at every position instead
+  of once per distinct prefix of an input's K codes (the default on the CPU; the same values); ``shared``:
+  ``encoder.share_prefixes=on``, the distinct prefixes on any device (for ``--device cuda``).
 
 The inputs are random (binary at 13 % for MNIST, standard normal otherwise) and the weights fresh, unless ``--from
 RUN`` names a run folder: then every variant of the run's method starts from its latest checkpoint's weights (the
@@ -93,7 +94,8 @@ VARIANTS = {
     "graphed-tf32": ["train.cuda_graph=true", "train.tf32=true"],
     "graphed-compiled": ["train.cuda_graph=true", "train.compile=true"],
     "graphed-compiled-tf32": ["train.cuda_graph=true", "train.compile=true", "train.tf32=true"],
-    "whole-pass": ["encoder.share_prefixes=false"],
+    "whole-pass": ["encoder.share_prefixes=off"],
+    "shared": ["encoder.share_prefixes=on"],
 }
 
 

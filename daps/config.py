@@ -47,6 +47,10 @@ class DataConfig:
     ``image_shape[1]``."""
 
 
+SHARE_PREFIXES = ("cpu", "on", "off")
+"""The values of ``encoder.share_prefixes``."""
+
+
 @dataclass
 class EncoderConfig:
     """The encoder: the autoregressive transformer q_theta(z | x) (paper Sec. 3, App. F) for daps, gumbel, grmck, ppo
@@ -71,12 +75,15 @@ class EncoderConfig:
     embed: str = "patches"
     """The first layer: ``patches`` (images cut into T patches, each through a Dense) or ``time`` (motion windows:
     strided 1-d convolutions over time from the frames to the T tokens; original: networks/conv1d.py)."""
-    share_prefixes: bool = True
-    """Teacher-force the K codes of an input once per distinct prefix (autoregressive encoder; not in the paper):
-    the K codes share the empty prefix at the first position, and longer ones as the encoder grows confident, so the
-    token-wise layers run once per distinct (input, prefix) pair (:mod:`daps.nets.prefixes`). The same log q and
-    gradients up to float rounding: a speed option only (BENCHMARKS.md, "Shared prefixes"). Eager steps only:
-    ``train.compile`` and ``train.cuda_graph`` keep the whole pass, whose shapes do not depend on the codes."""
+    share_prefixes: str = "cpu"
+    """Sample and teacher-force the K codes of an input once per distinct prefix (autoregressive encoder; not in the
+    paper): the K codes share the empty prefix at the first position, and longer ones as the encoder grows confident,
+    so the token-wise layers run once per distinct (input, prefix) pair (:mod:`daps.nets.prefixes`). The same
+    codes, log q and gradients up to float rounding: a speed option only (BENCHMARKS.md, "Shared prefixes").
+    ``cpu``: on the CPU (measured faster there); ``on``: on any device (a GPU runs the small networks' kernels
+    at the cost of their launch, and finding the distinct prefixes waits for the GPU once per position: not
+    measured there yet); ``off``. Eager steps only: ``train.compile`` and ``train.cuda_graph`` keep the whole pass,
+    whose shapes do not depend on the codes."""
 
 
 @dataclass
@@ -358,6 +365,9 @@ def validate(cfg: Config) -> None:
         raise UserError(f"decoder.kind must be mlp, resnet or transformer, got {d.kind!r}")
     if e.embed not in ("patches", "time"):
         raise UserError(f"encoder.embed must be patches or time, got {e.embed!r}")
+    if e.share_prefixes not in SHARE_PREFIXES:
+        raise UserError(f"encoder.share_prefixes must be {', '.join(SHARE_PREFIXES[:-1])} or {SHARE_PREFIXES[-1]}, "
+                        f"got {e.share_prefixes!r}")
     check_positive("decoder", d, ("transformer_layers", "transformer_heads", "fixed_variance"))
     if d.kind == "transformer" and d.embed_dim % d.transformer_heads:
         raise UserError(f"decoder.embed_dim ({d.embed_dim}) must be divisible by decoder.transformer_heads")

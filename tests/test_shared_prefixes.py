@@ -1,6 +1,6 @@
-"""``encoder.share_prefixes``: the teacher-forced pass of the autoregressive encoder computed once per distinct
-(input, prefix) pair among the K codes of an input (:mod:`daps.nets.prefixes`). A speed option only: the same log q
-and gradients as the whole pass, checked here against the whole pass (``share_prefixes=False``) with float64
+"""``encoder.share_prefixes``: the autoregressive encoder's sampling and teacher-forced passes computed once per
+distinct (input, prefix) pair among the K codes of an input (:mod:`daps.nets.prefixes`). A speed option only: the
+same codes, log q and gradients as the whole pass, checked here against it (``share_prefixes="off"``) with float64
 networks (only the softmax over V is float32, as everywhere in the encoder: so agreement to float32 rounding, where
 a misplaced node or a lost gradient path differs at the percent level), and the node bookkeeping against a
 brute-force enumeration."""
@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from daps import get_preset, parse_overrides
+from daps.errors import UserError
 from daps.methods import build_method
 from daps.nets import ar_encoder
 from daps.nets.ar_encoder import ARTransformerEncoder
@@ -47,7 +48,7 @@ def test_nodes_are_the_distinct_input_prefix_pairs(b, k, t, v, seed):
     assert torch.equal(nodes.gather(nodes.pick(nodes.node_of)), nodes.node_of)
 
 
-def _encoder(share: bool, mask_token0: bool = False) -> ARTransformerEncoder:
+def _encoder(share: str, mask_token0: bool = False) -> ARTransformerEncoder:
     torch.manual_seed(0)
     encoder = ARTransformerEncoder((1, 8, 8), num_tokens=4, vocab_size=3, width=16, num_layers=2, num_heads=2,
                                    mlp_ratio=2, mask_token0=mask_token0, share_prefixes=share)
@@ -73,8 +74,8 @@ def test_shared_prefixes_give_the_whole_pass_values_and_gradients(clamp, monkeyp
     x = torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
     x[1] = x[0] * 0.5  # input 1 has input 0's codes (_codes) but not its image: its nodes must be its own
     codes = _codes(4, K, 4, 3, 6).view(4, K, 4).transpose(0, 1)  # (K, B, T)
-    whole = _log_q_and_grads(_encoder(share=False), x, codes, clamp)
-    shared_encoder = _encoder(share=True)
+    whole = _log_q_and_grads(_encoder(share="off"), x, codes, clamp)
+    shared_encoder = _encoder(share="cpu")
     calls = []
     original = shared_encoder._prefix_log_prob
     monkeypatch.setattr(shared_encoder, "_prefix_log_prob", lambda *a: calls.append(1) or original(*a))
@@ -87,11 +88,11 @@ def test_shared_prefixes_give_the_whole_pass_values_and_gradients(clamp, monkeyp
 
 
 def test_codes_sampled_by_the_encoder_score_the_same_both_ways():
-    encoder = _encoder(share=True)
+    encoder = _encoder(share="cpu")
     x = torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
     samples = encoder.sample(x, 8, torch.Generator().manual_seed(8))
     shared = encoder.log_prob(x, samples.indices)
-    encoder.share_prefixes = False
+    encoder.share_prefixes = "off"
     assert _close(shared, encoder.log_prob(x, samples.indices))
     assert _close(shared, samples.token_log_q)  # and the sampler's own log q
 
@@ -104,20 +105,26 @@ def test_the_shared_sampler_draws_the_codes_of_the_row_sampler(max_nodes, monkey
     calls = []
     original = DecoderBlock.step_nodes
     monkeypatch.setattr(DecoderBlock, "step_nodes", lambda *a: calls.append(1) or original(*a))
-    encoder = _encoder(share=True)
+    encoder = _encoder(share="cpu")
     x = torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(12), dtype=torch.float64)
     x[1] = x[0]  # two inputs alike: their rows still sample apart
     shared = encoder.sample(x, 8, torch.Generator().manual_seed(13))
     assert len(calls) >= 2 * (4 if max_nodes == 1.0 else 1)  # two layers, at every position or at least the first
-    encoder.share_prefixes = False
+    encoder.share_prefixes = "off"
     rows = encoder.sample(x, 8, torch.Generator().manual_seed(13))
     assert torch.equal(shared.indices, rows.indices) and not torch.equal(shared.indices[:, 0], shared.indices[:, 1])
     assert _close(shared.token_log_q, rows.token_log_q) and _close(shared.token_entropy, rows.token_entropy)
 
 
-@pytest.mark.parametrize("case", ["share_prefixes=False", "mask_token0", "one code per input", "compiling"])
+@pytest.mark.parametrize("case", ["off", "mask_token0", "one code per input", "compiling", "cpu on a GPU"])
 def test_the_whole_pass_runs_where_prefixes_are_not_shared(case, monkeypatch):
-    encoder = _encoder(share=case != "share_prefixes=False", mask_token0=case == "mask_token0")
+    encoder = _encoder(share="off" if case == "off" else "cpu", mask_token0=case == "mask_token0")
+    if case == "cpu on a GPU":  # "cpu" shares on the CPU only; the device is read from the encoder's buffers
+        monkeypatch.setattr(encoder, "pos", torch.empty(0, device="meta"))
+        assert not encoder._shares_prefixes(K)
+        encoder.share_prefixes = "on"
+        assert encoder._shares_prefixes(K)
+        return
     if case == "compiling":  # torch.compile traces shapes that must not depend on the codes
         monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
     k = 1 if case == "one code per input" else K
@@ -137,11 +144,11 @@ def test_a_step_with_shared_prefixes_is_the_whole_pass_step(method, monkeypatch)
             "decoder.embed_dim=8", "decoder.hidden=16,16", f"{section}.num_samples=8"]
     x = (torch.rand(6, 1, 28, 28, generator=torch.Generator().manual_seed(10)) > 0.5).double()
 
-    def step(share: bool):
+    def step(share: str):
         torch.manual_seed(0)
-        cfg = parse_overrides(get_preset("mnist", method), [*tiny, f"encoder.share_prefixes={str(share).lower()}"])
+        cfg = parse_overrides(get_preset("mnist", method), [*tiny, f"encoder.share_prefixes={share}"])
         model = build_method(cfg, (1, 28, 28)).double()
-        assert model.encoder.share_prefixes is share
+        assert model.encoder.share_prefixes == share
         out = model(x, step=3, generator=torch.Generator().manual_seed(11))
         out.loss.backward()
         return out.loss.detach(), {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
@@ -149,9 +156,15 @@ def test_a_step_with_shared_prefixes_is_the_whole_pass_step(method, monkeypatch)
     calls = []
     original = ARTransformerEncoder._prefix_log_prob
     monkeypatch.setattr(ARTransformerEncoder, "_prefix_log_prob", lambda *a: calls.append(1) or original(*a))
-    (loss_shared, grads_shared), (loss_whole, grads_whole) = step(True), step(False)
+    (loss_shared, grads_shared), (loss_whole, grads_whole) = step("cpu"), step("off")
     assert len(calls) == 1
     assert _close(loss_shared, loss_whole)
     assert grads_shared.keys() == grads_whole.keys() and any("encoder" in name for name in grads_whole)
     for name, want in grads_whole.items():
         assert _close(grads_shared[name], want), name
+
+
+def test_the_setting_is_one_of_cpu_on_off():
+    assert get_preset("mnist", "daps").encoder.share_prefixes == "cpu"
+    with pytest.raises(UserError, match="encoder.share_prefixes must be cpu, on or off, got 'true'"):
+        parse_overrides(get_preset("mnist", "daps"), ["encoder.share_prefixes=true"])

@@ -74,8 +74,9 @@ class ARTransformerEncoder(nn.Module):
         embed: the token embedding, ``patches`` (images) or ``time`` (motion windows); see :mod:`daps.nets.embed`.
         input_embed: a module used instead of ``embed`` that maps the conditioning input to ``(B, P, E)`` with
             ``P`` = T or 1 (e.g. a class label for a prior over codes, :class:`daps.prior.nets.ARPrior`).
-        share_prefixes: compute the teacher-forced pass of :meth:`log_prob` once per distinct prefix among the K
-            codes of an input (:mod:`daps.nets.prefixes`) in eager steps; the same values up to float rounding.
+        share_prefixes: sample and teacher-force (:meth:`log_prob`) the K codes of an input once per distinct
+            prefix (:mod:`daps.nets.prefixes`) in eager steps: ``cpu`` (on the CPU), ``on`` (on any device) or
+            ``off``; the same values up to float rounding.
     """
 
     pos: torch.Tensor  # (T, E) sinusoidal table, a buffer
@@ -92,7 +93,7 @@ class ARTransformerEncoder(nn.Module):
         mask_token0: bool = False,
         embed: str = "patches",
         input_embed: nn.Module | None = None,
-        share_prefixes: bool = True,
+        share_prefixes: str = "cpu",
     ):
         super().__init__()
         self.num_tokens, self.vocab_size, self.mask_token0 = num_tokens, vocab_size, mask_token0
@@ -151,14 +152,17 @@ class ARTransformerEncoder(nn.Module):
         return self.head(self.decoder_ln(y))  # (B*K, T, V)
 
     def _shares_prefixes(self, num_samples: int) -> bool:
-        """Whether :meth:`log_prob` runs once per distinct prefix (:meth:`_prefix_log_prob`): with
-        ``share_prefixes``, more than one code per input, and shapes that may depend on the codes, which is to
+        """Whether :meth:`log_prob` and :meth:`sample` run once per distinct prefix (:meth:`_prefix_log_prob`,
+        :meth:`_shared_step`): with ``share_prefixes`` on (or ``cpu`` on the CPU), more than one code per input, and shapes that may depend on the codes, which is to
         say not while ``torch.compile`` traces the step nor while a CUDA graph records it (those keep the whole
         pass: its shapes are fixed). Not with ``mask_token0``, whose masks read the token *after* each position,
         so that a position's state is not a function of its prefix."""
-        if not self.share_prefixes or num_samples < 2 or self.mask_token0 or torch.compiler.is_compiling():
+        device = self.pos.device.type
+        if self.share_prefixes != "on" and not (self.share_prefixes == "cpu" and device == "cpu"):
             return False
-        return not (torch.cuda.is_available() and torch.cuda.is_current_stream_capturing())
+        if num_samples < 2 or self.mask_token0 or torch.compiler.is_compiling():
+            return False
+        return not (device == "cuda" and torch.cuda.is_current_stream_capturing())
 
     def _prefix_log_prob(self, memory_kv: MemoryKV, flat: torch.Tensor, num_samples: int, clamp: bool) -> torch.Tensor:
         """:meth:`log_prob`'s ``(B*K, T)`` for flat b-major codes, computed once per distinct (input, prefix) pair:
