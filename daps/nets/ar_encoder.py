@@ -153,10 +153,11 @@ class ARTransformerEncoder(nn.Module):
 
     def _shares_prefixes(self, num_samples: int) -> bool:
         """Whether :meth:`log_prob` and :meth:`sample` run once per distinct prefix (:meth:`_prefix_log_prob`,
-        :meth:`_shared_step`): with ``share_prefixes`` on (or ``cpu`` on the CPU), more than one code per input, and shapes that may depend on the codes, which is to
-        say not while ``torch.compile`` traces the step nor while a CUDA graph records it (those keep the whole
-        pass: its shapes are fixed). Not with ``mask_token0``, whose masks read the token *after* each position,
-        so that a position's state is not a function of its prefix."""
+        :meth:`_shared_step`): with ``share_prefixes`` ``on`` (or ``cpu``, on the CPU), more than one code per input,
+        and shapes that may depend on the codes, which is to say not while ``torch.compile`` traces the step nor
+        while a CUDA graph records it (those keep the whole pass: its shapes are fixed). Not with ``mask_token0``,
+        whose masks read the token *after* each position, so that a position's state is not a function of its
+        prefix."""
         device = self.pos.device.type
         if self.share_prefixes != "on" and not (self.share_prefixes == "cpu" and device == "cpu"):
             return False
