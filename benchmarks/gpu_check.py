@@ -23,7 +23,9 @@ cut short still leaves a report. The sections:
    VQ-VAE eager and with ``train.cuda_graph=true`` (DAPS also with ``train.tf32=true``, and under bf16 at the image
    presets), in interleaved rounds in one process, with each variant's speed relative to the eager DAPS step of
    the same round; at imagenet256 DAPS eager, graphed and graphed TF32, in shorter rounds. ``one-pass-mnist``: the
-   eager DAPS step with and without ``daps.one_pass=true``, in a section of its own. ``kernels``:
+   eager DAPS step with and without ``daps.one_pass=true``, and with ``encoder.share_prefixes=on`` (the distinct
+   prefixes, the CPU's default; fresh weights share little but the first position), in a section of its own.
+   ``kernels``:
    ``benchmarks/kernels.py --device cuda`` at mnist and cifar10: the kernels one DAPS and one VQ-VAE step launch,
    by phase (with graphs, the step's time follows this count).
    ``graphed-compiled-<preset>`` (mnist, cifar10): the same with ``train.compile=true`` as well (the compiled
@@ -285,8 +287,9 @@ def main(argv: list[str] | None = None) -> int:
             names = "eager,graphed,graphed-tf32,vqvae,vqvae-graphed" + (
                 ",graphed-bf16" if preset in ("mnist", "cifar10") else "")
             variants(f"graph-{preset}", preset, names, rounds, 70)
-        # the codes scored in the sampling pass (daps.one_pass), eager: a section of its own, new on a GPU
-        variants("one-pass-mnist", "mnist", "eager,one-pass", rounds, 40)
+        # the codes scored in the sampling pass (daps.one_pass) and the distinct prefixes (encoder.share_prefixes),
+        # eager: a section of their own, new on a GPU
+        variants("one-pass-mnist", "mnist", "eager,one-pass,shared", rounds, 50)
     # what a step launches on CUDA, by phase: the count a graphed step's time follows (benchmarks/kernels.py)
     name = "kernels"
     cmd = [py, "benchmarks/kernels.py", "--device", device, "--presets", "mnist" if args.smoke else "mnist,cifar10",

@@ -72,6 +72,8 @@ from daps import Config, build_method, get_preset, load_model, parse_overrides
 from daps.checkpoint import resolve_checkpoint
 from daps.data import dataset_spec, train_batches
 from daps.methods import method_spec
+from daps.nets.ar_encoder import ARTransformerEncoder
+from daps.nets.prefixes import prefix_nodes
 from daps.runfolder import write_text_atomic
 
 VARIANTS = {
@@ -129,6 +131,21 @@ def load_trained(run: str, cfg: Config, device: torch.device) -> tuple[dict, tor
     return weights, x
 
 
+def distinct_prefixes(model: torch.nn.Module, x: torch.Tensor, seed: int) -> dict | None:
+    """How much an autoregressive encoder's K codes of ``x`` share: the distinct (input, prefix) pairs as a fraction
+    of the B*K*T positions, overall and per position (None for other encoders)."""
+    encoder = getattr(model, "encoder", None)
+    k = int(getattr(getattr(model, "cfg", None), "num_samples", 0))
+    if not isinstance(encoder, ARTransformerEncoder) or k < 2:
+        return None
+    with torch.no_grad():
+        codes = encoder.sample(x, k, torch.Generator(x.device).manual_seed(seed)).indices  # (K, B, T)
+    flat = codes.transpose(0, 1).reshape(-1, codes.shape[-1])  # (B*K, T)
+    per_position = prefix_nodes(flat, k, encoder.vocab_size).node_of.view(flat.shape)  # (B*K, T) node ids
+    counts = [int(per_position[:, t].unique().numel()) for t in range(flat.shape[1])]
+    return {"fraction": sum(counts) / flat.numel(), "per_position": [c / flat.shape[0] for c in counts]}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="mnist")
@@ -181,13 +198,15 @@ def main(argv: list[str] | None = None) -> int:
     command = shlex.join(["python", *(sys.argv if argv is None else ["benchmarks/step_variants.py", *argv])])
     code = git_revision()
 
-    runs, warmup_s, counters = {}, {}, {}
+    runs, warmup_s, counters, sharing = {}, {}, {}, None
     for v, cfg in configs.items():
         model, optimizers, x, generator = setup(cfg, device)
         if trained is not None:
             weights, x = trained
             if cfg.method == configs["eager"].method:
                 model.load_state_dict(weights)
+        if v == "eager":  # before any training step: the codes of the weights as loaded
+            sharing = distinct_prefixes(model, x, cfg.train.seed)
         runs[v] = make_step(cfg, model, optimizers, x, generator, iter(range(10**9)))
         warmup_s[v] = []
         for _ in range(warmup_steps(cfg, args.warmup)):
@@ -227,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         "settings": {"rounds": args.rounds, "steps_per_window": args.steps_per_window, "warmup": args.warmup,
                      "overrides": args.overrides, "freed_memory_kept": kept, "from": args.from_run or None},
         "dynamo_counters_end": dynamo_counters(),
+        "distinct_prefixes": sharing,
         "results": results,
     }
     m = report["machine"]
@@ -246,6 +266,10 @@ def main(argv: list[str] | None = None) -> int:
             f"{', '.join(f'{x:.3g}' for x in res['steps_per_s']['rounds'])} | {res['relative_to_eager']:.2f} | "
             f"{', '.join(f'{t:.1f}' for t in res['warmup_s'])} |"
         )
+    if sharing is not None:
+        lines += ["", f"Distinct (input, prefix) pairs among the K codes of the batch, before the first step: "
+                      f"{100 * sharing['fraction']:.1f} % of the B·K·T positions (by position: "
+                      f"{', '.join(f'{100 * f:.0f}' for f in sharing['per_position'])} %)."]
     lines += [
         "",
         f"torch.dynamo counters at the end: {json.dumps(report['dynamo_counters_end'])}",
