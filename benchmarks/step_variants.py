@@ -267,9 +267,10 @@ def main(argv: list[str] | None = None) -> int:
             f"{', '.join(f'{t:.1f}' for t in res['warmup_s'])} |"
         )
     if sharing is not None:
+        shown = [f"{100 * f:.0f}" for f in sharing["per_position"]]
+        shown = shown if len(shown) <= 12 else [*shown[:8], "...", *shown[-2:]]
         lines += ["", f"Distinct (input, prefix) pairs among the K codes of the batch, before the first step: "
-                      f"{100 * sharing['fraction']:.1f} % of the B·K·T positions (by position: "
-                      f"{', '.join(f'{100 * f:.0f}' for f in sharing['per_position'])} %)."]
+                      f"{100 * sharing['fraction']:.1f} % of the B·K·T positions (by position: {', '.join(shown)} %)."]
     lines += [
         "",
         f"torch.dynamo counters at the end: {json.dumps(report['dynamo_counters_end'])}",

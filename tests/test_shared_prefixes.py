@@ -116,7 +116,8 @@ def test_the_shared_sampler_draws_the_codes_of_the_row_sampler(max_nodes, monkey
     assert _close(shared.token_log_q, rows.token_log_q) and _close(shared.token_entropy, rows.token_entropy)
 
 
-@pytest.mark.parametrize("case", ["off", "mask_token0", "one code per input", "compiling", "cpu on a GPU"])
+@pytest.mark.parametrize("case", ["off", "mask_token0", "one code per input", "compiling", "cpu on a GPU",
+                                  "mostly distinct"])
 def test_the_whole_pass_runs_where_prefixes_are_not_shared(case, monkeypatch):
     encoder = _encoder(share="off" if case == "off" else "cpu", mask_token0=case == "mask_token0")
     if case == "cpu on a GPU":  # "cpu" shares on the CPU only; the device is read from the encoder's buffers
@@ -127,9 +128,14 @@ def test_the_whole_pass_runs_where_prefixes_are_not_shared(case, monkeypatch):
         return
     if case == "compiling":  # torch.compile traces shapes that must not depend on the codes
         monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    if case == "mostly distinct":  # more distinct prefixes than the shared passes pay for (here: than 5 %)
+        monkeypatch.setattr(ar_encoder, "SHARED_PASS_MAX_NODES", 0.05)
+        monkeypatch.setattr(ar_encoder, "SHARED_STEP_MAX_NODES", 0.05)
+        monkeypatch.setattr(DecoderBlock, "step_nodes", lambda *a: pytest.fail("the shared sampler ran"))
     k = 1 if case == "one code per input" else K
     monkeypatch.setattr(encoder, "_prefix_log_prob", lambda *a: pytest.fail("the shared pass ran"))
-    monkeypatch.setattr(encoder, "_shared_step", lambda *a: pytest.fail("the shared sampler ran"))
+    if case != "mostly distinct":  # there the sampler's step decides by position (never shared at 5 %)
+        monkeypatch.setattr(encoder, "_shared_step", lambda *a: pytest.fail("the shared sampler ran"))
     codes = _codes(2, k, 4, 3, 9).view(2, k, 4).transpose(0, 1)
     x = torch.rand(2, 1, 8, 8, dtype=torch.float64)
     log_q = encoder.log_prob(x, codes)

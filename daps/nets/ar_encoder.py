@@ -28,7 +28,7 @@ from daps.functional import categorical_log_probs, token_log_prob
 from daps.nets.embed import token_embed
 from daps.nets.kv_cache import GrowingKVCache, KVCache, SelfAttentionCache, StaticKVCache, cache_buckets
 from daps.nets.layers import LN_EPS, DecoderBlock, EncoderBlock, dense, sinusoidal_table
-from daps.nets.prefixes import prefix_nodes
+from daps.nets.prefixes import PrefixNodes, prefix_nodes
 from daps.nets.sampling import Samples, SamplingStep, sample_autoregressive
 
 MemoryKV = list[tuple[torch.Tensor, torch.Tensor]]  # per decoder layer, cross-attention k, v each (B, h, P, d)
@@ -43,6 +43,10 @@ SHARED_STEP_MAX_NODES = 0.75
 """The sampler computes a position once per distinct prefix (:meth:`ARTransformerEncoder._shared_step`) when the
 distinct prefixes are at most this fraction of the rows; above it, the gathers cost more than the rows saved
 (BENCHMARKS.md, "Shared prefixes")."""
+SHARED_PASS_MAX_NODES = 0.9
+"""Likewise for the teacher-forced pass (:meth:`ARTransformerEncoder._prefix_log_prob`), over all positions
+together: a fresh encoder at T = 8 shares its first position only (89 % distinct) and gains 4 %; at T = 64 (99 %)
+the shared pass is 3 % slower than the whole one."""
 
 
 def _previous_tokens(indices: torch.Tensor, pos: int) -> torch.Tensor:
@@ -165,13 +169,14 @@ class ARTransformerEncoder(nn.Module):
             return False
         return not (device == "cuda" and torch.cuda.is_current_stream_capturing())
 
-    def _prefix_log_prob(self, memory_kv: MemoryKV, flat: torch.Tensor, num_samples: int, clamp: bool) -> torch.Tensor:
+    def _prefix_log_prob(
+        self, memory_kv: MemoryKV, flat: torch.Tensor, num_samples: int, clamp: bool, nodes: PrefixNodes
+    ) -> torch.Tensor:
         """:meth:`log_prob`'s ``(B*K, T)`` for flat b-major codes, computed once per distinct (input, prefix) pair:
-        the token-wise layers and the softmax over V run on the M nodes of :func:`prefix_nodes` instead of the
-        B*K*T positions (:meth:`DecoderBlock.forward_nodes`). The same values as the whole pass up to float
-        rounding, and the same gradients: a node's gradient sums those of the positions that share it."""
+        the token-wise layers and the softmax over V run on the M ``nodes`` (:func:`prefix_nodes` of ``flat``)
+        instead of the B*K*T positions (:meth:`DecoderBlock.forward_nodes`). The same values as the whole pass up
+        to float rounding, and the same gradients: a node's gradient sums those of the positions that share it."""
         n, t = flat.shape
-        nodes = prefix_nodes(flat, num_samples, self.vocab_size)
         inputs = nodes.pick(F.pad(flat[:, :-1], (1, 0)).reshape(-1))  # (M,): start token 0, then z_<T
         y = self.token_embed(inputs) + self.pos[:t].index_select(0, nodes.first % t)  # (M, E)
         for block, kv in zip(self.decoder_blocks, memory_kv):
@@ -213,10 +218,11 @@ class ARTransformerEncoder(nn.Module):
         ``conditioning``: :meth:`conditioning` of ``x``, if the caller has it.
         """
         k, b, t = indices.shape
-        if self._shares_prefixes(k):
-            flat = indices.transpose(0, 1).reshape(b * k, t)  # (B*K, T) b-major
+        flat = indices.transpose(0, 1).reshape(b * k, t)  # (B*K, T) b-major
+        nodes = prefix_nodes(flat, k, self.vocab_size) if self._shares_prefixes(k) else None
+        if nodes is not None and nodes.count <= SHARED_PASS_MAX_NODES * flat.numel():
             memory_kv = self.memory(x) if conditioning is None else conditioning
-            token_log_q = self._prefix_log_prob(memory_kv, flat, k, clamp)  # (B*K, T)
+            token_log_q = self._prefix_log_prob(memory_kv, flat, k, clamp, nodes)  # (B*K, T)
         else:
             flat, logits = self._teacher_forced(x, indices, conditioning)  # (B*K, T), (B*K, T, V)
             token_log_q = token_log_prob(logits, flat, clamp)  # (B*K, T)
