@@ -175,7 +175,7 @@ def refuse_ignored(cfg: Config, overrides: list[str]) -> None:
 
 def ignored_settings(cfg: Config) -> dict[str, str]:
     """The shared settings ``cfg`` does not read, each with the reason: its method's (``MethodSpec.ignores``), the
-    token-0 mask of the autoregressive encoder's teacher forcing for the other encoders, the decoder kinds' other
+    token-0 mask and the shared prefixes of the autoregressive encoder for the other encoders, the decoder kinds' other
     networks, the likelihoods' other variances, the windowing of datasets that are not cut
     into windows, the loader workers of datasets held in memory and the FID files without their FID.
 
@@ -191,6 +191,8 @@ def ignored_settings(cfg: Config) -> dict[str, str]:
         if method.encoder != "autoregressive":
             out.setdefault("encoder.mask_token0", f"{cfg.method} does not read it (its {method.encoder} encoder "
                                                   "teacher-forces nothing)")
+            out.setdefault("encoder.share_prefixes", f"{cfg.method} does not read it (its {method.encoder} encoder "
+                                                     "has no prefixes)")
     kind = cfg.decoder.kind
     for key, reader in (("hidden", "mlp"), ("resnet_width", "resnet"), ("resnet_blocks", "resnet"),
                         ("transformer_layers", "transformer"), ("transformer_heads", "transformer")):

@@ -274,8 +274,10 @@ def _spec(name: str, summary: str, build, encoder: EncoderFamily) -> MethodSpec:
         name=name, summary=summary, build=build, config_type=RelaxedConfig, encoder=encoder,
         presets=_presets(name), progress=("log_p", "kl", "temperature"),
         cuda_graph=True,
-        # the relaxed chain feeds each step its own one-hot, and evaluation samples: nothing is teacher-forced
-        ignores={"encoder.mask_token0": "its relaxed sampling chain teacher-forces nothing"}
+        # the relaxed chain feeds each step its own one-hot, and evaluation samples: nothing is teacher-forced,
+        # and no input has more than one code
+        ignores={"encoder.mask_token0": "its relaxed sampling chain teacher-forces nothing",
+                 "encoder.share_prefixes": "it samples one code per input: no prefix to share"}
         if encoder == "autoregressive" else {},
     )
 
