@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         if device.type != "cuda" and any(c.train.cuda_graph or c.train.tf32 for c in configs.values()):
             raise ValueError("the graphed and tf32 variants need --device cuda")
         trained = load_trained(args.from_run, configs["eager"], device) if args.from_run else None
-    except ValueError as err:  # daps's UserError included
+    except (ValueError, OSError) as err:  # daps's UserError included; OSError: --from's data not found
         print(f"benchmarks/step_variants.py: error: {err}", file=sys.stderr)
         return 2
     kept = apply_freed_memory(args.keep_freed_memory)
