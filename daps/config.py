@@ -82,8 +82,9 @@ class EncoderConfig:
     codes, log q and gradients up to float rounding: a speed option only (BENCHMARKS.md, "Shared prefixes").
     ``cpu``: on the CPU (measured faster there); ``on``: on any device (a GPU runs the small networks' kernels
     at the cost of their launch, and finding the distinct prefixes waits for the GPU once per position: not
-    measured there yet); ``off``. Eager steps only: ``train.compile`` and ``train.cuda_graph`` keep the whole pass,
-    whose shapes do not depend on the codes."""
+    measured there yet); ``off``. Eager steps only: ``train.compile`` and ``train.cuda_graph`` (its eager warm-up
+    steps too) keep the whole pass, whose shapes do not depend on the codes. Not read with ``daps.one_pass`` /
+    ``reinforce.one_pass`` (the sampling pass scores the codes) nor with ``encoder.mask_token0``."""
 
 
 @dataclass

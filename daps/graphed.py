@@ -34,6 +34,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from daps.methods.types import Method
+from daps.nets.ar_encoder import ARTransformerEncoder
 from daps.optim import Optimizers
 
 log = logging.getLogger("daps")
@@ -143,7 +144,9 @@ class GraphedStep:
     their workspaces there, and the optimizers create their state); the next call records the graph and every call
     from then on replays it. ``x`` is copied into a static input buffer; the step's schedule values and the learning
     rate are refilled before each replay. Returns the step's logs and each optimizer's gradient norm, device
-    tensors that the next call overwrites (read or copy them before).
+    tensors that the next call overwrites (read or copy them before). The model's autoregressive encoders are set to
+    ``share_prefixes="off"``: a graph's shapes must not depend on the codes, and the warm-up runs what the graph
+    records.
 
     Args:
         model: the method, graph-safe (``MethodSpec.cuda_graph``).
@@ -165,6 +168,9 @@ class GraphedStep:
             raise ValueError(f"GraphedStep needs at least 1 eager warm-up step, got {warmup}")
         self.model, self.optimizers, self.generator = model, optimizers, generator
         self.autocast, self.warmup = autocast, warmup
+        for module in model.modules():  # the whole pass: shapes that do not depend on the codes (daps.nets.prefixes)
+            if isinstance(module, ARTransformerEncoder):
+                module.share_prefixes = "off"
         self.calls = 0
         self.graph: Any = None  # the recording (a torch.cuda.CUDAGraph)
         self._x: torch.Tensor | None = None

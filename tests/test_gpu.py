@@ -40,6 +40,30 @@ def test_compiled_sampler_runs_under_cuda_graphs_and_gives_the_eager_codes():
     torch.testing.assert_close(compiled.log_q, reference.log_q, atol=0.05, rtol=0)
 
 
+def test_shared_prefixes_on_cuda_give_the_whole_pass_values():
+    """``encoder.share_prefixes=on`` on CUDA (the default, ``cpu``, does not share there): the same codes and log q,
+    and the same gradients up to float rounding, as the whole pass."""
+    torch.manual_seed(0)
+    enc = ARTransformerEncoder(
+        (1, 28, 28), num_tokens=8, vocab_size=4, width=32, num_layers=2, num_heads=2, mlp_ratio=2, share_prefixes="on"
+    ).cuda()
+    x = (torch.rand(16, 1, 28, 28, device="cuda") > 0.5).float()
+    results = []
+    for mode in ("on", "off"):
+        enc.share_prefixes = mode
+        samples = enc.sample(x, 8, torch.Generator("cuda").manual_seed(2))
+        enc.zero_grad()
+        log_q = enc.log_prob(x, samples.indices)
+        log_q.sum().backward()
+        results.append((samples, log_q.detach(), torch.cat([p.grad.flatten() for p in enc.parameters()])))
+    (shared, shared_log_q, shared_grad), (whole, whole_log_q, whole_grad) = results
+    assert (shared.indices == whole.indices).float().mean().item() > 0.99  # up to rare rounding flips of a draw
+    same = (shared.indices == whole.indices).all(-1)  # (K, B): codes drawn alike
+    torch.testing.assert_close(shared_log_q[same], whole_log_q[same], atol=1e-5, rtol=0)
+    if bool(same.all()):
+        assert (shared_grad - whole_grad).norm() <= 1e-4 * whole_grad.norm()
+
+
 @pytest.mark.usefixtures("offline", "no_plots")
 def test_compiled_bf16_daps_run_trains_on_cuda(tmp_path, tiny_overrides):
     summaries = []

@@ -306,21 +306,28 @@ class ARTransformerEncoder(nn.Module):
 
     def _shared_step(self, memory_kv: MemoryKV, num_samples: int) -> SamplingStep:
         """:meth:`_cached_step` computed once per distinct prefix among the K rows of an input at each position
-        (:meth:`DecoderBlock.step_nodes`); the logits are each row's node's."""
+        (:meth:`DecoderBlock.step_nodes`); the logits are each row's node's. Distinct prefixes only grow in number
+        along the code, so from the first position with more than ``SHARED_STEP_MAX_NODES`` of the rows distinct,
+        every later one runs over the rows without looking."""
         caches = [KVCache(k, v) for k, v in self._cache_tensors(memory_kv, num_samples, zeroed=False)]
         qkv_weights = [block.self_attn.qkv_weight() for block in self.decoder_blocks]  # built once per call
         n = memory_kv[0][0].shape[0] * num_samples
         rows = torch.arange(n, device=self.pos.device)
-        parents = [rows // num_samples]  # (N,): each row's node at the previous position (at 0: its input)
+        state: dict[str, torch.Tensor | None] = {"node_of": None}  # each row's node at the previous position
 
         def step(indices: torch.Tensor, pos: int) -> torch.Tensor:
-            key = parents[0] * self.vocab_size + indices[:, pos - 1] if pos else parents[0]  # (N,)
-            distinct, node_of = torch.unique(key, return_inverse=True)
-            parents[0] = node_of
-            if distinct.numel() > SHARED_STEP_MAX_NODES * n:  # too few shared to pay for the gathers: every row
+            node_of, count = state["node_of"], 0
+            if pos == 0:  # the nodes are the inputs
+                node_of, count = rows // num_samples, n // num_samples
+            elif node_of is not None:
+                distinct, node_of = torch.unique(node_of * self.vocab_size + indices[:, pos - 1], return_inverse=True)
+                count = distinct.numel()
+            if node_of is None or count > SHARED_STEP_MAX_NODES * n:  # the gathers would cost more: every row
+                state["node_of"] = None
                 y = self.token_embed(_previous_tokens(indices, pos))[:, None] + self.pos[pos]  # (N, 1, E)
                 return self._decode_one(y, memory_kv, num_samples, caches, pos, qkv_weights)  # (N, V)
-            first = rows.new_full((distinct.numel(),), n).scatter_reduce_(0, node_of, rows, "amin")  # (M,)
+            state["node_of"] = node_of
+            first = rows.new_full((count,), n).scatter_reduce_(0, node_of, rows, "amin")  # (M,) each node's first row
             tokens = _previous_tokens(indices, pos).index_select(0, first)  # (M,)
             y = self.token_embed(tokens)[:, None] + self.pos[pos]  # (M, 1, E)
             for block, kv, cache, weight in zip(self.decoder_blocks, memory_kv, caches, qkv_weights):

@@ -48,6 +48,10 @@ def prefix_nodes(codes: torch.Tensor, group_size: int, vocab_size: int) -> Prefi
     the input alone), so one ``torch.unique`` over N integers per position names them all.
     """
     n, t = codes.shape
+    if codes.numel() and not (0 <= int(codes.min()) and int(codes.max()) < vocab_size):
+        # out of range, a code would alias another node's (ids * V + code) where the whole pass raises
+        raise IndexError(f"codes must be in [0, {vocab_size}), got values in [{int(codes.min())}, "
+                         f"{int(codes.max())}]")
     ids = torch.arange(n, device=codes.device) // group_size  # (N,): at t = 0 the node is the input
     columns, offset = [], 0
     for pos in range(t):
