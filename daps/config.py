@@ -83,8 +83,9 @@ class EncoderConfig:
     ``cpu``: on the CPU (measured faster there); ``on``: on any device (a GPU runs the small networks' kernels
     at the cost of their launch, and finding the distinct prefixes waits for the GPU once per position: not
     measured there yet); ``off``. Eager steps only: ``train.compile`` and ``train.cuda_graph`` (its eager warm-up
-    steps too) keep the whole pass, whose shapes do not depend on the codes. Not read with ``daps.one_pass`` /
-    ``reinforce.one_pass`` (the sampling pass scores the codes) nor with ``encoder.mask_token0``."""
+    steps too) keep the whole pass, whose shapes do not depend on the codes. With ``daps.one_pass`` /
+    ``reinforce.one_pass`` the sampling pass, which then scores the codes, shares. Not read with
+    ``encoder.mask_token0``."""
 
 
 @dataclass

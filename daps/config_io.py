@@ -196,9 +196,6 @@ def ignored_settings(cfg: Config) -> dict[str, str]:
         elif cfg.encoder.mask_token0:
             out.setdefault("encoder.share_prefixes", "not read with encoder.mask_token0=true (its masks read the "
                                                      "token after each position, so no two positions share)")
-        elif getattr(cfg.options, "one_pass", False):
-            out.setdefault("encoder.share_prefixes", f"not read with {cfg.options.section}.one_pass=true (the "
-                                                     "sampling pass scores the codes, one row each)")
     kind = cfg.decoder.kind
     for key, reader in (("hidden", "mlp"), ("resnet_width", "resnet"), ("resnet_blocks", "resnet"),
                         ("transformer_layers", "transformer"), ("transformer_heads", "transformer")):

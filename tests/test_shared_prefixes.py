@@ -116,6 +116,22 @@ def test_the_shared_sampler_draws_the_codes_of_the_row_sampler(max_nodes, monkey
     assert _close(shared.token_log_q, rows.token_log_q) and _close(shared.token_entropy, rows.token_entropy)
 
 
+def test_one_pass_shares_its_sampling_pass_with_the_same_values_and_gradients():
+    """``sample_scored`` (``daps.one_pass``): the shared sampler with gradients through its growing cache."""
+    x = torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(15), dtype=torch.float64)
+    weights = torch.rand(8, 3, generator=torch.Generator().manual_seed(16), dtype=torch.float64)
+    results = []
+    for share in ("cpu", "off"):
+        encoder = _encoder(share)
+        samples = encoder.sample_scored(x, 8, torch.Generator().manual_seed(17))
+        grads = torch.autograd.grad((weights * samples.token_log_q.sum(-1)).sum(), list(encoder.parameters()))
+        results.append((samples, grads))
+    (shared, shared_grads), (whole, whole_grads) = results
+    assert torch.equal(shared.indices, whole.indices) and _close(shared.token_log_q, whole.token_log_q)
+    for got, want in zip(shared_grads, whole_grads):
+        assert want.abs().max() > 0 and _close(got, want)
+
+
 @pytest.mark.parametrize("case", ["off", "mask_token0", "one code per input", "compiling", "cpu on a GPU",
                                   "mostly distinct"])
 def test_the_whole_pass_runs_where_prefixes_are_not_shared(case, monkeypatch):
@@ -196,7 +212,7 @@ def test_codes_out_of_range_are_refused_as_by_the_whole_pass():
 
 @pytest.mark.parametrize(("extra", "why"), [
     (["encoder.mask_token0=true"], "not read with encoder.mask_token0=true"),
-    (["daps.one_pass=true"], "not read with daps.one_pass=true"),
+    (["daps.one_pass=true"], None),  # its sampling pass shares
     ([], None),
 ])
 def test_the_setting_is_refused_where_it_is_not_read(extra, why):

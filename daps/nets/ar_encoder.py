@@ -274,7 +274,11 @@ class ARTransformerEncoder(nn.Module):
         if self.mask_token0:
             raise ValueError("sample_scored gives the sampling log q; with mask_token0 training reads the "
                              "teacher-forced one (log_prob), which differs for codes containing 0")
-        step = self._cached_step(self.memory(x), num_samples, differentiable=True)
+        memory_kv = self.memory(x)
+        if self._shares_prefixes(num_samples):
+            step = self._shared_step(memory_kv, num_samples, differentiable=True)
+        else:
+            step = self._cached_step(memory_kv, num_samples, differentiable=True)
         return sample_autoregressive(step, x.shape[0], num_samples, self.num_tokens, x.device, generator,
                                      score=token_log_prob)
 
@@ -304,12 +308,17 @@ class ARTransformerEncoder(nn.Module):
 
         return step
 
-    def _shared_step(self, memory_kv: MemoryKV, num_samples: int) -> SamplingStep:
+    def _shared_step(self, memory_kv: MemoryKV, num_samples: int, differentiable: bool = False) -> SamplingStep:
         """:meth:`_cached_step` computed once per distinct prefix among the K rows of an input at each position
-        (:meth:`DecoderBlock.step_nodes`); the logits are each row's node's. Distinct prefixes only grow in number
+        (:meth:`DecoderBlock.step_nodes`); the logits are each row's node's (with ``differentiable``, through a
+        :class:`GrowingKVCache`, so that a row's gradient reaches its node). Distinct prefixes only grow in number
         along the code, so from the first position with more than ``SHARED_STEP_MAX_NODES`` of the rows distinct,
         every later one runs over the rows without looking."""
-        caches = [KVCache(k, v) for k, v in self._cache_tensors(memory_kv, num_samples, zeroed=False)]
+        caches: list[SelfAttentionCache]
+        if differentiable:
+            caches = [GrowingKVCache() for _ in self.decoder_blocks]
+        else:
+            caches = [KVCache(k, v) for k, v in self._cache_tensors(memory_kv, num_samples, zeroed=False)]
         qkv_weights = [block.self_attn.qkv_weight() for block in self.decoder_blocks]  # built once per call
         n = memory_kv[0][0].shape[0] * num_samples
         rows = torch.arange(n, device=self.pos.device)
