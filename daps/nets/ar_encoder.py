@@ -291,16 +291,22 @@ class ARTransformerEncoder(nn.Module):
 
         return step
 
-    def _cached_step(self, memory_kv: MemoryKV, num_samples: int, differentiable: bool = False) -> SamplingStep:
-        """One query per position against the keys so far: in a preallocated :class:`KVCache`, or, with
-        ``differentiable``, in a :class:`GrowingKVCache` that gradients flow through."""
+    def _sampling_state(
+        self, memory_kv: MemoryKV, num_samples: int, differentiable: bool
+    ) -> tuple[list[SelfAttentionCache], list[torch.Tensor]]:
+        """What one sampling call reuses at every position: each decoder layer's self-attention cache (a
+        :class:`KVCache`, or a :class:`GrowingKVCache` when gradients flow through it) and fused q/k/v weight."""
         caches: list[SelfAttentionCache]
         if differentiable:
             caches = [GrowingKVCache() for _ in self.decoder_blocks]
         else:
             caches = [KVCache(k, v) for k, v in self._cache_tensors(memory_kv, num_samples, zeroed=False)]
+        return caches, [block.self_attn.qkv_weight() for block in self.decoder_blocks]
 
-        qkv_weights = [block.self_attn.qkv_weight() for block in self.decoder_blocks]  # built once per call
+    def _cached_step(self, memory_kv: MemoryKV, num_samples: int, differentiable: bool = False) -> SamplingStep:
+        """One query per position against the keys so far: in a preallocated :class:`KVCache`, or, with
+        ``differentiable``, in a :class:`GrowingKVCache` that gradients flow through."""
+        caches, qkv_weights = self._sampling_state(memory_kv, num_samples, differentiable)
 
         def step(indices: torch.Tensor, pos: int) -> torch.Tensor:
             y = self.token_embed(_previous_tokens(indices, pos))[:, None] + self.pos[pos]  # (B*K, 1, E)
@@ -314,12 +320,7 @@ class ARTransformerEncoder(nn.Module):
         :class:`GrowingKVCache`, so that a row's gradient reaches its node). Distinct prefixes only grow in number
         along the code, so from the first position with more than ``SHARED_STEP_MAX_NODES`` of the rows distinct,
         every later one runs over the rows without looking."""
-        caches: list[SelfAttentionCache]
-        if differentiable:
-            caches = [GrowingKVCache() for _ in self.decoder_blocks]
-        else:
-            caches = [KVCache(k, v) for k, v in self._cache_tensors(memory_kv, num_samples, zeroed=False)]
-        qkv_weights = [block.self_attn.qkv_weight() for block in self.decoder_blocks]  # built once per call
+        caches, qkv_weights = self._sampling_state(memory_kv, num_samples, differentiable)
         n = memory_kv[0][0].shape[0] * num_samples
         rows = torch.arange(n, device=self.pos.device)
         state: dict[str, torch.Tensor | None] = {"node_of": None}  # each row's node at the previous position
