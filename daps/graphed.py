@@ -168,7 +168,8 @@ class GraphedStep:
             raise ValueError(f"GraphedStep needs at least 1 eager warm-up step, got {warmup}")
         self.model, self.optimizers, self.generator = model, optimizers, generator
         self.autocast, self.warmup = autocast, warmup
-        for module in model.modules():  # the whole pass: shapes that do not depend on the codes (daps.nets.prefixes)
+        # the whole pass: shapes that do not depend on the codes (daps.nets.prefixes)
+        for module in model.modules() if isinstance(model, torch.nn.Module) else ():
             if isinstance(module, ARTransformerEncoder):
                 module.share_prefixes = "off"
         self.calls = 0
