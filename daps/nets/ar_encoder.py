@@ -213,9 +213,8 @@ class ARTransformerEncoder(nn.Module):
         ``x (B, C, H, W)``, ``indices (K, B, T)`` int64 -> ``token_log_q (K, B, T)`` float32; sum over T for
         ``log q(z | x)``. Computed once per distinct prefix of the K codes of an input (``share_prefixes``,
         :meth:`_prefix_log_prob`) where that applies. ``clamp``: probabilities clamped to ``[eps, 1 - eps]`` as the
-        encoder's everywhere
-        (:func:`daps.functional.categorical_log_probs`); the priors over codes train and report the exact values.
-        ``conditioning``: :meth:`conditioning` of ``x``, if the caller has it.
+        encoder's everywhere (:func:`daps.functional.categorical_log_probs`); the priors over codes train and
+        report the exact values. ``conditioning``: :meth:`conditioning` of ``x``, if the caller has it.
         """
         k, b, t = indices.shape
         flat = indices.transpose(0, 1).reshape(b * k, t)  # (B*K, T) b-major
