@@ -16,7 +16,9 @@ sampled position is also given; ``teacher-forced``: the encoder's ``log_prob`` o
 backward and the optimizer step. Counted: every aten operation but metadata ones (views, transposes,
 ``_unsafe_view``...), allocations (``empty``...) and host reads (``_local_scalar_dense``). On the CPU a few
 operations dispatch differently from CUDA: the short-row softmax is five operations (one on CUDA) and attention
-has the CPU's kernels; ``--device cuda`` counts what CUDA dispatches.
+has the CPU's kernels; ``--device cuda`` counts what CUDA dispatches. The autoregressive encoder runs its whole
+pass, as on a GPU by default (``encoder.share_prefixes=cpu`` computes shared prefixes once on the CPU only; ``on``
+counts them).
 
 ``--revision REV`` counts the step of REV as well (its package and its ``benchmarks/run.py``, exported with
 ``git archive`` into a temporary folder as ``benchmarks/against_revision.py`` does), with this script's counting,
@@ -97,6 +99,9 @@ def count_step(preset: str, method: str, device_name: str, overrides: list[str])
     cfg = parse_overrides(cfg, applicable_overrides(cfg, overrides))
     model, optimizers, x, generator = setup(cfg, device)
     precision = cfg.train.precision
+    for module in model.modules():  # what a GPU runs by default: the whole pass (encoder.share_prefixes=cpu shares
+        if getattr(module, "share_prefixes", None) == "cpu":  # on the CPU only; absent before 22d9467)
+            module.share_prefixes = "off"
 
     def forward(step: int):
         with autocast(device, precision):
