@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "run.py"
 
@@ -391,6 +392,36 @@ def test_step_variants_times_each_variant_in_rounds_and_reports_the_ratios(metho
         assert variants.main([*bad, "--out", str(out)]) == 2
         assert capsys.readouterr().err.strip().count("\n") == 0
     assert out.read_bytes() == before
+
+
+def test_step_variants_start_from_a_run_and_say_how_much_its_codes_share(trained_run, tmp_path, monkeypatch, capsys):
+    """``--from RUN``: the run's weights in every variant of its method (checked: the eager model's weights are the
+    run's before its first step), a batch of its data, and the share of distinct (input, prefix) pairs in the report
+    (the first position is always shared: 1/K); a run of another method, or no run, is refused in one line."""
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))
+    variants = _load_script("benchmarks_step_variants", SCRIPT.parent / "step_variants.py")
+    loaded = []
+    original = variants.load_trained
+    monkeypatch.setattr(variants, "load_trained", lambda *a: loaded.append(original(*a)) or loaded[-1])
+    seen = []
+    monkeypatch.setattr(variants, "distinct_prefixes", lambda model, x, seed: seen.append(
+        {k: v.clone() for k, v in model.state_dict().items()}) or {"fraction": 0.5, "per_position": [0.25, 1.0]})
+    out = tmp_path / "from.json"
+    common = ["--rounds", "1", "--steps-per-window", "1", "--warmup", "1", "--threads", "1", *TINY_DAPS]
+    assert variants.main(["--variants", "eager,whole-pass", "--from", str(trained_run), "--out", str(out),
+                          *common]) == 0
+    weights, x = loaded[0]
+    assert all(torch.equal(seen[0][k], v) for k, v in weights.items()) and x.shape == (8, 1, 28, 28)
+    report = strict_json(out.read_text())
+    assert report["settings"]["from"] == str(trained_run) and report["distinct_prefixes"]["fraction"] == 0.5
+    assert "from the weights of" in out.with_suffix(".md").read_text()
+    fractions = original.__globals__["distinct_prefixes"](variants.build_method(
+        variants.parse_overrides(variants.get_preset("mnist"), TINY_DAPS), (1, 28, 28)), x, 0)
+    assert fractions["per_position"][0] == 0.25 and 0.25 <= fractions["fraction"] <= 1  # K = 4
+    capsys.readouterr()
+    for bad in (["--method", "vqvae", "--from", str(trained_run)], ["--from", str(tmp_path / "none")]):
+        assert variants.main(["--variants", "eager", *bad, "--out", str(tmp_path / "bad.json"), *common]) == 2
+        assert capsys.readouterr().err.strip().count("\n") == 0
 
 
 def test_freed_memory_benchmark_times_both_settings_in_fresh_processes(tmp_path, monkeypatch):
