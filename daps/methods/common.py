@@ -47,6 +47,10 @@ def build_likelihood(cfg: Config) -> Likelihood:
     return Gaussian(d.min_variance, d.max_variance)
 
 
+ONE_CODE_PER_INPUT = {"encoder.share_prefixes": "it samples one code per input: no prefix to share"}
+"""``MethodSpec.ignores`` of the methods whose autoregressive encoder never samples two codes of one input."""
+
+
 def build_ar_encoder(cfg: Config, image_shape: tuple[int, int, int]) -> ARTransformerEncoder:
     """The autoregressive cross-attention encoder of ``cfg.encoder`` (paper App. F; original:
     recognition_models/transformer_rec.py)."""

@@ -36,6 +36,7 @@ import daps.functional as DF
 from daps.config import Config, ScheduleConfig, check_positive, check_schedule, schedule
 from daps.errors import UserError
 from daps.methods.common import (
+    ONE_CODE_PER_INPUT,
     Likelihood,
     build_ar_encoder,
     build_decoder,
@@ -276,8 +277,7 @@ def _spec(name: str, summary: str, build, encoder: EncoderFamily) -> MethodSpec:
         cuda_graph=True,
         # the relaxed chain feeds each step its own one-hot, and evaluation samples: nothing is teacher-forced,
         # and no input has more than one code
-        ignores={"encoder.mask_token0": "its relaxed sampling chain teacher-forces nothing",
-                 "encoder.share_prefixes": "it samples one code per input: no prefix to share"}
+        ignores={"encoder.mask_token0": "its relaxed sampling chain teacher-forces nothing", **ONE_CODE_PER_INPUT}
         if encoder == "autoregressive" else {},
     )
 

@@ -43,6 +43,7 @@ import daps.functional as DF
 from daps.config import Config, ScheduleConfig, check_positive, check_schedule, schedule
 from daps.errors import UserError
 from daps.methods.common import (
+    ONE_CODE_PER_INPUT,
     Likelihood,
     build_ar_encoder,
     build_decoder,
@@ -293,5 +294,5 @@ PPO_SPEC = MethodSpec(
     presets={"cifar10": _natural_images, "imagenet256": _natural_images, "lafan1-h1": _motion},
     progress=("log_p", "kl"),
     cuda_graph=True,
-    ignores={"encoder.share_prefixes": "it samples one code per input: no prefix to share"},
+    ignores=dict(ONE_CODE_PER_INPUT),
 )

@@ -235,9 +235,13 @@ class Attention(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``x (N, L, E)`` -> q, k, v each ``(N, h, L, d)`` in one product with :meth:`qkv_weight` (passed in when
         it is reused across calls)."""
-        n, length, width = x.shape
         weight = self.qkv_weight() if qkv_weight is None else qkv_weight
-        qkv = F.linear(x, weight).view(n, length, self.num_heads, 3, width // self.num_heads)  # (N, L, h, 3, d)
+        return self.split_qkv(F.linear(x, weight))
+
+    def split_qkv(self, qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The product of :meth:`qkv_weight`, ``(N, L, 3E)`` -> q, k, v each ``(N, h, L, d)`` (views)."""
+        n, length, width = qkv.shape
+        qkv = qkv.view(n, length, self.num_heads, 3, width // (3 * self.num_heads))  # (N, L, h, 3, d)
         q, k, v = (t.transpose(1, 2) for t in qkv.unbind(3))  # each (N, h, L, d)
         return q, k, v
 
@@ -274,15 +278,22 @@ class Attention(nn.Module):
         The K samples of one input share its memory, so their queries are stacked as ``K*L`` rows.
         ``mask`` (optional): ``(B, 1, K*L, P)`` bool.
         """
-        n, length, width = x.shape
+        out = self.grouped_attention(self.q(x), k, v, num_samples, mask)  # (B*K, L, E)
+        return self.o(out) if residual is None else add_projected(residual, out, self.o)
+
+    def grouped_attention(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_samples: int, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """:meth:`attend_grouped` from projected queries ``q (B*K, L, E)``, before the output projection ->
+        ``(B*K, L, E)``."""
+        n, length, width = q.shape
         b, heads, d = n // num_samples, self.num_heads, width // self.num_heads
-        q = self.q(x).view(b, num_samples * length, heads, d).transpose(1, 2)  # (B, h, K*L, d)
+        q = q.view(b, num_samples * length, heads, d).transpose(1, 2)  # (B, h, K*L, d)
         if mask is not None:
             out = _masked_attention(q, k, v, mask)
         else:
             out = attention(q, k, v)  # (B, h, K*L, d)
-        out = out.transpose(1, 2).reshape(n, length, width)  # (B*K, L, E)
-        return self.o(out) if residual is None else add_projected(residual, out, self.o)
+        return out.transpose(1, 2).reshape(n, length, width)  # (B*K, L, E)
 
 
 class MLP(nn.Sequential):
@@ -347,16 +358,13 @@ class DecoderBlock(nn.Module):
         reads it."""
         n, t = shape
         width = y.shape[-1]
-        heads = self.self_attn.num_heads
-        qkv = F.linear(self.ln1(y), self.self_attn.qkv_weight())  # (M, 3E), head by head: (h, 3, d)
-        qkv = nodes.gather(qkv).view(n, t, heads, 3, width // heads)  # (N, T, h, 3, d)
-        q, k, v = (z.transpose(1, 2) for z in qkv.unbind(3))  # (N, h, T, d) each
+        attn, cross = self.self_attn, self.cross_attn
+        qkv = nodes.gather(F.linear(self.ln1(y), attn.qkv_weight()))  # (N*T, 3E): each node's at its entries
+        q, k, v = attn.split_qkv(qkv.view(n, t, -1))  # (N, h, T, d) each
         out = attention(q, k, v, causal=True).transpose(1, 2).reshape(n * t, width)  # (N*T, E)
-        y = add_projected(y, nodes.pick(out), self.self_attn.o)  # (M, E)
-        cross = self.cross_attn
-        q = nodes.gather(cross.q(self.ln2(y)))  # (N*T, E)
-        q = q.view(n // num_samples, num_samples * t, heads, width // heads).transpose(1, 2)  # (B, h, K*T, d)
-        out = attention(q, *memory_kv).transpose(1, 2).reshape(n * t, width)  # (N*T, E)
+        y = add_projected(y, nodes.pick(out), attn.o)  # (M, E)
+        q = nodes.gather(cross.q(self.ln2(y))).view(n, t, width)  # (N, T, E)
+        out = cross.grouped_attention(q, *memory_kv, num_samples).view(n * t, width)  # (N*T, E)
         y = add_projected(y, nodes.pick(out), cross.o)  # (M, E)
         return y + self.mlp(self.ln3(y))
 
@@ -403,10 +411,8 @@ class DecoderBlock(nn.Module):
         keys, values, masked = cache.update(k.index_select(0, node_of), v.index_select(0, node_of), pos)  # rows
         keys, values = keys.index_select(0, first), values.index_select(0, first)  # (M, h, L, d): the nodes' own
         y = attn.merge(one_query_attention(q, keys, values, masked), residual=y)  # (M, 1, E)
-        n, width = node_of.shape[0], y.shape[-1]
         q = cross.q(self.ln2(y)).index_select(0, node_of)  # (N, 1, E)
-        q = q.view(n // num_samples, num_samples, cross.num_heads, width // cross.num_heads).transpose(1, 2)
-        out = attention(q, *memory_kv).transpose(1, 2).reshape(n, 1, width).index_select(0, first)  # (M, 1, E)
+        out = cross.grouped_attention(q, *memory_kv, num_samples).index_select(0, first)  # (M, 1, E)
         y = add_projected(y, out, cross.o)
         return y + self.mlp(self.ln3(y))
 
