@@ -1,7 +1,7 @@
 """Where a training step's time goes, operator by operator: torch.profiler over a few steps at a preset.
 
     python benchmarks/profile_step.py [--preset mnist] [--method daps] [--steps 5] [--warmup 3] [--threads N]
-        [--top 15] [--out docs/benchmarks/profile-mnist.json] [--overwrite] [key=value ...]
+        [--top 15] [--out docs/benchmarks/profile-mnist.json] [--overwrite] [--from RUN] [key=value ...]
 
 Builds the model, optimizers and inputs as ``benchmarks/run.py`` (and so ``daps train``) does, runs ``--warmup``
 steps, then profiles ``--steps`` steps on the CPU: each operator's self time (its own kernels, not its callees) and
@@ -9,7 +9,10 @@ its share of the profiled time, the ``--top`` largest listed. For the matrix pro
 ``bmm``) the profiler's FLOP counts give their rate in GFLOP/s; the same run times a large square float32 matmul
 (2,048 x 2,048) on the same threads, the rate this CPU reaches when a product is big enough to keep it busy, so the
 step's products can be read as a share of it. Prints markdown, writes JSON (machine, torch, threads, commit,
-command) and the markdown next to it (``.md``).
+command) and the markdown next to it (``.md``). The inputs are random (binary at 13 % for MNIST, standard normal
+otherwise) and the weights fresh, unless ``--from RUN`` starts from that run's latest weights on a batch of its data
+(as ``benchmarks/step_variants.py --from`` does): a trained encoder's codes share more prefixes, which changes where
+the time goes (``encoder.share_prefixes``).
 """
 
 from __future__ import annotations
@@ -26,9 +29,11 @@ import torch
 
 # The suite's helpers (benchmarks/run.py; this script's folder is on sys.path when it runs).
 from run import add_freed_memory_arg, apply_freed_memory, git_revision, machine_info, setup, step_once
+from step_variants import load_trained
 from torch.profiler import ProfilerActivity, profile
 
 from daps import get_preset, parse_overrides
+from daps.checkpoint import resolve_checkpoint
 from daps.runfolder import write_text_atomic
 
 MATMULS = ("aten::mm", "aten::addmm", "aten::bmm")
@@ -56,6 +61,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--top", type=int, default=15, help="operators listed")
     parser.add_argument("--out", default="", help="JSON report (default benchmarks/results/profile-PRESET.json)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing report")
+    parser.add_argument("--from", dest="from_run", default="",
+                        help="a run folder of --method: its latest weights and a batch of its data")
     add_freed_memory_arg(parser)
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args(argv)
@@ -70,9 +77,17 @@ def main(argv: list[str] | None = None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    cfg = parse_overrides(get_preset(args.preset, args.method), args.overrides)
     device = torch.device("cpu")
+    try:
+        cfg = parse_overrides(get_preset(args.preset, args.method), args.overrides)
+        trained = load_trained(args.from_run, cfg, device) if args.from_run else None
+    except (ValueError, OSError) as err:  # daps's UserError included; OSError: --from's data not found
+        print(f"{parser.prog}: error: {err}", file=sys.stderr)
+        sys.exit(2)
     model, optimizers, x, generator = setup(cfg, device)
+    if trained is not None:
+        weights, x = trained
+        model.load_state_dict(weights)
     for _ in range(args.warmup):
         step_once(model, optimizers, x, 0, generator, cfg.train.precision)
     start = time.perf_counter()
@@ -99,6 +114,7 @@ def main(argv: list[str] | None = None) -> dict:
         "code": git_revision(),
         "machine": machine_info(device),
         "preset": args.preset, "method": args.method, "batch_size": cfg.train.batch_size, "steps": args.steps,
+        "from": args.from_run or None,
         "freed_memory_kept": kept,
         "step_ms_under_profiler": wall_ms,
         "profiled_ms_per_step": total_us / 1e3 / args.steps,
@@ -112,7 +128,9 @@ def main(argv: list[str] | None = None) -> dict:
     m = report["matmul"]
     lines = [
         f"# Where the time goes: {args.method} step at `{args.preset}` (B={cfg.train.batch_size}), "
-        f"{args.steps} profiled steps",
+        f"{args.steps} profiled steps, "
+        + (f"from the weights of `{args.from_run}` ({resolve_checkpoint(args.from_run).name}) on a batch of its data"
+           if args.from_run else "from fresh weights on random inputs"),
         "",
         "| operator | self ms per step | share | calls per step | GFLOP per step |",
         "|---|---|---|---|---|",

@@ -345,6 +345,34 @@ def test_profile_step_attributes_the_step_to_operators_and_counts_the_products(t
     assert refused.value.code == 2 and out.read_bytes() == before
 
 
+def test_profile_step_starts_from_a_run(trained_run, tmp_path, monkeypatch, capsys):
+    """``profile_step.py --from RUN`` profiles the run's latest weights (checked: the model's weights when the first
+    step starts are the run's) on a batch of its data, says so in the report, and refuses a run of another method
+    or no run in one line (exit 2), writing nothing."""
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))
+    profile_step = _load_script("benchmarks_profile_step_from", SCRIPT.parent / "profile_step.py")
+    monkeypatch.setattr(profile_step, "matmul_gflops", lambda threads: 1.0)
+    loaded, seen = [], []
+    original_load, original_step = profile_step.load_trained, profile_step.step_once
+    monkeypatch.setattr(profile_step, "load_trained", lambda *a: loaded.append(original_load(*a)) or loaded[-1])
+    monkeypatch.setattr(profile_step, "step_once", lambda model, opt, x, *a: seen.append(
+        ({k: v.clone() for k, v in model.state_dict().items()}, x)) or original_step(model, opt, x, *a))
+    out = tmp_path / "profile.json"
+    common = ["--steps", "1", "--warmup", "1", "--threads", "1", "--top", "3", *TINY_DAPS]
+    report = profile_step.main(["--from", str(trained_run), "--out", str(out), *common])
+    weights, x = loaded[0]
+    first, x_seen = seen[0]
+    assert all(torch.equal(first[k], v) for k, v in weights.items()) and x_seen is x and x.shape == (8, 1, 28, 28)
+    assert strict_json(out.read_text())["from"] == report["from"] == str(trained_run)
+    assert "from the weights of" in out.with_suffix(".md").read_text()
+    capsys.readouterr()
+    for bad in (["--method", "vqvae", "--from", str(trained_run)], ["--from", str(tmp_path / "none")]):
+        with pytest.raises(SystemExit) as refused:
+            profile_step.main([*bad, "--out", str(tmp_path / "bad.json"), *common])
+        assert refused.value.code == 2 and capsys.readouterr().err.strip().count("\n") == 0
+    assert not (tmp_path / "bad.json").exists()
+
+
 @pytest.mark.parametrize("script", ["prior_table.py", "resample_curves.py"])
 def test_long_benchmarks_keep_existing_results_without_overwrite(script, tmp_path):
     """``prior_table.py`` and ``resample_curves.py`` (hours of training) refuse a results folder that holds
