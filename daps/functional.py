@@ -221,16 +221,18 @@ def resample_indices(weights: torch.Tensor, uniforms: torch.Tensor, scheme: str,
     ceil(m w_k) times, and m w_k times in expectation, as with multinomial draws but with less spread. Either way
     ``E[(1/m) sum_j f(z_{i_j})] = sum_k w_k f(z_k)``: resampled weighted maximum likelihood is unbiased.
     """
+    # Positions and the CDF in float64: in float32, (u + m - 1) / m rounds up to 1 for u = 1 - 2^-24 (the largest
+    # uniform torch draws), which would pick the last sample whatever its weight.
     if scheme == "systematic":
-        offsets = torch.arange(m, device=weights.device, dtype=uniforms.dtype)[:, None]  # (m, 1)
-        positions = (uniforms[:1] + offsets) / m  # (m, B)
+        offsets = torch.arange(m, device=weights.device, dtype=torch.float64)[:, None]  # (m, 1)
+        positions = (uniforms[:1].double() + offsets) / m  # (m, B), each < 1
     elif scheme == "multinomial":
-        positions = uniforms  # (m, B)
+        positions = uniforms.double()  # (m, B)
     else:
         raise ValueError(f"unknown resampling scheme {scheme!r}")
     cdf = weights.float().cumsum(0).transpose(0, 1).contiguous()  # (B, K)
-    cdf = cdf / cdf[:, -1:]  # exactly 1 at the end
-    chosen = torch.searchsorted(cdf, positions.float().transpose(0, 1).contiguous(), right=True)  # (B, m)
+    cdf = (cdf / cdf[:, -1:]).double()  # exactly 1 at the end
+    chosen = torch.searchsorted(cdf, positions.transpose(0, 1).contiguous(), right=True)  # (B, m)
     return chosen.clamp_max(weights.shape[0] - 1).transpose(0, 1)  # (m, B)
 
 
