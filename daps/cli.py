@@ -131,6 +131,7 @@ def _parser() -> argparse.ArgumentParser:
         "--overwrite", action="store_true",
         help="replace an existing run folder (only a daps run folder; never the current, home or root folder)",
     )
+    p.add_argument("--out", help=argparse.SUPPRESS)  # the other commands' flag: refused with the key to use
     add_device_arg(p)
     add_threads_arg(p)
     add_memory_arg(p)
@@ -272,6 +273,8 @@ def _train(args: argparse.Namespace) -> int:
     from daps.data import dataset_spec
     from daps.train import stop_step, summarize, train
 
+    if args.out is not None:
+        raise UserError(f"daps train takes its run folder as train.out_dir={args.out}, not --out")
     cfg = parse_overrides(get_preset(args.preset, args.method), args.overrides)
     refuse_ignored(cfg, args.overrides)
     set_threads(args.threads)

@@ -331,6 +331,16 @@ later, always together with the marker)."""
 _CHECKPOINT_NAME = re.compile(r"step_\d{8}|latest")
 
 
+OWNED_SUBFOLDERS = {
+    "checkpoints": _CHECKPOINT_NAME,
+    "tensorboard": re.compile(r"events\.out\.tfevents\..+"),  # what torch's SummaryWriter writes
+    # what wandb.init(dir=RUN) writes into RUN/wandb, and the run id daps keeps there (loggers.WANDB_ID_FILE)
+    "wandb": re.compile(r"(offline-)?run-\d{8}_\d{6}-.+|latest-run|debug(-internal|-cli\..+)?\.log|daps_run_id"),
+}
+"""The subfolders of an output folder whose contents daps (or the logger it runs) names: ``--overwrite`` empties
+them of those names only, and keeps anything else a user put there."""
+
+
 def _is_checkpoint_folder(folder: Path) -> bool:
     """Whether ``folder`` holds only what daps's checkpointing writes: ``step_XXXXXXXX`` folders, ``latest`` and
     their temporaries (a ``checkpoints`` folder of the user's own, beside a daps config, is not a run's)."""
@@ -427,12 +437,34 @@ def clear_folder(folder: Path, kind: str, what: str, entries: Collection[str]) -
     for path in sorted(folder.iterdir()):
         if path.name in (LOCK, MARKER):
             continue
-        if path.name in entries or is_temporary(path.name):
+        owned = OWNED_SUBFOLDERS.get(path.name) if path.name in entries else None
+        if owned is not None and path.is_dir() and not path.is_symlink() and _foreign(path, owned):
+            kept += _clear_subfolder(path, owned)  # (else removed whole, as a kill halfway has always left it)
+        elif path.name in entries or is_temporary(path.name):
             _remove(path)
         else:
             kept.append(path.name)
     if kept:
         log.warning("%s: kept %s, which daps did not write there", folder, ", ".join(kept))
+
+
+def _foreign(folder: Path, names: re.Pattern) -> bool:
+    """Whether ``folder`` holds an entry whose name neither matches ``names`` nor is one of daps's temporaries."""
+    return any(not (names.fullmatch(p.name) or is_temporary(p.name)) for p in folder.iterdir())
+
+
+def _clear_subfolder(folder: Path, names: re.Pattern) -> list[str]:
+    """Delete from ``folder`` (one of :data:`OWNED_SUBFOLDERS`) the entries whose names match ``names`` and daps's
+    temporaries, and ``folder`` itself if that empties it; returns what it kept (``folder/name``), the user's."""
+    kept = []
+    for path in sorted(folder.iterdir()):
+        if names.fullmatch(path.name) or is_temporary(path.name):
+            _remove(path)
+        else:
+            kept.append(f"{folder.name}/{path.name}")
+    if not kept:
+        folder.rmdir()
+    return kept
 
 
 def missing_folders(folder: str | Path) -> list[Path]:

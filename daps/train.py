@@ -126,7 +126,7 @@ def _check_same_kind(run_dir: Path, saved_cfg: Config, cfg: Config) -> None:
     for key, flag in (("method", "--method"), ("preset", "--preset")):
         saved, new = getattr(saved_cfg, key), getattr(cfg, key)
         if saved != new:
-            raise UserError(f"cannot resume {run_dir}: it is a {saved} run ({key}), and this command trains {new}; "
+            raise UserError(f"cannot resume {run_dir}: its {key} is {saved}, and this command's is {new}; "
                             f"resume it with {flag} {saved}")
 
 
@@ -142,6 +142,13 @@ def _check_same_config(run_dir: Path, saved_cfg: Config, cfg: Config, report: bo
             "train.steps changed on resume (%s -> %s): schedules that follow the run length (beta) are re-timed",
             saved_cfg.train.steps, cfg.train.steps,
         )
+    # The other settings a resume may change, said too: a command that does not repeat the run's own values
+    # (train.eval_examples=100, say) resumes with the preset's, and the run's history would mix them unseen.
+    others = config_differences(saved_cfg, cfg, ignore=unread | {"train.steps", "train.out_dir"})
+    if others and report:
+        diffs = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in sorted(others.items()))
+        log.warning("resuming with settings changed from the run's (%s); repeat them on the command line to keep "
+                    "the run's values", diffs)
 
 
 def prepare_run_dir(cfg: Config, resume: bool, overwrite: bool, report: bool = True) -> RunPlan:
@@ -167,6 +174,8 @@ def prepare_run_dir(cfg: Config, resume: bool, overwrite: bool, report: bool = T
         check_replaceable(run_dir, "train", "train.out_dir")
         return RunPlan(clear_first=True)
     if not is_output_folder(run_dir, "train"):
+        if run_dir.is_symlink():  # is_output_folder never follows one (--overwrite would replace the target)
+            raise OutputFolderError(f"train.out_dir {run_dir} is a symbolic link; name the run folder itself")
         raise OutputFolderError(
             f"train.out_dir {run_dir} exists and is not a daps run folder; choose another folder"
         )
@@ -248,7 +257,8 @@ def _diverged(run_dir: Path, step: int, why: str) -> TrainingDiverged:
     ckpts = list_checkpoints(run_dir)  # newest first
     last = f"its last checkpoint, {ckpts[0]}, is intact" if ckpts else "it has no checkpoint"
     return TrainingDiverged(
-        f"training diverged at step {step}: {why}; {last}. Lower optim.lr (or check the data) and start again"
+        f"training diverged at step {step}: {why}; {last}. Lower optim.lr (or check the data) and start again "
+        "(with --overwrite where the run's folder is kept: it holds what the run logged)"
     )
 
 
@@ -285,6 +295,7 @@ def train(
     check_logger(cfg.train.logger)  # a missing tensorboard / wandb package
     prepare_run_dir(cfg, resume, overwrite, report=False)  # refuse what cannot work before touching anything
     created = missing_folders(run_dir)  # what this call adds: the run folder, and its parents that are missing
+    was_empty = not has_content(run_dir)  # new, or an empty folder of the user's: to be left as it was on failure
     lock, refusal = None, None
     try:
         if dist.is_main():
@@ -297,15 +308,17 @@ def train(
             raise OutputFolderError(refusal)
         return _train(cfg, resume, overwrite, device, rank, world)
     except Exception:
-        if lock is not None and created and _nothing_trained(run_dir):
-            # a folder this call made, failed before its first logged row (e.g. out of memory at the first step):
-            # what it wrote is only the setup, so that the corrected command needs neither --resume nor --overwrite
+        if lock is not None and was_empty and _nothing_trained(run_dir):
+            # a folder this call made (or found empty), failed before its first logged row (e.g. out of memory at
+            # the first step): what it wrote is only the setup, so that the corrected command needs neither
+            # --resume nor --overwrite
             clear_folder(run_dir, "train", "train.out_dir", RUN_ENTRIES)
         raise
     finally:
         if lock is not None:
             lock.release()
-            if created and not has_content(run_dir):  # failed before writing anything: leave no folder behind
+            if was_empty and not has_content(run_dir):  # failed before writing anything: leave the folder as it
+                # was (gone if this call made it; empty, without daps's marker and lock, if the user did)
                 for name in (MARKER, LOCK):
                     (run_dir / name).unlink(missing_ok=True)
                 remove_empty_folders(created)

@@ -341,6 +341,29 @@ def test_resume_a_moved_run_folder(copy_run, trained_run, tiny_overrides, capsys
     assert json.loads((run / "summary.json").read_text())["step"] == 8
 
 
+def test_resume_names_every_setting_it_changes(copy_run, tiny_overrides, caplog, no_plots):
+    """A resume may change the settings of ``RESUMABLE_CHANGES`` (how often to log, evaluate, checkpoint...), and a
+    command that does not repeat the run's own values takes the preset's: each change is named in one warning, so
+    a run's history does not mix them unseen; the same command with nothing changed warns of nothing."""
+    from daps.train import RESUMABLE_CHANGES
+
+    run = copy_run("changed")
+    assert "train.eval_examples" in RESUMABLE_CHANGES and "train.ckpt_every" in RESUMABLE_CHANGES
+    with caplog.at_level("WARNING", logger="daps"):
+        assert main(["train", "--resume", *tiny_overrides, f"train.out_dir={run}"]) == 0
+    assert "resuming with settings changed" not in caplog.text
+    caplog.clear()
+    saved = json.loads((run / "config.json").read_text())["train"]
+    with caplog.at_level("WARNING", logger="daps"):
+        assert main(["train", "--resume", *tiny_overrides, "train.steps=8", f"train.out_dir={run}",
+                     f"train.eval_examples={saved['eval_examples'] + 1}",
+                     f"train.ckpt_every={saved['ckpt_every'] + 1}"]) == 0
+    (line,) = [r.getMessage() for r in caplog.records if "resuming with settings changed" in r.getMessage()]
+    assert f"train.eval_examples: {saved['eval_examples']} -> {saved['eval_examples'] + 1}" in line, line
+    assert f"train.ckpt_every: {saved['ckpt_every']} -> {saved['ckpt_every'] + 1}" in line, line
+    assert "train.steps" not in line  # its own warning says what it re-times
+
+
 def test_resume_past_the_end_is_refused(copy_run, tiny_overrides, capsys, caplog):
     run = copy_run("past")
     before = sorted(p.name for p in (run / "checkpoints").iterdir())

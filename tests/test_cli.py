@@ -313,8 +313,15 @@ def test_resume_with_another_method_names_the_runs_method(trained_run, capsys, t
             f"train.out_dir={trained_run}", "--resume"]
     assert main(argv) == 2
     line = error_line(capsys, "train")
-    assert "it is a daps run (method), and this command trains vqvae; resume it with --method daps" in line, line
+    assert "its method is daps, and this command's is vqvae; resume it with --method daps" in line, line
     assert snapshot(trained_run) == before
+
+
+def test_train_given_out_names_the_key_it_takes(tmp_path, capsys, tiny_overrides):
+    """``daps train --out DIR`` (every other command's flag): one line naming ``train.out_dir=DIR``, nothing made."""
+    assert main(["train", *tiny_overrides, "--out", str(tmp_path / "run")]) == 2
+    assert f"train.out_dir={tmp_path / 'run'}, not --out" in error_line(capsys, "train")
+    assert not (tmp_path / "run").exists()
 
 
 def test_resume_of_a_folder_that_is_not_a_run_is_refused(tmp_path, capsys, tiny_overrides):
@@ -449,7 +456,8 @@ def test_the_readme_command_block_lists_every_flag():
     for entry in entries:
         name, command, _ = command_parser(entry.words)
         documented = set(re.findall(r"(--[a-z][a-z0-9-]*)", entry.text))
-        options = {o for a in command._actions for o in a.option_strings if o.startswith("--")}
+        options = {o for a in command._actions if a.help != argparse.SUPPRESS  # not hidden ones (train's --out)
+                   for o in a.option_strings if o.startswith("--")}
         actual = options - {"--help", "--device"}
         memory = {"--keep-freed-memory", "--no-keep-freed-memory"}
         assert (memory <= actual) == bool({"--threads", "--device"} & options) and not memory & documented, name

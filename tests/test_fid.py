@@ -591,3 +591,26 @@ def test_val_pairs_compares_the_reconstructions_with_their_originals():
     fids = [evaluate(_StandIn(identity), TensorEvalSet(images, 16), fid=FIDSetup(net, "val-pairs"))["fid"]
             for identity in (True, False)]
     assert abs(fids[0]) < 1e-6 and fids[1] > 0.1, fids
+
+
+def test_a_weights_file_that_is_not_a_state_dict_is_refused_in_one_line(tmp_path):
+    """A PNG, a pickled object that is more than tensors, and a truncated torch file given as FID weights: one line
+    each, naming the file, and never torch's advice to load with ``weights_only=False`` (which runs the file's code)."""
+    import argparse
+
+    from daps.errors import UserError
+
+    png = tmp_path / "mine.png"
+    png.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(64))
+    pickled = tmp_path / "object.pth"
+    torch.save(argparse.Namespace(weights=torch.zeros(2)), pickled)
+    truncated = tmp_path / "cut.pth"
+    buffer = io.BytesIO()
+    torch.save({"w": torch.zeros(1000)}, buffer)
+    truncated.write_bytes(buffer.getvalue()[:200])
+    for path in (png, pickled, truncated):
+        with pytest.raises(UserError) as refused:
+            load_fid_inception(path)
+        message = str(refused.value)
+        assert str(path) in message and "not a readable PyTorch state dict" in message, message
+        assert "\n" not in message and "weights_only" not in message, message

@@ -149,6 +149,10 @@ def test_overwrite_refuses_a_symlink_to_a_run(copy_run, tmp_path, capsys, tiny_o
     assert main(["train", *tiny_overrides, f"train.out_dir={link}", "--overwrite"]) == 2
     assert "symbolic link" in error_line(capsys)
     assert snapshot(run) == before
+    for flag in ("--resume", None):  # named as a link (it was "not a daps run folder" for --resume)
+        assert main(["train", *tiny_overrides, f"train.out_dir={link}", *([flag] if flag else [])]) == 2
+        assert "is a symbolic link" in error_line(capsys)
+    assert snapshot(run) == before
 
 
 def test_overwrite_replaces_a_run_made_before_the_marker_existed(copy_run, trained_run, tiny_overrides, no_plots):
@@ -182,6 +186,51 @@ def test_overwrite_deletes_what_the_run_wrote_and_keeps_what_the_user_added(copy
     assert main(["train", *tiny_overrides, f"train.out_dir={run}", "--resume"]) == 0
     assert (run / "NOTES.md").read_text() == "what I tried\n" and snapshot(mine) == kept
     assert same_weights(run, trained_run)
+
+
+def test_overwrite_keeps_what_the_user_put_inside_the_runs_own_subfolders(copy_run, trained_run, tiny_overrides,
+                                                                           no_plots, caplog):
+    """Inside ``checkpoints/``, ``tensorboard/`` and ``wandb/`` only the names daps or its logger writes are deleted
+    by ``--overwrite`` (a checkpoint kept under a name of the user's, notes, another tool's file stay, and the log
+    names them); a subfolder left empty goes."""
+    import shutil
+
+    run = copy_run()
+    shutil.copytree(run / CKPT_DIR / list_checkpoints(run)[0].name, run / CKPT_DIR / "best_model")
+    (run / CKPT_DIR / "my_notes.txt").write_text("the best one\n")
+    (run / "tensorboard").mkdir(exist_ok=True)
+    (run / "tensorboard" / "events.out.tfevents.1700000000.host.1.0").touch()  # as a logged run has
+    (run / "tensorboard" / "mynote.txt").write_text("mine\n")
+    (run / "wandb" / "run-20261207_101010-abc").mkdir(parents=True)  # as wandb.init(dir=RUN) writes
+    (run / "wandb" / "daps_run_id").write_text("daps0123\n")
+    (run / "wandb" / "README").write_text("mine\n")
+    best = snapshot(run / CKPT_DIR / "best_model")
+    with caplog.at_level("WARNING", logger="daps"):
+        assert main(["train", *tiny_overrides, f"train.out_dir={run}", "--overwrite"]) == 0
+    for name in ("checkpoints/best_model", "checkpoints/my_notes.txt", "tensorboard/mynote.txt", "wandb/README"):
+        assert name in caplog.text, name
+    assert snapshot(run / CKPT_DIR / "best_model") == best
+    assert (run / CKPT_DIR / "my_notes.txt").read_text() == "the best one\n"
+    assert sorted(p.name for p in (run / "tensorboard").iterdir()) == ["mynote.txt"]
+    assert sorted(p.name for p in (run / "wandb").iterdir()) == ["README"]
+    assert same_weights(run, trained_run)
+    for path in (run / CKPT_DIR / "my_notes.txt", run / "tensorboard" / "mynote.txt", run / "wandb" / "README"):
+        path.unlink()
+    shutil.rmtree(run / CKPT_DIR / "best_model")
+    assert main(["train", *tiny_overrides, f"train.out_dir={run}", "--overwrite"]) == 0
+    assert not (run / "tensorboard").exists() and not (run / "wandb").exists()  # emptied, then removed
+
+
+def test_a_refused_run_leaves_an_empty_folder_of_the_users_as_it_was(tmp_path, capsys, tiny_overrides):
+    """A folder the user made and left empty, named as ``train.out_dir`` of a run refused once its folder is locked
+    (missing data): it stays, empty, without daps's lock or marker (they were left there)."""
+    out = tmp_path / "mine"
+    out.mkdir()
+    argv = ["train", *tiny_overrides, f"data.data_dir={tmp_path / 'nowhere'}", f"train.out_dir={out}"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "nowhere" in err, err
+    assert out.is_dir() and sorted(p.name for p in out.iterdir()) == []
 
 
 @pytest.mark.parametrize("then", ["--resume", "--overwrite"])

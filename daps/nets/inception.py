@@ -240,8 +240,12 @@ def _load_state_dict(files: list[Path]) -> dict[str, torch.Tensor]:
     for f in files:
         try:
             part = torch.load(f, map_location="cpu", weights_only=True)
-        except (RuntimeError, KeyError, EOFError, pickle.UnpicklingError) as err:  # truncated or not a torch file
-            raise UserError(f"{f}: not a readable PyTorch state dict ({type(err).__name__}: {err})") from None
+        except pickle.UnpicklingError:  # torch's text for it (several lines) suggests weights_only=False: unsafe
+            raise UserError(f"{f}: not a readable PyTorch state dict (not a file torch.save wrote, or one holding "
+                            "more than tensors; daps loads weights only)") from None
+        except (RuntimeError, KeyError, EOFError) as err:  # truncated or not a torch file
+            detail = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            raise UserError(f"{f}: not a readable PyTorch state dict ({type(err).__name__}: {detail})") from None
         if not isinstance(part, dict):
             # A wrong file is bad user input, reported like the key mismatches below.
             raise UserError(f"{f}: expected a state dict, got {type(part).__name__}")  # noqa: TRY004
