@@ -317,7 +317,10 @@ def test_training_still_has_gradients(model):
         (lambda: images(1)[0], r"one image \(1, 28, 28\); pass a batch"),
         (lambda: images(3, (1, 32, 32)), r"\(1, 32, 32\), but this model takes \(1, 28, 28\)"),
         (lambda: images(3, (3, 28, 28)), r"\(3, 28, 28\), but this model takes"),
-        (lambda: images(3).view(3, 784), r"batch of images \(B, C, H, W\), got shape \(3, 784\)"),
+        (lambda: images(3).view(3, 784), r"batch of images \(B, C, H, W\), got shape \(3, 784\); this model takes "
+                                         r"\(B, 1, 28, 28\)"),
+        (lambda: images(3).view(3, 28, 28), r"x \(3, 28, 28\) lacks the channel axis; this model takes "
+                                            r"\(B, 1, 28, 28\): pass x\.unsqueeze\(1\)"),  # motion windows, say
         (lambda: images(0), r"non-empty batch"),
         (lambda: (images(3) * 255).to(torch.uint8), r"must be floating point .* got torch\.uint8"),
         (lambda: images(3).double(), r"torch\.float64 but the model's parameters are torch\.float32"),

@@ -272,6 +272,10 @@ def check_like_parameters(model: nn.Module, t: torch.Tensor, name: str, dtype: b
                          f"{name}.to({str(param.device)!r})")
 
 
+def _dims(shape: tuple[int, ...]) -> str:
+    return ", ".join(str(d) for d in shape)
+
+
 def check_images(model: nn.Module, x: torch.Tensor, generator: object = None) -> None:
     """``ValueError`` unless ``x`` is a batch ``(B, C, H, W)`` of the model's images, in its parameters' dtype, and
     ``generator`` is None or a ``torch.Generator`` on ``x``'s device."""
@@ -281,8 +285,13 @@ def check_images(model: nn.Module, x: torch.Tensor, generator: object = None) ->
     shape = tuple(x.shape)
     if spec is not None and shape == spec.image_shape:
         raise ValueError(f"x is one image {shape}; pass a batch (B, C, H, W), e.g. x[None] or x.unsqueeze(0)")
+    if spec is not None and x.dim() == 3 and shape[1:] == spec.image_shape[1:] and spec.image_shape[0] == 1:
+        # e.g. motion windows (B, 32, 86) as load_motion_data returns them, for a model of (1, 32, 86) inputs
+        raise ValueError(f"x {shape} lacks the channel axis; this model takes (B, {_dims(spec.image_shape)}): "
+                         "pass x.unsqueeze(1)")
     if x.dim() != 4 or x.shape[0] == 0:
-        raise ValueError(f"x must be a non-empty batch of images (B, C, H, W), got shape {shape}")
+        raise ValueError(f"x must be a non-empty batch of images (B, C, H, W), got shape {shape}"
+                         + (f"; this model takes (B, {_dims(spec.image_shape)})" if spec is not None else ""))
     if spec is not None and shape[1:] != spec.image_shape:
         raise ValueError(f"x has images of shape (C, H, W) = {shape[1:]}, but this model takes {spec.image_shape}")
     if not x.is_floating_point():
