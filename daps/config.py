@@ -385,9 +385,10 @@ def validate(cfg: Config) -> None:
         raise UserError(f"data.image_shape must be three positive sizes C,H,W, got {cfg.data.image_shape}")
     if t.fid not in ("none", "val-pairs", "reference"):
         raise UserError(f"train.fid must be none, val-pairs or reference, got {t.fid!r}")
-    if t.fid != "none":
-        from daps.data import check_fid_images  # the data registry builds on this module
+    from daps.data import check_fid_images, check_folder_shape  # the data registry builds on this module
 
+    check_folder_shape(cfg.data.name, cfg.data.image_shape)  # before FID's "RGB" (a gray folder shape, say)
+    if t.fid != "none":
         check_fid_images(cfg.data.name, cfg.data.image_shape, f"train.fid={t.fid}")
     if t.fid == "reference" and not t.fid_reference:
         raise UserError("train.fid=reference needs train.fid_reference (a statistics .npz from daps fid-stats)")

@@ -691,6 +691,18 @@ def test_fid_of_motion_says_fid_is_for_images(tmp_path, capsys):
     assert "FID compares images; lafan1-h1 holds windows" in err and "channel" not in err
 
 
+@pytest.mark.parametrize("shape", ["1,64,64", "3,64,32"])
+def test_a_folder_dataset_of_another_shape_names_the_shape_not_fid(shape, tmp_path, capsys):
+    """A folder dataset's images are cropped to (3, R, R): another ``data.image_shape`` is named as such before
+    the preset's FID (which would have said "needs RGB images"), with nothing written."""
+    argv = ["train", "--preset", "imagenet256", "data.name=imagefolder", f"data.image_shape={shape}",
+            f"train.out_dir={tmp_path / 'run'}"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "data.image_shape must be (3, R, R) for a folder dataset" in err, err
+    assert not (tmp_path / "run").exists()
+
+
 def test_render_size_is_capped_before_the_run_is_read(tmp_path, capsys):
     argv = ["render", str(tmp_path / "no-run"), "--out", str(tmp_path / "v.mp4"), "--size", "100000"]
     assert main(argv) == 2

@@ -56,6 +56,7 @@ from daps.errors import UserError
 
 __all__ = [
     "check_fid_images",
+    "check_folder_shape",
     "DATASETS",
     "DatasetSpec",
     "ImageSet",
@@ -261,6 +262,14 @@ def dataset_spec(name: str) -> DatasetSpec:
     return DATASETS[name]
 
 
+def check_folder_shape(name: str, image_shape: tuple[int, ...] | list[int]) -> None:
+    """A :class:`UserError` when ``name`` is a folder dataset (read from image files) and ``image_shape`` is not the
+    (3, R, R) its RGB images are cropped and resized to."""
+    if dataset_spec(name).root is not None and (len(image_shape) != 3 or image_shape[0] != 3
+                                                 or image_shape[1] != image_shape[2]):
+        raise UserError(f"{name}: data.image_shape must be (3, R, R) for a folder dataset, got {tuple(image_shape)}")
+
+
 def check_fid_images(name: str, image_shape: tuple[int, ...] | list[int] | None, setting: str) -> None:
     """A :class:`UserError` naming ``setting`` (e.g. ``--fid val-pairs``) when dataset ``name`` with examples of
     ``image_shape`` cannot have an FID: it holds no images (motion, features) or no RGB ones (not checked while
@@ -330,9 +339,7 @@ def folder_dataset(
     data/utils/transforms.py)."""
     spec = dataset_spec(name)
     check_split(split)
-    channels, height, width = image_shape
-    if channels != 3 or height != width:
-        raise UserError(f"{name}: data.image_shape must be (3, R, R) for a folder dataset, got {tuple(image_shape)}")
+    check_folder_shape(name, image_shape)
     if spec.root is None:
         raise UserError(f"{name} is held in memory; use load_dataset()")
     root = spec.root(data_dir or None)
@@ -343,7 +350,7 @@ def folder_dataset(
         root = root / ("train" if split == "train" else "val")
         if not root.is_dir():
             raise FileNotFoundError(f"{name}: {root} is missing (need train/ and val/ class folders)")
-    return ImageFolderDataset(root, height, train=train, seed=seed, classes=classes)
+    return ImageFolderDataset(root, image_shape[1], train=train, seed=seed, classes=classes)  # R
 
 
 class TrainBatches:
