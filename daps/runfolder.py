@@ -328,7 +328,7 @@ LEGACY_RUN_ENTRIES = frozenset({
 """What a training run wrote into its folder before the marker existed (the other :data:`RUN_ENTRIES` came
 later, always together with the marker)."""
 
-_CHECKPOINT_NAME = re.compile(r"step_\d{8}|latest")
+_CHECKPOINT_NAME = re.compile(r"step_\d{8,}|latest")  # 8 digits, more past step 99,999,999
 
 
 OWNED_SUBFOLDERS = {

@@ -198,6 +198,7 @@ def test_overwrite_keeps_what_the_user_put_inside_the_runs_own_subfolders(copy_r
     run = copy_run()
     shutil.copytree(run / CKPT_DIR / list_checkpoints(run)[0].name, run / CKPT_DIR / "best_model")
     (run / CKPT_DIR / "my_notes.txt").write_text("the best one\n")
+    (run / CKPT_DIR / "step_100000000").mkdir()  # daps's name past 99,999,999 steps: deleted, not kept
     (run / "tensorboard").mkdir(exist_ok=True)
     (run / "tensorboard" / "events.out.tfevents.1700000000.host.1.0").touch()  # as a logged run has
     (run / "tensorboard" / "mynote.txt").write_text("mine\n")
@@ -209,7 +210,8 @@ def test_overwrite_keeps_what_the_user_put_inside_the_runs_own_subfolders(copy_r
         assert main(["train", *tiny_overrides, f"train.out_dir={run}", "--overwrite"]) == 0
     for name in ("checkpoints/best_model", "checkpoints/my_notes.txt", "tensorboard/mynote.txt", "wandb/README"):
         assert name in caplog.text, name
-    assert snapshot(run / CKPT_DIR / "best_model") == best
+    assert snapshot(run / CKPT_DIR / "best_model") == best and "step_100000000" not in caplog.text
+    assert not (run / CKPT_DIR / "step_100000000").exists()
     assert (run / CKPT_DIR / "my_notes.txt").read_text() == "the best one\n"
     assert sorted(p.name for p in (run / "tensorboard").iterdir()) == ["mynote.txt"]
     assert sorted(p.name for p in (run / "wandb").iterdir()) == ["README"]
