@@ -215,31 +215,38 @@ def test_dfm_guidance_and_temperature_follow_their_formula(monkeypatch):
         assert (wrong - expected).abs().max() > 0.02
 
 
-def test_ar_guidance_and_temperature_give_the_product_of_guided_conditionals():
+@pytest.mark.parametrize(("scale", "tau", "n", "tolerance", "controls"), [
+    (8.0, 0.8, 100_000, 0.01, ("anti-guidance",)),  # peaked, label-dependent conditionals
+    (0.3, 0.5, 40_000, 0.02, ("anti-guidance", "untempered")),  # broad ones, where tempering shows
+])
+def test_ar_guidance_and_temperature_give_the_product_of_guided_conditionals(scale, tau, n, tolerance, controls):
     """Two tokens of V = 3: sampled frequencies match the exact law prod_t softmax((u_t + w (c_t - u_t)) / tau)
-    computed from teacher-forced conditionals; anti-guidance (c and u swapped) is a law the check tells apart."""
+    computed from teacher-forced conditionals; anti-guidance (c and u swapped) and, with broad conditionals, the
+    untempered law (the guided branch of the sampler leaving out the temperature) are laws the check tells apart
+    (with peaked ones the tempered and untempered laws are within its tolerance of each other)."""
     torch.manual_seed(0)
     model = ARPrior(num_tokens=2, vocab_size=3, num_classes=2, width=16, num_layers=1, num_heads=2).eval()
     with torch.no_grad():
-        model.head.weight.mul_(8.0)  # peaked, label-dependent conditionals
+        model.head.weight.mul_(scale)
     seqs = torch.tensor(list(itertools.product(range(3), repeat=2)))  # (9, 2)
-    w, tau, label = 2.0, 0.8, 1
+    w, label = 2.0, 1
 
-    def law(c_weight: float) -> torch.Tensor:
+    def law(c_weight: float, temperature: float) -> torch.Tensor:
         with torch.no_grad():
             def log_cond(y: int) -> torch.Tensor:
                 flat, logits = model._teacher_forced(torch.full((9,), y), seqs[None])
                 return torch.log_softmax(logits.double(), -1)  # (9, T, V)
             c, u = log_cond(label), log_cond(2)
-            g = torch.log_softmax((u + c_weight * (c - u)) / tau, -1)
+            g = torch.log_softmax((u + c_weight * (c - u)) / temperature, -1)
         return g.gather(-1, seqs[..., None]).squeeze(-1).sum(-1).exp()  # (9,)
 
-    n = 100_000
     out = model.generate(torch.full((n,), label), w, tau, torch.Generator().manual_seed(0))
     freq = torch.bincount(out[:, 0] * 3 + out[:, 1], minlength=9).double() / n
-    expected, anti = law(w), law(1 - w)
-    assert float((freq - expected).abs().sum() / 2) < 0.01
-    assert float((anti - expected).abs().sum() / 2) > 0.05
+    expected = law(w, tau)
+    assert float((freq - expected).abs().sum() / 2) < tolerance
+    wrong = {"anti-guidance": law(1 - w, tau), "untempered": law(w, 1.0)}
+    for name in controls:
+        assert float((wrong[name] - expected).abs().sum() / 2) > 0.05, name
 
 
 # -- the AR prior learns a known distribution ---------------------------------------------------------------
