@@ -113,7 +113,7 @@ def test_a_link_to_a_run_is_not_itself_a_run_folder(copy_run, tmp_path, capsys, 
     assert is_output_folder(run, "train") and not is_output_folder(link, "train")
     before = _snapshot(run)
     assert main(["train", *tiny_overrides, f"train.out_dir={link}", "--resume"]) == 2
-    assert "not a daps run folder" in capsys.readouterr().err
+    assert "is a symbolic link; name the run folder itself" in capsys.readouterr().err
     assert _snapshot(run) == before
 
 
