@@ -146,8 +146,10 @@ def _sample_root(data_dir: PathLike | None) -> Path:
     if tar is None:
         looked = ", ".join(str(p.parent) for p in candidates) or f"(no data folder given and ${ENV_VAR} unset)"
         raise FileNotFoundError(f"imagenet256-sample: {name} not found in {looked}. Fix: {DATA_DIR_FIX}")
-    # keyed by content: a replaced tar (a fresh download of a damaged copy) is unpacked anew
-    return unpack_imagenet_sample(tar, cache_root() / "imagenet_sample_256" / f"{tar.stem}.{file_key(tar)}")
+    # keyed by its whole content (28 MB; hashed in well under a second): a replaced tar (a fresh download of a
+    # damaged copy) is unpacked anew, even where it differs only in the middle
+    key = file_key(tar, whole_up_to=1 << 30)
+    return unpack_imagenet_sample(tar, cache_root() / "imagenet_sample_256" / f"{tar.stem}.{key}")
 
 
 def _given_root(data_dir: PathLike | None) -> Path:

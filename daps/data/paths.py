@@ -118,16 +118,21 @@ def md5(path: Path) -> str:
     return file_digest(path, "md5")
 
 
-def file_key(path: Path) -> str:
-    """Content key of a (large) file, cheap to compute: hash of its size, first and last MiB. The last MiB
-    of an .npz holds the zip directory with every member's CRC-32, so any content change alters the key; a tar's
-    size and ends change with its members."""
+def file_key(path: Path, whole_up_to: int = 0) -> str:
+    """Content key of a (large) file, cheap to compute: hash of its size, first and last MiB, or of its whole
+    content when it is at most ``whole_up_to`` bytes. The last MiB of an .npz holds the zip directory with every
+    member's CRC-32, so any content change alters its key; a tar has no such directory (a member changed in place
+    keeps its size and both ends), so tars are keyed by their whole content."""
     size = path.stat().st_size
     h = hashlib.sha256(str(size).encode())
     with open(path, "rb") as f:
-        h.update(f.read(1 << 20))
-        f.seek(max(0, size - (1 << 20)))
-        h.update(f.read(1 << 20))
+        if size <= whole_up_to:
+            for block in iter(lambda: f.read(1 << 24), b""):
+                h.update(block)
+        else:
+            h.update(f.read(1 << 20))
+            f.seek(max(0, size - (1 << 20)))
+            h.update(f.read(1 << 20))
     return h.hexdigest()[:16]
 
 
