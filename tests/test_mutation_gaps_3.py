@@ -64,7 +64,7 @@ def test_in_memory_training_batches_draw_every_example_uniformly():
     assert torch.all((counts - 1000).abs() < 120), counts  # binomial standard deviation 26
 
 
-# --------------------------------------------------------------------------- a real bug, recorded
+# --------------------------------------------------------------------------- the ImageNet sample cache
 
 
 def _bmp(size: int, color: tuple[int, int, int]) -> bytes:
