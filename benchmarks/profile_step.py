@@ -29,11 +29,10 @@ import torch
 
 # The suite's helpers (benchmarks/run.py; this script's folder is on sys.path when it runs).
 from run import add_freed_memory_arg, apply_freed_memory, git_revision, machine_info, setup, step_once
-from step_variants import load_trained
+from step_variants import load_trained, starting_point
 from torch.profiler import ProfilerActivity, profile
 
 from daps import get_preset, parse_overrides
-from daps.checkpoint import resolve_checkpoint
 from daps.runfolder import write_text_atomic
 
 MATMULS = ("aten::mm", "aten::addmm", "aten::bmm")
@@ -128,9 +127,7 @@ def main(argv: list[str] | None = None) -> dict:
     m = report["matmul"]
     lines = [
         f"# Where the time goes: {args.method} step at `{args.preset}` (B={cfg.train.batch_size}), "
-        f"{args.steps} profiled steps, "
-        + (f"from the weights of `{args.from_run}` ({resolve_checkpoint(args.from_run).name}) on a batch of its data"
-           if args.from_run else "from fresh weights on random inputs"),
+        f"{args.steps} profiled steps, {starting_point(args.from_run)}",
         "",
         "| operator | self ms per step | share | calls per step | GFLOP per step |",
         "|---|---|---|---|---|",

@@ -131,6 +131,13 @@ def load_trained(run: str, cfg: Config, device: torch.device) -> tuple[dict, tor
     return weights, x
 
 
+def starting_point(run: str) -> str:
+    """Where the measured steps start, for a report's heading: ``--from`` run ``run`` (empty: none)."""
+    if not run:
+        return "from fresh weights on random inputs"
+    return f"from the weights of `{run}` ({resolve_checkpoint(run).name}) on a batch of its data"
+
+
 def distinct_prefixes(model: torch.nn.Module, x: torch.Tensor, seed: int) -> dict | None:
     """How much an autoregressive encoder's K codes of ``x`` share: the distinct (input, prefix) pairs as a fraction
     of the B*K*T positions, overall and per position (None for other encoders)."""
@@ -250,8 +257,7 @@ def main(argv: list[str] | None = None) -> int:
         "results": results,
     }
     m = report["machine"]
-    start = (f"from the weights of `{args.from_run}` ({resolve_checkpoint(args.from_run).name}) on a batch of its data"
-             if args.from_run else "from fresh weights on random inputs")
+    start = starting_point(args.from_run)
     lines = [
         f"{args.method} step at `{args.preset}` (B={report['batch_size']}, K={report['num_samples']}), "
         f"{args.rounds} interleaved rounds of {args.steps_per_window} steps after {args.warmup} warm-up steps each, "

@@ -438,8 +438,8 @@ def clear_folder(folder: Path, kind: str, what: str, entries: Collection[str]) -
         if path.name in (LOCK, MARKER):
             continue
         owned = OWNED_SUBFOLDERS.get(path.name) if path.name in entries else None
-        if owned is not None and path.is_dir() and not path.is_symlink() and _foreign(path, owned):
-            kept += _clear_subfolder(path, owned)  # (else removed whole, as a kill halfway has always left it)
+        if owned is not None and path.is_dir() and not path.is_symlink():
+            kept += _clear_subfolder(path, owned)
         elif path.name in entries or is_temporary(path.name):
             _remove(path)
         else:
@@ -448,23 +448,18 @@ def clear_folder(folder: Path, kind: str, what: str, entries: Collection[str]) -
         log.warning("%s: kept %s, which daps did not write there", folder, ", ".join(kept))
 
 
-def _foreign(folder: Path, names: re.Pattern) -> bool:
-    """Whether ``folder`` holds an entry whose name neither matches ``names`` nor is one of daps's temporaries."""
-    return any(not (names.fullmatch(p.name) or is_temporary(p.name)) for p in folder.iterdir())
-
-
 def _clear_subfolder(folder: Path, names: re.Pattern) -> list[str]:
-    """Delete from ``folder`` (one of :data:`OWNED_SUBFOLDERS`) the entries whose names match ``names`` and daps's
-    temporaries, and ``folder`` itself if that empties it; returns what it kept (``folder/name``), the user's."""
-    kept = []
-    for path in sorted(folder.iterdir()):
-        if names.fullmatch(path.name) or is_temporary(path.name):
-            _remove(path)
-        else:
-            kept.append(f"{folder.name}/{path.name}")
-    if not kept:
-        folder.rmdir()
-    return kept
+    """Empty ``folder`` (one of :data:`OWNED_SUBFOLDERS`) of what daps wrote there: all of it, removed whole (as a
+    kill halfway has always left it), when every entry's name matches ``names`` or is one of daps's temporaries;
+    else only those entries. Returns what it kept (``folder/name``), the user's."""
+    paths = sorted(folder.iterdir())
+    ours = [p for p in paths if names.fullmatch(p.name) or is_temporary(p.name)]
+    if len(ours) == len(paths):
+        _remove(folder)
+        return []
+    for path in ours:
+        _remove(path)
+    return [f"{folder.name}/{p.name}" for p in paths if p not in ours]
 
 
 def missing_folders(folder: str | Path) -> list[Path]:

@@ -133,7 +133,8 @@ def _check_same_kind(run_dir: Path, saved_cfg: Config, cfg: Config) -> None:
 def _check_same_config(run_dir: Path, saved_cfg: Config, cfg: Config, report: bool = True) -> None:
     # settings neither config reads (a run saved with one that daps train now refuses) do not stop a resume
     unread = set(ignored_settings(saved_cfg)) & set(ignored_settings(cfg))
-    changed = config_differences(saved_cfg, cfg, ignore=RESUMABLE_CHANGES | unread)
+    differences = config_differences(saved_cfg, cfg, ignore=unread)
+    changed = {k: d for k, d in differences.items() if k not in RESUMABLE_CHANGES}
     if changed:
         diffs = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in sorted(changed.items()))
         raise UserError(f"cannot resume {run_dir} with a different config ({diffs})")
@@ -144,7 +145,7 @@ def _check_same_config(run_dir: Path, saved_cfg: Config, cfg: Config, report: bo
         )
     # The other settings a resume may change, said too: a command that does not repeat the run's own values
     # (train.eval_examples=100, say) resumes with the preset's, and the run's history would mix them unseen.
-    others = config_differences(saved_cfg, cfg, ignore=unread | {"train.steps", "train.out_dir"})
+    others = {k: d for k, d in differences.items() if k not in ("train.steps", "train.out_dir")}
     if others and report:
         diffs = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in sorted(others.items()))
         log.warning("resuming with settings changed from the run's (%s); repeat them on the command line to keep "

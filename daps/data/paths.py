@@ -124,15 +124,13 @@ def file_key(path: Path, whole_up_to: int = 0) -> str:
     member's CRC-32, so any content change alters its key; a tar has no such directory (a member changed in place
     keeps its size and both ends), so tars are keyed by their whole content."""
     size = path.stat().st_size
+    if size <= whole_up_to:
+        return file_digest(path, "sha256")[:16]
     h = hashlib.sha256(str(size).encode())
     with open(path, "rb") as f:
-        if size <= whole_up_to:
-            for block in iter(lambda: f.read(1 << 24), b""):
-                h.update(block)
-        else:
-            h.update(f.read(1 << 20))
-            f.seek(max(0, size - (1 << 20)))
-            h.update(f.read(1 << 20))
+        h.update(f.read(1 << 20))
+        f.seek(max(0, size - (1 << 20)))
+        h.update(f.read(1 << 20))
     return h.hexdigest()[:16]
 
 
