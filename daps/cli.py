@@ -18,7 +18,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from daps.config_io import parse_overrides, refuse_ignored, refuse_repeated
+from daps.config_io import parse_overrides, refuse_ignored
 from daps.errors import UserError, check_at_least, check_at_most
 from daps.methods import METHODS
 from daps.precision import float32_kernels
@@ -611,8 +611,6 @@ def main(argv: list[str] | None = None) -> int:
         keep_freed_memory()
     try:
         rest = list(argv if argv is not None else sys.argv[1:])[1:]
-        if takes_overrides:
-            refuse_repeated(args.overrides)
         with float32_kernels(tf32=False):  # every command in full float32 on CUDA; a training step as train.tf32 says
             if args.command == "compare":
                 return _compare(args, rest)

@@ -136,19 +136,6 @@ def check_overrides_used(overrides: list[str]) -> None:
                 _cast_field(fields, key, text)
 
 
-def refuse_repeated(overrides: list[str]) -> None:
-    """A :class:`UserError` for a key given twice with different values (``train.steps=100 ... train.steps=2000``):
-    a command line's overrides are one set of settings, and the later value silently winning would hide a slip.
-    (:func:`parse_overrides` takes repeats, last one winning, so that daps can layer its own lists.)"""
-    seen: dict[str, str] = {}
-    for item in overrides:
-        key, sep, text = item.partition("=")
-        key, text = key.strip(), text.strip()
-        if sep and key in seen and seen[key] != text:
-            raise UserError(f"{key} is given twice ({key}={seen[key]} and {key}={text}); give it once")
-        seen.setdefault(key, text)
-
-
 def parse_overrides(cfg: Config, overrides: list[str]) -> Config:
     """Apply ``key=value`` strings with dotted keys (``train.steps=1000``) in place; returns ``cfg``.
 

@@ -135,35 +135,6 @@ def test_train_checks_settings_set_through_python(key, value, message, tmp_path,
 # config.json: wrong types and unknown keys (item 4/5)
 
 
-
-@pytest.mark.parametrize("argv", [
-    ["train", "--preset", "mnist", "train.steps=1", "train.seed=3", "train.steps=2"],
-    ["train", "--preset", "mnist", "train.steps=1", "--resume", "train.steps=2"],  # on both sides of a flag
-    ["compare", "--preset", "mnist", "--methods", "daps", "--steps", "2", "daps.init_eta=1", "daps.init_eta=2"],
-    ["prior", "train", "codes.safetensors", "steps=3", "steps=4"],
-])
-def test_a_key_given_twice_with_two_values_is_refused_before_anything_is_written(argv, tmp_path, capsys,
-                                                                              monkeypatch):
-    """A command line's settings are one set: a key given twice with different values is a slip (which one did
-    the user mean?), refused in one line naming both values, with exit code 2 and no folder made. Fails on: the
-    later value silently winning (the command trains)."""
-    monkeypatch.chdir(tmp_path)
-    key = argv[-1].partition("=")[0]
-    assert main([*argv, f"train.out_dir={tmp_path / 'run'}"] if argv[0] == "train" else
-                [*argv, "--out", str(tmp_path / "run")]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and f"{key} is given twice" in err[0] and argv[-1] in err[0], err
-    assert list(tmp_path.iterdir()) == []
-
-
-def test_a_key_repeated_with_the_same_value_is_taken(tmp_path):
-    """The same value twice (a pasted command that repeats a setting) is one setting, not a conflict."""
-    from daps.config_io import refuse_repeated
-
-    refuse_repeated(["train.steps=5", "train.seed=1", "train.steps= 5"])  # no error
-    with pytest.raises(ValueError, match=r"train\.steps is given twice \(train\.steps=5 and train\.steps=6\)"):
-        refuse_repeated(["train.steps=5", "train.steps=6"])
-
 @pytest.mark.parametrize(
     "data, message",
     [
