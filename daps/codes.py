@@ -12,12 +12,16 @@ safetensors reader) holding two tensors:
 and a JSON header in the file's metadata under the key ``daps_codes`` (``safe_open(path, "np").metadata()``):
 ``format`` (1), ``method``, ``dataset``, ``split``, ``vocab_size``, ``num_tokens``, ``samples_per_input``,
 ``stochastic``, ``class_names``, ``seed``, and the provenance: ``run`` (the run folder), ``checkpoint``,
-``step``, ``model_sha256`` (of the checkpoint's weights) and ``config_sha256`` (of its resolved config); for a
+``step``, ``model_sha256`` (of the checkpoint's weights file), ``weights_digest`` (of its tensors,
+:func:`daps.checkpoint.weights_digest`: the same for a checkpoint and its ``daps export``) and ``config_sha256``
+(of its resolved config); a pretrained tokenizer (``daps export``'s folder, or a Hub repo id) is recorded as its
+folder or id in ``run`` and ``checkpoint``, with ``step`` null and ``model_sha256`` empty; for a
 dataset streamed from class folders (``imagenet256``, ``imagenet256-sample``, ``imagefolder``) also
 ``skipped_files`` (unreadable files, each replaced by the next image). Folder images are resized and
 center-cropped to the run's resolution, as for validation; their classes are the sorted folder names.
 
-``daps export-codes RUN --split train --out codes.safetensors`` writes one; :func:`export_codes`,
+``daps export-codes RUN --split train --out codes.safetensors`` writes one (RUN: a run folder or checkpoint, a
+pretrained folder or a Hub repo id); :func:`export_codes`,
 :func:`save_codes` and :func:`load_codes` are the Python equivalent.
 """
 
@@ -87,17 +91,47 @@ def weights_sha256(ckpt: Path) -> str:
     return json.loads(sums.read_text())["files"]["model.safetensors"]["sha256"] if sums.exists() else ""
 
 
+def open_tokenizer(source: str | Path, device: str | torch.device) -> tuple[Any, dict[str, Any]]:
+    """A trained tokenizer on ``device`` from a run folder or checkpoint (``daps train``), a pretrained folder
+    (``daps export``, or one downloaded from the Hub) or a Hub repo id ``user/name``, and where it came from, as a
+    codes header records it: ``run``, ``checkpoint``, ``step``, ``model_sha256`` and ``weights_digest`` (see the
+    module doc)."""
+    from daps.checkpoint import load_model, load_training_state, resolve_checkpoint, weights_digest
+    from daps.hub import from_pretrained, is_pretrained
+
+    path = Path(source)
+    origin: dict[str, Any]
+    if is_pretrained(source):
+        try:
+            model = from_pretrained(source, device=device)
+        except UserError as err:
+            if path.exists():
+                raise
+            raise UserError(f"{source} is not a folder here (no run, checkpoint or pretrained folder of that name); "
+                            f"as a Hub repo id: {err}") from None
+        where = str(path.resolve()) if path.exists() else str(source)
+        origin = {"run": where, "checkpoint": where, "step": None, "model_sha256": ""}
+    else:
+        ckpt = resolve_checkpoint(source)
+        model = load_model(ckpt, device)
+        origin = {"run": str(path.resolve()), "checkpoint": str(ckpt.resolve()),
+                  "step": int(load_training_state(ckpt)["step"]), "model_sha256": weights_sha256(ckpt)}
+    origin["weights_digest"] = weights_digest(model.state_dict())
+    return model, origin
+
+
 def load_code_tokenizer(
     source: str | Path, meta: dict[str, Any], device: torch.device, codes_of: str, recorded: bool = False
-) -> tuple[Any, Path]:
-    """The tokenizer ``source`` (a run or checkpoint) on ``device`` and its checkpoint folder, checked to be the
+) -> tuple[Any, dict[str, Any]]:
+    """The tokenizer ``source`` (see :func:`open_tokenizer`) on ``device`` and where it came from, checked to be the
     one that made the codes ``meta`` describes (a codes header): V and T, and its weights where the header
     records them; UserError otherwise. ``codes_of`` names the codes in the message ("the prior's codes");
     ``recorded``: ``source`` is the path the codes recorded, not one the user typed (``--tokenizer``), so a
     missing one is a run moved or deleted since, and the message says how to name where it is now."""
-    from daps.checkpoint import CKPT_DIR, load_model, resolve_checkpoint
+    from daps.checkpoint import CKPT_DIR
+    from daps.hub import REPO_ID
 
-    if recorded and not Path(source).exists():
+    if recorded and not Path(source).exists() and not REPO_ID.match(str(source)):  # (a Hub id is fetched)
         run = meta.get("run")
         if run and Path(run).is_dir() and Path(run).resolve() != Path(source).resolve():
             raise UserError(f"the checkpoint that made {codes_of}, {source}, is no longer in its run {run} (removed "
@@ -107,8 +141,7 @@ def load_code_tokenizer(
         raise UserError(f"the tokenizer that made {codes_of}, {source}, is not there any more (moved or deleted?); "
                         "pass its run folder at its new place as --tokenizer RUN"
                         + (f" (RUN/{CKPT_DIR}/{step} if the run has trained on since)" if step else ""))
-    ckpt = resolve_checkpoint(source)
-    model = load_model(ckpt, device)
+    model, origin = open_tokenizer(source, device)
     if model.vocab_size is None:
         raise UserError(f"tokenizer {source} is a {model.config.method} run with continuous latents, not discrete "
                         f"codes; {codes_of} (V={meta['vocab_size']}, T={meta['num_tokens']}) come from another one")
@@ -118,11 +151,19 @@ def load_code_tokenizer(
         raise UserError(f"tokenizer {source} ({model.config.method} on {model.config.data.name}) has "
                         f"V={model.vocab_size}, T={model.input_spec.num_tokens}; {codes_of} have "
                         f"V={meta['vocab_size']}, T={meta['num_tokens']}{made}")
-    made_by = meta.get("model_sha256")
-    if made_by and weights_sha256(ckpt) != made_by:
-        raise UserError(f"tokenizer {source} is not the checkpoint that made {codes_of} (its weights differ "
-                        f"from those of {meta.get('checkpoint')}); pass that checkpoint as --tokenizer")
-    return model, ckpt
+    differ = (f"tokenizer {source} is not the checkpoint that made {codes_of} (its weights differ from those of "
+              f"{meta.get('checkpoint')}); pass that one as --tokenizer")
+    if meta.get("weights_digest"):
+        if origin["weights_digest"] != meta["weights_digest"]:
+            raise UserError(differ)
+    elif meta.get("model_sha256"):  # a header from before the digest: the checkpoint file's checksum only
+        if origin["model_sha256"] and origin["model_sha256"] != meta["model_sha256"]:
+            raise UserError(differ)
+        if not origin["model_sha256"]:
+            log.warning("%s cannot be checked against the checkpoint that made %s: their header records the "
+                        "checkpoint file's checksum only (export the codes again to record the weights' digest)",
+                        source, codes_of)
+    return model, origin
 
 
 def check_draws(method: str, samples: int, setting: str) -> bool:
@@ -161,9 +202,9 @@ def export_codes(
     drawn from a generator seeded with ``seed``; ``max_inputs`` > 0 keeps a fixed random subset of that many
     inputs (seed 0, the dataset's order kept); ``progress``: a bar on a terminal.
     """
-    from daps.checkpoint import load_model, load_training_state, resolve_checkpoint
+    from daps.checkpoint import run_folder
     from daps.config_io import config_to_dict
-    from daps.data import check_run_data, dataset_spec, folder_dataset, labelled_split
+    from daps.data import check_model_data, check_run_data, dataset_spec, folder_dataset, labelled_split
     from daps.data.imagefolder import eval_batches
     from daps.data.paths import check_split
     from daps.data.transforms import fixed_subset
@@ -172,17 +213,20 @@ def export_codes(
     check_split(split)
     if samples_per_input < 1:
         raise UserError(f"--samples-per-input must be at least 1, got {samples_per_input}")
-    ckpt = resolve_checkpoint(run)
-    model = load_model(ckpt, device)
+    model, origin = open_tokenizer(run, device)
     cfg = model.config
     vocab = model.vocab_size
     if vocab is None:
         raise UserError(f"{run} is a {cfg.method} run: its latent is continuous, there are no codes to export")
     stochastic = check_draws(cfg.method, samples_per_input, "--samples-per-input ")
-    if data_dir:
-        cfg.data.data_dir = data_dir
+    pretrained = origin["step"] is None
+    if data_dir or pretrained:  # a pretrained folder's data_dir is only the name of the trainer's folder
+        cfg.data.data_dir = data_dir or ""
     spec = dataset_spec(cfg.data.name)
-    check_run_data(ckpt.parent.parent, cfg.data)  # e.g. the motion statistics saved at training
+    if pretrained:
+        check_model_data(model, cfg.data, run)  # the feature statistics it was trained with
+    else:
+        check_run_data(run_folder(Path(origin["checkpoint"])), cfg.data)  # e.g. the motion statistics saved there
     loader = None
     if spec.in_memory:
         data = labelled_split(cfg.data, split)
@@ -209,8 +253,6 @@ def export_codes(
             labels.append(y.long().cpu())
             bar.update(len(y))
     codes = torch.cat(chunks).long()
-    step = int(load_training_state(ckpt)["step"])
-    weights_sha = weights_sha256(ckpt)
     meta = {
         "format": FORMAT,
         "method": cfg.method,
@@ -223,10 +265,7 @@ def export_codes(
         "class_names": list(class_names),
         "seed": seed,
         "max_inputs": max_inputs,
-        "run": str(Path(run).resolve()),
-        "checkpoint": str(ckpt.resolve()),
-        "step": step,
-        "model_sha256": weights_sha,
+        **origin,
         "config_sha256": config_sha256(config_to_dict(cfg)),
     }
     if loader is not None:

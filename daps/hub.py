@@ -34,6 +34,7 @@ from daps.runfolder import (
     atomic_path,
     prepare_output_folder,
     read_json_object,
+    read_marker,
     write_json_atomic,
     write_text_atomic,
 )
@@ -317,6 +318,19 @@ def _read_standardization(path: Path, cfg: Any) -> Any:
         raise UserError(f"{path}: statistics of motion feature version {stats.feature_version}; this daps computes "
                         f"version {FEATURE_VERSION}")
     return stats
+
+
+def is_pretrained(source: str | Path) -> bool:
+    """Whether ``source`` names a pretrained model rather than a run folder or checkpoint: a folder ``daps export``
+    wrote, one downloaded from the Hub (its config and weights, no checksums or checkpoints), or a Hub repo id
+    ``user/name`` that is no path here."""
+    path = Path(source)
+    if path.is_dir():
+        marker = read_marker(path)
+        return marker == KIND or (marker is None and not (path / "checkpoints").is_dir()
+                                  and not (path / "checksums.json").is_file()
+                                  and all((path / name).is_file() for name in ("config.json", "model.safetensors")))
+    return not path.exists() and not path.is_symlink() and bool(REPO_ID.match(str(source)))
 
 
 def from_pretrained(source: str | Path, revision: str | None = None, device: str | torch.device = "cpu",

@@ -190,6 +190,12 @@ def test_train_eval_export_codes_and_a_changed_file_refused(npz, tmp_path, capsy
         assert json.loads(f.metadata()["daps_codes"])["class_names"] == ["t0", "t1", "t2", "t3", "t4", "v0", "v1"]
         assert set(f.get_tensor("labels").tolist()) == {5, 6}
         assert f.get_tensor("codes").shape[0] == 70
+    # the exported folder encodes the file as its run does (the statistics it carries checked against the file's)
+    (exported / "standardization.json").write_text(json.dumps(saved))
+    again = tmp_path / "codes-of-the-export.safetensors"
+    assert main(["export-codes", str(exported), "--split", "test", "--data-dir", str(npz), "--out", str(again)]) == 0
+    with safe_open(str(codes), "pt") as f, safe_open(str(again), "pt") as g:
+        assert f.get_tensor("codes").equal(g.get_tensor("codes"))
     with np.load(npz) as f:
         clips = {k: f[k] for k in f.files}
     clips["test/v1"][0, 0] += 1.0
@@ -200,6 +206,11 @@ def test_train_eval_export_codes_and_a_changed_file_refused(npz, tmp_path, capsy
         assert main(command) == 2, command
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and "is not the file this run was trained on" in err, err
+    clips["train/t0"] *= 2.0  # other training statistics: the export's codes would be read on the wrong scale
+    np.savez(npz, **clips)
+    assert main(["export-codes", str(exported), "--data-dir", str(npz), "--out", str(tmp_path / "c.safetensors")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "was trained on data with other feature statistics than sequences" in err
 
 
 def test_a_tokenizer_learns_the_clips(npz, tmp_path, capsys):

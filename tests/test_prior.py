@@ -897,6 +897,65 @@ def test_decoding_refuses_a_tokenizer_that_did_not_make_the_codes(trained_run, e
                  str(tmp_path / "x.png")])
 
 
+def test_a_pretrained_tokenizer_stands_for_its_run(trained_run, exported, tmp_path, capsys, monkeypatch, caplog,
+                                                   single_thread):
+    """A pretrained folder (``daps export``) and the same files fetched by Hub id work wherever a tokenizer is read:
+    export-codes draws the very codes the run draws (same seed), their headers carry the same weights digest, prior
+    sample decodes the run's codes with it, and other weights under the same V and T are refused by that digest; a
+    header from before the digest (file checksum only) is decoded with a warning that it cannot be checked. Fails
+    on: a pretrained folder refused as a tokenizer, a digest that differs between a checkpoint and its export (the
+    file's checksum would), or the digest not compared."""
+    import shutil
+    import types
+
+    import daps.hub
+    from daps.codes import load_code_tokenizer
+    from daps.hub import FILES, export_run, save_pretrained
+
+    folder = export_run(trained_run, tmp_path / "exported")
+    hub_files = tmp_path / "snapshot"  # what snapshot_download leaves: the files, no .daps marker
+    hub_files.mkdir()
+    for name in FILES:
+        if (folder / name).is_file():
+            shutil.copy(folder / name, hub_files / name)
+    fetched: list[str] = []
+
+    def snapshot_download(repo_id, **kwargs):
+        fetched.append(repo_id)
+        return str(hub_files)
+
+    monkeypatch.setattr(daps.hub, "_hub", lambda: types.SimpleNamespace(snapshot_download=snapshot_download))
+    runs = export_codes(trained_run, "test", samples_per_input=2, seed=5, max_inputs=12)
+    data_dir = load_model(trained_run).config.data.data_dir  # a pretrained folder holds only the folder's name
+    for source in (folder, hub_files, "someone/tokenizer"):
+        codes = export_codes(source, "test", samples_per_input=2, seed=5, max_inputs=12, data_dir=data_dir)
+        assert torch.equal(codes.codes, runs.codes) and torch.equal(codes.labels, runs.labels)
+        assert codes.meta["weights_digest"] == runs.meta["weights_digest"] and len(runs.meta["weights_digest"]) == 64
+        assert codes.meta["step"] is None and codes.meta["model_sha256"] == ""
+    assert codes.meta["run"] == codes.meta["checkpoint"] == "someone/tokenizer" and fetched == ["someone/tokenizer"]
+    assert runs.meta["model_sha256"] and runs.meta["step"] == 6
+
+    prior = tmp_path / "prior"  # trained on the run's codes, decoded by the exported folder
+    assert main(["prior", "train", str(exported["train"]), "--out", str(prior), "steps=2", "width=16",
+                 "num_heads=2", "progress=false"]) == 0
+    for source in (folder, "someone/tokenizer"):
+        assert main(["prior", "sample", str(prior), "--tokenizer", str(source), "--n", "1", "--out",
+                     str(tmp_path / "ok.png"), "--overwrite"]) == 0
+    other = load_model(trained_run)  # the same V and T, other weights
+    with torch.no_grad():
+        next(other.parameters()).add_(1.0)
+    save_pretrained(other, tmp_path / "other")
+    assert "is not the checkpoint that made the prior's codes" in _error(
+        capsys, ["prior", "sample", str(prior), "--tokenizer", str(tmp_path / "other"), "--n", "1", "--out",
+                 str(tmp_path / "x.png")])
+    meta = {k: v for k, v in runs.meta.items() if k != "weights_digest"}  # a header written before the digest
+    with caplog.at_level("WARNING"):
+        load_code_tokenizer(tmp_path / "other", meta, torch.device("cpu"), "the prior's codes")
+    assert "cannot be checked against the checkpoint that made the prior's codes" in caplog.text
+    with pytest.raises(UserError, match="is not the checkpoint that made"):  # a run is still checked by its file
+        load_code_tokenizer(trained_run, {**meta, "model_sha256": "0" * 64}, torch.device("cpu"), "the codes")
+
+
 def test_a_diverging_prior_run_stops_and_keeps_good_weights(tmp_path):
     from types import SimpleNamespace
 
@@ -1033,7 +1092,8 @@ def test_a_tokenizer_with_other_codes_is_refused_naming_v_and_t(trained_run):
     made = {"vocab_size": 1024, "num_tokens": 64, "method": "fsq", "dataset": "lafan1-h1"}
     with pytest.raises(ValueError, match="V=1024, T=64, from a fsq tokenizer of lafan1-h1$"):
         load_code_tokenizer(trained_run, made, torch.device("cpu"), "the policy's codes")
-    assert load_code_tokenizer(trained_run, {"vocab_size": V, "num_tokens": T}, torch.device("cpu"), "x")[1].is_dir()
+    origin = load_code_tokenizer(trained_run, {"vocab_size": V, "num_tokens": T}, torch.device("cpu"), "x")[1]
+    assert Path(origin["checkpoint"]).is_dir()
 
 
 def test_held_out_codes_of_the_training_split_are_warned(trained_run, exported, tmp_path, caplog, single_thread):

@@ -291,6 +291,32 @@ def check_run_data(run_dir: PathLike, data: DataConfig) -> None:
         check(Path(run_dir), data)
 
 
+def check_model_data(model: Any, data: DataConfig, source: PathLike) -> None:
+    """For a pretrained model, which carries the statistics it was trained with (``model.standardization``) but no
+    run folder: a :class:`UserError` when they differ from those of ``data`` as it is now (other clips or another
+    file, or other feature code), since its codes would be read from inputs on the wrong scale."""
+    import numpy as np
+
+    stats = getattr(model, "standardization", None)
+    if data.name not in ("lafan1-h1", "sequences"):
+        return
+    if stats is None:
+        raise UserError(f"{source} holds no standardization.json: the feature statistics it was trained with are "
+                        f"needed to read {data.name}")
+    if data.name == "lafan1-h1":
+        from daps.data.motion import motion_data
+
+        current = motion_data(data).stats
+    else:
+        from daps.data.sequences import sequence_data
+
+        current = sequence_data(data).stats
+    if not (stats.mean.shape == current.mean.shape and np.allclose(stats.mean, current.mean)
+            and np.allclose(stats.scale, current.scale)):
+        raise UserError(f"{source} was trained on data with other feature statistics than {data.name} has now "
+                        "(different clips, another file or other feature code)")
+
+
 def run_standardization(run_dir: PathLike, dataset: str) -> Any:
     """The per-feature map from raw features to the model's scale that a run of ``lafan1-h1`` or ``sequences``
     trained with (:class:`~daps.motion.dataset.Standardizer`, from its ``motion_stats.json`` or

@@ -26,7 +26,8 @@ log = logging.getLogger("daps")
 
 def add_parsers(sub) -> None:
     p = sub.add_parser("export-codes", help="encode a dataset split with a trained tokenizer and save codes + labels")
-    p.add_argument("run_dir", help="run folder or checkpoint of a tokenizer (any method with discrete codes)")
+    p.add_argument("run_dir", help="a tokenizer (any method with discrete codes): its run folder or checkpoint, a "
+                   "pretrained folder (daps export) or a Hub repo id user/name")
     p.add_argument("--split", default="train", choices=["train", "test"])
     p.add_argument("--samples-per-input", type=int, default=1,
                    help="codes drawn per input (categorical encoders; quantizers: 1) (default 1)")
@@ -71,7 +72,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--codes-out", default=None, help="also save the sampled codes (.safetensors)")
     p.add_argument("--video", default=None,
                    help="motion tokenizers: also an mp4 of the sampled motions on the H1, one captioned view each")
-    p.add_argument("--tokenizer", default=None, help="tokenizer run to decode with (default: the codes' run)")
+    p.add_argument("--tokenizer", default=None, help="tokenizer to decode with: a run, pretrained folder or Hub repo "
+                   "id (default: the codes' own)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     add_device_arg(p)
     add_memory_arg(p)
@@ -82,7 +84,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--cfg", type=float, default=1.0, help="guidance scale of the samples (default 1)")
     p.add_argument("--seed", type=seed_arg, default=0)
     p.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
-    p.add_argument("--tokenizer", default=None, help="tokenizer run to decode with (default: the codes' run)")
+    p.add_argument("--tokenizer", default=None, help="tokenizer to decode with: a run, pretrained folder or Hub repo "
+                   "id (default: the codes' own)")
     p.add_argument("--no-classifier", action="store_true", help="skip the classifier scores (no tokenizer needed)")
     p.add_argument("--inception-fid", type=int, default=0, metavar="N",
                    help="cifar10 tokenizers: also Inception FID of N samples vs N test images (needs the FID "
@@ -94,7 +97,7 @@ def add_parsers(sub) -> None:
     add_memory_arg(p)
 
     p = sub.add_parser("decode-random", help="decode uniform-random codes of a tokenizer into a grid")
-    p.add_argument("run_dir", help="tokenizer run folder or checkpoint")
+    p.add_argument("run_dir", help="tokenizer run folder or checkpoint, pretrained folder or Hub repo id")
     p.add_argument("--n", type=int, default=100, help="codes (default 100, at most 400)")
     p.add_argument("--seed", type=seed_arg, default=0)
     p.add_argument("--out", required=True, help="PNG grid")
@@ -129,8 +132,9 @@ def export_codes_command(args: argparse.Namespace) -> int:
     )
     save_codes(codes, out, overwrite=args.overwrite)
     n, k, t = codes.codes.shape
-    log.info("wrote %s: %d inputs x %d codes of %d tokens (V=%d, %s, step %d), %d classes",
-             out, n, k, t, codes.vocab_size, codes.meta["method"], codes.meta["step"], codes.num_classes)
+    step = codes.meta["step"]
+    log.info("wrote %s: %d inputs x %d codes of %d tokens (V=%d, %s, %s), %d classes", out, n, k, t, codes.vocab_size,
+             codes.meta["method"], "pretrained" if step is None else f"step {step}", codes.num_classes)
     return 0
 
 
@@ -338,7 +342,7 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def decode_random_command(args: argparse.Namespace) -> int:
-    from daps.checkpoint import load_model
+    from daps.codes import open_tokenizer
     from daps.plots import save_image_grid
     from daps.prior.scores import decoded_images, uniform_codes
 
@@ -348,7 +352,7 @@ def decode_random_command(args: argparse.Namespace) -> int:
         raise UserError(f"--n must be 1 to {MAX_GRID}, got {args.n} (one PNG grid; {MAX_GRID} images of 256 x 256 "
                         "are already 26 megapixels)")
     device = _device(args.device)
-    model = load_model(args.run_dir, device)
+    model = open_tokenizer(args.run_dir, device)[0]
     if model.vocab_size is None:
         raise UserError(f"{args.run_dir} is a {model.config.method} run: its latent is continuous, no codes")
     if video is not None:

@@ -114,6 +114,7 @@ class Planner:
 
     def __init__(self, policy_run: str | Path, device: str | torch.device = "cpu",
                  tokenizer: str | Path | None = None) -> None:
+        from daps.checkpoint import run_folder
         from daps.codes import load_code_tokenizer
         from daps.data.motion import read_run_stats
         from daps.robot.run import load_policy
@@ -123,12 +124,19 @@ class Planner:
         source = tokenizer or self.meta.get("checkpoint") or self.meta.get("tokenizer")
         if not source:
             raise UserError(f"{policy_run} names no tokenizer run; pass --tokenizer RUN")
-        self.tokenizer, ckpt = load_code_tokenizer(source, self.meta, self.device, "the policy's codes",
-                                                   recorded=not tokenizer)
-        stats_file = ckpt.parent.parent / "motion_stats.json"
-        if not stats_file.is_file():
-            raise UserError(f"{stats_file} is missing: the tokenizer run's feature statistics are needed to decode")
-        self.stats = read_run_stats(stats_file)
+        self.tokenizer, origin = load_code_tokenizer(source, self.meta, self.device, "the policy's codes",
+                                                     recorded=not tokenizer)
+        if origin["step"] is None:  # a pretrained tokenizer: its statistics come with it (standardization.json)
+            if self.tokenizer.standardization is None:
+                raise UserError(f"{source} holds no standardization.json: the tokenizer's feature statistics are "
+                                "needed to decode")
+            self.stats = self.tokenizer.standardization
+        else:
+            stats_file = run_folder(Path(origin["checkpoint"])) / "motion_stats.json"
+            if not stats_file.is_file():
+                raise UserError(f"{stats_file} is missing: the tokenizer run's feature statistics are needed to "
+                                "decode")
+            self.stats = read_run_stats(stats_file)
         self.class_names: list[str] = list(self.meta["class_names"])
         self.fps = float(self.meta["fps"])
         self.window = int(self.meta["window"])

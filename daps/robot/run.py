@@ -164,6 +164,7 @@ def load_motion_tokenizer(path: str, data_dir: str, device: torch.device | str, 
 
 def encode_commands(cfg: RobotConfig, device: torch.device) -> tuple[dict[str, CommandSet], dict[str, Any]]:
     """Encode the training and validation windows with the tokenizer of ``cfg`` (see :mod:`daps.robot.data`)."""
+    from daps.checkpoint import weights_digest
     from daps.codes import config_sha256, weights_sha256
     from daps.config_io import config_to_dict
     from daps.data.motion import MOTION_TYPES
@@ -188,6 +189,7 @@ def encode_commands(cfg: RobotConfig, device: torch.device) -> tuple[dict[str, C
         "tokenizer": str(Path(cfg.tokenizer).resolve()),
         "checkpoint": str(ckpt.resolve()),
         "model_sha256": weights_sha256(ckpt),
+        "weights_digest": weights_digest(model.state_dict()),
         "config_sha256": config_sha256(config_to_dict(tcfg)),
         "method": tcfg.method,
         "vocab_size": int(model.vocab_size),
