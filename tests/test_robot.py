@@ -587,6 +587,25 @@ def test_out_of_range_velocity_is_clamped_with_a_warning(tiny_policy, tmp_path, 
     assert any("forward_m_s 20 is outside the data's range" in r.message for r in caplog.records)
 
 
+@needs_data
+def test_a_pretrained_tokenizer_plans_the_motion_its_run_plans(tiny_policy, tmp_path):
+    """``robot plan --tokenizer`` given the motion tokenizer's ``daps export`` folder decodes with the statistics the
+    folder carries (standardization.json): the same codes and the same motion as with the run, and the policy's
+    header checks its weights by their digest. Fails on: the folder refused, or its statistics not used."""
+    from daps.hub import export_run
+    from daps.robot.plan import Planner, plan_motion
+
+    tok, policy = tiny_policy
+    folder = export_run(tok, tmp_path / "exported")
+    by_run, by_folder = Planner(policy), Planner(policy, tokenizer=folder)
+    assert np.array_equal(by_folder.stats.scale, by_run.stats.scale)
+    a = plan_motion(by_run, "walk", np.zeros(3), 2 * by_run.window_seconds, seed=3)
+    b = plan_motion(by_folder, "walk", np.zeros(3), 2 * by_folder.window_seconds, seed=3)
+    assert np.array_equal(a.codes, b.codes)
+    np.testing.assert_allclose(b.features, a.features, rtol=0, atol=1e-6)
+    assert by_run.meta["weights_digest"]  # what makes the exported folder checkable
+
+
 def test_blended_rollouts_judge_the_motion_that_is_played(tiny_policy):
     """robot eval's classifier reads ``windows``: with --blend they must be the blended features, standardized."""
     _, policy = tiny_policy

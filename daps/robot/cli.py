@@ -59,7 +59,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--seed", type=seed_arg, default=0)
     p.add_argument("--size", type=int, default=320, help="pixels per view (default 320)")
-    p.add_argument("--tokenizer", default=None, help="tokenizer run to decode with (default: the policy's)")
+    p.add_argument("--tokenizer", default=None, help="tokenizer to decode with: a run, pretrained folder or Hub "
+                   "repo id (default: the policy's)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     add_device_arg(p)
     add_memory_arg(p)
@@ -79,7 +80,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an earlier report at --out")
     p.add_argument("--no-classifier", action="store_true", help="skip the motion classifier's accuracy")
     p.add_argument("--data-dir", default=None, help="folder with the LAFAN1 H1 data (ground-truth figures)")
-    p.add_argument("--tokenizer", default=None, help="tokenizer run to decode with (default: the policy's)")
+    p.add_argument("--tokenizer", default=None, help="tokenizer to decode with: a run, pretrained folder or Hub "
+                   "repo id (default: the policy's)")
     add_device_arg(p)
     add_memory_arg(p)
     _add_tracker_parsers(rsub)
