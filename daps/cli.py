@@ -136,12 +136,13 @@ def _parser() -> argparse.ArgumentParser:
     add_threads_arg(p)
     add_memory_arg(p)
 
-    p = sub.add_parser("eval", help="evaluate a trained run on a data split")
-    p.add_argument("run_dir", help="run folder or checkpoint folder")
+    p = sub.add_parser("eval", help="evaluate a trained run or pretrained model on a data split")
+    p.add_argument("run_dir", help="run folder or checkpoint folder, pretrained folder (daps export) or Hub repo id")
     p.add_argument("--split", default="test", choices=["train", "test"])
     p.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
     p.add_argument("--data-dir", default=None,
-                   help="folder with the data files (default: as trained); arrays, sequences: the .npz file")
+                   help="folder with the data files (default: as trained; a pretrained model: as for training, "
+                   "DAPS_DATA_DIR or the default place); arrays, sequences: the .npz file")
     p.add_argument("--batch-size", type=int, default=500)
     p.add_argument(
         "--max-images", type=int, default=0,
@@ -228,7 +229,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace the report in an existing gradlab --out folder")
 
     p = sub.add_parser("render", help="video of a motion run: ground truth and reconstruction side by side on the H1")
-    p.add_argument("run_dir", help="run folder or checkpoint folder of a lafan1-h1 run")
+    p.add_argument("run_dir", help="run folder or checkpoint folder of a lafan1-h1 run, its pretrained folder or Hub "
+                   "repo id")
     p.add_argument("--clip", default="walk2_subject4", help="LAFAN1 clip (default walk2_subject4, a validation clip)")
     p.add_argument("--start", type=float, default=0.0, help="start time in the clip, seconds (default 0)")
     p.add_argument(
@@ -296,8 +298,8 @@ def _train(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     import torch
 
-    from daps.checkpoint import load_model, resolve_checkpoint
-    from daps.data import check_fid_images, check_run_data, dataset_spec, eval_set
+    from daps.data import check_fid_images, dataset_spec, eval_set, model_data
+    from daps.hub import open_model
     from daps.metrics import evaluate
     from daps.metrics.evaluate import fid_setup
     from daps.train import summarize
@@ -320,13 +322,9 @@ def _eval(args: argparse.Namespace) -> int:
     if args.plot is not None:  # an empty one is refused, not taken as "no plot"
         check_media_output(args.plot, ".png", args.overwrite, "--plot")  # only a PNG daps wrote is replaced
     device = _device(args.device)
-    ckpt = resolve_checkpoint(args.run_dir, verify=False)  # once: a run still training may move its latest
-    model = load_model(ckpt, device)
-    data = model.config.data
-    if args.data_dir:
-        data.data_dir = args.data_dir
+    model, origin = open_model(args.run_dir, device)  # a run, checkpoint, pretrained folder or Hub repo id
+    data = model_data(model, origin, args.data_dir, args.run_dir)
     spec = dataset_spec(data.name)
-    check_run_data(ckpt.parent.parent, data)  # load_model verified the checkpoint
     if args.fid != "none":  # before the Inception weights are read
         check_fid_images(data.name, data.image_shape, f"--fid {args.fid}")
     images = eval_set(data, args.split, args.max_images, args.batch_size, device)
@@ -336,8 +334,8 @@ def _eval(args: argparse.Namespace) -> int:
         model, images, torch.Generator(device).manual_seed(args.seed), spec.standardize, fid, example_metrics,
         progress=True,
     )
-    step = int(ckpt.name.removeprefix("step_")) if ckpt.name.startswith("step_") else None
-    metrics.update(dataset=spec.name, split=args.split, run=str(args.run_dir), checkpoint=str(ckpt),
+    step = origin["step"]
+    metrics.update(dataset=spec.name, split=args.split, run=str(args.run_dir), checkpoint=origin["checkpoint"],
                    seed=args.seed, batch_size=args.batch_size)
     if step is not None:
         metrics["step"] = step
@@ -351,8 +349,8 @@ def _eval(args: argparse.Namespace) -> int:
     if args.json:  # strict JSON: a non-finite metric (a diverged run) is null, never a bare NaN token
         print(json.dumps({k: v if not isinstance(v, float) or math.isfinite(v) else None for k, v in metrics.items()}))
     else:
-        at = f"step {step}" if step is not None else ckpt.name
-        print(summarize(metrics, f"{spec.name} {args.split} split, checkpoint {at}, seed {args.seed}, batch "
+        at = f"checkpoint step {step}" if step is not None else "pretrained"
+        print(summarize(metrics, f"{spec.name} {args.split} split, {at}, seed {args.seed}, batch "
                                  f"{args.batch_size}", spec.examples))
     return 0
 
@@ -463,9 +461,9 @@ def _gradlab(args: argparse.Namespace, argv: list[str]) -> int:
 def _render(args: argparse.Namespace) -> int:
     import torch
 
-    from daps.checkpoint import load_model, resolve_checkpoint
-    from daps.data import check_run_data
+    from daps.data import model_data
     from daps.data.motion import motion_data, reconstruct_clip
+    from daps.hub import open_model
     from daps.motion.h1 import load_h1
     from daps.motion.render import MAX_VIEW_SIZE, render_side_by_side
 
@@ -475,14 +473,11 @@ def _render(args: argparse.Namespace) -> int:
         raise UserError(f"--seconds must be a positive number, --start a number >= 0 and --size 16 to "
                         f"{MAX_VIEW_SIZE} pixels, got {args.seconds}, {args.start} and {args.size}")
     device = _device(args.device)
-    ckpt = resolve_checkpoint(args.run_dir, verify=False)  # once: a run still training may move its latest
-    model = load_model(ckpt, device)
-    data = model.config.data
-    if data.name != "lafan1-h1":  # the H1's features: sequences of one's own have no body to show
-        raise UserError(f"{args.run_dir} was trained on {data.name}; render shows H1 motion runs (lafan1-h1)")
-    if args.data_dir:
-        data.data_dir = args.data_dir
-    check_run_data(ckpt.parent.parent, data)  # load_model verified the checkpoint
+    model, origin = open_model(args.run_dir, device)  # a run, checkpoint, pretrained folder or Hub repo id
+    if model.config.data.name != "lafan1-h1":  # the H1's features: sequences of one's own have no body to show
+        raise UserError(f"{args.run_dir} was trained on {model.config.data.name}; render shows H1 motion runs "
+                        "(lafan1-h1)")
+    data = model_data(model, origin, args.data_dir, args.run_dir)
     target, pred = reconstruct_clip(
         model, data, args.clip, args.start, args.seconds, torch.Generator(device).manual_seed(args.seed)
     )

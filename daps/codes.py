@@ -91,45 +91,16 @@ def weights_sha256(ckpt: Path) -> str:
     return json.loads(sums.read_text())["files"]["model.safetensors"]["sha256"] if sums.exists() else ""
 
 
-def open_tokenizer(source: str | Path, device: str | torch.device) -> tuple[Any, dict[str, Any]]:
-    """A trained tokenizer on ``device`` from a run folder or checkpoint (``daps train``), a pretrained folder
-    (``daps export``, or one downloaded from the Hub) or a Hub repo id ``user/name``, and where it came from, as a
-    codes header records it: ``run``, ``checkpoint``, ``step``, ``model_sha256`` and ``weights_digest`` (see the
-    module doc)."""
-    from daps.checkpoint import load_model, load_training_state, resolve_checkpoint, weights_digest
-    from daps.hub import from_pretrained, is_pretrained
-
-    path = Path(source)
-    origin: dict[str, Any]
-    if is_pretrained(source):
-        try:
-            model = from_pretrained(source, device=device)
-        except UserError as err:
-            if path.exists():
-                raise
-            raise UserError(f"{source} is not a folder here (no run, checkpoint or pretrained folder of that name); "
-                            f"as a Hub repo id: {err}") from None
-        where = str(path.resolve()) if path.exists() else str(source)
-        origin = {"run": where, "checkpoint": where, "step": None, "model_sha256": ""}
-    else:
-        ckpt = resolve_checkpoint(source)
-        model = load_model(ckpt, device)
-        origin = {"run": str(path.resolve()), "checkpoint": str(ckpt.resolve()),
-                  "step": int(load_training_state(ckpt)["step"]), "model_sha256": weights_sha256(ckpt)}
-    origin["weights_digest"] = weights_digest(model.state_dict())
-    return model, origin
-
-
 def load_code_tokenizer(
     source: str | Path, meta: dict[str, Any], device: torch.device, codes_of: str, recorded: bool = False
 ) -> tuple[Any, dict[str, Any]]:
-    """The tokenizer ``source`` (see :func:`open_tokenizer`) on ``device`` and where it came from, checked to be the
-    one that made the codes ``meta`` describes (a codes header): V and T, and its weights where the header
+    """The tokenizer ``source`` (see :func:`daps.hub.open_model`) on ``device`` and where it came from, checked to be
+    the one that made the codes ``meta`` describes (a codes header): V and T, and its weights where the header
     records them; UserError otherwise. ``codes_of`` names the codes in the message ("the prior's codes");
     ``recorded``: ``source`` is the path the codes recorded, not one the user typed (``--tokenizer``), so a
     missing one is a run moved or deleted since, and the message says how to name where it is now."""
     from daps.checkpoint import CKPT_DIR
-    from daps.hub import REPO_ID
+    from daps.hub import REPO_ID, open_model
 
     if recorded and not Path(source).exists() and not REPO_ID.match(str(source)):  # (a Hub id is fetched)
         run = meta.get("run")
@@ -141,7 +112,7 @@ def load_code_tokenizer(
         raise UserError(f"the tokenizer that made {codes_of}, {source}, is not there any more (moved or deleted?); "
                         "pass its run folder at its new place as --tokenizer RUN"
                         + (f" (RUN/{CKPT_DIR}/{step} if the run has trained on since)" if step else ""))
-    model, origin = open_tokenizer(source, device)
+    model, origin = open_model(source, device)
     if model.vocab_size is None:
         raise UserError(f"tokenizer {source} is a {model.config.method} run with continuous latents, not discrete "
                         f"codes; {codes_of} (V={meta['vocab_size']}, T={meta['num_tokens']}) come from another one")
@@ -202,31 +173,25 @@ def export_codes(
     drawn from a generator seeded with ``seed``; ``max_inputs`` > 0 keeps a fixed random subset of that many
     inputs (seed 0, the dataset's order kept); ``progress``: a bar on a terminal.
     """
-    from daps.checkpoint import run_folder
     from daps.config_io import config_to_dict
-    from daps.data import check_model_data, check_run_data, dataset_spec, folder_dataset, labelled_split
+    from daps.data import dataset_spec, folder_dataset, labelled_split, model_data
     from daps.data.imagefolder import eval_batches
     from daps.data.paths import check_split
     from daps.data.transforms import fixed_subset
+    from daps.hub import open_model
     from daps.progress import progress_bar
 
     check_split(split)
     if samples_per_input < 1:
         raise UserError(f"--samples-per-input must be at least 1, got {samples_per_input}")
-    model, origin = open_tokenizer(run, device)
+    model, origin = open_model(run, device)
     cfg = model.config
     vocab = model.vocab_size
     if vocab is None:
         raise UserError(f"{run} is a {cfg.method} run: its latent is continuous, there are no codes to export")
     stochastic = check_draws(cfg.method, samples_per_input, "--samples-per-input ")
-    pretrained = origin["step"] is None
-    if data_dir or pretrained:  # a pretrained folder's data_dir is only the name of the trainer's folder
-        cfg.data.data_dir = data_dir or ""
+    model_data(model, origin, data_dir, run)
     spec = dataset_spec(cfg.data.name)
-    if pretrained:
-        check_model_data(model, cfg.data, run)  # the feature statistics it was trained with
-    else:
-        check_run_data(run_folder(Path(origin["checkpoint"])), cfg.data)  # e.g. the motion statistics saved there
     loader = None
     if spec.in_memory:
         data = labelled_split(cfg.data, split)

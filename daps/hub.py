@@ -165,9 +165,10 @@ def model_card(model: Method, metrics: dict[str, Any] | None = None, step: int |
         count = int(metrics.get("num_images", 0)) or None
         lines += ["", "## Validation", "",
                   f"On {count or 'the'} test examples of `{cfg.data.name}`, {ENCODING[spec.encoder]} and decoded; "
-                  "log p and the ELBO in nats per example. Training's validation at this step; `daps eval RUN` on "
-                  f"the run folder this was exported from gives the same numbers with `{eval_flags(cfg)}` on the "
-                  "kind of device it was trained on (the random stream of the codes differs between CPU and CUDA).",
+                  "log p and the ELBO in nats per example. Training's validation at this step; `daps eval` on "
+                  f"this folder (or the run it was exported from) gives the same numbers with `{eval_flags(cfg)}` "
+                  "on the kind of device it was trained on (the random stream of the codes differs between CPU and "
+                  "CUDA).",
                   "", "| metric | value |", "|---|---|"]
         lines += [f"| {k} | {v:.6g} |" for k, v in shown.items()]
     return "\n".join(lines) + "\n"
@@ -361,6 +362,38 @@ def from_pretrained(source: str | Path, revision: str | None = None, device: str
         raise UserError(f"could not fetch {source} from the Hugging Face Hub ({type(err).__name__}: "
                         f"{str(err).splitlines()[0] if str(err) else ''})") from None
     return _load_folder(Path(local), device)
+
+
+def open_model(source: str | Path, device: str | torch.device) -> tuple[Method, dict[str, Any]]:
+    """A trained model on ``device`` from a run folder or checkpoint (``daps train``), a pretrained folder (``daps
+    export``, or one downloaded from the Hub) or a Hub repo id ``user/name``, and where it came from, as a codes
+    header records it (:mod:`daps.codes`): ``run``, ``checkpoint`` (a pretrained one's folder or repo id, for both),
+    ``step`` (None for a pretrained one), ``model_sha256`` (a checkpoint file's recorded checksum; "" for a
+    pretrained one) and ``weights_digest`` (of its tensors: the same for a checkpoint and its export)."""
+    from daps.checkpoint import load_model, load_training_state, resolve_checkpoint, weights_digest
+    from daps.codes import weights_sha256
+
+    path = Path(source)
+    origin: dict[str, Any]
+    if is_pretrained(source):
+        try:
+            model = from_pretrained(source, device=device)
+        except UserError as err:
+            if path.exists():
+                raise
+            raise UserError(f"{source} is not a folder here (no run, checkpoint or pretrained folder of that name); "
+                            f"as a Hub repo id: {err}") from None
+        where = str(path.resolve()) if path.exists() else str(source)
+        origin = {"run": where, "checkpoint": where, "step": None, "model_sha256": ""}
+    else:
+        ckpt = resolve_checkpoint(source, verify=False)  # once: a run still training may move its latest
+        model = load_model(ckpt, device)  # (verifies the checkpoint)
+        named = re.fullmatch(r"step_(\d+)", ckpt.name)  # a copied checkpoint folder may have another name
+        step = int(named.group(1)) if named else int(load_training_state(ckpt)["step"])
+        origin = {"run": str(path.resolve()), "checkpoint": str(ckpt.resolve()), "step": step,
+                  "model_sha256": weights_sha256(ckpt)}
+    origin["weights_digest"] = weights_digest(model.state_dict())
+    return model, origin
 
 
 def push_to_hub(model: Method, repo_id: str, private: bool = False, token: str | None = None,

@@ -52,10 +52,33 @@ def test_export_reloads_to_the_same_codes_and_reconstructions(trained_run, tmp_p
     assert main(["export", str(trained_run), "--out", str(mine)]) == 2  # never replaceable: --overwrite not suggested
     err = capsys.readouterr().err
     assert "not a daps pretrained folder" in err and "pass --overwrite" not in err
-    for command in (["eval", str(out)],):  # (export-codes and the prior commands take it: test_prior.py)
-        assert main(command) == 2  # the commands that take a run say what the folder is (not "state.pt is missing")
-        err = capsys.readouterr().err.strip()
-        assert "is an exported model (daps export): load it in Python with daps.from_pretrained" in err, err
+
+
+def test_eval_of_an_exported_folder_gives_its_runs_numbers(trained_run, tmp_path, no_network, capsys,
+                                                           single_thread, monkeypatch):
+    """``daps eval`` takes a pretrained folder as it takes the run (the model card promises the run's numbers): the
+    same metrics to the last digit with the same seed, said to be of a pretrained model. The folder's config holds
+    only the name of the data folder: the data are found by --data-dir, or as for any command ($DAPS_DATA_DIR).
+    Fails on: the folder refused, or its data_dir (a bare folder name) used as a path."""
+    out = tmp_path / "exported"
+    assert main(["export", str(trained_run), "--out", str(out)]) == 0
+    data_dir = daps.load_model(trained_run).config.data.data_dir
+    capsys.readouterr()
+    results = []
+    for source in (trained_run, out):
+        assert main(["eval", str(source), "--json", "--max-images", "64", "--data-dir", data_dir, "--seed", "3"]) == 0
+        results.append(json.loads(capsys.readouterr().out))
+    by_run, by_folder = results
+    assert by_folder["checkpoint"] == str(out.resolve()) and "step" not in by_folder and by_run["step"] == 6
+    for key in ("run", "checkpoint", "step"):
+        by_run.pop(key, None), by_folder.pop(key, None)
+    assert by_folder == by_run and by_run["num_images"] == 64
+    assert main(["eval", str(out), "--max-images", "64", "--data-dir", data_dir]) == 0
+    assert "test split, pretrained, seed 0" in capsys.readouterr().out
+    monkeypatch.setenv("DAPS_DATA_DIR", data_dir)
+    monkeypatch.chdir(tmp_path)  # where a folder of the config's bare name would be looked for
+    assert main(["eval", str(out), "--json", "--max-images", "64", "--seed", "3"]) == 0
+    assert json.loads(capsys.readouterr().out)["log_p"] == by_run["log_p"]
 
 
 def test_model_card_says_where_the_exported_steps_were_trained(trained_run, tmp_path):
@@ -112,13 +135,17 @@ def test_model_card_names_what_it_is_and_rebuilds_the_config(trained_run, tmp_pa
 
 
 def test_the_card_says_how_daps_eval_gives_its_numbers(trained_run, tmp_path, capsys):
-    card = (daps.hub.export_run(trained_run, tmp_path / "exported") / "README.md").read_text()
-    flags = shlex.split(card.split("exported from gives the same numbers with `")[1].split("`")[0])
-    assert main(["eval", str(trained_run), "--json", *flags]) == 0
-    evaluated = json.loads(capsys.readouterr().out)
+    folder = daps.hub.export_run(trained_run, tmp_path / "exported")
+    card = (folder / "README.md").read_text()
+    flags = shlex.split(card.split("gives the same numbers with `")[1].split("`")[0])
     summary = json.loads((trained_run / "summary.json").read_text())
-    for key in ("log_p", "elbo", "kl"):
-        assert f"| {key} | {evaluated[key]:.6g} |" in card and evaluated[key] == pytest.approx(summary[key], rel=1e-6)
+    data_dir = daps.load_model(trained_run).config.data.data_dir  # (the folder's config holds only its name)
+    for source in (trained_run, folder):  # "on this folder (or the run it was exported from)"
+        assert main(["eval", str(source), "--json", *flags, "--data-dir", data_dir]) == 0
+        evaluated = json.loads(capsys.readouterr().out)
+        for key in ("log_p", "elbo", "kl"):
+            assert f"| {key} | {evaluated[key]:.6g} |" in card
+            assert evaluated[key] == pytest.approx(summary[key], rel=1e-6)
 
 
 @pytest.mark.parametrize("method, encoding, usage", [

@@ -654,10 +654,10 @@ def test_a_prior_sample_grid_of_exactly_400_images_is_taken(monkeypatch, tmp_pat
 def test_decode_random_takes_up_to_400_codes(monkeypatch, tmp_path, capsys):
     """``decode-random --n 400`` (its documented most) goes on to load the tokenizer; ``--n 401`` is refused in one
     line. Fails on: the bound itself refused (``n < MAX_GRID``)."""
-    import daps.codes as codes
+    import daps.hub as hub
     from daps.cli import main
 
-    monkeypatch.setattr(codes, "open_tokenizer", _reached)
+    monkeypatch.setattr(hub, "open_model", _reached)
     with pytest.raises(_Reached):
         main(["decode-random", "RUN", "--n", "400", "--out", str(tmp_path / "g.png")])
     capsys.readouterr()
@@ -671,7 +671,7 @@ def test_decode_random_videos_are_as_wide_as_their_motions_up_to_ten(n, columns,
     7 black tiles); 25 motions fill rows of 10. Fails on: always 10 columns."""
     from types import SimpleNamespace
 
-    import daps.codes as codes_module
+    import daps.hub as hub
     import daps.metrics.classifier as classifier
     import daps.plots as plots
     import daps.prior.cli as prior_cli
@@ -679,7 +679,7 @@ def test_decode_random_videos_are_as_wide_as_their_motions_up_to_ten(n, columns,
     from daps.cli import main
 
     model = SimpleNamespace(vocab_size=8, config=SimpleNamespace(data=SimpleNamespace(name="lafan1-h1")))
-    monkeypatch.setattr(codes_module, "open_tokenizer", lambda *a, **k: (model, {}))
+    monkeypatch.setattr(hub, "open_model", lambda *a, **k: (model, {}))
     monkeypatch.setattr(scores, "uniform_codes", lambda m, count, g: torch.zeros(count, 4, dtype=torch.long))
     monkeypatch.setattr(scores, "decoded_images", lambda m, codes: torch.zeros(len(codes), 1, 8, 8))
     monkeypatch.setattr(plots, "save_image_grid", lambda *a, **k: None)

@@ -62,6 +62,7 @@ __all__ = [
     "ImageSet",
     "Standardize",
     "TrainBatches",
+    "check_model_data",
     "check_run_data",
     "dataset_spec",
     "folder_dataset",
@@ -289,6 +290,25 @@ def check_run_data(run_dir: PathLike, data: DataConfig) -> None:
     check = dataset_spec(data.name).check_run
     if check is not None:
         check(Path(run_dir), data)
+
+
+def model_data(model: Any, origin: dict[str, Any], data_dir: str | None, source: PathLike) -> DataConfig:
+    """The data config ``model`` reads (from :func:`daps.hub.open_model`, with its ``origin``), its folder replaced by
+    ``data_dir`` when given, and checked against what was recorded about the data it was trained on: its run's
+    files (:func:`check_run_data`), or the statistics a pretrained model carries (:func:`check_model_data`). A
+    pretrained model's config holds only the name of its trainer's data folder: without ``data_dir`` the data are
+    found as for any command (``$DAPS_DATA_DIR``, the default place, the download)."""
+    from daps.checkpoint import run_folder
+
+    data = model.config.data
+    pretrained = origin["step"] is None
+    if data_dir or pretrained:
+        data.data_dir = data_dir or ""
+    if pretrained:
+        check_model_data(model, data, source)
+    else:
+        check_run_data(run_folder(Path(origin["checkpoint"])), data)
+    return data
 
 
 def check_model_data(model: Any, data: DataConfig, source: PathLike) -> None:

@@ -342,7 +342,7 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def decode_random_command(args: argparse.Namespace) -> int:
-    from daps.codes import open_tokenizer
+    from daps.hub import open_model
     from daps.plots import save_image_grid
     from daps.prior.scores import decoded_images, uniform_codes
 
@@ -352,7 +352,7 @@ def decode_random_command(args: argparse.Namespace) -> int:
         raise UserError(f"--n must be 1 to {MAX_GRID}, got {args.n} (one PNG grid; {MAX_GRID} images of 256 x 256 "
                         "are already 26 megapixels)")
     device = _device(args.device)
-    model = open_tokenizer(args.run_dir, device)[0]
+    model = open_model(args.run_dir, device)[0]
     if model.vocab_size is None:
         raise UserError(f"{args.run_dir} is a {model.config.method} run: its latent is continuous, no codes")
     if video is not None:
