@@ -171,11 +171,22 @@ def test_render_refuses_bad_requests_in_one_line(tmp_path, capsys, trained_run, 
 
 @needs_data
 def test_changed_statistics_are_refused(tmp_path, capsys, single_thread):
+    from daps.hub import STANDARDIZATION, export_run
+
     run = tmp_path / "run"
     assert _train(run, "train.steps=2", "train.eval_every=2", "train.ckpt_every=2") == 0
+    exported = export_run(run, tmp_path / "exported")  # carries the statistics as standardization.json
+    capsys.readouterr()
+    evaluated = []
+    for source in (run, exported):  # the same numbers from the run and from its export
+        assert main(["eval", str(source), "--json", "--max-images", "8", "--data-dir", REAL_DIR]) == 0
+        evaluated.append(json.loads(capsys.readouterr().out)["mpjpe_mm"])
+    assert evaluated[0] == evaluated[1]
     stats = json.loads((run / "motion_stats.json").read_text())
     stats["mean"] = list(np.asarray(stats["mean"]) + 1.0)
     (run / "motion_stats.json").write_text(json.dumps(stats))
+    carried = json.loads((exported / STANDARDIZATION).read_text())
+    (exported / STANDARDIZATION).write_text(json.dumps({**carried, "mean": stats["mean"]}))
     capsys.readouterr()
     before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != ".lock"}
     codes = tmp_path / "c.safetensors"
@@ -185,6 +196,9 @@ def test_changed_statistics_are_refused(tmp_path, capsys, single_thread):
         ["export-codes", str(run), "--out", str(codes), "--max-inputs", "8"],
         ["train", "--preset", "lafan1-h1", *TINY, f"data.data_dir={REAL_DIR}", f"train.out_dir={run}",
          "train.steps=4", "train.eval_every=2", "train.ckpt_every=2", "--resume"],  # rewrote motion_stats.json
+        ["render", str(exported), "--out", str(tmp_path / "a.mp4"), "--data-dir", REAL_DIR],  # (the export's
+        ["eval", str(exported), "--json", "--max-images", "8", "--data-dir", REAL_DIR],  # statistics against the
+        ["export-codes", str(exported), "--out", str(codes), "--max-inputs", "8", "--data-dir", REAL_DIR],  # data's)
     ):
         assert main(argv) == 2, argv
         err = capsys.readouterr().err
