@@ -948,6 +948,17 @@ def test_a_pretrained_tokenizer_stands_for_its_run(trained_run, exported, tmp_pa
     assert "is not the checkpoint that made the prior's codes" in _error(
         capsys, ["prior", "sample", str(prior), "--tokenizer", str(tmp_path / "other"), "--n", "1", "--out",
                  str(tmp_path / "x.png")])
+    # a prior's held-out codes may come from the export of its training codes' run, not from other weights
+    save_codes(runs, tmp_path / "run-test.safetensors")
+    save_codes(codes, tmp_path / "hub-test.safetensors")
+    save_codes(export_codes(tmp_path / "other", "test", max_inputs=12, data_dir=data_dir),
+               tmp_path / "other-test.safetensors")
+    tiny = ["steps=2", "width=16", "num_heads=2", "progress=false"]
+    assert main(["prior", "train", str(tmp_path / "run-test.safetensors"), "--val-codes",
+                 str(tmp_path / "hub-test.safetensors"), "--out", str(tmp_path / "p2"), *tiny]) == 0
+    assert "(weights_digest differs)" in _error(capsys, [
+        "prior", "train", str(tmp_path / "run-test.safetensors"), "--val-codes",
+        str(tmp_path / "other-test.safetensors"), "--out", str(tmp_path / "p3"), *tiny])
     meta = {k: v for k, v in runs.meta.items() if k != "weights_digest"}  # a header written before the digest
     with caplog.at_level("WARNING"):
         load_code_tokenizer(tmp_path / "other", meta, torch.device("cpu"), "the prior's codes")

@@ -197,8 +197,10 @@ def split_codes(cfg: PriorConfig, codes: CodeSet) -> tuple[CodeSet, CodeSet]:
         if val.meta.get("split") == "train":
             log.warning("val_codes %s are codes of the training split (its header says split train): the held-out "
                         "figures measure inputs the tokenizer was trained on", cfg.val_codes)
-        same = ("vocab_size", "num_tokens", "class_names", "model_sha256")
-        for key in same:
+        # the weights by their digest (the same for a checkpoint and its export); headers written before it
+        # by the checkpoint file's checksum
+        both = val.meta.get("weights_digest") and codes.meta.get("weights_digest")
+        for key in ("vocab_size", "num_tokens", "class_names", "weights_digest" if both else "model_sha256"):
             if val.meta.get(key) != codes.meta.get(key):
                 raise UserError(
                     f"val_codes {cfg.val_codes} do not come from the tokenizer of {cfg.codes} ({key} differs)"
