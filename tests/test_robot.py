@@ -604,6 +604,17 @@ def test_a_pretrained_tokenizer_plans_the_motion_its_run_plans(tiny_policy, tmp_
     assert np.array_equal(a.codes, b.codes)
     np.testing.assert_allclose(b.features, a.features, rtol=0, atol=1e-6)
     assert by_run.meta["weights_digest"]  # what makes the exported folder checkable
+    # a policy trained on the export's codes: the run's commands, the folder named as their tokenizer
+    from daps.robot.data import load_commands
+    from daps.robot.run import COMMANDS_FILE
+
+    other = tmp_path / "policy"
+    assert main(["robot", "train", str(folder), "--out", str(other), "--data-dir", REAL_DIR, *TINY_POLICY]) == 0
+    (mine, meta), (theirs, original) = load_commands(other / COMMANDS_FILE), load_commands(policy / COMMANDS_FILE)
+    for split in ("train", "val"):
+        assert torch.equal(mine[split].codes, theirs[split].codes)
+    assert meta["weights_digest"] == original["weights_digest"] and meta["checkpoint"] == str(folder.resolve())
+    assert meta["model_sha256"] == "" and original["model_sha256"]  # (a folder has no checkpoint file's checksum)
 
 
 def test_blended_rollouts_judge_the_motion_that_is_played(tiny_policy):

@@ -30,7 +30,8 @@ def add_parsers(sub) -> None:
     rsub = robot.add_subparsers(dest="robot_command", required=True, parser_class=type(robot))
     p = rsub.add_parser("train", help="train the high-level policy on a motion tokenizer's codes of LAFAN1",
                         epilog=settings_help(RobotConfig()) + " (docs/robot.md says what each does)")
-    p.add_argument("tokenizer", help="run folder or checkpoint of a motion tokenizer (lafan1-h1, discrete codes)")
+    p.add_argument("tokenizer", help="a motion tokenizer (lafan1-h1, discrete codes): its run folder or "
+                   "checkpoint, pretrained folder or Hub repo id")
     p.add_argument("--out", required=True, help="the policy's run folder")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace an existing policy folder")
@@ -91,7 +92,8 @@ def _add_tracker_parsers(rsub) -> None:
     p = rsub.add_parser("track-train", help="train the low-level tracker: a code-conditioned PD-target policy for "
                                            "the simulated H1, by PPO",
                         epilog=settings_help(TrackerConfig()) + " (docs/robot.md says what each does)")
-    p.add_argument("tokenizer", help="run folder or checkpoint of a motion tokenizer (lafan1-h1, discrete codes)")
+    p.add_argument("tokenizer", help="a motion tokenizer (lafan1-h1, discrete codes): its run folder or "
+                   "checkpoint, pretrained folder or Hub repo id")
     p.add_argument("--out", required=True, help="the tracker's run folder")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace an existing tracker folder")

@@ -63,7 +63,8 @@ class RobotConfig:
     """The policy's settings (``daps robot train TOKENIZER ... key=value`` overrides any of them)."""
 
     tokenizer: str = ""
-    """The motion tokenizer's run folder or checkpoint (any method with discrete codes, trained on lafan1-h1)."""
+    """The motion tokenizer's run folder or checkpoint (any method with discrete codes, trained on lafan1-h1), or its
+    pretrained folder or Hub repo id."""
     data_dir: str = ""
     """Folder with the LAFAN1 H1 data (default: as the tokenizer was trained, then $DAPS_DATA_DIR)."""
     stride: int = 4
@@ -139,38 +140,36 @@ def training_batch(train: CommandSet, idx: torch.Tensor, cfg: RobotConfig, num_c
     return train.codes[idx], labels, train.velocity[idx], prev
 
 
-def load_motion_tokenizer(path: str, data_dir: str, device: torch.device | str, user: str) -> tuple[Any, Path]:
-    """The motion tokenizer at ``path`` (a run or checkpoint with discrete codes, trained on ``lafan1-h1``) and its
-    checkpoint, its data folder replaced by ``data_dir`` when given and its feature statistics checked against the
-    data; a UserError naming ``user`` (``the policy``) otherwise."""
-    from daps.checkpoint import load_model
-    from daps.data.motion import check_run_stats
+def load_motion_tokenizer(path: str, data_dir: str, device: torch.device | str,
+                          user: str) -> tuple[Any, dict[str, Any]]:
+    """The motion tokenizer at ``path`` (a run or checkpoint with discrete codes, trained on ``lafan1-h1``, or its
+    pretrained folder or Hub repo id) and where it came from (:func:`daps.hub.open_model`), its data folder replaced
+    by ``data_dir`` when given and its feature statistics checked against the data; a UserError naming ``user``
+    (``the policy``) otherwise."""
+    from daps.data import model_data
+    from daps.hub import open_model
 
     if not path:
         raise UserError(f"name the motion tokenizer run whose codes {user} takes")
-    ckpt = resolve_checkpoint(path)
-    model = load_model(ckpt, device)
+    model, origin = open_model(path, device)
     tcfg = model.config
     if model.vocab_size is None:
         raise UserError(f"{path} is a {tcfg.method} run: its latent is continuous, it has no codes")
     if tcfg.data.name != "lafan1-h1":
         raise UserError(f"{path} was trained on {tcfg.data.name}; {user} needs a motion tokenizer of the H1 "
                         "(lafan1-h1)")
-    if data_dir:
-        tcfg.data.data_dir = data_dir
-    check_run_stats(ckpt.parent.parent, tcfg.data)
-    return model, ckpt
+    model_data(model, origin, data_dir, path)
+    return model, origin
 
 
 def encode_commands(cfg: RobotConfig, device: torch.device) -> tuple[dict[str, CommandSet], dict[str, Any]]:
     """Encode the training and validation windows with the tokenizer of ``cfg`` (see :mod:`daps.robot.data`)."""
-    from daps.checkpoint import weights_digest
-    from daps.codes import config_sha256, weights_sha256
+    from daps.codes import config_sha256
     from daps.config_io import config_to_dict
     from daps.data.motion import MOTION_TYPES
     from daps.motion.dataset import load_motion_data
 
-    model, ckpt = load_motion_tokenizer(cfg.tokenizer, cfg.data_dir, device, "the policy")
+    model, origin = load_motion_tokenizer(cfg.tokenizer, cfg.data_dir, device, "the policy")
     tcfg = model.config
     window = int(tcfg.data.image_shape[1])
     if window % cfg.stride:  # before the data are read
@@ -186,10 +185,10 @@ def encode_commands(cfg: RobotConfig, device: torch.device) -> tuple[dict[str, C
     log.info("encoded the windows in %.0f s", time.perf_counter() - t0)
     ranges = velocity_ranges(sets["train"], list(MOTION_TYPES))
     meta = {
-        "tokenizer": str(Path(cfg.tokenizer).resolve()),
-        "checkpoint": str(ckpt.resolve()),
-        "model_sha256": weights_sha256(ckpt),
-        "weights_digest": weights_digest(model.state_dict()),
+        "tokenizer": origin["run"],
+        "checkpoint": origin["checkpoint"],
+        "model_sha256": origin["model_sha256"],
+        "weights_digest": origin["weights_digest"],
         "config_sha256": config_sha256(config_to_dict(tcfg)),
         "method": tcfg.method,
         "vocab_size": int(model.vocab_size),

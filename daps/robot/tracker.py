@@ -103,7 +103,8 @@ class TrackerConfig:
     """The tracker's settings (``daps robot track-train TOKENIZER --out DIR key=value ...``)."""
 
     tokenizer: str = ""
-    """The motion tokenizer's run folder or checkpoint (discrete codes, trained on lafan1-h1)."""
+    """The motion tokenizer's run folder or checkpoint (discrete codes, trained on lafan1-h1), or its pretrained
+    folder or Hub repo id."""
     data_dir: str = ""
     """Folder with the LAFAN1 H1 data and the H1 model (default: as the tokenizer was trained, then $DAPS_DATA_DIR)."""
     frames: int = 2_000_000
@@ -599,13 +600,13 @@ def _tensors(obs: tuple[np.ndarray, ...]) -> tuple[torch.Tensor, ...]:
 
 
 def _references(cfg: TrackerConfig) -> tuple[dict[str, References], dict[str, Any]]:
-    from daps.codes import config_sha256, weights_sha256
+    from daps.codes import config_sha256
     from daps.config_io import config_to_dict
     from daps.data.motion import motion_data
     from daps.motion.h1 import load_h1
     from daps.robot.run import load_motion_tokenizer
 
-    model, ckpt = load_motion_tokenizer(cfg.tokenizer, cfg.data_dir, "cpu", "the tracker")
+    model, origin = load_motion_tokenizer(cfg.tokenizer, cfg.data_dir, "cpu", "the tracker")
     tcfg = model.config
     motion = motion_data(tcfg.data)
     h1 = load_h1(tcfg.data.data_dir or None)
@@ -616,9 +617,11 @@ def _references(cfg: TrackerConfig) -> tuple[dict[str, References], dict[str, An
     how = "ground-truth poses, with codes from" if truth else "decoded by"
     log.info("tracker references: %d training and %d validation clips, %s %s, in %.0f s",
              len(sets["train"]), len(sets["val"]), how, cfg.tokenizer, time.perf_counter() - t0)
-    meta = {"tokenizer": str(ckpt.resolve()), "method": tcfg.method, "num_tokens": int(sets["train"].codes[0].shape[1]),
+    meta = {"tokenizer": origin["checkpoint"], "method": tcfg.method,
+            "num_tokens": int(sets["train"].codes[0].shape[1]),
             "vocab_size": int(model.vocab_size), "window": int(motion.window), "fps": float(motion.fps),
-            "weights_sha256": weights_sha256(ckpt), "config_sha256": config_sha256(config_to_dict(tcfg)),
+            "weights_sha256": origin["model_sha256"], "weights_digest": origin["weights_digest"],
+            "config_sha256": config_sha256(config_to_dict(tcfg)),
             "data_dir": tcfg.data.data_dir}
     return sets, meta
 
