@@ -351,7 +351,8 @@ def load_weights(model: nn.Module, ckpt: Path, tensors: dict[str, torch.Tensor] 
 
 OTHER_KINDS = {
     "train": "a training run (daps train): use daps eval / render / export-codes",
-    "pretrained": "an exported model (daps export): load it in Python with daps.from_pretrained",
+    "pretrained": ("an exported model (daps export; eval, render, export-codes and the tokenizer arguments take it, "
+                   "as does daps.from_pretrained in Python)"),
     "prior": "a prior over codes (the first argument of daps prior sample / eval)",
     "robot": "a robot policy: use daps robot plan / eval",
     "tracker": "a low-level tracker: use daps robot track-eval",
