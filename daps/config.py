@@ -277,6 +277,11 @@ def schedule(init: float, end: float | None = None) -> ScheduleConfig:
     return ScheduleConfig(kind="exp_decay", init=init, end=end)
 
 
+EXP_DECAY_MIN_INIT = 2 * 2.0**-23
+"""The smallest ``init`` an ``exp_decay`` schedule can start from, exclusive: twice float32's eps (it clips ``end`` into
+``[eps, init - eps]``; :func:`daps.functional.exp_decay_schedule` refuses anything at or below)."""
+
+
 def check_schedule(key: str, sched: ScheduleConfig) -> None:
     if sched.kind not in ("exp_decay", "cosine", "constant"):
         raise UserError(f"{key}.kind must be exp_decay, cosine or constant, got {sched.kind!r}")
@@ -284,8 +289,9 @@ def check_schedule(key: str, sched: ScheduleConfig) -> None:
         raise UserError(f"{key}.init and {key}.end must be >= 0, got {sched.init} and {sched.end}")
     if not 0.0 < sched.end_pct <= 1.0:
         raise UserError(f"{key}.end_pct must be in (0, 1], got {sched.end_pct}")
-    if sched.kind == "exp_decay" and not sched.init > 0:
-        raise UserError(f"{key}.init must be positive for an exp_decay schedule")
+    if sched.kind == "exp_decay" and not sched.init > EXP_DECAY_MIN_INIT:
+        raise UserError(f"{key}.init must be positive for an exp_decay schedule (above {EXP_DECAY_MIN_INIT:.3g}), got "
+                        f"{sched.init}")
     if sched.kind == "exp_decay" and sched.end > sched.init:
         # exp_decay clips end to init (original: utils/scheduler.py), so a larger end would silently keep the start
         # value
