@@ -1,11 +1,15 @@
-"""Known answers for behaviour that a mutation sweep of the estimator lab, the configuration, the optimizers and the
-run's side outputs (daps/gradlab.py, daps/config.py, daps/config_io.py, daps/optim.py, daps/precision.py,
-daps/progress.py, daps/loggers.py, daps/plots.py) found no test guarding. Each test names the slip it fails on; the
-references are closed forms, hand-worked cases and round trips."""
+"""Known answers for behaviour that a mutation sweep of the estimator lab, the configuration and the run's side
+outputs (daps/gradlab.py, daps/config.py, daps/config_io.py, daps/optim.py, daps/precision.py, daps/progress.py,
+daps/provenance.py, daps/loggers.py, daps/plots.py) found no test guarding, and one bug it found (an exp_decay
+schedule the config accepted but could not evaluate). Each test names the slip it fails on; the references are
+closed forms, hand-worked cases, round trips and a second model set up by hand."""
 
 from __future__ import annotations
 
+import io
+import math
 import os
+import sys
 
 import pytest
 import torch
@@ -13,7 +17,7 @@ import torch
 from daps import get_preset, parse_overrides
 from daps.errors import UserError
 
-# --------------------------------------------------------------------------- gradlab: the bias z-score's units
+# --------------------------------------------------------------------------- gradlab: units, draws, threads
 
 
 def test_the_bias_z_score_is_in_standard_errors_whatever_the_exact_gradients_length():
@@ -31,6 +35,55 @@ def test_the_bias_z_score_is_in_standard_errors_whatever_the_exact_gradients_len
     assert s["norm_ratio"] == pytest.approx(0.5)
 
 
+
+def test_gradlab_draws_ppo_with_its_old_policy_equal_to_the_loaded_encoder():
+    """The lab loads the shared encoder into PPO, whose old encoder is still its own initialization; the draws must
+    be those of "old = new" (PPO's first step). Reference: the same PPO with its old encoder synced by hand before
+    the draws. Fails on: the draws taken with the model in eval mode (PPO syncs its old encoder only in training
+    mode, so every draw uses the stale initial old policy: other ratios, another KL(old || new))."""
+    from daps.gradlab import _build, _constant_schedules, estimator_draws
+
+    common = _constant_schedules(0.5, 1.0)
+    x = (torch.rand(4, 1, 4, 4, generator=torch.Generator().manual_seed(0)) > 0.5).float()
+    reference = _build("daps", common, 0)
+    with torch.no_grad():
+        for p in reference.encoder.parameters():
+            p.add_(0.3 * torch.randn(p.shape, generator=torch.Generator().manual_seed(1)))  # away from the init
+    shared = {k: v for k, v in reference.state_dict().items() if k.startswith(("encoder.", "decoder."))}
+    loaded, synced = _build("ppo", common, 0), _build("ppo", common, 0)
+    for model in (loaded, synced):
+        model.load_state_dict(shared, strict=False)
+    synced.sync_old_encoder()  # old = new by construction
+    torch.testing.assert_close(estimator_draws(loaded, x, 2, seed=7), estimator_draws(synced, x, 2, seed=7),
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_gradlab_sets_one_thread_for_its_draws_and_gives_the_callers_count_back(monkeypatch):
+    """``run_gradlab`` runs its tiny tensors on one thread and restores the caller's thread count afterwards, also
+    when the lab fails. Fails on: the count left at 1 (every later torch computation of the caller single-threaded)."""
+    import daps.gradlab as gradlab
+
+    seen = []
+
+    def fake_run(*args):
+        seen.append(torch.get_num_threads())
+        if len(seen) == 2:
+            raise RuntimeError("lab failed")
+        return {"setup": {}, "rows": []}
+
+    monkeypatch.setattr(gradlab, "_run", fake_run)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        gradlab.run_gradlab(num_draws=1)
+        assert torch.get_num_threads() == 2
+        with pytest.raises(RuntimeError, match="lab failed"):
+            gradlab.run_gradlab(num_draws=1)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert seen == [1, 1]
+
 # --------------------------------------------------------------------------- config: the borders of the checks
 
 
@@ -45,6 +98,54 @@ def test_a_negative_weight_decay_is_refused(value, ok):
         with pytest.raises(UserError, match="optim.weight_decay"):
             parse_overrides(get_preset("mnist", "daps"), overrides)
 
+
+
+@pytest.mark.parametrize("init", [1e-7, 2e-7, 1e-3])
+def test_an_exp_decay_schedule_the_config_accepts_can_be_evaluated(init):
+    """Every ``exp_decay`` schedule that passes the config's checks can be evaluated at every step (the training
+    loop evaluates ``daps.beta`` at each one): either ``parse_overrides`` refuses the setting as a one-line
+    :class:`UserError` naming the key, or ``schedule_value`` returns finite values from ``init`` down to ``end``.
+    The schedule itself needs ``init > 2 * float32 eps`` (about 2.4e-7), since it clips ``end`` into
+    ``[eps, init - eps]``. Fails on (the original code): ``init`` checked only for ``> 0``, so ``init=1e-7`` passes
+    the config and the run dies at its first step with a bare ValueError (a traceback, not a settings error)."""
+    from daps.functional import schedule_value
+
+    overrides = ["daps.beta.kind=exp_decay", f"daps.beta.init={init}", f"daps.beta.end={init / 10}"]
+    try:
+        beta = parse_overrides(get_preset("mnist", "daps"), overrides).daps.beta
+    except UserError as err:
+        assert "daps.beta.init" in str(err)
+        return
+    values = [schedule_value(beta.kind, step, beta.init, beta.end, 100, beta.end_pct) for step in (0, 50, 100)]
+    assert all(math.isfinite(v) and 0 < v <= init for v in values)
+    assert values[0] == init
+
+
+@pytest.mark.parametrize("seed, ok", [(0, True), (-1, True), (2**53 - 1, True), (2**53, False), (True, False),
+                                      (False, False), (1.0, False)])
+def test_a_seed_is_an_integer_below_2_to_the_53_and_never_a_boolean(seed, ok):
+    """``check_seed`` (the prior's and the robot policy's settings, ``--seed``): integers of magnitude below 2^53;
+    a bool (an int to Python) or a float is refused, naming the key. Fails on: bools let through as 0 and 1."""
+    from daps.config import check_seed
+
+    if ok:
+        check_seed(seed, "seed")
+    else:
+        with pytest.raises(UserError, match="seed must be an integer"):
+            check_seed(seed, "seed")
+
+
+@pytest.mark.parametrize("shape, ok", [("1,4,4", True), ("3,8,8", True), ("1,4,4,1", False), ("4,4", False)])
+def test_an_image_shape_is_exactly_three_sizes(shape, ok):
+    """``data.image_shape`` is (C, H, W): three positive sizes, no more and no fewer. Fails on: only too few sizes
+    refused (a fourth size accepted, the run failing later inside the networks)."""
+    overrides = [f"data.image_shape={shape}"]
+    if ok:
+        cfg = parse_overrides(get_preset("mnist", "daps"), overrides)
+        assert cfg.data.image_shape == tuple(int(n) for n in shape.split(","))
+    else:
+        with pytest.raises(UserError, match="data.image_shape must be three positive sizes"):
+            parse_overrides(get_preset("mnist", "daps"), overrides)
 
 def test_method_and_preset_may_be_repeated_with_spaces_around_the_value():
     """``method`` and ``preset`` are chosen with --method / --preset; an override that names the same one again is
@@ -75,6 +176,20 @@ def test_a_relative_data_dir_is_made_absolute_without_dot_dot(tmp_path, monkeypa
     assert absolute_data_dir(cfg) is cfg
 
 
+
+@pytest.mark.parametrize("item", ["daps.num_samples=four", "fsq.levels=8,x", "relaxed.temperature.init=warm"])
+def test_a_badly_typed_value_of_any_methods_setting_is_refused_up_front(item):
+    """``check_overrides_used`` (``compare``, ``gradlab``): a value of the wrong type for a method's own setting is
+    refused, naming the key, even where that method is not among those run (the override would otherwise be given
+    to no config and silently dropped); the same keys with well-typed values pass. Fails on: only the key checked,
+    not its value."""
+    from daps.config_io import check_overrides_used
+
+    key = item.partition("=")[0]
+    with pytest.raises(UserError, match=key.replace(".", r"\.")):
+        check_overrides_used([item])
+    check_overrides_used(["daps.num_samples=4", "fsq.levels=8,5", "relaxed.temperature.init=2.0"])
+
 # --------------------------------------------------------------------------- precision: the two settings apart
 
 
@@ -94,3 +209,26 @@ def test_tf32_enabled_reads_matmuls_and_convolutions_each_from_its_own_setting(m
     torch.backends.cuda.matmul.fp32_precision = matmul
     torch.backends.cudnn.conv.fp32_precision = conv
     assert tf32_enabled() == (matmul == "tf32", conv == "tf32")
+
+
+
+# --------------------------------------------------------------------------- progress: a resumed run's bar
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_a_resumed_runs_bar_starts_at_its_first_step(monkeypatch):
+    """``progress_bar(10, ..., initial=4)`` (a run resumed at step 4 of 10) counts from 4: after one more step the
+    bar shows 5/10. Fails on: ``initial`` not handed to tqdm (the bar shows 1/10 and never reaches the total)."""
+    from daps.progress import progress_bar
+
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    with progress_bar(10, "training", "step", initial=4) as bar:
+        bar.update(1)
+        bar.refresh()
+        assert bar.n == 5
+    assert "5/10" in terminal.getvalue() and "1/10" not in terminal.getvalue()
