@@ -252,8 +252,14 @@ def test_ppo_draws_start_from_old_equal_to_new():
         for p in reference.encoder.parameters():
             p.add_(0.3 * torch.randn(p.shape, generator=torch.Generator().manual_seed(1)))  # away from the init
     shared = {k: v for k, v in reference.state_dict().items() if k.startswith(("encoder.", "decoder."))}
-    model = _build("ppo", common, 0)
-    model.load_state_dict(shared, strict=False)
+    model, synced = _build("ppo", common, 0), _build("ppo", common, 0)
+    for m in (model, synced):
+        m.load_state_dict(shared, strict=False)
+    synced.sync_old_encoder()  # old = new by construction
     first = estimator_draws(model, x, 1, seed=7)
     again = estimator_draws(model, x, 1, seed=7)
     assert torch.allclose(first, again, rtol=1e-4, atol=1e-4)  # float32 noise ~1e-6; stale old: ~10
+    # and the reference: draws with theta_old synced by hand (a lab drawing in eval mode, where PPO does not sync
+    # its old encoder, draws with the stale one every time: equal to each other, not to these)
+    torch.testing.assert_close(estimator_draws(model, x, 2, seed=7), estimator_draws(synced, x, 2, seed=7),
+                               rtol=1e-4, atol=1e-4)

@@ -36,28 +36,6 @@ def test_the_bias_z_score_is_in_standard_errors_whatever_the_exact_gradients_len
 
 
 
-def test_gradlab_draws_ppo_with_its_old_policy_equal_to_the_loaded_encoder():
-    """The lab loads the shared encoder into PPO, whose old encoder is still its own initialization; the draws must
-    be those of "old = new" (PPO's first step). Reference: the same PPO with its old encoder synced by hand before
-    the draws. Fails on: the draws taken with the model in eval mode (PPO syncs its old encoder only in training
-    mode, so every draw uses the stale initial old policy: other ratios, another KL(old || new))."""
-    from daps.gradlab import _build, _constant_schedules, estimator_draws
-
-    common = _constant_schedules(0.5, 1.0)
-    x = (torch.rand(4, 1, 4, 4, generator=torch.Generator().manual_seed(0)) > 0.5).float()
-    reference = _build("daps", common, 0)
-    with torch.no_grad():
-        for p in reference.encoder.parameters():
-            p.add_(0.3 * torch.randn(p.shape, generator=torch.Generator().manual_seed(1)))  # away from the init
-    shared = {k: v for k, v in reference.state_dict().items() if k.startswith(("encoder.", "decoder."))}
-    loaded, synced = _build("ppo", common, 0), _build("ppo", common, 0)
-    for model in (loaded, synced):
-        model.load_state_dict(shared, strict=False)
-    synced.sync_old_encoder()  # old = new by construction
-    torch.testing.assert_close(estimator_draws(loaded, x, 2, seed=7), estimator_draws(synced, x, 2, seed=7),
-                               rtol=1e-4, atol=1e-4)
-
-
 def test_gradlab_sets_one_thread_for_its_draws_and_gives_the_callers_count_back(monkeypatch):
     """``run_gradlab`` runs its tiny tensors on one thread and restores the caller's thread count afterwards, also
     when the lab fails. Fails on: the count left at 1 (every later torch computation of the caller single-threaded)."""
