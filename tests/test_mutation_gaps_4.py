@@ -183,6 +183,36 @@ def test_a_nearly_weightless_frame_adds_no_centre_of_pressure(h1):
     assert got["balanced_fraction"] == 0.0 and got["pulling_fraction"] == 0.0
     assert got["cop_outside_m"] == 0.0
 
+
+@needs_data
+def test_the_root_force_of_swinging_arms_is_the_mass_times_the_centre_of_mass_acceleration(h1):
+    """Newton's law for the whole robot: with contacts off, the wrench at the free root is all that moves it, so
+    its force is M (a_com - g). Both shoulders pitch with q(t) = 3 t + 30 t^2 (rad), speeding up: the arms' centres
+    of mass swing on circles, so a_com holds centripetal terms in qdot^2. The reference differentiates the centre
+    of mass of the continuous motion twice (step 1e-4 s). At 30 fps the central differences of a quadratic give
+    the exact velocity and acceleration at each frame, so root_force_bw agrees to 1e-6. Fails on: the frame's
+    velocity taken as the difference to the next frame (half a frame late: qdot 1 rad/s too fast)."""
+    from daps.motion.h1 import JOINT_NAMES
+    from daps.robot.commands import centre_of_mass
+    from daps.robot.physics import balance_check
+
+    shoulders = [7 + JOINT_NAMES.index(f"{side}_shoulder_pitch_joint") for side in ("left", "right")]
+
+    def pose(t: float) -> np.ndarray:
+        p = np.zeros(26)
+        p[2], p[3] = 1.1, 1.0
+        p[shoulders] = 3.0 * t + 30.0 * t * t
+        return p
+
+    poses = np.stack([pose(k / FPS) for k in range(5)])
+    h, want = 1e-4, []
+    for k in range(1, 4):  # balance_check's frames
+        c = [centre_of_mass(h1, pose(k / FPS + d)) for d in (-h, 0.0, h)]
+        accel = (c[0] - 2 * c[1] + c[2]) / h**2
+        want.append(np.linalg.norm(accel + [0.0, 0.0, 9.81]) / 9.81)  # |M (a - g)| / (M g)
+    assert max(want) - min(want) > 0.1  # the swing moves the centre of mass: not the weight alone
+    assert balance_check(h1, poses, FPS)["root_force_bw"] == pytest.approx(float(np.mean(want)), rel=1e-6)
+
 # --------------------------------------------------------------------------------------------------
 # Planning
 
