@@ -277,12 +277,9 @@ def schedule(init: float, end: float | None = None) -> ScheduleConfig:
     return ScheduleConfig(kind="exp_decay", init=init, end=end)
 
 
-EXP_DECAY_MIN_INIT = 2 * 2.0**-23
-"""The smallest ``init`` an ``exp_decay`` schedule can start from, exclusive: twice float32's eps (it clips ``end`` into
-``[eps, init - eps]``; :func:`daps.functional.exp_decay_schedule` refuses anything at or below)."""
-
-
 def check_schedule(key: str, sched: ScheduleConfig) -> None:
+    from daps.functional import EXP_DECAY_MIN_INIT  # the bound exp_decay_schedule itself refuses below
+
     if sched.kind not in ("exp_decay", "cosine", "constant"):
         raise UserError(f"{key}.kind must be exp_decay, cosine or constant, got {sched.kind!r}")
     if not (sched.init >= 0 and sched.end >= 0):

@@ -259,6 +259,10 @@ def eta_loss(ess: torch.Tensor, num_samples: int, ess_target: float) -> torch.Te
 # Schedules (beta, and later temperatures / learning rates). Values for a given optimizer step.
 
 
+EXP_DECAY_MIN_INIT = 2 * FLOAT32_EPS
+"""The bound an ``exp_decay`` schedule's ``init`` must exceed: ``end`` is clipped into ``[eps, init - eps]``."""
+
+
 def exp_decay_schedule(step: int, init: float, end: float, num_steps: int, end_pct: float = 1.0) -> float:
     """Per-step exponential decay from ``init`` to ``end`` over ``floor(num_steps * end_pct)`` steps,
     then held at ``end`` (original: utils/scheduler.py, ``auto_exp_decay``).
@@ -266,7 +270,7 @@ def exp_decay_schedule(step: int, init: float, end: float, num_steps: int, end_p
     ``end`` is clipped into ``[eps, init - eps]`` as in the original, so a "constant" 1 -> 1 schedule
     decays microscopically.
     """
-    if init <= 2 * FLOAT32_EPS:
+    if init <= EXP_DECAY_MIN_INIT:
         raise ValueError(f"exp_decay schedule needs init > 2*eps, got {init}")
     end = min(max(end, FLOAT32_EPS), init - FLOAT32_EPS)
     decay_steps = max(int(num_steps * end_pct), 1)

@@ -126,17 +126,18 @@ class Planner:
             raise UserError(f"{policy_run} names no tokenizer run; pass --tokenizer RUN")
         self.tokenizer, origin = load_code_tokenizer(source, self.meta, self.device, "the policy's codes",
                                                      recorded=not tokenizer)
-        if origin["step"] is None:  # a pretrained tokenizer: its statistics come with it (standardization.json)
-            if self.tokenizer.standardization is None:
+        # loaded with the tokenizer: its run's motion_stats.json, or a pretrained folder's standardization.json
+        stats = self.tokenizer.standardization
+        if stats is None:  # none readable: say why
+            if origin["step"] is None:
                 raise UserError(f"{source} holds no standardization.json: the tokenizer's feature statistics are "
                                 "needed to decode")
-            self.stats = self.tokenizer.standardization
-        else:
             stats_file = run_folder(Path(origin["checkpoint"])) / "motion_stats.json"
             if not stats_file.is_file():
                 raise UserError(f"{stats_file} is missing: the tokenizer run's feature statistics are needed to "
                                 "decode")
-            self.stats = read_run_stats(stats_file)
+            stats = read_run_stats(stats_file)  # names what is wrong with the file
+        self.stats = stats
         self.class_names: list[str] = list(self.meta["class_names"])
         self.fps = float(self.meta["fps"])
         self.window = int(self.meta["window"])
