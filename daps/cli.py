@@ -258,9 +258,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--push-to-hub", default=None, metavar="USER/NAME", help="also upload it (extra daps[hub])")
     p.add_argument("--private", action="store_true", help="with --push-to-hub: create the repo private")
 
-    p = sub.add_parser("presets", help="list presets, or print one preset's full config as JSON")
+    p = sub.add_parser("presets", help="list presets, or print the settings one preset reads as JSON")
     p.add_argument("name", nargs="?", help="a preset to print (default: list them all)")
     p.add_argument("--method", default=None, help="the method whose defaults to show (default daps)")
+    p.add_argument("--all", action="store_true",
+                   help="print every setting of the config, also those this preset and method do not read")
     return parser
 
 
@@ -509,17 +511,26 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _presets(args: argparse.Namespace) -> int:
-    from daps.config_io import config_to_dict
+    from daps.config_io import config_to_dict, ignored_settings
 
-    if args.name is None and args.method is not None:
-        raise UserError(f"--method shows one preset's config with that method's defaults: name the preset (daps "
-                        f"presets mnist --method {args.method})")
+    if args.name is None and (args.method is not None or args.all):
+        flag = f"--method {args.method}" if args.method is not None else "--all"
+        raise UserError(f"{flag.split()[0]} shows one preset's config: name the preset (daps presets mnist {flag})")
     if args.name is None:  # each preset with the first paragraph of its doc, wrapped under its name
         for name, fn in sorted(PRESETS.items()):
             summary = " ".join(inspect.cleandoc(fn.__doc__ or "").split("\n\n")[0].split())
             print(textwrap.fill(summary, 110, initial_indent=f"{name:<13}", subsequent_indent=" " * 13))
         return 0
-    print(json.dumps(config_to_dict(get_preset(args.name, args.method or "daps")), indent=2))
+    cfg = get_preset(args.name, args.method or "daps")
+    data = config_to_dict(cfg)
+    if not args.all:  # what `daps train` would refuse as an override is left out (ignored_settings says why)
+        for key in ignored_settings(cfg):
+            *sections, leaf = key.split(".")
+            owner = data
+            for name in sections:
+                owner = owner[name]
+            del owner[leaf]
+    print(json.dumps(data, indent=2))
     return 0
 
 
