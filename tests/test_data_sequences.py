@@ -313,3 +313,39 @@ def test_a_standardizer_refuses_features_it_would_map_wrong(bad, message):
     x = np.arange(12, dtype=np.float32).reshape(2, 6)
     np.testing.assert_allclose(stats.denormalize(stats.normalize(x)), x, rtol=1e-6)
     assert stats.normalize(torch.from_numpy(x)).dtype == torch.float32
+
+
+def test_a_dataset_standardized_per_feature_is_checked_from_its_spec_alone(tmp_path, monkeypatch):
+    """A dataset registered with ``stats`` and ``run_stats`` (as a user's own feature dataset would be) gets the
+    checks of the built-in ones without any other change: a pretrained model carrying other statistics than the
+    data's is refused in one line, the same statistics pass, and a model loaded from a run takes the statistics the
+    run saved (``run_standardization``), None when its file is unreadable. Fails on: the checks keyed on the
+    built-in dataset names (lafan1-h1, sequences) instead of the spec (this dataset left unchecked)."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    from daps.data import DATASETS, check_model_data, run_standardization
+    from daps.motion.dataset import Standardizer
+
+    def stats_of(mean: float) -> Standardizer:
+        return Standardizer(np.full(3, mean), np.ones(3), np.zeros(3, bool))
+
+    def read(run_dir):
+        return stats_of(json.loads((run_dir / "toy_stats.json").read_text())["mean"])
+
+    spec = dataclasses.replace(dataset_spec("sequences"), name="toy-features", stats=lambda data: stats_of(0.5),
+                               run_stats=read)
+    monkeypatch.setitem(DATASETS, "toy-features", spec)
+    data = DataConfig(name="toy-features", image_shape=(1, 4, 3))
+    check_model_data(SimpleNamespace(standardization=stats_of(0.5)), data, "folder")
+    with pytest.raises(UserError, match="folder was trained on data with other feature statistics"):
+        check_model_data(SimpleNamespace(standardization=stats_of(0.25)), data, "folder")
+    with pytest.raises(UserError, match="holds no standardization.json"):
+        check_model_data(SimpleNamespace(standardization=None), data, "folder")
+    check_model_data(SimpleNamespace(standardization=None), DataConfig(name="mnist"), "folder")  # a fixed scale
+
+    (tmp_path / "toy_stats.json").write_text(json.dumps({"mean": 2.0}))
+    assert np.array_equal(run_standardization(tmp_path, "toy-features").mean, np.full(3, 2.0))
+    (tmp_path / "toy_stats.json").write_text("{")
+    assert run_standardization(tmp_path, "toy-features") is None
+    assert run_standardization(tmp_path, "mnist") is None

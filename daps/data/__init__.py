@@ -29,7 +29,9 @@ from daps.data.motion import (
     check_run_stats,
     lafan_run_files,
     lafan_windows,
+    motion_data,
     plot_motion_reconstructions,
+    read_saved_stats,
 )
 from daps.data.paths import (
     DATA_DIR_FIX,
@@ -43,11 +45,12 @@ from daps.data.paths import (
     file_key,
     user_roots,
 )
-from daps.data.sequences import RUN_FILE as SEQUENCES_RUN_FILE
 from daps.data.sequences import (
     SequenceMetrics,
     check_run_sequences,
     plot_sequence_reconstructions,
+    read_sequence_stats,
+    sequence_data,
     sequence_run_files,
     sequence_windows,
 )
@@ -173,6 +176,10 @@ class DatasetSpec:
     per-example quality metrics of evaluation (default: the image metrics MSE, PSNR, SSIM); ``run_files`` what a
     run saves beside its checkpoints (file name -> JSON), and ``check_run`` refuses (:class:`UserError`) a run
     folder whose saved files disagree with the data as they are now (eval, export-codes, render, resume).
+    ``stats`` and ``run_stats``, for data standardized per feature by statistics of its training split (motion,
+    one's own sequences): the statistics (a :class:`~daps.motion.dataset.Standardizer`) of the data as they are now,
+    and those a run folder saved (raises when unreadable); a model loaded from a run carries the latter, a
+    pretrained model its own copy, and each is checked against the former (:func:`check_model_data`).
     """
 
     name: str
@@ -187,6 +194,8 @@ class DatasetSpec:
     example_metrics: Callable[[DataConfig], ExampleMetrics] | None = None
     run_files: Callable[[DataConfig], dict[str, Any]] | None = None
     check_run: Callable[[Path, DataConfig], None] | None = None  # (run folder, data)
+    stats: Callable[[DataConfig], Any] | None = None  # None: a scale fixed by the dataset (images)
+    run_stats: Callable[[Path], Any] | None = None  # (run folder)
     plot_reconstructions: Callable[[DataConfig, torch.Tensor, torch.Tensor, Path, str], None] | None = None
     examples: str = "images"  # what one example is called in logs and titles
     class_names: Callable[[DataConfig], tuple[str, ...]] | None = None  # of the labels; None: the digits 0-9
@@ -249,12 +258,12 @@ DATASETS: dict[str, DatasetSpec] = {
     "lafan1-h1": DatasetSpec(
         "lafan1-h1", "gaussian-fixed", _FEATURES_SHOWN, windows=lafan_windows, example_metrics=MotionMetrics,
         run_files=lafan_run_files, check_run=check_run_stats, plot_reconstructions=plot_motion_reconstructions,
-        examples="windows",
+        examples="windows", stats=lambda data: motion_data(data).stats, run_stats=read_saved_stats,
     ),
     "sequences": DatasetSpec(
         "sequences", "gaussian-fixed", _FEATURES_SHOWN, windows=sequence_windows, example_metrics=SequenceMetrics,
         run_files=sequence_run_files, check_run=check_run_sequences, plot_reconstructions=plot_sequence_reconstructions,
-        examples="windows",
+        examples="windows", stats=lambda data: sequence_data(data).stats, run_stats=read_sequence_stats,
     ),
 }
 
@@ -317,20 +326,13 @@ def check_model_data(model: Any, data: DataConfig, source: PathLike) -> None:
     file, or other feature code), since its codes would be read from inputs on the wrong scale."""
     import numpy as np
 
-    stats = getattr(model, "standardization", None)
-    if data.name not in ("lafan1-h1", "sequences"):
+    stats, data_stats = getattr(model, "standardization", None), dataset_spec(data.name).stats
+    if data_stats is None:
         return
     if stats is None:
         raise UserError(f"{source} holds no standardization.json: the feature statistics it was trained with are "
                         f"needed to read {data.name}")
-    if data.name == "lafan1-h1":
-        from daps.data.motion import motion_data
-
-        current = motion_data(data).stats
-    else:
-        from daps.data.sequences import sequence_data
-
-        current = sequence_data(data).stats
+    current = data_stats(data)
     if not (stats.mean.shape == current.mean.shape and np.allclose(stats.mean, current.mean)
             and np.allclose(stats.scale, current.scale)):
         raise UserError(f"{source} was trained on data with other feature statistics than {data.name} has now "
@@ -338,21 +340,15 @@ def check_model_data(model: Any, data: DataConfig, source: PathLike) -> None:
 
 
 def run_standardization(run_dir: PathLike, dataset: str) -> Any:
-    """The per-feature map from raw features to the model's scale that a run of ``lafan1-h1`` or ``sequences``
-    trained with (:class:`~daps.motion.dataset.Standardizer`, from its ``motion_stats.json`` or
-    ``sequence_data.json``); None for the image datasets (their pixel scale is fixed by the dataset) and for a run
-    folder without a readable file."""
-    import json
-
-    from daps.motion.dataset import Standardizer
-
-    name = {"lafan1-h1": "motion_stats.json", "sequences": SEQUENCES_RUN_FILE}.get(dataset)
-    if name is None:
+    """The per-feature map from raw features to the model's scale that a run of a dataset standardized per feature
+    (``DatasetSpec.run_stats``: ``lafan1-h1``, ``sequences``) trained with (:class:`~daps.motion.dataset.Standardizer`);
+    None for the image datasets (their pixel scale is fixed by the dataset) and for a run folder without a readable
+    file."""
+    spec = DATASETS.get(dataset)
+    if spec is None or spec.run_stats is None:
         return None
-    path = Path(run_dir) / name
     try:
-        saved = json.loads(path.read_text())
-        return Standardizer.from_dict(saved) if dataset == "lafan1-h1" else Standardizer.from_arrays(saved)
+        return spec.run_stats(Path(run_dir))
     except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError, UserError):
         return None  # the data commands refuse such a run in one line (DatasetSpec.check_run); loading is not one
 

@@ -167,6 +167,11 @@ def read_run_stats(path: Path) -> Any:
         raise UserError(f"{path}: not readable motion statistics ({type(err).__name__}: {err})") from None
 
 
+def read_saved_stats(run_dir: Path) -> Any:
+    """The statistics a ``lafan1-h1`` run saved (:func:`read_run_stats` of its ``motion_stats.json``)."""
+    return read_run_stats(Path(run_dir) / "motion_stats.json")
+
+
 def check_run_stats(run_dir: Path, data: DataConfig) -> None:
     """UserError when the statistics a run saved (``motion_stats.json``) differ from the data's: the features or
     clips changed since training, so reconstructions would be read on the wrong scale."""

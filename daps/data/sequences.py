@@ -166,6 +166,13 @@ def sequence_run_files(data: DataConfig) -> dict[str, Any]:
     }}
 
 
+def read_sequence_stats(run_dir: Path) -> Standardizer:
+    """The statistics a ``sequences`` run saved in its ``sequence_data.json`` (raises when unreadable)."""
+    import json
+
+    return Standardizer.from_arrays(json.loads((Path(run_dir) / RUN_FILE).read_text()))
+
+
 def check_run_sequences(run_dir: Path, data: DataConfig) -> None:
     """UserError when the file ``data`` names is not the one the run was trained on (another file, or changed)."""
     check_recorded_file(Path(run_dir) / RUN_FILE, sequences_file(data.data_dir))
