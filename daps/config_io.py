@@ -177,7 +177,8 @@ def ignored_settings(cfg: Config) -> dict[str, str]:
     """The shared settings ``cfg`` does not read, each with the reason: its method's (``MethodSpec.ignores``), the
     token-0 mask and the shared prefixes of the autoregressive encoder for the other encoders, the decoder kinds' other
     networks, the likelihoods' other variances, the windowing of datasets that are not cut
-    into windows, the loader workers of datasets held in memory and the FID files without their FID.
+    into windows, the loader workers of datasets held in memory, the download switch of datasets without a download
+    source and the FID files without their FID.
 
     ``daps train`` refuses them as overrides (:func:`refuse_ignored`); they are left out of the comparisons of a
     resumed run's settings, of ``compare``'s per-method overrides and of the commands daps writes."""
@@ -223,6 +224,8 @@ def ignored_settings(cfg: Config) -> dict[str, str]:
             out["data.window_stride"] = f"{cfg.data.name} is not cut into windows"
         if spec.in_memory:
             out["data.num_workers"] = f"{cfg.data.name} is held in memory: no loader workers"
+        if not spec.downloads:
+            out["data.download"] = f"{cfg.data.name} has no download source: its files are found locally"
     if cfg.train.fid != "reference":
         out["train.fid_reference"] = f"read only with train.fid=reference (here train.fid={cfg.train.fid})"
     if cfg.train.fid == "none":

@@ -762,6 +762,9 @@ def test_compare_gives_a_shared_setting_only_to_the_methods_that_read_it(tmp_pat
     ("mnist5k-demo", "data.window_stride=4", "mnist5k is not cut into windows"),
     ("mnist", "data.num_workers=8", "mnist is held in memory: no loader workers"),
     ("lafan1-h1", "decoder.min_variance=0.1", "lafan1-h1's likelihood (gaussian-fixed) has no learned variance"),
+    ("lafan1-h1", "data.download=false", "lafan1-h1 has no download source: its files are found locally"),
+    ("imagenet256", "data.download=false", "imagenet256 has no download source: its files are found locally"),
+    ("mnist5k-demo", "data.download=false", "mnist5k has no download source: its files are found locally"),
 ])
 def test_train_refuses_a_setting_its_data_or_decoder_does_not_read(preset, override, reason, tmp_path, capsys):
     argv = ["train", "--preset", preset, override, f"train.out_dir={tmp_path / 'run'}"]

@@ -187,6 +187,7 @@ class DatasetSpec:
     standardize: Standardize = field(default_factory=Standardize)
     image_shape: tuple[int, int, int] | None = None  # fixed by the files; None: any size (folder datasets)
     load: Callable[[str, PathLike | None, bool], ImageSet] | None = None  # (split, data_dir, download)
+    downloads: bool = False  # has a download source (``load`` reads data.download); the others are found locally
     root: Callable[[PathLike | None], Path] | None = None  # (data_dir)
     windows: Callable[[str, DataConfig], WindowImages] | None = None  # (split, data)
     same_splits: bool = False
@@ -233,11 +234,11 @@ _FEATURES_SHOWN = Standardize(shown=(-3.0, 3.0))
 white."""
 
 DATASETS: dict[str, DatasetSpec] = {
-    "mnist": DatasetSpec("mnist", "bernoulli", image_shape=(1, 28, 28), load=load_mnist),
+    "mnist": DatasetSpec("mnist", "bernoulli", image_shape=(1, 28, 28), load=load_mnist, downloads=True),
     "mnist5k": DatasetSpec("mnist5k", "bernoulli", image_shape=(1, 28, 28), load=_offline(load_mnist5k)),
     "cifar10": DatasetSpec(
         "cifar10", "gaussian", Standardize(CIFAR10_MEAN, CIFAR10_STD), (3, 32, 32), load=load_cifar10,
-        class_names=_cifar10_classes,
+        downloads=True, class_names=_cifar10_classes,
     ),
     "cifar10-jpeg": DatasetSpec(
         "cifar10-jpeg", "gaussian", Standardize(CIFAR10_MEAN, CIFAR10_STD), (3, 32, 32),
