@@ -16,7 +16,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from daps.config import CONFIG_VERSION, Config, validate
+from daps.config import CONFIG_VERSION, Config, ScheduleConfig, validate
 from daps.errors import UserError, did_you_mean
 
 
@@ -88,14 +88,17 @@ def applicable_overrides(cfg: Config, overrides: list[str]) -> list[str]:
             and o.partition("=")[0].strip() not in ignored]
 
 
-KIND_KEYS = ("data.name", "decoder.kind", "decoder.variance_clip", "train.fid")
-"""Settings that decide which others a run reads (:func:`ignored_settings`)."""
+KIND_KEYS = ("data.name", "decoder.kind", "decoder.variance_clip", "train.fid", "optim.lr_schedule")
+"""Shared settings that decide which others a run reads (:func:`ignored_settings`); any of the method's own
+settings may decide which of its others it reads (a schedule's ``kind``, ``daps.resample``)."""
 
 
 def _with_kinds(cfg: Config, overrides: list[str]) -> Config:
-    """A copy of ``cfg`` with the overrides of :data:`KIND_KEYS` applied (unchecked: only to tell which of the other
-    overrides it would read)."""
-    kinds = [o for o in overrides if o.partition("=")[0].strip() in KIND_KEYS]
+    """A copy of ``cfg`` with the overrides of :data:`KIND_KEYS` and of its method's own section applied (unchecked:
+    only to tell which of the other overrides it would read)."""
+    section = cfg.options.section
+    kinds = [o for o in overrides
+             if o.partition("=")[0].strip() in KIND_KEYS or o.partition("=")[0].strip().split(".")[0] == section]
     if not kinds:
         return cfg
     probe = copy.deepcopy(cfg)
@@ -178,7 +181,9 @@ def ignored_settings(cfg: Config) -> dict[str, str]:
     token-0 mask and the shared prefixes of the autoregressive encoder for the other encoders, the decoder kinds' other
     networks, the likelihoods' other variances, the windowing of datasets that are not cut
     into windows, the loader workers of datasets held in memory, the download switch of datasets without a download
-    source and the FID files without their FID.
+    source, the FID files without their FID, the end of a constant schedule (the learning rate's and the method's
+    own) and what the method's settings say they leave unread (their optional ``unread()``, e.g.
+    ``daps.resample_scheme`` without ``daps.resample``).
 
     ``daps train`` refuses them as overrides (:func:`refuse_ignored`); they are left out of the comparisons of a
     resumed run's settings, of ``compare``'s per-method overrides and of the commands daps writes."""
@@ -230,6 +235,18 @@ def ignored_settings(cfg: Config) -> dict[str, str]:
         out["train.fid_reference"] = f"read only with train.fid=reference (here train.fid={cfg.train.fid})"
     if cfg.train.fid == "none":
         out["train.fid_weights"] = "read only with train.fid=val-pairs or reference (here train.fid=none)"
+    if cfg.optim.lr_schedule == "constant":
+        out["optim.lr_final"] = "read only with optim.lr_schedule=cosine (here constant)"
+    section = cfg.options.section
+    for f in dataclasses.fields(cfg.options):
+        sched = getattr(cfg.options, f.name)
+        if isinstance(sched, ScheduleConfig) and sched.kind == "constant":
+            for key in ("end", "end_pct"):
+                out[f"{section}.{f.name}.{key}"] = (f"read only by a decaying schedule (here {section}.{f.name}.kind="
+                                                    "constant, which stays at its init)")
+    unread = getattr(cfg.options, "unread", None)
+    if unread is not None:
+        out.update(unread())
     return out
 
 

@@ -14,7 +14,7 @@ import torch
 
 from daps.cli import main
 from daps.config import validate
-from daps.config_io import config_from_dict, config_to_dict, parse_overrides
+from daps.config_io import config_from_dict, config_to_dict, parse_overrides, refuse_ignored
 from daps.data import DATASETS, dataset_spec
 from daps.methods import METHODS
 from daps.presets import PRESETS, get_preset
@@ -765,6 +765,9 @@ def test_compare_gives_a_shared_setting_only_to_the_methods_that_read_it(tmp_pat
     ("lafan1-h1", "data.download=false", "lafan1-h1 has no download source: its files are found locally"),
     ("imagenet256", "data.download=false", "imagenet256 has no download source: its files are found locally"),
     ("mnist5k-demo", "data.download=false", "mnist5k has no download source: its files are found locally"),
+    ("mnist", "optim.lr_final=0.5", "read only with optim.lr_schedule=cosine (here constant)"),
+    ("mnist", "daps.resample_scheme=multinomial",
+     "read only with daps.resample >= 1 (here 0: all K codes, none drawn)"),
 ])
 def test_train_refuses_a_setting_its_data_or_decoder_does_not_read(preset, override, reason, tmp_path, capsys):
     argv = ["train", "--preset", preset, override, f"train.out_dir={tmp_path / 'run'}"]
@@ -772,6 +775,44 @@ def test_train_refuses_a_setting_its_data_or_decoder_does_not_read(preset, overr
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and f"{override.partition('=')[0]}: {reason}" in err, err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(("method", "override"), [
+    ("daps", "daps.beta.end=0.2"), ("daps", "daps.beta.end_pct=0.5"), ("gumbel", "relaxed.temperature.end=0.5"),
+])
+def test_train_refuses_the_end_of_a_constant_schedule(method, override, tmp_path, capsys):
+    """A schedule of kind ``constant`` stays at its ``init``: its ``end`` and ``end_pct`` would be silently ignored,
+    so ``daps train`` refuses them, whichever method's schedule it is (the Gumbel temperature is constant by default,
+    DAPS's beta is made so here), and takes them with a decaying kind. Fails on: the schedule's end taken and
+    ignored (the run trains at the init value the user meant to leave)."""
+    section, name = override.split(".")[:2]
+    out = tmp_path / "run"
+    kind = [] if method == "gumbel" else [f"{section}.{name}.kind=constant"]
+    assert main(["train", "--method", method, *kind, override, f"train.out_dir={out}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and (f"{override.partition('=')[0]}: read only by a decaying schedule (here "
+                                 f"{section}.{name}.kind=constant, which stays at its init)") in err, err
+    assert not out.exists()
+    cfg = parse_overrides(get_preset("mnist", method), [f"{section}.{name}.kind=cosine", override])
+    refuse_ignored(cfg, [override])  # read by a decaying schedule
+
+
+def test_compare_gives_a_schedule_end_only_to_the_arms_whose_schedule_decays():
+    """``compare``'s shared overrides go to the arms that read them, now also where one of the method's own settings
+    decides (the schedule's kind, ``daps.resample``) and the learning rate's schedule. Fails on: a deciding setting
+    of the method's section not applied before asking what the arm reads (the end dropped from a cosine arm)."""
+    from daps.config_io import applicable_overrides
+
+    cfg = get_preset("mnist", "daps")
+    assert applicable_overrides(cfg, ["daps.beta.kind=constant", "daps.beta.end=0.2"]) == ["daps.beta.kind=constant"]
+    assert applicable_overrides(cfg, ["daps.beta.kind=cosine", "daps.beta.end=0.2"]) == [
+        "daps.beta.kind=cosine", "daps.beta.end=0.2"]
+    assert applicable_overrides(cfg, ["daps.resample_scheme=multinomial"]) == []
+    assert applicable_overrides(cfg, ["daps.resample=2", "daps.resample_scheme=multinomial"]) == [
+        "daps.resample=2", "daps.resample_scheme=multinomial"]
+    assert applicable_overrides(cfg, ["optim.lr_final=0.5"]) == []
+    assert applicable_overrides(cfg, ["optim.lr_schedule=cosine", "optim.lr_final=0.5"]) == [
+        "optim.lr_schedule=cosine", "optim.lr_final=0.5"]
 
 
 def test_eval_reads_its_fid_reference_before_the_run(tmp_path, capsys):
