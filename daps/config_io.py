@@ -177,7 +177,7 @@ def refuse_ignored(cfg: Config, overrides: list[str]) -> None:
 
 
 def ignored_settings(cfg: Config) -> dict[str, str]:
-    """The shared settings ``cfg`` does not read, each with the reason: its method's (``MethodSpec.ignores``), the
+    """The settings ``cfg`` does not read, each with the reason: its method's (``MethodSpec.ignores``), the
     token-0 mask and the shared prefixes of the autoregressive encoder for the other encoders, the decoder kinds' other
     networks, the likelihoods' other variances, the windowing of datasets that are not cut
     into windows, the loader workers of datasets held in memory, the download switch of datasets without a download

@@ -797,6 +797,24 @@ def test_train_refuses_the_end_of_a_constant_schedule(method, override, tmp_path
     refuse_ignored(cfg, [override])  # read by a decaying schedule
 
 
+@pytest.mark.parametrize(("method", "override", "reader"), [
+    ("vqvae", "vq.ema_decay=0.9", "vqvae-ema"), ("vqvae", "vq.kmeans_init=false", "vqvae-ema"),
+    ("vqvae", "vq.dead_code_threshold=0", "vqvae-ema"), ("gumbel", "relaxed.num_rao_samples=3", "grmck"),
+    ("gumbelna", "relaxed.rao_stop_gradient=true", "grmckna"),
+])
+def test_train_refuses_a_shared_section_setting_only_the_other_method_reads(method, override, reader, tmp_path,
+                                                                             capsys):
+    """vqvae and vqvae-ema share the ``vq`` settings, the Gumbel-Softmax and Gumbel-Rao estimators the ``relaxed``
+    ones: a setting only the other method reads is refused by this one, and taken by the one that reads it. Fails
+    on: vqvae's ``ignores`` or gumbel's without these keys (the run trains as if the setting were not given)."""
+    out = tmp_path / "run"
+    assert main(["train", "--method", method, override, f"train.out_dir={out}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and f"{override.partition('=')[0]}: {method} does not read it" in err, err
+    assert not out.exists()
+    refuse_ignored(parse_overrides(get_preset("mnist", reader), [override]), [override])
+
+
 def test_compare_gives_a_schedule_end_only_to_the_arms_whose_schedule_decays():
     """``compare``'s shared overrides go to the arms that read them, now also where one of the method's own settings
     decides (the schedule's kind, ``daps.resample``) and the learning rate's schedule. Fails on: a deciding setting

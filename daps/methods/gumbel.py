@@ -270,6 +270,11 @@ def _presets(method: str) -> dict:
     return {preset: adjust(preset) for preset in _RELAXED}
 
 
+_RAO_ONLY = {f"relaxed.{key}": "a setting of the Gumbel-Rao estimators, grmck and grmckna"
+             for key in ("num_rao_samples", "rao_stop_gradient")}
+"""``MethodSpec.ignores`` of the plain Gumbel-Softmax estimators, which share the ``relaxed`` settings."""
+
+
 def _spec(name: str, summary: str, build, encoder: EncoderFamily) -> MethodSpec:
     return MethodSpec(
         name=name, summary=summary, build=build, config_type=RelaxedConfig, encoder=encoder,
@@ -277,8 +282,9 @@ def _spec(name: str, summary: str, build, encoder: EncoderFamily) -> MethodSpec:
         cuda_graph=True,
         # the relaxed chain feeds each step its own one-hot, and evaluation samples: nothing is teacher-forced,
         # and no input has more than one code
-        ignores={"encoder.mask_token0": "its relaxed sampling chain teacher-forces nothing", **ONE_CODE_PER_INPUT}
-        if encoder == "autoregressive" else {},
+        ignores={**({"encoder.mask_token0": "its relaxed sampling chain teacher-forces nothing", **ONE_CODE_PER_INPUT}
+                    if encoder == "autoregressive" else {}),
+                 **({} if name.startswith("grmck") else _RAO_ONLY)},
     )
 
 

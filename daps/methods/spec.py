@@ -48,7 +48,8 @@ class MethodSpec:
         cuda_graph: its training step can be recorded as one CUDA graph (``train.cuda_graph``, :mod:`daps.graphed`):
             no host reads, schedules read from the device; ``tests/test_graphed.py`` checks it of every method
             that says so.
-        ignores: shared settings the method does not read, each with the reason: ``daps train`` refuses them as
+        ignores: settings the method does not read (shared ones, or those of its settings section that only the
+            other methods sharing it read), each with the reason: ``daps train`` refuses them as
             overrides, and ``compare`` gives them only to the methods that read them.
         check_config: ``check_config(cfg)`` refuses combinations of the method's settings with shared ones that
             cannot work (a :class:`~daps.errors.UserError` naming both keys); run by :func:`daps.config.validate`

@@ -186,4 +186,6 @@ VQVAE_SPEC = MethodSpec(
     config_type=VQConfig, encoder="quantizer", progress=("log_p", "perplexity"),
     presets={"lafan1-h1": _lafan_commitment},
     cuda_graph=True,
+    ignores={f"vq.{key}": "a setting of vqvae-ema's moving-average codebook"
+             for key in ("ema_decay", "kmeans_init", "dead_code_threshold")},
 )
