@@ -800,13 +800,14 @@ def test_train_refuses_the_end_of_a_constant_schedule(method, override, tmp_path
 @pytest.mark.parametrize(("method", "override", "reader"), [
     ("vqvae", "vq.ema_decay=0.9", "vqvae-ema"), ("vqvae", "vq.kmeans_init=false", "vqvae-ema"),
     ("vqvae", "vq.dead_code_threshold=0", "vqvae-ema"), ("gumbel", "relaxed.num_rao_samples=3", "grmck"),
-    ("gumbelna", "relaxed.rao_stop_gradient=true", "grmckna"),
+    ("gumbelna", "relaxed.rao_stop_gradient=true", "grmckna"), ("vae", "encoder.embed=time", "daps"),
 ])
 def test_train_refuses_a_shared_section_setting_only_the_other_method_reads(method, override, reader, tmp_path,
                                                                              capsys):
     """vqvae and vqvae-ema share the ``vq`` settings, the Gumbel-Softmax and Gumbel-Rao estimators the ``relaxed``
-    ones: a setting only the other method reads is refused by this one, and taken by the one that reads it. Fails
-    on: vqvae's ``ignores`` or gumbel's without these keys (the run trains as if the setting were not given)."""
+    ones: a setting only the other method reads is refused by this one, and taken by the one that reads it (so is
+    the first layer of the token encoders, ``encoder.embed``, by the Gaussian VAE's MLP). Fails on: vqvae's, gumbel's
+    or vae's ``ignores`` without these keys (the run trains as if the setting were not given)."""
     out = tmp_path / "run"
     assert main(["train", "--method", method, override, f"train.out_dir={out}"]) == 2
     err = capsys.readouterr().err.strip()

@@ -181,6 +181,6 @@ VAE_SPEC = MethodSpec(
     ignores={"encoder.vocab_size": "its latent is continuous (vae.latent_dim)",
              "encoder.num_tokens": "its latent is one vector (vae.latent_dim)",
              **{f"encoder.{key}": "its encoder is an MLP (vae.hidden)"
-                for key in ("width", "num_layers", "num_heads", "mlp_ratio")},
+                for key in ("width", "num_layers", "num_heads", "mlp_ratio", "embed")},
              "decoder.embed_dim": "its decoder takes the latent itself (vae.latent_dim)"},
 )
