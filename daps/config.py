@@ -223,8 +223,8 @@ class TrainConfig:
 
 class MethodSettings(Protocol):
     """A method's own settings: the dataclass its file defines (e.g. ``DAPSConfig``), with its section name and
-    checks. Optional: ``unread() -> dict[str, str]``, the settings its current values leave unread, each with the
-    reason (``daps train`` refuses them as overrides; :func:`daps.config_io.ignored_settings`)."""
+    checks. Optional: ``unread(cfg) -> dict[str, str]``, the settings that its values (and ``cfg``'s) leave unread,
+    each with the reason (``daps train`` refuses them as overrides; :func:`daps.config_io.ignored_settings`)."""
 
     section: ClassVar[str]
     """Its name in overrides and ``config.json`` (``daps.beta.end=0.1``)."""

@@ -246,7 +246,7 @@ def ignored_settings(cfg: Config) -> dict[str, str]:
                                                     "constant, which stays at its init)")
     unread = getattr(cfg.options, "unread", None)
     if unread is not None:
-        out.update(unread())
+        out.update(unread(cfg))
     return out
 
 

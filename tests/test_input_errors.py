@@ -816,6 +816,24 @@ def test_train_refuses_a_shared_section_setting_only_the_other_method_reads(meth
     refuse_ignored(parse_overrides(get_preset("mnist", reader), [override]), [override])
 
 
+@pytest.mark.parametrize("method", ["vqvae", "vqvae-ema"])
+def test_the_vq_methods_refuse_a_token_width_their_decoder_does_not_read(method, tmp_path, capsys):
+    """The VQ-VAEs hand the codebook vectors (``encoder.width`` wide) to the MLP and ResNet decoders, so
+    ``decoder.embed_dim`` is not read there, and is refused; the transformer decoder (``lafan1-h1``) still takes it as
+    its width. Fails on: the setting taken and ignored at ``mnist`` / ``cifar10`` (a found "no effect": the same
+    weights after training steps with another value), or refused where the transformer reads it."""
+    from daps.config_io import ignored_settings
+
+    out = tmp_path / "run"
+    assert main(["train", "--method", method, "decoder.embed_dim=9", f"train.out_dir={out}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "decoder.embed_dim: the decoder takes the codebook vectors themselves, encoder.width wide" in err, err
+    assert not out.exists()
+    assert "decoder.embed_dim" in ignored_settings(get_preset("cifar10", method))
+    assert "decoder.embed_dim" not in ignored_settings(get_preset("lafan1-h1", method))
+    assert "decoder.embed_dim" not in ignored_settings(get_preset("mnist", "fsq"))  # FSQ embeds its levels to it
+
+
 def test_compare_gives_a_schedule_end_only_to_the_arms_whose_schedule_decays():
     """``compare``'s shared overrides go to the arms that read them, now also where one of the method's own settings
     decides (the schedule's kind, ``daps.resample``) and the learning rate's schedule. Fails on: a deciding setting

@@ -93,8 +93,8 @@ class DAPSConfig:
     encoder takes it up to :data:`daps.methods.common.ONE_PASS_MAX_TOKENS` tokens. Not with ``daps.resample``,
     ``encoder.mask_token0``, ``train.compile`` or ``train.cuda_graph``."""
 
-    def unread(self) -> dict[str, str]:
-        """Its settings these values leave unread, each with the reason (:func:`daps.config_io.ignored_settings`)."""
+    def unread(self, cfg: Config) -> dict[str, str]:
+        """The settings these values leave unread, each with the reason (:func:`daps.config_io.ignored_settings`)."""
         if self.resample:
             return {}
         return {"daps.resample_scheme": "read only with daps.resample >= 1 (here 0: all K codes, none drawn)"}

@@ -68,6 +68,14 @@ class VQConfig:
     dead_code_threshold: float = 2.0
     """vqvae-ema only: codes used fewer times than this per batch (EMA count) are restarted from the batch."""
 
+    def unread(self, cfg: Config) -> dict[str, str]:
+        """The settings these values leave unread (:func:`daps.config_io.ignored_settings`): the decoder's token
+        width, since the MLP and ResNet decoders take the codebook vectors themselves (the transformer decoder's
+        width is ``decoder.embed_dim`` still)."""
+        if cfg.decoder.kind == "transformer":
+            return {}
+        return {"decoder.embed_dim": "the decoder takes the codebook vectors themselves, encoder.width wide"}
+
     def validate(self) -> None:
         check_positive("vq", self, ("commitment", "dead_code_threshold"), strict=False)
         if not 0.0 < self.ema_decay < 1.0:
