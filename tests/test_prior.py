@@ -596,6 +596,8 @@ def test_bad_inputs_give_one_line_and_exit_2(trained_run, vq_run, exported, tmp_
     assert "not both" in _error(capsys, [*train_argv, "--label-dropout", "0.2", "label_dropout=0.3"])
     assert "source: settings of dfm priors" in _error(capsys, [*train_argv, "source=mask"])  # --kind ar
     assert "euler_steps: settings of dfm priors" in _error(capsys, [*train_argv, "euler_steps=8"])
+    assert "val_fraction: read only without --val-codes" in _error(capsys, [*train_argv, "--val-codes",
+                                                                            str(exported["train"]), "val_fraction=0.2"])
     unknown = _error(capsys, [*train_argv, "colour=blue"])
     assert "unknown setting 'colour'" in unknown and "val_fraction" in unknown and "out_dir" not in unknown
     assert not (tmp_path / "p4").exists()

@@ -159,6 +159,8 @@ def _train(args: argparse.Namespace) -> int:
     dfm_only = given & {"source", "euler_steps"}
     if cfg.kind == "ar" and dfm_only:
         raise UserError(f"{', '.join(sorted(dfm_only))}: settings of dfm priors (--kind dfm); an ar prior has none")
+    if cfg.val_codes and "val_fraction" in given:
+        raise UserError("val_fraction: read only without --val-codes (the held-out codes are that file's)")
     run = train_prior(cfg, resume=args.resume, overwrite=args.overwrite, device=device)
     summary = json.loads((run / "summary.json").read_text())
     shown = "  ".join(f"{k} {v:.4g}" for k, v in summary.items() if isinstance(v, float))
