@@ -182,7 +182,7 @@ def ignored_settings(cfg: Config) -> dict[str, str]:
     networks, the likelihoods' other variances, the windowing of datasets that are not cut
     into windows, the loader workers of datasets held in memory, the download switch of datasets without a download
     source, the FID files without their FID, the end of a constant schedule (the learning rate's and the method's
-    own) and what the method's settings say they leave unread (their optional ``unread()``, e.g.
+    own) and what the method's settings say they leave unread (their optional ``unread(cfg)``, e.g.
     ``daps.resample_scheme`` without ``daps.resample``).
 
     ``daps train`` refuses them as overrides (:func:`refuse_ignored`); they are left out of the comparisons of a
