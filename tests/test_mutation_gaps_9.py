@@ -120,8 +120,9 @@ def test_attention_refuses_a_width_that_the_heads_do_not_divide():
 def test_bf16_plain_attention_scores_its_softmax_in_float32(causal):
     """On the CPU at bfloat16 the plain path forms the scores' scale and softmax in float32, as the fused kernel
     does: over 512 rows of 15 keys (d = 8, whose scale 8^-1/2 is not a power of two) its mean error against float64
-    attention is within 1.27x the fused kernel's (measured 1.19x, 1.16x causal; scaled and normalized in bfloat16:
-    1.51x, 1.40x). Fails on: the scores kept in bfloat16 (the promotion to float32 dropped)."""
+    attention is within 1.3x the fused kernel's (measured 1.19-1.21x, 1.16x causal over seeds 0-3; scaled and
+    normalized in bfloat16: 1.50-1.52x, 1.40-1.41x; the bound halfway). Fails on: the scores kept in bfloat16 (the
+    promotion to float32 dropped)."""
     from daps.nets.layers import plain_attention
 
     g = torch.Generator().manual_seed(0)
@@ -130,7 +131,7 @@ def test_bf16_plain_attention_scores_its_softmax_in_float32(causal):
     q16, k16, v16 = (t.bfloat16() for t in (q, k, v))
     err = (plain_attention(q16, k16, v16, causal).double() - ref).abs().mean()
     err_fused = (F.scaled_dot_product_attention(q16, k16, v16, is_causal=causal).double() - ref).abs().mean()
-    assert err <= 1.27 * err_fused, (float(err), float(err_fused))
+    assert err <= 1.3 * err_fused, (float(err), float(err_fused))
 
 
 def _saturated(enc: ARTransformerEncoder) -> ARTransformerEncoder:
