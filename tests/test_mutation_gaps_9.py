@@ -11,6 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from test_transformer import scramble_layer_norms
 
 from daps.nets.ar_encoder import ARTransformerEncoder
 
@@ -25,12 +26,7 @@ def tiny_ar(vocab_size: int = 5, num_tokens: int = 4, num_layers: int = 2, **kwa
         (1, 8, 8), num_tokens=num_tokens, vocab_size=vocab_size, width=16, num_layers=num_layers, num_heads=2,
         mlp_ratio=2, **kwargs,
     ).double().eval()
-    with torch.no_grad():
-        for module in enc.modules():
-            if isinstance(module, torch.nn.LayerNorm):
-                module.weight.normal_(1.0, 0.5)
-                module.bias.normal_(0.0, 0.5)
-    return enc
+    return scramble_layer_norms(enc)
 
 
 def images(b: int, seed: int = 0) -> torch.Tensor:

@@ -21,12 +21,17 @@ def tiny_encoder(vocab_size: int = 4, num_tokens: int = 8, num_layers: int = 2, 
         (1, 28, 28), num_tokens=num_tokens, vocab_size=vocab_size, width=32, num_layers=num_layers,
         num_heads=4, mlp_ratio=2, mask_token0=mask_token0,
     ).eval()
+    return scramble_layer_norms(enc)
+
+
+def scramble_layer_norms(module: torch.nn.Module) -> torch.nn.Module:
+    """``module`` with every LayerNorm's scale and shift drawn away from the identity they start as (in place)."""
     with torch.no_grad():
-        for module in enc.modules():
-            if isinstance(module, torch.nn.LayerNorm):
-                module.weight.normal_(1.0, 0.5)
-                module.bias.normal_(0.0, 0.5)
-    return enc
+        for m in module.modules():
+            if isinstance(m, torch.nn.LayerNorm):
+                m.weight.normal_(1.0, 0.5)
+                m.bias.normal_(0.0, 0.5)
+    return module
 
 
 def images(b: int = 6, seed: int = 0) -> torch.Tensor:
