@@ -386,6 +386,10 @@ def open_model(source: str | Path, device: str | torch.device) -> tuple[Method, 
         where = str(path.resolve()) if path.exists() else str(source)
         origin = {"run": where, "checkpoint": where, "step": None, "model_sha256": ""}
     else:
+        if path.is_dir() and read_marker(path) is None and not (path / "checkpoints").exists() \
+                and not (path / "config.json").is_file():  # nothing of a run, nor of a pretrained folder
+            raise UserError(f"no model found at {source} (expected a run folder with checkpoints/latest, or a "
+                            "pretrained folder with config.json and model.safetensors)")
         ckpt = resolve_checkpoint(source, verify=False)  # once: a run still training may move its latest
         model = load_model(ckpt, device)  # (verifies the checkpoint)
         named = re.fullmatch(r"step_(\d+)", ckpt.name)  # a copied checkpoint folder may have another name

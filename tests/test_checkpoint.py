@@ -137,7 +137,9 @@ def test_a_file_given_for_a_run_is_named_as_one(trained_run, capsys):
 
 def test_a_missing_run_and_one_stopped_before_its_first_checkpoint_are_told_apart(copy_run, tmp_path, capsys):
     """Both said "no checkpoint found at RUN (expected a run folder with checkpoints/latest)": a mistyped path is
-    named as missing, and a run killed before its first checkpoint as one to finish with --resume."""
+    named as missing, and a run killed before its first checkpoint as one to finish with --resume; a folder holding
+    neither a run nor a pretrained model (empty, or weights without their config) names both, as the command takes
+    either."""
     stopped = copy_run("stopped")
     shutil.rmtree(stopped / CKPT_DIR)  # a run killed before its first checkpoint: config.json, metrics, marker
     mine, comparison = tmp_path / "mine", tmp_path / "comparison"
@@ -146,10 +148,15 @@ def test_a_missing_run_and_one_stopped_before_its_first_checkpoint_are_told_apar
     from daps.runfolder import write_marker
 
     write_marker(comparison, "compare")  # a folder of daps's that never holds checkpoints: not "no checkpoint yet"
+    partial = tmp_path / "partial"  # a pretrained folder's download cut short: its weights, no config.json
+    partial.mkdir()
+    (partial / "model.safetensors").write_bytes(b"")
     for run, message in ((tmp_path / "typo", f"{tmp_path / 'typo'} does not exist; give a run folder"),
                          (stopped, f"{stopped} has no checkpoint yet: its run stopped (or is still training) before "
                                    "its first one; finish it with --resume"),
-                         (mine, f"no checkpoint found at {mine} (expected a run folder with {CKPT_DIR}/latest)"),
+                         *((folder, f"no model found at {folder} (expected a run folder with {CKPT_DIR}/latest, or "
+                                    "a pretrained folder with config.json and model.safetensors)")
+                           for folder in (mine, partial)),
                          (comparison, f"{comparison} is a daps compare folder, not a run with checkpoints; its runs "
                                       "are its METHOD/seedN folders")):
         assert main(["export-codes", str(run), "--out", str(tmp_path / "c.safetensors")]) == 2
