@@ -97,8 +97,8 @@ def _with_kinds(cfg: Config, overrides: list[str]) -> Config:
     """A copy of ``cfg`` with the overrides of :data:`KIND_KEYS` and of its method's own section applied (unchecked:
     only to tell which of the other overrides it would read)."""
     section = cfg.options.section
-    kinds = [o for o in overrides
-             if o.partition("=")[0].strip() in KIND_KEYS or o.partition("=")[0].strip().split(".")[0] == section]
+    keys = [o.partition("=")[0].strip() for o in overrides]
+    kinds = [o for o, key in zip(overrides, keys) if key in KIND_KEYS or key.split(".")[0] == section]
     if not kinds:
         return cfg
     probe = copy.deepcopy(cfg)

@@ -97,15 +97,14 @@ def test_every_setting_daps_train_takes_changes_the_training(preset, method):
     ignored = ignored_settings(base)
     sections = ("encoder", "decoder", "optim", base.options.section)
     unread, tried = [], 0
-    for key in _leaf_fields(base):
+    for key, (owner, field) in _leaf_fields(base).items():
         if key in ignored or key in READ_ELSEWHERE or key.split(".")[0] not in sections:
             continue
-        owner, field = _leaf_fields(base)[key]
         valid = 0
         for candidate in _candidates(getattr(owner, field.name), key):
             cfg = copy.deepcopy(base)
-            owner, field = _leaf_fields(cfg)[key]
-            setattr(owner, field.name, candidate)
+            target, leaf = _leaf_fields(cfg)[key]  # the copy's
+            setattr(target, leaf.name, candidate)
             try:
                 validate(cfg)
                 changed = not _same(reference, _weights_after_steps(cfg, preset))

@@ -148,10 +148,14 @@ def plot_motion_reconstructions(
     plot_feature_trajectories(target, pred, path, fps=motion.fps, title=f"{title}, the first shown" if title else "")
 
 
+STATS_FILE = "motion_stats.json"
+"""The file a ``lafan1-h1`` run saves its training clips' feature statistics in."""
+
+
 def lafan_run_files(data: DataConfig) -> dict[str, Any]:
     """What a ``lafan1-h1`` run saves beside its checkpoints: the standardization statistics of the training
     clips (``motion_stats.json``), so a reconstruction can be turned back into raw features and poses."""
-    return {"motion_stats.json": motion_data(data).stats.to_dict()}
+    return {STATS_FILE: motion_data(data).stats.to_dict()}
 
 
 def read_run_stats(path: Path) -> Any:
@@ -169,13 +173,13 @@ def read_run_stats(path: Path) -> Any:
 
 def read_saved_stats(run_dir: Path) -> Any:
     """The statistics a ``lafan1-h1`` run saved (:func:`read_run_stats` of its ``motion_stats.json``)."""
-    return read_run_stats(Path(run_dir) / "motion_stats.json")
+    return read_run_stats(Path(run_dir) / STATS_FILE)
 
 
 def check_run_stats(run_dir: Path, data: DataConfig) -> None:
     """UserError when the statistics a run saved (``motion_stats.json``) differ from the data's: the features or
     clips changed since training, so reconstructions would be read on the wrong scale."""
-    path = Path(run_dir) / "motion_stats.json"
+    path = Path(run_dir) / STATS_FILE
     if not path.is_file():
         log.warning("%s is missing (a run folder copied without it?): the data's own statistics are used, not "
                     "checked against the run's", path)

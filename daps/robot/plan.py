@@ -116,7 +116,7 @@ class Planner:
                  tokenizer: str | Path | None = None) -> None:
         from daps.checkpoint import run_folder
         from daps.codes import load_code_tokenizer
-        from daps.data.motion import read_run_stats
+        from daps.data.motion import STATS_FILE, read_run_stats
         from daps.robot.run import load_policy
 
         self.device = torch.device(device)
@@ -132,7 +132,7 @@ class Planner:
             if origin["step"] is None:
                 raise UserError(f"{source} holds no standardization.json: the tokenizer's feature statistics are "
                                 "needed to decode")
-            stats_file = run_folder(Path(origin["checkpoint"])) / "motion_stats.json"
+            stats_file = run_folder(Path(origin["checkpoint"])) / STATS_FILE
             if not stats_file.is_file():
                 raise UserError(f"{stats_file} is missing: the tokenizer run's feature statistics are needed to "
                                 "decode")
