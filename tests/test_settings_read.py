@@ -1,4 +1,4 @@
-"""Every model setting ``daps train`` takes is read.
+"""Every setting the training commands take is read.
 
 ``daps train`` refuses an override of a setting the run would not read (:func:`daps.config_io.ignored_settings`),
 so that nothing a user asks for is silently ignored. This checks the other side, for every method at ``mnist`` and
@@ -8,12 +8,18 @@ after a few steps from the same seed (or their shapes). A setting found taken bu
 ``ignored_settings`` forgot (as ``decoder.embed_dim`` of the VQ-VAEs' MLP decoder was). Settings read elsewhere
 than in the step are listed with the test that covers them.
 
-Negative control: remove a key from a method's ``ignores`` (e.g. vqvae's ``vq.ema_decay``) and its case fails.
+The same holds for the other commands that train (``daps prior train``, ``daps robot train``, ``daps robot
+track-train``), judged by what their runs write: every ``key=value`` setting they do not refuse changes the
+weights, the metrics rows, the summary or the checkpoints kept.
+
+Negative controls: remove a key from a method's ``ignores`` (e.g. vqvae's ``vq.ema_decay``) and its case fails; the
+other commands' tests name theirs.
 """
 
 from __future__ import annotations
 
 import copy
+import os
 
 import pytest
 import torch
@@ -121,3 +127,214 @@ def test_every_setting_daps_train_takes_changes_the_training(preset, method):
     assert not unread, (f"{method} at {preset} takes these settings but training did not change with any other "
                         f"value: {unread}; add them to ignored_settings (MethodSpec.ignores, or the settings' "
                         "unread(cfg)) or to READ_ELSEWHERE with the test that covers them")
+
+
+# --------------------------------------------------------------------------- the prior over codes
+
+
+PRIOR_BASE = dict(width=16, num_heads=2, num_layers=1, mlp_ratio=2, steps=4, batch_size=8, lr=1e-2,
+                  log_every=1, eval_every=4, ckpt_every=2, keep_checkpoints=2, val_fraction=0.25, progress=False)
+"""Tiny; rows every step, checkpoints at 2 and 4 (a checkpoint ends a logging window, so ckpt_every=1 would
+hide log_every)."""
+PRIOR_CHOICES = {"source": ["mask"]}  # the string settings' other values (``kind`` is the command's --kind)
+READ_ELSEWHERE["progress"] = ("of a prior or policy: what it prints, not what it writes "
+                              "(tests/test_prior.py::test_progress_in_a_file_is_a_line_per_logged_row)")
+
+
+def _run_outcome(run) -> tuple:
+    """What a prior's or a policy's run wrote, less its timings: the final weights, the metrics rows, the summary
+    and the checkpoints kept."""
+    import json
+
+    from safetensors.torch import load_file
+
+    def untimed(row: dict) -> dict:
+        return {k: v for k, v in row.items() if not k.endswith("_per_s")}
+
+    latest = run / "checkpoints" / (run / "checkpoints/latest").read_text().strip()
+    weights = load_file(str(latest / "model.safetensors"))
+    rows = [untimed(json.loads(line)) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    summary = untimed(json.loads((run / "summary.json").read_text()))
+    kept = sorted(p.name for p in (run / "checkpoints").iterdir())
+    return weights, rows, summary, kept
+
+
+def _same_outcome(a: tuple, b: tuple) -> bool:
+    return _same(a[0], b[0]) and a[1:] == b[1:]
+
+
+@pytest.mark.parametrize("kind", ["ar", "dfm"])
+def test_every_setting_prior_train_takes_changes_the_run(kind, tmp_path):
+    """As above for ``daps prior train``: each ``key=value`` setting that :func:`daps.prior.run.check_settings_read`
+    does not refuse for this kind changes what the run writes (weights, metrics rows, summary or the checkpoints it
+    keeps) for some other valid value. Negative control: let an ``ar`` prior take ``source`` (drop it from
+    ``DFM_ONLY``) and its case fails."""
+    import dataclasses
+
+    from daps.codes import CodeSet, save_codes
+    from daps.prior.run import PriorConfig, check_settings_read, train_prior
+
+    g = torch.Generator().manual_seed(0)
+    meta = {"format": 1, "vocab_size": 8, "num_tokens": 4, "class_names": ["a", "b", "c"], "model_sha256": "x"}
+    codes = CodeSet(torch.randint(8, (40, 2, 4), generator=g), torch.arange(40) % 3, meta)
+    save_codes(codes, tmp_path / "codes.safetensors")
+    runs = iter(range(1000))
+
+    def outcome(cfg: PriorConfig) -> tuple:
+        cfg = dataclasses.replace(cfg, out_dir=str(tmp_path / f"run{next(runs)}"))
+        return _run_outcome(train_prior(cfg))
+
+    base = PriorConfig(kind=kind, codes=str(tmp_path / "codes.safetensors"), **PRIOR_BASE)
+    reference = outcome(base)
+    def refused(name: str) -> bool:
+        try:
+            check_settings_read(base, {name})
+        except UserError:
+            return True
+        return False
+
+    unread, tried = _unread_settings(base, reference, outcome, refused, PRIOR_CHOICES)
+    assert tried >= 10, tried
+    assert not unread, (f"a {kind} prior takes these settings but its run did not change with any other value: "
+                        f"{unread}; refuse them in check_settings_read or list them in READ_ELSEWHERE")
+
+
+def _unread_settings(base, reference: tuple, outcome, refused, choices: dict) -> tuple[list[str], int]:
+    """The ``key=value`` settings of the flat settings dataclass ``base`` (all but the command's own arguments,
+    those ``refused`` and those READ_ELSEWHERE) whose every valid other value leaves ``outcome`` as ``reference``,
+    and how many settings had a valid other value."""
+    import dataclasses
+
+    from daps.prior.run import FLAG_SETTINGS
+
+    unread, tried = [], 0
+    for field in dataclasses.fields(base):
+        name = field.name
+        if name in FLAG_SETTINGS or name in READ_ELSEWHERE or refused(name):
+            continue
+        valid = 0
+        for candidate in choices.get(name) or _candidates(getattr(base, name), name):
+            cfg = dataclasses.replace(base, **{name: candidate})
+            try:
+                cfg.validate()
+                changed = not _same_outcome(reference, outcome(cfg))
+            except UserError:  # not a valid value here: try the next one
+                continue
+            valid += 1
+            if changed:
+                break
+        else:
+            if valid:
+                unread.append(name)
+        tried += valid > 0
+    return unread, tried
+
+
+# --------------------------------------------------------------------------- the robot's command policy
+
+
+REAL_DIR = os.environ.get("DAPS_DATA_DIR")  # read at import: the offline fixture of other modules hides it
+TINY_TOKENIZER = [
+    "encoder.width=16", "encoder.num_heads=2", "encoder.vocab_size=8", "encoder.num_layers=1",
+    "encoder.num_tokens=8", "decoder.embed_dim=16", "decoder.transformer_heads=2", "decoder.transformer_layers=1",
+    "daps.num_samples=2", "train.batch_size=8", "train.steps=1", "train.eval_every=1", "train.ckpt_every=1",
+    "train.eval_examples=8", "train.eval_batch_size=8", "train.progress=false", "train.logger=none",
+]
+POLICY_BASE = dict(width=16, num_heads=2, num_layers=1, mlp_ratio=2, steps=4, batch_size=8, lr=1e-2, log_every=1,
+                   eval_every=4, ckpt_every=2, keep_checkpoints=2, stride=16, samples=1, progress=False)
+
+
+def test_every_setting_robot_train_takes_changes_the_run(tmp_path, monkeypatch):
+    """As above for ``daps robot train`` (the command policy over a motion tokenizer's codes): each ``key=value``
+    setting changes what the run writes for some other valid value (``samples``, refused for a quantizer's codes, is
+    read here: the tokenizer is a DAPS one). Negative control: make the training loop drop ``prev_dropout`` and the
+    test fails."""
+    if not REAL_DIR:
+        pytest.skip("DAPS_DATA_DIR not set (reads the real LAFAN1 H1 clips)")
+    import dataclasses
+
+    import daps.robot.run
+    from daps.cli import main
+    from daps.robot.run import RobotConfig, encode_commands, train_policy
+
+    tokenizer = tmp_path / "tokenizer"
+    assert main(["train", "--preset", "lafan1-h1", *TINY_TOKENIZER, f"data.data_dir={REAL_DIR}",
+                 f"train.out_dir={tokenizer}"]) == 0
+    # each run encodes the clips again: the settings encoding reads give the same examples (were it to read
+    # another, that setting would look unread here and the test would fail, not pass)
+    encoded: dict[tuple, tuple] = {}
+
+    def encode_once(cfg: RobotConfig, device):
+        key = (cfg.stride, cfg.samples, cfg.seed)
+        if key not in encoded:
+            encoded[key] = encode_commands(cfg, device)
+        return encoded[key]
+
+    monkeypatch.setattr(daps.robot.run, "encode_commands", encode_once)
+    runs = iter(range(1000))
+
+    def outcome(cfg: RobotConfig) -> tuple:
+        cfg = dataclasses.replace(cfg, out_dir=str(tmp_path / f"run{next(runs)}"))
+        return _run_outcome(train_policy(cfg))
+
+    base = RobotConfig(tokenizer=str(tokenizer), **POLICY_BASE)
+    unread, tried = _unread_settings(base, outcome(base), outcome, lambda name: False, {})
+    assert tried >= 14, tried
+    assert not unread, (f"the policy takes these settings but its run did not change with any other value: "
+                        f"{unread}; refuse them or list them in READ_ELSEWHERE")
+
+
+# --------------------------------------------------------------------------- the robot's tracker
+
+
+TRACKER_BASE = dict(envs=2, horizon=8, frames=48, epochs=2, minibatch=8, hidden=16, code_dim=4, eval_every=2,
+                    ckpt_every=2, keep_checkpoints=2, episode_seconds=0.5, progress=False)
+"""Three updates of 2 x 8 simulated frames; episodes end within a rollout by the time limit (15 frames) and by
+falling behind the drifting reference (0.3 m at about 15 frames), so both settings bite."""
+TRACKER_CHOICES = {"actor_sees_reference": [True]}
+TRACKER_READ_ELSEWHERE = {
+    "reference": "chooses how the tokenizer's references are made; this test gives them directly "
+                 "(tests/test_tracker.py::test_track_train_decodes_references_from_a_tokenizer makes both kinds)",
+}
+
+
+def _drifting_references(h1, frames: int = 40, window: int = 8, num_tokens: int = 4):
+    """The H1 standing in its default pose while the reference's pelvis moves 2 cm forward per frame; codes 0..2 in
+    turn (so that the code embedding is used)."""
+    import numpy as np
+
+    from daps.robot.tracker import References, end_points
+
+    poses = np.zeros((frames, 26))
+    poses[:, 2], poses[:, 3] = 1.044, 1.0
+    poses[:, 0] = 0.02 * np.arange(frames)
+    codes = (np.arange(frames // window * num_tokens).reshape(-1, num_tokens) % 3).astype(np.int64)
+    return References(["drift"], [poses], [np.zeros((frames, 25))], [end_points(h1, poses)], [codes], window)
+
+
+def test_every_setting_track_train_takes_changes_the_run(tmp_path):
+    """As above for ``daps robot track-train`` (PPO in MuJoCo, on hand-made references): each ``key=value`` setting
+    changes what the run writes (weights, metrics rows, summary, checkpoints) for some other valid value.
+    Negative control: make the environments ignore ``action_clip`` and the test fails."""
+    if not REAL_DIR:
+        pytest.skip("DAPS_DATA_DIR not set (reads the H1 model)")
+    import dataclasses
+
+    from daps.motion.h1 import load_h1
+    from daps.robot.tracker import TrackerConfig, train_tracker
+
+    h1 = load_h1(REAL_DIR)
+    refs = _drifting_references(h1)
+    meta = {"num_tokens": 4, "vocab_size": 3, "fps": 30.0, "window": 8, "data_dir": REAL_DIR}
+    runs = iter(range(1000))
+
+    def outcome(cfg: TrackerConfig) -> tuple:
+        cfg = dataclasses.replace(cfg, out_dir=str(tmp_path / f"run{next(runs)}"))
+        return _run_outcome(train_tracker(cfg, references=({"train": refs, "val": refs}, meta), h1=h1))
+
+    base = TrackerConfig(**TRACKER_BASE)
+    unread, tried = _unread_settings(base, outcome(base), outcome, lambda name: name in TRACKER_READ_ELSEWHERE,
+                                     TRACKER_CHOICES)
+    assert tried >= 20, tried
+    assert not unread, (f"the tracker takes these settings but its run did not change with any other value: "
+                        f"{unread}; refuse them or list them in TRACKER_READ_ELSEWHERE")

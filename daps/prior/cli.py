@@ -143,7 +143,7 @@ def prior_command(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from daps.prior.run import PriorConfig, apply_overrides, train_prior
+    from daps.prior.run import PriorConfig, apply_overrides, check_settings_read, train_prior
 
     device = _device(args.device)
     set_threads(args.threads)
@@ -156,11 +156,7 @@ def _train(args: argparse.Namespace) -> int:
         if "label_dropout" in given:
             raise UserError("give the label dropout once: --label-dropout or label_dropout=, not both")
         cfg.label_dropout = args.label_dropout
-    dfm_only = given & {"source", "euler_steps"}
-    if cfg.kind == "ar" and dfm_only:
-        raise UserError(f"{', '.join(sorted(dfm_only))}: settings of dfm priors (--kind dfm); an ar prior has none")
-    if cfg.val_codes and "val_fraction" in given:
-        raise UserError("val_fraction: read only without --val-codes (the held-out codes are that file's)")
+    check_settings_read(cfg, given)
     run = train_prior(cfg, resume=args.resume, overwrite=args.overwrite, device=device)
     summary = json.loads((run / "summary.json").read_text())
     shown = "  ".join(f"{k} {v:.4g}" for k, v in summary.items() if isinstance(v, float))

@@ -127,6 +127,21 @@ FLAG_SETTINGS = {
 """Settings given by the command line's own arguments, not by ``key=value``."""
 
 
+DFM_ONLY = ("source", "euler_steps")
+"""Settings only a ``dfm`` prior reads."""
+
+
+def check_settings_read(cfg: PriorConfig, given: set[str]) -> None:
+    """UserError if a setting given as ``key=value`` (the names in ``given``) is one this prior would not read:
+    a ``dfm`` prior's settings for an ``ar`` prior, ``val_fraction`` with ``val_codes`` (the held-out codes are
+    that file's)."""
+    dfm_only = given & set(DFM_ONLY)
+    if cfg.kind == "ar" and dfm_only:
+        raise UserError(f"{', '.join(sorted(dfm_only))}: settings of dfm priors (--kind dfm); an ar prior has none")
+    if cfg.val_codes and "val_fraction" in given:
+        raise UserError("val_fraction: read only without --val-codes (the held-out codes are that file's)")
+
+
 def settings_help(cfg: Any) -> str:
     """The ``key=value`` settings of the flat settings dataclass ``cfg`` with its values, for a command's --help
     (those the command's own arguments give are left out)."""
