@@ -96,25 +96,17 @@ def _candidates(value, key: str) -> list:
     return []  # strings (kinds, choices) and tuples: the kinds are what ignored_settings reads, tested there
 
 
-@pytest.mark.parametrize(("preset", "method"), CASES, ids=[f"{p}-{m}" for p, m in CASES])
-def test_every_setting_daps_train_takes_changes_the_training(preset, method):
-    base = configured(preset, method, [*TINY, *OTHER_SHAPE.get(preset, [])])
-    reference = _weights_after_steps(base, preset)
-    ignored = ignored_settings(base)
-    sections = ("encoder", "decoder", "optim", base.options.section)
+def _unread(keys: dict[str, list], changes) -> tuple[list[str], int]:
+    """Of the settings ``keys`` (each with other values to try, nearest first), those that ``changes(key, value)``
+    finds without effect at every valid value (UserError: not a valid value here, such as a width the heads do not
+    divide), and how many settings had a valid other value."""
     unread, tried = [], 0
-    for key, (owner, field) in _leaf_fields(base).items():
-        if key in ignored or key in READ_ELSEWHERE or key.split(".")[0] not in sections:
-            continue
+    for key, candidates in keys.items():
         valid = 0
-        for candidate in _candidates(getattr(owner, field.name), key):
-            cfg = copy.deepcopy(base)
-            target, leaf = _leaf_fields(cfg)[key]  # the copy's
-            setattr(target, leaf.name, candidate)
+        for candidate in candidates:
             try:
-                validate(cfg)
-                changed = not _same(reference, _weights_after_steps(cfg, preset))
-            except UserError:  # not a valid value here (a width the heads do not divide, ...): try the next one
+                changed = changes(key, candidate)
+            except UserError:
                 continue
             valid += 1
             if changed:
@@ -123,6 +115,26 @@ def test_every_setting_daps_train_takes_changes_the_training(preset, method):
             if valid:
                 unread.append(key)
         tried += valid > 0
+    return unread, tried
+
+
+@pytest.mark.parametrize(("preset", "method"), CASES, ids=[f"{p}-{m}" for p, m in CASES])
+def test_every_setting_daps_train_takes_changes_the_training(preset, method):
+    base = configured(preset, method, [*TINY, *OTHER_SHAPE.get(preset, [])])
+    reference = _weights_after_steps(base, preset)
+    ignored = ignored_settings(base)
+    sections = ("encoder", "decoder", "optim", base.options.section)
+    keys = {key: _candidates(getattr(owner, field.name), key) for key, (owner, field) in _leaf_fields(base).items()
+            if key not in ignored and key not in READ_ELSEWHERE and key.split(".")[0] in sections}
+
+    def changes(key: str, value) -> bool:
+        cfg = copy.deepcopy(base)
+        target, leaf = _leaf_fields(cfg)[key]  # the copy's
+        setattr(target, leaf.name, value)
+        validate(cfg)
+        return not _same(reference, _weights_after_steps(cfg, preset))
+
+    unread, tried = _unread(keys, changes)
     assert tried >= 5, tried  # the loop ran: most settings had a valid other value
     assert not unread, (f"{method} at {preset} takes these settings but training did not change with any other "
                         f"value: {unread}; add them to ignored_settings (MethodSpec.ignores, or the settings' "
@@ -200,34 +212,22 @@ def test_every_setting_prior_train_takes_changes_the_run(kind, tmp_path):
 
 
 def _unread_settings(base, reference: tuple, outcome, refused, choices: dict) -> tuple[list[str], int]:
-    """The ``key=value`` settings of the flat settings dataclass ``base`` (all but the command's own arguments,
-    those ``refused`` and those READ_ELSEWHERE) whose every valid other value leaves ``outcome`` as ``reference``,
-    and how many settings had a valid other value."""
+    """:func:`_unread` over the ``key=value`` settings of the flat settings dataclass ``base`` (all but the
+    command's own arguments, those ``refused`` and those READ_ELSEWHERE), judged by the run's ``outcome``."""
     import dataclasses
 
     from daps.prior.run import FLAG_SETTINGS
 
-    unread, tried = [], 0
-    for field in dataclasses.fields(base):
-        name = field.name
-        if name in FLAG_SETTINGS or name in READ_ELSEWHERE or refused(name):
-            continue
-        valid = 0
-        for candidate in choices.get(name) or _candidates(getattr(base, name), name):
-            cfg = dataclasses.replace(base, **{name: candidate})
-            try:
-                cfg.validate()
-                changed = not _same_outcome(reference, outcome(cfg))
-            except UserError:  # not a valid value here: try the next one
-                continue
-            valid += 1
-            if changed:
-                break
-        else:
-            if valid:
-                unread.append(name)
-        tried += valid > 0
-    return unread, tried
+    keys = {f.name: choices.get(f.name) or _candidates(getattr(base, f.name), f.name)
+            for f in dataclasses.fields(base)
+            if f.name not in FLAG_SETTINGS and f.name not in READ_ELSEWHERE and not refused(f.name)}
+
+    def changes(name: str, value) -> bool:
+        cfg = dataclasses.replace(base, **{name: value})
+        cfg.validate()
+        return not _same_outcome(reference, outcome(cfg))
+
+    return _unread(keys, changes)
 
 
 # --------------------------------------------------------------------------- the robot's command policy
