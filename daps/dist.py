@@ -127,7 +127,10 @@ def check_in_sync(tensors, what: str) -> None:
     check that data-parallel training really applies one update everywhere. Nothing in a single process."""
     if not dist.is_initialized():
         return
-    sums = torch.nan_to_num(torch.stack([t.detach().double().sum() for t in tensors]))
+    raw = torch.stack([t.detach().double().sum() for t in tensors])
+    # NaN is unequal to itself: compared as a flag beside the sum, so that a NaN on every rank is in sync and a NaN
+    # on one rank against 0 on another is not
+    sums = torch.cat([torch.nan_to_num(raw), raw.isnan().double()])
     high, low = sums.clone(), sums.clone()
     dist.all_reduce(high, op=dist.ReduceOp.MAX)
     dist.all_reduce(low, op=dist.ReduceOp.MIN)

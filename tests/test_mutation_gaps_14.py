@@ -128,9 +128,10 @@ def _sums_and_sync(rank: int, store: str, results) -> None:
         caught = []
         # the same weights on both ranks, a NaN among them: in sync (the finiteness check names NaN, not this one)
         same_nan = torch.tensor([1.0, float("nan"), 3.0])
+        nan_against_zero = torch.tensor([float("nan") if rank == 0 else 0.0])
         # 1e8 + 1 vs 1e8 + 0: float32 sums round both to 1e8 (its spacing there is 8), float64 sums do not
         tiny_apart = torch.tensor([1e8, 1.0 - rank])
-        for name, tensors in (("nan", [same_nan]), ("float32", [tiny_apart])):
+        for name, tensors in (("nan", [same_nan]), ("float32", [tiny_apart]), ("nan-0", [nan_against_zero])):
             try:
                 dist.check_in_sync(tensors, name)
                 caught.append("")
@@ -160,14 +161,16 @@ def _two_processes(target, store: Path) -> list:
 def test_mean_over_ranks_leaves_its_input_and_the_sync_check_sums_in_float64(tmp_path):
     """Two gloo processes. ``mean_over_ranks`` of (1, 10) and (2, 20) is (1.5, 15) on both, and each rank's own
     tensor is still its own afterwards (the all-reduce works on a copy). ``check_in_sync`` passes the same weights
-    holding a NaN on both ranks, and refuses weights (1e8, 1) against (1e8, 0), whose float32 sums are both 1e8.
-    Fails on: the copy dropped (the caller's tensor summed in place: (3, 30) on both), the sums left in float32
-    (the differing weights pass), or NaN compared as is (identical weights called different)."""
-    for rank, mean, kept, (nan, float32) in _two_processes(_sums_and_sync, tmp_path / "store"):
+    holding a NaN on both ranks, and refuses weights (1e8, 1) against (1e8, 0), whose float32 sums are both 1e8,
+    and a NaN on one rank against 0 on the other. Fails on: the copy dropped (the caller's tensor summed in place:
+    (3, 30) on both), the sums left in float32 (the differing weights pass), NaN compared as is (identical weights
+    called different), or NaN taken for 0 (a rank whose weights went NaN called in sync)."""
+    for rank, mean, kept, (nan, float32, nan_zero) in _two_processes(_sums_and_sync, tmp_path / "store"):
         assert mean == [1.5, 15.0], rank
         assert kept == [1.0 * (rank + 1), 10.0 * (rank + 1)], rank
         assert nan == "", (rank, nan)
         assert "float32: the processes hold different weights" in float32, (rank, float32)
+        assert "nan-0: the processes hold different weights" in nan_zero, (rank, nan_zero)
 
 
 # --------------------------------------------------------------------------- allocator: what is asked of malloc
