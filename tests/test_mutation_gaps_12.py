@@ -218,3 +218,187 @@ def test_validation_clips_alone_are_refused(monkeypatch):
     dataset = _motion_data(monkeypatch, ["dance2_subject2", "walk1_subject1"])
     with pytest.raises(UserError, match="no training clips"):
         dataset.load_motion_data(clips=["dance2_subject2"])
+
+
+# --------------------------------------------------------------------------- finding LAFAN1 (motion/lafan.py)
+
+
+def _touch(path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("")
+    return path
+
+
+def test_the_lafan_source_is_searched_for_in_the_documented_order(tmp_path):
+    """In one data folder (module docstring): ``lafan1_h1_unitree/lafan1_h1_csv.tar.xz``, then
+    ``lafan1_h1_csv.tar.xz``, then the CSVs in ``lafan1_h1_unitree/h1/``, ``h1/`` and ``lafan1_h1_unitree/``; a folder
+    without CSVs is passed over. Known answers: each place wins while the ones before it are absent (removed one at a
+    time), and an empty ``lafan1_h1_unitree/h1/`` gives way to ``h1/``. Fails on: any two places swapped, one left
+    out, or a folder taken without looking for CSVs in it."""
+    from daps.motion.lafan import find_source
+
+    root = tmp_path / "data"
+    places = [_touch(root / "lafan1_h1_unitree" / "lafan1_h1_csv.tar.xz"), _touch(root / "lafan1_h1_csv.tar.xz"),
+              _touch(root / "lafan1_h1_unitree" / "h1" / "a.csv"), _touch(root / "h1" / "b.csv"),
+              _touch(root / "lafan1_h1_unitree" / "c.csv")]
+    expected = [places[0], places[1], root / "lafan1_h1_unitree" / "h1", root / "h1", root / "lafan1_h1_unitree"]
+    for place, source in zip(places, expected):
+        assert find_source(root) == source
+        place.unlink()  # the next place wins; lafan1_h1_unitree/h1/ stays, empty, after a.csv
+    with pytest.raises(FileNotFoundError, match="LAFAN1 H1 clips not found"):
+        find_source(root)
+
+
+def test_the_data_folder_is_searched_before_the_cache(tmp_path, monkeypatch):
+    """``find_source(data_dir)`` with the archive both in ``data_dir`` and in the download cache
+    (``$XDG_CACHE_HOME/daps``) takes the data folder's, as every dataset does. Fails on: the roots searched in
+    reverse."""
+    from daps.motion.lafan import find_source
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    cached = _touch(tmp_path / "xdg" / "daps" / "lafan1_h1_csv.tar.xz")
+    mine = _touch(tmp_path / "data" / "lafan1_h1_csv.tar.xz")
+    assert find_source(tmp_path / "data") == mine
+    mine.unlink()
+    assert find_source(tmp_path / "data") == cached
+
+
+# --------------------------------------------------------------------------- reading the clips (motion/lafan.py)
+
+_ROW = ",".join(["0.5", "-1", "1"] + ["0", "0", "0", "1"] + ["0.25"] * 19)  # x, y, z | quaternion x, y, z, w | joints
+
+
+def _archive(path, members: dict[str, str]):
+    """A ``.tar.xz`` holding ``members`` (path -> text) as regular files."""
+    import io
+    import tarfile
+
+    with tarfile.open(path, "w:xz") as tar:
+        for name, text in members.items():
+            data = text.encode()
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def test_hidden_files_and_other_files_are_not_clips(tmp_path):
+    """A clip is a ``<name>.csv`` whose name does not start with a dot: in a folder, ``._walk1_subject1.csv`` (the
+    resource file a Mac writes next to each file it copies) is passed over; in an archive, so are
+    ``h1/._walk1_subject1.csv`` and ``h1/README.md``. Known answer: the one clip ``walk1_subject1`` either way,
+    read as one frame. Fails on: hidden CSVs taken for clips, or any archive member taken for a clip."""
+    from daps.motion.lafan import clip_names, read_clips
+
+    folder = tmp_path / "h1"
+    folder.mkdir()
+    (folder / "walk1_subject1.csv").write_text(_ROW + "\n")
+    (folder / "._walk1_subject1.csv").write_bytes(b"\x00\x05\x16\x07 binary resource fork")
+    archive = _archive(tmp_path / "clips.tar.xz", {"h1/walk1_subject1.csv": _ROW + "\n",
+                                                   "h1/._walk1_subject1.csv": "not, a, clip",
+                                                   "h1/README.md": "# not a clip"})
+    for source in (folder, archive):
+        assert clip_names(source) == ["walk1_subject1"]
+        clips = read_clips(source)
+        assert list(clips) == ["walk1_subject1"] and clips["walk1_subject1"].shape == (1, 26)
+
+
+def test_a_folder_is_digested_in_the_sorted_order_of_its_files(tmp_path, monkeypatch):
+    """``source_digest`` of a folder covers its CSVs in sorted name order (module docstring: the sorted names and
+    contents), so the key of the feature cache does not depend on the order the file system lists them in. Known
+    answer: the files are digested as ``a, b, c, d`` for files made in the order ``d, a, c, b``. Fails on: the
+    CSVs taken in the file system's order."""
+    import daps.motion.lafan as lafan
+
+    seen = []
+    monkeypatch.setattr(lafan, "file_digest", lambda path, algorithm: seen.append(path.name) or path.name)
+    for name in "dacb":
+        (tmp_path / f"{name}.csv").write_text(_ROW)
+    lafan.source_digest(tmp_path)
+    assert seen == ["a.csv", "b.csv", "c.csv", "d.csv"]
+
+
+def test_an_archive_folder_named_like_a_csv_is_not_a_clip(tmp_path):
+    """An archive whose member ``h1/old.csv`` is a folder (not a regular file) beside the clip
+    ``h1/walk1_subject1.csv``: the one clip ``walk1_subject1``, read. Fails on: members taken as clips by their
+    name alone (the folder has no text to read)."""
+    import io
+    import tarfile
+
+    from daps.motion.lafan import clip_names, read_clips
+
+    path = tmp_path / "clips.tar.xz"
+    with tarfile.open(path, "w:xz") as tar:
+        folder = tarfile.TarInfo("h1/old.csv")
+        folder.type = tarfile.DIRTYPE
+        tar.addfile(folder)
+        info = tarfile.TarInfo("h1/walk1_subject1.csv")
+        info.size = len(_ROW)
+        tar.addfile(info, io.BytesIO(_ROW.encode()))
+    assert clip_names(path) == ["walk1_subject1"]
+    assert list(read_clips(path)) == ["walk1_subject1"]
+
+
+def test_only_the_clips_asked_for_are_read_from_an_archive(tmp_path):
+    """``read_clips(archive, ["walk1_subject1"])`` reads that clip and leaves the others unread, so a damaged clip
+    that was not asked for (here ``run1_subject2``, not text) is no error; asked for, it is the UserError naming
+    it. Fails on: every member read and decoded whatever was asked."""
+    from daps.motion.lafan import read_clips
+
+    path = tmp_path / "clips.tar.xz"
+    _archive(path, {"h1/walk1_subject1.csv": _ROW + "\n", "h1/run1_subject2.csv": "\u00e9t\u00e9\n"})
+    clips = read_clips(path, ["walk1_subject1"])
+    assert list(clips) == ["walk1_subject1"]
+    np.testing.assert_allclose(clips["walk1_subject1"][0, :7], [0.5, -1.0, 1.0, 1.0, 0.0, 0.0, 0.0])
+    with pytest.raises(UserError, match="run1_subject2.csv: not a text CSV"):
+        read_clips(path, ["run1_subject2"])
+
+
+def test_a_source_without_clips_is_one_user_error(tmp_path):
+    """An archive holding only ``h1/README.md`` and a folder holding only ``notes.txt`` have no clip: each is the
+    UserError "holds no <clip>.csv files", not an empty dataset that fails later. Fails on: the empty archive or
+    folder accepted."""
+    from daps.motion.lafan import clip_names, read_clips
+
+    archive = _archive(tmp_path / "clips.tar.xz", {"h1/README.md": "# no clips"})
+    folder = tmp_path / "h1"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("no clips")
+    for source in (archive, folder):
+        for read in (clip_names, read_clips):
+            with pytest.raises(UserError, match="holds no <clip>.csv files"):
+                read(source)
+
+
+def test_clips_of_an_archive_come_sorted_by_name(tmp_path):
+    """An archive whose members are stored as ``walk2_subject1``, ``dance1_subject1``, ``walk1_subject1``: its clip
+    names and the clips read (all of them) come sorted by name, as a folder's do (``dance1_subject1``,
+    ``walk1_subject1``, ``walk2_subject1``). Fails on: the archive's own order kept."""
+    from daps.motion.lafan import clip_names, read_clips
+
+    names = ["walk2_subject1", "dance1_subject1", "walk1_subject1"]
+    path = _archive(tmp_path / "clips.tar.xz", {f"h1/{n}.csv": _ROW + "\n" for n in names})
+    assert clip_names(path) == sorted(names) == list(read_clips(path))
+
+
+def test_a_folder_digest_covers_the_clip_names(tmp_path):
+    """Two folders holding the same CSV bytes under different clip names (``walk1_subject1`` and ``run2_subject1``,
+    a validation clip) are different sources: different digests, so features cached for one are not read for the
+    other. Fails on: only the contents digested."""
+    from daps.motion.lafan import source_digest
+
+    for folder, name in (("a", "walk1_subject1"), ("b", "run2_subject1")):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / f"{name}.csv").write_text(_ROW + "\n")
+    assert source_digest(tmp_path / "a") != source_digest(tmp_path / "b")
+
+
+def test_reading_an_unknown_clip_lists_the_valid_ones(tmp_path):
+    """``read_clips(folder, ["walk9_subject9"])`` of a folder holding ``walk1_subject1`` and ``run1_subject2``: the
+    UserError naming the unknown clip and listing the two valid ones (sorted), not a KeyError. Fails on: the
+    names asked for not checked."""
+    from daps.motion.lafan import read_clips
+
+    for name in ("walk1_subject1", "run1_subject2"):
+        (tmp_path / f"{name}.csv").write_text(_ROW + "\n")
+    with pytest.raises(UserError, match="unknown clip 'walk9_subject9' .*valid clips: run1_subject2, walk1_subject1$"):
+        read_clips(tmp_path, ["walk9_subject9"])
