@@ -402,3 +402,185 @@ def test_reading_an_unknown_clip_lists_the_valid_ones(tmp_path):
         (tmp_path / f"{name}.csv").write_text(_ROW + "\n")
     with pytest.raises(UserError, match="unknown clip 'walk9_subject9' .*valid clips: run1_subject2, walk1_subject1$"):
         read_clips(tmp_path, ["walk9_subject9"])
+
+
+# --------------------------------------------------------------------------- the H1 model (motion/h1.py)
+
+
+def test_the_end_points_of_the_two_sides_mirror_each_other(h1_model):
+    """The H1 is left / right symmetric: in the zero pose (pelvis 1 m up, facing +x, every joint at 0) each right
+    end point (toe, hand) is its left twin mirrored in the x-z plane: same x and z, opposite y, the left one at
+    y > 0 (the robot's left). Fails on: a right end point fixed to the left body (both twins then coincide)."""
+    from daps.motion.h1 import END_POINTS, forward_kinematics, points_world
+
+    pose = np.zeros(26)
+    pose[2], pose[3] = 1.0, 1.0
+    at = dict(zip((p.name for p in END_POINTS), points_world(*forward_kinematics(h1_model, pose), END_POINTS)))
+    for part in ("toe", "hand"):
+        left, right = at[f"left_{part}"], at[f"right_{part}"]
+        assert left[1] > 0.1
+        np.testing.assert_allclose(right, left * [1.0, -1.0, 1.0], atol=1e-6)
+
+
+@pytest.mark.parametrize("system, display, user_gl, expected", [
+    ("Linux", None, None, "egl"),  # headless Linux: EGL
+    ("Linux", ":0", None, None),  # a screen: MuJoCo's own default
+    ("Linux", None, "osmesa", "osmesa"),  # the user's choice stands
+    ("Darwin", None, None, None),  # not Linux: left alone
+])
+def test_mujoco_is_made_headless_only_on_linux_without_a_screen_or_a_choice(monkeypatch, system, display, user_gl,
+                                                                             expected):
+    """``import_mujoco`` sets ``MUJOCO_GL=egl`` only on Linux with neither ``$DISPLAY`` nor ``$MUJOCO_GL`` set (module
+    docstring of render.py: the setting must come before mujoco is imported). Known answers for the four cases in
+    the parameters (mujoco itself is imported once, before, so no backend is loaded here). Fails on: a screen
+    ignored, or the user's ``MUJOCO_GL`` overwritten."""
+    import daps.motion.h1 as h1
+
+    try:
+        h1.import_mujoco()
+    except UserError as e:
+        pytest.skip(str(e))
+    monkeypatch.setattr(h1.platform, "system", lambda: system)
+    for name, value in (("DISPLAY", display), ("MUJOCO_GL", user_gl)):
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
+    h1.import_mujoco()
+    assert h1.os.environ.get("MUJOCO_GL") == expected
+
+
+@pytest.mark.parametrize("error, says", [(RuntimeError("cannot initialize EGL"), "MUJOCO_GL=egl"),
+                                         (ImportError("No module named 'mujoco'"), "pip install mujoco")])
+def test_a_failed_mujoco_import_is_one_user_error(monkeypatch, error, says):
+    """``import mujoco`` failing with a RuntimeError (what an OpenGL backend that does not load raises) is the
+    UserError naming the backend settings, and an ImportError the one naming the package to install. Fails on: the
+    backend's RuntimeError let through as a traceback."""
+    import builtins
+
+    import daps.motion.h1 as h1
+
+    real = builtins.__import__
+
+    def failing(name, *args, **kwargs):
+        if name == "mujoco":
+            raise error
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", failing)
+    with pytest.raises(UserError, match=says):
+        h1.import_mujoco()
+
+
+def test_the_h1_model_is_searched_for_in_its_folder_then_in_the_root(tmp_path):
+    """``find_model_file(root)`` takes ``root/unitree_h1_mjcf/h1.xml`` before ``root/h1.xml`` (module docstring), and
+    ``root/h1.xml`` when it is the only one. Fails on: the root left out, or the two places swapped."""
+    from daps.motion.h1 import find_model_file
+
+    inner, outer = _touch(tmp_path / "unitree_h1_mjcf" / "h1.xml"), _touch(tmp_path / "h1.xml")
+    assert find_model_file(tmp_path) == inner
+    inner.unlink()
+    assert find_model_file(tmp_path) == outer
+
+
+def test_the_h1_model_is_found_in_the_download_cache_after_the_data_folder(tmp_path, monkeypatch):
+    """With no model in the data folder, ``find_model_file`` takes the one in the download cache
+    (``$XDG_CACHE_HOME/daps/unitree_h1_mjcf/h1.xml``); with one in both, the data folder's. Fails on: the cache not
+    searched."""
+    from daps.motion.h1 import find_model_file
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    cached = _touch(tmp_path / "xdg" / "daps" / "unitree_h1_mjcf" / "h1.xml")
+    (tmp_path / "data").mkdir()
+    assert find_model_file(tmp_path / "data") == cached
+    mine = _touch(tmp_path / "data" / "h1.xml")
+    assert find_model_file(tmp_path / "data") == mine
+
+
+def test_a_folder_named_h1_xml_is_not_the_model(tmp_path):
+    """``root/unitree_h1_mjcf/h1.xml`` that is a folder is passed over for the file ``root/h1.xml``. Fails on: any
+    path that exists taken for the model file."""
+    from daps.motion.h1 import find_model_file
+
+    (tmp_path / "unitree_h1_mjcf" / "h1.xml").mkdir(parents=True)
+    model = _touch(tmp_path / "h1.xml")
+    assert find_model_file(tmp_path) == model
+
+
+def _model(tmp_path, joints: list[str]):
+    """An MJCF file of a chain of small boxes, one joint each, of the MuJoCo ``types`` in ``joints`` (``free``,
+    ``ball``, ``hinge``), named ``j0, j1, ...``."""
+    xml = ""
+    for k, kind in enumerate(reversed(joints)):
+        body = f'<joint name="j{len(joints) - 1 - k}" type="{kind}"/><geom type="box" size=".05 .05 .05"/>'
+        xml = f'<body name="b{len(joints) - 1 - k}" pos="0 0 .1">{body}{xml}</body>'
+    path = tmp_path / "robot.xml"
+    path.write_text(f"<mujoco><worldbody>{xml}</worldbody></mujoco>")
+    return path
+
+
+@pytest.mark.parametrize("joints, says", [
+    (["free", "ball"] + ["hinge"] * 19, r"not the Unitree H1 model \(nq=30"),  # H1's joint count, more qpos
+    (["free", "ball"] + ["hinge"] * 16, r"not the Unitree H1 model \(nq=27"),  # H1's qpos count, fewer joints
+    (["ball", "ball"] + ["hinge"] * 19, "the first joint is not the free root joint"),  # both counts, no free root
+])
+def test_a_model_that_is_not_the_h1_is_refused_by_its_layout(tmp_path, h1_model, joints, says):
+    """``load_h1(path=...)`` checks the layout before anything else: 27 qpos entries *and* 21 joints (free root, 19
+    hinges, the dummy), then a free first joint. Known answers on three chains of boxes that pass all but one of
+    those checks: each is the UserError of the check it fails. Fails on: the qpos count, the joint count or the
+    root's joint type not checked."""
+    from daps.motion.h1 import load_h1
+
+    with pytest.raises(UserError, match=says):
+        load_h1(path=_model(tmp_path, joints))
+
+
+def test_two_hinges_swapped_in_the_model_are_refused(tmp_path, h1_model):
+    """The real ``h1.xml`` with the names ``left_knee_joint`` and ``left_ankle_joint`` swapped: every joint exists,
+    but the knee's angle would be read from the ankle's qpos entry, so loading it is the UserError naming the knee
+    and its address (qpos[10]). Fails on: the joints looked up by name only, not checked at their qpos address."""
+    from daps.motion.h1 import load_h1
+
+    source = h1_model.path
+    text = source.read_text().replace('meshdir="assets"', f'meshdir="{source.parent / "assets"}"')
+    text = text.replace("left_knee_joint", "@").replace("left_ankle_joint", "left_knee_joint").replace(
+        "@", "left_ankle_joint")
+    path = tmp_path / "h1.xml"
+    path.write_text(text)
+    with pytest.raises(UserError, match=r"joint left_knee_joint is missing or not at qpos\[10\]"):
+        load_h1(path=path)
+
+
+def test_the_joint_limits_are_mujocos_own(h1_model):
+    """``H1.joint_range`` holds each hinge's limits as MuJoCo stores them (float64, read here by name with
+    ``mj_name2id``), exactly; e.g. the knee's lower limit is -0.26 rad in ``h1.xml``. Fails on: the limits
+    rounded to float32 (then ``joint_range[k] != jnt_range`` and a pose at its limit reads as outside it)."""
+    from daps.motion.h1 import JOINT_NAMES, import_mujoco
+
+    mujoco = import_mujoco()
+    m = h1_model.model
+    expected = np.stack([m.jnt_range[mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_JOINT, n)] for n in JOINT_NAMES])
+    assert h1_model.joint_range.dtype == np.float64
+    np.testing.assert_array_equal(h1_model.joint_range, expected)
+    assert h1_model.joint_range[JOINT_NAMES.index("left_knee_joint"), 0] == -0.26
+
+
+def test_the_model_is_loaded_once_whatever_the_path_is_called(h1_model, monkeypatch):
+    """``load_h1`` loads a file once per process: the model named by a path relative to the working folder is the
+    very object loaded by its absolute path (and records that absolute path). Fails on: the path used unresolved
+    (two loads of one file, and a relative path kept in ``H1.path``)."""
+    from daps.motion.h1 import load_h1
+
+    monkeypatch.chdir(h1_model.path.parent)
+    again = load_h1(path="h1.xml")
+    assert again is h1_model and again.path.is_absolute()
+
+
+def test_kinematics_refuses_poses_of_another_width(h1_model):
+    """``forward_kinematics`` of poses ``(26, 25)`` (each pose one number short; 650 numbers, which would also split
+    into 25 poses of 26) is the ValueError naming the expected ``(..., 26)``, not kinematics of misaligned rows.
+    Fails on: the width not checked before the reshape."""
+    from daps.motion.h1 import forward_kinematics
+
+    with pytest.raises(ValueError, match=r"poses must be \(\.\.\., 26\)"):
+        forward_kinematics(h1_model, np.zeros((26, 25)))
