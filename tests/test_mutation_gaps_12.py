@@ -584,3 +584,33 @@ def test_kinematics_refuses_poses_of_another_width(h1_model):
 
     with pytest.raises(ValueError, match=r"poses must be \(\.\.\., 26\)"):
         forward_kinematics(h1_model, np.zeros((26, 25)))
+
+
+# --------------------------------------------------------------------------- the classifier (motion/classifier.py)
+
+
+def test_the_motion_classifier_lives_beside_the_motion_features_in_the_cache(tmp_path, monkeypatch):
+    """The classifier's default file is ``$XDG_CACHE_HOME/daps/lafan1_h1/classifier.safetensors`` (docs/motion.md,
+    and the ``--out`` default in scripts/train_motion_classifier.py's usage), where ``load_classifier()`` looks;
+    with nothing there, the UserError names that file. Fails on: another folder (a trained classifier then never
+    found)."""
+    from daps.motion.classifier import default_classifier_path, load_classifier
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    expected = tmp_path / "daps" / "lafan1_h1" / "classifier.safetensors"
+    assert default_classifier_path() == expected
+    with pytest.raises(UserError, match=f"no motion classifier at {expected}"):
+        load_classifier()
+
+
+def test_the_motion_classifier_drops_out_in_training_only():
+    """A default ``MotionClassifier`` has dropout before its head (class docstring): in training mode two passes over
+    the same windows give different logits, in eval mode the same. Fails on: a default dropout of 0 (training then
+    as deterministic as evaluation)."""
+    from daps.motion.classifier import MotionClassifier
+
+    torch.manual_seed(0)
+    model = MotionClassifier(num_features=3, num_classes=6, width=16)
+    x = torch.randn(4, 12, 3)
+    assert not torch.equal(model.train()(x), model(x))
+    assert torch.equal(model.eval()(x), model(x))
