@@ -180,6 +180,24 @@ def test_windows_take_index_tensors_of_any_integer_dtype():
         assert w[torch.tensor([3, 1], dtype=dtype)][..., 0].tolist() == [[3.0, 4.0], [1.0, 2.0]]
 
 
+def test_a_boolean_mask_picks_the_windows_it_marks():
+    """A boolean mask over the windows (tensor, numpy array or list) picks the windows it marks, as tensor indexing
+    does; a mask of another length is an IndexError. Known answer:
+    over 4 windows, ``[True, False, True, False]`` -> windows 0 and 2 (frames ``[[0, 1], [2, 3]]``), not windows
+    1, 0, 1, 0 (the mask read as the indices 1 and 0). Fails on: a mask cast to integers."""
+    w = _windows()
+    n = len(w)
+    marks = [i % 2 == 0 for i in range(n)]
+    expected = [[float(i), float(i + 1)] for i in range(0, n, 2)]
+    for mask in (torch.tensor(marks), np.array(marks), marks):
+        assert w[mask][..., 0].tolist() == expected
+    with pytest.raises(IndexError, match=f"must have shape \\({n},\\)"):
+        w[torch.tensor([True, False])]
+    from daps.motion.dataset import _as_index
+
+    assert _as_index(np.array(marks), n).dtype == torch.long
+
+
 def _motion_data(monkeypatch, names):
     """``load_motion_data`` of clips ``names`` (10 frames each, features = frame number + clip number) without
     reading LAFAN1."""

@@ -277,12 +277,18 @@ class MotionWindows:
 
 
 def _as_index(index: Index, n: int) -> torch.Tensor:
-    """Window indices as a 1-d int64 tensor."""
+    """Window indices as a 1-d int64 tensor; a boolean mask over the ``n`` windows picks those it marks (as tensor
+    indexing does: not windows 0 and 1)."""
     if isinstance(index, slice):
         return torch.arange(n, device="cpu")[index]
-    if isinstance(index, torch.Tensor):
+    if isinstance(index, torch.Tensor) and index.dtype != torch.bool:
         return index.to(torch.long).reshape(-1)
-    return torch.as_tensor(np.asarray(index, dtype=np.int64).reshape(-1), device="cpu")
+    array = index.cpu().numpy() if isinstance(index, torch.Tensor) else np.asarray(index)
+    if array.dtype == np.bool_:
+        if array.shape != (n,):
+            raise IndexError(f"a boolean mask over {n} windows must have shape ({n},), got {array.shape}")
+        return torch.as_tensor(np.flatnonzero(array), device="cpu")
+    return torch.as_tensor(array.astype(np.int64).reshape(-1), device="cpu")
 
 
 def clip_windows(frames: dict[str, np.ndarray], clips: list[str], window: int, stride: int) -> MotionWindows:
