@@ -1,0 +1,121 @@
+"""Known answers for behaviour of the prior's scores (daps/prior/scores.py), the validation sets
+(daps/data/evalset.py), the data paths (daps/data/paths.py) and the method specs (daps/methods/spec.py) that a
+mutation sweep of those files found no test guarding. Each test names the slip it fails on; the references are
+hand-worked cases on stand-in tokenizers, classifiers and tiny folders."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+# --------------------------------------------------------------------------- prior scores
+
+
+def _indexed_judge(num: int = 12):
+    """A :class:`~daps.prior.scores.Judge` over one-pixel images whose value is their index in the split (so the
+    images a function reads say which examples it took); 3 classes in turn, identity scales."""
+    from daps.prior.scores import Judge
+
+    labels = torch.arange(num) % 3
+    values = torch.arange(num, dtype=torch.float64).view(-1, 1, 1, 1)
+    split = SimpleNamespace(labels=labels, raw=lambda idx: values[idx])
+    judge = object.__new__(Judge)
+    judge.device = "cpu"
+    judge.spec = SimpleNamespace(standardize=SimpleNamespace(to_unit=lambda x: x))
+    judge._examples = lambda split, idx: split.raw(idx)
+    judge.train = judge.test = split
+    judge.num_test = num
+    return judge
+
+
+def _stub_inception(monkeypatch):
+    """Stand-ins for the Inception network: features ``(v, v^2)`` of the first pixel; every input recorded."""
+    import daps.metrics.fid as fid
+    import daps.nets.inception as inception
+
+    seen = []
+
+    def features(net, images):
+        v = images.flatten(1)[:, :1].float()
+        seen.append(v[:, 0].tolist())
+        return torch.cat([v, v**2], 1)
+
+    monkeypatch.setattr(inception, "load_fid_inception", lambda weights=None, device=None: None)
+    monkeypatch.setattr(fid, "inception_features", features)
+    return seen
+
+
+def test_inception_fid_compares_against_a_seeded_random_subset_of_the_test_split(monkeypatch):
+    """``inception_fid`` compares against n test images, "a fixed random subset": the same n distinct test images
+    for the same seed, another subset for another seed, and not simply the first n. Known answer on 12 test images
+    whose value is their index, n = 6: the reference is 6 distinct indices in [0, 12); seeds 0 and 0 agree; seeds
+    0..3 do not all give one subset (the chance that four independent draws of 6 of 12 agree is 1/924^3).
+    Fails on: the first n test images every time (the subset ignoring the seed)."""
+    from daps.prior.scores import inception_fid
+
+    seen = _stub_inception(monkeypatch)
+    judge = _indexed_judge()
+    images = torch.arange(6, dtype=torch.float64).view(-1, 1, 1, 1)
+    subsets = []
+    for seed in (0, 0, 1, 2, 3):
+        seen.clear()
+        inception_fid(judge, images, 6, seed=seed)
+        reference = seen[0]  # the test subset is embedded first
+        assert len(set(reference)) == 6 and all(0 <= v < 12 for v in reference)
+        subsets.append(sorted(reference))
+    assert subsets[0] == subsets[1]
+    assert len({tuple(s) for s in subsets[1:]}) > 1
+
+
+def test_inception_fid_scores_at_most_n_samples_and_says_how_many(monkeypatch):
+    """Of 12 generated images at n = 4, only the first 4 are embedded (the FID is "at the same n" as its floor),
+    and the protocol says "4 samples vs 4 test images"; of 3 images at n = 6 all 3 are scored and the protocol says
+    "3 samples vs 6 test images". Fails on: every image scored whatever n, or the protocol claiming n samples when
+    fewer were given."""
+    from daps.prior.scores import inception_fid
+
+    seen = _stub_inception(monkeypatch)
+    judge = _indexed_judge()
+    many = torch.arange(100, 112, dtype=torch.float64).view(-1, 1, 1, 1)
+    out = inception_fid(judge, many, 4)
+    assert seen[1] == [100.0, 101.0, 102.0, 103.0]  # reference, samples, training floor: the samples are second
+    assert out["inception_fid_protocol"].startswith("Inception pool3 FID, 4 samples vs 4 test images")
+    seen.clear()
+    out = inception_fid(judge, many[:3], 6)
+    assert seen[1] == [100.0, 101.0, 102.0]
+    assert out["inception_fid_protocol"].startswith("Inception pool3 FID, 3 samples vs 6 test images (fixed subset, "
+                                                    "seed 0); real floor: 6 training images vs the same")
+
+
+def test_score_prior_samples_at_the_guidance_asked_for_and_temperature_one(monkeypatch):
+    """``score_prior(..., guidance=3.5, ...)`` draws its codes with classifier-free guidance 3.5 at temperature 1
+    (``generate(model, labels, guidance, temperature, ...)``). Known answer: the stand-in generator is called with
+    guidance 3.5 and temperature 1.0, with the Euler steps passed on (7). Fails on: guidance and temperature swapped
+    (samples at temperature 3.5 without guidance)."""
+    import daps.prior.run
+    from daps.prior.scores import score_prior
+
+    asked = []
+
+    def generate(model, labels, guidance, temperature, generator, steps):
+        asked.append((guidance, temperature, steps))
+        return labels[:, None].repeat(1, 2)
+
+    monkeypatch.setattr(daps.prior.run, "generate", generate)
+    out = score_prior(SimpleNamespace(num_classes=3), 7, torch.zeros(1, 2, dtype=torch.long), 6, 3.5, 0)
+    assert asked == [(3.5, 1.0, 7)]
+    assert out["unique_fraction"] == pytest.approx(3 / 6)  # classes 0, 1, 2 in turn, each twice
+
+
+def test_decoded_images_are_on_the_unit_scale():
+    """A tokenizer of the ``arrays`` dataset (pixels standardized as ``(p - 127.5) / 127.5``) decodes means -1, 0,
+    1 and 3 on the model's scale: on the unit scale (p / 255) they are 0, 0.5, 1 and 1 (clipped), as float32 on the
+    CPU. Fails on: the model-scale decoder means returned (-1 shown as 0 by the clamp, 0 as black instead of grey)."""
+    from daps.prior.scores import decoded_images
+
+    means = torch.tensor([-1.0, 0.0, 1.0, 3.0]).view(-1, 1, 1, 1)
+    model = SimpleNamespace(config=SimpleNamespace(data=SimpleNamespace(name="arrays")), decode=lambda codes: means)
+    got = decoded_images(model, torch.zeros(4, 2, dtype=torch.long))
+    torch.testing.assert_close(got, torch.tensor([0.0, 0.5, 1.0, 1.0]).view(-1, 1, 1, 1))
