@@ -119,3 +119,63 @@ def test_decoded_images_are_on_the_unit_scale():
     model = SimpleNamespace(config=SimpleNamespace(data=SimpleNamespace(name="arrays")), decode=lambda codes: means)
     got = decoded_images(model, torch.zeros(4, 2, dtype=torch.long))
     torch.testing.assert_close(got, torch.tensor([0.0, 0.5, 1.0, 1.0]).view(-1, 1, 1, 1))
+
+
+# --------------------------------------------------------------------------- validation sets
+
+
+def test_a_tensor_eval_set_holds_its_first_dimension_of_images_and_replaces_none():
+    """``TensorEvalSet`` of 5 images of shape (1, 2, 3): 5 images, 0 replaced files (tensors have no files), batches
+    of 2, 2 and 1 covering all 5. Fails on: another dimension counted as the images (1, the channels), or a
+    tensor set reporting a replaced file."""
+    from daps.data.evalset import TensorEvalSet
+
+    images = TensorEvalSet(torch.arange(30.0).view(5, 1, 2, 3), batch_size=2)
+    assert images.num_images == 5 and images.num_skipped == 0
+    assert torch.equal(torch.cat(list(images.batches())), images.images)
+
+
+class _Passes:
+    """A stand-in for :func:`~daps.data.imagefolder.eval_batches`' pass: two CPU batches, then ``num_skipped``."""
+
+    def __init__(self, skipped: int):
+        self.num_skipped, self._skipped = 0, skipped
+
+    def __iter__(self):
+        yield torch.zeros(2, 1, 2, 2, dtype=torch.uint8)
+        yield torch.ones(1, 1, 2, 2, dtype=torch.uint8)
+        self.num_skipped = self._skipped
+
+
+def test_a_folder_eval_set_passes_its_settings_on_and_moves_batches_to_its_device(monkeypatch):
+    """A ``FolderEvalSet(dataset, batch_size=2, num_workers=3, count=3, device=meta)`` asks ``eval_batches`` for
+    batches of 2 from 3 workers, at most 3 images, unpinned (not a CUDA device), and yields them on its device
+    (here the ``meta`` device, which a CPU batch left as it is would not be on). Fails on: the workers not passed
+    on (every validation decoded in the main process), or the batches left on the CPU for a GPU model."""
+    import daps.data.evalset as evalset
+
+    asked = []
+
+    def eval_batches(dataset, batch_size, num_workers, max_images=None, pin_memory=False):
+        asked.append((dataset, batch_size, num_workers, max_images, pin_memory))
+        return _Passes(0)
+
+    monkeypatch.setattr(evalset, "eval_batches", eval_batches)
+    images = evalset.FolderEvalSet("DATASET", 2, 3, 3, torch.device("meta"))
+    batches = list(images.batches())
+    assert asked == [("DATASET", 2, 3, 3, False)]
+    assert [b.shape[0] for b in batches] == [2, 1] and all(b.device.type == "meta" for b in batches)
+
+
+def test_a_folder_eval_set_reports_the_files_replaced_in_its_last_pass_only(monkeypatch):
+    """``num_skipped`` is the number of unreadable files replaced "during the last pass": 0 before any pass, and 1
+    after each of two passes that each replaced one (the same broken file met again), not 2. Fails on: the count
+    summed over passes (every validation reporting more broken files than the split holds)."""
+    import daps.data.evalset as evalset
+
+    monkeypatch.setattr(evalset, "eval_batches", lambda *a, **k: _Passes(1))
+    images = evalset.FolderEvalSet("DATASET", 2, 0, 3, torch.device("cpu"))
+    assert images.num_skipped == 0
+    for _ in range(2):
+        assert sum(b.shape[0] for b in images.batches()) == 3
+        assert images.num_skipped == 1
