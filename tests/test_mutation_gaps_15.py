@@ -179,3 +179,35 @@ def test_a_folder_eval_set_reports_the_files_replaced_in_its_last_pass_only(monk
     for _ in range(2):
         assert sum(b.shape[0] for b in images.batches()) == 3
         assert images.num_skipped == 1
+
+
+# --------------------------------------------------------------------------- data paths
+
+
+def test_a_data_folder_variable_starting_with_a_tilde_is_in_the_home_folder(tmp_path, monkeypatch):
+    """``DAPS_DATA_DIR=~/datasets`` (as a shell leaves it when quoted, or as written in a config file) names
+    ``$HOME/datasets``, as an explicit ``--data-dir ~/datasets`` does. Known answer with ``HOME`` set to a temporary
+    folder: ``env_root() == HOME/datasets`` and ``user_roots(None)`` is that one folder. Fails on: the variable
+    taken literally (a folder named "~" in the working directory, never found)."""
+    from daps.data.paths import env_root, user_roots
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("DAPS_DATA_DIR", "~/datasets")
+    assert env_root() == tmp_path / "datasets"
+    assert user_roots(None) == [tmp_path / "datasets"]
+
+
+def test_the_file_key_of_a_file_exactly_at_the_whole_content_limit_hashes_its_whole_content(tmp_path):
+    """``file_key(path, whole_up_to)`` hashes the whole content of a file of "at most ``whole_up_to`` bytes": a file
+    of exactly 10 bytes at ``whole_up_to=10`` is keyed by the first 16 hex digits of its SHA-256 (computed here with
+    hashlib), as at ``whole_up_to=11``; at ``whole_up_to=9`` it is keyed by size and ends, another key. Fails on:
+    the limit taken as exclusive (a tar of exactly the limit keyed by its ends only, blind to a change inside)."""
+    import hashlib
+
+    from daps.data.paths import file_key
+
+    path = tmp_path / "ten"
+    path.write_bytes(b"0123456789")
+    whole = hashlib.sha256(b"0123456789").hexdigest()[:16]
+    assert file_key(path, whole_up_to=10) == whole == file_key(path, whole_up_to=11)
+    assert file_key(path, whole_up_to=9) != whole
