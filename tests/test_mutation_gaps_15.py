@@ -121,6 +121,81 @@ def test_decoded_images_are_on_the_unit_scale():
     torch.testing.assert_close(got, torch.tensor([0.0, 0.5, 1.0, 1.0]).view(-1, 1, 1, 1))
 
 
+def test_reconstruction_accuracy_is_against_the_labels_of_the_examples_reconstructed():
+    """``references`` scores the reconstructions of n class-balanced training examples against *their* labels. Known
+    answer on a training split sorted by class (labels 0,0,0,0,1,1,1,1,2,2,2,2; one-pixel images whose value is the
+    class; exact reconstructions; a classifier of the nearest class): ``recon_accuracy`` = 1 at n = 6. Fails on:
+    the first n labels of the split taken instead (0,0,0,0,1,1 against classes in turn: 1/3 here)."""
+    from daps.prior.scores import Judge, features, stats
+
+    labels = torch.arange(12) // 4
+    values = labels.double().view(-1, 1, 1, 1)
+    split = SimpleNamespace(labels=labels, raw=lambda idx: values[idx])
+    judge = object.__new__(Judge)
+    judge.tokenizer = SimpleNamespace(
+        vocab_size=4, input_spec=SimpleNamespace(num_tokens=2),
+        reconstruct=lambda b, g=None: SimpleNamespace(x_hat=b.clone()),
+        decode=lambda codes: torch.zeros(len(codes), 1, 1, 1, dtype=torch.float64),
+    )
+    judge.classifier, judge.device = _NearestClass(), "cpu"
+    judge.spec = SimpleNamespace(standardize=lambda x: x)
+    judge.train = judge.test = split
+    judge.real = stats(features(judge.classifier, values))
+    judge.num_test = 12
+    assert judge.references(6)["recon_accuracy"] == 1.0
+
+
+class _NearestClass(torch.nn.Module):
+    """A stand-in classifier of one-pixel images of 3 classes: the class nearest the pixel; features (v, v^2)."""
+
+    def forward(self, b):
+        v = b.flatten(1)[:, :1]
+        return -(v - torch.arange(3, dtype=v.dtype)) ** 2
+
+    def embed(self, b):
+        v = b.flatten(1)[:, :1]
+        return torch.cat([v, v**2], 1)
+
+
+def test_the_inception_floor_takes_the_training_examples_of_its_seed(monkeypatch):
+    """The real-vs-real floor of ``inception_fid(..., seed=s)`` embeds n class-balanced training examples drawn with
+    seed s (as the reference points of the same seed). Known answer on 12 training images whose value is their index
+    (3 classes in turn), n = 6: the floor's images are 6 distinct examples of classes 0, 1, 2, 0, 1, 2, the same for
+    the same seed, and seeds 0..3 do not all draw the same ones. Fails on: the floor's examples drawn with seed 0
+    whatever the seed."""
+    from daps.prior.scores import inception_fid
+
+    seen = _stub_inception(monkeypatch)
+    judge = _indexed_judge()
+    images = torch.arange(6, dtype=torch.float64).view(-1, 1, 1, 1)
+    floors = []
+    for seed in (0, 0, 1, 2, 3):
+        seen.clear()
+        inception_fid(judge, images, 6, seed=seed)
+        floor = [int(v) for v in seen[2]]  # reference, samples, then the training floor
+        assert len(set(floor)) == 6 and [v % 3 for v in floor] == [0, 1, 2, 0, 1, 2]
+        floors.append(floor)
+    assert floors[0] == floors[1]
+    assert len({tuple(f) for f in floors[1:]}) > 1
+
+
+def test_a_refused_class_balanced_count_names_the_flag_that_asked_for_it():
+    """``check_balanced(n, flag)`` names the command's own flag: 91 balanced examples of a split whose smallest class
+    has 30 (3 classes) is refused as "--inception-fid 91: ... at most 90 class-balanced ..." when asked by
+    ``--inception-fid``, and as "--n 91: ..." by default. Fails on: "--n" named whatever flag asked (the user told
+    to lower a flag they did not set)."""
+    from daps.errors import UserError
+    from daps.prior.scores import Judge
+
+    judge = object.__new__(Judge)
+    judge.train = SimpleNamespace(labels=torch.tensor([0, 1, 2] * 30 + [1] * 10))
+    with pytest.raises(UserError, match=r"^--inception-fid 91: the training split has 30 examples .* at most 90 "):
+        judge.check_balanced(91, "--inception-fid")
+    with pytest.raises(UserError, match=r"^--n 91: "):
+        judge.check_balanced(91)
+    judge.check_balanced(90, "--inception-fid")  # exactly 3 x 30: allowed
+
+
 # --------------------------------------------------------------------------- validation sets
 
 
@@ -211,3 +286,36 @@ def test_the_file_key_of_a_file_exactly_at_the_whole_content_limit_hashes_its_wh
     whole = hashlib.sha256(b"0123456789").hexdigest()[:16]
     assert file_key(path, whole_up_to=10) == whole == file_key(path, whole_up_to=11)
     assert file_key(path, whole_up_to=9) != whole
+
+
+# --------------------------------------------------------------------------- method specs
+
+
+def test_a_method_spec_that_says_nothing_more_takes_the_documented_defaults():
+    """A :class:`~daps.methods.spec.MethodSpec` given only its five required fields (as a plugin method may be): no
+    preset adjustments, bits ``T log2 V`` (8 tokens over 16 codes of a stand-in config: 32 bits), a progress bar
+    showing ``log_p`` only, defined for every preset (``only_presets`` None), not declared graph-safe, ignoring no
+    setting, no cross-setting check. Fails on: another default progress key (a plugin's bar asking for a ``kl`` its
+    method never logs), or a method graph-safe unless it says otherwise."""
+    from daps.methods.spec import MethodSpec
+
+    spec = MethodSpec("toy", "a toy", build=lambda cfg, shape: None, config_type=object, encoder="quantizer")
+    cfg = SimpleNamespace(encoder=SimpleNamespace(num_tokens=8, vocab_size=16))
+    assert spec.bits(cfg) == pytest.approx(32.0)
+    assert spec.progress == ("log_p",)
+    assert spec.only_presets is None and spec.cuda_graph is False and spec.check_config is None
+    assert dict(spec.presets) == {} and dict(spec.ignores) == {}
+
+
+def test_a_registered_method_spec_cannot_be_changed_in_place():
+    """The specs in ``METHODS`` are shared by every caller of the process (train, compare, the hub), so they are
+    frozen: setting ``METHODS["daps"].cuda_graph`` raises ``FrozenInstanceError`` and leaves it as it was. Fails on:
+    a mutable spec (one test or caller switching a method's graph-safety for every later one)."""
+    import dataclasses
+
+    from daps.methods import METHODS
+
+    before = METHODS["daps"].cuda_graph
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        METHODS["daps"].cuda_graph = not before
+    assert METHODS["daps"].cuda_graph is before
