@@ -128,3 +128,88 @@ def test_accuracy_by_kind_returns_accuracy_then_recall_then_counts():
     assert accuracy == pytest.approx(2 / 3)
     assert recall == pytest.approx({"dance": 0.5, "fall": 1.0})
     assert counts == {"dance": 2, "fall": 1}
+
+
+# --------------------------------------------------------------------------- training (motion/classifier.py)
+
+
+class _ZeroWindows(_Windows):
+    """Windows of 4 frames of the real feature count, all zero."""
+
+    def __getitem__(self, idx: torch.Tensor) -> torch.Tensor:
+        from daps.motion.features import NUM_FEATURES
+
+        return torch.zeros(len(idx), 1, 4, NUM_FEATURES)
+
+
+def _train_spied(monkeypatch, steps: int) -> dict:
+    """Train the motion classifier on six all-zero windows (one per kind), batch 64, recording the training
+    inputs, the learning rate at each optimizer step, and per backward pass the head weight's own gradient and
+    its gradient after accumulation."""
+    import daps.motion.classifier as classifier
+
+    seen: dict = {"inputs": [], "lrs": [], "own": [], "kept": []}
+    forward = classifier.MotionClassifier.forward
+
+    def spy(self, x):
+        if self.training:
+            seen["inputs"].append(x.detach().clone())
+            weight = self.head[1].weight
+            if not seen.get("hooked"):
+                seen["hooked"] = True
+                weight.register_hook(lambda g: seen["own"].append(g.clone()))
+                weight.register_post_accumulate_grad_hook(lambda p: seen["kept"].append(p.grad.clone()))
+        return forward(self, x)
+
+    class Recording(torch.optim.AdamW):
+        def step(self, *args, **kwargs):
+            seen["lrs"].append(self.param_groups[0]["lr"])
+            return super().step(*args, **kwargs)
+
+    monkeypatch.setattr(classifier.MotionClassifier, "forward", spy)
+    monkeypatch.setattr(torch.optim, "AdamW", Recording)
+    classifier.train_classifier(_ZeroWindows([0, 1, 2, 3, 4, 5]), _ZeroWindows([0, 1]), steps=steps, batch_size=64)
+    return seen
+
+
+def test_training_inputs_carry_gaussian_noise_of_sigma_0_2(monkeypatch, single_thread):
+    """The classifier trains on its windows plus Gaussian noise of σ 0.2 (docs/motion.md). Known answer: all-zero
+    windows reach the network as noise of mean 0 and standard deviation 0.2 (2 steps of 64 windows of 4 x 86
+    entries: the sample's deviation is within 0.19-0.21). Fails on: the noise dropped (the inputs all zero)."""
+    inputs = torch.cat(_train_spied(monkeypatch, steps=2)["inputs"])
+    assert inputs.shape[0] == 128
+    assert abs(float(inputs.mean())) < 0.01 and 0.19 < float(inputs.std()) < 0.21
+
+
+def test_training_follows_a_cosine_learning_rate_from_1e_3(monkeypatch, single_thread):
+    """AdamW's learning rate follows a cosine over the training steps (docs/motion.md). Known answer: 4 steps from
+    lr 1e-3 use 1e-3 (1 + cos(π t / 4)) / 2 at step t = 0..3: 1e-3, 8.536e-4, 5e-4, 1.464e-4. Fails on: the
+    scheduler never stepped (1e-3 throughout)."""
+    import math
+
+    lrs = _train_spied(monkeypatch, steps=4)["lrs"]
+    assert lrs == pytest.approx([1e-3 * (1 + math.cos(math.pi * t / 4)) / 2 for t in range(4)])
+
+
+def test_each_training_step_uses_only_its_own_gradient(monkeypatch, single_thread):
+    """Gradients are cleared before every backward pass, so each optimizer step follows that step's loss alone.
+    Known answer: for 3 steps, the head weight's gradient after accumulation equals the gradient of that step's
+    own loss. Fails on: the gradients never cleared (each step adding every earlier step's gradient)."""
+    seen = _train_spied(monkeypatch, steps=3)
+    assert len(seen["own"]) == len(seen["kept"]) == 3
+    for own, kept in zip(seen["own"], seen["kept"]):
+        assert torch.equal(own, kept)
+
+
+def test_the_training_accuracy_subset_keeps_each_windows_own_label():
+    """The training accuracy is measured on a subset of the training windows (``_Subset``), each window with its
+    own label. Known answer: windows 0-5 of kinds 5, 4, 3, 2, 1, 0, subset of windows (1, 4): labels (4, 1), its
+    items 0 and 1 are windows 1 and 4, and a model predicting each window's true kind scores 1.0 on it. Fails on:
+    the subset labelled with the first labels of the set (5, 4), or its items taken from the whole set."""
+    from daps.motion.classifier import _Subset, accuracy_by_kind
+
+    windows = _Windows([5, 4, 3, 2, 1, 0])
+    subset = _Subset(windows, torch.tensor([1, 4]))
+    assert len(subset) == 2 and subset.labels.tolist() == [4, 1]
+    assert subset[torch.tensor([0, 1])][:, 0, 0, 0].tolist() == [1.0, 4.0]
+    assert accuracy_by_kind(_Picks([5, 4, 3, 2, 1, 0]), subset)[0] == 1.0
