@@ -6,8 +6,6 @@ tensors."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
 # --------------------------------------------------------------------------- dist: one process, a stand-in group
@@ -142,22 +140,6 @@ def _sums_and_sync(rank: int, store: str, results) -> None:
         tdist.destroy_process_group()
 
 
-def _two_processes(target, store: Path) -> list:
-    """``target(rank, store, results)`` in two spawned processes (a gloo group on the file ``store``); what they put
-    in ``results``, sorted by rank."""
-    import torch.multiprocessing as mp
-
-    ctx = mp.get_context("spawn")
-    results = ctx.SimpleQueue()
-    procs = [ctx.Process(target=target, args=(r, str(store), results)) for r in range(2)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(120)
-    assert all(p.exitcode == 0 for p in procs)
-    return sorted(results.get() for _ in range(2))
-
-
 def test_mean_over_ranks_leaves_its_input_and_the_sync_check_sums_in_float64(tmp_path):
     """Two gloo processes. ``mean_over_ranks`` of (1, 10) and (2, 20) is (1.5, 15) on both, and each rank's own
     tensor is still its own afterwards (the all-reduce works on a copy). ``check_in_sync`` passes the same weights
@@ -165,7 +147,9 @@ def test_mean_over_ranks_leaves_its_input_and_the_sync_check_sums_in_float64(tmp
     and a NaN on one rank against 0 on the other. Fails on: the copy dropped (the caller's tensor summed in place:
     (3, 30) on both), the sums left in float32 (the differing weights pass), NaN compared as is (identical weights
     called different), or NaN taken for 0 (a rank whose weights went NaN called in sync)."""
-    for rank, mean, kept, (nan, float32, nan_zero) in _two_processes(_sums_and_sync, tmp_path / "store"):
+    from test_dist import two_processes
+
+    for rank, mean, kept, (nan, float32, nan_zero) in two_processes(_sums_and_sync, tmp_path / "store"):
         assert mean == [1.5, 15.0], rank
         assert kept == [1.0 * (rank + 1), 10.0 * (rank + 1)], rank
         assert nan == "", (rank, nan)

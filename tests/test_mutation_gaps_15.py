@@ -47,24 +47,31 @@ def _stub_inception(monkeypatch):
     return seen
 
 
+def _embedded_by_seed(monkeypatch) -> list[list]:
+    """What ``inception_fid`` of 6 samples (values 0..5) against the indexed judge embeds, in order, for the seeds
+    0, 0, 1, 2, 3."""
+    from daps.prior.scores import inception_fid
+
+    seen = _stub_inception(monkeypatch)
+    judge = _indexed_judge()
+    images = torch.arange(6, dtype=torch.float64).view(-1, 1, 1, 1)
+    runs = []
+    for seed in (0, 0, 1, 2, 3):
+        seen.clear()
+        inception_fid(judge, images, 6, seed=seed)
+        runs.append(list(seen))
+    return runs
+
+
 def test_inception_fid_compares_against_a_seeded_random_subset_of_the_test_split(monkeypatch):
     """``inception_fid`` compares against n test images, "a fixed random subset": the same n distinct test images
     for the same seed, another subset for another seed, and not simply the first n. Known answer on 12 test images
     whose value is their index, n = 6: the reference is 6 distinct indices in [0, 12); seeds 0 and 0 agree; seeds
     0..3 do not all give one subset (the chance that four independent draws of 6 of 12 agree is 1/924^3).
     Fails on: the first n test images every time (the subset ignoring the seed)."""
-    from daps.prior.scores import inception_fid
-
-    seen = _stub_inception(monkeypatch)
-    judge = _indexed_judge()
-    images = torch.arange(6, dtype=torch.float64).view(-1, 1, 1, 1)
-    subsets = []
-    for seed in (0, 0, 1, 2, 3):
-        seen.clear()
-        inception_fid(judge, images, 6, seed=seed)
-        reference = seen[0]  # the test subset is embedded first
+    subsets = [sorted(embedded[0]) for embedded in _embedded_by_seed(monkeypatch)]  # the test subset comes first
+    for reference in subsets:
         assert len(set(reference)) == 6 and all(0 <= v < 12 for v in reference)
-        subsets.append(sorted(reference))
     assert subsets[0] == subsets[1]
     assert len({tuple(s) for s in subsets[1:]}) > 1
 
@@ -163,18 +170,9 @@ def test_the_inception_floor_takes_the_training_examples_of_its_seed(monkeypatch
     (3 classes in turn), n = 6: the floor's images are 6 distinct examples of classes 0, 1, 2, 0, 1, 2, the same for
     the same seed, and seeds 0..3 do not all draw the same ones. Fails on: the floor's examples drawn with seed 0
     whatever the seed."""
-    from daps.prior.scores import inception_fid
-
-    seen = _stub_inception(monkeypatch)
-    judge = _indexed_judge()
-    images = torch.arange(6, dtype=torch.float64).view(-1, 1, 1, 1)
-    floors = []
-    for seed in (0, 0, 1, 2, 3):
-        seen.clear()
-        inception_fid(judge, images, 6, seed=seed)
-        floor = [int(v) for v in seen[2]]  # reference, samples, then the training floor
+    floors = [[int(v) for v in embedded[2]] for embedded in _embedded_by_seed(monkeypatch)]  # after the reference
+    for floor in floors:  # and the samples
         assert len(set(floor)) == 6 and [v % 3 for v in floor] == [0, 1, 2, 0, 1, 2]
-        floors.append(floor)
     assert floors[0] == floors[1]
     assert len({tuple(f) for f in floors[1:]}) > 1
 
