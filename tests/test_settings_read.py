@@ -149,13 +149,18 @@ PRIOR_BASE = dict(width=16, num_heads=2, num_layers=1, mlp_ratio=2, steps=4, bat
 """Tiny; rows every step, checkpoints at 2 and 4 (a checkpoint ends a logging window, so ckpt_every=1 would
 hide log_every)."""
 PRIOR_CHOICES = {"source": ["mask"]}  # the string settings' other values (``kind`` is the command's --kind)
-READ_ELSEWHERE["progress"] = ("of a prior or policy: what it prints, not what it writes "
-                              "(tests/test_prior.py::test_progress_in_a_file_is_a_line_per_logged_row)")
+RUN_READ_ELSEWHERE = {
+    "progress": "what a run prints, not what it writes "
+                "(tests/test_prior.py::test_progress_in_a_file_is_a_line_per_logged_row)",
+    "reference": "the tracker's: chooses how the tokenizer's references are made; the tracker's test gives them "
+                 "directly (tests/test_tracker.py::test_track_train_decodes_references_from_a_tokenizer makes both)",
+}
+"""Settings of the prior, policy and tracker runs that change no file of the run, with the test that covers them."""
 
 
 def _run_outcome(run) -> tuple:
-    """What a prior's or a policy's run wrote, less its timings: the final weights, the metrics rows, the summary
-    and the checkpoints kept."""
+    """What a prior's, policy's or tracker's run wrote, less its timings: the final weights, the metrics rows, the
+    summary and the checkpoints kept."""
     import json
 
     from safetensors.torch import load_file
@@ -181,7 +186,6 @@ def test_every_setting_prior_train_takes_changes_the_run(kind, tmp_path):
     does not refuse for this kind changes what the run writes (weights, metrics rows, summary or the checkpoints it
     keeps) for some other valid value. Negative control: let an ``ar`` prior take ``source`` (drop it from
     ``DFM_ONLY``) and its case fails."""
-    import dataclasses
 
     from daps.codes import CodeSet, save_codes
     from daps.prior.run import PriorConfig, check_settings_read, train_prior
@@ -190,14 +194,8 @@ def test_every_setting_prior_train_takes_changes_the_run(kind, tmp_path):
     meta = {"format": 1, "vocab_size": 8, "num_tokens": 4, "class_names": ["a", "b", "c"], "model_sha256": "x"}
     codes = CodeSet(torch.randint(8, (40, 2, 4), generator=g), torch.arange(40) % 3, meta)
     save_codes(codes, tmp_path / "codes.safetensors")
-    runs = iter(range(1000))
-
-    def outcome(cfg: PriorConfig) -> tuple:
-        cfg = dataclasses.replace(cfg, out_dir=str(tmp_path / f"run{next(runs)}"))
-        return _run_outcome(train_prior(cfg))
-
     base = PriorConfig(kind=kind, codes=str(tmp_path / "codes.safetensors"), **PRIOR_BASE)
-    reference = outcome(base)
+
     def refused(name: str) -> bool:
         try:
             check_settings_read(base, {name})
@@ -205,22 +203,30 @@ def test_every_setting_prior_train_takes_changes_the_run(kind, tmp_path):
             return True
         return False
 
-    unread, tried = _unread_settings(base, reference, outcome, refused, PRIOR_CHOICES)
+    unread, tried = _unread_settings(base, train_prior, tmp_path, refused, PRIOR_CHOICES)
     assert tried >= 10, tried
     assert not unread, (f"a {kind} prior takes these settings but its run did not change with any other value: "
-                        f"{unread}; refuse them in check_settings_read or list them in READ_ELSEWHERE")
+                        f"{unread}; refuse them in check_settings_read or list them in RUN_READ_ELSEWHERE")
 
 
-def _unread_settings(base, reference: tuple, outcome, refused, choices: dict) -> tuple[list[str], int]:
+def _unread_settings(base, train, folder, refused=lambda name: False, choices=None) -> tuple[list[str], int]:
     """:func:`_unread` over the ``key=value`` settings of the flat settings dataclass ``base`` (all but the
-    command's own arguments, those ``refused`` and those READ_ELSEWHERE), judged by the run's ``outcome``."""
+    command's own arguments, those ``refused`` and those RUN_READ_ELSEWHERE), judged by what ``train(cfg)`` writes
+    into a new run folder in ``folder`` against what it writes for ``base``."""
     import dataclasses
+    import itertools
 
     from daps.prior.run import FLAG_SETTINGS
 
-    keys = {f.name: choices.get(f.name) or _candidates(getattr(base, f.name), f.name)
+    runs = itertools.count()
+
+    def outcome(cfg) -> tuple:
+        return _run_outcome(train(dataclasses.replace(cfg, out_dir=str(folder / f"run{next(runs)}"))))
+
+    reference = outcome(base)
+    keys = {f.name: (choices or {}).get(f.name) or _candidates(getattr(base, f.name), f.name)
             for f in dataclasses.fields(base)
-            if f.name not in FLAG_SETTINGS and f.name not in READ_ELSEWHERE and not refused(f.name)}
+            if f.name not in FLAG_SETTINGS and f.name not in RUN_READ_ELSEWHERE and not refused(f.name)}
 
     def changes(name: str, value) -> bool:
         cfg = dataclasses.replace(base, **{name: value})
@@ -234,12 +240,6 @@ def _unread_settings(base, reference: tuple, outcome, refused, choices: dict) ->
 
 
 REAL_DIR = os.environ.get("DAPS_DATA_DIR")  # read at import: the offline fixture of other modules hides it
-TINY_TOKENIZER = [
-    "encoder.width=16", "encoder.num_heads=2", "encoder.vocab_size=8", "encoder.num_layers=1",
-    "encoder.num_tokens=8", "decoder.embed_dim=16", "decoder.transformer_heads=2", "decoder.transformer_layers=1",
-    "daps.num_samples=2", "train.batch_size=8", "train.steps=1", "train.eval_every=1", "train.ckpt_every=1",
-    "train.eval_examples=8", "train.eval_batch_size=8", "train.progress=false", "train.logger=none",
-]
 POLICY_BASE = dict(width=16, num_heads=2, num_layers=1, mlp_ratio=2, steps=4, batch_size=8, lr=1e-2, log_every=1,
                    eval_every=4, ckpt_every=2, keep_checkpoints=2, stride=16, samples=1, progress=False)
 
@@ -251,7 +251,8 @@ def test_every_setting_robot_train_takes_changes_the_run(tmp_path, monkeypatch):
     test fails."""
     if not REAL_DIR:
         pytest.skip("DAPS_DATA_DIR not set (reads the real LAFAN1 H1 clips)")
-    import dataclasses
+
+    from test_robot import TINY_TOKENIZER
 
     import daps.robot.run
     from daps.cli import main
@@ -271,17 +272,11 @@ def test_every_setting_robot_train_takes_changes_the_run(tmp_path, monkeypatch):
         return encoded[key]
 
     monkeypatch.setattr(daps.robot.run, "encode_commands", encode_once)
-    runs = iter(range(1000))
-
-    def outcome(cfg: RobotConfig) -> tuple:
-        cfg = dataclasses.replace(cfg, out_dir=str(tmp_path / f"run{next(runs)}"))
-        return _run_outcome(train_policy(cfg))
-
     base = RobotConfig(tokenizer=str(tokenizer), **POLICY_BASE)
-    unread, tried = _unread_settings(base, outcome(base), outcome, lambda name: False, {})
+    unread, tried = _unread_settings(base, train_policy, tmp_path)
     assert tried >= 14, tried
     assert not unread, (f"the policy takes these settings but its run did not change with any other value: "
-                        f"{unread}; refuse them or list them in READ_ELSEWHERE")
+                        f"{unread}; refuse them or list them in RUN_READ_ELSEWHERE")
 
 
 # --------------------------------------------------------------------------- the robot's tracker
@@ -292,10 +287,6 @@ TRACKER_BASE = dict(envs=2, horizon=8, frames=48, epochs=2, minibatch=8, hidden=
 """Three updates of 2 x 8 simulated frames; episodes end within a rollout by the time limit (15 frames) and by
 falling behind the drifting reference (0.3 m at about 15 frames), so both settings bite."""
 TRACKER_CHOICES = {"actor_sees_reference": [True]}
-TRACKER_READ_ELSEWHERE = {
-    "reference": "chooses how the tokenizer's references are made; this test gives them directly "
-                 "(tests/test_tracker.py::test_track_train_decodes_references_from_a_tokenizer makes both kinds)",
-}
 
 
 def _drifting_references(h1, frames: int = 40, window: int = 8, num_tokens: int = 4):
@@ -318,7 +309,6 @@ def test_every_setting_track_train_takes_changes_the_run(tmp_path):
     Negative control: make the environments ignore ``action_clip`` and the test fails."""
     if not REAL_DIR:
         pytest.skip("DAPS_DATA_DIR not set (reads the H1 model)")
-    import dataclasses
 
     from daps.motion.h1 import load_h1
     from daps.robot.tracker import TrackerConfig, train_tracker
@@ -326,15 +316,11 @@ def test_every_setting_track_train_takes_changes_the_run(tmp_path):
     h1 = load_h1(REAL_DIR)
     refs = _drifting_references(h1)
     meta = {"num_tokens": 4, "vocab_size": 3, "fps": 30.0, "window": 8, "data_dir": REAL_DIR}
-    runs = iter(range(1000))
 
-    def outcome(cfg: TrackerConfig) -> tuple:
-        cfg = dataclasses.replace(cfg, out_dir=str(tmp_path / f"run{next(runs)}"))
-        return _run_outcome(train_tracker(cfg, references=({"train": refs, "val": refs}, meta), h1=h1))
+    def train(cfg: TrackerConfig):
+        return train_tracker(cfg, references=({"train": refs, "val": refs}, meta), h1=h1)
 
-    base = TrackerConfig(**TRACKER_BASE)
-    unread, tried = _unread_settings(base, outcome(base), outcome, lambda name: name in TRACKER_READ_ELSEWHERE,
-                                     TRACKER_CHOICES)
+    unread, tried = _unread_settings(TrackerConfig(**TRACKER_BASE), train, tmp_path, choices=TRACKER_CHOICES)
     assert tried >= 20, tried
     assert not unread, (f"the tracker takes these settings but its run did not change with any other value: "
-                        f"{unread}; refuse them or list them in TRACKER_READ_ELSEWHERE")
+                        f"{unread}; refuse them or list them in RUN_READ_ELSEWHERE")
