@@ -24,8 +24,9 @@ def _strict_json(text: str):
 
 
 def _val_rows(run) -> list[dict]:
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    return [row for row in rows if row.get("split") == "val"]
+    from daps.plots import read_metrics
+
+    return [row for row in read_metrics(run / "metrics.jsonl") if row.get("split") == "val"]
 
 
 @pytest.fixture

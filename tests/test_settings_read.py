@@ -165,12 +165,14 @@ def _run_outcome(run) -> tuple:
 
     from safetensors.torch import load_file
 
+    from daps.plots import read_metrics
+
     def untimed(row: dict) -> dict:
         return {k: v for k, v in row.items() if not k.endswith("_per_s")}
 
     latest = run / "checkpoints" / (run / "checkpoints/latest").read_text().strip()
     weights = load_file(str(latest / "model.safetensors"))
-    rows = [untimed(json.loads(line)) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    rows = [untimed(row) for row in read_metrics(run / "metrics.jsonl")]
     summary = untimed(json.loads((run / "summary.json").read_text()))
     kept = sorted(p.name for p in (run / "checkpoints").iterdir())
     return weights, rows, summary, kept
