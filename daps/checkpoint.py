@@ -201,6 +201,15 @@ def verify_checkpoint(ckpt: str | Path) -> None:
             raise CheckpointError(f"{path} is damaged: its SHA-256 does not match {CHECKSUMS}")
 
 
+def bare_model(folder: Path) -> bool:
+    """Whether ``folder`` holds a model and its config and nothing of a training run: a pretrained folder without
+    the marker ``daps export`` writes, as one downloaded from the Hub is (a checkpoint of a run's checkpoints/ that
+    lost its state.pt is a damaged checkpoint instead)."""
+    return (folder.parent.name != CKPT_DIR and not (folder / CHECKSUMS).exists()
+            and not (folder / "state.pt").exists()
+            and all((folder / name).is_file() for name in ("config.json", "model.safetensors")))
+
+
 def resolve_checkpoint(path: str | Path, verify: bool = True) -> Path:
     """A run folder, a checkpoint folder or a ``model.safetensors`` file -> the (verified) checkpoint folder."""
     path = Path(path)
@@ -220,10 +229,13 @@ def resolve_checkpoint(path: str | Path, verify: bool = True) -> Path:
                 raise CheckpointError(f"{path} does not exist; give a run folder or one of its checkpoint folders "
                                       f"({CKPT_DIR}/step_N)") from None
             marker = read_marker(path)
+            if marker == "pretrained":  # without its weights
+                raise CheckpointError(f"{path} is {OTHER_KINDS['pretrained']}, not a training run") from None
             if marker in OTHER_KINDS or (marker is None and (path / "config.json").is_file()):  # a run stopped
-                # before its first checkpoint
+                # before its first checkpoint (without a marker: perhaps a pretrained folder whose weights did not come)
+                also = " (a pretrained folder: its model.safetensors is missing)" if marker is None else ""
                 raise CheckpointError(f"{path} has no checkpoint yet: its run stopped (or is still training) before "
-                                      "its first one; finish it with --resume (or wait), then use it") from None
+                                      f"its first one; finish it with --resume (or wait), then use it{also}") from None
             if marker is not None:  # a comparison's or an estimator lab's folder
                 where = "; its runs are its METHOD/seedN folders" if marker == "compare" else ""
                 raise CheckpointError(f"{path} is a daps {marker} folder, not a run with checkpoints{where}") from None
@@ -235,7 +247,8 @@ def resolve_checkpoint(path: str | Path, verify: bool = True) -> Path:
         ckpt = path / CKPT_DIR / name
         if not name.startswith("step_") or "/" in name or not ckpt.is_dir():
             raise CheckpointError(f"{latest} names {name!r}, which is not a checkpoint folder of {path}")
-    if read_marker(ckpt) == "pretrained":  # model and config only: not something to resume or evaluate from
+    if read_marker(ckpt) == "pretrained" or bare_model(ckpt):  # model and config only: not something to resume
+        # or evaluate from
         raise CheckpointError(f"{path} is {OTHER_KINDS['pretrained']}, not a training run")
     if verify:
         verify_checkpoint(ckpt)

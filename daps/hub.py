@@ -321,16 +321,23 @@ def _read_standardization(path: Path, cfg: Any) -> Any:
     return stats
 
 
+def _folder_of(source: str | Path) -> Path:
+    """``source`` as a path, where a folder's ``config.json`` or ``model.safetensors`` stands for the folder."""
+    path = Path(source)
+    return path.parent if path.is_file() and path.name in ("config.json", "model.safetensors") else path
+
+
 def is_pretrained(source: str | Path) -> bool:
     """Whether ``source`` names a pretrained model rather than a run folder or checkpoint: a folder ``daps export``
-    wrote, one downloaded from the Hub (its config and weights, no checksums or checkpoints), or a Hub repo id
-    ``user/name`` that is no path here."""
-    path = Path(source)
+    wrote, one downloaded from the Hub (its config and weights, no checksums or checkpoints) or its
+    ``config.json`` or ``model.safetensors``, or a Hub repo id ``user/name`` that is no path here.
+    :func:`from_pretrained` and :func:`open_model` both decide by it."""
+    from daps.checkpoint import bare_model
+
+    path = _folder_of(source)
     if path.is_dir():
         marker = read_marker(path)
-        return marker == KIND or (marker is None and not (path / "checkpoints").is_dir()
-                                  and not (path / "checksums.json").is_file()
-                                  and all((path / name).is_file() for name in ("config.json", "model.safetensors")))
+        return marker == KIND or (marker is None and not (path / "checkpoints").is_dir() and bare_model(path))
     return not path.exists() and not path.is_symlink() and bool(REPO_ID.match(str(source)))
 
 
@@ -341,17 +348,16 @@ def from_pretrained(source: str | Path, revision: str | None = None, device: str
     if not isinstance(source, (str, os.PathLike)):
         raise UserError(f"from_pretrained takes a folder or a Hub repo id (user/name), got {type(source).__name__}")
     device = resolve_device(device)
-    path = Path(source)
-    if path.is_file():  # a folder's model.safetensors or config.json stands for the folder
-        if path.name not in ("config.json", "model.safetensors"):
-            raise UserError(f"{source} is a file; give the folder holding config.json and model.safetensors")
-        path = path.parent
+    path = _folder_of(source)  # a folder's model.safetensors or config.json stands for the folder
+    if path.is_file():
+        raise UserError(f"{source} is a file; give the folder holding config.json and model.safetensors")
     if path.is_dir():
-        if (path / "checkpoints").is_dir() or (path / "checksums.json").is_file():
-            from daps.checkpoint import load_model
+        if is_pretrained(path):
+            return _load_folder(path, device)
+        from daps.checkpoint import load_model
 
-            return load_model(path, device)
-        return _load_folder(path, device)
+        refuse_neither(path)
+        return load_model(path, device)
     if not REPO_ID.match(str(source)):
         raise UserError(f"{source} is neither a folder nor a Hub repo id (user/name)")
     hub = _hub()
@@ -362,6 +368,16 @@ def from_pretrained(source: str | Path, revision: str | None = None, device: str
         raise UserError(f"could not fetch {source} from the Hugging Face Hub ({type(err).__name__}: "
                         f"{str(err).splitlines()[0] if str(err) else ''})") from None
     return _load_folder(Path(local), device)
+
+
+def refuse_neither(folder: Path) -> None:
+    """UserError for a folder that holds nothing of a run (no marker, no ``checkpoints/``, no ``config.json``) and
+    is no pretrained folder either: an empty folder, or weights without their config. A checkpoint folder or
+    anything of a run is left to :func:`daps.checkpoint.resolve_checkpoint`, whose messages are more precise."""
+    if folder.is_dir() and read_marker(folder) is None and not (folder / "checkpoints").exists() \
+            and not (folder / "config.json").is_file() and not (folder / "checksums.json").exists():
+        raise UserError(f"no model found at {folder} (expected a run folder with checkpoints/latest, or a "
+                        "pretrained folder with config.json and model.safetensors)")
 
 
 def open_model(source: str | Path, device: str | torch.device) -> tuple[Method, dict[str, Any]]:
@@ -383,13 +399,13 @@ def open_model(source: str | Path, device: str | torch.device) -> tuple[Method, 
                 raise
             raise UserError(f"{source} is not a folder here (no run, checkpoint or pretrained folder of that name); "
                             f"as a Hub repo id: {err}") from None
-        where = str(path.resolve()) if path.exists() else str(source)
+        where = str(_folder_of(path).resolve()) if path.exists() else str(source)  # a file: its folder
         origin = {"run": where, "checkpoint": where, "step": None, "model_sha256": ""}
     else:
-        if path.is_dir() and read_marker(path) is None and not (path / "checkpoints").exists() \
-                and not (path / "config.json").is_file():  # nothing of a run, nor of a pretrained folder
-            raise UserError(f"no model found at {source} (expected a run folder with checkpoints/latest, or a "
-                            "pretrained folder with config.json and model.safetensors)")
+        if not path.exists():
+            raise UserError(f"{source} does not exist; give a run folder, a checkpoint folder, a pretrained folder or "
+                            "a Hub repo id (user/name)")
+        refuse_neither(path)
         ckpt = resolve_checkpoint(source, verify=False)  # once: a run still training may move its latest
         model = load_model(ckpt, device)  # (verifies the checkpoint)
         named = re.fullmatch(r"step_(\d+)", ckpt.name)  # a copied checkpoint folder may have another name

