@@ -371,9 +371,10 @@ def from_pretrained(source: str | Path, revision: str | None = None, device: str
 
 
 def refuse_neither(folder: Path) -> None:
-    """UserError for a folder that holds nothing of a run (no marker, no ``checkpoints/``, no ``config.json``) and
-    is no pretrained folder either: an empty folder, or weights without their config. A checkpoint folder or
-    anything of a run is left to :func:`daps.checkpoint.resolve_checkpoint`, whose messages are more precise."""
+    """UserError for a folder that holds nothing of a run (no marker, ``checkpoints/``, ``config.json`` or
+    ``checksums.json``) and is no pretrained folder either: an empty folder, or weights without their config. A
+    checkpoint folder or anything of a run is left to :func:`daps.checkpoint.resolve_checkpoint`, whose messages are
+    more precise."""
     if folder.is_dir() and read_marker(folder) is None and not (folder / "checkpoints").exists() \
             and not (folder / "config.json").is_file() and not (folder / "checksums.json").exists():
         raise UserError(f"no model found at {folder} (expected a run folder with checkpoints/latest, or a "
