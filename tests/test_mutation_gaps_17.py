@@ -196,3 +196,87 @@ def test_a_weights_file_holding_a_list_is_refused_as_not_a_state_dict(tmp_path):
     torch.save([torch.zeros(3), torch.ones(3)], path)
     with pytest.raises(UserError, match=re.escape(f"{path}: expected a state dict, got list")):
         load_fid_inception(path)
+
+
+# --------------------------------------------------------------------------- one's own sequences (data/sequences.py)
+
+
+def _sequences_file(folder: Path) -> Path:
+    """Clips of 2 features: train/a (10 frames) with feature 0 = 0..9 and feature 1 = 2 x that, test/b (6 frames)."""
+    import numpy as np
+
+    ramp = np.arange(10, dtype=np.float64)
+    path = folder / "s.npz"
+    np.savez(path, **{"train/a": np.stack([ramp, 2 * ramp], 1), "test/b": np.stack([ramp[:6], ramp[:6]], 1)})
+    return path
+
+
+def test_a_window_shape_of_other_than_three_sizes_is_refused(tmp_path):
+    """``sequence_data`` takes ``data.image_shape = (1, T, F)``: exactly three sizes. Known answer: (1, 4, 2, 1) on
+    clips of 2 features is refused with "must be (1, T, F) with F = 2" (not read as windows of 4 frames). Fails on:
+    the length unchecked (a fourth size ignored)."""
+    from daps.config import DataConfig
+    from daps.data.sequences import sequence_data
+
+    path = _sequences_file(tmp_path)
+    with pytest.raises(UserError, match=re.escape("data.image_shape must be (1, T, F) with F = 2")):
+        sequence_data(DataConfig(name="sequences", data_dir=str(path), image_shape=(1, 4, 2, 1)))
+
+
+def test_sequence_windows_move_to_the_device_asked(tmp_path):
+    """``SequenceWindows.to(d)`` gives the same windows, labels and names with their frames on d (batches are
+    gathered there). Known answer: ``to("meta")``'s frames and starts are on meta, its labels and names those of the
+    CPU windows. Fails on: the device ignored (the frames left on the CPU)."""
+    from daps.config import DataConfig
+    from daps.data.sequences import sequence_windows
+
+    data = DataConfig(name="sequences", data_dir=str(_sequences_file(tmp_path)), image_shape=(1, 4, 2))
+    windows = sequence_windows("test", data)
+    moved = windows.to("meta")
+    assert moved.windows.frames.device.type == moved.windows.starts.device.type == "meta"
+    assert torch.equal(moved.labels, windows.labels) and moved.labels.tolist() == [1, 1, 1]
+    assert moved.class_names == windows.class_names == ("a", "b")
+
+
+def test_a_sequences_run_records_its_file_as_an_absolute_path(tmp_path, monkeypatch):
+    """What a ``sequences`` run saves names the file it read so that a later command can check it from anywhere:
+    the absolute path, also when ``data.data_dir`` was relative. Known answer: data_dir "s.npz" in the folder d
+    records "d/s.npz" resolved. Fails on: the path recorded as given (relative to a working directory no one
+    remembers)."""
+    from daps.config import DataConfig
+    from daps.data.sequences import RUN_FILE, sequence_run_files
+
+    path = _sequences_file(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    record = sequence_run_files(DataConfig(name="sequences", data_dir="s.npz", image_shape=(1, 4, 2)))[RUN_FILE]
+    assert record["file"] == str(path.resolve())
+
+
+def test_a_sequence_figure_draws_the_reconstruction_in_the_files_units(tmp_path, monkeypatch):
+    """The figure shows ground truth and reconstruction in the file's own units (the docstring), both taken back
+    from the standardized scale. Known answer: training frames 0..9 and 2 x that (mean 4.5 and 9, scale sqrt(8.25)
+    and 2 sqrt(8.25)); standardized windows x = 0 and x_hat = 1 everywhere are drawn as 4.5 and 4.5 + sqrt(8.25)
+    (feature 0), 9 and 9 + 2 sqrt(8.25) (feature 1). Fails on: the reconstruction drawn in standardized units."""
+    import math
+
+    import daps.plots
+    from daps.config import DataConfig
+    from daps.data.sequences import plot_sequence_reconstructions
+
+    data = DataConfig(name="sequences", data_dir=str(_sequences_file(tmp_path)), image_shape=(1, 4, 2))
+    drawn: dict[str, list] = {}
+
+    def keep_lines(fig, _path, dpi):
+        for ax in fig.axes:
+            if ax.get_ylabel():
+                drawn[ax.get_ylabel()] = [list(line.get_ydata()) for line in ax.get_lines()]
+        daps.plots._pyplot().close(fig)
+
+    monkeypatch.setattr(daps.plots, "save_figure", keep_lines)
+    x = torch.zeros(1, 1, 4, 2)
+    plot_sequence_reconstructions(data, x, x + 1, tmp_path / "f.png", "t")
+    s = math.sqrt(8.25)
+    for feature, (mean, scale) in enumerate(((4.5, s), (9.0, 2 * s))):
+        truth, reconstruction = drawn[f"feature {feature}"]
+        assert truth == pytest.approx([mean] * 4, abs=1e-9)
+        assert reconstruction == pytest.approx([mean + scale] * 4, abs=1e-9)
