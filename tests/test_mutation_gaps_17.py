@@ -1,15 +1,18 @@
 """Known answers for behaviour that a mutation sweep of the FID Inception network (daps/nets/inception.py) and the
-window datasets (daps/data/motion.py, daps/data/sequences.py) found no test guarding: the weight search's order,
+window datasets (daps/data/sequences.py, daps/data/motion.py) found no test guarding: the weight search's order,
 fallbacks and paths, the merge order of shards, the loader's refusals and device, the network's input check and
-float32 features; the sequences file's checks, labels and metrics. Each test names the slip it fails on; the
+float32 features; a sequences window shape of four sizes, the windows' device, the run's absolute file path and the
+figure's units; a LAFAN1 clip's kind, the feature count, the metrics' poses, the figure's order, the run statistics'
+checks and ``reconstruct_clip``'s windows, clip check, mode and generator. Each test names the slip it fails on; the
 references are documented behaviour (README's FID section, the modules' docstrings) and hand-worked cases on tiny
-files. The Inception tests use randomly initialised weights written to a temporary file (no download, no
-``$DAPS_DATA_DIR``)."""
+files and stand-ins. The Inception tests use randomly initialised weights written to a temporary file (no download,
+no ``$DAPS_DATA_DIR``); one motion test reads LAFAN1 on the H1 from ``$DAPS_DATA_DIR`` and skips without it."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -280,3 +283,205 @@ def test_a_sequence_figure_draws_the_reconstruction_in_the_files_units(tmp_path,
         truth, reconstruction = drawn[f"feature {feature}"]
         assert truth == pytest.approx([mean] * 4, abs=1e-9)
         assert reconstruction == pytest.approx([mean + scale] * 4, abs=1e-9)
+
+
+# --------------------------------------------------------------------------- the lafan1-h1 windows (data/motion.py)
+
+
+def test_a_clips_kind_is_its_leading_letters_and_an_unknown_one_is_a_user_error():
+    """A clip's kind of motion comes from the letters its name starts with (``walk2_subject4`` is a walk); a name
+    whose leading letters are no known kind, or that starts with no letter, is one UserError naming the kinds
+    known. Known answers: "skate1_subject2" refused naming 'skate'; "_walk1" refused naming ''. Fails on: the check
+    left out (a KeyError); the kind looked for anywhere in the name ("_walk1" read as a walk)."""
+    from daps.data.motion import MOTION_TYPES, motion_type
+
+    assert motion_type("walk2_subject4") == MOTION_TYPES.index("walk")
+    with pytest.raises(UserError, match=r"clip 'skate1_subject2': unknown kind of motion 'skate'; known: dance, "):
+        motion_type("skate1_subject2")
+    with pytest.raises(UserError, match=r"clip '_walk1': unknown kind of motion ''"):
+        motion_type("_walk1")
+
+
+def _motion_stats(mean: float = 0.0, scale: float = 1.0):
+    """:class:`~daps.motion.dataset.Standardizer` of the current feature version with every mean and scale given."""
+    import numpy as np
+
+    from daps.motion.dataset import Standardizer
+    from daps.motion.features import NUM_FEATURES
+
+    return Standardizer(mean=np.full(NUM_FEATURES, mean), scale=np.full(NUM_FEATURES, scale),
+                        near_constant=np.zeros(NUM_FEATURES, bool))
+
+
+def test_a_run_without_motion_stats_is_warned_about_and_one_with_other_means_refused(tmp_path, monkeypatch, caplog):
+    """``check_run_stats``: a run folder without ``motion_stats.json`` (copied without it) is a warning that the
+    data's own statistics are used; saved statistics whose means differ from the data's are refused (a
+    reconstruction would be read on the wrong scale), the data's own pass. Known answers: no file: a warning naming
+    it, no error; saved means 0.5 against the data's 0 (scales equal): "other feature statistics". Fails on: the
+    missing file refused; only the scales compared."""
+    import json
+
+    import daps.data.motion as dm
+
+    monkeypatch.setattr(dm, "motion_data", lambda data: SimpleNamespace(stats=_motion_stats()))
+    data = SimpleNamespace(name="lafan1-h1")
+    with caplog.at_level("WARNING"):
+        dm.check_run_stats(tmp_path, data)
+    assert f"{tmp_path / 'motion_stats.json'} is missing" in caplog.text
+    (tmp_path / "motion_stats.json").write_text(json.dumps(_motion_stats().to_dict()))
+    dm.check_run_stats(tmp_path, data)
+    (tmp_path / "motion_stats.json").write_text(json.dumps(_motion_stats(mean=0.5).to_dict()))
+    with pytest.raises(UserError, match="other feature statistics"):
+        dm.check_run_stats(tmp_path, data)
+
+
+def test_window_images_move_to_the_device_asked():
+    """``WindowImages.to(d)`` gives the same windows with their frames on d (batches are gathered there) and the
+    same kinds. Known answer: two clips (a walk of 6 frames, a run of 5) in windows of 4: kinds [walk] * 3 + [run] * 2,
+    frames on meta after ``to("meta")``. Fails on: the device ignored (the frames left on the CPU)."""
+    import numpy as np
+
+    from daps.data.motion import MOTION_TYPES, WindowImages
+    from daps.motion.dataset import clip_windows
+
+    frames = {"walk1_subject1": np.zeros((6, 3), np.float32), "run1_subject2": np.ones((5, 3), np.float32)}
+    images = WindowImages(clip_windows(frames, list(frames), 4, 1))
+    walk, run = MOTION_TYPES.index("walk"), MOTION_TYPES.index("run")
+    assert images.labels.tolist() == [walk] * 3 + [run] * 2 and len(images) == 5
+    moved = images.to("meta")
+    assert moved.windows.frames.device.type == moved.windows.starts.device.type == "meta"
+    assert moved.labels.tolist() == images.labels.tolist() and moved.class_names == MOTION_TYPES
+    assert images[torch.tensor([0, 4])].shape == (2, 1, 4, 3)
+
+
+def test_motion_windows_need_the_feature_count_before_the_data_are_read(monkeypatch):
+    """``motion_data`` of ``image_shape = (1, 32, F + 1)``: a UserError naming the expected ``(1, T, F)`` before any
+    data are loaded (the features are fixed by the feature code). Known answer: F + 1 features refused with
+    "(1, T, F)"; F goes on to the loading. Fails on: only the channel count checked (windows of F features handed
+    to a model built for F + 1)."""
+    import daps.data.motion as dm
+    from daps.config import DataConfig
+    from daps.motion.features import NUM_FEATURES
+
+    def load(*a, **k):
+        raise LookupError("the data were read")
+
+    monkeypatch.setattr(dm, "_cached", load)
+    with pytest.raises(UserError, match=rf"must be \(1, T, {NUM_FEATURES}\) for lafan1-h1, got \(1, 32, "
+                                        rf"{NUM_FEATURES + 1}\)"):
+        dm.motion_data(DataConfig(name="lafan1-h1", image_shape=(1, 32, NUM_FEATURES + 1)))
+    with pytest.raises(LookupError):
+        dm.motion_data(DataConfig(name="lafan1-h1", image_shape=(1, 32, NUM_FEATURES)))
+
+
+REAL_DIR = __import__("os").environ.get("DAPS_DATA_DIR", "").strip()
+
+
+@pytest.mark.skipif(not REAL_DIR, reason="DAPS_DATA_DIR is not set (LAFAN1 on the H1 and the H1 model)")
+def test_the_metrics_poses_are_the_windows_own_poses_at_the_origin_facing_x(single_thread):
+    """``MotionMetrics.poses``: standardized windows -> raw features -> poses starting at the origin facing +x (its
+    docstring). Known answer: for two validation windows, the data's own ground-truth poses of those windows
+    (``MotionData.window_poses``) with the same joint angles and pelvis height frame by frame, and a first frame at
+    planar position (0, 0) with heading 0. Fails on: the features read without undoing the standardization; the
+    poses anchored at another heading."""
+    import numpy as np
+
+    from daps.config import DataConfig
+    from daps.data.motion import MotionMetrics, lafan_windows
+    from daps.motion.features import NUM_FEATURES, root_anchor
+    from daps.motion.h1 import JOINTS
+
+    data = DataConfig(name="lafan1-h1", data_dir=REAL_DIR, image_shape=(1, 32, NUM_FEATURES))  # as test_known_answers_5
+    metrics = MotionMetrics(data)
+    index = torch.tensor([0, 300])
+    poses = metrics.poses(lafan_windows("test", data)[index])
+    truth = metrics.motion.window_poses("val", index.numpy())
+    assert poses.shape == truth.shape == (2, 32, 26)
+    np.testing.assert_allclose(poses[..., JOINTS], truth[..., JOINTS], atol=1e-4)
+    np.testing.assert_allclose(poses[..., 2], truth[..., 2], atol=1e-4)
+    xy, heading = root_anchor(poses)
+    np.testing.assert_allclose(xy, 0, atol=1e-12)
+    np.testing.assert_allclose(heading, 0, atol=1e-6)
+
+
+def test_the_motion_figure_draws_ground_truth_then_reconstruction_in_raw_units(tmp_path, monkeypatch):
+    """``plot_motion_reconstructions`` hands the feature plot the first window's ground truth, then its
+    reconstruction, both in raw units. Known answer: statistics of mean 2 and scale 3, standardized windows x = 0 and
+    x_hat = 1: the ground truth drawn as 2 everywhere, the reconstruction as 5, at the data's frame rate. Fails on: the
+    two swapped (the reconstruction labelled as the ground truth)."""
+    import numpy as np
+
+    import daps.data.motion as dm
+    import daps.motion.render as render
+
+    drawn = {}
+
+    def keep(target, pred, path, fps, title):
+        drawn.update(target=target, pred=pred, fps=fps)
+
+    monkeypatch.setattr(dm, "motion_data", lambda data: SimpleNamespace(stats=_motion_stats(2.0, 3.0), fps=30.0))
+    monkeypatch.setattr(render, "plot_feature_trajectories", keep)
+    x = torch.zeros(2, 1, 4, _motion_stats().mean.shape[0])
+    dm.plot_motion_reconstructions(None, x, x + 1, tmp_path / "f.png", "t")
+    assert np.all(drawn["target"] == 2.0) and np.all(drawn["pred"] == 5.0) and drawn["target"].shape == x.shape[2:]
+    assert drawn["fps"] == 30.0
+
+
+def _stub_clip(monkeypatch, frames: int = 40, window: int = 4, fps: float = 50.0):
+    """``motion_data`` giving one clip ``walk1_subject1`` of ``frames`` zero poses and features (identity
+    statistics); poses from features and the anchor stood in for by zeros (only frame counts are checked)."""
+    import numpy as np
+
+    import daps.data.motion as dm
+    import daps.motion.features as features
+
+    stats = _motion_stats()
+    count = stats.mean.shape[0]
+    motion = SimpleNamespace(poses={"walk1_subject1": np.zeros((frames, 26))}, window=window, fps=fps, stats=stats,
+                             features={"walk1_subject1": np.zeros((frames, count), np.float32)})
+    monkeypatch.setattr(dm, "motion_data", lambda data: motion)
+    monkeypatch.setattr(features, "features_to_poses", lambda raw, xy, heading, fps: np.zeros((*raw.shape[:2], 26)))
+    monkeypatch.setattr(features, "root_anchor", lambda poses: (np.zeros((len(poses), 2)), np.zeros(len(poses))))
+
+
+class _Identity(torch.nn.Module):
+    """A model whose reconstruction is its input; records its mode and the generator of each call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.p = torch.nn.Parameter(torch.zeros(()))
+        self.calls: list[tuple[bool, torch.Generator | None]] = []
+
+    def reconstruct(self, x, generator=None):
+        self.calls.append((self.training, generator))
+        return SimpleNamespace(x_hat=x)
+
+
+def test_reconstruct_clip_takes_whole_windows_of_the_seconds_asked_and_names_an_unknown_clip(monkeypatch):
+    """``reconstruct_clip`` reconstructs ``seconds`` rounded up to whole windows, at least one, and refuses a clip the
+    data lack with one UserError naming the valid ones. Known answers (windows of 4 frames at 50 fps, a clip of 40
+    frames): 0.56 s is exactly 28 frames, 7 windows (28 frames, although 0.56 * 50 / 4 is 7.000000000000001 in
+    floats); 0 s is one window (4 frames); 10 s from 0.1 s (frame 5) is the 8 whole windows left (32 frames); clip
+    "run9" refused naming walk1_subject1. Fails on: the seconds rounded up without the float tolerance (8 windows);
+    no floor of one window (0 s refused), or exactly one window refused; the windows not cut to what the clip has
+    left; the clip unchecked (a KeyError)."""
+    from daps.data.motion import reconstruct_clip
+
+    _stub_clip(monkeypatch)
+    for start, seconds, frames in ((0.0, 0.56, 28), (0.0, 0.0, 4), (0.1, 10.0, 32)):
+        target, pred = reconstruct_clip(_Identity(), None, "walk1_subject1", start, seconds)
+        assert target.shape == pred.shape == (frames, 26), seconds
+    with pytest.raises(UserError, match="unknown motion clip 'run9'; valid clips: walk1_subject1"):
+        reconstruct_clip(_Identity(), None, "run9", 0.0, 1.0)
+
+
+def test_reconstruct_clip_runs_the_model_in_eval_mode_with_the_generator_given(monkeypatch):
+    """``reconstruct_clip`` puts the model in eval mode (no dropout in a figure or video) and passes the generator
+    given on to its ``reconstruct`` (a seeded clip is reproducible). Known answer: a model in training mode is called
+    once, in eval mode, with that very generator. Fails on: the model left in training mode; the generator dropped."""
+    from daps.data.motion import reconstruct_clip
+
+    _stub_clip(monkeypatch)
+    model, generator = _Identity().train(), torch.Generator().manual_seed(0)
+    reconstruct_clip(model, None, "walk1_subject1", 0.0, 0.16, generator)
+    assert model.calls == [(False, generator)]
